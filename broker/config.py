@@ -1,0 +1,32 @@
+"""Broker settings, read from ``REXEC_*`` environment variables (or passed by ``rexec up``)."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AuthSettings(BaseSettings):
+    """How tokens are checked.  Shared by broker and spawner so both read the same variables."""
+
+    model_config = SettingsConfigDict(env_prefix="REXEC_", extra="ignore")
+
+    authenticator: str = "static"  # "static" (dev tokens file) or "auth_api"
+    tokens_file: str | None = None
+    auth_api_url: str | None = None
+    allowed_groups: str = ""  # comma-separated; empty allows everyone
+    auth_cache_ttl_s: float = 300.0
+
+    def group_list(self) -> list[str]:
+        return [g for g in self.allowed_groups.split(",") if g.strip()]
+
+
+class BrokerSettings(AuthSettings):
+    host: str = "127.0.0.1"  # interface every port binds to; never all interfaces by default
+    broker_port: int = 30001  # clients (DEALER) connect here
+    control_port: int = 30002  # admin status / shutdown
+    worker_port: int = 5560  # workers connect here
+    worker_key: SecretStr = SecretStr("")  # HMAC key for worker secrets, shared with the spawner
+    admin_secret: SecretStr = SecretStr("")  # required on the control port
+    auth_threads: int = 8  # parallel auth checks; the routing loop never waits on one
+    log_file: str | None = None

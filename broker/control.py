@@ -1,0 +1,38 @@
+"""Client for the broker's control port (admin status and shutdown), used by the spawner and CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from rexec_magic import protocol as P
+
+
+class BrokerControlError(RuntimeError):
+    """The control port did not answer or refused the request."""
+
+
+def control_request(
+    url: str, admin_secret: str, kind: str, timeout_s: float = 2.0
+) -> dict[str, Any]:
+    """Send one admin request and wait (bounded) for its answer."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        sock.connect(url)
+        sock.send_multipart(P.frames(kind, {"secret": admin_secret}))
+        if not sock.poll(int(timeout_s * 1000)):
+            raise BrokerControlError(f"the broker control port did not answer within {timeout_s}s")
+        msg = P.decode(sock.recv_multipart())
+    finally:
+        sock.close()
+    if msg.kind == P.Kind.FAIL:
+        raise BrokerControlError(msg.header.get("message", "refused"))
+    return msg.header
+
+
+def broker_status(url: str, admin_secret: str, timeout_s: float = 2.0) -> dict[str, Any]:
+    """``{"users": n, "workers": {user: info}, "counters": {...}}``."""
+    return control_request(url, admin_secret, P.Kind.STATUS, timeout_s)

@@ -1,0 +1,143 @@
+"""The rexec wire protocol: the one place that says what a frame means.
+
+Every component (magic, broker, worker, spawner) imports this module, so a frame layout
+or message kind is defined exactly once.  See docs/ARCHITECTURE.md for the whole picture.
+
+Frames of a rexec message, as seen by the *sender* (ZeroMQ adds/strips routing ids):
+
+    [PROTOCOL, kind, header, *buffers]
+
+* ``PROTOCOL`` is the magic first frame ``b"RX1"``.  Legacy SciDx Rexec clients send an
+  empty first frame, so both protocols share the client port.
+* ``kind`` is a short ASCII word (``Kind``).
+* ``header`` is a small UTF-8 JSON object (ids, names, sizes; never bulk data).
+* ``buffers`` are opaque: pickles and their out-of-band buffers.  The broker forwards them
+  untouched and never decodes them.
+
+On the worker link a routing frame comes first: the broker sends
+``[client_route, PROTOCOL, kind, header, *buffers]`` to a worker, and the worker answers with
+the same ``client_route`` so the broker knows which client gets the event.  A worker message
+meant for the broker itself (register, heartbeat) carries an empty route ``b""``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL = b"RX1"
+LEGACY = b""
+TO_BROKER = b""
+
+
+class Kind:
+    """Message kinds.  Grouped by who sends them."""
+
+    # client -> broker
+    HELLO = "hello"  # {token, client: versions}  -> WELCOME | DENIED
+    PING = "ping"  # {t}  -> PONG (answered by the broker, says whether the worker is alive)
+    # client -> worker (routed by the broker to the user's worker)
+    EXECUTE = "execute"  # {id, code, vars: [{name, nbuffers}], pull, pull_limit} + buffers
+    INTERRUPT = "interrupt"  # {id}
+    INSPECT = "inspect"  # {id}  -> INSPECT_REPLY
+    # broker -> client
+    WELCOME = "welcome"  # {user, username, worker: WorkerInfo | None}
+    DENIED = "denied"  # {message}
+    PONG = "pong"  # {t, worker: WorkerInfo | None, pending: [ids]}
+    FAIL = "fail"  # {id | None, code, message}: a broker-side failure for one request
+    # worker -> client
+    ACCEPTED = "accepted"  # {id}: the worker has the cell and starts it
+    STREAM = "stream"  # {id, seq, name: stdout|stderr, text}
+    DISPLAY = "display"  # {id, seq, data, metadata, transient}
+    RESULT = "result"  # {id, seq, data, metadata, execution_count}
+    ERROR = "error"  # {id, seq, ename, evalue, traceback}
+    DONE = "done"  # {id, seq, status, vars, skipped, duration} + buffers of pulled values
+    INSPECT_REPLY = "inspect_reply"  # {id, worker, variables: [{name, type, size}]}
+    # worker -> broker
+    REGISTER = "register"  # {user, nonce, secret, python, dill, pid}  -> REGISTERED | REJECTED
+    HEARTBEAT = "heartbeat"  # {}  -> HEARTBEAT_ACK | RESYNC
+    # broker -> worker
+    REGISTERED = "registered"
+    REJECTED = "rejected"  # {message}
+    HEARTBEAT_ACK = "heartbeat_ack"
+    RESYNC = "resync"  # the broker does not know this worker (it restarted): register again
+    SUPERSEDED = "superseded"  # a newer worker registered for the same user: exit
+    # control port (admin) <-> broker
+    STATUS = "status"  # {secret}  -> STATUS_REPLY
+    STATUS_REPLY = "status_reply"  # {users, workers, counters}
+    SHUTDOWN = "shutdown"  # {secret}  -> OK
+    OK = "ok"
+
+
+class FailCode:
+    """Codes of FAIL messages; the client maps each to one plain sentence."""
+
+    UNAUTHENTICATED = "unauthenticated"  # this connection never said hello (or broker restarted)
+    NO_WORKER = "no_worker"  # the user has no registered worker
+    WORKER_LOST = "worker_lost"  # the worker died or went silent while a request was pending
+    MALFORMED = "malformed"  # the broker could not read the message
+    FORBIDDEN = "forbidden"  # bad admin secret on the control port
+
+
+class DoneStatus:
+    """How a cell ended, in DONE messages."""
+
+    OK = "ok"
+    ERROR = "error"  # the cell raised; an ERROR event came before
+    INTERRUPTED = "interrupted"  # KeyboardInterrupt reached the cell
+    RESTARTING = "restarting"  # the cell ignored the interrupt; the worker restarts, state lost
+
+
+# Liveness.  Workers heartbeat the broker; clients ping while they wait for a cell.
+WORKER_HEARTBEAT_S = 1.0
+WORKER_DEAD_AFTER_S = 3.5
+CLIENT_PING_S = 1.0
+BROKER_SILENT_AFTER_S = 4.0
+INTERRUPT_GRACE_S = 5.0
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this protocol (the receiver drops it and logs a line)."""
+
+
+@dataclass
+class Message:
+    """One decoded rexec message.  ``buffers`` stay as received (zmq Frames or bytes)."""
+
+    kind: str
+    header: dict[str, Any] = field(default_factory=dict)
+    buffers: list[Any] = field(default_factory=list)
+
+    def to_frames(self) -> list[Any]:
+        return [PROTOCOL, self.kind.encode(), encode_header(self.header), *self.buffers]
+
+
+def encode_header(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":")).encode()
+
+
+def _as_bytes(frame: Any) -> bytes:
+    return frame if isinstance(frame, bytes) else frame.bytes
+
+
+def decode(frames: Sequence[Any]) -> Message:
+    """Decode ``[PROTOCOL, kind, header, *buffers]``; raise ProtocolError when malformed."""
+    if len(frames) < 3:
+        raise ProtocolError(f"expected at least 3 frames, got {len(frames)}")
+    if _as_bytes(frames[0]) != PROTOCOL:
+        raise ProtocolError("first frame is not the rexec protocol marker")
+    try:
+        kind = _as_bytes(frames[1]).decode("ascii")
+        header = json.loads(_as_bytes(frames[2]))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"unreadable kind or header: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a JSON object")
+    return Message(kind, header, list(frames[3:]))
+
+
+def frames(kind: str, header: dict[str, Any] | None = None, buffers: Sequence[Any] = ()) -> list:
+    """Build the frames of one message."""
+    return [PROTOCOL, kind.encode(), encode_header(header or {}), *buffers]

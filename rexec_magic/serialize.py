@@ -1,0 +1,127 @@
+"""Serialization of Python values for the wire: dill, pickle protocol 5, out-of-band buffers.
+
+Large contiguous buffers (numpy arrays, bytes-like objects that support PickleBuffer) are not
+copied into the pickle: they travel as separate ZeroMQ frames sent with ``copy=False`` and are
+re-attached on load.  Client and worker both use this module, so the format lives here only.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import dill
+
+PICKLE_PROTOCOL = 5
+# Buffers below this size are cheaper to copy into the pickle than to send as a frame.
+OOB_MIN_BYTES = 64 * 1024
+
+
+def versions() -> dict[str, str]:
+    """What a peer needs to know to judge whether our pickles will load on its side."""
+    return {
+        "python": "{}.{}.{}".format(*sys.version_info[:3]),
+        "dill": dill.__version__,
+    }
+
+
+def version_note(local: dict[str, str], remote: dict[str, str] | None) -> str:
+    """One phrase naming both sides' versions, appended to every deserialization error."""
+    if not remote:
+        return f"local Python {local['python']}, dill {local['dill']}; remote versions unknown"
+    return (
+        f"local Python {local['python']}, dill {local['dill']}; "
+        f"remote Python {remote.get('python', '?')}, dill {remote.get('dill', '?')}"
+    )
+
+
+def minor_mismatch(local: dict[str, str], remote: dict[str, str]) -> bool:
+    """True when Python major.minor differ: pickled code objects may not load across that."""
+    return local["python"].split(".")[:2] != remote.get("python", "").split(".")[:2]
+
+
+class SerializationError(Exception):
+    """A value could not be turned into frames (or frames back into a value)."""
+
+
+def dumps(obj: Any) -> list[Any]:
+    """Pickle ``obj``; return ``[pickle_bytes, *buffers]`` where buffers are raw memoryviews."""
+    buffers: list[pickle.PickleBuffer] = []
+
+    def keep_out_of_band(buf: pickle.PickleBuffer) -> bool:
+        view = buf.raw()
+        if view.nbytes < OOB_MIN_BYTES:
+            return True  # true means "serialize in band"
+        buffers.append(buf)
+        return False
+
+    stream = io.BytesIO()
+    try:
+        dill.Pickler(stream, protocol=PICKLE_PROTOCOL, buffer_callback=keep_out_of_band).dump(obj)
+    except Exception as exc:  # dill raises many kinds: TypeError, PicklingError, ...
+        raise SerializationError(f"{type(exc).__name__}: {exc}") from None
+    return [stream.getbuffer(), *(b.raw() for b in buffers)]
+
+
+def loads(frames: Sequence[Any]) -> Any:
+    """Inverse of :func:`dumps`; frames may be bytes, memoryviews or zmq Frames."""
+    data = getattr(frames[0], "buffer", frames[0])
+    bufs = [_view(f) for f in frames[1:]]
+    try:
+        return dill.Unpickler(io.BytesIO(data), buffers=bufs).load()
+    except Exception as exc:
+        raise SerializationError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _view(frame: Any) -> Any:
+    """A writable buffer for a received frame, so loaded arrays can be modified in place."""
+    buf = getattr(frame, "buffer", frame)
+    if isinstance(buf, memoryview) and buf.readonly:
+        return bytearray(buf)  # one copy; zmq frames are read-only
+    return buf
+
+
+def nbytes(frames: Iterable[Any]) -> int:
+    total = 0
+    for f in frames:
+        total += memoryview(getattr(f, "buffer", f)).nbytes
+    return total
+
+
+def pack(values: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Serialize several named values: ``([{name, nbuffers, nbytes}], frames)``.
+
+    Raises SerializationError naming the first variable that cannot be serialized.
+    """
+    entries: list[dict[str, Any]] = []
+    out: list[Any] = []
+    for name, value in values.items():
+        try:
+            parts = dumps(value)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"variable '{name}' of type {type(value).__name__} cannot be serialized ({exc})"
+            ) from None
+        entries.append({"name": name, "nbuffers": len(parts), "nbytes": nbytes(parts)})
+        out.extend(parts)
+    return entries, out
+
+
+def unpack(entries: Sequence[dict[str, Any]], frames: Sequence[Any]) -> dict[str, Any]:
+    """Inverse of :func:`pack`.  Raises SerializationError naming the variable that failed."""
+    values: dict[str, Any] = {}
+    pos = 0
+    for entry in entries:
+        n = int(entry["nbuffers"])
+        chunk = frames[pos : pos + n]
+        pos += n
+        if len(chunk) != n:
+            raise SerializationError("message is missing buffers")
+        try:
+            values[entry["name"]] = loads(chunk)
+        except SerializationError as exc:
+            raise SerializationError(f"variable '{entry['name']}' could not be loaded ({exc})")
+    return values
