@@ -102,7 +102,9 @@ class StaticAuthenticator:
         entry = self._load().get(token_hash(token))
         if entry is None:
             raise AuthError("The token is not valid.")
-        return Identity(entry["sub"], entry.get("username", entry["sub"]), tuple(entry.get("groups", ())))
+        return Identity(
+            entry["sub"], entry.get("username", entry["sub"]), tuple(entry.get("groups", ()))
+        )
 
 
 def add_static_token(

@@ -1,0 +1,23 @@
+"""rexec: run Jupyter cells on your own remote worker.
+
+``%load_ext rexec_magic`` registers ``%%remote``, ``%remote``, ``%rexec_login``,
+``%rexec_start``, ``%rexec_stop`` and ``%rexec_status``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from rexec_magic.magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    magics = ipython.magics_manager.registry.get("RexecMagics")
+    if magics is not None:
+        magics.session.close()

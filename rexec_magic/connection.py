@@ -35,7 +35,10 @@ class ConnectionInfo:
     server_key: str = ""  # broker CURVE public key, when the client port is encrypted
 
     def __repr__(self) -> str:  # never show the token
-        return f"ConnectionInfo(user={self.user!r}, spawner_url={self.spawner_url!r}, broker_url={self.broker_url!r})"
+        return (
+            f"ConnectionInfo(user={self.user!r}, spawner_url={self.spawner_url!r}, "
+            f"broker_url={self.broker_url!r})"
+        )
 
     __str__ = __repr__
 
@@ -53,7 +56,9 @@ def load(path: Path | None = None) -> ConnectionInfo:
             f"No rexec connection file at {path}: run `rexec up` or `%rexec_login` first."
         ) from None
     except (OSError, ValueError) as exc:
-        raise ConnectionFileError(f"The rexec connection file {path} is unreadable ({exc}).") from None
+        raise ConnectionFileError(
+            f"The rexec connection file {path} is unreadable ({exc})."
+        ) from None
     try:
         return ConnectionInfo(
             spawner_url=data["spawner_url"],

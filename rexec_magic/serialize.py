@@ -47,6 +47,27 @@ class SerializationError(Exception):
     """A value could not be turned into frames (or frames back into a value)."""
 
 
+class _Pickler(dill.Pickler):
+    """dill, except that plain numpy arrays keep numpy's own protocol-5 reduction.
+
+    dill registers its own reducer for ``numpy.ndarray`` that copies the data into the pickle
+    (in band), so ``buffer_callback`` never sees it and a 100 MB array was copied twice.
+    numpy's ``__reduce_ex__(5)`` hands the data over as a PickleBuffer instead (and falls back
+    to in-band by itself for object dtypes and non-contiguous arrays).
+    """
+
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
+        if ndarray is not None and type(obj) is ndarray:
+            memo = self.memo.get(id(obj))
+            if memo is not None:
+                self.write(self.get(memo[0]))
+                return
+            self.save_reduce(obj=obj, *obj.__reduce_ex__(self.proto))
+            return
+        super().save(obj, save_persistent_id)
+
+
 def dumps(obj: Any) -> list[Any]:
     """Pickle ``obj``; return ``[pickle_bytes, *buffers]`` where buffers are raw memoryviews."""
     buffers: list[pickle.PickleBuffer] = []
@@ -60,7 +81,7 @@ def dumps(obj: Any) -> list[Any]:
 
     stream = io.BytesIO()
     try:
-        dill.Pickler(stream, protocol=PICKLE_PROTOCOL, buffer_callback=keep_out_of_band).dump(obj)
+        _Pickler(stream, protocol=PICKLE_PROTOCOL, buffer_callback=keep_out_of_band).dump(obj)
     except Exception as exc:  # dill raises many kinds: TypeError, PicklingError, ...
         raise SerializationError(f"{type(exc).__name__}: {exc}") from None
     return [stream.getbuffer(), *(b.raw() for b in buffers)]

@@ -23,3 +23,12 @@ class SpawnerSettings(AuthSettings):
     max_restarts: int = 5  # crash loop: more restarts than this within restart_window_s -> failed
     restart_window_s: float = 60.0
     log_file: str | None = None
+    # How often the broker's control port is asked whether a starting worker registered.
+    ready_poll_s: float = 0.05
+    # SIGTERM, then SIGKILL after this long.
+    stop_grace_s: float = 3.0
+    # Local backend: the module run as ``python -m <worker_module>``.
+    worker_module: str = "worker_image.worker"
+    # Local backend: extra ``pip install`` arguments (e.g. "--index-url URL" or "--no-index").
+    pip_args: str = ""
+    install_timeout_s: float = 900.0

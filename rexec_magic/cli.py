@@ -1,0 +1,357 @@
+"""The ``rexec`` command: ``up``, ``broker``, ``spawner``, ``worker``, ``token``, ``status``.
+
+``rexec up`` is the embedded default: a dev token file, the broker and the spawner (local
+backend) as child processes on 127.0.0.1, a connection file for the current user, and a
+supervisor that restarts a child that dies and stops everything on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_runtime_dir
+
+from rexec_magic import connection
+from rexec_magic.private_file import write_private
+
+UP_STATE_FILE = "up.json"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("REXEC_STATE_DIR") or Path(jupyter_runtime_dir()) / "rexec-up")
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+# ---------------------------------------------------------------------------- rexec up
+class Stack:
+    """The children of ``rexec up`` and how to (re)start them."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.host = args.host
+        self.state_dir = Path(args.state_dir).expanduser().resolve()
+        self.logs = self.state_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self.ports = {
+            name: getattr(args, f"{name}_port") or free_port(self.host)
+            for name in ("broker", "control", "worker", "spawner")
+        }
+        self.tokens_file = self.state_dir / "tokens.json"
+        self.admin_secret = secrets.token_urlsafe(32)
+        worker_key = secrets.token_urlsafe(32)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.broker_url = f"tcp://{host}:{self.ports['broker']}"
+        self.control_url = f"tcp://{host}:{self.ports['control']}"
+        self.spawner_url = f"http://{host}:{self.ports['spawner']}"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("REXEC_")}
+        common = {
+            **base,
+            "REXEC_HOST": self.host,
+            "REXEC_AUTHENTICATOR": args.authenticator,
+            "REXEC_TOKENS_FILE": str(self.tokens_file),
+            "REXEC_WORKER_KEY": worker_key,
+            "REXEC_ADMIN_SECRET": self.admin_secret,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if args.auth_api_url:
+            common["REXEC_AUTH_API_URL"] = args.auth_api_url
+        if args.allowed_groups:
+            common["REXEC_ALLOWED_GROUPS"] = args.allowed_groups
+        self.envs = {
+            "broker": {
+                **common,
+                "REXEC_BROKER_PORT": str(self.ports["broker"]),
+                "REXEC_CONTROL_PORT": str(self.ports["control"]),
+                "REXEC_WORKER_PORT": str(self.ports["worker"]),
+                "REXEC_LOG_FILE": str(self.logs / "broker.log"),
+            },
+            "spawner": {
+                **common,
+                "REXEC_SPAWNER_PORT": str(self.ports["spawner"]),
+                "REXEC_BROKER_URL": self.broker_url,
+                "REXEC_BROKER_WORKER_URL": f"tcp://{host}:{self.ports['worker']}",
+                "REXEC_BROKER_CONTROL_URL": self.control_url,
+                "REXEC_STATE_DIR": str(self.state_dir),
+                "REXEC_LOG_FILE": str(self.logs / "spawner.log"),
+            },
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.lab: subprocess.Popen[bytes] | None = None
+        self.restarts: dict[str, list[float]] = {"broker": [], "spawner": []}
+
+    def start(self, name: str) -> None:
+        log = open(self.logs / f"{name}.out", "ab")  # noqa: SIM115 - owned by the child
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "rexec_magic.cli", name],
+            env=self.envs[name],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        import requests
+
+        from broker.control import BrokerControlError, broker_status
+
+        deadline = time.monotonic() + timeout_s
+        broker_ok = spawner_ok = False
+        while not (broker_ok and spawner_ok):
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise SystemExit(
+                        f"rexec {name} exited at start; see {self.logs / (name + '.log')}"
+                    )
+            if not broker_ok:
+                try:
+                    broker_status(self.control_url, self.admin_secret, timeout_s=0.5)
+                    broker_ok = True
+                except BrokerControlError:
+                    pass
+            if not spawner_ok:
+                try:
+                    spawner_ok = requests.get(self.spawner_url + "/healthz", timeout=1).ok
+                except requests.RequestException:
+                    pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"rexec did not come up within {timeout_s:.0f} s")
+            time.sleep(0.05)
+
+    def write_state(self) -> None:
+        state = {
+            "ports": self.ports,
+            "pids": {name: p.pid for name, p in self.procs.items()},
+            "broker_url": self.broker_url,
+            "control_url": self.control_url,
+            "spawner_url": self.spawner_url,
+            "admin_secret": self.admin_secret,
+            "tokens_file": str(self.tokens_file),
+            "logs": str(self.logs),
+            "pid": os.getpid(),
+        }
+        write_private(self.state_dir / UP_STATE_FILE, json.dumps(state, indent=1))
+
+    def start_lab(self, root_dir: Path) -> None:
+        """JupyterLab on loopback, its output (with its URL) on our terminal."""
+        cmd = [
+            sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={self.host}",
+            f"--ServerApp.root_dir={root_dir.resolve()}",
+        ]  # fmt: skip
+        if os.geteuid() == 0:
+            cmd.append("--allow-root")
+        self.lab = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+
+    def supervise(self, stopping: list[bool]) -> None:
+        """Restart a child that dies (at most 5 times a minute); return when stopping."""
+        while not stopping:
+            time.sleep(0.1)
+            if self.lab is not None and self.lab.poll() is not None:
+                print("JupyterLab exited; stopping rexec.", flush=True)
+                return
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is None or stopping:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in self.restarts[name] if now - t < 60] + [now]
+                self.restarts[name] = recent
+                if len(recent) > 5:
+                    print(f"rexec {name} keeps exiting; stopping. See {self.logs}", flush=True)
+                    return
+                print(f"rexec {name} exited ({proc.returncode}); restarting it", flush=True)
+                self.start(name)
+                self.write_state()
+
+    def stop(self) -> None:
+        if self.lab is not None and self.lab.poll() is None:
+            self.lab.send_signal(signal.SIGINT)
+            self.lab.send_signal(signal.SIGINT)  # JupyterLab asks for confirmation once
+            try:
+                self.lab.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.lab.kill()
+        for name in ("spawner", "broker"):  # the spawner stops the workers first
+            proc = self.procs.get(name)
+            if proc and proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from broker.auth import add_static_token
+
+    stack = Stack(args)
+    user = getpass.getuser()
+    token = add_static_token(stack.tokens_file, user)
+    stopping: list[bool] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.append(True)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        for name in ("broker", "spawner"):
+            stack.start(name)
+        stack.write_state()
+        stack.wait_ready()
+        path = connection.save(
+            connection.ConnectionInfo(stack.spawner_url, stack.broker_url, token, user),
+            Path(args.connection_file).expanduser() if args.connection_file else None,
+        )
+        print(
+            f"rexec is up for user {user}\n"
+            f"  broker   {stack.broker_url}\n"
+            f"  spawner  {stack.spawner_url}  (API docs at /docs)\n"
+            f"  connection file  {path}\n"
+            f"  logs     {stack.logs}\n"
+            "In a notebook: %load_ext rexec_magic, then %%remote cells. Ctrl-C stops.",
+            flush=True,
+        )
+        if args.lab:
+            stack.start_lab(Path(args.lab))
+        stack.supervise(stopping)
+    finally:
+        stack.stop()
+        print("rexec stopped.", flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------- services
+def cmd_broker(args: argparse.Namespace) -> int:
+    from broker.config import BrokerSettings
+    from broker.server import serve
+
+    serve(BrokerSettings())
+    return 0
+
+
+def cmd_spawner(args: argparse.Namespace) -> int:
+    from spawner.config import SpawnerSettings
+    from spawner.server import serve
+
+    serve(SpawnerSettings())
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker_image.worker import main
+
+    return main() or 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Add a dev token for a user and write that user's connection file (never printed)."""
+    from broker.auth import add_static_token
+
+    state = json.loads((Path(args.state_dir) / UP_STATE_FILE).read_text())
+    token = add_static_token(
+        args.tokens_file or state["tokens_file"],
+        args.user,
+        [g for g in args.groups.split(",") if g],
+    )
+    path = connection.save(
+        connection.ConnectionInfo(state["spawner_url"], state["broker_url"], token, args.user),
+        Path(args.connection_file).expanduser(),
+    )
+    print(f"Token for {args.user} written to {path} (mode 0600).")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from broker.control import BrokerControlError, broker_status
+
+    try:
+        state = json.loads((Path(args.state_dir) / UP_STATE_FILE).read_text())
+    except FileNotFoundError:
+        print(f"No running `rexec up` found in {args.state_dir}.", file=sys.stderr)
+        return 1
+    try:
+        report = broker_status(state["control_url"], state["admin_secret"])
+    except BrokerControlError as exc:
+        print(f"The broker did not answer: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rexec", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start broker + spawner on this machine")
+    up.add_argument("--host", default=os.environ.get("REXEC_HOST", "127.0.0.1"))
+    for name, default in (
+        ("broker", 30001),
+        ("control", 30002),
+        ("worker", 5560),
+        ("spawner", 8765),
+    ):
+        env = f"REXEC_{name.upper()}_PORT"
+        up.add_argument(
+            f"--{name}-port",
+            type=int,
+            default=_env_int(env, default),
+            help=f"0 picks a free port (${env})",
+        )
+    up.add_argument("--state-dir", default=str(default_state_dir()))
+    up.add_argument("--connection-file", default=None, help="default: $REXEC_CONNECTION_FILE")
+    up.add_argument("--lab", metavar="DIR", help="also run JupyterLab on DIR, stopped together")
+    up.add_argument("--authenticator", default=os.environ.get("REXEC_AUTHENTICATOR", "static"))
+    up.add_argument("--auth-api-url", default=os.environ.get("REXEC_AUTH_API_URL"))
+    up.add_argument("--allowed-groups", default=os.environ.get("REXEC_ALLOWED_GROUPS", ""))
+    up.set_defaults(func=cmd_up)
+
+    for name, func, text in (
+        ("broker", cmd_broker, "run the broker (settings from REXEC_* variables)"),
+        ("spawner", cmd_spawner, "run the spawner (settings from REXEC_* variables)"),
+        ("worker", cmd_worker, "run a worker (started by the spawner)"),
+    ):
+        sub.add_parser(name, help=text).set_defaults(func=func)
+
+    token = sub.add_parser("token", help="add a dev token for a user of a running `rexec up`")
+    token.add_argument("user")
+    token.add_argument("--groups", default="")
+    token.add_argument("--connection-file", required=True, help="where to write it (0600)")
+    token.add_argument("--state-dir", default=str(default_state_dir()))
+    token.add_argument("--tokens-file", default=None)
+    token.set_defaults(func=cmd_token)
+
+    status = sub.add_parser("status", help="the broker's view: users, workers, counters")
+    status.add_argument("--state-dir", default=str(default_state_dir()))
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

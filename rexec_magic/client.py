@@ -1,0 +1,351 @@
+"""The client session over ZeroMQ: one DEALER to the broker, used from one thread.
+
+It says HELLO once per connection, sends cells, and waits for their events with every wait
+bounded: the broker is pinged while a cell runs, so a dead worker or broker raises within
+seconds instead of hanging.  A broker that restarted (it forgot this connection) gets a new
+HELLO and the request is sent again, unless the cell had already started.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from rexec_magic import errors, serialize
+from rexec_magic import protocol as P
+from rexec_magic.connection import ConnectionInfo
+
+log = logging.getLogger("rexec.client")
+
+EventHandler = Callable[[P.Message], None]
+HELLO_TIMEOUT_S = 10.0
+
+
+@dataclass
+class CellOutcome:
+    """What came back from one cell besides its events."""
+
+    status: str
+    values: dict[str, Any] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    duration: float = 0.0
+    message: str = ""
+
+
+class RexecClient:
+    def __init__(self, info: ConnectionInfo, context: zmq.Context | None = None) -> None:
+        self.info = info
+        self.ctx = context or zmq.Context.instance()
+        self.sock: zmq.Socket | None = None
+        self.user: str = ""
+        self.username: str = ""
+        self.worker: dict[str, Any] | None = None
+        self.local_versions = serialize.versions()
+        self._ids = itertools.count()
+
+    # ------------------------------------------------------------------ connection
+    def _socket(self) -> zmq.Socket:
+        if self.sock is None:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.reconnect_ivl = 100
+            sock.reconnect_ivl_max = 1000
+            if self.info.server_key:
+                sock.curve_serverkey = self.info.server_key.encode()
+                public, secret = zmq.curve_keypair()
+                sock.curve_publickey, sock.curve_secretkey = public, secret
+            sock.connect(self.info.broker_url)
+            self.sock = sock
+        return self.sock
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+    def reset(self) -> None:
+        """Drop the connection (and anything queued on it); the next call reconnects."""
+        self.close()
+        self.user = ""
+
+    def _send(self, kind: str, header: dict[str, Any], buffers: list[Any] = ()) -> None:
+        self._socket().send_multipart(P.frames(kind, header, buffers), copy=False)
+
+    def _recv(self, timeout_s: float) -> P.Message | None:
+        sock = self._socket()
+        if not sock.poll(max(0, int(timeout_s * 1000))):
+            return None
+        frames = sock.recv_multipart(copy=False)
+        try:
+            return P.decode(frames)
+        except P.ProtocolError as exc:
+            log.warning("dropped an unreadable message from the broker: %s", exc)
+            return None
+
+    def hello(self, timeout_s: float = HELLO_TIMEOUT_S) -> dict[str, Any]:
+        """Authenticate this connection; return the WELCOME header."""
+        self._send(P.Kind.HELLO, {"token": self.info.token, "client": self.local_versions})
+        deadline = time.monotonic() + timeout_s
+        while True:
+            msg = self._recv(deadline - time.monotonic())
+            if msg is None:
+                self.reset()
+                raise errors.BrokerUnreachable(
+                    f"The rexec broker at {self.info.broker_url} did not answer within "
+                    f"{timeout_s:.0f} s; is it running?"
+                )
+            if msg.kind == P.Kind.WELCOME:
+                self.user = msg.header["user"]
+                self.username = msg.header.get("username", self.user)
+                self.worker = msg.header.get("worker")
+                return msg.header
+            if msg.kind == P.Kind.DENIED:
+                self.reset()
+                raise errors.AuthDenied(
+                    f"The broker refused the token: {msg.header.get('message', 'denied')}"
+                )
+            # Anything else is left over from an earlier connection state: skip it.
+
+    def ensure_hello(self) -> None:
+        if not self.user:
+            self.hello()
+
+    def ping(self, timeout_s: float = 5.0) -> tuple[float, dict[str, Any]]:
+        """Round trip to the broker: ``(seconds, PONG header)``."""
+        self.ensure_hello()
+        t0 = time.perf_counter()
+        self._send(P.Kind.PING, {"t": t0})
+        deadline = time.monotonic() + timeout_s
+        while True:
+            msg = self._recv(deadline - time.monotonic())
+            if msg is None:
+                raise errors.BrokerUnreachable(
+                    f"The rexec broker at {self.info.broker_url} did not answer a ping."
+                )
+            if msg.kind == P.Kind.PONG and msg.header.get("t") == t0:
+                self.worker = msg.header.get("worker")
+                return time.perf_counter() - t0, msg.header
+            if msg.kind == P.Kind.FAIL and msg.header.get("code") == P.FailCode.UNAUTHENTICATED:
+                self.hello()
+                return self.ping(timeout_s)
+
+    def inspect(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The worker's own report: versions, uptime, variables."""
+        self.ensure_hello()
+        req_id = self._new_id()
+        self._send(P.Kind.INSPECT, {"id": req_id})
+        deadline = time.monotonic() + timeout_s
+        while True:
+            msg = self._recv(deadline - time.monotonic())
+            if msg is None:
+                raise errors.WorkerLost("The remote worker did not answer a status request.")
+            if msg.header.get("id") != req_id:
+                continue
+            if msg.kind == P.Kind.INSPECT_REPLY:
+                return msg.header
+            if msg.kind == P.Kind.FAIL:
+                raise self._fail_error(msg)
+
+    def wait_for_worker(self, nonce: str | None, timeout_s: float) -> dict[str, Any]:
+        """Ping until the broker knows a worker for us (with ``nonce`` when given)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            _, pong = self.ping()
+            worker = pong.get("worker")
+            if worker and (nonce is None or worker.get("nonce") == nonce):
+                return worker
+            if time.monotonic() > deadline:
+                raise errors.NoWorker("The remote worker did not connect to the broker in time.")
+            time.sleep(0.02)
+
+    def _new_id(self) -> str:
+        return f"{uuid.uuid4().hex[:12]}-{next(self._ids)}"
+
+    @staticmethod
+    def _fail_error(msg: P.Message) -> errors.RexecError:
+        code, text = msg.header.get("code"), msg.header.get("message", "")
+        if code == P.FailCode.NO_WORKER:
+            return errors.NoWorker(text)
+        if code == P.FailCode.WORKER_LOST:
+            return errors.WorkerLost(text)
+        return errors.RexecError(text or f"The broker failed the request ({code}).")
+
+    # ------------------------------------------------------------------ cells
+    def execute(
+        self,
+        code: str,
+        push: dict[str, Any],
+        pull: list[str],
+        on_event: EventHandler,
+        pull_limit: int = 256 * 2**20,
+        timeout_s: float | None = None,
+    ) -> CellOutcome:
+        """Run one cell on the worker; call ``on_event`` for each output event as it comes.
+
+        Raises RexecError subclasses for expected failures and RemoteInterrupted when the
+        user interrupts (KeyboardInterrupt while waiting sends INTERRUPT to the worker).
+        """
+        try:
+            entries, buffers = serialize.pack(push)
+        except serialize.SerializationError as exc:
+            raise errors.UnserializableVariable(f"The cell was not run: {exc}.") from None
+        self.ensure_hello()
+        req_id = self._new_id()
+        header = {
+            "id": req_id,
+            "code": code,
+            "vars": entries,
+            "pull": pull,
+            "pull_limit": pull_limit,
+            "client": self.local_versions,
+        }
+        self._send(P.Kind.EXECUTE, header, buffers)
+        return self._wait_cell(req_id, header, buffers, on_event, timeout_s)
+
+    def _wait_cell(
+        self,
+        req_id: str,
+        header: dict[str, Any],
+        buffers: list[Any],
+        on_event: EventHandler,
+        timeout_s: float | None,
+    ) -> CellOutcome:
+        started = False  # the worker accepted the cell: never resend it after that
+        resent = False
+        interrupted_at: float | None = None
+        timed_out = False
+        error: dict[str, Any] | None = None
+        now = time.monotonic()
+        deadline = now + timeout_s if timeout_s else None
+        last_heard = now
+        next_ping = now + P.CLIENT_PING_S
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline and interrupted_at is None:
+                timed_out = True
+                interrupted_at = now
+                self._send(P.Kind.INTERRUPT, {"id": req_id})
+            if interrupted_at is not None and now - interrupted_at > P.INTERRUPT_GRACE_S + 5:
+                raise errors.WorkerLost(
+                    "The remote worker did not confirm the interrupt; it may still be busy."
+                )
+            if now - last_heard > P.BROKER_SILENT_AFTER_S:
+                self.reset()
+                raise errors.BrokerUnreachable(
+                    f"Lost contact with the rexec broker at {self.info.broker_url} "
+                    "while the cell ran; its output may be incomplete."
+                )
+            if now >= next_ping:
+                self._send(P.Kind.PING, {"t": now})
+                next_ping = now + P.CLIENT_PING_S
+            wait = next_ping - now
+            if deadline is not None and interrupted_at is None:
+                wait = min(wait, deadline - now)
+            try:
+                msg = self._recv(wait)
+            except KeyboardInterrupt:
+                if interrupted_at is not None:
+                    raise errors.RemoteInterrupted(
+                        "Interrupted again; stopped waiting for the remote cell."
+                    ) from None
+                interrupted_at = time.monotonic()
+                self._send(P.Kind.INTERRUPT, {"id": req_id})
+                continue
+            if msg is None:
+                continue
+            last_heard = time.monotonic()
+            kind, h = msg.kind, msg.header
+            if kind == P.Kind.PONG:
+                self.worker = h.get("worker")
+                if self.worker is None or (req_id not in h.get("pending", []) and started):
+                    raise errors.WorkerLost(
+                        "The remote worker stopped while running the cell; "
+                        "the remote namespace was lost."
+                    )
+                continue
+            if kind == P.Kind.FAIL and h.get("code") == P.FailCode.UNAUTHENTICATED:
+                # The broker restarted and forgot this connection.
+                self.hello()
+                if started or resent:
+                    raise errors.BrokerUnreachable(
+                        "The rexec broker restarted while the cell ran; "
+                        "its output may be incomplete."
+                    )
+                resent = True
+                self._send(P.Kind.EXECUTE, header, buffers)
+                continue
+            if h.get("id") != req_id:
+                continue  # a late event of an earlier cell
+            if kind == P.Kind.ACCEPTED:
+                started = True
+            elif kind in (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT):
+                on_event(msg)
+            elif kind == P.Kind.ERROR:
+                error = h
+            elif kind == P.Kind.FAIL:
+                if h.get("code") == P.FailCode.WORKER_LOST and not started and not resent:
+                    # The cell went to a worker that had just died; it never ran, so it is
+                    # safe to send it to the worker that replaced it.
+                    resent = True
+                    self.wait_for_worker(None, timeout_s=15.0)
+                    self._send(P.Kind.EXECUTE, header, buffers)
+                    last_heard = time.monotonic()
+                    continue
+                raise self._fail_error(msg)
+            elif kind == P.Kind.DONE:
+                return self._finish(msg, error, timed_out, interrupted_at is not None, timeout_s)
+
+    def _finish(
+        self,
+        msg: P.Message,
+        error: dict[str, Any] | None,
+        timed_out: bool,
+        interrupted: bool,
+        timeout_s: float | None,
+    ) -> CellOutcome:
+        h = msg.header
+        status = h.get("status")
+        if status == P.DoneStatus.RESTARTING:
+            text = h.get("message") or (
+                "The remote cell did not stop after the interrupt, so the worker was "
+                "restarted; the remote namespace was lost."
+            )
+            if timed_out:
+                raise errors.CellTimeout(f"The cell ran past its {timeout_s} s timeout. {text}")
+            raise errors.RemoteInterrupted(text)
+        if timed_out:
+            raise errors.CellTimeout(
+                f"The cell ran past its {timeout_s} s timeout and was interrupted."
+            )
+        if status == P.DoneStatus.INTERRUPTED or (interrupted and status != P.DoneStatus.OK):
+            raise errors.RemoteInterrupted()
+        if status == P.DoneStatus.ERROR:
+            error = error or {}
+            raise errors.RemoteCellError(
+                str(error.get("ename", "Error")),
+                str(error.get("evalue", h.get("message", "the remote cell failed"))),
+                list(error.get("traceback") or []),
+            )
+        values: dict[str, Any] = {}
+        if h.get("vars"):
+            try:
+                values = serialize.unpack(h["vars"], msg.buffers)
+            except serialize.SerializationError as exc:
+                note = serialize.version_note(self.local_versions, self.worker)
+                raise errors.DeserializationFailed(
+                    f"A value pulled from the worker could not be loaded here: {exc} ({note})."
+                ) from None
+        return CellOutcome(
+            status=status or P.DoneStatus.OK,
+            values=values,
+            skipped=list(h.get("skipped") or []),
+            duration=float(h.get("duration") or 0.0),
+            message=h.get("message", ""),
+        )

@@ -1,0 +1,101 @@
+"""Errors a notebook user reads.
+
+Two kinds, as in sparkmagic: *expected* errors (``RexecError`` and subclasses: bad token, no
+worker, unserializable value, remote exception, timeout) render as one plain sentence with no
+rexec traceback; *internal* errors (``InternalError``) say so and point at the log.  IPython
+calls ``_render_traceback_`` to draw an exception, which is how the local machinery stays out
+of sight.  An interrupted cell raises a KeyboardInterrupt subclass so Run All stops.
+"""
+
+from __future__ import annotations
+
+RED = "\x1b[0;31m"
+RESET = "\x1b[0m"
+
+
+def _line(name: str, message: str) -> list[str]:
+    return [f"{RED}{name}{RESET}: {message}"]
+
+
+class RexecError(Exception):
+    """An expected failure; ``str(exc)`` is one sentence meant for the user."""
+
+    def _render_traceback_(self) -> list[str]:
+        return _line(type(self).__name__, str(self))
+
+
+class NotLoggedIn(RexecError):
+    pass
+
+
+class AuthDenied(RexecError):
+    pass
+
+
+class SpawnerUnavailable(RexecError):
+    pass
+
+
+class SpawnFailed(RexecError):
+    pass
+
+
+class NoWorker(RexecError):
+    pass
+
+
+class WorkerLost(RexecError):
+    pass
+
+
+class BrokerUnreachable(RexecError):
+    pass
+
+
+class UnserializableVariable(RexecError):
+    pass
+
+
+class DeserializationFailed(RexecError):
+    pass
+
+
+class CellTimeout(RexecError):
+    pass
+
+
+class RemoteCellError(RexecError):
+    """The cell raised on the worker.  Shows the remote traceback, not ours."""
+
+    def __init__(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        super().__init__(f"{ename}: {evalue}")
+        self.ename = ename
+        self.evalue = evalue
+        self.remote_traceback = traceback
+
+    def _render_traceback_(self) -> list[str]:
+        return list(self.remote_traceback) or _line(self.ename, self.evalue)
+
+
+class RemoteInterrupted(KeyboardInterrupt):
+    """The remote cell was interrupted (a KeyboardInterrupt, so following cells do not run)."""
+
+    def __init__(self, message: str = "The remote cell was interrupted.") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def _render_traceback_(self) -> list[str]:
+        return _line("KeyboardInterrupt", self.message)
+
+
+class InternalError(Exception):
+    """A bug in rexec itself: the user is told so and where the details are."""
+
+    def __init__(self, what: str, log_path: str) -> None:
+        super().__init__(f"rexec internal error ({what}); details are in {log_path}")
+
+    def _render_traceback_(self) -> list[str]:
+        return _line("InternalError", str(self) + " Please report it.")

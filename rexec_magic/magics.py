@@ -1,0 +1,280 @@
+"""The IPython magics: ``%%remote``, ``%remote``, ``%rexec_login``, ``%rexec_start``,
+``%rexec_stop`` and ``%rexec_status``.
+
+The flags of ``%%remote`` and ``%remote`` are declared once (``remote_args``) and stacked on
+the magic, so the line and cell forms can never drift apart (the ipyparallel pattern).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from rexec_magic import connection, errors, names
+from rexec_magic.logs import log_path, setup_logging
+from rexec_magic.render import EventRenderer, Table, human_bytes, human_seconds
+from rexec_magic.session import RemoteSession
+from rexec_magic.spawner_client import SpawnerClient
+
+log = logging.getLogger("rexec.magic")
+
+DEFAULT_PULL_LIMIT = 256 * 2**20
+DEFAULT_SPAWNER_URL = "http://127.0.0.1:8765"
+# IPython's own names in a user namespace: never shipped.
+IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_", "__", "___"})
+IPYTHON_NAME_RE = re.compile(r"^_(i\d*|ii|iii|oh|ih|dh|\d+)$")
+
+
+def parse_size(text: str) -> int:
+    """``256MB``, ``1.5GB``, ``1024`` -> bytes."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?i?B?)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise errors.RexecError(f"Cannot read the size {text!r}; write e.g. 256MB or 2GB.")
+    unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
+    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
+    return int(float(m.group(1)) * scale)
+
+
+def name_list(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def remote_args(func: Any) -> Any:
+    """The flags shared by ``%%remote`` and ``%remote``."""
+    decorators = [
+        argument("-i", "--push", metavar="NAMES", help="ship only these local variables"),
+        argument("--no-push", action="store_true", help="ship no local variables"),
+        argument("-o", "--pull", metavar="NAMES", help="bring back only these names"),
+        argument("--no-pull", action="store_true", help="bring back nothing"),
+        argument(
+            "--pull-limit",
+            metavar="SIZE",
+            default="256MB",
+            help="values larger than this stay remote (default 256MB)",
+        ),
+        argument("--timeout", metavar="S", type=float, help="interrupt the cell after S seconds"),
+    ]
+    for deco in reversed(decorators):
+        func = deco(func)
+    return magic_arguments()(func)
+
+
+FLAGS_WITH_VALUE = {"-i", "--push", "-o", "--pull", "--pull-limit", "--timeout"}
+
+
+def split_flags(line: str) -> tuple[str, str]:
+    """Split ``%remote -o y y = x + 1`` into (flags, code) without touching the code."""
+    rest = line.lstrip()
+    flags: list[str] = []
+    while rest.startswith("-"):
+        token, _, after = rest.partition(" ")
+        flags.append(token)
+        rest = after.lstrip()
+        if token in FLAGS_WITH_VALUE:
+            value, _, after = rest.partition(" ")
+            flags.append(value)
+            rest = after.lstrip()
+    return " ".join(flags), rest
+
+
+@magics_class
+class RexecMagics(Magics):
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.session = RemoteSession()
+
+    # ------------------------------------------------------------------ helpers
+    def _say(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def _shippable(self, name: str) -> bool:
+        if name in IPYTHON_NAMES or IPYTHON_NAME_RE.match(name) or name.startswith("__"):
+            return False
+        return name in self.shell.user_ns and not isinstance(
+            self.shell.user_ns[name], types.ModuleType
+        )
+
+    def _plan(self, args: Any, code: str) -> tuple[dict[str, Any], list[str]]:
+        """Which local variables to ship and which names to bring back."""
+        try:
+            free, bound = names.analyze(self.shell.transform_cell(code))
+        except SyntaxError:
+            free, bound = [], []  # the worker will report the syntax error itself
+        if args.no_push:
+            push_names: list[str] = []
+        elif args.push:
+            push_names = name_list(args.push)
+            missing = [n for n in push_names if n not in self.shell.user_ns]
+            if missing:
+                raise errors.RexecError(f"No local variable named {', '.join(missing)} to push.")
+        else:
+            push_names = [n for n in free if self._shippable(n)]
+        if args.no_pull:
+            pull: list[str] = []
+        elif args.pull:
+            pull = name_list(args.pull)
+        else:
+            pull = bound
+        return {n: self.shell.user_ns[n] for n in push_names}, pull
+
+    def _run(self, args: Any, code: str) -> Any:
+        push, pull = self._plan(args, code)
+        renderer = EventRenderer()
+        outcome = self.session.run(
+            code,
+            push,
+            pull,
+            renderer,
+            pull_limit=parse_size(args.pull_limit),
+            timeout_s=args.timeout,
+            say=self._say,
+        )
+        self.shell.user_ns.update(outcome.values)
+        for skip in outcome.skipped:
+            self._say(f"rexec: `{skip['name']}` stays remote: {skip['reason']}.")
+        return renderer.result
+
+    def _guard(self, action: str, func: Any, *args: Any) -> Any:
+        """Run a magic body: expected errors pass through as one sentence, bugs say so."""
+        try:
+            return func(*args)
+        except (errors.RexecError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            log.exception("internal error during %s", action)
+            raise errors.InternalError(f"{action}: {type(exc).__name__}", str(log_path())) from None
+
+    # ------------------------------------------------------------------ cells
+    @no_var_expand
+    @remote_args
+    @line_cell_magic
+    def remote(self, line: str, cell: str | None = None) -> Any:
+        """Run a cell (``%%remote``) or one line (``%remote EXPR``) on your remote worker.
+
+        Local variables the code reads are shipped; names it assigns come back.
+        """
+        if cell is None:
+            flags, code = split_flags(line)
+        else:
+            flags, code = line, cell
+        args = parse_argstring(self.remote, flags)
+        if not code.strip():
+            return None
+        return self._guard("running a remote cell", self._run, args, code)
+
+    # ------------------------------------------------------------------ lifecycle
+    @magic_arguments()
+    @argument("token", nargs="?", help="your rexec token (else $REXEC_TOKEN, else a prompt)")
+    @argument("--spawner-url", help="the spawner to log in to")
+    @line_magic
+    def rexec_login(self, line: str) -> None:
+        """Log in: check the token with the spawner and write the connection file."""
+        args = parse_argstring(self.rexec_login, line)
+        token = args.token or os.environ.get("REXEC_TOKEN") or getpass.getpass("rexec token: ")
+        url = args.spawner_url or os.environ.get("REXEC_SPAWNER_URL")
+        if not url:
+            try:
+                url = connection.load().spawner_url
+            except connection.ConnectionFileError:
+                url = DEFAULT_SPAWNER_URL
+        self._guard("logging in", self._login, url, token.strip())
+
+    def _login(self, url: str, token: str) -> None:
+        spawner = SpawnerClient(url, token)
+        status = spawner.status()  # raises AuthDenied for a bad token
+        broker = spawner.broker_config()
+        info = connection.ConnectionInfo(
+            spawner_url=url,
+            broker_url=broker["broker_url"],
+            token=token,
+            user=status.get("username") or status.get("user", ""),
+        )
+        path = connection.save(info)
+        self.session.use(info)
+        print(f"Logged in as {info.user}; connection file written to {path}.")
+
+    @magic_arguments()
+    @argument("--requirements", "-r", metavar="FILE", help="pip requirements file for the worker")
+    @argument("--force", action="store_true", help="restart a worker that has other requirements")
+    @line_magic
+    def rexec_start(self, line: str) -> None:
+        """Start your remote worker (or find it running) and wait until it is ready."""
+        args = parse_argstring(self.rexec_start, line)
+        requirements: list[str] = []
+        if args.requirements:
+            try:
+                requirements = Path(args.requirements).expanduser().read_text().splitlines()
+            except OSError as exc:
+                raise errors.RexecError(f"Cannot read {args.requirements}: {exc.strerror}.")
+        self._say("Starting the remote worker…")
+        status = self._guard(
+            "starting the worker", self.session.start, requirements, args.force, None, self._say
+        )
+        python = status.get("python") or "?"
+        print(f"Remote worker ready in {status['seconds']:.2f} s (Python {python}).")
+
+    @line_magic
+    def rexec_stop(self, line: str) -> None:
+        """Stop your remote worker; its namespace is lost."""
+        self._guard("stopping the worker", self.session.stop)
+        print("Remote worker stopped.")
+
+    @line_magic
+    def rexec_status(self, line: str) -> Table:
+        """Where things stand: user, broker, worker, versions, uptime, round trip, variables."""
+        report = self._guard("reading the status", self.session.status)
+        return status_table(report)
+
+
+def status_table(report: dict[str, Any]) -> Table:
+    rows: list[tuple[str, str]] = [
+        ("user", report.get("user") or "?"),
+        (
+            "broker",
+            report["broker"]
+            + (f"  ({report['broker_error']})" if "broker_error" in report else ""),
+        ),
+        ("spawner", report["spawner"]),
+    ]
+    spawner_state = report.get("spawner_state") or {}
+    worker = report.get("worker")
+    inspect = report.get("inspect") or {}
+    if worker:
+        state = "busy" if worker.get("busy") else "ready"
+    else:
+        state = spawner_state.get("state") or "stopped"
+    if spawner_state.get("message") and state != "ready":
+        state += f" ({spawner_state['message']})"
+    if "spawner_error" in report:
+        state += f"  ({report['spawner_error']})"
+    rows.append(("worker", state))
+    if worker:
+        winfo = inspect.get("worker") or {}
+        rows.append(("worker python", worker.get("python") or winfo.get("python", "?")))
+        rows.append(("worker dill", worker.get("dill", "?")))
+        rows.append(("uptime", human_seconds(float(worker.get("uptime_s", 0)))))
+        if winfo.get("hostname"):
+            rows.append(("runs on", f"{winfo['hostname']} (pid {winfo.get('pid', '?')})"))
+    if "rtt_ms" in report:
+        rows.append(("round trip", f"{report['rtt_ms']:.2f} ms"))
+    variables = inspect.get("variables") or []
+    if worker:
+        listing = ", ".join(
+            f"{v['name']} ({v['type']}, {human_bytes(v.get('size', 0))})" for v in variables
+        )
+        rows.append(("remote variables", listing or "none"))
+    return Table("rexec status", rows)
+
+
+def load(ipython: Any) -> None:
+    setup_logging()
+    ipython.register_magics(RexecMagics)

@@ -1,0 +1,145 @@
+"""Which names a cell reads from the notebook and which it binds, from its syntax tree.
+
+*Free names* are read before the cell assigns them (at module level, in order; names read
+inside functions and classes count too when those bodies do not bind them).  *Bound names*
+are what the cell assigns at module level.  Shipping one variable too many costs bytes;
+missing one breaks the cell, so when unsure a name counts as free.
+"""
+
+from __future__ import annotations
+
+import ast
+
+
+class _Reads(ast.NodeVisitor):
+    """Collect names loaded anywhere in a node, minus names local to nested scopes."""
+
+    def __init__(self) -> None:
+        self.loads: set[str] = set()
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load | ast.Del):
+            self.loads.add(node.id)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        if isinstance(node.target, ast.Name):
+            self.loads.add(node.target.id)  # x += 1 reads x
+        self.generic_visit(node)
+
+    def _scope(self, node: ast.AST, args: ast.arguments | None, body: list[ast.stmt]) -> None:
+        inner = _Reads()
+        for child in body:
+            inner.visit(child)
+        local = _bound_in(body)
+        if args is not None:
+            local |= {a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)}
+            local |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
+            for default in (*args.defaults, *args.kw_defaults):
+                if default is not None:
+                    self.visit(default)
+        self.loads |= inner.loads - local
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        for deco in node.decorator_list:
+            self.visit(deco)
+        if node.returns is not None:
+            self.visit(node.returns)
+        self._scope(node, node.args, node.body)
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self._scope(node, node.args, [ast.Expr(node.body)])
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        for expr in (*node.decorator_list, *node.bases, *(k.value for k in node.keywords)):
+            self.visit(expr)
+        self._scope(node, None, node.body)
+
+
+def _bound_in(body: list[ast.stmt]) -> set[str]:
+    """Names a block binds in its own scope (not inside nested functions or classes)."""
+    names: set[str] = set()
+
+    class _Binds(ast.NodeVisitor):
+        def visit_Name(self, node: ast.Name) -> None:
+            if isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+
+        def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+            names.add(node.name)
+
+        visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+        def visit_ClassDef(self, node: ast.ClassDef) -> None:
+            names.add(node.name)
+
+        def visit_Lambda(self, node: ast.Lambda) -> None:
+            pass
+
+        def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
+            for alias in node.names:
+                if alias.name != "*":
+                    names.add(alias.asname or alias.name.split(".")[0])
+
+        visit_ImportFrom = visit_Import  # type: ignore[assignment]
+
+        def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+            if node.name:
+                names.add(node.name)
+            self.generic_visit(node)
+
+        def visit_Global(self, node: ast.Global) -> None:
+            names.update(node.names)
+
+        def visit_MatchAs(self, node: ast.MatchAs) -> None:
+            if node.name:
+                names.add(node.name)
+            self.generic_visit(node)
+
+        def visit_MatchStar(self, node: ast.MatchStar) -> None:
+            if node.name:
+                names.add(node.name)
+
+    visitor = _Binds()
+    for stmt in body:
+        visitor.visit(stmt)
+    return names
+
+
+def _unconditional_binds(stmt: ast.stmt) -> set[str]:
+    """Names a top-level statement surely binds (assignments, imports, defs; not branches)."""
+    if isinstance(
+        stmt,
+        ast.Assign
+        | ast.AnnAssign
+        | ast.Import
+        | ast.ImportFrom
+        | ast.FunctionDef
+        | ast.AsyncFunctionDef
+        | ast.ClassDef,
+    ):
+        return _bound_in([stmt])
+    return set()
+
+
+def analyze(code: str) -> tuple[list[str], list[str]]:
+    """``(free_names, bound_names)`` of a cell, each in first-seen order.
+
+    Raises SyntaxError for code that does not parse (IPython syntax like ``!ls`` or ``%time``
+    is not valid Python: the caller decides what to do then).
+    """
+    tree = ast.parse(code)
+    free: dict[str, None] = {}
+    bound: dict[str, None] = {}
+    assigned: set[str] = set()
+    for stmt in tree.body:
+        reads = _Reads()
+        reads.visit(stmt)
+        for name in sorted(reads.loads):
+            if name not in assigned:
+                free.setdefault(name, None)
+        for name in sorted(_bound_in([stmt])):
+            bound.setdefault(name, None)
+        assigned |= _unconditional_binds(stmt)
+    return list(free), list(bound)

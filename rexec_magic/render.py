@@ -1,0 +1,87 @@
+"""Show a remote cell's events in the local kernel as a local cell would show them."""
+
+from __future__ import annotations
+
+import html
+import sys
+from typing import Any
+
+from IPython.display import publish_display_data
+
+from rexec_magic import protocol as P
+
+
+class RemoteResult:
+    """The value of a remote cell's last expression, shown with the worker's mime bundle."""
+
+    def __init__(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+        self.data = data
+        self.metadata = metadata
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict, dict]:
+        return self.data, self.metadata
+
+    def __repr__(self) -> str:
+        return str(self.data.get("text/plain", "<remote value>"))
+
+
+class EventRenderer:
+    """Callable the client gives each STREAM / DISPLAY / RESULT event, in order."""
+
+    def __init__(self) -> None:
+        self.result: RemoteResult | None = None
+
+    def __call__(self, msg: P.Message) -> None:
+        h = msg.header
+        if msg.kind == P.Kind.STREAM:
+            stream = sys.stderr if h.get("name") == "stderr" else sys.stdout
+            stream.write(h.get("text", ""))
+            stream.flush()  # ipykernel sends at once on flush: output stays live
+        elif msg.kind == P.Kind.DISPLAY:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            publish_display_data(
+                data=h.get("data") or {},
+                metadata=h.get("metadata") or {},
+                transient=h.get("transient") or {},
+            )
+        elif msg.kind == P.Kind.RESULT:
+            self.result = RemoteResult(h.get("data") or {}, h.get("metadata") or {})
+
+
+class Table:
+    """A small two-column report: HTML in a notebook, aligned text elsewhere."""
+
+    def __init__(self, title: str, rows: list[tuple[str, str]]) -> None:
+        self.title = title
+        self.rows = rows
+
+    def _repr_html_(self) -> str:
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
+            for k, v in self.rows
+        )
+        return f"<table><caption>{html.escape(self.title)}</caption>{body}</table>"
+
+    def __repr__(self) -> str:
+        width = max((len(k) for k, _ in self.rows), default=0)
+        lines = [self.title] + [f"  {k.ljust(width)}  {v}" for k, v in self.rows]
+        return "\n".join(lines)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def human_seconds(s: float) -> str:
+    s = int(s)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {(s % 3600) // 60} min"

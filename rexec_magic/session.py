@@ -1,0 +1,158 @@
+"""One user's remote session: the connection file, the spawner and the broker client together.
+
+The magics, ``remote_func`` and (later) the Jupyter server extension all go through this
+class, so "start a worker when there is none" and "tell the user about a version mismatch"
+happen in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rexec_magic import connection, errors, serialize
+from rexec_magic.client import CellOutcome, EventHandler, RexecClient
+from rexec_magic.spawner_client import SpawnerClient
+
+log = logging.getLogger("rexec.session")
+
+Say = Callable[[str], None]
+START_TIMEOUT_S = 300.0
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class RemoteSession:
+    def __init__(self, info: connection.ConnectionInfo | None = None) -> None:
+        self._info = info
+        self._client: RexecClient | None = None
+        self._spawner: SpawnerClient | None = None
+        self._warned_versions = False
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def info(self) -> connection.ConnectionInfo:
+        if self._info is None:
+            try:
+                self._info = connection.load()
+            except connection.ConnectionFileError as exc:
+                raise errors.NotLoggedIn(str(exc)) from None
+        return self._info
+
+    @property
+    def client(self) -> RexecClient:
+        if self._client is None:
+            self._client = RexecClient(self.info)
+        return self._client
+
+    @property
+    def spawner(self) -> SpawnerClient:
+        if self._spawner is None:
+            self._spawner = SpawnerClient(self.info.spawner_url, self.info.token)
+        return self._spawner
+
+    def use(self, info: connection.ConnectionInfo) -> None:
+        """Switch to new connection details (after a login)."""
+        self.close()
+        self._info = info
+        self._warned_versions = False
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+        self._spawner = None
+
+    # ------------------------------------------------------------------ worker lifecycle
+    def start(
+        self,
+        requirements: list[str] | None = None,
+        force: bool = False,
+        options: dict[str, Any] | None = None,
+        say: Say = _quiet,
+    ) -> dict[str, Any]:
+        """Spawn (or find) the user's worker and wait until it answers through the broker."""
+        t0 = time.monotonic()
+        status = self.spawner.spawn(requirements, options, force)
+        if status.get("state") != "ready":
+
+            def progress(st: dict[str, Any]) -> None:
+                if st.get("message"):
+                    say(f"  {st['state']}: {st['message']}")
+
+            status = self.spawner.wait_ready(START_TIMEOUT_S, on_progress=progress)
+        self.client.wait_for_worker(None, timeout_s=10.0)
+        status["seconds"] = time.monotonic() - t0
+        self._check_versions(say)
+        return status
+
+    def stop(self) -> dict[str, Any]:
+        return self.spawner.stop()
+
+    def _check_versions(self, say: Say) -> None:
+        worker = self.client.worker
+        if self._warned_versions or not worker or not worker.get("python"):
+            return
+        local = serialize.versions()
+        if serialize.minor_mismatch(local, worker):
+            self._warned_versions = True
+            say(
+                f"Warning: the remote worker runs Python {worker['python']} but this kernel "
+                f"runs Python {local['python']}; values may not transfer between them."
+            )
+
+    # ------------------------------------------------------------------ cells
+    def run(
+        self,
+        code: str,
+        push: dict[str, Any],
+        pull: list[str],
+        on_event: EventHandler,
+        pull_limit: int,
+        timeout_s: float | None = None,
+        say: Say = _quiet,
+    ) -> CellOutcome:
+        """Run a cell; start a worker first when the user has none (saying so)."""
+        client = self.client
+        try:
+            client.ensure_hello()
+            if client.worker is None:
+                raise errors.NoWorker("no worker")
+            self._check_versions(say)
+            return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
+        except errors.NoWorker:
+            state = self.spawner.status().get("state")
+            if state in ("starting", "installing"):
+                say("The remote worker is starting; waiting for it…")
+            else:
+                say("No remote worker is running for you; starting one…")
+            status = self.start(say=say)
+            say(f"Remote worker ready in {status['seconds']:.1f} s.")
+            return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``%rexec_status`` shows, gathered without raising for a missing worker."""
+        info = self.info
+        report: dict[str, Any] = {
+            "user": info.user,
+            "broker": info.broker_url,
+            "spawner": info.spawner_url,
+        }
+        try:
+            report["spawner_state"] = self.spawner.status()
+        except errors.RexecError as exc:
+            report["spawner_error"] = str(exc)
+        try:
+            rtt, pong = self.client.ping()
+            report["user"] = self.client.username or info.user
+            report["rtt_ms"] = rtt * 1000
+            report["worker"] = pong.get("worker")
+            if report["worker"]:
+                report["inspect"] = self.client.inspect()
+        except errors.RexecError as exc:
+            report["broker_error"] = str(exc)
+        return report

@@ -1,0 +1,97 @@
+"""HTTP client of the spawner: spawn, status, stop, broker-config.
+
+Every failure becomes one sentence (a RexecError subclass); the token goes only in the
+``Authorization`` header, never in a URL or a message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+from rexec_magic import errors
+
+READY = "ready"
+FAILED = "failed"
+STOPPED = "stopped"
+
+
+class SpawnerClient:
+    def __init__(self, url: str, token: str, timeout_s: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._session = requests.Session()
+        self._session.headers["Authorization"] = f"Bearer {token}"
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            resp = self._session.request(method, self.url + path, timeout=self.timeout_s, **kwargs)
+        except requests.RequestException:
+            raise errors.SpawnerUnavailable(
+                f"The rexec spawner at {self.url} is not reachable; is `rexec up` running?"
+            ) from None
+        if resp.status_code < 400:
+            return resp.json()
+        try:
+            detail = resp.json().get("detail")
+        except ValueError:
+            detail = None
+        if isinstance(detail, list):  # FastAPI validation errors
+            detail = "; ".join(str(d.get("msg", d)) for d in detail)
+        detail = detail or f"HTTP {resp.status_code}"
+        if resp.status_code in (401, 403):
+            raise errors.AuthDenied(f"The spawner refused the token: {detail}")
+        raise errors.SpawnFailed(str(detail))
+
+    def spawn(
+        self,
+        requirements: list[str] | None = None,
+        options: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        body = {"requirements": requirements or [], "options": options or {}, "force": force}
+        return self._call("POST", "/spawn", json=body)
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET", "/status")
+
+    def stop(self) -> dict[str, Any]:
+        return self._call("DELETE", "/worker")
+
+    def broker_config(self) -> dict[str, Any]:
+        return self._call("GET", "/broker-config")
+
+    def wait_ready(
+        self,
+        timeout_s: float = 120.0,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll status until the worker is ready; raise SpawnFailed with its reason if not."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.02
+        last_message = None
+        while True:
+            status = self.status()
+            state = status.get("state")
+            if on_progress and status.get("message") != last_message:
+                last_message = status.get("message")
+                on_progress(status)
+            if state == READY:
+                return status
+            if state in (FAILED, STOPPED):
+                tail = "\n".join(status.get("log_tail") or [])
+                reason = status.get("message") or f"the worker is {state}"
+                raise errors.SpawnFailed(
+                    f"The remote worker did not start: {reason}"
+                    + (f"\nLast lines of its log:\n{tail}" if tail else "")
+                )
+            if time.monotonic() > deadline:
+                raise errors.SpawnFailed(
+                    f"The remote worker was not ready after {timeout_s:.0f} s "
+                    f"(last state: {state})."
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)

@@ -1,0 +1,109 @@
+"""The backend contract: how a user's worker is prepared, started, watched and stopped.
+
+A backend knows processes or pods, nothing else.  The per-user state machine (idempotent
+spawn, readiness through the broker, supervised restarts, crash-loop detection) lives in
+``spawner.service`` and is the same for every backend, so a new backend (Kubernetes, a warm
+pool) only implements the few methods below.
+
+Lifecycle, driven by the service:
+
+    setup()                       once, when the spawner starts
+    prepare(spec, on_install)     make the requirements available (may pip install)
+    start(spec) -> WorkerHandle   launch one worker; handle.exited resolves with its exit code
+    stop(handle)                  SIGTERM/delete, escalate, return once it is gone
+    cleanup()                     once, at shutdown: stop everything this backend started
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from spawner.config import SpawnerSettings
+from spawner.requirements import RequirementSet
+
+# Exit codes the worker uses to say why it left.
+EXIT_RESTART = 75  # a cell ignored an interrupt: restart me with a fresh namespace
+EXIT_REJECTED = 78  # the broker refused my registration secret: restarting cannot help
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a backend needs to start one user's worker."""
+
+    user: str  # identity.sub: the id the broker routes by
+    username: str
+    requirements: RequirementSet
+    options: dict[str, Any]
+    nonce: str  # fresh per spawn; kept across supervised restarts
+    secret: str = field(repr=False)  # worker_secret(worker_key, user, nonce)
+    prepared: dict[str, Any] = field(default_factory=dict)  # what prepare() leaves for start()
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """One started worker.  ``exited`` resolves with the exit code (negative: signal)."""
+
+    user: str
+    pid: int | None
+    exited: asyncio.Future[int]
+    log_path: Path | None = None
+    # Fields the broker's entry for this worker must show besides the nonce (e.g. its pid), so
+    # that after a restart with the same nonce the old, dead registration is not taken for
+    # the new one.  Fields the broker does not report are not compared.
+    registration: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # backend-specific
+
+    @property
+    def running(self) -> bool:
+        return not self.exited.done()
+
+
+class Backend(abc.ABC):
+    """Base class of spawner backends.  Subclasses set ``name`` and implement the methods."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, settings: SpawnerSettings) -> None:
+        self.settings = settings
+
+    async def setup(self) -> None:  # noqa: B027 - optional hook
+        """Called once before the first spawn."""
+
+    async def cleanup(self) -> None:  # noqa: B027 - optional hook
+        """Called once at shutdown: stop every worker this backend started."""
+
+    @abc.abstractmethod
+    def python_version(self) -> str:
+        """The Python version workers run ("3.11.7"); ``python==X.Y`` pins are checked on it."""
+
+    def validate_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Check user options (raise InvalidRequest with a sentence); return what to use."""
+        return options
+
+    @abc.abstractmethod
+    async def prepare(self, spec: WorkerSpec, on_install: Callable[[str], None]) -> None:
+        """Make ``spec.requirements`` available to the worker.
+
+        Call ``on_install(sentence)`` before slow work (pip) so the status shows "installing".
+        Raise ``StartFailed`` with one sentence when it cannot be done.
+        """
+
+    @abc.abstractmethod
+    async def start(self, spec: WorkerSpec, restart_note: str | None = None) -> WorkerHandle:
+        """Launch a worker and return at once (readiness is the service's business).
+
+        ``restart_note`` is set on a supervised restart (a line for the worker log).
+        """
+
+    @abc.abstractmethod
+    async def stop(self, handle: WorkerHandle) -> None:
+        """Stop the worker gracefully, then by force; return once it is gone."""
+
+    def log_tail(self, user: str, lines: int = 20) -> list[str]:
+        """The last lines of the user's worker log (empty when there is none)."""
+        return []

@@ -1,0 +1,339 @@
+"""The ``local`` backend: one worker subprocess per user on this machine (``rexec up``).
+
+* The worker is ``python -m worker_image.worker`` with this interpreter, so it sees the same
+  packages as the spawner.  Requirements already installed here cost nothing; others are
+  ``pip install --target``-ed once into ``<state_dir>/envs/<digest>`` and put first on the
+  worker's ``PYTHONPATH``.
+* The worker's environment is the spawner's minus every ``REXEC_*`` setting and anything that
+  looks like a credential, plus the four variables the worker needs to register.
+* Each worker is its own process group (stop kills what it started too) and, on Linux, gets
+  ``PR_SET_PDEATHSIG`` so it dies with the spawner even on ``kill -9``.
+* Exits are noticed through a pidfd on the event loop (no thread, no polling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from spawner.backends.base import Backend, WorkerHandle, WorkerSpec
+from spawner.errors import StartFailed
+from spawner.requirements import all_satisfied
+
+log = logging.getLogger(__name__)
+
+# Variables never passed on to a worker (the spawner's secrets, users' tokens).
+_CREDENTIAL_NAME = re.compile(
+    r"TOKEN|SECRET|PASSW|CREDENTIAL|PRIVATE_KEY|API_KEY|ACCESS_KEY", re.IGNORECASE
+)
+# Settings the worker reads itself and may inherit from the spawner's environment.
+_PASSED_ON = {"REXEC_LOG_LEVEL"}
+_COMPLETE_MARK = ".rexec-complete"
+
+
+# --------------------------------------------------------------------------- process helpers
+if sys.platform.startswith("linux"):
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _PR_SET_PDEATHSIG = 1
+
+    def _die_with_parent() -> Callable[[], None]:
+        parent = os.getpid()
+
+        def preexec() -> None:  # runs in the child between fork and exec: keep it tiny
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the spawner died before prctl took effect
+                os._exit(1)
+
+        return preexec
+
+else:  # pragma: no cover - macOS dev machines: no parent-death signal
+
+    def _die_with_parent() -> Callable[[], None] | None:  # type: ignore[misc]
+        return None
+
+
+def watch_exit(proc: subprocess.Popen) -> asyncio.Future[int]:
+    """A future that resolves with ``proc``'s exit code (the process is reaped then)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[int] = loop.create_future()
+
+    def finish() -> None:
+        if not fut.done():
+            fut.set_result(proc.wait())
+
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel, macOS): poll
+        return asyncio.ensure_future(_poll_exit(proc))
+
+    def on_readable() -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+        finish()
+
+    loop.add_reader(fd, on_readable)
+    return fut
+
+
+async def _poll_exit(proc: subprocess.Popen, interval_s: float = 0.05) -> int:
+    while proc.poll() is None:
+        await asyncio.sleep(interval_s)
+    return proc.returncode
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def scrubbed_env(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` without the spawner's ``REXEC_*`` settings or anything like a credential."""
+    return {
+        k: v
+        for k, v in base.items()
+        if (k in _PASSED_ON or not k.upper().startswith("REXEC_"))
+        and not _CREDENTIAL_NAME.search(k)
+    }
+
+
+def worker_env(
+    base: Mapping[str, str],
+    *,
+    broker_worker_url: str,
+    user: str,
+    nonce: str,
+    secret: str,
+    pythonpath: Sequence[str] = (),
+) -> dict[str, str]:
+    """The environment of a worker process: ``base`` scrubbed, plus what the worker needs."""
+    env = scrubbed_env(base)
+    paths = [*pythonpath, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["REXEC_BROKER_WORKER_URL"] = broker_worker_url
+    env["REXEC_WORKER_USER"] = user
+    env["REXEC_WORKER_NONCE"] = nonce
+    env["REXEC_WORKER_SECRET"] = secret
+    return env
+
+
+def safe_name(user: str) -> str:
+    """A file-name-safe form of a user id; distinct ids stay distinct."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", user)[:64]
+    if safe != user or safe.startswith("."):
+        safe = f"{safe.lstrip('.')}-{hashlib.sha256(user.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def read_tail(path: Path, lines: int = 20, max_bytes: int = 16384) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", errors="replace").splitlines()
+    if size > max_bytes and text:
+        text = text[1:]  # the first line is probably cut
+    return [line.rstrip() for line in text if line.strip()][-lines:]
+
+
+# --------------------------------------------------------------------------- the backend
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self.state_dir: Path | None = None
+        self._own_state_dir = False
+        self._live: set[WorkerHandle] = set()
+        self._install_locks: dict[str, asyncio.Lock] = {}
+
+    # ----------------------------------------------------------------- setup / cleanup
+    async def setup(self) -> None:
+        if self.settings.state_dir:
+            self.state_dir = Path(self.settings.state_dir).expanduser().resolve()
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            self.state_dir = Path(tempfile.mkdtemp(prefix="rexec-spawner-"))
+            self._own_state_dir = True
+        for sub in ("logs", "envs"):
+            (self.state_dir / sub).mkdir(mode=0o700, exist_ok=True)
+        log.info("local backend: state in %s", self.state_dir)
+
+    async def cleanup(self) -> None:
+        live = list(self._live)
+        if live:
+            log.info("stopping %d worker(s)", len(live))
+            await asyncio.gather(*(self.stop(h) for h in live), return_exceptions=True)
+        if self._own_state_dir and self.state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def python_version(self) -> str:
+        v = sys.version_info
+        return f"{v.major}.{v.minor}.{v.micro}"
+
+    # ----------------------------------------------------------------- paths
+    def _dir(self, sub: str) -> Path:
+        if self.state_dir is None:
+            raise RuntimeError("LocalBackend.setup() was not called")
+        return self.state_dir / sub
+
+    def log_path(self, user: str) -> Path:
+        return self._dir("logs") / f"worker-{safe_name(user)}.log"
+
+    def log_tail(self, user: str, lines: int = 20) -> list[str]:
+        return read_tail(self.log_path(user), lines)
+
+    def _note(self, user: str, line: str, truncate: bool = False) -> None:
+        with open(self.log_path(user), "w" if truncate else "a") as fh:
+            fh.write(f"[rexec] {line}\n")
+
+    # ----------------------------------------------------------------- prepare
+    async def prepare(self, spec: WorkerSpec, on_install: Callable[[str], None]) -> None:
+        self._note(spec.user, f"spawn for {spec.username}", truncate=True)
+        packages = spec.requirements.packages
+        spec.prepared.pop("pythonpath", None)
+        if not packages or await asyncio.to_thread(all_satisfied, packages):
+            return
+        digest = spec.requirements.digest(self.python_version())
+        target = self._dir("envs") / digest
+        lock = self._install_locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            if not (target / _COMPLETE_MARK).exists():
+                n = len(packages)
+                on_install(f"Installing {n} requirement{'s' if n != 1 else ''}…")
+                await self._pip_install(spec, target)
+        spec.prepared["pythonpath"] = [str(target)]
+
+    async def _pip_install(self, spec: WorkerSpec, target: Path) -> None:
+        tmp = target.with_name(f".{target.name}.{spec.nonce[:8]}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        lines = spec.requirements.package_lines()
+        cmd = [
+            sys.executable, "-m", "pip", "install", "--target", str(tmp),
+            "--disable-pip-version-check", "--no-input", "--no-warn-script-location",
+            *shlex.split(self.settings.pip_args), *lines,
+        ]  # fmt: skip
+        self._note(spec.user, "pip install " + " ".join(shlex.quote(x) for x in lines))
+        log_path = self.log_path(spec.user)
+        with open(log_path, "ab") as out:
+            start_offset = out.tell()
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=scrubbed_env(os.environ),
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+        try:
+            code = await asyncio.wait_for(watch_exit(proc), self.settings.install_timeout_s)
+        except (asyncio.CancelledError, asyncio.TimeoutError) as exc:
+            _signal_group(proc.pid, signal.SIGKILL)
+            await asyncio.shield(asyncio.to_thread(proc.wait))
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, asyncio.TimeoutError):
+                raise StartFailed(
+                    f"Installing the requirements took longer than "
+                    f"{self.settings.install_timeout_s:g} s and was stopped."
+                ) from None
+            raise
+        if code != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StartFailed(
+                f"Installing the requirements failed: {_pip_error(log_path, start_offset)}"
+            )
+        (tmp / _COMPLETE_MARK).write_text("\n".join(lines) + "\n")
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another spawner process won the race: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ----------------------------------------------------------------- start / stop
+    async def start(self, spec: WorkerSpec, restart_note: str | None = None) -> WorkerHandle:
+        # No await in here: once the process exists, the caller gets its handle.  It runs on
+        # the event loop's thread, which lives as long as the spawner: the parent-death signal
+        # is tied to the thread that forked, not to the process.
+        env = worker_env(
+            os.environ,
+            broker_worker_url=self.settings.broker_worker_url,
+            user=spec.user,
+            nonce=spec.nonce,
+            secret=spec.secret,
+            pythonpath=spec.prepared.get("pythonpath", []),
+        )
+        log_path = self.log_path(spec.user)
+        if restart_note:
+            self._note(spec.user, restart_note)
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", self.settings.worker_module],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+        try:
+            handle = WorkerHandle(
+                spec.user,
+                proc.pid,
+                watch_exit(proc),
+                log_path,
+                registration={"pid": proc.pid},
+                data={"proc": proc},
+            )
+            self._live.add(handle)
+            handle.exited.add_done_callback(lambda _: self._live.discard(handle))
+        except BaseException:  # never leave a process nobody knows about
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        log.info("started worker for %s: pid %d", spec.user, proc.pid)
+        return handle
+
+    async def stop(self, handle: WorkerHandle) -> None:
+        if not handle.running:
+            return
+        _signal_group(handle.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(handle.exited), self.settings.stop_grace_s)
+        except asyncio.TimeoutError:
+            log.warning("worker %d ignored SIGTERM; killing it", handle.pid)
+            _signal_group(handle.pid, signal.SIGKILL)
+            await asyncio.shield(handle.exited)
+        log.info("stopped worker for %s: pid %d", handle.user, handle.pid)
+
+
+def _pip_error(log_path: Path, offset: int) -> str:
+    """pip's last error line (its output starts at ``offset`` in the log)."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            lines = fh.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    lines = [line.strip() for line in lines if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    last = (errors or lines or ["pip gave no output"])[-1]
+    last = last.removeprefix("ERROR:").strip()
+    return last if last.endswith(".") else last + "."

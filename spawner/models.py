@@ -1,0 +1,73 @@
+"""Request and response bodies of the spawner's HTTP API (what /docs shows)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class WorkerState(str, Enum):
+    """Where a user's worker stands.
+
+    ``stopped`` -> ``installing`` (only when requirements need pip) -> ``starting`` ->
+    ``ready``; a crash goes back to ``starting`` (supervised restart); ``failed`` is final
+    until the next spawn.
+    """
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    INSTALLING = "installing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+ACTIVE_STATES = (WorkerState.INSTALLING, WorkerState.STARTING, WorkerState.READY)
+SETTLED_STATES = (WorkerState.READY, WorkerState.FAILED, WorkerState.STOPPED)
+
+
+class SpawnRequest(BaseModel):
+    requirements: list[str] = Field(
+        default_factory=list,
+        description="pip requirement lines; blank lines and '#' comments are ignored; "
+        "'python==X.Y' pins the worker's Python.",
+        examples=[["numpy>=1.20", "python==3.11"]],
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Backend options (resources, image...); the local backend ignores them.",
+    )
+    force: bool = Field(
+        False, description="Restart the worker even if one runs (needed to change requirements)."
+    )
+
+
+class WorkerStatus(BaseModel):
+    user: str = Field(description="The user's id (the token's 'sub'): the broker routes by it.")
+    username: str
+    state: WorkerState
+    message: str = Field(description="One plain sentence about the state.")
+    requirements: list[str] = Field(default_factory=list)
+    python: str | None = Field(None, description="The worker's Python version, 'X.Y'.")
+    pid: int | None = None
+    started_at: datetime | None = Field(None, description="When the current process started.")
+    ready_at: datetime | None = Field(None, description="When it registered with the broker.")
+    restarts: int = Field(0, description="Supervised restarts since the spawn.")
+    log_tail: list[str] = Field(default_factory=list, description="Last lines of the worker log.")
+
+
+class BrokerConfig(BaseModel):
+    broker_url: str
+    broker_external_host: str
+    broker_external_port: int
+    broker_external_url: str
+
+
+class Health(BaseModel):
+    ok: bool = True
+
+
+class ErrorBody(BaseModel):
+    detail: str

@@ -1,0 +1,390 @@
+"""The spawner's core: one supervised worker per user, whatever the backend.
+
+Routes (the JSON API here, SciDx-compatible form routes later) call ``WorkerService``; the
+backend only starts and stops processes or pods.  Per user the service keeps a
+``WorkerRecord`` and one lifecycle task:
+
+    prepare (pip, "installing") -> start ("starting") -> registered with the broker under this
+    spawn's nonce ("ready") -> the process exits unexpectedly -> start again, same nonce/secret
+
+More than ``max_restarts`` exits within ``restart_window_s`` -> "failed" with the log tail;
+exit code 78 (the broker refused the secret) -> "failed" at once, a restart cannot help;
+exit code 0 (told to stop by someone else, or replaced by a newer worker) -> "stopped";
+exit code 75 (the worker restarts itself after an ignored interrupt) is restarted at once
+and does not count towards a crash loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+from broker.auth import Identity, worker_secret
+from spawner.backends.base import EXIT_REJECTED, EXIT_RESTART, Backend, WorkerHandle, WorkerSpec
+from spawner.broker_watch import BrokerWatch
+from spawner.config import SpawnerSettings
+from spawner.errors import Conflict, SpawnerError, StartFailed
+from spawner.models import (
+    ACTIVE_STATES,
+    SETTLED_STATES,
+    BrokerConfig,
+    WorkerState,
+    WorkerStatus,
+)
+from spawner.requirements import RequirementSet, parse_requirements
+
+log = logging.getLogger(__name__)
+
+
+class ShuttingDown(SpawnerError):
+    status_code = 503
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _short_python(version: str | None) -> str | None:
+    if not version:
+        return None
+    parts = str(version).split(".")
+    return ".".join(parts[:2])
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            import signal
+
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+@dataclass
+class WorkerRecord:
+    """What the spawner knows about one user's worker."""
+
+    user: str
+    username: str
+    state: WorkerState = WorkerState.STOPPED
+    message: str = "No worker is running."
+    requirements: RequirementSet = field(default_factory=RequirementSet)
+    options: dict[str, Any] = field(default_factory=dict)
+    python: str | None = None
+    pid: int | None = None
+    started_at: datetime | None = None
+    ready_at: datetime | None = None
+    restarts: int = 0
+    spawned_mono: float = 0.0  # when this (re)start began: for the ready message
+    exits: deque[float] = field(default_factory=deque)
+    handle: WorkerHandle | None = None
+    task: asyncio.Task | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class WorkerService:
+    def __init__(self, settings: SpawnerSettings, backend: Backend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.watch = BrokerWatch(
+            settings.broker_control_url,
+            settings.admin_secret.get_secret_value(),
+            settings.ready_poll_s,
+        )
+        self._records: dict[str, WorkerRecord] = {}
+        self._closing = False
+
+    # ----------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        if not self.settings.worker_key.get_secret_value():
+            log.warning("REXEC_WORKER_KEY is empty: worker secrets are guessable")
+        if not self.settings.admin_secret.get_secret_value():
+            log.warning("REXEC_ADMIN_SECRET is empty: the broker will refuse status requests")
+        await self.backend.setup()
+
+    async def close(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL) and release the backend."""
+        self._closing = True
+        records = list(self._records.values())
+        await asyncio.gather(*(self._stop(r) for r in records), return_exceptions=True)
+        await self.watch.close()
+        await self.backend.cleanup()
+
+    # ----------------------------------------------------------------- queries
+    def worker_python(self) -> str:
+        return _short_python(self.backend.python_version()) or ""
+
+    def status(self, identity: Identity) -> WorkerStatus:
+        rec = self._records.get(identity.sub)
+        if rec is None:
+            return WorkerStatus(
+                user=identity.sub,
+                username=identity.username,
+                state=WorkerState.STOPPED,
+                message="No worker is running.",
+                python=self.worker_python(),
+            )
+        return self._status(rec)
+
+    async def wait_settled(self, identity: Identity, timeout_s: float) -> WorkerStatus:
+        """The status once it is ready/failed/stopped, or after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        rec = self._records.get(identity.sub)
+        while rec is not None and rec.state not in SETTLED_STATES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(rec.changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return self.status(identity)
+
+    def _status(self, rec: WorkerRecord) -> WorkerStatus:
+        return WorkerStatus(
+            user=rec.user,
+            username=rec.username,
+            state=rec.state,
+            message=rec.message,
+            requirements=list(rec.requirements.lines),
+            python=rec.python,
+            pid=rec.pid,
+            started_at=rec.started_at,
+            ready_at=rec.ready_at,
+            restarts=rec.restarts,
+            log_tail=self.backend.log_tail(rec.user),
+        )
+
+    def broker_config(self) -> BrokerConfig:
+        return broker_config(self.settings.broker_url)
+
+    # ----------------------------------------------------------------- commands
+    async def spawn(
+        self,
+        identity: Identity,
+        requirements: list[str],
+        options: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> WorkerStatus:
+        """Start the user's worker; idempotent for the same requirements and options."""
+        if self._closing:
+            raise ShuttingDown("The spawner is shutting down.")
+        reqs = parse_requirements(requirements, self.backend.python_version())
+        options = self.backend.validate_options(dict(options or {}))
+        rec = self._records.get(identity.sub)
+        if rec is None:
+            rec = self._records[identity.sub] = WorkerRecord(identity.sub, identity.username)
+        async with rec.lock:
+            rec.username = identity.username
+            if rec.state in ACTIVE_STATES:
+                same = rec.requirements.lines == reqs.lines and rec.options == options
+                if same and not force:
+                    return self._status(rec)
+                if not force:
+                    raise Conflict(_conflict_sentence(rec, reqs))
+                log.info("force spawn for %s: restarting its worker", rec.user)
+                await self._stop_locked(rec)
+            self._launch(rec, identity, reqs, options)
+        return self._status(rec)
+
+    async def stop(self, identity: Identity) -> WorkerStatus:
+        rec = self._records.get(identity.sub)
+        if rec is not None:
+            await self._stop(rec)
+        return self.status(identity)
+
+    # ----------------------------------------------------------------- internals
+    def _set(self, rec: WorkerRecord, state: WorkerState, message: str) -> None:
+        if rec.state != state or rec.message != message:
+            log.info("worker of %s: %s (%s)", rec.user, state.value, message)
+        rec.state = state
+        rec.message = message
+        changed, rec.changed = rec.changed, asyncio.Event()
+        changed.set()
+
+    def _launch(
+        self, rec: WorkerRecord, identity: Identity, reqs: RequirementSet, options: dict
+    ) -> None:
+        nonce = secrets.token_hex(16)
+        spec = WorkerSpec(
+            user=identity.sub,
+            username=identity.username,
+            requirements=reqs,
+            options=options,
+            nonce=nonce,
+            secret=worker_secret(self.settings.worker_key.get_secret_value(), identity.sub, nonce),
+        )
+        rec.requirements, rec.options = reqs, options
+        rec.python = self.worker_python()
+        rec.pid = rec.started_at = rec.ready_at = rec.handle = None
+        rec.restarts = 0
+        rec.exits.clear()
+        rec.spawned_mono = time.monotonic()
+        self._set(rec, WorkerState.STARTING, "Starting the worker.")
+        rec.task = asyncio.create_task(self._run(rec, spec), name=f"worker:{identity.sub}")
+
+    async def _stop(self, rec: WorkerRecord) -> None:
+        async with rec.lock:
+            await self._stop_locked(rec)
+
+    async def _stop_locked(self, rec: WorkerRecord) -> None:
+        task, rec.task = rec.task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        if rec.handle is not None:
+            await self.backend.stop(rec.handle)
+        rec.handle = None
+        rec.pid = None
+        self._set(rec, WorkerState.STOPPED, "The worker is stopped.")
+
+    async def _run(self, rec: WorkerRecord, spec: WorkerSpec) -> None:
+        """Prepare, start and supervise one spawn until it is stopped or fails."""
+        try:
+            await self.backend.prepare(
+                spec, lambda message: self._set(rec, WorkerState.INSTALLING, message)
+            )
+            note: str | None = None
+            while True:
+                if rec.state != WorkerState.STARTING:
+                    self._set(rec, WorkerState.STARTING, "Starting the worker.")
+                handle = await self.backend.start(spec, note)
+                rec.handle, rec.pid = handle, handle.pid
+                rec.started_at, rec.ready_at = _now(), None
+                code = await self._until_ready(rec, spec, handle)
+                if code is None:
+                    code = await asyncio.shield(handle.exited)
+                if not self._may_restart(rec, code):
+                    return
+                rec.restarts += 1
+                rec.spawned_mono = time.monotonic()
+                note = f"the worker exited ({describe_exit(code)}); restarting it"
+                log.warning("worker of %s exited (%s); restarting", rec.user, describe_exit(code))
+                self._set(
+                    rec,
+                    WorkerState.STARTING,
+                    f"Restarting the worker: it exited ({describe_exit(code)}).",
+                )
+        except asyncio.CancelledError:
+            raise
+        except SpawnerError as exc:
+            await self._abandon(rec)
+            self._set(rec, WorkerState.FAILED, exc.message)
+        except Exception:
+            log.exception("starting the worker of %s failed", rec.user)
+            await self._abandon(rec)
+            self._set(
+                rec,
+                WorkerState.FAILED,
+                "The worker could not be started because of an internal spawner error; "
+                "see the spawner log.",
+            )
+
+    async def _abandon(self, rec: WorkerRecord) -> None:
+        """A failed spawn leaves no process behind."""
+        if rec.handle is not None and rec.handle.running:
+            await self.backend.stop(rec.handle)
+        rec.pid = None
+
+    def _may_restart(self, rec: WorkerRecord, code: int) -> bool:
+        """Decide after an unexpected exit; set ``failed`` and return False to give up."""
+        rec.pid = None
+        if code == 0:  # the worker was told to stop (SIGTERM) or a newer one replaced it
+            self._set(
+                rec,
+                WorkerState.STOPPED,
+                "The worker exited by itself (it was told to stop, or a newer worker of "
+                "yours replaced it).",
+            )
+            return False
+        if code == EXIT_REJECTED:
+            self._set(
+                rec,
+                WorkerState.FAILED,
+                "The worker gave up with exit code 78: the broker refused its registration "
+                "secret (the spawner and the broker must share the same REXEC_WORKER_KEY) "
+                "or its settings are incomplete.",
+            )
+            return False
+        now = time.monotonic()
+        window = self.settings.restart_window_s
+        if code != EXIT_RESTART:
+            rec.exits.append(now)
+        while rec.exits and rec.exits[0] < now - window:
+            rec.exits.popleft()
+        if len(rec.exits) > self.settings.max_restarts:
+            self._set(
+                rec,
+                WorkerState.FAILED,
+                f"Worker exited {len(rec.exits)} times in {window:g} s; "
+                "last lines of its log are below.",
+            )
+            return False
+        return True
+
+    async def _until_ready(
+        self, rec: WorkerRecord, spec: WorkerSpec, handle: WorkerHandle
+    ) -> int | None:
+        """None once the broker has this spawn's worker; its exit code if it exits first."""
+        timeout = self.settings.worker_start_timeout_s
+        waiter = asyncio.ensure_future(
+            self.watch.wait_registered(spec.user, spec.nonce, handle.registration)
+        )
+        try:
+            await asyncio.wait(
+                {waiter, handle.exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiter.cancel()
+        if handle.exited.done():
+            return handle.exited.result()
+        if waiter.done() and not waiter.cancelled():
+            info = waiter.result()
+            rec.python = _short_python(info.get("python")) or rec.python
+            rec.ready_at = _now()
+            took = time.monotonic() - rec.spawned_mono
+            self._set(rec, WorkerState.READY, f"The worker is ready (started in {took:.1f} s).")
+            return None
+        await self.backend.stop(handle)
+        cause = self.watch.last_error
+        raise StartFailed(
+            f"The worker did not register with the broker within {timeout:g} s"
+            + (f" (asking the broker's control port: {cause.rstrip('.')})" if cause else "")
+            + "; last lines of its log are below."
+        )
+
+
+def _conflict_sentence(rec: WorkerRecord, reqs: RequirementSet) -> str:
+    have = ", ".join(rec.requirements.lines) or "no requirements"
+    if rec.requirements.lines == reqs.lines:
+        return (
+            "Your worker is running with other options; stop it first, "
+            "or spawn with force to restart it with the new ones."
+        )
+    return (
+        f"Your worker is running with other requirements ({have}); stop it first, "
+        "or spawn with force to restart it with the new ones."
+    )
+
+
+def broker_config(broker_url: str) -> BrokerConfig:
+    """The broker's client address in the model system's field names."""
+    parts = urlsplit(broker_url)
+    if not parts.hostname or not parts.port:
+        raise ValueError(f"REXEC_BROKER_URL {broker_url!r} needs a host and a port")
+    return BrokerConfig(
+        broker_url=broker_url,
+        broker_external_host=parts.hostname,
+        broker_external_port=parts.port,
+        broker_external_url=broker_url,
+    )
