@@ -190,13 +190,14 @@ class Stack:
                 self.lab.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.lab.kill()
-        for name in ("spawner", "broker"):  # the spawner stops the workers first
+        for name in ("spawner", "broker"):  # the spawner stops its workers before we go on
             proc = self.procs.get(name)
-            if proc and proc.poll() is None:
+            if proc is None:
+                continue
+            if proc.poll() is None:
                 proc.terminate()
-        for proc in self.procs.values():
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -106,9 +106,12 @@ class RexecMagics(Magics):
     def _plan(self, args: Any, code: str) -> tuple[dict[str, Any], list[str]]:
         """Which local variables to ship and which names to bring back."""
         try:
-            free, bound = names.analyze(self.shell.transform_cell(code))
-        except SyntaxError:
-            free, bound = [], []  # the worker will report the syntax error itself
+            free, bound = names.analyze(code)
+        except SyntaxError:  # IPython syntax (%magic, !cmd): analyse its Python form
+            try:
+                free, bound = names.analyze(self.shell.transform_cell(code))
+            except SyntaxError:
+                free, bound = [], []  # the worker will report the syntax error itself
         if args.no_push:
             push_names: list[str] = []
         elif args.push:

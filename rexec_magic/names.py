@@ -57,54 +57,58 @@ class _Reads(ast.NodeVisitor):
         self._scope(node, None, node.body)
 
 
+class _Binds(ast.NodeVisitor):
+    """Collect the names a block binds in its own scope."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Store):
+            self.names.add(node.id)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self.names.add(node.name)  # the body is another scope
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self.names.add(node.name)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        pass
+
+    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
+        for alias in node.names:
+            if alias.name != "*":
+                self.names.add(alias.asname or alias.name.split(".")[0])
+
+    visit_ImportFrom = visit_Import  # type: ignore[assignment]
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.name:
+            self.names.add(node.name)
+        self.generic_visit(node)
+
+    def visit_Global(self, node: ast.Global) -> None:
+        self.names.update(node.names)
+
+    def visit_MatchAs(self, node: ast.MatchAs) -> None:
+        if node.name:
+            self.names.add(node.name)
+        self.generic_visit(node)
+
+    def visit_MatchStar(self, node: ast.MatchStar) -> None:
+        if node.name:
+            self.names.add(node.name)
+
+
 def _bound_in(body: list[ast.stmt]) -> set[str]:
     """Names a block binds in its own scope (not inside nested functions or classes)."""
-    names: set[str] = set()
-
-    class _Binds(ast.NodeVisitor):
-        def visit_Name(self, node: ast.Name) -> None:
-            if isinstance(node.ctx, ast.Store):
-                names.add(node.id)
-
-        def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-            names.add(node.name)
-
-        visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
-
-        def visit_ClassDef(self, node: ast.ClassDef) -> None:
-            names.add(node.name)
-
-        def visit_Lambda(self, node: ast.Lambda) -> None:
-            pass
-
-        def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
-            for alias in node.names:
-                if alias.name != "*":
-                    names.add(alias.asname or alias.name.split(".")[0])
-
-        visit_ImportFrom = visit_Import  # type: ignore[assignment]
-
-        def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
-            if node.name:
-                names.add(node.name)
-            self.generic_visit(node)
-
-        def visit_Global(self, node: ast.Global) -> None:
-            names.update(node.names)
-
-        def visit_MatchAs(self, node: ast.MatchAs) -> None:
-            if node.name:
-                names.add(node.name)
-            self.generic_visit(node)
-
-        def visit_MatchStar(self, node: ast.MatchStar) -> None:
-            if node.name:
-                names.add(node.name)
-
     visitor = _Binds()
     for stmt in body:
         visitor.visit(stmt)
-    return names
+    return visitor.names
 
 
 def _unconditional_binds(stmt: ast.stmt) -> set[str]:
