@@ -397,6 +397,11 @@ class Broker:
                 entry.last_seen = now
                 entry.busy = bool(header.get("busy"))
                 return self._to_worker(wroute, P.Kind.HEARTBEAT_ACK)
+            if kind == P.Kind.GOODBYE:
+                user = self.worker_users.get(wroute)
+                if user is not None:
+                    self._drop_worker(self.workers[user], "it said goodbye")
+                return None
             return self._malformed("backend", f"unknown worker kind {kind[:32]!r}")
         user = self.worker_users.get(wroute)
         if user is None:

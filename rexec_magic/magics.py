@@ -251,16 +251,15 @@ def status_table(report: dict[str, Any]) -> Table:
     spawner_state = report.get("spawner_state") or {}
     worker = report.get("worker")
     inspect = report.get("inspect") or {}
-    if worker:
-        state = "busy" if worker.get("busy") else "ready"
-    else:
-        state = spawner_state.get("state") or "stopped"
+    state = spawner_state.get("state") or ("ready" if worker else "stopped")
+    if state == "ready" and worker and worker.get("busy"):
+        state = "busy"
     if spawner_state.get("message") and state != "ready":
         state += f" ({spawner_state['message']})"
     if "spawner_error" in report:
         state += f"  ({report['spawner_error']})"
     rows.append(("worker", state))
-    if worker:
+    if worker and state in ("ready", "busy"):
         winfo = inspect.get("worker") or {}
         rows.append(("worker python", worker.get("python") or winfo.get("python", "?")))
         rows.append(("worker dill", worker.get("dill", "?")))
@@ -270,7 +269,7 @@ def status_table(report: dict[str, Any]) -> Table:
     if "rtt_ms" in report:
         rows.append(("round trip", f"{report['rtt_ms']:.2f} ms"))
     variables = inspect.get("variables") or []
-    if worker:
+    if worker and state in ("ready", "busy"):
         listing = ", ".join(
             f"{v['name']} ({v['type']}, {human_bytes(v.get('size', 0))})" for v in variables
         )

@@ -57,7 +57,8 @@ class Kind:
     INSPECT_REPLY = "inspect_reply"  # {id, worker, variables: [{name, type, size}]}
     # worker -> broker
     REGISTER = "register"  # {user, nonce, secret, python, dill, pid}  -> REGISTERED | REJECTED
-    HEARTBEAT = "heartbeat"  # {}  -> HEARTBEAT_ACK | RESYNC
+    HEARTBEAT = "heartbeat"  # {busy}  -> HEARTBEAT_ACK | RESYNC
+    GOODBYE = "goodbye"  # {}: the worker is exiting on purpose (SIGTERM, superseded)
     # broker -> worker
     REGISTERED = "registered"
     REJECTED = "rejected"  # {message}

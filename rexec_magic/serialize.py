@@ -63,7 +63,8 @@ class _Pickler(dill.Pickler):
             if memo is not None:
                 self.write(self.get(memo[0]))
                 return
-            self.save_reduce(obj=obj, *obj.__reduce_ex__(self.proto))
+            reduced = obj.__reduce_ex__(self.proto)
+            self.save_reduce(*reduced, obj=obj)
             return
         super().save(obj, save_persistent_id)
 

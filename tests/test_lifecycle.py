@@ -1,0 +1,154 @@
+"""`rexec up`, login, start, stop and versions, as a user meets them (real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from rexec_magic import connection, errors
+from rexec_magic.session import RemoteSession
+from tests.conftest import start_stack
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as in /proc/net/tcp) that listen on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.split(":")
+            if state == "0A" and int(hexport, 16) == port:
+                found.add(addr)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_rexec_up_binds_loopback_writes_private_files_and_stops_cleanly(tmp_path):
+    stack = start_stack(tmp_path)
+    state = stack.state
+    for port in state["ports"].values():
+        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only
+    for path in (stack.connection_file, Path(state["tokens_file"])):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stack.token not in Path(state["tokens_file"]).read_text()  # only its hash
+    up_out = (tmp_path / "up.out").read_text()
+    assert str(stack.connection_file) in up_out and stack.token not in up_out
+
+    session = RemoteSession(connection.load(stack.connection_file))
+    session.start()
+    worker_pid = session.client.worker["pid"]
+    pids = [stack.proc.pid, *state["pids"].values(), worker_pid]
+    session.close()
+    stack.proc.send_signal(signal.SIGTERM)
+    stack.proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if alive(p)], "rexec up left processes behind"
+
+
+@pytest.fixture
+def shell(stack, tmp_path, monkeypatch):
+    conn = tmp_path / "login.json"
+    monkeypatch.setenv("REXEC_CONNECTION_FILE", str(conn))
+    monkeypatch.setenv("REXEC_CLIENT_LOG", str(tmp_path / "client.log"))
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "rexec_magic")
+    ip.run_line_magic("reload_ext", "rexec_magic")  # a fresh session for this test
+    yield ip, conn
+    ip.run_line_magic("unload_ext", "rexec_magic")
+
+
+def test_login_checks_the_token_and_writes_the_connection_file(stack, shell, monkeypatch):
+    ip, conn = shell
+    url = stack.connection["spawner_url"]
+    with pytest.raises(errors.AuthDenied) as bad:
+        ip.run_line_magic("rexec_login", f"--spawner-url {url} wrong-token")
+    assert "wrong-token" not in str(bad.value)
+    assert not conn.exists()
+    monkeypatch.setenv("REXEC_TOKEN", stack.token)
+    with capture_output() as out:
+        ip.run_line_magic("rexec_login", f"--spawner-url {url}")
+    assert "Logged in as" in out.stdout and stack.token not in out.stdout
+    assert stat.S_IMODE(conn.stat().st_mode) == 0o600
+    saved = connection.load(conn)
+    assert saved.broker_url == stack.connection["broker_url"] and saved.token == stack.token
+    ip.run_cell_magic("remote", "", "after_login = 1")
+    assert ip.user_ns["after_login"] == 1
+
+
+def test_start_with_requirements_then_stop(stack, shell, tmp_path):
+    ip, conn = shell
+    connection.save(connection.load(stack.connection_file), conn)
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("# already in the environment\ndill>=0.3\n\nnumpy\n")
+    with capture_output() as out:
+        ip.run_line_magic("rexec_start", f"-r {reqs} --force")
+    assert "Remote worker ready in" in out.stdout
+    with capture_output():
+        table = ip.run_line_magic("rexec_status", "")
+    assert "ready" in repr(table)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("numpy>>1\n")
+    with pytest.raises(errors.SpawnFailed) as info:
+        ip.run_line_magic("rexec_start", f"-r {bad} --force")
+    assert "numpy>>1" in str(info.value)
+    with capture_output() as out:
+        ip.run_line_magic("rexec_stop", "")
+    assert "stopped" in out.stdout
+    with capture_output():
+        table = ip.run_line_magic("rexec_status", "")
+    assert "stopped" in repr(table)
+
+
+def test_python_version_mismatch_warns_once(stack):
+    session = RemoteSession(connection.load(stack.connection_file))
+    session.client.worker = {"python": "2.7.18", "dill": "0.3.1"}
+    said: list[str] = []
+    session._check_versions(said.append)
+    session._check_versions(said.append)
+    assert len(said) == 1 and "2.7.18" in said[0] and sys.version.split()[0] in said[0]
+    session.close()
+
+
+def test_deserialization_error_names_both_versions(stack, tmp_path, monkeypatch):
+    module = tmp_path / "only_here_mod.py"
+    module.write_text("class Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_here_mod
+
+    session = RemoteSession(connection.load(stack.connection_file))
+    session.start()
+    with pytest.raises(errors.RemoteCellError) as info:
+        session.run("t", {"t": only_here_mod.Thing()}, [], lambda m: None, pull_limit=2**20)
+    text = str(info.value)
+    assert "'t'" in text and "only_here_mod" in text
+    assert "local Python" in text and "remote Python" in text
+    session.close()
+
+
+def test_rexec_status_command_reports_workers(stack):
+    out = subprocess.run(
+        [sys.executable, "-m", "rexec_magic.cli", "status", "--state-dir", str(stack.state_dir)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert '"counters"' in out.stdout and stack.token not in out.stdout

@@ -1,0 +1,203 @@
+"""`%%remote` end to end in an IPython shell: the real magic, broker, spawner and worker
+processes of a `rexec up` stack on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from rexec_magic import errors
+
+
+@pytest.fixture(scope="module")
+def ip(stack, tmp_path_factory) -> Iterator[InteractiveShell]:
+    os.environ["REXEC_CONNECTION_FILE"] = str(stack.connection_file)
+    os.environ["REXEC_CLIENT_LOG"] = str(tmp_path_factory.mktemp("client") / "rexec-magic.log")
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "rexec_magic")
+    yield shell
+    shell.run_line_magic("unload_ext", "rexec_magic")
+    os.environ.pop("REXEC_CONNECTION_FILE", None)
+
+
+def remote(ip: InteractiveShell, cell: str, line: str = "") -> tuple[Any, Any]:
+    with capture_output() as out:
+        result = ip.run_cell_magic("remote", line, cell)
+    return result, out
+
+
+def interrupt_after(seconds: float) -> threading.Timer:
+    """Press Ctrl-C (SIGINT to the main thread) after a while, as a kernel interrupt does."""
+    main = threading.main_thread().ident
+    timer = threading.Timer(seconds, signal.pthread_kill, args=(main, signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_variables_travel_in_and_out(ip):
+    ip.user_ns["x"] = 21
+    ip.user_ns.pop("y", None)
+    _, out = remote(ip, "y = x * 2\nprint('y is', y)")
+    assert "y is 42" in out.stdout
+    assert ip.user_ns["y"] == 42
+
+
+def test_numpy_array_round_trip_is_writable(ip):
+    ip.user_ns["arr"] = np.arange(1_000_000, dtype=np.float64)
+    remote(ip, "arr *= 2\ntotal = float(arr.sum())")
+    assert ip.user_ns["total"] == float(np.arange(1_000_000).sum() * 2)
+    back = ip.user_ns["arr"]
+    assert back[10] == 20.0
+    back[0] = 5.0  # pulled arrays are ordinary, writable arrays
+
+
+def test_namespace_persists_across_cells(ip):
+    remote(ip, "import math\nsecret_base = 7", line="--no-pull")
+    assert "secret_base" not in ip.user_ns
+    result, _ = remote(ip, "math.sqrt(secret_base ** 2)")
+    assert result.data["text/plain"] == "7.0"
+
+
+def test_stdout_streams_live_and_in_order(ip, monkeypatch):
+    arrivals: list[tuple[float, str]] = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            arrivals.append((time.monotonic(), text))
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr("sys.stdout", Recorder())
+    t0 = time.monotonic()
+    ip.run_cell_magic(
+        "remote", "", "import time\nfor i in range(3):\n    print('line', i)\n    time.sleep(0.4)"
+    )
+    ended = time.monotonic()
+    text = "".join(t for _, t in arrivals)
+    assert text == "line 0\nline 1\nline 2\n"
+    first = arrivals[0][0]
+    assert first - t0 < ended - t0 - 0.6, "the first line must arrive while the cell still runs"
+
+
+def test_stderr_and_flood_of_prints_arrive_complete(ip):
+    _, out = remote(
+        ip, "import sys\nfor i in range(1000):\n    print(i)\nprint('oops', file=sys.stderr)"
+    )
+    assert out.stdout.split() == [str(i) for i in range(1000)]
+    assert "oops" in out.stderr
+
+
+def test_last_expression_shows_like_a_local_cell(ip):
+    cell = "class Card:\n    def _repr_html_(self):\n        return '<b>remote card</b>'\nCard()"
+    result, _ = remote(ip, cell)
+    assert result.data["text/html"] == "<b>remote card</b>"
+    assert "text/plain" in result.data
+    nothing, _ = remote(ip, "1 + 1;")
+    assert nothing is None
+
+
+def test_display_and_matplotlib_figure(ip):
+    cell = (
+        "from IPython.display import display, HTML\n"
+        "display(HTML('<i>shown</i>'))\n"
+        "import matplotlib.pyplot as plt\n"
+        "plt.plot([1, 3, 2])\n"
+        "plt.show()\n"
+    )
+    _, out = remote(ip, cell)
+    kinds = [set(o.data) for o in out.outputs]
+    assert any("text/html" in k for k in kinds)
+    pngs = [o.data["image/png"] for o in out.outputs if "image/png" in o.data]
+    assert pngs, f"no figure among {kinds}"
+
+
+def test_remote_exception_raises_with_remote_traceback(ip):
+    ip.user_ns.pop("never", None)
+    with pytest.raises(errors.RemoteCellError) as info:
+        remote(ip, "never = 1\ndef inner():\n    return 1 / 0\ninner()")
+    assert info.value.ename == "ZeroDivisionError"
+    rendered = "\n".join(info.value._render_traceback_())
+    assert "inner" in rendered and "ZeroDivisionError" in rendered
+    assert "rexec_magic" not in rendered and "worker_image" not in rendered
+    assert "never" not in ip.user_ns  # a failed cell brings nothing back
+
+
+def test_unserializable_variable_stops_the_cell_before_it_runs(ip):
+    ip.user_ns["gen"] = (i for i in range(3))
+    with pytest.raises(errors.UnserializableVariable) as info:
+        remote(ip, "ran = True\nlist(gen)")
+    assert "'gen'" in str(info.value) and "generator" in str(info.value)
+    result, _ = remote(ip, "'ran' in globals()", line="--no-push")
+    assert result.data["text/plain"] == "False"
+    del ip.user_ns["gen"]
+
+
+def test_values_over_the_pull_limit_stay_remote(ip, capsys):
+    ip.user_ns.pop("big", None)
+    _, out = remote(ip, "big = b'x' * (2 * 2**20)\nsmall = 1", line="--pull-limit 1MB")
+    assert "big" not in ip.user_ns and ip.user_ns["small"] == 1
+    assert "`big` stays remote" in out.stderr
+    result, _ = remote(ip, "len(big)", line="--no-push")
+    assert result.data["text/plain"] == str(2 * 2**20)
+
+
+@pytest.mark.parametrize("body", ["while True:\n    pass", "import time\ntime.sleep(100)"])
+def test_interrupt_stops_the_remote_cell(ip, body):
+    timer = interrupt_after(1.0)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt) as info:
+        remote(ip, body)
+    timer.cancel()
+    assert isinstance(info.value, errors.RemoteInterrupted)
+    assert time.monotonic() - t0 < 5
+    result, _ = remote(ip, "'still alive'")
+    assert result.data["text/plain"] == "'still alive'"
+
+
+def test_timeout_interrupts_the_cell(ip):
+    with pytest.raises(errors.CellTimeout):
+        remote(ip, "import time\ntime.sleep(30)", line="--timeout 1")
+
+
+def test_line_magic_runs_one_line_without_expanding_braces(ip):
+    ip.user_ns["x"] = 4
+    result = ip.run_line_magic("remote", "{x: x * 2 for x in range(x)}")
+    assert result.data["text/plain"] == "{0: 0, 1: 2, 2: 4, 3: 6}"
+    ip.run_line_magic("remote", "-o z z = x + 1")
+    assert ip.user_ns["z"] == 5
+
+
+def test_rexec_status_reports_worker_and_variables(ip):
+    remote(ip, "status_probe = list(range(10))")
+    with capture_output() as out:
+        table = ip.run_line_magic("rexec_status", "")
+    text = repr(table)
+    assert "ready" in text and "status_probe (list" in text
+    assert "round trip" in text and "worker python" in text
+    assert "<table>" in table._repr_html_()
+    assert out.stdout == ""
+
+
+def test_bad_token_gives_one_clear_sentence(ip, stack, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(stack.connection_file.read_text().replace(stack.token, "not-a-real-token"))
+    from rexec_magic import connection
+    from rexec_magic.session import RemoteSession
+
+    session = RemoteSession(connection.load(bad))
+    with pytest.raises(errors.AuthDenied) as info:
+        session.run("1", {}, [], lambda m: None, pull_limit=1)
+    assert "not valid" in str(info.value)
+    assert len(info.value._render_traceback_()) == 1
+    session.close()

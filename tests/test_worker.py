@@ -1,0 +1,471 @@
+"""The worker program, end to end, against a ROUTER standing in for the broker's worker port."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from rexec_magic import protocol, serialize
+from rexec_magic.protocol import DoneStatus, Kind
+from tests.worker_harness import CLIENT, BrokerPort, done, pulled, stdout
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def broker():
+    """One worker shared by the tests that leave it working."""
+    port = BrokerPort()
+    port.start_worker()
+    port.register()
+    yield port
+    port.close()
+
+
+@pytest.fixture
+def fresh():
+    """A worker of its own, for tests that end it."""
+    port = BrokerPort()
+    port.start_worker()
+    port.register()
+    yield port
+    port.close()
+
+
+def kinds(events):
+    return [e.kind for e in events]
+
+
+def timed_events(port, request_id, timeout=20.0):
+    """[(arrival time, message)] for one cell, up to DONE."""
+    end = time.monotonic() + timeout
+    arrivals = []
+    while not arrivals or arrivals[-1][1].kind != Kind.DONE:
+        _, msg = port.recv(max(0.01, end - time.monotonic()))
+        if msg.header.get("id") == request_id:
+            arrivals.append((time.monotonic(), msg))
+    return arrivals
+
+
+def plain(text: str) -> str:
+    """Traceback text without ANSI colors."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+# --------------------------------------------------------------------------- registration
+def test_register_says_who_and_which_versions(fresh):
+    fresh.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)
+    msg = fresh.recv_kind(Kind.REGISTER)
+    assert msg.header["user"] == "user-1"
+    assert msg.header["nonce"] == "nonce-1"
+    assert msg.header["secret"] == "s3cret"
+    assert msg.header["python"] == serialize.versions()["python"]
+    assert msg.header["dill"] == serialize.versions()["dill"]
+    assert msg.header["pid"] == fresh.proc.pid
+
+
+def test_heartbeats_say_busy_and_idle_again_at_once(broker):
+    request_id = broker.execute("import time; time.sleep(1.5)")
+    beat = broker.recv_kind(Kind.HEARTBEAT, timeout=5)
+    assert beat.header == {"busy": True}
+    assert done(broker.events(request_id)).header["status"] == DoneStatus.OK
+    assert broker.recv_kind(Kind.HEARTBEAT, timeout=0.5).header == {"busy": False}
+
+
+def test_resync_makes_it_register_again(broker):
+    broker.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)
+    assert broker.recv_kind(Kind.REGISTER, timeout=5).header["user"] == "user-1"
+    broker.send(Kind.REGISTERED, {}, route=protocol.TO_BROKER)
+    assert done(broker.run("1")).header["status"] == DoneStatus.OK
+
+
+def test_broker_restart_heartbeat_then_resync(fresh):
+    fresh.run("kept = 42")
+    fresh.restart_router()
+    fresh.recv_kind(Kind.HEARTBEAT, timeout=10)  # the DEALER reconnected by itself
+    fresh.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)
+    assert fresh.register(timeout=5).header["user"] == "user-1"
+    assert pulled(fresh.run("kept", pull=["kept"])) == {"kept": 42}
+
+
+def test_rejected_exits_78():
+    port = BrokerPort()
+    try:
+        port.start_worker(secret="wrong")
+        port.recv_kind(Kind.REGISTER, timeout=30)
+        port.send(Kind.REJECTED, {"message": "bad worker secret"}, route=protocol.TO_BROKER)
+        assert port.wait_exit(10) == 78
+        log = port.log_text()
+        assert "bad worker secret" in log
+        assert "wrong" not in log.replace("bad worker secret", "")  # the secret is never logged
+    finally:
+        port.close()
+
+
+def test_superseded_exits_0(fresh):
+    fresh.send(Kind.SUPERSEDED, {}, route=protocol.TO_BROKER)
+    assert fresh.wait_exit(10) == 0
+
+
+def test_sigterm_says_goodbye_and_exits_0_even_mid_cell(fresh):
+    fresh.execute("import time; time.sleep(100)")
+    fresh.recv_kind(Kind.ACCEPTED)
+    fresh.proc.send_signal(signal.SIGTERM)
+    assert fresh.recv_kind(Kind.GOODBYE, timeout=10).header == {}
+    assert fresh.wait_exit(10) == 0
+
+
+def test_missing_settings_exit_78():
+    port = BrokerPort()
+    try:
+        port.start_worker(extra_env={"REXEC_WORKER_SECRET": ""})
+        assert port.wait_exit(30) == 78
+        assert "REXEC_WORKER_SECRET" in port.log_text()
+    finally:
+        port.close()
+
+
+# --------------------------------------------------------------------------- variables
+def test_variables_in_out_and_persist(broker):
+    arr = np.arange(1_000_000, dtype=np.float64)  # big enough to travel out of band
+    events = broker.run(
+        "total = float(arr.sum())\nscaled = arr * factor\nlabel = name.upper()",
+        push={"arr": arr, "factor": 2.0, "name": "abc"},
+        pull=["total", "scaled", "label", "not_there"],
+    )
+    assert kinds(events)[0] == Kind.ACCEPTED
+    assert done(events).header["status"] == DoneStatus.OK
+    out = pulled(events)
+    assert out["total"] == float(arr.sum())
+    assert np.array_equal(out["scaled"], arr * 2.0)
+    assert out["label"] == "ABC"
+    assert "not_there" not in out
+    # the namespace persists: the next cell sees what the last one made
+    out = pulled(broker.run("again = label * 2 + str(int(scaled[1]))", pull=["again"]))
+    assert out == {"again": "ABCABC2"}
+
+
+def test_modules_are_not_pulled_and_pull_needs_success(broker):
+    events = broker.run("import json\nvalue = 5", pull=["json", "value"])
+    assert pulled(events) == {"value": 5}
+    assert done(events).header["skipped"] == []
+    events = broker.run("late = 1\nraise ValueError('no')", pull=["late"])
+    assert done(events).header["status"] == DoneStatus.ERROR
+    assert done(events).header["vars"] == []
+
+
+def test_unserializable_pull_is_skipped_with_reason(broker):
+    events = broker.run("gen = (i for i in range(3))\nfine = 3", pull=["gen", "fine"])
+    d = done(events)
+    assert d.header["status"] == DoneStatus.OK
+    assert pulled(events) == {"fine": 3}
+    assert d.header["skipped"] == [
+        {
+            "name": "gen",
+            "reason": "cannot be serialized (TypeError: cannot pickle 'generator' object)",
+        }
+    ]
+
+
+def test_pull_limit_is_respected(broker):
+    events = broker.run(
+        "import numpy as np\nbig = np.zeros(3 * 2**20, dtype=np.uint8)\nsmall = 1",
+        pull=["big", "small"],
+        pull_limit=2**20,
+    )
+    d = done(events)
+    assert pulled(events) == {"small": 1}
+    assert d.header["skipped"] == [
+        {"name": "big", "reason": "is 3.0 MB, over the 1.0 MB pull limit"}
+    ]
+
+
+def test_bad_pushed_value_names_variable_and_versions(broker):
+    header = {
+        "id": "bad-vars",
+        "code": "print('never')",
+        "vars": [{"name": "broken", "nbuffers": 1, "nbytes": 4}],
+        "pull": [],
+        "pull_limit": 1000,
+        "client": {"python": "3.99.0", "dill": "9.9"},
+    }
+    broker.send(Kind.EXECUTE, header, [b"\x80\x05junk"])
+    events = broker.events("bad-vars")
+    [error] = [e for e in events if e.kind == Kind.ERROR]
+    assert "'broken'" in error.header["evalue"]
+    assert "3.99.0" in error.header["evalue"]
+    assert serialize.versions()["python"] in error.header["evalue"]
+    assert done(events).header["status"] == DoneStatus.ERROR
+    assert "never" not in stdout(events)
+
+
+# --------------------------------------------------------------------------- output
+def test_stream_is_live(broker):
+    request_id = broker.execute(
+        "import time\nfor i in range(3):\n    print('line', i)\n    time.sleep(0.3)"
+    )
+    arrivals = timed_events(broker, request_id)
+    streams = [(t, m) for t, m in arrivals if m.kind == Kind.STREAM]
+    assert "".join(m.header["text"] for _, m in streams) == "line 0\nline 1\nline 2\n"
+    first_stream_at, done_at = streams[0][0], arrivals[-1][0]
+    assert done_at - first_stream_at > 0.6  # the first line came while the cell still ran
+    assert len(streams) == 3
+
+
+def test_print_reaches_client_quickly(broker):
+    request_id = broker.execute("import time\nprint(time.time())\ntime.sleep(0.5)")
+    msg = broker.recv_kind(Kind.STREAM)
+    latency = time.time() - float(msg.header["text"])
+    assert msg.header["id"] == request_id
+    assert latency < 0.1
+    broker.events(request_id)
+
+
+def test_partial_lines_arrive_while_the_cell_runs(broker):
+    code = (
+        "import time\n"
+        "print('flushed', end='', flush=True)\n"
+        "time.sleep(0.5)\n"
+        "print(' unflushed', end='')\n"
+        "time.sleep(0.5)\n"
+        "print(' end')"
+    )
+    arrivals = timed_events(broker, broker.execute(code))
+    streams = [(t, m.header["text"]) for t, m in arrivals if m.kind == Kind.STREAM]
+    assert [text for _, text in streams] == ["flushed", " unflushed", " end\n"]
+    done_at = arrivals[-1][0]
+    assert done_at - streams[0][0] > 0.8 and done_at - streams[1][0] > 0.3
+
+
+def test_many_prints_are_batched_in_order(broker):
+    events = broker.run("for i in range(1000):\n    print(i)")
+    streams = [e for e in events if e.kind == Kind.STREAM]
+    assert stdout(events) == "".join(f"{i}\n" for i in range(1000))
+    assert len(streams) < 50
+    seqs = [e.header["seq"] for e in events if "seq" in e.header]
+    assert seqs == list(range(len(seqs)))
+
+
+def test_event_order_is_kept(broker):
+    code = (
+        "import sys\n"
+        "from IPython.display import display, HTML\n"
+        "print('a')\n"
+        "print('b', file=sys.stderr)\n"
+        "display(HTML('<b>c</b>'))\n"
+        "print('d')\n"
+        "'e'"
+    )
+    events = broker.run(code)
+    seen = []
+    for e in events:
+        if e.kind == Kind.STREAM:
+            seen.append((e.header["name"], e.header["text"]))
+        elif e.kind == Kind.DISPLAY:
+            seen.append(("display", e.header["data"]["text/html"]))
+        elif e.kind == Kind.RESULT:
+            seen.append(("result", e.header["data"]["text/plain"]))
+    assert seen == [
+        ("stdout", "a\n"),
+        ("stderr", "b\n"),
+        ("display", "<b>c</b>"),
+        ("stdout", "d\n"),
+        ("result", "'e'"),
+    ]
+    assert [e.header["seq"] for e in events[1:]] == list(range(len(events) - 1))
+
+
+def test_print_from_another_thread(broker):
+    code = (
+        "import threading\n"
+        "t = threading.Thread(target=print, args=('from thread',))\n"
+        "t.start(); t.join()"
+    )
+    assert stdout(broker.run(code)) == "from thread\n"
+
+
+def test_result_has_html_and_semicolon_hides_it(broker):
+    code = (
+        "class Table:\n"
+        "    def _repr_html_(self):\n"
+        "        return '<table><tr><td>1</td></tr></table>'\n"
+        "    def __repr__(self):\n"
+        "        return 'Table()'\n"
+        "Table()"
+    )
+    events = broker.run(code)
+    [result] = [e for e in events if e.kind == Kind.RESULT]
+    assert result.header["data"]["text/html"] == "<table><tr><td>1</td></tr></table>"
+    assert result.header["data"]["text/plain"] == "Table()"
+    assert result.header["execution_count"] == done(events).header["execution_count"]
+    assert Kind.RESULT not in kinds(broker.run("Table();"))
+
+
+def test_display_ids_updates_and_binary_data(broker):
+    code = (
+        "from IPython.display import display, publish_display_data\n"
+        "handle = display('v1', display_id='progress')\n"
+        "handle.update('v2')\n"
+        "publish_display_data({'application/octet-stream': b'\\x00\\x01'})"
+    )
+    events = broker.run(code)
+    shown = [e.header for e in events if e.kind == Kind.DISPLAY]
+    assert shown[0]["data"]["text/plain"] == "'v1'"
+    assert shown[0]["transient"] == {"display_id": "progress"}
+    assert shown[1]["data"]["text/plain"] == "'v2'" and shown[1]["update"] is True
+    assert shown[2]["data"]["application/octet-stream"] == "AAE="  # base64, as Jupyter sends
+
+
+def test_matplotlib_figure_is_displayed_as_png(broker):
+    events = broker.run(
+        "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('t');", timeout=60
+    )
+    assert done(events).header["status"] == DoneStatus.OK
+    displays = [e for e in events if e.kind == Kind.DISPLAY]
+    assert len(displays) == 1
+    png = displays[0].header["data"]["image/png"]
+    assert png.startswith("iVBORw0KGgo")  # base64 of the PNG signature
+
+
+def test_input_fails_at_once(broker):
+    events = broker.run("input('name? ')", timeout=10)
+    [error] = [e for e in events if e.kind == Kind.ERROR]
+    assert error.header["ename"] == "StdinNotImplementedError"
+    assert "remote cell" in error.header["evalue"]
+
+
+# --------------------------------------------------------------------------- errors
+def test_remote_exception_shows_user_traceback(broker):
+    code = "def inner(x):\n    return 1 / x\n\ndef outer():\n    return inner(0)\n\nouter()"
+    events = broker.run(code)
+    [error] = [e for e in events if e.kind == Kind.ERROR]
+    assert error.header["ename"] == "ZeroDivisionError"
+    assert error.header["evalue"] == "division by zero"
+    text = plain("\n".join(error.header["traceback"]))
+    assert "inner" in text and "outer" in text and "1 / x" in text
+    assert "worker_image" not in text and "interactiveshell" not in text
+    assert done(events).header["status"] == DoneStatus.ERROR
+
+
+def test_syntax_error_is_an_error(broker):
+    events = broker.run("def (:")
+    assert [e.header["ename"] for e in events if e.kind == Kind.ERROR] == ["SyntaxError"]
+    assert done(events).header["status"] == DoneStatus.ERROR
+
+
+def test_malformed_messages_are_dropped(broker):
+    broker.send_raw([CLIENT, b"RX1"])  # too few frames
+    broker.send_raw([CLIENT, b"XX9", b"execute", b"{}"])  # wrong protocol marker
+    broker.send_raw([CLIENT, b"RX1", b"execute", b"{not json"])
+    broker.send_raw([CLIENT, b"RX1", b"no-such-kind", b"{}"])
+    broker.send_raw([CLIENT, b"RX1", b"interrupt", b"[]"])
+    broker.send(Kind.EXECUTE, {"code": "1"})  # no id: nobody to answer
+    broker.send(Kind.EXECUTE, {"id": "bad-1", "code": 42})  # an id: the client is told
+    events = broker.events("bad-1")
+    assert done(events).header["status"] == DoneStatus.ERROR
+    assert [e.header["ename"] for e in events if e.kind == Kind.ERROR] == ["ProtocolError"]
+    assert done(broker.run("1 + 1")).header["status"] == DoneStatus.OK
+    assert broker.proc.poll() is None
+
+
+# --------------------------------------------------------------------------- interrupt
+@pytest.mark.parametrize("code", ["while True:\n    pass", "import time\ntime.sleep(100)"])
+def test_interrupt_stops_the_cell(broker, code):
+    request_id = broker.execute(code)
+    broker.recv_kind(Kind.ACCEPTED)
+    time.sleep(0.2)
+    sent = time.monotonic()
+    broker.send(Kind.INTERRUPT, {"id": request_id})
+    events = broker.events(request_id, timeout=5)
+    assert time.monotonic() - sent < 2.0
+    assert done(events).header["status"] == DoneStatus.INTERRUPTED
+    assert [e.header["ename"] for e in events if e.kind == Kind.ERROR] == ["KeyboardInterrupt"]
+    assert pulled(broker.run("after = 1", pull=["after"])) == {"after": 1}
+
+
+def test_interrupt_of_queued_cell_drops_it(broker):
+    first = broker.execute("import time\ntime.sleep(0.5)")
+    second = broker.execute("print('must not run')")
+    broker.send(Kind.INTERRUPT, {"id": second})
+    broker.send(Kind.INTERRUPT, {"id": "no-such-cell"})  # ignored
+    events = broker.events(second)
+    assert kinds(events) == [Kind.DONE]
+    assert done(events).header["status"] == DoneStatus.INTERRUPTED
+    assert done(broker.events(first)).header["status"] == DoneStatus.OK
+
+
+def test_cells_run_one_at_a_time_in_order(broker):
+    ids = [
+        broker.execute(f"import time; time.sleep(0.05); order = globals().get('order', []) + [{i}]")
+        for i in range(3)
+    ]
+    for request_id in ids:
+        assert done(broker.events(request_id)).header["status"] == DoneStatus.OK
+    assert pulled(broker.run("order", pull=["order"]))["order"][-3:] == [0, 1, 2]
+
+
+@pytest.mark.timeout(60)
+def test_ignored_interrupt_restarts_with_75(fresh):
+    code = (
+        "import time\n"
+        "print('stubborn', flush=True)\n"
+        "while True:\n"
+        "    try:\n"
+        "        time.sleep(100)\n"
+        "    except KeyboardInterrupt:\n"
+        "        pass"
+    )
+    request_id = fresh.execute(code)
+    queued = fresh.execute("print('never')")
+    fresh.recv_kind(Kind.STREAM)
+    fresh.send(Kind.INTERRUPT, {"id": request_id})
+    events = fresh.events(request_id, timeout=protocol.INTERRUPT_GRACE_S + 10)
+    d = done(events)
+    assert d.header["status"] == DoneStatus.RESTARTING
+    assert "restarting" in d.header["message"]
+    assert done(fresh.events(queued)).header["status"] == DoneStatus.RESTARTING
+    fresh.recv_kind(Kind.GOODBYE, timeout=5)  # after the DONEs, so nothing is left pending
+    assert fresh.wait_exit(10) == 75
+
+
+@pytest.mark.timeout(60)
+def test_sigint_ignored_by_cell_restarts_with_75(fresh):
+    request_id = fresh.execute(
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(100)"
+    )
+    fresh.recv_kind(Kind.ACCEPTED)
+    time.sleep(0.2)
+    fresh.send(Kind.INTERRUPT, {"id": request_id})
+    d = done(fresh.events(request_id, timeout=protocol.INTERRUPT_GRACE_S + 10))
+    assert d.header["status"] == DoneStatus.RESTARTING
+    assert fresh.wait_exit(10) == 75
+
+
+# --------------------------------------------------------------------------- inspect
+def test_inspect_while_a_cell_runs(broker):
+    broker.run(
+        "import numpy as np\n"
+        "import pandas as pd\n"
+        "frame = pd.DataFrame({'a': range(100)})\n"
+        "vec = np.zeros(1000)\n"
+        "_hidden = 1"
+    )
+    request_id = broker.execute("import time\ntime.sleep(1)")
+    broker.recv_kind(Kind.ACCEPTED)
+    broker.send(Kind.INSPECT, {"id": "look"})
+    reply = broker.recv_kind(Kind.INSPECT_REPLY, timeout=0.5)  # answered while the cell sleeps
+    assert reply.header["id"] == "look"
+    worker = reply.header["worker"]
+    assert worker["busy"] is True
+    assert worker["pid"] == broker.proc.pid
+    assert worker["python"] == serialize.versions()["python"]
+    assert {"uptime_s", "execution_count", "cwd", "hostname", "dill"} <= set(worker)
+    variables = {v["name"]: v for v in reply.header["variables"]}
+    assert variables["vec"] == {"name": "vec", "type": "ndarray", "size": 8000}
+    assert variables["frame"]["type"] == "DataFrame" and variables["frame"]["size"] >= 800
+    assert not {"np", "pd", "_hidden", "In", "Out", "exit", "quit", "get_ipython"} & set(variables)
+    assert done(broker.events(request_id)).header["status"] == DoneStatus.OK

@@ -1,0 +1,188 @@
+"""Drive a real worker process without the broker.
+
+``BrokerPort`` binds a real ZeroMQ ROUTER on 127.0.0.1 (the socket type of the broker's worker
+port), starts ``python -m worker_image.worker`` against it, answers its registration and sends
+it requests as if they came from a client.  Every wait has a bound.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from rexec_magic import protocol, serialize
+from rexec_magic.protocol import Kind, Message
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT = b"client-route-1"  # a made-up client routing id, as the broker would put it
+SECRET = "s3cret"  # any value: only the broker checks it
+TERMINAL = {Kind.DONE}
+_ids = itertools.count(1)
+
+
+class BrokerPort:
+    """A ROUTER standing in for the broker's worker port, plus the worker subprocess."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        self.url = f"tcp://127.0.0.1:{port}"
+        self.worker_id: bytes | None = None
+        self.proc: subprocess.Popen | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="rexec-worker-", suffix=".log", delete=False)
+        self.stash: list[tuple[bytes, Message]] = []  # received but not yet asked for
+
+    def restart_router(self) -> None:
+        """Close the ROUTER and bind a new one on the same port: a broker restart."""
+        self.router.close()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.bind(self.url)
+        self.worker_id = None
+        self.stash.clear()
+
+    # ------------------------------------------------------------------ process
+    def start_worker(self, secret: str = SECRET, extra_env: dict[str, str] | None = None) -> None:
+        env = {
+            **os.environ,
+            "REXEC_BROKER_WORKER_URL": self.url,
+            "REXEC_WORKER_USER": "user-1",
+            "REXEC_WORKER_NONCE": "nonce-1",
+            "REXEC_WORKER_SECRET": secret,
+            "REXEC_LOG_LEVEL": "DEBUG",
+            "PYTHONPATH": str(ROOT),
+            **(extra_env or {}),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker_image.worker"],
+            cwd=str(ROOT),
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log_text(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.router.close()
+        self.ctx.term()
+        self._log.close()
+        os.unlink(self._log.name)
+
+    # ------------------------------------------------------------------ wire
+    def recv(self, timeout: float = 10.0) -> tuple[bytes, Message]:
+        """Next message from the worker: (route, message)."""
+        if self.stash:
+            return self.stash.pop(0)
+        if not self.router.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no message from the worker within {timeout} s\n{self.log_text()}")
+        frames = self.router.recv_multipart(copy=False)
+        self.worker_id = frames[0].bytes
+        return frames[1].bytes, protocol.decode(frames[2:])
+
+    def recv_kind(self, kind: str, timeout: float = 10.0) -> Message:
+        """Skip to the next message of ``kind`` (heartbeats and others are stashed/skipped)."""
+        end = time.monotonic() + timeout
+        skipped: list[tuple[bytes, Message]] = []
+        try:
+            while True:
+                route, msg = self.recv(max(0.01, end - time.monotonic()))
+                if msg.kind == kind:
+                    return msg
+                if msg.kind != Kind.HEARTBEAT:
+                    skipped.append((route, msg))
+        finally:
+            self.stash[:0] = skipped
+
+    def send(
+        self, kind: str, header: dict[str, Any], buffers: Sequence[Any] = (), route: bytes = CLIENT
+    ) -> None:
+        assert self.worker_id is not None, "the worker has not spoken yet"
+        frames = [self.worker_id, route, *protocol.frames(kind, header, buffers)]
+        self.router.send_multipart(frames, copy=False)
+
+    def send_raw(self, frames: list[bytes]) -> None:
+        assert self.worker_id is not None
+        self.router.send_multipart([self.worker_id, *frames])
+
+    def register(self, timeout: float = 30.0) -> Message:
+        """Wait for REGISTER and accept it."""
+        msg = self.recv_kind(Kind.REGISTER, timeout)
+        self.send(Kind.REGISTERED, {}, route=protocol.TO_BROKER)
+        return msg
+
+    # ------------------------------------------------------------------ cells
+    def execute(
+        self,
+        code: str,
+        push: dict[str, Any] | None = None,
+        pull: Sequence[str] = (),
+        pull_limit: int = 256 * 2**20,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        request_id = f"cell-{next(_ids)}"
+        entries, buffers = serialize.pack(push or {})
+        header = {
+            "id": request_id,
+            "code": code,
+            "vars": entries,
+            "pull": list(pull),
+            "pull_limit": pull_limit,
+            **(extra or {}),
+        }
+        self.send(Kind.EXECUTE, header, buffers)
+        return request_id
+
+    def events(self, request_id: str, timeout: float = 20.0) -> list[Message]:
+        """All messages for ``request_id`` up to and including DONE."""
+        end = time.monotonic() + timeout
+        out: list[Message] = []
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no DONE for {request_id}; got {[m.kind for m in out]}")
+            route, msg = self.recv(left)
+            if msg.header.get("id") != request_id:
+                continue
+            assert route == CLIENT
+            out.append(msg)
+            if msg.kind in TERMINAL:
+                return out
+
+    def run(self, code: str, timeout: float = 20.0, **kwargs: Any) -> list[Message]:
+        return self.events(self.execute(code, **kwargs), timeout)
+
+
+def done(events: list[Message]) -> Message:
+    assert events and events[-1].kind == Kind.DONE, [e.kind for e in events]
+    return events[-1]
+
+
+def stdout(events: list[Message], name: str = "stdout") -> str:
+    return "".join(
+        e.header["text"] for e in events if e.kind == Kind.STREAM and e.header["name"] == name
+    )
+
+
+def pulled(events: list[Message]) -> dict[str, Any]:
+    d = done(events)
+    return serialize.unpack(d.header["vars"], d.buffers)

@@ -1,0 +1,324 @@
+"""Cells: reading an EXECUTE request, the FIFO of cells, and running one cell.
+
+The I/O thread parses requests and puts them in the ``CellQueue``; the main thread takes them
+one at a time and runs them with ``CellRunner`` (signals, and so KeyboardInterrupt, only reach
+the main thread, and much user code assumes it runs there).  Interrupts come from the I/O
+thread and are decided here, under the queue's lock, so "which cell is running" has one answer.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from rexec_magic import serialize
+from rexec_magic.protocol import INTERRUPT_GRACE_S, DoneStatus, Kind, Message
+from worker_image.outbox import Outbox, Target
+from worker_image.shell import WorkerShell
+from worker_image.variables import pack_pulled
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PULL_LIMIT = 256 * 2**20
+# How long the next cell waits for ZeroMQ to release the last cell's zero-copy pulled arrays.
+RELEASE_WAIT_S = 10.0
+# If the I/O thread cannot even run (a C call holding the GIL), faulthandler's own thread
+# ends the process this long after the grace period; the supervisor then restarts it.
+WATCHDOG_EXTRA_S = 5.0
+
+
+class BadRequest(ValueError):
+    """An EXECUTE that does not follow the protocol; ``id`` is set when it could be read."""
+
+    def __init__(self, message: str, request_id: str | None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+@dataclass(eq=False)
+class Cell:
+    """One EXECUTE request, from arrival to DONE."""
+
+    target: Target
+    code: str
+    vars: list[dict[str, Any]]
+    buffers: list[Any]
+    pull: list[str]
+    pull_limit: int
+    client_versions: dict[str, str] | None = None
+    received_at: float = field(default_factory=time.perf_counter)
+    interrupt_requested: bool = False
+    finished: bool = False  # DONE has been queued
+    condemned: bool = False  # the grace period ran out: the I/O thread sends its DONE
+    grace_deadline: float | None = None  # time.monotonic() after which the worker restarts
+
+    @property
+    def id(self) -> str:
+        return self.target.id
+
+
+def parse_execute(route: bytes, msg: Message) -> Cell:
+    """Check an EXECUTE header against the protocol; raise BadRequest when it does not fit."""
+    h = msg.header
+    request_id = h.get("id")
+    if not isinstance(request_id, str) or not request_id:
+        raise BadRequest("EXECUTE without a string id", None)
+
+    def bad(what: str) -> BadRequest:
+        return BadRequest(f"malformed EXECUTE request: {what}", request_id)
+
+    code = h.get("code")
+    if not isinstance(code, str):
+        raise bad("'code' is not a string")
+    entries = h.get("vars") or []
+    if not isinstance(entries, list):
+        raise bad("'vars' is not a list")
+    total = 0
+    for entry in entries:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("name"), str)
+            and isinstance(entry.get("nbuffers"), int)
+            and entry["nbuffers"] >= 1
+        ):
+            raise bad("a 'vars' entry needs a name and nbuffers >= 1")
+        total += entry["nbuffers"]
+    if total != len(msg.buffers):
+        raise bad(f"'vars' announce {total} buffers but {len(msg.buffers)} came")
+    pull = h.get("pull") or []
+    if not isinstance(pull, list) or not all(isinstance(n, str) for n in pull):
+        raise bad("'pull' is not a list of names")
+    pull_limit = h.get("pull_limit", DEFAULT_PULL_LIMIT)
+    if pull_limit is None:
+        pull_limit = DEFAULT_PULL_LIMIT
+    if not isinstance(pull_limit, int) or isinstance(pull_limit, bool) or pull_limit < 0:
+        raise bad("'pull_limit' is not a byte count")
+    client = h.get("client")
+    if not isinstance(client, dict):
+        client = None
+    return Cell(
+        Target(route, request_id), code, entries, list(msg.buffers), pull, pull_limit, client
+    )
+
+
+class CellQueue:
+    """FIFO of cells and the one running now.  Shared by the I/O thread and the main thread."""
+
+    def __init__(self, main_thread_id: int) -> None:
+        self._cv = threading.Condition()
+        self._queued: deque[Cell] = deque()
+        self._main_thread_id = main_thread_id
+        self.running: Cell | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.running is not None or bool(self._queued)
+
+    def put(self, cell: Cell) -> None:
+        with self._cv:
+            self._queued.append(cell)
+            self._cv.notify()
+
+    def take(self, timeout: float) -> Cell | None:
+        """Main thread: the next cell, now marked running; None after ``timeout`` s."""
+        with self._cv:
+            if not self._queued:
+                self._cv.wait(timeout)
+            if not self._queued:
+                return None
+            self.running = self._queued.popleft()
+            return self.running
+
+    def finish(self, cell: Cell) -> bool:
+        """Main thread: the cell has ended; interrupts for it no longer apply.
+
+        False when the grace period already ran out: the worker is restarting and the I/O
+        thread has told the client, so the cell's own DONE must not follow.
+        """
+        with self._cv:
+            if self.running is cell:
+                self.running = None
+            if cell.grace_deadline is not None and not cell.condemned:
+                faulthandler.cancel_dump_traceback_later()
+            return not cell.condemned
+
+    def interrupt(self, request_id: str) -> Cell | None:
+        """I/O thread: interrupt a running cell, or drop a queued one (returned to the caller).
+
+        A running cell gets SIGINT in the main thread (KeyboardInterrupt) and a grace period.
+        """
+        with self._cv:
+            cell = self.running
+            if cell is not None and cell.id == request_id:
+                cell.interrupt_requested = True
+                if cell.grace_deadline is None:
+                    cell.grace_deadline = time.monotonic() + INTERRUPT_GRACE_S
+                    _arm_watchdog(INTERRUPT_GRACE_S + WATCHDOG_EXTRA_S)
+                signal.pthread_kill(self._main_thread_id, signal.SIGINT)
+                return None
+            for queued in self._queued:
+                if queued.id == request_id:
+                    self._queued.remove(queued)
+                    return queued
+        return None
+
+    def grace_deadline(self) -> float | None:
+        cell = self.running
+        return cell.grace_deadline if cell is not None else None
+
+    def overdue(self, now: float) -> Cell | None:
+        """The running cell if it ignored its interrupt past the grace period."""
+        with self._cv:
+            cell = self.running
+            if cell is not None and cell.grace_deadline is not None and now >= cell.grace_deadline:
+                cell.condemned = True
+                return cell
+        return None
+
+    def drain(self) -> list[Cell]:
+        """Take every queued cell (the worker is going away)."""
+        with self._cv:
+            cells = list(self._queued)
+            self._queued.clear()
+            return cells
+
+
+def _arm_watchdog(seconds: float) -> None:
+    stream = sys.__stderr__
+    try:
+        faulthandler.dump_traceback_later(seconds, exit=True, file=stream)
+    except (ValueError, AttributeError, OSError):  # no usable stderr: go without the backstop
+        log.debug("no watchdog: stderr has no file descriptor")
+
+
+def done_header(status: str, **extra: Any) -> dict[str, Any]:
+    return {"status": status, "vars": [], "skipped": [], "duration": 0.0, **extra}
+
+
+class CellRunner:
+    """Runs cells in the main thread: vars in, code, events out, vars back, DONE."""
+
+    def __init__(self, shell: WorkerShell, outbox: Outbox, queue: CellQueue) -> None:
+        self.shell = shell
+        self.outbox = outbox
+        self.queue = queue
+        self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
+        self._last_delivery: Any = None
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT handler (main thread): interrupt user code, never the worker's own steps."""
+        if self._interruptible:
+            raise KeyboardInterrupt
+        log.debug("SIGINT outside user code: ignored")
+
+    def run(self, cell: Cell) -> None:
+        if self._last_delivery is not None:  # the last cell's pulled arrays may still be in use
+            if not self._last_delivery.wait_released(RELEASE_WAIT_S):
+                log.warning("previous results not sent after %.0f s; going on", RELEASE_WAIT_S)
+            self._last_delivery = None
+        target = cell.target
+        self.outbox.current = target
+        self.outbox.event(target, Kind.ACCEPTED, {"id": cell.id}, numbered=False)
+        started = time.perf_counter()
+        entries: list[dict[str, Any]] = []
+        frames: list[Any] = []
+        skipped: list[dict[str, str]] = []
+        try:
+            values = serialize.unpack(cell.vars, cell.buffers)
+        except serialize.SerializationError as exc:
+            self._send_error("SerializationError", f"{exc}; {self._version_note(cell)}")
+            status = DoneStatus.ERROR
+        else:
+            cell.buffers = []
+            self.shell.user_ns.update(values)
+            del values
+            status, entries, frames, skipped = self._execute(cell)
+        duration = time.perf_counter() - started
+        header = {
+            "status": status,
+            "vars": entries,
+            "skipped": skipped,
+            "duration": round(duration, 6),
+            "execution_count": self.shell.execution_count - 1,
+        }
+        # Finish first: from here an interrupt or the grace timer no longer applies to it.
+        if not self.queue.finish(cell):
+            return
+        cell.finished = True
+        zero_copy = len(frames) > len(entries)  # out-of-band buffers alias user memory
+        delivery = self.outbox.event(target, Kind.DONE, header, frames, track=zero_copy)
+        self._last_delivery = delivery
+        log.debug(
+            "cell %s: %s in %.3f ms (%.3f ms since received)",
+            cell.id,
+            status,
+            duration * 1e3,
+            (time.perf_counter() - cell.received_at) * 1e3,
+        )
+
+    def _execute(
+        self, cell: Cell
+    ) -> tuple[str, list[dict[str, Any]], list[Any], list[dict[str, str]]]:
+        """Run the code and pull; returns (status, entries, frames, skipped)."""
+        shell = self.shell
+        shell.error_sent = False
+        status = DoneStatus.OK
+        entries: list[dict[str, Any]] = []
+        frames: list[Any] = []
+        skipped: list[dict[str, str]] = []
+        signal.signal(signal.SIGINT, self.on_sigint)  # a cell may have replaced it
+        try:
+            self._interruptible = True
+            if cell.interrupt_requested:
+                raise KeyboardInterrupt
+            result = shell.run_cell(cell.code, store_history=True)
+            error = result.error_before_exec or result.error_in_exec
+            if isinstance(error, KeyboardInterrupt):
+                status = DoneStatus.INTERRUPTED
+            elif error is not None:
+                status = DoneStatus.ERROR
+            elif cell.pull:
+                entries, frames, skipped = pack_pulled(shell.user_ns, cell.pull, cell.pull_limit)
+        except KeyboardInterrupt:
+            status = DoneStatus.INTERRUPTED
+            entries, frames, skipped = [], [], []
+        except Exception as exc:  # a failure of the worker itself, not of the user's code
+            self._interruptible = False
+            log.exception("cell %s failed inside the worker", cell.id)
+            self._send_error(type(exc).__name__, f"the worker failed to run the cell: {exc}")
+            return DoneStatus.ERROR, [], [], []
+        finally:
+            self._interruptible = False
+        if status == DoneStatus.INTERRUPTED and not shell.error_sent:
+            self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
+        elif status == DoneStatus.ERROR and not shell.error_sent:
+            self._send_error("Error", "the cell failed (no traceback available)")
+        return status, entries, frames, skipped
+
+    def _send_error(self, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
+        target = self.outbox.current
+        assert target is not None
+        self.shell.error_sent = True
+        header = {
+            "ename": ename,
+            "evalue": evalue,
+            "traceback": traceback or [f"{ename}: {evalue}"],
+        }
+        self.outbox.event(target, Kind.ERROR, header)
+
+    @staticmethod
+    def _version_note(cell: Cell) -> str:
+        """Both sides' versions, worded for the notebook user (local = notebook)."""
+        worker = serialize.versions()
+        client = cell.client_versions
+        if client:
+            local = {"python": str(client.get("python", "?")), "dill": str(client.get("dill", "?"))}
+            return serialize.version_note(local, worker)
+        return f"remote Python {worker['python']}, dill {worker['dill']}; local versions unknown"

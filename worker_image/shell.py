@@ -1,0 +1,155 @@
+"""The worker's IPython shell: a headless InteractiveShell whose output goes to the outbox.
+
+Why IPython and not plain ``exec``: a remote cell must behave like a local one, so the
+display hook (``Out``, ``_``, ``;`` suppression), rich mime bundles (``_repr_html_``,
+matplotlib PNGs), magics and formatted tracebacks come from IPython itself.  Only the last step
+changes: instead of printing, the display hook, the display publisher and the traceback
+printer hand finished mime bundles to the outbox, as ipykernel's ZMQ classes do.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import getpass
+import os
+import sys
+from typing import Any
+
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets import Type
+from traitlets.config import Config
+
+from rexec_magic.protocol import Kind
+from worker_image.outbox import NoStdin, Outbox, OutStream, stdin_error
+
+# Figures are drawn by the inline backend and flushed as display data after each cell, as in
+# a notebook.  The env var costs nothing now: matplotlib reads it when the user imports it.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception as exc:  # a broken __str__ must not break error reporting
+        return f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
+
+
+class WorkerDisplayHook(DisplayHook):
+    """Sends the last expression's value as one RESULT event (``Out[n]``)."""
+
+    def start_displayhook(self) -> None:
+        super().start_displayhook()
+        self._data: dict[str, Any] = {}
+        self._metadata: dict[str, Any] = {}
+
+    def write_output_prompt(self) -> None:
+        """No prompt: the client renders ``execution_count`` its own way."""
+
+    def write_format_data(self, format_dict: dict, md_dict: dict | None = None) -> None:
+        self._data = format_dict
+        self._metadata = md_dict or {}
+
+    def log_output(self, format_dict: dict) -> None:
+        """Not kept in history: it would hold every result's mime bundle for the worker's life."""
+
+    def finish_displayhook(self) -> None:
+        outbox: Outbox = self.shell.outbox
+        target = outbox.current
+        if self._data and target is not None:
+            header = {
+                "data": self._data,
+                "metadata": self._metadata,
+                "execution_count": self.prompt_count,
+            }
+            outbox.event(target, Kind.RESULT, header)
+        self._data = {}
+        self._is_active = False
+
+
+class WorkerDisplayPublisher(DisplayPublisher):
+    """Sends ``display()`` / ``publish_display_data`` / figures as DISPLAY events."""
+
+    def publish(  # type: ignore[override]
+        self,
+        data: dict,
+        metadata: dict | None = None,
+        *args: Any,
+        transient: dict | None = None,
+        update: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        metadata = metadata or {}
+        self._validate_data(data, metadata)
+        header: dict[str, Any] = {"data": data, "metadata": metadata, "transient": transient or {}}
+        if update:  # update_display(): replaces the output with the same display_id
+            header["update"] = True
+        self._send(header)
+
+    def clear_output(self, wait: bool = False) -> None:
+        """``clear_output()``: an empty DISPLAY marked ``clear`` (a client may ignore it)."""
+        self._send({"data": {}, "metadata": {}, "transient": {}, "clear": True, "wait": wait})
+
+    def _send(self, header: dict[str, Any]) -> None:
+        outbox: Outbox = self.shell.outbox
+        target = outbox.current
+        if target is not None:
+            outbox.event(target, Kind.DISPLAY, header)
+
+
+class WorkerShell(InteractiveShell):
+    """InteractiveShell with outbox-backed output and no history database."""
+
+    displayhook_class = Type(WorkerDisplayHook)
+    display_pub_class = Type(WorkerDisplayPublisher)
+
+    def __init__(self, outbox: Outbox, **kwargs: Any) -> None:
+        self.outbox = outbox  # before super().__init__: the hooks are built there
+        self.error_sent = False  # an ERROR event went out for the current cell
+        super().__init__(**kwargs)
+
+    def _showtraceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
+        target = self.outbox.current
+        if target is None:
+            return
+        self.error_sent = True
+        header = {
+            "ename": getattr(etype, "__name__", _safe_str(etype)),
+            "evalue": _safe_str(evalue),
+            "traceback": [_safe_str(line) for line in stb],
+        }
+        self.outbox.event(target, Kind.ERROR, header)
+
+    def _tee(self, channel: str) -> contextlib.AbstractContextManager:  # type: ignore[override]
+        """IPython 9 copies all cell output into history; we skip that (speed, memory)."""
+        return contextlib.nullcontext()
+
+    def enable_gui(self, gui: str | None = None) -> None:
+        """No GUI event loop in a headless worker (``%matplotlib inline`` needs none)."""
+
+
+def make_shell(outbox: Outbox) -> WorkerShell:
+    """Build the singleton shell, so ``get_ipython()`` in user code finds it."""
+    os.environ["MPLBACKEND"] = INLINE_BACKEND
+    config = Config()
+    config.HistoryManager.enabled = False  # no sqlite file, no writer thread
+    config.HistoryManager.hist_file = ":memory:"
+    return WorkerShell.instance(outbox=outbox, config=config)
+
+
+def _no_input(*args: Any, **kwargs: Any) -> str:
+    raise stdin_error()
+
+
+def redirect_stdio(outbox: Outbox) -> None:
+    """Point stdout/stderr at the outbox and make stdin reads fail at once.
+
+    The logging handler keeps the real stderr: it was configured before this call.
+    """
+    sys.stdout = OutStream(outbox, "stdout")
+    sys.stderr = OutStream(outbox, "stderr")
+    sys.stdin = NoStdin()
+    builtins.input = _no_input
+    getpass.getpass = _no_input  # it would otherwise open /dev/tty
