@@ -48,7 +48,15 @@ class BrokerPort:
         self.router.close()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
-        self.router.bind(self.url)
+        end = time.monotonic() + 5.0
+        while True:  # zmq releases the old listening socket in the background
+            try:
+                self.router.bind(self.url)
+                break
+            except zmq.ZMQError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.05)
         self.worker_id = None
         self.stash.clear()
 
