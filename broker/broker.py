@@ -507,8 +507,10 @@ class Broker:
 
     def _housekeeping(self, now: float) -> None:
         for entry in list(self.workers.values()):
-            if now - entry.last_seen > P.WORKER_DEAD_AFTER_S:
-                self._drop_worker(entry, f"no heartbeat for {P.WORKER_DEAD_AFTER_S:.1f}s")
+            busy = bool(self.pending.by_user.get(entry.user))
+            limit = P.BUSY_WORKER_DEAD_AFTER_S if busy else P.WORKER_DEAD_AFTER_S
+            if now - entry.last_seen > limit:
+                self._drop_worker(entry, f"no heartbeat for {limit:.1f}s")
         for route, session in list(self.sessions.items()):
             if now - session.last_seen > SESSION_IDLE_S:
                 del self.sessions[route]

@@ -39,6 +39,30 @@ class CellOutcome:
     message: str = ""
 
 
+@dataclass
+class _CellWait:
+    """The state of waiting for one cell."""
+
+    req_id: str
+    header: dict[str, Any]
+    buffers: list[Any]
+    on_event: EventHandler
+    timeout_s: float | None
+    started: bool = False  # the worker accepted the cell: never resend it after that
+    resent: bool = False
+    interrupted_at: float | None = None
+    timed_out: bool = False
+    error: dict[str, Any] | None = None
+    deadline: float | None = None
+    last_heard: float = field(default_factory=time.monotonic)
+    next_ping: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.timeout_s:
+            self.deadline = self.last_heard + self.timeout_s
+        self.next_ping = self.last_heard + P.CLIENT_PING_S
+
+
 class RexecClient:
     def __init__(self, info: ConnectionInfo, context: zmq.Context | None = None) -> None:
         self.info = info
@@ -217,90 +241,91 @@ class RexecClient:
         on_event: EventHandler,
         timeout_s: float | None,
     ) -> CellOutcome:
-        started = False  # the worker accepted the cell: never resend it after that
-        resent = False
-        interrupted_at: float | None = None
-        timed_out = False
-        error: dict[str, Any] | None = None
-        now = time.monotonic()
-        deadline = now + timeout_s if timeout_s else None
-        last_heard = now
-        next_ping = now + P.CLIENT_PING_S
+        """Wait for the cell's DONE; a Ctrl-C anywhere in here interrupts the remote cell."""
+        w = _CellWait(req_id, header, buffers, on_event, timeout_s)
         while True:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline and interrupted_at is None:
-                timed_out = True
-                interrupted_at = now
-                self._send(P.Kind.INTERRUPT, {"id": req_id})
-            if interrupted_at is not None and now - interrupted_at > P.INTERRUPT_GRACE_S + 5:
-                raise errors.WorkerLost(
-                    "The remote worker did not confirm the interrupt; it may still be busy."
-                )
-            if now - last_heard > P.BROKER_SILENT_AFTER_S:
-                self.reset()
-                raise errors.BrokerUnreachable(
-                    f"Lost contact with the rexec broker at {self.info.broker_url} "
-                    "while the cell ran; its output may be incomplete."
-                )
-            if now >= next_ping:
-                self._send(P.Kind.PING, {"t": now})
-                next_ping = now + P.CLIENT_PING_S
-            wait = next_ping - now
-            if deadline is not None and interrupted_at is None:
-                wait = min(wait, deadline - now)
             try:
-                msg = self._recv(wait)
+                outcome = self._wait_step(w)
             except KeyboardInterrupt:
-                if interrupted_at is not None:
+                if w.interrupted_at is not None:
                     raise errors.RemoteInterrupted(
                         "Interrupted again; stopped waiting for the remote cell."
                     ) from None
-                interrupted_at = time.monotonic()
+                w.interrupted_at = time.monotonic()
                 self._send(P.Kind.INTERRUPT, {"id": req_id})
                 continue
-            if msg is None:
-                continue
-            last_heard = time.monotonic()
-            kind, h = msg.kind, msg.header
-            if kind == P.Kind.PONG:
-                self.worker = h.get("worker")
-                if self.worker is None or (req_id not in h.get("pending", []) and started):
-                    raise errors.WorkerLost(
-                        "The remote worker stopped while running the cell; "
-                        "the remote namespace was lost."
-                    )
-                continue
-            if kind == P.Kind.FAIL and h.get("code") == P.FailCode.UNAUTHENTICATED:
-                # The broker restarted and forgot this connection.
-                self.hello()
-                if started or resent:
-                    raise errors.BrokerUnreachable(
-                        "The rexec broker restarted while the cell ran; "
-                        "its output may be incomplete."
-                    )
-                resent = True
-                self._send(P.Kind.EXECUTE, header, buffers)
-                continue
-            if h.get("id") != req_id:
-                continue  # a late event of an earlier cell
-            if kind == P.Kind.ACCEPTED:
-                started = True
-            elif kind in (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT):
-                on_event(msg)
-            elif kind == P.Kind.ERROR:
-                error = h
-            elif kind == P.Kind.FAIL:
-                if h.get("code") == P.FailCode.WORKER_LOST and not started and not resent:
-                    # The cell went to a worker that had just died; it never ran, so it is
-                    # safe to send it to the worker that replaced it.
-                    resent = True
-                    self.wait_for_worker(None, timeout_s=15.0)
-                    self._send(P.Kind.EXECUTE, header, buffers)
-                    last_heard = time.monotonic()
-                    continue
-                raise self._fail_error(msg)
-            elif kind == P.Kind.DONE:
-                return self._finish(msg, error, timed_out, interrupted_at is not None, timeout_s)
+            if outcome is not None:
+                return outcome
+
+    def _wait_step(self, w: _CellWait) -> CellOutcome | None:
+        """One bounded wait for one message; returns the outcome once the cell is done."""
+        now = time.monotonic()
+        if w.deadline is not None and now >= w.deadline and w.interrupted_at is None:
+            w.timed_out = True
+            w.interrupted_at = now
+            self._send(P.Kind.INTERRUPT, {"id": w.req_id})
+        if w.interrupted_at is not None and now - w.interrupted_at > P.INTERRUPT_GRACE_S + 5:
+            raise errors.WorkerLost(
+                "The remote worker did not confirm the interrupt; it may still be busy."
+            )
+        if now - w.last_heard > P.BROKER_SILENT_AFTER_S:
+            self.reset()
+            raise errors.BrokerUnreachable(
+                f"Lost contact with the rexec broker at {self.info.broker_url} "
+                "while the cell ran; its output may be incomplete."
+            )
+        if now >= w.next_ping:
+            w.next_ping = now + P.CLIENT_PING_S
+            self._send(P.Kind.PING, {"t": now})
+        wait = w.next_ping - now
+        if w.deadline is not None and w.interrupted_at is None:
+            wait = min(wait, w.deadline - now)
+        msg = self._recv(wait)
+        if msg is None:
+            return None
+        w.last_heard = time.monotonic()
+        kind, h = msg.kind, msg.header
+        if kind == P.Kind.PONG:
+            self.worker = h.get("worker")
+            if self.worker is None or (w.req_id not in h.get("pending", []) and w.started):
+                raise errors.WorkerLost(
+                    "The remote worker stopped while running the cell; "
+                    "the remote namespace was lost."
+                )
+            return None
+        if kind == P.Kind.FAIL and h.get("code") == P.FailCode.UNAUTHENTICATED:
+            # The broker restarted and forgot this connection.
+            self.hello()
+            if w.started or w.resent:
+                raise errors.BrokerUnreachable(
+                    "The rexec broker restarted while the cell ran; its output may be incomplete."
+                )
+            w.resent = True
+            self._send(P.Kind.EXECUTE, w.header, w.buffers)
+            return None
+        if h.get("id") != w.req_id:
+            return None  # a late event of an earlier cell
+        if kind == P.Kind.ACCEPTED:
+            w.started = True
+        elif kind in (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT):
+            w.on_event(msg)
+        elif kind == P.Kind.ERROR:
+            w.error = h
+        elif kind == P.Kind.FAIL:
+            if h.get("code") == P.FailCode.WORKER_LOST and not w.started and not w.resent:
+                # The cell went to a worker that had just died; it never ran, so it is
+                # safe to send it to the worker that replaced it.
+                w.resent = True
+                self.wait_for_worker(None, timeout_s=15.0)
+                self._send(P.Kind.EXECUTE, w.header, w.buffers)
+                w.last_heard = time.monotonic()
+                return None
+            raise self._fail_error(msg)
+        elif kind == P.Kind.DONE:
+            return self._finish(
+                msg, w.error, w.timed_out, w.interrupted_at is not None, w.timeout_s
+            )
+        return None
 
     def _finish(
         self,

@@ -254,12 +254,14 @@ def status_table(report: dict[str, Any]) -> Table:
     state = spawner_state.get("state") or ("ready" if worker else "stopped")
     if state == "ready" and worker and worker.get("busy"):
         state = "busy"
-    if spawner_state.get("message") and state != "ready":
-        state += f" ({spawner_state['message']})"
+    running = bool(worker) and state in ("ready", "busy")
+    shown = state
+    if spawner_state.get("message") and not running:
+        shown += f" ({spawner_state['message']})"
     if "spawner_error" in report:
-        state += f"  ({report['spawner_error']})"
-    rows.append(("worker", state))
-    if worker and state in ("ready", "busy"):
+        shown += f"  ({report['spawner_error']})"
+    rows.append(("worker", shown))
+    if running:
         winfo = inspect.get("worker") or {}
         rows.append(("worker python", worker.get("python") or winfo.get("python", "?")))
         rows.append(("worker dill", worker.get("dill", "?")))
@@ -269,7 +271,7 @@ def status_table(report: dict[str, Any]) -> Table:
     if "rtt_ms" in report:
         rows.append(("round trip", f"{report['rtt_ms']:.2f} ms"))
     variables = inspect.get("variables") or []
-    if worker and state in ("ready", "busy"):
+    if running:
         listing = ", ".join(
             f"{v['name']} ({v['type']}, {human_bytes(v.get('size', 0))})" for v in variables
         )

@@ -94,6 +94,9 @@ class DoneStatus:
 # Liveness.  Workers heartbeat the broker; clients ping while they wait for a cell.
 WORKER_HEARTBEAT_S = 1.0
 WORKER_DEAD_AFTER_S = 3.5
+# A worker running a cell may go quiet while C code holds the GIL; it gets longer.  A worker
+# that really died mid-cell is still reported at once when its restarted successor registers.
+BUSY_WORKER_DEAD_AFTER_S = 30.0
 CLIENT_PING_S = 1.0
 BROKER_SILENT_AFTER_S = 4.0
 INTERRUPT_GRACE_S = 5.0

@@ -6,7 +6,7 @@ import html
 import sys
 from typing import Any
 
-from IPython.display import publish_display_data
+from IPython.display import clear_output, publish_display_data
 
 from rexec_magic import protocol as P
 
@@ -40,10 +40,15 @@ class EventRenderer:
         elif msg.kind == P.Kind.DISPLAY:
             sys.stdout.flush()
             sys.stderr.flush()
+            if h.get("clear"):
+                clear_output(wait=bool(h.get("wait")))
+                return
+            kwargs = {"update": True} if h.get("update") else {}
             publish_display_data(
                 data=h.get("data") or {},
                 metadata=h.get("metadata") or {},
                 transient=h.get("transient") or {},
+                **kwargs,
             )
         elif msg.kind == P.Kind.RESULT:
             self.result = RemoteResult(h.get("data") or {}, h.get("metadata") or {})

@@ -201,3 +201,18 @@ def test_bad_token_gives_one_clear_sentence(ip, stack, tmp_path):
     assert "not valid" in str(info.value)
     assert len(info.value._render_traceback_()) == 1
     session.close()
+
+
+def test_update_display_updates_in_place(ip):
+    cell = (
+        "from IPython.display import display, update_display\n"
+        "display('first', display_id='progress')\n"
+        "update_display('second', display_id='progress')\n"
+    )
+    with capture_output() as out:
+        ip.run_cell_magic("remote", "", cell)
+    shown = [(o.data["text/plain"], o.transient, o.update) for o in out.outputs]
+    assert shown == [
+        ("'first'", {"display_id": "progress"}, False),
+        ("'second'", {"display_id": "progress"}, True),
+    ]
