@@ -246,6 +246,8 @@ class RexecClient:
         while True:
             try:
                 outcome = self._wait_step(w)
+            except errors.RemoteInterrupted:
+                raise  # the worker's answer to our interrupt, not a new Ctrl-C
             except KeyboardInterrupt:
                 if w.interrupted_at is not None:
                     raise errors.RemoteInterrupted(

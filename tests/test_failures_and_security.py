@@ -224,3 +224,38 @@ def test_no_token_appears_in_any_log(stack, alice, tmp_path):
     assert "client connected" in logs  # the logs are there and were written
     assert alice.info.token not in logs
     assert "bad-token-XYZ-123" not in logs
+
+
+def test_cell_that_ignores_interrupt_restarts_the_worker_and_says_so(fresh_stack):
+    session = RemoteSession(connection.load(fresh_stack.connection_file))
+    session.start()
+    run(session, "doomed = 1")
+    main = threading.main_thread().ident
+    timer = threading.Timer(1.0, signal.pthread_kill, args=(main, signal.SIGINT))
+    timer.start()
+    stubborn = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('ignoring Ctrl-C', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with pytest.raises(errors.RemoteInterrupted) as info:
+        run(session, stubborn)
+    assert "restarting" in str(info.value) and "lost" in str(info.value)
+    with pytest.raises(errors.RemoteCellError) as gone:
+        run(session, "doomed")
+    assert gone.value.ename == "NameError"  # a fresh worker answered
+    session.close()
+
+
+def test_shutdown_needs_the_admin_secret(fresh_stack):
+    from broker.control import control_request
+
+    control = fresh_stack.state["control_url"]
+    old = fresh_stack.pid("broker")
+    with pytest.raises(Exception, match="bad admin secret"):
+        control_request(control, "guess", P.Kind.SHUTDOWN)
+    assert broker_status(control, fresh_stack.state["admin_secret"])["counters"]
+    reply = control_request(control, fresh_stack.state["admin_secret"], P.Kind.SHUTDOWN)
+    assert reply == {}
+    fresh_stack.wait_pid_changed("broker", old)  # it stopped; `rexec up` started a new one
