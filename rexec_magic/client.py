@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,9 @@ from rexec_magic.connection import ConnectionInfo
 log = logging.getLogger("rexec.client")
 
 EventHandler = Callable[[P.Message], None]
+Events = Generator[P.Message, None, "CellOutcome"]
+# Events a request yields to its caller as they come (the rest are bookkeeping).
+OUTPUT_KINDS = (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT, P.Kind.YIELD)
 HELLO_TIMEOUT_S = 10.0
 
 
@@ -217,11 +220,50 @@ class RexecClient:
         on_event: EventHandler,
         timeout_s: float | None,
     ) -> CellOutcome:
+        events = self._events(P.Kind.EXECUTE, req_id, header, buffers, timeout_s)
+        while True:
+            try:
+                msg = next(events)
+            except StopIteration as stop:
+                return stop.value
+            on_event(msg)
+
+    def call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout_s: float | None = None,
+    ) -> Events:
+        """Call ``fn(*args, **kwargs)`` on the worker: yields its STREAM / DISPLAY / YIELD
+        events as they come and returns the CellOutcome (``values["return"]``).
+
+        Closing the generator early (a consumer that stops iterating) interrupts the call.
+        """
+        try:
+            entries, buffers = serialize.pack({"fn": fn, "args": tuple(args), "kwargs": kwargs})
+        except serialize.SerializationError as exc:
+            raise errors.UnserializableVariable(f"The call was not sent: {exc}.") from None
+        self.ensure_hello()
+        req_id = self._new_id()
+        header = {"id": req_id, "vars": entries, "client": self.local_versions}
+        self._send(P.Kind.CALL, header, buffers)
+        return (yield from self._events(P.Kind.CALL, req_id, header, buffers, timeout_s))
+
+    def _events(
+        self,
+        kind: str,
+        req_id: str,
+        header: dict[str, Any],
+        buffers: list[Any],
+        timeout_s: float | None,
+    ) -> Events:
+        """Wait for one request's end, yielding its output events on the way."""
         started = False  # the worker accepted the cell: never resend it after that
         resent = False
         interrupted_at: float | None = None
         timed_out = False
-        error: dict[str, Any] | None = None
+        error: P.Message | None = None
         now = time.monotonic()
         deadline = now + timeout_s if timeout_s else None
         last_heard = now
@@ -261,8 +303,8 @@ class RexecClient:
             if msg is None:
                 continue
             last_heard = time.monotonic()
-            kind, h = msg.kind, msg.header
-            if kind == P.Kind.PONG:
+            h = msg.header
+            if msg.kind == P.Kind.PONG:
                 self.worker = h.get("worker")
                 if self.worker is None or (req_id not in h.get("pending", []) and started):
                     raise errors.WorkerLost(
@@ -270,7 +312,7 @@ class RexecClient:
                         "the remote namespace was lost."
                     )
                 continue
-            if kind == P.Kind.FAIL and h.get("code") == P.FailCode.UNAUTHENTICATED:
+            if msg.kind == P.Kind.FAIL and h.get("code") == P.FailCode.UNAUTHENTICATED:
                 # The broker restarted and forgot this connection.
                 self.hello()
                 if started or resent:
@@ -279,33 +321,39 @@ class RexecClient:
                         "its output may be incomplete."
                     )
                 resent = True
-                self._send(P.Kind.EXECUTE, header, buffers)
+                self._send(kind, header, buffers)
                 continue
             if h.get("id") != req_id:
                 continue  # a late event of an earlier cell
-            if kind == P.Kind.ACCEPTED:
+            if msg.kind == P.Kind.ACCEPTED:
                 started = True
-            elif kind in (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT):
-                on_event(msg)
-            elif kind == P.Kind.ERROR:
-                error = h
-            elif kind == P.Kind.FAIL:
+            elif msg.kind in OUTPUT_KINDS:
+                try:
+                    yield msg
+                except GeneratorExit:  # the consumer stopped: stop the remote work too
+                    self._send(P.Kind.INTERRUPT, {"id": req_id})
+                    raise
+                # The consumer may have taken its time: that was not the broker's silence.
+                last_heard = time.monotonic()
+            elif msg.kind == P.Kind.ERROR:
+                error = msg
+            elif msg.kind == P.Kind.FAIL:
                 if h.get("code") == P.FailCode.WORKER_LOST and not started and not resent:
                     # The cell went to a worker that had just died; it never ran, so it is
                     # safe to send it to the worker that replaced it.
                     resent = True
                     self.wait_for_worker(None, timeout_s=15.0)
-                    self._send(P.Kind.EXECUTE, header, buffers)
+                    self._send(kind, header, buffers)
                     last_heard = time.monotonic()
                     continue
                 raise self._fail_error(msg)
-            elif kind == P.Kind.DONE:
+            elif msg.kind == P.Kind.DONE:
                 return self._finish(msg, error, timed_out, interrupted_at is not None, timeout_s)
 
     def _finish(
         self,
         msg: P.Message,
-        error: dict[str, Any] | None,
+        error_msg: P.Message | None,
         timed_out: bool,
         interrupted: bool,
         timeout_s: float | None,
@@ -327,11 +375,12 @@ class RexecClient:
         if status == P.DoneStatus.INTERRUPTED or (interrupted and status != P.DoneStatus.OK):
             raise errors.RemoteInterrupted()
         if status == P.DoneStatus.ERROR:
-            error = error or {}
+            error = error_msg.header if error_msg else {}
             raise errors.RemoteCellError(
                 str(error.get("ename", "Error")),
                 str(error.get("evalue", h.get("message", "the remote cell failed"))),
                 list(error.get("traceback") or []),
+                self._remote_exception(error_msg),
             )
         values: dict[str, Any] = {}
         if h.get("vars"):
@@ -349,3 +398,15 @@ class RexecClient:
             duration=float(h.get("duration") or 0.0),
             message=h.get("message", ""),
         )
+
+    def _remote_exception(self, error_msg: P.Message | None) -> BaseException | None:
+        """The exception a CALL raised, when it came pickled and loads here."""
+        if error_msg is None or not error_msg.buffers:
+            return None
+        try:
+            exc = serialize.loads(error_msg.buffers)
+        except serialize.SerializationError as err:
+            note = serialize.version_note(self.local_versions, self.worker)
+            log.info("a remote exception could not be loaded here: %s (%s)", err, note)
+            return None
+        return exc if isinstance(exc, BaseException) else None
