@@ -5,6 +5,7 @@ Three ROUTER sockets, one thread of routing:
 * frontend (clients, port 30001): a connection says HELLO with its token once; the broker
   checks it through the authenticator *in a thread pool* (a slow auth service delays only the
   connection being checked) and then routes that connection's messages by its user id.
+  Legacy SciDx Rexec frames (first frame empty) on the same port go to ``LegacyGateway``.
 * backend (workers, port 5560): a worker REGISTERs with the secret the spawner issued; the
   broker recomputes the HMAC, so no other pod can pose as a user's worker.  Workers heartbeat;
   a silent or replaced worker fails the requests it had with WORKER_LOST.
