@@ -221,12 +221,20 @@ class RexecClient:
         timeout_s: float | None,
     ) -> CellOutcome:
         events = self._events(P.Kind.EXECUTE, req_id, header, buffers, timeout_s)
-        while True:
-            try:
-                msg = next(events)
-            except StopIteration as stop:
-                return stop.value
-            on_event(msg)
+        interrupted = False
+        try:
+            while True:
+                try:
+                    msg = events.throw(KeyboardInterrupt()) if interrupted else next(events)
+                except StopIteration as stop:
+                    return stop.value
+                interrupted = False
+                try:
+                    on_event(msg)
+                except KeyboardInterrupt:  # e.g. while writing output: interrupt the cell too
+                    interrupted = True
+        finally:
+            events.close()  # on any way out, a cell still running is interrupted
 
     def call(
         self,
@@ -333,6 +341,13 @@ class RexecClient:
                 except GeneratorExit:  # the consumer stopped: stop the remote work too
                     self._send(P.Kind.INTERRUPT, {"id": req_id})
                     raise
+                except KeyboardInterrupt:  # thrown in: it hit while the caller showed msg
+                    if interrupted_at is not None:
+                        raise errors.RemoteInterrupted(
+                            "Interrupted again; stopped waiting for the remote cell."
+                        ) from None
+                    interrupted_at = time.monotonic()
+                    self._send(P.Kind.INTERRUPT, {"id": req_id})
                 # The consumer may have taken its time: that was not the broker's silence.
                 last_heard = time.monotonic()
             elif msg.kind == P.Kind.ERROR:
