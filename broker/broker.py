@@ -5,6 +5,7 @@ Three ROUTER sockets, one thread of routing:
 * frontend (clients, port 30001): a connection says HELLO with its token once; the broker
   checks it through the authenticator *in a thread pool* (a slow auth service delays only the
   connection being checked) and then routes that connection's messages by its user id.
+  Legacy SciDx Rexec frames (first frame empty) on the same port go to ``LegacyGateway``.
 * backend (workers, port 5560): a worker REGISTERs with the secret the spawner issued; the
   broker recomputes the HMAC, so no other pod can pose as a user's worker.  Workers heartbeat;
   a silent or replaced worker fails the requests it had with WORKER_LOST.
@@ -35,6 +36,7 @@ from broker.auth import (
     check_worker_secret,
 )
 from broker.config import BrokerSettings
+from broker.legacy_gateway import LegacyGateway
 from rexec_magic import protocol as P
 
 log = logging.getLogger("rexec.broker")
@@ -160,6 +162,7 @@ class Broker:
         self.pending = PendingRequests()
         self.counters = Counters()
         self.malformed_log = RateLimitedLog()
+        self.legacy = LegacyGateway(self)
         self._executor = ThreadPoolExecutor(settings.auth_threads, thread_name_prefix="auth")
         self._result_pushers = threading.local()
         self._stop = threading.Event()
@@ -240,7 +243,13 @@ class Broker:
         self.frontend.send_multipart([route, *P.frames(kind, header)])
 
     def _fail(self, route: bytes, req_id: Any, code: str, message: str) -> None:
+        if self.legacy.owns(route):
+            return self.legacy.fail(route, message)
         self._reply(route, P.Kind.FAIL, {"id": req_id, "code": code, "message": message})
+        return None
+
+    def open_session(self, route: bytes, identity: Identity) -> None:
+        self.sessions[route] = Session(identity, time.monotonic())
 
     def _on_frontend(self, frames: list[zmq.Frame]) -> None:
         self.counters.messages_in += 1
@@ -249,8 +258,7 @@ class Broker:
             return self._malformed("frontend", "message without body")
         marker = frames[1].bytes
         if marker == P.LEGACY:
-            self.counters.legacy_messages += 1
-            return self._malformed("frontend", "legacy SciDx frames are not routed yet")
+            return self.legacy.on_client(route, frames[1:])
         if marker != P.PROTOCOL or len(frames) < 4:
             return self._malformed("frontend", "not a rexec message")
         try:
@@ -282,7 +290,7 @@ class Broker:
                 },
             )
             return
-        if kind not in (P.Kind.EXECUTE, P.Kind.INTERRUPT, P.Kind.INSPECT):
+        if kind not in (P.Kind.EXECUTE, P.Kind.CALL, P.Kind.INTERRUPT, P.Kind.INSPECT):
             return self._malformed("frontend", f"unknown kind {kind[:32]!r}")
         header = self._header(frames[3])
         if header is None:
@@ -292,7 +300,7 @@ class Broker:
             return self._fail(
                 route, header.get("id"), P.FailCode.NO_WORKER, "No worker is running for you."
             )
-        if kind == P.Kind.EXECUTE:
+        if kind in (P.Kind.EXECUTE, P.Kind.CALL):
             self.pending.add(user, route, str(header.get("id")))
         self.backend.send_multipart([worker.route, route, *frames[1:]], copy=False)
         self.counters.forwarded_to_workers += 1
@@ -318,7 +326,7 @@ class Broker:
         self.hello_in_flight.add(route)
         self._executor.submit(self._authenticate_in_thread, route, token)
 
-    def _authenticate_in_thread(self, route: bytes, token: str) -> None:
+    def _authenticate_in_thread(self, route: bytes, token: str, legacy: bool = False) -> None:
         try:
             identity = self.auth.authenticate(token)
             result: dict[str, Any] = {"ok": True, "identity": identity.to_json()}
@@ -333,11 +341,11 @@ class Broker:
             pusher.linger = 0
             pusher.connect(AUTH_RESULTS + f"-{id(self)}")
             self._result_pushers.sock = pusher
-        pusher.send_multipart([route, json.dumps(result).encode()])
+        purpose = b"legacy" if legacy else b"hello"
+        pusher.send_multipart([route, json.dumps(result).encode(), purpose])
 
     def _on_auth_result(self, frames: list[zmq.Frame]) -> None:
         route = frames[0].bytes
-        self.hello_in_flight.discard(route)
         result = json.loads(frames[1].bytes)
         if result["ok"]:
             ident = result["identity"]
@@ -346,7 +354,10 @@ class Broker:
             )
         else:
             outcome = AuthError(result["message"])
-        self._finish_hello(route, outcome)
+        if frames[2].bytes == b"legacy":
+            return self.legacy.on_auth_result(route, outcome)
+        self.hello_in_flight.discard(route)
+        return self._finish_hello(route, outcome)
 
     def _finish_hello(self, route: bytes, outcome: Identity | AuthError) -> None:
         if isinstance(outcome, AuthError):
@@ -411,6 +422,8 @@ class Broker:
         if session is None or session.identity.sub != user:
             # A worker may only ever talk to its own user's connections.
             return self._malformed("backend", "worker addressed a connection of another user")
+        if self.legacy.owns(target):
+            return self.legacy.on_worker_event(target, kind, frames[4], frames[5:])
         if kind == P.Kind.DONE:
             header = self._header(frames[4]) or {}
             self.pending.discard(user, target, str(header.get("id")))

@@ -1,7 +1,8 @@
 """rexec: run Jupyter cells on your own remote worker.
 
 ``%load_ext rexec_magic`` registers ``%%remote``, ``%remote``, ``%rexec_login``,
-``%rexec_start``, ``%rexec_stop`` and ``%rexec_status``.
+``%rexec_start``, ``%rexec_stop`` and ``%rexec_status``; ``from rexec_magic import remote_func``
+runs single functions on the same worker.
 """
 
 from __future__ import annotations
@@ -20,4 +21,13 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     magics = ipython.magics_manager.registry.get("RexecMagics")
     if magics is not None:
-        magics.session.close()
+        magics.session.forget()
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that importing the package (the extension hook) does not import ZeroMQ.
+    if name in ("remote_func", "RemoteFunction", "RemoteTraceback"):
+        from rexec_magic import remote_call as module
+
+        return getattr(module, name)
+    raise AttributeError(name)

@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,9 @@ from rexec_magic.connection import ConnectionInfo
 log = logging.getLogger("rexec.client")
 
 EventHandler = Callable[[P.Message], None]
+Events = Generator[P.Message, None, "CellOutcome"]
+# Events a request yields to its caller as they come (the rest are bookkeeping).
+OUTPUT_KINDS = (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT, P.Kind.YIELD)
 HELLO_TIMEOUT_S = 10.0
 
 
@@ -37,30 +40,6 @@ class CellOutcome:
     skipped: list[dict[str, str]] = field(default_factory=list)
     duration: float = 0.0
     message: str = ""
-
-
-@dataclass
-class _CellWait:
-    """The state of waiting for one cell."""
-
-    req_id: str
-    header: dict[str, Any]
-    buffers: list[Any]
-    on_event: EventHandler
-    timeout_s: float | None
-    started: bool = False  # the worker accepted the cell: never resend it after that
-    resent: bool = False
-    interrupted_at: float | None = None
-    timed_out: bool = False
-    error: dict[str, Any] | None = None
-    deadline: float | None = None
-    last_heard: float = field(default_factory=time.monotonic)
-    next_ping: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.timeout_s:
-            self.deadline = self.last_heard + self.timeout_s
-        self.next_ping = self.last_heard + P.CLIENT_PING_S
 
 
 class RexecClient:
@@ -241,98 +220,158 @@ class RexecClient:
         on_event: EventHandler,
         timeout_s: float | None,
     ) -> CellOutcome:
-        """Wait for the cell's DONE; a Ctrl-C anywhere in here interrupts the remote cell."""
-        w = _CellWait(req_id, header, buffers, on_event, timeout_s)
+        events = self._events(P.Kind.EXECUTE, req_id, header, buffers, timeout_s)
+        interrupted = False
+        try:
+            while True:
+                try:
+                    msg = events.throw(KeyboardInterrupt()) if interrupted else next(events)
+                except StopIteration as stop:
+                    return stop.value
+                interrupted = False
+                try:
+                    on_event(msg)
+                except KeyboardInterrupt:  # e.g. while writing output: interrupt the cell too
+                    interrupted = True
+        finally:
+            events.close()  # on any way out, a cell still running is interrupted
+
+    def call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout_s: float | None = None,
+    ) -> Events:
+        """Call ``fn(*args, **kwargs)`` on the worker: yields its STREAM / DISPLAY / YIELD
+        events as they come and returns the CellOutcome (``values["return"]``).
+
+        Closing the generator early (a consumer that stops iterating) interrupts the call.
+        """
+        try:
+            entries, buffers = serialize.pack({"fn": fn, "args": tuple(args), "kwargs": kwargs})
+        except serialize.SerializationError as exc:
+            raise errors.UnserializableVariable(f"The call was not sent: {exc}.") from None
+        self.ensure_hello()
+        req_id = self._new_id()
+        header = {"id": req_id, "vars": entries, "client": self.local_versions}
+        self._send(P.Kind.CALL, header, buffers)
+        return (yield from self._events(P.Kind.CALL, req_id, header, buffers, timeout_s))
+
+    def _events(
+        self,
+        kind: str,
+        req_id: str,
+        header: dict[str, Any],
+        buffers: list[Any],
+        timeout_s: float | None,
+    ) -> Events:
+        """Wait for one request's end, yielding its output events on the way."""
+        started = False  # the worker accepted the cell: never resend it after that
+        resent = False
+        interrupted_at: float | None = None
+        timed_out = False
+        error: P.Message | None = None
+        now = time.monotonic()
+        deadline = now + timeout_s if timeout_s else None
+        last_heard = now
+        next_ping = now + P.CLIENT_PING_S
         while True:
             try:
-                outcome = self._wait_step(w)
+                now = time.monotonic()
+                if deadline is not None and now >= deadline and interrupted_at is None:
+                    timed_out = True
+                    interrupted_at = now
+                    self._send(P.Kind.INTERRUPT, {"id": req_id})
+                if interrupted_at is not None and now - interrupted_at > P.INTERRUPT_GRACE_S + 5:
+                    raise errors.WorkerLost(
+                        "The remote worker did not confirm the interrupt; it may still be busy."
+                    )
+                if now - last_heard > P.BROKER_SILENT_AFTER_S:
+                    self.reset()
+                    raise errors.BrokerUnreachable(
+                        f"Lost contact with the rexec broker at {self.info.broker_url} "
+                        "while the cell ran; its output may be incomplete."
+                    )
+                if now >= next_ping:
+                    self._send(P.Kind.PING, {"t": now})
+                    next_ping = now + P.CLIENT_PING_S
+                wait = next_ping - now
+                if deadline is not None and interrupted_at is None:
+                    wait = min(wait, deadline - now)
+                msg = self._recv(wait)
+                if msg is None:
+                    continue
+                last_heard = time.monotonic()
+                h = msg.header
+                if msg.kind == P.Kind.PONG:
+                    self.worker = h.get("worker")
+                    if self.worker is None or (req_id not in h.get("pending", []) and started):
+                        raise errors.WorkerLost(
+                            "The remote worker stopped while running the cell; "
+                            "the remote namespace was lost."
+                        )
+                    continue
+                if msg.kind == P.Kind.FAIL and h.get("code") == P.FailCode.UNAUTHENTICATED:
+                    # The broker restarted and forgot this connection.
+                    self.hello()
+                    if started or resent:
+                        raise errors.BrokerUnreachable(
+                            "The rexec broker restarted while the cell ran; "
+                            "its output may be incomplete."
+                        )
+                    resent = True
+                    self._send(kind, header, buffers)
+                    continue
+                if h.get("id") != req_id:
+                    continue  # a late event of an earlier cell
+                if msg.kind == P.Kind.ACCEPTED:
+                    started = True
+                elif msg.kind in OUTPUT_KINDS:
+                    try:
+                        yield msg
+                    except GeneratorExit:  # the consumer stopped: stop the remote work too
+                        self._send(P.Kind.INTERRUPT, {"id": req_id})
+                        raise
+                    except KeyboardInterrupt:  # thrown in: it hit while the caller showed msg
+                        if interrupted_at is not None:
+                            raise errors.RemoteInterrupted(
+                                "Interrupted again; stopped waiting for the remote cell."
+                            ) from None
+                        interrupted_at = time.monotonic()
+                        self._send(P.Kind.INTERRUPT, {"id": req_id})
+                    # The consumer may have taken its time: that was not the broker's silence.
+                    last_heard = time.monotonic()
+                elif msg.kind == P.Kind.ERROR:
+                    error = msg
+                elif msg.kind == P.Kind.FAIL:
+                    if h.get("code") == P.FailCode.WORKER_LOST and not started and not resent:
+                        # The cell went to a worker that had just died; it never ran, so it is
+                        # safe to send it to the worker that replaced it.
+                        resent = True
+                        self.wait_for_worker(None, timeout_s=15.0)
+                        self._send(kind, header, buffers)
+                        last_heard = time.monotonic()
+                        continue
+                    raise self._fail_error(msg)
+                elif msg.kind == P.Kind.DONE:
+                    return self._finish(
+                        msg, error, timed_out, interrupted_at is not None, timeout_s
+                    )
             except errors.RemoteInterrupted:
-                raise  # the worker's answer to our interrupt, not a new Ctrl-C
-            except KeyboardInterrupt:
-                if w.interrupted_at is not None:
+                raise  # the worker's answer to an interrupt, not a new Ctrl-C
+            except KeyboardInterrupt:  # anywhere in here, e.g. while sending a ping
+                if interrupted_at is not None:
                     raise errors.RemoteInterrupted(
                         "Interrupted again; stopped waiting for the remote cell."
                     ) from None
-                w.interrupted_at = time.monotonic()
+                interrupted_at = time.monotonic()
                 self._send(P.Kind.INTERRUPT, {"id": req_id})
-                continue
-            if outcome is not None:
-                return outcome
-
-    def _wait_step(self, w: _CellWait) -> CellOutcome | None:
-        """One bounded wait for one message; returns the outcome once the cell is done."""
-        now = time.monotonic()
-        if w.deadline is not None and now >= w.deadline and w.interrupted_at is None:
-            w.timed_out = True
-            w.interrupted_at = now
-            self._send(P.Kind.INTERRUPT, {"id": w.req_id})
-        if w.interrupted_at is not None and now - w.interrupted_at > P.INTERRUPT_GRACE_S + 5:
-            raise errors.WorkerLost(
-                "The remote worker did not confirm the interrupt; it may still be busy."
-            )
-        if now - w.last_heard > P.BROKER_SILENT_AFTER_S:
-            self.reset()
-            raise errors.BrokerUnreachable(
-                f"Lost contact with the rexec broker at {self.info.broker_url} "
-                "while the cell ran; its output may be incomplete."
-            )
-        if now >= w.next_ping:
-            w.next_ping = now + P.CLIENT_PING_S
-            self._send(P.Kind.PING, {"t": now})
-        wait = w.next_ping - now
-        if w.deadline is not None and w.interrupted_at is None:
-            wait = min(wait, w.deadline - now)
-        msg = self._recv(wait)
-        if msg is None:
-            return None
-        w.last_heard = time.monotonic()
-        kind, h = msg.kind, msg.header
-        if kind == P.Kind.PONG:
-            self.worker = h.get("worker")
-            if self.worker is None or (w.req_id not in h.get("pending", []) and w.started):
-                raise errors.WorkerLost(
-                    "The remote worker stopped while running the cell; "
-                    "the remote namespace was lost."
-                )
-            return None
-        if kind == P.Kind.FAIL and h.get("code") == P.FailCode.UNAUTHENTICATED:
-            # The broker restarted and forgot this connection.
-            self.hello()
-            if w.started or w.resent:
-                raise errors.BrokerUnreachable(
-                    "The rexec broker restarted while the cell ran; its output may be incomplete."
-                )
-            w.resent = True
-            self._send(P.Kind.EXECUTE, w.header, w.buffers)
-            return None
-        if h.get("id") != w.req_id:
-            return None  # a late event of an earlier cell
-        if kind == P.Kind.ACCEPTED:
-            w.started = True
-        elif kind in (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT):
-            w.on_event(msg)
-        elif kind == P.Kind.ERROR:
-            w.error = h
-        elif kind == P.Kind.FAIL:
-            if h.get("code") == P.FailCode.WORKER_LOST and not w.started and not w.resent:
-                # The cell went to a worker that had just died; it never ran, so it is
-                # safe to send it to the worker that replaced it.
-                w.resent = True
-                self.wait_for_worker(None, timeout_s=15.0)
-                self._send(P.Kind.EXECUTE, w.header, w.buffers)
-                w.last_heard = time.monotonic()
-                return None
-            raise self._fail_error(msg)
-        elif kind == P.Kind.DONE:
-            return self._finish(
-                msg, w.error, w.timed_out, w.interrupted_at is not None, w.timeout_s
-            )
-        return None
 
     def _finish(
         self,
         msg: P.Message,
-        error: dict[str, Any] | None,
+        error_msg: P.Message | None,
         timed_out: bool,
         interrupted: bool,
         timeout_s: float | None,
@@ -354,11 +393,12 @@ class RexecClient:
         if status == P.DoneStatus.INTERRUPTED or (interrupted and status != P.DoneStatus.OK):
             raise errors.RemoteInterrupted()
         if status == P.DoneStatus.ERROR:
-            error = error or {}
+            error = error_msg.header if error_msg else {}
             raise errors.RemoteCellError(
                 str(error.get("ename", "Error")),
                 str(error.get("evalue", h.get("message", "the remote cell failed"))),
                 list(error.get("traceback") or []),
+                self._remote_exception(error_msg),
             )
         values: dict[str, Any] = {}
         if h.get("vars"):
@@ -376,3 +416,15 @@ class RexecClient:
             duration=float(h.get("duration") or 0.0),
             message=h.get("message", ""),
         )
+
+    def _remote_exception(self, error_msg: P.Message | None) -> BaseException | None:
+        """The exception a CALL raised, when it came pickled and loads here."""
+        if error_msg is None or not error_msg.buffers:
+            return None
+        try:
+            exc = serialize.loads(error_msg.buffers)
+        except serialize.SerializationError as err:
+            note = serialize.version_note(self.local_versions, self.worker)
+            log.info("a remote exception could not be loaded here: %s (%s)", err, note)
+            return None
+        return exc if isinstance(exc, BaseException) else None

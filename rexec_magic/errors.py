@@ -67,11 +67,18 @@ class CellTimeout(RexecError):
 class RemoteCellError(RexecError):
     """The cell raised on the worker.  Shows the remote traceback, not ours."""
 
-    def __init__(self, ename: str, evalue: str, traceback: list[str]) -> None:
+    def __init__(
+        self,
+        ename: str,
+        evalue: str,
+        traceback: list[str],
+        exception: BaseException | None = None,
+    ) -> None:
         super().__init__(f"{ename}: {evalue}")
         self.ename = ename
         self.evalue = evalue
         self.remote_traceback = traceback
+        self.exception = exception  # a remote function's own exception, when it loads here
 
     def _render_traceback_(self) -> list[str]:
         return list(self.remote_traceback) or _line(self.ename, self.evalue)

@@ -22,7 +22,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from rexec_magic import connection, errors, names
 from rexec_magic.logs import log_path, setup_logging
 from rexec_magic.render import EventRenderer, Table, human_bytes, human_seconds
-from rexec_magic.session import RemoteSession
+from rexec_magic.session import shared_session
 from rexec_magic.spawner_client import SpawnerClient
 
 log = logging.getLogger("rexec.magic")
@@ -90,7 +90,7 @@ def split_flags(line: str) -> tuple[str, str]:
 class RexecMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
-        self.session = RemoteSession()
+        self.session = shared_session()
 
     # ------------------------------------------------------------------ helpers
     def _say(self, text: str) -> None:

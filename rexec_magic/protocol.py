@@ -28,8 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOL = b"RX1"
-LEGACY = b""
 TO_BROKER = b""
+
+# SciDx Rexec's legacy frames (their translation lives in rexec_magic/legacy.py only):
+#   call    [LEGACY, token, fn_dill, args_dill]
+#   cancel  [LEGACY, token, LEGACY_CANCEL, LEGACY_CANCEL_TEXT]
+# and each reply is [LEGACY, dill.dumps({"type", "sequence", "channel", "data"})].
+LEGACY = b""
+LEGACY_CANCEL = b"__REXEC_CANCEL__"
+LEGACY_CANCEL_TEXT = b"keyboard_interrupt"
 
 
 class Kind:
@@ -42,6 +49,9 @@ class Kind:
     EXECUTE = "execute"  # {id, code, vars: [{name, nbuffers}], pull, pull_limit} + buffers
     INTERRUPT = "interrupt"  # {id}
     INSPECT = "inspect"  # {id}  -> INSPECT_REPLY
+    # {id, vars: [{name: fn|args|kwargs, nbuffers}], inband, client} + buffers: call fn(*args,
+    # **kwargs); a generator's items come as YIELD, the return value with DONE (vars "return")
+    CALL = "call"
     # broker -> client
     WELCOME = "welcome"  # {user, username, worker: WorkerInfo | None}
     DENIED = "denied"  # {message}
@@ -52,7 +62,8 @@ class Kind:
     STREAM = "stream"  # {id, seq, name: stdout|stderr, text}
     DISPLAY = "display"  # {id, seq, data, metadata, transient}
     RESULT = "result"  # {id, seq, data, metadata, execution_count}
-    ERROR = "error"  # {id, seq, ename, evalue, traceback}
+    ERROR = "error"  # {id, seq, ename, evalue, traceback[, nbuffers]} (+ the pickled exception)
+    YIELD = "yield"  # {id, seq, nbuffers} + the pickled item: one item of a generator CALL
     DONE = "done"  # {id, seq, status, vars, skipped, duration} + buffers of pulled values
     INSPECT_REPLY = "inspect_reply"  # {id, worker, variables: [{name, type, size}]}
     # worker -> broker

@@ -69,8 +69,12 @@ class _Pickler(dill.Pickler):
         super().save(obj, save_persistent_id)
 
 
-def dumps(obj: Any) -> list[Any]:
-    """Pickle ``obj``; return ``[pickle_bytes, *buffers]`` where buffers are raw memoryviews."""
+def dumps(obj: Any, out_of_band: bool = True) -> list[Any]:
+    """Pickle ``obj``; return ``[pickle_bytes, *buffers]`` where buffers are raw memoryviews.
+
+    ``out_of_band=False`` gives one self-contained pickle (no buffers), which a plain
+    ``dill.loads`` can read: what legacy SciDx clients get.
+    """
     buffers: list[pickle.PickleBuffer] = []
 
     def keep_out_of_band(buf: pickle.PickleBuffer) -> bool:
@@ -81,8 +85,9 @@ def dumps(obj: Any) -> list[Any]:
         return False
 
     stream = io.BytesIO()
+    callback = keep_out_of_band if out_of_band else None
     try:
-        _Pickler(stream, protocol=PICKLE_PROTOCOL, buffer_callback=keep_out_of_band).dump(obj)
+        _Pickler(stream, protocol=PICKLE_PROTOCOL, buffer_callback=callback).dump(obj)
     except Exception as exc:  # dill raises many kinds: TypeError, PicklingError, ...
         raise SerializationError(f"{type(exc).__name__}: {exc}") from None
     return [stream.getbuffer(), *(b.raw() for b in buffers)]

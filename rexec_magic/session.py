@@ -2,18 +2,21 @@
 
 The magics, ``remote_func`` and (later) the Jupyter server extension all go through this
 class, so "start a worker when there is none" and "tell the user about a version mismatch"
-happen in one place.
+happen in one place.  ``shared_session()`` is the one instance the magics and ``remote_func``
+of a kernel share.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rexec_magic import connection, errors, serialize
-from rexec_magic.client import CellOutcome, EventHandler, RexecClient
+from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient
 from rexec_magic.spawner_client import SpawnerClient
 
 log = logging.getLogger("rexec.session")
@@ -32,6 +35,25 @@ class RemoteSession:
         self._client: RexecClient | None = None
         self._spawner: SpawnerClient | None = None
         self._warned_versions = False
+        # One request at a time on the socket: remote_func's futures run in other threads.
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the connection for one request (other threads wait their turn)."""
+        me = threading.get_ident()
+        if self._owner == me:
+            raise errors.RexecError(
+                "A remote generator is still being iterated; finish it (or close it) "
+                "before the next remote call."
+            )
+        with self._lock:
+            self._owner = me
+            try:
+                yield
+            finally:
+                self._owner = None
 
     # ------------------------------------------------------------------ parts
     @property
@@ -61,6 +83,11 @@ class RemoteSession:
         self._info = info
         self._warned_versions = False
 
+    def forget(self) -> None:
+        """Close, and read the connection file again on next use (extension unloaded)."""
+        self.close()
+        self._info = None
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -76,6 +103,16 @@ class RemoteSession:
         say: Say = _quiet,
     ) -> dict[str, Any]:
         """Spawn (or find) the user's worker and wait until it answers through the broker."""
+        with self.exclusive():
+            return self._start(requirements, force, options, say)
+
+    def _start(
+        self,
+        requirements: list[str] | None,
+        force: bool,
+        options: dict[str, Any] | None,
+        say: Say,
+    ) -> dict[str, Any]:
         t0 = time.monotonic()
         status = self.spawner.spawn(requirements, options, force)
         if status.get("state") != "ready":
@@ -117,6 +154,19 @@ class RemoteSession:
         say: Say = _quiet,
     ) -> CellOutcome:
         """Run a cell; start a worker first when the user has none (saying so)."""
+        with self.exclusive():
+            return self._run(code, push, pull, on_event, pull_limit, timeout_s, say)
+
+    def _run(
+        self,
+        code: str,
+        push: dict[str, Any],
+        pull: list[str],
+        on_event: EventHandler,
+        pull_limit: int,
+        timeout_s: float | None,
+        say: Say,
+    ) -> CellOutcome:
         client = self.client
         try:
             client.ensure_hello()
@@ -125,17 +175,45 @@ class RemoteSession:
             self._check_versions(say)
             return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
         except errors.NoWorker:
-            state = self.spawner.status().get("state")
-            if state in ("starting", "installing"):
-                say("The remote worker is starting; waiting for it…")
-            else:
-                say("No remote worker is running for you; starting one…")
-            status = self.start(say=say)
-            say(f"Remote worker ready in {status['seconds']:.1f} s.")
+            self._start_missing(say)
             return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
+
+    def _start_missing(self, say: Say) -> None:
+        state = self.spawner.status().get("state")
+        if state in ("starting", "installing"):
+            say("The remote worker is starting; waiting for it…")
+        else:
+            say("No remote worker is running for you; starting one…")
+        status = self._start(None, False, None, say)
+        say(f"Remote worker ready in {status['seconds']:.1f} s.")
+
+    def call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout_s: float | None = None,
+        say: Say = _quiet,
+    ) -> Events:
+        """Call ``fn`` on the worker (``remote_func``); start a worker first when needed.
+
+        A generator: yields output events, returns the CellOutcome.  The connection is held
+        until the generator ends or is closed.
+        """
+        with self.exclusive():
+            client = self.client
+            _, pong = client.ping()  # fresh: the worker may have stopped since the last call
+            if pong.get("worker") is None:
+                self._start_missing(say)
+            self._check_versions(say)
+            return (yield from client.call(fn, args, kwargs, timeout_s))
 
     def status(self) -> dict[str, Any]:
         """Everything ``%rexec_status`` shows, gathered without raising for a missing worker."""
+        with self.exclusive():
+            return self._status()
+
+    def _status(self) -> dict[str, Any]:
         info = self.info
         report: dict[str, Any] = {
             "user": info.user,
@@ -156,3 +234,16 @@ class RemoteSession:
         except errors.RexecError as exc:
             report["broker_error"] = str(exc)
         return report
+
+
+_shared: RemoteSession | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_session() -> RemoteSession:
+    """The kernel's session: the magics and ``remote_func`` use the same connection."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = RemoteSession()
+        return _shared

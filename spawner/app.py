@@ -23,6 +23,7 @@ from broker.auth import build_authenticator
 from spawner.backends import load_backend
 from spawner.config import SpawnerSettings
 from spawner.errors import INTERNAL_ERROR, SpawnerError
+from spawner.legacy_routes import router as legacy_router
 from spawner.routes import router
 from spawner.service import WorkerService, broker_config
 
@@ -104,13 +105,15 @@ def create_app(settings: SpawnerSettings) -> FastAPI:
         title="rexec spawner",
         version=__version__,
         description="Starts, reports and stops each user's rexec worker. "
-        "Every route but /healthz needs `Authorization: Bearer <token>`.",
+        "Every JSON route but /healthz needs `Authorization: Bearer <token>`; the SciDx "
+        "Rexec compatibility routes take the token as a form field, as the model system did.",
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.authenticator = authenticator
     app.state.service = service
     app.include_router(router)
+    app.include_router(legacy_router)
     app.add_exception_handler(SpawnerError, _spawner_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(InternalErrorMiddleware)

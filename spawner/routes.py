@@ -1,7 +1,7 @@
 """The spawner's JSON API.  Thin: each route authenticates and calls ``WorkerService``.
 
-SciDx-compatible form routes (``/rexec/spawn`` ...) go in their own router and call the same
-service methods.
+SciDx-compatible form routes (``/rexec/spawn`` ...) are in ``legacy_routes.py`` and call the
+same service methods.
 """
 
 from __future__ import annotations

@@ -15,11 +15,13 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from rexec_magic import serialize
 from rexec_magic.protocol import INTERRUPT_GRACE_S, DoneStatus, Kind, Message
+from worker_image.calls import invoke
 from worker_image.outbox import Outbox, Target
 from worker_image.shell import WorkerShell
 from worker_image.variables import pack_pulled
@@ -53,6 +55,8 @@ class Cell:
     pull: list[str]
     pull_limit: int
     client_versions: dict[str, str] | None = None
+    call: bool = False  # a CALL (a pickled function call) rather than an EXECUTE
+    inband: bool = False  # CALL values go back as one plain pickle each (legacy clients)
     received_at: float = field(default_factory=time.perf_counter)
     interrupt_requested: bool = False
     finished: bool = False  # DONE has been queued
@@ -77,21 +81,7 @@ def parse_execute(route: bytes, msg: Message) -> Cell:
     code = h.get("code")
     if not isinstance(code, str):
         raise bad("'code' is not a string")
-    entries = h.get("vars") or []
-    if not isinstance(entries, list):
-        raise bad("'vars' is not a list")
-    total = 0
-    for entry in entries:
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("name"), str)
-            and isinstance(entry.get("nbuffers"), int)
-            and entry["nbuffers"] >= 1
-        ):
-            raise bad("a 'vars' entry needs a name and nbuffers >= 1")
-        total += entry["nbuffers"]
-    if total != len(msg.buffers):
-        raise bad(f"'vars' announce {total} buffers but {len(msg.buffers)} came")
+    entries = _checked_vars(h.get("vars"), len(msg.buffers), bad)
     pull = h.get("pull") or []
     if not isinstance(pull, list) or not all(isinstance(n, str) for n in pull):
         raise bad("'pull' is not a list of names")
@@ -105,6 +95,54 @@ def parse_execute(route: bytes, msg: Message) -> Cell:
         client = None
     return Cell(
         Target(route, request_id), code, entries, list(msg.buffers), pull, pull_limit, client
+    )
+
+
+def _checked_vars(entries: Any, nbuffers: int, bad: Callable[[str], BadRequest]) -> list:
+    """The ``vars`` list of a request, checked against the buffers that came with it."""
+    entries = entries or []
+    if not isinstance(entries, list):
+        raise bad("'vars' is not a list")
+    total = 0
+    for entry in entries:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("name"), str)
+            and isinstance(entry.get("nbuffers"), int)
+            and entry["nbuffers"] >= 1
+        ):
+            raise bad("a 'vars' entry needs a name and nbuffers >= 1")
+        total += entry["nbuffers"]
+    if total != nbuffers:
+        raise bad(f"'vars' announce {total} buffers but {nbuffers} came")
+    return entries
+
+
+def parse_call(route: bytes, msg: Message) -> Cell:
+    """Check a CALL header: ``vars`` holds ``fn`` and optionally ``args`` and ``kwargs``."""
+    h = msg.header
+    request_id = h.get("id")
+    if not isinstance(request_id, str) or not request_id:
+        raise BadRequest("CALL without a string id", None)
+
+    def bad(what: str) -> BadRequest:
+        return BadRequest(f"malformed CALL request: {what}", request_id)
+
+    entries = _checked_vars(h.get("vars"), len(msg.buffers), bad)
+    names = [e["name"] for e in entries]
+    if "fn" not in names or not set(names) <= {"fn", "args", "kwargs"}:
+        raise bad("'vars' must name 'fn' and may name 'args' and 'kwargs'")
+    client = h.get("client")
+    return Cell(
+        Target(route, request_id),
+        code="",
+        vars=entries,
+        buffers=list(msg.buffers),
+        pull=[],
+        pull_limit=DEFAULT_PULL_LIMIT,
+        client_versions=client if isinstance(client, dict) else None,
+        call=True,
+        inband=bool(h.get("inband")),
     )
 
 
@@ -237,9 +275,12 @@ class CellRunner:
             status = DoneStatus.ERROR
         else:
             cell.buffers = []
-            self.shell.user_ns.update(values)
+            if cell.call:
+                status, entries, frames = self._call(cell, values)
+            else:
+                self.shell.user_ns.update(values)
+                status, entries, frames, skipped = self._execute(cell)
             del values
-            status, entries, frames, skipped = self._execute(cell)
         duration = time.perf_counter() - started
         header = {
             "status": status,
@@ -301,6 +342,25 @@ class CellRunner:
         elif status == DoneStatus.ERROR and not shell.error_sent:
             self._send_error("Error", "the cell failed (no traceback available)")
         return status, entries, frames, skipped
+
+    def _call(self, cell: Cell, values: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list]:
+        """Run a CALL in user-code mode (interruptible, output streamed); see calls.py."""
+        signal.signal(signal.SIGINT, self.on_sigint)
+        try:
+            self._interruptible = True
+            if cell.interrupt_requested:
+                raise KeyboardInterrupt
+            return invoke(values, cell.inband, self.outbox, cell.target, self._stop_interrupts)
+        except KeyboardInterrupt:
+            self._interruptible = False
+            self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
+            return DoneStatus.INTERRUPTED, [], []
+        finally:
+            self._interruptible = False
+
+    def _stop_interrupts(self) -> None:
+        """From here on the call's own code is over: SIGINT no longer interrupts it."""
+        self._interruptible = False
 
     def _send_error(self, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
         target = self.outbox.current

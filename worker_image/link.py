@@ -28,7 +28,7 @@ import zmq
 
 from rexec_magic import protocol, serialize
 from rexec_magic.protocol import WORKER_HEARTBEAT_S, DoneStatus, Kind, Message, ProtocolError
-from worker_image.cells import BadRequest, CellQueue, done_header, parse_execute
+from worker_image.cells import BadRequest, CellQueue, done_header, parse_call, parse_execute
 from worker_image.outbox import PARTIAL_LINE_WAIT_S, Outbox, Outgoing, Target
 from worker_image.shell import WorkerShell
 from worker_image.variables import describe
@@ -103,6 +103,7 @@ class BrokerLink:
         self._thread = threading.Thread(target=self._run, name="rexec-io", daemon=True)
         self._handlers: dict[str, Callable[[bytes, Message], None]] = {
             Kind.EXECUTE: self._on_execute,
+            Kind.CALL: self._on_execute,
             Kind.INTERRUPT: self._on_interrupt,
             Kind.INSPECT: self._on_inspect,
             Kind.REGISTERED: self._on_registered,
@@ -256,8 +257,10 @@ class BrokerLink:
 
     # ----------------------------------------------------------------- handlers
     def _on_execute(self, route: bytes, msg: Message) -> None:
+        """EXECUTE and CALL: both queue up and run, in order, in the main thread."""
+        parse = parse_call if msg.kind == Kind.CALL else parse_execute
         try:
-            cell = parse_execute(route, msg)
+            cell = parse(route, msg)
         except BadRequest as exc:
             log.warning("dropped a malformed EXECUTE: %s", exc)
             if exc.request_id is not None:  # tell the client rather than let it wait

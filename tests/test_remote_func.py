@@ -1,0 +1,130 @@
+"""``rexec_magic.remote_func`` end to end: the real broker, spawner and worker of `rexec up`.
+
+The functions are defined the way a notebook defines them (in ``__main__``), so they travel
+by value as they would from a notebook; only the connection file is configured.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rexec_magic import errors, remote_func
+from rexec_magic.remote_call import RemoteTraceback
+from rexec_magic.session import shared_session
+
+NOTEBOOK_CELL = """
+import os, time
+
+def add(a, b=1, *, c=0):
+    print("adding", a, b, c, "on", os.environ["REXEC_WORKER_USER"])
+    return a + b + c
+
+def countdown(n):
+    for i in range(n, 0, -1):
+        print("counting", i)
+        yield i
+        time.sleep(0.2)
+
+def handshake(flag):
+    yield "first"
+    while not os.path.exists(flag):  # the caller creates it once "first" has arrived
+        time.sleep(0.02)
+    yield "second"
+
+def scale(arr, factor=2.0):
+    return arr * factor
+
+def fails(key):
+    {}[key]
+
+class ShapeError(Exception):
+    pass
+
+def fails_with_own_type():
+    raise ShapeError("the shapes differ")
+
+def forever():
+    while True:
+        time.sleep(0.05)
+"""
+
+
+@pytest.fixture(scope="module")
+def nb(stack) -> Iterator[dict[str, Any]]:
+    """A notebook namespace whose functions are decorated with remote_func."""
+    os.environ["REXEC_CONNECTION_FILE"] = str(stack.connection_file)
+    shared_session().forget()
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(NOTEBOOK_CELL, "<notebook cell>", "exec"), namespace)  # noqa: S102
+    yield {name: remote_func(namespace[name]) for name in namespace if callable(namespace[name])}
+    shared_session().forget()
+    os.environ.pop("REXEC_CONNECTION_FILE", None)
+
+
+def test_return_value_keyword_arguments_and_live_prints(nb, capfd):
+    assert nb["add"](1, b=2, c=3) == 6
+    assert "adding 1 2 3 on " in capfd.readouterr().out
+
+
+def test_a_generator_yields_items_as_they_arrive(nb, tmp_path):
+    assert list(nb["countdown"](3)) == [3, 2, 1]
+    flag = tmp_path / "first-arrived"
+    seen = []
+    for item in nb["handshake"](str(flag)):  # would wait forever if items came only at the end
+        seen.append(item)
+        flag.touch()
+    assert seen == ["first", "second"]
+
+
+def test_arrays_travel_out_of_band_and_come_back_writable(nb):
+    arr = np.arange(1_000_000, dtype=np.float64)
+    back = nb["scale"](arr, factor=3.0)
+    assert back[-1] == 2_999_997.0
+    back[0] = 1.0  # an ordinary writable array
+
+
+def test_a_remote_exception_is_raised_as_its_own_type_with_the_remote_traceback(nb):
+    with pytest.raises(KeyError) as info:
+        nb["fails"]("missing")
+    assert info.value.args == ("missing",)
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "in fails" in cause.text and "KeyError: 'missing'" in cause.text
+
+
+def test_an_exception_class_defined_in_the_notebook_keeps_its_name_and_message(nb):
+    with pytest.raises(Exception, match="the shapes differ") as info:
+        nb["fails_with_own_type"]()
+    assert type(info.value).__name__ == "ShapeError"
+
+
+def test_submit_returns_a_future(nb):
+    futures = [nb["add"].submit(i, c=10) for i in range(3)]
+    assert all(isinstance(f, Future) for f in futures)
+    assert [f.result(timeout=60) for f in futures] == [11, 12, 13]
+    assert nb["countdown"].submit(2).result(timeout=60) == [2, 1]
+
+
+def test_keyboard_interrupt_cancels_the_remote_call(nb):
+    main = threading.main_thread().ident
+    timer = threading.Timer(1.0, signal.pthread_kill, args=(main, signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt) as info:
+        nb["forever"]()
+    assert isinstance(info.value, errors.RemoteInterrupted)
+    assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
+
+
+def test_leaving_a_generator_early_stops_the_remote_generator(nb):
+    for item in nb["countdown"](10_000):
+        if item == 9_999:
+            break
+    assert nb["add"](1) == 2  # answered only once the abandoned generator has stopped

@@ -1,0 +1,105 @@
+"""Running one CALL: a pickled function applied to pickled arguments, in the worker.
+
+Why it exists beside cells: ``remote_func`` (rexec's and the SciDx clients') ships a function,
+not code.  Output goes where a cell's goes (stdout/stderr are already the outbox's streams);
+what is particular to a call is here: a generator's items leave one YIELD event each as they
+are produced, the return value leaves with DONE, and an exception leaves as an ERROR event
+with a plain-text traceback and, when it pickles, the exception itself, so the caller can
+raise the same type.  ``inband`` calls (legacy clients) get each value as one plain pickle.
+"""
+
+from __future__ import annotations
+
+import traceback
+import types
+from collections.abc import Callable
+from typing import Any
+
+from rexec_magic import serialize
+from rexec_magic.protocol import DoneStatus, Kind
+from worker_image.outbox import Outbox, Target
+
+Result = tuple[str, list[dict[str, Any]], list[Any]]
+
+
+def _lines(text: str) -> list[str]:
+    return text.rstrip("\n").split("\n")
+
+
+def _send_exception(outbox: Outbox, target: Target, exc: BaseException, skip: int) -> None:
+    """ERROR with the traceback from the user's code on (our own ``skip`` frames cut)."""
+    tb = exc.__traceback__
+    for _ in range(skip):
+        if tb is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        evalue = str(exc)
+    except Exception:  # a broken __str__ must not break error reporting
+        evalue = f"<unprintable {type(exc).__name__}>"
+    header: dict[str, Any] = {
+        "ename": type(exc).__name__,
+        "evalue": evalue,
+        "traceback": _lines(text),
+    }
+    try:
+        buffers = serialize.dumps(exc, out_of_band=False)
+    except serialize.SerializationError:
+        buffers = []  # the client raises a generic error with the same name and text
+    header["nbuffers"] = len(buffers)
+    outbox.event(target, Kind.ERROR, header, buffers)
+
+
+def _fail(outbox: Outbox, target: Target, ename: str, evalue: str) -> Result:
+    header = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"], "nbuffers": 0}
+    outbox.event(target, Kind.ERROR, header)
+    return DoneStatus.ERROR, [], []
+
+
+def _owned(parts: list[Any]) -> list[Any]:
+    """Copies of the out-of-band parts: a generator may change an array after yielding it."""
+    return [parts[0], *(bytes(p) for p in parts[1:])]
+
+
+def invoke(
+    values: dict[str, Any],
+    inband: bool,
+    outbox: Outbox,
+    target: Target,
+    user_code_over: Callable[[], None],
+) -> Result:
+    """Call ``fn(*args, **kwargs)``; return ``(status, entries, frames)`` for DONE.
+
+    KeyboardInterrupt (the caller cancelled) propagates to the cell runner.
+    """
+    fn, args, kwargs = values.get("fn"), values.get("args", ()), values.get("kwargs") or {}
+    if not callable(fn):
+        return _fail(outbox, target, "TypeError", f"{type(fn).__name__!r} object is not callable")
+    if not isinstance(args, tuple | list) or not isinstance(kwargs, dict):
+        return _fail(outbox, target, "TypeError", "the call's args or kwargs are malformed")
+    out_of_band = not inband
+    try:
+        result = fn(*args, **kwargs)
+        if isinstance(result, types.GeneratorType):
+            for item in result:
+                try:
+                    parts = serialize.dumps(item, out_of_band=out_of_band)
+                except serialize.SerializationError as exc:
+                    result.close()
+                    return _fail(outbox, target, "SerializationError", f"a yielded item: {exc}")
+                header = {"nbuffers": len(parts)}
+                outbox.event(target, Kind.YIELD, header, _owned(parts))
+            result = None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the user's exception, SystemExit included
+        user_code_over()
+        _send_exception(outbox, target, exc, skip=1)
+        return DoneStatus.ERROR, [], []
+    user_code_over()
+    try:
+        parts = serialize.dumps(result, out_of_band=out_of_band)
+    except serialize.SerializationError as exc:
+        return _fail(outbox, target, "SerializationError", f"the return value: {exc}")
+    entries = [{"name": "return", "nbuffers": len(parts), "nbytes": serialize.nbytes(parts)}]
+    return DoneStatus.OK, entries, parts
