@@ -345,8 +345,8 @@ class WorkerService:
             )
 
     async def _abandon(self, rec: WorkerRecord) -> None:
-        """A failed spawn leaves no process behind."""
-        if rec.handle is not None and rec.handle.running:
+        """A failed spawn leaves no process (or pod, Secret...) behind."""
+        if rec.handle is not None:  # even if it exited: a failed pod still exists
             await self.backend.stop(rec.handle)
         rec.pid = None
 

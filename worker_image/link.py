@@ -308,6 +308,17 @@ class BrokerLink:
     def _on_registered(self, route: bytes, msg: Message) -> None:
         log.info("registered with the broker")
         self.last_ack = time.monotonic()
+        self._touch_alive_file()
+
+    def _touch_alive_file(self) -> None:
+        """Readiness for a container probe (``worker_image.ready``): the broker answered."""
+        path = os.environ.get("REXEC_WORKER_ALIVE_FILE")
+        if path:
+            try:
+                with open(path, "a"):
+                    os.utime(path)
+            except OSError as exc:
+                log.debug("cannot touch %s: %s", path, exc)
 
     def _on_rejected(self, route: bytes, msg: Message) -> None:
         log.error("the broker rejected this worker: %s", str(msg.header.get("message"))[:300])
@@ -315,6 +326,7 @@ class BrokerLink:
 
     def _on_heartbeat_ack(self, route: bytes, msg: Message) -> None:
         self.last_ack = time.monotonic()
+        self._touch_alive_file()
 
     def _on_resync(self, route: bytes, msg: Message) -> None:
         log.info("the broker does not know this worker (it restarted?): registering again")
