@@ -58,6 +58,13 @@ class WarmPool:
         ready, self.ready = list(self.ready.values()), {}
         await asyncio.gather(*(self.backend.stop(h) for h in ready), return_exceptions=True)
 
+    def resize(self, size: int) -> None:
+        """Keep ``size`` workers from now on (ready ones beyond it stay until claimed)."""
+        self.size = max(0, size)
+        if self.size > 0:
+            self.start()
+        self._wake.set()
+
     # ----------------------------------------------------------------- claim
     async def claim(self, spec: WorkerSpec) -> WorkerHandle | None:
         """Hand a ready pool worker to ``spec.user``; None when none is ready (start one)."""
