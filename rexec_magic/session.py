@@ -179,9 +179,12 @@ class RemoteSession:
             return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
 
     def _start_missing(self, say: Say) -> None:
-        state = self.spawner.status().get("state")
+        current = self.spawner.status()
+        state, idle_s = current.get("state"), current.get("idle_culled_after_s")
         if state in ("starting", "installing"):
             say("The remote worker is starting; waiting for it…")
+        elif state == "stopped" and idle_s:
+            say(f"Your worker was stopped after {idle_s:g} s idle; starting a new one…")
         else:
             say("No remote worker is running for you; starting one…")
         status = self._start(None, False, None, say)

@@ -27,24 +27,30 @@ class BrokerWatch:
         self._admin_secret = admin_secret
         self.interval_s = interval_s
         self.workers: dict[str, dict[str, Any]] = {}
+        self.pool: dict[str, dict[str, Any]] = {}
         self.last_error: str | None = None
         self._waiters = 0
         self._task: asyncio.Task | None = None
         self._changed: asyncio.Event | None = None
 
     async def wait_registered(
-        self, user: str, nonce: str, match: dict[str, Any] | None = None
+        self,
+        user: str,
+        nonce: str,
+        match: dict[str, Any] | None = None,
+        section: str = "workers",
     ) -> dict[str, Any]:
         """Wait (unbounded: the caller times out) until ``user``'s worker with ``nonce`` is
         registered; return the broker's info about it.
 
         ``match``: further fields the entry must show (those it does not report are skipped).
+        ``section``: ``"workers"`` (users' workers) or ``"pool"`` (warm-pool workers by id).
         """
         self._waiters += 1
         try:
             self._ensure_polling()
             while True:
-                info = self.workers.get(user)
+                info = (self.pool if section == "pool" else self.workers).get(user)
                 if _matches(info, nonce, match or {}):
                     assert isinstance(info, dict)
                     return info
@@ -67,6 +73,8 @@ class BrokerWatch:
                 )
                 workers = reply.get("workers")
                 self.workers = workers if isinstance(workers, dict) else {}
+                pool = reply.get("pool")
+                self.pool = pool if isinstance(pool, dict) else {}
                 self.last_error = None
             except (BrokerControlError, ProtocolError, zmq.ZMQError) as exc:
                 if str(exc) != self.last_error:

@@ -1,6 +1,11 @@
-"""Spawner settings, read from ``REXEC_*`` environment variables (or passed by ``rexec up``)."""
+"""Spawner settings, read from ``REXEC_*`` environment variables (or passed by ``rexec up``).
+
+Lists and mappings (``REXEC_K8S_NODE_SELECTOR``, ``REXEC_K8S_IMAGES``...) are JSON.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -10,7 +15,7 @@ from broker.config import AuthSettings
 class SpawnerSettings(AuthSettings):
     host: str = "127.0.0.1"
     spawner_port: int = 8765
-    backend: str = "local"  # "local" (subprocesses); "kubernetes" comes with the chart
+    backend: str = "local"  # "local" (subprocesses) or "kubernetes" (pods; the Helm chart)
     # Where clients reach the broker (returned by /broker-config) ...
     broker_url: str = "tcp://127.0.0.1:30001"
     # ... where workers reach it, and the admin control port the spawner asks for readiness.
@@ -32,3 +37,32 @@ class SpawnerSettings(AuthSettings):
     # Local backend: extra ``pip install`` arguments (e.g. "--index-url URL" or "--no-index").
     pip_args: str = ""
     install_timeout_s: float = 900.0
+
+    # Warm pool: generic workers kept started (default image, no extra requirements); a spawn
+    # that needs nothing else claims one.  0 turns the pool off.
+    warm_pool_size: int = 0
+    # Idle culling: a worker with no cell for this long is stopped.  0 turns culling off.
+    cull_idle_seconds: float = 0.0
+
+    # ---- kubernetes backend
+    k8s_kubeconfig: str | None = None  # a kubeconfig file; unset: in-cluster config
+    k8s_namespace: str = "rexec"  # where worker pods live ...
+    k8s_namespace_per_user: bool = False  # ... or one namespace per user: prefix + user
+    k8s_namespace_prefix: str = "rexec-server-"
+    k8s_image: str = "rexec-worker:latest"  # the default worker image ...
+    k8s_python: str = "3.11"  # ... and its Python (``python==X.Y`` pins are checked on it)
+    k8s_images: dict[str, str] = {}  # other Pythons: {"3.12": "image"} (python==3.12 pin)
+    k8s_profiles: dict[str, str] = {}  # spawn option ``profile``: {"gpu": "image"}
+    k8s_image_pull_policy: str = "IfNotPresent"
+    # Packages the image already has: requirements naming only these install nothing.
+    k8s_image_packages: list[str] = ["numpy", "pandas", "matplotlib"]
+    k8s_cpu: str = "1"  # default request (and limit) per worker ...
+    k8s_memory: str = "2Gi"
+    k8s_max_cpu: str = "4"  # ... and the most a spawn option may ask for
+    k8s_max_memory: str = "16Gi"
+    k8s_max_gpu: int = 0  # nvidia.com/gpu
+    k8s_node_selector: dict[str, str] = {}
+    k8s_tolerations: list[dict[str, Any]] = []
+    k8s_worker_uid: int = 1000
+    k8s_api_timeout_s: float = 10.0  # each Kubernetes API call
+    k8s_poll_s: float = 1.0  # how often a starting or running pod is looked at

@@ -36,4 +36,16 @@ class StartFailed(SpawnerError):
     status_code = 500
 
 
+class UpstreamError(SpawnerError):
+    """Kubernetes (or another service the spawner needs) refused or failed the request."""
+
+    status_code = 502
+
+
+class UpstreamTimeout(SpawnerError):
+    """Kubernetes (or another service the spawner needs) did not answer in time."""
+
+    status_code = 504
+
+
 INTERNAL_ERROR = "Internal spawner error; see the spawner log."

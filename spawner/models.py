@@ -55,6 +55,10 @@ class WorkerStatus(BaseModel):
     started_at: datetime | None = Field(None, description="When the current process started.")
     ready_at: datetime | None = Field(None, description="When it registered with the broker.")
     restarts: int = Field(0, description="Supervised restarts since the spawn.")
+    from_warm_pool: bool = Field(False, description="The worker was claimed from the warm pool.")
+    idle_culled_after_s: float | None = Field(
+        None, description="Set when the worker was stopped for having no cell for this long."
+    )
     log_tail: list[str] = Field(default_factory=list, description="Last lines of the worker log.")
 
 

@@ -11,7 +11,12 @@ More than ``max_restarts`` exits within ``restart_window_s`` -> "failed" with th
 exit code 78 (the broker refused the secret) -> "failed" at once, a restart cannot help;
 exit code 0 (told to stop by someone else, or replaced by a newer worker) -> "stopped";
 exit code 75 (the worker restarts itself after an ignored interrupt) is restarted at once
-and does not count towards a crash loop.
+and does not count towards a crash loop; a backend that says restarting cannot help
+(``handle.failure``: ImagePullBackOff, OOMKilled...) -> "failed" with that sentence.
+
+A spawn that needs nothing but the default image claims a warm-pool worker when one is ready
+(``spawner.pool``); an idle worker is stopped after ``cull_idle_seconds`` (``spawner.culler``)
+and its status says so until the next spawn.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from broker.auth import Identity, worker_secret
 from spawner.backends.base import EXIT_REJECTED, EXIT_RESTART, Backend, WorkerHandle, WorkerSpec
 from spawner.broker_watch import BrokerWatch
 from spawner.config import SpawnerSettings
+from spawner.culler import IdleCuller
 from spawner.errors import Conflict, SpawnerError, StartFailed
 from spawner.models import (
     ACTIVE_STATES,
@@ -38,6 +44,7 @@ from spawner.models import (
     WorkerState,
     WorkerStatus,
 )
+from spawner.pool import WarmPool
 from spawner.requirements import RequirementSet, parse_requirements
 
 log = logging.getLogger(__name__)
@@ -84,6 +91,9 @@ class WorkerRecord:
     started_at: datetime | None = None
     ready_at: datetime | None = None
     restarts: int = 0
+    nonce: str | None = None  # of the current spawn: the broker's entry must carry it
+    from_pool: bool = False
+    culled_after_s: float | None = None  # set when the culler stopped it
     spawned_mono: float = 0.0  # when this (re)start began: for the ready message
     exits: deque[float] = field(default_factory=deque)
     handle: WorkerHandle | None = None
@@ -103,6 +113,8 @@ class WorkerService:
         )
         self._records: dict[str, WorkerRecord] = {}
         self._closing = False
+        self.pool = WarmPool(settings, backend, self.watch)
+        self.culler = IdleCuller(settings, self)
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -111,12 +123,16 @@ class WorkerService:
         if not self.settings.admin_secret.get_secret_value():
             log.warning("REXEC_ADMIN_SECRET is empty: the broker will refuse status requests")
         await self.backend.setup()
+        self.pool.start()
+        self.culler.start()
 
     async def close(self) -> None:
         """Stop every worker (SIGTERM, then SIGKILL) and release the backend."""
         self._closing = True
+        await self.culler.close()
         records = list(self._records.values())
         await asyncio.gather(*(self._stop(r) for r in records), return_exceptions=True)
+        await self.pool.close()
         await self.watch.close()
         await self.backend.cleanup()
 
@@ -151,17 +167,23 @@ class WorkerService:
         return self.status(identity)
 
     def _status(self, rec: WorkerRecord) -> WorkerStatus:
+        state, message = rec.state, rec.message
+        progress = rec.handle.progress if rec.handle is not None else None
+        if state == WorkerState.STARTING and progress is not None:
+            state, message = WorkerState(progress[0]), progress[1]
         return WorkerStatus(
             user=rec.user,
             username=rec.username,
-            state=rec.state,
-            message=rec.message,
+            state=state,
+            message=message,
             requirements=list(rec.requirements.lines),
             python=rec.python,
             pid=rec.pid,
             started_at=rec.started_at,
             ready_at=rec.ready_at,
             restarts=rec.restarts,
+            from_warm_pool=rec.from_pool,
+            idle_culled_after_s=rec.culled_after_s,
             log_tail=self.backend.log_tail(rec.user),
         )
 
@@ -179,7 +201,7 @@ class WorkerService:
         """Start the user's worker; idempotent for the same requirements and options."""
         if self._closing:
             raise ShuttingDown("The spawner is shutting down.")
-        reqs = parse_requirements(requirements, self.backend.python_version())
+        reqs = parse_requirements(requirements, self.backend.worker_python_for(requirements))
         options = self.backend.validate_options(dict(options or {}))
         rec = self._records.get(identity.sub)
         if rec is None:
@@ -194,6 +216,7 @@ class WorkerService:
                     raise Conflict(_conflict_sentence(rec, reqs))
                 log.info("force spawn for %s: restarting its worker", rec.user)
                 await self._stop_locked(rec)
+            await self.backend.preflight(identity.sub)
             self._launch(rec, identity, reqs, options)
         return self._status(rec)
 
@@ -225,8 +248,9 @@ class WorkerService:
             secret=worker_secret(self.settings.worker_key.get_secret_value(), identity.sub, nonce),
         )
         rec.requirements, rec.options = reqs, options
-        rec.python = self.worker_python()
-        rec.pid = rec.started_at = rec.ready_at = rec.handle = None
+        rec.python = _short_python(self.backend.worker_python_for(list(reqs.lines)))
+        rec.pid = rec.started_at = rec.ready_at = rec.handle = rec.culled_after_s = None
+        rec.nonce, rec.from_pool = nonce, False
         rec.restarts = 0
         rec.exits.clear()
         rec.spawned_mono = time.monotonic()
@@ -236,6 +260,29 @@ class WorkerService:
     async def _stop(self, rec: WorkerRecord) -> None:
         async with rec.lock:
             await self._stop_locked(rec)
+
+    async def cull(self, user: str, nonce: str, idle_s: float) -> bool:
+        """Stop ``user``'s worker for idleness if it is still the spawn with ``nonce``."""
+        rec = self._records.get(user)
+        if rec is None:
+            return False
+        async with rec.lock:
+            if rec.state != WorkerState.READY or rec.nonce != nonce:
+                return False
+            log.info("culling the worker of %s: idle for %.0f s", user, idle_s)
+            await self._stop_locked(rec)
+            limit = self.settings.cull_idle_seconds
+            rec.culled_after_s = limit
+            self._set(rec, WorkerState.STOPPED, f"Your worker was stopped after {limit:g} s idle.")
+        return True
+
+    def ready_workers(self) -> dict[str, str]:
+        """user -> nonce of every ready worker (what the culler looks at)."""
+        return {
+            r.user: r.nonce
+            for r in self._records.values()
+            if r.state == WorkerState.READY and r.nonce is not None
+        }
 
     async def _stop_locked(self, rec: WorkerRecord) -> None:
         task, rec.task = rec.task, None
@@ -255,15 +302,22 @@ class WorkerService:
                 spec, lambda message: self._set(rec, WorkerState.INSTALLING, message)
             )
             note: str | None = None
+            claimed = await self.pool.claim(spec) if self.backend.pool_eligible(spec) else None
             while True:
                 if rec.state != WorkerState.STARTING:
                     self._set(rec, WorkerState.STARTING, "Starting the worker.")
-                handle = await self.backend.start(spec, note)
+                if claimed is not None:
+                    handle, claimed, rec.from_pool = claimed, None, True
+                else:
+                    handle = await self.backend.start(spec, note)
+                    rec.from_pool = False
                 rec.handle, rec.pid = handle, handle.pid
                 rec.started_at, rec.ready_at = _now(), None
                 code = await self._until_ready(rec, spec, handle)
                 if code is None:
                     code = await asyncio.shield(handle.exited)
+                if handle.failure:
+                    raise StartFailed(handle.failure)
                 if not self._may_restart(rec, code):
                     return
                 rec.restarts += 1
@@ -291,8 +345,8 @@ class WorkerService:
             )
 
     async def _abandon(self, rec: WorkerRecord) -> None:
-        """A failed spawn leaves no process behind."""
-        if rec.handle is not None and rec.handle.running:
+        """A failed spawn leaves no process (or pod, Secret...) behind."""
+        if rec.handle is not None:  # even if it exited: a failed pod still exists
             await self.backend.stop(rec.handle)
         rec.pid = None
 
@@ -353,7 +407,8 @@ class WorkerService:
             rec.python = _short_python(info.get("python")) or rec.python
             rec.ready_at = _now()
             took = time.monotonic() - rec.spawned_mono
-            self._set(rec, WorkerState.READY, f"The worker is ready (started in {took:.1f} s).")
+            how = "claimed from the warm pool" if rec.from_pool else "started"
+            self._set(rec, WorkerState.READY, f"The worker is ready ({how} in {took:.1f} s).")
             return None
         await self.backend.stop(handle)
         cause = self.watch.last_error

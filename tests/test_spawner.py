@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -556,7 +557,9 @@ def _serve_spawner(settings: SpawnerSettings, tmp_path: Path) -> tuple[subproces
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        env[f"REXEC_{name.upper()}"] = str(value)
+        # Lists and mappings travel as JSON, as the settings document.
+        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        env[f"REXEC_{name.upper()}"] = text
     out = open(tmp_path / "spawner.out", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-c", "from spawner.server import serve; serve()"],

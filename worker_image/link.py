@@ -50,9 +50,11 @@ class Registration:
     nonce: str
     secret: str
     broker_url: str
+    # A warm-pool worker: ``user`` is its pool id; it waits for ASSIGN to learn its user.
+    pool: bool = False
 
     def __repr__(self) -> str:  # never show the secret
-        return f"Registration(user={self.user!r}, broker_url={self.broker_url!r})"
+        return f"Registration(user={self.user!r}, broker_url={self.broker_url!r}, pool={self.pool})"
 
 
 def _json_default(value: Any) -> Any:
@@ -111,6 +113,7 @@ class BrokerLink:
             Kind.HEARTBEAT_ACK: self._on_heartbeat_ack,
             Kind.RESYNC: self._on_resync,
             Kind.SUPERSEDED: self._on_superseded,
+            Kind.ASSIGN: self._on_assign,
         }
 
     # ----------------------------------------------------------------- control (any thread)
@@ -251,8 +254,10 @@ class BrokerLink:
             "secret": reg.secret,
             **serialize.versions(),
             "pid": os.getpid(),
+            **({"pool": True} if reg.pool else {}),
         }
-        log.info("registering with %s as user %s", reg.broker_url, reg.user)
+        what = "warm-pool worker" if reg.pool else "user"
+        log.info("registering with %s as %s %s", reg.broker_url, what, reg.user)
         self._send_to_broker(Kind.REGISTER, header)
 
     # ----------------------------------------------------------------- handlers
@@ -306,6 +311,17 @@ class BrokerLink:
     def _on_registered(self, route: bytes, msg: Message) -> None:
         log.info("registered with the broker")
         self.last_ack = time.monotonic()
+        self._touch_alive_file()
+
+    def _touch_alive_file(self) -> None:
+        """Readiness for a container probe (``worker_image.ready``): the broker answered."""
+        path = os.environ.get("REXEC_WORKER_ALIVE_FILE")
+        if path:
+            try:
+                with open(path, "a"):
+                    os.utime(path)
+            except OSError as exc:
+                log.debug("cannot touch %s: %s", path, exc)
 
     def _on_rejected(self, route: bytes, msg: Message) -> None:
         log.error("the broker rejected this worker: %s", str(msg.header.get("message"))[:300])
@@ -313,9 +329,29 @@ class BrokerLink:
 
     def _on_heartbeat_ack(self, route: bytes, msg: Message) -> None:
         self.last_ack = time.monotonic()
+        self._touch_alive_file()
 
     def _on_resync(self, route: bytes, msg: Message) -> None:
         log.info("the broker does not know this worker (it restarted?): registering again")
+        self._send_register()
+
+    def _on_assign(self, route: bytes, msg: Message) -> None:
+        """A warm-pool worker is handed to one user: register as that user's worker.
+
+        Honoured once, from the broker itself, and only while in the pool: a worker that
+        belongs to a user can never be handed to another.
+        """
+        reg = self.registration
+        fields = [msg.header.get(k) for k in ("user", "nonce", "secret")]
+        if route != protocol.TO_BROKER or not reg.pool:
+            log.warning("ignored an assignment: this worker already belongs to a user")
+            return
+        if not all(isinstance(v, str) and v for v in fields):
+            log.warning("ignored a malformed assignment")
+            return
+        user, nonce, secret = fields
+        self.registration = Registration(user, nonce, secret, reg.broker_url)
+        log.info("warm-pool worker %s assigned to user %s", reg.user, user)
         self._send_register()
 
     def _on_superseded(self, route: bytes, msg: Message) -> None:

@@ -1,8 +1,10 @@
 """Entry point of the rexec worker: ``python -m worker_image.worker``.
 
 The spawner starts one worker per user with the broker's worker URL, the user id and a
-registration nonce + secret in the environment.  The main thread runs cells (signals and so
-KeyboardInterrupt only reach it); the I/O thread (``link.BrokerLink``) owns the socket.
+registration nonce + secret in the environment (a warm-pool worker: ``REXEC_WORKER_POOL=1``,
+its pool id as the user; it learns its real user from the broker when claimed).  The main
+thread runs cells (signals and so KeyboardInterrupt only reach it); the I/O thread
+(``link.BrokerLink``) owns the socket.
 
 Exit codes tell the supervisor what happened: 0 asked to stop (SIGTERM, superseded), 75 an
 interrupted cell would not stop (restart me), 78 the broker rejected the registration (config
@@ -56,6 +58,7 @@ def registration_from_env(env: dict[str, str] | None = None) -> Registration:
         nonce=env["REXEC_WORKER_NONCE"],
         secret=env["REXEC_WORKER_SECRET"],
         broker_url=env["REXEC_BROKER_WORKER_URL"],
+        pool=env.get("REXEC_WORKER_POOL", "") in ("1", "true", "yes"),
     )
 
 

@@ -10,6 +10,7 @@ from spawner.config import SpawnerSettings
 # name -> "module:Class"; imported on demand so the kubernetes client loads only when used.
 BACKENDS: dict[str, str] = {
     "local": "spawner.backends.local:LocalBackend",
+    "kubernetes": "spawner.backends.kubernetes:KubernetesBackend",
 }
 
 

@@ -12,6 +12,11 @@ Lifecycle, driven by the service:
     start(spec) -> WorkerHandle   launch one worker; handle.exited resolves with its exit code
     stop(handle)                  SIGTERM/delete, escalate, return once it is gone
     cleanup()                     once, at shutdown: stop everything this backend started
+
+Optional hooks: ``preflight`` (a cheap API call before a spawn is accepted, so an unusable
+cluster answers the HTTP request with a clear error), ``adopt`` (a warm-pool worker now belongs
+to a user: relabel it, move its log), ``worker_python_for`` (backends with one image per
+Python), ``pool_eligible``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class WorkerSpec:
     nonce: str  # fresh per spawn; kept across supervised restarts
     secret: str = field(repr=False)  # worker_secret(worker_key, user, nonce)
     prepared: dict[str, Any] = field(default_factory=dict)  # what prepare() leaves for start()
+    # A warm-pool worker: ``user`` is its pool id and ``secret`` is for pool_member(user).
+    pool: bool = False
 
 
 @dataclass(eq=False)
@@ -57,6 +64,12 @@ class WorkerHandle:
     # the new one.  Fields the broker does not report are not compared.
     registration: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)  # backend-specific
+    # What the backend sees while the worker is not ready yet: (state, sentence), state one of
+    # "starting" / "installing" (e.g. "pending (unschedulable: ...)", "pulling image").
+    progress: tuple[str, str] | None = None
+    # Set before ``exited`` resolves when restarting cannot help (ImagePullBackOff, OOMKilled,
+    # CrashLoopBackOff...): the spawn fails with this sentence.
+    failure: str | None = None
 
     @property
     def running(self) -> bool:
@@ -80,6 +93,20 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def python_version(self) -> str:
         """The Python version workers run ("3.11.7"); ``python==X.Y`` pins are checked on it."""
+
+    def worker_python_for(self, requirement_lines: list[str]) -> str:
+        """The Python a spawn with these requirements gets (one image per Python: override)."""
+        return self.python_version()
+
+    def pool_eligible(self, spec: WorkerSpec) -> bool:
+        """May this spawn take a generic warm-pool worker?  Only when it needs nothing else."""
+        return not spec.requirements.lines and not spec.options
+
+    async def preflight(self, user: str) -> None:  # noqa: B027 - optional hook
+        """Raise a SpawnerError now if a spawn for ``user`` cannot even be attempted."""
+
+    async def adopt(self, handle: WorkerHandle, spec: WorkerSpec) -> None:  # noqa: B027
+        """A claimed warm-pool worker now belongs to ``spec.user``."""
 
     def validate_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Check user options (raise InvalidRequest with a sentence); return what to use."""

@@ -117,6 +117,7 @@ def worker_env(
     nonce: str,
     secret: str,
     pythonpath: Sequence[str] = (),
+    pool: bool = False,
 ) -> dict[str, str]:
     """The environment of a worker process: ``base`` scrubbed, plus what the worker needs."""
     env = scrubbed_env(base)
@@ -128,6 +129,8 @@ def worker_env(
     env["REXEC_WORKER_USER"] = user
     env["REXEC_WORKER_NONCE"] = nonce
     env["REXEC_WORKER_SECRET"] = secret
+    if pool:
+        env["REXEC_WORKER_POOL"] = "1"
     return env
 
 
@@ -279,6 +282,7 @@ class LocalBackend(Backend):
             nonce=spec.nonce,
             secret=spec.secret,
             pythonpath=spec.prepared.get("pythonpath", []),
+            pool=spec.pool,
         )
         log_path = self.log_path(spec.user)
         if restart_note:
@@ -310,6 +314,16 @@ class LocalBackend(Backend):
             raise
         log.info("started worker for %s: pid %d", spec.user, proc.pid)
         return handle
+
+    async def adopt(self, handle: WorkerHandle, spec: WorkerSpec) -> None:
+        """The claimed pool worker's log becomes the user's (the open file follows the rename)."""
+        if handle.log_path is None:
+            return
+        target = self.log_path(spec.user)
+        with contextlib.suppress(OSError):
+            os.replace(handle.log_path, target)
+            handle.log_path = target
+            self._note(spec.user, f"warm-pool worker {handle.user} claimed for {spec.username}")
 
     async def stop(self, handle: WorkerHandle) -> None:
         if not handle.running:

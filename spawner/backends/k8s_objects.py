@@ -1,0 +1,231 @@
+"""The Kubernetes objects the backend creates, as plain dicts (what goes over the wire, and
+what the tests validate against the Kubernetes schema), and the resource arithmetic.
+
+Per worker: a Secret holding the worker's registration secret (the pod reads it through
+``secretKeyRef``, so it never appears in the pod spec) and a Pod.  The pod runs as a non-root
+user with a read-only root filesystem, no privilege escalation and no capabilities, no
+service-account token, and writable ``/tmp`` only.  Extra requirements are installed by an
+init container into an ``emptyDir`` put first on the worker's ``PYTHONPATH``, so the status
+can say "installing requirements" from the pod's own state.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from spawner.errors import InvalidRequest
+
+APP = "rexec-worker"
+MANAGED_BY = "rexec-spawner"
+L_NAME = "app.kubernetes.io/name"
+L_MANAGED = "app.kubernetes.io/managed-by"
+L_USER = "rexec.io/user"
+L_POOL = "rexec.io/pool"
+L_REQS = "rexec.io/requirements"
+A_USER = "rexec.io/user-id"
+SECRET_KEY = "secret"  # noqa: S105 - the key name inside the Secret, not a value
+EXTRA_DIR = "/opt/rexec/extra"
+ALIVE_FILE = "/tmp/rexec-alive"  # noqa: S108 - inside the pod's own emptyDir
+
+_SUFFIX = {
+    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+
+
+def parse_quantity(value: Any, what: str) -> Decimal:
+    """A Kubernetes quantity ("500m", "2", "4Gi", 1.5) as a number; InvalidRequest if not."""
+    match = _QUANTITY.match(str(value).strip())
+    if not match or isinstance(value, bool):
+        raise InvalidRequest(f"The {what} {value!r} is not a quantity like 2, 500m or 4Gi.")
+    try:
+        number = Decimal(match.group(1)) * Decimal(_SUFFIX[match.group(2) or ""])
+    except InvalidOperation:
+        raise InvalidRequest(f"The {what} {value!r} is not a quantity like 2, 500m or 4Gi.")
+    if number <= 0:
+        raise InvalidRequest(f"The {what} must be more than 0.")
+    return number
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: str
+    memory: str
+    gpu: int = 0
+
+    def as_k8s(self) -> dict[str, Any]:
+        amounts: dict[str, str] = {"cpu": self.cpu, "memory": self.memory}
+        limits = dict(amounts)
+        if self.gpu:
+            limits["nvidia.com/gpu"] = str(self.gpu)
+        return {"requests": amounts, "limits": limits}
+
+
+def clamp_resources(options: dict[str, Any], settings: Any) -> Resources:
+    """The spawn options' cpu/memory/gpu, each at most the operator's maximum."""
+    cpu = options.get("cpu", settings.k8s_cpu)
+    memory = options.get("memory", settings.k8s_memory)
+    if parse_quantity(cpu, "cpu") > parse_quantity(settings.k8s_max_cpu, "maximum cpu"):
+        cpu = settings.k8s_max_cpu
+    if parse_quantity(memory, "memory") > parse_quantity(settings.k8s_max_memory, "max memory"):
+        memory = settings.k8s_max_memory
+    gpu = options.get("gpu", 0)
+    if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
+        raise InvalidRequest(f"The gpu option {gpu!r} must be a whole number (0 or more).")
+    return Resources(str(cpu), str(memory), min(gpu, settings.k8s_max_gpu))
+
+
+def labels(user_label: str, requirements_digest: str, pool: bool) -> dict[str, str]:
+    return {
+        L_NAME: APP,
+        L_MANAGED: MANAGED_BY,
+        L_USER: user_label,
+        L_REQS: requirements_digest,
+        L_POOL: "true" if pool else "false",
+    }
+
+
+def namespace_manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {L_MANAGED: MANAGED_BY}},
+    }
+
+
+def secret_manifest(
+    name: str, namespace: str, secret: str, meta_labels: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": name, "namespace": namespace, "labels": meta_labels},
+        "stringData": {SECRET_KEY: secret},
+    }
+
+
+def _security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def pod_manifest(
+    *,
+    name: str,
+    namespace: str,
+    user_id: str,
+    meta_labels: dict[str, str],
+    image: str,
+    settings: Any,
+    resources: Resources,
+    secret_name: str,
+    registration_user: str,
+    nonce: str,
+    pool: bool,
+    install: list[str],
+) -> dict[str, Any]:
+    """The worker pod.  ``install``: requirement lines the init container pip-installs."""
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    env: list[dict[str, Any]] = [
+        {"name": "REXEC_BROKER_WORKER_URL", "value": settings.broker_worker_url},
+        {"name": "REXEC_WORKER_USER", "value": registration_user},
+        {"name": "REXEC_WORKER_NONCE", "value": nonce},
+        {
+            "name": "REXEC_WORKER_SECRET",
+            "valueFrom": {"secretKeyRef": {"name": secret_name, "key": SECRET_KEY}},
+        },
+        {"name": "REXEC_WORKER_ALIVE_FILE", "value": ALIVE_FILE},
+        {"name": "HOME", "value": "/tmp"},  # noqa: S108
+        {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"},  # noqa: S108
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if pool:
+        env.append({"name": "REXEC_WORKER_POOL", "value": "1"})
+    init: list[dict[str, Any]] = []
+    if install:
+        volumes.append({"name": "extra", "emptyDir": {}})
+        mounts.append({"name": "extra", "mountPath": EXTRA_DIR})
+        env.append({"name": "PYTHONPATH", "value": EXTRA_DIR})
+        init.append(
+            {
+                "name": "install",
+                "image": image,
+                "imagePullPolicy": settings.k8s_image_pull_policy,
+                "command": [
+                    "python",
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-cache-dir",
+                    "--no-input",
+                    "--disable-pip-version-check",
+                    "--target",
+                    EXTRA_DIR,
+                    *install,
+                ],  # fmt: skip
+                "env": [{"name": "HOME", "value": "/tmp"}],  # noqa: S108
+                "resources": resources.as_k8s(),
+                "securityContext": _security_context(),
+                "volumeMounts": mounts,
+            }
+        )
+    uid = settings.k8s_worker_uid
+    spec: dict[str, Any] = {
+        # The kubelet restarts a crashed worker (CrashLoopBackOff shows a real crash loop);
+        # exit 0 (told to stop, superseded) ends the pod.
+        "restartPolicy": "OnFailure",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": max(1, int(settings.stop_grace_s)),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumes": volumes,
+        "containers": [
+            {
+                "name": "worker",
+                "image": image,
+                "imagePullPolicy": settings.k8s_image_pull_policy,
+                "command": ["python", "-m", "worker_image.worker"],
+                "env": env,
+                "resources": resources.as_k8s(),
+                "securityContext": _security_context(),
+                "volumeMounts": mounts,
+                "readinessProbe": {
+                    "exec": {"command": ["python", "-m", "worker_image.ready"]},
+                    "periodSeconds": 5,
+                    "failureThreshold": 2,
+                },
+            }
+        ],
+    }
+    if init:
+        spec["initContainers"] = init
+    if settings.k8s_node_selector:
+        spec["nodeSelector"] = dict(settings.k8s_node_selector)
+    if settings.k8s_tolerations:
+        spec["tolerations"] = list(settings.k8s_tolerations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": meta_labels,
+            "annotations": {A_USER: user_id},
+        },
+        "spec": spec,
+    }

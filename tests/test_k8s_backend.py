@@ -1,0 +1,574 @@
+"""The ``kubernetes`` spawner backend against kmock, an in-memory Kubernetes API over real HTTP.
+
+No real API server can run on this machine (no Docker, kind or k3s), which is why kmock
+stands in for one: the backend uses the official ``kubernetes`` client and the very same code
+path as in a cluster (a kubeconfig pointing at kmock's URL).  kmock stores what it is sent,
+ignores label selectors and never sets a pod status, so the tests play the cluster's part:
+they write pod states (unschedulable, pulling, installing, failures) into kmock and, for a
+"running" pod, start the real worker program with the environment from the pod spec (its
+secret resolved from the Secret the backend created) against a real broker on loopback.
+
+Every object the backend sends is validated against the Kubernetes 1.30 and 1.37 schemas
+(``kubernetes-validate --strict``) at the end of each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kmock
+import kubernetes_validate
+import pytest
+import pytest_asyncio
+
+from broker.auth import add_static_token
+from broker.broker import Broker
+from broker.config import BrokerSettings
+from spawner.app import create_app
+from spawner.backends.k8s_names import dns_label, label_value
+from spawner.config import SpawnerSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER_KEY = "k8s-test-worker-key"
+ADMIN_SECRET = "k8s-test-admin-secret"
+NS = "rexec"
+PODS = kmock.resource("v1/pods")
+SECRETS = kmock.resource("v1/secrets")
+EVENTS = kmock.resource("v1/events")
+SCHEMA_VERSIONS = ("1.30", "1.37")
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    settings = BrokerSettings(
+        host="127.0.0.1",
+        broker_port=0,
+        control_port=0,
+        worker_port=0,
+        worker_key=WORKER_KEY,
+        admin_secret=ADMIN_SECRET,
+        tokens_file="/nonexistent",
+    )
+    b = Broker(settings)
+    thread = threading.Thread(target=b.run, daemon=True)
+    thread.start()
+    yield b
+    b.stop()
+    thread.join(5)
+
+
+@pytest.fixture
+def pods_run() -> Iterator[list[subprocess.Popen]]:
+    """Worker processes the tests start for 'running' pods; all stopped at the end."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest_asyncio.fixture
+async def cluster(kmock: kmock.KubernetesEmulator) -> AsyncIterator[kmock.KubernetesEmulator]:
+    """kmock with the resources the backend uses; checks every object sent at the end."""
+    for res in ("v1/pods", "v1/secrets", "v1/events", "v1/namespaces"):
+        kmock.resources[res] = {}
+    yield kmock
+    sent = [req.data for req in kmock["post"] if isinstance(req.data, dict)]
+    for obj in sent:  # (a test whose spawn is refused up front sends none)
+        for version in SCHEMA_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+def settings_for(cluster: Any, broker: Broker, tmp_path: Path, **extra: Any) -> SpawnerSettings:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: kmock\n"
+        f"clusters: [{{name: kmock, cluster: {{server: '{str(cluster.url).rstrip('/')}'}}}}]\n"
+        "users: [{name: kmock, user: {}}]\n"
+        "contexts: [{name: kmock, context: {cluster: kmock, user: kmock}}]\n"
+    )
+    tokens = tmp_path / "tokens.json"
+    base: dict[str, Any] = dict(
+        backend="kubernetes",
+        k8s_kubeconfig=str(kubeconfig),
+        k8s_namespace=NS,
+        k8s_image="registry.example/rexec-worker:1",
+        k8s_poll_s=0.05,
+        k8s_api_timeout_s=2.0,
+        stop_grace_s=1.0,
+        tokens_file=str(tokens),
+        worker_key=WORKER_KEY,
+        admin_secret=ADMIN_SECRET,
+        broker_worker_url=f"tcp://127.0.0.1:{broker.ports['worker']}",
+        broker_control_url=f"tcp://127.0.0.1:{broker.ports['control']}",
+        worker_start_timeout_s=30.0,
+    )
+    base.update(extra)
+    return SpawnerSettings(**base)
+
+
+class Spawner:
+    """The spawner app in this event loop (kmock answers from it too), spoken to over ASGI."""
+
+    def __init__(self, settings: SpawnerSettings) -> None:
+        self.app = create_app(settings)
+        self.service = self.app.state.service
+        self.token = add_static_token(settings.tokens_file, "alice")
+        self.http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app),
+            base_url="http://spawner",
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+
+    async def spawn(self, **body: Any) -> httpx.Response:
+        return await self.http.post("/spawn", json=body)
+
+    async def status(self) -> dict[str, Any]:
+        reply = await self.http.get("/status")
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    async def wait_for(self, pred: Any, what: str, timeout_s: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            st = await self.status()
+            if pred(st):
+                return st
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; last status {st}")
+
+
+@pytest_asyncio.fixture
+async def make_spawner() -> AsyncIterator[Any]:
+    made: list[Spawner] = []
+
+    async def make(settings: SpawnerSettings) -> Spawner:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*httpx2")
+            sp = Spawner(settings)
+        await sp.service.start()
+        made.append(sp)
+        return sp
+
+    yield make
+    for sp in made:
+        await sp.service.close()
+        await sp.http.aclose()
+
+
+# --------------------------------------------------------------------------- cluster helpers
+def pod(cluster: Any, name: str, ns: str = NS) -> dict[str, Any] | None:
+    key = (PODS, ns, name)
+    if key not in cluster.objects or cluster.objects[key].deleted:
+        return None
+    return cluster.objects[key].raw
+
+
+def secret(cluster: Any, name: str, ns: str = NS) -> dict[str, Any] | None:
+    key = (SECRETS, ns, name)
+    if key not in cluster.objects or cluster.objects[key].deleted:
+        return None
+    return cluster.objects[key].raw
+
+
+def set_pod_status(cluster: Any, name: str, status: dict[str, Any], ns: str = NS) -> None:
+    cluster.objects[PODS, ns, name].patch({"status": status})
+
+
+def live_pod_names(cluster: Any) -> list[str]:
+    return sorted(
+        key[2] for key, obj in cluster.objects.items() if key[0] == PODS and not obj.deleted
+    )
+
+
+def run_pod(cluster: Any, name: str, procs: list[subprocess.Popen], ns: str = NS) -> None:
+    """Play the kubelet: mark the pod running and run its worker container's command."""
+    manifest = pod(cluster, name, ns)
+    assert manifest is not None
+    container = manifest["spec"]["containers"][0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REXEC_")}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = secret(cluster, ref["name"], ns)["stringData"][ref["key"]]
+    env["HOME"] = env["MPLCONFIGDIR"] = str(ROOT / ".pytest-k8s-home")
+    env.pop("REXEC_WORKER_ALIVE_FILE")
+    command = [sys.executable, *container["command"][1:]]
+    procs.append(subprocess.Popen(command, env=env, cwd=ROOT, stdin=subprocess.DEVNULL))
+    set_pod_status(
+        cluster,
+        name,
+        {
+            "phase": "Running",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [{"name": "worker", "state": {"running": {}}}],
+        },
+        ns,
+    )
+
+
+async def _wait(pred: Any, what: str, timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --------------------------------------------------------------------------- names
+def test_names_are_dns_labels_whatever_the_id() -> None:
+    import re
+
+    dns = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    label = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+    ids = ["alice", "Alice@Example.org", "auth0|1234", "x" * 200, "-a-", "ünïcødé", "a.b_c"]
+    names = [dns_label("rexec-worker-", u) for u in ids]
+    assert all(dns.match(n) for n in names), names
+    assert all(label.match(label_value(u)) for u in ids)
+    assert names[0] == "rexec-worker-alice"  # a plain id stays readable
+    assert len(set(names)) == len(ids)
+    assert dns_label("rexec-worker-", "Alice") != dns_label("rexec-worker-", "alice")
+
+
+# --------------------------------------------------------------------------- spawn to ready
+@pytest.mark.asyncio
+async def test_spawn_reports_each_pod_state_then_ready_and_terminate_deletes_all(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path, k8s_max_cpu="2"))
+    reply = await sp.spawn(requirements=["numpy", "rexec-extra-pkg==1.0"], options={"cpu": "8"})
+    assert reply.status_code == 200, reply.text
+    name = "rexec-worker-alice"
+    created = await _wait(lambda: pod(cluster, name), "the pod")
+    labels = created["metadata"]["labels"]
+    assert labels["rexec.io/user"] == "alice" and labels["app.kubernetes.io/name"] == "rexec-worker"
+    assert len(labels["rexec.io/requirements"]) == 16
+    container = created["spec"]["containers"][0]
+    assert container["resources"]["limits"]["cpu"] == "2"  # clamped to the operator's maximum
+    # The secret is in a Secret, read through secretKeyRef; never in the pod spec.
+    worker_secret = secret(cluster, name)["stringData"]["secret"]
+    assert worker_secret not in str(created)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["REXEC_WORKER_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == name
+    # numpy is in the image: only the other requirement is installed, by the init container.
+    assert created["spec"]["initContainers"][0]["command"][-1] == "rexec-extra-pkg==1.0"
+    assert "numpy" not in created["spec"]["initContainers"][0]["command"]
+
+    st = await sp.wait_for(lambda s: "waiting to be scheduled" in s["message"], "pending")
+    assert st["state"] == "starting"
+    set_pod_status(
+        cluster,
+        name,
+        {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient cpu.",
+                }
+            ],
+        },
+    )
+    st = await sp.wait_for(lambda s: "unschedulable" in s["message"], "unschedulable")
+    assert st["message"] == "pending (unschedulable: 0/3 nodes are available: 3 Insufficient cpu.)"
+    set_pod_status(cluster, name, {"conditions": [{"type": "PodScheduled", "status": "True"}]})
+    cluster.objects[EVENTS, NS, "ev1"] = {
+        "metadata": {"name": "ev1", "namespace": NS},
+        "involvedObject": {"kind": "Pod", "name": name},
+        "reason": "Pulling",
+        "lastTimestamp": "2026-01-01T00:00:00Z",
+    }
+    st = await sp.wait_for(lambda s: "pulling" in s["message"], "pulling image")
+    assert st["message"] == "pulling image registry.example/rexec-worker:1"
+    set_pod_status(
+        cluster, name, {"initContainerStatuses": [{"name": "install", "state": {"running": {}}}]}
+    )
+    st = await sp.wait_for(lambda s: s["state"] == "installing", "installing")
+    assert st["message"] == "installing requirements"
+
+    run_pod(cluster, name, pods_run)
+    set_pod_status(
+        cluster,
+        name,
+        {"initContainerStatuses": [{"name": "install", "state": {"terminated": {"exitCode": 0}}}]},
+    )
+    st = await sp.wait_for(lambda s: s["state"] == "ready", "ready", timeout_s=30)
+    assert st["message"].startswith("The worker is ready (started in")
+    assert broker.workers["alice"].nonce == env["REXEC_WORKER_NONCE"]["value"]
+
+    # Idempotent: the same spawn again creates nothing; other requirements -> 409.
+    posts = len(cluster["post"])
+    again = await sp.spawn(requirements=["numpy", "rexec-extra-pkg==1.0"], options={"cpu": "8"})
+    assert again.json()["state"] == "ready" and len(cluster["post"]) == posts
+    other = await sp.spawn(requirements=["scipy"])
+    assert other.status_code == 409
+    assert "other requirements" in other.json()["detail"]
+
+    stopped = await sp.http.delete("/worker")
+    assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
+    assert pod(cluster, name) is None and secret(cluster, name) is None
+
+
+@pytest.mark.asyncio
+async def test_node_selector_tolerations_gpu_and_profile_image(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    sp = await make_spawner(
+        settings_for(
+            cluster,
+            broker,
+            tmp_path,
+            k8s_max_gpu=1,
+            k8s_max_memory="8Gi",
+            k8s_node_selector={"pool": "gpu"},
+            k8s_tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            k8s_profiles={"gpu": "registry.example/rexec-gpu:1"},
+        )
+    )
+    reply = await sp.spawn(options={"gpu": 4, "memory": "1Ti", "profile": "gpu"})
+    assert reply.status_code == 200, reply.text
+    spec = (await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod"))["spec"]
+    limits = spec["containers"][0]["resources"]["limits"]
+    assert limits == {"cpu": "1", "memory": "8Gi", "nvidia.com/gpu": "1"}
+    assert spec["nodeSelector"] == {"pool": "gpu"}
+    assert spec["tolerations"][0]["key"] == "gpu"
+    assert spec["containers"][0]["image"] == "registry.example/rexec-gpu:1"
+    assert "initContainers" not in spec  # nothing to install
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    bad = await sp.spawn(options={"profile": "nope"}, force=True)
+    assert bad.status_code == 422 and "Unknown profile 'nope'" in bad.json()["detail"]
+    bad = await sp.spawn(options={"image": "evil:latest"}, force=True)
+    assert bad.status_code == 422 and "Unknown option(s) image" in bad.json()["detail"]
+
+
+# --------------------------------------------------------------------------- failures
+FAILURES = {
+    "ImagePullBackOff": (
+        {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "state": {
+                        "waiting": {"reason": "ImagePullBackOff", "message": "manifest unknown"}
+                    },
+                }
+            ],
+        },
+        "The worker failed: ImagePullBackOff: manifest unknown.",
+    ),
+    "CrashLoopBackOff": (
+        {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 70, "reason": "Error"}},
+                }
+            ],
+        },
+        "The worker failed: CrashLoopBackOff: it keeps exiting (last exit code 70).",
+    ),
+    "OOMKilled": (
+        {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "state": {"running": {}},
+                    "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                }
+            ],
+        },
+        "The worker failed: OOMKilled: it ran out of memory (limit 2Gi) and was killed; "
+        "ask for more memory.",
+    ),
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("reason", sorted(FAILURES))
+async def test_pod_failures_are_named_and_cleaned_up(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, reason: str
+) -> None:
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path))
+    assert (await sp.spawn()).status_code == 200
+    await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod")
+    status, sentence = FAILURES[reason]
+    set_pod_status(cluster, "rexec-worker-alice", status)
+    st = await sp.wait_for(lambda s: s["state"] == "failed", "failed")
+    assert st["message"] == sentence
+    assert pod(cluster, "rexec-worker-alice") is None  # a failed spawn leaves nothing behind
+    assert secret(cluster, "rexec-worker-alice") is None
+
+
+# --------------------------------------------------------------------------- API errors
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("code", "http", "sentence"),
+    [
+        (403, 502, "Kubernetes refused to list pods in namespace rexec (403 Forbidden)"),
+        (404, 502, "Kubernetes could not list pods in namespace rexec: not found (404)"),
+        (500, 502, "Kubernetes failed to list pods in namespace rexec (500"),
+        (503, 502, "Kubernetes failed to list pods in namespace rexec (503"),
+    ],
+)
+async def test_api_errors_on_spawn_are_clear_http_errors(
+    cluster: Any,
+    broker: Broker,
+    tmp_path: Path,
+    make_spawner: Any,
+    code: int,
+    http: int,
+    sentence: str,
+) -> None:
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path))
+    cluster[f"get /api/v1/namespaces/{NS}/pods"] << code
+    reply = await sp.spawn()
+    assert reply.status_code == http
+    assert reply.json()["detail"].startswith(sentence)
+    assert "Traceback" not in reply.text
+
+
+@pytest.mark.asyncio
+async def test_api_timeout_is_a_504(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path, k8s_api_timeout_s=0.3))
+    cluster[f"get /api/v1/namespaces/{NS}/pods"] << (lambda: asyncio.sleep(2), {"items": []})
+    reply = await sp.spawn()
+    assert reply.status_code == 504
+    assert reply.json()["detail"] == (
+        "Kubernetes did not answer within 0.3 s to list pods in namespace rexec."
+    )
+
+
+@pytest.mark.asyncio
+async def test_unreachable_api_is_a_502(broker: Broker, tmp_path: Path, make_spawner: Any) -> None:
+    class Closed:  # a port nothing listens on
+        url = "http://127.0.0.1:9"
+
+    sp = await make_spawner(settings_for(Closed, broker, tmp_path))
+    reply = await sp.spawn()
+    assert reply.status_code == 502
+    assert reply.json()["detail"] == (
+        "Kubernetes could not be reached to list pods in namespace rexec."
+    )
+
+
+@pytest.mark.asyncio
+async def test_create_errors_fail_the_spawn_with_a_sentence(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path))
+    cluster[f"post /api/v1/namespaces/{NS}/pods"] << 403
+    assert (await sp.spawn()).status_code == 200  # accepted; creating happens after
+    st = await sp.wait_for(lambda s: s["state"] == "failed", "failed")
+    assert st["message"] == (
+        "Kubernetes refused to create the Pod rexec/rexec-worker-alice (403 Forbidden): the "
+        "spawner's service account lacks that permission (see the chart's Role)."
+    )
+    assert secret(cluster, "rexec-worker-alice") is None  # what spawn made is gone again
+
+
+@pytest.mark.asyncio
+async def test_a_pod_in_the_way_is_replaced_and_a_stuck_one_is_a_409(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path))
+    cluster.objects[PODS, NS, "rexec-worker-alice"] = {
+        "metadata": {"name": "rexec-worker-alice", "namespace": NS, "labels": {"old": "yes"}},
+        "spec": {"containers": [{"name": "worker", "image": "old"}]},
+    }
+    assert (await sp.spawn()).status_code == 200
+    await sp.wait_for(lambda s: "scheduled" in s["message"], "pending")
+    assert "old" not in pod(cluster, "rexec-worker-alice")["metadata"]["labels"]
+    await sp.http.delete("/worker")
+
+    cluster[f"post /api/v1/namespaces/{NS}/pods"] << 409
+    assert (await sp.spawn()).status_code == 200
+    st = await sp.wait_for(lambda s: s["state"] == "failed", "failed")
+    assert st["message"] == (
+        "A worker Pod named rexec-worker-alice still exists in namespace rexec (it is being "
+        "deleted); try again in a few seconds."
+    )
+
+
+@pytest.mark.asyncio
+async def test_terminate_error_is_a_clear_http_error(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path))
+    assert (await sp.spawn()).status_code == 200
+    await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod")
+    cluster[f"delete /api/v1/namespaces/{NS}/pods/rexec-worker-alice"] << 403
+    reply = await sp.http.delete("/worker")
+    assert reply.status_code == 502
+    assert reply.json()["detail"].startswith(
+        "Kubernetes refused to delete pod rexec/rexec-worker-alice (403 Forbidden)"
+    )
+
+
+# --------------------------------------------------------------------------- pool and culling
+@pytest.mark.asyncio
+async def test_warm_pool_claim_relabels_the_pod_and_starts_a_replacement(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path, warm_pool_size=1))
+    first = await _wait(lambda: live_pod_names(cluster), "a pool pod")
+    assert first[0].startswith("rexec-pool-")
+    pool_pod = pod(cluster, first[0])
+    assert pool_pod["metadata"]["labels"]["rexec.io/pool"] == "true"
+    run_pod(cluster, first[0], pods_run)
+    await _wait(lambda: sp.service.pool.ready, "the pool worker to be ready")
+    assert "alice" not in broker.workers  # a pool worker belongs to nobody
+
+    assert (await sp.spawn()).status_code == 200
+    st = await sp.wait_for(lambda s: s["state"] == "ready", "ready from the pool")
+    assert st["from_warm_pool"] is True
+    assert "claimed from the warm pool" in st["message"]
+    claimed = pod(cluster, first[0])
+    assert claimed["metadata"]["labels"]["rexec.io/user"] == "alice"
+    assert claimed["metadata"]["labels"]["rexec.io/pool"] == "false"
+    assert pod(cluster, "rexec-worker-alice") is None  # no pod was created for the user
+    names = await _wait(
+        lambda: [n for n in live_pod_names(cluster) if n != first[0]], "a replacement pool pod"
+    )
+    assert names[0].startswith("rexec-pool-")
+    await sp.http.delete("/worker")
+    assert pod(cluster, first[0]) is None
+
+
+@pytest.mark.asyncio
+async def test_idle_worker_is_culled_and_its_pod_deleted(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path, cull_idle_seconds=1.0))
+    assert (await sp.spawn()).status_code == 200
+    await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod")
+    run_pod(cluster, "rexec-worker-alice", pods_run)
+    await sp.wait_for(lambda s: s["state"] == "ready", "ready", timeout_s=30)
+    st = await sp.wait_for(lambda s: s["state"] == "stopped", "culled", timeout_s=30)
+    assert st["message"] == "Your worker was stopped after 1 s idle."
+    assert st["idle_culled_after_s"] == 1.0
+    assert pod(cluster, "rexec-worker-alice") is None
