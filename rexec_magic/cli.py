@@ -63,7 +63,9 @@ class Stack:
         self.broker_url = f"tcp://{host}:{self.ports['broker']}"
         self.control_url = f"tcp://{host}:{self.ports['control']}"
         self.spawner_url = f"http://{host}:{self.ports['spawner']}"
-        base = {k: v for k, v in os.environ.items() if not k.startswith("REXEC_")}
+        # REXEC_* settings of the caller (cull time, warm pool...) reach the children; the
+        # ones that tie the stack together are set below and win.
+        base = dict(os.environ)
         common = {
             **base,
             "REXEC_HOST": self.host,

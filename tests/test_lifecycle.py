@@ -152,3 +152,28 @@ def test_rexec_status_command_reports_workers(stack):
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert '"counters"' in out.stdout and stack.token not in out.stdout
+
+
+def test_culled_worker_is_replaced_and_the_user_is_told(tmp_path, monkeypatch):
+    from tests.conftest import stop_stack
+
+    monkeypatch.setenv("REXEC_CULL_IDLE_SECONDS", "1")
+    stack = start_stack(tmp_path)
+    try:
+        session = RemoteSession(connection.load(stack.connection_file))
+        session.start()
+        session.run("idle_var = 1", {}, [], lambda m: None, pull_limit=2**20)
+        deadline = time.monotonic() + 30
+        while session.spawner.status()["state"] != "stopped":
+            assert time.monotonic() < deadline, "the idle worker was not culled"
+            time.sleep(0.2)
+        said: list[str] = []
+        outcome = session.run(
+            "fresh = 'idle_var' in globals()", {}, ["fresh"], lambda m: None,
+            pull_limit=2**20, say=said.append,
+        )  # fmt: skip
+        assert outcome.values == {"fresh": False}
+        assert any("stopped after 1 s idle" in s for s in said), said
+        session.close()
+    finally:
+        stop_stack(stack)
