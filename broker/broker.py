@@ -181,9 +181,12 @@ class Broker:
         self._bind()
 
     # ------------------------------------------------------------------ sockets
-    def _router(self, port: int, name: str) -> zmq.Socket:
+    def _router(self, port: int, name: str, curve: tuple[str, str] | None = None) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
         sock.linger = 0
+        if curve is not None:  # CurveZMQ server: clients must know the public key
+            sock.curve_server = True
+            sock.curve_publickey, sock.curve_secretkey = (k.encode() for k in curve)
         sock.rcvhwm = sock.sndhwm = 10_000
         host = self.settings.host
         if ":" in host and not host.startswith("["):
@@ -198,7 +201,9 @@ class Broker:
 
     def _bind(self) -> None:
         s = self.settings
-        self.frontend = self._router(s.broker_port, "broker")
+        secret_key = s.curve_secret_key.get_secret_value()
+        curve = (s.curve_public_key, secret_key) if s.curve_public_key and secret_key else None
+        self.frontend = self._router(s.broker_port, "broker", curve)
         self.backend = self._router(s.worker_port, "worker")
         self.control = self._router(s.control_port, "control")
         self.auth_results = self.ctx.socket(zmq.PULL)

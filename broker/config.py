@@ -28,5 +28,8 @@ class BrokerSettings(AuthSettings):
     worker_port: int = 5560  # workers connect here
     worker_key: SecretStr = SecretStr("")  # HMAC key for worker secrets, shared with the spawner
     admin_secret: SecretStr = SecretStr("")  # required on the control port
+    # Optional CurveZMQ encryption of the client port (Z85 keys; `rexec up --curve` makes a pair).
+    curve_public_key: str = ""
+    curve_secret_key: SecretStr = SecretStr("")
     auth_threads: int = 8  # parallel auth checks; the routing loop never waits on one
     log_file: str | None = None

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import zmq
 from jupyter_core.paths import jupyter_runtime_dir
 
 from rexec_magic import connection
@@ -75,6 +76,11 @@ class Stack:
             "REXEC_ADMIN_SECRET": self.admin_secret,
             "PYTHONUNBUFFERED": "1",
         }
+        self.server_key = ""
+        if args.curve:
+            public, secret = (k.decode() for k in zmq.curve_keypair())
+            self.server_key = public
+            common["REXEC_CURVE_PUBLIC_KEY"] = public
         if args.auth_api_url:
             common["REXEC_AUTH_API_URL"] = args.auth_api_url
         if args.allowed_groups:
@@ -86,6 +92,7 @@ class Stack:
                 "REXEC_CONTROL_PORT": str(self.ports["control"]),
                 "REXEC_WORKER_PORT": str(self.ports["worker"]),
                 "REXEC_LOG_FILE": str(self.logs / "broker.log"),
+                **({"REXEC_CURVE_SECRET_KEY": secret} if args.curve else {}),
             },
             "spawner": {
                 **common,
@@ -148,6 +155,7 @@ class Stack:
             "control_url": self.control_url,
             "spawner_url": self.spawner_url,
             "admin_secret": self.admin_secret,
+            "server_key": self.server_key,
             "tokens_file": str(self.tokens_file),
             "logs": str(self.logs),
             "pid": os.getpid(),
@@ -224,7 +232,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.write_state()
         stack.wait_ready()
         path = connection.save(
-            connection.ConnectionInfo(stack.spawner_url, stack.broker_url, token, user),
+            connection.ConnectionInfo(
+                stack.spawner_url, stack.broker_url, token, user, stack.server_key
+            ),
             Path(args.connection_file).expanduser() if args.connection_file else None,
         )
         print(
@@ -232,7 +242,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  broker   {stack.broker_url}\n"
             f"  spawner  {stack.spawner_url}  (API docs at /docs)\n"
             f"  connection file  {path}\n"
-            f"  logs     {stack.logs}\n"
+            + ("  client port encrypted with CurveZMQ\n" if stack.server_key else "")
+            + f"  logs     {stack.logs}\n"
             "In a notebook: %load_ext rexec_magic, then %%remote cells. Ctrl-C stops.",
             flush=True,
         )
@@ -279,7 +290,9 @@ def cmd_token(args: argparse.Namespace) -> int:
         [g for g in args.groups.split(",") if g],
     )
     path = connection.save(
-        connection.ConnectionInfo(state["spawner_url"], state["broker_url"], token, args.user),
+        connection.ConnectionInfo(
+            state["spawner_url"], state["broker_url"], token, args.user, state["server_key"]
+        ),
         Path(args.connection_file).expanduser(),
     )
     print(f"Token for {args.user} written to {path} (mode 0600).")
@@ -324,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
     up.add_argument("--state-dir", default=str(default_state_dir()))
     up.add_argument("--connection-file", default=None, help="default: $REXEC_CONNECTION_FILE")
+    up.add_argument(
+        "--curve", action="store_true", help="encrypt the client port with CurveZMQ (new keys)"
+    )
     up.add_argument("--lab", metavar="DIR", help="also run JupyterLab on DIR, stopped together")
     up.add_argument("--authenticator", default=os.environ.get("REXEC_AUTHENTICATOR", "static"))
     up.add_argument("--auth-api-url", default=os.environ.get("REXEC_AUTH_API_URL"))

@@ -200,6 +200,7 @@ class RexecMagics(Magics):
             broker_url=broker["broker_url"],
             token=token,
             user=status.get("username") or status.get("user", ""),
+            server_key=broker.get("broker_curve_public_key", ""),
         )
         path = connection.save(info)
         self.session.use(info)

@@ -21,6 +21,8 @@ class SpawnerSettings(AuthSettings):
     # ... where workers reach it, and the admin control port the spawner asks for readiness.
     broker_worker_url: str = "tcp://127.0.0.1:5560"
     broker_control_url: str = "tcp://127.0.0.1:30002"
+    # The broker's CurveZMQ public key, handed to clients by /broker-config (empty: no CURVE).
+    curve_public_key: str = ""
     worker_key: SecretStr = SecretStr("")  # HMAC key shared with the broker
     admin_secret: SecretStr = SecretStr("")  # for the broker's control port
     state_dir: str | None = None  # worker logs and per-requirements package dirs

@@ -64,6 +64,9 @@ class WorkerStatus(BaseModel):
 
 class BrokerConfig(BaseModel):
     broker_url: str
+    broker_curve_public_key: str = Field(
+        "", description="CurveZMQ public key of the broker's client port; empty: no encryption."
+    )
     broker_external_host: str
     broker_external_port: int
     broker_external_url: str

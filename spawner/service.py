@@ -188,7 +188,9 @@ class WorkerService:
         )
 
     def broker_config(self) -> BrokerConfig:
-        return broker_config(self.settings.broker_url)
+        config = broker_config(self.settings.broker_url)
+        config.broker_curve_public_key = self.settings.curve_public_key
+        return config
 
     # ----------------------------------------------------------------- commands
     async def spawn(

@@ -317,6 +317,7 @@ def test_broker_config(spawner, tokens, broker):
         "broker_external_host": "127.0.0.1",
         "broker_external_port": port,
         "broker_external_url": f"tcp://127.0.0.1:{port}",
+        "broker_curve_public_key": "",
     }
 
 
