@@ -74,6 +74,23 @@ class WorkerEntry:
     # registration): the spawner culls workers idle for longer than its cull_idle_seconds.
     last_activity: float = field(default_factory=time.time)
 
+    @classmethod
+    def registered(
+        cls, route: bytes, user: str, nonce: str, header: dict[str, Any], now: float
+    ) -> WorkerEntry:
+        """The entry for a REGISTER that passed the secret check."""
+        pid = header.get("pid")
+        return cls(
+            route=route,
+            user=user,
+            nonce=nonce,
+            python=str(header.get("python", "")),
+            dill=str(header.get("dill", "")),
+            pid=pid if isinstance(pid, int) else None,
+            registered_at=time.time(),
+            last_seen=now,
+        )
+
     def info(self, now: float) -> dict[str, Any]:
         return {
             "nonce": self.nonce,
@@ -481,16 +498,7 @@ class Broker:
         old = self.workers.get(user)
         if old is not None and old.route != wroute:
             self._drop_worker(old, "a new worker registered for this user", superseded=True)
-        self.workers[user] = WorkerEntry(
-            route=wroute,
-            user=user,
-            nonce=nonce,
-            python=str(header.get("python", "")),
-            dill=str(header.get("dill", "")),
-            pid=pid if isinstance(pid, int) else None,
-            registered_at=time.time(),
-            last_seen=now,
-        )
+        self.workers[user] = WorkerEntry.registered(wroute, user, nonce, header, now)
         self.worker_users[wroute] = user
         self.counters.workers_registered += 1
         log.info("worker registered for user %s (pid %s)", user, pid)
@@ -499,21 +507,11 @@ class Broker:
     def _register_pool(
         self, wroute: bytes, pool_id: str, nonce: str, header: dict[str, Any], now: float
     ) -> None:
-        pid = header.get("pid")
         old = self.pool.get(pool_id)
         if old is not None and old.route != wroute:
             self.pool_routes.pop(old.route, None)
             self._to_worker(old.route, P.Kind.SUPERSEDED)
-        self.pool[pool_id] = WorkerEntry(
-            route=wroute,
-            user=pool_id,
-            nonce=nonce,
-            python=str(header.get("python", "")),
-            dill=str(header.get("dill", "")),
-            pid=pid if isinstance(pid, int) else None,
-            registered_at=time.time(),
-            last_seen=now,
-        )
+        self.pool[pool_id] = WorkerEntry.registered(wroute, pool_id, nonce, header, now)
         self.pool_routes[wroute] = pool_id
         self.counters.workers_registered += 1
         log.info("warm-pool worker %s registered", pool_id)
