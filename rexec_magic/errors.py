@@ -32,12 +32,18 @@ class AuthDenied(RexecError):
     pass
 
 
+class Forbidden(AuthDenied):
+    """The token is valid but its user may not use rexec (not in an allowed group)."""
+
+
 class SpawnerUnavailable(RexecError):
     pass
 
 
 class SpawnFailed(RexecError):
-    pass
+    """The spawner refused or could not start the worker; ``http_status`` is its answer's."""
+
+    http_status: int | None = None
 
 
 class NoWorker(RexecError):

@@ -20,15 +20,14 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from rexec_magic import connection, errors, names
+from rexec_magic.login import DEFAULT_SPAWNER_URL, log_in
 from rexec_magic.logs import log_path, setup_logging
 from rexec_magic.render import EventRenderer, Table, human_bytes, human_seconds
 from rexec_magic.session import shared_session
-from rexec_magic.spawner_client import SpawnerClient
 
 log = logging.getLogger("rexec.magic")
 
 DEFAULT_PULL_LIMIT = 256 * 2**20
-DEFAULT_SPAWNER_URL = "http://127.0.0.1:8765"
 # IPython's own names in a user namespace: never shipped.
 IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_", "__", "___"})
 IPYTHON_NAME_RE = re.compile(r"^_(i\d*|ii|iii|oh|ih|dh|\d+)$")
@@ -192,17 +191,7 @@ class RexecMagics(Magics):
         self._guard("logging in", self._login, url, token.strip())
 
     def _login(self, url: str, token: str) -> None:
-        spawner = SpawnerClient(url, token)
-        status = spawner.status()  # raises AuthDenied for a bad token
-        broker = spawner.broker_config()
-        info = connection.ConnectionInfo(
-            spawner_url=url,
-            broker_url=broker["broker_url"],
-            token=token,
-            user=status.get("username") or status.get("user", ""),
-            server_key=broker.get("broker_curve_public_key", ""),
-        )
-        path = connection.save(info)
+        info, path = log_in(url, token)
         self.session.use(info)
         print(f"Logged in as {info.user}; connection file written to {path}.")
 

@@ -42,9 +42,13 @@ class SpawnerClient:
         if isinstance(detail, list):  # FastAPI validation errors
             detail = "; ".join(str(d.get("msg", d)) for d in detail)
         detail = detail or f"HTTP {resp.status_code}"
-        if resp.status_code in (401, 403):
+        if resp.status_code == 403:
+            raise errors.Forbidden(f"The spawner refused the token: {detail}")
+        if resp.status_code == 401:
             raise errors.AuthDenied(f"The spawner refused the token: {detail}")
-        raise errors.SpawnFailed(str(detail))
+        failure = errors.SpawnFailed(str(detail))
+        failure.http_status = resp.status_code
+        raise failure
 
     def spawn(
         self,

@@ -1,0 +1,108 @@
+"""REST handlers under ``/rexec/api/``: thin ``APIHandler``s behind Jupyter's auth and XSRF.
+
+Each runs its ``RemoteAccount`` call in a thread pool (the calls do blocking HTTP; the Tornado
+loop must never wait on them) and turns an expected failure into one sentence with the HTTP
+status that fits.  Nothing here ever writes a token into a response or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+from jupyter_ext.account import RemoteAccount
+from rexec_magic import errors
+
+API = "/rexec/api"
+_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rexec-api")
+
+
+def http_status(exc: errors.RexecError) -> int:
+    """The HTTP status a browser gets for an expected rexec failure."""
+    if isinstance(exc, errors.Forbidden):
+        return 403  # valid token, user not allowed
+    if isinstance(exc, errors.AuthDenied | errors.NotLoggedIn):
+        return 401
+    if isinstance(exc, errors.SpawnerUnavailable):
+        return 502  # the spawner, our upstream, is down
+    if isinstance(exc, errors.SpawnFailed) and exc.http_status in (409, 422):
+        return exc.http_status  # other requirements running / invalid requirement
+    return 502
+
+
+class RexecHandler(APIHandler):
+    @property
+    def account(self) -> RemoteAccount:
+        return self.settings["rexec_account"]
+
+    def body(self) -> dict[str, Any]:
+        try:
+            data = self.get_json_body() or {}
+        except web.HTTPError:
+            raise web.HTTPError(400, reason="The request body is not JSON.") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, reason="The request body must be a JSON object.")
+        return data
+
+    async def answer(self, func: Callable[..., dict[str, Any]], *args: Any) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(_pool, func, *args)
+        except errors.RexecError as exc:
+            self.set_status(http_status(exc))
+            result = {"message": str(exc)}
+        self.finish(json.dumps(result))
+
+
+class StatusHandler(RexecHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        await self.answer(self.account.status)
+
+
+class LoginHandler(RexecHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        token = self.body().get("token")
+        if not isinstance(token, str):
+            raise web.HTTPError(400, reason="Send the token as a string.")
+        await self.answer(self.account.login, token)
+
+
+class LogoutHandler(RexecHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        await self.answer(self.account.logout)
+
+
+class StartHandler(RexecHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        body = self.body()
+        requirements = body.get("requirements") or ""
+        if not isinstance(requirements, str):
+            raise web.HTTPError(400, reason="Send the requirements as text, one per line.")
+        options = {k: body[k] for k in ("cpu", "memory") if body.get(k) not in (None, "")}
+        await self.answer(self.account.start, requirements, options)
+
+
+class StopHandler(RexecHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        await self.answer(self.account.stop)
+
+
+def route_table() -> list[tuple[str, type[RexecHandler]]]:
+    return [
+        (f"{API}/status", StatusHandler),
+        (f"{API}/login", LoginHandler),
+        (f"{API}/logout", LogoutHandler),
+        (f"{API}/start", StartHandler),
+        (f"{API}/stop", StopHandler),
+    ]

@@ -1,0 +1,63 @@
+/**
+ * The server extension's REST API (`/rexec/api/...`), through `ServerConnection` so that
+ * Jupyter's own auth and XSRF apply.  A failure becomes a `RexecAPIError` whose message is the
+ * one sentence the server sent.
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+/** The spawner's worker states. */
+export type WorkerState = 'stopped' | 'starting' | 'installing' | 'ready' | 'failed';
+
+/** What the server tells about the worker (never a token). */
+export interface IWorkerInfo {
+  state: WorkerState;
+  message: string;
+  python: string | null;
+  pid: number | null;
+  started_at: string | null;
+  ready_at: string | null;
+  restarts: number;
+  requirements: string[];
+  log_tail: string[];
+  uptime_s: number | null;
+  where: string;
+}
+
+/** `GET /rexec/api/status`, and the answer of every action. */
+export interface IRexecStatus {
+  logged_in: boolean;
+  user: string | null;
+  worker: IWorkerInfo | null;
+  /** Why the worker's state is unknown (spawner down...), or null. */
+  error: string | null;
+}
+
+export class RexecAPIError extends Error {}
+
+export async function requestAPI<T>(endpoint: string, init: RequestInit = {}): Promise<T> {
+  const settings = ServerConnection.makeSettings();
+  const url = URLExt.join(settings.baseUrl, 'rexec', 'api', endpoint);
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (error) {
+    throw new RexecAPIError('The Jupyter server is not reachable.');
+  }
+  const text = await response.text();
+  let data: any = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const message = data?.message || `The Jupyter server answered HTTP ${response.status}.`;
+    throw new RexecAPIError(message);
+  }
+  return data as T;
+}
+
+export function post<T>(endpoint: string, body: object = {}): Promise<T> {
+  return requestAPI<T>(endpoint, { method: 'POST', body: JSON.stringify(body) });
+}

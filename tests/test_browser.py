@@ -1,0 +1,161 @@
+"""The sidebar in a real JupyterLab, driven by Chromium through Playwright, against a real
+local stack: log in, start the remote env, run a ``%%remote`` cell, stop.
+
+Each step leaves a screenshot in ``test-artifacts/browser/`` (git-ignored) for a human to look
+at when the test fails, or to see what the sidebar looks like.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from rexec_magic.cli import free_port
+from tests.conftest import ROOT, Stack
+
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+NOTEBOOK = {
+    "cells": [
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": "%load_ext rexec_magic"},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": '%%remote\nimport os\nprint("hello from the remote worker, pid", os.getpid())'},
+    ],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}  # fmt: skip
+
+
+class Lab:
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token
+
+
+@pytest.fixture
+def lab(stack: Stack, tmp_path: Path) -> Iterator[Lab]:
+    """JupyterLab with the installed extension; nobody logged in to rexec yet."""
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    (root / "remote.ipynb").write_text(json.dumps(NOTEBOOK))
+    port, token = free_port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "REXEC_SPAWNER_URL": stack.state["spawner_url"],
+        "REXEC_CONNECTION_FILE": str(tmp_path / "rexec-connection.json"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+    }
+    cmd = [
+        sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={token}",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]  # fmt: skip
+    if os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = open(tmp_path / "lab.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)  # noqa: S310
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(
+                    "JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text()
+                )
+            time.sleep(0.2)
+    yield Lab(url, token)
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        yield page
+        browser.close()
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def open_sidebar(page: Page) -> None:
+    tab = page.locator('.lm-TabBar-tab[data-id="rexec-sidebar"]')
+    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
+        tab.click()
+    expect(page.locator("#rexec-sidebar")).to_be_visible()
+
+
+@pytest.mark.timeout(300)
+def test_login_start_run_stop_in_the_browser(lab: Lab, page: Page, stack: Stack) -> None:
+    token = json.loads(stack.add_user("browser-bea").read_text())["token"]
+    panel = page.locator("#rexec-sidebar")
+    state = panel.locator(".jp-rexec-state")
+
+    page.goto(f"{lab.url}/lab?token={lab.token}")
+    open_sidebar(page)
+    expect(panel.get_by_role("button", name="Log in")).to_be_visible(timeout=30_000)
+    expect(page.locator(".jp-rexec-StatusItem")).to_have_text("rexec: logged out")
+    shot(page, "01-logged-out")
+
+    panel.locator(".jp-rexec-token").fill(token)
+    panel.get_by_role("button", name="Log in").click()
+    expect(panel.locator(".jp-rexec-account")).to_have_text("Logged in as browser-bea")
+    expect(state).to_have_text("stopped")
+    assert token not in page.content()
+    shot(page, "02-logged-in")
+
+    panel.get_by_role("button", name="Start remote env").click()
+    expect(state).to_have_text("ready", timeout=90_000)
+    expect(page.locator(".jp-rexec-StatusItem")).to_have_text("rexec: ready")
+    runs = panel.locator(".jp-rexec-details dd").nth(2).inner_text()
+    worker_pid = re.fullmatch(r"process (\d+) on 127\.0\.0\.1", runs).group(1)
+    shot(page, "03-ready")
+
+    # JupyterLab may ask which kernel to use when the notebook opens before it knows the specs.
+    kernel_dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    page.add_locator_handler(kernel_dialog, lambda d: d.locator(".jp-mod-accept").click())
+    page.locator('.lm-TabBar-tab[data-id="filebrowser"]').click()
+    page.locator(".jp-DirListing-item", has_text="remote.ipynb").dblclick()
+    notebook = page.locator(".jp-NotebookPanel")
+    kernel_idle = page.locator(".jp-StatusBar-Widget", has_text="Python 3 (ipykernel) | Idle")
+    expect(kernel_idle).to_be_visible(timeout=60_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    output = notebook.locator(".jp-OutputArea-output", has_text="hello from the remote worker")
+    expect(output).to_have_text(f"hello from the remote worker, pid {worker_pid}", timeout=60_000)
+    shot(page, "04-remote-cell")
+
+    open_sidebar(page)
+    panel.get_by_role("button", name="Stop").click()
+    expect(state).to_have_text("stopped", timeout=30_000)
+    expect(page.locator(".jp-rexec-StatusItem")).to_have_text("rexec: stopped")
+    shot(page, "05-stopped")

@@ -1,0 +1,210 @@
+"""The Jupyter server extension's REST API (``/rexec/api/``) on a real Jupyter server
+(pytest-jupyter) against a real local stack: what the sidebar sees, and what it never sees.
+
+pytest-jupyter's fixtures are imported into this module rather than enabled as a plugin: as a
+plugin its autouse fixtures and its ``pytest_pyfunc_call`` hook would apply to every test of
+the project (closing event loops, running every test function itself).  Imported, they serve
+this module only, and the tests drive its event loop themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_jupyter.jupyter_server import *  # noqa: F403 (fixtures for this module only)
+from tornado.httpclient import HTTPClientError
+from traitlets.config import Config
+
+from tests.conftest import Stack, start_stack, stop_stack
+
+
+@pytest.fixture
+def spawner_url(stack: Stack) -> str:
+    return stack.state["spawner_url"]
+
+
+@pytest.fixture
+def connection_file(tmp_path: Path) -> Path:
+    return tmp_path / "kernels" / "rexec-connection.json"
+
+
+@pytest.fixture(autouse=True)
+def own_connection_env(monkeypatch: pytest.MonkeyPatch, connection_file: Path) -> None:
+    """The extension points kernels at its connection file through the process environment;
+    give it back as it was after each test."""
+    monkeypatch.setenv("REXEC_CONNECTION_FILE", str(connection_file))
+
+
+@pytest.fixture
+def jp_server_config(spawner_url: str, connection_file: Path) -> Config:
+    return Config(
+        {
+            "ServerApp": {"jpserver_extensions": {"jupyter_ext": True}},
+            "RexecExtension": {"spawner_url": spawner_url, "connection_file": str(connection_file)},
+        }
+    )
+
+
+def token_of(connection: Path) -> str:
+    return json.loads(connection.read_text())["token"]
+
+
+class API:
+    """Calls to ``/rexec/api/`` as the sidebar makes them (Jupyter auth and XSRF included)."""
+
+    def __init__(self, fetch: Callable[..., Any], loop: Any) -> None:
+        self._fetch = fetch
+        self._loop = loop
+
+    def raw(self, method: str, endpoint: str, body: dict | None = None) -> Any:
+        kwargs: dict[str, Any] = {"method": method}
+        if method == "POST":
+            kwargs["body"] = json.dumps(body or {})
+        return self._loop.run_until_complete(self._fetch("rexec", "api", endpoint, **kwargs))
+
+    def call(self, method: str, endpoint: str, body: dict | None = None) -> Any:
+        return json.loads(self.raw(method, endpoint, body).body)
+
+    def failure(self, endpoint: str, body: dict | None = None) -> tuple[int, str]:
+        with pytest.raises(HTTPClientError) as info:
+            self.raw("POST", endpoint, body)
+        return info.value.code, json.loads(info.value.response.body)["message"]
+
+    def wait_state(self, *states: str, timeout_s: float = 90) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.call("GET", "status")
+            if status["worker"] and status["worker"]["state"] in states:
+                return status
+            assert time.monotonic() < deadline, f"never reached {states}: {status}"
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def api(jp_fetch: Callable[..., Any], jp_asyncio_loop: Any) -> API:
+    return API(jp_fetch, jp_asyncio_loop)
+
+
+def test_login_start_status_stop_logout(api: API, stack: Stack, connection_file: Path):
+    alice = token_of(stack.add_user("sidebar-alice"))
+    assert api.call("GET", "status") == {
+        "logged_in": False, "user": None, "worker": None, "error": None,
+    }  # fmt: skip
+
+    resp = api.raw("POST", "login", {"token": alice})
+    assert alice not in resp.body.decode()
+    assert json.loads(resp.body) == {"logged_in": True, "user": "sidebar-alice"}
+    # The kernels' connection file: the token, readable by its owner only.
+    assert stat.S_IMODE(connection_file.stat().st_mode) == 0o600
+    written = json.loads(connection_file.read_text())
+    assert written["token"] == alice and written["user"] == "sidebar-alice"
+    assert written["broker_url"] == stack.state["broker_url"]
+
+    status = api.call("GET", "status")
+    assert status["logged_in"] and status["user"] == "sidebar-alice"
+    assert status["worker"]["state"] == "stopped"
+
+    started = api.call("POST", "start", {"requirements": "\n", "cpu": "1"})
+    assert started["worker"]["state"] in ("starting", "ready")
+    ready = api.wait_state("ready", "failed")
+    worker = ready["worker"]
+    assert worker["state"] == "ready", worker
+    assert worker["python"] and worker["uptime_s"] is not None
+    assert worker["where"] == f"process {worker['pid']} on 127.0.0.1"
+
+    stopped = api.call("POST", "stop")
+    assert stopped["worker"]["state"] == "stopped"
+
+    assert api.call("POST", "logout") == {"logged_in": False, "user": None}
+    assert not connection_file.exists()
+    assert (api.call("GET", "status"))["logged_in"] is False
+
+
+def test_bad_token_is_401_and_not_echoed(api: API, connection_file: Path):
+    code, message = api.failure("login", {"token": "not-a-real-token-123"})
+    assert code == 401
+    assert message.startswith("The spawner refused the token")
+    assert "not-a-real-token-123" not in message
+    assert not connection_file.exists()
+
+
+def test_empty_token_and_bad_body(api: API):
+    assert api.failure("login", {"token": "  "}) == (
+        401, "Enter your rexec token to log in.",
+    )  # fmt: skip
+    code, _ = api.failure("login", {"token": 42})
+    assert code == 400
+
+
+def test_start_before_login_says_log_in(api: API):
+    assert api.failure("start", {}) == (
+        401, "You are not logged in to rexec: log in first.",
+    )  # fmt: skip
+
+
+def test_failed_start_reports_why_and_the_log_tail(api: API, stack: Stack):
+    token = token_of(stack.add_user("sidebar-carol"))
+    api.call("POST", "login", {"token": token})
+    missing = "rexec-missing-pkg @ file:///nonexistent/rexec-missing-pkg.tar.gz"
+    api.call("POST", "start", {"requirements": missing})
+    status = api.wait_state("failed", "ready")
+    worker = status["worker"]
+    assert worker["state"] == "failed"
+    assert worker["message"]
+    assert any("nonexistent" in line for line in worker["log_tail"]), worker["log_tail"]
+
+
+def test_invalid_requirement_is_422_with_the_line(api: API, stack: Stack):
+    api.call("POST", "login", {"token": token_of(stack.add_user("sidebar-dan"))})
+    code, message = api.failure("start", {"requirements": "numpy>>>1"})
+    assert code == 422 and "numpy>>>1" in message
+
+
+class TestSpawnerDown:
+    @pytest.fixture
+    def spawner_url(self) -> str:
+        from rexec_magic.cli import free_port
+
+        return f"http://127.0.0.1:{free_port()}"
+
+    def test_login_is_502_one_sentence(self, api: API, spawner_url: str):
+        code, message = api.failure("login", {"token": "whatever-token"})
+        assert code == 502
+        assert message == (
+            f"The rexec spawner at {spawner_url} is not reachable; is `rexec up` running?"
+        )
+
+
+@pytest.fixture(scope="module")
+def group_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack that lets only the "physics" group in."""
+    s = start_stack(tmp_path_factory.mktemp("groups"), "--allowed-groups", "physics")
+    yield s
+    stop_stack(s)
+
+
+class TestForbiddenGroup:
+    @pytest.fixture
+    def spawner_url(self, group_stack: Stack) -> str:
+        return group_stack.state["spawner_url"]
+
+    def test_outsider_is_403_member_logs_in(self, api: API, group_stack: Stack):
+        outsider = token_of(group_stack.add_user("eve", groups="visitors"))
+        code, message = api.failure("login", {"token": outsider})
+        assert code == 403 and "refused" in message and outsider not in message
+        member = token_of(group_stack.add_user("ada", groups="/Physics"))
+        assert api.call("POST", "login", {"token": member})["user"] == "ada"
+
+
+def test_requests_need_jupyter_auth(jp_serverapp, http_server_client, jp_asyncio_loop):
+    # No Jupyter token, no XSRF: Jupyter itself refuses before rexec sees anything.
+    url = jp_serverapp.base_url + "rexec/api/status"
+    with pytest.raises(HTTPClientError) as info:
+        jp_asyncio_loop.run_until_complete(http_server_client.fetch(url, raise_error=True))
+    assert info.value.code == 403
