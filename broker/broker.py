@@ -318,7 +318,7 @@ class Broker:
                 P.Kind.PONG,
                 {
                     "t": header.get("t"),
-                    "worker": worker.info(now) if worker else None,
+                    "worker": self._worker_info(worker, now) if worker else None,
                     "pending": self.pending.ids_for(user, route),
                 },
             )
@@ -408,7 +408,7 @@ class Broker:
             {
                 "user": outcome.sub,
                 "username": outcome.username,
-                "worker": worker.info(now) if worker else None,
+                "worker": self._worker_info(worker, now) if worker else None,
             },
         )
         log.info("client connected for user %s", outcome.username)
@@ -588,13 +588,19 @@ class Broker:
         else:
             self._malformed("control", f"unknown kind {msg.kind[:32]!r}")
 
+    def _worker_info(self, entry: WorkerEntry, now: float) -> dict[str, Any]:
+        """A worker as clients and the spawner see it; busy as soon as a cell is forwarded."""
+        info = entry.info(now)
+        info["busy"] = entry.busy or bool(self.pending.by_user.get(entry.user))
+        return info
+
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         users = sorted({s.identity.username for s in self.sessions.values()})
         return {
             "users": users,
             "connections": len(self.sessions),
-            "workers": {u: w.info(now) for u, w in self.workers.items()},
+            "workers": {u: self._worker_info(w, now) for u, w in self.workers.items()},
             "pool": {p: w.info(now) for p, w in self.pool.items()},
             "counters": vars(self.counters).copy(),
             "ports": self.ports,

@@ -77,6 +77,12 @@ class RemoteAccount:
     def _report(self, status: dict[str, Any]) -> dict[str, Any]:
         info = self._info()
         worker = {k: status.get(k) for k in STATUS_FIELDS}
+        worker["state"] = _display_state(status)
+        if worker["state"] == "culled":
+            worker["message"] = (
+                f"Stopped after {status['idle_culled_after_s']:g} s without a cell; "
+                "start it again when you need it."
+            )
         worker["uptime_s"] = _uptime(status.get("ready_at") or status.get("started_at"))
         worker["where"] = _where(status, info.spawner_url if info else self.spawner_url)
         return {
@@ -85,6 +91,16 @@ class RemoteAccount:
             "worker": worker,
             "error": None,
         }
+
+
+def _display_state(status: dict[str, Any]) -> str:
+    """The spawner's state, with the two the sidebar tells apart: busy and culled."""
+    state = status.get("state") or "stopped"
+    if state == "ready" and status.get("busy"):
+        return "busy"
+    if state == "stopped" and status.get("idle_culled_after_s"):
+        return "culled"
+    return state
 
 
 def _uptime(since: str | None) -> float | None:

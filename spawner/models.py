@@ -56,6 +56,7 @@ class WorkerStatus(BaseModel):
     ready_at: datetime | None = Field(None, description="When it registered with the broker.")
     restarts: int = Field(0, description="Supervised restarts since the spawn.")
     from_warm_pool: bool = Field(False, description="The worker was claimed from the warm pool.")
+    busy: bool = Field(False, description="A cell is running on the worker (the broker says so).")
     idle_culled_after_s: float | None = Field(
         None, description="Set when the worker was stopped for having no cell for this long."
     )

@@ -70,7 +70,7 @@ async def status(
 ) -> WorkerStatus:
     if wait_s > 0:
         return await service.wait_settled(identity, wait_s)
-    return service.status(identity)
+    return await service.live_status(identity)
 
 
 @router.delete(

@@ -31,7 +31,10 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+import zmq
+
 from broker.auth import Identity, worker_secret
+from broker.control import BrokerControlError, broker_status
 from spawner.backends.base import EXIT_REJECTED, EXIT_RESTART, Backend, WorkerHandle, WorkerSpec
 from spawner.broker_watch import BrokerWatch
 from spawner.config import SpawnerSettings
@@ -151,6 +154,23 @@ class WorkerService:
                 python=self.worker_python(),
             )
         return self._status(rec)
+
+    async def live_status(self, identity: Identity) -> WorkerStatus:
+        """The status, with ``busy`` asked of the broker when the worker is ready."""
+        status = self.status(identity)
+        if status.state != WorkerState.READY:
+            return status
+        s = self.settings
+        try:
+            reply = await asyncio.to_thread(
+                broker_status, s.broker_control_url, s.admin_secret.get_secret_value(), 0.5
+            )
+        except (BrokerControlError, zmq.ZMQError) as exc:
+            log.info("busy state unknown: %s", exc)
+            return status
+        info = (reply.get("workers") or {}).get(identity.sub)
+        status.busy = bool(isinstance(info, dict) and info.get("busy"))
+        return status
 
     async def wait_settled(self, identity: Identity, timeout_s: float) -> WorkerStatus:
         """The status once it is ready/failed/stopped, or after ``timeout_s``."""

@@ -166,6 +166,54 @@ def test_invalid_requirement_is_422_with_the_line(api: API, stack: Stack):
     assert code == 422 and "numpy>>>1" in message
 
 
+def test_busy_while_a_cell_runs(api: API, stack: Stack, connection_file: Path):
+    import threading
+
+    from rexec_magic import connection
+    from rexec_magic.session import RemoteSession
+
+    api.call("POST", "login", {"token": token_of(stack.add_user("sidebar-erin"))})
+    api.call("POST", "start", {"requirements": ""})
+    api.wait_state("ready")
+    session = RemoteSession(connection.load(connection_file))  # the kernels' login
+    cell = threading.Thread(
+        target=session.run,
+        args=("import time\ntime.sleep(3)", {}, [], lambda m: None),
+        kwargs={"pull_limit": 0},
+    )
+    cell.start()
+    busy = api.wait_state("busy", timeout_s=10)
+    assert busy["worker"]["uptime_s"] is not None
+    cell.join(30)
+    assert api.wait_state("ready", timeout_s=10)["worker"]["state"] == "ready"
+    session.close()
+    api.call("POST", "stop")
+
+
+@pytest.fixture(scope="module")
+def culling_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose spawner stops a worker after 1 s without a cell."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REXEC_CULL_IDLE_SECONDS", "1")
+    s = start_stack(tmp_path_factory.mktemp("culling"))
+    mp.undo()
+    yield s
+    stop_stack(s)
+
+
+class TestCulled:
+    @pytest.fixture
+    def spawner_url(self, culling_stack: Stack) -> str:
+        return culling_stack.state["spawner_url"]
+
+    def test_idle_worker_shows_as_culled(self, api: API, culling_stack: Stack):
+        api.call("POST", "login", {"token": culling_stack.token})
+        api.call("POST", "start", {"requirements": ""})
+        api.wait_state("ready")
+        culled = api.wait_state("culled", timeout_s=30)["worker"]
+        assert culled["message"].startswith("Stopped after 1 s without a cell")
+
+
 class TestSpawnerDown:
     @pytest.fixture
     def spawner_url(self) -> str:

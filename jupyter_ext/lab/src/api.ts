@@ -6,8 +6,15 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-/** The spawner's worker states. */
-export type WorkerState = 'stopped' | 'starting' | 'installing' | 'ready' | 'failed';
+/** The worker states the server reports (the spawner's, plus busy and culled). */
+export type WorkerState =
+  | 'stopped'
+  | 'culled'
+  | 'starting'
+  | 'installing'
+  | 'ready'
+  | 'busy'
+  | 'failed';
 
 /** What the server tells about the worker (never a token). */
 export interface IWorkerInfo {

@@ -15,10 +15,12 @@ export type DisplayState =
   | 'logged-out'
   | 'unreachable'
   | 'stopped'
+  | 'culled'
   | 'pending'
   | 'starting'
   | 'installing'
   | 'ready'
+  | 'busy'
   | 'error';
 
 const FAST_MS = 1000;

@@ -17,10 +17,12 @@ export const STATE_LABELS: Record<DisplayState, string> = {
   'logged-out': 'logged out',
   unreachable: 'spawner unreachable',
   stopped: 'stopped',
+  culled: 'stopped (idle)',
   pending: 'pending',
   starting: 'starting',
   installing: 'installing',
   ready: 'ready',
+  busy: 'busy',
   error: 'error'
 };
 
@@ -147,7 +149,7 @@ export class RexecPanel extends Widget {
     const state = model.state;
     const loggedIn = !!status?.logged_in;
     const worker = status?.worker ?? null;
-    const active = ['pending', 'starting', 'installing', 'ready'].includes(state);
+    const active = ['pending', 'starting', 'installing', 'ready', 'busy'].includes(state);
 
     this._loginBox.hidden = loggedIn || status === null;
     this._accountBox.hidden = !loggedIn;
@@ -163,7 +165,7 @@ export class RexecPanel extends Widget {
     this._progress.hidden = !['pending', 'starting', 'installing'].includes(state);
 
     this._details.replaceChildren();
-    if (worker && state === 'ready') {
+    if (worker && (state === 'ready' || state === 'busy')) {
       const rows: [string, string][] = [
         ['Python', worker.python ?? '?'],
         ['Uptime', worker.uptime_s === null ? '?' : formatSeconds(worker.uptime_s)],
