@@ -18,7 +18,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -33,10 +32,10 @@ import pytest_asyncio
 
 from broker.auth import add_static_token
 from broker.broker import Broker
-from broker.config import BrokerSettings
 from spawner.app import create_app
 from spawner.backends.k8s_names import dns_label, label_value
 from spawner.config import SpawnerSettings
+from tests.harness import broker_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_KEY = "k8s-test-worker-key"
@@ -51,21 +50,8 @@ SCHEMA_VERSIONS = ("1.30", "1.37")
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    settings = BrokerSettings(
-        host="127.0.0.1",
-        broker_port=0,
-        control_port=0,
-        worker_port=0,
-        worker_key=WORKER_KEY,
-        admin_secret=ADMIN_SECRET,
-        tokens_file="/nonexistent",
-    )
-    b = Broker(settings)
-    thread = threading.Thread(target=b.run, daemon=True)
-    thread.start()
-    yield b
-    b.stop()
-    thread.join(5)
+    with broker_in_thread(WORKER_KEY, ADMIN_SECRET) as b:
+        yield b
 
 
 @pytest.fixture

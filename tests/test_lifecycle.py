@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import stat
 import subprocess
@@ -17,6 +16,7 @@ from IPython.utils.capture import capture_output
 from rexec_magic import connection, errors
 from rexec_magic.session import RemoteSession
 from tests.conftest import start_stack
+from tests.harness import pid_alive
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -29,17 +29,6 @@ def listening_addresses(port: int) -> set[str]:
             if state == "0A" and int(hexport, 16) == port:
                 found.add(addr)
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_rexec_up_binds_loopback_writes_private_files_and_stops_cleanly(tmp_path):
@@ -61,9 +50,9 @@ def test_rexec_up_binds_loopback_writes_private_files_and_stops_cleanly(tmp_path
     stack.proc.send_signal(signal.SIGTERM)
     stack.proc.wait(timeout=30)
     deadline = time.monotonic() + 10
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [p for p in pids if alive(p)], "rexec up left processes behind"
+    assert not [p for p in pids if pid_alive(p)], "rexec up left processes behind"
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import warnings
 import zipfile
@@ -30,12 +29,12 @@ with warnings.catch_warnings():  # starlette's note about httpx vs httpx2
 
 from broker.auth import add_static_token
 from broker.broker import Broker
-from broker.config import BrokerSettings
 from spawner.app import create_app
 from spawner.backends.local import safe_name, worker_env
 from spawner.config import SpawnerSettings
 from spawner.errors import INTERNAL_ERROR, InvalidRequest
 from spawner.requirements import parse_requirements
+from tests.harness import broker_in_thread, pid_alive, proc_environ, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_KEY = "test-worker-key"
@@ -44,30 +43,6 @@ PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 # --------------------------------------------------------------------------- helpers
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def proc_environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,23 +66,8 @@ def bearer(token: str) -> dict[str, str]:
 
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    """The real broker, routing in a thread, on random loopback ports."""
-    settings = BrokerSettings(
-        host="127.0.0.1",
-        broker_port=0,
-        control_port=0,
-        worker_port=0,
-        worker_key=WORKER_KEY,
-        admin_secret=ADMIN_SECRET,
-        authenticator="static",
-        tokens_file=os.devnull,
-    )
-    b = Broker(settings)
-    thread = threading.Thread(target=b.run, name="test-broker", daemon=True)
-    thread.start()
-    yield b
-    b.stop()
-    thread.join(10)
+    with broker_in_thread(WORKER_KEY, ADMIN_SECRET) as b:
+        yield b
 
 
 @pytest.fixture

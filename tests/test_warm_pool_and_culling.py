@@ -8,8 +8,6 @@ status says why.
 
 from __future__ import annotations
 
-import threading
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,47 +21,17 @@ with warnings.catch_warnings():
 
 from broker.auth import add_static_token
 from broker.broker import Broker
-from broker.config import BrokerSettings
 from spawner.app import create_app
 from spawner.config import SpawnerSettings
+from tests.harness import broker_in_thread, pid_alive, proc_environ, wait_for
 
 KEY, ADMIN = "pool-test-worker-key", "pool-test-admin-secret"
 
 
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    b = Broker(
-        BrokerSettings(host="127.0.0.1", broker_port=0, control_port=0, worker_port=0,
-                       worker_key=KEY, admin_secret=ADMIN, tokens_file="/nonexistent")
-    )  # fmt: skip
-    thread = threading.Thread(target=b.run, daemon=True)
-    thread.start()
-    yield b
-    b.stop()
-    thread.join(5)
-
-
-def wait_for(pred: Any, what: str, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
-    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    with broker_in_thread(KEY, ADMIN) as b:
+        yield b
 
 
 @pytest.fixture
@@ -92,7 +60,7 @@ def test_spawn_claims_the_pool_worker_and_a_replacement_starts(
     wait_for(lambda: pool.ready, "a ready pool worker")
     (pool_id,) = broker.pool
     pool_pid = broker.pool[pool_id].pid
-    env = environ(pool_pid)
+    env = proc_environ(pool_pid)
     assert env["REXEC_WORKER_POOL"] == "1" and env["REXEC_WORKER_USER"] == pool_id
     assert "alice" not in broker.workers  # nobody's cells can reach a pool worker
 
@@ -106,7 +74,7 @@ def test_spawn_claims_the_pool_worker_and_a_replacement_starts(
 
     # A spawn with requirements never takes a generic pool worker.
     spawner.delete("/worker")
-    wait_for(lambda: not alive(pool_pid), "the claimed worker to stop")
+    wait_for(lambda: not pid_alive(pool_pid), "the claimed worker to stop")
     assert spawner.post("/spawn", json={"requirements": ["pytest"]}).status_code == 200
     st = spawner.get("/status", params={"wait_s": 20}).json()
     assert st["state"] == "ready" and st["from_warm_pool"] is False
@@ -123,7 +91,7 @@ def test_idle_worker_is_stopped_and_status_says_why(spawner: Any, broker: Broker
     )
     assert st["message"] == "Your worker was stopped after 1 s idle."
     assert st["idle_culled_after_s"] == 1.0
-    wait_for(lambda: not alive(pid), "the culled worker to exit")
+    wait_for(lambda: not pid_alive(pid), "the culled worker to exit")
     # The next spawn starts a fresh worker and forgets the culling.
     spawner.post("/spawn", json={})
     st = spawner.get("/status", params={"wait_s": 20}).json()
