@@ -71,13 +71,7 @@ class Cell:
 def parse_execute(route: bytes, msg: Message) -> Cell:
     """Check an EXECUTE header against the protocol; raise BadRequest when it does not fit."""
     h = msg.header
-    request_id = h.get("id")
-    if not isinstance(request_id, str) or not request_id:
-        raise BadRequest("EXECUTE without a string id", None)
-
-    def bad(what: str) -> BadRequest:
-        return BadRequest(f"malformed EXECUTE request: {what}", request_id)
-
+    request_id, bad = _request_id(h, "EXECUTE")
     code = h.get("code")
     if not isinstance(code, str):
         raise bad("'code' is not a string")
@@ -96,6 +90,18 @@ def parse_execute(route: bytes, msg: Message) -> Cell:
     return Cell(
         Target(route, request_id), code, entries, list(msg.buffers), pull, pull_limit, client
     )
+
+
+def _request_id(header: dict[str, Any], kind: str) -> tuple[str, Callable[[str], BadRequest]]:
+    """A request's id, and the error to raise for it when the rest of the header is wrong."""
+    request_id = header.get("id")
+    if not isinstance(request_id, str) or not request_id:
+        raise BadRequest(f"{kind} without a string id", None)
+
+    def bad(what: str) -> BadRequest:
+        return BadRequest(f"malformed {kind} request: {what}", request_id)
+
+    return request_id, bad
 
 
 def _checked_vars(entries: Any, nbuffers: int, bad: Callable[[str], BadRequest]) -> list:
@@ -121,13 +127,7 @@ def _checked_vars(entries: Any, nbuffers: int, bad: Callable[[str], BadRequest])
 def parse_call(route: bytes, msg: Message) -> Cell:
     """Check a CALL header: ``vars`` holds ``fn`` and optionally ``args`` and ``kwargs``."""
     h = msg.header
-    request_id = h.get("id")
-    if not isinstance(request_id, str) or not request_id:
-        raise BadRequest("CALL without a string id", None)
-
-    def bad(what: str) -> BadRequest:
-        return BadRequest(f"malformed CALL request: {what}", request_id)
-
+    request_id, bad = _request_id(h, "CALL")
     entries = _checked_vars(h.get("vars"), len(msg.buffers), bad)
     names = [e["name"] for e in entries]
     if "fn" not in names or not set(names) <= {"fn", "args", "kwargs"}:
