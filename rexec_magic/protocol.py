@@ -48,7 +48,9 @@ class Kind:
     # client -> worker (routed by the broker to the user's worker)
     EXECUTE = "execute"  # {id, code, vars: [{name, nbuffers}], pull, pull_limit} + buffers
     INTERRUPT = "interrupt"  # {id}
-    INSPECT = "inspect"  # {id}  -> INSPECT_REPLY
+    INSPECT = "inspect"  # {id, session?, namespace?}  -> INSPECT_REPLY
+    ACK = "ack"  # {id, n}: the client has handled n events of that request (flow control)
+    KEEPALIVE = "keepalive"  # {session, namespace?, keepalive_s}: this kernel is still there
     # {id, vars: [{name: fn|args|kwargs, nbuffers}], inband, client} + buffers: call fn(*args,
     # **kwargs); a generator's items come as YIELD, the return value with DONE (vars "return")
     CALL = "call"
@@ -65,7 +67,8 @@ class Kind:
     ERROR = "error"  # {id, seq, ename, evalue, traceback[, nbuffers]} (+ the pickled exception)
     YIELD = "yield"  # {id, seq, nbuffers} + the pickled item: one item of a generator CALL
     DONE = "done"  # {id, seq, status, vars, skipped, duration} + buffers of pulled values
-    INSPECT_REPLY = "inspect_reply"  # {id, worker, variables: [{name, type, size}]}
+    INSPECT_REPLY = "inspect_reply"  # {id, worker, variables: [{name, type, size}], executors}
+    NOTICE = "notice"  # {id, seq, text}: what a waiting request waits for (shown once)
     # worker -> broker
     REGISTER = (
         "register"  # {user, nonce, secret, python, dill, pid, pool?}  -> REGISTERED | REJECTED
@@ -103,7 +106,8 @@ class DoneStatus:
     OK = "ok"
     ERROR = "error"  # the cell raised; an ERROR event came before
     INTERRUPTED = "interrupted"  # KeyboardInterrupt reached the cell
-    RESTARTING = "restarting"  # the cell ignored the interrupt; the worker restarts, state lost
+    RESTARTING = "restarting"  # the cell ignored the interrupt; its executor restarts, state lost
+    LOST = "lost"  # the executor died during the cell (crash, os._exit, OOM); state lost
 
 
 # Liveness.  Workers heartbeat the broker; clients ping while they wait for a cell.
@@ -113,6 +117,15 @@ WORKER_DEAD_AFTER_S = 3.5
 # that really died mid-cell is still reported at once when its restarted successor registers.
 BUSY_WORKER_DEAD_AFTER_S = 30.0
 CLIENT_PING_S = 1.0
+# Events of one request the client lets be in flight before it acknowledges them (ACK);
+# the worker stops sending when this many are unacknowledged, so nothing is dropped.
+CLIENT_CREDIT = 256
+# A kernel tells its executor it is alive this often while idle; the worker stops an
+# executor whose kernels stayed silent for ORPHAN_AFTER_PINGS of these intervals.
+CLIENT_KEEPALIVE_S = 10.0
+ORPHAN_AFTER_PINGS = 3
+# A request that waits longer than this says what it waits for (NOTICE).
+NOTICE_AFTER_S = 2.0
 BROKER_SILENT_AFTER_S = 4.0
 INTERRUPT_GRACE_S = 5.0
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from rexec_magic import serialize
 from rexec_magic.protocol import DoneStatus, Kind
-from worker_image.outbox import Outbox, Target
+from worker_image.outbox import EventChannel as Outbox
+from worker_image.outbox import Target
 
 Result = tuple[str, list[dict[str, Any]], list[Any]]
 

@@ -1,28 +1,25 @@
-"""Cells: reading an EXECUTE request, the FIFO of cells, and running one cell.
+"""Cells: reading an EXECUTE / CALL request, and running one cell in the executor.
 
-The I/O thread parses requests and puts them in the ``CellQueue``; the main thread takes them
-one at a time and runs them with ``CellRunner`` (signals, and so KeyboardInterrupt, only reach
-the main thread, and much user code assumes it runs there).  Interrupts come from the I/O
-thread and are decided here, under the queue's lock, so "which cell is running" has one answer.
+The supervisor parses each request first (a malformed one is answered at once, without an
+executor) and hands it on; the executor parses it again and runs it with ``CellRunner`` in
+its main thread (signals, and so KeyboardInterrupt, only reach the main thread, and much user
+code assumes it runs there).  Interrupts are SIGINT from the supervisor; ``on_sigint`` turns
+them into KeyboardInterrupt only while user code runs.
 """
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import signal
-import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from rexec_magic import serialize
-from rexec_magic.protocol import INTERRUPT_GRACE_S, DoneStatus, Kind, Message
+from rexec_magic.protocol import DoneStatus, Kind, Message
 from worker_image.calls import invoke
-from worker_image.outbox import Outbox, Target
+from worker_image.outbox import EventChannel, Target
 from worker_image.shell import WorkerShell
 from worker_image.variables import pack_pulled
 
@@ -31,9 +28,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PULL_LIMIT = 256 * 2**20
 # How long the next cell waits for ZeroMQ to release the last cell's zero-copy pulled arrays.
 RELEASE_WAIT_S = 10.0
-# If the I/O thread cannot even run (a C call holding the GIL), faulthandler's own thread
-# ends the process this long after the grace period; the supervisor then restarts it.
-WATCHDOG_EXTRA_S = 5.0
 
 
 class BadRequest(ValueError):
@@ -58,10 +52,8 @@ class Cell:
     call: bool = False  # a CALL (a pickled function call) rather than an EXECUTE
     inband: bool = False  # CALL values go back as one plain pickle each (legacy clients)
     received_at: float = field(default_factory=time.perf_counter)
-    interrupt_requested: bool = False
-    finished: bool = False  # DONE has been queued
-    condemned: bool = False  # the grace period ran out: the I/O thread sends its DONE
-    grace_deadline: float | None = None  # time.monotonic() after which the worker restarts
+    session: str = ""  # which executor: the client's session, or a shared namespace
+    credit: int | None = None  # events the client lets be in flight unacknowledged
 
     @property
     def id(self) -> str:
@@ -88,8 +80,37 @@ def parse_execute(route: bytes, msg: Message) -> Cell:
     if not isinstance(client, dict):
         client = None
     return Cell(
-        Target(route, request_id), code, entries, list(msg.buffers), pull, pull_limit, client
+        Target(route, request_id),
+        code,
+        entries,
+        list(msg.buffers),
+        pull,
+        pull_limit,
+        client,
+        **placement(h),
     )
+
+
+MAX_CREDIT = 1 << 20
+
+
+def placement(header: dict[str, Any]) -> dict[str, Any]:
+    """Which executor a request goes to, and its flow-control credit.
+
+    ``namespace`` (``%rexec_attach NAME``) names a shared executor; else ``session`` (one per
+    client session: a notebook's kernel, a script) gets its own; a request with neither
+    (legacy clients, old magics) shares the ``default`` executor.
+    """
+    namespace, session = header.get("namespace"), header.get("session")
+    if isinstance(namespace, str) and namespace:
+        key = f"namespace:{namespace[:200]}"
+    elif isinstance(session, str) and session:
+        key = f"session:{session[:200]}"
+    else:
+        key = "default"
+    credit = header.get("credit")
+    ok = isinstance(credit, int) and not isinstance(credit, bool) and 0 < credit <= MAX_CREDIT
+    return {"session": key, "credit": credit if ok else None}
 
 
 def _request_id(header: dict[str, Any], kind: str) -> tuple[str, Callable[[str], BadRequest]]:
@@ -143,97 +164,8 @@ def parse_call(route: bytes, msg: Message) -> Cell:
         client_versions=client if isinstance(client, dict) else None,
         call=True,
         inband=bool(h.get("inband")),
+        **placement(h),
     )
-
-
-class CellQueue:
-    """FIFO of cells and the one running now.  Shared by the I/O thread and the main thread."""
-
-    def __init__(self, main_thread_id: int) -> None:
-        self._cv = threading.Condition()
-        self._queued: deque[Cell] = deque()
-        self._main_thread_id = main_thread_id
-        self.running: Cell | None = None
-
-    @property
-    def busy(self) -> bool:
-        return self.running is not None or bool(self._queued)
-
-    def put(self, cell: Cell) -> None:
-        with self._cv:
-            self._queued.append(cell)
-            self._cv.notify()
-
-    def take(self, timeout: float) -> Cell | None:
-        """Main thread: the next cell, now marked running; None after ``timeout`` s."""
-        with self._cv:
-            if not self._queued:
-                self._cv.wait(timeout)
-            if not self._queued:
-                return None
-            self.running = self._queued.popleft()
-            return self.running
-
-    def finish(self, cell: Cell) -> bool:
-        """Main thread: the cell has ended; interrupts for it no longer apply.
-
-        False when the grace period already ran out: the worker is restarting and the I/O
-        thread has told the client, so the cell's own DONE must not follow.
-        """
-        with self._cv:
-            if self.running is cell:
-                self.running = None
-            if cell.grace_deadline is not None and not cell.condemned:
-                faulthandler.cancel_dump_traceback_later()
-            return not cell.condemned
-
-    def interrupt(self, request_id: str) -> Cell | None:
-        """I/O thread: interrupt a running cell, or drop a queued one (returned to the caller).
-
-        A running cell gets SIGINT in the main thread (KeyboardInterrupt) and a grace period.
-        """
-        with self._cv:
-            cell = self.running
-            if cell is not None and cell.id == request_id:
-                cell.interrupt_requested = True
-                if cell.grace_deadline is None:
-                    cell.grace_deadline = time.monotonic() + INTERRUPT_GRACE_S
-                    _arm_watchdog(INTERRUPT_GRACE_S + WATCHDOG_EXTRA_S)
-                signal.pthread_kill(self._main_thread_id, signal.SIGINT)
-                return None
-            for queued in self._queued:
-                if queued.id == request_id:
-                    self._queued.remove(queued)
-                    return queued
-        return None
-
-    def grace_deadline(self) -> float | None:
-        cell = self.running
-        return cell.grace_deadline if cell is not None else None
-
-    def overdue(self, now: float) -> Cell | None:
-        """The running cell if it ignored its interrupt past the grace period."""
-        with self._cv:
-            cell = self.running
-            if cell is not None and cell.grace_deadline is not None and now >= cell.grace_deadline:
-                cell.condemned = True
-                return cell
-        return None
-
-    def drain(self) -> list[Cell]:
-        """Take every queued cell (the worker is going away)."""
-        with self._cv:
-            cells = list(self._queued)
-            self._queued.clear()
-            return cells
-
-
-def _arm_watchdog(seconds: float) -> None:
-    stream = sys.__stderr__
-    try:
-        faulthandler.dump_traceback_later(seconds, exit=True, file=stream)
-    except (ValueError, AttributeError, OSError):  # no usable stderr: go without the backstop
-        log.debug("no watchdog: stderr has no file descriptor")
 
 
 def done_header(status: str, **extra: Any) -> dict[str, Any]:
@@ -243,16 +175,18 @@ def done_header(status: str, **extra: Any) -> dict[str, Any]:
 class CellRunner:
     """Runs cells in the main thread: vars in, code, events out, vars back, DONE."""
 
-    def __init__(self, shell: WorkerShell, outbox: Outbox, queue: CellQueue) -> None:
+    def __init__(self, shell: WorkerShell, outbox: EventChannel) -> None:
         self.shell = shell
         self.outbox = outbox
-        self.queue = queue
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
         self._last_delivery: Any = None
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """SIGINT handler (main thread): interrupt user code, never the worker's own steps."""
         if self._interruptible:
+            if self.outbox.sending:  # never cut a message in two: raise after the send
+                self.outbox.deferred_interrupt = True
+                return
             raise KeyboardInterrupt
         log.debug("SIGINT outside user code: ignored")
 
@@ -263,7 +197,6 @@ class CellRunner:
             self._last_delivery = None
         target = cell.target
         self.outbox.current = target
-        self.outbox.event(target, Kind.ACCEPTED, {"id": cell.id}, numbered=False)
         started = time.perf_counter()
         entries: list[dict[str, Any]] = []
         frames: list[Any] = []
@@ -289,10 +222,11 @@ class CellRunner:
             "duration": round(duration, 6),
             "execution_count": self.shell.execution_count - 1,
         }
-        # Finish first: from here an interrupt or the grace timer no longer applies to it.
-        if not self.queue.finish(cell):
-            return
-        cell.finished = True
+        if self.shell.exit_requested:
+            header["exit"] = True
+        self.outbox.current = None
+        self.outbox.last = target
+        self.outbox.deferred_interrupt = False  # an interrupt that came too late for the cell
         zero_copy = len(frames) > len(entries)  # out-of-band buffers alias user memory
         delivery = self.outbox.event(target, Kind.DONE, header, frames, track=zero_copy)
         self._last_delivery = delivery
@@ -317,8 +251,6 @@ class CellRunner:
         signal.signal(signal.SIGINT, self.on_sigint)  # a cell may have replaced it
         try:
             self._interruptible = True
-            if cell.interrupt_requested:
-                raise KeyboardInterrupt
             result = shell.run_cell(cell.code, store_history=True)
             error = result.error_before_exec or result.error_in_exec
             if isinstance(error, KeyboardInterrupt):
@@ -348,8 +280,6 @@ class CellRunner:
         signal.signal(signal.SIGINT, self.on_sigint)
         try:
             self._interruptible = True
-            if cell.interrupt_requested:
-                raise KeyboardInterrupt
             return invoke(values, cell.inband, self.outbox, cell.target, self._stop_interrupts)
         except KeyboardInterrupt:
             self._interruptible = False

@@ -1,18 +1,20 @@
-"""Ordered, thread-safe outgoing events with live, batched stdout/stderr.
+"""The executor's output: events to the supervisor, and stdout/stderr as file descriptors.
 
-Why this shape: the cell runs in the main thread and may print from any thread, but only the
-I/O thread may touch the ZeroMQ socket.  Producers append to a ``deque`` (atomic under the
-GIL) and poke a pipe; they never take a lock, so a KeyboardInterrupt that lands inside a
-``print`` can never leave a lock held.  The I/O thread is the only consumer: it numbers each
-cell's events, coalesces stream text and decides when it goes out.
+Why this shape: the executor runs user code and nothing else, so its output path must not
+depend on a thread of its own (a C call holding the GIL would stall it).
 
-Streams are live and batched, like a line-buffered terminal: a complete line (or a ``flush()``)
-after a quiet spell goes out at once; text written within ``STREAM_WINDOW_S`` of the previous
-STREAM message waits for the window to end and goes out with it as one message.  A partial line
-(``print`` writes its pieces one by one; progress output without ``flush``) does not wake the
-I/O thread and goes out with the rest of its line, or at the latest ``PARTIAL_LINE_WAIT_S``
-later.  Any other event first flushes pending stream text, so the client sees exactly the order
-the cell produced.
+* stdout/stderr: ``sys.stdout`` and ``sys.stderr`` write straight to fds 1 and 2, which are
+  pipes the supervisor reads.  Python-level text, ``os.system``, subprocesses, C ``printf``
+  and faulthandler dumps therefore share one channel per stream and keep the order in which
+  they were written.  A full pipe blocks the writer: that is the flow control (ipykernel
+  captures fds with a pipe and a thread in the same process; ours reads in another process,
+  so it keeps reading while user code holds the GIL).
+* Every other event (display, result, error, yield, done) leaves at once on a PUSH socket,
+  from the thread that produced it, under a lock; a mark with its number then goes into both
+  pipes, so the supervisor can put it exactly where it was produced among the text.  PUSH
+  blocks at its high-water mark, so a slow client slows the cell down instead of losing
+  events.  The supervisor numbers events
+  (``seq``) and routes them; the executor only names the request (``id``).
 """
 
 from __future__ import annotations
@@ -21,113 +23,61 @@ import io
 import logging
 import os
 import threading
-import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from rexec_magic.protocol import Kind
+from rexec_magic import protocol
 
 log = logging.getLogger(__name__)
-
-STREAM_WINDOW_S = 0.002
-# The longest a partial line waits for its end or a flush.  The I/O thread looks at least
-# this often while a cell runs (see link.py).
-PARTIAL_LINE_WAIT_S = 0.05
-MAX_STREAM_CHARS = 1 << 20  # one STREAM message carries at most this much text
 
 
 @dataclass(eq=False)
 class Target:
-    """Where one cell's events go: the client's route and the request id."""
+    """Which request an event belongs to: the client's route (supervisor side) and the id."""
 
     route: bytes
     id: str
-    seq: int = 0  # next sequence number; only the I/O thread touches it
 
 
 class Delivery:
-    """Lets a producer wait until ZeroMQ no longer reads a message's zero-copy buffers.
+    """Lets the executor wait until ZeroMQ no longer reads a message's zero-copy buffers.
 
     Pulled arrays are sent without a copy, so the next cell must not change them in place
     while they are still being sent.
     """
 
-    def __init__(self) -> None:
-        self._sent = threading.Event()
-        self.tracker: Any = None  # zmq.MessageTracker, set by the I/O thread
-
-    def mark_sent(self, tracker: Any) -> None:
+    def __init__(self, tracker: Any) -> None:
         self.tracker = tracker
-        self._sent.set()
 
     def wait_released(self, timeout: float) -> bool:
         """True once the buffers are released; False after ``timeout`` seconds."""
-        end = time.monotonic() + timeout
-        if not self._sent.wait(timeout):
-            return False
         if self.tracker is None:
             return True
         try:
-            self.tracker.wait(max(0.0, end - time.monotonic()))
+            self.tracker.wait(timeout)
         except zmq.NotDone:
             return False
         return True
 
 
-@dataclass(eq=False)
-class Outgoing:
-    """One message ready for the socket, built by the I/O thread."""
+class EventChannel:
+    """The executor's one way to send events: ``event(target, kind, header, buffers)``.
 
-    route: bytes
-    kind: str
-    header: dict[str, Any]
-    buffers: list[Any] = field(default_factory=list)
-    delivery: Delivery | None = None
+    ``current`` is the request whose cell runs now; display hooks and tracebacks go there.
+    A KeyboardInterrupt never lands inside a send (it would cut a multipart message in two):
+    ``sending`` tells the SIGINT handler to defer it until the send is over.
+    """
 
-
-_STREAM = 0
-_EVENT = 1
-_FLUSH = 2
-
-
-class Outbox:
-    """Producer side: ``stream`` and ``event``.  Consumer side (I/O thread): ``collect``."""
-
-    def __init__(self, window_s: float = STREAM_WINDOW_S) -> None:
-        self.window_s = window_s
-        self.current: Target | None = None  # the cell that stdout/stderr text belongs to
-        self._items: deque[tuple[Any, ...]] = deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._armed = False  # a wake byte is in the pipe and not yet consumed
-        # consumer state (I/O thread only)
-        self._pending: list[str] = []
-        self._pending_chars = 0
-        self._pending_target: Target | None = None
-        self._pending_name = ""
-        self._pending_since = 0.0
-        self._pending_flushed = False  # a flush() came after the last pending text
-        self._last_stream_at = 0.0
-
-    # ----------------------------------------------------------------- producers, any thread
-    def stream(self, name: str, text: str) -> None:
-        """Queue stdout/stderr text for the current cell."""
-        target = self.current
-        if target is None:  # nothing has run yet: no client to show it to
-            log.info("%s outside a cell: %r", name, text[:200])
-            return
-        self._items.append((_STREAM, target, name, text))
-        if "\n" in text:  # wake for whole lines; print()'s first pieces would split it
-            self.wake()
-
-    def flush_streams(self) -> None:
-        """``sys.stdout.flush()``: send pending text now (within the batching window)."""
-        self._items.append((_FLUSH,))
-        self.wake()
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.current: Target | None = None
+        self.last: Target | None = None  # the last request that ran (for late events)
+        self._lock = threading.Lock()
+        self.sent = 0  # events sent so far; the number in each mark
+        self.sending = False
+        self.deferred_interrupt = False
 
     def event(
         self,
@@ -139,125 +89,63 @@ class Outbox:
         numbered: bool = True,
         track: bool = False,
     ) -> Delivery | None:
-        """Queue one event.  ``numbered`` adds ``id`` and the cell's next ``seq``.
+        """Send one event for ``target`` now.  ``track``: the Delivery says when ZeroMQ let go."""
+        from worker_image.link import encode_header  # one JSON encoder that never fails
 
-        With ``track`` the returned Delivery says when ZeroMQ has released the buffers.
-        """
-        delivery = Delivery() if track else None
-        self._items.append((_EVENT, target, kind, header, list(buffers), numbered, delivery))
-        self.wake()
-        return delivery
-
-    def wake(self) -> None:
-        """Make the I/O thread look at the queue (cheap when it is already due to)."""
-        if self._armed:
-            return
-        self._armed = True
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:  # pipe full: the consumer is awake anyway
-            pass
-
-    # ----------------------------------------------------------------- consumer, I/O thread
-    def fileno(self) -> int:
-        """The fd the I/O thread polls for 'something was queued'."""
-        return self._wake_r
-
-    def deadline(self) -> float | None:
-        """When pending stream text must go out (time.monotonic), or None.
-
-        Complete lines go once the window since the last STREAM is over; a partial line
-        waits for its end, a flush, or ``PARTIAL_LINE_WAIT_S``.
-        """
-        if not self._pending:
-            return None
-        due = self._last_stream_at + self.window_s
-        if self._pending_flushed or self._pending[-1].endswith("\n"):
-            return due
-        return max(due, self._pending_since + PARTIAL_LINE_WAIT_S)
-
-    def collect(self, now: float | None = None, *, force: bool = False) -> list[Outgoing]:
-        """Take everything queued; return the messages due now, in order.
-
-        Stream text stays pending only while its window is open; ``force`` flushes it too.
-        """
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        # Disarm after draining the pipe and before taking items: a producer that appends
-        # from now on writes a fresh wake byte, so nothing is left behind unseen.
-        self._armed = False
-        out: list[Outgoing] = []
-        items = self._items
-        while True:
+        header = {"id": target.id, **header}
+        parts: list[Any] = [protocol.PROTOCOL, kind.encode(), encode_header(header)]
+        tracker = None
+        if track and buffers:
+            frames = [zmq.Frame(buf, track=True) for buf in buffers]
+            tracker = zmq.MessageTracker(*frames)
+            parts.extend(frames)
+        else:
+            parts.extend(buffers)
+        with self._lock:
+            self.sending = True
             try:
-                item = items.popleft()
-            except IndexError:
-                break
-            if item[0] == _STREAM:
-                _, target, name, text = item
-                if self._pending and (
-                    self._pending_target is not target or self._pending_name != name
-                ):
-                    out.append(self._take_pending())
-                if not self._pending:
-                    self._pending_since = time.monotonic()
-                self._pending_target = target
-                self._pending_name = name
-                self._pending.append(text)
-                self._pending_chars += len(text)
-                self._pending_flushed = False
-                if self._pending_chars >= MAX_STREAM_CHARS:
-                    out.append(self._take_pending())
-            elif item[0] == _FLUSH:
-                self._pending_flushed = bool(self._pending)
-            else:
-                _, target, kind, header, buffers, numbered, delivery = item
-                if self._pending:
-                    out.append(self._take_pending())
-                if numbered:
-                    header = {"id": target.id, "seq": target.seq, **header}
-                    target.seq += 1
-                out.append(Outgoing(target.route, kind, header, buffers, delivery))
-        if self._pending:
-            due = self.deadline()
-            now = time.monotonic() if now is None else now
-            if force or (due is not None and now >= due):
-                out.append(self._take_pending())
-        return out
+                self.sock.send_multipart(parts, copy=False)
+                self.sent += 1
+                # Mark the place of this event in stdout and stderr: the supervisor shows text
+                # written after the mark only after the event (two channels, one order).
+                mark = b"%s%d\0" % (MARK, self.sent)
+                _write_all(1, mark)
+                _write_all(2, mark)
+            finally:
+                self.sending = False
+        if self.deferred_interrupt and threading.current_thread() is threading.main_thread():
+            self.deferred_interrupt = False
+            raise KeyboardInterrupt
+        return Delivery(tracker) if track else None
 
-    def _take_pending(self) -> Outgoing:
-        target = self._pending_target
-        assert target is not None
-        header = {
-            "id": target.id,
-            "seq": target.seq,
-            "name": self._pending_name,
-            "text": "".join(self._pending),
-        }
-        target.seq += 1
-        self._pending = []
-        self._pending_chars = 0
-        self._pending_flushed = False
-        self._last_stream_at = time.monotonic()
-        return Outgoing(target.route, Kind.STREAM, header)
-
-    def close(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    def internal(self, kind: str, header: dict[str, Any]) -> None:
+        """A message for the supervisor itself (``ready``, ``bye``)."""
+        with self._lock:
+            self.sock.send_multipart(protocol.frames(kind, header))
 
 
-class OutStream(io.TextIOBase):
-    """``sys.stdout`` / ``sys.stderr`` of the worker: text goes to the outbox, live."""
+# Marks the place of event N in the stdout/stderr byte streams: MARK + b"N" + b"\0".  A NUL
+# and an escape character: text and terminal output never contain the pair.
+MARK = b"\0\x1brexec-event:"
 
-    def __init__(self, outbox: Outbox, name: str) -> None:
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)  # a signal may cut a write short: go on
+        view = view[written:]
+
+
+class FdStream(io.TextIOBase):
+    """``sys.stdout`` / ``sys.stderr`` of the executor: text goes straight to its fd.
+
+    Unbuffered on purpose: each ``write`` is one ``os.write``, so Python output and output of
+    C code or child processes on the same fd appear in the order they were written.
+    """
+
+    def __init__(self, fd: int, name: str) -> None:
         super().__init__()
-        self._outbox = outbox
+        self._fd = fd
         self._name = name
 
     @property
@@ -270,7 +158,10 @@ class OutStream(io.TextIOBase):
 
     @property
     def errors(self) -> str:  # type: ignore[override]
-        return "strict"
+        return "replace"
+
+    def fileno(self) -> int:
+        return self._fd
 
     def writable(self) -> bool:
         return True
@@ -281,17 +172,15 @@ class OutStream(io.TextIOBase):
     def write(self, s: str) -> int:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        if s:
-            self._outbox.stream(self._name, s)
+        _write_all(self._fd, s.encode("utf-8", "replace"))
         return len(s)
 
     def flush(self) -> None:
-        """Send what was written (progress bars flush their partial lines)."""
-        self._outbox.flush_streams()
+        """Nothing is buffered here; the supervisor sends what it reads at once."""
 
 
 class NoStdin(io.TextIOBase):
-    """``sys.stdin`` of the worker: reading fails at once instead of hanging the cell."""
+    """``sys.stdin`` of the executor: reading fails at once instead of hanging the cell."""
 
     def readable(self) -> bool:
         return True

@@ -23,7 +23,7 @@ from traitlets import Type
 from traitlets.config import Config
 
 from rexec_magic.protocol import Kind
-from worker_image.outbox import NoStdin, Outbox, OutStream, stdin_error
+from worker_image.outbox import EventChannel, FdStream, NoStdin, stdin_error
 
 # Figures are drawn by the inline backend and flushed as display data after each cell, as in
 # a notebook.  The env var costs nothing now: matplotlib reads it when the user imports it.
@@ -56,8 +56,8 @@ class WorkerDisplayHook(DisplayHook):
         """Not kept in history: it would hold every result's mime bundle for the worker's life."""
 
     def finish_displayhook(self) -> None:
-        outbox: Outbox = self.shell.outbox
-        target = outbox.current
+        outbox: EventChannel = self.shell.outbox
+        target = outbox.current or outbox.last
         if self._data and target is not None:
             header = {
                 "data": self._data,
@@ -93,8 +93,8 @@ class WorkerDisplayPublisher(DisplayPublisher):
         self._send({"data": {}, "metadata": {}, "transient": {}, "clear": True, "wait": wait})
 
     def _send(self, header: dict[str, Any]) -> None:
-        outbox: Outbox = self.shell.outbox
-        target = outbox.current
+        outbox: EventChannel = self.shell.outbox
+        target = outbox.current or outbox.last  # a thread's display after its cell: late
         if target is not None:
             outbox.event(target, Kind.DISPLAY, header)
 
@@ -105,10 +105,15 @@ class WorkerShell(InteractiveShell):
     displayhook_class = Type(WorkerDisplayHook)
     display_pub_class = Type(WorkerDisplayPublisher)
 
-    def __init__(self, outbox: Outbox, **kwargs: Any) -> None:
+    def __init__(self, outbox: EventChannel, **kwargs: Any) -> None:
         self.outbox = outbox  # before super().__init__: the hooks are built there
         self.error_sent = False  # an ERROR event went out for the current cell
+        self.exit_requested = False  # exit() / quit() ran: end this executor after the cell
         super().__init__(**kwargs)
+
+    def ask_exit(self) -> None:
+        """``exit()`` / ``quit()``: the executor ends after this cell (see executor.py)."""
+        self.exit_requested = True
 
     def _showtraceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
         target = self.outbox.current
@@ -130,7 +135,7 @@ class WorkerShell(InteractiveShell):
         """No GUI event loop in a headless worker (``%matplotlib inline`` needs none)."""
 
 
-def make_shell(outbox: Outbox) -> WorkerShell:
+def make_shell(outbox: EventChannel) -> WorkerShell:
     """Build the singleton shell, so ``get_ipython()`` in user code finds it."""
     os.environ["MPLBACKEND"] = INLINE_BACKEND
     config = Config()
@@ -143,13 +148,10 @@ def _no_input(*args: Any, **kwargs: Any) -> str:
     raise stdin_error()
 
 
-def redirect_stdio(outbox: Outbox) -> None:
-    """Point stdout/stderr at the outbox and make stdin reads fail at once.
-
-    The logging handler keeps the real stderr: it was configured before this call.
-    """
-    sys.stdout = OutStream(outbox, "stdout")
-    sys.stderr = OutStream(outbox, "stderr")
+def redirect_stdio() -> None:
+    """Unbuffered stdout/stderr on fds 1 and 2 (the supervisor's pipes); no stdin."""
+    sys.stdout = sys.__stdout__ = FdStream(1, "stdout")
+    sys.stderr = sys.__stderr__ = FdStream(2, "stderr")
     sys.stdin = NoStdin()
     builtins.input = _no_input
     getpass.getpass = _no_input  # it would otherwise open /dev/tty

@@ -2,37 +2,24 @@
 
 The spawner starts one worker per user with the broker's worker URL, the user id and a
 registration nonce + secret in the environment (a warm-pool worker: ``REXEC_WORKER_POOL=1``,
-its pool id as the user; it learns its real user from the broker when claimed).  The main
-thread runs cells (signals and so KeyboardInterrupt only reach it); the I/O thread
-(``link.BrokerLink``) owns the socket.
+its pool id as the user; it learns its real user from the broker when claimed).  This process
+is the supervisor (``worker_image.supervisor``); it starts the executors that run cells.
 
-Exit codes tell the supervisor what happened: 0 asked to stop (SIGTERM, superseded), 75 an
-interrupted cell would not stop (restart me), 78 the broker rejected the registration (config
-error), 70 the worker itself failed.
+Exit codes tell the spawner what happened: 0 asked to stop (SIGTERM, superseded), 78 the
+broker rejected the registration (config error), 70 the worker itself failed.  An executor
+that must restart (an ignored interrupt, a crash) no longer ends the worker.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
-from typing import Any
 
-from rexec_magic.protocol import DoneStatus, Kind
-from worker_image.cells import Cell, CellQueue, CellRunner, done_header
-from worker_image.link import EXIT_CONFIG, EXIT_OK, EXIT_SOFTWARE, BrokerLink, Registration
-from worker_image.outbox import Outbox
-from worker_image.shell import make_shell, redirect_stdio
+from worker_image.link import EXIT_CONFIG, Registration
+from worker_image.supervisor import Supervisor
 
 log = logging.getLogger("worker_image")
-
-# The I/O thread must get the GIL quickly while a cell computes: sending one message takes the
-# GIL several times (pyzmq releases it around each frame), and each time it waits up to the
-# switch interval.  The default 5 ms made a print from a busy cell arrive 5-20 ms late; 0.2 ms
-# gives ~1 ms and costs threaded CPU-bound user code a few percent at most.
-SWITCH_INTERVAL_S = 0.0002
 
 
 class ConfigError(Exception):
@@ -74,50 +61,6 @@ def setup_logging(level_name: str | None) -> None:
     log.propagate = False
 
 
-class Worker:
-    """Wires the outbox, shell, cell queue and I/O thread; runs cells in the main thread."""
-
-    def __init__(self, registration: Registration) -> None:
-        self.outbox = Outbox()
-        self.shell = make_shell(self.outbox)
-        self.queue = CellQueue(threading.main_thread().ident or threading.get_ident())
-        self.runner = CellRunner(self.shell, self.outbox, self.queue)
-        self.link = BrokerLink(registration, self.outbox, self.queue, self.shell)
-
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-        signal.signal(signal.SIGINT, self.runner.on_sigint)
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
-        redirect_stdio(self.outbox)
-        self.link.start()
-        while True:
-            cell = self.queue.take(timeout=1.0)
-            if cell is None:
-                if not self.link.alive:  # it ends the process itself; this is a backstop
-                    log.error("the I/O thread is gone: exiting")
-                    return EXIT_SOFTWARE
-                continue
-            try:
-                self.runner.run(cell)
-            except BaseException as exc:  # e.g. a KeyboardInterrupt landing between two steps
-                log.exception("cell %s: the worker failed around the cell", cell.id)
-                if self.queue.finish(cell) and not cell.finished:
-                    self._fail(cell, exc)
-
-    def _fail(self, cell: Cell, exc: BaseException) -> None:
-        """Still end the cell with ERROR + DONE, so its client never waits forever."""
-        evalue = f"the worker failed around the cell: {type(exc).__name__}: {exc}"
-        error = {"ename": type(exc).__name__, "evalue": evalue, "traceback": [evalue]}
-        self.outbox.event(cell.target, Kind.ERROR, error)
-        self.outbox.event(cell.target, Kind.DONE, done_header(DoneStatus.ERROR))
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        log.info("SIGTERM: exiting")
-        self.link.stop(EXIT_OK)
-        self.link.join(5.0)
-        os._exit(EXIT_OK)  # only reached when the I/O thread could not end the process
-
-
 def main(argv: list[str] | None = None) -> int:
     setup_logging(os.environ.get("REXEC_LOG_LEVEL"))
     try:
@@ -126,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return EXIT_CONFIG
     log.info("worker starting (pid %d)", os.getpid())
-    return Worker(registration).run()
+    return Supervisor(registration).run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,201 @@
+"""One namespace's IPython shell: ``python -m worker_image.executor``, started by the supervisor.
+
+The executor runs user code and nothing else: it has no broker connection, no heartbeats and
+no timers, so nothing a cell does (C code holding the GIL, ignored signals, a crash) can
+silence the worker; the supervisor (``worker_image.supervisor``) watches it from outside.
+
+Its links to the supervisor (URLs in the environment):
+
+* ``REXEC_EXECUTOR_REQUESTS``: a PULL socket; EXECUTE, CALL and INSPECT arrive here.  A small
+  thread reads it: INSPECT is answered at once (even while a cell runs, if the GIL allows),
+  cells go to the main thread one at a time.
+* ``REXEC_EXECUTOR_EVENTS``: a PUSH socket for every event (see ``outbox.EventChannel``).
+* fds 1 and 2: pipes the supervisor reads (stdout/stderr of everything in this process).
+* ``REXEC_EXECUTOR_LOG_FD``: the worker's own log (never shown in a notebook).
+
+It ends after ``exit()`` / ``quit()`` (exit code 0, after the cell's DONE), on SIGTERM, and
+with its supervisor (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from rexec_magic import protocol, serialize
+from rexec_magic.protocol import DoneStatus, Kind
+from worker_image.cells import BadRequest, CellRunner, done_header, parse_call, parse_execute
+from worker_image.outbox import EventChannel, Target
+from worker_image.shell import WorkerShell, make_shell, redirect_stdio
+from worker_image.variables import describe
+
+log = logging.getLogger("worker_image.executor")
+
+# Messages between executor and supervisor only (never forwarded to a client).
+READY = "ready"  # executor -> supervisor {pid}: the shell is built, send cells
+STOP = "stop"  # supervisor -> executor: end after the current cell
+EVENTS_HWM = 1000  # events queued towards the supervisor before a send blocks
+SWITCH_INTERVAL_S = 0.0005  # lets the request thread answer INSPECT while a cell computes
+
+
+def _die_with_supervisor() -> None:
+    """Linux: end when the supervisor dies, even by SIGKILL (no orphaned namespaces)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+def _setup_logging() -> None:
+    fd = os.environ.get("REXEC_EXECUTOR_LOG_FD")
+    stream = os.fdopen(int(fd), "w", buffering=1, closefd=False) if fd else sys.__stderr__
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("worker_image")
+    root.handlers[:] = [handler]  # once: a second handler would repeat every line
+    level = logging.getLevelName((os.environ.get("REXEC_LOG_LEVEL") or "INFO").upper())
+    root.setLevel(level if isinstance(level, int) else logging.INFO)
+    root.propagate = False
+
+
+class Executor:
+    def __init__(self, ctx: zmq.Context, requests_url: str, events_url: str) -> None:
+        self.started = time.monotonic()
+        self.ctx = ctx
+        self.events = ctx.socket(zmq.PUSH)
+        self.events.sndhwm = EVENTS_HWM
+        self.events.linger = 5000
+        self.events.connect(events_url)
+        self.requests = ctx.socket(zmq.PULL)
+        self.requests.linger = 0
+        self.requests.connect(requests_url)
+        self.channel = EventChannel(self.events)
+        self.shell: WorkerShell = make_shell(self.channel)
+        self.runner = CellRunner(self.shell, self.channel)
+        self.cells: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._busy = False
+        self._reader = threading.Thread(target=self._read, name="rexec-requests", daemon=True)
+
+    # ------------------------------------------------------------------ request thread
+    def _read(self) -> None:
+        while not self._stopping.is_set():
+            if not self.requests.poll(200):
+                continue
+            frames = self.requests.recv_multipart(copy=False)
+            try:
+                msg = protocol.decode(frames)
+            except protocol.ProtocolError as exc:
+                log.warning("dropped a malformed request: %s", exc)
+                continue
+            if msg.kind == Kind.INSPECT:
+                self._inspect(msg)
+            elif msg.kind in (Kind.EXECUTE, Kind.CALL):
+                self.cells.put(msg)
+            elif msg.kind == STOP:
+                self.cells.put(None)
+            else:
+                log.warning("dropped a request of unknown kind %r", msg.kind[:40])
+
+    def _inspect(self, msg: protocol.Message) -> None:
+        request_id = str(msg.header.get("id"))
+        shell = self.shell
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            cwd = ""
+        worker = {
+            **serialize.versions(),
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "busy": self._busy,
+            "execution_count": shell.execution_count,
+            "cwd": cwd,
+            "hostname": socket.gethostname(),
+        }
+        variables = describe(shell.user_ns, shell.user_ns_hidden)
+        header = {"worker": worker, "variables": variables}
+        self.channel.event(Target(b"", request_id), Kind.INSPECT_REPLY, header)
+
+    # ------------------------------------------------------------------ main thread
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self.runner.on_sigint)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self._reader.start()
+        self.channel.internal(READY, {"pid": os.getpid()})
+        while True:
+            msg = self.cells.get()
+            if msg is None:
+                break
+            parse = parse_call if msg.kind == Kind.CALL else parse_execute
+            try:
+                cell = parse(b"", msg)
+            except BadRequest as exc:  # the supervisor checked it already: a bug if here
+                log.warning("dropped a malformed request: %s", exc)
+                if exc.request_id is not None:
+                    target = Target(b"", exc.request_id)
+                    error = {"ename": "ProtocolError", "evalue": str(exc), "traceback": [str(exc)]}
+                    self.channel.event(target, Kind.ERROR, error)
+                    self.channel.event(target, Kind.DONE, done_header(DoneStatus.ERROR))
+                continue
+            self._busy = True
+            try:
+                self.runner.run(cell)
+            except BaseException as exc:  # e.g. a KeyboardInterrupt between two steps
+                log.exception("cell %s: the executor failed around the cell", cell.id)
+                evalue = f"the executor failed around the cell: {type(exc).__name__}: {exc}"
+                error = {"ename": type(exc).__name__, "evalue": evalue, "traceback": [evalue]}
+                self.channel.event(cell.target, Kind.ERROR, error)
+                self.channel.event(cell.target, Kind.DONE, done_header(DoneStatus.ERROR))
+            finally:
+                self._busy = False
+            if self.shell.exit_requested:
+                log.info("exit() in cell %s: this executor ends", cell.id)
+                break
+        return self.close()
+
+    def close(self) -> int:
+        self._stopping.set()
+        self._reader.join(2.0)
+        self.requests.close()
+        self.events.close()  # linger: the last DONE still leaves
+        self.ctx.term()
+        return 0
+
+
+def main() -> int:
+    _die_with_supervisor()
+    _setup_logging()
+    # Crash dumps go to fd 2: the supervisor shows them in the notebook.
+    faulthandler.enable(file=sys.__stderr__, all_threads=True)
+    requests_url = os.environ.get("REXEC_EXECUTOR_REQUESTS")
+    events_url = os.environ.get("REXEC_EXECUTOR_EVENTS")
+    if not requests_url or not events_url:
+        log.error("cannot start: REXEC_EXECUTOR_REQUESTS / REXEC_EXECUTOR_EVENTS not set")
+        return 78
+    for name in ("REXEC_EXECUTOR_REQUESTS", "REXEC_EXECUTOR_EVENTS", "REXEC_EXECUTOR_LOG_FD"):
+        os.environ.pop(name, None)  # user code has no use for them
+    executor = Executor(zmq.Context(), requests_url, events_url)
+    redirect_stdio()
+    faulthandler.enable(file=sys.__stderr__, all_threads=True)
+    return executor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""The supervisor's handle on one executor process: start, sockets, pipes, queue, ending.
+
+One executor runs one namespace (a notebook's kernel session, a script, or a shared named
+namespace).  The supervisor owns everything here; the executor only sees its two sockets and
+its fds.  Requests wait in ``queue`` and are handed over one at a time, so the executor never
+holds more than the cell it runs: everything still queued provably never started.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from worker_image import exits
+from worker_image.outbox import MARK, Target
+
+log = logging.getLogger(__name__)
+
+PIPE_READ = 1 << 16
+LATE_MAX_CHARS = 1 << 20  # output after a cell ended, kept for the next one (the tail)
+LATE_MAX_EVENTS = 1000
+# Variables the executor must not inherit: the worker's registration secret and friends.
+_PRIVATE_ENV = ("REXEC_WORKER_SECRET", "REXEC_WORKER_NONCE", "REXEC_WORKER_ALIVE_FILE")
+
+
+@dataclass(eq=False)
+class Request:
+    """A cell or call at the supervisor, from receipt to DONE."""
+
+    target: Target
+    kind: str
+    frames: list[Any]  # [PROTOCOL, kind, header, *buffers], handed on as received
+    credit: int | None  # None: no flow control (legacy clients)
+    received: float = field(default_factory=time.monotonic)
+    started: float | None = None  # handed to the executor
+    seq: int = 0  # next event number
+    acked: int = 0  # events the client has acknowledged
+    notice: str = ""  # the last NOTICE category sent
+    notice_at: float = 0.0
+
+    @property
+    def blocked(self) -> bool:
+        """The client has not acknowledged ``credit`` events: stop reading for it."""
+        return self.credit is not None and self.seq - self.acked >= self.credit
+
+    @property
+    def what(self) -> str:
+        return "call" if self.kind == "call" else "cell"
+
+
+class ExecutorProcess:
+    """One executor: its process, its two sockets, its stdout/stderr pipes, its queue."""
+
+    def __init__(self, ctx: zmq.Context, rundir: Path, number: int, log_fd: int) -> None:
+        self.number = number
+        self.key: str | None = None  # None while it is the spare
+        self.label = "spare"
+        self.requests = ctx.socket(zmq.PUSH)
+        self.requests.linger = 0
+        self.requests.bind(f"ipc://{rundir}/e{number}-requests")
+        self.events = ctx.socket(zmq.PULL)
+        self.events.linger = 0
+        self.events.bind(f"ipc://{rundir}/e{number}-events")
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+        env["REXEC_EXECUTOR_REQUESTS"] = f"ipc://{rundir}/e{number}-requests"
+        env["REXEC_EXECUTOR_EVENTS"] = f"ipc://{rundir}/e{number}-events"
+        env["REXEC_EXECUTOR_LOG_FD"] = str(log_fd)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker_image.executor"],
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                pass_fds=(log_fd,),
+                env=env,
+                start_new_session=True,  # its own group: a kill takes its children too
+            )
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self.pid = self.proc.pid
+        self.pipes: dict[int, str] = {out_r: "stdout", err_r: "stderr"}
+        self.readers = {out_r: PipeReader("stdout"), err_r: PipeReader("stderr")}
+        self.events_seen = 0  # events received from it: marks up to this number are passed
+        for fd in self.pipes:
+            os.set_blocking(fd, False)
+        try:
+            self.pidfd: int | None = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self.pidfd = None  # polled instead (see exited())
+        self.started = time.monotonic()
+        self.ready = False
+        self.queue: deque[Request] = deque()
+        self.current: Request | None = None
+        self.grace_deadline: float | None = None
+        self.kill_reason: str | None = None  # "interrupt", "orphan", "stop"
+        self.exit_requested = False  # exit() ran: it ends by itself
+        self.late: deque[tuple[str, Any, list[Any]]] = deque()  # (kind, header|text, buffers)
+        self.late_chars = 0
+        self.late_dropped = 0
+        self.last_seen = time.monotonic()  # a client of it was last heard from
+        self.keepalive_s: float | None = None  # declared by its clients; None: never orphaned
+        self.cgroup = exits.cgroup_dir(self.pid)
+        self.oom_at_start = exits.oom_kills(self.cgroup)
+        self.last_rss: int | None = None
+        # stream text read but not yet sent: [name, [texts], since] (empty when none)
+        self.pending: list[Any] = []
+        self.last_stream = 0.0  # when its last STREAM left
+        log.info("executor %d started (pid %d)", number, self.pid)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def busy(self) -> bool:
+        return self.current is not None or bool(self.queue)
+
+    def state(self) -> str:
+        """starting, idle, busy, not responding (stopped), interrupting."""
+        if proc_stopped(self.pid):
+            return "not responding (stopped)"
+        if not self.ready:
+            return "starting"
+        if self.current is None:
+            return "idle"
+        return "interrupting" if self.grace_deadline is not None else "busy"
+
+    def summary(self) -> dict[str, Any]:
+        """One row of the user's executor list (%rexec_status, the sidebar)."""
+        rss = exits.rss_bytes(self.pid)
+        if rss is not None:
+            self.last_rss = rss
+        row: dict[str, Any] = {
+            "notebook": self.label,
+            "state": self.state(),
+            "memory": rss,
+            "pid": self.pid,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+        }
+        if self.current is not None and self.current.started is not None:
+            row["running_s"] = round(time.monotonic() - self.current.started, 1)
+        if self.queue:
+            row["queued"] = len(self.queue)
+        return row
+
+    def exited(self) -> int | None:
+        return self.proc.poll()
+
+    # ------------------------------------------------------------------ output
+    def read_pipe(self, fd: int) -> list[tuple[str, str]]:
+        """Read what one pipe holds now; return the text that may be shown already."""
+        eof = False
+        while fd in self.pipes:
+            try:
+                data = os.read(fd, PIPE_READ)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                eof = True
+                break
+            self.readers[fd].feed(data)
+            if len(data) < PIPE_READ:
+                break
+        out = self.released()
+        if eof:
+            tail = self.readers[fd].finish()
+            if tail:
+                out.append((self.readers[fd].name, tail))
+            self.close_pipe(fd)
+        return out
+
+    def released(self) -> list[tuple[str, str]]:
+        """Text of both pipes up to the mark of the next event not yet received."""
+        out = []
+        for reader in self.readers.values():
+            text = reader.release(self.events_seen)
+            if text:
+                out.append((reader.name, text))
+        return out
+
+    def close_pipe(self, fd: int) -> None:
+        if self.pipes.pop(fd, None) is not None:
+            os.close(fd)
+
+    def keep_late(self, kind: str, payload: Any, buffers: list[Any] | None = None) -> None:
+        """Output after its cell ended: kept (bounded) for the top of the next cell."""
+        size = len(payload) if isinstance(payload, str) else 1
+        self.late.append((kind, payload, buffers or []))
+        self.late_chars += size
+        while self.late and (self.late_chars > LATE_MAX_CHARS or len(self.late) > LATE_MAX_EVENTS):
+            old = self.late.popleft()
+            self.late_chars -= len(old[1]) if isinstance(old[1], str) else 1
+            self.late_dropped += 1
+
+    # ------------------------------------------------------------------ ending
+    def signal(self, sig: int) -> None:
+        """Signal the executor (SIGINT: just the process; others: its whole group)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if sig == signal.SIGINT:
+                os.kill(self.pid, sig)
+            else:
+                os.killpg(self.pid, sig)
+
+    def exit_sentence(self, returncode: int) -> str:
+        oom_now = exits.oom_kills(self.cgroup)
+        counted = (
+            oom_now is not None and self.oom_at_start is not None and oom_now > self.oom_at_start
+        )
+        limit = exits.memory_limit(self.cgroup)
+        return exits.describe_exit(
+            returncode, oom_counted=counted, last_rss=self.last_rss, limit=limit
+        )
+
+    def close(self) -> None:
+        for fd in list(self.pipes):
+            self.close_pipe(fd)
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        self.requests.close(linger=0)
+        self.events.close(linger=0)
+
+
+class PipeReader:
+    """Bytes of one captured fd, cut at the executor's event marks (``outbox.MARK``).
+
+    Text before the mark of event N may be shown once events up to N-1 are through; text
+    after it waits until event N itself went out.  UTF-8 is decoded incrementally, so a
+    character split across two reads stays whole.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.buffer = bytearray()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+
+    def release(self, events_seen: int) -> str:
+        buf = self.buffer
+        out = bytearray()
+        while buf:
+            at = buf.find(MARK)
+            if at < 0:
+                keep = _partial_mark(buf)
+                out += buf[: len(buf) - keep]
+                del buf[: len(buf) - keep]
+                break
+            out += buf[:at]
+            del buf[:at]
+            end = buf.find(b"\0", len(MARK))
+            if end < 0:
+                break  # the rest of the mark is still on its way
+            try:
+                number = int(buf[len(MARK) : end])
+            except ValueError:
+                number = 0
+            if number > events_seen:
+                break  # text after the mark waits for event ``number``
+            del buf[: end + 1]
+        return self._decoder.decode(bytes(out))
+
+    def finish(self) -> str:
+        """End of file: whatever is left (marks removed)."""
+        text = re.sub(re.escape(MARK) + rb"\d*\0?", b"", bytes(self.buffer))
+        self.buffer.clear()
+        return self._decoder.decode(text, final=True)
+
+
+def _partial_mark(buf: bytearray) -> int:
+    """How many bytes at the end of ``buf`` could be the start of a mark."""
+    for n in range(min(len(MARK) - 1, len(buf)), 0, -1):
+        if MARK.startswith(bytes(buf[-n:])):
+            return n
+    return 0
+
+
+def proc_stopped(pid: int) -> bool:
+    return exits.proc_state(pid) in ("T", "t")

@@ -1,0 +1,786 @@
+"""The worker's supervisor: owns the broker link and the executors; never runs user code.
+
+Prior art: ipyparallel's engine nanny (a process beside the engine that relays signals and
+reports its death at once) and dask's Nanny (restarts a worker that died or ignored a
+cancel).  Here the supervisor *is* the worker as the broker sees it: it registers,
+heartbeats (from its own single thread, so a cell holding the GIL never starves them),
+accepts requests and starts one executor process per namespace (``executors.py``).
+
+The data path: executor -> supervisor (ipc) -> broker.  Events are forwarded as received
+frames (``copy=False``), only the sequence number is spliced into the header bytes; stdout
+and stderr arrive as raw bytes from the executor's fds 1/2 and leave as STREAM events,
+coalesced within ``STREAM_WINDOW_S``.  See docs/ARCHITECTURE.md for the measured costs.
+
+Guarantees and where they are kept:
+
+* At most once: ACCEPTED leaves when the request is *received*, before it can reach an
+  executor, so a client resends only what the supervisor never had.  A request is handed
+  to its executor only when that executor is idle; if it dies, the running request gets one
+  sentence (exit code / signal / out of memory), its queued ones are answered "not run",
+  and nothing is run again.
+* Interrupt: SIGINT to the executor; after ``INTERRUPT_GRACE_S`` its process group is killed
+  and the user told that this notebook's namespace was lost.  A stopped (SIGSTOP) executor
+  is reported as not responding and left alone.
+* Flow control: a request carries ``credit``; the supervisor stops reading an executor (its
+  socket and its pipes) while that many events are unacknowledged (ACK), so the executor
+  blocks in ``print`` / ``display`` instead of anything being dropped, and nothing piles up
+  in the broker.
+* Output after a cell ended (threads, timers, background processes) is kept and shown at
+  the top of that executor's next cell, marked ``late``.
+
+Dispatch is one table per socket side (``_client_handlers``, ``_broker_handlers``,
+``_executor_handlers``): a new request kind is one handler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import socket as socketlib
+import subprocess
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from rexec_magic import protocol, serialize
+from rexec_magic.protocol import (
+    INTERRUPT_GRACE_S,
+    NOTICE_AFTER_S,
+    ORPHAN_AFTER_PINGS,
+    WORKER_HEARTBEAT_S,
+    DoneStatus,
+    Kind,
+    Message,
+    ProtocolError,
+)
+from worker_image.cells import BadRequest, done_header, parse_call, parse_execute, placement
+from worker_image.executor import READY
+from worker_image.executors import ExecutorProcess, Request, proc_stopped
+from worker_image.link import EXIT_CONFIG, EXIT_OK, EXIT_SOFTWARE, Registration, encode_header
+from worker_image.outbox import Target
+
+log = logging.getLogger("worker_image.supervisor")
+
+STREAM_WINDOW_S = 0.002  # stream text within this of the last STREAM waits and goes with it
+MAX_STREAM_CHARS = 1 << 20
+PARTIAL_LINE_WAIT_S = 0.05
+TICK_S = 0.25  # grace periods, notices and orphans are checked this often
+INSPECT_WAIT_S = 1.0  # a busy executor that cannot answer INSPECT: the supervisor answers
+EXIT_FLUSH_S = 2.0
+STOP_WAIT_S = 3.0  # SIGTERM to an executor, then SIGKILL
+SPARES = 1  # executors started ahead, so a new notebook or a restart is ready at once
+MAX_RECV_PER_TURN = 64
+
+
+class Supervisor:
+    def __init__(self, registration: Registration, context: zmq.Context | None = None) -> None:
+        self.registration = registration
+        self.ctx = context or zmq.Context()
+        self.started = time.monotonic()
+        self.rundir = Path(tempfile.mkdtemp(prefix="rexec-worker-"))  # 0700: ours alone
+        self.log_fd = os.dup(2)
+        self.executors: dict[str, ExecutorProcess] = {}
+        self.spares: list[ExecutorProcess] = []
+        self.all: list[ExecutorProcess] = []
+        self._numbers = iter(range(1, 1 << 30))
+        self._backlog: deque[list[Any]] = deque()
+        self._inspects: dict[str, tuple[bytes, float, ExecutorProcess]] = {}
+        self._stop_code: int | None = None
+        self._spare_failures = 0
+        self._reported_busy = False  # what the last heartbeat said
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards an absent broker
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self._client_handlers: dict[str, Callable[[bytes, Message, list[Any]], None]] = {
+            Kind.EXECUTE: self._on_request,
+            Kind.CALL: self._on_request,
+            Kind.INTERRUPT: self._on_interrupt,
+            Kind.INSPECT: self._on_inspect,
+            Kind.ACK: self._on_ack,
+            Kind.KEEPALIVE: self._on_keepalive,
+        }
+        self._broker_handlers: dict[str, Callable[[Message], None]] = {
+            Kind.REGISTERED: self._on_registered,
+            Kind.REJECTED: self._on_rejected,
+            Kind.HEARTBEAT_ACK: self._on_heartbeat_ack,
+            Kind.RESYNC: self._on_resync,
+            Kind.SUPERSEDED: self._on_superseded,
+            Kind.ASSIGN: self._on_assign,
+        }
+        self._executor_handlers: dict[str, Callable[[ExecutorProcess, list[Any]], None]] = {
+            Kind.INSPECT_REPLY: self._on_inspect_reply,
+        }
+
+    # ================================================================== loop
+    def stop(self, code: int) -> None:
+        self._stop_code = code
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop(EXIT_OK))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are for executors
+        self.sock.connect(self.registration.broker_url)
+        self._send_register()
+        self._top_up_spares()
+        next_heartbeat = time.monotonic() + WORKER_HEARTBEAT_S
+        next_tick = time.monotonic() + TICK_S
+        try:
+            while True:
+                if self._stop_code is not None:
+                    return self._exit(self._stop_code)
+                now = time.monotonic()
+                due = min(next_heartbeat, next_tick, *self._stream_deadlines())
+                items: list[tuple[Any, int]] = [
+                    (self.sock, zmq.POLLIN | (zmq.POLLOUT if self._backlog else 0))
+                ]
+                for ex in self.all:
+                    if ex.pidfd is not None:
+                        items.append((ex.pidfd, zmq.POLLIN))
+                    if ex.current is not None and ex.current.blocked:
+                        continue  # the client is behind: let the executor wait
+                    items.append((ex.events, zmq.POLLIN))
+                    items.extend((fd, zmq.POLLIN) for fd in ex.pipes)
+                timeout = max(0, math.ceil((due - now) * 1000))
+                ready = zmq.zmq_poll(items, timeout)
+                for what, _ in ready:
+                    self._on_ready_item(what)
+                self._pump()
+                now = time.monotonic()
+                self._flush_due_streams(now)
+                idle_again = self._reported_busy and not any(
+                    ex.busy for ex in self.executors.values()
+                )
+                if now >= next_heartbeat or idle_again:  # "busy" stays current for the culler
+                    self._heartbeat()
+                    next_heartbeat = now + WORKER_HEARTBEAT_S
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + TICK_S
+        except Exception:
+            log.exception("the supervisor failed; exiting")
+            return self._exit(EXIT_SOFTWARE)
+
+    def _on_ready_item(self, what: Any) -> None:
+        if what is self.sock:
+            self._receive_broker()
+            return
+        for ex in list(self.all):
+            if what is ex.events:
+                self._receive_executor(ex)
+                return
+            if what == ex.pidfd:
+                self._on_exit(ex)
+                return
+            if isinstance(what, int) and what in ex.pipes:
+                self._read_pipe(ex, what)
+                return
+
+    # ================================================================== broker side
+    def _receive_broker(self) -> None:
+        for _ in range(MAX_RECV_PER_TURN):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(frames) < 4:
+                log.warning("dropped a malformed message from the broker: %d frames", len(frames))
+                continue
+            try:
+                msg = protocol.decode(frames[1:])
+            except ProtocolError as exc:
+                log.warning("dropped a malformed message from the broker: %s", exc)
+                continue
+            route = frames[0].bytes
+            try:
+                if route == protocol.TO_BROKER:
+                    handler = self._broker_handlers.get(msg.kind)
+                    if handler is not None:
+                        handler(msg)
+                        continue
+                else:
+                    client_handler = self._client_handlers.get(msg.kind)
+                    if client_handler is not None:
+                        client_handler(route, msg, frames[1:])
+                        continue
+                log.warning("dropped a message of unknown kind %r", msg.kind[:40])
+            except Exception as exc:
+                log.warning("dropped a bad %s message: %s: %s", msg.kind, type(exc).__name__, exc)
+
+    def _send(self, parts: list[Any]) -> None:
+        self._backlog.append(parts)
+        self._pump()
+
+    def _pump(self) -> None:
+        backlog = self._backlog
+        while backlog:
+            try:
+                self.sock.send_multipart(backlog[0], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                log.warning("could not send a message: %s; dropped", exc)
+            backlog.popleft()
+
+    def _to_broker(self, kind: str, header: dict[str, Any]) -> None:
+        self._send([protocol.TO_BROKER, *protocol.frames(kind, header)])
+
+    def _to_client(self, req: Request, kind: str, header: dict[str, Any], buffers=()) -> None:
+        """A supervisor-made event of ``req`` (numbered like the executor's)."""
+        full = {"id": req.target.id, "seq": req.seq, **header}
+        req.seq += 1
+        self._send(
+            [req.target.route, protocol.PROTOCOL, kind.encode(), encode_header(full), *buffers]
+        )
+
+    def _reply(self, route: bytes, kind: str, header: dict[str, Any]) -> None:
+        self._send([route, *protocol.frames(kind, header)])
+
+    def _send_register(self) -> None:
+        reg = self.registration
+        header = {
+            "user": reg.user,
+            "nonce": reg.nonce,
+            "secret": reg.secret,
+            **serialize.versions(),
+            "pid": os.getpid(),
+            **({"pool": True} if reg.pool else {}),
+        }
+        what = "warm-pool worker" if reg.pool else "user"
+        log.info("registering with %s as %s %s", reg.broker_url, what, reg.user)
+        self._to_broker(Kind.REGISTER, header)
+
+    def _heartbeat(self) -> None:
+        if self._backlog:
+            return  # a stuck backlog means the broker is away: skip
+        busy = any(ex.busy for ex in self.executors.values())
+        self._reported_busy = busy
+        self._to_broker(Kind.HEARTBEAT, {"busy": busy, "executors": self.executor_rows()})
+
+    def executor_rows(self) -> list[dict[str, Any]]:
+        return [ex.summary() for ex in self.executors.values()]
+
+    # ------------------------------------------------------------------ broker handlers
+    def _on_registered(self, msg: Message) -> None:
+        log.info("registered with the broker")
+        self._touch_alive_file()
+
+    def _on_heartbeat_ack(self, msg: Message) -> None:
+        self._touch_alive_file()
+
+    def _touch_alive_file(self) -> None:
+        """Readiness for a container probe (``worker_image.ready``): the broker answered."""
+        path = os.environ.get("REXEC_WORKER_ALIVE_FILE")
+        if path:
+            try:
+                with open(path, "a"):
+                    os.utime(path)
+            except OSError as exc:
+                log.debug("cannot touch %s: %s", path, exc)
+
+    def _on_rejected(self, msg: Message) -> None:
+        log.error("the broker rejected this worker: %s", str(msg.header.get("message"))[:300])
+        self.stop(EXIT_CONFIG)
+
+    def _on_resync(self, msg: Message) -> None:
+        log.info("the broker does not know this worker (it restarted?): registering again")
+        self._send_register()
+
+    def _on_superseded(self, msg: Message) -> None:
+        log.info("a newer worker registered for this user: exiting")
+        self.stop(EXIT_OK)
+
+    def _on_assign(self, msg: Message) -> None:
+        """A warm-pool worker is handed to one user, once, by the broker itself."""
+        reg = self.registration
+        fields = [msg.header.get(k) for k in ("user", "nonce", "secret")]
+        if not reg.pool:
+            log.warning("ignored an assignment: this worker already belongs to a user")
+            return
+        if not all(isinstance(v, str) and v for v in fields):
+            log.warning("ignored a malformed assignment")
+            return
+        user, nonce, secret = fields
+        self.registration = Registration(user, nonce, secret, reg.broker_url)
+        log.info("warm-pool worker %s assigned to user %s", reg.user, user)
+        self._send_register()
+
+    # ------------------------------------------------------------------ client handlers
+    def _on_request(self, route: bytes, msg: Message, frames: list[Any]) -> None:
+        """EXECUTE / CALL: acknowledge receipt at once, then queue on the namespace's executor."""
+        parse = parse_call if msg.kind == Kind.CALL else parse_execute
+        try:
+            cell = parse(route, msg)
+        except BadRequest as exc:
+            log.warning("dropped a malformed %s: %s", msg.kind.upper(), exc)
+            if exc.request_id is not None:  # tell the client rather than let it wait
+                req = Request(Target(route, exc.request_id), msg.kind, [], None)
+                error = {"ename": "ProtocolError", "evalue": str(exc), "traceback": [str(exc)]}
+                self._to_client(req, Kind.ERROR, error)
+                self._to_client(req, Kind.DONE, done_header(DoneStatus.ERROR))
+            return
+        self._reply(route, Kind.ACCEPTED, {"id": cell.id})  # before any executor sees it
+        req = Request(cell.target, msg.kind, frames, cell.credit)
+        ex = self._executor_for(cell.session, msg.header)
+        ex.queue.append(req)
+        self._dispatch(ex)
+
+    def _on_interrupt(self, route: bytes, msg: Message, frames: list[Any]) -> None:
+        request_id = msg.header.get("id")
+        if not isinstance(request_id, str):
+            raise ValueError("INTERRUPT without a string id")
+        for ex in self.all:
+            cur = ex.current
+            if cur is not None and cur.target.id == request_id and cur.target.route == route:
+                self._interrupt(ex, "interrupt")
+                return
+            for req in ex.queue:
+                if req.target.id == request_id and req.target.route == route:
+                    ex.queue.remove(req)
+                    message = "The cell was cancelled before it started."
+                    self._to_client(
+                        req, Kind.DONE, done_header(DoneStatus.INTERRUPTED, message=message)
+                    )
+                    return
+        log.info("interrupt for %s: not running here", request_id)
+
+    def _interrupt(self, ex: ExecutorProcess, reason: str) -> None:
+        log.info("interrupting executor %d (%s)", ex.number, reason)
+        ex.signal(signal.SIGINT)
+        if ex.grace_deadline is None:
+            ex.grace_deadline = time.monotonic() + INTERRUPT_GRACE_S
+            ex.kill_reason = reason
+
+    def _on_ack(self, route: bytes, msg: Message, frames: list[Any]) -> None:
+        request_id, n = msg.header.get("id"), msg.header.get("n")
+        if not isinstance(n, int):
+            raise ValueError("ACK without a count")
+        for ex in self.all:
+            cur = ex.current
+            if cur is not None and cur.target.id == request_id and cur.target.route == route:
+                cur.acked = max(cur.acked, n)
+                ex.last_seen = time.monotonic()
+                return
+
+    def _on_keepalive(self, route: bytes, msg: Message, frames: list[Any]) -> None:
+        key = placement(msg.header)["session"]
+        ex = self.executors.get(key)
+        if ex is not None:
+            self._seen(ex, msg.header)
+
+    def _seen(self, ex: ExecutorProcess, header: dict[str, Any]) -> None:
+        ex.last_seen = time.monotonic()
+        keepalive = header.get("keepalive_s")
+        if isinstance(keepalive, int | float) and not isinstance(keepalive, bool):
+            ex.keepalive_s = min(max(float(keepalive), 0.2), 3600.0)
+        label = header.get("notebook")
+        if isinstance(label, str) and label:
+            ex.label = label[:200]
+
+    def _on_inspect(self, route: bytes, msg: Message, frames: list[Any]) -> None:
+        request_id = str(msg.header.get("id"))
+        ex = self.executors.get(placement(msg.header)["session"])
+        if ex is None or not ex.ready or proc_stopped(ex.pid):
+            self._reply(route, Kind.INSPECT_REPLY, self._inspect_header(request_id, ex, None))
+            return
+        self._seen(ex, msg.header)
+        self._inspects[request_id] = (route, time.monotonic() + INSPECT_WAIT_S, ex)
+        ex.requests.send_multipart(frames, copy=False)
+
+    def _inspect_header(
+        self, request_id: str, ex: ExecutorProcess | None, reply: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """The executor's own answer (when it gave one) plus what only the supervisor knows."""
+        worker = dict((reply or {}).get("worker") or {})
+        worker.update(serialize.versions())
+        worker.setdefault("hostname", socketlib.gethostname())
+        worker["supervisor_pid"] = os.getpid()
+        worker["supervisor_uptime_s"] = round(time.monotonic() - self.started, 3)
+        if ex is not None:
+            worker["pid"] = ex.pid
+            worker["uptime_s"] = round(time.monotonic() - ex.started, 3)  # the executor's age
+            worker["busy"] = ex.busy
+            worker["state"] = ex.state()
+        else:
+            worker.setdefault("busy", False)
+            worker["state"] = "none yet"
+        header: dict[str, Any] = {
+            "id": request_id,
+            "worker": worker,
+            "variables": (reply or {}).get("variables") or [],
+            "executors": self.executor_rows(),
+        }
+        if ex is not None and reply is None and ex.ready:
+            header["note"] = "variables are listed when the running cell lets the executor answer"
+        return header
+
+    # ================================================================== executors
+    def _new_executor(self) -> ExecutorProcess:
+        ex = ExecutorProcess(self.ctx, self.rundir, next(self._numbers), self.log_fd)
+        self.all.append(ex)
+        return ex
+
+    def _top_up_spares(self) -> None:
+        while len(self.spares) < SPARES and self._spare_failures < 3:
+            self.spares.append(self._new_executor())
+
+    def _executor_for(self, key: str, header: dict[str, Any]) -> ExecutorProcess:
+        ex = self.executors.get(key)
+        if ex is None:
+            ex = self.spares.pop(0) if self.spares else self._new_executor()
+            ex.key = key
+            ex.label = key.split(":", 1)[-1][:12] if key != "default" else "default"
+            if key.startswith("namespace:"):
+                ex.label = f"shared: {key.split(':', 1)[1]}"
+            self.executors[key] = ex
+            log.info("executor %d now serves %s", ex.number, key)
+            self._top_up_spares()
+        self._seen(ex, header)
+        return ex
+
+    def _dispatch(self, ex: ExecutorProcess) -> None:
+        """Hand the next queued request to an idle, ready executor."""
+        if ex.current is not None or not ex.ready or not ex.queue or ex.exit_requested:
+            return
+        req = ex.queue.popleft()
+        ex.current = req
+        req.started = time.monotonic()
+        self._send_late(ex, req)
+        ex.requests.send_multipart(req.frames, copy=False)
+        req.frames = []
+
+    def _send_late(self, ex: ExecutorProcess, req: Request) -> None:
+        """Output that came after the previous cell ended: first, marked late."""
+        self._drain_pipes(ex)
+        if ex.late_dropped:
+            text = f"[{ex.late_dropped} earlier late outputs were dropped]\n"
+            self._to_client(req, Kind.STREAM, {"name": "stderr", "text": text, "late": True})
+            ex.late_dropped = 0
+        while ex.late:
+            kind, payload, buffers = ex.late.popleft()
+            if kind in ("stdout", "stderr"):
+                header = {"name": kind, "text": payload, "late": True}
+                self._to_client(req, Kind.STREAM, header)
+            else:
+                header = {k: v for k, v in payload.items() if k not in ("id", "seq")}
+                self._to_client(req, kind, {**header, "late": True}, buffers)
+        ex.late_chars = 0
+
+    # ------------------------------------------------------------------ executor events
+    def _receive_executor(self, ex: ExecutorProcess) -> None:
+        for _ in range(MAX_RECV_PER_TURN):
+            if ex.current is not None and ex.current.blocked:
+                return
+            try:
+                frames = ex.events.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(frames) < 3:
+                continue
+            kind = frames[1].bytes.decode("ascii", "replace")
+            if kind == READY:  # the only message that is not an event (no mark)
+                self._on_ready(ex, frames)
+                continue
+            handler = self._executor_handlers.get(kind)
+            if handler is not None:
+                handler(ex, frames)
+                self._event_seen(ex)
+            else:
+                self._forward(ex, kind, frames)
+
+    def _on_ready(self, ex: ExecutorProcess, frames: list[Any] | None = None) -> None:
+        ex.ready = True
+        log.info("executor %d ready in %.2f s", ex.number, time.monotonic() - ex.started)
+        if ex in self.spares:
+            self._spare_failures = 0
+        self._dispatch(ex)
+
+    def _on_inspect_reply(self, ex: ExecutorProcess, frames: list[Any]) -> None:
+        reply = json.loads(frames[2].bytes)
+        pending = self._inspects.pop(str(reply.get("id")), None)
+        if pending is None:
+            return  # answered already by the supervisor (the executor was too slow)
+        route, _, _ = pending
+        self._reply(route, Kind.INSPECT_REPLY, self._inspect_header(reply["id"], ex, reply))
+
+    def _forward(self, ex: ExecutorProcess, kind: str, frames: list[Any]) -> None:
+        """An output event of the executor: to its running request, or kept as late."""
+        header = frames[2].bytes
+        req = ex.current
+        self._drain_pipes(ex)  # what it wrote before this event goes first
+        if req is None or _header_id(header) != req.target.id:
+            self._flush_stream(ex)
+            ex.keep_late(kind, json.loads(header), list(frames[3:]))
+            self._event_seen(ex)
+            return
+        self._flush_stream(ex)
+        # Number it without decoding the (possibly large) header: {"id":...} -> {"seq":N,"id":...}
+        numbered = b'{"seq":%d,' % req.seq + header[1:]
+        req.seq += 1
+        self._send([req.target.route, protocol.PROTOCOL, frames[1], numbered, *frames[3:]])
+        if kind == Kind.DONE:
+            ex.current = None
+            self._event_seen(ex)  # text after DONE's mark is late: kept for the next cell
+            self._finish(ex, b'"exit":true' in header)
+        else:
+            self._event_seen(ex)
+
+    def _finish(self, ex: ExecutorProcess, exit_requested: bool) -> None:
+        ex.current = None
+        ex.grace_deadline = None
+        ex.kill_reason = None
+        if exit_requested:
+            ex.exit_requested = True
+            log.info("executor %d: exit() in a cell; it ends", ex.number)
+            self._forget(ex)
+            self._fail_queued(ex, "exit() ended this notebook's remote executor before it ran")
+            return
+        self._dispatch(ex)
+
+    # ------------------------------------------------------------------ streams
+    def _read_pipe(self, ex: ExecutorProcess, fd: int) -> None:
+        if fd in ex.pipes:
+            for name, text in ex.read_pipe(fd):
+                self._add_stream(ex, name, text)
+
+    def _event_seen(self, ex: ExecutorProcess) -> None:
+        """One more executor event is through: text marked after it may go now."""
+        ex.events_seen += 1
+        for name, text in ex.released():
+            self._add_stream(ex, name, text)
+
+    def _drain_pipes(self, ex: ExecutorProcess) -> None:
+        for fd in list(ex.pipes):
+            self._read_pipe(ex, fd)
+
+    def _add_stream(self, ex: ExecutorProcess, name: str, text: str) -> None:
+        if ex.current is None:
+            ex.keep_late(name, text)
+            return
+        pending = ex.pending
+        if pending and pending[0] != name:
+            self._flush_stream(ex)
+        now = time.monotonic()
+        if not pending:
+            pending.extend([name, [], now])
+        pending[1].append(text)
+        if now >= _stream_due(ex) or sum(map(len, pending[1])) >= MAX_STREAM_CHARS:
+            self._flush_stream(ex)
+
+    def _flush_stream(self, ex: ExecutorProcess) -> None:
+        pending = ex.pending
+        if not pending:
+            return
+        name, texts, _ = pending
+        pending.clear()
+        if ex.current is None:
+            ex.keep_late(name, "".join(texts))
+            return
+        self._to_client(ex.current, Kind.STREAM, {"name": name, "text": "".join(texts)})
+        ex.last_stream = time.monotonic()
+
+    def _stream_deadlines(self) -> list[float]:
+        return [_stream_due(ex) for ex in self.all if ex.pending]
+
+    def _flush_due_streams(self, now: float) -> None:
+        for ex in self.all:
+            if ex.pending and now >= _stream_due(ex):
+                self._flush_stream(ex)
+
+    # ------------------------------------------------------------------ ending executors
+    def _on_exit(self, ex: ExecutorProcess) -> None:
+        code = ex.proc.wait()
+        self._drain_pipes(ex)
+        # Events it sent before dying still count (e.g. DONE of exit()).
+        self._receive_executor(ex)
+        self._flush_stream(ex)
+        for fd in list(ex.pipes):  # a child it left may hold the pipe open: stop reading
+            ex.close_pipe(fd)
+        req = ex.current
+        sentence = ex.exit_sentence(code)
+        log.log(
+            logging.INFO if ex.exit_requested or ex.kill_reason == "stop" else logging.WARNING,
+            "executor %d (%s) ended: %s",
+            ex.number,
+            ex.key or "spare",
+            sentence,
+        )
+        if req is not None:
+            ex.current = None
+            if ex.kill_reason == "interrupt":
+                message = (
+                    f"The cell did not stop within {INTERRUPT_GRACE_S:g} s of the interrupt, so "
+                    "this notebook's remote executor was restarted; its namespace was lost."
+                )
+                header = done_header(DoneStatus.RESTARTING, message=message)
+                self._to_client(req, Kind.DONE, header)
+            else:
+                message = (
+                    f"The remote executor of this notebook died during the cell ({sentence}); "
+                    "its output until then is above, and this notebook's remote namespace "
+                    "was lost."
+                )
+                error = {"ename": "ExecutorDied", "evalue": message, "traceback": [message]}
+                self._to_client(req, Kind.ERROR, error)
+                self._to_client(req, Kind.DONE, done_header(DoneStatus.LOST, message=message))
+        self._fail_queued(ex, f"this notebook's remote executor ended ({sentence}) before it ran")
+        self._forget(ex)
+        self.all.remove(ex)
+        if ex in self.spares:
+            self.spares.remove(ex)
+            if time.monotonic() - ex.started < 10:
+                self._spare_failures += 1
+        for request_id, (route, _, owner) in list(self._inspects.items()):
+            if owner is ex:
+                del self._inspects[request_id]
+                self._reply(route, Kind.INSPECT_REPLY, self._inspect_header(request_id, None, None))
+        ex.close()
+        self._top_up_spares()
+
+    def _fail_queued(self, ex: ExecutorProcess, why: str) -> None:
+        while ex.queue:
+            req = ex.queue.popleft()
+            message = f"This {req.what} was not run: {why}."
+            self._to_client(req, Kind.DONE, done_header(DoneStatus.RESTARTING, message=message))
+
+    def _forget(self, ex: ExecutorProcess) -> None:
+        if ex.key is not None and self.executors.get(ex.key) is ex:
+            del self.executors[ex.key]
+
+    # ------------------------------------------------------------------ timers
+    def _tick(self, now: float) -> None:
+        for ex in list(self.all):
+            if ex.pidfd is None and ex.exited() is not None:
+                self._on_exit(ex)
+                continue
+            if ex.grace_deadline is not None and now >= ex.grace_deadline:
+                if proc_stopped(ex.pid):
+                    self._notice(
+                        ex.current,
+                        "stopped",
+                        "this notebook's remote executor is stopped (SIGSTOP) and not "
+                        "responding; it takes the interrupt when it is resumed (SIGCONT)",
+                        now,
+                    )
+                elif ex.current is not None or ex.kill_reason in ("orphan", "stop"):
+                    log.warning("executor %d ignored the interrupt: killing it", ex.number)
+                    ex.grace_deadline = None
+                    ex.signal(signal.SIGKILL)
+            self._notices(ex, now)
+            self._check_orphan(ex, now)
+        for request_id, (route, deadline, ex) in list(self._inspects.items()):
+            if now >= deadline:
+                del self._inspects[request_id]
+                self._reply(route, Kind.INSPECT_REPLY, self._inspect_header(request_id, ex, None))
+
+    def _notices(self, ex: ExecutorProcess, now: float) -> None:
+        cur = ex.current
+        if cur is not None and cur.started is not None and now - cur.started > NOTICE_AFTER_S:
+            if proc_stopped(ex.pid):
+                self._notice(
+                    cur,
+                    "stopped",
+                    "this notebook's remote executor is stopped (SIGSTOP) and not responding",
+                    now,
+                )
+        for req in ex.queue:
+            waited = now - req.received
+            if waited <= NOTICE_AFTER_S:
+                continue
+            if not ex.ready:
+                age = now - ex.started
+                text = f"waiting for this notebook's remote executor to start ({age:.0f} s)"
+                self._notice(req, "starting", text, now)
+            elif cur is not None and cur.started is not None:
+                running = now - cur.started
+                text = f"waiting for this notebook's previous {cur.what} (running {running:.0f} s)"
+                self._notice(req, "previous", text, now)
+
+    def _notice(self, req: Request | None, category: str, text: str, now: float) -> None:
+        """Say what a request waits for: once per category, then every 10 s."""
+        if req is None or (req.notice == category and now - req.notice_at < 10.0):
+            return
+        req.notice, req.notice_at = category, now
+        self._to_client(req, Kind.NOTICE, {"text": text})
+
+    def _check_orphan(self, ex: ExecutorProcess, now: float) -> None:
+        """An executor whose kernels went silent: interrupt its cell, then stop it."""
+        if ex.keepalive_s is None or ex.kill_reason in ("orphan", "stop"):
+            return
+        silent = now - ex.last_seen
+        if silent <= ORPHAN_AFTER_PINGS * ex.keepalive_s + 1.0:
+            return
+        log.warning(
+            "executor %d (%s): no sign of its kernel for %.0f s; stopping it",
+            ex.number,
+            ex.key,
+            silent,
+        )
+        if ex.current is not None:
+            self._interrupt(ex, "orphan")
+        else:
+            ex.kill_reason = "stop"
+            ex.grace_deadline = now + STOP_WAIT_S
+            ex.signal(signal.SIGTERM)
+        self._forget(ex)
+
+    # ------------------------------------------------------------------ ending the worker
+    def _exit(self, code: int) -> int:
+        for ex in self.all:
+            ex.signal(signal.SIGTERM)
+        end = time.monotonic() + STOP_WAIT_S
+        for ex in self.all:
+            try:
+                ex.proc.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                ex.signal(signal.SIGKILL)
+        for ex in list(self.all):
+            for req in [r for r in (ex.current, *ex.queue) if r is not None]:
+                message = (
+                    "The remote worker stopped before this cell ended; its namespace was lost."
+                )
+                self._to_client(req, Kind.DONE, done_header(DoneStatus.LOST, message=message))
+        if code == EXIT_OK:
+            self._to_broker(Kind.GOODBYE, {})
+        deadline = time.monotonic() + EXIT_FLUSH_S
+        while self._backlog and time.monotonic() < deadline:
+            if self.sock.poll(50, zmq.POLLOUT):
+                self._pump()
+        self.sock.close(linger=int(max(0.2, deadline - time.monotonic()) * 1000))
+        for ex in self.all:
+            ex.close()
+        self.ctx.term()
+        log.info("exiting with code %d", code)
+        return code
+
+
+def _stream_due(ex: ExecutorProcess) -> float:
+    """When pending stream text leaves: complete lines once the window since the last STREAM
+    is over; a partial line (``print`` writes text and newline separately) waits for its end
+    for up to ``PARTIAL_LINE_WAIT_S``.  Any other event sends it first anyway."""
+    name, texts, since = ex.pending
+    due = ex.last_stream + STREAM_WINDOW_S
+    if texts[-1].endswith("\n"):
+        return due
+    return max(due, since + PARTIAL_LINE_WAIT_S)
+
+
+def _header_id(header: bytes) -> str | None:
+    """The ``id`` of an executor's event without decoding the whole header (it comes first)."""
+    if header.startswith(b'{"id":"'):
+        end = header.find(b'"', 7)
+        if end > 0 and b"\\" not in header[7:end]:
+            return header[7:end].decode("utf-8", "replace")
+    try:
+        value = json.loads(header).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
