@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 DEFAULT_PULL_LIMIT = 256 * 2**20
 # How long the next cell waits for ZeroMQ to release the last cell's zero-copy pulled arrays.
 RELEASE_WAIT_S = 10.0
+EXIT_MESSAGE = (
+    "exit() ended this notebook's remote executor; its namespace is gone. "
+    "The next remote cell starts a fresh one."
+)
 
 
 class BadRequest(ValueError):
@@ -224,6 +228,7 @@ class CellRunner:
         }
         if self.shell.exit_requested:
             header["exit"] = True
+            header["message"] = EXIT_MESSAGE
         self.outbox.current = None
         self.outbox.last = target
         self.outbox.deferred_interrupt = False  # an interrupt that came too late for the cell

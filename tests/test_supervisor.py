@@ -1,0 +1,342 @@
+"""The supervisor and its executors, against a ROUTER standing in for the broker's worker port:
+no cell can wedge the worker, every byte of output arrives in order, a cell runs at most
+once, one namespace per client session.  Crash tests repeat: a race that loses one time in
+five is still a loss."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from rexec_magic import protocol
+from rexec_magic.protocol import DoneStatus, Kind
+from tests.worker_harness import BrokerPort, done, stdout
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def port():
+    port = BrokerPort()
+    port.start_worker()
+    port.register()
+    yield port
+    port.close()
+
+
+def in_session(session: str, **extra):
+    return {"extra": {"session": session, **extra}}
+
+
+def executor_pid(port: BrokerPort, session: str | None = None) -> int:
+    header = {"id": f"look-{time.monotonic()}", **({"session": session} if session else {})}
+    port.send(Kind.INSPECT, header)
+    return port.recv_kind(Kind.INSPECT_REPLY).header["worker"]["pid"]
+
+
+def heartbeats_while(port: BrokerPort, request_id: str) -> int:
+    """Heartbeats seen while ``request_id`` runs; returns when its DONE came (kept in stash)."""
+    beats = 0
+    end = time.monotonic() + 120
+    seen = []
+    while True:
+        route, msg = port.recv(max(0.01, end - time.monotonic()))
+        if msg.kind == Kind.HEARTBEAT:
+            beats += 1
+            continue
+        seen.append((route, msg))
+        if msg.kind == Kind.DONE and msg.header.get("id") == request_id:
+            port.stash[:0] = seen
+            return beats
+
+
+# --------------------------------------------------------------------------- no code wedges it
+WEDGING = {
+    "regex backtracking": "import re\nprint('go', flush=True)\nre.match(r'(a+)+$', 'a'*34+'b')",
+    "sum of a huge range": "print('go', flush=True)\nsum(range(10**10))",
+    "C code holding the GIL": (
+        "import ctypes\nprint('go', flush=True)\nctypes.PyDLL(None).sleep(60)"
+    ),
+    "C code that blocks SIGINT": (
+        "import ctypes, signal\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])\n"
+        "print('go', flush=True)\n"
+        "ctypes.CDLL(None).sleep(100)"
+    ),
+}
+
+
+@pytest.mark.parametrize("code", WEDGING.values(), ids=WEDGING.keys())
+def test_a_cell_that_does_not_stop_costs_its_namespace_not_the_worker(port, code):
+    port.run("kept = 1")
+    request_id = port.execute(code)
+    port.recv_kind(Kind.STREAM)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=protocol.INTERRUPT_GRACE_S + 30)
+    d = done(events)
+    after = port.run("print('fresh', 'kept' in globals())", timeout=30)
+    if d.header["status"] == DoneStatus.INTERRUPTED:  # this Python's re checks for signals
+        assert stdout(after) == "fresh True\n"
+    else:
+        assert d.header["status"] == DoneStatus.RESTARTING
+        assert "this notebook's remote executor was restarted" in d.header["message"]
+        assert "namespace was lost" in d.header["message"]
+        assert stdout(after) == "fresh False\n"
+    assert port.proc.poll() is None
+
+
+def test_sleep_is_interrupted_and_the_namespace_kept(port):
+    port.run("kept = 1")
+    request_id = port.execute("import time\nprint('go', flush=True)\ntime.sleep(100)")
+    port.recv_kind(Kind.STREAM)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    assert done(port.events(request_id)).header["status"] == DoneStatus.INTERRUPTED
+    assert stdout(port.run("print(kept)")) == "1\n"
+
+
+def test_heartbeats_go_on_while_a_cell_holds_the_gil_and_its_result_arrives(port):
+    # ctypes.PyDLL calls hold the GIL: 4 s with no Python thread of the executor running.
+    code = (
+        "import ctypes\nprint('start', flush=True)\nm = ctypes.PyDLL(None).sleep(4)\n"
+        "print('end', m)"
+    )
+    request_id = port.execute(code)
+    beats = heartbeats_while(port, request_id)
+    events = port.events(request_id)
+    assert done(events).header["status"] == DoneStatus.OK
+    assert stdout(events) == "start\nend 0\n"
+    assert beats >= 3  # one a second, whatever the cell does
+
+
+def test_a_stopped_executor_is_reported_as_not_responding_not_lost(port):
+    request_id = port.execute("import time\nprint('go', flush=True)\ntime.sleep(8)\nprint('woke')")
+    port.recv_kind(Kind.STREAM)
+    pid = executor_pid(port)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        notice = port.recv_kind(Kind.NOTICE, timeout=10)
+        assert "stopped (SIGSTOP) and not responding" in notice.header["text"]
+        port.send(Kind.INSPECT, {"id": "look-stopped"})
+        reply = port.recv_kind(Kind.INSPECT_REPLY)
+        assert reply.header["worker"]["state"] == "not responding (stopped)"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    events = port.events(request_id, timeout=30)
+    assert done(events).header["status"] == DoneStatus.OK
+    assert "woke" in stdout(events)
+
+
+# --------------------------------------------------------------------------- at most once
+@pytest.mark.parametrize("attempt", range(5))
+def test_a_cell_whose_executor_dies_runs_once_and_says_why(port, tmp_path, attempt):
+    marker = tmp_path / "ran.txt"
+    code = (
+        "import os\n"
+        f"open({str(marker)!r}, 'a').write('ran\\n')\n"
+        "print('before the end', flush=True)\n"
+        "os._exit(3)"
+    )
+    events = port.run(code, timeout=30)
+    d = done(events)
+    assert d.header["status"] == DoneStatus.LOST
+    assert "exit code 3" in d.header["message"]
+    assert "namespace was lost" in d.header["message"]
+    assert stdout(events) == "before the end\n"
+    errors = [e for e in events if e.kind == Kind.ERROR]
+    assert len(errors) == 1 and errors[0].header["ename"] == "ExecutorDied"
+    assert stdout(port.run("print('next')", timeout=30)) == "next\n"
+    assert marker.read_text() == "ran\n"
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_a_segfault_shows_the_crash_dump_and_the_signal(port, attempt):
+    events = port.run("import ctypes\nctypes.string_at(0)", timeout=30)
+    d = done(events)
+    assert d.header["status"] == DoneStatus.LOST
+    assert "SIGSEGV (segmentation fault)" in d.header["message"]
+    assert "Fatal Python error: Segmentation fault" in stdout(events, "stderr")
+
+
+def test_a_killed_executor_names_the_signal(port):
+    events = port.run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", timeout=30)
+    assert "killed by SIGKILL" in done(events).header["message"]
+
+
+def test_cells_queued_behind_a_crash_are_not_run(port, tmp_path):
+    marker = tmp_path / "second.txt"
+    first = port.execute("import time, os\ntime.sleep(0.5)\nos._exit(1)")
+    second = port.execute(f"open({str(marker)!r}, 'w').write('ran')")
+    assert done(port.events(first, timeout=30)).header["status"] == DoneStatus.LOST
+    d = done(port.events(second, timeout=30))
+    assert d.header["status"] == DoneStatus.RESTARTING
+    assert "was not run" in d.header["message"]
+    port.run("pass", timeout=30)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- every byte
+def test_fd_output_of_shells_subprocesses_and_c_code_in_write_order(port):
+    code = (
+        "import ctypes, os, subprocess, sys\n"
+        "print('1 python')\n"
+        "os.system('echo 2 shell')\n"
+        "subprocess.run(['echo', '3 subprocess'])\n"
+        "os.write(1, b'4 os.write\\n')\n"
+        "libc = ctypes.CDLL(None)\n"
+        "libc.printf(b'5 printf\\n'); libc.fflush(None)\n"
+        "print('6 python')\n"
+        "os.system('echo 7 to stderr >&2')\n"
+    )
+    events = port.run(code)
+    assert stdout(events) == "1 python\n2 shell\n3 subprocess\n4 os.write\n5 printf\n6 python\n"
+    assert stdout(events, "stderr") == "7 to stderr\n"
+
+
+def test_fd_text_and_display_events_keep_their_order(port):
+    code = (
+        "import os\n"
+        "from IPython.display import display\n"
+        "for i in range(20):\n"
+        "    os.write(1, b'%d\\n' % i)\n"
+        "    display(i)\n"
+    )
+    events = port.run(code)
+    seen = []
+    for e in events:
+        if e.kind == Kind.STREAM:
+            seen.extend(("text", line) for line in e.header["text"].splitlines())
+        elif e.kind == Kind.DISPLAY:
+            seen.append(("display", e.header["data"]["text/plain"]))
+    assert seen == [pair for i in range(20) for pair in (("text", str(i)), ("display", str(i)))]
+
+
+def test_output_after_the_cell_ended_comes_first_in_the_next_cell_marked_late(port):
+    code = (
+        "import threading, os\n"
+        "threading.Timer(0.3, print, ['late print']).start()\n"
+        "threading.Timer(0.3, os.system, ['echo late shell']).start()\n"
+        "print('on time')"
+    )
+    first = port.run(code)
+    assert stdout(first) == "on time\n"
+    time.sleep(1.0)  # let the timers fire between the cells (not a race: they are late either way)
+    events = port.run("print('next')")
+    streams = [e for e in events if e.kind == Kind.STREAM]
+    late = "".join(e.header["text"] for e in streams if e.header.get("late"))
+    assert sorted(late.splitlines()) == ["late print", "late shell"]
+    assert streams[-1].header["text"] == "next\n" and not streams[-1].header.get("late")
+
+
+def test_a_thread_printing_while_its_cell_runs_shows_in_that_cell(port):
+    code = (
+        "import threading, time\n"
+        "def run():\n"
+        "    for i in range(3):\n"
+        "        print('tick', i)\n"
+        "        time.sleep(0.05)\n"
+        "t = threading.Thread(target=run)\n"
+        "t.start(); t.join()"
+    )
+    assert stdout(port.run(code)) == "tick 0\ntick 1\ntick 2\n"
+
+
+def test_no_event_is_dropped_for_a_slow_reader(port):
+    """Credit 32: the worker never has more than 32 events unacknowledged in flight."""
+    n = 3000
+    request_id = port.execute(
+        f"from IPython.display import display\nfor i in range({n}):\n    display(i)",
+        extra={"credit": 32},
+    )
+    got, in_flight_max, unacked = [], 0, 0
+    while True:
+        _, msg = port.recv(30)
+        if msg.header.get("id") != request_id or msg.kind == Kind.ACCEPTED:
+            continue
+        got.append(msg)
+        unacked += 1
+        in_flight_max = max(in_flight_max, unacked)
+        if msg.kind == Kind.DONE:
+            break
+        if unacked >= 16 and not port.router.poll(0):  # a slow reader: acks late, in halves
+            port.send(Kind.ACK, {"id": request_id, "n": len(got)})
+            unacked = 0
+    displays = [int(m.header["data"]["text/plain"]) for m in got if m.kind == Kind.DISPLAY]
+    assert displays == list(range(n))
+    assert in_flight_max <= 33
+
+
+# --------------------------------------------------------------------------- one namespace each
+def test_each_session_has_its_own_namespace_and_they_run_side_by_side(port):
+    port.run("x = 'a'", **in_session("a"))
+    port.run("x = 'b'", **in_session("b"))
+    slow = port.execute("import time\ntime.sleep(3)\nprint(x)", **in_session("a"))
+    quick = port.execute("print(x)", **in_session("b"))
+    assert stdout(port.events(quick)) == "b\n"  # not behind a's sleep
+    assert stdout(port.events(slow)) == "a\n"
+    assert executor_pid(port, "a") != executor_pid(port, "b")
+
+
+def test_sessions_attached_to_one_namespace_share_it(port):
+    port.run("shared_value = 42", **in_session("a", namespace="team"))
+    events = port.run("print(shared_value)", **in_session("b", namespace="team"))
+    assert stdout(events) == "42\n"
+    assert "NameError" in str([e.header for e in port.run("shared_value", **in_session("b"))])
+
+
+def test_the_executor_of_a_silent_kernel_is_interrupted_and_stopped(port):
+    extra = in_session("gone", keepalive_s=0.5)
+    request_id = port.execute("import time\nprint('go', flush=True)\ntime.sleep(100)", **extra)
+    port.recv_kind(Kind.STREAM)
+    # No keepalive from now on: the kernel is gone.
+    assert done(port.events(request_id, timeout=30)).header["status"] == DoneStatus.INTERRUPTED
+    end = time.monotonic() + 30
+    while True:
+        beat = port.recv_kind(Kind.HEARTBEAT, timeout=max(0.1, end - time.monotonic()))
+        if not any(row["notebook"] == "gone"[:12] for row in beat.header["executors"]):
+            break
+
+
+def test_a_queued_call_says_what_it_waits_for(port):
+    first = port.execute("import time\ntime.sleep(4)")
+    second = port.execute("print('second')")
+    notice = port.recv_kind(Kind.NOTICE, timeout=10)
+    assert notice.header["id"] == second
+    assert "waiting for this notebook's previous cell (running" in notice.header["text"]
+    assert done(port.events(first)).header["status"] == DoneStatus.OK
+    assert stdout(port.events(second)) == "second\n"
+
+
+# --------------------------------------------------------------------------- exits
+@pytest.mark.parametrize("call", ["exit()", "quit()"])
+def test_exit_ends_the_executor_and_says_so(port, call):
+    port.run("kept = 1")
+    d = done(port.run(call))
+    assert d.header["status"] == DoneStatus.OK and d.header["exit"] is True
+    assert "exit() ended this notebook's remote executor" in d.header["message"]
+    assert stdout(port.run("print('kept' in globals())", timeout=30)) == "False\n"
+
+
+def test_sys_exit_is_an_error_as_in_ipykernel_and_keeps_the_namespace(port):
+    port.run("kept = 1")
+    events = port.run("import sys\nsys.exit(3)")
+    assert done(events).header["status"] == DoneStatus.ERROR
+    error = next(e for e in events if e.kind == Kind.ERROR)
+    assert error.header["ename"] == "SystemExit" and error.header["evalue"] == "3"
+    assert stdout(port.run("print(kept)")) == "1\n"
+
+
+def test_uptime_is_the_executors_age_and_log_lines_appear_once(port):
+    port.run("pass")
+    time.sleep(0.5)
+    port.send(Kind.INSPECT, {"id": "age"})
+    worker = port.recv_kind(Kind.INSPECT_REPLY).header["worker"]
+    assert 0 < worker["uptime_s"] <= worker["supervisor_uptime_s"]
+    port.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)
+    port.register()
+    port.run("print('after')")
+    log = port.log_text()
+    assert log.count("registered with the broker") == 2  # once per registration, not 3-5x
+    assert log.count("executor 1 started") == 1
