@@ -47,6 +47,10 @@ from rexec_magic import protocol as P
 log = logging.getLogger("rexec.broker")
 
 AUTH_RESULTS = "inproc://rexec-broker-auth-results"
+# What a client may send to its user's worker (the rest is for the broker itself).
+CLIENT_TO_WORKER = frozenset(
+    {P.Kind.EXECUTE, P.Kind.CALL, P.Kind.INTERRUPT, P.Kind.INSPECT, P.Kind.ACK, P.Kind.KEEPALIVE}
+)
 SESSION_IDLE_S = 24 * 3600.0
 HOUSEKEEPING_S = 0.25
 
@@ -70,6 +74,9 @@ class WorkerEntry:
     registered_at: float
     last_seen: float
     busy: bool = False
+    # The worker's executors as its last heartbeat listed them: one row per namespace
+    # ({notebook, state, memory, pid, uptime_s, ...}), for %rexec_status and the sidebar.
+    executors: list[dict[str, Any]] = field(default_factory=list)
     # Wall-clock time of the last cell forwarded to or finished by this worker (or of its
     # registration): the spawner culls workers idle for longer than its cull_idle_seconds.
     last_activity: float = field(default_factory=time.time)
@@ -102,6 +109,7 @@ class WorkerEntry:
             "last_seen_s": round(now - self.last_seen, 3),
             "busy": self.busy,
             "last_activity": self.last_activity,
+            "executors": self.executors,
         }
 
 
@@ -323,7 +331,7 @@ class Broker:
                 },
             )
             return
-        if kind not in (P.Kind.EXECUTE, P.Kind.CALL, P.Kind.INTERRUPT, P.Kind.INSPECT):
+        if kind not in CLIENT_TO_WORKER:
             return self._malformed("frontend", f"unknown kind {kind[:32]!r}")
         header = self._header(frames[3])
         if header is None:
@@ -440,6 +448,9 @@ class Broker:
                     return self._to_worker(wroute, P.Kind.RESYNC)
                 entry.last_seen = now
                 entry.busy = bool(header.get("busy"))
+                executors = header.get("executors")
+                if isinstance(executors, list):
+                    entry.executors = [row for row in executors[:100] if isinstance(row, dict)]
                 if entry.busy:  # a long cell is activity too
                     entry.last_activity = time.time()
                 return self._to_worker(wroute, P.Kind.HEARTBEAT_ACK)

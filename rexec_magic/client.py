@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -27,8 +28,9 @@ log = logging.getLogger("rexec.client")
 EventHandler = Callable[[P.Message], None]
 Events = Generator[P.Message, None, "CellOutcome"]
 # Events a request yields to its caller as they come (the rest are bookkeeping).
-OUTPUT_KINDS = (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT, P.Kind.YIELD)
+OUTPUT_KINDS = (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT, P.Kind.YIELD, P.Kind.NOTICE)
 HELLO_TIMEOUT_S = 10.0
+CANCEL_POLL_S = 0.05  # how soon a cancel from another thread is noticed
 
 
 @dataclass
@@ -52,6 +54,26 @@ class RexecClient:
         self.worker: dict[str, Any] | None = None
         self.local_versions = serialize.versions()
         self._ids = itertools.count()
+        # Which executor on the worker: one per client session (a kernel, a script), or a
+        # named namespace shared by several (``%rexec_attach``).  Set by RemoteSession.
+        self.session_id = uuid.uuid4().hex
+        self.namespace: str | None = None
+        self.notebook = ""
+        self.keepalive_s = P.CLIENT_KEEPALIVE_S
+
+    def placement(self) -> dict[str, Any]:
+        """The header fields that pick this session's executor on the worker."""
+        out: dict[str, Any] = {"session": self.session_id, "keepalive_s": self.keepalive_s}
+        if self.namespace:
+            out["namespace"] = self.namespace
+        if self.notebook:
+            out["notebook"] = self.notebook
+        return out
+
+    def keepalive(self) -> None:
+        """Tell this session's executor the kernel is still there (no answer is sent)."""
+        if self.user:
+            self._send(P.Kind.KEEPALIVE, self.placement())
 
     # ------------------------------------------------------------------ connection
     def _socket(self) -> zmq.Socket:
@@ -143,7 +165,7 @@ class RexecClient:
         """The worker's own report: versions, uptime, variables."""
         self.ensure_hello()
         req_id = self._new_id()
-        self._send(P.Kind.INSPECT, {"id": req_id})
+        self._send(P.Kind.INSPECT, {"id": req_id, **self.placement()})
         deadline = time.monotonic() + timeout_s
         while True:
             msg = self._recv(deadline - time.monotonic())
@@ -208,6 +230,8 @@ class RexecClient:
             "pull": pull,
             "pull_limit": pull_limit,
             "client": self.local_versions,
+            "credit": P.CLIENT_CREDIT,
+            **self.placement(),
         }
         self._send(P.Kind.EXECUTE, header, buffers)
         return self._wait_cell(req_id, header, buffers, on_event, timeout_s)
@@ -242,11 +266,13 @@ class RexecClient:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Events:
         """Call ``fn(*args, **kwargs)`` on the worker: yields its STREAM / DISPLAY / YIELD
         events as they come and returns the CellOutcome (``values["return"]``).
 
-        Closing the generator early (a consumer that stops iterating) interrupts the call.
+        Closing the generator early (a consumer that stops iterating) or setting ``cancel``
+        interrupts the call.
         """
         try:
             entries, buffers = serialize.pack({"fn": fn, "args": tuple(args), "kwargs": kwargs})
@@ -254,9 +280,15 @@ class RexecClient:
             raise errors.UnserializableVariable(f"The call was not sent: {exc}.") from None
         self.ensure_hello()
         req_id = self._new_id()
-        header = {"id": req_id, "vars": entries, "client": self.local_versions}
+        header = {
+            "id": req_id,
+            "vars": entries,
+            "client": self.local_versions,
+            "credit": P.CLIENT_CREDIT,
+            **self.placement(),
+        }
         self._send(P.Kind.CALL, header, buffers)
-        return (yield from self._events(P.Kind.CALL, req_id, header, buffers, timeout_s))
+        return (yield from self._events(P.Kind.CALL, req_id, header, buffers, timeout_s, cancel))
 
     def _events(
         self,
@@ -265,9 +297,19 @@ class RexecClient:
         header: dict[str, Any],
         buffers: list[Any],
         timeout_s: float | None,
+        cancel: threading.Event | None = None,
     ) -> Events:
-        """Wait for one request's end, yielding its output events on the way."""
+        """Wait for one request's end, yielding its output events on the way.
+
+        ``cancel`` (set from another thread, e.g. ``Future.cancel()``) interrupts the request.
+        Every event is acknowledged (ACK, in batches) once the caller has handled it: the
+        worker sends at most ``CLIENT_CREDIT`` unacknowledged events, so a slow consumer
+        slows the cell down and nothing is dropped on the way.
+        """
         started = False  # the worker accepted the cell: never resend it after that
+        handled = 0  # events of this request handled here (acknowledged in batches)
+        acked = 0
+        notice = ""  # what the worker last said this request waits for
         resent = False
         interrupted_at: float | None = None
         timed_out = False
@@ -283,9 +325,13 @@ class RexecClient:
                     timed_out = True
                     interrupted_at = now
                     self._send(P.Kind.INTERRUPT, {"id": req_id})
+                if cancel is not None and cancel.is_set() and interrupted_at is None:
+                    interrupted_at = now
+                    self._send(P.Kind.INTERRUPT, {"id": req_id})
                 if interrupted_at is not None and now - interrupted_at > P.INTERRUPT_GRACE_S + 5:
+                    why = f" ({notice})" if notice else "; it may still be busy"
                     raise errors.WorkerLost(
-                        "The remote worker did not confirm the interrupt; it may still be busy."
+                        f"The remote worker did not confirm the interrupt{why}."
                     )
                 if now - last_heard > P.BROKER_SILENT_AFTER_S:
                     self.reset()
@@ -293,12 +339,18 @@ class RexecClient:
                         f"Lost contact with the rexec broker at {self.info.broker_url} "
                         "while the cell ran; its output may be incomplete."
                     )
+                if handled - acked >= P.CLIENT_CREDIT // 4:
+                    acked = handled
+                    self._send(P.Kind.ACK, {"id": req_id, "n": acked})
                 if now >= next_ping:
                     self._send(P.Kind.PING, {"t": now})
+                    self.keepalive()
                     next_ping = now + P.CLIENT_PING_S
                 wait = next_ping - now
                 if deadline is not None and interrupted_at is None:
                     wait = min(wait, deadline - now)
+                if cancel is not None:
+                    wait = min(wait, CANCEL_POLL_S)
                 msg = self._recv(wait)
                 if msg is None:
                     continue
@@ -325,6 +377,10 @@ class RexecClient:
                     continue
                 if h.get("id") != req_id:
                     continue  # a late event of an earlier cell
+                if isinstance(h.get("seq"), int):
+                    handled = max(handled, h["seq"] + 1)
+                if msg.kind == P.Kind.NOTICE:
+                    notice = str(h.get("text", ""))
                 if msg.kind == P.Kind.ACCEPTED:
                     started = True
                 elif msg.kind in OUTPUT_KINDS:
@@ -378,6 +434,10 @@ class RexecClient:
     ) -> CellOutcome:
         h = msg.header
         status = h.get("status")
+        if status == P.DoneStatus.LOST:
+            raise errors.WorkerLost(
+                h.get("message") or "The remote executor died; the remote namespace was lost."
+            )
         if status == P.DoneStatus.RESTARTING:
             text = h.get("message") or (
                 "The remote cell did not stop after the interrupt, so the worker was "

@@ -142,7 +142,7 @@ def replies(kind: str, header: dict[str, Any], buffers: Sequence[Any]) -> list[b
         if status == P.DoneStatus.OK:
             out = [value_event(seq, "return", _as_bytes(buffers[0]))] if buffers else []
             return [*out, event(END, seq + 1)]
-        if status == P.DoneStatus.ERROR:
+        if status in (P.DoneStatus.ERROR, P.DoneStatus.LOST):
             return []  # the ERROR before it already ended the client's stream
         return [error(seq, str(header.get("message") or "The remote call was interrupted."))]
     return []

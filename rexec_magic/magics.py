@@ -1,5 +1,5 @@
 """The IPython magics: ``%%remote``, ``%remote``, ``%rexec_login``, ``%rexec_start``,
-``%rexec_stop`` and ``%rexec_status``.
+``%rexec_stop``, ``%rexec_attach`` and ``%rexec_status``.
 
 The flags of ``%%remote`` and ``%remote`` are declared once (``remote_args``) and stacked on
 the magic, so the line and cell forms can never drift apart (the ipyparallel pattern).
@@ -141,6 +141,8 @@ class RexecMagics(Magics):
             say=self._say,
         )
         self.shell.user_ns.update(outcome.values)
+        if outcome.message:  # e.g. exit() ended the remote executor
+            self._say(f"rexec: {outcome.message}")
         for skip in outcome.skipped:
             self._say(f"rexec: `{skip['name']}` stays remote: {skip['reason']}.")
         return renderer.result
@@ -222,6 +224,22 @@ class RexecMagics(Magics):
         print("Remote worker stopped.")
 
     @line_magic
+    def rexec_attach(self, line: str) -> None:
+        """``%rexec_attach NAME``: run this notebook's remote cells in the shared namespace
+        NAME (every notebook attached to NAME sees the same variables); ``%rexec_attach``
+        alone: back to this notebook's own namespace."""
+        name = line.strip()
+        if name and not re.fullmatch(r"[\w.-]{1,100}", name):
+            raise errors.RexecError(
+                "A namespace name is letters, digits, '_', '.' or '-' (at most 100)."
+            )
+        self.session.attach(name or None)
+        if name:
+            print(f"Remote cells of this notebook now run in the shared namespace {name!r}.")
+        else:
+            print("Remote cells of this notebook run in its own namespace again.")
+
+    @line_magic
     def rexec_status(self, line: str) -> Table:
         """Where things stand: user, broker, worker, versions, uptime, round trip, variables."""
         report = self._guard("reading the status", self.session.status)
@@ -255,11 +273,22 @@ def status_table(report: dict[str, Any]) -> Table:
         winfo = inspect.get("worker") or {}
         rows.append(("worker python", worker.get("python") or winfo.get("python", "?")))
         rows.append(("worker dill", worker.get("dill", "?")))
-        rows.append(("uptime", human_seconds(float(worker.get("uptime_s", 0)))))
+        # The executor's age (this notebook's namespace), not the connection's.
+        uptime = winfo.get("uptime_s", worker.get("uptime_s", 0))
+        rows.append(("uptime", human_seconds(float(uptime))))
         if winfo.get("hostname"):
             rows.append(("runs on", f"{winfo['hostname']} (pid {winfo.get('pid', '?')})"))
     if "rtt_ms" in report:
         rows.append(("round trip", f"{report['rtt_ms']:.2f} ms"))
+    for row in inspect.get("executors") or (worker or {}).get("executors") or []:
+        memory = row.get("memory")
+        details = [str(row.get("state", "?"))]
+        if memory:
+            details.append(human_bytes(memory))
+        if row.get("running_s") is not None:
+            details.append(f"running {human_seconds(row['running_s'])}")
+        details.append(f"up {human_seconds(float(row.get('uptime_s') or 0))}")
+        rows.append((f"executor {row.get('notebook', '?')}", ", ".join(details)))
     variables = inspect.get("variables") or []
     if running:
         listing = ", ".join(

@@ -30,10 +30,24 @@ class EventRenderer:
 
     def __init__(self) -> None:
         self.result: RemoteResult | None = None
+        self._late_said = False
+        self._notices: set[str] = set()
 
     def __call__(self, msg: P.Message) -> None:
         h = msg.header
-        if msg.kind == P.Kind.STREAM:
+        if h.get("late") and not self._late_said:
+            # Output of an earlier cell's threads, timers or child processes, produced after
+            # that cell ended (ipykernel shows it in the cell that started it; ours is gone).
+            self._late_said = True
+            sys.stderr.write("[rexec: output produced after the previous remote cell ended]\n")
+        if msg.kind == P.Kind.NOTICE:
+            text = str(h.get("text", ""))
+            category = text.split("(")[0]
+            if category not in self._notices:  # once per kind of wait, not every 10 s
+                self._notices.add(category)
+                sys.stderr.write(f"rexec: {text}\n")
+                sys.stderr.flush()
+        elif msg.kind == P.Kind.STREAM:
             stream = sys.stderr if h.get("name") == "stderr" else sys.stdout
             stream.write(h.get("text", ""))
             stream.flush()  # ipykernel sends at once on flush: output stays live

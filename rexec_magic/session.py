@@ -9,13 +9,17 @@ of a kernel share.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from rexec_magic import connection, errors, serialize
+from rexec_magic import protocol as P
 from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient
 from rexec_magic.spawner_client import SpawnerClient
 
@@ -38,22 +42,59 @@ class RemoteSession:
         # One request at a time on the socket: remote_func's futures run in other threads.
         self._lock = threading.Lock()
         self._owner: int | None = None
+        self._holder = ("", 0.0)  # what holds the connection ("call", "cell") and since when
+        # This session's executor on the worker: its own namespace, kept across reconnects.
+        self.session_id = uuid.uuid4().hex
+        self.namespace: str | None = None  # %rexec_attach NAME: a shared, named namespace
+        self.notebook = _notebook_label()
+        self._keepalive: threading.Thread | None = None
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold the connection for one request (other threads wait their turn)."""
+    def exclusive(self, what: str = "request", say: Say = _quiet) -> Iterator[None]:
+        """Hold the connection for one request (other threads wait their turn, and after
+        ``NOTICE_AFTER_S`` say what they wait for)."""
         me = threading.get_ident()
         if self._owner == me:
             raise errors.RexecError(
                 "A remote generator is still being iterated; finish it (or close it) "
                 "before the next remote call."
             )
-        with self._lock:
+        if not self._lock.acquire(timeout=P.NOTICE_AFTER_S):
+            held, since = self._holder
+            say(
+                f"rexec: waiting for this notebook's previous {held or 'request'} "
+                f"(running {time.monotonic() - since:.0f} s)"
+            )
+            self._lock.acquire()
+        try:
             self._owner = me
+            self._holder = (what, time.monotonic())
+            self._start_keepalive()
+            yield
+        finally:
+            self._owner = None
+            self._lock.release()
+
+    def _start_keepalive(self) -> None:
+        """A daemon thread that tells the executor this kernel lives while it is idle."""
+        if self._keepalive is None:
+            self._keepalive = threading.Thread(
+                target=self._keep_alive, name="rexec-keepalive", daemon=True
+            )
+            self._keepalive.start()
+
+    def _keep_alive(self) -> None:
+        while True:
+            time.sleep(P.CLIENT_KEEPALIVE_S)
+            if not self._lock.acquire(blocking=False):
+                continue  # a request is running: its own pings say we are alive
             try:
-                yield
+                if self._client is not None:
+                    self._client.keepalive()
+            except Exception as exc:  # never let the thread die; the next beat retries
+                log.debug("keepalive failed: %s", exc)
             finally:
-                self._owner = None
+                self._lock.release()
 
     # ------------------------------------------------------------------ parts
     @property
@@ -69,7 +110,14 @@ class RemoteSession:
     def client(self) -> RexecClient:
         if self._client is None:
             self._client = RexecClient(self.info)
-        return self._client
+        client = self._client
+        client.session_id, client.namespace = self.session_id, self.namespace
+        client.notebook = self.notebook
+        return client
+
+    def attach(self, name: str | None) -> None:
+        """Use the shared namespace ``name`` from now on (None: this session's own again)."""
+        self.namespace = name or None
 
     @property
     def spawner(self) -> SpawnerClient:
@@ -103,7 +151,7 @@ class RemoteSession:
         say: Say = _quiet,
     ) -> dict[str, Any]:
         """Spawn (or find) the user's worker and wait until it answers through the broker."""
-        with self.exclusive():
+        with self.exclusive("start", say):
             return self._start(requirements, force, options, say)
 
     def _start(
@@ -154,7 +202,7 @@ class RemoteSession:
         say: Say = _quiet,
     ) -> CellOutcome:
         """Run a cell; start a worker first when the user has none (saying so)."""
-        with self.exclusive():
+        with self.exclusive("cell", say):
             return self._run(code, push, pull, on_event, pull_limit, timeout_s, say)
 
     def _run(
@@ -197,23 +245,29 @@ class RemoteSession:
         kwargs: dict[str, Any],
         timeout_s: float | None = None,
         say: Say = _quiet,
+        cancel: threading.Event | None = None,
     ) -> Events:
         """Call ``fn`` on the worker (``remote_func``); start a worker first when needed.
 
         A generator: yields output events, returns the CellOutcome.  The connection is held
-        until the generator ends or is closed.
+        until the generator ends or is closed.  No ping first: a missing worker is the
+        broker's immediate ``no_worker`` answer, which comes before any event.
         """
-        with self.exclusive():
+        with self.exclusive("call", say):
             client = self.client
-            _, pong = client.ping()  # fresh: the worker may have stopped since the last call
-            if pong.get("worker") is None:
+            client.ensure_hello()
+            if client.worker is None:
                 self._start_missing(say)
             self._check_versions(say)
-            return (yield from client.call(fn, args, kwargs, timeout_s))
+            try:
+                return (yield from client.call(fn, args, kwargs, timeout_s, cancel))
+            except errors.NoWorker:
+                self._start_missing(say)
+                return (yield from client.call(fn, args, kwargs, timeout_s, cancel))
 
     def status(self) -> dict[str, Any]:
         """Everything ``%rexec_status`` shows, gathered without raising for a missing worker."""
-        with self.exclusive():
+        with self.exclusive("status"):
             return self._status()
 
     def _status(self) -> dict[str, Any]:
@@ -237,6 +291,18 @@ class RemoteSession:
         except errors.RexecError as exc:
             report["broker_error"] = str(exc)
         return report
+
+
+def _notebook_label() -> str:
+    """How the worker lists this session: the notebook's path where Jupyter says it
+    (``JPY_SESSION_NAME``), else the script's name, else the kernel's pid."""
+    name = os.environ.get("JPY_SESSION_NAME")
+    if name:
+        return os.path.basename(name)
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if script and not script.startswith("ipykernel") and script != "-c":
+        return script
+    return f"kernel {os.getpid()}"
 
 
 _shared: RemoteSession | None = None
