@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 import uuid
@@ -44,6 +45,16 @@ class CellOutcome:
     message: str = ""
 
 
+def keepalive_interval() -> float:
+    """Seconds between keepalives (``REXEC_KEEPALIVE_S``; the worker stops an executor
+    after ``ORPHAN_AFTER_PINGS`` silent intervals)."""
+    try:
+        value = float(os.environ.get("REXEC_KEEPALIVE_S") or P.CLIENT_KEEPALIVE_S)
+    except ValueError:
+        return P.CLIENT_KEEPALIVE_S
+    return min(max(value, 0.2), 3600.0)
+
+
 class RexecClient:
     def __init__(self, info: ConnectionInfo, context: zmq.Context | None = None) -> None:
         self.info = info
@@ -59,7 +70,7 @@ class RexecClient:
         self.session_id = uuid.uuid4().hex
         self.namespace: str | None = None
         self.notebook = ""
-        self.keepalive_s = P.CLIENT_KEEPALIVE_S
+        self.keepalive_s = keepalive_interval()
 
     def placement(self) -> dict[str, Any]:
         """The header fields that pick this session's executor on the worker."""

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import signal
 import sys
+import threading
+import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, RUNNING
 from typing import Any
 
 from rexec_magic import errors, serialize
@@ -46,11 +50,124 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _submit(fn: Callable[..., Any], *args: Any) -> Future:
+class RemoteFuture(Future):
+    """A Future whose ``cancel()`` also stops a call that is already running remotely.
+
+    ``concurrent.futures.Future.cancel`` gives up on a running call (returns False); here
+    a running call is interrupted on the worker (INTERRUPT, as Ctrl-C does) and the future
+    ends cancelled at once.  The standard library has no hook for this, so the state change
+    mirrors its own ``cancel`` (the constants are concurrent.futures' own).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancel_requested = threading.Event()
+
+    def cancel(self) -> bool:
+        if super().cancel():  # still queued here: it never reached the worker
+            return True
+        with self._condition:  # type: ignore[attr-defined]
+            if self._state != RUNNING:  # type: ignore[attr-defined]
+                return self.cancelled()
+            self.cancel_requested.set()  # the waiting thread sends INTERRUPT
+            self._state = CANCELLED_AND_NOTIFIED  # type: ignore[attr-defined]
+            self._condition.notify_all()  # type: ignore[attr-defined]
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return super().result(timeout)
+        except KeyboardInterrupt:  # a kernel interrupt while waiting: stop the remote calls
+            cancel_running()
+            raise
+
+
+# Calls of this kernel (this notebook) now running remotely: a kernel interrupt cancels them.
+_running: weakref.WeakSet[RemoteFuture] = weakref.WeakSet()
+_hooked = False
+
+
+def cancel_running() -> int:
+    """Cancel every running ``submit()`` call of this kernel; returns how many."""
+    futures = [f for f in list(_running) if f.running()]
+    for fut in futures:
+        fut.cancel()
+    return len(futures)
+
+
+def _chain(previous: Any) -> Callable[[int, Any], None]:
+    def on_sigint(signum: int, frame: Any) -> None:
+        cancel_running()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+    return on_sigint
+
+
+def _hook_kernel_interrupt() -> None:
+    """Make a kernel interrupt (SIGINT) cancel this kernel's running calls, busy or idle.
+
+    ipykernel ignores SIGINT between cells and restores ``kernel.saved_sigint_handler``
+    after each one, so the idle handler is chained there; during a cell the interrupt is a
+    KeyboardInterrupt, caught by ``RemoteFuture.result`` and by a ``post_run_cell`` hook.
+    """
+    global _hooked
+    if _hooked or threading.current_thread() is not threading.main_thread():
+        return
+    _hooked = True
+    signal.signal(signal.SIGINT, _chain(signal.getsignal(signal.SIGINT)))
+    try:
+        from IPython import get_ipython
+    except ImportError:  # a plain script: the handler above is all there is
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    kernel = getattr(shell, "kernel", None)
+    if kernel is not None and hasattr(kernel, "saved_sigint_handler"):
+        kernel.saved_sigint_handler = _chain(kernel.saved_sigint_handler)
+
+    def after_cell(result: Any) -> None:
+        if isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt):
+            cancel_running()
+
+    shell.events.register("post_run_cell", after_cell)
+
+
+def _submit(fn: Callable[..., Any], *args: Any) -> RemoteFuture:
+    """Run ``fn(*args, cancel=event)`` in a thread; the future can interrupt it."""
     global _executor
     if _executor is None:
         _executor = ThreadPoolExecutor(_EXECUTOR_THREADS, thread_name_prefix="remote_func")
-    return _executor.submit(fn, *args)
+    _hook_kernel_interrupt()
+    future = RemoteFuture()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        _running.add(future)
+        try:
+            value = fn(*args, cancel=future.cancel_requested)
+        except BaseException as exc:
+            if not future.cancelled():
+                try:
+                    future.set_exception(exc)
+                except InvalidStateError:  # cancelled meanwhile
+                    pass
+        else:
+            if not future.cancelled():
+                try:
+                    future.set_result(value)
+                except InvalidStateError:
+                    pass
+        finally:
+            _running.discard(future)
+
+    _executor.submit(run)
+    return future
 
 
 def _reraise(exc: errors.RemoteCellError) -> None:
@@ -91,8 +208,13 @@ class RemoteFunction:
     def __repr__(self) -> str:
         return f"<remote_func {getattr(self.func, '__qualname__', self.func)!r}>"
 
-    def _events(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Events:
-        return self.session.call(self.func, args, kwargs, self.timeout, say=_say)
+    def _events(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        cancel: threading.Event | None = None,
+    ) -> Events:
+        return self.session.call(self.func, args, kwargs, self.timeout, say=_say, cancel=cancel)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run on the worker; a generator function returns an iterator of its items."""
@@ -100,10 +222,15 @@ class RemoteFunction:
             return self._iterate(args, kwargs)
         return self._call(args, kwargs)
 
-    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _call(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        cancel: threading.Event | None = None,
+    ) -> Any:
         renderer = EventRenderer()
         items: list[Any] = []
-        events = self._events(args, kwargs)
+        events = self._events(args, kwargs, cancel)
         try:
             while True:
                 try:
@@ -121,9 +248,14 @@ class RemoteFunction:
         finally:
             events.close()
 
-    def _iterate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
+    def _iterate(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Any]:
         renderer = EventRenderer()
-        events = self._events(args, kwargs)
+        events = self._events(args, kwargs, cancel)
         try:
             for msg in events:
                 if msg.kind == P.Kind.YIELD:
@@ -135,10 +267,14 @@ class RemoteFunction:
         finally:
             events.close()  # stopping early interrupts the remote generator
 
-    def submit(self, *args: Any, **kwargs: Any) -> Future:
-        """Start the call in a background thread; a generator's items come as one list."""
+    def submit(self, *args: Any, **kwargs: Any) -> RemoteFuture:
+        """Start the call in a background thread; a generator's items come as one list.
+
+        ``future.cancel()`` interrupts the call even while it runs on the worker, and so
+        does a kernel interrupt (for every running call of this notebook).
+        """
         if inspect.isgeneratorfunction(self.func):
-            return _submit(lambda: list(self._iterate(args, kwargs)))
+            return _submit(lambda cancel: list(self._iterate(args, kwargs, cancel)))
         return _submit(self._call, args, kwargs)
 
 

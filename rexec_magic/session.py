@@ -20,7 +20,7 @@ from typing import Any
 
 from rexec_magic import connection, errors, serialize
 from rexec_magic import protocol as P
-from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient
+from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient, keepalive_interval
 from rexec_magic.spawner_client import SpawnerClient
 
 log = logging.getLogger("rexec.session")
@@ -85,7 +85,7 @@ class RemoteSession:
 
     def _keep_alive(self) -> None:
         while True:
-            time.sleep(P.CLIENT_KEEPALIVE_S)
+            time.sleep(keepalive_interval())
             if not self._lock.acquire(blocking=False):
                 continue  # a request is running: its own pings say we are alive
             try:

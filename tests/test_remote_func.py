@@ -54,6 +54,16 @@ def fails_with_own_type():
 def forever():
     while True:
         time.sleep(0.05)
+
+def forever_after(flag):
+    open(flag, "w").close()  # tells the caller it runs remotely now
+    while True:
+        time.sleep(0.05)
+
+def slow(seconds, flag):
+    open(flag, "w").close()
+    time.sleep(seconds)
+    return seconds
 """
 
 
@@ -128,3 +138,25 @@ def test_leaving_a_generator_early_stops_the_remote_generator(nb):
         if item == 9_999:
             break
     assert nb["add"](1) == 2  # answered only once the abandoned generator has stopped
+
+
+def test_cancel_interrupts_a_running_remote_call(nb, tmp_path):
+    flag = tmp_path / "running"
+    future = nb["forever_after"].submit(str(flag))
+    while not flag.exists():  # bounded by the test timeout
+        threading.Event().wait(0.02)
+    assert future.running()
+    assert future.cancel() is True  # a plain Future says False once it runs
+    assert future.cancelled()
+    assert nb["add"](40, 2) == 42  # answered only once forever_after() really stopped
+
+
+def test_a_call_waiting_behind_another_says_what_it_waits_for(nb, capfd, tmp_path):
+    flag = tmp_path / "running"
+    future = nb["slow"].submit(4, str(flag))
+    while not flag.exists():  # the first call holds the connection now
+        threading.Event().wait(0.02)
+    assert nb["add"](1) == 2
+    assert future.result(timeout=60) == 4
+    err = capfd.readouterr().err
+    assert "waiting for this notebook's previous call (running" in err
