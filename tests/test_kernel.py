@@ -90,3 +90,144 @@ def test_kernel_interrupt_stops_remote_cell_and_queued_cells(kernel, body):
     assert replies[second]["status"] == "aborted"  # Run All stops here
     reply, outputs = run(kc, "%remote 'alive'")
     assert reply["status"] == "ok"
+
+
+def start_kernel(stack, **env: str) -> tuple[KernelManager, object]:
+    import os
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env={**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file), **env})
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    run(kc, "%load_ext rexec_magic")
+    return km, kc
+
+
+def text_of(outputs: list[dict], name: str = "stdout") -> str:
+    return "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == name
+    )
+
+
+def wait_for_text(kc, text: str) -> None:
+    while True:
+        msg = kc.get_iopub_msg(timeout=60)
+        if msg["msg_type"] == "stream" and text in msg["content"]["text"]:
+            return
+
+
+def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_executor(kernel):
+    km, kc = kernel
+    run(kc, "%remote kept = 1")
+    msg_id = kc.execute(  # holds the GIL, and SIGINT cannot even cut the sleep short
+        "%%remote\nimport ctypes, signal\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])\n"
+        "print('started', flush=True)\nctypes.PyDLL(None).sleep(60)"
+    )
+    wait_for_text(kc, "started")
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=60)
+    assert reply["status"] == "error"
+    assert "namespace was lost" in "\n".join(reply["traceback"])
+    reply, outputs = run(kc, "%%remote\nprint('fresh', 'kept' in globals())")
+    assert reply["status"] == "ok" and "fresh False" in text_of(outputs)
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_a_cell_that_kills_its_executor_runs_once_and_says_why(kernel, tmp_path, attempt):
+    _, kc = kernel
+    marker = tmp_path / "ran.txt"
+    code = (
+        "%%remote\nimport os\n"
+        f"open({str(marker)!r}, 'a').write('ran\\n')\n"
+        "print('before', flush=True)\nos._exit(7)"
+    )
+    reply, outputs = run(kc, code)
+    assert reply["status"] == "error"
+    assert "before" in text_of(outputs)
+    tb = "\n".join(reply["traceback"])
+    assert "exit code 7" in tb and "namespace was lost" in tb
+    assert marker.read_text() == "ran\n"
+    assert run(kc, "%remote 'alive'")[0]["status"] == "ok"
+
+
+def test_output_of_shell_commands_and_c_code_reaches_the_notebook(kernel):
+    _, kc = kernel
+    code = (
+        "%%remote\nimport ctypes, os, subprocess\n"
+        "print('A')\nos.system('echo B')\nsubprocess.run(['echo', 'C'])\n"
+        "os.write(1, b'D\\n')\nctypes.CDLL(None).printf(b'E\\n'); ctypes.CDLL(None).fflush(None)"
+    )
+    reply, outputs = run(kc, code)
+    assert reply["status"] == "ok"
+    assert text_of(outputs) == "A\nB\nC\nD\nE\n"
+
+
+def test_exit_ends_this_notebooks_executor_and_says_so(kernel):
+    _, kc = kernel
+    run(kc, "%remote kept = 1")
+    reply, outputs = run(kc, "%remote exit()")
+    assert reply["status"] == "ok"
+    assert "exit() ended this notebook's remote executor" in text_of(outputs, "stderr")
+    _, outputs = run(kc, "%%remote\nprint('kept' in globals())")
+    assert text_of(outputs) == "False\n"
+
+
+def test_two_notebooks_have_separate_namespaces_and_run_side_by_side(stack, kernel):
+    _, kc = kernel
+    other_km, other = start_kernel(stack)
+    try:
+        run(kc, "%remote x = 'first'")
+        run(other, "%remote x = 'second'")
+        slow = kc.execute("%%remote\nimport time\ntime.sleep(4)\nprint(x)")
+        reply, outputs = run(other, "%%remote\nprint(x)")  # not behind the other's sleep
+        assert reply["status"] == "ok" and text_of(outputs) == "second\n"
+        reply, outputs = collect(kc, slow)
+        assert text_of(outputs) == "first\n"
+        reply, outputs = run(other, "%rexec_status")
+        status = str(outputs)
+        assert status.count("executor ") >= 2  # both notebooks' executors are listed
+    finally:
+        other.stop_channels()
+        other_km.shutdown_kernel(now=True)
+
+
+def test_a_shared_namespace_is_opt_in(stack, kernel):
+    _, kc = kernel
+    other_km, other = start_kernel(stack)
+    try:
+        run(kc, "%rexec_attach team")
+        run(other, "%rexec_attach team")
+        run(kc, "%remote shared = 42")
+        _, outputs = run(other, "%%remote\nprint(shared)")
+        assert text_of(outputs) == "42\n"
+    finally:
+        run(kc, "%rexec_attach")
+        other.stop_channels()
+        other_km.shutdown_kernel(now=True)
+
+
+def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
+    km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="0.5")
+    beat = tmp_path / "beat"
+    try:
+        kc.execute(
+            "%%remote\nimport pathlib, time\nprint('started', flush=True)\n"
+            f"while True:\n    pathlib.Path({str(beat)!r}).touch()\n    time.sleep(0.1)"
+        )
+        wait_for_text(kc, "started")
+        while not beat.exists():
+            time.sleep(0.05)
+    finally:
+        kc.stop_channels()
+    process = km.provisioner.process  # the local kernel's Popen
+    process.kill()  # SIGKILL: no goodbye, its pings just stop
+    process.wait()
+    while True:  # the remote loop stops once the worker notices (bounded by the test timeout)
+        before = beat.stat().st_mtime
+        time.sleep(1.0)
+        if beat.stat().st_mtime == before:
+            break
