@@ -34,7 +34,7 @@ $(LABEXT): $(LAB_SOURCES) | $(VENV)/bin/jlpm
 	cd $(LAB) && jlpm install --immutable && jlpm build:prod
 
 $(STAMP): pyproject.toml $(LABEXT)
-	$(PY) -m pip install -q -e '.[test,lab]'
+	$(PY) -m pip install -q -e '.[server,kubernetes,lab,test]'
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	touch $(STAMP)
 
