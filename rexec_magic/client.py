@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from rexec_magic import errors, serialize
+from rexec_magic import contract, errors, serialize
 from rexec_magic import protocol as P
 from rexec_magic.connection import ConnectionInfo
 
@@ -49,7 +49,7 @@ def keepalive_interval() -> float:
     """Seconds between keepalives (``REXEC_KEEPALIVE_S``; the worker stops an executor
     after ``ORPHAN_AFTER_PINGS`` silent intervals)."""
     try:
-        value = float(os.environ.get("REXEC_KEEPALIVE_S") or P.CLIENT_KEEPALIVE_S)
+        value = float(os.environ.get(contract.Env.KEEPALIVE_S) or P.CLIENT_KEEPALIVE_S)
     except ValueError:
         return P.CLIENT_KEEPALIVE_S
     return min(max(value, 0.2), 3600.0)
@@ -220,7 +220,7 @@ class RexecClient:
         push: dict[str, Any],
         pull: list[str],
         on_event: EventHandler,
-        pull_limit: int = 256 * 2**20,
+        pull_limit: int = contract.DEFAULT_PULL_LIMIT_BYTES,
         timeout_s: float | None = None,
     ) -> CellOutcome:
         """Run one cell on the worker; call ``on_event`` for each output event as it comes.

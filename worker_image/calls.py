@@ -17,8 +17,7 @@ from typing import Any
 
 from rexec_magic import serialize
 from rexec_magic.protocol import DoneStatus, Kind
-from worker_image.outbox import EventChannel as Outbox
-from worker_image.outbox import Target
+from worker_image.outbox import EventChannel, Target
 
 Result = tuple[str, list[dict[str, Any]], list[Any]]
 
@@ -27,7 +26,7 @@ def _lines(text: str) -> list[str]:
     return text.rstrip("\n").split("\n")
 
 
-def _send_exception(outbox: Outbox, target: Target, exc: BaseException, skip: int) -> None:
+def _send_exception(outbox: EventChannel, target: Target, exc: BaseException, skip: int) -> None:
     """ERROR with the traceback from the user's code on (our own ``skip`` frames cut)."""
     tb = exc.__traceback__
     for _ in range(skip):
@@ -51,7 +50,7 @@ def _send_exception(outbox: Outbox, target: Target, exc: BaseException, skip: in
     outbox.event(target, Kind.ERROR, header, buffers)
 
 
-def _fail(outbox: Outbox, target: Target, ename: str, evalue: str) -> Result:
+def _fail(outbox: EventChannel, target: Target, ename: str, evalue: str) -> Result:
     header = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"], "nbuffers": 0}
     outbox.event(target, Kind.ERROR, header)
     return DoneStatus.ERROR, [], []
@@ -65,7 +64,7 @@ def _owned(parts: list[Any]) -> list[Any]:
 def invoke(
     values: dict[str, Any],
     inband: bool,
-    outbox: Outbox,
+    outbox: EventChannel,
     target: Target,
     user_code_over: Callable[[], None],
 ) -> Result:

@@ -34,6 +34,7 @@ from typing import Any
 import zmq
 
 from rexec_magic import protocol, serialize
+from rexec_magic.contract import Env
 from rexec_magic.protocol import DoneStatus, Kind
 from worker_image.cells import BadRequest, CellRunner, done_header, parse_call, parse_execute
 from worker_image.outbox import EventChannel, Target
@@ -63,13 +64,13 @@ def _die_with_supervisor() -> None:
 
 
 def _setup_logging() -> None:
-    fd = os.environ.get("REXEC_EXECUTOR_LOG_FD")
+    fd = os.environ.get(Env.EXECUTOR_LOG_FD)
     stream = os.fdopen(int(fd), "w", buffering=1, closefd=False) if fd else sys.__stderr__
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("worker_image")
     root.handlers[:] = [handler]  # once: a second handler would repeat every line
-    level = logging.getLevelName((os.environ.get("REXEC_LOG_LEVEL") or "INFO").upper())
+    level = logging.getLevelName((os.environ.get(Env.LOG_LEVEL) or "INFO").upper())
     root.setLevel(level if isinstance(level, int) else logging.INFO)
     root.propagate = False
 
@@ -184,12 +185,12 @@ def main() -> int:
     _setup_logging()
     # Crash dumps go to fd 2: the supervisor shows them in the notebook.
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
-    requests_url = os.environ.get("REXEC_EXECUTOR_REQUESTS")
-    events_url = os.environ.get("REXEC_EXECUTOR_EVENTS")
+    requests_url = os.environ.get(Env.EXECUTOR_REQUESTS)
+    events_url = os.environ.get(Env.EXECUTOR_EVENTS)
     if not requests_url or not events_url:
         log.error("cannot start: REXEC_EXECUTOR_REQUESTS / REXEC_EXECUTOR_EVENTS not set")
         return 78
-    for name in ("REXEC_EXECUTOR_REQUESTS", "REXEC_EXECUTOR_EVENTS", "REXEC_EXECUTOR_LOG_FD"):
+    for name in (Env.EXECUTOR_REQUESTS, Env.EXECUTOR_EVENTS, Env.EXECUTOR_LOG_FD):
         os.environ.pop(name, None)  # user code has no use for them
     executor = Executor(zmq.Context(), requests_url, events_url)
     redirect_stdio()

@@ -24,6 +24,7 @@ from typing import Any
 
 import zmq
 
+from rexec_magic.contract import Env
 from worker_image import exits
 from worker_image.outbox import MARK, Target
 
@@ -33,7 +34,7 @@ PIPE_READ = 1 << 16
 LATE_MAX_CHARS = 1 << 20  # output after a cell ended, kept for the next one (the tail)
 LATE_MAX_EVENTS = 1000
 # Variables the executor must not inherit: the worker's registration secret and friends.
-_PRIVATE_ENV = ("REXEC_WORKER_SECRET", "REXEC_WORKER_NONCE", "REXEC_WORKER_ALIVE_FILE")
+_PRIVATE_ENV = (Env.WORKER_SECRET, Env.WORKER_NONCE, Env.WORKER_ALIVE_FILE)
 
 
 @dataclass(eq=False)
@@ -77,9 +78,9 @@ class ExecutorProcess:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
-        env["REXEC_EXECUTOR_REQUESTS"] = f"ipc://{rundir}/e{number}-requests"
-        env["REXEC_EXECUTOR_EVENTS"] = f"ipc://{rundir}/e{number}-events"
-        env["REXEC_EXECUTOR_LOG_FD"] = str(log_fd)
+        env[Env.EXECUTOR_REQUESTS] = f"ipc://{rundir}/e{number}-requests"
+        env[Env.EXECUTOR_EVENTS] = f"ipc://{rundir}/e{number}-events"
+        env[Env.EXECUTOR_LOG_FD] = str(log_fd)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker_image.executor"],

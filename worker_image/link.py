@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from base64 import b64encode
 from dataclasses import dataclass
 from typing import Any
 
 from rexec_magic import protocol
+from rexec_magic.contract import ExitCode
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_SOFTWARE = 70  # the worker itself broke
-EXIT_CONFIG = 78  # the broker rejected our registration (bad secret)
+EXIT_OK = ExitCode.OK
+EXIT_SOFTWARE = ExitCode.SOFTWARE
+EXIT_CONFIG = ExitCode.CONFIG
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,3 @@ def encode_header(header: dict[str, Any]) -> bytes:
         if "text" in header:
             safe["text"] = note
         return protocol.encode_header(safe)
-
-
-def _exit_process(code: int) -> None:
-    """End now, from any thread: the main thread may be stuck in a cell."""
-    for handler in logging.getLogger("worker_image").handlers:
-        try:
-            handler.flush()
-        except Exception:  # noqa: S110 - nothing left to report it to
-            pass
-    os._exit(code)

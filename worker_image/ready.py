@@ -1,7 +1,7 @@
 """Container readiness: ``python -m worker_image.ready`` exits 0 while the worker is heard.
 
 The worker touches ``REXEC_WORKER_ALIVE_FILE`` each time the broker acknowledges its
-heartbeat (``link.BrokerLink``), so a fresh file means "registered and talking to the broker",
+heartbeat (``supervisor.Supervisor``), so a fresh file means "registered and talking to the broker",
 which is what ready means for a worker.  Used by the pod's readinessProbe and the image's
 HEALTHCHECK.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+
+from rexec_magic.contract import Env
 
 FRESH_S = 10.0
 
@@ -26,4 +28,4 @@ def is_ready(path: str | None, now: float | None = None) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if is_ready(os.environ.get("REXEC_WORKER_ALIVE_FILE")) else 1)
+    sys.exit(0 if is_ready(os.environ.get(Env.WORKER_ALIVE_FILE)) else 1)

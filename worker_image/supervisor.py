@@ -51,6 +51,7 @@ from typing import Any
 import zmq
 
 from rexec_magic import protocol, serialize
+from rexec_magic.contract import Env
 from rexec_magic.protocol import (
     INTERRUPT_GRACE_S,
     NOTICE_AFTER_S,
@@ -278,7 +279,7 @@ class Supervisor:
 
     def _touch_alive_file(self) -> None:
         """Readiness for a container probe (``worker_image.ready``): the broker answered."""
-        path = os.environ.get("REXEC_WORKER_ALIVE_FILE")
+        path = os.environ.get(Env.WORKER_ALIVE_FILE)
         if path:
             try:
                 with open(path, "a"):
