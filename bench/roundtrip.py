@@ -1,8 +1,23 @@
-"""Benchmark: rexec against a raw ZeroMQ round trip measured in the same run.
+"""Benchmark: rexec against a raw 3-process ZeroMQ round trip, interleaved in one run.
 
-Prints one JSON line.  Starts its own `rexec up` on free loopback ports and a raw
-DEALER -> ROUTER/ROUTER proxy -> DEALER echo in separate processes, so both paths cross the
-same number of process boundaries.  Usage: ``python bench/roundtrip.py [--n 2000]``.
+Prints one JSON line.  Starts its own ``rexec up`` on free loopback ports and a raw
+``DEALER -> ROUTER/ROUTER proxy -> DEALER echo`` in separate processes, so both paths cross the
+same process boundaries (client, broker, worker).  Raw and rexec are measured in alternating
+rounds (``--rounds``), so a noisy neighbour slows both alike, with a short pause between calls
+as in notebook use (``--pause-ms``).  Usage: ``python bench/roundtrip.py [--n 300]``.
+
+What each figure is (medians; throughput in MiB/s = 2**20 bytes per second):
+
+* ``cell_ms`` / ``raw_rtt_ms``: ``%%remote pass`` (nothing pushed or pulled) against one raw
+  round trip; ``cell_vs_raw`` is the issue's "trivial cell <= 3x raw".
+* ``call_ms``: ``remote_func`` of a no-op function.
+* ``first_line_ms``: from the call to the first streamed line of ``print`` arriving here.
+* ``print_1000_lines_ms``: a cell printing 1,000 lines, until all arrived.
+* ``push_MiBps`` / ``pull_MiBps`` against ``raw_push_MiBps`` / ``raw_pull_MiBps``: 100 MiB of
+  numpy array in / out.  The raw side moves the same bytes zero-copy and does not copy them on
+  arrival (rexec copies once on arrival to give the user a writable array; that copy is part
+  of what is measured).
+* ``supervisor_rss_MiB`` / ``executor_rss_MiB``: resident memory of the worker's processes.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ARRAY_BYTES = 100 * 2**20
+RAW_TIMEOUT_MS = 30_000
 
 
 # ---------------------------------------------------------------------------- raw zeromq
@@ -60,8 +76,7 @@ def _echo(back_port: int) -> None:
         if body.bytes == b"pull":
             sock.send_multipart([route, big.data], copy=False)
         elif len(body) > 1000:
-            received = bytearray(body.buffer)  # the same one copy rexec makes on arrival
-            sock.send_multipart([route, str(len(received)).encode()])
+            sock.send_multipart([route, str(len(body)).encode()])  # no copy: pure transport
         else:
             sock.send_multipart([route, body], copy=False)
 
@@ -74,48 +89,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def raw_zmq(n: int) -> dict[str, float]:
-    front, back = free_port(), free_port()
-    procs = [
-        mp.Process(target=_proxy, args=(front, back), daemon=True),
-        mp.Process(target=_echo, args=(back,), daemon=True),
-    ]
-    for p in procs:
-        p.start()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.connect(f"tcp://127.0.0.1:{front}")
-    time.sleep(0.5)
-    for _ in range(200):
-        sock.send(b"x")
-        sock.recv()
-    times = []
-    for _ in range(n):
+class Raw:
+    """The raw path's client end; every receive has a deadline."""
+
+    def __init__(self) -> None:
+        front, back = free_port(), free_port()
+        self.procs = [
+            mp.Process(target=_proxy, args=(front, back), daemon=True),
+            mp.Process(target=_echo, args=(back,), daemon=True),
+        ]
+        for p in self.procs:
+            p.start()
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(f"tcp://127.0.0.1:{front}")
+        end = time.monotonic() + 30
+        while True:  # the echo registers with the proxy; retry until a round trip works
+            self.sock.send(b"x")
+            if self.sock.poll(500):
+                self.sock.recv()
+                break
+            if time.monotonic() > end:
+                raise SystemExit("the raw echo did not answer within 30 s")
+        self.payload = np.ones(ARRAY_BYTES, dtype=np.uint8)
+
+    def recv(self) -> zmq.Frame:
+        if not self.sock.poll(RAW_TIMEOUT_MS):
+            raise SystemExit(f"the raw echo did not answer within {RAW_TIMEOUT_MS} ms")
+        return self.sock.recv(copy=False)
+
+    def rtt(self) -> float:
         t0 = time.perf_counter()
-        sock.send(b"x")
-        sock.recv()
-        times.append(time.perf_counter() - t0)
-    payload = np.ones(ARRAY_BYTES, dtype=np.uint8)
-    push, pull = [], []
-    for _ in range(5):
+        self.sock.send(b"x")
+        self.recv()
+        return time.perf_counter() - t0
+
+    def push(self) -> float:
         t0 = time.perf_counter()
-        sock.send(payload.data, copy=False)
-        sock.recv()
-        push.append(time.perf_counter() - t0)
+        self.sock.send(self.payload.data, copy=False)
+        self.recv()
+        return time.perf_counter() - t0
+
+    def pull(self) -> float:
         t0 = time.perf_counter()
-        sock.send(b"pull")
-        data = sock.recv(copy=False)
-        np.frombuffer(bytearray(data.buffer), dtype=np.uint8)
-        pull.append(time.perf_counter() - t0)
-    for p in procs:
-        p.terminate()
-    sock.close()
-    mb = ARRAY_BYTES / 2**20
-    return {
-        "raw_rtt_median_ms": statistics.median(times) * 1000,
-        "raw_rtt_p90_ms": statistics.quantiles(times, n=10)[-1] * 1000,
-        "raw_push_MBps": mb / min(push),
-        "raw_pull_MBps": mb / min(pull),
-    }
+        self.sock.send(b"pull")
+        frame = self.recv()
+        np.frombuffer(frame.buffer, dtype=np.uint8)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        self.sock.close()
 
 
 # ---------------------------------------------------------------------------- rexec
@@ -127,8 +152,9 @@ def start_stack(tmp: Path) -> tuple[subprocess.Popen, Path]:
          "--state-dir", str(tmp / "state"), "--connection-file", str(conn)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
     )  # fmt: skip
+    end = time.monotonic() + 60
     while not conn.exists():
-        if proc.poll() is not None:
+        if proc.poll() is not None or time.monotonic() > end:
             raise SystemExit("rexec up failed")
         time.sleep(0.05)
     return proc, conn
@@ -148,90 +174,156 @@ class Recorder:
         pass
 
 
-def rexec_figures(conn: Path, n: int) -> dict[str, float]:
-    os.environ["REXEC_CONNECTION_FILE"] = str(conn)
-    from IPython.core.interactiveshell import InteractiveShell
-    from IPython.utils.capture import capture_output
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "rexec_magic")
-    session = ip.magics_manager.registry["RexecMagics"].session
-    out: dict[str, float] = {}
 
-    t0 = time.perf_counter()
-    session.start()
-    out["start_cold_s"] = time.perf_counter() - t0
+def noop() -> None:
+    return None
 
-    for _ in range(200):
-        ip.run_cell_magic("remote", "", "x = 1")
-    times = []
-    for _ in range(n):
+
+class Rexec:
+    def __init__(self, conn: Path) -> None:
+        os.environ["REXEC_CONNECTION_FILE"] = str(conn)
+        from IPython.core.interactiveshell import InteractiveShell
+
+        from rexec_magic import remote_func
+
+        self.ip = InteractiveShell.instance()
+        self.ip.run_line_magic("load_ext", "rexec_magic")
+        self.session = self.ip.magics_manager.registry["RexecMagics"].session
         t0 = time.perf_counter()
-        ip.run_cell_magic("remote", "", "x = 1")
-        times.append(time.perf_counter() - t0)
-    out["cell_rtt_median_ms"] = statistics.median(times) * 1000
-    out["cell_rtt_p90_ms"] = statistics.quantiles(times, n=10)[-1] * 1000
+        self.session.start()
+        self.start_cold_s = time.perf_counter() - t0
+        self.noop = remote_func(noop)
+        self.ip.user_ns["arr"] = np.ones(ARRAY_BYTES, dtype=np.uint8)
 
-    ip.user_ns["arr"] = np.ones(ARRAY_BYTES, dtype=np.uint8)
-    push, pull = [], []
-    for _ in range(5):
+    def cell(self) -> float:
         t0 = time.perf_counter()
-        ip.run_cell_magic("remote", "--no-pull", "arr.shape")
-        push.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ip.run_cell_magic("remote", "--no-push", "arr2 = arr")
-        pull.append(time.perf_counter() - t0)
-    mb = ARRAY_BYTES / 2**20
-    out["push_MBps"] = mb / min(push)
-    out["pull_MBps"] = mb / min(pull)
-    ip.run_cell_magic("remote", "--no-pull", "del arr, arr2")
-    del ip.user_ns["arr"], ip.user_ns["arr2"]
+        self.ip.run_cell_magic("remote", "", "pass")
+        return time.perf_counter() - t0
 
-    lines_total, first = [], []
-    real_stdout = sys.stdout
-    for _ in range(20):
+    def call(self) -> float:
+        t0 = time.perf_counter()
+        self.noop()
+        return time.perf_counter() - t0
+
+    def lines(self) -> tuple[float, float, int]:
         rec = Recorder()
+        real = sys.stdout
         sys.stdout = rec
         t0 = time.perf_counter()
         try:
-            ip.run_cell_magic("remote", "", "for i in range(1000):\n    print(i)")
+            self.ip.run_cell_magic("remote", "", "for i in range(1000):\n    print(i)")
         finally:
-            sys.stdout = real_stdout
-        lines_total.append(time.perf_counter() - t0)
-        first.append(rec.arrivals[0][0] - t0)
-        out["print_1000_messages"] = len(rec.arrivals)
-    out["print_1000_lines_ms"] = statistics.median(lines_total) * 1000
-    out["first_line_ms"] = statistics.median(first) * 1000
+            sys.stdout = real
+        text = "".join(t for _, t in rec.arrivals)
+        assert text.count("\n") == 1000, "lines were lost"
+        return time.perf_counter() - t0, rec.arrivals[0][0] - t0, len(rec.arrivals)
 
-    starts = []
-    for _ in range(3):
-        session.stop()
-        with capture_output():
-            t0 = time.perf_counter()
-            ip.run_line_magic("rexec_start", "")
-            starts.append(time.perf_counter() - t0)
-    out["start_s"] = statistics.median(starts)
-    session.stop()
-    return out
+    def first_line(self) -> float:
+        rec = Recorder()
+        real = sys.stdout
+        sys.stdout = rec
+        t0 = time.perf_counter()
+        try:
+            self.ip.run_cell_magic("remote", "", "print('x')")
+        finally:
+            sys.stdout = real
+        return rec.arrivals[0][0] - t0
+
+    def push(self) -> float:
+        t0 = time.perf_counter()
+        self.ip.run_cell_magic("remote", "--no-pull", "arr.shape")
+        return time.perf_counter() - t0
+
+    def pull(self) -> float:
+        t0 = time.perf_counter()
+        self.ip.run_cell_magic("remote", "--no-push -o arr2", "arr2 = arr")
+        took = time.perf_counter() - t0
+        del self.ip.user_ns["arr2"]
+        return took
+
+    def memory(self) -> dict[str, float | None]:
+        report = self.session.status()
+        worker = (report.get("inspect") or {}).get("worker") or {}
+        return {
+            "supervisor_rss_MiB": rss_mib(worker.get("supervisor_pid", -1)),
+            "executor_rss_MiB": rss_mib(worker.get("pid", -1)),
+        }
+
+    def close(self) -> None:
+        self.ip.run_cell_magic("remote", "--no-pull", "del arr")
+        self.session.stop()
+
+
+def median_ms(values: list[float]) -> float:
+    return round(statistics.median(values) * 1000, 3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--n", type=int, default=300, help="round trips per side and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pause-ms", type=float, default=5.0)
     args = parser.parse_args()
-    raw = raw_zmq(args.n)
+    pause = args.pause_ms / 1000
+    raw = Raw()
+    samples: dict[str, list[float]] = {}
+
+    def take(name: str, fn, n: int) -> None:
+        for _ in range(n):
+            samples.setdefault(name, []).append(fn())
+            time.sleep(pause)
+
     with tempfile.TemporaryDirectory() as tmp:
         proc, conn = start_stack(Path(tmp))
         try:
-            ours = rexec_figures(conn, args.n)
+            ours = Rexec(conn)
+            take("warm_raw", raw.rtt, 50)
+            take("warm_cell", ours.cell, 50)
+            take("warm_call", ours.call, 20)
+            for _ in range(args.rounds):  # alternate, so both see the same machine
+                take("raw_rtt", raw.rtt, args.n)
+                take("cell", ours.cell, args.n)
+                take("call", ours.call, args.n // 3)
+                take("first_line", ours.first_line, 20)
+                for total, _first, _ in [ours.lines() for _ in range(3)]:
+                    samples.setdefault("lines", []).append(total)
+                take("raw_push", raw.push, 1)
+                take("push", ours.push, 1)
+                take("raw_pull", raw.pull, 1)
+                take("pull", ours.pull, 1)
+            memory = ours.memory()
+            ours.close()
         finally:
+            raw.close()
             proc.terminate()
             proc.wait(30)
-    result = {**{k: round(v, 3) for k, v in {**raw, **ours}.items()}}
-    result["cell_vs_raw_rtt"] = round(ours["cell_rtt_median_ms"] / raw["raw_rtt_median_ms"], 2)
-    result["push_vs_raw"] = round(raw["raw_push_MBps"] / ours["push_MBps"], 2)
-    result["pull_vs_raw"] = round(raw["raw_pull_MBps"] / ours["pull_MBps"], 2)
-    print(json.dumps(result))
+    mib = ARRAY_BYTES / 2**20
+    out = {
+        "raw_rtt_ms": median_ms(samples["raw_rtt"]),
+        "cell_ms": median_ms(samples["cell"]),
+        "call_ms": median_ms(samples["call"]),
+        "first_line_ms": median_ms(samples["first_line"]),
+        "print_1000_lines_ms": median_ms(samples["lines"]),
+        "raw_push_MiBps": round(mib / statistics.median(samples["raw_push"]), 1),
+        "push_MiBps": round(mib / statistics.median(samples["push"]), 1),
+        "raw_pull_MiBps": round(mib / statistics.median(samples["raw_pull"]), 1),
+        "pull_MiBps": round(mib / statistics.median(samples["pull"]), 1),
+        "start_cold_s": round(ours.start_cold_s, 2),
+        **{k: (round(v, 1) if v is not None else None) for k, v in memory.items()},
+    }
+    out["cell_vs_raw"] = round(out["cell_ms"] / out["raw_rtt_ms"], 2)
+    out["push_time_vs_raw"] = round(out["raw_push_MiBps"] / out["push_MiBps"], 2)
+    out["pull_time_vs_raw"] = round(out["raw_pull_MiBps"] / out["pull_MiBps"], 2)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

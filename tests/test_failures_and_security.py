@@ -226,7 +226,7 @@ def test_no_token_appears_in_any_log(stack, alice, tmp_path):
     assert "bad-token-XYZ-123" not in logs
 
 
-def test_cell_that_ignores_interrupt_restarts_the_worker_and_says_so(fresh_stack):
+def test_cell_that_ignores_interrupt_restarts_its_executor_and_says_so(fresh_stack):
     session = RemoteSession(connection.load(fresh_stack.connection_file))
     session.start()
     run(session, "doomed = 1")
@@ -241,10 +241,10 @@ def test_cell_that_ignores_interrupt_restarts_the_worker_and_says_so(fresh_stack
     )
     with pytest.raises(errors.RemoteInterrupted) as info:
         run(session, stubborn)
-    assert "restarting" in str(info.value) and "lost" in str(info.value)
+    assert "executor was restarted" in str(info.value) and "lost" in str(info.value)
     with pytest.raises(errors.RemoteCellError) as gone:
         run(session, "doomed")
-    assert gone.value.ename == "NameError"  # a fresh worker answered
+    assert gone.value.ename == "NameError"  # a fresh executor answered
     session.close()
 
 
