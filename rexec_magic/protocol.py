@@ -113,9 +113,9 @@ class DoneStatus:
 # Liveness.  Workers heartbeat the broker; clients ping while they wait for a cell.
 WORKER_HEARTBEAT_S = 1.0
 WORKER_DEAD_AFTER_S = 3.5
-# A worker running a cell may go quiet while C code holds the GIL; it gets longer.  A worker
-# that really died mid-cell is still reported at once when its restarted successor registers.
-BUSY_WORKER_DEAD_AFTER_S = 30.0
+# Heartbeats come from the worker's supervisor, which never runs user code, so a busy worker
+# gets no longer than an idle one (a cell holding the GIL cannot starve them any more).
+BUSY_WORKER_DEAD_AFTER_S = WORKER_DEAD_AFTER_S
 CLIENT_PING_S = 1.0
 # Events of one request the client lets be in flight before it acknowledges them (ACK);
 # the worker stops sending when this many are unacknowledged, so nothing is dropped.
