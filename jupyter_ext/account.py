@@ -22,7 +22,7 @@ from rexec_magic.spawner_client import SpawnerClient
 # What the browser may see of a worker status (never the token, which it never contains, and
 # no more than the sidebar shows).
 STATUS_FIELDS = ("state", "message", "python", "pid", "started_at", "ready_at", "restarts",
-                 "requirements", "log_tail")  # fmt: skip
+                 "requirements", "log_tail", "executors")  # fmt: skip
 
 
 class RemoteAccount:

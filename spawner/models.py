@@ -42,6 +42,13 @@ class WorkerStatus(BaseModel):
     restarts: int = Field(0, description="Supervised restarts since the spawn.")
     from_warm_pool: bool = Field(False, description="The worker was claimed from the warm pool.")
     busy: bool = Field(False, description="A cell is running on the worker (the broker says so).")
+    executors: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description=(
+            "The worker's executors, one per notebook namespace, from its last heartbeat: "
+            "{notebook, state, memory (bytes), pid, uptime_s, running_s?}."
+        ),
+    )
     idle_culled_after_s: float | None = Field(
         None, description="Set when the worker was stopped for having no cell for this long."
     )

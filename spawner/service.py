@@ -170,6 +170,9 @@ class WorkerService:
             return status
         info = (reply.get("workers") or {}).get(identity.sub)
         status.busy = bool(isinstance(info, dict) and info.get("busy"))
+        executors = info.get("executors") if isinstance(info, dict) else None
+        if isinstance(executors, list):
+            status.executors = [row for row in executors if isinstance(row, dict)]
         return status
 
     async def wait_settled(self, identity: Identity, timeout_s: float) -> WorkerStatus:

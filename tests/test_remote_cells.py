@@ -187,6 +187,22 @@ def test_rexec_status_reports_worker_and_variables(ip):
     assert "round trip" in text and "worker python" in text
     assert "<table>" in table._repr_html_()
     assert out.stdout == ""
+    assert "executor " in text  # this notebook's executor: state, memory, age
+
+
+def test_the_spawner_lists_the_workers_executors_for_the_sidebar(ip):
+    remote(ip, "pass")
+    from rexec_magic.session import shared_session
+
+    end = time.monotonic() + 10
+    while True:  # the list comes with the worker's next heartbeat
+        executors = shared_session().spawner.status().get("executors") or []
+        if executors or time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    assert executors, "no executor listed"
+    row = executors[0]
+    assert row["state"] in ("idle", "busy") and row["memory"] > 0 and row["pid"] > 0
 
 
 def test_bad_token_gives_one_clear_sentence(ip, stack, tmp_path):

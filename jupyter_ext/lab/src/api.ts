@@ -24,6 +24,18 @@ export interface IWorkerInfo {
   log_tail: string[];
   uptime_s: number | null;
   where: string;
+  /** One row per notebook namespace on the worker (absent from older servers). */
+  executors?: IExecutorInfo[];
+}
+
+/** One executor of the worker: the namespace of one notebook (or a shared one). */
+export interface IExecutorInfo {
+  notebook: string;
+  state: string;
+  memory: number | null;
+  pid: number;
+  uptime_s: number;
+  running_s?: number;
 }
 
 /** `GET /rexec/api/status`, and the answer of every action. */

@@ -174,6 +174,10 @@ export class RexecPanel extends Widget {
       if (worker.requirements.length) {
         rows.push(['Requirements', worker.requirements.join(', ')]);
       }
+      for (const ex of worker.executors ?? []) {
+        const memory = ex.memory === null ? '' : `, ${(ex.memory / 2 ** 20).toFixed(0)} MB`;
+        rows.push([`Notebook ${ex.notebook}`, `${ex.state}${memory}`]);
+      }
       for (const [key, value] of rows) {
         this._details.append(el('dt', '', key), el('dd', '', value));
       }
