@@ -255,6 +255,8 @@ class RemoteSession:
         broker's immediate ``no_worker`` answer, which comes before any event.
         """
         with self.exclusive("call", say):
+            if cancel is not None and cancel.is_set():  # cancelled while it waited its turn
+                raise errors.RemoteInterrupted("The call was cancelled before it started.")
             client = self.client
             client.ensure_hello()
             if client.worker is None:

@@ -231,3 +231,28 @@ def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
         time.sleep(1.0)
         if beat.stat().st_mtime == before:
             break
+
+
+def test_a_kernel_interrupt_cancels_this_notebooks_running_calls(kernel, tmp_path):
+    km, kc = kernel
+    flag = tmp_path / "running"
+    code = (
+        "import os, time\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\n"
+        "def spin(flag):\n"
+        "    import time\n"
+        "    open(flag, 'w').close()\n"
+        "    while True:\n"
+        "        time.sleep(0.05)\n"
+        f"fut = spin.submit({str(flag)!r})\n"
+        "def ping():\n"
+        "    return 'pong'\n"
+    )
+    assert run(kc, code)[0]["status"] == "ok"
+    while not flag.exists():  # the call runs remotely now; the kernel is idle
+        time.sleep(0.05)
+    km.interrupt_kernel()
+    reply, outputs = run(kc, "print(fut.cancelled(), remote_func(ping)())")
+    assert reply["status"] == "ok"
+    assert text_of(outputs) == "True pong\n"  # cancelled, and the remote loop really stopped
