@@ -81,6 +81,7 @@ class Env:
     # Set by the worker's supervisor for each executor it starts (worker_image/executors.py).
     EXECUTOR_REQUESTS = "REXEC_EXECUTOR_REQUESTS"
     EXECUTOR_EVENTS = "REXEC_EXECUTOR_EVENTS"
+    EXECUTOR_INSPECT = "REXEC_EXECUTOR_INSPECT"
     EXECUTOR_LOG_FD = "REXEC_EXECUTOR_LOG_FD"
     # Read by the client side (kernel, Jupyter server extension).
     CONNECTION_FILE = "REXEC_CONNECTION_FILE"

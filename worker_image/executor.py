@@ -6,9 +6,10 @@ silence the worker; the supervisor (``worker_image.supervisor``) watches it from
 
 Its links to the supervisor (URLs in the environment):
 
-* ``REXEC_EXECUTOR_REQUESTS``: a PULL socket; EXECUTE, CALL and INSPECT arrive here.  A small
-  thread reads it: INSPECT is answered at once (even while a cell runs, if the GIL allows),
-  cells go to the main thread one at a time.
+* ``REXEC_EXECUTOR_REQUESTS``: a PULL socket; EXECUTE and CALL arrive here, one at a time,
+  read by the main thread itself (no hand-off between threads on the way to ``run_cell``).
+* ``REXEC_EXECUTOR_INSPECT``: a PULL socket for INSPECT, read by a small thread, so it is
+  answered even while a cell runs (when the cell lets the GIL go).
 * ``REXEC_EXECUTOR_EVENTS``: a PUSH socket for every event (see ``outbox.EventChannel``).
 * fds 1 and 2: pipes the supervisor reads (stdout/stderr of everything in this process).
 * ``REXEC_EXECUTOR_LOG_FD``: the worker's own log (never shown in a notebook).
@@ -23,13 +24,11 @@ import ctypes
 import faulthandler
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
 import threading
 import time
-from typing import Any
 
 import zmq
 
@@ -47,7 +46,6 @@ log = logging.getLogger("worker_image.executor")
 READY = "ready"  # executor -> supervisor {pid}: the shell is built, send cells
 STOP = "stop"  # supervisor -> executor: end after the current cell
 EVENTS_HWM = 1000  # events queued towards the supervisor before a send blocks
-SWITCH_INTERVAL_S = 0.0005  # lets the request thread answer INSPECT while a cell computes
 
 
 def _die_with_supervisor() -> None:
@@ -76,7 +74,9 @@ def _setup_logging() -> None:
 
 
 class Executor:
-    def __init__(self, ctx: zmq.Context, requests_url: str, events_url: str) -> None:
+    def __init__(
+        self, ctx: zmq.Context, requests_url: str, events_url: str, inspect_url: str
+    ) -> None:
         self.started = time.monotonic()
         self.ctx = ctx
         self.events = ctx.socket(zmq.PUSH)
@@ -86,33 +86,43 @@ class Executor:
         self.requests = ctx.socket(zmq.PULL)
         self.requests.linger = 0
         self.requests.connect(requests_url)
+        self.inspects = ctx.socket(zmq.PULL)
+        self.inspects.linger = 0
+        self.inspects.connect(inspect_url)
         self.channel = EventChannel(self.events)
         self.shell: WorkerShell = make_shell(self.channel)
         self.runner = CellRunner(self.shell, self.channel)
-        self.cells: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._busy = False
-        self._reader = threading.Thread(target=self._read, name="rexec-requests", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="rexec-inspect", daemon=True)
 
-    # ------------------------------------------------------------------ request thread
+    # ------------------------------------------------------------------ inspect thread
     def _read(self) -> None:
         while not self._stopping.is_set():
-            if not self.requests.poll(200):
+            if not self.inspects.poll(200):
                 continue
+            frames = self.inspects.recv_multipart(copy=False)
+            try:
+                msg = protocol.decode(frames)
+            except protocol.ProtocolError as exc:
+                log.warning("dropped a malformed request: %s", exc)
+                continue
+            self._inspect(msg)
+
+    def _next(self) -> protocol.Message | None:
+        """Main thread: the next cell or call (None: stop)."""
+        while True:
             frames = self.requests.recv_multipart(copy=False)
             try:
                 msg = protocol.decode(frames)
             except protocol.ProtocolError as exc:
                 log.warning("dropped a malformed request: %s", exc)
                 continue
-            if msg.kind == Kind.INSPECT:
-                self._inspect(msg)
-            elif msg.kind in (Kind.EXECUTE, Kind.CALL):
-                self.cells.put(msg)
-            elif msg.kind == STOP:
-                self.cells.put(None)
-            else:
-                log.warning("dropped a request of unknown kind %r", msg.kind[:40])
+            if msg.kind in (Kind.EXECUTE, Kind.CALL):
+                return msg
+            if msg.kind == STOP:
+                return None
+            log.warning("dropped a request of unknown kind %r", msg.kind[:40])
 
     def _inspect(self, msg: protocol.Message) -> None:
         request_id = str(msg.header.get("id"))
@@ -137,11 +147,10 @@ class Executor:
     # ------------------------------------------------------------------ main thread
     def run(self) -> int:
         signal.signal(signal.SIGINT, self.runner.on_sigint)
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._reader.start()
         self.channel.internal(READY, {"pid": os.getpid()})
         while True:
-            msg = self.cells.get()
+            msg = self._next()
             if msg is None:
                 break
             parse = parse_call if msg.kind == Kind.CALL else parse_execute
@@ -175,6 +184,7 @@ class Executor:
         self._stopping.set()
         self._reader.join(2.0)
         self.requests.close()
+        self.inspects.close()
         self.events.close()  # linger: the last DONE still leaves
         self.ctx.term()
         return 0
@@ -185,14 +195,14 @@ def main() -> int:
     _setup_logging()
     # Crash dumps go to fd 2: the supervisor shows them in the notebook.
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
-    requests_url = os.environ.get(Env.EXECUTOR_REQUESTS)
-    events_url = os.environ.get(Env.EXECUTOR_EVENTS)
-    if not requests_url or not events_url:
-        log.error("cannot start: REXEC_EXECUTOR_REQUESTS / REXEC_EXECUTOR_EVENTS not set")
+    names = (Env.EXECUTOR_REQUESTS, Env.EXECUTOR_EVENTS, Env.EXECUTOR_INSPECT)
+    urls = [os.environ.get(name) for name in names]
+    if not all(urls):
+        log.error("cannot start: %s must be set (the supervisor starts executors)", names)
         return 78
-    for name in (Env.EXECUTOR_REQUESTS, Env.EXECUTOR_EVENTS, Env.EXECUTOR_LOG_FD):
+    for name in (*names, Env.EXECUTOR_LOG_FD):
         os.environ.pop(name, None)  # user code has no use for them
-    executor = Executor(zmq.Context(), requests_url, events_url)
+    executor = Executor(zmq.Context(), *urls)
     redirect_stdio()
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
     return executor.run()

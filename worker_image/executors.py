@@ -75,11 +75,15 @@ class ExecutorProcess:
         self.events = ctx.socket(zmq.PULL)
         self.events.linger = 0
         self.events.bind(f"ipc://{rundir}/e{number}-events")
+        self.inspects = ctx.socket(zmq.PUSH)  # apart: answered by a thread, even mid-cell
+        self.inspects.linger = 0
+        self.inspects.bind(f"ipc://{rundir}/e{number}-inspect")
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
         env[Env.EXECUTOR_REQUESTS] = f"ipc://{rundir}/e{number}-requests"
         env[Env.EXECUTOR_EVENTS] = f"ipc://{rundir}/e{number}-events"
+        env[Env.EXECUTOR_INSPECT] = f"ipc://{rundir}/e{number}-inspect"
         env[Env.EXECUTOR_LOG_FD] = str(log_fd)
         try:
             self.proc = subprocess.Popen(
@@ -235,6 +239,7 @@ class ExecutorProcess:
             self.pidfd = None
         self.requests.close(linger=0)
         self.events.close(linger=0)
+        self.inspects.close(linger=0)
 
 
 class PipeReader:

@@ -394,7 +394,7 @@ class Supervisor:
             return
         self._seen(ex, msg.header)
         self._inspects[request_id] = (route, time.monotonic() + INSPECT_WAIT_S, ex)
-        ex.requests.send_multipart(frames, copy=False)
+        ex.inspects.send_multipart(frames, copy=False)
 
     def _inspect_header(
         self, request_id: str, ex: ExecutorProcess | None, reply: dict[str, Any] | None
