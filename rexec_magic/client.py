@@ -81,6 +81,15 @@ class RexecClient:
             out["notebook"] = self.notebook
         return out
 
+    def drain_replies(self) -> None:
+        """Drop what waits on this connection (a keepalive-only one gets no answers, except
+        ``fail unauthenticated`` from a restarted broker: then say hello again next time)."""
+        while self.sock is not None and self.sock.poll(0):
+            msg = self._recv(0)
+            if msg is not None and msg.kind == P.Kind.FAIL:
+                if msg.header.get("code") == P.FailCode.UNAUTHENTICATED:
+                    self.user = ""
+
     def keepalive(self) -> None:
         """Tell this session's executor the kernel is still there (no answer is sent)."""
         if self.user:

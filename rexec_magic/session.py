@@ -77,7 +77,7 @@ class RemoteSession:
             self._lock.release()
 
     def _start_keepalive(self) -> None:
-        """A daemon thread that tells the executor this kernel lives while it is idle."""
+        """A daemon thread that tells this session's executor the kernel still exists."""
         if self._keepalive is None:
             self._keepalive = threading.Thread(
                 target=self._keep_alive, name="rexec-keepalive", daemon=True
@@ -85,17 +85,26 @@ class RemoteSession:
             self._keepalive.start()
 
     def _keep_alive(self) -> None:
+        """Keepalives on a connection of its own: the session's socket may be held for long
+        (a remote generator consumed slowly), and a ZeroMQ socket belongs to one thread."""
+        client: RexecClient | None = None
         while True:
             time.sleep(keepalive_interval())
-            if not self._lock.acquire(blocking=False):
-                continue  # a request is running: its own pings say we are alive
             try:
-                if self._client is not None:
-                    self._client.keepalive()
+                info = self.info
+                if client is None or client.info is not info:
+                    if client is not None:
+                        client.close()
+                    client = RexecClient(info)
+                client.session_id, client.namespace = self.session_id, self.namespace
+                client.notebook = self.notebook
+                client.drain_replies()
+                client.ensure_hello()
+                client.keepalive()
             except Exception as exc:  # never let the thread die; the next beat retries
                 log.debug("keepalive failed: %s", exc)
-            finally:
-                self._lock.release()
+                if client is not None:
+                    client.reset()
 
     # ------------------------------------------------------------------ parts
     @property

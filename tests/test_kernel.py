@@ -256,3 +256,29 @@ def test_a_kernel_interrupt_cancels_this_notebooks_running_calls(kernel, tmp_pat
     reply, outputs = run(kc, "print(fut.cancelled(), remote_func(ping)())")
     assert reply["status"] == "ok"
     assert text_of(outputs) == "True pong\n"  # cancelled, and the remote loop really stopped
+
+
+def test_a_remote_generator_consumed_slowly_is_not_taken_for_a_dead_kernel(stack):
+    km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="0.5")  # silent 2.5 s = gone
+    try:
+        code = (
+            "import time\n"
+            "from rexec_magic import remote_func\n"
+            "@remote_func\n"
+            "def numbers():\n"
+            "    import time\n"
+            "    for i in range(3):\n"
+            "        yield i\n"
+            "        time.sleep(2)  # still running remotely while the notebook works\n"
+            "got = []\n"
+            "for n in numbers():\n"
+            "    got.append(n)\n"
+            "    time.sleep(4)  # local work between items: the connection stays held\n"
+            "print(got)"
+        )
+        reply, outputs = run(kc, code)
+        assert reply["status"] == "ok"
+        assert text_of(outputs) == "[0, 1, 2]\n"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
