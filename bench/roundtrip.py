@@ -17,7 +17,9 @@ What each figure is (medians; throughput in MiB/s = 2**20 bytes per second):
   numpy array in / out.  The raw side moves the same bytes zero-copy and does not copy them on
   arrival (rexec copies once on arrival to give the user a writable array; that copy is part
   of what is measured).
-* ``supervisor_rss_MiB`` / ``executor_rss_MiB``: resident memory of the worker's processes.
+* ``supervisor_rss_MiB`` / ``executor_rss_MiB``: resident memory of the worker's processes
+  (the executor after the test array was deleted).
+* ``call_ms`` includes pickling the function by value from ``__main__`` (dill) each call.
 """
 
 from __future__ import annotations
@@ -258,8 +260,10 @@ class Rexec:
             "executor_rss_MiB": rss_mib(worker.get("pid", -1)),
         }
 
+    def drop_array(self) -> None:
+        self.ip.run_cell_magic("remote", "--no-pull", "del arr, arr2\nimport gc; gc.collect()")
+
     def close(self) -> None:
-        self.ip.run_cell_magic("remote", "--no-pull", "del arr")
         self.session.stop()
 
 
@@ -300,6 +304,7 @@ def main() -> None:
                 take("push", ours.push, 1)
                 take("raw_pull", raw.pull, 1)
                 take("pull", ours.pull, 1)
+            ours.drop_array()  # memory of the processes themselves, not of the test array
             memory = ours.memory()
             ours.close()
         finally:

@@ -14,15 +14,17 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rexec_magic import serialize
 from rexec_magic.contract import DEFAULT_PULL_LIMIT_BYTES
 from rexec_magic.protocol import DoneStatus, Kind, Message
 from worker_image.calls import invoke
 from worker_image.outbox import EventChannel, Target
-from worker_image.shell import WorkerShell
 from worker_image.variables import pack_pulled
+
+if TYPE_CHECKING:  # the supervisor parses requests too, and must not load IPython
+    from worker_image.shell import WorkerShell
 
 log = logging.getLogger(__name__)
 

@@ -36,15 +36,12 @@ from rexec_magic import protocol, serialize
 from rexec_magic.contract import Env
 from rexec_magic.protocol import DoneStatus, Kind
 from worker_image.cells import BadRequest, CellRunner, done_header, parse_call, parse_execute
-from worker_image.outbox import EventChannel, Target
+from worker_image.outbox import READY, STOP, EventChannel, Target
 from worker_image.shell import WorkerShell, make_shell, redirect_stdio
 from worker_image.variables import describe
 
 log = logging.getLogger("worker_image.executor")
 
-# Messages between executor and supervisor only (never forwarded to a client).
-READY = "ready"  # executor -> supervisor {pid}: the shell is built, send cells
-STOP = "stop"  # supervisor -> executor: end after the current cell
 EVENTS_HWM = 1000  # events queued towards the supervisor before a send blocks
 
 

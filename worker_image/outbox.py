@@ -124,6 +124,10 @@ class EventChannel:
             self.sock.send_multipart(protocol.frames(kind, header))
 
 
+# Messages between executor and supervisor only (never forwarded to a client).
+READY = "ready"  # executor -> supervisor {pid}: the shell is built, send cells
+STOP = "stop"  # supervisor -> executor: end after the current cell
+
 # Marks the place of event N in the stdout/stderr byte streams: MARK + b"N" + b"\0".  A NUL
 # and an escape character: text and terminal output never contain the pair.
 MARK = b"\0\x1brexec-event:"

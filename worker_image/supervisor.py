@@ -63,10 +63,9 @@ from rexec_magic.protocol import (
     ProtocolError,
 )
 from worker_image.cells import BadRequest, done_header, parse_call, parse_execute, placement
-from worker_image.executor import READY
 from worker_image.executors import ExecutorProcess, Request, proc_stopped
 from worker_image.link import EXIT_CONFIG, EXIT_OK, EXIT_SOFTWARE, Registration, encode_header
-from worker_image.outbox import Target
+from worker_image.outbox import READY, Target
 
 log = logging.getLogger("worker_image.supervisor")
 
