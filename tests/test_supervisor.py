@@ -213,20 +213,22 @@ def test_fd_text_and_display_events_keep_their_order(port):
     assert seen == [pair for i in range(20) for pair in (("text", str(i)), ("display", str(i)))]
 
 
-def test_output_after_the_cell_ended_comes_first_in_the_next_cell_marked_late(port):
+def test_output_after_the_cell_ended_comes_first_in_the_next_cell_marked_late(port, tmp_path):
+    flag = tmp_path / "both-fired"
     code = (
         "import threading, os\n"
-        "threading.Timer(0.3, print, ['late print']).start()\n"
-        "threading.Timer(0.3, os.system, ['echo late shell']).start()\n"
+        "threading.Timer(0.2, print, ['late print']).start()\n"
+        f"threading.Timer(0.5, os.system, ['echo late shell; touch {flag}']).start()\n"
         "print('on time')"
     )
     first = port.run(code)
     assert stdout(first) == "on time\n"
-    time.sleep(1.0)  # let the timers fire between the cells (not a race: they are late either way)
+    while not flag.exists():  # both timers have written (bounded by the test timeout)
+        time.sleep(0.02)
     events = port.run("print('next')")
     streams = [e for e in events if e.kind == Kind.STREAM]
     late = "".join(e.header["text"] for e in streams if e.header.get("late"))
-    assert sorted(late.splitlines()) == ["late print", "late shell"]
+    assert late.splitlines() == ["late print", "late shell"]
     assert streams[-1].header["text"] == "next\n" and not streams[-1].header.get("late")
 
 
