@@ -106,9 +106,9 @@ def test_forged_worker_secret_cannot_register(stack, alice):
     sock.connect(f"tcp://127.0.0.1:{stack.state['ports']['worker']}")
     user = alice.client.user
     forged = {"user": user, "nonce": "n", "secret": "0" * 64, "python": "3", "dill": "0", "pid": 1}
-    sock.send_multipart([P.TO_BROKER, *P.frames(P.Kind.REGISTER, forged)])
+    sock.send_multipart(P.encode(P.Kind.REGISTER, forged, route=P.TO_BROKER))
     assert sock.poll(5000)
-    reply = P.decode(sock.recv_multipart()[1:])
+    reply = P.decode(sock.recv_multipart(), routed=True)
     assert reply.kind == P.Kind.REJECTED
     sock.close()
     outcome, _ = run(alice, "mine + 1", pull=[])  # still routed to the real worker

@@ -225,6 +225,12 @@ def test_values_spliced_into_legacy_replies_load_with_plain_dill():
     pickled = bytes(serialize.dumps(value, out_of_band=False)[0])
     event = dill.loads(legacy.value_event(7, "return", pickled))
     assert event == {"type": "DATA", "sequence": 7, "channel": "return", "data": value}
-    header = {"id": "x", "seq": 3, "status": P.DoneStatus.OK}
-    replies = [dill.loads(p) for p in legacy.replies(P.Kind.DONE, header, [pickled])]
+    header = {
+        "id": "x",
+        "seq": 3,
+        "status": P.DoneStatus.OK,
+        "vars": [{"name": "return", "nbuffers": 1}],
+    }
+    done = P.Message(P.Kind.DONE, header, [pickled])
+    replies = [dill.loads(p) for p in legacy.replies(done)]
     assert [r["type"] for r in replies] == ["DATA", "END"]

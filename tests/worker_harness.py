@@ -105,7 +105,8 @@ class BrokerPort:
             raise TimeoutError(f"no message from the worker within {timeout} s\n{self.log_text()}")
         frames = self.router.recv_multipart(copy=False)
         self.worker_id = frames[0].bytes
-        return frames[1].bytes, protocol.decode(frames[2:])
+        msg = protocol.decode(frames[1:], routed=True)
+        return msg.route or b"", msg
 
     def recv_kind(self, kind: str, timeout: float = 10.0) -> Message:
         """Skip to the next message of ``kind`` (heartbeats and others are stashed/skipped)."""
@@ -125,7 +126,7 @@ class BrokerPort:
         self, kind: str, header: dict[str, Any], buffers: Sequence[Any] = (), route: bytes = CLIENT
     ) -> None:
         assert self.worker_id is not None, "the worker has not spoken yet"
-        frames = [self.worker_id, route, *protocol.frames(kind, header, buffers)]
+        frames = [self.worker_id, *protocol.encode(kind, header, buffers, route=route)]
         self.router.send_multipart(frames, copy=False)
 
     def send_raw(self, frames: list[bytes]) -> None:
