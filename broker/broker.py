@@ -343,8 +343,10 @@ class Broker:
     def _on_hello(self, route: bytes, msg: P.Message) -> None:
         try:
             token = msg.read(P.Hello).token
-        except P.ProtocolError:
-            token = ""
+        except P.ProtocolError as exc:
+            self._malformed("frontend", str(exc))
+            self.counters.auth_denied += 1
+            return self._reply(route, P.Kind.DENIED, {"message": "The hello was malformed."})
         if not token:
             self.counters.auth_denied += 1
             return self._reply(route, P.Kind.DENIED, {"message": "No token was given."})

@@ -36,12 +36,17 @@ int, never coerced), ignore fields they do not know (a newer sender may add some
 identities and other small strings (``SHORT_MAX`` characters; secrets and tokens somewhat
 more); bulk text (code, output) is bounded by the header size as a whole, not here.
 
-Cost, and where validation happens.  A model validation of a typical header costs a few
-microseconds (pydantic-core; see tests/test_protocol_unit.py and the figures in the issue
-notes), well below one ZeroMQ hop (~50-100 us on loopback), so receivers validate at each
-trust boundary: the broker validates what it reads from clients, workers and the control port;
-the worker validates each request; the client validates each event it reads.  What is merely
-forwarded (a cell's buffers, a STREAM event passing through the broker) is not parsed at all.
+Cost, and where validation happens.  Validating a typical header costs 1-3 us (pydantic-core,
+measured with ``bench/protocol_codec.py``: Execute ~2.7 us, Done ~2 us, Stream ~1 us, against
+~2.5 us for the ``json.loads`` every receiver did anyway), well under the ~10 us per message
+that would call for ``model_construct`` tricks, and far below one ZeroMQ hop (~100 us on
+loopback).  So every receiver validates what it reads, with no unchecked fast path: the broker
+what it reads from clients, workers and the control port (a request only as ``Request``, its
+id; the worker reads the rest); the worker each request; the client each event (once: a
+``Message`` keeps the model it last read).  What is merely forwarded (a cell's buffers, a
+STREAM event passing through the broker) is not parsed at all (``peek``).  Models are built
+on first use (``defer_build``), so a process builds only the few it reads; importing pydantic
+is the larger one-time cost (~0.1 s at import).
 """
 
 from __future__ import annotations
@@ -182,14 +187,20 @@ class Message:
     header: dict[str, Any] = field(default_factory=dict)
     buffers: list[Any] = field(default_factory=list)
     route: bytes | None = None
+    _read: Header | None = field(default=None, repr=False, compare=False)
 
     def read(self, model: type[H]) -> H:
         """The header as ``model``; ProtocolError when it does not fit.
 
         Models that check ``vars`` against the buffers that came (``Execute``, ``Call``,
-        ``Done``) get the buffer count from here.
+        ``Done``) get the buffer count from here.  The last model read is kept, so reading
+        it again (or a model it extends) costs nothing.
         """
-        return model.read(self.header, nbuffers=len(self.buffers))
+        if isinstance(self._read, model):
+            return self._read
+        fields = model.read(self.header, nbuffers=len(self.buffers))
+        self._read = fields
+        return fields
 
     def to_frames(self) -> list[Any]:
         return encode(self.kind, self.header, self.buffers, route=self.route)
@@ -281,7 +292,9 @@ H = TypeVar("H", bound="Header")
 class Header(BaseModel):
     """A header as one kind of receiver reads it.  Strict, forward compatible, read-only."""
 
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    # defer_build: a model's validator is built when first used, so a process builds only
+    # the few it reads (the client about ten, the worker about five) and imports faster.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True, defer_build=True)
 
     @classmethod
     def read(cls: type[H], header: dict[str, Any], nbuffers: int | None = None) -> H:
