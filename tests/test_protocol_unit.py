@@ -14,6 +14,8 @@ import zmq
 
 from rexec_magic import protocol as P
 
+pytestmark = pytest.mark.unit
+
 REQ = "0123456789ab-0"
 VERSIONS = {"python": "3.12.3", "dill": "0.3.9"}
 VAR = {"name": "x", "nbuffers": 1, "nbytes": 10}
