@@ -18,6 +18,8 @@ from rexec_magic import connection, errors
 from rexec_magic import protocol as P
 from rexec_magic.session import RemoteSession
 
+pytestmark = pytest.mark.stack
+
 
 def run(session: RemoteSession, code: str, push: dict | None = None, pull: list | None = None):
     events: list[P.Message] = []
@@ -163,7 +165,7 @@ def test_slow_auth_service_does_not_stall_other_users(tmp_path):
     """An auth API that takes 3 s for one token must not delay a user already connected."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from tests.conftest import start_stack, stop_stack
+    from tests.local_stack import start_stack, stop_stack
 
     class Auth(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802

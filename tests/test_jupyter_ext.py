@@ -21,7 +21,9 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403 (fixtures for this mod
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
-from tests.conftest import Stack, start_stack, stop_stack
+from tests.local_stack import Stack, start_stack, stop_stack
+
+pytestmark = pytest.mark.stack
 
 
 @pytest.fixture

@@ -37,6 +37,8 @@ from spawner.backends.k8s_names import dns_label, label_value
 from spawner.config import SpawnerSettings
 from tests.harness import broker_in_thread
 
+pytestmark = pytest.mark.kubernetes
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_KEY = "k8s-test-worker-key"
 ADMIN_SECRET = "k8s-test-admin-secret"

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import pytest
 from jupyter_client.manager import KernelManager
 
+pytestmark = pytest.mark.stack
+
 
 @pytest.fixture(scope="module")
 def kernel(stack) -> Iterator[tuple[KernelManager, object]]:

@@ -19,7 +19,9 @@ import zmq
 
 from rexec_magic import legacy
 from rexec_magic import protocol as P
-from tests.conftest import ROOT
+from tests.local_stack import ROOT
+
+pytestmark = pytest.mark.stack
 
 LEGACY_PYTHON = ROOT / ".venv-legacy" / "bin" / "python"
 

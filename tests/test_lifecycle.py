@@ -15,8 +15,10 @@ from IPython.utils.capture import capture_output
 
 from rexec_magic import connection, errors
 from rexec_magic.session import RemoteSession
-from tests.conftest import start_stack
 from tests.harness import pid_alive
+from tests.local_stack import start_stack
+
+pytestmark = pytest.mark.stack
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -144,7 +146,7 @@ def test_rexec_status_command_reports_workers(stack):
 
 
 def test_culled_worker_is_replaced_and_the_user_is_told(tmp_path, monkeypatch):
-    from tests.conftest import stop_stack
+    from tests.local_stack import stop_stack
 
     monkeypatch.setenv("REXEC_CULL_IDLE_SECONDS", "1")
     stack = start_stack(tmp_path)

@@ -17,6 +17,8 @@ from IPython.utils.capture import capture_output
 
 from rexec_magic import errors
 
+pytestmark = pytest.mark.stack
+
 
 @pytest.fixture(scope="module")
 def ip(stack, tmp_path_factory) -> Iterator[InteractiveShell]:

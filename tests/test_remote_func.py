@@ -20,6 +20,8 @@ from rexec_magic import errors, remote_func
 from rexec_magic.remote_call import RemoteTraceback
 from rexec_magic.session import shared_session
 
+pytestmark = pytest.mark.stack
+
 NOTEBOOK_CELL = """
 import os, time
 
