@@ -18,6 +18,7 @@ from broker.control import broker_status
 from rexec_magic import connection, errors
 from rexec_magic import protocol as P
 from rexec_magic.session import RemoteSession
+from tests.harness import WAIT_S, WhenFlag, ctrl_c_when
 
 pytestmark = pytest.mark.stack
 
@@ -49,16 +50,18 @@ def test_a_cell_with_no_worker_starts_one_and_says_so(fresh_stack):
     session.close()
 
 
-def test_worker_killed_mid_cell_gives_clear_error_and_next_cell_works(fresh_stack):
+def test_worker_killed_mid_cell_gives_clear_error_and_next_cell_works(fresh_stack, tmp_path):
     session = RemoteSession(connection.load(fresh_stack.connection_file))
     session.start()
     run(session, "kept = 1")
     pid = session.client.worker["pid"]
-    threading.Timer(1.0, os.kill, args=(pid, signal.SIGKILL)).start()
-    t0 = time.monotonic()
-    with pytest.raises(errors.WorkerLost) as info:
-        run(session, "import time\ntime.sleep(60)")
-    assert time.monotonic() - t0 < 1.0 + 5.0
+    flag = tmp_path / "cell-runs"
+    cell = f"import pathlib, time\npathlib.Path({str(flag)!r}).touch()\ntime.sleep(600)"
+    with (
+        WhenFlag(flag, lambda: os.kill(pid, signal.SIGKILL)),
+        pytest.raises(errors.WorkerLost) as info,
+    ):
+        run(session, cell)
     assert "namespace was lost" in str(info.value)
     outcome, _ = run(session, "import os\npid = os.getpid()", pull=["pid"])
     assert outcome.values["pid"] != pid
@@ -75,8 +78,9 @@ def test_broker_restart_next_cell_works(fresh_stack):
     old = fresh_stack.pid("broker")
     os.kill(old, signal.SIGKILL)
     fresh_stack.wait_pid_changed("broker", old)
-    deadline = time.monotonic() + 20
-    while True:  # the worker re-registers within its heartbeat interval
+    # The worker re-registers at its next heartbeat (the broker tells it to RESYNC).
+    deadline = time.monotonic() + WAIT_S
+    while True:
         try:
             outcome, _ = run(session, "after = before + 1", pull=["after"])
             break
@@ -225,16 +229,27 @@ def test_ten_thousand_malformed_messages_per_port_leave_the_broker_serving(stack
 
 
 def test_slow_auth_service_does_not_stall_other_users(tmp_path):
-    """An auth API that takes 3 s for one token must not delay a user already connected."""
+    """While the auth API holds one user's token check, a user already connected runs cells.
+
+    The fake auth API holds the slow check until the test has run the fast user's cells (or
+    until just under the broker's own auth timeout): had the broker waited for the check, the
+    cells could only finish after that cap, and the check would not have been released early.
+    """
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    from broker.auth import AuthApiAuthenticator
     from tests.local_stack import start_stack, stop_stack
+
+    hold_s = AuthApiAuthenticator("http://127.0.0.1:9/unused").timeout_s - 1.0
+    slow_arrived, cells_done = threading.Event(), threading.Event()
+    released_early: list[bool] = []
 
     class Auth(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if body["token"] == "slow-token":
-                time.sleep(3)
+                slow_arrived.set()
+                released_early.append(cells_done.wait(hold_s))
             user = {"fast-token": "fast", "slow-token": "slow"}.get(body["token"])
             self.send_response(200 if user else 401)
             self.end_headers()
@@ -262,18 +277,19 @@ def test_slow_auth_service_does_not_stall_other_users(tmp_path):
         run(fast, "n = 0")
         slow_thread = threading.Thread(target=lambda: slow.client.hello(), daemon=True)
         slow_thread.start()
-        time.sleep(0.2)
-        for _ in range(20):
+        assert slow_arrived.wait(WAIT_S), "the slow token never reached the auth API"
+        for _ in range(3):
             run(fast, "n += 1")
-        # All 20 cells finished while the slow user's check was still in flight.
-        assert slow_thread.is_alive()
-        assert run(fast, "m = n", pull=["m"])[0].values == {"m": 20}
-        slow_thread.join(10)
+        cells_done.set()
+        assert run(fast, "m = n", pull=["m"])[0].values == {"m": 3}
+        slow_thread.join(WAIT_S)
+        assert released_early == [True]  # the cells ran while the slow check was held
         assert slow.client.username == "slow"
         fast.stop()
         fast.close()
         slow.close()
     finally:
+        cells_done.set()
         stop_stack(stack)
         server.shutdown()
 
@@ -291,20 +307,19 @@ def test_no_token_appears_in_any_log(stack, alice, tmp_path):
     assert "bad-token-XYZ-123" not in logs
 
 
-def test_cell_that_ignores_interrupt_restarts_the_worker_and_says_so(fresh_stack):
+def test_cell_that_ignores_interrupt_restarts_the_worker_and_says_so(fresh_stack, tmp_path):
     session = RemoteSession(connection.load(fresh_stack.connection_file))
     session.start()
     run(session, "doomed = 1")
-    main = threading.main_thread().ident
-    timer = threading.Timer(1.0, signal.pthread_kill, args=(main, signal.SIGINT))
-    timer.start()
+    flag = tmp_path / "ignoring"
     stubborn = (
-        "import signal, time\n"
+        "import pathlib, signal, time\n"
         "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
         "print('ignoring Ctrl-C', flush=True)\n"
-        "time.sleep(60)\n"
+        f"pathlib.Path({str(flag)!r}).touch()\n"
+        "time.sleep(600)\n"
     )
-    with pytest.raises(errors.RemoteInterrupted) as info:
+    with ctrl_c_when(flag), pytest.raises(errors.RemoteInterrupted) as info:
         run(session, stubborn)
     assert "restarting" in str(info.value) and "lost" in str(info.value)
     with pytest.raises(errors.RemoteCellError) as gone:
