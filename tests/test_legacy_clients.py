@@ -17,8 +17,6 @@ import dill
 import pytest
 import zmq
 
-from broker import legacy
-from rexec_magic import protocol as P
 from tests.local_stack import ROOT
 
 pytestmark = pytest.mark.stack
@@ -217,16 +215,3 @@ def test_malformed_legacy_frames_get_an_error_and_the_broker_keeps_serving(stack
         alice,
     )
     assert report["ok"] == 42
-
-
-def test_values_spliced_into_legacy_replies_load_with_plain_dill():
-    """The broker wraps a worker's value pickle into the reply dict without unpickling it."""
-    from rexec_magic import serialize
-
-    value = {"nested": [1, (2, 3)], "big": b"x" * 300_000, "text": "é"}
-    pickled = bytes(serialize.dumps(value, out_of_band=False)[0])
-    event = dill.loads(legacy.value_event(7, "return", pickled))
-    assert event == {"type": "DATA", "sequence": 7, "channel": "return", "data": value}
-    header = {"id": "x", "seq": 3, "status": P.DoneStatus.OK}
-    replies = [dill.loads(p) for p in legacy.replies(P.Kind.DONE, header, [pickled])]
-    assert [r["type"] for r in replies] == ["DATA", "END"]
