@@ -93,15 +93,21 @@ def test_ndp_ep_setup_call_stream_generator_error_cancel_terminate(alice):
             seen["error"] = str(exc)
 
         @remote_func
-        def forever():
+        def forever(flag):
             import time
             print("started forever", flush=True)
+            open(flag, "w").close()  # the call really runs on the worker now
             while True:
                 time.sleep(0.05)
-        timer = threading.Timer(1.0, os.kill, args=(os.getpid(), signal.SIGINT))
-        timer.start()
+        import tempfile, time
+        flag = os.path.join(tempfile.mkdtemp(), "forever-runs")
+        def ctrl_c_once_running():  # not after a guessed delay: a slow start would beat it
+            while not os.path.exists(flag):
+                time.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGINT)
+        threading.Thread(target=ctrl_c_once_running, daemon=True).start()
         try:
-            forever()
+            forever(flag)
         except KeyboardInterrupt:
             seen["interrupted"] = True
         seen["after_cancel"] = add(1, 1)["sum"]  # only answers if the cancel stopped forever()
