@@ -216,7 +216,7 @@ class TestCulled:
         api.call("POST", "login", {"token": culling_stack.token})
         api.call("POST", "start", {"requirements": ""})
         api.wait_state("ready")
-        culled = api.wait_state("culled", timeout_s=30)["worker"]
+        culled = api.wait_state("culled")["worker"]
         assert culled["message"].startswith("Stopped after 1 s without a cell")
 
 
