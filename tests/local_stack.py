@@ -33,8 +33,10 @@ from rexec_magic.spawner_client import SpawnerClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# How long a loaded machine may take to bring `rexec up` to its connection file.
-STACK_START_S = 120.0
+# How long a loaded machine may take to bring `rexec up` to its connection file: generous, yet
+# under pytest-timeout's per-test limit (120 s), so a stack that never comes up fails with
+# its own output rather than a bare timeout.
+STACK_START_S = 90.0
 # A broker or spawner that answers none of its checks for this long is considered gone (the
 # client gives up on a silent broker after BROKER_SILENT_AFTER_S; we allow several of those).
 SERVICE_ANSWER_S = 8 * P.BROKER_SILENT_AFTER_S
