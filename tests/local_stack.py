@@ -152,8 +152,10 @@ class Stack:
         if not answered:
             warnings.warn("the shared rexec stack stopped answering; restarting it", stacklevel=2)
             self.restart()
-        for user, conn in self._known_users().items():
-            self._free_worker(user, conn)
+        status = wait_until(self.broker_status, "the broker's status", SERVICE_ANSWER_S)
+        for user, worker in status["workers"].items():
+            if worker.get("busy"):
+                self._free_worker(user)
 
     def _answers_within(self, timeout_s: float) -> bool:
         try:
@@ -163,14 +165,13 @@ class Stack:
             return False
         return True
 
-    def _known_users(self) -> dict[str, Path]:
-        return {self.connection["user"]: self.connection_file, **self.users}
-
     def _worker_of(self, user: str) -> dict | None:
         status = wait_until(self.broker_status, "the broker's status", SERVICE_ANSWER_S)
         return status["workers"].get(user)
 
-    def _free_worker(self, user: str, conn: Path) -> None:
+    def _free_worker(self, user: str) -> None:
+        """Give a busy worker WORKER_DEAD_AFTER_S to report idle (a cell that just ended shows
+        as busy until its next heartbeat); then stop it through the spawner."""
         try:
             wait_until(
                 lambda: not (self._worker_of(user) or {}).get("busy"),
@@ -180,6 +181,9 @@ class Stack:
             return
         except StackUnhealthy:
             pass
+        conn = {self.connection["user"]: self.connection_file, **self.users}.get(user)
+        if conn is None:
+            raise StackUnhealthy(f"the worker of {user} stays busy and no test knows its token")
         warnings.warn(
             f"the worker of {user} was still busy with an earlier test's cell; stopping it",
             stacklevel=3,
