@@ -60,6 +60,7 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+@pytest.mark.helm
 @pytest.mark.parametrize("values", [[], [ALL_ON]], ids=["defaults", "all-features"])
 def test_helm_lint_passes_strict(values: list[Path], tmp_path: Path) -> None:
     args = ["lint", str(CHART), "--strict", *[x for v in values for x in ("-f", str(v))]]
@@ -68,12 +69,14 @@ def test_helm_lint_passes_strict(values: list[Path], tmp_path: Path) -> None:
     assert "0 chart(s) failed" in out.stdout
 
 
+@pytest.mark.helm
 def test_values_schema_rejects_a_bad_value(tmp_path: Path) -> None:
     out = helm("template", "rel", str(CHART), "--set", "worker.warmPool=-1", tmp_path=tmp_path)
     assert out.returncode != 0
     assert "warmPool" in out.stderr
 
 
+@pytest.mark.helm
 def test_every_rendered_object_is_valid_kubernetes(rendered: list[dict[str, Any]]) -> None:
     assert len(rendered) >= 9
     for doc in rendered:
@@ -81,6 +84,7 @@ def test_every_rendered_object_is_valid_kubernetes(rendered: list[dict[str, Any]
             kubernetes_validate.validate(doc, version, strict=True)
 
 
+@pytest.mark.helm
 def test_services_expose_the_documented_ports(rendered: list[dict[str, Any]]) -> None:
     services = {s["metadata"]["name"]: s["spec"] for s in by_kind(rendered, "Service")}
     client = services["rel-rexec-broker"]
@@ -93,6 +97,7 @@ def test_services_expose_the_documented_ports(rendered: list[dict[str, Any]]) ->
     assert {p["port"] for p in internal["ports"]} == {5560, 30002}
 
 
+@pytest.mark.helm
 def test_every_container_is_hardened_and_has_requests(rendered: list[dict[str, Any]]) -> None:
     for dep in by_kind(rendered, "Deployment"):
         pod = dep["spec"]["template"]["spec"]
@@ -106,6 +111,7 @@ def test_every_container_is_hardened_and_has_requests(rendered: list[dict[str, A
             assert c["readinessProbe"] and c["livenessProbe"]
 
 
+@pytest.mark.helm
 def test_rbac_is_least_privilege(rendered: list[dict[str, Any]]) -> None:
     roles = by_kind(rendered, "Role") + by_kind(rendered, "ClusterRole")
     assert len(roles) == 1
@@ -118,6 +124,7 @@ def test_rbac_is_least_privilege(rendered: list[dict[str, Any]]) -> None:
     assert (roles[0]["kind"] == "ClusterRole") == ("namespaces" in managed)
 
 
+@pytest.mark.helm
 def test_network_policy_lets_workers_reach_only_broker_and_dns(
     rendered: list[dict[str, Any]],
 ) -> None:
@@ -130,6 +137,7 @@ def test_network_policy_lets_workers_reach_only_broker_and_dns(
     assert ports == [("TCP", 53), ("TCP", 5560), ("UDP", 53)]
 
 
+@pytest.mark.helm
 def test_spawner_gets_pool_cull_and_auth_settings(tmp_path: Path) -> None:
     docs = render(tmp_path)
     spawner = next(

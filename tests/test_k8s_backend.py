@@ -35,7 +35,9 @@ from broker.broker import Broker
 from spawner.app import create_app
 from spawner.backends.k8s_names import dns_label, label_value
 from spawner.config import SpawnerSettings
-from tests.harness import broker_in_thread
+from tests.harness import WAIT_S, broker_in_thread
+
+pytestmark = pytest.mark.kubernetes
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_KEY = "k8s-test-worker-key"
@@ -92,14 +94,14 @@ def settings_for(cluster: Any, broker: Broker, tmp_path: Path, **extra: Any) -> 
         k8s_namespace=NS,
         k8s_image="registry.example/rexec-worker:1",
         k8s_poll_s=0.05,
-        k8s_api_timeout_s=2.0,
+        k8s_api_timeout_s=WAIT_S,  # the fake API answers; a slow machine is no API timeout
         stop_grace_s=1.0,
         tokens_file=str(tokens),
         worker_key=WORKER_KEY,
         admin_secret=ADMIN_SECRET,
         broker_worker_url=f"tcp://127.0.0.1:{broker.ports['worker']}",
         broker_control_url=f"tcp://127.0.0.1:{broker.ports['control']}",
-        worker_start_timeout_s=30.0,
+        worker_start_timeout_s=WAIT_S,
     )
     base.update(extra)
     return SpawnerSettings(**base)
@@ -126,7 +128,7 @@ class Spawner:
         assert reply.status_code == 200, reply.text
         return reply.json()
 
-    async def wait_for(self, pred: Any, what: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    async def wait_for(self, pred: Any, what: str, timeout_s: float = WAIT_S) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             st = await self.status()
@@ -207,7 +209,7 @@ def run_pod(cluster: Any, name: str, procs: list[subprocess.Popen], ns: str = NS
     )
 
 
-async def _wait(pred: Any, what: str, timeout_s: float = 30.0) -> Any:
+async def _wait(pred: Any, what: str, timeout_s: float = WAIT_S) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = pred()
@@ -296,7 +298,7 @@ async def test_spawn_reports_each_pod_state_then_ready_and_terminate_deletes_all
         name,
         {"initContainerStatuses": [{"name": "install", "state": {"terminated": {"exitCode": 0}}}]},
     )
-    st = await sp.wait_for(lambda s: s["state"] == "ready", "ready", timeout_s=30)
+    st = await sp.wait_for(lambda s: s["state"] == "ready", "ready")
     assert st["message"].startswith("The worker is ready (started in")
     assert broker.workers["alice"].nonce == env["REXEC_WORKER_NONCE"]["value"]
 
@@ -553,8 +555,8 @@ async def test_idle_worker_is_culled_and_its_pod_deleted(
     assert (await sp.spawn()).status_code == 200
     await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod")
     run_pod(cluster, "rexec-worker-alice", pods_run)
-    await sp.wait_for(lambda s: s["state"] == "ready", "ready", timeout_s=30)
-    st = await sp.wait_for(lambda s: s["state"] == "stopped", "culled", timeout_s=30)
+    await sp.wait_for(lambda s: s["state"] == "ready", "ready")
+    st = await sp.wait_for(lambda s: s["state"] == "stopped", "culled")
     assert st["message"] == "Your worker was stopped after 1 s idle."
     assert st["idle_culled_after_s"] == 1.0
     assert pod(cluster, "rexec-worker-alice") is None

@@ -34,7 +34,7 @@ from spawner.backends.local import safe_name, worker_env
 from spawner.config import SpawnerSettings
 from spawner.errors import INTERNAL_ERROR, InvalidRequest
 from spawner.requirements import parse_requirements
-from tests.harness import broker_in_thread, pid_alive, proc_environ, wait_for
+from tests.harness import WAIT_S, broker_in_thread, pid_alive, proc_environ, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_KEY = "test-worker-key"
@@ -84,7 +84,7 @@ def settings_for(tmp_path: Path, tokens, broker) -> Callable[..., SpawnerSetting
             "worker_key": WORKER_KEY,
             "admin_secret": ADMIN_SECRET,
             "state_dir": str(tmp_path / "state"),
-            "worker_start_timeout_s": 30.0,
+            "worker_start_timeout_s": WAIT_S,
             "stop_grace_s": 3.0,
         }
         values.update(overrides)
@@ -123,7 +123,7 @@ def spawn(client: TestClient, token: str, *requirements: str, **body: Any) -> di
     return resp.json()
 
 
-def wait_state(client: TestClient, token: str, *states: str, timeout_s: float = 30.0) -> dict:
+def wait_state(client: TestClient, token: str, *states: str, timeout_s: float = WAIT_S) -> dict:
     """Long-poll /status until the state is one of ``states``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -558,7 +558,7 @@ def test_served_spawner_leaves_no_worker_behind(settings_for, tokens, tmp_path, 
         assert pid_alive(pid)
         proc.send_signal(getattr(signal, how))
         proc.wait(timeout=20)
-        wait_for(lambda: not pid_alive(pid), timeout_s=5, what="the worker to exit")
+        wait_for(lambda: not pid_alive(pid), what="the worker to exit")
     finally:
         if proc.poll() is None:
             proc.kill()
