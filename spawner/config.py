@@ -67,4 +67,13 @@ class SpawnerSettings(AuthSettings):
     k8s_tolerations: list[dict[str, Any]] = []
     k8s_worker_uid: int = 1000
     k8s_api_timeout_s: float = 10.0  # each Kubernetes API call
-    k8s_poll_s: float = 1.0  # how often a starting or running pod is looked at
+    # One watch for all worker pods (and one for their events): each watch request asks the
+    # API server to end it after this long, and the next resumes from the last version seen.
+    k8s_watch_timeout_s: float = 60.0
+    # Merged into every worker pod's spec / worker container (the chart's
+    # worker.extraPodConfig / extraContainerConfig; kubespawner's extra_pod_config).
+    k8s_extra_pod_config: dict[str, Any] = {}
+    k8s_extra_container_config: dict[str, Any] = {}
+    # With per-user namespaces: the worker NetworkPolicy's spec to put in each (from the chart).
+    k8s_network_policy: dict[str, Any] = {}
+    k8s_log_tail_lines: int = 10  # a crashed worker's last log lines, in its failure reason
