@@ -40,6 +40,11 @@ class SpawnerSettings(AuthSettings):
     pip_args: str = ""
     install_timeout_s: float = 900.0
 
+    # Stop every worker when the spawner shuts down (SIGTERM)?  Unset: the backend decides
+    # (local: yes, `rexec up`'s Ctrl-C stops everything; kubernetes: no, an upgraded spawner
+    # adopts them).  A spawner that dies (SIGKILL, crash) never takes workers with it.
+    stop_workers_on_exit: bool | None = None
+
     # Warm pool: generic workers kept started (default image, no extra requirements); a spawn
     # that needs nothing else claims one.  0 turns the pool off.
     warm_pool_size: int = 0

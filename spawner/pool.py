@@ -42,21 +42,33 @@ class WarmPool:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._stop_on_cancel = True  # a pool worker still starting is stopped when cancelled
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
         if self.size > 0 and self._task is None:
             self._task = asyncio.create_task(self._keep_filled(), name="warm-pool")
 
-    async def close(self) -> None:
+    async def close(self, stop_workers: bool = True) -> None:
+        """Stop filling; stop the waiting workers too unless the next spawner adopts them."""
         self._closing = True
+        self._stop_on_cancel = stop_workers
         tasks = [t for t in (self._task, *self._starting) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
         ready, self.ready = list(self.ready.values()), {}
-        await asyncio.gather(*(self.backend.stop(h) for h in ready), return_exceptions=True)
+        if stop_workers:
+            await asyncio.gather(*(self.backend.stop(h) for h in ready), return_exceptions=True)
+
+    def adopt(self, pool_id: str, nonce: str, handle: WorkerHandle) -> None:
+        """A waiting pool worker an earlier spawner started: back into the pool once the
+        broker has it (it may be re-registering after a broker restart too)."""
+        task = asyncio.create_task(self._settle(pool_id, nonce, handle), name="pool-adopt")
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+        task.add_done_callback(lambda _: self._wake.set())
 
     def resize(self, size: int) -> None:
         """Keep ``size`` workers from now on (ready ones beyond it stay until claimed)."""
@@ -120,6 +132,17 @@ class WarmPool:
         handle: WorkerHandle | None = None
         try:
             handle = await self.backend.start(spec)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("a warm-pool worker failed to start: %s", exc)
+            await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+            return
+        await self._settle(pool_id, nonce, handle)
+
+    async def _settle(self, pool_id: str, nonce: str, handle: WorkerHandle) -> None:
+        """Wait for the pool worker to register; then it is claimable."""
+        try:
             waiter = asyncio.ensure_future(
                 self.watch.wait_registered(pool_id, nonce, handle.registration, section="pool")
             )
@@ -132,13 +155,12 @@ class WarmPool:
             if waiter not in done or waiter.cancelled():
                 raise RuntimeError(handle.failure or "it did not register with the broker")
         except asyncio.CancelledError:
-            if handle is not None:
+            if self._stop_on_cancel:
                 await asyncio.shield(self.backend.stop(handle))
             raise
         except Exception as exc:
             log.warning("a warm-pool worker failed to start: %s", exc)
-            if handle is not None:
-                await self.backend.stop(handle)
+            await self.backend.stop(handle)
             await asyncio.sleep(RETRY_AFTER_FAILURE_S)
             return
         self.ready[pool_id] = handle

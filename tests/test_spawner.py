@@ -549,8 +549,9 @@ def _ready_worker(url: str, token: str) -> int:
     return status["pid"]
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
-def test_served_spawner_leaves_no_worker_behind(settings_for, tokens, tmp_path, how):
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+def test_served_spawner_shutdown_stops_its_workers(settings_for, tokens, tmp_path, how):
+    """A clean shutdown (``rexec up``'s Ctrl-C) stops the workers: asked, not a death signal."""
     settings = settings_for(spawner_port=free_port())
     proc, url = _serve_spawner(settings, tmp_path)
     try:
@@ -563,7 +564,45 @@ def test_served_spawner_leaves_no_worker_behind(settings_for, tokens, tmp_path, 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if how != "SIGKILL":  # a clean shutdown: the spawner stopped the worker itself
-        log = (tmp_path / "spawner.out").read_text()
-        assert "stopped worker for alice" in log
-        assert proc.returncode in (0, -signal.SIGTERM)
+    log = (tmp_path / "spawner.out").read_text()
+    assert "stopped worker for alice" in log
+    assert proc.returncode in (0, -signal.SIGTERM)
+
+
+def test_a_killed_spawner_leaves_workers_that_the_next_one_adopts(
+    settings_for, tokens, tmp_path, broker
+):
+    settings = settings_for(spawner_port=free_port())
+    proc, url = _serve_spawner(settings, tmp_path)
+    try:
+        pid = _ready_worker(url, tokens["alice"])
+        nonce = broker.workers["alice"].nonce
+        proc.kill()  # SIGKILL: no shutdown code runs
+        proc.wait(timeout=20)
+        assert pid_alive(pid)  # the worker does not depend on the spawner's process
+        assert broker.workers["alice"].nonce == nonce
+
+        proc, url = _serve_spawner(settings, tmp_path)  # the same state dir
+        status = requests.get(url + "/status?wait_s=20", headers=bearer(tokens["alice"]),
+                              timeout=30).json()  # fmt: skip
+        assert status["state"] == "ready", status
+        assert status["pid"] == pid
+        assert status["message"] == (
+            "The worker is ready (it kept running while the spawner restarted)."
+        )
+        # The adopted worker is supervised: killed, it is restarted as if ours.
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: broker.workers.get("alice") is not None
+                 and broker.workers["alice"].pid not in (None, pid),
+                 what="the restarted worker")  # fmt: skip
+        status = requests.get(url + "/status", headers=bearer(tokens["alice"]), timeout=10).json()
+        assert status["restarts"] == 1
+        new_pid = broker.workers["alice"].pid
+        # Stopping is still possible, and a clean shutdown takes the workers with it.
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        wait_for(lambda: not pid_alive(new_pid), timeout_s=5, what="the worker to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

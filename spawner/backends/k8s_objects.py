@@ -11,6 +11,7 @@ can say "installing requirements" from the pod's own state.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -25,6 +26,12 @@ L_USER = "rexec.io/user"
 L_POOL = "rexec.io/pool"
 L_REQS = "rexec.io/requirements"
 A_USER = "rexec.io/user-id"
+# What a restarted spawner needs to adopt the pod (the nonce is not secret: the registration
+# secret is an HMAC of it under the worker key, and lives in the Secret).
+A_USERNAME = "rexec.io/username"
+A_NONCE = "rexec.io/nonce"
+A_REQUIREMENTS = "rexec.io/requirements"
+A_OPTIONS = "rexec.io/options"
 SECRET_KEY = "secret"  # noqa: S105 - the key name inside the Secret, not a value
 EXTRA_DIR = "/opt/rexec/extra"
 ALIVE_FILE = "/tmp/rexec-alive"  # noqa: S108 - inside the pod's own emptyDir
@@ -120,6 +127,17 @@ def clamp_resources(options: dict[str, Any], settings: Any) -> Resources:
     if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
         raise InvalidRequest(f"The gpu option {gpu!r} must be a whole number (0 or more).")
     return Resources(str(cpu), str(memory), min(gpu, settings.k8s_max_gpu))
+
+
+def spawn_annotations(spec: Any) -> dict[str, str]:
+    """The spawn a pod serves, as annotations: a restarted spawner adopts it from these."""
+    return {
+        A_USER: spec.user,
+        A_USERNAME: spec.username,
+        A_NONCE: spec.nonce,
+        A_REQUIREMENTS: json.dumps(list(spec.requirements.lines)),
+        A_OPTIONS: json.dumps(spec.options, sort_keys=True),
+    }
 
 
 def labels(user_label: str, requirements_digest: str, pool: bool) -> dict[str, str]:

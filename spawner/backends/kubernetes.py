@@ -18,8 +18,12 @@
   (``restartPolicy: OnFailure``).
 * Per-user namespaces get the chart's worker NetworkPolicy (``k8s_network_policy``) when the
   spawner creates them.
-* A pod this spawner does not know (left by a spawner that crashed) is deleted at setup and
-  when a spawn finds one in the way.
+* The spawner's state is in the cluster: each pod carries its user, username, nonce,
+  requirements and options as annotations, so a spawner that starts (after a crash, a
+  ``helm upgrade``, or as a second replica) adopts every worker pod it finds (``discover``)
+  and a shutdown leaves them running (``stop_workers_on_exit`` is False here).  Only a pod
+  without those annotations (an older spawner's) is deleted at setup; a spawn that finds a
+  pod of the same name in the way replaces it.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from spawner.backends import k8s_objects as objs
-from spawner.backends.base import Backend, WorkerHandle, WorkerSpec
+from spawner.backends.base import Adopted, Backend, WorkerHandle, WorkerSpec
 from spawner.backends.k8s_names import dns_label, label_value
 from spawner.backends.k8s_reflector import Reflector
 from spawner.backends.k8s_status import describe_pod
@@ -51,6 +55,7 @@ NOTES_KEPT = 20
 
 class KubernetesBackend(Backend):
     name = "kubernetes"
+    stop_workers_on_exit = False  # a spawner upgrade keeps every user's worker
 
     def __init__(self, settings) -> None:
         super().__init__(settings)
@@ -79,8 +84,6 @@ class KubernetesBackend(Backend):
         self.net_api = client.NetworkingV1Api(api_client)
         log.info("kubernetes backend: API %s, namespace %s", cfg.host, self.settings.k8s_namespace)
         self._start_reflectors()
-        if not self.settings.k8s_namespace_per_user:
-            await self._delete_leftovers()
 
     def _start_reflectors(self) -> None:
         """One watch for all worker pods, one for events (pending reasons, image pulls)."""
@@ -105,9 +108,14 @@ class KubernetesBackend(Backend):
         self.pods.start()
         self.events.start()
 
-    async def cleanup(self) -> None:
+    async def cleanup(self, stop_workers: bool = True) -> None:
         live = list(self._live)
-        await asyncio.gather(*(self.stop(h) for h in live), return_exceptions=True)
+        if stop_workers:
+            await asyncio.gather(*(self.stop(h) for h in live), return_exceptions=True)
+        for handle in live:  # (left running: the next spawner adopts them)
+            watch = handle.data.get("watch")
+            if watch is not None and not watch.done():
+                watch.cancel()
         for reflector in (self.pods, self.events):
             if reflector is not None:
                 reflector.stop()
@@ -122,15 +130,57 @@ class KubernetesBackend(Backend):
             return False
         return True
 
-    async def _delete_leftovers(self) -> None:
-        """Pods and Secrets of an earlier spawner that did not shut down cleanly."""
+    async def discover(self) -> list[Adopted]:
+        """Every worker pod in the mirror, with what its annotations say, for adoption.
+
+        A pod without them (an older spawner's) cannot be adopted and is deleted; a pod being
+        deleted is left to finish.
+        """
         if not await self.wait_synced():
-            return
+            return []
         assert self.pods is not None
-        for item in self.pods.values():
-            meta = item.get("metadata", {})
-            log.info("deleting leftover worker pod %s", meta.get("name"))
-            await self._delete(meta.get("namespace") or self.settings.k8s_namespace, meta["name"])
+        found: list[Adopted] = []
+        for pod in self.pods.values():
+            meta = pod.get("metadata") or {}
+            ns, name = meta.get("namespace") or self.settings.k8s_namespace, meta.get("name")
+            if meta.get("deletionTimestamp") or not name:
+                continue
+            adopted = self._adoptable(pod)
+            if adopted is None:
+                log.info("deleting worker pod %s/%s: it cannot be adopted", ns, name)
+                with contextlib.suppress(SpawnerError):
+                    await self._delete(ns, name)
+                continue
+            adopted.handle = self._handle(adopted.user, ns, name)
+            self._note(adopted.user, f"adopted pod {ns}/{name} (it outlived a spawner restart)")
+            found.append(adopted)
+        return found
+
+    @staticmethod
+    def _adoptable(pod: dict[str, Any]) -> Adopted | None:
+        meta = pod.get("metadata") or {}
+        labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
+        containers = (pod.get("spec") or {}).get("containers") or [{}]
+        env = {e.get("name"): e.get("value") for e in containers[0].get("env") or []}
+        pool = labels.get(objs.L_POOL) == "true"
+        try:
+            user = env["REXEC_WORKER_USER"] if pool else notes[objs.A_USER]
+            nonce = env["REXEC_WORKER_NONCE"] if pool else notes[objs.A_NONCE]
+            lines = json.loads(notes.get(objs.A_REQUIREMENTS) or "[]")
+            options = json.loads(notes.get(objs.A_OPTIONS) or "{}")
+        except (KeyError, ValueError):
+            return None
+        if not (isinstance(user, str) and user and isinstance(nonce, str) and nonce):
+            return None
+        return Adopted(
+            user=user,
+            username=str(notes.get(objs.A_USERNAME) or user),
+            requirement_lines=[str(x) for x in lines] if isinstance(lines, list) else [],
+            options=options if isinstance(options, dict) else {},
+            nonce=nonce,
+            pool=pool,
+            handle=None,  # type: ignore[arg-type] - set by discover()
+        )
 
     # ----------------------------------------------------------------- options
     def python_version(self) -> str:
@@ -235,6 +285,7 @@ class KubernetesBackend(Backend):
             pool=spec.pool,
             install=spec.prepared.get("install", []),
         )
+        pod["metadata"]["annotations"].update(objs.spawn_annotations(spec))
         await self._create_replacing(ns, name, "Secret", secret, self.api.create_namespaced_secret)
         try:
             await self._create_replacing(ns, name, "Pod", pod, self.api.create_namespaced_pod)
@@ -243,17 +294,21 @@ class KubernetesBackend(Backend):
                 await self._call("delete a secret", self.api.delete_namespaced_secret, name, ns,
                                  ok404=True)  # fmt: skip
             raise
-        loop = asyncio.get_running_loop()
-        handle = WorkerHandle(
-            spec.user,
-            None,
-            loop.create_future(),
-            registration={},  # the nonce alone: it is fresh per spawn, the pod per spawn too
-            data={"namespace": ns, "name": name},
-        )
+        handle = self._handle(spec.user, ns, name)
         handle.progress = ("starting", "pending (waiting to be scheduled)")
         self._note(spec.user, f"created pod {ns}/{name}" + (f" ({restart_note})" if restart_note
                                                             else ""))  # fmt: skip
+        return handle
+
+    def _handle(self, user: str, ns: str, name: str) -> WorkerHandle:
+        """A handle on pod ``ns/name``, kept in step with the mirror by its own task."""
+        handle = WorkerHandle(
+            user,
+            None,
+            asyncio.get_running_loop().create_future(),
+            registration={},  # the nonce alone: it is fresh per spawn, the pod per spawn too
+            data={"namespace": ns, "name": name},
+        )
         self._live.add(handle)
         handle.exited.add_done_callback(lambda _: self._live.discard(handle))
         handle.data["watch"] = asyncio.create_task(self._follow(handle), name=f"pod:{name}")
@@ -392,7 +447,7 @@ class KubernetesBackend(Backend):
         patch = {
             "metadata": {
                 "labels": {objs.L_USER: label_value(spec.user), objs.L_POOL: "false"},
-                "annotations": {objs.A_USER: spec.user},
+                "annotations": objs.spawn_annotations(spec),
             }
         }
         try:
