@@ -689,3 +689,55 @@ async def test_a_user_namespace_gets_the_worker_network_policy(
     key = (kmock.resource("networking.k8s.io/v1/networkpolicies"), ns, "rexec-workers")
     assert key in cluster.objects
     assert cluster.objects[key].raw["spec"] == policy
+
+
+# --------------------------------------------------------------------------- restarts
+@pytest.mark.asyncio
+async def test_a_new_spawner_adopts_the_pods_and_two_spawners_do_not_fight(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    settings = settings_for(cluster, broker, tmp_path)
+    first = await make_spawner(settings)
+    assert (await first.spawn(requirements=["numpy"], options={"cpu": "1"})).status_code == 200
+    name = "rexec-worker-alice"
+    await _wait(lambda: pod(cluster, name), "the pod")
+    await run_pod(cluster, name, pods_run)
+    await first.wait_for(lambda s: s["state"] == "ready", "ready", timeout_s=30)
+    nonce = broker.workers["alice"].nonce
+
+    second = await make_spawner(settings)  # a second replica, or the upgraded spawner
+    st = await second.wait_for(lambda s: s["state"] == "ready", "adopted", timeout_s=30)
+    assert st["message"] == "The worker is ready (it kept running while the spawner restarted)."
+    assert st["requirements"] == ["numpy"]
+    assert pod(cluster, name) is not None and broker.workers["alice"].nonce == nonce
+    # The same spawn again is the adopted one (same requirements and options): nothing new.
+    posts = len(cluster["post"])
+    assert (await second.spawn(requirements=["numpy"], options={"cpu": "1"})).status_code == 200
+    assert len(cluster["post"]) == posts
+
+    await first.service.close()  # the old spawner shuts down (helm upgrade): the pod stays
+    assert pod(cluster, name) is not None and pods_run[0].poll() is None
+    assert (await second.status())["state"] == "ready"
+    stopped = await second.http.delete("/worker")
+    assert stopped.json()["state"] == "stopped"
+    assert pod(cluster, name) is None and secret(cluster, name) is None
+
+
+@pytest.mark.asyncio
+async def test_an_upgraded_spawner_takes_the_warm_pool_over(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    settings = settings_for(cluster, broker, tmp_path, warm_pool_size=1)
+    first = await make_spawner(settings)
+    (pool_pod,) = await _wait(lambda: live_pod_names(cluster), "a pool pod")
+    await run_pod(cluster, pool_pod, pods_run)
+    await _wait(lambda: first.service.pool.ready, "the pool worker to be ready")
+    await first.service.close()
+    assert live_pod_names(cluster) == [pool_pod]
+
+    second = await make_spawner(settings)
+    await _wait(lambda: second.service.pool.ready, "the adopted pool worker")
+    assert live_pod_names(cluster) == [pool_pod]  # adopted, not replaced
+    assert (await second.spawn()).status_code == 200
+    st = await second.wait_for(lambda s: s["state"] == "ready", "ready from the pool")
+    assert st["from_warm_pool"] is True
