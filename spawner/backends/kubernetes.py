@@ -40,6 +40,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from rexec_magic.contract import Env
 from spawner.backends import k8s_objects as objs
 from spawner.backends.base import Adopted, Backend, WorkerHandle, WorkerSpec
 from spawner.backends.k8s_names import dns_label, label_value
@@ -164,8 +165,8 @@ class KubernetesBackend(Backend):
         env = {e.get("name"): e.get("value") for e in containers[0].get("env") or []}
         pool = labels.get(objs.L_POOL) == "true"
         try:
-            user = env["REXEC_WORKER_USER"] if pool else notes[objs.A_USER]
-            nonce = env["REXEC_WORKER_NONCE"] if pool else notes[objs.A_NONCE]
+            user = env[Env.WORKER_USER] if pool else notes[objs.A_USER]
+            nonce = env[Env.WORKER_NONCE] if pool else notes[objs.A_NONCE]
             lines = json.loads(notes.get(objs.A_REQUIREMENTS) or "[]")
             options = json.loads(notes.get(objs.A_OPTIONS) or "{}")
         except (KeyError, ValueError):
