@@ -82,4 +82,8 @@ class SpawnerSettings(AuthSettings):
     k8s_extra_container_config: dict[str, Any] = {}
     # With per-user namespaces: the worker NetworkPolicy's spec to put in each (from the chart).
     k8s_network_policy: dict[str, Any] = {}
+    # Several spawners on one cluster (a second replica, an upgrade's overlap): the holder of
+    # this Lease (in k8s_namespace) culls and fills the warm pool.  Empty: always this one.
+    k8s_lease_name: str = "rexec-spawner"
+    k8s_lease_duration_s: float = 15.0
     k8s_log_tail_lines: int = 10  # a crashed worker's last log lines, in its failure reason

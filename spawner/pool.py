@@ -15,6 +15,7 @@ the backend decides (``Backend.pool_eligible``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 
@@ -29,6 +30,7 @@ from spawner.requirements import RequirementSet
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_FAILURE_S = 5.0  # a pool worker that fails to start is retried after this long
+LEADER_RECHECK_S = 1.0  # a spawner that does not lead looks again this often (no API call)
 
 
 class WarmPool:
@@ -97,7 +99,9 @@ class WarmPool:
                 )
             except BrokerControlError as exc:  # the broker lost it (restart?): drop it
                 log.warning("warm-pool worker %s could not be claimed: %s", pool_id, exc)
-                await self.backend.stop(handle)
+                if await self.backend.still_claimable(handle):
+                    await self.backend.stop(handle)
+                # else another spawner claimed it for a user: leave it be
                 continue
             await self.backend.adopt(handle, spec)
             log.info("warm-pool worker %s claimed by %s", pool_id, spec.user)
@@ -107,6 +111,11 @@ class WarmPool:
     # ----------------------------------------------------------------- filling
     async def _keep_filled(self) -> None:
         while not self._closing:
+            if not self.backend.leads():  # another spawner fills the pool
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), LEADER_RECHECK_S)
+                continue
             missing = self.size - len(self.ready) - len(self._starting)
             for _ in range(max(0, missing)):
                 task = asyncio.create_task(self._start_one())

@@ -261,7 +261,7 @@ class WorkerService:
             raise ShuttingDown("The spawner is shutting down.")
         reqs = parse_requirements(requirements, self.backend.worker_python_for(requirements))
         options = self.backend.validate_options(dict(options or {}))
-        rec = self._records.get(identity.sub)
+        rec = await self._record_or_adopt(identity.sub)
         if rec is None:
             rec = self._records[identity.sub] = WorkerRecord(identity.sub, identity.username)
         async with rec.lock:
@@ -279,7 +279,7 @@ class WorkerService:
         return self._status(rec)
 
     async def stop(self, identity: Identity) -> WorkerStatus:
-        rec = self._records.get(identity.sub)
+        rec = await self._record_or_adopt(identity.sub)
         if rec is not None:
             await self._stop(rec)
         return self.status(identity)
@@ -314,6 +314,20 @@ class WorkerService:
         rec.spawned_mono = time.monotonic()
         self._set(rec, WorkerState.STARTING, "Starting the worker.")
         rec.task = asyncio.create_task(self._run(rec, spec), name=f"worker:{identity.sub}")
+
+    async def _record_or_adopt(self, user: str) -> WorkerRecord | None:
+        """The user's record; when it has no live worker, one another spawner started since
+        (several spawners on one backend) is adopted first, so this one does not start a
+        second worker or miss the one to stop."""
+        rec = self._records.get(user)
+        if rec is not None and rec.state in ACTIVE_STATES:
+            return rec
+        found = await self.backend.find(user)
+        if found is not None and not found.pool:
+            log.info("adopting the worker of %s that another spawner started", user)
+            self._adopt(found)
+            return self._records[user]
+        return rec
 
     def _adopt(self, found: Adopted) -> None:
         """Take over a worker an earlier spawner started: same record, same supervision."""

@@ -292,7 +292,9 @@ def test_rbac_is_least_privilege(rendered: list[dict[str, Any]]) -> None:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         assert set(rule["verbs"]) <= {"create", "get", "list", "watch", "delete", "patch"}
     managed = {r for rule in rules for r in rule["resources"]}
-    assert managed <= {"pods", "pods/log", "secrets", "events", "namespaces", "networkpolicies"}
+    assert managed <= {
+        "pods", "pods/log", "secrets", "events", "namespaces", "networkpolicies", "leases"
+    }  # fmt: skip
     assert (roles[0]["kind"] == "ClusterRole") == ("namespaces" in managed)
     assert ("networkpolicies" in managed) == (roles[0]["kind"] == "ClusterRole")
 

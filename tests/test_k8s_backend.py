@@ -74,8 +74,9 @@ def pods_run() -> Iterator[list[subprocess.Popen]]:
 @pytest_asyncio.fixture
 async def cluster(kmock: kmock.KubernetesEmulator) -> AsyncIterator[kmock.KubernetesEmulator]:
     """kmock with the resources the backend uses; checks every object sent at the end."""
-    for res in ("v1/pods", "v1/secrets", "v1/events", "v1/namespaces",
-                "networking.k8s.io/v1/networkpolicies"):  # fmt: skip
+    kinds = ("v1/pods", "v1/secrets", "v1/events", "v1/namespaces",
+             "networking.k8s.io/v1/networkpolicies", "coordination.k8s.io/v1/leases")  # fmt: skip
+    for res in kinds:
         kmock.resources[res] = {}
     yield kmock
     sent = [req.data for req in kmock["post"] if isinstance(req.data, dict)]
@@ -741,3 +742,25 @@ async def test_an_upgraded_spawner_takes_the_warm_pool_over(
     assert (await second.spawn()).status_code == 200
     st = await second.wait_for(lambda s: s["state"] == "ready", "ready from the pool")
     assert st["from_warm_pool"] is True
+
+
+@pytest.mark.asyncio
+async def test_only_the_lease_holder_fills_the_pool_and_a_successor_takes_over(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    settings = settings_for(cluster, broker, tmp_path, warm_pool_size=1, k8s_lease_duration_s=3)
+    first = await make_spawner(settings)
+    second = await make_spawner(settings)
+    assert first.service.backend.leads() and not second.service.backend.leads()
+    (pool_pod,) = await _wait(lambda: live_pod_names(cluster), "a pool pod")
+    await run_pod(cluster, pool_pod, pods_run)
+    await _wait(lambda: first.service.pool.ready, "the pool worker to be ready")
+    await asyncio.sleep(1.5)  # the follower looked again at least once ...
+    assert live_pod_names(cluster) == [pool_pod]  # ... and started no pool of its own
+    # A user who reaches the second spawner gets a worker; the first one's pool stays whole.
+    assert (await second.spawn()).status_code == 200
+    await _wait(lambda: pod(cluster, "rexec-worker-alice"), "alice's pod")
+    assert pool_pod in live_pod_names(cluster)
+
+    await first.service.close()  # releases the lease
+    await _wait(lambda: second.service.backend.leads(), "the second spawner to lead")

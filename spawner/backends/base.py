@@ -119,6 +119,21 @@ class Backend(abc.ABC):
         """The workers that run already (left by an earlier spawner), for adoption."""
         return []
 
+    async def find(self, user: str) -> Adopted | None:
+        """``user``'s running worker that this spawner does not track (another spawner
+        started it since), for adoption; None when there is none."""
+        return None
+
+    def leads(self) -> bool:
+        """Whether this spawner runs the shared chores (culling, filling the warm pool); with
+        several spawners on one backend only one does (Kubernetes: a Lease)."""
+        return True
+
+    async def still_claimable(self, handle: WorkerHandle) -> bool:
+        """After a failed claim: is ``handle`` still an unclaimed pool worker?  (False: another
+        spawner claimed it; forget it without stopping it.)"""
+        return True
+
     @abc.abstractmethod
     def python_version(self) -> str:
         """The Python version workers run ("3.11.7"); ``python==X.Y`` pins are checked on it."""

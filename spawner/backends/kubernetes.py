@@ -43,6 +43,7 @@ from packaging.utils import canonicalize_name
 from rexec_magic.contract import Env
 from spawner.backends import k8s_objects as objs
 from spawner.backends.base import Adopted, Backend, WorkerHandle, WorkerSpec
+from spawner.backends.k8s_lease import LeaseElector
 from spawner.backends.k8s_names import dns_label, label_value
 from spawner.backends.k8s_reflector import Reflector
 from spawner.backends.k8s_status import describe_pod
@@ -67,6 +68,7 @@ class KubernetesBackend(Backend):
         self._live: set[WorkerHandle] = set()
         self._notes: dict[str, deque[str]] = {}
         self._policies: set[str] = set()  # namespaces whose NetworkPolicy is in place
+        self.lease: LeaseElector | None = None
 
     # ----------------------------------------------------------------- setup / cleanup
     async def setup(self) -> None:
@@ -85,6 +87,17 @@ class KubernetesBackend(Backend):
         self.net_api = client.NetworkingV1Api(api_client)
         log.info("kubernetes backend: API %s, namespace %s", cfg.host, self.settings.k8s_namespace)
         self._start_reflectors()
+        if self.settings.k8s_lease_name:
+            self.lease = LeaseElector(
+                client.CoordinationV1Api(api_client),
+                self._call,
+                self.settings.k8s_namespace,
+                self.settings.k8s_lease_name,
+                self.settings.k8s_lease_duration_s,
+            )
+            with contextlib.suppress(SpawnerError):  # the first round now: a lone spawner leads
+                await self.lease.try_once()
+            self.lease.start()
 
     def _start_reflectors(self) -> None:
         """One watch for all worker pods, one for events (pending reasons, image pulls)."""
@@ -120,6 +133,43 @@ class KubernetesBackend(Backend):
         for reflector in (self.pods, self.events):
             if reflector is not None:
                 reflector.stop()
+        if self.lease is not None:
+            await self.lease.close()
+
+    def leads(self) -> bool:
+        return self.lease is None or self.lease.leader
+
+    async def find(self, user: str) -> Adopted | None:
+        """``user``'s pod in the mirror when no handle of ours follows it (no API call)."""
+        if self.pods is None:
+            return None
+        followed = {(h.data["namespace"], h.data["name"]) for h in self._live}
+        for pod in self.pods.values():
+            meta = pod.get("metadata") or {}
+            key = (meta.get("namespace") or self.settings.k8s_namespace, meta.get("name"))
+            notes = meta.get("annotations") or {}
+            if notes.get(objs.A_USER) != user or key in followed or meta.get("deletionTimestamp"):
+                continue
+            adopted = self._adoptable(pod)
+            if adopted is not None and not adopted.pool:
+                adopted.handle = self._handle(user, *key)
+                self._note(user, f"adopted pod {key[0]}/{key[1]} (another spawner started it)")
+                return adopted
+        return None
+
+    async def still_claimable(self, handle: WorkerHandle) -> bool:
+        """Still labelled a pool pod in the mirror?  Else another spawner claimed it."""
+        pod = self.pods.get((handle.data["namespace"], handle.data["name"])) if self.pods else None
+        if (
+            pod is not None
+            and ((pod.get("metadata") or {}).get("labels") or {}).get(objs.L_POOL) != "true"
+        ):
+            watch = handle.data.get("watch")
+            if watch is not None:
+                watch.cancel()  # forget it; it is another spawner's now
+            self._live.discard(handle)
+            return False
+        return True
 
     async def wait_synced(self) -> bool:
         """Wait (up to one API timeout) for the mirror's first list; False if it did not come."""

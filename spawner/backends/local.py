@@ -258,6 +258,24 @@ class LocalBackend(Backend):
             log.info("adopted the worker of %s: pid %d", row.user, row.pid)
         return found
 
+    async def find(self, user: str) -> Adopted | None:
+        """``user``'s live worker in the record that no handle of ours follows (another
+        spawner on this state dir started it)."""
+        if self.record is None:
+            return None
+        ours = {h.pid for h in self._live}
+        for row in await asyncio.to_thread(self.record.rows):
+            if row.user == user and not row.pool and row.pid not in ours and row.alive():
+                if row.state != "running":
+                    continue
+                return Adopted(
+                    user=row.user, username=row.username, requirement_lines=row.requirements,
+                    options=row.options, nonce=row.nonce, pool=False,
+                    handle=self._handle_for(row), prepared=row.prepared,
+                    started_at=row.started_at,
+                )  # fmt: skip
+        return None
+
     def _handle_for(self, row: WorkerRow) -> WorkerHandle:
         handle = WorkerHandle(
             row.user,
