@@ -512,23 +512,7 @@ def test_failed_install_fails_with_pips_error(settings_for, tokens):
 
 # --------------------------------------------------------------------------- serve()
 def _serve_spawner(settings: SpawnerSettings, tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REXEC_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        # Lists and mappings travel as JSON, as the settings document.
-        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
-        env[f"REXEC_{name.upper()}"] = text
-    out = open(tmp_path / "spawner.out", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from spawner.server import serve; serve()"],
-        env=env,
-        cwd=ROOT,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    proc = _start_spawner_process(settings, tmp_path)
     url = f"http://127.0.0.1:{settings.spawner_port}"
 
     def healthy() -> bool:
@@ -540,6 +524,26 @@ def _serve_spawner(settings: SpawnerSettings, tmp_path: Path) -> tuple[subproces
 
     wait_for(healthy, what="the spawner to serve")
     return proc, url
+
+
+def _start_spawner_process(settings: SpawnerSettings, tmp_path: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REXEC_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        # Lists and mappings travel as JSON, as the settings document.
+        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        env[f"REXEC_{name.upper()}"] = text
+    out = open(tmp_path / "spawner.out", "wb")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-c", "from spawner.server import serve; serve()"],
+        env=env,
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _ready_worker(url: str, token: str) -> int:
@@ -606,3 +610,25 @@ def test_a_killed_spawner_leaves_workers_that_the_next_one_adopts(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_second_spawner_on_the_same_state_dir_refuses_with_a_sentence(
+    settings_for, tokens, tmp_path
+):
+    """Two local spawners would supervise (and restart) the same workers twice: the second
+    refuses to start, saying why, and the first goes on serving."""
+    first_settings = settings_for(spawner_port=free_port())
+    proc, url = _serve_spawner(first_settings, tmp_path)
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    try:
+        pid = _ready_worker(url, tokens["alice"])
+        second = _start_spawner_process(settings_for(spawner_port=free_port()), second_dir)
+        assert second.wait(timeout=60) != 0
+        out = (second_dir / "spawner.out").read_text()
+        assert f"Another rexec spawner (pid {proc.pid}) uses the state dir" in out
+        status = requests.get(url + "/status", headers=bearer(tokens["alice"]), timeout=10)
+        assert status.json()["state"] == "ready" and status.json()["pid"] == pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import logging
 import os
@@ -206,6 +207,7 @@ class LocalBackend(Backend):
         self._live: set[WorkerHandle] = set()
         self._install_locks: dict[str, asyncio.Lock] = {}
         self.record: WorkerRecord | None = None
+        self._lock_fd: int | None = None
 
     # ----------------------------------------------------------------- setup / cleanup
     async def setup(self) -> None:
@@ -217,8 +219,29 @@ class LocalBackend(Backend):
             self._own_state_dir = True
         for sub in ("logs", "envs"):
             (self.state_dir / sub).mkdir(mode=0o700, exist_ok=True)
+        self._lock_state_dir()
         self.record = WorkerRecord(self.state_dir / "workers.sqlite3")
         log.info("local backend: state in %s", self.state_dir)
+
+    def _lock_state_dir(self) -> None:
+        """One spawner per state dir: a second one would supervise (and restart) the same
+        workers twice.  The lock is an flock on an fd no worker inherits, so the kernel drops
+        it when the spawner dies, however it dies, and a restarted spawner takes it over."""
+        assert self.state_dir is not None
+        path = self.state_dir / "spawner.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RuntimeError(
+                f"Another rexec spawner (pid {holder}) uses the state dir {self.state_dir}; "
+                "stop it first, or give this one its own REXEC_STATE_DIR."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
 
     async def cleanup(self, stop_workers: bool = True) -> None:
         live = list(self._live)
@@ -229,6 +252,9 @@ class LocalBackend(Backend):
             log.info("leaving %d worker(s) running for the next spawner", len(live))
         if self._own_state_dir and self.state_dir and (stop_workers or not live):
             shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # (the kernel drops the flock with it)
+            self._lock_fd = None
 
     async def discover(self) -> list[Adopted]:
         """The live workers of the record (an earlier spawner's); stale rows are dropped."""
