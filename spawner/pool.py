@@ -30,6 +30,7 @@ from spawner.requirements import RequirementSet
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_FAILURE_S = 5.0  # a pool worker that fails to start is retried after this long
+ADOPT_WAIT_S = 2.0  # a claim waits this long for adopted pool workers to be confirmed
 LEADER_RECHECK_S = 1.0  # a spawner that does not lead looks again this often (no API call)
 
 
@@ -45,6 +46,7 @@ class WarmPool:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._stop_on_cancel = True  # a pool worker still starting is stopped when cancelled
+        self._adopting: set[asyncio.Task] = set()  # adopted workers not yet seen registered
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -69,7 +71,9 @@ class WarmPool:
         broker has it (it may be re-registering after a broker restart too)."""
         task = asyncio.create_task(self._settle(pool_id, nonce, handle), name="pool-adopt")
         self._starting.add(task)
+        self._adopting.add(task)
         task.add_done_callback(self._starting.discard)
+        task.add_done_callback(self._adopting.discard)
         task.add_done_callback(lambda _: self._wake.set())
 
     def resize(self, size: int) -> None:
@@ -82,6 +86,8 @@ class WarmPool:
     # ----------------------------------------------------------------- claim
     async def claim(self, spec: WorkerSpec) -> WorkerHandle | None:
         """Hand a ready pool worker to ``spec.user``; None when none is ready (start one)."""
+        if not self.ready and self._adopting:  # just after a restart: they are running
+            await asyncio.wait(set(self._adopting), timeout=ADOPT_WAIT_S)
         while self.ready:
             pool_id, handle = self.ready.popitem()
             self._wake.set()  # start a replacement now

@@ -632,3 +632,24 @@ def test_a_second_spawner_on_the_same_state_dir_refuses_with_a_sentence(
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_warm_pool_workers_outlive_a_killed_spawner_and_are_claimed_after(
+    settings_for, tokens, tmp_path, broker
+):
+    settings = settings_for(spawner_port=free_port(), warm_pool_size=1)
+    proc, url = _serve_spawner(settings, tmp_path)
+    try:
+        (pool_id,) = wait_for(lambda: list(broker.pool), what="a warm-pool worker")
+        pool_pid = broker.pool[pool_id].pid
+        proc.kill()
+        proc.wait(timeout=20)
+        proc, url = _serve_spawner(settings, tmp_path)  # adopts it: no second pool worker
+        requests.post(url + "/spawn", json={}, headers=bearer(tokens["alice"]), timeout=10)
+        status = requests.get(url + "/status?wait_s=20", headers=bearer(tokens["alice"]),
+                              timeout=30).json()  # fmt: skip
+        assert status["state"] == "ready" and status["from_warm_pool"] is True
+        assert status["pid"] == pool_pid  # the adopted pool worker, now alice's
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
