@@ -764,3 +764,19 @@ async def test_only_the_lease_holder_fills_the_pool_and_a_successor_takes_over(
 
     await first.service.close()  # releases the lease
     await _wait(lambda: second.service.backend.leads(), "the second spawner to lead")
+
+
+def test_quantities_are_the_apis_own() -> None:
+    from decimal import Decimal
+
+    from spawner.backends.k8s_objects import parse_quantity
+    from spawner.errors import InvalidRequest
+
+    assert parse_quantity("1.5Gi", "memory") == parse_quantity("1536Mi", "memory")
+    assert parse_quantity("500m", "cpu") == Decimal("0.5")
+    assert parse_quantity("1e3", "cpu") == 1000  # every form the API accepts
+    assert parse_quantity("2Ei", "memory") == 2 * 2**60
+    for bad in ("lots", "", "-1", True, "1GB"):
+        with pytest.raises(InvalidRequest) as info:
+            parse_quantity(bad, "memory")
+        assert info.value.message.startswith("The memory")
