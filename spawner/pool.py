@@ -116,12 +116,18 @@ class WarmPool:
 
     # ----------------------------------------------------------------- filling
     async def _keep_filled(self) -> None:
+        led = True  # (setup's discover() adopted what existed then)
         while not self._closing:
             if not self.backend.leads():  # another spawner fills the pool
+                led = False
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), LEADER_RECHECK_S)
                 continue
+            if not led:  # just took over: the pool the previous leader kept is ours now
+                led = True
+                for found in await self.backend.unclaimed_pool():
+                    self.adopt(found.user, found.nonce, found.handle)
             missing = self.size - len(self.ready) - len(self._starting)
             for _ in range(max(0, missing)):
                 task = asyncio.create_task(self._start_one())

@@ -148,6 +148,9 @@ class WorkerService:
                 self.pool.adopt(found.user, found.nonce, found.handle)
             else:
                 self._adopt(found)
+        if self.pool.size and not self.backend.pool_possible():
+            log.warning("the warm pool is off: no spawn here could claim a pool worker")
+            self.pool.size = 0
         self.pool.start()
         self.culler.start()
 

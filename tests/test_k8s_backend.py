@@ -762,8 +762,11 @@ async def test_only_the_lease_holder_fills_the_pool_and_a_successor_takes_over(
     await _wait(lambda: pod(cluster, "rexec-worker-alice"), "alice's pod")
     assert pool_pod in live_pod_names(cluster)
 
-    await first.service.close()  # releases the lease
+    await first.service.close()  # releases the lease; its pool pod stays
     await _wait(lambda: second.service.backend.leads(), "the second spawner to lead")
+    await _wait(lambda: second.service.pool.ready, "the pool taken over")
+    assert list(second.service.pool.ready.values())[0].data["name"] == pool_pod
+    assert [n for n in live_pod_names(cluster) if n.startswith("rexec-pool-")] == [pool_pod]
 
 
 def test_quantities_are_the_apis_own() -> None:

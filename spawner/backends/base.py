@@ -124,6 +124,15 @@ class Backend(abc.ABC):
         started it since), for adoption; None when there is none."""
         return None
 
+    async def unclaimed_pool(self) -> list[Adopted]:
+        """Waiting pool workers no handle of ours follows (a spawner that led before this one
+        started them), for the pool to take over when this spawner comes to lead."""
+        return []
+
+    def pool_possible(self) -> bool:
+        """Can a spawn here ever claim a pool worker?  (False: do not keep a pool at all.)"""
+        return True
+
     def leads(self) -> bool:
         """Whether this spawner runs the shared chores (culling, filling the warm pool); with
         several spawners on one backend only one does (Kubernetes: a Lease)."""

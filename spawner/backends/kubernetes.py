@@ -157,6 +157,26 @@ class KubernetesBackend(Backend):
                 return adopted
         return None
 
+    async def unclaimed_pool(self) -> list[Adopted]:
+        if self.pods is None:
+            return []
+        followed = {(h.data["namespace"], h.data["name"]) for h in self._live}
+        found = []
+        for pod in self.pods.values():
+            meta = pod.get("metadata") or {}
+            key = (meta.get("namespace") or self.settings.k8s_namespace, meta.get("name"))
+            if key in followed or meta.get("deletionTimestamp"):
+                continue
+            adopted = self._adoptable(pod)
+            if adopted is not None and adopted.pool:
+                adopted.handle = self._handle(adopted.user, *key)
+                found.append(adopted)
+        return found
+
+    def pool_possible(self) -> bool:
+        # Pool pods wait in the shared namespace; with per-user namespaces none is claimed.
+        return not self.settings.k8s_namespace_per_user
+
     async def still_claimable(self, handle: WorkerHandle) -> bool:
         """Still labelled a pool pod in the mirror?  Else another spawner claimed it."""
         pod = self.pods.get((handle.data["namespace"], handle.data["name"])) if self.pods else None
