@@ -653,3 +653,24 @@ def test_warm_pool_workers_outlive_a_killed_spawner_and_are_claimed_after(
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_an_adopted_worker_is_culled_when_idle(settings_for, tokens, tmp_path, broker):
+    settings = settings_for(spawner_port=free_port(), cull_idle_seconds=2.0)
+    proc, url = _serve_spawner(settings, tmp_path)
+    try:
+        pid = _ready_worker(url, tokens["alice"])
+        proc.kill()
+        proc.wait(timeout=20)
+        proc, url = _serve_spawner(settings, tmp_path)
+
+        def culled() -> dict | None:
+            st = requests.get(url + "/status", headers=bearer(tokens["alice"]), timeout=10).json()
+            return st if st["state"] == "stopped" else None
+
+        status = wait_for(culled, what="the adopted worker to be culled", timeout_s=30)
+        assert status["message"] == "Your worker was stopped after 2 s idle."
+        wait_for(lambda: not pid_alive(pid), what="the culled worker to exit")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
