@@ -12,8 +12,9 @@ on ``changed(key)`` instead of asking the API.
 * ``410 Gone`` (the version is older than the server's history) means the mirror may have
   missed events: list again (the mirror is replaced: objects missing from the list were
   deleted meanwhile) and watch from the new list's version.
-* Any other failure is logged once per distinct sentence and retried after ``retry_s``
-  with a fresh list, so a flapping API costs one line, not a stack trace per second.
+* Any other failure is logged once per distinct sentence and retried with a fresh list after
+  ``retry_s``, doubling up to ``MAX_RETRY_S`` while failures go on, so an API that is down
+  costs one line and a list every half minute, not a stack trace per second.
 
 The official client's ``watch.Watch`` parses the stream and raises ``ApiException(410)`` for
 an expired watch.  It is given an undocumented wrapper function, so it hands back raw JSON
@@ -34,6 +35,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+MAX_RETRY_S = 30.0
 
 
 def _key(obj: dict[str, Any]) -> Key:
@@ -128,6 +130,7 @@ class Reflector:
     def _run(self) -> None:
         from kubernetes import watch
 
+        failures = 0
         while not self._stop.is_set():
             try:
                 if self.resource_version is None:
@@ -135,6 +138,7 @@ class Reflector:
                 self._watch = watch.Watch()
                 self._watch_once()
                 self.last_error = ""
+                failures = 0
             except Exception as exc:  # noqa: BLE001 - every failure: log, relist, go on
                 if self._stop.is_set():
                     return
@@ -147,7 +151,8 @@ class Reflector:
                     log.warning("watching %s failed (%s); retrying", self.what, sentence[:300])
                 self.last_error = sentence
                 self.resource_version = None
-                self._stop.wait(self._retry_s)
+                self._stop.wait(min(MAX_RETRY_S, self._retry_s * 2**failures))
+                failures += 1
 
     def _relist(self) -> None:
         import json
