@@ -551,7 +551,15 @@ class Broker:
         log.info("warm-pool worker %s assigned to user %s", claim.pool, claim.user)
         return None
 
-    def _drop_worker(self, entry: WorkerEntry, reason: str, superseded: bool = False) -> None:
+    def _drop_worker(
+        self,
+        entry: WorkerEntry,
+        reason: str,
+        superseded: bool = False,
+        message: str = "The remote worker stopped while running the cell "
+        "(it was killed or crashed); the remote namespace was lost.",
+    ) -> None:
+        """Forget a worker; fail its pending requests with ``message`` (what the user reads)."""
         self.worker_users.pop(entry.route, None)
         if self.workers.get(entry.user) is entry:
             del self.workers[entry.user]
@@ -560,13 +568,7 @@ class Broker:
             self._to_worker(entry.route, P.Kind.SUPERSEDED)
         log.warning("worker of user %s dropped: %s", entry.user, reason)
         for route, req_id in self.pending.take_all(entry.user):
-            self._fail(
-                route,
-                req_id,
-                P.FailCode.WORKER_LOST,
-                "The remote worker stopped while running the cell "
-                "(it was killed or crashed); the remote namespace was lost.",
-            )
+            self._fail(route, req_id, P.FailCode.WORKER_LOST, message)
 
     # ------------------------------------------------------------------ control
     def _on_control(self, frames: list[zmq.Frame]) -> None:
@@ -629,7 +631,15 @@ class Broker:
             busy = bool(self.pending.by_user.get(entry.user))
             limit = P.BUSY_WORKER_DEAD_AFTER_S if busy else P.WORKER_DEAD_AFTER_S
             if now - entry.last_seen > limit:
-                self._drop_worker(entry, f"no heartbeat for {limit:.1f}s")
+                # Silent is not dead: a stopped (SIGSTOP) or starved process comes back,
+                # registers again with its namespace intact, and drops the abandoned cell.
+                self._drop_worker(
+                    entry,
+                    f"no heartbeat for {limit:.1f}s",
+                    message=f"The remote worker stopped responding (no heartbeat for "
+                    f"{limit:g} s), so the cell was abandoned; if the worker recovers, its "
+                    "variables are kept.",
+                )
         for pool_id, entry in list(self.pool.items()):
             if now - entry.last_seen > P.WORKER_DEAD_AFTER_S:
                 del self.pool[pool_id]

@@ -323,8 +323,8 @@ class RexecClient:
                     self.hello()
                     if started or resent:
                         raise errors.BrokerUnreachable(
-                            "The rexec broker restarted while the cell ran; "
-                            "its output may be incomplete."
+                            "The rexec broker restarted while the cell ran, so your worker "
+                            "stopped the cell; its output may be incomplete."
                         )
                     resent = True
                     self._send(kind, header, buffers)

@@ -117,6 +117,19 @@ def test_broker_restart_heartbeat_then_resync(fresh):
     assert pulled(fresh.run("kept", pull=["kept"])) == {"kept": 42}
 
 
+def test_resync_stops_the_cells_nobody_can_receive_any_more(fresh):
+    fresh.run("kept = 42")
+    running = fresh.execute("import time\nfor _ in range(600):\n    time.sleep(0.1)\nran = 1")
+    fresh.execute("queued_ran = 1")
+    fresh.recv_kind(Kind.ACCEPTED)
+    fresh.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)  # the broker restarted
+    assert fresh.register(timeout=5).header["user"] == "user-1"
+    assert done(fresh.events(running)).header["status"] == DoneStatus.INTERRUPTED
+    state = pulled(fresh.run("state = (kept, 'ran' in globals(), 'queued_ran' in globals())",
+                             pull=["state"]))  # fmt: skip
+    assert state == {"state": (42, False, False)}  # the namespace stays; neither cell ran on
+
+
 def test_rejected_exits_78():
     port = BrokerPort()
     try:

@@ -334,7 +334,23 @@ class BrokerLink:
 
     def _on_resync(self, route: bytes, msg: Message) -> None:
         log.info("the broker does not know this worker (it restarted?): registering again")
+        self._abandon_cells()
         self._send_register()
+
+    def _abandon_cells(self) -> None:
+        """The broker that knew this worker's clients is gone (it restarted, or it dropped
+        this worker as silent), so no result can reach anyone: interrupt the running cell and
+        drop the queued ones rather than run them unseen, so the next cell starts at once.
+        The clients were told already (their broker's restart, or its ``worker_lost``)."""
+        dropped = self.queue.drain()
+        running = self.queue.running
+        if running is not None:
+            self.queue.interrupt(running.id)
+        if running is not None or dropped:
+            log.warning(
+                "stopped %d cell(s) nobody can receive the results of any more",
+                len(dropped) + (running is not None),
+            )
 
     def _on_assign(self, route: bytes, msg: Message) -> None:
         """A warm-pool worker is handed to one user: register as that user's worker.
