@@ -14,8 +14,10 @@ import pytest
 from rexec_magic import connection, errors
 from rexec_magic import protocol as P
 from rexec_magic.session import RemoteSession
-from tests.conftest import Stack, stop_stack
+from tests.local_stack import Stack, stop_stack
 from tests.harness import pid_alive, wait_for
+
+pytestmark = pytest.mark.stack
 
 
 def run(session: RemoteSession, code: str, pull: list[str] | None = None) -> Any:
