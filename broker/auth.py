@@ -207,6 +207,13 @@ class CachedAuthenticator:
             raise AuthError(hit.message, hit.status)
         return hit
 
+    def refresh(self, token: str) -> Identity:
+        """Ask the authenticator again, whatever the cache holds (open sessions re-check)."""
+        hit = self._ask(token)
+        if isinstance(hit, AuthError):
+            raise AuthError(hit.message, hit.status)
+        return hit
+
     def _ask(self, token: str) -> Identity | AuthError:
         key = token_hash(token)
         result: Identity | AuthError

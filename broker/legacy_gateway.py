@@ -33,6 +33,12 @@ NO_WORKER = (
 )
 
 
+MAX_WAITING = 4  # messages of one connection kept while its token is checked
+# Worker events for legacy calls are translated, so parsed: display data (images) can be large,
+# and they come from the user's own worker, so this bound is wider than the client ports'.
+MAX_EVENT_HEADER_BYTES = 32 * 2**20
+
+
 @dataclass
 class LegacyCall:
     """The one call of a legacy connection, from the call message to its last reply."""
@@ -59,12 +65,14 @@ class LegacyGateway:
             b._malformed("frontend", f"legacy: {exc}")
             return self._error(route, f"The broker could not read the request: {exc}.")
         if route in self.waiting:  # its token is being checked: keep the order
-            self.waiting[route].append(request)
+            if len(self.waiting[route]) < MAX_WAITING:  # a call and its cancel; drop floods
+                self.waiting[route].append(request)
             return
         cached = b.auth.cached(request.token)
         if cached is None:
+            if not b._submit_auth(route, request.token, b"legacy"):
+                return self._error(route, "The broker is busy checking tokens; try again.")
             self.waiting[route] = [request]
-            b._executor.submit(b._authenticate_in_thread, route, request.token, legacy=True)
             return
         self._handle(route, request, cached)
 
@@ -83,11 +91,10 @@ class LegacyGateway:
         if request.cancel:
             if call is not None and call.user == outcome.sub:
                 worker = b.workers.get(call.user)
-                if worker is not None:
-                    header = P.encode_header({"id": call.request_id})
-                    b.backend.send_multipart(
-                        [worker.route, route, P.PROTOCOL, P.Kind.INTERRUPT.encode(), header]
-                    )
+                session = b.sessions.get(route)
+                if worker is not None and session is not None:
+                    interrupt = P.frames(P.Kind.INTERRUPT, {"id": call.request_id})
+                    b.backend.send_multipart([worker.route, session.handle, *interrupt])
             return None
         if call is not None:
             return self._error(route, "This connection already has a call running.")
@@ -96,10 +103,10 @@ class LegacyGateway:
             return self._error(route, NO_WORKER)
         request_id = f"legacy-{uuid.uuid4().hex[:16]}"
         self.calls[route] = LegacyCall(outcome.sub, request_id)
-        b.open_session(route, outcome)
+        session = b.open_session(route, outcome)
         b.pending.add(outcome.sub, route, request_id)
         header = P.encode_header(legacy.call_header(request_id))
-        frames = [worker.route, route, P.PROTOCOL, P.Kind.CALL.encode(), header]
+        frames = [worker.route, session.handle, P.PROTOCOL, P.Kind.CALL.encode(), header]
         b.backend.send_multipart([*frames, request.fn, request.args], copy=False)
         b.counters.forwarded_to_workers += 1
         return None
@@ -110,9 +117,11 @@ class LegacyGateway:
 
     def on_worker_event(self, route: bytes, kind: str, header_frame: Any, buffers: list) -> None:
         """Translate one worker event for a legacy connection; the last one ends the call."""
+        if len(header_frame) > MAX_EVENT_HEADER_BYTES:
+            return self.broker._malformed("backend", "too large a header for a legacy call")
         try:
             header = json.loads(header_frame.bytes)
-        except ValueError:
+        except (ValueError, RecursionError):
             return self.broker._malformed("backend", "unreadable header for a legacy call")
         for payload in legacy.replies(kind, header, buffers):
             self.broker.frontend.send_multipart([route, *legacy.frames_for(payload)])
@@ -130,7 +139,7 @@ class LegacyGateway:
         call = self.calls.pop(route, None)
         if call is not None:
             self.broker.pending.discard(call.user, route, call.request_id)
-        self.broker.sessions.pop(route, None)
+        self.broker.close_session(route)
 
     def _error(self, route: bytes, message: str) -> None:
         payload = legacy.error(0, message)

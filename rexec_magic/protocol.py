@@ -15,17 +15,38 @@ Frames of a rexec message, as seen by the *sender* (ZeroMQ adds/strips routing i
   untouched and never decodes them.
 
 On the worker link a routing frame comes first: the broker sends
-``[client_route, PROTOCOL, kind, header, *buffers]`` to a worker, and the worker answers with
-the same ``client_route`` so the broker knows which client gets the event.  A worker message
-meant for the broker itself (register, heartbeat) carries an empty route ``b""``.
+``[client_handle, PROTOCOL, kind, header, *buffers]`` to a worker, and the worker answers with
+the same ``client_handle`` so the broker knows which client gets the event.  The handle is an
+opaque random name the broker gives each client connection: no worker ever learns a ZeroMQ
+routing id.  A worker message meant for the broker itself (register, heartbeat) carries an
+empty route ``b""``.
+
+Messages *to the broker* (from clients and from workers) carry a MAC frame right after the
+marker: ``[PROTOCOL, mac, kind, header, *buffers]``.  ``mac`` is empty on HELLO and REGISTER;
+every later message proves the per-session key the broker issued in WELCOME / REGISTERED:
+``mac = HMAC-SHA256(key, kind + "\n" + header)``, checked with ``hmac.compare_digest``.  A
+routing id alone is worth nothing: a peer that reuses a closed connection's id does not have
+its key.  (As Jupyter signs messages, but over kind and header only: the buffers of one ZMTP
+message travel atomically on the one connection that carries the signed header, so no third
+party can splice its own buffers in without being on the path, and a party on the path of a
+plaintext connection also reads the key in WELCOME; with CurveZMQ every frame is
+authenticated-encrypted already.  Hashing pulled values, often hundreds of MB, would buy
+nothing and cost ~0.5 s per GB.)  The broker strips the MAC before forwarding.
+
+Size limits: the broker refuses any header larger than ``MAX_HEADER_BYTES`` (64 KiB by
+default, ``REXEC_MAX_HEADER_BYTES``) before it parses it, and bounds every HELLO / REGISTER
+field (``HelloHeader``, ``RegisterHeader``).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 PROTOCOL = b"RX1"
 TO_BROKER = b""
@@ -95,6 +116,12 @@ class FailCode:
     WORKER_LOST = "worker_lost"  # the worker died or went silent while a request was pending
     MALFORMED = "malformed"  # the broker could not read the message
     FORBIDDEN = "forbidden"  # bad admin secret on the control port
+    TOKEN_INVALID = "token_invalid"  # noqa: S105 - a code, not a secret; the token was revoked or expired while connected
+    TOO_LARGE = "too_large"  # the header is larger than the broker accepts
+
+
+# The one sentence a user reads when an open connection's token stops being valid.
+TOKEN_INVALID_MESSAGE = "Your rexec token is no longer valid; log in again."  # noqa: S105
 
 
 class DoneStatus:
@@ -124,6 +151,64 @@ def pool_member(pool_id: str) -> str:
     pass for a pool worker's (or the other way round).
     """
     return f"\0pool\0{pool_id}"
+
+
+# Headers the broker parses are refused above this size before parsing (REXEC_MAX_HEADER_BYTES).
+MAX_HEADER_BYTES = 64 * 1024
+MAC_BYTES = 32  # HMAC-SHA256
+SESSION_KEY_BYTES = 32
+
+
+def mac(key: bytes, kind: bytes, header: bytes) -> bytes:
+    """The MAC of one message to the broker: HMAC-SHA256 over kind and header (see above)."""
+    return hmac.digest(key, b"%s\n%s" % (kind, header), "sha256")
+
+
+def mac_ok(key: bytes, kind: bytes, header: bytes, given: bytes) -> bool:
+    """Whether ``given`` is the MAC of this kind and header under ``key`` (constant time)."""
+    return len(given) == MAC_BYTES and hmac.compare_digest(mac(key, kind, header), given)
+
+
+def signed_frames(
+    key: bytes | None, kind: str, header: dict[str, Any] | bytes, buffers: Sequence[Any] = ()
+) -> list[Any]:
+    """Frames of a message to the broker: ``[PROTOCOL, mac, kind, header, *buffers]``.
+
+    ``key`` None (HELLO, REGISTER, or not yet welcomed) sends an empty MAC.
+    """
+    kind_b = kind.encode()
+    head = header if isinstance(header, bytes) else encode_header(header)
+    return [PROTOCOL, mac(key, kind_b, head) if key else b"", kind_b, head, *buffers]
+
+
+def decode_signed(frames: Sequence[Any]) -> tuple[bytes, Message]:
+    """Split ``[PROTOCOL, mac, kind, header, *buffers]`` into the MAC and the message."""
+    if len(frames) < 4:
+        raise ProtocolError(f"expected at least 4 frames, got {len(frames)}")
+    return _as_bytes(frames[1]), decode([frames[0], *frames[2:]])
+
+
+class _Bounded(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class HelloHeader(_Bounded):
+    """HELLO from a client: every field bounded, so no peer can make the broker hold much."""
+
+    token: str = Field(min_length=1, max_length=8192)
+    client: dict[str, str | int | None] = Field(default_factory=dict, max_length=16)
+
+
+class RegisterHeader(_Bounded):
+    """REGISTER from a worker (a warm-pool worker: ``user`` is its pool id, ``pool`` true)."""
+
+    user: str = Field(min_length=1, max_length=256)
+    nonce: str = Field(min_length=1, max_length=128)
+    secret: str = Field(min_length=1, max_length=128)
+    python: str = Field(default="", max_length=64)
+    dill: str = Field(default="", max_length=64)
+    pid: int | None = Field(default=None, ge=0, le=2**31)
+    pool: bool = False
 
 
 class ProtocolError(ValueError):

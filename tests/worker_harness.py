@@ -105,7 +105,7 @@ class BrokerPort:
             raise TimeoutError(f"no message from the worker within {timeout} s\n{self.log_text()}")
         frames = self.router.recv_multipart(copy=False)
         self.worker_id = frames[0].bytes
-        return frames[1].bytes, protocol.decode(frames[2:])
+        return frames[1].bytes, protocol.decode_signed(frames[2:])[1]
 
     def recv_kind(self, kind: str, timeout: float = 10.0) -> Message:
         """Skip to the next message of ``kind`` (heartbeats and others are stashed/skipped)."""
@@ -135,7 +135,7 @@ class BrokerPort:
     def register(self, timeout: float = 30.0) -> Message:
         """Wait for REGISTER and accept it."""
         msg = self.recv_kind(Kind.REGISTER, timeout)
-        self.send(Kind.REGISTERED, {}, route=protocol.TO_BROKER)
+        self.send(Kind.REGISTERED, {"key": os.urandom(32).hex()}, route=protocol.TO_BROKER)
         return msg
 
     # ------------------------------------------------------------------ cells

@@ -7,6 +7,10 @@ cell outlives its grace period.
 
 Sending never blocks: the socket has ZMQ_IMMEDIATE set, so while the broker is away messages
 wait in ``_backlog`` (heartbeats are skipped rather than piled up) and leave once it is back.
+
+Every message after REGISTER proves the session key the broker sent in REGISTERED
+(``protocol.signed_frames``); the key is dropped when the broker asks for a new registration.
+A claimed warm-pool worker forgets its pool credentials (``_take_assignment``).
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ class BrokerLink:
         self._backlog: deque[Outgoing] = deque()
         self._stop_code: int | None = None
         self._reported_busy = False  # what the last heartbeat told the broker
+        self._session_key: bytes | None = None  # from REGISTERED; proves our later messages
         self._thread = threading.Thread(target=self._run, name="rexec-io", daemon=True)
         self._handlers: dict[str, Callable[[bytes, Message], None]] = {
             Kind.EXECUTE: self._on_execute,
@@ -195,7 +200,7 @@ class BrokerLink:
 
     def _dispatch(self, frames: list[Any]) -> None:
         """Decode and handle one message; anything malformed is logged in one line and dropped."""
-        if len(frames) < 4:
+        if len(frames) < 4:  # [route, PROTOCOL, kind, header, *buffers] from the broker
             log.warning("dropped a malformed message from the broker: %d frames", len(frames))
             return
         try:
@@ -217,8 +222,7 @@ class BrokerLink:
         backlog = self._backlog
         while backlog:
             out = backlog[0]
-            parts: list[Any] = [out.route, protocol.PROTOCOL, out.kind.encode()]
-            parts.append(encode_header(out.header))
+            parts = [out.route, *self._signed(out.kind, encode_header(out.header))]
             tracker = None
             if out.delivery is not None and out.buffers:
                 tracked = [zmq.Frame(buf, track=True) for buf in out.buffers]
@@ -236,6 +240,11 @@ class BrokerLink:
             backlog.popleft()
             if out.delivery is not None:
                 out.delivery.mark_sent(tracker)
+
+    def _signed(self, kind: str, header: bytes) -> list[Any]:
+        """``[PROTOCOL, mac, kind, header]``: signed with the session key once registered."""
+        key = None if kind == Kind.REGISTER else self._session_key
+        return protocol.signed_frames(key, kind, header)
 
     def _heartbeat(self) -> None:
         busy = self.queue.busy
@@ -309,6 +318,9 @@ class BrokerLink:
         self._backlog.append(Outgoing(route, Kind.INSPECT_REPLY, header))
 
     def _on_registered(self, route: bytes, msg: Message) -> None:
+        if route != protocol.TO_BROKER:
+            raise ValueError("REGISTERED must come from the broker itself")
+        self._session_key = bytes.fromhex(str(msg.header.get("key", "")))
         log.info("registered with the broker")
         self.last_ack = time.monotonic()
         self._touch_alive_file()
@@ -333,6 +345,7 @@ class BrokerLink:
 
     def _on_resync(self, route: bytes, msg: Message) -> None:
         log.info("the broker does not know this worker (it restarted?): registering again")
+        self._session_key = None
         self._send_register()
 
     def _on_assign(self, route: bytes, msg: Message) -> None:
@@ -349,10 +362,18 @@ class BrokerLink:
         if not all(isinstance(v, str) and v for v in fields):
             log.warning("ignored a malformed assignment")
             return
-        user, nonce, secret = fields
-        self.registration = Registration(user, nonce, secret, reg.broker_url)
-        log.info("warm-pool worker %s assigned to user %s", reg.user, user)
+        self._take_assignment(*fields)
+        log.info("warm-pool worker %s assigned to user %s", reg.user, self.registration.user)
         self._send_register()
+
+    def _take_assignment(self, user: str, nonce: str, secret: str) -> None:
+        """Become ``user``'s worker and forget the pool credentials for good.
+
+        The pool registration is replaced (no reference to its secret is left), and the broker
+        remembers the pool id as claimed, so these credentials can never register again.
+        """
+        self.registration = Registration(user, nonce, secret, self.registration.broker_url)
+        self._session_key = None
 
     def _on_superseded(self, route: bytes, msg: Message) -> None:
         log.info("a newer worker registered for this user: exiting")
