@@ -9,6 +9,7 @@ from typing import Any
 
 from broker.broker import Broker
 from broker.config import BrokerSettings
+from broker.guard import make_undumpable
 
 
 def setup_logging(log_file: str | None, level: int = logging.INFO) -> None:
@@ -24,6 +25,7 @@ def setup_logging(log_file: str | None, level: int = logging.INFO) -> None:
 def serve(settings: BrokerSettings) -> None:
     """Bind, route until SHUTDOWN or SIGTERM/SIGINT, then close every socket."""
     setup_logging(settings.log_file)
+    make_undumpable()  # no same-user process may read our memory (keys, tokens in flight)
     broker = Broker(settings)
 
     def stop(signum: int, frame: Any) -> None:

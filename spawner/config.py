@@ -15,6 +15,8 @@ from broker.config import AuthSettings
 class SpawnerSettings(AuthSettings):
     host: str = "127.0.0.1"
     spawner_port: int = 8765
+    # The URL clients reach this spawner at (legacy discovery answers it); empty: host:port.
+    spawner_public_url: str = ""
     backend: str = "local"  # "local" (subprocesses) or "kubernetes" (pods; the Helm chart)
     # Where clients reach the broker (returned by /broker-config) ...
     broker_url: str = "tcp://127.0.0.1:30001"
@@ -68,3 +70,10 @@ class SpawnerSettings(AuthSettings):
     k8s_worker_uid: int = 1000
     k8s_api_timeout_s: float = 10.0  # each Kubernetes API call
     k8s_poll_s: float = 1.0  # how often a starting or running pod is looked at
+
+    def public_url(self) -> str:
+        """Where clients reach this spawner: the configured URL, never a request's Host."""
+        if self.spawner_public_url:
+            return self.spawner_public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.spawner_port}"

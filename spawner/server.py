@@ -11,6 +11,7 @@ import logging
 
 import uvicorn
 
+from broker.guard import make_undumpable
 from spawner.app import create_app
 from spawner.config import SpawnerSettings
 
@@ -33,6 +34,7 @@ def serve(settings: SpawnerSettings | None = None) -> None:
     """Serve the spawner on ``settings.host:settings.spawner_port`` until SIGTERM/SIGINT."""
     settings = settings or SpawnerSettings()
     configure_logging(settings.log_file)
+    make_undumpable()  # workers run user code as our OS user: keep our memory from them
     app = create_app(settings)
     config = uvicorn.Config(
         app,

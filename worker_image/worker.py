@@ -1,7 +1,10 @@
 """Entry point of the rexec worker: ``python -m worker_image.worker``.
 
 The spawner starts one worker per user with the broker's worker URL, the user id and a
-registration nonce + secret in the environment (a warm-pool worker: ``REXEC_WORKER_POOL=1``,
+registration nonce in the environment, and the secret either through an inherited pipe
+(``REXEC_WORKER_SECRET_FD``, the local backend: no secret in any readable environment) or as
+``REXEC_WORKER_SECRET`` (a Kubernetes pod, which holds only its own secret; it is removed from
+``os.environ`` once read).  A warm-pool worker: ``REXEC_WORKER_POOL=1``,
 its pool id as the user; it learns its real user from the broker when claimed).  The main
 thread runs cells (signals and so KeyboardInterrupt only reach it); the I/O thread
 (``link.BrokerLink``) owns the socket.
@@ -39,24 +42,40 @@ class ConfigError(Exception):
     """A missing or unusable setting; the message names it."""
 
 
+def read_secret_fd(value: str) -> str:
+    """The secret from the inherited pipe ``value`` names; the pipe is closed after."""
+    try:
+        fd = int(value)
+        with os.fdopen(fd, "rb") as pipe:
+            return pipe.read(4096).decode().strip()
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"cannot read the worker secret from REXEC_WORKER_SECRET_FD: {exc}")
+
+
 def registration_from_env(env: dict[str, str] | None = None) -> Registration:
+    from_os = env is None
     env = dict(os.environ if env is None else env)
+    secret = (
+        read_secret_fd(env["REXEC_WORKER_SECRET_FD"])
+        if env.get("REXEC_WORKER_SECRET_FD")
+        else env.get("REXEC_WORKER_SECRET", "")
+    )
+    if from_os:  # user code in this process has no business with either
+        os.environ.pop("REXEC_WORKER_SECRET", None)
+        os.environ.pop("REXEC_WORKER_SECRET_FD", None)
     missing = [
         name
-        for name in (
-            "REXEC_BROKER_WORKER_URL",
-            "REXEC_WORKER_USER",
-            "REXEC_WORKER_NONCE",
-            "REXEC_WORKER_SECRET",
-        )
+        for name in ("REXEC_BROKER_WORKER_URL", "REXEC_WORKER_USER", "REXEC_WORKER_NONCE")
         if not env.get(name)
     ]
+    if not secret:
+        missing.append("REXEC_WORKER_SECRET_FD or REXEC_WORKER_SECRET")
     if missing:
         raise ConfigError(f"missing environment variable(s): {', '.join(missing)}")
     return Registration(
         user=env["REXEC_WORKER_USER"],
         nonce=env["REXEC_WORKER_NONCE"],
-        secret=env["REXEC_WORKER_SECRET"],
+        secret=secret,
         broker_url=env["REXEC_BROKER_WORKER_URL"],
         pool=env.get("REXEC_WORKER_POOL", "") in ("1", "true", "yes"),
     )

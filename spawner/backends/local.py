@@ -5,7 +5,12 @@
   ``pip install --target``-ed once into ``<state_dir>/envs/<digest>`` and put first on the
   worker's ``PYTHONPATH``.
 * The worker's environment is the spawner's minus every ``REXEC_*`` setting and anything that
-  looks like a credential, plus the four variables the worker needs to register.
+  looks like a credential, plus what the worker needs to register.  Its secret is not among
+  them (``/proc/<pid>/environ`` is readable by every process of the same OS user): it comes
+  through an inherited pipe whose descriptor ``REXEC_WORKER_SECRET_FD`` names
+  (``secret_pipe``); the worker reads it once and closes it.
+* All workers run as the spawner's OS user: one trust domain.  Isolation between users is
+  the Kubernetes backend's job, where each pod holds only its own secret.
 * Each worker is its own process group (stop kills what it started too) and, on Linux, gets
   ``PR_SET_PDEATHSIG`` so it dies with the spawner even on ``kill -9``.
 * Exits are noticed through a pidfd on the event loop (no thread, no polling).
@@ -115,11 +120,12 @@ def worker_env(
     broker_worker_url: str,
     user: str,
     nonce: str,
-    secret: str,
+    secret_fd: int,
     pythonpath: Sequence[str] = (),
     pool: bool = False,
 ) -> dict[str, str]:
-    """The environment of a worker process: ``base`` scrubbed, plus what the worker needs."""
+    """The environment of a worker process: ``base`` scrubbed, plus what the worker needs
+    (its secret only as the number of the inherited pipe it can read it from)."""
     env = scrubbed_env(base)
     paths = [*pythonpath, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
     if paths:
@@ -128,10 +134,24 @@ def worker_env(
     env["REXEC_BROKER_WORKER_URL"] = broker_worker_url
     env["REXEC_WORKER_USER"] = user
     env["REXEC_WORKER_NONCE"] = nonce
-    env["REXEC_WORKER_SECRET"] = secret
+    env["REXEC_WORKER_SECRET_FD"] = str(secret_fd)
     if pool:
         env["REXEC_WORKER_POOL"] = "1"
     return env
+
+
+def secret_pipe(secret: str) -> int:
+    """A pipe holding ``secret`` (its write end already closed): the read end's descriptor.
+
+    The caller passes it to the child (``pass_fds``) and closes it after the fork.  A secret
+    is far below the pipe buffer (64 KiB), so the write never blocks.
+    """
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, secret.encode())
+    finally:
+        os.close(write_fd)
+    return read_fd
 
 
 def safe_name(user: str) -> str:
@@ -275,28 +295,33 @@ class LocalBackend(Backend):
         # No await in here: once the process exists, the caller gets its handle.  It runs on
         # the event loop's thread, which lives as long as the spawner: the parent-death signal
         # is tied to the thread that forked, not to the process.
+        secret_fd = secret_pipe(spec.secret)
         env = worker_env(
             os.environ,
             broker_worker_url=self.settings.broker_worker_url,
             user=spec.user,
             nonce=spec.nonce,
-            secret=spec.secret,
+            secret_fd=secret_fd,
             pythonpath=spec.prepared.get("pythonpath", []),
             pool=spec.pool,
         )
         log_path = self.log_path(spec.user)
         if restart_note:
             self._note(spec.user, restart_note)
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", self.settings.worker_module],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(),
-            )
+        try:
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", self.settings.worker_module],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent(),
+                    pass_fds=(secret_fd,),
+                )
+        finally:
+            os.close(secret_fd)  # the child has its copy
         try:
             handle = WorkerHandle(
                 spec.user,
