@@ -2,16 +2,16 @@
 
 Three ROUTER sockets, one thread of routing:
 
-* frontend (clients, port 30001): a connection says HELLO with its token once; the broker
+* frontend (clients, ``Port.BROKER``): a connection says HELLO with its token once; the broker
   checks it through the authenticator *in a thread pool* (a slow auth service delays only the
   connection being checked) and answers WELCOME with a fresh session key, which every later
   message of that connection proves (``protocol.mac``).  Legacy SciDx Rexec frames (first
   frame empty) on the same port go to ``LegacyGateway``.
-* backend (workers, port 5560): a worker REGISTERs with the secret the spawner issued; the
+* backend (workers, ``Port.WORKER``): a worker REGISTERs with the secret the spawner issued; the
   broker recomputes the HMAC, so no other pod can pose as a user's worker, and answers
   REGISTERED with the worker's session key.  Workers heartbeat; a silent, closed or replaced
   worker fails the requests it had with WORKER_LOST.
-* control (admin, port 30002): STATUS, SHUTDOWN and CLAIM, all behind the admin secret.
+* control (admin, ``Port.CONTROL``): STATUS, SHUTDOWN and CLAIM, all behind the admin secret.
 
 Sessions belong to connections, not to routing ids: when a connection closes
 (``connections.ConnectionWatch``) its session (client) or entry (worker) ends at once; an idle

@@ -5,7 +5,7 @@ possible cancel).  The gateway checks the token exactly as HELLO is checked (the
 authenticator: a cached token costs one hash lookup, a fresh one is checked in the broker's
 auth thread pool while its messages wait here), then hands the call to the user's worker as an
 ordinary CALL and turns the worker's events back into legacy replies.  The frame formats on both
-sides live in ``rexec_magic.legacy``; this module only keeps the per-connection state.
+sides live in ``broker.legacy``; this module only keeps the per-connection state.
 """
 
 from __future__ import annotations
@@ -14,16 +14,13 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import zmq
 
-from broker.auth import AuthError, Identity
-from rexec_magic import legacy
+from broker import legacy
+from broker.auth import AuthError, CachedAuthenticator, Identity
 from rexec_magic import protocol as P
-
-if TYPE_CHECKING:
-    from broker.broker import Broker
 
 log = logging.getLogger("rexec.broker")
 
@@ -47,9 +44,32 @@ class LegacyCall:
     request_id: str
 
 
+class GatewayHost(Protocol):
+    """What the gateway uses of the broker (``broker.broker.Broker``, which owns the gateway):
+    a protocol rather than an import, so the two modules do not import each other."""
+
+    auth: CachedAuthenticator
+    frontend: zmq.Socket
+    backend: zmq.Socket
+    counters: Any
+    pending: Any
+    sessions: dict[bytes, Any]
+    workers: dict[str, Any]
+
+    def open_session(self, route: bytes, identity: Identity, token: str | None = None) -> Any:
+        """A new session (with its worker-facing ``handle``) for this connection."""
+
+    def close_session(self, route: bytes) -> Any: ...
+
+    def _malformed(self, where: str, why: str) -> None: ...
+
+    def _submit_auth(self, route: bytes, token: str, purpose: bytes) -> bool:
+        """Check ``token`` in the auth pool (False: too many checks queued)."""
+
+
 @dataclass
 class LegacyGateway:
-    broker: Broker
+    broker: GatewayHost
     calls: dict[bytes, LegacyCall] = field(default_factory=dict)
     # Requests whose token is being checked, by connection, in arrival order.
     waiting: dict[bytes, list[legacy.LegacyRequest]] = field(default_factory=dict)

@@ -1,30 +1,22 @@
-"""Run the broker as a process: logging, signals, then the routing loop."""
+"""Run the broker as a process (``rexec broker``): logging, signals, then the routing loop."""
 
 from __future__ import annotations
 
-import logging
+import argparse
+import os
 import signal
-import sys
 from typing import Any
 
 from broker.broker import Broker
 from broker.config import BrokerSettings
 from broker.guard import make_undumpable
-
-
-def setup_logging(log_file: str | None, level: int = logging.INFO) -> None:
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(level)
+from rexec_magic import logs
+from rexec_magic.contract import Env
 
 
 def serve(settings: BrokerSettings) -> None:
     """Bind, route until SHUTDOWN or SIGTERM/SIGINT, then close every socket."""
-    setup_logging(settings.log_file)
+    logs.configure(log_file=settings.log_file)
     make_undumpable()  # no same-user process may read our memory (keys, tokens in flight)
     broker = Broker(settings)
 
@@ -34,3 +26,14 @@ def serve(settings: BrokerSettings) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     broker.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """run the broker (settings from REXEC_* variables)"""
+    argparse.ArgumentParser(
+        prog="rexec broker", description="Run the rexec broker; settings from REXEC_* variables."
+    ).parse_args(argv)
+    # Secrets come as 0600 files from $REXEC_SECRETS_DIR (written by `rexec up`), not from an
+    # environment anyone of our OS user can read.
+    serve(BrokerSettings(_secrets_dir=os.environ.get(Env.SECRETS_DIR) or None))
+    return 0
