@@ -40,14 +40,14 @@ class RequestGuardMiddleware:
             declared = int(headers.get("content-length", b"0"))
         except ValueError:
             declared = 0
-        if declared > self.max_body:
-            await JSONResponse({"detail": TOO_LARGE}, status_code=413)(scope, receive, send)
-            return
         if scope["path"] not in FORM_TOKEN_PATHS:
             refusal = await self._refuse_unauthenticated(scope, headers.get("authorization"))
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
+        if declared > self.max_body:
+            await JSONResponse({"detail": TOO_LARGE}, status_code=413)(scope, receive, send)
+            return
         seen = 0
 
         async def capped_receive() -> Message:

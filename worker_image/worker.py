@@ -136,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     """run a worker (started by the spawner; settings from its environment)"""
     setup_logging(os.environ.get(Env.LOG_LEVEL))
     try:
-        registration = registration_from_env()
+        # Not kept in a local of this (long-lived) frame: once a warm-pool worker is claimed,
+        # the link drops its pool registration and nothing else may hold it.
+        worker = Worker(registration_from_env())
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_CONFIG
     log.info("worker starting (pid %d)", os.getpid())
-    return Worker(registration).run()
+    return worker.run()
 
 
 if __name__ == "__main__":
