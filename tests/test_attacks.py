@@ -396,3 +396,91 @@ def test_rexec_up_says_the_local_backend_is_one_trust_domain(stack):
     said = (stack.tmp / "up.out").read_text()
     assert "one trust domain" in said and "Kubernetes" in said
     assert json.loads((stack.state_dir / "up.json").read_text())["pids"]
+
+
+# ------------------------------------------------------------------ structure-aware fuzzing
+def _mutate_value(rng, value):
+    choices = [
+        None, -1, 2**70, 1.5, "", "x" * rng.choice((1, 300, 70_000)), [], [1, [2, [3]]],
+        {"nested": {"deeper": [None]}}, True, "\0pool\0p1", "é" * 50,
+    ]  # fmt: skip
+    return rng.choice(choices) if rng.random() < 0.9 else value
+
+
+def mutated(rng, kind: str, header: dict, key: bytes | None) -> list[bytes]:
+    """One rexec message, valid but for one or two mutations of its kind, header, MAC or
+    frames.  Signed *after* mutating (when a key is given), so it reaches the parser."""
+    header = dict(header)
+    for _ in range(rng.randint(1, 2)):
+        op = rng.randrange(4)
+        if op == 0 and header:
+            field = rng.choice(list(header))
+            header[field] = _mutate_value(rng, header[field])
+        elif op == 1 and header:
+            del header[rng.choice(list(header))]
+        elif op == 2:
+            header[rng.choice(("id", "t", "vars", "pull", "secret", "pool", "zz"))] = _mutate_value(
+                rng, None
+            )
+        else:
+            kind = rng.choice((kind.upper(), "welcome", "register", "hello", "", "\u00e9", kind))
+    raw = P.encode_header(header)
+    r = rng.random()
+    if r < 0.1:
+        raw = raw[: rng.randrange(len(raw) + 1)]
+    elif r < 0.2:
+        raw = b"[" * 50_000 + b"]" * 50_000
+    elif r < 0.25:
+        raw = bytes(rng.randrange(256) for _ in range(40))
+    kind_b = kind.encode()
+    mac = P.mac(key, kind_b, raw) if key else b""
+    mac = rng.choice((mac, mac, b"", os.urandom(32), mac[:8]))
+    frames = [P.PROTOCOL, mac, kind_b, raw, *(os.urandom(8) for _ in range(rng.randrange(3)))]
+    r = rng.random()
+    if r < 0.05:
+        del frames[rng.randrange(len(frames))]
+    elif r < 0.1:
+        frames.insert(rng.randrange(len(frames) + 1), b"")
+    return frames
+
+
+def test_structure_aware_fuzzing_of_valid_messages_leaves_the_broker_serving(stack, alice):
+    run(alice, "fz = 1")
+    broker_pid = stack.pid("broker")
+    fuzzer_token = connection.load(stack.add_user("fuzzer")).token  # a user with no worker
+    rng = __import__("random").Random(10)
+    client = dealer(broker_url(stack, "broker"))
+    client.send_multipart(P.signed_frames(None, P.Kind.HELLO, {"token": fuzzer_token}))
+    key = bytes.fromhex(P.decode(reply(client, 10)).header["session_key"])
+    client_msgs = [
+        (P.Kind.HELLO, {"token": fuzzer_token, "client": {"python": "3"}}),
+        (P.Kind.PING, {"t": 1.0}),
+        (P.Kind.EXECUTE, {"id": "a", "code": "1", "vars": [], "pull": [], "pull_limit": 1}),
+        (P.Kind.CALL, {"id": "b", "vars": [{"name": "fn", "nbuffers": 1}]}),
+        (P.Kind.INTERRUPT, {"id": "a"}),
+        (P.Kind.INSPECT, {"id": "c"}),
+    ]
+    worker_msgs = [
+        (P.Kind.REGISTER, {"user": "root", "nonce": "n", "secret": "0" * 64, "pid": 1}),
+        (P.Kind.HEARTBEAT, {"busy": True}),
+        (P.Kind.DONE, {"id": "a", "status": "ok", "vars": []}),
+        (P.Kind.GOODBYE, {}),
+    ]
+    control_msgs = [  # never the admin secret: a valid SHUTDOWN would end the test's broker
+        (P.Kind.STATUS, {"secret": "guess"}),
+        (P.Kind.CLAIM, {"secret": "guess", "pool": "p", "user": "u", "nonce": "n"}),
+        (P.Kind.SHUTDOWN, {"secret": "guess"}),
+    ]
+    worker = dealer(broker_url(stack, "worker"))
+    control = dealer(broker_url(stack, "control"))
+    for _ in range(5000):
+        client.send_multipart(mutated(rng, *rng.choice(client_msgs), key))
+        frames = mutated(rng, *rng.choice(worker_msgs), os.urandom(32))
+        worker.send_multipart([rng.choice((P.TO_BROKER, os.urandom(16))), *frames])
+        frames = mutated(rng, *rng.choice(control_msgs), None)
+        control.send_multipart([frames[0], *frames[2:]])  # the control port has no MAC frame
+    outcome = run(alice, "fz2 = fz + 1", pull=["fz2"])
+    assert outcome.values == {"fz2": 2}
+    assert stack.pid("broker") == broker_pid and pid_alive(broker_pid)
+    for sock in (client, worker, control):
+        sock.close()
