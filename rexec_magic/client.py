@@ -174,6 +174,9 @@ class RexecClient:
                 continue
             if msg.kind == P.Kind.INSPECT_REPLY:
                 return msg.header
+            if msg.kind == P.Kind.FAIL and msg.header.get("code") == P.FailCode.UNAUTHENTICATED:
+                self.hello()  # the session ended (idle, broker restart): a new one, ask again
+                return self.inspect(timeout_s)
             if msg.kind == P.Kind.FAIL:
                 raise self._fail_error(msg)
 
