@@ -48,7 +48,7 @@ def dealer(url: str, routing_id: bytes | None = None) -> zmq.Socket:
     return sock
 
 
-def reply(sock: zmq.Socket, timeout_s: float = 5.0) -> list[bytes] | None:
+def reply(sock: zmq.Socket, timeout_s: float = 20.0) -> list[bytes] | None:
     return sock.recv_multipart() if sock.poll(int(timeout_s * 1000)) else None
 
 
@@ -140,8 +140,9 @@ def test_a_dead_workers_routing_id_gets_no_cells_and_no_acks(tmp_path):
         # The thief forges a DONE for the cell: nothing reaches the client.
         done = {"id": "c1", "status": "ok", "vars": []}
         thief.send_multipart([os.urandom(16), *P.signed_frames(None, P.Kind.DONE, done)])
-        assert P.decode(reply(thief)[1:]).kind == P.Kind.RESYNC
-        assert reply(client, 0.5) is None
+        assert P.decode(reply(thief)[1:]).kind == P.Kind.RESYNC  # the DONE was handled ...
+        client.send_multipart(P.signed_frames(key, P.Kind.PING, {"t": 9.0}))
+        assert P.decode(reply(client)).kind == P.Kind.PONG  # ... and nothing came before this
         assert reply(thief, 0.2) is None  # and it never saw the cell or the pushed value
         thief.close()
         client.close()
@@ -484,3 +485,64 @@ def test_structure_aware_fuzzing_of_valid_messages_leaves_the_broker_serving(sta
     assert stack.pid("broker") == broker_pid and pid_alive(broker_pid)
     for sock in (client, worker, control):
         sock.close()
+
+
+# --------------------------------------------------------------------------- sessions and bounds
+def _hello(url: str, token: str) -> tuple[zmq.Socket, bytes]:
+    sock = dealer(url)
+    sock.send_multipart(P.signed_frames(None, P.Kind.HELLO, {"token": token}))
+    welcome = P.decode(reply(sock))
+    assert welcome.kind == P.Kind.WELCOME
+    return sock, bytes.fromhex(welcome.header["session_key"])
+
+
+def test_an_idle_session_ends_and_a_new_hello_starts_another(tmp_path):
+    tokens = tmp_path / "tokens.json"
+    token = add_static_token(tokens, "alice")
+    with broker_in_thread(KEY, ADMIN, tokens_file=str(tokens), session_idle_s=0.5) as b:
+        url = f"tcp://127.0.0.1:{b.ports['broker']}"
+        sock, key = _hello(url, token)
+
+        wait_for(lambda: not b.sessions, "the idle session to end")  # sending nothing
+        sock.send_multipart(P.signed_frames(key, P.Kind.PING, {"t": 1.0}))
+        answer = P.decode(reply(sock))
+        assert answer.kind == P.Kind.FAIL and answer.header["code"] == "unauthenticated"
+        sock.send_multipart(P.signed_frames(None, P.Kind.HELLO, {"token": token}))
+        key = bytes.fromhex(P.decode(reply(sock)).header["session_key"])
+        sock.send_multipart(P.signed_frames(key, P.Kind.PING, {"t": 2.0}))
+        assert P.decode(reply(sock)).kind == P.Kind.PONG
+        sock.close()
+
+
+def test_headers_are_capped_before_parsing_and_the_cap_is_configurable(tmp_path):
+    tokens = tmp_path / "tokens.json"
+    token = add_static_token(tokens, "alice")
+    with broker_in_thread(KEY, ADMIN, tokens_file=str(tokens), max_header_bytes=4096) as b:
+        url = f"tcp://127.0.0.1:{b.ports['broker']}"
+        sock, key = _hello(url, token)
+        welcome_cap = 4096
+        big = {"id": "big", "code": "x" * 5000, "vars": [], "pull": []}
+        sock.send_multipart(P.signed_frames(key, P.Kind.EXECUTE, big))
+        answer = P.decode(reply(sock))
+        assert answer.kind == P.Kind.FAIL and answer.header["code"] == P.FailCode.TOO_LARGE
+        assert str(welcome_cap) in answer.header["message"]
+        sock.send_multipart(P.signed_frames(key, P.Kind.PING, {"t": 3.0}))
+        assert P.decode(reply(sock)).kind == P.Kind.PONG  # the session carries on
+        sock.close()
+
+
+def test_a_cell_too_large_for_the_broker_is_refused_in_one_sentence(stack, alice):
+    with pytest.raises(errors.RexecError) as info:
+        run(alice, "s = '" + "x" * (70 * 1024) + "'")
+    assert "REXEC_MAX_HEADER_BYTES" in str(info.value) and "\n" not in str(info.value)
+    assert run(alice, "t = 5", pull=["t"]).values == {"t": 5}
+
+
+@pytest.mark.unit
+def test_the_unauthenticated_rate_limiter_holds_bounded_memory():
+    from broker.guard import PeerRateLimiter
+
+    limiter = PeerRateLimiter(per_peer_rate=1, per_peer_burst=2, total_rate=10**9, max_peers=100)
+    admitted = [limiter.admit(b"peer-%d" % i) for i in range(10_000)]
+    assert all(admitted) and len(limiter.peers) == 100
+    assert [limiter.admit(b"one") for _ in range(5)] == [True, True, False, False, False]
