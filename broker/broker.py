@@ -425,12 +425,15 @@ class Broker:
             self.client_conns.bind(ConnectionWatch.fd_of(header_f), route)
             return self._on_hello(route, header_f)
         session = self.sessions.get(route)
-        if session is None or not P.mac_ok(session.key, kind_b, header_f.bytes, frames[2].bytes):
+        too_large = len(header_f) > self.max_header  # refused before it is hashed or parsed
+        if session is None or not (
+            too_large or P.mac_ok(session.key, kind_b, header_f.bytes, frames[2].bytes)
+        ):
             return self._unauthenticated(route, header_f, session is not None)
         now = time.monotonic()
         session.last_seen = now
         user = session.identity.sub
-        header = self._parse(header_f)
+        header = None if too_large else self._parse(header_f)
         if header is None:
             self._malformed("frontend", "header too large or not a JSON object")
             return self._fail(
