@@ -4,6 +4,9 @@ It says HELLO once per connection, sends cells, and waits for their events with 
 bounded: the broker is pinged while a cell runs, so a dead worker or broker raises within
 seconds instead of hanging.  A broker that restarted (it forgot this connection) gets a new
 HELLO and the request is sent again, unless the cell had already started.
+
+Every message after HELLO proves the session key from WELCOME (``protocol.encode_signed``); a
+token revoked while connected ends in ``AuthDenied`` with ``protocol.TOKEN_INVALID_MESSAGE``.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class RexecClient:
         self.user: str = ""
         self.username: str = ""
         self.worker: dict[str, Any] | None = None
+        self.session_key: bytes | None = None
+        self.max_header_bytes = P.MAX_HEADER_BYTES
         self.local_versions = serialize.versions()
         self._ids = itertools.count()
 
@@ -77,9 +82,20 @@ class RexecClient:
         """Drop the connection (and anything queued on it); the next call reconnects."""
         self.close()
         self.user = ""
+        self.session_key = None
 
     def _send(self, kind: str, header: dict[str, Any], buffers: list[Any] = ()) -> None:
-        self._socket().send_multipart(P.encode(kind, header, buffers), copy=False)
+        encoded = P.encode_header(header)
+        if kind != P.Kind.HELLO and len(encoded) > self.max_header_bytes:
+            raise errors.RexecError(
+                f"The request was not sent: its code and variable names take "
+                f"{len(encoded) // 1024} KiB, more than the broker accepts "
+                f"({self.max_header_bytes // 1024} KiB, REXEC_MAX_HEADER_BYTES); move large "
+                "text into a variable or a file."
+            )
+        key = None if kind == P.Kind.HELLO else self.session_key
+        frames = P.encode_signed(key, kind, encoded, buffers)
+        self._socket().send_multipart(frames, copy=False)
 
     def _recv(self, timeout_s: float) -> P.Message | None:
         sock = self._socket()
@@ -110,6 +126,8 @@ class RexecClient:
                 )
             if msg.kind == P.Kind.WELCOME:
                 welcome = msg.read(P.Welcome)
+                self.session_key = bytes.fromhex(welcome.session_key)
+                self.max_header_bytes = welcome.max_header_bytes
                 self.user = welcome.user
                 self.username = welcome.username or welcome.user
                 self.worker = welcome.worker
@@ -142,6 +160,8 @@ class RexecClient:
             if msg.kind == P.Kind.FAIL and msg.read(P.Fail).code == P.FailCode.UNAUTHENTICATED:
                 self.hello()
                 return self.ping(timeout_s)
+            if msg.kind == P.Kind.FAIL and msg.header.get("code") == P.FailCode.TOKEN_INVALID:
+                raise self._fail_error(msg)
 
     def inspect(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """The worker's own report: versions, uptime, variables."""
@@ -157,6 +177,9 @@ class RexecClient:
                 continue
             if msg.kind == P.Kind.INSPECT_REPLY:
                 return msg.header
+            if msg.kind == P.Kind.FAIL and msg.header.get("code") == P.FailCode.UNAUTHENTICATED:
+                self.hello()  # the session ended (idle, broker restart): a new one, ask again
+                return self.inspect(timeout_s)
             if msg.kind == P.Kind.FAIL:
                 raise self._fail_error(msg)
 
@@ -175,10 +198,12 @@ class RexecClient:
     def _new_id(self) -> str:
         return f"{uuid.uuid4().hex[:12]}-{next(self._ids)}"
 
-    @staticmethod
-    def _fail_error(msg: P.Message) -> errors.RexecError:
+    def _fail_error(self, msg: P.Message) -> errors.RexecError:
         fail = msg.read(P.Fail)
         code, text = fail.code, fail.message
+        if code == P.FailCode.TOKEN_INVALID:
+            self.reset()
+            return errors.AuthDenied(text or P.TOKEN_INVALID_MESSAGE)
         if code == P.FailCode.NO_WORKER:
             return errors.NoWorker(text)
         if code == P.FailCode.WORKER_LOST:
@@ -277,7 +302,7 @@ class RexecClient:
         interrupted_at: float | None = None
         timed_out = False
         error: P.Message | None = None
-        now = time.monotonic()
+        now = asked_at = time.monotonic()
         deadline = now + timeout_s if timeout_s else None
         last_heard = now
         next_ping = now + P.CLIENT_PING_S
@@ -311,6 +336,8 @@ class RexecClient:
                 h = msg.header
                 if msg.kind == P.Kind.PONG:
                     pong = msg.read(P.Pong)
+                    if pong.t is None or pong.t < asked_at:
+                        continue  # the answer to a ping of an earlier request: stale news
                     self.worker = pong.worker
                     if self.worker is None or (req_id not in pong.pending and started):
                         raise errors.WorkerLost(
@@ -318,7 +345,10 @@ class RexecClient:
                             "the remote namespace was lost."
                         )
                     continue
-                if msg.kind == P.Kind.FAIL and msg.read(P.Fail).code == P.FailCode.UNAUTHENTICATED:
+                fail_code = msg.read(P.Fail).code if msg.kind == P.Kind.FAIL else None
+                if fail_code == P.FailCode.TOKEN_INVALID:
+                    raise self._fail_error(msg)
+                if fail_code == P.FailCode.UNAUTHENTICATED:
                     # The broker restarted and forgot this connection.
                     self.hello()
                     if started or resent:

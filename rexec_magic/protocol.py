@@ -17,8 +17,10 @@ Frames of a rexec message, as seen by the *sender* (ZeroMQ adds/strips routing i
   untouched and never decodes them.
 
 A *routed* message has one more frame first, its route: the broker sends
-``[client_route, PROTOCOL, kind, header, *buffers]`` to a worker, and the worker answers with
-the same ``client_route`` so the broker knows which client gets the event.  A worker message
+``[client_handle, PROTOCOL, kind, header, *buffers]`` to a worker, and the worker answers with
+the same ``client_handle`` so the broker knows which client gets the event.  The handle is an
+opaque random name the broker gives each client connection: no worker ever learns a ZeroMQ
+routing id.  A worker message
 meant for the broker itself (register, heartbeat) carries an empty route ``b""``.  A ROUTER
 socket's identity frame is a route too, so the broker reads everything with ``routed=True``.
 
@@ -47,10 +49,29 @@ id; the worker reads the rest); the worker each request; the client each event (
 STREAM event passing through the broker) is not parsed at all (``peek``).  Models are built
 on first use (``defer_build``), so a process builds only the few it reads; importing pydantic
 is the larger one-time cost (~0.1 s at import).
+
+Messages *to the broker* (from clients and from workers) carry a MAC frame right after the
+marker: ``[PROTOCOL, mac, kind, header, *buffers]``.  ``mac`` is empty on HELLO and REGISTER;
+every later message proves the per-session key the broker issued in WELCOME / REGISTERED:
+``mac = HMAC-SHA256(key, kind + "\n" + header)``, checked with ``hmac.compare_digest``.  A
+routing id alone is worth nothing: a peer that reuses a closed connection's id does not have
+its key.  (As Jupyter signs messages, but over kind and header only: the buffers of one ZMTP
+message travel atomically on the one connection that carries the signed header, so no third
+party can splice its own buffers in without being on the path, and a party on the path of a
+plaintext connection also reads the key in WELCOME; with CurveZMQ every frame is
+authenticated-encrypted already.  Hashing pulled values, often hundreds of MB, would buy
+nothing and cost ~0.5 s per GB.)  The broker strips the MAC before forwarding.
+``encode_signed`` builds such a message; ``split_signed`` splits one without parsing its
+header, so the MAC is checked first.
+
+Size limits: the broker refuses any header larger than ``MAX_HEADER_BYTES`` (64 KiB by
+default, ``REXEC_MAX_HEADER_BYTES``) before it parses it, and bounds every HELLO / REGISTER
+field (``Hello``, ``Register``).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -135,6 +156,12 @@ class FailCode:
     WORKER_LOST = "worker_lost"  # the worker died or went silent while a request was pending
     MALFORMED = "malformed"  # the broker could not read the message
     FORBIDDEN = "forbidden"  # bad admin secret on the control port
+    TOKEN_INVALID = "token_invalid"  # noqa: S105 - a code, not a secret; the token was revoked or expired while connected
+    TOO_LARGE = "too_large"  # the header is larger than the broker accepts
+
+
+# The one sentence a user reads when an open connection's token stops being valid.
+TOKEN_INVALID_MESSAGE = "Your rexec token is no longer valid; log in again."  # noqa: S105
 
 
 class DoneStatus:
@@ -164,6 +191,22 @@ def pool_member(pool_id: str) -> str:
     pass for a pool worker's (or the other way round).
     """
     return f"\0pool\0{pool_id}"
+
+
+# Headers the broker parses are refused above this size before parsing (REXEC_MAX_HEADER_BYTES).
+MAX_HEADER_BYTES = 64 * 1024
+MAC_BYTES = 32  # HMAC-SHA256
+SESSION_KEY_BYTES = 32
+
+
+def mac(key: bytes, kind: bytes, header: bytes) -> bytes:
+    """The MAC of one message to the broker: HMAC-SHA256 over kind and header (see above)."""
+    return hmac.digest(key, b"%s\n%s" % (kind, header), "sha256")
+
+
+def mac_ok(key: bytes, kind: bytes, header: bytes, given: bytes) -> bool:
+    """Whether ``given`` is the MAC of this kind and header under ``key`` (constant time)."""
+    return len(given) == MAC_BYTES and hmac.compare_digest(mac(key, kind, header), given)
 
 
 class ProtocolError(ValueError):
@@ -229,10 +272,6 @@ def encode(
     return parts
 
 
-# The old name of ``encode`` without a route.
-frames = encode
-
-
 def _as_bytes(frame: Any) -> bytes:
     return frame if isinstance(frame, bytes) else frame.bytes
 
@@ -269,6 +308,83 @@ def decode(frames: Sequence[Any], routed: bool = False) -> Message:
     route, kind = peek(frames, routed)
     at = 1 if routed else 0
     return Message(kind, decode_header(frames[at + 2]), list(frames[at + 3 :]), route)
+
+
+# --------------------------------------------------------------------------- signed (to the broker)
+def encode_signed(
+    key: bytes | None,
+    kind: str,
+    header: dict[str, Any] | bytes | None = None,
+    buffers: Sequence[Any] = (),
+    route: bytes | None = None,
+) -> list[Any]:
+    """Frames of a message to the broker: ``[route?, PROTOCOL, mac, kind, header, *buffers]``.
+
+    ``key`` None (HELLO, REGISTER, or not yet welcomed) sends an empty MAC.
+    """
+    kind_b = kind.encode()
+    head = header if isinstance(header, bytes) else encode_header(header or {})
+    parts: list[Any] = [PROTOCOL, mac(key, kind_b, head) if key else b"", kind_b, head, *buffers]
+    if route is not None:
+        parts.insert(0, route)
+    return parts
+
+
+@dataclass(slots=True)
+class Signed:
+    """A message to the broker split into its frames, nothing parsed (see ``split_signed``)."""
+
+    route: bytes | None
+    mac: bytes
+    kind: bytes  # as sent; ``name`` decodes it
+    header: Any  # the header frame, unread
+    buffers: list[Any]
+
+    @property
+    def name(self) -> str:
+        """The kind as text; ProtocolError when it is not ASCII."""
+        try:
+            return self.kind.decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError("unreadable kind") from None
+
+    def verify(self, key: bytes | None) -> bool:
+        """Whether the MAC proves ``key`` (constant time; False without a key)."""
+        return key is not None and mac_ok(key, self.kind, _as_bytes(self.header), self.mac)
+
+    def message(self) -> Message:
+        """The message, its header parsed; ProtocolError when it is not a JSON object."""
+        return Message(self.name, decode_header(self.header), self.buffers, self.route)
+
+    def unsigned(self) -> list[Any]:
+        """``[PROTOCOL, kind, header, *buffers]``: the frames forwarded on, MAC stripped."""
+        return [PROTOCOL, self.kind, self.header, *self.buffers]
+
+
+def split_signed(frames: Sequence[Any], routed: bool = False) -> Signed:
+    """Split ``[route?, PROTOCOL, mac, kind, header, *buffers]``; ProtocolError when malformed.
+
+    Frames stay as received (zero-copy) and nothing is parsed, so a receiver checks the MAC
+    and the header's size before it spends anything on the header.
+    """
+    at = 1 if routed else 0
+    if len(frames) < at + 4:
+        raise ProtocolError(f"expected at least {at + 4} frames, got {len(frames)}")
+    if _as_bytes(frames[at]) != PROTOCOL:
+        raise ProtocolError("not a rexec message (no protocol marker)")
+    return Signed(
+        route=_as_bytes(frames[0]) if routed else None,
+        mac=_as_bytes(frames[at + 1]),
+        kind=_as_bytes(frames[at + 2]),
+        header=frames[at + 3],
+        buffers=list(frames[at + 4 :]),
+    )
+
+
+def decode_signed(frames: Sequence[Any], routed: bool = False) -> tuple[bytes, Message]:
+    """``(mac, message)`` of a message to the broker, its header parsed."""
+    signed = split_signed(frames, routed)
+    return signed.mac, signed.message()
 
 
 # --------------------------------------------------------------------------- header models
@@ -395,6 +511,8 @@ class Welcome(Header):
     user: Id
     username: Short = ""
     worker: Json | None = None
+    session_key: Short  # hex; proves every later message of this connection (MAC)
+    max_header_bytes: int = MAX_HEADER_BYTES
 
 
 class Denied(Header):
@@ -482,7 +600,7 @@ class Register(Header):
     secret: Secret
     python: Short = ""
     dill: Short = ""
-    pid: int | None = None
+    pid: Annotated[int, Field(ge=0, le=2**31)] | None = None
     pool: bool = False
 
 
@@ -491,6 +609,10 @@ class Heartbeat(Header):
 
 
 # broker -> worker
+class Registered(Header):
+    key: Short  # hex; proves every later message of this worker connection (MAC)
+
+
 class Rejected(Header):
     message: str = ""
 
@@ -537,6 +659,7 @@ HEADERS: dict[str, type[Header]] = {
     Kind.INSPECT_REPLY: InspectReply,
     Kind.REGISTER: Register,
     Kind.HEARTBEAT: Heartbeat,
+    Kind.REGISTERED: Registered,
     Kind.REJECTED: Rejected,
     Kind.ASSIGN: Assign,
     Kind.STATUS: Admin,

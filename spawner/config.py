@@ -16,6 +16,8 @@ from rexec_magic.contract import DEFAULT_HOST, Port, tcp_url
 class SpawnerSettings(AuthSettings):
     host: str = DEFAULT_HOST
     spawner_port: int = Field(Port.SPAWNER, description="the spawner's HTTP port")
+    # The URL clients reach this spawner at (legacy discovery answers it); empty: host:port.
+    spawner_public_url: str = ""
     backend: str = "local"  # "local" (subprocesses) or "kubernetes" (pods; the Helm chart)
     # Where clients reach the broker (returned by /broker-config) ...
     broker_url: str = tcp_url(DEFAULT_HOST, Port.BROKER)
@@ -87,3 +89,10 @@ class SpawnerSettings(AuthSettings):
     k8s_lease_name: str = "rexec-spawner"
     k8s_lease_duration_s: float = 15.0
     k8s_log_tail_lines: int = 10  # a crashed worker's last log lines, in its failure reason
+
+    def public_url(self) -> str:
+        """Where clients reach this spawner: the configured URL, never a request's Host."""
+        if self.spawner_public_url:
+            return self.spawner_public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.spawner_port}"

@@ -14,8 +14,8 @@ import pytest
 from rexec_magic import connection, errors
 from rexec_magic import protocol as P
 from rexec_magic.session import RemoteSession
-from tests.local_stack import Stack, stop_stack
 from tests.harness import pid_alive, wait_for
+from tests.local_stack import Stack, stop_stack
 
 pytestmark = pytest.mark.stack
 

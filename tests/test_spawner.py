@@ -180,7 +180,7 @@ def test_worker_environment_is_scrubbed():
         broker_worker_url="tcp://127.0.0.1:1",
         user="u",
         nonce="n",
-        secret="s3",
+        secret_fd=7,
         pythonpath=["/env"],
     )
     assert env["PATH"] == "/bin" and env["REXEC_LOG_LEVEL"] == "DEBUG"
@@ -190,7 +190,7 @@ def test_worker_environment_is_scrubbed():
         "REXEC_BROKER_WORKER_URL",
         "REXEC_WORKER_USER",
         "REXEC_WORKER_NONCE",
-        "REXEC_WORKER_SECRET",
+        "REXEC_WORKER_SECRET_FD",  # the number of a pipe: the secret is in no environment
     }
     assert not {"JUPYTERHUB_API_TOKEN", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD"} & set(env)
 
@@ -329,7 +329,7 @@ def test_spawn_ready_idempotent_conflict_force_stop(spawner, tokens, tmp_path, m
     env = proc_environ(pid)
     assert env["REXEC_WORKER_USER"] == "alice"
     assert env["REXEC_BROKER_WORKER_URL"] == spawner.app.state.settings.broker_worker_url
-    assert len(env["REXEC_WORKER_NONCE"]) >= 16 and len(env["REXEC_WORKER_SECRET"]) == 64
+    assert len(env["REXEC_WORKER_NONCE"]) >= 16 and "REXEC_WORKER_SECRET" not in env
     assert "REXEC_WORKER_KEY" not in env and "REXEC_ADMIN_SECRET" not in env
     assert "SOME_SERVICE_TOKEN" not in env
     assert not any(t in v for v in env.values() for t in (WORKER_KEY, ADMIN_SECRET))

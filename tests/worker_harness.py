@@ -106,7 +106,7 @@ class BrokerPort:
             raise TimeoutError(f"no message from the worker within {timeout} s\n{self.log_text()}")
         frames = self.router.recv_multipart(copy=False)
         self.worker_id = frames[0].bytes
-        msg = protocol.decode(frames[1:], routed=True)
+        _mac, msg = protocol.decode_signed(frames[1:], routed=True)
         return msg.route or b"", msg
 
     def recv_kind(self, kind: str, timeout: float = WAIT_S) -> Message:
@@ -137,7 +137,7 @@ class BrokerPort:
     def register(self, timeout: float = WAIT_S) -> Message:
         """Wait for REGISTER and accept it."""
         msg = self.recv_kind(Kind.REGISTER, timeout)
-        self.send(Kind.REGISTERED, {}, route=protocol.TO_BROKER)
+        self.send(Kind.REGISTERED, {"key": os.urandom(32).hex()}, route=protocol.TO_BROKER)
         return msg
 
     def idle(self) -> bool:

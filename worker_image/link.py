@@ -7,6 +7,10 @@ cell outlives its grace period.
 
 Sending never blocks: the socket has ZMQ_IMMEDIATE set, so while the broker is away messages
 wait in ``_backlog`` (heartbeats are skipped rather than piled up) and leave once it is back.
+
+Every message after REGISTER proves the session key the broker sent in REGISTERED
+(``protocol.encode_signed``); the key is dropped when the broker asks for a new registration.
+A claimed warm-pool worker forgets its pool credentials (``_take_assignment``).
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ class BrokerLink:
         self._backlog: deque[Outgoing] = deque()
         self._stop_code: int | None = None
         self._reported_busy = False  # what the last heartbeat told the broker
+        self._session_key: bytes | None = None  # from REGISTERED; proves our later messages
         self._thread = threading.Thread(target=self._run, name="rexec-io", daemon=True)
         self._handlers: dict[str, Callable[[bytes, Message], None]] = {
             Kind.EXECUTE: self._on_execute,
@@ -222,7 +227,9 @@ class BrokerLink:
             if out.delivery is not None and buffers:
                 buffers = [zmq.Frame(buf, track=True) for buf in buffers]
                 tracker = zmq.MessageTracker(*buffers)
-            parts = protocol.encode(out.kind, encode_header(out.header), buffers, route=out.route)
+            key = None if out.kind == Kind.REGISTER else self._session_key
+            head = encode_header(out.header)
+            parts = protocol.encode_signed(key, out.kind, head, buffers, route=out.route)
             try:
                 sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -306,6 +313,9 @@ class BrokerLink:
         self._backlog.append(Outgoing(route, Kind.INSPECT_REPLY, header))
 
     def _on_registered(self, route: bytes, msg: Message) -> None:
+        if route != protocol.TO_BROKER:
+            raise ValueError("REGISTERED must come from the broker itself")
+        self._session_key = bytes.fromhex(msg.read(protocol.Registered).key)
         log.info("registered with the broker")
         self.last_ack = time.monotonic()
         self._touch_alive_file()
@@ -334,6 +344,7 @@ class BrokerLink:
 
     def _on_resync(self, route: bytes, msg: Message) -> None:
         log.info("the broker does not know this worker (it restarted?): registering again")
+        self._session_key = None
         self._abandon_cells()
         self._send_register()
 
@@ -367,9 +378,18 @@ class BrokerLink:
         except ProtocolError as exc:
             log.warning("ignored a malformed assignment: %s", exc)
             return
-        self.registration = Registration(assign.user, assign.nonce, assign.secret, reg.broker_url)
+        self._take_assignment(assign.user, assign.nonce, assign.secret)
         log.info("warm-pool worker %s assigned to user %s", reg.user, assign.user)
         self._send_register()
+
+    def _take_assignment(self, user: str, nonce: str, secret: str) -> None:
+        """Become ``user``'s worker and forget the pool credentials for good.
+
+        The pool registration is replaced (no reference to its secret is left), and the broker
+        remembers the pool id as claimed, so these credentials can never register again.
+        """
+        self.registration = Registration(user, nonce, secret, self.registration.broker_url)
+        self._session_key = None
 
     def _on_superseded(self, route: bytes, msg: Message) -> None:
         log.info("a newer worker registered for this user: exiting")

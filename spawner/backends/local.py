@@ -5,7 +5,12 @@
   ``pip install --target``-ed once into ``<state_dir>/envs/<digest>`` and put first on the
   worker's ``PYTHONPATH``.
 * The worker's environment is the spawner's minus every ``REXEC_*`` setting and anything that
-  looks like a credential, plus the four variables the worker needs to register.
+  looks like a credential, plus what the worker needs to register.  Its secret is not among
+  them (``/proc/<pid>/environ`` is readable by every process of the same OS user): it comes
+  through an inherited pipe whose descriptor ``REXEC_WORKER_SECRET_FD`` names
+  (``secret_pipe``); the worker reads it once and closes it.
+* All workers run as the spawner's OS user: one trust domain.  Isolation between users is
+  the Kubernetes backend's job, where each pod holds only its own secret.
 * Each worker is its own session and process group (stop kills what it started too) and is
   *not* tied to the spawner: a spawner that dies or is upgraded leaves its workers running.
   Every worker has a row in ``<state_dir>/workers.sqlite3`` (``local_record``: pid and start
@@ -154,11 +159,12 @@ def worker_env(
     broker_worker_url: str,
     user: str,
     nonce: str,
-    secret: str,
+    secret_fd: int,
     pythonpath: Sequence[str] = (),
     pool: bool = False,
 ) -> dict[str, str]:
-    """The environment of a worker process: ``base`` scrubbed, plus what the worker needs."""
+    """The environment of a worker process: ``base`` scrubbed, plus what the worker needs
+    (its secret only as the number of the inherited pipe it can read it from)."""
     env = scrubbed_env(base)
     paths = [*pythonpath, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
     if paths:
@@ -167,10 +173,24 @@ def worker_env(
     env[Env.BROKER_WORKER_URL] = broker_worker_url
     env[Env.WORKER_USER] = user
     env[Env.WORKER_NONCE] = nonce
-    env[Env.WORKER_SECRET] = secret
+    env[Env.WORKER_SECRET_FD] = str(secret_fd)
     if pool:
         env[Env.WORKER_POOL] = "1"
     return env
+
+
+def secret_pipe(secret: str) -> int:
+    """A pipe holding ``secret`` (its write end already closed): the read end's descriptor.
+
+    The caller passes it to the child (``pass_fds``) and closes it after the fork.  A secret
+    is far below the pipe buffer (64 KiB), so the write never blocks.
+    """
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, secret.encode())
+    finally:
+        os.close(write_fd)
+    return read_fd
 
 
 def safe_name(user: str) -> str:
@@ -413,27 +433,32 @@ class LocalBackend(Backend):
     # ----------------------------------------------------------------- start / stop
     async def start(self, spec: WorkerSpec, restart_note: str | None = None) -> WorkerHandle:
         # No await in here: once the process exists, the caller gets its handle.
+        secret_fd = secret_pipe(spec.secret)
         env = worker_env(
             os.environ,
             broker_worker_url=self.settings.broker_worker_url,
             user=spec.user,
             nonce=spec.nonce,
-            secret=spec.secret,
+            secret_fd=secret_fd,
             pythonpath=spec.prepared.get("pythonpath", []),
             pool=spec.pool,
         )
         log_path = self.log_path(spec.user)
         if restart_note:
             self._note(spec.user, restart_note)
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", self.settings.worker_module],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # its own session: no signal of ours reaches it
-            )
+        try:
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", self.settings.worker_module],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,  # its own session: no signal of ours reaches it
+                    pass_fds=(secret_fd,),
+                )
+        finally:
+            os.close(secret_fd)  # the child has its copy
         try:
             ticks = process_start_ticks(proc.pid)
             handle = WorkerHandle(
