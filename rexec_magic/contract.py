@@ -74,7 +74,9 @@ class Env:
     BROKER_WORKER_URL = "REXEC_BROKER_WORKER_URL"
     WORKER_USER = "REXEC_WORKER_USER"
     WORKER_NONCE = "REXEC_WORKER_NONCE"
-    WORKER_SECRET = "REXEC_WORKER_SECRET"  # noqa: S105 - a variable name
+    WORKER_SECRET = "REXEC_WORKER_SECRET"  # noqa: S105 - a variable name (Kubernetes pods)
+    # Local backend: the number of an inherited pipe holding the secret (no secret in environ).
+    WORKER_SECRET_FD = "REXEC_WORKER_SECRET_FD"  # noqa: S105 - a variable name
     WORKER_POOL = "REXEC_WORKER_POOL"
     WORKER_ALIVE_FILE = "REXEC_WORKER_ALIVE_FILE"
     LOG_LEVEL = "REXEC_LOG_LEVEL"
@@ -83,6 +85,7 @@ class Env:
     EXECUTOR_EVENTS = "REXEC_EXECUTOR_EVENTS"
     EXECUTOR_INSPECT = "REXEC_EXECUTOR_INSPECT"
     EXECUTOR_LOG_FD = "REXEC_EXECUTOR_LOG_FD"
+    EXECUTOR_INTERRUPT_FD = "REXEC_EXECUTOR_INTERRUPT_FD"
     # Read by the client side (kernel, Jupyter server extension).
     CONNECTION_FILE = "REXEC_CONNECTION_FILE"
     CLIENT_LOG = "REXEC_CLIENT_LOG"
@@ -90,6 +93,9 @@ class Env:
     TOKEN = "REXEC_TOKEN"  # noqa: S105 - a variable name
     SPAWNER_URL = "REXEC_SPAWNER_URL"
     STATE_DIR = "REXEC_STATE_DIR"
+    # Broker and spawner: a 0700 directory of 0600 files, one per secret setting
+    # (``rexec_worker_key``, ``rexec_admin_secret``...), read by pydantic-settings.
+    SECRETS_DIR = "REXEC_SECRETS_DIR"  # noqa: S105 - a variable name
 
 
 #: What the spawner puts in a worker's environment (and the Kubernetes pod spec).
@@ -98,6 +104,7 @@ WORKER_ENV = (
     Env.WORKER_USER,
     Env.WORKER_NONCE,
     Env.WORKER_SECRET,
+    Env.WORKER_SECRET_FD,
     Env.WORKER_POOL,
 )
 

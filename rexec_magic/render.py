@@ -34,38 +34,43 @@ class EventRenderer:
         self._notices: set[str] = set()
 
     def __call__(self, msg: P.Message) -> None:
-        h = msg.header
-        if h.get("late") and not self._late_said:
+        model = P.HEADERS.get(msg.kind)
+        if model is None or not issubclass(model, P.Event):
+            return
+        try:
+            event = msg.read(model)  # read once by the client already: no cost again
+        except P.ProtocolError:
+            return
+        if event.late and not self._late_said:
             # Output of an earlier cell's threads, timers or child processes, produced after
             # that cell ended (ipykernel shows it in the cell that started it; ours is gone).
             self._late_said = True
             sys.stderr.write("[rexec: output produced after the previous remote cell ended]\n")
-        if msg.kind == P.Kind.NOTICE:
-            text = str(h.get("text", ""))
-            category = text.split("(")[0]
+        if isinstance(event, P.Notice):
+            category = event.text.split("(")[0]
             if category not in self._notices:  # once per kind of wait, not every 10 s
                 self._notices.add(category)
-                sys.stderr.write(f"rexec: {text}\n")
+                sys.stderr.write(f"rexec: {event.text}\n")
                 sys.stderr.flush()
-        elif msg.kind == P.Kind.STREAM:
-            stream = sys.stderr if h.get("name") == "stderr" else sys.stdout
-            stream.write(h.get("text", ""))
+        elif isinstance(event, P.Stream):
+            stream = sys.stderr if event.name == "stderr" else sys.stdout
+            stream.write(event.text)
             stream.flush()  # ipykernel sends at once on flush: output stays live
-        elif msg.kind == P.Kind.DISPLAY:
+        elif isinstance(event, P.Display):
             sys.stdout.flush()
             sys.stderr.flush()
-            if h.get("clear"):
-                clear_output(wait=bool(h.get("wait")))
+            if event.clear:
+                clear_output(wait=event.wait)
                 return
-            kwargs = {"update": True} if h.get("update") else {}
+            kwargs = {"update": True} if event.update else {}
             publish_display_data(
-                data=h.get("data") or {},
-                metadata=h.get("metadata") or {},
-                transient=h.get("transient") or {},
+                data=event.data or {},
+                metadata=event.metadata or {},
+                transient=event.transient or {},
                 **kwargs,
             )
-        elif msg.kind == P.Kind.RESULT:
-            self.result = RemoteResult(h.get("data") or {}, h.get("metadata") or {})
+        elif isinstance(event, P.Result):
+            self.result = RemoteResult(event.data or {}, event.metadata or {})
 
 
 class Table:

@@ -28,6 +28,9 @@ log = logging.getLogger("rexec.session")
 
 Say = Callable[[str], None]
 START_TIMEOUT_S = 300.0
+# How long a cell waits for a worker the spawner says runs but the broker does not hear from
+# (stopped, starved, re-registering after a broker restart) before saying so.
+NOT_RESPONDING_WAIT_S = 10.0
 
 
 def _quiet(_: str) -> None:
@@ -241,6 +244,17 @@ class RemoteSession:
         state, idle_s = current.get("state"), current.get("idle_culled_after_s")
         if state in (WorkerState.STARTING, WorkerState.INSTALLING):
             say("The remote worker is starting; waiting for it…")
+        elif state == WorkerState.READY:  # the spawner has it; the broker does not hear from it
+            say("Your remote worker is not responding; waiting for it…")
+            try:
+                self.client.wait_for_worker(None, timeout_s=NOT_RESPONDING_WAIT_S)
+            except errors.NoWorker:
+                raise errors.NoWorker(
+                    "Your remote worker is running but not responding (stopped, or busy "
+                    "in code that holds the GIL); its variables are kept while it runs. "
+                    "Try again later, or %rexec_stop to start a fresh one."
+                ) from None
+            return
         elif state == WorkerState.STOPPED and idle_s:
             say(f"Your worker was stopped after {idle_s:g} s idle; starting a new one…")
         else:

@@ -7,7 +7,11 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from worker_image import exits
+
+pytestmark = pytest.mark.unit
 
 
 def test_exit_codes_and_signals_in_words():

@@ -10,6 +10,10 @@ from collections.abc import Iterator
 import pytest
 from jupyter_client.manager import KernelManager
 
+from tests.harness import INTERRUPT_ANSWER_S, WAIT_S
+
+pytestmark = pytest.mark.stack
+
 
 @pytest.fixture(scope="module")
 def kernel(stack) -> Iterator[tuple[KernelManager, object]]:
@@ -19,14 +23,14 @@ def kernel(stack) -> Iterator[tuple[KernelManager, object]]:
     km.start_kernel(env={**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)})
     kc = km.client()
     kc.start_channels()
-    kc.wait_for_ready(timeout=60)
+    kc.wait_for_ready(timeout=WAIT_S)
     run(kc, "%load_ext rexec_magic")
     yield km, kc
     kc.stop_channels()
     km.shutdown_kernel(now=True)
 
 
-def collect(kc, msg_id: str, timeout: float = 60) -> tuple[dict, list[dict]]:
+def collect(kc, msg_id: str, timeout: float = WAIT_S) -> tuple[dict, list[dict]]:
     """The execute reply and every iopub message of one request."""
     outputs = []
     deadline = time.monotonic() + timeout
@@ -73,17 +77,17 @@ def test_kernel_interrupt_stops_remote_cell_and_queued_cells(kernel, body):
     first = kc.execute(f"%%remote\nprint('started', flush=True)\n{body}")
     second = kc.execute("queued_ran = True")
     while True:  # wait until the remote cell runs
-        msg = kc.get_iopub_msg(timeout=30)
+        msg = kc.get_iopub_msg(timeout=WAIT_S)
         if msg["msg_type"] == "stream" and "started" in msg["content"]["text"]:
             break
     km.interrupt_kernel()
-    reply, outputs = collect(kc, first, timeout=10)
+    reply, outputs = collect(kc, first, timeout=INTERRUPT_ANSWER_S)
     assert reply["status"] == "error"
     assert "KeyboardInterrupt" in "\n".join(reply["traceback"])
     replies = {}
     while second not in replies:
         try:
-            msg = kc.get_shell_msg(timeout=10)
+            msg = kc.get_shell_msg(timeout=WAIT_S)
         except queue.Empty:
             break
         replies[msg["parent_header"]["msg_id"]] = msg["content"]

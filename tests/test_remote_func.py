@@ -7,8 +7,6 @@ by value as they would from a notebook; only the connection file is configured.
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -19,6 +17,9 @@ import pytest
 from rexec_magic import errors, remote_func
 from rexec_magic.remote_call import RemoteTraceback
 from rexec_magic.session import shared_session
+from tests.harness import ctrl_c_when, wait_for
+
+pytestmark = pytest.mark.stack
 
 NOTEBOOK_CELL = """
 import os, time
@@ -51,7 +52,8 @@ class ShapeError(Exception):
 def fails_with_own_type():
     raise ShapeError("the shapes differ")
 
-def forever():
+def forever(flag):
+    open(flag, "w").close()  # tells the test that the call really runs
     while True:
         time.sleep(0.05)
 
@@ -123,12 +125,10 @@ def test_submit_returns_a_future(nb):
     assert nb["countdown"].submit(2).result(timeout=60) == [2, 1]
 
 
-def test_keyboard_interrupt_cancels_the_remote_call(nb):
-    main = threading.main_thread().ident
-    timer = threading.Timer(1.0, signal.pthread_kill, args=(main, signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt) as info:
-        nb["forever"]()
+def test_keyboard_interrupt_cancels_the_remote_call(nb, tmp_path):
+    flag = tmp_path / "forever-runs"
+    with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
+        nb["forever"](str(flag))
     assert isinstance(info.value, errors.RemoteInterrupted)
     assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
 
@@ -143,8 +143,7 @@ def test_leaving_a_generator_early_stops_the_remote_generator(nb):
 def test_cancel_interrupts_a_running_remote_call(nb, tmp_path):
     flag = tmp_path / "running"
     future = nb["forever_after"].submit(str(flag))
-    while not flag.exists():  # bounded by the test timeout
-        threading.Event().wait(0.02)
+    wait_for(flag.exists, "the call to run remotely")
     assert future.running()
     assert future.cancel() is True  # a plain Future says False once it runs
     assert future.cancelled()
@@ -154,8 +153,7 @@ def test_cancel_interrupts_a_running_remote_call(nb, tmp_path):
 def test_a_call_waiting_behind_another_says_what_it_waits_for(nb, capfd, tmp_path):
     flag = tmp_path / "running"
     future = nb["slow"].submit(4, str(flag))
-    while not flag.exists():  # the first call holds the connection now
-        threading.Event().wait(0.02)
+    wait_for(flag.exists, "the first call to hold the connection")
     assert nb["add"](1) == 2
     assert future.result(timeout=60) == 4
     err = capfd.readouterr().err

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from rexec_magic import serialize
 from rexec_magic.contract import DEFAULT_PULL_LIMIT_BYTES
-from rexec_magic.protocol import DoneStatus, Kind, Message
+from rexec_magic.protocol import Call, DoneStatus, Execute, Kind, Message, Placement, Versions
 from worker_image.calls import invoke
 from worker_image.outbox import EventChannel, Target
 from worker_image.variables import pack_pulled
@@ -37,14 +37,6 @@ EXIT_MESSAGE = (
 )
 
 
-class BadRequest(ValueError):
-    """An EXECUTE that does not follow the protocol; ``id`` is set when it could be read."""
-
-    def __init__(self, message: str, request_id: str | None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-
-
 @dataclass(eq=False)
 class Cell:
     """One EXECUTE request, from arrival to DONE."""
@@ -55,7 +47,7 @@ class Cell:
     buffers: list[Any]
     pull: list[str]
     pull_limit: int
-    client_versions: dict[str, str] | None = None
+    client_versions: Versions | None = None
     call: bool = False  # a CALL (a pickled function call) rather than an EXECUTE
     inband: bool = False  # CALL values go back as one plain pickle each (legacy clients)
     received_at: float = field(default_factory=time.perf_counter)
@@ -67,112 +59,55 @@ class Cell:
         return self.target.id
 
 
-def parse_execute(route: bytes, msg: Message) -> Cell:
-    """Check an EXECUTE header against the protocol; raise BadRequest when it does not fit."""
-    h = msg.header
-    request_id, bad = _request_id(h, "EXECUTE")
-    code = h.get("code")
-    if not isinstance(code, str):
-        raise bad("'code' is not a string")
-    entries = _checked_vars(h.get("vars"), len(msg.buffers), bad)
-    pull = h.get("pull") or []
-    if not isinstance(pull, list) or not all(isinstance(n, str) for n in pull):
-        raise bad("'pull' is not a list of names")
-    pull_limit = h.get("pull_limit", DEFAULT_PULL_LIMIT)
-    if pull_limit is None:
-        pull_limit = DEFAULT_PULL_LIMIT
-    if not isinstance(pull_limit, int) or isinstance(pull_limit, bool) or pull_limit < 0:
-        raise bad("'pull_limit' is not a byte count")
-    client = h.get("client")
-    if not isinstance(client, dict):
-        client = None
+def cell_for(route: bytes, msg: Message) -> Cell:
+    """The cell for an EXECUTE or CALL; ProtocolError when its header does not fit.
+
+    The header models (``protocol.Execute``, ``protocol.Call``) do every check, including
+    that ``vars`` announce exactly the buffers that came.  The supervisor reads each request
+    this way before any executor sees it, and the executor reads it again (cached: no cost
+    twice in one process, and a request is only ever read once in each).
+    """
+    if msg.kind == Kind.CALL:
+        call = msg.read(Call)
+        return Cell(
+            Target(route, call.id),
+            code="",
+            vars=[e.model_dump() for e in call.vars],
+            buffers=list(msg.buffers),
+            pull=[],
+            pull_limit=DEFAULT_PULL_LIMIT,
+            client_versions=call.client,
+            call=True,
+            inband=call.inband,
+            session=placement(call),
+            credit=call.credit,
+        )
+    ex = msg.read(Execute)
     return Cell(
-        Target(route, request_id),
-        code,
-        entries,
-        list(msg.buffers),
-        pull,
-        pull_limit,
-        client,
-        **placement(h),
+        Target(route, ex.id),
+        code=ex.code,
+        vars=[e.model_dump() for e in ex.vars],
+        buffers=list(msg.buffers),
+        pull=list(ex.pull),
+        pull_limit=DEFAULT_PULL_LIMIT if ex.pull_limit is None else ex.pull_limit,
+        client_versions=ex.client,
+        session=placement(ex),
+        credit=ex.credit,
     )
 
 
-MAX_CREDIT = 1 << 20
-
-
-def placement(header: dict[str, Any]) -> dict[str, Any]:
-    """Which executor a request goes to, and its flow-control credit.
+def placement(fields: Placement) -> str:
+    """Which executor a request (or keepalive, or inspect) is for: its key.
 
     ``namespace`` (``%rexec_attach NAME``) names a shared executor; else ``session`` (one per
     client session: a notebook's kernel, a script) gets its own; a request with neither
     (legacy clients, old magics) shares the ``default`` executor.
     """
-    namespace, session = header.get("namespace"), header.get("session")
-    if isinstance(namespace, str) and namespace:
-        key = f"namespace:{namespace[:200]}"
-    elif isinstance(session, str) and session:
-        key = f"session:{session[:200]}"
-    else:
-        key = "default"
-    credit = header.get("credit")
-    ok = isinstance(credit, int) and not isinstance(credit, bool) and 0 < credit <= MAX_CREDIT
-    return {"session": key, "credit": credit if ok else None}
-
-
-def _request_id(header: dict[str, Any], kind: str) -> tuple[str, Callable[[str], BadRequest]]:
-    """A request's id, and the error to raise for it when the rest of the header is wrong."""
-    request_id = header.get("id")
-    if not isinstance(request_id, str) or not request_id:
-        raise BadRequest(f"{kind} without a string id", None)
-
-    def bad(what: str) -> BadRequest:
-        return BadRequest(f"malformed {kind} request: {what}", request_id)
-
-    return request_id, bad
-
-
-def _checked_vars(entries: Any, nbuffers: int, bad: Callable[[str], BadRequest]) -> list:
-    """The ``vars`` list of a request, checked against the buffers that came with it."""
-    entries = entries or []
-    if not isinstance(entries, list):
-        raise bad("'vars' is not a list")
-    total = 0
-    for entry in entries:
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("name"), str)
-            and isinstance(entry.get("nbuffers"), int)
-            and entry["nbuffers"] >= 1
-        ):
-            raise bad("a 'vars' entry needs a name and nbuffers >= 1")
-        total += entry["nbuffers"]
-    if total != nbuffers:
-        raise bad(f"'vars' announce {total} buffers but {nbuffers} came")
-    return entries
-
-
-def parse_call(route: bytes, msg: Message) -> Cell:
-    """Check a CALL header: ``vars`` holds ``fn`` and optionally ``args`` and ``kwargs``."""
-    h = msg.header
-    request_id, bad = _request_id(h, "CALL")
-    entries = _checked_vars(h.get("vars"), len(msg.buffers), bad)
-    names = [e["name"] for e in entries]
-    if "fn" not in names or not set(names) <= {"fn", "args", "kwargs"}:
-        raise bad("'vars' must name 'fn' and may name 'args' and 'kwargs'")
-    client = h.get("client")
-    return Cell(
-        Target(route, request_id),
-        code="",
-        vars=entries,
-        buffers=list(msg.buffers),
-        pull=[],
-        pull_limit=DEFAULT_PULL_LIMIT,
-        client_versions=client if isinstance(client, dict) else None,
-        call=True,
-        inband=bool(h.get("inband")),
-        **placement(h),
-    )
+    if fields.namespace:
+        return f"namespace:{fields.namespace}"
+    if fields.session:
+        return f"session:{fields.session}"
+    return "default"
 
 
 def done_header(status: str, **extra: Any) -> dict[str, Any]:
@@ -182,9 +117,17 @@ def done_header(status: str, **extra: Any) -> dict[str, Any]:
 class CellRunner:
     """Runs cells in the main thread: vars in, code, events out, vars back, DONE."""
 
-    def __init__(self, shell: WorkerShell, outbox: EventChannel) -> None:
+    def __init__(
+        self,
+        shell: WorkerShell,
+        outbox: EventChannel,
+        interrupted: Callable[[str], bool] = lambda request_id: False,
+    ) -> None:
         self.shell = shell
         self.outbox = outbox
+        # Whether the supervisor interrupted this request before its user code started (the
+        # SIGINT then came too early to count: see executor.InterruptPipe).
+        self.interrupted = interrupted
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
         self._last_delivery: Any = None
 
@@ -259,6 +202,8 @@ class CellRunner:
         signal.signal(signal.SIGINT, self.on_sigint)  # a cell may have replaced it
         try:
             self._interruptible = True
+            if self.interrupted(cell.id):
+                raise KeyboardInterrupt
             result = shell.run_cell(cell.code, store_history=True)
             error = result.error_before_exec or result.error_in_exec
             if isinstance(error, KeyboardInterrupt):
@@ -288,6 +233,8 @@ class CellRunner:
         signal.signal(signal.SIGINT, self.on_sigint)
         try:
             self._interruptible = True
+            if self.interrupted(cell.id):
+                raise KeyboardInterrupt
             return invoke(values, cell.inband, self.outbox, cell.target, self._stop_interrupts)
         except KeyboardInterrupt:
             self._interruptible = False
@@ -317,6 +264,6 @@ class CellRunner:
         worker = serialize.versions()
         client = cell.client_versions
         if client:
-            local = {"python": str(client.get("python", "?")), "dill": str(client.get("dill", "?"))}
+            local = {"python": client.python or "?", "dill": client.dill or "?"}
             return serialize.version_note(local, worker)
         return f"remote Python {worker['python']}, dill {worker['dill']}; local versions unknown"

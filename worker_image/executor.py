@@ -13,6 +13,8 @@ Its links to the supervisor (URLs in the environment):
 * ``REXEC_EXECUTOR_EVENTS``: a PUSH socket for every event (see ``outbox.EventChannel``).
 * fds 1 and 2: pipes the supervisor reads (stdout/stderr of everything in this process).
 * ``REXEC_EXECUTOR_LOG_FD``: the worker's own log (never shown in a notebook).
+* ``REXEC_EXECUTOR_INTERRUPT_FD``: a pipe with the id of each request the supervisor
+  interrupts, written just before its SIGINT (``InterruptPipe``).
 
 It ends after ``exit()`` / ``quit()`` (exit code 0, after the cell's DONE), on SIGTERM, and
 with its supervisor (``PR_SET_PDEATHSIG``).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import json
 import logging
 import os
 import signal
@@ -35,7 +38,7 @@ import zmq
 from rexec_magic import protocol, serialize
 from rexec_magic.contract import Env
 from rexec_magic.protocol import DoneStatus, Kind
-from worker_image.cells import BadRequest, CellRunner, done_header, parse_call, parse_execute
+from worker_image.cells import CellRunner, cell_for, done_header
 from worker_image.outbox import READY, STOP, EventChannel, Target
 from worker_image.shell import WorkerShell, make_shell, redirect_stdio
 from worker_image.variables import describe
@@ -70,9 +73,54 @@ def _setup_logging() -> None:
     root.propagate = False
 
 
+class InterruptPipe:
+    """The ids of the requests the supervisor interrupted (see ``ExecutorProcess.interrupt``).
+
+    Read just before a request's user code starts: an interrupt whose SIGINT came while the
+    executor was still reading or unpacking the request (and so was ignored) is found here.
+    Ids of earlier requests are simply dropped.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self._partial = b""
+        if fd is not None:
+            os.set_blocking(fd, False)
+
+    def __call__(self, request_id: str) -> bool:
+        if self.fd is None:
+            return False
+        data = self._partial
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.fd = None
+                break
+            if not chunk:
+                self.fd = None  # the supervisor is gone
+                break
+            data += chunk
+        *lines, self._partial = data.split(b"\n")
+        for line in lines:
+            try:
+                if json.loads(line) == request_id:
+                    return True
+            except ValueError:
+                continue
+        return False
+
+
 class Executor:
     def __init__(
-        self, ctx: zmq.Context, requests_url: str, events_url: str, inspect_url: str
+        self,
+        ctx: zmq.Context,
+        requests_url: str,
+        events_url: str,
+        inspect_url: str,
+        interrupt_fd: int | None = None,
     ) -> None:
         self.started = time.monotonic()
         self.ctx = ctx
@@ -88,7 +136,7 @@ class Executor:
         self.inspects.connect(inspect_url)
         self.channel = EventChannel(self.events)
         self.shell: WorkerShell = make_shell(self.channel)
-        self.runner = CellRunner(self.shell, self.channel)
+        self.runner = CellRunner(self.shell, self.channel, InterruptPipe(interrupt_fd))
         self._stopping = threading.Event()
         self._busy = False
         self._reader = threading.Thread(target=self._read, name="rexec-inspect", daemon=True)
@@ -122,7 +170,11 @@ class Executor:
             log.warning("dropped a request of unknown kind %r", msg.kind[:40])
 
     def _inspect(self, msg: protocol.Message) -> None:
-        request_id = str(msg.header.get("id"))
+        try:
+            request_id = msg.read(protocol.Inspect).id
+        except protocol.ProtocolError as exc:  # the supervisor read it already: a bug if here
+            log.warning("dropped a malformed inspect request: %s", exc)
+            return
         shell = self.shell
         try:
             cwd = os.getcwd()
@@ -150,16 +202,17 @@ class Executor:
             msg = self._next()
             if msg is None:
                 break
-            parse = parse_call if msg.kind == Kind.CALL else parse_execute
             try:
-                cell = parse(b"", msg)
-            except BadRequest as exc:  # the supervisor checked it already: a bug if here
+                cell = cell_for(b"", msg)
+            except protocol.ProtocolError as exc:  # the supervisor read it already: a bug
                 log.warning("dropped a malformed request: %s", exc)
-                if exc.request_id is not None:
-                    target = Target(b"", exc.request_id)
-                    error = {"ename": "ProtocolError", "evalue": str(exc), "traceback": [str(exc)]}
-                    self.channel.event(target, Kind.ERROR, error)
-                    self.channel.event(target, Kind.DONE, done_header(DoneStatus.ERROR))
+                try:
+                    target = Target(b"", msg.read(protocol.Request).id)
+                except protocol.ProtocolError:
+                    continue
+                error = {"ename": "ProtocolError", "evalue": str(exc), "traceback": [str(exc)]}
+                self.channel.event(target, Kind.ERROR, error)
+                self.channel.event(target, Kind.DONE, done_header(DoneStatus.ERROR))
                 continue
             self._busy = True
             try:
@@ -197,9 +250,10 @@ def main() -> int:
     if not all(urls):
         log.error("cannot start: %s must be set (the supervisor starts executors)", names)
         return 78
-    for name in (*names, Env.EXECUTOR_LOG_FD):
+    interrupt_fd = os.environ.get(Env.EXECUTOR_INTERRUPT_FD)
+    for name in (*names, Env.EXECUTOR_LOG_FD, Env.EXECUTOR_INTERRUPT_FD):
         os.environ.pop(name, None)  # user code has no use for them
-    executor = Executor(zmq.Context(), *urls)
+    executor = Executor(zmq.Context(), *urls, int(interrupt_fd) if interrupt_fd else None)
     redirect_stdio()
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
     return executor.run()

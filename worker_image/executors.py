@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import json
 import logging
 import os
 import re
@@ -34,7 +35,7 @@ PIPE_READ = 1 << 16
 LATE_MAX_CHARS = 1 << 20  # output after a cell ended, kept for the next one (the tail)
 LATE_MAX_EVENTS = 1000
 # Variables the executor must not inherit: the worker's registration secret and friends.
-_PRIVATE_ENV = (Env.WORKER_SECRET, Env.WORKER_NONCE, Env.WORKER_ALIVE_FILE)
+_PRIVATE_ENV = (Env.WORKER_SECRET, Env.WORKER_SECRET_FD, Env.WORKER_NONCE, Env.WORKER_ALIVE_FILE)
 
 
 @dataclass(eq=False)
@@ -43,7 +44,7 @@ class Request:
 
     target: Target
     kind: str
-    frames: list[Any]  # [PROTOCOL, kind, header, *buffers], handed on as received
+    frames: list[Any]  # protocol.encode(kind, header bytes, buffers): handed on as received
     credit: int | None  # None: no flow control (legacy clients)
     received: float = field(default_factory=time.monotonic)
     started: float | None = None  # handed to the executor
@@ -51,6 +52,7 @@ class Request:
     acked: int = 0  # events the client has acknowledged
     notice: str = ""  # the last NOTICE category sent
     notice_at: float = 0.0
+    abandoned: bool = False  # its client's broker is gone (RESYNC): its events are dropped
 
     @property
     def blocked(self) -> bool:
@@ -80,24 +82,29 @@ class ExecutorProcess:
         self.inspects.bind(f"ipc://{rundir}/e{number}-inspect")
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        # Which request an interrupt is for, written before the SIGINT (see ``interrupt``).
+        intr_r, self._interrupts = os.pipe()
+        os.set_blocking(self._interrupts, False)
         env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
         env[Env.EXECUTOR_REQUESTS] = f"ipc://{rundir}/e{number}-requests"
         env[Env.EXECUTOR_EVENTS] = f"ipc://{rundir}/e{number}-events"
         env[Env.EXECUTOR_INSPECT] = f"ipc://{rundir}/e{number}-inspect"
         env[Env.EXECUTOR_LOG_FD] = str(log_fd)
+        env[Env.EXECUTOR_INTERRUPT_FD] = str(intr_r)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker_image.executor"],
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
-                pass_fds=(log_fd,),
+                pass_fds=(log_fd, intr_r),
                 env=env,
                 start_new_session=True,  # its own group: a kill takes its children too
             )
         finally:
             os.close(out_w)
             os.close(err_w)
+            os.close(intr_r)
         self.pid = self.proc.pid
         self.pipes: dict[int, str] = {out_r: "stdout", err_r: "stderr"}
         self.readers = {out_r: PipeReader("stdout"), err_r: PipeReader("stderr")}
@@ -213,6 +220,21 @@ class ExecutorProcess:
             self.late_dropped += 1
 
     # ------------------------------------------------------------------ ending
+    def interrupt(self, request_id: str) -> None:
+        """Interrupt request ``request_id``, which this executor was handed.
+
+        SIGINT alone could come too early: while the executor still reads or unpacks the
+        request, before user code runs (where it would be ignored), and the cell would then
+        run on until the grace period kills it.  So the id goes into a pipe first (synchronous:
+        readable before the signal is sent) and the executor looks there just before it starts
+        the request's user code (``cells.CellRunner``); a SIGINT during user code interrupts
+        it at once as before.
+        """
+        line = json.dumps(request_id).encode() + b"\n"
+        with contextlib.suppress(OSError):  # full (nobody reads it), or the executor is gone
+            os.write(self._interrupts, line)
+        self.signal(signal.SIGINT)
+
     def signal(self, sig: int) -> None:
         """Signal the executor (SIGINT: just the process; others: its whole group)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -234,6 +256,9 @@ class ExecutorProcess:
     def close(self) -> None:
         for fd in list(self.pipes):
             self.close_pipe(fd)
+        if self._interrupts >= 0:
+            os.close(self._interrupts)
+            self._interrupts = -1
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None

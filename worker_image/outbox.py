@@ -93,14 +93,11 @@ class EventChannel:
         from worker_image.link import encode_header  # one JSON encoder that never fails
 
         header = {"id": target.id, **header}
-        parts: list[Any] = [protocol.PROTOCOL, kind.encode(), encode_header(header)]
         tracker = None
         if track and buffers:
-            frames = [zmq.Frame(buf, track=True) for buf in buffers]
-            tracker = zmq.MessageTracker(*frames)
-            parts.extend(frames)
-        else:
-            parts.extend(buffers)
+            buffers = [zmq.Frame(buf, track=True) for buf in buffers]
+            tracker = zmq.MessageTracker(*buffers)
+        parts = protocol.encode(kind, encode_header(header), buffers)
         with self._lock:
             self.sending = True
             try:
@@ -121,7 +118,7 @@ class EventChannel:
     def internal(self, kind: str, header: dict[str, Any]) -> None:
         """A message for the supervisor itself (``ready``, ``bye``)."""
         with self._lock:
-            self.sock.send_multipart(protocol.frames(kind, header))
+            self.sock.send_multipart(protocol.encode(kind, header))
 
 
 # Messages between executor and supervisor only (never forwarded to a client).

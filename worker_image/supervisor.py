@@ -34,7 +34,6 @@ Dispatch is one table per socket side (``_client_handlers``, ``_broker_handlers`
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -62,7 +61,7 @@ from rexec_magic.protocol import (
     Message,
     ProtocolError,
 )
-from worker_image.cells import BadRequest, done_header, parse_call, parse_execute, placement
+from worker_image.cells import cell_for, done_header, placement
 from worker_image.executors import ExecutorProcess, Request, proc_stopped
 from worker_image.link import EXIT_CONFIG, EXIT_OK, EXIT_SOFTWARE, Registration, encode_header
 from worker_image.outbox import READY, Target
@@ -78,6 +77,7 @@ EXIT_FLUSH_S = 2.0
 STOP_WAIT_S = 3.0  # SIGTERM to an executor, then SIGKILL
 SPARES = 1  # executors started ahead, so a new notebook or a restart is ready at once
 MAX_RECV_PER_TURN = 64
+STALL_S = 2.0  # a tick this much late: the supervisor itself was stopped or starved
 
 
 class Supervisor:
@@ -94,6 +94,8 @@ class Supervisor:
         self._backlog: deque[list[Any]] = deque()
         self._inspects: dict[str, tuple[bytes, float, ExecutorProcess]] = {}
         self._stop_code: int | None = None
+        self._session_key: bytes | None = None  # from REGISTERED; signs our later messages
+        self._last_tick = time.monotonic()
         self._spare_failures = 0
         self._reported_busy = False  # what the last heartbeat said
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -101,7 +103,7 @@ class Supervisor:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        self._client_handlers: dict[str, Callable[[bytes, Message, list[Any]], None]] = {
+        self._client_handlers: dict[str, Callable[[bytes, Message, protocol.Unread], None]] = {
             Kind.EXECUTE: self._on_request,
             Kind.CALL: self._on_request,
             Kind.INTERRUPT: self._on_interrupt,
@@ -117,7 +119,7 @@ class Supervisor:
             Kind.SUPERSEDED: self._on_superseded,
             Kind.ASSIGN: self._on_assign,
         }
-        self._executor_handlers: dict[str, Callable[[ExecutorProcess, list[Any]], None]] = {
+        self._executor_handlers: dict[str, Callable[[ExecutorProcess, protocol.Unread], None]] = {
             Kind.INSPECT_REPLY: self._on_inspect_reply,
         }
 
@@ -191,15 +193,13 @@ class Supervisor:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if len(frames) < 4:
-                log.warning("dropped a malformed message from the broker: %d frames", len(frames))
-                continue
             try:
-                msg = protocol.decode(frames[1:])
+                raw = protocol.split(frames, routed=True)
+                msg = raw.message()
             except ProtocolError as exc:
                 log.warning("dropped a malformed message from the broker: %s", exc)
                 continue
-            route = frames[0].bytes
+            route = msg.route or b""
             try:
                 if route == protocol.TO_BROKER:
                     handler = self._broker_handlers.get(msg.kind)
@@ -209,9 +209,11 @@ class Supervisor:
                 else:
                     client_handler = self._client_handlers.get(msg.kind)
                     if client_handler is not None:
-                        client_handler(route, msg, frames[1:])
+                        client_handler(route, msg, raw)
                         continue
                 log.warning("dropped a message of unknown kind %r", msg.kind[:40])
+            except ProtocolError as exc:
+                log.warning("dropped a malformed %s message: %s", msg.kind, exc)
             except Exception as exc:
                 log.warning("dropped a bad %s message: %s: %s", msg.kind, type(exc).__name__, exc)
 
@@ -230,19 +232,25 @@ class Supervisor:
                 log.warning("could not send a message: %s; dropped", exc)
             backlog.popleft()
 
+    def _signed(self, route: bytes, kind: str, header: bytes, buffers: Any = ()) -> None:
+        """Queue one message to the broker, signed with the session key from REGISTERED
+        (REGISTER itself, and anything before the key came, goes with an empty MAC)."""
+        key = None if kind == Kind.REGISTER else self._session_key
+        self._send(protocol.encode_signed(key, kind, header, buffers, route=route))
+
     def _to_broker(self, kind: str, header: dict[str, Any]) -> None:
-        self._send([protocol.TO_BROKER, *protocol.frames(kind, header)])
+        self._signed(protocol.TO_BROKER, kind, protocol.encode_header(header))
 
     def _to_client(self, req: Request, kind: str, header: dict[str, Any], buffers=()) -> None:
         """A supervisor-made event of ``req`` (numbered like the executor's)."""
+        if req.abandoned:
+            return  # nobody can receive it (see _abandon_cells)
         full = {"id": req.target.id, "seq": req.seq, **header}
         req.seq += 1
-        self._send(
-            [req.target.route, protocol.PROTOCOL, kind.encode(), encode_header(full), *buffers]
-        )
+        self._signed(req.target.route, kind, encode_header(full), buffers)
 
     def _reply(self, route: bytes, kind: str, header: dict[str, Any]) -> None:
-        self._send([route, *protocol.frames(kind, header)])
+        self._signed(route, kind, encode_header(header))
 
     def _send_register(self) -> None:
         reg = self.registration
@@ -270,6 +278,10 @@ class Supervisor:
 
     # ------------------------------------------------------------------ broker handlers
     def _on_registered(self, msg: Message) -> None:
+        self._session_key = bytes.fromhex(msg.read(protocol.Registered).key)
+        now = time.monotonic()
+        for ex in self.all:  # their kernels could not reach them until now
+            ex.last_seen = max(ex.last_seen, now)
         log.info("registered with the broker")
         self._touch_alive_file()
 
@@ -287,56 +299,97 @@ class Supervisor:
                 log.debug("cannot touch %s: %s", path, exc)
 
     def _on_rejected(self, msg: Message) -> None:
-        log.error("the broker rejected this worker: %s", str(msg.header.get("message"))[:300])
+        try:
+            why = msg.read(protocol.Rejected).message
+        except ProtocolError:
+            why = "(no reason given)"
+        log.error("the broker rejected this worker: %s", why[:300])
         self.stop(EXIT_CONFIG)
 
     def _on_resync(self, msg: Message) -> None:
         log.info("the broker does not know this worker (it restarted?): registering again")
+        self._session_key = None
+        self._backlog.clear()  # signed with the old key, for clients of the old broker
+        self._abandon_cells()
         self._send_register()
+
+    def _abandon_cells(self) -> None:
+        """The broker that knew this worker's clients is gone (it restarted, or it dropped
+        this worker as silent), so no result can reach anyone: interrupt every running cell
+        and drop the queued ones rather than run them unseen, so the next cell starts at
+        once.  Their events are dropped from here on.  The clients were told already (their
+        broker's restart, or its ``worker_lost``)."""
+        stopped = 0
+        for ex in self.all:
+            stopped += len(ex.queue)
+            ex.queue.clear()
+            cur = ex.current
+            if cur is not None and not cur.abandoned:
+                cur.abandoned = True
+                stopped += 1
+                self._interrupt(ex, "abandon")
+        self._inspects.clear()  # their askers were the old broker's clients too
+        if stopped:
+            log.warning("stopped %d cell(s) nobody can receive the results of any more", stopped)
 
     def _on_superseded(self, msg: Message) -> None:
         log.info("a newer worker registered for this user: exiting")
         self.stop(EXIT_OK)
 
     def _on_assign(self, msg: Message) -> None:
-        """A warm-pool worker is handed to one user, once, by the broker itself."""
+        """A warm-pool worker is handed to one user: register as that user's worker.
+
+        Honoured once, from the broker itself (only ``_broker_handlers`` see it), and only
+        while in the pool: a worker that belongs to a user can never be handed to another.
+        """
         reg = self.registration
-        fields = [msg.header.get(k) for k in ("user", "nonce", "secret")]
         if not reg.pool:
             log.warning("ignored an assignment: this worker already belongs to a user")
             return
-        if not all(isinstance(v, str) and v for v in fields):
-            log.warning("ignored a malformed assignment")
+        try:
+            assign = msg.read(protocol.Assign)
+        except ProtocolError as exc:
+            log.warning("ignored a malformed assignment: %s", exc)
             return
-        user, nonce, secret = fields
-        self.registration = Registration(user, nonce, secret, reg.broker_url)
-        log.info("warm-pool worker %s assigned to user %s", reg.user, user)
+        self._take_assignment(assign.user, assign.nonce, assign.secret)
+        log.info("warm-pool worker %s assigned to user %s", reg.user, assign.user)
         self._send_register()
 
+    def _take_assignment(self, user: str, nonce: str, secret: str) -> None:
+        """Become ``user``'s worker and forget the pool credentials for good.
+
+        The pool registration is replaced (no reference to its secret is left), and the broker
+        remembers the pool id as claimed, so these credentials can never register again.
+        """
+        self.registration = Registration(user, nonce, secret, self.registration.broker_url)
+        self._session_key = None
+
     # ------------------------------------------------------------------ client handlers
-    def _on_request(self, route: bytes, msg: Message, frames: list[Any]) -> None:
+    def _on_request(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
         """EXECUTE / CALL: acknowledge receipt at once, then queue on the namespace's executor."""
-        parse = parse_call if msg.kind == Kind.CALL else parse_execute
         try:
-            cell = parse(route, msg)
-        except BadRequest as exc:
+            cell = cell_for(route, msg)
+        except ProtocolError as exc:
             log.warning("dropped a malformed %s: %s", msg.kind.upper(), exc)
-            if exc.request_id is not None:  # tell the client rather than let it wait
-                req = Request(Target(route, exc.request_id), msg.kind, [], None)
-                error = {"ename": "ProtocolError", "evalue": str(exc), "traceback": [str(exc)]}
-                self._to_client(req, Kind.ERROR, error)
-                self._to_client(req, Kind.DONE, done_header(DoneStatus.ERROR))
+            try:  # tell the client rather than let it wait, when we know which request it was
+                request_id = msg.read(protocol.Request).id
+            except ProtocolError:
+                return
+            req = Request(Target(route, request_id), msg.kind, [], None)
+            error = {"ename": "ProtocolError", "evalue": str(exc), "traceback": [str(exc)]}
+            self._to_client(req, Kind.ERROR, error)
+            self._to_client(req, Kind.DONE, done_header(DoneStatus.ERROR))
             return
         self._reply(route, Kind.ACCEPTED, {"id": cell.id})  # before any executor sees it
+        # Handed on as received: the executor reads the header itself.
+        frames = protocol.encode(msg.kind, raw.header, raw.buffers)
         req = Request(cell.target, msg.kind, frames, cell.credit)
-        ex = self._executor_for(cell.session, msg.header)
+        ex = self._executor_for(cell.session, msg.read(protocol.Placement))
         ex.queue.append(req)
         self._dispatch(ex)
 
-    def _on_interrupt(self, route: bytes, msg: Message, frames: list[Any]) -> None:
-        request_id = msg.header.get("id")
-        if not isinstance(request_id, str):
-            raise ValueError("INTERRUPT without a string id")
+    def _on_interrupt(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
+        request_id = msg.read(protocol.Interrupt).id
         for ex in self.all:
             cur = ex.current
             if cur is not None and cur.target.id == request_id and cur.target.route == route:
@@ -353,16 +406,17 @@ class Supervisor:
         log.info("interrupt for %s: not running here", request_id)
 
     def _interrupt(self, ex: ExecutorProcess, reason: str) -> None:
+        """Interrupt the request ``ex`` runs (it has one: callers check ``ex.current``)."""
         log.info("interrupting executor %d (%s)", ex.number, reason)
-        ex.signal(signal.SIGINT)
+        if ex.current is not None:
+            ex.interrupt(ex.current.target.id)
         if ex.grace_deadline is None:
             ex.grace_deadline = time.monotonic() + INTERRUPT_GRACE_S
             ex.kill_reason = reason
 
-    def _on_ack(self, route: bytes, msg: Message, frames: list[Any]) -> None:
-        request_id, n = msg.header.get("id"), msg.header.get("n")
-        if not isinstance(n, int):
-            raise ValueError("ACK without a count")
+    def _on_ack(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
+        ack = msg.read(protocol.Ack)
+        request_id, n = ack.id, ack.n
         for ex in self.all:
             cur = ex.current
             if cur is not None and cur.target.id == request_id and cur.target.route == route:
@@ -370,36 +424,35 @@ class Supervisor:
                 ex.last_seen = time.monotonic()
                 return
 
-    def _on_keepalive(self, route: bytes, msg: Message, frames: list[Any]) -> None:
-        key = placement(msg.header)["session"]
-        ex = self.executors.get(key)
+    def _on_keepalive(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
+        fields = msg.read(protocol.Keepalive)
+        ex = self.executors.get(placement(fields))
         if ex is not None:
-            self._seen(ex, msg.header)
+            self._seen(ex, fields)
 
-    def _seen(self, ex: ExecutorProcess, header: dict[str, Any]) -> None:
+    def _seen(self, ex: ExecutorProcess, fields: protocol.Placement) -> None:
         ex.last_seen = time.monotonic()
-        keepalive = header.get("keepalive_s")
-        if isinstance(keepalive, int | float) and not isinstance(keepalive, bool):
-            ex.keepalive_s = min(max(float(keepalive), 0.2), 3600.0)
-        label = header.get("notebook")
-        if isinstance(label, str) and label:
-            ex.label = label[:200]
+        if fields.keepalive_s is not None:
+            ex.keepalive_s = fields.keepalive_s
+        if fields.notebook:
+            ex.label = fields.notebook
 
-    def _on_inspect(self, route: bytes, msg: Message, frames: list[Any]) -> None:
-        request_id = str(msg.header.get("id"))
-        ex = self.executors.get(placement(msg.header)["session"])
+    def _on_inspect(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
+        fields = msg.read(protocol.Inspect)
+        request_id = fields.id
+        ex = self.executors.get(placement(fields))
         if ex is None or not ex.ready or proc_stopped(ex.pid):
             self._reply(route, Kind.INSPECT_REPLY, self._inspect_header(request_id, ex, None))
             return
-        self._seen(ex, msg.header)
+        self._seen(ex, fields)
         self._inspects[request_id] = (route, time.monotonic() + INSPECT_WAIT_S, ex)
-        ex.inspects.send_multipart(frames, copy=False)
+        ex.inspects.send_multipart(protocol.encode(msg.kind, raw.header), copy=False)
 
     def _inspect_header(
-        self, request_id: str, ex: ExecutorProcess | None, reply: dict[str, Any] | None
+        self, request_id: str, ex: ExecutorProcess | None, reply: protocol.InspectReply | None
     ) -> dict[str, Any]:
         """The executor's own answer (when it gave one) plus what only the supervisor knows."""
-        worker = dict((reply or {}).get("worker") or {})
+        worker = dict(reply.worker if reply is not None else {})
         worker.update(serialize.versions())
         worker.setdefault("hostname", socketlib.gethostname())
         worker["supervisor_pid"] = os.getpid()
@@ -415,7 +468,7 @@ class Supervisor:
         header: dict[str, Any] = {
             "id": request_id,
             "worker": worker,
-            "variables": (reply or {}).get("variables") or [],
+            "variables": list(reply.variables) if reply is not None else [],
             "executors": self.executor_rows(),
         }
         if ex is not None and reply is None and ex.ready:
@@ -432,7 +485,7 @@ class Supervisor:
         while len(self.spares) < SPARES and self._spare_failures < 3:
             self.spares.append(self._new_executor())
 
-    def _executor_for(self, key: str, header: dict[str, Any]) -> ExecutorProcess:
+    def _executor_for(self, key: str, fields: protocol.Placement) -> ExecutorProcess:
         ex = self.executors.get(key)
         if ex is None:
             ex = self.spares.pop(0) if self.spares else self._new_executor()
@@ -443,7 +496,7 @@ class Supervisor:
             self.executors[key] = ex
             log.info("executor %d now serves %s", ex.number, key)
             self._top_up_spares()
-        self._seen(ex, header)
+        self._seen(ex, fields)
         return ex
 
     def _dispatch(self, ex: ExecutorProcess) -> None:
@@ -483,53 +536,69 @@ class Supervisor:
                 frames = ex.events.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if len(frames) < 3:
+            try:
+                raw = protocol.split(frames)
+            except ProtocolError as exc:
+                log.warning("executor %d sent a malformed message: %s", ex.number, exc)
                 continue
-            kind = frames[1].bytes.decode("ascii", "replace")
-            if kind == READY:  # the only message that is not an event (no mark)
-                self._on_ready(ex, frames)
+            if raw.kind == READY:  # the only message that is not an event (no mark)
+                self._on_ready(ex)
                 continue
-            handler = self._executor_handlers.get(kind)
+            handler = self._executor_handlers.get(raw.kind)
             if handler is not None:
-                handler(ex, frames)
+                handler(ex, raw)
                 self._event_seen(ex)
             else:
-                self._forward(ex, kind, frames)
+                self._forward(ex, raw)
 
-    def _on_ready(self, ex: ExecutorProcess, frames: list[Any] | None = None) -> None:
+    def _on_ready(self, ex: ExecutorProcess) -> None:
         ex.ready = True
         log.info("executor %d ready in %.2f s", ex.number, time.monotonic() - ex.started)
         if ex in self.spares:
             self._spare_failures = 0
         self._dispatch(ex)
 
-    def _on_inspect_reply(self, ex: ExecutorProcess, frames: list[Any]) -> None:
-        reply = json.loads(frames[2].bytes)
-        pending = self._inspects.pop(str(reply.get("id")), None)
+    def _on_inspect_reply(self, ex: ExecutorProcess, raw: protocol.Unread) -> None:
+        try:
+            reply = raw.message().read(protocol.InspectReply)
+        except ProtocolError as exc:
+            log.warning("executor %d sent a malformed inspect reply: %s", ex.number, exc)
+            return
+        pending = self._inspects.pop(reply.id, None)
         if pending is None:
             return  # answered already by the supervisor (the executor was too slow)
         route, _, _ = pending
-        self._reply(route, Kind.INSPECT_REPLY, self._inspect_header(reply["id"], ex, reply))
+        self._reply(route, Kind.INSPECT_REPLY, self._inspect_header(reply.id, ex, reply))
 
-    def _forward(self, ex: ExecutorProcess, kind: str, frames: list[Any]) -> None:
+    def _forward(self, ex: ExecutorProcess, raw: protocol.Unread) -> None:
         """An output event of the executor: to its running request, or kept as late."""
-        header = frames[2].bytes
+        header, kind = raw.header, raw.kind
         req = ex.current
         self._drain_pipes(ex)  # what it wrote before this event goes first
         if req is None or _header_id(header) != req.target.id:
             self._flush_stream(ex)
-            ex.keep_late(kind, json.loads(header), list(frames[3:]))
+            try:
+                ex.keep_late(kind, protocol.decode_header(header), raw.buffers)
+            except ProtocolError as exc:
+                log.warning("executor %d sent a malformed event: %s", ex.number, exc)
             self._event_seen(ex)
             return
         self._flush_stream(ex)
-        # Number it without decoding the (possibly large) header: {"id":...} -> {"seq":N,"id":...}
-        numbered = b'{"seq":%d,' % req.seq + header[1:]
-        req.seq += 1
-        self._send([req.target.route, protocol.PROTOCOL, frames[1], numbered, *frames[3:]])
+        exit_requested = False
+        if kind == Kind.DONE:
+            try:
+                exit_requested = raw.message().read(protocol.Done).exit
+            except ProtocolError as exc:
+                log.warning("executor %d sent a malformed DONE: %s", ex.number, exc)
+        if not req.abandoned:
+            # Numbered without decoding the (maybe large) header: {"id":..} -> {"seq":N,"id":..}
+            numbered = b'{"seq":%d,' % req.seq + header[1:]
+            req.seq += 1
+            self._signed(req.target.route, kind, numbered, raw.buffers)
         if kind == Kind.DONE:
             ex.current = None
             self._event_seen(ex)  # text after DONE's mark is late: kept for the next cell
-            self._finish(ex, b'"exit":true' in header)
+            self._finish(ex, exit_requested)
         else:
             self._event_seen(ex)
 
@@ -657,6 +726,16 @@ class Supervisor:
 
     # ------------------------------------------------------------------ timers
     def _tick(self, now: float) -> None:
+        stall = now - self._last_tick - TICK_S
+        self._last_tick = now
+        if stall > STALL_S:
+            # This process did not run (stopped, starved): nobody could reach it meanwhile, so
+            # that time counts neither as its kernels' silence nor against a grace period.
+            log.warning("the supervisor did not run for %.1f s", stall)
+            for ex in self.all:
+                ex.last_seen += stall
+                if ex.grace_deadline is not None:
+                    ex.grace_deadline += stall
         for ex in list(self.all):
             if ex.pidfd is None and ex.exited() is not None:
                 self._on_exit(ex)
@@ -715,6 +794,8 @@ class Supervisor:
         """An executor whose kernels went silent: interrupt its cell, then stop it."""
         if ex.keepalive_s is None or ex.kill_reason in ("orphan", "stop"):
             return
+        if self._session_key is None:
+            return  # not registered: no keepalive can reach us (see _on_registered)
         silent = now - ex.last_seen
         if silent <= ORPHAN_AFTER_PINGS * ex.keepalive_s + 1.0:
             return
@@ -780,7 +861,6 @@ def _header_id(header: bytes) -> str | None:
         if end > 0 and b"\\" not in header[7:end]:
             return header[7:end].decode("utf-8", "replace")
     try:
-        value = json.loads(header).get("id")
-    except (ValueError, AttributeError):
+        return protocol.Message("", protocol.decode_header(header)).read(protocol.Event).id
+    except ProtocolError:
         return None
-    return value if isinstance(value, str) else None
