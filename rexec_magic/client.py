@@ -40,6 +40,10 @@ class CellOutcome:
     skipped: list[dict[str, str]] = field(default_factory=list)
     duration: float = 0.0
     message: str = ""
+    # Pulled values that did not load here: {name: reason}; they stay remote.
+    not_loaded: dict[str, str] = field(default_factory=dict)
+    # DONE's header: the namespace-sync fields (changed, deleted, unloaded, missing, ...).
+    done: dict[str, Any] = field(default_factory=dict)
 
 
 class RexecClient:
@@ -199,14 +203,27 @@ class RexecClient:
             entries, buffers = serialize.pack(push)
         except serialize.SerializationError as exc:
             raise errors.UnserializableVariable(f"The cell was not run: {exc}.") from None
+        sync = {"pull": pull, "pull_limit": pull_limit}
+        return self.execute_packed(code, entries, buffers, sync, on_event, timeout_s)
+
+    def execute_packed(
+        self,
+        code: str,
+        entries: list[dict[str, Any]],
+        buffers: list[Any],
+        fields: dict[str, Any],
+        on_event: EventHandler,
+        timeout_s: float | None = None,
+    ) -> CellOutcome:
+        """:meth:`execute` with values already packed; ``fields`` go into the header
+        (``pull``, ``pull_limit`` and the namespace-sync fields of rexec_magic/sync.py)."""
         self.ensure_hello()
         req_id = self._new_id()
         header = {
+            **fields,
             "id": req_id,
             "code": code,
             "vars": entries,
-            "pull": pull,
-            "pull_limit": pull_limit,
             "client": self.local_versions,
         }
         self._send(P.Kind.EXECUTE, header, buffers)
@@ -242,6 +259,7 @@ class RexecClient:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout_s: float | None = None,
+        globals_: dict[str, Any] | None = None,
     ) -> Events:
         """Call ``fn(*args, **kwargs)`` on the worker: yields its STREAM / DISPLAY / YIELD
         events as they come and returns the CellOutcome (``values["return"]``).
@@ -249,7 +267,10 @@ class RexecClient:
         Closing the generator early (a consumer that stops iterating) interrupts the call.
         """
         try:
-            entries, buffers = serialize.pack({"fn": fn, "args": tuple(args), "kwargs": kwargs})
+            values = {"fn": fn, "args": tuple(args), "kwargs": kwargs}
+            if globals_:  # the notebook globals fn reads, for the worker's namespace
+                values["globals"] = globals_
+            entries, buffers = serialize.pack(values)
         except serialize.SerializationError as exc:
             raise errors.UnserializableVariable(f"The call was not sent: {exc}.") from None
         self.ensure_hello()
@@ -392,30 +413,38 @@ class RexecClient:
             )
         if status == P.DoneStatus.INTERRUPTED or (interrupted and status != P.DoneStatus.OK):
             raise errors.RemoteInterrupted()
-        if status == P.DoneStatus.ERROR:
-            error = error_msg.header if error_msg else {}
-            raise errors.RemoteCellError(
-                str(error.get("ename", "Error")),
-                str(error.get("evalue", h.get("message", "the remote cell failed"))),
-                list(error.get("traceback") or []),
-                self._remote_exception(error_msg),
-            )
         values: dict[str, Any] = {}
-        if h.get("vars"):
+        not_loaded: dict[str, str] = {}
+        if h.get("vars"):  # each value alone: one that does not load here stays remote
             try:
-                values = serialize.unpack(h["vars"], msg.buffers)
-            except serialize.SerializationError as exc:
-                note = serialize.version_note(self.local_versions, self.worker)
+                values, not_loaded = serialize.unpack_each(h["vars"], msg.buffers)
+            except serialize.SerializationError as exc:  # the message itself is malformed
                 raise errors.DeserializationFailed(
-                    f"A value pulled from the worker could not be loaded here: {exc} ({note})."
+                    f"The values pulled from the worker could not be read: {exc}."
                 ) from None
-        return CellOutcome(
+            if not_loaded:
+                note = serialize.version_note(self.local_versions, self.worker)
+                log.info("pulled values did not load here: %s (%s)", not_loaded, note)
+        outcome = CellOutcome(
             status=status or P.DoneStatus.OK,
             values=values,
             skipped=list(h.get("skipped") or []),
             duration=float(h.get("duration") or 0.0),
             message=h.get("message", ""),
+            not_loaded=not_loaded,
+            done=dict(h),
         )
+        if status == P.DoneStatus.ERROR:
+            error = error_msg.header if error_msg else {}
+            exc = errors.RemoteCellError(
+                str(error.get("ename", "Error")),
+                str(error.get("evalue", h.get("message", "the remote cell failed"))),
+                list(error.get("traceback") or []),
+                self._remote_exception(error_msg),
+            )
+            exc.outcome = outcome  # what the cell bound before it raised still comes back
+            raise exc
+        return outcome
 
     def _remote_exception(self, error_msg: P.Message | None) -> BaseException | None:
         """The exception a CALL raised, when it came pickled and loads here."""

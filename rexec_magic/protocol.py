@@ -46,7 +46,9 @@ class Kind:
     HELLO = "hello"  # {token, client: versions}  -> WELCOME | DENIED
     PING = "ping"  # {t}  -> PONG (answered by the broker, says whether the worker is alive)
     # client -> worker (routed by the broker to the user's worker)
-    EXECUTE = "execute"  # {id, code, vars: [{name, nbuffers}], pull, pull_limit} + buffers
+    # {id, code, vars: [{name, nbuffers}], pull, pull_limit, have, watch, pull_changed, result,
+    # cell} + buffers (have/watch/...: the namespace sync, rexec_magic/sync.py)
+    EXECUTE = "execute"
     INTERRUPT = "interrupt"  # {id}
     INSPECT = "inspect"  # {id}  -> INSPECT_REPLY
     # {id, vars: [{name: fn|args|kwargs, nbuffers}], inband, client} + buffers: call fn(*args,
@@ -64,7 +66,9 @@ class Kind:
     RESULT = "result"  # {id, seq, data, metadata, execution_count}
     ERROR = "error"  # {id, seq, ename, evalue, traceback[, nbuffers]} (+ the pickled exception)
     YIELD = "yield"  # {id, seq, nbuffers} + the pickled item: one item of a generator CALL
-    DONE = "done"  # {id, seq, status, vars, skipped, duration} + buffers of pulled values
+    # {id, seq, status, vars: [{name, nbuffers, digest, reads}], skipped, changed, deleted,
+    # result_name, unloaded, missing, duration} + buffers of pulled values
+    DONE = "done"
     INSPECT_REPLY = "inspect_reply"  # {id, worker, variables: [{name, type, size}]}
     # worker -> broker
     REGISTER = (
@@ -104,6 +108,7 @@ class DoneStatus:
     ERROR = "error"  # the cell raised; an ERROR event came before
     INTERRUPTED = "interrupted"  # KeyboardInterrupt reached the cell
     RESTARTING = "restarting"  # the cell ignored the interrupt; the worker restarts, state lost
+    RESEND = "resend"  # not run: the worker lacks names the client did not resend ({missing})
 
 
 # Liveness.  Workers heartbeat the broker; clients ping while they wait for a cell.

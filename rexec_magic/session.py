@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rexec_magic import connection, errors, serialize
+from rexec_magic import connection, errors, serialize, sync
+from rexec_magic import protocol as P
 from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient
 from rexec_magic.spawner_client import SpawnerClient
 
@@ -38,6 +39,8 @@ class RemoteSession:
         # One request at a time on the socket: remote_func's futures run in other threads.
         self._lock = threading.Lock()
         self._owner: int | None = None
+        # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py).
+        self.sync = sync.NamespaceSync()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -82,6 +85,7 @@ class RemoteSession:
         self.close()
         self._info = info
         self._warned_versions = False
+        self.sync.forget()
 
     def forget(self) -> None:
         """Close, and read the connection file again on next use (extension unloaded)."""
@@ -128,6 +132,7 @@ class RemoteSession:
         return status
 
     def stop(self) -> dict[str, Any]:
+        self.sync.forget()  # its namespace goes with it
         return self.spawner.stop()
 
     def _check_versions(self, say: Say) -> None:
@@ -178,6 +183,67 @@ class RemoteSession:
             self._start_missing(say)
             return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
 
+    def run_synced(
+        self,
+        code: str,
+        namespace: dict[str, Any],
+        names: list[str],
+        shippable: Callable[[str, Any], bool],
+        fields: dict[str, Any],
+        on_event: EventHandler,
+        timeout_s: float | None = None,
+        say: Say = _quiet,
+        force: list[str] = (),  # type: ignore[assignment]
+    ) -> CellOutcome:
+        """Run a cell shipping only the ``names`` (and the globals their code reads) whose
+        local value changed since the worker got it; start a worker first when needed.
+
+        A worker that lacks a skipped name (it restarted) answers "resend": the cell goes
+        once more with those names.  Raises what :meth:`RexecClient.execute_packed` raises.
+        """
+        with self.exclusive():
+            forced = list(force)
+            for _ in range(3):
+                plan = self.sync.plan(namespace, names, shippable, forced)
+                entries, frames = plan.entries_and_frames()
+                header = {**fields, "have": plan.have}
+                try:
+                    outcome = self._execute(code, entries, frames, header, on_event, timeout_s, say)
+                except errors.RemoteCellError as exc:
+                    done = getattr(exc.outcome, "done", {}) or {}
+                    self.sync.sent(namespace, plan, _names(done.get("unloaded")))
+                    raise
+                if outcome.status != P.DoneStatus.RESEND:
+                    self.sync.sent(namespace, plan, _names(outcome.done.get("unloaded")))
+                    return outcome
+                missing = list(outcome.done.get("missing") or [])
+                log.info("the worker lacks %s: sending the cell again with them", missing)
+                for name in missing:
+                    self.sync.records.pop(name, None)
+                forced += missing
+            raise errors.WorkerLost("The remote worker kept losing the cell's variables.")
+
+    def _execute(
+        self,
+        code: str,
+        entries: list[dict[str, Any]],
+        frames: list[Any],
+        header: dict[str, Any],
+        on_event: EventHandler,
+        timeout_s: float | None,
+        say: Say,
+    ) -> CellOutcome:
+        client = self.client
+        try:
+            client.ensure_hello()
+            if client.worker is None:
+                raise errors.NoWorker("no worker")
+            self._check_versions(say)
+            return client.execute_packed(code, entries, frames, header, on_event, timeout_s)
+        except errors.NoWorker:
+            self._start_missing(say)
+            return client.execute_packed(code, entries, frames, header, on_event, timeout_s)
+
     def _start_missing(self, say: Say) -> None:
         current = self.spawner.status()
         state, idle_s = current.get("state"), current.get("idle_culled_after_s")
@@ -209,7 +275,7 @@ class RemoteSession:
             if pong.get("worker") is None:
                 self._start_missing(say)
             self._check_versions(say)
-            return (yield from client.call(fn, args, kwargs, timeout_s))
+            return (yield from client.call(fn, args, kwargs, timeout_s, _globals_read(fn)))
 
     def status(self) -> dict[str, Any]:
         """Everything ``%rexec_status`` shows, gathered without raising for a missing worker."""
@@ -237,6 +303,39 @@ class RemoteSession:
         except errors.RexecError as exc:
             report["broker_error"] = str(exc)
         return report
+
+
+def _globals_read(fn: Any) -> dict[str, Any]:
+    """The notebook globals a notebook function reads (transitively), for the worker's main.
+
+    All of them go with every call: a call has no "have" handshake, and they are usually
+    small (constants, helper functions, module references).
+    """
+    main = serialize.main_namespace()
+    if getattr(fn, "__globals__", None) is not main and not isinstance(fn, type):
+        return {}
+    out: dict[str, Any] = {}
+    try:
+        queue = list(serialize.pack_value(fn).reads)
+    except serialize.SerializationError:
+        return {}  # packing the call names the problem
+    while queue:
+        name = queue.pop(0)
+        if name in out or name not in main or sync.ipython_name(name):
+            continue
+        value = main[name]
+        if isinstance(value, sync.RemoteOnly):
+            continue
+        out[name] = value
+        try:
+            queue.extend(serialize.pack_value(value).reads)
+        except serialize.SerializationError:
+            pass  # packing the call names it
+    return out
+
+
+def _names(entries: Any) -> list[str]:
+    return [e["name"] for e in entries or [] if isinstance(e, dict) and "name" in e]
 
 
 _shared: RemoteSession | None = None
