@@ -104,6 +104,8 @@ class RexecMagics(Magics):
     def _plan(self, args: Any, code: str) -> tuple[list[str], list[str], dict[str, Any]]:
         """``(names to ship, names forced, header fields)``: what goes and what comes back."""
         free, bound, ends = names.analyze_cell(code, self.shell.transform_cell)
+        free = [n for n in free if not sync.ipython_name(n)]
+        bound = [n for n in bound if not sync.ipython_name(n)]
         forced: list[str] = []
         if args.no_push:
             push_names: list[str] = []
@@ -128,9 +130,15 @@ class RexecMagics(Magics):
             "watch": list(dict.fromkeys([*free, *bound])),
             "pull_changed": not (args.no_pull or args.pull),
             "result": ends and not args.no_pull,
-            "cell": self.shell.execution_count,
+            "cell": self._cell_number(),
         }
         return push_names, forced, fields
+
+    def _cell_number(self) -> int:
+        """The running cell's ``In[N]`` (IPython counts the next cell while one runs)."""
+        running = getattr(self.shell.displayhook, "exec_result", None)
+        number = getattr(running, "execution_count", None)
+        return number if isinstance(number, int) else self.shell.execution_count
 
     def _run(self, args: Any, code: str, line_mode: bool) -> Any:
         push, forced, fields = self._plan(args, code)
@@ -264,7 +272,7 @@ class RexecMagics(Magics):
     def rexec_status(self, line: str) -> Table:
         """Where things stand: user, broker, worker, versions, uptime, round trip, variables."""
         report = self._guard("reading the status", self.session.status)
-        return status_table(report)
+        return status_table(report, self.shell.user_ns)
 
 
 _NOTHING = object()
@@ -284,7 +292,7 @@ def as_local(exc: errors.RemoteCellError) -> BaseException:
     return original
 
 
-def status_table(report: dict[str, Any]) -> Table:
+def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) -> Table:
     rows: list[tuple[str, str]] = [
         ("user", report.get("user") or "?"),
         (
@@ -322,6 +330,13 @@ def status_table(report: dict[str, Any]) -> Table:
             f"{v['name']} ({v['type']}, {human_bytes(v.get('size', 0))})" for v in variables
         )
         rows.append(("remote variables", listing or "none"))
+        if local is not None:  # what the notebook does not have (or holds a placeholder for)
+            only = [
+                v["name"]
+                for v in variables
+                if v["name"] not in local or isinstance(local[v["name"]], sync.RemoteOnly)
+            ]
+            rows.append(("only remote", ", ".join(only) or "none"))
     return Table("rexec status", rows)
 
 

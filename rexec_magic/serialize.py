@@ -250,8 +250,18 @@ def _ipython() -> Any:
 def _code_with_source(
     code: types.CodeType, filename: str, lines: tuple[str, ...], cell: int | None
 ) -> types.CodeType:
-    register_source(filename, lines, cell)
-    return code
+    """The code object with its own file name again (cloudpickle writes ``<dynamic-code>``
+    for deterministic pickles), after making that file's lines known here."""
+    if lines:
+        register_source(filename, lines, cell)
+    return _with_filename(code, filename)
+
+
+def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(
+        _with_filename(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def _main_function_setstate(func: types.FunctionType, state: Any) -> None:
@@ -347,8 +357,6 @@ class _Pickler(cloudpickle.Pickler):
                 cell = names.get(filename)
             self._sources[filename] = (lines, cell)
         lines, cell = self._sources[filename]
-        if not lines:
-            return code
         return _SourcedCode(code, filename, lines, cell)
 
 
