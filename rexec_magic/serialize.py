@@ -483,12 +483,16 @@ def digest(frames: Iterable[Any]) -> str:
 def unserializable_message(name: str, value: Any, exc: SerializationError) -> str:
     """One sentence naming the variable and its type (and, when refused, why)."""
     if isinstance(exc, Refused):
-        verb = "is" if exc.type_name == type(value).__name__ else "holds"
-        return (
-            f"variable '{name}' {verb} {exc.what} ({exc.type_name}), which means nothing "
-            "in another process"
-        )
+        return f"variable '{name}' {unserializable_reason(value, exc)}"
     return f"variable '{name}' of type {type(value).__name__} cannot be serialized ({exc})"
+
+
+def unserializable_reason(value: Any, exc: SerializationError) -> str:
+    """Why ``value`` cannot travel, as the end of a sentence about it."""
+    if isinstance(exc, Refused):
+        verb = "is" if exc.type_name == type(value).__name__ else "holds"
+        return f"{verb} {exc.what} ({exc.type_name}), which means nothing in another process"
+    return f"cannot be serialized ({exc})"
 
 
 def pack(values: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:

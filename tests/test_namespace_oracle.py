@@ -22,13 +22,13 @@ from jupyter_client.manager import KernelManager
 from tests.test_kernel import run
 
 HELPER_MODULE = "SCALE = 3\n\n\ndef triple(v):\n    return v * SCALE\n"
-PROBE = '''
+PROBE = """
 def __probe(expr):
     try:
         return repr(eval(expr, globals()))
     except BaseException as exc:
         return f"raised {type(exc).__name__}"
-'''
+"""
 
 
 @pytest.fixture(scope="module")

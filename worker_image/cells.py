@@ -306,7 +306,14 @@ class CellRunner:
             values, unloaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers)
             extra["unloaded"] = unloaded
             cell.buffers = []
-            if cell.call:
+            if unloaded:  # the others are bound; the code, which reads them all, does not run
+                if not cell.call:
+                    self.shell.user_ns.update(values)
+                    self.watch.invalidate(values)
+                detail = "; ".join(f"variable '{u['name']}' {u['reason']}" for u in unloaded)
+                self._send_error("SerializationError", f"{detail}; {self._version_note(cell)}")
+                status = DoneStatus.ERROR
+            elif cell.call:
                 self.shell.user_ns.update(values.pop("globals", None) or {})
                 status, entries, frames = self._call(cell, values)
                 self.watch.invalidate()  # the function may have changed any global

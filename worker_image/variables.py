@@ -140,7 +140,7 @@ class Watch:
             except serialize.SerializationError as exc:
                 self.digests.pop(name, None)
                 report.changed.append(name)
-                reason = f"cannot be serialized ({exc})"
+                reason = serialize.unserializable_reason(value, exc)
                 report.skipped.append(
                     {"name": name, "reason": reason, "type": type(value).__name__}
                 )
