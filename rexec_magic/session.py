@@ -18,6 +18,7 @@ from typing import Any
 from rexec_magic import connection, errors, serialize, sync
 from rexec_magic import protocol as P
 from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient
+from rexec_magic.contract import WorkerState
 from rexec_magic.spawner_client import SpawnerClient
 
 log = logging.getLogger("rexec.session")
@@ -119,7 +120,7 @@ class RemoteSession:
     ) -> dict[str, Any]:
         t0 = time.monotonic()
         status = self.spawner.spawn(requirements, options, force)
-        if status.get("state") != "ready":
+        if status.get("state") != WorkerState.READY:
 
             def progress(st: dict[str, Any]) -> None:
                 if st.get("message"):
@@ -247,9 +248,9 @@ class RemoteSession:
     def _start_missing(self, say: Say) -> None:
         current = self.spawner.status()
         state, idle_s = current.get("state"), current.get("idle_culled_after_s")
-        if state in ("starting", "installing"):
+        if state in (WorkerState.STARTING, WorkerState.INSTALLING):
             say("The remote worker is starting; waiting for it…")
-        elif state == "stopped" and idle_s:
+        elif state == WorkerState.STOPPED and idle_s:
             say(f"Your worker was stopped after {idle_s:g} s idle; starting a new one…")
         else:
             say("No remote worker is running for you; starting one…")
