@@ -164,6 +164,18 @@ def travels_by_value(module: types.ModuleType) -> bool:
     Packages and submodules go by reference: the worker has what is installed, and a helper
     package would need all of its files.
     """
+    key = (module.__name__, getattr(module, "__file__", None), id(module))
+    known = _BY_VALUE.get(key)
+    if known is None:
+        known = _BY_VALUE[key] = _travels_by_value(module)
+    return known
+
+
+# (name, file, id) -> decision: the pickler asks for every function and class it meets.
+_BY_VALUE: dict[tuple[str, str | None, int], bool] = {}
+
+
+def _travels_by_value(module: types.ModuleType) -> bool:
     name = module.__name__
     if name == "__main__" or name in sys.builtin_module_names or "." in name:
         return False
@@ -307,6 +319,8 @@ class _Pickler(cloudpickle.Pickler):
         self._sources: dict[str, tuple[tuple[str, ...], int | None]] = {}
 
     def reducer_override(self, obj: Any) -> Any:
+        if obj is sys.stdout or obj is sys.stderr:  # the receiver's own streams
+            return getattr, (sys, "stdout" if obj is sys.stdout else "stderr")
         what = refusal(obj)
         if what is not None:
             raise Refused(what, type(obj).__name__)
