@@ -406,6 +406,7 @@ class Packed:
 
     @property
     def digest(self) -> str:
+        """Hashed now, from frames that may alias the value's memory: read it right away."""
         return digest(self.frames)
 
 

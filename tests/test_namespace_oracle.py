@@ -363,3 +363,19 @@ def test_status_lists_names_that_live_only_remotely(kernel):
     reply, outputs = run(kc, "%rexec_status")
     text = json.dumps([m["content"].get("data", {}) for m in outputs])
     assert "only remote" in text and "only_there" in text
+
+
+def test_a_new_worker_gets_the_values_the_old_one_held(kernel):
+    """The notebook skips unchanged values; a worker that lost them asks for them again."""
+    kc = kernel
+    run(kc, "keepme = 41")
+    reply, _ = run(kc, "%%remote\nk1 = keepme + 1")
+    assert reply["status"] == "ok" and probe(kc, ["k1"]) == {"k1": "42"}
+    # Stop the worker behind the session's back: its records still say the worker has keepme.
+    reply, _ = run(
+        kc, "get_ipython().magics_manager.registry['RexecMagics'].session.spawner.stop()"
+    )
+    assert reply["status"] == "ok", reply
+    reply, _ = run(kc, "%%remote\nk2 = keepme + 2")
+    assert reply["status"] == "ok", reply
+    assert probe(kc, ["k2"]) == {"k2": "43"}
