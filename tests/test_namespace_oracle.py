@@ -306,7 +306,8 @@ def test_value_not_loadable_here_stays_remote_and_others_bind(kernel):
     cell = (
         "%%remote\nimport pathlib, sys, tempfile\nroot = tempfile.mkdtemp()\n"
         "pkg = pathlib.Path(root, 'onlyremote_pkg')\npkg.mkdir()\n"
-        "(pkg / '__init__.py').write_text('class Thing:\\n    pass\\n')\n"
+        "(pkg / '__init__.py').write_text("
+        "'class Thing:\\n    pass\\nclass Boom(Exception):\\n    pass\\n')\n"
         "sys.path.insert(0, root)\nimport onlyremote_pkg\n"
         "thing = onlyremote_pkg.Thing()\nok_value = 5"
     )
@@ -319,6 +320,12 @@ def test_value_not_loadable_here_stays_remote_and_others_bind(kernel):
     assert checks["type(thing).__name__"] != "'Thing'"
     reply, _ = run(kc, "%%remote\nsame = type(thing).__name__")
     assert probe(kc, ["same"]) == {"same": "'Thing'"}
+    # An exception whose class the notebook cannot load: RemoteCellError naming it.
+    reply, _ = run(kc, "%%remote\nraise onlyremote_pkg.Boom('far away')")
+    assert reply["ename"] == "RemoteCellError"
+    assert "Boom" in reply["evalue"] and "far away" in reply["evalue"]
+    text = "\n".join(reply["traceback"])
+    assert "Boom" in text and "far away" in text
 
 
 def test_traceback_points_at_the_notebook_cell(kernel):

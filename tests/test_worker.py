@@ -176,6 +176,36 @@ def test_unserializable_pull_is_skipped_with_reason(broker):
     ]
 
 
+def test_in_place_change_of_a_watched_name_comes_back(broker):
+    """`watch`: names the cell read; the worker reports and returns those it changed."""
+    broker.run("lst = [1]\nd = {'a': 1}\nsame = 'x'", pull=["lst", "d", "same"])
+    events = broker.run(
+        "lst.append(2)\nd.update(b=2)\nn = len(same)",
+        pull=["n"],
+        extra={"watch": ["lst", "d", "same", "n"], "pull_changed": True},
+    )
+    assert pulled(events) == {"lst": [1, 2], "d": {"a": 1, "b": 2}, "n": 1}
+    assert sorted(done(events).header["changed"]) == ["d", "lst", "n"]
+    events = broker.run("del lst", extra={"watch": ["lst"], "pull_changed": True})
+    assert done(events).header["deleted"] == ["lst"]
+
+
+def test_an_unserializable_value_is_reported_once_not_after_every_cell(broker):
+    broker.run("import threading\nguard = threading.Lock()", pull=["guard"])
+    events = broker.run(
+        "held = guard.locked()", pull=["held"], extra={"watch": ["guard"], "pull_changed": True}
+    )
+    assert done(events).header["skipped"] == []
+    assert pulled(events) == {"held": False}
+
+
+def test_a_skipped_name_the_worker_lacks_asks_for_a_resend(broker):
+    events = broker.run("print('ran')", extra={"have": ["never_sent_here"]})
+    assert done(events).header["status"] == DoneStatus.RESEND
+    assert done(events).header["missing"] == ["never_sent_here"]
+    assert "ran" not in stdout(events)
+
+
 def test_pull_limit_is_respected(broker):
     events = broker.run(
         "import numpy as np\nbig = np.zeros(3 * 2**20, dtype=np.uint8)\nsmall = 1",

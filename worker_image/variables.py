@@ -111,7 +111,7 @@ class Watch:
             try:
                 self.digests[name] = serialize.pack_value(namespace[name]).digest
             except serialize.SerializationError:
-                pass  # it cannot go back anyway; a change of it is reported as unserializable
+                self.digests[name] = f"unserializable {id(namespace[name])}"
 
     def collect(
         self,
@@ -138,12 +138,15 @@ class Watch:
             try:
                 packed = serialize.pack_value(value)
             except serialize.SerializationError as exc:
-                self.digests.pop(name, None)
-                report.changed.append(name)
-                reason = serialize.unserializable_reason(value, exc)
-                report.skipped.append(
-                    {"name": name, "reason": reason, "type": type(value).__name__}
-                )
+                # It can never go back; say so once per object, not after every cell reading it.
+                marker = f"unserializable {id(value)}"
+                if self.digests.get(name) != marker or name in wanted:
+                    report.changed.append(name)
+                    reason = serialize.unserializable_reason(value, exc)
+                    report.skipped.append(
+                        {"name": name, "reason": reason, "type": type(value).__name__}
+                    )
+                self.digests[name] = marker
                 continue
             digest = packed.digest
             changed = self.digests.get(name) != digest
