@@ -199,6 +199,15 @@ def test_an_unserializable_value_is_reported_once_not_after_every_cell(broker):
     assert pulled(events) == {"held": False}
 
 
+def test_last_expression_naming_an_unchanged_value_is_not_sent_again(broker):
+    broker.run("shown = list(range(10))", pull=["shown"], extra={"watch": ["shown"]})
+    events = broker.run("shown", extra={"watch": ["shown"], "result": True})
+    assert done(events).header["result_name"] == "shown"
+    assert done(events).header["vars"] == []
+    events = broker.run("shown[:2]", extra={"watch": ["shown"], "result": True})
+    assert pulled(events) == {"__rexec_result__": [0, 1]}
+
+
 def test_a_skipped_name_the_worker_lacks_asks_for_a_resend(broker):
     events = broker.run("print('ran')", extra={"have": ["never_sent_here"]})
     assert done(events).header["status"] == DoneStatus.RESEND

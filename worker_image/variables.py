@@ -156,9 +156,12 @@ class Watch:
             if name in wanted or (changed and pull_changed):
                 self._add(report, name, value, packed, digest, limit)
         if result is not None:
-            for entry in report.entries:
-                if namespace.get(entry["name"]) is result:
-                    report.result = entry["name"]
+            # A name that holds it: sent now, or unchanged and so already in the notebook
+            # (`df` as a cell's last line must not send the frame again).
+            skipped = {s["name"] for s in report.skipped}
+            for name in dict.fromkeys([*pull, *watch]):
+                if name not in skipped and namespace.get(name) is result:
+                    report.result = name
                     break
             else:
                 try:
