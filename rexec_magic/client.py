@@ -260,6 +260,7 @@ class RexecClient:
         kwargs: dict[str, Any],
         timeout_s: float | None = None,
         globals_: dict[str, Any] | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> Events:
         """Call ``fn(*args, **kwargs)`` on the worker: yields its STREAM / DISPLAY / YIELD
         events as they come and returns the CellOutcome (``values["return"]``).
@@ -275,7 +276,7 @@ class RexecClient:
             raise errors.UnserializableVariable(f"The call was not sent: {exc}.") from None
         self.ensure_hello()
         req_id = self._new_id()
-        header = {"id": req_id, "vars": entries, "client": self.local_versions}
+        header = {**(fields or {}), "id": req_id, "vars": entries, "client": self.local_versions}
         self._send(P.Kind.CALL, header, buffers)
         return (yield from self._events(P.Kind.CALL, req_id, header, buffers, timeout_s))
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rexec_magic import connection, errors, serialize, sync
+from rexec_magic import connection, contract, errors, serialize, sync
 from rexec_magic import protocol as P
 from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient
 from rexec_magic.contract import WorkerState
@@ -276,7 +276,43 @@ class RemoteSession:
             if pong.get("worker") is None:
                 self._start_missing(say)
             self._check_versions(say)
-            return (yield from client.call(fn, args, kwargs, timeout_s, _globals_read(fn)))
+            return (yield from self._synced_call(fn, args, kwargs, timeout_s))
+
+    def _synced_call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout_s: float | None,
+    ) -> Events:
+        """A call whose notebook globals follow the cells' sync rules: those ``fn`` reads go
+        when they changed (never over newer remote values), and those it changes in place
+        (``lst.append``) come back into the notebook, as a local call would leave them."""
+        main = serialize.main_namespace()
+        reads = _reads_of(fn)
+        forced: list[str] = []
+        for _ in range(3):
+            plan = self.sync.plan(main, reads, _shippable_global, forced)
+            values = {name: main[name] for name in plan.send}
+            watch = list(dict.fromkeys([*reads, *plan.send, *plan.have]))
+            limit = contract.DEFAULT_PULL_LIMIT_BYTES
+            fields = {"have": plan.have, "watch": watch, "pull_limit": limit}
+            try:
+                outcome = yield from self.client.call(fn, args, kwargs, timeout_s, values, fields)
+            except errors.RemoteCellError as exc:
+                done = getattr(exc.outcome, "done", {}) or {}
+                self.sync.sent(main, plan, _names(done.get("unloaded")))
+                if exc.outcome is not None:
+                    self.sync.apply(main, exc.outcome, "not pulled")
+                raise
+            if outcome.status != P.DoneStatus.RESEND:
+                self.sync.sent(main, plan, _names(outcome.done.get("unloaded")))
+                self.sync.apply(main, outcome, "not pulled")
+                return outcome
+            for name in outcome.done.get("missing") or []:
+                self.sync.records.pop(name, None)
+                forced.append(name)
+        raise errors.WorkerLost("The remote worker kept losing the call's variables.")
 
     def status(self) -> dict[str, Any]:
         """Everything ``%rexec_status`` shows, gathered without raising for a missing worker."""
@@ -306,33 +342,20 @@ class RemoteSession:
         return report
 
 
-def _globals_read(fn: Any) -> dict[str, Any]:
-    """The notebook globals a notebook function reads (transitively), for the worker's main.
-
-    All of them go with every call: a call has no "have" handshake, and they are usually
-    small (constants, helper functions, module references).
-    """
+def _reads_of(fn: Any) -> list[str]:
+    """The notebook globals a notebook function (or class) reads directly; the sync's plan
+    follows them transitively."""
     main = serialize.main_namespace()
     if getattr(fn, "__globals__", None) is not main and not isinstance(fn, type):
-        return {}
-    out: dict[str, Any] = {}
+        return []
     try:
-        queue = list(serialize.pack_value(fn).reads)
+        return list(serialize.pack_value(fn).reads)
     except serialize.SerializationError:
-        return {}  # packing the call names the problem
-    while queue:
-        name = queue.pop(0)
-        if name in out or name not in main or sync.ipython_name(name):
-            continue
-        value = main[name]
-        if isinstance(value, sync.RemoteOnly):
-            continue
-        out[name] = value
-        try:
-            queue.extend(serialize.pack_value(value).reads)
-        except serialize.SerializationError:
-            pass  # packing the call names it
-    return out
+        return []  # packing the call names the problem
+
+
+def _shippable_global(name: str, value: Any) -> bool:
+    return not sync.ipython_name(name)
 
 
 def _names(entries: Any) -> list[str]:

@@ -199,14 +199,14 @@ class NamespaceSync:
         meta = {e["name"]: e for e in done.get("vars") or [] if isinstance(e, dict)}
         handled: set[str] = set()
         for name, value in outcome.values.items():
-            if name == RESULT:
+            if name in (RESULT, "return"):  # a cell's or a call's value: the caller's
                 continue
             entry = meta.get(name, {})
             self.pulled(namespace, name, value, entry.get("digest", ""), entry.get("reads") or [])
             handled.add(name)
         for name, reason in outcome.not_loaded.items():
             handled.add(name)
-            if name == RESULT:
+            if name in (RESULT, "return"):
                 continue
             text = f"could not be loaded here ({reason})"
             self.stays_remote(namespace, name, "value", text)

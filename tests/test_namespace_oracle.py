@@ -386,3 +386,18 @@ def test_a_new_worker_gets_the_values_the_old_one_held(kernel):
     reply, _ = run(kc, "%%remote\nk2 = keepme + 2")
     assert reply["status"] == "ok", reply
     assert probe(kc, ["k2"]) == {"k2": "43"}
+
+
+def test_remote_func_changes_to_globals_come_back_and_are_not_overwritten(kernel):
+    """As a local call would: the list the function appends to is changed here too, and the
+    next call does not ship the old local list over the newer remote one."""
+    kc = kernel
+    reply, _ = run(
+        kc,
+        "from rexec_magic import remote_func\nseen = [1]\n"
+        "@remote_func\ndef note(v):\n    seen.append(v)\n    return len(seen)",
+    )
+    assert reply["status"] == "ok", reply
+    reply, _ = run(kc, "n1 = note(2)\nn2 = note(3)")
+    assert reply["status"] == "ok", reply
+    assert probe(kc, ["n1", "n2", "seen"]) == {"n1": "2", "n2": "3", "seen": "[1, 2, 3]"}

@@ -163,16 +163,22 @@ def parse_call(route: bytes, msg: Message) -> Cell:
     if "fn" not in names or not set(names) <= {"fn", "args", "kwargs", "globals"}:
         raise bad("'vars' must name 'fn' and may name 'args', 'kwargs' and 'globals'")
     client = h.get("client")
+    pull_limit = h.get("pull_limit", DEFAULT_PULL_LIMIT)
+    if not isinstance(pull_limit, int) or isinstance(pull_limit, bool) or pull_limit < 0:
+        raise bad("'pull_limit' is not a byte count")
     return Cell(
         Target(route, request_id),
         code="",
         vars=entries,
         buffers=list(msg.buffers),
         pull=[],
-        pull_limit=DEFAULT_PULL_LIMIT,
+        pull_limit=pull_limit,
         client_versions=client if isinstance(client, dict) else None,
         call=True,
         inband=bool(h.get("inband")),
+        have=_names(h, "have", bad),
+        watch=_names(h, "watch", bad),  # the globals the function reads: changes come back
+        pull_changed=True,
     )
 
 
@@ -315,9 +321,20 @@ class CellRunner:
                 self._send_error("SerializationError", f"{detail}; {self._version_note(cell)}")
                 status = DoneStatus.ERROR
             elif cell.call:
-                self.shell.user_ns.update(values.pop("globals", None) or {})
+                shipped = values.pop("globals", None) or {}
+                self.shell.user_ns.update(shipped)
+                self.watch.invalidate(shipped)
+                self.watch.before(self.shell.user_ns, cell.watch)
                 status, entries, frames = self._call(cell, values)
-                self.watch.invalidate()  # the function may have changed any global
+                if cell.watch and status in (DoneStatus.OK, DoneStatus.ERROR):
+                    report = self.watch.collect(
+                        self.shell.user_ns, [], cell.watch, True, cell.pull_limit
+                    )
+                    entries, frames = entries + report.entries, frames + report.frames
+                    skipped = report.skipped
+                    extra.update(report.header())
+                # Globals it changed without reading them directly: hash them afresh.
+                self.watch.invalidate(set(self.watch.digests) - set(cell.watch))
             else:
                 self.shell.user_ns.update(values)
                 self.watch.invalidate(values)
