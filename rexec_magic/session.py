@@ -207,7 +207,9 @@ class RemoteSession:
             for _ in range(3):
                 plan = self.sync.plan(namespace, names, shippable, forced)
                 entries, frames = plan.entries_and_frames()
-                header = {**fields, "have": plan.have}
+                # What the cell's functions read is watched too (`bump()` appending to a list).
+                watch = [*fields.get("watch", []), *plan.send, *plan.have]
+                header = {**fields, "have": plan.have, "watch": list(dict.fromkeys(watch))}
                 try:
                     outcome = self._execute(code, entries, frames, header, on_event, timeout_s, say)
                 except errors.RemoteCellError as exc:

@@ -188,6 +188,12 @@ CASES = [
         ["lst", "d", "n"],
     ),
     Case(
+        "in-place-through-a-notebook-function",
+        "counter = []\ndef bump():\n    counter.append(1)",
+        ["bump()", "k = len(counter)"],
+        ["counter", "k"],
+    ),
+    Case(
         "numpy-in-place",
         "import numpy as np\narr = np.arange(5)",
         ["arr += 1", "s = int(arr.sum())"],

@@ -333,8 +333,6 @@ class CellRunner:
                     entries, frames = entries + report.entries, frames + report.frames
                     skipped = report.skipped
                     extra.update(report.header())
-                # Globals it changed without reading them directly: hash them afresh.
-                self.watch.invalidate(set(self.watch.digests) - set(cell.watch))
             else:
                 self.shell.user_ns.update(values)
                 self.watch.invalidate(values)
