@@ -75,18 +75,15 @@ class WorkerEntry:
     last_activity: float = field(default_factory=time.time)
 
     @classmethod
-    def registered(
-        cls, route: bytes, user: str, nonce: str, header: dict[str, Any], now: float
-    ) -> WorkerEntry:
+    def registered(cls, route: bytes, reg: P.Register, now: float) -> WorkerEntry:
         """The entry for a REGISTER that passed the secret check."""
-        pid = header.get("pid")
         return cls(
             route=route,
-            user=user,
-            nonce=nonce,
-            python=str(header.get("python", "")),
-            dill=str(header.get("dill", "")),
-            pid=pid if isinstance(pid, int) else None,
+            user=reg.user,
+            nonce=reg.nonce,
+            python=reg.python,
+            dill=reg.dill,
+            pid=reg.pid,
             registered_at=time.time(),
             last_seen=now,
         )
@@ -273,7 +270,7 @@ class Broker:
 
     # ------------------------------------------------------------------ clients
     def _reply(self, route: bytes, kind: str, header: dict[str, Any]) -> None:
-        self.frontend.send_multipart([route, *P.frames(kind, header)])
+        self.frontend.send_multipart(P.encode(kind, header, route=route))
 
     def _fail(self, route: bytes, req_id: Any, code: str, message: str) -> None:
         if self.legacy.owns(route):
@@ -286,70 +283,71 @@ class Broker:
 
     def _on_frontend(self, frames: list[zmq.Frame]) -> None:
         self.counters.messages_in += 1
-        route = frames[0].bytes
         if len(frames) < 2:
             return self._malformed("frontend", "message without body")
-        marker = frames[1].bytes
-        if marker == P.LEGACY:
+        route = frames[0].bytes
+        if frames[1].bytes == P.LEGACY:
             return self.legacy.on_client(route, frames[1:])
-        if marker != P.PROTOCOL or len(frames) < 4:
-            return self._malformed("frontend", "not a rexec message")
         try:
-            kind = frames[2].bytes.decode("ascii")
-        except UnicodeDecodeError:
-            return self._malformed("frontend", "unreadable kind")
-        if kind == P.Kind.HELLO:
-            return self._on_hello(route, frames)
+            msg = P.decode(frames, routed=True)
+        except P.ProtocolError as exc:
+            return self._malformed("frontend", str(exc))
+        if msg.kind == P.Kind.HELLO:
+            return self._on_hello(route, msg)
         session = self.sessions.get(route)
         if session is None:
-            header = self._header(frames[3])
-            req_id = header.get("id") if header is not None else None
+            req_id = msg.header.get("id")  # echoed only, so the client can match the FAIL
             return self._fail(
-                route, req_id, P.FailCode.UNAUTHENTICATED, "This connection has not said hello."
+                route,
+                req_id if isinstance(req_id, str) else None,
+                P.FailCode.UNAUTHENTICATED,
+                "This connection has not said hello.",
             )
         now = time.monotonic()
         session.last_seen = now
         user = session.identity.sub
-        if kind == P.Kind.PING:
-            header = self._header(frames[3]) or {}
+        if msg.kind == P.Kind.PING:
+            try:
+                ping = msg.read(P.Ping)
+            except P.ProtocolError as exc:
+                return self._malformed("frontend", str(exc))
             worker = self.workers.get(user)
             self._reply(
                 route,
                 P.Kind.PONG,
                 {
-                    "t": header.get("t"),
+                    "t": ping.t,
                     "worker": self._worker_info(worker, now) if worker else None,
                     "pending": self.pending.ids_for(user, route),
                 },
             )
             return
-        if kind not in (P.Kind.EXECUTE, P.Kind.CALL, P.Kind.INTERRUPT, P.Kind.INSPECT):
-            return self._malformed("frontend", f"unknown kind {kind[:32]!r}")
-        header = self._header(frames[3])
-        if header is None:
-            return self._malformed("frontend", "header is not a JSON object")
+        if msg.kind not in (P.Kind.EXECUTE, P.Kind.CALL, P.Kind.INTERRUPT, P.Kind.INSPECT):
+            return self._malformed("frontend", f"unknown kind {msg.kind[:32]!r}")
+        try:
+            request = msg.read(P.Request)  # the worker reads the rest
+        except P.ProtocolError as exc:
+            return self._malformed("frontend", str(exc))
         worker = self.workers.get(user)
         if worker is None:
             return self._fail(
-                route, header.get("id"), P.FailCode.NO_WORKER, "No worker is running for you."
+                route, request.id, P.FailCode.NO_WORKER, "No worker is running for you."
             )
-        if kind in (P.Kind.EXECUTE, P.Kind.CALL):
-            self.pending.add(user, route, str(header.get("id")))
+        if msg.kind in (P.Kind.EXECUTE, P.Kind.CALL):
+            self.pending.add(user, route, request.id)
             worker.last_activity = time.time()
-        self.backend.send_multipart([worker.route, route, *frames[1:]], copy=False)
+        # Forwarded as received (zero-copy): the client's frames behind the worker's route.
+        self.backend.send_multipart([worker.route, *frames], copy=False)
         self.counters.forwarded_to_workers += 1
 
-    def _header(self, frame: zmq.Frame) -> dict[str, Any] | None:
+    def _on_hello(self, route: bytes, msg: P.Message) -> None:
         try:
-            header = json.loads(frame.bytes)
-        except ValueError:
-            return None
-        return header if isinstance(header, dict) else None
-
-    def _on_hello(self, route: bytes, frames: list[zmq.Frame]) -> None:
-        header = self._header(frames[3])
-        token = header.get("token") if header else None
-        if not isinstance(token, str) or not token:
+            token = msg.read(P.Hello).token
+        except P.ProtocolError as exc:
+            self._malformed("frontend", str(exc))
+            self.counters.auth_denied += 1
+            return self._reply(route, P.Kind.DENIED, {"message": "The hello was malformed."})
+        if not token:
             self.counters.auth_denied += 1
             return self._reply(route, P.Kind.DENIED, {"message": "No token was given."})
         cached = self.auth.cached(token)
@@ -415,31 +413,36 @@ class Broker:
 
     # ------------------------------------------------------------------ workers
     def _to_worker(self, route: bytes, kind: str, header: dict[str, Any] | None = None) -> None:
-        self.backend.send_multipart([route, P.TO_BROKER, *P.frames(kind, header)])
+        self.backend.send_multipart([route, *P.encode(kind, header, route=P.TO_BROKER)])
 
     def _on_backend(self, frames: list[zmq.Frame]) -> None:
         self.counters.messages_in += 1
-        if len(frames) < 5 or frames[2].bytes != P.PROTOCOL:
-            return self._malformed("backend", "not a rexec worker message")
+        if len(frames) < 2:
+            return self._malformed("backend", "message without body")
         wroute = frames[0].bytes
-        target = frames[1].bytes
         try:
-            kind = frames[3].bytes.decode("ascii")
-        except UnicodeDecodeError:
-            return self._malformed("backend", "unreadable kind")
+            target, kind = P.peek(frames[1:], routed=True)
+        except P.ProtocolError as exc:
+            return self._malformed("backend", str(exc))
+        assert target is not None
         now = time.monotonic()
         if target == P.TO_BROKER:
-            header = self._header(frames[4])
-            if header is None:
-                return self._malformed("backend", "header is not a JSON object")
+            try:
+                msg = P.decode(frames[1:], routed=True)
+            except P.ProtocolError as exc:
+                return self._malformed("backend", str(exc))
             if kind == P.Kind.REGISTER:
-                return self._on_register(wroute, header, now)
+                return self._on_register(wroute, msg, now)
             if kind == P.Kind.HEARTBEAT:
+                try:
+                    busy = msg.read(P.Heartbeat).busy
+                except P.ProtocolError as exc:
+                    return self._malformed("backend", str(exc))
                 entry = self._entry_of(wroute)
                 if entry is None:
                     return self._to_worker(wroute, P.Kind.RESYNC)
                 entry.last_seen = now
-                entry.busy = bool(header.get("busy"))
+                entry.busy = busy
                 if entry.busy:  # a long cell is activity too
                     entry.last_activity = time.time()
                 return self._to_worker(wroute, P.Kind.HEARTBEAT_ACK)
@@ -463,12 +466,20 @@ class Broker:
             # A worker may only ever talk to its own user's connections.
             return self._malformed("backend", "worker addressed a connection of another user")
         if self.legacy.owns(target):
-            return self.legacy.on_worker_event(target, kind, frames[4], frames[5:])
+            try:
+                msg = P.decode(frames[1:], routed=True)
+            except P.ProtocolError as exc:
+                return self._malformed("backend", f"legacy call: {exc}")
+            return self.legacy.on_worker_event(target, msg)
         if kind == P.Kind.DONE:
-            header = self._header(frames[4]) or {}
-            self.pending.discard(user, target, str(header.get("id")))
+            try:
+                done = P.decode(frames[1:], routed=True).read(P.Event)
+            except P.ProtocolError as exc:
+                return self._malformed("backend", str(exc))
+            self.pending.discard(user, target, done.id)
             self.workers[user].last_activity = time.time()
-        self.frontend.send_multipart([target, *frames[2:]], copy=False)
+        # Forwarded as received (zero-copy, header unread): the event behind the client's route.
+        self.frontend.send_multipart(frames[1:], copy=False)
         self.counters.forwarded_to_clients += 1
 
     def _entry_of(self, wroute: bytes) -> WorkerEntry | None:
@@ -478,64 +489,77 @@ class Broker:
         pool_id = self.pool_routes.get(wroute)
         return self.pool.get(pool_id) if pool_id is not None else None
 
-    def _on_register(self, wroute: bytes, header: dict[str, Any], now: float) -> None:
-        user, nonce, secret = header.get("user"), header.get("nonce"), header.get("secret")
-        pool = header.get("pool") is True
-        ok = all(isinstance(v, str) and v for v in (user, nonce, secret))
-        if ok and not pool and "\0" in user:
+    def _on_register(self, wroute: bytes, msg: P.Message, now: float) -> None:
+        try:
+            reg: P.Register | None = msg.read(P.Register)
+        except P.ProtocolError as exc:
+            log.warning("refused a worker registration: %s", exc)
+            reg = None
+        ok = reg is not None
+        if reg is not None and not reg.pool and "\0" in reg.user:
             ok = False  # NUL marks pool identities; no user id may contain one
-        if ok:
-            member = P.pool_member(user) if pool else user
-            ok = check_worker_secret(self.worker_key, member, nonce, secret)
-        if not ok:
+        if reg is not None and ok:
+            member = P.pool_member(reg.user) if reg.pool else reg.user
+            ok = check_worker_secret(self.worker_key, member, reg.nonce, reg.secret)
+        if reg is None or not ok:
             self.counters.workers_rejected += 1
-            log.warning("refused a worker registration for user %r: bad secret", str(user)[:64])
+            who = reg.user[:64] if reg is not None else "?"
+            log.warning("refused a worker registration for user %r: bad secret", who)
             return self._to_worker(wroute, P.Kind.REJECTED, {"message": "bad worker secret"})
-        pid = header.get("pid")
-        if pool:
-            return self._register_pool(wroute, user, nonce, header, now)
+        if reg.pool:
+            return self._register_pool(wroute, reg, now)
+        user = reg.user
         self.pool_routes.pop(wroute, None)  # a claimed pool worker now registers as its user
         old = self.workers.get(user)
         if old is not None and old.route != wroute:
             self._drop_worker(old, "a new worker registered for this user", superseded=True)
-        self.workers[user] = WorkerEntry.registered(wroute, user, nonce, header, now)
+        self.workers[user] = WorkerEntry.registered(wroute, reg, now)
         self.worker_users[wroute] = user
         self.counters.workers_registered += 1
-        log.info("worker registered for user %s (pid %s)", user, pid)
+        log.info("worker registered for user %s (pid %s)", user, reg.pid)
         self._to_worker(wroute, P.Kind.REGISTERED)
 
-    def _register_pool(
-        self, wroute: bytes, pool_id: str, nonce: str, header: dict[str, Any], now: float
-    ) -> None:
+    def _register_pool(self, wroute: bytes, reg: P.Register, now: float) -> None:
+        pool_id = reg.user
         old = self.pool.get(pool_id)
         if old is not None and old.route != wroute:
             self.pool_routes.pop(old.route, None)
             self._to_worker(old.route, P.Kind.SUPERSEDED)
-        self.pool[pool_id] = WorkerEntry.registered(wroute, pool_id, nonce, header, now)
+        self.pool[pool_id] = WorkerEntry.registered(wroute, reg, now)
         self.pool_routes[wroute] = pool_id
         self.counters.workers_registered += 1
         log.info("warm-pool worker %s registered", pool_id)
         self._to_worker(wroute, P.Kind.REGISTERED)
 
-    def _claim(self, header: dict[str, Any]) -> str | None:
+    def _claim(self, msg: P.Message) -> str | None:
         """Hand a warm-pool worker to a user; None when done, else why not."""
-        pool_id, user = header.get("pool"), header.get("user")
-        nonce, secret = header.get("nonce"), header.get("worker_secret")
-        if not all(isinstance(v, str) and v for v in (pool_id, user, nonce, secret)):
+        try:
+            claim = msg.read(P.Claim)
+        except P.ProtocolError:
             return "claim needs pool, user, nonce and worker_secret"
-        if not check_worker_secret(self.worker_key, user, nonce, secret):
+        if not check_worker_secret(self.worker_key, claim.user, claim.nonce, claim.worker_secret):
             return "the worker secret does not match the user and nonce"
-        entry = self.pool.pop(pool_id, None)
+        entry = self.pool.pop(claim.pool, None)
         if entry is None:
-            return f"no warm-pool worker {pool_id} is registered"
+            return f"no warm-pool worker {claim.pool} is registered"
         self.pool_routes.pop(entry.route, None)
         self._to_worker(
-            entry.route, P.Kind.ASSIGN, {"user": user, "nonce": nonce, "secret": secret}
+            entry.route,
+            P.Kind.ASSIGN,
+            {"user": claim.user, "nonce": claim.nonce, "secret": claim.worker_secret},
         )
-        log.info("warm-pool worker %s assigned to user %s", pool_id, user)
+        log.info("warm-pool worker %s assigned to user %s", claim.pool, claim.user)
         return None
 
-    def _drop_worker(self, entry: WorkerEntry, reason: str, superseded: bool = False) -> None:
+    def _drop_worker(
+        self,
+        entry: WorkerEntry,
+        reason: str,
+        superseded: bool = False,
+        message: str = "The remote worker stopped while running the cell "
+        "(it was killed or crashed); the remote namespace was lost.",
+    ) -> None:
+        """Forget a worker; fail its pending requests with ``message`` (what the user reads)."""
         self.worker_users.pop(entry.route, None)
         if self.workers.get(entry.user) is entry:
             del self.workers[entry.user]
@@ -544,45 +568,36 @@ class Broker:
             self._to_worker(entry.route, P.Kind.SUPERSEDED)
         log.warning("worker of user %s dropped: %s", entry.user, reason)
         for route, req_id in self.pending.take_all(entry.user):
-            self._fail(
-                route,
-                req_id,
-                P.FailCode.WORKER_LOST,
-                "The remote worker stopped while running the cell "
-                "(it was killed or crashed); the remote namespace was lost.",
-            )
+            self._fail(route, req_id, P.FailCode.WORKER_LOST, message)
 
     # ------------------------------------------------------------------ control
     def _on_control(self, frames: list[zmq.Frame]) -> None:
         route = frames[0].bytes
         try:
-            msg = P.decode(frames[1:])
+            msg = P.decode(frames, routed=True)
         except P.ProtocolError as exc:
             return self._malformed("control", str(exc))
-        if not check_admin_secret(self.admin_secret, msg.header.get("secret")):
+        try:
+            secret = msg.read(P.Admin).secret
+        except P.ProtocolError:
+            secret = ""
+        if not check_admin_secret(self.admin_secret, secret):
             log.warning("control request %r refused: bad admin secret", msg.kind[:32])
-            self.control.send_multipart(
-                [
-                    route,
-                    *P.frames(
-                        P.Kind.FAIL,
-                        {"code": P.FailCode.FORBIDDEN, "message": "bad admin secret"},
-                    ),
-                ]
-            )
+            forbidden = {"code": P.FailCode.FORBIDDEN, "message": "bad admin secret"}
+            self.control.send_multipart(P.encode(P.Kind.FAIL, forbidden, route=route))
             return
         if msg.kind == P.Kind.STATUS:
-            self.control.send_multipart([route, *P.frames(P.Kind.STATUS_REPLY, self.status())])
+            self.control.send_multipart(P.encode(P.Kind.STATUS_REPLY, self.status(), route=route))
         elif msg.kind == P.Kind.CLAIM:
-            why = self._claim(msg.header)
-            reply = (
-                P.frames(P.Kind.OK, {})
-                if why is None
-                else P.frames(P.Kind.FAIL, {"code": P.FailCode.NO_WORKER, "message": why})
-            )
-            self.control.send_multipart([route, *reply])
+            why = self._claim(msg)
+            if why is None:
+                reply = P.encode(P.Kind.OK, {}, route=route)
+            else:
+                fail = {"code": P.FailCode.NO_WORKER, "message": why}
+                reply = P.encode(P.Kind.FAIL, fail, route=route)
+            self.control.send_multipart(reply)
         elif msg.kind == P.Kind.SHUTDOWN:
-            self.control.send_multipart([route, *P.frames(P.Kind.OK, {})])
+            self.control.send_multipart(P.encode(P.Kind.OK, {}, route=route))
             log.info("shutdown requested on the control port")
             self._stop.set()
         else:
@@ -616,7 +631,15 @@ class Broker:
             busy = bool(self.pending.by_user.get(entry.user))
             limit = P.BUSY_WORKER_DEAD_AFTER_S if busy else P.WORKER_DEAD_AFTER_S
             if now - entry.last_seen > limit:
-                self._drop_worker(entry, f"no heartbeat for {limit:.1f}s")
+                # Silent is not dead: a stopped (SIGSTOP) or starved process comes back,
+                # registers again with its namespace intact, and drops the abandoned cell.
+                self._drop_worker(
+                    entry,
+                    f"no heartbeat for {limit:.1f}s",
+                    message=f"The remote worker stopped responding (no heartbeat for "
+                    f"{limit:g} s), so the cell was abandoned; if the worker recovers, its "
+                    "variables are kept.",
+                )
         for pool_id, entry in list(self.pool.items()):
             if now - entry.last_seen > P.WORKER_DEAD_AFTER_S:
                 del self.pool[pool_id]

@@ -10,7 +10,6 @@ sides live in ``broker.legacy``; this module only keeps the per-connection state
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from concurrent.futures import Executor
@@ -102,10 +101,8 @@ class LegacyGateway:
             if call is not None and call.user == outcome.sub:
                 worker = b.workers.get(call.user)
                 if worker is not None:
-                    header = P.encode_header({"id": call.request_id})
-                    b.backend.send_multipart(
-                        [worker.route, route, P.PROTOCOL, P.Kind.INTERRUPT.encode(), header]
-                    )
+                    interrupt = P.encode(P.Kind.INTERRUPT, {"id": call.request_id}, route=route)
+                    b.backend.send_multipart([worker.route, *interrupt])
             return None
         if call is not None:
             return self._error(route, "This connection already has a call running.")
@@ -116,9 +113,9 @@ class LegacyGateway:
         self.calls[route] = LegacyCall(outcome.sub, request_id)
         b.open_session(route, outcome)
         b.pending.add(outcome.sub, route, request_id)
-        header = P.encode_header(legacy.call_header(request_id))
-        frames = [worker.route, route, P.PROTOCOL, P.Kind.CALL.encode(), header]
-        b.backend.send_multipart([*frames, request.fn, request.args], copy=False)
+        buffers = [request.fn, request.args]  # forwarded undecoded
+        frames = P.encode(P.Kind.CALL, legacy.call_header(request_id), buffers, route=route)
+        b.backend.send_multipart([worker.route, *frames], copy=False)
         b.counters.forwarded_to_workers += 1
         return None
 
@@ -126,16 +123,16 @@ class LegacyGateway:
     def owns(self, route: bytes) -> bool:
         return route in self.calls
 
-    def on_worker_event(self, route: bytes, kind: str, header_frame: Any, buffers: list) -> None:
+    def on_worker_event(self, route: bytes, msg: P.Message) -> None:
         """Translate one worker event for a legacy connection; the last one ends the call."""
         try:
-            header = json.loads(header_frame.bytes)
-        except ValueError:
-            return self.broker._malformed("backend", "unreadable header for a legacy call")
-        for payload in legacy.replies(kind, header, buffers):
+            payloads = legacy.replies(msg)
+        except P.ProtocolError as exc:
+            return self.broker._malformed("backend", f"legacy call: {exc}")
+        for payload in payloads:
             self.broker.frontend.send_multipart([route, *legacy.frames_for(payload)])
         self.broker.counters.forwarded_to_clients += 1
-        if kind == P.Kind.DONE:
+        if msg.kind == P.Kind.DONE:
             self.end(route)
         return None
 

@@ -43,7 +43,7 @@ class CellOutcome:
     # Pulled values that did not load here: {name: reason}; they stay remote.
     not_loaded: dict[str, str] = field(default_factory=dict)
     # DONE's header: the namespace-sync fields (changed, deleted, unloaded, missing, ...).
-    done: dict[str, Any] = field(default_factory=dict)
+    done: P.Done | None = None
 
 
 class RexecClient:
@@ -83,7 +83,7 @@ class RexecClient:
         self.user = ""
 
     def _send(self, kind: str, header: dict[str, Any], buffers: list[Any] = ()) -> None:
-        self._socket().send_multipart(P.frames(kind, header, buffers), copy=False)
+        self._socket().send_multipart(P.encode(kind, header, buffers), copy=False)
 
     def _recv(self, timeout_s: float) -> P.Message | None:
         sock = self._socket()
@@ -91,7 +91,11 @@ class RexecClient:
             return None
         frames = sock.recv_multipart(copy=False)
         try:
-            return P.decode(frames)
+            msg = P.decode(frames)
+            model = P.HEADERS.get(msg.kind)
+            if model is not None:  # every event this client reads, checked once here
+                msg.read(model)
+            return msg
         except P.ProtocolError as exc:
             log.warning("dropped an unreadable message from the broker: %s", exc)
             return None
@@ -109,15 +113,15 @@ class RexecClient:
                     f"{timeout_s:.0f} s; is it running?"
                 )
             if msg.kind == P.Kind.WELCOME:
-                self.user = msg.header["user"]
-                self.username = msg.header.get("username", self.user)
-                self.worker = msg.header.get("worker")
+                welcome = msg.read(P.Welcome)
+                self.user = welcome.user
+                self.username = welcome.username or welcome.user
+                self.worker = welcome.worker
                 return msg.header
             if msg.kind == P.Kind.DENIED:
                 self.reset()
-                raise errors.AuthDenied(
-                    f"The broker refused the token: {msg.header.get('message', 'denied')}"
-                )
+                denied = msg.read(P.Denied)
+                raise errors.AuthDenied(f"The broker refused the token: {denied.message}")
             # Anything else is left over from an earlier connection state: skip it.
 
     def ensure_hello(self) -> None:
@@ -136,10 +140,10 @@ class RexecClient:
                 raise errors.BrokerUnreachable(
                     f"The rexec broker at {self.info.broker_url} did not answer a ping."
                 )
-            if msg.kind == P.Kind.PONG and msg.header.get("t") == t0:
-                self.worker = msg.header.get("worker")
+            if msg.kind == P.Kind.PONG and msg.read(P.Pong).t == t0:
+                self.worker = msg.read(P.Pong).worker
                 return time.perf_counter() - t0, msg.header
-            if msg.kind == P.Kind.FAIL and msg.header.get("code") == P.FailCode.UNAUTHENTICATED:
+            if msg.kind == P.Kind.FAIL and msg.read(P.Fail).code == P.FailCode.UNAUTHENTICATED:
                 self.hello()
                 return self.ping(timeout_s)
 
@@ -177,7 +181,8 @@ class RexecClient:
 
     @staticmethod
     def _fail_error(msg: P.Message) -> errors.RexecError:
-        code, text = msg.header.get("code"), msg.header.get("message", "")
+        fail = msg.read(P.Fail)
+        code, text = fail.code, fail.message
         if code == P.FailCode.NO_WORKER:
             return errors.NoWorker(text)
         if code == P.FailCode.WORKER_LOST:
@@ -327,20 +332,21 @@ class RexecClient:
                 last_heard = time.monotonic()
                 h = msg.header
                 if msg.kind == P.Kind.PONG:
-                    self.worker = h.get("worker")
-                    if self.worker is None or (req_id not in h.get("pending", []) and started):
+                    pong = msg.read(P.Pong)
+                    self.worker = pong.worker
+                    if self.worker is None or (req_id not in pong.pending and started):
                         raise errors.WorkerLost(
                             "The remote worker stopped while running the cell; "
                             "the remote namespace was lost."
                         )
                     continue
-                if msg.kind == P.Kind.FAIL and h.get("code") == P.FailCode.UNAUTHENTICATED:
+                if msg.kind == P.Kind.FAIL and msg.read(P.Fail).code == P.FailCode.UNAUTHENTICATED:
                     # The broker restarted and forgot this connection.
                     self.hello()
                     if started or resent:
                         raise errors.BrokerUnreachable(
-                            "The rexec broker restarted while the cell ran; "
-                            "its output may be incomplete."
+                            "The rexec broker restarted while the cell ran, so your worker "
+                            "stopped the cell; its output may be incomplete."
                         )
                     resent = True
                     self._send(kind, header, buffers)
@@ -367,7 +373,8 @@ class RexecClient:
                 elif msg.kind == P.Kind.ERROR:
                     error = msg
                 elif msg.kind == P.Kind.FAIL:
-                    if h.get("code") == P.FailCode.WORKER_LOST and not started and not resent:
+                    lost = msg.read(P.Fail).code == P.FailCode.WORKER_LOST
+                    if lost and not started and not resent:
                         # The cell went to a worker that had just died; it never ran, so it is
                         # safe to send it to the worker that replaced it.
                         resent = True
@@ -398,10 +405,10 @@ class RexecClient:
         interrupted: bool,
         timeout_s: float | None,
     ) -> CellOutcome:
-        h = msg.header
-        status = h.get("status")
+        done = msg.read(P.Done)
+        status = done.status
         if status == P.DoneStatus.RESTARTING:
-            text = h.get("message") or (
+            text = done.message or (
                 "The remote cell did not stop after the interrupt, so the worker was "
                 "restarted; the remote namespace was lost."
             )
@@ -416,9 +423,9 @@ class RexecClient:
             raise errors.RemoteInterrupted()
         values: dict[str, Any] = {}
         not_loaded: dict[str, str] = {}
-        if h.get("vars"):  # each value alone: one that does not load here stays remote
+        if done.vars:  # each value alone: one that does not load here stays remote
             try:
-                values, not_loaded = serialize.unpack_each(h["vars"], msg.buffers)
+                values, not_loaded = serialize.unpack_each(msg.header["vars"], msg.buffers)
             except serialize.SerializationError as exc:  # the message itself is malformed
                 raise errors.DeserializationFailed(
                     f"The values pulled from the worker could not be read: {exc}."
@@ -427,21 +434,22 @@ class RexecClient:
                 note = serialize.version_note(self.local_versions, self.worker)
                 log.info("pulled values did not load here: %s (%s)", not_loaded, note)
         outcome = CellOutcome(
-            status=status or P.DoneStatus.OK,
+            status=status,
             values=values,
-            skipped=list(h.get("skipped") or []),
-            duration=float(h.get("duration") or 0.0),
-            message=h.get("message", ""),
+            skipped=list(done.skipped),
+            duration=done.duration,
+            message=done.message,
             not_loaded=not_loaded,
-            done=dict(h),
+            done=done,
         )
         if status == P.DoneStatus.ERROR:
-            error = error_msg.header if error_msg else {}
+            if error_msg is not None:
+                error = error_msg.read(P.Error)
+                ename, evalue, trace = error.ename, error.evalue, error.traceback
+            else:
+                ename, evalue, trace = "Error", done.message or "the remote cell failed", []
             exc = errors.RemoteCellError(
-                str(error.get("ename", "Error")),
-                str(error.get("evalue", h.get("message", "the remote cell failed"))),
-                list(error.get("traceback") or []),
-                self._remote_exception(error_msg),
+                ename, evalue, list(trace), self._remote_exception(error_msg)
             )
             exc.outcome = outcome  # what the cell bound before it raised still comes back
             raise exc

@@ -195,10 +195,9 @@ class RexecMagics(Magics):
         ns = self.shell.user_ns
         for note in self.session.sync.apply(ns, outcome, why):
             self._say(f"rexec: {note}.")
-        done = outcome.done
         if sync.RESULT in outcome.values:
             return outcome.values[sync.RESULT]
-        name = done.get("result_name")
+        name = outcome.done.result_name if outcome.done is not None else None
         if name and name in ns and not isinstance(ns[name], sync.RemoteOnly):
             return ns[name]
         return _NOTHING

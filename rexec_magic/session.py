@@ -25,6 +25,9 @@ log = logging.getLogger("rexec.session")
 
 Say = Callable[[str], None]
 START_TIMEOUT_S = 300.0
+# How long a cell waits for a worker the spawner says runs but the broker does not hear from
+# (stopped, starved, re-registering after a broker restart) before saying so.
+NOT_RESPONDING_WAIT_S = 10.0
 
 
 def _quiet(_: str) -> None:
@@ -213,13 +216,12 @@ class RemoteSession:
                 try:
                     outcome = self._execute(code, entries, frames, header, on_event, timeout_s, say)
                 except errors.RemoteCellError as exc:
-                    done = getattr(exc.outcome, "done", {}) or {}
-                    self.sync.sent(namespace, plan, _names(done.get("unloaded")))
+                    self.sync.sent(namespace, plan, _unloaded(exc.outcome))
                     raise
                 if outcome.status != P.DoneStatus.RESEND:
-                    self.sync.sent(namespace, plan, _names(outcome.done.get("unloaded")))
+                    self.sync.sent(namespace, plan, _unloaded(outcome))
                     return outcome
-                missing = list(outcome.done.get("missing") or [])
+                missing = _missing(outcome)
                 log.info("the worker lacks %s: sending the cell again with them", missing)
                 for name in missing:
                     self.sync.records.pop(name, None)
@@ -252,6 +254,17 @@ class RemoteSession:
         state, idle_s = current.get("state"), current.get("idle_culled_after_s")
         if state in (WorkerState.STARTING, WorkerState.INSTALLING):
             say("The remote worker is starting; waiting for it…")
+        elif state == WorkerState.READY:  # the spawner has it; the broker does not hear from it
+            say("Your remote worker is not responding; waiting for it…")
+            try:
+                self.client.wait_for_worker(None, timeout_s=NOT_RESPONDING_WAIT_S)
+            except errors.NoWorker:
+                raise errors.NoWorker(
+                    "Your remote worker is running but not responding (stopped, or busy "
+                    "in code that holds the GIL); its variables are kept while it runs. "
+                    "Try again later, or %rexec_stop to start a fresh one."
+                ) from None
+            return
         elif state == WorkerState.STOPPED and idle_s:
             say(f"Your worker was stopped after {idle_s:g} s idle; starting a new one…")
         else:
@@ -302,16 +315,15 @@ class RemoteSession:
             try:
                 outcome = yield from self.client.call(fn, args, kwargs, timeout_s, values, fields)
             except errors.RemoteCellError as exc:
-                done = getattr(exc.outcome, "done", {}) or {}
-                self.sync.sent(main, plan, _names(done.get("unloaded")))
+                self.sync.sent(main, plan, _unloaded(exc.outcome))
                 if exc.outcome is not None:
                     self.sync.apply(main, exc.outcome, "not pulled")
                 raise
             if outcome.status != P.DoneStatus.RESEND:
-                self.sync.sent(main, plan, _names(outcome.done.get("unloaded")))
+                self.sync.sent(main, plan, _unloaded(outcome))
                 self.sync.apply(main, outcome, "not pulled")
                 return outcome
-            for name in outcome.done.get("missing") or []:
+            for name in _missing(outcome):
                 self.sync.records.pop(name, None)
                 forced.append(name)
         raise errors.WorkerLost("The remote worker kept losing the call's variables.")
@@ -360,8 +372,15 @@ def _shippable_global(name: str, value: Any) -> bool:
     return not sync.ipython_name(name)
 
 
-def _names(entries: Any) -> list[str]:
-    return [e["name"] for e in entries or [] if isinstance(e, dict) and "name" in e]
+def _unloaded(outcome: CellOutcome | None) -> list[str]:
+    """The pushed names the worker could not load (its DONE's ``unloaded``)."""
+    done = outcome.done if outcome is not None else None
+    return [u.name for u in done.unloaded] if done is not None else []
+
+
+def _missing(outcome: CellOutcome) -> list[str]:
+    """For a RESEND: the ``have`` names the worker lacks."""
+    return list(outcome.done.missing) if outcome.done is not None else []
 
 
 _shared: RemoteSession | None = None

@@ -192,17 +192,18 @@ class NamespaceSync:
         not pulled: ``why``) replace stale local copies with placeholders; names the cell
         deleted go.  The last expression's value (``RESULT``) is the caller's.
         """
-        done = outcome.done
+        done = outcome.done  # the DONE header (protocol.Done), None when there was none
         notes: list[str] = []
-        for entry in done.get("unloaded") or []:
-            notes.append(f"`{entry['name']}` {entry['reason']}")
-        meta = {e["name"]: e for e in done.get("vars") or [] if isinstance(e, dict)}
+        for unloaded in done.unloaded if done is not None else []:
+            notes.append(f"`{unloaded.name}` {unloaded.reason}")
+        meta = {e.name: e for e in done.vars} if done is not None else {}
         handled: set[str] = set()
         for name, value in outcome.values.items():
             if name in (RESULT, "return"):  # a cell's or a call's value: the caller's
                 continue
-            entry = meta.get(name, {})
-            self.pulled(namespace, name, value, entry.get("digest", ""), entry.get("reads") or [])
+            entry = meta.get(name)
+            digest, reads = (entry.digest, list(entry.reads)) if entry else ("", [])
+            self.pulled(namespace, name, value, digest, reads)
             handled.add(name)
         for name, reason in outcome.not_loaded.items():
             handled.add(name)
@@ -215,9 +216,9 @@ class NamespaceSync:
             handled.add(skip["name"])
             self.stays_remote(namespace, skip["name"], skip.get("type", "value"), skip["reason"])
             notes.append(f"`{skip['name']}` stays remote: {skip['reason']}")
-        for name in done.get("changed") or []:
+        for name in done.changed if done is not None else []:
             if name not in handled:
                 self.stays_remote(namespace, name, "value", why)
-        for name in done.get("deleted") or []:
+        for name in done.deleted if done is not None else []:
             self.deleted(namespace, name)
         return notes

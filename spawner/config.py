@@ -41,6 +41,11 @@ class SpawnerSettings(AuthSettings):
     pip_args: str = ""
     install_timeout_s: float = 900.0
 
+    # Stop every worker when the spawner shuts down (SIGTERM)?  Unset: the backend decides
+    # (local: yes, `rexec up`'s Ctrl-C stops everything; kubernetes: no, an upgraded spawner
+    # adopts them).  A spawner that dies (SIGKILL, crash) never takes workers with it.
+    stop_workers_on_exit: bool | None = None
+
     # Warm pool: generic workers kept started (default image, no extra requirements); a spawn
     # that needs nothing else claims one.  0 turns the pool off.
     warm_pool_size: int = 0
@@ -68,4 +73,17 @@ class SpawnerSettings(AuthSettings):
     k8s_tolerations: list[dict[str, Any]] = []
     k8s_worker_uid: int = 1000
     k8s_api_timeout_s: float = 10.0  # each Kubernetes API call
-    k8s_poll_s: float = 1.0  # how often a starting or running pod is looked at
+    # One watch for all worker pods (and one for their events): each watch request asks the
+    # API server to end it after this long, and the next resumes from the last version seen.
+    k8s_watch_timeout_s: float = 60.0
+    # Merged into every worker pod's spec / worker container (the chart's
+    # worker.extraPodConfig / extraContainerConfig; kubespawner's extra_pod_config).
+    k8s_extra_pod_config: dict[str, Any] = {}
+    k8s_extra_container_config: dict[str, Any] = {}
+    # With per-user namespaces: the worker NetworkPolicy's spec to put in each (from the chart).
+    k8s_network_policy: dict[str, Any] = {}
+    # Several spawners on one cluster (a second replica, an upgrade's overlap): the holder of
+    # this Lease (in k8s_namespace) culls and fills the warm pool.  Empty: always this one.
+    k8s_lease_name: str = "rexec-spawner"
+    k8s_lease_duration_s: float = 15.0
+    k8s_log_tail_lines: int = 10  # a crashed worker's last log lines, in its failure reason

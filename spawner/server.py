@@ -1,8 +1,9 @@
 """Run the spawner under uvicorn (``rexec spawner`` calls ``serve(SpawnerSettings())``).
 
 SIGTERM / SIGINT: uvicorn stops accepting requests and runs the app's shutdown, which stops
-every worker (SIGTERM, then SIGKILL) before the process exits.  Should the spawner be killed
-outright, its workers still die: the local backend gives them a parent-death signal.
+every worker (SIGTERM, then SIGKILL) before the process exits when the backend says so
+(local: `rexec up`'s Ctrl-C; Kubernetes keeps them for the next spawner).  Should the
+spawner be killed outright, its workers live on and the next spawner adopts them.
 """
 
 from __future__ import annotations

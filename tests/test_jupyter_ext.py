@@ -21,7 +21,10 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403 (fixtures for this mod
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
-from tests.conftest import Stack, start_stack, stop_stack
+from tests.harness import WAIT_S
+from tests.local_stack import Stack, start_stack, stop_stack
+
+pytestmark = pytest.mark.stack
 
 
 @pytest.fixture
@@ -166,7 +169,7 @@ def test_invalid_requirement_is_422_with_the_line(api: API, stack: Stack):
     assert code == 422 and "numpy>>>1" in message
 
 
-def test_busy_while_a_cell_runs(api: API, stack: Stack, connection_file: Path):
+def test_busy_while_a_cell_runs(api: API, stack: Stack, connection_file: Path, tmp_path: Path):
     import threading
 
     from rexec_magic import connection
@@ -176,16 +179,19 @@ def test_busy_while_a_cell_runs(api: API, stack: Stack, connection_file: Path):
     api.call("POST", "start", {"requirements": ""})
     api.wait_state("ready")
     session = RemoteSession(connection.load(connection_file))  # the kernels' login
+    go_on = tmp_path / "go-on"  # the cell runs until the test has seen it busy
+    code = f"import os, time\nwhile not os.path.exists({str(go_on)!r}):\n    time.sleep(0.02)"
     cell = threading.Thread(
-        target=session.run,
-        args=("import time\ntime.sleep(3)", {}, [], lambda m: None),
-        kwargs={"pull_limit": 0},
+        target=session.run, args=(code, {}, [], lambda m: None), kwargs={"pull_limit": 0}
     )
     cell.start()
-    busy = api.wait_state("busy", timeout_s=10)
+    try:
+        busy = api.wait_state("busy")
+    finally:
+        go_on.touch()
     assert busy["worker"]["uptime_s"] is not None
-    cell.join(30)
-    assert api.wait_state("ready", timeout_s=10)["worker"]["state"] == "ready"
+    cell.join(WAIT_S)
+    assert api.wait_state("ready")["worker"]["state"] == "ready"
     session.close()
     api.call("POST", "stop")
 
@@ -210,7 +216,7 @@ class TestCulled:
         api.call("POST", "login", {"token": culling_stack.token})
         api.call("POST", "start", {"requirements": ""})
         api.wait_state("ready")
-        culled = api.wait_state("culled", timeout_s=30)["worker"]
+        culled = api.wait_state("culled")["worker"]
         assert culled["message"].startswith("Stopped after 1 s without a cell")
 
 

@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 import pytest
 from jupyter_client.manager import KernelManager
 
-from tests.test_kernel import run
+from tests.harness import WAIT_S
+from tests.kernel_harness import run
+
+pytestmark = pytest.mark.stack
 
 HELPER_MODULE = "SCALE = 3\n\n\ndef triple(v):\n    return v * SCALE\n"
 PROBE = """
@@ -41,7 +44,7 @@ def kernel(stack, tmp_path_factory) -> Iterator[object]:
     km.start_kernel(env=env, cwd=str(notebook_dir))
     kc = km.client()
     kc.start_channels()
-    kc.wait_for_ready(timeout=60)
+    kc.wait_for_ready(timeout=WAIT_S)
     reply, _ = run(kc, "%load_ext rexec_magic\n" + PROBE)
     assert reply["status"] == "ok"
     yield kc

@@ -14,6 +14,8 @@ import pytest
 
 from rexec_magic import serialize
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     "make, what",
