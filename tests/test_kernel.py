@@ -4,13 +4,13 @@ and a kernel interrupt that stops the remote cell and the queued cells after it.
 from __future__ import annotations
 
 import queue
-import time
 from collections.abc import Iterator
 
 import pytest
 from jupyter_client.manager import KernelManager
 
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S
+from tests.kernel_harness import collect, run
 
 pytestmark = pytest.mark.stack
 
@@ -28,27 +28,6 @@ def kernel(stack) -> Iterator[tuple[KernelManager, object]]:
     yield km, kc
     kc.stop_channels()
     km.shutdown_kernel(now=True)
-
-
-def collect(kc, msg_id: str, timeout: float = WAIT_S) -> tuple[dict, list[dict]]:
-    """The execute reply and every iopub message of one request."""
-    outputs = []
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-        outputs.append(msg)
-    reply = kc.get_shell_msg(timeout=timeout)
-    while reply["parent_header"].get("msg_id") != msg_id:
-        reply = kc.get_shell_msg(timeout=timeout)
-    return reply["content"], outputs
-
-
-def run(kc, code: str) -> tuple[dict, list[dict]]:
-    return collect(kc, kc.execute(code))
 
 
 def test_outputs_render_as_in_a_local_cell(kernel):
