@@ -17,6 +17,9 @@ What each figure is (medians; throughput in MiB/s = 2**20 bytes per second):
   numpy array in / out.  The raw side moves the same bytes zero-copy and does not copy them on
   arrival (rexec copies once on arrival to give the user a writable array; that copy is part
   of what is measured).
+* ``unchanged_100MB_cell_ms`` against ``trivial_beside_unchanged_ms`` (interleaved): a cell
+  reading the unchanged 100 MiB array sends only its name; the worker hashes the array after
+  the cell to notice in-place changes (``hash_ms_per_GB``): that hash is the cost left.
 * ``supervisor_rss_MiB`` / ``executor_rss_MiB``: resident memory of the worker's processes
   (the executor after the test array was deleted).
 * ``call_ms`` includes pickling the function by value from ``__main__`` (dill) each call.
@@ -211,6 +214,24 @@ class Rexec:
         self.ip.run_cell_magic("remote", "", "pass")
         return time.perf_counter() - t0
 
+    def unchanged(self) -> float:
+        """A cell reading the unchanged 100 MB array: only its name goes (the worker holds
+        it), and the worker hashes it after the cell to notice in-place changes."""
+        t0 = time.perf_counter()
+        self.ip.run_cell_magic("remote", "", "n_arr = arr.shape[0]")
+        return time.perf_counter() - t0
+
+    def hash_ms_per_gb(self) -> float:
+        from rexec_magic import serialize
+
+        arr = self.ip.user_ns["arr"]
+        hashes = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            _ = serialize.pack_value(arr).digest
+            hashes.append(time.perf_counter() - t0)
+        return min(hashes) * 1000 / (arr.nbytes / 2**30)
+
     def call(self) -> float:
         t0 = time.perf_counter()
         self.noop()
@@ -242,7 +263,8 @@ class Rexec:
 
     def push(self) -> float:
         t0 = time.perf_counter()
-        self.ip.run_cell_magic("remote", "--no-pull", "arr.shape")
+        # -i: ship it even though it did not change (what is measured is the transfer)
+        self.ip.run_cell_magic("remote", "--no-pull -i arr", "arr.shape")
         return time.perf_counter() - t0
 
     def pull(self) -> float:
@@ -261,7 +283,11 @@ class Rexec:
         }
 
     def drop_array(self) -> None:
-        self.ip.run_cell_magic("remote", "--no-pull", "del arr, arr2\nimport gc; gc.collect()")
+        self.ip.run_cell_magic(
+            "remote", "--no-pull", "del arr, arr2, n_arr\nimport gc; gc.collect()"
+        )
+        for name in ("arr", "arr2", "n_arr"):  # `del` in a remote cell deletes here too
+            self.ip.user_ns.pop(name, None)
 
     def close(self) -> None:
         self.session.stop()
@@ -304,6 +330,10 @@ def main() -> None:
                 take("push", ours.push, 1)
                 take("raw_pull", raw.pull, 1)
                 take("pull", ours.pull, 1)
+                for _ in range(max(4, args.n // 20)):  # interleaved with the trivial cell
+                    take("trivial_beside_unchanged", ours.cell, 1)
+                    take("unchanged", ours.unchanged, 1)
+            hash_ms_per_gb = ours.hash_ms_per_gb()
             ours.drop_array()  # memory of the processes themselves, not of the test array
             memory = ours.memory()
             ours.close()
@@ -322,10 +352,16 @@ def main() -> None:
         "push_MiBps": round(mib / statistics.median(samples["push"]), 1),
         "raw_pull_MiBps": round(mib / statistics.median(samples["raw_pull"]), 1),
         "pull_MiBps": round(mib / statistics.median(samples["pull"]), 1),
+        "trivial_beside_unchanged_ms": median_ms(samples["trivial_beside_unchanged"]),
+        "unchanged_100MB_cell_ms": median_ms(samples["unchanged"]),
+        "hash_ms_per_GB": round(hash_ms_per_gb, 1),
         "start_cold_s": round(ours.start_cold_s, 2),
         **{k: (round(v, 1) if v is not None else None) for k, v in memory.items()},
     }
     out["cell_vs_raw"] = round(out["cell_ms"] / out["raw_rtt_ms"], 2)
+    out["unchanged_vs_trivial"] = round(
+        out["unchanged_100MB_cell_ms"] / out["trivial_beside_unchanged_ms"], 2
+    )
     out["push_time_vs_raw"] = round(out["raw_push_MiBps"] / out["push_MiBps"], 2)
     out["pull_time_vs_raw"] = round(out["raw_pull_MiBps"] / out["pull_MiBps"], 2)
     print(json.dumps(out))

@@ -46,6 +46,10 @@ class CellOutcome:
     skipped: list[dict[str, str]] = field(default_factory=list)
     duration: float = 0.0
     message: str = ""
+    # Pulled values that did not load here: {name: reason}; they stay remote.
+    not_loaded: dict[str, str] = field(default_factory=dict)
+    # DONE's header: the namespace-sync fields (changed, deleted, unloaded, missing, ...).
+    done: P.Done | None = None
 
 
 def keepalive_interval() -> float:
@@ -272,14 +276,27 @@ class RexecClient:
             entries, buffers = serialize.pack(push)
         except serialize.SerializationError as exc:
             raise errors.UnserializableVariable(f"The cell was not run: {exc}.") from None
+        sync = {"pull": pull, "pull_limit": pull_limit}
+        return self.execute_packed(code, entries, buffers, sync, on_event, timeout_s)
+
+    def execute_packed(
+        self,
+        code: str,
+        entries: list[dict[str, Any]],
+        buffers: list[Any],
+        fields: dict[str, Any],
+        on_event: EventHandler,
+        timeout_s: float | None = None,
+    ) -> CellOutcome:
+        """:meth:`execute` with values already packed; ``fields`` go into the header
+        (``pull``, ``pull_limit`` and the namespace-sync fields of rexec_magic/sync.py)."""
         self.ensure_hello()
         req_id = self._new_id()
         header = {
+            **fields,
             "id": req_id,
             "code": code,
             "vars": entries,
-            "pull": pull,
-            "pull_limit": pull_limit,
             "client": self.local_versions,
             "credit": P.CLIENT_CREDIT,
             **self.placement(),
@@ -317,6 +334,8 @@ class RexecClient:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout_s: float | None = None,
+        globals_: dict[str, Any] | None = None,
+        fields: dict[str, Any] | None = None,
         cancel: threading.Event | None = None,
     ) -> Events:
         """Call ``fn(*args, **kwargs)`` on the worker: yields its STREAM / DISPLAY / YIELD
@@ -326,12 +345,16 @@ class RexecClient:
         interrupts the call.
         """
         try:
-            entries, buffers = serialize.pack({"fn": fn, "args": tuple(args), "kwargs": kwargs})
+            values = {"fn": fn, "args": tuple(args), "kwargs": kwargs}
+            if globals_:  # the notebook globals fn reads, for the worker's namespace
+                values["globals"] = globals_
+            entries, buffers = serialize.pack(values)
         except serialize.SerializationError as exc:
             raise errors.UnserializableVariable(f"The call was not sent: {exc}.") from None
         self.ensure_hello()
         req_id = self._new_id()
         header = {
+            **(fields or {}),
             "id": req_id,
             "vars": entries,
             "client": self.local_versions,
@@ -510,31 +533,39 @@ class RexecClient:
             )
         if status == P.DoneStatus.INTERRUPTED or (interrupted and status != P.DoneStatus.OK):
             raise errors.RemoteInterrupted()
+        values: dict[str, Any] = {}
+        not_loaded: dict[str, str] = {}
+        if done.vars:  # each value alone: one that does not load here stays remote
+            try:
+                values, not_loaded = serialize.unpack_each(msg.header["vars"], msg.buffers)
+            except serialize.SerializationError as exc:  # the message itself is malformed
+                raise errors.DeserializationFailed(
+                    f"The values pulled from the worker could not be read: {exc}."
+                ) from None
+            if not_loaded:
+                note = serialize.version_note(self.local_versions, self.worker)
+                log.info("pulled values did not load here: %s (%s)", not_loaded, note)
+        outcome = CellOutcome(
+            status=status,
+            values=values,
+            skipped=list(done.skipped),
+            duration=done.duration,
+            message=done.message,
+            not_loaded=not_loaded,
+            done=done,
+        )
         if status == P.DoneStatus.ERROR:
             if error_msg is not None:
                 error = error_msg.read(P.Error)
                 ename, evalue, trace = error.ename, error.evalue, error.traceback
             else:
                 ename, evalue, trace = "Error", done.message or "the remote cell failed", []
-            raise errors.RemoteCellError(
+            exc = errors.RemoteCellError(
                 ename, evalue, list(trace), self._remote_exception(error_msg)
             )
-        values: dict[str, Any] = {}
-        if done.vars:
-            try:
-                values = serialize.unpack(msg.header["vars"], msg.buffers)
-            except serialize.SerializationError as exc:
-                note = serialize.version_note(self.local_versions, self.worker)
-                raise errors.DeserializationFailed(
-                    f"A value pulled from the worker could not be loaded here: {exc} ({note})."
-                ) from None
-        return CellOutcome(
-            status=status,
-            values=values,
-            skipped=list(done.skipped),
-            duration=done.duration,
-            message=done.message,
-        )
+            exc.outcome = outcome  # what the cell bound before it raised still comes back
+            raise exc
+        return outcome
 
     def _remote_exception(self, error_msg: P.Message | None) -> BaseException | None:
         """The exception a CALL raised, when it came pickled and loads here."""

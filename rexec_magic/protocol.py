@@ -108,13 +108,16 @@ class Kind:
     HELLO = "hello"  # {token, client: versions}  -> WELCOME | DENIED
     PING = "ping"  # {t}  -> PONG (answered by the broker, says whether the worker is alive)
     # client -> worker (routed by the broker to the user's worker)
-    EXECUTE = "execute"  # {id, code, vars: [{name, nbuffers}], pull, pull_limit} + buffers
+    # {id, code, vars: [{name, nbuffers}], pull, pull_limit, have, watch, pull_changed, result,
+    # cell} + buffers (have/watch/...: the namespace sync, rexec_magic/sync.py)
+    EXECUTE = "execute"
     INTERRUPT = "interrupt"  # {id}
     INSPECT = "inspect"  # {id, session?, namespace?}  -> INSPECT_REPLY
     ACK = "ack"  # {id, n}: the client has handled n events of that request (flow control)
-    KEEPALIVE = "keepalive"  # {id, session, namespace?, keepalive_s}: this kernel is still there
-    # {id, vars: [{name: fn|args|kwargs, nbuffers}], inband, client} + buffers: call fn(*args,
-    # **kwargs); a generator's items come as YIELD, the return value with DONE (vars "return")
+    KEEPALIVE = "keepalive"  # {id, session, namespace?, keepalive_s}: the kernel still exists
+    # {id, vars: [{name: fn|args|kwargs|globals, nbuffers}], have, watch, pull_limit, inband,
+    # client} + buffers: bind globals, call fn(*args, **kwargs); a generator's items come as
+    # YIELD, the return value with DONE (vars "return", then the watched globals that changed)
     CALL = "call"
     # broker -> client
     WELCOME = "welcome"  # {user, username, worker: WorkerInfo | None}
@@ -128,7 +131,9 @@ class Kind:
     RESULT = "result"  # {id, seq, data, metadata, execution_count}
     ERROR = "error"  # {id, seq, ename, evalue, traceback[, nbuffers]} (+ the pickled exception)
     YIELD = "yield"  # {id, seq, nbuffers} + the pickled item: one item of a generator CALL
-    DONE = "done"  # {id, seq, status, vars, skipped, duration} + buffers of pulled values
+    # {id, seq, status, vars: [{name, nbuffers, digest, reads}], skipped, changed, deleted,
+    # result_name, unloaded, missing, duration, message?, exit?} + buffers of pulled values
+    DONE = "done"
     INSPECT_REPLY = "inspect_reply"  # {id, worker, variables: [{name, type, size}], executors}
     NOTICE = "notice"  # {id, seq, text}: what a waiting request waits for (shown once)
     # worker -> broker
@@ -176,6 +181,7 @@ class DoneStatus:
     INTERRUPTED = "interrupted"  # KeyboardInterrupt reached the cell
     RESTARTING = "restarting"  # the cell ignored the interrupt; its executor restarts, state lost
     LOST = "lost"  # the executor died during the cell (crash, os._exit, OOM); state lost
+    RESEND = "resend"  # not run: the worker lacks names the client did not resend ({missing})
 
 
 # Liveness.  Workers heartbeat the broker; clients ping while they wait for a cell.
@@ -479,9 +485,26 @@ class VarEntry(Header):
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=SHORT_MAX)]
     nbuffers: Annotated[int, Field(ge=1)]
+    nbytes: Annotated[int, Field(ge=0)] | None = None  # the pickle's size (informative)
+
+
+class PulledEntry(VarEntry):
+    """A value a DONE brings back, with what the namespace sync records of it."""
+
+    digest: Short = ""  # content hash of the pickle and its buffers (serialize.digest)
+    # The notebook globals its code reads (they are watched too).
+    reads: list[Short] = Field(default_factory=list)
+
+
+class Unloaded(Header):
+    """A pushed value the worker could not load (it stays unbound there)."""
+
+    name: Short
+    reason: str = ""
 
 
 VarList = Annotated[list[VarEntry], BeforeValidator(_none_as_empty)]
+Names = Annotated[list[Short], BeforeValidator(_none_as_empty)]
 
 
 def _check_buffers(entries: list[VarEntry], info: ValidationInfo) -> None:
@@ -530,9 +553,19 @@ class Placement(Header):
 class Execute(Request, Placement):
     code: str
     vars: VarList = []
-    pull: Annotated[list[Short], BeforeValidator(_none_as_empty)] = []
+    pull: Names = []
     pull_limit: Annotated[int, Field(ge=0)] | None = None  # None: the worker's default
     client: Versions | None = None
+    # The namespace sync (rexec_magic/sync.py): names not resent because the worker holds
+    # them (it answers DoneStatus.RESEND when it lacks one); names whose change to report;
+    # whether changed watched names come back; whether the last expression's value comes
+    # back; the notebook's cell number (tracebacks say ``Cell In[N]``).  Fields often absent
+    # default through a factory: pydantic deep-copies a ``[]`` default on every read (~0.7 us).
+    have: Names = Field(default_factory=list)
+    watch: Names = Field(default_factory=list)
+    pull_changed: bool = False
+    result: bool = False
+    cell: int | None = None
     # Events the client lets be in flight unacknowledged (ACK); None: no flow control.
     credit: Annotated[int, Field(ge=1, le=MAX_CREDIT)] | None = None
 
@@ -547,14 +580,20 @@ class Call(Request, Placement):
     inband: bool = False  # values back as one plain pickle each (legacy clients)
     legacy: bool = False
     client: Versions | None = None
+    # The namespace sync, as for Execute: ``globals`` (a ``vars`` entry) holds the notebook
+    # globals ``fn`` reads that changed; ``have`` those not resent; ``watch`` those whose
+    # change comes back.
+    have: Names = Field(default_factory=list)
+    watch: Names = Field(default_factory=list)
+    pull_limit: Annotated[int, Field(ge=0)] | None = None  # None: the worker's default
     credit: Annotated[int, Field(ge=1, le=MAX_CREDIT)] | None = None
 
     @model_validator(mode="after")
     def _buffers(self, info: ValidationInfo) -> Call:
         _check_buffers(self.vars, info)
         names = {e.name for e in self.vars}
-        if "fn" not in names or not names <= {"fn", "args", "kwargs"}:
-            raise ValueError("'vars' must name 'fn' and may name 'args' and 'kwargs'")
+        if "fn" not in names or not names <= {"fn", "args", "kwargs", "globals"}:
+            raise ValueError("'vars' must name 'fn' and may name 'args', 'kwargs' and 'globals'")
         return self
 
 
@@ -650,11 +689,20 @@ class Yield(Event):
 
 class Done(Event):
     status: Short
-    vars: VarList = []
+    vars: Annotated[list[PulledEntry], BeforeValidator(_none_as_empty)] = []
     skipped: list[Json] = []
     duration: float = 0.0
     message: str = ""
     execution_count: int | None = None
+    # The namespace sync (rexec_magic/sync.py): watched names that changed (rebound or in
+    # place) and that the cell deleted; the name holding the last expression's value when it
+    # was not sent again; pushed values the worker could not load; for RESEND, the ``have``
+    # names the worker lacks.
+    changed: Names = Field(default_factory=list)
+    deleted: Names = Field(default_factory=list)
+    result_name: Short | None = None
+    unloaded: list[Unloaded] = Field(default_factory=list)
+    missing: Names = Field(default_factory=list)
     exit: bool = False  # exit() in the cell ended its executor
 
     @model_validator(mode="after")
@@ -672,7 +720,7 @@ class Notice(Event):
 class InspectReply(Event):
     worker: Json = {}
     variables: list[Json] = []
-    executors: list[Json] = []  # the user's executors, one row each (``Heartbeat``)
+    executors: list[Json] = Field(default_factory=list)  # the user's executors (``Heartbeat``)
     note: str = ""
 
 
@@ -691,7 +739,7 @@ class Heartbeat(Header):
     busy: bool = False
     # One row per executor ({notebook, state, memory, pid, uptime_s, ...}), for
     # %rexec_status and the sidebar.
-    executors: list[Json] = []
+    executors: list[Json] = Field(default_factory=list)
 
 
 # broker -> worker

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rexec_magic import connection, errors, serialize
+from rexec_magic import connection, contract, errors, serialize, sync
 from rexec_magic import protocol as P
 from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient, keepalive_interval
 from rexec_magic.contract import WorkerState
@@ -52,6 +52,10 @@ class RemoteSession:
         self.namespace: str | None = None  # %rexec_attach NAME: a shared, named namespace
         self.notebook = _notebook_label()
         self._keepalive: threading.Thread | None = None
+        # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py).
+        # It is the state of this session's executor: attaching to another namespace, or
+        # stopping the worker, forgets it.
+        self.sync = sync.NamespaceSync()
 
     @contextmanager
     def exclusive(self, what: str = "request", say: Say = _quiet) -> Iterator[None]:
@@ -129,7 +133,13 @@ class RemoteSession:
         return client
 
     def attach(self, name: str | None) -> None:
-        """Use the shared namespace ``name`` from now on (None: this session's own again)."""
+        """Use the shared namespace ``name`` from now on (None: this session's own again).
+
+        What this notebook knows of the worker's namespace (``sync``) was about the other
+        one: it is forgotten, so the next cell sends what it needs and takes nothing for held.
+        """
+        if (name or None) != self.namespace:
+            self.sync.forget()
         self.namespace = name or None
 
     @property
@@ -143,6 +153,7 @@ class RemoteSession:
         self.close()
         self._info = info
         self._warned_versions = False
+        self.sync.forget()
 
     def forget(self) -> None:
         """Close, and read the connection file again on next use (extension unloaded)."""
@@ -189,6 +200,7 @@ class RemoteSession:
         return status
 
     def stop(self) -> dict[str, Any]:
+        self.sync.forget()  # its namespace goes with it
         return self.spawner.stop()
 
     def _check_versions(self, say: Say) -> None:
@@ -239,6 +251,68 @@ class RemoteSession:
             self._start_missing(say)
             return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
 
+    def run_synced(
+        self,
+        code: str,
+        namespace: dict[str, Any],
+        names: list[str],
+        shippable: Callable[[str, Any], bool],
+        fields: dict[str, Any],
+        on_event: EventHandler,
+        timeout_s: float | None = None,
+        say: Say = _quiet,
+        force: list[str] = (),  # type: ignore[assignment]
+    ) -> CellOutcome:
+        """Run a cell shipping only the ``names`` (and the globals their code reads) whose
+        local value changed since the worker got it; start a worker first when needed.
+
+        A worker that lacks a skipped name (it restarted) answers "resend": the cell goes
+        once more with those names.  Raises what :meth:`RexecClient.execute_packed` raises.
+        """
+        with self.exclusive("cell", say):
+            forced = list(force)
+            for _ in range(3):
+                plan = self.sync.plan(namespace, names, shippable, forced)
+                entries, frames = plan.entries_and_frames()
+                # What the cell's functions read is watched too (`bump()` appending to a list).
+                watch = [*fields.get("watch", []), *plan.send, *plan.have]
+                header = {**fields, "have": plan.have, "watch": list(dict.fromkeys(watch))}
+                try:
+                    outcome = self._execute(code, entries, frames, header, on_event, timeout_s, say)
+                except errors.RemoteCellError as exc:
+                    self.sync.sent(namespace, plan, _unloaded(exc.outcome))
+                    raise
+                if outcome.status != P.DoneStatus.RESEND:
+                    self.sync.sent(namespace, plan, _unloaded(outcome))
+                    return outcome
+                missing = _missing(outcome)
+                log.info("the worker lacks %s: sending the cell again with them", missing)
+                for name in missing:
+                    self.sync.records.pop(name, None)
+                forced += missing
+            raise errors.WorkerLost("The remote worker kept losing the cell's variables.")
+
+    def _execute(
+        self,
+        code: str,
+        entries: list[dict[str, Any]],
+        frames: list[Any],
+        header: dict[str, Any],
+        on_event: EventHandler,
+        timeout_s: float | None,
+        say: Say,
+    ) -> CellOutcome:
+        client = self.client
+        try:
+            client.ensure_hello()
+            if client.worker is None:
+                raise errors.NoWorker("no worker")
+            self._check_versions(say)
+            return client.execute_packed(code, entries, frames, header, on_event, timeout_s)
+        except errors.NoWorker:
+            self._start_missing(say)
+            return client.execute_packed(code, entries, frames, header, on_event, timeout_s)
+
     def _start_missing(self, say: Say) -> None:
         current = self.spawner.status()
         state, idle_s = current.get("state"), current.get("idle_culled_after_s")
@@ -286,10 +360,48 @@ class RemoteSession:
                 self._start_missing(say)
             self._check_versions(say)
             try:
-                return (yield from client.call(fn, args, kwargs, timeout_s, cancel))
+                return (yield from self._synced_call(fn, args, kwargs, timeout_s, cancel))
             except errors.NoWorker:
                 self._start_missing(say)
-                return (yield from client.call(fn, args, kwargs, timeout_s, cancel))
+                return (yield from self._synced_call(fn, args, kwargs, timeout_s, cancel))
+
+    def _synced_call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout_s: float | None,
+        cancel: threading.Event | None = None,
+    ) -> Events:
+        """A call whose notebook globals follow the cells' sync rules: those ``fn`` reads go
+        when they changed (never over newer remote values), and those it changes in place
+        (``lst.append``) come back into the notebook, as a local call would leave them."""
+        main = serialize.main_namespace()
+        reads = _reads_of(fn)
+        forced: list[str] = []
+        for _ in range(3):
+            plan = self.sync.plan(main, reads, _shippable_global, forced)
+            values = {name: main[name] for name in plan.send}
+            watch = list(dict.fromkeys([*reads, *plan.send, *plan.have]))
+            limit = contract.DEFAULT_PULL_LIMIT_BYTES
+            fields = {"have": plan.have, "watch": watch, "pull_limit": limit}
+            try:
+                outcome = yield from self.client.call(
+                    fn, args, kwargs, timeout_s, values, fields, cancel
+                )
+            except errors.RemoteCellError as exc:
+                self.sync.sent(main, plan, _unloaded(exc.outcome))
+                if exc.outcome is not None:
+                    self.sync.apply(main, exc.outcome, "not pulled")
+                raise
+            if outcome.status != P.DoneStatus.RESEND:
+                self.sync.sent(main, plan, _unloaded(outcome))
+                self.sync.apply(main, outcome, "not pulled")
+                return outcome
+            for name in _missing(outcome):
+                self.sync.records.pop(name, None)
+                forced.append(name)
+        raise errors.WorkerLost("The remote worker kept losing the call's variables.")
 
     def status(self) -> dict[str, Any]:
         """Everything ``%rexec_status`` shows, gathered without raising for a missing worker."""
@@ -329,6 +441,33 @@ def _notebook_label() -> str:
     if script and not script.startswith("ipykernel") and script != "-c":
         return script
     return f"kernel {os.getpid()}"
+
+
+def _reads_of(fn: Any) -> list[str]:
+    """The notebook globals a notebook function (or class) reads directly; the sync's plan
+    follows them transitively."""
+    main = serialize.main_namespace()
+    if getattr(fn, "__globals__", None) is not main and not isinstance(fn, type):
+        return []
+    try:
+        return list(serialize.pack_value(fn).reads)
+    except serialize.SerializationError:
+        return []  # packing the call names the problem
+
+
+def _shippable_global(name: str, value: Any) -> bool:
+    return not sync.ipython_name(name)
+
+
+def _unloaded(outcome: CellOutcome | None) -> list[str]:
+    """The pushed names the worker could not load (its DONE's ``unloaded``)."""
+    done = outcome.done if outcome is not None else None
+    return [u.name for u in done.unloaded] if done is not None else []
+
+
+def _missing(outcome: CellOutcome) -> list[str]:
+    """For a RESEND: the ``have`` names the worker lacks."""
+    return list(outcome.done.missing) if outcome.done is not None else []
 
 
 _shared: RemoteSession | None = None

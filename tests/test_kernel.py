@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 from jupyter_client.manager import KernelManager
 
-from tests.harness import INTERRUPT_ANSWER_S, WAIT_S
+from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, wait_for
+from tests.kernel_harness import collect, run
 
 pytestmark = pytest.mark.stack
 
@@ -28,27 +29,6 @@ def kernel(stack) -> Iterator[tuple[KernelManager, object]]:
     yield km, kc
     kc.stop_channels()
     km.shutdown_kernel(now=True)
-
-
-def collect(kc, msg_id: str, timeout: float = WAIT_S) -> tuple[dict, list[dict]]:
-    """The execute reply and every iopub message of one request."""
-    outputs = []
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-        outputs.append(msg)
-    reply = kc.get_shell_msg(timeout=timeout)
-    while reply["parent_header"].get("msg_id") != msg_id:
-        reply = kc.get_shell_msg(timeout=timeout)
-    return reply["content"], outputs
-
-
-def run(kc, code: str) -> tuple[dict, list[dict]]:
-    return collect(kc, kc.execute(code))
 
 
 def test_outputs_render_as_in_a_local_cell(kernel):
@@ -223,18 +203,17 @@ def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
             f"while True:\n    pathlib.Path({str(beat)!r}).touch()\n    time.sleep(0.1)"
         )
         wait_for_text(kc, "started")
-        while not beat.exists():
-            time.sleep(0.05)
+        wait_for(beat.exists, "the remote loop to beat")
     finally:
         kc.stop_channels()
     process = km.provisioner.process  # the local kernel's Popen
     process.kill()  # SIGKILL: no goodbye, its pings just stop
     process.wait()
-    while True:  # the remote loop stops once the worker notices (bounded by the test timeout)
-        before = beat.stat().st_mtime
-        time.sleep(1.0)
-        if beat.stat().st_mtime == before:
-            break
+
+    def stopped() -> bool:  # no beat for a second: the worker noticed and stopped the loop
+        return time.time() - beat.stat().st_mtime > 1.0
+
+    wait_for(stopped, "the orphaned remote loop to stop")
 
 
 def test_a_kernel_interrupt_cancels_this_notebooks_running_calls(kernel, tmp_path):
@@ -254,8 +233,7 @@ def test_a_kernel_interrupt_cancels_this_notebooks_running_calls(kernel, tmp_pat
         "    return 'pong'\n"
     )
     assert run(kc, code)[0]["status"] == "ok"
-    while not flag.exists():  # the call runs remotely now; the kernel is idle
-        time.sleep(0.05)
+    wait_for(flag.exists, "the call to run remotely (the kernel is idle)")
     km.interrupt_kernel()
     reply, outputs = run(kc, "print(fut.cancelled(), remote_func(ping)())")
     assert reply["status"] == "ok"
