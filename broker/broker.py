@@ -69,6 +69,9 @@ class WorkerEntry:
     pid: int | None
     registered_at: float
     last_seen: float
+    # Random per worker process: a new value means a new process (its namespace is new), which
+    # a pid cannot tell inside a container.  Unchanged when a worker registers again.
+    instance: str = ""
     busy: bool = False
     # Wall-clock time of the last cell forwarded to or finished by this worker (or of its
     # registration): the spawner culls workers idle for longer than its cull_idle_seconds.
@@ -89,6 +92,7 @@ class WorkerEntry:
             pid=pid if isinstance(pid, int) else None,
             registered_at=time.time(),
             last_seen=now,
+            instance=str(header.get("instance") or "")[:64],
         )
 
     def info(self, now: float) -> dict[str, Any]:
@@ -97,6 +101,7 @@ class WorkerEntry:
             "python": self.python,
             "dill": self.dill,
             "pid": self.pid,
+            "instance": self.instance,
             "registered_at": self.registered_at,
             "uptime_s": round(time.time() - self.registered_at, 3),
             "last_seen_s": round(now - self.last_seen, 3),
@@ -323,7 +328,7 @@ class Broker:
                 },
             )
             return
-        if kind not in (P.Kind.EXECUTE, P.Kind.CALL, P.Kind.INTERRUPT, P.Kind.INSPECT):
+        if kind not in P.CLIENT_TO_WORKER:
             return self._malformed("frontend", f"unknown kind {kind[:32]!r}")
         header = self._header(frames[3])
         if header is None:

@@ -50,8 +50,13 @@ class RexecClient:
         self.user: str = ""
         self.username: str = ""
         self.worker: dict[str, Any] | None = None
+        # The worker process this client last saw (its ``instance``), and who to tell when a
+        # different one shows up: the namespace the user had is gone.
+        self.seen_instance: str | None = None
+        self.on_new_worker: Callable[[dict[str, Any]], None] | None = None
         self.local_versions = serialize.versions()
         self._ids = itertools.count()
+        self.last_heard = 0.0  # time.monotonic() of the last message from the broker
 
     # ------------------------------------------------------------------ connection
     def _socket(self) -> zmq.Socket:
@@ -86,6 +91,7 @@ class RexecClient:
         if not sock.poll(max(0, int(timeout_s * 1000))):
             return None
         frames = sock.recv_multipart(copy=False)
+        self.last_heard = time.monotonic()
         try:
             return P.decode(frames)
         except P.ProtocolError as exc:
@@ -107,7 +113,7 @@ class RexecClient:
             if msg.kind == P.Kind.WELCOME:
                 self.user = msg.header["user"]
                 self.username = msg.header.get("username", self.user)
-                self.worker = msg.header.get("worker")
+                self._saw_worker(msg.header.get("worker"))
                 return msg.header
             if msg.kind == P.Kind.DENIED:
                 self.reset()
@@ -133,11 +139,44 @@ class RexecClient:
                     f"The rexec broker at {self.info.broker_url} did not answer a ping."
                 )
             if msg.kind == P.Kind.PONG and msg.header.get("t") == t0:
-                self.worker = msg.header.get("worker")
+                self._saw_worker(msg.header.get("worker"))
                 return time.perf_counter() - t0, msg.header
             if msg.kind == P.Kind.FAIL and msg.header.get("code") == P.FailCode.UNAUTHENTICATED:
                 self.hello()
                 return self.ping(timeout_s)
+
+    def _saw_worker(self, worker: dict[str, Any] | None) -> None:
+        """Keep the broker's view of our worker; report a new worker process once."""
+        self.worker = worker
+        instance = (worker or {}).get("instance")
+        if not instance:
+            return
+        previous, self.seen_instance = self.seen_instance, instance
+        if previous is not None and previous != instance and self.on_new_worker is not None:
+            self.on_new_worker(worker)
+
+    def request(
+        self, kind: str, header: dict[str, Any], reply_kind: str, timeout_s: float
+    ) -> dict[str, Any] | None:
+        """One question to the worker; its answer's header, or None after ``timeout_s``.
+
+        For questions whose answer is only useful at once (completion, ``obj?``): a late
+        answer is dropped by whichever wait meets it (its id matches nothing).
+        """
+        self.ensure_hello()
+        req_id = self._new_id()
+        self._send(kind, {**header, "id": req_id})
+        deadline = time.monotonic() + timeout_s
+        while True:
+            msg = self._recv(deadline - time.monotonic())
+            if msg is None:
+                return None
+            if msg.header.get("id") != req_id:
+                continue
+            if msg.kind == reply_kind:
+                return msg.header
+            if msg.kind == P.Kind.FAIL:
+                return None
 
     def inspect(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """The worker's own report: versions, uptime, variables."""
@@ -305,7 +344,7 @@ class RexecClient:
                 last_heard = time.monotonic()
                 h = msg.header
                 if msg.kind == P.Kind.PONG:
-                    self.worker = h.get("worker")
+                    self._saw_worker(h.get("worker"))
                     if self.worker is None or (req_id not in h.get("pending", []) and started):
                         raise errors.WorkerLost(
                             "The remote worker stopped while running the cell; "

@@ -1,8 +1,10 @@
 """The IPython magics: ``%%remote``, ``%remote``, ``%rexec_login``, ``%rexec_start``,
-``%rexec_stop`` and ``%rexec_status``.
+``%rexec_stop``, ``%rexec_status``, ``%rexec_put`` and ``%rexec_get``.
 
 The flags of ``%%remote`` and ``%remote`` are declared once (``remote_args``) and stacked on
-the magic, so the line and cell forms can never drift apart (the ipyparallel pattern).
+the magic, so the line and cell forms can never drift apart (the ipyparallel pattern).  Every
+magic answers ``-h`` / ``--help`` with its flags (``parse``).  rexec's own words go through
+``notes`` (progress in place, plain notes, warnings only for real problems), never stderr.
 """
 
 from __future__ import annotations
@@ -11,19 +13,23 @@ import getpass
 import logging
 import os
 import re
+import shlex
 import sys
+import time
 import types
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from rexec_magic import connection, errors, names
+from rexec_magic import connection, errors, names, transfer
 from rexec_magic.login import DEFAULT_SPAWNER_URL, log_in
 from rexec_magic.logs import log_path, setup_logging
+from rexec_magic.notes import NOTEBOOK, Notes
 from rexec_magic.render import EventRenderer, Table, human_bytes, human_seconds
-from rexec_magic.session import shared_session
+from rexec_magic.session import restart_sentence, shared_session
 
 log = logging.getLogger("rexec.magic")
 
@@ -31,6 +37,41 @@ DEFAULT_PULL_LIMIT = 256 * 2**20
 # IPython's own names in a user namespace: never shipped.
 IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_", "__", "___"})
 IPYTHON_NAME_RE = re.compile(r"^_(i\d*|ii|iii|oh|ih|dh|\d+)$")
+HELP_FLAGS = ("-h", "--help")
+# Values of these packages that cannot come back stay remote without a note: a plotting cell
+# has already shown its figure, and its axes and artists are of no use here.
+QUIET_PACKAGES = ("matplotlib.",)
+PROGRESS_EVERY_S = 0.2  # redraw a transfer's progress bar at most this often
+
+
+def parse(magic: Any, line: str) -> Any:
+    """The magic's flags, or None after printing its help for ``-h`` / ``--help``."""
+    try:
+        words = shlex.split(line)
+    except ValueError:
+        words = line.split()
+    if any(w in HELP_FLAGS for w in words):
+        print(magic.__doc__)
+        return None
+    return parse_argstring(magic, line)
+
+
+@contextmanager
+def figures_stay_remote() -> Any:
+    """Figures that come back as values are not drawn again here.
+
+    Unpickling a pyplot figure registers it with pyplot, and the kernel's inline backend
+    would then show it a second time at the end of the cell (the worker already showed it).
+    """
+    helpers = sys.modules.get("matplotlib._pylab_helpers")
+    before = set(helpers.Gcf.figs) if helpers is not None else set()
+    try:
+        yield
+    finally:
+        helpers = sys.modules.get("matplotlib._pylab_helpers")
+        if helpers is not None:
+            for num in set(helpers.Gcf.figs) - before:
+                helpers.Gcf.figs.pop(num, None)  # the Figure itself stays usable: display(fig)
 
 
 def parse_size(text: str) -> int:
@@ -92,8 +133,9 @@ class RexecMagics(Magics):
         self.session = shared_session()
 
     # ------------------------------------------------------------------ helpers
-    def _say(self, text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+    @property
+    def notes(self) -> Notes:
+        return NOTEBOOK
 
     def _shippable(self, name: str) -> bool:
         if name in IPYTHON_NAMES or IPYTHON_NAME_RE.match(name) or name.startswith("__"):
@@ -131,18 +173,25 @@ class RexecMagics(Magics):
     def _run(self, args: Any, code: str) -> Any:
         push, pull = self._plan(args, code)
         renderer = EventRenderer()
-        outcome = self.session.run(
-            code,
-            push,
-            pull,
-            renderer,
-            pull_limit=parse_size(args.pull_limit),
-            timeout_s=args.timeout,
-            say=self._say,
-        )
+        with figures_stay_remote():
+            outcome = self.session.run(
+                code,
+                push,
+                pull,
+                renderer,
+                pull_limit=parse_size(args.pull_limit),
+                timeout_s=args.timeout,
+                notes=self.notes,
+            )
         self.shell.user_ns.update(outcome.values)
+        kept = self.session.kept_remote
+        for name in outcome.values:
+            kept.pop(name, None)
         for skip in outcome.skipped:
-            self._say(f"rexec: `{skip['name']}` stays remote: {skip['reason']}.")
+            kind = str(skip.get("type") or "")
+            kept[skip["name"]] = kind.rsplit(".", 1)[-1] or "?"
+            if not kind.startswith(QUIET_PACKAGES):
+                self.notes.note(f"`{skip['name']}` stays remote: {skip['reason']}.")
         return renderer.result
 
     def _guard(self, action: str, func: Any, *args: Any) -> Any:
@@ -168,8 +217,8 @@ class RexecMagics(Magics):
             flags, code = split_flags(line)
         else:
             flags, code = line, cell
-        args = parse_argstring(self.remote, flags)
-        if not code.strip():
+        args = parse(self.remote, flags)
+        if args is None or not code.strip():
             return None
         return self._guard("running a remote cell", self._run, args, code)
 
@@ -180,7 +229,9 @@ class RexecMagics(Magics):
     @line_magic
     def rexec_login(self, line: str) -> None:
         """Log in: check the token with the spawner and write the connection file."""
-        args = parse_argstring(self.rexec_login, line)
+        args = parse(self.rexec_login, line)
+        if args is None:
+            return
         token = args.token or os.environ.get("REXEC_TOKEN") or getpass.getpass("rexec token: ")
         url = args.spawner_url or os.environ.get("REXEC_SPAWNER_URL")
         if not url:
@@ -200,32 +251,109 @@ class RexecMagics(Magics):
     @argument("--force", action="store_true", help="restart a worker that has other requirements")
     @line_magic
     def rexec_start(self, line: str) -> None:
-        """Start your remote worker (or find it running) and wait until it is ready."""
-        args = parse_argstring(self.rexec_start, line)
+        """Start your remote worker and wait until it is ready.
+
+        Without -r, a worker that already runs (or is starting) is used as it is, whatever
+        requirements it was started with.  With -r, a worker running with other
+        requirements is only replaced with --force (its namespace is lost).
+        """
+        args = parse(self.rexec_start, line)
+        if args is None:
+            return
         requirements: list[str] = []
         if args.requirements:
             try:
                 requirements = Path(args.requirements).expanduser().read_text().splitlines()
             except OSError as exc:
                 raise errors.RexecError(f"Cannot read {args.requirements}: {exc.strerror}.")
-        self._say("Starting the remote worker…")
-        status = self._guard(
-            "starting the worker", self.session.start, requirements, args.force, None, self._say
-        )
-        python = status.get("python") or "?"
-        print(f"Remote worker ready in {status['seconds']:.2f} s (Python {python}).")
+        try:
+            self._guard(
+                "starting the worker",
+                self.session.start,
+                requirements,
+                args.force,
+                None,
+                self.notes,
+                not args.requirements,
+            )
+        except errors.SpawnFailed as exc:
+            if getattr(exc, "http_status", None) != 409 or not args.requirements:
+                raise
+            raise errors.SpawnFailed(conflict_sentence(str(exc), args.requirements)) from None
 
+    @magic_arguments()
     @line_magic
     def rexec_stop(self, line: str) -> None:
         """Stop your remote worker; its namespace is lost."""
+        if parse(self.rexec_stop, line) is None:
+            return
         self._guard("stopping the worker", self.session.stop)
-        print("Remote worker stopped.")
+        self.notes.note("Remote worker stopped.")
 
+    @magic_arguments()
     @line_magic
-    def rexec_status(self, line: str) -> Table:
-        """Where things stand: user, broker, worker, versions, uptime, round trip, variables."""
+    def rexec_status(self, line: str) -> Table | None:
+        """Where things stand: user, broker, worker, its folder, versions, uptime, round trip,
+        remote variables (and which stayed remote)."""
+        if parse(self.rexec_status, line) is None:
+            return None
         report = self._guard("reading the status", self.session.status)
+        report["kept_remote"] = dict(self.session.kept_remote)
         return status_table(report)
+
+    # ------------------------------------------------------------------ files
+    @magic_arguments()
+    @argument("local", help="a file or folder here")
+    @argument("remote", nargs="?", help="where on the worker (default: its folder)")
+    @line_magic
+    def rexec_put(self, line: str) -> None:
+        """Copy a local file or folder to your worker.
+
+        REMOTE relative to the worker's own folder; into an existing folder the item keeps
+        its name.  Streamed in chunks, written atomically: all of it arrives or nothing.
+        """
+        args = parse(self.rexec_put, line)
+        if args is not None:
+            self._transfer("Uploading", "Uploaded", self.session.put, args.local, args.remote)
+
+    @magic_arguments()
+    @argument("remote", help="a file or folder on the worker (relative: in its folder)")
+    @argument("local", nargs="?", help="where here (default: the current folder)")
+    @line_magic
+    def rexec_get(self, line: str) -> None:
+        """Copy a file or folder from your worker to here.
+
+        Into an existing local folder the item keeps its name.  Streamed in chunks, written
+        atomically: all of it arrives or nothing.
+        """
+        args = parse(self.rexec_get, line)
+        if args is not None:
+            self._transfer("Downloading", "Downloaded", self.session.get, args.remote, args.local)
+
+    def _transfer(self, verb: str, done: str, func: Any, source: str, dest: str | None) -> None:
+        name = Path(source.rstrip("/")).name or source
+        bar = self.notes.progress(transfer.progress_text(verb, name, 0, 0))
+        last = 0.0
+
+        def moved(sent: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= PROGRESS_EVERY_S or sent == total:
+                last = now
+                bar.update(transfer.progress_text(verb, name, sent, total))
+
+        result = self._guard(f"{verb.lower()} {name}", func, source, dest, moved, self.notes)
+        bar.done(transfer.summary(done, result, source))
+
+
+def conflict_sentence(spawner_says: str, requirements_file: str) -> str:
+    """The spawner's 409 sentence, with the exact commands that resolve it."""
+    first = spawner_says.split(";")[0].rstrip(".")
+    return (
+        f"{first}. To restart it with {requirements_file} (its namespace is lost), run "
+        f"`%rexec_start -r {requirements_file} --force`; to use it as it is, run "
+        "`%rexec_start` without -r."
+    )
 
 
 def status_table(report: dict[str, Any]) -> Table:
@@ -251,6 +379,8 @@ def status_table(report: dict[str, Any]) -> Table:
     if "spawner_error" in report:
         shown += f"  ({report['spawner_error']})"
     rows.append(("worker", shown))
+    if spawner_state.get("last_exit_at"):
+        rows.append(("restarted", restart_sentence(spawner_state)))
     if running:
         winfo = inspect.get("worker") or {}
         rows.append(("worker python", worker.get("python") or winfo.get("python", "?")))
@@ -258,6 +388,8 @@ def status_table(report: dict[str, Any]) -> Table:
         rows.append(("uptime", human_seconds(float(worker.get("uptime_s", 0)))))
         if winfo.get("hostname"):
             rows.append(("runs on", f"{winfo['hostname']} (pid {winfo.get('pid', '?')})"))
+        if winfo.get("cwd"):
+            rows.append(("folder", winfo["cwd"]))
     if "rtt_ms" in report:
         rows.append(("round trip", f"{report['rtt_ms']:.2f} ms"))
     variables = inspect.get("variables") or []
@@ -266,6 +398,9 @@ def status_table(report: dict[str, Any]) -> Table:
             f"{v['name']} ({v['type']}, {human_bytes(v.get('size', 0))})" for v in variables
         )
         rows.append(("remote variables", listing or "none"))
+    kept = report.get("kept_remote") or {}
+    if running and kept:
+        rows.append(("stayed remote", ", ".join(f"{n} ({t})" for n, t in sorted(kept.items()))))
     return Table("rexec status", rows)
 
 

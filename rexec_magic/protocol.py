@@ -52,6 +52,19 @@ class Kind:
     # {id, vars: [{name: fn|args|kwargs, nbuffers}], inband, client} + buffers: call fn(*args,
     # **kwargs); a generator's items come as YIELD, the return value with DONE (vars "return")
     CALL = "call"
+    # Files (rexec_magic/transfer.py <-> worker_image/files.py).  Relative paths mean the
+    # worker's own folder.  Chunks travel one buffer each; the receiver acknowledges the bytes
+    # it has written so far and the sender keeps at most FILE_WINDOW_BYTES unacknowledged.
+    PUT_OPEN = "put_open"  # {id, path, dir}  -> FILE_ACK {id, path: resolved, received: 0}
+    PUT_FILE = "put_file"  # {id, rel, size, mode}: the next file of the upload ("" = the file)
+    PUT_CHUNK = "put_chunk"  # {id} + one buffer: the next bytes of the current file
+    PUT_CLOSE = "put_close"  # {id}: the upload is complete  -> FILE_DONE (renamed into place)
+    GET_OPEN = "get_open"  # {id, path}  -> FILE_META / FILE_CHUNK ... FILE_DONE | FILE_ERROR
+    FILE_ACK = "file_ack"  # {id, received: bytes written so far} (both directions)
+    FILE_CANCEL = "file_cancel"  # {id}: stop the transfer, leave nothing half-written
+    # Introspection for completion and ``obj?`` (worker_image/introspect.py)
+    COMPLETE = "complete"  # {id, code, cursor_pos}  -> COMPLETE_REPLY
+    INTROSPECT = "introspect"  # {id, name, detail_level}  -> INTROSPECT_REPLY
     # broker -> client
     WELCOME = "welcome"  # {user, username, worker: WorkerInfo | None}
     DENIED = "denied"  # {message}
@@ -66,10 +79,15 @@ class Kind:
     YIELD = "yield"  # {id, seq, nbuffers} + the pickled item: one item of a generator CALL
     DONE = "done"  # {id, seq, status, vars, skipped, duration} + buffers of pulled values
     INSPECT_REPLY = "inspect_reply"  # {id, worker, variables: [{name, type, size}]}
+    FILE_META = "file_meta"  # {id, rel, size, mode, dir}: the next file of a download
+    FILE_CHUNK = "file_chunk"  # {id} + one buffer
+    FILE_DONE = "file_done"  # {id, path, files, bytes}
+    FILE_ERROR = "file_error"  # {id, message}: one sentence (disk full, permission, not found)
+    COMPLETE_REPLY = "complete_reply"  # {id, matches, cursor_start, cursor_end}
+    INTROSPECT_REPLY = "introspect_reply"  # {id, found, data}: a mime bundle like ``obj?``
     # worker -> broker
-    REGISTER = (
-        "register"  # {user, nonce, secret, python, dill, pid, pool?}  -> REGISTERED | REJECTED
-    )
+    # {user, nonce, secret, python, dill, pid, instance, pool?}  -> REGISTERED | REJECTED
+    REGISTER = "register"
     HEARTBEAT = "heartbeat"  # {busy}  -> HEARTBEAT_ACK | RESYNC
     GOODBYE = "goodbye"  # {}: the worker is exiting on purpose (SIGTERM, superseded)
     # broker -> worker
@@ -85,6 +103,20 @@ class Kind:
     SHUTDOWN = "shutdown"  # {secret}  -> OK
     CLAIM = "claim"  # {secret, pool, user, nonce, worker_secret}  -> OK | FAIL (warm pool)
     OK = "ok"
+
+
+# What a client may send to its worker through the broker (anything else is dropped there).
+CLIENT_TO_WORKER = frozenset(
+    {
+        Kind.EXECUTE, Kind.CALL, Kind.INTERRUPT, Kind.INSPECT,
+        Kind.PUT_OPEN, Kind.PUT_FILE, Kind.PUT_CHUNK, Kind.PUT_CLOSE, Kind.GET_OPEN,
+        Kind.FILE_ACK, Kind.FILE_CANCEL, Kind.COMPLETE, Kind.INTROSPECT,
+    }
+)  # fmt: skip
+# File transfers: bytes per chunk, and how many may be in flight unacknowledged (so either
+# side holds at most a few MB of a transfer in memory, whatever the file's size).
+FILE_CHUNK_BYTES = 1 << 20
+FILE_WINDOW_BYTES = 8 << 20
 
 
 class FailCode:

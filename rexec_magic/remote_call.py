@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from rexec_magic import errors, serialize
 from rexec_magic import protocol as P
 from rexec_magic.client import Events
+from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
 from rexec_magic.session import RemoteSession, shared_session
 
@@ -40,10 +40,6 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n" + self.text
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def _submit(fn: Callable[..., Any], *args: Any) -> Future:
@@ -92,7 +88,7 @@ class RemoteFunction:
         return f"<remote_func {getattr(self.func, '__qualname__', self.func)!r}>"
 
     def _events(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Events:
-        return self.session.call(self.func, args, kwargs, self.timeout, say=_say)
+        return self.session.call(self.func, args, kwargs, self.timeout, notes=NOTEBOOK)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run on the worker; a generator function returns an iterator of its items."""

@@ -56,7 +56,32 @@ class _Pickler(dill.Pickler):
     to in-band by itself for object dtypes and non-contiguous arrays).
     """
 
+    def save_picklebuffer(self, obj: pickle.PickleBuffer) -> None:
+        """pickle's own, except that an in-band copy goes through ``save`` (and so the memo).
+
+        The pure-Python pickler (which dill extends) hands ``m.tobytes()`` straight to
+        ``save_bytes``, which memoizes it without looking: two empty buffers give the same
+        ``b""`` object twice and ``memoize`` fails its ``assert`` (every matplotlib figure
+        and axes hit this: "AssertionError: ").
+        """
+        with obj.raw() as m:
+            if not m.contiguous:
+                raise pickle.PicklingError("PickleBuffer can not be pickled when pointing to a "
+                                           "non-contiguous buffer")  # fmt: skip
+            callback = getattr(self, "_buffer_callback", None)
+            in_band = callback is None or bool(callback(obj))
+            if in_band:
+                data = m.tobytes()
+                self.save(data if m.readonly else bytearray(data))
+            else:
+                self.write(pickle.NEXT_BUFFER)
+                if m.readonly:
+                    self.write(pickle.READONLY_BUFFER)
+
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        if type(obj) is pickle.PickleBuffer:  # the dispatch table would skip our override
+            self.save_picklebuffer(obj)
+            return
         ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
         if ndarray is not None and type(obj) is ndarray:
             memo = self.memo.get(id(obj))

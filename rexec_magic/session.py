@@ -13,20 +13,40 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from rexec_magic import connection, errors, serialize
+from rexec_magic import connection, errors, serialize, transfer
+from rexec_magic import protocol as P
 from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient
+from rexec_magic.notes import QUIET, Notes
 from rexec_magic.spawner_client import SpawnerClient
 
 log = logging.getLogger("rexec.session")
 
-Say = Callable[[str], None]
 START_TIMEOUT_S = 300.0
+ACTIVE = ("starting", "installing", "ready")
+# Before a cell, the broker is asked afresh about the worker when the last word from it is
+# older than this: a worker that died or was replaced while idle is announced before the
+# cell runs, while back-to-back cells cost no extra round trip.
+FRESH_S = 1.0
+# Completion and ``obj?`` wait this long for the worker at most: typing never blocks.
+ASSIST_TIMEOUT_S = 0.5
 
 
-def _quiet(_: str) -> None:
-    pass
+def restart_sentence(status: dict[str, Any] | None) -> str:
+    """ "Your worker restarted at 14:02 (killed by signal 9); its namespace was lost."""
+    status = status or {}
+    at, reason = status.get("last_exit_at"), status.get("last_exit_reason")
+    when = ""
+    if at:
+        try:
+            when = " at " + datetime.fromisoformat(str(at)).astimezone().strftime("%H:%M")
+        except ValueError:
+            when = ""
+    why = f" ({reason})" if reason else ""
+    return f"Your worker restarted{when}{why}; its namespace was lost."
 
 
 class RemoteSession:
@@ -35,9 +55,25 @@ class RemoteSession:
         self._client: RexecClient | None = None
         self._spawner: SpawnerClient | None = None
         self._warned_versions = False
+        self._notes: Notes = QUIET  # who hears about a restarted worker during a request
+        self._starting = False  # a worker we start ourselves is not news
+        self.kept_remote: dict[str, str] = {}  # name -> type of values that stayed remote
+        self.restart_note: str | None = None  # the last restart announced
         # One request at a time on the socket: remote_func's futures run in other threads.
         self._lock = threading.Lock()
         self._owner: int | None = None
+
+    def _new_worker(self, worker: dict[str, Any]) -> None:
+        """The broker shows another worker process than before: its namespace is new."""
+        if self._starting:
+            return
+        try:
+            status = self.spawner.status()
+        except errors.RexecError:
+            status = None
+        self.restart_note = restart_sentence(status)
+        self.kept_remote.clear()
+        self._notes.warning(self.restart_note)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -69,6 +105,7 @@ class RemoteSession:
     def client(self) -> RexecClient:
         if self._client is None:
             self._client = RexecClient(self.info)
+            self._client.on_new_worker = self._new_worker
         return self._client
 
     @property
@@ -100,44 +137,76 @@ class RemoteSession:
         requirements: list[str] | None = None,
         force: bool = False,
         options: dict[str, Any] | None = None,
-        say: Say = _quiet,
+        notes: Notes = QUIET,
+        attach: bool = False,
     ) -> dict[str, Any]:
-        """Spawn (or find) the user's worker and wait until it answers through the broker."""
-        with self.exclusive():
-            return self._start(requirements, force, options, say)
+        """Spawn (or find) the user's worker and wait until it answers through the broker.
+
+        ``attach``: a worker that is running or on its way is used whatever its requirements
+        (``%rexec_start`` without ``-r``); only when there is none is one spawned.
+        """
+        with self.exclusive(), self._reporting(notes):
+            if attach and not requirements and not force:
+                current = self.spawner.status()
+                if current.get("state") in ACTIVE:
+                    return self._start(None, False, None, notes, current)
+            return self._start(requirements, force, options, notes)
+
+    @contextmanager
+    def _reporting(self, notes: Notes) -> Iterator[None]:
+        previous, self._notes = self._notes, notes
+        try:
+            yield
+        finally:
+            self._notes = previous
 
     def _start(
         self,
         requirements: list[str] | None,
         force: bool,
         options: dict[str, Any] | None,
-        say: Say,
+        notes: Notes,
+        running: dict[str, Any] | None = None,
+        headline: str = "Starting the remote worker…",
     ) -> dict[str, Any]:
         t0 = time.monotonic()
-        status = self.spawner.spawn(requirements, options, force)
-        if status.get("state") != "ready":
+        progress = notes.progress(headline)
+        self._starting = True
+        try:
+            status = running or self.spawner.spawn(requirements, options, force)
+            if status.get("state") != "ready":
 
-            def progress(st: dict[str, Any]) -> None:
-                if st.get("message"):
-                    say(f"  {st['state']}: {st['message']}")
+                def moved(st: dict[str, Any]) -> None:
+                    if st.get("message"):
+                        progress.update(f"{headline} {st['state']}: {st['message']}")
 
-            status = self.spawner.wait_ready(START_TIMEOUT_S, on_progress=progress)
-        self.client.wait_for_worker(None, timeout_s=10.0)
+                status = self.spawner.wait_ready(START_TIMEOUT_S, on_progress=moved)
+            self.client.wait_for_worker(None, timeout_s=10.0)
+        except BaseException:
+            progress.done(f"{headline} failed.")
+            raise
+        finally:
+            self._starting = False
         status["seconds"] = time.monotonic() - t0
-        self._check_versions(say)
+        python = status.get("python") or (self.client.worker or {}).get("python") or "?"
+        if running is not None and status["seconds"] < 0.5:
+            progress.done(f"{headline} already running (Python {python}).")
+        else:
+            progress.done(f"{headline} ready in {status['seconds']:.1f} s (Python {python}).")
+        self._check_versions(notes)
         return status
 
     def stop(self) -> dict[str, Any]:
         return self.spawner.stop()
 
-    def _check_versions(self, say: Say) -> None:
+    def _check_versions(self, notes: Notes) -> None:
         worker = self.client.worker
         if self._warned_versions or not worker or not worker.get("python"):
             return
         local = serialize.versions()
         if serialize.minor_mismatch(local, worker):
             self._warned_versions = True
-            say(
+            notes.warning(
                 f"Warning: the remote worker runs Python {worker['python']} but this kernel "
                 f"runs Python {local['python']}; values may not transfer between them."
             )
@@ -151,11 +220,11 @@ class RemoteSession:
         on_event: EventHandler,
         pull_limit: int,
         timeout_s: float | None = None,
-        say: Say = _quiet,
+        notes: Notes = QUIET,
     ) -> CellOutcome:
         """Run a cell; start a worker first when the user has none (saying so)."""
-        with self.exclusive():
-            return self._run(code, push, pull, on_event, pull_limit, timeout_s, say)
+        with self.exclusive(), self._reporting(notes):
+            return self._run(code, push, pull, on_event, pull_limit, timeout_s, notes)
 
     def _run(
         self,
@@ -165,30 +234,45 @@ class RemoteSession:
         on_event: EventHandler,
         pull_limit: int,
         timeout_s: float | None,
-        say: Say,
+        notes: Notes,
     ) -> CellOutcome:
         client = self.client
         try:
-            client.ensure_hello()
-            if client.worker is None:
-                raise errors.NoWorker("no worker")
-            self._check_versions(say)
+            self._fresh_worker()
+            self._check_versions(notes)
             return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
         except errors.NoWorker:
-            self._start_missing(say)
+            self._start_missing(notes)
             return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
 
-    def _start_missing(self, say: Say) -> None:
+    def _fresh_worker(self) -> None:
+        """The broker's current view of our worker (a ping when ours may be stale);
+        raise NoWorker when there is none.  A new worker process is announced here."""
+        client = self.client
+        client.ensure_hello()
+        if time.monotonic() - client.last_heard > FRESH_S:
+            client.ping()
+        if client.worker is None:
+            raise errors.NoWorker("no worker")
+
+    def _start_missing(self, notes: Notes) -> None:
         current = self.spawner.status()
         state, idle_s = current.get("state"), current.get("idle_culled_after_s")
-        if state in ("starting", "installing"):
-            say("The remote worker is starting; waiting for it…")
-        elif state == "stopped" and idle_s:
-            say(f"Your worker was stopped after {idle_s:g} s idle; starting a new one…")
-        else:
-            say("No remote worker is running for you; starting one…")
-        status = self._start(None, False, None, say)
-        say(f"Remote worker ready in {status['seconds']:.1f} s.")
+        had_one = self.client.seen_instance is not None
+        running = current if state in ACTIVE else None
+        if state == "stopped" and idle_s:
+            notes.note(f"Your worker was stopped after {idle_s:g} s idle; its namespace was lost.")
+        elif had_one and running is None:
+            notes.warning(f"Your worker is {state or 'gone'}; its namespace was lost.")
+        if had_one:
+            self.kept_remote.clear()
+        self.client.seen_instance = None  # the worker that comes now is the one we asked for
+        headline = (
+            "The remote worker is starting; waiting for it…"
+            if running is not None
+            else "No remote worker is running for you; starting one…"
+        )
+        self._start(None, False, None, notes, running, headline)
 
     def call(
         self,
@@ -196,20 +280,79 @@ class RemoteSession:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout_s: float | None = None,
-        say: Say = _quiet,
+        notes: Notes = QUIET,
     ) -> Events:
         """Call ``fn`` on the worker (``remote_func``); start a worker first when needed.
 
         A generator: yields output events, returns the CellOutcome.  The connection is held
         until the generator ends or is closed.
         """
-        with self.exclusive():
+        with self.exclusive(), self._reporting(notes):
             client = self.client
             _, pong = client.ping()  # fresh: the worker may have stopped since the last call
             if pong.get("worker") is None:
-                self._start_missing(say)
-            self._check_versions(say)
+                self._start_missing(notes)
+            self._check_versions(notes)
             return (yield from client.call(fn, args, kwargs, timeout_s))
+
+    # ------------------------------------------------------------------ files
+    def put(
+        self,
+        local: str | Path,
+        remote: str | None = None,
+        on_progress: transfer.OnProgress | None = None,
+        notes: Notes = QUIET,
+    ) -> transfer.TransferResult:
+        """Upload a file or folder to the worker (a worker is started when there is none)."""
+        with self.exclusive(), self._reporting(notes):
+            self._ensure_worker(notes)
+            return transfer.upload(self.client, local, remote, on_progress or _no_progress)
+
+    def get(
+        self,
+        remote: str,
+        local: str | Path | None = None,
+        on_progress: transfer.OnProgress | None = None,
+        notes: Notes = QUIET,
+    ) -> transfer.TransferResult:
+        """Download a file or folder from the worker."""
+        with self.exclusive(), self._reporting(notes):
+            self._ensure_worker(notes)
+            return transfer.download(self.client, remote, local, on_progress or _no_progress)
+
+    def _ensure_worker(self, notes: Notes) -> None:
+        try:
+            self._fresh_worker()
+        except errors.NoWorker:
+            self._start_missing(notes)
+
+    # ------------------------------------------------------------------ completion, obj?
+    def ask_worker(self, kind: str, header: dict[str, Any], reply: str) -> dict[str, Any] | None:
+        """A quick question for the worker (completion, ``obj?``), answered within
+        ``ASSIST_TIMEOUT_S`` or not at all; never waits for the connection or a worker."""
+        if not self._lock.acquire(timeout=0.05):
+            return None  # a remote_func call in another thread holds the connection
+        try:
+            client = self.client
+            if not client.user:
+                client.hello(timeout_s=ASSIST_TIMEOUT_S)
+            if client.worker is None and client.seen_instance is None:
+                return None  # no worker yet: nothing to ask
+            return client.request(kind, header, reply, ASSIST_TIMEOUT_S)
+        except errors.RexecError as exc:
+            log.info("%s not answered: %s", kind, exc)
+            return None
+        finally:
+            self._lock.release()
+
+    def complete(self, code: str, cursor_pos: int) -> dict[str, Any] | None:
+        return self.ask_worker(
+            P.Kind.COMPLETE, {"code": code, "cursor_pos": cursor_pos}, P.Kind.COMPLETE_REPLY
+        )
+
+    def introspect(self, name: str, detail_level: int) -> dict[str, Any] | None:
+        header = {"name": name, "detail_level": detail_level}
+        return self.ask_worker(P.Kind.INTROSPECT, header, P.Kind.INTROSPECT_REPLY)
 
     def status(self) -> dict[str, Any]:
         """Everything ``%rexec_status`` shows, gathered without raising for a missing worker."""
@@ -237,6 +380,10 @@ class RemoteSession:
         except errors.RexecError as exc:
             report["broker_error"] = str(exc)
         return report
+
+
+def _no_progress(done: int, total: int) -> None:
+    pass
 
 
 _shared: RemoteSession | None = None

@@ -68,6 +68,17 @@ def _short_python(version: str | None) -> str | None:
     return ".".join(parts[:2])
 
 
+def exit_reason(code: int) -> str:
+    """Why a worker process ended, as the notebook says it: "killed by signal 9"."""
+    if code < 0:
+        return f"killed by signal {-code}"
+    if code == EXIT_RESTART:
+        return "a cell ignored an interrupt"
+    if code == 137:  # a container runtime's SIGKILL (the out-of-memory killer, usually)
+        return "killed by signal 9"
+    return f"exit code {code}"
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -97,6 +108,9 @@ class WorkerRecord:
     nonce: str | None = None  # of the current spawn: the broker's entry must carry it
     from_pool: bool = False
     culled_after_s: float | None = None  # set when the culler stopped it
+    # The last unexpected exit of this spawn (the namespace was lost; the next cell says so).
+    last_exit_at: datetime | None = None
+    last_exit_reason: str | None = None
     spawned_mono: float = 0.0  # when this (re)start began: for the ready message
     exits: deque[float] = field(default_factory=deque)
     handle: WorkerHandle | None = None
@@ -204,6 +218,8 @@ class WorkerService:
             restarts=rec.restarts,
             from_warm_pool=rec.from_pool,
             idle_culled_after_s=rec.culled_after_s,
+            last_exit_at=rec.last_exit_at,
+            last_exit_reason=rec.last_exit_reason,
             log_tail=self.backend.log_tail(rec.user),
         )
 
@@ -272,6 +288,7 @@ class WorkerService:
         rec.requirements, rec.options = reqs, options
         rec.python = _short_python(self.backend.worker_python_for(list(reqs.lines)))
         rec.pid = rec.started_at = rec.ready_at = rec.handle = rec.culled_after_s = None
+        rec.last_exit_at = rec.last_exit_reason = None
         rec.nonce, rec.from_pool = nonce, False
         rec.restarts = 0
         rec.exits.clear()
@@ -343,6 +360,7 @@ class WorkerService:
                 if not self._may_restart(rec, code):
                     return
                 rec.restarts += 1
+                rec.last_exit_at, rec.last_exit_reason = _now(), exit_reason(code)
                 rec.spawned_mono = time.monotonic()
                 note = f"the worker exited ({describe_exit(code)}); restarting it"
                 log.warning("worker of %s exited (%s); restarting", rec.user, describe_exit(code))

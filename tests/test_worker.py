@@ -168,6 +168,7 @@ def test_unserializable_pull_is_skipped_with_reason(broker):
         {
             "name": "gen",
             "reason": "cannot be serialized (TypeError: cannot pickle 'generator' object)",
+            "type": "builtins.generator",
         }
     ]
 
@@ -181,7 +182,7 @@ def test_pull_limit_is_respected(broker):
     d = done(events)
     assert pulled(events) == {"small": 1}
     assert d.header["skipped"] == [
-        {"name": "big", "reason": "is 3.0 MB, over the 1.0 MB pull limit"}
+        {"name": "big", "reason": "is 3.0 MB, over the 1.0 MB pull limit", "type": "numpy.ndarray"}
     ]
 
 

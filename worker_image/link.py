@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from base64 import b64encode
 from collections import deque
 from collections.abc import Callable
@@ -40,6 +41,9 @@ EXIT_SOFTWARE = 70  # the worker itself broke
 EXIT_RESTART = 75  # an interrupted cell would not stop: restart me
 EXIT_CONFIG = 78  # the broker rejected our registration (bad secret)
 
+# Random per process: the broker reports it, so a client can tell a restarted worker (a new
+# namespace) from one that registered again; a pid cannot tell inside a container.
+INSTANCE = uuid.uuid4().hex
 EXIT_FLUSH_S = 2.0  # how long last words (DONE restarting) may take to leave
 MAX_RECV_PER_TURN = 64
 
@@ -103,6 +107,9 @@ class BrokerLink:
         self._stop_code: int | None = None
         self._reported_busy = False  # what the last heartbeat told the broker
         self._thread = threading.Thread(target=self._run, name="rexec-io", daemon=True)
+        # Extra handlers (files, introspection): each takes the messages it knows.
+        self.extra_handlers: list[Callable[[bytes, Message], bool]] = []
+        self.on_assigned: list[Callable[[str], Any]] = []  # a pool worker got its user
         self._handlers: dict[str, Callable[[bytes, Message], None]] = {
             Kind.EXECUTE: self._on_execute,
             Kind.CALL: self._on_execute,
@@ -204,6 +211,13 @@ class BrokerLink:
             log.warning("dropped a malformed message from the broker: %s", exc)
             return
         handler = self._handlers.get(msg.kind)
+        if handler is None and self.extra_handlers:
+            try:
+                if any(extra(frames[0].bytes, msg) for extra in self.extra_handlers):
+                    return
+            except Exception as exc:
+                log.warning("dropped a bad %s message: %s: %s", msg.kind, type(exc).__name__, exc)
+                return
         if handler is None:
             log.warning("dropped a message of unknown kind %r", msg.kind[:40])
             return
@@ -254,6 +268,7 @@ class BrokerLink:
             "secret": reg.secret,
             **serialize.versions(),
             "pid": os.getpid(),
+            "instance": INSTANCE,
             **({"pool": True} if reg.pool else {}),
         }
         what = "warm-pool worker" if reg.pool else "user"
@@ -352,6 +367,8 @@ class BrokerLink:
         user, nonce, secret = fields
         self.registration = Registration(user, nonce, secret, reg.broker_url)
         log.info("warm-pool worker %s assigned to user %s", reg.user, user)
+        for hook in self.on_assigned:
+            hook(user)
         self._send_register()
 
     def _on_superseded(self, route: bytes, msg: Message) -> None:

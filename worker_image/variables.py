@@ -40,16 +40,23 @@ def pack_pulled(
         try:
             parts = serialize.dumps(value)
         except serialize.SerializationError as exc:
-            skipped.append({"name": name, "reason": f"cannot be serialized ({exc})"})
+            reason = f"cannot be serialized ({exc})"
+            skipped.append({"name": name, "reason": reason, "type": qualified_type(value)})
             continue
         size = serialize.nbytes(parts)
         if size > limit:
             reason = f"is {megabytes(size)}, over the {megabytes(limit)} pull limit"
-            skipped.append({"name": name, "reason": reason})
+            skipped.append({"name": name, "reason": reason, "type": qualified_type(value)})
             continue
         entries.append({"name": name, "nbuffers": len(parts), "nbytes": size})
         frames.extend(parts)
     return entries, frames, skipped
+
+
+def qualified_type(value: Any) -> str:
+    """``matplotlib.axes._axes.Axes``: lets the client tell plotting objects from data."""
+    cls = type(value)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def sizeof(value: Any) -> int | None:

@@ -22,6 +22,8 @@ from typing import Any
 
 from rexec_magic.protocol import DoneStatus, Kind
 from worker_image.cells import Cell, CellQueue, CellRunner, done_header
+from worker_image.files import Transfers, enter_work_dir
+from worker_image.introspect import Introspector
 from worker_image.link import EXIT_CONFIG, EXIT_OK, EXIT_SOFTWARE, BrokerLink, Registration
 from worker_image.outbox import Outbox
 from worker_image.shell import make_shell, redirect_stdio
@@ -83,6 +85,11 @@ class Worker:
         self.queue = CellQueue(threading.main_thread().ident or threading.get_ident())
         self.runner = CellRunner(self.shell, self.outbox, self.queue)
         self.link = BrokerLink(registration, self.outbox, self.queue, self.shell)
+        self.link.extra_handlers += [
+            Transfers(self.outbox).handle,
+            Introspector(self.shell, self.outbox).handle,
+        ]
+        self.link.on_assigned.append(enter_work_dir)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -125,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_CONFIG
-    log.info("worker starting (pid %d)", os.getpid())
+    folder = enter_work_dir()
+    log.info("worker starting (pid %d) in %s", os.getpid(), folder)
     return Worker(registration).run()
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import hashlib
 import logging
 import os
 import re
@@ -32,6 +31,7 @@ from pathlib import Path
 from spawner.backends.base import Backend, WorkerHandle, WorkerSpec
 from spawner.errors import StartFailed
 from spawner.requirements import all_satisfied
+from worker_image.files import folder_name
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ def worker_env(
     secret: str,
     pythonpath: Sequence[str] = (),
     pool: bool = False,
+    work_dir: str = "",
 ) -> dict[str, str]:
     """The environment of a worker process: ``base`` scrubbed, plus what the worker needs."""
     env = scrubbed_env(base)
@@ -131,15 +132,13 @@ def worker_env(
     env["REXEC_WORKER_SECRET"] = secret
     if pool:
         env["REXEC_WORKER_POOL"] = "1"
+        env["REXEC_WORK_ROOT"] = work_dir  # the pool worker moves to <root>/<user> when claimed
+    elif work_dir:
+        env["REXEC_WORK_DIR"] = work_dir
     return env
 
 
-def safe_name(user: str) -> str:
-    """A file-name-safe form of a user id; distinct ids stay distinct."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", user)[:64]
-    if safe != user or safe.startswith("."):
-        safe = f"{safe.lstrip('.')}-{hashlib.sha256(user.encode()).hexdigest()[:8]}"
-    return safe
+safe_name = folder_name  # one rule for log names and work folders
 
 
 def read_tail(path: Path, lines: int = 20, max_bytes: int = 16384) -> list[str]:
@@ -176,7 +175,7 @@ class LocalBackend(Backend):
         else:
             self.state_dir = Path(tempfile.mkdtemp(prefix="rexec-spawner-"))
             self._own_state_dir = True
-        for sub in ("logs", "envs"):
+        for sub in ("logs", "envs", "work"):
             (self.state_dir / sub).mkdir(mode=0o700, exist_ok=True)
         log.info("local backend: state in %s", self.state_dir)
 
@@ -200,6 +199,10 @@ class LocalBackend(Backend):
 
     def log_path(self, user: str) -> Path:
         return self._dir("logs") / f"worker-{safe_name(user)}.log"
+
+    def work_dir(self, user: str) -> Path:
+        """The user's worker folder: relative paths in cells and %rexec_put/get mean it."""
+        return self._dir("work") / safe_name(user)
 
     def log_tail(self, user: str, lines: int = 20) -> list[str]:
         return read_tail(self.log_path(user), lines)
@@ -283,6 +286,7 @@ class LocalBackend(Backend):
             secret=spec.secret,
             pythonpath=spec.prepared.get("pythonpath", []),
             pool=spec.pool,
+            work_dir=str(self._dir("work") if spec.pool else self.work_dir(spec.user)),
         )
         log_path = self.log_path(spec.user)
         if restart_note:
