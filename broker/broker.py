@@ -339,6 +339,14 @@ class Broker:
                 route, header.get("id"), P.FailCode.NO_WORKER, "No worker is running for you."
             )
         if kind in (P.Kind.EXECUTE, P.Kind.CALL):
+            expected = header.get("instance")
+            if expected and worker.instance and expected != worker.instance:
+                # The worker process the client knew is gone (killed, restarted, culled and
+                # respawned): say so before the cell meets a fresh namespace.
+                return self._fail(
+                    route, header.get("id"), P.FailCode.WORKER_REPLACED,
+                    "Your worker was replaced by a new process; its namespace is new.",
+                )  # fmt: skip
             self.pending.add(user, route, str(header.get("id")))
             worker.last_activity = time.time()
         self.backend.send_multipart([worker.route, route, *frames[1:]], copy=False)

@@ -248,6 +248,8 @@ class RexecClient:
             "pull_limit": pull_limit,
             "client": self.local_versions,
         }
+        if self.seen_instance:
+            header["instance"] = self.seen_instance
         self._send(P.Kind.EXECUTE, header, buffers)
         return self._wait_cell(req_id, header, buffers, on_event, timeout_s)
 
@@ -294,6 +296,8 @@ class RexecClient:
         self.ensure_hello()
         req_id = self._new_id()
         header = {"id": req_id, "vars": entries, "client": self.local_versions}
+        if self.seen_instance:
+            header["instance"] = self.seen_instance
         self._send(P.Kind.CALL, header, buffers)
         return (yield from self._events(P.Kind.CALL, req_id, header, buffers, timeout_s))
 
@@ -384,6 +388,13 @@ class RexecClient:
                 elif msg.kind == P.Kind.ERROR:
                     error = msg
                 elif msg.kind == P.Kind.FAIL:
+                    if h.get("code") == P.FailCode.WORKER_REPLACED and not started:
+                        # Not run: learn the new worker (on_new_worker announces it), resend.
+                        self.ping()
+                        header.pop("instance", None)
+                        self._send(kind, header, buffers)
+                        last_heard = time.monotonic()
+                        continue
                     if h.get("code") == P.FailCode.WORKER_LOST and not started and not resent:
                         # The cell went to a worker that had just died; it never ran, so it is
                         # safe to send it to the worker that replaced it.

@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import sys
-import time
 import types
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from rexec_magic import connection, errors, names, transfer
+from rexec_magic import assist, connection, errors, names, remote_files
 from rexec_magic.login import DEFAULT_SPAWNER_URL, log_in
 from rexec_magic.logs import log_path, setup_logging
 from rexec_magic.notes import NOTEBOOK, Notes
@@ -41,7 +40,6 @@ HELP_FLAGS = ("-h", "--help")
 # Values of these packages that cannot come back stay remote without a note: a plotting cell
 # has already shown its figure, and its axes and artists are of no use here.
 QUIET_PACKAGES = ("matplotlib.",)
-PROGRESS_EVERY_S = 0.2  # redraw a transfer's progress bar at most this often
 
 
 def parse(magic: Any, line: str) -> Any:
@@ -314,7 +312,7 @@ class RexecMagics(Magics):
         """
         args = parse(self.rexec_put, line)
         if args is not None:
-            self._transfer("Uploading", "Uploaded", self.session.put, args.local, args.remote)
+            self._transfer(remote_files.put, args.local, args.remote)
 
     @magic_arguments()
     @argument("remote", help="a file or folder on the worker (relative: in its folder)")
@@ -328,22 +326,12 @@ class RexecMagics(Magics):
         """
         args = parse(self.rexec_get, line)
         if args is not None:
-            self._transfer("Downloading", "Downloaded", self.session.get, args.remote, args.local)
+            self._transfer(remote_files.get, args.remote, args.local)
 
-    def _transfer(self, verb: str, done: str, func: Any, source: str, dest: str | None) -> None:
-        name = Path(source.rstrip("/")).name or source
-        bar = self.notes.progress(transfer.progress_text(verb, name, 0, 0))
-        last = 0.0
-
-        def moved(sent: int, total: int) -> None:
-            nonlocal last
-            now = time.monotonic()
-            if now - last >= PROGRESS_EVERY_S or sent == total:
-                last = now
-                bar.update(transfer.progress_text(verb, name, sent, total))
-
-        result = self._guard(f"{verb.lower()} {name}", func, source, dest, moved, self.notes)
-        bar.done(transfer.summary(done, result, source))
+    def _transfer(self, func: Any, source: str, dest: str | None) -> None:
+        self._guard(
+            "moving files", lambda: func(source, dest, session=self.session, notes=self.notes)
+        )
 
 
 def conflict_sentence(spawner_says: str, requirements_file: str) -> str:
@@ -406,4 +394,6 @@ def status_table(report: dict[str, Any]) -> Table:
 
 def load(ipython: Any) -> None:
     setup_logging()
-    ipython.register_magics(RexecMagics)
+    magics = RexecMagics(ipython)
+    ipython.register_magics(magics)
+    assist.install(ipython, magics.session)

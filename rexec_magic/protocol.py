@@ -46,7 +46,8 @@ class Kind:
     HELLO = "hello"  # {token, client: versions}  -> WELCOME | DENIED
     PING = "ping"  # {t}  -> PONG (answered by the broker, says whether the worker is alive)
     # client -> worker (routed by the broker to the user's worker)
-    EXECUTE = "execute"  # {id, code, vars: [{name, nbuffers}], pull, pull_limit} + buffers
+    # {id, code, vars: [{name, nbuffers}], pull, pull_limit, instance?} + buffers
+    EXECUTE = "execute"
     INTERRUPT = "interrupt"  # {id}
     INSPECT = "inspect"  # {id}  -> INSPECT_REPLY
     # {id, vars: [{name: fn|args|kwargs, nbuffers}], inband, client} + buffers: call fn(*args,
@@ -125,6 +126,9 @@ class FailCode:
     UNAUTHENTICATED = "unauthenticated"  # this connection never said hello (or broker restarted)
     NO_WORKER = "no_worker"  # the user has no registered worker
     WORKER_LOST = "worker_lost"  # the worker died or went silent while a request was pending
+    # EXECUTE/CALL named the worker process (``instance``) it was meant for, and another one
+    # runs now: the client announces the lost namespace and sends the request again.
+    WORKER_REPLACED = "worker_replaced"
     MALFORMED = "malformed"  # the broker could not read the message
     FORBIDDEN = "forbidden"  # bad admin secret on the control port
 

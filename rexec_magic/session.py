@@ -27,10 +27,6 @@ log = logging.getLogger("rexec.session")
 
 START_TIMEOUT_S = 300.0
 ACTIVE = ("starting", "installing", "ready")
-# Before a cell, the broker is asked afresh about the worker when the last word from it is
-# older than this: a worker that died or was replaced while idle is announced before the
-# cell runs, while back-to-back cells cost no extra round trip.
-FRESH_S = 1.0
 # Completion and ``obj?`` wait this long for the worker at most: typing never blocks.
 ASSIST_TIMEOUT_S = 0.5
 
@@ -246,12 +242,14 @@ class RemoteSession:
             return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
 
     def _fresh_worker(self) -> None:
-        """The broker's current view of our worker (a ping when ours may be stale);
-        raise NoWorker when there is none.  A new worker process is announced here."""
+        """Raise NoWorker when the broker last said we have none.
+
+        A worker replaced since our last request is announced when the broker refuses the
+        request with ``worker_replaced`` (it names the process it was meant for): no extra
+        round trip per cell.
+        """
         client = self.client
         client.ensure_hello()
-        if time.monotonic() - client.last_heard > FRESH_S:
-            client.ping()
         if client.worker is None:
             raise errors.NoWorker("no worker")
 
