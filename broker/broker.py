@@ -2,14 +2,14 @@
 
 Three ROUTER sockets, one thread of routing:
 
-* frontend (clients, port 30001): a connection says HELLO with its token once; the broker
+* frontend (clients, ``Port.BROKER``): a connection says HELLO with its token once; the broker
   checks it through the authenticator *in a thread pool* (a slow auth service delays only the
   connection being checked) and then routes that connection's messages by its user id.
   Legacy SciDx Rexec frames (first frame empty) on the same port go to ``LegacyGateway``.
-* backend (workers, port 5560): a worker REGISTERs with the secret the spawner issued; the
+* backend (workers, ``Port.WORKER``): a worker REGISTERs with the secret the spawner issued; the
   broker recomputes the HMAC, so no other pod can pose as a user's worker.  Workers heartbeat;
   a silent or replaced worker fails the requests it had with WORKER_LOST.
-* control (admin, port 30002): STATUS, SHUTDOWN and CLAIM, all behind the admin secret.
+* control (admin, ``Port.CONTROL``): STATUS, SHUTDOWN and CLAIM, all behind the admin secret.
 
 Warm pool: a pool worker registers with ``pool: true`` under a pool id and a secret computed
 for ``protocol.pool_member(id)``.  It is kept apart from users' workers (``self.pool``), so no

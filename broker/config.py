@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rexec_magic.contract import DEFAULT_HOST, Port
 
 
 class AuthSettings(BaseSettings):
@@ -11,10 +13,16 @@ class AuthSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="REXEC_", extra="ignore")
 
-    authenticator: str = "static"  # "static" (dev tokens file) or "auth_api"
+    authenticator: str = Field(
+        "static", description="how tokens are checked: static (dev tokens file) or auth_api"
+    )
     tokens_file: str | None = None
-    auth_api_url: str | None = None
-    allowed_groups: str = ""  # comma-separated; empty allows everyone
+    auth_api_url: str | None = Field(
+        None, description='auth_api: POST {"token"} -> {"sub","username","groups"}'
+    )
+    allowed_groups: str = Field(
+        "", description="comma-separated groups that may use rexec; empty: everyone"
+    )
     auth_cache_ttl_s: float = 300.0
 
     def group_list(self) -> list[str]:
@@ -22,10 +30,10 @@ class AuthSettings(BaseSettings):
 
 
 class BrokerSettings(AuthSettings):
-    host: str = "127.0.0.1"  # interface every port binds to; never all interfaces by default
-    broker_port: int = 30001  # clients (DEALER) connect here
-    control_port: int = 30002  # admin status / shutdown
-    worker_port: int = 5560  # workers connect here
+    host: str = Field(DEFAULT_HOST, description="the interface every port binds to")
+    broker_port: int = Field(Port.BROKER, description="the broker's client port")
+    control_port: int = Field(Port.CONTROL, description="the broker's admin port")
+    worker_port: int = Field(Port.WORKER, description="where workers connect")
     worker_key: SecretStr = SecretStr("")  # HMAC key for worker secrets, shared with the spawner
     admin_secret: SecretStr = SecretStr("")  # required on the control port
     # Optional CurveZMQ encryption of the client port (Z85 keys; `rexec up --curve` makes a pair).

@@ -5,7 +5,7 @@ possible cancel).  The gateway checks the token exactly as HELLO is checked (the
 authenticator: a cached token costs one hash lookup, a fresh one is checked in the broker's
 auth thread pool while its messages wait here), then hands the call to the user's worker as an
 ordinary CALL and turns the worker's events back into legacy replies.  The frame formats on both
-sides live in ``rexec_magic.legacy``; this module only keeps the per-connection state.
+sides live in ``broker.legacy``; this module only keeps the per-connection state.
 """
 
 from __future__ import annotations
@@ -13,17 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import zmq
 
-from broker.auth import AuthError, Identity
-from rexec_magic import legacy
+from broker import legacy
+from broker.auth import AuthError, CachedAuthenticator, Identity
 from rexec_magic import protocol as P
-
-if TYPE_CHECKING:
-    from broker.broker import Broker
 
 log = logging.getLogger("rexec.broker")
 
@@ -41,9 +39,29 @@ class LegacyCall:
     request_id: str
 
 
+class GatewayHost(Protocol):
+    """What the gateway uses of the broker (``broker.broker.Broker``, which owns the gateway):
+    a protocol rather than an import, so the two modules do not import each other."""
+
+    auth: CachedAuthenticator
+    frontend: zmq.Socket
+    backend: zmq.Socket
+    counters: Any
+    pending: Any
+    sessions: dict[bytes, Any]
+    workers: dict[str, Any]
+    _executor: Executor
+
+    def open_session(self, route: bytes, identity: Identity) -> None: ...
+
+    def _malformed(self, where: str, why: str) -> None: ...
+
+    def _authenticate_in_thread(self, route: bytes, token: str, legacy: bool = False) -> None: ...
+
+
 @dataclass
 class LegacyGateway:
-    broker: Broker
+    broker: GatewayHost
     calls: dict[bytes, LegacyCall] = field(default_factory=dict)
     # Requests whose token is being checked, by connection, in arrival order.
     waiting: dict[bytes, list[legacy.LegacyRequest]] = field(default_factory=dict)

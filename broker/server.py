@@ -1,29 +1,19 @@
-"""Run the broker as a process: logging, signals, then the routing loop."""
+"""Run the broker as a process (``rexec broker``): logging, signals, then the routing loop."""
 
 from __future__ import annotations
 
-import logging
+import argparse
 import signal
-import sys
 from typing import Any
 
 from broker.broker import Broker
 from broker.config import BrokerSettings
-
-
-def setup_logging(log_file: str | None, level: int = logging.INFO) -> None:
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(level)
+from rexec_magic import logs
 
 
 def serve(settings: BrokerSettings) -> None:
     """Bind, route until SHUTDOWN or SIGTERM/SIGINT, then close every socket."""
-    setup_logging(settings.log_file)
+    logs.configure(log_file=settings.log_file)
     broker = Broker(settings)
 
     def stop(signum: int, frame: Any) -> None:
@@ -32,3 +22,12 @@ def serve(settings: BrokerSettings) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     broker.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """run the broker (settings from REXEC_* variables)"""
+    argparse.ArgumentParser(
+        prog="rexec broker", description="Run the rexec broker; settings from REXEC_* variables."
+    ).parse_args(argv)
+    serve(BrokerSettings())
+    return 0

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rexec_magic import connection, errors
+from rexec_magic.contract import shown_state
 from rexec_magic.login import log_in
 from rexec_magic.spawner_client import SpawnerClient
 
@@ -95,12 +96,11 @@ class RemoteAccount:
 
 def _display_state(status: dict[str, Any]) -> str:
     """The spawner's state, with the two the sidebar tells apart: busy and culled."""
-    state = status.get("state") or "stopped"
-    if state == "ready" and status.get("busy"):
-        return "busy"
-    if state == "stopped" and status.get("idle_culled_after_s"):
-        return "culled"
-    return state
+    return shown_state(
+        status.get("state"),
+        busy=bool(status.get("busy")),
+        culled=bool(status.get("idle_culled_after_s")),
+    ).value
 
 
 def _uptime(since: str | None) -> float | None:

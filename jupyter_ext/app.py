@@ -15,7 +15,7 @@ from traitlets import Float, Unicode, default
 from jupyter_ext.account import RemoteAccount
 from jupyter_ext.handlers import route_table
 from rexec_magic import connection
-from rexec_magic.login import DEFAULT_SPAWNER_URL
+from rexec_magic.contract import DEFAULT_SPAWNER_URL, Env
 
 
 class RexecExtension(ExtensionApp):
@@ -26,7 +26,7 @@ class RexecExtension(ExtensionApp):
     spawner_url = Unicode(
         config=True,
         help="The rexec spawner to log in to (default: $REXEC_SPAWNER_URL, else the spawner of "
-        "an existing connection file, else http://127.0.0.1:8765).",
+        f"an existing connection file, else {DEFAULT_SPAWNER_URL}).",
     )
     connection_file = Unicode(
         config=True,
@@ -44,7 +44,7 @@ class RexecExtension(ExtensionApp):
 
     @default("spawner_url")
     def _default_spawner_url(self) -> str:
-        env = os.environ.get("REXEC_SPAWNER_URL")
+        env = os.environ.get(Env.SPAWNER_URL)
         if env:
             return env
         try:
@@ -54,7 +54,7 @@ class RexecExtension(ExtensionApp):
 
     def initialize_settings(self) -> None:
         # Kernels inherit the server's environment: they read the file the sidebar writes.
-        os.environ["REXEC_CONNECTION_FILE"] = self.connection_file
+        os.environ[Env.CONNECTION_FILE] = self.connection_file
         self.settings["rexec_account"] = RemoteAccount(
             self.spawner_url, Path(self.connection_file), self.request_timeout_s
         )

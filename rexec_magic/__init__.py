@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from rexec_magic.contract import VERSION as __version__  # noqa: F401 - from the package metadata
 
 
 def load_ipython_extension(ipython: Any) -> None:

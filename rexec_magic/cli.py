@@ -1,375 +1,62 @@
-"""The ``rexec`` command: ``up``, ``broker``, ``spawner``, ``worker``, ``token``, ``status``.
+"""The ``rexec`` command: one command whose subcommands the components own.
 
-``rexec up`` is the embedded default: a dev token file, the broker and the spawner (local
-backend) as child processes on 127.0.0.1, a connection file for the current user, and a
-supervisor that restarts a child that dies and stops everything on Ctrl-C or SIGTERM.
+Each component registers its subcommands as entry points of the group ``rexec.commands``
+(pyproject.toml): ``up``, ``token`` and ``status`` (``spawner/up.py``), ``broker``
+(``broker/server.py``), ``spawner`` (``spawner/server.py``) and ``worker``
+(``worker_image/worker.py``).  Each is a ``main(argv) -> int`` whose docstring is its one-line
+help.  This dispatcher imports only the subcommand that runs, so the client package never
+imports a server package, and on a kernel-only install a server subcommand says which extra
+it needs instead of failing with a traceback.
 """
 
 from __future__ import annotations
 
-import argparse
-import getpass
-import json
-import os
-import secrets
-import signal
-import socket
-import subprocess
 import sys
-import time
-from pathlib import Path
-from typing import Any
+from importlib.metadata import EntryPoint, entry_points
 
-import zmq
-from jupyter_core.paths import jupyter_runtime_dir
-
-from rexec_magic import connection
-from rexec_magic.private_file import write_private
-
-UP_STATE_FILE = "up.json"
+GROUP = "rexec.commands"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def commands() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
-def default_state_dir() -> Path:
-    return Path(os.environ.get("REXEC_STATE_DIR") or Path(jupyter_runtime_dir()) / "rexec-up")
-
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-# ---------------------------------------------------------------------------- rexec up
-class Stack:
-    """The children of ``rexec up`` and how to (re)start them."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.host = args.host
-        self.state_dir = Path(args.state_dir).expanduser().resolve()
-        self.logs = self.state_dir / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
-        self.ports = {
-            name: getattr(args, f"{name}_port") or free_port(self.host)
-            for name in ("broker", "control", "worker", "spawner")
-        }
-        self.tokens_file = self.state_dir / "tokens.json"
-        self.admin_secret = secrets.token_urlsafe(32)
-        worker_key = secrets.token_urlsafe(32)
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.broker_url = f"tcp://{host}:{self.ports['broker']}"
-        self.control_url = f"tcp://{host}:{self.ports['control']}"
-        self.spawner_url = f"http://{host}:{self.ports['spawner']}"
-        # REXEC_* settings of the caller (cull time, warm pool...) reach the children; the
-        # ones that tie the stack together are set below and win.
-        base = dict(os.environ)
-        common = {
-            **base,
-            "REXEC_HOST": self.host,
-            "REXEC_AUTHENTICATOR": args.authenticator,
-            "REXEC_TOKENS_FILE": str(self.tokens_file),
-            "REXEC_WORKER_KEY": worker_key,
-            "REXEC_ADMIN_SECRET": self.admin_secret,
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.server_key = ""
-        if args.curve:
-            public, secret = (k.decode() for k in zmq.curve_keypair())
-            self.server_key = public
-            common["REXEC_CURVE_PUBLIC_KEY"] = public
-        if args.auth_api_url:
-            common["REXEC_AUTH_API_URL"] = args.auth_api_url
-        if args.allowed_groups:
-            common["REXEC_ALLOWED_GROUPS"] = args.allowed_groups
-        self.envs = {
-            "broker": {
-                **common,
-                "REXEC_BROKER_PORT": str(self.ports["broker"]),
-                "REXEC_CONTROL_PORT": str(self.ports["control"]),
-                "REXEC_WORKER_PORT": str(self.ports["worker"]),
-                "REXEC_LOG_FILE": str(self.logs / "broker.log"),
-                **({"REXEC_CURVE_SECRET_KEY": secret} if args.curve else {}),
-            },
-            "spawner": {
-                **common,
-                "REXEC_SPAWNER_PORT": str(self.ports["spawner"]),
-                "REXEC_BROKER_URL": self.broker_url,
-                "REXEC_BROKER_WORKER_URL": f"tcp://{host}:{self.ports['worker']}",
-                "REXEC_BROKER_CONTROL_URL": self.control_url,
-                "REXEC_STATE_DIR": str(self.state_dir),
-                "REXEC_LOG_FILE": str(self.logs / "spawner.log"),
-            },
-        }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.lab: subprocess.Popen[bytes] | None = None
-        self.restarts: dict[str, list[float]] = {"broker": [], "spawner": []}
-
-    def start(self, name: str) -> None:
-        log = open(self.logs / f"{name}.out", "ab")  # noqa: SIM115 - owned by the child
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "rexec_magic.cli", name],
-            env=self.envs[name],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
-        import requests
-
-        from broker.control import BrokerControlError, broker_status
-
-        deadline = time.monotonic() + timeout_s
-        broker_ok = spawner_ok = False
-        while not (broker_ok and spawner_ok):
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise SystemExit(
-                        f"rexec {name} exited at start; see {self.logs / (name + '.log')}"
-                    )
-            if not broker_ok:
-                try:
-                    broker_status(self.control_url, self.admin_secret, timeout_s=0.5)
-                    broker_ok = True
-                except BrokerControlError:
-                    pass
-            if not spawner_ok:
-                try:
-                    spawner_ok = requests.get(self.spawner_url + "/healthz", timeout=1).ok
-                except requests.RequestException:
-                    pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"rexec did not come up within {timeout_s:.0f} s")
-            time.sleep(0.05)
-
-    def write_state(self) -> None:
-        state = {
-            "ports": self.ports,
-            "pids": {name: p.pid for name, p in self.procs.items()},
-            "broker_url": self.broker_url,
-            "control_url": self.control_url,
-            "spawner_url": self.spawner_url,
-            "admin_secret": self.admin_secret,
-            "server_key": self.server_key,
-            "tokens_file": str(self.tokens_file),
-            "logs": str(self.logs),
-            "pid": os.getpid(),
-        }
-        write_private(self.state_dir / UP_STATE_FILE, json.dumps(state, indent=1))
-
-    def start_lab(self, root_dir: Path) -> None:
-        """JupyterLab on loopback, its output (with its URL) on our terminal."""
-        cmd = [
-            sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={self.host}",
-            f"--ServerApp.root_dir={root_dir.resolve()}",
-        ]  # fmt: skip
-        if os.geteuid() == 0:
-            cmd.append("--allow-root")
-        self.lab = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-
-    def supervise(self, stopping: list[bool]) -> None:
-        """Restart a child that dies (at most 5 times a minute); return when stopping."""
-        while not stopping:
-            time.sleep(0.1)
-            if self.lab is not None and self.lab.poll() is not None:
-                print("JupyterLab exited; stopping rexec.", flush=True)
-                return
-            for name, proc in list(self.procs.items()):
-                if proc.poll() is None or stopping:
-                    continue
-                now = time.monotonic()
-                recent = [t for t in self.restarts[name] if now - t < 60] + [now]
-                self.restarts[name] = recent
-                if len(recent) > 5:
-                    print(f"rexec {name} keeps exiting; stopping. See {self.logs}", flush=True)
-                    return
-                print(f"rexec {name} exited ({proc.returncode}); restarting it", flush=True)
-                self.start(name)
-                self.write_state()
-
-    def stop(self) -> None:
-        if self.lab is not None and self.lab.poll() is None:
-            self.lab.send_signal(signal.SIGINT)
-            self.lab.send_signal(signal.SIGINT)  # JupyterLab asks for confirmation once
-            try:
-                self.lab.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.lab.kill()
-        for name in ("spawner", "broker"):  # the spawner stops its workers before we go on
-            proc = self.procs.get(name)
-            if proc is None:
-                continue
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    from broker.auth import add_static_token
-
-    stack = Stack(args)
-    user = getpass.getuser()
-    token = add_static_token(stack.tokens_file, user)
-    stopping: list[bool] = []
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stopping.append(True)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+def _summary(ep: EntryPoint) -> str:
     try:
-        for name in ("broker", "spawner"):
-            stack.start(name)
-        stack.write_state()
-        stack.wait_ready()
-        path = connection.save(
-            connection.ConnectionInfo(
-                stack.spawner_url, stack.broker_url, token, user, stack.server_key
-            ),
-            Path(args.connection_file).expanduser() if args.connection_file else None,
-        )
-        print(
-            f"rexec is up for user {user}\n"
-            f"  broker   {stack.broker_url}\n"
-            f"  spawner  {stack.spawner_url}  (API docs at /docs)\n"
-            f"  connection file  {path}\n"
-            + ("  client port encrypted with CurveZMQ\n" if stack.server_key else "")
-            + f"  logs     {stack.logs}\n"
-            "In a notebook: %load_ext rexec_magic, then %%remote cells. Ctrl-C stops.",
-            flush=True,
-        )
-        if args.lab:
-            stack.start_lab(Path(args.lab))
-        stack.supervise(stopping)
-    finally:
-        stack.stop()
-        print("rexec stopped.", flush=True)
-    return 0
+        doc = ep.load().__doc__ or ""
+    except ImportError:
+        return "(needs the server side: pip install 'rexec-magic[server]')"
+    return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-# ---------------------------------------------------------------------------- services
-def cmd_broker(args: argparse.Namespace) -> int:
-    from broker.config import BrokerSettings
-    from broker.server import serve
-
-    serve(BrokerSettings())
-    return 0
-
-
-def cmd_spawner(args: argparse.Namespace) -> int:
-    from spawner.config import SpawnerSettings
-    from spawner.server import serve
-
-    serve(SpawnerSettings())
-    return 0
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from worker_image.worker import main
-
-    return main() or 0
-
-
-def cmd_token(args: argparse.Namespace) -> int:
-    """Add a dev token for a user and write that user's connection file (never printed)."""
-    from broker.auth import add_static_token
-
-    state = json.loads((Path(args.state_dir) / UP_STATE_FILE).read_text())
-    token = add_static_token(
-        args.tokens_file or state["tokens_file"],
-        args.user,
-        [g for g in args.groups.split(",") if g],
-    )
-    path = connection.save(
-        connection.ConnectionInfo(
-            state["spawner_url"], state["broker_url"], token, args.user, state["server_key"]
-        ),
-        Path(args.connection_file).expanduser(),
-    )
-    print(f"Token for {args.user} written to {path} (mode 0600).")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from broker.control import BrokerControlError, broker_status
-
-    try:
-        state = json.loads((Path(args.state_dir) / UP_STATE_FILE).read_text())
-    except FileNotFoundError:
-        print(f"No running `rexec up` found in {args.state_dir}.", file=sys.stderr)
-        return 1
-    try:
-        report = broker_status(state["control_url"], state["admin_secret"])
-    except BrokerControlError as exc:
-        print(f"The broker did not answer: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(report, indent=1))
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rexec", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    up = sub.add_parser("up", help="start broker + spawner on this machine")
-    up.add_argument("--host", default=os.environ.get("REXEC_HOST", "127.0.0.1"))
-    for name, default in (
-        ("broker", 30001),
-        ("control", 30002),
-        ("worker", 5560),
-        ("spawner", 8765),
-    ):
-        env = f"REXEC_{name.upper()}_PORT"
-        up.add_argument(
-            f"--{name}-port",
-            type=int,
-            default=_env_int(env, default),
-            help=f"0 picks a free port (${env})",
-        )
-    up.add_argument("--state-dir", default=str(default_state_dir()))
-    up.add_argument("--connection-file", default=None, help="default: $REXEC_CONNECTION_FILE")
-    up.add_argument(
-        "--curve", action="store_true", help="encrypt the client port with CurveZMQ (new keys)"
-    )
-    up.add_argument("--lab", metavar="DIR", help="also run JupyterLab on DIR, stopped together")
-    up.add_argument("--authenticator", default=os.environ.get("REXEC_AUTHENTICATOR", "static"))
-    up.add_argument("--auth-api-url", default=os.environ.get("REXEC_AUTH_API_URL"))
-    up.add_argument("--allowed-groups", default=os.environ.get("REXEC_ALLOWED_GROUPS", ""))
-    up.set_defaults(func=cmd_up)
-
-    for name, func, text in (
-        ("broker", cmd_broker, "run the broker (settings from REXEC_* variables)"),
-        ("spawner", cmd_spawner, "run the spawner (settings from REXEC_* variables)"),
-        ("worker", cmd_worker, "run a worker (started by the spawner)"),
-    ):
-        sub.add_parser(name, help=text).set_defaults(func=func)
-
-    token = sub.add_parser("token", help="add a dev token for a user of a running `rexec up`")
-    token.add_argument("user")
-    token.add_argument("--groups", default="")
-    token.add_argument("--connection-file", required=True, help="where to write it (0600)")
-    token.add_argument("--state-dir", default=str(default_state_dir()))
-    token.add_argument("--tokens-file", default=None)
-    token.set_defaults(func=cmd_token)
-
-    status = sub.add_parser("status", help="the broker's view: users, workers, counters")
-    status.add_argument("--state-dir", default=str(default_state_dir()))
-    status.set_defaults(func=cmd_status)
-    return parser
+def usage() -> str:
+    found = commands()
+    width = max((len(n) for n in found), default=0)
+    lines = ["usage: rexec COMMAND [ARGS...]   (rexec COMMAND -h for its flags)", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {_summary(ep)}" for name, ep in sorted(found.items())]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    ep = commands().get(name)
+    if ep is None:
+        print(f"rexec: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        func = ep.load()
+    except ImportError as exc:
+        print(
+            f"`rexec {name}` needs the server side, which is not installed here "
+            f"({exc.name or exc} is missing): pip install 'rexec-magic[server]'.",
+            file=sys.stderr,
+        )
+        return 2
+    return int(func(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from rexec_magic import errors, serialize
+from rexec_magic import contract, errors, serialize
 from rexec_magic import protocol as P
 from rexec_magic.connection import ConnectionInfo
 
@@ -226,7 +226,7 @@ class RexecClient:
         push: dict[str, Any],
         pull: list[str],
         on_event: EventHandler,
-        pull_limit: int = 256 * 2**20,
+        pull_limit: int = contract.DEFAULT_PULL_LIMIT_BYTES,
         timeout_s: float | None = None,
     ) -> CellOutcome:
         """Run one cell on the worker; call ``on_event`` for each output event as it comes.

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_runtime_dir
 
+from rexec_magic.contract import Env
 from rexec_magic.private_file import write_private
 
 FILE_NAME = "rexec-connection.json"
 
 
 def connection_file_path() -> Path:
-    env = os.environ.get("REXEC_CONNECTION_FILE")
+    env = os.environ.get(Env.CONNECTION_FILE)
     if env:
         return Path(env).expanduser()
     return Path(jupyter_runtime_dir()) / FILE_NAME

@@ -11,8 +11,6 @@ from pathlib import Path
 from rexec_magic import connection
 from rexec_magic.spawner_client import SpawnerClient
 
-DEFAULT_SPAWNER_URL = "http://127.0.0.1:8765"
-
 
 def log_in(
     spawner_url: str, token: str, path: Path | None = None

@@ -22,9 +22,10 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Float, TraitError, Unicode, validate
 
-from rexec_magic import assist, connection, errors, names, remote_files
-from rexec_magic.login import DEFAULT_SPAWNER_URL, log_in
+from rexec_magic import assist, connection, contract, errors, names, remote_files
+from rexec_magic.login import log_in
 from rexec_magic.logs import log_path, setup_logging
 from rexec_magic.notes import NOTEBOOK, Notes
 from rexec_magic.render import EventRenderer, Table, human_bytes, human_seconds
@@ -32,7 +33,6 @@ from rexec_magic.session import restart_sentence, shared_session
 
 log = logging.getLogger("rexec.magic")
 
-DEFAULT_PULL_LIMIT = 256 * 2**20
 # IPython's own names in a user namespace: never shipped.
 IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_", "__", "___"})
 IPYTHON_NAME_RE = re.compile(r"^_(i\d*|ii|iii|oh|ih|dh|\d+)$")
@@ -73,13 +73,11 @@ def figures_stay_remote() -> Any:
 
 
 def parse_size(text: str) -> int:
-    """``256MB``, ``1.5GB``, ``1024`` -> bytes."""
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?i?B?)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise errors.RexecError(f"Cannot read the size {text!r}; write e.g. 256MB or 2GB.")
-    unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
-    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
-    return int(float(m.group(1)) * scale)
+    """``256MB``, ``1.5GB``, ``1024`` -> bytes; a size we cannot read is one sentence."""
+    try:
+        return contract.parse_size(text)
+    except ValueError as exc:
+        raise errors.RexecError(str(exc)) from None
 
 
 def name_list(text: str | None) -> list[str]:
@@ -96,8 +94,8 @@ def remote_args(func: Any) -> Any:
         argument(
             "--pull-limit",
             metavar="SIZE",
-            default="256MB",
-            help="values larger than this stay remote (default 256MB)",
+            help="values larger than this stay remote (default: c.RexecMagics.pull_limit, "
+            f"{contract.DEFAULT_PULL_LIMIT})",
         ),
         argument("--timeout", metavar="S", type=float, help="interrupt the cell after S seconds"),
     ]
@@ -126,8 +124,30 @@ def split_flags(line: str) -> tuple[str, str]:
 
 @magics_class
 class RexecMagics(Magics):
-    def __init__(self, shell: Any) -> None:
-        super().__init__(shell)
+    """The rexec magics.  Their defaults are traitlets, so an IPython profile
+    (``c.RexecMagics.pull_limit = "1GB"``) or ``%config RexecMagics.timeout = 600`` sets them."""
+
+    pull_limit = Unicode(
+        contract.DEFAULT_PULL_LIMIT,
+        help="Values larger than this stay on the worker (``--pull-limit`` overrides it).",
+    ).tag(config=True)
+    timeout = Float(
+        None,
+        allow_none=True,
+        help="Interrupt a remote cell after this many seconds (``--timeout`` overrides it); "
+        "None: never.",
+    ).tag(config=True)
+
+    @validate("pull_limit")
+    def _check_pull_limit(self, proposal: Any) -> str:
+        try:
+            parse_size(proposal["value"])
+        except errors.RexecError as exc:
+            raise TraitError(str(exc)) from None
+        return proposal["value"]
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell, **kwargs)
         self.session = shared_session()
 
     # ------------------------------------------------------------------ helpers
@@ -177,8 +197,8 @@ class RexecMagics(Magics):
                 push,
                 pull,
                 renderer,
-                pull_limit=parse_size(args.pull_limit),
-                timeout_s=args.timeout,
+                pull_limit=parse_size(args.pull_limit or self.pull_limit),
+                timeout_s=args.timeout if args.timeout is not None else self.timeout,
                 notes=self.notes,
             )
         self.shell.user_ns.update(outcome.values)
@@ -230,13 +250,13 @@ class RexecMagics(Magics):
         args = parse(self.rexec_login, line)
         if args is None:
             return
-        token = args.token or os.environ.get("REXEC_TOKEN") or getpass.getpass("rexec token: ")
-        url = args.spawner_url or os.environ.get("REXEC_SPAWNER_URL")
+        token = args.token or os.environ.get(contract.Env.TOKEN) or getpass.getpass("rexec token: ")
+        url = args.spawner_url or os.environ.get(contract.Env.SPAWNER_URL)
         if not url:
             try:
                 url = connection.load().spawner_url
             except connection.ConnectionFileError:
-                url = DEFAULT_SPAWNER_URL
+                url = contract.DEFAULT_SPAWNER_URL
         self._guard("logging in", self._login, url, token.strip())
 
     def _login(self, url: str, token: str) -> None:
@@ -357,11 +377,13 @@ def status_table(report: dict[str, Any]) -> Table:
     spawner_state = report.get("spawner_state") or {}
     worker = report.get("worker")
     inspect = report.get("inspect") or {}
-    state = spawner_state.get("state") or ("ready" if worker else "stopped")
-    if state == "ready" and worker and worker.get("busy"):
-        state = "busy"
-    running = bool(worker) and state in ("ready", "busy")
-    shown = state
+    state = contract.shown_state(
+        spawner_state.get("state") or ("ready" if worker else None),
+        busy=bool(worker and worker.get("busy")),
+        culled=bool(spawner_state.get("idle_culled_after_s")),
+    )
+    running = bool(worker) and state in (contract.ShownState.READY, contract.ShownState.BUSY)
+    shown = state.value
     if spawner_state.get("message") and not running:
         shown += f" ({spawner_state['message']})"
     if "spawner_error" in report:

@@ -30,7 +30,7 @@ from typing import Any
 PROTOCOL = b"RX1"
 TO_BROKER = b""
 
-# SciDx Rexec's legacy frames (their translation lives in rexec_magic/legacy.py only):
+# SciDx Rexec's legacy frames (their translation lives in broker/legacy.py only):
 #   call    [LEGACY, token, fn_dill, args_dill]
 #   cancel  [LEGACY, token, LEGACY_CANCEL, LEGACY_CANCEL_TEXT]
 # and each reply is [LEGACY, dill.dumps({"type", "sequence", "channel", "data"})].

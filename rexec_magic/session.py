@@ -20,13 +20,14 @@ from typing import Any
 from rexec_magic import connection, errors, serialize, transfer
 from rexec_magic import protocol as P
 from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient
+from rexec_magic.contract import WorkerState
 from rexec_magic.notes import QUIET, Notes
 from rexec_magic.spawner_client import SpawnerClient
 
 log = logging.getLogger("rexec.session")
 
 START_TIMEOUT_S = 300.0
-ACTIVE = ("starting", "installing", "ready")
+ACTIVE = (WorkerState.STARTING, WorkerState.INSTALLING, WorkerState.READY)
 # Completion and ``obj?`` wait this long for the worker at most: typing never blocks.
 ASSIST_TIMEOUT_S = 0.5
 
@@ -170,7 +171,7 @@ class RemoteSession:
         self._starting = True
         try:
             status = running or self.spawner.spawn(requirements, options, force)
-            if status.get("state") != "ready":
+            if status.get("state") != WorkerState.READY:
 
                 def moved(st: dict[str, Any]) -> None:
                     if st.get("message"):
@@ -258,7 +259,7 @@ class RemoteSession:
         state, idle_s = current.get("state"), current.get("idle_culled_after_s")
         had_one = self.client.seen_instance is not None
         running = current if state in ACTIVE else None
-        if state == "stopped" and idle_s:
+        if state == WorkerState.STOPPED and idle_s:
             notes.note(f"Your worker was stopped after {idle_s:g} s idle; its namespace was lost.")
         elif had_one and running is None:
             notes.warning(f"Your worker is {state or 'gone'}; its namespace was lost.")

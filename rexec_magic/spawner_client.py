@@ -13,10 +13,11 @@ from typing import Any
 import requests
 
 from rexec_magic import errors
+from rexec_magic.contract import WorkerState
 
-READY = "ready"
-FAILED = "failed"
-STOPPED = "stopped"
+READY = WorkerState.READY.value
+FAILED = WorkerState.FAILED.value
+STOPPED = WorkerState.STOPPED.value
 
 
 class SpawnerClient:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.auth import build_authenticator
+from rexec_magic.contract import VERSION
 from spawner.backends import load_backend
 from spawner.config import SpawnerSettings
 from spawner.errors import INTERNAL_ERROR, SpawnerError
@@ -28,11 +28,6 @@ from spawner.routes import router
 from spawner.service import WorkerService, broker_config
 
 log = logging.getLogger("spawner")
-
-try:
-    __version__ = version("rexec-magic")
-except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    __version__ = "0+unknown"
 
 
 class InternalErrorMiddleware:
@@ -103,7 +98,7 @@ def create_app(settings: SpawnerSettings) -> FastAPI:
 
     app = FastAPI(
         title="rexec spawner",
-        version=__version__,
+        version=VERSION,
         description="Starts, reports and stops each user's rexec worker. "
         "Every JSON route but /healthz needs `Authorization: Bearer <token>`; the SciDx "
         "Rexec compatibility routes take the token as a form field, as the model system did.",

@@ -7,20 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from broker.config import AuthSettings
+from rexec_magic.contract import DEFAULT_HOST, Port, tcp_url
 
 
 class SpawnerSettings(AuthSettings):
-    host: str = "127.0.0.1"
-    spawner_port: int = 8765
+    host: str = DEFAULT_HOST
+    spawner_port: int = Field(Port.SPAWNER, description="the spawner's HTTP port")
     backend: str = "local"  # "local" (subprocesses) or "kubernetes" (pods; the Helm chart)
     # Where clients reach the broker (returned by /broker-config) ...
-    broker_url: str = "tcp://127.0.0.1:30001"
+    broker_url: str = tcp_url(DEFAULT_HOST, Port.BROKER)
     # ... where workers reach it, and the admin control port the spawner asks for readiness.
-    broker_worker_url: str = "tcp://127.0.0.1:5560"
-    broker_control_url: str = "tcp://127.0.0.1:30002"
+    broker_worker_url: str = tcp_url(DEFAULT_HOST, Port.WORKER)
+    broker_control_url: str = tcp_url(DEFAULT_HOST, Port.CONTROL)
     # The broker's CurveZMQ public key, handed to clients by /broker-config (empty: no CURVE).
     curve_public_key: str = ""
     worker_key: SecretStr = SecretStr("")  # HMAC key shared with the broker

@@ -13,13 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from broker.control import BrokerControlError, broker_status
 from spawner.config import SpawnerSettings
 
-if TYPE_CHECKING:
-    from spawner.service import WorkerService
+
+class Cullable(Protocol):
+    """What the culler needs of the service (``spawner.service.WorkerService``): a protocol
+    rather than an import, so that the service can own the culler without an import circle."""
+
+    def ready_workers(self) -> dict[str, str]: ...
+
+    async def cull(self, user: str, nonce: str, idle_s: float) -> bool: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,7 @@ def idle_workers(
 
 
 class IdleCuller:
-    def __init__(self, settings: SpawnerSettings, service: WorkerService) -> None:
+    def __init__(self, settings: SpawnerSettings, service: Cullable) -> None:
         self.settings = settings
         self.service = service
         self._task: asyncio.Task | None = None

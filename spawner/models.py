@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-
-class WorkerState(str, Enum):
-    """Where a user's worker stands.
-
-    ``stopped`` -> ``installing`` (only when requirements need pip) -> ``starting`` ->
-    ``ready``; a crash goes back to ``starting`` (supervised restart); ``failed`` is final
-    until the next spawn.
-    """
-
-    STOPPED = "stopped"
-    STARTING = "starting"
-    INSTALLING = "installing"
-    READY = "ready"
-    FAILED = "failed"
-
+from rexec_magic.contract import WorkerState
 
 ACTIVE_STATES = (WorkerState.INSTALLING, WorkerState.STARTING, WorkerState.READY)
 SETTLED_STATES = (WorkerState.READY, WorkerState.FAILED, WorkerState.STOPPED)

@@ -7,32 +7,19 @@ outright, its workers still die: the local backend gives them a parent-death sig
 
 from __future__ import annotations
 
-import logging
+import argparse
 
 import uvicorn
 
+from rexec_magic import logs
 from spawner.app import create_app
 from spawner.config import SpawnerSettings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def configure_logging(log_file: str | None) -> None:
-    """Log to ``log_file`` (or stderr) unless the caller configured logging already."""
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler()
-    )
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger()
-    if not root.handlers:
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
 
 
 def serve(settings: SpawnerSettings | None = None) -> None:
     """Serve the spawner on ``settings.host:settings.spawner_port`` until SIGTERM/SIGINT."""
     settings = settings or SpawnerSettings()
-    configure_logging(settings.log_file)
+    logs.configure(log_file=settings.log_file)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -51,5 +38,10 @@ def serve(settings: SpawnerSettings | None = None) -> None:
         raise SystemExit(f"The spawner could not start on {settings.host}:{settings.spawner_port}.")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    serve()
+def main(argv: list[str] | None = None) -> int:
+    """run the spawner (settings from REXEC_* variables)"""
+    argparse.ArgumentParser(
+        prog="rexec spawner", description="Run the rexec spawner; settings from REXEC_* variables."
+    ).parse_args(argv)
+    serve(SpawnerSettings())
+    return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from rexec_magic.cli import free_port
+from spawner.up import free_port
 from tests.conftest import ROOT, Stack
 
 ARTIFACTS = ROOT / "test-artifacts" / "browser"

@@ -189,3 +189,27 @@ def test_dockerfile_parses_and_copies_only_existing_files() -> None:
     assert user and not user[-1].startswith(("0", "root"))  # runs as non-root
     assert any(w == "HEALTHCHECK" and "worker_image.ready" in a for w, a in steps)
     assert (ROOT / "worker_image" / "ready.py").is_file()
+
+
+def dockerfile_stages(path: Path) -> dict[str, list[tuple[str, str]]]:
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for word, args in dockerfile_instructions(path):
+        if word == "FROM":
+            current = stages.setdefault(args.split()[-1] if " AS " in args.upper() else args, [])
+        current.append((word, args))
+    return stages
+
+
+def test_the_worker_image_installs_only_what_a_worker_needs() -> None:
+    """The worker stage installs the plain distribution (no server extras); the server stage
+    has what broker and spawner need."""
+    stages = dockerfile_stages(ROOT / "worker_image" / "Dockerfile")
+    worker_pip = [a for w, a in stages["worker"] if w == "RUN" and "pip install" in a]
+    server_pip = [a for w, a in stages["server"] if w == "RUN" and "pip install" in a]
+    assert worker_pip and server_pip
+    assert all("[" not in a.split("pip install", 1)[1].split()[0] for a in worker_pip)
+    assert "server" in server_pip[0] and "kubernetes" in server_pip[0]
+    assert any(w == "CMD" and "worker_image.worker" in a for w, a in stages["worker"])
+    # The last stage is the default target: `docker build` without --target makes a worker.
+    assert list(stages)[-1] == "worker"

@@ -217,7 +217,7 @@ class TestCulled:
 class TestSpawnerDown:
     @pytest.fixture
     def spawner_url(self) -> str:
-        from rexec_magic.cli import free_port
+        from spawner.up import free_port
 
         return f"http://127.0.0.1:{free_port()}"
 

@@ -17,7 +17,7 @@ import dill
 import pytest
 import zmq
 
-from rexec_magic import legacy
+from broker import legacy
 from rexec_magic import protocol as P
 from tests.conftest import ROOT
 

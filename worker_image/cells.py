@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rexec_magic import serialize
+from rexec_magic.contract import DEFAULT_PULL_LIMIT_BYTES
 from rexec_magic.protocol import INTERRUPT_GRACE_S, DoneStatus, Kind, Message
 from worker_image.calls import invoke
 from worker_image.outbox import Outbox, Target
@@ -28,7 +29,7 @@ from worker_image.variables import pack_pulled
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PULL_LIMIT = 256 * 2**20
+DEFAULT_PULL_LIMIT = DEFAULT_PULL_LIMIT_BYTES
 # How long the next cell waits for ZeroMQ to release the last cell's zero-copy pulled arrays.
 RELEASE_WAIT_S = 10.0
 # If the I/O thread cannot even run (a C call holding the GIL), faulthandler's own thread

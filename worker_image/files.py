@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rexec_magic import fileio
+from rexec_magic.contract import Env
 from rexec_magic.protocol import FILE_CHUNK_BYTES, FILE_WINDOW_BYTES, Kind, Message
 from worker_image.outbox import Outbox, Target
 
@@ -57,9 +58,9 @@ def enter_work_dir(user: str | None = None, env: dict[str, str] | None = None) -
     is the work volume.
     """
     env = os.environ if env is None else env
-    folder = env.get("REXEC_WORK_DIR")
-    if user is not None and env.get("REXEC_WORK_ROOT"):
-        folder = str(Path(env["REXEC_WORK_ROOT"]) / folder_name(user))
+    folder = env.get(Env.WORK_DIR)
+    if user is not None and env.get(Env.WORK_ROOT):
+        folder = str(Path(env[Env.WORK_ROOT]) / folder_name(user))
     if folder:
         try:
             Path(folder).mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from typing import Any
 import zmq
 
 from rexec_magic import protocol, serialize
+from rexec_magic.contract import Env, ExitCode
 from rexec_magic.protocol import WORKER_HEARTBEAT_S, DoneStatus, Kind, Message, ProtocolError
 from worker_image.cells import BadRequest, CellQueue, done_header, parse_call, parse_execute
 from worker_image.outbox import PARTIAL_LINE_WAIT_S, Outbox, Outgoing, Target
@@ -36,10 +37,10 @@ from worker_image.variables import describe
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_SOFTWARE = 70  # the worker itself broke
-EXIT_RESTART = 75  # an interrupted cell would not stop: restart me
-EXIT_CONFIG = 78  # the broker rejected our registration (bad secret)
+EXIT_OK = ExitCode.OK
+EXIT_SOFTWARE = ExitCode.SOFTWARE
+EXIT_RESTART = ExitCode.RESTART
+EXIT_CONFIG = ExitCode.CONFIG
 
 # Random per process: the broker reports it, so a client can tell a restarted worker (a new
 # namespace) from one that registered again; a pid cannot tell inside a container.
@@ -330,7 +331,7 @@ class BrokerLink:
 
     def _touch_alive_file(self) -> None:
         """Readiness for a container probe (``worker_image.ready``): the broker answered."""
-        path = os.environ.get("REXEC_WORKER_ALIVE_FILE")
+        path = os.environ.get(Env.WORKER_ALIVE_FILE)
         if path:
             try:
                 with open(path, "a"):

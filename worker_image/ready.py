@@ -12,6 +12,8 @@ import os
 import sys
 import time
 
+from rexec_magic.contract import Env
+
 FRESH_S = 10.0
 
 
@@ -26,4 +28,4 @@ def is_ready(path: str | None, now: float | None = None) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if is_ready(os.environ.get("REXEC_WORKER_ALIVE_FILE")) else 1)
+    sys.exit(0 if is_ready(os.environ.get(Env.WORKER_ALIVE_FILE)) else 1)

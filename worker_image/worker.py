@@ -20,6 +20,8 @@ import sys
 import threading
 from typing import Any
 
+from rexec_magic import logs
+from rexec_magic.contract import Env
 from rexec_magic.protocol import DoneStatus, Kind
 from worker_image.cells import Cell, CellQueue, CellRunner, done_header
 from worker_image.files import Transfers, enter_work_dir
@@ -45,35 +47,23 @@ def registration_from_env(env: dict[str, str] | None = None) -> Registration:
     env = dict(os.environ if env is None else env)
     missing = [
         name
-        for name in (
-            "REXEC_BROKER_WORKER_URL",
-            "REXEC_WORKER_USER",
-            "REXEC_WORKER_NONCE",
-            "REXEC_WORKER_SECRET",
-        )
+        for name in (Env.BROKER_WORKER_URL, Env.WORKER_USER, Env.WORKER_NONCE, Env.WORKER_SECRET)
         if not env.get(name)
     ]
     if missing:
         raise ConfigError(f"missing environment variable(s): {', '.join(missing)}")
     return Registration(
-        user=env["REXEC_WORKER_USER"],
-        nonce=env["REXEC_WORKER_NONCE"],
-        secret=env["REXEC_WORKER_SECRET"],
-        broker_url=env["REXEC_BROKER_WORKER_URL"],
-        pool=env.get("REXEC_WORKER_POOL", "") in ("1", "true", "yes"),
+        user=env[Env.WORKER_USER],
+        nonce=env[Env.WORKER_NONCE],
+        secret=env[Env.WORKER_SECRET],
+        broker_url=env[Env.BROKER_WORKER_URL],
+        pool=env.get(Env.WORKER_POOL, "") in ("1", "true", "yes"),
     )
 
 
 def setup_logging(level_name: str | None) -> None:
     """Log to the real stderr, on our own logger, so a cell's logging.basicConfig() works."""
-    level = logging.getLevelName((level_name or "INFO").upper())
-    if not isinstance(level, int):
-        level = logging.INFO
-    handler = logging.StreamHandler(sys.__stderr__)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(level)
-    log.propagate = False
+    logs.configure(log.name, stream=sys.__stderr__, level=level_name, propagate=False)
 
 
 class Worker:
@@ -126,7 +116,8 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging(os.environ.get("REXEC_LOG_LEVEL"))
+    """run a worker (started by the spawner; settings from its environment)"""
+    setup_logging(os.environ.get(Env.LOG_LEVEL))
     try:
         registration = registration_from_env()
     except ConfigError as exc:

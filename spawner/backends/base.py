@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rexec_magic.contract import ExitCode
 from spawner.config import SpawnerSettings
 from spawner.requirements import RequirementSet
 
 # Exit codes the worker uses to say why it left.
-EXIT_RESTART = 75  # a cell ignored an interrupt: restart me with a fresh namespace
-EXIT_REJECTED = 78  # the broker refused my registration secret: restarting cannot help
+EXIT_RESTART = ExitCode.RESTART  # a cell ignored an interrupt: restart, fresh namespace
+EXIT_REJECTED = ExitCode.CONFIG  # the broker refused the secret: restarting cannot help
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from rexec_magic.contract import Env
 from spawner.errors import InvalidRequest
 
 APP = "rexec-worker"
@@ -136,20 +137,20 @@ def pod_manifest(
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     env: list[dict[str, Any]] = [
-        {"name": "REXEC_BROKER_WORKER_URL", "value": settings.broker_worker_url},
-        {"name": "REXEC_WORKER_USER", "value": registration_user},
-        {"name": "REXEC_WORKER_NONCE", "value": nonce},
+        {"name": Env.BROKER_WORKER_URL, "value": settings.broker_worker_url},
+        {"name": Env.WORKER_USER, "value": registration_user},
+        {"name": Env.WORKER_NONCE, "value": nonce},
         {
-            "name": "REXEC_WORKER_SECRET",
+            "name": Env.WORKER_SECRET,
             "valueFrom": {"secretKeyRef": {"name": secret_name, "key": SECRET_KEY}},
         },
-        {"name": "REXEC_WORKER_ALIVE_FILE", "value": ALIVE_FILE},
+        {"name": Env.WORKER_ALIVE_FILE, "value": ALIVE_FILE},
         {"name": "HOME", "value": "/tmp"},  # noqa: S108
         {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"},  # noqa: S108
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     if pool:
-        env.append({"name": "REXEC_WORKER_POOL", "value": "1"})
+        env.append({"name": Env.WORKER_POOL, "value": "1"})
     init: list[dict[str, Any]] = []
     if install:
         volumes.append({"name": "extra", "emptyDir": {}})

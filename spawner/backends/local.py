@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from rexec_magic.contract import Env
 from spawner.backends.base import Backend, WorkerHandle, WorkerSpec
 from spawner.errors import StartFailed
 from spawner.requirements import all_satisfied
@@ -40,7 +41,7 @@ _CREDENTIAL_NAME = re.compile(
     r"TOKEN|SECRET|PASSW|CREDENTIAL|PRIVATE_KEY|API_KEY|ACCESS_KEY", re.IGNORECASE
 )
 # Settings the worker reads itself and may inherit from the spawner's environment.
-_PASSED_ON = {"REXEC_LOG_LEVEL"}
+_PASSED_ON = {Env.LOG_LEVEL}
 _COMPLETE_MARK = ".rexec-complete"
 
 
@@ -126,15 +127,15 @@ def worker_env(
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
-    env["REXEC_BROKER_WORKER_URL"] = broker_worker_url
-    env["REXEC_WORKER_USER"] = user
-    env["REXEC_WORKER_NONCE"] = nonce
-    env["REXEC_WORKER_SECRET"] = secret
+    env[Env.BROKER_WORKER_URL] = broker_worker_url
+    env[Env.WORKER_USER] = user
+    env[Env.WORKER_NONCE] = nonce
+    env[Env.WORKER_SECRET] = secret
     if pool:
-        env["REXEC_WORKER_POOL"] = "1"
-        env["REXEC_WORK_ROOT"] = work_dir  # the pool worker moves to <root>/<user> when claimed
+        env[Env.WORKER_POOL] = "1"
+        env[Env.WORK_ROOT] = work_dir  # the pool worker moves to <root>/<user> when claimed
     elif work_dir:
-        env["REXEC_WORK_DIR"] = work_dir
+        env[Env.WORK_DIR] = work_dir
     return env
 
 

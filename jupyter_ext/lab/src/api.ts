@@ -6,15 +6,10 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import { ShownState } from './contract';
+
 /** The worker states the server reports (the spawner's, plus busy and culled). */
-export type WorkerState =
-  | 'stopped'
-  | 'culled'
-  | 'starting'
-  | 'installing'
-  | 'ready'
-  | 'busy'
-  | 'failed';
+export type WorkerState = Exclude<ShownState, 'pending'>;
 
 /** What the server tells about the worker (never a token). */
 export interface IWorkerInfo {

@@ -8,20 +8,15 @@ import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { IRexecStatus, post, requestAPI } from './api';
+import { ShownState } from './contract';
 
 /** What the sidebar shows: the worker's state plus the states only the browser knows. */
 export type DisplayState =
   | 'unknown'
   | 'logged-out'
   | 'unreachable'
-  | 'stopped'
-  | 'culled'
-  | 'pending'
-  | 'starting'
-  | 'installing'
-  | 'ready'
-  | 'busy'
-  | 'error';
+  | 'error'
+  | Exclude<ShownState, 'failed'>;
 
 const FAST_MS = 1000;
 

@@ -1,0 +1,209 @@
+"""The facts every rexec component shares, each written once.
+
+Ports and their defaults, the environment names a worker is started with, the worker's exit
+codes, the worker states the spawner reports (and the sidebar shows), the default pull limit
+and the version.  Client, broker, spawner, worker and the Jupyter extension import them from
+here; the JupyterLab extension reads a generated copy (``jupyter_ext/lab/src/contract.ts``,
+written by ``python -m rexec_magic.contract``; a unit test fails when it is out of date).
+
+This module imports nothing but the standard library, so every side can import it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+#: The distribution whose metadata holds the one version number (pyproject.toml).
+DISTRIBUTION = "rexec-magic"
+
+
+def _version() -> str:
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+VERSION = _version()
+
+# --------------------------------------------------------------------------- network
+#: Every port binds to this interface unless configured otherwise: never all interfaces.
+DEFAULT_HOST = "127.0.0.1"
+
+
+class Port(enum.IntEnum):
+    """Default TCP ports (``0`` in a setting picks a free port)."""
+
+    BROKER = 30001  # the broker's client port (DEALER clients, SciDx legacy clients)
+    CONTROL = 30002  # the broker's admin port (status, shutdown, claim)
+    WORKER = 5560  # where workers connect to the broker
+    SPAWNER = 8765  # the spawner's HTTP API
+
+
+def tcp_url(host: str, port: int) -> str:
+    """``tcp://host:port`` with IPv6 hosts in brackets."""
+    return f"tcp://{_bracket(host)}:{port}"
+
+
+def http_url(host: str, port: int) -> str:
+    return f"http://{_bracket(host)}:{port}"
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+DEFAULT_SPAWNER_URL = http_url(DEFAULT_HOST, Port.SPAWNER)
+
+
+# --------------------------------------------------------------------------- environment
+class Env:
+    """Environment variable names that are an interface between processes.
+
+    Server settings are read by pydantic-settings from ``REXEC_<FIELD>`` (see
+    ``broker/config.py`` and ``spawner/config.py``); the names below are the ones a process
+    sets for another one or a user sets for the client.
+    """
+
+    PREFIX = "REXEC_"
+    # Set by the spawner for the worker it starts.
+    BROKER_WORKER_URL = "REXEC_BROKER_WORKER_URL"
+    WORKER_USER = "REXEC_WORKER_USER"
+    WORKER_NONCE = "REXEC_WORKER_NONCE"
+    WORKER_SECRET = "REXEC_WORKER_SECRET"  # noqa: S105 - a variable name
+    WORKER_POOL = "REXEC_WORKER_POOL"
+    # The worker's own folder (local backend): the folder itself, or for a warm-pool worker
+    # the root under which it takes <root>/<user> when claimed (worker_image/files.py).
+    WORK_DIR = "REXEC_WORK_DIR"
+    WORK_ROOT = "REXEC_WORK_ROOT"
+    WORKER_ALIVE_FILE = "REXEC_WORKER_ALIVE_FILE"
+    LOG_LEVEL = "REXEC_LOG_LEVEL"
+    # Read by the client side (kernel, Jupyter server extension).
+    CONNECTION_FILE = "REXEC_CONNECTION_FILE"
+    CLIENT_LOG = "REXEC_CLIENT_LOG"
+    TOKEN = "REXEC_TOKEN"  # noqa: S105 - a variable name
+    SPAWNER_URL = "REXEC_SPAWNER_URL"
+    STATE_DIR = "REXEC_STATE_DIR"
+
+
+#: What the spawner puts in a worker's environment (and the Kubernetes pod spec).
+WORKER_ENV = (
+    Env.BROKER_WORKER_URL,
+    Env.WORKER_USER,
+    Env.WORKER_NONCE,
+    Env.WORKER_SECRET,
+    Env.WORKER_POOL,
+)
+
+
+# --------------------------------------------------------------------------- exit codes
+class ExitCode(enum.IntEnum):
+    """How a worker process ends; its supervisor acts on it (BSD sysexits where one fits)."""
+
+    OK = 0  # asked to stop (SIGTERM, superseded): do not restart
+    SOFTWARE = 70  # the worker itself broke (EX_SOFTWARE): restart
+    RESTART = 75  # an interrupted cell would not stop (EX_TEMPFAIL): restart at once
+    CONFIG = 78  # the broker rejected the registration (EX_CONFIG): a restart cannot help
+
+
+# --------------------------------------------------------------------------- states
+class WorkerState(str, enum.Enum):
+    """Where a user's worker stands, as the spawner reports it.
+
+    ``stopped`` -> ``installing`` (only when requirements need pip) -> ``starting`` ->
+    ``ready``; a crash goes back to ``starting`` (supervised restart); ``failed`` is final
+    until the next spawn.
+    """
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    INSTALLING = "installing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class ShownState(str, enum.Enum):
+    """What the sidebar, the status bar and ``%rexec_status`` show: the spawner's state,
+    refined.  ``busy`` is ``ready`` while a cell runs, ``culled`` is ``stopped`` after idle
+    culling, ``pending`` is the browser's own between a click and the spawner's answer."""
+
+    STOPPED = "stopped"
+    CULLED = "culled"
+    PENDING = "pending"
+    STARTING = "starting"
+    INSTALLING = "installing"
+    READY = "ready"
+    BUSY = "busy"
+    FAILED = "failed"
+
+
+def shown_state(state: str | None, *, busy: bool = False, culled: bool = False) -> ShownState:
+    """The state to show for a spawner ``state`` (None: no worker)."""
+    if state == WorkerState.READY:
+        return ShownState.BUSY if busy else ShownState.READY
+    if state in (WorkerState.STARTING, WorkerState.INSTALLING, WorkerState.FAILED):
+        return ShownState(state)
+    return ShownState.CULLED if culled else ShownState.STOPPED
+
+
+# --------------------------------------------------------------------------- limits
+_SIZE = re.compile(r"\s*([\d.]+)\s*([KMGT]?i?B?)?\s*", re.IGNORECASE)
+_SCALE = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``256MB``, ``1.5GB``, ``1024`` -> bytes (binary units: 1 MB = 2**20 bytes).
+
+    Raises ValueError, naming the text, for anything else.
+    """
+    m = _SIZE.fullmatch(text)
+    if not m:
+        raise ValueError(f"Cannot read the size {text!r}; write e.g. 256MB or 2GB.")
+    try:
+        number = float(m.group(1))
+    except ValueError:
+        raise ValueError(f"Cannot read the size {text!r}; write e.g. 256MB or 2GB.") from None
+    unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
+    return int(number * _SCALE[unit])
+
+
+#: Values larger than this stay on the worker (``--pull-limit``, ``c.RexecMagics.pull_limit``).
+DEFAULT_PULL_LIMIT = "256MB"
+DEFAULT_PULL_LIMIT_BYTES = parse_size(DEFAULT_PULL_LIMIT)
+
+
+# --------------------------------------------------------------------------- TypeScript copy
+def typescript() -> str:
+    """The TypeScript copy the JupyterLab extension imports (``src/contract.ts``)."""
+
+    def q(text: str) -> str:  # the extension's prettier style: single quotes
+        return "'" + json.dumps(text)[1:-1].replace("'", "\\'") + "'"
+
+    states = " | ".join(q(s.value) for s in ShownState)
+    lines = [
+        "// Generated by `python -m rexec_magic.contract` from rexec_magic/contract.py.",
+        "// Do not edit: change contract.py and regenerate (a unit test checks this copy).",
+        "",
+        f"export const VERSION = {q(VERSION)};",
+        "",
+        f"export type ShownState = {states};",
+        "",
+        "export const SHOWN_STATES: readonly ShownState[] = [",
+        *(f"  {q(s.value)}," for s in ShownState),
+        "];",
+        "",
+        "/** The spawner's states (WorkerStatus.state). */",
+        "export const WorkerState = {",
+        *(f"  {s.name}: {q(s.value)}," for s in WorkerState),
+        "} as const;",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(typescript())

@@ -1,0 +1,358 @@
+"""``rexec up``, ``rexec token`` and ``rexec status``: the local stack on one machine.
+
+``rexec up`` is the embedded default: a dev token file, the broker and the spawner (local
+backend) as child processes on 127.0.0.1, a connection file for the current user, and a
+supervisor that restarts a child that dies and stops everything on Ctrl-C or SIGTERM.
+
+Its flags are derived from the broker's and spawner's settings (``UP_FLAGS``): the same names,
+types and defaults as the ``REXEC_*`` variables, declared once in ``broker/config.py`` and
+``spawner/config.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+from jupyter_core.paths import jupyter_runtime_dir
+from pydantic_settings import BaseSettings
+
+from broker.auth import add_static_token
+from broker.config import BrokerSettings
+from broker.control import BrokerControlError, broker_status
+from rexec_magic import connection
+from rexec_magic.contract import Env, http_url, tcp_url
+from rexec_magic.private_file import write_private
+from spawner.config import SpawnerSettings
+
+UP_STATE_FILE = "up.json"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get(Env.STATE_DIR) or Path(jupyter_runtime_dir()) / "rexec-up")
+
+
+# The settings `rexec up` takes as flags, and the settings class that declares each one.
+UP_FLAGS: tuple[tuple[type[BaseSettings], str], ...] = (
+    (BrokerSettings, "host"),
+    (BrokerSettings, "broker_port"),
+    (BrokerSettings, "control_port"),
+    (BrokerSettings, "worker_port"),
+    (SpawnerSettings, "spawner_port"),
+    (BrokerSettings, "authenticator"),
+    (BrokerSettings, "auth_api_url"),
+    (BrokerSettings, "allowed_groups"),
+)
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per entry of UP_FLAGS: type, default (what ``REXEC_*`` says now) and
+    help come from the settings field, so flag and variable can never drift apart."""
+    current = {cls: cls() for cls in {cls for cls, _ in UP_FLAGS}}
+    for cls, name in UP_FLAGS:
+        info = cls.model_fields[name]
+        default = getattr(current[cls], name)
+        kind = int if isinstance(default, int) else str
+        env = f"{Env.PREFIX}{name.upper()}"
+        text = info.description or ""
+        if name.endswith("_port"):
+            text += " (0 picks a free port)"
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            default=default,
+            help=f"{text} [${env}; default %(default)s]",
+        )
+
+
+# ---------------------------------------------------------------------------- rexec up
+class Stack:
+    """The children of ``rexec up`` and how to (re)start them."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.host = args.host
+        self.state_dir = Path(args.state_dir).expanduser().resolve()
+        self.logs = self.state_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self.ports = {
+            name: getattr(args, f"{name}_port") or free_port(self.host)
+            for name in ("broker", "control", "worker", "spawner")
+        }
+        self.tokens_file = self.state_dir / "tokens.json"
+        self.admin_secret = secrets.token_urlsafe(32)
+        worker_key = secrets.token_urlsafe(32)
+        self.broker_url = tcp_url(self.host, self.ports["broker"])
+        self.control_url = tcp_url(self.host, self.ports["control"])
+        self.spawner_url = http_url(self.host, self.ports["spawner"])
+        # REXEC_* settings of the caller (cull time, warm pool...) reach the children; the
+        # ones that tie the stack together are set below and win.
+        base = dict(os.environ)
+        common = {
+            **base,
+            "REXEC_HOST": self.host,
+            "REXEC_AUTHENTICATOR": args.authenticator,
+            "REXEC_TOKENS_FILE": str(self.tokens_file),
+            "REXEC_WORKER_KEY": worker_key,
+            "REXEC_ADMIN_SECRET": self.admin_secret,
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.server_key = ""
+        if args.curve:
+            public, secret = (k.decode() for k in zmq.curve_keypair())
+            self.server_key = public
+            common["REXEC_CURVE_PUBLIC_KEY"] = public
+        if args.auth_api_url:
+            common["REXEC_AUTH_API_URL"] = args.auth_api_url
+        if args.allowed_groups:
+            common["REXEC_ALLOWED_GROUPS"] = args.allowed_groups
+        self.envs = {
+            "broker": {
+                **common,
+                "REXEC_BROKER_PORT": str(self.ports["broker"]),
+                "REXEC_CONTROL_PORT": str(self.ports["control"]),
+                "REXEC_WORKER_PORT": str(self.ports["worker"]),
+                "REXEC_LOG_FILE": str(self.logs / "broker.log"),
+                **({"REXEC_CURVE_SECRET_KEY": secret} if args.curve else {}),
+            },
+            "spawner": {
+                **common,
+                "REXEC_SPAWNER_PORT": str(self.ports["spawner"]),
+                "REXEC_BROKER_URL": self.broker_url,
+                "REXEC_BROKER_WORKER_URL": tcp_url(self.host, self.ports["worker"]),
+                "REXEC_BROKER_CONTROL_URL": self.control_url,
+                "REXEC_STATE_DIR": str(self.state_dir),
+                "REXEC_LOG_FILE": str(self.logs / "spawner.log"),
+            },
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.lab: subprocess.Popen[bytes] | None = None
+        self.restarts: dict[str, list[float]] = {"broker": [], "spawner": []}
+
+    def start(self, name: str) -> None:
+        log = open(self.logs / f"{name}.out", "ab")  # noqa: SIM115 - owned by the child
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "rexec_magic.cli", name],  # the same `rexec` command
+            env=self.envs[name],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout_s
+        broker_ok = spawner_ok = False
+        while not (broker_ok and spawner_ok):
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise SystemExit(
+                        f"rexec {name} exited at start; see {self.logs / (name + '.log')}"
+                    )
+            if not broker_ok:
+                try:
+                    broker_status(self.control_url, self.admin_secret, timeout_s=0.5)
+                    broker_ok = True
+                except BrokerControlError:
+                    pass
+            if not spawner_ok:
+                try:
+                    spawner_ok = requests.get(self.spawner_url + "/healthz", timeout=1).ok
+                except requests.RequestException:
+                    pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"rexec did not come up within {timeout_s:.0f} s")
+            time.sleep(0.05)
+
+    def write_state(self) -> None:
+        state = {
+            "ports": self.ports,
+            "pids": {name: p.pid for name, p in self.procs.items()},
+            "broker_url": self.broker_url,
+            "control_url": self.control_url,
+            "spawner_url": self.spawner_url,
+            "admin_secret": self.admin_secret,
+            "server_key": self.server_key,
+            "tokens_file": str(self.tokens_file),
+            "logs": str(self.logs),
+            "pid": os.getpid(),
+        }
+        write_private(self.state_dir / UP_STATE_FILE, json.dumps(state, indent=1))
+
+    def start_lab(self, root_dir: Path) -> None:
+        """JupyterLab on loopback, its output (with its URL) on our terminal."""
+        cmd = [
+            sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={self.host}",
+            f"--ServerApp.root_dir={root_dir.resolve()}",
+        ]  # fmt: skip
+        if os.geteuid() == 0:
+            cmd.append("--allow-root")
+        self.lab = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+
+    def supervise(self, stopping: list[bool]) -> None:
+        """Restart a child that dies (at most 5 times a minute); return when stopping."""
+        while not stopping:
+            time.sleep(0.1)
+            if self.lab is not None and self.lab.poll() is not None:
+                print("JupyterLab exited; stopping rexec.", flush=True)
+                return
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is None or stopping:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in self.restarts[name] if now - t < 60] + [now]
+                self.restarts[name] = recent
+                if len(recent) > 5:
+                    print(f"rexec {name} keeps exiting; stopping. See {self.logs}", flush=True)
+                    return
+                print(f"rexec {name} exited ({proc.returncode}); restarting it", flush=True)
+                self.start(name)
+                self.write_state()
+
+    def stop(self) -> None:
+        if self.lab is not None and self.lab.poll() is None:
+            self.lab.send_signal(signal.SIGINT)
+            self.lab.send_signal(signal.SIGINT)  # JupyterLab asks for confirmation once
+            try:
+                self.lab.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.lab.kill()
+        for name in ("spawner", "broker"):  # the spawner stops its workers before we go on
+            proc = self.procs.get(name)
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stack = Stack(args)
+    user = getpass.getuser()
+    token = add_static_token(stack.tokens_file, user)
+    stopping: list[bool] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.append(True)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        for name in ("broker", "spawner"):
+            stack.start(name)
+        stack.write_state()
+        stack.wait_ready()
+        path = connection.save(
+            connection.ConnectionInfo(
+                stack.spawner_url, stack.broker_url, token, user, stack.server_key
+            ),
+            Path(args.connection_file).expanduser() if args.connection_file else None,
+        )
+        print(
+            f"rexec is up for user {user}\n"
+            f"  broker   {stack.broker_url}\n"
+            f"  spawner  {stack.spawner_url}  (API docs at /docs)\n"
+            f"  connection file  {path}\n"
+            + ("  client port encrypted with CurveZMQ\n" if stack.server_key else "")
+            + f"  logs     {stack.logs}\n"
+            "In a notebook: %load_ext rexec_magic, then %%remote cells. Ctrl-C stops.",
+            flush=True,
+        )
+        if args.lab:
+            stack.start_lab(Path(args.lab))
+        stack.supervise(stopping)
+    finally:
+        stack.stop()
+        print("rexec stopped.", flush=True)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Add a dev token for a user and write that user's connection file (never printed)."""
+    state = json.loads((Path(args.state_dir) / UP_STATE_FILE).read_text())
+    token = add_static_token(
+        args.tokens_file or state["tokens_file"],
+        args.user,
+        [g for g in args.groups.split(",") if g],
+    )
+    path = connection.save(
+        connection.ConnectionInfo(
+            state["spawner_url"], state["broker_url"], token, args.user, state["server_key"]
+        ),
+        Path(args.connection_file).expanduser(),
+    )
+    print(f"Token for {args.user} written to {path} (mode 0600).")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        state = json.loads((Path(args.state_dir) / UP_STATE_FILE).read_text())
+    except FileNotFoundError:
+        print(f"No running `rexec up` found in {args.state_dir}.", file=sys.stderr)
+        return 1
+    try:
+        report = broker_status(state["control_url"], state["admin_secret"])
+    except BrokerControlError as exc:
+        print(f"The broker did not answer: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def up_parser() -> argparse.ArgumentParser:
+    up = argparse.ArgumentParser(prog="rexec up", description="Start broker + spawner here.")
+    add_settings_flags(up)
+    up.add_argument("--state-dir", default=str(default_state_dir()), help=f"[${Env.STATE_DIR}]")
+    up.add_argument("--connection-file", default=None, help=f"default: ${Env.CONNECTION_FILE}")
+    up.add_argument(
+        "--curve", action="store_true", help="encrypt the client port with CurveZMQ (new keys)"
+    )
+    up.add_argument("--lab", metavar="DIR", help="also run JupyterLab on DIR, stopped together")
+    return up
+
+
+def main(argv: list[str] | None = None) -> int:
+    """start broker + spawner on this machine"""
+    return cmd_up(up_parser().parse_args(argv))
+
+
+def token_main(argv: list[str] | None = None) -> int:
+    """add a dev token for a user of a running `rexec up`"""
+    token = argparse.ArgumentParser(prog="rexec token", description=cmd_token.__doc__)
+    token.add_argument("user")
+    token.add_argument("--groups", default="")
+    token.add_argument("--connection-file", required=True, help="where to write it (0600)")
+    token.add_argument("--state-dir", default=str(default_state_dir()))
+    token.add_argument("--tokens-file", default=None)
+    return cmd_token(token.parse_args(argv))
+
+
+def status_main(argv: list[str] | None = None) -> int:
+    """the broker's view: users, workers, counters"""
+    status = argparse.ArgumentParser(prog="rexec status", description=status_main.__doc__)
+    status.add_argument("--state-dir", default=str(default_state_dir()))
+    return cmd_status(status.parse_args(argv))
