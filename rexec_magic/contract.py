@@ -90,6 +90,17 @@ class Env:
     STATE_DIR = "REXEC_STATE_DIR"
 
 
+def folder_name(user: str) -> str:
+    """A file-name-safe form of a user id (worker logs, worker folders); distinct ids stay
+    distinct."""
+    import hashlib
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", user)[:64]
+    if safe != user or safe.startswith("."):
+        safe = f"{safe.lstrip('.')}-{hashlib.sha256(user.encode()).hexdigest()[:8]}"
+    return safe
+
+
 #: What the spawner puts in a worker's environment (and the Kubernetes pod spec).
 WORKER_ENV = (
     Env.BROKER_WORKER_URL,

@@ -16,18 +16,16 @@ worker's folder (``enter_work_dir``).  An upload the client abandoned (no messag
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from rexec_magic import fileio
-from rexec_magic.contract import Env
+from rexec_magic.contract import Env, folder_name
 from rexec_magic.protocol import FILE_CHUNK_BYTES, FILE_WINDOW_BYTES, Kind, Message
 from worker_image.outbox import Outbox, Target
 
@@ -39,14 +37,6 @@ ACK_WAIT_S = 120.0  # a download whose client stops acknowledging for this long 
 
 PUT_KINDS = frozenset({Kind.PUT_OPEN, Kind.PUT_FILE, Kind.PUT_CHUNK, Kind.PUT_CLOSE})
 KINDS = PUT_KINDS | {Kind.GET_OPEN, Kind.FILE_ACK, Kind.FILE_CANCEL}
-
-
-def folder_name(user: str) -> str:
-    """A file-name-safe form of a user id; distinct ids stay distinct."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", user)[:64]
-    if safe != user or safe.startswith("."):
-        safe = f"{safe.lstrip('.')}-{hashlib.sha256(user.encode()).hexdigest()[:8]}"
-    return safe
 
 
 def enter_work_dir(user: str | None = None, env: dict[str, str] | None = None) -> str:

@@ -28,11 +28,10 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from rexec_magic.contract import Env
+from rexec_magic.contract import Env, folder_name
 from spawner.backends.base import Backend, WorkerHandle, WorkerSpec
 from spawner.errors import StartFailed
 from spawner.requirements import all_satisfied
-from worker_image.files import folder_name
 
 log = logging.getLogger(__name__)
 
