@@ -252,6 +252,11 @@ async def test_spawn_reports_each_pod_state_then_ready_and_terminate_deletes_all
     assert worker_secret not in str(created)
     env = {e["name"]: e for e in container["env"]}
     assert env["REXEC_WORKER_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == name
+    # The worker runs in its own folder, on a volume that outlives restarts of its container.
+    assert container["workingDir"] == "/home/rexec/work"
+    work = [m for m in container["volumeMounts"] if m["mountPath"] == "/home/rexec/work"]
+    volumes = {v["name"]: v for v in created["spec"]["volumes"]}
+    assert volumes[work[0]["name"]] == {"name": work[0]["name"], "emptyDir": {}}
     # numpy is in the image: only the other requirement is installed, by the init container.
     assert created["spec"]["initContainers"][0]["command"][-1] == "rexec-extra-pkg==1.0"
     assert "numpy" not in created["spec"]["initContainers"][0]["command"]
@@ -338,6 +343,22 @@ async def test_node_selector_tolerations_gpu_and_profile_image(
     assert spec["tolerations"][0]["key"] == "gpu"
     assert spec["containers"][0]["image"] == "registry.example/rexec-gpu:1"
     assert "initContainers" not in spec  # nothing to install
+
+
+@pytest.mark.asyncio
+async def test_a_configured_work_volume_gives_each_user_a_folder_on_it(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    claim = {"persistentVolumeClaim": {"claimName": "rexec-work"}}
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path, k8s_work_volume=claim))
+    reply = await sp.spawn()
+    assert reply.status_code == 200, reply.text
+    spec = (await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod"))["spec"]
+    container = spec["containers"][0]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == container["workingDir"])
+    assert mount["subPath"] == "alice"
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["persistentVolumeClaim"] == {"claimName": "rexec-work"}
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     bad = await sp.spawn(options={"profile": "nope"}, force=True)

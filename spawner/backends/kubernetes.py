@@ -127,8 +127,13 @@ class KubernetesBackend(Backend):
         return clean
 
     def pool_eligible(self, spec: WorkerSpec) -> bool:
-        # Pool pods live in the shared namespace: not for per-user namespaces.
-        return super().pool_eligible(spec) and not self.settings.k8s_namespace_per_user
+        # Pool pods live in the shared namespace: not for per-user namespaces.  With a work
+        # volume a pod mounts its user's folder, which a generic pool pod cannot know yet.
+        return (
+            super().pool_eligible(spec)
+            and not self.settings.k8s_namespace_per_user
+            and not self.settings.k8s_work_volume
+        )
 
     def image_for(self, spec: WorkerSpec) -> str:
         profile = spec.options.get("profile")
