@@ -262,7 +262,9 @@ class RemoteSession:
         if state == WorkerState.STOPPED and idle_s:
             notes.note(f"Your worker was stopped after {idle_s:g} s idle; its namespace was lost.")
         elif had_one and running is None:
-            notes.warning(f"Your worker is {state or 'gone'}; its namespace was lost.")
+            why = current.get("message") if state == WorkerState.FAILED else None
+            what = f"failed ({str(why).rstrip('.')})" if why else f"was {state or 'stopped'}"
+            notes.warning(f"Your worker {what}; its namespace was lost.")
         if had_one:
             self.kept_remote.clear()
         self.client.seen_instance = None  # the worker that comes now is the one we asked for

@@ -205,6 +205,10 @@ class WorkerService:
         progress = rec.handle.progress if rec.handle is not None else None
         if state == WorkerState.STARTING and progress is not None:
             state, message = WorkerState(progress[0]), progress[1]
+        last_exit_at, last_exit_reason = rec.last_exit_at, rec.last_exit_reason
+        restarted = rec.handle.restarted if rec.handle is not None else None
+        if restarted is not None and (last_exit_at is None or restarted[0] > last_exit_at):
+            last_exit_at, last_exit_reason = restarted[0], exit_reason(restarted[1])
         return WorkerStatus(
             user=rec.user,
             username=rec.username,
@@ -218,8 +222,8 @@ class WorkerService:
             restarts=rec.restarts,
             from_warm_pool=rec.from_pool,
             idle_culled_after_s=rec.culled_after_s,
-            last_exit_at=rec.last_exit_at,
-            last_exit_reason=rec.last_exit_reason,
+            last_exit_at=last_exit_at,
+            last_exit_reason=last_exit_reason,
             log_tail=self.backend.log_tail(rec.user),
         )
 

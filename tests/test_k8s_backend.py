@@ -579,3 +579,28 @@ async def test_idle_worker_is_culled_and_its_pod_deleted(
     assert st["message"] == "Your worker was stopped after 1 s idle."
     assert st["idle_culled_after_s"] == 1.0
     assert pod(cluster, "rexec-worker-alice") is None
+
+
+@pytest.mark.asyncio
+async def test_a_container_the_kubelet_restarted_shows_when_and_why(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    """The kubelet restarts a killed worker inside its pod; the status says so, so the next
+    cell can announce the lost namespace with the reason."""
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path))
+    assert (await sp.spawn()).status_code == 200
+    name = "rexec-worker-alice"
+    await _wait(lambda: pod(cluster, name), "the pod")
+    run_pod(cluster, name, pods_run)
+    st = await sp.wait_for(lambda s: s["state"] == "ready", "ready", timeout_s=30)
+    assert st["last_exit_reason"] is None
+    running = {"name": "worker", "ready": True, "state": {"running": {}}}
+    set_pod_status(cluster, name, {"containerStatuses": [{**running, "restartCount": 0}]})
+    killed = {"terminated": {"exitCode": 137, "reason": "Error",
+                             "finishedAt": "2026-01-01T14:02:00Z"}}  # fmt: skip
+    set_pod_status(
+        cluster, name, {"containerStatuses": [{**running, "restartCount": 1, "lastState": killed}]}
+    )
+    st = await sp.wait_for(lambda s: s["last_exit_reason"], "the restart noted", timeout_s=20)
+    assert st["last_exit_reason"] == "killed by signal 9"
+    assert st["last_exit_at"].startswith("2026-01-01T14:02:00")

@@ -23,6 +23,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -31,7 +32,7 @@ from packaging.utils import canonicalize_name
 from spawner.backends import k8s_objects as objs
 from spawner.backends.base import Backend, WorkerHandle, WorkerSpec
 from spawner.backends.k8s_names import dns_label, label_value
-from spawner.backends.k8s_status import describe_pod, is_running
+from spawner.backends.k8s_status import describe_pod, is_running, last_restart
 from spawner.errors import Conflict, InvalidRequest, SpawnerError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -267,6 +268,7 @@ class KubernetesBackend(Backend):
                     events = await self._events(ns, name)
                 view = describe_pod(pod, events)
                 last_error = ""
+                self._note_restart(handle, pod)
             except SpawnerError as exc:  # keep watching: the API may come back
                 if exc.message != last_error:
                     log.warning("watching pod %s/%s: %s", ns, name, exc.message)
@@ -288,6 +290,18 @@ class KubernetesBackend(Backend):
             else:
                 handle.progress = None
             await asyncio.sleep(self.settings.k8s_poll_s)
+
+    def _note_restart(self, handle: WorkerHandle, pod: dict[str, Any]) -> None:
+        """The kubelet restarted the worker container: keep when and why for the status."""
+        count, finished, code = last_restart(pod)
+        seen = handle.data.setdefault("restart_count", count)
+        if count > seen and code is not None:
+            handle.data["restart_count"] = count
+            try:
+                at = datetime.fromisoformat(str(finished).replace("Z", "+00:00"))
+            except ValueError:
+                at = datetime.now(timezone.utc)
+            handle.restarted = (at, code)
 
     async def _events(self, ns: str, name: str) -> list[dict[str, Any]]:
         reply = await self._call(
