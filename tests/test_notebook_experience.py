@@ -197,6 +197,17 @@ def test_a_worker_killed_while_idle_is_announced_at_the_next_cell(kc, spawner):
     assert "killed by signal 9" in status
 
 
+def test_a_worker_stopped_elsewhere_is_announced_and_replaced(kc, spawner):
+    ok(kc, "%%remote\nbefore_stop = 1")
+    spawner.stop()  # the sidebar's Stop, or an operator
+    reply, outputs = run(kc, "%%remote --no-push\n'before_stop' in globals()")
+    assert reply["status"] == "ok"
+    assert "Your worker was stopped; its namespace was lost." in stderr_of(outputs)
+    assert texts(outputs, "execute_result") == ["False"]
+    progress = texts(outputs, "update_display_data")
+    assert re.search(r"starting one… ready in [\d.]+ s", progress[-1])
+
+
 # ----------------------------------------------------------------------------- 5. folder
 def test_the_worker_runs_in_its_own_folder(kc, stack):
     folder = stack.state_dir / "work" / USER
