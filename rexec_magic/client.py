@@ -319,6 +319,7 @@ class RexecClient:
         deadline = now + timeout_s if timeout_s else None
         last_heard = now
         next_ping = now + P.CLIENT_PING_S
+        my_pings: set[float] = set()  # a PONG of an earlier request's ping says nothing here
         while True:
             try:
                 now = time.monotonic()
@@ -338,6 +339,7 @@ class RexecClient:
                     )
                 if now >= next_ping:
                     self._send(P.Kind.PING, {"t": now})
+                    my_pings.add(now)
                     next_ping = now + P.CLIENT_PING_S
                 wait = next_ping - now
                 if deadline is not None and interrupted_at is None:
@@ -348,6 +350,9 @@ class RexecClient:
                 last_heard = time.monotonic()
                 h = msg.header
                 if msg.kind == P.Kind.PONG:
+                    if h.get("t") not in my_pings:
+                        continue  # left over from before (a ping of the last cell)
+                    my_pings.discard(h.get("t"))
                     self._saw_worker(h.get("worker"))
                     if self.worker is None or (req_id not in h.get("pending", []) and started):
                         raise errors.WorkerLost(

@@ -48,6 +48,7 @@ class _Waiter:
     def __init__(self, client: RexecClient, req_id: str) -> None:
         self.client = client
         self.req_id = req_id
+        self.pings: set[float] = set()  # only our own pings' answers count
 
     def next(self, timeout_s: float = SILENCE_S) -> P.Message:
         client = self.client
@@ -59,6 +60,7 @@ class _Waiter:
                 raise errors.WorkerLost("The remote worker stopped answering during the transfer.")
             if now >= next_ping:
                 client._send(P.Kind.PING, {"t": now})
+                self.pings.add(now)
                 next_ping = now + P.CLIENT_PING_S
             msg = client._recv(max(0.0, next_ping - now))
             if msg is None:
@@ -71,6 +73,9 @@ class _Waiter:
                 continue
             h = msg.header
             if msg.kind == P.Kind.PONG:
+                if h.get("t") not in self.pings:
+                    continue
+                self.pings.discard(h.get("t"))
                 client._saw_worker(h.get("worker"))
                 if client.worker is None:
                     raise errors.WorkerLost("The remote worker stopped during the transfer.")
