@@ -351,6 +351,10 @@ def test_inspecting_a_remote_only_name_shows_the_workers_answer(kc):
     reply, _ = run(kc, "remote_helper??")
     pages = [p for p in reply.get("payload", []) if p.get("source") == "page"]
     assert "return a + b" in ANSI.sub("", pages[0]["data"]["text/plain"])
+    reply, outputs = run(kc, "%%remote\nremote_helper?")  # inside a remote cell as well
+    shown = ANSI.sub("", stdout_of(outputs) + "".join(texts(outputs, "display_data")))
+    shown += "".join(ANSI.sub("", p["data"]["text/plain"]) for p in reply.get("payload", []))
+    assert reply["status"] == "ok" and "Adds on the worker." in shown, (reply, outputs)
     msg_id = kc.inspect("remote_helper", len("remote_helper"))
     while True:
         answer = kc.get_shell_msg(timeout=30)
