@@ -98,6 +98,7 @@ class Transfers:
         if msg.kind in PUT_KINDS:
             self._inbox.put((target, msg))
         elif msg.kind == Kind.GET_OPEN:
+            self._downloads[request_id] = _Download()  # before any ack can come back
             thread = threading.Thread(
                 target=self._send_files, args=(target, msg), name="rexec-get", daemon=True
             )
@@ -188,7 +189,7 @@ class Transfers:
 
     # ----------------------------------------------------------------- downloads
     def _send_files(self, target: Target, msg: Message) -> None:
-        down = self._downloads[target.id] = _Download()
+        down = self._downloads[target.id]
         try:
             source = fileio.resolve(str(msg.header.get("path") or ""))
             try:
