@@ -355,6 +355,7 @@ class RexecClient:
                     my_pings.discard(h.get("t"))
                     self._saw_worker(h.get("worker"))
                     if self.worker is None or (req_id not in h.get("pending", []) and started):
+                        self.seen_instance = None  # told here: the next worker is no news
                         raise errors.WorkerLost(
                             "The remote worker stopped while running the cell; "
                             "the remote namespace was lost."
@@ -408,6 +409,8 @@ class RexecClient:
                         self._send(kind, header, buffers)
                         last_heard = time.monotonic()
                         continue
+                    if h.get("code") == P.FailCode.WORKER_LOST:
+                        self.seen_instance = None  # told here: the next worker is no news
                     raise self._fail_error(msg)
                 elif msg.kind == P.Kind.DONE:
                     return self._finish(
@@ -434,6 +437,7 @@ class RexecClient:
         h = msg.header
         status = h.get("status")
         if status == P.DoneStatus.RESTARTING:
+            self.seen_instance = None  # the user is told now; the next worker is no news
             text = h.get("message") or (
                 "The remote cell did not stop after the interrupt, so the worker was "
                 "restarted; the remote namespace was lost."

@@ -247,9 +247,11 @@ def test_cell_that_ignores_interrupt_restarts_the_worker_and_says_so(fresh_stack
     with pytest.raises(errors.RemoteInterrupted) as info:
         run(session, stubborn)
     assert "restarting" in str(info.value) and "lost" in str(info.value)
+    said = RecordedNotes()
     with pytest.raises(errors.RemoteCellError) as gone:
-        run(session, "doomed")
+        session.run("doomed", {}, [], lambda m: None, pull_limit=2**20, notes=said)
     assert gone.value.ename == "NameError"  # a fresh worker answered
+    assert not said.texts("warning")  # told once, with the interrupt: not again
     session.close()
 
 
