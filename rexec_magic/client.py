@@ -414,7 +414,12 @@ class RexecClient:
                     raise self._fail_error(msg)
                 elif msg.kind == P.Kind.DONE:
                     return self._finish(
-                        msg, error, timed_out, interrupted_at is not None, timeout_s
+                        msg,
+                        error,
+                        timed_out,
+                        interrupted_at is not None,
+                        timeout_s,
+                        call=kind == P.Kind.CALL,
                     )
             except errors.RemoteInterrupted:
                 raise  # the worker's answer to an interrupt, not a new Ctrl-C
@@ -433,6 +438,7 @@ class RexecClient:
         timed_out: bool,
         interrupted: bool,
         timeout_s: float | None,
+        call: bool = False,
     ) -> CellOutcome:
         h = msg.header
         status = h.get("status")
@@ -460,18 +466,27 @@ class RexecClient:
                 self._remote_exception(error_msg),
             )
         values: dict[str, Any] = {}
+        skipped = list(h.get("skipped") or [])
         if h.get("vars"):
+            note = serialize.version_note(self.local_versions, self.worker)
             try:
-                values = serialize.unpack(h["vars"], msg.buffers)
+                values, failed = serialize.unpack_each(h["vars"], msg.buffers)
             except serialize.SerializationError as exc:
-                note = serialize.version_note(self.local_versions, self.worker)
+                failed = {"": str(exc)}
+            if failed and (call or "" in failed):  # a call's return value has no stand-in
+                name, why = next(iter(failed.items()))
                 raise errors.DeserializationFailed(
-                    f"A value pulled from the worker could not be loaded here: {exc} ({note})."
-                ) from None
+                    "A value pulled from the worker could not be loaded here: "
+                    f"{'`' + name + '`: ' if name else ''}{why} ({note})."
+                )
+            types = {e.get("name"): e.get("type", "") for e in h["vars"]}
+            for name, why in failed.items():  # it stays in the remote namespace
+                reason = f"cannot be loaded here ({why}; {note})"
+                skipped.append({"name": name, "reason": reason, "type": types.get(name, "")})
         return CellOutcome(
             status=status or P.DoneStatus.OK,
             values=values,
-            skipped=list(h.get("skipped") or []),
+            skipped=skipped,
             duration=float(h.get("duration") or 0.0),
             message=h.get("message", ""),
         )

@@ -177,3 +177,24 @@ def unpack(entries: Sequence[dict[str, Any]], frames: Sequence[Any]) -> dict[str
         except SerializationError as exc:
             raise SerializationError(f"variable '{entry['name']}' could not be loaded ({exc})")
     return values
+
+
+def unpack_each(
+    entries: Sequence[dict[str, Any]], frames: Sequence[Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Like :func:`unpack`, but one value that cannot be loaded costs only itself:
+    ``(values, {name: why})``."""
+    values: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    pos = 0
+    for entry in entries:
+        n = int(entry["nbuffers"])
+        chunk = frames[pos : pos + n]
+        pos += n
+        if len(chunk) != n:
+            raise SerializationError("message is missing buffers")
+        try:
+            values[entry["name"]] = loads(chunk)
+        except SerializationError as exc:
+            failed[entry["name"]] = str(exc)
+    return values, failed

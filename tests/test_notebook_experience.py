@@ -362,3 +362,22 @@ def test_inspecting_a_remote_only_name_shows_the_workers_answer(kc):
             break
     assert answer["content"]["found"] is True
     assert "Adds on the worker." in answer["content"]["data"]["text/plain"]
+
+
+def test_a_value_that_cannot_be_loaded_here_stays_remote_and_the_cell_succeeds(kc):
+    """Its class lives in a module only the worker has (as matplotlib objects do in a kernel
+    without matplotlib): the cell still succeeds, the other values come back."""
+    code = (
+        "%%remote\nimport sys, pathlib\nsys.path.insert(0, '.')\n"
+        "pathlib.Path('only_on_worker.py').write_text('class Thing:\\n    pass\\n')\n"
+        "import only_on_worker\nthing = only_on_worker.Thing()\nplain = 7"
+    )
+    reply, outputs = run(kc, code)
+    assert reply["status"] == "ok", reply
+    notes = texts(outputs, "display_data")
+    assert any(n.startswith("`thing` stays remote: cannot be loaded here") for n in notes), notes
+    assert stderr_of(outputs) == ""
+    outputs = ok(kc, "print(plain, 'thing' in dir())")
+    assert stdout_of(outputs).split() == ["7", "False"]
+    status = texts(ok(kc, "%rexec_status"), "execute_result")[0]
+    assert re.search(r"stayed remote\s+.*thing \(Thing\)", status), status

@@ -48,7 +48,8 @@ def pack_pulled(
             reason = f"is {megabytes(size)}, over the {megabytes(limit)} pull limit"
             skipped.append({"name": name, "reason": reason, "type": qualified_type(value)})
             continue
-        entries.append({"name": name, "nbuffers": len(parts), "nbytes": size})
+        entry = {"name": name, "nbuffers": len(parts), "nbytes": size}
+        entries.append({**entry, "type": qualified_type(value)})
         frames.extend(parts)
     return entries, frames, skipped
 
