@@ -121,6 +121,20 @@ def add_static_token(
     return token
 
 
+def revoke_static_tokens(path: str | os.PathLike[str], username: str) -> int:
+    """Remove every token of ``username`` (by ``sub``) from the tokens file; return how many.
+
+    The broker and the spawner re-read the file when it changes: new connections are refused
+    at once, open ones at their next token re-check (the auth cache TTL).
+    """
+    path = Path(path)
+    table = json.loads(path.read_text() or "{}") if path.exists() else {}
+    kept = {h: e for h, e in table.items() if e.get("sub") != username}
+    if len(kept) != len(table):
+        write_private(path, json.dumps(kept, indent=1))
+    return len(table) - len(kept)
+
+
 # --------------------------------------------------------------------------- auth API
 class AuthApiAuthenticator:
     """The model system's contract: ``POST url {"token": t}`` -> 200 with the identity."""
@@ -214,6 +228,13 @@ class CachedAuthenticator:
         hit = self.cached(token)
         if hit is None:
             hit = self._ask(token)
+        if isinstance(hit, AuthError):
+            raise AuthError(hit.message, hit.status)
+        return hit
+
+    def refresh(self, token: str) -> Identity:
+        """Ask the authenticator again, whatever the cache holds (open sessions re-check)."""
+        hit = self._ask(token)
         if isinstance(hit, AuthError):
             raise AuthError(hit.message, hit.status)
         return hit

@@ -4,12 +4,21 @@ Three ROUTER sockets, one thread of routing:
 
 * frontend (clients, ``Port.BROKER``): a connection says HELLO with its token once; the broker
   checks it through the authenticator *in a thread pool* (a slow auth service delays only the
-  connection being checked) and then routes that connection's messages by its user id.
-  Legacy SciDx Rexec frames (first frame empty) on the same port go to ``LegacyGateway``.
+  connection being checked) and answers WELCOME with a fresh session key, which every later
+  message of that connection proves (``protocol.mac``).  Legacy SciDx Rexec frames (first
+  frame empty) on the same port go to ``LegacyGateway``.
 * backend (workers, ``Port.WORKER``): a worker REGISTERs with the secret the spawner issued; the
-  broker recomputes the HMAC, so no other pod can pose as a user's worker.  Workers heartbeat;
-  a silent or replaced worker fails the requests it had with WORKER_LOST.
+  broker recomputes the HMAC, so no other pod can pose as a user's worker, and answers
+  REGISTERED with the worker's session key.  Workers heartbeat; a silent, closed or replaced
+  worker fails the requests it had with WORKER_LOST.
 * control (admin, ``Port.CONTROL``): STATUS, SHUTDOWN and CLAIM, all behind the admin secret.
+
+Sessions belong to connections, not to routing ids: when a connection closes
+(``connections.ConnectionWatch``) its session (client) or entry (worker) ends at once; an idle
+client session ends after ``session_idle_s``.  Every open client session re-checks its token
+once per auth cache TTL; a revoked or expired token ends it with ``TOKEN_INVALID_MESSAGE``.
+Routing ids are never shown to anyone (workers address clients by an opaque handle) and
+libzmq's own ids are made unguessable (``guard.seed_routing_ids``), see ``broker/guard.py``.
 
 Warm pool: a pool worker registers with ``pool: true`` under a pool id and a secret computed
 for ``protocol.pool_member(id)``.  It is kept apart from users' workers (``self.pool``), so no
@@ -24,16 +33,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
+from cachetools import LRUCache
 
 from broker.auth import (
     AuthError,
+    AuthUnavailable,
     CachedAuthenticator,
     Identity,
     build_authenticator,
@@ -41,22 +53,42 @@ from broker.auth import (
     check_worker_secret,
 )
 from broker.config import BrokerSettings
+from broker.connections import ConnectionWatch
+from broker.guard import PeerRateLimiter, RateLimitedLog, seed_routing_ids
 from broker.legacy_gateway import LegacyGateway
 from rexec_magic import protocol as P
+
+H = TypeVar("H", bound=P.Header)
 
 log = logging.getLogger("rexec.broker")
 
 AUTH_RESULTS = "inproc://rexec-broker-auth-results"
-SESSION_IDLE_S = 24 * 3600.0
 HOUSEKEEPING_S = 0.25
+RECHECK_RETRY_S = 5.0  # the auth service could not be asked: keep the session, ask again soon
+# A closed connection's last messages (a worker's DONE and GOODBYE) may still be queued behind
+# the close event: its session ends this long after the close, in housekeeping.
+CLOSE_GRACE_S = 0.5
+
+
+def new_key() -> bytes:
+    return os.urandom(P.SESSION_KEY_BYTES)
 
 
 @dataclass
 class Session:
-    """One authenticated client connection."""
+    """One authenticated client connection.
+
+    ``key`` is the session key its messages prove; ``handle`` is the opaque name workers use
+    for it; ``token`` is kept so the broker can re-check it every ``recheck_at`` (auth TTL).
+    """
 
     identity: Identity
     last_seen: float
+    key: bytes = field(default_factory=new_key, repr=False)
+    handle: bytes = field(default_factory=lambda: os.urandom(16))
+    token: str | None = field(default=None, repr=False)
+    recheck_at: float = float("inf")
+    rechecking: bool = False
 
 
 @dataclass
@@ -76,23 +108,22 @@ class WorkerEntry:
     # Wall-clock time of the last cell forwarded to or finished by this worker (or of its
     # registration): the spawner culls workers idle for longer than its cull_idle_seconds.
     last_activity: float = field(default_factory=time.time)
+    # The session key its later messages prove (issued in REGISTERED).
+    key: bytes = field(default_factory=new_key, repr=False)
 
     @classmethod
-    def registered(
-        cls, route: bytes, user: str, nonce: str, header: dict[str, Any], now: float
-    ) -> WorkerEntry:
+    def registered(cls, route: bytes, header: P.Register, now: float) -> WorkerEntry:
         """The entry for a REGISTER that passed the secret check."""
-        pid = header.get("pid")
         return cls(
             route=route,
-            user=user,
-            nonce=nonce,
-            python=str(header.get("python", "")),
-            dill=str(header.get("dill", "")),
-            pid=pid if isinstance(pid, int) else None,
+            user=header.user,
+            nonce=header.nonce,
+            python=header.python,
+            dill=header.dill,
+            pid=header.pid,
             registered_at=time.time(),
             last_seen=now,
-            instance=str(header.get("instance") or "")[:64],
+            instance=header.instance,
         )
 
     def info(self, now: float) -> dict[str, Any]:
@@ -122,29 +153,10 @@ class Counters:
     workers_rejected: int = 0
     workers_lost: int = 0
     legacy_messages: int = 0
-
-
-class RateLimitedLog:
-    """At most ``per_window`` lines per ``window_s``; the rest are counted and summarized."""
-
-    def __init__(self, per_window: int = 20, window_s: float = 10.0) -> None:
-        self.per_window = per_window
-        self.window_s = window_s
-        self._start = 0.0
-        self._n = 0
-        self._dropped = 0
-
-    def warning(self, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._start > self.window_s:
-            if self._dropped:
-                log.warning("... %d similar messages suppressed", self._dropped)
-            self._start, self._n, self._dropped = now, 0, 0
-        self._n += 1
-        if self._n <= self.per_window:
-            log.warning(msg, *args)
-        else:
-            self._dropped += 1
+    bad_mac: int = 0
+    rate_limited: int = 0
+    sessions_closed: int = 0
+    tokens_revoked: int = 0
 
 
 @dataclass
@@ -164,6 +176,14 @@ class PendingRequests:
 
     def ids_for(self, user: str, route: bytes) -> list[str]:
         return [rid for (r, rid) in self.by_user.get(user, {}) if r == route]
+
+    def take_route(self, user: str, route: bytes) -> list[str]:
+        """Forget (and return) the requests of one connection, e.g. when it closed."""
+        mine = self.by_user.get(user, {})
+        ids = [rid for (r, rid) in mine if r == route]
+        for rid in ids:
+            del mine[(route, rid)]
+        return ids
 
 
 class Broker:
@@ -185,31 +205,54 @@ class Broker:
         self.admin_secret = settings.admin_secret.get_secret_value()
         if not self.worker_key:
             raise ValueError("REXEC_WORKER_KEY must be set: workers cannot register without it")
+        self.max_header = settings.max_header_bytes
         self.ctx = context or zmq.Context.instance()
-        self.sessions: dict[bytes, Session] = {}
-        self.hello_in_flight: set[bytes] = set()
+        self.sessions: dict[bytes, Session] = {}  # by client routing id
+        self.handles: dict[bytes, bytes] = {}  # session handle -> client routing id
+        self.hello_in_flight: dict[bytes, str] = {}  # route -> the token being checked
+        # Connections whose token was revoked while open: told so until they say HELLO again.
+        self.revoked: LRUCache[bytes, bool] = LRUCache(maxsize=4096)
         self.workers: dict[str, WorkerEntry] = {}
         self.worker_users: dict[bytes, str] = {}
         self.pool: dict[str, WorkerEntry] = {}  # warm-pool workers by pool id: never routed to
         self.pool_routes: dict[bytes, str] = {}
+        # Pool ids already handed to a user: their pool credentials never register again.
+        self.claimed_pool_ids: LRUCache[str, bool] = LRUCache(maxsize=100_000)
         self.pending = PendingRequests()
         self.counters = Counters()
-        self.malformed_log = RateLimitedLog()
+        self.malformed_log = RateLimitedLog(log)
+        self.error_log = RateLimitedLog(log, per_window=5)
+        self.unauth = PeerRateLimiter(
+            per_peer_rate=settings.unauth_rate_per_peer,
+            per_peer_burst=2 * settings.unauth_rate_per_peer,
+            total_rate=settings.unauth_rate_total,
+        )
         self.legacy = LegacyGateway(self)
         self._executor = ThreadPoolExecutor(settings.auth_threads, thread_name_prefix="auth")
+        self._auth_in_flight = 0
+        self._closing: list[tuple[float, str, bytes]] = []  # (when, "c" | "w", routing id)
         self._result_pushers = threading.local()
         self._stop = threading.Event()
         self.ports: dict[str, int] = {}
+        seed_routing_ids()  # before any ROUTER exists: see broker/guard.py
         self._bind()
 
     # ------------------------------------------------------------------ sockets
-    def _router(self, port: int, name: str, curve: tuple[str, str] | None = None) -> zmq.Socket:
+    def _router(
+        self,
+        port: int,
+        name: str,
+        curve: tuple[str, str] | None = None,
+        max_frame: int = -1,
+    ) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
         sock.linger = 0
         if curve is not None:  # CurveZMQ server: clients must know the public key
             sock.curve_server = True
             sock.curve_publickey, sock.curve_secretkey = (k.encode() for k in curve)
         sock.rcvhwm = sock.sndhwm = 10_000
+        sock.maxmsgsize = max_frame  # a peer sending a larger frame is disconnected
+        sock.router_handover = 0  # an id in use is never handed to another connection
         host = self.settings.host
         if ":" in host and not host.startswith("["):
             sock.ipv6 = True
@@ -225,15 +268,19 @@ class Broker:
         s = self.settings
         secret_key = s.curve_secret_key.get_secret_value()
         curve = (s.curve_public_key, secret_key) if s.curve_public_key and secret_key else None
-        self.frontend = self._router(s.broker_port, "broker", curve)
+        self.frontend = self._router(s.broker_port, "broker", curve, s.max_client_frame_bytes)
         self.backend = self._router(s.worker_port, "worker")
-        self.control = self._router(s.control_port, "control")
+        self.control = self._router(s.control_port, "control", max_frame=self.max_header)
+        self.client_conns = ConnectionWatch(self.frontend)
+        self.worker_conns = ConnectionWatch(self.backend)
         self.auth_results = self.ctx.socket(zmq.PULL)
         self.auth_results.linger = 0
         self.auth_results.bind(AUTH_RESULTS + f"-{id(self)}")
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.client_conns.close()
+        self.worker_conns.close()
         for sock in (self.frontend, self.backend, self.control, self.auth_results):
             sock.close(linger=0)
 
@@ -246,11 +293,15 @@ class Broker:
         poller = zmq.Poller()
         for sock in (self.frontend, self.backend, self.control, self.auth_results):
             poller.register(sock, zmq.POLLIN)
+        for watch in (self.client_conns, self.worker_conns):
+            poller.register(watch.monitor, zmq.POLLIN)
         handlers = {
             self.frontend: self._on_frontend,
             self.backend: self._on_backend,
             self.control: self._on_control,
             self.auth_results: self._on_auth_result,
+            self.client_conns.monitor: lambda frames: None,
+            self.worker_conns.monitor: lambda frames: None,
         }
         next_housekeeping = time.monotonic() + HOUSEKEEPING_S
         log.info("broker routing on ports %s", self.ports)
@@ -258,16 +309,25 @@ class Broker:
             while not self._stop.is_set():
                 timeout = max(0.0, next_housekeeping - time.monotonic())
                 for sock, _ in poller.poll(timeout * 1000):
+                    if sock is self.client_conns.monitor or sock is self.worker_conns.monitor:
+                        self._connections_closed()
+                        continue
                     # Drain a bounded batch per socket so one busy side cannot starve others.
                     for _ in range(256):
                         try:
                             frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
+                        self._connections_closed()  # before handling: see connections.py
                         try:
                             handlers[sock](frames)
-                        except Exception:  # a bug must never stop routing for everyone
-                            log.exception("error while handling a message; dropped")
+                        except Exception as exc:  # a bug must never stop routing for everyone
+                            self.counters.malformed += 1
+                            if self.error_log.allow():
+                                log.exception(
+                                    "error while handling a message; dropped: %s",
+                                    f"{type(exc).__name__}: {exc}"[:200],
+                                )
                 now = time.monotonic()
                 if now >= next_housekeeping:
                     self._housekeeping(now)
@@ -276,108 +336,218 @@ class Broker:
             self.close()
             log.info("broker stopped")
 
+    # ------------------------------------------------------------------ helpers
+    def _connections_closed(self) -> None:
+        """Note closed connections now (so a reused descriptor is never mistaken for them);
+        end their sessions after CLOSE_GRACE_S (``_end_closed``)."""
+        when = time.monotonic() + CLOSE_GRACE_S
+        for route in self.client_conns.closed():
+            self._closing.append((when, "c", route))
+        for wroute in self.worker_conns.closed():
+            self._closing.append((when, "w", wroute))
+
+    def _end_closed(self, now: float) -> None:
+        while self._closing and self._closing[0][0] <= now:
+            _, side, route = self._closing.pop(0)
+            if side == "c":
+                self._client_closed(route)
+            else:
+                self._forget_worker_route(route, "its connection closed")
+
+    def _admit_unauthenticated(self, port: str, route: bytes) -> bool:
+        """Rate-limit traffic that no session vouches for (per peer, and in all)."""
+        if self.unauth.admit(port.encode() + b"\0" + route):
+            return True
+        self.counters.rate_limited += 1
+        return False
+
+    def _read(self, signed: P.Signed, model: type[H]) -> H | None:
+        """The header as ``model`` (``protocol``'s typed headers), None when too large or bad.
+
+        The size is checked before a single byte is parsed; deep nesting fails as unreadable.
+        """
+        if len(signed.header) > self.max_header:
+            return None
+        try:
+            return signed.message().read(model)
+        except P.ProtocolError:
+            return None
+
     # ------------------------------------------------------------------ clients
     def _reply(self, route: bytes, kind: str, header: dict[str, Any]) -> None:
-        self.frontend.send_multipart([route, *P.frames(kind, header)])
+        self.frontend.send_multipart(P.encode(kind, header, route=route))
 
     def _fail(self, route: bytes, req_id: Any, code: str, message: str) -> None:
         if self.legacy.owns(route):
             return self.legacy.fail(route, message)
+        if not isinstance(req_id, str) or len(req_id) > 256:
+            req_id = None
         self._reply(route, P.Kind.FAIL, {"id": req_id, "code": code, "message": message})
         return None
 
-    def open_session(self, route: bytes, identity: Identity) -> None:
-        self.sessions[route] = Session(identity, time.monotonic())
+    def open_session(self, route: bytes, identity: Identity, token: str | None = None) -> Session:
+        """A new session for this connection (a new key and handle; any old one ends)."""
+        self.close_session(route)
+        now = time.monotonic()
+        session = Session(identity, now, token=token)
+        if token is not None:
+            session.recheck_at = now + self.auth.ttl_s
+        self.sessions[route] = session
+        self.handles[session.handle] = route
+        self.revoked.pop(route, None)
+        return session
+
+    def close_session(self, route: bytes) -> Session | None:
+        session = self.sessions.pop(route, None)
+        if session is not None:
+            self.handles.pop(session.handle, None)
+            self.pending.take_route(session.identity.sub, route)
+        return session
 
     def _on_frontend(self, frames: list[zmq.Frame]) -> None:
         self.counters.messages_in += 1
         route = frames[0].bytes
         if len(frames) < 2:
-            return self._malformed("frontend", "message without body")
+            return self._unauthenticated_malformed(route, "message without body")
         marker = frames[1].bytes
         if marker == P.LEGACY:
+            if route not in self.legacy.calls and not self._admit_unauthenticated("c", route):
+                return None
+            self.client_conns.bind(ConnectionWatch.fd_of(frames[1]), route)
             return self.legacy.on_client(route, frames[1:])
-        if marker != P.PROTOCOL or len(frames) < 4:
-            return self._malformed("frontend", "not a rexec message")
         try:
-            kind = frames[2].bytes.decode("ascii")
-        except UnicodeDecodeError:
-            return self._malformed("frontend", "unreadable kind")
-        if kind == P.Kind.HELLO:
-            return self._on_hello(route, frames)
+            signed = P.split_signed(frames, routed=True)
+        except P.ProtocolError as exc:
+            return self._unauthenticated_malformed(route, str(exc))
+        if signed.kind == b"hello":
+            if not self._admit_unauthenticated("c", route):
+                return None
+            self.client_conns.bind(ConnectionWatch.fd_of(signed.header), route)
+            return self._on_hello(route, signed)
         session = self.sessions.get(route)
-        if session is None:
-            header = self._header(frames[3])
-            req_id = header.get("id") if header is not None else None
-            return self._fail(
-                route, req_id, P.FailCode.UNAUTHENTICATED, "This connection has not said hello."
-            )
+        too_large = len(signed.header) > self.max_header  # refused before it is hashed or parsed
+        if session is None or not (too_large or signed.verify(session.key)):
+            return self._unauthenticated(route, signed, session is not None)
         now = time.monotonic()
         session.last_seen = now
         user = session.identity.sub
-        if kind == P.Kind.PING:
-            header = self._header(frames[3]) or {}
+        request = None if too_large else self._read(signed, P.Request)
+        if request is None and signed.kind == b"ping":
+            ping = None if too_large else self._read(signed, P.Ping)
+        else:
+            ping = None
+        if request is None and ping is None:
+            self._malformed("frontend", "header too large or not a JSON object")
+            return self._fail(
+                route,
+                None,
+                P.FailCode.TOO_LARGE,
+                f"The request was refused: its header is larger than {self.max_header} bytes "
+                "or unreadable.",
+            )
+        if ping is not None:
             worker = self.workers.get(user)
             self._reply(
                 route,
                 P.Kind.PONG,
                 {
-                    "t": header.get("t"),
+                    "t": ping.t,
                     "worker": self._worker_info(worker, now) if worker else None,
                     "pending": self.pending.ids_for(user, route),
                 },
             )
-            return
+            return None
+        assert request is not None
+        kind = signed.kind.decode("ascii", "replace")
         if kind not in P.CLIENT_TO_WORKER:
             return self._malformed("frontend", f"unknown kind {kind[:32]!r}")
-        header = self._header(frames[3])
-        if header is None:
-            return self._malformed("frontend", "header is not a JSON object")
         worker = self.workers.get(user)
         if worker is None:
             return self._fail(
-                route, header.get("id"), P.FailCode.NO_WORKER, "No worker is running for you."
+                route, request.id, P.FailCode.NO_WORKER, "No worker is running for you."
             )
         if kind in (P.Kind.EXECUTE, P.Kind.CALL):
-            expected = header.get("instance")
-            if expected and worker.instance and expected != worker.instance:
+            if request.instance and worker.instance and request.instance != worker.instance:
                 # The worker process the client knew is gone (killed, restarted, culled and
                 # respawned): say so before the cell meets a fresh namespace.
                 return self._fail(
-                    route, header.get("id"), P.FailCode.WORKER_REPLACED,
+                    route, request.id, P.FailCode.WORKER_REPLACED,
                     "Your worker was replaced by a new process; its namespace is new.",
                 )  # fmt: skip
-            self.pending.add(user, route, str(header.get("id")))
+            self.pending.add(user, route, request.id)
             worker.last_activity = time.time()
-        self.backend.send_multipart([worker.route, route, *frames[1:]], copy=False)
+        # Forwarded zero-copy, the header unread (the worker reads it): the worker sees the
+        # session's handle, never the routing id, and no MAC.
+        self.backend.send_multipart([worker.route, session.handle, *signed.unsigned()], copy=False)
         self.counters.forwarded_to_workers += 1
+        return None
 
-    def _header(self, frame: zmq.Frame) -> dict[str, Any] | None:
-        try:
-            header = json.loads(frame.bytes)
-        except ValueError:
+    def _unauthenticated(self, route: bytes, signed: P.Signed, had_session: bool) -> None:
+        """A message no session vouches for: say so (rate-limited), never route it."""
+        if had_session:
+            self.counters.bad_mac += 1
+        if not self._admit_unauthenticated("c", route):
             return None
-        return header if isinstance(header, dict) else None
+        request = self._read(signed, P.Request)
+        req_id = request.id if request is not None else None  # echoed so the client matches
+        if route in self.revoked:
+            return self._fail(route, req_id, P.FailCode.TOKEN_INVALID, P.TOKEN_INVALID_MESSAGE)
+        return self._fail(
+            route, req_id, P.FailCode.UNAUTHENTICATED, "This connection has not said hello."
+        )
 
-    def _on_hello(self, route: bytes, frames: list[zmq.Frame]) -> None:
-        header = self._header(frames[3])
-        token = header.get("token") if header else None
-        if not isinstance(token, str) or not token:
+    def _unauthenticated_malformed(self, route: bytes, why: str) -> None:
+        if self._admit_unauthenticated("c", route):
+            self._malformed("frontend", why)
+
+    def _client_closed(self, route: bytes) -> None:
+        """The connection is gone, and so is its session."""
+        self.hello_in_flight.pop(route, None)
+        self.revoked.pop(route, None)
+        if self.legacy.owns(route):
+            self.legacy.end(route)
+        if self.close_session(route) is not None:
+            self.counters.sessions_closed += 1
+
+    def _on_hello(self, route: bytes, signed: P.Signed) -> None:
+        hello = self._read(signed, P.Hello)
+        if hello is None or not hello.token:
             self.counters.auth_denied += 1
-            return self._reply(route, P.Kind.DENIED, {"message": "No token was given."})
-        cached = self.auth.cached(token)
+            return self._reply(
+                route, P.Kind.DENIED, {"message": "The HELLO had no token or was unreadable."}
+            )
+        cached = self.auth.cached(hello.token)
         if cached is not None:
-            return self._finish_hello(route, cached)
+            return self._finish_hello(route, cached, hello.token)
         if route in self.hello_in_flight:
-            return  # the answer to the first hello will come
-        self.hello_in_flight.add(route)
-        self._executor.submit(self._authenticate_in_thread, route, token)
+            return None  # the answer to the first hello will come
+        if not self._submit_auth(route, hello.token, b"hello"):
+            return self._reply(
+                route,
+                P.Kind.DENIED,
+                {"message": "The broker is busy checking tokens; try again in a moment."},
+            )
+        self.hello_in_flight[route] = hello.token
+        return None
 
-    def _authenticate_in_thread(self, route: bytes, token: str, legacy: bool = False) -> None:
+    def _submit_auth(self, route: bytes, token: str, purpose: bytes) -> bool:
+        """Check ``token`` in the auth pool (bounded); the answer comes to _on_auth_result."""
+        if self._auth_in_flight >= self.settings.max_auth_in_flight:
+            return False
+        self._auth_in_flight += 1
+        self._executor.submit(self._authenticate_in_thread, route, token, purpose)
+        return True
+
+    def _authenticate_in_thread(self, route: bytes, token: str, purpose: bytes) -> None:
         try:
-            identity = self.auth.authenticate(token)
+            if purpose == b"recheck":  # never the cached answer: it is what we re-check
+                identity = self.auth.refresh(token)
+            else:
+                identity = self.auth.authenticate(token)
             result: dict[str, Any] = {"ok": True, "identity": identity.to_json()}
-        except AuthError as exc:  # includes AuthUnavailable
+        except AuthUnavailable as exc:
+            result = {"ok": False, "message": exc.message, "unavailable": True}
+        except AuthError as exc:
             result = {"ok": False, "message": exc.message}
         except Exception:
             log.exception("authenticator failed")
@@ -388,32 +558,39 @@ class Broker:
             pusher.linger = 0
             pusher.connect(AUTH_RESULTS + f"-{id(self)}")
             self._result_pushers.sock = pusher
-        purpose = b"legacy" if legacy else b"hello"
         pusher.send_multipart([route, json.dumps(result).encode(), purpose])
 
     def _on_auth_result(self, frames: list[zmq.Frame]) -> None:
+        self._auth_in_flight = max(0, self._auth_in_flight - 1)
         route = frames[0].bytes
         result = json.loads(frames[1].bytes)
+        purpose = frames[2].bytes
         if result["ok"]:
             ident = result["identity"]
             outcome: Identity | AuthError = Identity(
                 ident["sub"], ident["username"], tuple(ident["groups"])
             )
+        elif result.get("unavailable"):
+            outcome = AuthUnavailable(result["message"])
         else:
             outcome = AuthError(result["message"])
-        if frames[2].bytes == b"legacy":
+        if purpose == b"legacy":
             return self.legacy.on_auth_result(route, outcome)
-        self.hello_in_flight.discard(route)
-        return self._finish_hello(route, outcome)
+        if purpose == b"recheck":
+            return self._finish_recheck(route, outcome)
+        token = self.hello_in_flight.pop(route, None)
+        if token is None:
+            return None  # the connection closed meanwhile
+        return self._finish_hello(route, outcome, token)
 
-    def _finish_hello(self, route: bytes, outcome: Identity | AuthError) -> None:
+    def _finish_hello(self, route: bytes, outcome: Identity | AuthError, token: str | None) -> None:
         if isinstance(outcome, AuthError):
             self.counters.auth_denied += 1
             self._reply(route, P.Kind.DENIED, {"message": outcome.message})
             return
         self.counters.auth_ok += 1
         now = time.monotonic()
-        self.sessions[route] = Session(outcome, now)
+        session = self.open_session(route, outcome, token)
         worker = self.workers.get(outcome.sub)
         self._reply(
             route,
@@ -422,67 +599,101 @@ class Broker:
                 "user": outcome.sub,
                 "username": outcome.username,
                 "worker": self._worker_info(worker, now) if worker else None,
+                "session_key": session.key.hex(),
+                "max_header_bytes": self.max_header,
             },
         )
         log.info("client connected for user %s", outcome.username)
 
+    def _finish_recheck(self, route: bytes, outcome: Identity | AuthError) -> None:
+        """A session's periodic token check came back: keep it, or end it with one sentence."""
+        session = self.sessions.get(route)
+        if session is None:
+            return
+        session.rechecking = False
+        now = time.monotonic()
+        if isinstance(outcome, AuthUnavailable):
+            session.recheck_at = now + RECHECK_RETRY_S  # not the user's fault: ask again soon
+            return
+        if isinstance(outcome, Identity) and outcome.sub == session.identity.sub:
+            session.identity = outcome
+            session.recheck_at = now + self.auth.ttl_s
+            return
+        self.counters.tokens_revoked += 1
+        log.warning("token of user %s is no longer valid: session ended", session.identity.sub)
+        ids = self.pending.ids_for(session.identity.sub, route)
+        self.close_session(route)
+        self.revoked[route] = True
+        for req_id in ids:
+            self._fail(route, req_id, P.FailCode.TOKEN_INVALID, P.TOKEN_INVALID_MESSAGE)
+
     # ------------------------------------------------------------------ workers
     def _to_worker(self, route: bytes, kind: str, header: dict[str, Any] | None = None) -> None:
-        self.backend.send_multipart([route, P.TO_BROKER, *P.frames(kind, header)])
+        self.backend.send_multipart([route, *P.encode(kind, header, route=P.TO_BROKER)])
 
     def _on_backend(self, frames: list[zmq.Frame]) -> None:
         self.counters.messages_in += 1
-        if len(frames) < 5 or frames[2].bytes != P.PROTOCOL:
-            return self._malformed("backend", "not a rexec worker message")
         wroute = frames[0].bytes
-        target = frames[1].bytes
         try:
-            kind = frames[3].bytes.decode("ascii")
-        except UnicodeDecodeError:
-            return self._malformed("backend", "unreadable kind")
+            signed = P.split_signed(frames[1:], routed=True)
+        except P.ProtocolError as exc:
+            if self._admit_unauthenticated("w", wroute):
+                self._malformed("backend", f"not a rexec worker message: {exc}")
+            return None
+        target, kind_b = signed.route, signed.kind
         now = time.monotonic()
+        if target == P.TO_BROKER and kind_b == b"register":
+            if not self._admit_unauthenticated("w", wroute):
+                return None
+            self.worker_conns.bind(ConnectionWatch.fd_of(signed.header), wroute)
+            return self._on_register(wroute, signed, now)
+        entry = self._entry_of(wroute)
+        if entry is None or not signed.verify(entry.key):
+            if entry is not None:
+                self.counters.bad_mac += 1
+            if self._admit_unauthenticated("w", wroute):
+                self._to_worker(wroute, P.Kind.RESYNC)
+            return None
+        entry.last_seen = now
         if target == P.TO_BROKER:
-            header = self._header(frames[4])
-            if header is None:
-                return self._malformed("backend", "header is not a JSON object")
-            if kind == P.Kind.REGISTER:
-                return self._on_register(wroute, header, now)
-            if kind == P.Kind.HEARTBEAT:
-                entry = self._entry_of(wroute)
-                if entry is None:
-                    return self._to_worker(wroute, P.Kind.RESYNC)
-                entry.last_seen = now
-                entry.busy = bool(header.get("busy"))
+            if kind_b == b"heartbeat":
+                beat = self._read(signed, P.Heartbeat)
+                if beat is None:
+                    return self._malformed("backend", "bad heartbeat header")
+                entry.busy = beat.busy
                 if entry.busy:  # a long cell is activity too
                     entry.last_activity = time.time()
                 return self._to_worker(wroute, P.Kind.HEARTBEAT_ACK)
-            if kind == P.Kind.GOODBYE:
-                user = self.worker_users.get(wroute)
-                if user is not None:
-                    self._drop_worker(self.workers[user], "it said goodbye")
-                pool_id = self.pool_routes.pop(wroute, None)
-                if pool_id is not None:
-                    self.pool.pop(pool_id, None)
-                return None
-            return self._malformed("backend", f"unknown worker kind {kind[:32]!r}")
+            if kind_b == b"goodbye":
+                return self._forget_worker_route(wroute, "it said goodbye")
+            return self._malformed("backend", f"unknown worker kind {kind_b[:32]!r}")
         if wroute in self.pool_routes:
             return self._malformed("backend", "a pool worker addressed a client")
-        user = self.worker_users.get(wroute)
-        if user is None:
-            return self._to_worker(wroute, P.Kind.RESYNC)
-        self.workers[user].last_seen = now
-        session = self.sessions.get(target)
-        if session is None or session.identity.sub != user:
-            # A worker may only ever talk to its own user's connections.
-            return self._malformed("backend", "worker addressed a connection of another user")
-        if self.legacy.owns(target):
-            return self.legacy.on_worker_event(target, kind, frames[4], frames[5:])
-        if kind == P.Kind.DONE:
-            header = self._header(frames[4]) or {}
-            self.pending.discard(user, target, str(header.get("id")))
-            self.workers[user].last_activity = time.time()
-        self.frontend.send_multipart([target, *frames[2:]], copy=False)
+        user = entry.user
+        route = self.handles.get(target) if target is not None else None
+        session = self.sessions.get(route) if route is not None else None
+        if route is None or session is None or session.identity.sub != user:
+            # A worker may only ever talk to its own user's connections (or one just closed).
+            return self._malformed("backend", "worker addressed no connection of its user")
+        if self.legacy.owns(route):
+            return self.legacy.on_worker_event(route, signed)
+        if kind_b == b"done":
+            done = self._read(signed, P.Event)
+            if done is not None:
+                self.pending.discard(user, route, done.id)
+            entry.last_activity = time.time()
+        # Forwarded zero-copy, header unread, MAC stripped: the event behind the client's route.
+        self.frontend.send_multipart([route, *signed.unsigned()], copy=False)
         self.counters.forwarded_to_clients += 1
+        return None
+
+    def _forget_worker_route(self, wroute: bytes, reason: str) -> None:
+        user = self.worker_users.get(wroute)
+        if user is not None:
+            self._drop_worker(self.workers[user], reason)
+        pool_id = self.pool_routes.pop(wroute, None)
+        if pool_id is not None:
+            self.pool.pop(pool_id, None)
 
     def _entry_of(self, wroute: bytes) -> WorkerEntry | None:
         user = self.worker_users.get(wroute)
@@ -491,64 +702,78 @@ class Broker:
         pool_id = self.pool_routes.get(wroute)
         return self.pool.get(pool_id) if pool_id is not None else None
 
-    def _on_register(self, wroute: bytes, header: dict[str, Any], now: float) -> None:
-        user, nonce, secret = header.get("user"), header.get("nonce"), header.get("secret")
-        pool = header.get("pool") is True
-        ok = all(isinstance(v, str) and v for v in (user, nonce, secret))
-        if ok and not pool and "\0" in user:
+    def _on_register(self, wroute: bytes, signed: P.Signed, now: float) -> None:
+        reg = self._read(signed, P.Register)
+        ok = reg is not None
+        if reg is not None and not reg.pool and "\0" in reg.user:
             ok = False  # NUL marks pool identities; no user id may contain one
-        if ok:
-            member = P.pool_member(user) if pool else user
-            ok = check_worker_secret(self.worker_key, member, nonce, secret)
-        if not ok:
+        if reg is not None and reg.pool and reg.user in self.claimed_pool_ids:
+            ok = False  # a claimed pool worker's pool credentials are spent
+        if reg is not None and ok:
+            member = P.pool_member(reg.user) if reg.pool else reg.user
+            ok = check_worker_secret(self.worker_key, member, reg.nonce, reg.secret)
+        if reg is None or not ok:
             self.counters.workers_rejected += 1
-            log.warning("refused a worker registration for user %r: bad secret", str(user)[:64])
+            who = reg.user[:64] if reg is not None else "?"
+            self.malformed_log.warning("refused a worker registration for %r: bad secret", who)
             return self._to_worker(wroute, P.Kind.REJECTED, {"message": "bad worker secret"})
-        pid = header.get("pid")
-        if pool:
-            return self._register_pool(wroute, user, nonce, header, now)
+        if reg.pool:
+            return self._register_pool(wroute, reg, now)
         self.pool_routes.pop(wroute, None)  # a claimed pool worker now registers as its user
-        old = self.workers.get(user)
+        old_user = self.worker_users.get(wroute)
+        if old_user is not None and old_user != reg.user:  # one connection, one worker
+            self._drop_worker(self.workers[old_user], "its connection registered again")
+        old = self.workers.get(reg.user)
         if old is not None and old.route != wroute:
             self._drop_worker(old, "a new worker registered for this user", superseded=True)
-        self.workers[user] = WorkerEntry.registered(wroute, user, nonce, header, now)
-        self.worker_users[wroute] = user
+        entry = WorkerEntry.registered(wroute, reg, now)
+        self.workers[reg.user] = entry
+        self.worker_users[wroute] = reg.user
         self.counters.workers_registered += 1
-        log.info("worker registered for user %s (pid %s)", user, pid)
-        self._to_worker(wroute, P.Kind.REGISTERED)
+        log.info("worker registered for user %s (pid %s)", reg.user, reg.pid)
+        self._to_worker(wroute, P.Kind.REGISTERED, {"key": entry.key.hex()})
 
-    def _register_pool(
-        self, wroute: bytes, pool_id: str, nonce: str, header: dict[str, Any], now: float
-    ) -> None:
-        old = self.pool.get(pool_id)
+    def _register_pool(self, wroute: bytes, reg: P.Register, now: float) -> None:
+        old = self.pool.get(reg.user)
         if old is not None and old.route != wroute:
             self.pool_routes.pop(old.route, None)
             self._to_worker(old.route, P.Kind.SUPERSEDED)
-        self.pool[pool_id] = WorkerEntry.registered(wroute, pool_id, nonce, header, now)
-        self.pool_routes[wroute] = pool_id
+        entry = WorkerEntry.registered(wroute, reg, now)
+        self.pool[reg.user] = entry
+        self.pool_routes[wroute] = reg.user
         self.counters.workers_registered += 1
-        log.info("warm-pool worker %s registered", pool_id)
-        self._to_worker(wroute, P.Kind.REGISTERED)
+        log.info("warm-pool worker %s registered", reg.user)
+        self._to_worker(wroute, P.Kind.REGISTERED, {"key": entry.key.hex()})
 
-    def _claim(self, header: dict[str, Any]) -> str | None:
+    def _claim(self, msg: P.Message) -> str | None:
         """Hand a warm-pool worker to a user; None when done, else why not."""
-        pool_id, user = header.get("pool"), header.get("user")
-        nonce, secret = header.get("nonce"), header.get("worker_secret")
-        if not all(isinstance(v, str) and v for v in (pool_id, user, nonce, secret)):
+        try:
+            claim = msg.read(P.Claim)
+        except P.ProtocolError:
             return "claim needs pool, user, nonce and worker_secret"
+        pool_id, user, nonce, secret = claim.pool, claim.user, claim.nonce, claim.worker_secret
         if not check_worker_secret(self.worker_key, user, nonce, secret):
             return "the worker secret does not match the user and nonce"
         entry = self.pool.pop(pool_id, None)
         if entry is None:
             return f"no warm-pool worker {pool_id} is registered"
         self.pool_routes.pop(entry.route, None)
+        self.claimed_pool_ids[pool_id] = True
         self._to_worker(
             entry.route, P.Kind.ASSIGN, {"user": user, "nonce": nonce, "secret": secret}
         )
         log.info("warm-pool worker %s assigned to user %s", pool_id, user)
         return None
 
-    def _drop_worker(self, entry: WorkerEntry, reason: str, superseded: bool = False) -> None:
+    def _drop_worker(
+        self,
+        entry: WorkerEntry,
+        reason: str,
+        superseded: bool = False,
+        message: str = "The remote worker stopped while running the cell "
+        "(it was killed or crashed); the remote namespace was lost.",
+    ) -> None:
+        """Forget a worker; fail its pending requests with ``message`` (what the user reads)."""
         self.worker_users.pop(entry.route, None)
         if self.workers.get(entry.user) is entry:
             del self.workers[entry.user]
@@ -557,49 +782,51 @@ class Broker:
             self._to_worker(entry.route, P.Kind.SUPERSEDED)
         log.warning("worker of user %s dropped: %s", entry.user, reason)
         for route, req_id in self.pending.take_all(entry.user):
-            self._fail(
-                route,
-                req_id,
-                P.FailCode.WORKER_LOST,
-                "The remote worker stopped while running the cell "
-                "(it was killed or crashed); the remote namespace was lost.",
-            )
+            self._fail(route, req_id, P.FailCode.WORKER_LOST, message)
 
     # ------------------------------------------------------------------ control
     def _on_control(self, frames: list[zmq.Frame]) -> None:
         route = frames[0].bytes
+        if len(frames) < 4 or len(frames[3]) > self.max_header:
+            if self._admit_unauthenticated("a", route):
+                self._malformed("control", "not a rexec message or header too large")
+            return None
         try:
-            msg = P.decode(frames[1:])
+            msg = P.decode(frames, routed=True)
         except P.ProtocolError as exc:
-            return self._malformed("control", str(exc))
-        if not check_admin_secret(self.admin_secret, msg.header.get("secret")):
-            log.warning("control request %r refused: bad admin secret", msg.kind[:32])
-            self.control.send_multipart(
-                [
-                    route,
-                    *P.frames(
-                        P.Kind.FAIL,
-                        {"code": P.FailCode.FORBIDDEN, "message": "bad admin secret"},
-                    ),
-                ]
+            if self._admit_unauthenticated("a", route):
+                self._malformed("control", str(exc))
+            return None
+        try:
+            secret = msg.read(P.Admin).secret
+        except P.ProtocolError:
+            secret = ""
+        if not check_admin_secret(self.admin_secret, secret):
+            if not self._admit_unauthenticated("a", route):
+                return None
+            self.malformed_log.warning(
+                "control request %r refused: bad admin secret", msg.kind[:32]
             )
-            return
+            forbidden = {"code": P.FailCode.FORBIDDEN, "message": "bad admin secret"}
+            self.control.send_multipart(P.encode(P.Kind.FAIL, forbidden, route=route))
+            return None
         if msg.kind == P.Kind.STATUS:
-            self.control.send_multipart([route, *P.frames(P.Kind.STATUS_REPLY, self.status())])
+            self.control.send_multipart(P.encode(P.Kind.STATUS_REPLY, self.status(), route=route))
         elif msg.kind == P.Kind.CLAIM:
-            why = self._claim(msg.header)
-            reply = (
-                P.frames(P.Kind.OK, {})
-                if why is None
-                else P.frames(P.Kind.FAIL, {"code": P.FailCode.NO_WORKER, "message": why})
-            )
-            self.control.send_multipart([route, *reply])
+            why = self._claim(msg)
+            if why is None:
+                reply = P.encode(P.Kind.OK, {}, route=route)
+            else:
+                fail = {"code": P.FailCode.NO_WORKER, "message": why}
+                reply = P.encode(P.Kind.FAIL, fail, route=route)
+            self.control.send_multipart(reply)
         elif msg.kind == P.Kind.SHUTDOWN:
-            self.control.send_multipart([route, *P.frames(P.Kind.OK, {})])
+            self.control.send_multipart(P.encode(P.Kind.OK, {}, route=route))
             log.info("shutdown requested on the control port")
             self._stop.set()
         else:
             self._malformed("control", f"unknown kind {msg.kind[:32]!r}")
+        return None
 
     def _worker_info(self, entry: WorkerEntry, now: float) -> dict[str, Any]:
         """A worker as clients and the spawner see it; busy as soon as a cell is forwarded."""
@@ -625,16 +852,38 @@ class Broker:
         self.malformed_log.warning("dropped a malformed message on the %s port: %s", where, why)
 
     def _housekeeping(self, now: float) -> None:
+        self._connections_closed()
+        self._end_closed(now)
         for entry in list(self.workers.values()):
             busy = bool(self.pending.by_user.get(entry.user))
             limit = P.BUSY_WORKER_DEAD_AFTER_S if busy else P.WORKER_DEAD_AFTER_S
             if now - entry.last_seen > limit:
-                self._drop_worker(entry, f"no heartbeat for {limit:.1f}s")
+                # Silent is not dead: a stopped (SIGSTOP) or starved process comes back,
+                # registers again with its namespace intact, and drops the abandoned cell.
+                self._drop_worker(
+                    entry,
+                    f"no heartbeat for {limit:.1f}s",
+                    message=f"The remote worker stopped responding (no heartbeat for "
+                    f"{limit:g} s), so the cell was abandoned; if the worker recovers, its "
+                    "variables are kept.",
+                )
         for pool_id, entry in list(self.pool.items()):
             if now - entry.last_seen > P.WORKER_DEAD_AFTER_S:
                 del self.pool[pool_id]
                 self.pool_routes.pop(entry.route, None)
                 log.warning("warm-pool worker %s dropped: no heartbeat", pool_id)
+        idle = self.settings.session_idle_s
         for route, session in list(self.sessions.items()):
-            if now - session.last_seen > SESSION_IDLE_S:
-                del self.sessions[route]
+            if self.legacy.owns(route):
+                continue  # a legacy call lives until its DONE or its connection closes
+            if now - session.last_seen > idle and not self.pending.ids_for(
+                session.identity.sub, route
+            ):
+                self.close_session(route)
+            elif (
+                session.token is not None
+                and not session.rechecking
+                and now >= session.recheck_at
+                and self._submit_auth(route, session.token, b"recheck")
+            ):
+                session.rechecking = True

@@ -40,4 +40,17 @@ class BrokerSettings(AuthSettings):
     curve_public_key: str = ""
     curve_secret_key: SecretStr = SecretStr("")
     auth_threads: int = 8  # parallel auth checks; the routing loop never waits on one
+    # Any header the broker parses is refused above this size, before it is parsed.
+    max_header_bytes: int = 64 * 1024
+    # A client connection that sends nothing for this long must say HELLO again (it is also
+    # forgotten at once when its connection closes).
+    session_idle_s: float = 600.0
+    # ZMQ_MAXMSGSIZE of one frame on the client port (pushed values travel there): -1 is no
+    # limit.  The control port is always limited to max_header_bytes; the worker port carries
+    # pulled values and is not limited.
+    max_client_frame_bytes: int = -1
+    # Unauthenticated traffic (HELLO, REGISTER, anything without a session): per peer and in all.
+    unauth_rate_per_peer: float = 20.0
+    unauth_rate_total: float = 2000.0
+    max_auth_in_flight: int = 256  # token checks queued at once; more HELLOs are told to retry
     log_file: str | None = None

@@ -26,14 +26,18 @@ def control_request(
     sock.linger = 0
     try:
         sock.connect(url)
-        sock.send_multipart(P.frames(kind, {**(extra or {}), "secret": admin_secret}))
+        sock.send_multipart(P.encode(kind, {**(extra or {}), "secret": admin_secret}))
         if not sock.poll(int(timeout_s * 1000)):
             raise BrokerControlError(f"the broker control port did not answer within {timeout_s}s")
         msg = P.decode(sock.recv_multipart())
     finally:
         sock.close()
     if msg.kind == P.Kind.FAIL:
-        raise BrokerControlError(msg.header.get("message", "refused"))
+        try:
+            why = msg.read(P.Fail).message or "refused"
+        except P.ProtocolError:
+            why = "refused"
+        raise BrokerControlError(why)
     return msg.header
 
 

@@ -116,35 +116,39 @@ def value_event(sequence: int, channel: str, value_pickle: bytes) -> bytes:
     return _dict_pickle_with(head, "data", value_pickle)
 
 
-def error_message(header: dict[str, Any]) -> str:
+def error_message(err: P.Error) -> str:
     """The text of a legacy ERROR for a rexec ERROR event: the exception and its traceback."""
-    ename, evalue = header.get("ename", "Error"), header.get("evalue", "")
-    lines = header.get("traceback") or []
+    lines = err.traceback
     trace = "".join(line if line.endswith("\n") else line + "\n" for line in lines).rstrip()
-    first = f"Remote function raised {ename}" + (f": {evalue}" if evalue else "")
+    first = f"Remote function raised {err.ename}" + (f": {err.evalue}" if err.evalue else "")
     return f"{first}\n{trace}" if trace else first
 
 
-def replies(kind: str, header: dict[str, Any], buffers: Sequence[Any]) -> list[bytes]:
-    """The legacy reply payloads for one worker event of a legacy call (maybe none)."""
-    seq = int(header.get("seq") or 0)
+def replies(msg: P.Message) -> list[bytes]:
+    """The legacy reply payloads for one worker event of a legacy call (maybe none).
+
+    Raises ProtocolError when the event's header does not fit its kind.
+    """
+    kind, buffers = msg.kind, msg.buffers
     if kind == P.Kind.ACCEPTED:
         return [event(START, 0)]
     if kind == P.Kind.STREAM:
-        channel = "stderr" if header.get("name") == "stderr" else "stdout"
-        return [event(DATA, seq, channel, str(header.get("text", "")))]
+        stream = msg.read(P.Stream)
+        channel = "stderr" if stream.name == "stderr" else "stdout"
+        return [event(DATA, stream.seq, channel, stream.text)]
     if kind == P.Kind.YIELD and buffers:
-        return [value_event(seq, "yield", _as_bytes(buffers[0]))]
+        return [value_event(msg.read(P.Yield).seq, "yield", _as_bytes(buffers[0]))]
     if kind == P.Kind.ERROR:
-        return [error(seq, error_message(header))]
+        err = msg.read(P.Error)
+        return [error(err.seq, error_message(err))]
     if kind == P.Kind.DONE:
-        status = header.get("status")
-        if status == P.DoneStatus.OK:
-            out = [value_event(seq, "return", _as_bytes(buffers[0]))] if buffers else []
-            return [*out, event(END, seq + 1)]
-        if status == P.DoneStatus.ERROR:
+        done = msg.read(P.Done)
+        if done.status == P.DoneStatus.OK:
+            out = [value_event(done.seq, "return", _as_bytes(buffers[0]))] if buffers else []
+            return [*out, event(END, done.seq + 1)]
+        if done.status == P.DoneStatus.ERROR:
             return []  # the ERROR before it already ended the client's stream
-        return [error(seq, str(header.get("message") or "The remote call was interrupted."))]
+        return [error(done.seq, done.message or "The remote call was interrupted.")]
     return []
 
 

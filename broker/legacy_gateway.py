@@ -10,10 +10,8 @@ sides live in ``broker.legacy``; this module only keeps the per-connection state
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +27,12 @@ NO_WORKER = (
     "No rexec worker is running for you; start one first "
     "(APIClient.setup_rexec_environment, remote_func.set_environment or %rexec_start)."
 )
+
+
+MAX_WAITING = 4  # messages of one connection kept while its token is checked
+# Worker events for legacy calls are translated, so parsed: display data (images) can be large,
+# and they come from the user's own worker, so this bound is wider than the client ports'.
+MAX_EVENT_HEADER_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -50,13 +54,16 @@ class GatewayHost(Protocol):
     pending: Any
     sessions: dict[bytes, Any]
     workers: dict[str, Any]
-    _executor: Executor
 
-    def open_session(self, route: bytes, identity: Identity) -> None: ...
+    def open_session(self, route: bytes, identity: Identity, token: str | None = None) -> Any:
+        """A new session (with its worker-facing ``handle``) for this connection."""
+
+    def close_session(self, route: bytes) -> Any: ...
 
     def _malformed(self, where: str, why: str) -> None: ...
 
-    def _authenticate_in_thread(self, route: bytes, token: str, legacy: bool = False) -> None: ...
+    def _submit_auth(self, route: bytes, token: str, purpose: bytes) -> bool:
+        """Check ``token`` in the auth pool (False: too many checks queued)."""
 
 
 @dataclass
@@ -77,12 +84,14 @@ class LegacyGateway:
             b._malformed("frontend", f"legacy: {exc}")
             return self._error(route, f"The broker could not read the request: {exc}.")
         if route in self.waiting:  # its token is being checked: keep the order
-            self.waiting[route].append(request)
+            if len(self.waiting[route]) < MAX_WAITING:  # a call and its cancel; drop floods
+                self.waiting[route].append(request)
             return
         cached = b.auth.cached(request.token)
         if cached is None:
+            if not b._submit_auth(route, request.token, b"legacy"):
+                return self._error(route, "The broker is busy checking tokens; try again.")
             self.waiting[route] = [request]
-            b._executor.submit(b._authenticate_in_thread, route, request.token, legacy=True)
             return
         self._handle(route, request, cached)
 
@@ -101,11 +110,12 @@ class LegacyGateway:
         if request.cancel:
             if call is not None and call.user == outcome.sub:
                 worker = b.workers.get(call.user)
-                if worker is not None:
-                    header = P.encode_header({"id": call.request_id})
-                    b.backend.send_multipart(
-                        [worker.route, route, P.PROTOCOL, P.Kind.INTERRUPT.encode(), header]
+                session = b.sessions.get(route)
+                if worker is not None and session is not None:
+                    interrupt = P.encode(
+                        P.Kind.INTERRUPT, {"id": call.request_id}, route=session.handle
                     )
+                    b.backend.send_multipart([worker.route, *interrupt])
             return None
         if call is not None:
             return self._error(route, "This connection already has a call running.")
@@ -114,11 +124,12 @@ class LegacyGateway:
             return self._error(route, NO_WORKER)
         request_id = f"legacy-{uuid.uuid4().hex[:16]}"
         self.calls[route] = LegacyCall(outcome.sub, request_id)
-        b.open_session(route, outcome)
+        session = b.open_session(route, outcome)
         b.pending.add(outcome.sub, route, request_id)
-        header = P.encode_header(legacy.call_header(request_id))
-        frames = [worker.route, route, P.PROTOCOL, P.Kind.CALL.encode(), header]
-        b.backend.send_multipart([*frames, request.fn, request.args], copy=False)
+        buffers = [request.fn, request.args]  # forwarded undecoded
+        header = legacy.call_header(request_id)
+        frames = P.encode(P.Kind.CALL, header, buffers, route=session.handle)
+        b.backend.send_multipart([worker.route, *frames], copy=False)
         b.counters.forwarded_to_workers += 1
         return None
 
@@ -126,16 +137,22 @@ class LegacyGateway:
     def owns(self, route: bytes) -> bool:
         return route in self.calls
 
-    def on_worker_event(self, route: bytes, kind: str, header_frame: Any, buffers: list) -> None:
-        """Translate one worker event for a legacy connection; the last one ends the call."""
+    def on_worker_event(self, route: bytes, event: P.Signed) -> None:
+        """Translate one worker event for a legacy connection; the last one ends the call.
+
+        The event comes unparsed: its size is checked before its header is read.
+        """
+        if len(event.header) > MAX_EVENT_HEADER_BYTES:
+            return self.broker._malformed("backend", "too large a header for a legacy call")
         try:
-            header = json.loads(header_frame.bytes)
-        except ValueError:
-            return self.broker._malformed("backend", "unreadable header for a legacy call")
-        for payload in legacy.replies(kind, header, buffers):
+            msg = event.message()
+            payloads = legacy.replies(msg)
+        except P.ProtocolError as exc:
+            return self.broker._malformed("backend", f"legacy call: {exc}")
+        for payload in payloads:
             self.broker.frontend.send_multipart([route, *legacy.frames_for(payload)])
         self.broker.counters.forwarded_to_clients += 1
-        if kind == P.Kind.DONE:
+        if msg.kind == P.Kind.DONE:
             self.end(route)
         return None
 
@@ -148,7 +165,7 @@ class LegacyGateway:
         call = self.calls.pop(route, None)
         if call is not None:
             self.broker.pending.discard(call.user, route, call.request_id)
-        self.broker.sessions.pop(route, None)
+        self.broker.close_session(route)
 
     def _error(self, route: bytes, message: str) -> None:
         payload = legacy.error(0, message)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from typing import Any
 
 from broker.broker import Broker
 from broker.config import BrokerSettings
+from broker.guard import make_undumpable
 from rexec_magic import logs
+from rexec_magic.contract import Env
 
 
 def serve(settings: BrokerSettings) -> None:
     """Bind, route until SHUTDOWN or SIGTERM/SIGINT, then close every socket."""
     logs.configure(log_file=settings.log_file)
+    make_undumpable()  # no same-user process may read our memory (keys, tokens in flight)
     broker = Broker(settings)
 
     def stop(signum: int, frame: Any) -> None:
@@ -29,5 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(
         prog="rexec broker", description="Run the rexec broker; settings from REXEC_* variables."
     ).parse_args(argv)
-    serve(BrokerSettings())
+    # Secrets come as 0600 files from $REXEC_SECRETS_DIR (written by `rexec up`), not from an
+    # environment anyone of our OS user can read.
+    serve(BrokerSettings(_secrets_dir=os.environ.get(Env.SECRETS_DIR) or None))
     return 0

@@ -4,6 +4,9 @@ It says HELLO once per connection, sends cells, and waits for their events with 
 bounded: the broker is pinged while a cell runs, so a dead worker or broker raises within
 seconds instead of hanging.  A broker that restarted (it forgot this connection) gets a new
 HELLO and the request is sent again, unless the cell had already started.
+
+Every message after HELLO proves the session key from WELCOME (``protocol.encode_signed``); a
+token revoked while connected ends in ``AuthDenied`` with ``protocol.TOKEN_INVALID_MESSAGE``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class RexecClient:
         # different one shows up: the namespace the user had is gone.
         self.seen_instance: str | None = None
         self.on_new_worker: Callable[[dict[str, Any]], None] | None = None
+        self.session_key: bytes | None = None
+        self.max_header_bytes = P.MAX_HEADER_BYTES
         self.local_versions = serialize.versions()
         self._ids = itertools.count()
         self.last_heard = 0.0  # time.monotonic() of the last message from the broker
@@ -82,9 +87,20 @@ class RexecClient:
         """Drop the connection (and anything queued on it); the next call reconnects."""
         self.close()
         self.user = ""
+        self.session_key = None
 
     def _send(self, kind: str, header: dict[str, Any], buffers: list[Any] = ()) -> None:
-        self._socket().send_multipart(P.frames(kind, header, buffers), copy=False)
+        encoded = P.encode_header(header)
+        if kind != P.Kind.HELLO and len(encoded) > self.max_header_bytes:
+            raise errors.RexecError(
+                f"The request was not sent: its code and variable names take "
+                f"{len(encoded) // 1024} KiB, more than the broker accepts "
+                f"({self.max_header_bytes // 1024} KiB, REXEC_MAX_HEADER_BYTES); move large "
+                "text into a variable or a file."
+            )
+        key = None if kind == P.Kind.HELLO else self.session_key
+        frames = P.encode_signed(key, kind, encoded, buffers)
+        self._socket().send_multipart(frames, copy=False)
 
     def _recv(self, timeout_s: float) -> P.Message | None:
         sock = self._socket()
@@ -93,7 +109,11 @@ class RexecClient:
         frames = sock.recv_multipart(copy=False)
         self.last_heard = time.monotonic()
         try:
-            return P.decode(frames)
+            msg = P.decode(frames)
+            model = P.HEADERS.get(msg.kind)
+            if model is not None:  # every event this client reads, checked once here
+                msg.read(model)
+            return msg
         except P.ProtocolError as exc:
             log.warning("dropped an unreadable message from the broker: %s", exc)
             return None
@@ -111,15 +131,17 @@ class RexecClient:
                     f"{timeout_s:.0f} s; is it running?"
                 )
             if msg.kind == P.Kind.WELCOME:
-                self.user = msg.header["user"]
-                self.username = msg.header.get("username", self.user)
-                self._saw_worker(msg.header.get("worker"))
+                welcome = msg.read(P.Welcome)
+                self.session_key = bytes.fromhex(welcome.session_key)
+                self.max_header_bytes = welcome.max_header_bytes
+                self.user = welcome.user
+                self.username = welcome.username or welcome.user
+                self._saw_worker(welcome.worker)
                 return msg.header
             if msg.kind == P.Kind.DENIED:
                 self.reset()
-                raise errors.AuthDenied(
-                    f"The broker refused the token: {msg.header.get('message', 'denied')}"
-                )
+                denied = msg.read(P.Denied)
+                raise errors.AuthDenied(f"The broker refused the token: {denied.message}")
             # Anything else is left over from an earlier connection state: skip it.
 
     def ensure_hello(self) -> None:
@@ -138,12 +160,14 @@ class RexecClient:
                 raise errors.BrokerUnreachable(
                     f"The rexec broker at {self.info.broker_url} did not answer a ping."
                 )
-            if msg.kind == P.Kind.PONG and msg.header.get("t") == t0:
-                self._saw_worker(msg.header.get("worker"))
+            if msg.kind == P.Kind.PONG and msg.read(P.Pong).t == t0:
+                self._saw_worker(msg.read(P.Pong).worker)
                 return time.perf_counter() - t0, msg.header
-            if msg.kind == P.Kind.FAIL and msg.header.get("code") == P.FailCode.UNAUTHENTICATED:
+            if msg.kind == P.Kind.FAIL and msg.read(P.Fail).code == P.FailCode.UNAUTHENTICATED:
                 self.hello()
                 return self.ping(timeout_s)
+            if msg.kind == P.Kind.FAIL and msg.header.get("code") == P.FailCode.TOKEN_INVALID:
+                raise self._fail_error(msg)
 
     def _saw_worker(self, worker: dict[str, Any] | None) -> None:
         """Keep the broker's view of our worker; report a new worker process once."""
@@ -192,6 +216,9 @@ class RexecClient:
                 continue
             if msg.kind == P.Kind.INSPECT_REPLY:
                 return msg.header
+            if msg.kind == P.Kind.FAIL and msg.header.get("code") == P.FailCode.UNAUTHENTICATED:
+                self.hello()  # the session ended (idle, broker restart): a new one, ask again
+                return self.inspect(timeout_s)
             if msg.kind == P.Kind.FAIL:
                 raise self._fail_error(msg)
 
@@ -210,9 +237,12 @@ class RexecClient:
     def _new_id(self) -> str:
         return f"{uuid.uuid4().hex[:12]}-{next(self._ids)}"
 
-    @staticmethod
-    def _fail_error(msg: P.Message) -> errors.RexecError:
-        code, text = msg.header.get("code"), msg.header.get("message", "")
+    def _fail_error(self, msg: P.Message) -> errors.RexecError:
+        fail = msg.read(P.Fail)
+        code, text = fail.code, fail.message
+        if code == P.FailCode.TOKEN_INVALID:
+            self.reset()
+            return errors.AuthDenied(text or P.TOKEN_INVALID_MESSAGE)
         if code == P.FailCode.NO_WORKER:
             return errors.NoWorker(text)
         if code == P.FailCode.WORKER_LOST:
@@ -315,11 +345,10 @@ class RexecClient:
         interrupted_at: float | None = None
         timed_out = False
         error: P.Message | None = None
-        now = time.monotonic()
+        now = asked_at = time.monotonic()
         deadline = now + timeout_s if timeout_s else None
         last_heard = now
         next_ping = now + P.CLIENT_PING_S
-        my_pings: set[float] = set()  # a PONG of an earlier request's ping says nothing here
         while True:
             try:
                 now = time.monotonic()
@@ -339,7 +368,6 @@ class RexecClient:
                     )
                 if now >= next_ping:
                     self._send(P.Kind.PING, {"t": now})
-                    my_pings.add(now)
                     next_ping = now + P.CLIENT_PING_S
                 wait = next_ping - now
                 if deadline is not None and interrupted_at is None:
@@ -350,24 +378,27 @@ class RexecClient:
                 last_heard = time.monotonic()
                 h = msg.header
                 if msg.kind == P.Kind.PONG:
-                    if h.get("t") not in my_pings:
-                        continue  # left over from before (a ping of the last cell)
-                    my_pings.discard(h.get("t"))
-                    self._saw_worker(h.get("worker"))
-                    if self.worker is None or (req_id not in h.get("pending", []) and started):
+                    pong = msg.read(P.Pong)
+                    if pong.t is None or pong.t < asked_at:
+                        continue  # the answer to a ping of an earlier request: stale news
+                    self._saw_worker(pong.worker)
+                    if self.worker is None or (req_id not in pong.pending and started):
                         self.seen_instance = None  # told here: the next worker is no news
                         raise errors.WorkerLost(
                             "The remote worker stopped while running the cell; "
                             "the remote namespace was lost."
                         )
                     continue
-                if msg.kind == P.Kind.FAIL and h.get("code") == P.FailCode.UNAUTHENTICATED:
+                fail_code = msg.read(P.Fail).code if msg.kind == P.Kind.FAIL else None
+                if fail_code == P.FailCode.TOKEN_INVALID:
+                    raise self._fail_error(msg)
+                if fail_code == P.FailCode.UNAUTHENTICATED:
                     # The broker restarted and forgot this connection.
                     self.hello()
                     if started or resent:
                         raise errors.BrokerUnreachable(
-                            "The rexec broker restarted while the cell ran; "
-                            "its output may be incomplete."
+                            "The rexec broker restarted while the cell ran, so your worker "
+                            "stopped the cell; its output may be incomplete."
                         )
                     resent = True
                     self._send(kind, header, buffers)
@@ -394,14 +425,15 @@ class RexecClient:
                 elif msg.kind == P.Kind.ERROR:
                     error = msg
                 elif msg.kind == P.Kind.FAIL:
-                    if h.get("code") == P.FailCode.WORKER_REPLACED and not started:
+                    code = msg.read(P.Fail).code
+                    if code == P.FailCode.WORKER_REPLACED and not started:
                         # Not run: learn the new worker (on_new_worker announces it), resend.
                         self.ping()
                         header.pop("instance", None)
                         self._send(kind, header, buffers)
                         last_heard = time.monotonic()
                         continue
-                    if h.get("code") == P.FailCode.WORKER_LOST and not started and not resent:
+                    if code == P.FailCode.WORKER_LOST and not started and not resent:
                         # The cell went to a worker that had just died; it never ran, so it is
                         # safe to send it to the worker that replaced it.
                         resent = True
@@ -409,7 +441,7 @@ class RexecClient:
                         self._send(kind, header, buffers)
                         last_heard = time.monotonic()
                         continue
-                    if h.get("code") == P.FailCode.WORKER_LOST:
+                    if code == P.FailCode.WORKER_LOST:
                         self.seen_instance = None  # told here: the next worker is no news
                     raise self._fail_error(msg)
                 elif msg.kind == P.Kind.DONE:
@@ -440,11 +472,11 @@ class RexecClient:
         timeout_s: float | None,
         call: bool = False,
     ) -> CellOutcome:
-        h = msg.header
-        status = h.get("status")
+        done = msg.read(P.Done)
+        status = done.status
         if status == P.DoneStatus.RESTARTING:
             self.seen_instance = None  # the user is told now; the next worker is no news
-            text = h.get("message") or (
+            text = done.message or (
                 "The remote cell did not stop after the interrupt, so the worker was "
                 "restarted; the remote namespace was lost."
             )
@@ -458,19 +490,20 @@ class RexecClient:
         if status == P.DoneStatus.INTERRUPTED or (interrupted and status != P.DoneStatus.OK):
             raise errors.RemoteInterrupted()
         if status == P.DoneStatus.ERROR:
-            error = error_msg.header if error_msg else {}
+            if error_msg is not None:
+                error = error_msg.read(P.Error)
+                ename, evalue, trace = error.ename, error.evalue, error.traceback
+            else:
+                ename, evalue, trace = "Error", done.message or "the remote cell failed", []
             raise errors.RemoteCellError(
-                str(error.get("ename", "Error")),
-                str(error.get("evalue", h.get("message", "the remote cell failed"))),
-                list(error.get("traceback") or []),
-                self._remote_exception(error_msg),
+                ename, evalue, list(trace), self._remote_exception(error_msg)
             )
         values: dict[str, Any] = {}
-        skipped = list(h.get("skipped") or [])
-        if h.get("vars"):
+        skipped = list(done.skipped)
+        if done.vars:
             note = serialize.version_note(self.local_versions, self.worker)
             try:
-                values, failed = serialize.unpack_each(h["vars"], msg.buffers)
+                values, failed = serialize.unpack_each(msg.header["vars"], msg.buffers)
             except serialize.SerializationError as exc:
                 failed = {"": str(exc)}
             if failed and (call or "" in failed):  # a call's return value has no stand-in
@@ -479,16 +512,16 @@ class RexecClient:
                     "A value pulled from the worker could not be loaded here: "
                     f"{'`' + name + '`: ' if name else ''}{why} ({note})."
                 )
-            types = {e.get("name"): e.get("type", "") for e in h["vars"]}
+            types = {e.name: e.type for e in done.vars}
             for name, why in failed.items():  # it stays in the remote namespace
                 reason = f"cannot be loaded here ({why}; {note})"
                 skipped.append({"name": name, "reason": reason, "type": types.get(name, "")})
         return CellOutcome(
-            status=status or P.DoneStatus.OK,
+            status=status,
             values=values,
             skipped=skipped,
-            duration=float(h.get("duration") or 0.0),
-            message=h.get("message", ""),
+            duration=done.duration,
+            message=done.message,
         )
 
     def _remote_exception(self, error_msg: P.Message | None) -> BaseException | None:

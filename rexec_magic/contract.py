@@ -74,7 +74,9 @@ class Env:
     BROKER_WORKER_URL = "REXEC_BROKER_WORKER_URL"
     WORKER_USER = "REXEC_WORKER_USER"
     WORKER_NONCE = "REXEC_WORKER_NONCE"
-    WORKER_SECRET = "REXEC_WORKER_SECRET"  # noqa: S105 - a variable name
+    WORKER_SECRET = "REXEC_WORKER_SECRET"  # noqa: S105 - a variable name (Kubernetes pods)
+    # Local backend: the number of an inherited pipe holding the secret (no secret in environ).
+    WORKER_SECRET_FD = "REXEC_WORKER_SECRET_FD"  # noqa: S105 - a variable name
     WORKER_POOL = "REXEC_WORKER_POOL"
     # The worker's own folder (local backend): the folder itself, or for a warm-pool worker
     # the root under which it takes <root>/<user> when claimed (worker_image/files.py).
@@ -88,6 +90,9 @@ class Env:
     TOKEN = "REXEC_TOKEN"  # noqa: S105 - a variable name
     SPAWNER_URL = "REXEC_SPAWNER_URL"
     STATE_DIR = "REXEC_STATE_DIR"
+    # Broker and spawner: a 0700 directory of 0600 files, one per secret setting
+    # (``rexec_worker_key``, ``rexec_admin_secret``...), read by pydantic-settings.
+    SECRETS_DIR = "REXEC_SECRETS_DIR"  # noqa: S105 - a variable name
 
 
 def folder_name(user: str) -> str:
@@ -107,6 +112,7 @@ WORKER_ENV = (
     Env.WORKER_USER,
     Env.WORKER_NONCE,
     Env.WORKER_SECRET,
+    Env.WORKER_SECRET_FD,
     Env.WORKER_POOL,
 )
 

@@ -10,6 +10,36 @@ from __future__ import annotations
 
 import ast
 
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _declared_outside(body: list[ast.stmt]) -> set[str]:
+    """Names a function body declares ``global`` or ``nonlocal`` (its own, not nested ones'):
+    they are not local to it, whatever it assigns."""
+    found: set[str] = set()
+    todo: list[ast.AST] = list(body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Global | ast.Nonlocal):
+            found.update(node.names)
+        elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def _globals_assigned_in(node: ast.AST) -> set[str]:
+    """Names any function inside ``node`` declares ``global``: calling it rebinds them."""
+    return {n for g in ast.walk(node) if isinstance(g, ast.Global) for n in g.names}
+
+
+def _walrus_targets(node: ast.AST) -> set[str]:
+    """``(name := ...)`` inside a comprehension binds ``name`` in the enclosing scope."""
+    return {
+        n.target.id
+        for n in ast.walk(node)
+        if isinstance(n, ast.NamedExpr) and isinstance(n.target, ast.Name)
+    }
+
 
 class _Reads(ast.NodeVisitor):
     """Collect names loaded anywhere in a node, minus names local to nested scopes."""
@@ -30,7 +60,7 @@ class _Reads(ast.NodeVisitor):
         inner = _Reads()
         for child in body:
             inner.visit(child)
-        local = _bound_in(body)
+        local = _bound_in(body) - _declared_outside(body)
         if args is not None:
             local |= {a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)}
             local |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
@@ -56,6 +86,31 @@ class _Reads(ast.NodeVisitor):
             self.visit(expr)
         self._scope(node, None, node.body)
 
+    def _comprehension(self, node: ast.AST, results: list[ast.expr]) -> None:
+        """A comprehension is its own scope (Python 3): its loop variables are local to it.
+        The first iterable is evaluated outside, so its reads always count."""
+        gens: list[ast.comprehension] = node.generators  # type: ignore[attr-defined]
+        self.visit(gens[0].iter)
+        inner = _Reads()
+        local: set[str] = set()
+        for i, gen in enumerate(gens):
+            if i:
+                inner.visit(gen.iter)
+            for cond in gen.ifs:
+                inner.visit(cond)
+            local |= {n.id for n in ast.walk(gen.target) if isinstance(n, ast.Name)}
+        for expr in results:
+            inner.visit(expr)
+        self.loads |= inner.loads - (local - _walrus_targets(node))
+
+    def visit_ListComp(self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp) -> None:
+        self._comprehension(node, [node.elt])
+
+    visit_SetComp = visit_GeneratorExp = visit_ListComp  # type: ignore[assignment]
+
+    def visit_DictComp(self, node: ast.DictComp) -> None:
+        self._comprehension(node, [node.key, node.value])
+
 
 class _Binds(ast.NodeVisitor):
     """Collect the names a block binds in its own scope."""
@@ -68,15 +123,23 @@ class _Binds(ast.NodeVisitor):
             self.names.add(node.id)
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        self.names.add(node.name)  # the body is another scope
+        # The body is another scope, but a ``global`` there rebinds this scope's name.
+        self.names.add(node.name)
+        self.names |= _globals_assigned_in(node)
 
     visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         self.names.add(node.name)
+        self.names |= _globals_assigned_in(node)
 
     def visit_Lambda(self, node: ast.Lambda) -> None:
         pass
+
+    def visit_ListComp(self, node: ast.AST) -> None:
+        self.names |= _walrus_targets(node)  # loop variables stay in the comprehension
+
+    visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_ListComp  # type: ignore[assignment]
 
     def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
         for alias in node.names:
@@ -113,16 +176,9 @@ def _bound_in(body: list[ast.stmt]) -> set[str]:
 
 def _unconditional_binds(stmt: ast.stmt) -> set[str]:
     """Names a top-level statement surely binds (assignments, imports, defs; not branches)."""
-    if isinstance(
-        stmt,
-        ast.Assign
-        | ast.AnnAssign
-        | ast.Import
-        | ast.ImportFrom
-        | ast.FunctionDef
-        | ast.AsyncFunctionDef
-        | ast.ClassDef,
-    ):
+    if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return {stmt.name}  # not the globals it may rebind: only if it is called
+    if isinstance(stmt, ast.Assign | ast.AnnAssign | ast.Import | ast.ImportFrom):
         return _bound_in([stmt])
     return set()
 

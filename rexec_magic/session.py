@@ -30,6 +30,9 @@ START_TIMEOUT_S = 300.0
 ACTIVE = (WorkerState.STARTING, WorkerState.INSTALLING, WorkerState.READY)
 # Completion and ``obj?`` wait this long for the worker at most: typing never blocks.
 ASSIST_TIMEOUT_S = 0.5
+# How long a cell waits for a worker the spawner says runs but the broker does not hear from
+# (stopped, starved, re-registering after a broker restart) before saying so.
+NOT_RESPONDING_WAIT_S = 10.0
 
 
 def restart_sentence(status: dict[str, Any] | None) -> str:
@@ -257,6 +260,9 @@ class RemoteSession:
     def _start_missing(self, notes: Notes) -> None:
         current = self.spawner.status()
         state, idle_s = current.get("state"), current.get("idle_culled_after_s")
+        if state == WorkerState.READY:  # the spawner has it; the broker does not hear from it
+            self._wait_unresponsive(notes)
+            return
         had_one = self.client.seen_instance is not None
         running = current if state in ACTIVE else None
         if state == WorkerState.STOPPED and idle_s:
@@ -274,6 +280,25 @@ class RemoteSession:
             else "No remote worker is running for you; starting one…"
         )
         self._start(None, False, None, notes, running, headline)
+
+    def _wait_unresponsive(self, notes: Notes) -> None:
+        """The spawner says the worker runs, the broker does not hear from it: wait a while.
+
+        Its namespace is kept while it runs, so nothing is started; if the same process comes
+        back nothing is announced, if another one does ``on_new_worker`` says so.
+        """
+        headline = "Your remote worker is not responding; waiting for it…"
+        progress = notes.progress(headline)
+        try:
+            self.client.wait_for_worker(None, timeout_s=NOT_RESPONDING_WAIT_S)
+        except errors.NoWorker:
+            progress.done(f"{headline} it did not answer.")
+            raise errors.NoWorker(
+                "Your remote worker is running but not responding (stopped, or busy "
+                "in code that holds the GIL); its variables are kept while it runs. "
+                "Try again later, or %rexec_stop to start a fresh one."
+            ) from None
+        progress.done(f"{headline} it answers again.")
 
     def call(
         self,
@@ -352,7 +377,7 @@ class RemoteSession:
         )
 
     def introspect(self, name: str, detail_level: int) -> dict[str, Any] | None:
-        header = {"name": name, "detail_level": detail_level}
+        header = {"name": name, "detail_level": int(detail_level)}
         return self.ask_worker(P.Kind.INTROSPECT, header, P.Kind.INTROSPECT_REPLY)
 
     def status(self) -> dict[str, Any]:

@@ -71,19 +71,19 @@ class _Waiter:
                         "during the transfer."
                     )
                 continue
-            h = msg.header
             if msg.kind == P.Kind.PONG:
-                if h.get("t") not in self.pings:
+                pong = msg.read(P.Pong)
+                if pong.t not in self.pings:
                     continue
-                self.pings.discard(h.get("t"))
-                client._saw_worker(h.get("worker"))
+                self.pings.discard(pong.t)
+                client._saw_worker(pong.worker)
                 if client.worker is None:
                     raise errors.WorkerLost("The remote worker stopped during the transfer.")
                 continue
-            if h.get("id") != self.req_id:
+            if msg.header.get("id") != self.req_id:
                 continue
             if msg.kind == P.Kind.FILE_ERROR:
-                raise TransferFailed(str(h.get("message") or "The transfer failed."))
+                raise TransferFailed(msg.read(P.FileError).message or "The transfer failed.")
             if msg.kind == P.Kind.FAIL:
                 raise client._fail_error(msg)
             return msg
@@ -127,8 +127,8 @@ def upload(
                 chunks = fileio.read_chunks(entry.path, P.FILE_CHUNK_BYTES)
                 for data in chunks:
                     while sent + len(data) - acked > P.FILE_WINDOW_BYTES:
-                        ack = _expect(waiter.next(), P.Kind.FILE_ACK)
-                        acked = max(acked, int(ack.header.get("received") or 0))
+                        ack = _expect(waiter.next(), P.Kind.FILE_ACK).read(P.FileAck)
+                        acked = max(acked, ack.received)
                     client._send(P.Kind.PUT_CHUNK, {"id": req_id}, [data])
                     sent += len(data)
                     on_progress(sent, total)
@@ -138,14 +138,9 @@ def upload(
         while True:
             msg = _expect(waiter.next(), P.Kind.FILE_ACK, P.Kind.FILE_DONE)
             if msg.kind == P.Kind.FILE_DONE:
-                h = msg.header
+                done = msg.read(P.FileDone)
                 on_progress(total, total)
-                return TransferResult(
-                    str(h.get("path")),
-                    int(h.get("files") or 0),
-                    int(h.get("bytes") or 0),
-                    time.monotonic() - t0,
-                )
+                return TransferResult(done.path, done.files, done.bytes, time.monotonic() - t0)
     except BaseException as exc:
         if not isinstance(exc, TransferFailed | errors.BrokerUnreachable):
             _cancel(client, req_id)
@@ -170,16 +165,16 @@ def download(
     try:
         while True:
             msg = _expect(waiter.next(), P.Kind.FILE_META, P.Kind.FILE_CHUNK, P.Kind.FILE_DONE)
-            h = msg.header
             if msg.kind == P.Kind.FILE_META:
-                is_dir, mode = bool(h.get("dir")), int(h.get("mode") or 0)
+                meta = msg.read(P.FileMeta)
+                is_dir, mode = meta.dir, meta.mode
                 if staging is None:  # the item itself comes first
-                    total = int(h.get("total") or h.get("size") or 0)
+                    total = meta.total or meta.size
                     dest = fileio.resolve(str(local) if local is not None else ".")
                     name = PurePosixPath(str(remote).rstrip("/")).name or "download"
                     final = fileio.target_for(dest, name)
                     staging = fileio.Staging(final, is_dir, req_id[:12], HERE)
-                staging.begin(str(h.get("rel") or ""), is_dir, mode)
+                staging.begin(meta.rel, is_dir, mode)
             elif msg.kind == P.Kind.FILE_CHUNK:
                 if staging is None:
                     raise TransferFailed("File data came before the file it belongs to.")
@@ -194,9 +189,8 @@ def download(
                     raise TransferFailed("The worker sent nothing.")
                 path = staging.commit()
                 on_progress(received, total)
-                return TransferResult(
-                    str(path), int(h.get("files") or 0), received, time.monotonic() - t0
-                )
+                files = msg.read(P.FileDone).files
+                return TransferResult(str(path), files, received, time.monotonic() - t0)
     except fileio.TransferError as exc:
         _cancel(client, req_id)
         raise TransferFailed(str(exc)) from None

@@ -24,6 +24,7 @@ from spawner.backends import load_backend
 from spawner.config import SpawnerSettings
 from spawner.errors import INTERNAL_ERROR, SpawnerError
 from spawner.legacy_routes import router as legacy_router
+from spawner.request_guard import RequestGuardMiddleware
 from spawner.routes import router
 from spawner.service import WorkerService, broker_config
 
@@ -111,5 +112,6 @@ def create_app(settings: SpawnerSettings) -> FastAPI:
     app.include_router(legacy_router)
     app.add_exception_handler(SpawnerError, _spawner_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(RequestGuardMiddleware)  # token and size checked before any body
     app.add_middleware(InternalErrorMiddleware)
     return app

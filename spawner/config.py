@@ -16,6 +16,8 @@ from rexec_magic.contract import DEFAULT_HOST, Port, tcp_url
 class SpawnerSettings(AuthSettings):
     host: str = DEFAULT_HOST
     spawner_port: int = Field(Port.SPAWNER, description="the spawner's HTTP port")
+    # The URL clients reach this spawner at (legacy discovery answers it); empty: host:port.
+    spawner_public_url: str = ""
     backend: str = "local"  # "local" (subprocesses) or "kubernetes" (pods; the Helm chart)
     # Where clients reach the broker (returned by /broker-config) ...
     broker_url: str = tcp_url(DEFAULT_HOST, Port.BROKER)
@@ -40,6 +42,11 @@ class SpawnerSettings(AuthSettings):
     # Local backend: extra ``pip install`` arguments (e.g. "--index-url URL" or "--no-index").
     pip_args: str = ""
     install_timeout_s: float = 900.0
+
+    # Stop every worker when the spawner shuts down (SIGTERM)?  Unset: the backend decides
+    # (local: yes, `rexec up`'s Ctrl-C stops everything; kubernetes: no, an upgraded spawner
+    # adopts them).  A spawner that dies (SIGKILL, crash) never takes workers with it.
+    stop_workers_on_exit: bool | None = None
 
     # Warm pool: generic workers kept started (default image, no extra requirements); a spawn
     # that needs nothing else claims one.  0 turns the pool off.
@@ -72,4 +79,24 @@ class SpawnerSettings(AuthSettings):
     k8s_work_volume: dict[str, Any] = {}
     k8s_worker_uid: int = 1000
     k8s_api_timeout_s: float = 10.0  # each Kubernetes API call
-    k8s_poll_s: float = 1.0  # how often a starting or running pod is looked at
+    # One watch for all worker pods (and one for their events): each watch request asks the
+    # API server to end it after this long, and the next resumes from the last version seen.
+    k8s_watch_timeout_s: float = 60.0
+    # Merged into every worker pod's spec / worker container (the chart's
+    # worker.extraPodConfig / extraContainerConfig; kubespawner's extra_pod_config).
+    k8s_extra_pod_config: dict[str, Any] = {}
+    k8s_extra_container_config: dict[str, Any] = {}
+    # With per-user namespaces: the worker NetworkPolicy's spec to put in each (from the chart).
+    k8s_network_policy: dict[str, Any] = {}
+    # Several spawners on one cluster (a second replica, an upgrade's overlap): the holder of
+    # this Lease (in k8s_namespace) culls and fills the warm pool.  Empty: always this one.
+    k8s_lease_name: str = "rexec-spawner"
+    k8s_lease_duration_s: float = 15.0
+    k8s_log_tail_lines: int = 10  # a crashed worker's last log lines, in its failure reason
+
+    def public_url(self) -> str:
+        """Where clients reach this spawner: the configured URL, never a request's Host."""
+        if self.spawner_public_url:
+            return self.spawner_public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.spawner_port}"

@@ -85,7 +85,7 @@ class IdleCuller:
     async def cull_once(self) -> list[str]:
         """One round: stop every worker idle for too long; return their users."""
         ready = self.service.ready_workers()
-        if not ready:
+        if not ready or not self.service.backend.leads():  # another spawner culls
             return []
         s = self.settings
         try:

@@ -23,12 +23,17 @@ bearer_scheme = HTTPBearer(
     description="The user's rexec token: `Authorization: Bearer <token>`.",
 )
 
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+BEARER_MISSING = "Send your rexec token as 'Authorization: Bearer <token>'."
 
 
 async def authenticate_token(request: Request, token: str) -> Identity:
     """The identity behind ``token`` or an HTTPException (401/403/503) with one sentence."""
-    authenticator: CachedAuthenticator = request.app.state.authenticator
+    return await check_token(request.app.state.authenticator, token)
+
+
+async def check_token(authenticator: CachedAuthenticator, token: str) -> Identity:
+    """``authenticate_token`` for callers without a Request (the request guard middleware)."""
     try:
         hit = authenticator.cached(token)
         if isinstance(hit, Identity):
@@ -40,7 +45,7 @@ async def authenticate_token(request: Request, token: str) -> Identity:
         raise HTTPException(503, exc.message) from None
     except AuthError as exc:
         status = exc.status if exc.status in (401, 403) else 401
-        raise HTTPException(status, exc.message, headers=_CHALLENGE) from None
+        raise HTTPException(status, exc.message, headers=CHALLENGE) from None
 
 
 async def current_identity(
@@ -48,9 +53,7 @@ async def current_identity(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Identity:
     if credentials is None or not credentials.credentials:
-        raise HTTPException(
-            401, "Send your rexec token as 'Authorization: Bearer <token>'.", headers=_CHALLENGE
-        )
+        raise HTTPException(401, BEARER_MISSING, headers=CHALLENGE)
     return await authenticate_token(request, credentials.credentials)
 
 

@@ -43,8 +43,10 @@ async def api_status(request: Request) -> dict[str, str]:
 
 @router.get("/api/status/rexec", summary="Where the rexec deploy API is (ndp_ep discovery)")
 async def api_status_rexec(request: Request) -> dict[str, str]:
-    """This spawner itself: the client appends ``/rexec`` to it."""
-    return {"deployment_api_url": str(request.base_url).rstrip("/")}
+    """This spawner itself, as configured (``REXEC_SPAWNER_PUBLIC_URL``): the client appends
+    ``/rexec`` to it.  Never the request's Host header, which any caller can set (a legacy
+    client sends its token to whatever URL this answers)."""
+    return {"deployment_api_url": request.app.state.settings.public_url()}
 
 
 @router.post(

@@ -15,6 +15,7 @@ the backend decides (``Backend.pool_eligible``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 
@@ -29,6 +30,8 @@ from spawner.requirements import RequirementSet
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_FAILURE_S = 5.0  # a pool worker that fails to start is retried after this long
+ADOPT_WAIT_S = 2.0  # a claim waits this long for adopted pool workers to be confirmed
+LEADER_RECHECK_S = 1.0  # a spawner that does not lead looks again this often (no API call)
 
 
 class WarmPool:
@@ -42,21 +45,36 @@ class WarmPool:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._stop_on_cancel = True  # a pool worker still starting is stopped when cancelled
+        self._adopting: set[asyncio.Task] = set()  # adopted workers not yet seen registered
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
         if self.size > 0 and self._task is None:
             self._task = asyncio.create_task(self._keep_filled(), name="warm-pool")
 
-    async def close(self) -> None:
+    async def close(self, stop_workers: bool = True) -> None:
+        """Stop filling; stop the waiting workers too unless the next spawner adopts them."""
         self._closing = True
+        self._stop_on_cancel = stop_workers
         tasks = [t for t in (self._task, *self._starting) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
         ready, self.ready = list(self.ready.values()), {}
-        await asyncio.gather(*(self.backend.stop(h) for h in ready), return_exceptions=True)
+        if stop_workers:
+            await asyncio.gather(*(self.backend.stop(h) for h in ready), return_exceptions=True)
+
+    def adopt(self, pool_id: str, nonce: str, handle: WorkerHandle) -> None:
+        """A waiting pool worker an earlier spawner started: back into the pool once the
+        broker has it (it may be re-registering after a broker restart too)."""
+        task = asyncio.create_task(self._settle(pool_id, nonce, handle), name="pool-adopt")
+        self._starting.add(task)
+        self._adopting.add(task)
+        task.add_done_callback(self._starting.discard)
+        task.add_done_callback(self._adopting.discard)
+        task.add_done_callback(lambda _: self._wake.set())
 
     def resize(self, size: int) -> None:
         """Keep ``size`` workers from now on (ready ones beyond it stay until claimed)."""
@@ -68,6 +86,8 @@ class WarmPool:
     # ----------------------------------------------------------------- claim
     async def claim(self, spec: WorkerSpec) -> WorkerHandle | None:
         """Hand a ready pool worker to ``spec.user``; None when none is ready (start one)."""
+        if not self.ready and self._adopting:  # just after a restart: they are running
+            await asyncio.wait(set(self._adopting), timeout=ADOPT_WAIT_S)
         while self.ready:
             pool_id, handle = self.ready.popitem()
             self._wake.set()  # start a replacement now
@@ -85,7 +105,9 @@ class WarmPool:
                 )
             except BrokerControlError as exc:  # the broker lost it (restart?): drop it
                 log.warning("warm-pool worker %s could not be claimed: %s", pool_id, exc)
-                await self.backend.stop(handle)
+                if await self.backend.still_claimable(handle):
+                    await self.backend.stop(handle)
+                # else another spawner claimed it for a user: leave it be
                 continue
             await self.backend.adopt(handle, spec)
             log.info("warm-pool worker %s claimed by %s", pool_id, spec.user)
@@ -94,7 +116,18 @@ class WarmPool:
 
     # ----------------------------------------------------------------- filling
     async def _keep_filled(self) -> None:
+        led = True  # (setup's discover() adopted what existed then)
         while not self._closing:
+            if not self.backend.leads():  # another spawner fills the pool
+                led = False
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), LEADER_RECHECK_S)
+                continue
+            if not led:  # just took over: the pool the previous leader kept is ours now
+                led = True
+                for found in await self.backend.unclaimed_pool():
+                    self.adopt(found.user, found.nonce, found.handle)
             missing = self.size - len(self.ready) - len(self._starting)
             for _ in range(max(0, missing)):
                 task = asyncio.create_task(self._start_one())
@@ -120,6 +153,17 @@ class WarmPool:
         handle: WorkerHandle | None = None
         try:
             handle = await self.backend.start(spec)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("a warm-pool worker failed to start: %s", exc)
+            await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+            return
+        await self._settle(pool_id, nonce, handle)
+
+    async def _settle(self, pool_id: str, nonce: str, handle: WorkerHandle) -> None:
+        """Wait for the pool worker to register; then it is claimable."""
+        try:
             waiter = asyncio.ensure_future(
                 self.watch.wait_registered(pool_id, nonce, handle.registration, section="pool")
             )
@@ -132,13 +176,12 @@ class WarmPool:
             if waiter not in done or waiter.cancelled():
                 raise RuntimeError(handle.failure or "it did not register with the broker")
         except asyncio.CancelledError:
-            if handle is not None:
+            if self._stop_on_cancel:
                 await asyncio.shield(self.backend.stop(handle))
             raise
         except Exception as exc:
             log.warning("a warm-pool worker failed to start: %s", exc)
-            if handle is not None:
-                await self.backend.stop(handle)
+            await self.backend.stop(handle)
             await asyncio.sleep(RETRY_AFTER_FAILURE_S)
             return
         self.ready[pool_id] = handle

@@ -14,6 +14,12 @@ exit code 75 (the worker restarts itself after an ignored interrupt) is restarte
 and does not count towards a crash loop; a backend that says restarting cannot help
 (``handle.failure``: ImagePullBackOff, OOMKilled...) -> "failed" with that sentence.
 
+The spawner may die or be upgraded without costing users anything: workers do not depend on
+its process, and on start the service adopts the workers the backend finds
+(``Backend.discover``: pods by label, or the local durable record): each gets its record back
+(requirements, options, nonce) and is supervised from "is it registered with the broker?"
+on, as if this spawner had started it; unclaimed warm-pool workers go back into the pool.
+
 A spawn that needs nothing but the default image claims a warm-pool worker when one is ready
 (``spawner.pool``); an idle worker is stopped after ``cull_idle_seconds`` (``spawner.culler``)
 and its status says so until the next spawn.
@@ -35,7 +41,15 @@ import zmq
 
 from broker.auth import Identity, worker_secret
 from broker.control import BrokerControlError, broker_status
-from spawner.backends.base import EXIT_REJECTED, EXIT_RESTART, Backend, WorkerHandle, WorkerSpec
+from spawner.backends.base import (
+    EXIT_REJECTED,
+    EXIT_RESTART,
+    EXIT_UNKNOWN,
+    Adopted,
+    Backend,
+    WorkerHandle,
+    WorkerSpec,
+)
 from spawner.broker_watch import BrokerWatch
 from spawner.config import SpawnerSettings
 from spawner.culler import IdleCuller
@@ -70,6 +84,8 @@ def _short_python(version: str | None) -> str | None:
 
 def exit_reason(code: int) -> str:
     """Why a worker process ended, as the notebook says it: "killed by signal 9"."""
+    if code == EXIT_UNKNOWN:
+        return "exit code unknown"  # an adopted worker: not our child
     if code < 0:
         return f"killed by signal {-code}"
     if code == EXIT_RESTART:
@@ -80,6 +96,8 @@ def exit_reason(code: int) -> str:
 
 
 def describe_exit(code: int) -> str:
+    if code == EXIT_UNKNOWN:
+        return "an exit code this spawner could not see"
     if code < 0:
         try:
             import signal
@@ -107,6 +125,7 @@ class WorkerRecord:
     restarts: int = 0
     nonce: str | None = None  # of the current spawn: the broker's entry must carry it
     from_pool: bool = False
+    adopted: bool = False  # found running when this spawner started
     culled_after_s: float | None = None  # set when the culler stopped it
     # The last unexpected exit of this spawn (the namespace was lost; the next cell says so).
     last_exit_at: datetime | None = None
@@ -140,18 +159,40 @@ class WorkerService:
         if not self.settings.admin_secret.get_secret_value():
             log.warning("REXEC_ADMIN_SECRET is empty: the broker will refuse status requests")
         await self.backend.setup()
+        for found in await self.backend.discover():
+            if found.pool:
+                self.pool.adopt(found.user, found.nonce, found.handle)
+            else:
+                self._adopt(found)
+        if self.pool.size and not self.backend.pool_possible():
+            log.warning("the warm pool is off: no spawn here could claim a pool worker")
+            self.pool.size = 0
         self.pool.start()
         self.culler.start()
 
+    @property
+    def stops_workers_on_exit(self) -> bool:
+        choice = self.settings.stop_workers_on_exit
+        return self.backend.stop_workers_on_exit if choice is None else choice
+
     async def close(self) -> None:
-        """Stop every worker (SIGTERM, then SIGKILL) and release the backend."""
+        """Release the backend; stop every worker first when so configured (``rexec up``),
+        else leave them to the next spawner, which adopts them."""
         self._closing = True
+        stop = self.stops_workers_on_exit
         await self.culler.close()
         records = list(self._records.values())
-        await asyncio.gather(*(self._stop(r) for r in records), return_exceptions=True)
-        await self.pool.close()
+        if stop:
+            await asyncio.gather(*(self._stop(r) for r in records), return_exceptions=True)
+        else:
+            tasks = [r.task for r in records if r.task is not None and not r.task.done()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+        await self.pool.close(stop_workers=stop)
         await self.watch.close()
-        await self.backend.cleanup()
+        await self.backend.cleanup(stop_workers=stop)
 
     # ----------------------------------------------------------------- queries
     def worker_python(self) -> str:
@@ -245,7 +286,7 @@ class WorkerService:
             raise ShuttingDown("The spawner is shutting down.")
         reqs = parse_requirements(requirements, self.backend.worker_python_for(requirements))
         options = self.backend.validate_options(dict(options or {}))
-        rec = self._records.get(identity.sub)
+        rec = await self._record_or_adopt(identity.sub)
         if rec is None:
             rec = self._records[identity.sub] = WorkerRecord(identity.sub, identity.username)
         async with rec.lock:
@@ -263,7 +304,7 @@ class WorkerService:
         return self._status(rec)
 
     async def stop(self, identity: Identity) -> WorkerStatus:
-        rec = self._records.get(identity.sub)
+        rec = await self._record_or_adopt(identity.sub)
         if rec is not None:
             await self._stop(rec)
         return self.status(identity)
@@ -293,12 +334,54 @@ class WorkerService:
         rec.python = _short_python(self.backend.worker_python_for(list(reqs.lines)))
         rec.pid = rec.started_at = rec.ready_at = rec.handle = rec.culled_after_s = None
         rec.last_exit_at = rec.last_exit_reason = None
-        rec.nonce, rec.from_pool = nonce, False
+        rec.nonce, rec.from_pool, rec.adopted = nonce, False, False
         rec.restarts = 0
         rec.exits.clear()
         rec.spawned_mono = time.monotonic()
         self._set(rec, WorkerState.STARTING, "Starting the worker.")
         rec.task = asyncio.create_task(self._run(rec, spec), name=f"worker:{identity.sub}")
+
+    async def _record_or_adopt(self, user: str) -> WorkerRecord | None:
+        """The user's record; when it has no live worker, one another spawner started since
+        (several spawners on one backend) is adopted first, so this one does not start a
+        second worker or miss the one to stop."""
+        rec = self._records.get(user)
+        if rec is not None and rec.state in ACTIVE_STATES:
+            return rec
+        found = await self.backend.find(user)
+        if found is not None and not found.pool:
+            log.info("adopting the worker of %s that another spawner started", user)
+            self._adopt(found)
+            return self._records[user]
+        return rec
+
+    def _adopt(self, found: Adopted) -> None:
+        """Take over a worker an earlier spawner started: same record, same supervision."""
+        reqs = parse_requirements(
+            found.requirement_lines, self.backend.worker_python_for(found.requirement_lines)
+        )
+        rec = self._records[found.user] = WorkerRecord(found.user, found.username)
+        spec = WorkerSpec(
+            user=found.user,
+            username=found.username,
+            requirements=reqs,
+            options=found.options,
+            nonce=found.nonce,
+            secret=worker_secret(
+                self.settings.worker_key.get_secret_value(), found.user, found.nonce
+            ),  # fmt: skip
+            prepared=dict(found.prepared),
+        )
+        rec.requirements, rec.options = reqs, found.options
+        rec.python = _short_python(self.backend.worker_python_for(list(reqs.lines)))
+        rec.nonce, rec.adopted = found.nonce, True
+        rec.spawned_mono = time.monotonic()
+        if found.started_at:
+            rec.started_at = datetime.fromtimestamp(found.started_at, timezone.utc)
+        self._set(rec, WorkerState.STARTING, "Taking over the running worker.")
+        rec.task = asyncio.create_task(
+            self._run(rec, spec, adopted=found.handle), name=f"worker:{found.user}"
+        )
 
     async def _stop(self, rec: WorkerRecord) -> None:
         async with rec.lock:
@@ -338,24 +421,35 @@ class WorkerService:
         rec.pid = None
         self._set(rec, WorkerState.STOPPED, "The worker is stopped.")
 
-    async def _run(self, rec: WorkerRecord, spec: WorkerSpec) -> None:
-        """Prepare, start and supervise one spawn until it is stopped or fails."""
+    async def _run(
+        self, rec: WorkerRecord, spec: WorkerSpec, adopted: WorkerHandle | None = None
+    ) -> None:
+        """Prepare, start and supervise one spawn until it is stopped or fails.
+
+        ``adopted``: a worker that runs already (an earlier spawner's): supervise it from
+        its registration on; a restart after it exits is an ordinary one.
+        """
         try:
-            await self.backend.prepare(
-                spec, lambda message: self._set(rec, WorkerState.INSTALLING, message)
-            )
             note: str | None = None
-            claimed = await self.pool.claim(spec) if self.backend.pool_eligible(spec) else None
+            if adopted is None:
+                await self.backend.prepare(
+                    spec, lambda message: self._set(rec, WorkerState.INSTALLING, message)
+                )
+            eligible = adopted is None and self.backend.pool_eligible(spec)
+            claimed = await self.pool.claim(spec) if eligible else None
             while True:
                 if rec.state != WorkerState.STARTING:
                     self._set(rec, WorkerState.STARTING, "Starting the worker.")
-                if claimed is not None:
+                if adopted is not None:
+                    handle, adopted = adopted, None
+                elif claimed is not None:
                     handle, claimed, rec.from_pool = claimed, None, True
                 else:
                     handle = await self.backend.start(spec, note)
-                    rec.from_pool = False
+                    rec.from_pool = rec.adopted = False
+                    rec.started_at = _now()
                 rec.handle, rec.pid = handle, handle.pid
-                rec.started_at, rec.ready_at = _now(), None
+                rec.started_at, rec.ready_at = rec.started_at or _now(), None
                 code = await self._until_ready(rec, spec, handle)
                 if code is None:
                     code = await asyncio.shield(handle.exited)
@@ -451,8 +545,12 @@ class WorkerService:
             rec.python = _short_python(info.get("python")) or rec.python
             rec.ready_at = _now()
             took = time.monotonic() - rec.spawned_mono
-            how = "claimed from the warm pool" if rec.from_pool else "started"
-            self._set(rec, WorkerState.READY, f"The worker is ready ({how} in {took:.1f} s).")
+            if rec.adopted:
+                message = "The worker is ready (it kept running while the spawner restarted)."
+            else:
+                how = "claimed from the warm pool" if rec.from_pool else "started"
+                message = f"The worker is ready ({how} in {took:.1f} s)."
+            self._set(rec, WorkerState.READY, message)
             return None
         await self.backend.stop(handle)
         cause = self.watch.last_error

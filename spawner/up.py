@@ -28,7 +28,7 @@ import zmq
 from jupyter_core.paths import jupyter_runtime_dir
 from pydantic_settings import BaseSettings
 
-from broker.auth import add_static_token
+from broker.auth import add_static_token, revoke_static_tokens
 from broker.config import BrokerSettings
 from broker.control import BrokerControlError, broker_status
 from rexec_magic import connection
@@ -37,6 +37,15 @@ from rexec_magic.private_file import write_private
 from spawner.config import SpawnerSettings
 
 UP_STATE_FILE = "up.json"
+# Settings that hold secrets: `rexec up` hands them to broker and spawner as 0600 files in
+# $REXEC_SECRETS_DIR (pydantic-settings' secrets_dir), never in an environment, which any
+# process of the same OS user can read in /proc/<pid>/environ.
+SECRET_SETTINGS = ("REXEC_WORKER_KEY", "REXEC_ADMIN_SECRET", "REXEC_CURVE_SECRET_KEY")
+TRUST_NOTE = (
+    "Local backend: every user's worker runs as OS user {user} on this machine, one trust "
+    "domain (a user's code can reach other users' workers); isolation between users is the "
+    "Kubernetes backend's job."
+)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -103,22 +112,28 @@ class Stack:
         self.control_url = tcp_url(self.host, self.ports["control"])
         self.spawner_url = http_url(self.host, self.ports["spawner"])
         # REXEC_* settings of the caller (cull time, warm pool...) reach the children; the
-        # ones that tie the stack together are set below and win.
-        base = dict(os.environ)
+        # ones that tie the stack together are set below and win.  Secrets are files.
+        base = {k: v for k, v in os.environ.items() if k not in SECRET_SETTINGS}
+        secrets_dir = self.state_dir / "secrets"
+        secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(secrets_dir, 0o700)
+        write_private(secrets_dir / "rexec_worker_key", worker_key)
+        write_private(secrets_dir / "rexec_admin_secret", self.admin_secret)
         common = {
             **base,
             "REXEC_HOST": self.host,
             "REXEC_AUTHENTICATOR": args.authenticator,
             "REXEC_TOKENS_FILE": str(self.tokens_file),
-            "REXEC_WORKER_KEY": worker_key,
-            "REXEC_ADMIN_SECRET": self.admin_secret,
+            Env.SECRETS_DIR: str(secrets_dir),
             "PYTHONUNBUFFERED": "1",
         }
         self.server_key = ""
+        (secrets_dir / "rexec_curve_secret_key").unlink(missing_ok=True)
         if args.curve:
             public, secret = (k.decode() for k in zmq.curve_keypair())
             self.server_key = public
             common["REXEC_CURVE_PUBLIC_KEY"] = public
+            write_private(secrets_dir / "rexec_curve_secret_key", secret)
         if args.auth_api_url:
             common["REXEC_AUTH_API_URL"] = args.auth_api_url
         if args.allowed_groups:
@@ -130,11 +145,11 @@ class Stack:
                 "REXEC_CONTROL_PORT": str(self.ports["control"]),
                 "REXEC_WORKER_PORT": str(self.ports["worker"]),
                 "REXEC_LOG_FILE": str(self.logs / "broker.log"),
-                **({"REXEC_CURVE_SECRET_KEY": secret} if args.curve else {}),
             },
             "spawner": {
                 **common,
                 "REXEC_SPAWNER_PORT": str(self.ports["spawner"]),
+                "REXEC_SPAWNER_PUBLIC_URL": self.spawner_url,
                 "REXEC_BROKER_URL": self.broker_url,
                 "REXEC_BROKER_WORKER_URL": tcp_url(self.host, self.ports["worker"]),
                 "REXEC_BROKER_CONTROL_URL": self.control_url,
@@ -278,7 +293,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  connection file  {path}\n"
             + ("  client port encrypted with CurveZMQ\n" if stack.server_key else "")
             + f"  logs     {stack.logs}\n"
-            "In a notebook: %load_ext rexec_magic, then %%remote cells. Ctrl-C stops.",
+            + TRUST_NOTE.format(user=user)
+            + "\nIn a notebook: %load_ext rexec_magic, then %%remote cells. Ctrl-C stops.",
             flush=True,
         )
         if args.lab:
@@ -291,8 +307,19 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    """Add a dev token for a user and write that user's connection file (never printed)."""
+    """Add a dev token for a user and write that user's connection file (never printed);
+    with --revoke, remove every static token of that user instead."""
     state = json.loads((Path(args.state_dir) / UP_STATE_FILE).read_text())
+    if args.revoke:
+        n = revoke_static_tokens(args.tokens_file or state["tokens_file"], args.user)
+        print(
+            f"Revoked {n} token(s) of {args.user}; open connections are refused within the "
+            "auth cache TTL (REXEC_AUTH_CACHE_TTL_S)."
+        )
+        return 0 if n else 1
+    if not args.connection_file:
+        print("rexec token: --connection-file is required to add a token.", file=sys.stderr)
+        return 2
     token = add_static_token(
         args.tokens_file or state["tokens_file"],
         args.user,
@@ -345,7 +372,10 @@ def token_main(argv: list[str] | None = None) -> int:
     token = argparse.ArgumentParser(prog="rexec token", description=cmd_token.__doc__)
     token.add_argument("user")
     token.add_argument("--groups", default="")
-    token.add_argument("--connection-file", required=True, help="where to write it (0600)")
+    token.add_argument("--connection-file", help="where to write it (0600)")
+    token.add_argument(
+        "--revoke", action="store_true", help="revoke every static token of USER instead"
+    )
     token.add_argument("--state-dir", default=str(default_state_dir()))
     token.add_argument("--tokens-file", default=None)
     return cmd_token(token.parse_args(argv))

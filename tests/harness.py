@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,16 @@ from typing import Any
 
 from broker.broker import Broker
 from broker.config import BrokerSettings
+from rexec_magic import protocol as P
+
+# Ceilings for waits on a condition.  A wait returns as soon as its condition holds, so a
+# ceiling costs nothing on a quiet machine; it is there to turn a real hang into a failure with
+# a message before pytest-timeout's per-test limit.  Each is a generous multiple of the
+# protocol's own liveness times, never a guess of how fast this machine is.
+WAIT_S = 60 * P.WORKER_HEARTBEAT_S  # sixty heartbeats: a process to start, a state to settle
+# An interrupted cell answers at the latest when the worker gives up on it (INTERRUPT_GRACE_S,
+# then it restarts) or when the broker gives up on a silent busy worker.
+INTERRUPT_ANSWER_S = P.INTERRUPT_GRACE_S + P.BUSY_WORKER_DEAD_AFTER_S
 
 
 @contextmanager
@@ -38,7 +49,9 @@ def broker_in_thread(worker_key: str, admin_secret: str, **settings: Any) -> Ite
         thread.join(10)
 
 
-def wait_for(predicate: Callable[[], Any], what: str = "condition", timeout_s: float = 20.0) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], what: str = "condition", timeout_s: float = WAIT_S
+) -> Any:
     """Poll until ``predicate()`` is truthy and return it; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -47,6 +60,48 @@ def wait_for(predicate: Callable[[], Any], what: str = "condition", timeout_s: f
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class WhenFlag:
+    """Do ``action`` once, as soon as the file ``flag`` exists; never after :meth:`cancel`.
+
+    Remote test code creates ``flag`` (workers run on this machine, so they share the file
+    system) at the moment it has really started; acting on the flag rather than after a fixed
+    delay means a slow start can neither make the action come too early nor too late.  Use as
+    a context manager so that a failed test never leaves a pending action for the next one.
+    """
+
+    def __init__(self, flag: Path, action: Callable[[], Any]) -> None:
+        self.flag = Path(flag)
+        self.action = action
+        self.done = threading.Event()
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="when-flag", daemon=True)
+
+    def _watch(self) -> None:
+        while not self._cancelled.wait(0.02):
+            if self.flag.exists():
+                self.action()
+                self.done.set()
+                return
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._thread.join()
+
+    def __enter__(self) -> WhenFlag:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+def ctrl_c_when(flag: Path) -> WhenFlag:
+    """Press Ctrl-C (SIGINT to the main thread, as a kernel interrupt does) once ``flag`` exists."""
+    main = threading.main_thread().ident
+    assert main is not None
+    return WhenFlag(flag, lambda: signal.pthread_kill(main, signal.SIGINT))
 
 
 def pid_alive(pid: int) -> bool:

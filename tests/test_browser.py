@@ -23,7 +23,9 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from spawner.up import free_port
-from tests.conftest import ROOT, Stack
+from tests.local_stack import ROOT, Stack
+
+pytestmark = [pytest.mark.browser, pytest.mark.stack]
 
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM_ARGS = [

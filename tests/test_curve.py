@@ -11,7 +11,9 @@ import requests
 from rexec_magic import connection, errors
 from rexec_magic.client import RexecClient
 from rexec_magic.session import RemoteSession
-from tests.conftest import start_stack, stop_stack
+from tests.local_stack import start_stack, stop_stack
+
+pytestmark = pytest.mark.stack
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import zmq
@@ -19,6 +20,9 @@ from rexec_magic import connection, errors
 from rexec_magic import protocol as P
 from rexec_magic.notes import RecordedNotes
 from rexec_magic.session import RemoteSession
+from tests.harness import WAIT_S, WhenFlag, ctrl_c_when
+
+pytestmark = pytest.mark.stack
 
 
 def run(session: RemoteSession, code: str, push: dict | None = None, pull: list | None = None):
@@ -51,16 +55,18 @@ def test_a_cell_with_no_worker_starts_one_and_says_so(fresh_stack):
     session.close()
 
 
-def test_worker_killed_mid_cell_gives_clear_error_and_next_cell_works(fresh_stack):
+def test_worker_killed_mid_cell_gives_clear_error_and_next_cell_works(fresh_stack, tmp_path):
     session = RemoteSession(connection.load(fresh_stack.connection_file))
     session.start()
     run(session, "kept = 1")
     pid = session.client.worker["pid"]
-    threading.Timer(1.0, os.kill, args=(pid, signal.SIGKILL)).start()
-    t0 = time.monotonic()
-    with pytest.raises(errors.WorkerLost) as info:
-        run(session, "import time\ntime.sleep(60)")
-    assert time.monotonic() - t0 < 1.0 + 5.0
+    flag = tmp_path / "cell-runs"
+    cell = f"import pathlib, time\npathlib.Path({str(flag)!r}).touch()\ntime.sleep(600)"
+    with (
+        WhenFlag(flag, lambda: os.kill(pid, signal.SIGKILL)),
+        pytest.raises(errors.WorkerLost) as info,
+    ):
+        run(session, cell)
     assert "namespace was lost" in str(info.value)
     outcome, _ = run(session, "import os\npid = os.getpid()", pull=["pid"])
     assert outcome.values["pid"] != pid
@@ -77,8 +83,9 @@ def test_broker_restart_next_cell_works(fresh_stack):
     old = fresh_stack.pid("broker")
     os.kill(old, signal.SIGKILL)
     fresh_stack.wait_pid_changed("broker", old)
-    deadline = time.monotonic() + 20
-    while True:  # the worker re-registers within its heartbeat interval
+    # The worker re-registers at its next heartbeat (the broker tells it to RESYNC).
+    deadline = time.monotonic() + WAIT_S
+    while True:
         try:
             outcome, _ = run(session, "after = before + 1", pull=["after"])
             break
@@ -111,9 +118,9 @@ def test_forged_worker_secret_cannot_register(stack, alice):
     sock.connect(f"tcp://127.0.0.1:{stack.state['ports']['worker']}")
     user = alice.client.user
     forged = {"user": user, "nonce": "n", "secret": "0" * 64, "python": "3", "dill": "0", "pid": 1}
-    sock.send_multipart([P.TO_BROKER, *P.frames(P.Kind.REGISTER, forged)])
+    sock.send_multipart(P.encode_signed(None, P.Kind.REGISTER, forged, route=P.TO_BROKER))
     assert sock.poll(5000)
-    reply = P.decode(sock.recv_multipart()[1:])
+    reply = P.decode(sock.recv_multipart(), routed=True)
     assert reply.kind == P.Kind.REJECTED
     sock.close()
     outcome, _ = run(alice, "mine + 1", pull=[])  # still routed to the real worker
@@ -146,35 +153,126 @@ def malformed_messages(n: int) -> list[list[bytes]]:
     return [rng.choice(shapes)() for _ in range(n)]
 
 
+# A flood makes progress as long as the broker takes or answers a message at least this often;
+# longer than a client's own patience with a silent broker, so a stall here is a real one.
+FLOOD_STALL_S = 2 * P.BROKER_SILENT_AFTER_S
+PROBE_AGAIN_S = 0.5
+
+
+def flood_then_probe(
+    url: str, junk: list[list[bytes]], probe: list[bytes], is_answer: Callable[[P.Message], bool]
+) -> P.Message:
+    """Send ``junk`` then ``probe`` on one connection; return the broker's answer to ``probe``
+    (the first reply ``is_answer`` accepts: none of the junk can earn such a reply).
+
+    ZeroMQ keeps the order of one connection and the broker handles a socket's messages in
+    order, so the answer to ``probe`` proves that every junk message before it was taken and
+    handled.  Replies to the junk are read while sending (neither side's queue fills up), and
+    the wait is bound to progress, not to a guess of how fast this machine is.
+
+    Traffic no session vouches for is rate-limited per peer, so the broker may drop the first
+    probe unread right after the flood: the probe is sent again every ``PROBE_AGAIN_S`` until
+    it is answered (dropped, it earns no answer; taken, each earns the same one).
+    """
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(url)
+    outbox = [*junk, probe]
+    sent = resent = 0
+    last_progress = time.monotonic()
+    try:
+        while True:
+            events = sock.poll(100, zmq.POLLIN | (zmq.POLLOUT if sent < len(outbox) else 0))
+            while events & zmq.POLLOUT and sent < len(outbox):
+                try:
+                    sock.send_multipart(outbox[sent], zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                sent += 1
+                last_progress = time.monotonic()
+            if sent == len(outbox) and time.monotonic() - last_progress > PROBE_AGAIN_S:
+                sock.send_multipart(probe)
+                last_progress = time.monotonic()  # patience for the resent probe, bounded below
+                resent += 1
+                assert resent * PROBE_AGAIN_S < FLOOD_STALL_S * 4, "the probe was never answered"
+            while sock.poll(0, zmq.POLLIN):
+                frames = sock.recv_multipart()
+                last_progress = time.monotonic()
+                try:
+                    reply = P.decode(frames[1:] if frames[0] == P.TO_BROKER else frames)
+                except P.ProtocolError:
+                    continue  # a legacy client's error reply to some of the junk
+                if is_answer(reply):
+                    return reply
+            stalled = time.monotonic() - last_progress
+            assert stalled < FLOOD_STALL_S, f"the broker took nothing for {stalled:.0f} s"
+    finally:
+        sock.close()
+
+
 def test_ten_thousand_malformed_messages_per_port_leave_the_broker_serving(stack, alice):
     run(alice, "pre = 1")
-    ctx = zmq.Context.instance()
-    ports = stack.state["ports"]
-    for port in (ports["broker"], ports["worker"], ports["control"]):
-        sock = ctx.socket(zmq.DEALER)
-        sock.linger = 1000
-        sock.connect(f"tcp://127.0.0.1:{port}")
-        for frames in malformed_messages(10_000):
-            sock.send_multipart(frames)
-        sock.close()
-    time.sleep(0.5)
+    ports, secret = stack.state["ports"], stack.state["admin_secret"]
+    forged = {"user": "probe", "nonce": "n", "secret": "0" * 64, "python": "3", "dill": "0"}
+    probes = {  # per port: a well-formed message it must still answer after the junk
+        # a ping without hello: "this connection has not said hello", with the ping's id
+        "broker": (
+            P.encode_signed(None, P.Kind.PING, {"id": "probe"}),
+            lambda m: m.header.get("id") == "probe",
+        ),
+        # a worker with a forged secret: rejected
+        "worker": (
+            P.encode_signed(None, P.Kind.REGISTER, forged, route=P.TO_BROKER),
+            lambda m: m.kind == P.Kind.REJECTED,
+        ),
+        # the admin's status request
+        "control": (
+            P.encode(P.Kind.STATUS, {"secret": secret}),
+            lambda m: m.kind == P.Kind.STATUS_REPLY,
+        ),
+    }
+
+    def dropped() -> int:  # read and refused, or refused unread once its peer ran over its rate
+        counters = broker_status(stack.state["control_url"], secret)["counters"]
+        return counters["malformed"] + counters["rate_limited"]
+
+    counted = 0
+    for name, (probe, is_answer) in probes.items():
+        before = dropped()
+        reply = flood_then_probe(
+            f"tcp://127.0.0.1:{ports[name]}", malformed_messages(10_000), probe, is_answer
+        )
+        assert reply.kind != P.Kind.FAIL or reply.header["code"] == P.FailCode.UNAUTHENTICATED
+        after = dropped()
+        assert after - before >= 1_000, f"the {name} port counted {after - before} of 10,000"
+        counted += after - before
+    assert counted >= 10_000
     outcome, _ = run(alice, "post = pre + 1", pull=["post"])
     assert outcome.values == {"post": 2}
-    report = broker_status(stack.state["control_url"], stack.state["admin_secret"])
-    assert report["counters"]["malformed"] >= 10_000
 
 
 def test_slow_auth_service_does_not_stall_other_users(tmp_path):
-    """An auth API that takes 3 s for one token must not delay a user already connected."""
+    """While the auth API holds one user's token check, a user already connected runs cells.
+
+    The fake auth API holds the slow check until the test has run the fast user's cells (or
+    until just under the broker's own auth timeout): had the broker waited for the check, the
+    cells could only finish after that cap, and the check would not have been released early.
+    """
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from tests.conftest import start_stack, stop_stack
+    from broker.auth import AuthApiAuthenticator
+    from tests.local_stack import start_stack, stop_stack
+
+    hold_s = AuthApiAuthenticator("http://127.0.0.1:9/unused").timeout_s - 1.0
+    slow_arrived, cells_done = threading.Event(), threading.Event()
+    released_early: list[bool] = []
 
     class Auth(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if body["token"] == "slow-token":
-                time.sleep(3)
+                slow_arrived.set()
+                released_early.append(cells_done.wait(hold_s))
             user = {"fast-token": "fast", "slow-token": "slow"}.get(body["token"])
             self.send_response(200 if user else 401)
             self.end_headers()
@@ -202,18 +300,19 @@ def test_slow_auth_service_does_not_stall_other_users(tmp_path):
         run(fast, "n = 0")
         slow_thread = threading.Thread(target=lambda: slow.client.hello(), daemon=True)
         slow_thread.start()
-        time.sleep(0.2)
-        for _ in range(20):
+        assert slow_arrived.wait(WAIT_S), "the slow token never reached the auth API"
+        for _ in range(3):
             run(fast, "n += 1")
-        # All 20 cells finished while the slow user's check was still in flight.
-        assert slow_thread.is_alive()
-        assert run(fast, "m = n", pull=["m"])[0].values == {"m": 20}
-        slow_thread.join(10)
+        cells_done.set()
+        assert run(fast, "m = n", pull=["m"])[0].values == {"m": 3}
+        slow_thread.join(WAIT_S)
+        assert released_early == [True]  # the cells ran while the slow check was held
         assert slow.client.username == "slow"
         fast.stop()
         fast.close()
         slow.close()
     finally:
+        cells_done.set()
         stop_stack(stack)
         server.shutdown()
 
@@ -231,20 +330,19 @@ def test_no_token_appears_in_any_log(stack, alice, tmp_path):
     assert "bad-token-XYZ-123" not in logs
 
 
-def test_cell_that_ignores_interrupt_restarts_the_worker_and_says_so(fresh_stack):
+def test_cell_that_ignores_interrupt_restarts_the_worker_and_says_so(fresh_stack, tmp_path):
     session = RemoteSession(connection.load(fresh_stack.connection_file))
     session.start()
     run(session, "doomed = 1")
-    main = threading.main_thread().ident
-    timer = threading.Timer(1.0, signal.pthread_kill, args=(main, signal.SIGINT))
-    timer.start()
+    flag = tmp_path / "ignoring"
     stubborn = (
-        "import signal, time\n"
+        "import pathlib, signal, time\n"
         "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
         "print('ignoring Ctrl-C', flush=True)\n"
-        "time.sleep(60)\n"
+        f"pathlib.Path({str(flag)!r}).touch()\n"
+        "time.sleep(600)\n"
     )
-    with pytest.raises(errors.RemoteInterrupted) as info:
+    with ctrl_c_when(flag), pytest.raises(errors.RemoteInterrupted) as info:
         run(session, stubborn)
     assert "restarting" in str(info.value) and "lost" in str(info.value)
     said = RecordedNotes()

@@ -26,7 +26,10 @@ from traitlets.config import Config
 
 from rexec_magic import connection
 from rexec_magic.session import RemoteSession
-from tests.conftest import Stack, start_stack, stop_stack
+from tests.harness import WAIT_S
+from tests.local_stack import Stack, start_stack, stop_stack
+
+pytestmark = pytest.mark.stack
 
 
 @pytest.fixture
@@ -179,7 +182,7 @@ def test_invalid_requirement_is_422_with_the_line(api: API, stack: Stack):
     assert code == 422 and "numpy>>>1" in message
 
 
-def test_busy_while_a_cell_runs(api: API, stack: Stack, connection_file: Path):
+def test_busy_while_a_cell_runs(api: API, stack: Stack, connection_file: Path, tmp_path: Path):
     import threading
 
     from rexec_magic import connection
@@ -189,16 +192,19 @@ def test_busy_while_a_cell_runs(api: API, stack: Stack, connection_file: Path):
     api.call("POST", "start", {"requirements": ""})
     api.wait_state("ready")
     session = RemoteSession(connection.load(connection_file))  # the kernels' login
+    go_on = tmp_path / "go-on"  # the cell runs until the test has seen it busy
+    code = f"import os, time\nwhile not os.path.exists({str(go_on)!r}):\n    time.sleep(0.02)"
     cell = threading.Thread(
-        target=session.run,
-        args=("import time\ntime.sleep(3)", {}, [], lambda m: None),
-        kwargs={"pull_limit": 0},
+        target=session.run, args=(code, {}, [], lambda m: None), kwargs={"pull_limit": 0}
     )
     cell.start()
-    busy = api.wait_state("busy", timeout_s=10)
+    try:
+        busy = api.wait_state("busy")
+    finally:
+        go_on.touch()
     assert busy["worker"]["uptime_s"] is not None
-    cell.join(30)
-    assert api.wait_state("ready", timeout_s=10)["worker"]["state"] == "ready"
+    cell.join(WAIT_S)
+    assert api.wait_state("ready")["worker"]["state"] == "ready"
     session.close()
     api.call("POST", "stop")
 
@@ -219,11 +225,11 @@ def test_status_long_poll_answers_when_the_state_changes(api: API, stack: Stack)
     moved = api.changed(first)
     assert moved["worker"]["state"] in ("starting", "ready")
     assert moved["version"] != first["version"]
-    starter.join(60)
+    starter.join(WAIT_S)
     ready = api.wait_state("ready")
     # A worker killed while idle shows as restarted, with when and why.
     os.kill(ready["worker"]["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + WAIT_S
     status = api.changed(ready)
     while "restarted" not in (status["worker"] or {}) or status["worker"]["state"] != "ready":
         assert time.monotonic() < deadline, status
@@ -271,7 +277,7 @@ class TestCulled:
         api.call("POST", "login", {"token": culling_stack.token})
         api.call("POST", "start", {"requirements": ""})
         api.wait_state("ready")
-        culled = api.wait_state("culled", timeout_s=30)["worker"]
+        culled = api.wait_state("culled")["worker"]
         assert culled["message"].startswith("Stopped after 1 s without a cell")
 
 

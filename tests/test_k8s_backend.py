@@ -2,11 +2,14 @@
 
 No real API server can run on this machine (no Docker, kind or k3s), which is why kmock
 stands in for one: the backend uses the official ``kubernetes`` client and the very same code
-path as in a cluster (a kubeconfig pointing at kmock's URL).  kmock stores what it is sent,
-ignores label selectors and never sets a pod status, so the tests play the cluster's part:
-they write pod states (unschedulable, pulling, installing, failures) into kmock and, for a
-"running" pod, start the real worker program with the environment from the pod spec (its
-secret resolved from the Secret the backend created) against a real broker on loopback.
+path as in a cluster (a kubeconfig pointing at kmock's URL).  kmock streams ``?watch=true``
+but knows no resource versions, expiry (410 Gone) or selectors, so these tests use
+``tests/k8s_fake.WatchingEmulator``, a kmock subclass that adds them: the backend's one
+list-and-watch runs against the real protocol.  kmock never sets a pod status, so the tests
+play the kubelet: they write pod states (unschedulable, pulling, installing, crashes) through
+the fake, which emits the watch events, and, for a "running" pod, start the real worker
+program with the environment from the pod spec (its secret resolved from the Secret the
+backend created) against a real broker on loopback.
 
 Every object the backend sends is validated against the Kubernetes 1.30 and 1.37 schemas
 (``kubernetes-validate --strict``) at the end of each test.
@@ -35,7 +38,10 @@ from broker.broker import Broker
 from spawner.app import create_app
 from spawner.backends.k8s_names import dns_label, label_value
 from spawner.config import SpawnerSettings
-from tests.harness import broker_in_thread
+from tests.harness import WAIT_S, broker_in_thread
+from tests.k8s_fake import WatchingEmulator
+
+pytestmark = [pytest.mark.kubernetes, pytest.mark.kmock(cls=WatchingEmulator)]
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_KEY = "k8s-test-worker-key"
@@ -68,7 +74,9 @@ def pods_run() -> Iterator[list[subprocess.Popen]]:
 @pytest_asyncio.fixture
 async def cluster(kmock: kmock.KubernetesEmulator) -> AsyncIterator[kmock.KubernetesEmulator]:
     """kmock with the resources the backend uses; checks every object sent at the end."""
-    for res in ("v1/pods", "v1/secrets", "v1/events", "v1/namespaces"):
+    kinds = ("v1/pods", "v1/secrets", "v1/events", "v1/namespaces",
+             "networking.k8s.io/v1/networkpolicies", "coordination.k8s.io/v1/leases")  # fmt: skip
+    for res in kinds:
         kmock.resources[res] = {}
     yield kmock
     sent = [req.data for req in kmock["post"] if isinstance(req.data, dict)]
@@ -91,15 +99,15 @@ def settings_for(cluster: Any, broker: Broker, tmp_path: Path, **extra: Any) -> 
         k8s_kubeconfig=str(kubeconfig),
         k8s_namespace=NS,
         k8s_image="registry.example/rexec-worker:1",
-        k8s_poll_s=0.05,
-        k8s_api_timeout_s=2.0,
+        k8s_watch_timeout_s=5.0,
+        k8s_api_timeout_s=WAIT_S,  # the fake API answers; a slow machine is no API timeout
         stop_grace_s=1.0,
         tokens_file=str(tokens),
         worker_key=WORKER_KEY,
         admin_secret=ADMIN_SECRET,
         broker_worker_url=f"tcp://127.0.0.1:{broker.ports['worker']}",
         broker_control_url=f"tcp://127.0.0.1:{broker.ports['control']}",
-        worker_start_timeout_s=30.0,
+        worker_start_timeout_s=WAIT_S,
     )
     base.update(extra)
     return SpawnerSettings(**base)
@@ -126,7 +134,7 @@ class Spawner:
         assert reply.status_code == 200, reply.text
         return reply.json()
 
-    async def wait_for(self, pred: Any, what: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    async def wait_for(self, pred: Any, what: str, timeout_s: float = WAIT_S) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             st = await self.status()
@@ -169,8 +177,8 @@ def secret(cluster: Any, name: str, ns: str = NS) -> dict[str, Any] | None:
     return cluster.objects[key].raw
 
 
-def set_pod_status(cluster: Any, name: str, status: dict[str, Any], ns: str = NS) -> None:
-    cluster.objects[PODS, ns, name].patch({"status": status})
+async def set_pod_status(cluster: Any, name: str, status: dict[str, Any], ns: str = NS) -> None:
+    await cluster.put_status(ns, name, status)
 
 
 def live_pod_names(cluster: Any) -> list[str]:
@@ -179,7 +187,7 @@ def live_pod_names(cluster: Any) -> list[str]:
     )
 
 
-def run_pod(cluster: Any, name: str, procs: list[subprocess.Popen], ns: str = NS) -> None:
+async def run_pod(cluster: Any, name: str, procs: list[subprocess.Popen], ns: str = NS) -> None:
     """Play the kubelet: mark the pod running and run its worker container's command."""
     manifest = pod(cluster, name, ns)
     assert manifest is not None
@@ -195,7 +203,7 @@ def run_pod(cluster: Any, name: str, procs: list[subprocess.Popen], ns: str = NS
     env.pop("REXEC_WORKER_ALIVE_FILE")
     command = [sys.executable, *container["command"][1:]]
     procs.append(subprocess.Popen(command, env=env, cwd=ROOT, stdin=subprocess.DEVNULL))
-    set_pod_status(
+    await set_pod_status(
         cluster,
         name,
         {
@@ -207,7 +215,7 @@ def run_pod(cluster: Any, name: str, procs: list[subprocess.Popen], ns: str = NS
     )
 
 
-async def _wait(pred: Any, what: str, timeout_s: float = 30.0) -> Any:
+async def _wait(pred: Any, what: str, timeout_s: float = WAIT_S) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = pred()
@@ -263,7 +271,7 @@ async def test_spawn_reports_each_pod_state_then_ready_and_terminate_deletes_all
 
     st = await sp.wait_for(lambda s: "waiting to be scheduled" in s["message"], "pending")
     assert st["state"] == "starting"
-    set_pod_status(
+    await set_pod_status(
         cluster,
         name,
         {
@@ -280,28 +288,30 @@ async def test_spawn_reports_each_pod_state_then_ready_and_terminate_deletes_all
     )
     st = await sp.wait_for(lambda s: "unschedulable" in s["message"], "unschedulable")
     assert st["message"] == "pending (unschedulable: 0/3 nodes are available: 3 Insufficient cpu.)"
-    set_pod_status(cluster, name, {"conditions": [{"type": "PodScheduled", "status": "True"}]})
-    cluster.objects[EVENTS, NS, "ev1"] = {
+    await set_pod_status(
+        cluster, name, {"conditions": [{"type": "PodScheduled", "status": "True"}]}
+    )
+    await cluster.put_object(EVENTS, NS, "ev1", {
         "metadata": {"name": "ev1", "namespace": NS},
         "involvedObject": {"kind": "Pod", "name": name},
         "reason": "Pulling",
         "lastTimestamp": "2026-01-01T00:00:00Z",
-    }
+    })  # fmt: skip
     st = await sp.wait_for(lambda s: "pulling" in s["message"], "pulling image")
     assert st["message"] == "pulling image registry.example/rexec-worker:1"
-    set_pod_status(
+    await set_pod_status(
         cluster, name, {"initContainerStatuses": [{"name": "install", "state": {"running": {}}}]}
     )
     st = await sp.wait_for(lambda s: s["state"] == "installing", "installing")
     assert st["message"] == "installing requirements"
 
-    run_pod(cluster, name, pods_run)
-    set_pod_status(
+    await run_pod(cluster, name, pods_run)
+    await set_pod_status(
         cluster,
         name,
         {"initContainerStatuses": [{"name": "install", "state": {"terminated": {"exitCode": 0}}}]},
     )
-    st = await sp.wait_for(lambda s: s["state"] == "ready", "ready", timeout_s=30)
+    st = await sp.wait_for(lambda s: s["state"] == "ready", "ready")
     assert st["message"].startswith("The worker is ready (started in")
     assert broker.workers["alice"].nonce == env["REXEC_WORKER_NONCE"]["value"]
 
@@ -343,6 +353,12 @@ async def test_node_selector_tolerations_gpu_and_profile_image(
     assert spec["tolerations"][0]["key"] == "gpu"
     assert spec["containers"][0]["image"] == "registry.example/rexec-gpu:1"
     assert "initContainers" not in spec  # nothing to install
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    bad = await sp.spawn(options={"profile": "nope"}, force=True)
+    assert bad.status_code == 422 and "Unknown profile 'nope'" in bad.json()["detail"]
+    bad = await sp.spawn(options={"image": "evil:latest"}, force=True)
+    assert bad.status_code == 422 and "Unknown option(s) image" in bad.json()["detail"]
 
 
 @pytest.mark.asyncio
@@ -359,12 +375,6 @@ async def test_a_configured_work_volume_gives_each_user_a_folder_on_it(
     assert mount["subPath"] == "alice"
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     assert volume["persistentVolumeClaim"] == {"claimName": "rexec-work"}
-    assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    bad = await sp.spawn(options={"profile": "nope"}, force=True)
-    assert bad.status_code == 422 and "Unknown profile 'nope'" in bad.json()["detail"]
-    bad = await sp.spawn(options={"image": "evil:latest"}, force=True)
-    assert bad.status_code == 422 and "Unknown option(s) image" in bad.json()["detail"]
 
 
 # --------------------------------------------------------------------------- failures
@@ -422,7 +432,7 @@ async def test_pod_failures_are_named_and_cleaned_up(
     assert (await sp.spawn()).status_code == 200
     await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod")
     status, sentence = FAILURES[reason]
-    set_pod_status(cluster, "rexec-worker-alice", status)
+    await set_pod_status(cluster, "rexec-worker-alice", status)
     st = await sp.wait_for(lambda s: s["state"] == "failed", "failed")
     assert st["message"] == sentence
     assert pod(cluster, "rexec-worker-alice") is None  # a failed spawn leaves nothing behind
@@ -546,7 +556,7 @@ async def test_warm_pool_claim_relabels_the_pod_and_starts_a_replacement(
     assert first[0].startswith("rexec-pool-")
     pool_pod = pod(cluster, first[0])
     assert pool_pod["metadata"]["labels"]["rexec.io/pool"] == "true"
-    run_pod(cluster, first[0], pods_run)
+    await run_pod(cluster, first[0], pods_run)
     await _wait(lambda: sp.service.pool.ready, "the pool worker to be ready")
     assert "alice" not in broker.workers  # a pool worker belongs to nobody
 
@@ -573,12 +583,134 @@ async def test_idle_worker_is_culled_and_its_pod_deleted(
     sp = await make_spawner(settings_for(cluster, broker, tmp_path, cull_idle_seconds=1.0))
     assert (await sp.spawn()).status_code == 200
     await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod")
-    run_pod(cluster, "rexec-worker-alice", pods_run)
-    await sp.wait_for(lambda s: s["state"] == "ready", "ready", timeout_s=30)
-    st = await sp.wait_for(lambda s: s["state"] == "stopped", "culled", timeout_s=30)
+    await run_pod(cluster, "rexec-worker-alice", pods_run)
+    await sp.wait_for(lambda s: s["state"] == "ready", "ready")
+    st = await sp.wait_for(lambda s: s["state"] == "stopped", "culled")
     assert st["message"] == "Your worker was stopped after 1 s idle."
     assert st["idle_culled_after_s"] == 1.0
     assert pod(cluster, "rexec-worker-alice") is None
+
+
+# --------------------------------------------------------------------------- the watch
+def pod_reads(cluster: Any) -> list[Any]:
+    """Every GET of a pod or of the pod list that is not a watch (what polling would do)."""
+    return [
+        r
+        for r in cluster["get"]
+        if "/pods" in r.url.path and not r.url.path.endswith("/log")
+        and r.params.get("watch") != "true"
+    ]  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_a_pod_goes_pending_running_then_crashes_with_its_log_tail(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path, k8s_log_tail_lines=3))
+    assert (await sp.spawn()).status_code == 200
+    name = "rexec-worker-alice"
+    await _wait(lambda: pod(cluster, name), "the pod")
+    await set_pod_status(cluster, name, {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/1 nodes are available: 1 Insufficient memory."}]})  # fmt: skip
+    st = await sp.wait_for(lambda s: "unschedulable" in s["message"], "pending")
+    assert st["state"] == "starting"
+    await set_pod_status(
+        cluster, name, {"conditions": [{"type": "PodScheduled", "status": "True"}]}
+    )
+    await run_pod(cluster, name, pods_run)
+    await sp.wait_for(lambda s: s["state"] == "ready", "ready")
+
+    cluster.set_log(NS, name, "".join(f"line {i}\n" for i in range(50))
+                    + "Traceback (most recent call last):\nMemoryError: boom\n")  # fmt: skip
+    await set_pod_status(cluster, name, {"phase": "Running", "containerStatuses": [{
+        "name": "worker", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]})  # fmt: skip
+    st = await sp.wait_for(lambda s: s["state"] == "failed", "failed")
+    assert st["message"] == (
+        "The worker failed: CrashLoopBackOff: it keeps exiting (last exit code 1). The last "
+        "lines of its log:\nline 49\nTraceback (most recent call last):\nMemoryError: boom"
+    )
+    assert pod(cluster, name) is None
+    # All of it came from one list and the watch: no pod was ever read on its own.
+    assert len(pod_reads(cluster)) <= 2  # the reflector's list (+ the spawn's preflight)
+
+
+@pytest.mark.asyncio
+async def test_an_expired_watch_lists_again_and_keeps_following(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path))
+    assert (await sp.spawn()).status_code == 200
+    name = "rexec-worker-alice"
+    await _wait(lambda: pod(cluster, name), "the pod")
+    await sp.wait_for(lambda s: "waiting to be scheduled" in s["message"], "pending")
+    lists_before = sp.service.backend.pods.lists
+
+    await cluster.expire_watches()  # every watch ends; every version seen is too old
+    await _wait(lambda: sp.service.backend.pods.lists > lists_before, "a fresh list")
+    assert cluster.gone_answers >= 1  # the resumed watch was told 410 Gone
+    await set_pod_status(cluster, name, {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "no nodes"}]})  # fmt: skip
+    st = await sp.wait_for(lambda s: "unschedulable" in s["message"], "the change after expiry")
+    assert st["message"] == "pending (unschedulable: no nodes)"
+
+
+@pytest.mark.asyncio
+async def test_extra_pod_and_container_config_are_merged_into_the_pod(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    sp = await make_spawner(
+        settings_for(
+            cluster,
+            broker,
+            tmp_path,
+            k8s_extra_pod_config={
+                "priorityClassName": "rexec-low",
+                "imagePullSecrets": [{"name": "regcred"}],
+                "securityContext": {"fsGroupChangePolicy": "OnRootMismatch"},
+            },
+            k8s_extra_container_config={
+                "env": [{"name": "TZ", "value": "UTC"}],
+                "resources": {"limits": {"ephemeral-storage": "1Gi"}},
+            },
+        )
+    )
+    assert (await sp.spawn()).status_code == 200
+    spec = (await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod"))["spec"]
+    assert spec["priorityClassName"] == "rexec-low"
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    assert spec["securityContext"]["runAsNonRoot"] is True  # merged, not replaced
+    container = spec["containers"][0]
+    env = {e["name"] for e in container["env"]}
+    assert {"TZ", "REXEC_WORKER_NONCE", "REXEC_WORKER_SECRET"} <= env
+    assert container["resources"]["limits"]["ephemeral-storage"] == "1Gi"
+    assert container["resources"]["limits"]["memory"] == "2Gi"
+
+
+@pytest.mark.asyncio
+async def test_a_user_namespace_gets_the_worker_network_policy(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    policy = {
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "rexec-worker"}},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [],
+        "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]}],
+    }
+    sp = await make_spawner(
+        settings_for(
+            cluster, broker, tmp_path, k8s_namespace_per_user=True, k8s_network_policy=policy
+        )
+    )
+    assert (await sp.spawn()).status_code == 200
+    ns = "rexec-server-alice"
+    await _wait(lambda: pod(cluster, "rexec-worker-alice", ns), "the pod in alice's namespace")
+    key = (kmock.resource("networking.k8s.io/v1/networkpolicies"), ns, "rexec-workers")
+    assert key in cluster.objects
+    assert cluster.objects[key].raw["spec"] == policy
 
 
 @pytest.mark.asyncio
@@ -591,16 +723,109 @@ async def test_a_container_the_kubelet_restarted_shows_when_and_why(
     assert (await sp.spawn()).status_code == 200
     name = "rexec-worker-alice"
     await _wait(lambda: pod(cluster, name), "the pod")
-    run_pod(cluster, name, pods_run)
-    st = await sp.wait_for(lambda s: s["state"] == "ready", "ready", timeout_s=30)
+    await run_pod(cluster, name, pods_run)
+    st = await sp.wait_for(lambda s: s["state"] == "ready", "ready")
     assert st["last_exit_reason"] is None
     running = {"name": "worker", "ready": True, "state": {"running": {}}}
-    set_pod_status(cluster, name, {"containerStatuses": [{**running, "restartCount": 0}]})
+    await set_pod_status(cluster, name, {"containerStatuses": [{**running, "restartCount": 0}]})
     killed = {"terminated": {"exitCode": 137, "reason": "Error",
                              "finishedAt": "2026-01-01T14:02:00Z"}}  # fmt: skip
-    set_pod_status(
+    await set_pod_status(
         cluster, name, {"containerStatuses": [{**running, "restartCount": 1, "lastState": killed}]}
     )
-    st = await sp.wait_for(lambda s: s["last_exit_reason"], "the restart noted", timeout_s=20)
+    st = await sp.wait_for(lambda s: s["last_exit_reason"], "the restart noted")
     assert st["last_exit_reason"] == "killed by signal 9"
     assert st["last_exit_at"].startswith("2026-01-01T14:02:00")
+
+
+# --------------------------------------------------------------------------- restarts
+@pytest.mark.asyncio
+async def test_a_new_spawner_adopts_the_pods_and_two_spawners_do_not_fight(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    settings = settings_for(cluster, broker, tmp_path)
+    first = await make_spawner(settings)
+    assert (await first.spawn(requirements=["numpy"], options={"cpu": "1"})).status_code == 200
+    name = "rexec-worker-alice"
+    await _wait(lambda: pod(cluster, name), "the pod")
+    await run_pod(cluster, name, pods_run)
+    await first.wait_for(lambda s: s["state"] == "ready", "ready")
+    nonce = broker.workers["alice"].nonce
+
+    second = await make_spawner(settings)  # a second replica, or the upgraded spawner
+    st = await second.wait_for(lambda s: s["state"] == "ready", "adopted")
+    assert st["message"] == "The worker is ready (it kept running while the spawner restarted)."
+    assert st["requirements"] == ["numpy"]
+    assert pod(cluster, name) is not None and broker.workers["alice"].nonce == nonce
+    # The same spawn again is the adopted one (same requirements and options): nothing new.
+    posts = len(cluster["post"])
+    assert (await second.spawn(requirements=["numpy"], options={"cpu": "1"})).status_code == 200
+    assert len(cluster["post"]) == posts
+
+    await first.service.close()  # the old spawner shuts down (helm upgrade): the pod stays
+    assert pod(cluster, name) is not None and pods_run[0].poll() is None
+    assert (await second.status())["state"] == "ready"
+    stopped = await second.http.delete("/worker")
+    assert stopped.json()["state"] == "stopped"
+    assert pod(cluster, name) is None and secret(cluster, name) is None
+
+
+@pytest.mark.asyncio
+async def test_an_upgraded_spawner_takes_the_warm_pool_over(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    settings = settings_for(cluster, broker, tmp_path, warm_pool_size=1)
+    first = await make_spawner(settings)
+    (pool_pod,) = await _wait(lambda: live_pod_names(cluster), "a pool pod")
+    await run_pod(cluster, pool_pod, pods_run)
+    await _wait(lambda: first.service.pool.ready, "the pool worker to be ready")
+    await first.service.close()
+    assert live_pod_names(cluster) == [pool_pod]
+
+    second = await make_spawner(settings)
+    await _wait(lambda: second.service.pool.ready, "the adopted pool worker")
+    assert live_pod_names(cluster) == [pool_pod]  # adopted, not replaced
+    assert (await second.spawn()).status_code == 200
+    st = await second.wait_for(lambda s: s["state"] == "ready", "ready from the pool")
+    assert st["from_warm_pool"] is True
+
+
+@pytest.mark.asyncio
+async def test_only_the_lease_holder_fills_the_pool_and_a_successor_takes_over(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    settings = settings_for(cluster, broker, tmp_path, warm_pool_size=1, k8s_lease_duration_s=3)
+    first = await make_spawner(settings)
+    second = await make_spawner(settings)
+    assert first.service.backend.leads() and not second.service.backend.leads()
+    (pool_pod,) = await _wait(lambda: live_pod_names(cluster), "a pool pod")
+    await run_pod(cluster, pool_pod, pods_run)
+    await _wait(lambda: first.service.pool.ready, "the pool worker to be ready")
+    await asyncio.sleep(1.5)  # the follower looked again at least once ...
+    assert live_pod_names(cluster) == [pool_pod]  # ... and started no pool of its own
+    # A user who reaches the second spawner gets a worker; the first one's pool stays whole.
+    assert (await second.spawn()).status_code == 200
+    await _wait(lambda: pod(cluster, "rexec-worker-alice"), "alice's pod")
+    assert pool_pod in live_pod_names(cluster)
+
+    await first.service.close()  # releases the lease; its pool pod stays
+    await _wait(lambda: second.service.backend.leads(), "the second spawner to lead")
+    await _wait(lambda: second.service.pool.ready, "the pool taken over")
+    assert list(second.service.pool.ready.values())[0].data["name"] == pool_pod
+    assert [n for n in live_pod_names(cluster) if n.startswith("rexec-pool-")] == [pool_pod]
+
+
+def test_quantities_are_the_apis_own() -> None:
+    from decimal import Decimal
+
+    from spawner.backends.k8s_objects import parse_quantity
+    from spawner.errors import InvalidRequest
+
+    assert parse_quantity("1.5Gi", "memory") == parse_quantity("1536Mi", "memory")
+    assert parse_quantity("500m", "cpu") == Decimal("0.5")
+    assert parse_quantity("1e3", "cpu") == 1000  # every form the API accepts
+    assert parse_quantity("2Ei", "memory") == 2 * 2**60
+    for bad in ("lots", "", "-1", True, "1GB"):
+        with pytest.raises(InvalidRequest) as info:
+            parse_quantity(bad, "memory")
+        assert info.value.message.startswith("The memory")

@@ -4,11 +4,15 @@ and a kernel interrupt that stops the remote cell and the queued cells after it.
 from __future__ import annotations
 
 import queue
-import time
 from collections.abc import Iterator
 
 import pytest
 from jupyter_client.manager import KernelManager
+
+from tests.harness import INTERRUPT_ANSWER_S, WAIT_S
+from tests.kernel_harness import collect, run
+
+pytestmark = pytest.mark.stack
 
 
 @pytest.fixture(scope="module")
@@ -19,32 +23,11 @@ def kernel(stack) -> Iterator[tuple[KernelManager, object]]:
     km.start_kernel(env={**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)})
     kc = km.client()
     kc.start_channels()
-    kc.wait_for_ready(timeout=60)
+    kc.wait_for_ready(timeout=WAIT_S)
     run(kc, "%load_ext rexec_magic")
     yield km, kc
     kc.stop_channels()
     km.shutdown_kernel(now=True)
-
-
-def collect(kc, msg_id: str, timeout: float = 60) -> tuple[dict, list[dict]]:
-    """The execute reply and every iopub message of one request."""
-    outputs = []
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-        outputs.append(msg)
-    reply = kc.get_shell_msg(timeout=timeout)
-    while reply["parent_header"].get("msg_id") != msg_id:
-        reply = kc.get_shell_msg(timeout=timeout)
-    return reply["content"], outputs
-
-
-def run(kc, code: str) -> tuple[dict, list[dict]]:
-    return collect(kc, kc.execute(code))
 
 
 def test_outputs_render_as_in_a_local_cell(kernel):
@@ -73,17 +56,17 @@ def test_kernel_interrupt_stops_remote_cell_and_queued_cells(kernel, body):
     first = kc.execute(f"%%remote\nprint('started', flush=True)\n{body}")
     second = kc.execute("queued_ran = True")
     while True:  # wait until the remote cell runs
-        msg = kc.get_iopub_msg(timeout=30)
+        msg = kc.get_iopub_msg(timeout=WAIT_S)
         if msg["msg_type"] == "stream" and "started" in msg["content"]["text"]:
             break
     km.interrupt_kernel()
-    reply, outputs = collect(kc, first, timeout=10)
+    reply, outputs = collect(kc, first, timeout=INTERRUPT_ANSWER_S)
     assert reply["status"] == "error"
     assert "KeyboardInterrupt" in "\n".join(reply["traceback"])
     replies = {}
     while second not in replies:
         try:
-            msg = kc.get_shell_msg(timeout=10)
+            msg = kc.get_shell_msg(timeout=WAIT_S)
         except queue.Empty:
             break
         replies[msg["parent_header"]["msg_id"]] = msg["content"]

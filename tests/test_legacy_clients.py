@@ -17,9 +17,9 @@ import dill
 import pytest
 import zmq
 
-from broker import legacy
-from rexec_magic import protocol as P
-from tests.conftest import ROOT
+from tests.local_stack import ROOT
+
+pytestmark = pytest.mark.stack
 
 LEGACY_PYTHON = ROOT / ".venv-legacy" / "bin" / "python"
 
@@ -93,15 +93,21 @@ def test_ndp_ep_setup_call_stream_generator_error_cancel_terminate(alice):
             seen["error"] = str(exc)
 
         @remote_func
-        def forever():
+        def forever(flag):
             import time
             print("started forever", flush=True)
+            open(flag, "w").close()  # the call really runs on the worker now
             while True:
                 time.sleep(0.05)
-        timer = threading.Timer(1.0, os.kill, args=(os.getpid(), signal.SIGINT))
-        timer.start()
+        import tempfile, time
+        flag = os.path.join(tempfile.mkdtemp(), "forever-runs")
+        def ctrl_c_once_running():  # not after a guessed delay: a slow start would beat it
+            while not os.path.exists(flag):
+                time.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGINT)
+        threading.Thread(target=ctrl_c_once_running, daemon=True).start()
         try:
-            forever()
+            forever(flag)
         except KeyboardInterrupt:
             seen["interrupted"] = True
         seen["after_cancel"] = add(1, 1)["sum"]  # only answers if the cancel stopped forever()
@@ -215,16 +221,3 @@ def test_malformed_legacy_frames_get_an_error_and_the_broker_keeps_serving(stack
         alice,
     )
     assert report["ok"] == 42
-
-
-def test_values_spliced_into_legacy_replies_load_with_plain_dill():
-    """The broker wraps a worker's value pickle into the reply dict without unpickling it."""
-    from rexec_magic import serialize
-
-    value = {"nested": [1, (2, 3)], "big": b"x" * 300_000, "text": "é"}
-    pickled = bytes(serialize.dumps(value, out_of_band=False)[0])
-    event = dill.loads(legacy.value_event(7, "return", pickled))
-    assert event == {"type": "DATA", "sequence": 7, "channel": "return", "data": value}
-    header = {"id": "x", "seq": 3, "status": P.DoneStatus.OK}
-    replies = [dill.loads(p) for p in legacy.replies(P.Kind.DONE, header, [pickled])]
-    assert [r["type"] for r in replies] == ["DATA", "END"]

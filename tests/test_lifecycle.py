@@ -17,8 +17,10 @@ from IPython.utils.capture import capture_output
 from rexec_magic import connection, errors
 from rexec_magic.notes import RecordedNotes
 from rexec_magic.session import RemoteSession
-from tests.conftest import start_stack
-from tests.harness import pid_alive
+from tests.harness import WAIT_S, pid_alive
+from tests.local_stack import start_stack
+
+pytestmark = pytest.mark.stack
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -51,7 +53,7 @@ def test_rexec_up_binds_loopback_writes_private_files_and_stops_cleanly(tmp_path
     session.close()
     stack.proc.send_signal(signal.SIGTERM)
     stack.proc.wait(timeout=30)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + WAIT_S
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p in pids if pid_alive(p)], "rexec up left processes behind"
@@ -148,7 +150,7 @@ def test_rexec_status_command_reports_workers(stack):
 
 
 def test_culled_worker_is_replaced_and_the_user_is_told(tmp_path, monkeypatch):
-    from tests.conftest import stop_stack
+    from tests.local_stack import stop_stack
 
     monkeypatch.setenv("REXEC_CULL_IDLE_SECONDS", "1")
     stack = start_stack(tmp_path)
@@ -156,7 +158,7 @@ def test_culled_worker_is_replaced_and_the_user_is_told(tmp_path, monkeypatch):
         session = RemoteSession(connection.load(stack.connection_file))
         session.start()
         session.run("idle_var = 1", {}, [], lambda m: None, pull_limit=2**20)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + WAIT_S
         while session.spawner.status()["state"] != "stopped":
             assert time.monotonic() < deadline, "the idle worker was not culled"
             time.sleep(0.2)

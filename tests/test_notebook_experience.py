@@ -8,7 +8,6 @@ other test.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import signal
@@ -20,11 +19,13 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import KernelManager
 
-from rexec_magic import connection, fileio
+from rexec_magic import connection
 from rexec_magic.session import RemoteSession
-from tests.conftest import Stack
 from tests.harness import wait_for
-from tests.test_kernel import run
+from tests.kernel_harness import run
+from tests.local_stack import Stack
+
+pytestmark = pytest.mark.stack
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -280,17 +281,6 @@ def test_transfer_errors_are_one_sentence(kc):
     reply, _ = run(kc, "%rexec_put small.txt plain-file/inside/small.txt")
     assert reply["status"] == "error"
     assert any("is not a folder on the worker." in line for line in reply["traceback"])
-
-
-def test_a_full_disk_is_one_sentence():
-    """The ENOSPC of a real write to /dev/full, worded as a transfer reports it."""
-    with pytest.raises(OSError) as info, open("/dev/full", "wb", buffering=0) as fh:
-        fh.write(b"x")
-    assert info.value.errno == errno.ENOSPC
-    sentence = fileio.error_sentence(info.value, "data/big.bin", "on the worker")
-    assert (
-        sentence == "The disk on the worker is full: data/big.bin could not be written completely."
-    )
 
 
 def test_put_and_get_as_functions_in_a_script(nora, tmp_path):

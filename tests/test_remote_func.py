@@ -7,8 +7,6 @@ by value as they would from a notebook; only the connection file is configured.
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -19,6 +17,9 @@ import pytest
 from rexec_magic import errors, remote_func
 from rexec_magic.remote_call import RemoteTraceback
 from rexec_magic.session import shared_session
+from tests.harness import ctrl_c_when
+
+pytestmark = pytest.mark.stack
 
 NOTEBOOK_CELL = """
 import os, time
@@ -51,7 +52,8 @@ class ShapeError(Exception):
 def fails_with_own_type():
     raise ShapeError("the shapes differ")
 
-def forever():
+def forever(flag):
+    open(flag, "w").close()  # tells the test that the call really runs
     while True:
         time.sleep(0.05)
 """
@@ -113,12 +115,10 @@ def test_submit_returns_a_future(nb):
     assert nb["countdown"].submit(2).result(timeout=60) == [2, 1]
 
 
-def test_keyboard_interrupt_cancels_the_remote_call(nb):
-    main = threading.main_thread().ident
-    timer = threading.Timer(1.0, signal.pthread_kill, args=(main, signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt) as info:
-        nb["forever"]()
+def test_keyboard_interrupt_cancels_the_remote_call(nb, tmp_path):
+    flag = tmp_path / "forever-runs"
+    with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
+        nb["forever"](str(flag))
     assert isinstance(info.value, errors.RemoteInterrupted)
     assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
 

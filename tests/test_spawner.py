@@ -34,7 +34,7 @@ from spawner.backends.local import safe_name, worker_env
 from spawner.config import SpawnerSettings
 from spawner.errors import INTERNAL_ERROR, InvalidRequest
 from spawner.requirements import parse_requirements
-from tests.harness import broker_in_thread, pid_alive, proc_environ, wait_for
+from tests.harness import WAIT_S, broker_in_thread, pid_alive, proc_environ, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_KEY = "test-worker-key"
@@ -84,7 +84,7 @@ def settings_for(tmp_path: Path, tokens, broker) -> Callable[..., SpawnerSetting
             "worker_key": WORKER_KEY,
             "admin_secret": ADMIN_SECRET,
             "state_dir": str(tmp_path / "state"),
-            "worker_start_timeout_s": 30.0,
+            "worker_start_timeout_s": WAIT_S,
             "stop_grace_s": 3.0,
         }
         values.update(overrides)
@@ -123,7 +123,7 @@ def spawn(client: TestClient, token: str, *requirements: str, **body: Any) -> di
     return resp.json()
 
 
-def wait_state(client: TestClient, token: str, *states: str, timeout_s: float = 30.0) -> dict:
+def wait_state(client: TestClient, token: str, *states: str, timeout_s: float = WAIT_S) -> dict:
     """Long-poll /status until the state is one of ``states``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -180,7 +180,7 @@ def test_worker_environment_is_scrubbed():
         broker_worker_url="tcp://127.0.0.1:1",
         user="u",
         nonce="n",
-        secret="s3",
+        secret_fd=7,
         pythonpath=["/env"],
     )
     assert env["PATH"] == "/bin" and env["REXEC_LOG_LEVEL"] == "DEBUG"
@@ -190,7 +190,7 @@ def test_worker_environment_is_scrubbed():
         "REXEC_BROKER_WORKER_URL",
         "REXEC_WORKER_USER",
         "REXEC_WORKER_NONCE",
-        "REXEC_WORKER_SECRET",
+        "REXEC_WORKER_SECRET_FD",  # the number of a pipe: the secret is in no environment
     }
     assert not {"JUPYTERHUB_API_TOKEN", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD"} & set(env)
 
@@ -329,7 +329,7 @@ def test_spawn_ready_idempotent_conflict_force_stop(spawner, tokens, tmp_path, m
     env = proc_environ(pid)
     assert env["REXEC_WORKER_USER"] == "alice"
     assert env["REXEC_BROKER_WORKER_URL"] == spawner.app.state.settings.broker_worker_url
-    assert len(env["REXEC_WORKER_NONCE"]) >= 16 and len(env["REXEC_WORKER_SECRET"]) == 64
+    assert len(env["REXEC_WORKER_NONCE"]) >= 16 and "REXEC_WORKER_SECRET" not in env
     assert "REXEC_WORKER_KEY" not in env and "REXEC_ADMIN_SECRET" not in env
     assert "SOME_SERVICE_TOKEN" not in env
     assert not any(t in v for v in env.values() for t in (WORKER_KEY, ADMIN_SECRET))
@@ -512,23 +512,7 @@ def test_failed_install_fails_with_pips_error(settings_for, tokens):
 
 # --------------------------------------------------------------------------- serve()
 def _serve_spawner(settings: SpawnerSettings, tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REXEC_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        # Lists and mappings travel as JSON, as the settings document.
-        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
-        env[f"REXEC_{name.upper()}"] = text
-    out = open(tmp_path / "spawner.out", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from spawner.server import serve; serve()"],
-        env=env,
-        cwd=ROOT,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    proc = _start_spawner_process(settings, tmp_path)
     url = f"http://127.0.0.1:{settings.spawner_port}"
 
     def healthy() -> bool:
@@ -542,6 +526,26 @@ def _serve_spawner(settings: SpawnerSettings, tmp_path: Path) -> tuple[subproces
     return proc, url
 
 
+def _start_spawner_process(settings: SpawnerSettings, tmp_path: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REXEC_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        # Lists and mappings travel as JSON, as the settings document.
+        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        env[f"REXEC_{name.upper()}"] = text
+    out = open(tmp_path / "spawner.out", "wb")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-c", "from spawner.server import serve; serve()"],
+        env=env,
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def _ready_worker(url: str, token: str) -> int:
     requests.post(url + "/spawn", json={}, headers=bearer(token), timeout=10).raise_for_status()
     status = requests.get(url + "/status?wait_s=20", headers=bearer(token), timeout=30).json()
@@ -549,8 +553,9 @@ def _ready_worker(url: str, token: str) -> int:
     return status["pid"]
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
-def test_served_spawner_leaves_no_worker_behind(settings_for, tokens, tmp_path, how):
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+def test_served_spawner_shutdown_stops_its_workers(settings_for, tokens, tmp_path, how):
+    """A clean shutdown (``rexec up``'s Ctrl-C) stops the workers: asked, not a death signal."""
     settings = settings_for(spawner_port=free_port())
     proc, url = _serve_spawner(settings, tmp_path)
     try:
@@ -558,12 +563,114 @@ def test_served_spawner_leaves_no_worker_behind(settings_for, tokens, tmp_path, 
         assert pid_alive(pid)
         proc.send_signal(getattr(signal, how))
         proc.wait(timeout=20)
-        wait_for(lambda: not pid_alive(pid), timeout_s=5, what="the worker to exit")
+        wait_for(lambda: not pid_alive(pid), what="the worker to exit")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if how != "SIGKILL":  # a clean shutdown: the spawner stopped the worker itself
-        log = (tmp_path / "spawner.out").read_text()
-        assert "stopped worker for alice" in log
-        assert proc.returncode in (0, -signal.SIGTERM)
+    log = (tmp_path / "spawner.out").read_text()
+    assert "stopped worker for alice" in log
+    assert proc.returncode in (0, -signal.SIGTERM)
+
+
+def test_a_killed_spawner_leaves_workers_that_the_next_one_adopts(
+    settings_for, tokens, tmp_path, broker
+):
+    settings = settings_for(spawner_port=free_port())
+    proc, url = _serve_spawner(settings, tmp_path)
+    try:
+        pid = _ready_worker(url, tokens["alice"])
+        nonce = broker.workers["alice"].nonce
+        proc.kill()  # SIGKILL: no shutdown code runs
+        proc.wait(timeout=20)
+        assert pid_alive(pid)  # the worker does not depend on the spawner's process
+        assert broker.workers["alice"].nonce == nonce
+
+        proc, url = _serve_spawner(settings, tmp_path)  # the same state dir
+        status = requests.get(url + "/status?wait_s=20", headers=bearer(tokens["alice"]),
+                              timeout=30).json()  # fmt: skip
+        assert status["state"] == "ready", status
+        assert status["pid"] == pid
+        assert status["message"] == (
+            "The worker is ready (it kept running while the spawner restarted)."
+        )
+        # The adopted worker is supervised: killed, it is restarted as if ours.
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: broker.workers.get("alice") is not None
+                 and broker.workers["alice"].pid not in (None, pid),
+                 what="the restarted worker")  # fmt: skip
+        status = requests.get(url + "/status", headers=bearer(tokens["alice"]), timeout=10).json()
+        assert status["restarts"] == 1
+        new_pid = broker.workers["alice"].pid
+        # Stopping is still possible, and a clean shutdown takes the workers with it.
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        wait_for(lambda: not pid_alive(new_pid), timeout_s=5, what="the worker to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_second_spawner_on_the_same_state_dir_refuses_with_a_sentence(
+    settings_for, tokens, tmp_path
+):
+    """Two local spawners would supervise (and restart) the same workers twice: the second
+    refuses to start, saying why, and the first goes on serving."""
+    first_settings = settings_for(spawner_port=free_port())
+    proc, url = _serve_spawner(first_settings, tmp_path)
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    try:
+        pid = _ready_worker(url, tokens["alice"])
+        second = _start_spawner_process(settings_for(spawner_port=free_port()), second_dir)
+        assert second.wait(timeout=60) != 0
+        out = (second_dir / "spawner.out").read_text()
+        assert f"Another rexec spawner (pid {proc.pid}) uses the state dir" in out
+        status = requests.get(url + "/status", headers=bearer(tokens["alice"]), timeout=10)
+        assert status.json()["state"] == "ready" and status.json()["pid"] == pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_warm_pool_workers_outlive_a_killed_spawner_and_are_claimed_after(
+    settings_for, tokens, tmp_path, broker
+):
+    settings = settings_for(spawner_port=free_port(), warm_pool_size=1)
+    proc, url = _serve_spawner(settings, tmp_path)
+    try:
+        (pool_id,) = wait_for(lambda: list(broker.pool), what="a warm-pool worker")
+        pool_pid = broker.pool[pool_id].pid
+        proc.kill()
+        proc.wait(timeout=20)
+        proc, url = _serve_spawner(settings, tmp_path)  # adopts it: no second pool worker
+        requests.post(url + "/spawn", json={}, headers=bearer(tokens["alice"]), timeout=10)
+        status = requests.get(url + "/status?wait_s=20", headers=bearer(tokens["alice"]),
+                              timeout=30).json()  # fmt: skip
+        assert status["state"] == "ready" and status["from_warm_pool"] is True
+        assert status["pid"] == pool_pid  # the adopted pool worker, now alice's
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_an_adopted_worker_is_culled_when_idle(settings_for, tokens, tmp_path, broker):
+    settings = settings_for(spawner_port=free_port(), cull_idle_seconds=2.0)
+    proc, url = _serve_spawner(settings, tmp_path)
+    try:
+        pid = _ready_worker(url, tokens["alice"])
+        proc.kill()
+        proc.wait(timeout=20)
+        proc, url = _serve_spawner(settings, tmp_path)
+
+        def culled() -> dict | None:
+            st = requests.get(url + "/status", headers=bearer(tokens["alice"]), timeout=10).json()
+            return st if st["state"] == "stopped" else None
+
+        status = wait_for(culled, what="the adopted worker to be culled")
+        assert status["message"] == "Your worker was stopped after 2 s idle."
+        wait_for(lambda: not pid_alive(pid), what="the culled worker to exit")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

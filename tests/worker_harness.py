@@ -21,6 +21,7 @@ import zmq
 
 from rexec_magic import protocol, serialize
 from rexec_magic.protocol import Kind, Message
+from tests.harness import WAIT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = b"client-route-1"  # a made-up client routing id, as the broker would put it
@@ -83,7 +84,7 @@ class BrokerPort:
     def log_text(self) -> str:
         return Path(self._log.name).read_text(errors="replace")
 
-    def wait_exit(self, timeout: float) -> int:
+    def wait_exit(self, timeout: float = WAIT_S) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout=timeout)
 
@@ -97,7 +98,7 @@ class BrokerPort:
         os.unlink(self._log.name)
 
     # ------------------------------------------------------------------ wire
-    def recv(self, timeout: float = 10.0) -> tuple[bytes, Message]:
+    def recv(self, timeout: float = WAIT_S) -> tuple[bytes, Message]:
         """Next message from the worker: (route, message)."""
         if self.stash:
             return self.stash.pop(0)
@@ -105,9 +106,10 @@ class BrokerPort:
             raise TimeoutError(f"no message from the worker within {timeout} s\n{self.log_text()}")
         frames = self.router.recv_multipart(copy=False)
         self.worker_id = frames[0].bytes
-        return frames[1].bytes, protocol.decode(frames[2:])
+        _mac, msg = protocol.decode_signed(frames[1:], routed=True)
+        return msg.route or b"", msg
 
-    def recv_kind(self, kind: str, timeout: float = 10.0) -> Message:
+    def recv_kind(self, kind: str, timeout: float = WAIT_S) -> Message:
         """Skip to the next message of ``kind`` (heartbeats and others are stashed/skipped)."""
         end = time.monotonic() + timeout
         skipped: list[tuple[bytes, Message]] = []
@@ -125,18 +127,34 @@ class BrokerPort:
         self, kind: str, header: dict[str, Any], buffers: Sequence[Any] = (), route: bytes = CLIENT
     ) -> None:
         assert self.worker_id is not None, "the worker has not spoken yet"
-        frames = [self.worker_id, route, *protocol.frames(kind, header, buffers)]
+        frames = [self.worker_id, *protocol.encode(kind, header, buffers, route=route)]
         self.router.send_multipart(frames, copy=False)
 
     def send_raw(self, frames: list[bytes]) -> None:
         assert self.worker_id is not None
         self.router.send_multipart([self.worker_id, *frames])
 
-    def register(self, timeout: float = 30.0) -> Message:
+    def register(self, timeout: float = WAIT_S) -> Message:
         """Wait for REGISTER and accept it."""
         msg = self.recv_kind(Kind.REGISTER, timeout)
-        self.send(Kind.REGISTERED, {}, route=protocol.TO_BROKER)
+        self.send(Kind.REGISTERED, {"key": os.urandom(32).hex()}, route=protocol.TO_BROKER)
         return msg
+
+    def idle(self) -> bool:
+        """True if the worker runs and says it is not busy; what earlier tests left unread
+        is dropped, so the next test reads only its own messages."""
+        if self.proc is None or self.proc.poll() is not None or self.worker_id is None:
+            return False
+        self.stash.clear()
+        while self.router.poll(0):
+            self.router.recv_multipart()
+        self.send(Kind.INSPECT, {"id": "health-check"})
+        try:
+            reply = self.recv_kind(Kind.INSPECT_REPLY)
+        except TimeoutError:
+            return False
+        self.stash.clear()
+        return reply.header["worker"]["busy"] is False
 
     # ------------------------------------------------------------------ cells
     def execute(
@@ -160,7 +178,7 @@ class BrokerPort:
         self.send(Kind.EXECUTE, header, buffers)
         return request_id
 
-    def events(self, request_id: str, timeout: float = 20.0) -> list[Message]:
+    def events(self, request_id: str, timeout: float = WAIT_S) -> list[Message]:
         """All messages for ``request_id`` up to and including DONE."""
         end = time.monotonic() + timeout
         out: list[Message] = []
@@ -176,7 +194,7 @@ class BrokerPort:
             if msg.kind in TERMINAL:
                 return out
 
-    def run(self, code: str, timeout: float = 20.0, **kwargs: Any) -> list[Message]:
+    def run(self, code: str, timeout: float = WAIT_S, **kwargs: Any) -> list[Message]:
         return self.events(self.execute(code, **kwargs), timeout)
 
 

@@ -15,13 +15,20 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from rexec_magic import serialize
 from rexec_magic.contract import DEFAULT_PULL_LIMIT_BYTES
-from rexec_magic.protocol import INTERRUPT_GRACE_S, DoneStatus, Kind, Message
+from rexec_magic.protocol import (
+    INTERRUPT_GRACE_S,
+    Call,
+    DoneStatus,
+    Execute,
+    Kind,
+    Message,
+    Versions,
+)
 from worker_image.calls import invoke
 from worker_image.outbox import Outbox, Target
 from worker_image.shell import WorkerShell
@@ -37,14 +44,6 @@ RELEASE_WAIT_S = 10.0
 WATCHDOG_EXTRA_S = 5.0
 
 
-class BadRequest(ValueError):
-    """An EXECUTE that does not follow the protocol; ``id`` is set when it could be read."""
-
-    def __init__(self, message: str, request_id: str | None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-
-
 @dataclass(eq=False)
 class Cell:
     """One EXECUTE request, from arrival to DONE."""
@@ -55,7 +54,7 @@ class Cell:
     buffers: list[Any]
     pull: list[str]
     pull_limit: int
-    client_versions: dict[str, str] | None = None
+    client_versions: Versions | None = None
     call: bool = False  # a CALL (a pickled function call) rather than an EXECUTE
     inband: bool = False  # CALL values go back as one plain pickle each (legacy clients)
     received_at: float = field(default_factory=time.perf_counter)
@@ -69,81 +68,34 @@ class Cell:
         return self.target.id
 
 
-def parse_execute(route: bytes, msg: Message) -> Cell:
-    """Check an EXECUTE header against the protocol; raise BadRequest when it does not fit."""
-    h = msg.header
-    request_id, bad = _request_id(h, "EXECUTE")
-    code = h.get("code")
-    if not isinstance(code, str):
-        raise bad("'code' is not a string")
-    entries = _checked_vars(h.get("vars"), len(msg.buffers), bad)
-    pull = h.get("pull") or []
-    if not isinstance(pull, list) or not all(isinstance(n, str) for n in pull):
-        raise bad("'pull' is not a list of names")
-    pull_limit = h.get("pull_limit", DEFAULT_PULL_LIMIT)
-    if pull_limit is None:
-        pull_limit = DEFAULT_PULL_LIMIT
-    if not isinstance(pull_limit, int) or isinstance(pull_limit, bool) or pull_limit < 0:
-        raise bad("'pull_limit' is not a byte count")
-    client = h.get("client")
-    if not isinstance(client, dict):
-        client = None
+def cell_for(route: bytes, msg: Message) -> Cell:
+    """The cell for an EXECUTE or CALL; ProtocolError when its header does not fit.
+
+    The header models (``protocol.Execute``, ``protocol.Call``) do every check, including
+    that ``vars`` announce exactly the buffers that came.
+    """
+    if msg.kind == Kind.CALL:
+        call = msg.read(Call)
+        return Cell(
+            Target(route, call.id),
+            code="",
+            vars=[e.model_dump() for e in call.vars],
+            buffers=list(msg.buffers),
+            pull=[],
+            pull_limit=DEFAULT_PULL_LIMIT,
+            client_versions=call.client,
+            call=True,
+            inband=call.inband,
+        )
+    ex = msg.read(Execute)
     return Cell(
-        Target(route, request_id), code, entries, list(msg.buffers), pull, pull_limit, client
-    )
-
-
-def _request_id(header: dict[str, Any], kind: str) -> tuple[str, Callable[[str], BadRequest]]:
-    """A request's id, and the error to raise for it when the rest of the header is wrong."""
-    request_id = header.get("id")
-    if not isinstance(request_id, str) or not request_id:
-        raise BadRequest(f"{kind} without a string id", None)
-
-    def bad(what: str) -> BadRequest:
-        return BadRequest(f"malformed {kind} request: {what}", request_id)
-
-    return request_id, bad
-
-
-def _checked_vars(entries: Any, nbuffers: int, bad: Callable[[str], BadRequest]) -> list:
-    """The ``vars`` list of a request, checked against the buffers that came with it."""
-    entries = entries or []
-    if not isinstance(entries, list):
-        raise bad("'vars' is not a list")
-    total = 0
-    for entry in entries:
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("name"), str)
-            and isinstance(entry.get("nbuffers"), int)
-            and entry["nbuffers"] >= 1
-        ):
-            raise bad("a 'vars' entry needs a name and nbuffers >= 1")
-        total += entry["nbuffers"]
-    if total != nbuffers:
-        raise bad(f"'vars' announce {total} buffers but {nbuffers} came")
-    return entries
-
-
-def parse_call(route: bytes, msg: Message) -> Cell:
-    """Check a CALL header: ``vars`` holds ``fn`` and optionally ``args`` and ``kwargs``."""
-    h = msg.header
-    request_id, bad = _request_id(h, "CALL")
-    entries = _checked_vars(h.get("vars"), len(msg.buffers), bad)
-    names = [e["name"] for e in entries]
-    if "fn" not in names or not set(names) <= {"fn", "args", "kwargs"}:
-        raise bad("'vars' must name 'fn' and may name 'args' and 'kwargs'")
-    client = h.get("client")
-    return Cell(
-        Target(route, request_id),
-        code="",
-        vars=entries,
+        Target(route, ex.id),
+        code=ex.code,
+        vars=[e.model_dump() for e in ex.vars],
         buffers=list(msg.buffers),
-        pull=[],
-        pull_limit=DEFAULT_PULL_LIMIT,
-        client_versions=client if isinstance(client, dict) else None,
-        call=True,
-        inband=bool(h.get("inband")),
+        pull=list(ex.pull),
+        pull_limit=DEFAULT_PULL_LIMIT if ex.pull_limit is None else ex.pull_limit,
+        client_versions=ex.client,
     )
 
 
@@ -380,6 +332,6 @@ class CellRunner:
         worker = serialize.versions()
         client = cell.client_versions
         if client:
-            local = {"python": str(client.get("python", "?")), "dill": str(client.get("dill", "?"))}
+            local = {"python": client.python or "?", "dill": client.dill or "?"}
             return serialize.version_note(local, worker)
         return f"remote Python {worker['python']}, dill {worker['dill']}; local versions unknown"

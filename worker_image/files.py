@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rexec_magic import fileio
+from rexec_magic import fileio, protocol
 from rexec_magic.contract import Env, folder_name
 from rexec_magic.protocol import FILE_CHUNK_BYTES, FILE_WINDOW_BYTES, Kind, Message
 from worker_image.outbox import Outbox, Target
@@ -91,9 +91,7 @@ class Transfers:
         """Take a file message (True), or leave it to the caller (False)."""
         if msg.kind not in KINDS:
             return False
-        request_id = msg.header.get("id")
-        if not isinstance(request_id, str) or not request_id:
-            raise ValueError(f"{msg.kind} without a string id")
+        request_id = msg.read(protocol.Request).id  # a bad one: dropped, logged by the caller
         target = Target(route, request_id)
         if msg.kind in PUT_KINDS:
             self._inbox.put((target, msg))
@@ -107,7 +105,7 @@ class Transfers:
             down = self._downloads.get(request_id)
             if down is not None:
                 with down.cv:
-                    down.acked = max(down.acked, int(msg.header.get("received") or 0))
+                    down.acked = max(down.acked, msg.read(protocol.FileAck).received)
                     down.cv.notify()
         else:  # FILE_CANCEL: either direction
             self._inbox.put((target, msg))
@@ -145,11 +143,12 @@ class Transfers:
                 self._reply(target, Kind.FILE_ERROR, {"message": message})
 
     def _on_put(self, target: Target, msg: Message) -> None:
-        h, rid = msg.header, target.id
+        rid = target.id
         if msg.kind == Kind.PUT_OPEN:
-            dest = fileio.resolve(str(h.get("path") or "."))
-            final = fileio.target_for(dest, str(h.get("name") or "upload"))
-            staging = fileio.Staging(final, bool(h.get("dir")), rid[:12], WHERE)
+            opening = msg.read(protocol.PutOpen)
+            dest = fileio.resolve(opening.path or ".")
+            final = fileio.target_for(dest, opening.name or "upload")
+            staging = fileio.Staging(final, opening.dir, rid[:12], WHERE)
             self._uploads[rid] = _Upload(staging)
             log.info("upload %s to %s", rid, final)
             self._reply(target, Kind.FILE_ACK, {"path": str(final), "received": 0})
@@ -166,7 +165,8 @@ class Transfers:
             return  # the rest of an upload that already failed
         up.touched = time.monotonic()
         if msg.kind == Kind.PUT_FILE:
-            up.staging.begin(str(h.get("rel") or ""), bool(h.get("dir")), int(h.get("mode") or 0))
+            item = msg.read(protocol.PutFile)
+            up.staging.begin(item.rel, item.dir, item.mode)
         elif msg.kind == Kind.PUT_CHUNK:
             for buf in msg.buffers:
                 data = buf.buffer if hasattr(buf, "buffer") else buf
@@ -191,7 +191,7 @@ class Transfers:
     def _send_files(self, target: Target, msg: Message) -> None:
         down = self._downloads[target.id]
         try:
-            source = fileio.resolve(str(msg.header.get("path") or ""))
+            source = fileio.resolve(msg.read(protocol.GetOpen).path)
             try:
                 entries = list(fileio.walk(source))
             except OSError as exc:

@@ -17,6 +17,7 @@ from typing import Any
 
 from IPython.core.interactiveshell import InteractiveShell
 
+from rexec_magic import protocol
 from rexec_magic.protocol import Kind, Message
 from worker_image.outbox import Outbox, Target
 
@@ -35,7 +36,7 @@ def complete(shell: InteractiveShell, code: str, cursor_pos: int) -> dict[str, A
     text, matches = shell.complete("", line, cursor_pos - line_start)
     return {
         "matches": list(dict.fromkeys(matches))[:MAX_MATCHES],
-        "cursor_start": cursor_pos - len(text),
+        "cursor_start": max(0, cursor_pos - len(text)),
         "cursor_end": cursor_pos,
     }
 
@@ -64,9 +65,7 @@ class Introspector:
         """I/O thread: take a COMPLETE / INTROSPECT (True) or leave it to the caller."""
         if msg.kind not in KINDS:
             return False
-        request_id = msg.header.get("id")
-        if not isinstance(request_id, str) or not request_id:
-            raise ValueError(f"{msg.kind} without a string id")
+        request_id = msg.read(protocol.Request).id  # a bad one: dropped, logged by the caller
         try:
             self._inbox.put_nowait((Target(route, request_id), msg))
         except queue.Full:  # someone types faster than we answer: they stopped waiting anyway
@@ -76,15 +75,15 @@ class Introspector:
     def _loop(self) -> None:
         while True:
             target, msg = self._inbox.get()
-            h = msg.header
             try:
                 if msg.kind == Kind.COMPLETE:
                     kind = Kind.COMPLETE_REPLY
-                    reply = complete(self.shell, str(h.get("code") or ""), h.get("cursor_pos", 0))
+                    ask = msg.read(protocol.Complete)
+                    reply = complete(self.shell, ask.code, ask.cursor_pos)
                 else:
                     kind = Kind.INTROSPECT_REPLY
-                    detail = 1 if h.get("detail_level") else 0
-                    reply = inspect(self.shell, str(h.get("name") or ""), detail)
+                    what = msg.read(protocol.Introspect)
+                    reply = inspect(self.shell, what.name, 1 if what.detail_level else 0)
             except Exception as exc:  # a user object's __dir__ or __doc__ may raise anything
                 log.info("%s failed: %s: %s", msg.kind, type(exc).__name__, exc)
                 kind = Kind.COMPLETE_REPLY if msg.kind == Kind.COMPLETE else Kind.INTROSPECT_REPLY

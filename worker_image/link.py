@@ -7,6 +7,10 @@ cell outlives its grace period.
 
 Sending never blocks: the socket has ZMQ_IMMEDIATE set, so while the broker is away messages
 wait in ``_backlog`` (heartbeats are skipped rather than piled up) and leave once it is back.
+
+Every message after REGISTER proves the session key the broker sent in REGISTERED
+(``protocol.encode_signed``); the key is dropped when the broker asks for a new registration.
+A claimed warm-pool worker forgets its pool credentials (``_take_assignment``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import zmq
 from rexec_magic import protocol, serialize
 from rexec_magic.contract import Env, ExitCode
 from rexec_magic.protocol import WORKER_HEARTBEAT_S, DoneStatus, Kind, Message, ProtocolError
-from worker_image.cells import BadRequest, CellQueue, done_header, parse_call, parse_execute
+from worker_image.cells import CellQueue, cell_for, done_header
 from worker_image.outbox import PARTIAL_LINE_WAIT_S, Outbox, Outgoing, Target
 from worker_image.shell import WorkerShell
 from worker_image.variables import describe
@@ -107,6 +111,7 @@ class BrokerLink:
         self._backlog: deque[Outgoing] = deque()
         self._stop_code: int | None = None
         self._reported_busy = False  # what the last heartbeat told the broker
+        self._session_key: bytes | None = None  # from REGISTERED; proves our later messages
         self._thread = threading.Thread(target=self._run, name="rexec-io", daemon=True)
         # Extra handlers (files, introspection): each takes the messages it knows.
         self.extra_handlers: list[Callable[[bytes, Message], bool]] = []
@@ -203,18 +208,15 @@ class BrokerLink:
 
     def _dispatch(self, frames: list[Any]) -> None:
         """Decode and handle one message; anything malformed is logged in one line and dropped."""
-        if len(frames) < 4:
-            log.warning("dropped a malformed message from the broker: %d frames", len(frames))
-            return
         try:
-            msg = protocol.decode(frames[1:])
+            msg = protocol.decode(frames, routed=True)
         except ProtocolError as exc:
             log.warning("dropped a malformed message from the broker: %s", exc)
             return
         handler = self._handlers.get(msg.kind)
         if handler is None and self.extra_handlers:
             try:
-                if any(extra(frames[0].bytes, msg) for extra in self.extra_handlers):
+                if any(extra(msg.route or b"", msg) for extra in self.extra_handlers):
                     return
             except Exception as exc:
                 log.warning("dropped a bad %s message: %s: %s", msg.kind, type(exc).__name__, exc)
@@ -223,7 +225,9 @@ class BrokerLink:
             log.warning("dropped a message of unknown kind %r", msg.kind[:40])
             return
         try:
-            handler(frames[0].bytes, msg)
+            handler(msg.route or b"", msg)
+        except ProtocolError as exc:
+            log.warning("dropped a malformed %s message: %s", msg.kind, exc)
         except Exception as exc:
             log.warning("dropped a bad %s message: %s: %s", msg.kind, type(exc).__name__, exc)
 
@@ -232,15 +236,14 @@ class BrokerLink:
         backlog = self._backlog
         while backlog:
             out = backlog[0]
-            parts: list[Any] = [out.route, protocol.PROTOCOL, out.kind.encode()]
-            parts.append(encode_header(out.header))
             tracker = None
-            if out.delivery is not None and out.buffers:
-                tracked = [zmq.Frame(buf, track=True) for buf in out.buffers]
-                tracker = zmq.MessageTracker(*tracked)
-                parts.extend(tracked)
-            else:
-                parts.extend(out.buffers)
+            buffers: list[Any] = out.buffers
+            if out.delivery is not None and buffers:
+                buffers = [zmq.Frame(buf, track=True) for buf in buffers]
+                tracker = zmq.MessageTracker(*buffers)
+            key = None if out.kind == Kind.REGISTER else self._session_key
+            head = encode_header(out.header)
+            parts = protocol.encode_signed(key, out.kind, head, buffers, route=out.route)
             try:
                 sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -279,23 +282,23 @@ class BrokerLink:
     # ----------------------------------------------------------------- handlers
     def _on_execute(self, route: bytes, msg: Message) -> None:
         """EXECUTE and CALL: both queue up and run, in order, in the main thread."""
-        parse = parse_call if msg.kind == Kind.CALL else parse_execute
         try:
-            cell = parse(route, msg)
-        except BadRequest as exc:
-            log.warning("dropped a malformed EXECUTE: %s", exc)
-            if exc.request_id is not None:  # tell the client rather than let it wait
-                target = Target(route, exc.request_id)
-                error = {"ename": "ProtocolError", "evalue": str(exc), "traceback": [str(exc)]}
-                self.outbox.event(target, Kind.ERROR, error)
-                self.outbox.event(target, Kind.DONE, done_header(DoneStatus.ERROR))
+            cell = cell_for(route, msg)
+        except ProtocolError as exc:
+            log.warning("dropped a malformed %s: %s", msg.kind.upper(), exc)
+            try:  # tell the client rather than let it wait, when we know which request it was
+                request_id = msg.read(protocol.Request).id
+            except ProtocolError:
+                return
+            target = Target(route, request_id)
+            error = {"ename": "ProtocolError", "evalue": str(exc), "traceback": [str(exc)]}
+            self.outbox.event(target, Kind.ERROR, error)
+            self.outbox.event(target, Kind.DONE, done_header(DoneStatus.ERROR))
             return
         self.queue.put(cell)
 
     def _on_interrupt(self, route: bytes, msg: Message) -> None:
-        request_id = msg.header.get("id")
-        if not isinstance(request_id, str):
-            raise ValueError("INTERRUPT without a string id")
+        request_id = msg.read(protocol.Interrupt).id
         dropped = self.queue.interrupt(request_id)
         if dropped is not None:
             message = "The cell was cancelled before it started."
@@ -305,7 +308,7 @@ class BrokerLink:
         log.info("interrupt for %s%s", request_id, " (was queued)" if dropped else "")
 
     def _on_inspect(self, route: bytes, msg: Message) -> None:
-        request_id = msg.header.get("id")
+        request_id = msg.read(protocol.Inspect).id
         shell = self.shell
         try:
             cwd = os.getcwd()
@@ -325,6 +328,9 @@ class BrokerLink:
         self._backlog.append(Outgoing(route, Kind.INSPECT_REPLY, header))
 
     def _on_registered(self, route: bytes, msg: Message) -> None:
+        if route != protocol.TO_BROKER:
+            raise ValueError("REGISTERED must come from the broker itself")
+        self._session_key = bytes.fromhex(msg.read(protocol.Registered).key)
         log.info("registered with the broker")
         self.last_ack = time.monotonic()
         self._touch_alive_file()
@@ -340,7 +346,11 @@ class BrokerLink:
                 log.debug("cannot touch %s: %s", path, exc)
 
     def _on_rejected(self, route: bytes, msg: Message) -> None:
-        log.error("the broker rejected this worker: %s", str(msg.header.get("message"))[:300])
+        try:
+            why = msg.read(protocol.Rejected).message
+        except ProtocolError:
+            why = "(no reason given)"
+        log.error("the broker rejected this worker: %s", why[:300])
         self._exit(EXIT_CONFIG)
 
     def _on_heartbeat_ack(self, route: bytes, msg: Message) -> None:
@@ -349,7 +359,24 @@ class BrokerLink:
 
     def _on_resync(self, route: bytes, msg: Message) -> None:
         log.info("the broker does not know this worker (it restarted?): registering again")
+        self._session_key = None
+        self._abandon_cells()
         self._send_register()
+
+    def _abandon_cells(self) -> None:
+        """The broker that knew this worker's clients is gone (it restarted, or it dropped
+        this worker as silent), so no result can reach anyone: interrupt the running cell and
+        drop the queued ones rather than run them unseen, so the next cell starts at once.
+        The clients were told already (their broker's restart, or its ``worker_lost``)."""
+        dropped = self.queue.drain()
+        running = self.queue.running
+        if running is not None:
+            self.queue.interrupt(running.id)
+        if running is not None or dropped:
+            log.warning(
+                "stopped %d cell(s) nobody can receive the results of any more",
+                len(dropped) + (running is not None),
+            )
 
     def _on_assign(self, route: bytes, msg: Message) -> None:
         """A warm-pool worker is handed to one user: register as that user's worker.
@@ -358,19 +385,28 @@ class BrokerLink:
         belongs to a user can never be handed to another.
         """
         reg = self.registration
-        fields = [msg.header.get(k) for k in ("user", "nonce", "secret")]
         if route != protocol.TO_BROKER or not reg.pool:
             log.warning("ignored an assignment: this worker already belongs to a user")
             return
-        if not all(isinstance(v, str) and v for v in fields):
-            log.warning("ignored a malformed assignment")
+        try:
+            assign = msg.read(protocol.Assign)
+        except ProtocolError as exc:
+            log.warning("ignored a malformed assignment: %s", exc)
             return
-        user, nonce, secret = fields
-        self.registration = Registration(user, nonce, secret, reg.broker_url)
-        log.info("warm-pool worker %s assigned to user %s", reg.user, user)
+        self._take_assignment(assign.user, assign.nonce, assign.secret)
+        log.info("warm-pool worker %s assigned to user %s", reg.user, assign.user)
         for hook in self.on_assigned:
-            hook(user)
+            hook(assign.user)
         self._send_register()
+
+    def _take_assignment(self, user: str, nonce: str, secret: str) -> None:
+        """Become ``user``'s worker and forget the pool credentials for good.
+
+        The pool registration is replaced (no reference to its secret is left), and the broker
+        remembers the pool id as claimed, so these credentials can never register again.
+        """
+        self.registration = Registration(user, nonce, secret, self.registration.broker_url)
+        self._session_key = None
 
     def _on_superseded(self, route: bytes, msg: Message) -> None:
         log.info("a newer worker registered for this user: exiting")

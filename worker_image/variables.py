@@ -12,7 +12,7 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from rexec_magic import serialize
+from rexec_magic import protocol, serialize
 
 
 def megabytes(n: int) -> str:
@@ -57,7 +57,7 @@ def pack_pulled(
 def qualified_type(value: Any) -> str:
     """``matplotlib.axes._axes.Axes``: lets the client tell plotting objects from data."""
     cls = type(value)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"[: protocol.SHORT_MAX]  # a header field's cap
 
 
 def sizeof(value: Any) -> int | None:

@@ -1,7 +1,10 @@
 """Entry point of the rexec worker: ``python -m worker_image.worker``.
 
 The spawner starts one worker per user with the broker's worker URL, the user id and a
-registration nonce + secret in the environment (a warm-pool worker: ``REXEC_WORKER_POOL=1``,
+registration nonce in the environment, and the secret either through an inherited pipe
+(``REXEC_WORKER_SECRET_FD``, the local backend: no secret in any readable environment) or as
+``REXEC_WORKER_SECRET`` (a Kubernetes pod, which holds only its own secret; it is removed from
+``os.environ`` once read).  A warm-pool worker: ``REXEC_WORKER_POOL=1``,
 its pool id as the user; it learns its real user from the broker when claimed).  The main
 thread runs cells (signals and so KeyboardInterrupt only reach it); the I/O thread
 (``link.BrokerLink``) owns the socket.
@@ -43,19 +46,40 @@ class ConfigError(Exception):
     """A missing or unusable setting; the message names it."""
 
 
+def read_secret_fd(value: str) -> str:
+    """The secret from the inherited pipe ``value`` names; the pipe is closed after."""
+    try:
+        fd = int(value)
+        with os.fdopen(fd, "rb") as pipe:
+            return pipe.read(4096).decode().strip()
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"cannot read the worker secret from REXEC_WORKER_SECRET_FD: {exc}")
+
+
 def registration_from_env(env: dict[str, str] | None = None) -> Registration:
+    from_os = env is None
     env = dict(os.environ if env is None else env)
+    secret = (
+        read_secret_fd(env[Env.WORKER_SECRET_FD])
+        if env.get(Env.WORKER_SECRET_FD)
+        else env.get(Env.WORKER_SECRET, "")
+    )
+    if from_os:  # user code in this process has no business with either
+        os.environ.pop(Env.WORKER_SECRET, None)
+        os.environ.pop(Env.WORKER_SECRET_FD, None)
     missing = [
         name
-        for name in (Env.BROKER_WORKER_URL, Env.WORKER_USER, Env.WORKER_NONCE, Env.WORKER_SECRET)
+        for name in (Env.BROKER_WORKER_URL, Env.WORKER_USER, Env.WORKER_NONCE)
         if not env.get(name)
     ]
+    if not secret:
+        missing.append(f"{Env.WORKER_SECRET_FD} or {Env.WORKER_SECRET}")
     if missing:
         raise ConfigError(f"missing environment variable(s): {', '.join(missing)}")
     return Registration(
         user=env[Env.WORKER_USER],
         nonce=env[Env.WORKER_NONCE],
-        secret=env[Env.WORKER_SECRET],
+        secret=secret,
         broker_url=env[Env.BROKER_WORKER_URL],
         pool=env.get(Env.WORKER_POOL, "") in ("1", "true", "yes"),
     )
@@ -118,14 +142,16 @@ class Worker:
 def main(argv: list[str] | None = None) -> int:
     """run a worker (started by the spawner; settings from its environment)"""
     setup_logging(os.environ.get(Env.LOG_LEVEL))
+    folder = enter_work_dir()  # before the shell starts: its cwd is the user's folder
     try:
-        registration = registration_from_env()
+        # Not kept in a local of this (long-lived) frame: once a warm-pool worker is claimed,
+        # the link drops its pool registration and nothing else may hold it.
+        worker = Worker(registration_from_env())
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_CONFIG
-    folder = enter_work_dir()
     log.info("worker starting (pid %d) in %s", os.getpid(), folder)
-    return Worker(registration).run()
+    return worker.run()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ Lifecycle, driven by the service:
     stop(handle)                  SIGTERM/delete, escalate, return once it is gone
     cleanup()                     once, at shutdown: stop everything this backend started
 
+On start the service also calls ``discover()``: the workers that outlived an earlier spawner
+(the backend's own truth: pods and Secrets by label on Kubernetes, the durable record plus
+the live processes locally), which it adopts and supervises as if it had started them.
+
 Optional hooks: ``preflight`` (a cheap API call before a spawn is accepted, so an unusable
 cluster answers the HTTP request with a clear error), ``adopt`` (a warm-pool worker now belongs
 to a user: relabel it, move its log), ``worker_python_for`` (backends with one image per
@@ -36,6 +40,8 @@ from spawner.requirements import RequirementSet
 # Exit codes the worker uses to say why it left.
 EXIT_RESTART = ExitCode.RESTART  # a cell ignored an interrupt: restart, fresh namespace
 EXIT_REJECTED = ExitCode.CONFIG  # the broker refused the secret: restarting cannot help
+# An adopted worker (not this spawner's child) ended: its exit code cannot be read.
+EXIT_UNKNOWN = -1000
 
 
 @dataclass
@@ -81,10 +87,28 @@ class WorkerHandle:
         return not self.exited.done()
 
 
+@dataclass
+class Adopted:
+    """A worker found running when the spawner started: it outlived an earlier spawner."""
+
+    user: str  # the user id, or the pool id of an unclaimed warm-pool worker
+    username: str
+    requirement_lines: list[str]
+    options: dict[str, Any]
+    nonce: str
+    pool: bool
+    handle: WorkerHandle
+    prepared: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None  # wall clock
+
+
 class Backend(abc.ABC):
     """Base class of spawner backends.  Subclasses set ``name`` and implement the methods."""
 
     name: ClassVar[str] = "base"
+    # What a spawner shutdown (SIGTERM) does to workers when REXEC_STOP_WORKERS_ON_EXIT is
+    # unset: `rexec up` stops them with the spawner; on Kubernetes a spawner upgrade keeps them.
+    stop_workers_on_exit: ClassVar[bool] = True
 
     def __init__(self, settings: SpawnerSettings) -> None:
         self.settings = settings
@@ -92,8 +116,36 @@ class Backend(abc.ABC):
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Called once before the first spawn."""
 
-    async def cleanup(self) -> None:  # noqa: B027 - optional hook
-        """Called once at shutdown: stop every worker this backend started."""
+    async def cleanup(self, stop_workers: bool = True) -> None:  # noqa: B027 - optional hook
+        """Called once at shutdown: stop every worker this backend started (if asked to)."""
+
+    async def discover(self) -> list[Adopted]:
+        """The workers that run already (left by an earlier spawner), for adoption."""
+        return []
+
+    async def find(self, user: str) -> Adopted | None:
+        """``user``'s running worker that this spawner does not track (another spawner
+        started it since), for adoption; None when there is none."""
+        return None
+
+    async def unclaimed_pool(self) -> list[Adopted]:
+        """Waiting pool workers no handle of ours follows (a spawner that led before this one
+        started them), for the pool to take over when this spawner comes to lead."""
+        return []
+
+    def pool_possible(self) -> bool:
+        """Can a spawn here ever claim a pool worker?  (False: do not keep a pool at all.)"""
+        return True
+
+    def leads(self) -> bool:
+        """Whether this spawner runs the shared chores (culling, filling the warm pool); with
+        several spawners on one backend only one does (Kubernetes: a Lease)."""
+        return True
+
+    async def still_claimable(self, handle: WorkerHandle) -> bool:
+        """After a failed claim: is ``handle`` still an unclaimed pool worker?  (False: another
+        spawner claimed it; forget it without stopping it.)"""
+        return True
 
     @abc.abstractmethod
     def python_version(self) -> str:

@@ -11,9 +11,9 @@ can say "installing requirements" from the pod's own state.
 
 from __future__ import annotations
 
-import re
+import json
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from rexec_magic.contract import Env, folder_name
@@ -27,32 +27,82 @@ L_USER = "rexec.io/user"
 L_POOL = "rexec.io/pool"
 L_REQS = "rexec.io/requirements"
 A_USER = "rexec.io/user-id"
+# What a restarted spawner needs to adopt the pod (the nonce is not secret: the registration
+# secret is an HMAC of it under the worker key, and lives in the Secret).
+A_USERNAME = "rexec.io/username"
+A_NONCE = "rexec.io/nonce"
+A_REQUIREMENTS = "rexec.io/requirements"
+A_OPTIONS = "rexec.io/options"
 SECRET_KEY = "secret"  # noqa: S105 - the key name inside the Secret, not a value
 EXTRA_DIR = "/opt/rexec/extra"
 # The worker's own folder: its working directory, on a volume of its own (an emptyDir that
 # outlives restarts of the worker container, or the operator's ``k8s_work_volume``).
 WORK_DIR = "/home/rexec/work"
 ALIVE_FILE = "/tmp/rexec-alive"  # noqa: S108 - inside the pod's own emptyDir
-
-_SUFFIX = {
-    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-}  # fmt: skip
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+POLICY_NAME = "rexec-workers"
 
 
 def parse_quantity(value: Any, what: str) -> Decimal:
-    """A Kubernetes quantity ("500m", "2", "4Gi", 1.5) as a number; InvalidRequest if not."""
-    match = _QUANTITY.match(str(value).strip())
-    if not match or isinstance(value, bool):
-        raise InvalidRequest(f"The {what} {value!r} is not a quantity like 2, 500m or 4Gi.")
+    """A Kubernetes quantity ("500m", "2", "4Gi", 1.5) as a number; InvalidRequest if not.
+
+    The parsing is the official client's (``kubernetes.utils.parse_quantity``: every suffix
+    the API accepts); this adds the sentence and the rule that a resource must be positive.
+    """
+    from kubernetes.utils import parse_quantity as k8s_quantity
+
     try:
-        number = Decimal(match.group(1)) * Decimal(_SUFFIX[match.group(2) or ""])
-    except InvalidOperation:
-        raise InvalidRequest(f"The {what} {value!r} is not a quantity like 2, 500m or 4Gi.")
+        if isinstance(value, bool):
+            raise ValueError(value)
+        number = k8s_quantity(value)
+    except (ValueError, TypeError, ArithmeticError):
+        raise InvalidRequest(
+            f"The {what} {value!r} is not a quantity like 2, 500m or 4Gi."
+        ) from None
     if number <= 0:
         raise InvalidRequest(f"The {what} must be more than 0.")
     return number
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` merged into a copy of ``base``: the operator's extraPodConfig and
+    extraContainerConfig (kubespawner's extra_pod_config / extra_container_config).
+
+    Mappings merge key by key; lists of objects that all have a ``name`` (env, volumes,
+    volumeMounts, containers...) merge by name, as ``kubectl``'s strategic merge does, so an
+    extra variable is added instead of replacing the worker's own; any other value replaces.
+    """
+    out = dict(base)
+    for key, value in extra.items():
+        old = out.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            out[key] = deep_merge(old, value)
+        elif _named_list(old) and _named_list(value):
+            merged = {item["name"]: item for item in old}
+            for item in value:
+                prev = merged.get(item["name"])
+                merged[item["name"]] = deep_merge(prev, item) if prev else item
+            out[key] = list(merged.values())
+        else:
+            out[key] = value
+    return out
+
+
+def _named_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, dict) and "name" in i for i in value)
+
+
+def network_policy_manifest(namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The chart's worker NetworkPolicy (``REXEC_K8S_NETWORK_POLICY``) for a user namespace."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": POLICY_NAME,
+            "namespace": namespace,
+            "labels": {L_MANAGED: MANAGED_BY},
+        },
+        "spec": spec,
+    }
 
 
 @dataclass(frozen=True)
@@ -81,6 +131,17 @@ def clamp_resources(options: dict[str, Any], settings: Any) -> Resources:
     if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
         raise InvalidRequest(f"The gpu option {gpu!r} must be a whole number (0 or more).")
     return Resources(str(cpu), str(memory), min(gpu, settings.k8s_max_gpu))
+
+
+def spawn_annotations(spec: Any) -> dict[str, str]:
+    """The spawn a pod serves, as annotations: a restarted spawner adopts it from these."""
+    return {
+        A_USER: spec.user,
+        A_USERNAME: spec.username,
+        A_NONCE: spec.nonce,
+        A_REQUIREMENTS: json.dumps(list(spec.requirements.lines)),
+        A_OPTIONS: json.dumps(spec.options, sort_keys=True),
+    }
 
 
 def labels(user_label: str, requirements_digest: str, pool: bool) -> dict[str, str]:
@@ -228,6 +289,12 @@ def pod_manifest(
         spec["nodeSelector"] = dict(settings.k8s_node_selector)
     if settings.k8s_tolerations:
         spec["tolerations"] = list(settings.k8s_tolerations)
+    if settings.k8s_extra_container_config:
+        spec["containers"][0] = deep_merge(
+            spec["containers"][0], settings.k8s_extra_container_config
+        )
+    if settings.k8s_extra_pod_config:
+        spec = deep_merge(spec, settings.k8s_extra_pod_config)
     return {
         "apiVersion": "v1",
         "kind": "Pod",

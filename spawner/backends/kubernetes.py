@@ -7,18 +7,30 @@
   (``k8s_api_timeout_s``), and every API failure becomes one sentence with a fitting HTTP
   status (403/404/5xx -> 502, 409 -> 409, no answer -> 504), never a stack trace.
 * Readiness stays the service's business (the broker sees the worker register, matched on
-  the spawn's nonce: a pod's pid says nothing outside its pid namespace).  While the pod comes
-  up, a watcher task reads it every ``k8s_poll_s`` and puts its state in plain words on the
-  handle (``k8s_status.describe_pod``); failures a restart cannot fix end the handle with a
-  sentence.  The kubelet restarts a crashed worker itself (``restartPolicy: OnFailure``).
-* A pod this spawner does not know (left by a spawner that crashed) is deleted at setup and
-  when a spawn finds one in the way.
+  the spawn's nonce: a pod's pid says nothing outside its pid namespace).
+* Pods are never polled.  One list-and-watch mirrors every worker pod (label
+  ``app.kubernetes.io/managed-by=rexec-spawner``), one more their events
+  (``k8s_reflector.Reflector``, kubespawner's reflector / dask-gateway's informer); each
+  handle's task wakes when its pod changes in the mirror and puts the pod's state in plain
+  words on the handle (``k8s_status.describe_pod``).  Failures a restart cannot fix end the
+  handle with a sentence that ends with the last lines of the worker's container log
+  (``read_namespaced_pod_log``).  The kubelet restarts a crashed worker itself
+  (``restartPolicy: OnFailure``).
+* Per-user namespaces get the chart's worker NetworkPolicy (``k8s_network_policy``) when the
+  spawner creates them.
+* The spawner's state is in the cluster: each pod carries its user, username, nonce,
+  requirements and options as annotations, so a spawner that starts (after a crash, a
+  ``helm upgrade``, or as a second replica) adopts every worker pod it finds (``discover``)
+  and a shutdown leaves them running (``stop_workers_on_exit`` is False here).  Only a pod
+  without those annotations (an older spawner's) is deleted at setup; a spawn that finds a
+  pod of the same name in the way replaces it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections import deque
@@ -29,10 +41,13 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from rexec_magic.contract import Env
 from spawner.backends import k8s_objects as objs
-from spawner.backends.base import Backend, WorkerHandle, WorkerSpec
+from spawner.backends.base import Adopted, Backend, WorkerHandle, WorkerSpec
+from spawner.backends.k8s_lease import LeaseElector
 from spawner.backends.k8s_names import dns_label, label_value
-from spawner.backends.k8s_status import describe_pod, is_running, last_restart
+from spawner.backends.k8s_reflector import Reflector
+from spawner.backends.k8s_status import describe_pod, last_restart
 from spawner.errors import Conflict, InvalidRequest, SpawnerError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -43,12 +58,18 @@ NOTES_KEPT = 20
 
 class KubernetesBackend(Backend):
     name = "kubernetes"
+    stop_workers_on_exit = False  # a spawner upgrade keeps every user's worker
 
     def __init__(self, settings) -> None:
         super().__init__(settings)
         self.api: Any = None
+        self.net_api: Any = None
+        self.pods: Reflector | None = None
+        self.events: Reflector | None = None
         self._live: set[WorkerHandle] = set()
         self._notes: dict[str, deque[str]] = {}
+        self._policies: set[str] = set()  # namespaces whose NetworkPolicy is in place
+        self.lease: LeaseElector | None = None
 
     # ----------------------------------------------------------------- setup / cleanup
     async def setup(self) -> None:
@@ -62,31 +83,176 @@ class KubernetesBackend(Backend):
         else:
             config.load_incluster_config(client_configuration=cfg)
         cfg.retries = 1
-        self.api = client.CoreV1Api(client.ApiClient(cfg))
+        api_client = client.ApiClient(cfg)
+        self.api = client.CoreV1Api(api_client)
+        self.net_api = client.NetworkingV1Api(api_client)
         log.info("kubernetes backend: API %s, namespace %s", cfg.host, self.settings.k8s_namespace)
-        if not self.settings.k8s_namespace_per_user:
-            await self._delete_leftovers()
+        self._start_reflectors()
+        if self.settings.k8s_lease_name:
+            self.lease = LeaseElector(
+                client.CoordinationV1Api(api_client),
+                self._call,
+                self.settings.k8s_namespace,
+                self.settings.k8s_lease_name,
+                self.settings.k8s_lease_duration_s,
+            )
+            with contextlib.suppress(SpawnerError):  # the first round now: a lone spawner leads
+                await self.lease.try_once()
+            self.lease.start()
 
-    async def cleanup(self) -> None:
-        live = list(self._live)
-        await asyncio.gather(*(self.stop(h) for h in live), return_exceptions=True)
-
-    async def _delete_leftovers(self) -> None:
-        """Pods and Secrets of an earlier spawner that did not shut down cleanly."""
-        ns = self.settings.k8s_namespace
+    def _start_reflectors(self) -> None:
+        """One watch for all worker pods, one for events (pending reasons, image pulls)."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        common = dict(loop=loop, timeout_s=s.k8s_watch_timeout_s,
+                      request_timeout_s=s.k8s_api_timeout_s)  # fmt: skip
         selector = f"{objs.L_MANAGED}={objs.MANAGED_BY}"
+        if s.k8s_namespace_per_user:  # a ClusterRole: watch every namespace
+            list_pods, list_events = (
+                self.api.list_pod_for_all_namespaces,
+                (self.api.list_event_for_all_namespaces),
+            )
+        else:
+            ns = s.k8s_namespace
+            list_pods = functools.partial(self.api.list_namespaced_pod, ns)
+            list_events = functools.partial(self.api.list_namespaced_event, ns)
+        self.pods = Reflector("worker pods", list_pods, label_selector=selector,
+                              accept=_managed, **common)  # fmt: skip
+        self.events = Reflector("worker pod events", list_events,
+                                field_selector="involvedObject.kind=Pod", **common)  # fmt: skip
+        self.pods.start()
+        self.events.start()
+
+    async def cleanup(self, stop_workers: bool = True) -> None:
+        live = list(self._live)
+        if stop_workers:
+            await asyncio.gather(*(self.stop(h) for h in live), return_exceptions=True)
+        for handle in live:  # (left running: the next spawner adopts them)
+            watch = handle.data.get("watch")
+            if watch is not None and not watch.done():
+                watch.cancel()
+        for reflector in (self.pods, self.events):
+            if reflector is not None:
+                reflector.stop()
+        if self.lease is not None:
+            await self.lease.close()
+
+    def leads(self) -> bool:
+        return self.lease is None or self.lease.leader
+
+    async def find(self, user: str) -> Adopted | None:
+        """``user``'s pod in the mirror when no handle of ours follows it (no API call)."""
+        if self.pods is None:
+            return None
+        followed = {(h.data["namespace"], h.data["name"]) for h in self._live}
+        for pod in self.pods.values():
+            meta = pod.get("metadata") or {}
+            key = (meta.get("namespace") or self.settings.k8s_namespace, meta.get("name"))
+            notes = meta.get("annotations") or {}
+            if notes.get(objs.A_USER) != user or key in followed or meta.get("deletionTimestamp"):
+                continue
+            adopted = self._adoptable(pod)
+            if adopted is not None and not adopted.pool:
+                adopted.handle = self._handle(user, *key)
+                self._note(user, f"adopted pod {key[0]}/{key[1]} (another spawner started it)")
+                return adopted
+        return None
+
+    async def unclaimed_pool(self) -> list[Adopted]:
+        if self.pods is None:
+            return []
+        followed = {(h.data["namespace"], h.data["name"]) for h in self._live}
+        found = []
+        for pod in self.pods.values():
+            meta = pod.get("metadata") or {}
+            key = (meta.get("namespace") or self.settings.k8s_namespace, meta.get("name"))
+            if key in followed or meta.get("deletionTimestamp"):
+                continue
+            adopted = self._adoptable(pod)
+            if adopted is not None and adopted.pool:
+                adopted.handle = self._handle(adopted.user, *key)
+                found.append(adopted)
+        return found
+
+    def pool_possible(self) -> bool:
+        # Pool pods wait in the shared namespace; with per-user namespaces none is claimed.
+        return not self.settings.k8s_namespace_per_user
+
+    async def still_claimable(self, handle: WorkerHandle) -> bool:
+        """Still labelled a pool pod in the mirror?  Else another spawner claimed it."""
+        pod = self.pods.get((handle.data["namespace"], handle.data["name"])) if self.pods else None
+        if (
+            pod is not None
+            and ((pod.get("metadata") or {}).get("labels") or {}).get(objs.L_POOL) != "true"
+        ):
+            watch = handle.data.get("watch")
+            if watch is not None:
+                watch.cancel()  # forget it; it is another spawner's now
+            self._live.discard(handle)
+            return False
+        return True
+
+    async def wait_synced(self) -> bool:
+        """Wait (up to one API timeout) for the mirror's first list; False if it did not come."""
+        assert self.pods is not None
         try:
-            pods = await self._call("list worker pods", self.api.list_namespaced_pod, ns,
-                                    label_selector=selector)  # fmt: skip
-        except SpawnerError as exc:
-            log.warning("could not look for leftover worker pods: %s", exc.message)
-            return
-        for item in pods.get("items", []):
-            meta = item.get("metadata", {})
-            if (meta.get("labels") or {}).get(objs.L_MANAGED) != objs.MANAGED_BY:
-                continue  # the selector is the API's job; check again all the same
-            log.info("deleting leftover worker pod %s", meta.get("name"))
-            await self._delete(ns, meta["name"])
+            await asyncio.wait_for(self.pods.first_list.wait(), self.settings.k8s_api_timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("could not list worker pods: %s", self.pods.last_error or "no answer")
+            return False
+        return True
+
+    async def discover(self) -> list[Adopted]:
+        """Every worker pod in the mirror, with what its annotations say, for adoption.
+
+        A pod without them (an older spawner's) cannot be adopted and is deleted; a pod being
+        deleted is left to finish.
+        """
+        if not await self.wait_synced():
+            return []
+        assert self.pods is not None
+        found: list[Adopted] = []
+        for pod in self.pods.values():
+            meta = pod.get("metadata") or {}
+            ns, name = meta.get("namespace") or self.settings.k8s_namespace, meta.get("name")
+            if meta.get("deletionTimestamp") or not name:
+                continue
+            adopted = self._adoptable(pod)
+            if adopted is None:
+                log.info("deleting worker pod %s/%s: it cannot be adopted", ns, name)
+                with contextlib.suppress(SpawnerError):
+                    await self._delete(ns, name)
+                continue
+            adopted.handle = self._handle(adopted.user, ns, name)
+            self._note(adopted.user, f"adopted pod {ns}/{name} (it outlived a spawner restart)")
+            found.append(adopted)
+        return found
+
+    @staticmethod
+    def _adoptable(pod: dict[str, Any]) -> Adopted | None:
+        meta = pod.get("metadata") or {}
+        labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
+        containers = (pod.get("spec") or {}).get("containers") or [{}]
+        env = {e.get("name"): e.get("value") for e in containers[0].get("env") or []}
+        pool = labels.get(objs.L_POOL) == "true"
+        try:
+            user = env[Env.WORKER_USER] if pool else notes[objs.A_USER]
+            nonce = env[Env.WORKER_NONCE] if pool else notes[objs.A_NONCE]
+            lines = json.loads(notes.get(objs.A_REQUIREMENTS) or "[]")
+            options = json.loads(notes.get(objs.A_OPTIONS) or "{}")
+        except (KeyError, ValueError):
+            return None
+        if not (isinstance(user, str) and user and isinstance(nonce, str) and nonce):
+            return None
+        return Adopted(
+            user=user,
+            username=str(notes.get(objs.A_USERNAME) or user),
+            requirement_lines=[str(x) for x in lines] if isinstance(lines, list) else [],
+            options=options if isinstance(options, dict) else {},
+            nonce=nonce,
+            pool=pool,
+            handle=None,  # type: ignore[arg-type] - set by discover()
+        )
 
     # ----------------------------------------------------------------- options
     def python_version(self) -> str:
@@ -196,6 +362,7 @@ class KubernetesBackend(Backend):
             pool=spec.pool,
             install=spec.prepared.get("install", []),
         )
+        pod["metadata"]["annotations"].update(objs.spawn_annotations(spec))
         await self._create_replacing(ns, name, "Secret", secret, self.api.create_namespaced_secret)
         try:
             await self._create_replacing(ns, name, "Pod", pod, self.api.create_namespaced_pod)
@@ -204,20 +371,24 @@ class KubernetesBackend(Backend):
                 await self._call("delete a secret", self.api.delete_namespaced_secret, name, ns,
                                  ok404=True)  # fmt: skip
             raise
-        loop = asyncio.get_running_loop()
-        handle = WorkerHandle(
-            spec.user,
-            None,
-            loop.create_future(),
-            registration={},  # the nonce alone: it is fresh per spawn, the pod per spawn too
-            data={"namespace": ns, "name": name},
-        )
+        handle = self._handle(spec.user, ns, name)
         handle.progress = ("starting", "pending (waiting to be scheduled)")
         self._note(spec.user, f"created pod {ns}/{name}" + (f" ({restart_note})" if restart_note
                                                             else ""))  # fmt: skip
+        return handle
+
+    def _handle(self, user: str, ns: str, name: str) -> WorkerHandle:
+        """A handle on pod ``ns/name``, kept in step with the mirror by its own task."""
+        handle = WorkerHandle(
+            user,
+            None,
+            asyncio.get_running_loop().create_future(),
+            registration={},  # the nonce alone: it is fresh per spawn, the pod per spawn too
+            data={"namespace": ns, "name": name},
+        )
         self._live.add(handle)
         handle.exited.add_done_callback(lambda _: self._live.discard(handle))
-        handle.data["watch"] = asyncio.create_task(self._watch(handle), name=f"pod:{name}")
+        handle.data["watch"] = asyncio.create_task(self._follow(handle), name=f"pod:{name}")
         return handle
 
     async def _ensure_namespace(self, ns: str) -> None:
@@ -226,6 +397,21 @@ class KubernetesBackend(Backend):
                              objs.namespace_manifest(ns))  # fmt: skip
         except Conflict:
             pass  # it exists
+        if self.settings.k8s_network_policy and ns not in self._policies:
+            await self._ensure_policy(ns)
+            self._policies.add(ns)
+
+    async def _ensure_policy(self, ns: str) -> None:
+        """The chart's worker NetworkPolicy in a user namespace; brought up to date when an
+        earlier one is there (a ``helm upgrade`` may have changed the rules)."""
+        body = objs.network_policy_manifest(ns, self.settings.k8s_network_policy)
+        what = f"create the NetworkPolicy {ns}/{objs.POLICY_NAME}"
+        try:
+            await self._call(what, self.net_api.create_namespaced_network_policy, ns, body)
+        except Conflict:
+            await self._call(f"update the NetworkPolicy {ns}/{objs.POLICY_NAME}",
+                             self.net_api.patch_namespaced_network_policy, objs.POLICY_NAME,
+                             ns, {"spec": body["spec"]})  # fmt: skip
 
     async def _create_replacing(
         self, ns: str, name: str, kind: str, body: dict[str, Any], create: Callable[..., Any]
@@ -251,45 +437,47 @@ class KubernetesBackend(Backend):
             ) from None
 
     # ----------------------------------------------------------------- watching
-    async def _watch(self, handle: WorkerHandle) -> None:
-        ns, name = handle.data["namespace"], handle.data["name"]
-        last_error = ""
+    async def _follow(self, handle: WorkerHandle) -> None:
+        """Keep ``handle`` in step with its pod in the mirror until the pod ends."""
+        assert self.pods is not None and self.events is not None
+        key = (handle.data["namespace"], handle.data["name"])
+        seen = False
         while not handle.exited.done():
-            try:
-                pod = await self._call(f"read pod {ns}/{name}", self.api.read_namespaced_pod,
-                                       name, ns, ok404=True)  # fmt: skip
-                if pod is None:
+            changed = self.pods.changed(key)
+            events_changed = self.events.changed()
+            pod = self.pods.get(key)
+            if pod is None:
+                if seen:  # it was there: deleted outside rexec (or evicted and gone)
                     handle.failure = "The worker pod was deleted outside rexec."
                     self._finish(handle, -9)
                     return
-                events: list[dict[str, Any]] = []
-                statuses = (pod.get("status") or {}).get("containerStatuses") or []
-                if not any(is_running(c) for c in statuses):
-                    events = await self._events(ns, name)
-                view = describe_pod(pod, events)
-                last_error = ""
-                self._note_restart(handle, pod)
-            except SpawnerError as exc:  # keep watching: the API may come back
-                if exc.message != last_error:
-                    log.warning("watching pod %s/%s: %s", ns, name, exc.message)
-                last_error = exc.message
-                await asyncio.sleep(self.settings.k8s_poll_s)
-                continue
-            if view.state in ("starting", "installing"):
-                if handle.progress != (view.state, view.message):
-                    self._note(handle.user, view.message)
-                handle.progress = (view.state, view.message)
-            elif view.failure:
-                self._note(handle.user, view.failure)
-                handle.failure = view.failure
-                self._finish(handle, 1)
-                return
-            elif view.exit_code is not None:
-                self._finish(handle, view.exit_code)
-                return
             else:
-                handle.progress = None
-            await asyncio.sleep(self.settings.k8s_poll_s)
+                seen = True
+                self._note_restart(handle, pod)
+                view = describe_pod(pod, self._events_of(key))
+                if view.state in ("starting", "installing"):
+                    if handle.progress != (view.state, view.message):
+                        self._note(handle.user, view.message)
+                    handle.progress = (view.state, view.message)
+                elif view.failure:
+                    failure = view.failure + await self._log_lines(handle.user, *key)
+                    self._note(handle.user, view.failure)
+                    handle.failure = failure
+                    self._finish(handle, 1)
+                    return
+                elif view.exit_code is not None:
+                    self._finish(handle, view.exit_code)
+                    return
+                else:
+                    handle.progress = None
+            waits = {asyncio.ensure_future(changed.wait())}
+            if pod is None or handle.progress is not None:  # events matter while it comes up
+                waits.add(asyncio.ensure_future(events_changed.wait()))
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
     def _note_restart(self, handle: WorkerHandle, pod: dict[str, Any]) -> None:
         """The kubelet restarted the worker container: keep when and why for the status."""
@@ -303,16 +491,39 @@ class KubernetesBackend(Backend):
                 at = datetime.now(timezone.utc)
             handle.restarted = (at, code)
 
-    async def _events(self, ns: str, name: str) -> list[dict[str, Any]]:
-        reply = await self._call(
-            f"list events in {ns}",
-            self.api.list_namespaced_event,
-            ns,
-            field_selector=f"involvedObject.name={name}",
-        )
-        items = [e for e in reply.get("items", []) if (e.get("involvedObject") or {}).get("name")
-                 == name]  # fmt: skip
+    def _events_of(self, key: tuple[str, str]) -> list[dict[str, Any]]:
+        assert self.events is not None
+        ns, name = key
+        items = [
+            e
+            for e in self.events.values()
+            if (e.get("involvedObject") or {}).get("name") == name
+            and (e.get("metadata") or {}).get("namespace", ns) == ns
+        ]
         return sorted(items, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+
+    async def _log_lines(self, user: str, ns: str, name: str) -> str:
+        """ " The last lines of its log: ..." from the worker container (the crashed run's when
+        the kubelet restarted it), or "" when the API has none."""
+        n = self.settings.k8s_log_tail_lines
+        text = ""
+        for previous in (True, False):
+            try:
+                text = await self._call_text(
+                    f"read the log of pod {ns}/{name}", self.api.read_namespaced_pod_log, name,
+                    ns, container="worker", tail_lines=n, previous=previous,
+                )  # fmt: skip
+            except SpawnerError as exc:
+                log.info("%s", exc.message)
+                continue
+            if text.strip():
+                break
+        lines = [line.rstrip() for line in text.splitlines() if line.strip()][-n:]
+        if not lines:
+            return ""
+        for line in lines:
+            self._note(user, line)
+        return " The last lines of its log:\n" + "\n".join(lines)
 
     @staticmethod
     def _finish(handle: WorkerHandle, code: int) -> None:
@@ -326,7 +537,7 @@ class KubernetesBackend(Backend):
         patch = {
             "metadata": {
                 "labels": {objs.L_USER: label_value(spec.user), objs.L_POOL: "false"},
-                "annotations": {objs.A_USER: spec.user},
+                "annotations": objs.spawn_annotations(spec),
             }
         }
         try:
@@ -352,14 +563,14 @@ class KubernetesBackend(Backend):
         if secret:
             await self._call(f"delete secret {ns}/{name}", self.api.delete_namespaced_secret,
                              name, ns, ok404=True)  # fmt: skip
-        deadline = asyncio.get_running_loop().time() + grace + 10
-        while asyncio.get_running_loop().time() < deadline:
-            pod = await self._call(f"read pod {ns}/{name}", self.api.read_namespaced_pod, name,
-                                   ns, ok404=True)  # fmt: skip
-            if pod is None:
-                return
-            await asyncio.sleep(min(1.0, self.settings.k8s_poll_s))
-        log.warning("pod %s/%s is still terminating", ns, name)
+        # Gone from the mirror means gone from the API (its DELETED event came).
+        key = (ns, name)
+        try:
+            async with asyncio.timeout(grace + 10):
+                while self.pods is not None and self.pods.get(key) is not None:
+                    await self.pods.changed(key).wait()
+        except TimeoutError:
+            log.warning("pod %s/%s is still terminating", ns, name)
 
     # ----------------------------------------------------------------- logs
     def _note(self, user: str, line: str) -> None:
@@ -388,6 +599,24 @@ class KubernetesBackend(Backend):
             if ok404 and getattr(exc, "status", None) == 404:
                 return None
             raise api_error(what, exc, timeout) from None
+
+    async def _call_text(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+        """One API call whose answer is text (a container log)."""
+        timeout = self.settings.k8s_api_timeout_s
+
+        def call() -> str:
+            result = fn(*args, _request_timeout=timeout, _preload_content=False, **kwargs)
+            return (result.data or b"").decode("utf-8", errors="replace")
+
+        try:
+            return await asyncio.to_thread(call)
+        except Exception as exc:
+            raise api_error(what, exc, timeout) from None
+
+
+def _managed(obj: dict[str, Any]) -> bool:
+    """The selector is the API's job; check it again all the same (fakes, old servers)."""
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(objs.L_MANAGED) == objs.MANAGED_BY
 
 
 def api_error(what: str, exc: Exception, timeout_s: float) -> SpawnerError:

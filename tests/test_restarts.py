@@ -1,0 +1,124 @@
+"""Restarts cost users nothing: the spawner or the broker killed (mid-cell or idle), a worker
+stopped for 40 s.  Real `rexec up` stacks, real workers, real ZeroMQ on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from rexec_magic import connection, errors
+from rexec_magic import protocol as P
+from rexec_magic.session import RemoteSession
+from tests.harness import pid_alive, wait_for
+from tests.local_stack import Stack, stop_stack
+
+pytestmark = pytest.mark.stack
+
+
+def run(session: RemoteSession, code: str, pull: list[str] | None = None) -> Any:
+    events: list[P.Message] = []
+    return session.run(code, {}, pull or [], events.append, pull_limit=2**20)
+
+
+def run_until_it_works(session: RemoteSession, code: str, pull: list[str]) -> Any:
+    """The next cell after a restart: retried only on the failures a restart may leave."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return run(session, code, pull)
+        except (errors.NoWorker, errors.BrokerUnreachable):
+            if time.monotonic() > deadline:
+                raise
+
+
+def spawner_state(session: RemoteSession) -> dict[str, Any]:
+    """The spawner's status, or {} while it is (re)starting."""
+    try:
+        return session.spawner.status()
+    except errors.SpawnerUnavailable:
+        return {}
+
+
+@pytest.fixture
+def alice(fresh_stack: Stack):
+    session = RemoteSession(connection.load(fresh_stack.connection_file))
+    session.start()
+    run(session, "kept = 41")
+    yield session
+    session.close()
+
+
+def test_spawner_killed_while_idle_keeps_the_worker_and_rexec_up_still_stops_it(
+    fresh_stack: Stack, alice: RemoteSession
+) -> None:
+    pid = alice.client.worker["pid"]
+    old = fresh_stack.pid("spawner")
+    os.kill(old, signal.SIGKILL)
+    fresh_stack.wait_pid_changed("spawner", old)
+    assert pid_alive(pid)
+    wait_for(lambda: spawner_state(alice).get("state") == "ready", "the worker adopted")
+    status = spawner_state(alice)
+    assert status["pid"] == pid
+    assert status["message"] == (
+        "The worker is ready (it kept running while the spawner restarted)."
+    )
+    outcome = run(alice, "after = kept + 1", ["after"])
+    assert outcome.values == {"after": 42}  # the same namespace
+    # `rexec up`'s Ctrl-C still stops every worker, the adopted one too.
+    stop_stack(fresh_stack)
+    wait_for(lambda: not pid_alive(pid), "the worker to stop with rexec up", timeout_s=20)
+
+
+def test_spawner_killed_mid_cell_the_cell_completes(
+    fresh_stack: Stack, alice: RemoteSession
+) -> None:
+    pid = alice.client.worker["pid"]
+    old = fresh_stack.pid("spawner")
+    threading.Timer(1.0, os.kill, args=(old, signal.SIGKILL)).start()
+    outcome = run(alice, "import time\ntime.sleep(3)\nafter = kept + 1", ["after"])
+    assert outcome.values == {"after": 42}
+    fresh_stack.wait_pid_changed("spawner", old)
+    wait_for(lambda: spawner_state(alice).get("state") == "ready", "the worker adopted")
+    assert spawner_state(alice)["pid"] == pid
+    assert run(alice, "import os\np = os.getpid()", ["p"]).values == {"p": pid}
+
+
+def test_broker_killed_mid_cell_ends_the_cell_and_the_next_one_works(
+    fresh_stack: Stack, alice: RemoteSession
+) -> None:
+    old = fresh_stack.pid("broker")
+    threading.Timer(1.0, os.kill, args=(old, signal.SIGKILL)).start()
+    with pytest.raises(errors.BrokerUnreachable) as info:
+        run(alice, "import time\nfor _ in range(600):\n    time.sleep(0.1)\nfinished = True")
+    sentence = str(info.value)
+    assert sentence.count(". ") == 0 and sentence.endswith(".")  # one sentence
+    assert "broker" in sentence
+    fresh_stack.wait_pid_changed("broker", old)
+    outcome = run_until_it_works(alice, "state = (kept, 'finished' in globals())", ["state"])
+    # The namespace survived, and the abandoned cell was stopped on the worker (had it run
+    # on unseen, this cell would have waited behind it and found it finished).
+    assert outcome.values == {"state": (41, False)}
+
+
+def test_a_worker_stopped_for_40_s_is_not_declared_lost(
+    fresh_stack: Stack, alice: RemoteSession
+) -> None:
+    pid = alice.client.worker["pid"]
+    threading.Timer(1.0, os.kill, args=(pid, signal.SIGSTOP)).start()
+    resume = threading.Timer(41.0, os.kill, args=(pid, signal.SIGCONT))
+    resume.start()
+    try:
+        with pytest.raises(errors.WorkerLost) as info:
+            run(alice, "import time\nfor _ in range(100):\n    time.sleep(0.1)\nfinished = True")
+        assert "stopped responding" in str(info.value)
+        assert "lost" not in str(info.value)  # its namespace is not lost: it is stopped
+    finally:
+        resume.join()
+    outcome = run_until_it_works(alice, "state = (kept, 'finished' in globals())", ["state"])
+    assert outcome.values == {"state": (41, False)}
+    assert run(alice, "import os\np = os.getpid()", ["p"]).values == {"p": pid}

@@ -1,0 +1,144 @@
+"""``rexec_magic.serialize``: values to frames and back, as client and worker use it.
+
+Frames are handed back as ``zmq.Frame`` objects built from bytes (what a receiving socket
+gives, read-only), without any socket: the format is what is under test here.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import dill
+import numpy as np
+import pytest
+import zmq
+
+from rexec_magic import serialize
+
+pytestmark = pytest.mark.unit
+
+
+def over_the_wire(frames: list) -> list[zmq.Frame]:
+    """The frames as a receiver gets them: copies, read-only buffers."""
+    return [zmq.Frame(bytes(memoryview(f))) for f in frames]
+
+
+@dataclass
+class Point:
+    x: float
+    y: float
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        42,
+        3.5,
+        "text with ünïcode",
+        b"\x00\xff bytes",
+        [1, (2, 3), {"k": {4, 5}}],
+        OrderedDict(a=1, b=2),
+        Point(1.0, 2.0),
+        lambda x: x + 1,  # noqa: E731 - a notebook-defined lambda travels by value
+        np.arange(10),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_round_trip_gives_an_equal_value(value):
+    back = serialize.loads(over_the_wire(serialize.dumps(value)))
+    if callable(value) and not isinstance(value, type):
+        assert back(41) == 42
+    elif isinstance(value, np.ndarray):
+        np.testing.assert_array_equal(back, value)
+    else:
+        assert back == value and type(back) is type(value)
+
+
+def test_a_large_array_travels_out_of_band_and_arrives_writable_and_equal():
+    arr = np.arange(1_000_000, dtype=np.float64).reshape(1000, 1000)
+    frames = serialize.dumps(arr)
+    assert len(frames) == 2  # the pickle, then the array's own memory
+    assert memoryview(frames[0]).nbytes < 1024  # the data is not copied into the pickle
+    assert memoryview(frames[1]).nbytes == arr.nbytes
+    back = serialize.loads(over_the_wire(frames))
+    np.testing.assert_array_equal(back, arr)
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    back[0, 0] = -1.0  # an ordinary writable array, although the frame was read-only
+    assert back[0, 0] == -1.0
+
+
+def test_small_buffers_stay_in_band():
+    assert len(serialize.dumps(np.zeros(16))) == 1
+    assert len(serialize.dumps(b"x" * 1000)) == 1
+
+
+def test_out_of_band_false_gives_one_pickle_plain_dill_can_load():
+    arr = np.ones(200_000)
+    frames = serialize.dumps({"a": arr}, out_of_band=False)
+    assert len(frames) == 1
+    np.testing.assert_array_equal(dill.loads(bytes(frames[0]))["a"], arr)
+
+
+def test_pack_and_unpack_several_named_values():
+    values = {"x": 21, "arr": np.arange(100_000), "name": "n"}
+    entries, frames = serialize.pack(values)
+    assert [e["name"] for e in entries] == ["x", "arr", "name"]
+    assert sum(e["nbuffers"] for e in entries) == len(frames)
+    assert entries[1]["nbytes"] >= values["arr"].nbytes
+    back = serialize.unpack(entries, over_the_wire(frames))
+    assert back["x"] == 21 and back["name"] == "n"
+    np.testing.assert_array_equal(back["arr"], values["arr"])
+
+
+def test_an_unserializable_value_raises_naming_the_variable_and_its_type():
+    gen = (i for i in range(3))
+    with pytest.raises(serialize.SerializationError) as info:
+        serialize.pack({"fine": 1, "gen": gen})
+    text = str(info.value)
+    assert "'gen'" in text and "generator" in text and "cannot be serialized" in text
+
+
+def test_a_value_that_cannot_be_loaded_names_the_variable():
+    entries = [{"name": "broken", "nbuffers": 1}]
+    with pytest.raises(serialize.SerializationError, match="'broken' could not be loaded"):
+        serialize.unpack(entries, [b"not a pickle"])
+
+
+def test_missing_buffers_are_an_error_not_a_wrong_value():
+    entries, frames = serialize.pack({"arr": np.arange(100_000)})
+    with pytest.raises(serialize.SerializationError, match="missing buffers"):
+        serialize.unpack(entries, frames[:1])
+
+
+def test_a_pickle_of_a_class_that_only_exists_on_the_other_side_fails_with_its_name():
+    payload = pickle.dumps(Point(1, 2))
+    renamed = payload.replace(b"Point", b"Pxint")
+    with pytest.raises(serialize.SerializationError, match="Pxint"):
+        serialize.loads([renamed])
+
+
+def test_version_note_names_both_sides():
+    local = {"python": "3.11.7", "dill": "0.3.8"}
+    remote = {"python": "3.12.1", "dill": "0.3.9"}
+    assert serialize.version_note(local, remote) == (
+        "local Python 3.11.7, dill 0.3.8; remote Python 3.12.1, dill 0.3.9"
+    )
+    assert "remote versions unknown" in serialize.version_note(local, None)
+
+
+def test_only_a_different_python_minor_version_counts_as_a_mismatch():
+    local = {"python": "3.11.7", "dill": "0.3.8"}
+    assert not serialize.minor_mismatch(local, {"python": "3.11.2", "dill": "0.3.9"})
+    assert serialize.minor_mismatch(local, {"python": "3.12.0", "dill": "0.3.8"})
+    assert serialize.minor_mismatch(local, {})
+
+
+def test_versions_describe_this_interpreter():
+    import sys
+
+    mine = serialize.versions()
+    assert mine["python"] == "{}.{}.{}".format(*sys.version_info[:3])
+    assert mine["dill"] == dill.__version__
