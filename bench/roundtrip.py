@@ -148,6 +148,40 @@ class Recorder:
         pass
 
 
+def unchanged_array_figures(ip: object, n: int) -> dict[str, float]:
+    """A cell reading an unchanged 100 MB array against the trivial cell, interleaved.
+
+    The first cell ships ``arr``; later ones send only its name (the worker holds it), and the
+    worker hashes it after each cell to notice in-place changes: that hash is the cost left.
+    """
+    from rexec_magic import serialize
+
+    ip.run_cell_magic("remote", "", "n_arr = arr.shape[0]")  # ships it once
+    trivial, unchanged = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ip.run_cell_magic("remote", "", "x = 1")
+        trivial.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ip.run_cell_magic("remote", "", "n_arr = arr.shape[0]")
+        unchanged.append(time.perf_counter() - t0)
+    arr = ip.user_ns["arr"]
+    hashes = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        _ = serialize.pack_value(arr).digest
+        hashes.append(time.perf_counter() - t0)
+    gb = arr.nbytes / 2**30
+    trivial_ms = statistics.median(trivial) * 1000
+    unchanged_ms = statistics.median(unchanged) * 1000
+    return {
+        "trivial_beside_unchanged_ms": trivial_ms,
+        "unchanged_100MB_cell_ms": unchanged_ms,
+        "unchanged_vs_trivial": unchanged_ms / trivial_ms,
+        "hash_ms_per_GB": min(hashes) * 1000 / gb,
+    }
+
+
 def rexec_figures(conn: Path, n: int) -> dict[str, float]:
     os.environ["REXEC_CONNECTION_FILE"] = str(conn)
     from IPython.core.interactiveshell import InteractiveShell
@@ -173,10 +207,12 @@ def rexec_figures(conn: Path, n: int) -> dict[str, float]:
     out["cell_rtt_p90_ms"] = statistics.quantiles(times, n=10)[-1] * 1000
 
     ip.user_ns["arr"] = np.ones(ARRAY_BYTES, dtype=np.uint8)
+    out.update(unchanged_array_figures(ip, n=max(20, n // 20)))
     push, pull = [], []
     for _ in range(5):
         t0 = time.perf_counter()
-        ip.run_cell_magic("remote", "--no-pull", "arr.shape")
+        # -i: ship it even though it did not change (what is measured is the transfer)
+        ip.run_cell_magic("remote", "--no-pull -i arr", "arr.shape")
         push.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         ip.run_cell_magic("remote", "--no-push", "arr2 = arr")
@@ -184,8 +220,9 @@ def rexec_figures(conn: Path, n: int) -> dict[str, float]:
     mb = ARRAY_BYTES / 2**20
     out["push_MBps"] = mb / min(push)
     out["pull_MBps"] = mb / min(pull)
-    ip.run_cell_magic("remote", "--no-pull", "del arr, arr2")
-    del ip.user_ns["arr"], ip.user_ns["arr2"]
+    ip.run_cell_magic("remote", "--no-pull", "del arr, arr2, n_arr")
+    for name in ("arr", "arr2", "n_arr"):  # `del` in a remote cell deletes here too
+        ip.user_ns.pop(name, None)
 
     lines_total, first = [], []
     real_stdout = sys.stdout

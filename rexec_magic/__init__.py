@@ -20,9 +20,9 @@ def load_ipython_extension(ipython: Any) -> None:
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    magics = ipython.magics_manager.registry.get("RexecMagics")
-    if magics is not None:
-        magics.session.forget()
+    from rexec_magic.magics import unload
+
+    unload(ipython)
 
 
 def __getattr__(name: str) -> Any:

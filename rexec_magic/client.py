@@ -43,6 +43,10 @@ class CellOutcome:
     skipped: list[dict[str, str]] = field(default_factory=list)
     duration: float = 0.0
     message: str = ""
+    # Pulled values that did not load here: {name: reason}; they stay remote.
+    not_loaded: dict[str, str] = field(default_factory=dict)
+    # DONE's header: the namespace-sync fields (changed, deleted, unloaded, missing, ...).
+    done: P.Done | None = None
 
 
 class RexecClient:
@@ -268,14 +272,27 @@ class RexecClient:
             entries, buffers = serialize.pack(push)
         except serialize.SerializationError as exc:
             raise errors.UnserializableVariable(f"The cell was not run: {exc}.") from None
+        sync = {"pull": pull, "pull_limit": pull_limit}
+        return self.execute_packed(code, entries, buffers, sync, on_event, timeout_s)
+
+    def execute_packed(
+        self,
+        code: str,
+        entries: list[dict[str, Any]],
+        buffers: list[Any],
+        fields: dict[str, Any],
+        on_event: EventHandler,
+        timeout_s: float | None = None,
+    ) -> CellOutcome:
+        """:meth:`execute` with values already packed; ``fields`` go into the header
+        (``pull``, ``pull_limit`` and the namespace-sync fields of rexec_magic/sync.py)."""
         self.ensure_hello()
         req_id = self._new_id()
         header = {
+            **fields,
             "id": req_id,
             "code": code,
             "vars": entries,
-            "pull": pull,
-            "pull_limit": pull_limit,
             "client": self.local_versions,
         }
         if self.seen_instance:
@@ -313,6 +330,8 @@ class RexecClient:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout_s: float | None = None,
+        globals_: dict[str, Any] | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> Events:
         """Call ``fn(*args, **kwargs)`` on the worker: yields its STREAM / DISPLAY / YIELD
         events as they come and returns the CellOutcome (``values["return"]``).
@@ -320,12 +339,15 @@ class RexecClient:
         Closing the generator early (a consumer that stops iterating) interrupts the call.
         """
         try:
-            entries, buffers = serialize.pack({"fn": fn, "args": tuple(args), "kwargs": kwargs})
+            values = {"fn": fn, "args": tuple(args), "kwargs": kwargs}
+            if globals_:  # the notebook globals fn reads, for the worker's namespace
+                values["globals"] = globals_
+            entries, buffers = serialize.pack(values)
         except serialize.SerializationError as exc:
             raise errors.UnserializableVariable(f"The call was not sent: {exc}.") from None
         self.ensure_hello()
         req_id = self._new_id()
-        header = {"id": req_id, "vars": entries, "client": self.local_versions}
+        header = {**(fields or {}), "id": req_id, "vars": entries, "client": self.local_versions}
         if self.seen_instance:
             header["instance"] = self.seen_instance
         self._send(P.Kind.CALL, header, buffers)
@@ -489,40 +511,45 @@ class RexecClient:
             )
         if status == P.DoneStatus.INTERRUPTED or (interrupted and status != P.DoneStatus.OK):
             raise errors.RemoteInterrupted()
+        values: dict[str, Any] = {}
+        not_loaded: dict[str, str] = {}
+        if done.vars:  # each value alone: one that does not load here stays remote
+            try:
+                values, not_loaded = serialize.unpack_each(msg.header["vars"], msg.buffers)
+            except serialize.SerializationError as exc:  # the message itself is malformed
+                raise errors.DeserializationFailed(
+                    f"The values pulled from the worker could not be read: {exc}."
+                ) from None
+            if not_loaded:
+                note = serialize.version_note(self.local_versions, self.worker)
+                log.info("pulled values did not load here: %s (%s)", not_loaded, note)
+                not_loaded = {name: f"{why}; {note}" for name, why in not_loaded.items()}
+                if call and "return" in not_loaded:  # a return value has no stand-in
+                    raise errors.DeserializationFailed(
+                        "The value returned by the remote function could not be loaded "
+                        f"here: {not_loaded['return']}."
+                    )
+        outcome = CellOutcome(
+            status=status,
+            values=values,
+            skipped=list(done.skipped),
+            duration=done.duration,
+            message=done.message,
+            not_loaded=not_loaded,
+            done=done,
+        )
         if status == P.DoneStatus.ERROR:
             if error_msg is not None:
                 error = error_msg.read(P.Error)
                 ename, evalue, trace = error.ename, error.evalue, error.traceback
             else:
                 ename, evalue, trace = "Error", done.message or "the remote cell failed", []
-            raise errors.RemoteCellError(
+            exc = errors.RemoteCellError(
                 ename, evalue, list(trace), self._remote_exception(error_msg)
             )
-        values: dict[str, Any] = {}
-        skipped = list(done.skipped)
-        if done.vars:
-            note = serialize.version_note(self.local_versions, self.worker)
-            try:
-                values, failed = serialize.unpack_each(msg.header["vars"], msg.buffers)
-            except serialize.SerializationError as exc:
-                failed = {"": str(exc)}
-            if failed and (call or "" in failed):  # a call's return value has no stand-in
-                name, why = next(iter(failed.items()))
-                raise errors.DeserializationFailed(
-                    "A value pulled from the worker could not be loaded here: "
-                    f"{'`' + name + '`: ' if name else ''}{why} ({note})."
-                )
-            types = {e.name: e.type for e in done.vars}
-            for name, why in failed.items():  # it stays in the remote namespace
-                reason = f"cannot be loaded here ({why}; {note})"
-                skipped.append({"name": name, "reason": reason, "type": types.get(name, "")})
-        return CellOutcome(
-            status=status,
-            values=values,
-            skipped=skipped,
-            duration=done.duration,
-            message=done.message,
-        )
+            exc.outcome = outcome  # what the cell bound before it raised still comes back
+            raise exc
+        return outcome
 
     def _remote_exception(self, error_msg: P.Message | None) -> BaseException | None:
         """The exception a CALL raised, when it came pickled and loads here."""

@@ -84,7 +84,8 @@ class RemoteCellError(RexecError):
         self.ename = ename
         self.evalue = evalue
         self.remote_traceback = traceback
-        self.exception = exception  # a remote function's own exception, when it loads here
+        self.exception = exception  # the remote exception itself, when it loads here
+        self.outcome: object | None = None  # a cell's CellOutcome (what it bound before raising)
 
     def _render_traceback_(self) -> list[str]:
         return list(self.remote_traceback) or _line(self.ename, self.evalue)

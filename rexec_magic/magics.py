@@ -12,10 +12,8 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import re
 import shlex
 import sys
-import types
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,22 +22,19 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float, TraitError, Unicode, validate
 
-from rexec_magic import assist, connection, contract, errors, names, remote_files
+from rexec_magic import assist, connection, contract, errors, names, remote_files, sync
 from rexec_magic.login import log_in
 from rexec_magic.logs import log_path, setup_logging
 from rexec_magic.notes import NOTEBOOK, Notes
-from rexec_magic.render import EventRenderer, Table, human_bytes, human_seconds
+from rexec_magic.render import EventRenderer, RemoteResult, Table, human_bytes, human_seconds
 from rexec_magic.session import restart_sentence, shared_session
 
 log = logging.getLogger("rexec.magic")
 
-# IPython's own names in a user namespace: never shipped.
-IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_", "__", "___"})
-IPYTHON_NAME_RE = re.compile(r"^_(i\d*|ii|iii|oh|ih|dh|\d+)$")
 HELP_FLAGS = ("-h", "--help")
-# Values of these packages that cannot come back stay remote without a note: a plotting cell
-# has already shown its figure, and its axes and artists are of no use here.
-QUIET_PACKAGES = ("matplotlib.",)
+# Values of these packages that stay remote do so without a note: a plotting cell has already
+# shown its figure, and its animations and artists are of no use here.
+QUIET_PACKAGES = ("matplotlib",)
 
 
 def parse(magic: Any, line: str) -> Any:
@@ -150,67 +145,116 @@ class RexecMagics(Magics):
         super().__init__(shell, **kwargs)
         self.session = shared_session()
 
+    def pre_run_cell(self, info: Any) -> None:
+        """Any cell but a pure ``%%remote`` cell may change local values (sync epoch)."""
+        raw = getattr(info, "raw_cell", None) or ""
+        if not raw.lstrip().startswith("%%remote"):
+            self.session.sync.local_cell_ran()
+
     # ------------------------------------------------------------------ helpers
     @property
     def notes(self) -> Notes:
         return NOTEBOOK
 
-    def _shippable(self, name: str) -> bool:
-        if name in IPYTHON_NAMES or IPYTHON_NAME_RE.match(name) or name.startswith("__"):
-            return False
-        return name in self.shell.user_ns and not isinstance(
-            self.shell.user_ns[name], types.ModuleType
-        )
+    def _shippable(self, name: str, value: Any) -> bool:
+        """Every user value of the notebook may travel; modules go by reference."""
+        return not sync.ipython_name(name)
 
-    def _plan(self, args: Any, code: str) -> tuple[dict[str, Any], list[str]]:
-        """Which local variables to ship and which names to bring back."""
-        try:
-            free, bound = names.analyze(code)
-        except SyntaxError:  # IPython syntax (%magic, !cmd): analyse its Python form
-            try:
-                free, bound = names.analyze(self.shell.transform_cell(code))
-            except SyntaxError:
-                free, bound = [], []  # the worker will report the syntax error itself
+    def _plan(self, args: Any, code: str) -> tuple[list[str], list[str], dict[str, Any]]:
+        """``(names to ship, names forced, header fields)``: what goes and what comes back."""
+        free, bound, ends = names.analyze_cell(code, self.shell.transform_cell)
+        free = [n for n in free if not sync.ipython_name(n)]
+        bound = [n for n in bound if not sync.ipython_name(n)]
+        forced: list[str] = []
         if args.no_push:
             push_names: list[str] = []
         elif args.push:
-            push_names = name_list(args.push)
+            push_names = forced = name_list(args.push)
             missing = [n for n in push_names if n not in self.shell.user_ns]
             if missing:
                 raise errors.RexecError(f"No local variable named {', '.join(missing)} to push.")
         else:
-            push_names = [n for n in free if self._shippable(n)]
+            push_names = [n for n in free if n in self.shell.user_ns]
         if args.no_pull:
             pull: list[str] = []
         elif args.pull:
             pull = name_list(args.pull)
         else:
             pull = bound
-        return {n: self.shell.user_ns[n] for n in push_names}, pull
+        fields = {
+            "pull": pull,
+            "pull_limit": parse_size(args.pull_limit or self.pull_limit),
+            # Report what changed among what the cell read or bound (in-place changes too);
+            # bring those back unless the user chose what comes back.
+            "watch": list(dict.fromkeys([*free, *bound])),
+            "pull_changed": not (args.no_pull or args.pull),
+            "result": ends and not args.no_pull,
+            "cell": self._cell_number(),
+        }
+        return push_names, forced, fields
 
-    def _run(self, args: Any, code: str) -> Any:
-        push, pull = self._plan(args, code)
+    def _cell_number(self) -> int:
+        """The running cell's ``In[N]`` (IPython counts the next cell while one runs)."""
+        running = getattr(self.shell.displayhook, "exec_result", None)
+        number = getattr(running, "execution_count", None)
+        return number if isinstance(number, int) else self.shell.execution_count
+
+    def _run(self, args: Any, code: str, line_mode: bool) -> Any:
+        push, forced, fields = self._plan(args, code)
         renderer = EventRenderer()
-        with figures_stay_remote():
-            outcome = self.session.run(
-                code,
-                push,
-                pull,
-                renderer,
-                pull_limit=parse_size(args.pull_limit or self.pull_limit),
-                timeout_s=args.timeout if args.timeout is not None else self.timeout,
-                notes=self.notes,
-            )
-        self.shell.user_ns.update(outcome.values)
-        kept = self.session.kept_remote
-        for name in outcome.values:
-            kept.pop(name, None)
-        for skip in outcome.skipped:
-            kind = str(skip.get("type") or "")
-            kept[skip["name"]] = kind.rsplit(".", 1)[-1] or "?"
-            if not kind.startswith(QUIET_PACKAGES):
-                self.notes.note(f"`{skip['name']}` stays remote: {skip['reason']}.")
-        return renderer.result
+        ns = self.shell.user_ns
+        why = "--no-pull" if args.no_pull else "not in -o" if args.pull else "not pulled"
+        try:
+            with figures_stay_remote():
+                outcome = self.session.run_synced(
+                    code,
+                    ns,
+                    push,
+                    self._shippable,
+                    fields,
+                    renderer,
+                    args.timeout if args.timeout is not None else self.timeout,
+                    self.notes,
+                    forced,
+                )
+        except errors.RemoteCellError as exc:
+            if exc.outcome is not None:
+                self._apply(exc.outcome, why)
+            raise
+        value = self._apply(outcome, why)
+        shown = renderer.result
+        if shown is None:
+            return None
+        if value is _NOTHING:
+            value = shown  # the value stays remote: its display stands for it
+        if line_mode:
+            return value
+        self._display(value, shown)
+        return None
+
+    def _apply(self, outcome: Any, why: str) -> Any:
+        """Bind what came back, hide stale copies of what stays remote; the result's value."""
+        ns = self.shell.user_ns
+        for note in self.session.sync.apply(ns, outcome, why, quiet=QUIET_PACKAGES):
+            self.notes.note(f"{note}.")
+        if sync.RESULT in outcome.values:
+            return outcome.values[sync.RESULT]
+        name = outcome.done.result_name if outcome.done is not None else None
+        if name and name in ns and not isinstance(ns[name], sync.RemoteOnly):
+            return ns[name]
+        return _NOTHING
+
+    def _display(self, value: Any, shown: RemoteResult) -> None:
+        """Show the worker's rendering as this cell's result, with ``_`` / ``Out`` the value."""
+        hook = self.shell.displayhook
+        hook.start_displayhook()
+        hook.write_output_prompt()
+        hook.update_user_ns(value)
+        hook.fill_exec_result(value)
+        if shown.data:
+            hook.write_format_data(shown.data, shown.metadata)
+            hook.log_output(shown.data)
+        hook.finish_displayhook()
 
     def _guard(self, action: str, func: Any, *args: Any) -> Any:
         """Run a magic body: expected errors pass through as one sentence, bugs say so."""
@@ -238,7 +282,10 @@ class RexecMagics(Magics):
         args = parse(self.remote, flags)
         if args is None or not code.strip():
             return None
-        return self._guard("running a remote cell", self._run, args, code)
+        try:
+            return self._guard("running a remote cell", self._run, args, code, cell is None)
+        except errors.RemoteCellError as exc:
+            raise as_local(exc) from None
 
     # ------------------------------------------------------------------ lifecycle
     @magic_arguments()
@@ -316,8 +363,7 @@ class RexecMagics(Magics):
         if parse(self.rexec_status, line) is None:
             return None
         report = self._guard("reading the status", self.session.status)
-        report["kept_remote"] = dict(self.session.kept_remote)
-        return status_table(report)
+        return status_table(report, self.shell.user_ns)
 
     # ------------------------------------------------------------------ files
     @magic_arguments()
@@ -364,7 +410,24 @@ def conflict_sentence(spawner_says: str, requirements_file: str) -> str:
     )
 
 
-def status_table(report: dict[str, Any]) -> Table:
+_NOTHING = object()
+
+
+def as_local(exc: errors.RemoteCellError) -> BaseException:
+    """The remote exception as its own class when it loaded here (``except KeyError`` works),
+    drawn by IPython with the remote traceback; else the RemoteCellError naming the class."""
+    original = exc.exception
+    if original is None:
+        return exc
+    lines = list(exc.remote_traceback)
+    try:
+        original._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # an exception class without a __dict__
+        return exc
+    return original
+
+
+def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) -> Table:
     rows: list[tuple[str, str]] = [
         ("user", report.get("user") or "?"),
         (
@@ -408,9 +471,13 @@ def status_table(report: dict[str, Any]) -> Table:
             f"{v['name']} ({v['type']}, {human_bytes(v.get('size', 0))})" for v in variables
         )
         rows.append(("remote variables", listing or "none"))
-    kept = report.get("kept_remote") or {}
-    if running and kept:
-        rows.append(("stayed remote", ", ".join(f"{n} ({t})" for n, t in sorted(kept.items()))))
+        if local is not None:  # what the notebook does not have (or holds a placeholder for)
+            only = [
+                f"{v['name']} ({v['type']})"
+                for v in variables
+                if v["name"] not in local or isinstance(local[v["name"]], sync.RemoteOnly)
+            ]
+            rows.append(("only remote", ", ".join(only) or "none"))
     return Table("rexec status", rows)
 
 
@@ -419,3 +486,15 @@ def load(ipython: Any) -> None:
     magics = RexecMagics(ipython)
     ipython.register_magics(magics)
     assist.install(ipython, magics.session)
+    ipython.events.register("pre_run_cell", magics.pre_run_cell)
+
+
+def unload(ipython: Any) -> None:
+    magics = ipython.magics_manager.registry.get("RexecMagics")
+    if magics is None:
+        return
+    try:
+        ipython.events.unregister("pre_run_cell", magics.pre_run_cell)
+    except ValueError:
+        pass
+    magics.session.forget()

@@ -9,6 +9,7 @@ missing one breaks the cell, so when unsure a name counts as free.
 from __future__ import annotations
 
 import ast
+from typing import Any
 
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
@@ -189,7 +190,10 @@ def analyze(code: str) -> tuple[list[str], list[str]]:
     Raises SyntaxError for code that does not parse (IPython syntax like ``!ls`` or ``%time``
     is not valid Python: the caller decides what to do then).
     """
-    tree = ast.parse(code)
+    return _analyze_tree(ast.parse(code))
+
+
+def _analyze_tree(tree: ast.Module) -> tuple[list[str], list[str]]:
     free: dict[str, None] = {}
     bound: dict[str, None] = {}
     assigned: set[str] = set()
@@ -203,3 +207,57 @@ def analyze(code: str) -> tuple[list[str], list[str]]:
             bound.setdefault(name, None)
         assigned |= _unconditional_binds(stmt)
     return list(free), list(bound)
+
+
+# Cell magics whose line names a variable they bind (``%%capture out``).
+_BINDING_LINES = {"capture"}
+
+
+def _magic_calls(tree: ast.AST) -> list[tuple[str, str, str | None]]:
+    """``get_ipython().run_cell_magic(name, line, body)`` / ``run_line_magic(name, line)``
+    calls with constant arguments, as IPython's transformer writes them: ``(name, line, body)``."""
+    found: list[tuple[str, str, str | None]] = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr not in ("run_cell_magic", "run_line_magic"):
+            continue
+        args = node.args
+        if not all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args):
+            continue
+        if node.func.attr == "run_cell_magic" and len(args) == 3:
+            found.append((args[0].value, args[1].value, args[2].value))
+        elif node.func.attr == "run_line_magic" and len(args) == 2:
+            found.append((args[0].value, args[1].value, None))
+    return found
+
+
+def analyze_cell(code: str, transform: Any = None) -> tuple[list[str], list[str], bool]:
+    """``(free, bound, ends_in_expression)`` of an IPython cell.
+
+    IPython syntax (``%%time``, ``x = %time f()``, ``!ls``) is analysed in its Python form
+    (``transform``: the shell's ``transform_cell``), and the code that magics run — the body of
+    ``%%time`` / ``%%capture out``, the argument of ``%time`` — counts as the cell's own: what it
+    reads is shipped, what it binds comes back, whatever magic wraps it.
+    """
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        if transform is None:
+            return [], [], False
+        try:
+            tree = ast.parse(transform(code))
+        except SyntaxError:
+            return [], [], False  # the worker will report the syntax error itself
+    free, bound = _analyze_tree(tree)
+    for name, line, body in _magic_calls(tree):
+        inner = body if body is not None else line
+        inner_free, inner_bound, _ = analyze_cell(inner, transform)
+        free += [n for n in inner_free if n not in free]
+        bound += [n for n in inner_bound if n not in bound]
+        if body is not None and name in _BINDING_LINES and line.split():
+            target = line.split()[0]
+            if target.isidentifier() and target not in bound:
+                bound.append(target)
+    ends = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
+    return free, bound, ends

@@ -107,12 +107,15 @@ class Kind:
     HELLO = "hello"  # {token, client: versions}  -> WELCOME | DENIED
     PING = "ping"  # {t}  -> PONG (answered by the broker, says whether the worker is alive)
     # client -> worker (routed by the broker to the user's worker)
-    # {id, code, vars: [{name, nbuffers}], pull, pull_limit, instance?} + buffers
+    # {id, code, vars: [{name, nbuffers}], pull, pull_limit, have, watch, pull_changed, result,
+    # cell, instance?} + buffers (have/watch/...: the namespace sync, rexec_magic/sync.py;
+    # instance: the worker process the client last saw)
     EXECUTE = "execute"
     INTERRUPT = "interrupt"  # {id}
     INSPECT = "inspect"  # {id}  -> INSPECT_REPLY
-    # {id, vars: [{name: fn|args|kwargs, nbuffers}], inband, client} + buffers: call fn(*args,
-    # **kwargs); a generator's items come as YIELD, the return value with DONE (vars "return")
+    # {id, vars: [{name: fn|args|kwargs|globals, nbuffers}], have, watch, pull_limit, inband,
+    # client} + buffers: bind globals, call fn(*args, **kwargs); a generator's items come as
+    # YIELD, the return value with DONE (vars "return", then the watched globals that changed)
     CALL = "call"
     # Files (rexec_magic/transfer.py <-> worker_image/files.py).  Relative paths mean the
     # worker's own folder.  Chunks travel one buffer each; the receiver acknowledges the bytes
@@ -139,7 +142,9 @@ class Kind:
     RESULT = "result"  # {id, seq, data, metadata, execution_count}
     ERROR = "error"  # {id, seq, ename, evalue, traceback[, nbuffers]} (+ the pickled exception)
     YIELD = "yield"  # {id, seq, nbuffers} + the pickled item: one item of a generator CALL
-    DONE = "done"  # {id, seq, status, vars, skipped, duration} + buffers of pulled values
+    # {id, seq, status, vars: [{name, nbuffers, digest, reads}], skipped, changed, deleted,
+    # result_name, unloaded, missing, duration} + buffers of pulled values
+    DONE = "done"
     INSPECT_REPLY = "inspect_reply"  # {id, worker, variables: [{name, type, size}]}
     FILE_META = "file_meta"  # {id, rel, size, mode, dir}: the next file of a download
     FILE_CHUNK = "file_chunk"  # {id} + one buffer
@@ -207,6 +212,7 @@ class DoneStatus:
     ERROR = "error"  # the cell raised; an ERROR event came before
     INTERRUPTED = "interrupted"  # KeyboardInterrupt reached the cell
     RESTARTING = "restarting"  # the cell ignored the interrupt; the worker restarts, state lost
+    RESEND = "resend"  # not run: the worker lacks names the client did not resend ({missing})
 
 
 # Liveness.  Workers heartbeat the broker; clients ping while they wait for a cell.
@@ -478,10 +484,30 @@ class VarEntry(Header):
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=SHORT_MAX)]
     nbuffers: Annotated[int, Field(ge=1)]
-    type: Short = ""  # pulled values: the value's qualified type (plots are told from data)
+    nbytes: Annotated[int, Field(ge=0)] | None = None  # the pickle's size (informative)
+
+
+class PulledEntry(VarEntry):
+    """A value a DONE brings back, with what the namespace sync records of it."""
+
+    digest: Short = ""  # content hash of the pickle and its buffers (serialize.digest)
+    # The value's class and its module: the notebook names it, and keeps plotting objects
+    # that stay remote quiet (worker_image/variables.type_fields).
+    type: Short = ""
+    module: Short = ""
+    # The notebook globals its code reads (they are watched too).
+    reads: list[Short] = Field(default_factory=list)
+
+
+class Unloaded(Header):
+    """A pushed value the worker could not load (it stays unbound there)."""
+
+    name: Short
+    reason: str = ""
 
 
 VarList = Annotated[list[VarEntry], BeforeValidator(_none_as_empty)]
+Names = Annotated[list[Short], BeforeValidator(_none_as_empty)]
 
 
 def _check_buffers(entries: list[VarEntry], info: ValidationInfo) -> None:
@@ -514,9 +540,19 @@ class Request(Header):
 class Execute(Request):
     code: str
     vars: VarList = []
-    pull: Annotated[list[Short], BeforeValidator(_none_as_empty)] = []
+    pull: Names = []
     pull_limit: Annotated[int, Field(ge=0)] | None = None  # None: the worker's default
     client: Versions | None = None
+    # The namespace sync (rexec_magic/sync.py): names not resent because the worker holds
+    # them (it answers DoneStatus.RESEND when it lacks one); names whose change to report;
+    # whether changed watched names come back; whether the last expression's value comes
+    # back; the notebook's cell number (tracebacks say ``Cell In[N]``).  Fields often absent
+    # default through a factory: pydantic deep-copies a ``[]`` default on every read (~0.7 us).
+    have: Names = Field(default_factory=list)
+    watch: Names = Field(default_factory=list)
+    pull_changed: bool = False
+    result: bool = False
+    cell: int | None = None
 
     @model_validator(mode="after")
     def _buffers(self, info: ValidationInfo) -> Execute:
@@ -529,13 +565,19 @@ class Call(Request):
     inband: bool = False  # values back as one plain pickle each (legacy clients)
     legacy: bool = False
     client: Versions | None = None
+    # The namespace sync, as for Execute: ``globals`` (a ``vars`` entry) holds the notebook
+    # globals ``fn`` reads that changed; ``have`` those not resent; ``watch`` those whose
+    # change comes back.
+    have: Names = Field(default_factory=list)
+    watch: Names = Field(default_factory=list)
+    pull_limit: Annotated[int, Field(ge=0)] | None = None  # None: the worker's default
 
     @model_validator(mode="after")
     def _buffers(self, info: ValidationInfo) -> Call:
         _check_buffers(self.vars, info)
         names = {e.name for e in self.vars}
-        if "fn" not in names or not names <= {"fn", "args", "kwargs"}:
-            raise ValueError("'vars' must name 'fn' and may name 'args' and 'kwargs'")
+        if "fn" not in names or not names <= {"fn", "args", "kwargs", "globals"}:
+            raise ValueError("'vars' must name 'fn' and may name 'args', 'kwargs' and 'globals'")
         return self
 
 
@@ -669,11 +711,20 @@ class Yield(Event):
 
 class Done(Event):
     status: Short
-    vars: VarList = []
+    vars: Annotated[list[PulledEntry], BeforeValidator(_none_as_empty)] = []
     skipped: list[Json] = []
     duration: float = 0.0
     message: str = ""
     execution_count: int | None = None
+    # The namespace sync (rexec_magic/sync.py): watched names that changed (rebound or in
+    # place) and that the cell deleted; the name holding the last expression's value when it
+    # was not sent again; pushed values the worker could not load; for RESEND, the ``have``
+    # names the worker lacks.
+    changed: Names = Field(default_factory=list)
+    deleted: Names = Field(default_factory=list)
+    result_name: Short | None = None
+    unloaded: list[Unloaded] = Field(default_factory=list)
+    missing: Names = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _buffers(self, info: ValidationInfo) -> Done:

@@ -1,19 +1,69 @@
-"""Serialization of Python values for the wire: dill, pickle protocol 5, out-of-band buffers.
+"""Serialization of Python values for the wire: cloudpickle, pickle protocol 5, out-of-band buffers.
 
 Large contiguous buffers (numpy arrays, bytes-like objects that support PickleBuffer) are not
 copied into the pickle: they travel as separate ZeroMQ frames sent with ``copy=False`` and are
 re-attached on load.  Client and worker both use this module, so the format lives here only.
+
+What travels how (the README's "what travels" says the same for users):
+
+* Code defined in the notebook (``__main__``: functions, lambdas, classes, enums, dataclasses,
+  exception classes) goes *by value*, through cloudpickle.  Its class tracker keeps a class
+  the same object across messages in each process, so enum members keep identity and a
+  class that went out and came back is the original again.
+* A ``__main__`` function is rebuilt on the other side with that side's ``__main__`` as its
+  globals, as a notebook function reads the notebook's namespace; the globals it reads do not
+  ride inside it but are reported (``Packed.reads``) so the caller ships them as ordinary
+  variables, subject to the same "only when changed" rule as everything else.
+* The source of the notebook cells such code came from rides along and is registered in the
+  receiver's ``linecache`` (and IPython's cell-name map), so tracebacks show the right lines.
+* Modules go by reference (``import numpy`` on the other side, under the sender's alias);
+  a plain top-level module whose file is not installed (``mytools.py`` beside the notebook)
+  goes by value: its source, executed into a module of the same name over there.
+* Values that mean nothing in another process (open files, sockets, locks, generators,
+  threads, ...) are refused with ``Refused``, naming the type, before anything is sent.
+
+dill is kept for SciDx legacy clients only (``legacy=True``): they load replies with
+``dill.loads``; rexec's own pickles need cloudpickle's helpers on the loading side.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
+import linecache
+import os
 import pickle
+import site
+import socket
+import sqlite3
+import subprocess
 import sys
+import sysconfig
+import threading
+import types
+import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import cloudpickle
 import dill
+from cloudpickle import cloudpickle as _cp
+
+try:  # xxh3 runs at memory speed (~15 GB/s here); blake2b is ~1 GB/s
+    import xxhash
+
+    def _hasher() -> Any:
+        return xxhash.xxh3_128()
+
+    HASH_NAME = "xxh3_128"
+except ImportError:  # pragma: no cover - xxhash is a dependency; the fallback keeps it optional
+
+    def _hasher() -> Any:
+        return hashlib.blake2b(digest_size=16)
+
+    HASH_NAME = "blake2b"
 
 PICKLE_PROTOCOL = 5
 # Buffers below this size are cheaper to copy into the pickle than to send as a frame.
@@ -25,6 +75,7 @@ def versions() -> dict[str, str]:
     return {
         "python": "{}.{}.{}".format(*sys.version_info[:3]),
         "dill": dill.__version__,
+        "cloudpickle": cloudpickle.__version__,
     }
 
 
@@ -47,83 +98,370 @@ class SerializationError(Exception):
     """A value could not be turned into frames (or frames back into a value)."""
 
 
-class _Pickler(dill.Pickler):
-    """dill, except that plain numpy arrays keep numpy's own protocol-5 reduction.
+class Refused(SerializationError):
+    """A value that means nothing in another process (``what`` says which kind, for users)."""
 
-    dill registers its own reducer for ``numpy.ndarray`` that copies the data into the pickle
-    (in band), so ``buffer_callback`` never sees it and a 100 MB array was copied twice.
-    numpy's ``__reduce_ex__(5)`` hands the data over as a PickleBuffer instead (and falls back
-    to in-band by itself for object dtypes and non-contiguous arrays).
+    def __init__(self, what: str, type_name: str) -> None:
+        super().__init__(f"{what} ({type_name})")
+        self.what = what
+        self.type_name = type_name
+
+
+# ------------------------------------------------------------------ values refused outright
+def _refusals() -> list[tuple[type, str]]:
+    kinds: list[tuple[type, str]] = [
+        (types.GeneratorType, "a generator"),
+        (types.CoroutineType, "a coroutine"),
+        (types.AsyncGeneratorType, "an async generator"),
+        (types.FrameType, "a stack frame"),
+        (types.TracebackType, "a traceback"),
+        (socket.socket, "a socket"),
+        (type(threading.Lock()), "a lock"),
+        (type(threading.RLock()), "a lock"),
+        (threading.Thread, "a thread"),
+        (subprocess.Popen, "a running process"),
+        (sqlite3.Connection, "a database connection"),
+        (sqlite3.Cursor, "a database cursor"),
+        (io.IOBase, "an open file"),
+    ]
+    return kinds
+
+
+_REFUSED = _refusals()
+# In-memory streams are ordinary values.
+_IO_VALUES = (io.BytesIO, io.StringIO)
+
+
+def refusal(obj: Any) -> str | None:
+    """What ``obj`` is when it means nothing remotely (``"an open file"``), else None."""
+    if isinstance(obj, _IO_VALUES):
+        return None
+    for kind, what in _REFUSED:
+        if isinstance(obj, kind):
+            return what
+    zmq = sys.modules.get("zmq")
+    if zmq is not None and isinstance(obj, zmq.Socket | zmq.Context):
+        return "a ZeroMQ socket"
+    return None
+
+
+# ------------------------------------------------------------------ modules by value
+@functools.cache
+def _installed_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    try:
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except AttributeError:  # some embedded interpreters lack these
+        pass
+    return tuple(os.path.realpath(d) + os.sep for d in dirs if d)
+
+
+def travels_by_value(module: types.ModuleType) -> bool:
+    """True for a plain top-level ``.py`` module that is not installed (a notebook helper).
+
+    Packages and submodules go by reference: the worker has what is installed, and a helper
+    package would need all of its files.
+    """
+    key = (module.__name__, getattr(module, "__file__", None), id(module))
+    known = _BY_VALUE.get(key)
+    if known is None:
+        known = _BY_VALUE[key] = _travels_by_value(module)
+    return known
+
+
+# (name, file, id) -> decision: the pickler asks for every function and class it meets.
+_BY_VALUE: dict[tuple[str, str | None, int], bool] = {}
+
+
+def _travels_by_value(module: types.ModuleType) -> bool:
+    name = module.__name__
+    if name == "__main__" or name in sys.builtin_module_names or "." in name:
+        return False
+    if hasattr(module, "__path__"):
+        return False
+    if getattr(module, "__rexec_source__", None) is not None:
+        return True  # it came by value from the other side: it goes back the same way
+    path = getattr(module, "__file__", None)
+    if not path or not path.endswith(".py"):
+        return False
+    real = os.path.realpath(path)
+    return not real.startswith(_installed_dirs())
+
+
+def _module_source(module: types.ModuleType) -> str:
+    source = getattr(module, "__rexec_source__", None)
+    if source is None:
+        with open(module.__file__, encoding="utf-8") as fh:  # type: ignore[arg-type]
+            source = fh.read()
+    return source
+
+
+def _source_digest(source: str) -> str:
+    return hashlib.blake2b(source.encode(), digest_size=16).hexdigest()
+
+
+def load_module_by_value(name: str, source: str, filename: str) -> types.ModuleType:
+    """Receiver side of a helper module: the module itself, made from its source once."""
+    digest = _source_digest(source)
+    current = sys.modules.get(name)
+    if current is not None and travels_by_value(current):
+        try:
+            if _source_digest(_module_source(current)) == digest:
+                return current
+        except OSError:
+            pass
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    module.__rexec_source__ = source  # type: ignore[attr-defined]
+    register_source(filename, source.splitlines(keepends=True), None)
+    sys.modules[name] = module
+    try:
+        exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - the user's code
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _attribute(module: types.ModuleType, qualname: str) -> Any:
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# ------------------------------------------------------------------ notebook code
+def main_namespace() -> dict[str, Any]:
+    """This process's ``__main__`` namespace: IPython's user namespace in a kernel or worker."""
+    return sys.modules["__main__"].__dict__
+
+
+def _main_globals() -> dict[str, Any]:
+    return main_namespace()
+
+
+def register_source(filename: str, lines: Sequence[str], cell: int | None) -> None:
+    """Make ``filename``'s lines (and, in IPython, its cell number) known for tracebacks."""
+    if filename not in linecache.cache or linecache.cache[filename][1] is None:
+        linecache.cache[filename] = (sum(map(len, lines)), None, list(lines), filename)
+    if cell is None:
+        return
+    shell = _ipython()
+    names = getattr(getattr(shell, "compile", None), "_filename_map", None)
+    if isinstance(names, dict):
+        names.setdefault(filename, cell)
+
+
+def _ipython() -> Any:
+    get = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    return get() if get is not None else None
+
+
+def _code_with_source(
+    code: types.CodeType, filename: str, lines: tuple[str, ...], cell: int | None
+) -> types.CodeType:
+    """The code object with its own file name again (cloudpickle writes ``<dynamic-code>``
+    for deterministic pickles), after making that file's lines known here."""
+    if lines:
+        register_source(filename, lines, cell)
+    return _with_filename(code, filename)
+
+
+def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(
+        _with_filename(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+def _main_function_setstate(func: types.FunctionType, state: Any) -> None:
+    """cloudpickle's ``_function_setstate`` minus globals: they live in the receiver's main."""
+    state, slotstate = state
+    func.__dict__.update(state)
+    slotstate.pop("__globals__", None)
+    slotstate.pop("_cloudpickle_submodules", None)
+    closure = slotstate.pop("__closure__")
+    if closure is not None:
+        for i, cell in enumerate(closure):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            func.__closure__[i].cell_contents = value  # type: ignore[index]
+    for key, value in slotstate.items():
+        setattr(func, key, value)
+
+
+class _MainGlobals:
+    """Stands for "the receiver's ``__main__`` namespace" inside a pickle."""
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        return _main_globals, ()
+
+
+_MAIN = _MainGlobals()
+
+
+def _lru_cache(func: Any, maxsize: int | None, typed: bool) -> Any:
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(func)
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle plus: refusals, ``__main__`` functions bound to the receiver's main,
+    cell sources, helper modules by value, ``lru_cache`` of notebook functions."""
+
+    def __init__(self, file: Any, buffer_callback: Any) -> None:
+        super().__init__(file, protocol=PICKLE_PROTOCOL, buffer_callback=buffer_callback)
+        self.main = main_namespace()
+        self.reads: dict[str, None] = {}
+        self._sources: dict[str, tuple[tuple[str, ...], int | None]] = {}
+
+    def reducer_override(self, obj: Any) -> Any:
+        if obj is sys.stdout or obj is sys.stderr:  # the receiver's own streams
+            return getattr, (sys, "stdout" if obj is sys.stdout else "stderr")
+        what = refusal(obj)
+        if what is not None:
+            raise Refused(what, type(obj).__name__)
+        if isinstance(obj, types.ModuleType):
+            if travels_by_value(obj):
+                source = _module_source(obj)
+                return load_module_by_value, (obj.__name__, source, obj.__file__)
+            return super().reducer_override(obj)
+        if isinstance(obj, types.FunctionType | type):
+            module = sys.modules.get(getattr(obj, "__module__", None) or "")
+            if module is not None and travels_by_value(module):
+                qualname = getattr(obj, "__qualname__", "")
+                try:
+                    if _attribute(module, qualname) is obj:
+                        return _attribute, (module, qualname)
+                except AttributeError:
+                    pass
+        elif isinstance(obj, functools._lru_cache_wrapper):
+            wrapped = getattr(obj, "__wrapped__", None)
+            if getattr(wrapped, "__globals__", None) is self.main:
+                params = obj.cache_parameters()
+                return _lru_cache, (wrapped, params["maxsize"], params["typed"])
+        return super().reducer_override(obj)
+
+    def _dynamic_function_reduce(self, func: types.FunctionType) -> Any:
+        if func.__globals__ is not self.main:
+            return super()._dynamic_function_reduce(func)
+        code, _, _, _, closure = self._function_getnewargs(func)
+        state, slotstate = _cp._function_getstate(func)
+        self.reads.update(dict.fromkeys(slotstate["__globals__"]))
+        slotstate["__globals__"] = {}
+        return (
+            _make_function,
+            (self._sourced(code), _MAIN, None, None, closure),
+            (state, slotstate),
+            None,
+            None,
+            _main_function_setstate,
+        )
+
+    def _sourced(self, code: types.CodeType) -> Any:
+        filename = code.co_filename
+        if filename not in self._sources:
+            lines = tuple(linecache.getlines(filename))
+            cell = None
+            names = getattr(getattr(_ipython(), "compile", None), "_filename_map", None)
+            if isinstance(names, dict):
+                cell = names.get(filename)
+            self._sources[filename] = (lines, cell)
+        lines, cell = self._sources[filename]
+        return _SourcedCode(code, filename, lines, cell)
+
+
+_make_function = _cp._make_function
+
+
+@dataclass
+class _SourcedCode:
+    code: types.CodeType
+    filename: str
+    lines: tuple[str, ...]
+    cell: int | None
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        return _code_with_source, (self.code, self.filename, self.lines, self.cell)
+
+
+# ------------------------------------------------------------------ dumps / loads
+@dataclass
+class Packed:
+    """One value as frames: ``[pickle, *out_of_band_buffers]``, plus what it read.
+
+    ``reads`` are the ``__main__`` globals read by notebook functions inside the value: the
+    caller ships them too, so the function finds them on the other side.
     """
 
-    def save_picklebuffer(self, obj: pickle.PickleBuffer) -> None:
-        """pickle's own, except that an in-band copy goes through ``save`` (and so the memo).
+    frames: list[Any]
+    reads: list[str] = field(default_factory=list)
 
-        The pure-Python pickler (which dill extends) hands ``m.tobytes()`` straight to
-        ``save_bytes``, which memoizes it without looking: two empty buffers give the same
-        ``b""`` object twice and ``memoize`` fails its ``assert`` (every matplotlib figure
-        and axes hit this: "AssertionError: ").
-        """
-        with obj.raw() as m:
-            if not m.contiguous:
-                raise pickle.PicklingError("PickleBuffer can not be pickled when pointing to a "
-                                           "non-contiguous buffer")  # fmt: skip
-            callback = getattr(self, "_buffer_callback", None)
-            in_band = callback is None or bool(callback(obj))
-            if in_band:
-                data = m.tobytes()
-                self.save(data if m.readonly else bytearray(data))
-            else:
-                self.write(pickle.NEXT_BUFFER)
-                if m.readonly:
-                    self.write(pickle.READONLY_BUFFER)
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.frames)
 
-    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
-        if type(obj) is pickle.PickleBuffer:  # the dispatch table would skip our override
-            self.save_picklebuffer(obj)
-            return
-        ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
-        if ndarray is not None and type(obj) is ndarray:
-            memo = self.memo.get(id(obj))
-            if memo is not None:
-                self.write(self.get(memo[0]))
-                return
-            reduced = obj.__reduce_ex__(self.proto)
-            self.save_reduce(*reduced, obj=obj)
-            return
-        super().save(obj, save_persistent_id)
+    @property
+    def digest(self) -> str:
+        """Hashed now, from frames that may alias the value's memory: read it right away."""
+        return digest(self.frames)
 
 
-def dumps(obj: Any, out_of_band: bool = True) -> list[Any]:
-    """Pickle ``obj``; return ``[pickle_bytes, *buffers]`` where buffers are raw memoryviews.
-
-    ``out_of_band=False`` gives one self-contained pickle (no buffers), which a plain
-    ``dill.loads`` can read: what legacy SciDx clients get.
-    """
+def pack_value(obj: Any, out_of_band: bool = True) -> Packed:
     buffers: list[pickle.PickleBuffer] = []
 
     def keep_out_of_band(buf: pickle.PickleBuffer) -> bool:
-        view = buf.raw()
-        if view.nbytes < OOB_MIN_BYTES:
+        if buf.raw().nbytes < OOB_MIN_BYTES:
             return True  # true means "serialize in band"
         buffers.append(buf)
         return False
 
     stream = io.BytesIO()
-    callback = keep_out_of_band if out_of_band else None
+    pickler = _Pickler(stream, keep_out_of_band if out_of_band else None)
     try:
-        _Pickler(stream, protocol=PICKLE_PROTOCOL, buffer_callback=callback).dump(obj)
-    except Exception as exc:  # dill raises many kinds: TypeError, PicklingError, ...
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nothing of the pickler's own reaches the notebook
+            pickler.dump(obj)
+    except Refused:
+        raise
+    except Exception as exc:  # TypeError, PicklingError, RecursionError, ...
         raise SerializationError(f"{type(exc).__name__}: {exc}") from None
-    return [stream.getbuffer(), *(b.raw() for b in buffers)]
+    return Packed([stream.getbuffer(), *(b.raw() for b in buffers)], list(pickler.reads))
+
+
+def dumps(obj: Any, out_of_band: bool = True, legacy: bool = False) -> list[Any]:
+    """Pickle ``obj``; return ``[pickle_bytes, *buffers]`` where buffers are raw memoryviews.
+
+    ``out_of_band=False`` gives one self-contained pickle (no buffers).  ``legacy=True``
+    makes it with dill, which SciDx clients load with a plain ``dill.loads``.
+    """
+    if not legacy:
+        return pack_value(obj, out_of_band).frames
+    what = refusal(obj)
+    if what is not None:
+        raise Refused(what, type(obj).__name__)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return [dill.dumps(obj, protocol=PICKLE_PROTOCOL)]
+    except Exception as exc:
+        raise SerializationError(f"{type(exc).__name__}: {exc}") from None
 
 
 def loads(frames: Sequence[Any]) -> Any:
-    """Inverse of :func:`dumps`; frames may be bytes, memoryviews or zmq Frames."""
+    """Inverse of :func:`dumps`; frames may be bytes, memoryviews or zmq Frames.
+
+    dill's Unpickler reads cloudpickle's pickles and the dill pickles of legacy clients.
+    """
     data = getattr(frames[0], "buffer", frames[0])
     bufs = [_view(f) for f in frames[1:]]
     try:
-        return dill.Unpickler(io.BytesIO(data), buffers=bufs).load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dill.Unpickler(io.BytesIO(data), buffers=bufs).load()
     except Exception as exc:
         raise SerializationError(f"{type(exc).__name__}: {exc}") from None
 
@@ -143,6 +481,35 @@ def nbytes(frames: Iterable[Any]) -> int:
     return total
 
 
+def digest(frames: Iterable[Any]) -> str:
+    """Content hash of a packed value: the pickle stream and its out-of-band buffers.
+
+    Equal digests mean equal pickles; equal values may still differ (a set's order), which
+    only costs a transfer, never a wrong value.
+    """
+    h = _hasher()
+    for f in frames:
+        view = memoryview(getattr(f, "buffer", f)).cast("B")
+        h.update(len(view).to_bytes(8, "little"))
+        h.update(view)
+    return h.hexdigest()
+
+
+def unserializable_message(name: str, value: Any, exc: SerializationError) -> str:
+    """One sentence naming the variable and its type (and, when refused, why)."""
+    if isinstance(exc, Refused):
+        return f"variable '{name}' {unserializable_reason(value, exc)}"
+    return f"variable '{name}' of type {type(value).__name__} cannot be serialized ({exc})"
+
+
+def unserializable_reason(value: Any, exc: SerializationError) -> str:
+    """Why ``value`` cannot travel, as the end of a sentence about it."""
+    if isinstance(exc, Refused):
+        verb = "is" if exc.type_name == type(value).__name__ else "holds"
+        return f"{verb} {exc.what} ({exc.type_name}), which means nothing in another process"
+    return f"cannot be serialized ({exc})"
+
+
 def pack(values: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
     """Serialize several named values: ``([{name, nbuffers, nbytes}], frames)``.
 
@@ -154,47 +521,43 @@ def pack(values: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
         try:
             parts = dumps(value)
         except SerializationError as exc:
-            raise SerializationError(
-                f"variable '{name}' of type {type(value).__name__} cannot be serialized ({exc})"
-            ) from None
+            raise SerializationError(unserializable_message(name, value, exc)) from None
         entries.append({"name": name, "nbuffers": len(parts), "nbytes": nbytes(parts)})
         out.extend(parts)
     return entries, out
 
 
-def unpack(entries: Sequence[dict[str, Any]], frames: Sequence[Any]) -> dict[str, Any]:
-    """Inverse of :func:`pack`.  Raises SerializationError naming the variable that failed."""
-    values: dict[str, Any] = {}
+def split(entries: Sequence[dict[str, Any]], frames: Sequence[Any]) -> dict[str, list[Any]]:
+    """The frames of each named entry (``vars`` of a message)."""
+    chunks: dict[str, list[Any]] = {}
     pos = 0
     for entry in entries:
         n = int(entry["nbuffers"])
-        chunk = frames[pos : pos + n]
+        chunk = list(frames[pos : pos + n])
         pos += n
         if len(chunk) != n:
             raise SerializationError("message is missing buffers")
-        try:
-            values[entry["name"]] = loads(chunk)
-        except SerializationError as exc:
-            raise SerializationError(f"variable '{entry['name']}' could not be loaded ({exc})")
-    return values
+        chunks[entry["name"]] = chunk
+    return chunks
 
 
 def unpack_each(
     entries: Sequence[dict[str, Any]], frames: Sequence[Any]
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Like :func:`unpack`, but one value that cannot be loaded costs only itself:
-    ``(values, {name: why})``."""
+    """Load each value alone: ``(values, {name: reason it did not load})``."""
     values: dict[str, Any] = {}
     failed: dict[str, str] = {}
-    pos = 0
-    for entry in entries:
-        n = int(entry["nbuffers"])
-        chunk = frames[pos : pos + n]
-        pos += n
-        if len(chunk) != n:
-            raise SerializationError("message is missing buffers")
+    for name, chunk in split(entries, frames).items():
         try:
-            values[entry["name"]] = loads(chunk)
+            values[name] = loads(chunk)
         except SerializationError as exc:
-            failed[entry["name"]] = str(exc)
+            failed[name] = str(exc)
     return values, failed
+
+
+def unpack(entries: Sequence[dict[str, Any]], frames: Sequence[Any]) -> dict[str, Any]:
+    """Inverse of :func:`pack`.  Raises SerializationError naming the variable that failed."""
+    values, failed = unpack_each(entries, frames)
+    for name, reason in failed.items():
+        raise SerializationError(f"variable '{name}' could not be loaded ({reason})")
+    return values

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rexec_magic import connection, errors, serialize, transfer
+from rexec_magic import connection, contract, errors, serialize, sync, transfer
 from rexec_magic import protocol as P
 from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient
 from rexec_magic.contract import WorkerState
@@ -57,11 +57,12 @@ class RemoteSession:
         self._warned_versions = False
         self._notes: Notes = QUIET  # who hears about a restarted worker during a request
         self._starting = False  # a worker we start ourselves is not news
-        self.kept_remote: dict[str, str] = {}  # name -> type of values that stayed remote
         self.restart_note: str | None = None  # the last restart announced
         # One request at a time on the socket: remote_func's futures run in other threads.
         self._lock = threading.Lock()
         self._owner: int | None = None
+        # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py).
+        self.sync = sync.NamespaceSync()
 
     def _new_worker(self, worker: dict[str, Any]) -> None:
         """The broker shows another worker process than before: its namespace is new."""
@@ -72,7 +73,7 @@ class RemoteSession:
         except errors.RexecError:
             status = None
         self.restart_note = restart_sentence(status)
-        self.kept_remote.clear()
+        self.sync.forget()  # nothing the notebook sent or left there is there any more
         self._notes.warning(self.restart_note)
 
     @contextmanager
@@ -119,6 +120,7 @@ class RemoteSession:
         self.close()
         self._info = info
         self._warned_versions = False
+        self.sync.forget()
 
     def forget(self) -> None:
         """Close, and read the connection file again on next use (extension unloaded)."""
@@ -197,6 +199,7 @@ class RemoteSession:
         return status
 
     def stop(self) -> dict[str, Any]:
+        self.sync.forget()  # its namespace goes with it
         return self.spawner.stop()
 
     def _check_versions(self, notes: Notes) -> None:
@@ -245,6 +248,68 @@ class RemoteSession:
             self._start_missing(notes)
             return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
 
+    def run_synced(
+        self,
+        code: str,
+        namespace: dict[str, Any],
+        names: list[str],
+        shippable: Callable[[str, Any], bool],
+        fields: dict[str, Any],
+        on_event: EventHandler,
+        timeout_s: float | None = None,
+        notes: Notes = QUIET,
+        force: list[str] = (),  # type: ignore[assignment]
+    ) -> CellOutcome:
+        """Run a cell shipping only the ``names`` (and the globals their code reads) whose
+        local value changed since the worker got it; start a worker first when needed.
+
+        A worker that lacks a skipped name (it restarted) answers "resend": the cell goes
+        once more with those names.  Raises what :meth:`RexecClient.execute_packed` raises.
+        """
+        with self.exclusive(), self._reporting(notes):
+            forced = list(force)
+            for _ in range(3):
+                plan = self.sync.plan(namespace, names, shippable, forced)
+                entries, frames = plan.entries_and_frames()
+                # What the cell's functions read is watched too (`bump()` appending to a list).
+                watch = [*fields.get("watch", []), *plan.send, *plan.have]
+                header = {**fields, "have": plan.have, "watch": list(dict.fromkeys(watch))}
+                try:
+                    outcome = self._execute(
+                        code, entries, frames, header, on_event, timeout_s, notes
+                    )
+                except errors.RemoteCellError as exc:
+                    self.sync.sent(namespace, plan, _unloaded(exc.outcome))
+                    raise
+                if outcome.status != P.DoneStatus.RESEND:
+                    self.sync.sent(namespace, plan, _unloaded(outcome))
+                    return outcome
+                missing = _missing(outcome)
+                log.info("the worker lacks %s: sending the cell again with them", missing)
+                for name in missing:
+                    self.sync.records.pop(name, None)
+                forced += missing
+            raise errors.WorkerLost("The remote worker kept losing the cell's variables.")
+
+    def _execute(
+        self,
+        code: str,
+        entries: list[dict[str, Any]],
+        frames: list[Any],
+        header: dict[str, Any],
+        on_event: EventHandler,
+        timeout_s: float | None,
+        notes: Notes,
+    ) -> CellOutcome:
+        client = self.client
+        try:
+            self._fresh_worker()
+            self._check_versions(notes)
+            return client.execute_packed(code, entries, frames, header, on_event, timeout_s)
+        except errors.NoWorker:
+            self._start_missing(notes)
+            return client.execute_packed(code, entries, frames, header, on_event, timeout_s)
+
     def _fresh_worker(self) -> None:
         """Raise NoWorker when the broker last said we have none.
 
@@ -272,7 +337,7 @@ class RemoteSession:
             what = f"failed ({str(why).rstrip('.')})" if why else f"was {state or 'stopped'}"
             notes.warning(f"Your worker {what}; its namespace was lost.")
         if had_one:
-            self.kept_remote.clear()
+            self.sync.forget()  # its namespace is gone
         self.client.seen_instance = None  # the worker that comes now is the one we asked for
         headline = (
             "The remote worker is starting; waiting for it…"
@@ -319,7 +384,42 @@ class RemoteSession:
             if pong.get("worker") is None:
                 self._start_missing(notes)
             self._check_versions(notes)
-            return (yield from client.call(fn, args, kwargs, timeout_s))
+            return (yield from self._synced_call(fn, args, kwargs, timeout_s))
+
+    def _synced_call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout_s: float | None,
+    ) -> Events:
+        """A call whose notebook globals follow the cells' sync rules: those ``fn`` reads go
+        when they changed (never over newer remote values), and those it changes in place
+        (``lst.append``) come back into the notebook, as a local call would leave them."""
+        main = serialize.main_namespace()
+        reads = _reads_of(fn)
+        forced: list[str] = []
+        for _ in range(3):
+            plan = self.sync.plan(main, reads, _shippable_global, forced)
+            values = {name: main[name] for name in plan.send}
+            watch = list(dict.fromkeys([*reads, *plan.send, *plan.have]))
+            limit = contract.DEFAULT_PULL_LIMIT_BYTES
+            fields = {"have": plan.have, "watch": watch, "pull_limit": limit}
+            try:
+                outcome = yield from self.client.call(fn, args, kwargs, timeout_s, values, fields)
+            except errors.RemoteCellError as exc:
+                self.sync.sent(main, plan, _unloaded(exc.outcome))
+                if exc.outcome is not None:
+                    self.sync.apply(main, exc.outcome, "not pulled")
+                raise
+            if outcome.status != P.DoneStatus.RESEND:
+                self.sync.sent(main, plan, _unloaded(outcome))
+                self.sync.apply(main, outcome, "not pulled")
+                return outcome
+            for name in _missing(outcome):
+                self.sync.records.pop(name, None)
+                forced.append(name)
+        raise errors.WorkerLost("The remote worker kept losing the call's variables.")
 
     # ------------------------------------------------------------------ files
     def put(
@@ -406,6 +506,33 @@ class RemoteSession:
         except errors.RexecError as exc:
             report["broker_error"] = str(exc)
         return report
+
+
+def _reads_of(fn: Any) -> list[str]:
+    """The notebook globals a notebook function (or class) reads directly; the sync's plan
+    follows them transitively."""
+    main = serialize.main_namespace()
+    if getattr(fn, "__globals__", None) is not main and not isinstance(fn, type):
+        return []
+    try:
+        return list(serialize.pack_value(fn).reads)
+    except serialize.SerializationError:
+        return []  # packing the call names the problem
+
+
+def _shippable_global(name: str, value: Any) -> bool:
+    return not sync.ipython_name(name)
+
+
+def _unloaded(outcome: CellOutcome | None) -> list[str]:
+    """The pushed names the worker could not load (its DONE's ``unloaded``)."""
+    done = outcome.done if outcome is not None else None
+    return [u.name for u in done.unloaded] if done is not None else []
+
+
+def _missing(outcome: CellOutcome) -> list[str]:
+    """For a RESEND: the ``have`` names the worker lacks."""
+    return list(outcome.done.missing) if outcome.done is not None else []
 
 
 def _no_progress(done: int, total: int) -> None:

@@ -195,10 +195,13 @@ def test_every_port_comes_from_values(tmp_path: Path) -> None:
 def test_image_tag_defaults_to_the_app_version(tmp_path: Path) -> None:
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     docs = render_with(tmp_path, {})
-    assert pod_spec(docs, "broker")["containers"][0]["image"] == f"rexec-worker:{app_version}"
+    for component in ("broker", "spawner"):  # the servers run the server image ...
+        image = pod_spec(docs, component)["containers"][0]["image"]
+        assert image == f"rexec-server:{app_version}"
+    # ... and the workers the worker image, which has no server packages.
     assert config(docs, "spawner")["REXEC_K8S_IMAGE"] == f"rexec-worker:{app_version}"
-    docs = render_with(tmp_path, {"image": {"tag": "9.9.9"}})
-    assert pod_spec(docs, "spawner")["containers"][0]["image"] == "rexec-worker:9.9.9"
+    docs = render_with(tmp_path, {"image": {"tag": "9.9.9"}, "serverImage": {"tag": "8.8.8"}})
+    assert pod_spec(docs, "spawner")["containers"][0]["image"] == "rexec-server:8.8.8"
     assert config(docs, "spawner")["REXEC_K8S_IMAGE"] == "rexec-worker:9.9.9"
 
 

@@ -126,8 +126,9 @@ def test_python_version_mismatch_warns_once(stack):
 
 
 def test_deserialization_error_names_both_versions(stack, tmp_path, monkeypatch):
-    module = tmp_path / "only_here_mod.py"
-    module.write_text("class Thing:\n    pass\n")
+    package = tmp_path / "only_here_mod"  # a package: only single-file helpers go by value
+    package.mkdir()
+    (package / "__init__.py").write_text("class Thing:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     import only_here_mod
 

@@ -139,7 +139,7 @@ def test_a_plotting_cell_shows_its_figure_once_and_nothing_else(kc):
     outputs = ok(kc, "print(type(fig).__name__, type(ax).__name__, 'anim' in dir())")
     assert stdout_of(outputs).split() == ["Figure", "Axes", "False"]
     status = texts(ok(kc, "%rexec_status"), "execute_result")[0]
-    assert re.search(r"stayed remote\s+anim \(FuncAnimation\)", status), status
+    assert re.search(r"only remote\s+anim \(FuncAnimation\)", status), status
 
 
 # ----------------------------------------------------------------------------- 3. help, attach
@@ -355,19 +355,21 @@ def test_inspecting_a_remote_only_name_shows_the_workers_answer(kc):
 
 
 def test_a_value_that_cannot_be_loaded_here_stays_remote_and_the_cell_succeeds(kc):
-    """Its class lives in a module only the worker has (as matplotlib objects do in a kernel
-    without matplotlib): the cell still succeeds, the other values come back."""
+    """Its class lives in a package only the worker has (as matplotlib objects do in a kernel
+    without matplotlib): the cell still succeeds, the other values come back.  (A package: a
+    single-file helper module would travel by value and load here.)"""
     code = (
         "%%remote\nimport sys, pathlib\nsys.path.insert(0, '.')\n"
-        "pathlib.Path('only_on_worker.py').write_text('class Thing:\\n    pass\\n')\n"
+        "pathlib.Path('only_on_worker').mkdir(exist_ok=True)\n"
+        "pathlib.Path('only_on_worker', '__init__.py').write_text('class Thing:\\n    pass\\n')\n"
         "import only_on_worker\nthing = only_on_worker.Thing()\nplain = 7"
     )
     reply, outputs = run(kc, code)
     assert reply["status"] == "ok", reply
     notes = texts(outputs, "display_data")
-    assert any(n.startswith("`thing` stays remote: cannot be loaded here") for n in notes), notes
+    assert any(n.startswith("`thing` stays remote: could not be loaded here") for n in notes), notes
     assert stderr_of(outputs) == ""
     outputs = ok(kc, "print(plain, 'thing' in dir())")
     assert stdout_of(outputs).split() == ["7", "False"]
     status = texts(ok(kc, "%rexec_status"), "execute_result")[0]
-    assert re.search(r"stayed remote\s+.*thing \(Thing\)", status), status
+    assert re.search(r"only remote\s+.*thing \(Thing\)", status), status

@@ -21,7 +21,7 @@ def test_quickstart_runs_and_shows_remote_results(stack, monkeypatch):
         text = "".join(o.get("text", "") for o in outputs)
         assert "running on" in text and "with 10 numbers" in text
         assert "step 2" in text
-        assert "remote error: RemoteCellError ZeroDivisionError: division by zero" in text
+        assert "remote error: ZeroDivisionError division by zero" in text
         assert any("image/png" in o.get("data", {}) for o in outputs)
         results = [
             o["data"]["text/plain"] for o in outputs if o.get("output_type") == "execute_result"

@@ -32,13 +32,28 @@ SAMPLES: dict[str, tuple[dict, int]] = {
             "pull": ["y"],
             "pull_limit": 2**28,
             "client": VERSIONS,
+            "have": ["df"],
+            "watch": ["x", "y", "df"],
+            "pull_changed": True,
+            "result": False,
+            "cell": 7,
             "instance": "9f" * 16,
         },
         1,
     ),
     P.Kind.CALL: (
-        {"id": REQ, "vars": [{"name": "fn", "nbuffers": 1}, {"name": "args", "nbuffers": 2}]},
-        3,
+        {
+            "id": REQ,
+            "vars": [
+                {"name": "fn", "nbuffers": 1},
+                {"name": "args", "nbuffers": 2},
+                {"name": "globals", "nbuffers": 1},
+            ],
+            "have": ["OFFSET"],
+            "watch": ["OFFSET", "lst"],
+            "pull_limit": 2**28,
+        },
+        4,
     ),
     P.Kind.INTERRUPT: ({"id": REQ}, 0),
     P.Kind.INSPECT: ({"id": REQ}, 0),
@@ -84,10 +99,24 @@ SAMPLES: dict[str, tuple[dict, int]] = {
             "id": REQ,
             "seq": 5,
             "status": P.DoneStatus.OK,
-            "vars": [{**VAR, "type": "pandas.core.frame.DataFrame"}],
-            "skipped": [{"name": "big", "reason": "too large", "type": "numpy.ndarray"}],
+            "vars": [
+                {
+                    **VAR,
+                    "digest": "ab" * 16,
+                    "reads": ["OFFSET"],
+                    "type": "DataFrame",
+                    "module": "pandas.core.frame",
+                }
+            ],
+            "skipped": [
+                {"name": "big", "reason": "too large", "type": "ndarray", "module": "numpy"}
+            ],
             "duration": 0.25,
             "execution_count": 4,
+            "changed": ["x", "big"],
+            "deleted": ["old"],
+            "result_name": "x",
+            "unloaded": [{"name": "bar", "reason": "could not be loaded on the worker"}],
         },
         1,
     ),
@@ -255,7 +284,16 @@ BAD_HEADERS = [
     (P.Done, {"id": REQ, "seq": 1}, 0),  # no status
     (P.Done, {"id": REQ, "status": "ok", "duration": "1s"}, 0),
     (P.Done, {"id": REQ, "status": "ok", "vars": [VAR]}, 0),  # the value's buffers are missing
+    (P.Execute, {"id": REQ, "code": "1", "have": "df"}, 0),
+    (P.Execute, {"id": REQ, "code": "1", "watch": [1]}, 0),
+    (P.Execute, {"id": REQ, "code": "1", "pull_changed": 1}, 0),
+    (P.Execute, {"id": REQ, "code": "1", "cell": "3"}, 0),
+    (P.Call, {"id": REQ, "vars": [{"name": "fn", "nbuffers": 1}], "pull_limit": -1}, 1),
+    (P.Done, {"id": REQ, "status": "ok", "changed": "x"}, 0),
+    (P.Done, {"id": REQ, "status": "ok", "unloaded": ["x"]}, 0),
+    (P.Done, {"id": REQ, "status": "ok", "vars": [{**VAR, "reads": "x"}]}, 1),
     (P.Done, {"id": REQ, "status": "ok", "vars": [{**VAR, "type": LONG}]}, 1),
+    (P.Done, {"id": REQ, "status": "ok", "vars": [{**VAR, "module": 3}]}, 1),
     (P.Execute, {"id": REQ, "code": "1", "instance": LONG}, 0),
     (P.Register, {"user": "u", "nonce": "n", "secret": "s", "instance": 5}, 0),
     (P.PutOpen, {"id": REQ, "path": "p" * (P.PATH_MAX + 1)}, 0),
@@ -301,6 +339,37 @@ def test_unknown_fields_are_ignored_and_defaults_fill_in():
     assert P.Heartbeat.read({}).busy is False
     assert P.Register.read({"user": "u", "nonce": "n", "secret": "s"}).pool is False
     assert P.Ping.read({"t": 3}).t == 3.0  # a JSON integer is a number too
+
+
+def test_the_namespace_sync_fields_are_read_not_dropped():
+    """The sync fields (rexec_magic/sync.py) must be declared: models drop unknown fields."""
+    header, _ = SAMPLES[P.Kind.EXECUTE]
+    ex = P.Execute.read(header)
+    assert (ex.have, ex.watch, ex.pull_changed, ex.result, ex.cell) == (
+        ["df"],
+        ["x", "y", "df"],
+        True,
+        False,
+        7,
+    )
+    call = P.Call.read(SAMPLES[P.Kind.CALL][0])
+    assert (call.have, call.watch, call.pull_limit) == (["OFFSET"], ["OFFSET", "lst"], 2**28)
+    done = P.Done.read(SAMPLES[P.Kind.DONE][0])
+    assert (done.vars[0].digest, done.vars[0].reads) == ("ab" * 16, ["OFFSET"])
+    assert (done.changed, done.deleted, done.result_name) == (["x", "big"], ["old"], "x")
+    assert [(u.name, u.reason) for u in done.unloaded] == [
+        ("bar", "could not be loaded on the worker")
+    ]
+    resend = P.Done.read({"id": REQ, "status": P.DoneStatus.RESEND, "missing": ["df"]})
+    assert resend.missing == ["df"]
+    bare = P.Execute.read({"id": REQ, "code": "1"})  # an older client sends none of them
+    assert (bare.have, bare.watch, bare.pull_changed, bare.result, bare.cell) == (
+        [],
+        [],
+        False,
+        False,
+        None,
+    )
 
 
 def test_the_buffer_count_is_only_checked_when_known():

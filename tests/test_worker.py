@@ -187,13 +187,16 @@ def test_variables_in_out_and_persist(broker):
     assert out == {"again": "ABCABC2"}
 
 
-def test_modules_are_not_pulled_and_pull_needs_success(broker):
+def test_modules_come_back_by_reference_and_a_failed_cell_keeps_its_binds(broker):
+    """As in a local cell: `import json` binds json, and what ran before an error stays."""
+    import json
+
     events = broker.run("import json\nvalue = 5", pull=["json", "value"])
-    assert pulled(events) == {"value": 5}
+    assert pulled(events) == {"json": json, "value": 5}
     assert done(events).header["skipped"] == []
     events = broker.run("late = 1\nraise ValueError('no')", pull=["late"])
     assert done(events).header["status"] == DoneStatus.ERROR
-    assert done(events).header["vars"] == []
+    assert pulled(events) == {"late": 1}
 
 
 def test_unserializable_pull_is_skipped_with_reason(broker):
@@ -204,10 +207,50 @@ def test_unserializable_pull_is_skipped_with_reason(broker):
     assert d.header["skipped"] == [
         {
             "name": "gen",
-            "reason": "cannot be serialized (TypeError: cannot pickle 'generator' object)",
-            "type": "builtins.generator",
+            "reason": "is a generator (generator), which means nothing in another process",
+            "type": "generator",
+            "module": "builtins",
         }
     ]
+
+
+def test_in_place_change_of_a_watched_name_comes_back(broker):
+    """`watch`: names the cell read; the worker reports and returns those it changed."""
+    broker.run("lst = [1]\nd = {'a': 1}\nsame = 'x'", pull=["lst", "d", "same"])
+    events = broker.run(
+        "lst.append(2)\nd.update(b=2)\nn = len(same)",
+        pull=["n"],
+        extra={"watch": ["lst", "d", "same", "n"], "pull_changed": True},
+    )
+    assert pulled(events) == {"lst": [1, 2], "d": {"a": 1, "b": 2}, "n": 1}
+    assert sorted(done(events).header["changed"]) == ["d", "lst", "n"]
+    events = broker.run("del lst", extra={"watch": ["lst"], "pull_changed": True})
+    assert done(events).header["deleted"] == ["lst"]
+
+
+def test_an_unserializable_value_is_reported_once_not_after_every_cell(broker):
+    broker.run("import threading\nguard = threading.Lock()", pull=["guard"])
+    events = broker.run(
+        "held = guard.locked()", pull=["held"], extra={"watch": ["guard"], "pull_changed": True}
+    )
+    assert done(events).header["skipped"] == []
+    assert pulled(events) == {"held": False}
+
+
+def test_last_expression_naming_an_unchanged_value_is_not_sent_again(broker):
+    broker.run("shown = list(range(10))", pull=["shown"], extra={"watch": ["shown"]})
+    events = broker.run("shown", extra={"watch": ["shown"], "result": True})
+    assert done(events).header["result_name"] == "shown"
+    assert done(events).header["vars"] == []
+    events = broker.run("shown[:2]", extra={"watch": ["shown"], "result": True})
+    assert pulled(events) == {"__rexec_result__": [0, 1]}
+
+
+def test_a_skipped_name_the_worker_lacks_asks_for_a_resend(broker):
+    events = broker.run("print('ran')", extra={"have": ["never_sent_here"]})
+    assert done(events).header["status"] == DoneStatus.RESEND
+    assert done(events).header["missing"] == ["never_sent_here"]
+    assert "ran" not in stdout(events)
 
 
 def test_pull_limit_is_respected(broker):
@@ -219,7 +262,12 @@ def test_pull_limit_is_respected(broker):
     d = done(events)
     assert pulled(events) == {"small": 1}
     assert d.header["skipped"] == [
-        {"name": "big", "reason": "is 3.0 MB, over the 1.0 MB pull limit", "type": "numpy.ndarray"}
+        {
+            "name": "big",
+            "reason": "is 3.0 MB, over the 1.0 MB pull limit",
+            "type": "ndarray",
+            "module": "numpy",
+        }
     ]
 
 

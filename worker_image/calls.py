@@ -26,7 +26,9 @@ def _lines(text: str) -> list[str]:
     return text.rstrip("\n").split("\n")
 
 
-def _send_exception(outbox: Outbox, target: Target, exc: BaseException, skip: int) -> None:
+def _send_exception(
+    outbox: Outbox, target: Target, exc: BaseException, skip: int, legacy: bool
+) -> None:
     """ERROR with the traceback from the user's code on (our own ``skip`` frames cut)."""
     tb = exc.__traceback__
     for _ in range(skip):
@@ -43,7 +45,7 @@ def _send_exception(outbox: Outbox, target: Target, exc: BaseException, skip: in
         "traceback": _lines(text),
     }
     try:
-        buffers = serialize.dumps(exc, out_of_band=False)
+        buffers = serialize.dumps(exc, out_of_band=False, legacy=legacy)
     except serialize.SerializationError:
         buffers = []  # the client raises a generic error with the same name and text
     header["nbuffers"] = len(buffers)
@@ -83,7 +85,7 @@ def invoke(
         if isinstance(result, types.GeneratorType):
             for item in result:
                 try:
-                    parts = serialize.dumps(item, out_of_band=out_of_band)
+                    parts = serialize.dumps(item, out_of_band=out_of_band, legacy=inband)
                 except serialize.SerializationError as exc:
                     result.close()
                     return _fail(outbox, target, "SerializationError", f"a yielded item: {exc}")
@@ -94,11 +96,11 @@ def invoke(
         raise
     except BaseException as exc:  # the user's exception, SystemExit included
         user_code_over()
-        _send_exception(outbox, target, exc, skip=1)
+        _send_exception(outbox, target, exc, skip=1, legacy=inband)
         return DoneStatus.ERROR, [], []
     user_code_over()
     try:
-        parts = serialize.dumps(result, out_of_band=out_of_band)
+        parts = serialize.dumps(result, out_of_band=out_of_band, legacy=inband)
     except serialize.SerializationError as exc:
         return _fail(outbox, target, "SerializationError", f"the return value: {exc}")
     entries = [{"name": "return", "nbuffers": len(parts), "nbytes": serialize.nbytes(parts)}]

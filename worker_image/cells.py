@@ -32,7 +32,7 @@ from rexec_magic.protocol import (
 from worker_image.calls import invoke
 from worker_image.outbox import Outbox, Target
 from worker_image.shell import WorkerShell
-from worker_image.variables import pack_pulled
+from worker_image.variables import Report, Watch, load_pushed, numbered_as
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,15 @@ class Cell:
     pull: list[str]
     pull_limit: int
     client_versions: Versions | None = None
+    # Namespace sync (rexec_magic/sync.py, worker_image/variables.py): names the client did not
+    # resend because the worker holds them; names whose change during the cell to report (and
+    # bring back, with ``pull_changed``); whether to send the last expression's value; the
+    # notebook's cell number for tracebacks.
+    have: list[str] = field(default_factory=list)
+    watch: list[str] = field(default_factory=list)
+    pull_changed: bool = False
+    want_result: bool = False
+    number: int | None = None
     call: bool = False  # a CALL (a pickled function call) rather than an EXECUTE
     inband: bool = False  # CALL values go back as one plain pickle each (legacy clients)
     received_at: float = field(default_factory=time.perf_counter)
@@ -82,10 +91,13 @@ def cell_for(route: bytes, msg: Message) -> Cell:
             vars=[e.model_dump() for e in call.vars],
             buffers=list(msg.buffers),
             pull=[],
-            pull_limit=DEFAULT_PULL_LIMIT,
+            pull_limit=DEFAULT_PULL_LIMIT if call.pull_limit is None else call.pull_limit,
             client_versions=call.client,
             call=True,
             inband=call.inband,
+            have=list(call.have),
+            watch=list(call.watch),  # the globals the function reads: changes come back
+            pull_changed=True,
         )
     ex = msg.read(Execute)
     return Cell(
@@ -96,6 +108,11 @@ def cell_for(route: bytes, msg: Message) -> Cell:
         pull=list(ex.pull),
         pull_limit=DEFAULT_PULL_LIMIT if ex.pull_limit is None else ex.pull_limit,
         client_versions=ex.client,
+        have=list(ex.have),
+        watch=list(ex.watch),
+        pull_changed=ex.pull_changed,
+        want_result=ex.result,
+        number=ex.cell,
     )
 
 
@@ -202,6 +219,7 @@ class CellRunner:
         self.queue = queue
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
         self._last_delivery: Any = None
+        self.watch = Watch()
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """SIGINT handler (main thread): interrupt user code, never the worker's own steps."""
@@ -221,21 +239,44 @@ class CellRunner:
         entries: list[dict[str, Any]] = []
         frames: list[Any] = []
         skipped: list[dict[str, str]] = []
-        try:
-            values = serialize.unpack(cell.vars, cell.buffers)
-        except serialize.SerializationError as exc:
-            self._send_error("SerializationError", f"{exc}; {self._version_note(cell)}")
-            status = DoneStatus.ERROR
+        extra: dict[str, Any] = {}
+        missing = [n for n in cell.have if n not in self.shell.user_ns]
+        if missing:  # the client thinks we hold these (we restarted): it sends them again
+            status, extra = DoneStatus.RESEND, {"missing": missing}
         else:
+            values, unloaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers)
+            extra["unloaded"] = unloaded
             cell.buffers = []
-            if cell.call:
+            if unloaded:  # the others are bound; the code, which reads them all, does not run
+                if not cell.call:
+                    self.shell.user_ns.update(values)
+                    self.watch.invalidate(values)
+                detail = "; ".join(f"variable '{u['name']}' {u['reason']}" for u in unloaded)
+                self._send_error("SerializationError", f"{detail}; {self._version_note(cell)}")
+                status = DoneStatus.ERROR
+            elif cell.call:
+                shipped = values.pop("globals", None) or {}
+                self.shell.user_ns.update(shipped)
+                self.watch.invalidate(shipped)
+                self.watch.before(self.shell.user_ns, cell.watch)
                 status, entries, frames = self._call(cell, values)
+                if cell.watch and status in (DoneStatus.OK, DoneStatus.ERROR):
+                    report = self.watch.collect(
+                        self.shell.user_ns, [], cell.watch, True, cell.pull_limit
+                    )
+                    entries, frames = entries + report.entries, frames + report.frames
+                    skipped = report.skipped
+                    extra.update(report.header())
             else:
                 self.shell.user_ns.update(values)
-                status, entries, frames, skipped = self._execute(cell)
+                self.watch.invalidate(values)
+                status, report = self._execute(cell)
+                entries, frames, skipped = report.entries, report.frames, report.skipped
+                extra.update(report.header())
             del values
         duration = time.perf_counter() - started
         header = {
+            **extra,
             "status": status,
             "vars": entries,
             "skipped": skipped,
@@ -257,44 +298,52 @@ class CellRunner:
             (time.perf_counter() - cell.received_at) * 1e3,
         )
 
-    def _execute(
-        self, cell: Cell
-    ) -> tuple[str, list[dict[str, Any]], list[Any], list[dict[str, str]]]:
-        """Run the code and pull; returns (status, entries, frames, skipped)."""
+    def _execute(self, cell: Cell) -> tuple[str, Report]:
+        """Run the code and collect what goes back; returns (status, report).
+
+        As in a local cell, what a failed cell bound before it raised still comes back.
+        """
         shell = self.shell
         shell.error_sent = False
         status = DoneStatus.OK
-        entries: list[dict[str, Any]] = []
-        frames: list[Any] = []
-        skipped: list[dict[str, str]] = []
+        report = Report()
         signal.signal(signal.SIGINT, self.on_sigint)  # a cell may have replaced it
         try:
             self._interruptible = True
             if cell.interrupt_requested:
                 raise KeyboardInterrupt
-            result = shell.run_cell(cell.code, store_history=True)
+            self.watch.before(shell.user_ns, cell.watch)
+            with numbered_as(shell, cell.number):
+                result = shell.run_cell(cell.code, store_history=True)
             error = result.error_before_exec or result.error_in_exec
             if isinstance(error, KeyboardInterrupt):
                 status = DoneStatus.INTERRUPTED
-            elif error is not None:
-                status = DoneStatus.ERROR
-            elif cell.pull:
-                entries, frames, skipped = pack_pulled(shell.user_ns, cell.pull, cell.pull_limit)
+            else:
+                if error is not None:
+                    status = DoneStatus.ERROR
+                report = self.watch.collect(
+                    shell.user_ns,
+                    cell.pull,
+                    cell.watch,
+                    cell.pull_changed,
+                    cell.pull_limit,
+                    result.result if cell.want_result and error is None else None,
+                )
         except KeyboardInterrupt:
             status = DoneStatus.INTERRUPTED
-            entries, frames, skipped = [], [], []
+            report = Report()
         except Exception as exc:  # a failure of the worker itself, not of the user's code
             self._interruptible = False
             log.exception("cell %s failed inside the worker", cell.id)
             self._send_error(type(exc).__name__, f"the worker failed to run the cell: {exc}")
-            return DoneStatus.ERROR, [], [], []
+            return DoneStatus.ERROR, Report()
         finally:
             self._interruptible = False
         if status == DoneStatus.INTERRUPTED and not shell.error_sent:
             self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
         elif status == DoneStatus.ERROR and not shell.error_sent:
             self._send_error("Error", "the cell failed (no traceback available)")
-        return status, entries, frames, skipped
+        return status, report
 
     def _call(self, cell: Cell, values: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list]:
         """Run a CALL in user-code mode (interruptible, output streamed); see calls.py."""

@@ -22,6 +22,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Type
 from traitlets.config import Config
 
+from rexec_magic import serialize
 from rexec_magic.protocol import Kind
 from worker_image.outbox import NoStdin, Outbox, OutStream, stdin_error
 
@@ -120,7 +121,13 @@ class WorkerShell(InteractiveShell):
             "evalue": _safe_str(evalue),
             "traceback": [_safe_str(line) for line in stb],
         }
-        self.outbox.event(target, Kind.ERROR, header)
+        # The exception itself, so the notebook raises the same class (``except KeyError``).
+        try:
+            buffers = serialize.dumps(evalue, out_of_band=False)
+        except serialize.SerializationError:
+            buffers = []
+        header["nbuffers"] = len(buffers)
+        self.outbox.event(target, Kind.ERROR, header, buffers)
 
     def _tee(self, channel: str) -> contextlib.AbstractContextManager:  # type: ignore[override]
         """IPython 9 copies all cell output into history; we skip that (speed, memory)."""

@@ -1,63 +1,41 @@
-"""The user's variables seen from outside: packing pulled values, listing them for INSPECT.
+"""The user's variables seen from outside: packing pulled values, listing them for INSPECT,
+noticing what a cell changed.
 
 Kept apart from the shell so the rules a user reads in ``%rexec_status`` and in pull notes
-("skipped: cannot be serialized ...") live in one small module.
+("skipped: cannot be serialized ...") live in one small module.  ``Watch`` is the worker's
+half of "the worker's namespace is the truth" (the notebook's half is rexec_magic/sync.py):
+it keeps the content hash of each name's value as of its last exchange, so a cell that
+changed a value in place (``lst.append``, ``df["b"] = ...``, ``model.fit``) is noticed and
+the value goes back like a name the cell bound.
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import sys
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from rexec_magic import protocol, serialize
+from rexec_magic.sync import RESULT
 
 
 def megabytes(n: int) -> str:
     return f"{n / 2**20:.1f} MB"
 
 
-def pack_pulled(
-    namespace: Mapping[str, Any], names: Iterable[str], limit: int
-) -> tuple[list[dict[str, Any]], list[Any], list[dict[str, str]]]:
-    """Pack the named values that exist: ``(entries, frames, skipped)``.
-
-    Modules are skipped silently (the client has its own imports); values that cannot be
-    serialized or whose packed size is over ``limit`` bytes are skipped with a reason.
-    Each value is packed alone so one bad value never costs the others.
-    """
-    entries: list[dict[str, Any]] = []
-    frames: list[Any] = []
-    skipped: list[dict[str, str]] = []
-    for name in dict.fromkeys(names):  # unique, in order
-        if name not in namespace:
-            continue
-        value = namespace[name]
-        if isinstance(value, types.ModuleType):
-            continue
-        try:
-            parts = serialize.dumps(value)
-        except serialize.SerializationError as exc:
-            reason = f"cannot be serialized ({exc})"
-            skipped.append({"name": name, "reason": reason, "type": qualified_type(value)})
-            continue
-        size = serialize.nbytes(parts)
-        if size > limit:
-            reason = f"is {megabytes(size)}, over the {megabytes(limit)} pull limit"
-            skipped.append({"name": name, "reason": reason, "type": qualified_type(value)})
-            continue
-        entry = {"name": name, "nbuffers": len(parts), "nbytes": size}
-        entries.append({**entry, "type": qualified_type(value)})
-        frames.extend(parts)
-    return entries, frames, skipped
-
-
-def qualified_type(value: Any) -> str:
-    """``matplotlib.axes._axes.Axes``: lets the client tell plotting objects from data."""
+def type_fields(value: Any) -> dict[str, str]:
+    """``{"type": "Axes", "module": "matplotlib.axes._axes"}``: what the notebook shows for a
+    value that stays remote, and how it tells plotting objects from data (capped to fit a
+    header's short strings)."""
     cls = type(value)
-    return f"{cls.__module__}.{cls.__qualname__}"[: protocol.SHORT_MAX]  # a header field's cap
+    return {
+        "type": str(cls.__name__)[: protocol.SHORT_MAX],
+        "module": str(cls.__module__)[: protocol.SHORT_MAX],
+    }
 
 
 def sizeof(value: Any) -> int | None:
@@ -90,3 +68,162 @@ def describe(namespace: Mapping[str, Any], hidden: Mapping[str, Any]) -> list[di
         out.append({"name": name, "type": type(value).__name__, "size": sizeof(value)})
     out.sort(key=lambda v: v["name"])
     return out
+
+
+@dataclass
+class Report:
+    """What a cell's DONE carries back about the namespace."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    frames: list[Any] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    result: str | None = None  # the name whose value is the last expression's, if any
+
+    def header(self) -> dict[str, Any]:
+        return {"changed": self.changed, "deleted": self.deleted, "result_name": self.result}
+
+
+def load_pushed(
+    namespace: dict[str, Any], entries: list[dict[str, Any]], frames: list[Any]
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Load each pushed value alone; one that does not load here is unbound, with a reason.
+
+    Unbinding matters: the cell must not run on an older value of the same name.
+    """
+    values, failed = serialize.unpack_each(entries, frames)
+    unloaded = []
+    for name, reason in failed.items():
+        namespace.pop(name, None)
+        unloaded.append({"name": name, "reason": f"could not be loaded on the worker ({reason})"})
+    return values, unloaded
+
+
+class Watch:
+    """Content hashes of the values of exchanged names, as of their last exchange."""
+
+    def __init__(self) -> None:
+        self.digests: dict[str, str] = {}
+
+    def invalidate(self, names: Iterable[str] | None = None) -> None:
+        """Forget hashes (all when ``names`` is None): those values were replaced."""
+        if names is None:
+            self.digests.clear()
+        else:
+            for name in names:
+                self.digests.pop(name, None)
+
+    def before(self, namespace: Mapping[str, Any], names: Iterable[str]) -> None:
+        """Hash the watched values not hashed yet, so a change during the cell shows."""
+        for name in names:
+            if name in self.digests or name not in namespace:
+                continue
+            try:
+                self.digests[name] = serialize.pack_value(namespace[name]).digest
+            except serialize.SerializationError:
+                self.digests[name] = f"unserializable {id(namespace[name])}"
+
+    def collect(
+        self,
+        namespace: Mapping[str, Any],
+        pull: list[str],
+        watch: list[str],
+        pull_changed: bool,
+        limit: int,
+        result: Any = None,
+    ) -> Report:
+        """After the cell: pack ``pull`` names, and watched names that changed if asked.
+
+        Every value is packed alone so one bad value never costs the others; the packing
+        that hashes a value is the one that is sent.
+        """
+        report = Report()
+        wanted = set(pull)
+        for name in dict.fromkeys([*pull, *watch]):
+            if name not in namespace:
+                if self.digests.pop(name, None) is not None:
+                    report.deleted.append(name)
+                continue
+            value = namespace[name]
+            try:
+                packed = serialize.pack_value(value)
+            except serialize.SerializationError as exc:
+                # It can never go back; say so once per object, not after every cell reading it.
+                marker = f"unserializable {id(value)}"
+                if self.digests.get(name) != marker or name in wanted:
+                    report.changed.append(name)
+                    reason = serialize.unserializable_reason(value, exc)
+                    report.skipped.append({"name": name, "reason": reason, **type_fields(value)})
+                self.digests[name] = marker
+                continue
+            digest = packed.digest
+            changed = self.digests.get(name) != digest
+            self.digests[name] = digest
+            if changed:
+                report.changed.append(name)
+            if name in wanted or (changed and pull_changed):
+                self._add(report, name, value, packed, digest, limit)
+        if result is not None:
+            # A name that holds it: sent now, or unchanged and so already in the notebook
+            # (`df` as a cell's last line must not send the frame again).
+            skipped = {s["name"] for s in report.skipped}
+            for name in dict.fromkeys([*pull, *watch]):
+                if name not in skipped and namespace.get(name) is result:
+                    report.result = name
+                    break
+            else:
+                try:
+                    packed = serialize.pack_value(result)
+                except serialize.SerializationError:
+                    return report  # the display is the worker's; the value stays there
+                self._add(report, RESULT, result, packed, packed.digest, limit, quiet=True)
+        return report
+
+    @staticmethod
+    def _add(
+        report: Report,
+        name: str,
+        value: Any,
+        packed: serialize.Packed,
+        digest: str,
+        limit: int,
+        quiet: bool = False,
+    ) -> None:
+        size = packed.nbytes
+        if size > limit:
+            if not quiet:
+                reason = f"is {megabytes(size)}, over the {megabytes(limit)} pull limit"
+                report.skipped.append({"name": name, "reason": reason, **type_fields(value)})
+            return
+        report.entries.append(
+            {
+                "name": name,
+                "nbuffers": len(packed.frames),
+                "nbytes": size,
+                "digest": digest,
+                "reads": packed.reads,
+                **type_fields(value),
+            }
+        )
+        report.frames.extend(packed.frames)
+
+
+@contextlib.contextmanager
+def numbered_as(shell: Any, number: int | None) -> Iterator[None]:
+    """Run a cell under the notebook's cell number, so its traceback says the notebook's
+    ``Cell In[N]`` and not the worker's own count."""
+    if number is None:
+        yield
+        return
+    compiler = shell.compile
+    original = compiler.cache
+
+    def cache(transformed_code: str, _number: int = 0, raw_code: str | None = None) -> str:
+        return original(transformed_code, number, raw_code)
+
+    compiler.cache = cache
+    try:
+        yield
+    finally:
+        del compiler.cache  # the class's own method again

@@ -27,6 +27,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end -}}
 
+{{/* The broker's and spawner's image: the worker image holds no server packages. */}}
+{{- define "rexec.serverImage" -}}
+{{ printf "%s:%s" .Values.serverImage.repository (.Values.serverImage.tag | default .Chart.AppVersion) }}
+{{- end -}}
+
 {{/* imagePullSecrets as LocalObjectReferences (values may be names or {name: ...}). */}}
 {{- define "rexec.pullSecrets" -}}
 {{- $out := list }}

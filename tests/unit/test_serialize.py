@@ -93,12 +93,24 @@ def test_pack_and_unpack_several_named_values():
     np.testing.assert_array_equal(back["arr"], values["arr"])
 
 
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("not today")
+
+
 def test_an_unserializable_value_raises_naming_the_variable_and_its_type():
+    with pytest.raises(serialize.SerializationError) as info:
+        serialize.pack({"fine": 1, "odd": Unpicklable()})
+    text = str(info.value)
+    assert "'odd'" in text and "Unpicklable" in text and "cannot be serialized" in text
+
+
+def test_a_meaningless_value_is_refused_naming_the_variable_and_its_type():
     gen = (i for i in range(3))
     with pytest.raises(serialize.SerializationError) as info:
         serialize.pack({"fine": 1, "gen": gen})
     text = str(info.value)
-    assert "'gen'" in text and "generator" in text and "cannot be serialized" in text
+    assert "'gen'" in text and "generator" in text and "means nothing in another process" in text
 
 
 def test_a_value_that_cannot_be_loaded_names_the_variable():

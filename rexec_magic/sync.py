@@ -1,0 +1,240 @@
+"""What the worker holds, seen from the notebook: ship a name only when it changed.
+
+Per session, ``NamespaceSync`` keeps for each name exchanged with the worker the content hash
+of its value at that exchange (``serialize.digest``: xxh3-128 over the pickle stream and its
+out-of-band buffers).  A cell ships a local name only when the local value hashes differently,
+and tells the worker which names it skipped (``have``): a worker that lost one (restarted)
+answers "resend" and the cell goes again with them.
+
+The hash of a local value is only computed when the value may have changed: every cell that
+is not a pure ``%%remote`` cell advances ``epoch`` (an IPython ``pre_run_cell`` hook), and a
+name whose object is the one recorded, with no local cell run since, is unchanged without
+hashing.  (Code that mutates notebook values from another thread between two remote cells
+is not seen; the README says so.)
+
+A name whose newest value lives only on the worker (over the pull limit, not loadable here,
+``--no-pull``, not in ``-o``) is recorded in ``remote_only``; a stale local value under that
+name is replaced by a ``RemoteOnly`` placeholder, which is never shipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rexec_magic import errors, serialize
+
+# The name under which a cell's last expression value comes back (worker_image/variables.py).
+RESULT = "__rexec_result__"
+
+
+# IPython's own names in a user namespace: never shipped.
+IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_", "__", "___"})
+IPYTHON_NAME_RE = re.compile(r"^_(i\d*|ii|iii|oh|ih|dh|\d+)$")
+
+
+def ipython_name(name: str) -> bool:
+    """IPython's bookkeeping (``In``, ``_i3``, ...) and dunder names: not the user's values."""
+    return name in IPYTHON_NAMES or bool(IPYTHON_NAME_RE.match(name)) or name.startswith("__")
+
+
+class RemoteOnly:
+    """Placeholder for a name whose value lives only on the worker (never shipped)."""
+
+    __slots__ = ("name", "type_name", "reason")
+
+    def __init__(self, name: str, type_name: str, reason: str) -> None:
+        self.name = name
+        self.type_name = type_name
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return (
+            f"<{self.name}: a {self.type_name} that lives only on the remote worker "
+            f"({self.reason}); %%remote cells use it there>"
+        )
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"{self.name} lives only on the remote worker")
+
+
+@dataclass
+class Record:
+    """The value of one name at its last exchange with the worker."""
+
+    digest: str
+    obj_id: int
+    epoch: int
+    reads: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """What one request ships: packed values (with their digests) and the names skipped."""
+
+    send: dict[str, serialize.Packed] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+    have: list[str] = field(default_factory=list)
+
+    def entries_and_frames(self) -> tuple[list[dict[str, Any]], list[Any]]:
+        entries, frames = [], []
+        for name, packed in self.send.items():
+            entries.append({"name": name, "nbuffers": len(packed.frames), "nbytes": packed.nbytes})
+            frames.extend(packed.frames)
+        return entries, frames
+
+
+class NamespaceSync:
+    def __init__(self) -> None:
+        self.records: dict[str, Record] = {}
+        self.remote_only: dict[str, str] = {}  # name -> why it stays there
+        self.epoch = 0
+
+    def local_cell_ran(self) -> None:
+        """A local cell may have changed any value: hash again before trusting a record."""
+        self.epoch += 1
+
+    def forget(self) -> None:
+        """The worker is new (its namespace was lost): nothing is known to be there."""
+        self.records.clear()
+        self.remote_only.clear()
+
+    # ------------------------------------------------------------------ shipping
+    def plan(
+        self,
+        namespace: MutableMapping[str, Any],
+        names: Iterable[str],
+        shippable: Callable[[str, Any], bool],
+        force: Iterable[str] = (),
+    ) -> Plan:
+        """Pack what must go: ``names`` and the notebook globals their code reads, transitively.
+
+        ``force`` names are shipped even when unchanged (the worker said it lacks them).
+        Raises UnserializableVariable naming the first value that cannot travel.
+        """
+        forced = set(force)
+        plan = Plan()
+        queue = list(dict.fromkeys(names))
+        seen: set[str] = set()
+        while queue:
+            name = queue.pop(0)
+            if name in seen or name not in namespace:
+                continue
+            seen.add(name)
+            value = namespace[name]
+            if isinstance(value, RemoteOnly) or not shippable(name, value):
+                continue
+            record = self.records.get(name)
+            if (
+                name not in forced
+                and record is not None
+                and record.epoch == self.epoch
+                and record.obj_id == id(value)
+            ):
+                plan.have.append(name)
+                queue.extend(record.reads)
+                continue
+            try:
+                packed = serialize.pack_value(value)
+            except serialize.SerializationError as exc:
+                raise errors.UnserializableVariable(
+                    f"The cell was not run: {serialize.unserializable_message(name, value, exc)}."
+                ) from None
+            queue.extend(packed.reads)
+            digest = packed.digest
+            if name not in forced and record is not None and record.digest == digest:
+                record.obj_id, record.epoch, record.reads = id(value), self.epoch, packed.reads
+                plan.have.append(name)
+                continue
+            plan.send[name] = packed
+            plan.digests[name] = digest
+        return plan
+
+    def sent(self, namespace: MutableMapping[str, Any], plan: Plan, unloaded: Iterable[str]):
+        """The worker loaded what was sent (all but ``unloaded``): record it as held there."""
+        failed = set(unloaded)
+        for name, packed in plan.send.items():
+            if name in failed:
+                self.records.pop(name, None)
+                continue
+            value = namespace.get(name)
+            self.records[name] = Record(plan.digests[name], id(value), self.epoch, packed.reads)
+            self.remote_only.pop(name, None)
+
+    # ------------------------------------------------------------------ receiving
+    def pulled(
+        self, namespace: MutableMapping[str, Any], name: str, value: Any, digest: str, reads: list
+    ) -> None:
+        namespace[name] = value
+        self.records[name] = Record(digest, id(value), self.epoch, list(reads))
+        self.remote_only.pop(name, None)
+
+    def stays_remote(
+        self, namespace: MutableMapping[str, Any], name: str, type_name: str, reason: str
+    ) -> None:
+        """The newest value of ``name`` is on the worker only; hide a stale local copy."""
+        self.records.pop(name, None)
+        self.remote_only[name] = reason
+        if name in namespace:
+            namespace[name] = RemoteOnly(name, type_name, reason)
+
+    def deleted(self, namespace: MutableMapping[str, Any], name: str) -> None:
+        self.records.pop(name, None)
+        self.remote_only.pop(name, None)
+        namespace.pop(name, None)
+
+    def apply(
+        self,
+        namespace: MutableMapping[str, Any],
+        outcome: Any,
+        why: str,
+        quiet: Iterable[str] = (),
+    ) -> list[str]:
+        """Take a cell's outcome into the namespace; returns one-line notes for the user.
+
+        Pulled values bind; values that stay remote (skipped, not loadable here, changed but
+        not pulled: ``why``) replace stale local copies with placeholders; names the cell
+        deleted go.  The last expression's value (``RESULT``) is the caller's.  A value whose
+        class comes from one of the ``quiet`` packages (``matplotlib``) stays remote without
+        a note.
+        """
+        done = outcome.done  # the DONE header (protocol.Done), None when there was none
+        notes: list[str] = []
+        packages = tuple(quiet)
+
+        def say(text: str, module: str | None) -> None:
+            module = module or ""
+            if not any(module == p or module.startswith(p + ".") for p in packages):
+                notes.append(text)
+
+        for unloaded in done.unloaded if done is not None else []:
+            notes.append(f"`{unloaded.name}` {unloaded.reason}")
+        meta = {e.name: e for e in done.vars} if done is not None else {}
+        handled: set[str] = set()
+        for name, value in outcome.values.items():
+            if name in (RESULT, "return"):  # a cell's or a call's value: the caller's
+                continue
+            entry = meta.get(name)
+            digest, reads = (entry.digest, list(entry.reads)) if entry else ("", [])
+            self.pulled(namespace, name, value, digest, reads)
+            handled.add(name)
+        for name, reason in outcome.not_loaded.items():
+            handled.add(name)
+            if name in (RESULT, "return"):
+                continue
+            text = f"could not be loaded here ({reason})"
+            entry = meta.get(name)
+            self.stays_remote(namespace, name, (entry.type if entry else "") or "value", text)
+            say(f"`{name}` stays remote: {text}", entry.module if entry else None)
+        for skip in outcome.skipped:
+            handled.add(skip["name"])
+            self.stays_remote(namespace, skip["name"], skip.get("type", "value"), skip["reason"])
+            say(f"`{skip['name']}` stays remote: {skip['reason']}", skip.get("module"))
+        for name in done.changed if done is not None else []:
+            if name not in handled:
+                self.stays_remote(namespace, name, "value", why)
+        for name in done.deleted if done is not None else []:
+            self.deleted(namespace, name)
+        return notes
