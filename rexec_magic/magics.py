@@ -359,7 +359,7 @@ class RexecMagics(Magics):
     @line_magic
     def rexec_status(self, line: str) -> Table | None:
         """Where things stand: user, broker, worker, its folder, versions, uptime, round trip,
-        remote variables (and which stayed remote)."""
+        remote variables (and which live only remotely)."""
         if parse(self.rexec_status, line) is None:
             return None
         report = self._guard("reading the status", self.session.status)
