@@ -75,6 +75,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/roundtrip.py
 	$(PY) bench/warm_pool.py
+	$(PY) bench/transfer.py
 
 ## The images (need a Docker engine): workers, and broker + spawner for the chart.
 VERSION = $(shell $(PY) -c "from rexec_magic.contract import VERSION; print(VERSION)")

@@ -63,10 +63,6 @@ H = TypeVar("H", bound=P.Header)
 log = logging.getLogger("rexec.broker")
 
 AUTH_RESULTS = "inproc://rexec-broker-auth-results"
-# What a client may send to its user's worker (the rest is for the broker itself).
-CLIENT_TO_WORKER = frozenset(
-    {P.Kind.EXECUTE, P.Kind.CALL, P.Kind.INTERRUPT, P.Kind.INSPECT, P.Kind.ACK, P.Kind.KEEPALIVE}
-)
 HOUSEKEEPING_S = 0.25
 MAX_EXECUTOR_ROWS = 100  # of a heartbeat's executor list, kept for %rexec_status
 RECHECK_RETRY_S = 5.0  # the auth service could not be asked: keep the session, ask again soon
@@ -106,6 +102,9 @@ class WorkerEntry:
     pid: int | None
     registered_at: float
     last_seen: float
+    # Random per worker process: a new value means a new process (its namespace is new), which
+    # a pid cannot tell inside a container.  Unchanged when a worker registers again.
+    instance: str = ""
     busy: bool = False
     # The worker's executors as its last heartbeat listed them: one row per namespace
     # ({notebook, state, memory, pid, uptime_s, ...}), for %rexec_status and the sidebar.
@@ -128,6 +127,7 @@ class WorkerEntry:
             pid=header.pid,
             registered_at=time.time(),
             last_seen=now,
+            instance=header.instance,
         )
 
     def info(self, now: float) -> dict[str, Any]:
@@ -136,6 +136,7 @@ class WorkerEntry:
             "python": self.python,
             "dill": self.dill,
             "pid": self.pid,
+            "instance": self.instance,
             "registered_at": self.registered_at,
             "uptime_s": round(time.time() - self.registered_at, 3),
             "last_seen_s": round(now - self.last_seen, 3),
@@ -463,7 +464,7 @@ class Broker:
             return None
         assert request is not None
         kind = signed.kind.decode("ascii", "replace")
-        if kind not in CLIENT_TO_WORKER:
+        if kind not in P.CLIENT_TO_WORKER:
             return self._malformed("frontend", f"unknown kind {kind[:32]!r}")
         worker = self.workers.get(user)
         if worker is None:
@@ -471,6 +472,13 @@ class Broker:
                 route, request.id, P.FailCode.NO_WORKER, "No worker is running for you."
             )
         if kind in (P.Kind.EXECUTE, P.Kind.CALL):
+            if request.instance and worker.instance and request.instance != worker.instance:
+                # The worker process the client knew is gone (killed, restarted, culled and
+                # respawned): say so before the cell meets a fresh namespace.
+                return self._fail(
+                    route, request.id, P.FailCode.WORKER_REPLACED,
+                    "Your worker was replaced by a new process; its namespace is new.",
+                )  # fmt: skip
             self.pending.add(user, route, request.id)
             worker.last_activity = time.time()
         # Forwarded zero-copy, the header unread (the worker reads it): the worker sees the

@@ -17,12 +17,14 @@ from urllib.parse import urlsplit
 from rexec_magic import connection, errors
 from rexec_magic.contract import shown_state
 from rexec_magic.login import log_in
+from rexec_magic.session import restart_sentence
 from rexec_magic.spawner_client import SpawnerClient
 
 # What the browser may see of a worker status (never the token, which it never contains, and
 # no more than the sidebar shows).
 STATUS_FIELDS = ("state", "message", "python", "pid", "started_at", "ready_at", "restarts",
-                 "requirements", "log_tail", "executors")  # fmt: skip
+                 "requirements", "log_tail", "last_exit_at", "last_exit_reason",
+                 "executors")  # fmt: skip
 
 
 class RemoteAccount:
@@ -53,7 +55,10 @@ class RemoteAccount:
         info, _ = log_in(self.spawner_url, token, self.connection_file)
         return {"logged_in": True, "user": info.user}
 
-    def logout(self) -> dict[str, Any]:
+    def logout(self, stop_worker: bool = False) -> dict[str, Any]:
+        """Forget the login; with ``stop_worker`` stop the worker first (the sidebar asks)."""
+        if stop_worker and self._info() is not None:
+            self._spawner().stop()
         self.connection_file.unlink(missing_ok=True)
         return {"logged_in": False, "user": None}
 
@@ -85,6 +90,8 @@ class RemoteAccount:
                 "start it again when you need it."
             )
         worker["uptime_s"] = _uptime(status.get("ready_at") or status.get("started_at"))
+        if status.get("last_exit_at"):
+            worker["restarted"] = restart_sentence(status)
         worker["where"] = _where(status, info.spawner_url if info else self.spawner_url)
         return {
             "logged_in": True,

@@ -8,6 +8,7 @@ status that fits.  Nothing here ever writes a token into a response or a log lin
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,8 @@ from rexec_magic import errors
 
 API = "/rexec/api"
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rexec-api")
+LONG_POLL_MAX_S = 30.0  # the longest a status request waits for a change
+LONG_POLL_STEP_S = 0.25  # how often it looks meanwhile
 
 
 def http_status(exc: errors.RexecError) -> int:
@@ -60,10 +63,43 @@ class RexecHandler(APIHandler):
         self.finish(json.dumps(result))
 
 
+def fingerprint(status: dict[str, Any]) -> str:
+    """What changes when the sidebar must redraw: the status without the ticking uptime."""
+    worker = status.get("worker")
+    if isinstance(worker, dict):
+        status = {**status, "worker": {k: v for k, v in worker.items() if k != "uptime_s"}}
+    text = json.dumps(status, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class StatusHandler(RexecHandler):
+    """``GET /status``; with ``?since=VERSION&wait=S`` a long poll.
+
+    The answer comes as soon as the status differs from the one the browser has (its
+    ``version``), or after ``wait`` seconds (at most ``LONG_POLL_MAX_S``).  Meanwhile the
+    server looks every ``LONG_POLL_STEP_S``, so a change reaches the sidebar within a
+    fraction of a second (the way JupyterHub's and dask's dashboards push progress), while
+    the browser sends one request per change instead of one per interval.
+    """
+
     @web.authenticated
     async def get(self) -> None:
-        await self.answer(self.account.status)
+        since = self.get_query_argument("since", "")
+        try:
+            wait = min(max(float(self.get_query_argument("wait", "0")), 0.0), LONG_POLL_MAX_S)
+        except ValueError:
+            raise web.HTTPError(400, reason="wait must be a number of seconds.") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            status = await loop.run_in_executor(_pool, self.account.status)
+            status["version"] = fingerprint(status)
+            if status["version"] != since or loop.time() >= deadline:
+                break
+            if self.request.connection.stream.closed():  # the browser went away
+                return
+            await asyncio.sleep(LONG_POLL_STEP_S)
+        self.finish(json.dumps(status))
 
 
 class LoginHandler(RexecHandler):
@@ -78,7 +114,10 @@ class LoginHandler(RexecHandler):
 class LogoutHandler(RexecHandler):
     @web.authenticated
     async def post(self) -> None:
-        await self.answer(self.account.logout)
+        stop = self.body().get("stop_worker", False)
+        if not isinstance(stop, bool):
+            raise web.HTTPError(400, reason="stop_worker must be true or false.")
+        await self.answer(self.account.logout, stop)
 
 
 class StartHandler(RexecHandler):

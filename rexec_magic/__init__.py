@@ -1,8 +1,9 @@
 """rexec: run Jupyter cells on your own remote worker.
 
 ``%load_ext rexec_magic`` registers ``%%remote``, ``%remote``, ``%rexec_login``,
-``%rexec_start``, ``%rexec_stop`` and ``%rexec_status``; ``from rexec_magic import remote_func``
-runs single functions on the same worker.
+``%rexec_start``, ``%rexec_stop``, ``%rexec_status``, ``%rexec_put`` and ``%rexec_get``;
+``from rexec_magic import remote_func`` runs single functions on the same worker, and
+``rexec_magic.put`` / ``rexec_magic.get`` move files to and from it.
 """
 
 from __future__ import annotations
@@ -30,4 +31,8 @@ def __getattr__(name: str) -> Any:
         from rexec_magic import remote_call as module
 
         return getattr(module, name)
+    if name in ("put", "get"):
+        from rexec_magic import remote_files
+
+        return getattr(remote_files, name)
     raise AttributeError(name)

@@ -70,6 +70,10 @@ class RexecClient:
         self.user: str = ""
         self.username: str = ""
         self.worker: dict[str, Any] | None = None
+        # The worker process this client last saw (its ``instance``), and who to tell when a
+        # different one shows up: the namespace the user had is gone.
+        self.seen_instance: str | None = None
+        self.on_new_worker: Callable[[dict[str, Any]], None] | None = None
         self.session_key: bytes | None = None
         self.max_header_bytes = P.MAX_HEADER_BYTES
         self.local_versions = serialize.versions()
@@ -80,6 +84,7 @@ class RexecClient:
         self.namespace: str | None = None
         self.notebook = ""
         self.keepalive_s = keepalive_interval()
+        self.last_heard = 0.0  # time.monotonic() of the last message from the broker
 
     def placement(self) -> dict[str, Any]:
         """The header fields that pick this session's executor on the worker."""
@@ -149,6 +154,7 @@ class RexecClient:
         if not sock.poll(max(0, int(timeout_s * 1000))):
             return None
         frames = sock.recv_multipart(copy=False)
+        self.last_heard = time.monotonic()
         try:
             msg = P.decode(frames)
             model = P.HEADERS.get(msg.kind)
@@ -177,7 +183,7 @@ class RexecClient:
                 self.max_header_bytes = welcome.max_header_bytes
                 self.user = welcome.user
                 self.username = welcome.username or welcome.user
-                self.worker = welcome.worker
+                self._saw_worker(welcome.worker)
                 return msg.header
             if msg.kind == P.Kind.DENIED:
                 self.reset()
@@ -202,13 +208,46 @@ class RexecClient:
                     f"The rexec broker at {self.info.broker_url} did not answer a ping."
                 )
             if msg.kind == P.Kind.PONG and msg.read(P.Pong).t == t0:
-                self.worker = msg.read(P.Pong).worker
+                self._saw_worker(msg.read(P.Pong).worker)
                 return time.perf_counter() - t0, msg.header
             if msg.kind == P.Kind.FAIL and msg.read(P.Fail).code == P.FailCode.UNAUTHENTICATED:
                 self.hello()
                 return self.ping(timeout_s)
             if msg.kind == P.Kind.FAIL and msg.header.get("code") == P.FailCode.TOKEN_INVALID:
                 raise self._fail_error(msg)
+
+    def _saw_worker(self, worker: dict[str, Any] | None) -> None:
+        """Keep the broker's view of our worker; report a new worker process once."""
+        self.worker = worker
+        instance = (worker or {}).get("instance")
+        if not instance:
+            return
+        previous, self.seen_instance = self.seen_instance, instance
+        if previous is not None and previous != instance and self.on_new_worker is not None:
+            self.on_new_worker(worker)
+
+    def request(
+        self, kind: str, header: dict[str, Any], reply_kind: str, timeout_s: float
+    ) -> dict[str, Any] | None:
+        """One question to the worker; its answer's header, or None after ``timeout_s``.
+
+        For questions whose answer is only useful at once (completion, ``obj?``): a late
+        answer is dropped by whichever wait meets it (its id matches nothing).
+        """
+        self.ensure_hello()
+        req_id = self._new_id()
+        self._send(kind, {**header, "id": req_id})
+        deadline = time.monotonic() + timeout_s
+        while True:
+            msg = self._recv(deadline - time.monotonic())
+            if msg is None:
+                return None
+            if msg.header.get("id") != req_id:
+                continue
+            if msg.kind == reply_kind:
+                return msg.header
+            if msg.kind == P.Kind.FAIL:
+                return None
 
     def inspect(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """The worker's own report: versions, uptime, variables."""
@@ -301,6 +340,8 @@ class RexecClient:
             "credit": P.CLIENT_CREDIT,
             **self.placement(),
         }
+        if self.seen_instance:
+            header["instance"] = self.seen_instance
         self._send(P.Kind.EXECUTE, header, buffers)
         return self._wait_cell(req_id, header, buffers, on_event, timeout_s)
 
@@ -361,6 +402,8 @@ class RexecClient:
             "credit": P.CLIENT_CREDIT,
             **self.placement(),
         }
+        if self.seen_instance:
+            header["instance"] = self.seen_instance
         self._send(P.Kind.CALL, header, buffers)
         return (yield from self._events(P.Kind.CALL, req_id, header, buffers, timeout_s, cancel))
 
@@ -434,8 +477,9 @@ class RexecClient:
                     pong = msg.read(P.Pong)
                     if pong.t is None or pong.t < asked_at:
                         continue  # the answer to a ping of an earlier request: stale news
-                    self.worker = pong.worker
+                    self._saw_worker(pong.worker)
                     if self.worker is None or (req_id not in pong.pending and started):
+                        self.seen_instance = None  # told here: the next worker is no news
                         raise errors.WorkerLost(
                             "The remote worker stopped while running the cell; "
                             "the remote namespace was lost."
@@ -481,8 +525,15 @@ class RexecClient:
                 elif msg.kind == P.Kind.ERROR:
                     error = msg
                 elif msg.kind == P.Kind.FAIL:
-                    lost = msg.read(P.Fail).code == P.FailCode.WORKER_LOST
-                    if lost and not started and not resent:
+                    code = msg.read(P.Fail).code
+                    if code == P.FailCode.WORKER_REPLACED and not started:
+                        # Not run: learn the new worker (on_new_worker announces it), resend.
+                        self.ping()
+                        header.pop("instance", None)
+                        self._send(kind, header, buffers)
+                        last_heard = time.monotonic()
+                        continue
+                    if code == P.FailCode.WORKER_LOST and not started and not resent:
                         # The cell went to a worker that had just died; it never ran, so it is
                         # safe to send it to the worker that replaced it.
                         resent = True
@@ -490,10 +541,17 @@ class RexecClient:
                         self._send(kind, header, buffers)
                         last_heard = time.monotonic()
                         continue
+                    if code == P.FailCode.WORKER_LOST:
+                        self.seen_instance = None  # told here: the next worker is no news
                     raise self._fail_error(msg)
                 elif msg.kind == P.Kind.DONE:
                     return self._finish(
-                        msg, error, timed_out, interrupted_at is not None, timeout_s
+                        msg,
+                        error,
+                        timed_out,
+                        interrupted_at is not None,
+                        timeout_s,
+                        call=kind == P.Kind.CALL,
                     )
             except errors.RemoteInterrupted:
                 raise  # the worker's answer to an interrupt, not a new Ctrl-C
@@ -512,6 +570,7 @@ class RexecClient:
         timed_out: bool,
         interrupted: bool,
         timeout_s: float | None,
+        call: bool = False,
     ) -> CellOutcome:
         done = msg.read(P.Done)
         status = done.status
@@ -520,6 +579,7 @@ class RexecClient:
                 done.message or "The remote executor died; the remote namespace was lost."
             )
         if status == P.DoneStatus.RESTARTING:
+            self.seen_instance = None  # the user is told now; the next worker is no news
             text = done.message or (
                 "The remote cell did not stop after the interrupt, so the worker was "
                 "restarted; the remote namespace was lost."
@@ -545,6 +605,12 @@ class RexecClient:
             if not_loaded:
                 note = serialize.version_note(self.local_versions, self.worker)
                 log.info("pulled values did not load here: %s (%s)", not_loaded, note)
+                not_loaded = {name: f"{why}; {note}" for name, why in not_loaded.items()}
+                if call and "return" in not_loaded:  # a return value has no stand-in
+                    raise errors.DeserializationFailed(
+                        "The value returned by the remote function could not be loaded "
+                        f"here: {not_loaded['return']}."
+                    )
         outcome = CellOutcome(
             status=status,
             values=values,

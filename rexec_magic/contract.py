@@ -78,6 +78,10 @@ class Env:
     # Local backend: the number of an inherited pipe holding the secret (no secret in environ).
     WORKER_SECRET_FD = "REXEC_WORKER_SECRET_FD"  # noqa: S105 - a variable name
     WORKER_POOL = "REXEC_WORKER_POOL"
+    # The worker's own folder (local backend): the folder itself, or for a warm-pool worker
+    # the root under which it takes <root>/<user> when claimed (worker_image/files.py).
+    WORK_DIR = "REXEC_WORK_DIR"
+    WORK_ROOT = "REXEC_WORK_ROOT"
     WORKER_ALIVE_FILE = "REXEC_WORKER_ALIVE_FILE"
     LOG_LEVEL = "REXEC_LOG_LEVEL"
     # Set by the worker's supervisor for each executor it starts (worker_image/executors.py).
@@ -96,6 +100,17 @@ class Env:
     # Broker and spawner: a 0700 directory of 0600 files, one per secret setting
     # (``rexec_worker_key``, ``rexec_admin_secret``...), read by pydantic-settings.
     SECRETS_DIR = "REXEC_SECRETS_DIR"  # noqa: S105 - a variable name
+
+
+def folder_name(user: str) -> str:
+    """A file-name-safe form of a user id (worker logs, worker folders); distinct ids stay
+    distinct."""
+    import hashlib
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", user)[:64]
+    if safe != user or safe.startswith("."):
+        safe = f"{safe.lstrip('.')}-{hashlib.sha256(user.encode()).hexdigest()[:8]}"
+    return safe
 
 
 #: What the spawner puts in a worker's environment (and the Kubernetes pod spec).

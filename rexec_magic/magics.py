@@ -1,8 +1,10 @@
 """The IPython magics: ``%%remote``, ``%remote``, ``%rexec_login``, ``%rexec_start``,
-``%rexec_stop``, ``%rexec_attach`` and ``%rexec_status``.
+``%rexec_stop``, ``%rexec_status``, ``%rexec_attach``, ``%rexec_put`` and ``%rexec_get``.
 
 The flags of ``%%remote`` and ``%remote`` are declared once (``remote_args``) and stacked on
-the magic, so the line and cell forms can never drift apart (the ipyparallel pattern).
+the magic, so the line and cell forms can never drift apart (the ipyparallel pattern).  Every
+magic answers ``-h`` / ``--help`` with its flags (``parse``).  rexec's own words go through
+``notes`` (progress in place, plain notes, warnings only for real problems), never stderr.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import getpass
 import logging
 import os
 import re
+import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +23,49 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float, TraitError, Unicode, validate
 
-from rexec_magic import connection, contract, errors, names, sync
+from rexec_magic import assist, connection, contract, errors, names, remote_files, sync
 from rexec_magic.login import log_in
 from rexec_magic.logs import log_path, setup_logging
+from rexec_magic.notes import NOTEBOOK, Notes
 from rexec_magic.render import EventRenderer, RemoteResult, Table, human_bytes, human_seconds
-from rexec_magic.session import shared_session
+from rexec_magic.session import restart_sentence, shared_session
 
 log = logging.getLogger("rexec.magic")
+
+HELP_FLAGS = ("-h", "--help")
+# Values of these packages that stay remote do so without a note: a plotting cell has already
+# shown its figure, and its animations and artists are of no use here.
+QUIET_PACKAGES = ("matplotlib",)
+
+
+def parse(magic: Any, line: str) -> Any:
+    """The magic's flags, or None after printing its help for ``-h`` / ``--help``."""
+    try:
+        words = shlex.split(line)
+    except ValueError:
+        words = line.split()
+    if any(w in HELP_FLAGS for w in words):
+        print(magic.__doc__)
+        return None
+    return parse_argstring(magic, line)
+
+
+@contextmanager
+def figures_stay_remote() -> Any:
+    """Figures that come back as values are not drawn again here.
+
+    Unpickling a pyplot figure registers it with pyplot, and the kernel's inline backend
+    would then show it a second time at the end of the cell (the worker already showed it).
+    """
+    helpers = sys.modules.get("matplotlib._pylab_helpers")
+    before = set(helpers.Gcf.figs) if helpers is not None else set()
+    try:
+        yield
+    finally:
+        helpers = sys.modules.get("matplotlib._pylab_helpers")
+        if helpers is not None:
+            for num in set(helpers.Gcf.figs) - before:
+                helpers.Gcf.figs.pop(num, None)  # the Figure itself stays usable: display(fig)
 
 
 def parse_size(text: str) -> int:
@@ -113,8 +153,9 @@ class RexecMagics(Magics):
             self.session.sync.local_cell_ran()
 
     # ------------------------------------------------------------------ helpers
-    def _say(self, text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+    @property
+    def notes(self) -> Notes:
+        return NOTEBOOK
 
     def _shippable(self, name: str, value: Any) -> bool:
         """Every user value of the notebook may travel; modules go by reference."""
@@ -165,24 +206,25 @@ class RexecMagics(Magics):
         ns = self.shell.user_ns
         why = "--no-pull" if args.no_pull else "not in -o" if args.pull else "not pulled"
         try:
-            outcome = self.session.run_synced(
-                code,
-                ns,
-                push,
-                self._shippable,
-                fields,
-                renderer,
-                args.timeout if args.timeout is not None else self.timeout,
-                self._say,
-                forced,
-            )
+            with figures_stay_remote():
+                outcome = self.session.run_synced(
+                    code,
+                    ns,
+                    push,
+                    self._shippable,
+                    fields,
+                    renderer,
+                    args.timeout if args.timeout is not None else self.timeout,
+                    self.notes,
+                    forced,
+                )
         except errors.RemoteCellError as exc:
             if exc.outcome is not None:
                 self._apply(exc.outcome, why)
             raise
         value = self._apply(outcome, why)
         if outcome.message:  # e.g. exit() ended the remote executor
-            self._say(f"rexec: {outcome.message}")
+            self.notes.note(outcome.message)
         shown = renderer.result
         if shown is None:
             return None
@@ -196,8 +238,8 @@ class RexecMagics(Magics):
     def _apply(self, outcome: Any, why: str) -> Any:
         """Bind what came back, hide stale copies of what stays remote; the result's value."""
         ns = self.shell.user_ns
-        for note in self.session.sync.apply(ns, outcome, why):
-            self._say(f"rexec: {note}.")
+        for note in self.session.sync.apply(ns, outcome, why, quiet=QUIET_PACKAGES):
+            self.notes.note(f"{note}.")
         if sync.RESULT in outcome.values:
             return outcome.values[sync.RESULT]
         name = outcome.done.result_name if outcome.done is not None else None
@@ -240,8 +282,8 @@ class RexecMagics(Magics):
             flags, code = split_flags(line)
         else:
             flags, code = line, cell
-        args = parse_argstring(self.remote, flags)
-        if not code.strip():
+        args = parse(self.remote, flags)
+        if args is None or not code.strip():
             return None
         try:
             return self._guard("running a remote cell", self._run, args, code, cell is None)
@@ -255,7 +297,9 @@ class RexecMagics(Magics):
     @line_magic
     def rexec_login(self, line: str) -> None:
         """Log in: check the token with the spawner and write the connection file."""
-        args = parse_argstring(self.rexec_login, line)
+        args = parse(self.rexec_login, line)
+        if args is None:
+            return
         token = args.token or os.environ.get(contract.Env.TOKEN) or getpass.getpass("rexec token: ")
         url = args.spawner_url or os.environ.get(contract.Env.SPAWNER_URL)
         if not url:
@@ -275,48 +319,123 @@ class RexecMagics(Magics):
     @argument("--force", action="store_true", help="restart a worker that has other requirements")
     @line_magic
     def rexec_start(self, line: str) -> None:
-        """Start your remote worker (or find it running) and wait until it is ready."""
-        args = parse_argstring(self.rexec_start, line)
+        """Start your remote worker and wait until it is ready.
+
+        Without -r, a worker that already runs (or is starting) is used as it is, whatever
+        requirements it was started with.  With -r, a worker running with other
+        requirements is only replaced with --force (its namespace is lost).
+        """
+        args = parse(self.rexec_start, line)
+        if args is None:
+            return
         requirements: list[str] = []
         if args.requirements:
             try:
                 requirements = Path(args.requirements).expanduser().read_text().splitlines()
             except OSError as exc:
                 raise errors.RexecError(f"Cannot read {args.requirements}: {exc.strerror}.")
-        self._say("Starting the remote worker…")
-        status = self._guard(
-            "starting the worker", self.session.start, requirements, args.force, None, self._say
-        )
-        python = status.get("python") or "?"
-        print(f"Remote worker ready in {status['seconds']:.2f} s (Python {python}).")
+        try:
+            self._guard(
+                "starting the worker",
+                self.session.start,
+                requirements,
+                args.force,
+                None,
+                self.notes,
+                not args.requirements,
+            )
+        except errors.SpawnFailed as exc:
+            if getattr(exc, "http_status", None) != 409 or not args.requirements:
+                raise
+            raise errors.SpawnFailed(conflict_sentence(str(exc), args.requirements)) from None
 
+    @magic_arguments()
     @line_magic
     def rexec_stop(self, line: str) -> None:
         """Stop your remote worker; its namespace is lost."""
+        if parse(self.rexec_stop, line) is None:
+            return
         self._guard("stopping the worker", self.session.stop)
-        print("Remote worker stopped.")
+        self.notes.note("Remote worker stopped.")
 
+    @magic_arguments()
+    @line_magic
+    @argument("name", nargs="?", help="the shared namespace (without: this notebook's own)")
     @line_magic
     def rexec_attach(self, line: str) -> None:
-        """``%rexec_attach NAME``: run this notebook's remote cells in the shared namespace
-        NAME (every notebook attached to NAME sees the same variables); ``%rexec_attach``
-        alone: back to this notebook's own namespace."""
-        name = line.strip()
+        """Run this notebook's remote cells in the shared namespace NAME: every notebook
+        attached to NAME sees the same variables.  Without NAME: back to this notebook's own
+        namespace."""
+        args = parse(self.rexec_attach, line)
+        if args is None:
+            return
+        name = (args.name or "").strip()
         if name and not re.fullmatch(r"[\w.-]{1,100}", name):
             raise errors.RexecError(
                 "A namespace name is letters, digits, '_', '.' or '-' (at most 100)."
             )
         self.session.attach(name or None)
         if name:
-            print(f"Remote cells of this notebook now run in the shared namespace {name!r}.")
+            self.notes.note(
+                f"Remote cells of this notebook now run in the shared namespace {name!r}."
+            )
         else:
-            print("Remote cells of this notebook run in its own namespace again.")
+            self.notes.note("Remote cells of this notebook run in its own namespace again.")
 
+    @magic_arguments()
     @line_magic
-    def rexec_status(self, line: str) -> Table:
-        """Where things stand: user, broker, worker, versions, uptime, round trip, variables."""
+    def rexec_status(self, line: str) -> Table | None:
+        """Where things stand: user, broker, worker, its folder, versions, uptime of this
+        notebook's namespace, round trip, your executors, remote variables (and which live
+        only remotely)."""
+        if parse(self.rexec_status, line) is None:
+            return None
         report = self._guard("reading the status", self.session.status)
         return status_table(report, self.shell.user_ns)
+
+    # ------------------------------------------------------------------ files
+    @magic_arguments()
+    @argument("local", help="a file or folder here")
+    @argument("remote", nargs="?", help="where on the worker (default: its folder)")
+    @line_magic
+    def rexec_put(self, line: str) -> None:
+        """Copy a local file or folder to your worker.
+
+        REMOTE relative to the worker's own folder; into an existing folder the item keeps
+        its name.  Streamed in chunks, written atomically: all of it arrives or nothing.
+        """
+        args = parse(self.rexec_put, line)
+        if args is not None:
+            self._transfer(remote_files.put, args.local, args.remote)
+
+    @magic_arguments()
+    @argument("remote", help="a file or folder on the worker (relative: in its folder)")
+    @argument("local", nargs="?", help="where here (default: the current folder)")
+    @line_magic
+    def rexec_get(self, line: str) -> None:
+        """Copy a file or folder from your worker to here.
+
+        Into an existing local folder the item keeps its name.  Streamed in chunks, written
+        atomically: all of it arrives or nothing.
+        """
+        args = parse(self.rexec_get, line)
+        if args is not None:
+            self._transfer(remote_files.get, args.remote, args.local)
+
+    def _transfer(self, func: Any, source: str, dest: str | None) -> None:
+        self._guard(
+            "moving files", lambda: func(source, dest, session=self.session, notes=self.notes)
+        )
+
+
+def conflict_sentence(spawner_says: str, requirements_file: str) -> str:
+    """The spawner's 409 sentence, with the exact commands that resolve it."""
+    first = spawner_says.split(";")[0].rstrip(".")
+    return (
+        f"{first}. To restart it with {requirements_file} (its namespace is lost), run "
+        f"`%rexec_start -r {requirements_file} --force`; to use it as it is, run "
+        "`%rexec_start` without -r."
+    )
 
 
 _NOTHING = object()
@@ -361,6 +480,8 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
     if "spawner_error" in report:
         shown += f"  ({report['spawner_error']})"
     rows.append(("worker", shown))
+    if spawner_state.get("last_exit_at"):
+        rows.append(("restarted", restart_sentence(spawner_state)))
     if running:
         winfo = inspect.get("worker") or {}
         rows.append(("worker python", worker.get("python") or winfo.get("python", "?")))
@@ -370,6 +491,8 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         rows.append(("uptime", human_seconds(float(uptime))))
         if winfo.get("hostname"):
             rows.append(("runs on", f"{winfo['hostname']} (pid {winfo.get('pid', '?')})"))
+        if winfo.get("cwd"):
+            rows.append(("folder", winfo["cwd"]))
     if "rtt_ms" in report:
         rows.append(("round trip", f"{report['rtt_ms']:.2f} ms"))
     for row in inspect.get("executors") or (worker or {}).get("executors") or []:
@@ -389,7 +512,7 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         rows.append(("remote variables", listing or "none"))
         if local is not None:  # what the notebook does not have (or holds a placeholder for)
             only = [
-                v["name"]
+                f"{v['name']} ({v['type']})"
                 for v in variables
                 if v["name"] not in local or isinstance(local[v["name"]], sync.RemoteOnly)
             ]
@@ -401,6 +524,7 @@ def load(ipython: Any) -> None:
     setup_logging()
     magics = RexecMagics(ipython)
     ipython.register_magics(magics)
+    assist.install(ipython, magics.session)
     ipython.events.register("pre_run_cell", magics.pre_run_cell)
 
 

@@ -109,7 +109,8 @@ class Kind:
     PING = "ping"  # {t}  -> PONG (answered by the broker, says whether the worker is alive)
     # client -> worker (routed by the broker to the user's worker)
     # {id, code, vars: [{name, nbuffers}], pull, pull_limit, have, watch, pull_changed, result,
-    # cell} + buffers (have/watch/...: the namespace sync, rexec_magic/sync.py)
+    # cell, instance?} + buffers (have/watch/...: the namespace sync, rexec_magic/sync.py;
+    # instance: the worker process the client last saw)
     EXECUTE = "execute"
     INTERRUPT = "interrupt"  # {id}
     INSPECT = "inspect"  # {id, session?, namespace?}  -> INSPECT_REPLY
@@ -119,6 +120,19 @@ class Kind:
     # client} + buffers: bind globals, call fn(*args, **kwargs); a generator's items come as
     # YIELD, the return value with DONE (vars "return", then the watched globals that changed)
     CALL = "call"
+    # Files (rexec_magic/transfer.py <-> worker_image/files.py).  Relative paths mean the
+    # worker's own folder.  Chunks travel one buffer each; the receiver acknowledges the bytes
+    # it has written so far and the sender keeps at most FILE_WINDOW_BYTES unacknowledged.
+    PUT_OPEN = "put_open"  # {id, path, dir}  -> FILE_ACK {id, path: resolved, received: 0}
+    PUT_FILE = "put_file"  # {id, rel, size, mode}: the next file of the upload ("" = the file)
+    PUT_CHUNK = "put_chunk"  # {id} + one buffer: the next bytes of the current file
+    PUT_CLOSE = "put_close"  # {id}: the upload is complete  -> FILE_DONE (renamed into place)
+    GET_OPEN = "get_open"  # {id, path}  -> FILE_META / FILE_CHUNK ... FILE_DONE | FILE_ERROR
+    FILE_ACK = "file_ack"  # {id, received: bytes written so far} (both directions)
+    FILE_CANCEL = "file_cancel"  # {id}: stop the transfer, leave nothing half-written
+    # Introspection for completion and ``obj?`` (worker_image/introspect.py)
+    COMPLETE = "complete"  # {id, code, cursor_pos}  -> COMPLETE_REPLY
+    INTROSPECT = "introspect"  # {id, name, detail_level}  -> INTROSPECT_REPLY
     # broker -> client
     WELCOME = "welcome"  # {user, username, worker: WorkerInfo | None}
     DENIED = "denied"  # {message}
@@ -136,10 +150,15 @@ class Kind:
     DONE = "done"
     INSPECT_REPLY = "inspect_reply"  # {id, worker, variables: [{name, type, size}], executors}
     NOTICE = "notice"  # {id, seq, text}: what a waiting request waits for (shown once)
+    FILE_META = "file_meta"  # {id, rel, size, mode, dir}: the next file of a download
+    FILE_CHUNK = "file_chunk"  # {id} + one buffer
+    FILE_DONE = "file_done"  # {id, path, files, bytes}
+    FILE_ERROR = "file_error"  # {id, message}: one sentence (disk full, permission, not found)
+    COMPLETE_REPLY = "complete_reply"  # {id, matches, cursor_start, cursor_end}
+    INTROSPECT_REPLY = "introspect_reply"  # {id, found, data}: a mime bundle like ``obj?``
     # worker -> broker
-    REGISTER = (
-        "register"  # {user, nonce, secret, python, dill, pid, pool?}  -> REGISTERED | REJECTED
-    )
+    # {user, nonce, secret, python, dill, pid, instance, pool?}  -> REGISTERED | REJECTED
+    REGISTER = "register"
     HEARTBEAT = "heartbeat"  # {busy, executors}  -> HEARTBEAT_ACK | RESYNC
     GOODBYE = "goodbye"  # {}: the worker is exiting on purpose (SIGTERM, superseded)
     # broker -> worker
@@ -157,12 +176,29 @@ class Kind:
     OK = "ok"
 
 
+# What a client may send to its worker through the broker (anything else is dropped there).
+CLIENT_TO_WORKER = frozenset(
+    {
+        Kind.EXECUTE, Kind.CALL, Kind.INTERRUPT, Kind.INSPECT, Kind.ACK, Kind.KEEPALIVE,
+        Kind.PUT_OPEN, Kind.PUT_FILE, Kind.PUT_CHUNK, Kind.PUT_CLOSE, Kind.GET_OPEN,
+        Kind.FILE_ACK, Kind.FILE_CANCEL, Kind.COMPLETE, Kind.INTROSPECT,
+    }
+)  # fmt: skip
+# File transfers: bytes per chunk, and how many may be in flight unacknowledged (so either
+# side holds at most a few MB of a transfer in memory, whatever the file's size).
+FILE_CHUNK_BYTES = 1 << 20
+FILE_WINDOW_BYTES = 8 << 20
+
+
 class FailCode:
     """Codes of FAIL messages; the client maps each to one plain sentence."""
 
     UNAUTHENTICATED = "unauthenticated"  # this connection never said hello (or broker restarted)
     NO_WORKER = "no_worker"  # the user has no registered worker
     WORKER_LOST = "worker_lost"  # the worker died or went silent while a request was pending
+    # EXECUTE/CALL named the worker process (``instance``) it was meant for, and another one
+    # runs now: the client announces the lost namespace and sends the request again.
+    WORKER_REPLACED = "worker_replaced"
     MALFORMED = "malformed"  # the broker could not read the message
     FORBIDDEN = "forbidden"  # bad admin secret on the control port
     TOKEN_INVALID = "token_invalid"  # noqa: S105 - a code, not a secret; the token was revoked or expired while connected
@@ -435,6 +471,7 @@ def decode_signed(frames: Sequence[Any], routed: bool = False) -> tuple[bytes, M
 SHORT_MAX = 256  # ids, user ids, nonces, names, version strings
 SECRET_MAX = 1024  # worker and admin secrets
 TOKEN_MAX = 16384  # bearer tokens (a JWT with many groups can be long)
+PATH_MAX = 4096  # file paths (PATH_MAX on Linux), expressions asked about with ``obj?``
 
 Short = Annotated[str, StringConstraints(max_length=SHORT_MAX)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=SHORT_MAX)]
@@ -492,6 +529,10 @@ class PulledEntry(VarEntry):
     """A value a DONE brings back, with what the namespace sync records of it."""
 
     digest: Short = ""  # content hash of the pickle and its buffers (serialize.digest)
+    # The value's class and its module: the notebook names it, and keeps plotting objects
+    # that stay remote quiet (worker_image/variables.type_fields).
+    type: Short = ""
+    module: Short = ""
     # The notebook globals its code reads (they are watched too).
     reads: list[Short] = Field(default_factory=list)
 
@@ -525,9 +566,12 @@ class Ping(Header):
 
 
 class Request(Header):
-    """What the broker reads of a request it routes (EXECUTE, CALL, INTERRUPT, INSPECT)."""
+    """What the broker reads of a request it routes (every kind in ``CLIENT_TO_WORKER``)."""
 
     id: Id
+    # EXECUTE / CALL: the worker process (its ``instance``) the request is meant for; when
+    # another one runs now the broker answers FAIL worker_replaced.  Empty: whichever runs.
+    instance: Short = ""
 
 
 # client -> worker
@@ -614,6 +658,58 @@ class Ack(Request):
 class Keepalive(Request, Placement):
     """This client session (``session`` / ``namespace``) is still there; ``id`` is new each
     time (the broker routes it like any request) and nothing answers it."""
+
+
+PathText = Annotated[str, StringConstraints(max_length=PATH_MAX)]
+Count = Annotated[int, Field(ge=0)]
+
+
+# client -> worker: files (rexec_magic/transfer.py -> worker_image/files.py)
+class PutOpen(Request):
+    path: PathText = "."  # where, on the worker (relative: in its folder)
+    name: Short = "upload"  # the item's own name
+    dir: bool = False
+
+
+class PutFile(Request):
+    rel: PathText = ""  # the file's path inside the item ("": the item itself)
+    size: Count = 0
+    mode: Count = 0
+    dir: bool = False
+
+
+class PutChunk(Request):
+    pass
+
+
+class PutClose(Request):
+    pass
+
+
+class GetOpen(Request):
+    path: PathText
+
+
+class FileCancel(Request):
+    pass
+
+
+# both directions: the bytes the receiver has written so far (the first answer to PUT_OPEN
+# also names the resolved destination)
+class FileAck(Request):
+    received: Count = 0
+    path: PathText = ""
+
+
+# client -> worker: completion and ``obj?`` (worker_image/introspect.py)
+class Complete(Request, Placement):
+    code: str
+    cursor_pos: Count = 0
+
+
+class Introspect(Request, Placement):
+    name: PathText
+    detail_level: Count = 0
 
 
 # broker -> client
@@ -724,6 +820,39 @@ class InspectReply(Event):
     note: str = ""
 
 
+class FileMeta(Event):
+    rel: PathText = ""
+    size: Count = 0
+    mode: Count = 0
+    dir: bool = False
+    total: Count | None = None  # on the item itself: the bytes of the whole download
+
+
+class FileChunk(Event):
+    pass
+
+
+class FileDone(Event):
+    path: PathText = ""
+    files: Count = 0
+    bytes: Count = 0
+
+
+class FileError(Event):
+    message: str = ""
+
+
+class CompleteReply(Event):
+    matches: list[str] = []
+    cursor_start: Count = 0
+    cursor_end: Count = 0
+
+
+class IntrospectReply(Event):
+    found: bool = False
+    data: Json = {}
+
+
 # worker -> broker
 class Register(Header):
     user: Id
@@ -732,6 +861,9 @@ class Register(Header):
     python: Short = ""
     dill: Short = ""
     pid: Annotated[int, Field(ge=0, le=2**31)] | None = None
+    # Random per worker process (a new one means a new namespace; a pid cannot tell that
+    # inside a container).  Unchanged when the same process registers again.
+    instance: Short = ""
     pool: bool = False
 
 
@@ -781,6 +913,15 @@ HEADERS: dict[str, type[Header]] = {
     Kind.INSPECT: Inspect,
     Kind.ACK: Ack,
     Kind.KEEPALIVE: Keepalive,
+    Kind.PUT_OPEN: PutOpen,
+    Kind.PUT_FILE: PutFile,
+    Kind.PUT_CHUNK: PutChunk,
+    Kind.PUT_CLOSE: PutClose,
+    Kind.GET_OPEN: GetOpen,
+    Kind.FILE_ACK: FileAck,
+    Kind.FILE_CANCEL: FileCancel,
+    Kind.COMPLETE: Complete,
+    Kind.INTROSPECT: Introspect,
     Kind.WELCOME: Welcome,
     Kind.DENIED: Denied,
     Kind.PONG: Pong,
@@ -794,6 +935,12 @@ HEADERS: dict[str, type[Header]] = {
     Kind.DONE: Done,
     Kind.INSPECT_REPLY: InspectReply,
     Kind.NOTICE: Notice,
+    Kind.FILE_META: FileMeta,
+    Kind.FILE_CHUNK: FileChunk,
+    Kind.FILE_DONE: FileDone,
+    Kind.FILE_ERROR: FileError,
+    Kind.COMPLETE_REPLY: CompleteReply,
+    Kind.INTROSPECT_REPLY: IntrospectReply,
     Kind.REGISTER: Register,
     Kind.HEARTBEAT: Heartbeat,
     Kind.REGISTERED: Registered,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import inspect
 import signal
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from typing import Any
 from rexec_magic import errors, serialize
 from rexec_magic import protocol as P
 from rexec_magic.client import Events
+from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
 from rexec_magic.session import RemoteSession, shared_session
 
@@ -44,10 +44,6 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n" + self.text
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 class RemoteFuture(Future):
@@ -214,7 +210,9 @@ class RemoteFunction:
         kwargs: dict[str, Any],
         cancel: threading.Event | None = None,
     ) -> Events:
-        return self.session.call(self.func, args, kwargs, self.timeout, say=_say, cancel=cancel)
+        return self.session.call(
+            self.func, args, kwargs, self.timeout, notes=NOTEBOOK, cancel=cancel
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run on the worker; a generator function returns an iterator of its items."""

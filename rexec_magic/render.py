@@ -9,6 +9,7 @@ from typing import Any
 from IPython.display import clear_output, publish_display_data
 
 from rexec_magic import protocol as P
+from rexec_magic.notes import NOTEBOOK, Notes
 
 
 class RemoteResult:
@@ -28,8 +29,9 @@ class RemoteResult:
 class EventRenderer:
     """Callable the client gives each STREAM / DISPLAY / RESULT event, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, notes: Notes = NOTEBOOK) -> None:
         self.result: RemoteResult | None = None
+        self.notes = notes  # rexec's own words (what a request waits for): never stderr
         self._late_said = False
         self._notices: set[str] = set()
 
@@ -45,13 +47,14 @@ class EventRenderer:
             # Output of an earlier cell's threads, timers or child processes, produced after
             # that cell ended (ipykernel shows it in the cell that started it; ours is gone).
             self._late_said = True
-            sys.stderr.write("[rexec: output produced after the previous remote cell ended]\n")
+            sys.stdout.write("[rexec: output produced after the previous remote cell ended]\n")
         if isinstance(event, P.Notice):
             category = event.text.split("(")[0]
             if category not in self._notices:  # once per kind of wait, not every 10 s
                 self._notices.add(category)
-                sys.stderr.write(f"rexec: {event.text}\n")
+                sys.stdout.flush()
                 sys.stderr.flush()
+                self.notes.note(f"rexec: {event.text}")
         elif isinstance(event, P.Stream):
             stream = sys.stderr if event.name == "stderr" else sys.stdout
             stream.write(event.text)

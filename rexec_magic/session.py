@@ -16,25 +16,40 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from rexec_magic import connection, contract, errors, serialize, sync
+from rexec_magic import connection, contract, errors, serialize, sync, transfer
 from rexec_magic import protocol as P
 from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient, keepalive_interval
 from rexec_magic.contract import WorkerState
+from rexec_magic.notes import QUIET, Notes
 from rexec_magic.spawner_client import SpawnerClient
 
 log = logging.getLogger("rexec.session")
 
-Say = Callable[[str], None]
 START_TIMEOUT_S = 300.0
+ACTIVE = (WorkerState.STARTING, WorkerState.INSTALLING, WorkerState.READY)
+# Completion and ``obj?`` wait this long for the worker at most: typing never blocks.
+ASSIST_TIMEOUT_S = 0.5
 # How long a cell waits for a worker the spawner says runs but the broker does not hear from
 # (stopped, starved, re-registering after a broker restart) before saying so.
 NOT_RESPONDING_WAIT_S = 10.0
 
 
-def _quiet(_: str) -> None:
-    pass
+def restart_sentence(status: dict[str, Any] | None) -> str:
+    """ "Your worker restarted at 14:02 (killed by signal 9); its namespace was lost."""
+    status = status or {}
+    at, reason = status.get("last_exit_at"), status.get("last_exit_reason")
+    when = ""
+    if at:
+        try:
+            when = " at " + datetime.fromisoformat(str(at)).astimezone().strftime("%H:%M")
+        except ValueError:
+            when = ""
+    why = f" ({reason})" if reason else ""
+    return f"Your worker restarted{when}{why}; its namespace was lost."
 
 
 class RemoteSession:
@@ -43,6 +58,9 @@ class RemoteSession:
         self._client: RexecClient | None = None
         self._spawner: SpawnerClient | None = None
         self._warned_versions = False
+        self._notes: Notes = QUIET  # who hears about a restarted worker during a request
+        self._starting = False  # a worker we start ourselves is not news
+        self.restart_note: str | None = None  # the last restart announced
         # One request at a time on the socket: remote_func's futures run in other threads.
         self._lock = threading.Lock()
         self._owner: int | None = None
@@ -57,8 +75,20 @@ class RemoteSession:
         # stopping the worker, forgets it.
         self.sync = sync.NamespaceSync()
 
+    def _new_worker(self, worker: dict[str, Any]) -> None:
+        """The broker shows another worker process than before: its namespace is new."""
+        if self._starting:
+            return
+        try:
+            status = self.spawner.status()
+        except errors.RexecError:
+            status = None
+        self.restart_note = restart_sentence(status)
+        self.sync.forget()  # nothing the notebook sent or left there is there any more
+        self._notes.warning(self.restart_note)
+
     @contextmanager
-    def exclusive(self, what: str = "request", say: Say = _quiet) -> Iterator[None]:
+    def exclusive(self, what: str = "request", notes: Notes = QUIET) -> Iterator[None]:
         """Hold the connection for one request (other threads wait their turn, and after
         ``NOTICE_AFTER_S`` say what they wait for)."""
         me = threading.get_ident()
@@ -69,7 +99,7 @@ class RemoteSession:
             )
         if not self._lock.acquire(timeout=P.NOTICE_AFTER_S):
             held, since = self._holder
-            say(
+            notes.note(
                 f"rexec: waiting for this notebook's previous {held or 'request'} "
                 f"(running {time.monotonic() - since:.0f} s)"
             )
@@ -127,6 +157,7 @@ class RemoteSession:
     def client(self) -> RexecClient:
         if self._client is None:
             self._client = RexecClient(self.info)
+            self._client.on_new_worker = self._new_worker
         client = self._client
         client.session_id, client.namespace = self.session_id, self.namespace
         client.notebook = self.notebook
@@ -172,45 +203,77 @@ class RemoteSession:
         requirements: list[str] | None = None,
         force: bool = False,
         options: dict[str, Any] | None = None,
-        say: Say = _quiet,
+        notes: Notes = QUIET,
+        attach: bool = False,
     ) -> dict[str, Any]:
-        """Spawn (or find) the user's worker and wait until it answers through the broker."""
-        with self.exclusive("start", say):
-            return self._start(requirements, force, options, say)
+        """Spawn (or find) the user's worker and wait until it answers through the broker.
+
+        ``attach``: a worker that is running or on its way is used whatever its requirements
+        (``%rexec_start`` without ``-r``); only when there is none is one spawned.
+        """
+        with self.exclusive("start", notes), self._reporting(notes):
+            if attach and not requirements and not force:
+                current = self.spawner.status()
+                if current.get("state") in ACTIVE:
+                    return self._start(None, False, None, notes, current)
+            return self._start(requirements, force, options, notes)
+
+    @contextmanager
+    def _reporting(self, notes: Notes) -> Iterator[None]:
+        previous, self._notes = self._notes, notes
+        try:
+            yield
+        finally:
+            self._notes = previous
 
     def _start(
         self,
         requirements: list[str] | None,
         force: bool,
         options: dict[str, Any] | None,
-        say: Say,
+        notes: Notes,
+        running: dict[str, Any] | None = None,
+        headline: str = "Starting the remote worker…",
     ) -> dict[str, Any]:
         t0 = time.monotonic()
-        status = self.spawner.spawn(requirements, options, force)
-        if status.get("state") != WorkerState.READY:
+        progress = notes.progress(headline)
+        self._starting = True
+        try:
+            status = running or self.spawner.spawn(requirements, options, force)
+            if status.get("state") != WorkerState.READY:
 
-            def progress(st: dict[str, Any]) -> None:
-                if st.get("message"):
-                    say(f"  {st['state']}: {st['message']}")
+                def moved(st: dict[str, Any]) -> None:
+                    if st.get("message"):
+                        progress.update(f"{headline} {st['state']}: {st['message']}")
 
-            status = self.spawner.wait_ready(START_TIMEOUT_S, on_progress=progress)
-        self.client.wait_for_worker(None, timeout_s=10.0)
+                status = self.spawner.wait_ready(START_TIMEOUT_S, on_progress=moved)
+            self.client.wait_for_worker(None, timeout_s=10.0)
+        except BaseException:
+            progress.done(f"{headline} failed.")
+            raise
+        finally:
+            self._starting = False
         status["seconds"] = time.monotonic() - t0
-        self._check_versions(say)
+        python = status.get("python") or (self.client.worker or {}).get("python") or "?"
+        if running is not None and status["seconds"] < 0.5:
+            progress.done(f"{headline} already running (Python {python}).")
+        else:
+            progress.done(f"{headline} ready in {status['seconds']:.1f} s (Python {python}).")
+        self._check_versions(notes)
         return status
 
     def stop(self) -> dict[str, Any]:
         self.sync.forget()  # its namespace goes with it
         return self.spawner.stop()
 
-    def _check_versions(self, say: Say) -> None:
+    def _check_versions(self, notes: Notes) -> None:
         worker = self.client.worker
         if self._warned_versions or not worker or not worker.get("python"):
             return
         local = serialize.versions()
         if serialize.minor_mismatch(local, worker):
             self._warned_versions = True
-            say(
+            notes.warning(
                 f"Warning: the remote worker runs Python {worker['python']} but this kernel "
                 f"runs Python {local['python']}; values may not transfer between them."
             )
@@ -224,11 +287,11 @@ class RemoteSession:
         on_event: EventHandler,
         pull_limit: int,
         timeout_s: float | None = None,
-        say: Say = _quiet,
+        notes: Notes = QUIET,
     ) -> CellOutcome:
         """Run a cell; start a worker first when the user has none (saying so)."""
-        with self.exclusive("cell", say):
-            return self._run(code, push, pull, on_event, pull_limit, timeout_s, say)
+        with self.exclusive("cell", notes), self._reporting(notes):
+            return self._run(code, push, pull, on_event, pull_limit, timeout_s, notes)
 
     def _run(
         self,
@@ -238,17 +301,15 @@ class RemoteSession:
         on_event: EventHandler,
         pull_limit: int,
         timeout_s: float | None,
-        say: Say,
+        notes: Notes,
     ) -> CellOutcome:
         client = self.client
         try:
-            client.ensure_hello()
-            if client.worker is None:
-                raise errors.NoWorker("no worker")
-            self._check_versions(say)
+            self._fresh_worker()
+            self._check_versions(notes)
             return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
         except errors.NoWorker:
-            self._start_missing(say)
+            self._start_missing(notes)
             return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
 
     def run_synced(
@@ -260,7 +321,7 @@ class RemoteSession:
         fields: dict[str, Any],
         on_event: EventHandler,
         timeout_s: float | None = None,
-        say: Say = _quiet,
+        notes: Notes = QUIET,
         force: list[str] = (),  # type: ignore[assignment]
     ) -> CellOutcome:
         """Run a cell shipping only the ``names`` (and the globals their code reads) whose
@@ -269,7 +330,7 @@ class RemoteSession:
         A worker that lacks a skipped name (it restarted) answers "resend": the cell goes
         once more with those names.  Raises what :meth:`RexecClient.execute_packed` raises.
         """
-        with self.exclusive("cell", say):
+        with self.exclusive("cell", notes), self._reporting(notes):
             forced = list(force)
             for _ in range(3):
                 plan = self.sync.plan(namespace, names, shippable, forced)
@@ -278,7 +339,9 @@ class RemoteSession:
                 watch = [*fields.get("watch", []), *plan.send, *plan.have]
                 header = {**fields, "have": plan.have, "watch": list(dict.fromkeys(watch))}
                 try:
-                    outcome = self._execute(code, entries, frames, header, on_event, timeout_s, say)
+                    outcome = self._execute(
+                        code, entries, frames, header, on_event, timeout_s, notes
+                    )
                 except errors.RemoteCellError as exc:
                     self.sync.sent(namespace, plan, _unloaded(exc.outcome))
                     raise
@@ -300,41 +363,71 @@ class RemoteSession:
         header: dict[str, Any],
         on_event: EventHandler,
         timeout_s: float | None,
-        say: Say,
+        notes: Notes,
     ) -> CellOutcome:
         client = self.client
         try:
-            client.ensure_hello()
-            if client.worker is None:
-                raise errors.NoWorker("no worker")
-            self._check_versions(say)
+            self._fresh_worker()
+            self._check_versions(notes)
             return client.execute_packed(code, entries, frames, header, on_event, timeout_s)
         except errors.NoWorker:
-            self._start_missing(say)
+            self._start_missing(notes)
             return client.execute_packed(code, entries, frames, header, on_event, timeout_s)
 
-    def _start_missing(self, say: Say) -> None:
+    def _fresh_worker(self) -> None:
+        """Raise NoWorker when the broker last said we have none.
+
+        A worker replaced since our last request is announced when the broker refuses the
+        request with ``worker_replaced`` (it names the process it was meant for): no extra
+        round trip per cell.
+        """
+        client = self.client
+        client.ensure_hello()
+        if client.worker is None:
+            raise errors.NoWorker("no worker")
+
+    def _start_missing(self, notes: Notes) -> None:
         current = self.spawner.status()
         state, idle_s = current.get("state"), current.get("idle_culled_after_s")
-        if state in (WorkerState.STARTING, WorkerState.INSTALLING):
-            say("The remote worker is starting; waiting for it…")
-        elif state == WorkerState.READY:  # the spawner has it; the broker does not hear from it
-            say("Your remote worker is not responding; waiting for it…")
-            try:
-                self.client.wait_for_worker(None, timeout_s=NOT_RESPONDING_WAIT_S)
-            except errors.NoWorker:
-                raise errors.NoWorker(
-                    "Your remote worker is running but not responding (stopped, or busy "
-                    "in code that holds the GIL); its variables are kept while it runs. "
-                    "Try again later, or %rexec_stop to start a fresh one."
-                ) from None
+        if state == WorkerState.READY:  # the spawner has it; the broker does not hear from it
+            self._wait_unresponsive(notes)
             return
-        elif state == WorkerState.STOPPED and idle_s:
-            say(f"Your worker was stopped after {idle_s:g} s idle; starting a new one…")
-        else:
-            say("No remote worker is running for you; starting one…")
-        status = self._start(None, False, None, say)
-        say(f"Remote worker ready in {status['seconds']:.1f} s.")
+        had_one = self.client.seen_instance is not None
+        running = current if state in ACTIVE else None
+        if state == WorkerState.STOPPED and idle_s:
+            notes.note(f"Your worker was stopped after {idle_s:g} s idle; its namespace was lost.")
+        elif had_one and running is None:
+            why = current.get("message") if state == WorkerState.FAILED else None
+            what = f"failed ({str(why).rstrip('.')})" if why else f"was {state or 'stopped'}"
+            notes.warning(f"Your worker {what}; its namespace was lost.")
+        if had_one:
+            self.sync.forget()  # its namespace is gone
+        self.client.seen_instance = None  # the worker that comes now is the one we asked for
+        headline = (
+            "The remote worker is starting; waiting for it…"
+            if running is not None
+            else "No remote worker is running for you; starting one…"
+        )
+        self._start(None, False, None, notes, running, headline)
+
+    def _wait_unresponsive(self, notes: Notes) -> None:
+        """The spawner says the worker runs, the broker does not hear from it: wait a while.
+
+        Its namespace is kept while it runs, so nothing is started; if the same process comes
+        back nothing is announced, if another one does ``on_new_worker`` says so.
+        """
+        headline = "Your remote worker is not responding; waiting for it…"
+        progress = notes.progress(headline)
+        try:
+            self.client.wait_for_worker(None, timeout_s=NOT_RESPONDING_WAIT_S)
+        except errors.NoWorker:
+            progress.done(f"{headline} it did not answer.")
+            raise errors.NoWorker(
+                "Your remote worker is running but not responding (stopped, or busy "
+                "in code that holds the GIL); its variables are kept while it runs. "
+                "Try again later, or %rexec_stop to start a fresh one."
+            ) from None
+        progress.done(f"{headline} it answers again.")
 
     def call(
         self,
@@ -342,27 +435,25 @@ class RemoteSession:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout_s: float | None = None,
-        say: Say = _quiet,
+        notes: Notes = QUIET,
         cancel: threading.Event | None = None,
     ) -> Events:
         """Call ``fn`` on the worker (``remote_func``); start a worker first when needed.
 
         A generator: yields output events, returns the CellOutcome.  The connection is held
-        until the generator ends or is closed.  No ping first: a missing worker is the
-        broker's immediate ``no_worker`` answer, which comes before any event.
+        until the generator ends or is closed; ``cancel`` (``RemoteFuture.cancel``)
+        interrupts it.  No ping first: a missing worker is the broker's immediate
+        ``no_worker`` answer, which comes before any event.
         """
-        with self.exclusive("call", say):
+        with self.exclusive("call", notes), self._reporting(notes):
             if cancel is not None and cancel.is_set():  # cancelled while it waited its turn
                 raise errors.RemoteInterrupted("The call was cancelled before it started.")
-            client = self.client
-            client.ensure_hello()
-            if client.worker is None:
-                self._start_missing(say)
-            self._check_versions(say)
             try:
+                self._fresh_worker()
+                self._check_versions(notes)
                 return (yield from self._synced_call(fn, args, kwargs, timeout_s, cancel))
             except errors.NoWorker:
-                self._start_missing(say)
+                self._start_missing(notes)
                 return (yield from self._synced_call(fn, args, kwargs, timeout_s, cancel))
 
     def _synced_call(
@@ -402,6 +493,65 @@ class RemoteSession:
                 self.sync.records.pop(name, None)
                 forced.append(name)
         raise errors.WorkerLost("The remote worker kept losing the call's variables.")
+
+    # ------------------------------------------------------------------ files
+    def put(
+        self,
+        local: str | Path,
+        remote: str | None = None,
+        on_progress: transfer.OnProgress | None = None,
+        notes: Notes = QUIET,
+    ) -> transfer.TransferResult:
+        """Upload a file or folder to the worker (a worker is started when there is none)."""
+        with self.exclusive("upload", notes), self._reporting(notes):
+            self._ensure_worker(notes)
+            return transfer.upload(self.client, local, remote, on_progress or _no_progress)
+
+    def get(
+        self,
+        remote: str,
+        local: str | Path | None = None,
+        on_progress: transfer.OnProgress | None = None,
+        notes: Notes = QUIET,
+    ) -> transfer.TransferResult:
+        """Download a file or folder from the worker."""
+        with self.exclusive("download", notes), self._reporting(notes):
+            self._ensure_worker(notes)
+            return transfer.download(self.client, remote, local, on_progress or _no_progress)
+
+    def _ensure_worker(self, notes: Notes) -> None:
+        try:
+            self._fresh_worker()
+        except errors.NoWorker:
+            self._start_missing(notes)
+
+    # ------------------------------------------------------------------ completion, obj?
+    def ask_worker(self, kind: str, header: dict[str, Any], reply: str) -> dict[str, Any] | None:
+        """A quick question for the worker (completion, ``obj?``), answered within
+        ``ASSIST_TIMEOUT_S`` or not at all; never waits for the connection or a worker."""
+        if not self._lock.acquire(timeout=0.05):
+            return None  # a remote_func call in another thread holds the connection
+        try:
+            client = self.client
+            if not client.user:
+                client.hello(timeout_s=ASSIST_TIMEOUT_S)
+            if client.worker is None and client.seen_instance is None:
+                return None  # no worker yet: nothing to ask
+            return client.request(kind, header, reply, ASSIST_TIMEOUT_S)
+        except errors.RexecError as exc:
+            log.info("%s not answered: %s", kind, exc)
+            return None
+        finally:
+            self._lock.release()
+
+    def complete(self, code: str, cursor_pos: int) -> dict[str, Any] | None:
+        """Completion from this notebook's executor (its namespace: ``placement``)."""
+        header = {"code": code, "cursor_pos": cursor_pos, **self.client.placement()}
+        return self.ask_worker(P.Kind.COMPLETE, header, P.Kind.COMPLETE_REPLY)
+
+    def introspect(self, name: str, detail_level: int) -> dict[str, Any] | None:
+        header = {"name": name, "detail_level": int(detail_level), **self.client.placement()}
+        return self.ask_worker(P.Kind.INTROSPECT, header, P.Kind.INTROSPECT_REPLY)
 
     def status(self) -> dict[str, Any]:
         """Everything ``%rexec_status`` shows, gathered without raising for a missing worker."""
@@ -468,6 +618,10 @@ def _unloaded(outcome: CellOutcome | None) -> list[str]:
 def _missing(outcome: CellOutcome) -> list[str]:
     """For a RESEND: the ``have`` names the worker lacks."""
     return list(outcome.done.missing) if outcome.done is not None else []
+
+
+def _no_progress(done: int, total: int) -> None:
+    pass
 
 
 _shared: RemoteSession | None = None

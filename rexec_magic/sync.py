@@ -185,15 +185,30 @@ class NamespaceSync:
         self.remote_only.pop(name, None)
         namespace.pop(name, None)
 
-    def apply(self, namespace: MutableMapping[str, Any], outcome: Any, why: str) -> list[str]:
+    def apply(
+        self,
+        namespace: MutableMapping[str, Any],
+        outcome: Any,
+        why: str,
+        quiet: Iterable[str] = (),
+    ) -> list[str]:
         """Take a cell's outcome into the namespace; returns one-line notes for the user.
 
         Pulled values bind; values that stay remote (skipped, not loadable here, changed but
         not pulled: ``why``) replace stale local copies with placeholders; names the cell
-        deleted go.  The last expression's value (``RESULT``) is the caller's.
+        deleted go.  The last expression's value (``RESULT``) is the caller's.  A value whose
+        class comes from one of the ``quiet`` packages (``matplotlib``) stays remote without
+        a note.
         """
         done = outcome.done  # the DONE header (protocol.Done), None when there was none
         notes: list[str] = []
+        packages = tuple(quiet)
+
+        def say(text: str, module: str | None) -> None:
+            module = module or ""
+            if not any(module == p or module.startswith(p + ".") for p in packages):
+                notes.append(text)
+
         for unloaded in done.unloaded if done is not None else []:
             notes.append(f"`{unloaded.name}` {unloaded.reason}")
         meta = {e.name: e for e in done.vars} if done is not None else {}
@@ -210,12 +225,13 @@ class NamespaceSync:
             if name in (RESULT, "return"):
                 continue
             text = f"could not be loaded here ({reason})"
-            self.stays_remote(namespace, name, "value", text)
-            notes.append(f"`{name}` stays remote: {text}")
+            entry = meta.get(name)
+            self.stays_remote(namespace, name, (entry.type if entry else "") or "value", text)
+            say(f"`{name}` stays remote: {text}", entry.module if entry else None)
         for skip in outcome.skipped:
             handled.add(skip["name"])
             self.stays_remote(namespace, skip["name"], skip.get("type", "value"), skip["reason"])
-            notes.append(f"`{skip['name']}` stays remote: {skip['reason']}")
+            say(f"`{skip['name']}` stays remote: {skip['reason']}", skip.get("module"))
         for name in done.changed if done is not None else []:
             if name not in handled:
                 self.stays_remote(namespace, name, "value", why)

@@ -73,6 +73,10 @@ class SpawnerSettings(AuthSettings):
     k8s_max_gpu: int = 0  # nvidia.com/gpu
     k8s_node_selector: dict[str, str] = {}
     k8s_tolerations: list[dict[str, Any]] = []
+    # The workers' folders: a volume source, e.g. {"persistentVolumeClaim": {"claimName":
+    # "rexec-work"}} (each user gets the sub-folder named after them).  Empty: an emptyDir per
+    # pod, which survives restarts of the worker but not the pod.
+    k8s_work_volume: dict[str, Any] = {}
     k8s_worker_uid: int = 1000
     k8s_api_timeout_s: float = 10.0  # each Kubernetes API call
     # One watch for all worker pods (and one for their events): each watch request asks the

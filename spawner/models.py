@@ -52,6 +52,12 @@ class WorkerStatus(BaseModel):
     idle_culled_after_s: float | None = Field(
         None, description="Set when the worker was stopped for having no cell for this long."
     )
+    last_exit_at: datetime | None = Field(
+        None, description="When the worker last exited unexpectedly and was restarted."
+    )
+    last_exit_reason: str | None = Field(
+        None, description="Why, in words: 'killed by signal 9', 'exit code 1'..."
+    )
     log_tail: list[str] = Field(default_factory=list, description="Last lines of the worker log.")
 
 

@@ -82,6 +82,19 @@ def _short_python(version: str | None) -> str | None:
     return ".".join(parts[:2])
 
 
+def exit_reason(code: int) -> str:
+    """Why a worker process ended, as the notebook says it: "killed by signal 9"."""
+    if code == EXIT_UNKNOWN:
+        return "exit code unknown"  # an adopted worker: not our child
+    if code < 0:
+        return f"killed by signal {-code}"
+    if code == EXIT_RESTART:
+        return "a cell ignored an interrupt"
+    if code == 137:  # a container runtime's SIGKILL (the out-of-memory killer, usually)
+        return "killed by signal 9"
+    return f"exit code {code}"
+
+
 def describe_exit(code: int) -> str:
     if code == EXIT_UNKNOWN:
         return "an exit code this spawner could not see"
@@ -114,6 +127,9 @@ class WorkerRecord:
     from_pool: bool = False
     adopted: bool = False  # found running when this spawner started
     culled_after_s: float | None = None  # set when the culler stopped it
+    # The last unexpected exit of this spawn (the namespace was lost; the next cell says so).
+    last_exit_at: datetime | None = None
+    last_exit_reason: str | None = None
     spawned_mono: float = 0.0  # when this (re)start began: for the ready message
     exits: deque[float] = field(default_factory=deque)
     handle: WorkerHandle | None = None
@@ -233,6 +249,10 @@ class WorkerService:
         progress = rec.handle.progress if rec.handle is not None else None
         if state == WorkerState.STARTING and progress is not None:
             state, message = WorkerState(progress[0]), progress[1]
+        last_exit_at, last_exit_reason = rec.last_exit_at, rec.last_exit_reason
+        restarted = rec.handle.restarted if rec.handle is not None else None
+        if restarted is not None and (last_exit_at is None or restarted[0] > last_exit_at):
+            last_exit_at, last_exit_reason = restarted[0], exit_reason(restarted[1])
         return WorkerStatus(
             user=rec.user,
             username=rec.username,
@@ -246,6 +266,8 @@ class WorkerService:
             restarts=rec.restarts,
             from_warm_pool=rec.from_pool,
             idle_culled_after_s=rec.culled_after_s,
+            last_exit_at=last_exit_at,
+            last_exit_reason=last_exit_reason,
             log_tail=self.backend.log_tail(rec.user),
         )
 
@@ -314,6 +336,7 @@ class WorkerService:
         rec.requirements, rec.options = reqs, options
         rec.python = _short_python(self.backend.worker_python_for(list(reqs.lines)))
         rec.pid = rec.started_at = rec.ready_at = rec.handle = rec.culled_after_s = None
+        rec.last_exit_at = rec.last_exit_reason = None
         rec.nonce, rec.from_pool, rec.adopted = nonce, False, False
         rec.restarts = 0
         rec.exits.clear()
@@ -438,6 +461,7 @@ class WorkerService:
                 if not self._may_restart(rec, code):
                     return
                 rec.restarts += 1
+                rec.last_exit_at, rec.last_exit_reason = _now(), exit_reason(code)
                 rec.spawned_mono = time.monotonic()
                 note = f"the worker exited ({describe_exit(code)}); restarting it"
                 log.warning("worker of %s exited (%s); restarting", rec.user, describe_exit(code))

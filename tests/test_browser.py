@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -161,3 +162,96 @@ def test_login_start_run_stop_in_the_browser(lab: Lab, page: Page, stack: Stack)
     expect(state).to_have_text("stopped", timeout=30_000)
     expect(page.locator(".jp-rexec-StatusItem")).to_have_text("rexec: stopped")
     shot(page, "05-stopped")
+
+
+BUSY_NOTEBOOK = {
+    **NOTEBOOK,
+    "cells": [
+        NOTEBOOK["cells"][0],
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": "%%remote\nimport time\ntime.sleep(4)\nprint('slept on the worker')"},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.timeout(400)
+def test_sidebar_keeps_up_with_the_worker(
+    lab: Lab, page: Page, stack: Stack, tmp_path: Path
+) -> None:
+    """A failed start shows pip's error line first; busy shows while a cell runs and clears
+    when it ends; a worker killed while idle shows as restarted; Log out asks whether to stop
+    the worker, and Stop worker stops it."""
+    from rexec_magic import connection
+    from rexec_magic.session import RemoteSession
+
+    (tmp_path / "notebooks" / "busy.ipynb").write_text(json.dumps(BUSY_NOTEBOOK))
+    conn = stack.add_user("browser-kim")
+    token = json.loads(conn.read_text())["token"]
+    panel = page.locator("#rexec-sidebar")
+    state = panel.locator(".jp-rexec-state")
+    page.goto(f"{lab.url}/lab?token={lab.token}")
+    open_sidebar(page)
+    panel.locator(".jp-rexec-token").fill(token)
+    panel.get_by_role("button", name="Log in").click()
+    expect(state).to_have_text("stopped", timeout=30_000)
+
+    # A start that fails: the log box leads with the log's last line (the error).
+    missing = "rexec-missing-pkg @ file:///nonexistent/rexec-missing-pkg.tar.gz"
+    panel.locator(".jp-rexec-requirements").fill(missing)
+    panel.get_by_role("button", name="Start remote env").click()
+    expect(state).to_have_text("error", timeout=90_000)
+    last = panel.locator(".jp-rexec-log-last")
+    expect(last).to_be_visible()
+    tail = panel.locator(".jp-rexec-log").inner_text().strip().splitlines()
+    assert last.inner_text().strip() == tail[-1].strip()
+    assert "nonexistent" in panel.locator(".jp-rexec-state-box").inner_text()
+    shot(page, "11-failed-start-error-line-first")
+
+    panel.locator(".jp-rexec-requirements").fill("")
+    panel.get_by_role("button", name="Start remote env").click()
+    expect(state).to_have_text("ready", timeout=90_000)
+
+    # busy while a cell runs, ready again when it ends (no reload, no click).
+    kernel_dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    page.add_locator_handler(kernel_dialog, lambda d: d.locator(".jp-mod-accept").click())
+    page.locator('.lm-TabBar-tab[data-id="filebrowser"]').click()
+    page.locator(".jp-DirListing-item", has_text="busy.ipynb").dblclick()
+    kernel_idle = page.locator(".jp-StatusBar-Widget", has_text="Python 3 (ipykernel) | Idle")
+    expect(kernel_idle).to_be_visible(timeout=60_000)
+    open_sidebar(page)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    status_item = page.locator(".jp-rexec-StatusItem")
+    expect(state).to_have_text("busy", timeout=30_000)
+    expect(status_item).to_have_text("rexec: busy")
+    shot(page, "12-busy-while-a-cell-runs")
+    output = page.locator(".jp-OutputArea-output", has_text="slept on the worker")
+    expect(output).to_be_visible(timeout=60_000)
+    expect(state).to_have_text("ready", timeout=10_000)
+    shot(page, "13-ready-when-the-cell-ends")
+
+    # Killed while idle: the supervisor restarts it, and the sidebar says so.
+    runs = panel.locator(".jp-rexec-details dd").nth(2).inner_text()
+    pid = int(re.fullmatch(r"process (\d+) on 127\.0\.0\.1", runs).group(1))
+    os.kill(pid, signal.SIGKILL)
+    expect(state).to_have_text("ready (restarted)", timeout=60_000)
+    expect(panel.locator(".jp-rexec-restarted")).to_have_text(
+        re.compile(
+            r"Your worker restarted at \d\d:\d\d \(killed by signal 9\); "
+            r"its namespace was lost\."
+        )
+    )
+    expect(status_item).to_have_text("rexec: ready (restarted)")
+    shot(page, "14-restarted")
+
+    # Log out asks; "Stop worker" stops it.
+    panel.get_by_role("button", name="Log out").click()
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("still running")
+    shot(page, "15-log-out-asks")
+    dialog.get_by_role("button", name="Stop worker").click()
+    expect(panel.get_by_role("button", name="Log in")).to_be_visible(timeout=30_000)
+    session = RemoteSession(connection.load(conn))
+    assert session.spawner.status()["state"] == "stopped"
+    session.close()
+    shot(page, "16-logged-out-worker-stopped")

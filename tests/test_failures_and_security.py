@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ import zmq
 from broker.control import broker_status
 from rexec_magic import connection, errors
 from rexec_magic import protocol as P
+from rexec_magic.notes import RecordedNotes
 from rexec_magic.session import RemoteSession
 from tests.harness import WAIT_S, WhenFlag, ctrl_c_when
 
@@ -42,10 +44,13 @@ def alice(stack):
 
 def test_a_cell_with_no_worker_starts_one_and_says_so(fresh_stack):
     session = RemoteSession(connection.load(fresh_stack.connection_file))
-    said: list[str] = []
-    outcome = session.run("v = 3", {}, ["v"], lambda m: None, pull_limit=2**20, say=said.append)
+    said = RecordedNotes()
+    outcome = session.run("v = 3", {}, ["v"], lambda m: None, pull_limit=2**20, notes=said)
     assert outcome.values == {"v": 3}
-    assert any("starting one" in s for s in said)
+    progress = said.texts("progress")
+    assert "starting one" in progress[0]
+    assert re.search(r"starting one… ready in [\d.]+ s \(Python 3\.\d+\)\.$", progress[-1])
+    assert not said.texts("warning")
     session.stop()
     session.close()
 
@@ -341,9 +346,11 @@ def test_cell_that_ignores_interrupt_restarts_its_executor_and_says_so(fresh_sta
     with ctrl_c_when(flag), pytest.raises(errors.RemoteInterrupted) as info:
         run(session, stubborn)
     assert "executor was restarted" in str(info.value) and "lost" in str(info.value)
+    said = RecordedNotes()
     with pytest.raises(errors.RemoteCellError) as gone:
-        run(session, "doomed")
+        session.run("doomed", {}, [], lambda m: None, pull_limit=2**20, notes=said)
     assert gone.value.ename == "NameError"  # a fresh executor answered
+    assert not said.texts("warning")  # told once, with the interrupt: not again
     session.close()
 
 

@@ -10,6 +10,9 @@ this module only, and the tests drive its event loop themselves.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +24,8 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403 (fixtures for this mod
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
+from rexec_magic import connection
+from rexec_magic.session import RemoteSession
 from tests.harness import WAIT_S
 from tests.local_stack import Stack, start_stack, stop_stack
 
@@ -65,14 +70,22 @@ class API:
         self._fetch = fetch
         self._loop = loop
 
-    def raw(self, method: str, endpoint: str, body: dict | None = None) -> Any:
-        kwargs: dict[str, Any] = {"method": method}
+    def raw(
+        self, method: str, endpoint: str, body: dict | None = None, params: dict | None = None
+    ) -> Any:
+        kwargs: dict[str, Any] = {"method": method, "params": params or {}}
         if method == "POST":
             kwargs["body"] = json.dumps(body or {})
         return self._loop.run_until_complete(self._fetch("rexec", "api", endpoint, **kwargs))
 
-    def call(self, method: str, endpoint: str, body: dict | None = None) -> Any:
-        return json.loads(self.raw(method, endpoint, body).body)
+    def call(
+        self, method: str, endpoint: str, body: dict | None = None, params: dict | None = None
+    ) -> Any:
+        return json.loads(self.raw(method, endpoint, body, params).body)
+
+    def changed(self, since: dict, wait: float = 30) -> dict:
+        """The long poll the sidebar makes: the status once it differs from ``since``."""
+        return self.call("GET", "status", params={"since": since["version"], "wait": wait})
 
     def failure(self, endpoint: str, body: dict | None = None) -> tuple[int, str]:
         with pytest.raises(HTTPClientError) as info:
@@ -96,9 +109,9 @@ def api(jp_fetch: Callable[..., Any], jp_asyncio_loop: Any) -> API:
 
 def test_login_start_status_stop_logout(api: API, stack: Stack, connection_file: Path):
     alice = token_of(stack.add_user("sidebar-alice"))
-    assert api.call("GET", "status") == {
-        "logged_in": False, "user": None, "worker": None, "error": None,
-    }  # fmt: skip
+    status = api.call("GET", "status")
+    assert status.pop("version")  # what a long poll waits to change
+    assert status == {"logged_in": False, "user": None, "worker": None, "error": None}
 
     resp = api.raw("POST", "login", {"token": alice})
     assert alice not in resp.body.decode()
@@ -194,6 +207,54 @@ def test_busy_while_a_cell_runs(api: API, stack: Stack, connection_file: Path, t
     assert api.wait_state("ready")["worker"]["state"] == "ready"
     session.close()
     api.call("POST", "stop")
+
+
+def test_status_long_poll_answers_when_the_state_changes(api: API, stack: Stack):
+    import threading
+
+    api.call("POST", "login", {"token": token_of(stack.add_user("sidebar-finn"))})
+    first = api.call("GET", "status")
+    assert first["worker"]["state"] == "stopped"
+    # Nothing changes: after the wait the same status (the same version) comes back.
+    same = api.changed(first, wait=1)
+    assert same["version"] == first["version"] and same["worker"]["state"] == "stopped"
+    # A start elsewhere (a kernel's %rexec_start): the waiting request answers with it.
+    session = RemoteSession(connection.load(Path(os.environ["REXEC_CONNECTION_FILE"])))
+    starter = threading.Thread(target=session.start)
+    starter.start()
+    moved = api.changed(first)
+    assert moved["worker"]["state"] in ("starting", "ready")
+    assert moved["version"] != first["version"]
+    starter.join(WAIT_S)
+    ready = api.wait_state("ready")
+    # A worker killed while idle shows as restarted, with when and why.
+    os.kill(ready["worker"]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + WAIT_S
+    status = api.changed(ready)
+    while "restarted" not in (status["worker"] or {}) or status["worker"]["state"] != "ready":
+        assert time.monotonic() < deadline, status
+        status = api.changed(status)
+    assert re.fullmatch(
+        r"Your worker restarted at \d\d:\d\d \(killed by signal 9\); its namespace was lost\.",
+        status["worker"]["restarted"],
+    )
+    # Log out with stop_worker: the worker does not go on running unseen.
+    assert api.call("POST", "logout", {"stop_worker": True})["logged_in"] is False
+    assert session.spawner.status()["state"] == "stopped"
+    session.close()
+
+
+def test_logout_keeps_the_worker_unless_asked(api: API, stack: Stack):
+    api.call("POST", "login", {"token": token_of(stack.add_user("sidebar-gus"))})
+    session = RemoteSession(connection.load(Path(os.environ["REXEC_CONNECTION_FILE"])))
+    api.call("POST", "start", {"requirements": ""})
+    api.wait_state("ready")
+    api.call("POST", "logout", {"stop_worker": False})
+    assert session.spawner.status()["state"] == "ready"
+    code, message = api.failure("logout", {"stop_worker": "yes"})
+    assert code == 400
+    session.stop()
+    session.close()
 
 
 @pytest.fixture(scope="module")

@@ -260,6 +260,11 @@ async def test_spawn_reports_each_pod_state_then_ready_and_terminate_deletes_all
     assert worker_secret not in str(created)
     env = {e["name"]: e for e in container["env"]}
     assert env["REXEC_WORKER_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == name
+    # The worker runs in its own folder, on a volume that outlives restarts of its container.
+    assert container["workingDir"] == "/home/rexec/work"
+    work = [m for m in container["volumeMounts"] if m["mountPath"] == "/home/rexec/work"]
+    volumes = {v["name"]: v for v in created["spec"]["volumes"]}
+    assert volumes[work[0]["name"]] == {"name": work[0]["name"], "emptyDir": {}}
     # numpy is in the image: only the other requirement is installed, by the init container.
     assert created["spec"]["initContainers"][0]["command"][-1] == "rexec-extra-pkg==1.0"
     assert "numpy" not in created["spec"]["initContainers"][0]["command"]
@@ -354,6 +359,22 @@ async def test_node_selector_tolerations_gpu_and_profile_image(
     assert bad.status_code == 422 and "Unknown profile 'nope'" in bad.json()["detail"]
     bad = await sp.spawn(options={"image": "evil:latest"}, force=True)
     assert bad.status_code == 422 and "Unknown option(s) image" in bad.json()["detail"]
+
+
+@pytest.mark.asyncio
+async def test_a_configured_work_volume_gives_each_user_a_folder_on_it(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    claim = {"persistentVolumeClaim": {"claimName": "rexec-work"}}
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path, k8s_work_volume=claim))
+    reply = await sp.spawn()
+    assert reply.status_code == 200, reply.text
+    spec = (await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod"))["spec"]
+    container = spec["containers"][0]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == container["workingDir"])
+    assert mount["subPath"] == "alice"
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["persistentVolumeClaim"] == {"claimName": "rexec-work"}
 
 
 # --------------------------------------------------------------------------- failures
@@ -690,6 +711,31 @@ async def test_a_user_namespace_gets_the_worker_network_policy(
     key = (kmock.resource("networking.k8s.io/v1/networkpolicies"), ns, "rexec-workers")
     assert key in cluster.objects
     assert cluster.objects[key].raw["spec"] == policy
+
+
+@pytest.mark.asyncio
+async def test_a_container_the_kubelet_restarted_shows_when_and_why(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    """The kubelet restarts a killed worker inside its pod; the status says so, so the next
+    cell can announce the lost namespace with the reason."""
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path))
+    assert (await sp.spawn()).status_code == 200
+    name = "rexec-worker-alice"
+    await _wait(lambda: pod(cluster, name), "the pod")
+    await run_pod(cluster, name, pods_run)
+    st = await sp.wait_for(lambda s: s["state"] == "ready", "ready")
+    assert st["last_exit_reason"] is None
+    running = {"name": "worker", "ready": True, "state": {"running": {}}}
+    await set_pod_status(cluster, name, {"containerStatuses": [{**running, "restartCount": 0}]})
+    killed = {"terminated": {"exitCode": 137, "reason": "Error",
+                             "finishedAt": "2026-01-01T14:02:00Z"}}  # fmt: skip
+    await set_pod_status(
+        cluster, name, {"containerStatuses": [{**running, "restartCount": 1, "lastState": killed}]}
+    )
+    st = await sp.wait_for(lambda s: s["last_exit_reason"], "the restart noted")
+    assert st["last_exit_reason"] == "killed by signal 9"
+    assert st["last_exit_at"].startswith("2026-01-01T14:02:00")
 
 
 # --------------------------------------------------------------------------- restarts

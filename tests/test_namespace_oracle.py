@@ -322,8 +322,14 @@ def test_value_not_loadable_here_stays_remote_and_others_bind(kernel):
     )
     reply, outputs = run(kc, cell)
     assert reply["status"] == "ok", reply
-    stderr = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
-    assert "`thing` stays remote" in stderr and "onlyremote_pkg" in stderr
+    # rexec's own note: a plain-text display (rexec_magic/notes.py), never on stderr
+    notes = "".join(
+        m["content"]["data"].get("text/plain", "")
+        for m in outputs
+        if m["msg_type"] == "display_data"
+    )
+    assert "`thing` stays remote" in notes and "onlyremote_pkg" in notes
+    assert not [m for m in outputs if m["msg_type"] == "stream"]
     checks = probe(kc, ["ok_value", "type(thing).__name__", "'onlyremote_pkg' in globals()"])
     assert checks["ok_value"] == "5"
     assert checks["type(thing).__name__"] != "'Thing'"

@@ -40,6 +40,7 @@ SAMPLES: dict[str, tuple[dict, int]] = {
             "cell": 7,
             "credit": 256,
             **PLACEMENT,
+            "instance": "9f" * 16,
         },
         1,
     ),
@@ -63,6 +64,15 @@ SAMPLES: dict[str, tuple[dict, int]] = {
     P.Kind.INSPECT: ({"id": REQ, **PLACEMENT}, 0),
     P.Kind.ACK: ({"id": REQ, "n": 64}, 0),
     P.Kind.KEEPALIVE: ({"id": REQ, **PLACEMENT}, 0),
+    P.Kind.PUT_OPEN: ({"id": REQ, "path": "data", "name": "x.csv", "dir": False}, 0),
+    P.Kind.PUT_FILE: ({"id": REQ, "rel": "a/b.txt", "size": 3, "mode": 0o644, "dir": False}, 0),
+    P.Kind.PUT_CHUNK: ({"id": REQ}, 1),
+    P.Kind.PUT_CLOSE: ({"id": REQ}, 0),
+    P.Kind.GET_OPEN: ({"id": REQ, "path": "results/"}, 0),
+    P.Kind.FILE_ACK: ({"id": REQ, "received": 1 << 20}, 0),
+    P.Kind.FILE_CANCEL: ({"id": REQ}, 0),
+    P.Kind.COMPLETE: ({"id": REQ, "code": "df.co", "cursor_pos": 5, **PLACEMENT}, 0),
+    P.Kind.INTROSPECT: ({"id": REQ, "name": "df.groupby", "detail_level": 1, **PLACEMENT}, 0),
     P.Kind.WELCOME: (
         {
             "user": "u-1",
@@ -96,8 +106,18 @@ SAMPLES: dict[str, tuple[dict, int]] = {
             "id": REQ,
             "seq": 5,
             "status": P.DoneStatus.OK,
-            "vars": [{**VAR, "digest": "ab" * 16, "reads": ["OFFSET"]}],
-            "skipped": [{"name": "big", "reason": "too large"}],
+            "vars": [
+                {
+                    **VAR,
+                    "digest": "ab" * 16,
+                    "reads": ["OFFSET"],
+                    "type": "DataFrame",
+                    "module": "pandas.core.frame",
+                }
+            ],
+            "skipped": [
+                {"name": "big", "reason": "too large", "type": "ndarray", "module": "numpy"}
+            ],
             "duration": 0.25,
             "execution_count": 4,
             "changed": ["x", "big"],
@@ -113,8 +133,28 @@ SAMPLES: dict[str, tuple[dict, int]] = {
         0,
     ),
     P.Kind.NOTICE: ({"id": REQ, "seq": 6, "text": "waiting for this notebook's previous cell"}, 0),
+    P.Kind.FILE_META: (
+        {"id": REQ, "rel": "", "size": 3, "mode": 0o755, "dir": True, "total": 10},
+        0,
+    ),
+    P.Kind.FILE_CHUNK: ({"id": REQ}, 1),
+    P.Kind.FILE_DONE: ({"id": REQ, "path": "/w/x.csv", "files": 1, "bytes": 3}, 0),
+    P.Kind.FILE_ERROR: ({"id": REQ, "message": "The disk is full on the worker."}, 0),
+    P.Kind.COMPLETE_REPLY: (
+        {"id": REQ, "matches": ["df.copy", "df.count"], "cursor_start": 3, "cursor_end": 5},
+        0,
+    ),
+    P.Kind.INTROSPECT_REPLY: ({"id": REQ, "found": True, "data": {"text/plain": "doc"}}, 0),
     P.Kind.REGISTER: (
-        {"user": "u-1", "nonce": "n", "secret": "f" * 64, **VERSIONS, "pid": 7, "pool": True},
+        {
+            "user": "u-1",
+            "nonce": "n",
+            "secret": "f" * 64,
+            **VERSIONS,
+            "pid": 7,
+            "instance": "9f" * 16,
+            "pool": True,
+        },
         0,
     ),
     P.Kind.HEARTBEAT: ({"busy": False, "executors": [{"notebook": "a.ipynb", "pid": 9}]}, 0),
@@ -282,6 +322,23 @@ BAD_HEADERS = [
     (P.Done, {"id": REQ, "status": "ok", "changed": "x"}, 0),
     (P.Done, {"id": REQ, "status": "ok", "unloaded": ["x"]}, 0),
     (P.Done, {"id": REQ, "status": "ok", "vars": [{**VAR, "reads": "x"}]}, 1),
+    (P.Done, {"id": REQ, "status": "ok", "vars": [{**VAR, "type": LONG}]}, 1),
+    (P.Done, {"id": REQ, "status": "ok", "vars": [{**VAR, "module": 3}]}, 1),
+    (P.Execute, {"id": REQ, "code": "1", "instance": LONG}, 0),
+    (P.Register, {"user": "u", "nonce": "n", "secret": "s", "instance": 5}, 0),
+    (P.PutOpen, {"id": REQ, "path": "p" * (P.PATH_MAX + 1)}, 0),
+    (P.PutOpen, {"id": REQ, "dir": "no"}, 0),
+    (P.PutFile, {"id": REQ, "size": -1}, 0),
+    (P.PutFile, {"id": REQ, "mode": "0644"}, 0),
+    (P.GetOpen, {"id": REQ}, 0),  # no path
+    (P.FileAck, {"id": REQ, "received": "1"}, 0),
+    (P.FileAck, {"received": 1}, 0),  # no id
+    (P.Complete, {"id": REQ, "code": "x", "cursor_pos": -1}, 0),
+    (P.Introspect, {"id": REQ, "name": "x", "detail_level": True}, 0),
+    (P.FileMeta, {"id": REQ, "size": 1.5}, 0),
+    (P.FileDone, {"id": REQ, "files": None}, 0),
+    (P.CompleteReply, {"id": REQ, "matches": "df.copy"}, 0),
+    (P.IntrospectReply, {"id": REQ, "data": ["text"]}, 0),
 ]
 
 

@@ -8,6 +8,7 @@ status says why.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +55,7 @@ def spawner(broker: Broker, tmp_path: Path, request: pytest.FixtureRequest) -> I
 
 @pytest.mark.parametrize("spawner", [{"warm_pool_size": 1}], indirect=True)
 def test_spawn_claims_the_pool_worker_and_a_replacement_starts(
-    spawner: Any, broker: Broker
+    spawner: Any, broker: Broker, tmp_path: Path
 ) -> None:
     pool = spawner.app.state.service.pool
     wait_for(lambda: pool.ready, "a ready pool worker")
@@ -71,6 +72,9 @@ def test_spawn_claims_the_pool_worker_and_a_replacement_starts(
     assert st["pid"] == pool_pid == broker.workers["alice"].pid  # the same process, now alice's
     assert pool_id not in broker.pool
     wait_for(lambda: pool.ready and pool_id not in pool.ready, "a replacement pool worker")
+    # The claimed worker moved into alice's own folder (relative paths in her cells mean it).
+    folder = tmp_path / "state" / "work" / "alice"
+    wait_for(lambda: os.readlink(f"/proc/{pool_pid}/cwd") == str(folder), "the move to her folder")
 
     # A spawn with requirements never takes a generic pool worker.
     spawner.delete("/worker")

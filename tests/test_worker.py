@@ -213,6 +213,7 @@ def test_unserializable_pull_is_skipped_with_reason(broker):
             "name": "gen",
             "reason": "is a generator (generator), which means nothing in another process",
             "type": "generator",
+            "module": "builtins",
         }
     ]
 
@@ -265,7 +266,12 @@ def test_pull_limit_is_respected(broker):
     d = done(events)
     assert pulled(events) == {"small": 1}
     assert d.header["skipped"] == [
-        {"name": "big", "reason": "is 3.0 MB, over the 1.0 MB pull limit", "type": "ndarray"}
+        {
+            "name": "big",
+            "reason": "is 3.0 MB, over the 1.0 MB pull limit",
+            "type": "ndarray",
+            "module": "numpy",
+        }
     ]
 
 

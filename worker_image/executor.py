@@ -8,8 +8,8 @@ Its links to the supervisor (URLs in the environment):
 
 * ``REXEC_EXECUTOR_REQUESTS``: a PULL socket; EXECUTE and CALL arrive here, one at a time,
   read by the main thread itself (no hand-off between threads on the way to ``run_cell``).
-* ``REXEC_EXECUTOR_INSPECT``: a PULL socket for INSPECT, read by a small thread, so it is
-  answered even while a cell runs (when the cell lets the GIL go).
+* ``REXEC_EXECUTOR_INSPECT``: a PULL socket for INSPECT, COMPLETE and INTROSPECT, read by a
+  small thread, so they are answered even while a cell runs (when the cell lets the GIL go).
 * ``REXEC_EXECUTOR_EVENTS``: a PUSH socket for every event (see ``outbox.EventChannel``).
 * fds 1 and 2: pipes the supervisor reads (stdout/stderr of everything in this process).
 * ``REXEC_EXECUTOR_LOG_FD``: the worker's own log (never shown in a notebook).
@@ -39,6 +39,7 @@ from rexec_magic import protocol, serialize
 from rexec_magic.contract import Env
 from rexec_magic.protocol import DoneStatus, Kind
 from worker_image.cells import CellRunner, cell_for, done_header
+from worker_image.introspect import Introspector
 from worker_image.outbox import READY, STOP, EventChannel, Target
 from worker_image.shell import WorkerShell, make_shell, redirect_stdio
 from worker_image.variables import describe
@@ -137,6 +138,8 @@ class Executor:
         self.channel = EventChannel(self.events)
         self.shell: WorkerShell = make_shell(self.channel)
         self.runner = CellRunner(self.shell, self.channel, InterruptPipe(interrupt_fd))
+        # Completion and ``obj?`` from this namespace, answered by a thread of its own.
+        self.introspector = Introspector(self.shell, self.channel)
         self._stopping = threading.Event()
         self._busy = False
         self._reader = threading.Thread(target=self._read, name="rexec-inspect", daemon=True)
@@ -152,7 +155,11 @@ class Executor:
             except protocol.ProtocolError as exc:
                 log.warning("dropped a malformed request: %s", exc)
                 continue
-            self._inspect(msg)
+            try:
+                if not self.introspector.handle(b"", msg):  # COMPLETE, INTROSPECT: its thread
+                    self._inspect(msg)
+            except protocol.ProtocolError as exc:
+                log.warning("dropped a malformed %s: %s", msg.kind, exc)
 
     def _next(self) -> protocol.Message | None:
         """Main thread: the next cell or call (None: stop)."""

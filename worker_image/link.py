@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from base64 import b64encode
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,12 @@ log = logging.getLogger(__name__)
 EXIT_OK = ExitCode.OK
 EXIT_SOFTWARE = ExitCode.SOFTWARE
 EXIT_CONFIG = ExitCode.CONFIG
+
+# Random per worker (supervisor) process: the broker reports it, so a client can tell a
+# restarted worker (a new namespace) from one that registered again; a pid cannot tell inside
+# a container.  An executor that restarts is told to its notebook in-band (done restarting /
+# lost) and answers ``resend`` for the names it lacks.
+INSTANCE = uuid.uuid4().hex
 
 
 @dataclass(frozen=True)

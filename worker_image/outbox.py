@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -39,6 +39,22 @@ class Target:
 
     route: bytes
     id: str
+
+
+class EventSender(Protocol):
+    """What sends events for a request: the executor's ``EventChannel``, or the supervisor's
+    ``ThreadSender`` (replies of its file-transfer threads)."""
+
+    def event(
+        self,
+        target: Target,
+        kind: str,
+        header: dict[str, Any],
+        buffers: list[Any] | tuple[Any, ...] = (),
+        *,
+        numbered: bool = True,
+        track: bool = False,
+    ) -> Any: ...
 
 
 class Delivery:

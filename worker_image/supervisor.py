@@ -61,9 +61,17 @@ from rexec_magic.protocol import (
     Message,
     ProtocolError,
 )
+from worker_image import files
 from worker_image.cells import cell_for, done_header, placement
 from worker_image.executors import ExecutorProcess, Request, proc_stopped
-from worker_image.link import EXIT_CONFIG, EXIT_OK, EXIT_SOFTWARE, Registration, encode_header
+from worker_image.link import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    INSTANCE,
+    Registration,
+    encode_header,
+)
 from worker_image.outbox import READY, Target
 
 log = logging.getLogger("worker_image.supervisor")
@@ -77,7 +85,52 @@ EXIT_FLUSH_S = 2.0
 STOP_WAIT_S = 3.0  # SIGTERM to an executor, then SIGKILL
 SPARES = 1  # executors started ahead, so a new notebook or a restart is ready at once
 MAX_RECV_PER_TURN = 64
+ASSIST_WAIT_S = 5.0  # a completion / obj? question the executor never answered is forgotten
 STALL_S = 2.0  # a tick this much late: the supervisor itself was stopped or starved
+
+
+class ThreadSender:
+    """Events from the supervisor's helper threads (file transfers), handed to its loop.
+
+    Only the loop's thread touches the broker socket: a thread appends here and wakes the
+    loop through a pipe (``fileno``), and the loop sends what ``drain`` returns.
+    """
+
+    def __init__(self) -> None:
+        self._events: deque[tuple[Target, str, dict[str, Any], list[Any]]] = deque()
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    def event(
+        self,
+        target: Target,
+        kind: str,
+        header: dict[str, Any],
+        buffers: Any = (),
+        *,
+        numbered: bool = True,
+        track: bool = False,
+    ) -> None:
+        self._events.append((target, kind, header, list(buffers)))
+        try:
+            os.write(self._w, b"\0")
+        except BlockingIOError:  # the loop has plenty of wake-ups pending already
+            pass
+
+    def fileno(self) -> int:
+        return self._r
+
+    def drain(self) -> list[tuple[Target, str, dict[str, Any], list[Any]]]:
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        out = []
+        while self._events:
+            out.append(self._events.popleft())
+        return out
 
 
 class Supervisor:
@@ -93,6 +146,10 @@ class Supervisor:
         self._numbers = iter(range(1, 1 << 30))
         self._backlog: deque[list[Any]] = deque()
         self._inspects: dict[str, tuple[bytes, float, ExecutorProcess]] = {}
+        self._assists: dict[str, tuple[bytes, float]] = {}  # completion / obj? asked of executors
+        # File transfers are the worker's, not a namespace's: its threads do the disk work.
+        self.thread_out = ThreadSender()
+        self.transfers = files.Transfers(self.thread_out)
         self._stop_code: int | None = None
         self._session_key: bytes | None = None  # from REGISTERED; signs our later messages
         self._last_tick = time.monotonic()
@@ -110,6 +167,9 @@ class Supervisor:
             Kind.INSPECT: self._on_inspect,
             Kind.ACK: self._on_ack,
             Kind.KEEPALIVE: self._on_keepalive,
+            Kind.COMPLETE: self._on_assist,
+            Kind.INTROSPECT: self._on_assist,
+            **dict.fromkeys(files.KINDS, self._on_file),
         }
         self._broker_handlers: dict[str, Callable[[Message], None]] = {
             Kind.REGISTERED: self._on_registered,
@@ -121,6 +181,8 @@ class Supervisor:
         }
         self._executor_handlers: dict[str, Callable[[ExecutorProcess, protocol.Unread], None]] = {
             Kind.INSPECT_REPLY: self._on_inspect_reply,
+            Kind.COMPLETE_REPLY: self._on_assist_reply,
+            Kind.INTROSPECT_REPLY: self._on_assist_reply,
         }
 
     # ================================================================== loop
@@ -142,7 +204,8 @@ class Supervisor:
                 now = time.monotonic()
                 due = min(next_heartbeat, next_tick, *self._stream_deadlines())
                 items: list[tuple[Any, int]] = [
-                    (self.sock, zmq.POLLIN | (zmq.POLLOUT if self._backlog else 0))
+                    (self.sock, zmq.POLLIN | (zmq.POLLOUT if self._backlog else 0)),
+                    (self.thread_out.fileno(), zmq.POLLIN),
                 ]
                 for ex in self.all:
                     if ex.pidfd is not None:
@@ -174,6 +237,10 @@ class Supervisor:
     def _on_ready_item(self, what: Any) -> None:
         if what is self.sock:
             self._receive_broker()
+            return
+        if what == self.thread_out.fileno():
+            for target, kind, header, buffers in self.thread_out.drain():
+                self._signed(target.route, kind, encode_header(header), buffers)
             return
         for ex in list(self.all):
             if what is ex.events:
@@ -260,6 +327,7 @@ class Supervisor:
             "secret": reg.secret,
             **serialize.versions(),
             "pid": os.getpid(),
+            "instance": INSTANCE,
             **({"pool": True} if reg.pool else {}),
         }
         what = "warm-pool worker" if reg.pool else "user"
@@ -329,6 +397,7 @@ class Supervisor:
                 stopped += 1
                 self._interrupt(ex, "abandon")
         self._inspects.clear()  # their askers were the old broker's clients too
+        self._assists.clear()
         if stopped:
             log.warning("stopped %d cell(s) nobody can receive the results of any more", stopped)
 
@@ -353,6 +422,9 @@ class Supervisor:
             return
         self._take_assignment(assign.user, assign.nonce, assign.secret)
         log.info("warm-pool worker %s assigned to user %s", reg.user, assign.user)
+        folder = files.enter_work_dir(assign.user)
+        log.info("working in %s", folder)
+        self._retire_spares()  # started in the pool's folder: new ones start in the user's
         self._send_register()
 
     def _take_assignment(self, user: str, nonce: str, secret: str) -> None:
@@ -437,6 +509,31 @@ class Supervisor:
         if fields.notebook:
             ex.label = fields.notebook
 
+    def _on_file(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
+        """PUT_* / GET_OPEN / FILE_ACK / FILE_CANCEL: the worker's file transfers."""
+        self.transfers.handle(route, msg)
+
+    def _on_assist(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
+        """COMPLETE / INTROSPECT: asked of this notebook's executor (its namespace), answered
+        by a thread there; without a ready executor, an empty answer at once."""
+        complete = msg.kind == Kind.COMPLETE
+        fields: protocol.Complete | protocol.Introspect = msg.read(
+            protocol.Complete if complete else protocol.Introspect
+        )
+        ex = self.executors.get(placement(fields))
+        if ex is None or not ex.ready or proc_stopped(ex.pid):
+            if isinstance(fields, protocol.Complete):
+                pos = fields.cursor_pos
+                empty = {"matches": [], "cursor_start": pos, "cursor_end": pos}
+                self._reply(route, Kind.COMPLETE_REPLY, {"id": fields.id, **empty})
+            else:
+                empty = {"found": False, "data": {}}
+                self._reply(route, Kind.INTROSPECT_REPLY, {"id": fields.id, **empty})
+            return
+        self._seen(ex, fields)
+        self._assists[fields.id] = (route, time.monotonic() + ASSIST_WAIT_S)
+        ex.inspects.send_multipart(protocol.encode(msg.kind, raw.header), copy=False)
+
     def _on_inspect(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
         fields = msg.read(protocol.Inspect)
         request_id = fields.id
@@ -455,6 +552,11 @@ class Supervisor:
         worker = dict(reply.worker if reply is not None else {})
         worker.update(serialize.versions())
         worker.setdefault("hostname", socketlib.gethostname())
+        if not worker.get("cwd"):
+            try:
+                worker["cwd"] = os.getcwd()  # the worker's folder (an executor may have moved)
+            except OSError:
+                pass
         worker["supervisor_pid"] = os.getpid()
         worker["supervisor_uptime_s"] = round(time.monotonic() - self.started, 3)
         if ex is not None:
@@ -480,6 +582,15 @@ class Supervisor:
         ex = ExecutorProcess(self.ctx, self.rundir, next(self._numbers), self.log_fd)
         self.all.append(ex)
         return ex
+
+    def _retire_spares(self) -> None:
+        """Stop the spare executors (they hold no namespace) and start new ones."""
+        for ex in self.spares:
+            ex.kill_reason = "stop"
+            ex.grace_deadline = time.monotonic() + STOP_WAIT_S
+            ex.signal(signal.SIGTERM)
+        self.spares.clear()
+        self._top_up_spares()
 
     def _top_up_spares(self) -> None:
         while len(self.spares) < SPARES and self._spare_failures < 3:
@@ -569,6 +680,13 @@ class Supervisor:
             return  # answered already by the supervisor (the executor was too slow)
         route, _, _ = pending
         self._reply(route, Kind.INSPECT_REPLY, self._inspect_header(reply.id, ex, reply))
+
+    def _on_assist_reply(self, ex: ExecutorProcess, raw: protocol.Unread) -> None:
+        """An executor's answer to COMPLETE / INTROSPECT: on to whoever asked, as it is."""
+        request_id = _header_id(raw.header)
+        pending = self._assists.pop(request_id, None) if request_id is not None else None
+        if pending is not None:
+            self._signed(pending[0], raw.kind, raw.header, raw.buffers)
 
     def _forward(self, ex: ExecutorProcess, raw: protocol.Unread) -> None:
         """An output event of the executor: to its running request, or kept as late."""
@@ -759,6 +877,9 @@ class Supervisor:
             if now >= deadline:
                 del self._inspects[request_id]
                 self._reply(route, Kind.INSPECT_REPLY, self._inspect_header(request_id, ex, None))
+        for request_id, (_, deadline) in list(self._assists.items()):
+            if now >= deadline:  # the kernel gave up long ago (it waits a fraction of a second)
+                del self._assists[request_id]
 
     def _notices(self, ex: ExecutorProcess, now: float) -> None:
         cur = ex.current

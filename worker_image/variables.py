@@ -19,12 +19,23 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rexec_magic import serialize
+from rexec_magic import protocol, serialize
 from rexec_magic.sync import RESULT
 
 
 def megabytes(n: int) -> str:
     return f"{n / 2**20:.1f} MB"
+
+
+def type_fields(value: Any) -> dict[str, str]:
+    """``{"type": "Axes", "module": "matplotlib.axes._axes"}``: what the notebook shows for a
+    value that stays remote, and how it tells plotting objects from data (capped to fit a
+    header's short strings)."""
+    cls = type(value)
+    return {
+        "type": str(cls.__name__)[: protocol.SHORT_MAX],
+        "module": str(cls.__module__)[: protocol.SHORT_MAX],
+    }
 
 
 def sizeof(value: Any) -> int | None:
@@ -143,9 +154,7 @@ class Watch:
                 if self.digests.get(name) != marker or name in wanted:
                     report.changed.append(name)
                     reason = serialize.unserializable_reason(value, exc)
-                    report.skipped.append(
-                        {"name": name, "reason": reason, "type": type(value).__name__}
-                    )
+                    report.skipped.append({"name": name, "reason": reason, **type_fields(value)})
                 self.digests[name] = marker
                 continue
             digest = packed.digest
@@ -185,9 +194,7 @@ class Watch:
         if size > limit:
             if not quiet:
                 reason = f"is {megabytes(size)}, over the {megabytes(limit)} pull limit"
-                report.skipped.append(
-                    {"name": name, "reason": reason, "type": type(value).__name__}
-                )
+                report.skipped.append({"name": name, "reason": reason, **type_fields(value)})
             return
         report.entries.append(
             {
@@ -196,6 +203,7 @@ class Watch:
                 "nbytes": size,
                 "digest": digest,
                 "reads": packed.reads,
+                **type_fields(value),
             }
         )
         report.frames.extend(packed.frames)

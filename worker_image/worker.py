@@ -24,6 +24,7 @@ import sys
 
 from rexec_magic import logs
 from rexec_magic.contract import Env
+from worker_image.files import enter_work_dir
 from worker_image.link import EXIT_CONFIG, Registration
 from worker_image.supervisor import Supervisor
 
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     """run a worker (started by the spawner; settings from its environment)"""
     setup_logging(os.environ.get(Env.LOG_LEVEL))
     make_undumpable()
+    # Before any executor starts: they inherit it, so a cell's cwd is the user's folder.
+    folder = enter_work_dir()
     try:
         # Not kept in a local of this (long-lived) frame: once a warm-pool worker is claimed,
         # the supervisor drops its pool registration and nothing else may hold it.
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_CONFIG
-    log.info("worker starting (pid %d)", os.getpid())
+    log.info("worker starting (pid %d) in %s", os.getpid(), folder)
     return supervisor.run()
 
 

@@ -29,6 +29,7 @@ import abc
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -77,6 +78,9 @@ class WorkerHandle:
     # Set before ``exited`` resolves when restarting cannot help (ImagePullBackOff, OOMKilled,
     # CrashLoopBackOff...): the spawn fails with this sentence.
     failure: str | None = None
+    # Set when the worker was restarted in place, without ``exited`` resolving (the kubelet
+    # restarts a crashed container inside its pod): (when, exit code of the process that died).
+    restarted: tuple[datetime, int] | None = None
 
     @property
     def running(self) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from rexec_magic.contract import Env
+from rexec_magic.contract import Env, folder_name
 from spawner.errors import InvalidRequest
 
 APP = "rexec-worker"
@@ -35,6 +35,9 @@ A_REQUIREMENTS = "rexec.io/requirements"
 A_OPTIONS = "rexec.io/options"
 SECRET_KEY = "secret"  # noqa: S105 - the key name inside the Secret, not a value
 EXTRA_DIR = "/opt/rexec/extra"
+# The worker's own folder: its working directory, on a volume of its own (an emptyDir that
+# outlives restarts of the worker container, or the operator's ``k8s_work_volume``).
+WORK_DIR = "/home/rexec/work"
 ALIVE_FILE = "/tmp/rexec-alive"  # noqa: S108 - inside the pod's own emptyDir
 POLICY_NAME = "rexec-workers"
 
@@ -197,6 +200,11 @@ def pod_manifest(
     """The worker pod.  ``install``: requirement lines the init container pip-installs."""
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    work_source = dict(settings.k8s_work_volume or {}) or {"emptyDir": {}}
+    volumes.append({"name": "work", **work_source})
+    work_mount = {"name": "work", "mountPath": WORK_DIR}
+    if settings.k8s_work_volume:  # one volume for everyone: each user gets a folder on it
+        work_mount["subPath"] = folder_name(user_id)
     env: list[dict[str, Any]] = [
         {"name": Env.BROKER_WORKER_URL, "value": settings.broker_worker_url},
         {"name": Env.WORKER_USER, "value": registration_user},
@@ -262,10 +270,11 @@ def pod_manifest(
                 "image": image,
                 "imagePullPolicy": settings.k8s_image_pull_policy,
                 "command": ["python", "-m", "worker_image.worker"],
+                "workingDir": WORK_DIR,
                 "env": env,
                 "resources": resources.as_k8s(),
                 "securityContext": _security_context(),
-                "volumeMounts": mounts,
+                "volumeMounts": [*mounts, work_mount],
                 "readinessProbe": {
                     "exec": {"command": ["python", "-m", "worker_image.ready"]},
                     "periodSeconds": 5,

@@ -129,3 +129,16 @@ def _memory_limit(pod: dict[str, Any]) -> str:
     containers = (pod.get("spec") or {}).get("containers") or [{}]
     limits = (containers[0].get("resources") or {}).get("limits") or {}
     return str(limits.get("memory", "unknown"))
+
+
+def last_restart(pod: dict[str, Any]) -> tuple[int, str | None, int | None]:
+    """The worker container's restart count, and when and how its last run ended."""
+    for cs in _statuses(pod.get("status") or {}, "containerStatuses"):
+        term = (cs.get("lastState") or {}).get("terminated") or {}
+        code = term.get("exitCode")
+        return (
+            int(cs.get("restartCount") or 0),
+            term.get("finishedAt"),
+            (int(code) if code is not None else None),
+        )
+    return 0, None, None

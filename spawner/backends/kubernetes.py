@@ -35,6 +35,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -46,7 +47,7 @@ from spawner.backends.base import Adopted, Backend, WorkerHandle, WorkerSpec
 from spawner.backends.k8s_lease import LeaseElector
 from spawner.backends.k8s_names import dns_label, label_value
 from spawner.backends.k8s_reflector import Reflector
-from spawner.backends.k8s_status import describe_pod
+from spawner.backends.k8s_status import describe_pod, last_restart
 from spawner.errors import Conflict, InvalidRequest, SpawnerError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -293,8 +294,13 @@ class KubernetesBackend(Backend):
         return clean
 
     def pool_eligible(self, spec: WorkerSpec) -> bool:
-        # Pool pods live in the shared namespace: not for per-user namespaces.
-        return super().pool_eligible(spec) and not self.settings.k8s_namespace_per_user
+        # Pool pods live in the shared namespace: not for per-user namespaces.  With a work
+        # volume a pod mounts its user's folder, which a generic pool pod cannot know yet.
+        return (
+            super().pool_eligible(spec)
+            and not self.settings.k8s_namespace_per_user
+            and not self.settings.k8s_work_volume
+        )
 
     def image_for(self, spec: WorkerSpec) -> str:
         profile = spec.options.get("profile")
@@ -447,6 +453,7 @@ class KubernetesBackend(Backend):
                     return
             else:
                 seen = True
+                self._note_restart(handle, pod)
                 view = describe_pod(pod, self._events_of(key))
                 if view.state in ("starting", "installing"):
                     if handle.progress != (view.state, view.message):
@@ -471,6 +478,18 @@ class KubernetesBackend(Backend):
             finally:
                 for w in waits:
                     w.cancel()
+
+    def _note_restart(self, handle: WorkerHandle, pod: dict[str, Any]) -> None:
+        """The kubelet restarted the worker container: keep when and why for the status."""
+        count, finished, code = last_restart(pod)
+        seen = handle.data.setdefault("restart_count", count)
+        if count > seen and code is not None:
+            handle.data["restart_count"] = count
+            try:
+                at = datetime.fromisoformat(str(finished).replace("Z", "+00:00"))
+            except ValueError:
+                at = datetime.now(timezone.utc)
+            handle.restarted = (at, code)
 
     def _events_of(self, key: tuple[str, str]) -> list[dict[str, Any]]:
         assert self.events is not None

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -42,7 +41,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from rexec_magic.contract import Env
+from rexec_magic.contract import Env, folder_name
 from spawner.backends.base import EXIT_UNKNOWN, Adopted, Backend, WorkerHandle, WorkerSpec
 from spawner.backends.local_record import WorkerRecord, WorkerRow, process_start_ticks
 from spawner.errors import StartFailed
@@ -162,6 +161,7 @@ def worker_env(
     secret_fd: int,
     pythonpath: Sequence[str] = (),
     pool: bool = False,
+    work_dir: str = "",
 ) -> dict[str, str]:
     """The environment of a worker process: ``base`` scrubbed, plus what the worker needs
     (its secret only as the number of the inherited pipe it can read it from)."""
@@ -176,6 +176,9 @@ def worker_env(
     env[Env.WORKER_SECRET_FD] = str(secret_fd)
     if pool:
         env[Env.WORKER_POOL] = "1"
+        env[Env.WORK_ROOT] = work_dir  # the pool worker moves to <root>/<user> when claimed
+    elif work_dir:
+        env[Env.WORK_DIR] = work_dir
     return env
 
 
@@ -193,12 +196,7 @@ def secret_pipe(secret: str) -> int:
     return read_fd
 
 
-def safe_name(user: str) -> str:
-    """A file-name-safe form of a user id; distinct ids stay distinct."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", user)[:64]
-    if safe != user or safe.startswith("."):
-        safe = f"{safe.lstrip('.')}-{hashlib.sha256(user.encode()).hexdigest()[:8]}"
-    return safe
+safe_name = folder_name  # one rule for log names and work folders
 
 
 def read_tail(path: Path, lines: int = 20, max_bytes: int = 16384) -> list[str]:
@@ -237,7 +235,7 @@ class LocalBackend(Backend):
         else:
             self.state_dir = Path(tempfile.mkdtemp(prefix="rexec-spawner-"))
             self._own_state_dir = True
-        for sub in ("logs", "envs"):
+        for sub in ("logs", "envs", "work"):
             (self.state_dir / sub).mkdir(mode=0o700, exist_ok=True)
         self._lock_state_dir()
         self.record = WorkerRecord(self.state_dir / "workers.sqlite3")
@@ -361,6 +359,10 @@ class LocalBackend(Backend):
     def log_path(self, user: str) -> Path:
         return self._dir("logs") / f"worker-{safe_name(user)}.log"
 
+    def work_dir(self, user: str) -> Path:
+        """The user's worker folder: relative paths in cells and %rexec_put/get mean it."""
+        return self._dir("work") / safe_name(user)
+
     def log_tail(self, user: str, lines: int = 20) -> list[str]:
         return read_tail(self.log_path(user), lines)
 
@@ -442,6 +444,7 @@ class LocalBackend(Backend):
             secret_fd=secret_fd,
             pythonpath=spec.prepared.get("pythonpath", []),
             pool=spec.pool,
+            work_dir=str(self._dir("work") if spec.pool else self.work_dir(spec.user)),
         )
         log_path = self.log_path(spec.user)
         if restart_note:

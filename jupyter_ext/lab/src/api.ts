@@ -24,6 +24,10 @@ export interface IWorkerInfo {
   log_tail: string[];
   uptime_s: number | null;
   where: string;
+  last_exit_at?: string | null;
+  last_exit_reason?: string | null;
+  /** "Your worker restarted at 14:02 (killed by signal 9); its namespace was lost." */
+  restarted?: string;
   /** One row per notebook namespace on the worker (absent from older servers). */
   executors?: IExecutorInfo[];
 }
@@ -45,6 +49,8 @@ export interface IRexecStatus {
   worker: IWorkerInfo | null;
   /** Why the worker's state is unknown (spawner down...), or null. */
   error: string | null;
+  /** Identifies this status; `GET status?since=version&wait=S` answers once it changes. */
+  version?: string;
 }
 
 export class RexecAPIError extends Error {}

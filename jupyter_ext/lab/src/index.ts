@@ -35,7 +35,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     settingRegistry: ISettingRegistry | null,
     statusBar: IStatusBar | null
   ) => {
-    const model = new RexecModel(5000);
+    const model = new RexecModel(2000);
     const panel = new RexecPanel(model);
     app.shell.add(panel, 'left', { rank: 800 });
     restorer?.add(panel, panel.id);

@@ -1,10 +1,12 @@
 /**
- * The sidebar's one source of truth: the last status from the server, polled with backoff.
+ * The sidebar's one source of truth: the last status from the server, kept current by a
+ * long poll.
  *
- * The panel and the status-bar item only render this model; polling stands by while no one
- * watches (the panel is hidden) and runs faster while the worker is on its way up.
+ * `GET status?since=<version>&wait=25` answers as soon as the state differs from the one we
+ * have (the server looks four times a second), so a start, a cell that begins or ends, or a
+ * restarted worker shows within a second, with one request per change instead of one per
+ * interval.  The loop pauses while the browser tab is hidden and backs off after errors.
  */
-import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { IRexecStatus, post, requestAPI } from './api';
@@ -18,18 +20,14 @@ export type DisplayState =
   | 'error'
   | Exclude<ShownState, 'failed'>;
 
-const FAST_MS = 1000;
+/** How long one status request may wait for a change, in seconds. */
+const WAIT_S = 25;
 
 export class RexecModel {
-  constructor(interval: number) {
-    this._interval = interval;
-    this._poll = new Poll({
-      auto: true,
-      factory: () => this._tick(),
-      frequency: { interval, backoff: true, max: 60 * 1000 },
-      name: 'rexec:status',
-      standby: () => (this._watched ? 'when-hidden' : true)
-    });
+  /** ``retry``: the first wait after a failed request (it doubles up to a minute). */
+  constructor(retry: number) {
+    this._retry = retry;
+    void this._loop();
   }
 
   get changed(): ISignal<this, void> {
@@ -62,17 +60,20 @@ export class RexecModel {
     return s.worker.state === 'failed' ? 'error' : s.worker.state;
   }
 
-  /** Poll only while someone looks (the panel is shown). */
+  /** When the status arrived (ms): the panel counts the uptime on from it. */
+  get receivedAt(): number {
+    return this._receivedAt;
+  }
+
+  /** The panel is shown: look again now (the loop may be waiting out an error). */
   set watched(value: boolean) {
-    this._watched = value;
     if (value) {
-      void this._poll.refresh();
+      this._wake();
     }
   }
 
   set interval(ms: number) {
-    this._interval = ms;
-    this._adjust();
+    this._retry = ms;
   }
 
   async refresh(): Promise<void> {
@@ -83,8 +84,11 @@ export class RexecModel {
     return this._act(() => post<{ user: string }>('login', { token }).then(() => this.refresh()));
   }
 
-  logout(): Promise<void> {
-    return this._act(() => post<IRexecStatus>('logout').then(() => this.refresh()));
+  /** Log out; ``stopWorker`` stops the worker first (the panel asks). */
+  logout(stopWorker = false): Promise<void> {
+    return this._act(() =>
+      post<IRexecStatus>('logout', { stop_worker: stopWorker }).then(() => this.refresh())
+    );
   }
 
   start(requirements: string, cpu: string, memory: string): Promise<void> {
@@ -100,7 +104,8 @@ export class RexecModel {
   }
 
   dispose(): void {
-    this._poll.dispose();
+    this._disposed = true;
+    this._wake();
     Signal.clearData(this);
   }
 
@@ -113,41 +118,74 @@ export class RexecModel {
       throw error;
     } finally {
       this._pending = false;
-      this._adjust();
       this._changed.emit();
     }
   }
 
-  private async _tick(): Promise<void> {
-    try {
-      await this.refresh();
-    } catch (error) {
-      this._error = (error as Error).message;
-      this._changed.emit();
-      throw error; // the poll backs off
+  /** One long poll after another, for the life of the model. */
+  private async _loop(): Promise<void> {
+    let failures = 0;
+    while (!this._disposed) {
+      if (document.hidden) {
+        await this._sleep(60 * 1000, true);
+        continue;
+      }
+      const since = this._status?.version ?? '';
+      const query = since ? `?since=${encodeURIComponent(since)}&wait=${WAIT_S}` : '';
+      try {
+        const status = await requestAPI<IRexecStatus>(`status${query}`);
+        failures = 0;
+        if (this._error && !this._pending) {
+          this._error = null;
+        }
+        this._set(status);
+      } catch (error) {
+        failures += 1;
+        this._error = (error as Error).message;
+        this._changed.emit();
+        await this._sleep(Math.min(this._retry * 2 ** (failures - 1), 60 * 1000), false);
+      }
+    }
+  }
+
+  /** Wait ``ms``, or less when woken (the panel is shown, the tab becomes visible). */
+  private _sleep(ms: number, untilVisible: boolean): Promise<void> {
+    return new Promise(resolve => {
+      const done = () => {
+        window.clearTimeout(timer);
+        document.removeEventListener('visibilitychange', onVisible);
+        this._wakers.delete(done);
+        resolve();
+      };
+      const onVisible = () => {
+        if (!document.hidden && untilVisible) {
+          done();
+        }
+      };
+      const timer = window.setTimeout(done, ms);
+      document.addEventListener('visibilitychange', onVisible);
+      this._wakers.add(done);
+    });
+  }
+
+  private _wake(): void {
+    for (const wake of [...this._wakers]) {
+      wake();
     }
   }
 
   private _set(status: IRexecStatus): void {
     this._status = status;
-    this._adjust();
+    this._receivedAt = Date.now();
     this._changed.emit();
   }
 
-  /** Poll fast while the worker comes up, at the configured pace otherwise. */
-  private _adjust(): void {
-    const moving = ['pending', 'starting', 'installing'].includes(this.state);
-    const interval = moving ? FAST_MS : this._interval;
-    if (this._poll.frequency.interval !== interval) {
-      this._poll.frequency = { ...this._poll.frequency, interval };
-    }
-  }
-
   private _changed = new Signal<this, void>(this);
+  private _disposed = false;
   private _error: string | null = null;
-  private _interval: number;
   private _pending = false;
-  private _poll: Poll;
+  private _receivedAt = 0;
+  private _retry: number;
   private _status: IRexecStatus | null = null;
-  private _watched = false;
+  private _wakers = new Set<() => void>();
 }

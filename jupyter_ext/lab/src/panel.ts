@@ -5,6 +5,7 @@
  * The DOM is built once and updated from the model, so what the user types survives polls.
  * While the panel is hidden the model is told nobody watches, and polling stands by.
  */
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
@@ -90,10 +91,34 @@ export class RexecPanel extends Widget {
 
   protected onAfterShow(msg: Message): void {
     this.model.watched = true;
+    // The uptime counts on between status changes (the server only answers on a change).
+    this._ticker = window.setInterval(() => this._render(), 1000);
   }
 
   protected onAfterHide(msg: Message): void {
     this.model.watched = false;
+    window.clearInterval(this._ticker);
+  }
+
+  /** Log out; when a worker runs, ask whether to stop it (it would go on running). */
+  private async _logout(): Promise<void> {
+    const active = ['starting', 'installing', 'ready', 'busy'].includes(this.model.state);
+    if (!active) {
+      return this.model.logout(false);
+    }
+    const result = await showDialog({
+      title: 'Log out of rexec',
+      body: 'Your remote worker is still running. Stop it (its variables are lost), or keep it running for your next login?',
+      buttons: [
+        Dialog.cancelButton({ label: 'Cancel' }),
+        Dialog.okButton({ label: 'Keep it running', displayType: 'default' }),
+        Dialog.warnButton({ label: 'Stop worker' })
+      ]
+    });
+    if (!result.button.accept) {
+      return;
+    }
+    return this.model.logout(result.button.displayType === 'warn');
   }
 
   private _build(): void {
@@ -109,10 +134,18 @@ export class RexecPanel extends Widget {
       }
     });
     this._loginBox.append(input('Token', this._token), button('Log in', true, () => this._login()));
-    this._accountBox.append(this._account, button('Log out', false, () => this._run(this.model.logout())));
+    this._accountBox.append(this._account, button('Log out', false, () => this._run(this._logout())));
 
     this._stateLine.append(this._dot, this._stateText);
-    this._stateBox.append(this._stateLine, this._message, this._progress, this._details, this._log);
+    this._stateBox.append(
+      this._stateLine,
+      this._message,
+      this._restarted,
+      this._progress,
+      this._details,
+      this._logLast,
+      this._log
+    );
     this._progress.appendChild(el('div', 'jp-rexec-progress-bar'));
 
     this._requirements.rows = 4;
@@ -160,7 +193,11 @@ export class RexecPanel extends Widget {
 
     this.node.dataset.state = state;
     this._dot.className = `jp-rexec-dot jp-rexec-dot-${state}`;
-    this._stateText.textContent = STATE_LABELS[state];
+    const restarted = worker?.restarted ?? '';
+    const live = state === 'ready' || state === 'busy';
+    this._stateText.textContent = STATE_LABELS[state] + (restarted && live ? ' (restarted)' : '');
+    this._restarted.hidden = !(restarted && live);
+    this._restarted.textContent = restarted;
     this._message.textContent = state === 'unreachable' ? status?.error ?? '' : worker?.message ?? '';
     this._progress.hidden = !['pending', 'starting', 'installing'].includes(state);
 
@@ -168,7 +205,12 @@ export class RexecPanel extends Widget {
     if (worker && (state === 'ready' || state === 'busy')) {
       const rows: [string, string][] = [
         ['Python', worker.python ?? '?'],
-        ['Uptime', worker.uptime_s === null ? '?' : formatSeconds(worker.uptime_s)],
+        [
+          'Uptime',
+          worker.uptime_s === null
+            ? '?'
+            : formatSeconds(worker.uptime_s + (Date.now() - model.receivedAt) / 1000)
+        ],
         ['Runs', worker.where]
       ];
       if (worker.requirements.length) {
@@ -182,9 +224,15 @@ export class RexecPanel extends Widget {
         this._details.append(el('dt', '', key), el('dd', '', value));
       }
     }
+    // The end of the log first: the error line (pip's, a traceback's) is its last line.
     const tail = state === 'error' ? worker?.log_tail ?? [] : [];
     this._log.hidden = tail.length === 0;
-    this._log.textContent = tail.join('\n');
+    this._logLast.hidden = tail.length === 0;
+    this._logLast.textContent = tail.length ? tail[tail.length - 1] : '';
+    if (this._log.textContent !== tail.join('\n')) {
+      this._log.textContent = tail.join('\n');
+      this._log.scrollTop = this._log.scrollHeight;
+    }
 
     this._error.hidden = !model.error;
     this._error.textContent = model.error ?? '';
@@ -198,6 +246,9 @@ export class RexecPanel extends Widget {
   private _dot = el('span', 'jp-rexec-dot');
   private _error = el('div', 'jp-rexec-error');
   private _log = el('pre', 'jp-rexec-log');
+  private _logLast = el('div', 'jp-rexec-log-last');
+  private _restarted = el('div', 'jp-rexec-restarted');
+  private _ticker = 0;
   private _loginBox = el('div', 'jp-rexec-section jp-rexec-login-box');
   private _memory = el('input', 'jp-rexec-memory');
   private _message = el('div', 'jp-rexec-message');

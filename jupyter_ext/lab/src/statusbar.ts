@@ -22,7 +22,8 @@ export class RexecStatusItem extends Widget {
     const dot = document.createElement('span');
     dot.className = `jp-rexec-dot jp-rexec-dot-${state}`;
     const text = document.createElement('span');
-    text.textContent = `rexec: ${STATE_LABELS[state]}`;
+    const restarted = ['ready', 'busy'].includes(state) && !!this._model.status?.worker?.restarted;
+    text.textContent = `rexec: ${STATE_LABELS[state]}${restarted ? ' (restarted)' : ''}`;
     this.node.append(dot, text);
   }
 

@@ -1,0 +1,196 @@
+"""The file side of ``%rexec_put`` / ``%rexec_get``, shared by the client and the worker.
+
+Whoever *receives* files (the worker for a put, the kernel for a get) writes them into a
+staging path next to the target (``.NAME.rexec-ID.tmp``) and renames it into place only when
+the last byte is written, so a reader never sees half a file or half a folder, and an aborted
+transfer leaves nothing behind.  Whoever *sends* walks the source with ``walk``.  Every
+OSError becomes one sentence (``error_sentence``) naming the path and the side it happened
+on: a full disk, a missing permission, a missing file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+
+class TransferError(Exception):
+    """A transfer that cannot go on; the message is one sentence for the user."""
+
+
+def error_sentence(exc: OSError, path: str | os.PathLike, where: str) -> str:
+    """One sentence for an OSError met while reading or writing ``path`` (``where``: "on
+    the worker" or "here")."""
+    name = str(path)
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"The disk {where} is full: {name} could not be written completely."
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"Permission denied {where} for {name}."
+    if code == errno.ENOENT:
+        return f"{name} does not exist {where}."
+    if code == errno.ENOTDIR:
+        return f"A part of {name} is not a folder {where}."
+    if code == errno.EISDIR:
+        return f"{name} is a folder {where}, not a file."
+    return f"{name} could not be used {where}: {exc.strerror or exc}."
+
+
+def resolve(path: str, base: Path | None = None) -> Path:
+    """``~`` expanded; a relative path is relative to ``base`` (default: the current folder,
+    which on the worker is its own working folder)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (base or Path.cwd()) / p
+
+
+def safe_rel(rel: str) -> PurePosixPath:
+    """A path inside a transferred folder; never absolute, never climbing out with ``..``."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise TransferError(f"Refused the path {rel!r}: it leaves the transferred folder.")
+    return pure
+
+
+@dataclass
+class Entry:
+    """One item of a transfer: ``rel`` inside the source ("" for the source itself)."""
+
+    rel: str
+    path: Path
+    is_dir: bool
+    size: int
+    mode: int
+
+
+def walk(source: Path) -> Iterator[Entry]:
+    """The source itself, then (for a folder) every folder and file under it, sorted."""
+    st = source.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        yield Entry("", source, False, st.st_size, stat.S_IMODE(st.st_mode))
+        return
+    yield Entry("", source, True, 0, stat.S_IMODE(st.st_mode))
+    for root, dirs, files in os.walk(source):
+        dirs.sort()
+        here = Path(root)
+        for name in sorted(files) + dirs:
+            p = here / name
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                st = p.stat()  # follow links, as cp -r L does
+            rel = p.relative_to(source).as_posix()
+            if stat.S_ISDIR(st.st_mode):
+                yield Entry(rel, p, True, 0, stat.S_IMODE(st.st_mode))
+            elif stat.S_ISREG(st.st_mode):
+                yield Entry(rel, p, False, st.st_size, stat.S_IMODE(st.st_mode))
+
+
+def target_for(dest: Path, source_name: str) -> Path:
+    """Like cp: into an existing folder the item keeps its name, else it gets ``dest``."""
+    return dest / source_name if dest.is_dir() else dest
+
+
+class Staging:
+    """Receive a file or a folder at ``target`` atomically (temp path, then rename)."""
+
+    def __init__(self, target: Path, is_dir: bool, tag: str, where: str) -> None:
+        self.target = target
+        self.is_dir = is_dir
+        self.where = where
+        self.tmp = target.with_name(f".{target.name}.rexec-{tag}.tmp")
+        self.files = 0
+        self.bytes = 0
+        self._fh: BinaryIO | None = None
+        self._current: Path = self.tmp
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if is_dir:
+                self.tmp.mkdir()
+        except OSError as exc:
+            raise TransferError(error_sentence(exc, target, where)) from None
+
+    def _fail(self, exc: OSError, path: Path) -> TransferError:
+        self.abort()
+        shown = self.target / path.relative_to(self.tmp) if path != self.tmp else self.target
+        return TransferError(error_sentence(exc, shown, self.where))
+
+    def begin(self, rel: str, is_dir: bool, mode: int) -> None:
+        """Start the next item (closing the one before)."""
+        self._close_file()
+        path = self.tmp / safe_rel(rel) if rel else self.tmp
+        try:
+            if is_dir:
+                if rel:
+                    path.mkdir(parents=True, exist_ok=True)
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(path, "wb")  # noqa: SIM115 - closed by _close_file
+            self._current = path
+            os.chmod(path, (mode & 0o777) or 0o644)
+            self.files += 1
+        except OSError as exc:
+            raise self._fail(exc, path) from None
+
+    def write(self, data: memoryview | bytes) -> None:
+        if self._fh is None:
+            raise TransferError("File data came before the file it belongs to.")
+        try:
+            self._fh.write(data)
+        except OSError as exc:
+            raise self._fail(exc, self._current) from None
+        self.bytes += len(data)
+
+    def _close_file(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()  # a full disk may only show here, when buffers are flushed
+            except OSError as exc:
+                raise self._fail(exc, self._current) from None
+
+    def commit(self) -> Path:
+        """Put the received item in place; an existing one is replaced."""
+        self._close_file()
+        try:
+            if not self.is_dir or not self.target.exists():
+                os.replace(self.tmp, self.target)
+            else:  # a folder cannot replace a folder in one step: move the old one aside
+                old = self.target.with_name(f".{self.target.name}.rexec-old.tmp")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(self.target, old)
+                os.replace(self.tmp, self.target)
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:
+            raise self._fail(exc, self.tmp) from None
+        return self.target
+
+    def abort(self) -> None:
+        """Leave nothing behind."""
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:
+                pass
+        if self.tmp.is_dir():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            try:
+                self.tmp.unlink()
+            except OSError:
+                pass
+
+
+def read_chunks(path: Path, chunk: int) -> Iterator[bytes]:
+    """The bytes of a file, ``chunk`` at a time (bounded memory)."""
+    with open(path, "rb") as fh:
+        while True:
+            data = fh.read(chunk)
+            if not data:
+                return
+            yield data

@@ -1,0 +1,376 @@
+"""The notebook experience in a real Jupyter kernel against a real local stack: calm notes,
+plots, help, first-run paths, announced deaths, the worker's folder, files both ways, and
+remote completion / inspection.
+
+The kernel runs as its own user of the session stack, so killing its worker touches no
+other test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jupyter_client.manager import KernelManager
+
+from rexec_magic import connection
+from rexec_magic.session import RemoteSession
+from tests.harness import wait_for
+from tests.kernel_harness import run
+from tests.local_stack import Stack
+
+pytestmark = pytest.mark.stack
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+USER = "nb-nora"
+
+
+@pytest.fixture(scope="module")
+def nora(stack: Stack) -> Path:
+    return stack.add_user(USER)
+
+
+@pytest.fixture(scope="module")
+def kc(stack: Stack, nora: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    cwd = tmp_path_factory.mktemp("kernel-cwd")
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env={**os.environ, "REXEC_CONNECTION_FILE": str(nora)}, cwd=str(cwd))
+    client = km.client()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    reply, _ = run(client, "%load_ext rexec_magic")
+    assert reply["status"] == "ok"
+    client.cwd = cwd  # type: ignore[attr-defined]
+    yield client
+    client.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def spawner(nora: Path) -> Iterator[RemoteSession]:
+    """The same user, from the test: what the sidebar or another kernel would do."""
+    session = RemoteSession(connection.load(nora))
+    yield session
+    session.close()
+
+
+def stderr_of(outputs: list[dict]) -> str:
+    return "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"
+    )
+
+
+def stdout_of(outputs: list[dict]) -> str:
+    return "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+    )
+
+
+def texts(outputs: list[dict], *types: str) -> list[str]:
+    return [
+        m["content"]["data"].get("text/plain", "")
+        for m in outputs
+        if m["msg_type"] in types and "data" in m["content"]
+    ]
+
+
+def ok(kc, code: str) -> list[dict]:
+    reply, outputs = run(kc, code)
+    assert reply["status"] == "ok", (reply, outputs)
+    return outputs
+
+
+def worker_pid(kc) -> int:
+    """The worker process: the parent of the executor that runs this notebook's cells."""
+    outputs = ok(kc, "%remote __import__('os').getppid()")
+    return int(texts(outputs, "execute_result")[0])
+
+
+# ----------------------------------------------------------------------------- 1. calm notes
+def test_starting_a_worker_is_one_progress_line_updated_in_place_and_no_stderr(kc, spawner):
+    spawner.stop()
+    outputs = ok(kc, "%%remote\ncalm = 1")
+    assert stderr_of(outputs) == ""
+    first = [m for m in outputs if m["msg_type"] == "display_data"]
+    assert "starting one…" in first[0]["content"]["data"]["text/plain"]
+    display_id = first[0]["content"]["transient"]["display_id"]
+    updates = [
+        m["content"]
+        for m in outputs
+        if m["msg_type"] == "update_display_data"
+        and m["content"]["transient"]["display_id"] == display_id
+    ]
+    assert re.search(
+        r"starting one… ready in [\d.]+ s \(Python 3\.\d+\)\.$", updates[-1]["data"]["text/plain"]
+    )
+    assert len(first) == 1  # nothing else was displayed: one line, updated
+
+    outputs = ok(kc, "%rexec_start")  # the worker runs: attach to it, without a word on stderr
+    assert stderr_of(outputs) == ""
+    assert any("Starting the remote worker…" in t for t in texts(outputs, "update_display_data"))
+
+
+# ----------------------------------------------------------------------------- 2. plots
+def test_a_plotting_cell_shows_its_figure_once_and_nothing_else(kc):
+    ok(kc, "%rexec_start")
+    outputs = ok(
+        kc,
+        "%%remote\nimport matplotlib.pyplot as plt\nfig, ax = plt.subplots()\n"
+        "ax.plot([1, 2, 3])\nfrom matplotlib.animation import FuncAnimation\n"
+        "anim = FuncAnimation(fig, lambda i: None, frames=(i for i in range(3)), "
+        "cache_frame_data=False)",
+    )
+    shown = [m for m in outputs if m["msg_type"] in ("display_data", "execute_result")]
+    assert len(shown) == 1 and "image/png" in shown[0]["content"]["data"], [
+        {k: str(v)[:80] for k, v in m["content"]["data"].items()} for m in shown
+    ]
+    assert not [m for m in outputs if m["msg_type"] in ("stream", "error")]
+    # Figure and axes pickle: they came back; the animation (a generator) stayed remote quietly.
+    outputs = ok(kc, "print(type(fig).__name__, type(ax).__name__, 'anim' in dir())")
+    assert stdout_of(outputs).split() == ["Figure", "Axes", "False"]
+    status = texts(ok(kc, "%rexec_status"), "execute_result")[0]
+    assert re.search(r"only remote\s+anim \(FuncAnimation\)", status), status
+
+
+# ----------------------------------------------------------------------------- 3. help, attach
+@pytest.mark.parametrize(
+    "code, expected",
+    [
+        ("%remote -h", "--pull-limit"),
+        ("%%remote -h\nx = 1", "--pull-limit"),
+        ("%rexec_start -h", "--force"),
+        ("%rexec_put --help", "remote"),
+    ],
+)
+def test_help_shows_the_flags(kc, code, expected):
+    reply, outputs = run(kc, code)
+    assert reply["status"] == "ok"
+    text = stdout_of(outputs)
+    assert code.split()[0].lstrip("%") in text and expected in text, text
+    assert stderr_of(outputs) == ""
+
+
+def test_rexec_start_attaches_whatever_the_requirements_and_names_the_fix(kc, spawner, tmp_path):
+    spawner.start(["dill>=0.3"], force=True)  # as the sidebar does, with requirements
+    outputs = ok(kc, "%rexec_start")
+    assert any(
+        "already running" in t or "ready in" in t for t in texts(outputs, "update_display_data")
+    )
+    other = tmp_path / "other.txt"
+    other.write_text("numpy\n")
+    reply, outputs = run(kc, f"%rexec_start -r {other}")
+    assert reply["status"] == "error"
+    text = "\n".join(reply["traceback"])
+    assert f"`%rexec_start -r {other} --force`" in text and "other requirements" in text
+
+
+# ----------------------------------------------------------------------------- 4. deaths
+def test_a_worker_killed_while_idle_is_announced_at_the_next_cell(kc, spawner):
+    ok(kc, "%%remote\nsurvivor = 1")
+    pid = worker_pid(kc)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            spawner.spawner.status().get("last_exit_reason") == "killed by signal 9"
+            and spawner.spawner.status()["state"] == "ready"
+        ),
+        "the restarted worker",
+        60,
+    )
+    reply, outputs = run(kc, "%%remote --no-push --no-pull\nsurvivor")
+    said = stderr_of(outputs)
+    assert re.search(
+        r"Your worker restarted at \d\d:\d\d \(killed by signal 9\); its namespace was lost\.",
+        said,
+    ), said
+    assert reply["status"] == "error"  # the NameError comes, but after the announcement
+    status = texts(ok(kc, "%rexec_status"), "execute_result")[0]
+    assert "killed by signal 9" in status
+
+
+def test_a_worker_stopped_elsewhere_is_announced_and_replaced(kc, spawner):
+    ok(kc, "%%remote\nbefore_stop = 1")
+    spawner.stop()  # the sidebar's Stop, or an operator
+    reply, outputs = run(kc, "%%remote --no-push\n'before_stop' in globals()")
+    assert reply["status"] == "ok"
+    assert "Your worker was stopped; its namespace was lost." in stderr_of(outputs)
+    assert texts(outputs, "execute_result") == ["False"]
+    progress = texts(outputs, "update_display_data")
+    assert re.search(r"starting one… ready in [\d.]+ s", progress[-1])
+
+
+# ----------------------------------------------------------------------------- 5. folder
+def test_the_worker_runs_in_its_own_folder(kc, stack):
+    folder = stack.state_dir / "work" / USER
+    outputs = ok(kc, "%remote __import__('os').getcwd()")
+    assert texts(outputs, "execute_result")[0] == repr(str(folder.resolve()))
+    status = texts(ok(kc, "%rexec_status"), "execute_result")[0]
+    assert re.search(rf"folder\s+{re.escape(str(folder.resolve()))}", status)
+
+
+# ----------------------------------------------------------------------------- 6. files
+def peak_rss_kb(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1))
+
+
+def test_put_and_get_files_and_folders_streamed_with_bounded_memory(kc, stack):
+    cwd: Path = kc.cwd
+    big = cwd / "big.bin"
+    size = 96 * 2**20
+    with open(big, "wb") as fh:
+        for i in range(size // 2**20):
+            fh.write(bytes([i % 251]) * 2**20)
+    tree = cwd / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("alpha")
+    (tree / "sub" / "b.txt").write_text("beta")
+    (tree / "empty").mkdir()
+    pid = worker_pid(kc)
+    before = peak_rss_kb(pid)
+
+    outputs = ok(kc, "%rexec_put big.bin data/big.bin")
+    assert stderr_of(outputs) == ""
+    bars = texts(outputs, "display_data", "update_display_data")
+    assert "Uploading big.bin" in bars[0] and re.search(
+        r"Uploaded big.bin to .*data/big.bin", bars[-1]
+    )
+    assert (peak_rss_kb(pid) - before) < 48 * 1024  # a 96 MB file, a few MB in memory
+    folder = stack.state_dir / "work" / USER
+    assert (folder / "data" / "big.bin").stat().st_size == size
+    assert not list((folder / "data").glob(".*tmp"))  # written atomically: no leftovers
+
+    ok(kc, "%rexec_put tree")
+    outputs = ok(
+        kc, "%remote open('tree/sub/b.txt').read() + str(__import__('os').path.isdir('tree/empty'))"
+    )
+    assert texts(outputs, "execute_result")[0] == "'betaTrue'"
+
+    ok(
+        kc,
+        "%%remote --no-pull\nimport shutil\nshutil.copytree('tree', 'tree2')\n"
+        "open('tree2/c.txt', 'w').write('gamma')",
+    )
+    ok(kc, "%rexec_get tree2 back")
+    back = cwd / "back"
+    assert (back / "c.txt").read_text() == "gamma" and (
+        back / "sub" / "b.txt"
+    ).read_text() == "beta"
+    ok(kc, "%rexec_get data/big.bin big-back.bin")
+    assert (cwd / "big-back.bin").read_bytes() == big.read_bytes()
+
+
+def test_transfer_errors_are_one_sentence(kc):
+    reply, _ = run(kc, "%rexec_get no/such/file.txt")
+    assert reply["status"] == "error"
+    assert reply["traceback"][-1].endswith("does not exist on the worker.") or any(
+        "does not exist on the worker." in line for line in reply["traceback"]
+    )
+    ok(kc, "%%remote --no-pull\nopen('plain-file', 'w').write('x')")
+    (kc.cwd / "small.txt").write_text("x")
+    reply, _ = run(kc, "%rexec_put small.txt plain-file/inside/small.txt")
+    assert reply["status"] == "error"
+    assert any("is not a folder on the worker." in line for line in reply["traceback"])
+
+
+def test_put_and_get_as_functions_in_a_script(nora, tmp_path):
+    (tmp_path / "script-data.txt").write_text("from a script")
+    script = (
+        "import rexec_magic\n"
+        "rexec_magic.put('script-data.txt', 'from-script.txt')\n"
+        "r = rexec_magic.get('from-script.txt', 'round-trip.txt')\n"
+        "print('files', r.files)\n"
+    )
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(nora)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "round-trip.txt").read_text() == "from a script"
+    assert "Uploaded script-data.txt" in out.stdout and "files 1" in out.stdout
+    assert out.stderr == ""
+
+
+# ----------------------------------------------------------------------------- 7. completion
+def complete(kc, code: str) -> dict:
+    msg_id = kc.complete(code, len(code))
+    while True:
+        reply = kc.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"]
+
+
+def test_completion_in_a_remote_cell_offers_the_workers_names(kc):
+    ok(
+        kc,
+        "%%remote --no-pull\nremote_only_thing = 42\n"
+        "class Box:\n    remote_attr = 1\nremote_box = Box()",
+    )
+    reply = complete(kc, "%%remote\nx = remote_only_th")
+    assert "remote_only_thing" in reply["matches"]
+    assert reply["cursor_end"] - reply["cursor_start"] == len("remote_only_th")
+    code = "%%remote\nremote_box.rem"
+    reply = complete(kc, code)
+    applied = {code[: reply["cursor_start"]] + m for m in reply["matches"]}
+    assert code.replace(".rem", ".remote_attr") in applied
+    reply = complete(kc, "remote_only_th")  # a local cell: the worker's names are not offered
+    assert "remote_only_thing" not in reply["matches"]
+
+
+def test_inspecting_a_remote_only_name_shows_the_workers_answer(kc):
+    ok(
+        kc,
+        "%%remote --no-pull\ndef remote_helper(a, b=2):\n"
+        "    '''Adds on the worker.'''\n    return a + b",
+    )
+    reply, _ = run(kc, "remote_helper?")
+    pages = [p for p in reply.get("payload", []) if p.get("source") == "page"]
+    text = ANSI.sub("", pages[0]["data"]["text/plain"])
+    assert "Adds on the worker." in text and "remote_helper(a, b=2)" in text
+    reply, _ = run(kc, "remote_helper??")
+    pages = [p for p in reply.get("payload", []) if p.get("source") == "page"]
+    assert "return a + b" in ANSI.sub("", pages[0]["data"]["text/plain"])
+    reply, outputs = run(kc, "%%remote\nremote_helper?")  # inside a remote cell as well
+    shown = ANSI.sub("", stdout_of(outputs) + "".join(texts(outputs, "display_data")))
+    shown += "".join(ANSI.sub("", p["data"]["text/plain"]) for p in reply.get("payload", []))
+    assert reply["status"] == "ok" and "Adds on the worker." in shown, (reply, outputs)
+    msg_id = kc.inspect("remote_helper", len("remote_helper"))
+    while True:
+        answer = kc.get_shell_msg(timeout=30)
+        if answer["parent_header"].get("msg_id") == msg_id:
+            break
+    assert answer["content"]["found"] is True
+    assert "Adds on the worker." in answer["content"]["data"]["text/plain"]
+
+
+def test_a_value_that_cannot_be_loaded_here_stays_remote_and_the_cell_succeeds(kc):
+    """Its class lives in a package only the worker has (as matplotlib objects do in a kernel
+    without matplotlib): the cell still succeeds, the other values come back.  (A package: a
+    single-file helper module would travel by value and load here.)"""
+    code = (
+        "%%remote\nimport sys, pathlib\nsys.path.insert(0, '.')\n"
+        "pathlib.Path('only_on_worker').mkdir(exist_ok=True)\n"
+        "pathlib.Path('only_on_worker', '__init__.py').write_text('class Thing:\\n    pass\\n')\n"
+        "import only_on_worker\nthing = only_on_worker.Thing()\nplain = 7"
+    )
+    reply, outputs = run(kc, code)
+    assert reply["status"] == "ok", reply
+    notes = texts(outputs, "display_data")
+    assert any(n.startswith("`thing` stays remote: could not be loaded here") for n in notes), notes
+    assert stderr_of(outputs) == ""
+    outputs = ok(kc, "print(plain, 'thing' in dir())")
+    assert stdout_of(outputs).split() == ["7", "False"]
+    status = texts(ok(kc, "%rexec_status"), "execute_result")[0]
+    assert re.search(r"only remote\s+.*thing \(Thing\)", status), status
