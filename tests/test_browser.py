@@ -37,7 +37,7 @@ NOTEBOOK = {
         {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
          "source": "%load_ext rexec_magic"},
         {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-         "source": '%%remote\nimport os\nprint("hello from the remote worker, pid", os.getpid())'},
+         "source": '%%remote\nimport os\nprint("hello from the remote worker, pid", os.getppid())'},
     ],
     "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                 "language": "python"}},
@@ -153,6 +153,7 @@ def test_login_start_run_stop_in_the_browser(lab: Lab, page: Page, stack: Stack)
     expect(kernel_idle).to_be_visible(timeout=60_000)
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    # The cell runs in one of the worker's executors: its parent is the worker the sidebar shows.
     output = notebook.locator(".jp-OutputArea-output", has_text="hello from the remote worker")
     expect(output).to_have_text(f"hello from the remote worker, pid {worker_pid}", timeout=60_000)
     shot(page, "04-remote-cell")
