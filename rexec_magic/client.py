@@ -371,22 +371,24 @@ class RexecClient:
 
     def call(
         self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        fn: Callable[..., Any] | serialize.Packed,
+        args: tuple[Any, ...] | serialize.Packed,
+        kwargs: dict[str, Any] | serialize.Packed,
         timeout_s: float | None = None,
         globals_: dict[str, Any] | None = None,
         fields: dict[str, Any] | None = None,
         cancel: threading.Event | None = None,
     ) -> Events:
         """Call ``fn(*args, **kwargs)`` on the worker: yields its STREAM / DISPLAY / YIELD
-        events as they come and returns the CellOutcome (``values["return"]``).
+        events as they come and returns the CellOutcome (``values["return"]``).  ``fn``,
+        ``args`` and ``kwargs`` may come packed already (``serialize.pack_value``).
 
         Closing the generator early (a consumer that stops iterating) or setting ``cancel``
         interrupts the call.
         """
         try:
-            values = {"fn": fn, "args": tuple(args), "kwargs": kwargs}
+            packed = isinstance(args, serialize.Packed)  # fn, args and kwargs: RemoteSession
+            values = {"fn": fn, "args": args if packed else tuple(args), "kwargs": kwargs}
             if globals_:  # the notebook globals fn reads, for the worker's namespace
                 values["globals"] = globals_
             entries, buffers = serialize.pack(values)

@@ -145,12 +145,22 @@ class RexecMagics(Magics):
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell, **kwargs)
         self.session = shared_session()
+        self._pure_remote_cell = False  # the running cell is one %%remote and nothing else
 
     def pre_run_cell(self, info: Any) -> None:
         """Any cell but a pure ``%%remote`` cell may change local values (sync epoch)."""
         raw = getattr(info, "raw_cell", None) or ""
-        if not raw.lstrip().startswith("%%remote"):
+        self._pure_remote_cell = raw.lstrip().startswith("%%remote")
+        if not self._pure_remote_cell:
             self.session.sync.local_cell_ran()
+
+    def _local_code_may_have_run(self, line_mode: bool) -> None:
+        """Only the one ``%%remote`` that is a whole cell follows no local code of its own;
+        ``%remote`` in a cell, or ``run_cell_magic`` called in a loop, may follow code that
+        changed values in place (``data.append``): those are hashed again."""
+        if line_mode or not self._pure_remote_cell:
+            self.session.sync.local_cell_ran()
+        self._pure_remote_cell = False  # a second magic in the same cell is not the whole cell
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -201,6 +211,7 @@ class RexecMagics(Magics):
         return number if isinstance(number, int) else self.shell.execution_count
 
     def _run(self, args: Any, code: str, line_mode: bool) -> Any:
+        self._local_code_may_have_run(line_mode)
         push, forced, fields = self._plan(args, code)
         renderer = EventRenderer()
         ns = self.shell.user_ns

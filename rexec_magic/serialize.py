@@ -511,13 +511,19 @@ def unserializable_reason(value: Any, exc: SerializationError) -> str:
 
 
 def pack(values: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Serialize several named values: ``([{name, nbuffers, nbytes}], frames)``.
+    """Serialize several named values (or ``Packed`` ones): ``([{name, nbuffers, nbytes}],
+    frames)``.
 
     Raises SerializationError naming the first variable that cannot be serialized.
     """
     entries: list[dict[str, Any]] = []
     out: list[Any] = []
     for name, value in values.items():
+        if isinstance(value, Packed):  # packed already (its ``reads`` were needed first)
+            parts = value.frames
+            entries.append({"name": name, "nbuffers": len(parts), "nbytes": nbytes(parts)})
+            out.extend(parts)
+            continue
         try:
             parts = dumps(value)
         except SerializationError as exc:

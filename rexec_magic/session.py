@@ -291,26 +291,8 @@ class RemoteSession:
     ) -> CellOutcome:
         """Run a cell; start a worker first when the user has none (saying so)."""
         with self.exclusive("cell", notes), self._reporting(notes):
-            return self._run(code, push, pull, on_event, pull_limit, timeout_s, notes)
-
-    def _run(
-        self,
-        code: str,
-        push: dict[str, Any],
-        pull: list[str],
-        on_event: EventHandler,
-        pull_limit: int,
-        timeout_s: float | None,
-        notes: Notes,
-    ) -> CellOutcome:
-        client = self.client
-        try:
-            self._fresh_worker()
-            self._check_versions(notes)
-            return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
-        except errors.NoWorker:
-            self._start_missing(notes)
-            return client.execute(code, push, pull, on_event, pull_limit, timeout_s)
+            args = (code, push, pull, on_event, pull_limit, timeout_s)
+            return self._on_worker(notes, self.client.execute, *args)
 
     def run_synced(
         self,
@@ -339,9 +321,8 @@ class RemoteSession:
                 watch = [*fields.get("watch", []), *plan.send, *plan.have]
                 header = {**fields, "have": plan.have, "watch": list(dict.fromkeys(watch))}
                 try:
-                    outcome = self._execute(
-                        code, entries, frames, header, on_event, timeout_s, notes
-                    )
+                    args = (code, entries, frames, header, on_event, timeout_s)
+                    outcome = self._on_worker(notes, self.client.execute_packed, *args)
                 except errors.RemoteCellError as exc:
                     self.sync.sent(namespace, plan, _unloaded(exc.outcome))
                     raise
@@ -355,24 +336,17 @@ class RemoteSession:
                 forced += missing
             raise errors.WorkerLost("The remote worker kept losing the cell's variables.")
 
-    def _execute(
-        self,
-        code: str,
-        entries: list[dict[str, Any]],
-        frames: list[Any],
-        header: dict[str, Any],
-        on_event: EventHandler,
-        timeout_s: float | None,
-        notes: Notes,
-    ) -> CellOutcome:
-        client = self.client
+    def _on_worker(self, notes: Notes, send: Callable[..., CellOutcome], *args: Any) -> CellOutcome:
+        """``send(*args)`` the cell to the user's worker, starting one first (and saying so)
+        when the broker says there is none.  A refused cell never reached a worker, so sending
+        it again cannot run it twice."""
         try:
             self._fresh_worker()
             self._check_versions(notes)
-            return client.execute_packed(code, entries, frames, header, on_event, timeout_s)
+            return send(*args)
         except errors.NoWorker:
             self._start_missing(notes)
-            return client.execute_packed(code, entries, frames, header, on_event, timeout_s)
+            return send(*args)
 
     def _fresh_worker(self) -> None:
         """Raise NoWorker when the broker last said we have none.
@@ -468,7 +442,19 @@ class RemoteSession:
         when they changed (never over newer remote values), and those it changes in place
         (``lst.append``) come back into the notebook, as a local call would leave them."""
         main = serialize.main_namespace()
-        reads = _reads_of(fn)
+        # Packed once, first: the notebook globals read by any notebook function inside them
+        # (fn, a partial or a callback among the arguments) go with the call.
+        parts = {"fn": fn, "args": tuple(args), "kwargs": kwargs}
+        try:
+            packed = {name: serialize.pack_value(value) for name, value in parts.items()}
+        except serialize.SerializationError as exc:
+            name = next((n for n in parts if not _packs(parts[n])), "args")
+            why = serialize.unserializable_message(name, parts[name], exc)
+            raise errors.UnserializableVariable(f"The call was not sent: {why}.") from None
+        reads = list(dict.fromkeys(r for p in packed.values() for r in p.reads))
+        # The caller is local code: it may have changed what fn reads in place since the last
+        # exchange, even within one cell (a loop of calls), so nothing is trusted unhashed.
+        self.sync.local_cell_ran()
         forced: list[str] = []
         for _ in range(3):
             plan = self.sync.plan(main, reads, _shippable_global, forced)
@@ -478,7 +464,7 @@ class RemoteSession:
             fields = {"have": plan.have, "watch": watch, "pull_limit": limit}
             try:
                 outcome = yield from self.client.call(
-                    fn, args, kwargs, timeout_s, values, fields, cancel
+                    *packed.values(), timeout_s, values, fields, cancel
                 )
             except errors.RemoteCellError as exc:
                 self.sync.sent(main, plan, _unloaded(exc.outcome))
@@ -593,16 +579,12 @@ def _notebook_label() -> str:
     return f"kernel {os.getpid()}"
 
 
-def _reads_of(fn: Any) -> list[str]:
-    """The notebook globals a notebook function (or class) reads directly; the sync's plan
-    follows them transitively."""
-    main = serialize.main_namespace()
-    if getattr(fn, "__globals__", None) is not main and not isinstance(fn, type):
-        return []
+def _packs(value: Any) -> bool:
     try:
-        return list(serialize.pack_value(fn).reads)
+        serialize.pack_value(value)
     except serialize.SerializationError:
-        return []  # packing the call names the problem
+        return False
+    return True
 
 
 def _shippable_global(name: str, value: Any) -> bool:

@@ -7,10 +7,11 @@ and tells the worker which names it skipped (``have``): a worker that lost one (
 answers "resend" and the cell goes again with them.
 
 The hash of a local value is only computed when the value may have changed: every cell that
-is not a pure ``%%remote`` cell advances ``epoch`` (an IPython ``pre_run_cell`` hook), and a
-name whose object is the one recorded, with no local cell run since, is unchanged without
-hashing.  (Code that mutates notebook values from another thread between two remote cells
-is not seen; the README says so.)
+is not a pure ``%%remote`` cell advances ``epoch`` (an IPython ``pre_run_cell`` hook), and so
+does every exchange that local code may have preceded (a ``remote_func`` call, ``%remote`` in
+a cell, a magic called from code); a name whose object is the one recorded, with no local code
+run since, is unchanged without hashing.  (Code that mutates notebook values from another
+thread between two remote cells is not seen; the README says so.)
 
 A name whose newest value lives only on the worker (over the pull limit, not loadable here,
 ``--no-pull``, not in ``-o``) is recorded in ``remote_only``; a stale local value under that

@@ -416,3 +416,54 @@ def test_remote_func_changes_to_globals_come_back_and_are_not_overwritten(kernel
     reply, _ = run(kc, "n1 = note(2)\nn2 = note(3)")
     assert reply["status"] == "ok", reply
     assert probe(kc, ["n1", "n2", "seen"]) == {"n1": "2", "n2": "3", "seen": "[1, 2, 3]"}
+
+
+def test_local_code_between_exchanges_of_one_cell_is_seen(kernel):
+    """Within one local cell, code that changes a value in place, or binds a fresh object
+    (that may reuse a freed one's address), before each exchange: every exchange sees the
+    value as it is then, as a local call would.  Through remote_func, ``%remote`` in a loop,
+    and ``run_cell_magic`` called from code."""
+    kc = kernel
+    reply, _ = run(
+        kc,
+        "from rexec_magic import remote_func\nacc = []\n"
+        "@remote_func\ndef count():\n    return len(acc)\n"
+        "@remote_func\ndef rate():\n    return cfg['lr']",
+    )
+    assert reply["status"] == "ok", reply
+    reply, _ = run(
+        kc,
+        "counts, rates, lines, magics = [], [], [], []\n"
+        "for i in range(3):\n    acc.append(i)\n    counts.append(count())\n"
+        "for lr in (1, 2, 3):\n    cfg = {'lr': lr}\n    rates.append(rate())\n"
+        "for i in range(2):\n    acc.append(i)\n    n = %remote len(acc)\n    lines.append(n)\n"
+        "for i in range(2):\n    acc.append(i)\n"
+        "    get_ipython().run_cell_magic('remote', '', 'm = len(acc)')\n    magics.append(m)",
+    )
+    assert reply["status"] == "ok", reply
+    assert probe(kc, ["counts", "rates", "lines", "magics"]) == {
+        "counts": "[1, 2, 3]",
+        "rates": "[1, 2, 3]",
+        "lines": "[4, 5]",
+        "magics": "[6, 7]",
+    }
+
+
+def test_remote_func_ships_the_globals_of_functions_among_its_arguments(kernel):
+    """A notebook function passed as an argument (plain or in a partial) reads notebook
+    globals on the worker as it would locally: they travel, and a changed one travels again."""
+    kc = kernel
+    reply, _ = run(
+        kc,
+        "import functools\nfrom rexec_magic import remote_func\nlimit_a = 2\n"
+        "def above(v):\n    return v > limit_a\n"
+        "@remote_func\ndef keep(pred, xs):\n    return [x for x in xs if pred(x)]",
+    )
+    assert reply["status"] == "ok", reply
+    reply, _ = run(
+        kc,
+        "kept1 = keep(above, [1, 2, 3, 4])\nlimit_a = 3\n"
+        "kept2 = keep(functools.partial(above), [1, 2, 3, 4])",
+    )
+    assert reply["status"] == "ok", reply
+    assert probe(kc, ["kept1", "kept2"]) == {"kept1": "[3, 4]", "kept2": "[4]"}
