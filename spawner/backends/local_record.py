@@ -38,15 +38,22 @@ create table if not exists workers (
 """
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot), or None when there is no such process."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` from field 3 (the state) on, or None when there is no such process.
+
+    The command name (field 2) is in parentheses and may hold spaces: split after it.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read().decode("ascii", errors="replace")
     except OSError:
         return None
-    # The command name (field 2) is in parentheses and may hold spaces: split after it.
-    fields = data[data.rfind(")") + 2 :].split()
+    return data[data.rfind(")") + 2 :].split()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None when there is no such process."""
+    fields = _stat_fields(pid) or []
     try:
         return int(fields[19])  # field 22 overall; fields[0] here is field 3 (state)
     except (IndexError, ValueError):
@@ -55,13 +62,8 @@ def process_start_ticks(pid: int) -> int | None:
 
 def process_state(pid: int) -> str | None:
     """The one-letter state of ``pid`` (R, S, T, Z...), None when it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read().decode("ascii", errors="replace")
-    except OSError:
-        return None
-    rest = data[data.rfind(")") + 2 :].split()
-    return rest[0] if rest else None
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
 
 
 @dataclass
