@@ -64,6 +64,10 @@ log = logging.getLogger("rexec.broker")
 
 AUTH_RESULTS = "inproc://rexec-broker-auth-results"
 HOUSEKEEPING_S = 0.25
+RESYNCED = (
+    "The remote worker lost its link to the broker and registered again; the cell was "
+    "stopped (the remote namespace is kept)."
+)
 MAX_EXECUTOR_ROWS = 100  # of a heartbeat's executor list, kept for %rexec_status
 RECHECK_RETRY_S = 5.0  # the auth service could not be asked: keep the session, ask again soon
 # A closed connection's last messages (a worker's DONE and GOODBYE) may still be queued behind
@@ -433,14 +437,16 @@ class Broker:
         too_large = len(signed.header) > self.max_header  # refused before it is hashed or parsed
         if session is None or not (too_large or signed.verify(session.key)):
             return self._unauthenticated(route, signed, session is not None)
+        # Too large to be worth hashing: unverified, so it neither counts as the session's
+        # activity nor gets further than the refusal.
+        request = ping = None
+        if not too_large:
+            session.last_seen = time.monotonic()
+            request = self._read(signed, P.Request)
+            if request is None and signed.kind == b"ping":
+                ping = self._read(signed, P.Ping)
         now = time.monotonic()
-        session.last_seen = now
         user = session.identity.sub
-        request = None if too_large else self._read(signed, P.Request)
-        if request is None and signed.kind == b"ping":
-            ping = None if too_large else self._read(signed, P.Ping)
-        else:
-            ping = None
         if request is None and ping is None:
             self._malformed("frontend", "header too large or not a JSON object")
             return self._fail(
@@ -509,6 +515,7 @@ class Broker:
         """The connection is gone, and so is its session."""
         self.hello_in_flight.pop(route, None)
         self.revoked.pop(route, None)
+        self.legacy.waiting.pop(route, None)  # a call whose token is being checked: never sent
         if self.legacy.owns(route):
             self.legacy.end(route)
         if self.close_session(route) is not None:
@@ -554,9 +561,13 @@ class Broker:
             result = {"ok": False, "message": exc.message, "unavailable": True}
         except AuthError as exc:
             result = {"ok": False, "message": exc.message}
-        except Exception:
+        except Exception:  # a fault of ours is no verdict on the token: never "revoked"
             log.exception("authenticator failed")
-            result = {"ok": False, "message": "The broker could not check the token."}
+            result = {
+                "ok": False,
+                "message": "The broker could not check the token.",
+                "unavailable": True,
+            }
         pusher = getattr(self._result_pushers, "sock", None)
         if pusher is None:
             pusher = self.ctx.socket(zmq.PUSH)
@@ -656,6 +667,12 @@ class Broker:
         if entry is None or not signed.verify(entry.key):
             if entry is not None:
                 self.counters.bad_mac += 1
+                if self.workers.get(entry.user) is entry:
+                    # Only that worker's own connection can send on its route: it lost its key
+                    # and will register again after the RESYNC, stopping what it runs.  Its
+                    # requests end now, with a sentence, rather than wait for a `done` that
+                    # cannot come.
+                    self._drop_worker(entry, "a message with a bad signature", message=RESYNCED)
             if self._admit_unauthenticated("w", wroute):
                 self._to_worker(wroute, P.Kind.RESYNC)
             return None
@@ -683,10 +700,10 @@ class Broker:
             return self._malformed("backend", "worker addressed no connection of its user")
         if self.legacy.owns(route):
             return self.legacy.on_worker_event(route, signed)
-        if kind_b == b"done":
-            done = self._read(signed, P.Event)
-            if done is not None:
-                self.pending.discard(user, route, done.id)
+        if kind_b == b"done":  # its request is over, however large the header (many names)
+            done_id = P.event_id(signed.header)
+            if done_id is not None:
+                self.pending.discard(user, route, done_id)
             entry.last_activity = time.time()
         # Forwarded zero-copy, header unread, MAC stripped: the event behind the client's route.
         self.frontend.send_multipart([route, *signed.unsigned()], copy=False)

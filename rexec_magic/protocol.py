@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
@@ -308,6 +309,25 @@ class Message:
 def encode_header(header: dict[str, Any]) -> bytes:
     """A header's bytes: compact JSON (raises TypeError/ValueError for non-JSON values)."""
     return json.dumps(header, separators=(",", ":")).encode()
+
+
+# A worker event's header begins {"id":"..."} (the executor's) or {"seq":N,"id":"..."} (once
+# the supervisor numbered it, or made it): the id within the first bytes (escapes allowed).
+_EVENT_ID = re.compile(rb'\{(?:"seq":\d{1,20},)?"id":("(?:[^"\\]|\\.){1,1536}")')
+
+
+def event_id(header: Any) -> str | None:
+    """The request ``id`` of a worker event, read from the header's first 2 KiB only, so a
+    DONE header of any size (one naming thousands of variables) still ends its request at
+    the broker.  None when the header does not begin as rexec's events do."""
+    match = _EVENT_ID.match(bytes(memoryview(header)[:2048]))
+    if match is None:
+        return None
+    try:
+        value = json.loads(match.group(1))
+    except ValueError:
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= SHORT_MAX else None
 
 
 def encode(

@@ -1,0 +1,115 @@
+"""The broker's side of a worker's link: what ends a request there.
+
+The real broker routes in a thread (it must know the worker key, so the test can play the
+worker); the test's worker and client are raw pyzmq DEALERs speaking the wire protocol with
+``rexec_magic.protocol``, as the real supervisor and client do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import zmq
+
+from broker.auth import add_static_token, worker_secret
+from rexec_magic import protocol as P
+from tests.harness import broker_in_thread
+
+pytestmark = pytest.mark.stack
+
+KEY, ADMIN = "link-test-worker-key", "link-test-admin-secret"
+WAIT_MS = 20_000
+
+
+def recv(sock: zmq.Socket) -> list[bytes]:
+    assert sock.poll(WAIT_MS), "no message came"
+    return sock.recv_multipart()
+
+
+@dataclass
+class Link:
+    worker: zmq.Socket
+    worker_key: bytes
+    client: zmq.Socket
+    client_key: bytes
+
+    def execute(self, request_id: str) -> bytes:
+        """The client sends a cell; the worker receives it: the client's handle."""
+        cell = {"id": request_id, "code": "pass", "vars": [], "pull": []}
+        self.client.send_multipart(P.encode_signed(self.client_key, P.Kind.EXECUTE, cell))
+        msg = P.decode(recv(self.worker), routed=True)  # the broker strips the client's MAC
+        assert msg.kind == P.Kind.EXECUTE
+        return msg.route
+
+    def to_client(self, handle: bytes, kind: str, header: bytes, key: bytes | None = None):
+        frames = P.encode_signed(key or self.worker_key, kind, header, route=handle)
+        self.worker.send_multipart(frames)
+
+    def pong(self) -> dict:
+        self.client.send_multipart(P.encode_signed(self.client_key, P.Kind.PING, {"t": 1.0}))
+        while True:
+            msg = P.decode(recv(self.client))
+            if msg.kind == P.Kind.PONG:
+                return msg.header
+
+
+@pytest.fixture
+def link(tmp_path) -> Iterator[Link]:
+    tokens = tmp_path / "tokens.json"
+    token = add_static_token(tokens, "alice")
+    ctx = zmq.Context.instance()
+    with broker_in_thread(KEY, ADMIN, tokens_file=str(tokens)) as b:
+        worker, client = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        worker.linger = client.linger = 0
+        worker.connect(f"tcp://127.0.0.1:{b.ports['worker']}")
+        client.connect(f"tcp://127.0.0.1:{b.ports['broker']}")
+        register = {"user": "alice", "nonce": "n1", "secret": worker_secret(KEY, "alice", "n1")}
+        worker.send_multipart([P.TO_BROKER, *P.encode_signed(None, P.Kind.REGISTER, register)])
+        registered = P.decode(recv(worker)[1:])
+        assert registered.kind == P.Kind.REGISTERED
+        client.send_multipart(P.encode_signed(None, P.Kind.HELLO, {"token": token}))
+        welcome = P.decode(recv(client))
+        assert welcome.kind == P.Kind.WELCOME
+        yield Link(
+            worker,
+            bytes.fromhex(registered.header["key"]),
+            client,
+            bytes.fromhex(welcome.header["session_key"]),
+        )
+        worker.close()
+        client.close()
+
+
+def test_a_done_far_over_the_header_limit_still_ends_its_request(link):
+    """A cell that binds thousands of names has a DONE header far over the broker's 64 KiB
+    limit: the client gets it whole, and the broker no longer counts the request as running
+    (else the worker shows busy for ever and is never culled)."""
+    handle = link.execute("big-done")
+    assert link.pong()["pending"] == ["big-done"]
+    entries = [{"name": f"value_number_{i:05d}", "nbuffers": 0} for i in range(5000)]
+    header = P.encode_header({"id": "big-done", "status": "ok", "vars": entries})
+    assert len(header) > P.MAX_HEADER_BYTES
+    numbered = b'{"seq":3,' + header[1:]  # as the supervisor numbers an executor's event
+    link.to_client(handle, P.Kind.DONE, numbered)
+    while (msg := P.decode(recv(link.client))).kind != P.Kind.DONE:
+        pass
+    assert len(msg.header["vars"]) == 5000
+    pong = link.pong()
+    assert pong["pending"] == [] and pong["worker"]["busy"] is False
+
+
+def test_a_worker_that_lost_its_key_ends_its_requests_with_a_sentence(link):
+    """A worker whose messages no longer carry the key the broker gave it will register
+    again and stop what it runs: its requests end at once, saying so, not never."""
+    link.execute("stranded")
+    link.worker.send_multipart(
+        [P.TO_BROKER, *P.encode_signed(b"\1" * 32, P.Kind.HEARTBEAT, {"busy": True})]
+    )
+    assert P.decode(recv(link.worker)[1:]).kind == P.Kind.RESYNC
+    fail = P.decode(recv(link.client))
+    assert fail.kind == P.Kind.FAIL and fail.header["id"] == "stranded"
+    assert fail.header["code"] == P.FailCode.WORKER_LOST
+    assert "registered again" in fail.header["message"]
+    assert link.pong()["pending"] == []
