@@ -105,9 +105,19 @@ def test_heartbeats_say_busy_and_idle_again(broker, tmp_path):
 
 def test_resync_makes_it_register_again(broker):
     broker.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)
-    assert broker.recv_kind(Kind.REGISTER).header["user"] == "user-1"
-    broker.send(Kind.REGISTERED, {}, route=protocol.TO_BROKER)
+    assert broker.register().header["user"] == "user-1"
     assert done(broker.run("1")).header["status"] == DoneStatus.OK
+
+
+def test_an_unanswered_register_is_sent_again_and_nothing_goes_unsigned_meanwhile(fresh):
+    """Until REGISTERED the broker takes nothing but REGISTER: no heartbeat meanwhile (it
+    would earn another RESYNC), and a REGISTER that got lost goes again."""
+    fresh.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)
+    fresh.recv_kind(Kind.REGISTER)  # skips heartbeats sent before the RESYNC came
+    following = fresh.recv(WAIT_S)[1].kind
+    assert following == Kind.REGISTER  # not an unsigned heartbeat while it waits
+    assert fresh.register().header["user"] == "user-1"
+    assert fresh.recv_kind(Kind.HEARTBEAT)
 
 
 def test_broker_restart_heartbeat_then_resync(fresh):

@@ -247,6 +247,10 @@ class CellRunner:
             self.watch.before(shell.user_ns, cell.watch)
             with numbered_as(shell, cell.number):
                 result = shell.run_cell(cell.code, store_history=True)
+            # The user's code is over.  Collecting what goes back records digests as it goes:
+            # a KeyboardInterrupt half-way would leave them saying the notebook has values it
+            # was never sent.
+            self._interruptible = False
             error = result.error_before_exec or result.error_in_exec
             if isinstance(error, KeyboardInterrupt):
                 status = DoneStatus.INTERRUPTED

@@ -86,6 +86,7 @@ STOP_WAIT_S = 3.0  # SIGTERM to an executor, then SIGKILL
 SPARES = 1  # executors started ahead, so a new notebook or a restart is ready at once
 MAX_RECV_PER_TURN = 64
 ASSIST_WAIT_S = 5.0  # a completion / obj? question the executor never answered is forgotten
+REGISTER_RETRY_S = 3.0  # REGISTER again when REGISTERED has not come after this long
 STALL_S = 2.0  # a tick this much late: the supervisor itself was stopped or starved
 
 
@@ -152,6 +153,7 @@ class Supervisor:
         self.transfers = files.Transfers(self.thread_out)
         self._stop_code: int | None = None
         self._session_key: bytes | None = None  # from REGISTERED; signs our later messages
+        self._register_sent_at = 0.0
         self._last_tick = time.monotonic()
         self._spare_failures = 0
         self._reported_busy = False  # what the last heartbeat said
@@ -302,7 +304,17 @@ class Supervisor:
     def _signed(self, route: bytes, kind: str, header: bytes, buffers: Any = ()) -> None:
         """Queue one message to the broker, signed with the session key from REGISTERED
         (REGISTER itself, and anything before the key came, goes with an empty MAC)."""
-        key = None if kind == Kind.REGISTER else self._session_key
+        if kind == Kind.REGISTER:
+            key = None
+        elif self._session_key is None:
+            # Between RESYNC (or an assignment) and REGISTERED the broker accepts nothing but
+            # REGISTER: an unsigned heartbeat would only earn another RESYNC, which would drop
+            # the cells the new broker routed here meanwhile.  What this drops was for the old
+            # broker's clients, or is a heartbeat (one goes out each second).
+            log.debug("not registered: %s dropped", kind)
+            return
+        else:
+            key = self._session_key
         self._send(protocol.encode_signed(key, kind, header, buffers, route=route))
 
     def _to_broker(self, kind: str, header: dict[str, Any]) -> None:
@@ -330,6 +342,7 @@ class Supervisor:
             "instance": INSTANCE,
             **({"pool": True} if reg.pool else {}),
         }
+        self._register_sent_at = time.monotonic()
         what = "warm-pool worker" if reg.pool else "user"
         log.info("registering with %s as %s %s", reg.broker_url, what, reg.user)
         self._to_broker(Kind.REGISTER, header)
@@ -337,6 +350,10 @@ class Supervisor:
     def _heartbeat(self) -> None:
         if self._backlog:
             return  # a stuck backlog means the broker is away: skip
+        if self._session_key is None:  # REGISTER went unanswered (a broker not up yet): again
+            if time.monotonic() - self._register_sent_at >= REGISTER_RETRY_S:
+                self._send_register()
+            return
         busy = any(ex.busy for ex in self.executors.values())
         self._reported_busy = busy
         self._to_broker(Kind.HEARTBEAT, {"busy": busy, "executors": self.executor_rows()})
@@ -532,7 +549,7 @@ class Supervisor:
             return
         self._seen(ex, fields)
         self._assists[fields.id] = (route, time.monotonic() + ASSIST_WAIT_S)
-        ex.inspects.send_multipart(protocol.encode(msg.kind, raw.header), copy=False)
+        self._ask_executor(ex, msg, raw)  # unanswered: the tick forgets it
 
     def _on_inspect(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
         fields = msg.read(protocol.Inspect)
@@ -543,7 +560,18 @@ class Supervisor:
             return
         self._seen(ex, fields)
         self._inspects[request_id] = (route, time.monotonic() + INSPECT_WAIT_S, ex)
-        ex.inspects.send_multipart(protocol.encode(msg.kind, raw.header), copy=False)
+        self._ask_executor(ex, msg, raw)  # unanswered: the tick answers for it
+
+    @staticmethod
+    def _ask_executor(ex: ExecutorProcess, msg: Message, raw: protocol.Unread) -> None:
+        """A question for the executor's answering thread; never blocks the supervisor (an
+        executor that just died, or whose thread cannot run, leaves its PUSH full)."""
+        try:
+            ex.inspects.send_multipart(
+                protocol.encode(msg.kind, raw.header), flags=zmq.NOBLOCK, copy=False
+            )
+        except zmq.Again:
+            log.debug("executor %d cannot take a %s now", ex.number, msg.kind)
 
     def _inspect_header(
         self, request_id: str, ex: ExecutorProcess | None, reply: protocol.InspectReply | None
@@ -618,7 +646,15 @@ class Supervisor:
         ex.current = req
         req.started = time.monotonic()
         self._send_late(ex, req)
-        ex.requests.send_multipart(req.frames, copy=False)
+        try:  # never blocks: a PUSH whose executor just died has no peer to queue for
+            ex.requests.send_multipart(req.frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            log.warning("executor %d does not take requests (it exited?)", ex.number)
+            # It provably never started: it goes at the next tick, or _on_exit says "not run".
+            ex.current = None
+            req.started = None
+            ex.queue.appendleft(req)
+            return
         req.frames = []
 
     def _send_late(self, ex: ExecutorProcess, req: Request) -> None:
@@ -873,6 +909,7 @@ class Supervisor:
                     ex.signal(signal.SIGKILL)
             self._notices(ex, now)
             self._check_orphan(ex, now)
+            self._dispatch(ex)  # one its requests socket refused (see _dispatch) goes again
         for request_id, (route, deadline, ex) in list(self._inspects.items()):
             if now >= deadline:
                 del self._inspects[request_id]
