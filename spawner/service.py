@@ -160,10 +160,15 @@ class WorkerService:
             log.warning("REXEC_ADMIN_SECRET is empty: the broker will refuse status requests")
         await self.backend.setup()
         for found in await self.backend.discover():
-            if found.pool:
-                self.pool.adopt(found.user, found.nonce, found.handle)
-            else:
-                self._adopt(found)
+            try:
+                if found.pool:
+                    self.pool.adopt(found.user, found.nonce, found.handle)
+                else:
+                    self._adopt(found)
+            except SpawnerError as exc:  # e.g. a Python pin the operator has since removed
+                # One worker this spawner cannot supervise must not keep it from serving the
+                # others: it runs on as it is, and a spawn for its user says why.
+                log.error("could not adopt the worker of %s: %s", found.user, exc.message)
         if self.pool.size and not self.backend.pool_possible():
             log.warning("the warm pool is off: no spawn here could claim a pool worker")
             self.pool.size = 0
@@ -290,8 +295,10 @@ class WorkerService:
         reqs = parse_requirements(requirements, self.backend.worker_python_for(requirements))
         options = self.backend.validate_options(dict(options or {}))
         rec = await self._record_or_adopt(identity.sub)
-        if rec is None:
-            rec = self._records[identity.sub] = WorkerRecord(identity.sub, identity.username)
+        if rec is None:  # setdefault: a spawn for the same user may have made it meanwhile
+            rec = self._records.setdefault(
+                identity.sub, WorkerRecord(identity.sub, identity.username)
+            )
         async with rec.lock:
             rec.username = identity.username
             if rec.state in ACTIVE_STATES:
@@ -352,6 +359,9 @@ class WorkerService:
         if rec is not None and rec.state in ACTIVE_STATES:
             return rec
         found = await self.backend.find(user)
+        rec = self._records.get(user)  # another request for this user may have run meanwhile
+        if rec is not None and rec.state in ACTIVE_STATES:
+            return rec
         if found is not None and not found.pool:
             log.info("adopting the worker of %s that another spawner started", user)
             self._adopt(found)

@@ -16,6 +16,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from broker.auth import add_static_token
 from broker.broker import Broker
 from spawner.app import create_app
 from spawner.backends.local import safe_name, worker_env
+from spawner.backends.local_record import WorkerRecord
 from spawner.config import SpawnerSettings
 from spawner.errors import INTERNAL_ERROR, InvalidRequest
 from spawner.requirements import parse_requirements
@@ -674,3 +676,13 @@ def test_an_adopted_worker_is_culled_when_idle(settings_for, tokens, tmp_path, b
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_two_first_spawns_at_once_start_one_worker(spawner, tokens, settings_for):
+    """Two notebooks run their first cell together: one worker, both answers about it."""
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: spawn(spawner, tokens["alice"]), range(2)))
+    status = wait_state(spawner, tokens["alice"], "ready")
+    record = WorkerRecord(Path(settings_for().state_dir) / "workers.sqlite3")
+    rows = [row for row in record.rows() if row.user == "alice" and row.alive()]
+    assert [row.pid for row in rows] == [status["pid"]]
