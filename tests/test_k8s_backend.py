@@ -714,6 +714,26 @@ async def test_a_user_namespace_gets_the_worker_network_policy(
 
 
 @pytest.mark.asyncio
+async def test_per_user_namespaces_leave_another_installations_workers_alone(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    """Its watch sees the whole cluster; a worker pod of another installation (same label,
+    another namespace prefix, an older chart's pod without annotations) is not this
+    spawner's to adopt or delete."""
+    other_ns, name = "staging-rexec-alice", "rexec-worker-alice"
+    labels = {"app.kubernetes.io/managed-by": "rexec-spawner", "rexec.io/user": "alice"}
+    cluster.objects[PODS, other_ns, name] = {
+        "metadata": {"name": name, "namespace": other_ns, "labels": labels},
+        "spec": {"containers": [{"name": "worker", "image": "rexec-worker:old"}]},
+    }
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path, k8s_namespace_per_user=True))
+    assert (await sp.spawn()).status_code == 200
+    ns = "rexec-server-alice"
+    await _wait(lambda: pod(cluster, name, ns), "the pod in alice's namespace")
+    assert pod(cluster, name, other_ns) is not None  # untouched
+
+
+@pytest.mark.asyncio
 async def test_a_container_the_kubelet_restarted_shows_when_and_why(
     cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
 ) -> None:

@@ -116,8 +116,13 @@ class KubernetesBackend(Backend):
             ns = s.k8s_namespace
             list_pods = functools.partial(self.api.list_namespaced_pod, ns)
             list_events = functools.partial(self.api.list_namespaced_event, ns)
+        # Per-user namespaces: the watch sees the whole cluster, where another installation's
+        # workers (another prefix) carry the same label; they are never this spawner's.
+        ours = functools.partial(
+            _managed, prefix=s.k8s_namespace_prefix if s.k8s_namespace_per_user else None
+        )
         self.pods = Reflector("worker pods", list_pods, label_selector=selector,
-                              accept=_managed, **common)  # fmt: skip
+                              accept=ours, **common)  # fmt: skip
         self.events = Reflector("worker pod events", list_events,
                                 field_selector="involvedObject.kind=Pod", **common)  # fmt: skip
         self.pods.start()
@@ -614,9 +619,14 @@ class KubernetesBackend(Backend):
             raise api_error(what, exc, timeout) from None
 
 
-def _managed(obj: dict[str, Any]) -> bool:
-    """The selector is the API's job; check it again all the same (fakes, old servers)."""
-    return ((obj.get("metadata") or {}).get("labels") or {}).get(objs.L_MANAGED) == objs.MANAGED_BY
+def _managed(obj: dict[str, Any], prefix: str | None = None) -> bool:
+    """A worker pod of this spawner's: the managed-by label (the selector is the API's job;
+    checked again all the same for fakes and old servers) and, with per-user namespaces, a
+    namespace of this installation's ``prefix``."""
+    meta = obj.get("metadata") or {}
+    if (meta.get("labels") or {}).get(objs.L_MANAGED) != objs.MANAGED_BY:
+        return False
+    return prefix is None or str(meta.get("namespace") or "").startswith(prefix)
 
 
 def api_error(what: str, exc: Exception, timeout_s: float) -> SpawnerError:
