@@ -122,8 +122,9 @@ class Kind:
     # YIELD, the return value with DONE (vars "return", then the watched globals that changed)
     CALL = "call"
     # Files (rexec_magic/transfer.py <-> worker_image/files.py).  Relative paths mean the
-    # worker's own folder.  Chunks travel one buffer each; the receiver acknowledges the bytes
-    # it has written so far and the sender keeps at most FILE_WINDOW_BYTES unacknowledged.
+    # worker's own folder.  Chunks travel one buffer each; the receiver acknowledges what it
+    # has handled so far (bytes, plus FILE_MESSAGE_COST per message) and the sender keeps at
+    # most FILE_WINDOW_BYTES of that unacknowledged.
     PUT_OPEN = "put_open"  # {id, path, dir}  -> FILE_ACK {id, path: resolved, received: 0}
     PUT_FILE = "put_file"  # {id, rel, size, mode}: the next file of the upload ("" = the file)
     PUT_CHUNK = "put_chunk"  # {id} + one buffer: the next bytes of the current file
@@ -189,6 +190,11 @@ CLIENT_TO_WORKER = frozenset(
 # side holds at most a few MB of a transfer in memory, whatever the file's size).
 FILE_CHUNK_BYTES = 1 << 20
 FILE_WINDOW_BYTES = 8 << 20
+# Each transfer message (a file's META / PUT_FILE, a chunk) counts this much in the window
+# besides its data, and acknowledgements count the same way: a folder of thousands of small
+# or empty files keeps at most FILE_WINDOW_BYTES / FILE_MESSAGE_COST (2,048) messages in
+# flight, far below the broker's high-water mark, where ZeroMQ would drop them silently.
+FILE_MESSAGE_COST = 4 << 10
 
 
 class FailCode:

@@ -117,18 +117,26 @@ def upload(
     client._send(P.Kind.PUT_OPEN, header)
     try:
         _expect(waiter.next(), P.Kind.FILE_ACK)
-        sent = acked = 0
+        sent = window = acked = 0  # window: bytes + FILE_MESSAGE_COST per message
+
+        def wait_window(upto: int) -> None:
+            nonlocal acked
+            while upto - acked > P.FILE_WINDOW_BYTES:
+                ack = _expect(waiter.next(), P.Kind.FILE_ACK).read(P.FileAck)
+                acked = max(acked, ack.received)
+
         for entry in entries:
             item = {"id": req_id, "rel": entry.rel, "size": entry.size, "mode": entry.mode}
+            window += P.FILE_MESSAGE_COST
+            wait_window(window)
             client._send(P.Kind.PUT_FILE, {**item, "dir": entry.is_dir})
             if entry.is_dir:
                 continue
             try:
                 chunks = fileio.read_chunks(entry.path, P.FILE_CHUNK_BYTES)
                 for data in chunks:
-                    while sent + len(data) - acked > P.FILE_WINDOW_BYTES:
-                        ack = _expect(waiter.next(), P.Kind.FILE_ACK).read(P.FileAck)
-                        acked = max(acked, ack.received)
+                    window += len(data) + P.FILE_MESSAGE_COST
+                    wait_window(window)
                     client._send(P.Kind.PUT_CHUNK, {"id": req_id}, [data])
                     sent += len(data)
                     on_progress(sent, total)
@@ -139,6 +147,12 @@ def upload(
             msg = _expect(waiter.next(), P.Kind.FILE_ACK, P.Kind.FILE_DONE)
             if msg.kind == P.Kind.FILE_DONE:
                 done = msg.read(P.FileDone)
+                files = sum(not e.is_dir for e in entries)
+                if (done.files, done.bytes) != (files, sent):
+                    raise TransferFailed(
+                        f"The upload was incomplete: {files} files ({sent} bytes) were sent "
+                        f"and the worker got {done.files} ({done.bytes} bytes)."
+                    )
                 on_progress(total, total)
                 return TransferResult(done.path, done.files, done.bytes, time.monotonic() - t0)
     except BaseException as exc:
@@ -161,10 +175,13 @@ def download(
     t0 = time.monotonic()
     client._send(P.Kind.GET_OPEN, {"id": req_id, "path": remote})
     staging: fileio.Staging | None = None
-    received = total = 0
+    received = total = files = 0
+    window = acked = 0  # bytes + FILE_MESSAGE_COST per message (see protocol)
     try:
         while True:
             msg = _expect(waiter.next(), P.Kind.FILE_META, P.Kind.FILE_CHUNK, P.Kind.FILE_DONE)
+            if msg.kind != P.Kind.FILE_DONE:
+                window += P.FILE_MESSAGE_COST
             if msg.kind == P.Kind.FILE_META:
                 meta = msg.read(P.FileMeta)
                 is_dir, mode = meta.dir, meta.mode
@@ -175,6 +192,10 @@ def download(
                     final = fileio.target_for(dest, name)
                     staging = fileio.Staging(final, is_dir, req_id[:12], HERE)
                 staging.begin(meta.rel, is_dir, mode)
+                files += not is_dir
+                if window - acked >= P.FILE_WINDOW_BYTES // 8:  # many small files
+                    acked = window
+                    client._send(P.Kind.FILE_ACK, {"id": req_id, "received": window})
             elif msg.kind == P.Kind.FILE_CHUNK:
                 if staging is None:
                     raise TransferFailed("File data came before the file it belongs to.")
@@ -182,14 +203,21 @@ def download(
                     data = buf.buffer if hasattr(buf, "buffer") else buf
                     staging.write(data)
                     received += len(data)
-                client._send(P.Kind.FILE_ACK, {"id": req_id, "received": received})
+                    window += len(data)
+                acked = window
+                client._send(P.Kind.FILE_ACK, {"id": req_id, "received": window})
                 on_progress(received, total)
             else:  # FILE_DONE
                 if staging is None:
                     raise TransferFailed("The worker sent nothing.")
+                done = msg.read(P.FileDone)
+                if (done.files, done.bytes) != (files, received):
+                    raise TransferFailed(
+                        f"The download was incomplete: the worker sent {done.files} files "
+                        f"({done.bytes} bytes) and {files} ({received} bytes) arrived."
+                    )
                 path = staging.commit()
                 on_progress(received, total)
-                files = msg.read(P.FileDone).files
                 return TransferResult(str(path), files, received, time.monotonic() - t0)
     except fileio.TransferError as exc:
         _cancel(client, req_id)

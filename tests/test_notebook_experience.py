@@ -303,6 +303,30 @@ def test_put_and_get_as_functions_in_a_script(nora, tmp_path):
     assert out.stderr == ""
 
 
+def test_a_folder_of_thousands_of_tiny_files_arrives_whole_both_ways(nora, tmp_path):
+    """Each file costs messages but almost no bytes: the window counts messages too, so none
+    is dropped on the way (a dropped header would put one file's bytes into another)."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(4000):
+        (folder / f"f{i:04d}.txt").write_text("" if i % 2 else str(i))
+    script = (
+        "import rexec_magic\n"
+        "up = rexec_magic.put('many', 'many-remote')\n"
+        "down = rexec_magic.get('many-remote', 'many-back')\n"
+        "print('counts', up.files, down.files)\n"
+    )
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(nora)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "counts 4000 4000" in out.stdout
+    back = {p.name: p.read_text() for p in (tmp_path / "many-back").iterdir()}
+    assert back == {p.name: p.read_text() for p in folder.iterdir()}
+
+
 # ----------------------------------------------------------------------------- 7. completion
 def complete(kc, code: str) -> dict:
     msg_id = kc.complete(code, len(code))
