@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,7 +153,9 @@ class CellRunner:
     def on_sigint(self, signum: int, frame: Any) -> None:
         """SIGINT handler (main thread): interrupt user code, never the worker's own steps."""
         if self._interruptible:
-            if self.outbox.sending:  # never cut a message in two: raise after the send
+            if self.outbox.sending_thread == threading.get_ident():  # never cut a message in
+                # two: raise after the send.  (Another thread's send is no reason: the deferred
+                # interrupt would wait for a send of the main thread that may never come.)
                 self.outbox.deferred_interrupt = True
                 return
             raise KeyboardInterrupt

@@ -83,7 +83,8 @@ class EventChannel:
 
     ``current`` is the request whose cell runs now; display hooks and tracebacks go there.
     A KeyboardInterrupt never lands inside a send (it would cut a multipart message in two):
-    ``sending`` tells the SIGINT handler to defer it until the send is over.
+    ``sending_thread`` tells the SIGINT handler to defer it until the main thread's send is
+    over (another thread's send, e.g. a completion answer, is no reason to wait).
     """
 
     def __init__(self, sock: zmq.Socket) -> None:
@@ -92,7 +93,7 @@ class EventChannel:
         self.last: Target | None = None  # the last request that ran (for late events)
         self._lock = threading.Lock()
         self.sent = 0  # events sent so far; the number in each mark
-        self.sending = False
+        self.sending_thread: int | None = None  # the thread in the middle of a send
         self.deferred_interrupt = False
 
     def event(
@@ -115,7 +116,7 @@ class EventChannel:
             tracker = zmq.MessageTracker(*buffers)
         parts = protocol.encode(kind, encode_header(header), buffers)
         with self._lock:
-            self.sending = True
+            self.sending_thread = threading.get_ident()
             try:
                 self.sock.send_multipart(parts, copy=False)
                 self.sent += 1
@@ -125,7 +126,7 @@ class EventChannel:
                 _write_all(1, mark)
                 _write_all(2, mark)
             finally:
-                self.sending = False
+                self.sending_thread = None
         if self.deferred_interrupt and threading.current_thread() is threading.main_thread():
             self.deferred_interrupt = False
             raise KeyboardInterrupt
