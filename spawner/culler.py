@@ -84,8 +84,7 @@ class IdleCuller:
 
     async def cull_once(self) -> list[str]:
         """One round: stop every worker idle for too long; return their users."""
-        ready = self.service.ready_workers()
-        if not ready or not self.service.backend.leads():  # another spawner culls
+        if not self.service.backend.leads():  # another spawner culls
             return []
         s = self.settings
         try:
@@ -96,6 +95,10 @@ class IdleCuller:
             log.info("idle culling skipped: %s", exc)
             return []
         workers = reply.get("workers") if isinstance(reply.get("workers"), dict) else {}
+        # Workers another replica started are this one's to cull too: adopted first (they
+        # count once the broker confirms them, from the next round on).
+        await self.service.adopt_unknown(u for u in workers if u not in self.service.records)
+        ready = self.service.ready_workers()
         culled = []
         for user, idle_s in idle_workers(ready, workers, s.cull_idle_seconds, time.time()).items():
             if await self.service.cull(user, ready[user], idle_s):

@@ -85,7 +85,13 @@ class WarmPool:
 
     # ----------------------------------------------------------------- claim
     async def claim(self, spec: WorkerSpec) -> WorkerHandle | None:
-        """Hand a ready pool worker to ``spec.user``; None when none is ready (start one)."""
+        """Hand a ready pool worker to ``spec.user``; None when none is ready (start one).
+
+        Only the spawner that leads (the Lease) claims: two replicas holding the same pool
+        workers would claim one twice, and the loser would stop what the winner gave a user.
+        """
+        if not self.backend.leads():
+            return None
         if not self.ready and self._adopting:  # just after a restart: they are running
             await asyncio.wait(set(self._adopting), timeout=ADOPT_WAIT_S)
         while self.ready:

@@ -32,6 +32,7 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -414,6 +415,20 @@ class WorkerService:
             rec.culled_after_s = limit
             self._set(rec, WorkerState.STOPPED, f"Your worker was stopped after {limit:g} s idle.")
         return True
+
+    @property
+    def records(self) -> dict[str, WorkerRecord]:
+        """user -> record (read only: what this spawner supervises)."""
+        return self._records
+
+    async def adopt_unknown(self, users: Iterable[str]) -> None:
+        """Supervise the running workers of ``users`` that another spawner started (replicas
+        on one backend); users without one are left alone."""
+        for user in list(users):
+            try:
+                await self._record_or_adopt(user)
+            except SpawnerError as exc:
+                log.warning("could not adopt the worker of %s: %s", user, exc.message)
 
     def ready_workers(self) -> dict[str, str]:
         """user -> nonce of every ready worker (what the culler looks at)."""

@@ -591,6 +591,25 @@ async def test_idle_worker_is_culled_and_its_pod_deleted(
     assert pod(cluster, "rexec-worker-alice") is None
 
 
+@pytest.mark.asyncio
+async def test_the_lease_holder_culls_a_worker_its_follower_started(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    """Only the leader culls; a worker that a user started through the other replica is
+    culled all the same (the leader adopts it first)."""
+    settings = settings_for(cluster, broker, tmp_path, cull_idle_seconds=1.0)
+    leader = await make_spawner(settings)
+    follower = await make_spawner(settings)
+    assert leader.service.backend.leads() and not follower.service.backend.leads()
+    assert (await follower.spawn()).status_code == 200
+    await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod")
+    await run_pod(cluster, "rexec-worker-alice", pods_run)
+    await follower.wait_for(lambda s: s["state"] == "ready", "ready")
+    await _wait(lambda: pod(cluster, "rexec-worker-alice") is None, "the idle pod culled")
+    st = await leader.status()
+    assert st["state"] == "stopped" and st["idle_culled_after_s"] == 1.0
+
+
 # --------------------------------------------------------------------------- the watch
 def pod_reads(cluster: Any) -> list[Any]:
     """Every GET of a pod or of the pod list that is not a watch (what polling would do)."""
