@@ -88,6 +88,14 @@ class StaticAuthenticator:
         self._table: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
+    def version(self) -> float:
+        """The file's modification time: a cached answer from another version is stale (a
+        token removed from the file is refused at the next connection)."""
+        try:
+            return self.path.stat().st_mtime
+        except FileNotFoundError:
+            return -1.0
+
     def _load(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             try:
@@ -184,10 +192,17 @@ class GroupPolicy:
             )
 
 
-def _expiry(key: str, value: tuple[float, Identity | AuthError], now: float) -> float:
-    """cachetools ``ttu``: each entry carries its own time to live (answers and refusals
-    live for different times)."""
-    return now + value[0]
+@dataclass(frozen=True)
+class _Answer:
+    result: Identity | AuthError
+    ttl_s: float  # answers and refusals live for different times
+    asked_at: float  # time.monotonic() of the check
+    version: Any  # the authenticator's data version then (StaticAuthenticator: file mtime)
+
+
+def _expiry(key: str, value: _Answer, now: float) -> float:
+    """cachetools ``ttu``: each entry carries its own time to live."""
+    return now + value.ttl_s
 
 
 class CachedAuthenticator:
@@ -212,17 +227,34 @@ class CachedAuthenticator:
         self.policy = policy or GroupPolicy()
         self.ttl_s = ttl_s
         self.negative_ttl_s = negative_ttl_s
-        self._cache: TLRUCache[str, tuple[float, Identity | AuthError]] = TLRUCache(
+        self._cache: TLRUCache[str, _Answer] = TLRUCache(
             maxsize=max_entries, ttu=_expiry, timer=time.monotonic
         )
         self._lock = threading.Lock()
 
-    def cached(self, token: str) -> Identity | AuthError | None:
-        """The cached answer for a token, without calling anything (None: not cached)."""
+    def _version(self) -> Any:
+        version = getattr(self.inner, "version", None)
+        return version() if version is not None else None
+
+    def _hit(self, token: str) -> _Answer | None:
         key = token_hash(token)
         with self._lock:
             hit = self._cache.get(key)
-        return None if hit is None else hit[1]
+        if hit is not None and hit.version != self._version():
+            return None  # the authenticator's data changed since (a token was revoked)
+        return hit
+
+    def cached(self, token: str) -> Identity | AuthError | None:
+        """The cached answer for a token, without calling anything (None: not cached)."""
+        hit = self._hit(token)
+        return None if hit is None else hit.result
+
+    def valid_until(self, token: str) -> float:
+        """When (``time.monotonic()``) the answer a session was opened with must be checked
+        again: one TTL after it was obtained, not after the session opened (a cached answer
+        may be nearly a TTL old already)."""
+        hit = self._hit(token)
+        return (hit.asked_at if hit is not None else time.monotonic()) + self.ttl_s
 
     def authenticate(self, token: str) -> Identity:
         hit = self.cached(token)
@@ -242,6 +274,7 @@ class CachedAuthenticator:
     def _ask(self, token: str) -> Identity | AuthError:
         key = token_hash(token)
         result: Identity | AuthError
+        asked_at, version = time.monotonic(), self._version()
         try:
             result = self.inner.authenticate(token)
             self.policy.check(result)
@@ -252,7 +285,7 @@ class CachedAuthenticator:
             result = exc
             ttl = self.negative_ttl_s
         with self._lock:
-            self._cache[key] = (ttl, result)
+            self._cache[key] = _Answer(result, ttl, asked_at, version)
         return result
 
 

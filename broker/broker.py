@@ -400,7 +400,7 @@ class Broker:
         now = time.monotonic()
         session = Session(identity, now, token=token)
         if token is not None:
-            session.recheck_at = now + self.auth.ttl_s
+            session.recheck_at = self.auth.valid_until(token)
         self.sessions[route] = session
         self.handles[session.handle] = route
         self.revoked.pop(route, None)

@@ -26,6 +26,7 @@ from broker.auth import (
     build_authenticator,
     check_admin_secret,
     check_worker_secret,
+    revoke_static_tokens,
     token_hash,
     worker_secret,
 )
@@ -249,6 +250,30 @@ def test_cache_refusals_briefly_and_never_unavailability(auth_api):
         with pytest.raises(AuthUnavailable):
             cached.authenticate(BROKEN)
     assert auth_api.hits == [BROKEN, BROKEN]
+
+
+def test_a_revoked_static_token_is_refused_at_the_next_connection(tmp_path):
+    """The cache never outlives the tokens file it was filled from."""
+    path = tmp_path / "tokens.json"
+    token = add_static_token(path, "alice")
+    cached = CachedAuthenticator(StaticAuthenticator(path), ttl_s=300)
+    assert cached.authenticate(token).sub == "alice"
+    assert isinstance(cached.cached(token), Identity)
+    revoke_static_tokens(path, "alice")
+    assert cached.cached(token) is None  # not the 300 s old answer
+    with pytest.raises(AuthError):
+        cached.authenticate(token)
+
+
+def test_a_session_rechecks_one_ttl_after_its_answer_was_obtained(auth_api):
+    """A session opened on a cached answer re-checks when that answer expires, not one
+    TTL after it opened (which let a revoked token live for nearly two TTLs)."""
+    cached = CachedAuthenticator(AuthApiAuthenticator(auth_api.url), ttl_s=2.0)
+    before = time.monotonic()
+    cached.authenticate(GOOD)
+    after = time.monotonic()
+    time.sleep(0.5)  # the session opens later, on the cached answer
+    assert before + 2.0 <= cached.valid_until(GOOD) <= after + 2.0
 
 
 def test_build_authenticator(tmp_path, auth_api):
