@@ -580,3 +580,19 @@ def test_inspect_while_a_cell_runs(broker, tmp_path):
     assert variables["frame"]["type"] == "DataFrame" and variables["frame"]["size"] >= 800
     assert not {"np", "pd", "_hidden", "In", "Out", "exit", "quit", "get_ipython"} & set(variables)
     assert done(broker.events(request_id)).header["status"] == DoneStatus.OK
+
+
+def test_a_file_transfer_under_way_keeps_the_worker_busy(fresh, tmp_path):
+    """The idle culler must not stop a worker in the middle of a long upload."""
+    opening = {"id": "up-1", "path": str(tmp_path), "name": "busy.bin", "dir": False}
+    fresh.send(Kind.PUT_OPEN, opening)
+    fresh.recv_kind(Kind.FILE_ACK)
+    beats = [fresh.recv_kind(Kind.HEARTBEAT).header["busy"] for _ in range(3)]
+    assert beats[-1] is True  # (the first may have left before the upload opened)
+    fresh.send(Kind.PUT_FILE, {"id": "up-1", "rel": "", "size": 3, "mode": 0o644, "dir": False})
+    fresh.send(Kind.PUT_CHUNK, {"id": "up-1"}, [b"abc"])
+    fresh.send(Kind.PUT_CLOSE, {"id": "up-1"})
+    assert fresh.recv_kind(Kind.FILE_DONE).header["bytes"] == 3
+    assert (tmp_path / "busy.bin").read_bytes() == b"abc"
+    while fresh.recv_kind(Kind.HEARTBEAT).header["busy"] is not False:
+        pass

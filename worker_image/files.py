@@ -126,6 +126,10 @@ class Transfers:
                     down.cv.notify()
         return True
 
+    def active(self) -> bool:
+        """A transfer is under way: the worker is busy (the idle culler must not stop it)."""
+        return bool(self._uploads or self._downloads)
+
     def _reply(self, target: Target, kind: str, header: dict[str, Any], buffers=()) -> None:
         self.outbox.event(target, kind, {"id": target.id, **header}, buffers, numbered=False)
 

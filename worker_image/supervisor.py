@@ -223,9 +223,7 @@ class Supervisor:
                 self._pump()
                 now = time.monotonic()
                 self._flush_due_streams(now)
-                idle_again = self._reported_busy and not any(
-                    ex.busy for ex in self.executors.values()
-                )
+                idle_again = self._reported_busy and not self._busy()
                 if now >= next_heartbeat or idle_again:  # "busy" stays current for the culler
                     self._heartbeat()
                     next_heartbeat = now + WORKER_HEARTBEAT_S
@@ -354,9 +352,13 @@ class Supervisor:
             if time.monotonic() - self._register_sent_at >= REGISTER_RETRY_S:
                 self._send_register()
             return
-        busy = any(ex.busy for ex in self.executors.values())
+        busy = self._busy()
         self._reported_busy = busy
         self._to_broker(Kind.HEARTBEAT, {"busy": busy, "executors": self.executor_rows()})
+
+    def _busy(self) -> bool:
+        """A cell runs, or a file transfer is under way (either keeps the culler away)."""
+        return any(ex.busy for ex in self.executors.values()) or self.transfers.active()
 
     def executor_rows(self) -> list[dict[str, Any]]:
         return [ex.summary() for ex in self.executors.values()]
