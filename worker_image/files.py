@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 WHERE = "on the worker"
 STALE_S = 120.0  # an upload with no message for this long was abandoned by its client
+MAX_FAILED = 1000  # failed upload ids remembered (their late messages are dropped)
 ACK_WAIT_S = 120.0  # a download whose client stops acknowledging for this long is dropped
 
 PUT_KINDS = frozenset({Kind.PUT_OPEN, Kind.PUT_FILE, Kind.PUT_CHUNK, Kind.PUT_CLOSE})
@@ -90,7 +91,9 @@ class Transfers:
     def __init__(self, outbox: EventSender) -> None:
         self.outbox = outbox
         self._uploads: dict[str, _Upload] = {}
-        self._failed: set[str] = set()  # uploads that already got FILE_ERROR: drop the rest
+        # Uploads that already got FILE_ERROR: the rest of their messages is dropped.  The
+        # newest MAX_FAILED only (insertion order), so a long-lived worker does not grow.
+        self._failed: dict[str, None] = {}
         self._downloads: dict[str, _Download] = {}
         self._inbox: queue.Queue[tuple[Target, Message]] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="rexec-files", daemon=True)
@@ -106,6 +109,10 @@ class Transfers:
         if msg.kind in PUT_KINDS:
             self._inbox.put((target, msg))
         elif msg.kind == Kind.GET_OPEN:
+            if request_id in self._downloads:  # its acks would go to the other one
+                message = "A download with this id is already under way."
+                self._reply(target, Kind.FILE_ERROR, {"message": message})
+                return True
             self._downloads[request_id] = _Download()  # before any ack can come back
             thread = threading.Thread(
                 target=self._send_files, args=(target, msg), name="rexec-get", daemon=True
@@ -126,6 +133,11 @@ class Transfers:
                     down.cv.notify()
         return True
 
+    def _failed_upload(self, request_id: str) -> None:
+        self._failed[request_id] = None
+        while len(self._failed) > MAX_FAILED:
+            del self._failed[next(iter(self._failed))]
+
     def active(self) -> bool:
         """A transfer is under way: the worker is busy (the idle culler must not stop it)."""
         return bool(self._uploads or self._downloads)
@@ -145,14 +157,14 @@ class Transfers:
                 self._on_put(target, msg)
             except fileio.TransferError as exc:
                 self._uploads.pop(target.id, None)
-                self._failed.add(target.id)
+                self._failed_upload(target.id)
                 self._reply(target, Kind.FILE_ERROR, {"message": str(exc)})
             except Exception as exc:  # never let one bad upload stop the writer
                 log.exception("upload %s failed", target.id)
                 up = self._uploads.pop(target.id, None)
                 if up is not None:
                     up.staging.abort()
-                self._failed.add(target.id)
+                self._failed_upload(target.id)
                 message = f"The upload failed on the worker: {type(exc).__name__}: {exc}."
                 self._reply(target, Kind.FILE_ERROR, {"message": message})
 
@@ -251,7 +263,8 @@ class Transfers:
             message = f"The download failed on the worker: {type(exc).__name__}: {exc}."
             self._reply(target, Kind.FILE_ERROR, {"message": message})
         finally:
-            self._downloads.pop(target.id, None)
+            if self._downloads.get(target.id) is down:
+                del self._downloads[target.id]
 
     def _wait_window(self, down: _Download, upto: int) -> None:
         """Block until sending up to ``upto`` (window units: bytes + FILE_MESSAGE_COST per
