@@ -63,11 +63,25 @@ class RexecHandler(APIHandler):
         self.finish(json.dumps(result))
 
 
+# Figures that move with every heartbeat: a change in them alone is no reason to redraw (else
+# each long poll would answer within a second once a notebook has an executor).
+TICKING = frozenset({"uptime_s", "running_s", "memory", "rss", "last_heartbeat_s"})
+
+
+def _steady(value: Any) -> Any:
+    """``value`` without the ticking figures, at any depth (the worker, its executor rows)."""
+    if isinstance(value, dict):
+        return {k: _steady(v) for k, v in value.items() if k not in TICKING}
+    if isinstance(value, list):
+        return [_steady(v) for v in value]
+    return value
+
+
 def fingerprint(status: dict[str, Any]) -> str:
-    """What changes when the sidebar must redraw: the status without the ticking uptime."""
+    """What changes when the sidebar must redraw: the status without the ticking figures."""
     worker = status.get("worker")
     if isinstance(worker, dict):
-        status = {**status, "worker": {k: v for k, v in worker.items() if k != "uptime_s"}}
+        status = {**status, "worker": _steady(worker)}
     text = json.dumps(status, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -24,6 +24,7 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403 (fixtures for this mod
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
+from jupyter_ext.handlers import fingerprint
 from rexec_magic import connection
 from rexec_magic.session import RemoteSession
 from tests.harness import WAIT_S
@@ -323,3 +324,15 @@ def test_requests_need_jupyter_auth(jp_serverapp, http_server_client, jp_asyncio
     with pytest.raises(HTTPClientError) as info:
         jp_asyncio_loop.run_until_complete(http_server_client.fetch(url, raise_error=True))
     assert info.value.code == 403
+
+
+def test_the_long_poll_answers_for_changes_not_for_ticking_figures():
+    """Uptime, run time and memory move with every heartbeat: alone they do not end a long
+    poll (else an open sidebar polls about once a second); a state change does."""
+
+    def status(uptime: float, memory: int, state: str) -> dict:
+        row = {"notebook": "a.ipynb", "state": state, "memory": memory, "uptime_s": uptime}
+        return {"state": "ready", "worker": {"uptime_s": uptime, "executors": [row]}}
+
+    assert fingerprint(status(1.0, 100, "idle")) == fingerprint(status(9.5, 300, "idle"))
+    assert fingerprint(status(1.0, 100, "idle")) != fingerprint(status(1.0, 100, "busy"))

@@ -180,8 +180,9 @@ class KubernetesBackend(Backend):
         return found
 
     def pool_possible(self) -> bool:
-        # Pool pods wait in the shared namespace; with per-user namespaces none is claimed.
-        return not self.settings.k8s_namespace_per_user
+        # Pool pods wait in the shared namespace; with per-user namespaces none is claimed, nor
+        # with a work volume (see pool_eligible): then pool pods would wait for ever.
+        return not self.settings.k8s_namespace_per_user and not self.settings.k8s_work_volume
 
     async def still_claimable(self, handle: WorkerHandle) -> bool:
         """Still labelled a pool pod in the mirror?  Else another spawner claimed it."""
