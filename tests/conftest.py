@@ -7,6 +7,7 @@ consistently, so ``pytest -m "not stack"`` really leaves out every test that nee
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,19 @@ from tests.local_stack import Stack, start_stack, stop_stack
 # A test that uses one of these fixtures must carry the marker, so that deselecting by marker
 # deselects it.
 MARKER_OF_FIXTURE = {"stack": "stack", "fresh_stack": "stack", "kmock": "kubernetes"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a notebook has it, however the suite was started.
+
+    A shell starts a background job (``make test &``, some CI runners) with SIGINT ignored,
+    and Python then keeps it ignored: the tests that press Ctrl-C (``harness.ctrl_c_when``,
+    legacy clients that signal themselves in a subprocess) would wait for an interrupt that
+    never comes.  A kernel always has Python's handler, so the tests run with it too (child
+    processes then start with the default disposition, not an inherited "ignore").
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
