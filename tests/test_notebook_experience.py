@@ -284,6 +284,17 @@ def test_transfer_errors_are_one_sentence(kc):
     assert any("is not a folder on the worker." in line for line in reply["traceback"])
 
 
+def run_script(connection_file: Path, cwd: Path, script: str) -> subprocess.CompletedProcess:
+    """A plain Python script (no kernel) using rexec in ``cwd``; it must succeed."""
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(connection_file)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_put_and_get_as_functions_in_a_script(nora, tmp_path):
     (tmp_path / "script-data.txt").write_text("from a script")
     script = (
@@ -292,12 +303,7 @@ def test_put_and_get_as_functions_in_a_script(nora, tmp_path):
         "r = rexec_magic.get('from-script.txt', 'round-trip.txt')\n"
         "print('files', r.files)\n"
     )
-    env = {**os.environ, "REXEC_CONNECTION_FILE": str(nora)}
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    out = run_script(nora, tmp_path, script)
     assert (tmp_path / "round-trip.txt").read_text() == "from a script"
     assert "Uploaded script-data.txt" in out.stdout and "files 1" in out.stdout
     assert out.stderr == ""
@@ -316,12 +322,7 @@ def test_a_folder_of_thousands_of_tiny_files_arrives_whole_both_ways(nora, tmp_p
         "down = rexec_magic.get('many-remote', 'many-back')\n"
         "print('counts', up.files, down.files)\n"
     )
-    env = {**os.environ, "REXEC_CONNECTION_FILE": str(nora)}
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    out = run_script(nora, tmp_path, script)
     assert "counts 4000 4000" in out.stdout
     back = {p.name: p.read_text() for p in (tmp_path / "many-back").iterdir()}
     assert back == {p.name: p.read_text() for p in folder.iterdir()}
