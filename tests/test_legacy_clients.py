@@ -101,8 +101,19 @@ def test_ndp_ep_setup_call_stream_generator_error_cancel_terminate(alice):
                 time.sleep(0.05)
         import tempfile, time
         flag = os.path.join(tempfile.mkdtemp(), "forever-runs")
+        class Shown:  # what the client has printed: Ctrl-C once the first line is shown
+            def __init__(self, inner):
+                self.inner, self.text = inner, []
+            def write(self, text):
+                self.text.append(text)
+                return self.inner.write(text)
+            def flush(self):
+                self.inner.flush()
+        sys.stdout = Shown(sys.stdout)
         def ctrl_c_once_running():  # not after a guessed delay: a slow start would beat it
-            while not os.path.exists(flag):
+            # The flag says the call runs; its first line may still be on its way here, and
+            # this client stops reading at Ctrl-C, so the test waits for the line as well.
+            while not (os.path.exists(flag) and "started forever" in "".join(sys.stdout.text)):
                 time.sleep(0.02)
             os.kill(os.getpid(), signal.SIGINT)
         threading.Thread(target=ctrl_c_once_running, daemon=True).start()
