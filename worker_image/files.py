@@ -52,10 +52,10 @@ KINDS = PUT_KINDS | {Kind.GET_OPEN, Kind.FILE_ACK, Kind.FILE_CANCEL}
 def enter_work_dir(user: str | None = None, env: dict[str, str] | None = None) -> str:
     """``cd`` into the worker's own folder and return it.
 
-    ``$REXEC_WORK_DIR`` is the folder (the local backend: ``<state dir>/work/<user>``); a
-    warm-pool worker gets ``$REXEC_WORK_ROOT`` instead and moves into ``<root>/<user>`` when it
-    is assigned to ``user``.  On Kubernetes neither is set: the pod's ``workingDir`` already
-    is the work volume.
+    ``$REXEC_WORK_DIR`` is the folder (the local backend: the user's folder in ``work`` under
+    the state dir); a warm-pool worker gets ``$REXEC_WORK_ROOT`` instead and moves into
+    ``<root>/<user>`` when it is assigned to ``user``.  On Kubernetes neither is set: the
+    pod's ``workingDir`` already is the work volume.
     """
     env = os.environ if env is None else env
     folder = env.get(Env.WORK_DIR)
