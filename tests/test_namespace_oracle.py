@@ -208,6 +208,41 @@ CASES = [
         ["df['b'] = df['a'] * 2"],
         ["df.to_dict()"],
     ),
+    # Over dirty_pages.MIN_BYTES: the kernel tracks writes to these, on both sides; every
+    # kind of write between and during remote cells must still reach the other side.
+    Case(
+        "large-numpy-written-in-place-on-both-sides",
+        "import numpy as np, os\nbig = np.zeros(6 * 2**20 + 123, dtype=np.uint8)\n"
+        "def by_kernel(a, at, data):\n    r, w = os.pipe()\n    os.write(w, data)\n"
+        "    os.readv(r, [memoryview(a)[at : at + len(data)]])\n    os.close(r)\n    os.close(w)",
+        [
+            "s0 = int(big.sum())",
+            "s1 = int(big.sum())",
+            "big[0] = 1\nbig[3 * 2**20] = 2\nbig[-1] = 3",
+            ("", "big[2**20] += 5", "big[2**20] += 5"),
+            "s2 = int(big.sum())",
+            "s3 = int(big.sum())",
+            ("", "big += 1", "big += 1"),
+            "s4 = int(big.sum())\nby_kernel(big, 5 * 2**20, bytes(range(200)))",
+            ("", "by_kernel(big, 7, b'\\x09' * 9000)", "by_kernel(big, 7, b'\\x09' * 9000)"),
+            "s5 = int(big.sum())",
+            "s6 = int(big[:100].sum())",
+        ],
+        ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "int(big.sum())", "big.shape"],
+    ),
+    Case(
+        "large-pandas-written-in-place-on-both-sides",
+        "import numpy as np, pandas as pd\n"
+        "df = pd.DataFrame({'a': np.zeros(10**6), 'b': np.ones(10**6)})",
+        [
+            "t0 = float(df['a'].sum())",
+            "df.iloc[5, 0] = 7.0",
+            ("", "df.iloc[999_999, 1] = 3.0", "df.iloc[999_999, 1] = 3.0"),
+            "t1 = float(df['b'].sum())\nt2 = float(df['a'].sum())",
+            "t3 = float(df['b'].sum())",
+        ],
+        ["t0", "t1", "t2", "t3", "float(df.sum().sum())"],
+    ),
     Case(
         "model-fit-in-place",
         "class Model:\n    def __init__(self):\n        self.w = None\n"
