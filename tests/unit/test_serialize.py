@@ -1,13 +1,14 @@
 """``rexec_magic.serialize``: values to frames and back, as client and worker use it.
 
-Frames are handed back as ``zmq.Frame`` objects built from bytes (what a receiving socket
-gives, read-only), without any socket: the format is what is under test here.
+Frames go through a real ZeroMQ socket pair on loopback and come back as the receiving
+socket gives them (``zmq.Frame``, read-only, the message's own memory).
 """
 
 from __future__ import annotations
 
 import pickle
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import dill
@@ -20,9 +21,27 @@ from rexec_magic import serialize
 pytestmark = pytest.mark.unit
 
 
-def over_the_wire(frames: list) -> list[zmq.Frame]:
-    """The frames as a receiver gets them: copies, read-only buffers."""
-    return [zmq.Frame(bytes(memoryview(f))) for f in frames]
+@pytest.fixture(scope="module")
+def wire() -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
+    ctx = zmq.Context()
+    sender, receiver = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    port = receiver.bind_to_random_port("tcp://127.0.0.1")
+    sender.connect(f"tcp://127.0.0.1:{port}")
+    yield sender, receiver
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def over_the_wire(wire) -> Callable[[list], list[zmq.Frame]]:
+    """Send frames (zero-copy) and receive them as a peer does: read-only zmq Frames."""
+    sender, receiver = wire
+
+    def send(frames: list) -> list[zmq.Frame]:
+        sender.send_multipart(frames, copy=False)
+        assert receiver.poll(10_000), "the frames did not arrive"
+        return receiver.recv_multipart(copy=False)
+
+    return send
 
 
 @dataclass
@@ -47,7 +66,7 @@ class Point:
     ],
     ids=lambda v: type(v).__name__,
 )
-def test_round_trip_gives_an_equal_value(value):
+def test_round_trip_gives_an_equal_value(value, over_the_wire):
     back = serialize.loads(over_the_wire(serialize.dumps(value)))
     if callable(value) and not isinstance(value, type):
         assert back(41) == 42
@@ -57,7 +76,7 @@ def test_round_trip_gives_an_equal_value(value):
         assert back == value and type(back) is type(value)
 
 
-def test_a_large_array_travels_out_of_band_and_arrives_writable_and_equal():
+def test_a_large_array_travels_out_of_band_and_arrives_writable_and_equal(over_the_wire):
     arr = np.arange(1_000_000, dtype=np.float64).reshape(1000, 1000)
     frames = serialize.dumps(arr)
     assert len(frames) == 2  # the pickle, then the array's own memory
@@ -68,6 +87,29 @@ def test_a_large_array_travels_out_of_band_and_arrives_writable_and_equal():
     assert back.dtype == arr.dtype and back.shape == arr.shape
     back[0, 0] = -1.0  # an ordinary writable array, although the frame was read-only
     assert back[0, 0] == -1.0
+
+
+def test_received_arrays_are_independent_and_the_sent_one_is_untouched(over_the_wire):
+    """A received array is writable without a copy on arrival (it is the message's own
+    memory): writing to it changes neither another received copy nor the sender's array."""
+    arr = np.arange(200_000, dtype=np.int64)
+    frames = serialize.dumps(arr)
+    first = serialize.loads(over_the_wire(frames))
+    second = serialize.loads(over_the_wire(frames))
+    first[:] = -1
+    first += 1
+    np.testing.assert_array_equal(second, np.arange(200_000))
+    np.testing.assert_array_equal(arr, np.arange(200_000))
+    assert (first == 0).all()
+
+
+def test_immutable_frames_are_copied_never_written():
+    """Frames given as ``bytes`` (immutable memory, not a received message) load as a copy."""
+    frames = [bytes(memoryview(f)) for f in serialize.dumps(np.zeros(100_000))]
+    back = serialize.loads(frames)
+    back[:] = 7.0
+    again = serialize.loads(frames)
+    assert (again == 0).all() and (back == 7.0).all()
 
 
 def test_small_buffers_stay_in_band():
@@ -82,7 +124,7 @@ def test_out_of_band_false_gives_one_pickle_plain_dill_can_load():
     np.testing.assert_array_equal(dill.loads(bytes(frames[0]))["a"], arr)
 
 
-def test_pack_and_unpack_several_named_values():
+def test_pack_and_unpack_several_named_values(over_the_wire):
     values = {"x": 21, "arr": np.arange(100_000), "name": "n"}
     entries, frames = serialize.pack(values)
     assert [e["name"] for e in entries] == ["x", "arr", "name"]
