@@ -42,7 +42,7 @@ import os
 import sys
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -219,6 +219,9 @@ class Tracker:
         self._kernel: _Kernel | None = None
         self._failed = False
         self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        # Keys of buffers whose object was freed (weakref callbacks, any thread): released at
+        # the next use, so freed memory does not stay protected and a VMA split.
+        self._dead: deque[tuple[int, int]] = deque()
 
     @property
     def available(self) -> bool:
@@ -244,6 +247,7 @@ class Tracker:
             self._kernel.close()
         self._kernel = None
         self._entries.clear()
+        self._dead.clear()
 
     def digest(self, view: memoryview, hash_bytes: Callable[[memoryview], bytes]) -> bytes:
         """``hash_bytes(view)``, from memory when the buffer is provably unchanged."""
@@ -251,7 +255,7 @@ class Tracker:
             return hash_bytes(view)
         owner = view.obj
         try:
-            ref = weakref.ref(owner)
+            weakref.ref(owner)
         except TypeError:
             return hash_bytes(view)
         with self._lock:
@@ -259,7 +263,8 @@ class Tracker:
             if kernel is None:
                 return hash_bytes(view)
             try:
-                return self._digest(kernel, view, owner, ref, hash_bytes)
+                self._release_dead(kernel)
+                return self._digest(kernel, view, owner, hash_bytes)
             except OSError as exc:
                 # A failed scan or protect never gives a stale answer: hash, and stop trusting.
                 log.debug("write tracking failed (%s); hashing", exc)
@@ -271,7 +276,6 @@ class Tracker:
         kernel: _Kernel,
         view: memoryview,
         owner: Any,
-        ref: weakref.ref,
         hash_bytes: Callable[[memoryview], bytes],
     ) -> bytes:
         holder = (ctypes.c_char * view.nbytes).from_buffer(view)
@@ -303,6 +307,7 @@ class Tracker:
         tail = bytes(view[end - addr :])
         value = hash_bytes(view)
         stable = entry is not None and entry.digest == value
+        ref = weakref.ref(owner, lambda _ref, key=key: self._dead.append(key))
         self._entries[key] = _Entry(ref, value, start, end, head, tail, tracked, stable)
         self._entries.move_to_end(key)
         while len(self._entries) > MAX_ENTRIES:
@@ -330,6 +335,13 @@ class Tracker:
             log.debug("not tracking %#x-%#x: %s", start, end, exc)
             return False
         return True
+
+    def _release_dead(self, kernel: _Kernel) -> None:
+        while self._dead:
+            key = self._dead.popleft()
+            entry = self._entries.get(key)
+            if entry is not None and entry.owner() is None:
+                self._drop(kernel, key)
 
     def _drop(self, kernel: _Kernel, key: tuple[int, int]) -> None:
         entry = self._entries.pop(key)
