@@ -6,6 +6,7 @@ five is still a loss."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 
@@ -295,6 +296,42 @@ def test_each_session_has_its_own_namespace_and_they_run_side_by_side(port):
     assert stdout(port.events(quick)) == "b\n"  # not behind a's sleep
     assert stdout(port.events(slow)) == "a\n"
     assert executor_pid(port, "a") != executor_pid(port, "b")
+
+
+def lowest_free_fd(pid: int) -> int:
+    used = {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
+def test_a_notebook_whose_executor_cannot_start_is_told_and_the_others_go_on(port):
+    """The worker runs out of file descriptors (its limit lowered while it runs, as a worker
+    that hit it would be): a new notebook that needs a new process gets one sentence at once,
+    never a cell that waits for ever; the notebook that takes the spare still runs (its spare
+    cannot be replaced), the notebook already running goes on, and once descriptors are free
+    again the refused notebook works."""
+    assert stdout(port.run("x = 'a'\nprint(x)", **in_session("a"))) == "a\n"
+    # The spare is connected first: libzmq aborts the process when an IPC accept finds no
+    # descriptor (src/ipc_listener.cpp), a limit no Python code can catch.
+    wait_for(lambda: "executor 2 ready" in port.log_text(), what="the spare executor is ready")
+    pid = port.proc.pid
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free_fd(pid), hard))
+    try:
+        took_spare = port.run("print('b ran')", **in_session("b"))
+        assert done(took_spare).header["status"] == DoneStatus.OK
+        assert stdout(took_spare) == "b ran\n"
+        refused = port.run("print('c ran')", **in_session("c"))
+        assert done(refused).header["status"] == DoneStatus.ERROR
+        assert "c ran" not in stdout(refused)
+        [error] = [e for e in refused if e.kind == Kind.ERROR]
+        assert "could not start a Python process for this notebook" in error.header["evalue"]
+        assert "the cell did not run" in error.header["evalue"]
+        assert stdout(port.run("print(x)", **in_session("a"))) == "a\n"
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    again = port.run("print('c ran')", **in_session("c"))
+    assert stdout(again) == "c ran\n"
+    assert port.proc.poll() is None
 
 
 def test_sessions_attached_to_one_namespace_share_it(port):

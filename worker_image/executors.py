@@ -68,22 +68,48 @@ class ExecutorProcess:
     """One executor: its process, its two sockets, its stdout/stderr pipes, its queue."""
 
     def __init__(self, ctx: zmq.Context, rundir: Path, number: int, log_fd: int) -> None:
+        """Bind its sockets, make its pipes, start its process.  Raises OSError (no fork, no
+        file descriptors) or zmq.ZMQError with nothing left open."""
+        opened: list[Any] = []
+        try:
+            self._start(ctx, rundir, number, log_fd, opened)
+        except BaseException:
+            proc = getattr(self, "proc", None)
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+            for thing in reversed(opened):
+                try:
+                    thing.close(linger=0) if isinstance(thing, zmq.Socket) else os.close(thing)
+                except (OSError, zmq.ZMQError):
+                    pass
+            raise
+
+    def _start(
+        self, ctx: zmq.Context, rundir: Path, number: int, log_fd: int, opened: list[Any]
+    ) -> None:
         self.number = number
         self.key: str | None = None  # None while it is the spare
         self.label = "spare"
         self.requests = ctx.socket(zmq.PUSH)
+        opened.append(self.requests)
         self.requests.linger = 0
         self.requests.bind(f"ipc://{rundir}/e{number}-requests")
         self.events = ctx.socket(zmq.PULL)
+        opened.append(self.events)
         self.events.linger = 0
         self.events.bind(f"ipc://{rundir}/e{number}-events")
         self.inspects = ctx.socket(zmq.PUSH)  # apart: answered by a thread, even mid-cell
+        opened.append(self.inspects)
         self.inspects.linger = 0
         self.inspects.bind(f"ipc://{rundir}/e{number}-inspect")
         out_r, out_w = os.pipe()
+        opened += [out_r, out_w]
         err_r, err_w = os.pipe()
+        opened += [err_r, err_w]
         # Which request an interrupt is for, written before the SIGINT (see ``interrupt``).
         intr_r, self._interrupts = os.pipe()
+        opened += [intr_r, self._interrupts]
         os.set_blocking(self._interrupts, False)
         env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
         env[Env.EXECUTOR_REQUESTS] = f"ipc://{rundir}/e{number}-requests"
@@ -102,9 +128,9 @@ class ExecutorProcess:
                 start_new_session=True,  # its own group: a kill takes its children too
             )
         finally:
-            os.close(out_w)
-            os.close(err_w)
-            os.close(intr_r)
+            for fd in (out_w, err_w, intr_r):  # the child's ends: it has its copies
+                os.close(fd)
+                opened.remove(fd)
         self.pid = self.proc.pid
         self.pipes: dict[int, str] = {out_r: "stdout", err_r: "stderr"}
         self.readers = {out_r: PipeReader("stdout"), err_r: PipeReader("stderr")}

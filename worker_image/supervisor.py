@@ -471,11 +471,25 @@ class Supervisor:
             self._to_client(req, Kind.ERROR, error)
             self._to_client(req, Kind.DONE, done_header(DoneStatus.ERROR))
             return
-        self._reply(route, Kind.ACCEPTED, {"id": cell.id})  # before any executor sees it
         # Handed on as received: the executor reads the header itself.
         frames = protocol.encode(msg.kind, raw.header, raw.buffers)
         req = Request(cell.target, msg.kind, frames, cell.credit)
-        ex = self._executor_for(cell.session, msg.read(protocol.Placement))
+        try:
+            ex = self._executor_for(cell.session, msg.read(protocol.Placement))
+        except (OSError, zmq.ZMQError, subprocess.SubprocessError) as exc:
+            # Out of processes, memory or file descriptors: this cell fails in one sentence
+            # (it never started), the worker and every other namespace go on.
+            log.error("could not start an executor for %s: %s", cell.session, exc)
+            sentence = (
+                "The worker could not start a Python process for this notebook "
+                f"({type(exc).__name__}: {exc}); the cell did not run. Try again, or free "
+                "memory or processes on the worker."
+            )
+            error = {"ename": "ExecutorStartError", "evalue": sentence, "traceback": [sentence]}
+            self._to_client(req, Kind.ERROR, error)
+            self._to_client(req, Kind.DONE, done_header(DoneStatus.ERROR, message=sentence))
+            return
+        self._reply(route, Kind.ACCEPTED, {"id": cell.id})  # before any executor sees it
         ex.queue.append(req)
         self._dispatch(ex)
 
@@ -623,8 +637,15 @@ class Supervisor:
         self._top_up_spares()
 
     def _top_up_spares(self) -> None:
+        """Keep SPARES executors started ahead; a spare that cannot start is no one's failure
+        (it is counted, and tried again at the next top-up while fewer than 3 failed)."""
         while len(self.spares) < SPARES and self._spare_failures < 3:
-            self.spares.append(self._new_executor())
+            try:
+                self.spares.append(self._new_executor())
+            except (OSError, zmq.ZMQError, subprocess.SubprocessError) as exc:
+                self._spare_failures += 1
+                log.warning("could not start a spare executor: %s", exc)
+                return  # again at the next top-up
 
     def _executor_for(self, key: str, fields: protocol.Placement) -> ExecutorProcess:
         ex = self.executors.get(key)
@@ -703,8 +724,9 @@ class Supervisor:
     def _on_ready(self, ex: ExecutorProcess) -> None:
         ex.ready = True
         log.info("executor %d ready in %.2f s", ex.number, time.monotonic() - ex.started)
-        if ex in self.spares:
+        if self._spare_failures:  # an executor could start again: so can a spare
             self._spare_failures = 0
+            self._top_up_spares()
         self._dispatch(ex)
 
     def _on_inspect_reply(self, ex: ExecutorProcess, raw: protocol.Unread) -> None:
