@@ -69,7 +69,7 @@ class RemoteSession:
         self.session_id = uuid.uuid4().hex
         self.namespace: str | None = None  # %rexec_attach NAME: a shared, named namespace
         self.notebook = _notebook_label()
-        self._keepalive: threading.Thread | None = None
+        self._keepalive: tuple[threading.Thread, threading.Event] | None = None
         # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py).
         # It is the state of this session's executor: attaching to another namespace, or
         # stopping the worker, forgets it.
@@ -114,19 +114,29 @@ class RemoteSession:
             self._lock.release()
 
     def _start_keepalive(self) -> None:
-        """A daemon thread that tells this session's executor the kernel still exists."""
+        """A daemon thread that tells this session's executor the kernel still exists, until
+        ``close`` (the extension unloaded: the worker then frees the executor after its grace
+        period, as for a kernel that is gone)."""
         if self._keepalive is None:
-            self._keepalive = threading.Thread(
-                target=self._keep_alive, name="rexec-keepalive", daemon=True
+            stop = threading.Event()
+            self._keepalive = (
+                threading.Thread(
+                    target=self._keep_alive, args=(stop,), name="rexec-keepalive", daemon=True
+                ),
+                stop,
             )
-            self._keepalive.start()
+            self._keepalive[0].start()
 
-    def _keep_alive(self) -> None:
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive[1].set()
+            self._keepalive = None
+
+    def _keep_alive(self, stop: threading.Event) -> None:
         """Keepalives on a connection of its own: the session's socket may be held for long
         (a remote generator consumed slowly), and a ZeroMQ socket belongs to one thread."""
         client: RexecClient | None = None
-        while True:
-            time.sleep(keepalive_interval())
+        while not stop.wait(keepalive_interval()):
             try:
                 info = self.info
                 if client is None or client.info is not info:
@@ -142,6 +152,8 @@ class RemoteSession:
                 log.debug("keepalive failed: %s", exc)
                 if client is not None:
                     client.reset()
+        if client is not None:
+            client.close()
 
     # ------------------------------------------------------------------ parts
     @property
@@ -192,6 +204,7 @@ class RemoteSession:
         self._info = None
 
     def close(self) -> None:
+        self._stop_keepalive()
         if self._client is not None:
             self._client.close()
         self._client = None

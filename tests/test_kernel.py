@@ -3,6 +3,7 @@ and a kernel interrupt that stops the remote cell and the queued cells after it.
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 from collections.abc import Iterator
@@ -216,6 +217,24 @@ def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
         return time.time() - beat.stat().st_mtime > 1.0
 
     wait_for(stopped, "the orphaned remote loop to stop")
+
+
+def test_unloading_the_extension_frees_the_notebooks_executor(stack):
+    """``%unload_ext rexec_magic``: the kernel stops saying it exists, so the worker frees this
+    notebook's executor as for a kernel that is gone; loading it again works."""
+    km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="0.5")  # silent 2.5 s = gone
+    try:
+        reply, outputs = run(kc, "%%remote\nimport os\nprint(os.getpid())")
+        assert reply["status"] == "ok", reply
+        pid = int(text_of(outputs))
+        assert run(kc, "%unload_ext rexec_magic")[0]["status"] == "ok"
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "the executor to be stopped")
+        assert run(kc, "%load_ext rexec_magic")[0]["status"] == "ok"
+        reply, outputs = run(kc, "%%remote\nprint('again')")
+        assert reply["status"] == "ok" and text_of(outputs) == "again\n"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
 
 
 def test_a_kernel_interrupt_cancels_this_notebooks_running_calls(kernel, tmp_path):
