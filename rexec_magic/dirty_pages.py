@@ -230,6 +230,12 @@ class Tracker:
             return self._open() is not None
 
     def _open(self) -> _Kernel | None:
+        if self._kernel is not None and self._kernel.pid != os.getpid():
+            # A forked child (of a process whose tracker has no fork hook): start afresh.
+            self._kernel.close()
+            self._kernel = None
+            self._entries.clear()
+            self._dead.clear()
         if self._kernel is None and not self._failed:
             try:
                 kernel = _Kernel()
@@ -239,6 +245,19 @@ class Tracker:
                 self._failed = True
                 log.debug("write tracking unavailable (%s); large values are hashed", exc)
         return self._kernel
+
+    def close(self) -> None:
+        """Release every protected buffer and the kernel's descriptors (closing the
+        userfaultfd also unregisters all it registered)."""
+        with self._lock:
+            if self._kernel is not None:
+                kernel = self._kernel
+                for key in list(self._entries):
+                    self._drop(kernel, key)
+                kernel.close()
+            self._kernel = None
+            self._entries.clear()
+            self._dead.clear()
 
     def _after_fork(self) -> None:
         """In a forked child: the descriptor speaks for the parent's memory; start afresh."""

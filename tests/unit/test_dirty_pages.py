@@ -10,10 +10,12 @@ pages at both ends are covered as well as the whole pages the kernel tracks.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import pickle
 import random
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -41,6 +43,21 @@ def view_of(arr: np.ndarray) -> memoryview:
     return memoryview(pickle.PickleBuffer(arr).raw()).cast("B")
 
 
+def fresh(size: int) -> np.ndarray:
+    """An array in memory of its own (a new private anonymous mapping): no other tracker in this
+    process (the module's, used by earlier tests) can have registered any of its pages, which
+    the kernel would refuse to register twice."""
+    mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(mapping, dtype=np.uint8)
+
+
+@pytest.fixture
+def tracker() -> Iterator[dirty_pages.Tracker]:
+    tracker = dirty_pages.Tracker()
+    yield tracker
+    tracker.close()
+
+
 def truth(arr: np.ndarray) -> bytes:
     return xxhash.xxh3_128_digest(arr.tobytes())
 
@@ -56,13 +73,15 @@ def kernel_write(arr: np.ndarray, offset: int, data: bytes) -> None:
         os.close(write_end)
 
 
-def test_every_kind_of_write_changes_the_hash():
-    """Many random writes of every kind, on arrays at every page offset: the tracker's answer
-    is the hash of the bytes as they are, every time."""
+@pytest.mark.parametrize("memory", ["numpy", "mapping"])
+def test_every_kind_of_write_changes_the_hash(tracker, memory):
+    """Many random writes of every kind, on arrays at every page offset, in numpy's memory
+    (heap or mapping, as it allocates) and in a mapping of their own: the tracker's answer is
+    the hash of the bytes as they are, every time."""
     rng = random.Random(8)
-    tracker = dirty_pages.Tracker()
     page = dirty_pages.PAGE
-    bases = [np.zeros(SIZE + 4 * page, dtype=np.uint8) for _ in range(3)]
+    make = fresh if memory == "mapping" else (lambda n: np.zeros(n, dtype=np.uint8))
+    bases = [make(SIZE + 4 * page) for _ in range(3)]
     arrays = [bases[0][:SIZE], bases[1][7 : 7 + SIZE], bases[2][page - 1 :]]
     # Two views sharing most pages with the first: hashing one must not hide the other's writes.
     arrays += [bases[0][3 * page + 5 :], bases[0][page : page + SIZE]]
@@ -101,11 +120,11 @@ def test_every_kind_of_write_changes_the_hash():
         assert tracker.digest(view_of(arr), hasher) == truth(arr), step
 
 
-def test_an_unchanged_buffer_is_not_read_again():
-    tracker = dirty_pages.Tracker()
+def test_an_unchanged_buffer_is_not_read_again(tracker):
     if not tracker.available:
         pytest.skip(f"this kernel ({os.uname().release}) offers no write tracking")
-    arr = np.ones(SIZE, dtype=np.uint8)
+    arr = fresh(SIZE)
+    arr[:] = 1
     hasher = Counting()
     first = tracker.digest(view_of(arr), hasher)
     assert hasher.read == arr.nbytes
@@ -117,18 +136,22 @@ def test_an_unchanged_buffer_is_not_read_again():
     assert hasher.read == 2 * arr.nbytes
 
 
-def test_pages_never_touched_before_are_tracked():
-    """``np.zeros`` of fresh memory: pages exist only once written; the first write shows."""
-    tracker = dirty_pages.Tracker()
-    arr = np.zeros(64 * 2**20, dtype=np.uint8)  # calloc'd: untouched zero pages
+def test_pages_never_touched_before_are_tracked(tracker):
+    """A new mapping: its pages exist only once written; the first write to one shows."""
+    arr = fresh(64 * 2**20)
     hasher = Counting()
     tracker.digest(view_of(arr), hasher)
     arr[40 * 2**20] = 1
     assert tracker.digest(view_of(arr), hasher) == truth(arr)
+    # Written: it was released; unchanged at the next hash, it is protected at the one after.
+    for _ in range(2):
+        assert tracker.digest(view_of(arr), hasher) == truth(arr)
+    before = hasher.read
+    assert tracker.digest(view_of(arr), hasher) == truth(arr)
+    assert not tracker.available or hasher.read == before  # tracked again
 
 
-def test_a_freed_array_whose_memory_is_reused_is_hashed_again():
-    tracker = dirty_pages.Tracker()
+def test_a_freed_array_whose_memory_is_reused_is_hashed_again(tracker):
     hasher = Counting()
     seen = {}
     for fill in range(6):
@@ -139,11 +162,11 @@ def test_a_freed_array_whose_memory_is_reused_is_hashed_again():
     assert max(seen.values()) >= 1  # addresses are reused by the allocator or not: both ok
 
 
-def test_a_forked_child_writes_its_own_copy():
+def test_a_forked_child_writes_its_own_copy(tracker):
     """The child's writes are its own (copy on write) and the child starts with no memory of
     the parent's hashes; the parent still trusts its own."""
-    tracker = dirty_pages.Tracker()
-    arr = np.ones(SIZE, dtype=np.uint8)
+    arr = fresh(SIZE)
+    arr[:] = 1
     first = tracker.digest(view_of(arr), Counting())
     read_end, write_end = os.pipe()
     pid = os.fork()
