@@ -102,12 +102,27 @@ class BrokerPort:
         """Next message from the worker: (route, message)."""
         if self.stash:
             return self.stash.pop(0)
-        if not self.router.poll(int(timeout * 1000)):
-            raise TimeoutError(f"no message from the worker within {timeout} s\n{self.log_text()}")
-        frames = self.router.recv_multipart(copy=False)
-        self.worker_id = frames[0].bytes
-        _mac, msg = protocol.decode_signed(frames[1:], routed=True)
-        return msg.route or b"", msg
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or not self.router.poll(int(left * 1000)):
+                raise TimeoutError(
+                    f"no message from the worker within {timeout} s\n{self.log_text()}"
+                )
+            frames = self.router.recv_multipart(copy=False)
+            peer = frames[0].bytes
+            try:
+                _mac, msg = protocol.decode_signed(frames[1:], routed=True)
+            except protocol.ProtocolError:
+                if peer == self.worker_id:
+                    raise
+                continue  # a stranger on this port (a client of an earlier test's broker)
+            # The worker is whoever speaks first after a (re)start or registers; others are
+            # strangers.
+            if msg.kind == Kind.REGISTER or self.worker_id is None:
+                self.worker_id = peer
+            if peer == self.worker_id:
+                return msg.route or b"", msg
 
     def recv_kind(self, kind: str, timeout: float = WAIT_S) -> Message:
         """Skip to the next message of ``kind`` (heartbeats and others are stashed/skipped)."""
