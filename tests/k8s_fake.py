@@ -13,6 +13,7 @@ subclass (``WatchingEmulator``) adds, over the same real HTTP:
   watch, as an API server's compaction or restart does);
 * equality label selectors and ``involvedObject.*`` / ``metadata.name`` field selectors;
 * ``pods/log`` (``set_log``), with ``tailLines``;
+* lists by label held back while ``lists_open`` is cleared (an API server slow to list);
 * Namespaces: kmock's path parser fails on the cluster-scoped ``/api/v1/namespaces``
   (``_parse_path`` below reads it as the ``namespaces`` resource).
 
@@ -76,10 +77,14 @@ class WatchingEmulator(kmock_k8s.KubernetesEmulator):
     generation: int = attrs.field(default=0, init=False)  # bumped to end open watches
     logs: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False)
     gone_answers: int = attrs.field(default=0, init=False)  # how many 410s were sent
+    # Cleared: every list by label (what a reflector asks) waits until it is set again: an API
+    # server slow to answer the big lists while single calls go through.
+    lists_open: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _changed: asyncio.Condition | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self.lists_open.set()
         emulator = self
 
         class StampingBus:
@@ -134,6 +139,8 @@ class WatchingEmulator(kmock_k8s.KubernetesEmulator):
 
     # ----------------------------------------------------------------- serving
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        if request.params.get("labelSelector"):
+            await self.lists_open.wait()
         reply = await super()._serve_list(request)
         assert isinstance(reply, dict)
         items = [o for o in reply["items"] if self._selected(request, o)]

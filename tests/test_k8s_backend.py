@@ -811,6 +811,45 @@ async def test_a_new_spawner_adopts_the_pods_and_two_spawners_do_not_fight(
 
 
 @pytest.mark.asyncio
+async def test_a_spawner_that_cannot_list_pods_yet_never_replaces_a_running_one(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    """A restarted spawner whose first list of pods does not come (a slow API server) knows
+    of no pods: a spawn then must not take the user's running pod for a leftover and replace
+    it (its name is the user's); it says to try again, and once the list comes it adopts."""
+    settings = settings_for(cluster, broker, tmp_path)
+    first = await make_spawner(settings)
+    assert (await first.spawn(requirements=["numpy"], options={"cpu": "1"})).status_code == 200
+    name = "rexec-worker-alice"
+    await _wait(lambda: pod(cluster, name), "the pod")
+    await run_pod(cluster, name, pods_run)
+    await first.wait_for(lambda s: s["state"] == "ready", "ready")
+    nonce = broker.workers["alice"].nonce
+    changes = len(cluster["post"]) + len(cluster["delete"])
+
+    cluster.lists_open.clear()
+    second = await make_spawner(settings_for(cluster, broker, tmp_path, k8s_api_timeout_s=3.0))
+    refused = await second.spawn(requirements=["numpy"], options={"cpu": "1"})
+    assert refused.status_code == 504
+    assert "cannot see the cluster's worker pods yet" in refused.json()["detail"]
+    assert len(cluster["post"]) + len(cluster["delete"]) == changes  # nothing created, deleted
+    assert pods_run[0].poll() is None and broker.workers["alice"].nonce == nonce
+
+    cluster.lists_open.set()
+    deadline = time.monotonic() + WAIT_S
+    while (
+        reply := await second.spawn(requirements=["numpy"], options={"cpu": "1"})
+    ).status_code == 504:
+        assert time.monotonic() < deadline, reply.json()
+        await asyncio.sleep(0.2)
+    assert reply.status_code == 200, reply.json()
+    st = await second.wait_for(lambda s: s["state"] == "ready", "adopted")
+    assert st["requirements"] == ["numpy"]
+    assert len(cluster["post"]) + len(cluster["delete"]) == changes  # adopted, not replaced
+    assert pods_run[0].poll() is None and broker.workers["alice"].nonce == nonce
+
+
+@pytest.mark.asyncio
 async def test_an_upgraded_spawner_takes_the_warm_pool_over(
     cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
 ) -> None:

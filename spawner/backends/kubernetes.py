@@ -33,6 +33,7 @@ import contextlib
 import functools
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -146,9 +147,20 @@ class KubernetesBackend(Backend):
         return self.lease is None or self.lease.leader
 
     async def find(self, user: str) -> Adopted | None:
-        """``user``'s pod in the mirror when no handle of ours follows it (no API call)."""
+        """``user``'s pod in the mirror when no handle of ours follows it (no API call).
+
+        Raises UpstreamTimeout while the mirror has not had its first list: "no pod" would
+        then be a guess, and a spawn on that guess replaces the user's running pod (its
+        name is the user's), losing the namespace and any running cell.
+        """
         if self.pods is None:
             return None
+        if not await self.wait_synced():
+            await self.preflight(user)  # the API's own answer, when it has a precise one
+            raise UpstreamTimeout(
+                "The spawner cannot see the cluster's worker pods yet (listing them did not "
+                "answer); nothing was started or stopped. Try again in a moment."
+            )
         followed = {(h.data["namespace"], h.data["name"]) for h in self._live}
         for pod in self.pods.values():
             meta = pod.get("metadata") or {}
@@ -199,13 +211,18 @@ class KubernetesBackend(Backend):
         return True
 
     async def wait_synced(self) -> bool:
-        """Wait (up to one API timeout) for the mirror's first list; False if it did not come."""
-        assert self.pods is not None
-        try:
-            await asyncio.wait_for(self.pods.first_list.wait(), self.settings.k8s_api_timeout_s)
-        except asyncio.TimeoutError:
-            log.warning("could not list worker pods: %s", self.pods.last_error or "no answer")
-            return False
+        """Wait (up to one API timeout) for the mirror's first list; False if it did not come
+        or a list already failed (the mirror keeps trying in the background)."""
+        pods = self.pods
+        assert pods is not None
+        deadline = time.monotonic() + self.settings.k8s_api_timeout_s
+        while not pods.first_list.is_set():
+            left = deadline - time.monotonic()
+            if pods.last_error or left <= 0:
+                log.warning("could not list worker pods: %s", pods.last_error or "no answer")
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(pods.first_list.wait(), min(0.1, left))
         return True
 
     async def discover(self) -> list[Adopted]:
