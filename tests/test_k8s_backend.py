@@ -24,6 +24,7 @@ import sys
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -892,6 +893,49 @@ async def test_only_the_lease_holder_fills_the_pool_and_a_successor_takes_over(
     await _wait(lambda: second.service.pool.ready, "the pool taken over")
     assert list(second.service.pool.ready.values())[0].data["name"] == pool_pod
     assert [n for n in live_pod_names(cluster) if n.startswith("rexec-pool-")] == [pool_pod]
+
+
+@pytest.mark.asyncio
+async def test_a_follower_whose_clock_runs_ahead_leaves_a_renewed_lease_alone(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    """The holder (played here through the fake API) keeps renewing, but its clock is an hour
+    behind: by the follower's clock every renewTime is long expired.  The follower must judge
+    by what it observes changing, so it never takes the Lease while renewals come (two
+    leaders would both cull and claim pool workers), and takes it once they stop."""
+    from kubernetes import client, config
+
+    settings = settings_for(cluster, broker, tmp_path, k8s_lease_duration_s=3)
+    api = client.CoordinationV1Api(
+        config.new_client_from_config(config_file=settings.k8s_kubeconfig)
+    )
+
+    def an_hour_behind() -> str:
+        return (datetime.now(timezone.utc) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    spec = {"holderIdentity": "old-spawner", "leaseDurationSeconds": 3,
+            "acquireTime": an_hour_behind(), "renewTime": an_hour_behind()}  # fmt: skip
+    meta = {"name": settings.k8s_lease_name, "namespace": NS}
+    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
+    await asyncio.to_thread(api.create_namespaced_lease, NS, body)
+    follower = await make_spawner(settings)
+    renewing = True
+
+    async def renew() -> None:
+        while renewing:
+            patch = {"spec": {"renewTime": an_hour_behind()}}
+            await asyncio.to_thread(api.patch_namespaced_lease, settings.k8s_lease_name, NS, patch)
+            await asyncio.sleep(0.5)
+
+    holder = asyncio.create_task(renew())
+    try:
+        for _ in range(16):  # 8 s: more than two lease durations of renewals
+            await asyncio.sleep(0.5)
+            assert not follower.service.backend.leads()
+    finally:
+        renewing = False
+        await holder
+    await _wait(lambda: follower.service.backend.leads(), "the follower to take the lease")
 
 
 def test_quantities_are_the_apis_own() -> None:

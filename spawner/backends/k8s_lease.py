@@ -4,10 +4,13 @@ new pod of an upgrade that overlap).
 
 The algorithm is client-go's ``leaderelection`` (and kube-scheduler's, kube-controller-
 manager's), reduced to what rexec needs: every ``duration/3`` seconds each spawner reads the
-Lease; the holder renews ``renewTime``; anyone takes it over once ``renewTime +
-leaseDurationSeconds`` has passed; a write carries the ``resourceVersion`` it read, so of two
-spawners racing for an expired Lease the API lets exactly one win (409 for the other).  A
-spawner that shuts down releases the Lease, so its successor takes over at once.
+Lease; the holder renews ``renewTime``; anyone takes it over once the Lease has not changed
+for ``leaseDurationSeconds`` *by its own clock* (as client-go's ``observedTime``: the time
+written in the Lease is the holder's, and a follower whose clock runs ahead would otherwise
+take a Lease its holder keeps renewing, leaving two leaders); a write carries the
+``resourceVersion`` it read, so of two spawners racing for an expired Lease the API lets
+exactly one win (409 for the other).  A spawner that shuts down releases the Lease, so its
+successor takes over at once.
 
 Everything else a spawner does is safe to do twice (adoption, spawns routed by the Service,
 deletes that tolerate 404), so nothing else needs the Lease.
@@ -19,6 +22,7 @@ import asyncio
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -35,15 +39,6 @@ def _now() -> datetime:
 def _stamp(when: datetime) -> str:
     """A MicroTime, as the API writes it."""
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(text: Any) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 class LeaseElector:
@@ -69,6 +64,8 @@ class LeaseElector:
         self.identity = f"{os.environ.get('HOSTNAME') or 'spawner'}-{secrets.token_hex(4)}"
         self.leader = False
         self._task: asyncio.Task | None = None
+        # The Lease as last seen (holder, renewTime, resourceVersion) and when, by our clock.
+        self._observed: tuple[tuple[str, str, str], float] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="lease")
@@ -118,12 +115,23 @@ class LeaseElector:
         return self.leader
 
     def _expired(self, lease: dict[str, Any]) -> bool:
+        """Released, or unchanged for its duration since we first saw it so (our clock)."""
         spec = lease.get("spec") or {}
         if not spec.get("holderIdentity"):
             return True
-        renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
-        duration = float(spec.get("leaseDurationSeconds") or self.duration_s)
-        return renewed is None or (_now() - renewed).total_seconds() > duration
+        record = (
+            str(spec.get("holderIdentity")),
+            str(spec.get("renewTime") or spec.get("acquireTime") or ""),
+            str((lease.get("metadata") or {}).get("resourceVersion") or ""),
+        )
+        now = time.monotonic()
+        if self._observed is None or self._observed[0] != record:
+            self._observed = (record, now)
+        try:
+            duration = float(spec.get("leaseDurationSeconds") or self.duration_s)
+        except (TypeError, ValueError):
+            duration = float(self.duration_s)
+        return now - self._observed[1] > duration
 
     async def _read(self) -> dict[str, Any] | None:
         return await self._call(f"read the lease {self.namespace}/{self.name}",
