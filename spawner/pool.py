@@ -25,6 +25,7 @@ from rexec_magic.protocol import pool_member
 from spawner.backends.base import Backend, WorkerHandle, WorkerSpec
 from spawner.broker_watch import BrokerWatch
 from spawner.config import SpawnerSettings
+from spawner.errors import SpawnerError
 from spawner.requirements import RequirementSet
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,16 @@ class WarmPool:
                     await self.backend.stop(handle)
                 # else another spawner claimed it for a user: leave it be
                 continue
-            await self.backend.adopt(handle, spec)
+            try:
+                await self.backend.adopt(handle, spec)
+            except SpawnerError as exc:
+                # Not recorded as the user's: handed over, it would pass for a pool worker
+                # after a restart. Stopped before any cell ran; the user gets a fresh start.
+                log.warning("warm-pool worker %s could not be made %s's (%s); stopping it",
+                            pool_id, spec.user, exc.message)  # fmt: skip
+                with contextlib.suppress(SpawnerError):
+                    await self.backend.stop(handle)
+                continue
             log.info("warm-pool worker %s claimed by %s", pool_id, spec.user)
             return handle
         return None

@@ -578,6 +578,30 @@ async def test_warm_pool_claim_relabels_the_pod_and_starts_a_replacement(
 
 
 @pytest.mark.asyncio
+async def test_a_pool_pod_that_cannot_be_relabelled_is_not_handed_over(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    """The claim of a pool worker succeeds but its pod cannot be relabelled as the user's
+    (the API refuses the PATCH): left a pool pod it would be offered to, and stopped for,
+    another user after a spawner restart.  It is stopped instead, and the user's worker is
+    started fresh, under the user's own name and labels."""
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path, warm_pool_size=1))
+    (pool_name,) = await _wait(lambda: live_pod_names(cluster), "a pool pod")
+    await run_pod(cluster, pool_name, pods_run)
+    await _wait(lambda: sp.service.pool.ready, "the pool worker to be ready")
+    cluster[f"patch /api/v1/namespaces/{NS}/pods/{pool_name}"] << 500
+
+    assert (await sp.spawn()).status_code == 200
+    await _wait(lambda: pod(cluster, pool_name) is None, "the unlabelled pool pod to go")
+    await _wait(lambda: pod(cluster, "rexec-worker-alice"), "alice's own pod")
+    await run_pod(cluster, "rexec-worker-alice", pods_run)
+    st = await sp.wait_for(lambda s: s["state"] == "ready", "ready")
+    assert st["from_warm_pool"] is False
+    labels = pod(cluster, "rexec-worker-alice")["metadata"]["labels"]
+    assert labels["rexec.io/user"] == "alice" and labels["rexec.io/pool"] == "false"
+
+
+@pytest.mark.asyncio
 async def test_idle_worker_is_culled_and_its_pod_deleted(
     cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
 ) -> None:

@@ -163,7 +163,9 @@ class Backend(abc.ABC):
         """Raise a SpawnerError now if a spawn for ``user`` cannot even be attempted."""
 
     async def adopt(self, handle: WorkerHandle, spec: WorkerSpec) -> None:  # noqa: B027
-        """A claimed warm-pool worker now belongs to ``spec.user``."""
+        """A claimed warm-pool worker now belongs to ``spec.user``.  Raises SpawnerError when
+        that cannot be recorded where a later spawner looks (it would take the worker for a
+        pool worker again): the caller stops it and starts one."""
 
     def validate_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Check user options (raise InvalidRequest with a sentence); return what to use."""

@@ -555,7 +555,10 @@ class KubernetesBackend(Backend):
 
     # ----------------------------------------------------------------- pool / stop
     async def adopt(self, handle: WorkerHandle, spec: WorkerSpec) -> None:
-        """Relabel the claimed pool pod as the user's, so operators (and selectors) see it."""
+        """Relabel the claimed pool pod as the user's.  Its labels and annotations are what a
+        restarted spawner adopts it by: left a pool pod, it would be offered to (and stopped
+        for) another user, and a spawn for this user would not find it.  So a relabel that
+        fails twice raises, and the pool stops the pod instead of handing it over."""
         ns, name = handle.data["namespace"], handle.data["name"]
         patch = {
             "metadata": {
@@ -563,11 +566,15 @@ class KubernetesBackend(Backend):
                 "annotations": objs.spawn_annotations(spec),
             }
         }
-        try:
-            await self._call(f"label pod {ns}/{name}", self.api.patch_namespaced_pod, name, ns,
-                             patch)  # fmt: skip
-        except SpawnerError as exc:  # the worker works all the same
-            log.warning("could not relabel the claimed pool pod: %s", exc.message)
+        for attempt in (1, 2):
+            try:
+                await self._call(f"label pod {ns}/{name}", self.api.patch_namespaced_pod, name,
+                                 ns, patch)  # fmt: skip
+                break
+            except SpawnerError as exc:
+                if attempt == 2:
+                    raise
+                log.warning("could not relabel the claimed pool pod (%s); again", exc.message)
         handle.user = spec.user
         self._note(spec.user, f"claimed warm-pool pod {ns}/{name}")
 
