@@ -9,7 +9,9 @@ spawner be killed outright, its workers live on and the next spawner adopts them
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import sys
 
 import uvicorn
 
@@ -43,12 +45,41 @@ def serve(settings: SpawnerSettings | None = None) -> None:
         raise SystemExit(f"The spawner could not start on {settings.host}:{settings.spawner_port}.")
 
 
+def remove_workers(settings: SpawnerSettings) -> int:
+    """Delete this installation's worker pods and Secrets (Kubernetes), say how many; 1 with
+    one sentence on stderr when the API refuses."""
+    from spawner.backends.kubernetes import KubernetesBackend
+    from spawner.errors import SpawnerError
+
+    logs.configure(log_file=settings.log_file)
+    if settings.backend != "kubernetes":
+        print("rexec spawner --remove-workers is for the kubernetes backend.", file=sys.stderr)
+        return 2
+    try:
+        removed = asyncio.run(KubernetesBackend(settings).remove_all_workers())
+    except SpawnerError as exc:
+        print(f"Could not remove the workers: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"Removed {len(removed)} worker pod(s) and their Secrets: {', '.join(removed) or '-'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """run the spawner (settings from REXEC_* variables)"""
-    argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="rexec spawner", description="Run the rexec spawner; settings from REXEC_* variables."
-    ).parse_args(argv)
+    )
+    parser.add_argument(
+        "--remove-workers",
+        action="store_true",
+        help="delete every worker pod and Secret of this installation, then exit "
+        "(the Helm chart's post-delete hook)",
+    )
+    args = parser.parse_args(argv)
     # Secrets come as 0600 files from $REXEC_SECRETS_DIR (written by `rexec up`), not from an
     # environment anyone of our OS user can read.
-    serve(SpawnerSettings(_secrets_dir=os.environ.get(Env.SECRETS_DIR) or None))
+    settings = SpawnerSettings(_secrets_dir=os.environ.get(Env.SECRETS_DIR) or None)
+    if args.remove_workers:
+        return remove_workers(settings)
+    serve(settings)
     return 0

@@ -314,8 +314,13 @@ def test_config_checksums_roll_exactly_the_pods_whose_config_changed(tmp_path: P
 
 
 @pytest.mark.helm
+def is_hook(doc: dict[str, Any]) -> bool:
+    return "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
+
+
 def test_rbac_is_least_privilege(rendered: list[dict[str, Any]]) -> None:
     roles = by_kind(rendered, "Role") + by_kind(rendered, "ClusterRole")
+    roles = [d for d in roles if not is_hook(d)]  # the uninstall hook's: its own test
     assert len(roles) == 1
     rules = roles[0]["rules"]
     for rule in rules:
@@ -327,6 +332,49 @@ def test_rbac_is_least_privilege(rendered: list[dict[str, Any]]) -> None:
     }  # fmt: skip
     assert (roles[0]["kind"] == "ClusterRole") == ("namespaces" in managed)
     assert ("networkpolicies" in managed) == (roles[0]["kind"] == "ClusterRole")
+
+
+@pytest.mark.helm
+@pytest.mark.parametrize("per_user", [False, True], ids=["one-namespace", "per-user-namespaces"])
+def test_uninstall_removes_the_workers_with_a_hook_that_can_do_only_that(
+    tmp_path: Path, per_user: bool
+) -> None:
+    """``helm uninstall``: a post-delete hook Job runs ``rexec spawner --remove-workers`` with
+    the spawner's own namespace settings, under a service account of its own (the release's
+    is gone by then) that may only list and delete pods and Secrets; off when asked."""
+    values = {"worker": {"perUserNamespaces": per_user, "warmPool": 0}}
+    docs = render_with(tmp_path, values)
+    hooks = [d for d in docs if is_hook(d)]
+    assert {d["kind"] for d in hooks} == {
+        "ServiceAccount", "Job",
+        *(["ClusterRole", "ClusterRoleBinding"] if per_user else ["Role", "RoleBinding"]),
+    }  # fmt: skip
+    for doc in hooks:
+        assert doc["metadata"]["annotations"]["helm.sh/hook"] == "post-delete"
+    weights = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks}
+    assert weights["Job"] > max(w for k, w in weights.items() if k != "Job")  # RBAC first
+    (role,) = [d for d in hooks if d["kind"].endswith("Role")]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods", "secrets"], "verbs": ["list", "delete"]}
+    ]
+    (job,) = by_kind(hooks, "Job")
+    pod = job["spec"]["template"]["spec"]
+    (account,) = by_kind(hooks, "ServiceAccount")
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["rexec", "spawner", "--remove-workers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e["value"] for e in container["env"]}
+    config = named(docs, "ConfigMap", "-spawner")["data"]
+    for name in ("REXEC_K8S_NAMESPACE", "REXEC_K8S_NAMESPACE_PER_USER",
+                 "REXEC_K8S_NAMESPACE_PREFIX"):  # fmt: skip
+        assert env[name] == config[name]
+    assert env["REXEC_BACKEND"] == "kubernetes"
+
+    off = render_with(
+        tmp_path, {**values, "worker": {**values["worker"], "removeOnUninstall": False}}
+    )
+    assert not [d for d in off if is_hook(d)]
 
 
 def egress_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -397,7 +445,7 @@ def test_per_user_namespaces_get_the_same_network_policy(tmp_path: Path) -> None
     docs = render_with(tmp_path, {"worker": {"perUserNamespaces": True, "warmPool": 0}})
     assert not by_kind(docs, "NetworkPolicy")  # the spawner makes one per user namespace ...
     assert json.loads(config(docs, "spawner")["REXEC_K8S_NETWORK_POLICY"]) == shared  # ... this
-    (role,) = by_kind(docs, "ClusterRole")
+    (role,) = [d for d in by_kind(docs, "ClusterRole") if not is_hook(d)]
     rule = next(r for r in role["rules"] if "networkpolicies" in r["resources"])
     assert rule["apiGroups"] == ["networking.k8s.io"] and "create" in rule["verbs"]
 

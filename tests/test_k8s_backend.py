@@ -779,6 +779,47 @@ async def test_per_user_namespaces_leave_another_installations_workers_alone(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("per_user", [False, True], ids=["one-namespace", "per-user-namespaces"])
+async def test_remove_workers_deletes_this_installations_workers_and_nothing_else(
+    cluster: Any, broker: Broker, tmp_path: Path, per_user: bool
+) -> None:
+    """``rexec spawner --remove-workers`` (the chart's post-delete hook), run as the real
+    command against the fake API: this installation's worker and pool pods and their Secrets
+    go; an unlabelled pod and Secret, and (per-user namespaces) another installation's worker,
+    stay."""
+    ours_ns = ["rexec-server-alice", "rexec-server-bob"] if per_user else [NS, NS]
+    labels = {"app.kubernetes.io/managed-by": "rexec-spawner"}
+    ours = [(ours_ns[0], "rexec-worker-alice"), (ours_ns[1], "rexec-pool-0a1b2c3d")]
+    others = [(NS, "someone-elses-pod")]
+    if per_user:
+        others.append(("staging-rexec-alice", "rexec-worker-alice"))  # same label, other prefix
+    for ns, name in ours + others:
+        meta_labels = labels if (ns, name) != (NS, "someone-elses-pod") else {"app": "x"}
+        meta = {"name": name, "namespace": ns, "labels": meta_labels}
+        cluster.objects[PODS, ns, name] = {
+            "metadata": meta,
+            "spec": {"containers": [{"name": "worker", "image": "w"}]},
+        }
+        cluster.objects[SECRETS, ns, name] = {"metadata": meta, "stringData": {"secret": "s"}}
+    settings = settings_for(cluster, broker, tmp_path, k8s_namespace_per_user=per_user)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REXEC_")}
+    env.update({"REXEC_BACKEND": "kubernetes", "REXEC_K8S_KUBECONFIG": settings.k8s_kubeconfig,
+                "REXEC_K8S_NAMESPACE": NS, "REXEC_K8S_NAMESPACE_PER_USER": str(per_user).lower(),
+                "REXEC_K8S_NAMESPACE_PREFIX": settings.k8s_namespace_prefix})  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rexec_magic.cli", "spawner", "--remove-workers",
+        env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().startswith("Removed 2 worker pod(s) and their Secrets:")
+    for ns, name in ours:
+        assert pod(cluster, name, ns) is None and secret(cluster, name, ns) is None
+    for ns, name in others:
+        assert pod(cluster, name, ns) is not None and secret(cluster, name, ns) is not None
+
+
+@pytest.mark.asyncio
 async def test_a_container_the_kubelet_restarted_shows_when_and_why(
     cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
 ) -> None:

@@ -74,6 +74,24 @@ class KubernetesBackend(Backend):
 
     # ----------------------------------------------------------------- setup / cleanup
     async def setup(self) -> None:
+        api_client = self._connect()
+        self._start_reflectors()
+        if self.settings.k8s_lease_name:
+            from kubernetes import client
+
+            self.lease = LeaseElector(
+                client.CoordinationV1Api(api_client),
+                self._call,
+                self.settings.k8s_namespace,
+                self.settings.k8s_lease_name,
+                self.settings.k8s_lease_duration_s,
+            )
+            with contextlib.suppress(SpawnerError):  # the first round now: a lone spawner leads
+                await self.lease.try_once()
+            self.lease.start()
+
+    def _connect(self) -> Any:
+        """The API clients, from the kubeconfig setting or the pod's service account."""
         from kubernetes import client, config
 
         cfg = client.Configuration()
@@ -88,18 +106,43 @@ class KubernetesBackend(Backend):
         self.api = client.CoreV1Api(api_client)
         self.net_api = client.NetworkingV1Api(api_client)
         log.info("kubernetes backend: API %s, namespace %s", cfg.host, self.settings.k8s_namespace)
-        self._start_reflectors()
-        if self.settings.k8s_lease_name:
-            self.lease = LeaseElector(
-                client.CoordinationV1Api(api_client),
-                self._call,
-                self.settings.k8s_namespace,
-                self.settings.k8s_lease_name,
-                self.settings.k8s_lease_duration_s,
-            )
-            with contextlib.suppress(SpawnerError):  # the first round now: a lone spawner leads
-                await self.lease.try_once()
-            self.lease.start()
+        return api_client
+
+    async def remove_all_workers(self) -> list[str]:
+        """Delete every worker pod and worker Secret of this installation (label and, with
+        per-user namespaces, namespace prefix); return the pods' ``namespace/name``.
+
+        For ``rexec spawner --remove-workers``, the chart's post-delete hook: once the
+        spawner is uninstalled nothing would ever stop or cull them.  Per-user namespaces
+        stay (they may hold what an operator put there).  Raises SpawnerError (one sentence).
+        """
+        self._connect()
+        s = self.settings
+        selector = f"{objs.L_MANAGED}={objs.MANAGED_BY}"
+        prefix = s.k8s_namespace_prefix if s.k8s_namespace_per_user else None
+        removed = []
+        for kind, listing, delete in (
+            ("pods", self._list_all("pods", selector), self.api.delete_namespaced_pod),
+            ("secrets", self._list_all("secrets", selector), self.api.delete_namespaced_secret),
+        ):
+            for item in (await listing).get("items") or []:
+                if not _managed(item, prefix):
+                    continue
+                meta = item["metadata"]
+                ns, name = meta.get("namespace") or s.k8s_namespace, meta["name"]
+                await self._call(f"delete the {kind[:-1]} {ns}/{name}", delete, name, ns,
+                                 ok404=True)  # fmt: skip
+                if kind == "pods":
+                    removed.append(f"{ns}/{name}")
+        return removed
+
+    async def _list_all(self, kind: str, selector: str) -> dict[str, Any]:
+        if self.settings.k8s_namespace_per_user:
+            fn = getattr(self.api, f"list_{kind[:-1]}_for_all_namespaces")
+            return await self._call(f"list {kind}", fn, label_selector=selector)
+        ns = self.settings.k8s_namespace
+        fn = getattr(self.api, f"list_namespaced_{kind[:-1]}")
+        return await self._call(f"list {kind} in namespace {ns}", fn, ns, label_selector=selector)
 
     def _start_reflectors(self) -> None:
         """One watch for all worker pods, one for events (pending reasons, image pulls)."""
