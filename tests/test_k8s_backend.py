@@ -845,17 +845,25 @@ async def test_a_container_the_kubelet_restarted_shows_when_and_why(
 
 
 # --------------------------------------------------------------------------- restarts
-@pytest.mark.asyncio
-async def test_a_new_spawner_adopts_the_pods_and_two_spawners_do_not_fight(
-    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
-) -> None:
-    settings = settings_for(cluster, broker, tmp_path)
+async def alice_running(
+    cluster: Any, settings: SpawnerSettings, make_spawner: Any, pods_run: list
+) -> tuple[Spawner, str]:
+    """A spawner whose user alice has a ready worker (numpy, 1 CPU); its pod's name."""
     first = await make_spawner(settings)
     assert (await first.spawn(requirements=["numpy"], options={"cpu": "1"})).status_code == 200
     name = "rexec-worker-alice"
     await _wait(lambda: pod(cluster, name), "the pod")
     await run_pod(cluster, name, pods_run)
     await first.wait_for(lambda s: s["state"] == "ready", "ready")
+    return first, name
+
+
+@pytest.mark.asyncio
+async def test_a_new_spawner_adopts_the_pods_and_two_spawners_do_not_fight(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list
+) -> None:
+    settings = settings_for(cluster, broker, tmp_path)
+    first, name = await alice_running(cluster, settings, make_spawner, pods_run)
     nonce = broker.workers["alice"].nonce
 
     second = await make_spawner(settings)  # a second replica, or the upgraded spawner
@@ -884,12 +892,7 @@ async def test_a_spawner_that_cannot_list_pods_yet_never_replaces_a_running_one(
     of no pods: a spawn then must not take the user's running pod for a leftover and replace
     it (its name is the user's); it says to try again, and once the list comes it adopts."""
     settings = settings_for(cluster, broker, tmp_path)
-    first = await make_spawner(settings)
-    assert (await first.spawn(requirements=["numpy"], options={"cpu": "1"})).status_code == 200
-    name = "rexec-worker-alice"
-    await _wait(lambda: pod(cluster, name), "the pod")
-    await run_pod(cluster, name, pods_run)
-    await first.wait_for(lambda s: s["state"] == "ready", "ready")
+    first, name = await alice_running(cluster, settings, make_spawner, pods_run)
     nonce = broker.workers["alice"].nonce
     changes = len(cluster["post"]) + len(cluster["delete"])
 
