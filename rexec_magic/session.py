@@ -115,7 +115,7 @@ class RemoteSession:
 
     def _start_keepalive(self) -> None:
         """A daemon thread that tells this session's executor the kernel still exists, until
-        ``close`` (the extension unloaded: the worker then frees the executor after its grace
+        ``forget`` (the extension unloaded: the worker then frees the executor after its grace
         period, as for a kernel that is gone)."""
         if self._keepalive is None:
             stop = threading.Event()
@@ -199,12 +199,14 @@ class RemoteSession:
         self.sync.forget()
 
     def forget(self) -> None:
-        """Close, and read the connection file again on next use (extension unloaded)."""
+        """Close, stop saying the kernel exists, and read the connection file again on next
+        use (extension unloaded).  A new login (``use``) keeps the keepalive: the thread
+        follows the new connection details, and an idle notebook keeps its namespace."""
+        self._stop_keepalive()
         self.close()
         self._info = None
 
     def close(self) -> None:
-        self._stop_keepalive()
         if self._client is not None:
             self._client.close()
         self._client = None
