@@ -69,7 +69,7 @@ class RemoteSession:
         self.session_id = uuid.uuid4().hex
         self.namespace: str | None = None  # %rexec_attach NAME: a shared, named namespace
         self.notebook = _notebook_label()
-        self._keepalive: tuple[threading.Thread, threading.Event] | None = None
+        self._keepalive: threading.Event | None = None  # the running keepalive's stop
         # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py).
         # It is the state of this session's executor: attaching to another namespace, or
         # stopping the worker, forgets it.
@@ -118,18 +118,15 @@ class RemoteSession:
         ``forget`` (the extension unloaded: the worker then frees the executor after its grace
         period, as for a kernel that is gone)."""
         if self._keepalive is None:
-            stop = threading.Event()
-            self._keepalive = (
-                threading.Thread(
-                    target=self._keep_alive, args=(stop,), name="rexec-keepalive", daemon=True
-                ),
-                stop,
-            )
-            self._keepalive[0].start()
+            self._keepalive = threading.Event()  # set: that thread stops
+            threading.Thread(
+                target=self._keep_alive, args=(self._keepalive,), name="rexec-keepalive",
+                daemon=True,
+            ).start()  # fmt: skip
 
     def _stop_keepalive(self) -> None:
         if self._keepalive is not None:
-            self._keepalive[1].set()
+            self._keepalive.set()
             self._keepalive = None
 
     def _keep_alive(self, stop: threading.Event) -> None:

@@ -64,60 +64,58 @@ class Request:
         return "call" if self.kind == "call" else "cell"
 
 
+# What starting an executor raises when the machine is out of processes, memory or file
+# descriptors (``ExecutorProcess(...)``): the caller fails one request, never the worker.
+START_ERRORS = (OSError, zmq.ZMQError, subprocess.SubprocessError)
+
+
 class ExecutorProcess:
     """One executor: its process, its two sockets, its stdout/stderr pipes, its queue."""
 
     def __init__(self, ctx: zmq.Context, rundir: Path, number: int, log_fd: int) -> None:
-        """Bind its sockets, make its pipes, start its process.  Raises OSError (no fork, no
-        file descriptors) or zmq.ZMQError with nothing left open."""
-        opened: list[Any] = []
-        try:
-            self._start(ctx, rundir, number, log_fd, opened)
-        except BaseException:
-            proc = getattr(self, "proc", None)
-            if proc is not None:
-                proc.kill()
-                proc.wait()
-            for thing in reversed(opened):
-                try:
-                    thing.close(linger=0) if isinstance(thing, zmq.Socket) else os.close(thing)
-                except (OSError, zmq.ZMQError):
-                    pass
-            raise
+        """Bind its sockets, make its pipes, start its process.  Raises one of START_ERRORS
+        (no fork, no file descriptors) with nothing left open or running."""
+        with contextlib.ExitStack() as undo:  # unwound only when starting fails
+            self._start(ctx, rundir, number, log_fd, undo)
+            undo.pop_all()
 
     def _start(
-        self, ctx: zmq.Context, rundir: Path, number: int, log_fd: int, opened: list[Any]
+        self, ctx: zmq.Context, rundir: Path, number: int, log_fd: int, undo: contextlib.ExitStack
     ) -> None:
         self.number = number
         self.key: str | None = None  # None while it is the spare
         self.label = "spare"
-        self.requests = ctx.socket(zmq.PUSH)
-        opened.append(self.requests)
-        self.requests.linger = 0
-        self.requests.bind(f"ipc://{rundir}/e{number}-requests")
-        self.events = ctx.socket(zmq.PULL)
-        opened.append(self.events)
-        self.events.linger = 0
-        self.events.bind(f"ipc://{rundir}/e{number}-events")
-        self.inspects = ctx.socket(zmq.PUSH)  # apart: answered by a thread, even mid-cell
-        opened.append(self.inspects)
-        self.inspects.linger = 0
-        self.inspects.bind(f"ipc://{rundir}/e{number}-inspect")
-        out_r, out_w = os.pipe()
-        opened += [out_r, out_w]
-        err_r, err_w = os.pipe()
-        opened += [err_r, err_w]
-        # Which request an interrupt is for, written before the SIGINT (see ``interrupt``).
-        intr_r, self._interrupts = os.pipe()
-        opened += [intr_r, self._interrupts]
-        os.set_blocking(self._interrupts, False)
-        env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
-        env[Env.EXECUTOR_REQUESTS] = f"ipc://{rundir}/e{number}-requests"
-        env[Env.EXECUTOR_EVENTS] = f"ipc://{rundir}/e{number}-events"
-        env[Env.EXECUTOR_INSPECT] = f"ipc://{rundir}/e{number}-inspect"
-        env[Env.EXECUTOR_LOG_FD] = str(log_fd)
-        env[Env.EXECUTOR_INTERRUPT_FD] = str(intr_r)
-        try:
+
+        def bound(kind: int, name: str) -> zmq.Socket:
+            sock = ctx.socket(kind)
+            undo.callback(sock.close, linger=0)
+            sock.linger = 0
+            sock.bind(f"ipc://{rundir}/e{number}-{name}")
+            return sock
+
+        self.requests = bound(zmq.PUSH, "requests")
+        self.events = bound(zmq.PULL, "events")
+        self.inspects = bound(zmq.PUSH, "inspect")  # apart: answered by a thread, even mid-cell
+        # The child's ends of the pipes close once it has its copies; ours only if it fails.
+        with contextlib.ExitStack() as child_ends:
+
+            def pipe(child_reads: bool = False) -> tuple[int, int]:
+                r, w = os.pipe()
+                undo.callback(os.close, w if child_reads else r)
+                child_ends.callback(os.close, r if child_reads else w)
+                return r, w
+
+            out_r, out_w = pipe()
+            err_r, err_w = pipe()
+            # Which request an interrupt is for, written before the SIGINT (see ``interrupt``).
+            intr_r, self._interrupts = pipe(child_reads=True)
+            os.set_blocking(self._interrupts, False)
+            env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+            env[Env.EXECUTOR_REQUESTS] = f"ipc://{rundir}/e{number}-requests"
+            env[Env.EXECUTOR_EVENTS] = f"ipc://{rundir}/e{number}-events"
+            env[Env.EXECUTOR_INSPECT] = f"ipc://{rundir}/e{number}-inspect"
+            env[Env.EXECUTOR_LOG_FD] = str(log_fd)
+            env[Env.EXECUTOR_INTERRUPT_FD] = str(intr_r)
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker_image.executor"],
                 stdin=subprocess.DEVNULL,
@@ -127,10 +125,8 @@ class ExecutorProcess:
                 env=env,
                 start_new_session=True,  # its own group: a kill takes its children too
             )
-        finally:
-            for fd in (out_w, err_w, intr_r):  # the child's ends: it has its copies
-                os.close(fd)
-                opened.remove(fd)
+        undo.callback(self.proc.wait)
+        undo.callback(self.proc.kill)
         self.pid = self.proc.pid
         self.pipes: dict[int, str] = {out_r: "stdout", err_r: "stderr"}
         self.readers = {out_r: PipeReader("stdout"), err_r: PipeReader("stderr")}

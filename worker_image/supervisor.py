@@ -63,7 +63,7 @@ from rexec_magic.protocol import (
 )
 from worker_image import files
 from worker_image.cells import cell_for, done_header, placement
-from worker_image.executors import ExecutorProcess, Request, proc_stopped
+from worker_image.executors import START_ERRORS, ExecutorProcess, Request, proc_stopped
 from worker_image.link import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -476,7 +476,7 @@ class Supervisor:
         req = Request(cell.target, msg.kind, frames, cell.credit)
         try:
             ex = self._executor_for(cell.session, msg.read(protocol.Placement))
-        except (OSError, zmq.ZMQError, subprocess.SubprocessError) as exc:
+        except START_ERRORS as exc:
             # Out of processes, memory or file descriptors: this cell fails in one sentence
             # (it never started), the worker and every other namespace go on.
             log.error("could not start an executor for %s: %s", cell.session, exc)
@@ -642,7 +642,7 @@ class Supervisor:
         while len(self.spares) < SPARES and self._spare_failures < 3:
             try:
                 self.spares.append(self._new_executor())
-            except (OSError, zmq.ZMQError, subprocess.SubprocessError) as exc:
+            except START_ERRORS as exc:
                 self._spare_failures += 1
                 log.warning("could not start a spare executor: %s", exc)
                 return  # again at the next top-up

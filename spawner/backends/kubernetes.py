@@ -53,6 +53,9 @@ from spawner.errors import Conflict, InvalidRequest, SpawnerError, UpstreamError
 
 log = logging.getLogger(__name__)
 
+# What every object the spawner makes for a worker carries (pods, Secrets, namespaces).
+WORKER_SELECTOR = f"{objs.L_MANAGED}={objs.MANAGED_BY}"
+
 OPTION_KEYS = {"cpu", "memory", "gpu", "profile"}
 NOTES_KEPT = 20
 
@@ -118,31 +121,39 @@ class KubernetesBackend(Backend):
         """
         self._connect()
         s = self.settings
-        selector = f"{objs.L_MANAGED}={objs.MANAGED_BY}"
-        prefix = s.k8s_namespace_prefix if s.k8s_namespace_per_user else None
+        where = "every namespace" if s.k8s_namespace_per_user else f"namespace {s.k8s_namespace}"
         removed = []
-        for kind, listing, delete in (
-            ("pods", self._list_all("pods", selector), self.api.delete_namespaced_pod),
-            ("secrets", self._list_all("secrets", selector), self.api.delete_namespaced_secret),
+        for kind, delete in (
+            ("pod", self.api.delete_namespaced_pod),
+            ("secret", self.api.delete_namespaced_secret),
         ):
-            for item in (await listing).get("items") or []:
-                if not _managed(item, prefix):
+            listing = await self._call(f"list {kind}s in {where}", self._lister(kind),
+                                       label_selector=WORKER_SELECTOR)  # fmt: skip
+            for item in listing.get("items") or []:
+                if not self._ours(item):
                     continue
                 meta = item["metadata"]
                 ns, name = meta.get("namespace") or s.k8s_namespace, meta["name"]
-                await self._call(f"delete the {kind[:-1]} {ns}/{name}", delete, name, ns,
+                await self._call(f"delete the {kind} {ns}/{name}", delete, name, ns,
                                  ok404=True)  # fmt: skip
-                if kind == "pods":
+                if kind == "pod":
                     removed.append(f"{ns}/{name}")
         return removed
 
-    async def _list_all(self, kind: str, selector: str) -> dict[str, Any]:
+    def _lister(self, kind: str) -> Callable[..., Any]:
+        """The API's list call for ``kind`` (``pod``, ``secret``, ``event``) over where this
+        spawner's workers live: every namespace (a ClusterRole) with per-user namespaces,
+        else its one namespace."""
         if self.settings.k8s_namespace_per_user:
-            fn = getattr(self.api, f"list_{kind[:-1]}_for_all_namespaces")
-            return await self._call(f"list {kind}", fn, label_selector=selector)
-        ns = self.settings.k8s_namespace
-        fn = getattr(self.api, f"list_namespaced_{kind[:-1]}")
-        return await self._call(f"list {kind} in namespace {ns}", fn, ns, label_selector=selector)
+            return getattr(self.api, f"list_{kind}_for_all_namespaces")
+        namespaced = getattr(self.api, f"list_namespaced_{kind}")
+        return functools.partial(namespaced, self.settings.k8s_namespace)
+
+    def _ours(self, obj: dict[str, Any]) -> bool:
+        """A worker object of this installation.  Per-user namespaces: the cluster-wide view
+        also holds another installation's workers (another prefix, the same label)."""
+        s = self.settings
+        return _managed(obj, s.k8s_namespace_prefix if s.k8s_namespace_per_user else None)
 
     def _start_reflectors(self) -> None:
         """One watch for all worker pods, one for events (pending reasons, image pulls)."""
@@ -150,24 +161,9 @@ class KubernetesBackend(Backend):
         loop = asyncio.get_running_loop()
         common = dict(loop=loop, timeout_s=s.k8s_watch_timeout_s,
                       request_timeout_s=s.k8s_api_timeout_s)  # fmt: skip
-        selector = f"{objs.L_MANAGED}={objs.MANAGED_BY}"
-        if s.k8s_namespace_per_user:  # a ClusterRole: watch every namespace
-            list_pods, list_events = (
-                self.api.list_pod_for_all_namespaces,
-                (self.api.list_event_for_all_namespaces),
-            )
-        else:
-            ns = s.k8s_namespace
-            list_pods = functools.partial(self.api.list_namespaced_pod, ns)
-            list_events = functools.partial(self.api.list_namespaced_event, ns)
-        # Per-user namespaces: the watch sees the whole cluster, where another installation's
-        # workers (another prefix) carry the same label; they are never this spawner's.
-        ours = functools.partial(
-            _managed, prefix=s.k8s_namespace_prefix if s.k8s_namespace_per_user else None
-        )
-        self.pods = Reflector("worker pods", list_pods, label_selector=selector,
-                              accept=ours, **common)  # fmt: skip
-        self.events = Reflector("worker pod events", list_events,
+        self.pods = Reflector("worker pods", self._lister("pod"), label_selector=WORKER_SELECTOR,
+                              accept=self._ours, **common)  # fmt: skip
+        self.events = Reflector("worker pod events", self._lister("event"),
                                 field_selector="involvedObject.kind=Pod", **common)  # fmt: skip
         self.pods.start()
         self.events.start()
