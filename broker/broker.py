@@ -53,7 +53,7 @@ from broker.auth import (
     check_worker_secret,
 )
 from broker.config import BrokerSettings
-from broker.connections import ConnectionWatch
+from broker.connections import ConnectionWatch, inproc_address
 from broker.guard import PeerRateLimiter, RateLimitedLog, seed_routing_ids
 from broker.legacy_gateway import LegacyGateway
 from rexec_magic import protocol as P
@@ -62,7 +62,6 @@ H = TypeVar("H", bound=P.Header)
 
 log = logging.getLogger("rexec.broker")
 
-AUTH_RESULTS = "inproc://rexec-broker-auth-results"
 HOUSEKEEPING_S = 0.25
 RESYNCED = (
     "The remote worker lost its link to the broker and registered again; the cell was "
@@ -284,7 +283,8 @@ class Broker:
         self.worker_conns = ConnectionWatch(self.backend)
         self.auth_results = self.ctx.socket(zmq.PULL)
         self.auth_results.linger = 0
-        self.auth_results.bind(AUTH_RESULTS + f"-{id(self)}")
+        self.auth_results_address = inproc_address("broker-auth-results")
+        self.auth_results.bind(self.auth_results_address)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -572,7 +572,7 @@ class Broker:
         if pusher is None:
             pusher = self.ctx.socket(zmq.PUSH)
             pusher.linger = 0
-            pusher.connect(AUTH_RESULTS + f"-{id(self)}")
+            pusher.connect(self.auth_results_address)
             self._result_pushers.sock = pusher
         pusher.send_multipart([route, json.dumps(result).encode(), purpose])
 
