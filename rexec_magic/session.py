@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -116,41 +117,18 @@ class RemoteSession:
     def _start_keepalive(self) -> None:
         """A daemon thread that tells this session's executor the kernel still exists, until
         ``forget`` (the extension unloaded: the worker then frees the executor after its grace
-        period, as for a kernel that is gone)."""
+        period, as for a kernel that is gone) or until nothing holds this session any more."""
         if self._keepalive is None:
             self._keepalive = threading.Event()  # set: that thread stops
             threading.Thread(
-                target=self._keep_alive, args=(self._keepalive,), name="rexec-keepalive",
-                daemon=True,
+                target=_keep_alive, args=(weakref.ref(self), self._keepalive),
+                name="rexec-keepalive", daemon=True,
             ).start()  # fmt: skip
 
     def _stop_keepalive(self) -> None:
         if self._keepalive is not None:
             self._keepalive.set()
             self._keepalive = None
-
-    def _keep_alive(self, stop: threading.Event) -> None:
-        """Keepalives on a connection of its own: the session's socket may be held for long
-        (a remote generator consumed slowly), and a ZeroMQ socket belongs to one thread."""
-        client: RexecClient | None = None
-        while not stop.wait(keepalive_interval()):
-            try:
-                info = self.info
-                if client is None or client.info is not info:
-                    if client is not None:
-                        client.close()
-                    client = RexecClient(info)
-                client.session_id, client.namespace = self.session_id, self.namespace
-                client.notebook = self.notebook
-                client.drain_replies()
-                client.ensure_hello()
-                client.keepalive()
-            except Exception as exc:  # never let the thread die; the next beat retries
-                log.debug("keepalive failed: %s", exc)
-                if client is not None:
-                    client.reset()
-        if client is not None:
-            client.close()
 
     # ------------------------------------------------------------------ parts
     @property
@@ -629,3 +607,33 @@ def shared_session() -> RemoteSession:
         if _shared is None:
             _shared = RemoteSession()
         return _shared
+
+
+def _keep_alive(session_ref: weakref.ref[RemoteSession], stop: threading.Event) -> None:
+    """Keepalives on a connection of its own: the session's socket may be held for long
+    (a remote generator consumed slowly), and a ZeroMQ socket belongs to one thread.  The
+    thread holds its session only weakly, so a session its owner dropped stops saying that
+    a kernel exists (and its executor is freed after the worker's grace period)."""
+    client: RexecClient | None = None
+    while not stop.wait(keepalive_interval()):
+        session = session_ref()
+        if session is None:
+            break
+        try:
+            info = session.info
+            if client is None or client.info is not info:
+                if client is not None:
+                    client.close()
+                client = RexecClient(info)
+            client.session_id, client.namespace = session.session_id, session.namespace
+            client.notebook = session.notebook
+            client.drain_replies()
+            client.ensure_hello()
+            client.keepalive()
+        except Exception as exc:  # never let the thread die; the next beat retries
+            log.debug("keepalive failed: %s", exc)
+            if client is not None:
+                client.reset()
+        del session
+    if client is not None:
+        client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import signal
 import stat
@@ -173,3 +174,28 @@ def test_culled_worker_is_replaced_and_the_user_is_told(tmp_path, monkeypatch):
         session.close()
     finally:
         stop_stack(stack)
+
+
+def test_a_session_nothing_holds_any_more_frees_its_executor(stack, monkeypatch):
+    """A session its owner dropped (a script's, an extension reloaded without unloading)
+    stops saying that its kernel exists: the worker frees its executor as for a kernel that
+    is gone, while a session still held keeps its own."""
+    monkeypatch.setenv("REXEC_KEEPALIVE_S", "0.5")  # silent 2.5 s = gone
+    pid_code = "import os\npid = os.getpid()"
+
+    def executor_pid(session: RemoteSession) -> int:
+        outcome = session.run(pid_code, {}, ["pid"], lambda m: None, pull_limit=2**20)
+        return outcome.values["pid"]
+
+    kept = RemoteSession(connection.load(stack.connection_file))
+    dropped = RemoteSession(connection.load(stack.connection_file))
+    kept_pid, dropped_pid = executor_pid(kept), executor_pid(dropped)
+    assert kept_pid != dropped_pid
+    del dropped
+    gc.collect()
+    deadline = time.monotonic() + WAIT_S
+    while pid_alive(dropped_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(dropped_pid), "the dropped session's executor was never freed"
+    assert pid_alive(kept_pid) and executor_pid(kept) == kept_pid
+    kept.forget()
