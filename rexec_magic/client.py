@@ -14,10 +14,12 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,37 @@ Events = Generator[P.Message, None, "CellOutcome"]
 OUTPUT_KINDS = (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT, P.Kind.YIELD, P.Kind.NOTICE)
 HELLO_TIMEOUT_S = 10.0
 CANCEL_POLL_S = 0.05  # how soon a cancel from another thread is noticed
+
+
+@contextmanager
+def whole_message() -> Iterator[None]:
+    """Hold a Ctrl-C that comes while a message is half sent or half read until it is whole.
+
+    pyzmq sends a multipart message frame by frame from Python code, so a KeyboardInterrupt
+    between two frames leaves the message open: the frames of the next message (the
+    INTERRUPT that the Ctrl-C sends) join it, and the broker reads them as extra buffers of
+    the first, a valid PING, so the interrupt was lost and the cell ran on.  Only the main
+    thread gets KeyboardInterrupt, and only it may set signal handlers; elsewhere this does
+    nothing.  The held Ctrl-C goes to the handler that was there before, once the message is
+    whole (for a kernel that handler raises KeyboardInterrupt; one that ignores SIGINT
+    ignores it here too).
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None or threading.current_thread() is not threading.main_thread():
+        yield  # None: a handler not set from Python, which Python cannot put back
+        return
+    held: list[Any] = []
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):
+            previous(signal.SIGINT, held[0])
 
 
 @dataclass
@@ -147,13 +180,16 @@ class RexecClient:
             )
         key = None if kind == P.Kind.HELLO else self.session_key
         frames = P.encode_signed(key, kind, encoded, buffers)
-        self._socket().send_multipart(frames, copy=False)
+        sock = self._socket()
+        with whole_message():
+            sock.send_multipart(frames, copy=False)
 
     def _recv(self, timeout_s: float) -> P.Message | None:
         sock = self._socket()
         if not sock.poll(max(0, int(timeout_s * 1000))):
             return None
-        frames = sock.recv_multipart(copy=False)
+        with whole_message():
+            frames = sock.recv_multipart(copy=False)
         self.last_heard = time.monotonic()
         try:
             msg = P.decode(frames)

@@ -7,17 +7,20 @@ by value as they would from a notebook; only the connection file is configured.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 import pytest
+import zmq
 
 from rexec_magic import errors, remote_func
 from rexec_magic.remote_call import RemoteTraceback
 from rexec_magic.session import shared_session
-from tests.harness import ctrl_c_when, wait_for
+from tests.harness import WhenFlag, ctrl_c_when, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -130,6 +133,34 @@ def test_keyboard_interrupt_cancels_the_remote_call(nb, tmp_path):
     with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
         nb["forever"](str(flag))
     assert isinstance(info.value, errors.RemoteInterrupted)
+    assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
+
+
+def test_ctrl_c_between_two_frames_of_a_message_still_stops_the_remote_call(
+    nb, tmp_path, monkeypatch
+):
+    """Ctrl-C lands while the client is half-way through sending a message (the ping it
+    sends every second while it waits): that message still goes whole, and the interrupt
+    sent after it reaches the worker, so the call stops, instead of running on while the
+    notebook waits for an answer that cannot come."""
+    flag = tmp_path / "forever-runs"
+    armed = threading.Event()
+    real_send = zmq.Socket.send
+
+    def send(self: zmq.Socket, data: Any, flags: int = 0, **kwargs: Any) -> Any:
+        sent = real_send(self, data, flags, **kwargs)
+        main = threading.current_thread() is threading.main_thread()
+        if main and flags & zmq.SNDMORE and armed.is_set():
+            armed.clear()
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C right after the first frame
+        return sent
+
+    monkeypatch.setattr(zmq.Socket, "send", send)
+    with WhenFlag(flag, armed.set), pytest.raises(KeyboardInterrupt) as info:
+        nb["forever"](str(flag))
+    assert not armed.is_set(), "no message was sent while the call ran"
+    assert isinstance(info.value, errors.RemoteInterrupted)
+    monkeypatch.undo()
     assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
 
 
