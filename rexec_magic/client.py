@@ -118,6 +118,8 @@ class RexecClient:
         self.notebook = ""
         self.keepalive_s = keepalive_interval()
         self.last_heard = 0.0  # time.monotonic() of the last message from the broker
+        # A message read whole while a Ctrl-C came: the next _recv returns it (whole_message).
+        self._stashed: P.Message | None = None
 
     def placement(self) -> dict[str, Any]:
         """The header fields that pick this session's executor on the worker."""
@@ -131,7 +133,7 @@ class RexecClient:
     def drain_replies(self) -> None:
         """Drop what waits on this connection (a keepalive-only one gets no answers, except
         ``fail unauthenticated`` from a restarted broker: then say hello again next time)."""
-        while self.sock is not None and self.sock.poll(0):
+        while self._stashed is not None or (self.sock is not None and self.sock.poll(0)):
             msg = self._recv(0)
             if msg is not None and msg.kind == P.Kind.FAIL:
                 if msg.read(P.Fail).code == P.FailCode.UNAUTHENTICATED:
@@ -159,6 +161,7 @@ class RexecClient:
         return self.sock
 
     def close(self) -> None:
+        self._stashed = None
         if self.sock is not None:
             self.sock.close(linger=0)
             self.sock = None
@@ -185,12 +188,27 @@ class RexecClient:
             sock.send_multipart(frames, copy=False)
 
     def _recv(self, timeout_s: float) -> P.Message | None:
+        """The next message (None: none within ``timeout_s``, or unreadable).
+
+        A Ctrl-C while the message is read is raised once it is read whole, and the message
+        is kept for the next call, so the caller's KeyboardInterrupt handling (which sends
+        ``interrupt`` and reads on) still sees it: a ``done`` read as Ctrl-C came is not lost.
+        """
+        if self._stashed is not None:
+            msg, self._stashed = self._stashed, None
+            return msg
         sock = self._socket()
         if not sock.poll(max(0, int(timeout_s * 1000))):
             return None
         with whole_message():
             frames = sock.recv_multipart(copy=False)
-        self.last_heard = time.monotonic()
+            self.last_heard = time.monotonic()
+            msg = self._stashed = self._read(frames)
+        self._stashed = None
+        return msg
+
+    @staticmethod
+    def _read(frames: list[zmq.Frame]) -> P.Message | None:
         try:
             msg = P.decode(frames)
             model = P.HEADERS.get(msg.kind)

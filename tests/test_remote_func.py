@@ -164,6 +164,29 @@ def test_ctrl_c_between_two_frames_of_a_message_still_stops_the_remote_call(
     assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
 
 
+def test_ctrl_c_while_a_calls_result_is_read_keeps_the_result(nb, monkeypatch):
+    """Ctrl-C lands half-way through reading the message that ends a call (its ``done``,
+    between the frame that names it and its header): the message is read whole and kept,
+    the call's result comes back, and no half-read message leaves the client waiting for an
+    answer that cannot come."""
+    armed = threading.Event()
+    armed.set()
+    real_recv = zmq.Socket.recv
+
+    def recv(self: zmq.Socket, *args: Any, **kwargs: Any) -> Any:
+        frame = real_recv(self, *args, **kwargs)
+        data = frame if isinstance(frame, bytes) else frame.bytes
+        main = threading.current_thread() is threading.main_thread()
+        if main and data == b"done" and armed.is_set():
+            armed.clear()
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C after the kind, before the header
+        return frame
+
+    monkeypatch.setattr(zmq.Socket, "recv", recv)
+    assert nb["add"](40, 2) == 42
+    assert not armed.is_set(), "the call ended without a done"
+
+
 def test_leaving_a_generator_early_stops_the_remote_generator(nb):
     for item in nb["countdown"](10_000):
         if item == 9_999:
