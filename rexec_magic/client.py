@@ -491,7 +491,11 @@ class RexecClient:
         deadline = now + timeout_s if timeout_s else None
         last_heard = now
         next_ping = now + P.CLIENT_PING_S
+        # The message being handled; a Ctrl-C before it is handled puts it back (_stashed),
+        # so the read after the `interrupt` handles it, e.g. a `done` that came with it.
+        in_hand: P.Message | None = None
         while True:
+            in_hand = None
             try:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline and interrupted_at is None:
@@ -524,7 +528,7 @@ class RexecClient:
                     wait = min(wait, deadline - now)
                 if cancel is not None:
                     wait = min(wait, CANCEL_POLL_S)
-                msg = self._recv(wait)
+                msg = in_hand = self._recv(wait)
                 if msg is None:
                     continue
                 last_heard = time.monotonic()
@@ -564,6 +568,7 @@ class RexecClient:
                 if msg.kind == P.Kind.ACCEPTED:
                     started = True
                 elif msg.kind in OUTPUT_KINDS:
+                    in_hand = None  # the caller has it now; a Ctrl-C there is thrown in
                     try:
                         yield msg
                     except GeneratorExit:  # the consumer stopped: stop the remote work too
@@ -612,6 +617,8 @@ class RexecClient:
             except errors.RemoteInterrupted:
                 raise  # the worker's answer to an interrupt, not a new Ctrl-C
             except KeyboardInterrupt:  # anywhere in here, e.g. while sending a ping
+                if in_hand is not None and self._stashed is None:
+                    self._stashed = in_hand
                 if interrupted_at is not None:
                     raise errors.RemoteInterrupted(
                         "Interrupted again; stopped waiting for the remote cell."

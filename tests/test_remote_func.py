@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 from rexec_magic import errors, remote_func
+from rexec_magic import protocol as P
 from rexec_magic.remote_call import RemoteTraceback
 from rexec_magic.session import shared_session
 from tests.harness import WhenFlag, ctrl_c_when, wait_for
@@ -183,6 +184,27 @@ def test_ctrl_c_while_a_calls_result_is_read_keeps_the_result(nb, monkeypatch):
         return frame
 
     monkeypatch.setattr(zmq.Socket, "recv", recv)
+    assert nb["add"](40, 2) == 42
+    assert not armed.is_set(), "the call ended without a done"
+
+
+def test_ctrl_c_just_after_a_calls_result_arrived_keeps_the_result(nb, monkeypatch):
+    """Ctrl-C lands after the client read the message that ends a call (its ``done``) and
+    before it acted on it: the message is handled after the interrupt, so the result comes
+    back rather than a wait for an answer to an interrupt of a call that had ended."""
+    armed = threading.Event()
+    armed.set()
+    real_read = P.Message.read
+
+    def read(self: P.Message, model: Any) -> Any:
+        main = threading.current_thread() is threading.main_thread()
+        # Event: the read _events makes of a message _recv has returned (not _recv's own).
+        if main and self.kind == P.Kind.DONE and model is P.Event and armed.is_set():
+            armed.clear()
+            signal.raise_signal(signal.SIGINT)
+        return real_read(self, model)
+
+    monkeypatch.setattr(P.Message, "read", read)
     assert nb["add"](40, 2) == 42
     assert not armed.is_set(), "the call ended without a done"
 
