@@ -50,7 +50,7 @@ def whole_message() -> Iterator[None]:
     thread gets KeyboardInterrupt, and only it may set signal handlers; elsewhere this does
     nothing.  The held Ctrl-C goes to the handler that was there before, once the message is
     whole (for a kernel that handler raises KeyboardInterrupt; one that ignores SIGINT
-    ignores it here too).
+    ignores it here too, and the default action becomes a KeyboardInterrupt).
     """
     previous = signal.getsignal(signal.SIGINT)
     if previous is None or threading.current_thread() is not threading.main_thread():
@@ -68,6 +68,8 @@ def whole_message() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if held and callable(previous):
             previous(signal.SIGINT, held[0])
+        elif held and previous == signal.SIG_DFL:  # it would have ended the process
+            raise KeyboardInterrupt
 
 
 @dataclass
