@@ -11,6 +11,8 @@ import pytest
 
 from rexec_magic.client import whole_message
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def sigint_handler_restored() -> Iterator[None]:
