@@ -493,11 +493,11 @@ class RexecClient:
         deadline = now + timeout_s if timeout_s else None
         last_heard = now
         next_ping = now + P.CLIENT_PING_S
-        # The message being handled; a Ctrl-C before it is handled puts it back (_stashed),
-        # so the read after the `interrupt` handles it, e.g. a `done` that came with it.
-        in_hand: P.Message | None = None
         while True:
-            in_hand = None
+            # The message being handled: a Ctrl-C before it is acted on puts it back
+            # (_stashed), so the read after the `interrupt` handles it, e.g. a `done` that
+            # came with the Ctrl-C.  Cleared once handling acts (yields, says hello, resends).
+            in_hand: P.Message | None = None
             try:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline and interrupted_at is None:
@@ -552,6 +552,7 @@ class RexecClient:
                     raise self._fail_error(msg)
                 if fail_code == P.FailCode.UNAUTHENTICATED:
                     # The broker restarted and forgot this connection.
+                    in_hand = None
                     self.hello()
                     if started or resent:
                         raise errors.BrokerUnreachable(
@@ -591,6 +592,7 @@ class RexecClient:
                     code = msg.read(P.Fail).code
                     if code == P.FailCode.WORKER_REPLACED and not started:
                         # Not run: learn the new worker (on_new_worker announces it), resend.
+                        in_hand = None
                         self.ping()
                         header.pop("instance", None)
                         self._send(kind, header, buffers)
@@ -599,6 +601,7 @@ class RexecClient:
                     if code == P.FailCode.WORKER_LOST and not started and not resent:
                         # The cell went to a worker that had just died; it never ran, so it is
                         # safe to send it to the worker that replaced it.
+                        in_hand = None
                         resent = True
                         self.wait_for_worker(None, timeout_s=15.0)
                         self._send(kind, header, buffers)
