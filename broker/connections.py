@@ -8,10 +8,11 @@ message and *before* handling it: libzmq emits DISCONNECTED before it closes the
 so a new connection that reuses the number can only deliver messages after that event is
 readable, and no live session is ever ended for another connection's close.
 
-libzmq's I/O thread writes monitor events with a *blocking* send.  A monitor pipe that is full
-(the default high-water mark, 1,000 events, while the broker is busy) or that lost its reader
-(the broker closed its end first, at shutdown) therefore blocks that thread for good, and with
-it every socket of the context: nothing connects or moves again, in silence.  So the reading
+libzmq's I/O thread writes monitor events with a *blocking* send.  A monitor pipe that is
+full (at the default high-water marks, 1,000 events at each end, while the broker is busy) or
+that lost its reader (the broker closed its end first, at shutdown) therefore blocks that
+thread for good, and with it every socket of the context: nothing connects or moves again,
+in silence.  So the reading
 end has no high-water mark (an event is a few dozen bytes, and the broker drains them on every
 turn of its loop), and ``close`` stops the monitor before it closes the reading end.  pyzmq's
 ``get_monitor_socket`` can do neither, and names the endpoint after the socket's descriptor,
