@@ -387,6 +387,24 @@ def test_killed_worker_is_restarted(spawner, tokens):
     assert any("restarting" in line for line in status["log_tail"])
 
 
+def test_a_new_worker_keeps_the_previous_workers_log_beside_its_own(spawner, tokens, tmp_path):
+    """Starting again after a stop begins a new worker log and keeps the previous one as
+    ``worker-<user>.log.1``, so what the last worker said before it went is still there."""
+    alice = tokens["alice"]
+    spawn(spawner, alice)
+    first = wait_state(spawner, alice, "ready", "failed")
+    assert first["state"] == "ready", first
+    assert spawner.delete("/worker", headers=bearer(alice)).json()["state"] == "stopped"
+    spawn(spawner, alice)
+    second = wait_state(spawner, alice, "ready", "failed")
+    assert second["state"] == "ready" and second["pid"] != first["pid"]
+    logs = tmp_path / "state" / "logs"
+    previous = (logs / "worker-alice.log.1").read_text()
+    current = (logs / "worker-alice.log").read_text()
+    assert f"(pid {first['pid']})" in previous and f"(pid {first['pid']})" not in current
+    assert f"(pid {second['pid']})" in current
+
+
 def test_worker_told_to_stop_by_someone_else_is_not_restarted(spawner, tokens):
     alice = tokens["alice"]
     spawn(spawner, alice)

@@ -367,7 +367,14 @@ class LocalBackend(Backend):
         return read_tail(self.log_path(user), lines)
 
     def _note(self, user: str, line: str, truncate: bool = False) -> None:
-        with open(self.log_path(user), "w" if truncate else "a") as fh:
+        """A line of the spawner's own in the worker log.  ``truncate``: a new worker starts a
+        new log, and the previous one is kept beside it as ``<log>.1`` (one generation, as
+        ``kubectl logs --previous`` keeps a pod's previous container), so what the last worker
+        said before it went is still there after the user starts again."""
+        path = self.log_path(user)
+        if truncate and path.exists() and path.stat().st_size:
+            os.replace(path, path.with_name(path.name + ".1"))
+        with open(path, "a") as fh:
             fh.write(f"[rexec] {line}\n")
 
     # ----------------------------------------------------------------- prepare
