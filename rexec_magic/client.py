@@ -39,6 +39,16 @@ HELLO_TIMEOUT_S = 10.0
 CANCEL_POLL_S = 0.05  # how soon a cancel from another thread is noticed
 
 
+def pass_on_sigint(handler: Any, frame: Any) -> None:
+    """Act on a SIGINT as ``handler`` (from ``signal.getsignal``) would have: call it, or
+    raise KeyboardInterrupt for the default action (which would have ended the process);
+    an ignored SIGINT stays ignored."""
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    elif handler == signal.SIG_DFL:
+        raise KeyboardInterrupt
+
+
 @contextmanager
 def whole_message() -> Iterator[None]:
     """Hold a Ctrl-C that comes while a message is half sent or half read until it is whole.
@@ -66,10 +76,8 @@ def whole_message() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        if held and callable(previous):
-            previous(signal.SIGINT, held[0])
-        elif held and previous == signal.SIG_DFL:  # it would have ended the process
-            raise KeyboardInterrupt
+        if held:
+            pass_on_sigint(previous, held[0])
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 
 from rexec_magic import errors, serialize
 from rexec_magic import protocol as P
-from rexec_magic.client import Events
+from rexec_magic.client import Events, pass_on_sigint
 from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
 from rexec_magic.session import RemoteSession, shared_session
@@ -95,10 +95,7 @@ def cancel_running() -> int:
 def _chain(previous: Any) -> Callable[[int, Any], None]:
     def on_sigint(signum: int, frame: Any) -> None:
         cancel_running()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
+        pass_on_sigint(previous, frame)
 
     return on_sigint
 
