@@ -104,6 +104,31 @@ def ctrl_c_when(flag: Path) -> WhenFlag:
     return WhenFlag(flag, lambda: signal.pthread_kill(main, signal.SIGINT))
 
 
+def ctrl_c_right_after(
+    monkeypatch: Any, owner: Any, name: str, when: Callable[..., bool]
+) -> threading.Event:
+    """Press Ctrl-C at an exact point: right after the first call of ``owner.name`` in the
+    main thread for which ``when(self, args, result)`` holds, once the returned event is set.
+
+    A real SIGINT, handled at once (``signal.raise_signal``), so the KeyboardInterrupt lands
+    where a user's could, between two steps that no timing could hit on purpose.  The event
+    is cleared when the Ctrl-C was pressed.
+    """
+    armed = threading.Event()
+    real = getattr(owner, name)
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, *args, **kwargs)
+        main = threading.current_thread() is threading.main_thread()
+        if main and armed.is_set() and when(self, args, result):
+            armed.clear()
+            signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return armed
+
+
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie counts as gone)."""
     try:

@@ -7,8 +7,6 @@ by value as they would from a notebook; only the connection file is configured.
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -21,7 +19,7 @@ from rexec_magic import errors, remote_func
 from rexec_magic import protocol as P
 from rexec_magic.remote_call import RemoteTraceback
 from rexec_magic.session import shared_session
-from tests.harness import WhenFlag, ctrl_c_when, wait_for
+from tests.harness import WhenFlag, ctrl_c_right_after, ctrl_c_when, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -145,18 +143,11 @@ def test_ctrl_c_between_two_frames_of_a_message_still_stops_the_remote_call(
     sent after it reaches the worker, so the call stops, instead of running on while the
     notebook waits for an answer that cannot come."""
     flag = tmp_path / "forever-runs"
-    armed = threading.Event()
-    real_send = zmq.Socket.send
 
-    def send(self: zmq.Socket, data: Any, flags: int = 0, **kwargs: Any) -> Any:
-        sent = real_send(self, data, flags, **kwargs)
-        main = threading.current_thread() is threading.main_thread()
-        if main and flags & zmq.SNDMORE and armed.is_set():
-            armed.clear()
-            signal.raise_signal(signal.SIGINT)  # Ctrl-C right after the first frame
-        return sent
+    def first_frame_sent(sock: zmq.Socket, args: tuple, sent: Any) -> bool:
+        return len(args) > 1 and bool(args[1] & zmq.SNDMORE)  # send_multipart's flags
 
-    monkeypatch.setattr(zmq.Socket, "send", send)
+    armed = ctrl_c_right_after(monkeypatch, zmq.Socket, "send", first_frame_sent)
     with WhenFlag(flag, armed.set), pytest.raises(KeyboardInterrupt) as info:
         nb["forever"](str(flag))
     assert not armed.is_set(), "no message was sent while the call ran"
@@ -170,20 +161,12 @@ def test_ctrl_c_while_a_calls_result_is_read_keeps_the_result(nb, monkeypatch):
     between the frame that names it and its header): the message is read whole and kept,
     the call's result comes back, and no half-read message leaves the client waiting for an
     answer that cannot come."""
-    armed = threading.Event()
+
+    def kind_frame_of_done(sock: zmq.Socket, args: tuple, frame: Any) -> bool:
+        return (frame if isinstance(frame, bytes) else frame.bytes) == b"done"
+
+    armed = ctrl_c_right_after(monkeypatch, zmq.Socket, "recv", kind_frame_of_done)
     armed.set()
-    real_recv = zmq.Socket.recv
-
-    def recv(self: zmq.Socket, *args: Any, **kwargs: Any) -> Any:
-        frame = real_recv(self, *args, **kwargs)
-        data = frame if isinstance(frame, bytes) else frame.bytes
-        main = threading.current_thread() is threading.main_thread()
-        if main and data == b"done" and armed.is_set():
-            armed.clear()
-            signal.raise_signal(signal.SIGINT)  # Ctrl-C after the kind, before the header
-        return frame
-
-    monkeypatch.setattr(zmq.Socket, "recv", recv)
     assert nb["add"](40, 2) == 42
     assert not armed.is_set(), "the call ended without a done"
 
@@ -192,19 +175,13 @@ def test_ctrl_c_just_after_a_calls_result_arrived_keeps_the_result(nb, monkeypat
     """Ctrl-C lands after the client read the message that ends a call (its ``done``) and
     before it acted on it: the message is handled after the interrupt, so the result comes
     back rather than a wait for an answer to an interrupt of a call that had ended."""
-    armed = threading.Event()
-    armed.set()
-    real_read = P.Message.read
 
-    def read(self: P.Message, model: Any) -> Any:
-        main = threading.current_thread() is threading.main_thread()
+    def sequence_number_of_done(msg: P.Message, args: tuple, read: Any) -> bool:
         # Event: the read _events makes of a message _recv has returned (not _recv's own).
-        if main and self.kind == P.Kind.DONE and model is P.Event and armed.is_set():
-            armed.clear()
-            signal.raise_signal(signal.SIGINT)
-        return real_read(self, model)
+        return msg.kind == P.Kind.DONE and args[0] is P.Event
 
-    monkeypatch.setattr(P.Message, "read", read)
+    armed = ctrl_c_right_after(monkeypatch, P.Message, "read", sequence_number_of_done)
+    armed.set()
     assert nb["add"](40, 2) == 42
     assert not armed.is_set(), "the call ended without a done"
 
