@@ -662,7 +662,7 @@ class RexecClient:
             )
             if timed_out:
                 raise errors.CellTimeout(f"The cell ran past its {timeout_s} s timeout. {text}")
-            raise errors.RemoteInterrupted(text)
+            raise errors.RemoteInterrupted(text, namespace_lost=True)
         if timed_out:
             raise errors.CellTimeout(
                 f"The cell ran past its {timeout_s} s timeout and was interrupted."

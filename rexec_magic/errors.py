@@ -92,11 +92,17 @@ class RemoteCellError(RexecError):
 
 
 class RemoteInterrupted(KeyboardInterrupt):
-    """The remote cell was interrupted (a KeyboardInterrupt, so following cells do not run)."""
+    """The remote cell was interrupted (a KeyboardInterrupt, so following cells do not run).
 
-    def __init__(self, message: str = "The remote cell was interrupted.") -> None:
+    ``namespace_lost``: it did not stop, so its executor was restarted (the namespace is new).
+    """
+
+    def __init__(
+        self, message: str = "The remote cell was interrupted.", namespace_lost: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.namespace_lost = namespace_lost
 
     def __str__(self) -> str:
         return self.message

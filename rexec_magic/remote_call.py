@@ -29,10 +29,11 @@ from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
 from rexec_magic.session import RemoteSession, shared_session
 
-# Calls of one session run one at a time anyway (one worker, one socket); a few threads let
-# futures of different sessions proceed side by side.
-_EXECUTOR_THREADS = 4
-_executor: ThreadPoolExecutor | None = None
+# Calls of one session run one at a time anyway (one socket, and in order: ``turns``), so
+# each session has one thread for its futures, and futures of one session never wait for
+# threads that another session's calls hold.
+_threads: weakref.WeakKeyDictionary[RemoteSession, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+_threads_lock = threading.Lock()
 
 
 class RemoteTraceback(Exception):
@@ -130,20 +131,26 @@ def _hook_kernel_interrupt() -> None:
     shell.events.register("post_run_cell", after_cell)
 
 
-def _submit(fn: Callable[..., Any], *args: Any) -> RemoteFuture:
-    """Run ``fn(*args, cancel=event)`` in a thread; the future can interrupt it."""
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(_EXECUTOR_THREADS, thread_name_prefix="remote_func")
+def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
+    """Run ``fn(cancel=event, ticket=n)`` in a thread; the future can interrupt it.
+
+    The ticket (``turns``) is taken here, in the caller's thread: the call keeps its place
+    before any request the caller makes after ``submit()`` returns."""
+    with _threads_lock:
+        thread = _threads.get(session)
+        if thread is None:
+            thread = _threads[session] = ThreadPoolExecutor(1, thread_name_prefix="remote_func")
     _hook_kernel_interrupt()
     future = RemoteFuture()
+    ticket = session.turns.take()
 
     def run() -> None:
         if not future.set_running_or_notify_cancel():
+            session.turns.leave(ticket)  # cancelled before it started: later ones go on
             return
         _running.add(future)
         try:
-            value = fn(*args, cancel=future.cancel_requested)
+            value = fn(cancel=future.cancel_requested, ticket=ticket)
         except BaseException as exc:
             if not future.cancelled():
                 try:
@@ -158,8 +165,13 @@ def _submit(fn: Callable[..., Any], *args: Any) -> RemoteFuture:
                     pass
         finally:
             _running.discard(future)
+            session.turns.leave(ticket)  # a no-op when the call itself left it
 
-    _executor.submit(run)
+    try:
+        thread.submit(run)
+    except BaseException:
+        session.turns.leave(ticket)
+        raise
     return future
 
 
@@ -206,9 +218,10 @@ class RemoteFunction:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         cancel: threading.Event | None = None,
+        ticket: int | None = None,
     ) -> Events:
         return self.session.call(
-            self.func, args, kwargs, self.timeout, notes=NOTEBOOK, cancel=cancel
+            self.func, args, kwargs, self.timeout, notes=NOTEBOOK, cancel=cancel, ticket=ticket
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -222,10 +235,11 @@ class RemoteFunction:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         cancel: threading.Event | None = None,
+        ticket: int | None = None,
     ) -> Any:
         renderer = EventRenderer()
         items: list[Any] = []
-        events = self._events(args, kwargs, cancel)
+        events = self._events(args, kwargs, cancel, ticket)
         try:
             while True:
                 try:
@@ -248,9 +262,10 @@ class RemoteFunction:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         cancel: threading.Event | None = None,
+        ticket: int | None = None,
     ) -> Iterator[Any]:
         renderer = EventRenderer()
-        events = self._events(args, kwargs, cancel)
+        events = self._events(args, kwargs, cancel, ticket)
         try:
             for msg in events:
                 if msg.kind == P.Kind.YIELD:
@@ -269,8 +284,11 @@ class RemoteFunction:
         does a kernel interrupt (for every running call of this notebook).
         """
         if inspect.isgeneratorfunction(self.func):
-            return _submit(lambda cancel: list(self._iterate(args, kwargs, cancel)))
-        return _submit(self._call, args, kwargs)
+            return _submit(
+                lambda cancel, ticket: list(self._iterate(args, kwargs, cancel, ticket)),
+                self.session,
+            )
+        return _submit(functools.partial(self._call, args, kwargs), self.session)
 
 
 def remote_func(

@@ -25,8 +25,9 @@ from rexec_magic import connection, contract, errors, serialize, sync, transfer
 from rexec_magic import protocol as P
 from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient, keepalive_interval
 from rexec_magic.contract import WorkerState
-from rexec_magic.notes import QUIET, Notes
+from rexec_magic.notes import QUIET, Notes, in_kernel
 from rexec_magic.spawner_client import SpawnerClient
+from rexec_magic.turns import Turns
 
 log = logging.getLogger("rexec.session")
 
@@ -62,10 +63,13 @@ class RemoteSession:
         self._notes: Notes = QUIET  # who hears about a restarted worker during a request
         self._starting = False  # a worker we start ourselves is not news
         self.restart_note: str | None = None  # the last restart announced
-        # One request at a time on the socket: remote_func's futures run in other threads.
-        self._lock = threading.Lock()
+        # One request at a time on the socket, in the order they were made: remote_func's
+        # futures run in other threads.
+        self.turns = Turns()
         self._owner: int | None = None
-        self._holder = ("", 0.0)  # what holds the connection ("call", "cell") and since when
+        self._holding_cancel: threading.Event | None = None  # the holder's cancel, if any
+        # A lost namespace nobody was shown (a cancelled call's): said before the next request.
+        self._untold: str | None = None
         # This session's executor on the worker: its own namespace, kept across reconnects.
         self.session_id = uuid.uuid4().hex
         self.namespace: str | None = None  # %rexec_attach NAME: a shared, named namespace
@@ -89,30 +93,61 @@ class RemoteSession:
         self._notes.warning(self.restart_note)
 
     @contextmanager
-    def exclusive(self, what: str = "request", notes: Notes = QUIET) -> Iterator[None]:
-        """Hold the connection for one request (other threads wait their turn, and after
-        ``NOTICE_AFTER_S`` say what they wait for)."""
+    def exclusive(
+        self,
+        what: str = "request",
+        notes: Notes = QUIET,
+        ticket: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[None]:
+        """Hold the connection for one request.  Requests get it in the order they were made
+        (``ticket``: taken earlier, e.g. by ``submit()``; see ``turns``); a request that waits
+        says after ``NOTICE_AFTER_S``, and every 30 s after, what it waits for.
+
+        Raises ``RemoteInterrupted`` when ``cancel`` is set or Ctrl-C comes while it waits
+        (the request was not sent), and ``RexecError`` when this thread holds the connection
+        already (a remote generator it is still iterating)."""
         me = threading.get_ident()
         if self._owner == me:
+            if ticket is not None:
+                self.turns.leave(ticket)
             raise errors.RexecError(
                 "A remote generator is still being iterated; finish it (or close it) "
                 "before the next remote call."
             )
-        if not self._lock.acquire(timeout=P.NOTICE_AFTER_S):
-            held, since = self._holder
-            notes.note(
-                f"rexec: waiting for this notebook's previous {held or 'request'} "
-                f"(running {time.monotonic() - since:.0f} s)"
-            )
-            self._lock.acquire()
+        if ticket is None:
+            ticket = self.turns.take()
+
+        def on_wait(held: str, held_for: float, ahead: int) -> None:
+            if cancel is not None and cancel.is_set():
+                return
+            if held:
+                holding = self._holding_cancel
+                state = "cancelled, stopping; " if holding is not None and holding.is_set() else ""
+                text = f"{_whose()} previous {held} ({state}running {held_for:.0f} s)"
+            else:
+                text = f"{_whose()} earlier request to start"
+            more = f"; {ahead - 1} more before this one" if ahead > 1 else ""
+            notes.note(f"rexec: waiting for {text}{more}")
+
         try:
-            self._owner = me
-            self._holder = (what, time.monotonic())
+            if not self.turns.wait(ticket, what, on_wait, cancel, P.NOTICE_AFTER_S):
+                raise errors.RemoteInterrupted("The call was cancelled before it started.")
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, errors.RemoteInterrupted):
+                raise
+            raise errors.RemoteInterrupted(
+                f"Interrupted while waiting for {_whose()} previous request; this {what} "
+                "was not sent."
+            ) from None
+        try:
+            self._owner, self._holding_cancel = me, cancel
             self._start_keepalive()
+            self._tell_untold(notes)
             yield
         finally:
-            self._owner = None
-            self._lock.release()
+            self._owner = self._holding_cancel = None
+            self.turns.leave(ticket)
 
     def _start_keepalive(self) -> None:
         """A daemon thread that tells this session's executor the kernel still exists, until
@@ -401,24 +436,40 @@ class RemoteSession:
         timeout_s: float | None = None,
         notes: Notes = QUIET,
         cancel: threading.Event | None = None,
+        ticket: int | None = None,
     ) -> Events:
         """Call ``fn`` on the worker (``remote_func``); start a worker first when needed.
 
         A generator: yields output events, returns the CellOutcome.  The connection is held
         until the generator ends or is closed; ``cancel`` (``RemoteFuture.cancel``)
-        interrupts it.  No ping first: a missing worker is the broker's immediate
-        ``no_worker`` answer, which comes before any event.
+        interrupts it.  ``ticket``: this call's place in line (``turns``), taken when it
+        was submitted; without one it lines up now.  No ping first: a missing worker is the
+        broker's immediate ``no_worker`` answer, which comes before any event.
         """
-        with self.exclusive("call", notes), self._reporting(notes):
-            if cancel is not None and cancel.is_set():  # cancelled while it waited its turn
+        with self.exclusive("call", notes, ticket, cancel), self._reporting(notes):
+            if cancel is not None and cancel.is_set():  # cancelled as its turn came
                 raise errors.RemoteInterrupted("The call was cancelled before it started.")
             try:
-                self._fresh_worker()
-                self._check_versions(notes)
-                return (yield from self._synced_call(fn, args, kwargs, timeout_s, cancel))
-            except errors.NoWorker:
-                self._start_missing(notes)
-                return (yield from self._synced_call(fn, args, kwargs, timeout_s, cancel))
+                try:
+                    self._fresh_worker()
+                    self._check_versions(notes)
+                    return (yield from self._synced_call(fn, args, kwargs, timeout_s, cancel))
+                except errors.NoWorker:
+                    self._start_missing(notes)
+                    return (yield from self._synced_call(fn, args, kwargs, timeout_s, cancel))
+            except (errors.RemoteInterrupted, errors.WorkerLost) as exc:
+                lost = isinstance(exc, errors.WorkerLost) or exc.namespace_lost
+                if lost and cancel is not None and cancel.is_set():
+                    # Its future was cancelled: nobody sees this exception.  Say it before
+                    # the next request, or the notebook meets a new namespace in silence.
+                    self._untold = f"A cancelled remote call ended badly: {exc}"
+                raise
+
+    def _tell_untold(self, notes: Notes) -> None:
+        """Say (once, to a request that shows notes) what an unseen request's end lost."""
+        if self._untold is not None and notes is not QUIET:
+            notes.warning(self._untold)
+            self._untold = None
 
     def _synced_call(
         self,
@@ -505,7 +556,8 @@ class RemoteSession:
     def ask_worker(self, kind: str, header: dict[str, Any], reply: str) -> dict[str, Any] | None:
         """A quick question for the worker (completion, ``obj?``), answered within
         ``ASSIST_TIMEOUT_S`` or not at all; never waits for the connection or a worker."""
-        if not self._lock.acquire(timeout=0.05):
+        ticket = self.turns.try_hold("assist", 0.05)
+        if ticket is None:
             return None  # a remote_func call in another thread holds the connection
         try:
             client = self.client
@@ -518,7 +570,7 @@ class RemoteSession:
             log.info("%s not answered: %s", kind, exc)
             return None
         finally:
-            self._lock.release()
+            self.turns.leave(ticket)
 
     def complete(self, code: str, cursor_pos: int) -> dict[str, Any] | None:
         """Completion from this notebook's executor (its namespace: ``placement``)."""
@@ -555,6 +607,12 @@ class RemoteSession:
         except errors.RexecError as exc:
             report["broker_error"] = str(exc)
         return report
+
+
+def _whose() -> str:
+    """Whose requests wait (what a waiting note says): a kernel is a notebook; a script, an
+    IPython terminal or a test is "this session"."""
+    return "this notebook's" if in_kernel() else "this session's"
 
 
 def _notebook_label() -> str:

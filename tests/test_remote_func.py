@@ -64,6 +64,19 @@ def forever_after(flag):
     while True:
         time.sleep(0.05)
 
+def remember(value, delay):
+    time.sleep(delay)
+    os.environ["REXEC_TEST_REMEMBERED"] = repr(value)  # the executor's own state
+
+def recall():
+    return os.environ.get("REXEC_TEST_REMEMBERED")
+
+def deaf(flag):
+    import ctypes, signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # C code that no interrupt stops
+    open(flag, "w").close()
+    ctypes.CDLL(None).sleep(600)
+
 def slow(seconds, flag):
     open(flag, "w").close()
     time.sleep(seconds)
@@ -210,4 +223,35 @@ def test_a_call_waiting_behind_another_says_what_it_waits_for(nb, capfd, tmp_pat
     assert nb["add"](1) == 2
     assert future.result(timeout=60) == 4
     said = capfd.readouterr().out  # a note (stdout outside a kernel), never stderr
-    assert "waiting for this notebook's previous call (running" in said
+    # Outside a kernel the caller is a script: "this session's", in a notebook "this notebook's"
+    assert "waiting for this session's previous call (running" in said
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_a_call_made_after_submit_runs_after_the_submitted_call(nb, run):
+    """Calls of one session reach the worker in the order they were made: ``submit()``
+    keeps its place although its call leaves from another thread."""
+    for value in range(4):
+        future = nb["remember"].submit((run, value), 0.2)
+        assert nb["recall"]() == repr((run, value))
+        future.result(timeout=60)
+    later = [nb["remember"].submit((run, n), 0.05) for n in range(3)]
+    assert nb["recall"]() == repr((run, 2))
+    assert [f.result(timeout=60) for f in later] == [None, None, None]
+
+
+def test_a_cancelled_call_that_cost_the_namespace_says_so_before_the_next_call(nb, tmp_path, capfd):
+    """The future of a cancelled call shows nobody its end: when the call ignored the
+    interrupt and its executor was restarted, the next request says the namespace was lost."""
+    nb["remember"]("kept", 0)
+    flag = tmp_path / "deaf"
+    future = nb["deaf"].submit(str(flag))
+    wait_for(flag.exists, "the call to run remotely")
+    assert future.cancel() is True
+    capfd.readouterr()
+    assert nb["recall"]() is None  # a fresh executor: what the first call set is gone
+    said = capfd.readouterr().err
+    assert "A cancelled remote call ended badly" in said
+    assert "namespace was lost" in said
+    assert nb["recall"]() is None
+    assert "cancelled" not in capfd.readouterr().err  # said once
