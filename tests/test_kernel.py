@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from jupyter_client.manager import KernelManager
 
-from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, wait_for
+from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
 from tests.kernel_harness import collect, run
 
 pytestmark = pytest.mark.stack
@@ -97,11 +97,12 @@ def text_of(outputs: list[dict], name: str = "stdout") -> str:
     )
 
 
-def wait_for_text(kc, text: str) -> None:
+def wait_for_text(kc, text: str) -> str:
+    """The first streamed text that holds ``text``."""
     while True:
         msg = kc.get_iopub_msg(timeout=60)
         if msg["msg_type"] == "stream" and text in msg["content"]["text"]:
-            return
+            return msg["content"]["text"]
 
 
 def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_executor(kernel):
@@ -198,14 +199,19 @@ def test_a_shared_namespace_is_opt_in(stack, kernel):
 
 
 def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
+    """The cell is interrupted, then its executor stopped; the worker log says so once."""
     km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="0.5")
     beat = tmp_path / "beat"
     try:
+        _, outputs = run(
+            kc, "from rexec_magic.session import shared_session\nprint(shared_session().session_id)"
+        )
+        session_id = text_of(outputs).strip()
         kc.execute(
-            "%%remote\nimport pathlib, time\nprint('started', flush=True)\n"
+            "%%remote\nimport os, pathlib, time\nprint(os.getpid(), flush=True)\n"
             f"while True:\n    pathlib.Path({str(beat)!r}).touch()\n    time.sleep(0.1)"
         )
-        wait_for_text(kc, "started")
+        pid = int(wait_for_text(kc, "\n").strip())
         wait_for(beat.exists, "the remote loop to beat")
     finally:
         kc.stop_channels()
@@ -217,6 +223,10 @@ def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
         return time.time() - beat.stat().st_mtime > 1.0
 
     wait_for(stopped, "the orphaned remote loop to stop")
+    wait_for(lambda: not pid_alive(pid), "the orphaned executor to be stopped")
+    log = "".join(p.read_text() for p in sorted(stack.logs.glob("worker-*.log*")))
+    said = [line for line in log.splitlines() if session_id in line and "no sign of" in line]
+    assert len(said) == 1, said
 
 
 def test_unloading_the_extension_frees_the_notebooks_executor(stack):

@@ -149,6 +149,7 @@ class ExecutorProcess:
         self.late_dropped = 0
         self.last_seen = time.monotonic()  # a client of it was last heard from
         self.keepalive_s: float | None = None  # declared by its clients; None: never orphaned
+        self.orphaned = False  # its kernels went silent: it stops once its request ends
         self.cgroup = exits.cgroup_dir(self.pid)
         self.oom_at_start = exits.oom_kills(self.cgroup)
         self.last_rss: int | None = None

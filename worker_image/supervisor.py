@@ -973,27 +973,33 @@ class Supervisor:
         self._to_client(req, Kind.NOTICE, {"text": text})
 
     def _check_orphan(self, ex: ExecutorProcess, now: float) -> None:
-        """An executor whose kernels went silent: interrupt its cell, then stop it."""
+        """An executor whose kernels went silent: interrupt its request, then stop it.
+
+        Said once in the log; an interrupted request that stops in time (its ``done`` ends
+        the interrupt's grace period) is followed by the stop at the next tick."""
         if ex.keepalive_s is None or ex.kill_reason in ("orphan", "stop"):
             return
         if self._session_key is None:
             return  # not registered: no keepalive can reach us (see _on_registered)
-        silent = now - ex.last_seen
-        if silent <= ORPHAN_AFTER_PINGS * ex.keepalive_s + 1.0:
-            return
-        log.warning(
-            "executor %d (%s): no sign of its kernel for %.0f s; stopping it",
-            ex.number,
-            ex.key,
-            silent,
-        )
+        if not ex.orphaned:
+            silent = now - ex.last_seen
+            if silent <= ORPHAN_AFTER_PINGS * ex.keepalive_s + 1.0:
+                return
+            log.warning(
+                "executor %d (%s): no sign of its kernel for %.0f s; stopping it",
+                ex.number,
+                ex.key,
+                silent,
+            )
+            ex.orphaned = True
+            self._forget(ex)
         if ex.current is not None:
-            self._interrupt(ex, "orphan")
+            if ex.grace_deadline is None:  # else an interrupt's grace period runs already
+                self._interrupt(ex, "orphan")
         else:
             ex.kill_reason = "stop"
             ex.grace_deadline = now + STOP_WAIT_S
             ex.signal(signal.SIGTERM)
-        self._forget(ex)
 
     # ------------------------------------------------------------------ ending the worker
     def _exit(self, code: int) -> int:
