@@ -164,6 +164,24 @@ def test_exit_ends_this_notebooks_executor_and_says_so(kernel):
     assert text_of(outputs) == "False\n"
 
 
+def test_sys_exit_and_exit_with_an_argument_behave_as_in_ipykernel(kernel):
+    """``sys.exit(n)`` is an error that keeps the namespace, warned about once (by the
+    notebook's IPython, not again by the worker's); ``exit(True)`` keeps the executor as
+    ipykernel keeps the kernel; ``exit(0)`` ends it."""
+    _, kc = kernel
+    run(kc, "%remote kept = 1")
+    reply, outputs = run(kc, "%%remote\nimport sys\nsys.exit(3)")
+    assert reply["status"] == "error" and reply["ename"] == "SystemExit"
+    streamed = text_of(outputs, "stderr")
+    assert streamed.count("UserWarning: To exit") <= 1, streamed
+    reply, outputs = run(kc, "%%remote\nexit(True)\nprint(kept)")
+    assert reply["status"] == "ok" and text_of(outputs) == "1\n"
+    reply, outputs = run(kc, "%%remote\nexit(0)")
+    assert reply["status"] == "ok"
+    _, outputs = run(kc, "%%remote\nprint('kept' in globals())")
+    assert text_of(outputs) == "False\n"
+
+
 def test_two_notebooks_have_separate_namespaces_and_run_side_by_side(stack, kernel):
     _, kc = kernel
     other_km, other = start_kernel(stack)

@@ -14,12 +14,14 @@ import contextlib
 import getpass
 import os
 import sys
+import warnings
 from typing import Any
 
+from IPython.core.autocall import ExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell
-from traitlets import Type
+from traitlets import Type, default
 from traitlets.config import Config
 
 from rexec_magic import serialize
@@ -100,6 +102,16 @@ class WorkerDisplayPublisher(DisplayPublisher):
             outbox.event(target, Kind.DISPLAY, header)
 
 
+class WorkerExitAutocall(ExitAutocall):
+    """``exit`` / ``quit`` as ipykernel has them (``ZMQExitAutocall``): ``exit(keep_kernel=False)``
+    ends the executor after the cell; a true ``keep_kernel`` keeps it, as ipykernel keeps the
+    kernel.  IPython's own takes no argument, so ``exit(5)`` was a TypeError here."""
+
+    def __call__(self, keep_kernel: Any = False) -> None:  # type: ignore[override]
+        if not keep_kernel:
+            self._ip.ask_exit()
+
+
 class WorkerShell(InteractiveShell):
     """InteractiveShell with outbox-backed output and no history database."""
 
@@ -111,6 +123,10 @@ class WorkerShell(InteractiveShell):
         self.error_sent = False  # an ERROR event went out for the current cell
         self.exit_requested = False  # exit() / quit() ran: end this executor after the cell
         super().__init__(**kwargs)
+
+    @default("exiter")
+    def _exiter_default(self) -> WorkerExitAutocall:
+        return WorkerExitAutocall(self)
 
     def ask_exit(self) -> None:
         """``exit()`` / ``quit()``: the executor ends after this cell (see executor.py)."""
@@ -148,6 +164,10 @@ def make_shell(outbox: EventChannel) -> WorkerShell:
     config = Config()
     config.HistoryManager.enabled = False  # no sqlite file, no writer thread
     config.HistoryManager.hist_file = ":memory:"
+    # IPython warns "To exit: use 'exit', ..." after a SystemExit in a cell.  The notebook
+    # raises the cell's SystemExit again and its own IPython warns there, as a local cell
+    # would; the worker's copy would show the warning twice, with a worker path.
+    warnings.filterwarnings("ignore", message="To exit: use 'exit'", category=UserWarning)
     return WorkerShell.instance(outbox=outbox, config=config)
 
 
