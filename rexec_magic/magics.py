@@ -497,11 +497,15 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         winfo = inspect.get("worker") or {}
         rows.append(("worker python", worker.get("python") or winfo.get("python", "?")))
         rows.append(("worker dill", worker.get("dill", "?")))
-        # The executor's age (this notebook's namespace), not the connection's.
-        uptime = winfo.get("uptime_s", worker.get("uptime_s", 0))
-        rows.append(("uptime", human_seconds(float(uptime))))
+        if inspect and "pid" not in winfo:  # the worker runs; this notebook has no executor
+            rows.append(("namespace", "none yet: this notebook's first remote cell starts it"))
+        else:
+            # The executor's age (this notebook's namespace), not the connection's.
+            uptime = winfo.get("uptime_s", worker.get("uptime_s", 0))
+            rows.append(("uptime", human_seconds(float(uptime))))
         if winfo.get("hostname"):
-            rows.append(("runs on", f"{winfo['hostname']} (pid {winfo.get('pid', '?')})"))
+            pid = f" (pid {winfo['pid']})" if "pid" in winfo else ""
+            rows.append(("runs on", f"{winfo['hostname']}{pid}"))
         if winfo.get("cwd"):
             rows.append(("folder", winfo["cwd"]))
     if "rtt_ms" in report:
@@ -514,7 +518,8 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         if row.get("running_s") is not None:
             details.append(f"running {human_seconds(row['running_s'])}")
         details.append(f"up {human_seconds(float(row.get('uptime_s') or 0))}")
-        rows.append((f"executor {row.get('notebook', '?')}", ", ".join(details)))
+        this = " (this notebook)" if row.get("this") else ""
+        rows.append((f"executor {row.get('notebook', '?')}{this}", ", ".join(details)))
     variables = inspect.get("variables") or []
     if running:
         listing = ", ".join(

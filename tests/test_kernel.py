@@ -196,6 +196,8 @@ def test_two_notebooks_have_separate_namespaces_and_run_side_by_side(stack, kern
         reply, outputs = run(other, "%rexec_status")
         status = str(outputs)
         assert status.count("executor ") >= 2  # both notebooks' executors are listed
+        plain = [m["content"]["data"]["text/plain"] for m in outputs if "data" in m["content"]]
+        assert "".join(plain).count("(this notebook)") == 1  # and which one is this notebook's
     finally:
         other.stop_channels()
         other_km.shutdown_kernel(now=True)
@@ -210,6 +212,19 @@ def test_a_shared_namespace_is_opt_in(stack, kernel):
         run(kc, "%remote shared = 42")
         _, outputs = run(other, "%%remote\nprint(shared)")
         assert text_of(outputs) == "42\n"
+        # One namespace runs one cell at a time: the other notebook's cell waits, and says
+        # whose cell it waits for.
+        slow = kc.execute(
+            "%%remote --no-pull\nimport time\nprint('slow', flush=True)\ntime.sleep(4)"
+        )
+        wait_for_text(kc, "slow")
+        reply, outputs = run(other, "%%remote --no-pull\nprint('after')")
+        assert reply["status"] == "ok" and "after" in text_of(outputs)
+        said = str(outputs)
+        assert "waiting for a cell of another notebook in shared namespace 'team'" in said
+        collect(kc, slow)
+        _, outputs = run(other, "%rexec_status")
+        assert "executor shared: team (this notebook)" in str(outputs)
     finally:
         run(kc, "%rexec_attach")
         other.stop_channels()

@@ -4,6 +4,7 @@ processes of a `rexec up` stack on loopback."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -193,6 +194,23 @@ def test_rexec_status_reports_worker_and_variables(ip):
     assert "<table>" in table._repr_html_()
     assert out.stdout == ""
     assert "executor " in text  # this notebook's executor: state, memory, age
+
+
+def test_rexec_status_of_a_notebook_without_an_executor_says_none_yet(ip):
+    """Another notebook of the user (another session) has run no remote cell: the worker runs,
+    but nothing of it is this notebook's, so no uptime or pid of someone else's process."""
+    remote(ip, "pass")  # the worker runs
+    from rexec_magic.magics import status_table
+    from rexec_magic.session import RemoteSession
+
+    other = RemoteSession()
+    try:
+        text = repr(status_table(other.status()))
+    finally:
+        other.close()
+    assert re.search(r"namespace\s+none yet", text), text
+    assert "uptime" not in text and "pid ?" not in text
+    assert "(this notebook)" not in text  # the executors listed are the others'
 
 
 def test_the_spawner_lists_the_workers_executors_for_the_sidebar(ip):

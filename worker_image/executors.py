@@ -173,6 +173,11 @@ class ExecutorProcess:
             return "idle"
         return "interrupting" if self.grace_deadline is not None else "busy"
 
+    @property
+    def shared(self) -> bool:
+        """It serves a shared, named namespace (``%rexec_attach NAME``), not one notebook."""
+        return self.key is not None and self.key.startswith("namespace:")
+
     def summary(self) -> dict[str, Any]:
         """One row of the user's executor list (%rexec_status, the sidebar)."""
         rss = exits.rss_bytes(self.pid)

@@ -360,8 +360,15 @@ class Supervisor:
         """A cell runs, or a file transfer is under way (either keeps the culler away)."""
         return any(ex.busy for ex in self.executors.values()) or self.transfers.active()
 
-    def executor_rows(self) -> list[dict[str, Any]]:
-        return [ex.summary() for ex in self.executors.values()]
+    def executor_rows(self, this: ExecutorProcess | None = None) -> list[dict[str, Any]]:
+        """The user's executors; ``this`` (the asking notebook's) is marked ``this``."""
+        rows = []
+        for ex in self.executors.values():
+            row = ex.summary()
+            if ex is this:
+                row["this"] = True
+            rows.append(row)
+        return rows
 
     # ------------------------------------------------------------------ broker handlers
     def _on_registered(self, msg: Message) -> None:
@@ -539,7 +546,7 @@ class Supervisor:
         ex.last_seen = time.monotonic()
         if fields.keepalive_s is not None:
             ex.keepalive_s = fields.keepalive_s
-        if fields.notebook:
+        if fields.notebook and not ex.shared:  # a shared one keeps its name as its label
             ex.label = fields.notebook
 
     def _on_file(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
@@ -615,7 +622,7 @@ class Supervisor:
             "id": request_id,
             "worker": worker,
             "variables": list(reply.variables) if reply is not None else [],
-            "executors": self.executor_rows(),
+            "executors": self.executor_rows(this=ex),
         }
         if ex is not None and reply is None and ex.ready:
             header["note"] = "variables are listed when the running cell lets the executor answer"
@@ -653,7 +660,7 @@ class Supervisor:
             ex = self.spares.pop(0) if self.spares else self._new_executor()
             ex.key = key
             ex.label = key.split(":", 1)[-1][:12] if key != "default" else "default"
-            if key.startswith("namespace:"):
+            if ex.shared:
                 ex.label = f"shared: {key.split(':', 1)[1]}"
             self.executors[key] = ex
             log.info("executor %d now serves %s", ex.number, key)
@@ -962,7 +969,12 @@ class Supervisor:
                 self._notice(req, "starting", text, now)
             elif cur is not None and cur.started is not None:
                 running = now - cur.started
-                text = f"waiting for this notebook's previous {cur.what} (running {running:.0f} s)"
+                if cur.target.route == req.target.route:
+                    whose = f"this notebook's previous {cur.what}"
+                else:  # only a shared namespace serves several notebooks
+                    name = (ex.key or "").partition(":")[2]
+                    whose = f"a {cur.what} of another notebook in shared namespace {name!r}"
+                text = f"waiting for {whose} (running {running:.0f} s)"
                 self._notice(req, "previous", text, now)
 
     def _notice(self, req: Request | None, category: str, text: str, now: float) -> None:
