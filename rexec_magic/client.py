@@ -493,6 +493,7 @@ class RexecClient:
         handled = 0  # events of this request handled here (acknowledged in batches)
         acked = 0
         notice = ""  # what the worker last said this request waits for
+        stopped_until = 0.0  # the worker says its executor is stopped (SIGSTOP) until then
         resent = False
         interrupted_at: float | None = None
         timed_out = False
@@ -515,7 +516,11 @@ class RexecClient:
                 if cancel is not None and cancel.is_set() and interrupted_at is None:
                     interrupted_at = now
                     self._send(P.Kind.INTERRUPT, {"id": req_id})
-                if interrupted_at is not None and now - interrupted_at > P.INTERRUPT_GRACE_S + 5:
+                if (
+                    interrupted_at is not None
+                    and now - interrupted_at > P.INTERRUPT_GRACE_S + 5
+                    and now > stopped_until  # a stopped executor is not lost: it waits
+                ):
                     why = f" ({notice})" if notice else "; it may still be busy"
                     raise errors.WorkerLost(
                         f"The remote worker did not confirm the interrupt{why}."
@@ -575,7 +580,10 @@ class RexecClient:
                 if "seq" in h:  # a numbered event (read through its model by _recv already)
                     handled = max(handled, msg.read(P.Event).seq + 1)
                 if msg.kind == P.Kind.NOTICE:
-                    notice = msg.read(P.Notice).text
+                    said = msg.read(P.Notice)
+                    notice = said.text
+                    # Said again every 10 s while it lasts (supervisor._notice).
+                    stopped_until = now + 15.0 if said.waiting_on == "stopped" else 0.0
                 if msg.kind == P.Kind.ACCEPTED:
                     started = True
                 elif msg.kind in OUTPUT_KINDS:

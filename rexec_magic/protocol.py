@@ -834,9 +834,13 @@ class Done(Event):
 
 
 class Notice(Event):
-    """What a waiting request waits for (its executor starting, the previous cell)."""
+    """What a waiting request waits for (its executor starting, the previous cell).
+
+    ``waiting_on``: ``starting``, ``previous`` or ``stopped`` (its executor is stopped by
+    SIGSTOP: it takes an interrupt when resumed, so the client keeps waiting for it)."""
 
     text: str = ""
+    waiting_on: str = ""
 
 
 class InspectReply(Event):

@@ -71,6 +71,9 @@ def remember(value, delay):
 def recall():
     return os.environ.get("REXEC_TEST_REMEMBERED")
 
+def pid():
+    return os.getpid()
+
 def deaf(flag):
     import ctypes, signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # C code that no interrupt stops
@@ -255,3 +258,28 @@ def test_a_cancelled_call_that_cost_the_namespace_says_so_before_the_next_call(n
     assert "namespace was lost" in said
     assert nb["recall"]() is None
     assert "cancelled" not in capfd.readouterr().err  # said once
+
+
+def test_a_cancelled_call_whose_executor_is_stopped_waits_for_it_and_keeps_the_namespace(
+    nb, tmp_path, capfd
+):
+    """An executor stopped (SIGSTOP) is not lost: the cancel's interrupt waits past the grace
+    period, the executor takes it once resumed, and its namespace stays."""
+    import signal
+    import time
+
+    nb["remember"]("kept", 0)
+    pid = nb["pid"]()
+    flag = tmp_path / "running"
+    future = nb["slow"].submit(600, str(flag))
+    wait_for(flag.exists, "the call to run remotely")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert future.cancel() is True
+        time.sleep(P.INTERRUPT_GRACE_S + 7)  # past the grace period and the client's own wait
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    capfd.readouterr()
+    assert nb["recall"]() == repr("kept")
+    assert nb["pid"]() == pid
+    assert "ended badly" not in capfd.readouterr().err

@@ -143,6 +143,35 @@ def test_a_stopped_executor_is_reported_as_not_responding_not_lost(port):
     assert "woke" in stdout(events)
 
 
+@pytest.mark.parametrize(
+    "body", ["time.sleep(100)", "for _ in range(400):\n        time.sleep(0.25)"]
+)
+def test_an_interrupted_executor_stopped_past_the_grace_period_takes_it_when_resumed(port, body):
+    """Time stopped (SIGSTOP) does not count against the interrupt's grace period: resumed
+    after it, the executor handles the interrupt (its ``finally`` runs) and keeps the
+    namespace, where it used to be killed at the first tick after SIGCONT."""
+    from worker_image.supervisor import INTERRUPT_GRACE_S
+
+    port.run("kept = 1")
+    code = f"import time\nprint('go', flush=True)\ntry:\n    {body}\nfinally:\n    print('cleanup')"
+    request_id = port.execute(code)
+    port.recv_kind(Kind.STREAM)
+    pid = executor_pid(port)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        port.send(Kind.INTERRUPT, {"id": request_id})
+        notice = port.recv_kind(Kind.NOTICE, timeout=WAIT_S)
+        assert notice.header["waiting_on"] == "stopped"
+        time.sleep(INTERRUPT_GRACE_S + 1)  # past the grace period, stopped all along
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
+    assert done(events).header["status"] == DoneStatus.INTERRUPTED
+    assert "cleanup" in stdout(events)
+    assert stdout(port.run("print(kept)")) == "1\n"
+    assert executor_pid(port) == pid
+
+
 # --------------------------------------------------------------------------- at most once
 @pytest.mark.parametrize("attempt", range(5))
 def test_a_cell_whose_executor_dies_runs_once_and_says_why(port, tmp_path, attempt):

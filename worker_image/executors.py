@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -264,10 +265,10 @@ class ExecutorProcess:
         self.signal(signal.SIGINT)
 
     def signal(self, sig: int) -> None:
-        """Signal the executor (SIGINT: just the process; others: its whole group)."""
+        """Signal the executor (SIGINT: its main thread; others: its whole process group)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if sig == signal.SIGINT:
-                os.kill(self.pid, sig)
+                signal_main_thread(self.pid, sig)
             else:
                 os.killpg(self.pid, sig)
 
@@ -293,6 +294,36 @@ class ExecutorProcess:
         self.requests.close(linger=0)
         self.events.close(linger=0)
         self.inspects.close(linger=0)
+
+
+def _tgkill() -> Any:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).tgkill  # glibc 2.30+
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    return function
+
+
+_TGKILL = _tgkill()
+
+
+def signal_main_thread(pid: int, sig: int) -> None:
+    """Signal the main thread of process ``pid`` (``tgkill``; ``os.kill`` where missing).
+
+    A process-directed signal goes to any thread that does not block it.  Python runs its
+    handlers in the main thread, but a signal taken by another thread (the executor's inspect
+    thread, a thread of the user's) only sets a flag there: a main thread blocked in
+    ``time.sleep(100)`` sleeps on.  It happens when the executor was stopped (SIGSTOP) as
+    the interrupt came: on SIGCONT whichever thread runs first takes the pending SIGINT.
+    Raises ProcessLookupError / PermissionError as ``os.kill`` does.
+    """
+    if _TGKILL is None:
+        os.kill(pid, sig)
+        return
+    if _TGKILL(pid, pid, sig) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))  # ESRCH: ProcessLookupError, EPERM: PermissionError
 
 
 class PipeReader:

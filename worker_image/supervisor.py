@@ -927,6 +927,9 @@ class Supervisor:
                 continue
             if ex.grace_deadline is not None and now >= ex.grace_deadline:
                 if proc_stopped(ex.pid):
+                    # Time stopped does not count: once resumed it gets the whole grace
+                    # period to take the interrupt (its SIGINT waits, pending, till then).
+                    ex.grace_deadline = now + INTERRUPT_GRACE_S
                     self._notice(
                         ex.current,
                         "stopped",
@@ -982,7 +985,7 @@ class Supervisor:
         if req is None or (req.notice == category and now - req.notice_at < 10.0):
             return
         req.notice, req.notice_at = category, now
-        self._to_client(req, Kind.NOTICE, {"text": text})
+        self._to_client(req, Kind.NOTICE, {"text": text, "waiting_on": category})
 
     def _check_orphan(self, ex: ExecutorProcess, now: float) -> None:
         """An executor whose kernels went silent: interrupt its request, then stop it.
