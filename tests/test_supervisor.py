@@ -274,6 +274,35 @@ def test_output_after_the_cell_ended_comes_first_in_the_next_cell_marked_late(po
     assert streams[-1].header["text"] == "next\n" and not streams[-1].header.get("late")
 
 
+@pytest.mark.parametrize("size", [(1 << 20) + 100_000, 3 * (1 << 20)])
+def test_late_output_over_the_limit_keeps_its_end_and_says_how_much_went(port, tmp_path, size):
+    """A late print larger than what the worker keeps (1 MiB of text) keeps its last MiB,
+    and a notice (not stderr: rexec's own words) says how many characters went."""
+    from worker_image.executors import LATE_MAX_CHARS
+
+    flag = tmp_path / "printed"
+    code = (
+        "import threading, pathlib\n"
+        "def late():\n"
+        f"    print('a' * {size - 2} + 'Z')\n"
+        f"    pathlib.Path({str(flag)!r}).touch()\n"
+        "threading.Timer(0.2, late).start()"
+    )
+    port.run(code)
+    wait_for(flag.exists, "the late print")
+    time.sleep(0.2)  # the supervisor has read the pipe: a partial line waits 50 ms at most
+    events = port.run("print('next')")
+    streams = [e.header for e in events if e.kind == Kind.STREAM]
+    late = "".join(h["text"] for h in streams if h.get("late"))
+    assert len(late) == LATE_MAX_CHARS and late.endswith("aZ\n")
+    notices = [e.header for e in events if e.kind == Kind.NOTICE]
+    assert len(notices) == 1 and notices[0]["late"]
+    assert (
+        f"the first {size - LATE_MAX_CHARS:,} characters of it were dropped" in notices[0]["text"]
+    )
+    assert not any(h["name"] == "stderr" for h in streams)
+
+
 def test_a_thread_printing_while_its_cell_runs_shows_in_that_cell(port):
     code = (
         "import threading, time\n"

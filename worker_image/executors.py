@@ -147,7 +147,8 @@ class ExecutorProcess:
         self.exit_requested = False  # exit() ran: it ends by itself
         self.late: deque[tuple[str, Any, list[Any]]] = deque()  # (kind, header|text, buffers)
         self.late_chars = 0
-        self.late_dropped = 0
+        self.late_dropped_chars = 0  # late text dropped (the oldest), and late displays
+        self.late_dropped_events = 0
         self.last_seen = time.monotonic()  # a client of it was last heard from
         self.keepalive_s: float | None = None  # declared by its clients; None: never orphaned
         self.orphaned = False  # its kernels went silent: it stops once its request ends
@@ -239,14 +240,25 @@ class ExecutorProcess:
             os.close(fd)
 
     def keep_late(self, kind: str, payload: Any, buffers: list[Any] | None = None) -> None:
-        """Output after its cell ended: kept (bounded) for the top of the next cell."""
-        size = len(payload) if isinstance(payload, str) else 1
+        """Output after its cell ended: kept for the top of the next cell, up to
+        ``LATE_MAX_CHARS`` of text (its end: the oldest is cut) and ``LATE_MAX_EVENTS``."""
         self.late.append((kind, payload, buffers or []))
-        self.late_chars += size
+        self.late_chars += len(payload) if isinstance(payload, str) else 1
         while self.late and (self.late_chars > LATE_MAX_CHARS or len(self.late) > LATE_MAX_EVENTS):
-            old = self.late.popleft()
-            self.late_chars -= len(old[1]) if isinstance(old[1], str) else 1
-            self.late_dropped += 1
+            old_kind, old, old_buffers = self.late[0]
+            excess = self.late_chars - LATE_MAX_CHARS
+            if isinstance(old, str) and len(self.late) <= LATE_MAX_EVENTS and excess < len(old):
+                self.late[0] = (old_kind, old[excess:], old_buffers)  # its tail stays
+                self.late_chars -= excess
+                self.late_dropped_chars += excess
+                break
+            self.late.popleft()
+            if isinstance(old, str):
+                self.late_chars -= len(old)
+                self.late_dropped_chars += len(old)
+            else:
+                self.late_chars -= 1
+                self.late_dropped_events += 1
 
     # ------------------------------------------------------------------ ending
     def interrupt(self, request_id: str) -> None:

@@ -63,7 +63,14 @@ from rexec_magic.protocol import (
 )
 from worker_image import files
 from worker_image.cells import cell_for, done_header, placement
-from worker_image.executors import START_ERRORS, ExecutorProcess, Request, proc_stopped
+from worker_image.executors import (
+    LATE_MAX_CHARS,
+    LATE_MAX_EVENTS,
+    START_ERRORS,
+    ExecutorProcess,
+    Request,
+    proc_stopped,
+)
 from worker_image.link import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -690,10 +697,18 @@ class Supervisor:
     def _send_late(self, ex: ExecutorProcess, req: Request) -> None:
         """Output that came after the previous cell ended: first, marked late."""
         self._drain_pipes(ex)
-        if ex.late_dropped:
-            text = f"[{ex.late_dropped} earlier late outputs were dropped]\n"
-            self._to_client(req, Kind.STREAM, {"name": "stderr", "text": text, "late": True})
-            ex.late_dropped = 0
+        if ex.late_dropped_chars or ex.late_dropped_events:
+            dropped = []
+            if ex.late_dropped_chars:
+                dropped.append(f"{ex.late_dropped_chars:,} characters")
+            if ex.late_dropped_events:
+                dropped.append(f"{ex.late_dropped_events:,} displays")
+            text = (
+                f"the first {' and '.join(dropped)} of it were dropped (the worker keeps the last "
+                f"{LATE_MAX_CHARS // 2**20} MiB of text and {LATE_MAX_EVENTS:,} outputs)"
+            )
+            self._to_client(req, Kind.NOTICE, {"text": text, "late": True})
+            ex.late_dropped_chars = ex.late_dropped_events = 0
         while ex.late:
             kind, payload, buffers = ex.late.popleft()
             if kind in ("stdout", "stderr"):
