@@ -303,6 +303,25 @@ def test_late_output_over_the_limit_keeps_its_end_and_says_how_much_went(port, t
     assert not any(h["name"] == "stderr" for h in streams)
 
 
+def test_a_cell_that_closes_or_redirects_fds_1_and_2_leaves_print_working(port):
+    """As in ipykernel (whose sys.stdout is no fd): ``print`` still shows after a cell closed
+    or redirected fd 1, what writes to fd 1 itself follows the redirection, and the executor
+    (whose event marks go through the same pipes) lives on with its namespace."""
+    port.run("kept = 1")
+    pid = executor_pid(port)
+    first = port.run("import os\nos.close(1)\nos.close(2)\nprint('after close')")
+    assert done(first).header["status"] == DoneStatus.OK
+    assert stdout(first) == "after close\n"
+    events = port.run("print('next', kept)")
+    assert done(events).header["status"] == DoneStatus.OK and stdout(events) == "next 1\n"
+    events = port.run(
+        "import os, subprocess\nos.dup2(os.open(os.devnull, os.O_WRONLY), 1)\n"
+        "print('shown')\nos.system('echo hidden')\nsubprocess.run(['echo', 'child'], stdout=1)"
+    )
+    assert stdout(events) == "shown\n"
+    assert executor_pid(port) == pid
+
+
 def test_a_thread_printing_while_its_cell_runs_shows_in_that_cell(port):
     code = (
         "import threading, time\n"

@@ -11,7 +11,8 @@ Its links to the supervisor (URLs in the environment):
 * ``REXEC_EXECUTOR_INSPECT``: a PULL socket for INSPECT, COMPLETE and INTROSPECT, read by a
   small thread, so they are answered even while a cell runs (when the cell lets the GIL go).
 * ``REXEC_EXECUTOR_EVENTS``: a PUSH socket for every event (see ``outbox.EventChannel``).
-* fds 1 and 2: pipes the supervisor reads (stdout/stderr of everything in this process).
+* fds 1 and 2: pipes the supervisor reads (stdout/stderr of everything in this process);
+  ``sys.stdout``, ``sys.stderr`` and the event marks use private copies of them.
 * ``REXEC_EXECUTOR_LOG_FD``: the worker's own log (never shown in a notebook).
 * ``REXEC_EXECUTOR_INTERRUPT_FD``: a pipe with the id of each request the supervisor
   interrupts, written just before its SIGINT (``InterruptPipe``).
@@ -40,7 +41,7 @@ from rexec_magic.contract import Env
 from rexec_magic.protocol import DoneStatus, Kind
 from worker_image.cells import CellRunner, cell_for, done_header
 from worker_image.introspect import Introspector
-from worker_image.outbox import READY, STOP, EventChannel, Target
+from worker_image.outbox import READY, STOP, EventChannel, Target, private_std_fds
 from worker_image.shell import WorkerShell, make_shell, redirect_stdio
 from worker_image.variables import describe
 
@@ -122,6 +123,7 @@ class Executor:
         events_url: str,
         inspect_url: str,
         interrupt_fd: int | None = None,
+        std_fds: tuple[int, int] = (1, 2),
     ) -> None:
         self.started = time.monotonic()
         self.ctx = ctx
@@ -135,7 +137,7 @@ class Executor:
         self.inspects = ctx.socket(zmq.PULL)
         self.inspects.linger = 0
         self.inspects.connect(inspect_url)
-        self.channel = EventChannel(self.events)
+        self.channel = EventChannel(self.events, std_fds)
         self.shell: WorkerShell = make_shell(self.channel)
         self.runner = CellRunner(self.shell, self.channel, InterruptPipe(interrupt_fd))
         # Completion and ``obj?`` from this namespace, answered by a thread of its own.
@@ -260,8 +262,11 @@ def main() -> int:
     interrupt_fd = os.environ.get(Env.EXECUTOR_INTERRUPT_FD)
     for name in (*names, Env.EXECUTOR_LOG_FD, Env.EXECUTOR_INTERRUPT_FD):
         os.environ.pop(name, None)  # user code has no use for them
-    executor = Executor(zmq.Context(), *urls, int(interrupt_fd) if interrupt_fd else None)
-    redirect_stdio()
+    std_fds = private_std_fds()
+    executor = Executor(
+        zmq.Context(), *urls, int(interrupt_fd) if interrupt_fd else None, std_fds=std_fds
+    )
+    redirect_stdio(std_fds)
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
     return executor.run()
 

@@ -3,8 +3,10 @@
 Why this shape: the executor runs user code and nothing else, so its output path must not
 depend on a thread of its own (a C call holding the GIL would stall it).
 
-* stdout/stderr: ``sys.stdout`` and ``sys.stderr`` write straight to fds 1 and 2, which are
-  pipes the supervisor reads.  Python-level text, ``os.system``, subprocesses, C ``printf``
+* stdout/stderr: ``sys.stdout`` and ``sys.stderr`` write straight to the pipes the
+  supervisor reads, which are fds 1 and 2 (through copies of their own, ``private_std_fds``,
+  so a cell that closes or redirects fd 1 silences only what writes to fd 1, as in
+  ipykernel, and never rexec's marks).  Python-level text, ``os.system``, subprocesses, C ``printf``
   and faulthandler dumps therefore share one channel per stream and keep the order in which
   they were written.  A full pipe blocks the writer: that is the flow control (ipykernel
   captures fds with a pipe and a thread in the same process; ours reads in another process,
@@ -19,6 +21,7 @@ depend on a thread of its own (a C call holding the GIL would stall it).
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
@@ -87,8 +90,9 @@ class EventChannel:
     over (another thread's send, e.g. a completion answer, is no reason to wait).
     """
 
-    def __init__(self, sock: zmq.Socket) -> None:
+    def __init__(self, sock: zmq.Socket, std_fds: tuple[int, int] = (1, 2)) -> None:
         self.sock = sock
+        self.std_fds = std_fds  # where the marks go: the stdout and stderr pipes
         self.current: Target | None = None
         self.last: Target | None = None  # the last request that ran (for late events)
         self._lock = threading.Lock()
@@ -123,8 +127,8 @@ class EventChannel:
                 # Mark the place of this event in stdout and stderr: the supervisor shows text
                 # written after the mark only after the event (two channels, one order).
                 mark = b"%s%d\0" % (MARK, self.sent)
-                _write_all(1, mark)
-                _write_all(2, mark)
+                for fd in self.std_fds:
+                    _write_all(fd, mark)
             finally:
                 self.sending_thread = None
         if self.deferred_interrupt and threading.current_thread() is threading.main_thread():
@@ -145,6 +149,29 @@ STOP = "stop"  # supervisor -> executor: end after the current cell
 # Marks the place of event N in the stdout/stderr byte streams: MARK + b"N" + b"\0".  A NUL
 # and an escape character: text and terminal output never contain the pair.
 MARK = b"\0\x1brexec-event:"
+
+
+# Private copies of fds 1 and 2 are made at or above this number, out of the way of the low
+# numbers user code opens, closes and dup2()s onto.
+PRIVATE_FD_MIN = 200
+
+
+def private_std_fds() -> tuple[int, int]:
+    """Copies of fds 1 and 2 (the supervisor's pipes) that user code knows nothing of.
+
+    ``sys.stdout`` / ``sys.stderr`` and the event marks write there, so ``os.close(1)`` or
+    ``os.dup2(devnull, 1)`` in a cell leaves ``print`` working (as in ipykernel, whose
+    ``sys.stdout`` is no fd either) and cannot break the executor.  Close-on-exec: child
+    processes write to their fds 1 and 2, which are still the same pipes unless a cell
+    redirected them.
+    """
+    fds = []
+    for fd in (1, 2):
+        try:
+            fds.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, PRIVATE_FD_MIN))
+        except OSError:  # a descriptor limit below PRIVATE_FD_MIN
+            fds.append(os.dup(fd))  # non-inheritable as well
+    return fds[0], fds[1]
 
 
 def _write_all(fd: int, data: bytes) -> None:

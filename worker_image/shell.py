@@ -175,10 +175,11 @@ def _no_input(*args: Any, **kwargs: Any) -> str:
     raise stdin_error()
 
 
-def redirect_stdio() -> None:
-    """Unbuffered stdout/stderr on fds 1 and 2 (the supervisor's pipes); no stdin."""
-    sys.stdout = sys.__stdout__ = FdStream(1, "stdout")
-    sys.stderr = sys.__stderr__ = FdStream(2, "stderr")
+def redirect_stdio(std_fds: tuple[int, int] = (1, 2)) -> None:
+    """Unbuffered stdout/stderr on the supervisor's pipes (``std_fds``: fds 1 and 2 or their
+    private copies, see ``outbox.private_std_fds``); no stdin."""
+    sys.stdout = sys.__stdout__ = FdStream(std_fds[0], "stdout")
+    sys.stderr = sys.__stderr__ = FdStream(std_fds[1], "stderr")
     sys.stdin = NoStdin()
     builtins.input = _no_input
     getpass.getpass = _no_input  # it would otherwise open /dev/tty
