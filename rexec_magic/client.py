@@ -583,7 +583,7 @@ class RexecClient:
                     said = msg.read(P.Notice)
                     notice = said.text
                     # Said again every 10 s while it lasts (supervisor._notice).
-                    stopped_until = now + 15.0 if said.waiting_on == "stopped" else 0.0
+                    stopped_until = now + 15.0 if said.about == "stopped" else 0.0
                 if msg.kind == P.Kind.ACCEPTED:
                     started = True
                 elif msg.kind in OUTPUT_KINDS:

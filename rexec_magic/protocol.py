@@ -834,13 +834,15 @@ class Done(Event):
 
 
 class Notice(Event):
-    """What a waiting request waits for (its executor starting, the previous cell).
+    """What a request waits for (its executor starting, the previous cell), or news from
+    before it that the notebook must hear first.
 
-    ``waiting_on``: ``starting``, ``previous`` or ``stopped`` (its executor is stopped by
-    SIGSTOP: it takes an interrupt when resumed, so the client keeps waiting for it)."""
+    ``about``: ``starting``, ``previous``, ``stopped`` (its executor is stopped by SIGSTOP:
+    it takes an interrupt when resumed, so the client keeps waiting for it), ``lost`` (the
+    namespace was lost while no request ran: shown as a warning) or empty."""
 
     text: str = ""
-    waiting_on: str = ""
+    about: str = ""
 
 
 class InspectReply(Event):

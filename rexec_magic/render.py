@@ -48,7 +48,10 @@ class EventRenderer:
             # that cell ended (ipykernel shows it in the cell that started it; ours is gone).
             self._late_said = True
             sys.stdout.write("[rexec: output produced after the previous remote cell ended]\n")
-        if isinstance(event, P.Notice):
+        if isinstance(event, P.Notice) and event.about == "lost":
+            sys.stdout.flush()
+            self.notes.warning(f"rexec: {event.text}")  # a real problem: shown as one
+        elif isinstance(event, P.Notice):
             category = event.text.split("(")[0]
             if category not in self._notices:  # once per kind of wait, not every 10 s
                 self._notices.add(category)

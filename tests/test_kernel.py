@@ -182,6 +182,23 @@ def test_sys_exit_and_exit_with_an_argument_behave_as_in_ipykernel(kernel):
     assert text_of(outputs) == "False\n"
 
 
+def test_an_executor_killed_while_idle_is_announced_before_the_next_cell(kernel):
+    """Not a bare NameError: the notebook hears (as a warning) that its namespace was lost."""
+    import signal
+
+    _, kc = kernel
+    _, outputs = run(kc, "%%remote --no-pull\nimport os\nkept = 1\nprint(os.getpid())")
+    pid = int(text_of(outputs))
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(pid), "the executor to die")
+    time.sleep(1.0)  # a user's next cell comes later than the worker notices
+    reply, outputs = run(kc, "%%remote --no-pull\nprint('kept' in globals())")
+    assert reply["status"] == "ok" and text_of(outputs) == "False\n"
+    warning = text_of(outputs, "stderr")
+    assert "died while no cell ran (killed by SIGKILL" in warning
+    assert "namespace was lost" in warning
+
+
 def test_two_notebooks_have_separate_namespaces_and_run_side_by_side(stack, kernel):
     _, kc = kernel
     other_km, other = start_kernel(stack)

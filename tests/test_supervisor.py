@@ -14,7 +14,7 @@ import pytest
 
 from rexec_magic import protocol
 from rexec_magic.protocol import DoneStatus, Kind
-from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, wait_for
+from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
 from tests.worker_harness import BrokerPort, done, stdout
 
 pytestmark = pytest.mark.timeout(180)
@@ -161,7 +161,7 @@ def test_an_interrupted_executor_stopped_past_the_grace_period_takes_it_when_res
     try:
         port.send(Kind.INTERRUPT, {"id": request_id})
         notice = port.recv_kind(Kind.NOTICE, timeout=WAIT_S)
-        assert notice.header["waiting_on"] == "stopped"
+        assert notice.header["about"] == "stopped"
         time.sleep(INTERRUPT_GRACE_S + 1)  # past the grace period, stopped all along
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -170,6 +170,35 @@ def test_an_interrupted_executor_stopped_past_the_grace_period_takes_it_when_res
     assert "cleanup" in stdout(events)
     assert stdout(port.run("print(kept)")) == "1\n"
     assert executor_pid(port) == pid
+
+
+@pytest.mark.parametrize(
+    "death, said",
+    [("kill", "killed by SIGKILL"), ("thread", "exit code 5")],
+)
+def test_an_executor_that_dies_while_idle_is_announced_at_the_next_cell(port, death, said):
+    """No bare NameError: the next cell of the notebook first hears that the namespace was
+    lost, and why, then runs on a fresh executor."""
+    port.run("kept = 1")
+    pid = executor_pid(port)
+    if death == "kill":
+        os.kill(pid, signal.SIGKILL)
+    else:  # a thread of the cell's, after the cell ended
+        port.run("import os, threading\nthreading.Timer(0.2, os._exit, [5]).start()")
+    wait_for(lambda: not pid_alive(pid), "the executor to die")
+
+    def noticed() -> bool:  # the next cell comes seconds later, not at the same millisecond
+        port.send(Kind.INSPECT, {"id": f"look-{time.monotonic()}"})
+        return "pid" not in port.recv_kind(Kind.INSPECT_REPLY).header["worker"]
+
+    wait_for(noticed, "the supervisor to notice")
+    events = port.run("print('kept' in globals())")
+    notices = [e.header for e in events if e.kind == Kind.NOTICE]
+    assert [n["about"] for n in notices] == ["lost"]
+    assert said in notices[0]["text"] and "namespace was lost" in notices[0]["text"]
+    assert stdout(events) == "False\n" and done(events).header["status"] == DoneStatus.OK
+    events = port.run("print('again')")
+    assert not [e for e in events if e.kind == Kind.NOTICE]  # said once
 
 
 # --------------------------------------------------------------------------- at most once

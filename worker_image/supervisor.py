@@ -164,6 +164,9 @@ class Supervisor:
         self._last_tick = time.monotonic()
         self._spare_failures = 0
         self._reported_busy = False  # what the last heartbeat said
+        # Executors that died while no request ran (a thread's crash, an OOM kill): their
+        # notebook hears it at its next request, before the cell meets a new namespace.
+        self._lost_while_idle: dict[str, str] = {}
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards an absent broker
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -216,17 +219,26 @@ class Supervisor:
                     (self.sock, zmq.POLLIN | (zmq.POLLOUT if self._backlog else 0)),
                     (self.thread_out.fileno(), zmq.POLLIN),
                 ]
+                # Whose each polled descriptor was when polled: a handler may end an executor
+                # and start another in the same turn, and a descriptor number closed by the
+                # first can come back as one of the new executor's (its pidfd: _on_exit of a
+                # live process).  What belongs to an executor that is gone is skipped.
+                owners: dict[Any, ExecutorProcess] = {}
                 for ex in self.all:
                     if ex.pidfd is not None:
                         items.append((ex.pidfd, zmq.POLLIN))
+                        owners[ex.pidfd] = ex
                     if ex.current is not None and ex.current.blocked:
                         continue  # the client is behind: let the executor wait
                     items.append((ex.events, zmq.POLLIN))
-                    items.extend((fd, zmq.POLLIN) for fd in ex.pipes)
+                    owners[ex.events] = ex
+                    for fd in ex.pipes:
+                        items.append((fd, zmq.POLLIN))
+                        owners[fd] = ex
                 timeout = max(0, math.ceil((due - now) * 1000))
                 ready = zmq.zmq_poll(items, timeout)
                 for what, _ in ready:
-                    self._on_ready_item(what)
+                    self._on_ready_item(what, owners.get(what))
                 self._pump()
                 now = time.monotonic()
                 self._flush_due_streams(now)
@@ -241,24 +253,23 @@ class Supervisor:
             log.exception("the supervisor failed; exiting")
             return self._exit(EXIT_SOFTWARE)
 
-    def _on_ready_item(self, what: Any) -> None:
-        if what is self.sock:
-            self._receive_broker()
-            return
-        if what == self.thread_out.fileno():
-            for target, kind, header, buffers in self.thread_out.drain():
-                self._signed(target.route, kind, encode_header(header), buffers)
-            return
-        for ex in list(self.all):
+    def _on_ready_item(self, what: Any, ex: ExecutorProcess | None) -> None:
+        """Handle one ready item of this turn's poll; ``ex``: the executor it belonged to."""
+        if ex is not None:
+            if ex not in self.all:
+                return  # ended earlier in this turn: the number may be another's by now
             if what is ex.events:
                 self._receive_executor(ex)
-                return
-            if what == ex.pidfd:
+            elif what == ex.pidfd:
                 self._on_exit(ex)
-                return
-            if isinstance(what, int) and what in ex.pipes:
+            elif what in ex.pipes:
                 self._read_pipe(ex, what)
-                return
+            return
+        if what is self.sock:
+            self._receive_broker()
+        elif what == self.thread_out.fileno():
+            for target, kind, header, buffers in self.thread_out.drain():
+                self._signed(target.route, kind, encode_header(header), buffers)
 
     # ================================================================== broker side
     def _receive_broker(self) -> None:
@@ -504,6 +515,9 @@ class Supervisor:
             self._to_client(req, Kind.DONE, done_header(DoneStatus.ERROR, message=sentence))
             return
         self._reply(route, Kind.ACCEPTED, {"id": cell.id})  # before any executor sees it
+        lost = self._lost_while_idle.pop(ex.key or "", None)
+        if lost is not None:
+            self._to_client(req, Kind.NOTICE, {"text": lost, "about": "lost"})
         ex.queue.append(req)
         self._dispatch(ex)
 
@@ -663,6 +677,9 @@ class Supervisor:
 
     def _executor_for(self, key: str, fields: protocol.Placement) -> ExecutorProcess:
         ex = self.executors.get(key)
+        if ex is not None and ex.exited() is not None:  # dead, its pidfd not read yet
+            self._on_exit(ex)  # never handed a request it cannot have run
+            ex = self.executors.get(key)
         if ex is None:
             ex = self.spares.pop(0) if self.spares else self._new_executor()
             ex.key = key
@@ -882,6 +899,13 @@ class Supervisor:
             ex.key or "spare",
             sentence,
         )
+        if req is None and not ex.queue and ex.key and self.executors.get(ex.key) is ex:
+            # (Requests queued on it hear it in their "not run" answer below.)
+            if not ex.exit_requested and ex.kill_reason is None:
+                self._lost_while_idle[ex.key] = (
+                    f"This notebook's remote executor died while no cell ran ({sentence}); "
+                    "its namespace was lost."
+                )
         if req is not None:
             ex.current = None
             if ex.kill_reason == "interrupt":
@@ -1000,7 +1024,7 @@ class Supervisor:
         if req is None or (req.notice == category and now - req.notice_at < 10.0):
             return
         req.notice, req.notice_at = category, now
-        self._to_client(req, Kind.NOTICE, {"text": text, "waiting_on": category})
+        self._to_client(req, Kind.NOTICE, {"text": text, "about": category})
 
     def _check_orphan(self, ex: ExecutorProcess, now: float) -> None:
         """An executor whose kernels went silent: interrupt its request, then stop it.
