@@ -659,7 +659,7 @@ class RexecClient:
         done = msg.read(P.Done)
         status = done.status
         if status == P.DoneStatus.LOST:
-            raise errors.WorkerLost(
+            raise errors.ExecutorDied(
                 done.message or "The remote executor died; the remote namespace was lost."
             )
         if status == P.DoneStatus.RESTARTING:

@@ -54,6 +54,11 @@ class WorkerLost(RexecError):
     pass
 
 
+class ExecutorDied(WorkerLost):
+    """This notebook's executor died during the request (exit code, signal, out of memory):
+    its namespace is lost; the worker and other notebooks' namespaces go on."""
+
+
 class BrokerUnreachable(RexecError):
     pass
 

@@ -518,6 +518,8 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         if row.get("running_s") is not None:
             details.append(f"running {human_seconds(row['running_s'])}")
         details.append(f"up {human_seconds(float(row.get('uptime_s') or 0))}")
+        if row.get("pid"):
+            details.append(f"pid {row['pid']}")  # the executor's own (a label may be a kernel's)
         this = " (this notebook)" if row.get("this") else ""
         rows.append((f"executor {row.get('notebook', '?')}{this}", ", ".join(details)))
     variables = inspect.get("variables") or []

@@ -136,6 +136,7 @@ def test_a_cell_that_kills_its_executor_runs_once_and_says_why(kernel, tmp_path,
     assert "before" in text_of(outputs)
     tb = "\n".join(reply["traceback"])
     assert "exit code 7" in tb and "namespace was lost" in tb
+    assert reply["ename"] == "ExecutorDied"  # the notebook's executor, not the worker
     assert marker.read_text() == "ran\n"
     assert run(kc, "%remote 'alive'")[0]["status"] == "ok"
 
@@ -215,6 +216,8 @@ def test_two_notebooks_have_separate_namespaces_and_run_side_by_side(stack, kern
         assert status.count("executor ") >= 2  # both notebooks' executors are listed
         plain = [m["content"]["data"]["text/plain"] for m in outputs if "data" in m["content"]]
         assert "".join(plain).count("(this notebook)") == 1  # and which one is this notebook's
+        _, outputs = run(other, "%%remote\nimport os\nprint(os.getpid())")
+        assert f"pid {text_of(outputs).strip()}" in "".join(plain)  # the executor's own pid
     finally:
         other.stop_channels()
         other_km.shutdown_kernel(now=True)
