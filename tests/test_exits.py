@@ -1,6 +1,7 @@
 """How an executor's end is put into words (``worker_image/exits.py``), read from the same
-kind of files the kernel writes: a cgroup v2 ``memory.events`` / ``memory.max`` in a
-directory of the test's own (no cgroup OOM can be caused here without privileges)."""
+kind of files the kernel writes: cgroup v2 ``memory.events`` / ``memory.max`` and v1
+``memory.oom_control`` / ``memory.limit_in_bytes`` in a directory of the test's own (no
+cgroup OOM can be caused here without privileges)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,30 @@ def test_unlimited_or_unreadable_cgroups_say_nothing():
 def test_this_process_can_be_read_from_proc():
     assert exits.rss_bytes(os.getpid()) > 0
     assert exits.proc_state(os.getpid()) in ("R", "S")
+
+
+def test_cgroup_v1_files_are_read_too(tmp_path):
+    (tmp_path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    (tmp_path / "memory.limit_in_bytes").write_text(f"{512 * 2**20}\n")
+    assert exits.oom_kills(tmp_path) == 2
+    assert exits.memory_limit(tmp_path) == 512 * 2**20
+    (tmp_path / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert exits.memory_limit(tmp_path) is None
+
+
+def test_this_process_has_a_readable_memory_cgroup_or_none():
+    """On this machine (v1 or v2) the counter is found, or None: never a wrong file."""
+    directory = exits.cgroup_dir(os.getpid())
+    if directory is not None:
+        assert exits.oom_kills(directory) is not None
+    assert exits.cgroup_dir(2**22 + 12345) is None  # no such process
+
+
+def test_a_sigkill_while_the_machine_oom_killed_is_most_likely_out_of_memory(tmp_path, monkeypatch):
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("nr_free_pages 1\noom_kill 7\n")
+    monkeypatch.setattr(exits, "VMSTAT", vmstat)
+    assert exits.system_oom_kills() == 7
+    text = exits.describe_exit(-signal.SIGKILL, system_oom=True)
+    assert "OOM killer" in text and "most likely out of memory" in text
+    assert exits.describe_exit(-signal.SIGTERM, system_oom=True) == "killed by SIGTERM (terminated)"

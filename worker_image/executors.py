@@ -154,6 +154,7 @@ class ExecutorProcess:
         self.orphaned = False  # its kernels went silent: it stops once its request ends
         self.cgroup = exits.cgroup_dir(self.pid)
         self.oom_at_start = exits.oom_kills(self.cgroup)
+        self.system_oom_at_start = exits.system_oom_kills()
         self.last_rss: int | None = None
         # stream text read but not yet sent: [name, [texts], since] (empty when none)
         self.pending: list[Any] = []
@@ -289,9 +290,15 @@ class ExecutorProcess:
         counted = (
             oom_now is not None and self.oom_at_start is not None and oom_now > self.oom_at_start
         )
+        system_now = exits.system_oom_kills()
+        system = (
+            system_now is not None
+            and self.system_oom_at_start is not None
+            and system_now > self.system_oom_at_start
+        )
         limit = exits.memory_limit(self.cgroup)
         return exits.describe_exit(
-            returncode, oom_counted=counted, last_rss=self.last_rss, limit=limit
+            returncode, oom_counted=counted, last_rss=self.last_rss, limit=limit, system_oom=system
         )
 
     def close(self) -> None:

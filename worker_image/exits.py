@@ -1,10 +1,12 @@
 """Why an executor process ended, in one sentence for the notebook; memory readings.
 
 Out-of-memory: the kernel's OOM killer sends SIGKILL and says nothing to the victim.  It does
-count kills in the cgroup's ``memory.events`` (cgroup v2: ``oom_kill N``), which a container
-can read for its own cgroup, so a SIGKILL while that counter went up is "out of memory" in
-the kernel's own words.  Without the counter (cgroup v1, no access), a SIGKILL while the
-process used at least ``NEAR_LIMIT`` of its memory limit is reported as a likely OOM kill.
+count kills in the process's memory cgroup (cgroup v2 ``memory.events``, cgroup v1
+``memory.oom_control``: ``oom_kill N``, Linux 4.13+), which a container can read for its own
+cgroup, so a SIGKILL while that counter went up is "out of memory" in the kernel's own words.
+Without it, a SIGKILL while the machine's own count (``/proc/vmstat`` ``oom_kill``) went up,
+or while the process used at least ``NEAR_LIMIT`` of its memory limit, is reported as a
+likely OOM kill.
 """
 
 from __future__ import annotations
@@ -15,44 +17,72 @@ from pathlib import Path
 
 NEAR_LIMIT = 0.9
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+VMSTAT = Path("/proc/vmstat")
+# cgroup v1 writes "no limit" as the largest page-aligned signed 64-bit number.
+_UNLIMITED_V1 = 1 << 62
 
 
 def cgroup_dir(pid: int | str = "self") -> Path | None:
-    """The cgroup v2 directory of a process, or None (v1, not Linux, unreadable)."""
+    """The directory of a process's memory cgroup (v2, or v1's ``memory`` controller), or
+    None (not Linux, unreadable, no memory controller)."""
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
         return None
     for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if "memory" in controllers.split(","):  # v1: the memory hierarchy's own mount
+            for candidate in (CGROUP_ROOT / "memory" / path.lstrip("/"), CGROUP_ROOT / "memory"):
+                # In a container the mount shows the container's own cgroup as its root.
+                if (candidate / "memory.oom_control").is_file():
+                    return candidate
+    for line in lines:
         if line.startswith("0::"):
             path = CGROUP_ROOT / line[3:].lstrip("/")
-            return path if path.is_dir() else None
+            return path if (path / "memory.events").is_file() else None
     return None
 
 
-def oom_kills(directory: Path | None) -> int | None:
-    """The cgroup's ``oom_kill`` counter, or None when it cannot be read."""
-    if directory is None:
-        return None
+def _counter(path: Path, key: str) -> int | None:
     try:
-        for line in (directory / "memory.events").read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
                 return int(value)
     except (OSError, ValueError):
         return None
     return None
 
 
-def memory_limit(directory: Path | None) -> int | None:
-    """The cgroup's ``memory.max`` in bytes (None: unlimited or unreadable)."""
+def oom_kills(directory: Path | None) -> int | None:
+    """The cgroup's ``oom_kill`` counter (v2 ``memory.events``, v1 ``memory.oom_control``),
+    or None when it cannot be read."""
     if directory is None:
         return None
-    try:
-        text = (directory / "memory.max").read_text().strip()
-    except OSError:
+    for name in ("memory.events", "memory.oom_control"):
+        count = _counter(directory / name, "oom_kill")
+        if count is not None:
+            return count
+    return None
+
+
+def system_oom_kills() -> int | None:
+    """The machine's ``oom_kill`` count (``/proc/vmstat``), or None."""
+    return _counter(VMSTAT, "oom_kill")
+
+
+def memory_limit(directory: Path | None) -> int | None:
+    """The cgroup's memory limit in bytes (``memory.max``, v1 ``memory.limit_in_bytes``);
+    None: unlimited or unreadable."""
+    if directory is None:
         return None
-    return int(text) if text.isdigit() else None
+    for name in ("memory.max", "memory.limit_in_bytes"):
+        try:
+            text = (directory / name).read_text().strip()
+        except OSError:
+            continue
+        return int(text) if text.isdigit() and int(text) < _UNLIMITED_V1 else None
+    return None
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -98,10 +128,12 @@ def describe_exit(
     oom_counted: bool = False,
     last_rss: int | None = None,
     limit: int | None = None,
+    system_oom: bool = False,
 ) -> str:
     """``"exit code 1"``, ``"killed by SIGSEGV (segmentation fault)"``, ``"killed: out of memory"``.
 
-    ``oom_counted``: the cgroup's oom_kill counter went up while the process ran.
+    ``oom_counted``: the cgroup's oom_kill counter went up while the process ran;
+    ``system_oom``: the machine's did (some process was OOM-killed meanwhile).
     ``last_rss`` / ``limit``: its last measured memory and the limit it ran under.
     """
     if returncode >= 0:
@@ -110,6 +142,11 @@ def describe_exit(
     if number == signal.SIGKILL:
         if oom_counted:
             return "killed: out of memory (the kernel's OOM killer)"
+        if system_oom:
+            return (
+                "killed by SIGKILL as the kernel's OOM killer ended processes on this machine: "
+                "most likely out of memory"
+            )
         if last_rss and limit and last_rss >= NEAR_LIMIT * limit:
             return (
                 f"killed by SIGKILL while using {last_rss / 2**20:.0f} MB of its "
