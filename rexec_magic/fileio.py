@@ -5,7 +5,8 @@ staging path next to the target (``.NAME.rexec-ID.tmp``) and renames it into pla
 the last byte is written, so a reader never sees half a file or half a folder, and an aborted
 transfer leaves nothing behind.  Whoever *sends* walks the source with ``walk``.  Every
 OSError becomes one sentence (``error_sentence``) naming the path and the side it happened
-on: a full disk, a missing permission, a missing file.
+on: a full disk, a missing permission, a missing file.  Both sides count the transfer's
+window the same way (``SendWindow``, ``ReceiveWindow``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+
+from rexec_magic.protocol import FILE_MESSAGE_COST, FILE_WINDOW_BYTES
 
 
 class TransferError(Exception):
@@ -194,3 +197,45 @@ def read_chunks(path: Path, chunk: int) -> Iterator[bytes]:
             if not data:
                 return
             yield data
+
+
+class SendWindow:
+    """The sender's count of a transfer, in window units (bytes + ``FILE_MESSAGE_COST`` per
+    message, see the protocol).  ``charge`` each message before it goes; it may go once
+    ``must_wait(charge, acked)`` is False for the receiver's latest FILE_ACK."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def charge(self, nbytes: int = 0) -> int:
+        """Count one message carrying ``nbytes``; the total the window must allow."""
+        self.sent += nbytes + FILE_MESSAGE_COST
+        return self.sent
+
+    @staticmethod
+    def must_wait(upto: int, acked: int) -> bool:
+        return upto - acked > FILE_WINDOW_BYTES
+
+
+@dataclass
+class ReceiveWindow:
+    """The receiver's count, and when it acknowledges: after every chunk, and after each
+    eighth of the window of other messages (a folder of many small or empty files), so the
+    sender, which stops at ``FILE_WINDOW_BYTES`` unacknowledged, never waits for nothing."""
+
+    received: int = 0  # handled so far, in window units
+    acked: int = 0  # what the last FILE_ACK said
+
+    def item(self) -> int | None:
+        """A file or folder entry was handled: the FILE_ACK value to send now, or None."""
+        self.received += FILE_MESSAGE_COST
+        return self._ack() if self.received - self.acked >= FILE_WINDOW_BYTES // 8 else None
+
+    def chunk(self, nbytes: int) -> int:
+        """A chunk of ``nbytes`` was written: the FILE_ACK value to send now."""
+        self.received += nbytes + FILE_MESSAGE_COST
+        return self._ack()
+
+    def _ack(self) -> int:
+        self.acked = self.received
+        return self.received

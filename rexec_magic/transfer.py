@@ -117,26 +117,25 @@ def upload(
     client._send(P.Kind.PUT_OPEN, header)
     try:
         _expect(waiter.next(), P.Kind.FILE_ACK)
-        sent = window = acked = 0  # window: bytes + FILE_MESSAGE_COST per message
+        sent = acked = 0
+        window = fileio.SendWindow()
 
         def wait_window(upto: int) -> None:
             nonlocal acked
-            while upto - acked > P.FILE_WINDOW_BYTES:
+            while window.must_wait(upto, acked):
                 ack = _expect(waiter.next(), P.Kind.FILE_ACK).read(P.FileAck)
                 acked = max(acked, ack.received)
 
         for entry in entries:
             item = {"id": req_id, "rel": entry.rel, "size": entry.size, "mode": entry.mode}
-            window += P.FILE_MESSAGE_COST
-            wait_window(window)
+            wait_window(window.charge())
             client._send(P.Kind.PUT_FILE, {**item, "dir": entry.is_dir})
             if entry.is_dir:
                 continue
             try:
                 chunks = fileio.read_chunks(entry.path, P.FILE_CHUNK_BYTES)
                 for data in chunks:
-                    window += len(data) + P.FILE_MESSAGE_COST
-                    wait_window(window)
+                    wait_window(window.charge(len(data)))
                     client._send(P.Kind.PUT_CHUNK, {"id": req_id}, [data])
                     sent += len(data)
                     on_progress(sent, total)
@@ -176,12 +175,10 @@ def download(
     client._send(P.Kind.GET_OPEN, {"id": req_id, "path": remote})
     staging: fileio.Staging | None = None
     received = total = files = 0
-    window = acked = 0  # bytes + FILE_MESSAGE_COST per message (see protocol)
+    window = fileio.ReceiveWindow()
     try:
         while True:
             msg = _expect(waiter.next(), P.Kind.FILE_META, P.Kind.FILE_CHUNK, P.Kind.FILE_DONE)
-            if msg.kind != P.Kind.FILE_DONE:
-                window += P.FILE_MESSAGE_COST
             if msg.kind == P.Kind.FILE_META:
                 meta = msg.read(P.FileMeta)
                 is_dir, mode = meta.dir, meta.mode
@@ -193,19 +190,20 @@ def download(
                     staging = fileio.Staging(final, is_dir, req_id[:12], HERE)
                 staging.begin(meta.rel, is_dir, mode)
                 files += not is_dir
-                if window - acked >= P.FILE_WINDOW_BYTES // 8:  # many small files
-                    acked = window
-                    client._send(P.Kind.FILE_ACK, {"id": req_id, "received": window})
+                ack = window.item()
+                if ack is not None:
+                    client._send(P.Kind.FILE_ACK, {"id": req_id, "received": ack})
             elif msg.kind == P.Kind.FILE_CHUNK:
                 if staging is None:
                     raise TransferFailed("File data came before the file it belongs to.")
+                nbytes = 0
                 for buf in msg.buffers:
                     data = buf.buffer if hasattr(buf, "buffer") else buf
                     staging.write(data)
-                    received += len(data)
-                    window += len(data)
-                acked = window
-                client._send(P.Kind.FILE_ACK, {"id": req_id, "received": window})
+                    nbytes += len(data)
+                received += nbytes
+                ack = window.chunk(nbytes)
+                client._send(P.Kind.FILE_ACK, {"id": req_id, "received": ack})
                 on_progress(received, total)
             else:  # FILE_DONE
                 if staging is None:

@@ -31,8 +31,6 @@ from rexec_magic import fileio, protocol
 from rexec_magic.contract import Env, folder_name
 from rexec_magic.protocol import (
     FILE_CHUNK_BYTES,
-    FILE_MESSAGE_COST,
-    FILE_WINDOW_BYTES,
     Kind,
     Message,
 )
@@ -73,8 +71,7 @@ def enter_work_dir(user: str | None = None, env: dict[str, str] | None = None) -
 class _Upload:
     def __init__(self, staging: fileio.Staging) -> None:
         self.staging = staging
-        self.received = 0  # handled, in window units (bytes + FILE_MESSAGE_COST per message)
-        self.acked = 0  # what the last FILE_ACK said
+        self.window = fileio.ReceiveWindow()
         self.touched = time.monotonic()
 
 
@@ -193,25 +190,21 @@ class Transfers:
         if msg.kind == Kind.PUT_FILE:
             item = msg.read(protocol.PutFile)
             up.staging.begin(item.rel, item.dir, item.mode)
-            up.received += FILE_MESSAGE_COST
-            if up.received - up.acked >= FILE_WINDOW_BYTES // 8:  # many small files
-                self._ack_upload(target, up)
+            ack = up.window.item()
+            if ack is not None:
+                self._reply(target, Kind.FILE_ACK, {"received": ack})
         elif msg.kind == Kind.PUT_CHUNK:
+            nbytes = 0
             for buf in msg.buffers:
                 data = buf.buffer if hasattr(buf, "buffer") else buf
                 up.staging.write(data)
-                up.received += len(data)
-            up.received += FILE_MESSAGE_COST
-            self._ack_upload(target, up)
+                nbytes += len(data)
+            self._reply(target, Kind.FILE_ACK, {"received": up.window.chunk(nbytes)})
         elif msg.kind == Kind.PUT_CLOSE:
             final = up.staging.commit()
             del self._uploads[rid]
             done = {"path": str(final), "files": up.staging.files, "bytes": up.staging.bytes}
             self._reply(target, Kind.FILE_DONE, done)
-
-    def _ack_upload(self, target: Target, up: _Upload) -> None:
-        up.acked = up.received
-        self._reply(target, Kind.FILE_ACK, {"received": up.received})
 
     def _drop_stale(self) -> None:
         now = time.monotonic()
@@ -230,22 +223,21 @@ class Transfers:
                 entries = list(fileio.walk(source))
             except OSError as exc:
                 raise fileio.TransferError(fileio.error_sentence(exc, source, WHERE)) from None
-            sent = files = window = 0  # window: bytes + FILE_MESSAGE_COST per message
+            sent = files = 0
+            window = fileio.SendWindow()
             total = sum(e.size for e in entries)
             for entry in entries:
                 meta = {"rel": entry.rel, "size": entry.size, "mode": entry.mode}
                 if not entry.rel:  # the item itself: the receiver's progress bar needs the total
                     meta["total"] = total
-                window += FILE_MESSAGE_COST
-                self._wait_window(down, window)
+                self._wait_window(down, window.charge())
                 self._reply(target, Kind.FILE_META, {**meta, "dir": entry.is_dir})
                 if entry.is_dir:
                     continue
                 files += 1
                 try:
                     for data in fileio.read_chunks(entry.path, FILE_CHUNK_BYTES):
-                        window += len(data) + FILE_MESSAGE_COST
-                        self._wait_window(down, window)
+                        self._wait_window(down, window.charge(len(data)))
                         self._reply(target, Kind.FILE_CHUNK, {}, [data])
                         sent += len(data)
                 except OSError as exc:
@@ -267,11 +259,11 @@ class Transfers:
                 del self._downloads[target.id]
 
     def _wait_window(self, down: _Download, upto: int) -> None:
-        """Block until sending up to ``upto`` (window units: bytes + FILE_MESSAGE_COST per
-        message) keeps what is unacknowledged within the window."""
+        """Block until sending up to ``upto`` (``fileio.SendWindow.charge``) keeps what is
+        unacknowledged within the window."""
         deadline = time.monotonic() + ACK_WAIT_S
         with down.cv:
-            while upto - down.acked > FILE_WINDOW_BYTES and not down.cancelled:
+            while fileio.SendWindow.must_wait(upto, down.acked) and not down.cancelled:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise _Cancelled
