@@ -440,6 +440,28 @@ def test_a_notebook_whose_executor_cannot_start_is_told_and_the_others_go_on(por
     assert port.proc.poll() is None
 
 
+def test_the_worker_raises_its_open_files_limit_for_many_notebooks():
+    """A dozen descriptors per executor: a worker started under the common soft limit of
+    1,024 (about 80 notebooks) raises it towards the hard limit, and its executors work."""
+    from worker_image.worker import MAX_OPEN_FILES
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(1024, soft)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # the worker inherits it
+    port = BrokerPort()
+    try:
+        port.start_worker()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        port.register()
+        assert stdout(port.run("print('ok')")) == "ok\n"
+        wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+        assert resource.prlimit(port.proc.pid, resource.RLIMIT_NOFILE)[0] == max(low, wanted)
+    finally:
+        port.close()
+
+
 def test_sessions_attached_to_one_namespace_share_it(port):
     port.run("shared_value = 42", **in_session("a", namespace="team"))
     events = port.run("print(shared_value)", **in_session("b", namespace="team"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import resource
 import sys
 
 from rexec_magic import logs
@@ -87,6 +88,25 @@ def make_undumpable() -> bool:
         return False
 
 
+# The supervisor holds about a dozen descriptors per executor (three ipc sockets, two pipes,
+# a pidfd, the interrupt pipe), and libzmq aborts the whole process when an ipc accept finds
+# none free: the soft limit goes up to the hard one (at most this).
+MAX_OPEN_FILES = 1 << 16
+
+
+def raise_open_files_limit() -> int:
+    """Raise ``RLIMIT_NOFILE``'s soft limit towards its hard limit; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open files limit from %d: %s", soft, exc)
+    return soft
+
+
 def setup_logging(level_name: str | None) -> None:
     """Log to the real stderr, on our own logger."""
     logs.configure(log.name, stream=sys.__stderr__, level=level_name, propagate=False)
@@ -96,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     """run a worker (started by the spawner; settings from its environment)"""
     setup_logging(os.environ.get(Env.LOG_LEVEL))
     make_undumpable()
+    raise_open_files_limit()
     # Before any executor starts: they inherit it, so a cell's cwd is the user's folder.
     folder = enter_work_dir()
     try:
