@@ -676,7 +676,7 @@ class RexecClient:
                 f"The cell ran past its {timeout_s} s timeout and was interrupted."
             )
         if status == P.DoneStatus.INTERRUPTED or (interrupted and status != P.DoneStatus.OK):
-            raise errors.RemoteInterrupted()
+            raise errors.RemoteInterrupted(*([done.message] if done.message else []))
         values: dict[str, Any] = {}
         not_loaded: dict[str, str] = {}
         if done.vars:  # each value alone: one that does not load here stays remote

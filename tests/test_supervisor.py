@@ -202,6 +202,23 @@ def test_an_executor_that_dies_while_idle_is_announced_at_the_next_cell(port, de
 
 
 # --------------------------------------------------------------------------- at most once
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_cell_that_comes_again_after_it_was_accepted_never_runs_twice(port, tmp_path, attempt):
+    """A client resends a cell whose ``accepted`` it never got (the broker restarted between
+    the two): the worker has it already, so the copy is answered, not run."""
+    marker = tmp_path / "ran.txt"
+    code = f"open({str(marker)!r}, 'a').write('ran\\n')\nimport time\ntime.sleep(0.5)"
+    header = {"id": f"again-{attempt}", "code": code, "vars": [], "pull": [], "pull_limit": 0}
+    port.send(Kind.EXECUTE, header)
+    port.recv_kind(Kind.ACCEPTED)
+    port.send(Kind.EXECUTE, header)  # the resend
+    first = done(port.events(header["id"]))  # the copy's answer comes at once
+    assert first.header["status"] == DoneStatus.INTERRUPTED
+    assert "not run a second time" in first.header["message"]
+    assert done(port.events(header["id"])).header["status"] == DoneStatus.OK  # the original
+    assert marker.read_text() == "ran\n"
+
+
 @pytest.mark.parametrize("attempt", range(5))
 def test_a_cell_whose_executor_dies_runs_once_and_says_why(port, tmp_path, attempt):
     marker = tmp_path / "ran.txt"

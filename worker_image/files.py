@@ -35,6 +35,7 @@ from rexec_magic.protocol import (
     Message,
 )
 from worker_image.outbox import EventSender, Target
+from worker_image.recent import RecentIds
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Transfers:
         self._uploads: dict[str, _Upload] = {}
         # Uploads that already got FILE_ERROR: the rest of their messages is dropped.  The
         # newest MAX_FAILED only (insertion order), so a long-lived worker does not grow.
-        self._failed: dict[str, None] = {}
+        self._failed = RecentIds(MAX_FAILED)
         self._downloads: dict[str, _Download] = {}
         self._inbox: queue.Queue[tuple[Target, Message]] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="rexec-files", daemon=True)
@@ -131,9 +132,7 @@ class Transfers:
         return True
 
     def _failed_upload(self, request_id: str) -> None:
-        self._failed[request_id] = None
-        while len(self._failed) > MAX_FAILED:
-            del self._failed[next(iter(self._failed))]
+        self._failed.add(request_id)
 
     def active(self) -> bool:
         """A transfer is under way: the worker is busy (the idle culler must not stop it)."""

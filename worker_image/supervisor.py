@@ -80,11 +80,13 @@ from worker_image.link import (
     encode_header,
 )
 from worker_image.outbox import READY, Target
+from worker_image.recent import RecentIds
 
 log = logging.getLogger("worker_image.supervisor")
 
 STREAM_WINDOW_S = 0.002  # stream text within this of the last STREAM waits and goes with it
 MAX_STREAM_CHARS = 1 << 20
+ACCEPTED_IDS_KEPT = 10_000  # request ids remembered (at most once across a resend)
 PARTIAL_LINE_WAIT_S = 0.05
 TICK_S = 0.25  # grace periods, notices and orphans are checked this often
 INSPECT_WAIT_S = 1.0  # a busy executor that cannot answer INSPECT: the supervisor answers
@@ -167,6 +169,10 @@ class Supervisor:
         # Executors that died while no request ran (a thread's crash, an OOM kill): their
         # notebook hears it at its next request, before the cell meets a new namespace.
         self._lost_while_idle: dict[str, str] = {}
+        # Cells and calls accepted here: one that comes again (its client resent it after a
+        # broker restart lost the `accepted`) has reached the worker already and never runs
+        # a second time.
+        self._accepted = RecentIds(ACCEPTED_IDS_KEPT)
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards an absent broker
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -499,6 +505,14 @@ class Supervisor:
         # Handed on as received: the executor reads the header itself.
         frames = protocol.encode(msg.kind, raw.header, raw.buffers)
         req = Request(cell.target, msg.kind, frames, cell.credit)
+        if cell.id in self._accepted:
+            log.warning("%s %s came again after it was accepted: not run twice", req.what, cell.id)
+            message = (
+                f"This {req.what} had reached the worker when the rexec broker restarted, "
+                "and the restart stopped it there; it is not run a second time."
+            )
+            self._to_client(req, Kind.DONE, done_header(DoneStatus.INTERRUPTED, message=message))
+            return
         try:
             ex = self._executor_for(cell.session, msg.read(protocol.Placement))
         except START_ERRORS as exc:
@@ -515,6 +529,7 @@ class Supervisor:
             self._to_client(req, Kind.DONE, done_header(DoneStatus.ERROR, message=sentence))
             return
         self._reply(route, Kind.ACCEPTED, {"id": cell.id})  # before any executor sees it
+        self._accepted.add(cell.id)
         lost = self._lost_while_idle.pop(ex.key or "", None)
         if lost is not None:
             self._to_client(req, Kind.NOTICE, {"text": lost, "about": "lost"})
