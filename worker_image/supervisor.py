@@ -508,8 +508,9 @@ class Supervisor:
         if cell.id in self._accepted:
             log.warning("%s %s came again after it was accepted: not run twice", req.what, cell.id)
             message = (
-                f"This {req.what} had reached the worker when the rexec broker restarted, "
-                "and the restart stopped it there; it is not run a second time."
+                f"This {req.what} had reached the worker before the rexec broker restarted "
+                "(which stopped it if it still ran); it is not run a second time, and its "
+                "output and results are lost."
             )
             self._to_client(req, Kind.DONE, done_header(DoneStatus.INTERRUPTED, message=message))
             return
