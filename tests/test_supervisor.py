@@ -183,8 +183,11 @@ def test_an_executor_that_dies_while_idle_is_announced_at_the_next_cell(port, de
     pid = executor_pid(port)
     if death == "kill":
         os.kill(pid, signal.SIGKILL)
-    else:  # a thread of the cell's, after the cell ended
-        port.run("import os, threading\nthreading.Timer(0.2, os._exit, [5]).start()")
+    else:  # a thread of the cell's, after the cell ended, with last words
+        port.run(
+            "import os, threading\n"
+            "threading.Timer(0.2, lambda: (print('last words', flush=True), os._exit(5))).start()"
+        )
     wait_for(lambda: not pid_alive(pid), "the executor to die")
 
     def noticed() -> bool:  # the next cell comes seconds later, not at the same millisecond
@@ -196,7 +199,11 @@ def test_an_executor_that_dies_while_idle_is_announced_at_the_next_cell(port, de
     notices = [e.header for e in events if e.kind == Kind.NOTICE]
     assert [n["about"] for n in notices] == ["lost"]
     assert said in notices[0]["text"] and "namespace was lost" in notices[0]["text"]
-    assert stdout(events) == "False\n" and done(events).header["status"] == DoneStatus.OK
+    shown = [e.header.get("text") for e in events if e.kind in (Kind.STREAM, Kind.NOTICE)]
+    # What the dying executor wrote first (late), then that it died, then the cell's output.
+    last_words = ["last words\n"] if death == "thread" else []
+    assert shown == [*last_words, notices[0]["text"], "False\n"]
+    assert done(events).header["status"] == DoneStatus.OK
     events = port.run("print('again')")
     assert not [e for e in events if e.kind == Kind.NOTICE]  # said once
 

@@ -149,6 +149,8 @@ class ExecutorProcess:
         self.late_chars = 0
         self.late_dropped_chars = 0  # late text dropped (the oldest), and late displays
         self.late_dropped_events = 0
+        # Its predecessor for the same notebook died while idle: said after the late output.
+        self.lost_note: str | None = None
         self.last_seen = time.monotonic()  # a client of it was last heard from
         self.keepalive_s: float | None = None  # declared by its clients; None: never orphaned
         self.orphaned = False  # its kernels went silent: it stops once its request ends
@@ -260,6 +262,15 @@ class ExecutorProcess:
             else:
                 self.late_chars -= 1
                 self.late_dropped_events += 1
+
+    def inherit(self, dead: ExecutorProcess, note: str) -> None:
+        """Take over what a notebook's executor that died while idle left for its next
+        request: its late output (produced before it died) and the sentence that it died."""
+        self.late.extendleft(reversed(dead.late))
+        self.late_chars += dead.late_chars
+        self.late_dropped_chars += dead.late_dropped_chars
+        self.late_dropped_events += dead.late_dropped_events
+        self.lost_note = note
 
     # ------------------------------------------------------------------ ending
     def interrupt(self, request_id: str) -> None:

@@ -87,6 +87,7 @@ log = logging.getLogger("worker_image.supervisor")
 STREAM_WINDOW_S = 0.002  # stream text within this of the last STREAM waits and goes with it
 MAX_STREAM_CHARS = 1 << 20
 ACCEPTED_IDS_KEPT = 10_000  # request ids remembered (at most once across a resend)
+LOST_KEPT = 100  # executors that died while idle, kept until their notebook's next request
 PARTIAL_LINE_WAIT_S = 0.05
 TICK_S = 0.25  # grace periods, notices and orphans are checked this often
 INSPECT_WAIT_S = 1.0  # a busy executor that cannot answer INSPECT: the supervisor answers
@@ -168,7 +169,7 @@ class Supervisor:
         self._reported_busy = False  # what the last heartbeat said
         # Executors that died while no request ran (a thread's crash, an OOM kill): their
         # notebook hears it at its next request, before the cell meets a new namespace.
-        self._lost_while_idle: dict[str, str] = {}
+        self._lost_while_idle: dict[str, tuple[ExecutorProcess, str]] = {}
         # Cells and calls accepted here: one that comes again (its client resent it after a
         # broker restart lost the `accepted`) has reached the worker already and never runs
         # a second time.
@@ -531,9 +532,6 @@ class Supervisor:
             return
         self._reply(route, Kind.ACCEPTED, {"id": cell.id})  # before any executor sees it
         self._accepted.add(cell.id)
-        lost = self._lost_while_idle.pop(ex.key or "", None)
-        if lost is not None:
-            self._to_client(req, Kind.NOTICE, {"text": lost, "about": "lost"})
         ex.queue.append(req)
         self._dispatch(ex)
 
@@ -698,6 +696,9 @@ class Supervisor:
             ex = self.executors.get(key)
         if ex is None:
             ex = self.spares.pop(0) if self.spares else self._new_executor()
+            lost = self._lost_while_idle.pop(key, None)
+            if lost is not None:
+                ex.inherit(*lost)
             ex.key = key
             ex.label = key.split(":", 1)[-1][:12] if key != "default" else "default"
             if ex.shared:
@@ -750,6 +751,9 @@ class Supervisor:
             else:
                 header = {k: v for k, v in payload.items() if k not in ("id", "seq")}
                 self._to_client(req, kind, {**header, "late": True}, buffers)
+        if ex.lost_note is not None:  # after the late output: that came before the death
+            self._to_client(req, Kind.NOTICE, {"text": ex.lost_note, "about": "lost"})
+            ex.lost_note = None
         ex.late_chars = 0
 
     # ------------------------------------------------------------------ executor events
@@ -919,15 +923,19 @@ class Supervisor:
             # (Requests queued on it hear it in their "not run" answer below.)
             if not ex.exit_requested and ex.kill_reason is None:
                 self._lost_while_idle[ex.key] = (
+                    ex,
                     f"This notebook's remote executor died while no cell ran ({sentence}); "
-                    "its namespace was lost."
+                    "its namespace was lost.",
                 )
+                while len(self._lost_while_idle) > LOST_KEPT:  # notebooks that never came back
+                    del self._lost_while_idle[next(iter(self._lost_while_idle))]
         if req is not None:
             ex.current = None
             if ex.kill_reason == "interrupt":
                 message = (
-                    f"The cell did not stop within {INTERRUPT_GRACE_S:g} s of the interrupt, so "
-                    "this notebook's remote executor was restarted; its namespace was lost."
+                    f"The {req.what} did not stop within {INTERRUPT_GRACE_S:g} s of the "
+                    "interrupt, so this notebook's remote executor was restarted; its "
+                    "namespace was lost."
                 )
                 header = done_header(DoneStatus.RESTARTING, message=message)
                 self._to_client(req, Kind.DONE, header)
