@@ -76,33 +76,34 @@ class RemoteFuture(Future):
         try:
             return super().result(timeout)
         except KeyboardInterrupt:  # a kernel interrupt while waiting: stop the remote calls
-            cancel_running()
+            cancel_unfinished()
             raise
 
 
-# Calls of this kernel (this notebook) now running remotely: a kernel interrupt cancels them.
-_running: weakref.WeakSet[RemoteFuture] = weakref.WeakSet()
+# Calls of this kernel (this notebook) submitted and not finished: a kernel interrupt
+# cancels them, the queued ones too (as Jupyter aborts the cells queued behind an interrupt).
+_submitted: weakref.WeakSet[RemoteFuture] = weakref.WeakSet()
 _hooked = False
 
 
-def cancel_running() -> int:
-    """Cancel every running ``submit()`` call of this kernel; returns how many."""
-    futures = [f for f in list(_running) if f.running()]
-    for fut in futures:
-        fut.cancel()
-    return len(futures)
+def cancel_unfinished() -> int:
+    """Cancel every unfinished ``submit()`` call of this kernel, queued or running (the
+    queued first, so none starts meanwhile); returns how many."""
+    futures = [f for f in list(_submitted) if not f.done()]
+    futures.sort(key=lambda f: f.running())
+    return sum(1 for f in futures if f.cancel())
 
 
 def _chain(previous: Any) -> Callable[[int, Any], None]:
     def on_sigint(signum: int, frame: Any) -> None:
-        cancel_running()
+        cancel_unfinished()
         pass_on_sigint(previous, frame)
 
     return on_sigint
 
 
 def _hook_kernel_interrupt() -> None:
-    """Make a kernel interrupt (SIGINT) cancel this kernel's running calls, busy or idle.
+    """Make a kernel interrupt (SIGINT) cancel this kernel's unfinished calls, busy or idle.
 
     ipykernel ignores SIGINT between cells and restores ``kernel.saved_sigint_handler``
     after each one, so the idle handler is chained there; during a cell the interrupt is a
@@ -126,7 +127,7 @@ def _hook_kernel_interrupt() -> None:
 
     def after_cell(result: Any) -> None:
         if isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt):
-            cancel_running()
+            cancel_unfinished()
 
     shell.events.register("post_run_cell", after_cell)
 
@@ -143,12 +144,12 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
     _hook_kernel_interrupt()
     future = RemoteFuture()
     ticket = session.turns.take()
+    _submitted.add(future)
 
     def run() -> None:
         if not future.set_running_or_notify_cancel():
             session.turns.leave(ticket)  # cancelled before it started: later ones go on
             return
-        _running.add(future)
         try:
             value = fn(cancel=future.cancel_requested, ticket=ticket)
         except BaseException as exc:
@@ -164,7 +165,7 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
                 except InvalidStateError:
                     pass
         finally:
-            _running.discard(future)
+            _submitted.discard(future)
             session.turns.leave(ticket)  # a no-op when the call itself left it
 
     try:
@@ -281,7 +282,7 @@ class RemoteFunction:
         """Start the call in a background thread; a generator's items come as one list.
 
         ``future.cancel()`` interrupts the call even while it runs on the worker, and so
-        does a kernel interrupt (for every running call of this notebook).
+        does a kernel interrupt (for every call of this notebook, running or queued).
         """
         if inspect.isgeneratorfunction(self.func):
             return _submit(
