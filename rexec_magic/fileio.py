@@ -15,10 +15,10 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from rexec_magic.protocol import FILE_MESSAGE_COST, FILE_WINDOW_BYTES
 
@@ -139,14 +139,21 @@ class Staging:
         except OSError as exc:
             raise self._fail(exc, path) from None
 
-    def write(self, data: memoryview | bytes) -> None:
+    def write(self, frames: Iterable[Any]) -> int:
+        """Write a chunk message's buffers (bytes, memoryviews or zmq Frames) to the current
+        file; returns how many bytes that was."""
         if self._fh is None:
             raise TransferError("File data came before the file it belongs to.")
-        try:
-            self._fh.write(data)
-        except OSError as exc:
-            raise self._fail(exc, self._current) from None
-        self.bytes += len(data)
+        written = 0
+        for frame in frames:
+            data = frame.buffer if hasattr(frame, "buffer") else frame
+            try:
+                self._fh.write(data)
+            except OSError as exc:
+                raise self._fail(exc, self._current) from None
+            written += len(data)
+        self.bytes += written
+        return written
 
     def _close_file(self) -> None:
         fh, self._fh = self._fh, None

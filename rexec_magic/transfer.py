@@ -196,11 +196,7 @@ def download(
             elif msg.kind == P.Kind.FILE_CHUNK:
                 if staging is None:
                     raise TransferFailed("File data came before the file it belongs to.")
-                nbytes = 0
-                for buf in msg.buffers:
-                    data = buf.buffer if hasattr(buf, "buffer") else buf
-                    staging.write(data)
-                    nbytes += len(data)
+                nbytes = staging.write(msg.buffers)
                 received += nbytes
                 ack = window.chunk(nbytes)
                 client._send(P.Kind.FILE_ACK, {"id": req_id, "received": ack})

@@ -193,11 +193,7 @@ class Transfers:
             if ack is not None:
                 self._reply(target, Kind.FILE_ACK, {"received": ack})
         elif msg.kind == Kind.PUT_CHUNK:
-            nbytes = 0
-            for buf in msg.buffers:
-                data = buf.buffer if hasattr(buf, "buffer") else buf
-                up.staging.write(data)
-                nbytes += len(data)
+            nbytes = up.staging.write(msg.buffers)
             self._reply(target, Kind.FILE_ACK, {"received": up.window.chunk(nbytes)})
         elif msg.kind == Kind.PUT_CLOSE:
             final = up.staging.commit()
