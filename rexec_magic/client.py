@@ -28,6 +28,7 @@ import zmq
 from rexec_magic import contract, errors, serialize
 from rexec_magic import protocol as P
 from rexec_magic.connection import ConnectionInfo
+from rexec_magic.turns import CANCEL_POLL_S
 
 log = logging.getLogger("rexec.client")
 
@@ -36,7 +37,6 @@ Events = Generator[P.Message, None, "CellOutcome"]
 # Events a request yields to its caller as they come (the rest are bookkeeping).
 OUTPUT_KINDS = (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT, P.Kind.YIELD, P.Kind.NOTICE)
 HELLO_TIMEOUT_S = 10.0
-CANCEL_POLL_S = 0.05  # how soon a cancel from another thread is noticed
 
 
 def pass_on_sigint(handler: Any, frame: Any) -> None:

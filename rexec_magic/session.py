@@ -447,8 +447,6 @@ class RemoteSession:
         broker's immediate ``no_worker`` answer, which comes before any event.
         """
         with self.exclusive("call", notes, ticket, cancel), self._reporting(notes):
-            if cancel is not None and cancel.is_set():  # cancelled as its turn came
-                raise errors.RemoteInterrupted("The call was cancelled before it started.")
             try:
                 try:
                     self._fresh_worker()

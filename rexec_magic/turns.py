@@ -19,6 +19,8 @@ import threading
 import time
 from collections.abc import Callable
 
+CANCEL_POLL_S = 0.05  # how soon a cancel from another thread is noticed (nothing notifies)
+
 
 class Turns:
     """FIFO turns on one resource.  ``take()`` a ticket, ``wait()`` for its turn, ``leave()``.
@@ -49,26 +51,26 @@ class Turns:
         first_notice_s: float = 2.0,
         notice_every_s: float = 30.0,
     ) -> bool:
-        """Block until ``ticket``'s turn (True) or until ``cancel`` is set (False; the ticket
-        is then left).  While waiting, ``on_wait(holder_what, held_for_s, ahead)`` is called
-        after ``first_notice_s`` and then every ``notice_every_s`` (never once cancelled).
-        A KeyboardInterrupt while waiting leaves the ticket and propagates."""
+        """Block until ``ticket``'s turn (True) or until ``cancel`` is set, also as the turn
+        comes (False; the ticket is then left).  While waiting, ``on_wait(holder_what,
+        held_for_s, ahead)`` is called after ``first_notice_s`` and then every
+        ``notice_every_s`` (never once cancelled).  A KeyboardInterrupt while waiting leaves
+        the ticket and propagates."""
         next_notice = time.monotonic() + first_notice_s
         try:
             while True:
                 with self._cond:
-                    if self._turn == ticket:
-                        self.holder = (what, time.monotonic())
-                        return True
                     if cancel is not None and cancel.is_set():
                         self._leave(ticket)
                         return False
+                    if self._turn == ticket:
+                        self.holder = (what, time.monotonic())
+                        return True
                     now = time.monotonic()
                     if on_wait is None or now < next_notice:
-                        # Short waits when a cancel may come (nothing notifies for it).
                         limit = next_notice - now if on_wait is not None else None
                         if cancel is not None:
-                            limit = 0.05 if limit is None else min(limit, 0.05)
+                            limit = CANCEL_POLL_S if limit is None else min(limit, CANCEL_POLL_S)
                         self._cond.wait(limit)
                         continue
                     held, since = self.holder
