@@ -582,8 +582,9 @@ class RexecClient:
                 if msg.kind == P.Kind.NOTICE:
                     said = msg.read(P.Notice)
                     notice = said.text
-                    # Said again every 10 s while it lasts (supervisor._notice).
-                    stopped_until = now + 15.0 if said.about == "stopped" else 0.0
+                    # Said again every NOTICE_REPEAT_S while it lasts (supervisor._notice).
+                    repeat = P.NOTICE_REPEAT_S + 5.0
+                    stopped_until = now + repeat if said.about == "stopped" else 0.0
                 if msg.kind == P.Kind.ACCEPTED:
                     started = True
                 elif msg.kind in OUTPUT_KINDS:

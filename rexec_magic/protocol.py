@@ -243,6 +243,8 @@ CLIENT_KEEPALIVE_S = 10.0
 ORPHAN_AFTER_PINGS = 3
 # A request that waits longer than this says what it waits for (NOTICE).
 NOTICE_AFTER_S = 2.0
+# ... and says it again this often while it lasts.
+NOTICE_REPEAT_S = 10.0
 BROKER_SILENT_AFTER_S = 4.0
 INTERRUPT_GRACE_S = 5.0
 

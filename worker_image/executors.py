@@ -297,19 +297,12 @@ class ExecutorProcess:
                 os.killpg(self.pid, sig)
 
     def exit_sentence(self, returncode: int) -> str:
-        oom_now = exits.oom_kills(self.cgroup)
-        counted = (
-            oom_now is not None and self.oom_at_start is not None and oom_now > self.oom_at_start
-        )
-        system_now = exits.system_oom_kills()
-        system = (
-            system_now is not None
-            and self.system_oom_at_start is not None
-            and system_now > self.system_oom_at_start
-        )
-        limit = exits.memory_limit(self.cgroup)
         return exits.describe_exit(
-            returncode, oom_counted=counted, last_rss=self.last_rss, limit=limit, system_oom=system
+            returncode,
+            oom_counted=exits.rose(self.oom_at_start, exits.oom_kills(self.cgroup)),
+            last_rss=self.last_rss,
+            limit=exits.memory_limit(self.cgroup),
+            system_oom=exits.rose(self.system_oom_at_start, exits.system_oom_kills()),
         )
 
     def close(self) -> None:

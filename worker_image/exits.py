@@ -66,6 +66,11 @@ def oom_kills(directory: Path | None) -> int | None:
     return None
 
 
+def rose(before: int | None, now: int | None) -> bool:
+    """A counter read before and now (None: unreadable) went up."""
+    return before is not None and now is not None and now > before
+
+
 def system_oom_kills() -> int | None:
     """The machine's ``oom_kill`` count (``/proc/vmstat``), or None."""
     return _counter(VMSTAT, "oom_kill")

@@ -54,6 +54,7 @@ from rexec_magic.contract import Env
 from rexec_magic.protocol import (
     INTERRUPT_GRACE_S,
     NOTICE_AFTER_S,
+    NOTICE_REPEAT_S,
     ORPHAN_AFTER_PINGS,
     WORKER_HEARTBEAT_S,
     DoneStatus,
@@ -1045,7 +1046,7 @@ class Supervisor:
 
     def _notice(self, req: Request | None, category: str, text: str, now: float) -> None:
         """Say what a request waits for: once per category, then every 10 s."""
-        if req is None or (req.notice == category and now - req.notice_at < 10.0):
+        if req is None or (req.notice == category and now - req.notice_at < NOTICE_REPEAT_S):
             return
         req.notice, req.notice_at = category, now
         self._to_client(req, Kind.NOTICE, {"text": text, "about": category})
