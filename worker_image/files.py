@@ -35,7 +35,7 @@ from rexec_magic.protocol import (
     Message,
 )
 from worker_image.outbox import EventSender, Target
-from worker_image.recent import RecentIds
+from worker_image.recent import Recent
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Transfers:
         self._uploads: dict[str, _Upload] = {}
         # Uploads that already got FILE_ERROR: the rest of their messages is dropped.  The
         # newest MAX_FAILED only (insertion order), so a long-lived worker does not grow.
-        self._failed = RecentIds(MAX_FAILED)
+        self._failed = Recent(MAX_FAILED)
         self._downloads: dict[str, _Download] = {}
         self._inbox: queue.Queue[tuple[Target, Message]] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="rexec-files", daemon=True)

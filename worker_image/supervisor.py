@@ -81,7 +81,7 @@ from worker_image.link import (
     encode_header,
 )
 from worker_image.outbox import READY, Target
-from worker_image.recent import RecentIds
+from worker_image.recent import Recent
 
 log = logging.getLogger("worker_image.supervisor")
 
@@ -170,11 +170,11 @@ class Supervisor:
         self._reported_busy = False  # what the last heartbeat said
         # Executors that died while no request ran (a thread's crash, an OOM kill): their
         # notebook hears it at its next request, before the cell meets a new namespace.
-        self._lost_while_idle: dict[str, tuple[ExecutorProcess, str]] = {}
+        self._lost_while_idle = Recent(LOST_KEPT)  # key -> (the dead executor, sentence)
         # Cells and calls accepted here: one that comes again (its client resent it after a
         # broker restart lost the `accepted`) has reached the worker already and never runs
         # a second time.
-        self._accepted = RecentIds(ACCEPTED_IDS_KEPT)
+        self._accepted = Recent(ACCEPTED_IDS_KEPT)
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards an absent broker
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -928,8 +928,6 @@ class Supervisor:
                     f"This notebook's remote executor died while no cell ran ({sentence}); "
                     "its namespace was lost.",
                 )
-                while len(self._lost_while_idle) > LOST_KEPT:  # notebooks that never came back
-                    del self._lost_while_idle[next(iter(self._lost_while_idle))]
         if req is not None:
             ex.current = None
             if ex.kill_reason == "interrupt":
