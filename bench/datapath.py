@@ -6,8 +6,10 @@ supervisor, which forwards them?  Both paths are built from the same parts rexec
 measured in alternating rounds, printing one JSON line:
 
 * direct:  client DEALER -> broker ROUTER/ROUTER -> executor DEALER (3 processes)
-* relayed: client DEALER -> broker -> supervisor DEALER -> ipc PUSH/PULL -> executor
-  (4 processes; the supervisor forwards frames with ``copy=False``, as ``supervisor.py`` does)
+* relayed_ipc: client DEALER -> broker -> supervisor DEALER -> ipc PUSH/PULL -> executor
+  (4 processes; the supervisor forwards frames with ``copy=False``; rexec's first design)
+* relayed_link: the same, the supervisor and executor joined by a Unix socket pair carrying
+  ``worker_image.framing`` messages, as ``supervisor.py`` and ``executor.py`` do now
 
 Figures (medians): a small request/answer round trip in ms, and 100 MiB sent by the executor
 until it has fully arrived at the client, in MiB/s.  Usage: ``python bench/datapath.py``.
@@ -18,12 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import socket
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 BIG = 100 * 2**20
 TIMEOUT_MS = 30_000
@@ -54,7 +61,7 @@ def _answer(send, recv) -> None:
     big = np.ones(BIG, dtype=np.uint8)
     while True:
         route, body = recv()
-        if body.bytes == b"big":
+        if bytes(body) == b"big":
             send([route, big.data])
         else:
             send([route, body])
@@ -98,23 +105,53 @@ def _executor_relayed(requests: str, events: str) -> None:
     )
 
 
-def free_port() -> int:
-    import socket
+def _supervisor_link(back: str, link: socket.socket) -> None:
+    from worker_image import framing
 
+    up = zmq.Context().socket(zmq.DEALER)
+    up.connect(back)
+    up.send(b"ready")
+    link.setblocking(False)
+    writer, reader = framing.Writer(link), framing.Reader(link)
+    while True:
+        wants = zmq.POLLIN | (zmq.POLLOUT if writer.pending else 0)
+        for what, flags in zmq.zmq_poll([(up, zmq.POLLIN), (link.fileno(), wants)]):
+            if what is up:
+                writer.queue(up.recv_multipart(copy=False))
+            elif flags & zmq.POLLIN:
+                while (frames := reader.next()) is not None:
+                    up.send_multipart(frames, copy=False)
+            writer.flush()
+
+
+def _executor_link(link: socket.socket) -> None:
+    from worker_image import framing
+
+    reader = framing.Reader(link)
+    _answer(lambda parts: framing.send(link, parts), lambda: reader.next())
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 class Path_:
-    def __init__(self, relayed: bool, tmp: str) -> None:
+    def __init__(self, kind: str, tmp: str) -> None:
         front = f"tcp://127.0.0.1:{free_port()}"
         back = f"tcp://127.0.0.1:{free_port()}"
         procs = [mp.Process(target=_broker, args=(front, back), daemon=True)]
-        if relayed:
+        if kind == "relayed_ipc":
             req, evt = f"ipc://{tmp}/requests", f"ipc://{tmp}/events"
             procs.append(mp.Process(target=_supervisor, args=(back, req, evt), daemon=True))
             procs.append(mp.Process(target=_executor_relayed, args=(req, evt), daemon=True))
+        elif kind == "relayed_link":
+            from worker_image import framing
+
+            ours, theirs = framing.socket_pair()
+            procs.append(mp.Process(target=_supervisor_link, args=(back, ours), daemon=True))
+            procs.append(mp.Process(target=_executor_link, args=(theirs,), daemon=True))
         else:
             procs.append(mp.Process(target=_executor_direct, args=(back,), daemon=True))
         for p in procs:
@@ -152,7 +189,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {"direct": Path_(False, tmp), "relayed": Path_(True, tmp)}
+        paths = {k: Path_(k, tmp) for k in ("direct", "relayed_ipc", "relayed_link")}
         rtt: dict[str, list[float]] = {k: [] for k in paths}
         big: dict[str, list[float]] = {k: [] for k in paths}
         try:
@@ -170,10 +207,11 @@ def main() -> None:
     for name in paths:
         out[f"{name}_rtt_ms"] = round(statistics.median(rtt[name]) * 1000, 3)
         out[f"{name}_100MiB_MiBps"] = round(mib / statistics.median(big[name]), 1)
-    out["relay_rtt_cost_ms"] = round(out["relayed_rtt_ms"] - out["direct_rtt_ms"], 3)
-    out["relay_100MiB_time_ratio"] = round(
-        out["direct_100MiB_MiBps"] / out["relayed_100MiB_MiBps"], 2
-    )
+    for relay in ("relayed_ipc", "relayed_link"):
+        out[f"{relay}_rtt_cost_ms"] = round(out[f"{relay}_rtt_ms"] - out["direct_rtt_ms"], 3)
+        out[f"{relay}_100MiB_time_ratio"] = round(
+            out["direct_100MiB_MiBps"] / out[f"{relay}_100MiB_MiBps"], 2
+        )
     print(json.dumps(out))
 
 

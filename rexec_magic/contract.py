@@ -85,8 +85,7 @@ class Env:
     WORKER_ALIVE_FILE = "REXEC_WORKER_ALIVE_FILE"
     LOG_LEVEL = "REXEC_LOG_LEVEL"
     # Set by the worker's supervisor for each executor it starts (worker_image/executors.py).
-    EXECUTOR_REQUESTS = "REXEC_EXECUTOR_REQUESTS"
-    EXECUTOR_EVENTS = "REXEC_EXECUTOR_EVENTS"
+    EXECUTOR_LINK_FD = "REXEC_EXECUTOR_LINK_FD"  # requests in, events out (framing.py)
     EXECUTOR_INSPECT = "REXEC_EXECUTOR_INSPECT"
     EXECUTOR_LOG_FD = "REXEC_EXECUTOR_LOG_FD"
     EXECUTOR_INTERRUPT_FD = "REXEC_EXECUTOR_INTERRUPT_FD"

@@ -357,7 +357,11 @@ def encode(
 
 
 def _as_bytes(frame: Any) -> bytes:
-    return frame if isinstance(frame, bytes) else frame.bytes
+    if isinstance(frame, bytes):
+        return frame
+    if isinstance(frame, bytearray | memoryview):  # the worker's own link (framing.py)
+        return bytes(frame)
+    return frame.bytes
 
 
 def peek(frames: Sequence[Any], routed: bool = False) -> tuple[bytes | None, str]:

@@ -417,6 +417,78 @@ def test_no_event_is_dropped_for_a_slow_reader(port):
     assert in_flight_max <= 33
 
 
+def test_large_requests_headers_and_arrays_cross_to_the_executor_and_back_whole(port):
+    """Code, display data and arrays of megabytes: each crosses the supervisor-executor link
+    in parts (more than its socket buffer) and arrives whole, the array writable."""
+    import numpy as np
+
+    text = "".join(chr(0x41 + i % 26) for i in range(3 * 2**20))
+    code = f"s = {text!r}\nfrom IPython.display import HTML, display\ndisplay(HTML(s))\n"
+    code += "arr = arr * 2\narr[0] = len(s)"
+    events = port.run(code, push={"arr": np.arange(2**20, dtype=np.int64)}, pull=["arr"])
+    shown = [e.header["data"]["text/html"] for e in events if e.kind == Kind.DISPLAY]
+    assert shown == [text]
+    d = done(events)
+    assert d.header["status"] == DoneStatus.OK
+    from rexec_magic import serialize
+
+    arr = serialize.unpack(d.header["vars"], d.buffers)["arr"]
+    assert arr[0] == len(text) and (arr[1:] == np.arange(1, 2**20) * 2).all()
+
+
+SIGINT_MID_SEND = {
+    # A SIGINT to the whole process, from a thread of the cell: any thread may take it, and
+    # its handler runs while the main thread is inside a send.
+    "process-directed": (
+        "import os, signal, threading, time\n"
+        "threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+    ),
+    # The cell's own handler raises at once; the interrupt comes from the client.
+    "a cell's own handler": (
+        "import signal\n"
+        "def _raise(*args):\n"
+        "    raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGINT, _raise)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("source", SIGINT_MID_SEND.values(), ids=SIGINT_MID_SEND.keys())
+def test_an_interrupt_during_a_blocked_send_never_cuts_an_event(port, source):
+    """The client stops acknowledging (credit 4), so the executor fills its link and waits
+    inside a send, half a display written, when the SIGINT comes; then the client reads
+    on.  The cell stops, every display that arrived is whole, and the executor (its
+    namespace, its link) goes on."""
+    port.run("kept = 1")
+    size = 2**20
+    code = source + (
+        "from IPython.display import display\n"
+        "print('go', flush=True)\n"
+        "i = 0\n"
+        "while True:\n"
+        f"    display({{'text/plain': str(i) + ' ' + 'x' * {size}}}, raw=True)\n"
+        "    i += 1\n"
+    )
+    request_id = port.execute(code, extra={"credit": 4})
+    events: list = []
+    while len(events) < 4:  # then nothing more comes until acknowledged
+        _, msg = port.recv(WAIT_S)
+        if msg.header.get("id") == request_id and msg.kind != Kind.ACCEPTED:
+            events.append(msg)
+    time.sleep(1.0)  # the executor writes on until the link is full, and waits mid-send
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    time.sleep(0.5)
+    while events[-1].kind != Kind.DONE:
+        port.send(Kind.ACK, {"id": request_id, "n": len(events)})
+        _, msg = port.recv(INTERRUPT_ANSWER_S)
+        if msg.header.get("id") == request_id:
+            events.append(msg)
+    assert events[-1].header["status"] == DoneStatus.INTERRUPTED
+    shown = [e.header["data"]["text/plain"] for e in events if e.kind == Kind.DISPLAY]
+    assert len(shown) >= 3 and shown == [f"{i} " + "x" * size for i in range(len(shown))]
+    assert stdout(port.run("print(kept, i > 0)")) == "1 True\n"
+
+
 # --------------------------------------------------------------------------- one namespace each
 def test_each_session_has_its_own_namespace_and_they_run_side_by_side(port):
     port.run("x = 'a'", **in_session("a"))

@@ -30,8 +30,6 @@ if TYPE_CHECKING:  # the supervisor parses requests too, and must not load IPyth
 log = logging.getLogger(__name__)
 
 DEFAULT_PULL_LIMIT = DEFAULT_PULL_LIMIT_BYTES
-# How long the next cell waits for ZeroMQ to release the last cell's zero-copy pulled arrays.
-RELEASE_WAIT_S = 10.0
 EXIT_MESSAGE = (
     "exit() ended this notebook's remote executor; its namespace is gone. "
     "The next remote cell starts a fresh one."
@@ -147,7 +145,6 @@ class CellRunner:
         # SIGINT then came too early to count: see executor.InterruptPipe).
         self.interrupted = interrupted
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
-        self._last_delivery: Any = None
         self.watch = Watch()
 
     def on_sigint(self, signum: int, frame: Any) -> None:
@@ -162,10 +159,6 @@ class CellRunner:
         log.debug("SIGINT outside user code: ignored")
 
     def run(self, cell: Cell) -> None:
-        if self._last_delivery is not None:  # the last cell's pulled arrays may still be in use
-            if not self._last_delivery.wait_released(RELEASE_WAIT_S):
-                log.warning("previous results not sent after %.0f s; going on", RELEASE_WAIT_S)
-            self._last_delivery = None
         target = cell.target
         self.outbox.current = target
         started = time.perf_counter()
@@ -222,9 +215,9 @@ class CellRunner:
         self.outbox.current = None
         self.outbox.last = target
         self.outbox.deferred_interrupt = False  # an interrupt that came too late for the cell
-        zero_copy = len(frames) > len(entries)  # out-of-band buffers alias user memory
-        delivery = self.outbox.event(target, Kind.DONE, header, frames, track=zero_copy)
-        self._last_delivery = delivery
+        # Pulled arrays go without a copy (out-of-band buffers alias user memory): the send
+        # returns once every byte is in the link, so the next cell may change them.
+        self.outbox.event(target, Kind.DONE, header, frames)
         log.debug(
             "cell %s: %s in %.3f ms (%.3f ms since received)",
             cell.id,

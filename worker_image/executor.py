@@ -6,11 +6,11 @@ silence the worker; the supervisor (``worker_image.supervisor``) watches it from
 
 Its links to the supervisor (URLs in the environment):
 
-* ``REXEC_EXECUTOR_REQUESTS``: a PULL socket; EXECUTE and CALL arrive here, one at a time,
-  read by the main thread itself (no hand-off between threads on the way to ``run_cell``).
+* ``REXEC_EXECUTOR_LINK_FD``: a Unix socket (``framing.py``).  EXECUTE and CALL arrive on
+  it one at a time, read by the main thread itself (no hand-off between threads on the way
+  to ``run_cell``), and every event leaves on it (``outbox.EventChannel``).
 * ``REXEC_EXECUTOR_INSPECT``: a PULL socket for INSPECT, COMPLETE and INTROSPECT, read by a
   small thread, so they are answered even while a cell runs (when the cell lets the GIL go).
-* ``REXEC_EXECUTOR_EVENTS``: a PUSH socket for every event (see ``outbox.EventChannel``).
 * fds 1 and 2: pipes the supervisor reads (stdout/stderr of everything in this process);
   ``sys.stdout``, ``sys.stderr`` and the event marks use private copies of them.
 * ``REXEC_EXECUTOR_LOG_FD``: the worker's own log (never shown in a notebook).
@@ -39,6 +39,7 @@ import zmq
 from rexec_magic import protocol, serialize
 from rexec_magic.contract import Env
 from rexec_magic.protocol import DoneStatus, Kind
+from worker_image import framing
 from worker_image.cells import CellRunner, cell_for, done_header
 from worker_image.introspect import Introspector
 from worker_image.outbox import READY, STOP, EventChannel, Target, private_std_fds
@@ -46,8 +47,6 @@ from worker_image.shell import WorkerShell, make_shell, redirect_stdio
 from worker_image.variables import describe
 
 log = logging.getLogger("worker_image.executor")
-
-EVENTS_HWM = 1000  # events queued towards the supervisor before a send blocks
 
 
 def _die_with_supervisor() -> None:
@@ -119,25 +118,21 @@ class Executor:
     def __init__(
         self,
         ctx: zmq.Context,
-        requests_url: str,
-        events_url: str,
+        link_fd: int,
         inspect_url: str,
         interrupt_fd: int | None = None,
         std_fds: tuple[int, int] = (1, 2),
     ) -> None:
         self.started = time.monotonic()
         self.ctx = ctx
-        self.events = ctx.socket(zmq.PUSH)
-        self.events.sndhwm = EVENTS_HWM
-        self.events.linger = 5000
-        self.events.connect(events_url)
-        self.requests = ctx.socket(zmq.PULL)
-        self.requests.linger = 0
-        self.requests.connect(requests_url)
+        self.link = socket.socket(fileno=link_fd)
+        self.link.set_inheritable(False)  # a child process must not hold the link open
+        self.link.setblocking(True)
+        self.requests = framing.Reader(self.link)
         self.inspects = ctx.socket(zmq.PULL)
         self.inspects.linger = 0
         self.inspects.connect(inspect_url)
-        self.channel = EventChannel(self.events, std_fds)
+        self.channel = EventChannel(self.link, std_fds)
         self.shell: WorkerShell = make_shell(self.channel)
         self.runner = CellRunner(self.shell, self.channel, InterruptPipe(interrupt_fd))
         # Completion and ``obj?`` from this namespace, answered by a thread of its own.
@@ -166,7 +161,13 @@ class Executor:
     def _next(self) -> protocol.Message | None:
         """Main thread: the next cell or call (None: stop)."""
         while True:
-            frames = self.requests.recv_multipart(copy=False)
+            try:
+                frames = self.requests.next()
+            except framing.FramingError as exc:  # a bug: nothing after it can be read
+                log.error("unreadable request link (%s); this executor ends", exc)
+                return None
+            if frames is None:  # the supervisor is gone
+                return None
             try:
                 msg = protocol.decode(frames)
             except protocol.ProtocolError as exc:
@@ -242,9 +243,8 @@ class Executor:
     def close(self) -> int:
         self._stopping.set()
         self._reader.join(2.0)
-        self.requests.close()
         self.inspects.close()
-        self.events.close()  # linger: the last DONE still leaves
+        self.link.close()  # every send was whole before it returned: the last DONE is out
         self.ctx.term()
         return 0
 
@@ -254,9 +254,9 @@ def main() -> int:
     _setup_logging()
     # Crash dumps go to fd 2: the supervisor shows them in the notebook.
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
-    names = (Env.EXECUTOR_REQUESTS, Env.EXECUTOR_EVENTS, Env.EXECUTOR_INSPECT)
-    urls = [os.environ.get(name) for name in names]
-    if not all(urls):
+    names = (Env.EXECUTOR_LINK_FD, Env.EXECUTOR_INSPECT)
+    link_fd, inspect_url = (os.environ.get(name) for name in names)
+    if not link_fd or not inspect_url:
         log.error("cannot start: %s must be set (the supervisor starts executors)", names)
         return 78
     interrupt_fd = os.environ.get(Env.EXECUTOR_INTERRUPT_FD)
@@ -264,7 +264,11 @@ def main() -> int:
         os.environ.pop(name, None)  # user code has no use for them
     std_fds = private_std_fds()
     executor = Executor(
-        zmq.Context(), *urls, int(interrupt_fd) if interrupt_fd else None, std_fds=std_fds
+        zmq.Context(),
+        int(link_fd),
+        inspect_url,
+        int(interrupt_fd) if interrupt_fd else None,
+        std_fds=std_fds,
     )
     redirect_stdio(std_fds)
     faulthandler.enable(file=sys.__stderr__, all_threads=True)

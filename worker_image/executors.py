@@ -1,9 +1,10 @@
-"""The supervisor's handle on one executor process: start, sockets, pipes, queue, ending.
+"""The supervisor's handle on one executor process: start, link, pipes, queue, ending.
 
 One executor runs one namespace (a notebook's kernel session, a script, or a shared named
-namespace).  The supervisor owns everything here; the executor only sees its two sockets and
-its fds.  Requests wait in ``queue`` and are handed over one at a time, so the executor never
-holds more than the cell it runs: everything still queued provably never started.
+namespace).  The supervisor owns everything here; the executor only sees its link (a Unix
+socket pair: requests in, events out, ``framing.py``), its inspect socket and its fds.
+Requests wait in ``queue`` and are handed over one at a time, so the executor never holds
+more than the cell it runs: everything still queued provably never started.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import zmq
 
 from rexec_magic.contract import Env
-from worker_image import exits
+from worker_image import exits, framing
 from worker_image.outbox import MARK, Target
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ START_ERRORS = (OSError, zmq.ZMQError, subprocess.SubprocessError)
 
 
 class ExecutorProcess:
-    """One executor: its process, its two sockets, its stdout/stderr pipes, its queue."""
+    """One executor: its process, its link and inspect socket, its stdout/stderr pipes, its
+    queue."""
 
     def __init__(self, ctx: zmq.Context, rundir: Path, number: int, log_fd: int) -> None:
         """Bind its sockets, make its pipes, start its process.  Raises one of START_ERRORS
@@ -94,11 +96,16 @@ class ExecutorProcess:
             sock.bind(f"ipc://{rundir}/e{number}-{name}")
             return sock
 
-        self.requests = bound(zmq.PUSH, "requests")
-        self.events = bound(zmq.PULL, "events")
         self.inspects = bound(zmq.PUSH, "inspect")  # apart: answered by a thread, even mid-cell
         # The child's ends of the pipes close once it has its copies; ours only if it fails.
         with contextlib.ExitStack() as child_ends:
+            # Requests in and events out: one socket pair (framing.py says why not ZeroMQ).
+            self.link, child_link = framing.socket_pair()
+            undo.callback(self.link.close)
+            child_ends.callback(child_link.close)
+            self.link.setblocking(False)
+            self.requests = framing.Writer(self.link)
+            self.events = framing.Reader(self.link)
 
             def pipe(child_reads: bool = False) -> tuple[int, int]:
                 r, w = os.pipe()
@@ -112,8 +119,7 @@ class ExecutorProcess:
             intr_r, self._interrupts = pipe(child_reads=True)
             os.set_blocking(self._interrupts, False)
             env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
-            env[Env.EXECUTOR_REQUESTS] = f"ipc://{rundir}/e{number}-requests"
-            env[Env.EXECUTOR_EVENTS] = f"ipc://{rundir}/e{number}-events"
+            env[Env.EXECUTOR_LINK_FD] = str(child_link.fileno())
             env[Env.EXECUTOR_INSPECT] = f"ipc://{rundir}/e{number}-inspect"
             env[Env.EXECUTOR_LOG_FD] = str(log_fd)
             env[Env.EXECUTOR_INTERRUPT_FD] = str(intr_r)
@@ -122,7 +128,7 @@ class ExecutorProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
-                pass_fds=(log_fd, intr_r),
+                pass_fds=(log_fd, intr_r, child_link.fileno()),
                 env=env,
                 start_new_session=True,  # its own group: a kill takes its children too
             )
@@ -203,6 +209,26 @@ class ExecutorProcess:
 
     def exited(self) -> int | None:
         return self.proc.poll()
+
+    # ------------------------------------------------------------------ link
+    def send(self, frames: list[Any]) -> bool:
+        """Queue one message for the executor and write what its socket takes now (the
+        rest goes as the supervisor's loop sees the socket writable).  False when the
+        executor was gone before any byte of it went: it provably never saw the message."""
+        queued_before = self.requests.queued
+        self.requests.queue(frames)
+        try:
+            self.requests.flush()
+        except OSError as exc:
+            log.warning("executor %d does not take requests (%s)", self.number, exc)
+            return self.requests.written > queued_before
+        return True
+
+    def wants(self, blocked: bool) -> int:
+        """The poll flags of its link this turn: events unless ``blocked`` or at their end,
+        and writable while a request is still partly unwritten."""
+        flags = 0 if blocked or self.events.eof else zmq.POLLIN
+        return flags | (zmq.POLLOUT if self.requests.pending else 0)
 
     # ------------------------------------------------------------------ output
     def read_pipe(self, fd: int) -> list[tuple[str, str]]:
@@ -314,8 +340,7 @@ class ExecutorProcess:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
-        self.requests.close(linger=0)
-        self.events.close(linger=0)
+        self.link.close()
         self.inspects.close(linger=0)
 
 

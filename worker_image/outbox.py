@@ -11,27 +11,31 @@ depend on a thread of its own (a C call holding the GIL would stall it).
   they were written.  A full pipe blocks the writer: that is the flow control (ipykernel
   captures fds with a pipe and a thread in the same process; ours reads in another process,
   so it keeps reading while user code holds the GIL).
-* Every other event (display, result, error, yield, done) leaves at once on a PUSH socket,
-  from the thread that produced it, under a lock; a mark with its number then goes into both
-  pipes, so the supervisor can put it exactly where it was produced among the text.  PUSH
-  blocks at its high-water mark, so a slow client slows the cell down instead of losing
-  events.  The supervisor numbers events
-  (``seq``) and routes them; the executor only names the request (``id``).
+* Every other event (display, result, error, yield, done) leaves at once on the executor's
+  link (a Unix socket, ``framing.py``), from the thread that produced it, under a lock; a
+  mark with its number then goes into both pipes, so the supervisor can put it exactly where
+  it was produced among the text.  A send blocks while the supervisor does not read (its
+  client is behind), so a slow client slows the cell down instead of losing events.  The
+  supervisor numbers events (``seq``) and routes them; the executor only names the request
+  (``id``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import logging
 import os
+import signal
+import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import zmq
-
 from rexec_magic import protocol
+from worker_image import framing
 
 log = logging.getLogger(__name__)
 
@@ -56,42 +60,25 @@ class EventSender(Protocol):
         buffers: list[Any] | tuple[Any, ...] = (),
         *,
         numbered: bool = True,
-        track: bool = False,
     ) -> Any: ...
-
-
-class Delivery:
-    """Lets the executor wait until ZeroMQ no longer reads a message's zero-copy buffers.
-
-    Pulled arrays are sent without a copy, so the next cell must not change them in place
-    while they are still being sent.
-    """
-
-    def __init__(self, tracker: Any) -> None:
-        self.tracker = tracker
-
-    def wait_released(self, timeout: float) -> bool:
-        """True once the buffers are released; False after ``timeout`` seconds."""
-        if self.tracker is None:
-            return True
-        try:
-            self.tracker.wait(timeout)
-        except zmq.NotDone:
-            return False
-        return True
 
 
 class EventChannel:
     """The executor's one way to send events: ``event(target, kind, header, buffers)``.
 
     ``current`` is the request whose cell runs now; display hooks and tracebacks go there.
-    A KeyboardInterrupt never lands inside a send (it would cut a multipart message in two):
-    ``sending_thread`` tells the SIGINT handler to defer it until the main thread's send is
-    over (another thread's send, e.g. a completion answer, is no reason to wait).
+    Sends are whole messages on the executor's link (``framing.send``; blocking: a reader
+    that stopped reading holds the sender, which is the flow control).  A KeyboardInterrupt
+    never lands inside a send (half a message would leave the link unreadable).  Two
+    layers: the main thread blocks SIGINT while it sends, so the supervisor's interrupt
+    (sent to that thread, ``executors.signal_main_thread``) waits for the send's end even
+    when a cell replaced the handler; and a SIGINT sent to the whole process, which another
+    thread may take, reaches the handler mid-send, where ``sending_thread`` tells it to
+    defer the interrupt until the main thread's send is over.
     """
 
-    def __init__(self, sock: zmq.Socket, std_fds: tuple[int, int] = (1, 2)) -> None:
-        self.sock = sock
+    def __init__(self, link: socket.socket, std_fds: tuple[int, int] = (1, 2)) -> None:
+        self.link = link
         self.std_fds = std_fds  # where the marks go: the stdout and stderr pipes
         self.current: Target | None = None
         self.last: Target | None = None  # the last request that ran (for late events)
@@ -108,21 +95,16 @@ class EventChannel:
         buffers: list[Any] | tuple[Any, ...] = (),
         *,
         numbered: bool = True,
-        track: bool = False,
-    ) -> Delivery | None:
-        """Send one event for ``target`` now.  ``track``: the Delivery says when ZeroMQ let go."""
+    ) -> None:
+        """Send one event for ``target`` now; its buffers are free to change on return."""
         from worker_image.link import encode_header  # one JSON encoder that never fails
 
         header = {"id": target.id, **header}
-        tracker = None
-        if track and buffers:
-            buffers = [zmq.Frame(buf, track=True) for buf in buffers]
-            tracker = zmq.MessageTracker(*buffers)
         parts = protocol.encode(kind, encode_header(header), buffers)
-        with self._lock:
+        with self._lock, _no_sigint():
             self.sending_thread = threading.get_ident()
             try:
-                self.sock.send_multipart(parts, copy=False)
+                framing.send(self.link, parts)
                 self.sent += 1
                 # Mark the place of this event in stdout and stderr: the supervisor shows text
                 # written after the mark only after the event (two channels, one order).
@@ -134,12 +116,28 @@ class EventChannel:
         if self.deferred_interrupt and threading.current_thread() is threading.main_thread():
             self.deferred_interrupt = False
             raise KeyboardInterrupt
-        return Delivery(tracker) if track else None
 
     def internal(self, kind: str, header: dict[str, Any]) -> None:
-        """A message for the supervisor itself (``ready``, ``bye``)."""
-        with self._lock:
-            self.sock.send_multipart(protocol.encode(kind, header))
+        """A message for the supervisor itself (``ready``)."""
+        with self._lock, _no_sigint():
+            framing.send(self.link, protocol.encode(kind, header))
+
+
+@contextlib.contextmanager
+def _no_sigint() -> Iterator[None]:
+    """SIGINT held back in the main thread while inside; elsewhere nothing (``EventChannel``
+    says why).  The mask as it was comes back after, a cell's own blocked signals included."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+_SIGINT = {signal.SIGINT}
 
 
 # Messages between executor and supervisor only (never forwarded to a client).

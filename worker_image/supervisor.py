@@ -34,6 +34,7 @@ Dispatch is one table per socket side (``_client_handlers``, ``_broker_handlers`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -62,7 +63,7 @@ from rexec_magic.protocol import (
     Message,
     ProtocolError,
 )
-from worker_image import files
+from worker_image import files, framing
 from worker_image.cells import cell_for, done_header, placement
 from worker_image.executors import (
     LATE_MAX_CHARS,
@@ -122,7 +123,6 @@ class ThreadSender:
         buffers: Any = (),
         *,
         numbered: bool = True,
-        track: bool = False,
     ) -> None:
         self._events.append((target, kind, header, list(buffers)))
         try:
@@ -232,21 +232,30 @@ class Supervisor:
                 # first can come back as one of the new executor's (its pidfd: _on_exit of a
                 # live process).  What belongs to an executor that is gone is skipped.
                 owners: dict[Any, ExecutorProcess] = {}
+                waiting: list[ExecutorProcess] = []  # whole events read already, not yet taken
                 for ex in self.all:
                     if ex.pidfd is not None:
                         items.append((ex.pidfd, zmq.POLLIN))
                         owners[ex.pidfd] = ex
-                    if ex.current is not None and ex.current.blocked:
+                    blocked = ex.current is not None and ex.current.blocked
+                    flags = ex.wants(blocked)
+                    if flags:
+                        items.append((ex.link.fileno(), flags))
+                        owners[ex.link.fileno()] = ex
+                    if blocked:
                         continue  # the client is behind: let the executor wait
-                    items.append((ex.events, zmq.POLLIN))
-                    owners[ex.events] = ex
+                    if ex.events.ready():
+                        waiting.append(ex)
                     for fd in ex.pipes:
                         items.append((fd, zmq.POLLIN))
                         owners[fd] = ex
-                timeout = max(0, math.ceil((due - now) * 1000))
+                timeout = 0 if waiting else max(0, math.ceil((due - now) * 1000))
                 ready = zmq.zmq_poll(items, timeout)
-                for what, _ in ready:
-                    self._on_ready_item(what, owners.get(what))
+                for what, flags in ready:
+                    self._on_ready_item(what, flags, owners.get(what))
+                for ex in waiting:
+                    if ex in self.all:
+                        self._receive_executor(ex)
                 self._pump()
                 now = time.monotonic()
                 self._flush_due_streams(now)
@@ -261,13 +270,18 @@ class Supervisor:
             log.exception("the supervisor failed; exiting")
             return self._exit(EXIT_SOFTWARE)
 
-    def _on_ready_item(self, what: Any, ex: ExecutorProcess | None) -> None:
-        """Handle one ready item of this turn's poll; ``ex``: the executor it belonged to."""
+    def _on_ready_item(self, what: Any, flags: int, ex: ExecutorProcess | None) -> None:
+        """Handle one ready item of this turn's poll (``flags``: POLLIN, POLLOUT, ...);
+        ``ex``: the executor it belonged to."""
         if ex is not None:
             if ex not in self.all:
                 return  # ended earlier in this turn: the number may be another's by now
-            if what is ex.events:
-                self._receive_executor(ex)
+            if what == ex.link.fileno():
+                if flags & zmq.POLLOUT:
+                    with contextlib.suppress(OSError):  # gone: its exit is handled by pidfd
+                        ex.requests.flush()
+                if flags & ~zmq.POLLOUT:  # readable, or the executor hung up
+                    self._receive_executor(ex)
             elif what == ex.pidfd:
                 self._on_exit(ex)
             elif what in ex.pipes:
@@ -718,11 +732,8 @@ class Supervisor:
         ex.current = req
         req.started = time.monotonic()
         self._send_late(ex, req)
-        try:  # never blocks: a PUSH whose executor just died has no peer to queue for
-            ex.requests.send_multipart(req.frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            log.warning("executor %d does not take requests (it exited?)", ex.number)
-            # It provably never started: it goes at the next tick, or _on_exit says "not run".
+        if not ex.send(req.frames):  # never blocks: the socket takes what it can now
+            # It provably never started: _on_exit says "not run".
             ex.current = None
             req.started = None
             ex.queue.appendleft(req)
@@ -763,8 +774,13 @@ class Supervisor:
             if ex.current is not None and ex.current.blocked:
                 return
             try:
-                frames = ex.events.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+                frames = ex.events.next()
+            except framing.FramingError as exc:  # a bug: its stream cannot be read on
+                log.error("executor %d: unreadable link (%s); it is stopped", ex.number, exc)
+                ex.events.eof = True
+                ex.signal(signal.SIGKILL)
+                return
+            if frames is None:
                 return
             try:
                 raw = protocol.split(frames)
