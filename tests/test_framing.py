@@ -124,3 +124,5 @@ def test_a_corrupt_stream_is_an_error_not_a_huge_allocation(pair):
     with pytest.raises(framing.FramingError):
         reader.next()
     assert reader.ready()  # a caller polling ``ready`` goes on to ``next`` and sees it
+    reader.eof = True  # the caller gave up on the link
+    assert not reader.ready()

@@ -261,6 +261,42 @@ def test_a_killed_executor_names_the_signal(port):
     assert "killed by SIGKILL" in done(events).header["message"]
 
 
+# Cell code: write garbage into the executor's link to the supervisor (the one unnamed Unix
+# stream socket among its descriptors), as a careless cell writing to every descriptor would.
+SCRIBBLE_ON_THE_LINK = (
+    "import os, socket\n"
+    "def scribble():\n"
+    "    for name in os.listdir('/proc/self/fd'):\n"
+    "        try:\n"
+    "            s = socket.socket(fileno=os.dup(int(name)))\n"
+    "        except OSError:\n"
+    "            continue\n"
+    "        unix = s.family == socket.AF_UNIX and s.type == socket.SOCK_STREAM\n"
+    "        if unix and not s.getpeername():\n"
+    "            s.sendall(bytes([255]) * 64)\n"
+    "        s.close()\n"
+)
+
+
+def test_garbage_on_the_executors_link_costs_its_namespace_in_one_sentence(port):
+    port.run("kept = 1")
+    events = port.run(SCRIBBLE_ON_THE_LINK + "scribble()\nimport time\ntime.sleep(30)")
+    d = done(events)
+    assert d.header["status"] == DoneStatus.LOST
+    assert "unreadable bytes came on its link" in d.header["message"]
+    assert "namespace was lost" in d.header["message"]
+    assert stdout(port.run("print('next', 'kept' in globals())")) == "next False\n"
+
+
+def test_garbage_on_the_link_between_cells_is_announced_at_the_next_cell(port):
+    port.run(SCRIBBLE_ON_THE_LINK + "import threading\nthreading.Timer(0.5, scribble).start()")
+    time.sleep(2)
+    events = port.run("print('next')")
+    notes = [e.header["text"] for e in events if e.kind == Kind.NOTICE]
+    assert any("unreadable bytes came on its link" in n for n in notes), notes
+    assert stdout(events) == "next\n"
+
+
 def test_cells_queued_behind_a_crash_are_not_run(port, tmp_path):
     marker = tmp_path / "second.txt"
     first = port.execute("import time, os\ntime.sleep(0.5)\nos._exit(1)")

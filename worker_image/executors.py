@@ -149,7 +149,7 @@ class ExecutorProcess:
         self.queue: deque[Request] = deque()
         self.current: Request | None = None
         self.grace_deadline: float | None = None
-        self.kill_reason: str | None = None  # "interrupt", "orphan", "stop"
+        self.kill_reason: str | None = None  # "interrupt", "orphan", "stop", "link"
         self.exit_requested = False  # exit() ran: it ends by itself
         self.late: deque[tuple[str, Any, list[Any]]] = deque()  # (kind, header|text, buffers)
         self.late_chars = 0
@@ -323,6 +323,11 @@ class ExecutorProcess:
                 os.killpg(self.pid, sig)
 
     def exit_sentence(self, returncode: int) -> str:
+        if self.kill_reason == "link":
+            return (
+                "stopped by the worker: unreadable bytes came on its link to the worker, "
+                "e.g. from code writing to a file descriptor it did not open"
+            )
         return exits.describe_exit(
             returncode,
             oom_counted=exits.rose(self.oom_at_start, exits.oom_kills(self.cgroup)),

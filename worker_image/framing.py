@@ -155,8 +155,8 @@ class Reader:
     def ready(self) -> bool:
         try:
             self._parse()
-        except FramingError:
-            return True  # ``next()`` raises it, where the caller handles it
+        except FramingError:  # ``next()`` raises it, where the caller handles it (and gives
+            return not self.eof  # up on the link: ``eof``)
         return bool(self._done)
 
     def next(self) -> list[Any] | None:

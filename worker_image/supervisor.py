@@ -775,9 +775,10 @@ class Supervisor:
                 return
             try:
                 frames = ex.events.next()
-            except framing.FramingError as exc:  # a bug: its stream cannot be read on
+            except framing.FramingError as exc:  # nothing after it can be read: stop it
                 log.error("executor %d: unreadable link (%s); it is stopped", ex.number, exc)
                 ex.events.eof = True
+                ex.kill_reason = "link"
                 ex.signal(signal.SIGKILL)
                 return
             if frames is None:
@@ -938,7 +939,7 @@ class Supervisor:
         )
         if req is None and not ex.queue and ex.key and self.executors.get(ex.key) is ex:
             # (Requests queued on it hear it in their "not run" answer below.)
-            if not ex.exit_requested and ex.kill_reason is None:
+            if not ex.exit_requested and ex.kill_reason in (None, "link"):
                 self._lost_while_idle[ex.key] = (
                     ex,
                     f"This notebook's remote executor died while no cell ran ({sentence}); "
