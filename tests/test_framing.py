@@ -126,3 +126,31 @@ def test_a_corrupt_stream_is_an_error_not_a_huge_allocation(pair):
     assert reader.ready()  # a caller polling ``ready`` goes on to ``next`` and sees it
     reader.eof = True  # the caller gave up on the link
     assert not reader.ready()
+
+
+def test_a_message_of_many_frames_arrives_whole(pair):
+    """More frames than ZeroMQ-era tests ever sent (a pull of 70,000 arrays)."""
+    sender, receiver = pair
+    frames = [i.to_bytes(4, "little") for i in range(70_000)]
+    thread = threading.Thread(target=framing.send, args=(sender, frames))
+    thread.start()
+    got = framing.Reader(receiver).next()
+    thread.join(10)
+    assert [bytes(f) for f in got] == frames
+
+
+def test_a_read_budget_ends_a_call_before_a_large_frame_is_complete(pair):
+    """The supervisor reads a few MiB per turn of its loop, not a whole 64 MiB frame."""
+    sender, receiver = pair
+    receiver.setblocking(False)
+    big = bytes(64 * 2**20)
+    thread = threading.Thread(target=framing.send, args=(sender, [b"h", big]))
+    thread.start()
+    reader = framing.Reader(receiver)
+    calls = 0
+    while (msg := reader.next(budget=2**20)) is None:
+        calls += 1
+        select.select([receiver], [], [], 5)
+    thread.join(10)
+    assert calls >= 63  # 64 MiB, at most 1 MiB per call
+    assert bytes(msg[1]) == big

@@ -265,7 +265,7 @@ def test_a_killed_executor_names_the_signal(port):
 # stream socket among its descriptors), as a careless cell writing to every descriptor would.
 SCRIBBLE_ON_THE_LINK = (
     "import os, socket\n"
-    "def scribble():\n"
+    "def scribble(garbage=bytes([255]) * 64):\n"
     "    for name in os.listdir('/proc/self/fd'):\n"
     "        try:\n"
     "            s = socket.socket(fileno=os.dup(int(name)))\n"
@@ -273,19 +273,29 @@ SCRIBBLE_ON_THE_LINK = (
     "            continue\n"
     "        unix = s.family == socket.AF_UNIX and s.type == socket.SOCK_STREAM\n"
     "        if unix and not s.getpeername():\n"
-    "            s.sendall(bytes([255]) * 64)\n"
+    "            s.sendall(garbage)\n"
     "        s.close()\n"
 )
 
 
-def test_garbage_on_the_executors_link_costs_its_namespace_in_one_sentence(port):
+GARBAGE = {
+    "too many frames": "bytes([255]) * 64",
+    "a frame of 2**62 bytes": "(1).to_bytes(4, 'little') + (2**62).to_bytes(8, 'little')",
+}
+
+
+@pytest.mark.parametrize("garbage", GARBAGE.values(), ids=GARBAGE.keys())
+def test_garbage_on_the_executors_link_costs_its_namespace_in_one_sentence(port, garbage):
+    """Only that executor ends: the worker and the other notebooks' executors go on."""
+    port.run("other = 2", **in_session("other"))
     port.run("kept = 1")
-    events = port.run(SCRIBBLE_ON_THE_LINK + "scribble()\nimport time\ntime.sleep(30)")
+    events = port.run(SCRIBBLE_ON_THE_LINK + f"scribble({garbage})\nimport time\ntime.sleep(30)")
     d = done(events)
     assert d.header["status"] == DoneStatus.LOST
     assert "unreadable bytes came on its link" in d.header["message"]
     assert "namespace was lost" in d.header["message"]
     assert stdout(port.run("print('next', 'kept' in globals())")) == "next False\n"
+    assert stdout(port.run("print(other)", **in_session("other"))) == "2\n"
 
 
 def test_garbage_on_the_link_between_cells_is_announced_at_the_next_cell(port):
@@ -523,6 +533,90 @@ def test_an_interrupt_during_a_blocked_send_never_cuts_an_event(port, source):
     shown = [e.header["data"]["text/plain"] for e in events if e.kind == Kind.DISPLAY]
     assert len(shown) >= 3 and shown == [f"{i} " + "x" * size for i in range(len(shown))]
     assert stdout(port.run("print(kept, i > 0)")) == "1 True\n"
+
+
+def test_a_cells_own_sigint_handler_never_answers_a_finished_cell_again(port):
+    """The interrupt comes while the DONE of a cell that installed its own raising handler
+    is blocked on a slow client: the cell ends once, and the next cell sees only its own
+    output (no stray error or DONE of the cell before)."""
+    port.run("import numpy as np\na = np.ones(64 * 2**20, dtype=np.uint8)")
+    code = (
+        "import signal\n"
+        "def _raise(*args):\n"
+        "    raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGINT, _raise)\n"
+        "from IPython.display import display\n"
+        "display(1)\n"
+        "display(2)\n"
+    )
+    request_id = port.execute(code, pull=["a"], extra={"credit": 2})
+    events: list = []
+    while len(events) < 2:
+        _, msg = port.recv(WAIT_S)
+        if msg.header.get("id") == request_id and msg.kind != Kind.ACCEPTED:
+            events.append(msg)
+    time.sleep(1.0)  # the executor waits inside the DONE send (64 MiB, nobody reads)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    time.sleep(0.5)
+    while events[-1].kind != Kind.DONE:
+        port.send(Kind.ACK, {"id": request_id, "n": len(events)})
+        _, msg = port.recv(WAIT_S)
+        if msg.header.get("id") == request_id:
+            events.append(msg)
+    assert events[-1].header["status"] == DoneStatus.OK
+    time.sleep(1.0)  # anything stray from the cell would come now, before the next cell's
+    after = port.execute("print('next')")
+    stray, events = [], []
+    while not events or events[-1].kind != Kind.DONE:
+        _, msg = port.recv(WAIT_S)
+        if msg.header.get("id") == request_id:
+            stray.append(msg.kind)
+        elif msg.header.get("id") == after:
+            events.append(msg)
+    assert stray == []
+    assert stdout(events) == "next\n" and done(events).header["status"] == DoneStatus.OK
+    assert not [e for e in events if e.kind == Kind.ERROR]
+
+
+def test_displays_of_forked_processes_are_not_sent_and_break_nothing(port):
+    """multiprocessing with fork: the children share the executor's link, so their large
+    displays would interleave with each other on it.  They are not sent; each child says so
+    once on stderr, their printed text arrives, and the executor goes on."""
+    code = (
+        "import multiprocessing as mp, sys\n"
+        "from IPython.display import display\n"
+        "def work(i):\n"
+        "    display({'text/plain': 'x' * 3_000_000}, raw=True)\n"
+        "    sys.stdout.write(f'child {i}\\n')  # one write: whole lines however they mix\n"
+        "    return i\n"
+        "with mp.get_context('fork').Pool(4) as pool:\n"
+        "    total = sum(pool.map(work, range(8)))\n"
+        "display('parent')\n"
+    )
+    events = port.run(code, timeout=60)
+    assert done(events).header["status"] == DoneStatus.OK
+    shown = [e.header["data"]["text/plain"] for e in events if e.kind == Kind.DISPLAY]
+    assert shown == ["'parent'"]
+    assert sorted(stdout(events).splitlines()) == sorted(f"child {i}" for i in range(8))
+    assert "made a display output, which is not shown" in stdout(events, "stderr")
+    assert stdout(port.run("print(total)")) == "28\n"
+
+
+def test_events_still_in_the_link_when_the_executor_exits_all_arrive(port):
+    """exit() after 30 displays, the client slow (credit 4): the executor is gone before
+    its events were read; every display and the exit message still come."""
+    code = "from IPython.display import display\nfor i in range(30):\n    display(i)\nexit()"
+    request_id = port.execute(code, extra={"credit": 4})
+    time.sleep(1.0)  # the executor has ended by now
+    events: list = []
+    while not events or events[-1].kind != Kind.DONE:
+        _, msg = port.recv(WAIT_S)
+        if msg.header.get("id") == request_id and msg.kind != Kind.ACCEPTED:
+            events.append(msg)
+            port.send(Kind.ACK, {"id": request_id, "n": len(events)})
+    shown = [e.header["data"]["text/plain"] for e in events if e.kind == Kind.DISPLAY]
+    assert shown == [str(i) for i in range(30)]
+    assert events[-1].header.get("exit") is True
 
 
 # --------------------------------------------------------------------------- one namespace each

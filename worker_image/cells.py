@@ -145,6 +145,7 @@ class CellRunner:
         # SIGINT then came too early to count: see executor.InterruptPipe).
         self.interrupted = interrupted
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
+        self.finished: str | None = None  # the last request whose DONE went to the link
         self.watch = Watch()
 
     def on_sigint(self, signum: int, frame: Any) -> None:
@@ -217,6 +218,7 @@ class CellRunner:
         self.outbox.deferred_interrupt = False  # an interrupt that came too late for the cell
         # Pulled arrays go without a copy (out-of-band buffers alias user memory): the send
         # returns once every byte is in the link, so the next cell may change them.
+        self.finished = cell.id  # from here on, a failure must not answer the cell twice
         self.outbox.event(target, Kind.DONE, header, frames)
         log.debug(
             "cell %s: %s in %.3f ms (%.3f ms since received)",
@@ -246,7 +248,7 @@ class CellRunner:
             # The user's code is over.  Collecting what goes back records digests as it goes:
             # a KeyboardInterrupt half-way would leave them saying the notebook has values it
             # was never sent.
-            self._interruptible = False
+            self._stop_interrupts()
             error = result.error_before_exec or result.error_in_exec
             if isinstance(error, KeyboardInterrupt):
                 status = DoneStatus.INTERRUPTED
@@ -265,12 +267,12 @@ class CellRunner:
             status = DoneStatus.INTERRUPTED
             report = Report()
         except Exception as exc:  # a failure of the worker itself, not of the user's code
-            self._interruptible = False
+            self._stop_interrupts()
             log.exception("cell %s failed inside the worker", cell.id)
             self._send_error(type(exc).__name__, f"the worker failed to run the cell: {exc}")
             return DoneStatus.ERROR, Report()
         finally:
-            self._interruptible = False
+            self._stop_interrupts()
         if status == DoneStatus.INTERRUPTED and not shell.error_sent:
             self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
         elif status == DoneStatus.ERROR and not shell.error_sent:
@@ -286,15 +288,18 @@ class CellRunner:
                 raise KeyboardInterrupt
             return invoke(values, cell.inband, self.outbox, cell.target, self._stop_interrupts)
         except KeyboardInterrupt:
-            self._interruptible = False
+            self._stop_interrupts()
             self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
             return DoneStatus.INTERRUPTED, [], []
         finally:
-            self._interruptible = False
+            self._stop_interrupts()
 
     def _stop_interrupts(self) -> None:
-        """From here on the call's own code is over: SIGINT no longer interrupts it."""
+        """From here on the user's code is over: SIGINT no longer interrupts anything, and a
+        handler the code installed is replaced by ours (it would raise KeyboardInterrupt in
+        the worker's own steps, e.g. once DONE is sent, where nothing can take it)."""
         self._interruptible = False
+        signal.signal(signal.SIGINT, self.on_sigint)
 
     def _send_error(self, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
         target = self.outbox.current

@@ -228,11 +228,15 @@ class Executor:
             try:
                 self.runner.run(cell)
             except BaseException as exc:  # e.g. a KeyboardInterrupt between two steps
-                log.exception("cell %s: the executor failed around the cell", cell.id)
-                evalue = f"the executor failed around the cell: {type(exc).__name__}: {exc}"
-                error = {"ename": type(exc).__name__, "evalue": evalue, "traceback": [evalue]}
-                self.channel.event(cell.target, Kind.ERROR, error)
-                self.channel.event(cell.target, Kind.DONE, done_header(DoneStatus.ERROR))
+                if self.runner.finished == cell.id:  # answered already: never a second DONE
+                    log.warning("cell %s: %s after its DONE", cell.id, type(exc).__name__)
+                else:
+                    log.exception("cell %s: the executor failed around the cell", cell.id)
+                    name = type(exc).__name__
+                    evalue = f"the executor failed around the cell: {name}: {exc}"
+                    error = {"ename": name, "evalue": evalue, "traceback": [evalue]}
+                    self.channel.event(cell.target, Kind.ERROR, error)
+                    self.channel.event(cell.target, Kind.DONE, done_header(DoneStatus.ERROR))
             finally:
                 self._busy = False
             if self.shell.exit_requested:

@@ -31,7 +31,9 @@ from typing import Any
 
 _COUNT = struct.Struct("<I")
 _LENGTH = struct.Struct("<Q")
-MAX_FRAMES = 1 << 16  # more frames than any message has: a corrupt stream, not a message
+# More frames than any message has (a pull of 16 million arrays): a corrupt stream.  Its
+# lengths alone would be 128 MiB.
+MAX_FRAMES = 1 << 24
 READ_CHUNK = 1 << 18  # bytes read per recv for small frames
 BIG_FRAME = 1 << 16  # frames this large are read straight into a buffer of their own
 SOCKET_BUFFER = 4 << 20  # SO_SNDBUF asked for (Linux caps it at net.core.wmem_max)
@@ -144,6 +146,7 @@ class Reader:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.eof = False
+        self.received = 0  # bytes read so far (all time)
         self._buf = bytearray()
         self._pos = 0
         self._lengths: list[int] | None = None
@@ -159,36 +162,47 @@ class Reader:
             return not self.eof  # up on the link: ``eof``)
         return bool(self._done)
 
-    def next(self) -> list[Any] | None:
+    def next(self, budget: int | None = None) -> list[Any] | None:
+        """The next whole message, or None.  ``budget``: read at most about this many bytes
+        in this call, then return None even though the socket has more (a non-blocking
+        caller with other work, e.g. the supervisor: a 3 GiB frame is read over many turns
+        of its loop instead of in one second-long call)."""
+        read = 0
         while True:
             self._parse()
             if self._done:
                 return self._done.popleft()
-            if self.eof or not self._read():
+            if self.eof or (budget is not None and read >= budget):
                 return None
+            got = self._read(None if budget is None else budget - read)
+            if not got:
+                return None
+            read += got
 
     # ------------------------------------------------------------------ internals
-    def _read(self) -> bool:
-        """Read once; False when nothing came (would block, or end of stream)."""
+    def _read(self, most: int | None) -> int:
+        """Read once, at most ``most`` bytes (None: as much as fits); the bytes read, 0 when
+        none came (would block, or end of stream)."""
         try:
             if self._big is not None:
-                n = self.sock.recv_into(self._big[self._big_filled :])
+                end = None if most is None else self._big_filled + most
+                n = self.sock.recv_into(self._big[self._big_filled : end])
                 self._big_filled += n
             else:
                 if self._pos:
                     del self._buf[: self._pos]
                     self._pos = 0
-                data = self.sock.recv(READ_CHUNK)
+                data = self.sock.recv(READ_CHUNK if most is None else min(most, READ_CHUNK))
                 n = len(data)
                 self._buf += data
         except (BlockingIOError, InterruptedError):
-            return False
+            return 0
         except (ConnectionResetError, BrokenPipeError):
             n = 0
         if n == 0:
             self.eof = True
-            return False
-        return True
+        self.received += n
+        return n
 
     def _available(self) -> int:
         return len(self._buf) - self._pos
@@ -209,10 +223,7 @@ class Reader:
                 if self._available() < _COUNT.size + count * _LENGTH.size:
                     return
                 self._pos += _COUNT.size
-                self._lengths = [
-                    _LENGTH.unpack_from(self._buf, self._pos + i * _LENGTH.size)[0]
-                    for i in range(count)
-                ]
+                self._lengths = list(struct.unpack_from(f"<{count}Q", self._buf, self._pos))
                 self._pos += count * _LENGTH.size
                 self._frames = []
             while len(self._frames) < len(self._lengths):
@@ -223,7 +234,10 @@ class Reader:
                     self._frames.append(self._big)
                     self._big = None
                 elif length >= BIG_FRAME:
-                    big = _fresh(length)
+                    try:
+                        big = _fresh(length)
+                    except (OSError, OverflowError, MemoryError) as exc:  # e.g. 2**62 bytes
+                        raise FramingError(f"a frame of {length:,} bytes ({exc})") from None
                     have = min(self._available(), length)
                     big[:have] = memoryview(self._buf)[self._pos : self._pos + have]
                     self._pos += have

@@ -86,6 +86,8 @@ class EventChannel:
         self.sent = 0  # events sent so far; the number in each mark
         self.sending_thread: int | None = None  # the thread in the middle of a send
         self.deferred_interrupt = False
+        self._pid = os.getpid()  # a forked child (multiprocessing) shares the link: not its
+        self._fork_noted = 0  # the child that was told so
 
     def event(
         self,
@@ -98,6 +100,10 @@ class EventChannel:
     ) -> None:
         """Send one event for ``target`` now; its buffers are free to change on return."""
         from worker_image.link import encode_header  # one JSON encoder that never fails
+
+        if os.getpid() != self._pid:
+            self._in_forked_child(kind)
+            return
 
         header = {"id": target.id, **header}
         parts = protocol.encode(kind, encode_header(header), buffers)
@@ -116,6 +122,20 @@ class EventChannel:
         if self.deferred_interrupt and threading.current_thread() is threading.main_thread():
             self.deferred_interrupt = False
             raise KeyboardInterrupt
+
+    def _in_forked_child(self, kind: str) -> None:
+        """An event from a forked child process (``multiprocessing`` with fork): its writes
+        would interleave with the executor's on the one link, so it is not sent; the child's
+        stderr, which reaches the notebook, says so once."""
+        if self._fork_noted == os.getpid():
+            return
+        self._fork_noted = os.getpid()
+        note = (
+            f"rexec: forked process {os.getpid()} made a {kind} output, which is not shown: "
+            "of the processes a cell forks, only printed text reaches the notebook\n"
+        )
+        with contextlib.suppress(OSError):
+            _write_all(self.std_fds[1], note.encode())
 
     def internal(self, kind: str, header: dict[str, Any]) -> None:
         """A message for the supervisor itself (``ready``)."""

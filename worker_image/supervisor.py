@@ -97,6 +97,7 @@ EXIT_FLUSH_S = 2.0
 STOP_WAIT_S = 3.0  # SIGTERM to an executor, then SIGKILL
 SPARES = 1  # executors started ahead, so a new notebook or a restart is ready at once
 MAX_RECV_PER_TURN = 64
+LINK_READ_PER_TURN = 8 << 20  # bytes read from one executor's link per turn of the loop
 ASSIST_WAIT_S = 5.0  # a completion / obj? question the executor never answered is forgotten
 REGISTER_RETRY_S = 3.0  # REGISTER again when REGISTERED has not come after this long
 STALL_S = 2.0  # a tick this much late: the supervisor itself was stopped or starved
@@ -769,12 +770,22 @@ class Supervisor:
         ex.late_chars = 0
 
     # ------------------------------------------------------------------ executor events
-    def _receive_executor(self, ex: ExecutorProcess) -> None:
-        for _ in range(MAX_RECV_PER_TURN):
-            if ex.current is not None and ex.current.blocked:
-                return
+    def _receive_executor(self, ex: ExecutorProcess, to_the_end: bool = False) -> None:
+        """Take the executor's events: at most ``MAX_RECV_PER_TURN`` messages and about
+        ``LINK_READ_PER_TURN`` bytes, and none while its client is behind (credit), so the
+        loop stays responsive; ``to_the_end``: all that is left (it exited: nothing more
+        can come, and credit no longer holds anything back)."""
+        start, taken = ex.events.received, 0
+        while to_the_end or taken < MAX_RECV_PER_TURN:
+            budget = None
+            if not to_the_end:
+                if ex.current is not None and ex.current.blocked:
+                    return
+                budget = LINK_READ_PER_TURN - (ex.events.received - start)
+                if budget <= 0:
+                    return
             try:
-                frames = ex.events.next()
+                frames = ex.events.next(budget)
             except framing.FramingError as exc:  # nothing after it can be read: stop it
                 log.error("executor %d: unreadable link (%s); it is stopped", ex.number, exc)
                 ex.events.eof = True
@@ -783,6 +794,7 @@ class Supervisor:
                 return
             if frames is None:
                 return
+            taken += 1
             try:
                 raw = protocol.split(frames)
             except ProtocolError as exc:
@@ -924,7 +936,7 @@ class Supervisor:
         code = ex.proc.wait()
         self._drain_pipes(ex)
         # Events it sent before dying still count (e.g. DONE of exit()).
-        self._receive_executor(ex)
+        self._receive_executor(ex, to_the_end=True)
         self._flush_stream(ex)
         for fd in list(ex.pipes):  # a child it left may hold the pipe open: stop reading
             ex.close_pipe(fd)
