@@ -117,9 +117,18 @@ def test_end_of_stream_mid_message_is_eof_not_a_message(pair):
     assert reader.next() is None
 
 
-def test_a_corrupt_stream_is_an_error_not_a_huge_allocation(pair):
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        struct.pack("<I", 5) + b"\0" * 64,  # plausible as a count, but no message mark
+        framing.MESSAGE_MARK + struct.pack("<I", framing.MAX_FRAMES + 1) + b"\0" * 64,
+        framing.MESSAGE_MARK + struct.pack("<IQ", 1, 2**62),  # no memory holds that frame
+    ],
+    ids=["no mark", "too many frames", "too large a frame"],
+)
+def test_a_corrupt_stream_is_an_error_not_a_huge_allocation(pair, garbage):
     sender, receiver = pair
-    sender.sendall(struct.pack("<I", framing.MAX_FRAMES + 1) + b"\0" * 64)
+    sender.sendall(garbage)
     reader = framing.Reader(receiver)  # blocking: the first read takes what was sent
     with pytest.raises(framing.FramingError):
         reader.next()

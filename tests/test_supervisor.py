@@ -279,8 +279,11 @@ SCRIBBLE_ON_THE_LINK = (
 
 
 GARBAGE = {
-    "too many frames": "bytes([255]) * 64",
-    "a frame of 2**62 bytes": "(1).to_bytes(4, 'little') + (2**62).to_bytes(8, 'little')",
+    "bytes of no message": "bytes([255]) * 64",
+    "small integers": "b''.join(n.to_bytes(8, 'little') for n in range(100_000, 100_064))",
+    "a frame of 2**62 bytes": (
+        "b'RXL\\x01' + (1).to_bytes(4, 'little') + (2**62).to_bytes(8, 'little')"
+    ),
 }
 
 
@@ -296,6 +299,60 @@ def test_garbage_on_the_executors_link_costs_its_namespace_in_one_sentence(port,
     assert "namespace was lost" in d.header["message"]
     assert stdout(port.run("print('next', 'kept' in globals())")) == "next False\n"
     assert stdout(port.run("print(other)", **in_session("other"))) == "2\n"
+
+
+def test_a_forked_child_writing_on_after_its_executor_exited_never_stalls_the_worker(port):
+    """exit() while a child the cell forked goes on writing messages on the executor's link
+    (raw, past the fork guard): the supervisor reads what the executor left, not the child's
+    endless stream, so heartbeats go on and other notebooks are served."""
+    port.run("other = 2", **in_session("other"))
+    code = SCRIBBLE_ON_THE_LINK.replace("s.sendall(garbage)", "flood(s)") + (
+        "from worker_image import framing\n"
+        "def flood(s):\n"
+        "    if os.fork() == 0:\n"
+        "        import time\n"
+        "        end = time.monotonic() + 8\n"
+        "        msg = [b'RX1', b'display', b'{\"data\":{\"text/plain\":\"child\"}}']\n"
+        "        try:\n"
+        "            while time.monotonic() < end:\n"
+        "                framing.send(s, msg)\n"
+        "        finally:\n"
+        "            os._exit(0)\n"
+        "scribble()\n"
+        "exit()\n"
+    )
+    assert done(port.run(code)).header.get("exit") is True
+    beats, end = 0, time.monotonic() + 4
+    while time.monotonic() < end:
+        try:
+            _, msg = port.recv(max(0.01, end - time.monotonic()))
+        except TimeoutError:
+            break
+        beats += msg.kind == Kind.HEARTBEAT
+    assert beats >= 2  # one a second (WORKER_HEARTBEAT_S) while the child writes
+    assert stdout(port.run("print(other)", **in_session("other"))) == "2\n"
+
+
+def test_a_done_that_cannot_be_sent_ends_in_one_sentence_not_silence(port):
+    """The cell shuts the executor's side of its link: the DONE cannot go, so the executor
+    ends and the supervisor answers the cell."""
+    code = SCRIBBLE_ON_THE_LINK.replace("s.sendall(garbage)", "s.shutdown(socket.SHUT_WR)")
+    d = done(port.run(code + "scribble()"))
+    assert d.header["status"] == DoneStatus.LOST
+    assert "namespace was lost" in d.header["message"]
+    assert stdout(port.run("print('next')")) == "next\n"
+
+
+def test_a_process_forked_by_a_cell_never_takes_the_next_cells(port):
+    """``os.fork()`` with no exit in the child: the child finishes the cell with its parent,
+    then ends, saying so; the notebook's next cells run in the executor itself."""
+    events = port.run("import os\nparent = os.getpid()\nchild = os.fork()")
+    assert done(events).header["status"] == DoneStatus.OK
+    for _ in range(3):
+        assert stdout(port.run("print(os.getpid() == parent)")) == "True\n"
+    said = port.run("import time\ntime.sleep(0.5)")  # the child's note, late if not before
+    text = stdout(events, "stderr") + stdout(said, "stderr")
+    assert "forked by the cell, reached the cell's end and exits" in text
 
 
 def test_garbage_on_the_link_between_cells_is_announced_at_the_next_cell(port):

@@ -145,7 +145,6 @@ class CellRunner:
         # SIGINT then came too early to count: see executor.InterruptPipe).
         self.interrupted = interrupted
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
-        self.finished: str | None = None  # the last request whose DONE went to the link
         self.watch = Watch()
 
     def on_sigint(self, signum: int, frame: Any) -> None:
@@ -218,7 +217,6 @@ class CellRunner:
         self.outbox.deferred_interrupt = False  # an interrupt that came too late for the cell
         # Pulled arrays go without a copy (out-of-band buffers alias user memory): the send
         # returns once every byte is in the link, so the next cell may change them.
-        self.finished = cell.id  # from here on, a failure must not answer the cell twice
         self.outbox.event(target, Kind.DONE, header, frames)
         log.debug(
             "cell %s: %s in %.3f ms (%.3f ms since received)",

@@ -23,6 +23,7 @@ with its supervisor (``PR_SET_PDEATHSIG``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import faulthandler
 import json
@@ -124,6 +125,7 @@ class Executor:
         std_fds: tuple[int, int] = (1, 2),
     ) -> None:
         self.started = time.monotonic()
+        self.pid = os.getpid()
         self.ctx = ctx
         self.link = socket.socket(fileno=link_fd)
         self.link.set_inheritable(False)  # a child process must not hold the link open
@@ -228,7 +230,7 @@ class Executor:
             try:
                 self.runner.run(cell)
             except BaseException as exc:  # e.g. a KeyboardInterrupt between two steps
-                if self.runner.finished == cell.id:  # answered already: never a second DONE
+                if self.channel.last_sent == (cell.id, Kind.DONE):  # never a second DONE
                     log.warning("cell %s: %s after its DONE", cell.id, type(exc).__name__)
                 else:
                     log.exception("cell %s: the executor failed around the cell", cell.id)
@@ -239,10 +241,24 @@ class Executor:
                     self.channel.event(cell.target, Kind.DONE, done_header(DoneStatus.ERROR))
             finally:
                 self._busy = False
+            if os.getpid() != self.pid:
+                self._end_forked_child()
             if self.shell.exit_requested:
                 log.info("exit() in cell %s: this executor ends", cell.id)
                 break
         return self.close()
+
+    def _end_forked_child(self) -> None:
+        """A process the cell forked (``os.fork()`` with no exit of its own) came back here
+        at the cell's end: it must not take the notebook's next cells from the shared link,
+        so it ends, saying so on its stderr, which reaches the notebook."""
+        note = (
+            f"rexec: process {os.getpid()}, forked by the cell, reached the cell's end and "
+            "exits (end a forked process yourself with os._exit)\n"
+        )
+        with contextlib.suppress(OSError):
+            os.write(self.channel.std_fds[1], note.encode())
+        os._exit(0)
 
     def close(self) -> int:
         self._stopping.set()

@@ -11,7 +11,10 @@ high-water mark).
 
 A message is a list of frames (bytes-like), written as::
 
-    u32 n | n x u64 length | frame 1 | ... | frame n        (little-endian)
+    b"RXL\x01" | u32 n | n x u64 length | frame 1 | ... | frame n     (little-endian)
+
+The 4-byte mark starts every message, so bytes that are no message (a cell writing to a
+descriptor it did not open) are found at once, not read as a count of frames.
 
 ``send`` (blocking, the executor) writes one whole message; ``Writer`` (non-blocking, the
 supervisor) queues messages and writes what the socket takes; ``Reader`` takes whole
@@ -29,7 +32,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-_COUNT = struct.Struct("<I")
+MESSAGE_MARK = b"RXL\x01"
+_HEAD = struct.Struct("<4sI")  # the mark and the number of frames
 _LENGTH = struct.Struct("<Q")
 # More frames than any message has (a pull of 16 million arrays): a corrupt stream.  Its
 # lengths alone would be 128 MiB.
@@ -47,7 +51,7 @@ class FramingError(ValueError):
 def encode(frames: Sequence[Any]) -> list[memoryview]:
     """The buffers of one message, prefix first, ready for ``sendmsg`` (no frame copied)."""
     views = [memoryview(f).cast("B") if not isinstance(f, bytes) else memoryview(f) for f in frames]
-    prefix = _COUNT.pack(len(views)) + b"".join(_LENGTH.pack(v.nbytes) for v in views)
+    prefix = _HEAD.pack(MESSAGE_MARK, len(views)) + b"".join(_LENGTH.pack(v.nbytes) for v in views)
     return [memoryview(prefix), *(v for v in views if v.nbytes)]
 
 
@@ -215,14 +219,16 @@ class Reader:
     def _parse(self) -> None:
         while True:
             if self._lengths is None:
-                if self._available() < _COUNT.size:
+                if self._available() < _HEAD.size:
                     return
-                (count,) = _COUNT.unpack_from(self._buf, self._pos)
+                mark, count = _HEAD.unpack_from(self._buf, self._pos)
+                if mark != MESSAGE_MARK:
+                    raise FramingError(f"no message starts with {mark!r}")
                 if count > MAX_FRAMES:
                     raise FramingError(f"a message of {count} frames")
-                if self._available() < _COUNT.size + count * _LENGTH.size:
+                if self._available() < _HEAD.size + count * _LENGTH.size:
                     return
-                self._pos += _COUNT.size
+                self._pos += _HEAD.size
                 self._lengths = list(struct.unpack_from(f"<{count}Q", self._buf, self._pos))
                 self._pos += count * _LENGTH.size
                 self._frames = []

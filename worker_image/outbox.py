@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rexec_magic import protocol
+from rexec_magic.protocol import Kind
 from worker_image import framing
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class EventChannel:
         self.deferred_interrupt = False
         self._pid = os.getpid()  # a forked child (multiprocessing) shares the link: not its
         self._fork_noted = 0  # the child that was told so
+        self.last_sent: tuple[str, str] | None = None  # (request id, kind) last handed over
 
     def event(
         self,
@@ -111,6 +113,7 @@ class EventChannel:
             self.sending_thread = threading.get_ident()
             try:
                 framing.send(self.link, parts)
+                self.last_sent = (target.id, kind)
                 self.sent += 1
                 # Mark the place of this event in stdout and stderr: the supervisor shows text
                 # written after the mark only after the event (two channels, one order).
@@ -127,8 +130,8 @@ class EventChannel:
         """An event from a forked child process (``multiprocessing`` with fork): its writes
         would interleave with the executor's on the one link, so it is not sent; the child's
         stderr, which reaches the notebook, says so once."""
-        if self._fork_noted == os.getpid():
-            return
+        if self._fork_noted == os.getpid() or kind == Kind.DONE:
+            return  # (DONE: the end of a cell the child ran on; see Executor.run)
         self._fork_noted = os.getpid()
         note = (
             f"rexec: forked process {os.getpid()} made a {kind} output, which is not shown: "

@@ -98,6 +98,10 @@ STOP_WAIT_S = 3.0  # SIGTERM to an executor, then SIGKILL
 SPARES = 1  # executors started ahead, so a new notebook or a restart is ready at once
 MAX_RECV_PER_TURN = 64
 LINK_READ_PER_TURN = 8 << 20  # bytes read from one executor's link per turn of the loop
+# What an executor that exited can have left in its link: what its socket buffer holds (the
+# kernel doubles the size asked for).  More can only come from a child it forked that goes
+# on writing: not read, or the loop would wait on that child.
+EXIT_DRAIN_BYTES = 4 * framing.SOCKET_BUFFER
 ASSIST_WAIT_S = 5.0  # a completion / obj? question the executor never answered is forgotten
 REGISTER_RETRY_S = 3.0  # REGISTER again when REGISTERED has not come after this long
 STALL_S = 2.0  # a tick this much late: the supervisor itself was stopped or starved
@@ -773,17 +777,16 @@ class Supervisor:
     def _receive_executor(self, ex: ExecutorProcess, to_the_end: bool = False) -> None:
         """Take the executor's events: at most ``MAX_RECV_PER_TURN`` messages and about
         ``LINK_READ_PER_TURN`` bytes, and none while its client is behind (credit), so the
-        loop stays responsive; ``to_the_end``: all that is left (it exited: nothing more
-        can come, and credit no longer holds anything back)."""
+        loop stays responsive; ``to_the_end``: what is left once it exited (up to
+        ``EXIT_DRAIN_BYTES``; credit no longer holds anything back)."""
         start, taken = ex.events.received, 0
+        limit = EXIT_DRAIN_BYTES if to_the_end else LINK_READ_PER_TURN
         while to_the_end or taken < MAX_RECV_PER_TURN:
-            budget = None
-            if not to_the_end:
-                if ex.current is not None and ex.current.blocked:
-                    return
-                budget = LINK_READ_PER_TURN - (ex.events.received - start)
-                if budget <= 0:
-                    return
+            if not to_the_end and ex.current is not None and ex.current.blocked:
+                return
+            budget = limit - (ex.events.received - start)
+            if budget <= 0:
+                return
             try:
                 frames = ex.events.next(budget)
             except framing.FramingError as exc:  # nothing after it can be read: stop it
