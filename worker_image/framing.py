@@ -76,18 +76,6 @@ def _advance(views: deque[memoryview], sent: int) -> None:
             sent = 0
 
 
-def send(sock: socket.socket, frames: Sequence[Any]) -> None:
-    """Write one whole message on a blocking socket.  OSError when the peer is gone.
-
-    The caller keeps signals that raise (SIGINT) from cutting a message in two: a partial
-    message would leave the stream unreadable (see ``outbox.EventChannel``).
-    """
-    views = deque(encode(frames))
-    while views:
-        batch = [views[i] for i in range(min(len(views), _IOV_MAX))]
-        _advance(views, sock.sendmsg(batch))
-
-
 class Writer:
     """Messages queued for a non-blocking socket, written as it takes them (the supervisor:
     it never waits on an executor).  ``flush`` after each ``queue`` and on POLLOUT.
@@ -125,6 +113,18 @@ class Writer:
                 raise
             _advance(self._views, sent)
             self.written += sent
+
+
+def send(sock: socket.socket, frames: Sequence[Any]) -> None:
+    """Write one whole message on a blocking socket (``Writer.flush`` returns only once all
+    of it is written).  OSError when the peer is gone.
+
+    The caller keeps signals that raise (SIGINT) from cutting a message in two: a partial
+    message would leave the stream unreadable (see ``outbox.EventChannel``).
+    """
+    writer = Writer(sock)
+    writer.queue(frames)
+    writer.flush()
 
 
 def _fresh(length: int) -> memoryview:
