@@ -98,10 +98,11 @@ STOP_WAIT_S = 3.0  # SIGTERM to an executor, then SIGKILL
 SPARES = 1  # executors started ahead, so a new notebook or a restart is ready at once
 MAX_RECV_PER_TURN = 64
 LINK_READ_PER_TURN = 8 << 20  # bytes read from one executor's link per turn of the loop
-# What an executor that exited can have left in its link: what its socket buffer holds (the
-# kernel doubles the size asked for).  More can only come from a child it forked that goes
-# on writing: not read, or the loop would wait on that child.
+# What is read of the link of an executor that exited: what its socket buffer can hold (the
+# kernel doubles the size asked for), in at most 10,000 messages (a few hundred ms of this
+# loop).  More can only come from a child it forked that goes on writing, and is not read.
 EXIT_DRAIN_BYTES = 4 * framing.SOCKET_BUFFER
+EXIT_DRAIN_MESSAGES = 10_000
 ASSIST_WAIT_S = 5.0  # a completion / obj? question the executor never answered is forgotten
 REGISTER_RETRY_S = 3.0  # REGISTER again when REGISTERED has not come after this long
 STALL_S = 2.0  # a tick this much late: the supervisor itself was stopped or starved
@@ -778,10 +779,11 @@ class Supervisor:
         """Take the executor's events: at most ``MAX_RECV_PER_TURN`` messages and about
         ``LINK_READ_PER_TURN`` bytes, and none while its client is behind (credit), so the
         loop stays responsive; ``to_the_end``: what is left once it exited (up to
-        ``EXIT_DRAIN_BYTES``; credit no longer holds anything back)."""
+        ``EXIT_DRAIN_BYTES`` and ``EXIT_DRAIN_MESSAGES``; credit holds nothing back)."""
         start, taken = ex.events.received, 0
         limit = EXIT_DRAIN_BYTES if to_the_end else LINK_READ_PER_TURN
-        while to_the_end or taken < MAX_RECV_PER_TURN:
+        most = EXIT_DRAIN_MESSAGES if to_the_end else MAX_RECV_PER_TURN
+        while taken < most:
             if not to_the_end and ex.current is not None and ex.current.blocked:
                 return
             budget = limit - (ex.events.received - start)
