@@ -348,11 +348,12 @@ def test_a_process_forked_by_a_cell_never_takes_the_next_cells(port):
     then ends, saying so; the notebook's next cells run in the executor itself."""
     events = port.run("import os\nparent = os.getpid()\nchild = os.fork()")
     assert done(events).header["status"] == DoneStatus.OK
+    stderr = stdout(events, "stderr")  # the child's note: in the cell, or late in a next one
     for _ in range(3):
-        assert stdout(port.run("print(os.getpid() == parent)")) == "True\n"
-    said = port.run("import time\ntime.sleep(0.5)")  # the child's note, late if not before
-    text = stdout(events, "stderr") + stdout(said, "stderr")
-    assert "forked by the cell, reached the cell's end and exits" in text
+        events = port.run("import time\ntime.sleep(0.2)\nprint(os.getpid() == parent)")
+        assert stdout(events) == "True\n"
+        stderr += stdout(events, "stderr")
+    assert "forked by the cell, reached the cell's end and exits" in stderr
 
 
 def test_garbage_on_the_link_between_cells_is_announced_at_the_next_cell(port):
