@@ -574,19 +574,11 @@ def test_an_interrupt_during_a_blocked_send_never_cuts_an_event(port, source):
         "    i += 1\n"
     )
     request_id = port.execute(code, extra={"credit": 4})
-    events: list = []
-    while len(events) < 4:  # then nothing more comes until acknowledged
-        _, msg = port.recv(WAIT_S)
-        if msg.header.get("id") == request_id and msg.kind != Kind.ACCEPTED:
-            events.append(msg)
+    events = port.unacknowledged(request_id, 4)  # then nothing more comes until acknowledged
     time.sleep(1.0)  # the executor writes on until the link is full, and waits mid-send
     port.send(Kind.INTERRUPT, {"id": request_id})
     time.sleep(0.5)
-    while events[-1].kind != Kind.DONE:
-        port.send(Kind.ACK, {"id": request_id, "n": len(events)})
-        _, msg = port.recv(INTERRUPT_ANSWER_S)
-        if msg.header.get("id") == request_id:
-            events.append(msg)
+    events = port.acknowledged(request_id, events, timeout=INTERRUPT_ANSWER_S)
     assert events[-1].header["status"] == DoneStatus.INTERRUPTED
     shown = [e.header["data"]["text/plain"] for e in events if e.kind == Kind.DISPLAY]
     assert len(shown) >= 3 and shown == [f"{i} " + "x" * size for i in range(len(shown))]
@@ -608,19 +600,11 @@ def test_a_cells_own_sigint_handler_never_answers_a_finished_cell_again(port):
         "display(2)\n"
     )
     request_id = port.execute(code, pull=["a"], extra={"credit": 2})
-    events: list = []
-    while len(events) < 2:
-        _, msg = port.recv(WAIT_S)
-        if msg.header.get("id") == request_id and msg.kind != Kind.ACCEPTED:
-            events.append(msg)
+    events = port.unacknowledged(request_id, 2)
     time.sleep(1.0)  # the executor waits inside the DONE send (64 MiB, nobody reads)
     port.send(Kind.INTERRUPT, {"id": request_id})
     time.sleep(0.5)
-    while events[-1].kind != Kind.DONE:
-        port.send(Kind.ACK, {"id": request_id, "n": len(events)})
-        _, msg = port.recv(WAIT_S)
-        if msg.header.get("id") == request_id:
-            events.append(msg)
+    events = port.acknowledged(request_id, events)
     assert events[-1].header["status"] == DoneStatus.OK
     time.sleep(1.0)  # anything stray from the cell would come now, before the next cell's
     after = port.execute("print('next')")
@@ -666,12 +650,7 @@ def test_events_still_in_the_link_when_the_executor_exits_all_arrive(port):
     code = "from IPython.display import display\nfor i in range(30):\n    display(i)\nexit()"
     request_id = port.execute(code, extra={"credit": 4})
     time.sleep(1.0)  # the executor has ended by now
-    events: list = []
-    while not events or events[-1].kind != Kind.DONE:
-        _, msg = port.recv(WAIT_S)
-        if msg.header.get("id") == request_id and msg.kind != Kind.ACCEPTED:
-            events.append(msg)
-            port.send(Kind.ACK, {"id": request_id, "n": len(events)})
+    events = port.acknowledged(request_id)
     shown = [e.header["data"]["text/plain"] for e in events if e.kind == Kind.DISPLAY]
     assert shown == [str(i) for i in range(30)]
     assert events[-1].header.get("exit") is True

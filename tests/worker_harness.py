@@ -209,6 +209,29 @@ class BrokerPort:
             if msg.kind in TERMINAL:
                 return out
 
+    def unacknowledged(self, request_id: str, n: int, timeout: float = WAIT_S) -> list[Message]:
+        """The first ``n`` events of ``request_id`` (``accepted`` not counted), acknowledging
+        none: a client that stopped reading, for a request sent with ``credit``."""
+        events: list[Message] = []
+        while len(events) < n:
+            _, msg = self.recv(timeout)
+            if msg.header.get("id") == request_id and msg.kind != Kind.ACCEPTED:
+                events.append(msg)
+        return events
+
+    def acknowledged(
+        self, request_id: str, events: list[Message] | None = None, timeout: float = WAIT_S
+    ) -> list[Message]:
+        """``events`` and the rest of ``request_id``'s, up to DONE, each acknowledged as it
+        comes: a client reading on."""
+        events = list(events or [])
+        while not events or events[-1].kind != Kind.DONE:
+            self.send(Kind.ACK, {"id": request_id, "n": len(events)})
+            _, msg = self.recv(timeout)
+            if msg.header.get("id") == request_id and msg.kind != Kind.ACCEPTED:
+                events.append(msg)
+        return events
+
     def run(self, code: str, timeout: float = WAIT_S, **kwargs: Any) -> list[Message]:
         return self.events(self.execute(code, **kwargs), timeout)
 
