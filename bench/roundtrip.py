@@ -317,7 +317,7 @@ class Rexec:
     def push(self) -> float:
         t0 = time.perf_counter()
         # -i: ship it even though it did not change (what is measured is the transfer)
-        self.remote("--no-pull -i arr", "arr.shape")
+        self.remote("--no-pull -i arr", "arr.shape;")
         return time.perf_counter() - t0
 
     def pull(self) -> float:
@@ -336,7 +336,7 @@ class Rexec:
         }
 
     def drop_array(self) -> None:
-        self.remote("--no-pull", "del arr, arr2, n_arr\nimport gc; gc.collect()")
+        self.remote("--no-pull", "del arr, arr2, n_arr\nimport gc; gc.collect();")
         for name in ("arr", "arr2", "n_arr"):  # `del` in a remote cell deletes here too
             self.ip.user_ns.pop(name, None)
 
