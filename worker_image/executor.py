@@ -125,7 +125,6 @@ class Executor:
         std_fds: tuple[int, int] = (1, 2),
     ) -> None:
         self.started = time.monotonic()
-        self.pid = os.getpid()
         self.ctx = ctx
         self.link = socket.socket(fileno=link_fd)
         self.link.set_inheritable(False)  # a child process must not hold the link open
@@ -241,7 +240,7 @@ class Executor:
                     self.channel.event(cell.target, Kind.DONE, done_header(DoneStatus.ERROR))
             finally:
                 self._busy = False
-            if os.getpid() != self.pid:
+            if self.channel.in_forked_child:
                 self._end_forked_child()
             if self.shell.exit_requested:
                 log.info("exit() in cell %s: this executor ends", cell.id)

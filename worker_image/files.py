@@ -131,9 +131,6 @@ class Transfers:
                     down.cv.notify()
         return True
 
-    def _failed_upload(self, request_id: str) -> None:
-        self._failed.add(request_id)
-
     def active(self) -> bool:
         """A transfer is under way: the worker is busy (the idle culler must not stop it)."""
         return bool(self._uploads or self._downloads)
@@ -153,14 +150,14 @@ class Transfers:
                 self._on_put(target, msg)
             except fileio.TransferError as exc:
                 self._uploads.pop(target.id, None)
-                self._failed_upload(target.id)
+                self._failed.add(target.id)
                 self._reply(target, Kind.FILE_ERROR, {"message": str(exc)})
             except Exception as exc:  # never let one bad upload stop the writer
                 log.exception("upload %s failed", target.id)
                 up = self._uploads.pop(target.id, None)
                 if up is not None:
                     up.staging.abort()
-                self._failed_upload(target.id)
+                self._failed.add(target.id)
                 message = f"The upload failed on the worker: {type(exc).__name__}: {exc}."
                 self._reply(target, Kind.FILE_ERROR, {"message": message})
 

@@ -103,8 +103,8 @@ class EventChannel:
         """Send one event for ``target`` now; its buffers are free to change on return."""
         from worker_image.link import encode_header  # one JSON encoder that never fails
 
-        if os.getpid() != self._pid:
-            self._in_forked_child(kind)
+        if self.in_forked_child:
+            self._forked_child_event(kind)
             return
 
         header = {"id": target.id, **header}
@@ -126,7 +126,12 @@ class EventChannel:
             self.deferred_interrupt = False
             raise KeyboardInterrupt
 
-    def _in_forked_child(self, kind: str) -> None:
+    @property
+    def in_forked_child(self) -> bool:
+        """This process is a child the executor forked (it shares the link, not its role)."""
+        return os.getpid() != self._pid
+
+    def _forked_child_event(self, kind: str) -> None:
         """An event from a forked child process (``multiprocessing`` with fork): its writes
         would interleave with the executor's on the one link, so it is not sent; the child's
         stderr, which reaches the notebook, says so once."""

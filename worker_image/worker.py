@@ -88,9 +88,9 @@ def make_undumpable() -> bool:
         return False
 
 
-# The supervisor holds about a dozen descriptors per executor (three ipc sockets, two pipes,
-# a pidfd, the interrupt pipe), and libzmq aborts the whole process when an ipc accept finds
-# none free: the soft limit goes up to the hard one (at most this).
+# The supervisor holds 8 descriptors per executor (its link, the inspect ipc socket and
+# libzmq's own, two pipes, a pidfd, the interrupt pipe), and libzmq aborts the whole process
+# when an ipc accept finds none free: the soft limit goes up to the hard one (at most this).
 MAX_OPEN_FILES = 1 << 16
 
 
