@@ -745,6 +745,82 @@ def test_the_executor_of_a_silent_kernel_is_interrupted_and_stopped(port):
             break
 
 
+def pinging(
+    port: BrokerPort, ids: list[str], session: dict, timeout: float = WAIT_S
+) -> dict[str, list]:
+    """Every message of ``ids`` up to each one's DONE, while the kernel of ``session`` (an
+    ``in_session`` dict) sends its keepalives every 0.25 s and no other kernel does."""
+    by_id: dict[str, list] = {i: [] for i in ids}
+    end = time.monotonic() + timeout
+    next_ping = 0.0
+    while not all(m and m[-1].kind == Kind.DONE for m in by_id.values()):
+        now = time.monotonic()
+        assert now < end, f"no DONE in {timeout} s: {[[m.kind for m in v] for v in by_id.values()]}"
+        if now >= next_ping:
+            port.send(Kind.KEEPALIVE, {"id": f"ping-{now}", **session["extra"]})
+            next_ping = now + 0.25
+        try:
+            _, msg = port.recv(0.25)
+        except TimeoutError:
+            continue
+        if msg.header.get("id") in by_id:
+            by_id[msg.header["id"]].append(msg)
+    return by_id
+
+
+def test_a_gone_kernels_cell_in_a_shared_namespace_is_interrupted_while_others_use_it(port):
+    """The notebook attached to a shared namespace whose kernel went silent (killed) has its
+    running cell interrupted, although the other notebook attached there keeps the executor
+    alive with its keepalives; the other's cell, queued behind it, then runs in the kept
+    namespace (it used to wait behind the dead kernel's cell for as long as that ran)."""
+    alive = in_session("alive", namespace="team", keepalive_s=0.5)
+    port.run("v = 1", **alive)
+    gone = in_session("gone", namespace="team", keepalive_s=0.5)
+    stuck = port.execute("import time\nprint('go', flush=True)\ntime.sleep(100)", **gone)
+    port.recv_kind(Kind.STREAM)
+    behind = port.execute("print(v)", **alive)
+    by_id = pinging(port, [stuck, behind], alive)
+    assert done(by_id[stuck]).header["status"] == DoneStatus.INTERRUPTED
+    assert stdout(by_id[behind]) == "1\n"
+    assert done(by_id[behind]).header["status"] == DoneStatus.OK
+
+
+def test_a_shared_namespace_restarted_for_a_gone_kernels_cell_says_so_to_the_others(port):
+    """A gone kernel's cell that ignores the interrupt: the shared executor is restarted
+    after the grace period, and the other notebook's next cell first hears that the
+    namespace was lost (never a bare NameError)."""
+    alive = in_session("alive", namespace="team", keepalive_s=0.5)
+    port.run("v = 1", **alive)
+    code = (
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('go', flush=True)\ntime.sleep(100)"
+    )
+    stuck = port.execute(code, **in_session("gone", namespace="team", keepalive_s=0.5))
+    port.recv_kind(Kind.STREAM)
+    assert done(pinging(port, [stuck], alive)[stuck]).header["status"] == DoneStatus.RESTARTING
+    events = port.run("print('v' in globals())", **alive)
+    notices = [e.header for e in events if e.kind == Kind.NOTICE]
+    assert [n["about"] for n in notices] == ["lost"]
+    assert "namespace was lost" in notices[0]["text"]
+    assert stdout(events) == "False\n"
+
+
+def test_a_notebook_attached_to_a_shared_namespace_keeps_its_own(port):
+    """While a notebook works in a shared namespace its keepalives name that namespace; its
+    own executor, which it comes back to, is not stopped as orphaned meanwhile."""
+    own = in_session("nb", keepalive_s=0.5)
+    port.run("mine = 7", **own)
+    pid = executor_pid(port, "nb")
+    attached = in_session("nb", namespace="team", keepalive_s=0.5)
+    port.run("pass", **attached)
+    end = time.monotonic() + 4  # well past 3 intervals + 1 s of silence for its own
+    while time.monotonic() < end:
+        port.send(Kind.KEEPALIVE, {"id": f"ping-{time.monotonic()}", **attached["extra"]})
+        time.sleep(0.25)
+    assert stdout(port.run("print(mine)", **own)) == "7\n"
+    assert executor_pid(port, "nb") == pid
+
+
 def test_a_queued_call_says_what_it_waits_for(port):
     first = port.execute("import time\ntime.sleep(4)")
     second = port.execute("print('second')")

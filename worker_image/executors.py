@@ -55,6 +55,7 @@ class Request:
     notice: str = ""  # the last NOTICE category sent
     notice_at: float = 0.0
     abandoned: bool = False  # its client's broker is gone (RESYNC): its events are dropped
+    client: str = ""  # the client session that sent it ("": a legacy client)
 
     @property
     def blocked(self) -> bool:
@@ -149,7 +150,7 @@ class ExecutorProcess:
         self.queue: deque[Request] = deque()
         self.current: Request | None = None
         self.grace_deadline: float | None = None
-        self.kill_reason: str | None = None  # "interrupt", "orphan", "stop", "link"
+        self.kill_reason: str | None = None  # "interrupt", "orphan", "abandoned", "stop", "link"
         self.exit_requested = False  # exit() ran: it ends by itself
         self.late: deque[tuple[str, Any, list[Any]]] = deque()  # (kind, header|text, buffers)
         self.late_chars = 0

@@ -106,6 +106,7 @@ EXIT_DRAIN_MESSAGES = 10_000
 ASSIST_WAIT_S = 5.0  # a completion / obj? question the executor never answered is forgotten
 REGISTER_RETRY_S = 3.0  # REGISTER again when REGISTERED has not come after this long
 STALL_S = 2.0  # a tick this much late: the supervisor itself was stopped or starved
+CLIENTS_KEPT_S = 600.0  # a silent client session is forgotten this long after it went silent
 
 
 class ThreadSender:
@@ -181,6 +182,10 @@ class Supervisor:
         # broker restart lost the `accepted`) has reached the worker already and never runs
         # a second time.
         self._accepted = Recent(ACCEPTED_IDS_KEPT)
+        # Client session -> (when last heard from, its keepalive interval): a shared
+        # namespace's running cell is stopped when its own kernel goes silent, even while
+        # the other notebooks attached to it keep the executor alive.
+        self._clients: dict[str, tuple[float, float | None]] = {}
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards an absent broker
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -526,7 +531,8 @@ class Supervisor:
             return
         # Handed on as received: the executor reads the header itself.
         frames = protocol.encode(msg.kind, raw.header, raw.buffers)
-        req = Request(cell.target, msg.kind, frames, cell.credit)
+        fields = msg.read(protocol.Placement)
+        req = Request(cell.target, msg.kind, frames, cell.credit, client=fields.session)
         if cell.id in self._accepted:
             log.warning("%s %s came again after it was accepted: not run twice", req.what, cell.id)
             message = (
@@ -537,7 +543,7 @@ class Supervisor:
             self._to_client(req, Kind.DONE, done_header(DoneStatus.INTERRUPTED, message=message))
             return
         try:
-            ex = self._executor_for(cell.session, msg.read(protocol.Placement))
+            ex = self._executor_for(cell.session, fields)
         except START_ERRORS as exc:
             # Out of processes, memory or file descriptors: this cell fails in one sentence
             # (it never started), the worker and every other namespace go on.
@@ -590,16 +596,26 @@ class Supervisor:
             if cur is not None and cur.target.id == request_id and cur.target.route == route:
                 cur.acked = max(cur.acked, n)
                 ex.last_seen = time.monotonic()
+                if cur.client in self._clients:
+                    self._clients[cur.client] = (ex.last_seen, self._clients[cur.client][1])
                 return
 
     def _on_keepalive(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
         fields = msg.read(protocol.Keepalive)
-        ex = self.executors.get(placement(fields))
-        if ex is not None:
-            self._seen(ex, fields)
+        keys = [placement(fields)]
+        if fields.namespace and fields.session:
+            # Attached to a shared namespace, the notebook still has its own executor, which
+            # it comes back to with %rexec_attach: that one is not orphaned meanwhile.
+            keys.append(placement(protocol.Placement(session=fields.session)))
+        for key in keys:
+            ex = self.executors.get(key)
+            if ex is not None:
+                self._seen(ex, fields)
 
     def _seen(self, ex: ExecutorProcess, fields: protocol.Placement) -> None:
         ex.last_seen = time.monotonic()
+        if fields.session:
+            self._clients[fields.session] = (ex.last_seen, fields.keepalive_s)
         if fields.keepalive_s is not None:
             ex.keepalive_s = fields.keepalive_s
         if fields.notebook and not ex.shared:  # a shared one keeps its name as its label
@@ -962,9 +978,16 @@ class Supervisor:
                     f"This notebook's remote executor died while no cell ran ({sentence}); "
                     "its namespace was lost.",
                 )
+        if ex.kill_reason == "abandoned" and ex.key and self.executors.get(ex.key) is ex:
+            # Its other notebooks: no bare NameError at their next cell.
+            self._lost_while_idle[ex.key] = (
+                ex,
+                "This shared namespace's remote executor was restarted: a cell of a notebook "
+                "whose kernel is gone did not stop when interrupted; the namespace was lost.",
+            )
         if req is not None:
             ex.current = None
-            if ex.kill_reason == "interrupt":
+            if ex.kill_reason in ("interrupt", "abandoned"):
                 message = (
                     f"The {req.what} did not stop within {INTERRUPT_GRACE_S:g} s of the "
                     "interrupt, so this notebook's remote executor was restarted; its "
@@ -1013,6 +1036,8 @@ class Supervisor:
             # This process did not run (stopped, starved): nobody could reach it meanwhile, so
             # that time counts neither as its kernels' silence nor against a grace period.
             log.warning("the supervisor did not run for %.1f s", stall)
+            for session, (seen, keepalive_s) in self._clients.items():
+                self._clients[session] = (seen + stall, keepalive_s)
             for ex in self.all:
                 ex.last_seen += stall
                 if ex.grace_deadline is not None:
@@ -1039,7 +1064,9 @@ class Supervisor:
                     ex.signal(signal.SIGKILL)
             self._notices(ex, now)
             self._check_orphan(ex, now)
+            self._check_orphaned_cell(ex, now)
             self._dispatch(ex)  # one its requests socket refused (see _dispatch) goes again
+        self._forget_silent_clients(now)
         for request_id, (route, deadline, ex) in list(self._inspects.items()):
             if now >= deadline:
                 del self._inspects[request_id]
@@ -1111,6 +1138,37 @@ class Supervisor:
             ex.kill_reason = "stop"
             ex.grace_deadline = now + STOP_WAIT_S
             ex.signal(signal.SIGTERM)
+
+    def _client_gone(self, session: str, now: float) -> bool:
+        """Whether client session ``session`` went silent (never, without a keepalive)."""
+        seen, keepalive_s = self._clients.get(session, (now, None))
+        return keepalive_s is not None and now - seen > ORPHAN_AFTER_PINGS * keepalive_s + 1.0
+
+    def _check_orphaned_cell(self, ex: ExecutorProcess, now: float) -> None:
+        """A running request whose own kernel went silent, on an executor that others keep
+        alive (a shared namespace): interrupt it, and drop that kernel's queued requests, so
+        a killed kernel's cell never blocks the other notebooks.  Should it ignore the
+        interrupt, the executor is restarted and its other notebooks hear that the namespace
+        was lost (``_on_exit``)."""
+        req = ex.current
+        if req is None or ex.orphaned or ex.grace_deadline is not None:
+            return
+        if not req.client or not self._client_gone(req.client, now):
+            return
+        log.warning(
+            "executor %d (%s): no sign of the kernel of its running %s for %.0f s; interrupting it",
+            ex.number,
+            ex.key,
+            req.what,
+            now - self._clients[req.client][0],
+        )
+        ex.queue = deque(r for r in ex.queue if r.client != req.client)
+        self._interrupt(ex, "abandoned")
+
+    def _forget_silent_clients(self, now: float) -> None:
+        for session, (seen, keepalive_s) in list(self._clients.items()):
+            if now - seen > CLIENTS_KEPT_S + ORPHAN_AFTER_PINGS * (keepalive_s or 0):
+                del self._clients[session]
 
     # ------------------------------------------------------------------ ending the worker
     def _exit(self, code: int) -> int:
