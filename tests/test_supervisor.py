@@ -656,6 +656,26 @@ def test_events_still_in_the_link_when_the_executor_exits_all_arrive(port):
     assert events[-1].header.get("exit") is True
 
 
+def test_a_process_flooding_the_output_never_holds_up_the_supervisor():
+    """``yes`` in a cell writes faster than the supervisor reads: every byte still arrives,
+    in stream messages of about a MiB (one read of the pipe used to go on as long as the
+    pipe stayed full: single messages of hundreds of MB, seconds without a heartbeat)."""
+    from worker_image.supervisor import MAX_STREAM_CHARS
+
+    port = BrokerPort()
+    try:
+        port.start_worker()
+        port.register()
+        size = 40_000_000
+        request_id = port.execute(f"import os\nos.system('yes flood | head -c {size}')")
+        streams = [e.header for e in port.events(request_id, timeout=120) if e.kind == Kind.STREAM]
+        assert sum(len(h["text"]) for h in streams if h["name"] == "stdout") == size
+        assert max(len(h["text"]) for h in streams) <= 2 * MAX_STREAM_CHARS
+        assert stdout(port.run("print('next')")) == "next\n"
+    finally:
+        port.close()
+
+
 # --------------------------------------------------------------------------- one namespace each
 def test_each_session_has_its_own_namespace_and_they_run_side_by_side(port):
     port.run("x = 'a'", **in_session("a"))

@@ -34,6 +34,12 @@ from worker_image.outbox import MARK, Target
 log = logging.getLogger(__name__)
 
 PIPE_READ = 1 << 16
+# At most this much of one pipe per read_pipe call: a writer faster than the supervisor (``yes``
+# in a cell) would otherwise keep one call reading for seconds (no heartbeats, one stream
+# message of hundreds of MB).  It is at least the largest pipe an unprivileged process can make
+# (``fs.pipe-max-size``, 1 MiB by default), so one call still takes all that a pipe held when
+# it began: the text written before an event, which must go before it.
+PIPE_READ_PER_CALL = 1 << 20
 LATE_MAX_CHARS = 1 << 20  # output after a cell ended, kept for the next one (the tail)
 LATE_MAX_EVENTS = 1000
 # Variables the executor must not inherit: the worker's registration secret and friends.
@@ -235,9 +241,10 @@ class ExecutorProcess:
     def read_pipe(self, fd: int) -> list[tuple[str, str]]:
         """Read what one pipe holds now; return the text that may be shown already."""
         eof = False
-        while fd in self.pipes:
+        budget = PIPE_READ_PER_CALL
+        while fd in self.pipes and budget > 0:
             try:
-                data = os.read(fd, PIPE_READ)
+                data = os.read(fd, min(PIPE_READ, budget))
             except BlockingIOError:
                 break
             except OSError:
@@ -246,6 +253,7 @@ class ExecutorProcess:
                 eof = True
                 break
             self.readers[fd].feed(data)
+            budget -= len(data)
             if len(data) < PIPE_READ:
                 break
         out = self.released()
