@@ -377,6 +377,36 @@ def test_cells_queued_behind_a_crash_are_not_run(port, tmp_path):
     assert not marker.exists()
 
 
+IGNORES_SIGINT = (
+    "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "print('go', flush=True)\ntime.sleep(100)"
+)
+
+
+@pytest.mark.parametrize("behind", ["same notebook", "another notebook attached"])
+def test_what_waits_behind_a_cell_killed_after_its_interrupt_runs_on_a_fresh_executor(port, behind):
+    """The restart an interrupt promised: a request queued behind a cell that ignored its
+    interrupt provably never started, and it runs on the fresh executor once the old one is
+    killed (it used to fail, "not run").  The killed cell's notebook hears of the lost
+    namespace in that cell's DONE; another notebook sharing it hears it first."""
+    first_session = in_session("a", namespace="team")
+    port.run("kept = 1", **first_session)
+    stuck = port.execute(IGNORES_SIGINT, **first_session)
+    port.recv_kind(Kind.STREAM)
+    other = first_session if behind == "same notebook" else in_session("b", namespace="team")
+    waiting = port.execute("print('kept' in globals())", **other)
+    port.send(Kind.INTERRUPT, {"id": stuck})
+    d = done(port.events(stuck, timeout=INTERRUPT_ANSWER_S))
+    assert d.header["status"] == DoneStatus.RESTARTING
+    assert "namespace was lost" in d.header["message"]
+    events = port.events(waiting, timeout=WAIT_S)
+    assert done(events).header["status"] == DoneStatus.OK
+    assert stdout(events) == "False\n"
+    notices = [e.header["about"] for e in events if e.kind == Kind.NOTICE]
+    lost = [n for n in notices if n == "lost"]
+    assert lost == ([] if behind == "same notebook" else ["lost"])
+
+
 # --------------------------------------------------------------------------- every byte
 def test_fd_output_of_shells_subprocesses_and_c_code_in_write_order(port):
     code = (

@@ -726,7 +726,7 @@ class Supervisor:
                 log.warning("could not start a spare executor: %s", exc)
                 return  # again at the next top-up
 
-    def _executor_for(self, key: str, fields: protocol.Placement) -> ExecutorProcess:
+    def _executor_for(self, key: str, fields: protocol.Placement | None) -> ExecutorProcess:
         ex = self.executors.get(key)
         if ex is not None and ex.exited() is not None:  # dead, its pidfd not read yet
             self._on_exit(ex)  # never handed a request it cannot have run
@@ -743,7 +743,8 @@ class Supervisor:
             self.executors[key] = ex
             log.info("executor %d now serves %s", ex.number, key)
             self._top_up_spares()
-        self._seen(ex, fields)
+        if fields is not None:
+            self._seen(ex, fields)
         return ex
 
     def _dispatch(self, ex: ExecutorProcess) -> None:
@@ -1004,6 +1005,8 @@ class Supervisor:
                 error = {"ename": "ExecutorDied", "evalue": message, "traceback": [message]}
                 self._to_client(req, Kind.ERROR, error)
                 self._to_client(req, Kind.DONE, done_header(DoneStatus.LOST, message=message))
+        if ex.kill_reason in ("interrupt", "abandoned") and ex.queue and ex.key:
+            self._requeue_on_fresh(ex, req)
         self._fail_queued(ex, f"this notebook's remote executor ended ({sentence}) before it ran")
         self._forget(ex)
         self.all.remove(ex)
@@ -1017,6 +1020,30 @@ class Supervisor:
                 self._reply(route, Kind.INSPECT_REPLY, self._inspect_header(request_id, None, None))
         ex.close()
         self._top_up_spares()
+
+    def _requeue_on_fresh(self, ex: ExecutorProcess, killed: Request | None) -> None:
+        """``ex`` was killed for a request that ignored its interrupt: what was queued behind
+        it provably never started, and the user asked for it after interrupting, so it runs
+        on a fresh executor (the restart the interrupt promised) rather than failing.  The
+        killed request's own client hears of the restart in its DONE; any other notebook
+        (a shared namespace) hears first that the namespace was lost."""
+        if ex.key is None or self.executors.get(ex.key) is not ex:
+            return
+        self._forget(ex)
+        try:
+            fresh = self._executor_for(ex.key, None)
+        except START_ERRORS as exc:
+            log.error("could not start an executor for %s: %s", ex.key, exc)
+            return  # the queue stays on ``ex``: "not run"
+        told = killed.client if killed is not None else None
+        if fresh.lost_note is None and any(r.client != told for r in ex.queue):
+            fresh.lost_note = (
+                f"This namespace's remote executor was restarted: a cell did not stop within "
+                f"{INTERRUPT_GRACE_S:g} s of an interrupt; the namespace was lost."
+            )
+        fresh.queue.extend(ex.queue)
+        ex.queue.clear()
+        self._dispatch(fresh)
 
     def _fail_queued(self, ex: ExecutorProcess, why: str) -> None:
         while ex.queue:
