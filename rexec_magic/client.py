@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ Events = Generator[P.Message, None, "CellOutcome"]
 # Events a request yields to its caller as they come (the rest are bookkeeping).
 OUTPUT_KINDS = (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT, P.Kind.YIELD, P.Kind.NOTICE)
 HELLO_TIMEOUT_S = 10.0
+ABANDONED_KEPT = 64  # ids of requests the user stopped waiting for, kept for their DONE
 
 
 def pass_on_sigint(handler: Any, frame: Any) -> None:
@@ -127,6 +129,8 @@ class RexecClient:
         self.namespace: str | None = None
         self.notebook = ""
         self.keepalive_s = keepalive_interval()
+        # Requests the user stopped waiting for (a second Ctrl-C): their DONE may still come.
+        self._abandoned: deque[str] = deque(maxlen=ABANDONED_KEPT)
         self.last_heard = 0.0  # time.monotonic() of the last message from the broker
         # A message read whole while a Ctrl-C came: the next _recv returns it (whole_message).
         self._stashed: P.Message | None = None
@@ -576,12 +580,16 @@ class RexecClient:
                     self._send(kind, header, buffers)
                     continue
                 if h.get("id") != req_id:
-                    continue  # a late event of an earlier cell
+                    news = self._abandoned_news(msg, req_id)
+                    if news is None:
+                        continue  # a late event of an earlier cell
+                    msg, h = news, news.header
                 if "seq" in h:  # a numbered event (read through its model by _recv already)
                     handled = max(handled, msg.read(P.Event).seq + 1)
                 if msg.kind == P.Kind.NOTICE:
                     said = msg.read(P.Notice)
-                    notice = said.text
+                    if said.about != "lost":  # news from before, not what it waits for
+                        notice = said.text
                     # Said again every NOTICE_REPEAT_S while it lasts (supervisor._notice).
                     repeat = P.NOTICE_REPEAT_S + 5.0
                     stopped_until = now + repeat if said.about == "stopped" else 0.0
@@ -596,6 +604,7 @@ class RexecClient:
                         raise
                     except KeyboardInterrupt:  # thrown in: it hit while the caller showed msg
                         if interrupted_at is not None:
+                            self._abandoned.append(req_id)
                             raise errors.RemoteInterrupted(
                                 "Interrupted again; stopped waiting for the remote cell."
                             ) from None
@@ -642,11 +651,30 @@ class RexecClient:
                 if in_hand is not None and self._stashed is None:
                     self._stashed = in_hand
                 if interrupted_at is not None:
+                    self._abandoned.append(req_id)
                     raise errors.RemoteInterrupted(
                         "Interrupted again; stopped waiting for the remote cell."
                     ) from None
                 interrupted_at = time.monotonic()
                 self._send(P.Kind.INTERRUPT, {"id": req_id})
+
+    def _abandoned_news(self, msg: P.Message, req_id: str) -> P.Message | None:
+        """The DONE of a request the user stopped waiting for, read while ``req_id`` runs:
+        if that request's executor was restarted or died meanwhile, a ``lost`` NOTICE of
+        ``req_id`` that says so (its namespace is gone: without it the notebook would meet
+        a bare NameError); else None."""
+        abandoned = msg.header.get("id")
+        if msg.kind != P.Kind.DONE or abandoned not in self._abandoned:
+            return None
+        self._abandoned.remove(abandoned)
+        try:
+            done = msg.read(P.Done)
+        except P.ProtocolError:
+            return None
+        if done.status not in (P.DoneStatus.RESTARTING, P.DoneStatus.LOST):
+            return None
+        text = f"The remote cell you stopped waiting for ended later: {done.message}"
+        return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "lost"})
 
     def _finish(
         self,

@@ -3,6 +3,7 @@ and a kernel interrupt that stops the remote cell and the queued cells after it.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import time
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from jupyter_client.manager import KernelManager
 
+from rexec_magic import protocol as P
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
 from tests.kernel_harness import collect, run
 
@@ -120,6 +122,31 @@ def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_exe
     assert "namespace was lost" in "\n".join(reply["traceback"])
     reply, outputs = run(kc, "%%remote\nprint('fresh', 'kept' in globals())")
     assert reply["status"] == "ok" and "fresh False" in text_of(outputs)
+
+
+@pytest.mark.parametrize("next_cell", ["at once", "after the restart"])
+def test_a_cell_the_user_stopped_waiting_for_still_says_the_namespace_was_lost(kernel, next_cell):
+    """Interrupted twice, the notebook stops waiting for a cell that ignores SIGINT; the
+    worker restarts the executor after the grace period.  The next cell (sent at once, or
+    after the restart) says that the namespace was lost, then runs on the fresh executor:
+    it used to run in silence (then a bare NameError), or fail as "not run"."""
+    km, kc = kernel
+    run(kc, "%remote kept = 1")
+    msg_id = kc.execute(
+        "%%remote\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('started', flush=True)\ntime.sleep(60)"
+    )
+    wait_for_text(kc, "started")
+    km.interrupt_kernel()
+    time.sleep(0.5)
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=60)
+    assert "Interrupted again" in "\n".join(reply["traceback"])
+    if next_cell == "after the restart":
+        time.sleep(P.INTERRUPT_GRACE_S + 2)
+    reply, outputs = run(kc, "%%remote\nprint('next', 'kept' in globals())")
+    assert reply["status"] == "ok" and "next False" in text_of(outputs)
+    assert "namespace was lost" in json.dumps([m["content"] for m in outputs])
 
 
 @pytest.mark.parametrize("attempt", range(5))
