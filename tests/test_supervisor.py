@@ -16,6 +16,7 @@ from rexec_magic import protocol
 from rexec_magic.protocol import DoneStatus, Kind
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
 from tests.worker_harness import BrokerPort, done, stdout
+from worker_image.executors import proc_stopped
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -146,12 +147,11 @@ def test_a_stopped_executor_is_reported_as_not_responding_not_lost(port):
 @pytest.mark.parametrize(
     "body", ["time.sleep(100)", "for _ in range(400):\n        time.sleep(0.25)"]
 )
-def test_an_interrupted_executor_stopped_past_the_grace_period_takes_it_when_resumed(port, body):
-    """Time stopped (SIGSTOP) does not count against the interrupt's grace period: resumed
-    after it, the executor handles the interrupt (its ``finally`` runs) and keeps the
-    namespace, where it used to be killed at the first tick after SIGCONT."""
-    from worker_image.supervisor import INTERRUPT_GRACE_S
-
+def test_an_interrupted_executor_stopped_past_the_grace_period_is_resumed_to_take_it(port, body):
+    """A stopped (SIGSTOP) executor is not killed for an interrupt it cannot take: it is
+    said to be stopped, and at the end of the grace period resumed (SIGCONT) with a whole
+    grace period more, so it handles the interrupt (its ``finally`` runs) and keeps the
+    namespace."""
     port.run("kept = 1")
     code = f"import time\nprint('go', flush=True)\ntry:\n    {body}\nfinally:\n    print('cleanup')"
     request_id = port.execute(code)
@@ -162,14 +162,30 @@ def test_an_interrupted_executor_stopped_past_the_grace_period_takes_it_when_res
         port.send(Kind.INTERRUPT, {"id": request_id})
         notice = port.recv_kind(Kind.NOTICE, timeout=WAIT_S)
         assert notice.header["about"] == "stopped"
-        time.sleep(INTERRUPT_GRACE_S + 1)  # past the grace period, stopped all along
+        events = port.events(request_id, timeout=2 * INTERRUPT_ANSWER_S)
     finally:
         os.kill(pid, signal.SIGCONT)
-    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
     assert done(events).header["status"] == DoneStatus.INTERRUPTED
     assert "cleanup" in stdout(events)
     assert stdout(port.run("print(kept)")) == "1\n"
     assert executor_pid(port) == pid
+
+
+def test_a_cell_that_stops_its_own_executor_is_interrupted_not_left_hanging(port):
+    """``os.kill(os.getpid(), SIGSTOP)`` in a cell: nobody outside will resume it, so the
+    interrupt does (it used to wait for a SIGCONT for good, and the notebook's later cells
+    behind it)."""
+    port.run("kept = 1")
+    code = "import os, signal\nprint('go', flush=True)\nos.kill(os.getpid(), signal.SIGSTOP)"
+    request_id = port.execute(code + "\nprint('went on')")
+    port.recv_kind(Kind.STREAM)
+    wait_for(lambda: proc_stopped(executor_pid(port)), "the executor to stop itself")
+    behind = port.execute("print(kept)")
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=2 * INTERRUPT_ANSWER_S)
+    assert done(events).header["status"] == DoneStatus.INTERRUPTED
+    assert "went on" not in stdout(events)
+    assert stdout(port.events(behind)) == "1\n"
 
 
 @pytest.mark.parametrize(

@@ -158,6 +158,7 @@ class ExecutorProcess:
         self.grace_deadline: float | None = None
         self.kill_reason: str | None = None  # "interrupt", "orphan", "abandoned", "stop", "link"
         self.exit_requested = False  # exit() ran: it ends by itself
+        self.resumed_for_interrupt = False  # stopped past an interrupt's grace: SIGCONT sent
         self.late: deque[tuple[str, Any, list[Any]]] = deque()  # (kind, header|text, buffers)
         self.late_chars = 0
         self.late_dropped_chars = 0  # late text dropped (the oldest), and late displays

@@ -895,6 +895,7 @@ class Supervisor:
         ex.current = None
         ex.grace_deadline = None
         ex.kill_reason = None
+        ex.resumed_for_interrupt = False
         if exit_requested:
             ex.exit_requested = True
             log.info("executor %d: exit() in a cell; it ends", ex.number)
@@ -1074,17 +1075,20 @@ class Supervisor:
                 self._on_exit(ex)
                 continue
             if ex.grace_deadline is not None and now >= ex.grace_deadline:
-                if proc_stopped(ex.pid):
-                    # Time stopped does not count: once resumed it gets the whole grace
-                    # period to take the interrupt (its SIGINT waits, pending, till then).
+                if proc_stopped(ex.pid) and not ex.resumed_for_interrupt:
+                    # Stopped is not lost: it is resumed to take the interrupt (its SIGINT
+                    # waits, pending), with a whole grace period for it.  Left stopped, a
+                    # cell that stopped itself would hold its notebook for good.
+                    ex.resumed_for_interrupt = True
                     ex.grace_deadline = now + INTERRUPT_GRACE_S
                     self._notice(
                         ex.current,
                         "stopped",
-                        "this notebook's remote executor is stopped (SIGSTOP) and not "
-                        "responding; it takes the interrupt when it is resumed (SIGCONT)",
+                        "this notebook's remote executor was stopped (SIGSTOP) and not "
+                        "responding; it is resumed (SIGCONT) to take the interrupt",
                         now,
                     )
+                    ex.signal(signal.SIGCONT)
                 elif ex.current is not None or ex.kill_reason in ("orphan", "stop"):
                     log.warning("executor %d ignored the interrupt: killing it", ex.number)
                     ex.grace_deadline = None
