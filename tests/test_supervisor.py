@@ -916,6 +916,22 @@ def test_sys_exit_is_an_error_as_in_ipykernel_and_keeps_the_namespace(port):
     assert stdout(port.run("print(kept)")) == "1\n"
 
 
+def test_several_resyncs_in_a_row_register_once(port):
+    """A supervisor that was stopped (SIGSTOP) and dropped by the broker as silent gets a
+    RESYNC for each message it had on its way: it registers once, and says so once (each
+    line used to appear twice, and the broker saw two registrations)."""
+    port.run("pass")
+    for _ in range(3):
+        port.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)
+    port.register()
+    assert stdout(port.run("print('after')")) == "after\n"
+    with pytest.raises(TimeoutError):
+        port.recv_kind(Kind.REGISTER, timeout=1.0)
+    log = port.log_text()
+    assert log.count("registering again") == 1
+    assert log.count("registered with the broker") == 2  # the first time, and once again
+
+
 def test_uptime_is_the_executors_age_and_log_lines_appear_once(port):
     port.run("pass")
     port.send(Kind.INSPECT, {"id": "age"})

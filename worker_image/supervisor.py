@@ -452,7 +452,16 @@ class Supervisor:
         self.stop(EXIT_CONFIG)
 
     def _on_resync(self, msg: Message) -> None:
-        log.info("the broker does not know this worker (it restarted?): registering again")
+        if (
+            self._session_key is None
+            and time.monotonic() - self._register_sent_at < REGISTER_RETRY_S
+        ):
+            # The answer to another message sent before that REGISTER (a supervisor that
+            # was stopped has several on their way): registering once is enough.
+            log.debug("RESYNC while registering: REGISTER is on its way already")
+            return
+        log.info("the broker does not know this worker (it restarted, or it dropped this "
+                 "worker as silent): registering again")  # fmt: skip
         self._session_key = None
         self._backlog.clear()  # signed with the old key, for clients of the old broker
         self._abandon_cells()
