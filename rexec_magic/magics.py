@@ -544,6 +544,10 @@ def load(ipython: Any) -> None:
     ipython.register_magics(magics)
     assist.install(ipython, magics.session)
     ipython.events.register("pre_run_cell", magics.pre_run_cell)
+    # A kernel interrupt cancels this notebook's remote calls, those of its threads too.
+    from rexec_magic.remote_call import hook_kernel_interrupt
+
+    hook_kernel_interrupt()
 
 
 def unload(ipython: Any) -> None:

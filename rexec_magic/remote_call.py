@@ -16,6 +16,7 @@ import functools
 import inspect
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
@@ -27,7 +28,7 @@ from rexec_magic import protocol as P
 from rexec_magic.client import Events, pass_on_sigint
 from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
-from rexec_magic.session import RemoteSession, shared_session
+from rexec_magic.session import RemoteSession, shared_session, whose
 
 # Calls of one session run one at a time anyway (one socket, and in order: ``turns``), so
 # each session has one thread for its futures, and futures of one session never wait for
@@ -56,9 +57,10 @@ class RemoteFuture(Future):
     mirrors its own ``cancel`` (the constants are concurrent.futures' own).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, session: RemoteSession | None = None) -> None:
         super().__init__()
         self.cancel_requested = threading.Event()
+        self._session = session  # whose turns it waits for (what ``result`` says it waits for)
 
     def cancel(self) -> bool:
         if super().cancel():  # still queued here: it never reached the worker
@@ -68,16 +70,41 @@ class RemoteFuture(Future):
                 return self.cancelled()
             self.cancel_requested.set()  # the waiting thread sends INTERRUPT
             self._state = CANCELLED_AND_NOTIFIED  # type: ignore[attr-defined]
+            # concurrent.futures.wait / as_completed wait on these (the standard library
+            # tells them in set_running_or_notify_cancel, which a running future is past).
+            for waiter in self._waiters:  # type: ignore[attr-defined]
+                waiter.add_cancelled(self)
             self._condition.notify_all()  # type: ignore[attr-defined]
         self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
 
     def result(self, timeout: float | None = None) -> Any:
+        """As ``Future.result``; a future that has not started after ``NOTICE_AFTER_S``
+        (queued behind this notebook's earlier calls) says what it waits for, once."""
         try:
+            if self._session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
+                with self._condition:  # type: ignore[attr-defined]
+                    self._condition.wait_for(  # type: ignore[attr-defined]
+                        lambda: self.running() or self.done(), P.NOTICE_AFTER_S
+                    )
+                    queued = not (self.running() or self.done())
+                if queued:
+                    self._say_what_it_waits_for()
+                    if timeout is not None:
+                        timeout -= P.NOTICE_AFTER_S
             return super().result(timeout)
         except KeyboardInterrupt:  # a kernel interrupt while waiting: stop the remote calls
             cancel_unfinished()
             raise
+
+    def _say_what_it_waits_for(self) -> None:
+        assert self._session is not None
+        held, since = self._session.turns.holder
+        if held:
+            text = f"{whose()} previous {held} (running {time.monotonic() - since:.0f} s)"
+        else:
+            text = f"{whose()} earlier request to start"
+        NOTEBOOK.note(f"rexec: this call is queued, waiting for {text}")
 
 
 # Calls of this kernel (this notebook) submitted and not finished: a kernel interrupt
@@ -86,12 +113,21 @@ _submitted: weakref.WeakSet[RemoteFuture] = weakref.WeakSet()
 _hooked = False
 
 
+# Direct calls running in threads other than the main one (a kernel interrupt is a
+# KeyboardInterrupt in the main thread only): their cancel events.
+_thread_calls: set[threading.Event] = set()
+
+
 def cancel_unfinished() -> int:
-    """Cancel every unfinished ``submit()`` call of this kernel, queued or running (the
-    queued first, so none starts meanwhile); returns how many."""
+    """Cancel every unfinished call of this kernel: ``submit()`` calls, queued or running
+    (the queued first, so none starts meanwhile), and direct calls running in other threads;
+    returns how many."""
     futures = [f for f in list(_submitted) if not f.done()]
     futures.sort(key=lambda f: f.running())
-    return sum(1 for f in futures if f.cancel())
+    cancelled = sum(1 for f in futures if f.cancel())
+    for event in list(_thread_calls):
+        event.set()
+    return cancelled + len(_thread_calls)
 
 
 def _chain(previous: Any) -> Callable[[int, Any], None]:
@@ -102,7 +138,7 @@ def _chain(previous: Any) -> Callable[[int, Any], None]:
     return on_sigint
 
 
-def _hook_kernel_interrupt() -> None:
+def hook_kernel_interrupt() -> None:
     """Make a kernel interrupt (SIGINT) cancel this kernel's unfinished calls, busy or idle.
 
     ipykernel ignores SIGINT between cells and restores ``kernel.saved_sigint_handler``
@@ -141,10 +177,19 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
         thread = _threads.get(session)
         if thread is None:
             thread = _threads[session] = ThreadPoolExecutor(1, thread_name_prefix="remote_func")
-    _hook_kernel_interrupt()
-    future = RemoteFuture()
+    hook_kernel_interrupt()
+    future = RemoteFuture(session)
     ticket = session.turns.take()
     _submitted.add(future)
+
+    # Cancelled while queued here: its place in line goes at once (not when this session's
+    # thread gets to it), so what waits behind is not told it waits for it.  (A running
+    # call that is cancelled keeps its place until it has stopped on the worker.)
+    def queued_cancel(f: Future) -> None:
+        if f.cancelled() and not future.cancel_requested.is_set():
+            session.turns.leave(ticket)
+
+    future.add_done_callback(queued_cancel)
 
     def run() -> None:
         if not future.set_running_or_notify_cancel():
@@ -229,7 +274,15 @@ class RemoteFunction:
         """Run on the worker; a generator function returns an iterator of its items."""
         if inspect.isgeneratorfunction(self.func):
             return self._iterate(args, kwargs)
-        return self._call(args, kwargs)
+        if threading.current_thread() is threading.main_thread():
+            hook_kernel_interrupt()
+            return self._call(args, kwargs)
+        cancel = threading.Event()  # a kernel interrupt cancels it (``cancel_unfinished``)
+        _thread_calls.add(cancel)
+        try:
+            return self._call(args, kwargs, cancel)
+        finally:
+            _thread_calls.discard(cancel)
 
     def _call(
         self,

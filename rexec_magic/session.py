@@ -124,9 +124,9 @@ class RemoteSession:
             if held:
                 holding = self._holding_cancel
                 state = "cancelled, stopping; " if holding is not None and holding.is_set() else ""
-                text = f"{_whose()} previous {held} ({state}running {held_for:.0f} s)"
+                text = f"{whose()} previous {held} ({state}running {held_for:.0f} s)"
             else:
-                text = f"{_whose()} earlier request to start"
+                text = f"{whose()} earlier request to start"
             more = f"; {ahead - 1} more before this one" if ahead > 1 else ""
             notes.note(f"rexec: waiting for {text}{more}")
 
@@ -137,7 +137,7 @@ class RemoteSession:
             if isinstance(exc, errors.RemoteInterrupted):
                 raise
             raise errors.RemoteInterrupted(
-                f"Interrupted while waiting for {_whose()} previous request; this {what} "
+                f"Interrupted while waiting for {whose()} previous request; this {what} "
                 "was not sent."
             ) from None
         try:
@@ -607,7 +607,7 @@ class RemoteSession:
         return report
 
 
-def _whose() -> str:
+def whose() -> str:
     """Whose requests wait (what a waiting note says): a kernel is a notebook; a script, an
     IPython terminal or a test is "this session"."""
     return "this notebook's" if in_kernel() else "this session's"

@@ -74,7 +74,7 @@ class Turns:
                         self._cond.wait(limit)
                         continue
                     held, since = self.holder
-                    ahead = ticket - self._turn
+                    ahead = ticket - self._turn - sum(1 for t in self._gone if t < ticket)
                 # Outside the lock: a note may take a while (a display in a kernel).
                 on_wait(held, now - since if since else 0.0, ahead)
                 next_notice = time.monotonic() + notice_every_s

@@ -219,6 +219,90 @@ def test_cancel_interrupts_a_running_remote_call(nb, tmp_path):
     assert nb["add"](40, 2) == 42  # answered only once forever_after() really stopped
 
 
+def test_cancelling_a_running_call_wakes_concurrent_futures_wait_and_as_completed(nb, tmp_path):
+    """``concurrent.futures.wait`` / ``as_completed`` on a running call return as soon as it
+    is cancelled (they waited out their whole timeout: nothing told them)."""
+    import concurrent.futures as cf
+    import threading
+
+    flag = tmp_path / "running"
+    future = nb["forever_after"].submit(str(flag))
+    wait_for(flag.exists, "the call to run remotely")
+    got: dict[str, Any] = {}
+
+    def waiting() -> None:
+        got["wait"] = cf.wait([future], timeout=60)
+
+    def completing() -> None:
+        got["as_completed"] = list(cf.as_completed([future], timeout=60))
+
+    threads = [threading.Thread(target=waiting), threading.Thread(target=completing)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(future._waiters) == 2, "both to wait on the future")
+    assert future.cancel() is True
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a waiter was never told"
+    done, not_done = got["wait"]
+    assert done == {future} and not not_done
+    assert got["as_completed"] == [future]
+    assert nb["add"](1) == 2
+
+
+def test_a_submitted_call_queued_behind_another_says_what_it_waits_for(nb, capfd, tmp_path):
+    """``result()`` of a call still queued behind this session's earlier call says, after
+    2 s, what it waits for (it waited in silence: its own thread had not started it)."""
+    flag = tmp_path / "running"
+    first = nb["slow"].submit(4, str(flag))
+    second = nb["add"].submit(1)
+    assert second.result(timeout=60) == 2
+    assert first.result(timeout=60) == 4
+    said = capfd.readouterr().out
+    assert "this call is queued, waiting for this session's previous call (running" in said
+
+
+def test_the_waiting_note_counts_only_calls_still_ahead(nb, capfd, tmp_path):
+    """Calls cancelled while queued are not counted as waiting ahead."""
+    flag = tmp_path / "running"
+    first = nb["slow"].submit(4, str(flag))
+    wait_for(flag.exists, "the first call to run")
+    cancelled = [nb["add"].submit(n) for n in range(3)]
+    assert all(f.cancel() for f in cancelled)
+    assert nb["add"](1) == 2
+    assert first.result(timeout=60) == 4
+    said = capfd.readouterr().out
+    assert "waiting for this session's previous call (running" in said
+    assert "more before this one" not in said
+
+
+def test_a_call_made_in_another_thread_is_cancelled_by_an_interrupt(nb, tmp_path):
+    """A kernel interrupt cancels every running call of the notebook, a direct call made in
+    a thread of its own too (only ``submit()`` calls were; the thread's call ran on and
+    held up every later call)."""
+    import threading
+
+    from rexec_magic.remote_call import cancel_unfinished
+
+    flag = tmp_path / "running"
+    raised: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            nb["forever_after"](str(flag))
+        except BaseException as exc:  # noqa: BLE001 - what the thread saw is the check
+            raised.append(exc)
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    wait_for(flag.exists, "the thread's call to run remotely")
+    assert cancel_unfinished() == 1  # what the kernel's SIGINT handler calls
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert raised and isinstance(raised[0], errors.RemoteInterrupted)
+    assert nb["add"](40, 2) == 42
+
+
 def test_a_call_waiting_behind_another_says_what_it_waits_for(nb, capfd, tmp_path):
     flag = tmp_path / "running"
     future = nb["slow"].submit(4, str(flag))
