@@ -500,6 +500,8 @@ class RexecClient:
         stopped_until = 0.0  # the worker says its executor is stopped (SIGSTOP) until then
         resent = False
         interrupted_at: float | None = None
+        grace_said = False  # that the interrupted cell has not stopped yet
+        cancelled = False
         timed_out = False
         error: P.Message | None = None
         now = asked_at = time.monotonic()
@@ -519,6 +521,7 @@ class RexecClient:
                     self._send(P.Kind.INTERRUPT, {"id": req_id})
                 if cancel is not None and cancel.is_set() and interrupted_at is None:
                     interrupted_at = now
+                    cancelled = True  # nobody waits for it: nothing to say meanwhile
                     self._send(P.Kind.INTERRUPT, {"id": req_id})
                 if (
                     interrupted_at is not None
@@ -547,10 +550,19 @@ class RexecClient:
                     wait = min(wait, deadline - now)
                 if cancel is not None:
                     wait = min(wait, CANCEL_POLL_S)
-                msg = in_hand = self._recv(wait)
+                if interrupted_at is not None and not grace_said and not cancelled:
+                    if now - interrupted_at >= P.NOTICE_AFTER_S:
+                        grace_said = True
+                        msg = in_hand = self._grace_notice(req_id, kind)
+                    else:
+                        wait = min(wait, interrupted_at + P.NOTICE_AFTER_S - now)
+                        msg = in_hand = self._recv(wait)
+                else:
+                    msg = in_hand = self._recv(wait)
                 if msg is None:
                     continue
-                last_heard = time.monotonic()
+                if msg.kind != P.Kind.NOTICE or msg.header.get("about") != "grace":
+                    last_heard = time.monotonic()
                 h = msg.header
                 if msg.kind == P.Kind.PONG:
                     pong = msg.read(P.Pong)
@@ -588,7 +600,7 @@ class RexecClient:
                     handled = max(handled, msg.read(P.Event).seq + 1)
                 if msg.kind == P.Kind.NOTICE:
                     said = msg.read(P.Notice)
-                    if said.about != "lost":  # news from before, not what it waits for
+                    if said.about not in ("lost", "grace"):  # what the worker says it waits for
                         notice = said.text
                     # Said again every NOTICE_REPEAT_S while it lasts (supervisor._notice).
                     repeat = P.NOTICE_REPEAT_S + 5.0
@@ -657,6 +669,18 @@ class RexecClient:
                     ) from None
                 interrupted_at = time.monotonic()
                 self._send(P.Kind.INTERRUPT, {"id": req_id})
+
+    @staticmethod
+    def _grace_notice(req_id: str, kind: str) -> P.Message:
+        """What an interrupt waits for once it has waited ``NOTICE_AFTER_S`` (said here: the
+        worker only acts at the end of the grace period)."""
+        what = "call" if kind == P.Kind.CALL else "cell"
+        text = (
+            f"the remote {what} has not stopped {P.NOTICE_AFTER_S:g} s after the interrupt; "
+            f"if it has not stopped {P.INTERRUPT_GRACE_S:g} s after it, its executor is "
+            "restarted and this notebook's remote namespace is lost"
+        )
+        return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "grace"})
 
     def _abandoned_news(self, msg: P.Message, req_id: str) -> P.Message | None:
         """The DONE of a request the user stopped waiting for, read while ``req_id`` runs:

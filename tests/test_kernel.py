@@ -117,9 +117,11 @@ def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_exe
     )
     wait_for_text(kc, "started")
     km.interrupt_kernel()
-    reply, _ = collect(kc, msg_id, timeout=60)
+    reply, outputs = collect(kc, msg_id, timeout=60)
     assert reply["status"] == "error"
     assert "namespace was lost" in "\n".join(reply["traceback"])
+    # Meanwhile (the grace period is 5 s) it said what it waits for.
+    assert "has not stopped 2 s after the interrupt" in json.dumps([m["content"] for m in outputs])
     reply, outputs = run(kc, "%%remote\nprint('fresh', 'kept' in globals())")
     assert reply["status"] == "ok" and "fresh False" in text_of(outputs)
 
