@@ -126,6 +126,27 @@ def test_heartbeats_go_on_while_a_cell_holds_the_gil_and_its_result_arrives(port
     assert beats >= 2  # one a second (4 s held), whatever the cell does
 
 
+def test_an_interrupt_reaches_the_processes_a_cell_started(port):
+    """``os.system('sleep 60')`` interrupted: the shell and ``sleep`` get SIGINT too (as
+    from a terminal, or from Jupyter, which signals a kernel's process group), so the cell
+    goes on at once and the namespace stays; it used to wait out the grace period, and the
+    executor was restarted."""
+    from worker_image.exits import group_members
+
+    port.run("kept = 1")
+    code = "import os\nprint('go', flush=True)\nstatus = os.system('sleep 60')\nprint('after')"
+    request_id = port.execute(code)
+    port.recv_kind(Kind.STREAM)
+    pid = executor_pid(port)
+    wait_for(lambda: len(group_members(pid)) >= 2, "the cell's shell and sleep to start")
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
+    assert done(events).header["status"] != DoneStatus.RESTARTING
+    assert stdout(events).endswith("after\n")
+    assert stdout(port.run("print(kept, status != 0)")) == "1 True\n"
+    assert executor_pid(port) == pid
+
+
 def test_a_stopped_executor_is_reported_as_not_responding_not_lost(port):
     request_id = port.execute("import time\nprint('go', flush=True)\ntime.sleep(8)\nprint('woke')")
     port.recv_kind(Kind.STREAM)

@@ -323,6 +323,15 @@ class ExecutorProcess:
         with contextlib.suppress(OSError):  # full (nobody reads it), or the executor is gone
             os.write(self._interrupts, line)
         self.signal(signal.SIGINT)
+        # And the processes the cell started (``os.system('sleep 30')``, a pipeline): a
+        # terminal's Ctrl-C reaches its whole foreground group, and Jupyter signals the
+        # kernel's process group, so they stop as they would in a local notebook (else the
+        # cell waits on them past the grace period and the namespace is lost).  Not the
+        # executor itself again: a second SIGINT could hit the cell's own cleanup.
+        for pid in exits.group_members(self.pid):
+            if pid != self.pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGINT)
 
     def signal(self, sig: int) -> None:
         """Signal the executor (SIGINT: its main thread; others: its whole process group)."""

@@ -99,14 +99,29 @@ def rss_bytes(pid: int) -> int | None:
     return resident * os.sysconf("SC_PAGE_SIZE")
 
 
-def proc_state(pid: int) -> str | None:
-    """The one-letter state of ``/proc/PID/stat`` (R, S, D, T stopped, t traced, Z), or None."""
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, pgrp, ...);
+    [] when there is no such process (or no ``/proc``)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return None
-    after = text.rpartition(")")[2].split()
-    return after[0] if after else None
+        return []
+    return text.rpartition(")")[2].split()
+
+
+def proc_state(pid: int) -> str | None:
+    """The one-letter state of ``/proc/PID/stat`` (R, S, D, T stopped, t traced, Z), or None."""
+    fields = _stat(pid)
+    return fields[0] if fields else None
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` ([] without ``/proc``)."""
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+    return [pid for pid in pids if _stat(pid)[2:3] == [str(pgid)]]
 
 
 def signal_name(number: int) -> str:
