@@ -480,6 +480,27 @@ def test_fd_text_and_display_events_keep_their_order(port):
     assert seen == [pair for i in range(20) for pair in (("text", str(i)), ("display", str(i)))]
 
 
+@pytest.mark.parametrize(
+    "cell",
+    [
+        "import asyncio\nasyncio.get_event_loop().call_later(0.2, print, 'from asyncio')",
+        "import asyncio\nasync def later():\n    await asyncio.sleep(0.2)\n"
+        "    print('from asyncio')\ntask = asyncio.ensure_future(later())\nawait asyncio.sleep(0)",
+    ],
+    ids=["call_later in a plain cell", "a task of an await cell"],
+)
+def test_asyncio_callbacks_and_tasks_run_on_after_their_cell(port, cell):
+    """As in ipykernel, whose event loop runs between cells: a cell's ``call_later`` and the
+    tasks it started go on after it, and what they print comes as late output (they never
+    ran: a plain cell's loop was not even the one ``await`` cells run on)."""
+    assert done(port.run(cell)).header["status"] == DoneStatus.OK
+    time.sleep(1)
+    streams = [e for e in port.run("print('next')") if e.kind == Kind.STREAM]
+    late = "".join(e.header["text"] for e in streams if e.header.get("late"))
+    assert late == "from asyncio\n"
+    assert streams[-1].header["text"] == "next\n"
+
+
 def test_output_after_the_cell_ended_comes_first_in_the_next_cell_marked_late(port, tmp_path):
     flag = tmp_path / "both-fired"
     code = (

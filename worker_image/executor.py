@@ -23,6 +23,7 @@ with its supervisor (``PR_SET_PDEATHSIG``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import faulthandler
@@ -36,6 +37,7 @@ import threading
 import time
 
 import zmq
+from IPython.core.async_helpers import get_asyncio_loop
 
 from rexec_magic import protocol, serialize
 from rexec_magic.contract import Env
@@ -135,6 +137,9 @@ class Executor:
         self.inspects.connect(inspect_url)
         self.channel = EventChannel(self.link, std_fds)
         self.shell: WorkerShell = make_shell(self.channel)
+        # One loop, as in a kernel: ``asyncio.get_event_loop()`` in a plain cell is the loop
+        # ``await`` cells run on, which runs between cells (``_run_async_until_request``).
+        asyncio.set_event_loop(get_asyncio_loop())
         self.runner = CellRunner(self.shell, self.channel, InterruptPipe(interrupt_fd))
         # Completion and ``obj?`` from this namespace, answered by a thread of its own.
         self.introspector = Introspector(self.shell, self.channel)
@@ -162,6 +167,7 @@ class Executor:
     def _next(self) -> protocol.Message | None:
         """Main thread: the next cell or call (None: stop)."""
         while True:
+            self._run_async_until_request()
             try:
                 frames = self.requests.next()
             except framing.FramingError as exc:  # a bug: nothing after it can be read
@@ -179,6 +185,28 @@ class Executor:
             if msg.kind == STOP:
                 return None
             log.warning("dropped a request of unknown kind %r", msg.kind[:40])
+
+    def _run_async_until_request(self) -> None:
+        """Between requests, run the asyncio loop that ``await`` cells run on, while it has
+        anything to run, until the next request comes.
+
+        As in ipykernel, whose event loop runs between cells: a callback (``call_later``),
+        a task a cell started (``asyncio.ensure_future``) goes on after its cell, and what
+        it prints comes as late output.  A loop with nothing scheduled costs one check.
+        """
+        loop = get_asyncio_loop()
+        pending = getattr(loop, "_ready", True) or getattr(loop, "_scheduled", True)
+        if not pending or self.requests.ready():
+            return
+        came = loop.create_future()
+        fd = self.link.fileno()
+        loop.add_reader(fd, lambda: came.done() or came.set_result(None))
+        try:
+            loop.run_until_complete(came)
+        except Exception:  # the loop itself failed (a callback's errors are the loop's own)
+            log.exception("the asyncio loop failed between cells")
+        finally:
+            loop.remove_reader(fd)
 
     def _inspect(self, msg: protocol.Message) -> None:
         try:
