@@ -519,33 +519,42 @@ def test_output_after_the_cell_ended_comes_first_in_the_next_cell_marked_late(po
     assert streams[-1].header["text"] == "next\n" and not streams[-1].header.get("late")
 
 
-@pytest.mark.parametrize("size", [(1 << 20) + 100_000, 3 * (1 << 20)])
-def test_late_output_over_the_limit_keeps_its_end_and_says_how_much_went(port, tmp_path, size):
-    """A late print larger than what the worker keeps (1 MiB of text) keeps its last MiB,
-    and a notice (not stderr: rexec's own words) says how many characters went."""
-    from worker_image.executors import LATE_MAX_CHARS
-
-    flag = tmp_path / "printed"
-    code = (
-        "import threading, pathlib\n"
-        "def late():\n"
-        f"    print('a' * {size - 2} + 'Z')\n"
-        f"    pathlib.Path({str(flag)!r}).touch()\n"
-        "threading.Timer(0.2, late).start()"
+@pytest.mark.parametrize(
+    "writes",
+    [
+        "print('a' * (3 << 20) + 'Z')",
+        "for i in range(30):\n        os.write(1, b'x' * 99_999 + b'\\n')",
+        "for i in range(3000):\n        display(i)",
+    ],
+    ids=["one print of 3 MiB", "30 writes of 100 kB to fd 1", "3,000 displays"],
+)
+def test_output_after_the_cell_ended_is_never_dropped(port, writes):
+    """More output after its cell ended than the worker keeps for the next cell (1 MiB of
+    text, 1,000 displays): the writing thread waits (backpressure) until a cell comes, and
+    every byte arrives, in order, in the cells that follow; nothing is dropped (the oldest
+    output used to be, with a notice counting it)."""
+    port.run(
+        "import os, threading, time\n"
+        f"def later():\n    time.sleep(0.3)\n    {writes}\n"
+        "    print('thread done', flush=True)\n"
+        "threading.Thread(target=later).start()"
     )
-    port.run(code)
-    wait_for(flag.exists, "the late print")
-    time.sleep(0.2)  # the supervisor has read the pipe: a partial line waits 50 ms at most
-    events = port.run("print('next')")
-    streams = [e.header for e in events if e.kind == Kind.STREAM]
-    late = "".join(h["text"] for h in streams if h.get("late"))
-    assert len(late) == LATE_MAX_CHARS and late.endswith("aZ\n")
-    notices = [e.header for e in events if e.kind == Kind.NOTICE]
-    assert len(notices) == 1 and notices[0]["late"]
-    assert (
-        f"the first {size - LATE_MAX_CHARS:,} characters of it were dropped" in notices[0]["text"]
-    )
-    assert not any(h["name"] == "stderr" for h in streams)
+    time.sleep(2)
+    events: list = []
+    end = time.monotonic() + 60
+    while "thread done" not in stdout(events):
+        assert time.monotonic() < end, "the thread's output did not all come"
+        events += port.run("pass")
+    assert not [e for e in events if e.kind == Kind.NOTICE]  # nothing "dropped"
+    text = stdout(events)
+    if "display" in writes:
+        shown = [e.header["data"]["text/plain"] for e in events if e.kind == Kind.DISPLAY]
+        assert shown == [str(i) for i in range(3000)]
+        assert text == "thread done\n"
+    elif "print" in writes:
+        assert text == "a" * (3 << 20) + "Z\nthread done\n"
+    else:
+        assert text == ("x" * 99_999 + "\n") * 30 + "thread done\n"
 
 
 def test_a_cell_that_closes_or_redirects_fds_1_and_2_leaves_print_working(port):

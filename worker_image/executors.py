@@ -40,8 +40,14 @@ PIPE_READ = 1 << 16
 # (``fs.pipe-max-size``, 1 MiB by default), so one call still takes all that a pipe held when
 # it began: the text written before an event, which must go before it.
 PIPE_READ_PER_CALL = 1 << 20
-LATE_MAX_CHARS = 1 << 20  # output after a cell ended, kept for the next one (the tail)
-LATE_MAX_EVENTS = 1000
+# Output after a cell ended, kept for the next one.  Past LATE_HOLD_* the supervisor stops
+# reading that executor's output until a request comes (the writer waits: backpressure);
+# LATE_MAX_* (its tail kept, the rest dropped and counted) only bounds what one read past the
+# hold can add, and what a dying executor leaves.
+LATE_HOLD_CHARS = 1 << 20
+LATE_HOLD_EVENTS = 1000
+LATE_MAX_CHARS = 8 << 20
+LATE_MAX_EVENTS = 10_000
 # Variables the executor must not inherit: the worker's registration secret and friends.
 _PRIVATE_ENV = (Env.WORKER_SECRET, Env.WORKER_SECRET_FD, Env.WORKER_NONCE, Env.WORKER_ALIVE_FILE)
 
@@ -277,6 +283,16 @@ class ExecutorProcess:
     def close_pipe(self, fd: int) -> None:
         if self.pipes.pop(fd, None) is not None:
             os.close(fd)
+
+    @property
+    def held_back(self) -> bool:
+        """Whether to leave its output unread this turn: its request's client has not
+        acknowledged ``credit`` events, or no request runs and the output kept for the next
+        one reached ``LATE_HOLD_*``.  Either way its writers wait (pipe and socket full):
+        slowed down, never dropped."""
+        if self.current is not None:
+            return self.current.blocked
+        return self.late_chars >= LATE_HOLD_CHARS or len(self.late) >= LATE_HOLD_EVENTS
 
     def keep_late(self, kind: str, payload: Any, buffers: list[Any] | None = None) -> None:
         """Output after its cell ended: kept for the top of the next cell, up to

@@ -248,7 +248,7 @@ class Supervisor:
                     if ex.pidfd is not None:
                         items.append((ex.pidfd, zmq.POLLIN))
                         owners[ex.pidfd] = ex
-                    blocked = ex.current is not None and ex.current.blocked
+                    blocked = ex.held_back
                     flags = ex.wants(blocked)
                     if flags:
                         items.append((ex.link.fileno(), flags))
@@ -772,6 +772,14 @@ class Supervisor:
             return
         req.frames = []
 
+    def _late_to_client(self, req: Request, kind: str, payload: Any, buffers: Any) -> None:
+        """One piece of late output (``ExecutorProcess.keep_late``'s) as an event of ``req``."""
+        if kind in ("stdout", "stderr"):
+            self._to_client(req, Kind.STREAM, {"name": kind, "text": payload, "late": True})
+        else:
+            header = {k: v for k, v in payload.items() if k not in ("id", "seq")}
+            self._to_client(req, kind, {**header, "late": True}, buffers)
+
     def _send_late(self, ex: ExecutorProcess, req: Request) -> None:
         """Output that came after the previous cell ended: first, marked late."""
         self._drain_pipes(ex)
@@ -789,12 +797,7 @@ class Supervisor:
             ex.late_dropped_chars = ex.late_dropped_events = 0
         while ex.late:
             kind, payload, buffers = ex.late.popleft()
-            if kind in ("stdout", "stderr"):
-                header = {"name": kind, "text": payload, "late": True}
-                self._to_client(req, Kind.STREAM, header)
-            else:
-                header = {k: v for k, v in payload.items() if k not in ("id", "seq")}
-                self._to_client(req, kind, {**header, "late": True}, buffers)
+            self._late_to_client(req, kind, payload, buffers)
         if ex.lost_note is not None:  # after the late output: that came before the death
             self._to_client(req, Kind.NOTICE, {"text": ex.lost_note, "about": "lost"})
             ex.lost_note = None
@@ -810,7 +813,7 @@ class Supervisor:
         limit = EXIT_DRAIN_BYTES if to_the_end else LINK_READ_PER_TURN
         most = EXIT_DRAIN_MESSAGES if to_the_end else MAX_RECV_PER_TURN
         while taken < most:
-            if not to_the_end and ex.current is not None and ex.current.blocked:
+            if not to_the_end and ex.held_back:
                 return
             budget = limit - (ex.events.received - start)
             if budget <= 0:
@@ -876,9 +879,14 @@ class Supervisor:
         if req is None or _header_id(header) != req.target.id:
             self._flush_stream(ex)
             try:
-                ex.keep_late(kind, protocol.decode_header(header), raw.buffers)
+                payload = protocol.decode_header(header)
             except ProtocolError as exc:
                 log.warning("executor %d sent a malformed event: %s", ex.number, exc)
+            else:
+                if req is None:
+                    ex.keep_late(kind, payload, raw.buffers)
+                else:  # late, read once a request came (it waited behind the full late output)
+                    self._late_to_client(req, kind, payload, raw.buffers)
             self._event_seen(ex)
             return
         self._flush_stream(ex)
