@@ -721,12 +721,14 @@ class RexecClient:
                 "The remote cell did not stop after the interrupt, so the worker was "
                 "restarted; the remote namespace was lost."
             )
+            what = "call" if call else "cell"
             if timed_out:
-                raise errors.CellTimeout(f"The cell ran past its {timeout_s} s timeout. {text}")
+                raise errors.CellTimeout(f"The {what} ran past its {timeout_s} s timeout. {text}")
             raise errors.RemoteInterrupted(text, namespace_lost=True)
         if timed_out:
+            what = "call" if call else "cell"
             raise errors.CellTimeout(
-                f"The cell ran past its {timeout_s} s timeout and was interrupted."
+                f"The {what} ran past its {timeout_s} s timeout and was interrupted."
             )
         if status == P.DoneStatus.INTERRUPTED or (interrupted and status != P.DoneStatus.OK):
             raise errors.RemoteInterrupted(*([done.message] if done.message else []))

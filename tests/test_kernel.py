@@ -188,7 +188,8 @@ def test_exit_ends_this_notebooks_executor_and_says_so(kernel):
     reply, outputs = run(kc, "%remote exit()")
     assert reply["status"] == "ok"
     notes = [m["content"]["data"].get("text/plain", "") for m in outputs if "data" in m["content"]]
-    assert any("exit() ended this notebook's remote executor" in n for n in notes)  # a note
+    said = "exit() or quit() ended this notebook's remote executor"
+    assert any(said in n for n in notes)  # a note
     assert not text_of(outputs, "stderr")  # rexec's own words never go to stderr
     _, outputs = run(kc, "%%remote\nprint('kept' in globals())")
     assert text_of(outputs) == "False\n"

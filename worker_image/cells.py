@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PULL_LIMIT = DEFAULT_PULL_LIMIT_BYTES
 EXIT_MESSAGE = (
-    "exit() ended this notebook's remote executor; its namespace is gone. "
+    "exit() or quit() ended this notebook's remote executor; its namespace is gone. "
     "The next remote cell starts a fresh one."
 )
 

@@ -131,14 +131,12 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-_SIGNAL_WORDS = {
-    signal.SIGSEGV: "segmentation fault",
-    signal.SIGABRT: "aborted",
-    signal.SIGBUS: "bus error",
-    signal.SIGFPE: "arithmetic error",
-    signal.SIGILL: "illegal instruction",
-    signal.SIGKILL: "killed",
-    signal.SIGTERM: "terminated",
+_SIGNAL_WORDS = {  # what the signal means, where its name does not say it
+    signal.SIGSEGV: "a segmentation fault",
+    signal.SIGABRT: "the process aborted",
+    signal.SIGBUS: "a bus error",
+    signal.SIGFPE: "an arithmetic error",
+    signal.SIGILL: "an illegal instruction",
 }
 
 
@@ -150,7 +148,9 @@ def describe_exit(
     limit: int | None = None,
     system_oom: bool = False,
 ) -> str:
-    """``"exit code 1"``, ``"killed by SIGSEGV (segmentation fault)"``, ``"killed: out of memory"``.
+    """``"exit code 1"``, ``"killed by SIGSEGV: a segmentation fault"``, ``"killed: out of
+    memory, by the kernel's OOM killer"`` (no parentheses: the sentences it goes into have
+    their own).
 
     ``oom_counted``: the cgroup's oom_kill counter went up while the process ran;
     ``system_oom``: the machine's did (some process was OOM-killed meanwhile).
@@ -161,7 +161,7 @@ def describe_exit(
     number = -returncode
     if number == signal.SIGKILL:
         if oom_counted:
-            return "killed: out of memory (the kernel's OOM killer)"
+            return "killed: out of memory, by the kernel's OOM killer"
         if system_oom:
             return (
                 "killed by SIGKILL as the kernel's OOM killer ended processes on this machine: "
@@ -174,4 +174,4 @@ def describe_exit(
             )
     words = _SIGNAL_WORDS.get(number)  # type: ignore[call-overload]
     name = signal_name(number)
-    return f"killed by {name} ({words})" if words else f"killed by {name}"
+    return f"killed by {name}: {words}" if words else f"killed by {name}"

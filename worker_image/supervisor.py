@@ -917,7 +917,9 @@ class Supervisor:
             ex.exit_requested = True
             log.info("executor %d: exit() in a cell; it ends", ex.number)
             self._forget(ex)
-            self._fail_queued(ex, "exit() ended this notebook's remote executor before it ran")
+            self._fail_queued(
+                ex, "exit() or quit() ended this notebook's remote executor before it ran"
+            )
             return
         self._dispatch(ex)
 
@@ -1016,7 +1018,8 @@ class Supervisor:
                 self._to_client(req, Kind.DONE, header)
             else:
                 message = (
-                    f"The remote executor of this notebook died during the cell ({sentence}); "
+                    f"The remote executor of this notebook died during the {req.what} "
+                    f"({sentence}); "
                     "its output until then is above, and this notebook's remote namespace "
                     "was lost."
                 )
