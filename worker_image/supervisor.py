@@ -781,8 +781,13 @@ class Supervisor:
             self._to_client(req, kind, {**header, "late": True}, buffers)
 
     def _send_late(self, ex: ExecutorProcess, req: Request) -> None:
-        """Output that came after the previous cell ended: first, marked late."""
+        """Output that came after the previous cell ended: first, marked late.  What the
+        pipes hold now was written before this request: late too, after what was kept (read
+        as late, not as the request's own text, which could go out before the kept)."""
+        ex.current = None
         self._drain_pipes(ex)
+        self._flush_stream(ex)
+        ex.current = req
         if ex.late_dropped_chars or ex.late_dropped_events:
             dropped = []
             if ex.late_dropped_chars:
