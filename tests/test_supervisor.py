@@ -422,17 +422,19 @@ IGNORES_SIGINT = (
 
 @pytest.mark.parametrize("behind", ["same notebook", "another notebook attached"])
 def test_what_waits_behind_a_cell_killed_after_its_interrupt_runs_on_a_fresh_executor(port, behind):
-    """The restart an interrupt promised: a request queued behind a cell that ignored its
-    interrupt provably never started, and it runs on the fresh executor once the old one is
-    killed (it used to fail, "not run").  The killed cell's notebook hears of the lost
-    namespace in that cell's DONE; another notebook sharing it hears it first."""
+    """The restart an interrupt promised: a request sent after the interrupt (the user's
+    next cell), or another notebook's, queued behind a cell that ignored its interrupt
+    provably never started, and it runs on the fresh executor once the old one is killed (it
+    used to fail, "not run").  The killed cell's notebook hears of the lost namespace in that
+    cell's DONE; another notebook sharing it hears it first.  (What the interrupted notebook
+    had queued before its interrupt is not run: ``test_worker``.)"""
     first_session = in_session("a", namespace="team")
     port.run("kept = 1", **first_session)
     stuck = port.execute(IGNORES_SIGINT, **first_session)
     port.recv_kind(Kind.STREAM)
     other = first_session if behind == "same notebook" else in_session("b", namespace="team")
-    waiting = port.execute("print('kept' in globals())", **other)
     port.send(Kind.INTERRUPT, {"id": stuck})
+    waiting = port.execute("print('kept' in globals())", **other)
     d = done(port.events(stuck, timeout=INTERRUPT_ANSWER_S))
     assert d.header["status"] == DoneStatus.RESTARTING
     assert "namespace was lost" in d.header["message"]

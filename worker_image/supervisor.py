@@ -594,7 +594,8 @@ class Supervisor:
         if ex.current is not None:
             ex.interrupt(ex.current.target.id)
         if ex.grace_deadline is None:
-            ex.grace_deadline = time.monotonic() + INTERRUPT_GRACE_S
+            ex.interrupted_at = time.monotonic()
+            ex.grace_deadline = ex.interrupted_at + INTERRUPT_GRACE_S
             ex.kill_reason = reason
 
     def _on_ack(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
@@ -1048,12 +1049,25 @@ class Supervisor:
         self._top_up_spares()
 
     def _requeue_on_fresh(self, ex: ExecutorProcess, killed: Request | None) -> None:
-        """``ex`` was killed for a request that ignored its interrupt: what was queued behind
-        it provably never started, and the user asked for it after interrupting, so it runs
-        on a fresh executor (the restart the interrupt promised) rather than failing.  The
-        killed request's own client hears of the restart in its DONE; any other notebook
-        (a shared namespace) hears first that the namespace was lost."""
+        """``ex`` was killed for a request that ignored its interrupt.  What was queued behind
+        it provably never started.  What its own client sent before the interrupt stays
+        queued here, to be answered "not run" (an interrupt stops what was queued, as Jupyter
+        aborts the cells queued behind an interrupted one); what came after the interrupt
+        (the user's next cell) and other notebooks' requests (a shared namespace) run on a
+        fresh executor, the restart the interrupt promised.  The killed request's client
+        hears of the restart in its DONE; other notebooks hear first that it was lost."""
         if ex.key is None or self.executors.get(ex.key) is not ex:
+            return
+        told = killed.client if killed is not None else None
+        aborted = deque(
+            r
+            for r in ex.queue
+            if ex.kill_reason == "interrupt"
+            and r.client == told
+            and r.received <= ex.interrupted_at
+        )
+        moving = [r for r in ex.queue if r not in aborted]
+        if not moving:
             return
         self._forget(ex)
         try:
@@ -1061,14 +1075,13 @@ class Supervisor:
         except START_ERRORS as exc:
             log.error("could not start an executor for %s: %s", ex.key, exc)
             return  # the queue stays on ``ex``: "not run"
-        told = killed.client if killed is not None else None
-        if fresh.lost_note is None and any(r.client != told for r in ex.queue):
+        if fresh.lost_note is None and any(r.client != told for r in moving):
             fresh.lost_note = (
                 f"This namespace's remote executor was restarted: a cell did not stop within "
                 f"{INTERRUPT_GRACE_S:g} s of an interrupt; the namespace was lost."
             )
-        fresh.queue.extend(ex.queue)
-        ex.queue.clear()
+        fresh.queue.extend(moving)
+        ex.queue = aborted
         self._dispatch(fresh)
 
     def _fail_queued(self, ex: ExecutorProcess, why: str) -> None:
