@@ -11,6 +11,7 @@ token revoked while connected ends in ``AuthDenied`` with ``protocol.TOKEN_INVAL
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -18,7 +19,7 @@ import signal
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ Events = Generator[P.Message, None, "CellOutcome"]
 OUTPUT_KINDS = (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT, P.Kind.YIELD, P.Kind.NOTICE)
 HELLO_TIMEOUT_S = 10.0
 ABANDONED_KEPT = 64  # ids of requests the user stopped waiting for, kept for their DONE
+HELD_KEPT = 10_000  # their output events, held for the next request (the oldest go first)
+UNPACED = 2**62  # an ``ack`` count past any request's events: no more flow control for it
 
 
 def pass_on_sigint(handler: Any, frame: Any) -> None:
@@ -129,8 +132,11 @@ class RexecClient:
         self.namespace: str | None = None
         self.notebook = ""
         self.keepalive_s = keepalive_interval()
-        # Requests the user stopped waiting for (a second Ctrl-C): their DONE may still come.
-        self._abandoned: deque[str] = deque(maxlen=ABANDONED_KEPT)
+        # Requests the user stopped waiting for (a second Ctrl-C) -> "cell" / "call": their
+        # output and DONE still come, and are shown by the next request (``_hold``).
+        self._abandoned: OrderedDict[str, str] = OrderedDict()
+        self._held: deque[P.Message] = deque(maxlen=HELD_KEPT)
+        self._news: list[P.Message] = []  # what the end of an abandoned request lost
         self.last_heard = 0.0  # time.monotonic() of the last message from the broker
         # A message read whole while a Ctrl-C came: the next _recv returns it (whole_message).
         self._stashed: P.Message | None = None
@@ -202,6 +208,17 @@ class RexecClient:
             sock.send_multipart(frames, copy=False)
 
     def _recv(self, timeout_s: float) -> P.Message | None:
+        """The next message (None: none within ``timeout_s``, or unreadable); those of
+        requests the user stopped waiting for are held for the next request, whoever reads
+        (a status or completion request too), never handed to the caller."""
+        end = time.monotonic() + timeout_s
+        while True:
+            msg = self._recv_one(max(0.0, end - time.monotonic()))
+            if msg is None or msg.header.get("id") not in self._abandoned:
+                return msg
+            self._hold(msg)
+
+    def _recv_one(self, timeout_s: float) -> P.Message | None:
         """The next message (None: none within ``timeout_s``, or unreadable).
 
         A Ctrl-C while the message is read is raised once it is read whole, and the message
@@ -550,18 +567,17 @@ class RexecClient:
                     wait = min(wait, deadline - now)
                 if cancel is not None:
                     wait = min(wait, CANCEL_POLL_S)
-                if interrupted_at is not None and not grace_said and not cancelled:
-                    if now - interrupted_at >= P.NOTICE_AFTER_S:
+                local = self._next_held(req_id)  # said here, not received
+                if local is None and interrupted_at is not None and not grace_said:
+                    if cancelled or now - interrupted_at >= P.NOTICE_AFTER_S:
                         grace_said = True
-                        msg = in_hand = self._grace_notice(req_id, kind)
+                        local = None if cancelled else self._grace_notice(req_id, kind)
                     else:
                         wait = min(wait, interrupted_at + P.NOTICE_AFTER_S - now)
-                        msg = in_hand = self._recv(wait)
-                else:
-                    msg = in_hand = self._recv(wait)
+                msg = in_hand = local if local is not None else self._recv(wait)
                 if msg is None:
                     continue
-                if msg.kind != P.Kind.NOTICE or msg.header.get("about") != "grace":
+                if local is None:
                     last_heard = time.monotonic()
                 h = msg.header
                 if msg.kind == P.Kind.PONG:
@@ -592,10 +608,7 @@ class RexecClient:
                     self._send(kind, header, buffers)
                     continue
                 if h.get("id") != req_id:
-                    news = self._abandoned_news(msg, req_id)
-                    if news is None:
-                        continue  # a late event of an earlier cell
-                    msg, h = news, news.header
+                    continue  # a late event of an earlier cell
                 if "seq" in h:  # a numbered event (read through its model by _recv already)
                     handled = max(handled, msg.read(P.Event).seq + 1)
                 if msg.kind == P.Kind.NOTICE:
@@ -616,10 +629,7 @@ class RexecClient:
                         raise
                     except KeyboardInterrupt:  # thrown in: it hit while the caller showed msg
                         if interrupted_at is not None:
-                            self._abandoned.append(req_id)
-                            raise errors.RemoteInterrupted(
-                                "Interrupted again; stopped waiting for the remote cell."
-                            ) from None
+                            raise self._abandon(req_id, kind) from None
                         interrupted_at = time.monotonic()
                         self._send(P.Kind.INTERRUPT, {"id": req_id})
                     # The consumer may have taken its time: that was not the broker's silence.
@@ -663,10 +673,7 @@ class RexecClient:
                 if in_hand is not None and self._stashed is None:
                     self._stashed = in_hand
                 if interrupted_at is not None:
-                    self._abandoned.append(req_id)
-                    raise errors.RemoteInterrupted(
-                        "Interrupted again; stopped waiting for the remote cell."
-                    ) from None
+                    raise self._abandon(req_id, kind) from None
                 interrupted_at = time.monotonic()
                 self._send(P.Kind.INTERRUPT, {"id": req_id})
 
@@ -677,28 +684,54 @@ class RexecClient:
         what = "call" if kind == P.Kind.CALL else "cell"
         text = (
             f"the remote {what} has not stopped {P.NOTICE_AFTER_S:g} s after the interrupt; "
-            f"if it has not stopped {P.INTERRUPT_GRACE_S:g} s after it, its executor is "
-            "restarted and this notebook's remote namespace is lost"
+            f"if it does not stop within the {P.INTERRUPT_GRACE_S:g} s grace period, this "
+            "notebook's remote executor is restarted and its namespace is lost"
         )
         return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "grace"})
 
-    def _abandoned_news(self, msg: P.Message, req_id: str) -> P.Message | None:
-        """The DONE of a request the user stopped waiting for, read while ``req_id`` runs:
-        if that request's executor was restarted or died meanwhile, a ``lost`` NOTICE of
-        ``req_id`` that says so (its namespace is gone: without it the notebook would meet
-        a bare NameError); else None."""
-        abandoned = msg.header.get("id")
-        if msg.kind != P.Kind.DONE or abandoned not in self._abandoned:
-            return None
-        self._abandoned.remove(abandoned)
-        try:
-            done = msg.read(P.Done)
-        except P.ProtocolError:
-            return None
-        if done.status not in (P.DoneStatus.RESTARTING, P.DoneStatus.LOST):
-            return None
-        text = f"The remote cell you stopped waiting for ended later: {done.message}"
-        return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "lost"})
+    def _abandon(self, req_id: str, kind: str) -> errors.RemoteInterrupted:
+        """The user stopped waiting for ``req_id`` (a second Ctrl-C).  Its output no longer
+        waits for this client's acknowledgements (an ``ack`` past any count), so the worker
+        reads on and the cell can end rather than stall on flow control and be killed as
+        deaf to the interrupt; what it sends is held and shown by the next request."""
+        what = "call" if kind == P.Kind.CALL else "cell"
+        self._abandoned[req_id] = what
+        while len(self._abandoned) > ABANDONED_KEPT:
+            self._abandoned.popitem(last=False)
+        with contextlib.suppress(zmq.ZMQError):
+            self._send(P.Kind.ACK, {"id": req_id, "n": UNPACED})
+        return errors.RemoteInterrupted(
+            f"Interrupted again; stopped waiting for the remote {what}."
+        )
+
+    def _hold(self, msg: P.Message) -> None:
+        """Keep output of a request the user stopped waiting for (see ``_abandon``): its
+        text and displays, and, from its DONE, whether its executor was restarted or died
+        meanwhile (its namespace is gone: without a word the notebook would meet a bare
+        NameError)."""
+        request_id = msg.header.get("id")
+        if msg.kind in (P.Kind.STREAM, P.Kind.DISPLAY):
+            self._held.append(msg)
+        elif msg.kind == P.Kind.DONE:
+            what = self._abandoned.pop(request_id, "cell")
+            try:
+                done = msg.read(P.Done)
+            except P.ProtocolError:
+                return
+            if done.status in (P.DoneStatus.RESTARTING, P.DoneStatus.LOST):
+                text = f"The remote {what} you stopped waiting for ended later: {done.message}"
+                self._news.append(P.Message(P.Kind.NOTICE, {"text": text, "about": "lost"}))
+
+    def _next_held(self, req_id: str) -> P.Message | None:
+        """What ``_hold`` kept, as events of ``req_id``: output marked late, then the news."""
+        if self._held:
+            held = self._held.popleft()
+            header = {k: v for k, v in held.header.items() if k not in ("id", "seq")}
+            return P.Message(held.kind, {**header, "id": req_id, "late": True}, held.buffers)
+        if self._news:
+            news = self._news.pop(0)
+            return P.Message(news.kind, {**news.header, "id": req_id}, news.buffers)
+        return None
 
     def _finish(
         self,

@@ -126,12 +126,13 @@ def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_exe
     assert reply["status"] == "ok" and "fresh False" in text_of(outputs)
 
 
-@pytest.mark.parametrize("next_cell", ["at once", "after the restart"])
+@pytest.mark.parametrize("next_cell", ["at once", "after the restart", "after %rexec_status"])
 def test_a_cell_the_user_stopped_waiting_for_still_says_the_namespace_was_lost(kernel, next_cell):
     """Interrupted twice, the notebook stops waiting for a cell that ignores SIGINT; the
-    worker restarts the executor after the grace period.  The next cell (sent at once, or
-    after the restart) says that the namespace was lost, then runs on the fresh executor:
-    it used to run in silence (then a bare NameError), or fail as "not run"."""
+    worker restarts the executor after the grace period.  The next cell (sent at once, after
+    the restart, or after ``%rexec_status``, which reads the same connection) says that the
+    namespace was lost, then runs on the fresh executor: it used to run in silence (then a
+    bare NameError), or fail as "not run"."""
     km, kc = kernel
     run(kc, "%remote kept = 1")
     msg_id = kc.execute(
@@ -144,11 +145,39 @@ def test_a_cell_the_user_stopped_waiting_for_still_says_the_namespace_was_lost(k
     km.interrupt_kernel()
     reply, _ = collect(kc, msg_id, timeout=60)
     assert "Interrupted again" in "\n".join(reply["traceback"])
-    if next_cell == "after the restart":
+    if next_cell != "at once":
         time.sleep(P.INTERRUPT_GRACE_S + 2)
+    if next_cell == "after %rexec_status":
+        assert run(kc, "%rexec_status")[0]["status"] == "ok"
     reply, outputs = run(kc, "%%remote\nprint('next', 'kept' in globals())")
     assert reply["status"] == "ok" and "next False" in text_of(outputs)
     assert "namespace was lost" in json.dumps([m["content"] for m in outputs])
+
+
+def test_a_cell_the_user_stopped_waiting_for_ends_and_its_output_comes_next(kernel):
+    """Interrupted twice, the notebook stops waiting for a cell whose cleanup displays more
+    than the flow-control window (256 events): the cleanup runs to its end (its output no
+    longer waits for acknowledgements nobody sends: it used to stall there and be killed as
+    deaf to the interrupt, the namespace lost), the next cell shows that output, marked
+    late, and finds the namespace with what the cleanup bound."""
+    km, kc = kernel
+    run(kc, "%remote kept = 1")
+    msg_id = kc.execute(
+        "%%remote\nimport time\nprint('started', flush=True)\ntry:\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    time.sleep(0.5)\n    for i in range(600):\n"
+        "        display(i)\n    cleaned = True"
+    )
+    wait_for_text(kc, "started")
+    km.interrupt_kernel()
+    time.sleep(0.2)
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=60)
+    assert "Interrupted again" in "\n".join(reply["traceback"])
+    time.sleep(P.INTERRUPT_GRACE_S + 2)  # past the grace period: it was not killed
+    reply, outputs = run(kc, "%%remote\nprint('next', kept, cleaned)")
+    assert reply["status"] == "ok" and "next 1 True" in text_of(outputs)
+    shown = [m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "display_data"]
+    assert [s for s in shown if s.isdigit()] == [str(i) for i in range(600)]
 
 
 @pytest.mark.parametrize("attempt", range(5))

@@ -446,6 +446,29 @@ def test_what_waits_behind_a_cell_killed_after_its_interrupt_runs_on_a_fresh_exe
     assert lost == ([] if behind == "same notebook" else ["lost"])
 
 
+def test_what_waits_behind_a_request_whose_done_is_read_out_of_its_killed_executor_runs(port):
+    """A request whose client stopped acknowledging (credit) can have ended, its DONE still
+    unread in the link, when its interrupt's grace period runs out and the executor is
+    killed.  The DONE is read out then; what was queued behind it provably never started
+    and runs on a fresh executor, after hearing that the namespace was lost (it was "not
+    run", and the namespace loss was never said)."""
+    code = (
+        "import time\ntry:\n    print('go', flush=True)\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    for i in range(50):\n        display(i)"
+    )
+    first = port.execute(code, extra={"credit": 4})
+    port.unacknowledged(first, 1)
+    port.send(Kind.INTERRUPT, {"id": first})
+    second = port.execute("print('second ran')")
+    events = port.events(second, timeout=INTERRUPT_ANSWER_S + WAIT_S)
+    assert done(events).header["status"] == DoneStatus.OK
+    assert stdout(events) == "second ran\n"
+    lost = [
+        e.header["text"] for e in events if e.kind == Kind.NOTICE and e.header["about"] == "lost"
+    ]
+    assert len(lost) == 1 and "namespace was lost" in lost[0]
+
+
 # --------------------------------------------------------------------------- every byte
 def test_fd_output_of_shells_subprocesses_and_c_code_in_write_order(port):
     code = (

@@ -166,6 +166,7 @@ class ExecutorProcess:
         self.exit_requested = False  # exit() ran: it ends by itself
         self.resumed_for_interrupt = False  # stopped past an interrupt's grace: SIGCONT sent
         self.interrupted_at = 0.0  # time.monotonic() of the interrupt its grace period is for
+        self.ending = False  # its exit is being handled: nothing more is sent to it
         self.late: deque[tuple[str, Any, list[Any]]] = deque()  # (kind, header|text, buffers)
         self.late_chars = 0
         self.late_dropped_chars = 0  # late text dropped (the oldest), and late displays

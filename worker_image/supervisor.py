@@ -761,6 +761,8 @@ class Supervisor:
         """Hand the next queued request to an idle, ready executor."""
         if ex.current is not None or not ex.ready or not ex.queue or ex.exit_requested:
             return
+        if ex.ending:
+            return
         req = ex.queue.popleft()
         ex.current = req
         req.started = time.monotonic()
@@ -981,6 +983,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ ending executors
     def _on_exit(self, ex: ExecutorProcess) -> None:
+        ex.ending = True  # a DONE read out below must not dispatch to it (_finish)
         code = ex.proc.wait()
         self._drain_pipes(ex)
         # Events it sent before dying still count (e.g. DONE of exit()).
@@ -997,14 +1000,16 @@ class Supervisor:
             ex.key or "spare",
             sentence,
         )
-        if req is None and not ex.queue and ex.key and self.executors.get(ex.key) is ex:
-            # (Requests queued on it hear it in their "not run" answer below.)
+        if req is None and ex.key and self.executors.get(ex.key) is ex:
             if not ex.exit_requested and ex.kill_reason in (None, "link"):
                 self._lost_while_idle[ex.key] = (
                     ex,
                     f"This notebook's remote executor died while no cell ran ({sentence}); "
                     "its namespace was lost.",
                 )
+                # Queued: its request ended (e.g. its DONE was read out just now), so they
+                # provably never started; they run next, after hearing of the loss.
+                self._requeue_on_fresh(ex, None)
         if ex.kill_reason == "abandoned" and ex.key and self.executors.get(ex.key) is ex:
             # Its other notebooks: no bare NameError at their next cell.
             self._lost_while_idle[ex.key] = (
@@ -1015,10 +1020,11 @@ class Supervisor:
         if req is not None:
             ex.current = None
             if ex.kill_reason in ("interrupt", "abandoned"):
+                resumed = " (nor once resumed from SIGSTOP)" if ex.resumed_for_interrupt else ""
                 message = (
                     f"The {req.what} did not stop within {INTERRUPT_GRACE_S:g} s of the "
-                    "interrupt, so this notebook's remote executor was restarted; its "
-                    "namespace was lost."
+                    f"interrupt{resumed}, so this notebook's remote executor was restarted; "
+                    "its namespace was lost."
                 )
                 header = done_header(DoneStatus.RESTARTING, message=message)
                 self._to_client(req, Kind.DONE, header)
@@ -1121,7 +1127,7 @@ class Supervisor:
                     ex.grace_deadline = now + INTERRUPT_GRACE_S
                     self._notice(
                         ex.current,
-                        "stopped",
+                        "resumed",
                         "this notebook's remote executor was stopped (SIGSTOP) and not "
                         "responding; it is resumed (SIGCONT) to take the interrupt",
                         now,
