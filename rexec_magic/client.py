@@ -764,7 +764,8 @@ class RexecClient:
                 f"The {what} ran past its {timeout_s} s timeout and was interrupted."
             )
         if status == P.DoneStatus.INTERRUPTED or (interrupted and status != P.DoneStatus.OK):
-            raise errors.RemoteInterrupted(*([done.message] if done.message else []))
+            what = "call" if call else "cell"
+            raise errors.RemoteInterrupted(done.message or f"The remote {what} was interrupted.")
         values: dict[str, Any] = {}
         not_loaded: dict[str, str] = {}
         if done.vars:  # each value alone: one that does not load here stays remote

@@ -460,7 +460,7 @@ class RemoteSession:
                 if lost and cancel is not None and cancel.is_set():
                     # Its future was cancelled: nobody sees this exception.  Say it before
                     # the next request, or the notebook meets a new namespace in silence.
-                    self._untold = f"A cancelled remote call ended badly: {exc}"
+                    self._untold = f"rexec: a cancelled remote call ended badly: {exc}"
                 raise
 
     def _tell_untold(self, notes: Notes) -> None:

@@ -338,7 +338,7 @@ def test_a_cancelled_call_that_cost_the_namespace_says_so_before_the_next_call(n
     capfd.readouterr()
     assert nb["recall"]() is None  # a fresh executor: what the first call set is gone
     said = capfd.readouterr().err
-    assert "A cancelled remote call ended badly" in said
+    assert "rexec: a cancelled remote call ended badly" in said
     assert "namespace was lost" in said
     assert nb["recall"]() is None
     assert "cancelled" not in capfd.readouterr().err  # said once
