@@ -126,6 +126,19 @@ def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_exe
     assert reply["status"] == "ok" and "fresh False" in text_of(outputs)
 
 
+def given_up_on(kernel, cell: str) -> None:
+    """Run ``cell`` (it prints 'started'), then interrupt the kernel twice: the notebook
+    stops waiting for the remote cell ("Interrupted again")."""
+    km, kc = kernel
+    msg_id = kc.execute(cell)
+    wait_for_text(kc, "started")
+    km.interrupt_kernel()
+    time.sleep(0.3)
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=60)
+    assert "Interrupted again" in "\n".join(reply["traceback"])
+
+
 @pytest.mark.parametrize("next_cell", ["at once", "after the restart", "after %rexec_status"])
 def test_a_cell_the_user_stopped_waiting_for_still_says_the_namespace_was_lost(kernel, next_cell):
     """Interrupted twice, the notebook stops waiting for a cell that ignores SIGINT; the
@@ -133,18 +146,13 @@ def test_a_cell_the_user_stopped_waiting_for_still_says_the_namespace_was_lost(k
     the restart, or after ``%rexec_status``, which reads the same connection) says that the
     namespace was lost, then runs on the fresh executor: it used to run in silence (then a
     bare NameError), or fail as "not run"."""
-    km, kc = kernel
+    _, kc = kernel
     run(kc, "%remote kept = 1")
-    msg_id = kc.execute(
+    given_up_on(
+        kernel,
         "%%remote\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-        "print('started', flush=True)\ntime.sleep(60)"
+        "print('started', flush=True)\ntime.sleep(60)",
     )
-    wait_for_text(kc, "started")
-    km.interrupt_kernel()
-    time.sleep(0.5)
-    km.interrupt_kernel()
-    reply, _ = collect(kc, msg_id, timeout=60)
-    assert "Interrupted again" in "\n".join(reply["traceback"])
     if next_cell != "at once":
         time.sleep(P.INTERRUPT_GRACE_S + 2)
     if next_cell == "after %rexec_status":
@@ -160,19 +168,14 @@ def test_a_cell_the_user_stopped_waiting_for_ends_and_its_output_comes_next(kern
     longer waits for acknowledgements nobody sends: it used to stall there and be killed as
     deaf to the interrupt, the namespace lost), the next cell shows that output, marked
     late, and finds the namespace with what the cleanup bound."""
-    km, kc = kernel
+    _, kc = kernel
     run(kc, "%remote kept = 1")
-    msg_id = kc.execute(
+    given_up_on(
+        kernel,
         "%%remote\nimport time\nprint('started', flush=True)\ntry:\n    time.sleep(60)\n"
         "except KeyboardInterrupt:\n    time.sleep(0.5)\n    for i in range(600):\n"
-        "        display(i)\n    cleaned = True"
+        "        display(i)\n    cleaned = True",
     )
-    wait_for_text(kc, "started")
-    km.interrupt_kernel()
-    time.sleep(0.2)
-    km.interrupt_kernel()
-    reply, _ = collect(kc, msg_id, timeout=60)
-    assert "Interrupted again" in "\n".join(reply["traceback"])
     time.sleep(P.INTERRUPT_GRACE_S + 2)  # past the grace period: it was not killed
     reply, outputs = run(kc, "%%remote\nprint('next', kept, cleaned)")
     assert reply["status"] == "ok" and "next 1 True" in text_of(outputs)
