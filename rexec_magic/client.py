@@ -744,6 +744,7 @@ class RexecClient:
     ) -> CellOutcome:
         done = msg.read(P.Done)
         status = done.status
+        what = "call" if call else "cell"
         if status == P.DoneStatus.LOST:
             raise errors.ExecutorDied(
                 done.message or "The remote executor died; the remote namespace was lost."
@@ -751,20 +752,17 @@ class RexecClient:
         if status == P.DoneStatus.RESTARTING:
             self.seen_instance = None  # the user is told now; the next worker is no news
             text = done.message or (
-                "The remote cell did not stop after the interrupt, so the worker was "
+                f"The remote {what} did not stop after the interrupt, so the worker was "
                 "restarted; the remote namespace was lost."
             )
-            what = "call" if call else "cell"
             if timed_out:
                 raise errors.CellTimeout(f"The {what} ran past its {timeout_s} s timeout. {text}")
             raise errors.RemoteInterrupted(text, namespace_lost=True)
         if timed_out:
-            what = "call" if call else "cell"
             raise errors.CellTimeout(
                 f"The {what} ran past its {timeout_s} s timeout and was interrupted."
             )
         if status == P.DoneStatus.INTERRUPTED or (interrupted and status != P.DoneStatus.OK):
-            what = "call" if call else "cell"
             raise errors.RemoteInterrupted(done.message or f"The remote {what} was interrupted.")
         values: dict[str, Any] = {}
         not_loaded: dict[str, str] = {}
