@@ -188,6 +188,8 @@ def test_an_interrupted_executor_stopped_past_the_grace_period_is_resumed_to_tak
         os.kill(pid, signal.SIGCONT)
     assert done(events).header["status"] == DoneStatus.INTERRUPTED
     assert "cleanup" in stdout(events)
+    resumed = [e.header["text"] for e in events if e.kind == Kind.NOTICE]
+    assert any("resumed (SIGCONT) to take the interrupt" in text for text in resumed)
     assert stdout(port.run("print(kept)")) == "1\n"
     assert executor_pid(port) == pid
 
