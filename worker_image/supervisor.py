@@ -761,12 +761,12 @@ class Supervisor:
         """Hand the next queued request to an idle, ready executor."""
         if ex.current is not None or not ex.ready or not ex.queue or ex.exit_requested:
             return
-        if ex.ending:
+        if ex.ending:  # its exit is being handled (a DONE read out of it ends here)
             return
         req = ex.queue.popleft()
+        self._send_late(ex, req)  # before it is current: what the pipes hold now is late
         ex.current = req
         req.started = time.monotonic()
-        self._send_late(ex, req)
         if not ex.send(req.frames):  # never blocks: the socket takes what it can now
             # It provably never started: _on_exit says "not run".
             ex.current = None
@@ -784,13 +784,11 @@ class Supervisor:
             self._to_client(req, kind, {**header, "late": True}, buffers)
 
     def _send_late(self, ex: ExecutorProcess, req: Request) -> None:
-        """Output that came after the previous cell ended: first, marked late.  What the
-        pipes hold now was written before this request: late too, after what was kept (read
-        as late, not as the request's own text, which could go out before the kept)."""
-        ex.current = None
+        """Output that came after the previous cell ended, for ``req`` (not yet current):
+        first, marked late.  What the pipes hold now was written before ``req``: late too,
+        after what was kept (read as ``req``'s own, it could go out before the kept)."""
         self._drain_pipes(ex)
         self._flush_stream(ex)
-        ex.current = req
         if ex.late_dropped_chars or ex.late_dropped_events:
             dropped = []
             if ex.late_dropped_chars:
@@ -1000,16 +998,14 @@ class Supervisor:
             ex.key or "spare",
             sentence,
         )
-        if req is None and ex.key and self.executors.get(ex.key) is ex:
-            if not ex.exit_requested and ex.kill_reason in (None, "link"):
-                self._lost_while_idle[ex.key] = (
-                    ex,
-                    f"This notebook's remote executor died while no cell ran ({sentence}); "
-                    "its namespace was lost.",
-                )
-                # Queued: its request ended (e.g. its DONE was read out just now), so they
-                # provably never started; they run next, after hearing of the loss.
-                self._requeue_on_fresh(ex, None)
+        # Died while no request ran (its last DONE may have been read out just now).
+        died_idle = req is None and not ex.exit_requested and ex.kill_reason in (None, "link")
+        if died_idle and ex.key and self.executors.get(ex.key) is ex:
+            self._lost_while_idle[ex.key] = (
+                ex,
+                f"This notebook's remote executor died while no cell ran ({sentence}); "
+                "its namespace was lost.",
+            )
         if ex.kill_reason == "abandoned" and ex.key and self.executors.get(ex.key) is ex:
             # Its other notebooks: no bare NameError at their next cell.
             self._lost_while_idle[ex.key] = (
@@ -1038,7 +1034,7 @@ class Supervisor:
                 error = {"ename": "ExecutorDied", "evalue": message, "traceback": [message]}
                 self._to_client(req, Kind.ERROR, error)
                 self._to_client(req, Kind.DONE, done_header(DoneStatus.LOST, message=message))
-        if ex.kill_reason in ("interrupt", "abandoned") and ex.queue and ex.key:
+        if ex.queue and (died_idle or ex.kill_reason in ("interrupt", "abandoned")):
             self._requeue_on_fresh(ex, req)
         self._fail_queued(ex, f"this notebook's remote executor ended ({sentence}) before it ran")
         self._forget(ex)
@@ -1055,13 +1051,14 @@ class Supervisor:
         self._top_up_spares()
 
     def _requeue_on_fresh(self, ex: ExecutorProcess, killed: Request | None) -> None:
-        """``ex`` was killed for a request that ignored its interrupt.  What was queued behind
-        it provably never started.  What its own client sent before the interrupt stays
+        """``ex`` died while no request ran, or was killed for ``killed``, a request that
+        ignored its interrupt.  What was queued on it provably never started, and runs on a
+        fresh executor: after an interrupt, that is the restart the interrupt promised.
+        Except what the interrupted request's own client sent before the interrupt: it stays
         queued here, to be answered "not run" (an interrupt stops what was queued, as Jupyter
-        aborts the cells queued behind an interrupted one); what came after the interrupt
-        (the user's next cell) and other notebooks' requests (a shared namespace) run on a
-        fresh executor, the restart the interrupt promised.  The killed request's client
-        hears of the restart in its DONE; other notebooks hear first that it was lost."""
+        aborts the cells queued behind an interrupted one).  The killed request's client
+        hears of the restart in its DONE; other notebooks (a shared namespace), and all after
+        a death while idle, hear first that the namespace was lost."""
         if ex.key is None or self.executors.get(ex.key) is not ex:
             return
         told = killed.client if killed is not None else None
