@@ -538,7 +538,7 @@ class RexecClient:
                     self._send(P.Kind.INTERRUPT, {"id": req_id})
                 if cancel is not None and cancel.is_set() and interrupted_at is None:
                     interrupted_at = now
-                    cancelled = True  # nobody waits for it: nothing to say meanwhile
+                    cancelled = True
                     self._send(P.Kind.INTERRUPT, {"id": req_id})
                 if (
                     interrupted_at is not None
@@ -568,10 +568,11 @@ class RexecClient:
                 if cancel is not None:
                     wait = min(wait, CANCEL_POLL_S)
                 local = self._next_held(req_id)  # said here, not received
-                if local is None and interrupted_at is not None and not grace_said:
-                    if cancelled or now - interrupted_at >= P.NOTICE_AFTER_S:
+                said = grace_said or cancelled  # (nobody waits for a cancelled one)
+                if local is None and interrupted_at is not None and not said:
+                    if now - interrupted_at >= P.NOTICE_AFTER_S:
                         grace_said = True
-                        local = None if cancelled else self._grace_notice(req_id, kind)
+                        local = self._grace_notice(req_id, kind)
                     else:
                         wait = min(wait, interrupted_at + P.NOTICE_AFTER_S - now)
                 msg = in_hand = local if local is not None else self._recv(wait)
