@@ -569,7 +569,7 @@ def test_output_after_the_cell_ended_is_never_dropped(port, writes):
     time.sleep(2)
     events: list = []
     end = time.monotonic() + 60
-    while "thread done" not in stdout(events):
+    while "thread done\n" not in stdout(events):  # (print writes its end of line apart)
         assert time.monotonic() < end, "the thread's output did not all come"
         events += port.run("pass")
     assert not [e for e in events if e.kind == Kind.NOTICE]  # nothing "dropped"
