@@ -126,14 +126,14 @@ def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_exe
     assert reply["status"] == "ok" and "fresh False" in text_of(outputs)
 
 
-def given_up_on(kernel, cell: str) -> None:
-    """Run ``cell`` (it prints 'started'), then interrupt the kernel twice: the notebook
-    stops waiting for the remote cell ("Interrupted again")."""
+def given_up_on(kernel, cell: str, pause_s: float) -> None:
+    """Run ``cell`` (it prints 'started'), then interrupt the kernel twice, ``pause_s``
+    apart: the notebook stops waiting for the remote cell ("Interrupted again")."""
     km, kc = kernel
     msg_id = kc.execute(cell)
     wait_for_text(kc, "started")
     km.interrupt_kernel()
-    time.sleep(0.3)
+    time.sleep(pause_s)
     km.interrupt_kernel()
     reply, _ = collect(kc, msg_id, timeout=60)
     assert "Interrupted again" in "\n".join(reply["traceback"])
@@ -152,6 +152,7 @@ def test_a_cell_the_user_stopped_waiting_for_still_says_the_namespace_was_lost(k
         kernel,
         "%%remote\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
         "print('started', flush=True)\ntime.sleep(60)",
+        0.5,
     )
     if next_cell != "at once":
         time.sleep(P.INTERRUPT_GRACE_S + 2)
@@ -175,6 +176,7 @@ def test_a_cell_the_user_stopped_waiting_for_ends_and_its_output_comes_next(kern
         "%%remote\nimport time\nprint('started', flush=True)\ntry:\n    time.sleep(60)\n"
         "except KeyboardInterrupt:\n    time.sleep(0.5)\n    for i in range(600):\n"
         "        display(i)\n    cleaned = True",
+        0.2,
     )
     time.sleep(P.INTERRUPT_GRACE_S + 2)  # past the grace period: it was not killed
     reply, outputs = run(kc, "%%remote\nprint('next', kept, cleaned)")
