@@ -546,6 +546,27 @@ def test_output_after_the_cell_ended_comes_first_in_the_next_cell_marked_late(po
     assert streams[-1].header["text"] == "next\n" and not streams[-1].header.get("late")
 
 
+def test_a_late_line_written_in_pieces_comes_as_one_piece(port, tmp_path):
+    """A thread's line written in two parts 0.2 s apart after its cell ended (as ``print``
+    writes the text and the newline apart, here slowed down) is one piece of late output
+    in the next cell, not two (the second used to start a line of its own in some views)."""
+    flag = tmp_path / "written"
+    code = (
+        "import os, threading, time\n"
+        "def line():\n"
+        "    time.sleep(0.3)  # after the cell's end\n"
+        "    os.write(1, b'first part')\n"
+        "    time.sleep(0.2)\n"
+        f"    os.write(1, b' and its end\\n'); open({str(flag)!r}, 'w').close()\n"
+        "threading.Thread(target=line).start()"
+    )
+    port.run(code)
+    wait_for(flag.exists, "the thread to have written its line")
+    events = port.run("print('next')")
+    texts = [e.header["text"] for e in events if e.kind == Kind.STREAM]
+    assert texts == ["first part and its end\n", "next\n"]
+
+
 @pytest.mark.parametrize(
     "writes",
     [
@@ -942,6 +963,9 @@ def test_a_shared_namespace_restarted_for_a_gone_kernels_cell_says_so_to_the_oth
     stuck = port.execute(code, **in_session("gone", namespace="team", keepalive_s=0.5))
     port.recv_kind(Kind.STREAM)
     assert done(pinging(port, [stuck], alive)[stuck]).header["status"] == DoneStatus.RESTARTING
+    log = port.log_text()  # each line once: the kill was not followed by a second interrupt
+    assert log.count("no sign of the kernel of its running cell") == 1
+    assert log.count("interrupting executor") == 1
     events = port.run("print('v' in globals())", **alive)
     notices = [e.header for e in events if e.kind == Kind.NOTICE]
     assert [n["about"] for n in notices] == ["lost"]
@@ -1021,3 +1045,60 @@ def test_uptime_is_the_executors_age_and_log_lines_appear_once(port):
     log = port.log_text()
     assert log.count("registered with the broker") == 2  # once per registration, not 3-5x
     assert log.count("executor 1 started") == 1
+
+
+@pytest.mark.parametrize(
+    ("cleanup", "said"),
+    [
+        ("signal.signal(signal.SIGINT, signal.SIG_DFL)\n{wait}", "killed by SIGINT"),
+        ("try:\n    {wait}\nexcept KeyboardInterrupt:\n    os._exit(4)", "exit code 4"),
+    ],
+    ids=["SIGINT's default action", "os._exit in the handler"],
+)
+def test_an_executor_that_dies_of_its_interrupt_says_how_it_died(port, cleanup, said):
+    """An executor that ends by itself after an interrupt (its cell left SIGINT to the
+    default action, or exits in its handler) is a death, with its exit status; it used to
+    be reported as a cell that "did not stop within 5 s", at once."""
+    port.run("kept = 1")
+    wait = "print('go', flush=True); time.sleep(100)"
+    request_id = port.execute("import os, signal, time\n" + cleanup.format(wait=wait))
+    port.recv_kind(Kind.STREAM)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
+    assert done(events).header["status"] == DoneStatus.LOST
+    error = next(e for e in events if e.kind == Kind.ERROR).header
+    assert error["ename"] == "ExecutorDied" and said in error["evalue"]
+    assert "did not stop" not in error["evalue"]
+    assert stdout(port.run("print('kept' in globals())")) == "False\n"
+
+
+def test_a_namespace_stopped_for_a_silent_kernel_says_so_when_that_kernel_comes_back(port):
+    """A kernel silent for three keepalive intervals (closed, or only busy: local code
+    holding the GIL, or stopped) has its executor stopped; should it come back, its next
+    cell hears that the namespace was lost (it used to meet an empty namespace in silence)."""
+    busy = in_session("busy", keepalive_s=0.5)
+    port.run("kept = 1", **busy)
+    end = time.monotonic() + WAIT_S
+    while True:  # no keepalive meanwhile: its executor is stopped
+        beat = port.recv_kind(Kind.HEARTBEAT, timeout=max(0.1, end - time.monotonic()))
+        if not any(row["notebook"] == "busy" for row in beat.header["executors"]):
+            break
+    events = port.run("print('kept' in globals())", **busy)
+    notices = [e.header for e in events if e.kind == Kind.NOTICE]
+    assert [n["about"] for n in notices] == ["lost"]
+    assert "no sign of its kernel came for" in notices[0]["text"]
+    assert "namespace was lost" in notices[0]["text"]
+    assert stdout(events) == "False\n"
+
+
+def test_uptime_is_the_age_of_the_namespace_not_of_the_process_that_serves_it(port):
+    """After exit() the next cell runs on a spare executor started long before; the uptime
+    shown is that of the fresh namespace (it used to include the spare's wait)."""
+    port.run("pass")
+    time.sleep(2)  # the spare for the next namespace waits meanwhile
+    port.run("exit()")
+    ended = time.monotonic()
+    port.run("pass")
+    port.send(Kind.INSPECT, {"id": "age"})
+    worker = port.recv_kind(Kind.INSPECT_REPLY).header["worker"]
+    assert worker["uptime_s"] <= time.monotonic() - ended

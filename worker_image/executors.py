@@ -48,6 +48,7 @@ LATE_HOLD_CHARS = 1 << 20
 LATE_HOLD_EVENTS = 1000
 LATE_MAX_CHARS = 8 << 20
 LATE_MAX_EVENTS = 10_000
+LATE_JOIN_CHARS = PIPE_READ  # late text joins a kept piece of its stream shorter than this
 # Variables the executor must not inherit: the worker's registration secret and friends.
 _PRIVATE_ENV = (Env.WORKER_SECRET, Env.WORKER_SECRET_FD, Env.WORKER_NONCE, Env.WORKER_ALIVE_FILE)
 
@@ -158,6 +159,9 @@ class ExecutorProcess:
         except (AttributeError, OSError):
             self.pidfd = None  # polled instead (see exited())
         self.started = time.monotonic()
+        # When it began to serve its notebook or namespace (a spare waits unassigned first):
+        # the age of that namespace, which %rexec_status shows as uptime.
+        self.serving_since: float | None = None
         self.ready = False
         self.queue: deque[Request] = deque()
         self.current: Request | None = None
@@ -165,6 +169,7 @@ class ExecutorProcess:
         self.kill_reason: str | None = None  # "interrupt", "orphan", "abandoned", "stop", "link"
         self.exit_requested = False  # exit() ran: it ends by itself
         self.resumed_for_interrupt = False  # stopped past an interrupt's grace: SIGCONT sent
+        self.grace_killed = False  # SIGKILL sent: it ignored its interrupt (or stop) too long
         self.interrupted_at = 0.0  # time.monotonic() of the interrupt its grace period is for
         self.ending = False  # its exit is being handled: nothing more is sent to it
         self.late: deque[tuple[str, Any, list[Any]]] = deque()  # (kind, header|text, buffers)
@@ -186,6 +191,11 @@ class ExecutorProcess:
         log.info("executor %d started (pid %d)", number, self.pid)
 
     # ------------------------------------------------------------------ state
+    @property
+    def age_s(self) -> float:
+        """Seconds since it began to serve its namespace (since it started, for a spare)."""
+        return time.monotonic() - (self.serving_since or self.started)
+
     @property
     def busy(self) -> bool:
         return self.current is not None or bool(self.queue)
@@ -215,7 +225,7 @@ class ExecutorProcess:
             "state": self.state(),
             "memory": rss,
             "pid": self.pid,
-            "uptime_s": round(time.monotonic() - self.started, 1),
+            "uptime_s": round(self.age_s, 1),
         }
         if self.current is not None and self.current.started is not None:
             row["running_s"] = round(time.monotonic() - self.current.started, 1)
@@ -298,8 +308,20 @@ class ExecutorProcess:
 
     def keep_late(self, kind: str, payload: Any, buffers: list[Any] | None = None) -> None:
         """Output after its cell ended: kept for the top of the next cell, up to
-        ``LATE_MAX_CHARS`` of text (its end: the oldest is cut) and ``LATE_MAX_EVENTS``."""
-        self.late.append((kind, payload, buffers or []))
+        ``LATE_MAX_CHARS`` of text (its end: the oldest is cut) and ``LATE_MAX_EVENTS``.
+        Short text right after text of the same stream joins it (``print`` writes its text
+        and its newline apart: the line stays one piece of output)."""
+        last = self.late[-1] if self.late else None
+        if (
+            isinstance(payload, str)
+            and last is not None
+            and last[0] == kind
+            and isinstance(last[1], str)
+            and len(last[1]) < LATE_JOIN_CHARS
+        ):
+            self.late[-1] = (kind, last[1] + payload, last[2])
+        else:
+            self.late.append((kind, payload, buffers or []))
         self.late_chars += len(payload) if isinstance(payload, str) else 1
         while self.late and (self.late_chars > LATE_MAX_CHARS or len(self.late) > LATE_MAX_EVENTS):
             old_kind, old, old_buffers = self.late[0]

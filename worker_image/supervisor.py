@@ -694,7 +694,7 @@ class Supervisor:
         worker["supervisor_uptime_s"] = round(time.monotonic() - self.started, 3)
         if ex is not None:
             worker["pid"] = ex.pid
-            worker["uptime_s"] = round(time.monotonic() - ex.started, 3)  # the executor's age
+            worker["uptime_s"] = round(ex.age_s, 3)  # its namespace's age
             worker["busy"] = ex.busy
             worker["state"] = ex.state()
         else:
@@ -747,6 +747,7 @@ class Supervisor:
             if lost is not None:
                 ex.inherit(*lost)
             ex.key = key
+            ex.serving_since = time.monotonic()
             ex.label = key.split(":", 1)[-1][:12] if key != "default" else "default"
             if ex.shared:
                 ex.label = f"shared: {key.split(':', 1)[1]}"
@@ -910,18 +911,19 @@ class Supervisor:
         if kind == Kind.DONE:
             ex.current = None
             self._event_seen(ex)  # text after DONE's mark is late: kept for the next cell
-            self._finish(ex, exit_requested)
+            self._finish(ex, req.what if exit_requested else None)
         else:
             self._event_seen(ex)
 
-    def _finish(self, ex: ExecutorProcess, exit_requested: bool) -> None:
+    def _finish(self, ex: ExecutorProcess, exit_in: str | None) -> None:
+        """Its request ended; ``exit_in``: "cell" or "call" whose exit() ends it."""
         ex.current = None
         ex.grace_deadline = None
         ex.kill_reason = None
         ex.resumed_for_interrupt = False
-        if exit_requested:
+        if exit_in is not None:
             ex.exit_requested = True
-            log.info("executor %d: exit() in a cell; it ends", ex.number)
+            log.info("executor %d: exit() in a %s; it ends", ex.number, exit_in)
             self._forget(ex)
             self._fail_queued(
                 ex, "exit() or quit() ended this notebook's remote executor before it ran"
@@ -1006,16 +1008,20 @@ class Supervisor:
                 f"This notebook's remote executor died while no cell ran ({sentence}); "
                 "its namespace was lost.",
             )
+        # Killed here for ignoring its interrupt; one that died meanwhile (a cell's own
+        # os._exit, SIGINT's default action) is told as a death, with its exit status.
+        restarted = ex.kill_reason in ("interrupt", "abandoned") and ex.grace_killed
         if ex.kill_reason == "abandoned" and ex.key and self.executors.get(ex.key) is ex:
             # Its other notebooks: no bare NameError at their next cell.
+            why = "did not stop when interrupted" if restarted else f"ended it ({sentence})"
             self._lost_while_idle[ex.key] = (
                 ex,
                 "This shared namespace's remote executor was restarted: a cell of a notebook "
-                "whose kernel is gone did not stop when interrupted; the namespace was lost.",
+                f"whose kernel is gone {why}; the namespace was lost.",
             )
         if req is not None:
             ex.current = None
-            if ex.kill_reason in ("interrupt", "abandoned"):
+            if restarted:
                 resumed = " (nor once resumed from SIGSTOP)" if ex.resumed_for_interrupt else ""
                 message = (
                     f"The {req.what} did not stop within {INTERRUPT_GRACE_S:g} s of the "
@@ -1035,7 +1041,12 @@ class Supervisor:
                 self._to_client(req, Kind.ERROR, error)
                 self._to_client(req, Kind.DONE, done_header(DoneStatus.LOST, message=message))
         if ex.queue and (died_idle or ex.kill_reason in ("interrupt", "abandoned")):
-            self._requeue_on_fresh(ex, req)
+            why = (
+                f"a cell did not stop within {INTERRUPT_GRACE_S:g} s of an interrupt"
+                if restarted
+                else f"it ended ({sentence})"
+            )
+            self._requeue_on_fresh(ex, req, why)
         self._fail_queued(ex, f"this notebook's remote executor ended ({sentence}) before it ran")
         self._forget(ex)
         self.all.remove(ex)
@@ -1050,15 +1061,16 @@ class Supervisor:
         ex.close()
         self._top_up_spares()
 
-    def _requeue_on_fresh(self, ex: ExecutorProcess, killed: Request | None) -> None:
-        """``ex`` died while no request ran, or was killed for ``killed``, a request that
-        ignored its interrupt.  What was queued on it provably never started, and runs on a
-        fresh executor: after an interrupt, that is the restart the interrupt promised.
-        Except what the interrupted request's own client sent before the interrupt: it stays
-        queued here, to be answered "not run" (an interrupt stops what was queued, as Jupyter
-        aborts the cells queued behind an interrupted one).  The killed request's client
-        hears of the restart in its DONE; other notebooks (a shared namespace), and all after
-        a death while idle, hear first that the namespace was lost."""
+    def _requeue_on_fresh(self, ex: ExecutorProcess, killed: Request | None, why: str) -> None:
+        """``ex`` died while no request ran, or ended after an interrupt of ``killed``
+        (``why``: for the other notebooks' notice).  What was queued on it provably never
+        started, and runs on a fresh executor: after an interrupt, that is the restart the
+        interrupt promised.  Except what the interrupted request's own client sent before
+        the interrupt: it stays queued here, to be answered "not run" (an interrupt stops what
+        was queued, as Jupyter aborts the cells queued behind an interrupted one).  The killed
+        request's client hears of the restart in its DONE; other notebooks (a shared
+        namespace), and all after a death while idle, hear first that the namespace was lost.
+        """
         if ex.key is None or self.executors.get(ex.key) is not ex:
             return
         told = killed.client if killed is not None else None
@@ -1080,8 +1092,7 @@ class Supervisor:
             return  # the queue stays on ``ex``: "not run"
         if fresh.lost_note is None and any(r.client != told for r in moving):
             fresh.lost_note = (
-                f"This namespace's remote executor was restarted: a cell did not stop within "
-                f"{INTERRUPT_GRACE_S:g} s of an interrupt; the namespace was lost."
+                f"This namespace's remote executor was restarted: {why}; the namespace was lost."
             )
         fresh.queue.extend(moving)
         ex.queue = aborted
@@ -1133,6 +1144,7 @@ class Supervisor:
                 elif ex.current is not None or ex.kill_reason in ("orphan", "stop"):
                     log.warning("executor %d ignored the interrupt: killing it", ex.number)
                     ex.grace_deadline = None
+                    ex.grace_killed = True
                     ex.signal(signal.SIGKILL)
             self._notices(ex, now)
             self._check_orphan(ex, now)
@@ -1187,7 +1199,7 @@ class Supervisor:
 
         Said once in the log; an interrupted request that stops in time (its ``done`` ends
         the interrupt's grace period) is followed by the stop at the next tick."""
-        if ex.keepalive_s is None or ex.kill_reason in ("orphan", "stop"):
+        if ex.keepalive_s is None or ex.kill_reason in ("orphan", "stop") or ex.grace_killed:
             return
         if self._session_key is None:
             return  # not registered: no keepalive can reach us (see _on_registered)
@@ -1202,6 +1214,17 @@ class Supervisor:
                 silent,
             )
             ex.orphaned = True
+            if ex.key and self.executors.get(ex.key) is ex:
+                # A kernel that was only busy (local code holding the GIL for that long, or
+                # stopped) comes back to a fresh namespace: it hears so at its next request.
+                name = ex.key.partition(":")[2]
+                whose = f"shared namespace {name!r}" if ex.shared else "this notebook"
+                self._lost_while_idle[ex.key] = (
+                    ex,
+                    f"The remote executor of {whose} was stopped: no sign of its kernel came "
+                    f"for {silent:.0f} s (as if it were closed; a kernel busy in code that holds "
+                    "the GIL, or stopped, sends none); the namespace was lost.",
+                )
             self._forget(ex)
         if ex.current is not None:
             if ex.grace_deadline is None:  # else an interrupt's grace period runs already
@@ -1223,8 +1246,8 @@ class Supervisor:
         interrupt, the executor is restarted and its other notebooks hear that the namespace
         was lost (``_on_exit``)."""
         req = ex.current
-        if req is None or ex.orphaned or ex.grace_deadline is not None:
-            return
+        if req is None or ex.orphaned or ex.grace_deadline is not None or ex.grace_killed:
+            return  # (or its interrupt is under way, or it is being killed)
         if not req.client or not self._client_gone(req.client, now):
             return
         log.warning(
