@@ -167,10 +167,6 @@ class RexecMagics(Magics):
     def notes(self) -> Notes:
         return NOTEBOOK
 
-    def _shippable(self, name: str, value: Any) -> bool:
-        """Every user value of the notebook may travel; modules go by reference."""
-        return not sync.ipython_name(name)
-
     def _plan(self, args: Any, code: str) -> tuple[list[str], list[str], dict[str, Any]]:
         """``(names to ship, names forced, header fields)``: what goes and what comes back."""
         free, bound, ends = names.analyze_cell(code, self.shell.transform_cell)
@@ -222,7 +218,7 @@ class RexecMagics(Magics):
                     code,
                     ns,
                     push,
-                    self._shippable,
+                    sync.shippable,
                     fields,
                     renderer,
                     args.timeout if args.timeout is not None else self.timeout,

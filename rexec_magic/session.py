@@ -451,10 +451,10 @@ class RemoteSession:
                 try:
                     self._fresh_worker()
                     self._check_versions(notes)
-                    return (yield from self._synced_call(fn, args, kwargs, timeout_s, cancel))
+                    outcome = yield from self._synced_call(fn, args, kwargs, timeout_s, cancel)
                 except errors.NoWorker:
                     self._start_missing(notes)
-                    return (yield from self._synced_call(fn, args, kwargs, timeout_s, cancel))
+                    outcome = yield from self._synced_call(fn, args, kwargs, timeout_s, cancel)
             except (errors.RemoteInterrupted, errors.WorkerLost) as exc:
                 lost = isinstance(exc, errors.WorkerLost) or exc.namespace_lost
                 if lost and cancel is not None and cancel.is_set():
@@ -462,6 +462,9 @@ class RemoteSession:
                     # the next request, or the notebook meets a new namespace in silence.
                     self._untold = f"rexec: a cancelled remote call ended badly: {exc}"
                 raise
+        if outcome.message:  # exit() in the function ended the executor: said as for a cell
+            notes.note(outcome.message)
+        return outcome
 
     def _tell_untold(self, notes: Notes) -> None:
         """Say (once, to a request that shows notes) what an unseen request's end lost."""
@@ -496,7 +499,7 @@ class RemoteSession:
         self.sync.local_cell_ran()
         forced: list[str] = []
         for _ in range(3):
-            plan = self.sync.plan(main, reads, _shippable_global, forced)
+            plan = self.sync.plan(main, reads, sync.shippable, forced)
             values = {name: main[name] for name in plan.send}
             watch = list(dict.fromkeys([*reads, *plan.send, *plan.have]))
             limit = contract.DEFAULT_PULL_LIMIT_BYTES
@@ -631,10 +634,6 @@ def _packs(value: Any) -> bool:
     except serialize.SerializationError:
         return False
     return True
-
-
-def _shippable_global(name: str, value: Any) -> bool:
-    return not sync.ipython_name(name)
 
 
 def _unloaded(outcome: CellOutcome | None) -> list[str]:

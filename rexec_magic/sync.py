@@ -21,6 +21,7 @@ name is replaced by a ``RemoteOnly`` placeholder, which is never shipped.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,19 @@ IPYTHON_NAME_RE = re.compile(r"^_(i\d*|ii|iii|oh|ih|dh|\d+)$")
 def ipython_name(name: str) -> bool:
     """IPython's bookkeeping (``In``, ``_i3``, ...) and dunder names: not the user's values."""
     return name in IPYTHON_NAMES or bool(IPYTHON_NAME_RE.match(name)) or name.startswith("__")
+
+
+def shippable(name: str, value: Any) -> bool:
+    """Whether a notebook global may travel: every user value, not IPython's own.
+
+    IPython also puts its own ``open`` (the builtin, wrapped to refuse fds 0-2) into the
+    user namespace; a cell calling ``open`` means the worker's builtin, so that one stays
+    (it used to travel and be listed as a remote variable).  A user's own ``open`` travels.
+    """
+    if ipython_name(name):
+        return False
+    shell_module = sys.modules.get("IPython.core.interactiveshell")
+    return not (name == "open" and value is getattr(shell_module, "_modified_open", None))
 
 
 class RemoteOnly:

@@ -234,6 +234,37 @@ def test_exit_ends_this_notebooks_executor_and_says_so(kernel):
     assert text_of(outputs) == "False\n"
 
 
+def test_ipythons_own_open_stays_in_the_notebook(kernel, tmp_path):
+    """IPython puts a wrapped ``open`` into the notebook's namespace (and the worker's); a
+    cell calling ``open`` uses the worker's, and %rexec_status lists no ``open`` among the
+    remote variables (it used to travel); a notebook's own ``open`` still goes."""
+    _, kc = kernel
+    path = tmp_path / "written.txt"
+    reply, _ = run(kc, f"%%remote\nwith open({str(path)!r}, 'w') as f:\n    f.write('1')")
+    assert reply["status"] == "ok" and path.read_text() == "1"
+    status = json.dumps([m["content"] for m in run(kc, "%rexec_status")[1]])
+    assert "open (function" not in status
+    run(kc, "def open(*args):\n    return 'the notebook own open'")
+    _, outputs = run(kc, "%%remote\nprint(open('x'))")
+    run(kc, "del open")
+    assert text_of(outputs) == "the notebook own open\n"
+
+
+@pytest.mark.parametrize("how", ["exit", "quit"])
+def test_exit_in_a_remote_function_ends_the_executor_and_says_so(kernel, how):
+    """As in a cell: the call used to return as if nothing happened, the namespace gone."""
+    _, kc = kernel
+    run(kc, "%remote kept = 1")
+    code = f"@remote_func\ndef leave():\n    {how}()\n    return 'after'\nleave()"
+    reply, outputs = run(kc, "from rexec_magic import remote_func\n" + code)
+    assert reply["status"] == "ok"
+    said = json.dumps([m["content"] for m in outputs])
+    assert "exit() or quit() ended this notebook's remote executor" in said
+    assert "after" in said  # IPython's exit ends the executor once the code is done
+    _, outputs = run(kc, "%%remote\nprint('kept' in globals())")
+    assert text_of(outputs) == "False\n"
+
+
 def test_sys_exit_and_exit_with_an_argument_behave_as_in_ipykernel(kernel):
     """``sys.exit(n)`` is an error that keeps the namespace, warned about once (by the
     notebook's IPython, not again by the worker's); ``exit(True)`` keeps the executor as

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PULL_LIMIT = DEFAULT_PULL_LIMIT_BYTES
 EXIT_MESSAGE = (
     "exit() or quit() ended this notebook's remote executor; its namespace is gone. "
-    "The next remote cell starts a fresh one."
+    "The next remote cell or call starts a fresh one."
 )
 
 
