@@ -1219,11 +1219,12 @@ class Supervisor:
                 # stopped) comes back to a fresh namespace: it hears so at its next request.
                 name = ex.key.partition(":")[2]
                 whose = f"shared namespace {name!r}" if ex.shared else "this notebook"
+                kernels = "any of its kernels" if ex.shared else "its kernel"
                 self._lost_while_idle[ex.key] = (
                     ex,
-                    f"The remote executor of {whose} was stopped: no sign of its kernel came "
-                    f"for {silent:.0f} s (as if it were closed; a kernel busy in code that holds "
-                    "the GIL, or stopped, sends none); the namespace was lost.",
+                    f"The remote executor of {whose} was stopped: no sign of {kernels} came "
+                    f"for {silent:.0f} s (as if closed; a kernel busy in code that holds the "
+                    "GIL, or stopped, sends none); the namespace was lost.",
                 )
             self._forget(ex)
         if ex.current is not None:
