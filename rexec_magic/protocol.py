@@ -141,7 +141,7 @@ class Kind:
     PONG = "pong"  # {t, worker: WorkerInfo | None, pending: [ids]}
     FAIL = "fail"  # {id | None, code, message}: a broker-side failure for one request
     # worker -> client
-    ACCEPTED = "accepted"  # {id}: the worker has the cell and starts it
+    ACCEPTED = "accepted"  # {id}: the worker starts the cell now (never resent after this)
     STREAM = "stream"  # {id, seq, name: stdout|stderr, text}
     DISPLAY = "display"  # {id, seq, data, metadata, transient}
     RESULT = "result"  # {id, seq, data, metadata, execution_count}

@@ -107,6 +107,39 @@ def test_broker_killed_mid_cell_ends_the_cell_and_the_next_one_works(
     assert outcome.values == {"state": (41, False)}
 
 
+def test_broker_killed_while_a_cell_waits_its_turn_runs_that_cell_once(
+    fresh_stack: Stack, alice: RemoteSession, tmp_path: Path
+) -> None:
+    """Two notebooks share a namespace; the broker dies while one's cell runs and the
+    other's waits behind it on the worker.  The waiting cell never started: it runs once
+    the broker is back (it used to fail with "your worker stopped the cell", unrun)."""
+    bob = RemoteSession(connection.load(fresh_stack.connection_file))
+    alice.attach("team")
+    bob.attach("team")
+    marker = tmp_path / "ran.txt"
+    alice_says: list[BaseException] = []
+
+    def alice_runs() -> None:
+        try:
+            run(alice, f"import time\nopen({str(marker)!r}, 'a').write('alice\\n')\ntime.sleep(60)")
+        except errors.RexecError as exc:
+            alice_says.append(exc)
+
+    running = threading.Thread(target=alice_runs, daemon=True)
+    running.start()
+    wait_for(marker.exists, "alice's cell to run")
+    old = fresh_stack.pid("broker")
+    threading.Timer(1.0, os.kill, args=(old, signal.SIGKILL)).start()
+    try:
+        code = f"open({str(marker)!r}, 'a').write('bob\\n')\nbob_ran = True"
+        assert run(bob, code, ["bob_ran"]).values == {"bob_ran": True}
+        assert marker.read_text() == "alice\nbob\n"  # each once
+        running.join(timeout=30)
+        assert [type(e) for e in alice_says] == [errors.BrokerUnreachable]  # it ran: stopped
+    finally:
+        bob.close()
+
+
 def worker_processes(pid: int) -> list[int]:
     """The worker (its supervisor) and its executors: every process of the worker."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()

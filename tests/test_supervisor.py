@@ -265,6 +265,47 @@ def test_a_cell_that_comes_again_after_it_was_accepted_never_runs_twice(port, tm
     assert marker.read_text() == "ran\n"
 
 
+def queued_cell(marker, request_id: str = "queued") -> dict:
+    code = f"open({str(marker)!r}, 'a').write('ran\\n')\nprint('queued ran')"
+    return {"id": request_id, "code": code, "vars": [], "pull": [], "pull_limit": 0}
+
+
+def test_a_cell_waiting_its_turn_is_not_accepted_and_a_copy_of_it_runs_once(port, tmp_path):
+    """``accepted`` means the cell runs now: one queued behind another has none yet, and a
+    copy its client sends meanwhile is the same request, which runs once."""
+    marker = tmp_path / "ran.txt"
+    first = port.execute("import time\nprint('go', flush=True)\ntime.sleep(100)")
+    port.recv_kind(Kind.ACCEPTED)
+    port.send(Kind.EXECUTE, queued_cell(marker))
+    port.send(Kind.EXECUTE, queued_cell(marker))  # sent again while it waits
+    with pytest.raises(TimeoutError):
+        port.recv_kind(Kind.ACCEPTED, timeout=1.0)
+    port.send(Kind.INTERRUPT, {"id": first})
+    events = port.events("queued")
+    assert [e.kind for e in events][0] == Kind.ACCEPTED
+    assert stdout(events) == "queued ran\n" and done(events).header["status"] == DoneStatus.OK
+    port.run("pass")  # no second DONE of "queued" came before this one's
+    assert marker.read_text() == "ran\n"
+
+
+def test_a_cell_waiting_its_turn_at_a_broker_restart_runs_when_its_client_sends_it_again(
+    port, tmp_path
+):
+    """The broker restarted while a cell waited behind another: the worker drops it
+    unstarted, and the copy its client sends once reconnected runs (it used to be accepted
+    on receipt: the client said it "ran and was stopped", a copy was refused as run)."""
+    marker = tmp_path / "ran.txt"
+    port.execute("import time\nprint('go', flush=True)\ntime.sleep(100)")
+    port.recv_kind(Kind.ACCEPTED)
+    port.send(Kind.EXECUTE, queued_cell(marker))
+    port.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)  # the broker restarted
+    port.register()
+    port.send(Kind.EXECUTE, queued_cell(marker))  # its client, reconnected, sends it again
+    events = port.events("queued")
+    assert stdout(events) == "queued ran\n" and done(events).header["status"] == DoneStatus.OK
+    assert marker.read_text() == "ran\n"
+
+
 @pytest.mark.parametrize("attempt", range(5))
 def test_a_cell_whose_executor_dies_runs_once_and_says_why(port, tmp_path, attempt):
     marker = tmp_path / "ran.txt"

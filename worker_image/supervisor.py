@@ -13,8 +13,10 @@ coalesced within ``STREAM_WINDOW_S``.  See docs/ARCHITECTURE.md for the measured
 
 Guarantees and where they are kept:
 
-* At most once: ACCEPTED leaves when the request is *received*, before it can reach an
-  executor, so a client resends only what the supervisor never had.  A request is handed
+* At most once: ACCEPTED leaves when the request is handed to its executor, and every
+  request id received is remembered, so a client resends only what never started and a
+  resend never runs twice (one that waits its turn here is the same request; one dropped
+  unstarted at a broker restart is forgotten, and runs when it comes again).  A request is handed
   to its executor only when that executor is idle; if it dies, the running request gets one
   sentence (exit code / signal / out of memory), its queued ones are answered "not run",
   and nothing is run again.
@@ -476,6 +478,8 @@ class Supervisor:
         stopped = 0
         for ex in self.all:
             stopped += len(ex.queue)
+            for req in ex.queue:  # provably never started: its client may send it again
+                self._accepted.pop(req.target.id, None)
             ex.queue.clear()
             cur = ex.current
             if cur is not None and not cur.abandoned:
@@ -543,6 +547,9 @@ class Supervisor:
         fields = msg.read(protocol.Placement)
         req = Request(cell.target, msg.kind, frames, cell.credit, client=fields.session)
         if cell.id in self._accepted:
+            if any(r.target.id == cell.id for ex in self.all for r in ex.queue):
+                log.info("%s %s came again while it waits its turn: run once", req.what, cell.id)
+                return
             log.warning("%s %s came again after it was accepted: not run twice", req.what, cell.id)
             message = (
                 f"This {req.what} had reached the worker before the rexec broker restarted "
@@ -566,8 +573,7 @@ class Supervisor:
             self._to_client(req, Kind.ERROR, error)
             self._to_client(req, Kind.DONE, done_header(DoneStatus.ERROR, message=sentence))
             return
-        self._reply(route, Kind.ACCEPTED, {"id": cell.id})  # before any executor sees it
-        self._accepted.add(cell.id)
+        self._accepted.add(cell.id)  # received: never run twice (``accepted`` once it runs)
         ex.queue.append(req)
         self._dispatch(ex)
 
@@ -775,6 +781,9 @@ class Supervisor:
             ex.queue.appendleft(req)
             return
         req.frames = []
+        # It runs now: "accepted" (a cell still waiting its turn when a broker restart made
+        # the supervisor drop it was never accepted, so its client may send it again).
+        self._reply(req.target.route, Kind.ACCEPTED, {"id": req.target.id})
 
     def _late_to_client(self, req: Request, kind: str, payload: Any, buffers: Any) -> None:
         """One piece of late output (``ExecutorProcess.keep_late``'s) as an event of ``req``."""
