@@ -64,6 +64,9 @@ class RemoteFuture(Future):
 
     def cancel(self) -> bool:
         if super().cancel():  # still queued here: it never reached the worker
+            # concurrent.futures.wait / as_completed hear of it now, not once this session's
+            # thread reaches it (after the calls ahead of it: seconds, or never).
+            self.set_running_or_notify_cancel()
             return True
         with self._condition:  # type: ignore[attr-defined]
             if self._state != RUNNING:  # type: ignore[attr-defined]
@@ -78,11 +81,22 @@ class RemoteFuture(Future):
         self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
 
+    def set_running_or_notify_cancel(self) -> bool:
+        """As ``Future``'s; also wakes ``result`` (which waits to say what a queued call
+        waits for), and a future already cancelled and notified (``cancel``) stays so."""
+        with self._condition:  # type: ignore[attr-defined]
+            if self._state == CANCELLED_AND_NOTIFIED:  # type: ignore[attr-defined]
+                return False
+            running = super().set_running_or_notify_cancel()
+            self._condition.notify_all()  # type: ignore[attr-defined]
+            return running
+
     def result(self, timeout: float | None = None) -> Any:
         """As ``Future.result``; a future that has not started after ``NOTICE_AFTER_S``
         (queued behind this notebook's earlier calls) says what it waits for, once."""
         try:
             if self._session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
+                began = time.monotonic()
                 with self._condition:  # type: ignore[attr-defined]
                     self._condition.wait_for(  # type: ignore[attr-defined]
                         lambda: self.running() or self.done(), P.NOTICE_AFTER_S
@@ -90,8 +104,8 @@ class RemoteFuture(Future):
                     queued = not (self.running() or self.done())
                 if queued:
                     self._say_what_it_waits_for()
-                    if timeout is not None:
-                        timeout -= P.NOTICE_AFTER_S
+                if timeout is not None:  # what the wait above took counts
+                    timeout = max(0.0, timeout - (time.monotonic() - began))
             return super().result(timeout)
         except KeyboardInterrupt:  # a kernel interrupt while waiting: stop the remote calls
             cancel_unfinished()
@@ -273,7 +287,10 @@ class RemoteFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run on the worker; a generator function returns an iterator of its items."""
         if inspect.isgeneratorfunction(self.func):
-            return self._iterate(args, kwargs)
+            if threading.current_thread() is threading.main_thread():
+                hook_kernel_interrupt()
+                return self._iterate(args, kwargs)
+            return self._iterate_in_thread(args, kwargs)
         if threading.current_thread() is threading.main_thread():
             hook_kernel_interrupt()
             return self._call(args, kwargs)
@@ -310,6 +327,16 @@ class RemoteFunction:
             _reraise(exc)
         finally:
             events.close()
+
+    def _iterate_in_thread(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
+        """A remote generator iterated outside the main thread: a kernel interrupt (a
+        KeyboardInterrupt in the main thread only) stops it too (``cancel_unfinished``)."""
+        cancel = threading.Event()
+        _thread_calls.add(cancel)
+        try:
+            yield from self._iterate(args, kwargs, cancel)
+        finally:
+            _thread_calls.discard(cancel)
 
     def _iterate(
         self,

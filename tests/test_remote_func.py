@@ -7,6 +7,7 @@ by value as they would from a notebook; only the connection file is configured.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -84,6 +85,12 @@ def slow(seconds, flag):
     open(flag, "w").close()
     time.sleep(seconds)
     return seconds
+
+def ticking(flag):
+    open(flag, "w").close()
+    while True:
+        yield "tick"
+        time.sleep(0.2)
 """
 
 
@@ -301,6 +308,67 @@ def test_a_call_made_in_another_thread_is_cancelled_by_an_interrupt(nb, tmp_path
     assert not thread.is_alive()
     assert raised and isinstance(raised[0], errors.RemoteInterrupted)
     assert nb["add"](40, 2) == 42
+
+
+def test_a_remote_generator_iterated_in_another_thread_is_stopped_by_an_interrupt(nb, tmp_path):
+    """As a direct call in a thread: a kernel interrupt stops a remote generator that a
+    thread iterates (it ran on, and every later call waited behind it)."""
+    import threading
+
+    from rexec_magic.remote_call import cancel_unfinished
+
+    flag = tmp_path / "running"
+    raised: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            for _ in nb["ticking"](str(flag)):
+                pass
+        except BaseException as exc:  # noqa: BLE001 - what the thread saw is the check
+            raised.append(exc)
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    wait_for(flag.exists, "the thread's generator to run remotely")
+    assert cancel_unfinished() == 1  # what the kernel's SIGINT handler calls
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert raised and isinstance(raised[0], errors.RemoteInterrupted)
+    assert nb["add"](40, 2) == 42
+
+
+def test_a_queued_call_cancelled_while_another_runs_wakes_wait_and_as_completed(nb, tmp_path):
+    """``concurrent.futures.wait`` / ``as_completed`` see a queued call cancelled at once,
+    not when the call ahead of it ends (they used to wait for that, or time out)."""
+    import concurrent.futures as cf
+
+    flag = tmp_path / "running"
+    first = nb["forever_after"].submit(str(flag))
+    wait_for(flag.exists, "the first call to run")
+    queued = nb["add"].submit(1)
+    assert queued.cancel() is True
+    done, not_done = cf.wait([queued], timeout=30)
+    assert done == {queued} and not not_done
+    assert list(cf.as_completed([queued], timeout=30)) == [queued]
+    assert first.running()  # both answered while the call ahead still ran
+    assert first.cancel() is True
+    assert nb["add"](1) == 2
+
+
+def test_result_with_a_timeout_counts_the_time_waited_in_the_queue(nb, tmp_path):
+    """``result(timeout=3)`` of a call that waited 1 s behind another and then runs on
+    gives up 3 s after it was called (it gave up after 5: the 2 s it waits to say what a
+    queued call waits for were not counted)."""
+    flag = tmp_path / "running"
+    first = nb["slow"].submit(1, str(flag))
+    second = nb["forever_after"].submit(str(tmp_path / "second"))
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        second.result(timeout=3)
+    waited = time.monotonic() - began
+    assert first.result(timeout=30) == 1
+    assert second.cancel() is True
+    assert waited < 3 + P.NOTICE_AFTER_S / 2  # not 3 + NOTICE_AFTER_S
 
 
 def test_a_call_waiting_behind_another_says_what_it_waits_for(nb, capfd, tmp_path):
