@@ -28,7 +28,7 @@ from rexec_magic import protocol as P
 from rexec_magic.client import Events, pass_on_sigint
 from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
-from rexec_magic.session import RemoteSession, shared_session, whose
+from rexec_magic.session import CURRENT, RemoteSession, shared_session, whose
 
 # Calls of one session run one at a time anyway (one socket, and in order: ``turns``), so
 # each session has one thread for its futures, and futures of one session never wait for
@@ -61,6 +61,8 @@ class RemoteFuture(Future):
         super().__init__()
         self.cancel_requested = threading.Event()
         self._session = session  # whose turns it waits for (what ``result`` says it waits for)
+        self._moved = threading.Event()  # it started, or it ended (``result`` waits for it)
+        self.add_done_callback(lambda _: self._moved.set())
 
     def cancel(self) -> bool:
         if super().cancel():  # still queued here: it never reached the worker
@@ -83,13 +85,15 @@ class RemoteFuture(Future):
 
     def set_running_or_notify_cancel(self) -> bool:
         """As ``Future``'s; also wakes ``result`` (which waits to say what a queued call
-        waits for), and a future already cancelled and notified (``cancel``) stays so."""
+        waits for), and a future already cancelled and notified (``cancel``) stays so.
+        (Not by notifying ``_condition``: ``Future.result`` takes any notification for the
+        end of the call.)"""
         with self._condition:  # type: ignore[attr-defined]
             if self._state == CANCELLED_AND_NOTIFIED:  # type: ignore[attr-defined]
                 return False
             running = super().set_running_or_notify_cancel()
-            self._condition.notify_all()  # type: ignore[attr-defined]
-            return running
+        self._moved.set()
+        return running
 
     def result(self, timeout: float | None = None) -> Any:
         """As ``Future.result``; a future that has not started after ``NOTICE_AFTER_S``
@@ -97,12 +101,8 @@ class RemoteFuture(Future):
         try:
             if self._session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
                 began = time.monotonic()
-                with self._condition:  # type: ignore[attr-defined]
-                    self._condition.wait_for(  # type: ignore[attr-defined]
-                        lambda: self.running() or self.done(), P.NOTICE_AFTER_S
-                    )
-                    queued = not (self.running() or self.done())
-                if queued:
+                self._moved.wait(P.NOTICE_AFTER_S)
+                if not (self.running() or self.done()):
                     self._say_what_it_waits_for()
                 if timeout is not None:  # what the wait above took counts
                     timeout = max(0.0, timeout - (time.monotonic() - began))
@@ -183,16 +183,19 @@ def hook_kernel_interrupt() -> None:
 
 
 def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
-    """Run ``fn(cancel=event, ticket=n)`` in a thread; the future can interrupt it.
+    """Run ``fn(cancel=event, ticket=n, namespace=name)`` in a thread; the future can
+    interrupt it.
 
     The ticket (``turns``) is taken here, in the caller's thread: the call keeps its place
-    before any request the caller makes after ``submit()`` returns."""
+    before any request the caller makes after ``submit()`` returns.  So is the namespace: a
+    ``%rexec_attach`` after ``submit()`` does not move a call already made."""
     with _threads_lock:
         thread = _threads.get(session)
         if thread is None:
             thread = _threads[session] = ThreadPoolExecutor(1, thread_name_prefix="remote_func")
     hook_kernel_interrupt()
     future = RemoteFuture(session)
+    namespace = session.namespace
     ticket = session.turns.take()
     _submitted.add(future)
 
@@ -210,7 +213,7 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
             session.turns.leave(ticket)  # cancelled before it started: later ones go on
             return
         try:
-            value = fn(cancel=future.cancel_requested, ticket=ticket)
+            value = fn(cancel=future.cancel_requested, ticket=ticket, namespace=namespace)
         except BaseException as exc:
             if not future.cancelled():
                 try:
@@ -279,9 +282,17 @@ class RemoteFunction:
         kwargs: dict[str, Any],
         cancel: threading.Event | None = None,
         ticket: int | None = None,
+        namespace: str | None | object = CURRENT,
     ) -> Events:
         return self.session.call(
-            self.func, args, kwargs, self.timeout, notes=NOTEBOOK, cancel=cancel, ticket=ticket
+            self.func,
+            args,
+            kwargs,
+            self.timeout,
+            notes=NOTEBOOK,
+            cancel=cancel,
+            ticket=ticket,
+            namespace=namespace,
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -307,10 +318,11 @@ class RemoteFunction:
         kwargs: dict[str, Any],
         cancel: threading.Event | None = None,
         ticket: int | None = None,
+        namespace: str | None | object = CURRENT,
     ) -> Any:
         renderer = EventRenderer()
         items: list[Any] = []
-        events = self._events(args, kwargs, cancel, ticket)
+        events = self._events(args, kwargs, cancel, ticket, namespace)
         try:
             while True:
                 try:
@@ -344,9 +356,10 @@ class RemoteFunction:
         kwargs: dict[str, Any],
         cancel: threading.Event | None = None,
         ticket: int | None = None,
+        namespace: str | None | object = CURRENT,
     ) -> Iterator[Any]:
         renderer = EventRenderer()
-        events = self._events(args, kwargs, cancel, ticket)
+        events = self._events(args, kwargs, cancel, ticket, namespace)
         try:
             for msg in events:
                 if msg.kind == P.Kind.YIELD:
@@ -366,7 +379,7 @@ class RemoteFunction:
         """
         if inspect.isgeneratorfunction(self.func):
             return _submit(
-                lambda cancel, ticket: list(self._iterate(args, kwargs, cancel, ticket)),
+                lambda **how: list(self._iterate(args, kwargs, **how)),
                 self.session,
             )
         return _submit(functools.partial(self._call, args, kwargs), self.session)

@@ -8,6 +8,7 @@ of a kernel share.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -38,6 +39,8 @@ ASSIST_TIMEOUT_S = 0.5
 # How long a cell waits for a worker the spawner says runs but the broker does not hear from
 # (stopped, starved, re-registering after a broker restart) before saying so.
 NOT_RESPONDING_WAIT_S = 10.0
+# ``RemoteSession.call(namespace=CURRENT)``: the namespace current when the call is made.
+CURRENT: object = object()
 
 
 def restart_sentence(status: dict[str, Any] | None) -> str:
@@ -73,6 +76,9 @@ class RemoteSession:
         # This session's executor on the worker: its own namespace, kept across reconnects.
         self.session_id = uuid.uuid4().hex
         self.namespace: str | None = None  # %rexec_attach NAME: a shared, named namespace
+        # The namespace of the request that holds the connection, when it is not the
+        # current one (a call submitted before %rexec_attach runs where it was submitted).
+        self._request_namespace: str | None | object = CURRENT
         self.notebook = _notebook_label()
         self._keepalive: threading.Event | None = None  # the running keepalive's stop
         # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py).
@@ -181,7 +187,9 @@ class RemoteSession:
             self._client = RexecClient(self.info)
             self._client.on_new_worker = self._new_worker
         client = self._client
-        client.session_id, client.namespace = self.session_id, self.namespace
+        pinned = self._request_namespace
+        client.session_id = self.session_id
+        client.namespace = self.namespace if pinned is CURRENT else pinned  # type: ignore[assignment]
         client.notebook = self.notebook
         return client
 
@@ -192,7 +200,9 @@ class RemoteSession:
         one: it is forgotten, so the next cell sends what it needs and takes nothing for held.
         """
         if (name or None) != self.namespace:
-            self.sync.forget()
+            # A new record, not the old one emptied: a call under way in the old namespace
+            # goes on recording into its own.
+            self.sync = sync.NamespaceSync()
         self.namespace = name or None
 
     @property
@@ -437,6 +447,7 @@ class RemoteSession:
         notes: Notes = QUIET,
         cancel: threading.Event | None = None,
         ticket: int | None = None,
+        namespace: str | None | object = CURRENT,
     ) -> Events:
         """Call ``fn`` on the worker (``remote_func``); start a worker first when needed.
 
@@ -445,16 +456,23 @@ class RemoteSession:
         interrupts it.  ``ticket``: this call's place in line (``turns``), taken when it
         was submitted; without one it lines up now.  No ping first: a missing worker is the
         broker's immediate ``no_worker`` answer, which comes before any event.
+        ``namespace``: where it runs (None: this session's own; by default the current one,
+        as ``%rexec_attach`` left it); ``submit()`` passes the one current when submitted.
         """
         with self.exclusive("call", notes, ticket, cancel), self._reporting(notes):
+            here = self.namespace if namespace is CURRENT else namespace
+            # What this notebook knows of that namespace: nothing, unless it is the current.
+            state = self.sync if here == self.namespace else sync.NamespaceSync()
+            self._request_namespace = here
+            call = functools.partial(self._synced_call, fn, args, kwargs, timeout_s, cancel, state)
             try:
                 try:
                     self._fresh_worker()
                     self._check_versions(notes)
-                    outcome = yield from self._synced_call(fn, args, kwargs, timeout_s, cancel)
+                    outcome = yield from call()
                 except errors.NoWorker:
                     self._start_missing(notes)
-                    outcome = yield from self._synced_call(fn, args, kwargs, timeout_s, cancel)
+                    outcome = yield from call()
             except (errors.RemoteInterrupted, errors.WorkerLost) as exc:
                 lost = isinstance(exc, errors.WorkerLost) or exc.namespace_lost
                 if lost and cancel is not None and cancel.is_set():
@@ -462,6 +480,8 @@ class RemoteSession:
                     # the next request, or the notebook meets a new namespace in silence.
                     self._untold = f"rexec: a cancelled remote call ended badly: {exc}"
                 raise
+            finally:
+                self._request_namespace = CURRENT
         if outcome.message:  # exit() in the function ended the executor: said as for a cell
             notes.note(outcome.message)
         return outcome
@@ -478,11 +498,13 @@ class RemoteSession:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout_s: float | None,
-        cancel: threading.Event | None = None,
+        cancel: threading.Event | None,
+        state: sync.NamespaceSync,
     ) -> Events:
         """A call whose notebook globals follow the cells' sync rules: those ``fn`` reads go
         when they changed (never over newer remote values), and those it changes in place
-        (``lst.append``) come back into the notebook, as a local call would leave them."""
+        (``lst.append``) come back into the notebook, as a local call would leave them.
+        ``state``: what this notebook knows of the namespace the call runs in."""
         main = serialize.main_namespace()
         # Packed once, first: the notebook globals read by any notebook function inside them
         # (fn, a partial or a callback among the arguments) go with the call.
@@ -496,10 +518,10 @@ class RemoteSession:
         reads = list(dict.fromkeys(r for p in packed.values() for r in p.reads))
         # The caller is local code: it may have changed what fn reads in place since the last
         # exchange, even within one cell (a loop of calls), so nothing is trusted unhashed.
-        self.sync.local_cell_ran()
+        state.local_cell_ran()
         forced: list[str] = []
         for _ in range(3):
-            plan = self.sync.plan(main, reads, sync.shippable, forced)
+            plan = state.plan(main, reads, sync.shippable, forced)
             values = {name: main[name] for name in plan.send}
             watch = list(dict.fromkeys([*reads, *plan.send, *plan.have]))
             limit = contract.DEFAULT_PULL_LIMIT_BYTES
@@ -509,16 +531,16 @@ class RemoteSession:
                     *packed.values(), timeout_s, values, fields, cancel
                 )
             except errors.RemoteCellError as exc:
-                self.sync.sent(main, plan, _unloaded(exc.outcome))
+                state.sent(main, plan, _unloaded(exc.outcome))
                 if exc.outcome is not None:
-                    self.sync.apply(main, exc.outcome, "not pulled")
+                    state.apply(main, exc.outcome, "not pulled")
                 raise
             if outcome.status != P.DoneStatus.RESEND:
-                self.sync.sent(main, plan, _unloaded(outcome))
-                self.sync.apply(main, outcome, "not pulled")
+                state.sent(main, plan, _unloaded(outcome))
+                state.apply(main, outcome, "not pulled")
                 return outcome
             for name in _missing(outcome):
-                self.sync.records.pop(name, None)
+                state.records.pop(name, None)
                 forced.append(name)
         raise errors.WorkerLost("The remote worker kept losing the call's variables.")
 

@@ -371,6 +371,27 @@ def test_result_with_a_timeout_counts_the_time_waited_in_the_queue(nb, tmp_path)
     assert waited < 3 + P.NOTICE_AFTER_S / 2  # not 3 + NOTICE_AFTER_S
 
 
+def test_a_call_submitted_before_rexec_attach_runs_in_the_namespace_it_was_made_in(nb, tmp_path):
+    """``submit()`` then ``%rexec_attach NAME`` before the call left: it runs where it was
+    made (it ran in NAME's namespace and returned NAME's value, silently), and calls made
+    after the attach run in NAME's."""
+    session = shared_session()
+    try:
+        nb["remember"]("own", 0)  # each namespace is an executor process of its own
+        session.attach("team")
+        nb["remember"]("team", 0)
+        session.attach(None)
+        first = nb["slow"].submit(1, str(tmp_path / "running"))
+        made_here = nb["recall"].submit()
+        session.attach("team")
+        assert made_here.result(timeout=60) == repr("own")
+        assert nb["recall"]() == repr("team")
+        assert first.result(timeout=60) == 1
+    finally:
+        session.attach(None)
+    assert nb["recall"]() == repr("own")
+
+
 def test_a_call_waiting_behind_another_says_what_it_waits_for(nb, capfd, tmp_path):
     flag = tmp_path / "running"
     future = nb["slow"].submit(4, str(flag))
