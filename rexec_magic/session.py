@@ -39,6 +39,7 @@ ASSIST_TIMEOUT_S = 0.5
 # How long a cell waits for a worker the spawner says runs but the broker does not hear from
 # (stopped, starved, re-registering after a broker restart) before saying so.
 NOT_RESPONDING_WAIT_S = 10.0
+SPAWNER_RECHECK_S = 1.0  # meanwhile, the spawner is asked again this often
 # ``RemoteSession.call(namespace=CURRENT)``: the namespace current when the call is made.
 CURRENT: object = object()
 
@@ -397,10 +398,13 @@ class RemoteSession:
 
     def _start_missing(self, notes: Notes) -> None:
         current = self.spawner.status()
+        if current.get("state") == WorkerState.READY:
+            # The spawner has it; the broker does not hear from it (yet: a stop under way
+            # reads "ready" until the process is gone).
+            current = self._wait_unresponsive(notes)
+            if current is None:
+                return
         state, idle_s = current.get("state"), current.get("idle_culled_after_s")
-        if state == WorkerState.READY:  # the spawner has it; the broker does not hear from it
-            self._wait_unresponsive(notes)
-            return
         had_one = self.client.seen_instance is not None
         running = current if state in ACTIVE else None
         if state == WorkerState.STOPPED and idle_s:
@@ -419,24 +423,36 @@ class RemoteSession:
         )
         self._start(None, False, None, notes, running, headline)
 
-    def _wait_unresponsive(self, notes: Notes) -> None:
+    def _wait_unresponsive(self, notes: Notes) -> dict[str, Any] | None:
         """The spawner says the worker runs, the broker does not hear from it: wait a while.
 
         Its namespace is kept while it runs, so nothing is started; if the same process comes
-        back nothing is announced, if another one does ``on_new_worker`` says so.
+        back nothing is announced, if another one does ``on_new_worker`` says so.  Returns
+        None once it answers, or the spawner's status once that says it no longer runs
+        (stopped meanwhile, e.g. by ``%rexec_stop`` in another notebook: then it is not
+        "not responding", and the caller starts one and says what was lost).
         """
         headline = "Your remote worker is not responding; waiting for it…"
         progress = notes.progress(headline)
-        try:
-            self.client.wait_for_worker(None, timeout_s=NOT_RESPONDING_WAIT_S)
-        except errors.NoWorker:
-            progress.done(f"{headline} it did not answer.")
-            raise errors.NoWorker(
-                "Your remote worker is running but not responding (stopped, or busy "
-                "in code that holds the GIL); its variables are kept while it runs. "
-                "Try again later, or %rexec_stop to start a fresh one."
-            ) from None
-        progress.done(f"{headline} it answers again.")
+        deadline = time.monotonic() + NOT_RESPONDING_WAIT_S
+        while True:
+            try:
+                self.client.wait_for_worker(None, timeout_s=SPAWNER_RECHECK_S)
+            except errors.NoWorker:
+                current = self.spawner.status()
+                if current.get("state") != WorkerState.READY:
+                    progress.done(f"{headline} it was {current.get('state') or 'stopped'}.")
+                    return current
+                if time.monotonic() < deadline:
+                    continue
+                progress.done(f"{headline} it did not answer.")
+                raise errors.NoWorker(
+                    "Your remote worker is running but not responding (stopped, or busy "
+                    "in code that holds the GIL); its variables are kept while it runs. "
+                    "Try again later, or %rexec_stop to start a fresh one."
+                ) from None
+            progress.done(f"{headline} it answers again.")
+            return None
 
     def call(
         self,

@@ -140,6 +140,50 @@ def test_broker_killed_while_a_cell_waits_its_turn_runs_that_cell_once(
         bob.close()
 
 
+def test_a_worker_stopped_from_another_notebook_is_said_so_to_a_cell_waiting_its_turn(
+    fresh_stack: Stack, alice: RemoteSession, tmp_path: Path
+) -> None:
+    """%rexec_stop in another notebook while this one's cell waits behind its running call:
+    the waiting cell hears that the worker was stopped and its namespace lost, and runs on
+    a fresh worker (it used to wait 10 s for a worker "not responding", then fail saying
+    the worker runs and its variables are kept)."""
+    from rexec_magic.notes import RecordedNotes
+
+    bob = RemoteSession(connection.load(fresh_stack.connection_file))
+    flag = tmp_path / "running"
+    first: list[BaseException] = []
+
+    def long_call() -> None:
+        try:
+            run(alice, f"open({str(flag)!r}, 'w').close()\nimport time\ntime.sleep(60)")
+        except errors.RexecError as exc:
+            first.append(exc)
+
+    running = threading.Thread(target=long_call, daemon=True)
+    running.start()
+    wait_for(flag.exists, "the first cell to run")
+    notes = RecordedNotes()
+    outcome: list[Any] = []
+
+    def waiting_cell() -> None:
+        events: list[P.Message] = []
+        code = "state = 'kept' in globals()"
+        outcome.append(alice.run(code, {}, ["state"], events.append, 2**20, notes=notes))
+
+    queued = threading.Thread(target=waiting_cell, daemon=True)
+    queued.start()
+    wait_for(lambda: alice.turns.holder[0], "the second cell to wait its turn")
+    bob.stop()  # what %rexec_stop does
+    running.join(timeout=60)
+    queued.join(timeout=120)
+    bob.close()
+    assert [type(e) for e in first] == [errors.ExecutorDied]
+    assert outcome and outcome[0].values == {"state": False}  # a fresh worker
+    said = "\n".join(text for _, text in notes.records)
+    assert "Your worker was stopped; its namespace was lost." in said
+    assert "running but not responding" not in said
+
+
 def worker_processes(pid: int) -> list[int]:
     """The worker (its supervisor) and its executors: every process of the worker."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()

@@ -1287,8 +1287,10 @@ class Supervisor:
                 ex.signal(signal.SIGKILL)
         for ex in list(self.all):
             for req in [r for r in (ex.current, *ex.queue) if r is not None]:
+                ended = "ended" if req is ex.current else "ran (it was not run)"
                 message = (
-                    "The remote worker stopped before this cell ended; its namespace was lost."
+                    f"The remote worker stopped before this {req.what} {ended}; its namespace "
+                    "was lost."
                 )
                 self._to_client(req, Kind.DONE, done_header(DoneStatus.LOST, message=message))
         if code == EXIT_OK:
