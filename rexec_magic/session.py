@@ -77,6 +77,7 @@ class RemoteSession:
         # This session's executor on the worker: its own namespace, kept across reconnects.
         self.session_id = uuid.uuid4().hex
         self.namespace: str | None = None  # %rexec_attach NAME: a shared, named namespace
+        self._next_info: connection.ConnectionInfo | None = None  # a login not yet taken up
         # The namespace of the request that holds the connection, when it is not the
         # current one (a call submitted before %rexec_attach runs where it was submitted).
         self._request_namespace: str | None | object = CURRENT
@@ -149,6 +150,7 @@ class RemoteSession:
             ) from None
         try:
             self._owner, self._holding_cancel = me, cancel
+            self._switch_info()  # a login made while others held the connection
             self._start_keepalive()
             self._tell_untold(notes)
             yield
@@ -213,7 +215,23 @@ class RemoteSession:
         return self._spawner
 
     def use(self, info: connection.ConnectionInfo) -> None:
-        """Switch to new connection details (after a login)."""
+        """Switch to new connection details (after a login): now when the connection is
+        free, else when the requests holding it or waiting for it are done (a remote call
+        under way keeps the connection it started on: closing it under the call cost the
+        call's result, a raw ZMQError)."""
+        self._next_info = info
+        ticket = self.turns.try_hold("login", 0)
+        if ticket is not None:
+            try:
+                self._switch_info()
+            finally:
+                self.turns.leave(ticket)
+
+    def _switch_info(self) -> None:
+        """Take up the connection details ``use`` left, holding the connection."""
+        info, self._next_info = self._next_info, None
+        if info is None:
+            return
         self.close()
         self._info = info
         self._warned_versions = False
@@ -224,6 +242,7 @@ class RemoteSession:
         use (extension unloaded).  A new login (``use``) keeps the keepalive: the thread
         follows the new connection details, and an idle notebook keeps its namespace."""
         self._stop_keepalive()
+        self._next_info = None
         self.close()
         self._info = None
 

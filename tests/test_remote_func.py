@@ -392,6 +392,22 @@ def test_a_call_submitted_before_rexec_attach_runs_in_the_namespace_it_was_made_
     assert nb["recall"]() == repr("own")
 
 
+def test_a_login_while_a_call_runs_keeps_that_calls_result(nb, tmp_path, stack):
+    """%rexec_login (``RemoteSession.use``) while a submitted call runs: the call ends on
+    the connection it started on and its result arrives (it got a raw ZMQError, the socket
+    closed under it); the next call uses the new login."""
+    from rexec_magic import connection
+
+    flag = tmp_path / "running"
+    running = nb["slow"].submit(1, str(flag))
+    queued = nb["add"].submit(1)
+    wait_for(flag.exists, "the call to run remotely")
+    shared_session().use(connection.load(stack.connection_file))
+    assert running.result(timeout=60) == 1
+    assert queued.result(timeout=60) == 2
+    assert nb["add"](40, 2) == 42
+
+
 def test_a_call_waiting_behind_another_says_what_it_waits_for(nb, capfd, tmp_path):
     flag = tmp_path / "running"
     future = nb["slow"].submit(4, str(flag))
