@@ -1030,6 +1030,31 @@ def test_a_notebook_attached_to_a_shared_namespace_keeps_its_own(port):
     assert executor_pid(port, "nb") == pid
 
 
+def test_late_output_in_a_shared_namespace_goes_to_the_notebook_whose_cell_started_it(
+    port, tmp_path
+):
+    """A thread of notebook A's cell prints after that cell ended, in a namespace B shares:
+    B's next cell does not show it (it did, as if B's own); A's next cell does, as late."""
+    a = in_session("a", namespace="team")
+    b = in_session("b", namespace="team")
+    flag = tmp_path / "printed"
+    port.run(
+        "import os, threading\n"
+        "threading.Timer(0.3, lambda: (print('late output of a', flush=True), "
+        f"open({str(flag)!r}, 'w').close())).start()",
+        **a,
+    )
+    wait_for(flag.exists, "A's timer to print")
+    assert [e.header["text"] for e in port.run("print('b')", **b) if e.kind == Kind.STREAM] == [
+        "b\n"
+    ]
+    streams = [e for e in port.run("print('a again')", **a) if e.kind == Kind.STREAM]
+    assert [(e.header["text"], bool(e.header.get("late"))) for e in streams] == [
+        ("late output of a\n", True),
+        ("a again\n", False),
+    ]
+
+
 def test_a_queued_call_says_what_it_waits_for(port):
     first = port.execute("import time\ntime.sleep(4)")
     second = port.execute("print('second')")

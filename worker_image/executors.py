@@ -21,9 +21,10 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -51,6 +52,15 @@ LATE_MAX_EVENTS = 10_000
 LATE_JOIN_CHARS = PIPE_READ  # late text joins a kept piece of its stream shorter than this
 # Variables the executor must not inherit: the worker's registration secret and friends.
 _PRIVATE_ENV = (Env.WORKER_SECRET, Env.WORKER_SECRET_FD, Env.WORKER_NONCE, Env.WORKER_ALIVE_FILE)
+
+
+class Late(NamedTuple):
+    """Output produced after its request ended, kept for the next request of ``owner``."""
+
+    kind: str  # "stdout" / "stderr" (``payload`` is text), or an event kind (its header)
+    payload: Any
+    buffers: list[Any]
+    owner: str  # the client session whose request had ended ("": a legacy client, anyone's)
 
 
 @dataclass(eq=False)
@@ -172,7 +182,8 @@ class ExecutorProcess:
         self.grace_killed = False  # SIGKILL sent: it ignored its interrupt (or stop) too long
         self.interrupted_at = 0.0  # time.monotonic() of the interrupt its grace period is for
         self.ending = False  # its exit is being handled: nothing more is sent to it
-        self.late: deque[tuple[str, Any, list[Any]]] = deque()  # (kind, header|text, buffers)
+        self.late: deque[Late] = deque()
+        self.last_client = ""  # whose request ended last here: output after it is theirs
         self.late_chars = 0
         self.late_dropped_chars = 0  # late text dropped (the oldest), and late displays
         self.late_dropped_events = 0
@@ -307,27 +318,30 @@ class ExecutorProcess:
         return self.late_chars >= LATE_HOLD_CHARS or len(self.late) >= LATE_HOLD_EVENTS
 
     def keep_late(self, kind: str, payload: Any, buffers: list[Any] | None = None) -> None:
-        """Output after its cell ended: kept for the top of the next cell, up to
-        ``LATE_MAX_CHARS`` of text (its end: the oldest is cut) and ``LATE_MAX_EVENTS``.
-        Short text right after text of the same stream joins it (``print`` writes its text
-        and its newline apart: the line stays one piece of output)."""
+        """Output after its cell ended: kept for the top of the next cell of the notebook
+        whose request ended last here (``last_client``), up to ``LATE_MAX_CHARS`` of text
+        (its end: the oldest is cut) and ``LATE_MAX_EVENTS``.  Short text right after text
+        of the same stream and notebook joins it (``print`` writes its text and its newline
+        apart: the line stays one piece of output)."""
+        owner = self.last_client
         last = self.late[-1] if self.late else None
         if (
             isinstance(payload, str)
             and last is not None
-            and last[0] == kind
-            and isinstance(last[1], str)
-            and len(last[1]) < LATE_JOIN_CHARS
+            and (last.kind, last.owner) == (kind, owner)
+            and isinstance(last.payload, str)
+            and len(last.payload) < LATE_JOIN_CHARS
         ):
-            self.late[-1] = (kind, last[1] + payload, last[2])
+            self.late[-1] = last._replace(payload=last.payload + payload)
         else:
-            self.late.append((kind, payload, buffers or []))
+            self.late.append(Late(kind, payload, buffers or [], owner))
         self.late_chars += len(payload) if isinstance(payload, str) else 1
         while self.late and (self.late_chars > LATE_MAX_CHARS or len(self.late) > LATE_MAX_EVENTS):
-            old_kind, old, old_buffers = self.late[0]
+            first = self.late[0]
+            old = first.payload
             excess = self.late_chars - LATE_MAX_CHARS
             if isinstance(old, str) and len(self.late) <= LATE_MAX_EVENTS and excess < len(old):
-                self.late[0] = (old_kind, old[excess:], old_buffers)  # its tail stays
+                self.late[0] = first._replace(payload=old[excess:])  # its tail stays
                 self.late_chars -= excess
                 self.late_dropped_chars += excess
                 break
@@ -338,6 +352,19 @@ class ExecutorProcess:
             else:
                 self.late_chars -= 1
                 self.late_dropped_events += 1
+
+    def take_late(self, client: str, gone: Callable[[str], bool]) -> list[Late]:
+        """The kept output for a request of ``client``: its own, a legacy client's, and that
+        of notebooks that are ``gone``; the rest (other notebooks of a shared namespace)
+        stays for their next request."""
+        taken: list[Late] = []
+        kept: deque[Late] = deque()
+        for item in self.late:
+            mine = item.owner in ("", client) or gone(item.owner)
+            (taken if mine else kept).append(item)
+        self.late = kept
+        self.late_chars = sum(len(i.payload) if isinstance(i.payload, str) else 1 for i in kept)
+        return taken
 
     def inherit(self, dead: ExecutorProcess, note: str) -> None:
         """Take over what a notebook's executor that died while idle left for its next

@@ -811,13 +811,16 @@ class Supervisor:
             )
             self._to_client(req, Kind.NOTICE, {"text": text, "late": True})
             ex.late_dropped_chars = ex.late_dropped_events = 0
-        while ex.late:
-            kind, payload, buffers = ex.late.popleft()
-            self._late_to_client(req, kind, payload, buffers)
+        now = time.monotonic()
+
+        def gone(client: str) -> bool:
+            return client not in self._clients or self._client_gone(client, now)
+
+        for item in ex.take_late(req.client, gone):
+            self._late_to_client(req, item.kind, item.payload, item.buffers)
         if ex.lost_note is not None:  # after the late output: that came before the death
             self._to_client(req, Kind.NOTICE, {"text": ex.lost_note, "about": "lost"})
             ex.lost_note = None
-        ex.late_chars = 0
 
     # ------------------------------------------------------------------ executor events
     def _receive_executor(self, ex: ExecutorProcess, to_the_end: bool = False) -> None:
@@ -899,8 +902,8 @@ class Supervisor:
             except ProtocolError as exc:
                 log.warning("executor %d sent a malformed event: %s", ex.number, exc)
             else:
-                if req is None:
-                    ex.keep_late(kind, payload, raw.buffers)
+                if req is None or req.client != ex.last_client:
+                    ex.keep_late(kind, payload, raw.buffers)  # for its notebook's next request
                 else:  # late, read once a request came (it waited behind the full late output)
                     self._late_to_client(req, kind, payload, raw.buffers)
             self._event_seen(ex)
@@ -919,6 +922,7 @@ class Supervisor:
             self._signed(req.target.route, kind, numbered, raw.buffers)
         if kind == Kind.DONE:
             ex.current = None
+            ex.last_client = req.client  # what it writes from now on is that notebook's
             self._event_seen(ex)  # text after DONE's mark is late: kept for the next cell
             self._finish(ex, req.what if exit_requested else None)
         else:
