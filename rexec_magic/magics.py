@@ -481,7 +481,9 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         culled=bool(spawner_state.get("idle_culled_after_s")),
     )
     running = bool(worker) and state in (contract.ShownState.READY, contract.ShownState.BUSY)
-    shown = state.value
+    # Neither the spawner nor the broker answered (e.g. a refused token): nothing is known.
+    known = bool(spawner_state) or bool(worker) or "spawner_error" not in report
+    shown = state.value if known else "unknown"
     if spawner_state.get("message") and not running:
         shown += f" ({spawner_state['message']})"
     if "spawner_error" in report:

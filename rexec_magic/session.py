@@ -547,16 +547,16 @@ class RemoteSession:
         try:
             packed = {name: serialize.pack_value(value) for name, value in parts.items()}
         except serialize.SerializationError as exc:
-            name = next((n for n in parts if not _packs(parts[n])), "args")
-            why = serialize.unserializable_message(name, parts[name], exc)
-            raise errors.UnserializableVariable(f"The call was not sent: {why}.") from None
+            raise errors.UnserializableVariable(
+                f"The call was not sent: {_unpackable_part(fn, args, kwargs, exc)}."
+            ) from None
         reads = list(dict.fromkeys(r for p in packed.values() for r in p.reads))
         # The caller is local code: it may have changed what fn reads in place since the last
         # exchange, even within one cell (a loop of calls), so nothing is trusted unhashed.
         state.local_cell_ran()
         forced: list[str] = []
         for _ in range(3):
-            plan = state.plan(main, reads, sync.shippable, forced)
+            plan = state.plan(main, reads, sync.shippable, forced, what="call")
             values = {name: main[name] for name in plan.send}
             watch = list(dict.fromkeys([*reads, *plan.send, *plan.have]))
             limit = contract.DEFAULT_PULL_LIMIT_BYTES
@@ -685,12 +685,19 @@ def _notebook_label() -> str:
     return f"kernel {os.getpid()}"
 
 
-def _packs(value: Any) -> bool:
-    try:
-        serialize.pack_value(value)
-    except serialize.SerializationError:
-        return False
-    return True
+def _unpackable_part(
+    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], exc: serialize.SerializationError
+) -> str:
+    """Which part of a call cannot travel, and why: "argument 1 is a lock (...)"."""
+    parts: list[tuple[str, Any]] = [("the function", fn)]
+    parts += [(f"argument {i}", value) for i, value in enumerate(args, 1)]
+    parts += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
+    for what, value in parts:
+        try:
+            serialize.pack_value(value)
+        except serialize.SerializationError as own:
+            return f"{what} {serialize.unserializable_reason(value, own)}"
+    return f"its arguments {serialize.unserializable_reason(args, exc)}"
 
 
 def _unloaded(outcome: CellOutcome | None) -> list[str]:

@@ -123,11 +123,13 @@ class NamespaceSync:
         names: Iterable[str],
         shippable: Callable[[str, Any], bool],
         force: Iterable[str] = (),
+        what: str = "cell",
     ) -> Plan:
         """Pack what must go: ``names`` and the notebook globals their code reads, transitively.
 
         ``force`` names are shipped even when unchanged (the worker said it lacks them).
-        Raises UnserializableVariable naming the first value that cannot travel.
+        Raises UnserializableVariable naming the first value that cannot travel (``what``:
+        "cell" or "call", for its sentence).
         """
         forced = set(force)
         plan = Plan()
@@ -155,7 +157,7 @@ class NamespaceSync:
                 packed = serialize.pack_value(value)
             except serialize.SerializationError as exc:
                 raise errors.UnserializableVariable(
-                    f"The cell was not run: {serialize.unserializable_message(name, value, exc)}."
+                    f"The {what} was not run: {serialize.unserializable_message(name, value, exc)}."
                 ) from None
             queue.extend(packed.reads)
             digest = packed.digest

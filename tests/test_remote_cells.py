@@ -236,7 +236,14 @@ def test_bad_token_gives_one_clear_sentence(ip, stack, tmp_path):
         session.run("1", {}, [], lambda m: None, pull_limit=1)
     assert "not valid" in str(info.value)
     assert len(info.value._render_traceback_()) == 1
+    from rexec_magic.magics import status_table
+
+    # The user's worker runs: with the token refused nothing is known of it ("stopped" was
+    # said, which it is not).
+    text = repr(status_table(session.status()))
     session.close()
+    assert re.search(r"worker\s+unknown", text) and "refused the token" in text, text
+    assert "stopped" not in text
 
 
 def test_update_display_updates_in_place(ip):

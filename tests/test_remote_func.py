@@ -408,6 +408,22 @@ def test_a_login_while_a_call_runs_keeps_that_calls_result(nb, tmp_path, stack):
     assert nb["add"](40, 2) == 42
 
 
+def test_an_argument_that_cannot_travel_is_named_as_an_argument(nb):
+    """One sentence naming the argument, and the call as a call (it said "variable 'args'
+    holds a lock": no such variable exists in the notebook)."""
+    import threading
+
+    with pytest.raises(errors.UnserializableVariable) as info:
+        nb["add"](1, threading.Lock())
+    said = str(info.value)
+    assert said.startswith("The call was not sent: argument 2 is a lock"), said
+    assert "'args'" not in said
+    with pytest.raises(errors.UnserializableVariable) as info:
+        nb["add"](1, c=threading.Lock())
+    assert "keyword argument 'c' is a lock" in str(info.value)
+    assert nb["add"](1) == 2
+
+
 def test_a_call_waiting_behind_another_says_what_it_waits_for(nb, capfd, tmp_path):
     flag = tmp_path / "running"
     future = nb["slow"].submit(4, str(flag))

@@ -938,9 +938,7 @@ class Supervisor:
             ex.exit_requested = True
             log.info("executor %d: exit() in a %s; it ends", ex.number, exit_in)
             self._forget(ex)
-            self._fail_queued(
-                ex, "exit() or quit() ended this notebook's remote executor before it ran"
-            )
+            self._fail_queued(ex, f"exit() or quit() ended {_whose(ex)} before it ran")
             return
         self._dispatch(ex)
 
@@ -1060,7 +1058,11 @@ class Supervisor:
                 else f"it ended ({sentence})"
             )
             self._requeue_on_fresh(ex, req, why)
-        self._fail_queued(ex, f"this notebook's remote executor ended ({sentence}) before it ran")
+        self._fail_queued(
+            ex,
+            f"{_whose(ex)} ended ({sentence}) before it ran",
+            interrupted=ex.kill_reason in ("interrupt", "abandoned"),
+        )
         self._forget(ex)
         self.all.remove(ex)
         if ex in self.spares:
@@ -1111,11 +1113,15 @@ class Supervisor:
         ex.queue = aborted
         self._dispatch(fresh)
 
-    def _fail_queued(self, ex: ExecutorProcess, why: str) -> None:
+    def _fail_queued(self, ex: ExecutorProcess, why: str, interrupted: bool = False) -> None:
+        """Answer what is queued on ``ex`` "not run": as stopped by the interrupt that ended
+        the executor (Jupyter aborts the cells queued behind an interrupted one), else as a
+        lost namespace (an error, not a KeyboardInterrupt: nobody interrupted)."""
+        status = DoneStatus.RESTARTING if interrupted else DoneStatus.LOST
         while ex.queue:
             req = ex.queue.popleft()
             message = f"This {req.what} was not run: {why}."
-            self._to_client(req, Kind.DONE, done_header(DoneStatus.RESTARTING, message=message))
+            self._to_client(req, Kind.DONE, done_header(status, message=message))
 
     def _forget(self, ex: ExecutorProcess) -> None:
         if ex.key is not None and self.executors.get(ex.key) is ex:
@@ -1230,12 +1236,11 @@ class Supervisor:
             if ex.key and self.executors.get(ex.key) is ex:
                 # A kernel that was only busy (local code holding the GIL for that long, or
                 # stopped) comes back to a fresh namespace: it hears so at its next request.
-                name = ex.key.partition(":")[2]
-                whose = f"shared namespace {name!r}" if ex.shared else "this notebook"
+                whose = _whose(ex)
                 kernels = "any of its kernels" if ex.shared else "its kernel"
                 self._lost_while_idle[ex.key] = (
                     ex,
-                    f"The remote executor of {whose} was stopped: no sign of {kernels} came "
+                    f"{whose[0].upper()}{whose[1:]} was stopped: no sign of {kernels} came "
                     f"for {silent:.0f} s (as if closed; a kernel busy in code that holds the "
                     "GIL, or stopped, sends none); the namespace was lost.",
                 )
@@ -1309,6 +1314,13 @@ class Supervisor:
         self.ctx.term()
         log.info("exiting with code %d", code)
         return code
+
+
+def _whose(ex: ExecutorProcess) -> str:
+    """ "this notebook's remote executor", or the shared namespace's."""
+    if ex.shared:
+        return f"the remote executor of shared namespace {ex.key.partition(':')[2]!r}"
+    return "this notebook's remote executor"
 
 
 def _stream_due(ex: ExecutorProcess) -> float:
