@@ -510,6 +510,7 @@ class RexecClient:
         worker sends at most ``CLIENT_CREDIT`` unacknowledged events, so a slow consumer
         slows the cell down and nothing is dropped on the way.
         """
+        what = "call" if kind == P.Kind.CALL else "cell"
         started = False  # the worker accepted the cell: never resend it after that
         handled = 0  # events of this request handled here (acknowledged in batches)
         acked = 0
@@ -553,7 +554,7 @@ class RexecClient:
                     self.reset()
                     raise errors.BrokerUnreachable(
                         f"Lost contact with the rexec broker at {self.info.broker_url} "
-                        "while the cell ran; its output may be incomplete."
+                        f"while the {what} ran; its output may be incomplete."
                     )
                 if handled - acked >= P.CLIENT_CREDIT // 4:
                     acked = handled
@@ -589,7 +590,7 @@ class RexecClient:
                     if self.worker is None or (req_id not in pong.pending and started):
                         self.seen_instance = None  # told here: the next worker is no news
                         raise errors.WorkerLost(
-                            "The remote worker stopped while running the cell; "
+                            f"The remote worker stopped while running the {what}; "
                             "the remote namespace was lost."
                         )
                     continue
@@ -602,8 +603,8 @@ class RexecClient:
                     self.hello()
                     if started or resent:
                         raise errors.BrokerUnreachable(
-                            "The rexec broker restarted while the cell ran, so your worker "
-                            "stopped the cell; its output may be incomplete."
+                            f"The rexec broker restarted while the {what} ran, so your worker "
+                            "stopped it; its output may be incomplete."
                         )
                     resent = True
                     self._send(kind, header, buffers)
@@ -627,6 +628,9 @@ class RexecClient:
                         yield msg
                     except GeneratorExit:  # the consumer stopped: stop the remote work too
                         self._send(P.Kind.INTERRUPT, {"id": req_id})
+                        # Nobody waits for its end: should it cost the namespace (it ignores
+                        # the interrupt), the next request says so (``_hold``).
+                        self._abandon(req_id, kind)
                         raise
                     except KeyboardInterrupt:  # thrown in: it hit while the caller showed msg
                         if interrupted_at is not None:

@@ -86,6 +86,14 @@ def slow(seconds, flag):
     time.sleep(seconds)
     return seconds
 
+def stubborn():
+    try:
+        yield 0
+        time.sleep(100)  # where the interrupt finds it
+    except KeyboardInterrupt:
+        time.sleep(8)  # past the interrupt's grace period
+        raise
+
 def ticking(flag):
     open(flag, "w").close()
     while True:
@@ -422,6 +430,19 @@ def test_an_argument_that_cannot_travel_is_named_as_an_argument(nb):
         nb["add"](1, c=threading.Lock())
     assert "keyword argument 'c' is a lock" in str(info.value)
     assert nb["add"](1) == 2
+
+
+def test_a_remote_generator_left_early_that_costs_the_namespace_says_so_next(nb, capfd):
+    """Leaving a remote generator early interrupts it; one that then takes longer than the
+    grace period to stop costs the namespace, and the next call says so (it met an empty
+    namespace in silence: nobody waited for the generator's end)."""
+    nb["remember"]("kept", 0)
+    for _ in nb["stubborn"]():
+        break
+    capfd.readouterr()
+    assert nb["recall"]() is None  # a fresh executor
+    said = "".join(capfd.readouterr())
+    assert "you stopped waiting for ended later" in said and "namespace was lost" in said
 
 
 def test_a_call_waiting_behind_another_says_what_it_waits_for(nb, capfd, tmp_path):
