@@ -451,7 +451,8 @@ class RemoteSession:
         (stopped meanwhile, e.g. by ``%rexec_stop`` in another notebook: then it is not
         "not responding", and the caller starts one and says what was lost).
         """
-        headline = "Your remote worker is not responding; waiting for it…"
+        # True of a stopped worker and of one reconnecting after a broker restart alike.
+        headline = "Your remote worker is not reachable through the broker; waiting for it…"
         progress = notes.progress(headline)
         deadline = time.monotonic() + NOT_RESPONDING_WAIT_S
         while True:
@@ -470,7 +471,7 @@ class RemoteSession:
                     "in code that holds the GIL); its variables are kept while it runs. "
                     "Try again later, or %rexec_stop to start a fresh one."
                 ) from None
-            progress.done(f"{headline} it answers again.")
+            progress.done(f"{headline} it answers.")
             return None
 
     def call(
