@@ -1169,3 +1169,56 @@ def test_uptime_is_the_age_of_the_namespace_not_of_the_process_that_serves_it(po
     port.send(Kind.INSPECT, {"id": "age"})
     worker = port.recv_kind(Kind.INSPECT_REPLY).header["worker"]
     assert worker["uptime_s"] <= time.monotonic() - ended
+
+
+# --------------------------------------------------------------------------- shared namespaces
+def lost_notices(events: list) -> list[str]:
+    notices = [e.header for e in events if e.kind == Kind.NOTICE]
+    return [n["text"] for n in notices if n["about"] == "lost"]
+
+
+def test_every_notebook_of_a_shared_namespace_hears_once_that_it_was_lost(port):
+    """The shared executor dies while idle: each notebook attached to it hears it at its
+    next cell, once (only the first to come back used to; the other met a bare NameError)."""
+    a = in_session("a", namespace="crew")
+    b = in_session("b", namespace="crew")
+    port.run("kept = 1", **a)
+    port.run("pass", **b)
+    port.send(Kind.INSPECT, {"id": "which", **a["extra"]})
+    pid = port.recv_kind(Kind.INSPECT_REPLY).header["worker"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(pid), "the executor to die")
+    for notebook in (a, b):
+        events = port.run("print('kept' in globals())", **notebook)
+        said = lost_notices(events)
+        assert len(said) == 1 and "shared namespace 'crew'" in said[0], said
+        assert stdout(events) == "False\n"
+    assert lost_notices(port.run("pass", **a)) == []  # once
+
+
+def test_exit_in_a_shared_namespace_is_said_to_its_other_notebooks(port):
+    a = in_session("a", namespace="crew")
+    b = in_session("b", namespace="crew")
+    port.run("kept = 1", **b)
+    assert done(port.run("exit()", **a)).header["exit"] is True
+    events = port.run("print('kept' in globals())", **b)
+    said = lost_notices(events)
+    assert len(said) == 1 and "exit() or quit() in another notebook" in said[0], said
+    assert stdout(events) == "False\n"
+    assert lost_notices(port.run("pass", **a)) == []  # a was told by its own cell
+
+
+def test_a_cell_that_ignores_the_stop_after_a_broker_restart_costs_the_namespace_and_says_so(port):
+    """The broker restarted while a cell that ignores SIGINT ran: the worker stops it (no
+    one can receive its results), and kills it after the grace period.  The next cell runs
+    on a fresh executor and hears that the namespace was lost (it used to fail "not run",
+    and the one after met an empty namespace in silence)."""
+    port.run("kept = 1")
+    port.execute(IGNORES_SIGINT)
+    port.recv_kind(Kind.STREAM)
+    port.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)  # the broker restarted
+    port.register()
+    events = port.run("print('kept' in globals())")
+    said = lost_notices(events)
+    assert len(said) == 1 and "when the rexec broker restarted" in said[0], said
+    assert done(events).header["status"] == DoneStatus.OK and stdout(events) == "False\n"

@@ -189,6 +189,11 @@ class ExecutorProcess:
         self.late_dropped_events = 0
         # Its predecessor for the same notebook died while idle: said after the late output.
         self.lost_note: str | None = None
+        # Who hears it: the client sessions its predecessor served but had not told (a
+        # shared namespace's other notebooks each once); None: the next request, whoever's.
+        self.lost_note_for: set[str] | None = None
+        self.clients: set[str] = set()  # client sessions whose requests it was handed
+        self.told: set[str] = set()  # of those, the ones told already that it ended
         self.last_seen = time.monotonic()  # a client of it was last heard from
         self.keepalive_s: float | None = None  # declared by its clients; None: never orphaned
         self.orphaned = False  # its kernels went silent: it stops once its request ends
@@ -373,7 +378,9 @@ class ExecutorProcess:
         self.late_chars += dead.late_chars
         self.late_dropped_chars += dead.late_dropped_chars
         self.late_dropped_events += dead.late_dropped_events
-        self.lost_note = note
+        untold = dead.clients - dead.told
+        if untold:  # (a notebook told already, e.g. by its request's DONE, is not told again)
+            self.lost_note, self.lost_note_for = note, untold
 
     # ------------------------------------------------------------------ ending
     def interrupt(self, request_id: str) -> None:

@@ -574,6 +574,7 @@ class Supervisor:
             self._to_client(req, Kind.DONE, done_header(DoneStatus.ERROR, message=sentence))
             return
         self._accepted.add(cell.id)  # received: never run twice (``accepted`` once it runs)
+        ex.clients.add(req.client)
         ex.queue.append(req)
         self._dispatch(ex)
 
@@ -818,9 +819,15 @@ class Supervisor:
 
         for item in ex.take_late(req.client, gone):
             self._late_to_client(req, item.kind, item.payload, item.buffers)
-        if ex.lost_note is not None:  # after the late output: that came before the death
+        # After the late output: that came before the death.
+        if ex.lost_note is not None and (
+            ex.lost_note_for is None or req.client in ex.lost_note_for
+        ):
             self._to_client(req, Kind.NOTICE, {"text": ex.lost_note, "about": "lost"})
-            ex.lost_note = None
+            if ex.lost_note_for:
+                ex.lost_note_for.discard(req.client)
+            if not ex.lost_note_for:
+                ex.lost_note, ex.lost_note_for = None, None
 
     # ------------------------------------------------------------------ executor events
     def _receive_executor(self, ex: ExecutorProcess, to_the_end: bool = False) -> None:
@@ -937,6 +944,14 @@ class Supervisor:
         if exit_in is not None:
             ex.exit_requested = True
             log.info("executor %d: exit() in a %s; it ends", ex.number, exit_in)
+            if ex.key and self.executors.get(ex.key) is ex and ex.shared:
+                # The other notebooks of the shared namespace: no bare NameError.
+                ex.told.add(ex.last_client)
+                self._lost_while_idle[ex.key] = (
+                    ex,
+                    f"exit() or quit() in another notebook ended {_whose(ex)}; the namespace "
+                    "was lost.",
+                )
             self._forget(ex)
             self._fail_queued(ex, f"exit() or quit() ended {_whose(ex)} before it ran")
             return
@@ -1013,11 +1028,25 @@ class Supervisor:
         )
         # Died while no request ran (its last DONE may have been read out just now).
         died_idle = req is None and not ex.exit_requested and ex.kill_reason in (None, "link")
+        whose = _whose(ex)
         if died_idle and ex.key and self.executors.get(ex.key) is ex:
             self._lost_while_idle[ex.key] = (
                 ex,
-                f"This notebook's remote executor died while no cell ran ({sentence}); "
-                "its namespace was lost.",
+                f"{whose[0].upper()}{whose[1:]} died while no cell ran ({sentence}); the "
+                "namespace was lost.",
+            )
+        if ex.kill_reason == "abandon" and ex.key and self.executors.get(ex.key) is ex:
+            # A request stopped because the broker restarted (nobody could receive it) ended
+            # its executor: the next requests, from whichever notebook, hear so.
+            how = (
+                "did not stop within its grace period"
+                if ex.grace_killed
+                else f"ended it ({sentence})"
+            )
+            self._lost_while_idle[ex.key] = (
+                ex,
+                f"{whose[0].upper()}{whose[1:]} was restarted: a {req.what if req else 'cell'} "
+                f"stopped when the rexec broker restarted {how}; the namespace was lost.",
             )
         # Killed here for ignoring its interrupt; one that died meanwhile (a cell's own
         # os._exit, SIGINT's default action) is told as a death, with its exit status.
@@ -1030,8 +1059,27 @@ class Supervisor:
                 "This shared namespace's remote executor was restarted: a cell of a notebook "
                 f"whose kernel is gone {why}; the namespace was lost.",
             )
+        if (
+            ex.kill_reason == "interrupt"
+            and ex.shared
+            and ex.key
+            and self.executors.get(ex.key) is ex
+        ):
+            # The shared namespace's other notebooks (its own hears from its DONE below).
+            why = (
+                f"did not stop within {INTERRUPT_GRACE_S:g} s of its interrupt"
+                if restarted
+                else f"ended it ({sentence})"
+            )
+            self._lost_while_idle[ex.key] = (
+                ex,
+                f"{whose[0].upper()}{whose[1:]} was restarted: a cell of another notebook "
+                f"{why}; the namespace was lost.",
+            )
         if req is not None:
             ex.current = None
+            if ex.kill_reason != "abandon":  # (whose client hears only of the broker restart)
+                ex.told.add(req.client)  # by this DONE
             if restarted:
                 resumed = " (nor once resumed from SIGSTOP)" if ex.resumed_for_interrupt else ""
                 message = (
@@ -1051,13 +1099,14 @@ class Supervisor:
                 error = {"ename": "ExecutorDied", "evalue": message, "traceback": [message]}
                 self._to_client(req, Kind.ERROR, error)
                 self._to_client(req, Kind.DONE, done_header(DoneStatus.LOST, message=message))
-        if ex.queue and (died_idle or ex.kill_reason in ("interrupt", "abandoned")):
+        if ex.queue and (died_idle or ex.kill_reason in ("interrupt", "abandoned", "abandon")):
             why = (
                 f"a cell did not stop within {INTERRUPT_GRACE_S:g} s of an interrupt"
                 if restarted
                 else f"it ended ({sentence})"
             )
-            self._requeue_on_fresh(ex, req, why)
+            # The abandoned request's client was told only that the broker restarted.
+            self._requeue_on_fresh(ex, None if ex.kill_reason == "abandon" else req, why)
         self._fail_queued(
             ex,
             f"{_whose(ex)} ended ({sentence}) before it ran",
@@ -1106,6 +1155,7 @@ class Supervisor:
             log.error("could not start an executor for %s: %s", ex.key, exc)
             return  # the queue stays on ``ex``: "not run"
         if fresh.lost_note is None and any(r.client != told for r in moving):
+            fresh.lost_note_for = ex.clients - {told}
             fresh.lost_note = (
                 f"This namespace's remote executor was restarted: {why}; the namespace was lost."
             )
@@ -1198,7 +1248,8 @@ class Supervisor:
                 self._notice(req, "starting", text, now)
             elif cur is not None and cur.started is not None:
                 running = now - cur.started
-                if cur.target.route == req.target.route:
+                # By client session: a notebook's route changes when it says hello again.
+                if cur.client == req.client or not ex.shared:
                     whose = f"this notebook's previous {cur.what}"
                 else:  # only a shared namespace serves several notebooks
                     name = (ex.key or "").partition(":")[2]
