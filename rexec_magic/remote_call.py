@@ -28,7 +28,7 @@ from rexec_magic import protocol as P
 from rexec_magic.client import Events, pass_on_sigint
 from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
-from rexec_magic.session import CURRENT, RemoteSession, shared_session, whose
+from rexec_magic.session import Origin, RemoteSession, shared_session, whose
 
 # Calls of one session run one at a time anyway (one socket, and in order: ``turns``), so
 # each session has one thread for its futures, and futures of one session never wait for
@@ -183,19 +183,20 @@ def hook_kernel_interrupt() -> None:
 
 
 def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
-    """Run ``fn(cancel=event, ticket=n, namespace=name)`` in a thread; the future can
+    """Run ``fn(cancel=event, ticket=n, origin=where)`` in a thread; the future can
     interrupt it.
 
     The ticket (``turns``) is taken here, in the caller's thread: the call keeps its place
-    before any request the caller makes after ``submit()`` returns.  So is the namespace: a
-    ``%rexec_attach`` after ``submit()`` does not move a call already made."""
+    before any request the caller makes after ``submit()`` returns.  So is its origin (the
+    namespace and user): a ``%rexec_attach`` or ``%rexec_login`` after ``submit()`` does not
+    move a call already made."""
     with _threads_lock:
         thread = _threads.get(session)
         if thread is None:
             thread = _threads[session] = ThreadPoolExecutor(1, thread_name_prefix="remote_func")
     hook_kernel_interrupt()
     future = RemoteFuture(session)
-    namespace = session.namespace
+    origin = session.origin()
     ticket = session.turns.take()
     _submitted.add(future)
 
@@ -213,7 +214,7 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
             session.turns.leave(ticket)  # cancelled before it started: later ones go on
             return
         try:
-            value = fn(cancel=future.cancel_requested, ticket=ticket, namespace=namespace)
+            value = fn(cancel=future.cancel_requested, ticket=ticket, origin=origin)
         except BaseException as exc:
             if not future.cancelled():
                 try:
@@ -282,7 +283,7 @@ class RemoteFunction:
         kwargs: dict[str, Any],
         cancel: threading.Event | None = None,
         ticket: int | None = None,
-        namespace: str | None | object = CURRENT,
+        origin: Origin | None = None,
     ) -> Events:
         return self.session.call(
             self.func,
@@ -292,7 +293,7 @@ class RemoteFunction:
             notes=NOTEBOOK,
             cancel=cancel,
             ticket=ticket,
-            namespace=namespace,
+            origin=origin,
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -318,11 +319,11 @@ class RemoteFunction:
         kwargs: dict[str, Any],
         cancel: threading.Event | None = None,
         ticket: int | None = None,
-        namespace: str | None | object = CURRENT,
+        origin: Origin | None = None,
     ) -> Any:
         renderer = EventRenderer()
         items: list[Any] = []
-        events = self._events(args, kwargs, cancel, ticket, namespace)
+        events = self._events(args, kwargs, cancel, ticket, origin)
         try:
             while True:
                 try:
@@ -356,10 +357,10 @@ class RemoteFunction:
         kwargs: dict[str, Any],
         cancel: threading.Event | None = None,
         ticket: int | None = None,
-        namespace: str | None | object = CURRENT,
+        origin: Origin | None = None,
     ) -> Iterator[Any]:
         renderer = EventRenderer()
-        events = self._events(args, kwargs, cancel, ticket, namespace)
+        events = self._events(args, kwargs, cancel, ticket, origin)
         try:
             for msg in events:
                 if msg.kind == P.Kind.YIELD:

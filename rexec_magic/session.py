@@ -18,6 +18,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,15 @@ ASSIST_TIMEOUT_S = 0.5
 # (stopped, starved, re-registering after a broker restart) before saying so.
 NOT_RESPONDING_WAIT_S = 10.0
 SPAWNER_RECHECK_S = 1.0  # meanwhile, the spawner is asked again this often
-# ``RemoteSession.call(namespace=CURRENT)``: the namespace current when the call is made.
-CURRENT: object = object()
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where and as whom a request was made: ``submit()`` keeps them for its call, which
+    may leave after a ``%rexec_attach`` or ``%rexec_login``."""
+
+    namespace: str | None  # None: the session's own
+    user: str | None  # None: not known (no login read yet)
 
 
 def restart_sentence(status: dict[str, Any] | None) -> str:
@@ -80,7 +88,7 @@ class RemoteSession:
         self._next_info: connection.ConnectionInfo | None = None  # a login not yet taken up
         # The namespace of the request that holds the connection, when it is not the
         # current one (a call submitted before %rexec_attach runs where it was submitted).
-        self._request_namespace: str | None | object = CURRENT
+        self._pinned: Origin | None = None
         self.notebook = _notebook_label()
         self._keepalive: threading.Event | None = None  # the running keepalive's stop
         # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py).
@@ -190,11 +198,21 @@ class RemoteSession:
             self._client = RexecClient(self.info)
             self._client.on_new_worker = self._new_worker
         client = self._client
-        pinned = self._request_namespace
         client.session_id = self.session_id
-        client.namespace = self.namespace if pinned is CURRENT else pinned  # type: ignore[assignment]
+        client.namespace = self.namespace if self._pinned is None else self._pinned.namespace
         client.notebook = self.notebook
         return client
+
+    def origin(self) -> Origin:
+        """The namespace and the user a request made now is for (a login not yet taken
+        up, see ``use``, counts: it was made)."""
+        info = self._next_info or self._info
+        if info is None:
+            try:
+                info = self.info
+            except errors.RexecError:  # no login yet: the call will say so itself
+                return Origin(self.namespace, None)
+        return Origin(self.namespace, info.user)
 
     def attach(self, name: str | None) -> None:
         """Use the shared namespace ``name`` from now on (None: this session's own again).
@@ -483,7 +501,7 @@ class RemoteSession:
         notes: Notes = QUIET,
         cancel: threading.Event | None = None,
         ticket: int | None = None,
-        namespace: str | None | object = CURRENT,
+        origin: Origin | None = None,
     ) -> Events:
         """Call ``fn`` on the worker (``remote_func``); start a worker first when needed.
 
@@ -492,14 +510,20 @@ class RemoteSession:
         interrupts it.  ``ticket``: this call's place in line (``turns``), taken when it
         was submitted; without one it lines up now.  No ping first: a missing worker is the
         broker's immediate ``no_worker`` answer, which comes before any event.
-        ``namespace``: where it runs (None: this session's own; by default the current one,
-        as ``%rexec_attach`` left it); ``submit()`` passes the one current when submitted.
+        ``origin``: where and as whom it was made (``submit()``'s, see ``origin()``); by
+        default now.  It runs in that namespace, and is not sent once another user logged
+        in (a call made as alice never runs on bob's worker).
         """
         with self.exclusive("call", notes, ticket, cancel), self._reporting(notes):
-            here = self.namespace if namespace is CURRENT else namespace
+            origin = origin or self.origin()
+            if origin.user is not None and self.info.user != origin.user:
+                raise errors.RexecError(
+                    f"The call was not sent: it was made as {origin.user}, and this notebook "
+                    f"has logged in as {self.info.user} since."
+                )
             # What this notebook knows of that namespace: nothing, unless it is the current.
-            state = self.sync if here == self.namespace else sync.NamespaceSync()
-            self._request_namespace = here
+            state = self.sync if origin.namespace == self.namespace else sync.NamespaceSync()
+            self._pinned = origin
             call = functools.partial(self._synced_call, fn, args, kwargs, timeout_s, cancel, state)
             try:
                 try:
@@ -517,7 +541,7 @@ class RemoteSession:
                     self._untold = f"rexec: a cancelled remote call ended badly: {exc}"
                 raise
             finally:
-                self._request_namespace = CURRENT
+                self._pinned = None
         if outcome.message:  # exit() in the function ended the executor: said as for a cell
             notes.note(outcome.message)
         return outcome

@@ -445,6 +445,34 @@ def test_a_remote_generator_left_early_that_costs_the_namespace_says_so_next(nb,
     assert "you stopped waiting for ended later" in said and "namespace was lost" in said
 
 
+def test_a_call_made_before_logging_in_as_another_user_never_reaches_their_worker(
+    nb, tmp_path, stack
+):
+    """``submit()`` as alice, then ``%rexec_login`` as carol before the call left: it is
+    not sent, in one sentence (it ran on carol's worker, with alice's function and values)."""
+    from rexec_magic import connection
+
+    session = shared_session()
+    alice = connection.load(stack.connection_file)
+    carol = connection.load(stack.add_user("carol"))
+    flag = tmp_path / "running"
+    running = nb["slow"].submit(1, str(flag))
+    made_as_alice = nb["recall"].submit()
+    wait_for(flag.exists, "the first call to run")
+    try:
+        session.use(carol)
+        with pytest.raises(errors.RexecError) as info:
+            made_as_alice.result(timeout=60)
+        assert str(info.value) == (
+            f"The call was not sent: it was made as {alice.user}, and this notebook has "
+            "logged in as carol since."
+        )
+        assert running.result(timeout=60) == 1
+    finally:
+        session.use(alice)
+    assert nb["add"](1) == 2
+
+
 def test_a_call_waiting_behind_another_says_what_it_waits_for(nb, capfd, tmp_path):
     flag = tmp_path / "running"
     future = nb["slow"].submit(4, str(flag))
