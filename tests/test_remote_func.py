@@ -291,10 +291,11 @@ def test_the_waiting_note_counts_only_calls_still_ahead(nb, capfd, tmp_path):
     assert "more before this one" not in said
 
 
-def test_a_call_made_in_another_thread_is_cancelled_by_an_interrupt(nb, tmp_path):
+@pytest.mark.parametrize("how", ["a direct call", "a remote generator"])
+def test_a_call_made_in_another_thread_is_cancelled_by_an_interrupt(nb, tmp_path, how):
     """A kernel interrupt cancels every running call of the notebook, a direct call made in
-    a thread of its own too (only ``submit()`` calls were; the thread's call ran on and
-    held up every later call)."""
+    a thread of its own too, and a remote generator a thread iterates (only ``submit()``
+    calls were; the thread's call ran on and held up every later call)."""
     import threading
 
     from rexec_magic.remote_call import cancel_unfinished
@@ -304,40 +305,17 @@ def test_a_call_made_in_another_thread_is_cancelled_by_an_interrupt(nb, tmp_path
 
     def in_thread() -> None:
         try:
-            nb["forever_after"](str(flag))
+            if how == "a direct call":
+                nb["forever_after"](str(flag))
+            else:
+                for _ in nb["ticking"](str(flag)):
+                    pass
         except BaseException as exc:  # noqa: BLE001 - what the thread saw is the check
             raised.append(exc)
 
     thread = threading.Thread(target=in_thread)
     thread.start()
     wait_for(flag.exists, "the thread's call to run remotely")
-    assert cancel_unfinished() == 1  # what the kernel's SIGINT handler calls
-    thread.join(timeout=30)
-    assert not thread.is_alive()
-    assert raised and isinstance(raised[0], errors.RemoteInterrupted)
-    assert nb["add"](40, 2) == 42
-
-
-def test_a_remote_generator_iterated_in_another_thread_is_stopped_by_an_interrupt(nb, tmp_path):
-    """As a direct call in a thread: a kernel interrupt stops a remote generator that a
-    thread iterates (it ran on, and every later call waited behind it)."""
-    import threading
-
-    from rexec_magic.remote_call import cancel_unfinished
-
-    flag = tmp_path / "running"
-    raised: list[BaseException] = []
-
-    def in_thread() -> None:
-        try:
-            for _ in nb["ticking"](str(flag)):
-                pass
-        except BaseException as exc:  # noqa: BLE001 - what the thread saw is the check
-            raised.append(exc)
-
-    thread = threading.Thread(target=in_thread)
-    thread.start()
-    wait_for(flag.exists, "the thread's generator to run remotely")
     assert cancel_unfinished() == 1  # what the kernel's SIGINT handler calls
     thread.join(timeout=30)
     assert not thread.is_alive()

@@ -107,6 +107,26 @@ def test_broker_killed_mid_cell_ends_the_cell_and_the_next_one_works(
     assert outcome.values == {"state": (41, False)}
 
 
+def running_long_cell(
+    session: RemoteSession, marker: Path, text: str
+) -> tuple[list[BaseException], threading.Thread]:
+    """A cell (in a thread) that appends ``text`` to ``marker``, then sleeps 60 s: returns
+    once it runs, with the list that gets what it raised, and its thread."""
+    raised: list[BaseException] = []
+    code = f"import time\nopen({str(marker)!r}, 'a').write({text!r})\ntime.sleep(60)"
+
+    def runs() -> None:
+        try:
+            run(session, code)
+        except errors.RexecError as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=runs, daemon=True)
+    thread.start()
+    wait_for(marker.exists, "the long cell to run")
+    return raised, thread
+
+
 def test_broker_killed_while_a_cell_waits_its_turn_runs_that_cell_once(
     fresh_stack: Stack, alice: RemoteSession, tmp_path: Path
 ) -> None:
@@ -117,17 +137,7 @@ def test_broker_killed_while_a_cell_waits_its_turn_runs_that_cell_once(
     alice.attach("team")
     bob.attach("team")
     marker = tmp_path / "ran.txt"
-    alice_says: list[BaseException] = []
-
-    def alice_runs() -> None:
-        try:
-            run(alice, f"import time\nopen({str(marker)!r}, 'a').write('alice\\n')\ntime.sleep(60)")
-        except errors.RexecError as exc:
-            alice_says.append(exc)
-
-    running = threading.Thread(target=alice_runs, daemon=True)
-    running.start()
-    wait_for(marker.exists, "alice's cell to run")
+    alice_says, running = running_long_cell(alice, marker, "alice\n")
     old = fresh_stack.pid("broker")
     threading.Timer(1.0, os.kill, args=(old, signal.SIGKILL)).start()
     try:
@@ -150,18 +160,7 @@ def test_a_worker_stopped_from_another_notebook_is_said_so_to_a_cell_waiting_its
     from rexec_magic.notes import RecordedNotes
 
     bob = RemoteSession(connection.load(fresh_stack.connection_file))
-    flag = tmp_path / "running"
-    first: list[BaseException] = []
-
-    def long_call() -> None:
-        try:
-            run(alice, f"open({str(flag)!r}, 'w').close()\nimport time\ntime.sleep(60)")
-        except errors.RexecError as exc:
-            first.append(exc)
-
-    running = threading.Thread(target=long_call, daemon=True)
-    running.start()
-    wait_for(flag.exists, "the first cell to run")
+    first, running = running_long_cell(alice, tmp_path / "running", "")
     notes = RecordedNotes()
     outcome: list[Any] = []
 
