@@ -34,6 +34,17 @@ def in_session(session: str, **extra):
     return {"extra": {"session": session, **extra}}
 
 
+def wait_until_noticed(port: BrokerPort, extra: dict | None = None) -> None:
+    """Until the supervisor has seen that the executor (of ``extra``'s placement) is gone:
+    a user's next cell comes seconds after a death, not at the same millisecond."""
+
+    def noticed() -> bool:
+        port.send(Kind.INSPECT, {"id": f"look-{time.monotonic()}", **(extra or {})})
+        return "pid" not in port.recv_kind(Kind.INSPECT_REPLY).header["worker"]
+
+    wait_for(noticed, "the supervisor to notice")
+
+
 def executor_pid(port: BrokerPort, session: str | None = None) -> int:
     header = {"id": f"look-{time.monotonic()}", **({"session": session} if session else {})}
     port.send(Kind.INSPECT, header)
@@ -228,12 +239,7 @@ def test_an_executor_that_dies_while_idle_is_announced_at_the_next_cell(port, de
             "threading.Timer(0.2, lambda: (print('last words', flush=True), os._exit(5))).start()"
         )
     wait_for(lambda: not pid_alive(pid), "the executor to die")
-
-    def noticed() -> bool:  # the next cell comes seconds later, not at the same millisecond
-        port.send(Kind.INSPECT, {"id": f"look-{time.monotonic()}"})
-        return "pid" not in port.recv_kind(Kind.INSPECT_REPLY).header["worker"]
-
-    wait_for(noticed, "the supervisor to notice")
+    wait_until_noticed(port)
     events = port.run("print('kept' in globals())")
     notices = [e.header for e in events if e.kind == Kind.NOTICE]
     assert [n["about"] for n in notices] == ["lost"]
@@ -1188,6 +1194,7 @@ def test_every_notebook_of_a_shared_namespace_hears_once_that_it_was_lost(port):
     pid = port.recv_kind(Kind.INSPECT_REPLY).header["worker"]["pid"]
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(pid), "the executor to die")
+    wait_until_noticed(port, a["extra"])
     for notebook in (a, b):
         events = port.run("print('kept' in globals())", **notebook)
         said = lost_notices(events)

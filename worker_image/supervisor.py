@@ -1028,54 +1028,13 @@ class Supervisor:
         )
         # Died while no request ran (its last DONE may have been read out just now).
         died_idle = req is None and not ex.exit_requested and ex.kill_reason in (None, "link")
-        whose = _whose(ex)
-        if died_idle and ex.key and self.executors.get(ex.key) is ex:
-            self._lost_while_idle[ex.key] = (
-                ex,
-                f"{whose[0].upper()}{whose[1:]} died while no cell ran ({sentence}); the "
-                "namespace was lost.",
-            )
-        if ex.kill_reason == "abandon" and ex.key and self.executors.get(ex.key) is ex:
-            # A request stopped because the broker restarted (nobody could receive it) ended
-            # its executor: the next requests, from whichever notebook, hear so.
-            how = (
-                "did not stop within its grace period"
-                if ex.grace_killed
-                else f"ended it ({sentence})"
-            )
-            self._lost_while_idle[ex.key] = (
-                ex,
-                f"{whose[0].upper()}{whose[1:]} was restarted: a {req.what if req else 'cell'} "
-                f"stopped when the rexec broker restarted {how}; the namespace was lost.",
-            )
         # Killed here for ignoring its interrupt; one that died meanwhile (a cell's own
         # os._exit, SIGINT's default action) is told as a death, with its exit status.
         restarted = ex.kill_reason in ("interrupt", "abandoned") and ex.grace_killed
-        if ex.kill_reason == "abandoned" and ex.key and self.executors.get(ex.key) is ex:
-            # Its other notebooks: no bare NameError at their next cell.
-            why = "did not stop when interrupted" if restarted else f"ended it ({sentence})"
-            self._lost_while_idle[ex.key] = (
-                ex,
-                "This shared namespace's remote executor was restarted: a cell of a notebook "
-                f"whose kernel is gone {why}; the namespace was lost.",
-            )
-        if (
-            ex.kill_reason == "interrupt"
-            and ex.shared
-            and ex.key
-            and self.executors.get(ex.key) is ex
-        ):
-            # The shared namespace's other notebooks (its own hears from its DONE below).
-            why = (
-                f"did not stop within {INTERRUPT_GRACE_S:g} s of its interrupt"
-                if restarted
-                else f"ended it ({sentence})"
-            )
-            self._lost_while_idle[ex.key] = (
-                ex,
-                f"{whose[0].upper()}{whose[1:]} was restarted: a cell of another notebook "
-                f"{why}; the namespace was lost.",
-            )
+        if ex.key and self.executors.get(ex.key) is ex:
+            note = self._lost_note(ex, req, sentence, died_idle)
+            if note is not None:  # for the next request of each notebook it served
+                self._lost_while_idle[ex.key] = (ex, note)
         if req is not None:
             ex.current = None
             if ex.kill_reason != "abandon":  # (whose client hears only of the broker restart)
@@ -1124,6 +1083,37 @@ class Supervisor:
                 self._reply(route, Kind.INSPECT_REPLY, self._inspect_header(request_id, None, None))
         ex.close()
         self._top_up_spares()
+
+    @staticmethod
+    def _lost_note(
+        ex: ExecutorProcess, req: Request | None, sentence: str, died_idle: bool
+    ) -> str | None:
+        """What the notebooks ``ex`` served hear at their next request when it ended (the
+        one whose request it ran hears it in that request's DONE instead), or None."""
+        whose = _whose(ex)
+        whose = whose[0].upper() + whose[1:]
+        if ex.grace_killed:
+            how = f"did not stop within {INTERRUPT_GRACE_S:g} s of its interrupt"
+        else:
+            how = f"ended it ({sentence})"
+        if died_idle:
+            return f"{whose} died while no cell ran ({sentence}); the namespace was lost."
+        if ex.kill_reason == "abandon":  # stopped: the broker restarted, nobody could receive
+            what = req.what if req is not None else "cell"
+            return (
+                f"{whose} was restarted: a {what} stopped when the rexec broker restarted "
+                f"{how}; the namespace was lost."
+            )
+        if ex.kill_reason == "abandoned":  # a gone kernel's cell, in a shared namespace
+            return (
+                f"{whose} was restarted: a cell of a notebook whose kernel is gone {how}; the "
+                "namespace was lost."
+            )
+        if ex.kill_reason == "interrupt" and ex.shared:
+            return (
+                f"{whose} was restarted: a cell of another notebook {how}; the namespace was lost."
+            )
+        return None
 
     def _requeue_on_fresh(self, ex: ExecutorProcess, killed: Request | None, why: str) -> None:
         """``ex`` died while no request ran, or ended after an interrupt of ``killed``
