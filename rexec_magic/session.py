@@ -477,7 +477,10 @@ class RemoteSession:
             try:
                 self.client.wait_for_worker(None, timeout_s=SPAWNER_RECHECK_S)
             except errors.NoWorker:
-                current = self.spawner.status()
+                try:
+                    current = self.spawner.status()
+                except errors.RexecError:  # the spawner restarting, say: nothing new known
+                    current = {"state": WorkerState.READY}
                 if current.get("state") != WorkerState.READY:
                     progress.done(f"{headline} it was {current.get('state') or 'stopped'}.")
                     return current
