@@ -183,9 +183,14 @@ def test_an_interrupted_executor_stopped_past_the_grace_period_is_resumed_to_tak
     """A stopped (SIGSTOP) executor is not killed for an interrupt it cannot take: it is
     said to be stopped, and at the end of the grace period resumed (SIGCONT) with a whole
     grace period more, so it handles the interrupt (its ``finally`` runs) and keeps the
-    namespace."""
+    namespace.
+
+    ``print('go')`` is inside the ``try``: the executor may be stopped, and so interrupted,
+    while it is still in that print after its line went out (as a local kernel's Ctrl-C can
+    land there); before the ``try`` the cleanup would rightly never run."""
     port.run("kept = 1")
-    code = f"import time\nprint('go', flush=True)\ntry:\n    {body}\nfinally:\n    print('cleanup')"
+    code = f"import time\ntry:\n    print('go', flush=True)\n    {body}\n"
+    code += "finally:\n    print('cleanup')"
     request_id = port.execute(code)
     port.recv_kind(Kind.STREAM)
     pid = executor_pid(port)
