@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, RUNNING
+from contextlib import contextmanager
 from typing import Any
 
 from rexec_magic import errors, serialize
@@ -130,6 +131,18 @@ _hooked = False
 # Direct calls running in threads other than the main one (a kernel interrupt is a
 # KeyboardInterrupt in the main thread only): their cancel events.
 _thread_calls: set[threading.Event] = set()
+
+
+@contextmanager
+def _thread_call() -> Iterator[threading.Event]:
+    """The cancel event of a call (or a generator's iteration) made outside the main thread,
+    set by a kernel interrupt (``cancel_unfinished``) while the call lasts."""
+    cancel = threading.Event()
+    _thread_calls.add(cancel)
+    try:
+        yield cancel
+    finally:
+        _thread_calls.discard(cancel)
 
 
 def cancel_unfinished() -> int:
@@ -306,12 +319,8 @@ class RemoteFunction:
         if threading.current_thread() is threading.main_thread():
             hook_kernel_interrupt()
             return self._call(args, kwargs)
-        cancel = threading.Event()  # a kernel interrupt cancels it (``cancel_unfinished``)
-        _thread_calls.add(cancel)
-        try:
+        with _thread_call() as cancel:
             return self._call(args, kwargs, cancel)
-        finally:
-            _thread_calls.discard(cancel)
 
     def _call(
         self,
@@ -344,12 +353,8 @@ class RemoteFunction:
     def _iterate_in_thread(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
         """A remote generator iterated outside the main thread: a kernel interrupt (a
         KeyboardInterrupt in the main thread only) stops it too (``cancel_unfinished``)."""
-        cancel = threading.Event()
-        _thread_calls.add(cancel)
-        try:
+        with _thread_call() as cancel:
             yield from self._iterate(args, kwargs, cancel)
-        finally:
-            _thread_calls.discard(cancel)
 
     def _iterate(
         self,
