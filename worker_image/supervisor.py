@@ -1046,14 +1046,16 @@ class Supervisor:
         # Killed here for ignoring its interrupt; one that died meanwhile (a cell's own
         # os._exit, SIGINT's default action) is told as a death, with its exit status.
         restarted = ex.kill_reason in ("interrupt", "abandoned") and ex.grace_killed
+        if req is not None and ex.kill_reason != "abandon":
+            # Told by the DONE below (an abandoned request's client hears only of the broker
+            # restart); filled before the note is kept, which the others inherit (``inherit``).
+            ex.told.add(req.client)
         if ex.key and self.executors.get(ex.key) is ex:
             note = self._lost_note(ex, req, sentence, died_idle)
             if note is not None:  # for the next request of each notebook it served
                 self._lost_while_idle[ex.key] = (ex, note)
         if req is not None:
             ex.current = None
-            if ex.kill_reason != "abandon":  # (whose client hears only of the broker restart)
-                ex.told.add(req.client)  # by this DONE
             if restarted:
                 resumed = " (nor once resumed from SIGSTOP)" if ex.resumed_for_interrupt else ""
                 message = (
