@@ -122,9 +122,6 @@ class RexecClient:
         # different one shows up: the namespace the user had is gone.
         self.seen_instance: str | None = None
         self.on_new_worker: Callable[[dict[str, Any]], None] | None = None
-        # Told each request id as the request goes out (render.remember_origin: the cell
-        # that sent it, where late output of its threads is shown).
-        self.on_request: Callable[[str], None] | None = None
         self.session_key: bytes | None = None
         self.max_header_bytes = P.MAX_HEADER_BYTES
         self.local_versions = serialize.versions()
@@ -514,8 +511,6 @@ class RexecClient:
         slows the cell down and nothing is dropped on the way.
         """
         what = "call" if kind == P.Kind.CALL else "cell"
-        if self.on_request is not None:
-            self.on_request(req_id)
         started = False  # the worker accepted the cell: never resend it after that
         handled = 0  # events of this request handled here (acknowledged in batches)
         acked = 0

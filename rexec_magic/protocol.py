@@ -778,10 +778,6 @@ class Event(Header):
     # Output produced after the cell that made it ended (threads, timers, child processes),
     # shown at the top of the next cell of its executor.
     late: bool = False
-    # Of late output that came while the same notebook ran a later request: the id of the
-    # request whose cell started the thread that made it (shown in that cell where the
-    # notebook can, as ipykernel shows a thread's output under its parent).
-    origin: Id | None = None
 
 
 class Accepted(Event):

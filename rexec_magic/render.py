@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import html
 import sys
-from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from IPython import get_ipython
 from IPython.display import clear_output, publish_display_data
 
 from rexec_magic import protocol as P
@@ -30,44 +26,6 @@ class RemoteResult:
         return str(self.data.get("text/plain", "<remote value>"))
 
 
-ORIGINS_KEPT = 256  # requests whose cell is remembered for late output of their threads
-_origins: OrderedDict[str, dict[str, Any]] = OrderedDict()
-
-
-def remember_origin(request_id: str) -> None:
-    """The client sends request ``request_id`` now: remember the kernel's parent header
-    (the cell it comes from), so output that a thread it started makes after it ended,
-    while this notebook runs a later request (``Event.origin``), is shown in that cell,
-    as ipykernel shows a thread's output under its parent.  Outside a kernel: nothing."""
-    parent = getattr(sys.stdout, "parent_header", None)
-    if isinstance(parent, dict) and parent.get("msg_id"):
-        _origins[request_id] = parent
-        while len(_origins) > ORIGINS_KEPT:
-            _origins.popitem(last=False)
-
-
-@contextmanager
-def _under_parent(parent: dict[str, Any]) -> Iterator[bool]:
-    """Output made inside goes to the cell of ``parent`` (True), where the kernel can
-    (ipykernel 6.29+: ``set_thread_parent`` on its streams and display publisher; for
-    this thread only); else nothing changes (False)."""
-    shell = get_ipython()
-    targets = [sys.stdout, sys.stderr, getattr(shell, "display_pub", None)]
-    if not all(hasattr(t, "set_thread_parent") for t in targets):
-        yield False
-        return
-    sys.stdout.flush()  # this cell's own text so far stays its own
-    sys.stderr.flush()
-    tokens = [(t, t.set_thread_parent(parent)) for t in targets]
-    try:
-        yield True
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for target, token in reversed(tokens):
-            target.reset_thread_parent(token)
-
-
 class EventRenderer:
     """Callable the client gives each STREAM / DISPLAY / RESULT event, in order."""
 
@@ -85,21 +43,11 @@ class EventRenderer:
             event = msg.read(model)  # read once by the client already: no cost again
         except P.ProtocolError:
             return
-        parent = _origins.get(event.origin) if event.late and event.origin else None
-        if parent is not None:
-            with _under_parent(parent) as moved:
-                if moved:  # in the cell whose thread made it: not late there
-                    self._show(event)
-                    return
         if event.late and not self._late_said:
             # Output of an earlier cell's threads, timers or child processes, produced after
-            # that cell ended, that cannot go to that cell: it came while this notebook ran
-            # no request (the worker kept it), or from a child process or C code.
+            # that cell ended (ipykernel shows it in the cell that started it; ours is gone).
             self._late_said = True
             sys.stdout.write("[rexec: output produced after the previous remote cell ended]\n")
-        self._show(event)
-
-    def _show(self, event: P.Event) -> None:
         if isinstance(event, P.Notice) and event.about == "lost":
             sys.stdout.flush()
             self.notes.warning(f"rexec: {event.text}")  # a real problem: shown as one

@@ -28,7 +28,6 @@ from rexec_magic import protocol as P
 from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient, keepalive_interval
 from rexec_magic.contract import WorkerState
 from rexec_magic.notes import QUIET, Notes, in_kernel
-from rexec_magic.render import remember_origin
 from rexec_magic.spawner_client import SpawnerClient
 from rexec_magic.turns import Turns
 
@@ -198,7 +197,6 @@ class RemoteSession:
         if self._client is None:
             self._client = RexecClient(self.info)
             self._client.on_new_worker = self._new_worker
-            self._client.on_request = remember_origin  # where a late thread output goes
         client = self._client
         client.session_id = self.session_id
         client.namespace = self.namespace if self._pinned is None else self._pinned.namespace

@@ -141,28 +141,3 @@ def pid_alive(pid: int) -> bool:
 def proc_environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
     return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
-
-
-def handshake(tmp_path: Path) -> tuple[str, str]:
-    """Code for a thread of one cell that writes while a later cell runs: ``(starts,
-    later)``.  ``starts`` defines ``later()``, the thread's function: it waits for the
-    later cell's flag, prints ``tick``, displays ``shown``, then raises its own flag;
-    ``later`` begins the later cell: it raises its flag and waits for the thread's (no
-    timing: the output lands inside the later cell however slow the machine)."""
-    go, wrote = tmp_path / "go", tmp_path / "wrote"
-
-    def wait(flag) -> str:
-        return (
-            f"_end = time.monotonic() + 60\nwhile not os.path.exists({str(flag)!r}) and "
-            "time.monotonic() < _end:\n    time.sleep(0.02)\n"
-        )
-
-    thread_waits = wait(go).replace("\n", "\n    ")
-    starts = (
-        "import os, threading, time\nfrom IPython.display import display\n"
-        f"def later():\n    {thread_waits}\n"
-        "    print('tick', flush=True)\n    display({'text/plain': 'shown'}, raw=True)\n"
-        f"    open({str(wrote)!r}, 'w').close()\n"
-    )
-    later = f"import os, time\nopen({str(go)!r}, 'w').close()\n" + wait(wrote)
-    return starts, later

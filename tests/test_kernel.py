@@ -13,7 +13,7 @@ import pytest
 from jupyter_client.manager import KernelManager
 
 from rexec_magic import protocol as P
-from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, handshake, pid_alive, wait_for
+from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
 from tests.kernel_harness import collect, run
 
 pytestmark = pytest.mark.stack
@@ -189,31 +189,6 @@ def test_a_cell_the_user_stopped_waiting_for_ends_and_its_output_comes_next(kern
     assert reply["status"] == "ok" and "next 1 True" in text_of(outputs)
     shown = [m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "display_data"]
     assert [s for s in shown if s.isdigit()] == [str(i) for i in range(600)]
-
-
-def test_a_threads_output_during_a_later_cell_shows_in_the_cell_that_started_it(kernel, tmp_path):
-    """As ipykernel shows a thread's output under its parent: what a thread of one remote
-    cell prints and displays while the next remote cell runs goes to the first cell's
-    output (its parent header), not into the running cell, and unmarked there."""
-    _, kc = kernel
-    starts, later = handshake(tmp_path)
-    first = kc.execute("%%remote\n" + starts + "threading.Thread(target=later).start()")
-    assert collect(kc, first)[0]["status"] == "ok"
-    second = kc.execute("%%remote\n" + later + "print('second')")
-    shown: dict[str, list[str]] = {first: [], second: []}
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        parent = msg["parent_header"].get("msg_id")
-        content = msg["content"]
-        if parent == second and content.get("execution_state") == "idle":
-            break
-        if parent in shown and msg["msg_type"] == "stream":
-            shown[parent].append(content["text"])
-        elif parent in shown and msg["msg_type"] == "display_data":
-            shown[parent].append(content["data"]["text/plain"])
-    assert "".join(shown[first]) == "tick\nshown"
-    assert "".join(shown[second]) == "second\n"
 
 
 @pytest.mark.parametrize("attempt", range(5))

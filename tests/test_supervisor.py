@@ -14,7 +14,7 @@ import pytest
 
 from rexec_magic import protocol
 from rexec_magic.protocol import DoneStatus, Kind
-from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, handshake, pid_alive, wait_for
+from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
 from tests.worker_harness import BrokerPort, done, stdout
 from worker_image.executors import proc_stopped
 
@@ -1040,47 +1040,6 @@ def test_a_notebook_attached_to_a_shared_namespace_keeps_its_own(port):
         time.sleep(0.25)
     assert stdout(port.run("print(mine)", **own)) == "7\n"
     assert executor_pid(port, "nb") == pid
-
-
-def test_a_threads_output_during_a_later_cell_names_the_cell_that_started_it(port, tmp_path):
-    """A thread a cell started writes (print, display) while the notebook's next cell
-    runs: that output comes during the next cell, marked late and naming the first cell
-    (``origin``), so the notebook shows it there, as ipykernel does a thread's output; it
-    used to read as the next cell's own.  A task a later cell submits to a thread pool the
-    first cell made is the later cell's own."""
-    starts, later = handshake(tmp_path)
-    first = port.execute(
-        starts + "threading.Thread(target=later).start()\n"
-        "from concurrent.futures import ThreadPoolExecutor\n"
-        "pool = ThreadPoolExecutor(1)\npool.submit(print, 'warm').result()"
-    )
-    assert stdout(port.events(first)) == "warm\n"
-    events = port.run(later + "pool.submit(print, 'pooled').result()\nprint('second')")
-    late = [e for e in events if e.header.get("late")]
-    assert "".join(e.header.get("text", "") for e in late) == "tick\n"
-    shown = [e.header["data"]["text/plain"] for e in late if e.kind == Kind.DISPLAY]
-    assert shown == ["shown"]
-    assert {e.header.get("origin") for e in late} == {first}
-    own = [e for e in events if e.kind == Kind.STREAM and not e.header.get("late")]
-    assert "".join(e.header["text"] for e in own) == "pooled\nsecond\n"
-
-
-def test_a_threads_output_while_another_notebook_runs_waits_for_its_own(port, tmp_path):
-    """In a shared namespace, a thread of notebook A's cell prints while notebook B's cell
-    runs: B does not see it (it came as B's own output); A's next cell shows it, late."""
-    a = in_session("a", namespace="team")
-    b = in_session("b", namespace="team")
-    starts, later = handshake(tmp_path)
-    port.run(starts + "threading.Thread(target=later).start()", **a)
-    events = port.run(later + "print('b')", **b)
-    assert [e.header.get("text") for e in events if e.kind in (Kind.STREAM, Kind.DISPLAY)] == [
-        "b\n"
-    ]
-    events = port.run("print('a again')", **a)
-    late = [e for e in events if e.header.get("late")]
-    assert "".join(e.header.get("text", "") for e in late) == "tick\n"
-    assert [e.header["data"]["text/plain"] for e in late if e.kind == Kind.DISPLAY] == ["shown"]
-    assert stdout(events).endswith("a again\n")
 
 
 def test_late_output_in_a_shared_namespace_goes_to_the_notebook_whose_cell_started_it(

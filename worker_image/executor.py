@@ -45,14 +45,7 @@ from rexec_magic.protocol import DoneStatus, Kind
 from worker_image import framing
 from worker_image.cells import CellRunner, cell_for, done_header
 from worker_image.introspect import Introspector
-from worker_image.outbox import (
-    READY,
-    STOP,
-    EventChannel,
-    Target,
-    private_std_fds,
-    track_thread_origins,
-)
+from worker_image.outbox import READY, STOP, EventChannel, Target, private_std_fds
 from worker_image.shell import WorkerShell, make_shell, redirect_stdio
 from worker_image.variables import describe
 
@@ -324,8 +317,7 @@ def main() -> int:
         int(interrupt_fd) if interrupt_fd else None,
         std_fds=std_fds,
     )
-    redirect_stdio(std_fds, executor.channel.divert)
-    track_thread_origins(executor.channel)
+    redirect_stdio(std_fds)
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
     return executor.run()
 

@@ -31,7 +31,6 @@ import zmq
 from rexec_magic.contract import Env
 from worker_image import exits, framing
 from worker_image.outbox import MARK, Target
-from worker_image.recent import Recent
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,6 @@ LATE_HOLD_EVENTS = 1000
 LATE_MAX_CHARS = 8 << 20
 LATE_MAX_EVENTS = 10_000
 LATE_JOIN_CHARS = PIPE_READ  # late text joins a kept piece of its stream shorter than this
-RECENT_REQUESTS = 4096  # request ids whose client an executor remembers (late output's owner)
 # Variables the executor must not inherit: the worker's registration secret and friends.
 _PRIVATE_ENV = (Env.WORKER_SECRET, Env.WORKER_SECRET_FD, Env.WORKER_NONCE, Env.WORKER_ALIVE_FILE)
 
@@ -186,9 +184,6 @@ class ExecutorProcess:
         self.ending = False  # its exit is being handled: nothing more is sent to it
         self.late: deque[Late] = deque()
         self.last_client = ""  # whose request ended last here: output after it is theirs
-        # Request id -> client session, of the requests it was handed: whose a late event
-        # of a cell's thread is (``EventChannel.divert`` names the cell's request).
-        self.request_clients = Recent(RECENT_REQUESTS)
         self.late_chars = 0
         self.late_dropped_chars = 0  # late text dropped (the oldest), and late displays
         self.late_dropped_events = 0
@@ -327,16 +322,13 @@ class ExecutorProcess:
             return self.current.blocked
         return self.late_chars >= LATE_HOLD_CHARS or len(self.late) >= LATE_HOLD_EVENTS
 
-    def keep_late(
-        self, kind: str, payload: Any, buffers: list[Any] | None = None, owner: str | None = None
-    ) -> None:
+    def keep_late(self, kind: str, payload: Any, buffers: list[Any] | None = None) -> None:
         """Output after its cell ended: kept for the top of the next cell of the notebook
-        ``owner`` (default: whose request ended last here, ``last_client``), up to
-        ``LATE_MAX_CHARS`` of text (its end: the oldest is cut) and ``LATE_MAX_EVENTS``.
-        Short text right after text of the same stream and notebook joins it (``print``
-        writes its text and its newline apart: the line stays one piece of output)."""
-        if owner is None:
-            owner = self.last_client
+        whose request ended last here (``last_client``), up to ``LATE_MAX_CHARS`` of text
+        (its end: the oldest is cut) and ``LATE_MAX_EVENTS``.  Short text right after text
+        of the same stream and notebook joins it (``print`` writes its text and its newline
+        apart: the line stays one piece of output)."""
+        owner = self.last_client
         last = self.late[-1] if self.late else None
         if (
             isinstance(payload, str)

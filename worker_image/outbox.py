@@ -30,7 +30,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -126,29 +126,6 @@ class EventChannel:
             self.deferred_interrupt = False
             raise KeyboardInterrupt
 
-    def owner(self) -> Target | None:
-        """The request the calling thread's output belongs to: the one whose cell started
-        the thread (``track_thread_origins``), else the one running now, else the last one
-        that ran (output after it is late)."""
-        origin: Target | None = getattr(threading.current_thread(), ORIGIN_ATTR, None)
-        return origin or self.current or self.last
-
-    def divert(self, name: str, text: str) -> bool:
-        """Send ``text`` written to ``name`` ("stdout" / "stderr") as a STREAM event of the
-        cell that started the calling thread, when that cell is over (True: sent).
-
-        Text a cell's thread writes while its own cell runs goes to the pipe like all text
-        (False).  Written later, in the pipe it would read as the output of whatever runs
-        then (another cell, maybe of another notebook of a shared namespace); as an event of
-        its own request the supervisor knows whose it is: ipykernel keeps a thread's parent
-        for the same reason.  Text written to fd 1 or 2 directly cannot be told apart.
-        """
-        origin: Target | None = getattr(threading.current_thread(), ORIGIN_ATTR, None)
-        if origin is None or origin is self.current or self.in_forked_child:
-            return False
-        self.event(origin, Kind.STREAM, {"name": name, "text": text})
-        return True
-
     @property
     def in_forked_child(self) -> bool:
         """This process is a child the executor forked (it shares the link, not its role)."""
@@ -172,53 +149,6 @@ class EventChannel:
         """A message for the supervisor itself (``ready``)."""
         with self._lock, _no_sigint():
             framing.send(self.link, protocol.encode(kind, header))
-
-
-# The thread attribute that names the request whose cell started a thread (a Target).
-ORIGIN_ATTR = "_rexec_origin"
-
-
-def track_thread_origins(channel: EventChannel) -> None:
-    """Remember, in each thread a cell starts, which request started it; a task handed to a
-    ``ThreadPoolExecutor`` carries the request that submitted it while it runs.
-
-    The idea is ipykernel's (a thread's output goes to its parent cell): its output after
-    that cell ended is sent as late output of that request (``EventChannel.divert``), so the
-    supervisor shows it to the notebook that ran the cell, not to whoever runs next.  Python
-    threads do not inherit context variables, so ``Thread.start`` and ``submit`` are
-    wrapped.  A thread started by a thread inherits its origin.
-    """
-    import concurrent.futures
-
-    start = threading.Thread.start
-    submit = concurrent.futures.ThreadPoolExecutor.submit
-
-    def start_with_origin(thread: threading.Thread) -> None:
-        origin = channel.owner()
-        if origin is not None and getattr(thread, ORIGIN_ATTR, None) is None:
-            setattr(thread, ORIGIN_ATTR, origin)
-        start(thread)
-
-    def submit_with_origin(
-        pool: concurrent.futures.ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any
-    ) -> Any:
-        origin = channel.owner()
-        if origin is None:
-            return submit(pool, fn, *args, **kwargs)
-
-        def run_for_origin(*a: Any, **kw: Any) -> Any:
-            thread = threading.current_thread()
-            before = getattr(thread, ORIGIN_ATTR, None)
-            setattr(thread, ORIGIN_ATTR, origin)
-            try:
-                return fn(*a, **kw)
-            finally:
-                setattr(thread, ORIGIN_ATTR, before)
-
-        return submit(pool, run_for_origin, *args, **kwargs)
-
-    threading.Thread.start = start_with_origin  # type: ignore[method-assign]
-    concurrent.futures.ThreadPoolExecutor.submit = submit_with_origin  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -284,13 +214,10 @@ class FdStream(io.TextIOBase):
     C code or child processes on the same fd appear in the order they were written.
     """
 
-    def __init__(
-        self, fd: int, name: str, divert: Callable[[str, str], bool] | None = None
-    ) -> None:
+    def __init__(self, fd: int, name: str) -> None:
         super().__init__()
         self._fd = fd
         self._name = name
-        self._divert = divert  # EventChannel.divert: a finished cell's thread's text
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -316,8 +243,6 @@ class FdStream(io.TextIOBase):
     def write(self, s: str) -> int:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        if s and self._divert is not None and self._divert(self._name, s):
-            return len(s)
         _write_all(self._fd, s.encode("utf-8", "replace"))
         return len(s)
 

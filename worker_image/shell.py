@@ -15,7 +15,6 @@ import getpass
 import os
 import sys
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 from IPython.core.autocall import ExitAutocall
@@ -98,7 +97,7 @@ class WorkerDisplayPublisher(DisplayPublisher):
 
     def _send(self, header: dict[str, Any]) -> None:
         outbox: EventChannel = self.shell.outbox
-        target = outbox.owner()  # a thread's display after its cell: late, for that cell
+        target = outbox.current or outbox.last  # a thread's display after its cell: late
         if target is not None:
             outbox.event(target, Kind.DISPLAY, header)
 
@@ -176,14 +175,11 @@ def _no_input(*args: Any, **kwargs: Any) -> str:
     raise stdin_error()
 
 
-def redirect_stdio(
-    std_fds: tuple[int, int] = (1, 2), divert: Callable[[str, str], bool] | None = None
-) -> None:
+def redirect_stdio(std_fds: tuple[int, int] = (1, 2)) -> None:
     """Unbuffered stdout/stderr on the supervisor's pipes (``std_fds``: fds 1 and 2 or their
-    private copies, see ``outbox.private_std_fds``); no stdin.  ``divert``: the event
-    channel's, for what a finished cell's threads write (``EventChannel.divert``)."""
-    sys.stdout = sys.__stdout__ = FdStream(std_fds[0], "stdout", divert)
-    sys.stderr = sys.__stderr__ = FdStream(std_fds[1], "stderr", divert)
+    private copies, see ``outbox.private_std_fds``); no stdin."""
+    sys.stdout = sys.__stdout__ = FdStream(std_fds[0], "stdout")
+    sys.stderr = sys.__stderr__ = FdStream(std_fds[1], "stderr")
     sys.stdin = NoStdin()
     builtins.input = _no_input
     getpass.getpass = _no_input  # it would otherwise open /dev/tty

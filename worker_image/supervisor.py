@@ -772,7 +772,6 @@ class Supervisor:
         if ex.ending:  # its exit is being handled (a DONE read out of it ends here)
             return
         req = ex.queue.popleft()
-        ex.request_clients[req.target.id] = req.client
         self._send_late(ex, req)  # before it is current: what the pipes hold now is late
         ex.current = req
         req.started = time.monotonic()
@@ -787,19 +786,13 @@ class Supervisor:
         # the supervisor drop it was never accepted, so its client may send it again).
         self._reply(req.target.route, Kind.ACCEPTED, {"id": req.target.id})
 
-    def _late_to_client(
-        self, req: Request, kind: str, payload: Any, buffers: Any, origin: str | None = None
-    ) -> None:
-        """One piece of late output (``ExecutorProcess.keep_late``'s) as an event of ``req``;
-        ``origin``: the earlier request of the same notebook whose cell made it, when that
-        is known (its client may show it in that cell, as ipykernel does a thread's)."""
+    def _late_to_client(self, req: Request, kind: str, payload: Any, buffers: Any) -> None:
+        """One piece of late output (``ExecutorProcess.keep_late``'s) as an event of ``req``."""
         if kind in ("stdout", "stderr"):
             self._to_client(req, Kind.STREAM, {"name": kind, "text": payload, "late": True})
-            return
-        header = {k: v for k, v in payload.items() if k not in ("id", "seq", "late", "origin")}
-        if origin is not None and origin != req.target.id:
-            header["origin"] = origin
-        self._to_client(req, kind, {**header, "late": True}, buffers)
+        else:
+            header = {k: v for k, v in payload.items() if k not in ("id", "seq")}
+            self._to_client(req, kind, {**header, "late": True}, buffers)
 
     def _send_late(self, ex: ExecutorProcess, req: Request) -> None:
         """Output that came after the previous cell ended, for ``req`` (not yet current):
@@ -916,18 +909,10 @@ class Supervisor:
             except ProtocolError as exc:
                 log.warning("executor %d sent a malformed event: %s", ex.number, exc)
             else:
-                # Whose: the notebook that ran the cell it names (a thread's output, see
-                # EventChannel.divert), else the one whose request ended last here.
-                origin = payload.get("id")
-                owner = ex.request_clients.get(origin, ex.last_client)
-                if req is None or req.client != owner:
-                    if kind == Kind.STREAM:  # as text: it joins the text kept around it
-                        name = "stderr" if payload.get("name") == "stderr" else "stdout"
-                        ex.keep_late(name, str(payload.get("text", "")), owner=owner)
-                    else:
-                        ex.keep_late(kind, payload, raw.buffers, owner=owner)
-                else:  # that notebook runs a request now: live, naming the cell it belongs to
-                    self._late_to_client(req, kind, payload, raw.buffers, origin=origin)
+                if req is None or req.client != ex.last_client:
+                    ex.keep_late(kind, payload, raw.buffers)  # for its notebook's next request
+                else:  # late, read once a request came (it waited behind the full late output)
+                    self._late_to_client(req, kind, payload, raw.buffers)
             self._event_seen(ex)
             return
         self._flush_stream(ex)
