@@ -767,8 +767,13 @@ class RexecClient:
             raise errors.CellTimeout(
                 f"The {what} ran past its {timeout_s} s timeout and was interrupted."
             )
-        if status == P.DoneStatus.INTERRUPTED or (interrupted and status != P.DoneStatus.OK):
-            raise errors.RemoteInterrupted(done.message or f"The remote {what} was interrupted.")
+        said = done.message or f"The remote {what} was interrupted."
+        stopped_part_way = status == P.DoneStatus.INTERRUPTED or (
+            interrupted and status == P.DoneStatus.ERROR
+        )
+        if (call and stopped_part_way) or (interrupted and status == P.DoneStatus.RESEND):
+            # An interrupted call brings nothing back; a cell to resend never ran.
+            raise errors.RemoteInterrupted(said)
         values: dict[str, Any] = {}
         not_loaded: dict[str, str] = {}
         if done.vars:  # each value alone: one that does not load here stays remote
@@ -796,6 +801,19 @@ class RexecClient:
             not_loaded=not_loaded,
             done=done,
         )
+        if stopped_part_way:
+            stopped = errors.RemoteInterrupted(said)
+            stopped.outcome = outcome  # what it bound before it stopped still comes back
+            raise stopped
+        if interrupted and not call:
+            # The Ctrl-C came as the cell ended (e.g. while its values came back): it ran to
+            # its end, and what it bound is here; the Ctrl-C still stops Run All.
+            late = errors.RemoteInterrupted(
+                "The remote cell had already finished when the interrupt reached it; what "
+                "it assigned came back."
+            )
+            late.outcome = outcome
+            raise late
         if status == P.DoneStatus.ERROR:
             if error_msg is not None:
                 error = error_msg.read(P.Error)

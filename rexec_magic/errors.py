@@ -108,6 +108,9 @@ class RemoteInterrupted(KeyboardInterrupt):
         super().__init__(message)
         self.message = message
         self.namespace_lost = namespace_lost
+        # A cell's CellOutcome: what it bound before the interrupt stopped it (or before the
+        # interrupt came, too late to stop it), which comes back as from a local cell.
+        self.outcome: object | None = None
 
     def __str__(self) -> str:
         return self.message

@@ -225,8 +225,8 @@ class RexecMagics(Magics):
                     self.notes,
                     forced,
                 )
-        except errors.RemoteCellError as exc:
-            if exc.outcome is not None:
+        except (errors.RemoteCellError, errors.RemoteInterrupted) as exc:
+            if exc.outcome is not None:  # what it bound before it stopped, as in a local cell
                 self._apply(exc.outcome, why)
             raise
         value = self._apply(outcome, why)

@@ -399,6 +399,10 @@ class RemoteSession:
                 except errors.RemoteCellError as exc:
                     self.sync.sent(namespace, plan, _unloaded(exc.outcome))
                     raise
+                except errors.RemoteInterrupted as exc:
+                    if exc.outcome is not None:  # it ran (stopped part way, or to its end)
+                        self.sync.sent(namespace, plan, _unloaded(exc.outcome))
+                    raise
                 if outcome.status != P.DoneStatus.RESEND:
                     self.sync.sent(namespace, plan, _unloaded(outcome))
                     return outcome

@@ -79,6 +79,57 @@ def test_kernel_interrupt_stops_remote_cell_and_queued_cells(kernel, body):
     assert reply["status"] == "ok"
 
 
+def interrupted_after(kc, km, cell: str, text: str, delay_s: float = 0.0) -> tuple[dict, dict]:
+    """Run ``cell`` with a local cell queued behind it; press Ctrl-C ``delay_s`` after the
+    cell printed ``text``: the cell's reply and the queued cell's."""
+    first = kc.execute(cell)
+    second = kc.execute("queued_ran = True")
+    wait_for_text(kc, text)
+    time.sleep(delay_s)
+    km.interrupt_kernel()
+    reply, _ = collect(kc, first, timeout=INTERRUPT_ANSWER_S)
+    replies = {}
+    while second not in replies:
+        msg = kc.get_shell_msg(timeout=WAIT_S)
+        replies[msg["parent_header"]["msg_id"]] = msg["content"]
+    return reply, replies[second]
+
+
+def test_what_an_interrupted_cell_assigned_is_kept_and_never_overwritten(kernel):
+    """A local cell interrupted part way keeps what it assigned; so does a remote one: the
+    values come back with the interrupt (they used to stay remote, and the next cell pushed
+    the notebook's older ``x = 0`` over the remote ``x = 1``)."""
+    km, kc = kernel
+    run(kc, "x = 0\ny = None")
+    code = "%%remote\nimport time\nx = 1\ny = [2]\nprint('assigned', flush=True)\ntime.sleep(60)"
+    reply, queued = interrupted_after(kc, km, code, "assigned")
+    assert reply["status"] == "error" and reply["ename"] == "RemoteInterrupted"
+    assert queued["status"] == "aborted"
+    reply, outputs = run(kc, "print(x, y)")
+    assert text_of(outputs) == "1 [2]\n"
+    reply, outputs = run(kc, "%%remote\nprint(x, y)")
+    assert reply["status"] == "ok" and text_of(outputs) == "1 [2]\n"
+
+
+def test_a_ctrl_c_while_a_finished_cells_values_come_back_is_not_lost(kernel):
+    """The Ctrl-C comes after the cell's code ended, while its values are packed and sent
+    back (slow here: a value that takes 3 s to pickle): the cell ran to its end and its
+    values are kept, but the Ctrl-C still ends the cell as interrupted and Jupyter aborts
+    the cells queued behind it (it used to be swallowed: the cell said ok, Run All went on)."""
+    km, kc = kernel
+    code = (
+        "%%remote\nimport time\nclass Slow:\n    def __reduce__(self):\n"
+        "        time.sleep(3)\n        return (int, (7,))\n"
+        "slow = Slow()\nprint('packing', flush=True)"
+    )
+    reply, queued = interrupted_after(kc, km, code, "packing", 0.5)
+    assert reply["status"] == "error" and reply["ename"] == "RemoteInterrupted"
+    assert "had already finished" in reply["evalue"]
+    assert queued["status"] == "aborted"
+    reply, outputs = run(kc, "print(slow)")
+    assert text_of(outputs) == "7\n"
+
+
 def start_kernel(stack, **env: str) -> tuple[KernelManager, object]:
     import os
 

@@ -487,6 +487,21 @@ def test_interrupt_stops_the_cell(broker, code):
     assert pulled(broker.run("after = 1", pull=["after"])) == {"after": 1}
 
 
+def test_what_an_interrupted_cell_bound_comes_back(broker):
+    """As in a local kernel, an interrupted cell keeps what it bound before the interrupt:
+    its DONE brings those values back (they stayed only remote, and the notebook's older
+    copy would have been pushed over them by the next cell)."""
+    request_id = broker.execute(
+        "x = 1\ny = [2]\nprint('running', flush=True)\nimport time\ntime.sleep(100)",
+        pull=["x", "y"],
+    )
+    assert stream_text(broker, request_id) == "running\n"
+    broker.send(Kind.INTERRUPT, {"id": request_id})
+    events = broker.events(request_id, timeout=INTERRUPT_ANSWER_S)
+    assert done(events).header["status"] == DoneStatus.INTERRUPTED
+    assert pulled(events) == {"x": 1, "y": [2]}
+
+
 def test_interrupt_of_queued_cell_drops_it(broker):
     first = broker.execute("import time\ntime.sleep(0.5)")
     second = broker.execute("print('must not run')")

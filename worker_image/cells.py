@@ -229,7 +229,8 @@ class CellRunner:
     def _execute(self, cell: Cell) -> tuple[str, Report]:
         """Run the code and collect what goes back; returns (status, report).
 
-        As in a local cell, what a failed cell bound before it raised still comes back.
+        As in a local cell, what a failed or interrupted cell bound before it stopped still
+        comes back.
         """
         shell = self.shell
         shell.error_sent = False
@@ -250,17 +251,19 @@ class CellRunner:
             error = result.error_before_exec or result.error_in_exec
             if isinstance(error, KeyboardInterrupt):
                 status = DoneStatus.INTERRUPTED
-            else:
-                if error is not None:
-                    status = DoneStatus.ERROR
-                report = self.watch.collect(
-                    shell.user_ns,
-                    cell.pull,
-                    cell.watch,
-                    cell.pull_changed,
-                    cell.pull_limit,
-                    result.result if cell.want_result and error is None else None,
-                )
+            elif error is not None:
+                status = DoneStatus.ERROR
+            # As in a local kernel, what the cell bound before it raised or was interrupted
+            # stays bound: it comes back (left only here, the notebook's older copy would
+            # be pushed over it by the next cell).
+            report = self.watch.collect(
+                shell.user_ns,
+                cell.pull,
+                cell.watch,
+                cell.pull_changed,
+                cell.pull_limit,
+                result.result if cell.want_result and error is None else None,
+            )
         except KeyboardInterrupt:
             status = DoneStatus.INTERRUPTED
             report = Report()
