@@ -388,8 +388,9 @@ class RemoteSession:
         with self.exclusive("cell", notes), self._reporting(notes):
             forced = list(force)
             for _ in range(3):
-                plan = self.sync.plan(namespace, names, shippable, forced)
-                entries, frames = plan.entries_and_frames()
+                with _not_sent_if_interrupted("cell"):
+                    plan = self.sync.plan(namespace, names, shippable, forced)
+                    entries, frames = plan.entries_and_frames()
                 # What the cell's functions read is watched too (`bump()` appending to a list).
                 watch = [*fields.get("watch", []), *plan.send, *plan.have]
                 header = {**fields, "have": plan.have, "watch": list(dict.fromkeys(watch))}
@@ -588,7 +589,8 @@ class RemoteSession:
         state.local_cell_ran()
         forced: list[str] = []
         for _ in range(3):
-            plan = state.plan(main, reads, sync.shippable, forced, what="call")
+            with _not_sent_if_interrupted("call"):
+                plan = state.plan(main, reads, sync.shippable, forced, what="call")
             values = {name: main[name] for name in plan.send}
             watch = list(dict.fromkeys([*reads, *plan.send, *plan.have]))
             limit = contract.DEFAULT_PULL_LIMIT_BYTES
@@ -730,6 +732,22 @@ def _unpackable_part(
         except serialize.SerializationError as own:
             return f"{what} {serialize.unserializable_reason(value, own)}"
     return f"its arguments {serialize.unserializable_reason(args, exc)}"
+
+
+@contextmanager
+def _not_sent_if_interrupted(what: str) -> Iterator[None]:
+    """A Ctrl-C while the variables are packed (hashing a large array takes a while) is a
+    RemoteInterrupted in one sentence, not a bare KeyboardInterrupt from deep in rexec: the
+    request was not sent, so it did not run.  Packing changes nothing that a half-done
+    pass would leave wrong (``sync.NamespaceSync.plan``)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, errors.RemoteInterrupted):
+            raise
+        raise errors.RemoteInterrupted(
+            f"Interrupted while the {what}'s variables were packed; the {what} was not sent."
+        ) from None
 
 
 def _unloaded(outcome: CellOutcome | None) -> list[str]:

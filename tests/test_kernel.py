@@ -130,6 +130,24 @@ def test_a_ctrl_c_while_a_finished_cells_values_come_back_is_not_lost(kernel):
     assert text_of(outputs) == "7\n"
 
 
+def test_a_ctrl_c_while_the_variables_are_packed_says_the_cell_was_not_sent(kernel, tmp_path):
+    """A Ctrl-C while the cell's variables are packed (a large array takes a while to hash)
+    ends the cell in one sentence saying it was not sent, not with a bare KeyboardInterrupt
+    from inside rexec.  The Ctrl-C is simulated: a value whose pickling is interrupted."""
+    _, kc = kernel
+    run(kc, "class Packing:\n    def __reduce__(self):\n        raise KeyboardInterrupt\n")
+    marker = tmp_path / "ran"
+    run(kc, "value = Packing()")
+    reply, _ = run(kc, f"%%remote\nprint(value)\nopen({str(marker)!r}, 'w').close()")
+    assert reply["ename"] == "RemoteInterrupted"
+    assert reply["evalue"] == (
+        "Interrupted while the cell's variables were packed; the cell was not sent."
+    )
+    assert not marker.exists()
+    run(kc, "del value")
+    assert run(kc, "%remote 'alive'")[0]["status"] == "ok"
+
+
 def start_kernel(stack, **env: str) -> tuple[KernelManager, object]:
     import os
 
