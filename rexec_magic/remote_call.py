@@ -108,9 +108,14 @@ class RemoteFuture(Future):
                 if timeout is not None:  # what the wait above took counts
                     timeout = max(0.0, timeout - (time.monotonic() - began))
             return super().result(timeout)
-        except KeyboardInterrupt:  # a kernel interrupt while waiting: stop the remote calls
-            cancel_unfinished()
-            raise
+        except KeyboardInterrupt as exc:  # a kernel interrupt while waiting: stop the calls
+            cancel_unfinished()  # (the kernel's SIGINT hook may have done so already)
+            if isinstance(exc, errors.RemoteInterrupted):
+                raise
+            raise errors.RemoteInterrupted(
+                "Interrupted while waiting for a remote call's result; this notebook's "
+                "unfinished remote calls were cancelled."
+            ) from None
 
     def _say_what_it_waits_for(self) -> None:
         assert self._session is not None

@@ -166,6 +166,21 @@ def test_keyboard_interrupt_cancels_the_remote_call(nb, tmp_path):
     assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
 
 
+def test_ctrl_c_while_waiting_for_a_futures_result_says_what_it_cancelled(nb, tmp_path):
+    """Ctrl-C in ``fut.result()``: the running call stops, and the notebook says so in one
+    sentence (it was a bare ``KeyboardInterrupt:``)."""
+    flag = tmp_path / "forever-runs"
+    future = nb["forever"].submit(str(flag))
+    with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
+        future.result(timeout=60)
+    assert isinstance(info.value, errors.RemoteInterrupted)
+    assert str(info.value) == (
+        "Interrupted while waiting for a remote call's result; this notebook's unfinished "
+        "remote calls were cancelled."
+    )
+    assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
+
+
 def test_ctrl_c_between_two_frames_of_a_message_still_stops_the_remote_call(
     nb, tmp_path, monkeypatch
 ):
