@@ -15,7 +15,7 @@ import pytest
 from rexec_magic import protocol
 from rexec_magic.protocol import DoneStatus, Kind
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
-from tests.worker_harness import BrokerPort, done, stdout
+from tests.worker_harness import BrokerPort, done, pulled, stdout
 from worker_image.executors import proc_stopped
 
 pytestmark = pytest.mark.timeout(180)
@@ -155,6 +155,27 @@ def test_an_interrupt_reaches_the_processes_a_cell_started(port):
     assert done(events).header["status"] != DoneStatus.RESTARTING
     assert stdout(events).endswith("after\n")
     assert stdout(port.run("print(kept, status != 0)")) == "1 True\n"
+    assert executor_pid(port) == pid
+
+
+def test_an_interrupted_cell_whose_values_take_long_to_pack_is_not_killed(port):
+    """The cell takes the interrupt; what it bound then comes back, and packing it takes
+    longer than the grace period (a value that takes 7 s to pickle): that is not a cell
+    deaf to the interrupt, so the executor is not killed, the value arrives, and the
+    namespace stays."""
+    code = (
+        "import time\nclass Slow:\n    def __reduce__(self):\n        time.sleep(7)\n"
+        "        return (int, (7,))\nslow = Slow()\nkept = 1\nprint('go', flush=True)\n"
+        "time.sleep(100)"
+    )
+    request_id = port.execute(code, pull=["slow"])
+    port.recv_kind(Kind.STREAM)
+    pid = executor_pid(port)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S + 10)
+    assert done(events).header["status"] == DoneStatus.INTERRUPTED
+    assert pulled(events) == {"slow": 7}
+    assert stdout(port.run("print(kept)")) == "1\n"
     assert executor_pid(port) == pid
 
 

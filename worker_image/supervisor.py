@@ -916,6 +916,11 @@ class Supervisor:
             self._event_seen(ex)
             return
         self._flush_stream(ex)
+        if kind == Kind.ERROR and ex.grace_deadline is not None and _took_interrupt(raw):
+            # The cell took the interrupt: its code is over.  What it bound is collected and
+            # sent now (it can take seconds), with SIGINT ignored: not a cell deaf to the
+            # interrupt, so no grace kill.  Another interrupt starts a grace period again.
+            ex.grace_deadline = None
         exit_requested = False
         if kind == Kind.DONE:
             try:
@@ -1375,6 +1380,14 @@ def _stream_due(ex: ExecutorProcess) -> float:
     if texts[-1].endswith("\n"):
         return due
     return max(due, since + PARTIAL_LINE_WAIT_S)
+
+
+def _took_interrupt(raw: protocol.Unread) -> bool:
+    """An executor's ERROR event says its request stopped on a KeyboardInterrupt."""
+    try:
+        return raw.message().read(protocol.Error).ename == "KeyboardInterrupt"
+    except ProtocolError:
+        return False
 
 
 def _header_id(header: bytes) -> str | None:
