@@ -763,17 +763,18 @@ class RexecClient:
             if timed_out:
                 raise errors.CellTimeout(f"The {what} ran past its {timeout_s} s timeout. {text}")
             raise errors.RemoteInterrupted(text, namespace_lost=True)
-        if timed_out:
-            raise errors.CellTimeout(
-                f"The {what} ran past its {timeout_s} s timeout and was interrupted."
-            )
         said = done.message or f"The remote {what} was interrupted."
         stopped_part_way = status == P.DoneStatus.INTERRUPTED or (
             interrupted and status == P.DoneStatus.ERROR
         )
+        timeout = errors.CellTimeout(
+            f"The {what} ran past its {timeout_s} s timeout and was interrupted."
+        )
+        if call and timed_out:
+            raise timeout
         if (call and stopped_part_way) or (interrupted and status == P.DoneStatus.RESEND):
             # An interrupted call brings nothing back; a cell to resend never ran.
-            raise errors.RemoteInterrupted(said)
+            raise timeout if timed_out else errors.RemoteInterrupted(said)
         values: dict[str, Any] = {}
         not_loaded: dict[str, str] = {}
         if done.vars:  # each value alone: one that does not load here stays remote
@@ -801,6 +802,9 @@ class RexecClient:
             not_loaded=not_loaded,
             done=done,
         )
+        if timed_out:  # interrupted by its timeout (or it ended just then)
+            timeout.outcome = outcome  # what it bound still comes back, as after a Ctrl-C
+            raise timeout
         if stopped_part_way:
             stopped = errors.RemoteInterrupted(said)
             stopped.outcome = outcome  # what it bound before it stopped still comes back

@@ -72,7 +72,12 @@ class DeserializationFailed(RexecError):
 
 
 class CellTimeout(RexecError):
-    pass
+    """The request ran past its ``--timeout`` and was interrupted."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # A cell's CellOutcome: what it bound before the timeout's interrupt stopped it.
+        self.outcome: object | None = None
 
 
 class RemoteCellError(RexecError):

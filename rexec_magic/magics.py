@@ -225,7 +225,7 @@ class RexecMagics(Magics):
                     self.notes,
                     forced,
                 )
-        except (errors.RemoteCellError, errors.RemoteInterrupted) as exc:
+        except (errors.RemoteCellError, errors.RemoteInterrupted, errors.CellTimeout) as exc:
             if exc.outcome is not None:  # what it bound before it stopped, as in a local cell
                 self._apply(exc.outcome, why)
             raise

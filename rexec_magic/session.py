@@ -400,7 +400,7 @@ class RemoteSession:
                 except errors.RemoteCellError as exc:
                     self.sync.sent(namespace, plan, _unloaded(exc.outcome))
                     raise
-                except errors.RemoteInterrupted as exc:
+                except (errors.RemoteInterrupted, errors.CellTimeout) as exc:
                     if exc.outcome is not None:  # it ran (stopped part way, or to its end)
                         self.sync.sent(namespace, plan, _unloaded(exc.outcome))
                     raise

@@ -171,9 +171,12 @@ def test_interrupt_stops_the_remote_cell(ip, body, tmp_path):
     assert repr(ip.user_ns["_"]) == "'still alive'"
 
 
-def test_timeout_interrupts_the_cell(ip):
+def test_timeout_interrupts_the_cell_and_keeps_what_it_assigned(ip):
+    """As after a Ctrl-C: what the cell bound before its timeout comes back."""
+    ip.user_ns["before_timeout"] = 0
     with pytest.raises(errors.CellTimeout):
-        remote(ip, "import time\ntime.sleep(30)", line="--timeout 1")
+        remote(ip, "import time\nbefore_timeout = 1\ntime.sleep(30)", line="--timeout 1")
+    assert ip.user_ns["before_timeout"] == 1
 
 
 def test_line_magic_runs_one_line_without_expanding_braces(ip):
