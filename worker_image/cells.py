@@ -21,7 +21,7 @@ from rexec_magic import serialize
 from rexec_magic.contract import DEFAULT_PULL_LIMIT_BYTES
 from rexec_magic.protocol import Call, DoneStatus, Execute, Kind, Message, Placement, Versions
 from worker_image.calls import invoke
-from worker_image.outbox import EventChannel, Target
+from worker_image.outbox import CODE_OVER, EventChannel, Target
 from worker_image.variables import Report, Watch, load_pushed, numbered_as
 
 if TYPE_CHECKING:  # the supervisor parses requests too, and must not load IPython
@@ -251,6 +251,7 @@ class CellRunner:
             error = result.error_before_exec or result.error_in_exec
             if isinstance(error, KeyboardInterrupt):
                 status = DoneStatus.INTERRUPTED
+                self.outbox.internal(CODE_OVER, {"id": cell.id})  # no grace kill from here
             elif error is not None:
                 status = DoneStatus.ERROR
             # As in a local kernel, what the cell bound before it raised or was interrupted

@@ -170,6 +170,9 @@ _SIGINT = {signal.SIGINT}
 
 # Messages between executor and supervisor only (never forwarded to a client).
 READY = "ready"  # executor -> supervisor {pid}: the shell is built, send cells
+# executor -> supervisor {id}: the interrupted request's user code is over (SIGINT ignored
+# from here on); what it bound is being packed, which may outlast the grace period.
+CODE_OVER = "code_over"
 STOP = "stop"  # supervisor -> executor: end after the current cell
 
 # Marks the place of event N in the stdout/stderr byte streams: MARK + b"N" + b"\0".  A NUL

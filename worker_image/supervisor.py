@@ -83,7 +83,7 @@ from worker_image.link import (
     Registration,
     encode_header,
 )
-from worker_image.outbox import READY, Target
+from worker_image.outbox import CODE_OVER, READY, Target
 from worker_image.recent import Recent
 
 log = logging.getLogger("worker_image.supervisor")
@@ -860,8 +860,11 @@ class Supervisor:
             except ProtocolError as exc:
                 log.warning("executor %d sent a malformed message: %s", ex.number, exc)
                 continue
-            if raw.kind == READY:  # the only message that is not an event (no mark)
+            if raw.kind == READY:  # the messages that are not events (no mark)
                 self._on_ready(ex)
+                continue
+            if raw.kind == CODE_OVER:
+                self._on_code_over(ex, raw)
                 continue
             handler = self._executor_handlers.get(raw.kind)
             if handler is not None:
@@ -869,6 +872,14 @@ class Supervisor:
                 self._event_seen(ex)
             else:
                 self._forward(ex, raw)
+
+    def _on_code_over(self, ex: ExecutorProcess, raw: protocol.Unread) -> None:
+        """The interrupted request took the interrupt and its code is over: what it bound
+        is packed now (it can take seconds), with SIGINT ignored.  That is no cell deaf to
+        the interrupt, so no grace kill; another interrupt starts a grace period again."""
+        cur = ex.current
+        if cur is not None and _header_id(raw.header) == cur.target.id:
+            ex.grace_deadline = None
 
     def _on_ready(self, ex: ExecutorProcess) -> None:
         ex.ready = True
@@ -916,11 +927,6 @@ class Supervisor:
             self._event_seen(ex)
             return
         self._flush_stream(ex)
-        if kind == Kind.ERROR and ex.grace_deadline is not None and _took_interrupt(raw):
-            # The cell took the interrupt: its code is over.  What it bound is collected and
-            # sent now (it can take seconds), with SIGINT ignored: not a cell deaf to the
-            # interrupt, so no grace kill.  Another interrupt starts a grace period again.
-            ex.grace_deadline = None
         exit_requested = False
         if kind == Kind.DONE:
             try:
@@ -1380,14 +1386,6 @@ def _stream_due(ex: ExecutorProcess) -> float:
     if texts[-1].endswith("\n"):
         return due
     return max(due, since + PARTIAL_LINE_WAIT_S)
-
-
-def _took_interrupt(raw: protocol.Unread) -> bool:
-    """An executor's ERROR event says its request stopped on a KeyboardInterrupt."""
-    try:
-        return raw.message().read(protocol.Error).ename == "KeyboardInterrupt"
-    except ProtocolError:
-        return False
 
 
 def _header_id(header: bytes) -> str | None:
