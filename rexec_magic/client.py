@@ -763,18 +763,28 @@ class RexecClient:
             if timed_out:
                 raise errors.CellTimeout(f"The {what} ran past its {timeout_s} s timeout. {text}")
             raise errors.RemoteInterrupted(text, namespace_lost=True)
-        said = done.message or f"The remote {what} was interrupted."
-        stopped_part_way = status == P.DoneStatus.INTERRUPTED or (
-            interrupted and status == P.DoneStatus.ERROR
-        )
-        timeout = errors.CellTimeout(
-            f"The {what} ran past its {timeout_s} s timeout and was interrupted."
-        )
-        if call and timed_out:
-            raise timeout
-        if (call and stopped_part_way) or (interrupted and status == P.DoneStatus.RESEND):
-            # An interrupted call brings nothing back; a cell to resend never ran.
-            raise timeout if timed_out else errors.RemoteInterrupted(said)
+        # How the request ended if an interrupt (a Ctrl-C, its timeout) had a part in it.
+        stopped: errors.RemoteInterrupted | errors.CellTimeout | None = None
+        if timed_out:
+            stopped = errors.CellTimeout(
+                f"The {what} ran past its {timeout_s} s timeout and was interrupted."
+            )
+        elif status == P.DoneStatus.INTERRUPTED or (
+            interrupted and status in (P.DoneStatus.ERROR, P.DoneStatus.RESEND)
+        ):
+            stopped = errors.RemoteInterrupted(
+                done.message or f"The remote {what} was interrupted."
+            )
+        elif interrupted and not call:
+            # The Ctrl-C came as the cell ended (e.g. while its values came back): it ran to
+            # its end, and what it bound comes back; the Ctrl-C still stops Run All.  (A
+            # call returns its value then.)
+            stopped = errors.RemoteInterrupted(
+                "The remote cell had already finished when the interrupt reached it; what "
+                "it assigned came back."
+            )
+        if stopped is not None and (call or status == P.DoneStatus.RESEND):
+            raise stopped  # an interrupted call brings nothing back; a resend never ran
         values: dict[str, Any] = {}
         not_loaded: dict[str, str] = {}
         if done.vars:  # each value alone: one that does not load here stays remote
@@ -802,22 +812,9 @@ class RexecClient:
             not_loaded=not_loaded,
             done=done,
         )
-        if timed_out:  # interrupted by its timeout (or it ended just then)
-            timeout.outcome = outcome  # what it bound still comes back, as after a Ctrl-C
-            raise timeout
-        if stopped_part_way:
-            stopped = errors.RemoteInterrupted(said)
-            stopped.outcome = outcome  # what it bound before it stopped still comes back
+        if stopped is not None:
+            stopped.outcome = outcome  # what it bound comes back, as from a local cell
             raise stopped
-        if interrupted and not call:
-            # The Ctrl-C came as the cell ended (e.g. while its values came back): it ran to
-            # its end, and what it bound is here; the Ctrl-C still stops Run All.
-            late = errors.RemoteInterrupted(
-                "The remote cell had already finished when the interrupt reached it; what "
-                "it assigned came back."
-            )
-            late.outcome = outcome
-            raise late
         if status == P.DoneStatus.ERROR:
             if error_msg is not None:
                 error = error_msg.read(P.Error)

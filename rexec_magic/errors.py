@@ -9,6 +9,9 @@ of sight.  An interrupted cell raises a KeyboardInterrupt subclass so Run All st
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 RED = "\x1b[0;31m"
 RESET = "\x1b[0m"
 
@@ -122,6 +125,19 @@ class RemoteInterrupted(KeyboardInterrupt):
 
     def _render_traceback_(self) -> list[str]:
         return _line("KeyboardInterrupt", self.message)
+
+
+@contextmanager
+def interrupt_says(message: str) -> Iterator[None]:
+    """A Ctrl-C (a bare KeyboardInterrupt) inside becomes ``RemoteInterrupted(message)``: one
+    sentence saying what it stopped, not a traceback from deep inside rexec.  A
+    RemoteInterrupted passes as it is (it says its own)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, RemoteInterrupted):
+            raise
+        raise RemoteInterrupted(message) from None
 
 
 class InternalError(Exception):

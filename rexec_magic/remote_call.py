@@ -99,23 +99,23 @@ class RemoteFuture(Future):
     def result(self, timeout: float | None = None) -> Any:
         """As ``Future.result``; a future that has not started after ``NOTICE_AFTER_S``
         (queued behind this notebook's earlier calls) says what it waits for, once."""
-        try:
-            if self._session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
-                began = time.monotonic()
-                self._moved.wait(P.NOTICE_AFTER_S)
-                if not (self.running() or self.done()):
-                    self._say_what_it_waits_for()
-                if timeout is not None:  # what the wait above took counts
-                    timeout = max(0.0, timeout - (time.monotonic() - began))
-            return super().result(timeout)
-        except KeyboardInterrupt as exc:  # a kernel interrupt while waiting: stop the calls
-            cancel_unfinished()  # (the kernel's SIGINT hook may have done so already)
-            if isinstance(exc, errors.RemoteInterrupted):
+        said = (
+            "Interrupted while waiting for a remote call's result; this notebook's unfinished "
+            "remote calls were cancelled."
+        )
+        with errors.interrupt_says(said):
+            try:
+                if self._session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
+                    began = time.monotonic()
+                    self._moved.wait(P.NOTICE_AFTER_S)
+                    if not (self.running() or self.done()):
+                        self._say_what_it_waits_for()
+                    if timeout is not None:  # what the wait above took counts
+                        timeout = max(0.0, timeout - (time.monotonic() - began))
+                return super().result(timeout)
+            except KeyboardInterrupt:  # a kernel interrupt while waiting: stop the calls
+                cancel_unfinished()  # (the kernel's SIGINT hook may have done so already)
                 raise
-            raise errors.RemoteInterrupted(
-                "Interrupted while waiting for a remote call's result; this notebook's "
-                "unfinished remote calls were cancelled."
-            ) from None
 
     def _say_what_it_waits_for(self) -> None:
         assert self._session is not None

@@ -37,6 +37,12 @@ START_TIMEOUT_S = 300.0
 ACTIVE = (WorkerState.STARTING, WorkerState.INSTALLING, WorkerState.READY)
 # Completion and ``obj?`` wait this long for the worker at most: typing never blocks.
 ASSIST_TIMEOUT_S = 0.5
+# A Ctrl-C while a request's variables are packed (hashing a large array takes a while):
+# the request was not sent, so it did not run.  Packing changes nothing that a half-done
+# pass would leave wrong (``sync.NamespaceSync.plan``).
+NOT_SENT_WHILE_PACKED = (
+    "Interrupted while the {what}'s variables were packed; the {what} was not sent."
+)
 # How long a cell waits for a worker the spawner says runs but the broker does not hear from
 # (stopped, starved, re-registering after a broker restart) before saying so.
 NOT_RESPONDING_WAIT_S = 10.0
@@ -146,16 +152,10 @@ class RemoteSession:
             more = f"; {ahead - 1} more before this one" if ahead > 1 else ""
             notes.note(f"rexec: waiting for {text}{more}")
 
-        try:
+        waiting = f"Interrupted while waiting for {whose()} previous request; this {what} "
+        with errors.interrupt_says(waiting + "was not sent."):
             if not self.turns.wait(ticket, what, on_wait, cancel, P.NOTICE_AFTER_S):
                 raise errors.RemoteInterrupted("The call was cancelled before it started.")
-        except KeyboardInterrupt as exc:
-            if isinstance(exc, errors.RemoteInterrupted):
-                raise
-            raise errors.RemoteInterrupted(
-                f"Interrupted while waiting for {whose()} previous request; this {what} "
-                "was not sent."
-            ) from None
         try:
             self._owner, self._holding_cancel = me, cancel
             self._switch_info()  # a login made while others held the connection
@@ -388,7 +388,7 @@ class RemoteSession:
         with self.exclusive("cell", notes), self._reporting(notes):
             forced = list(force)
             for _ in range(3):
-                with _not_sent_if_interrupted("cell"):
+                with errors.interrupt_says(NOT_SENT_WHILE_PACKED.format(what="cell")):
                     plan = self.sync.plan(namespace, names, shippable, forced)
                     entries, frames = plan.entries_and_frames()
                 # What the cell's functions read is watched too (`bump()` appending to a list).
@@ -589,7 +589,7 @@ class RemoteSession:
         state.local_cell_ran()
         forced: list[str] = []
         for _ in range(3):
-            with _not_sent_if_interrupted("call"):
+            with errors.interrupt_says(NOT_SENT_WHILE_PACKED.format(what="call")):
                 plan = state.plan(main, reads, sync.shippable, forced, what="call")
             values = {name: main[name] for name in plan.send}
             watch = list(dict.fromkeys([*reads, *plan.send, *plan.have]))
@@ -732,22 +732,6 @@ def _unpackable_part(
         except serialize.SerializationError as own:
             return f"{what} {serialize.unserializable_reason(value, own)}"
     return f"its arguments {serialize.unserializable_reason(args, exc)}"
-
-
-@contextmanager
-def _not_sent_if_interrupted(what: str) -> Iterator[None]:
-    """A Ctrl-C while the variables are packed (hashing a large array takes a while) is a
-    RemoteInterrupted in one sentence, not a bare KeyboardInterrupt from deep in rexec: the
-    request was not sent, so it did not run.  Packing changes nothing that a half-done
-    pass would leave wrong (``sync.NamespaceSync.plan``)."""
-    try:
-        yield
-    except KeyboardInterrupt as exc:
-        if isinstance(exc, errors.RemoteInterrupted):
-            raise
-        raise errors.RemoteInterrupted(
-            f"Interrupted while the {what}'s variables were packed; the {what} was not sent."
-        ) from None
 
 
 def _unloaded(outcome: CellOutcome | None) -> list[str]:

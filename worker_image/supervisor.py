@@ -860,7 +860,8 @@ class Supervisor:
             except ProtocolError as exc:
                 log.warning("executor %d sent a malformed message: %s", ex.number, exc)
                 continue
-            if raw.kind == READY:  # the messages that are not events (no mark)
+            # READY and CODE_OVER are for the supervisor itself: not events (no mark).
+            if raw.kind == READY:
                 self._on_ready(ex)
                 continue
             if raw.kind == CODE_OVER:
