@@ -563,6 +563,65 @@ def test_fd_output_of_shells_subprocesses_and_c_code_in_write_order(port):
     assert stdout(events, "stderr") == "7 to stderr\n"
 
 
+@pytest.mark.parametrize(
+    "start",
+    [
+        "threading.Thread(target=f, args=(i,))",
+        "multiprocessing.get_context('fork').Process(target=f, args=(i,))",
+    ],
+    ids=["threads", "forked processes"],
+)
+def test_lines_printed_by_several_threads_or_processes_at_once_stay_whole(port, start):
+    """``print`` writes its arguments, separators and end apart; on the executor's
+    unbuffered stdout each of those let another writer in, and lines came torn
+    (``'childchild 2 line 0'``).  A local kernel (buffered ``sys.stdout``) keeps them whole."""
+    code = (
+        "import multiprocessing, threading\n"
+        "def f(i):\n"
+        "    for j in range(200):\n"
+        "        print('writer', i, 'line', j, flush=True)\n"
+        f"workers = [{start} for i in range(4)]\n"
+        "for w in workers: w.start()\n"
+        "for w in workers: w.join()\n"
+    )
+    for _ in range(3):
+        lines = stdout(port.run(code)).splitlines()
+        expected = [f"writer {i} line {j}" for i in range(4) for j in range(200)]
+        assert sorted(lines) == sorted(expected), [x for x in lines if x not in expected][:5]
+
+
+def test_print_keeps_its_order_against_c_output_and_its_errors(port):
+    """The pieces of one ``print`` wait for its end only: text printed without a newline
+    still comes before C output that follows it, and a ``print`` that fails half-way (an
+    argument whose ``str`` raises) leaves what it wrote before, as the built-in one does."""
+    code = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None)\n"
+        "print('a', 'b', end='')\n"
+        "libc.printf(b'|C|'); libc.fflush(None)\n"
+        "print('d', sep='-')\n"
+        "class Bad:\n"
+        "    def __str__(self): raise ValueError('no str')\n"
+        "print('before', Bad())\n"
+    )
+    events = port.run(code)
+    assert stdout(events) == "a b|C|d\nbefore "
+    error = next(e for e in events if e.kind == Kind.ERROR)
+    assert error.header["ename"] == "ValueError"
+    assert not any("whole_print" in line for line in error.header["traceback"])
+
+
+def test_a_character_left_unfinished_at_a_cells_end_stays_in_that_cell(port):
+    """Raw bytes ending in half a UTF-8 character: the half is shown as U+FFFD in its own
+    cell, not held back and joined to the next cell's bytes (where it made a different,
+    unmarked character)."""
+    first = port.run("import os\nos.write(1, b'A:\\xc3'); os.write(2, b'E:\\xf0\\x9f');")
+    assert (stdout(first), stdout(first, "stderr")) == ("A:\ufffd", "E:\ufffd")
+    second = port.run("import os\nos.write(1, b'\\xa9B\\n');")
+    assert stdout(second) == "\ufffdB\n"
+    assert stdout(port.run("print('D')"), "stdout") == "D\n"
+
+
 def test_fd_text_and_display_events_keep_their_order(port):
     code = (
         "import os\n"

@@ -299,6 +299,15 @@ class ExecutorProcess:
             self.close_pipe(fd)
         return out
 
+    def end_characters(self) -> list[tuple[str, str]]:
+        """``PipeReader.end_character`` of both pipes, as (stream name, text) to show."""
+        out = []
+        for reader in self.readers.values():
+            text = reader.end_character()
+            if text:
+                out.append((reader.name, text))
+        return out
+
     def released(self) -> list[tuple[str, str]]:
         """Text of both pipes up to the mark of the next event not yet received."""
         out = []
@@ -511,6 +520,12 @@ class PipeReader:
                 break  # text after the mark waits for event ``number``
             del buf[: end + 1]
         return self._decoder.decode(bytes(out))
+
+    def end_character(self) -> str:
+        """Its request ended: bytes of a character left unfinished (``os.write(1, b'\\xc3')``)
+        become U+FFFD there, as at end of file, instead of waiting to join the bytes of
+        whatever is written next (the next cell's)."""
+        return self._decoder.decode(b"", final=True)
 
     def finish(self) -> str:
         """End of file: whatever is left (marks removed)."""

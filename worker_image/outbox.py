@@ -22,6 +22,7 @@ depend on a thread of its own (a C call holding the GIL would stall it).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import io
@@ -29,6 +30,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -214,13 +216,41 @@ class FdStream(io.TextIOBase):
     """``sys.stdout`` / ``sys.stderr`` of the executor: text goes straight to its fd.
 
     Unbuffered on purpose: each ``write`` is one ``os.write``, so Python output and output of
-    C code or child processes on the same fd appear in the order they were written.
+    C code or child processes on the same fd appear in the order they were written.  Inside
+    ``one_write`` (``print``, see ``whole_print``) a thread's writes are gathered and leave
+    as one ``os.write`` when it ends.
     """
 
     def __init__(self, fd: int, name: str) -> None:
         super().__init__()
         self._fd = fd
         self._name = name
+        self._gathering = threading.local()  # .parts: this thread's writes inside one_write
+
+    @contextlib.contextmanager
+    def one_write(self) -> Iterator[None]:
+        """Gather this thread's writes inside and write them as one ``os.write`` at the end
+        (also when an exception ends it early: what was written until then goes out).
+
+        Why: ``print`` writes each argument, each separator and its ``end`` apart, and each
+        ``os.write`` lets other threads run, so lines of threads printing at once came out
+        torn (``'thr thr0thr line 0'``); and a forked child's ``print`` was several writes on
+        the pipe it shares with its parent.  One write of at most ``PIPE_BUF`` bytes (4 KiB)
+        is never split on a pipe.  Only the print's own pieces wait, and only until it
+        returns, so the order against C output and ``os.write`` is kept.
+        """
+        local = self._gathering
+        if getattr(local, "parts", None) is not None:  # nested (a __str__ that prints)
+            yield
+            return
+        parts: list[str] = []
+        local.parts = parts
+        try:
+            yield
+        finally:
+            local.parts = None
+            if parts:
+                _write_all(self._fd, "".join(parts).encode("utf-8", "replace"))
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -246,11 +276,43 @@ class FdStream(io.TextIOBase):
     def write(self, s: str) -> int:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        _write_all(self._fd, s.encode("utf-8", "replace"))
+        parts = getattr(self._gathering, "parts", None)
+        if parts is not None:
+            parts.append(s)
+        else:
+            _write_all(self._fd, s.encode("utf-8", "replace"))
         return len(s)
 
     def flush(self) -> None:
         """Nothing is buffered here; the supervisor sends what it reads at once."""
+
+
+_builtin_print = builtins.print
+
+
+def whole_print(
+    *values: object,
+    sep: str | None = " ",
+    end: str | None = "\n",
+    file: Any = None,
+    flush: bool = False,
+) -> None:
+    """``print`` whose pieces leave in one write (``FdStream.one_write``): a line printed by
+    one of several threads, or by a forked child, stays whole, as with the buffered
+    ``sys.stdout`` of a local kernel.  Installed as ``builtins.print`` in the executor; for
+    any other stream it is the built-in ``print`` itself."""
+    __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
+    stream = sys.stdout if file is None else file
+    if isinstance(stream, FdStream):
+        with stream.one_write():
+            _builtin_print(*values, sep=sep, end=end, file=file, flush=flush)
+    else:
+        _builtin_print(*values, sep=sep, end=end, file=file, flush=flush)
+
+
+# help(print) and its repr read as always
+whole_print.__doc__ = _builtin_print.__doc__
+whole_print.__name__ = whole_print.__qualname__ = "print"
 
 
 class NoStdin(io.TextIOBase):

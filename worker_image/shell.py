@@ -26,7 +26,7 @@ from traitlets.config import Config
 
 from rexec_magic import serialize
 from rexec_magic.protocol import Kind
-from worker_image.outbox import EventChannel, FdStream, NoStdin, stdin_error
+from worker_image.outbox import EventChannel, FdStream, NoStdin, stdin_error, whole_print
 
 # Figures are drawn by the inline backend and flushed as display data after each cell, as in
 # a notebook.  The env var costs nothing now: matplotlib reads it when the user imports it.
@@ -180,6 +180,7 @@ def redirect_stdio(std_fds: tuple[int, int] = (1, 2)) -> None:
     private copies, see ``outbox.private_std_fds``); no stdin."""
     sys.stdout = sys.__stdout__ = FdStream(std_fds[0], "stdout")
     sys.stderr = sys.__stderr__ = FdStream(std_fds[1], "stderr")
+    builtins.print = whole_print  # a printed line leaves whole (threads, forked children)
     sys.stdin = NoStdin()
     builtins.input = _no_input
     getpass.getpass = _no_input  # it would otherwise open /dev/tty

@@ -927,6 +927,9 @@ class Supervisor:
                     self._late_to_client(req, kind, payload, raw.buffers)
             self._event_seen(ex)
             return
+        if kind == Kind.DONE:  # its text is all read (drained above): none waits for more
+            for name, text in ex.end_characters():
+                self._add_stream(ex, name, text)
         self._flush_stream(ex)
         exit_requested = False
         if kind == Kind.DONE:
