@@ -359,6 +359,31 @@ def test_a_cell_whose_executor_dies_runs_once_and_says_why(port, tmp_path, attem
     assert marker.read_text() == "ran\n"
 
 
+@pytest.mark.parametrize("how", ["os._exit(2)", "import ctypes; ctypes.string_at(0)"])
+def test_processes_a_crashed_cell_started_run_on_and_their_output_reaches_the_notebook(
+    port, tmp_path, how
+):
+    """A background process of a cell whose executor died is not killed by the crash (it
+    was, by SIGPIPE, at its next write to the closed pipe), as a local kernel's death
+    leaves its children running; what it writes reaches the notebook's next cell."""
+    flag = tmp_path / "ran"
+    code = (
+        "import os, subprocess\n"
+        "subprocess.Popen('sleep 1; echo after the crash; echo on stderr >&2; sleep 0.5; "
+        f"echo ran > {flag}', shell=True)\n"
+        "print('started', flush=True)\n"
+        f"{how}\n"
+    )
+    events = port.run(code, timeout=WAIT_S)
+    assert done(events).header["status"] == DoneStatus.LOST
+    assert stdout(events) == "started\n"
+    wait_for(flag.exists, "the process the crashed cell started to run on")
+    events = port.run("print('next')", timeout=WAIT_S)
+    assert stdout(events).endswith("next\n")
+    assert "after the crash\n" in stdout(events)
+    assert "on stderr\n" in stdout(events, "stderr")
+
+
 @pytest.mark.parametrize("attempt", range(5))
 def test_a_segfault_shows_the_crash_dump_and_the_signal(port, attempt):
     events = port.run("import ctypes\nctypes.string_at(0)", timeout=WAIT_S)

@@ -75,6 +75,7 @@ from worker_image.executors import (
     Request,
     proc_stopped,
 )
+from worker_image.leftovers import LeftoverPipes
 from worker_image.link import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -180,6 +181,8 @@ class Supervisor:
         # Executors that died while no request ran (a thread's crash, an OOM kill): their
         # notebook hears it at its next request, before the cell meets a new namespace.
         self._lost_while_idle = Recent(LOST_KEPT)  # key -> (the dead executor, sentence)
+        # Pipes of dead executors that processes they started still write to.
+        self.leftovers = LeftoverPipes()
         # Cells and calls accepted here: one that comes again (its client resent it after a
         # broker restart lost the `accepted`) has reached the worker already and never runs
         # a second time.
@@ -262,6 +265,11 @@ class Supervisor:
                     for fd in ex.pipes:
                         items.append((fd, zmq.POLLIN))
                         owners[fd] = ex
+                items.extend(
+                    (fd, zmq.POLLIN)
+                    for fd, adopted in self.leftovers.pipes.items()
+                    if not self._left_text_held(adopted.key)
+                )
                 timeout = 0 if waiting else max(0, math.ceil((due - now) * 1000))
                 ready = zmq.zmq_poll(items, timeout)
                 for what, flags in ready:
@@ -302,6 +310,10 @@ class Supervisor:
             return
         if what is self.sock:
             self._receive_broker()
+        elif what in self.leftovers.pipes:
+            adopted, text = self.leftovers.read(what)
+            if text:
+                self._left_text(adopted.key, adopted.reader.name, text)
         elif what == self.thread_out.fileno():
             for target, kind, header, buffers in self.thread_out.drain():
                 self._signed(target.route, kind, encode_header(header), buffers)
@@ -753,6 +765,8 @@ class Supervisor:
             lost = self._lost_while_idle.pop(key, None)
             if lost is not None:
                 ex.inherit(*lost)
+            for name, text in self.leftovers.take(key):
+                ex.keep_late(name, text)
             ex.key = key
             ex.serving_since = time.monotonic()
             ex.label = key.split(":", 1)[-1][:12] if key != "default" else "default"
@@ -988,6 +1002,27 @@ class Supervisor:
         for fd in list(ex.pipes):
             self._read_pipe(ex, fd)
 
+    def _left_text(self, key: str | None, name: str, text: str) -> None:
+        """Text from a pipe of a dead executor of namespace ``key`` (``leftovers``): to the
+        namespace's executor now, as output of a finished cell's thread goes (in its running
+        request, else kept for the next, marked late), or kept for the next executor."""
+        ex = self.executors.get(key) if key is not None else None
+        if ex is not None and ex.exited() is None:
+            self._add_stream(ex, name, text)
+        elif key is not None:
+            self.leftovers.keep(key, name, text)
+        else:
+            log.info("output of a process a spare executor left: %r", text[:200])
+
+    def _left_text_held(self, key: str | None) -> bool:
+        """Whether to leave a dead executor's pipes unread this turn: where their text goes
+        is full (its namespace's executor is held back, or what waits for one reached the
+        hold).  The processes writing there wait: slowed down, never dropped."""
+        ex = self.executors.get(key) if key is not None else None
+        if ex is not None and ex.exited() is None:
+            return ex.held_back
+        return self.leftovers.full(key)
+
     def _add_stream(self, ex: ExecutorProcess, name: str, text: str) -> None:
         if ex.current is None:
             ex.keep_late(name, text)
@@ -1030,8 +1065,9 @@ class Supervisor:
         # Events it sent before dying still count (e.g. DONE of exit()).
         self._receive_executor(ex, to_the_end=True)
         self._flush_stream(ex)
-        for fd in list(ex.pipes):  # a child it left may hold the pipe open: stop reading
-            ex.close_pipe(fd)
+        for fd in list(ex.pipes):  # a process it started holds it open: read on
+            del ex.pipes[fd]  # (not closed with the executor)
+            self.leftovers.adopt(fd, ex.key, ex.number, ex.readers[fd])
         req = ex.current
         sentence = ex.exit_sentence(code)
         log.log(
@@ -1369,6 +1405,7 @@ class Supervisor:
         self.sock.close(linger=int(max(0.2, deadline - time.monotonic()) * 1000))
         for ex in self.all:
             ex.close()
+        self.leftovers.close()
         self.ctx.term()
         log.info("exiting with code %d", code)
         return code

@@ -1,0 +1,100 @@
+"""Output pipes of executors that ended while processes they started still hold them.
+
+A cell may start a process that outlives its executor (``subprocess.Popen('train.sh')``,
+``os.system('job &')``); it writes to the executor's stdout and stderr pipes, which it
+inherited.  If the supervisor closed its read ends when the executor died, the process's
+next write would kill it with SIGPIPE: a crash of the notebook's executor would also end the
+user's background job, which a local kernel's death does not (its children write on to the
+terminal).  So the supervisor keeps reading such pipes until their last writer closes them,
+and what comes goes to the notebook the executor served: into its new executor's output
+(``Supervisor._left_text``), or kept here until that executor exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass
+
+from worker_image.executors import LATE_HOLD_CHARS, LATE_MAX_CHARS, PIPE_READ, PipeReader
+from worker_image.recent import Recent
+
+log = logging.getLogger(__name__)
+
+MAX_ADOPTED = 64  # pipes kept open at once; past that a dead executor's pipes are closed
+WAITING_KEPT = 64  # namespaces whose text waits for their next executor (the newest)
+EVERY_EVENT = 2**62  # every mark is behind us: the executor that wrote them is gone
+
+
+@dataclass
+class Adopted:
+    key: str | None  # the namespace the executor served (None: a spare)
+    number: int  # the executor's number, for the log
+    reader: PipeReader  # its reader, with any character still half-decoded
+
+
+class LeftoverPipes:
+    """Pipes adopted from dead executors (``adopt``), read until end of file (``read``);
+    text for a namespace with no executor yet waits in ``waiting`` (``take``).  Past
+    ``LATE_HOLD_CHARS`` waiting for a namespace its pipes are not read (``full``): the
+    writers wait, as for any late output; ``LATE_MAX_CHARS`` bounds the rest (the oldest go).
+    """
+
+    def __init__(self) -> None:
+        self.pipes: dict[int, Adopted] = {}
+        self.waiting = Recent(WAITING_KEPT)  # key -> deque of (stream name, text)
+
+    def adopt(self, fd: int, key: str | None, number: int, reader: PipeReader) -> None:
+        """Keep reading ``fd`` (now ours to close); closed at once past ``MAX_ADOPTED``."""
+        if len(self.pipes) >= MAX_ADOPTED:
+            log.warning("executor %d: too many pipes left open by processes; closed", number)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            return
+        self.pipes[fd] = Adopted(key, number, reader)
+
+    def read(self, fd: int) -> tuple[Adopted, str]:
+        """Read what ``fd`` holds now: (whose it is, the text).  At end of file the pipe
+        is closed and forgotten (its last writer is gone)."""
+        adopted = self.pipes[fd]
+        try:
+            data = os.read(fd, PIPE_READ)
+        except BlockingIOError:
+            data = None
+        except OSError:
+            data = b""
+        text = ""
+        if data:
+            adopted.reader.feed(data)
+            text = adopted.reader.release(EVERY_EVENT)
+        elif data is not None:  # end of file
+            text = adopted.reader.finish()
+            del self.pipes[fd]
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return adopted, text
+
+    def keep(self, key: str, name: str, text: str) -> None:
+        """Text for namespace ``key``, which has no executor now: for its next one."""
+        kept = self.waiting.get(key)
+        if kept is None:
+            kept = self.waiting[key] = deque()
+        kept.append((name, text))
+        total = sum(len(t) for _, t in kept)
+        while total > LATE_MAX_CHARS and kept:
+            total -= len(kept.popleft()[1])
+
+    def full(self, key: str | None) -> bool:
+        kept = self.waiting.get(key) if key is not None else None
+        return kept is not None and sum(len(t) for _, t in kept) >= LATE_HOLD_CHARS
+
+    def take(self, key: str) -> list[tuple[str, str]]:
+        return list(self.waiting.pop(key, ()))
+
+    def close(self) -> None:
+        for fd in self.pipes:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pipes.clear()
