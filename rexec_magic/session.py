@@ -97,10 +97,11 @@ class RemoteSession:
         self._pinned: Origin | None = None
         self.notebook = _notebook_label()
         self._keepalive: threading.Event | None = None  # the running keepalive's stop
-        # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py).
-        # It is the state of this session's executor: attaching to another namespace, or
-        # stopping the worker, forgets it.
+        # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py):
+        # one record per namespace it used (None: its own), ``sync`` the current one's.  A
+        # new worker (stopped, restarted, another login) forgets them all (``_forget_all``).
         self.sync = sync.NamespaceSync()
+        self._syncs: dict[str | None, sync.NamespaceSync] = {None: self.sync}
 
     def _new_worker(self, worker: dict[str, Any]) -> None:
         """The broker shows another worker process than before: its namespace is new."""
@@ -111,7 +112,7 @@ class RemoteSession:
         except errors.RexecError:
             status = None
         self.restart_note = restart_sentence(status)
-        self.sync.forget()  # nothing the notebook sent or left there is there any more
+        self._forget_all()  # nothing the notebook sent or left there is there any more
         self._notes.warning(self.restart_note)
 
     @contextmanager
@@ -217,14 +218,27 @@ class RemoteSession:
     def attach(self, name: str | None) -> None:
         """Use the shared namespace ``name`` from now on (None: this session's own again).
 
-        What this notebook knows of the worker's namespace (``sync``) was about the other
-        one: it is forgotten, so the next cell sends what it needs and takes nothing for held.
+        What this notebook knows of each namespace (``sync``) is kept apart and taken up
+        again on coming back: a value the notebook never changed since it last exchanged it
+        is not pushed over a newer one there (another notebook's, or one left remote), as
+        it was when coming back meant starting from an empty record.  A call under way in
+        the old namespace goes on recording into that namespace's own record.
         """
-        if (name or None) != self.namespace:
-            # A new record, not the old one emptied: a call under way in the old namespace
-            # goes on recording into its own.
-            self.sync = sync.NamespaceSync()
-        self.namespace = name or None
+        name = name or None
+        self.sync = self.sync_of(name)
+        self.namespace = name
+
+    def sync_of(self, namespace: str | None) -> sync.NamespaceSync:
+        """This notebook's record of ``namespace`` (None: its own), made on first use."""
+        record = self._syncs.get(namespace)
+        if record is None:
+            record = self._syncs[namespace] = sync.NamespaceSync()
+        return record
+
+    def _forget_all(self) -> None:
+        """The worker is new or gone: no namespace of it holds what the notebook sent."""
+        for record in self._syncs.values():
+            record.forget()
 
     @property
     def spawner(self) -> SpawnerClient:
@@ -253,7 +267,7 @@ class RemoteSession:
         self.close()
         self._info = info
         self._warned_versions = False
-        self.sync.forget()
+        self._forget_all()
 
     def forget(self) -> None:
         """Close, stop saying the kernel exists, and read the connection file again on next
@@ -336,7 +350,7 @@ class RemoteSession:
         return status
 
     def stop(self) -> dict[str, Any]:
-        self.sync.forget()  # its namespace goes with it
+        self._forget_all()  # its namespaces go with it
         return self.spawner.stop()
 
     def _check_versions(self, notes: Notes) -> None:
@@ -456,7 +470,7 @@ class RemoteSession:
             what = f"failed ({str(why).rstrip('.')})" if why else f"was {state or 'stopped'}"
             notes.warning(f"Your worker {what}; its namespace was lost.")
         if had_one:
-            self.sync.forget()  # its namespace is gone
+            self._forget_all()  # its namespaces are gone
         self.client.seen_instance = None  # the worker that comes now is the one we asked for
         headline = (
             "The remote worker is starting; waiting for it…"
@@ -529,8 +543,8 @@ class RemoteSession:
                     f"The call was not sent: it was made as {origin.user}, and this notebook "
                     f"has logged in as {self.info.user} since."
                 )
-            # What this notebook knows of that namespace: nothing, unless it is the current.
-            state = self.sync if origin.namespace == self.namespace else sync.NamespaceSync()
+            # What this notebook knows of that namespace (its own record of each one).
+            state = self.sync_of(origin.namespace)
             self._pinned = origin
             call = functools.partial(self._synced_call, fn, args, kwargs, timeout_s, cancel, state)
             try:

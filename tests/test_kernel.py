@@ -437,6 +437,35 @@ def test_a_shared_namespace_is_opt_in(stack, kernel):
         other_km.shutdown_kernel(now=True)
 
 
+def test_coming_back_to_a_namespace_never_pushes_an_older_local_copy_over_it(stack, kernel):
+    """Leaving a namespace and coming back (``%rexec_attach``) keeps what the notebook knew
+    of it: a value this notebook did not change since it last exchanged it stays as it is
+    there, whether another notebook changed it (shared) or a cell left it remote (its own).
+    Coming back used to start from an empty record and push the notebook's copy over it."""
+    _, kc = kernel
+    other_km, other = start_kernel(stack)
+    try:
+        run(kc, "y = 'local'")
+        run(kc, "%%remote\nprint(y)")
+        run(kc, "%%remote --no-pull\ny = 'left remote'")
+        run(kc, "%rexec_attach team")
+        run(other, "%rexec_attach team")
+        run(kc, "%remote x = 'from A'")
+        run(other, "%%remote\nx = 'from B'")
+        run(kc, "%rexec_attach")
+        _, outputs = run(kc, "%%remote\nprint(y)")
+        assert text_of(outputs) == "left remote\n"
+        run(kc, "%rexec_attach team")
+        _, outputs = run(kc, "%%remote\nprint(x)")
+        assert text_of(outputs) == "from B\n"
+        _, outputs = run(other, "%%remote --no-push\nprint(x)")
+        assert text_of(outputs) == "from B\n"
+    finally:
+        run(kc, "%rexec_attach")
+        other.stop_channels()
+        other_km.shutdown_kernel(now=True)
+
+
 def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
     """The cell is interrupted, then its executor stopped; the worker log says so once."""
     km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="0.5")
