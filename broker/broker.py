@@ -109,6 +109,9 @@ class WorkerEntry:
     # a pid cannot tell inside a container.  Unchanged when a worker registers again.
     instance: str = ""
     busy: bool = False
+    # Seconds of silence allowed beyond the usual: a large message it announced is on its
+    # way (HEARTBEAT ``sending``), and what it sends next waits behind it.
+    allowance: float = 0.0
     # The worker's executors as its last heartbeat listed them: one row per namespace
     # ({notebook, state, memory, pid, uptime_s, ...}), for %rexec_status and the sidebar.
     executors: list[dict[str, Any]] = field(default_factory=list)
@@ -647,6 +650,23 @@ class Broker:
     def _to_worker(self, route: bytes, kind: str, header: dict[str, Any] | None = None) -> None:
         self.backend.send_multipart([route, *P.encode(kind, header, route=P.TO_BROKER)])
 
+    def _tell_sending(self, entry: WorkerEntry, handle_hex: str, nbytes: int) -> None:
+        """Tell the client a large event of ``entry`` is on its way (an unasked PONG with
+        ``sending``), so it allows for the PONGs held up behind it; only a connection of
+        the worker's own user, as for any event."""
+        try:
+            handle = bytes.fromhex(handle_hex)
+        except ValueError:
+            return self._malformed("backend", "a heartbeat named no client handle")
+        route = self.handles.get(handle)
+        session = self.sessions.get(route) if route is not None else None
+        if route is None or session is None or session.identity.sub != entry.user:
+            return None  # closed meanwhile, or not its user's: nobody to tell
+        if self.legacy.owns(route):
+            return None  # a legacy client has no such wait
+        self._reply(route, P.Kind.PONG, {"t": None, "pending": [], "sending": nbytes})
+        return None
+
     def _on_backend(self, frames: list[zmq.Frame]) -> None:
         self.counters.messages_in += 1
         wroute = frames[0].bytes
@@ -677,11 +697,15 @@ class Broker:
                 self._to_worker(wroute, P.Kind.RESYNC)
             return None
         entry.last_seen = now
+        entry.allowance = 0.0  # whatever it announced came (messages stay in order)
         if target == P.TO_BROKER:
             if kind_b == b"heartbeat":
                 beat = self._read(signed, P.Heartbeat)
                 if beat is None:
                     return self._malformed("backend", "bad heartbeat header")
+                if beat.sending:
+                    entry.allowance = P.transfer_allowance_s(beat.sending)
+                    self._tell_sending(entry, beat.sending_to, beat.sending)
                 entry.busy = beat.busy
                 entry.executors = list(beat.executors[:MAX_EXECUTOR_ROWS])
                 if entry.busy:  # a long cell is activity too
@@ -880,7 +904,7 @@ class Broker:
         for entry in list(self.workers.values()):
             busy = bool(self.pending.by_user.get(entry.user))
             limit = P.BUSY_WORKER_DEAD_AFTER_S if busy else P.WORKER_DEAD_AFTER_S
-            if now - entry.last_seen > limit:
+            if now - entry.last_seen > limit + entry.allowance:
                 # Silent is not dead: a stopped (SIGSTOP) or starved process comes back,
                 # registers again with its namespace intact, and drops the abandoned cell.
                 self._drop_worker(

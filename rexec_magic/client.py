@@ -530,6 +530,9 @@ class RexecClient:
         deadline = now + timeout_s if timeout_s else None
         last_heard = now
         next_ping = now + P.CLIENT_PING_S
+        # Until then silence is no sign of trouble: a large message is crossing, and what
+        # comes after it waits (this request's own push, or an event the broker announced).
+        quiet_until = now + P.transfer_allowance_s(serialize.nbytes(buffers))
         while True:
             # The message being handled: a Ctrl-C before it is acted on puts it back
             # (_stashed), so the read after the `interrupt` handles it, e.g. a `done` that
@@ -549,12 +552,13 @@ class RexecClient:
                     interrupted_at is not None
                     and now - interrupted_at > P.INTERRUPT_GRACE_S + 5
                     and now > stopped_until  # a stopped executor is not lost: it waits
+                    and now > quiet_until + P.BROKER_SILENT_AFTER_S
                 ):
                     why = f" ({notice})" if notice else "; it may still be busy"
                     raise errors.WorkerLost(
                         f"The remote worker did not confirm the interrupt{why}."
                     )
-                if now - last_heard > P.BROKER_SILENT_AFTER_S:
+                if now - last_heard > P.BROKER_SILENT_AFTER_S and now > quiet_until:
                     self.reset()
                     raise errors.BrokerUnreachable(
                         f"Lost contact with the rexec broker at {self.info.broker_url} "
@@ -575,7 +579,9 @@ class RexecClient:
                 local = self._next_held(req_id)  # said here, not received
                 said = grace_said or cancelled  # (nobody waits for a cancelled one)
                 if local is None and interrupted_at is not None and not said:
-                    if now - interrupted_at >= P.NOTICE_AFTER_S:
+                    if now < quiet_until:  # its answer may be what is crossing
+                        wait = min(wait, quiet_until - now)
+                    elif now - interrupted_at >= P.NOTICE_AFTER_S:
                         grace_said = True
                         local = self._grace_notice(req_id, kind)
                     else:
@@ -588,6 +594,9 @@ class RexecClient:
                 h = msg.header
                 if msg.kind == P.Kind.PONG:
                     pong = msg.read(P.Pong)
+                    if pong.sending:  # (worker to broker, then broker to here)
+                        allowed = 2 * P.transfer_allowance_s(pong.sending)
+                        quiet_until = max(quiet_until, time.monotonic() + allowed)
                     if pong.t is None or pong.t < asked_at:
                         continue  # the answer to a ping of an earlier request: stale news
                     self._saw_worker(pong.worker)

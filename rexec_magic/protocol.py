@@ -84,6 +84,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    NonNegativeInt,
     StringConstraints,
     ValidationError,
     ValidationInfo,
@@ -138,7 +139,7 @@ class Kind:
     # broker -> client
     WELCOME = "welcome"  # {user, username, worker: WorkerInfo | None}
     DENIED = "denied"  # {message}
-    PONG = "pong"  # {t, worker: WorkerInfo | None, pending: [ids]}
+    PONG = "pong"  # {t, worker: WorkerInfo | None, pending: [ids], sending?}
     FAIL = "fail"  # {id | None, code, message}: a broker-side failure for one request
     # worker -> client
     ACCEPTED = "accepted"  # {id}: the worker starts the cell now (never resent after this)
@@ -161,7 +162,7 @@ class Kind:
     # worker -> broker
     # {user, nonce, secret, python, dill, pid, instance, pool?}  -> REGISTERED | REJECTED
     REGISTER = "register"
-    HEARTBEAT = "heartbeat"  # {busy, executors}  -> HEARTBEAT_ACK | RESYNC
+    HEARTBEAT = "heartbeat"  # {busy, executors, sending?, sending_to?}  -> HEARTBEAT_ACK | RESYNC
     GOODBYE = "goodbye"  # {}: the worker is exiting on purpose (SIGTERM, superseded)
     # broker -> worker
     REGISTERED = "registered"
@@ -246,6 +247,20 @@ NOTICE_AFTER_S = 2.0
 # ... and says it again this often while it lasts.
 NOTICE_REPEAT_S = 10.0
 BROKER_SILENT_AFTER_S = 4.0
+# A large message holds up what comes after it on its connection (ZeroMQ delivers whole
+# messages, in order): a heartbeat behind a 1 GB result, a PONG behind it on its way to the
+# client.  Its sender says first how large it is (HEARTBEAT ``sending``, PONG ``sending``),
+# and the receiver allows it ``transfer_allowance_s`` more silence.  From this size on:
+LARGE_MESSAGE_BYTES = 16 << 20
+TRANSFER_MIN_BYTES_PER_S = 16 << 20  # the slowest crossing allowed (16 MiB/s)
+
+
+def transfer_allowance_s(nbytes: int) -> float:
+    """Seconds of silence a message of ``nbytes`` may cause on one connection it crosses
+    (0 below ``LARGE_MESSAGE_BYTES``)."""
+    return nbytes / TRANSFER_MIN_BYTES_PER_S if nbytes >= LARGE_MESSAGE_BYTES else 0.0
+
+
 INTERRUPT_GRACE_S = 5.0
 
 
@@ -761,6 +776,9 @@ class Pong(Header):
     t: float | None = None
     worker: Json | None = None
     pending: list[Short] = []
+    # Bytes of a large event for this connection behind this PONG (unasked, ``t`` None):
+    # it crosses two connections (worker to broker, broker to here).
+    sending: NonNegativeInt = 0
 
 
 class Fail(Header):
@@ -910,6 +928,10 @@ class Heartbeat(Header):
     # One row per executor ({notebook, state, memory, pid, uptime_s, ...}), for
     # %rexec_status and the sidebar.
     executors: list[Json] = Field(default_factory=list)
+    # Bytes of the large message that follows on this connection, and the client handle
+    # (hex) it goes to (told with an unasked PONG).
+    sending: NonNegativeInt = 0
+    sending_to: Short = ""
 
 
 # broker -> worker

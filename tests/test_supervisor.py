@@ -15,7 +15,7 @@ import pytest
 from rexec_magic import protocol
 from rexec_magic.protocol import DoneStatus, Kind
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
-from tests.worker_harness import BrokerPort, done, pulled, stdout
+from tests.worker_harness import CLIENT, BrokerPort, done, pulled, stdout
 from worker_image.executors import proc_stopped
 
 pytestmark = pytest.mark.timeout(180)
@@ -793,6 +793,30 @@ def test_a_thread_printing_while_its_cell_runs_shows_in_that_cell(port):
         "t.start(); t.join()"
     )
     assert stdout(port.run(code)) == "tick 0\ntick 1\ntick 2\n"
+
+
+def test_a_large_event_is_announced_to_the_broker_before_it_goes(port):
+    """A heartbeat just before a large event says its size and its client, so the broker
+    allows for the heartbeats held up behind it and tells the client (see
+    test_worker_link.py); a small event goes unannounced."""
+    request_id = port.execute("big = b'x' * (40 << 20)\nsmall = 1", pull=["big"])
+    seen = []
+    while not seen or seen[-1] != "done":
+        _, msg = port.recv()
+        if msg.kind == Kind.HEARTBEAT and msg.header.get("sending"):
+            seen.append((msg.header["sending"], msg.header["sending_to"]))
+        elif msg.kind == Kind.DONE and msg.header.get("id") == request_id:
+            seen.append("done")
+    assert len(seen) == 2 and seen[0][0] >= 40 << 20 and seen[0][1] == CLIENT.hex()
+    request_id = port.execute("pass", pull=["small"])
+    beats = []
+    while True:
+        _, msg = port.recv()
+        if msg.kind == Kind.HEARTBEAT:
+            beats.append(msg.header.get("sending", 0))
+        elif msg.kind == Kind.DONE and msg.header.get("id") == request_id:
+            break
+    assert not any(beats)
 
 
 def test_no_event_is_dropped_for_a_slow_reader(port):

@@ -7,6 +7,7 @@ worker); the test's worker and client are raw pyzmq DEALERs speaking the wire pr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import zmq
 
 from broker.auth import add_static_token, worker_secret
 from rexec_magic import protocol as P
-from tests.harness import broker_in_thread
+from tests.harness import broker_in_thread, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -113,3 +114,37 @@ def test_a_worker_that_lost_its_key_ends_its_requests_with_a_sentence(link):
     assert fail.header["code"] == P.FailCode.WORKER_LOST
     assert "registered again" in fail.header["message"]
     assert link.pong()["pending"] == []
+
+
+def test_a_worker_announcing_a_large_event_is_given_time_and_its_client_is_told(link):
+    """A large event holds up the heartbeats behind it on the worker's connection (and the
+    PONGs behind it on the client's): the heartbeat announcing it (``sending``) makes the
+    broker allow that silence, and tells the event's client with an unasked PONG.  Without
+    it a worker sending a 1 GB result was dropped as silent and its cell abandoned."""
+    handle = link.execute("large")
+    size = 256 << 20  # 16 s allowed at TRANSFER_MIN_BYTES_PER_S
+    beat = {"busy": True, "sending": size, "sending_to": handle.hex()}
+    link.to_client(P.TO_BROKER, P.Kind.HEARTBEAT, P.encode_header(beat))
+    while (told := P.decode(recv(link.client))).kind != P.Kind.PONG:
+        pass
+    assert told.header["t"] is None and told.header["sending"] == size
+    time.sleep(P.WORKER_DEAD_AFTER_S + 1.5)  # silent, as behind a large message
+    pong = link.pong()
+    assert pong["worker"] is not None and pong["pending"] == ["large"]
+    # The event came: from now on the worker's silence counts as before.
+    done = P.encode_header({"id": "large", "status": "ok", "vars": []})
+    link.to_client(handle, P.Kind.DONE, b'{"seq":1,' + done[1:])
+    while P.decode(recv(link.client)).kind != P.Kind.DONE:
+        pass
+    wait_for(lambda: link.pong()["worker"] is None, "the silent worker to be dropped")
+
+
+def test_a_large_event_cannot_be_announced_to_another_users_client(link):
+    """The client handle in ``sending_to`` is checked as an event's route is: a handle that
+    is no connection of the worker's user gets no PONG (and nothing else breaks)."""
+    beat = {"busy": False, "sending": 64 << 20, "sending_to": (b"\0" * 16).hex()}
+    link.to_client(P.TO_BROKER, P.Kind.HEARTBEAT, P.encode_header(beat))
+    beat = {"busy": False, "sending": 64 << 20, "sending_to": "not hex"}
+    link.to_client(P.TO_BROKER, P.Kind.HEARTBEAT, P.encode_header(beat))
+    assert link.pong()["worker"] is not None
+    assert not link.client.poll(200)  # no unasked PONG came

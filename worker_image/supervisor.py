@@ -378,7 +378,19 @@ class Supervisor:
             return
         else:
             key = self._session_key
+            if buffers and route != protocol.TO_BROKER:
+                self._announce_large(route, buffers)
         self._send(protocol.encode_signed(key, kind, header, buffers, route=route))
+
+    def _announce_large(self, route: bytes, buffers: Any) -> None:
+        """Before a large message to a client: a heartbeat saying its size, so the broker
+        gives the heartbeats queued behind it time to come (``transfer_allowance_s``) and
+        tells the client the same about its PONGs.  Without it a 1 GB result made the worker
+        look dead to the broker, or the broker to the client, and the cell was abandoned."""
+        size = sum(memoryview(b).nbytes for b in buffers)
+        if size >= protocol.LARGE_MESSAGE_BYTES:
+            header = {**self._heartbeat_header(), "sending": size, "sending_to": route.hex()}
+            self._to_broker(Kind.HEARTBEAT, header)
 
     def _to_broker(self, kind: str, header: dict[str, Any]) -> None:
         self._signed(protocol.TO_BROKER, kind, protocol.encode_header(header))
@@ -417,9 +429,12 @@ class Supervisor:
             if time.monotonic() - self._register_sent_at >= REGISTER_RETRY_S:
                 self._send_register()
             return
+        self._to_broker(Kind.HEARTBEAT, self._heartbeat_header())
+
+    def _heartbeat_header(self) -> dict[str, Any]:
         busy = self._busy()
         self._reported_busy = busy
-        self._to_broker(Kind.HEARTBEAT, {"busy": busy, "executors": self.executor_rows()})
+        return {"busy": busy, "executors": self.executor_rows()}
 
     def _busy(self) -> bool:
         """A cell runs, or a file transfer is under way (either keeps the culler away)."""

@@ -1,0 +1,89 @@
+"""The client's wait for a request's end, against a ROUTER playing the broker over loopback.
+
+The stand-in speaks the wire protocol with ``rexec_magic.protocol`` as the real broker does
+(WELCOME, ACCEPTED, PONG, DONE) but can go silent on purpose, which the real one cannot be
+made to do: that is what these tests need.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import zmq
+
+from rexec_magic import errors
+from rexec_magic import protocol as P
+from rexec_magic.client import RexecClient
+from rexec_magic.connection import ConnectionInfo
+
+KEY = b"k" * P.SESSION_KEY_BYTES
+WAIT_MS = 20_000
+
+
+class SilentBroker:
+    """Answers HELLO, takes one request, says ``accepted``, sends ``before_silence`` (a
+    list of (kind, header)), stays silent for ``silence_s`` (no PONG), then ends it."""
+
+    def __init__(self, before_silence: list[tuple[str, dict]], silence_s: float) -> None:
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.linger = 0
+        self.port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        self.before_silence = before_silence
+        self.silence_s = silence_s
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _next(self) -> tuple[bytes, P.Message]:
+        assert self.router.poll(WAIT_MS), "the client sent nothing"
+        route, *frames = self.router.recv_multipart()
+        _mac, msg = P.decode_signed(frames)
+        return route, msg
+
+    def _send(self, route: bytes, kind: str, header: dict) -> None:
+        self.router.send_multipart([route, *P.encode(kind, header)])
+
+    def _serve(self) -> None:
+        route, hello = self._next()
+        assert hello.kind == P.Kind.HELLO
+        self._send(route, P.Kind.WELCOME, {"user": "alice", "session_key": KEY.hex()})
+        while (request := self._next()[1]).kind != P.Kind.EXECUTE:
+            pass
+        req_id = request.header["id"]
+        self._send(route, P.Kind.ACCEPTED, {"id": req_id, "seq": 0})
+        for kind, header in self.before_silence:
+            self._send(route, kind, header)
+        time.sleep(self.silence_s)  # pings go unanswered meanwhile
+        self._send(route, P.Kind.DONE, {"id": req_id, "seq": 1, "status": "ok", "vars": []})
+
+    def close(self) -> None:
+        self.thread.join(WAIT_MS / 1000)
+        self.router.close()
+        self.ctx.term()
+
+
+def run_against(broker: SilentBroker) -> None:
+    """One cell, sent by a real client to ``broker``."""
+    url = f"tcp://127.0.0.1:{broker.port}"
+    client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
+    try:
+        client.execute_packed("pass", [], [], {"pull": []}, lambda msg: None)
+    finally:
+        client.close()
+        broker.close()
+
+
+def test_silence_behind_an_announced_large_event_is_waited_out():
+    """An unasked PONG saying a large event is coming (``sending``): the PONGs behind it are
+    late, and the client waits them out instead of giving the broker up after
+    ``BROKER_SILENT_AFTER_S`` (a 1 GB result ended in BrokerUnreachable, its values lost)."""
+    size = 128 << 20  # 8 s allowed for each of its two crossings
+    announce = (P.Kind.PONG, {"t": None, "pending": [], "sending": size})
+    run_against(SilentBroker([announce], P.BROKER_SILENT_AFTER_S + 2))
+
+
+def test_silence_without_an_announcement_still_means_the_broker_is_gone():
+    with pytest.raises(errors.BrokerUnreachable):
+        run_against(SilentBroker([], P.BROKER_SILENT_AFTER_S + 2))
