@@ -29,6 +29,8 @@ class Notes(Protocol):
 
     def note(self, text: str) -> None: ...
 
+    def live(self, text: str) -> Progress: ...
+
     def warning(self, text: str) -> None: ...
 
 
@@ -73,6 +75,14 @@ class _PrintedProgress:
         print(text, flush=True)
 
 
+class _QuietProgress:
+    def update(self, text: str) -> None:
+        pass
+
+    def done(self, text: str) -> None:
+        pass
+
+
 class NotebookNotes:
     """The notes of the magics and ``remote_func``: displays in a kernel, stdout elsewhere."""
 
@@ -87,17 +97,17 @@ class NotebookNotes:
         else:
             print(text, flush=True)
 
+    def live(self, text: str) -> Progress:
+        """A note that stays current: updated in place in a kernel (a wait's notice, whose
+        "running 12 s" would else stay at what it said first); printed once elsewhere."""
+        if in_kernel():
+            return _DisplayProgress(text)
+        print(text, flush=True)
+        return _QuietProgress()
+
     def warning(self, text: str) -> None:
         sys.stdout.flush()
         print(text, file=sys.stderr, flush=True)
-
-
-class _QuietProgress:
-    def update(self, text: str) -> None:
-        pass
-
-    def done(self, text: str) -> None:
-        pass
 
 
 class QuietNotes:
@@ -108,6 +118,9 @@ class QuietNotes:
 
     def note(self, text: str) -> None:
         pass
+
+    def live(self, text: str) -> Progress:
+        return _QuietProgress()
 
     def warning(self, text: str) -> None:
         pass
@@ -124,6 +137,17 @@ class RecordedNotes:
 
     def progress(self, text: str) -> Progress:
         self.records.append(("progress", text))
+        return self._updates()
+
+    def note(self, text: str) -> None:
+        self.records.append(("note", text))
+
+    def live(self, text: str) -> Progress:
+        """Recorded as a note, then each new text as ``progress``."""
+        self.records.append(("note", text))
+        return self._updates()
+
+    def _updates(self) -> Progress:
         outer = self
 
         class _Recorded:
@@ -134,9 +158,6 @@ class RecordedNotes:
                 outer.records.append(("progress", text))
 
         return _Recorded()
-
-    def note(self, text: str) -> None:
-        self.records.append(("note", text))
 
     def warning(self, text: str) -> None:
         self.records.append(("warning", text))

@@ -9,7 +9,7 @@ from typing import Any
 from IPython.display import clear_output, publish_display_data
 
 from rexec_magic import protocol as P
-from rexec_magic.notes import NOTEBOOK, Notes
+from rexec_magic.notes import NOTEBOOK, Notes, Progress
 
 
 class RemoteResult:
@@ -33,7 +33,7 @@ class EventRenderer:
         self.result: RemoteResult | None = None
         self.notes = notes  # rexec's own words (what a request waits for): never stderr
         self._late_said = False
-        self._notices: set[str] = set()
+        self._notices: dict[str, Progress] = {}  # each kind of wait: its live note
 
     def __call__(self, msg: P.Message) -> None:
         model = P.HEADERS.get(msg.kind)
@@ -53,11 +53,13 @@ class EventRenderer:
             self.notes.warning(f"rexec: {event.text}")  # a real problem: shown as one
         elif isinstance(event, P.Notice):
             category = event.text.split("(")[0]
-            if category not in self._notices:  # once per kind of wait, not every 10 s
-                self._notices.add(category)
+            shown = self._notices.get(category)
+            if shown is not None:  # said again (every 10 s): the same note, kept current
+                shown.update(f"rexec: {event.text}")
+            else:
                 sys.stdout.flush()
                 sys.stderr.flush()
-                self.notes.note(f"rexec: {event.text}")
+                self._notices[category] = self.notes.live(f"rexec: {event.text}")
         elif isinstance(event, P.Stream):
             stream = sys.stderr if event.name == "stderr" else sys.stdout
             stream.write(event.text)

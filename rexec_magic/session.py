@@ -27,7 +27,7 @@ from rexec_magic import connection, contract, errors, serialize, sync, transfer
 from rexec_magic import protocol as P
 from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient, keepalive_interval
 from rexec_magic.contract import WorkerState
-from rexec_magic.notes import QUIET, Notes, in_kernel
+from rexec_magic.notes import QUIET, Notes, Progress, in_kernel
 from rexec_magic.spawner_client import SpawnerClient
 from rexec_magic.turns import Turns
 
@@ -125,7 +125,8 @@ class RemoteSession:
     ) -> Iterator[None]:
         """Hold the connection for one request.  Requests get it in the order they were made
         (``ticket``: taken earlier, e.g. by ``submit()``; see ``turns``); a request that waits
-        says after ``NOTICE_AFTER_S``, and every 30 s after, what it waits for.
+        says after ``NOTICE_AFTER_S`` what it waits for, in one note kept current
+        (every ``NOTICE_REPEAT_S``).
 
         Raises ``RemoteInterrupted`` when ``cancel`` is set or Ctrl-C comes while it waits
         (the request was not sent), and ``RexecError`` when this thread holds the connection
@@ -141,6 +142,8 @@ class RemoteSession:
         if ticket is None:
             ticket = self.turns.take()
 
+        shown: list[Progress] = []  # the wait's one note, kept current as it goes on
+
         def on_wait(held: str, held_for: float, ahead: int) -> None:
             if cancel is not None and cancel.is_set():
                 return
@@ -151,11 +154,16 @@ class RemoteSession:
             else:
                 text = f"{whose()} earlier request to start"
             more = f"; {ahead - 1} more before this one" if ahead > 1 else ""
-            notes.note(f"rexec: waiting for {text}{more}")
+            line = f"rexec: waiting for {text}{more}"
+            if shown:
+                shown[0].update(line)
+            else:
+                shown.append(notes.live(line))
 
         waiting = f"Interrupted while waiting for {whose()} previous request; this {what} "
         with errors.interrupt_says(waiting + "was not sent."):
-            if not self.turns.wait(ticket, what, on_wait, cancel, P.NOTICE_AFTER_S):
+            wait = (ticket, what, on_wait, cancel, P.NOTICE_AFTER_S, P.NOTICE_REPEAT_S)
+            if not self.turns.wait(*wait):
                 raise errors.RemoteInterrupted("The call was cancelled before it started.")
         try:
             self._owner, self._holding_cancel = me, cancel

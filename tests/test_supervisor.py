@@ -1206,6 +1206,44 @@ def test_a_queued_call_says_what_it_waits_for(port):
     assert stdout(port.events(second)) == "second\n"
 
 
+def test_a_cell_waiting_behind_an_interrupted_cell_hears_it_is_being_stopped(port):
+    """The notice of a cell queued behind one that was interrupted and has not stopped yet
+    says so, not just how long it runs (the user pressed stop: a bare "running 3 s" read as
+    if the interrupt had been lost)."""
+    code = (
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('go', flush=True)\ntime.sleep(100)"
+    )
+    first = port.execute(code)
+    port.recv_kind(Kind.STREAM)
+    port.send(Kind.INTERRUPT, {"id": first})
+    second = port.execute("print('second')")
+    notice = port.recv_kind(Kind.NOTICE, timeout=WAIT_S)
+    assert notice.header["id"] == second
+    assert "previous cell (interrupted, stopping; running" in notice.header["text"]
+    assert done(port.events(first)).header["status"] == DoneStatus.RESTARTING
+    assert stdout(port.events(second)) == "second\n"
+
+
+def test_a_cell_waiting_behind_a_silent_kernels_cell_hears_of_the_silence(port):
+    """In a shared namespace, a cell queued behind the cell of a kernel that stopped sending
+    keepalives (killed) hears that its kernel is silent, or, once that cell was interrupted
+    for it, that it is being stopped, instead of only how long it has run."""
+    alive = in_session("alive", namespace="team", keepalive_s=1.0)
+    port.run("v = 1", **alive)
+    stuck = port.execute(
+        "import time\nprint('go', flush=True)\ntime.sleep(100)",
+        **in_session("gone", namespace="team", keepalive_s=1.0),
+    )
+    port.recv_kind(Kind.STREAM)
+    behind = port.execute("print(v)", **alive)
+    by_id = pinging(port, [stuck, behind], alive)
+    notices = [m.header["text"] for m in by_id[behind] if m.kind == Kind.NOTICE]
+    assert notices, "the queued cell said nothing of its wait"
+    assert "no sign of its kernel for" in notices[0] or "interrupted, stopping" in notices[0]
+    assert stdout(by_id[behind]) == "1\n"
+
+
 # --------------------------------------------------------------------------- exits
 @pytest.mark.parametrize("call", ["exit()", "quit()"])
 def test_exit_ends_the_executor_and_says_so(port, call):

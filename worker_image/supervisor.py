@@ -1312,8 +1312,21 @@ class Supervisor:
                 else:  # only a shared namespace serves several notebooks
                     name = (ex.key or "").partition(":")[2]
                     whose = f"a {cur.what} of another notebook in shared namespace {name!r}"
-                text = f"waiting for {whose} (running {running:.0f} s)"
+                state = self._running_state(ex, cur, now)
+                text = f"waiting for {whose} ({state}running {running:.0f} s)"
                 self._notice(req, "previous", text, now)
+
+    def _running_state(self, ex: ExecutorProcess, cur: Request, now: float) -> str:
+        """What a wait notice says of the running request besides its age: that it was
+        interrupted and is being stopped, or that its notebook went silent (a killed
+        kernel, whose cell is interrupted once that lasts ``ORPHAN_AFTER_PINGS``
+        keepalives)."""
+        if ex.grace_deadline is not None or ex.grace_killed:
+            return "interrupted, stopping; "
+        seen, keepalive_s = self._clients.get(cur.client, (now, None))
+        if keepalive_s is not None and now - seen > keepalive_s + 1.0:
+            return f"no sign of its kernel for {now - seen:.0f} s; "
+        return ""
 
     def _notice(self, req: Request | None, category: str, text: str, now: float) -> None:
         """Say what a request waits for: once per category, then every 10 s."""

@@ -1,0 +1,34 @@
+"""How the notebook shows what a request waits for (``render.EventRenderer``): one note per
+kind of wait, kept current as the worker says it again (every 10 s), not one line frozen at
+what it said first, nor a new line each time."""
+
+from __future__ import annotations
+
+import pytest
+
+from rexec_magic import protocol as P
+from rexec_magic.notes import RecordedNotes
+from rexec_magic.render import EventRenderer
+
+pytestmark = pytest.mark.unit
+
+
+def notice(text: str, seq: int) -> P.Message:
+    return P.Message(P.Kind.NOTICE, {"id": "r", "seq": seq, "text": text, "about": "previous"})
+
+
+PREVIOUS = "waiting for this notebook's previous cell"
+
+
+def test_a_wait_said_again_updates_its_note_in_place():
+    notes = RecordedNotes()
+    render = EventRenderer(notes)
+    for seq, state in enumerate(["running 3 s", "running 13 s", "interrupted; running 23 s"]):
+        render(notice(f"{PREVIOUS} ({state})", seq))
+    render(notice("waiting for this notebook's remote executor to start (4 s)", 4))
+    assert notes.records == [
+        ("note", f"rexec: {PREVIOUS} (running 3 s)"),
+        ("progress", f"rexec: {PREVIOUS} (running 13 s)"),
+        ("progress", f"rexec: {PREVIOUS} (interrupted; running 23 s)"),
+        ("note", "rexec: waiting for this notebook's remote executor to start (4 s)"),
+    ]
