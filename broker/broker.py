@@ -220,6 +220,9 @@ class Broker:
         self.ctx = context or zmq.Context.instance()
         self.sessions: dict[bytes, Session] = {}  # by client routing id
         self.handles: dict[bytes, bytes] = {}  # session handle -> client routing id
+        # Handles of connections that closed -> their user: a worker's events still on
+        # their way to one (its kernel was shut down or killed mid-request) are no attack.
+        self.closed_handles: LRUCache[bytes, str] = LRUCache(maxsize=4096)
         self.hello_in_flight: dict[bytes, str] = {}  # route -> the token being checked
         # Connections whose token was revoked while open: told so until they say HELLO again.
         self.revoked: LRUCache[bytes, bool] = LRUCache(maxsize=4096)
@@ -413,6 +416,7 @@ class Broker:
         session = self.sessions.pop(route, None)
         if session is not None:
             self.handles.pop(session.handle, None)
+            self.closed_handles[session.handle] = session.identity.sub
             self.pending.take_route(session.identity.sub, route)
         return session
 
@@ -720,7 +724,11 @@ class Broker:
         route = self.handles.get(target) if target is not None else None
         session = self.sessions.get(route) if route is not None else None
         if route is None or session is None or session.identity.sub != user:
-            # A worker may only ever talk to its own user's connections (or one just closed).
+            # A worker may only ever talk to its own user's connections.  One of them that
+            # closed is news the worker has not had yet: its events are dropped quietly.
+            if route is None and target is not None and self.closed_handles.get(target) == user:
+                log.debug("dropped a %s for a connection that closed", kind_b[:32])
+                return None
             return self._malformed("backend", "worker addressed no connection of its user")
         if self.legacy.owns(route):
             return self.legacy.on_worker_event(route, signed)

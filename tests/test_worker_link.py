@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 from broker.auth import add_static_token, worker_secret
+from broker.broker import Broker
 from rexec_magic import protocol as P
 from tests.harness import broker_in_thread, wait_for
 
@@ -35,6 +36,7 @@ class Link:
     worker_key: bytes
     client: zmq.Socket
     client_key: bytes
+    broker: Broker
 
     def execute(self, request_id: str) -> bytes:
         """The client sends a cell; the worker receives it: the client's handle."""
@@ -78,6 +80,7 @@ def link(tmp_path) -> Iterator[Link]:
             bytes.fromhex(registered.header["key"]),
             client,
             bytes.fromhex(welcome.header["session_key"]),
+            b,
         )
         worker.close()
         client.close()
@@ -148,3 +151,19 @@ def test_a_large_event_cannot_be_announced_to_another_users_client(link):
     link.to_client(P.TO_BROKER, P.Kind.HEARTBEAT, P.encode_header(beat))
     assert link.pong()["worker"] is not None
     assert not link.client.poll(200)  # no unasked PONG came
+
+
+def test_events_for_a_connection_that_closed_are_dropped_without_a_warning(link):
+    """A kernel shut down or killed while its cell ran: the worker's events still on their
+    way to its closed connection are dropped quietly, not counted and logged as a malformed
+    message (a tester found five such warnings after killing kernels); events for a handle
+    that was never a connection of the worker's user still are."""
+    handle = link.execute("orphaned")
+    link.client.close()
+    wait_for(lambda: handle not in link.broker.handles, "the broker to see the client go")
+    before = link.broker.counters.malformed
+    event = P.encode_header({"id": "orphaned", "seq": 1, "name": "stdout", "text": "late\n"})
+    link.to_client(handle, P.Kind.STREAM, event)
+    link.to_client(b"\1" * 16, P.Kind.STREAM, event)  # a handle that never was one
+    wait_for(lambda: link.broker.counters.malformed > before, "the stranger's event to count")
+    assert link.broker.counters.malformed == before + 1
