@@ -9,6 +9,7 @@ from typing import Any
 from IPython.display import clear_output, publish_display_data
 
 from rexec_magic import protocol as P
+from rexec_magic.client import whole_message
 from rexec_magic.notes import NOTEBOOK, Notes, Progress
 
 
@@ -36,6 +37,13 @@ class EventRenderer:
         self._notices: dict[str, Progress] = {}  # each kind of wait: its live note
 
     def __call__(self, msg: P.Message) -> None:
+        # A Ctrl-C is held until the event is shown: one landing inside ipykernel's
+        # ``OutStream.flush`` (a ``threading.Event.wait``) broke the Condition's lock and
+        # surfaced as "RuntimeError: release unlocked lock" instead of the interrupt.
+        with whole_message():
+            self._show(msg)
+
+    def _show(self, msg: P.Message) -> None:
         model = P.HEADERS.get(msg.kind)
         if model is None or not issubclass(model, P.Event):
             return

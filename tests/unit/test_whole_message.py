@@ -4,6 +4,7 @@ as the handler that was there would have (real SIGINTs to this process's main th
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -60,3 +61,34 @@ def test_outside_the_main_thread_it_changes_no_handler():
     t.start()
     t.join()
     assert seen == [signal.default_int_handler]
+
+
+def test_a_ctrl_c_while_an_event_is_shown_comes_after_it():
+    """The renderer holds a Ctrl-C until the event is shown: raised inside ipykernel's
+    stream flush (a ``threading.Event.wait``) it broke the Condition's lock and surfaced as
+    "RuntimeError: release unlocked lock", an internal error instead of the interrupt."""
+    from rexec_magic import protocol as P
+    from rexec_magic.notes import RecordedNotes
+    from rexec_magic.render import EventRenderer
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    steps = []
+
+    class Stdout:
+        def write(self, text: str) -> int:
+            steps.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            signal.raise_signal(signal.SIGINT)
+            steps.append("flushed")
+
+    stream = P.Message(P.Kind.STREAM, {"id": "r", "seq": 1, "name": "stdout", "text": "hi\n"})
+    real = sys.stdout
+    sys.stdout = Stdout()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            EventRenderer(RecordedNotes())(stream)
+    finally:
+        sys.stdout = real
+    assert steps == ["hi\n", "flushed"]
