@@ -636,6 +636,30 @@ def test_print_keeps_its_order_against_c_output_and_its_errors(port):
     assert not any("whole_print" in line for line in error.header["traceback"])
 
 
+def test_print_in_the_executor_pickles_and_fails_as_the_builtin_does(port):
+    """``print`` there is rexec's whole-line print: it still pickles as ``builtins.print``
+    (``Pool.map(print, ...)``, a value holding it), and a wrong option fails in the
+    built-in's own words."""
+    code = (
+        "import multiprocessing, pickle\n"
+        "print(pickle.loads(pickle.dumps(print)) is print, print.__module__)\n"
+        "with multiprocessing.get_context('fork').Pool(2) as pool:\n"
+        "    pool.map(print, ['mapped'])\n"
+        "handlers = {'log': print}\n"
+        "try:\n"
+        "    print(1, foo=1)\n"
+        "except TypeError as exc:\n"
+        "    print(exc)\n"
+    )
+    events = port.run(code, pull=["handlers"])
+    try:
+        print(1, foo=1)
+    except TypeError as exc:
+        builtin_says = str(exc)
+    assert stdout(events) == f"True builtins\nmapped\n{builtin_says}\n"
+    assert pulled(events) == {"handlers": {"log": print}}
+
+
 def test_a_character_left_unfinished_at_a_cells_end_stays_in_that_cell(port):
     """Raw bytes ending in half a UTF-8 character: the half is shown as U+FFFD in its own
     cell, not held back and joined to the next cell's bytes (where it made a different,

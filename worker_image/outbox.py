@@ -290,29 +290,28 @@ class FdStream(io.TextIOBase):
 _builtin_print = builtins.print
 
 
-def whole_print(
-    *values: object,
-    sep: str | None = " ",
-    end: str | None = "\n",
-    file: Any = None,
-    flush: bool = False,
-) -> None:
+def whole_print(*values: object, **options: Any) -> None:
     """``print`` whose pieces leave in one write (``FdStream.one_write``): a line printed by
     one of several threads, or by a forked child, stays whole, as with the buffered
     ``sys.stdout`` of a local kernel.  Installed as ``builtins.print`` in the executor; for
-    any other stream it is the built-in ``print`` itself."""
-    __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
+    any other stream it is the built-in ``print`` itself.  The options go to the built-in
+    as given, so a wrong one fails with its words."""
+    __tracebackhide__ = True  # IPython leaves this frame out of tracebacks (but the last)
+    file = options.get("file")
     stream = sys.stdout if file is None else file
     if isinstance(stream, FdStream):
         with stream.one_write():
-            _builtin_print(*values, sep=sep, end=end, file=file, flush=flush)
+            _builtin_print(*values, **options)
     else:
-        _builtin_print(*values, sep=sep, end=end, file=file, flush=flush)
+        _builtin_print(*values, **options)
 
 
-# help(print) and its repr read as always
+# It reads as the built-in: help(print), its repr, and pickling, by reference as
+# ``builtins.print`` (which it is in the executor): ``Pool.map(print, ...)`` or a namespace
+# holding ``print`` pickle, and load as the built-in anywhere else.
 whole_print.__doc__ = _builtin_print.__doc__
 whole_print.__name__ = whole_print.__qualname__ = "print"
+whole_print.__module__ = "builtins"
 
 
 class NoStdin(io.TextIOBase):
