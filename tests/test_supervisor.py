@@ -1220,6 +1220,32 @@ def test_late_output_in_a_shared_namespace_goes_to_the_notebook_whose_cell_start
     ]
 
 
+def test_a_crash_in_a_shared_namespace_is_told_to_each_notebook_and_its_leftovers_to_one(
+    port, tmp_path
+):
+    """Notebook A's cell in a namespace B shares starts a process, then its executor dies.
+    A hears it in its cell (naming the shared namespace); B's next cell first hears that the
+    shared namespace was lost (it met an empty namespace in silence); what A's process
+    writes afterwards reaches A's next cell, not B's (it went to B, unmarked)."""
+    a = in_session("a", namespace="team")
+    b = in_session("b", namespace="team")
+    port.run("v = 1", **b)
+    flag = tmp_path / "written"
+    code = (
+        "import os, subprocess\n"
+        f"subprocess.Popen('sleep 1; echo from a process of a; touch {flag}', shell=True)\n"
+        "os._exit(1)\n"
+    )
+    died = done(port.run(code, timeout=WAIT_S, **a)).header["message"]
+    assert "shared namespace 'team' died during the cell" in died and "exit code 1" in died
+    wait_for(flag.exists, "A's process to write")
+    events = port.run("print('v' in globals())", **b)
+    notices = [e.header["text"] for e in events if e.kind == Kind.NOTICE]
+    assert len(notices) == 1 and "died during a cell of another notebook" in notices[0]
+    assert stdout(events) == "False\n"
+    assert "from a process of a" in stdout(port.run("print('a again')", **a))
+
+
 def test_a_queued_call_says_what_it_waits_for(port):
     first = port.execute("import time\ntime.sleep(4)")
     second = port.execute("print('second')")

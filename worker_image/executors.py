@@ -329,15 +329,23 @@ class ExecutorProcess:
         slowed down, never dropped."""
         if self.current is not None:
             return self.current.blocked
+        return self.late_full
+
+    @property
+    def late_full(self) -> bool:
+        """The output kept for the next request reached ``LATE_HOLD_*``."""
         return self.late_chars >= LATE_HOLD_CHARS or len(self.late) >= LATE_HOLD_EVENTS
 
-    def keep_late(self, kind: str, payload: Any, buffers: list[Any] | None = None) -> None:
+    def keep_late(
+        self, kind: str, payload: Any, buffers: list[Any] | None = None, owner: str | None = None
+    ) -> None:
         """Output after its cell ended: kept for the top of the next cell of the notebook
-        whose request ended last here (``last_client``), up to ``LATE_MAX_CHARS`` of text
+        whose request ended last here (``last_client``; ``owner`` when it is known to be
+        another's), up to ``LATE_MAX_CHARS`` of text
         (its end: the oldest is cut) and ``LATE_MAX_EVENTS``.  Short text right after text
         of the same stream and notebook joins it (``print`` writes its text and its newline
         apart: the line stays one piece of output)."""
-        owner = self.last_client
+        owner = self.last_client if owner is None else owner
         last = self.late[-1] if self.late else None
         if (
             isinstance(payload, str)

@@ -31,6 +31,7 @@ EVERY_EVENT = 2**62  # every mark is behind us: the executor that wrote them is 
 @dataclass
 class Adopted:
     key: str | None  # the namespace the executor served (None: a spare)
+    owner: str  # the client session whose output it is (whose request ran, or ended, last)
     number: int  # the executor's number, for the log
     reader: PipeReader  # its reader, with any character still half-decoded
 
@@ -44,16 +45,16 @@ class LeftoverPipes:
 
     def __init__(self) -> None:
         self.pipes: dict[int, Adopted] = {}
-        self.waiting = Recent(WAITING_KEPT)  # key -> deque of (stream name, text)
+        self.waiting = Recent(WAITING_KEPT)  # key -> deque of (stream name, text, owner)
 
-    def adopt(self, fd: int, key: str | None, number: int, reader: PipeReader) -> None:
+    def adopt(self, fd: int, key: str | None, owner: str, number: int, reader: PipeReader) -> None:
         """Keep reading ``fd`` (now ours to close); closed at once past ``MAX_ADOPTED``."""
         if len(self.pipes) >= MAX_ADOPTED:
             log.warning("executor %d: too many pipes left open by processes; closed", number)
             with contextlib.suppress(OSError):
                 os.close(fd)
             return
-        self.pipes[fd] = Adopted(key, number, reader)
+        self.pipes[fd] = Adopted(key, owner, number, reader)
 
     def read(self, fd: int) -> tuple[Adopted, str]:
         """Read what ``fd`` holds now: (whose it is, the text).  At end of file the pipe
@@ -76,21 +77,21 @@ class LeftoverPipes:
                 os.close(fd)
         return adopted, text
 
-    def keep(self, key: str, name: str, text: str) -> None:
+    def keep(self, key: str, name: str, text: str, owner: str) -> None:
         """Text for namespace ``key``, which has no executor now: for its next one."""
         kept = self.waiting.get(key)
         if kept is None:
             kept = self.waiting[key] = deque()
-        kept.append((name, text))
-        total = sum(len(t) for _, t in kept)
+        kept.append((name, text, owner))
+        total = sum(len(t) for _, t, _ in kept)
         while total > LATE_MAX_CHARS and kept:
             total -= len(kept.popleft()[1])
 
     def full(self, key: str | None) -> bool:
         kept = self.waiting.get(key) if key is not None else None
-        return kept is not None and sum(len(t) for _, t in kept) >= LATE_HOLD_CHARS
+        return kept is not None and sum(len(t) for _, t, _ in kept) >= LATE_HOLD_CHARS
 
-    def take(self, key: str) -> list[tuple[str, str]]:
+    def take(self, key: str) -> list[tuple[str, str, str]]:
         return list(self.waiting.pop(key, ()))
 
     def close(self) -> None:

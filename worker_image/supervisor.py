@@ -268,7 +268,7 @@ class Supervisor:
                 items.extend(
                     (fd, zmq.POLLIN)
                     for fd, adopted in self.leftovers.pipes.items()
-                    if not self._left_text_held(adopted.key)
+                    if not self._left_text_held(adopted.key, adopted.owner)
                 )
                 timeout = 0 if waiting else max(0, math.ceil((due - now) * 1000))
                 ready = zmq.zmq_poll(items, timeout)
@@ -313,7 +313,7 @@ class Supervisor:
         elif what in self.leftovers.pipes:
             adopted, text = self.leftovers.read(what)
             if text:
-                self._left_text(adopted.key, adopted.reader.name, text)
+                self._left_text(adopted.key, adopted.owner, adopted.reader.name, text)
         elif what == self.thread_out.fileno():
             for target, kind, header, buffers in self.thread_out.drain():
                 self._signed(target.route, kind, encode_header(header), buffers)
@@ -780,8 +780,8 @@ class Supervisor:
             lost = self._lost_while_idle.pop(key, None)
             if lost is not None:
                 ex.inherit(*lost)
-            for name, text in self.leftovers.take(key):
-                ex.keep_late(name, text)
+            for name, text, owner in self.leftovers.take(key):
+                ex.keep_late(name, text, owner=owner)
             ex.key = key
             ex.serving_since = time.monotonic()
             ex.label = key.split(":", 1)[-1][:12] if key != "default" else "default"
@@ -1017,25 +1017,32 @@ class Supervisor:
         for fd in list(ex.pipes):
             self._read_pipe(ex, fd)
 
-    def _left_text(self, key: str | None, name: str, text: str) -> None:
-        """Text from a pipe of a dead executor of namespace ``key`` (``leftovers``): to the
-        namespace's executor now, as output of a finished cell's thread goes (in its running
-        request, else kept for the next, marked late), or kept for the next executor."""
+    def _left_text(self, key: str | None, owner: str, name: str, text: str) -> None:
+        """Text from a pipe of a dead executor of namespace ``key`` (``leftovers``), which
+        notebook ``owner``'s request started: to the namespace's executor now, as output of
+        a finished cell's thread goes (in that notebook's running request, else kept for
+        its next one, marked late), or kept for the next executor."""
         ex = self.executors.get(key) if key is not None else None
         if ex is not None and ex.exited() is None:
-            self._add_stream(ex, name, text)
+            if ex.current is not None and ex.current.client == owner:
+                self._add_stream(ex, name, text)
+            else:  # (in a shared namespace, not into another notebook's cell)
+                ex.keep_late(name, text, owner=owner)
         elif key is not None:
-            self.leftovers.keep(key, name, text)
+            self.leftovers.keep(key, name, text, owner)
         else:
             log.info("output of a process a spare executor left: %r", text[:200])
 
-    def _left_text_held(self, key: str | None) -> bool:
+    def _left_text_held(self, key: str | None, owner: str) -> bool:
         """Whether to leave a dead executor's pipes unread this turn: where their text goes
-        is full (its namespace's executor is held back, or what waits for one reached the
-        hold).  The processes writing there wait: slowed down, never dropped."""
+        (see ``_left_text``) is full: ``owner``'s running request is behind on credit, or
+        the output kept for a next request reached the hold.  The processes writing there
+        wait: slowed down, never dropped."""
         ex = self.executors.get(key) if key is not None else None
         if ex is not None and ex.exited() is None:
-            return ex.held_back
+            if ex.current is not None and ex.current.client == owner:
+                return ex.current.blocked
+            return ex.late_full
         return self.leftovers.full(key)
 
     def _add_stream(self, ex: ExecutorProcess, name: str, text: str) -> None:
@@ -1080,9 +1087,10 @@ class Supervisor:
         # Events it sent before dying still count (e.g. DONE of exit()).
         self._receive_executor(ex, to_the_end=True)
         self._flush_stream(ex)
+        owner = ex.current.client if ex.current is not None else ex.last_client
         for fd in list(ex.pipes):  # a process it started holds it open: read on
             del ex.pipes[fd]  # (not closed with the executor)
-            self.leftovers.adopt(fd, ex.key, ex.number, ex.readers[fd])
+            self.leftovers.adopt(fd, ex.key, owner, ex.number, ex.readers[fd])
         req = ex.current
         sentence = ex.exit_sentence(code)
         log.log(
@@ -1117,12 +1125,19 @@ class Supervisor:
                 header = done_header(DoneStatus.RESTARTING, message=message)
                 self._to_client(req, Kind.DONE, header)
             else:
-                message = (
-                    f"The remote executor of this notebook died during the {req.what} "
-                    f"({sentence}); "
-                    "its output until then is above, and this notebook's remote namespace "
-                    "was lost."
-                )
+                if ex.shared:
+                    whose = _whose(ex)
+                    message = (
+                        f"{whose[0].upper()}{whose[1:]} died during the {req.what} "
+                        f"({sentence}); its output until then is above, and the shared "
+                        "namespace was lost."
+                    )
+                else:
+                    message = (
+                        f"The remote executor of this notebook died during the {req.what} "
+                        f"({sentence}); its output until then is above, and this notebook's "
+                        "remote namespace was lost."
+                    )
                 error = {"ename": "ExecutorDied", "evalue": message, "traceback": [message]}
                 self._to_client(req, Kind.ERROR, error)
                 self._to_client(req, Kind.DONE, done_header(DoneStatus.LOST, message=message))
@@ -1180,6 +1195,12 @@ class Supervisor:
         if ex.kill_reason == "interrupt" and ex.shared:
             return (
                 f"{whose} was restarted: a cell of another notebook {how}; the namespace was lost."
+            )
+        if ex.shared and req is not None and ex.kill_reason in (None, "link"):
+            # (the notebook whose request it ran hears it in that request's DONE)
+            return (
+                f"{whose} died during a {req.what} of another notebook ({sentence}); the "
+                "namespace was lost."
             )
         return None
 
