@@ -819,28 +819,29 @@ def test_a_thread_printing_while_its_cell_runs_shows_in_that_cell(port):
     assert stdout(port.run(code)) == "tick 0\ntick 1\ntick 2\n"
 
 
-def test_a_large_event_is_announced_to_the_broker_before_it_goes(port):
-    """A heartbeat just before a large event says its size and its client, so the broker
-    allows for the heartbeats held up behind it and tells the client (see
-    test_worker_link.py); a small event goes unannounced."""
-    request_id = port.execute("big = b'x' * (40 << 20)\nsmall = 1", pull=["big"])
+def announcements_until_done(port: BrokerPort, request_id: str) -> list:
+    """The ``sending`` heartbeats (size, client handle) before ``request_id``'s DONE."""
     seen = []
-    while not seen or seen[-1] != "done":
+    while True:
         _, msg = port.recv()
         if msg.kind == Kind.HEARTBEAT and msg.header.get("sending"):
             seen.append((msg.header["sending"], msg.header["sending_to"]))
         elif msg.kind == Kind.DONE and msg.header.get("id") == request_id:
-            seen.append("done")
-    assert len(seen) == 2 and seen[0][0] >= 40 << 20 and seen[0][1] == CLIENT.hex()
-    request_id = port.execute("pass", pull=["small"])
-    beats = []
-    while True:
-        _, msg = port.recv()
-        if msg.kind == Kind.HEARTBEAT:
-            beats.append(msg.header.get("sending", 0))
-        elif msg.kind == Kind.DONE and msg.header.get("id") == request_id:
-            break
-    assert not any(beats)
+            return seen
+
+
+def test_a_large_event_is_announced_to_the_broker_before_it_goes(port):
+    """A heartbeat just before a large event says its size and its client, so the broker
+    allows for the heartbeats held up behind it and tells the client (see
+    test_worker_link.py): a large pull, and a display whose text (in its header) is large;
+    a small event goes unannounced."""
+    pull = port.execute("big = b'x' * (40 << 20)\nsmall = 1", pull=["big"])
+    [(size, handle)] = announcements_until_done(port, pull)
+    assert size >= 40 << 20 and handle == CLIENT.hex()
+    shown = "import IPython.display as d\nd.display({'text/plain': 'x' * (20 << 20)}, raw=True)"
+    [(size, _)] = announcements_until_done(port, port.execute(shown))
+    assert size >= 20 << 20
+    assert announcements_until_done(port, port.execute("pass", pull=["small"])) == []
 
 
 def test_no_event_is_dropped_for_a_slow_reader(port):

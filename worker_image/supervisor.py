@@ -378,19 +378,20 @@ class Supervisor:
             return
         else:
             key = self._session_key
-            if buffers and route != protocol.TO_BROKER:
-                self._announce_large(route, buffers)
+            if route != protocol.TO_BROKER:
+                self._announce_large(route, header, buffers)
         self._send(protocol.encode_signed(key, kind, header, buffers, route=route))
 
-    def _announce_large(self, route: bytes, buffers: Any) -> None:
+    def _announce_large(self, route: bytes, header: bytes, buffers: Any) -> None:
         """Before a large message to a client: a heartbeat saying its size, so the broker
         gives the heartbeats queued behind it time to come (``transfer_allowance_s``) and
         tells the client the same about its PONGs.  Without it a 1 GB result made the worker
         look dead to the broker, or the broker to the client, and the cell was abandoned."""
-        size = sum(memoryview(b).nbytes for b in buffers)
+        # The header counts too: a display's text, however large, travels in it.
+        size = len(header) + sum(memoryview(b).nbytes for b in buffers)
         if size >= protocol.LARGE_MESSAGE_BYTES:
-            header = {**self._heartbeat_header(), "sending": size, "sending_to": route.hex()}
-            self._to_broker(Kind.HEARTBEAT, header)
+            beat = {**self._heartbeat_header(), "sending": size, "sending_to": route.hex()}
+            self._to_broker(Kind.HEARTBEAT, beat)
 
     def _to_broker(self, kind: str, header: dict[str, Any]) -> None:
         self._signed(protocol.TO_BROKER, kind, protocol.encode_header(header))
