@@ -441,7 +441,9 @@ def test_coming_back_to_a_namespace_never_pushes_an_older_local_copy_over_it(sta
     """Leaving a namespace and coming back (``%rexec_attach``) keeps what the notebook knew
     of it: a value this notebook did not change since it last exchanged it stays as it is
     there, whether another notebook changed it (shared) or a cell left it remote (its own).
-    Coming back used to start from an empty record and push the notebook's copy over it."""
+    Coming back used to start from an empty record and push the notebook's copy over it.
+    A cell reading a value another notebook changed brings it back (the worker keeps what
+    each notebook last saw)."""
     _, kc = kernel
     other_km, other = start_kernel(stack)
     try:
@@ -460,6 +462,13 @@ def test_coming_back_to_a_namespace_never_pushes_an_older_local_copy_over_it(sta
         assert text_of(outputs) == "from B\n"
         _, outputs = run(other, "%%remote --no-push\nprint(x)")
         assert text_of(outputs) == "from B\n"
+        # A cell that read x brought B's value back, so the notebook's x is current, and
+        # assigning its old value again is a change that goes (it was taken for none).
+        _, outputs = run(kc, "print(x)")
+        assert text_of(outputs) == "from B\n"
+        run(kc, "x = 'from A'")
+        _, outputs = run(kc, "%%remote\nprint(x)")
+        assert text_of(outputs) == "from A\n"
     finally:
         run(kc, "%rexec_attach")
         other.stop_channels()

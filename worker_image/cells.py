@@ -60,6 +60,7 @@ class Cell:
     inband: bool = False  # CALL values go back as one plain pickle each (legacy clients)
     received_at: float = field(default_factory=time.perf_counter)
     session: str = ""  # which executor: the client's session, or a shared namespace
+    client: str = ""  # the client session that sent it ("" without one: legacy clients)
     credit: int | None = None  # events the client lets be in flight unacknowledged
 
     @property
@@ -91,6 +92,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
             watch=list(call.watch),  # the globals the function reads: changes come back
             pull_changed=True,
             session=placement(call),
+            client=call.session,
             credit=call.credit,
         )
     ex = msg.read(Execute)
@@ -108,6 +110,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
         want_result=ex.result,
         number=ex.cell,
         session=placement(ex),
+        client=ex.session,
         credit=ex.credit,
     )
 
@@ -161,6 +164,7 @@ class CellRunner:
     def run(self, cell: Cell) -> None:
         target = cell.target
         self.outbox.current = target
+        self.watch.serve(cell.client)  # what changes is what changed since it last saw
         started = time.perf_counter()
         entries: list[dict[str, Any]] = []
         frames: list[Any] = []

@@ -21,6 +21,9 @@ from typing import Any
 
 from rexec_magic import protocol, serialize
 from rexec_magic.sync import RESULT
+from worker_image.recent import Recent
+
+WATCH_CLIENTS_KEPT = 256  # client sessions whose view of the namespace is kept (the newest)
 
 
 def megabytes(n: int) -> str:
@@ -101,13 +104,32 @@ def load_pushed(
 
 
 class Watch:
-    """Content hashes of the values of exchanged names, as of their last exchange."""
+    """Content hashes of the values of exchanged names, as of their last exchange with each
+    client (``serve``).
+
+    Per client because a shared namespace serves several notebooks: when B changes ``x``,
+    A's hash of ``x`` stays what A last saw, so A's next cell that reads ``x`` reports it
+    changed and brings B's value back.  With one set of hashes for all, A's copy stayed old
+    and was never refreshed, and A assigning its old value again was taken for no change
+    (not sent).
+    """
 
     def __init__(self) -> None:
-        self.digests: dict[str, str] = {}
+        self._views = Recent(WATCH_CLIENTS_KEPT)  # client session -> {name: digest}
+        self.digests: dict[str, str] = self.serve("")
+
+    def serve(self, client: str) -> dict[str, str]:
+        """Compare against what ``client`` (a client session; "" for those without one)
+        last saw, from now on; returns its hashes."""
+        view = self._views.get(client)
+        if view is None:
+            view = self._views[client] = {}
+        self.digests = view
+        return view
 
     def invalidate(self, names: Iterable[str] | None = None) -> None:
-        """Forget hashes (all when ``names`` is None): those values were replaced."""
+        """Forget this client's hashes (all when ``names`` is None): it sent those values,
+        so it holds them as they are now (rehashed before the cell)."""
         if names is None:
             self.digests.clear()
         else:
