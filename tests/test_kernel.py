@@ -8,6 +8,8 @@ import os
 import queue
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from jupyter_client.manager import KernelManager
@@ -410,12 +412,23 @@ def test_two_notebooks_have_separate_namespaces_and_run_side_by_side(stack, kern
         other_km.shutdown_kernel(now=True)
 
 
-def test_a_shared_namespace_is_opt_in(stack, kernel):
-    _, kc = kernel
+@contextmanager
+def sharing(stack, kc, name: str = "team") -> Iterator[Any]:
+    """A second kernel, and both attached to namespace ``name``; detached and shut after."""
     other_km, other = start_kernel(stack)
     try:
-        run(kc, "%rexec_attach team")
-        run(other, "%rexec_attach team")
+        run(kc, f"%rexec_attach {name}")
+        run(other, f"%rexec_attach {name}")
+        yield other
+    finally:
+        run(kc, "%rexec_attach")
+        other.stop_channels()
+        other_km.shutdown_kernel(now=True)
+
+
+def test_a_shared_namespace_is_opt_in(stack, kernel):
+    _, kc = kernel
+    with sharing(stack, kc) as other:
         run(kc, "%remote shared = 42")
         _, outputs = run(other, "%%remote\nprint(shared)")
         assert text_of(outputs) == "42\n"
@@ -432,10 +445,6 @@ def test_a_shared_namespace_is_opt_in(stack, kernel):
         collect(kc, slow)
         _, outputs = run(other, "%rexec_status")
         assert "executor shared: team (this notebook)" in str(outputs)
-    finally:
-        run(kc, "%rexec_attach")
-        other.stop_channels()
-        other_km.shutdown_kernel(now=True)
 
 
 def test_coming_back_to_a_namespace_never_pushes_an_older_local_copy_over_it(stack, kernel):
@@ -446,13 +455,10 @@ def test_coming_back_to_a_namespace_never_pushes_an_older_local_copy_over_it(sta
     A cell reading a value another notebook changed brings it back (the worker keeps what
     each notebook last saw)."""
     _, kc = kernel
-    other_km, other = start_kernel(stack)
-    try:
-        run(kc, "y = 'local'")
-        run(kc, "%%remote\nprint(y)")
-        run(kc, "%%remote --no-pull\ny = 'left remote'")
-        run(kc, "%rexec_attach team")
-        run(other, "%rexec_attach team")
+    run(kc, "y = 'local'")
+    run(kc, "%%remote\nprint(y)")
+    run(kc, "%%remote --no-pull\ny = 'left remote'")
+    with sharing(stack, kc) as other:
         run(kc, "%remote x = 'from A'")
         run(other, "%%remote\nx = 'from B'")
         run(kc, "%rexec_attach")
@@ -470,10 +476,6 @@ def test_coming_back_to_a_namespace_never_pushes_an_older_local_copy_over_it(sta
         run(kc, "x = 'from A'")
         _, outputs = run(kc, "%%remote\nprint(x)")
         assert text_of(outputs) == "from A\n"
-    finally:
-        run(kc, "%rexec_attach")
-        other.stop_channels()
-        other_km.shutdown_kernel(now=True)
 
 
 def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):

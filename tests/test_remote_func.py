@@ -86,9 +86,10 @@ def slow(seconds, flag):
     time.sleep(seconds)
     return seconds
 
-def stubborn():
+def stubborn(flag):
     try:
         yield 0
+        open(flag, "w").close()
         time.sleep(100)  # where the interrupt finds it
     except KeyboardInterrupt:
         time.sleep(8)  # past the interrupt's grace period
@@ -425,12 +426,16 @@ def test_an_argument_that_cannot_travel_is_named_as_an_argument(nb):
     assert nb["add"](1) == 2
 
 
-def test_a_remote_generator_left_early_that_costs_the_namespace_says_so_next(nb, capfd):
+def test_a_remote_generator_left_early_that_costs_the_namespace_says_so_next(nb, capfd, tmp_path):
     """Leaving a remote generator early interrupts it; one that then takes longer than the
     grace period to stop costs the namespace, and the next call says so (it met an empty
-    namespace in silence: nobody waited for the generator's end)."""
+    namespace in silence: nobody waited for the generator's end).  The loop leaves once the
+    generator is past its ``yield`` (an interrupt that came while its item was still being
+    sent stops it at once, before its handler: nothing is lost then)."""
     nb["remember"]("kept", 0)
-    for _ in nb["stubborn"]():
+    flag = tmp_path / "sleeping"
+    for _ in nb["stubborn"](str(flag)):
+        wait_for(flag.exists, "the generator to go on past its yield")
         break
     capfd.readouterr()
     assert nb["recall"]() is None  # a fresh executor

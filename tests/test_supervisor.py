@@ -1163,11 +1163,7 @@ def test_a_shared_namespace_restarted_for_a_gone_kernels_cell_says_so_to_the_oth
     namespace was lost (never a bare NameError)."""
     alive = in_session("alive", namespace="team", keepalive_s=0.5)
     port.run("v = 1", **alive)
-    code = (
-        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-        "print('go', flush=True)\ntime.sleep(100)"
-    )
-    stuck = port.execute(code, **in_session("gone", namespace="team", keepalive_s=0.5))
+    stuck = port.execute(IGNORES_SIGINT, **in_session("gone", namespace="team", keepalive_s=0.5))
     port.recv_kind(Kind.STREAM)
     assert done(pinging(port, [stuck], alive)[stuck]).header["status"] == DoneStatus.RESTARTING
     log = port.log_text()  # each line once: the kill was not followed by a second interrupt
@@ -1247,32 +1243,27 @@ def test_a_crash_in_a_shared_namespace_is_told_to_each_notebook_and_its_leftover
     assert "from a process of a" in stdout(port.run("print('a again')", **a))
 
 
-def test_a_queued_call_says_what_it_waits_for(port):
-    first = port.execute("import time\ntime.sleep(4)")
-    second = port.execute("print('second')")
-    notice = port.recv_kind(Kind.NOTICE, timeout=WAIT_S)
-    assert notice.header["id"] == second
-    assert "waiting for this notebook's previous cell (running" in notice.header["text"]
-    assert done(port.events(first)).header["status"] == DoneStatus.OK
-    assert stdout(port.events(second)) == "second\n"
-
-
-def test_a_cell_waiting_behind_an_interrupted_cell_hears_it_is_being_stopped(port):
-    """The notice of a cell queued behind one that was interrupted and has not stopped yet
-    says so, not just how long it runs (the user pressed stop: a bare "running 3 s" read as
-    if the interrupt had been lost)."""
-    code = (
-        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-        "print('go', flush=True)\ntime.sleep(100)"
-    )
-    first = port.execute(code)
+@pytest.mark.parametrize(
+    ("ahead", "interrupted", "says", "ahead_ends"),
+    [
+        ("print('go', flush=True)\nimport time\ntime.sleep(4)", False, "", DoneStatus.OK),
+        (IGNORES_SIGINT, True, "interrupted, stopping; ", DoneStatus.RESTARTING),
+    ],
+    ids=["running", "interrupted"],
+)
+def test_a_queued_cell_says_what_it_waits_for(port, ahead, interrupted, says, ahead_ends):
+    """A cell queued behind this notebook's previous one says so, and, when that one was
+    interrupted and has not stopped yet, that it is being stopped (a bare "running 3 s"
+    read as if the interrupt had been lost)."""
+    first = port.execute(ahead)
     port.recv_kind(Kind.STREAM)
-    port.send(Kind.INTERRUPT, {"id": first})
+    if interrupted:
+        port.send(Kind.INTERRUPT, {"id": first})
     second = port.execute("print('second')")
     notice = port.recv_kind(Kind.NOTICE, timeout=WAIT_S)
     assert notice.header["id"] == second
-    assert "previous cell (interrupted, stopping; running" in notice.header["text"]
-    assert done(port.events(first)).header["status"] == DoneStatus.RESTARTING
+    assert f"waiting for this notebook's previous cell ({says}running" in notice.header["text"]
+    assert done(port.events(first)).header["status"] == ahead_ends
     assert stdout(port.events(second)) == "second\n"
 
 
