@@ -97,6 +97,7 @@ class RemoteSession:
         self._pinned: Origin | None = None
         self.notebook = _notebook_label()
         self._keepalive: threading.Event | None = None  # the running keepalive's stop
+        self._keepalive_now = threading.Event()  # set: it beats at once (and sees a stop)
         # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py):
         # one record per namespace it used (None: its own), ``sync`` the current one's.  A
         # new worker (stopped, restarted, another login) forgets them all (``_forget_all``).
@@ -181,14 +182,17 @@ class RemoteSession:
         period, as for a kernel that is gone) or until nothing holds this session any more."""
         if self._keepalive is None:
             self._keepalive = threading.Event()  # set: that thread stops
+            self._keepalive_now = threading.Event()
             threading.Thread(
-                target=_keep_alive, args=(weakref.ref(self), self._keepalive),
+                target=_keep_alive,
+                args=(weakref.ref(self), self._keepalive, self._keepalive_now),
                 name="rexec-keepalive", daemon=True,
             ).start()  # fmt: skip
 
     def _stop_keepalive(self) -> None:
         if self._keepalive is not None:
             self._keepalive.set()
+            self._keepalive_now.set()
             self._keepalive = None
 
     # ------------------------------------------------------------------ parts
@@ -235,6 +239,9 @@ class RemoteSession:
         name = name or None
         self.sync = self.sync_of(name)
         self.namespace = name
+        # Tell that namespace at once that this notebook is attached (a shared one's loss
+        # is then told to it too, even before a cell of it ran there).
+        self._keepalive_now.set()
 
     def sync_of(self, namespace: str | None) -> sync.NamespaceSync:
         """This notebook's record of ``namespace`` (None: its own), made on first use."""
@@ -784,13 +791,20 @@ def shared_session() -> RemoteSession:
         return _shared
 
 
-def _keep_alive(session_ref: weakref.ref[RemoteSession], stop: threading.Event) -> None:
+def _keep_alive(
+    session_ref: weakref.ref[RemoteSession], stop: threading.Event, now: threading.Event
+) -> None:
     """Keepalives on a connection of its own: the session's socket may be held for long
     (a remote generator consumed slowly), and a ZeroMQ socket belongs to one thread.  The
     thread holds its session only weakly, so a session its owner dropped stops saying that
-    a kernel exists (and its executor is freed after the worker's grace period)."""
+    a kernel exists (and its executor is freed after the worker's grace period).  ``now``
+    makes it beat at once (``%rexec_attach``)."""
     client: RexecClient | None = None
-    while not stop.wait(keepalive_interval()):
+    while True:
+        now.wait(keepalive_interval())
+        now.clear()
+        if stop.is_set():
+            break
         session = session_ref()
         if session is None:
             break

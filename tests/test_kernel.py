@@ -478,6 +478,22 @@ def test_coming_back_to_a_namespace_never_pushes_an_older_local_copy_over_it(sta
         assert text_of(outputs) == "from A\n"
 
 
+def test_a_name_another_notebook_deleted_stays_deleted(stack, kernel):
+    """B deletes a name A had sent to their shared namespace: A's next cell using it fails
+    as it would there (NameError) and A's copy goes too; A's old copy used to be sent
+    again, bringing back what B had deleted."""
+    _, kc = kernel
+    with sharing(stack, kc) as other:
+        run(kc, "%remote y0 = [5]")
+        run(other, "%remote del y0")
+        reply, _ = run(kc, "%%remote\ny0.append(1)")
+        assert (reply["status"], reply["ename"]) == ("error", "NameError")
+        _, outputs = run(kc, "print('y0' in globals())")
+        assert text_of(outputs) == "False\n"
+        reply, outputs = run(other, "%%remote\nprint('y0' in globals())")
+        assert text_of(outputs) == "False\n"
+
+
 def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
     """The cell is interrupted, then its executor stopped; the worker log says so once."""
     km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="0.5")

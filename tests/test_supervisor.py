@@ -1243,6 +1243,40 @@ def test_a_crash_in_a_shared_namespace_is_told_to_each_notebook_and_its_leftover
     assert "from a process of a" in stdout(port.run("print('a again')", **a))
 
 
+def test_a_name_another_notebook_deleted_is_reported_deleted_not_sent_again(port):
+    """A sent ``y0`` to a shared namespace; B deleted it there.  A's next cell, which
+    thinks the worker holds it (``have``), runs without it (NameError, as B left the
+    namespace) and hears it was deleted; A's copy used to be sent again and brought
+    back what B had deleted.  A name never seen here (the executor restarted) is still
+    asked for again (``resend``)."""
+    a = {"session": "a", "namespace": "team"}
+    b = {"session": "b", "namespace": "team"}
+    port.run("y0", push={"y0": [5]}, extra={**a, "watch": ["y0"]})
+    port.run("del y0", extra={**b, "watch": ["y0"]})
+    events = port.run("y0.append(1)", extra={**a, "have": ["y0"], "watch": ["y0"]})
+    d = done(events).header
+    assert d["status"] == DoneStatus.ERROR and d.get("deleted") == ["y0"]
+    assert [e.header["ename"] for e in events if e.kind == Kind.ERROR] == ["NameError"]
+    events = port.run("print(z)", extra={**a, "have": ["z"], "watch": ["z"]})
+    assert done(events).header["status"] == DoneStatus.RESEND
+    assert done(events).header["missing"] == ["z"]
+
+
+def test_a_notebook_attached_before_any_cell_of_it_ran_hears_of_a_loss(port):
+    """B attached to a shared namespace (its keepalives say so) but ran no cell there; A's
+    cell then crashes the namespace's executor.  B's first cell hears that the namespace
+    was lost (it met it empty in silence)."""
+    b = in_session("b", namespace="team", keepalive_s=10.0)
+    port.send(Kind.KEEPALIVE, {"id": "attached", **b["extra"]})  # before the executor exists
+    port.run("s = 1", **in_session("a", namespace="team"))
+    died = done(port.run("import os\nos._exit(3)", **in_session("a", namespace="team")))
+    assert died.header["status"] == DoneStatus.LOST
+    events = port.run("print('s' in globals())", **b)
+    notices = [e.header["text"] for e in events if e.kind == Kind.NOTICE]
+    assert len(notices) == 1 and "died during a cell of another notebook" in notices[0]
+    assert stdout(events) == "False\n"
+
+
 @pytest.mark.parametrize(
     ("ahead", "interrupted", "says", "ahead_ends"),
     [

@@ -170,8 +170,15 @@ class CellRunner:
         frames: list[Any] = []
         skipped: list[dict[str, str]] = []
         extra: dict[str, Any] = {}
-        missing = [n for n in cell.have if n not in self.shell.user_ns]
-        if missing:  # the client thinks we hold these (we restarted): it sends them again
+        # Names the client thinks we hold and we lack.  Ones this client saw here (in its
+        # hashes) were deleted since, by another notebook of a shared namespace or by code
+        # it did not watch: the cell runs without them and they are reported deleted (a
+        # resend would bring back what was deleted on purpose).  The others were never
+        # here: we restarted, and the client sends them again.
+        missing = [
+            n for n in cell.have if n not in self.shell.user_ns and n not in self.watch.digests
+        ]
+        if missing:
             status, extra = DoneStatus.RESEND, {"missing": missing}
         else:
             values, unloaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers)

@@ -183,6 +183,8 @@ class Supervisor:
         self._lost_while_idle = Recent(LOST_KEPT)  # key -> (the dead executor, sentence)
         # Pipes of dead executors that processes they started still write to.
         self.leftovers = LeftoverPipes()
+        # Shared namespaces with no executor yet -> client sessions attached to them.
+        self._attached = Recent(LOST_KEPT)
         # Cells and calls accepted here: one that comes again (its client resent it after a
         # broker restart lost the `accepted`) has reached the worker already and never runs
         # a second time.
@@ -656,6 +658,14 @@ class Supervisor:
             ex = self.executors.get(key)
             if ex is not None:
                 self._seen(ex, fields)
+        if fields.namespace and fields.session:
+            # Attached to a shared namespace, even if no cell of it ran there yet: it is one
+            # of its notebooks, and hears of a loss too (``ExecutorProcess.clients``).
+            ex = self.executors.get(keys[0])
+            if ex is not None:
+                ex.clients.add(fields.session)
+            else:
+                self._attached[keys[0]] = self._attached.get(keys[0], set()) | {fields.session}
 
     def _seen(self, ex: ExecutorProcess, fields: protocol.Placement) -> None:
         ex.last_seen = time.monotonic()
@@ -781,6 +791,7 @@ class Supervisor:
             lost = self._lost_while_idle.pop(key, None)
             if lost is not None:
                 ex.inherit(*lost)
+            ex.clients |= self._attached.pop(key, set())
             for name, text, owner in self.leftovers.take(key):
                 ex.keep_late(name, text, owner=owner)
             ex.key = key
@@ -1248,9 +1259,11 @@ class Supervisor:
         the executor (Jupyter aborts the cells queued behind an interrupted one), else as a
         lost namespace (an error, not a KeyboardInterrupt: nobody interrupted)."""
         status = DoneStatus.RESTARTING if interrupted else DoneStatus.LOST
+        lost = "" if interrupted else "; the namespace was lost"
         while ex.queue:
             req = ex.queue.popleft()
-            message = f"This {req.what} was not run: {why}."
+            message = f"This {req.what} was not run: {why}{lost}."
+            ex.told.add(req.client)  # (not told again at its next request)
             self._to_client(req, Kind.DONE, done_header(status, message=message))
 
     def _forget(self, ex: ExecutorProcess) -> None:
