@@ -338,18 +338,25 @@ class RemoteFunction:
         renderer = EventRenderer()
         items: list[Any] = []
         events = self._events(args, kwargs, cancel, ticket, origin)
+        interrupted = False
         try:
             while True:
                 try:
-                    msg = next(events)
+                    msg = events.throw(KeyboardInterrupt()) if interrupted else next(events)
                 except StopIteration as stop:
                     value = stop.value.values.get("return")
                     # A plain function that returned a generator: its items came one by one.
                     return items if items and value is None else value
-                if msg.kind == P.Kind.YIELD:
-                    items.append(_load_item(msg))
-                else:
-                    renderer(msg)
+                interrupted = False
+                try:
+                    if msg.kind == P.Kind.YIELD:
+                        items.append(_load_item(msg))
+                    else:
+                        renderer(msg)
+                except KeyboardInterrupt:
+                    # A Ctrl-C while output was shown: the call is interrupted as by one
+                    # while it waits (RemoteInterrupted), not left by a bare KeyboardInterrupt.
+                    interrupted = True
         except errors.RemoteCellError as exc:
             _reraise(exc)
         finally:
@@ -371,12 +378,21 @@ class RemoteFunction:
     ) -> Iterator[Any]:
         renderer = EventRenderer()
         events = self._events(args, kwargs, cancel, ticket, origin)
+        interrupted = False
         try:
-            for msg in events:
+            while True:
+                try:
+                    msg = events.throw(KeyboardInterrupt()) if interrupted else next(events)
+                except StopIteration:
+                    return
+                interrupted = False
                 if msg.kind == P.Kind.YIELD:
                     yield _load_item(msg)
-                else:
+                    continue
+                try:
                     renderer(msg)
+                except KeyboardInterrupt:  # while output was shown: as in ``_call``
+                    interrupted = True
         except errors.RemoteCellError as exc:
             _reraise(exc)
         finally:

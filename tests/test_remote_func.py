@@ -100,6 +100,11 @@ def ticking(flag):
     while True:
         yield "tick"
         time.sleep(0.2)
+
+def chatty():
+    print("working", flush=True)
+    while True:
+        time.sleep(0.05)
 """
 
 
@@ -165,6 +170,28 @@ def test_keyboard_interrupt_cancels_the_remote_call(nb, tmp_path):
         nb["forever"](str(flag))
     assert isinstance(info.value, errors.RemoteInterrupted)
     assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
+
+
+def test_a_ctrl_c_while_a_calls_output_is_shown_interrupts_the_call(nb, monkeypatch):
+    """The Ctrl-C comes while the notebook shows the call's output (simulated: showing its
+    first line raises KeyboardInterrupt): the call is interrupted and ends in one
+    RemoteInterrupted, as a Ctrl-C while it waits does; it used to leave as a bare
+    KeyboardInterrupt (seen under load)."""
+    from rexec_magic.render import EventRenderer
+
+    show = EventRenderer._show
+
+    def ctrl_c_on_output(self, msg):
+        if msg.kind == P.Kind.STREAM:
+            raise KeyboardInterrupt
+        return show(self, msg)
+
+    monkeypatch.setattr(EventRenderer, "_show", ctrl_c_on_output)
+    with pytest.raises(KeyboardInterrupt) as info:
+        nb["chatty"]()  # prints, then runs until interrupted
+    assert isinstance(info.value, errors.RemoteInterrupted)
+    monkeypatch.setattr(EventRenderer, "_show", show)
+    assert nb["add"](40, 2) == 42
 
 
 def test_ctrl_c_while_waiting_for_a_futures_result_says_what_it_cancelled(nb, tmp_path):
