@@ -654,6 +654,15 @@ class Broker:
     def _to_worker(self, route: bytes, kind: str, header: dict[str, Any] | None = None) -> None:
         self.backend.send_multipart([route, *P.encode(kind, header, route=P.TO_BROKER)])
 
+    def _route_of(self, handle: bytes | None, user: str) -> bytes | None:
+        """The routing id of the open connection of ``user`` with session ``handle``, or
+        None: a worker may only ever talk to its own user's connections."""
+        route = self.handles.get(handle) if handle is not None else None
+        session = self.sessions.get(route) if route is not None else None
+        if session is None or session.identity.sub != user:
+            return None
+        return route
+
     def _tell_sending(self, entry: WorkerEntry, handle_hex: str, nbytes: int) -> None:
         """Tell the client a large event of ``entry`` is on its way (an unasked PONG with
         ``sending``), so it allows for the PONGs held up behind it; only a connection of
@@ -662,9 +671,8 @@ class Broker:
             handle = bytes.fromhex(handle_hex)
         except ValueError:
             return self._malformed("backend", "a heartbeat named no client handle")
-        route = self.handles.get(handle)
-        session = self.sessions.get(route) if route is not None else None
-        if route is None or session is None or session.identity.sub != entry.user:
+        route = self._route_of(handle, entry.user)
+        if route is None:
             return None  # closed meanwhile, or not its user's: nobody to tell
         if self.legacy.owns(route):
             return None  # a legacy client has no such wait
@@ -721,12 +729,11 @@ class Broker:
         if wroute in self.pool_routes:
             return self._malformed("backend", "a pool worker addressed a client")
         user = entry.user
-        route = self.handles.get(target) if target is not None else None
-        session = self.sessions.get(route) if route is not None else None
-        if route is None or session is None or session.identity.sub != user:
-            # A worker may only ever talk to its own user's connections.  One of them that
-            # closed is news the worker has not had yet: its events are dropped quietly.
-            if route is None and target is not None and self.closed_handles.get(target) == user:
+        route = self._route_of(target, user)
+        if route is None:
+            # One of its user's connections that closed is news the worker has not had
+            # yet: its events are dropped quietly.
+            if target not in self.handles and self.closed_handles.get(target) == user:
                 log.debug("dropped a %s for a connection that closed", kind_b[:32])
                 return None
             return self._malformed("backend", "worker addressed no connection of its user")
