@@ -390,7 +390,7 @@ class Supervisor:
         tells the client the same about its PONGs.  Without it a 1 GB result made the worker
         look dead to the broker, or the broker to the client, and the cell was abandoned."""
         # The header counts too: a display's text, however large, travels in it.
-        size = len(header) + sum(memoryview(b).nbytes for b in buffers)
+        size = len(header) + serialize.nbytes(buffers)
         if size >= protocol.LARGE_MESSAGE_BYTES:
             beat = {**self._heartbeat_header(), "sending": size, "sending_to": route.hex()}
             self._to_broker(Kind.HEARTBEAT, beat)
@@ -1034,12 +1034,11 @@ class Supervisor:
         notebook ``owner``'s request started: to the namespace's executor now, as output of
         a finished cell's thread goes (in that notebook's running request, else kept for
         its next one, marked late), or kept for the next executor."""
-        ex = self.executors.get(key) if key is not None else None
-        if ex is not None and ex.exited() is None:
-            if ex.current is not None and ex.current.client == owner:
-                self._add_stream(ex, name, text)
-            else:  # (in a shared namespace, not into another notebook's cell)
-                ex.keep_late(name, text, owner=owner)
+        ex, running = self._left_target(key, owner)
+        if ex is not None and running is not None:
+            self._add_stream(ex, name, text)
+        elif ex is not None:  # (in a shared namespace, not into another notebook's cell)
+            ex.keep_late(name, text, owner=owner)
         elif key is not None:
             self.leftovers.keep(key, name, text, owner)
         else:
@@ -1050,12 +1049,24 @@ class Supervisor:
         (see ``_left_text``) is full: ``owner``'s running request is behind on credit, or
         the output kept for a next request reached the hold.  The processes writing there
         wait: slowed down, never dropped."""
-        ex = self.executors.get(key) if key is not None else None
-        if ex is not None and ex.exited() is None:
-            if ex.current is not None and ex.current.client == owner:
-                return ex.current.blocked
+        ex, running = self._left_target(key, owner)
+        if running is not None:
+            return running.blocked
+        if ex is not None:
             return ex.late_full
         return self.leftovers.full(key)
+
+    def _left_target(
+        self, key: str | None, owner: str
+    ) -> tuple[ExecutorProcess | None, Request | None]:
+        """Where text of a dead executor's pipe goes: namespace ``key``'s executor now (None:
+        none yet, it waits in ``leftovers``), and ``owner``'s request running there, which
+        it joins (None: kept late for ``owner``)."""
+        ex = self.executors.get(key) if key is not None else None
+        if ex is None or ex.exited() is not None:
+            return None, None
+        running = ex.current if ex.current is not None and ex.current.client == owner else None
+        return ex, running
 
     def _add_stream(self, ex: ExecutorProcess, name: str, text: str) -> None:
         if ex.current is None:
