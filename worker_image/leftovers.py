@@ -46,6 +46,7 @@ class LeftoverPipes:
     def __init__(self) -> None:
         self.pipes: dict[int, Adopted] = {}
         self.waiting = Recent(WAITING_KEPT)  # key -> deque of (stream name, text, owner)
+        self._chars: dict[str, int] = {}  # key -> characters waiting (``full`` each turn)
 
     def adopt(self, fd: int, key: str | None, owner: str, number: int, reader: PipeReader) -> None:
         """Keep reading ``fd`` (now ours to close); closed at once past ``MAX_ADOPTED``."""
@@ -82,16 +83,18 @@ class LeftoverPipes:
         kept = self.waiting.get(key)
         if kept is None:
             kept = self.waiting[key] = deque()
+            self._chars = {k: n for k, n in self._chars.items() if k in self.waiting}
         kept.append((name, text, owner))
-        total = sum(len(t) for _, t, _ in kept)
+        total = self._chars.get(key, 0) + len(text)
         while total > LATE_MAX_CHARS and kept:
             total -= len(kept.popleft()[1])
+        self._chars[key] = total
 
     def full(self, key: str | None) -> bool:
-        kept = self.waiting.get(key) if key is not None else None
-        return kept is not None and sum(len(t) for _, t, _ in kept) >= LATE_HOLD_CHARS
+        return key is not None and self._chars.get(key, 0) >= LATE_HOLD_CHARS
 
     def take(self, key: str) -> list[tuple[str, str, str]]:
+        self._chars.pop(key, None)
         return list(self.waiting.pop(key, ()))
 
     def close(self) -> None:
