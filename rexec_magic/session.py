@@ -240,7 +240,9 @@ class RemoteSession:
         self.sync = self.sync_of(name)
         self.namespace = name
         # Tell that namespace at once that this notebook is attached (a shared one's loss
-        # is then told to it too, even before a cell of it ran there).
+        # is then told to it too, even before a cell of it ran there): the keepalive starts
+        # here if no request of this notebook started it yet (a first `%rexec_attach`).
+        self._start_keepalive()
         self._keepalive_now.set()
 
     def sync_of(self, namespace: str | None) -> sync.NamespaceSync:
