@@ -56,6 +56,7 @@ class EventRenderer:
             # that cell ended (ipykernel shows it in the cell that started it; ours is gone).
             self._late_said = True
             sys.stdout.write("[rexec: output produced after the previous remote cell ended]\n")
+            sys.stdout.flush()  # before late stderr too, and apart from this cell's own text
         if isinstance(event, P.Notice) and event.about == "lost":
             sys.stdout.flush()
             self.notes.warning(f"rexec: {event.text}")  # a real problem: shown as one

@@ -596,3 +596,27 @@ def test_a_remote_generator_consumed_slowly_is_not_taken_for_a_dead_kernel(stack
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize("stream", ["stderr", "stdout"])
+def test_late_output_comes_under_its_header_and_before_the_cells_own(kernel, tmp_path, stream):
+    """Text a cell's thread wrote after the cell ended shows at the top of the next cell,
+    under the "[rexec: output produced after ...]" line, and the next cell's own text after
+    it.  Late stderr used to come first with no header, and the header (held back on
+    stdout) then sat over the next cell's own output, as if that were the late text."""
+    _, kc = kernel
+    written = tmp_path / "written"
+    run(
+        kc,
+        "%%remote --no-pull\nimport os, sys, threading, time\n"
+        "def late():\n    time.sleep(0.3)\n"
+        f"    print('from the thread', file=sys.{stream}, flush=True)\n"
+        f"    open({str(written)!r}, 'w').close()\n"
+        "threading.Thread(target=late).start()",
+    )
+    wait_for(written.exists, "the thread to write")
+    _, outputs = run(kc, "%%remote\nprint('own')")
+    # In the order the notebook shows them, stdout and stderr together.
+    text = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
+    header = "[rexec: output produced after the previous remote cell ended]"
+    assert text.index(header) < text.index("from the thread") < text.index("own"), text
