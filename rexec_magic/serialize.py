@@ -28,6 +28,7 @@ dill is kept for SciDx legacy clients only (``legacy=True``): they load replies 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -44,7 +45,7 @@ import sysconfig
 import threading
 import types
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -431,14 +432,43 @@ def pack_value(obj: Any, out_of_band: bool = True) -> Packed:
     stream = io.BytesIO()
     pickler = _Pickler(stream, keep_out_of_band if out_of_band else None)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # nothing of the pickler's own reaches the notebook
+        with _no_warnings_shown():
             pickler.dump(obj)
     except Refused:
         raise
     except Exception as exc:  # TypeError, PicklingError, RecursionError, ...
         raise SerializationError(f"{type(exc).__name__}: {exc}") from None
     return Packed([stream.getbuffer(), *(b.raw() for b in buffers)], list(pickler.reads))
+
+
+_quiet = threading.local()  # ``on``: this thread is (un)pickling, its warnings are not shown
+
+
+def _quiet_showwarning(*args: Any, **kwargs: Any) -> None:
+    """``warnings.showwarning`` while rexec pickles: drops what this thread's pickling
+    raises, passes everything else to the one it replaced (``wrapped``)."""
+    if getattr(_quiet, "on", False):
+        return None
+    return _quiet_showwarning.wrapped(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _no_warnings_shown() -> Iterator[None]:
+    """Warnings raised while (un)pickling in this thread are not shown: nothing of the
+    pickler's own reaches the notebook.  Not with ``warnings.catch_warnings()``: changing
+    the filters makes Python forget which warnings it has shown once per place, so after
+    each remote cell a warning of the user's that a local notebook shows once (IPython's
+    "To exit: use 'exit'" after ``sys.exit``, a library's DeprecationWarning) showed again.
+    Other threads' warnings show as ever (the filters are process-wide; this flag is not)."""
+    if warnings.showwarning is not _quiet_showwarning:  # first use, or replaced since
+        _quiet_showwarning.wrapped = warnings.showwarning  # type: ignore[attr-defined]
+        warnings.showwarning = _quiet_showwarning
+    before = getattr(_quiet, "on", False)
+    try:
+        _quiet.on = True
+        yield
+    finally:
+        _quiet.on = before
 
 
 def dumps(obj: Any, out_of_band: bool = True, legacy: bool = False) -> list[Any]:
@@ -453,8 +483,7 @@ def dumps(obj: Any, out_of_band: bool = True, legacy: bool = False) -> list[Any]
     if what is not None:
         raise Refused(what, type(obj).__name__)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _no_warnings_shown():
             return [dill.dumps(obj, protocol=PICKLE_PROTOCOL)]
     except Exception as exc:
         raise SerializationError(f"{type(exc).__name__}: {exc}") from None
@@ -468,8 +497,7 @@ def loads(frames: Sequence[Any]) -> Any:
     data = getattr(frames[0], "buffer", frames[0])
     bufs = [_view(f) for f in frames[1:]]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _no_warnings_shown():
             return dill.Unpickler(io.BytesIO(data), buffers=bufs).load()
     except Exception as exc:
         raise SerializationError(f"{type(exc).__name__}: {exc}") from None

@@ -7,6 +7,7 @@ socket gives them (``zmq.Frame``, read-only, the message's own memory).
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -196,3 +197,21 @@ def test_versions_describe_this_interpreter():
     mine = serialize.versions()
     assert mine["python"] == "{}.{}.{}".format(*sys.version_info[:3])
     assert mine["dill"] == dill.__version__
+
+
+def test_pickling_keeps_which_warnings_were_shown_once():
+    """A warning Python shows once per place (the default) stays shown once when values are
+    pickled and loaded in between, as for every remote cell: changing the warning filters
+    there made Python forget what it had shown, and the notebook saw it again after each
+    remote cell (IPython's "To exit: use 'exit'" after every remote ``sys.exit``)."""
+
+    def warn() -> None:
+        warnings.warn("shown once here", UserWarning, stacklevel=1)
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        warn()
+        serialize.loads(serialize.dumps({"a": [1, 2]}))
+        serialize.loads(serialize.dumps({"a": [1, 2]}, legacy=True))
+        warn()
+    assert [str(w.message) for w in shown] == ["shown once here"]
