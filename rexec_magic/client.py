@@ -39,6 +39,15 @@ EventHandler = Callable[[P.Message], None]
 Events = Generator[P.Message, None, "CellOutcome"]
 # Events a request yields to its caller as they come (the rest are bookkeeping).
 OUTPUT_KINDS = (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT, P.Kind.YIELD, P.Kind.NOTICE)
+
+
+class CloseGenerator(Exception):
+    """Thrown into a lazy call's events (``protocol.Call.lazy``) at the YIELD its consumer
+    holds, when the consumer left its loop: the remote generator is closed where it waits,
+    and the events go on to the call's DONE (its ``finally``'s output, the globals it
+    changed, as a local generator's ``close()`` leaves them)."""
+
+
 HELLO_TIMEOUT_S = 10.0
 ABANDONED_KEPT = 64  # ids of requests the user stopped waiting for, kept for their DONE
 HELD_KEPT = 10_000  # their output events, held for the next request (the oldest go first)
@@ -515,6 +524,7 @@ class RexecClient:
         slows the cell down and nothing is dropped on the way.
         """
         what = "call" if kind == P.Kind.CALL else "cell"
+        lazy = bool(header.get("lazy"))  # each item after the first waits for our NEXT
         started = False  # the worker accepted the cell: never resend it after that
         handled = 0  # events of this request handled here (acknowledged in batches)
         acked = 0
@@ -639,7 +649,17 @@ class RexecClient:
                     in_hand = None  # the caller has it now; a Ctrl-C there is thrown in
                     try:
                         yield msg
-                    except GeneratorExit:  # the consumer stopped: stop the remote work too
+                        if lazy and msg.kind == P.Kind.YIELD:  # the loop wants another item
+                            self._send(P.Kind.NEXT, {"id": req_id})
+                    except (GeneratorExit, CloseGenerator) as stop:
+                        if lazy and isinstance(stop, CloseGenerator):
+                            # The loop was left: close it where it waits, then read on to
+                            # its DONE (what its `finally` prints, the globals it changed).
+                            lazy = False  # no more items are asked for
+                            self._send(P.Kind.NEXT, {"id": req_id, "close": True})
+                            last_heard = time.monotonic()
+                            continue
+                        # The consumer stopped: stop the remote work too.
                         self._send(P.Kind.INTERRUPT, {"id": req_id})
                         # Nobody waits for its end: should it cost the namespace (it ignores
                         # the interrupt), the next request says so (``_hold``).

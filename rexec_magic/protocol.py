@@ -119,9 +119,11 @@ class Kind:
     ACK = "ack"  # {id, n}: the client has handled n events of that request (flow control)
     KEEPALIVE = "keepalive"  # {id, session, namespace?, keepalive_s}: the kernel still exists
     # {id, vars: [{name: fn|args|kwargs|globals, nbuffers}], have, watch, pull_limit, inband,
-    # client} + buffers: bind globals, call fn(*args, **kwargs); a generator's items come as
-    # YIELD, the return value with DONE (vars "return", then the watched globals that changed)
+    # client, lazy} + buffers: bind globals, call fn(*args, **kwargs); a generator's items come
+    # as YIELD, the return value with DONE (vars "return", then the watched globals that
+    # changed).  ``lazy``: each item after the first waits for the client's NEXT.
     CALL = "call"
+    NEXT = "next"  # {id, close}: make the lazy call's next item (close: close the generator)
     # Files (rexec_magic/transfer.py <-> worker_image/files.py).  Relative paths mean the
     # worker's own folder.  Chunks travel one buffer each; the receiver acknowledges what it
     # has handled so far (bytes, plus FILE_MESSAGE_COST per message) and the sender keeps at
@@ -182,7 +184,7 @@ class Kind:
 # What a client may send to its worker through the broker (anything else is dropped there).
 CLIENT_TO_WORKER = frozenset(
     {
-        Kind.EXECUTE, Kind.CALL, Kind.INTERRUPT, Kind.INSPECT, Kind.ACK, Kind.KEEPALIVE,
+        Kind.EXECUTE, Kind.CALL, Kind.NEXT, Kind.INTERRUPT, Kind.INSPECT, Kind.ACK, Kind.KEEPALIVE,
         Kind.PUT_OPEN, Kind.PUT_FILE, Kind.PUT_CHUNK, Kind.PUT_CLOSE, Kind.GET_OPEN,
         Kind.FILE_ACK, Kind.FILE_CANCEL, Kind.COMPLETE, Kind.INTROSPECT,
     }
@@ -678,6 +680,11 @@ class Call(Request, Placement):
     watch: Names = Field(default_factory=list)
     pull_limit: Annotated[int, Field(ge=0)] | None = None  # None: the worker's default
     credit: Annotated[int, Field(ge=1, le=MAX_CREDIT)] | None = None
+    # A generator's items one at a time, as a local generator makes them: after each YIELD
+    # the worker waits for the client's NEXT (the loop asked for another item) before it
+    # resumes the generator, and NEXT ``close`` closes it where it waits (GeneratorExit at
+    # its ``yield``).  False: it runs ahead as far as flow control lets it (``list()``).
+    lazy: bool = False
 
     @model_validator(mode="after")
     def _buffers(self, info: ValidationInfo) -> Call:
@@ -700,6 +707,13 @@ class Ack(Request):
     """The client has handled ``n`` events of request ``id`` (flow control)."""
 
     n: Annotated[int, Field(ge=0)]
+
+
+class Next(Request):
+    """The client's loop over lazy call ``id`` (``Call.lazy``) asks for the next item, or,
+    with ``close``, left the loop: the generator is closed where it waits."""
+
+    close: bool = False
 
 
 class Keepalive(Request, Placement):
@@ -972,6 +986,7 @@ HEADERS: dict[str, type[Header]] = {
     Kind.INTERRUPT: Interrupt,
     Kind.INSPECT: Inspect,
     Kind.ACK: Ack,
+    Kind.NEXT: Next,
     Kind.KEEPALIVE: Keepalive,
     Kind.PUT_OPEN: PutOpen,
     Kind.PUT_FILE: PutFile,

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, RUNNING
 from contextlib import contextmanager
@@ -26,7 +26,7 @@ from typing import Any
 
 from rexec_magic import errors, serialize
 from rexec_magic import protocol as P
-from rexec_magic.client import Events, pass_on_sigint
+from rexec_magic.client import CloseGenerator, Events, pass_on_sigint
 from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
 from rexec_magic.session import Origin, RemoteSession, shared_session, whose
@@ -264,6 +264,20 @@ def _reraise(exc: errors.RemoteCellError) -> None:
     raise exc.exception from RemoteTraceback("\n".join(exc.remote_traceback))
 
 
+def _close_remote(events: Events, renderer: EventRenderer) -> None:
+    """A lazy call's loop was left: close the remote generator where it waits and show
+    what comes until its DONE (its ``finally``'s output).  The DONE brings back what it
+    changed (``RemoteSession._synced_call``); an error its closing raised is raised here,
+    as a local ``close()`` raises it."""
+    try:
+        msg = events.throw(CloseGenerator())
+        while True:
+            renderer(msg)
+            msg = next(events)
+    except StopIteration:
+        return
+
+
 def _load_item(msg: P.Message) -> Any:
     try:
         return serialize.loads(msg.buffers)
@@ -302,6 +316,7 @@ class RemoteFunction:
         cancel: threading.Event | None = None,
         ticket: int | None = None,
         origin: Origin | None = None,
+        lazy: bool = False,
     ) -> Events:
         return self.session.call(
             self.func,
@@ -312,6 +327,7 @@ class RemoteFunction:
             cancel=cancel,
             ticket=ticket,
             origin=origin,
+            lazy=lazy,
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -362,11 +378,13 @@ class RemoteFunction:
         finally:
             events.close()
 
-    def _iterate_in_thread(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
+    def _iterate_in_thread(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Generator[Any, None, Any]:
         """A remote generator iterated outside the main thread: a kernel interrupt (a
         KeyboardInterrupt in the main thread only) stops it too (``cancel_unfinished``)."""
         with _thread_call() as cancel:
-            yield from self._iterate(args, kwargs, cancel)
+            return (yield from self._iterate(args, kwargs, cancel))
 
     def _iterate(
         self,
@@ -375,19 +393,37 @@ class RemoteFunction:
         cancel: threading.Event | None = None,
         ticket: int | None = None,
         origin: Origin | None = None,
-    ) -> Iterator[Any]:
+        lazy: bool = True,
+    ) -> Generator[Any, None, Any]:
+        """The remote generator's items, each made when this loop asks for it (``lazy``),
+        as a local generator's are: what it does, prints or changes happens item by item,
+        one round trip each.  Leaving the loop closes it where it waits (GeneratorExit at
+        its ``yield``): its ``finally`` runs and what it changed comes back before the loop
+        goes on.  Its ``return`` value is this generator's (``yield from``).  Not ``lazy``
+        (``submit()``, which takes them all): it runs ahead of the loop."""
         renderer = EventRenderer()
-        events = self._events(args, kwargs, cancel, ticket, origin)
+        events = self._events(args, kwargs, cancel, ticket, origin, lazy)
         interrupted = False
         try:
             while True:
                 try:
                     msg = events.throw(KeyboardInterrupt()) if interrupted else next(events)
-                except StopIteration:
-                    return
+                except StopIteration as stop:
+                    return stop.value.values.get("return")
                 interrupted = False
                 if msg.kind == P.Kind.YIELD:
-                    yield _load_item(msg)
+                    try:
+                        yield _load_item(msg)
+                    except GeneratorExit:
+                        if lazy:
+                            try:
+                                _close_remote(events, renderer)
+                            except errors.RemoteInterrupted as exc:
+                                # A Ctrl-C while it closed.  Said here: a loop left by
+                                # `break` closes it while it is collected, where Python
+                                # would only report the exception as ignored.
+                                NOTEBOOK.warning(f"rexec: closing a remote generator: {exc}")
+                        raise
                     continue
                 try:
                     renderer(msg)
@@ -406,7 +442,7 @@ class RemoteFunction:
         """
         if inspect.isgeneratorfunction(self.func):
             return _submit(
-                lambda **how: list(self._iterate(args, kwargs, **how)),
+                lambda **how: list(self._iterate(args, kwargs, **how, lazy=False)),
                 self.session,
             )
         return _submit(functools.partial(self._call, args, kwargs), self.session)

@@ -541,13 +541,16 @@ class RemoteSession:
         cancel: threading.Event | None = None,
         ticket: int | None = None,
         origin: Origin | None = None,
+        lazy: bool = False,
     ) -> Events:
         """Call ``fn`` on the worker (``remote_func``); start a worker first when needed.
 
         A generator: yields output events, returns the CellOutcome.  The connection is held
         until the generator ends or is closed; ``cancel`` (``RemoteFuture.cancel``)
         interrupts it.  ``ticket``: this call's place in line (``turns``), taken when it
-        was submitted; without one it lines up now.  No ping first: a missing worker is the
+        was submitted; without one it lines up now.  ``lazy``: a generator makes each item
+        when the caller asks for it (``protocol.Call.lazy``; throw ``CloseGenerator`` at a
+        YIELD to close it).  No ping first: a missing worker is the
         broker's immediate ``no_worker`` answer, which comes before any event.
         ``origin``: where and as whom it was made (``submit()``'s, see ``origin()``); by
         default now.  It runs in that namespace, and is not sent once another user logged
@@ -563,7 +566,9 @@ class RemoteSession:
             # What this notebook knows of that namespace (its own record of each one).
             state = self.sync_of(origin.namespace)
             self._pinned = origin
-            call = functools.partial(self._synced_call, fn, args, kwargs, timeout_s, cancel, state)
+            call = functools.partial(
+                self._synced_call, fn, args, kwargs, timeout_s, cancel, state, lazy
+            )
             try:
                 try:
                     self._fresh_worker()
@@ -599,6 +604,7 @@ class RemoteSession:
         timeout_s: float | None,
         cancel: threading.Event | None,
         state: sync.NamespaceSync,
+        lazy: bool = False,
     ) -> Events:
         """A call whose notebook globals follow the cells' sync rules: those ``fn`` reads go
         when they changed (never over newer remote values), and those it changes in place
@@ -625,7 +631,7 @@ class RemoteSession:
             values = {name: main[name] for name in plan.send}
             watch = list(dict.fromkeys([*reads, *plan.send, *plan.have]))
             limit = contract.DEFAULT_PULL_LIMIT_BYTES
-            fields = {"have": plan.have, "watch": watch, "pull_limit": limit}
+            fields = {"have": plan.have, "watch": watch, "pull_limit": limit, "lazy": lazy}
             try:
                 outcome = yield from self.client.call(
                     *packed.values(), timeout_s, values, fields, cancel

@@ -620,3 +620,34 @@ def test_late_output_comes_under_its_header_and_before_the_cells_own(kernel, tmp
     text = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
     header = "[rexec: output produced after the previous remote cell ended]"
     assert text.index(header) < text.index("from the thread") < text.index("own"), text
+
+
+def test_a_remote_generator_runs_item_by_item_as_a_local_one(kernel, tmp_path):
+    """A remote generator makes each item when the loop asks for it, as a local one does:
+    leaving the loop after item 2 leaves exactly three items' side effects (it used to run
+    on ahead, by hundreds), closes it there (its ``finally`` prints in this cell, before the
+    loop's next line) and brings back what it changed in the notebook's globals (they were
+    lost, and the notebook's old copy pushed over them).  Its ``return`` value is what
+    ``yield from`` gets (it was None)."""
+    _, kc = kernel
+    made = tmp_path / "made"
+    reply, outputs = run(
+        kc,
+        "from rexec_magic import remote_func\nseen = []\n"
+        "@remote_func\ndef counter(path):\n    try:\n        for i in range(1000):\n"
+        "            with open(path, 'a') as f:\n                f.write(f'{i} ')\n"
+        "            seen.append(i)\n            yield i\n        return 'all'\n"
+        "    finally:\n        print('closed after', len(seen), flush=True)\n"
+        f"for x in counter({str(made)!r}):\n    if x == 2:\n        break\n"
+        f"print('made', open({str(made)!r}).read().split(), 'seen', seen)\n"
+        "@remote_func\ndef short():\n    yield 1\n    return 'RV'\n"
+        "def wrap():\n    back = yield from short()\n    print('returned', back)\n"
+        "print(list(wrap()))",
+    )
+    assert reply["status"] == "ok", reply
+    assert text_of(outputs) == (
+        "closed after 3\nmade ['0', '1', '2'] seen [0, 1, 2]\nreturned RV\n[1]\n"
+    )
+    # The worker holds the same list: the notebook's copy is not pushed over it.
+    _, outputs = run(kc, "seen.append('here')\n%remote print(seen)")
+    assert text_of(outputs) == "[0, 1, 2, 'here']\n"

@@ -69,8 +69,16 @@ def invoke(
     outbox: EventChannel,
     target: Target,
     user_code_over: Callable[[], None],
+    next_item: Callable[[str], bool] | None = None,
 ) -> Result:
     """Call ``fn(*args, **kwargs)``; return ``(status, entries, frames)`` for DONE.
+
+    A generator's items leave as YIELD events.  With ``next_item`` (a lazy call,
+    ``protocol.Call.lazy``) it is resumed only when ``next_item(id)`` says the client's loop
+    asked for another item, and closed where it waits when it says the loop was left, as a
+    local generator is; its return value then comes back as the call's.  Without, it runs
+    ahead as far as flow control lets it (``list()``, ``submit()``), and the call returns
+    None (a plain function that returned a generator: its items are the result).
 
     KeyboardInterrupt (the caller cancelled) propagates to the cell runner.
     """
@@ -83,15 +91,28 @@ def invoke(
     try:
         result = fn(*args, **kwargs)
         if isinstance(result, types.GeneratorType):
-            for item in result:
-                try:
-                    parts = serialize.dumps(item, out_of_band=out_of_band, legacy=inband)
-                except serialize.SerializationError as exc:
-                    result.close()
-                    return _fail(outbox, target, "SerializationError", f"a yielded item: {exc}")
-                header = {"nbuffers": len(parts)}
-                outbox.event(target, Kind.YIELD, header, _owned(parts))
-            result = None
+            gen, result = result, None
+            try:
+                while True:
+                    try:
+                        item = next(gen)
+                    except StopIteration as stop:
+                        result = stop.value if next_item is not None else None
+                        break
+                    try:
+                        parts = serialize.dumps(item, out_of_band=out_of_band, legacy=inband)
+                    except serialize.SerializationError as exc:
+                        gen.close()
+                        return _fail(outbox, target, "SerializationError", f"a yielded item: {exc}")
+                    header = {"nbuffers": len(parts)}
+                    outbox.event(target, Kind.YIELD, header, _owned(parts))
+                    del item, parts
+                    if next_item is not None and not next_item(target.id):
+                        gen.close()  # the loop was left: GeneratorExit at its yield
+                        break
+            except KeyboardInterrupt:
+                gen.close()  # its `finally` runs now, in this call, not at a later collection
+                raise
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # the user's exception, SystemExit included

@@ -58,6 +58,7 @@ class Cell:
     number: int | None = None
     call: bool = False  # a CALL (a pickled function call) rather than an EXECUTE
     inband: bool = False  # CALL values go back as one plain pickle each (legacy clients)
+    lazy: bool = False  # a CALL's generator makes each item when the client asks (Call.lazy)
     received_at: float = field(default_factory=time.perf_counter)
     session: str = ""  # which executor: the client's session, or a shared namespace
     client: str = ""  # the client session that sent it ("" without one: legacy clients)
@@ -88,6 +89,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
             client_versions=call.client,
             call=True,
             inband=call.inband,
+            lazy=call.lazy,
             have=list(call.have),
             watch=list(call.watch),  # the globals the function reads: changes come back
             pull_changed=True,
@@ -141,9 +143,12 @@ class CellRunner:
         shell: WorkerShell,
         outbox: EventChannel,
         interrupted: Callable[[str], bool] = lambda request_id: False,
+        next_item: Callable[[str], bool] | None = None,
     ) -> None:
         self.shell = shell
         self.outbox = outbox
+        # Between two items of a lazy call: wait for the client's NEXT (``calls.invoke``).
+        self.next_item = next_item
         # Whether the supervisor interrupted this request before its user code started (the
         # SIGINT then came too early to count: see executor.InterruptPipe).
         self.interrupted = interrupted
@@ -299,7 +304,10 @@ class CellRunner:
             self._interruptible = True
             if self.interrupted(cell.id):
                 raise KeyboardInterrupt
-            return invoke(values, cell.inband, self.outbox, cell.target, self._stop_interrupts)
+            next_item = self.next_item if cell.lazy else None
+            return invoke(
+                values, cell.inband, self.outbox, cell.target, self._stop_interrupts, next_item
+            )
         except KeyboardInterrupt:
             self._stop_interrupts()
             self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])

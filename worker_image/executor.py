@@ -30,11 +30,14 @@ import faulthandler
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
 import threading
 import time
+from collections import deque
+from typing import Any
 
 import zmq
 from IPython.core.async_helpers import get_asyncio_loop
@@ -45,7 +48,7 @@ from rexec_magic.protocol import DoneStatus, Kind
 from worker_image import framing
 from worker_image.cells import CellRunner, cell_for, done_header
 from worker_image.introspect import Introspector
-from worker_image.outbox import READY, STOP, EventChannel, Target, private_std_fds
+from worker_image.outbox import READY, STOP, EventChannel, Target, no_sigint, private_std_fds
 from worker_image.shell import WorkerShell, make_shell, redirect_stdio
 from worker_image.variables import describe
 
@@ -140,7 +143,11 @@ class Executor:
         # One loop, as in a kernel: ``asyncio.get_event_loop()`` in a plain cell is the loop
         # ``await`` cells run on, which runs between cells (``_run_async_until_request``).
         asyncio.set_event_loop(get_asyncio_loop())
-        self.runner = CellRunner(self.shell, self.channel, InterruptPipe(interrupt_fd))
+        self.runner = CellRunner(
+            self.shell, self.channel, InterruptPipe(interrupt_fd), self._next_item
+        )
+        # Requests read while waiting for a NEXT (None: the link ended there).
+        self._early: deque[list[Any] | None] = deque()
         # Completion and ``obj?`` from this namespace, answered by a thread of its own.
         self.introspector = Introspector(self.shell, self.channel)
         self._stopping = threading.Event()
@@ -167,12 +174,15 @@ class Executor:
     def _next(self) -> protocol.Message | None:
         """Main thread: the next cell or call (None: stop)."""
         while True:
-            self._run_async_until_request()
-            try:
-                frames = self.requests.next()
-            except framing.FramingError as exc:  # a bug: nothing after it can be read
-                log.error("unreadable request link (%s); this executor ends", exc)
-                return None
+            if self._early:
+                frames = self._early.popleft()
+            else:
+                self._run_async_until_request()
+                try:
+                    frames = self.requests.next()
+                except framing.FramingError as exc:  # a bug: nothing after it can be read
+                    log.error("unreadable request link (%s); this executor ends", exc)
+                    return None
             if frames is None:  # the supervisor is gone
                 return None
             try:
@@ -184,7 +194,43 @@ class Executor:
                 return msg
             if msg.kind == STOP:
                 return None
+            if msg.kind == Kind.NEXT:  # for a lazy call that ended already (interrupted)
+                log.debug("dropped a next for a call that ended")
+                continue
             log.warning("dropped a request of unknown kind %r", msg.kind[:40])
+
+    def _next_item(self, request_id: str) -> bool:
+        """Main thread, between two items of lazy call ``request_id`` (``calls.invoke``):
+        wait for the client's NEXT.  True: make the next item; False: close the generator
+        (the client's loop was left, or the supervisor is gone).
+
+        The wait is user time (a Ctrl-C there is the call's KeyboardInterrupt), the read is
+        not: a message half read would leave the link unreadable, so SIGINT waits for it.
+        """
+        while True:
+            if not self.requests.ready():
+                select.select([self.link], [], [])  # SIGINT raises here: nothing read yet
+            try:
+                with no_sigint():
+                    frames = self.requests.next()
+            except framing.FramingError as exc:
+                log.error("unreadable request link (%s); the call's generator is closed", exc)
+                self._early.append(None)  # the main loop ends
+                return False
+            if frames is None:  # the supervisor is gone
+                self._early.append(None)
+                return False
+            try:
+                msg = protocol.decode(frames)
+                ask = msg.read(protocol.Next) if msg.kind == Kind.NEXT else None
+            except protocol.ProtocolError as exc:
+                log.warning("dropped a malformed request: %s", exc)
+                continue
+            if ask is None:  # not for this wait (the supervisor hands one request at a time)
+                self._early.append(frames)
+                continue
+            if ask.id == request_id:
+                return not ask.close
 
     def _run_async_until_request(self) -> None:
         """Between requests, run the asyncio loop that ``await`` cells run on, while it has

@@ -111,7 +111,7 @@ class EventChannel:
 
         header = {"id": target.id, **header}
         parts = protocol.encode(kind, encode_header(header), buffers)
-        with self._lock, _no_sigint():
+        with self._lock, no_sigint():
             self.sending_thread = threading.get_ident()
             try:
                 framing.send(self.link, parts)
@@ -149,12 +149,12 @@ class EventChannel:
 
     def internal(self, kind: str, header: dict[str, Any]) -> None:
         """A message for the supervisor itself (``ready``)."""
-        with self._lock, _no_sigint():
+        with self._lock, no_sigint():
             framing.send(self.link, protocol.encode(kind, header))
 
 
 @contextlib.contextmanager
-def _no_sigint() -> Iterator[None]:
+def no_sigint() -> Iterator[None]:
     """SIGINT held back in the main thread while inside; elsewhere nothing (``EventChannel``
     says why).  The mask as it was comes back after, a cell's own blocked signals included."""
     if threading.current_thread() is not threading.main_thread():

@@ -204,6 +204,7 @@ class Supervisor:
             Kind.INTERRUPT: self._on_interrupt,
             Kind.INSPECT: self._on_inspect,
             Kind.ACK: self._on_ack,
+            Kind.NEXT: self._on_next,
             Kind.KEEPALIVE: self._on_keepalive,
             Kind.COMPLETE: self._on_assist,
             Kind.INTROSPECT: self._on_assist,
@@ -635,17 +636,34 @@ class Supervisor:
             ex.grace_deadline = ex.interrupted_at + INTERRUPT_GRACE_S
             ex.kill_reason = reason
 
-    def _on_ack(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
-        ack = msg.read(protocol.Ack)
-        request_id, n = ack.id, ack.n
+    def _running(self, route: bytes, request_id: str) -> ExecutorProcess | None:
+        """The executor running request ``request_id`` of the client at ``route``."""
         for ex in self.all:
             cur = ex.current
             if cur is not None and cur.target.id == request_id and cur.target.route == route:
-                cur.acked = max(cur.acked, n)
-                ex.last_seen = time.monotonic()
-                if cur.client in self._clients:
-                    self._clients[cur.client] = (ex.last_seen, self._clients[cur.client][1])
-                return
+                return ex
+        return None
+
+    def _on_ack(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
+        ack = msg.read(protocol.Ack)
+        ex = self._running(route, ack.id)
+        if ex is not None and ex.current is not None:
+            cur = ex.current
+            cur.acked = max(cur.acked, ack.n)
+            ex.last_seen = time.monotonic()
+            if cur.client in self._clients:
+                self._clients[cur.client] = (ex.last_seen, self._clients[cur.client][1])
+
+    def _on_next(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
+        """A lazy call's loop wants its next item (or left: ``close``); the executor waits
+        for this between items (``Call.lazy``).  One for a request that ended is dropped."""
+        ask = msg.read(protocol.Next)
+        ex = self._running(route, ask.id)
+        if ex is None:
+            log.debug("next for %s: not running here", ask.id)
+            return
+        ex.last_seen = time.monotonic()
+        ex.send(protocol.encode(Kind.NEXT, ask.model_dump()))
 
     def _on_keepalive(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
         fields = msg.read(protocol.Keepalive)
