@@ -533,6 +533,7 @@ class RexecClient:
         resent = False
         interrupted_at: float | None = None
         grace_said = False  # that the interrupted cell has not stopped yet
+        broker_said = False  # that the broker has been silent (an unstarted request waits)
         cancelled = False
         timed_out = False
         error: P.Message | None = None
@@ -568,8 +569,15 @@ class RexecClient:
                     raise errors.WorkerLost(
                         f"The remote worker did not confirm the interrupt{why}."
                     )
-                if now - last_heard > P.BROKER_SILENT_AFTER_S and now > quiet_until:
+                silent = now - last_heard if now > quiet_until else 0.0
+                unrun = not started and interrupted_at is None  # sent again once it is back
+                if silent > (P.BROKER_RESTART_WAIT_S if unrun else P.BROKER_SILENT_AFTER_S):
                     self.reset()
+                    if unrun:
+                        raise errors.BrokerUnreachable(
+                            f"No answer from the rexec broker at {self.info.broker_url} "
+                            f"for {silent:.0f} s; the {what} was not run."
+                        )
                     raise errors.BrokerUnreachable(
                         f"Lost contact with the rexec broker at {self.info.broker_url} "
                         f"while the {what} ran; its output may be incomplete."
@@ -587,6 +595,16 @@ class RexecClient:
                 if cancel is not None:
                     wait = min(wait, CANCEL_POLL_S)
                 local = self._next_held(req_id)  # said here, not received
+                if local is None and unrun and silent > P.BROKER_SILENT_AFTER_S:
+                    if not broker_said:
+                        broker_said = True
+                        text = (
+                            f"waiting for the rexec broker (no answer for {silent:.0f} s; it "
+                            f"may be restarting); this {what} has not started"
+                        )
+                        local = P.Message(P.Kind.NOTICE, {"id": req_id, "text": text})
+                elif silent < P.BROKER_SILENT_AFTER_S:
+                    broker_said = False
                 said = grace_said or cancelled  # (nobody waits for a cancelled one)
                 if local is None and interrupted_at is not None and not said:
                     if now < quiet_until:  # its answer may be what is crossing

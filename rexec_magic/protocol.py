@@ -249,6 +249,10 @@ NOTICE_AFTER_S = 2.0
 # ... and says it again this often while it lasts.
 NOTICE_REPEAT_S = 10.0
 BROKER_SILENT_AFTER_S = 4.0
+# ... except for a request that has not started: it is sent again once the broker is back
+# (`rexec up` restarts a broker that died, which takes seconds on a busy machine), so the
+# client waits this long for that, saying so, before it gives up with the request unrun.
+BROKER_RESTART_WAIT_S = 30.0
 # A large message holds up what comes after it on its connection (ZeroMQ delivers whole
 # messages, in order): a heartbeat behind a 1 GB result, a PONG behind it on its way to the
 # client.  Its sender says first how large it is (HEARTBEAT ``sending``, PONG ``sending``),

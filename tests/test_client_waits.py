@@ -26,13 +26,16 @@ class SilentBroker:
     """Answers HELLO, takes one request, says ``accepted``, sends ``before_silence`` (a
     list of (kind, header)), stays silent for ``silence_s`` (no PONG), then ends it."""
 
-    def __init__(self, before_silence: list[tuple[str, dict]], silence_s: float) -> None:
+    def __init__(
+        self, before_silence: list[tuple[str, dict]], silence_s: float, accept: bool = True
+    ) -> None:
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.linger = 0
         self.port = self.router.bind_to_random_port("tcp://127.0.0.1")
         self.before_silence = before_silence
         self.silence_s = silence_s
+        self.accept = accept  # False: ``accepted`` comes only after the silence
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -52,10 +55,13 @@ class SilentBroker:
         while (request := self._next()[1]).kind != P.Kind.EXECUTE:
             pass
         req_id = request.header["id"]
-        self._send(route, P.Kind.ACCEPTED, {"id": req_id, "seq": 0})
+        if self.accept:
+            self._send(route, P.Kind.ACCEPTED, {"id": req_id, "seq": 0})
         for kind, header in self.before_silence:
             self._send(route, kind, header)
         time.sleep(self.silence_s)  # pings go unanswered meanwhile
+        if not self.accept:
+            self._send(route, P.Kind.ACCEPTED, {"id": req_id, "seq": 0})
         self._send(route, P.Kind.DONE, {"id": req_id, "seq": 1, "status": "ok", "vars": []})
 
     def close(self) -> None:
@@ -64,15 +70,17 @@ class SilentBroker:
         self.ctx.term()
 
 
-def run_against(broker: SilentBroker) -> None:
-    """One cell, sent by a real client to ``broker``."""
+def run_against(broker: SilentBroker) -> list[P.Message]:
+    """One cell, sent by a real client to ``broker``; the events it showed."""
     url = f"tcp://127.0.0.1:{broker.port}"
     client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
+    shown: list[P.Message] = []
     try:
-        client.execute_packed("pass", [], [], {"pull": []}, lambda msg: None)
+        client.execute_packed("pass", [], [], {"pull": []}, shown.append)
     finally:
         client.close()
         broker.close()
+    return shown
 
 
 def test_silence_behind_an_announced_large_event_is_waited_out():
@@ -87,3 +95,15 @@ def test_silence_behind_an_announced_large_event_is_waited_out():
 def test_silence_without_an_announcement_still_means_the_broker_is_gone():
     with pytest.raises(errors.BrokerUnreachable):
         run_against(SilentBroker([], P.BROKER_SILENT_AFTER_S + 2))
+
+
+def test_a_cell_not_yet_started_waits_out_a_silent_broker_and_says_so():
+    """The broker went silent before the cell started (it died: `rexec up` restarts it,
+    which takes seconds on a busy machine, and the cell is sent again then).  The client
+    waits past ``BROKER_SILENT_AFTER_S``, says what it waits for, and the cell runs; it
+    used to give up at 4 s with "Lost contact ... its output may be incomplete" for a cell
+    that had not even started."""
+    shown = run_against(SilentBroker([], P.BROKER_SILENT_AFTER_S + 3, accept=False))
+    said = [m.header["text"] for m in shown if m.kind == P.Kind.NOTICE]
+    assert len(said) == 1 and "waiting for the rexec broker" in said[0], said
+    assert "has not started" in said[0]
