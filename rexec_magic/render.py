@@ -55,7 +55,8 @@ class EventRenderer:
             # Output of an earlier cell's threads, timers or child processes, produced after
             # that cell ended (ipykernel shows it in the cell that started it; ours is gone).
             self._late_said = True
-            sys.stdout.write("[rexec: output produced after the previous remote cell ended]\n")
+            header = "[rexec: output produced after the previous remote cell or call ended]"
+            sys.stdout.write(header + "\n")
             sys.stdout.flush()  # before late stderr too, and apart from this cell's own text
         if isinstance(event, P.Notice) and event.about == "lost":
             sys.stdout.flush()

@@ -618,7 +618,7 @@ def test_late_output_comes_under_its_header_and_before_the_cells_own(kernel, tmp
     _, outputs = run(kc, "%%remote\nprint('own')")
     # In the order the notebook shows them, stdout and stderr together.
     text = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
-    header = "[rexec: output produced after the previous remote cell ended]"
+    header = "[rexec: output produced after the previous remote cell or call ended]"
     assert text.index(header) < text.index("from the thread") < text.index("own"), text
 
 

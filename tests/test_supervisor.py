@@ -1475,5 +1475,5 @@ def test_a_cell_that_ignores_the_stop_after_a_broker_restart_costs_the_namespace
     port.register()
     events = port.run("print('kept' in globals())")
     said = lost_notices(events)
-    assert len(said) == 1 and "when the rexec broker restarted" in said[0], said
+    assert len(said) == 1 and "when the rexec broker lost this worker" in said[0], said
     assert done(events).header["status"] == DoneStatus.OK and stdout(events) == "False\n"

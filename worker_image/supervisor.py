@@ -1222,11 +1222,12 @@ class Supervisor:
             how = f"ended it ({sentence})"
         if died_idle:
             return f"{whose} died while no cell ran ({sentence}); the namespace was lost."
-        if ex.kill_reason == "abandon":  # stopped: the broker restarted, nobody could receive
+        if ex.kill_reason == "abandon":  # stopped: the broker lost this worker (_abandon_cells)
             what = req.what if req is not None else "cell"
             return (
-                f"{whose} was restarted: a {what} stopped when the rexec broker restarted "
-                f"{how}; the namespace was lost."
+                f"{whose} was restarted: a {what} stopped when the rexec broker lost this "
+                f"worker (a broker restart, or heartbeats it missed) {how}; the namespace "
+                "was lost."
             )
         if ex.kill_reason == "abandoned":  # a gone kernel's cell, in a shared namespace
             return (
