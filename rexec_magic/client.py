@@ -834,8 +834,8 @@ class RexecClient:
                 "The remote cell had already finished when the interrupt reached it; what "
                 "it assigned came back."
             )
-        if stopped is not None and (call or status == P.DoneStatus.RESEND):
-            raise stopped  # an interrupted call brings nothing back; a resend never ran
+        if stopped is not None and status == P.DoneStatus.RESEND:
+            raise stopped  # a resend never ran
         values: dict[str, Any] = {}
         not_loaded: dict[str, str] = {}
         if done.vars:  # each value alone: one that does not load here stays remote
@@ -864,7 +864,9 @@ class RexecClient:
             done=done,
         )
         if stopped is not None:
-            stopped.outcome = outcome  # what it bound comes back, as from a local cell
+            # What it bound (a call: what it changed in the globals it read) comes back, as
+            # from local code a Ctrl-C stopped.
+            stopped.outcome = outcome
             raise stopped
         if status == P.DoneStatus.ERROR:
             if error_msg is not None:

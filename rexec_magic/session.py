@@ -641,6 +641,11 @@ class RemoteSession:
                 if exc.outcome is not None:
                     state.apply(main, exc.outcome, "not pulled")
                 raise
+            except (errors.RemoteInterrupted, errors.CellTimeout) as exc:
+                if exc.outcome is not None:  # it ran, stopped part way: what it changed stays
+                    state.sent(main, plan, _unloaded(exc.outcome))
+                    state.apply(main, exc.outcome, "not pulled")
+                raise
             if outcome.status != P.DoneStatus.RESEND:
                 state.sent(main, plan, _unloaded(outcome))
                 state.apply(main, outcome, "not pulled")

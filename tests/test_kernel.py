@@ -658,3 +658,36 @@ def test_a_remote_generator_runs_item_by_item_as_a_local_one(kernel, tmp_path):
     # The worker holds the same list: the notebook's copy is not pushed over it.
     _, outputs = run(kc, "seen.append('here')\n%remote print(seen)")
     assert text_of(outputs) == "[0, 1, 2, 'here']\n"
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        ("work(FLAG)", "['a']"),
+        ("for x in gen(FLAG):\n    pass", "[0, 1]"),
+    ],
+    ids=["plain call", "generator making an item"],
+)
+def test_an_interrupted_remote_call_keeps_what_it_changed(kernel, tmp_path, call, expected):
+    """A Ctrl-C stops a remote call part way: what it changed in the notebook globals it
+    read comes back, as local code stopped by a Ctrl-C leaves them, and the worker keeps
+    the same.  Both sides used to lose it (the interrupted call brought nothing back, and
+    the notebook's old copy went over the worker's)."""
+    km, kc = kernel
+    flag = tmp_path / "working"
+    run(
+        kc,
+        f"import time\nfrom rexec_magic import remote_func\nFLAG = {str(flag)!r}\nst = []\n"
+        "@remote_func\ndef work(flag):\n    st.append('a')\n    open(flag, 'w').close()\n"
+        "    time.sleep(60)\n"
+        "@remote_func\ndef gen(flag):\n    for i in range(3):\n        st.append(i)\n"
+        "        if i == 1:\n            open(flag, 'w').close()\n            time.sleep(60)\n"
+        "        yield i\n",
+    )
+    msg_id = kc.execute(call)
+    wait_for(flag.exists, "the call to run")
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=60)
+    assert reply["ename"] == "RemoteInterrupted", reply
+    _, outputs = run(kc, "print(st)\n%remote print(st)")
+    assert text_of(outputs) == f"{expected}\n{expected}\n"

@@ -202,7 +202,12 @@ class CellRunner:
                 self.watch.invalidate(shipped)
                 self.watch.before(self.shell.user_ns, cell.watch)
                 status, entries, frames = self._call(cell, values)
-                if cell.watch and status in (DoneStatus.OK, DoneStatus.ERROR):
+                # As for a cell: what the call changed before it raised or was interrupted
+                # stays changed here, so it comes back (dropped, the notebook's older copy
+                # would be pushed over it by the next request).
+                if cell.watch and status in (
+                    DoneStatus.OK, DoneStatus.ERROR, DoneStatus.INTERRUPTED
+                ):  # fmt: skip
                     report = self.watch.collect(
                         self.shell.user_ns, [], cell.watch, True, cell.pull_limit
                     )
@@ -310,6 +315,7 @@ class CellRunner:
             )
         except KeyboardInterrupt:
             self._stop_interrupts()
+            self.outbox.internal(CODE_OVER, {"id": cell.id})  # no grace kill from here
             self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
             return DoneStatus.INTERRUPTED, [], []
         finally:
