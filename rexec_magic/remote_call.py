@@ -12,9 +12,11 @@ remote call.  Arguments, return values and yielded items travel like ``%%remote`
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -264,6 +266,22 @@ def _reraise(exc: errors.RemoteCellError) -> None:
     raise exc.exception from RemoteTraceback("\n".join(exc.remote_traceback))
 
 
+# Remote generators handed out and not yet collected: closed at interpreter exit, while
+# rexec's modules still work, as Python closes a local one at exit (its `finally` runs).  Left
+# to the interpreter's own teardown they met rexec half torn down ("'NoneType' object has no
+# attribute 'NEXT'", the `finally` never run).
+_open_iterators: weakref.WeakSet[Generator[Any, None, Any]] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_iterators() -> None:
+    for items in list(_open_iterators):
+        try:
+            items.close()
+        except BaseException as exc:  # as Python reports one a collected generator raises
+            sys.stderr.write(f"rexec: closing a remote generator at exit: {exc}\n")
+
+
 def _close_remote(events: Events, renderer: EventRenderer) -> None:
     """A lazy call's loop was left: close the remote generator where it waits and show
     what comes until its DONE (its ``finally``'s output).  The DONE brings back what it
@@ -335,8 +353,11 @@ class RemoteFunction:
         if inspect.isgeneratorfunction(self.func):
             if threading.current_thread() is threading.main_thread():
                 hook_kernel_interrupt()
-                return self._iterate(args, kwargs)
-            return self._iterate_in_thread(args, kwargs)
+                items = self._iterate(args, kwargs)
+            else:
+                items = self._iterate_in_thread(args, kwargs)
+            _open_iterators.add(items)
+            return items
         if threading.current_thread() is threading.main_thread():
             hook_kernel_interrupt()
             return self._call(args, kwargs)

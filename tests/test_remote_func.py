@@ -563,3 +563,27 @@ def test_a_cancelled_call_whose_executor_is_stopped_waits_for_it_and_keeps_the_n
     assert nb["recall"]() == repr("kept")
     assert nb["pid"]() == pid
     assert "ended badly" not in capfd.readouterr().err
+
+
+def test_a_script_ending_with_a_remote_generator_paused_closes_it(stack):
+    """A plain script leaves a remote generator paused after one item and ends: the
+    generator is closed at exit (its ``finally`` prints), as Python closes a local one.
+    It used to meet rexec half torn down: "Exception ignored ... 'NoneType' object has no
+    attribute 'NEXT'", its ``finally`` never run."""
+    import subprocess
+    import sys
+
+    script = (
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef gen():\n    try:\n        for i in range(3):\n            yield i\n"
+        "    finally:\n        print('closed at exit', flush=True)\n"
+        "it = gen()\nprint('took', next(it), flush=True)\n"
+    )
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Exception ignored" not in out.stderr, out.stderr
+    # (A worker may be started first, which the script says before.)
+    assert out.stdout.endswith("took 0\nclosed at exit\n"), (out.stdout, out.stderr)
