@@ -665,9 +665,12 @@ class RexecClient:
                     started = True
                 elif msg.kind in OUTPUT_KINDS:
                     in_hand = None  # the caller has it now; a Ctrl-C there is thrown in
+                    handed_at = time.monotonic()
                     try:
                         yield msg
                         if lazy and msg.kind == P.Kind.YIELD:  # the loop wants another item
+                            if deadline is not None:  # the loop's own time is not the call's
+                                deadline += time.monotonic() - handed_at
                             self._send(P.Kind.NEXT, {"id": req_id})
                     except (GeneratorExit, CloseGenerator) as stop:
                         if lazy and isinstance(stop, CloseGenerator):

@@ -587,3 +587,15 @@ def test_a_script_ending_with_a_remote_generator_paused_closes_it(stack):
     assert "Exception ignored" not in out.stderr, out.stderr
     # (A worker may be started first, which the script says before.)
     assert out.stdout.endswith("took 0\nclosed at exit\n"), (out.stdout, out.stderr)
+
+
+def test_a_generators_timeout_counts_its_own_time_not_the_loops(nb):
+    """``timeout=`` bounds the remote generator's time: the loop's own time between items
+    (here 1.5 s an item, 4.5 s in all, against 2 s) is not the call's.  It used to be
+    stopped with "ran past its 2 s timeout" having run for less than a second."""
+    countdown = remote_func(nb["countdown"].func, timeout=2)  # 0.2 s between its items
+    seen = []
+    for item in countdown(3):
+        seen.append(item)
+        time.sleep(1.5)
+    assert seen == [3, 2, 1]
