@@ -41,6 +41,15 @@ Events = Generator[P.Message, None, "CellOutcome"]
 OUTPUT_KINDS = (P.Kind.STREAM, P.Kind.DISPLAY, P.Kind.RESULT, P.Kind.YIELD, P.Kind.NOTICE)
 
 
+class ThrowInto(Exception):
+    """Thrown into a lazy call's events at the YIELD its consumer holds, carrying what the
+    consumer's ``.throw()`` threw: it goes on to the remote generator, where it waits."""
+
+    def __init__(self, exception: BaseException) -> None:
+        super().__init__(exception)
+        self.exception = exception
+
+
 class CloseGenerator(Exception):
     """Thrown into a lazy call's events (``protocol.Call.lazy``) at the YIELD its consumer
     holds, when the consumer left its loop: the remote generator is closed where it waits,
@@ -667,11 +676,17 @@ class RexecClient:
                     in_hand = None  # the caller has it now; a Ctrl-C there is thrown in
                     handed_at = time.monotonic()
                     try:
-                        yield msg
+                        sent = yield msg
                         if lazy and msg.kind == P.Kind.YIELD:  # the loop wants another item
                             if deadline is not None:  # the loop's own time is not the call's
                                 deadline += time.monotonic() - handed_at
-                            self._send(P.Kind.NEXT, {"id": req_id})
+                            self._send_next(req_id, sent, throw=False)
+                    except ThrowInto as into:  # the consumer's .throw(): where it waits
+                        if not (lazy and msg.kind == P.Kind.YIELD):
+                            raise into.exception from None
+                        if deadline is not None:
+                            deadline += time.monotonic() - handed_at
+                        self._send_next(req_id, into.exception, throw=True)
                     except (GeneratorExit, CloseGenerator) as stop:
                         if lazy and isinstance(stop, CloseGenerator):
                             # The loop was left: close it where it waits, then read on to
@@ -735,6 +750,24 @@ class RexecClient:
                     raise self._abandon(req_id, kind) from None
                 interrupted_at = time.monotonic()
                 self._send(P.Kind.INTERRUPT, {"id": req_id})
+
+    def _send_next(self, req_id: str, value: Any, throw: bool) -> None:
+        """NEXT for lazy call ``req_id``: ``value`` is what ``.send()`` sent in (None: a
+        plain ``next()``), or with ``throw`` the exception to throw in.  One that does not
+        pickle closes the remote generator and is refused here, in one sentence."""
+        if value is None and not throw:
+            self._send(P.Kind.NEXT, {"id": req_id})
+            return
+        try:
+            frames = serialize.dumps(value, out_of_band=False)
+        except serialize.SerializationError as exc:
+            self._send(P.Kind.NEXT, {"id": req_id, "close": True})
+            what = "exception thrown" if throw else "value sent"
+            raise errors.UnserializableVariable(
+                f"The {what} into the remote generator could not be sent: {exc}; the "
+                "generator was closed."
+            ) from None
+        self._send(P.Kind.NEXT, {"id": req_id, "throw": throw, "nbuffers": 1}, frames)
 
     @staticmethod
     def _grace_notice(req_id: str, kind: str) -> P.Message:

@@ -123,7 +123,9 @@ class Kind:
     # as YIELD, the return value with DONE (vars "return", then the watched globals that
     # changed).  ``lazy``: each item after the first waits for the client's NEXT.
     CALL = "call"
-    NEXT = "next"  # {id, close}: make the lazy call's next item (close: close the generator)
+    # {id, close, throw, nbuffers} (+ a value sent in, or the exception thrown in): resume
+    # the lazy call's generator for its next item (close: close it where it waits)
+    NEXT = "next"
     # Files (rexec_magic/transfer.py <-> worker_image/files.py).  Relative paths mean the
     # worker's own folder.  Chunks travel one buffer each; the receiver acknowledges what it
     # has handled so far (bytes, plus FILE_MESSAGE_COST per message) and the sender keeps at
@@ -715,9 +717,22 @@ class Ack(Request):
 
 class Next(Request):
     """The client's loop over lazy call ``id`` (``Call.lazy``) asks for the next item, or,
-    with ``close``, left the loop: the generator is closed where it waits."""
+    with ``close``, left the loop: the generator is closed where it waits.  One buffer
+    (``nbuffers`` 1), pickled: the value ``.send()`` sends in, or with ``throw`` the
+    exception ``.throw()`` throws in where it waits."""
 
     close: bool = False
+    throw: bool = False
+    nbuffers: Annotated[int, Field(ge=0, le=1)] = 0
+
+    @model_validator(mode="after")
+    def _buffers(self, info: ValidationInfo) -> Next:
+        came = (info.context or {}).get("nbuffers")
+        if came is not None and came != self.nbuffers:
+            raise ValueError(f"'nbuffers' says {self.nbuffers} but {came} came")
+        if self.throw and not self.nbuffers:
+            raise ValueError("'throw' needs the exception (one buffer)")
+        return self
 
 
 class Keepalive(Request, Placement):

@@ -28,7 +28,7 @@ from typing import Any
 
 from rexec_magic import errors, serialize
 from rexec_magic import protocol as P
-from rexec_magic.client import CloseGenerator, Events, pass_on_sigint
+from rexec_magic.client import CloseGenerator, Events, ThrowInto, pass_on_sigint
 from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
 from rexec_magic.session import Origin, RemoteSession, shared_session, whose
@@ -420,21 +420,28 @@ class RemoteFunction:
         as a local generator's are: what it does, prints or changes happens item by item,
         one round trip each.  Leaving the loop closes it where it waits (GeneratorExit at
         its ``yield``): its ``finally`` runs and what it changed comes back before the loop
-        goes on.  Its ``return`` value is this generator's (``yield from``).  Not ``lazy``
+        goes on.  Its ``return`` value is this generator's (``yield from``); ``.send(v)``
+        and ``.throw(e)`` reach it where it waits, as they would a local one.  Not ``lazy``
         (``submit()``, which takes them all): it runs ahead of the loop."""
         renderer = EventRenderer()
         events = self._events(args, kwargs, cancel, ticket, origin, lazy)
         interrupted = False
+        step: Any = None  # for the remote generator: a value .send() sent in, or ThrowInto
         try:
             while True:
                 try:
-                    msg = events.throw(KeyboardInterrupt()) if interrupted else next(events)
+                    if interrupted:
+                        msg = events.throw(KeyboardInterrupt())
+                    elif isinstance(step, ThrowInto):
+                        msg = events.throw(step)
+                    else:
+                        msg = events.send(step)
                 except StopIteration as stop:
                     return stop.value.values.get("return")
-                interrupted = False
+                interrupted, step = False, None
                 if msg.kind == P.Kind.YIELD:
                     try:
-                        yield _load_item(msg)
+                        step = yield _load_item(msg)
                     except GeneratorExit:
                         if lazy:
                             try:
@@ -445,6 +452,10 @@ class RemoteFunction:
                                 # would only report the exception as ignored.
                                 NOTEBOOK.warning(f"rexec: closing a remote generator: {exc}")
                         raise
+                    except BaseException as exc:  # .throw(): into the remote generator
+                        if not lazy:
+                            raise
+                        step = ThrowInto(exc)
                     continue
                 try:
                     renderer(msg)

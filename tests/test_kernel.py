@@ -691,3 +691,26 @@ def test_an_interrupted_remote_call_keeps_what_it_changed(kernel, tmp_path, call
     assert reply["ename"] == "RemoteInterrupted", reply
     _, outputs = run(kc, "print(st)\n%remote print(st)")
     assert text_of(outputs) == f"{expected}\n{expected}\n"
+
+
+def test_send_and_throw_reach_a_remote_generator_where_it_waits(kernel):
+    """``.send(v)`` and ``.throw(e)`` on a remote generator reach it at its ``yield``, as on
+    a local one: the value sent in is what ``yield`` gives, an exception it catches lets it
+    go on, one it does not is raised here as itself.  ``send`` used to send None in silence
+    and ``throw`` to stop the remote generator without it seeing the exception."""
+    _, kc = kernel
+    reply, outputs = run(
+        kc,
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef echo():\n    got = None\n    try:\n        while True:\n"
+        "            try:\n                got = yield got\n            except ValueError as exc:\n"
+        "                got = f'caught {exc}'\n    finally:\n"
+        "        print('echo closed', flush=True)\n"
+        "e = echo()\nprint(next(e), e.send(5), e.throw(ValueError('v')), e.send('x'))\n"
+        "e.close()\n"
+        "@remote_func\ndef fragile():\n    yield 1\n    yield 2\n"
+        "f = fragile()\nnext(f)\ntry:\n    f.throw(KeyError('k'))\n"
+        "except KeyError as exc:\n    print('raised', repr(exc))\n",
+    )
+    assert reply["status"] == "ok", reply
+    assert text_of(outputs) == "None 5 caught v x\necho closed\nraised KeyError('k')\n"

@@ -63,7 +63,7 @@ SAMPLES: dict[str, tuple[dict, int]] = {
     P.Kind.INTERRUPT: ({"id": REQ}, 0),
     P.Kind.INSPECT: ({"id": REQ, **PLACEMENT}, 0),
     P.Kind.ACK: ({"id": REQ, "n": 64}, 0),
-    P.Kind.NEXT: ({"id": REQ, "close": True}, 0),
+    P.Kind.NEXT: ({"id": REQ, "throw": True, "nbuffers": 1}, 1),
     P.Kind.KEEPALIVE: ({"id": REQ, **PLACEMENT}, 0),
     P.Kind.PUT_OPEN: ({"id": REQ, "path": "data", "name": "x.csv", "dir": False}, 0),
     P.Kind.PUT_FILE: ({"id": REQ, "rel": "a/b.txt", "size": 3, "mode": 0o644, "dir": False}, 0),

@@ -20,6 +20,9 @@ from rexec_magic.protocol import DoneStatus, Kind
 from worker_image.outbox import EventChannel, Target
 
 Result = tuple[str, list[dict[str, Any]], list[Any]]
+# How a lazy call's generator goes on (``protocol.Next``): ("send", value) — None for
+# ``next()`` —, ("throw", exception) or ("close", None).
+Step = tuple[str, Any]
 
 
 def _lines(text: str) -> list[str]:
@@ -69,14 +72,15 @@ def invoke(
     outbox: EventChannel,
     target: Target,
     user_code_over: Callable[[], None],
-    next_item: Callable[[str], bool] | None = None,
+    next_item: Callable[[str], Step] | None = None,
 ) -> Result:
     """Call ``fn(*args, **kwargs)``; return ``(status, entries, frames)`` for DONE.
 
     A generator's items leave as YIELD events.  With ``next_item`` (a lazy call,
     ``protocol.Call.lazy``) it is resumed only when ``next_item(id)`` says the client's loop
-    asked for another item, and closed where it waits when it says the loop was left, as a
-    local generator is; its return value then comes back as the call's.  Without, it runs
+    asked for another item (with what ``.send()`` sent in, or what ``.throw()`` throws in),
+    and closed where it waits when it says the loop was left, as a local generator is; its
+    return value then comes back as the call's.  Without, it runs
     ahead as far as flow control lets it (``list()``, ``submit()``), and the call returns
     None (a plain function that returned a generator: its items are the result).
 
@@ -92,10 +96,11 @@ def invoke(
         result = fn(*args, **kwargs)
         if isinstance(result, types.GeneratorType):
             gen, result = result, None
+            how, given = "send", None  # gen.send(None) is next(gen)
             try:
                 while True:
                     try:
-                        item = next(gen)
+                        item = gen.throw(given) if how == "throw" else gen.send(given)
                     except StopIteration as stop:
                         result = stop.value if next_item is not None else None
                         break
@@ -107,9 +112,11 @@ def invoke(
                     header = {"nbuffers": len(parts)}
                     outbox.event(target, Kind.YIELD, header, _owned(parts))
                     del item, parts
-                    if next_item is not None and not next_item(target.id):
-                        gen.close()  # the loop was left: GeneratorExit at its yield
-                        break
+                    if next_item is not None:
+                        how, given = next_item(target.id)
+                        if how == "close":
+                            gen.close()  # the loop was left: GeneratorExit at its yield
+                            break
             except KeyboardInterrupt:
                 gen.close()  # its `finally` runs now, in this call, not at a later collection
                 raise

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rexec_magic import serialize
 from rexec_magic.contract import DEFAULT_PULL_LIMIT_BYTES
 from rexec_magic.protocol import Call, DoneStatus, Execute, Kind, Message, Placement, Versions
-from worker_image.calls import invoke
+from worker_image.calls import Step, invoke
 from worker_image.outbox import CODE_OVER, EventChannel, Target
 from worker_image.variables import Report, Watch, load_pushed, numbered_as
 
@@ -143,7 +143,7 @@ class CellRunner:
         shell: WorkerShell,
         outbox: EventChannel,
         interrupted: Callable[[str], bool] = lambda request_id: False,
-        next_item: Callable[[str], bool] | None = None,
+        next_item: Callable[[str], Step] | None = None,
     ) -> None:
         self.shell = shell
         self.outbox = outbox

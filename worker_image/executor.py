@@ -46,6 +46,7 @@ from rexec_magic import protocol, serialize
 from rexec_magic.contract import Env
 from rexec_magic.protocol import DoneStatus, Kind
 from worker_image import framing
+from worker_image.calls import Step
 from worker_image.cells import CellRunner, cell_for, done_header
 from worker_image.introspect import Introspector
 from worker_image.outbox import READY, STOP, EventChannel, Target, no_sigint, private_std_fds
@@ -199,10 +200,12 @@ class Executor:
                 continue
             log.warning("dropped a request of unknown kind %r", msg.kind[:40])
 
-    def _next_item(self, request_id: str) -> bool:
+    def _next_item(self, request_id: str) -> Step:
         """Main thread, between two items of lazy call ``request_id`` (``calls.invoke``):
-        wait for the client's NEXT.  True: make the next item; False: close the generator
-        (the client's loop was left, or the supervisor is gone).
+        wait for the client's NEXT.  ``("send", value)``: make the next item (``value`` what
+        ``.send()`` sent in, None for ``next()``); ``("throw", exception)``: throw it in;
+        ``("close", None)``: close the generator (the client's loop was left, or the
+        supervisor is gone).
 
         The wait is user time (a Ctrl-C there is the call's KeyboardInterrupt), the read is
         not: a message half read would leave the link unreadable, so SIGINT waits for it.
@@ -216,10 +219,10 @@ class Executor:
             except framing.FramingError as exc:
                 log.error("unreadable request link (%s); the call's generator is closed", exc)
                 self._early.append(None)  # the main loop ends
-                return False
+                return ("close", None)
             if frames is None:  # the supervisor is gone
                 self._early.append(None)
-                return False
+                return ("close", None)
             try:
                 msg = protocol.decode(frames)
                 ask = msg.read(protocol.Next) if msg.kind == Kind.NEXT else None
@@ -229,8 +232,21 @@ class Executor:
             if ask is None:  # not for this wait (the supervisor hands one request at a time)
                 self._early.append(frames)
                 continue
-            if ask.id == request_id:
-                return not ask.close
+            if ask.id != request_id:
+                continue
+            if ask.close:
+                return ("close", None)
+            value = None
+            if ask.nbuffers:
+                try:
+                    value = serialize.loads(msg.buffers)
+                except serialize.SerializationError as exc:
+                    what = "exception thrown" if ask.throw else "value sent"
+                    problem = f"the {what} into this generator did not load on the worker: {exc}"
+                    return ("throw", RuntimeError(problem))
+            if ask.throw and not isinstance(value, BaseException):
+                return ("throw", TypeError("exceptions must derive from BaseException"))
+            return ("throw" if ask.throw else "send", value)
 
     def _run_async_until_request(self) -> None:
         """Between requests, run the asyncio loop that ``await`` cells run on, while it has

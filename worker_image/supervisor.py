@@ -663,7 +663,7 @@ class Supervisor:
             log.debug("next for %s: not running here", ask.id)
             return
         ex.last_seen = time.monotonic()
-        ex.send(protocol.encode(Kind.NEXT, ask.model_dump()))
+        ex.send(protocol.encode(Kind.NEXT, ask.model_dump(), list(msg.buffers)))
 
     def _on_keepalive(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
         fields = msg.read(protocol.Keepalive)
