@@ -105,6 +105,15 @@ class RemoteFuture(Future):
             "Interrupted while waiting for a remote call's result; this notebook's unfinished "
             "remote calls were cancelled."
         )
+        session = self._session
+        if session is not None and session.held_here() and not self.done():
+            # It waits for the connection this thread holds (it cannot be running: the
+            # connection is ours), so waiting here would never end.
+            raise errors.RexecError(
+                "This call cannot start while this thread is iterating a remote generator "
+                "(the loop holds the notebook's connection); take its result after the loop, "
+                "or finish or close the generator first."
+            )
         with errors.interrupt_says(said):
             try:
                 if self._session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):

@@ -176,6 +176,10 @@ class RemoteSession:
             self._owner = self._holding_cancel = None
             self.turns.leave(ticket)
 
+    def held_here(self) -> bool:
+        """Whether this thread holds the connection now (a remote generator it iterates)."""
+        return self._owner == threading.get_ident()
+
     def _start_keepalive(self) -> None:
         """A daemon thread that tells this session's executor the kernel still exists, until
         ``forget`` (the extension unloaded: the worker then frees the executor after its grace

@@ -599,3 +599,16 @@ def test_a_generators_timeout_counts_its_own_time_not_the_loops(nb):
         seen.append(item)
         time.sleep(1.5)
     assert seen == [3, 2, 1]
+
+
+def test_the_result_of_a_call_queued_behind_this_threads_paused_generator_says_so(nb):
+    """A call submitted while this thread's loop over a remote generator is paused cannot
+    start until the loop lets the connection go: ``result()`` here says so at once (it
+    waited forever), and gives the value once the generator is closed."""
+    items = nb["countdown"](3)
+    assert next(items) == 3
+    future = nb["add"].submit(1)
+    with pytest.raises(errors.RexecError, match="iterating a remote generator"):
+        future.result()
+    items.close()
+    assert future.result(timeout=60) == 2
