@@ -324,6 +324,16 @@ class RemoteFunction:
         timeout: float | None = None,
         session: RemoteSession | None = None,
     ) -> None:
+        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+            # Its call returns a coroutine (or an async generator), which cannot travel back:
+            # it failed only once called, as a SerializationError with a "never awaited"
+            # warning.  Said here, once, with the way out.
+            name = getattr(func, "__name__", "the function")
+            raise TypeError(
+                f"remote_func cannot run the async function {name!r}: what it returns cannot "
+                f"come back from the worker. Decorate a plain function that runs it instead, "
+                f"e.g. `def {name}_sync(*args): return asyncio.run({name}(*args))`."
+            )
         functools.update_wrapper(self, func)
         self.func = func
         self.timeout = timeout

@@ -76,3 +76,25 @@ def test_digest_follows_content_and_out_of_band_buffers():
     a[500_000] += 1
     assert serialize.pack_value(a).digest != first
     assert serialize.pack_value([1, 2]).digest != serialize.pack_value([1, 3]).digest
+
+
+@pytest.mark.parametrize("kind", ["coroutine", "async generator"])
+def test_remote_func_refuses_an_async_function_at_once_with_the_way_out(kind):
+    """An ``async def`` call returns a coroutine, which cannot come back from the worker: the
+    decorator says so, naming the function and a plain wrapper to decorate.  It used to fail
+    only when called, as a SerializationError plus a "never awaited" warning."""
+    from rexec_magic import remote_func
+
+    if kind == "coroutine":
+
+        async def fetch(x):
+            return x
+
+    else:
+
+        async def fetch(x):
+            yield x
+
+    with pytest.raises(TypeError) as info:
+        remote_func(fetch)
+    assert "'fetch'" in str(info.value) and "asyncio.run(fetch(*args))" in str(info.value)
