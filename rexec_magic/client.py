@@ -676,17 +676,16 @@ class RexecClient:
                     in_hand = None  # the caller has it now; a Ctrl-C there is thrown in
                     handed_at = time.monotonic()
                     try:
-                        sent = yield msg
+                        try:
+                            sent, throw = (yield msg), False
+                        except ThrowInto as into:  # the consumer's .throw(): where it waits
+                            if not (lazy and msg.kind == P.Kind.YIELD):
+                                raise into.exception from None
+                            sent, throw = into.exception, True
                         if lazy and msg.kind == P.Kind.YIELD:  # the loop wants another item
                             if deadline is not None:  # the loop's own time is not the call's
                                 deadline += time.monotonic() - handed_at
-                            self._send_next(req_id, sent, throw=False)
-                    except ThrowInto as into:  # the consumer's .throw(): where it waits
-                        if not (lazy and msg.kind == P.Kind.YIELD):
-                            raise into.exception from None
-                        if deadline is not None:
-                            deadline += time.monotonic() - handed_at
-                        self._send_next(req_id, into.exception, throw=True)
+                            self._send_next(req_id, sent, throw)
                     except (GeneratorExit, CloseGenerator) as stop:
                         if lazy and isinstance(stop, CloseGenerator):
                             # The loop was left: close it where it waits, then read on to

@@ -116,7 +116,7 @@ class RemoteFuture(Future):
             )
         with errors.interrupt_says(said):
             try:
-                if self._session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
+                if session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
                     began = time.monotonic()
                     self._moved.wait(P.NOTICE_AFTER_S)
                     if not (self.running() or self.done()):

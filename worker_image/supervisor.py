@@ -636,19 +636,19 @@ class Supervisor:
             ex.grace_deadline = ex.interrupted_at + INTERRUPT_GRACE_S
             ex.kill_reason = reason
 
-    def _running(self, route: bytes, request_id: str) -> ExecutorProcess | None:
-        """The executor running request ``request_id`` of the client at ``route``."""
+    def _running(self, route: bytes, request_id: str) -> tuple[ExecutorProcess, Request] | None:
+        """The executor running request ``request_id`` of the client at ``route``, and it."""
         for ex in self.all:
             cur = ex.current
             if cur is not None and cur.target.id == request_id and cur.target.route == route:
-                return ex
+                return ex, cur
         return None
 
     def _on_ack(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
         ack = msg.read(protocol.Ack)
-        ex = self._running(route, ack.id)
-        if ex is not None and ex.current is not None:
-            cur = ex.current
+        running = self._running(route, ack.id)
+        if running is not None:
+            ex, cur = running
             cur.acked = max(cur.acked, ack.n)
             ex.last_seen = time.monotonic()
             if cur.client in self._clients:
@@ -658,10 +658,11 @@ class Supervisor:
         """A lazy call's loop wants its next item (or left: ``close``); the executor waits
         for this between items (``Call.lazy``).  One for a request that ended is dropped."""
         ask = msg.read(protocol.Next)
-        ex = self._running(route, ask.id)
-        if ex is None:
+        running = self._running(route, ask.id)
+        if running is None:
             log.debug("next for %s: not running here", ask.id)
             return
+        ex = running[0]
         ex.last_seen = time.monotonic()
         ex.send(protocol.encode(Kind.NEXT, ask.model_dump(), list(msg.buffers)))
 
