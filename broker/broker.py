@@ -52,6 +52,7 @@ from broker.auth import (
     check_admin_secret,
     check_worker_secret,
 )
+from broker.bulk import BulkStore
 from broker.config import BrokerSettings
 from broker.connections import ConnectionWatch, inproc_address
 from broker.guard import PeerRateLimiter, RateLimitedLog, seed_routing_ids
@@ -89,6 +90,12 @@ class Session:
     identity: Identity
     last_seen: float
     key: bytes = field(default_factory=new_key, repr=False)
+
+    @property
+    def bulk_key(self) -> bytes:
+        """What its executors sign BULK with (``protocol.bulk_key``)."""
+        return P.bulk_key(self.key)
+
     handle: bytes = field(default_factory=lambda: os.urandom(16))
     token: str | None = field(default=None, repr=False)
     recheck_at: float = float("inf")
@@ -120,6 +127,11 @@ class WorkerEntry:
     last_activity: float = field(default_factory=time.time)
     # The session key its later messages prove (issued in REGISTERED).
     key: bytes = field(default_factory=new_key, repr=False)
+
+    @property
+    def bulk_key(self) -> bytes:
+        """What its executors sign BULK with (``protocol.bulk_key``)."""
+        return P.bulk_key(self.key)
 
     @classmethod
     def registered(cls, route: bytes, header: P.Register, now: float) -> WorkerEntry:
@@ -168,6 +180,11 @@ class Counters:
     rate_limited: int = 0
     sessions_closed: int = 0
     tokens_revoked: int = 0
+    # The bulk side channel: buffer sets held for a DONE, refused (sent the usual way
+    # instead), and put back into a DONE on its way to the client.
+    bulk_held: int = 0
+    bulk_refused: int = 0
+    bulk_forwarded: int = 0
 
 
 @dataclass
@@ -233,6 +250,7 @@ class Broker:
         # Pool ids already handed to a user: their pool credentials never register again.
         self.claimed_pool_ids: LRUCache[str, bool] = LRUCache(maxsize=100_000)
         self.pending = PendingRequests()
+        self.bulk = BulkStore()
         self.counters = Counters()
         self.malformed_log = RateLimitedLog(log)
         self.error_log = RateLimitedLog(log, per_window=5)
@@ -690,6 +708,8 @@ class Broker:
             return None
         target, kind_b = signed.route, signed.kind
         now = time.monotonic()
+        if target == P.TO_BROKER and kind_b == b"bulk":
+            return self._on_bulk(wroute, signed)
         if target == P.TO_BROKER and kind_b == b"register":
             if not self._admit_unauthenticated("w", wroute):
                 return None
@@ -730,6 +750,8 @@ class Broker:
             return self._malformed("backend", "a pool worker addressed a client")
         user = entry.user
         route = self._route_of(target, user)
+        if route is None and kind_b == b"done" and (bulk_id := P.bulk_ref(signed.buffers)):
+            self.bulk.take(user, bulk_id)  # nobody to receive them: let them go now
         if route is None:
             # One of its user's connections that closed is news the worker has not had
             # yet: its events are dropped quietly.
@@ -737,6 +759,9 @@ class Broker:
                 log.debug("dropped a %s for a connection that closed", kind_b[:32])
                 return None
             return self._malformed("backend", "worker addressed no connection of its user")
+        if kind_b == b"done" and (bulk_id := P.bulk_ref(signed.buffers)) is not None:
+            if not self._put_bulk_back(user, route, signed, bulk_id):
+                return None
         if self.legacy.owns(route):
             return self.legacy.on_worker_event(route, signed)
         if kind_b == b"done":  # its request is over, however large the header (many names)
@@ -748,6 +773,50 @@ class Broker:
         self.frontend.send_multipart([route, *signed.unsigned()], copy=False)
         self.counters.forwarded_to_clients += 1
         return None
+
+    def _on_bulk(self, wroute: bytes, signed: P.Signed) -> None:
+        """An executor's buffers for its coming DONE (the bulk side channel): held, and
+        BULK_OK; or BULK_REFUSED, and the executor sends them through its worker instead."""
+        if not self._admit_unauthenticated("w", wroute):
+            return None  # as for any message no worker session vouches for
+        fields = self._read(signed, P.Bulk)
+        if fields is None:
+            return self._malformed("backend", "bad bulk header")
+        entry = self.workers.get(fields.user)
+        if entry is None or not signed.verify(entry.bulk_key):
+            # No such worker now (it re-registered: a new key), or not its key: the same
+            # answer, so a guess learns nothing.
+            why = "not signed by a registered worker of that user"
+        else:
+            why = self.bulk.hold(fields.user, fields.id, signed.buffers)
+        if why is not None:
+            self.counters.bulk_refused += 1
+            log.info("refused a bulk upload for user %s: %s", fields.user[:64], why)
+            reply = P.encode(P.Kind.BULK_REFUSED, {"id": fields.id, "message": why})
+        else:
+            self.counters.bulk_held += 1
+            reply = P.encode(P.Kind.BULK_OK, {"id": fields.id})
+        self.backend.send_multipart([wroute, P.TO_BROKER, *reply])
+        return None
+
+    def _put_bulk_back(self, user: str, route: bytes, signed: P.Signed, bulk_id: str) -> bool:
+        """Put the buffers held under ``bulk_id`` into the DONE in place of its reference;
+        False when none are held (the request then fails with a sentence, and ends)."""
+        held = self.bulk.take(user, bulk_id)
+        if held is None:
+            done_id = P.event_id(signed.header)
+            if done_id is not None:
+                self.pending.discard(user, route, done_id)
+            log.warning("a DONE of user %s named bulk buffers that are not held", user[:64])
+            self._fail(route, done_id, P.FailCode.BULK_LOST, P.BULK_LOST_MESSAGE)
+            return False
+        signed.buffers = held
+        self.counters.bulk_forwarded += 1
+        size = len(signed.header) + sum(len(f) for f in held)
+        if size >= P.LARGE_MESSAGE_BYTES and not self.legacy.owns(route):
+            # As a worker's HEARTBEAT ``sending`` would: the client's PONGs wait behind it.
+            self._reply(route, P.Kind.PONG, {"t": None, "pending": [], "sending": size})
+        return True
 
     def _forget_worker_route(self, wroute: bytes, reason: str) -> None:
         user = self.worker_users.get(wroute)
@@ -840,6 +909,8 @@ class Broker:
         if self.workers.get(entry.user) is entry:
             del self.workers[entry.user]
         self.counters.workers_lost += 1
+        if self.workers.get(entry.user) is None:
+            self.bulk.drop_user(entry.user)  # no DONE of that worker can come now
         if superseded:
             self._to_worker(entry.route, P.Kind.SUPERSEDED)
         log.warning("worker of user %s dropped: %s", entry.user, reason)

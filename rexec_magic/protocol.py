@@ -167,6 +167,9 @@ class Kind:
     # {user, nonce, secret, python, dill, pid, instance, pool?}  -> REGISTERED | REJECTED
     REGISTER = "register"
     HEARTBEAT = "heartbeat"  # {busy, executors, sending?, sending_to?}  -> HEARTBEAT_ACK | RESYNC
+    # executor -> broker, on a connection of its own (the bulk side channel, below):
+    # {user, id} + the buffers of a large DONE  -> BULK_OK {id} | BULK_REFUSED {id, message}
+    BULK = "bulk"
     GOODBYE = "goodbye"  # {}: the worker is exiting on purpose (SIGTERM, superseded)
     # broker -> worker
     REGISTERED = "registered"
@@ -175,6 +178,8 @@ class Kind:
     RESYNC = "resync"  # the broker does not know this worker (it restarted): register again
     SUPERSEDED = "superseded"  # a newer worker registered for the same user: exit
     ASSIGN = "assign"  # {user, nonce, secret}: a warm-pool worker now belongs to this user
+    BULK_OK = "bulk_ok"  # {id}: the broker holds these buffers for the DONE that names them
+    BULK_REFUSED = "bulk_refused"  # {id, message}: send them the usual way (through the worker)
     # control port (admin) <-> broker
     STATUS = "status"  # {secret}  -> STATUS_REPLY
     STATUS_REPLY = "status_reply"  # {users, workers, counters}
@@ -215,8 +220,15 @@ class FailCode:
     FORBIDDEN = "forbidden"  # bad admin secret on the control port
     TOKEN_INVALID = "token_invalid"  # noqa: S105 - a code, not a secret; the token was revoked or expired while connected
     TOO_LARGE = "too_large"  # the header is larger than the broker accepts
+    # A DONE named bulk buffers the broker no longer holds (its worker was dropped meanwhile)
+    BULK_LOST = "bulk_lost"
 
 
+BULK_LOST_MESSAGE = (
+    "The cell ran, but the values it sent back were lost on their way (the rexec broker no "
+    "longer held them); this notebook's copies of the names it changed may be older than "
+    "the worker's."
+)
 # The one sentence a user reads when an open connection's token stops being valid.
 TOKEN_INVALID_MESSAGE = "Your rexec token is no longer valid; log in again."  # noqa: S105
 
@@ -270,6 +282,39 @@ def transfer_allowance_s(nbytes: int) -> float:
 
 
 INTERRUPT_GRACE_S = 5.0
+
+# The bulk side channel.  A large DONE's buffers would cross three links (executor ->
+# supervisor -> broker -> client), each a full copy of every byte before the next starts
+# (ZeroMQ and the executor link move whole messages).  Instead the executor sends them
+# straight to the broker (BULK, on a DEALER of its own, zero-copy from the values' memory),
+# waits for BULK_OK, and sends its DONE through the supervisor as always, with one buffer
+# in their place: ``BULK_REF`` + the id.  The broker puts the held buffers there and
+# forwards the DONE: the client receives exactly the message it would have, and the
+# supervisor still orders it after the cell's output.  The executor proves nothing but
+# "this user's executor" (``bulk_key``, derived from the worker's session key, which never
+# leaves the supervisor): what it uploads is only ever forwarded in place of a DONE's
+# reference that the supervisor signed.  Refused, unanswered or unavailable: the buffers go
+# the usual way, so nothing is lost.  From this many bytes of buffers on:
+BULK_MIN_BYTES = 8 << 20
+BULK_REF = b"\0rexec-bulk\0"  # + the id: a DONE's one buffer standing for the held ones
+BULK_MAX_HELD = 16  # buffers sets the broker holds per user at most (more: refused)
+BULK_MAX_HELD_BYTES = 4 << 30  # and bytes at most (more: refused)
+
+
+def bulk_key(session_key: bytes) -> bytes:
+    """The key an executor signs BULK with: derived from its worker's session key (both the
+    broker and the supervisor derive it), so holding it proves nothing else."""
+    return hmac.digest(session_key, b"rexec bulk side channel", "sha256")
+
+
+def bulk_ref(frames: Sequence[Any]) -> str | None:
+    """The id a DONE's buffers stand for (see ``BULK_REF``), or None for ordinary buffers."""
+    if len(frames) != 1:
+        return None
+    first = _as_bytes(frames[0]) if len(frames[0]) <= len(BULK_REF) + SHORT_MAX else b""
+    if not first.startswith(BULK_REF):
+        return None
+    return first[len(BULK_REF) :].decode("ascii", "replace")
 
 
 def pool_member(pool_id: str) -> str:
@@ -883,10 +928,14 @@ class Done(Event):
     unloaded: list[Unloaded] = Field(default_factory=list)
     missing: Names = Field(default_factory=list)
     exit: bool = False  # exit() in the cell ended its executor
+    # Its buffers went by the bulk side channel (``BULK_REF``): this id stands for them
+    # until the broker puts them back.
+    bulk: Short = ""
 
     @model_validator(mode="after")
     def _buffers(self, info: ValidationInfo) -> Done:
-        _check_buffers(self.vars, info)
+        if not (self.bulk and (info.context or {}).get("nbuffers") == 1):
+            _check_buffers(self.vars, info)
         return self
 
 
@@ -965,6 +1014,25 @@ class Heartbeat(Header):
     # (hex) it goes to (told with an unasked PONG).
     sending: NonNegativeInt = 0
     sending_to: Short = ""
+
+
+# executor -> broker
+class Bulk(Header):
+    user: Id
+    id: Id
+
+
+class BulkChannel(Header):
+    """Supervisor -> executor: where to upload (empty url: nowhere), as whom, the key (hex)."""
+
+    url: Short = ""
+    user: Short = ""
+    key: Short = ""
+
+
+class BulkReply(Header):
+    id: Id
+    message: str = ""
 
 
 # broker -> worker

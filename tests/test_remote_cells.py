@@ -53,6 +53,25 @@ def test_numpy_array_round_trip_is_writable(ip):
     back[0] = 5.0  # pulled arrays are ordinary, writable arrays
 
 
+def test_a_large_result_comes_by_the_bulk_side_channel_whole_and_writable(ip, stack):
+    """A result of 24 MiB goes from the executor straight to the broker (the bulk side
+    channel: one copy fewer than through the worker's supervisor) and arrives as the same
+    values, an ordinary writable array; changed here and there, it stays one value."""
+    counters = lambda: stack.broker_status()["counters"]  # noqa: E731
+    before = counters()["bulk_forwarded"]
+    remote(ip, "import numpy as np\nbig = np.arange(3 << 20, dtype=np.float64)\nbig[0] = -1")
+    big = ip.user_ns["big"]
+    assert big.shape == (3 << 20,) and big[0] == -1 and (big[1:] == np.arange(1, 3 << 20)).all()
+    big[1] = 7.0
+    remote(ip, "big[2] = 9.0\nbig_sum = float(big.sum())")
+    big = ip.user_ns["big"]
+    assert (big[:4] == [-1.0, 7.0, 9.0, 3.0]).all()
+    assert ip.user_ns["big_sum"] == float(big.sum())
+    assert counters()["bulk_forwarded"] == before + 2
+    remote(ip, "del big", line="--no-pull")
+    ip.user_ns.pop("big", None)
+
+
 def test_namespace_persists_across_cells(ip):
     remote(ip, "import math\nsecret_base = 7", line="--no-pull")
     assert "secret_base" not in ip.user_ns

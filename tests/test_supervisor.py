@@ -10,6 +10,7 @@ import resource
 import signal
 import time
 
+import numpy as np
 import pytest
 
 from rexec_magic import protocol
@@ -833,8 +834,9 @@ def announcements_until_done(port: BrokerPort, request_id: str) -> list:
 def test_a_large_event_is_announced_to_the_broker_before_it_goes(port):
     """A heartbeat just before a large event says its size and its client, so the broker
     allows for the heartbeats held up behind it and tells the client (see
-    test_worker_link.py): a large pull, and a display whose text (in its header) is large;
-    a small event goes unannounced."""
+    test_worker_link.py): a large pull the broker refused to take by the bulk side channel,
+    and a display whose text (in its header) is large; a small event goes unannounced."""
+    port.bulk_policy = "refuse"
     pull = port.execute("big = b'x' * (40 << 20)\nsmall = 1", pull=["big"])
     [(size, handle)] = announcements_until_done(port, pull)
     assert size >= 40 << 20 and handle == CLIENT.hex()
@@ -842,6 +844,54 @@ def test_a_large_event_is_announced_to_the_broker_before_it_goes(port):
     [(size, _)] = announcements_until_done(port, port.execute(shown))
     assert size >= 20 << 20
     assert announcements_until_done(port, port.execute("pass", pull=["small"])) == []
+
+
+def test_a_large_result_goes_straight_to_the_broker_and_arrives_whole(port):
+    """The bulk side channel: a DONE with 24 MiB of buffers sends them from the executor to
+    the broker's port on a connection of its own, and the DONE itself (after the cell's
+    output, through the supervisor) names them; the worker announces nothing large (the
+    broker tells the client, see test_worker_link.py).  A small result goes the usual way."""
+    code = "import numpy as np\nprint('before')\narr = np.arange(3 << 20, dtype=np.int64) * 3"
+    request_id = port.execute(code, pull=["arr"])
+    assert announcements_until_done(port, request_id) == []
+    assert port.bulk_uploads == 1 and port.bulk_put_back == 1 and port.bulk_held == {}
+    events = port.run("arr[0] = -1\nprint(arr[:3])", pull=["arr"])
+    assert stdout(events) == "[-1  3  6]\n"
+    arr = pulled(events)["arr"]
+    assert arr.dtype == np.int64 and arr[0] == -1 and (arr[1:] == np.arange(1, 3 << 20) * 3).all()
+    assert port.bulk_uploads == 2
+    assert pulled(port.run("small = list(range(10))", pull=["small"])) == {"small": list(range(10))}
+    assert port.bulk_uploads == 2
+    # Its own connection to the broker never holds up the executor's end.
+    assert done(port.run("exit()")).header["exit"] is True
+    wait_for(lambda: "ended: " in port.log_text(), "the executor to end")
+    ended = [line for line in port.log_text().splitlines() if "ended: " in line]
+    assert "exit code 0" in ended[0] or "exited normally" in ended[0], ended
+
+
+@pytest.mark.parametrize("policy", ["refuse", "silent"])
+def test_a_bulk_upload_the_broker_refuses_or_never_answers_loses_nothing(port, policy):
+    """The broker says no (too much held for this user, a stale key), or never answers (it
+    is gone): the buffers go through the supervisor as they always did, and the value
+    arrives whole.  After no answer the executor stops trying until the worker registers
+    again, rather than wait at every large result."""
+    port.bulk_policy = policy
+    code = "import numpy as np\narr = np.arange(2 << 20, dtype=np.int64)"
+    events = port.run(code, pull=["arr"], timeout=WAIT_S + 10)
+    assert port.bulk_uploads == 1 and port.bulk_put_back == 0
+    assert (pulled(events)["arr"] == np.arange(2 << 20)).all()
+    events = port.run("arr += 1", pull=["arr"], timeout=WAIT_S + 10)
+    assert (pulled(events)["arr"] == np.arange(1, (2 << 20) + 1)).all()
+    assert port.bulk_uploads == (2 if policy == "refuse" else 1)
+    if policy == "silent":  # registered again: the executor is told where to upload again
+        port.bulk_policy = "hold"
+        port.restart_router()
+        port.recv_kind(Kind.HEARTBEAT)  # the supervisor's DEALER reconnected by itself
+        port.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)
+        port.register()
+        events = port.run("arr -= 1", pull=["arr"])
+        assert (pulled(events)["arr"] == np.arange(2 << 20)).all()
+        assert port.bulk_uploads == 2 and port.bulk_put_back == 1
 
 
 def test_no_event_is_dropped_for_a_slow_reader(port):
@@ -876,7 +926,6 @@ def test_no_event_is_dropped_for_a_slow_reader(port):
 def test_large_requests_headers_and_arrays_cross_to_the_executor_and_back_whole(port):
     """Code, display data and arrays of megabytes: each crosses the supervisor-executor link
     in parts (more than its socket buffer) and arrives whole, the array writable."""
-    import numpy as np
 
     text = "".join(chr(0x41 + i % 26) for i in range(3 * 2**20))
     code = f"s = {text!r}\nfrom IPython.display import HTML, display\ndisplay(HTML(s))\n"

@@ -167,3 +167,117 @@ def test_events_for_a_connection_that_closed_are_dropped_without_a_warning(link)
     link.to_client(b"\1" * 16, P.Kind.STREAM, event)  # a handle that never was one
     wait_for(lambda: link.broker.counters.malformed > before, "the stranger's event to count")
     assert link.broker.counters.malformed == before + 1
+
+
+# ---------------------------------------------------------------------- bulk side channel
+@pytest.fixture
+def uploader(link) -> Iterator[zmq.Socket]:
+    """An executor's own connection to the broker's worker port (worker_image.bulk)."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(f"tcp://127.0.0.1:{link.broker.ports['worker']}")
+    yield sock
+    sock.close()
+
+
+def upload(
+    sock: zmq.Socket, key: bytes | None, set_id: str, buffers: list[bytes], user: str = "alice"
+) -> P.Message:
+    header = {"user": user, "id": set_id}
+    sock.send_multipart([P.TO_BROKER, *P.encode_signed(key, P.Kind.BULK, header, buffers)])
+    reply = P.decode(recv(sock), routed=True)
+    assert reply.header["id"] == set_id
+    return reply
+
+
+def done_naming(link: Link, handle: bytes, request_id: str, set_id: str, nbuffers: int) -> None:
+    header = {"id": request_id, "status": "ok", "vars": [{"name": "a", "nbuffers": nbuffers}]}
+    numbered = b'{"seq":1,' + P.encode_header({**header, "bulk": set_id})[1:]
+    frames = P.encode_signed(link.worker_key, P.Kind.DONE, numbered, [P.BULK_REF + set_id.encode()])
+    link.worker.send_multipart([handle, *frames])
+
+
+def test_bulk_buffers_reach_the_client_inside_the_done_that_names_them(link, uploader):
+    """An executor uploads a large result's buffers (signed with the key derived from its
+    worker's session key), then the worker's DONE names them: the client receives the DONE
+    with those buffers, byte for byte, told first that a large message comes (its PONGs
+    wait behind it); nothing stays held."""
+    handle = link.execute("pull")
+    buffers = [b"pickle-stream", bytes(range(256)) * (80 << 12)]  # 20 MiB
+    key = P.bulk_key(link.worker_key)
+    assert upload(uploader, key, "set-1", buffers).kind == P.Kind.BULK_OK
+    done_naming(link, handle, "pull", "set-1", 2)
+    while (told := P.decode(recv(link.client))).kind != P.Kind.PONG:
+        pass
+    assert told.header["sending"] >= 20 << 20
+    while (msg := P.decode(recv(link.client))).kind != P.Kind.DONE:
+        pass
+    assert [bytes(b) for b in msg.buffers] == buffers
+    assert msg.read(P.Done).vars[0].nbuffers == 2
+    assert link.pong()["pending"] == []
+    status = link.broker.status()["counters"]
+    assert (status["bulk_held"], status["bulk_forwarded"]) == (1, 1)
+    assert link.broker.bulk.held_sets() == 0
+
+
+def test_a_bulk_upload_without_its_workers_key_is_refused(link, uploader):
+    """Only an executor of the user's registered worker can upload: the worker's own session
+    key (not the derived one), a made-up key, no key, or a user with no worker are refused
+    alike, and a DONE naming what is not held ends its request with one sentence."""
+    handle = link.execute("pull")
+    worker_key = link.worker_key
+    for key, user in [(worker_key, "alice"), (b"\7" * 32, "alice"), (None, "alice"),
+                      (P.bulk_key(worker_key), "bob")]:  # fmt: skip
+        reply = upload(uploader, key, "forged", [b"x" * 100], user=user)
+        assert reply.kind == P.Kind.BULK_REFUSED
+    assert link.broker.bulk.held_sets() == 0
+    done_naming(link, handle, "pull", "forged", 1)
+    while (msg := P.decode(recv(link.client))).kind != P.Kind.FAIL:
+        pass
+    assert msg.header["id"] == "pull" and msg.header["code"] == P.FailCode.BULK_LOST
+    assert msg.header["message"] == P.BULK_LOST_MESSAGE
+    assert link.pong()["pending"] == []
+
+
+def test_the_broker_holds_a_bounded_amount_per_user(link, uploader):
+    """At most ``BULK_MAX_HELD`` sets and ``max_bytes`` per user: past either the upload is
+    refused (the executor then sends the usual way); a DONE that takes a set makes room."""
+    key = P.bulk_key(link.worker_key)
+    for i in range(P.BULK_MAX_HELD):
+        assert upload(uploader, key, f"s{i}", [b"x" * 10]).kind == P.Kind.BULK_OK
+    assert upload(uploader, key, "one-more", [b"x" * 10]).kind == P.Kind.BULK_REFUSED
+    assert upload(uploader, key, "s0", [b"x" * 10]).kind == P.Kind.BULK_REFUSED  # held already
+    handle = link.execute("takes-one")
+    done_naming(link, handle, "takes-one", "s0", 1)
+    while P.decode(recv(link.client)).kind != P.Kind.DONE:
+        pass
+    assert upload(uploader, key, "one-more", [b"x" * 10]).kind == P.Kind.BULK_OK
+    link.broker.bulk.max_bytes = 1000
+    assert upload(uploader, key, "too-big", [b"x" * 2000]).kind == P.Kind.BULK_REFUSED
+
+
+def test_held_buffers_are_let_go_when_their_worker_is_dropped(link, uploader):
+    """No DONE of a dropped worker can come: what it uploaded is freed with it."""
+    assert upload(uploader, P.bulk_key(link.worker_key), "s", [b"x" * 10]).kind == P.Kind.BULK_OK
+    assert link.broker.bulk.held_sets() == 1
+    link.worker.send_multipart(
+        [P.TO_BROKER, *P.encode_signed(b"\1" * 32, P.Kind.HEARTBEAT, {"busy": False})]
+    )
+    assert P.decode(recv(link.worker)[1:]).kind == P.Kind.RESYNC
+    wait_for(lambda: link.broker.bulk.held_sets() == 0, "the held buffers to be let go")
+
+
+def test_held_buffers_for_a_connection_that_closed_are_let_go(link, uploader):
+    """The kernel went away while its large result was on its way: the DONE naming the
+    held buffers is dropped as before, and the buffers are let go with it."""
+    handle = link.execute("orphan")
+    assert upload(uploader, P.bulk_key(link.worker_key), "s", [b"x" * 10]).kind == P.Kind.BULK_OK
+    link.client.close()
+    wait_for(lambda: link.broker.status()["connections"] == 0, "the broker to see it closed")
+    done_naming(link, handle, "orphan", "s", 1)
+    # A heartbeat after it on the worker's connection: its ACK means the DONE was handled
+    # (and the worker is not dropped as silent, which would let go of everything anyway).
+    beat = P.encode_signed(link.worker_key, P.Kind.HEARTBEAT, {"busy": False})
+    link.worker.send_multipart([P.TO_BROKER, *beat])
+    assert P.decode(recv(link.worker)[1:]).kind == P.Kind.HEARTBEAT_ACK
+    assert link.broker.bulk.held_sets() == 0

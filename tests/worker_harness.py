@@ -43,6 +43,14 @@ class BrokerPort:
         self.proc: subprocess.Popen | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="rexec-worker-", suffix=".log", delete=False)
         self.stash: list[tuple[bytes, Message]] = []  # received but not yet asked for
+        # The bulk side channel (rexec_magic.protocol): an executor's BULK uploads come to
+        # this port from a connection of their own.  "hold" answers as the broker does and
+        # puts the buffers back into the DONE naming them; "refuse" answers BULK_REFUSED;
+        # "silent" never answers.
+        self.bulk_policy = "hold"
+        self.bulk_held: dict[str, list[Any]] = {}
+        self.bulk_uploads = 0  # BULK messages received
+        self.bulk_put_back = 0  # DONEs whose buffers came by the bulk side channel
 
     def restart_router(self) -> None:
         """Close the ROUTER and bind a new one on the same port: a broker restart."""
@@ -117,12 +125,30 @@ class BrokerPort:
                 if peer == self.worker_id:
                     raise
                 continue  # a stranger on this port (a client of an earlier test's broker)
+            if msg.kind == Kind.BULK and msg.route == protocol.TO_BROKER:
+                self._on_bulk(peer, msg)
+                continue
             # The worker is whoever speaks first after a (re)start or registers; others are
             # strangers.
             if msg.kind == Kind.REGISTER or self.worker_id is None:
                 self.worker_id = peer
             if peer == self.worker_id:
+                if msg.kind == Kind.DONE and (ref := protocol.bulk_ref(msg.buffers)):
+                    msg.buffers = self.bulk_held.pop(ref)  # as the broker does
+                    self.bulk_put_back += 1
                 return msg.route or b"", msg
+
+    def _on_bulk(self, peer: bytes, msg: Message) -> None:
+        self.bulk_uploads += 1
+        set_id = msg.header["id"]
+        if self.bulk_policy == "hold":
+            self.bulk_held[set_id] = list(msg.buffers)
+            reply = protocol.encode(Kind.BULK_OK, {"id": set_id})
+        elif self.bulk_policy == "refuse":
+            reply = protocol.encode(Kind.BULK_REFUSED, {"id": set_id, "message": "a test"})
+        else:
+            return
+        self.router.send_multipart([peer, protocol.TO_BROKER, *reply])
 
     def recv_kind(self, kind: str, timeout: float = WAIT_S) -> Message:
         """Skip to the next message of ``kind`` (heartbeats and others are stashed/skipped)."""

@@ -46,10 +46,19 @@ from rexec_magic import protocol, serialize
 from rexec_magic.contract import Env
 from rexec_magic.protocol import DoneStatus, Kind
 from worker_image import framing
+from worker_image.bulk import BulkChannel, Where
 from worker_image.calls import Step
 from worker_image.cells import CellRunner, cell_for, done_header
 from worker_image.introspect import Introspector
-from worker_image.outbox import READY, STOP, EventChannel, Target, no_sigint, private_std_fds
+from worker_image.outbox import (
+    BULK_CHANNEL,
+    READY,
+    STOP,
+    EventChannel,
+    Target,
+    no_sigint,
+    private_std_fds,
+)
 from worker_image.shell import WorkerShell, make_shell, redirect_stdio
 from worker_image.variables import describe
 
@@ -140,6 +149,7 @@ class Executor:
         self.inspects.linger = 0
         self.inspects.connect(inspect_url)
         self.channel = EventChannel(self.link, std_fds)
+        self.channel.bulk = BulkChannel(ctx)
         self.shell: WorkerShell = make_shell(self.channel)
         # One loop, as in a kernel: ``asyncio.get_event_loop()`` in a plain cell is the loop
         # ``await`` cells run on, which runs between cells (``_run_async_until_request``).
@@ -166,11 +176,27 @@ class Executor:
             except protocol.ProtocolError as exc:
                 log.warning("dropped a malformed request: %s", exc)
                 continue
+            if msg.kind == BULK_CHANNEL:
+                self._bulk_channel(msg)
+                continue
             try:
                 if not self.introspector.handle(b"", msg):  # COMPLETE, INTROSPECT: its thread
                     self._inspect(msg)
             except protocol.ProtocolError as exc:
                 log.warning("dropped a malformed %s: %s", msg.kind, exc)
+
+    def _bulk_channel(self, msg: protocol.Message) -> None:
+        """Where large DONE buffers may go from now on (``worker_image.bulk``)."""
+        assert self.channel.bulk is not None
+        try:
+            fields = msg.read(protocol.BulkChannel)
+            where = (
+                Where(fields.url, fields.user, bytes.fromhex(fields.key)) if fields.url else None
+            )
+        except (protocol.ProtocolError, ValueError):
+            log.warning("dropped a malformed %s", BULK_CHANNEL)
+            return
+        self.channel.bulk.configure(where)
 
     def _next(self) -> protocol.Message | None:
         """Main thread: the next cell or call (None: stop)."""
@@ -353,6 +379,8 @@ class Executor:
         self._stopping.set()
         self._reader.join(2.0)
         self.inspects.close()
+        if self.channel.bulk is not None:
+            self.channel.bulk.close()  # an open socket would hold ctx.term() for ever
         self.link.close()  # every send was whole before it returned: the last DONE is out
         self.ctx.term()
         return 0

@@ -34,11 +34,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from rexec_magic import protocol
+from rexec_magic import protocol, serialize
 from rexec_magic.protocol import Kind
 from worker_image import framing
+
+if TYPE_CHECKING:
+    from worker_image.bulk import BulkChannel
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,8 @@ class EventChannel:
         self._pid = os.getpid()  # a forked child (multiprocessing) shares the link: not its
         self._fork_noted = 0  # the child that was told so
         self.last_sent: tuple[str, str] | None = None  # (request id, kind) last handed over
+        # Where a large DONE's buffers may go straight to the broker (worker_image.bulk).
+        self.bulk: BulkChannel | None = None
 
     def event(
         self,
@@ -110,10 +115,12 @@ class EventChannel:
             return
 
         header = {"id": target.id, **header}
-        parts = protocol.encode(kind, encode_header(header), buffers)
         with self._lock, no_sigint():
             self.sending_thread = threading.get_ident()
             try:
+                if kind == Kind.DONE and self.bulk is not None:
+                    header, buffers = self._bulk(header, buffers)
+                parts = protocol.encode(kind, encode_header(header), buffers)
                 framing.send(self.link, parts)
                 self.last_sent = (target.id, kind)
                 self.sent += 1
@@ -127,6 +134,19 @@ class EventChannel:
         if self.deferred_interrupt and threading.current_thread() is threading.main_thread():
             self.deferred_interrupt = False
             raise KeyboardInterrupt
+
+    def _bulk(
+        self, header: dict[str, Any], buffers: list[Any] | tuple[Any, ...]
+    ) -> tuple[dict[str, Any], list[Any] | tuple[Any, ...]]:
+        """A large DONE's buffers uploaded to the broker, and one reference in their place
+        (``protocol.BULK_REF``); as they were when they are small or the broker said no."""
+        assert self.bulk is not None
+        if not buffers or serialize.nbytes(buffers) < protocol.BULK_MIN_BYTES:
+            return header, buffers
+        set_id = self.bulk.upload(list(buffers))
+        if set_id is None:
+            return header, buffers
+        return {**header, "bulk": set_id}, [protocol.BULK_REF + set_id.encode()]
 
     @property
     def in_forked_child(self) -> bool:
@@ -176,6 +196,9 @@ READY = "ready"  # executor -> supervisor {pid}: the shell is built, send cells
 # from here on); what it bound is being packed, which may outlast the grace period.
 CODE_OVER = "code_over"
 STOP = "stop"  # supervisor -> executor: end after the current cell
+# supervisor -> executor, on its inspect socket: {url, user, key (hex)} where a large DONE's
+# buffers may go straight to the broker (worker_image.bulk), or {} for nowhere.
+BULK_CHANNEL = "bulk_channel"
 
 # Marks the place of event N in the stdout/stderr byte streams: MARK + b"N" + b"\0".  A NUL
 # and an escape character: text and terminal output never contain the pair.

@@ -84,7 +84,7 @@ from worker_image.link import (
     Registration,
     encode_header,
 )
-from worker_image.outbox import CODE_OVER, READY, Target
+from worker_image.outbox import BULK_CHANNEL, CODE_OVER, READY, Target
 from worker_image.recent import Recent
 
 log = logging.getLogger("worker_image.supervisor")
@@ -460,8 +460,28 @@ class Supervisor:
         now = time.monotonic()
         for ex in self.all:  # their kernels could not reach them until now
             ex.last_seen = max(ex.last_seen, now)
+            if ex.ready:
+                self._tell_bulk_channel(ex)
         log.info("registered with the broker")
         self._touch_alive_file()
+
+    def _tell_bulk_channel(self, ex: ExecutorProcess) -> None:
+        """Tell the executor where a large DONE's buffers may go straight to the broker
+        (``worker_image.bulk``): the broker's worker port, and the key derived from this
+        registration's session key (which itself never leaves this process).  On the
+        executor's inspect socket: never in an environment another process can read."""
+        reg = self.registration
+        if self._session_key is None or reg.pool:
+            header: dict[str, Any] = {}
+        else:
+            key = protocol.bulk_key(self._session_key).hex()
+            header = {"url": reg.broker_url, "user": reg.user, "key": key}
+        try:
+            ex.inspects.send_multipart(
+                protocol.encode(BULK_CHANNEL, header), flags=zmq.NOBLOCK, copy=False
+            )
+        except zmq.ZMQError:
+            log.debug("executor %d cannot take the bulk channel now", ex.number)
 
     def _on_heartbeat_ack(self, msg: Message) -> None:
         self._touch_alive_file()
@@ -944,6 +964,7 @@ class Supervisor:
 
     def _on_ready(self, ex: ExecutorProcess) -> None:
         ex.ready = True
+        self._tell_bulk_channel(ex)
         log.info("executor %d ready in %.2f s", ex.number, time.monotonic() - ex.started)
         if self._spare_failures:  # an executor could start again: so can a spare
             self._spare_failures = 0

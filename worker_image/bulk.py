@@ -1,0 +1,120 @@
+"""The executor's end of the bulk side channel: a large DONE's buffers straight to the broker.
+
+See ``rexec_magic.protocol`` ("The bulk side channel") for the exchange and why, and
+``broker.bulk`` for the other end.  The supervisor tells each executor where the broker is
+and the key (``BULK_CHANNEL`` on the executor's inspect socket, never in the environment)
+once it is registered; until then, and whenever the broker refuses or does not answer in
+time, :meth:`BulkChannel.upload` says no and the buffers go through the supervisor as they
+always did.  Only the executor's main thread uploads (one DEALER, never shared).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from rexec_magic import protocol, serialize
+from rexec_magic.protocol import Kind
+
+log = logging.getLogger(__name__)
+
+# How long the executor waits for the broker's answer beyond what the bytes need at the
+# slowest crossing allowed (``protocol.transfer_allowance_s``).
+ANSWER_WAIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Where:
+    """The broker's worker port, the user whose worker this is, and the key (raw bytes)."""
+
+    url: str
+    user: str
+    key: bytes
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Where(url={self.url!r}, user={self.user!r})"
+
+
+class BulkChannel:
+    """Uploads a DONE's buffers to the broker; says which id then stands for them."""
+
+    def __init__(self, ctx: zmq.Context) -> None:
+        self.ctx = ctx
+        self._lock = threading.Lock()  # configure() runs on the inspect thread
+        self._where: Where | None = None
+        self._sock: zmq.Socket | None = None
+        self._sock_for: Where | None = None
+
+    def configure(self, where: Where | None) -> None:
+        """Where to upload from now on (None: nowhere; the supervisor is not registered)."""
+        with self._lock:
+            self._where = where
+
+    def upload(self, frames: list[Any]) -> str | None:
+        """Send ``frames`` to the broker and wait until it holds them: the id the DONE names
+        in their place, or None (not configured, refused, or no answer in time: send them
+        the usual way).  The frames are not copied; they are the broker's once this
+        returns an id, and never read again after it returns None."""
+        with self._lock:
+            where = self._where
+        if where is None:
+            return None
+        sock = self._socket(where)
+        set_id = uuid.uuid4().hex
+        header = protocol.encode_header({"user": where.user, "id": set_id})
+        parts = protocol.encode_signed(where.key, Kind.BULK, header, frames, protocol.TO_BROKER)
+        nbytes = serialize.nbytes(frames)
+        try:
+            sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            log.info("bulk upload not sent (%s); sent through the supervisor", exc)
+            return None
+        deadline = time.monotonic() + ANSWER_WAIT_S + 2 * nbytes / protocol.TRANSFER_MIN_BYTES_PER_S
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(left * 1000):
+                break
+            try:
+                msg = protocol.decode(sock.recv_multipart(), routed=True)
+                reply = msg.read(protocol.BulkReply)
+            except protocol.ProtocolError as exc:
+                log.warning("dropped a malformed answer to a bulk upload: %s", exc)
+                continue
+            if reply.id != set_id:
+                continue  # the late answer to an upload given up on
+            if msg.kind == Kind.BULK_OK:
+                return set_id
+            log.info("bulk upload refused (%s); sent through the supervisor", reply.message)
+            return None
+        # No answer: drop what may still be queued (linger 0) and stop trying until the
+        # supervisor says where again (after it registers), rather than wait at every DONE.
+        log.warning("the broker did not answer a bulk upload; sent through the supervisor")
+        self._close()
+        with self._lock:
+            if self._where is where:
+                self._where = None
+        return None
+
+    def _socket(self, where: Where) -> zmq.Socket:
+        if self._sock is None or self._sock_for is None or self._sock_for.url != where.url:
+            self._close()
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.connect(where.url)
+            self._sock, self._sock_for = sock, where
+        return self._sock
+
+    def close(self) -> None:
+        """Close the connection (an executor ending: ``zmq.Context.term`` waits for it)."""
+        self.configure(None)
+        self._close()
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        self._sock = self._sock_for = None
