@@ -776,22 +776,27 @@ class Broker:
 
     def _on_bulk(self, wroute: bytes, signed: P.Signed) -> None:
         """An executor's buffers for its coming DONE (the bulk side channel): held, and
-        BULK_OK; or BULK_REFUSED, and the executor sends them through its worker instead."""
-        if not self._admit_unauthenticated("w", wroute):
-            return None  # as for any message no worker session vouches for
-        fields = self._read(signed, P.Bulk)
-        if fields is None:
-            return self._malformed("backend", "bad bulk header")
-        entry = self.workers.get(fields.user)
-        if entry is None or not signed.verify(entry.bulk_key):
+        BULK_OK; or BULK_REFUSED, and the executor sends them through its worker instead.
+
+        A signed upload is answered at once, whatever else reaches the worker port; only
+        unsigned or forged ones share the unauthenticated rate limit (dropped unanswered
+        past it), so nobody's flood can hold up another user's upload."""
+        fields = self._read(signed, P.Bulk) if len(signed.header) <= P.BULK_HEADER_MAX else None
+        entry = self.workers.get(fields.user) if fields is not None else None
+        if fields is None or entry is None or not signed.verify(entry.bulk_key):
+            if not self._admit_unauthenticated("w", wroute):
+                return None
+            if fields is None:
+                return self._malformed("backend", "bad bulk header")
             # No such worker now (it re-registered: a new key), or not its key: the same
             # answer, so a guess learns nothing.
-            why = "not signed by a registered worker of that user"
+            why: str | None = "not signed by a registered worker of that user"
         else:
-            why = self.bulk.hold(fields.user, fields.id, signed.buffers)
+            why = self.bulk.hold(fields.user, fields.id, signed.buffers, wroute)
         if why is not None:
             self.counters.bulk_refused += 1
-            log.info("refused a bulk upload for user %s: %s", fields.user[:64], why)
+            if self.malformed_log.allow():
+                log.info("refused a bulk upload for user %s: %s", fields.user[:64], why)
             reply = P.encode(P.Kind.BULK_REFUSED, {"id": fields.id, "message": why})
         else:
             self.counters.bulk_held += 1
@@ -976,6 +981,7 @@ class Broker:
             "workers": {u: self._worker_info(w, now) for u, w in self.workers.items()},
             "pool": {p: w.info(now) for p, w in self.pool.items()},
             "counters": vars(self.counters).copy(),
+            "bulk": self.bulk.status(),
             "ports": self.ports,
         }
 

@@ -2,74 +2,111 @@
 until the DONE that names them passes (``rexec_magic.protocol``, "The bulk side channel").
 
 Why: a 100 MiB result relayed executor -> supervisor -> broker -> client is copied whole
-three times in a row; sent here directly it is copied twice, as raw ZeroMQ would.  What is
-held is bounded per user (``BULK_MAX_HELD`` sets, ``BULK_MAX_HELD_BYTES``): past that an
-upload is refused and the executor sends its buffers the usual way, so a bound never loses
-a value.  A set is let go when its DONE takes it or its worker is dropped.
+three times in a row; sent here directly it is copied twice, as raw ZeroMQ would.
+
+What is held is bounded, counted in bytes plus ``FRAME_COST`` per frame (a set of a million
+empty frames is 200 MB of Python objects, not 0 bytes): per user ``BULK_MAX_HELD`` sets and
+``BULK_MAX_HELD_BYTES``, and in all ``BULK_MAX_HELD_BYTES_TOTAL``.  Past a bound an upload
+is refused and the executor sends its buffers the usual way, so a bound never loses a value.
+A set is let go when its DONE takes it, when its worker is dropped, or when the same
+connection (one executor) has uploaded ``BULK_MAX_PER_UPLOADER`` newer sets: an executor
+uploads for one DONE at a time and sends that DONE before it runs anything else, so an
+older set nobody took is an orphan (its executor died between upload and DONE, or gave up
+waiting for the answer).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from rexec_magic import protocol as P
 
+FRAME_COST = 1024  # bytes counted per frame beyond its data (~200 measured per zmq.Frame)
 
-def _nbytes(frames: list[Any]) -> int:
-    return sum(len(f) for f in frames)
+
+def cost(frames: list[Any]) -> int:
+    """What holding ``frames`` counts against the bounds."""
+    return sum(len(f) for f in frames) + FRAME_COST * len(frames)
 
 
 @dataclass
-class Held:
-    """One user's held buffer sets, by id, in arrival order."""
-
-    sets: dict[str, list[Any]] = field(default_factory=dict)
-    nbytes: int = 0
+class HeldSet:
+    frames: list[Any]
+    cost: int
+    uploader: bytes  # the routing id of the connection it came on
 
 
 class BulkStore:
     """Buffer sets by user and id (ids are the executor's, random, never reused)."""
 
     def __init__(
-        self, max_sets: int = P.BULK_MAX_HELD, max_bytes: int = P.BULK_MAX_HELD_BYTES
+        self,
+        max_sets: int = P.BULK_MAX_HELD,
+        max_bytes: int = P.BULK_MAX_HELD_BYTES,
+        max_total_bytes: int = P.BULK_MAX_HELD_BYTES_TOTAL,
+        max_per_uploader: int = P.BULK_MAX_PER_UPLOADER,
     ) -> None:
         self.max_sets = max_sets
         self.max_bytes = max_bytes
-        self._by_user: dict[str, Held] = {}
+        self.max_total_bytes = max_total_bytes
+        self.max_per_uploader = max_per_uploader
+        self._by_user: dict[str, OrderedDict[str, HeldSet]] = {}
+        self.held_bytes = 0  # counted as ``cost`` does
+        self.let_go = 0  # sets no DONE took (orphans, and those of dropped workers)
 
-    def hold(self, user: str, set_id: str, frames: list[Any]) -> str | None:
-        """Keep ``frames`` for ``user``'s DONE naming ``set_id``; None, or why not (a
-        sentence for the log: the executor then sends them the usual way)."""
-        held = self._by_user.setdefault(user, Held())
-        size = _nbytes(frames)
-        if set_id in held.sets:
+    def hold(self, user: str, set_id: str, frames: list[Any], uploader: bytes) -> str | None:
+        """Keep ``frames`` for ``user``'s DONE naming ``set_id``; None, or why not (for the
+        log: the executor then sends them the usual way)."""
+        sets = self._by_user.setdefault(user, OrderedDict())
+        if set_id in sets:
             return "that id is held already"
-        if len(held.sets) >= self.max_sets:
-            return f"{len(held.sets)} sets are held for this user already"
-        if held.nbytes + size > self.max_bytes:
-            return f"{held.nbytes + size} bytes would be held for this user"
-        held.sets[set_id] = frames
-        held.nbytes += size
+        mine = [key for key, held in sets.items() if held.uploader == uploader]
+        for key in mine[: max(0, len(mine) - self.max_per_uploader + 1)]:
+            self._release(user, key)  # orphans of this executor (see the module's docstring)
+            self.let_go += 1
+        size = cost(frames)
+        user_bytes = sum(held.cost for held in sets.values())
+        refusal = None
+        if len(sets) >= self.max_sets:
+            refusal = f"{len(sets)} sets are held for this user already"
+        elif user_bytes + size > self.max_bytes:
+            refusal = f"{user_bytes + size} bytes would be held for this user"
+        elif self.held_bytes + size > self.max_total_bytes:
+            refusal = f"{self.held_bytes + size} bytes would be held for all users"
+        if refusal is not None:
+            if not sets:
+                del self._by_user[user]
+            return refusal
+        sets[set_id] = HeldSet(frames, size, uploader)
+        self.held_bytes += size
         return None
 
     def take(self, user: str, set_id: str) -> list[Any] | None:
         """The set, no longer held; None when none is held under that id."""
-        held = self._by_user.get(user)
-        frames = held.sets.pop(set_id, None) if held is not None else None
-        if held is not None and frames is not None:
-            held.nbytes -= _nbytes(frames)
-            if not held.sets:
-                del self._by_user[user]
-        return frames
+        held = self._release(user, set_id)
+        return held.frames if held is not None else None
 
     def drop_user(self, user: str) -> int:
         """Let go of everything held for ``user`` (its worker was dropped); how many sets."""
-        held = self._by_user.pop(user, None)
-        return len(held.sets) if held is not None else 0
-
-    def held_bytes(self) -> int:
-        return sum(h.nbytes for h in self._by_user.values())
+        sets = self._by_user.pop(user, None) or {}
+        self.held_bytes -= sum(held.cost for held in sets.values())
+        self.let_go += len(sets)
+        return len(sets)
 
     def held_sets(self) -> int:
-        return sum(len(h.sets) for h in self._by_user.values())
+        return sum(len(sets) for sets in self._by_user.values())
+
+    def status(self) -> dict[str, int]:
+        """For the broker's status: what is held now, and how many sets no DONE took."""
+        return {"held_sets": self.held_sets(), "held_bytes": self.held_bytes, "let_go": self.let_go}
+
+    def _release(self, user: str, set_id: str) -> HeldSet | None:
+        sets = self._by_user.get(user)
+        held = sets.pop(set_id, None) if sets is not None else None
+        if held is not None:
+            self.held_bytes -= held.cost
+            if not sets:
+                del self._by_user[user]
+        return held

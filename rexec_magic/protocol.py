@@ -297,8 +297,11 @@ INTERRUPT_GRACE_S = 5.0
 # the usual way, so nothing is lost.  From this many bytes of buffers on:
 BULK_MIN_BYTES = 8 << 20
 BULK_REF = b"\0rexec-bulk\0"  # + the id: a DONE's one buffer standing for the held ones
-BULK_MAX_HELD = 16  # buffers sets the broker holds per user at most (more: refused)
-BULK_MAX_HELD_BYTES = 4 << 30  # and bytes at most (more: refused)
+BULK_MAX_HELD = 16  # buffer sets the broker holds per user at most (more: refused)
+BULK_MAX_HELD_BYTES = 2 << 30  # and bytes per user (more: refused; broker/bulk.py counts)
+BULK_MAX_HELD_BYTES_TOTAL = 8 << 30  # and bytes for all users together
+BULK_MAX_PER_UPLOADER = 2  # sets per executor connection; older ones are orphans, let go
+BULK_HEADER_MAX = 2048  # a BULK header is a user id and a set id: larger is refused unread
 
 
 def bulk_key(session_key: bytes) -> bytes:

@@ -5,6 +5,7 @@ five is still a loss."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -892,6 +893,30 @@ def test_a_bulk_upload_the_broker_refuses_or_never_answers_loses_nothing(port, p
         events = port.run("arr -= 1", pull=["arr"])
         assert (pulled(events)["arr"] == np.arange(2 << 20)).all()
         assert port.bulk_uploads == 2 and port.bulk_put_back == 1
+
+
+def test_an_interrupt_while_a_bulk_upload_waits_ends_the_wait_and_keeps_the_namespace(port):
+    """The broker does not answer an upload (it just died; the supervisor interrupts what
+    runs when it re-registers) or the user presses Ctrl-C while it waits: the executor
+    stops waiting at once and sends the DONE through the supervisor.  The cell's code had
+    finished, so its values arrive and the namespace stays; the wait (5 s plus the bytes'
+    time) used to outlast the interrupt's grace period, and the executor was killed with
+    the namespace."""
+    port.bulk_policy = "silent"
+    code = "import numpy as np\nkept = 1\narr = np.arange(4 << 20, dtype=np.int64)"
+    request_id = port.execute(code, pull=["arr"])
+    seen = []
+    while port.bulk_uploads == 0:  # the upload came (answered by nobody)
+        with contextlib.suppress(TimeoutError):
+            seen.append(port.recv(0.2)[1])
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    d = done(port.events(request_id))
+    assert d.header["status"] in (DoneStatus.OK, DoneStatus.INTERRUPTED)
+    assert (pulled([d])["arr"] == np.arange(4 << 20)).all()
+    assert port.bulk_put_back == 0
+    events = port.run("print(kept, arr[-1])")
+    assert stdout(events) == f"1 {(4 << 20) - 1}\n"
+    assert done(events).header["status"] == DoneStatus.OK
 
 
 def test_no_event_is_dropped_for_a_slow_reader(port):

@@ -239,21 +239,88 @@ def test_a_bulk_upload_without_its_workers_key_is_refused(link, uploader):
     assert link.pong()["pending"] == []
 
 
-def test_the_broker_holds_a_bounded_amount_per_user(link, uploader):
-    """At most ``BULK_MAX_HELD`` sets and ``max_bytes`` per user: past either the upload is
-    refused (the executor then sends the usual way); a DONE that takes a set makes room."""
+def test_the_broker_holds_a_bounded_amount_per_user(link):
+    """At most ``BULK_MAX_HELD`` sets and ``max_bytes`` per user, ``max_total_bytes`` in
+    all, counting ``FRAME_COST`` per frame besides its bytes (a million empty frames are no
+    "0 bytes"): past any of them the upload is refused (the executor then sends the usual
+    way); a DONE that takes a set makes room.  The broker's status shows what is held."""
     key = P.bulk_key(link.worker_key)
-    for i in range(P.BULK_MAX_HELD):
-        assert upload(uploader, key, f"s{i}", [b"x" * 10]).kind == P.Kind.BULK_OK
-    assert upload(uploader, key, "one-more", [b"x" * 10]).kind == P.Kind.BULK_REFUSED
-    assert upload(uploader, key, "s0", [b"x" * 10]).kind == P.Kind.BULK_REFUSED  # held already
-    handle = link.execute("takes-one")
-    done_naming(link, handle, "takes-one", "s0", 1)
-    while P.decode(recv(link.client)).kind != P.Kind.DONE:
+    ctx = zmq.Context.instance()
+    executors = []  # one connection per executor: each keeps at most two sets
+    try:
+        for _ in range(P.BULK_MAX_HELD // 2 + 1):
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.connect(f"tcp://127.0.0.1:{link.broker.ports['worker']}")
+            executors.append(sock)
+        for i in range(P.BULK_MAX_HELD):
+            assert upload(executors[i // 2], key, f"s{i}", [b"x" * 10]).kind == P.Kind.BULK_OK
+        assert upload(executors[-1], key, "one-more", [b"x" * 10]).kind == P.Kind.BULK_REFUSED
+        assert upload(executors[-1], key, "s0", [b"x" * 10]).kind == P.Kind.BULK_REFUSED
+        held = link.broker.status()["bulk"]
+        assert held["held_sets"] == P.BULK_MAX_HELD and held["held_bytes"] >= 16 * 1024
+        handle = link.execute("takes-one")
+        done_naming(link, handle, "takes-one", "s0", 1)
+        while P.decode(recv(link.client)).kind != P.Kind.DONE:
+            pass
+        assert upload(executors[-1], key, "one-more", [b"x" * 10]).kind == P.Kind.BULK_OK
+        assert link.broker.status()["bulk"]["held_sets"] == P.BULK_MAX_HELD
+    finally:
+        for sock in executors:
+            sock.close()
+    link.broker.bulk.drop_user("alice")
+    link.broker.bulk.max_bytes = 1 << 20
+    empty_frames = [b""] * 2000  # 0 bytes of data, 2 MB counted
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(f"tcp://127.0.0.1:{link.broker.ports['worker']}")
+    try:
+        assert upload(sock, key, "frames", empty_frames).kind == P.Kind.BULK_REFUSED
+        link.broker.bulk.max_bytes, link.broker.bulk.max_total_bytes = 1 << 30, 4096
+        assert upload(sock, key, "total", [b"x" * 4000]).kind == P.Kind.BULK_REFUSED
+    finally:
+        sock.close()
+
+
+def test_an_executors_older_set_nobody_took_is_let_go(link, uploader):
+    """An executor uploads for one DONE at a time and sends it before running anything
+    else, so when its connection uploads a third set, the first is an orphan (its DONE never
+    came: the executor died, or gave up waiting): it is let go, and a DONE still naming it
+    ends its request with one sentence; the one before the newest is still held."""
+    key = P.bulk_key(link.worker_key)
+    for set_id in ("first", "second", "third"):
+        assert upload(uploader, key, set_id, [b"x" * 100]).kind == P.Kind.BULK_OK
+    assert link.broker.status()["bulk"]["held_sets"] == 2
+    assert link.broker.status()["bulk"]["let_go"] == 1
+    handle = link.execute("late")
+    done_naming(link, handle, "late", "first", 1)
+    while (msg := P.decode(recv(link.client))).kind != P.Kind.FAIL:
         pass
-    assert upload(uploader, key, "one-more", [b"x" * 10]).kind == P.Kind.BULK_OK
-    link.broker.bulk.max_bytes = 1000
-    assert upload(uploader, key, "too-big", [b"x" * 2000]).kind == P.Kind.BULK_REFUSED
+    assert msg.header["code"] == P.FailCode.BULK_LOST
+    handle = link.execute("on-time")
+    done_naming(link, handle, "on-time", "second", 1)
+    while (msg := P.decode(recv(link.client))).kind != P.Kind.DONE:
+        pass
+    assert [bytes(b) for b in msg.buffers] == [b"x" * 100]
+
+
+def test_a_flood_of_forged_uploads_never_holds_up_a_signed_one(link, uploader):
+    """Unsigned or forged uploads share the unauthenticated rate limit and past it are
+    dropped unanswered; a signed upload is answered at once whatever else comes, and a
+    notebook's quick run of large results (60 in a row) is never rate-limited."""
+    flood = zmq.Context.instance().socket(zmq.DEALER)
+    flood.linger = 0
+    flood.connect(f"tcp://127.0.0.1:{link.broker.ports['worker']}")
+    try:
+        forged = {"user": "alice", "id": "forged"}
+        for _ in range(3000):
+            flood.send_multipart([P.TO_BROKER, *P.encode_signed(None, P.Kind.BULK, forged)])
+        key = P.bulk_key(link.worker_key)
+        for i in range(60):
+            assert upload(uploader, key, f"quick-{i}", [b"x" * 100]).kind == P.Kind.BULK_OK
+    finally:
+        flood.close()
+    assert link.broker.status()["counters"]["rate_limited"] > 0
 
 
 def test_held_buffers_are_let_go_when_their_worker_is_dropped(link, uploader):

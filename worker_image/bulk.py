@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,21 @@ class Where:
 class BulkChannel:
     """Uploads a DONE's buffers to the broker; says which id then stands for them."""
 
-    def __init__(self, ctx: zmq.Context) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        interrupt_fd: Callable[[], int | None] = lambda: None,
+        interrupted: Callable[[str], bool] = lambda request_id: False,
+    ) -> None:
+        """``interrupt_fd`` / ``interrupted``: the executor's interrupt pipe (readable when
+        the supervisor interrupts a request) and whether a request was interrupted: an
+        upload gives up its wait at once then, so the DONE goes through the supervisor
+        before the interrupt's grace period ends (the wait holds SIGINT back: without this
+        an upload to a broker that just died outlasted the grace period, and the executor
+        was killed with the namespace after its cell had finished)."""
         self.ctx = ctx
+        self._interrupt_fd = interrupt_fd
+        self._interrupted = interrupted
         self._lock = threading.Lock()  # configure() runs on the inspect thread
         self._where: Where | None = None
         self._sock: zmq.Socket | None = None
@@ -56,9 +70,10 @@ class BulkChannel:
         with self._lock:
             self._where = where
 
-    def upload(self, frames: list[Any]) -> str | None:
-        """Send ``frames`` to the broker and wait until it holds them: the id the DONE names
-        in their place, or None (not configured, refused, or no answer in time: send them
+    def upload(self, frames: list[Any], request_id: str) -> str | None:
+        """Send ``frames`` (of request ``request_id``'s DONE) to the broker and wait until it
+        holds them: the id the DONE names in their place, or None (not configured,
+        refused, no answer in time, or the request was interrupted meanwhile: send them
         the usual way).  The frames are not copied; they are the broker's once this
         returns an id, and never read again after it returns None."""
         with self._lock:
@@ -76,9 +91,24 @@ class BulkChannel:
             log.info("bulk upload not sent (%s); sent through the supervisor", exc)
             return None
         deadline = time.monotonic() + ANSWER_WAIT_S + 2 * nbytes / protocol.TRANSFER_MIN_BYTES_PER_S
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        pipe = self._interrupt_fd()
+        if pipe is not None:
+            poller.register(pipe, zmq.POLLIN)
         while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(left * 1000):
+            ready = dict(poller.poll(left * 1000))
+            if not ready:
                 break
+            if pipe is not None and pipe in ready:
+                if self._interrupted(request_id):
+                    log.info("bulk upload given up: its request was interrupted")
+                    return None
+                if self._interrupt_fd() is None:  # the supervisor is gone
+                    poller.unregister(pipe)
+                    pipe = None
+            if sock not in ready:
+                continue
             try:
                 msg = protocol.decode(sock.recv_multipart(), routed=True)
                 reply = msg.read(protocol.BulkReply)

@@ -149,14 +149,13 @@ class Executor:
         self.inspects.linger = 0
         self.inspects.connect(inspect_url)
         self.channel = EventChannel(self.link, std_fds)
-        self.channel.bulk = BulkChannel(ctx)
+        interrupts = InterruptPipe(interrupt_fd)
+        self.channel.bulk = BulkChannel(ctx, lambda: interrupts.fd, interrupts)
         self.shell: WorkerShell = make_shell(self.channel)
         # One loop, as in a kernel: ``asyncio.get_event_loop()`` in a plain cell is the loop
         # ``await`` cells run on, which runs between cells (``_run_async_until_request``).
         asyncio.set_event_loop(get_asyncio_loop())
-        self.runner = CellRunner(
-            self.shell, self.channel, InterruptPipe(interrupt_fd), self._next_item
-        )
+        self.runner = CellRunner(self.shell, self.channel, interrupts, self._next_item)
         # Requests read while waiting for a NEXT (None: the link ended there).
         self._early: deque[list[Any] | None] = deque()
         # Completion and ``obj?`` from this namespace, answered by a thread of its own.

@@ -143,7 +143,7 @@ class EventChannel:
         assert self.bulk is not None
         if not buffers or serialize.nbytes(buffers) < protocol.BULK_MIN_BYTES:
             return header, buffers
-        set_id = self.bulk.upload(list(buffers))
+        set_id = self.bulk.upload(list(buffers), header["id"])
         if set_id is None:
             return header, buffers
         return {**header, "bulk": set_id}, [protocol.BULK_REF + set_id.encode()]
