@@ -4,7 +4,7 @@ See ``rexec_magic.protocol`` ("The bulk side channel") for the exchange and why,
 ``broker.bulk`` for the other end.  The supervisor tells each executor where the broker is
 and the key (``BULK_CHANNEL`` on the executor's inspect socket, never in the environment)
 once it is registered; until then, and whenever the broker refuses or does not answer in
-time, :meth:`BulkChannel.upload` says no and the buffers go through the supervisor as they
+time, :meth:`BulkUploader.upload` says no and the buffers go through the supervisor as they
 always did.  Only the executor's main thread uploads (one DEALER, never shared).
 """
 
@@ -42,7 +42,7 @@ class Where:
         return f"Where(url={self.url!r}, user={self.user!r})"
 
 
-class BulkChannel:
+class BulkUploader:
     """Uploads a DONE's buffers to the broker; says which id then stands for them."""
 
     def __init__(

@@ -46,7 +46,7 @@ from rexec_magic import protocol, serialize
 from rexec_magic.contract import Env
 from rexec_magic.protocol import DoneStatus, Kind
 from worker_image import framing
-from worker_image.bulk import BulkChannel, Where
+from worker_image.bulk import BulkUploader, Where
 from worker_image.calls import Step
 from worker_image.cells import CellRunner, cell_for, done_header
 from worker_image.introspect import Introspector
@@ -150,7 +150,7 @@ class Executor:
         self.inspects.connect(inspect_url)
         self.channel = EventChannel(self.link, std_fds)
         interrupts = InterruptPipe(interrupt_fd)
-        self.channel.bulk = BulkChannel(ctx, lambda: interrupts.fd, interrupts)
+        self.channel.bulk = BulkUploader(ctx, lambda: interrupts.fd, interrupts)
         self.shell: WorkerShell = make_shell(self.channel)
         # One loop, as in a kernel: ``asyncio.get_event_loop()`` in a plain cell is the loop
         # ``await`` cells run on, which runs between cells (``_run_async_until_request``).

@@ -41,7 +41,7 @@ from rexec_magic.protocol import Kind
 from worker_image import framing
 
 if TYPE_CHECKING:
-    from worker_image.bulk import BulkChannel
+    from worker_image.bulk import BulkUploader
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class EventChannel:
         self._fork_noted = 0  # the child that was told so
         self.last_sent: tuple[str, str] | None = None  # (request id, kind) last handed over
         # Where a large DONE's buffers may go straight to the broker (worker_image.bulk).
-        self.bulk: BulkChannel | None = None
+        self.bulk: BulkUploader | None = None
 
     def event(
         self,
