@@ -254,11 +254,17 @@ class Broker:
         self.counters = Counters()
         self.malformed_log = RateLimitedLog(log)
         self.error_log = RateLimitedLog(log, per_window=5)
-        self.unauth = PeerRateLimiter(
-            per_peer_rate=settings.unauth_rate_per_peer,
-            per_peer_burst=2 * settings.unauth_rate_per_peer,
-            total_rate=settings.unauth_rate_total,
-        )
+        # One budget per port ("c" clients, "w" workers, "a" admin): user code can reach
+        # the worker port (its executor uploads there), and a flood of it there must not
+        # lock new notebooks out of the client port (HELLO is unauthenticated too).
+        self.unauth = {
+            port: PeerRateLimiter(
+                per_peer_rate=settings.unauth_rate_per_peer,
+                per_peer_burst=2 * settings.unauth_rate_per_peer,
+                total_rate=settings.unauth_rate_total,
+            )
+            for port in ("c", "w", "a")
+        }
         self.legacy = LegacyGateway(self)
         self._executor = ThreadPoolExecutor(settings.auth_threads, thread_name_prefix="auth")
         self._auth_in_flight = 0
@@ -389,7 +395,7 @@ class Broker:
 
     def _admit_unauthenticated(self, port: str, route: bytes) -> bool:
         """Rate-limit traffic that no session vouches for (per peer, and in all)."""
-        if self.unauth.admit(port.encode() + b"\0" + route):
+        if self.unauth[port].admit(route):
             return True
         self.counters.rate_limited += 1
         return False

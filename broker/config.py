@@ -49,7 +49,8 @@ class BrokerSettings(AuthSettings):
     # limit.  The control port is always limited to max_header_bytes; the worker port carries
     # pulled values and is not limited.
     max_client_frame_bytes: int = -1
-    # Unauthenticated traffic (HELLO, REGISTER, anything without a session): per peer and in all.
+    # Unauthenticated traffic (HELLO, REGISTER, anything without a session): per peer and in all,
+    # for each port apart (client, worker, control).
     unauth_rate_per_peer: float = 20.0
     unauth_rate_total: float = 2000.0
     max_auth_in_flight: int = 256  # token checks queued at once; more HELLOs are told to retry

@@ -348,3 +348,34 @@ def test_held_buffers_for_a_connection_that_closed_are_let_go(link, uploader):
     link.worker.send_multipart([P.TO_BROKER, *beat])
     assert P.decode(recv(link.worker)[1:]).kind == P.Kind.HEARTBEAT_ACK
     assert link.broker.bulk.held_sets() == 0
+
+
+def test_a_flood_on_the_worker_port_never_locks_notebooks_out_of_the_client_port(tmp_path):
+    """User code can reach the worker port (its executor uploads there).  Unauthenticated
+    traffic has its own budget on each port, so a flood there, past the whole port's
+    budget, still lets a new notebook say HELLO and be welcomed."""
+    tokens = tmp_path / "tokens.json"
+    token = add_static_token(tokens, "alice")
+    ctx = zmq.Context.instance()
+    with broker_in_thread(KEY, ADMIN, tokens_file=str(tokens), unauth_rate_total=50) as b:
+        flood = []
+        try:
+            for _ in range(100):
+                sock = ctx.socket(zmq.DEALER)
+                sock.linger = 0
+                sock.connect(f"tcp://127.0.0.1:{b.ports['worker']}")
+                flood.append(sock)
+            forged = P.encode_signed(None, P.Kind.BULK, {"user": "alice", "id": "x"})
+            for _ in range(10):
+                for sock in flood:
+                    sock.send_multipart([P.TO_BROKER, *forged])
+            wait_for(lambda: b.status()["counters"]["rate_limited"] > 500, "the flood")
+            client = ctx.socket(zmq.DEALER)
+            client.linger = 0
+            client.connect(f"tcp://127.0.0.1:{b.ports['broker']}")
+            client.send_multipart(P.encode_signed(None, P.Kind.HELLO, {"token": token}))
+            assert P.decode(recv(client)).kind == P.Kind.WELCOME
+            client.close()
+        finally:
+            for sock in flood:
+                sock.close()
