@@ -392,6 +392,7 @@ class Broker:
                 self._client_closed(route)
             else:
                 self._forget_worker_route(route, "its connection closed")
+                self.bulk.uploader_closed(route, now)
 
     def _admit_unauthenticated(self, port: str, route: bytes) -> bool:
         """Rate-limit traffic that no session vouches for (per peer, and in all)."""
@@ -798,6 +799,8 @@ class Broker:
             # answer, so a guess learns nothing.
             why: str | None = "not signed by a registered worker of that user"
         else:
+            # Its sets go some time after its connection closes (broker/bulk.py).
+            self.worker_conns.bind(ConnectionWatch.fd_of(signed.header), wroute)
             why = self.bulk.hold(fields.user, fields.id, signed.buffers, wroute)
         if why is not None:
             self.counters.bulk_refused += 1
@@ -999,6 +1002,7 @@ class Broker:
     def _housekeeping(self, now: float) -> None:
         self._connections_closed()
         self._end_closed(now)
+        self.bulk.expire(now)
         for entry in list(self.workers.values()):
             busy = bool(self.pending.by_user.get(entry.user))
             limit = P.BUSY_WORKER_DEAD_AFTER_S if busy else P.WORKER_DEAD_AFTER_S

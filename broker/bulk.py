@@ -8,11 +8,13 @@ What is held is bounded, counted in bytes plus ``FRAME_COST`` per frame (a set o
 empty frames is 200 MB of Python objects, not 0 bytes): per user ``BULK_MAX_HELD`` sets and
 ``BULK_MAX_HELD_BYTES``, and in all ``BULK_MAX_HELD_BYTES_TOTAL``.  Past a bound an upload
 is refused and the executor sends its buffers the usual way, so a bound never loses a value.
-A set is let go when its DONE takes it, when its worker is dropped, or when the same
-connection (one executor) has uploaded ``BULK_MAX_PER_UPLOADER`` newer sets: an executor
+A set is let go when its DONE takes it, when its worker is dropped, when the same
+connection (one executor) has uploaded ``BULK_MAX_PER_UPLOADER`` newer sets (an executor
 uploads for one DONE at a time and sends that DONE before it runs anything else, so an
-older set nobody took is an orphan (its executor died between upload and DONE, or gave up
-waiting for the answer).
+older set nobody took is an orphan: its executor gave up waiting for the answer), or
+``BULK_CLOSED_GRACE_S`` after the connection it came on closed (its executor ended, or died
+between upload and DONE; an executor's last DONE is read out of its link as it exits,
+whatever the client's credit, so it has long passed by then).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class HeldSet:
     frames: list[Any]
     cost: int
     uploader: bytes  # the routing id of the connection it came on
+    expires: float | None = None  # monotonic time it is let go (its connection closed)
 
 
 class BulkStore:
@@ -94,6 +97,21 @@ class BulkStore:
         self.held_bytes -= sum(held.cost for held in sets.values())
         self.let_go += len(sets)
         return len(sets)
+
+    def uploader_closed(self, uploader: bytes, now: float) -> None:
+        """The connection ``uploader`` closed: what it uploaded goes at ``now`` plus the
+        grace (``expire``), unless a DONE takes it first."""
+        for sets in self._by_user.values():
+            for held in sets.values():
+                if held.uploader == uploader and held.expires is None:
+                    held.expires = now + P.BULK_CLOSED_GRACE_S
+
+    def expire(self, now: float) -> None:
+        """Let go of the sets whose connection closed more than the grace ago."""
+        for user, sets in list(self._by_user.items()):
+            for key in [k for k, h in sets.items() if h.expires is not None and h.expires <= now]:
+                self._release(user, key)
+                self.let_go += 1
 
     def held_sets(self) -> int:
         return sum(len(sets) for sets in self._by_user.values())

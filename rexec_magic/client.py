@@ -654,7 +654,9 @@ class RexecClient:
                     if started or resent:
                         raise errors.BrokerUnreachable(
                             f"The rexec broker restarted while the {what} ran, so your worker "
-                            "stopped it; its output may be incomplete."
+                            "stopped it if it still ran; its output may be incomplete, and what "
+                            "it assigned may not have come back (this notebook's copies may be "
+                            "older than the worker's)."
                         )
                     resent = True
                     self._send(kind, header, buffers)

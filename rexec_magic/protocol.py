@@ -301,6 +301,7 @@ BULK_MAX_HELD = 16  # buffer sets the broker holds per user at most (more: refus
 BULK_MAX_HELD_BYTES = 2 << 30  # and bytes per user (more: refused; broker/bulk.py counts)
 BULK_MAX_HELD_BYTES_TOTAL = 8 << 30  # and bytes for all users together
 BULK_MAX_PER_UPLOADER = 2  # sets per executor connection; older ones are orphans, let go
+BULK_CLOSED_GRACE_S = 10.0  # sets of a connection that closed are let go this much later
 BULK_HEADER_MAX = 2048  # a BULK header is a user id and a set id: larger is refused unread
 
 

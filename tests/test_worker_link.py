@@ -379,3 +379,33 @@ def test_a_flood_on_the_worker_port_never_locks_notebooks_out_of_the_client_port
         finally:
             for sock in flood:
                 sock.close()
+
+
+def test_sets_of_a_connection_that_closed_are_let_go_after_a_grace(link, monkeypatch):
+    """An executor that ended (or died between its upload and its DONE) never comes back for
+    what it uploaded: a set of a connection that closed is let go ``BULK_CLOSED_GRACE_S``
+    later, unless its DONE takes it first (an executor's last DONE arrives right after)."""
+    monkeypatch.setattr(P, "BULK_CLOSED_GRACE_S", 1.0)
+    key = P.bulk_key(link.worker_key)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(f"tcp://127.0.0.1:{link.broker.ports['worker']}")
+    assert upload(sock, key, "taken", [b"x" * 100]).kind == P.Kind.BULK_OK
+    assert upload(sock, key, "orphan", [b"y" * 100]).kind == P.Kind.BULK_OK
+    handle = link.execute("last")
+    sock.close()
+    time.sleep(0.2)
+    done_naming(link, handle, "last", "taken", 1)
+    while (msg := P.decode(recv(link.client))).kind != P.Kind.DONE:
+        pass
+    assert [bytes(b) for b in msg.buffers] == [b"x" * 100]
+    assert link.broker.status()["bulk"]["held_sets"] == 1
+    beat = [P.TO_BROKER, *P.encode_signed(link.worker_key, P.Kind.HEARTBEAT, {"busy": False})]
+
+    def orphan_gone() -> bool:
+        link.worker.send_multipart(beat)  # the worker stays registered meanwhile
+        return link.broker.status()["bulk"]["held_sets"] == 0
+
+    wait_for(orphan_gone, "the orphan to go")
+    assert link.broker.status()["bulk"]["let_go"] == 1
+    assert "alice" in link.broker.workers  # let go on its own, not with a dropped worker
