@@ -250,7 +250,10 @@ class Broker:
         # Pool ids already handed to a user: their pool credentials never register again.
         self.claimed_pool_ids: LRUCache[str, bool] = LRUCache(maxsize=100_000)
         self.pending = PendingRequests()
-        self.bulk = BulkStore()
+        self.bulk = BulkStore(
+            max_bytes=settings.bulk_max_held_bytes,
+            max_total_bytes=settings.bulk_max_held_total_bytes,
+        )
         self.counters = Counters()
         self.malformed_log = RateLimitedLog(log)
         self.error_log = RateLimitedLog(log, per_window=5)

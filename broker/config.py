@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rexec_magic import protocol as P
 from rexec_magic.contract import DEFAULT_HOST, Port
 
 
@@ -42,6 +43,13 @@ class BrokerSettings(AuthSettings):
     auth_threads: int = 8  # parallel auth checks; the routing loop never waits on one
     # Any header the broker parses is refused above this size, before it is parsed.
     max_header_bytes: int = 64 * 1024
+    # The bulk side channel (broker/bulk.py): bytes of large results the broker holds for
+    # one user, and for all users, between an executor's upload and its DONE.  Past them the
+    # results go through the workers' supervisors instead (nothing is refused to the user).
+    # Keep the total well below the broker's memory limit: a result passing through needs
+    # room besides (the chart sets it from its values).
+    bulk_max_held_bytes: int = P.BULK_MAX_HELD_BYTES
+    bulk_max_held_total_bytes: int = P.BULK_MAX_HELD_BYTES_TOTAL
     # A client connection that sends nothing for this long must say HELLO again (it is also
     # forgotten at once when its connection closes).
     session_idle_s: float = 600.0

@@ -158,6 +158,29 @@ def test_control_port_stays_inside_the_cluster_by_default(tmp_path: Path) -> Non
 
 
 @pytest.mark.helm
+def test_the_broker_holds_less_bulk_than_its_memory_limit(tmp_path: Path, monkeypatch) -> None:
+    """Large results wait in the broker between an executor's upload and the cell's end
+    (the bulk side channel): the chart bounds that well below the broker pod's memory limit
+    by default (the code's own default, 8 GiB, would let it be OOM-killed), the value comes
+    from values, and the broker reads it from its ConfigMap."""
+    from kubernetes.utils import parse_quantity
+
+    from broker.config import BrokerSettings
+
+    docs = render_with(tmp_path, {})
+    held = int(config(docs, "broker")["REXEC_BULK_MAX_HELD_TOTAL_BYTES"])
+    limit = parse_quantity(
+        pod_spec(docs, "broker")["containers"][0]["resources"]["limits"]["memory"]
+    )
+    assert 0 < held <= limit / 2
+    docs = render_with(tmp_path, {"broker": {"bulkMaxHeldBytes": 3 << 30}})
+    configured = config(docs, "broker")["REXEC_BULK_MAX_HELD_TOTAL_BYTES"]
+    assert configured == str(3 << 30)
+    monkeypatch.setenv("REXEC_BULK_MAX_HELD_TOTAL_BYTES", configured)
+    assert BrokerSettings().bulk_max_held_total_bytes == 3 << 30
+
+
+@pytest.mark.helm
 def test_every_port_comes_from_values(tmp_path: Path) -> None:
     ports = {"client": 31111, "control": 31112, "workers": 6111}
     docs = render_with(

@@ -409,3 +409,12 @@ def test_sets_of_a_connection_that_closed_are_let_go_after_a_grace(link, monkeyp
     wait_for(orphan_gone, "the orphan to go")
     assert link.broker.status()["bulk"]["let_go"] == 1
     assert "alice" in link.broker.workers  # let go on its own, not with a dropped worker
+
+
+def test_the_held_bulk_bounds_come_from_the_brokers_settings(tmp_path):
+    """``REXEC_BULK_MAX_HELD_BYTES`` / ``REXEC_BULK_MAX_HELD_TOTAL_BYTES`` (the chart sets
+    the total below the broker pod's memory limit) bound what the broker holds."""
+    with broker_in_thread(
+        KEY, ADMIN, bulk_max_held_bytes=1 << 20, bulk_max_held_total_bytes=64 << 10
+    ) as b:
+        assert (b.bulk.max_bytes, b.bulk.max_total_bytes) == (1 << 20, 64 << 10)
