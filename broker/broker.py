@@ -90,12 +90,6 @@ class Session:
     identity: Identity
     last_seen: float
     key: bytes = field(default_factory=new_key, repr=False)
-
-    @property
-    def bulk_key(self) -> bytes:
-        """What its executors sign BULK with (``protocol.bulk_key``)."""
-        return P.bulk_key(self.key)
-
     handle: bytes = field(default_factory=lambda: os.urandom(16))
     token: str | None = field(default=None, repr=False)
     recheck_at: float = float("inf")
