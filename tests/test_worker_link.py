@@ -16,6 +16,7 @@ import zmq
 
 from broker.auth import add_static_token, worker_secret
 from broker.broker import Broker
+from broker.control import broker_status
 from rexec_magic import protocol as P
 from tests.harness import broker_in_thread, wait_for
 
@@ -59,11 +60,14 @@ class Link:
 
 
 @pytest.fixture
-def link(tmp_path) -> Iterator[Link]:
+def link(tmp_path, request) -> Iterator[Link]:
+    """A broker with alice's worker registered and her notebook connected; broker settings
+    from ``@pytest.mark.parametrize("link", [{...}], indirect=True)``."""
     tokens = tmp_path / "tokens.json"
     token = add_static_token(tokens, "alice")
     ctx = zmq.Context.instance()
-    with broker_in_thread(KEY, ADMIN, tokens_file=str(tokens)) as b:
+    settings = getattr(request, "param", {})
+    with broker_in_thread(KEY, ADMIN, tokens_file=str(tokens), **settings) as b:
         worker, client = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
         worker.linger = client.linger = 0
         worker.connect(f"tcp://127.0.0.1:{b.ports['worker']}")
@@ -84,6 +88,12 @@ def link(tmp_path) -> Iterator[Link]:
         )
         worker.close()
         client.close()
+
+
+def status(b: Broker) -> dict:
+    """The broker's status as an operator gets it (the control port): read in the broker's
+    own thread, never racing it."""
+    return broker_status(f"tcp://127.0.0.1:{b.ports['control']}", ADMIN)
 
 
 def test_a_done_far_over_the_header_limit_still_ends_its_request(link):
@@ -215,9 +225,9 @@ def test_bulk_buffers_reach_the_client_inside_the_done_that_names_them(link, upl
     assert [bytes(b) for b in msg.buffers] == buffers
     assert msg.read(P.Done).vars[0].nbuffers == 2
     assert link.pong()["pending"] == []
-    status = link.broker.status()["counters"]
-    assert (status["bulk_held"], status["bulk_forwarded"]) == (1, 1)
-    assert link.broker.bulk.held_sets() == 0
+    counters = status(link.broker)["counters"]
+    assert (counters["bulk_held"], counters["bulk_forwarded"]) == (1, 1)
+    assert status(link.broker)["bulk"]["held_sets"] == 0
 
 
 def test_a_bulk_upload_without_its_workers_key_is_refused(link, uploader):
@@ -230,7 +240,7 @@ def test_a_bulk_upload_without_its_workers_key_is_refused(link, uploader):
                       (P.bulk_key(worker_key), "bob")]:  # fmt: skip
         reply = upload(uploader, key, "forged", [b"x" * 100], user=user)
         assert reply.kind == P.Kind.BULK_REFUSED
-    assert link.broker.bulk.held_sets() == 0
+    assert status(link.broker)["bulk"]["held_sets"] == 0
     done_naming(link, handle, "pull", "forged", 1)
     while (msg := P.decode(recv(link.client))).kind != P.Kind.FAIL:
         pass
@@ -257,29 +267,37 @@ def test_the_broker_holds_a_bounded_amount_per_user(link):
             assert upload(executors[i // 2], key, f"s{i}", [b"x" * 10]).kind == P.Kind.BULK_OK
         assert upload(executors[-1], key, "one-more", [b"x" * 10]).kind == P.Kind.BULK_REFUSED
         assert upload(executors[-1], key, "s0", [b"x" * 10]).kind == P.Kind.BULK_REFUSED
-        held = link.broker.status()["bulk"]
+        held = status(link.broker)["bulk"]
         assert held["held_sets"] == P.BULK_MAX_HELD and held["held_bytes"] >= 16 * 1024
         handle = link.execute("takes-one")
         done_naming(link, handle, "takes-one", "s0", 1)
         while P.decode(recv(link.client)).kind != P.Kind.DONE:
             pass
         assert upload(executors[-1], key, "one-more", [b"x" * 10]).kind == P.Kind.BULK_OK
-        assert link.broker.status()["bulk"]["held_sets"] == P.BULK_MAX_HELD
+        assert status(link.broker)["bulk"]["held_sets"] == P.BULK_MAX_HELD
     finally:
         for sock in executors:
             sock.close()
-    link.broker.bulk.drop_user("alice")
-    link.broker.bulk.max_bytes = 1 << 20
-    empty_frames = [b""] * 2000  # 0 bytes of data, 2 MB counted
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.connect(f"tcp://127.0.0.1:{link.broker.ports['worker']}")
-    try:
-        assert upload(sock, key, "frames", empty_frames).kind == P.Kind.BULK_REFUSED
-        link.broker.bulk.max_bytes, link.broker.bulk.max_total_bytes = 1 << 30, 4096
-        assert upload(sock, key, "total", [b"x" * 4000]).kind == P.Kind.BULK_REFUSED
-    finally:
-        sock.close()
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        {"bulk_max_held_bytes": 1 << 20, "bulk_max_held_total_bytes": 64 << 20},
+        {"bulk_max_held_bytes": 64 << 20, "bulk_max_held_total_bytes": 1 << 20},
+    ],
+    ids=["per user", "for all users"],
+    indirect=True,
+)
+def test_frames_count_against_the_bounds_besides_their_bytes(link, uploader):
+    """A set of 2,000 empty frames is no "0 bytes" (each is a Python object in the broker):
+    counted 1 KiB a frame, it is over a 1 MiB bound, per user or for all users alike; what
+    fits is held, and what would go past is refused."""
+    key = P.bulk_key(link.worker_key)
+    assert upload(uploader, key, "frames", [b""] * 2000).kind == P.Kind.BULK_REFUSED
+    assert upload(uploader, key, "bytes", [b"x" * 900_000]).kind == P.Kind.BULK_OK
+    assert upload(uploader, key, "more", [b"x" * 200_000]).kind == P.Kind.BULK_REFUSED
+    assert status(link.broker)["bulk"]["held_sets"] == 1
 
 
 def test_an_executors_older_set_nobody_took_is_let_go(link, uploader):
@@ -290,8 +308,8 @@ def test_an_executors_older_set_nobody_took_is_let_go(link, uploader):
     key = P.bulk_key(link.worker_key)
     for set_id in ("first", "second", "third"):
         assert upload(uploader, key, set_id, [b"x" * 100]).kind == P.Kind.BULK_OK
-    assert link.broker.status()["bulk"]["held_sets"] == 2
-    assert link.broker.status()["bulk"]["let_go"] == 1
+    assert status(link.broker)["bulk"]["held_sets"] == 2
+    assert status(link.broker)["bulk"]["let_go"] == 1
     handle = link.execute("late")
     done_naming(link, handle, "late", "first", 1)
     while (msg := P.decode(recv(link.client))).kind != P.Kind.FAIL:
@@ -320,18 +338,18 @@ def test_a_flood_of_forged_uploads_never_holds_up_a_signed_one(link, uploader):
             assert upload(uploader, key, f"quick-{i}", [b"x" * 100]).kind == P.Kind.BULK_OK
     finally:
         flood.close()
-    assert link.broker.status()["counters"]["rate_limited"] > 0
+    assert status(link.broker)["counters"]["rate_limited"] > 0
 
 
 def test_held_buffers_are_let_go_when_their_worker_is_dropped(link, uploader):
     """No DONE of a dropped worker can come: what it uploaded is freed with it."""
     assert upload(uploader, P.bulk_key(link.worker_key), "s", [b"x" * 10]).kind == P.Kind.BULK_OK
-    assert link.broker.bulk.held_sets() == 1
+    assert status(link.broker)["bulk"]["held_sets"] == 1
     link.worker.send_multipart(
         [P.TO_BROKER, *P.encode_signed(b"\1" * 32, P.Kind.HEARTBEAT, {"busy": False})]
     )
     assert P.decode(recv(link.worker)[1:]).kind == P.Kind.RESYNC
-    wait_for(lambda: link.broker.bulk.held_sets() == 0, "the held buffers to be let go")
+    wait_for(lambda: status(link.broker)["bulk"]["held_sets"] == 0, "the held buffers to be let go")
 
 
 def test_held_buffers_for_a_connection_that_closed_are_let_go(link, uploader):
@@ -340,14 +358,14 @@ def test_held_buffers_for_a_connection_that_closed_are_let_go(link, uploader):
     handle = link.execute("orphan")
     assert upload(uploader, P.bulk_key(link.worker_key), "s", [b"x" * 10]).kind == P.Kind.BULK_OK
     link.client.close()
-    wait_for(lambda: link.broker.status()["connections"] == 0, "the broker to see it closed")
+    wait_for(lambda: status(link.broker)["connections"] == 0, "the broker to see it closed")
     done_naming(link, handle, "orphan", "s", 1)
     # A heartbeat after it on the worker's connection: its ACK means the DONE was handled
     # (and the worker is not dropped as silent, which would let go of everything anyway).
     beat = P.encode_signed(link.worker_key, P.Kind.HEARTBEAT, {"busy": False})
     link.worker.send_multipart([P.TO_BROKER, *beat])
     assert P.decode(recv(link.worker)[1:]).kind == P.Kind.HEARTBEAT_ACK
-    assert link.broker.bulk.held_sets() == 0
+    assert status(link.broker)["bulk"]["held_sets"] == 0
 
 
 def test_a_flood_on_the_worker_port_never_locks_notebooks_out_of_the_client_port(tmp_path):
@@ -369,7 +387,7 @@ def test_a_flood_on_the_worker_port_never_locks_notebooks_out_of_the_client_port
             for _ in range(10):
                 for sock in flood:
                     sock.send_multipart([P.TO_BROKER, *forged])
-            wait_for(lambda: b.status()["counters"]["rate_limited"] > 500, "the flood")
+            wait_for(lambda: status(b)["counters"]["rate_limited"] > 500, "the flood")
             client = ctx.socket(zmq.DEALER)
             client.linger = 0
             client.connect(f"tcp://127.0.0.1:{b.ports['broker']}")
@@ -399,15 +417,15 @@ def test_sets_of_a_connection_that_closed_are_let_go_after_a_grace(link, monkeyp
     while (msg := P.decode(recv(link.client))).kind != P.Kind.DONE:
         pass
     assert [bytes(b) for b in msg.buffers] == [b"x" * 100]
-    assert link.broker.status()["bulk"]["held_sets"] == 1
+    assert status(link.broker)["bulk"]["held_sets"] == 1
     beat = [P.TO_BROKER, *P.encode_signed(link.worker_key, P.Kind.HEARTBEAT, {"busy": False})]
 
     def orphan_gone() -> bool:
         link.worker.send_multipart(beat)  # the worker stays registered meanwhile
-        return link.broker.status()["bulk"]["held_sets"] == 0
+        return status(link.broker)["bulk"]["held_sets"] == 0
 
     wait_for(orphan_gone, "the orphan to go")
-    assert link.broker.status()["bulk"]["let_go"] == 1
+    assert status(link.broker)["bulk"]["let_go"] == 1
     assert "alice" in link.broker.workers  # let go on its own, not with a dropped worker
 
 
