@@ -232,3 +232,24 @@ def test_malformed_legacy_frames_get_an_error_and_the_broker_keeps_serving(stack
         alice,
     )
     assert report["ok"] == 42
+
+
+def test_a_large_result_reaches_a_legacy_client_whole(stack, alice):
+    """A SciDx call returning 24 MiB: its result goes by the bulk side channel (executor
+    straight to the broker), and the broker puts it back before translating the reply for
+    the legacy client, which receives the same bytes."""
+    before = stack.broker_status()["counters"]["bulk_forwarded"]
+    report, _ = run_legacy(
+        """
+        APIClient(base_url=SPAWNER + "/api", token=TOKEN).setup_rexec_environment([])
+
+        @remote_func
+        def big(n):
+            return bytes(range(256)) * n
+        got = big(3 << 15)
+        seen["len"], seen["ok"] = len(got), got == bytes(range(256)) * (3 << 15)
+        """,
+        alice,
+    )
+    assert report == {"len": 24 << 20, "ok": True}
+    assert stack.broker_status()["counters"]["bulk_forwarded"] > before
