@@ -2,10 +2,10 @@
 
 See ``rexec_magic.protocol`` ("The bulk side channel") for the exchange and why, and
 ``broker.bulk`` for the other end.  The supervisor tells each executor where the broker is
-and the key (``BULK_CHANNEL`` on the executor's inspect socket, never in the environment)
-once it is registered; until then, and whenever the broker refuses or does not answer in
-time, :meth:`BulkUploader.upload` says no and the buffers go through the supervisor as they
-always did.  Only the executor's main thread uploads (one DEALER, never shared).
+and the key (``BULK_CHANNEL`` on the executor's link, ahead of its requests, never in the
+environment) once it is registered; until then, and whenever the broker refuses or does not
+answer in time, :meth:`BulkUploader.upload` says no and the buffers go through the
+supervisor as they always did.  Only the executor's main thread uploads (one DEALER, never shared).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class BulkUploader:
         self.ctx = ctx
         self._interrupt_fd = interrupt_fd
         self._interrupted = interrupted
-        self._lock = threading.Lock()  # configure() runs on the inspect thread
+        self._lock = threading.Lock()  # configure() and upload() may run on two threads
         self._where: Where | None = None
         self._sock: zmq.Socket | None = None
         self._sock_for: Where | None = None

@@ -175,9 +175,6 @@ class Executor:
             except protocol.ProtocolError as exc:
                 log.warning("dropped a malformed request: %s", exc)
                 continue
-            if msg.kind == BULK_CHANNEL:
-                self._bulk_channel(msg)
-                continue
             try:
                 if not self.introspector.handle(b"", msg):  # COMPLETE, INTROSPECT: its thread
                     self._inspect(msg)
@@ -222,6 +219,9 @@ class Executor:
                 return None
             if msg.kind == Kind.NEXT:  # for a lazy call that ended already (interrupted)
                 log.debug("dropped a next for a call that ended")
+                continue
+            if msg.kind == BULK_CHANNEL:
+                self._bulk_channel(msg)
                 continue
             log.warning("dropped a request of unknown kind %r", msg.kind[:40])
 

@@ -196,8 +196,9 @@ READY = "ready"  # executor -> supervisor {pid}: the shell is built, send cells
 # from here on); what it bound is being packed, which may outlast the grace period.
 CODE_OVER = "code_over"
 STOP = "stop"  # supervisor -> executor: end after the current cell
-# supervisor -> executor, on its inspect socket: {url, user, key (hex)} where a large DONE's
-# buffers may go straight to the broker (worker_image.bulk), or {} for nowhere.
+# supervisor -> executor, on its link before the requests it applies to: {url, user, key
+# (hex)} where a large DONE's buffers may go straight to the broker (worker_image.bulk), or
+# {} for nowhere.
 BULK_CHANNEL = "bulk_channel"
 
 # Marks the place of event N in the stdout/stderr byte streams: MARK + b"N" + b"\0".  A NUL

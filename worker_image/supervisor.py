@@ -469,19 +469,16 @@ class Supervisor:
         """Tell the executor where a large DONE's buffers may go straight to the broker
         (``worker_image.bulk``): the broker's worker port, and the key derived from this
         registration's session key (which itself never leaves this process).  On the
-        executor's inspect socket: never in an environment another process can read."""
+        executor's link, never in an environment another process can read, and ahead of
+        the requests sent after it: a request's DONE finds it there (told on the inspect
+        socket, a first cell on a busy machine ended before the executor had read it)."""
         reg = self.registration
         if self._session_key is None or reg.pool:
             header: dict[str, Any] = {}
         else:
             key = protocol.bulk_key(self._session_key).hex()
             header = {"url": reg.broker_url, "user": reg.user, "key": key}
-        try:
-            ex.inspects.send_multipart(
-                protocol.encode(BULK_CHANNEL, header), flags=zmq.NOBLOCK, copy=False
-            )
-        except zmq.ZMQError:
-            log.debug("executor %d cannot take the bulk channel now", ex.number)
+        ex.send(protocol.encode(BULK_CHANNEL, header))  # gone: its exit is handled by pidfd
 
     def _on_heartbeat_ack(self, msg: Message) -> None:
         self._touch_alive_file()
