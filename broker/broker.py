@@ -52,7 +52,7 @@ from broker.auth import (
     check_admin_secret,
     check_worker_secret,
 )
-from broker.bulk import BulkStore
+from broker.bulk import BulkStore, frames_nbytes
 from broker.config import BrokerSettings
 from broker.connections import ConnectionWatch, inproc_address
 from broker.guard import PeerRateLimiter, RateLimitedLog, seed_routing_ids
@@ -685,17 +685,10 @@ class Broker:
             return None
         return route
 
-    def _tell_sending(self, entry: WorkerEntry, handle_hex: str, nbytes: int) -> None:
-        """Tell the client a large event of ``entry`` is on its way (an unasked PONG with
-        ``sending``), so it allows for the PONGs held up behind it; only a connection of
-        the worker's own user, as for any event."""
-        try:
-            handle = bytes.fromhex(handle_hex)
-        except ValueError:
-            return self._malformed("backend", "a heartbeat named no client handle")
-        route = self._route_of(handle, entry.user)
-        if route is None:
-            return None  # closed meanwhile, or not its user's: nobody to tell
+    def _tell_sending(self, route: bytes, nbytes: int) -> None:
+        """Tell the client at ``route`` (already checked to be of the sender's user) that a
+        large event is on its way (an unasked PONG with ``sending``), so it allows for the
+        PONGs held up behind it."""
         if self.legacy.owns(route):
             return None  # a legacy client has no such wait
         self._reply(route, P.Kind.PONG, {"t": None, "pending": [], "sending": nbytes})
@@ -741,7 +734,15 @@ class Broker:
                     return self._malformed("backend", "bad heartbeat header")
                 if beat.sending:
                     entry.allowance = P.transfer_allowance_s(beat.sending)
-                    self._tell_sending(entry, beat.sending_to, beat.sending)
+                    try:
+                        handle: bytes | None = bytes.fromhex(beat.sending_to)
+                    except ValueError:
+                        handle = None
+                        self._malformed("backend", "a heartbeat named no client handle")
+                    # Only a connection of the worker's own user, as for any event; closed
+                    # meanwhile: nobody to tell.
+                    if (client := self._route_of(handle, entry.user)) is not None:
+                        self._tell_sending(client, beat.sending)
                 entry.busy = beat.busy
                 entry.executors = list(beat.executors[:MAX_EXECUTOR_ROWS])
                 if entry.busy:  # a long cell is activity too
@@ -754,7 +755,8 @@ class Broker:
             return self._malformed("backend", "a pool worker addressed a client")
         user = entry.user
         route = self._route_of(target, user)
-        if route is None and kind_b == b"done" and (bulk_id := P.bulk_ref(signed.buffers)):
+        bulk_id = P.bulk_ref(signed.buffers) if kind_b == b"done" else None
+        if route is None and bulk_id is not None:
             self.bulk.take(user, bulk_id)  # nobody to receive them: let them go now
         if route is None:
             # One of its user's connections that closed is news the worker has not had
@@ -763,7 +765,7 @@ class Broker:
                 log.debug("dropped a %s for a connection that closed", kind_b[:32])
                 return None
             return self._malformed("backend", "worker addressed no connection of its user")
-        if kind_b == b"done" and (bulk_id := P.bulk_ref(signed.buffers)) is not None:
+        if bulk_id is not None:
             if not self._put_bulk_back(user, route, signed, bulk_id):
                 return None
         if self.legacy.owns(route):
@@ -823,10 +825,9 @@ class Broker:
             return False
         signed.buffers = held
         self.counters.bulk_forwarded += 1
-        size = len(signed.header) + sum(len(f) for f in held)
-        if size >= P.LARGE_MESSAGE_BYTES and not self.legacy.owns(route):
-            # As a worker's HEARTBEAT ``sending`` would: the client's PONGs wait behind it.
-            self._reply(route, P.Kind.PONG, {"t": None, "pending": [], "sending": size})
+        size = len(signed.header) + frames_nbytes(held)
+        if size >= P.LARGE_MESSAGE_BYTES:
+            self._tell_sending(route, size)  # as a worker's HEARTBEAT `sending` would
         return True
 
     def _forget_worker_route(self, wroute: bytes, reason: str) -> None:

@@ -28,9 +28,14 @@ from rexec_magic import protocol as P
 FRAME_COST = 1024  # bytes counted per frame beyond its data (~200 measured per zmq.Frame)
 
 
+def frames_nbytes(frames: list[Any]) -> int:
+    """The data bytes of received frames (``zmq.Frame`` or bytes)."""
+    return sum(len(f) for f in frames)
+
+
 def cost(frames: list[Any]) -> int:
     """What holding ``frames`` counts against the bounds."""
-    return sum(len(f) for f in frames) + FRAME_COST * len(frames)
+    return frames_nbytes(frames) + FRAME_COST * len(frames)
 
 
 @dataclass
