@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from rexec_magic import protocol, serialize
+from rexec_magic import protocol
 from rexec_magic.protocol import Kind
 
 log = logging.getLogger(__name__)
@@ -70,12 +70,12 @@ class BulkUploader:
         with self._lock:
             self._where = where
 
-    def upload(self, frames: list[Any], request_id: str) -> str | None:
-        """Send ``frames`` (of request ``request_id``'s DONE) to the broker and wait until it
-        holds them: the id the DONE names in their place, or None (not configured,
-        refused, no answer in time, or the request was interrupted meanwhile: send them
-        the usual way).  The frames are not copied; they are the broker's once this
-        returns an id, and never read again after it returns None."""
+    def upload(self, frames: list[Any], nbytes: int, request_id: str) -> str | None:
+        """Send ``frames`` (``nbytes`` bytes in all; of request ``request_id``'s DONE) to
+        the broker and wait until it holds them: the id the DONE names in their place, or
+        None (not configured, refused, no answer in time, or the request was interrupted
+        meanwhile: send them the usual way).  The frames are not copied; they are the
+        broker's once this returns an id, and never read again after it returns None."""
         with self._lock:
             where = self._where
         if where is None:
@@ -84,7 +84,6 @@ class BulkUploader:
         set_id = uuid.uuid4().hex
         header = protocol.encode_header({"user": where.user, "id": set_id})
         parts = protocol.encode_signed(where.key, Kind.BULK, header, frames, protocol.TO_BROKER)
-        nbytes = serialize.nbytes(frames)
         try:
             sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as exc:

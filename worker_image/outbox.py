@@ -141,9 +141,10 @@ class EventChannel:
         """A large DONE's buffers uploaded to the broker, and one reference in their place
         (``protocol.BULK_REF``); as they were when they are small or the broker said no."""
         assert self.bulk is not None
-        if not buffers or serialize.nbytes(buffers) < protocol.BULK_MIN_BYTES:
+        nbytes = serialize.nbytes(buffers) if buffers else 0
+        if nbytes < protocol.BULK_MIN_BYTES:
             return header, buffers
-        set_id = self.bulk.upload(list(buffers), header["id"])
+        set_id = self.bulk.upload(list(buffers), nbytes, header["id"])
         if set_id is None:
             return header, buffers
         return {**header, "bulk": set_id}, [protocol.BULK_REF + set_id.encode()]
