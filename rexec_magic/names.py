@@ -196,17 +196,106 @@ def analyze(code: str) -> tuple[list[str], list[str]]:
 def _analyze_tree(tree: ast.Module) -> tuple[list[str], list[str]]:
     free: dict[str, None] = {}
     bound: dict[str, None] = {}
-    assigned: set[str] = set()
     for stmt in tree.body:
-        reads = _Reads()
-        reads.visit(stmt)
-        for name in sorted(reads.loads):
-            if name not in assigned:
-                free.setdefault(name, None)
         for name in sorted(_bound_in([stmt])):
             bound.setdefault(name, None)
-        assigned |= _unconditional_binds(stmt)
+    _Flow(free).block(tree.body, set())
     return list(free), list(bound)
+
+
+class _Flow:
+    """Free names in execution order, through compound statements too: a read counts as
+    free unless a name is surely bound on every path that reaches it.  ``with open(p) as
+    f: f.read()``, ``for row in rows: print(row)`` and ``except E as err: log(err)`` read
+    names they bind first, so the notebook's ``f``, ``row`` and ``err`` are not needed (and
+    need not pickle).  Where a path may skip a binding (a loop that runs no time, a branch,
+    a ``try`` that failed early, a ``with`` whose manager swallows an exception) the name
+    does not count as bound after it: when unsure a name counts as free."""
+
+    def __init__(self, free: dict[str, None]) -> None:
+        self.free = free
+
+    def reads(self, node: ast.AST | None, surely: set[str]) -> None:
+        if node is None:
+            return
+        visitor = _Reads()
+        visitor.visit(node)
+        for name in sorted(visitor.loads):
+            if name not in surely:
+                self.free.setdefault(name, None)
+
+    def block(self, body: list[ast.stmt], surely: set[str]) -> set[str]:
+        """Walk ``body`` in order from ``surely`` (names bound on entry): what is surely
+        bound after it."""
+        surely = set(surely)
+        for stmt in body:
+            surely = self.statement(stmt, surely)
+        return surely
+
+    def statement(self, stmt: ast.stmt, surely: set[str]) -> set[str]:
+        if isinstance(stmt, ast.With | ast.AsyncWith):
+            inner = set(surely)
+            for item in stmt.items:
+                self.reads(item.context_expr, inner)
+                if item.optional_vars is not None:
+                    self.reads(item.optional_vars, inner)  # `as obj.attr` reads obj
+                    inner |= _stored(item.optional_vars)
+            self.block(stmt.body, inner)
+            return inner  # the body may stop early, its manager swallowing the error
+        if isinstance(stmt, ast.For | ast.AsyncFor):
+            self.reads(stmt.iter, surely)
+            self.reads(stmt.target, surely)
+            self.block(stmt.body, surely | _stored(stmt.target))
+            self.block(stmt.orelse, surely)
+            return surely  # it may run no time
+        if isinstance(stmt, ast.While):
+            self.reads(stmt.test, surely)
+            self.block(stmt.body, surely | _walrus_targets(stmt.test))
+            self.block(stmt.orelse, surely | _walrus_targets(stmt.test))
+            return surely | _walrus_targets(stmt.test)
+        if isinstance(stmt, ast.If):
+            self.reads(stmt.test, surely)
+            after_test = surely | _walrus_targets(stmt.test)
+            return self.block(stmt.body, after_test) & self.block(stmt.orelse, after_test)
+        if isinstance(stmt, ast.Try | ast.TryStar):
+            ends = [self.block(stmt.orelse, self.block(stmt.body, surely))]
+            for handler in stmt.handlers:
+                self.reads(handler.type, surely)
+                caught = {handler.name} if handler.name else set()
+                ends.append(self.block(handler.body, surely | caught) - caught)
+            # A `finally` may run after the body failed early: it starts from `surely`, and
+            # adds only what it binds itself (a handler may have unbound a name of `surely`).
+            return set.intersection(*ends) | (self.block(stmt.finalbody, surely) - surely)
+        if isinstance(stmt, ast.Match):
+            self.reads(stmt.subject, surely)
+            for case in stmt.cases:
+                self.reads(case.pattern, surely)
+                inner = surely | _captures(case)
+                self.reads(case.guard, inner)
+                self.block(case.body, inner)
+            return surely  # no case may match
+        self.reads(stmt, surely)
+        if isinstance(stmt, ast.Delete):
+            return surely - _deleted(stmt)
+        return surely | _unconditional_binds(stmt)
+
+
+def _stored(target: ast.AST) -> set[str]:
+    """Plain names an assignment target binds (``a``, ``(a, *b)``; not ``a[i]``)."""
+    return {
+        n.id for n in ast.walk(target) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    }
+
+
+def _captures(case: ast.match_case) -> set[str]:
+    """Names a ``case`` pattern binds when it matches."""
+    visitor = _Binds()
+    visitor.visit(case.pattern)
+    return visitor.names
+
+
+def _deleted(stmt: ast.Delete) -> set[str]:
+    return {n.id for t in stmt.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
 
 
 # Cell magics whose line names a variable they bind (``%%capture out``).

@@ -117,6 +117,19 @@ CLOSURE_SETUP = (
     "def root(v):\n    return math.sqrt(shift(v))"
 )
 CASES = [
+    Case(
+        # The notebook's fh, row and err do not pickle (an open file, a generator, a lock),
+        # but the cell binds each before it reads it: they are not needed, so not refused.
+        "names-bound-by-with-for-except-before-read",
+        "import os, threading\npath = os.path.abspath('nbhelper_tools.py')\nfh = open(path)\n"
+        "row = (i for i in range(3))\nerr = threading.Lock()",
+        [
+            "with open(path) as fh:\n    first = fh.readline().strip()\n"
+            "for row in ['a', 'b']:\n    last = row.upper()\n"
+            "try:\n    1 / 0\nexcept ZeroDivisionError as err:\n    said = type(err).__name__"
+        ],
+        ["first", "last", "row", "said"],
+    ),
     Case("globals-read-transitively", CLOSURE_SETUP, ["r = root(6)"], ["r"]),
     Case(
         "globals-change-remotely-then-used",

@@ -179,3 +179,42 @@ def test_magics_are_analysed_in_their_python_form(cell, needs, defines):
     python = TransformerManager().transform_cell(cell)
     free_names, bound_names = analyze(python)
     assert needs <= set(free_names) and set(bound_names) == defines
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "with open(p) as f:\n    text = f.read()",
+        "with a() as (f, g), b(f) as h:\n    use(f, g, h)",
+        "for f in files:\n    print(f)",
+        "try:\n    risky()\nexcept ValueError as f:\n    print(f)",
+        "match cmd:\n    case [f, *rest]:\n        print(f, rest)",
+        "while (f := nxt()) is not None:\n    print(f)",
+        "if c:\n    f = 1\nelse:\n    f = 2\nprint(f)",
+        "try:\n    f = load()\nexcept OSError:\n    f = None\nprint(f)",
+        "try:\n    pass\nfinally:\n    f = 1\nprint(f)",
+    ],
+)
+def test_a_name_bound_on_every_path_before_its_read_is_not_shipped(code):
+    """``with open(p) as f: f.read()`` needs no notebook ``f`` (which may be an open file
+    that cannot travel): compound statements are followed in order, as Python runs them."""
+    assert "f" not in free(code) and "f" in bound(code)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "for f in files:\n    pass\nprint(f)",  # no round: the notebook's f
+        "if c:\n    f = 1\nprint(f)",
+        "try:\n    f = load()\nexcept OSError:\n    pass\nprint(f)",
+        "with suppress(E):\n    f = load()\nprint(f)",  # the manager may swallow the error
+        "match cmd:\n    case [f]:\n        pass\nprint(f)",
+        "f = 1\ntry:\n    pass\nexcept E as f:\n    pass\nprint(f)",  # the handler unbinds it
+        "while more():\n    f = 1\nprint(f)",
+        "for x in xs:\n    pass\nelse:\n    print(f)\nf = 1",
+    ],
+)
+def test_a_name_a_path_may_leave_unbound_is_shipped(code):
+    """Where some path reaches the read without binding the name, the notebook's value is
+    what it reads there, so it is shipped."""
+    assert "f" in free(code)
