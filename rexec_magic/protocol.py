@@ -711,6 +711,9 @@ class Execute(Request, Placement):
     # default through a factory: pydantic deep-copies a ``[]`` default on every read (~0.7 us).
     have: Names = Field(default_factory=list)
     watch: Names = Field(default_factory=list)
+    # Names this notebook exchanged with the worker and has since deleted (``del x`` in a
+    # local cell): the worker unbinds them before the code runs, as they are gone here.
+    gone: Names = Field(default_factory=list)
     pull_changed: bool = False
     result: bool = False
     cell: int | None = None
@@ -730,9 +733,10 @@ class Call(Request, Placement):
     client: Versions | None = None
     # The namespace sync, as for Execute: ``globals`` (a ``vars`` entry) holds the notebook
     # globals ``fn`` reads that changed; ``have`` those not resent; ``watch`` those whose
-    # change comes back.
+    # change comes back; ``gone`` those deleted here since they were exchanged.
     have: Names = Field(default_factory=list)
     watch: Names = Field(default_factory=list)
+    gone: Names = Field(default_factory=list)
     pull_limit: Annotated[int, Field(ge=0)] | None = None  # None: the worker's default
     credit: Annotated[int, Field(ge=1, le=MAX_CREDIT)] | None = None
     # A generator's items one at a time, as a local generator makes them: after each YIELD

@@ -429,6 +429,8 @@ class RemoteSession:
                 # What the cell's functions read is watched too (`bump()` appending to a list).
                 watch = [*fields.get("watch", []), *plan.send, *plan.have]
                 header = {**fields, "have": plan.have, "watch": list(dict.fromkeys(watch))}
+                if plan.gone:
+                    header["gone"] = plan.gone
                 try:
                     args = (code, entries, frames, header, on_event, timeout_s)
                     outcome = self._on_worker(notes, self.client.execute_packed, *args)
@@ -636,6 +638,8 @@ class RemoteSession:
             watch = list(dict.fromkeys([*reads, *plan.send, *plan.have]))
             limit = contract.DEFAULT_PULL_LIMIT_BYTES
             fields = {"have": plan.have, "watch": watch, "pull_limit": limit, "lazy": lazy}
+            if plan.gone:
+                fields["gone"] = plan.gone
             try:
                 outcome = yield from self.client.call(
                     *packed.values(), timeout_s, values, fields, cancel

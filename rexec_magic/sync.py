@@ -92,6 +92,7 @@ class Plan:
     send: dict[str, serialize.Packed] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
     have: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # exchanged, since deleted here
 
     def entries_and_frames(self) -> tuple[list[dict[str, Any]], list[Any]]:
         entries, frames = [], []
@@ -125,7 +126,8 @@ class NamespaceSync:
         force: Iterable[str] = (),
         what: str = "cell",
     ) -> Plan:
-        """Pack what must go: ``names`` and the notebook globals their code reads, transitively.
+        """Pack what must go: ``names`` and the notebook globals their code reads, transitively;
+        and list the exchanged names deleted here since (``Plan.gone``).
 
         ``force`` names are shipped even when unchanged (the worker said it lacks them).
         Raises UnserializableVariable naming the first value that cannot travel (``what``:
@@ -133,6 +135,9 @@ class NamespaceSync:
         """
         forced = set(force)
         plan = Plan()
+        # Exchanged, then deleted by local code: gone there too, whether this code reads
+        # them or not (``globals().get(name)``, a later cell), as they are gone here.
+        plan.gone = [name for name in self.records if name not in namespace]
         queue = list(dict.fromkeys(names))
         seen: set[str] = set()
         while queue:
@@ -172,6 +177,8 @@ class NamespaceSync:
     def sent(self, namespace: MutableMapping[str, Any], plan: Plan, unloaded: Iterable[str]):
         """The worker loaded what was sent (all but ``unloaded``): record it as held there."""
         failed = set(unloaded)
+        for name in plan.gone:
+            self.records.pop(name, None)
         for name, packed in plan.send.items():
             if name in failed:
                 self.records.pop(name, None)

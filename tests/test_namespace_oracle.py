@@ -323,6 +323,19 @@ CASES = [
     ),
     Case("deleted-remotely", "gone = 5", ["del gone"], ["'gone' in globals()"]),
     Case(
+        # Deleted by a local cell after a remote cell had them: the next remote cells see
+        # them gone too (max is the builtin again), whether they name them or not.
+        "deleted-locally-after-an-exchange",
+        "thr = 0.5\nmax = 5\ntab = [1]",
+        [
+            "seen = (thr, max, len(tab))",
+            ("", "del thr, max\ntab.append(2)", "del thr, max\ntab.append(2)"),
+            "has_thr = 'thr' in globals()\nbiggest = max([1, 2])",
+            "tab_len = len(tab)\nstill_no_thr = globals().get('thr')",
+        ],
+        ["seen", "has_thr", "biggest", "tab_len", "still_no_thr", "'thr' in globals()", "max"],
+    ),
+    Case(
         "helper-module-beside-the-notebook",
         "import nbhelper_tools\nfrom nbhelper_tools import triple",
         ["t1 = nbhelper_tools.triple(2)\nt2 = triple(3)"],

@@ -53,6 +53,7 @@ class Cell:
     # notebook's cell number for tracebacks.
     have: list[str] = field(default_factory=list)
     watch: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # deleted in the notebook: unbound here
     pull_changed: bool = False
     want_result: bool = False
     number: int | None = None
@@ -91,7 +92,8 @@ def cell_for(route: bytes, msg: Message) -> Cell:
             inband=call.inband,
             lazy=call.lazy,
             have=list(call.have),
-            watch=list(call.watch),  # the globals the function reads: changes come back
+            watch=list(call.watch),
+            gone=list(call.gone),  # the globals the function reads: changes come back
             pull_changed=True,
             session=placement(call),
             client=call.session,
@@ -108,6 +110,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
         client_versions=ex.client,
         have=list(ex.have),
         watch=list(ex.watch),
+        gone=list(ex.gone),
         pull_changed=ex.pull_changed,
         want_result=ex.result,
         number=ex.cell,
@@ -186,6 +189,12 @@ class CellRunner:
         if missing:
             status, extra = DoneStatus.RESEND, {"missing": missing}
         else:
+            # Deleted in the notebook since it last exchanged them: the code must not read
+            # this namespace's older values under those names (a local ``del sum`` makes
+            # ``sum`` the builtin again).
+            for name in cell.gone:
+                self.shell.user_ns.pop(name, None)
+            self.watch.invalidate(cell.gone)
             values, unloaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers)
             extra["unloaded"] = unloaded
             cell.buffers = []
