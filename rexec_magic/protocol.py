@@ -929,9 +929,11 @@ class Done(Event):
     # The namespace sync (rexec_magic/sync.py): watched names that changed (rebound or in
     # place) and that the cell deleted; the name holding the last expression's value when it
     # was not sent again; pushed values the worker could not load; for RESEND, the ``have``
-    # names the worker lacks.
+    # names the worker lacks; pushes a shared namespace did not apply, as it held a value
+    # (or a deletion) of them that the notebook had not seen (the newer one comes back).
     changed: Names = Field(default_factory=list)
     deleted: Names = Field(default_factory=list)
+    conflicts: Names = Field(default_factory=list)
     result_name: Short | None = None
     unloaded: list[Unloaded] = Field(default_factory=list)
     missing: Names = Field(default_factory=list)

@@ -261,4 +261,17 @@ class NamespaceSync:
                 self.stays_remote(namespace, name, "value", why)
         for name in done.deleted if done is not None else []:
             self.deleted(namespace, name)
+        for name in done.conflicts if done is not None else []:
+            if name in done.deleted:
+                notes.append(
+                    f"`{name}` was deleted in the shared namespace after this notebook last "
+                    "had it: this notebook's copy was not sent, and is deleted here too"
+                )
+            else:
+                notes.append(
+                    f"`{name}` in the shared namespace is newer than this notebook's copy "
+                    "(changed there since this notebook last had it, or there before it "
+                    "joined): that value was kept and came back here; this notebook's was "
+                    "not sent"
+                )
         return notes

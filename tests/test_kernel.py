@@ -501,6 +501,41 @@ def test_a_name_another_notebook_deleted_stays_deleted(stack, kernel):
         assert text_of(outputs) == "False\n"
 
 
+def test_a_copy_a_notebook_had_never_goes_over_a_shared_namespaces_newer_value(stack, kernel):
+    """A push from a notebook that has not seen a shared namespace's value of a name (it
+    joined after the value was made there, or another notebook changed or deleted it after
+    this one last had it) is not applied: the cell runs on the namespace's value, which
+    comes back, and one sentence per name says so.  The notebook's older copy used to go
+    over it, silently: B's results vanished for both notebooks."""
+    _, kc = kernel
+    run(kc, "result = 0\nrows = [0]")  # A's own values, made before it joins the namespace
+    with sharing(stack, kc) as other:
+        run(other, "%%remote\nresult = 42\nrows = [1, 2, 3]")
+        reply, outputs = run(kc, "%%remote\nprint(result, len(rows))")
+        assert reply["status"] == "ok" and text_of(outputs) == "42 3\n"
+        assert "`result` in the shared namespace is newer" in str(outputs)  # the note
+        assert text_of(run(kc, "print(result, rows)")[1]) == "42 [1, 2, 3]\n"
+        _, outputs = run(other, "%%remote\nprint(result, rows)")
+        assert text_of(outputs) == "42 [1, 2, 3]\n"
+        # Both have it now; B changes it and deletes another, then A changes its old copies.
+        run(kc, "%%remote\nsv = [1]\ndv = [1]")
+        run(other, "%%remote\nsv.append(2)\ndel dv")
+        run(kc, "sv.append('mine')\ndv.append('mine')")
+        reply, outputs = run(kc, "%%remote\nprint(sv)")
+        assert text_of(outputs) == "[1, 2]\n" and "`sv` in the shared namespace" in str(outputs)
+        reply, outputs = run(kc, "%%remote\nprint(dv)")
+        assert (reply["status"], reply["ename"]) == ("error", "NameError")
+        assert "`dv` was deleted in the shared namespace" in str(outputs)
+        assert text_of(run(kc, "print(sv, 'dv' in globals())")[1]) == "[1, 2] False\n"
+        _, outputs = run(other, "%%remote\nprint(sv, 'dv' in globals())")
+        assert text_of(outputs) == "[1, 2] False\n"
+        # Once it has seen the value, its own change goes as always.
+        run(kc, "sv.append('mine')")
+        run(kc, "%%remote\nprint(sv)")
+        _, outputs = run(other, "%%remote\nprint(sv)")
+        assert text_of(outputs) == "[1, 2, 'mine']\n"
+
+
 def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
     """The cell is interrupted, then its executor stopped; the worker log says so once."""
     km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="0.5")

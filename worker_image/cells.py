@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the supervisor parses requests too, and must not load IPyth
 log = logging.getLogger(__name__)
 
 DEFAULT_PULL_LIMIT = DEFAULT_PULL_LIMIT_BYTES
+SHARED_PREFIX = "namespace:"  # executor keys of shared namespaces (``placement``)
 EXIT_MESSAGE = (
     "exit() or quit() ended this notebook's remote executor; its namespace is gone. "
     "The next remote cell or call starts a fresh one."
@@ -128,10 +129,15 @@ def placement(fields: Placement) -> str:
     (legacy clients, old magics) shares the ``default`` executor.
     """
     if fields.namespace:
-        return f"namespace:{fields.namespace}"
+        return f"{SHARED_PREFIX}{fields.namespace}"
     if fields.session:
         return f"session:{fields.session}"
     return "default"
+
+
+def shared(key: str) -> bool:
+    """Whether executor ``key`` (``placement``) is a shared namespace (``%rexec_attach``)."""
+    return key.startswith(SHARED_PREFIX)
 
 
 def done_header(status: str, **extra: Any) -> dict[str, Any]:
@@ -192,9 +198,7 @@ class CellRunner:
             # Deleted in the notebook since it last exchanged them: the code must not read
             # this namespace's older values under those names (a local ``del sum`` makes
             # ``sum`` the builtin again).
-            for name in cell.gone:
-                self.shell.user_ns.pop(name, None)
-            self.watch.invalidate(cell.gone)
+            self.watch.unbind(self.shell.user_ns, cell.gone)
             values, unloaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers)
             extra["unloaded"] = unloaded
             cell.buffers = []
@@ -207,6 +211,8 @@ class CellRunner:
                 status = DoneStatus.ERROR
             elif cell.call:
                 shipped = values.pop("globals", None) or {}
+                kept = self._keep_newer(cell, shipped)
+                extra["conflicts"] = kept
                 self.shell.user_ns.update(shipped)
                 self.watch.invalidate(shipped)
                 self.watch.before(self.shell.user_ns, cell.watch)
@@ -218,12 +224,14 @@ class CellRunner:
                     DoneStatus.OK, DoneStatus.ERROR, DoneStatus.INTERRUPTED
                 ):  # fmt: skip
                     report = self.watch.collect(
-                        self.shell.user_ns, [], cell.watch, True, cell.pull_limit
+                        self.shell.user_ns, kept, cell.watch, True, cell.pull_limit
                     )
                     entries, frames = entries + report.entries, frames + report.frames
                     skipped = report.skipped
                     extra.update(report.header())
             else:
+                extra["conflicts"] = kept = self._keep_newer(cell, values)
+                cell.pull = [*cell.pull, *kept]
                 self.shell.user_ns.update(values)
                 self.watch.invalidate(values)
                 status, report = self._execute(cell)
@@ -255,6 +263,19 @@ class CellRunner:
             duration * 1e3,
             (time.perf_counter() - cell.received_at) * 1e3,
         )
+
+    def _keep_newer(self, cell: Cell, values: dict[str, Any]) -> list[str]:
+        """In a shared namespace, drop from ``values`` the pushes of names whose value (or
+        deletion) here this notebook has not seen (``Watch.conflicts``); returns them, to
+        send back with the DONE (``conflicts``) so the notebook gets what is here."""
+        if not shared(cell.session):
+            return []
+        kept = self.watch.conflicts(self.shell.user_ns, values)
+        for name in kept:
+            del values[name]
+        if kept:
+            log.info("kept the newer %s of a shared namespace over a notebook's push", kept)
+        return kept
 
     def _execute(self, cell: Cell) -> tuple[str, Report]:
         """Run the code and collect what goes back; returns (status, report).

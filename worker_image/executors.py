@@ -30,6 +30,7 @@ import zmq
 
 from rexec_magic.contract import Env
 from worker_image import exits, framing
+from worker_image.cells import shared
 from worker_image.outbox import MARK, Target
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class ExecutorProcess:
     @property
     def shared(self) -> bool:
         """It serves a shared, named namespace (``%rexec_attach NAME``), not one notebook."""
-        return self.key is not None and self.key.startswith("namespace:")
+        return self.key is not None and shared(self.key)
 
     def summary(self) -> dict[str, Any]:
         """One row of the user's executor list (%rexec_status, the sidebar)."""

@@ -112,11 +112,41 @@ class Watch:
     changed and brings B's value back.  With one set of hashes for all, A's copy stayed old
     and was never refreshed, and A assigning its old value again was taken for no change
     (not sent).
+
+    ``latest`` is each name's hash as of its last exchange with any client: a notebook whose
+    own hash differs (or who has none while the name exists) has not seen the value there.
     """
 
     def __init__(self) -> None:
         self._views = Recent(WATCH_CLIENTS_KEPT)  # client session -> {name: digest}
         self.digests: dict[str, str] = self.serve("")
+        self.latest: dict[str, str] = {}
+
+    def _seen(self, name: str, digest: str) -> None:
+        self.digests[name] = digest
+        self.latest[name] = digest
+
+    def conflicts(self, namespace: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+        """Of the names this client pushes, those it has not seen as they are here: changed
+        by another notebook since this one last exchanged them, deleted since, or here
+        before this notebook ever exchanged them.  In a shared namespace such a push is an
+        older copy going over a newer value (or over a deletion), so it is not applied."""
+        found = []
+        for name in names:
+            mine = self.digests.get(name)
+            if mine is None:
+                if name in namespace:
+                    found.append(name)
+            elif name not in namespace or self.latest.get(name, mine) != mine:
+                found.append(name)
+        return found
+
+    def unbind(self, namespace: dict[str, Any], names: Iterable[str]) -> None:
+        """Names deleted in the notebook (``gone``): unbound here, no hash of them kept."""
+        for name in names:
+            namespace.pop(name, None)
+            self.digests.pop(name, None)
+            self.latest.pop(name, None)
 
     def serve(self, client: str) -> dict[str, str]:
         """Compare against what ``client`` (a client session; "" for those without one)
@@ -142,9 +172,9 @@ class Watch:
             if name in self.digests or name not in namespace:
                 continue
             try:
-                self.digests[name] = serialize.pack_value(namespace[name]).digest
+                self._seen(name, serialize.pack_value(namespace[name]).digest)
             except serialize.SerializationError:
-                self.digests[name] = f"unserializable {id(namespace[name])}"
+                self._seen(name, f"unserializable {id(namespace[name])}")
 
     def collect(
         self,
@@ -164,6 +194,7 @@ class Watch:
         wanted = set(pull)
         for name in dict.fromkeys([*pull, *watch]):
             if name not in namespace:
+                self.latest.pop(name, None)
                 if self.digests.pop(name, None) is not None:
                     report.deleted.append(name)
                 continue
@@ -177,11 +208,11 @@ class Watch:
                     report.changed.append(name)
                     reason = serialize.unserializable_reason(value, exc)
                     report.skipped.append({"name": name, "reason": reason, **type_fields(value)})
-                self.digests[name] = marker
+                self._seen(name, marker)
                 continue
             digest = packed.digest
             changed = self.digests.get(name) != digest
-            self.digests[name] = digest
+            self._seen(name, digest)
             if changed:
                 report.changed.append(name)
             if name in wanted or (changed and pull_changed):
