@@ -323,6 +323,17 @@ CASES = [
     ),
     Case("deleted-remotely", "gone = 5", ["del gone"], ["'gone' in globals()"]),
     Case(
+        # Bound and unbound in ways the cell's syntax does not show: found after it ran.
+        "bound-at-run-time",
+        "tmpv = 1",
+        [
+            "def setg():\n    global NEWG\n    NEWG = 1\nseen = tmpv",
+            "setg()\nexec('EX = 2')\nglobals()['GS'] = 3\nfrom math import *\n"
+            "globals().pop('tmpv')",
+        ],
+        ["NEWG", "EX", "GS", "pi", "floor(2.5)", "'tmpv' in globals()"],
+    ),
+    Case(
         # Deleted by a local cell after a remote cell had them: the next remote cells see
         # them gone too (max is the builtin again), whether they name them or not.
         "deleted-locally-after-an-exchange",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rexec_magic import serialize
 from rexec_magic.contract import DEFAULT_PULL_LIMIT_BYTES
 from rexec_magic.protocol import Call, DoneStatus, Execute, Kind, Message, Placement, Versions
+from rexec_magic.sync import ipython_name
 from worker_image.calls import Step, invoke
 from worker_image.outbox import CODE_OVER, EventChannel, Target
 from worker_image.variables import Report, Watch, load_pushed, numbered_as
@@ -293,6 +294,7 @@ class CellRunner:
             if self.interrupted(cell.id):
                 raise KeyboardInterrupt
             self.watch.before(shell.user_ns, cell.watch)
+            names_before = set(shell.user_ns)
             with numbered_as(shell, cell.number):
                 result = shell.run_cell(cell.code, store_history=True)
             # The user's code is over.  Collecting what goes back records digests as it goes:
@@ -311,7 +313,7 @@ class CellRunner:
             report = self.watch.collect(
                 shell.user_ns,
                 cell.pull,
-                cell.watch,
+                [*cell.watch, *self._bound_at_run_time(names_before, cell.watch)],
                 cell.pull_changed,
                 cell.pull_limit,
                 result.result if cell.want_result and error is None else None,
@@ -331,6 +333,19 @@ class CellRunner:
         elif status == DoneStatus.ERROR and not shell.error_sent:
             self._send_error("Error", "the cell failed (no traceback available)")
         return status, report
+
+    def _bound_at_run_time(self, before: set[str], watched: list[str]) -> list[str]:
+        """Globals the cell bound or unbound that its syntax does not show, so the client
+        did not ask for them: ``exec("x = 1")``, ``globals()["x"] = 1``, ``from m import *``,
+        ``%run script.py``, a function that sets a ``global`` first made there, and the
+        same ways of deleting.  Watched like the others: new ones come back (or are said
+        to stay remote), deleted ones the notebook had go there too.  IPython's own names
+        (``_i3``, ``_3``, ``Out``) are not the user's."""
+        namespace = self.shell.user_ns
+        known = set(watched)
+        added = [n for n in namespace if n not in before and n not in known]
+        gone = [n for n in before - namespace.keys() if n not in known and n in self.watch.digests]
+        return [n for n in (*added, *sorted(gone)) if not ipython_name(n)]
 
     def _call(self, cell: Cell, values: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list]:
         """Run a CALL in user-code mode (interruptible, output streamed); see calls.py."""
