@@ -143,7 +143,11 @@ class RexecClient:
         # The worker process this client last saw (its ``instance``), and who to tell when a
         # different one shows up: the namespace the user had is gone.
         self.seen_instance: str | None = None
-        self.on_new_worker: Callable[[dict[str, Any]], None] | None = None
+        self.on_new_worker: Callable[[dict[str, Any], bool], None] | None = None
+        # The user was told the worker was lost (WorkerLost): the next process is no news,
+        # but it is still learned, so a later loss is noticed too (clearing seen_instance
+        # instead left every later replacement unannounced: a bare NameError).
+        self.loss_told = False
         self.session_key: bytes | None = None
         self.max_header_bytes = P.MAX_HEADER_BYTES
         self.local_versions = serialize.versions()
@@ -330,8 +334,11 @@ class RexecClient:
         if not instance:
             return
         previous, self.seen_instance = self.seen_instance, instance
-        if previous is not None and previous != instance and self.on_new_worker is not None:
-            self.on_new_worker(worker)
+        if previous == instance:
+            self.loss_told = False  # the same process after all: the next other one is news
+        elif previous is not None and self.on_new_worker is not None:
+            told, self.loss_told = self.loss_told, False
+            self.on_new_worker(worker, told)
 
     def request(
         self, kind: str, header: dict[str, Any], reply_kind: str, timeout_s: float
@@ -638,7 +645,7 @@ class RexecClient:
                         continue  # the answer to a ping of an earlier request: stale news
                     self._saw_worker(pong.worker)
                     if self.worker is None or (req_id not in pong.pending and started):
-                        self.seen_instance = None  # told here: the next worker is no news
+                        self.loss_told = True  # told here: the next worker is no news
                         raise errors.WorkerLost(
                             f"The remote worker stopped while running the {what}; "
                             "the remote namespace was lost."
@@ -731,7 +738,7 @@ class RexecClient:
                         last_heard = time.monotonic()
                         continue
                     if code == P.FailCode.WORKER_LOST:
-                        self.seen_instance = None  # told here: the next worker is no news
+                        self.loss_told = True  # told here: the next worker is no news
                     raise self._fail_error(msg)
                 elif msg.kind == P.Kind.DONE:
                     return self._finish(
@@ -842,8 +849,7 @@ class RexecClient:
             raise errors.ExecutorDied(
                 done.message or "The remote executor died; the remote namespace was lost."
             )
-        if status == P.DoneStatus.RESTARTING:
-            self.seen_instance = None  # the user is told now; the next worker is no news
+        if status == P.DoneStatus.RESTARTING:  # its executor: the worker process stays
             text = done.message or (
                 f"The remote {what} did not stop after the interrupt, so the worker was "
                 "restarted; the remote namespace was lost."

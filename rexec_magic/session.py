@@ -104,9 +104,13 @@ class RemoteSession:
         self.sync = sync.NamespaceSync()
         self._syncs: dict[str | None, sync.NamespaceSync] = {None: self.sync}
 
-    def _new_worker(self, worker: dict[str, Any]) -> None:
-        """The broker shows another worker process than before: its namespace is new."""
+    def _new_worker(self, worker: dict[str, Any], told: bool = False) -> None:
+        """The broker shows another worker process than before: its namespace is new
+        (``told``: the user heard of the loss already)."""
         if self._starting:
+            return
+        if told:
+            self._forget_all()
             return
         try:
             status = self.spawner.status()
@@ -485,10 +489,11 @@ class RemoteSession:
                 return
         state, idle_s = current.get("state"), current.get("idle_culled_after_s")
         had_one = self.client.seen_instance is not None
+        told, self.client.loss_told = self.client.loss_told, False
         running = current if state in ACTIVE else None
         if state == WorkerState.STOPPED and idle_s:
             notes.note(f"Your worker was stopped after {idle_s:g} s idle; its namespace was lost.")
-        elif had_one and running is None:
+        elif had_one and running is None and not told:
             why = current.get("message") if state == WorkerState.FAILED else None
             what = f"failed ({str(why).rstrip('.')})" if why else f"was {state or 'stopped'}"
             notes.warning(f"Your worker {what}; its namespace was lost.")

@@ -22,7 +22,7 @@ from jupyter_client.manager import KernelManager
 from rexec_magic import connection
 from rexec_magic.session import RemoteSession
 from tests.harness import wait_for
-from tests.kernel_harness import run
+from tests.kernel_harness import collect, run
 from tests.local_stack import Stack
 
 pytestmark = pytest.mark.stack
@@ -197,6 +197,41 @@ def test_a_worker_killed_while_idle_is_announced_at_the_next_cell(kc, spawner):
     assert reply["status"] == "error"  # the NameError comes, but after the announcement
     status = texts(ok(kc, "%rexec_status"), "execute_result")[0]
     assert "killed by signal 9" in status
+
+
+def killed_and_restarted(spawner, pid: int) -> None:
+    """SIGKILL worker ``pid`` and wait until the spawner has restarted it."""
+    before = spawner.spawner.status().get("last_exit_at")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            (status := spawner.spawner.status()).get("last_exit_at") != before
+            and status["state"] == "ready"
+        ),
+        "the restarted worker",
+        60,
+    )
+
+
+def test_every_later_worker_loss_is_announced_too(kc, spawner):
+    """A worker killed under a running cell is said there (WorkerLost); the worker after it
+    is still watched, so its own loss is announced at the next cell, before the NameError.
+    Each told loss used to leave every later one silent: a bare NameError."""
+    for _ in range(2):
+        pid = worker_pid(kc)
+        msg_id = kc.execute("%%remote\nimport time\nprint('started', flush=True)\ntime.sleep(60)")
+        while "started" not in str(kc.get_iopub_msg(timeout=60)["content"].get("text")):
+            pass
+        killed_and_restarted(spawner, pid)
+        reply, outputs = collect(kc, msg_id)
+        assert (reply["status"], reply["ename"]) == ("error", "WorkerLost"), reply
+        assert "Your worker restarted" not in stderr_of(outputs)  # said once, as WorkerLost
+        ok(kc, "%%remote\nimport threading\nev = threading.Event()")  # it stays remote
+        killed_and_restarted(spawner, worker_pid(kc))
+        reply, outputs = run(kc, "%%remote\nprint(ev)")
+        said = stderr_of(outputs)
+        assert re.search(r"Your worker restarted at .*; its namespace was lost\.", said), said
+        assert (reply["status"], reply["ename"]) == ("error", "NameError")
 
 
 def test_a_worker_stopped_elsewhere_is_announced_and_replaced(kc, spawner):
