@@ -547,6 +547,7 @@ class RexecClient:
         notice = ""  # what the worker last said this request waits for
         stopped_until = 0.0  # the worker says its executor is stopped (SIGSTOP) until then
         resent = False
+        uncertain = False  # sent again after a loss: the first send may have started it
         interrupted_at: float | None = None
         grace_said = False  # that the interrupted cell has not stopped yet
         broker_said = False  # that the broker has been silent (an unstarted request waits)
@@ -665,7 +666,7 @@ class RexecClient:
                             "it assigned may not have come back (this notebook's copies may be "
                             "older than the worker's)."
                         )
-                    resent = True
+                    resent = uncertain = True
                     self._send(kind, header, buffers)
                     continue
                 if h.get("id") != req_id:
@@ -724,15 +725,32 @@ class RexecClient:
                         # Not run: learn the new worker (on_new_worker announces it), resend.
                         in_hand = None
                         self.ping()
+                        if uncertain:  # refused now, but an earlier send may have run
+                            self.loss_told = True
+                            raise errors.WorkerLost(
+                                f"The worker this {what} was sent to stopped before it said "
+                                f"whether the {what} started, so it may have run there (its "
+                                "output is lost); it was not sent again, so it never runs "
+                                "twice."
+                            )
                         header.pop("instance", None)
                         self._send(kind, header, buffers)
                         last_heard = time.monotonic()
                         continue
-                    if code == P.FailCode.WORKER_LOST and not started and not resent:
-                        # The cell went to a worker that had just died; it never ran, so it is
-                        # safe to send it to the worker that replaced it.
+                    if (
+                        code == P.FailCode.WORKER_LOST
+                        and not started
+                        and not resent
+                        and "instance" in header
+                    ):
+                        # The cell went to a worker that stopped before it said the cell
+                        # started.  Sent again naming that worker process: if it is still
+                        # the one there (the broker dropped it, it registered again), it
+                        # runs the cell at most once (it remembers the ids it took); if
+                        # another process replaced it, the broker refuses (worker_replaced)
+                        # and the cell is not sent a third time: it may have run there.
                         in_hand = None
-                        resent = True
+                        resent = uncertain = True
                         self.wait_for_worker(None, timeout_s=15.0)
                         self._send(kind, header, buffers)
                         last_heard = time.monotonic()

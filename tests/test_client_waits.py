@@ -107,3 +107,76 @@ def test_a_cell_not_yet_started_waits_out_a_silent_broker_and_says_so():
     said = [m.header["text"] for m in shown if m.kind == P.Kind.NOTICE]
     assert len(said) == 1 and "waiting for the rexec broker" in said[0], said
     assert "has not started" in said[0]
+
+
+class LosingBroker:
+    """Answers HELLO and PINGs (the worker process ``old``, then ``new``); fails the first
+    EXECUTE with ``worker_lost`` (no ``accepted`` came: the worker stopped before it said
+    whether the cell started); later ones as the real broker does: ``worker_replaced`` for
+    one naming a process that was replaced, else the new process runs it.  Records each
+    EXECUTE."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.linger = 0
+        self.port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        self.executes: list[dict] = []
+        self.instance = "old"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _send(self, route: bytes, kind: str, header: dict) -> None:
+        self.router.send_multipart([route, *P.encode(kind, header)])
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            if not self.router.poll(100):
+                continue
+            route, *frames = self.router.recv_multipart()
+            msg = P.decode_signed(frames)[1]
+            if msg.kind == P.Kind.HELLO:
+                self._send(route, P.Kind.WELCOME, {"user": "alice", "session_key": KEY.hex()})
+            elif msg.kind == P.Kind.PING:
+                worker = {"instance": self.instance, "state": "ready"}
+                self._send(route, P.Kind.PONG, {"t": msg.header["t"], "worker": worker})
+            elif msg.kind == P.Kind.EXECUTE:
+                self.executes.append(msg.header)
+                req_id, named = msg.header["id"], msg.header.get("instance")
+                if len(self.executes) == 1:
+                    self._send(route, P.Kind.FAIL, {"id": req_id, "code": P.FailCode.WORKER_LOST})
+                    self.instance = "new"  # the spawner started another process meanwhile
+                elif named and named != self.instance:
+                    fail = {"id": req_id, "code": P.FailCode.WORKER_REPLACED}
+                    self._send(route, P.Kind.FAIL, fail)
+                else:  # the new process runs it
+                    self._send(route, P.Kind.ACCEPTED, {"id": req_id, "seq": 0})
+                    done = {"id": req_id, "seq": 1, "status": "ok", "vars": []}
+                    self._send(route, P.Kind.DONE, done)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(WAIT_MS / 1000)
+        self.router.close()
+        self.ctx.term()
+
+
+def test_a_cell_whose_worker_stopped_before_saying_it_started_is_never_sent_to_another():
+    """At most once: the worker process that got the cell may have started it before it
+    stopped (a cell killing its own worker did, 3 of 50: it ran twice).  The client sends
+    it once more naming that process (the same process, back after the broker dropped it,
+    runs it at most once); the broker answers that another process replaced it, and the
+    client says the cell may have run, instead of sending it a third time to the new one."""
+    broker = LosingBroker()
+    url = f"tcp://127.0.0.1:{broker.port}"
+    client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
+    try:
+        client.ping()  # the worker process is known: requests name it
+        with pytest.raises(errors.WorkerLost) as info:
+            client.execute_packed("pass", [], [], {"pull": []}, lambda msg: None)
+        assert "may have run there" in str(info.value) and "never runs twice" in str(info.value)
+        assert [h.get("instance") for h in broker.executes] == ["old", "old"]
+    finally:
+        client.close()
+        broker.close()

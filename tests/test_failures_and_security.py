@@ -76,6 +76,25 @@ def test_worker_killed_mid_cell_gives_clear_error_and_next_cell_works(fresh_stac
     session.close()
 
 
+@pytest.mark.parametrize("attempt", range(5))
+def test_a_cell_that_kills_its_own_worker_runs_once(fresh_stack, tmp_path, attempt):
+    """At most once, whatever the timing: the cell kills its worker process (the
+    supervisor, its executor's parent) right after it starts, often before the worker has
+    said it started.  The cell was sent again to the next worker and ran twice (3 of 50);
+    now the user hears that it may have run, and it runs once.  Repeated: a race."""
+    session = RemoteSession(connection.load(fresh_stack.connection_file))
+    session.start()
+    ledger = tmp_path / "ledger"
+    cell = f"import os\nopen({str(ledger)!r}, 'a').write('ran\\n')\nos.kill(os.getppid(), 9)"
+    with pytest.raises(errors.WorkerLost):
+        run(session, cell)
+    assert ledger.read_text() == "ran\n"
+    outcome, _ = run(session, "import os\npid = os.getppid()", pull=["pid"])
+    assert outcome.values["pid"] > 0  # the next cell runs, on the next worker
+    assert ledger.read_text() == "ran\n"
+    session.close()
+
+
 def test_broker_restart_next_cell_works(fresh_stack):
     session = RemoteSession(connection.load(fresh_stack.connection_file))
     session.start()
