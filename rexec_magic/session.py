@@ -535,8 +535,9 @@ class RemoteSession:
                     continue
                 progress.done(f"{headline} it did not answer.")
                 raise errors.NoWorker(
-                    "Your remote worker is running but not responding (stopped, or busy "
-                    "in code that holds the GIL); its variables are kept while it runs. "
+                    "Your remote worker is running but not responding (its process is "
+                    "stopped, or starved of CPU; it runs no code of yours itself); its "
+                    "variables are kept while it runs. "
                     "Try again later, or %rexec_stop to start a fresh one."
                 ) from None
             progress.done(f"{headline} it answers.")
