@@ -170,6 +170,8 @@ class RexecMagics(Magics):
     def _plan(self, args: Any, code: str) -> tuple[list[str], list[str], dict[str, Any]]:
         """``(names to ship, names forced, header fields)``: what goes and what comes back."""
         free, bound, ends = names.analyze_cell(code, self.shell.transform_cell)
+        # `_` reads the notebook's last output, as in a local cell (it does not come back).
+        outputs = [n for n in free if n in sync.LAST_OUTPUTS]
         free = [n for n in free if not sync.ipython_name(n)]
         bound = [n for n in bound if not sync.ipython_name(n)]
         forced: list[str] = []
@@ -181,7 +183,7 @@ class RexecMagics(Magics):
             if missing:
                 raise errors.RexecError(f"No local variable named {', '.join(missing)} to push.")
         else:
-            push_names = [n for n in free if n in self.shell.user_ns]
+            push_names = [n for n in [*free, *outputs] if n in self.shell.user_ns]
         if args.no_pull:
             pull: list[str] = []
         elif args.pull:

@@ -431,7 +431,8 @@ class RemoteSession:
                     plan = self.sync.plan(namespace, names, shippable, forced)
                     entries, frames = plan.entries_and_frames()
                 # What the cell's functions read is watched too (`bump()` appending to a list).
-                watch = [*fields.get("watch", []), *plan.send, *plan.have]
+                sent = [n for n in (*plan.send, *plan.have) if not sync.ipython_name(n)]
+                watch = [*fields.get("watch", []), *sent]
                 header = {**fields, "have": plan.have, "watch": list(dict.fromkeys(watch))}
                 if plan.gone:
                     header["gone"] = plan.gone

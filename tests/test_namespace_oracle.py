@@ -293,6 +293,13 @@ CASES = [
     ),
     Case("underscore-is-the-value", "base = 6", ["base * 7", "u = _ + 1"], ["_", "u"]),
     Case(
+        # The last outputs of local cells, read by a remote one: the notebook's.
+        "underscore-of-a-local-output",
+        "",
+        [("", "21", "21"), ("", "'x'", "'x'"), "u2 = (_, __)"],
+        ["u2"],
+    ),
+    Case(
         "exceptions-keep-their-class",
         "import json\nclass MyError(Exception):\n    pass",
         ["{}['k']", "json.loads('{')", "raise MyError('bad')", "1 / 0", "ok_after = 1"],
