@@ -580,7 +580,7 @@ class RemoteSession:
             state = self.sync_of(origin.namespace)
             self._pinned = origin
             call = functools.partial(
-                self._synced_call, fn, args, kwargs, timeout_s, cancel, state, lazy
+                self._synced_call, fn, args, kwargs, timeout_s, cancel, state, lazy, notes
             )
             try:
                 try:
@@ -618,12 +618,28 @@ class RemoteSession:
         cancel: threading.Event | None,
         state: sync.NamespaceSync,
         lazy: bool = False,
+        notes: Notes = QUIET,
     ) -> Events:
         """A call whose notebook globals follow the cells' sync rules: those ``fn`` reads go
         when they changed (never over newer remote values), and those it changes in place
-        (``lst.append``) come back into the notebook, as a local call would leave them.
+        (``lst.append``) come back into the notebook, as a local call would leave them,
+        unless local code changed them meanwhile (``submit()``: the notebook goes on while
+        the call runs): then the notebook's value stays, and ``notes`` says so.
         ``state``: what this notebook knows of the namespace the call runs in."""
         main = serialize.main_namespace()
+
+        def settle(plan: sync.Plan, outcome: CellOutcome) -> None:
+            done = outcome.done
+            back = [*outcome.values, *(done.deleted if done is not None else [])]
+            keep = state.changed_meanwhile(main, plan, back)
+            state.apply(main, outcome, "not pulled", keep=keep)
+            for name in keep:
+                notes.warning(
+                    f"rexec: `{name}` was changed here while the remote call ran: this "
+                    "notebook's value was kept, and the call's change to it was not brought "
+                    "back (the worker gets this value with the next cell or call that reads it)."
+                )
+
         # Packed once, first: the notebook globals read by any notebook function inside them
         # (fn, a partial or a callback among the arguments) go with the call.
         parts = {"fn": fn, "args": tuple(args), "kwargs": kwargs}
@@ -654,16 +670,16 @@ class RemoteSession:
             except errors.RemoteCellError as exc:
                 state.sent(main, plan, _unloaded(exc.outcome))
                 if exc.outcome is not None:
-                    state.apply(main, exc.outcome, "not pulled")
+                    settle(plan, exc.outcome)
                 raise
             except (errors.RemoteInterrupted, errors.CellTimeout) as exc:
                 if exc.outcome is not None:  # it ran, stopped part way: what it changed stays
                     state.sent(main, plan, _unloaded(exc.outcome))
-                    state.apply(main, exc.outcome, "not pulled")
+                    settle(plan, exc.outcome)
                 raise
             if outcome.status != P.DoneStatus.RESEND:
                 state.sent(main, plan, _unloaded(outcome))
-                state.apply(main, outcome, "not pulled")
+                settle(plan, outcome)
                 return outcome
             for name in _missing(outcome):
                 state.records.pop(name, None)

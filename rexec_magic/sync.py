@@ -211,12 +211,38 @@ class NamespaceSync:
         self.remote_only.pop(name, None)
         namespace.pop(name, None)
 
+    def changed_meanwhile(
+        self, namespace: MutableMapping[str, Any], plan: Plan, names: Iterable[str]
+    ) -> list[str]:
+        """Of ``names`` (coming back from a call planned as ``plan``), those local code
+        changed (in place, rebound or deleted) since: a ``submit()``-ed call runs while the
+        notebook goes on, and its values must not go over what the notebook did meanwhile."""
+        found = []
+        for name in names:
+            if name in plan.digests:
+                before = plan.digests[name]
+            elif name in plan.have and name in self.records:
+                before = self.records[name].digest
+            else:
+                continue  # not the notebook's when the call left
+            if name not in namespace:
+                found.append(name)
+                continue
+            try:
+                now = serialize.pack_value(namespace[name]).digest
+            except serialize.SerializationError:
+                now = ""
+            if now != before:
+                found.append(name)
+        return found
+
     def apply(
         self,
         namespace: MutableMapping[str, Any],
         outcome: Any,
         why: str,
         quiet: Iterable[str] = (),
+        keep: Iterable[str] = (),
     ) -> list[str]:
         """Take a cell's outcome into the namespace; returns one-line notes for the user.
 
@@ -224,7 +250,9 @@ class NamespaceSync:
         not pulled: ``why``) replace stale local copies with placeholders; names the cell
         deleted go.  The last expression's value (``RESULT``) is the caller's.  A value whose
         class comes from one of the ``quiet`` packages (``matplotlib``) stays remote without
-        a note.
+        a note.  ``keep``: names local code changed meanwhile (``changed_meanwhile``): the
+        notebook's value stays (its record dropped, so it goes to the worker with the next
+        request reading it); the caller says so.
         """
         done = outcome.done  # the DONE header (protocol.Done), None when there was none
         notes: list[str] = []
@@ -238,23 +266,27 @@ class NamespaceSync:
         for unloaded in done.unloaded if done is not None else []:
             notes.append(f"`{unloaded.name}` {unloaded.reason}")
         meta = {e.name: e for e in done.vars} if done is not None else {}
-        handled: set[str] = set()
+        handled: set[str] = set(keep)
+        for name in handled:
+            self.records.pop(name, None)  # what the worker holds is not what is here
         for name, value in outcome.values.items():
-            if name in (RESULT, "return"):  # a cell's or a call's value: the caller's
+            if name in (RESULT, "return") or name in handled:  # the caller's; kept here
                 continue
             entry = meta.get(name)
             digest, reads = (entry.digest, list(entry.reads)) if entry else ("", [])
             self.pulled(namespace, name, value, digest, reads)
             handled.add(name)
         for name, reason in outcome.not_loaded.items():
-            handled.add(name)
-            if name in (RESULT, "return"):
+            if name in (RESULT, "return") or name in handled:
                 continue
+            handled.add(name)
             text = f"could not be loaded here ({reason})"
             entry = meta.get(name)
             self.stays_remote(namespace, name, (entry.type if entry else "") or "value", text)
             say(f"`{name}` stays remote: {text}", entry.module if entry else None)
         for skip in outcome.skipped:
+            if skip["name"] in handled:
+                continue
             handled.add(skip["name"])
             self.stays_remote(namespace, skip["name"], skip.get("type", "value"), skip["reason"])
             say(f"`{skip['name']}` stays remote: {skip['reason']}", skip.get("module"))
@@ -262,7 +294,8 @@ class NamespaceSync:
             if name not in handled:
                 self.stays_remote(namespace, name, "value", why)
         for name in done.deleted if done is not None else []:
-            self.deleted(namespace, name)
+            if name not in handled:
+                self.deleted(namespace, name)
         for name in done.conflicts if done is not None else []:
             if name in done.deleted:
                 notes.append(

@@ -536,6 +536,42 @@ def test_a_copy_a_notebook_had_never_goes_over_a_shared_namespaces_newer_value(s
         assert text_of(outputs) == "[1, 2, 'mine']\n"
 
 
+def test_a_global_changed_here_while_a_submitted_call_runs_is_kept_and_said(kernel, tmp_path):
+    """``submit()``: the notebook goes on while the call runs.  The call appends to the
+    list it got; meanwhile a local cell appends too.  The call's copy coming back used to
+    replace the notebook's list in silence (the local append lost, 2 of 3); now the
+    notebook's value stays and a sentence says the call's change to it did not come back."""
+    _, kc = kernel
+    flag = tmp_path / "running"
+    run(
+        kc,
+        "from rexec_magic import remote_func\nacc = []\n@remote_func\ndef work():\n"
+        f"    import time\n    open({str(flag)!r}, 'w').close()\n    time.sleep(2)\n"
+        "    acc.append('call')",
+    )
+    submitted = kc.execute(
+        f"fut = work.submit()\nimport os, time\nwhile not os.path.exists({str(flag)!r}):\n"
+        "    time.sleep(0.02)"
+    )
+    collect(kc, submitted)  # the call runs, with the list as it was
+    run(kc, "acc.append('local')")
+    # The note comes from the call's thread: under whichever cell the kernel files it.
+    result_id, said, mine = kc.execute("fut.result()\nprint(acc)"), "", ""
+    while True:
+        msg = kc.get_iopub_msg(timeout=60)
+        if msg["msg_type"] == "stream":
+            said += msg["content"]["text"]
+            if msg["parent_header"].get("msg_id") == result_id:
+                mine += msg["content"]["text"] if msg["content"]["name"] == "stdout" else ""
+        if msg["parent_header"].get("msg_id") == result_id and msg["msg_type"] == "status":
+            if msg["content"]["execution_state"] == "idle":
+                break
+    assert mine == "['local']\n"
+    assert "`acc` was changed here while the remote call ran" in said
+    _, outputs = run(kc, "%%remote\nprint(acc)")  # the notebook's value is the one that goes
+    assert text_of(outputs) == "['local']\n"
+
+
 def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
     """The cell is interrupted, then its executor stopped; the worker log says so once."""
     km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="0.5")
