@@ -176,10 +176,15 @@ def _bound_in(body: list[ast.stmt]) -> set[str]:
 
 
 def _unconditional_binds(stmt: ast.stmt) -> set[str]:
-    """Names a top-level statement surely binds (assignments, imports, defs; not branches)."""
+    """Names a top-level statement surely binds (assignments, imports, defs; not branches,
+    not a bare annotation ``x: int``, not a ``:=`` inside the value, which may not run)."""
     if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
         return {stmt.name}  # not the globals it may rebind: only if it is called
-    if isinstance(stmt, ast.Assign | ast.AnnAssign | ast.Import | ast.ImportFrom):
+    if isinstance(stmt, ast.Assign):
+        return {n for target in stmt.targets for n in _stored(target)}
+    if isinstance(stmt, ast.AnnAssign | ast.AugAssign):
+        return _stored(stmt.target) if stmt.value is not None else set()
+    if isinstance(stmt, ast.Import | ast.ImportFrom):
         return _bound_in([stmt])
     return set()
 
@@ -235,28 +240,32 @@ class _Flow:
     def statement(self, stmt: ast.stmt, surely: set[str]) -> set[str]:
         if isinstance(stmt, ast.With | ast.AsyncWith):
             inner = set(surely)
-            for item in stmt.items:
+            after = set(surely)
+            for i, item in enumerate(stmt.items):
                 self.reads(item.context_expr, inner)
                 if item.optional_vars is not None:
                     self.reads(item.optional_vars, inner)  # `as obj.attr` reads obj
                     inner |= _stored(item.optional_vars)
+                    if i == 0:  # a later item's error may be swallowed by an earlier one
+                        after |= _stored(item.optional_vars)
             self.block(stmt.body, inner)
-            return inner  # the body may stop early, its manager swallowing the error
+            return after  # the body may stop early, its manager swallowing the error
         if isinstance(stmt, ast.For | ast.AsyncFor):
             self.reads(stmt.iter, surely)
             self.reads(stmt.target, surely)
             self.block(stmt.body, surely | _stored(stmt.target))
             self.block(stmt.orelse, surely)
             return surely  # it may run no time
+        # A `:=` in a test may not run (`a or (m := 5)`, a comprehension over nothing, a
+        # lambda's own scope): its name is never taken as bound by it.
         if isinstance(stmt, ast.While):
             self.reads(stmt.test, surely)
-            self.block(stmt.body, surely | _walrus_targets(stmt.test))
-            self.block(stmt.orelse, surely | _walrus_targets(stmt.test))
-            return surely | _walrus_targets(stmt.test)
+            self.block(stmt.body, surely)
+            self.block(stmt.orelse, surely)
+            return surely
         if isinstance(stmt, ast.If):
             self.reads(stmt.test, surely)
-            after_test = surely | _walrus_targets(stmt.test)
-            return self.block(stmt.body, after_test) & self.block(stmt.orelse, after_test)
+            return self.block(stmt.body, surely) & self.block(stmt.orelse, surely)
         if isinstance(stmt, ast.Try | ast.TryStar):
             ends = [self.block(stmt.orelse, self.block(stmt.body, surely))]
             for handler in stmt.handlers:

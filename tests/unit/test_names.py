@@ -186,10 +186,10 @@ def test_magics_are_analysed_in_their_python_form(cell, needs, defines):
     [
         "with open(p) as f:\n    text = f.read()",
         "with a() as (f, g), b(f) as h:\n    use(f, g, h)",
+        "with open(p) as f, lock:\n    pass\nprint(f)",  # the first item's target
         "for f in files:\n    print(f)",
         "try:\n    risky()\nexcept ValueError as f:\n    print(f)",
         "match cmd:\n    case [f, *rest]:\n        print(f, rest)",
-        "while (f := nxt()) is not None:\n    print(f)",
         "if c:\n    f = 1\nelse:\n    f = 2\nprint(f)",
         "try:\n    f = load()\nexcept OSError:\n    f = None\nprint(f)",
         "try:\n    pass\nfinally:\n    f = 1\nprint(f)",
@@ -212,6 +212,13 @@ def test_a_name_bound_on_every_path_before_its_read_is_not_shipped(code):
         "f = 1\ntry:\n    pass\nexcept E as f:\n    pass\nprint(f)",  # the handler unbinds it
         "while more():\n    f = 1\nprint(f)",
         "for x in xs:\n    pass\nelse:\n    print(f)\nf = 1",
+        "if flag or (f := 5):\n    print(f)",  # the `:=` may not run
+        "while c and (f := 0):\n    pass\nelse:\n    print(f)",
+        "if not any((f := x) > 3 for x in data):\n    print(f)",
+        "if callable(lambda: (f := 1)):\n    print(f)",
+        "with suppress(E), open(p) as f:\n    pass\nprint(f)",  # swallowed: f never bound
+        "y = 0 if flag else (f := 1)\nprint(f)",
+        "f: int\nprint(f)",  # an annotation binds nothing
     ],
 )
 def test_a_name_a_path_may_leave_unbound_is_shipped(code):
