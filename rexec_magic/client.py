@@ -626,6 +626,8 @@ class RexecClient:
                 if local is None and interrupted_at is not None and not said:
                     if now < quiet_until:  # its answer may be what is crossing
                         wait = min(wait, quiet_until - now)
+                    elif now < stopped_until:  # the worker said what comes (it is resumed)
+                        wait = min(wait, stopped_until - now)
                     elif now - interrupted_at >= P.NOTICE_AFTER_S:
                         grace_said = True
                         local = self._grace_notice(req_id, kind)
@@ -680,6 +682,8 @@ class RexecClient:
                     # Said again every NOTICE_REPEAT_S while it lasts (supervisor._notice).
                     repeat = P.NOTICE_REPEAT_S + 5.0
                     stopped_until = now + repeat if said.about == "stopped" else 0.0
+                    if said.about == "resumed":  # a new grace period from now: say so later
+                        stopped_until = now + P.NOTICE_AFTER_S
                 if msg.kind == P.Kind.ACCEPTED:
                     started = True
                 elif msg.kind in OUTPUT_KINDS:

@@ -633,6 +633,8 @@ class RemoteSession:
             back = [*outcome.values, *(done.deleted if done is not None else [])]
             keep = state.changed_meanwhile(main, plan, back)
             state.apply(main, outcome, "not pulled", keep=keep)
+            for note in sync.conflict_notes(done):
+                notes.warning(f"rexec: {note}.")
             for name in keep:
                 notes.warning(
                     f"rexec: `{name}` was changed here while the remote call ran: this "

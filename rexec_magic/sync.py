@@ -57,6 +57,25 @@ def shippable(name: str, value: Any) -> bool:
     return not (name == "open" and value is getattr(shell_module, "_modified_open", None))
 
 
+def conflict_notes(done: Any) -> list[str]:
+    """One sentence per push a shared namespace did not apply (``Done.conflicts``)."""
+    notes = []
+    for name in done.conflicts if done is not None else []:
+        if name in done.deleted:
+            notes.append(
+                f"`{name}` was deleted in the shared namespace after this notebook last "
+                "had it: this notebook's copy was not sent, and is deleted here too"
+            )
+        else:
+            notes.append(
+                f"`{name}` in the shared namespace is newer than this notebook's copy "
+                "(changed there since this notebook last had it, or there before it "
+                "joined): that value was kept and came back here; this notebook's was "
+                "not sent"
+            )
+    return notes
+
+
 class RemoteOnly:
     """Placeholder for a name whose value lives only on the worker (never shipped)."""
 
@@ -108,6 +127,7 @@ class NamespaceSync:
     def __init__(self) -> None:
         self.records: dict[str, Record] = {}
         self.remote_only: dict[str, str] = {}  # name -> why it stays there
+        self.placed: set[str] = set()  # remote-only names given a placeholder here
         self.epoch = 0
 
     def local_cell_ran(self) -> None:
@@ -118,6 +138,7 @@ class NamespaceSync:
         """The worker is new (its namespace was lost): nothing is known to be there."""
         self.records.clear()
         self.remote_only.clear()
+        self.placed.clear()
 
     # ------------------------------------------------------------------ shipping
     def plan(
@@ -140,6 +161,7 @@ class NamespaceSync:
         # Exchanged, then deleted by local code: gone there too, whether this code reads
         # them or not (``globals().get(name)``, a later cell), as they are gone here.
         plan.gone = [name for name in self.records if name not in namespace]
+        plan.gone += [name for name in self.placed if name not in namespace]  # placeholders
         queue = list(dict.fromkeys(names))
         seen: set[str] = set()
         while queue:
@@ -181,6 +203,8 @@ class NamespaceSync:
         failed = set(unloaded)
         for name in plan.gone:
             self.records.pop(name, None)
+            self.remote_only.pop(name, None)
+            self.placed.discard(name)
         for name, packed in plan.send.items():
             if name in failed:
                 self.records.pop(name, None)
@@ -188,6 +212,7 @@ class NamespaceSync:
             value = namespace.get(name)
             self.records[name] = Record(plan.digests[name], id(value), self.epoch, packed.reads)
             self.remote_only.pop(name, None)
+            self.placed.discard(name)
 
     # ------------------------------------------------------------------ receiving
     def pulled(
@@ -196,6 +221,7 @@ class NamespaceSync:
         namespace[name] = value
         self.records[name] = Record(digest, id(value), self.epoch, list(reads))
         self.remote_only.pop(name, None)
+        self.placed.discard(name)
 
     def stays_remote(
         self, namespace: MutableMapping[str, Any], name: str, type_name: str, reason: str
@@ -205,10 +231,12 @@ class NamespaceSync:
         self.remote_only[name] = reason
         if name in namespace:
             namespace[name] = RemoteOnly(name, type_name, reason)
+            self.placed.add(name)
 
     def deleted(self, namespace: MutableMapping[str, Any], name: str) -> None:
         self.records.pop(name, None)
         self.remote_only.pop(name, None)
+        self.placed.discard(name)
         namespace.pop(name, None)
 
     def changed_meanwhile(
@@ -296,17 +324,5 @@ class NamespaceSync:
         for name in done.deleted if done is not None else []:
             if name not in handled:
                 self.deleted(namespace, name)
-        for name in done.conflicts if done is not None else []:
-            if name in done.deleted:
-                notes.append(
-                    f"`{name}` was deleted in the shared namespace after this notebook last "
-                    "had it: this notebook's copy was not sent, and is deleted here too"
-                )
-            else:
-                notes.append(
-                    f"`{name}` in the shared namespace is newer than this notebook's copy "
-                    "(changed there since this notebook last had it, or there before it "
-                    "joined): that value was kept and came back here; this notebook's was "
-                    "not sent"
-                )
+        notes += conflict_notes(done)
         return notes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -195,6 +196,29 @@ def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_exe
     assert "has not stopped 2 s after the interrupt" in json.dumps([m["content"] for m in outputs])
     reply, outputs = run(kc, "%%remote\nprint('fresh', 'kept' in globals())")
     assert reply["status"] == "ok" and "fresh False" in text_of(outputs)
+
+
+def test_interrupting_a_stopped_executor_says_it_is_resumed_never_restarted(kernel):
+    """A SIGSTOPped executor takes an interrupt once resumed at the end of the grace
+    period, keeping its namespace; the notebook is told that, not (2 s in) that a restart
+    and a lost namespace are coming."""
+    km, kc = kernel
+    _, outputs = run(kc, "%%remote --no-pull\nimport os\nstill_here = 1\nprint(os.getpid())")
+    pid = int(text_of(outputs))
+    msg_id = kc.execute("%%remote\nimport time\nprint('go', flush=True)\ntime.sleep(30)")
+    wait_for_text(kc, "go")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        km.interrupt_kernel()
+        reply, outputs = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    said = str(outputs)
+    assert "resumed (SIGCONT) to take the interrupt" in said
+    assert "restarted" not in said and "namespace is lost" not in said, said
+    assert reply["status"] == "error"
+    _, outputs = run(kc, "%%remote --no-push\nprint(still_here)")
+    assert text_of(outputs) == "1\n"
 
 
 def given_up_on(kernel, cell: str, pause_s: float, caught: str | None = None) -> None:
@@ -529,11 +553,29 @@ def test_a_copy_a_notebook_had_never_goes_over_a_shared_namespaces_newer_value(s
         assert text_of(run(kc, "print(sv, 'dv' in globals())")[1]) == "[1, 2] False\n"
         _, outputs = run(other, "%%remote\nprint(sv, 'dv' in globals())")
         assert text_of(outputs) == "[1, 2] False\n"
+        # A local `del` of a value another notebook changed since is not applied there
+        # either: the newer value stays, and comes back with the note.
+        run(other, "%%remote\nsv.append(3)")
+        run(kc, "del sv")
+        _, outputs = run(kc, "%%remote\nprint('A ran')")
+        assert "`sv` in the shared namespace is newer" in str(outputs)
+        assert text_of(run(kc, "print(sv)")[1]) == "[1, 2, 3]\n"
+        assert text_of(run(other, "%%remote\nprint(sv)")[1]) == "[1, 2, 3]\n"
+        run(kc, "sv = [1, 2]")  # as it was, for what follows
+        run(kc, "%%remote\nprint(sv)")
         # Once it has seen the value, its own change goes as always.
         run(kc, "sv.append('mine')")
         run(kc, "%%remote\nprint(sv)")
         _, outputs = run(other, "%%remote\nprint(sv)")
         assert text_of(outputs) == "[1, 2, 'mine']\n"
+        # A remote_func call gets the same rule, and the same note.
+        run(other, "%%remote\nsv.append('B')")
+        run(kc, "sv.append('A')")
+        reply, outputs = run(
+            kc, "from rexec_magic import remote_func\nprint(remote_func(lambda: list(sv))())"
+        )
+        assert text_of(outputs) == "[1, 2, 'mine', 'B']\n", outputs
+        assert "`sv` in the shared namespace is newer" in str(outputs)
 
 
 def test_a_global_changed_here_while_a_submitted_call_runs_is_kept_and_said(kernel, tmp_path):

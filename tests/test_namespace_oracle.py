@@ -354,6 +354,17 @@ CASES = [
         ["seen", "has_thr", "biggest", "tab_len", "still_no_thr", "'thr' in globals()", "max"],
     ),
     Case(
+        # A value that stays remote (a lock) has a placeholder here; deleting it deletes it.
+        "deleted-locally-while-it-lived-remotely",
+        "import threading\nlk = None",
+        [
+            "lk = threading.Lock()",
+            ("", "del lk", "del lk"),
+            "has_lk = 'lk' in globals()",
+        ],
+        ["has_lk", "'lk' in globals()"],
+    ),
+    Case(
         "helper-module-beside-the-notebook",
         "import nbhelper_tools\nfrom nbhelper_tools import triple",
         ["t1 = nbhelper_tools.triple(2)\nt2 = triple(3)"],

@@ -222,6 +222,9 @@ def test_an_interrupted_executor_stopped_past_the_grace_period_is_resumed_to_tak
         port.send(Kind.INTERRUPT, {"id": request_id})
         notice = port.recv_kind(Kind.NOTICE, timeout=WAIT_S)
         assert notice.header["about"] == "stopped"
+        # Said with the interrupt: what comes is a resume, not a restart (the client's own
+        # notice of the grace period, which says a restart, then stays unsaid).
+        assert "grace period it is resumed (SIGCONT)" in notice.header["text"]
         events = port.events(request_id, timeout=2 * INTERRUPT_ANSWER_S)
     finally:
         os.kill(pid, signal.SIGCONT)

@@ -199,7 +199,14 @@ class CellRunner:
             # Deleted in the notebook since it last exchanged them: the code must not read
             # this namespace's older values under those names (a local ``del sum`` makes
             # ``sum`` the builtin again).
-            self.watch.unbind(self.shell.user_ns, cell.gone)
+            # In a shared namespace, not a value this notebook has not seen (another one
+            # changed it since): that one stays, and comes back with a note.
+            kept_gone = [
+                n
+                for n in self._keep_newer(cell, dict.fromkeys(cell.gone))
+                if n in self.shell.user_ns
+            ]
+            self.watch.unbind(self.shell.user_ns, [n for n in cell.gone if n not in kept_gone])
             values, unloaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers)
             extra["unloaded"] = unloaded
             cell.buffers = []
@@ -212,7 +219,7 @@ class CellRunner:
                 status = DoneStatus.ERROR
             elif cell.call:
                 shipped = values.pop("globals", None) or {}
-                kept = self._keep_newer(cell, shipped)
+                kept = self._keep_newer(cell, shipped) + kept_gone
                 extra["conflicts"] = kept
                 self.shell.user_ns.update(shipped)
                 self.watch.invalidate(shipped)
@@ -231,7 +238,7 @@ class CellRunner:
                     skipped = report.skipped
                     extra.update(report.header())
             else:
-                extra["conflicts"] = kept = self._keep_newer(cell, values)
+                extra["conflicts"] = kept = self._keep_newer(cell, values) + kept_gone
                 cell.pull = [*cell.pull, *kept]
                 self.shell.user_ns.update(values)
                 self.watch.invalidate(values)

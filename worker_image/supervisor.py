@@ -648,6 +648,19 @@ class Supervisor:
         log.info("interrupting executor %d (%s)", ex.number, reason)
         if ex.current is not None:
             ex.interrupt(ex.current.target.id)
+            if proc_stopped(ex.pid) and ex.grace_deadline is None:
+                # Said now, before the client's own notice of the grace period would say a
+                # restart is coming: a stopped executor is resumed for the interrupt instead
+                # (said even if "stopped" was said just before, without this).
+                ex.current.notice = None
+                self._notice(
+                    ex.current,
+                    "stopped",
+                    "this notebook's remote executor is stopped (SIGSTOP) and not responding; "
+                    f"at the end of the {INTERRUPT_GRACE_S:g} s grace period it is resumed "
+                    "(SIGCONT) to take the interrupt",
+                    time.monotonic(),
+                )
         if ex.grace_deadline is None:
             ex.interrupted_at = time.monotonic()
             ex.grace_deadline = ex.interrupted_at + INTERRUPT_GRACE_S
