@@ -332,13 +332,13 @@ CASES = [
     Case(
         # Bound and unbound in ways the cell's syntax does not show: found after it ran.
         "bound-at-run-time",
-        "tmpv = 1",
+        "tmpv = 1\nrr = 1",
         [
-            "def setg():\n    global NEWG\n    NEWG = 1\nseen = tmpv",
+            "def setg():\n    global NEWG\n    NEWG = 1\nseen = (tmpv, rr)",
             "setg()\nexec('EX = 2')\nglobals()['GS'] = 3\nfrom math import *\n"
-            "globals().pop('tmpv')",
+            "globals().pop('tmpv')\nglobals()['rr'] = 2",
         ],
-        ["NEWG", "EX", "GS", "pi", "floor(2.5)", "'tmpv' in globals()"],
+        ["NEWG", "EX", "GS", "pi", "floor(2.5)", "'tmpv' in globals()", "rr"],
     ),
     Case(
         # Deleted by a local cell after a remote cell had them: the next remote cells see

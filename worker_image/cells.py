@@ -301,7 +301,7 @@ class CellRunner:
             if self.interrupted(cell.id):
                 raise KeyboardInterrupt
             self.watch.before(shell.user_ns, cell.watch)
-            names_before = set(shell.user_ns)
+            names_before = {name: id(value) for name, value in shell.user_ns.items()}
             with numbered_as(shell, cell.number):
                 result = shell.run_cell(cell.code, store_history=True)
             # The user's code is over.  Collecting what goes back records digests as it goes:
@@ -341,18 +341,21 @@ class CellRunner:
             self._send_error("Error", "the cell failed (no traceback available)")
         return status, report
 
-    def _bound_at_run_time(self, before: set[str], watched: list[str]) -> list[str]:
-        """Globals the cell bound or unbound that its syntax does not show, so the client
-        did not ask for them: ``exec("x = 1")``, ``globals()["x"] = 1``, ``from m import *``,
-        ``%run script.py``, a function that sets a ``global`` first made there, and the
-        same ways of deleting.  Watched like the others: new ones come back (or are said
-        to stay remote), deleted ones the notebook had go there too.  IPython's own names
-        (``_i3``, ``_3``, ``Out``) are not the user's."""
+    def _bound_at_run_time(self, before: dict[str, int], watched: list[str]) -> list[str]:
+        """Globals the cell bound, rebound or unbound that its syntax does not show, so the
+        client did not ask for them: ``exec("x = 1")``, ``globals()["x"] = 1``, ``from m
+        import *``, ``%run script.py``, a function that sets a ``global``, and the same ways
+        of deleting.  ``before``: each name's object id before the cell (ids, not the
+        objects: holding them would keep what the cell deletes alive until it ends; an id
+        reused by a new object at the same address is missed).  Watched like the others:
+        new or rebound ones come back (or are said to stay remote), deleted ones the
+        notebook had go there too.  IPython's own names (``_i3``, ``_3``) are not the user's."""
         namespace = self.shell.user_ns
         known = set(watched)
-        added = [n for n in namespace if n not in before and n not in known]
-        gone = [n for n in before - namespace.keys() if n not in known and n in self.watch.digests]
-        return [n for n in (*added, *sorted(gone)) if not ipython_name(n)]
+        bound = [n for n, v in namespace.items() if n not in known and before.get(n) != id(v)]
+        gone = [n for n in before if n not in namespace and n not in known]
+        gone = [n for n in gone if n in self.watch.digests]
+        return [n for n in (*bound, *sorted(gone)) if not ipython_name(n)]
 
     def _call(self, cell: Cell, values: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list]:
         """Run a CALL in user-code mode (interruptible, output streamed); see calls.py."""
