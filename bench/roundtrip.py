@@ -336,8 +336,11 @@ class Rexec:
         }
 
     def drop_array(self) -> None:
-        self.remote("--no-pull", "del arr, arr2, n_arr\nimport gc; gc.collect();")
-        for name in ("arr", "arr2", "n_arr"):  # `del` in a remote cell deletes here too
+        # (arr2 is already gone there: deleted here after each pull, so deleted there too.)
+        names = ("arr", "arr2", "n_arr")
+        code = f"for n in {names}:\n    globals().pop(n, None)\nimport gc; gc.collect();"
+        self.remote("--no-pull", code)
+        for name in names:  # deleted there: deleted here too
             self.ip.user_ns.pop(name, None)
 
     def close(self) -> None:
