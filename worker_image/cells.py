@@ -304,6 +304,13 @@ class CellRunner:
             names_before = {name: id(value) for name, value in shell.user_ns.items()}
             with numbered_as(shell, cell.number):
                 result = shell.run_cell(cell.code, store_history=True)
+            # IPython keeps each cell's input (and output) as a global `_i<N>` (`_<N>`): here
+            # they are the worker's numbers, not the notebook's, no cell should read them,
+            # and thousands of them made every cell's namespace scan (_bound_at_run_time)
+            # slower as a session went on.  `_i`, `_ii`, `_`, `Out`... stay as IPython has them.
+            number = shell.execution_count - 1
+            shell.user_ns.pop(f"_i{number}", None)
+            shell.user_ns.pop(f"_{number}", None)
             # The user's code is over.  Collecting what goes back records digests as it goes:
             # a KeyboardInterrupt half-way would leave them saying the notebook has values it
             # was never sent.
