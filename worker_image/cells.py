@@ -94,8 +94,8 @@ def cell_for(route: bytes, msg: Message) -> Cell:
             inband=call.inband,
             lazy=call.lazy,
             have=list(call.have),
-            watch=list(call.watch),
-            gone=list(call.gone),  # the globals the function reads: changes come back
+            watch=list(call.watch),  # the globals the function reads: changes come back
+            gone=list(call.gone),
             pull_changed=True,
             session=placement(call),
             client=call.session,
@@ -198,9 +198,8 @@ class CellRunner:
         else:
             # Deleted in the notebook since it last exchanged them: the code must not read
             # this namespace's older values under those names (a local ``del sum`` makes
-            # ``sum`` the builtin again).
-            # In a shared namespace, not a value this notebook has not seen (another one
-            # changed it since): that one stays, and comes back with a note.
+            # ``sum`` the builtin again).  In a shared namespace, a value this notebook has
+            # not seen (another one changed it since) stays, and comes back with a note.
             kept_gone = [
                 n
                 for n in self._keep_newer(cell, dict.fromkeys(cell.gone))
