@@ -730,7 +730,7 @@ class RexecClient:
                         in_hand = None
                         self.ping()
                         if uncertain:  # refused now, but an earlier send may have run
-                            self.loss_told = True
+                            # (The ping above announced the new process: no loss_told.)
                             raise errors.WorkerLost(
                                 f"The worker this {what} was sent to stopped before it said "
                                 f"whether the {what} started, so it may have run there (its "
