@@ -130,6 +130,11 @@ class NamespaceSync:
         self.placed: set[str] = set()  # remote-only names given a placeholder here
         self.epoch = 0
 
+    def _not_remote_only(self, name: str) -> None:
+        """The worker's value of ``name`` is no longer the only one (or is gone)."""
+        self.remote_only.pop(name, None)
+        self.placed.discard(name)
+
     def local_cell_ran(self) -> None:
         """A local cell may have changed any value: hash again before trusting a record."""
         self.epoch += 1
@@ -203,16 +208,14 @@ class NamespaceSync:
         failed = set(unloaded)
         for name in plan.gone:
             self.records.pop(name, None)
-            self.remote_only.pop(name, None)
-            self.placed.discard(name)
+            self._not_remote_only(name)
         for name, packed in plan.send.items():
             if name in failed:
                 self.records.pop(name, None)
                 continue
             value = namespace.get(name)
             self.records[name] = Record(plan.digests[name], id(value), self.epoch, packed.reads)
-            self.remote_only.pop(name, None)
-            self.placed.discard(name)
+            self._not_remote_only(name)
 
     # ------------------------------------------------------------------ receiving
     def pulled(
@@ -220,8 +223,7 @@ class NamespaceSync:
     ) -> None:
         namespace[name] = value
         self.records[name] = Record(digest, id(value), self.epoch, list(reads))
-        self.remote_only.pop(name, None)
-        self.placed.discard(name)
+        self._not_remote_only(name)
 
     def stays_remote(
         self, namespace: MutableMapping[str, Any], name: str, type_name: str, reason: str
@@ -235,8 +237,7 @@ class NamespaceSync:
 
     def deleted(self, namespace: MutableMapping[str, Any], name: str) -> None:
         self.records.pop(name, None)
-        self.remote_only.pop(name, None)
-        self.placed.discard(name)
+        self._not_remote_only(name)
         namespace.pop(name, None)
 
     def changed_meanwhile(
