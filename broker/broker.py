@@ -31,6 +31,7 @@ dropped with a rate-limited log line.  Tokens are never logged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -96,6 +97,17 @@ class Session:
     rechecking: bool = False
 
 
+# What a request's held buffers count as uploaded by (``BulkStore.uploader_closed``): its
+# client connection, apart from the worker port's routing ids.
+FETCH_UPLOADER = b"c"
+
+
+def fetch_set_id(route: bytes, req_id: str) -> str:
+    """The id of the buffers held for request ``req_id`` of the connection at ``route``
+    (request ids are the client's own: two connections may use the same)."""
+    return "f" + hashlib.blake2b(route + b"\0" + req_id.encode(), digest_size=16).hexdigest()
+
+
 @dataclass
 class WorkerEntry:
     route: bytes
@@ -109,6 +121,8 @@ class WorkerEntry:
     # Random per worker process: a new value means a new process (its namespace is new), which
     # a pid cannot tell inside a container.  Unchanged when a worker registers again.
     instance: str = ""
+    # Its executors fetch a large request's buffers themselves (``protocol.BULK_FETCH_REF``).
+    fetch: bool = False
     busy: bool = False
     # Seconds of silence allowed beyond the usual: a large message it announced is on its
     # way (HEARTBEAT ``sending``), and what it sends next waits behind it.
@@ -140,6 +154,7 @@ class WorkerEntry:
             registered_at=time.time(),
             last_seen=now,
             instance=header.instance,
+            fetch=header.fetch,
         )
 
     def info(self, now: float) -> dict[str, Any]:
@@ -179,6 +194,9 @@ class Counters:
     bulk_held: int = 0
     bulk_refused: int = 0
     bulk_forwarded: int = 0
+    # The other way: a large request's buffers held for its executor, and fetched by it.
+    fetch_held: int = 0
+    fetch_served: int = 0
 
 
 @dataclass
@@ -387,6 +405,7 @@ class Broker:
             _, side, route = self._closing.pop(0)
             if side == "c":
                 self._client_closed(route)
+                self.bulk.uploader_closed(FETCH_UPLOADER + route, now)
             else:
                 self._forget_worker_route(route, "its connection closed")
                 self.bulk.uploader_closed(route, now)
@@ -516,6 +535,8 @@ class Broker:
                 )  # fmt: skip
             self.pending.add(user, route, request.id)
             worker.last_activity = time.time()
+            if worker.fetch and len(signed.buffers) > 1:
+                self._hold_for_fetch(user, route, request.id, signed)
         # Forwarded zero-copy, the header unread (the worker reads it): the worker sees the
         # session's handle, never the routing id, and no MAC.
         self.backend.send_multipart([worker.route, session.handle, *signed.unsigned()], copy=False)
@@ -707,6 +728,8 @@ class Broker:
         now = time.monotonic()
         if target == P.TO_BROKER and kind_b == b"bulk":
             return self._on_bulk(wroute, signed)
+        if target == P.TO_BROKER and kind_b == b"fetch":
+            return self._on_fetch(wroute, signed)
         if target == P.TO_BROKER and kind_b == b"register":
             if not self._admit_unauthenticated("w", wroute):
                 return None
@@ -774,6 +797,8 @@ class Broker:
             done_id = P.event_id(signed.header)
             if done_id is not None:
                 self.pending.discard(user, route, done_id)
+                # Never fetched (refused, or it never ran): nobody will.
+                self.bulk.take(user, fetch_set_id(route, done_id), fetch=True)
             entry.last_activity = time.time()
         # Forwarded zero-copy, header unread, MAC stripped: the event behind the client's route.
         self.frontend.send_multipart([route, *signed.unsigned()], copy=False)
@@ -810,6 +835,48 @@ class Broker:
             self.counters.bulk_held += 1
             reply = P.encode(P.Kind.BULK_OK, {"id": fields.id})
         self.backend.send_multipart([wroute, P.TO_BROKER, *reply])
+        return None
+
+    def _hold_for_fetch(self, user: str, route: bytes, req_id: str, signed: P.Signed) -> None:
+        """Hold a large request's buffers for its executor to fetch (``BULK_FETCH_REF``) and
+        put the reference in their place; past the bounds they go along as usual."""
+        nbytes = frames_nbytes(signed.buffers)
+        if nbytes < P.BULK_MIN_BYTES:
+            return
+        set_id = fetch_set_id(route, req_id)
+        # (A client resending the same id while the first is held: it goes whole.)
+        why = self.bulk.hold(user, set_id, signed.buffers, FETCH_UPLOADER + route, fetch=True)
+        if why is not None:
+            log.info("large request of user %s goes whole: %s", user[:64], why)
+            return
+        signed.buffers = [P.fetch_ref_frame(set_id, nbytes)]
+        self.counters.fetch_held += 1
+
+    def _on_fetch(self, wroute: bytes, signed: P.Signed) -> None:
+        """An executor asks for the buffers of the request it is about to run: BULK_FETCHED
+        with them, or BULK_REFUSED (not held: the cell does not run, and says why).  Checked
+        as a BULK upload is (``bulk_key`` of the user's registered worker)."""
+        fields = self._read(signed, P.Bulk) if len(signed.header) <= P.BULK_HEADER_MAX else None
+        entry = self.workers.get(fields.user) if fields is not None else None
+        if fields is None or entry is None or not signed.verify(entry.bulk_key):
+            if not self._admit_unauthenticated("w", wroute):
+                return None
+            if fields is None:
+                return self._malformed("backend", "bad fetch header")
+            held = None
+        else:
+            held = self.bulk.take(fields.user, fields.id, fetch=True)
+        if held is None:
+            if self.malformed_log.allow():
+                log.info("a fetch for user %s found nothing held", fields.user[:64])
+            reply = P.encode(
+                P.Kind.BULK_REFUSED,
+                {"id": fields.id, "message": "the broker holds no such values (it restarted?)"},
+            )
+        else:
+            self.counters.fetch_served += 1
+            reply = P.encode(P.Kind.BULK_FETCHED, {"id": fields.id}, held)
+        self.backend.send_multipart([wroute, P.TO_BROKER, *reply], copy=False)
         return None
 
     def _put_bulk_back(self, user: str, route: bytes, signed: P.Signed, bulk_id: str) -> bool:

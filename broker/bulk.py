@@ -15,6 +15,12 @@ older set nobody took is an orphan: its executor gave up waiting for the answer)
 ``BULK_CLOSED_GRACE_S`` after the connection it came on closed (its executor ended, or died
 between upload and DONE; an executor's last DONE is read out of its link as it exits,
 whatever the client's credit, so it has long passed by then).
+
+The other way (``fetch`` sets): a client's large request's buffers, held for the executor
+that runs it to fetch (``protocol.BULK_FETCH_REF``).  Under the same bounds (past them the
+request goes whole), never orphans (a client may have many requests waiting their turn); let
+go when fetched, when the request's DONE passes without a fetch, ``BULK_CLOSED_GRACE_S``
+after the client's connection closed, or when the worker is dropped.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class HeldSet:
     cost: int
     uploader: bytes  # the routing id of the connection it came on
     expires: float | None = None  # monotonic time it is let go (its connection closed)
+    fetch: bool = False  # a client request's buffers, for its executor to fetch
 
 
 class BulkStore:
@@ -64,16 +71,20 @@ class BulkStore:
         self.held_bytes = 0  # counted as ``cost`` does
         self.let_go = 0  # sets no DONE took (orphans, and those of dropped workers)
 
-    def hold(self, user: str, set_id: str, frames: list[Any], uploader: bytes) -> str | None:
-        """Keep ``frames`` for ``user``'s DONE naming ``set_id``; None, or why not (for the
-        log: the executor then sends them the usual way)."""
+    def hold(
+        self, user: str, set_id: str, frames: list[Any], uploader: bytes, fetch: bool = False
+    ) -> str | None:
+        """Keep ``frames`` for ``user``'s DONE naming ``set_id`` (``fetch``: for the executor
+        that runs the client request they came with, ``uploader`` that client's connection);
+        None, or why not (for the log: they then go the usual way)."""
         sets = self._by_user.setdefault(user, OrderedDict())
         if set_id in sets:
             return "that id is held already"
-        mine = [key for key, held in sets.items() if held.uploader == uploader]
-        for key in mine[: max(0, len(mine) - self.max_per_uploader + 1)]:
-            self._release(user, key)  # orphans of this executor (see the module's docstring)
-            self.let_go += 1
+        if not fetch:  # (a client may have many requests waiting their turn: no orphans)
+            mine = [k for k, held in sets.items() if held.uploader == uploader and not held.fetch]
+            for key in mine[: max(0, len(mine) - self.max_per_uploader + 1)]:
+                self._release(user, key)  # orphans of this executor (the module's docstring)
+                self.let_go += 1
         size = cost(frames)
         user_bytes = sum(held.cost for held in sets.values())
         refusal = None
@@ -87,14 +98,19 @@ class BulkStore:
             if not sets:
                 del self._by_user[user]
             return refusal
-        sets[set_id] = HeldSet(frames, size, uploader)
+        sets[set_id] = HeldSet(frames, size, uploader, fetch=fetch)
         self.held_bytes += size
         return None
 
-    def take(self, user: str, set_id: str) -> list[Any] | None:
-        """The set, no longer held; None when none is held under that id."""
-        held = self._release(user, set_id)
-        return held.frames if held is not None else None
+    def take(self, user: str, set_id: str, fetch: bool = False) -> list[Any] | None:
+        """The set, no longer held; None when none of that kind (``fetch``: a request's, for
+        its executor; else an upload, for its DONE) is held under that id."""
+        sets = self._by_user.get(user)
+        held = sets.get(set_id) if sets is not None else None
+        if held is None or held.fetch != fetch:
+            return None
+        self._release(user, set_id)
+        return held.frames
 
     def drop_user(self, user: str) -> int:
         """Let go of everything held for ``user`` (its worker was dropped); how many sets."""

@@ -170,6 +170,9 @@ class Kind:
     # executor -> broker, on a connection of its own (the bulk side channel, below):
     # {user, id} + the buffers of a large DONE  -> BULK_OK {id} | BULK_REFUSED {id, message}
     BULK = "bulk"
+    # {user, id}: the buffers of a large request the broker holds (``BULK_FETCH_REF``)
+    #   -> BULK_FETCHED {id} + those buffers | BULK_REFUSED {id, message}
+    FETCH = "fetch"
     GOODBYE = "goodbye"  # {}: the worker is exiting on purpose (SIGTERM, superseded)
     # broker -> worker
     REGISTERED = "registered"
@@ -180,6 +183,7 @@ class Kind:
     ASSIGN = "assign"  # {user, nonce, secret}: a warm-pool worker now belongs to this user
     BULK_OK = "bulk_ok"  # {id}: the broker holds these buffers for the DONE that names them
     BULK_REFUSED = "bulk_refused"  # {id, message}: send them the usual way (through the worker)
+    BULK_FETCHED = "bulk_fetched"  # {id} + the held buffers of a request, for its executor
     # control port (admin) <-> broker
     STATUS = "status"  # {secret}  -> STATUS_REPLY
     STATUS_REPLY = "status_reply"  # {users, workers, counters}
@@ -321,6 +325,38 @@ def bulk_ref(frames: Sequence[Any]) -> str | None:
     return first[len(BULK_REF) :].decode("ascii", "replace")
 
 
+# The same channel the other way: a client's EXECUTE or CALL with ``BULK_MIN_BYTES`` or more
+# of buffers would also cross three links (client -> broker -> supervisor -> executor).  For a
+# worker that registered with ``fetch``, the broker holds the buffers and forwards the request
+# with one buffer in their place, ``BULK_FETCH_REF`` + "<id>:<bytes>"; the executor that runs
+# it asks the broker for them (FETCH, signed with ``bulk_key``) on its own connection, when
+# it is about to run it, so the request still waits its turn in the supervisor.  Not served
+# (the broker restarted, or no answer in time): its values are reported not loaded, and the
+# cell does not run.  Held sets count against the same bounds; past them the request goes
+# whole, the usual way.
+BULK_FETCH_REF = b"\0rexec-fetch\0"
+
+
+def fetch_ref(frames: Sequence[Any]) -> tuple[str, int] | None:
+    """The set id and byte count a request's buffers stand for (``BULK_FETCH_REF``), or
+    None for ordinary buffers (a request's single buffer is a pickle: it never starts so)."""
+    if len(frames) != 1:
+        return None
+    first = frames[0]
+    if len(first) > len(BULK_FETCH_REF) + SHORT_MAX:
+        return None
+    raw = _as_bytes(first)
+    if not raw.startswith(BULK_FETCH_REF):
+        return None
+    set_id, _, size = raw[len(BULK_FETCH_REF) :].decode("ascii", "replace").partition(":")
+    return set_id, int(size) if size.isdigit() else 0
+
+
+def fetch_ref_frame(set_id: str, nbytes: int) -> bytes:
+    """The one buffer standing for a request's held buffers (see ``fetch_ref``)."""
+    return BULK_FETCH_REF + f"{set_id}:{nbytes}".encode()
+
+
 def pool_member(pool_id: str) -> str:
     """The identity a warm-pool worker's secret is computed for.
 
@@ -378,7 +414,10 @@ class Message:
         """
         if isinstance(self._read, model):
             return self._read
-        fields = model.read(self.header, nbuffers=len(self.buffers))
+        # A request whose buffers the broker holds (``BULK_FETCH_REF``) is checked against
+        # them once its executor has them.
+        nbuffers = None if fetch_ref(self.buffers) is not None else len(self.buffers)
+        fields = model.read(self.header, nbuffers=nbuffers)
         self._read = fields
         return fields
 
@@ -1013,6 +1052,8 @@ class Register(Header):
     # inside a container).  Unchanged when the same process registers again.
     instance: Short = ""
     pool: bool = False
+    # It fetches a large request's buffers from the broker itself (``BULK_FETCH_REF``).
+    fetch: bool = False
 
 
 class Heartbeat(Header):

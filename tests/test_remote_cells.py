@@ -72,6 +72,22 @@ def test_a_large_result_comes_by_the_bulk_side_channel_whole_and_writable(ip, st
     ip.user_ns.pop("big", None)
 
 
+def test_a_large_push_is_fetched_by_its_executor_whole_and_writable(ip, stack):
+    """A 24 MiB array pushed with a cell waits at the broker and goes from there straight
+    to the executor that runs the cell (one copy fewer than through the worker's
+    supervisor): the cell sees the notebook's values and can change them in place."""
+    counters = lambda: stack.broker_status()["counters"]  # noqa: E731
+    before = counters()["fetch_served"]
+    ip.user_ns["pushed"] = np.arange(3 << 20, dtype=np.float64)
+    remote(ip, "pushed[1] = -2.0\npushed_sum = float(pushed.sum())", line="-o pushed_sum")
+    assert ip.user_ns["pushed_sum"] == float(np.arange(3 << 20).sum()) - 3.0
+    assert counters()["fetch_served"] == before + 1
+    _, out = remote(ip, "print(pushed[:3])", line="--no-pull")
+    assert out.stdout == "[ 0. -2.  2.]\n"
+    remote(ip, "del pushed", line="--no-pull")
+    ip.user_ns.pop("pushed", None)
+
+
 def test_namespace_persists_across_cells(ip):
     remote(ip, "import math\nsecret_base = 7", line="--no-pull")
     assert "secret_base" not in ip.user_ns

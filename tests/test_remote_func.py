@@ -144,6 +144,17 @@ def test_arrays_travel_out_of_band_and_come_back_writable(nb):
     back[0] = 1.0  # an ordinary writable array
 
 
+def test_a_large_argument_is_fetched_by_the_executor_from_the_broker(nb, stack):
+    """Arguments of 24 MiB wait at the broker and go straight to the executor that runs the
+    call (``protocol.BULK_FETCH_REF``); the call gets them whole, and its result (24 MiB
+    too) comes back whole."""
+    before = stack.broker_status()["counters"]["fetch_served"]
+    arr = np.arange(3 << 20, dtype=np.float64)
+    back = nb["scale"](arr, factor=0.5)
+    assert back.shape == arr.shape and (back == arr * 0.5).all()
+    assert stack.broker_status()["counters"]["fetch_served"] == before + 1
+
+
 def test_a_remote_exception_is_raised_as_its_own_type_with_the_remote_traceback(nb):
     with pytest.raises(KeyError) as info:
         nb["fails"]("missing")

@@ -922,6 +922,60 @@ def test_an_interrupt_while_a_bulk_upload_waits_ends_the_wait_and_keeps_the_name
     assert done(events).header["status"] == DoneStatus.OK
 
 
+def test_a_large_request_the_broker_held_back_is_fetched_by_its_executor_whole(port):
+    """The broker holds a large request's buffers (24 MiB) and sends a reference in their
+    place (``protocol.BULK_FETCH_REF``): the executor fetches them when the cell is about
+    to run, straight from the broker, and the cell sees the array whole and writable."""
+    arr = np.arange(3 << 20, dtype=np.int64)
+    events = port.run("arr *= 2\nprint(int(arr[-1]))", push={"arr": arr}, held=True)
+    assert stdout(events) == f"{((3 << 20) - 1) * 2}\n"
+    assert done(events).header["status"] == DoneStatus.OK
+    assert port.fetches == 1 and port.fetch_held == {}
+    events = port.run("arr[0] = -7", pull=["arr"])  # the fetched memory was writable
+    assert pulled(events)["arr"][0] == -7
+
+
+@pytest.mark.parametrize("policy", ["refuse", "silent"])
+def test_a_request_whose_held_values_never_come_does_not_run_and_says_so(port, policy):
+    """The broker no longer holds what it held back (it restarted) or does not answer: the
+    cell does not run (no older value of the name stands in for the one the notebook sent),
+    the notebook gets one sentence and the names it sent are reported not loaded (so they go
+    again), and the executor serves the next cell with its namespace."""
+    port.run("arr = 'older'\nkept = 1")
+    port.fetch_policy = policy
+    code = "ran = True\nprint(arr[:3])"
+    events = port.run(code, push={"arr": np.ones(3 << 20)}, held=True, timeout=WAIT_S + 10)
+    assert port.fetches == 1
+    [error] = [e for e in events if e.kind == Kind.ERROR]
+    assert error.header["ename"] == "TransferError"
+    assert "did not reach the worker" in error.header["evalue"]
+    assert "did not run" in error.header["evalue"]
+    d = done(events)
+    assert d.header["status"] == DoneStatus.ERROR
+    assert [u["name"] for u in d.header["unloaded"]] == ["arr"]
+    assert stdout(events) == ""
+    events = port.run("print('ran' in globals(), 'arr' in globals(), kept)")
+    assert stdout(events) == "False False 1\n"
+
+
+def test_an_interrupt_while_a_fetch_waits_ends_the_wait_and_keeps_the_namespace(port):
+    """Ctrl-C while the executor waits for held values (a broker that does not answer): the
+    wait ends at once, long before the interrupt's grace period would cost the namespace,
+    and the cell has not run."""
+    port.run("kept = 1")
+    port.fetch_policy = "silent"
+    request_id = port.execute("ran = True", push={"big": np.ones(3 << 20)}, held=True)
+    while port.fetches == 0:  # the fetch came (answered by nobody)
+        with contextlib.suppress(TimeoutError):
+            port.recv(0.2)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    d = done(port.events(request_id))
+    assert d.header["status"] in (DoneStatus.ERROR, DoneStatus.INTERRUPTED)
+    events = port.run("print('ran' in globals(), kept)")
+    assert stdout(events) == "False 1\n"
+    assert done(events).header["status"] == DoneStatus.OK
+
+
 def test_no_event_is_dropped_for_a_slow_reader(port):
     """Credit 32: the worker never has more than 32 events unacknowledged in flight."""
     n = 3000

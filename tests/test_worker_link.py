@@ -62,17 +62,20 @@ class Link:
 @pytest.fixture
 def link(tmp_path, request) -> Iterator[Link]:
     """A broker with alice's worker registered and her notebook connected; broker settings
-    from ``@pytest.mark.parametrize("link", [{...}], indirect=True)``."""
+    from ``@pytest.mark.parametrize("link", [{...}], indirect=True)`` (and ``fetch``: the
+    worker registers as one whose executors fetch large requests' buffers)."""
     tokens = tmp_path / "tokens.json"
     token = add_static_token(tokens, "alice")
     ctx = zmq.Context.instance()
-    settings = getattr(request, "param", {})
+    settings = dict(getattr(request, "param", {}))
+    fetch = settings.pop("fetch", False)
     with broker_in_thread(KEY, ADMIN, tokens_file=str(tokens), **settings) as b:
         worker, client = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
         worker.linger = client.linger = 0
         worker.connect(f"tcp://127.0.0.1:{b.ports['worker']}")
         client.connect(f"tcp://127.0.0.1:{b.ports['broker']}")
         register = {"user": "alice", "nonce": "n1", "secret": worker_secret(KEY, "alice", "n1")}
+        register["fetch"] = fetch
         worker.send_multipart([P.TO_BROKER, *P.encode_signed(None, P.Kind.REGISTER, register)])
         registered = P.decode(recv(worker)[1:])
         assert registered.kind == P.Kind.REGISTERED
@@ -247,6 +250,78 @@ def test_a_bulk_upload_without_its_workers_key_is_refused(link, uploader):
     assert msg.header["id"] == "pull" and msg.header["code"] == P.FailCode.BULK_LOST
     assert msg.header["message"] == P.BULK_LOST_MESSAGE
     assert link.pong()["pending"] == []
+
+
+# ---------------------------------------------------------------------- held requests
+def large_execute(link: Link, request_id: str, buffers: list[bytes]) -> P.Message:
+    """The client sends a cell pushing ``buffers``; what the worker receives."""
+    cell = {"id": request_id, "code": "pass", "pull": [],
+            "vars": [{"name": "a", "nbuffers": len(buffers)}]}  # fmt: skip
+    link.client.send_multipart(P.encode_signed(link.client_key, P.Kind.EXECUTE, cell, buffers))
+    while (msg := P.decode(recv(link.worker), routed=True)).kind != P.Kind.EXECUTE:
+        pass
+    return msg
+
+
+def fetch(sock: zmq.Socket, key: bytes | None, set_id: str, user: str = "alice") -> P.Message:
+    header = {"user": user, "id": set_id}
+    sock.send_multipart([P.TO_BROKER, *P.encode_signed(key, P.Kind.FETCH, header)])
+    reply = P.decode(recv(sock), routed=True)
+    assert reply.header["id"] == set_id
+    return reply
+
+
+@pytest.mark.parametrize("link", [{"fetch": True}], indirect=True)
+def test_a_large_request_waits_at_the_broker_until_its_executor_fetches_it(link, uploader):
+    """A cell pushing 20 MiB to a worker whose executors fetch: the worker receives the
+    request with one reference in place of the buffers (they cross once, when the executor
+    that runs it asks), the executor gets them byte for byte, once; a request below
+    ``BULK_MIN_BYTES`` goes whole as before."""
+    buffers = [b"pickle-stream", bytes(range(256)) * (80 << 12)]  # 20 MiB
+    msg = large_execute(link, "push", buffers)
+    ref = P.fetch_ref(msg.buffers)
+    assert ref is not None and ref[1] == sum(len(b) for b in buffers)
+    assert msg.read(P.Execute).vars[0].nbuffers == 2  # the header is the client's, unread
+    assert status(link.broker)["bulk"]["held_sets"] == 1
+    key = P.bulk_key(link.worker_key)
+    reply = fetch(uploader, key, ref[0])
+    assert reply.kind == P.Kind.BULK_FETCHED
+    assert [bytes(b) for b in reply.buffers] == buffers
+    assert fetch(uploader, key, ref[0]).kind == P.Kind.BULK_REFUSED  # it went: once only
+    counters = status(link.broker)["counters"]
+    assert (counters["fetch_held"], counters["fetch_served"]) == (1, 1)
+    assert status(link.broker)["bulk"]["held_sets"] == 0
+    small = [b"pickle-stream", b"x" * (P.BULK_MIN_BYTES - 100)]
+    msg = large_execute(link, "small", small)
+    assert [bytes(b) for b in msg.buffers] == small
+
+
+@pytest.mark.parametrize("link", [{"fetch": True}], indirect=True)
+def test_held_values_go_only_to_the_users_executors_and_go_with_their_request(link, uploader):
+    """Only an executor of the user's registered worker can fetch (the derived key; not the
+    worker's own key, a made-up one, none, or another user's name); a request that ends
+    without a fetch (it was not run) lets its values go."""
+    msg = large_execute(link, "push", [b"p", b"y" * (12 << 20)])
+    handle, (held_id, _) = msg.route, P.fetch_ref(msg.buffers)
+    assert status(link.broker)["bulk"]["held_sets"] == 1
+    worker_key = link.worker_key
+    for key, user in [(worker_key, "alice"), (b"\7" * 32, "alice"), (None, "alice"),
+                      (P.bulk_key(worker_key), "bob")]:  # fmt: skip
+        assert fetch(uploader, key, held_id, user=user).kind == P.Kind.BULK_REFUSED
+    assert status(link.broker)["bulk"]["held_sets"] == 1
+    link.to_client(handle, P.Kind.DONE, b'{"seq":1,"id":"push","status":"interrupted"}')
+    while P.decode(recv(link.client)).kind != P.Kind.DONE:
+        pass
+    assert status(link.broker)["bulk"]["held_sets"] == 0
+
+
+def test_a_worker_that_does_not_fetch_gets_large_requests_whole(link):
+    """A worker that did not register with ``fetch`` (an older one) gets the buffers in the
+    request, as before."""
+    buffers = [b"pickle-stream", b"z" * (12 << 20)]
+    msg = large_execute(link, "push", buffers)
+    assert [bytes(b) for b in msg.buffers] == buffers
+    assert status(link.broker)["bulk"]["held_sets"] == 0
 
 
 def test_the_broker_holds_a_bounded_amount_per_user(link):

@@ -51,6 +51,12 @@ class BrokerPort:
         self.bulk_held: dict[str, list[Any]] = {}
         self.bulk_uploads = 0  # BULK messages received
         self.bulk_put_back = 0  # DONEs whose buffers came by the bulk side channel
+        # The other way: a request sent with ``held=True`` goes with a reference in place of
+        # its buffers, which its executor FETCHes: "serve" sends them as the broker does,
+        # "refuse" answers BULK_REFUSED (as a restarted broker would), "silent" never answers.
+        self.fetch_policy = "serve"
+        self.fetch_held: dict[str, list[Any]] = {}
+        self.fetches = 0  # FETCH messages received
 
     def restart_router(self) -> None:
         """Close the ROUTER and bind a new one on the same port: a broker restart."""
@@ -128,6 +134,9 @@ class BrokerPort:
             if msg.kind == Kind.BULK and msg.route == protocol.TO_BROKER:
                 self._on_bulk(peer, msg)
                 continue
+            if msg.kind == Kind.FETCH and msg.route == protocol.TO_BROKER:
+                self._on_fetch(peer, msg)
+                continue
             # The worker is whoever speaks first after a (re)start or registers; others are
             # strangers.
             if msg.kind == Kind.REGISTER or self.worker_id is None:
@@ -149,6 +158,18 @@ class BrokerPort:
         else:
             return
         self.router.send_multipart([peer, protocol.TO_BROKER, *reply])
+
+    def _on_fetch(self, peer: bytes, msg: Message) -> None:
+        self.fetches += 1
+        set_id = msg.header["id"]
+        if self.fetch_policy == "serve" and set_id in self.fetch_held:
+            buffers = self.fetch_held.pop(set_id)
+            reply = protocol.encode(Kind.BULK_FETCHED, {"id": set_id}, buffers)
+        elif self.fetch_policy == "silent":
+            return
+        else:
+            reply = protocol.encode(Kind.BULK_REFUSED, {"id": set_id, "message": "a test"})
+        self.router.send_multipart([peer, protocol.TO_BROKER, *reply], copy=False)
 
     def recv_kind(self, kind: str, timeout: float = WAIT_S) -> Message:
         """Skip to the next message of ``kind`` (heartbeats and others are stashed/skipped)."""
@@ -205,9 +226,16 @@ class BrokerPort:
         pull: Sequence[str] = (),
         pull_limit: int = 256 * 2**20,
         extra: dict[str, Any] | None = None,
+        held: bool = False,
     ) -> str:
+        """Send a cell; ``held``: its buffers stay here for its executor to fetch, as the
+        broker holds a large request's (``protocol.BULK_FETCH_REF``)."""
         request_id = f"cell-{next(_ids)}"
         entries, buffers = serialize.pack(push or {})
+        if held:
+            set_id = f"held-{request_id}"
+            self.fetch_held[set_id] = list(buffers)
+            buffers = [protocol.fetch_ref_frame(set_id, serialize.nbytes(buffers))]
         header = {
             "id": request_id,
             "code": code,

@@ -1,11 +1,15 @@
-"""The executor's end of the bulk side channel: a large DONE's buffers straight to the broker.
+"""The executor's end of the bulk side channel: a large DONE's buffers straight to the broker,
+and a large request's buffers straight from it.
 
 See ``rexec_magic.protocol`` ("The bulk side channel") for the exchange and why, and
 ``broker.bulk`` for the other end.  The supervisor tells each executor where the broker is
 and the key (``BULK_CHANNEL`` on the executor's link, ahead of its requests, never in the
 environment) once it is registered; until then, and whenever the broker refuses or does not
 answer in time, :meth:`BulkUploader.upload` says no and the buffers go through the
-supervisor as they always did.  Only the executor's main thread uploads (one DEALER, never shared).
+supervisor as they always did.  :meth:`BulkUploader.fetch` asks for the buffers the broker
+held back from a request (``protocol.BULK_FETCH_REF``); it has no such way out (the buffers
+are only there), so a fetch that fails says why and the request does not run.  Only the
+executor's main thread uploads and fetches (one DEALER, never shared).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 # How long the executor waits for the broker's answer beyond what the bytes need at the
 # slowest crossing allowed (``protocol.transfer_allowance_s``).
 ANSWER_WAIT_S = 5.0
+NO_ANSWER, INTERRUPTED = "no answer", "interrupted"  # how a wait for the broker ended
 
 
 @dataclass(frozen=True)
@@ -62,13 +67,14 @@ class BulkUploader:
         self._interrupted = interrupted
         self._lock = threading.Lock()  # configure() and upload() may run on two threads
         self._where: Where | None = None
+        self._fetch_from: Where | None = None  # kept when uploads stop (no answer)
         self._sock: zmq.Socket | None = None
         self._sock_for: Where | None = None
 
     def configure(self, where: Where | None) -> None:
         """Where to upload from now on (None: nowhere; the supervisor is not registered)."""
         with self._lock:
-            self._where = where
+            self._where = self._fetch_from = where
 
     def upload(self, frames: list[Any], nbytes: int, request_id: str) -> str | None:
         """Send ``frames`` (``nbytes`` bytes in all; of request ``request_id``'s DONE) to
@@ -89,6 +95,51 @@ class BulkUploader:
         except zmq.ZMQError as exc:
             log.info("bulk upload not sent (%s); sent through the supervisor", exc)
             return None
+        answer = self._answer(sock, set_id, nbytes, request_id, "upload")
+        if isinstance(answer, protocol.Message):
+            return set_id if answer.kind == Kind.BULK_OK else None  # refused: the usual way
+        if answer == NO_ANSWER:
+            # Drop what may still be queued (linger 0) and stop trying until the supervisor
+            # says where again (after it registers), rather than wait at every DONE.
+            log.warning("the broker did not answer a bulk upload; sent through the supervisor")
+            self._close()
+            with self._lock:
+                if self._where is where:
+                    self._where = None
+        return None
+
+    def fetch(self, set_id: str, nbytes: int, request_id: str) -> list[Any] | str:
+        """The buffers the broker holds for request ``request_id`` (``nbytes`` in all, set
+        ``set_id``: ``protocol.fetch_ref``), or why not, as the end of a sentence: not
+        configured, refused (not held: the broker restarted), no answer in time, or the
+        request was interrupted meanwhile.  Received zero-copy (``zmq.Frame``)."""
+        with self._lock:
+            where = self._fetch_from
+        if where is None:
+            return "this worker has no connection to the broker for them yet"
+        sock = self._socket(where)
+        header = protocol.encode_header({"user": where.user, "id": set_id})
+        parts = protocol.encode_signed(where.key, Kind.FETCH, header, (), protocol.TO_BROKER)
+        try:
+            sock.send_multipart(parts, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            return f"they could not be asked for ({exc})"
+        answer = self._answer(sock, set_id, nbytes, request_id, "fetch")
+        if isinstance(answer, protocol.Message):
+            if answer.kind == Kind.BULK_FETCHED:
+                return answer.buffers
+            return "the broker no longer held them (it may have restarted)"
+        if answer == NO_ANSWER:
+            self._close()  # a late answer must not meet the next fetch
+            return "the broker did not send them in time"
+        return "the cell was interrupted while they came"
+
+    def _answer(
+        self, sock: zmq.Socket, set_id: str, nbytes: int, request_id: str, what: str
+    ) -> protocol.Message | str:
+        """Wait for the broker's answer about set ``set_id`` (``nbytes`` crossing): the
+        message, or NO_ANSWER (in time), or INTERRUPTED (its request was interrupted: the
+        wait holds SIGINT back, so it watches the interrupt pipe)."""
         deadline = time.monotonic() + ANSWER_WAIT_S + 2 * nbytes / protocol.TRANSFER_MIN_BYTES_PER_S
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -101,33 +152,25 @@ class BulkUploader:
                 break
             if pipe is not None and pipe in ready:
                 if self._interrupted(request_id):
-                    log.info("bulk upload given up: its request was interrupted")
-                    return None
+                    log.info("bulk %s given up: its request was interrupted", what)
+                    return INTERRUPTED
                 if self._interrupt_fd() is None:  # the supervisor is gone
                     poller.unregister(pipe)
                     pipe = None
             if sock not in ready:
                 continue
             try:
-                msg = protocol.decode(sock.recv_multipart(), routed=True)
+                msg = protocol.decode(sock.recv_multipart(copy=False), routed=True)
                 reply = msg.read(protocol.BulkReply)
             except protocol.ProtocolError as exc:
-                log.warning("dropped a malformed answer to a bulk upload: %s", exc)
+                log.warning("dropped a malformed answer to a bulk %s: %s", what, exc)
                 continue
             if reply.id != set_id:
                 continue  # the late answer to an upload given up on
-            if msg.kind == Kind.BULK_OK:
-                return set_id
-            log.info("bulk upload refused (%s); sent through the supervisor", reply.message)
-            return None
-        # No answer: drop what may still be queued (linger 0) and stop trying until the
-        # supervisor says where again (after it registers), rather than wait at every DONE.
-        log.warning("the broker did not answer a bulk upload; sent through the supervisor")
-        self._close()
-        with self._lock:
-            if self._where is where:
-                self._where = None
-        return None
+            if msg.kind == Kind.BULK_REFUSED:
+                log.info("bulk %s refused: %s", what, reply.message)
+            return msg
+        return NO_ANSWER
 
     def _socket(self, where: Where) -> zmq.Socket:
         if self._sock is None or self._sock_for is None or self._sock_for.url != where.url:

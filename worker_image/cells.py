@@ -23,7 +23,7 @@ from rexec_magic.protocol import Call, DoneStatus, Execute, Kind, Message, Place
 from rexec_magic.sync import ipython_name
 from worker_image.calls import Step, invoke
 from worker_image.outbox import CODE_OVER, EventChannel, Target
-from worker_image.variables import Report, Watch, load_pushed, numbered_as
+from worker_image.variables import Report, Watch, load_pushed, not_arrived, numbered_as
 
 if TYPE_CHECKING:  # the supervisor parses requests too, and must not load IPython
     from worker_image.shell import WorkerShell
@@ -66,6 +66,9 @@ class Cell:
     session: str = ""  # which executor: the client's session, or a shared namespace
     client: str = ""  # the client session that sent it ("" without one: legacy clients)
     credit: int | None = None  # events the client lets be in flight unacknowledged
+    # Why the buffers the broker held back for it did not come (``BULK_FETCH_REF``): its
+    # values are reported not loaded and it does not run.
+    unfetched: str = ""
 
     @property
     def id(self) -> str:
@@ -206,15 +209,27 @@ class CellRunner:
                 if n in self.shell.user_ns
             ]
             self.watch.unbind(self.shell.user_ns, [n for n in cell.gone if n not in kept_gone])
-            values, unloaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers)
+            if cell.unfetched:
+                args = (self.shell.user_ns, cell.vars, cell.unfetched, cell.call)
+                values, unloaded = not_arrived(*args)
+            else:
+                values, unloaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers)
             extra["unloaded"] = unloaded
             cell.buffers = []
             if unloaded:  # the others are bound; the code, which reads them all, does not run
                 if not cell.call:
                     self.shell.user_ns.update(values)
                     self.watch.invalidate(values)
-                detail = "; ".join(f"variable '{u['name']}' {u['reason']}" for u in unloaded)
-                self._send_error("SerializationError", f"{detail}; {self._version_note(cell)}")
+                if cell.unfetched:
+                    what = "call" if cell.call else "cell"
+                    self._send_error(
+                        "TransferError",
+                        f"The values sent with this {what} did not reach the worker "
+                        f"({cell.unfetched}), so it did not run; run it again.",
+                    )
+                else:
+                    detail = "; ".join(f"variable '{u['name']}' {u['reason']}" for u in unloaded)
+                    self._send_error("SerializationError", f"{detail}; {self._version_note(cell)}")
                 status = DoneStatus.ERROR
             elif cell.call:
                 shipped = values.pop("globals", None) or {}

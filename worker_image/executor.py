@@ -328,8 +328,10 @@ class Executor:
             msg = self._next()
             if msg is None:
                 break
+            msg, unfetched = self._fetched(msg)
             try:
                 cell = cell_for(b"", msg)
+                cell.unfetched = unfetched
             except protocol.ProtocolError as exc:  # the supervisor read it already: a bug
                 log.warning("dropped a malformed request: %s", exc)
                 try:
@@ -361,6 +363,22 @@ class Executor:
                 log.info("exit() in cell %s: this executor ends", cell.id)
                 break
         return self.close()
+
+    def _fetched(self, msg: protocol.Message) -> tuple[protocol.Message, str]:
+        """The request with the buffers the broker held back for it (``BULK_FETCH_REF``),
+        fetched now that it is about to run; or as it came and why they did not come."""
+        ref = protocol.fetch_ref(msg.buffers)
+        if ref is None or self.channel.bulk is None:
+            return msg, "" if ref is None else "this worker cannot fetch them"
+        try:
+            request_id = msg.read(protocol.Request).id
+        except protocol.ProtocolError:
+            return msg, ""  # (cell_for says what is wrong with it)
+        got = self.channel.bulk.fetch(*ref, request_id)
+        if isinstance(got, str):
+            log.warning("request %s: its values did not come from the broker: %s", request_id, got)
+            return msg, got
+        return protocol.Message(msg.kind, msg.header, got, msg.route), ""
 
     def _end_forked_child(self) -> None:
         """A process the cell forked (``os.fork()`` with no exit of its own) came back here

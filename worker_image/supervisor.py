@@ -419,6 +419,7 @@ class Supervisor:
             **serialize.versions(),
             "pid": os.getpid(),
             "instance": INSTANCE,
+            "fetch": True,  # executors fetch large requests' buffers (worker_image.bulk)
             **({"pool": True} if reg.pool else {}),
         }
         self._register_sent_at = time.monotonic()

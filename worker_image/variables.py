@@ -103,6 +103,20 @@ def load_pushed(
     return values, unloaded
 
 
+def not_arrived(
+    namespace: dict[str, Any], entries: list[dict[str, Any]], why: str, call: bool
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """As :func:`load_pushed` when none of the pushed values came (``why``: the broker did
+    not send what it held back, ``protocol.BULK_FETCH_REF``): all unloaded, and a cell's
+    names unbound (a call's entries are its function and arguments, not names here)."""
+    unloaded = []
+    for entry in entries:
+        if not call:
+            namespace.pop(entry["name"], None)
+        unloaded.append({"name": entry["name"], "reason": f"did not reach the worker ({why})"})
+    return {}, unloaded
+
+
 class Watch:
     """Content hashes of the values of exchanged names, as of their last exchange with each
     client (``serve``).
