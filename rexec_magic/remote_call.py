@@ -28,6 +28,7 @@ from typing import Any
 
 from rexec_magic import errors, serialize
 from rexec_magic import protocol as P
+from rexec_magic import session as session_module
 from rexec_magic.client import CloseGenerator, Events, ThrowInto, pass_on_sigint
 from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
@@ -192,6 +193,7 @@ def hook_kernel_interrupt() -> None:
     if _hooked or threading.current_thread() is not threading.main_thread():
         return
     _hooked = True
+    session_module.KERNEL_INTERRUPT_HOOKS.append(cancel_unfinished)
     signal.signal(signal.SIGINT, _chain(signal.getsignal(signal.SIGINT)))
     try:
         from IPython import get_ipython

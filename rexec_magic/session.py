@@ -166,16 +166,23 @@ class RemoteSession:
                 shown.append(notes.live(line))
 
         waiting = f"Interrupted while waiting for {whose()} previous request; this {what} "
-        with errors.interrupt_says(waiting + "was not sent."):
-            wait = (ticket, what, on_wait, cancel, P.NOTICE_AFTER_S, P.NOTICE_REPEAT_S)
-            if not self.turns.wait(*wait):
-                raise errors.RemoteInterrupted("The call was cancelled before it started.")
+        try:
+            with errors.interrupt_says(waiting + "was not sent."):
+                wait = (ticket, what, on_wait, cancel, P.NOTICE_AFTER_S, P.NOTICE_REPEAT_S)
+                if not self.turns.wait(*wait):
+                    raise errors.RemoteInterrupted("The call was cancelled before it started.")
+        except KeyboardInterrupt:
+            _kernel_interrupted()
+            raise
         try:
             self._owner, self._holding_cancel = me, cancel
             self._switch_info()  # a login made while others held the connection
             self._start_keepalive()
             self._tell_untold(notes)
             yield
+        except KeyboardInterrupt:  # before the connection passes on (the finally below)
+            _kernel_interrupted()
+            raise
         finally:
             self._owner = self._holding_cancel = None
             self.turns.leave(ticket)
@@ -749,11 +756,25 @@ class RemoteSession:
         return self.ask_worker(P.Kind.INTROSPECT, header, P.Kind.INTROSPECT_REPLY)
 
     def status(self) -> dict[str, Any]:
-        """Everything ``%rexec_status`` shows, gathered without raising for a missing worker."""
-        with self.exclusive("status"):
-            return self._status()
+        """Everything ``%rexec_status`` shows, gathered without raising for a missing worker.
 
-    def _status(self) -> dict[str, Any]:
+        It never waits behind another thread's request (a submitted call holds the connection
+        as long as it runs, which is when one asks where things stand): it then asks on a
+        connection of its own, opened for this and closed after, and sees that call run.
+        """
+        holder = self._owner
+        if holder is not None and holder != threading.get_ident():
+            side = RexecClient(self.info)
+            side.session_id, side.namespace = self.session_id, self.namespace
+            side.notebook = self.notebook
+            try:
+                return self._status(side)
+            finally:
+                side.close()
+        with self.exclusive("status"):
+            return self._status(self.client)
+
+    def _status(self, client: RexecClient) -> dict[str, Any]:
         info = self.info
         report: dict[str, Any] = {
             "user": info.user,
@@ -765,12 +786,12 @@ class RemoteSession:
         except errors.RexecError as exc:
             report["spawner_error"] = str(exc)
         try:
-            rtt, pong = self.client.ping()
-            report["user"] = self.client.username or info.user
+            rtt, pong = client.ping()
+            report["user"] = client.username or info.user
             report["rtt_ms"] = rtt * 1000
             report["worker"] = pong.get("worker")
             if report["worker"]:
-                report["inspect"] = self.client.inspect()
+                report["inspect"] = client.inspect()
         except errors.RexecError as exc:
             report["broker_error"] = str(exc)
         return report
@@ -826,6 +847,20 @@ def _no_progress(done: int, total: int) -> None:
 
 _shared: RemoteSession | None = None
 _shared_lock = threading.Lock()
+
+# What a kernel interrupt (a KeyboardInterrupt in the main thread) that ends or stops a
+# request also does, before the connection passes to the next request in line:
+# ``remote_call.cancel_unfinished`` (registered by ``hook_kernel_interrupt``), so the calls
+# queued behind an interrupted cell, submitted or made in the kernel's threads, never start
+# (as Jupyter aborts the cells queued behind an interrupt).  Afterwards, e.g. in a
+# ``post_run_cell`` hook, was too late: the next call had taken the connection.
+KERNEL_INTERRUPT_HOOKS: list[Callable[[], object]] = []
+
+
+def _kernel_interrupted() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for hook in KERNEL_INTERRUPT_HOOKS:
+            hook()
 
 
 def shared_session() -> RemoteSession:

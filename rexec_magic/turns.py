@@ -36,6 +36,12 @@ class Turns:
         self._gone: set[int] = set()  # tickets left before their turn came
         self.holder: tuple[str, float] = ("", 0.0)  # what holds the turn, since (monotonic)
 
+    @property
+    def waiting(self) -> int:
+        """How many tickets wait behind the one whose turn it is (none given up)."""
+        with self._cond:
+            return max(0, self._next - self._turn - 1 - len(self._gone))
+
     def take(self) -> int:
         with self._cond:
             ticket = self._next

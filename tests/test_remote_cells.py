@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -204,6 +206,49 @@ def test_interrupt_stops_the_remote_cell(ip, body, tmp_path):
     # The worker runs one cell at a time: this answer means the endless cell really stopped.
     result, _ = remote(ip, "'still alive'")
     assert repr(ip.user_ns["_"]) == "'still alive'"
+
+
+def test_an_interrupted_cell_cancels_a_call_queued_behind_it(ip, tmp_path):
+    """A kernel thread's ``remote_func`` call waits behind a running ``%%remote`` cell; a
+    kernel interrupt stops the cell and cancels the queued call before it starts (as
+    Jupyter aborts the cells queued behind an interrupt).  It used to take the connection as
+    the interrupted cell let go, and ran."""
+    from rexec_magic import remote_func
+
+    namespace = {"__name__": "__main__"}  # defined as in a notebook: it travels by value
+    exec("def touch(path):\n    open(path, 'w').close()\n", namespace)  # noqa: S102
+    touch = remote_func(namespace["touch"])
+    turns = ip.magics_manager.registry["RexecMagics"].session.turns
+    running, ran = tmp_path / "cell-runs", tmp_path / "queued-call-ran"
+    raised: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            touch(str(ran))
+        except BaseException as exc:  # noqa: BLE001 - what the thread saw is the check
+            raised.append(exc)
+
+    def queue_then_interrupt() -> None:
+        wait_for(running.exists, "the cell to run")
+        caller.start()
+        wait_for(lambda: turns.waiting == 1, "the thread's call to queue behind the cell")
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # a kernel interrupt
+
+    caller = threading.Thread(target=in_thread)
+    threading.Thread(target=queue_then_interrupt).start()
+    # While a cell executes, ipykernel's SIGINT handler is Python's default one (rexec's own
+    # handler is chained to the kernel's idle one), so the interrupt is a KeyboardInterrupt.
+    idle_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(errors.RemoteInterrupted):
+            remote(ip, f"import time\nopen({str(running)!r}, 'w').close()\ntime.sleep(100)")
+    finally:
+        signal.signal(signal.SIGINT, idle_handler)
+    caller.join(WAIT_S)
+    assert not caller.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], errors.RemoteInterrupted), raised
+    assert "before it started" in str(raised[0])
+    assert not ran.exists()
 
 
 def test_timeout_interrupts_the_cell_and_keeps_what_it_assigned(ip):

@@ -7,6 +7,7 @@ by value as they would from a notebook; only the connection file is configured.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -20,7 +21,7 @@ from rexec_magic import errors, remote_func
 from rexec_magic import protocol as P
 from rexec_magic.remote_call import RemoteTraceback
 from rexec_magic.session import shared_session
-from tests.harness import WhenFlag, ctrl_c_right_after, ctrl_c_when, wait_for
+from tests.harness import WAIT_S, WhenFlag, ctrl_c_right_after, ctrl_c_when, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -345,6 +346,64 @@ def test_the_waiting_note_counts_only_calls_still_ahead(nb, capfd, tmp_path):
     said = capfd.readouterr().out
     assert "waiting for this session's previous call (running" in said
     assert "more before this one" not in said
+
+
+def test_an_interrupt_cancels_a_threads_call_queued_behind_the_interrupted_one(nb, tmp_path):
+    """A call made in a kernel thread waits behind the main thread's running call; Ctrl-C
+    stops the running call, and the queued one is cancelled before it starts (as Jupyter
+    aborts the cells queued behind an interrupt).  It used to take the connection the
+    moment the interrupted call let go, and ran."""
+    import threading
+
+    running, ran = tmp_path / "running", tmp_path / "queued-ran"
+    raised: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            nb["slow"](0, str(ran))
+        except BaseException as exc:  # noqa: BLE001 - what the thread saw is the check
+            raised.append(exc)
+
+    def queue_behind_then_interrupt() -> None:
+        wait_for(running.exists, "the main thread's call to run")
+        thread.start()
+        wait_for(lambda: shared_session().turns.waiting == 1, "the thread's call to queue")
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # a kernel interrupt
+
+    thread = threading.Thread(target=in_thread)
+    threading.Thread(target=queue_behind_then_interrupt).start()
+    with pytest.raises(KeyboardInterrupt):
+        nb["forever_after"](str(running))
+    thread.join(WAIT_S)
+    assert not thread.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], errors.RemoteInterrupted), raised
+    assert "before it started" in str(raised[0])
+    assert not ran.exists()
+    assert nb["add"](1) == 2
+
+
+def test_status_answers_while_a_submitted_call_runs_and_shows_it_busy(nb, tmp_path):
+    """``%rexec_status`` while this notebook's submitted call runs (it holds the connection
+    as long as it runs): the status answers now, on a connection of its own, and shows this
+    notebook's executor busy; it used to wait, silent, until the call ended and then show
+    the executor idle."""
+    import threading
+
+    flag = tmp_path / "running"
+    future = nb["forever_after"].submit(str(flag))
+    try:
+        wait_for(flag.exists, "the call to run remotely")
+        got: list[dict[str, Any]] = []
+        asking = threading.Thread(target=lambda: got.append(shared_session().status()))
+        asking.start()
+        asking.join(WAIT_S)
+        assert got, "the status waited behind the running call"
+        worker = got[0]["inspect"]["worker"]
+        assert worker["state"] == "busy" and worker["busy"] is True
+        assert future.running()
+    finally:
+        future.cancel()
+    assert nb["add"](1) == 2
 
 
 @pytest.mark.parametrize("how", ["a direct call", "a remote generator"])
