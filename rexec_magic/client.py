@@ -886,12 +886,18 @@ class RexecClient:
                 f"The {what} ran past its {timeout_s} s timeout and was interrupted."
             )
         elif status == P.DoneStatus.INTERRUPTED or (
-            interrupted and status in (P.DoneStatus.ERROR, P.DoneStatus.RESEND)
+            interrupted
+            and status in (P.DoneStatus.ERROR, P.DoneStatus.RESEND)
+            and not _own_error(error_msg)
         ):
             stopped = errors.RemoteInterrupted(
                 done.message or f"The remote {what} was interrupted."
             )
-        elif interrupted and not call:
+        elif interrupted and status == P.DoneStatus.ERROR:
+            pass  # it raised an error of its own while interrupted (`except
+            # KeyboardInterrupt: raise RuntimeError(...)`, a `finally` that raised): shown
+            # as that error, as a local cell shows it
+        elif interrupted and not call and not done.interrupt_handled:
             # The Ctrl-C came as the cell ended (e.g. while its values came back): it ran to
             # its end, and what it bound comes back; the Ctrl-C still stops Run All.  (A
             # call returns its value then.)
@@ -957,3 +963,9 @@ class RexecClient:
             log.info("a remote exception could not be loaded here: %s (%s)", err, note)
             return None
         return exc if isinstance(exc, BaseException) else None
+
+
+def _own_error(error_msg: P.Message | None) -> bool:
+    """Whether the ERROR a request sent is an exception of its own code, not the
+    KeyboardInterrupt an interrupt raised in it."""
+    return error_msg is not None and error_msg.read(P.Error).ename != "KeyboardInterrupt"

@@ -977,6 +977,10 @@ class Done(Event):
     unloaded: list[Unloaded] = Field(default_factory=list)
     missing: Names = Field(default_factory=list)
     exit: bool = False  # exit() in the cell ended its executor
+    # An interrupt reached the cell's code, which went on to its end (it caught the
+    # KeyboardInterrupt, or the interrupt stopped only a process it waited for, as
+    # ``os.system`` does): it ended as that code says, as it would in a local kernel.
+    interrupt_handled: bool = False
     # Its buffers went by the bulk side channel (``BULK_REF``): this id stands for them
     # until the broker puts them back.
     bulk: Short = ""

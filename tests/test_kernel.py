@@ -133,6 +133,44 @@ def test_a_ctrl_c_while_a_finished_cells_values_come_back_is_not_lost(kernel):
     assert text_of(outputs) == "7\n"
 
 
+CAUGHT = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    "
+
+
+@pytest.mark.parametrize(
+    "body, status, shown",
+    [
+        (CAUGHT + "pass\nz = 7\nz", "ok", "7"),
+        (CAUGHT + "raise RuntimeError('converted')", "error", "RuntimeError: converted"),
+        ("import os\nrc = os.system('sleep 60')\nprint('rc', rc)", "ok", "rc 2"),
+    ],
+    ids=["caught", "turned into its own error", "os.system"],
+)
+def test_a_cell_that_takes_the_interrupt_ends_as_its_code_says(kernel, body, status, shown):
+    """As a local cell: code that catches the KeyboardInterrupt goes on and ends ok (its
+    value shown, the queued cell runs); code that turns it into an error of its own ends
+    with that error; ``os.system`` (which ignores SIGINT while its child runs) returns the
+    stopped child's status and the cell goes on.  They used to end as "interrupted", or
+    "had already finished when the interrupt reached it", which was false."""
+    km, kc = kernel
+    first = kc.execute(f"%%remote\nprint('started', flush=True)\n{body}")
+    second = kc.execute("queued_ran = True")
+    wait_for_text(kc, "started")
+    time.sleep(0.5)  # (the child of os.system is started by then; any moment will do)
+    km.interrupt_kernel()
+    reply, outputs = collect(kc, first, timeout=INTERRUPT_ANSWER_S)
+    assert reply["status"] == status, reply
+    if status == "ok":
+        texts = text_of(outputs) + "".join(
+            o["content"]["data"]["text/plain"] for o in outputs if o["msg_type"] == "execute_result"
+        )
+        assert shown in texts
+    else:
+        assert f"{reply['ename']}: {reply['evalue']}" == shown
+    queued = kc.get_shell_msg(timeout=WAIT_S)
+    assert queued["parent_header"]["msg_id"] == second
+    assert queued["content"]["status"] == ("ok" if status == "ok" else "aborted")
+
+
 def test_a_ctrl_c_while_the_variables_are_packed_says_the_cell_was_not_sent(kernel, tmp_path):
     """A Ctrl-C while the cell's variables are packed (a large array takes a while to hash)
     ends the cell in one sentence saying it was not sent, not with a bare KeyboardInterrupt

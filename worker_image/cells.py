@@ -166,6 +166,7 @@ class CellRunner:
         # SIGINT then came too early to count: see executor.InterruptPipe).
         self.interrupted = interrupted
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
+        self.interrupt_handled = False  # the last cell went on past an interrupt (Done)
         self.watch = Watch()
 
     def on_sigint(self, signum: int, frame: Any) -> None:
@@ -259,6 +260,8 @@ class CellRunner:
                 status, report = self._execute(cell)
                 entries, frames, skipped = report.entries, report.frames, report.skipped
                 extra.update(report.header())
+                if self.interrupt_handled:
+                    extra["interrupt_handled"] = True
             del values
         duration = time.perf_counter() - started
         header = {
@@ -307,6 +310,7 @@ class CellRunner:
         """
         shell = self.shell
         shell.error_sent = False
+        self.interrupt_handled = False
         status = DoneStatus.OK
         report = Report()
         _signal.signal(_signal.SIGINT, self.on_sigint)  # a cell may have replaced it
@@ -330,6 +334,9 @@ class CellRunner:
             # was never sent.
             self._stop_interrupts()
             error = result.error_before_exec or result.error_in_exec
+            # An interrupt whose id waits in the pipe came while the code ran; the code
+            # went on (it caught it, or system() ignored it while its child stopped).
+            self.interrupt_handled = error is None and self.interrupted(cell.id)
             if isinstance(error, KeyboardInterrupt):
                 status = DoneStatus.INTERRUPTED
                 self.outbox.internal(CODE_OVER, {"id": cell.id})  # no grace kill from here
