@@ -170,6 +170,11 @@ class RexecMagics(Magics):
     def _plan(self, args: Any, code: str) -> tuple[list[str], list[str], dict[str, Any]]:
         """``(names to ship, names forced, header fields)``: what goes and what comes back."""
         free, bound, ends = names.analyze_cell(code, self.shell.transform_cell)
+        if names.ANY_NAME in free:  # names looked up at run time (eval(expr), globals()[k]):
+            # every name the worker holds goes if it changed here, so none answers with the
+            # worker's older value.  (One it never had is a NameError there, not a wrong value.)
+            held = [n for n in self.session.sync.records if n not in free]
+            free = [n for n in free if n != names.ANY_NAME] + held
         # `_` reads the notebook's last output, as in a local cell (it does not come back).
         outputs = [n for n in free if n in sync.LAST_OUTPUTS]
         free = [n for n in free if not sync.ipython_name(n)]

@@ -9,6 +9,7 @@ missing one breaks the cell, so when unsure a name counts as free.
 from __future__ import annotations
 
 import ast
+import re
 from typing import Any
 
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -307,6 +308,73 @@ def _deleted(stmt: ast.Delete) -> set[str]:
     return {n.id for t in stmt.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
 
 
+# Stands in ``free`` for "any name": the cell looks names up at run time in ways its syntax
+# does not show (``eval(expr)``, ``globals()[name]``), so what it reads is not known here.
+ANY_NAME = "*"
+# Functions that read the notebook's namespace by name at run time.
+_NAMESPACE_FUNCTIONS = {"globals", "vars", "locals"}
+_CODE_FUNCTIONS = {"eval", "exec"}
+# ``df.query("a > @threshold")``, ``df.eval(...)``, ``pd.eval(...)``: pandas reads ``@name``
+# from the caller's namespace.
+_STRING_QUERIES = {"query", "eval"}
+_AT_NAME = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _read_by_name(tree: ast.AST) -> list[str]:
+    """Names the cell reads at run time by name, not as names in its syntax: the code of
+    ``eval("...")`` / ``exec("...")``, ``globals()["x"]`` / ``globals().get("x")`` (also
+    ``vars()``, ``locals()``), and pandas' ``@x`` in ``df.query("a > @x")``; ``ANY_NAME``
+    when such a lookup is not a constant (``eval(expr)``, ``globals()[key]``).  Without them
+    the worker's older value of ``x`` answered, silently."""
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func, args = node.func, node.args
+        first = args[0] if args else None
+        text = first.value if isinstance(first, ast.Constant) else None
+        if isinstance(func, ast.Name) and func.id in _CODE_FUNCTIONS:
+            if not isinstance(text, str):
+                found.append(ANY_NAME)
+                continue
+            try:
+                inner = ast.parse(text)  # (an expression is a statement too)
+            except SyntaxError:
+                continue
+            found += _analyze_tree(inner)[0]
+        elif isinstance(func, ast.Name) and func.id in _NAMESPACE_FUNCTIONS and not args:
+            found.append(ANY_NAME)  # narrowed below when only a constant key is looked up
+        elif isinstance(func, ast.Attribute) and func.attr in _STRING_QUERIES and args:
+            if isinstance(text, str):
+                found += _AT_NAME.findall(text)
+            elif isinstance(first, ast.JoinedStr):
+                found.append(ANY_NAME)
+    # ``globals()["x"]`` / ``globals().get("x")``: only "x" (one ANY_NAME fewer for each).
+    for node in ast.walk(tree):
+        call = None
+        key = None
+        if isinstance(node, ast.Subscript):
+            call, key = node.value, node.slice
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("get", "pop", "setdefault", "__getitem__")
+            and node.args
+        ):
+            call, key = node.func.value, node.args[0]
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Name)
+            and call.func.id in _NAMESPACE_FUNCTIONS
+            and not call.args
+            and isinstance(key, ast.Constant)
+            and isinstance(key.value, str)
+        ):
+            found.remove(ANY_NAME)
+            found.append(key.value)
+    return found
+
+
 # Cell magics whose line names a variable they bind (``%%capture out``).
 _BINDING_LINES = {"capture"}
 
@@ -331,7 +399,8 @@ def _magic_calls(tree: ast.AST) -> list[tuple[str, str, str | None]]:
 
 
 def analyze_cell(code: str, transform: Any = None) -> tuple[list[str], list[str], bool]:
-    """``(free, bound, ends_in_expression)`` of an IPython cell.
+    """``(free, bound, ends_in_expression)`` of an IPython cell.  ``free`` holds ``ANY_NAME``
+    when the cell looks names up in ways its syntax does not show.
 
     IPython syntax (``%%time``, ``x = %time f()``, ``!ls``) is analysed in its Python form
     (``transform``: the shell's ``transform_cell``), and the code that magics run — the body of
@@ -348,6 +417,7 @@ def analyze_cell(code: str, transform: Any = None) -> tuple[list[str], list[str]
         except SyntaxError:
             return [], [], False  # the worker will report the syntax error itself
     free, bound = _analyze_tree(tree)
+    free += [n for n in dict.fromkeys(_read_by_name(tree)) if n not in free]
     for name, line, body in _magic_calls(tree):
         inner = body if body is not None else line
         inner_free, inner_bound, _ = analyze_cell(inner, transform)

@@ -371,6 +371,22 @@ CASES = [
         ["t1", "t2"],
     ),
     Case(
+        # Names the cells read through strings: pandas' `@name`, eval's code, a constant
+        # key or a computed one of globals().  Changed here after the worker had them, the
+        # worker's older values answered, silently (3 of 3).
+        "names-read-by-name-at-run-time",
+        "import pandas as pd\ndf = pd.DataFrame({'a': range(10)})\nthreshold = 5\n"
+        "E = [0]\nGG = 1\nkey = 'GG'",
+        [
+            "n1 = len(df.query('a > @threshold'))\ne1 = eval('E')\ng1 = globals()['GG']",
+            ("", "threshold = 8\nE = [5]\nGG = 2", "threshold = 8\nE = [5]\nGG = 2"),
+            "n2 = len(df.query('a > @threshold'))\ne2 = eval('E')\ng2 = globals()['GG']",
+            ("", "GG = 3", "GG = 3"),
+            "k3 = globals()[key]",
+        ],
+        ["n1", "e1", "g1", "n2", "e2", "g2", "k3"],
+    ),
+    Case(
         "module-alias-used-by-a-function",
         "import numpy as npx\ndef total(v):\n    return int(npx.sum(v))",
         ["tt = total([1, 2, 3])"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
-from rexec_magic.names import analyze
+from rexec_magic.names import ANY_NAME, analyze, analyze_cell
 
 pytestmark = pytest.mark.unit
 
@@ -225,3 +225,39 @@ def test_a_name_a_path_may_leave_unbound_is_shipped(code):
     """Where some path reaches the read without binding the name, the notebook's value is
     what it reads there, so it is shipped."""
     assert "f" in free(code)
+
+
+@pytest.mark.parametrize(
+    "code, read",
+    [
+        ("n = len(df.query('a > @threshold and b < @upper'))", ["threshold", "upper"]),
+        ("total = pd.eval('x + @offset')", ["offset"]),
+        ("r = eval('E * 2')", ["E"]),
+        ("exec('y = base + 1')", ["base"]),
+        ("r = globals()['GG']", ["GG"]),
+        ("r = globals().get('GG', 0)", ["GG"]),
+        ("r = vars()['V']", ["V"]),
+        ("def f():\n    return eval('Q')", ["Q"]),
+    ],
+)
+def test_names_looked_up_by_a_constant_string_are_read(code, read):
+    """Names the cell reads through a string (``eval``, ``globals()[...]``, pandas' ``@x``)
+    are shipped like the names in its syntax: without them the worker's older value of the
+    name answered, silently."""
+    free = analyze_cell(code)[0]
+    assert all(name in free for name in read), free
+    assert ANY_NAME not in free
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["r = eval(expr)", "r = globals()[key]", "print(vars())", "df.query(f'a > {t}')", "exec(src)"],
+)
+def test_a_lookup_by_a_name_not_written_in_the_cell_may_read_any_name(code):
+    """What such a cell reads is not known before it runs: ``free`` says "any name", and the
+    magic then ships every name the worker holds that changed here."""
+    assert ANY_NAME in analyze_cell(code)[0]
+
+
+def test_no_lookup_by_name_reads_nothing_more():
+    assert analyze_cell("x = y + 1\nz = {'a': 1}['a']")[0] == ["y"]
