@@ -32,8 +32,10 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import importlib
 import io
 import linecache
+import logging
 import os
 import pickle
 import site
@@ -54,6 +56,8 @@ import dill
 from cloudpickle import cloudpickle as _cp
 
 from rexec_magic import dirty_pages
+
+_log = logging.getLogger(__name__)
 
 try:  # xxh3 runs at memory speed (~15 GB/s here); blake2b is ~1 GB/s
     import xxhash
@@ -235,6 +239,49 @@ def load_module_by_value(name: str, source: str, filename: str) -> types.ModuleT
     return module
 
 
+def submodules_in_use(module: types.ModuleType) -> tuple[str, ...]:
+    """The public submodules of package ``module`` imported here and set on their parent
+    (``import email.mime.text`` leaves ``email.mime`` and ``email.mime.text``), which code
+    reaches as attributes (``email.mime.text.MIMEText``): the other side imports them too,
+    or that code fails there with "module 'email' has no attribute 'mime'"."""
+    name = module.__name__
+    if not hasattr(module, "__path__"):
+        return ()
+    key = (name, id(module), len(sys.modules))  # new imports change the answer
+    known = _SUBMODULES.get(key)
+    if known is None:
+        prefix = name + "."
+        found = []
+        for sub, mod in list(sys.modules.items()):
+            if not sub.startswith(prefix) or mod is None:
+                continue
+            parent, _, last = sub.rpartition(".")
+            if any(part.startswith("_") for part in sub[len(prefix) :].split(".")):
+                continue
+            if getattr(sys.modules.get(parent), last, None) is mod:
+                found.append(sub)
+        if len(_SUBMODULES) > 256:
+            _SUBMODULES.clear()
+        known = _SUBMODULES[key] = tuple(sorted(found))
+    return known
+
+
+_SUBMODULES: dict[tuple[str, int, int], tuple[str, ...]] = {}
+
+
+def import_with_submodules(name: str, submodules: Sequence[str]) -> types.ModuleType:
+    """Receiver side of a package that travels by reference: the package, with the
+    submodules the sender had imported (``submodules_in_use``) imported here too where this
+    side has them (one it lacks is left out: code that uses it says so when it runs)."""
+    module = importlib.import_module(name)
+    for sub in submodules:
+        try:
+            importlib.import_module(sub)
+        except Exception as exc:  # an import may fail in any way; the package still came
+            _log.debug("submodule %s of %s not imported here: %s", sub, name, exc)
+    return module
+
+
 def _attribute(module: types.ModuleType, qualname: str) -> Any:
     obj: Any = module
     for part in qualname.split("."):
@@ -338,6 +385,9 @@ class _Pickler(cloudpickle.Pickler):
             if travels_by_value(obj):
                 source = _module_source(obj)
                 return load_module_by_value, (obj.__name__, source, obj.__file__)
+            submodules = submodules_in_use(obj)
+            if submodules and sys.modules.get(obj.__name__) is obj:
+                return import_with_submodules, (obj.__name__, submodules)
             return super().reducer_override(obj)
         if isinstance(obj, types.FunctionType | type):
             module = sys.modules.get(getattr(obj, "__module__", None) or "")

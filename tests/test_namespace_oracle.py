@@ -573,3 +573,23 @@ def test_remote_func_ships_the_globals_of_functions_among_its_arguments(kernel):
     )
     assert reply["status"] == "ok", reply
     assert probe(kc, ["kept1", "kept2"]) == {"kept1": "[3, 4]", "kept2": "[4]"}
+
+
+def test_a_package_travels_with_the_submodules_imported_under_it(kernel):
+    """``import xml.dom.minidom`` binds ``xml``, and code reaches the submodule as an
+    attribute: the other side imports the submodules too, both ways (a package travels by
+    reference).  It used to fail with "module 'xml' has no attribute 'dom'" (2 of 2)."""
+    kc = kernel
+    fresh = "import sys\nprint('wsgiref.simple_server' in sys.modules, 'xml.dom' in sys.modules)"
+    reply, outputs = run(kc, "%%remote\n" + fresh)
+    assert "False False" in "".join(m["content"].get("text", "") for m in outputs), outputs
+    reply, outputs = run(kc, "import sys\nprint('wsgiref.simple_server' in sys.modules)")
+    assert "False" in "".join(m["content"].get("text", "") for m in outputs)
+    run(kc, "import xml.dom.minidom")
+    cell = "%%remote\ntag = xml.dom.minidom.parseString('<a/>').documentElement.tagName"
+    reply, _ = run(kc, cell)
+    assert reply["status"] == "ok", reply
+    reply, _ = run(kc, "%%remote\nimport wsgiref.simple_server")
+    assert reply["status"] == "ok", reply
+    checks = ["tag", "wsgiref.simple_server.WSGIServer.__name__"]
+    assert probe(kc, checks) == {"tag": "'a'", checks[1]: "'WSGIServer'"}
