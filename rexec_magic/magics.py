@@ -369,8 +369,8 @@ class RexecMagics(Magics):
         """Stop your remote worker; its namespace is lost."""
         if parse(self.rexec_stop, line) is None:
             return
-        self._guard("stopping the worker", self.session.stop)
-        self.notes.note("Remote worker stopped.")
+        stopped = self._guard("stopping the worker", self.session.stop)
+        self.notes.note("Remote worker stopped." + _others_lost(stopped.get("others") or []))
 
     @magic_arguments()
     @line_magic
@@ -467,6 +467,18 @@ def as_local(exc: errors.RemoteCellError) -> BaseException:
     except (AttributeError, TypeError):  # an exception class without a __dict__
         return exc
     return original
+
+
+def _others_lost(rows: list[dict[str, Any]]) -> str:
+    """What ``%rexec_stop`` also ended: other notebooks' namespaces (their executors' rows),
+    as a sentence to add, or ""."""
+    if not rows:
+        return ""
+    names = [str(row.get("notebook") or "another notebook") for row in rows]
+    running = [name for name, row in zip(names, rows, strict=True) if "running_s" in row]
+    count = f"{len(rows)} other notebook" + ("s" if len(rows) > 1 else "")
+    busy = f"; a cell of {', '.join(running)} was running" if running else ""
+    return f" It also held the namespaces of {count} ({', '.join(names)}{busy}): they are lost too."
 
 
 def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) -> Table:

@@ -47,6 +47,8 @@ NOT_SENT_WHILE_PACKED = (
 # (stopped, starved, re-registering after a broker restart) before saying so.
 NOT_RESPONDING_WAIT_S = 10.0
 SPAWNER_RECHECK_S = 1.0  # meanwhile, the spawner is asked again this often
+# ``%rexec_stop`` asks the worker this long at most which other notebooks' namespaces it holds.
+STOP_ASK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -382,8 +384,29 @@ class RemoteSession:
         return status
 
     def stop(self) -> dict[str, Any]:
+        """Stop the user's worker: every namespace on it goes, other notebooks' too.  The
+        spawner's answer, plus ``others``: the rows (``notebook``, ``state``, ...) of the
+        executors of other notebooks that went with it, so the stopping notebook can say so
+        (best effort: none when the worker does not answer at once)."""
+        others: list[dict[str, Any]] = []
+        side = self._side_client()
+        try:
+            rows = side.inspect(timeout_s=STOP_ASK_S).get("executors") or []
+            others = [row for row in rows if isinstance(row, dict) and not row.get("this")]
+        except errors.RexecError:
+            pass
+        finally:
+            side.close()
         self._forget_all()  # its namespaces go with it
-        return self.spawner.stop()
+        return {**self.spawner.stop(), "others": others}
+
+    def _side_client(self) -> RexecClient:
+        """A connection of its own, for a question that must not wait behind this session's
+        running request (it holds the session's connection while it runs); close it after."""
+        side = RexecClient(self.info)
+        side.session_id, side.namespace = self.session_id, self.namespace
+        side.notebook = self.notebook
+        return side
 
     def _check_versions(self, notes: Notes) -> None:
         worker = self.client.worker
@@ -764,9 +787,7 @@ class RemoteSession:
         """
         holder = self._owner
         if holder is not None and holder != threading.get_ident():
-            side = RexecClient(self.info)
-            side.session_id, side.namespace = self.session_id, self.namespace
-            side.notebook = self.notebook
+            side = self._side_client()
             try:
                 return self._status(side)
             finally:

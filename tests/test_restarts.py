@@ -156,7 +156,10 @@ def test_a_worker_stopped_from_another_notebook_is_said_so_to_a_cell_waiting_its
     """%rexec_stop in another notebook while this one's cell waits behind its running call:
     the waiting cell hears that the worker was stopped and its namespace lost, and runs on
     a fresh worker (it used to wait 10 s for a worker "not responding", then fail saying
-    the worker runs and its variables are kept)."""
+    the worker runs and its variables are kept).  The notebook that stopped it is told
+    which other notebook's namespace it ended, and that a cell of it ran (it was told only
+    "Remote worker stopped.")."""
+    from rexec_magic.magics import _others_lost
     from rexec_magic.notes import RecordedNotes
 
     bob = RemoteSession(connection.load(fresh_stack.connection_file))
@@ -172,7 +175,13 @@ def test_a_worker_stopped_from_another_notebook_is_said_so_to_a_cell_waiting_its
     queued = threading.Thread(target=waiting_cell, daemon=True)
     queued.start()
     wait_for(lambda: alice.turns.holder[0], "the second cell to wait its turn")
-    bob.stop()  # what %rexec_stop does
+    stopped = bob.stop()  # what %rexec_stop does; it says what else it ended
+    others = stopped["others"]
+    assert [row["notebook"] for row in others] == [alice.notebook] and "running_s" in others[0]
+    assert _others_lost(others) == (
+        f" It also held the namespaces of 1 other notebook ({alice.notebook}; a cell of "
+        f"{alice.notebook} was running): they are lost too."
+    )
     running.join(timeout=60)
     queued.join(timeout=120)
     bob.close()
