@@ -1323,6 +1323,27 @@ def test_a_notebook_attached_to_a_shared_namespace_keeps_its_own(port):
     assert executor_pid(port, "nb") == pid
 
 
+def test_a_shared_namespace_lives_while_a_kernel_that_attached_to_it_lives(port):
+    """A notebook detaches from a shared namespace (``%rexec_attach`` without a name) and
+    has no executor of its own: its keepalives name only its own session, yet the shared
+    namespace keeps its values for when it attaches again (it was stopped after three
+    keepalive intervals, "as if closed", 1 of 1).  Once that kernel is silent, the shared
+    namespace is stopped as before, and the next cell there hears so."""
+    attached = in_session("nb-d", namespace="team-d", keepalive_s=0.5)
+    port.run("shared_value = 7", **attached)
+    detached = in_session("nb-d", keepalive_s=0.5)
+    end = time.monotonic() + 4  # well past 3 intervals + 1 s without a keepalive naming it
+    while time.monotonic() < end:
+        port.send(Kind.KEEPALIVE, {"id": f"ping-{time.monotonic()}", **detached["extra"]})
+        time.sleep(0.25)
+    assert stdout(port.run("print(shared_value)", **attached)) == "7\n"
+    assert "no sign of its kernel" not in port.log_text()
+    wait_for(lambda: "no sign of its kernel" in port.log_text(), "the silent kernel's namespace")
+    events = port.run("print('shared_value' in globals())", **attached)
+    assert [e.header["about"] for e in events if e.kind == Kind.NOTICE] == ["lost"]
+    assert stdout(events) == "False\n"
+
+
 def test_late_output_in_a_shared_namespace_goes_to_the_notebook_whose_cell_started_it(
     port, tmp_path
 ):

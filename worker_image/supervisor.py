@@ -708,6 +708,8 @@ class Supervisor:
             ex = self.executors.get(key)
             if ex is not None:
                 self._seen(ex, fields)
+        if fields.session:  # the kernel lives, whether or not it has an executor of its own
+            self._clients[fields.session] = (time.monotonic(), fields.keepalive_s)
         if fields.namespace and fields.session:
             # Attached to a shared namespace, even if no cell of it ran there yet: it is one
             # of its notebooks, and hears of a loss too (``ExecutorProcess.clients``).
@@ -1442,6 +1444,15 @@ class Supervisor:
             return
         if self._session_key is None:
             return  # not registered: no keepalive can reach us (see _on_registered)
+        if ex.shared and any(
+            session in self._clients and not self._client_gone(session, now)
+            for session in ex.clients
+        ):
+            # A shared namespace lives while a kernel that attached to it lives, attached
+            # now or not (as a notebook's own namespace lives while it is attached
+            # elsewhere): it comes back to the values with %rexec_attach NAME.
+            ex.last_seen = now
+            return
         if not ex.orphaned:
             silent = now - ex.last_seen
             if silent <= ORPHAN_AFTER_PINGS * ex.keepalive_s + 1.0:
