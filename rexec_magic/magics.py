@@ -167,14 +167,17 @@ class RexecMagics(Magics):
     def notes(self) -> Notes:
         return NOTEBOOK
 
-    def _plan(self, args: Any, code: str) -> tuple[list[str], list[str], dict[str, Any]]:
-        """``(names to ship, names forced, header fields)``: what goes and what comes back."""
+    def _plan(self, args: Any, code: str) -> tuple[list[str], list[str], dict[str, Any], list[str]]:
+        """``(names to ship, names forced, header fields, names shipped only if changed)``:
+        what goes and what comes back."""
         free, bound, ends = names.analyze_cell(code, self.shell.transform_cell)
+        changed_only: list[str] = []
         if names.ANY_NAME in free:  # names looked up at run time (eval(expr), globals()[k]):
             # every name the worker holds goes if it changed here, so none answers with the
-            # worker's older value.  (One it never had is a NameError there, not a wrong value.)
-            held = [n for n in self.session.sync.records if n not in free]
-            free = [n for n in free if n != names.ANY_NAME] + held
+            # worker's older value.  Unchanged ones are not announced as held: one the worker
+            # lost (a restart) stays lost there, as it was told, rather than come back unasked.
+            changed_only = [n for n in self.session.sync.records if n not in free]
+            free = [n for n in free if n != names.ANY_NAME] + changed_only
         # `_` reads the notebook's last output, as in a local cell (it does not come back).
         outputs = [n for n in free if n in sync.LAST_OUTPUTS]
         free = [n for n in free if not sync.ipython_name(n)]
@@ -205,7 +208,7 @@ class RexecMagics(Magics):
             "result": ends and not args.no_pull,
             "cell": self._cell_number(),
         }
-        return push_names, forced, fields
+        return push_names, forced, fields, changed_only
 
     def _cell_number(self) -> int:
         """The running cell's ``In[N]`` (IPython counts the next cell while one runs)."""
@@ -215,7 +218,7 @@ class RexecMagics(Magics):
 
     def _run(self, args: Any, code: str, line_mode: bool) -> Any:
         self._local_code_may_have_run(line_mode)
-        push, forced, fields = self._plan(args, code)
+        push, forced, fields, changed_only = self._plan(args, code)
         renderer = EventRenderer()
         ns = self.shell.user_ns
         why = "--no-pull" if args.no_pull else "not in -o" if args.pull else "not pulled"
@@ -231,6 +234,7 @@ class RexecMagics(Magics):
                     args.timeout if args.timeout is not None else self.timeout,
                     self.notes,
                     forced,
+                    changed_only,
                 )
         except (errors.RemoteCellError, errors.RemoteInterrupted, errors.CellTimeout) as exc:
             if exc.outcome is not None:  # what it bound before it stopped, as in a local cell

@@ -447,9 +447,12 @@ class RemoteSession:
         timeout_s: float | None = None,
         notes: Notes = QUIET,
         force: list[str] = (),  # type: ignore[assignment]
+        changed_only: list[str] = (),  # type: ignore[assignment]
     ) -> CellOutcome:
         """Run a cell shipping only the ``names`` (and the globals their code reads) whose
         local value changed since the worker got it; start a worker first when needed.
+        ``changed_only``: of ``names``, those not even announced as held when unchanged
+        (``sync.NamespaceSync.plan``).
 
         A worker that lacks a skipped name (it restarted) answers "resend": the cell goes
         once more with those names.  Raises what :meth:`RexecClient.execute_packed` raises.
@@ -458,7 +461,7 @@ class RemoteSession:
             forced = list(force)
             for _ in range(3):
                 with errors.interrupt_says(NOT_SENT_WHILE_PACKED.format(what="cell")):
-                    plan = self.sync.plan(namespace, names, shippable, forced)
+                    plan = self.sync.plan(namespace, names, shippable, forced, changed_only)
                     entries, frames = plan.entries_and_frames()
                 # What the cell's functions read is watched too (`bump()` appending to a list).
                 sent = [n for n in (*plan.send, *plan.have) if not sync.ipython_name(n)]

@@ -152,16 +152,21 @@ class NamespaceSync:
         names: Iterable[str],
         shippable: Callable[[str, Any], bool],
         force: Iterable[str] = (),
+        changed_only: Iterable[str] = (),
         what: str = "cell",
     ) -> Plan:
         """Pack what must go: ``names`` and the notebook globals their code reads, transitively;
         and list the exchanged names deleted here since (``Plan.gone``).
 
-        ``force`` names are shipped even when unchanged (the worker said it lacks them).
+        ``force`` names are shipped even when unchanged (the worker said it lacks them);
+        ``changed_only`` names only when changed (unchanged, not even listed in ``have``:
+        code that may look them up by name, ``globals()[k]``, must not get an older value,
+        but need not bring back one the worker lost).
         Raises UnserializableVariable naming the first value that cannot travel (``what``:
         "cell" or "call", for its sentence).
         """
         forced = set(force)
+        optional = set(changed_only) - forced
         plan = Plan()
         # Exchanged, then deleted by local code: gone there too, whether this code reads
         # them or not (``globals().get(name)``, a later cell), as they are gone here.
@@ -184,8 +189,9 @@ class NamespaceSync:
                 and record.epoch == self.epoch
                 and record.obj_id == id(value)
             ):
-                plan.have.append(name)
-                queue.extend(record.reads)
+                if name not in optional:
+                    plan.have.append(name)
+                    queue.extend(record.reads)
                 continue
             try:
                 packed = serialize.pack_value(value)
@@ -197,7 +203,8 @@ class NamespaceSync:
             digest = packed.digest
             if name not in forced and record is not None and record.digest == digest:
                 record.obj_id, record.epoch, record.reads = id(value), self.epoch, packed.reads
-                plan.have.append(name)
+                if name not in optional:
+                    plan.have.append(name)
                 continue
             plan.send[name] = packed
             plan.digests[name] = digest
