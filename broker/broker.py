@@ -812,15 +812,10 @@ class Broker:
         A signed upload is answered at once, whatever else reaches the worker port; only
         unsigned or forged ones share the unauthenticated rate limit (dropped unanswered
         past it), so nobody's flood can hold up another user's upload."""
-        fields = self._read(signed, P.Bulk) if len(signed.header) <= P.BULK_HEADER_MAX else None
-        entry = self.workers.get(fields.user) if fields is not None else None
-        if fields is None or entry is None or not signed.verify(entry.bulk_key):
-            if not self._admit_unauthenticated("w", wroute):
-                return None
-            if fields is None:
-                return self._malformed("backend", "bad bulk header")
-            # No such worker now (it re-registered: a new key), or not its key: the same
-            # answer, so a guess learns nothing.
+        fields, verified = self._bulk_header(wroute, signed, "bulk")
+        if fields is None:
+            return None
+        if not verified:
             why: str | None = "not signed by a registered worker of that user"
         else:
             # Its sets go some time after its connection closes (broker/bulk.py).
@@ -836,6 +831,23 @@ class Broker:
             reply = P.encode(P.Kind.BULK_OK, {"id": fields.id})
         self.backend.send_multipart([wroute, P.TO_BROKER, *reply])
         return None
+
+    def _bulk_header(
+        self, wroute: bytes, signed: P.Signed, what: str
+    ) -> tuple[P.Bulk | None, bool]:
+        """A BULK or FETCH's header, and whether an executor of that user's registered
+        worker signed it (``bulk_key``); no header when it is dropped unanswered (unreadable,
+        or unsigned past the unauthenticated rate limit).  No such worker now (it registered
+        again: a new key) or not its key get the same answer, so a guess learns nothing."""
+        fields = self._read(signed, P.Bulk) if len(signed.header) <= P.BULK_HEADER_MAX else None
+        entry = self.workers.get(fields.user) if fields is not None else None
+        if fields is not None and entry is not None and signed.verify(entry.bulk_key):
+            return fields, True
+        if not self._admit_unauthenticated("w", wroute):
+            return None, False
+        if fields is None:
+            self._malformed("backend", f"bad {what} header")
+        return fields, False
 
     def _hold_for_fetch(self, user: str, route: bytes, req_id: str, signed: P.Signed) -> None:
         """Hold a large request's buffers for its executor to fetch (``BULK_FETCH_REF``) and
@@ -856,16 +868,10 @@ class Broker:
         """An executor asks for the buffers of the request it is about to run: BULK_FETCHED
         with them, or BULK_REFUSED (not held: the cell does not run, and says why).  Checked
         as a BULK upload is (``bulk_key`` of the user's registered worker)."""
-        fields = self._read(signed, P.Bulk) if len(signed.header) <= P.BULK_HEADER_MAX else None
-        entry = self.workers.get(fields.user) if fields is not None else None
-        if fields is None or entry is None or not signed.verify(entry.bulk_key):
-            if not self._admit_unauthenticated("w", wroute):
-                return None
-            if fields is None:
-                return self._malformed("backend", "bad fetch header")
-            held = None
-        else:
-            held = self.bulk.take(fields.user, fields.id, fetch=True)
+        fields, verified = self._bulk_header(wroute, signed, "fetch")
+        if fields is None:
+            return None
+        held = self.bulk.take(fields.user, fields.id, fetch=True) if verified else None
         if held is None:
             if self.malformed_log.allow():
                 log.info("a fetch for user %s found nothing held", fields.user[:64])
