@@ -649,19 +649,9 @@ class Supervisor:
         log.info("interrupting executor %d (%s)", ex.number, reason)
         if ex.current is not None:
             ex.interrupt(ex.current.target.id)
-            if proc_stopped(ex.pid) and ex.grace_deadline is None:
-                # Said now, before the client's own notice of the grace period would say a
-                # restart is coming: a stopped executor is resumed for the interrupt instead
-                # (said even if "stopped" was said just before, without this).
-                ex.current.notice = None
-                self._notice(
-                    ex.current,
-                    "stopped",
-                    "this notebook's remote executor is stopped (SIGSTOP) and not responding; "
-                    f"at the end of the {INTERRUPT_GRACE_S:g} s grace period it is resumed "
-                    "(SIGCONT) to take the interrupt",
-                    time.monotonic(),
-                )
+            if ex.grace_deadline is None:
+                ex.stop_told = False
+                self._tell_stopped_for_interrupt(ex, time.monotonic())
         if ex.grace_deadline is None:
             ex.interrupted_at = time.monotonic()
             ex.grace_deadline = ex.interrupted_at + INTERRUPT_GRACE_S
@@ -1386,8 +1376,29 @@ class Supervisor:
             if now >= deadline:  # the kernel gave up long ago (it waits a fraction of a second)
                 del self._assists[request_id]
 
+    def _tell_stopped_for_interrupt(self, ex: ExecutorProcess, now: float) -> None:
+        """An interrupted executor that is stopped (SIGSTOP): say at once, before the
+        client's own notice of the grace period would say a restart is coming, that it is
+        resumed for the interrupt at the end of the grace period instead (said even if
+        "stopped" was said just before).  Once per interrupt; also from the next tick, for a
+        SIGSTOP that took effect only after the interrupt came."""
+        if ex.current is None or ex.stop_told or not proc_stopped(ex.pid):
+            return
+        ex.stop_told = True
+        ex.current.notice = None
+        self._notice(
+            ex.current,
+            "stopped",
+            "this notebook's remote executor is stopped (SIGSTOP) and not responding; "
+            f"at the end of the {INTERRUPT_GRACE_S:g} s grace period it is resumed "
+            "(SIGCONT) to take the interrupt",
+            now,
+        )
+
     def _notices(self, ex: ExecutorProcess, now: float) -> None:
         cur = ex.current
+        if ex.grace_deadline is not None and not ex.resumed_for_interrupt:
+            self._tell_stopped_for_interrupt(ex, now)
         if cur is not None and cur.started is not None and now - cur.started > NOTICE_AFTER_S:
             if proc_stopped(ex.pid):
                 self._notice(
