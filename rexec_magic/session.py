@@ -703,17 +703,17 @@ class RemoteSession:
                     *packed.values(), timeout_s, values, fields, cancel
                 )
             except errors.RemoteCellError as exc:
-                state.sent(main, plan, _unloaded(exc.outcome))
+                state.sent(main, plan, _unloaded_of_call(exc.outcome, plan))
                 if exc.outcome is not None:
                     settle(plan, exc.outcome)
                 raise
             except (errors.RemoteInterrupted, errors.CellTimeout) as exc:
                 if exc.outcome is not None:  # it ran, stopped part way: what it changed stays
-                    state.sent(main, plan, _unloaded(exc.outcome))
+                    state.sent(main, plan, _unloaded_of_call(exc.outcome, plan))
                     settle(plan, exc.outcome)
                 raise
             if outcome.status != P.DoneStatus.RESEND:
-                state.sent(main, plan, _unloaded(outcome))
+                state.sent(main, plan, _unloaded_of_call(outcome, plan))
                 settle(plan, outcome)
                 return outcome
             for name in _missing(outcome):
@@ -858,6 +858,15 @@ def _unloaded(outcome: CellOutcome | None) -> list[str]:
     """The pushed names the worker could not load (its DONE's ``unloaded``)."""
     done = outcome.done if outcome is not None else None
     return [u.name for u in done.unloaded] if done is not None else []
+
+
+def _unloaded_of_call(outcome: CellOutcome | None, plan: sync.Plan) -> list[str]:
+    """A call's entries that did not load on the worker (its function, arguments, globals),
+    as the notebook globals it lacks: every one shipped when the ``globals`` entry, which
+    holds them all, did not load (taken as held there, a later call skipped them and read
+    an older value the worker still had)."""
+    names = _unloaded(outcome)
+    return [*names, *plan.send] if "globals" in names else names
 
 
 def _missing(outcome: CellOutcome) -> list[str]:

@@ -865,3 +865,27 @@ def test_send_and_throw_reach_a_remote_generator_where_it_waits(kernel):
     )
     assert reply["status"] == "ok", reply
     assert text_of(outputs) == "None 5 caught v x\necho closed\nraised KeyError('k')\n"
+
+
+def test_a_global_a_call_could_not_load_is_sent_again_not_taken_as_held(kernel, tmp_path):
+    """A remote function reads notebook global ``G``; the worker holds ``G = 1`` from an
+    earlier call.  ``G`` becomes an object of a package only this kernel has: the call
+    fails (its globals do not load there), and the next call must fail the same way, not
+    read the worker's older ``G`` (the globals it had shipped were recorded as held)."""
+    _, kc = kernel
+    package = tmp_path / "onlyhere_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("class Thing:\n    pass\n")
+    setup = (
+        f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n"
+        "from rexec_magic import remote_func\nG = 1\n"
+        "@remote_func\ndef kind():\n    return type(G).__name__\n"
+    )
+    assert run(kc, setup)[0]["status"] == "ok"
+    _, outputs = run(kc, "print(kind())")
+    assert text_of(outputs) == "int\n"
+    assert run(kc, "import onlyhere_pkg\nG = onlyhere_pkg.Thing()")[0]["status"] == "ok"
+    for attempt in range(2):
+        reply, outputs = run(kc, "print(kind())")
+        assert reply["status"] == "error", (attempt, text_of(outputs))
+        assert "onlyhere_pkg" in reply["evalue"], reply["evalue"]
