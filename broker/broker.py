@@ -197,6 +197,10 @@ class Counters:
     # The other way: a large request's buffers held for its executor, and fetched by it.
     fetch_held: int = 0
     fetch_served: int = 0
+    # A large request's buffers sent ahead of it on the client's upload connection, and
+    # claimed by the request that followed.
+    uploads_held: int = 0
+    uploads_claimed: int = 0
 
 
 @dataclass
@@ -504,6 +508,8 @@ class Broker:
                 f"The request was refused: its header is larger than {self.max_header} bytes "
                 "or unreadable.",
             )
+        if signed.kind == b"upload" and request is not None:
+            return self._on_upload(route, user, request.id, signed, now)
         if ping is not None:
             worker = self.workers.get(user)
             self._reply(
@@ -520,6 +526,12 @@ class Broker:
         kind = signed.kind.decode("ascii", "replace")
         if kind not in P.CLIENT_TO_WORKER:
             return self._malformed("frontend", f"unknown kind {kind[:32]!r}")
+        if request.upload and kind in (P.Kind.EXECUTE, P.Kind.CALL):
+            uploaded = self.bulk.take_upload(user, request.upload)
+            if uploaded is None:
+                return self._fail(route, request.id, P.FailCode.UPLOAD_LOST, P.UPLOAD_LOST_MESSAGE)
+            signed.buffers = uploaded
+            self.counters.uploads_claimed += 1
         worker = self.workers.get(user)
         if worker is None:
             return self._fail(
@@ -667,6 +679,7 @@ class Broker:
                 "worker": self._worker_info(worker, now) if worker else None,
                 "session_key": session.key.hex(),
                 "max_header_bytes": self.max_header,
+                "uploads": True,
             },
         )
         log.info("client connected for user %s", outcome.username)
@@ -863,6 +876,17 @@ class Broker:
             return
         signed.buffers = [P.fetch_ref_frame(set_id, nbytes)]
         self.counters.fetch_held += 1
+
+    def _on_upload(
+        self, route: bytes, user: str, req_id: str, signed: P.Signed, now: float
+    ) -> None:
+        """A client's large request's buffers, sent ahead of it on its upload connection
+        (``protocol.UPLOAD_AHEAD_BYTES``): held for the request, which names them (``upload``);
+        UPLOADED says so, with the set's id."""
+        set_id = "u" + fetch_set_id(route, req_id)[1:]
+        self.bulk.hold_upload(user, set_id, signed.buffers, FETCH_UPLOADER + route, now)
+        self.counters.uploads_held += 1
+        self._reply(route, P.Kind.UPLOADED, {"id": req_id, "set": set_id})
 
     def _on_fetch(self, wroute: bytes, signed: P.Signed) -> None:
         """An executor asks for the buffers of the request it is about to run: BULK_FETCHED

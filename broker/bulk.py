@@ -21,6 +21,13 @@ that runs it to fetch (``protocol.BULK_FETCH_REF``).  Under the same bounds (pas
 request goes whole), never orphans (a client may have many requests waiting their turn); let
 go when fetched, when the request's DONE passes without a fetch, ``BULK_CLOSED_GRACE_S``
 after the client's connection closed, or when the worker is dropped.
+
+Uploads (``protocol.UPLOAD_AHEAD_BYTES``): a client's large request's buffers sent ahead of it
+on a connection of their own, held until the request that names them comes right after
+(then held as a ``fetch`` set of that request, or forwarded).  Outside the bounds (those bytes
+would otherwise be in the broker's memory as the request in transit), but one per upload
+connection (a newer upload lets an unclaimed older one go) and at most
+``protocol.UPLOAD_CLAIM_S``.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ class HeldSet:
     uploader: bytes  # the routing id of the connection it came on
     expires: float | None = None  # monotonic time it is let go (its connection closed)
     fetch: bool = False  # a client request's buffers, for its executor to fetch
+    upload: bool = False  # a client request's buffers sent ahead, for the request to claim
 
 
 class BulkStore:
@@ -102,12 +110,39 @@ class BulkStore:
         self.held_bytes += size
         return None
 
+    def hold_upload(
+        self, user: str, set_id: str, frames: list[Any], uploader: bytes, now: float
+    ) -> None:
+        """Keep ``frames`` sent ahead of their request for ``take_upload``: unbounded, but the
+        uploader's older unclaimed upload goes, and this one goes ``UPLOAD_CLAIM_S`` from
+        ``now`` if no request claims it (the module's docstring)."""
+        for key in [
+            k for k, held in self._by_user.get(user, {}).items()
+            if held.upload and held.uploader == uploader
+        ]:  # fmt: skip
+            self._release(user, key)
+            self.let_go += 1
+        sets = self._by_user.setdefault(user, OrderedDict())
+        size = cost(frames)
+        expires = now + P.UPLOAD_CLAIM_S
+        sets[set_id] = HeldSet(frames, size, uploader, expires=expires, upload=True)
+        self.held_bytes += size
+
+    def take_upload(self, user: str, set_id: str) -> list[Any] | None:
+        """The uploaded set ``set_id`` of ``user``, no longer held; None when none is."""
+        sets = self._by_user.get(user)
+        held = sets.get(set_id) if sets is not None else None
+        if held is None or not held.upload:
+            return None
+        self._release(user, set_id)
+        return held.frames
+
     def take(self, user: str, set_id: str, fetch: bool = False) -> list[Any] | None:
         """The set, no longer held; None when none of that kind (``fetch``: a request's, for
         its executor; else an upload, for its DONE) is held under that id."""
         sets = self._by_user.get(user)
         held = sets.get(set_id) if sets is not None else None
-        if held is None or held.fetch != fetch:
+        if held is None or held.fetch != fetch or held.upload:
             return None
         self._release(user, set_id)
         return held.frames
@@ -124,7 +159,11 @@ class BulkStore:
         grace (``expire``), unless a DONE takes it first."""
         for sets in self._by_user.values():
             for held in sets.values():
-                if held.uploader == uploader and held.expires is None:
+                if held.uploader != uploader:
+                    continue
+                if held.upload:  # its request can no longer come from there: gone now
+                    held.expires = now
+                elif held.expires is None:
                     held.expires = now + P.BULK_CLOSED_GRACE_S
 
     def expire(self, now: float) -> None:

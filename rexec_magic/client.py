@@ -166,6 +166,10 @@ class RexecClient:
         self.last_heard = 0.0  # time.monotonic() of the last message from the broker
         # A message read whole while a Ctrl-C came: the next _recv returns it (whole_message).
         self._stashed: P.Message | None = None
+        # Large requests' buffers go ahead on a connection of their own (``_upload_ahead``)
+        # when the broker takes them (WELCOME ``uploads``).
+        self.uploads = False
+        self._uploader: RexecClient | None = None
 
     def placement(self) -> dict[str, Any]:
         """The header fields that pick this session's executor on the worker."""
@@ -211,6 +215,9 @@ class RexecClient:
         if self.sock is not None:
             self.sock.close(linger=0)
             self.sock = None
+        if self._uploader is not None:
+            self._uploader.close()
+            self._uploader = None
 
     def reset(self) -> None:
         """Drop the connection (and anything queued on it); the next call reconnects."""
@@ -292,6 +299,7 @@ class RexecClient:
                 welcome = msg.read(P.Welcome)
                 self.session_key = bytes.fromhex(welcome.session_key)
                 self.max_header_bytes = welcome.max_header_bytes
+                self.uploads = welcome.uploads
                 self.user = welcome.user
                 self.username = welcome.username or welcome.user
                 self._saw_worker(welcome.worker)
@@ -456,8 +464,94 @@ class RexecClient:
         }
         if self.seen_instance:
             header["instance"] = self.seen_instance
-        self._send(P.Kind.EXECUTE, header, buffers)
+        self._send_request(P.Kind.EXECUTE, header, buffers)
         return self._wait_cell(req_id, header, buffers, on_event, timeout_s)
+
+    def _send_request(
+        self,
+        kind: str,
+        header: dict[str, Any],
+        buffers: list[Any],
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Send EXECUTE / CALL ``header`` with its ``buffers``: large ones go ahead on the
+        upload connection (``_upload_ahead``) and the request follows naming them."""
+        nbytes = serialize.nbytes(buffers) if buffers else 0
+        if not self.uploads or nbytes < P.UPLOAD_AHEAD_BYTES:
+            self._send(kind, header, buffers)
+            return
+        set_id = self._upload_ahead(kind, header["id"], buffers, nbytes, cancel)
+        self._send(kind, {**header, "upload": set_id})
+
+    def _upload_ahead(
+        self,
+        kind: str,
+        req_id: str,
+        buffers: list[Any],
+        nbytes: int,
+        cancel: threading.Event | None,
+    ) -> str:
+        """Send request ``req_id``'s ``buffers`` (``nbytes``) to the broker on the upload
+        connection, a session of its own (``protocol.UPLOAD_AHEAD_BYTES`` says why); the id
+        of the set the broker holds for the request.
+
+        A Ctrl-C (or ``cancel``) while they cross closes that connection, which drops what is
+        still on its way: the request was never sent, so it did not run, and
+        ``RemoteInterrupted`` says so at once.  No answer within the bytes' time at the
+        slowest allowed rate plus ``BROKER_SILENT_AFTER_S``: ``BrokerUnreachable``, not run.
+        Meanwhile the main connection keeps pinging (the kernel's keepalive goes on).
+        """
+        what = "call" if kind == P.Kind.CALL else "cell"
+        size = f"{nbytes / 2**20:,.0f} MiB"
+        up = self._uploader
+        if up is None:
+            up = self._uploader = RexecClient(self.info, self.ctx)
+        try:
+            up.ensure_hello()
+            up._send(P.Kind.UPLOAD, {"id": req_id}, buffers)
+            now = time.monotonic()
+            deadline = now + P.transfer_allowance_s(nbytes) + P.BROKER_SILENT_AFTER_S
+            next_ping = now + P.CLIENT_PING_S
+            while True:
+                if cancel is not None and cancel.is_set():
+                    raise KeyboardInterrupt
+                now = time.monotonic()
+                if now >= deadline:
+                    raise errors.BrokerUnreachable(
+                        f"The rexec broker did not confirm receiving the {what}'s values "
+                        f"({size}) in time; the {what} was not run."
+                    )
+                if now >= next_ping:  # the kernel is still there, whatever the upload takes
+                    self._send(P.Kind.PING, {"t": now})
+                    self.keepalive()
+                    next_ping = now + P.CLIENT_PING_S
+                msg = up._recv(min(CANCEL_POLL_S, next_ping - now, deadline - now))
+                if msg is None or msg.header.get("id") != req_id:
+                    continue
+                if msg.kind == P.Kind.UPLOADED:
+                    return msg.read(P.Uploaded).set
+                if msg.kind == P.Kind.FAIL:
+                    if msg.read(P.Fail).code == P.FailCode.UNAUTHENTICATED:  # broker restarted
+                        up.hello()
+                        up._send(P.Kind.UPLOAD, {"id": req_id}, buffers)
+                        continue
+                    raise up._fail_error(msg)
+        except KeyboardInterrupt:
+            self._drop_uploader()
+            verb = "cancelled" if cancel is not None and cancel.is_set() else "interrupted"
+            raise errors.RemoteInterrupted(
+                f"The {what} was {verb} while its values ({size}) were being sent; it did not run."
+            ) from None
+        except BaseException:
+            self._drop_uploader()
+            raise
+
+    def _drop_uploader(self) -> None:
+        """Close the upload connection, and with it what is still on its way (ZeroMQ never
+        delivers part of a message); the broker lets go of what it holds from there."""
+        if self._uploader is not None:
+            self._uploader.reset()
+            self._uploader = None
 
     def _wait_cell(
         self,
@@ -520,7 +614,7 @@ class RexecClient:
         }
         if self.seen_instance:
             header["instance"] = self.seen_instance
-        self._send(P.Kind.CALL, header, buffers)
+        self._send_request(P.Kind.CALL, header, buffers, cancel)
         return (yield from self._events(P.Kind.CALL, req_id, header, buffers, timeout_s, cancel))
 
     def _events(
@@ -669,7 +763,7 @@ class RexecClient:
                             "older than the worker's)."
                         )
                     resent = uncertain = True
-                    self._send(kind, header, buffers)
+                    self._send_request(kind, header, buffers, cancel)
                     continue
                 if h.get("id") != req_id:
                     continue  # a late event of an earlier cell
@@ -738,7 +832,7 @@ class RexecClient:
                                 "twice."
                             )
                         header.pop("instance", None)
-                        self._send(kind, header, buffers)
+                        self._send_request(kind, header, buffers, cancel)
                         last_heard = time.monotonic()
                         continue
                     if (
@@ -756,7 +850,7 @@ class RexecClient:
                         in_hand = None
                         resent = uncertain = True
                         self.wait_for_worker(None, timeout_s=15.0)
-                        self._send(kind, header, buffers)
+                        self._send_request(kind, header, buffers, cancel)
                         last_heard = time.monotonic()
                         continue
                     if code == P.FailCode.WORKER_LOST:

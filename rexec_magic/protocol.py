@@ -162,6 +162,11 @@ class Kind:
     FILE_DONE = "file_done"  # {id, path, files, bytes}
     FILE_ERROR = "file_error"  # {id, message}: one sentence (disk full, permission, not found)
     COMPLETE_REPLY = "complete_reply"  # {id, matches, cursor_start, cursor_end}
+    # client -> broker on the client's upload connection (``UPLOAD_AHEAD_BYTES``): {id} + the
+    # buffers of the large EXECUTE / CALL ``id`` that follows on the main connection
+    #   -> UPLOADED {id, set} | FAIL
+    UPLOAD = "upload"
+    UPLOADED = "uploaded"  # {id, set}: held for the request whose ``upload`` names ``set``
     INTROSPECT_REPLY = "introspect_reply"  # {id, found, data}: a mime bundle like ``obj?``
     # worker -> broker
     # {user, nonce, secret, python, dill, pid, instance, pool?}  -> REGISTERED | REJECTED
@@ -226,12 +231,18 @@ class FailCode:
     TOO_LARGE = "too_large"  # the header is larger than the broker accepts
     # A DONE named bulk buffers the broker no longer holds (its worker was dropped meanwhile)
     BULK_LOST = "bulk_lost"
+    # An EXECUTE / CALL named uploaded buffers the broker does not hold: it was not run
+    UPLOAD_LOST = "upload_lost"
 
 
 BULK_LOST_MESSAGE = (
     "The cell ran, but the values it sent back were lost on their way (the rexec broker no "
     "longer held them); this notebook's copies of the names it changed may be older than "
     "the worker's."
+)
+UPLOAD_LOST_MESSAGE = (
+    "The values sent with this request were no longer held by the rexec broker when the "
+    "request came (it restarted?), so it did not run; run it again."
 )
 # The one sentence a user reads when an open connection's token stops being valid.
 TOKEN_INVALID_MESSAGE = "Your rexec token is no longer valid; log in again."  # noqa: S105
@@ -350,6 +361,22 @@ def fetch_ref(frames: Sequence[Any]) -> tuple[str, int] | None:
         return None
     set_id, _, size = raw[len(BULK_FETCH_REF) :].decode("ascii", "replace").partition(":")
     return set_id, int(size) if size.isdigit() else 0
+
+
+# And the client's side of it.  A large request sent on the client's one connection could
+# not be interrupted while it crossed: the INTERRUPT that Ctrl-C sends queued behind it on
+# the same connection (with 2,000 MiB the cell ended 5.3 s after the Ctrl-C, on a 2-core
+# machine).  So its buffers go ahead on a connection of their own (UPLOAD, a second session
+# of the same token), and the request follows on the main connection once the broker says
+# it holds them (UPLOADED), with ``upload`` naming the set and no buffers.  A Ctrl-C before
+# that closes the upload connection: the request was never sent, so it provably did not
+# run, and the notebook says so at once.  The broker holds an upload only until its request
+# comes (it comes at once; ``UPLOAD_CLAIM_S`` at most), one per upload connection, outside
+# the bulk bounds: the same bytes would otherwise be in the broker's memory as the request
+# in transit.  The request then goes on as if its buffers had come with it (held for the
+# executor to fetch, within the bounds, or forwarded whole).
+UPLOAD_AHEAD_BYTES = BULK_MIN_BYTES
+UPLOAD_CLAIM_S = 30.0
 
 
 def fetch_ref_frame(set_id: str, nbytes: int) -> bytes:
@@ -715,6 +742,8 @@ class Request(Header):
     # EXECUTE / CALL: the worker process (its ``instance``) the request is meant for; when
     # another one runs now the broker answers FAIL worker_replaced.  Empty: whichever runs.
     instance: Short = ""
+    # EXECUTE / CALL: the buffers are the set this client uploaded ahead (UPLOADED ``set``).
+    upload: Short = ""
 
 
 # client -> worker
@@ -891,6 +920,7 @@ class Welcome(Header):
     worker: Json | None = None
     session_key: Short  # hex; proves every later message of this connection (MAC)
     max_header_bytes: int = MAX_HEADER_BYTES
+    uploads: bool = False  # large requests' buffers may go ahead (UPLOAD); older brokers: no
 
 
 class Denied(Header):
@@ -1090,6 +1120,11 @@ class BulkReply(Header):
     message: str = ""
 
 
+class Uploaded(Header):
+    id: Id
+    set: Short
+
+
 # broker -> worker
 class Registered(Header):
     key: Short  # hex; proves every later message of this worker connection (MAC)
@@ -1157,6 +1192,8 @@ HEADERS: dict[str, type[Header]] = {
     Kind.FILE_DONE: FileDone,
     Kind.FILE_ERROR: FileError,
     Kind.COMPLETE_REPLY: CompleteReply,
+    Kind.UPLOAD: Request,
+    Kind.UPLOADED: Uploaded,
     Kind.INTROSPECT_REPLY: IntrospectReply,
     Kind.REGISTER: Register,
     Kind.HEARTBEAT: Heartbeat,

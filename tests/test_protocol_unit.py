@@ -81,6 +81,7 @@ SAMPLES: dict[str, tuple[dict, int]] = {
             "worker": None,
             "session_key": "ab" * 32,
             "max_header_bytes": 65536,
+            "uploads": True,
         },
         0,
     ),
@@ -146,6 +147,8 @@ SAMPLES: dict[str, tuple[dict, int]] = {
         0,
     ),
     P.Kind.INTROSPECT_REPLY: ({"id": REQ, "found": True, "data": {"text/plain": "doc"}}, 0),
+    P.Kind.UPLOAD: ({"id": REQ}, 2),
+    P.Kind.UPLOADED: ({"id": REQ, "set": "u" + "ab" * 16}, 0),
     P.Kind.REGISTER: (
         {
             "user": "u-1",

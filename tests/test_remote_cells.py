@@ -16,7 +16,9 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from rexec_magic import errors
-from tests.harness import WAIT_S, ctrl_c_when, wait_for
+from rexec_magic import protocol as P
+from rexec_magic.client import RexecClient
+from tests.harness import WAIT_S, ctrl_c_right_after, ctrl_c_when, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -80,14 +82,52 @@ def test_a_large_push_is_fetched_by_its_executor_whole_and_writable(ip, stack):
     supervisor): the cell sees the notebook's values and can change them in place."""
     counters = lambda: stack.broker_status()["counters"]  # noqa: E731
     before = counters()["fetch_served"]
+    claimed = counters()["uploads_claimed"]
     ip.user_ns["pushed"] = np.arange(3 << 20, dtype=np.float64)
     remote(ip, "pushed[1] = -2.0\npushed_sum = float(pushed.sum())", line="-o pushed_sum")
     assert ip.user_ns["pushed_sum"] == float(np.arange(3 << 20).sum()) - 3.0
     assert counters()["fetch_served"] == before + 1
+    assert counters()["uploads_claimed"] == claimed + 1  # sent ahead of the cell
     _, out = remote(ip, "print(pushed[:3])", line="--no-pull")
     assert out.stdout == "[ 0. -2.  2.]\n"
     remote(ip, "del pushed", line="--no-pull")
     ip.user_ns.pop("pushed", None)
+
+
+def test_ctrl_c_while_a_large_push_crosses_runs_nothing_and_says_so(
+    ip, stack, monkeypatch, tmp_path
+):
+    """A large push's values go ahead of their cell on a connection of their own
+    (``protocol.UPLOAD_AHEAD_BYTES``), and a Ctrl-C while they cross closes it, so the cell
+    is never sent.  It says so in one sentence when the Ctrl-C comes (it used to queue behind
+    the values and wait for all of them to arrive), it did not run (the file it writes is
+    not there, even after a later cell ran), and the next cell that reads the value sends it
+    again: the worker sees the notebook's new value, not its older one."""
+    ran = tmp_path / "ran"
+    ip.user_ns["crossing"] = np.zeros(24 << 20, dtype=np.uint8)
+    remote(ip, "crossing_sum = int(crossing.sum())", line="-o crossing_sum")
+    assert ip.user_ns["crossing_sum"] == 0
+    ip.run_cell("crossing[:] = 1")  # a local cell changes it
+
+    def upload_sent(client: RexecClient, args: tuple, _: Any) -> bool:
+        return args[0] == P.Kind.UPLOAD
+
+    armed = ctrl_c_right_after(monkeypatch, RexecClient, "_send", upload_sent)
+    armed.set()
+    with pytest.raises(errors.RemoteInterrupted) as info:
+        remote(ip, f"open({str(ran)!r}, 'w').close()\ncrossing_sum = -int(crossing.sum())")
+    assert not armed.is_set(), "the values were not sent ahead"
+    assert str(info.value) == (
+        "The cell was interrupted while its values (24 MiB) were being sent; it did not run."
+    )
+    monkeypatch.undo()
+    assert ip.user_ns["crossing_sum"] == 0
+    wait_for(lambda: stack.broker_status()["bulk"]["held_sets"] == 0, "the upload let go")
+    remote(ip, "crossing_sum = int(crossing.sum())", line="-o crossing_sum")
+    assert ip.user_ns["crossing_sum"] == 24 << 20
+    assert not ran.exists()
+    remote(ip, "del crossing", line="--no-pull")
+    ip.user_ns.pop("crossing", None)
 
 
 def test_namespace_persists_across_cells(ip):

@@ -47,6 +47,10 @@ def handshake(flag):
 def scale(arr, factor=2.0):
     return arr * factor
 
+def touch_and_count(flag, payload):
+    open(flag, "w").close()
+    return len(payload)
+
 def fails(key):
     {}[key]
 
@@ -154,6 +158,29 @@ def test_a_large_argument_is_fetched_by_the_executor_from_the_broker(nb, stack):
     back = nb["scale"](arr, factor=0.5)
     assert back.shape == arr.shape and (back == arr * 0.5).all()
     assert stack.broker_status()["counters"]["fetch_served"] == before + 1
+
+
+def test_ctrl_c_while_a_large_argument_crosses_runs_nothing(nb, monkeypatch, tmp_path):
+    """A call's large arguments go ahead of it (``protocol.UPLOAD_AHEAD_BYTES``); a Ctrl-C
+    while they cross means the call was never sent: one sentence at once, and it did not
+    run (the file it writes is not there after the next call ran)."""
+    flag = tmp_path / "ran"
+
+    def upload_sent(client: Any, args: tuple, _: Any) -> bool:
+        return args[0] == P.Kind.UPLOAD
+
+    from rexec_magic.client import RexecClient
+
+    armed = ctrl_c_right_after(monkeypatch, RexecClient, "_send", upload_sent)
+    armed.set()
+    with pytest.raises(errors.RemoteInterrupted) as info:
+        nb["touch_and_count"](str(flag), np.ones(3 << 20))
+    assert not armed.is_set(), "the arguments were not sent ahead"
+    assert "The call was interrupted while its values (" in str(info.value)
+    assert str(info.value).endswith("were being sent; it did not run.")
+    monkeypatch.undo()
+    assert nb["touch_and_count"](str(tmp_path / "other"), b"abc") == 3
+    assert not flag.exists()
 
 
 def test_a_remote_exception_is_raised_as_its_own_type_with_the_remote_traceback(nb):

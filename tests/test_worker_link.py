@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import zmq
@@ -38,6 +39,7 @@ class Link:
     client: zmq.Socket
     client_key: bytes
     broker: Broker
+    tokens: Path  # the static tokens file (``add_static_token`` adds users to it)
 
     def execute(self, request_id: str) -> bytes:
         """The client sends a cell; the worker receives it: the client's handle."""
@@ -88,6 +90,7 @@ def link(tmp_path, request) -> Iterator[Link]:
             client,
             bytes.fromhex(welcome.header["session_key"]),
             b,
+            tokens,
         )
         worker.close()
         client.close()
@@ -511,3 +514,87 @@ def test_the_held_bulk_bounds_come_from_the_brokers_settings(tmp_path):
         KEY, ADMIN, bulk_max_held_bytes=1 << 20, bulk_max_held_total_bytes=64 << 10
     ) as b:
         assert (b.bulk.max_bytes, b.bulk.max_total_bytes) == (1 << 20, 64 << 10)
+
+
+# ---------------------------------------------------------------------- uploads ahead
+def client_connection(link: Link, user: str = "alice") -> tuple[zmq.Socket, bytes]:
+    """A second client connection (a session of its own, as the client's upload link is)."""
+    token = add_static_token(link.tokens, user)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(f"tcp://127.0.0.1:{link.broker.ports['broker']}")
+    sock.send_multipart(P.encode_signed(None, P.Kind.HELLO, {"token": token}))
+    welcome = P.decode(recv(sock))
+    assert welcome.kind == P.Kind.WELCOME and welcome.header["uploads"] is True
+    return sock, bytes.fromhex(welcome.header["session_key"])
+
+
+def upload_ahead(sock: zmq.Socket, key: bytes, request_id: str, buffers: list[bytes]) -> str:
+    sock.send_multipart(P.encode_signed(key, P.Kind.UPLOAD, {"id": request_id}, buffers))
+    reply = P.decode(recv(sock))
+    assert reply.kind == P.Kind.UPLOADED and reply.header["id"] == request_id
+    return reply.read(P.Uploaded).set
+
+
+def execute_claiming(link: Link, request_id: str, set_id: str, nbuffers: int) -> None:
+    cell = {"id": request_id, "code": "pass", "pull": [], "upload": set_id,
+            "vars": [{"name": "a", "nbuffers": nbuffers}]}  # fmt: skip
+    link.client.send_multipart(P.encode_signed(link.client_key, P.Kind.EXECUTE, cell))
+
+
+@pytest.mark.parametrize("link", [{"fetch": True}, {}], indirect=True, ids=["fetch", "whole"])
+def test_buffers_sent_ahead_go_on_with_the_request_that_names_them(link, uploader):
+    """A client sends a large cell's buffers ahead on its upload connection, then the cell
+    naming them on its main one: the worker gets the cell as if the buffers had come with it
+    (a worker that fetches: held for its executor, byte for byte; else inside the request),
+    and nothing stays held for the upload."""
+    up, up_key = client_connection(link)
+    try:
+        buffers = [b"pickle-stream", bytes(range(256)) * (80 << 12)]  # 20 MiB
+        set_id = upload_ahead(up, up_key, "push", buffers)
+        assert status(link.broker)["bulk"]["held_sets"] == 1
+        execute_claiming(link, "push", set_id, 2)
+        while (msg := P.decode(recv(link.worker), routed=True)).kind != P.Kind.EXECUTE:
+            pass
+        assert msg.read(P.Execute).id == "push"
+        ref = P.fetch_ref(msg.buffers)
+        if link.broker.workers["alice"].fetch:
+            assert ref is not None and ref[1] == sum(len(b) for b in buffers)
+            reply = fetch(uploader, P.bulk_key(link.worker_key), ref[0])
+            assert [bytes(b) for b in reply.buffers] == buffers
+        else:
+            assert ref is None and [bytes(b) for b in msg.buffers] == buffers
+        counters = status(link.broker)["counters"]
+        assert (counters["uploads_held"], counters["uploads_claimed"]) == (1, 1)
+        assert status(link.broker)["bulk"]["held_sets"] == 0
+    finally:
+        up.close()
+
+
+def test_an_upload_no_request_claims_is_let_go_and_the_request_is_refused(link):
+    """What was sent ahead but not claimed goes when the same connection uploads again (one
+    at a time) or closes (the client gave up on it: a Ctrl-C while it crossed), and a cell
+    naming it then is not run: FAIL ``upload_lost`` with one sentence, never a cell run
+    without its values.  Another user can never claim a set, not even by its id."""
+    up, up_key = client_connection(link)
+    first = upload_ahead(up, up_key, "first", [b"p", b"a" * (9 << 20)])
+    second = upload_ahead(up, up_key, "second", [b"p", b"b" * (9 << 20)])
+    assert status(link.broker)["bulk"]["held_sets"] == 1  # the first went
+    bob, bob_key = client_connection(link, "bob")
+    try:
+        cell = {"id": "steal", "code": "pass", "pull": [], "upload": second, "vars": []}
+        bob.send_multipart(P.encode_signed(bob_key, P.Kind.EXECUTE, cell))
+        while (msg := P.decode(recv(bob))).kind != P.Kind.FAIL:
+            pass
+        assert msg.header["code"] == P.FailCode.UPLOAD_LOST and msg.header["id"] == "steal"
+    finally:
+        bob.close()
+    assert status(link.broker)["bulk"]["held_sets"] == 1  # still alice's
+    execute_claiming(link, "first", first, 2)
+    while (msg := P.decode(recv(link.client))).kind != P.Kind.FAIL:
+        pass
+    assert (msg.header["id"], msg.header["code"]) == ("first", P.FailCode.UPLOAD_LOST)
+    assert msg.header["message"] == P.UPLOAD_LOST_MESSAGE
+    up.close()
+    wait_for(lambda: status(link.broker)["bulk"]["held_sets"] == 0, "the upload let go")
+    assert link.pong()["pending"] == []
