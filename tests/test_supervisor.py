@@ -744,6 +744,23 @@ def test_asyncio_callbacks_and_tasks_run_on_after_their_cell(port, cell):
     assert streams[-1].header["text"] == "next\n"
 
 
+def test_asyncio_run_in_a_cell_leaves_an_event_loop_for_the_next_cells(port):
+    """``asyncio.run()`` works in a remote cell (no loop runs during a cell here) and ends by
+    leaving the thread no current loop; every later ``asyncio.get_event_loop()`` raised
+    "There is no current event loop".  The next cells get the loop back (the one ``await``
+    cells run on), and a loop a cell set itself stays."""
+    first = port.run("import asyncio\nasyncio.run(asyncio.sleep(0, 'ran'))\nprint('ok')")
+    assert done(first).header["status"] == DoneStatus.OK and stdout(first) == "ok\n"
+    second = port.run("print(asyncio.get_event_loop().run_until_complete(asyncio.sleep(0, 7)))")
+    assert done(second).header["status"] == DoneStatus.OK and stdout(second) == "7\n"
+    third = port.run("x = await asyncio.sleep(0, 8)\nprint(x)")
+    assert stdout(third) == "8\n"
+    port.run("mine = asyncio.new_event_loop()\nasyncio.set_event_loop(mine)")
+    assert stdout(port.run("print(asyncio.get_event_loop() is mine)")) == "True\n"
+    port.run("asyncio.set_event_loop(None)\nmine.close()")  # (the next tests' loop again)
+    assert stdout(port.run("print(asyncio.get_event_loop().is_closed())")) == "False\n"
+
+
 def test_output_after_the_cell_ended_comes_first_in_the_next_cell_marked_late(port, tmp_path):
     flag = tmp_path / "both-fired"
     code = (

@@ -282,6 +282,7 @@ class Executor:
         it prints comes as late output.  A loop with nothing scheduled costs one check.
         """
         loop = get_asyncio_loop()
+        _keep_current_loop(loop)
         pending = getattr(loop, "_ready", True) or getattr(loop, "_scheduled", True)
         if not pending or self.requests.ready():
             return
@@ -401,6 +402,20 @@ class Executor:
         self.link.close()  # every send was whole before it returned: the last DONE is out
         self.ctx.term()
         return 0
+
+
+def _keep_current_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Make ``loop`` the thread's current event loop again if a cell left none.
+
+    ``asyncio.run()`` in a cell (it works here: no loop runs while a cell does, unlike in
+    ipykernel) ends by setting the current loop to None, and from then on every
+    ``asyncio.get_event_loop()`` in a later cell raised "There is no current event loop".
+    A loop the cell set on purpose stays.  (The policy's ``_local._loop`` is the only way to
+    ask without a warning or a new loop as a side effect; read defensively.)
+    """
+    local = getattr(asyncio.get_event_loop_policy(), "_local", None)
+    if local is not None and getattr(local, "_loop", loop) is None:
+        asyncio.set_event_loop(loop)
 
 
 def main() -> int:
