@@ -48,6 +48,9 @@ TRUST_NOTE = (
 )
 
 
+START_ATTEMPTS = 3  # starts of the children when a port picked as free was taken meanwhile
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
@@ -160,8 +163,11 @@ class Stack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.lab: subprocess.Popen[bytes] | None = None
         self.restarts: dict[str, list[float]] = {"broker": [], "spawner": []}
+        self._log_starts: dict[Path, int] = {}  # each log's size when its child started
 
     def start(self, name: str) -> None:
+        for path in (self.logs / f"{name}.log", self.logs / f"{name}.out"):
+            self._log_starts[path] = path.stat().st_size if path.exists() else 0
         log = open(self.logs / f"{name}.out", "ab")  # noqa: SIM115 - owned by the child
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "rexec_magic.cli", name],  # the same `rexec` command
@@ -197,6 +203,33 @@ class Stack:
             if time.monotonic() > deadline:
                 raise SystemExit(f"rexec did not come up within {timeout_s:.0f} s")
             time.sleep(0.05)
+
+    def lost_a_free_port(self, args: argparse.Namespace) -> bool:
+        """Whether a child that exited at start could not bind a port this stack picked as
+        free (``free_port`` picks, the child binds later: another process may come between).
+        A port the user gave is never picked again."""
+        for name in ("broker", "spawner"):
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is None:
+                continue
+            picked = [p for p, given in self._port_args(name, args) if not given]
+            if not picked:
+                continue
+            for log in (self.logs / f"{name}.log", self.logs / f"{name}.out"):
+                try:
+                    with open(log, "rb") as f:  # what this start wrote
+                        f.seek(self._log_starts.get(log, 0))
+                        text = f.read(1 << 20).decode(errors="replace")
+                except OSError:
+                    continue
+                if "already in use" in text.lower():
+                    return True
+        return False
+
+    def _port_args(self, name: str, args: argparse.Namespace) -> list[tuple[int, bool]]:
+        """The ports child ``name`` binds, each with whether the user gave it."""
+        mine = ("broker", "control", "worker") if name == "broker" else ("spawner",)
+        return [(self.ports[p], bool(getattr(args, f"{p}_port"))) for p in mine]
 
     def write_state(self) -> None:
         state = {
@@ -276,10 +309,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        for name in ("broker", "spawner"):
-            stack.start(name)
-        stack.write_state()
-        stack.wait_ready()
+        for attempt in range(START_ATTEMPTS):
+            for name in ("broker", "spawner"):
+                stack.start(name)
+            stack.write_state()
+            try:
+                stack.wait_ready()
+                break
+            except SystemExit:
+                if attempt + 1 == START_ATTEMPTS or not stack.lost_a_free_port(args):
+                    raise
+            # A port picked as free was taken before the child bound it (another process's
+            # connection got it from the same ephemeral range): pick again.
+            stack.stop()
+            stack = Stack(args)
         path = connection.save(
             connection.ConnectionInfo(
                 stack.spawner_url, stack.broker_url, token, user, stack.server_key

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -58,6 +59,58 @@ def test_rexec_up_binds_loopback_writes_private_files_and_stops_cleanly(tmp_path
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p in pids if pid_alive(p)], "rexec up left processes behind"
+
+
+@pytest.mark.parametrize("taken", ["spawner", "broker"])
+def test_rexec_up_picks_again_when_a_port_it_picked_was_taken_before_a_child_bound_it(
+    tmp_path, taken
+):
+    """`rexec up` picks free ports and its children bind them a moment later; another
+    process may take one in between (outgoing connections get ports from the same range:
+    seen once in a full run, "address already in use", and the stack never came up).  Here
+    the port picked is one a socket of the test holds: `rexec up` picks again and comes up
+    on other ports, and says nothing of it."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    which = {"broker": 0, "spawner": 3}[taken]  # (picked in order broker, control, worker,
+    # spawner; the first pick of that name is the held port)
+    code = (
+        "import itertools, spawner.up as up\n"
+        "real, calls = up.free_port, itertools.count()\n"
+        f"up.free_port = lambda host='127.0.0.1': {port} if next(calls) == {which} "
+        "else real(host)\n"
+        "from rexec_magic.cli import main\n"
+        "raise SystemExit(main())"
+    )
+    conn = tmp_path / "connection.json"
+    out = open(tmp_path / "up.out", "ab")  # noqa: SIM115 - owned by the child
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "up", "--state-dir", str(tmp_path / "state"),
+         "--connection-file", str(conn), "--broker-port", "0", "--control-port", "0",
+         "--worker-port", "0", "--spawner-port", "0"],
+        stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    out.close()
+    try:
+        deadline = time.monotonic() + 60
+        while not conn.exists():
+            assert proc.poll() is None, (tmp_path / "up.out").read_text()
+            assert time.monotonic() < deadline, "rexec up did not come up"
+            time.sleep(0.05)
+        info = connection.load(conn)
+        assert f":{port}" not in info.broker_url and f":{port}" not in info.spawner_url
+        session = RemoteSession(info)
+        try:
+            assert session.client.ping()[1]["t"] is not None  # the broker answers
+            assert session.spawner.status() is not None  # and so does the spawner
+        finally:
+            session.close()
+    finally:
+        held.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 @pytest.fixture
