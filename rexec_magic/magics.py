@@ -16,6 +16,7 @@ import re
 import shlex
 import sys
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -485,6 +486,28 @@ def _others_lost(rows: list[dict[str, Any]]) -> str:
     return f" It also held the namespaces of {count} ({', '.join(names)}{busy}): they are lost too."
 
 
+def _restarted_since(last_exit_at: Any, since: float | None) -> bool:
+    """Whether the worker's last restart (the spawner's ``last_exit_at``, ISO 8601) came
+    after ``since`` (this session's start, epoch seconds): one before it lost nothing of
+    this notebook's, so its status does not say it did."""
+    if not last_exit_at:
+        return False
+    if since is None:
+        return True
+    try:
+        return datetime.fromisoformat(str(last_exit_at)).timestamp() >= since
+    except ValueError:
+        return True
+
+
+def _clock(epoch: Any) -> str:
+    """``14:02:07`` in local time for epoch seconds (``?`` when unknown)."""
+    try:
+        return datetime.fromtimestamp(float(epoch)).strftime("%H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
 def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) -> Table:
     rows: list[tuple[str, str]] = [
         ("user", report.get("user") or "?"),
@@ -512,13 +535,17 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
     if "spawner_error" in report:
         shown += f"  ({report['spawner_error']})"
     rows.append(("worker", shown))
-    if spawner_state.get("last_exit_at"):
+    if _restarted_since(spawner_state.get("last_exit_at"), report.get("session_started_at")):
         rows.append(("restarted", restart_sentence(spawner_state)))
     if running:
         winfo = inspect.get("worker") or {}
         rows.append(("worker python", worker.get("python") or winfo.get("python", "?")))
         rows.append(("worker dill", worker.get("dill", "?")))
-        if inspect and "pid" not in winfo:  # the worker runs; this notebook has no executor
+        if inspect and "pid" not in winfo and winfo.get("ended"):
+            # (this notebook's executor ended: a death, exit(), a restart after an interrupt)
+            ended = f"{winfo['ended']} at {_clock(winfo.get('ended_at'))}"
+            rows.append(("namespace", f"lost: {ended}; the next remote cell starts a new one"))
+        elif inspect and "pid" not in winfo:  # the worker runs; this notebook has none yet
             rows.append(("namespace", "none yet: this notebook's first remote cell starts it"))
         else:
             # The executor's age (this notebook's namespace), not the connection's.

@@ -88,8 +88,10 @@ class RemoteSession:
         self.turns = Turns()
         self._owner: int | None = None
         self._holding_cancel: threading.Event | None = None  # the holder's cancel, if any
-        # A lost namespace nobody was shown (a cancelled call's): said before the next request.
+        # A lost namespace nobody was shown (a cancelled or submitted call's, a restart seen
+        # by `%rexec_status`): said before the next request that shows notes.
         self._untold: str | None = None
+        self.started_at = time.time()  # (a worker restart before it is no news to this one)
         # This session's executor on the worker: its own namespace, kept across reconnects.
         self.session_id = uuid.uuid4().hex
         self.namespace: str | None = None  # %rexec_attach NAME: a shared, named namespace
@@ -120,7 +122,10 @@ class RemoteSession:
             status = None
         self.restart_note = restart_sentence(status)
         self._forget_all()  # nothing the notebook sent or left there is there any more
-        self._notes.warning(self.restart_note)
+        if self._notes is QUIET:  # learned by a request that shows nothing (`%rexec_status`)
+            self._untold = self.restart_note  # said before the next one that does
+        else:
+            self._notes.warning(self.restart_note)
 
     @contextmanager
     def exclusive(
@@ -804,6 +809,7 @@ class RemoteSession:
             "user": info.user,
             "broker": info.broker_url,
             "spawner": info.spawner_url,
+            "session_started_at": self.started_at,
         }
         try:
             report["spawner_state"] = self.spawner.status()

@@ -176,7 +176,10 @@ def test_rexec_start_attaches_whatever_the_requirements_and_names_the_fix(kc, sp
 
 
 # ----------------------------------------------------------------------------- 4. deaths
-def test_a_worker_killed_while_idle_is_announced_at_the_next_cell(kc, spawner):
+@pytest.mark.parametrize("first", ["the next cell", "%rexec_status"])
+def test_a_worker_killed_while_idle_is_announced_at_the_next_cell(kc, spawner, first):
+    """Also when ``%rexec_status`` came first: it saw the new worker on the same connection
+    and the announcement went nowhere (the next cell met the new namespace in silence)."""
     ok(kc, "%%remote\nsurvivor = 1")
     pid = worker_pid(kc)
     os.kill(pid, signal.SIGKILL)
@@ -188,6 +191,8 @@ def test_a_worker_killed_while_idle_is_announced_at_the_next_cell(kc, spawner):
         "the restarted worker",
         60,
     )
+    if first == "%rexec_status":
+        assert "killed by signal 9" in texts(ok(kc, "%rexec_status"), "execute_result")[0]
     reply, outputs = run(kc, "%%remote --no-push --no-pull\nsurvivor")
     said = stderr_of(outputs)
     assert re.search(

@@ -336,6 +336,61 @@ def test_rexec_status_of_a_notebook_without_an_executor_says_none_yet(ip):
     assert "(this notebook)" not in text  # the executors listed are the others'
 
 
+@pytest.mark.parametrize(
+    ("ending", "said"),
+    [
+        ("import threading, os\nthreading.Timer(0.2, os._exit, [3]).start()",
+         r"the executor died \(exit code 3\)"),
+        ("exit()", r"the executor ended with exit\(\)"),
+    ],
+    ids=["died while idle", "exit()"],
+)  # fmt: skip
+def test_rexec_status_after_this_notebooks_executor_ended_says_its_namespace_was_lost(
+    ip, ending, said
+):
+    """This notebook's executor ended (it died while no cell ran, or exit()): the status
+    says the namespace was lost, how and when, not "none yet: this notebook's first remote
+    cell starts it" as if the notebook had never had one; the next cell starts a new one."""
+    from rexec_magic.magics import status_table
+    from rexec_magic.session import RemoteSession
+
+    other = RemoteSession()  # a notebook of its own (its own executor)
+    try:
+        other.run("kept = 1", {}, [], lambda msg: None, 1 << 20)
+        pattern = rf"namespace\s+lost: {said} at \d\d:\d\d:\d\d; the next remote cell starts"
+        try:
+            other.run(ending, {}, [], lambda msg: None, 1 << 20)
+        except errors.RexecError:
+            pass  # (exit() ends the cell that way on some paths; the status is what counts)
+
+        def status_saying_lost() -> str | None:
+            text = repr(status_table(other.status()))
+            return text if re.search(pattern, text) else None
+
+        text = wait_for(status_saying_lost, "the status to say the namespace was lost")
+        assert "uptime" not in text
+        outcome = other.run("print('kept' in globals())", {}, [], lambda msg: None, 1 << 20)
+        assert outcome.status == "ok"
+        assert re.search(r"namespace\s+none yet|uptime", repr(status_table(other.status())))
+        assert "lost:" not in repr(status_table(other.status()))
+    finally:
+        other.close()
+
+
+def test_rexec_status_of_a_notebook_started_after_a_worker_restart_shows_no_restart(ip):
+    """A worker restart before this notebook started lost nothing of it: its status has no
+    "restarted ... its namespace was lost" row (another notebook's, started before, has)."""
+    from rexec_magic.magics import status_table
+
+    remote(ip, "pass")
+    state = {"state": "ready", "last_exit_at": "2026-01-01T10:00:00+00:00",
+             "last_exit_reason": "killed by signal 9"}  # fmt: skip
+    report = {"user": "u", "broker": "b", "spawner": "s", "spawner_state": state}
+    assert "restarted" in repr(status_table({**report, "session_started_at": 1.0}))
+    later = {**report, "session_started_at": 1_800_000_000.0}  # (2027)
+    assert "restarted" not in repr(status_table(later))
+
+
 def test_the_spawner_lists_the_workers_executors_for_the_sidebar(ip):
     remote(ip, "pass")
     from rexec_magic.session import shared_session

@@ -181,6 +181,9 @@ class Supervisor:
         # Executors that died while no request ran (a thread's crash, an OOM kill): their
         # notebook hears it at its next request, before the cell meets a new namespace.
         self._lost_while_idle = Recent(LOST_KEPT)  # key -> (the dead executor, sentence)
+        # How each namespace's last executor ended, until a new one serves it (for
+        # ``%rexec_status``: "lost: the executor died (exit code 3) at 14:02:07").
+        self._ended = Recent(LOST_KEPT)  # key -> (time.time(), what happened)
         # Pipes of dead executors that processes they started still write to.
         self.leftovers = LeftoverPipes()
         # Shared namespaces with no executor yet -> client sessions attached to them.
@@ -746,9 +749,13 @@ class Supervisor:
     def _on_inspect(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
         fields = msg.read(protocol.Inspect)
         request_id = fields.id
-        ex = self.executors.get(placement(fields))
+        key = placement(fields)
+        ex = self.executors.get(key)
         if ex is None or not ex.ready or proc_stopped(ex.pid):
-            self._reply(route, Kind.INSPECT_REPLY, self._inspect_header(request_id, ex, None))
+            header = self._inspect_header(request_id, ex, None)
+            if ex is None and key in self._ended:
+                header["worker"]["ended_at"], header["worker"]["ended"] = self._ended[key]
+            self._reply(route, Kind.INSPECT_REPLY, header)
             return
         self._seen(ex, fields)
         self._inspects[request_id] = (route, time.monotonic() + INSPECT_WAIT_S, ex)
@@ -833,6 +840,7 @@ class Supervisor:
             lost = self._lost_while_idle.pop(key, None)
             if lost is not None:
                 ex.inherit(*lost)
+            self._ended.pop(key, None)
             ex.clients |= self._attached.pop(key, set())
             for name, text, owner in self.leftovers.take(key):
                 ex.keep_late(name, text, owner=owner)
@@ -1051,7 +1059,7 @@ class Supervisor:
                     f"exit() or quit() in another notebook ended {_whose(ex)}; the namespace "
                     "was lost.",
                 )
-            self._forget(ex)
+            self._forget(ex, "the executor ended with exit()")
             self._fail_queued(ex, f"exit() or quit() ended {_whose(ex)} before it ran")
             return
         self._dispatch(ex)
@@ -1176,6 +1184,7 @@ class Supervisor:
             # restart); filled before the note is kept, which the others inherit (``inherit``).
             ex.told.add(req.client)
         if ex.key and self.executors.get(ex.key) is ex:
+            self._ended[ex.key] = (time.time(), _how_it_ended(ex, sentence))
             note = self._lost_note(ex, req, sentence, died_idle)
             if note is not None:  # for the next request of each notebook it served
                 self._lost_while_idle[ex.key] = (ex, note)
@@ -1321,9 +1330,12 @@ class Supervisor:
             ex.told.add(req.client)  # (not told again at its next request)
             self._to_client(req, Kind.DONE, done_header(status, message=message))
 
-    def _forget(self, ex: ExecutorProcess) -> None:
+    def _forget(self, ex: ExecutorProcess, how: str | None = None) -> None:
+        """``ex`` serves its namespace no more (``how``: what ended it, for the status)."""
         if ex.key is not None and self.executors.get(ex.key) is ex:
             del self.executors[ex.key]
+            if how is not None:
+                self._ended[ex.key] = (time.time(), how)
 
     # ------------------------------------------------------------------ timers
     def _tick(self, now: float) -> None:
@@ -1475,18 +1487,18 @@ class Supervisor:
                 silent,
             )
             ex.orphaned = True
+            kernels = "any of its kernels" if ex.shared else "its kernel"
             if ex.key and self.executors.get(ex.key) is ex:
                 # A kernel that was only busy (local code holding the GIL for that long, or
                 # stopped) comes back to a fresh namespace: it hears so at its next request.
                 whose = _whose(ex)
-                kernels = "any of its kernels" if ex.shared else "its kernel"
                 self._lost_while_idle[ex.key] = (
                     ex,
                     f"{whose[0].upper()}{whose[1:]} was stopped: no sign of {kernels} came "
                     f"for {silent:.0f} s (as if closed; a kernel busy in code that holds the "
                     "GIL, or stopped, sends none); the namespace was lost.",
                 )
-            self._forget(ex)
+            self._forget(ex, f"the executor was stopped: no sign of {kernels} came")
         if ex.current is not None:
             if ex.grace_deadline is None:  # else an interrupt's grace period runs already
                 self._interrupt(ex, "orphan")
@@ -1557,6 +1569,23 @@ class Supervisor:
         self.ctx.term()
         log.info("exiting with code %d", code)
         return code
+
+
+def _how_it_ended(ex: ExecutorProcess, sentence: str) -> str:
+    """How executor ``ex`` ended, as ``%rexec_status`` says it ("the executor died (exit
+    code 3)"); ``sentence`` is its exit status in words."""
+    if ex.exit_requested:
+        return "the executor ended with exit()"
+    if ex.grace_killed:
+        return (
+            f"the executor was restarted: a cell did not stop within {INTERRUPT_GRACE_S:g} s "
+            "of its interrupt"
+        )
+    if ex.kill_reason == "abandon":
+        return "the executor was stopped: the rexec broker lost this worker"
+    if ex.kill_reason == "stop":
+        return "the executor was stopped"
+    return f"the executor died ({sentence})"
 
 
 def _whose(ex: ExecutorProcess) -> str:
