@@ -634,6 +634,11 @@ class RemoteSession:
                     # Its future was cancelled: nobody sees this exception.  Say it before
                     # the next request, or the notebook meets a new namespace in silence.
                     self._untold = f"rexec: a cancelled remote call ended badly: {exc}"
+                elif lost and ticket is not None:
+                    # A submitted call: its exception waits in its future, which nothing may
+                    # read; what was queued behind it met the new namespace in silence (a
+                    # bare NameError, or a value gone).  Said before the next request too.
+                    self._untold = f"rexec: a submitted remote call ended badly: {exc}"
                 raise
             finally:
                 self._pinned = None

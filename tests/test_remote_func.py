@@ -637,6 +637,41 @@ def test_a_cancelled_call_that_cost_the_namespace_says_so_before_the_next_call(n
     assert "cancelled" not in capfd.readouterr().err  # said once
 
 
+@pytest.mark.parametrize("queued", ["a call", "a call from a thread"])
+def test_a_submitted_call_that_cost_the_namespace_says_so_before_what_waited_behind_it(
+    nb, tmp_path, capfd, queued
+):
+    """A submitted call whose executor dies under it: its future holds the error, which
+    nothing may read, and what was queued behind it ran on the fresh executor in silence
+    (a bare NameError, or ``None`` where the value was).  It is said before that runs."""
+    import signal
+    import threading
+
+    nb["remember"]("kept", 0)
+    pid = nb["pid"]()
+    flag = tmp_path / "running"
+    future = nb["slow"].submit(600, str(flag))
+    wait_for(flag.exists, "the call to run remotely")
+    capfd.readouterr()
+    results: list[Any] = []
+    if queued == "a call":
+        os.kill(pid, signal.SIGKILL)
+        results.append(nb["recall"]())
+    else:
+        behind = threading.Thread(target=lambda: results.append(nb["recall"]()))
+        behind.start()
+        wait_for(lambda: "waiting for" in capfd.readouterr().out, "the thread's call to wait")
+        os.kill(pid, signal.SIGKILL)
+        behind.join(60)
+    assert results == [None]  # a fresh executor: the value is gone
+    said = capfd.readouterr().err
+    assert "rexec: a submitted remote call ended badly" in said
+    assert "killed by SIGKILL" in said and "namespace was lost" in said
+    assert isinstance(future.exception(timeout=10), errors.WorkerLost)
+    assert nb["recall"]() is None
+    assert "ended badly" not in capfd.readouterr().err  # said once
+
+
 def test_a_cancelled_call_whose_executor_is_stopped_waits_for_it_and_keeps_the_namespace(
     nb, tmp_path, capfd
 ):
