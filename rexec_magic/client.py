@@ -691,7 +691,8 @@ class RexecClient:
                         )
                     raise errors.BrokerUnreachable(
                         f"Lost contact with the rexec broker at {self.info.broker_url} "
-                        f"while the {what} ran; its output may be incomplete."
+                        f"while the {what} ran; its output may be incomplete.",
+                        started=started,
                     )
                 if handled - acked >= P.CLIENT_CREDIT // 4:
                     acked = handled
@@ -760,7 +761,8 @@ class RexecClient:
                             f"The rexec broker restarted while the {what} ran, so your worker "
                             "stopped it if it still ran; its output may be incomplete, and what "
                             "it assigned may not have come back (this notebook's copies may be "
-                            "older than the worker's)."
+                            "older than the worker's).",
+                            started=started,
                         )
                     resent = uncertain = True
                     self._send_request(kind, header, buffers, cancel)

@@ -63,7 +63,12 @@ class ExecutorDied(WorkerLost):
 
 
 class BrokerUnreachable(RexecError):
-    pass
+    """``started``: the request had reached the worker and started when contact was lost
+    (its values are there; what it made of them did not come back)."""
+
+    def __init__(self, message: str, started: bool = False) -> None:
+        super().__init__(message)
+        self.started = started
 
 
 class UnserializableVariable(RexecError):

@@ -484,6 +484,10 @@ class RemoteSession:
                     if exc.outcome is not None:  # it ran (stopped part way, or to its end)
                         self.sync.sent(namespace, plan, _unloaded(exc.outcome))
                     raise
+                except errors.BrokerUnreachable as exc:
+                    if exc.started:  # its values reached the worker; what it made of them
+                        self.sync.sent(namespace, plan, [])  # is newer: never sent over it
+                    raise
                 if outcome.status != P.DoneStatus.RESEND:
                     self.sync.sent(namespace, plan, _unloaded(outcome))
                     return outcome
@@ -721,6 +725,10 @@ class RemoteSession:
                 if exc.outcome is not None:  # it ran, stopped part way: what it changed stays
                     state.sent(main, plan, _unloaded_of_call(exc.outcome, plan))
                     settle(plan, exc.outcome)
+                raise
+            except errors.BrokerUnreachable as exc:
+                if exc.started:  # (as for a cell: what it made of its values is newer)
+                    state.sent(main, plan, [])
                 raise
             if outcome.status != P.DoneStatus.RESEND:
                 state.sent(main, plan, _unloaded_of_call(outcome, plan))

@@ -107,6 +107,48 @@ def test_broker_killed_mid_cell_ends_the_cell_and_the_next_one_works(
     assert outcome.values == {"state": (41, False)}
 
 
+def test_after_a_broker_restart_mid_cell_the_notebooks_older_copies_never_go_back_over_it(
+    fresh_stack: Stack, alice: RemoteSession
+) -> None:
+    """A cell that got its values and changed them when the broker died: what it made of them
+    did not come back (the notebook is told its copies may be older), and the next cell that
+    reads them used to push those older copies over the worker's: the cell's changes undone
+    in silence.  The worker's values stay the truth; the notebook's copies stay as they were."""
+    from rexec_magic import sync
+
+    namespace = {"b": -1, "lst": [1]}
+    flag = fresh_stack.tmp / "changed"
+    code = (
+        f"import time\nb = 0\nlst.append(2)\nopen({str(flag)!r}, 'w').close()\n"
+        "for _ in range(600):\n    time.sleep(0.1)"
+    )
+    fields = {"pull": ["b"], "watch": ["b", "lst"], "pull_changed": True}
+    old = fresh_stack.pid("broker")
+
+    def kill_once_changed() -> None:
+        wait_for(flag.exists, "the cell to change its values")
+        os.kill(old, signal.SIGKILL)
+
+    threading.Thread(target=kill_once_changed, daemon=True).start()
+    events: list[P.Message] = []
+    with pytest.raises(errors.BrokerUnreachable) as info:
+        alice.run_synced(code, namespace, ["b", "lst"], sync.shippable, fields, events.append)
+    assert "may be older than the worker's" in str(info.value)
+    assert namespace == {"b": -1, "lst": [1]}  # nothing came back
+    fresh_stack.wait_pid_changed("broker", old)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            outcome = alice.run_synced(
+                "seen = (b, lst)", namespace, ["b", "lst"], sync.shippable,
+                {"pull": ["seen"], "watch": ["seen"]}, events.append,
+            )  # fmt: skip
+            break
+        except (errors.NoWorker, errors.BrokerUnreachable):
+            assert time.monotonic() < deadline
+    assert outcome.values["seen"] == (0, [1, 2])
+
+
 def running_long_cell(
     session: RemoteSession, marker: Path, text: str
 ) -> tuple[list[BaseException], threading.Thread]:
