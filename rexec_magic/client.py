@@ -725,7 +725,7 @@ class RexecClient:
                         wait = min(wait, stopped_until - now)
                     elif now - interrupted_at >= P.NOTICE_AFTER_S:
                         grace_said = True
-                        local = self._grace_notice(req_id, kind)
+                        local = self._grace_notice(req_id, kind, header.get("namespace"))
                     else:
                         wait = min(wait, interrupted_at + P.NOTICE_AFTER_S - now)
                 msg = in_hand = local if local is not None else self._recv(wait)
@@ -896,14 +896,20 @@ class RexecClient:
         self._send(P.Kind.NEXT, {"id": req_id, "throw": throw, "nbuffers": 1}, frames)
 
     @staticmethod
-    def _grace_notice(req_id: str, kind: str) -> P.Message:
+    def _grace_notice(req_id: str, kind: str, namespace: str | None) -> P.Message:
         """What an interrupt waits for once it has waited ``NOTICE_AFTER_S`` (said here: the
-        worker only acts at the end of the grace period)."""
+        worker only acts at the end of the grace period); ``namespace``: the shared one the
+        request runs in (its executor is the one restarted), None for the notebook's own."""
         what = "call" if kind == P.Kind.CALL else "cell"
+        whose = (
+            f"the remote executor of shared namespace {namespace!r}"
+            if namespace
+            else "this notebook's remote executor"
+        )
         text = (
             f"the remote {what} has not stopped {P.NOTICE_AFTER_S:g} s after the interrupt; "
-            f"if it does not stop within the {P.INTERRUPT_GRACE_S:g} s grace period, this "
-            "notebook's remote executor is restarted and its namespace is lost"
+            f"if it does not stop within the {P.INTERRUPT_GRACE_S:g} s grace period, {whose} "
+            "is restarted and its namespace is lost"
         )
         return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "grace"})
 

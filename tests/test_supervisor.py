@@ -573,6 +573,8 @@ def test_what_waits_behind_a_cell_killed_after_its_interrupt_runs_on_a_fresh_exe
     d = done(port.events(stuck, timeout=INTERRUPT_ANSWER_S))
     assert d.header["status"] == DoneStatus.RESTARTING
     assert "namespace was lost" in d.header["message"]
+    # The shared namespace's executor, not the notebook's own (which it still has).
+    assert "the remote executor of shared namespace 'team' was restarted" in d.header["message"]
     events = port.events(waiting, timeout=WAIT_S)
     assert done(events).header["status"] == DoneStatus.OK
     assert stdout(events) == "False\n"

@@ -123,16 +123,16 @@ class BulkUploader:
         try:
             sock.send_multipart(parts, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
-            return f"they could not be asked for ({exc})"
+            return f"the values could not be asked for ({exc})"
         answer = self._answer(sock, set_id, nbytes, request_id, "fetch")
         if isinstance(answer, protocol.Message):
             if answer.kind == Kind.BULK_FETCHED:
                 return answer.buffers
-            return "the broker no longer held them (it may have restarted)"
+            return "the broker no longer held the values (it may have restarted)"
         if answer == NO_ANSWER:
             self._close()  # a late answer must not meet the next fetch
-            return "the broker did not send them in time"
-        return "the cell was interrupted while they came"
+            return "the broker did not send the values in time"
+        return "the cell was interrupted while the values came"
 
     def _answer(
         self, sock: zmq.Socket, set_id: str, nbytes: int, request_id: str, what: str

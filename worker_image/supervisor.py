@@ -1194,8 +1194,8 @@ class Supervisor:
                 resumed = " (nor once resumed from SIGSTOP)" if ex.resumed_for_interrupt else ""
                 message = (
                     f"The {req.what} did not stop within {INTERRUPT_GRACE_S:g} s of the "
-                    f"interrupt{resumed}, so this notebook's remote executor was restarted; "
-                    "its namespace was lost."
+                    f"interrupt{resumed}, so {_whose(ex)} was restarted; its namespace was "
+                    "lost."
                 )
                 header = done_header(DoneStatus.RESTARTING, message=message)
                 self._to_client(req, Kind.DONE, header)

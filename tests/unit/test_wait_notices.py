@@ -32,3 +32,17 @@ def test_a_wait_said_again_updates_its_note_in_place():
         ("progress", f"rexec: {PREVIOUS} (interrupted; running 23 s)"),
         ("note", "rexec: waiting for this notebook's remote executor to start (4 s)"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("namespace", "whose"),
+    [(None, "this notebook's remote executor"),
+     ("team", "the remote executor of shared namespace 'team'")],
+)  # fmt: skip
+def test_the_grace_notice_names_the_executor_that_would_be_restarted(namespace, whose):
+    """A cell in a shared namespace that ignores its interrupt costs that namespace, not the
+    notebook's own (which it keeps): the 2 s notice said "this notebook's" either way."""
+    from rexec_magic.client import RexecClient
+
+    text = RexecClient._grace_notice("r", P.Kind.EXECUTE, namespace).header["text"]
+    assert f"grace period, {whose} is restarted and its namespace is lost" in text
