@@ -1371,6 +1371,36 @@ def test_a_notebook_attached_to_a_shared_namespace_keeps_its_own(port):
     assert executor_pid(port, "nb") == pid
 
 
+def test_late_output_of_a_notebooks_own_namespace_comes_in_its_next_cell_elsewhere(port, tmp_path):
+    """A timer of the notebook's own namespace prints after its cell ended, and the notebook's
+    next cells run in a shared namespace it attached to: the output comes at the top of the
+    next one, marked late, once (it waited until the notebook came back to its own
+    namespace, and then said "after the previous remote cell").  Another notebook in that
+    shared namespace does not get it."""
+    own, attached = in_session("nb"), in_session("nb", namespace="team")
+    other = in_session("other", namespace="team")
+    flag = tmp_path / "printed"
+    port.run(
+        "import threading\ndef later():\n    print('own-late', flush=True)\n"
+        f"    open({str(flag)!r}, 'w').close()\nthreading.Timer(0.2, later).start()",
+        **own,
+    )
+    wait_for(flag.exists, "the timer to print")
+    port.run("pass", **other)
+    late: list[str] = []
+    for _ in range(20):  # (until the supervisor has kept it: the first cell, nearly always)
+        streams = [e for e in port.run("print('in team')", **attached) if e.kind == Kind.STREAM]
+        late += [e.header["text"] for e in streams if e.header.get("late")]
+        assert streams[-1].header["text"] == "in team\n" and not streams[-1].header.get("late")
+        if late:
+            break
+        time.sleep(0.1)
+    assert late == ["own-late\n"]
+    assert all(not e.header.get("late") for e in port.run("pass", **other) if e.kind == Kind.STREAM)
+    own_streams = [e for e in port.run("print('own again')", **own) if e.kind == Kind.STREAM]
+    assert [e.header["text"] for e in own_streams] == ["own again\n"]  # once
+
+
 def test_a_shared_namespace_lives_while_a_kernel_that_attached_to_it_lives(port):
     """A notebook detaches from a shared namespace (``%rexec_attach`` without a name) and
     has no executor of its own: its keepalives name only its own session, yet the shared

@@ -377,14 +377,20 @@ class ExecutorProcess:
                 self.late_chars -= 1
                 self.late_dropped_events += 1
 
-    def take_late(self, client: str, gone: Callable[[str], bool]) -> list[Late]:
+    def take_late(
+        self, client: str, gone: Callable[[str], bool], only_own: bool = False
+    ) -> list[Late]:
         """The kept output for a request of ``client``: its own, a legacy client's, and that
         of notebooks that are ``gone``; the rest (other notebooks of a shared namespace)
-        stays for their next request."""
+        stays for their next request.  ``only_own``: ``client``'s own only (for a request
+        that runs in another executor: the notebook works in another namespace now)."""
         taken: list[Late] = []
         kept: deque[Late] = deque()
         for item in self.late:
-            mine = item.owner in ("", client) or gone(item.owner)
+            if only_own:
+                mine = item.owner == client
+            else:
+                mine = item.owner in ("", client) or gone(item.owner)
             (taken if mine else kept).append(item)
         self.late = kept
         self.late_chars = sum(len(i.payload) if isinstance(i.payload, str) else 1 for i in kept)

@@ -910,6 +910,13 @@ class Supervisor:
 
         for item in ex.take_late(req.client, gone):
             self._late_to_client(req, item.kind, item.payload, item.buffers)
+        # The notebook's late output in its other namespaces (it attached to a shared one,
+        # or came back from it): the top of its next cell, wherever that runs, as a local
+        # kernel shows it in the next cell, not when it returns there.
+        for other in self.executors.values():
+            if other is not ex and other.late:  # (kept by now: it came while it was idle)
+                for item in other.take_late(req.client, gone, only_own=True):
+                    self._late_to_client(req, item.kind, item.payload, item.buffers)
         # After the late output: that came before the death.
         if ex.lost_note is not None and (
             ex.lost_note_for is None or req.client in ex.lost_note_for
