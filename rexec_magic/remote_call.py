@@ -272,6 +272,7 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
 
 def _reraise(exc: errors.RemoteCellError) -> None:
     """Raise the remote exception itself when it loaded here, else the RemoteCellError."""
+    __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback (``__call__``)
     if exc.exception is None:
         raise exc
     raise exc.exception from RemoteTraceback("\n".join(exc.remote_traceback))
@@ -371,6 +372,9 @@ class RemoteFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run on the worker; a generator function returns an iterator of its items."""
+        # (rexec's own frames are hidden from a remote exception's traceback in IPython, which
+        # shows "[... skipping hidden N frame]" there: the user's code, then the remote one)
+        __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback
         if inspect.isgeneratorfunction(self.func):
             if threading.current_thread() is threading.main_thread():
                 hook_kernel_interrupt()
@@ -393,6 +397,7 @@ class RemoteFunction:
         ticket: int | None = None,
         origin: Origin | None = None,
     ) -> Any:
+        __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback (``__call__``)
         renderer = EventRenderer()
         items: list[Any] = []
         events = self._events(args, kwargs, cancel, ticket, origin)

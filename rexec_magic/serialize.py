@@ -305,13 +305,14 @@ def register_source(filename: str, lines: Sequence[str], cell: int | None) -> No
         linecache.cache[filename] = (sum(map(len, lines)), None, list(lines), filename)
     if cell is None:
         return
-    shell = _ipython()
+    shell = ipython_shell()
     names = getattr(getattr(shell, "compile", None), "_filename_map", None)
     if isinstance(names, dict):
         names.setdefault(filename, cell)
 
 
-def _ipython() -> Any:
+def ipython_shell() -> Any:
+    """The running IPython shell, or None (IPython not imported or not running)."""
     get = getattr(sys.modules.get("IPython"), "get_ipython", None)
     return get() if get is not None else None
 
@@ -426,7 +427,7 @@ class _Pickler(cloudpickle.Pickler):
         if filename not in self._sources:
             lines = tuple(linecache.getlines(filename))
             cell = None
-            names = getattr(getattr(_ipython(), "compile", None), "_filename_map", None)
+            names = getattr(getattr(ipython_shell(), "compile", None), "_filename_map", None)
             if isinstance(names, dict):
                 cell = names.get(filename)
             self._sources[filename] = (lines, cell)

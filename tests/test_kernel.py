@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -421,6 +422,24 @@ def test_exit_in_a_remote_function_ends_the_executor_and_says_so(kernel, how):
     assert "after" in said  # IPython's exit ends the executor once the code is done
     _, outputs = run(kc, "%%remote\nprint('kept' in globals())")
     assert text_of(outputs) == "False\n"
+
+
+def test_a_remote_functions_error_shows_its_notebook_cell_and_not_rexecs_frames(kernel):
+    """A remote_func call that raises: the remote frame is named as IPython names a cell
+    (``Cell In[N], line 4, in bad``), not by the kernel's file for that cell
+    (``/tmp/ipykernel_<pid>/<hash>.py``), and rexec's own frames of the call are hidden as
+    IPython hides such frames (they were three `remote_call.py` frames between the user's
+    line and the error)."""
+    _, kc = kernel
+    run(kc, "from rexec_magic import remote_func\n@remote_func\ndef bad(d):\n"
+            "    return d['missing']")  # fmt: skip
+    reply, _ = run(kc, "bad({})")
+    assert (reply["status"], reply["ename"]) == ("error", "KeyError")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(reply["traceback"]))
+    assert re.search(r"Cell In\[\d+\], line 4, in bad", text), text
+    assert "/ipykernel_" not in text, text
+    assert "skipping hidden 2 frame" in text, text
+    assert text.count("remote_call.py") <= 1, text  # (IPython always shows the last one)
 
 
 def test_sys_exit_and_exit_with_an_argument_behave_as_in_ipykernel(kernel):

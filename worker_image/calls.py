@@ -10,6 +10,7 @@ raise the same type.  ``inband`` calls (legacy clients) get each value as one pl
 
 from __future__ import annotations
 
+import re
 import traceback
 import types
 from collections.abc import Callable
@@ -29,6 +30,27 @@ def _lines(text: str) -> list[str]:
     return text.rstrip("\n").split("\n")
 
 
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<name>.*)$')
+
+
+def _cell_names(lines: list[str]) -> list[str]:
+    """Frames of notebook cells as IPython names them (``Cell In[2], line 5, in bad``), not
+    by the kernel's file name for the cell (``/tmp/ipykernel_9532/1611290432.py``): the
+    function came with its cell's number (``serialize.register_source``)."""
+    shell = serialize.ipython_shell()
+    names = getattr(getattr(shell, "compile", None), "_filename_map", None)
+    if not isinstance(names, dict) or not names:
+        return lines
+    out = []
+    for line in lines:
+        frame = _FRAME.match(line)
+        if frame is not None and isinstance(names.get(frame["file"]), int):
+            cell = names[frame["file"]]
+            line = f"  Cell In[{cell}], line {frame['line']}, in {frame['name']}"
+        out.append(line)
+    return out
+
+
 def _send_exception(
     outbox: EventChannel, target: Target, exc: BaseException, skip: int, legacy: bool
 ) -> None:
@@ -45,7 +67,7 @@ def _send_exception(
     header: dict[str, Any] = {
         "ename": type(exc).__name__,
         "evalue": evalue,
-        "traceback": _lines(text),
+        "traceback": _cell_names(_lines(text)),
     }
     try:
         buffers = serialize.dumps(exc, out_of_band=False, legacy=legacy)
