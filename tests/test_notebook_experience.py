@@ -222,6 +222,10 @@ def test_every_later_worker_loss_is_announced_too(kc, spawner):
     """A worker killed under a running cell is said there (WorkerLost); the worker after it
     is still watched, so its own loss is announced at the next cell, before the NameError.
     Each told loss used to leave every later one silent: a bare NameError."""
+    # Its four kills stay under the spawner's crash-loop limit (more than 5 exits a minute)
+    # only counted from a fresh worker: tests before it kill this user's worker too.
+    spawner.start(force=True)
+    run(kc, "%%remote\npass")  # (this notebook hears of that new worker here)
     for _ in range(2):
         pid = worker_pid(kc)
         msg_id = kc.execute("%%remote\nimport time\nprint('started', flush=True)\ntime.sleep(60)")
