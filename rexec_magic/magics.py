@@ -240,6 +240,9 @@ class RexecMagics(Magics):
         except (errors.RemoteCellError, errors.RemoteInterrupted, errors.CellTimeout) as exc:
             if exc.outcome is not None:  # what it bound before it stopped, as in a local cell
                 self._apply(exc.outcome, why)
+            if not isinstance(exc, errors.RemoteInterrupted):  # (whose sentence says it)
+                for note in exit_notes(exc.outcome):  # exit() ran before the error
+                    self.notes.note(note)
             raise
         value = self._apply(outcome, why)
         if outcome.message:  # e.g. exit() ended the remote executor
@@ -447,6 +450,16 @@ class RexecMagics(Magics):
         )
 
 
+def exit_notes(outcome: Any) -> list[str]:
+    """The sentence that exit() ended the executor, when a request that failed (an error
+    after exit(), or its timeout) had called it: else the namespace went in silence, and the
+    next cell met a bare NameError."""
+    done = getattr(outcome, "done", None)
+    if done is None or not done.exit or not done.message:
+        return []
+    return [done.message]
+
+
 def conflict_sentence(spawner_says: str, requirements_file: str) -> str:
     """The spawner's 409 sentence, with the exact commands that resolve it."""
     first = spawner_says.split(";")[0].rstrip(".")
@@ -488,12 +501,11 @@ def _others_lost(rows: list[dict[str, Any]]) -> str:
 
 def _restarted_since(last_exit_at: Any, since: float | None) -> bool:
     """Whether the worker's last restart (the spawner's ``last_exit_at``, ISO 8601) came
-    after ``since`` (this session's start, epoch seconds): one before it lost nothing of
-    this notebook's, so its status does not say it did."""
-    if not last_exit_at:
+    after ``since`` (when this notebook's first cell or call ended, epoch seconds; None: none
+    has): one before that lost nothing of this notebook's, so its status does not say it
+    did."""
+    if not last_exit_at or since is None:  # (None: this session has had no namespace)
         return False
-    if since is None:
-        return True
     try:
         return datetime.fromisoformat(str(last_exit_at)).timestamp() >= since
     except ValueError:
@@ -535,7 +547,7 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
     if "spawner_error" in report:
         shown += f"  ({report['spawner_error']})"
     rows.append(("worker", shown))
-    if _restarted_since(spawner_state.get("last_exit_at"), report.get("session_started_at")):
+    if _restarted_since(spawner_state.get("last_exit_at"), report.get("namespace_since")):
         rows.append(("restarted", restart_sentence(spawner_state)))
     if running:
         winfo = inspect.get("worker") or {}

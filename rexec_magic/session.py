@@ -632,6 +632,11 @@ class RemoteSession:
                 except errors.NoWorker:
                     self._start_missing(notes)
                     outcome = yield from call()
+            except (errors.RemoteCellError, errors.CellTimeout) as exc:
+                done = exc.outcome.done if exc.outcome is not None else None
+                if done is not None and done.exit and done.message:  # exit() before it failed
+                    notes.note(done.message)
+                raise
             except (errors.RemoteInterrupted, errors.WorkerLost) as exc:
                 lost = isinstance(exc, errors.WorkerLost) or exc.namespace_lost
                 if lost and cancel is not None and cancel.is_set():

@@ -437,3 +437,24 @@ def test_update_display_updates_in_place(ip):
         ("'first'", {"display_id": "progress"}, False),
         ("'second'", {"display_id": "progress"}, True),
     ]
+
+
+@pytest.mark.parametrize(
+    ("cell", "line", "raised"),
+    [
+        ("exit()\n1/0", "", ZeroDivisionError),
+        ("exit()\nimport time\ntime.sleep(30)", "--timeout 1", errors.CellTimeout),
+    ],
+    ids=["an error after exit()", "a timeout after exit()"],
+)
+def test_exit_before_an_error_or_a_timeout_still_says_the_namespace_ended(ip, cell, line, raised):
+    """exit() ends the executor once the cell is over; a cell that then raised, or ran past
+    its timeout, showed only that error, and the next cell met a bare NameError.  The note
+    that exit() ended the namespace comes with the error.  (Last in this module: it ends
+    this notebook's namespace.)"""
+    remote(ip, "only_remote_here = 5", line="--no-pull")
+    with capture_output() as out, pytest.raises(raised):
+        ip.run_cell_magic("remote", line, cell)
+    assert "exit() or quit() ended this notebook's remote executor" in out.stdout
+    _, out = remote(ip, "print('only_remote_here' in globals())", line="--no-pull")
+    assert out.stdout.strip().endswith("False")

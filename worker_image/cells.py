@@ -36,6 +36,18 @@ EXIT_MESSAGE = (
     "exit() or quit() ended this notebook's remote executor; its namespace is gone. "
     "The next remote cell or call starts a fresh one."
 )
+SHARED_EXIT_MESSAGE = (
+    "exit() or quit() ended the remote executor of shared namespace {name!r}; its namespace "
+    "is gone for every notebook attached to it. The next remote cell or call there starts a "
+    "fresh one."
+)
+
+
+def exit_message(key: str) -> str:
+    """What the cell that called exit() in executor ``key`` (``placement``) says."""
+    if shared(key):
+        return SHARED_EXIT_MESSAGE.format(name=key[len(SHARED_PREFIX) :])
+    return EXIT_MESSAGE
 
 
 @dataclass(eq=False)
@@ -274,7 +286,7 @@ class CellRunner:
         }
         if self.shell.exit_requested:
             header["exit"] = True
-            header["message"] = EXIT_MESSAGE
+            header["message"] = exit_message(cell.session)
         self.outbox.current = None
         self.outbox.last = target
         self.outbox.deferred_interrupt = False  # an interrupt that came too late for the cell

@@ -361,7 +361,8 @@ class Executor:
             if self.channel.in_forked_child:
                 self._end_forked_child()
             if self.shell.exit_requested:
-                log.info("exit() in cell %s: this executor ends", cell.id)
+                # (the supervisor logs it: each event once in the worker's log)
+                log.debug("exit() in cell %s: this executor ends", cell.id)
                 break
         return self.close()
 
