@@ -61,6 +61,9 @@ HELLO_TIMEOUT_S = 10.0
 ABANDONED_KEPT = 64  # ids of requests the user stopped waiting for, kept for their DONE
 HELD_KEPT = 10_000  # their output events, held for the next request (the oldest go first)
 UNPACED = 2**62  # an ``ack`` count past any request's events: no more flow control for it
+# A wait loop that comes round this much later than it would have (past its longest wait,
+# CLIENT_PING_S) was stalled here: the silence meanwhile is not the broker's.
+STALL_S = 1.0
 
 
 def pass_on_sigint(handler: Any, frame: Any) -> None:
@@ -650,7 +653,7 @@ class RexecClient:
         error: P.Message | None = None
         now = asked_at = time.monotonic()
         deadline = now + timeout_s if timeout_s else None
-        last_heard = now
+        last_heard = loop_at = now
         next_ping = now + P.CLIENT_PING_S
         # Until then silence is no sign of trouble: a large message is crossing, and what
         # comes after it waits (this request's own push, or an event the broker announced).
@@ -662,6 +665,11 @@ class RexecClient:
             in_hand: P.Message | None = None
             try:
                 now = time.monotonic()
+                if now - loop_at > P.CLIENT_PING_S + STALL_S:
+                    # This process did not run meanwhile (local code holding the GIL, a
+                    # SIGSTOP): that silence was ours, not the broker's.  Ask it now.
+                    last_heard, next_ping = now, now
+                loop_at = now
                 if deadline is not None and now >= deadline and interrupted_at is None:
                     timed_out = True
                     interrupted_at = now

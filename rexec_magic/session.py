@@ -91,7 +91,9 @@ class RemoteSession:
         # A lost namespace nobody was shown (a cancelled or submitted call's, a restart seen
         # by `%rexec_status`): said before the next request that shows notes.
         self._untold: str | None = None
-        self.started_at = time.time()  # (a worker restart before it is no news to this one)
+        # When its first cell or call ended (epoch s): a worker restart before that lost
+        # nothing of this notebook's (None: none yet).
+        self.namespace_since: float | None = None
         # This session's executor on the worker: its own namespace, kept across reconnects.
         self.session_id = uuid.uuid4().hex
         self.namespace: str | None = None  # %rexec_attach NAME: a shared, named namespace
@@ -113,7 +115,7 @@ class RemoteSession:
         (``told``: the user heard of the loss already)."""
         if self._starting:
             return
-        if told:
+        if told or self.namespace_since is None:  # (one that never ran a request lost nothing)
             self._forget_all()
             return
         try:
@@ -192,6 +194,8 @@ class RemoteSession:
             raise
         finally:
             self._owner = self._holding_cancel = None
+            if what in ("cell", "call") and self.namespace_since is None:
+                self.namespace_since = time.time()
             self.turns.leave(ticket)
 
     def held_here(self) -> bool:
@@ -403,7 +407,9 @@ class RemoteSession:
         finally:
             side.close()
         self._forget_all()  # its namespaces go with it
-        return {**self.spawner.stop(), "others": others}
+        stopped = self.spawner.stop()
+        self.client.loss_told = True  # this notebook stopped it: no news at its next cell
+        return {**stopped, "others": others}
 
     def _side_client(self) -> RexecClient:
         """A connection of its own, for a question that must not wait behind this session's
@@ -827,7 +833,7 @@ class RemoteSession:
             "user": info.user,
             "broker": info.broker_url,
             "spawner": info.spawner_url,
-            "session_started_at": self.started_at,
+            "namespace_since": self.namespace_since,
         }
         try:
             report["spawner_state"] = self.spawner.status()

@@ -218,6 +218,38 @@ def killed_and_restarted(spawner, pid: int) -> None:
     )
 
 
+def test_a_worker_restart_before_a_notebooks_first_cell_is_no_news_to_it(kc, spawner, nora):
+    """A notebook that had only asked ``%rexec_status`` (it saw the worker) when the worker
+    restarted had nothing there to lose: its first cell and its status say no namespace was
+    lost ("Your worker restarted ...; its namespace was lost." was a false alarm)."""
+    from rexec_magic.magics import status_table
+    from rexec_magic.notes import RecordedNotes
+
+    ok(kc, "%%remote\npass")  # the worker runs
+    newcomer = RemoteSession(connection.load(nora))
+    try:
+        newcomer.status()  # it sees the worker process
+        killed_and_restarted(spawner, worker_pid(kc))
+        notes = RecordedNotes()
+        events: list = []
+        outcome = newcomer.run("print('first cell')", {}, [], events.append, 1 << 20, notes=notes)
+        assert outcome.status == "ok"
+        assert not [text for _, text in notes.records if "namespace was lost" in text]
+        assert "restarted" not in repr(status_table(newcomer.status()))
+    finally:
+        newcomer.close()
+
+
+def test_a_worker_this_notebook_stopped_is_not_announced_as_news(kc):
+    """``%rexec_stop`` in this notebook, then a cell: it starts a new worker without a
+    warning that "Your worker was stopped; its namespace was lost" (it said so itself)."""
+    ok(kc, "%%remote\npass")
+    ok(kc, "%rexec_stop")
+    reply, outputs = run(kc, "%%remote\nprint('after')")
+    assert reply["status"] == "ok" and "after" in stdout_of(outputs)
+    assert "Your worker was stopped" not in stderr_of(outputs)
+
+
 def test_every_later_worker_loss_is_announced_too(kc, spawner):
     """A worker killed under a running cell is said there (WorkerLost); the worker after it
     is still watched, so its own loss is announced at the next cell, before the NameError.

@@ -130,6 +130,36 @@ def test_ctrl_c_while_a_large_push_crosses_runs_nothing_and_says_so(
     ip.user_ns.pop("crossing", None)
 
 
+def test_a_notebook_that_did_not_run_for_seconds_reads_its_running_cell_on(ip, monkeypatch):
+    """The kernel's process does not run for seconds while a remote cell prints (a thread
+    in C code holding the GIL, a SIGSTOP): coming back between two reads, the client took
+    its own silence for the broker's ("Lost contact with the rexec broker"), and the output
+    was lost (fresh tester, 2 of 5).  It reads on: every line, in order.  The stall is made
+    here by a sleep right after a read that found nothing, where a GIL-holding thread
+    stalled the client in the tester's runs (not a place a real thread can be aimed at)."""
+    import time as _time
+
+    real = RexecClient._recv
+    stalls = []
+
+    def stalled_once(self: RexecClient, timeout_s: float) -> Any:
+        msg = real(self, timeout_s)
+        if msg is None and not stalls and threading.current_thread() is threading.main_thread():
+            stalls.append(True)
+            _time.sleep(P.BROKER_SILENT_AFTER_S + 2)
+        return msg
+
+    monkeypatch.setattr(RexecClient, "_recv", stalled_once)
+    code = (
+        "import time\ntime.sleep(1.5)\nfor i in range(6):\n    print('tick', i, flush=True)\n"
+        "    time.sleep(0.3)"
+    )
+    _, out = remote(ip, code)
+    assert stalls, "the client never waited in vain: nothing was stalled"
+    ticks = [line for line in out.stdout.splitlines() if not line.startswith("No remote")]
+    assert ticks == [f"tick {i}" for i in range(6)]  # (the line when a worker had to start)
+
+
 def test_namespace_persists_across_cells(ip):
     remote(ip, "import math\nsecret_base = 7", line="--no-pull")
     assert "secret_base" not in ip.user_ns
@@ -378,17 +408,19 @@ def test_rexec_status_after_this_notebooks_executor_ended_says_its_namespace_was
 
 
 def test_rexec_status_of_a_notebook_started_after_a_worker_restart_shows_no_restart(ip):
-    """A worker restart before this notebook started lost nothing of it: its status has no
-    "restarted ... its namespace was lost" row (another notebook's, started before, has)."""
+    """A worker restart before this notebook's first cell lost nothing of it: its status has
+    no "restarted ... its namespace was lost" row (another notebook's, older, has), nor one
+    that has run no cell yet."""
     from rexec_magic.magics import status_table
 
     remote(ip, "pass")
     state = {"state": "ready", "last_exit_at": "2026-01-01T10:00:00+00:00",
              "last_exit_reason": "killed by signal 9"}  # fmt: skip
     report = {"user": "u", "broker": "b", "spawner": "s", "spawner_state": state}
-    assert "restarted" in repr(status_table({**report, "session_started_at": 1.0}))
-    later = {**report, "session_started_at": 1_800_000_000.0}  # (2027)
+    assert "restarted" in repr(status_table({**report, "namespace_since": 1.0}))
+    later = {**report, "namespace_since": 1_800_000_000.0}  # (2027)
     assert "restarted" not in repr(status_table(later))
+    assert "restarted" not in repr(status_table({**report, "namespace_since": None}))
 
 
 def test_the_spawner_lists_the_workers_executors_for_the_sidebar(ip):

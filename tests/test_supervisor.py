@@ -1284,11 +1284,21 @@ def test_sessions_attached_to_one_namespace_share_it(port):
 
 
 def test_the_executor_of_a_silent_kernel_is_interrupted_and_stopped(port):
+    """A kernel whose keepalives stop (closed; or only busy in code holding the GIL, or
+    stopped) has its running cell interrupted, and that cell says why, for a kernel that
+    reads on (it used to end as "interrupted" from nowhere, or the notebook blamed the
+    broker); its next request does not hear it again."""
     extra = in_session("gone", keepalive_s=0.5)
     request_id = port.execute("import time\nprint('go', flush=True)\ntime.sleep(100)", **extra)
     port.recv_kind(Kind.STREAM)
     # No keepalive from now on: the kernel is gone.
-    assert done(port.events(request_id, timeout=WAIT_S)).header["status"] == DoneStatus.INTERRUPTED
+    events = port.events(request_id, timeout=WAIT_S)
+    assert done(events).header["status"] == DoneStatus.INTERRUPTED
+    said = lost_notices(events)
+    assert len(said) == 1, said
+    assert "no sign of this notebook's kernel came for" in said[0]
+    assert "this cell is stopped and the namespace is lost" in said[0]
+    assert lost_notices(port.run("print('next')", **extra)) == []
     end = time.monotonic() + WAIT_S
     while True:
         beat = port.recv_kind(Kind.HEARTBEAT, timeout=max(0.1, end - time.monotonic()))
@@ -1685,7 +1695,10 @@ def test_exit_in_a_shared_namespace_is_said_to_its_other_notebooks(port):
     a = in_session("a", namespace="crew")
     b = in_session("b", namespace="crew")
     port.run("kept = 1", **b)
-    assert done(port.run("exit()", **a)).header["exit"] is True
+    ended = done(port.run("exit()", **a)).header
+    assert ended["exit"] is True
+    # Said to the notebook that called it, naming what it ended (not "this notebook's").
+    assert "ended the remote executor of shared namespace 'crew'" in ended["message"]
     events = port.run("print('kept' in globals())", **b)
     said = lost_notices(events)
     assert len(said) == 1 and "exit() or quit() in another notebook" in said[0], said

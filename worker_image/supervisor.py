@@ -1508,6 +1508,19 @@ class Supervisor:
             self._forget(ex, f"the executor was stopped: no sign of {kernels} came")
         if ex.current is not None:
             if ex.grace_deadline is None:  # else an interrupt's grace period runs already
+                req = ex.current
+                if req.client:
+                    # Its kernel may only have been busy (local code holding the GIL, or
+                    # stopped): said in the cell itself when it reads on, not as an interrupt
+                    # from nowhere or a lost broker; its next request is not told again.
+                    text = (
+                        f"{_whose(ex)} is being stopped: no sign of this notebook's "
+                        f"kernel came for {now - ex.last_seen:.0f} s (a kernel busy in code "
+                        "that holds the GIL, or stopped, sends none), so the worker took it "
+                        "as gone; this cell is stopped and the namespace is lost."
+                    )
+                    self._to_client(req, Kind.NOTICE, {"text": text, "about": "lost"})
+                    ex.told.add(req.client)
                 self._interrupt(ex, "orphan")
         else:
             ex.kill_reason = "stop"
