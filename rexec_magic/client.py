@@ -527,17 +527,28 @@ class RexecClient:
                 if now >= next_ping:  # the kernel is still there, whatever the upload takes
                     self._send(P.Kind.PING, {"t": now})
                     self.keepalive()
+                    # And on the upload connection: it comes after the values, or, should the
+                    # broker restart meanwhile (the part of them on their way is dropped), to
+                    # the new one, which answers "unauthenticated": send them again then,
+                    # rather than wait out the bytes' time for an answer that cannot come.
+                    up._send(P.Kind.PING, {"t": now})
                     next_ping = now + P.CLIENT_PING_S
                 msg = up._recv(min(CANCEL_POLL_S, next_ping - now, deadline - now))
-                if msg is None or msg.header.get("id") != req_id:
+                if msg is None:
                     continue
+                fail = msg.read(P.Fail) if msg.kind == P.Kind.FAIL else None
+                if fail is not None and fail.code == P.FailCode.UNAUTHENTICATED:
+                    up.drain_replies()  # (the answers to the other pings it sent)
+                    up.hello()  # the broker restarted: a new session, the values again
+                    up._send(P.Kind.UPLOAD, {"id": req_id}, buffers)
+                    deadline = time.monotonic() + P.transfer_allowance_s(nbytes)
+                    deadline += P.BROKER_SILENT_AFTER_S
+                    continue
+                if msg.header.get("id") != req_id:
+                    continue  # (a PONG)
                 if msg.kind == P.Kind.UPLOADED:
                     return msg.read(P.Uploaded).set
-                if msg.kind == P.Kind.FAIL:
-                    if msg.read(P.Fail).code == P.FailCode.UNAUTHENTICATED:  # broker restarted
-                        up.hello()
-                        up._send(P.Kind.UPLOAD, {"id": req_id}, buffers)
-                        continue
+                if fail is not None:
                     raise up._fail_error(msg)
         except KeyboardInterrupt:
             self._drop_uploader()

@@ -149,6 +149,46 @@ def test_after_a_broker_restart_mid_cell_the_notebooks_older_copies_never_go_bac
     assert outcome.values["seen"] == (0, [1, 2])
 
 
+def test_a_broker_restart_while_a_cells_values_go_ahead_sends_them_again_and_runs_it_once(
+    fresh_stack: Stack, alice: RemoteSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker dies while a large push's values go ahead on the upload connection (what
+    was on its way is dropped): the client waited out the bytes' time for an answer that
+    could not come (68 s for 1 GiB), then said the broker "did not confirm" them.  It hears
+    from the new broker that its session is gone, sends them again, and the cell runs once
+    with the notebook's values."""
+    import numpy as np
+
+    from rexec_magic import sync
+    from rexec_magic.client import RexecClient
+
+    old = fresh_stack.pid("broker")
+    real_send = RexecClient._send
+
+    def kill_after_upload_sent(self: RexecClient, kind: str, *args: Any, **kw: Any) -> None:
+        real_send(self, kind, *args, **kw)
+        if kind == P.Kind.UPLOAD and pid_alive(old):
+            os.kill(old, signal.SIGKILL)
+
+    monkeypatch.setattr(RexecClient, "_send", kill_after_upload_sent)
+    marker = fresh_stack.tmp / "ran"
+    namespace = {"big": np.full(32 << 20, 3, dtype=np.uint8)}
+    code = f"open({str(marker)!r}, 'a').write('ran\\n')\ntotal = int(big.sum())"
+    events: list[P.Message] = []
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            outcome = alice.run_synced(
+                code, namespace, ["big"], sync.shippable, {"pull": ["total"]}, events.append
+            )
+            break
+        except errors.NoWorker:  # (the broker came back before the worker registered again)
+            assert time.monotonic() < deadline
+    assert outcome.values == {"total": 3 * (32 << 20)}
+    assert marker.read_text() == "ran\n"  # once
+    fresh_stack.wait_pid_changed("broker", old)
+
+
 def running_long_cell(
     session: RemoteSession, marker: Path, text: str
 ) -> tuple[list[BaseException], threading.Thread]:
