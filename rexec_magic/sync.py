@@ -60,6 +60,8 @@ def shippable(name: str, value: Any) -> bool:
 def conflict_notes(done: Any) -> list[str]:
     """One sentence per push a shared namespace did not apply (``Done.conflicts``)."""
     notes = []
+    # (over the pull limit, or not loadable here: the value stays remote, with its own note)
+    stayed = {s.get("name") for s in done.skipped if isinstance(s, dict)} if done else set()
     for name in done.conflicts if done is not None else []:
         if name in done.deleted:
             notes.append(
@@ -67,11 +69,11 @@ def conflict_notes(done: Any) -> list[str]:
                 "had it: this notebook's copy was not sent, and is deleted here too"
             )
         else:
+            where = "stays there" if name in stayed else "came back here"
             notes.append(
                 f"`{name}` in the shared namespace is newer than this notebook's copy "
                 "(changed there since this notebook last had it, or there before it "
-                "joined): that value was kept and came back here; this notebook's was "
-                "not sent"
+                f"joined): that value was kept and {where}; this notebook's was not sent"
             )
     return notes
 
