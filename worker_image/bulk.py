@@ -27,6 +27,10 @@ import zmq
 from rexec_magic import protocol
 from rexec_magic.protocol import Kind
 
+# Why a fetch gave up when an interrupt came while it waited (the cell then ends as
+# interrupted, not as failed: the same Ctrl-C a moment earlier stopped the upload).
+FETCH_INTERRUPTED = "the cell was interrupted while the values came"
+
 log = logging.getLogger(__name__)
 
 # How long the executor waits for the broker's answer beyond what the bytes need at the
@@ -132,7 +136,7 @@ class BulkUploader:
         if answer == NO_ANSWER:
             self._close()  # a late answer must not meet the next fetch
             return "the broker did not send the values in time"
-        return "the cell was interrupted while the values came"
+        return FETCH_INTERRUPTED
 
     def _answer(
         self, sock: zmq.Socket, set_id: str, nbytes: int, request_id: str, what: str

@@ -21,6 +21,7 @@ from rexec_magic import serialize
 from rexec_magic.contract import DEFAULT_PULL_LIMIT_BYTES
 from rexec_magic.protocol import Call, DoneStatus, Execute, Kind, Message, Placement, Versions
 from rexec_magic.sync import ipython_name
+from worker_image.bulk import FETCH_INTERRUPTED
 from worker_image.calls import Step, invoke
 from worker_image.outbox import CODE_OVER, EventChannel, Target
 from worker_image.variables import Report, Watch, load_pushed, not_arrived, numbered_as
@@ -233,8 +234,20 @@ class CellRunner:
                 if not cell.call:
                     self.shell.user_ns.update(values)
                     self.watch.invalidate(values)
-                if cell.unfetched:
-                    what = "call" if cell.call else "cell"
+                    # Unbound (no older value stands in), and no hash kept: a later cell must
+                    # not report them as deleted, should this DONE not reach the notebook
+                    # (a broker restart), which then still takes them as held here; that
+                    # deletion cost the notebook its own copy.  They are sent again instead.
+                    self.watch.unbind(self.shell.user_ns, [u["name"] for u in unloaded])
+                what = "call" if cell.call else "cell"
+                status = DoneStatus.ERROR
+                if cell.unfetched == FETCH_INTERRUPTED:  # a Ctrl-C, as for one a moment earlier
+                    status = DoneStatus.INTERRUPTED
+                    extra["message"] = (
+                        f"The {what} was interrupted while its values came to the worker; it "
+                        "did not run."
+                    )
+                elif cell.unfetched:
                     self._send_error(
                         "TransferError",
                         f"The values sent with this {what} did not reach the worker "
@@ -243,7 +256,6 @@ class CellRunner:
                 else:
                     detail = "; ".join(f"variable '{u['name']}' {u['reason']}" for u in unloaded)
                     self._send_error("SerializationError", f"{detail}; {self._version_note(cell)}")
-                status = DoneStatus.ERROR
             elif cell.call:
                 shipped = values.pop("globals", None) or {}
                 kept = self._keep_newer(cell, shipped) + kept_gone
