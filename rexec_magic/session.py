@@ -858,11 +858,15 @@ def whose() -> str:
 
 
 def _notebook_label() -> str:
-    """How the worker lists this session: the notebook's path where Jupyter says it
-    (``JPY_SESSION_NAME``), else the script's name, else the kernel's pid."""
+    """How the worker lists this session: the notebook's file and its folder where Jupyter
+    says it (``JPY_SESSION_NAME``, the notebook's whole path: ``proj1/analysis.ipynb``, so
+    two notebooks of one name in two folders are told apart), else the script's name, else
+    the kernel's pid."""
     name = os.environ.get("JPY_SESSION_NAME")
     if name:
-        return os.path.basename(name)
+        folder, base = os.path.split(os.path.normpath(name))
+        parent = os.path.basename(folder)
+        return f"{parent}/{base}" if parent else base
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if script and not script.startswith("ipykernel") and script != "-c":
         return script

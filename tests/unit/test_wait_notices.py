@@ -46,17 +46,3 @@ def test_the_grace_notice_names_the_executor_that_would_be_restarted(namespace, 
 
     text = RexecClient._grace_notice("r", P.Kind.EXECUTE, namespace).header["text"]
     assert f"grace period, {whose} is restarted and its namespace is lost" in text
-
-
-def test_a_kept_newer_shared_value_over_the_pull_limit_is_not_said_to_have_come_back():
-    """A shared namespace kept its newer ``x`` over this notebook's push, and ``x`` is over
-    the pull limit: the note said it "came back here" beside "`x` stays remote" (the notebook
-    held a placeholder).  It says that value stays there."""
-    from rexec_magic import sync
-
-    header = {"id": "r", "seq": 1, "status": "ok", "conflicts": ["x", "y"],
-              "skipped": [{"name": "x", "reason": "too large", "type": "ndarray"}]}  # fmt: skip
-    done = P.Message(P.Kind.DONE, header).read(P.Done)
-    x_note, y_note = sync.conflict_notes(done)
-    assert "that value was kept and stays there;" in x_note and "came back" not in x_note
-    assert "that value was kept and came back here;" in y_note
