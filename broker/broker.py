@@ -257,6 +257,7 @@ class Broker:
         # their way to one (its kernel was shut down or killed mid-request) are no attack.
         self.closed_handles: LRUCache[bytes, str] = LRUCache(maxsize=4096)
         self.hello_in_flight: dict[bytes, str] = {}  # route -> the token being checked
+        self.hello_roles: dict[bytes, str] = {}  # route -> its HELLO's role, until welcomed
         # Connections whose token was revoked while open: told so until they say HELLO again.
         self.revoked: LRUCache[bytes, bool] = LRUCache(maxsize=4096)
         self.workers: dict[str, WorkerEntry] = {}
@@ -576,6 +577,7 @@ class Broker:
     def _client_closed(self, route: bytes) -> None:
         """The connection is gone, and so is its session."""
         self.hello_in_flight.pop(route, None)
+        self.hello_roles.pop(route, None)
         self.revoked.pop(route, None)
         self.legacy.waiting.pop(route, None)  # a call whose token is being checked: never sent
         if self.legacy.owns(route):
@@ -590,6 +592,8 @@ class Broker:
             return self._reply(
                 route, P.Kind.DENIED, {"message": "The HELLO had no token or was unreadable."}
             )
+        if hello.role:
+            self.hello_roles[route] = hello.role  # (for the log line of its welcome)
         cached = self.auth.cached(hello.token)
         if cached is not None:
             return self._finish_hello(route, cached, hello.token)
@@ -664,6 +668,7 @@ class Broker:
     def _finish_hello(self, route: bytes, outcome: Identity | AuthError, token: str | None) -> None:
         if isinstance(outcome, AuthError):
             self.counters.auth_denied += 1
+            self.hello_roles.pop(route, None)
             self._reply(route, P.Kind.DENIED, {"message": outcome.message})
             return
         self.counters.auth_ok += 1
@@ -682,7 +687,9 @@ class Broker:
                 "uploads": True,
             },
         )
-        log.info("client connected for user %s", outcome.username)
+        role = self.hello_roles.pop(route, "")
+        # One line per connection, saying which (a kernel has up to four, see P.Hello.role).
+        log.info("client connected for user %s%s", outcome.username, f" ({role})" if role else "")
 
     def _finish_recheck(self, route: bytes, outcome: Identity | AuthError) -> None:
         """A session's periodic token check came back: keep it, or end it with one sentence."""

@@ -136,8 +136,11 @@ def keepalive_interval() -> float:
 
 
 class RexecClient:
-    def __init__(self, info: ConnectionInfo, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, info: ConnectionInfo, context: zmq.Context | None = None, role: str = ""
+    ) -> None:
         self.info = info
+        self.role = role  # which of the notebook's connections (``protocol.Hello.role``)
         self.ctx = context or zmq.Context.instance()
         self.sock: zmq.Socket | None = None
         self.user: str = ""
@@ -288,7 +291,10 @@ class RexecClient:
 
     def hello(self, timeout_s: float = HELLO_TIMEOUT_S) -> dict[str, Any]:
         """Authenticate this connection; return the WELCOME header."""
-        self._send(P.Kind.HELLO, {"token": self.info.token, "client": self.local_versions})
+        hello = {"token": self.info.token, "client": self.local_versions}
+        if self.role:
+            hello["role"] = self.role
+        self._send(P.Kind.HELLO, hello)
         deadline = time.monotonic() + timeout_s
         while True:
             msg = self._recv(deadline - time.monotonic())
@@ -508,7 +514,7 @@ class RexecClient:
         size = f"{nbytes / 2**20:,.0f} MiB"
         up = self._uploader
         if up is None:
-            up = self._uploader = RexecClient(self.info, self.ctx)
+            up = self._uploader = RexecClient(self.info, self.ctx, role="upload")
         try:
             up.ensure_hello()
             up._send(P.Kind.UPLOAD, {"id": req_id}, buffers)

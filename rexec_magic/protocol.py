@@ -729,6 +729,10 @@ def _check_buffers(entries: list[VarEntry], info: ValidationInfo) -> None:
 class Hello(Header):
     token: Annotated[str, StringConstraints(max_length=TOKEN_MAX)] = ""
     client: Versions | None = None
+    # Which of a notebook's connections this is, for the broker's log (a kernel has up to
+    # four: its requests, its keepalives, large values sent ahead, a status asked while a
+    # call runs): "" (requests), "keepalive", "upload", "status".
+    role: Short = ""
 
 
 class Ping(Header):

@@ -414,7 +414,7 @@ class RemoteSession:
     def _side_client(self) -> RexecClient:
         """A connection of its own, for a question that must not wait behind this session's
         running request (it holds the session's connection while it runs); close it after."""
-        side = RexecClient(self.info)
+        side = RexecClient(self.info, role="status")
         side.session_id, side.namespace = self.session_id, self.namespace
         side.notebook = self.notebook
         return side
@@ -961,7 +961,7 @@ def _keep_alive(
             if client is None or client.info is not info:
                 if client is not None:
                     client.close()
-                client = RexecClient(info)
+                client = RexecClient(info, role="keepalive")
             client.session_id, client.namespace = session.session_id, session.namespace
             client.notebook = session.notebook
             client.drain_replies()

@@ -598,3 +598,28 @@ def test_an_upload_no_request_claims_is_let_go_and_the_request_is_refused(link):
     up.close()
     wait_for(lambda: status(link.broker)["bulk"]["held_sets"] == 0, "the upload let go")
     assert link.pong()["pending"] == []
+
+
+def test_each_connection_of_a_notebook_is_logged_once_saying_which(link, caplog):
+    """A kernel opens up to four connections (its requests, its keepalives, large values
+    sent ahead, a status asked while a call runs): the broker's log had the same line,
+    "client connected for user alice", for each, which read as a line logged twice."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="rexec.broker")
+    token = add_static_token(link.tokens, "alice")
+    ctx = zmq.Context.instance()
+    for role in ("keepalive", "upload"):
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        try:
+            sock.connect(f"tcp://127.0.0.1:{link.broker.ports['broker']}")
+            sock.send_multipart(P.encode_signed(None, P.Kind.HELLO, {"token": token, "role": role}))
+            assert P.decode(recv(sock)).kind == P.Kind.WELCOME
+        finally:
+            sock.close()
+    said = [r.getMessage() for r in caplog.records if "client connected" in r.getMessage()]
+    assert said == [
+        "client connected for user alice (keepalive)",
+        "client connected for user alice (upload)",
+    ]
