@@ -926,15 +926,10 @@ class RexecClient:
         worker only acts at the end of the grace period); ``namespace``: the shared one the
         request runs in (its executor is the one restarted), None for the notebook's own."""
         what = "call" if kind == P.Kind.CALL else "cell"
-        whose = (
-            f"the remote executor of shared namespace {namespace!r}"
-            if namespace
-            else "this notebook's remote executor"
-        )
         text = (
             f"the remote {what} has not stopped {P.NOTICE_AFTER_S:g} s after the interrupt; "
-            f"if it does not stop within the {P.INTERRUPT_GRACE_S:g} s grace period, {whose} "
-            "is restarted and its namespace is lost"
+            f"if it does not stop within the {P.INTERRUPT_GRACE_S:g} s grace period, "
+            f"{P.executor_of(namespace)} is restarted and its namespace is lost"
         )
         return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "grace"})
 

@@ -29,7 +29,7 @@ from rexec_magic.login import log_in
 from rexec_magic.logs import log_path, setup_logging
 from rexec_magic.notes import NOTEBOOK, Notes
 from rexec_magic.render import EventRenderer, RemoteResult, Table, human_bytes, human_seconds
-from rexec_magic.session import restart_sentence, shared_session
+from rexec_magic.session import exit_notes, restart_sentence, shared_session
 
 log = logging.getLogger("rexec.magic")
 
@@ -448,16 +448,6 @@ class RexecMagics(Magics):
         self._guard(
             "moving files", lambda: func(source, dest, session=self.session, notes=self.notes)
         )
-
-
-def exit_notes(outcome: Any) -> list[str]:
-    """The sentence that exit() ended the executor, when a request that failed (an error
-    after exit(), or its timeout) had called it: else the namespace went in silence, and the
-    next cell met a bare NameError."""
-    done = getattr(outcome, "done", None)
-    if done is None or not done.exit or not done.message:
-        return []
-    return [done.message]
 
 
 def conflict_sentence(spawner_says: str, requirements_file: str) -> str:

@@ -244,6 +244,17 @@ UPLOAD_LOST_MESSAGE = (
     "The values sent with this request were no longer held by the rexec broker when the "
     "request came (it restarted?), so it did not run; run it again."
 )
+
+
+def executor_of(namespace: str | None) -> str:
+    """Whose executor a sentence is about: "this notebook's remote executor", or, for a
+    shared namespace (``%rexec_attach NAME``), "the remote executor of shared namespace
+    'NAME'" (the notebook keeps its own then)."""
+    if namespace:
+        return f"the remote executor of shared namespace {namespace!r}"
+    return "this notebook's remote executor"
+
+
 # The one sentence a user reads when an open connection's token stops being valid.
 TOKEN_INVALID_MESSAGE = "Your rexec token is no longer valid; log in again."  # noqa: S105
 

@@ -639,9 +639,8 @@ class RemoteSession:
                     self._start_missing(notes)
                     outcome = yield from call()
             except (errors.RemoteCellError, errors.CellTimeout) as exc:
-                done = exc.outcome.done if exc.outcome is not None else None
-                if done is not None and done.exit and done.message:  # exit() before it failed
-                    notes.note(done.message)
+                for note in exit_notes(exc.outcome):  # exit() ran before it failed
+                    notes.note(note)
                 raise
             except (errors.RemoteInterrupted, errors.WorkerLost) as exc:
                 lost = isinstance(exc, errors.WorkerLost) or exc.namespace_lost
@@ -886,6 +885,16 @@ def _unpackable_part(
         except serialize.SerializationError as own:
             return f"{what} {serialize.unserializable_reason(value, own)}"
     return f"its arguments {serialize.unserializable_reason(args, exc)}"
+
+
+def exit_notes(outcome: Any) -> list[str]:
+    """The sentence that exit() ended the executor, when a request that failed (an error
+    after exit(), or its timeout) had called it: else the namespace went in silence, and the
+    next cell met a bare NameError."""
+    done = getattr(outcome, "done", None)
+    if done is None or not done.exit or not done.message:
+        return []
+    return [done.message]
 
 
 def _unloaded(outcome: CellOutcome | None) -> list[str]:

@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from rexec_magic import serialize
 from rexec_magic.contract import DEFAULT_PULL_LIMIT_BYTES
-from rexec_magic.protocol import Call, DoneStatus, Execute, Kind, Message, Placement, Versions
+from rexec_magic.protocol import (
+    Call,
+    DoneStatus,
+    Execute,
+    Kind,
+    Message,
+    Placement,
+    Versions,
+    executor_of,
+)
 from rexec_magic.sync import ipython_name
 from worker_image.bulk import FETCH_INTERRUPTED
 from worker_image.calls import Step, invoke
@@ -33,22 +42,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PULL_LIMIT = DEFAULT_PULL_LIMIT_BYTES
 SHARED_PREFIX = "namespace:"  # executor keys of shared namespaces (``placement``)
-EXIT_MESSAGE = (
-    "exit() or quit() ended this notebook's remote executor; its namespace is gone. "
-    "The next remote cell or call starts a fresh one."
-)
-SHARED_EXIT_MESSAGE = (
-    "exit() or quit() ended the remote executor of shared namespace {name!r}; its namespace "
-    "is gone for every notebook attached to it. The next remote cell or call there starts a "
-    "fresh one."
-)
 
 
 def exit_message(key: str) -> str:
     """What the cell that called exit() in executor ``key`` (``placement``) says."""
-    if shared(key):
-        return SHARED_EXIT_MESSAGE.format(name=key[len(SHARED_PREFIX) :])
-    return EXIT_MESSAGE
+    shared_one = shared(key)
+    whose = executor_of(key[len(SHARED_PREFIX) :] if shared_one else None)
+    everyone, there = (" for every notebook attached to it", " there") if shared_one else ("", "")
+    return (
+        f"exit() or quit() ended {whose}; its namespace is gone{everyone}. The next remote "
+        f"cell or call{there} starts a fresh one."
+    )
 
 
 @dataclass(eq=False)

@@ -1592,10 +1592,9 @@ class Supervisor:
 
 
 def _how_it_ended(ex: ExecutorProcess, sentence: str) -> str:
-    """How executor ``ex`` ended, as ``%rexec_status`` says it ("the executor died (exit
-    code 3)"); ``sentence`` is its exit status in words."""
-    if ex.exit_requested:
-        return "the executor ended with exit()"
+    """How executor ``ex``, still serving its namespace, ended, as ``%rexec_status`` says
+    it ("the executor died (exit code 3)"); ``sentence`` is its exit status in words.  (One
+    ended by exit() or stopped for a silent kernel was let go before, saying so: ``_forget``.)"""
     if ex.grace_killed:
         return (
             f"the executor was restarted: a cell did not stop within {INTERRUPT_GRACE_S:g} s "
@@ -1603,16 +1602,12 @@ def _how_it_ended(ex: ExecutorProcess, sentence: str) -> str:
         )
     if ex.kill_reason == "abandon":
         return "the executor was stopped: the rexec broker lost this worker"
-    if ex.kill_reason == "stop":
-        return "the executor was stopped"
     return f"the executor died ({sentence})"
 
 
 def _whose(ex: ExecutorProcess) -> str:
     """ "this notebook's remote executor", or the shared namespace's."""
-    if ex.shared:
-        return f"the remote executor of shared namespace {ex.key.partition(':')[2]!r}"
-    return "this notebook's remote executor"
+    return protocol.executor_of(ex.key.partition(":")[2] if ex.shared else None)
 
 
 def _stream_due(ex: ExecutorProcess) -> float:
