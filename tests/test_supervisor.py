@@ -1042,6 +1042,36 @@ def test_an_interrupt_while_a_fetch_waits_ends_the_wait_and_keeps_the_namespace(
     assert done(events).header["status"] == DoneStatus.OK
 
 
+def test_an_executor_killed_while_a_cells_values_come_says_the_cell_did_not_run(port):
+    """The executor is killed (as an out-of-memory kill would) while it fetches a large
+    request's values (24 MiB): the code never started, so the notebook hears that the cell
+    did not run (not that "its output until then is above"), with the signal and the lost
+    namespace.  Killed once those values are in, the same death is one during the cell."""
+    port.run("kept = 1")
+    pid = executor_pid(port)
+    port.fetch_policy = "silent"
+    request_id = port.execute("ran = True", push={"big": np.ones(3 << 20)}, held=True)
+    while port.fetches == 0:  # the fetch came (answered by nobody)
+        with contextlib.suppress(TimeoutError):
+            port.recv(0.2)
+    os.kill(pid, signal.SIGKILL)
+    d = done(port.events(request_id))
+    assert d.header["status"] == DoneStatus.LOST
+    assert d.header["message"] == (
+        "This notebook's remote executor died before the cell started, while its values "
+        "(24 MiB) came to it (killed by SIGKILL); the cell did not run, and this notebook's "
+        "remote namespace was lost."
+    )
+    port.fetch_policy = "serve"
+    code = "import os, signal\nprint(big.size, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)"
+    events = port.run(code, push={"big": np.ones(3 << 20)}, held=True)
+    assert stdout(events) == f"{3 << 20}\n"
+    assert done(events).header["message"] == (
+        "This notebook's remote executor died during the cell (killed by SIGKILL); its "
+        "output until then is above, and this notebook's remote namespace was lost."
+    )
+
+
 def test_no_event_is_dropped_for_a_slow_reader(port):
     """Credit 32: the worker never has more than 32 events unacknowledged in flight."""
     n = 3000

@@ -32,7 +32,7 @@ from rexec_magic.protocol import (
 from rexec_magic.sync import ipython_name
 from worker_image.bulk import FETCH_INTERRUPTED
 from worker_image.calls import Step, invoke
-from worker_image.outbox import CODE_OVER, EventChannel, Target
+from worker_image.outbox import CODE_OVER, VALUES_IN, EventChannel, Target
 from worker_image.variables import Report, Watch, load_pushed, not_arrived, numbered_as
 
 if TYPE_CHECKING:  # the supervisor parses requests too, and must not load IPython
@@ -86,6 +86,7 @@ class Cell:
     # Why the buffers the broker held back for it did not come (``BULK_FETCH_REF``): its
     # values are reported not loaded and it does not run.
     unfetched: str = ""
+    fetched: bool = False  # its buffers were fetched from the broker (they were large)
 
     @property
     def id(self) -> str:
@@ -234,6 +235,8 @@ class CellRunner:
                 values, unloaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers)
             extra["unloaded"] = unloaded
             cell.buffers = []
+            if cell.fetched and not unloaded:  # from here on, a death is "during the cell"
+                self.outbox.internal(VALUES_IN, {"id": cell.id})
             if unloaded:  # the others are bound; the code, which reads them all, does not run
                 if not cell.call:
                     self.shell.user_ns.update(values)

@@ -329,10 +329,12 @@ class Executor:
             msg = self._next()
             if msg is None:
                 break
+            fetching = protocol.fetch_ref(msg.buffers) is not None
             msg, unfetched = self._fetched(msg)
             try:
                 cell = cell_for(b"", msg)
                 cell.unfetched = unfetched
+                cell.fetched = fetching and not unfetched
             except protocol.ProtocolError as exc:  # the supervisor read it already: a bug
                 log.warning("dropped a malformed request: %s", exc)
                 try:

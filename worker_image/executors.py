@@ -80,6 +80,9 @@ class Request:
     notice_at: float = 0.0
     abandoned: bool = False  # its client's broker is gone (RESYNC): its events are dropped
     client: str = ""  # the client session that sent it ("": a legacy client)
+    # Bytes of values the executor fetches from the broker before the code can start
+    # (``BULK_FETCH_REF``); None when it had none to fetch, or they are in (``VALUES_IN``).
+    values_coming: int | None = None
 
     @property
     def blocked(self) -> bool:

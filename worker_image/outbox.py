@@ -196,6 +196,9 @@ READY = "ready"  # executor -> supervisor {pid}: the shell is built, send cells
 # executor -> supervisor {id}: the interrupted request's user code is over (SIGINT ignored
 # from here on); what it bound is being packed, which may outlast the grace period.
 CODE_OVER = "code_over"
+# executor -> supervisor {id}: the values the broker held for this request (``BULK_FETCH_REF``)
+# came and are bound; before it, a death is "before the cell started" (it did not run).
+VALUES_IN = "values_in"
 STOP = "stop"  # supervisor -> executor: end after the current cell
 # supervisor -> executor, on its link before the requests it applies to: {url, user, key
 # (hex)} where a large DONE's buffers may go straight to the broker (worker_image.bulk), or

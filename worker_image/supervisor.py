@@ -84,7 +84,7 @@ from worker_image.link import (
     Registration,
     encode_header,
 )
-from worker_image.outbox import BULK_CHANNEL, CODE_OVER, READY, Target
+from worker_image.outbox import BULK_CHANNEL, CODE_OVER, READY, VALUES_IN, Target
 from worker_image.recent import Recent
 
 log = logging.getLogger("worker_image.supervisor")
@@ -598,6 +598,8 @@ class Supervisor:
         frames = protocol.encode(msg.kind, raw.header, raw.buffers)
         fields = msg.read(protocol.Placement)
         req = Request(cell.target, msg.kind, frames, cell.credit, client=fields.session)
+        ref = protocol.fetch_ref(raw.buffers)
+        req.values_coming = ref[1] if ref is not None else None
         if cell.id in self._accepted:
             if any(r.target.id == cell.id for ex in self.all for r in ex.queue):
                 log.info("%s %s came again while it waits its turn: run once", req.what, cell.id)
@@ -958,12 +960,16 @@ class Supervisor:
             except ProtocolError as exc:
                 log.warning("executor %d sent a malformed message: %s", ex.number, exc)
                 continue
-            # READY and CODE_OVER are for the supervisor itself: not events (no mark).
+            # READY, CODE_OVER and VALUES_IN are for the supervisor itself: not events (no mark).
             if raw.kind == READY:
                 self._on_ready(ex)
                 continue
             if raw.kind == CODE_OVER:
                 self._on_code_over(ex, raw)
+                continue
+            if raw.kind == VALUES_IN:
+                if ex.current is not None and _header_id(raw.header) == ex.current.target.id:
+                    ex.current.values_coming = None
                 continue
             handler = self._executor_handlers.get(raw.kind)
             if handler is not None:
@@ -1207,18 +1213,19 @@ class Supervisor:
                 header = done_header(DoneStatus.RESTARTING, message=message)
                 self._to_client(req, Kind.DONE, header)
             else:
-                if ex.shared:
-                    whose = _whose(ex)
+                whose = _whose(ex)
+                lost = "the shared namespace" if ex.shared else "this notebook's remote namespace"
+                if req.values_coming is not None:  # the code had not started: nothing ran
+                    size = f"{req.values_coming / 2**20:,.0f} MiB"
                     message = (
-                        f"{whose[0].upper()}{whose[1:]} died during the {req.what} "
-                        f"({sentence}); its output until then is above, and the shared "
-                        "namespace was lost."
+                        f"{whose[0].upper()}{whose[1:]} died before the {req.what} started, "
+                        f"while its values ({size}) came to it ({sentence}); the {req.what} did "
+                        f"not run, and {lost} was lost."
                     )
                 else:
                     message = (
-                        f"The remote executor of this notebook died during the {req.what} "
-                        f"({sentence}); its output until then is above, and this notebook's "
-                        "remote namespace was lost."
+                        f"{whose[0].upper()}{whose[1:]} died during the {req.what} "
+                        f"({sentence}); its output until then is above, and {lost} was lost."
                     )
                 error = {"ename": "ExecutorDied", "evalue": message, "traceback": [message]}
                 self._to_client(req, Kind.ERROR, error)
