@@ -179,8 +179,9 @@ class RexecMagics(Magics):
             # lost (a restart) stays lost there, as it was told, rather than come back unasked.
             changed_only = [n for n in self.session.sync.records if n not in free]
             free = [n for n in free if n != names.ANY_NAME] + changed_only
-        # `_` reads the notebook's last output, as in a local cell (it does not come back).
-        outputs = [n for n in free if n in sync.LAST_OUTPUTS]
+        # `_`, `Out[3]`, `In[2]` read the notebook's history, as in a local cell (they do not
+        # come back).
+        outputs = [n for n in free if sync.history_name(n)]
         free = [n for n in free if not sync.ipython_name(n)]
         bound = [n for n in bound if not sync.ipython_name(n)]
         forced: list[str] = []

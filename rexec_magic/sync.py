@@ -32,11 +32,18 @@ from rexec_magic import errors, serialize
 RESULT = "__rexec_result__"
 
 
-# IPython's own names in a user namespace: never shipped, but for the last outputs, which a
-# cell that reads them gets as the notebook has them (they never come back: IPython sets them).
+# IPython's own names in a user namespace: never shipped, but for the notebook's history
+# (``_``, ``Out``, ``_3``, ``In``, ``_i3``, ``_dh``), which a cell that reads them gets as the
+# notebook has them: ``Out[3]`` is the notebook's cell 3, not the worker's third remote cell.
+# They never come back (IPython sets them).
 IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_", "__", "___"})
-LAST_OUTPUTS = frozenset({"_", "__", "___"})
 IPYTHON_NAME_RE = re.compile(r"^_(i\d*|ii|iii|oh|ih|dh|\d+)$")
+HISTORY_NAMES = frozenset({"In", "Out", "_", "__", "___"})
+
+
+def history_name(name: str) -> bool:
+    """One of IPython's names for the notebook's inputs and outputs (see above)."""
+    return name in HISTORY_NAMES or bool(IPYTHON_NAME_RE.match(name))
 
 
 def ipython_name(name: str) -> bool:
@@ -51,7 +58,7 @@ def shippable(name: str, value: Any) -> bool:
     user namespace; a cell calling ``open`` means the worker's builtin, so that one stays
     (it used to travel and be listed as a remote variable).  A user's own ``open`` travels.
     """
-    if ipython_name(name) and name not in LAST_OUTPUTS:
+    if ipython_name(name) and not history_name(name):
         return False
     shell_module = sys.modules.get("IPython.core.interactiveshell")
     return not (name == "open" and value is getattr(shell_module, "_modified_open", None))

@@ -475,3 +475,25 @@ def test_a_value_that_cannot_be_loaded_here_stays_remote_and_the_cell_succeeds(k
     assert stdout_of(outputs).split() == ["7", "False"]
     status = texts(ok(kc, "%rexec_status"), "execute_result")[0]
     assert re.search(r"only remote\s+.*thing \(Thing\)", status), status
+
+
+def test_a_remote_cell_reads_the_notebooks_own_inputs_and_outputs(kc):
+    """``Out[n]``, ``_n``, ``In[n]`` and ``_in`` in a remote cell are the notebook's own
+    cells', a local one among them, as in a local cell (they were the worker's count of its
+    remote cells: ``Out[3]`` gave another cell's value); none of them comes back."""
+    reply, _ = run(kc, "%%remote\n'from a remote cell'")
+    remote_n = reply["execution_count"]
+    reply, _ = run(kc, "'from a local cell'")
+    local_n = reply["execution_count"]
+    ok(kc, "%%remote\n'another remote cell'")
+    code = (
+        f"%%remote\nprint(Out[{remote_n}], Out[{local_n}], _{local_n}, In[{local_n}], "
+        f"_i{local_n}, _, sep='|')"
+    )
+    out = ok(kc, code)
+    assert stdout_of(out) == (
+        "from a remote cell|from a local cell|from a local cell|'from a local cell'|"
+        "'from a local cell'|another remote cell\n"
+    )
+    out = ok(kc, f"print(Out[{local_n}], len(In) > {local_n})")
+    assert stdout_of(out) == "from a local cell True\n"

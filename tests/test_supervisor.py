@@ -1768,3 +1768,14 @@ def test_a_cell_that_ignores_the_stop_after_a_broker_restart_costs_the_namespace
     said = lost_notices(events)
     assert len(said) == 1 and "when the rexec broker lost this worker" in said[0], said
     assert done(events).header["status"] == DoneStatus.OK and stdout(events) == "False\n"
+
+
+def test_each_notebook_of_a_shared_namespace_reads_its_own_last_output(port):
+    """``_`` (like ``Out``, ``In``) is the history of the notebook whose cell reads it: in a
+    shared namespace another notebook's push of it is no newer value to keep over this one's
+    (it was kept, with a note that "`_` is newer than this notebook's copy")."""
+    team = {"namespace": "team"}
+    port.run("print(_)", push={"_": "a's last output"}, extra={"session": "a", **team})
+    events = port.run("print(_)", push={"_": "b's last output"}, extra={"session": "b", **team})
+    assert stdout(events) == "b's last output\n"
+    assert done(events).header.get("conflicts", []) == []

@@ -326,7 +326,9 @@ class CellRunner:
         send back with the DONE (``conflicts``) so the notebook gets what is here."""
         if not shared(cell.session):
             return []
-        kept = self.watch.conflicts(self.shell.user_ns, values)
+        # (IPython's names of a notebook's history are that notebook's own: never a conflict)
+        pushed = [n for n in values if not ipython_name(n)]
+        kept = self.watch.conflicts(self.shell.user_ns, pushed)
         for name in kept:
             del values[name]
         if kept:
@@ -353,13 +355,6 @@ class CellRunner:
             names_before = {name: id(value) for name, value in shell.user_ns.items()}
             with numbered_as(shell, cell.number):
                 result = shell.run_cell(cell.code, store_history=True)
-            # IPython keeps each cell's input (and output) as a global `_i<N>` (`_<N>`): here
-            # they are the worker's numbers, not the notebook's, no cell should read them,
-            # and thousands of them made every cell's namespace scan (_bound_at_run_time)
-            # slower as a session went on.  `_i`, `_ii`, `_`, `Out`... stay as IPython has them.
-            number = shell.execution_count - 1
-            shell.user_ns.pop(f"_i{number}", None)
-            shell.user_ns.pop(f"_{number}", None)
             # The user's code is over.  Collecting what goes back records digests as it goes:
             # a KeyboardInterrupt half-way would leave them saying the notebook has values it
             # was never sent.

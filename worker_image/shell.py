@@ -20,6 +20,7 @@ from typing import Any
 from IPython.core.autocall import ExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
+from IPython.core.history import HistoryManager
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Type, default
 from traitlets.config import Config
@@ -112,6 +113,18 @@ class WorkerExitAutocall(ExitAutocall):
             self._ip.ask_exit()
 
 
+class WorkerHistory(HistoryManager):
+    """The inputs, for ``%history`` and ``%rerun``, and nothing bound in the namespace."""
+
+    def store_inputs(self, line_num: int, source: str, source_raw: str | None = None) -> None:
+        """IPython's binds ``_i``, ``_ii``, ``_iii`` and ``_i<N>`` by the worker's count of
+        its remote cells: a cell reading them gets the notebook's instead, sent with it
+        (``sync.history_name``).  And with no database, its write cache grew by every cell
+        for the executor's life."""
+        self.input_hist_parsed.append(source.rstrip("\n"))
+        self.input_hist_raw.append((source if source_raw is None else source_raw).rstrip("\n"))
+
+
 class WorkerShell(InteractiveShell):
     """InteractiveShell with outbox-backed output and no history database."""
 
@@ -123,6 +136,10 @@ class WorkerShell(InteractiveShell):
         self.error_sent = False  # an ERROR event went out for the current cell
         self.exit_requested = False  # exit() / quit() ran: end this executor after the cell
         super().__init__(**kwargs)
+
+    def init_history(self) -> None:
+        self.history_manager = WorkerHistory(shell=self, parent=self)
+        self.configurables.append(self.history_manager)
 
     @default("exiter")
     def _exiter_default(self) -> WorkerExitAutocall:
@@ -164,6 +181,9 @@ def make_shell(outbox: EventChannel) -> WorkerShell:
     config = Config()
     config.HistoryManager.enabled = False  # no sqlite file, no writer thread
     config.HistoryManager.hist_file = ":memory:"
+    # No `_`, `_<N>` or `Out[N]` of the worker's own: a cell reading them gets the notebook's
+    # (``sync.history_name``), and the worker does not keep its last 1,000 results alive.
+    config.InteractiveShell.cache_size = 0
     # IPython warns "To exit: use 'exit', ..." after a SystemExit in a cell.  The notebook
     # raises the cell's SystemExit again and its own IPython warns there, as a local cell
     # would; the worker's copy would show the warning twice, with a worker path.
