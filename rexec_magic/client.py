@@ -807,7 +807,7 @@ class RexecClient:
                         stopped_until = now + P.NOTICE_AFTER_S
                 if msg.kind == P.Kind.ACCEPTED:
                     started = True
-                elif msg.kind in OUTPUT_KINDS:
+                elif msg.kind in OUTPUT_KINDS or _shown_error(msg):
                     in_hand = None  # the caller has it now; a Ctrl-C there is thrown in
                     handed_at = time.monotonic()
                     try:
@@ -1085,6 +1085,11 @@ class RexecClient:
             log.info("a remote exception could not be loaded here: %s (%s)", err, note)
             return None
         return exc if isinstance(exc, BaseException) else None
+
+
+def _shown_error(msg: P.Message) -> bool:
+    """An ERROR to show where it came, like output: not the request's own (``Error.shown``)."""
+    return msg.kind == P.Kind.ERROR and msg.header.get("shown") is True
 
 
 def _own_error(error_msg: P.Message | None) -> bool:

@@ -997,6 +997,10 @@ class Error(Event):
     evalue: str = ""
     traceback: list[str] = []
     nbuffers: int = 0
+    # Raised and caught inside IPython while the cell went on (a ``display()`` whose
+    # ``__repr__`` raised, a figure that failed to draw): shown where it happened, as
+    # ipykernel shows it; not the cell's own error.
+    shown: bool = False
 
 
 class Yield(Event):

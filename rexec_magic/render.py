@@ -6,6 +6,7 @@ import html
 import sys
 from typing import Any
 
+from IPython import get_ipython
 from IPython.display import clear_output, publish_display_data
 
 from rexec_magic import protocol as P
@@ -87,8 +88,24 @@ class EventRenderer:
                 transient=event.transient or {},
                 **kwargs,
             )
+        elif isinstance(event, P.Error):  # shown where it came (``Error.shown``)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            show_traceback(event.ename, event.evalue, event.traceback)
         elif isinstance(event, P.Result):
             self.result = RemoteResult(event.data or {}, event.metadata or {})
+
+
+def show_traceback(ename: str, evalue: str, traceback: list[str]) -> None:
+    """A remote traceback shown where it came, not raised: the shell's own way of showing
+    one (ipykernel's ``_showtraceback`` sends an ``error`` output), else on stderr."""
+    lines = traceback or [f"{ename}: {evalue}"]
+    shell = get_ipython()
+    if shell is None:
+        sys.stderr.write("\n".join(lines) + "\n")
+        return
+    # Only the class's name is read (``etype.__name__``): a stand-in named like the remote one.
+    shell._showtraceback(type(ename, (Exception,), {}), evalue, lines)
 
 
 class Table:

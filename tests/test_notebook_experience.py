@@ -497,3 +497,64 @@ def test_a_remote_cell_reads_the_notebooks_own_inputs_and_outputs(kc):
     )
     out = ok(kc, f"print(Out[{local_n}], len(In) > {local_n})")
     assert stdout_of(out) == "from a local cell True\n"
+
+
+def errors_of(outputs: list[dict]) -> list[tuple[str, str]]:
+    return [
+        (m["content"]["ename"], m["content"]["evalue"]) for m in outputs if m["msg_type"] == "error"
+    ]
+
+
+def test_errors_ipython_catches_while_a_cell_goes_on_are_shown_as_a_local_cell_shows_them(kc):
+    """A ``display()`` whose ``__repr__`` raises, and a figure that fails to draw after the
+    cell (a post-execute callback): IPython catches them, shows the traceback and goes on;
+    so does the remote cell (both were dropped without a word, the cell said ok).  A cell
+    whose own value cannot be shown fails, as in ipykernel."""
+    bad = "class BadRepr:\n    def __repr__(self):\n        raise ValueError('repr broke')"
+    ok(kc, "%%remote\n" + bad)
+    out = ok(kc, "%%remote\ndisplay(BadRepr())\nprint('after')")
+    assert errors_of(out) == [("ValueError", "repr broke")]
+    assert stdout_of(out) == "after\n"
+    assert [m["msg_type"] for m in out if m["msg_type"] in ("error", "stream")] == [
+        "error",
+        "stream",
+    ]
+    reply, out = run(kc, "%%remote\nBadRepr()")
+    assert reply["status"] == "error" and errors_of(out) == [("ValueError", "repr broke")]
+    code = "%%remote\ndef fails():\n    raise RuntimeError('callback broke')\n"
+    code += "get_ipython().events.register('post_execute', fails)\nprint('ran')"
+    out = ok(kc, code)
+    assert stdout_of(out).startswith("ran\n")
+    assert errors_of(out) == [("RuntimeError", "callback broke")]
+    ok(kc, "%%remote\nget_ipython().events.unregister('post_execute', fails)")
+
+
+@pytest.mark.parametrize(
+    ("code", "ename", "evalue"),
+    [
+        ("raise KeyboardInterrupt('user raised')", "KeyboardInterrupt", "user raised"),
+        (
+            "import os, signal\nos.kill(os.getpid(), signal.SIGINT)",
+            "KeyboardInterrupt",
+            "",
+        ),
+        (
+            "raise ExceptionGroup('many', [ValueError('v1'), TypeError('t1')])",
+            "RemoteCellError",  # (the notebook does not raise it as its own class: IPython
+            "ExceptionGroup: many (2 sub-exceptions)",  # would draw the local frames)
+        ),
+    ],
+    ids=["raise KeyboardInterrupt", "its own SIGINT", "ExceptionGroup"],
+)
+def test_a_cells_own_exception_shows_as_it_would_locally(kc, code, ename, evalue):
+    """A KeyboardInterrupt nobody sent (no interrupt was asked for) is the cell's own error,
+    with its traceback, not "The remote cell was interrupted."; an ExceptionGroup, which
+    IPython writes to stderr itself, fails the cell under its own name (it said "the cell
+    failed (no traceback available)")."""
+    reply, out = run(kc, "%%remote\n" + code)
+    assert reply["status"] == "error"
+    assert errors_of(out)[-1] == (ename, evalue)
+    assert "no traceback available" not in str(out)
+    if "ExceptionGroup" in evalue:
+        assert "Exception Group Traceback" in stderr_of(out)
+    assert stdout_of(ok(kc, "%%remote\nprint('next')")) == "next\n"

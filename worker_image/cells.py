@@ -342,10 +342,11 @@ class CellRunner:
         comes back.
         """
         shell = self.shell
-        shell.error_sent = False
+        shell.error_sent = shell.display_failed = False
         self.interrupt_handled = False
         status = DoneStatus.OK
         report = Report()
+        error: BaseException | None = None
         _signal.signal(_signal.SIGINT, self.on_sigint)  # a cell may have replaced it
         try:
             self._interruptible = True
@@ -362,11 +363,14 @@ class CellRunner:
             error = result.error_before_exec or result.error_in_exec
             # An interrupt whose id waits in the pipe came while the code ran; the code
             # went on (it caught it, or system() ignored it while its child stopped).
-            self.interrupt_handled = error is None and self.interrupted(cell.id)
-            if isinstance(error, KeyboardInterrupt):
+            interrupted = self.interrupted(cell.id)
+            self.interrupt_handled = error is None and interrupted
+            if isinstance(error, KeyboardInterrupt) and interrupted:
                 status = DoneStatus.INTERRUPTED
                 self.outbox.internal(CODE_OVER, {"id": cell.id})  # no grace kill from here
-            elif error is not None:
+            elif error is not None or shell.display_failed:
+                # (a KeyboardInterrupt nobody sent is the cell's own: `raise KeyboardInterrupt`,
+                # its own os.kill; shown with its traceback, as a local cell shows it)
                 status = DoneStatus.ERROR
             # As in a local kernel, what the cell bound before it raised or was interrupted
             # stays bound: it comes back (left only here, the notebook's older copy would
@@ -392,7 +396,14 @@ class CellRunner:
         if status == DoneStatus.INTERRUPTED and not shell.error_sent:
             self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
         elif status == DoneStatus.ERROR and not shell.error_sent:
-            self._send_error("Error", "the cell failed (no traceback available)")
+            if error is not None:  # IPython wrote it to stderr itself (an ExceptionGroup)
+                try:
+                    evalue = str(error)
+                except Exception:  # a broken __str__
+                    evalue = "(its message could not be shown)"
+                self._send_error(type(error).__name__, evalue)
+            else:
+                self._send_error("Error", "the cell failed (no traceback available)")
         return status, report
 
     def _bound_at_run_time(self, before: dict[str, int], watched: list[str]) -> list[str]:

@@ -20,6 +20,8 @@ from typing import Any
 from IPython.core.autocall import ExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
+from IPython.core.events import EventManager, available_events
+from IPython.core.formatters import DisplayFormatter
 from IPython.core.history import HistoryManager
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Type, default
@@ -113,6 +115,28 @@ class WorkerExitAutocall(ExitAutocall):
             self._ip.ask_exit()
 
 
+class WorkerDisplayFormatter(DisplayFormatter):
+    """IPython's formatter, telling the shell while it formats (``WorkerShell.showing``)."""
+
+    def format(self, obj: Any, include: Any = None, exclude: Any = None) -> Any:
+        self.parent.showing += 1
+        try:
+            return super().format(obj, include, exclude)
+        finally:
+            self.parent.showing -= 1
+
+
+class WorkerEvents(EventManager):
+    """IPython's events, telling the shell while its callbacks run (``WorkerShell.showing``)."""
+
+    def trigger(self, event: str, *args: Any, **kwargs: Any) -> None:
+        self.shell.showing += 1
+        try:
+            super().trigger(event, *args, **kwargs)
+        finally:
+            self.shell.showing -= 1
+
+
 class WorkerHistory(HistoryManager):
     """The inputs, for ``%history`` and ``%rerun``, and nothing bound in the namespace."""
 
@@ -133,9 +157,22 @@ class WorkerShell(InteractiveShell):
 
     def __init__(self, outbox: EventChannel, **kwargs: Any) -> None:
         self.outbox = outbox  # before super().__init__: the hooks are built there
-        self.error_sent = False  # an ERROR event went out for the current cell
+        self.error_sent = False  # the current cell's own ERROR event went out
+        # Inside IPython's formatting of a value, or an event's callbacks: an exception there
+        # is caught by IPython and the cell goes on (ipykernel shows its traceback, and only a
+        # failed display of the cell's value fails the cell).
+        self.showing = 0
+        self.display_failed = False  # the current cell's value could not be shown
         self.exit_requested = False  # exit() / quit() ran: end this executor after the cell
         super().__init__(**kwargs)
+
+    def init_display_formatter(self) -> None:
+        self.display_formatter = WorkerDisplayFormatter(parent=self)
+        self.configurables.append(self.display_formatter)
+
+    def init_events(self) -> None:
+        self.events = WorkerEvents(self, available_events)
+        self.events.register("pre_execute", self._clear_warning_registry)
 
     def init_history(self) -> None:
         self.history_manager = WorkerHistory(shell=self, parent=self)
@@ -150,20 +187,29 @@ class WorkerShell(InteractiveShell):
         self.exit_requested = True
 
     def _showtraceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
-        target = self.outbox.current
+        """One ERROR event: the cell's own error (the notebook raises it), or, raised and
+        caught inside IPython while the cell went on (a ``display()`` whose ``__repr__``
+        raised, a figure that failed to draw after the cell), ``shown`` where it happened, as
+        ipykernel shows it.  A failed display of the cell's value fails the cell, as there."""
+        shown = self.showing > 0
+        if shown and self.displayhook.is_active:
+            self.display_failed, shown = True, False
+        target = self.outbox.current or (self.outbox.last if shown else None)
         if target is None:
             return
-        self.error_sent = True
-        header = {
+        header: dict[str, Any] = {
             "ename": getattr(etype, "__name__", _safe_str(etype)),
             "evalue": _safe_str(evalue),
             "traceback": [_safe_str(line) for line in stb],
         }
-        # The exception itself, so the notebook raises the same class (``except KeyError``).
-        try:
-            buffers = serialize.dumps(evalue, out_of_band=False)
-        except serialize.SerializationError:
-            buffers = []
+        buffers: list[Any] = []
+        if shown:
+            header["shown"] = True
+        else:
+            self.error_sent = True
+            # The exception itself, so the notebook raises the same class (``except KeyError``).
+            with contextlib.suppress(serialize.SerializationError):
+                buffers = serialize.dumps(evalue, out_of_band=False)
         header["nbuffers"] = len(buffers)
         self.outbox.event(target, Kind.ERROR, header, buffers)
 
