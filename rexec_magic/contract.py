@@ -194,6 +194,16 @@ def parse_size(text: str) -> int:
     return int(number * _SCALE[unit])
 
 
+def human_bytes(n: float) -> str:
+    """Bytes as a user reads them, in the units ``parse_size`` reads: ``512 B``, ``78.2 KB``,
+    ``1.5 GB`` (binary units)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
 #: Values larger than this stay on the worker (``--pull-limit``, ``c.RexecMagics.pull_limit``).
 DEFAULT_PULL_LIMIT = "256MB"
 DEFAULT_PULL_LIMIT_BYTES = parse_size(DEFAULT_PULL_LIMIT)

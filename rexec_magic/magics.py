@@ -28,7 +28,7 @@ from rexec_magic import assist, connection, contract, errors, names, remote_file
 from rexec_magic.login import log_in
 from rexec_magic.logs import log_path, setup_logging
 from rexec_magic.notes import NOTEBOOK, Notes
-from rexec_magic.render import EventRenderer, RemoteResult, Table, human_bytes, human_seconds
+from rexec_magic.render import EventRenderer, RemoteResult, Table, human_seconds
 from rexec_magic.session import exit_notes, restart_sentence, shared_session
 
 log = logging.getLogger("rexec.magic")
@@ -565,7 +565,7 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         memory = row.get("memory")
         details = [str(row.get("state", "?"))]
         if memory:
-            details.append(human_bytes(memory))
+            details.append(contract.human_bytes(memory))
         if row.get("running_s") is not None:
             details.append(f"running {human_seconds(row['running_s'])}")
         details.append(f"up {human_seconds(float(row.get('uptime_s') or 0))}")
@@ -576,7 +576,8 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
     variables = inspect.get("variables") or []
     if running:
         listing = ", ".join(
-            f"{v['name']} ({v['type']}, {human_bytes(v.get('size', 0))})" for v in variables
+            f"{v['name']} ({v['type']}, {contract.human_bytes(v.get('size', 0))})"
+            for v in variables
         )
         rows.append(("remote variables", listing or "none"))
         if local is not None:  # what the notebook does not have (or holds a placeholder for)

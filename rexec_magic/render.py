@@ -129,14 +129,6 @@ class Table:
         return "\n".join(lines)
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
 def human_seconds(s: float) -> str:
     s = int(s)
     if s < 60:

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from rexec_magic import errors, fileio
 from rexec_magic import protocol as P
 from rexec_magic.client import RexecClient
+from rexec_magic.contract import human_bytes
 
 HERE = "on this machine"
 # Called with (bytes done, bytes in all); the caller draws the progress bar.
@@ -233,8 +234,6 @@ def _cancel(client: RexecClient, req_id: str) -> None:
 
 def progress_text(verb: str, name: str, done: int, total: int, width: int = 24) -> str:
     """``Uploading data.bin  [████████░░░░░░░░]  45.0 MB of 100.0 MB (45%)``"""
-    from rexec_magic.render import human_bytes
-
     frac = done / total if total else 1.0
     filled = int(round(frac * width))
     bar = "█" * filled + "░" * (width - filled)
@@ -242,8 +241,6 @@ def progress_text(verb: str, name: str, done: int, total: int, width: int = 24) 
 
 
 def summary(verb: str, result: TransferResult, source: str) -> str:
-    from rexec_magic.render import human_bytes
-
     files = f"{result.files} file{'s' if result.files != 1 else ''}"
     return (
         f"{verb} {source} to {result.path} ({human_bytes(result.bytes)}, {files}) "

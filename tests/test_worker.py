@@ -267,6 +267,14 @@ def test_a_skipped_name_the_worker_lacks_asks_for_a_resend(broker):
     assert "ran" not in stdout(events)
 
 
+def test_a_small_pull_limit_is_said_in_units_that_show_it(broker):
+    """``--pull-limit 1KB``: the note said "is 0.0 MB, over the 0.0 MB pull limit"."""
+    events = broker.run("big = list(range(10000))", pull=["big"], pull_limit=2**10)
+    [skipped] = done(events).header["skipped"]
+    size, _, rest = skipped["reason"].removeprefix("is ").partition(" KB, ")
+    assert rest == "over the 1.0 KB pull limit" and float(size) > 1.0
+
+
 def test_pull_limit_is_respected(broker):
     events = broker.run(
         "import numpy as np\nbig = np.zeros(3 * 2**20, dtype=np.uint8)\nsmall = 1",

@@ -20,14 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rexec_magic import protocol, serialize
+from rexec_magic.contract import human_bytes
 from rexec_magic.sync import RESULT
 from worker_image.recent import Recent
 
 WATCH_CLIENTS_KEPT = 256  # client sessions whose view of the namespace is kept (the newest)
-
-
-def megabytes(n: int) -> str:
-    return f"{n / 2**20:.1f} MB"
 
 
 def type_fields(value: Any) -> dict[str, str]:
@@ -260,7 +257,7 @@ class Watch:
         size = packed.nbytes
         if size > limit:
             if not quiet:
-                reason = f"is {megabytes(size)}, over the {megabytes(limit)} pull limit"
+                reason = f"is {human_bytes(size)}, over the {human_bytes(limit)} pull limit"
                 report.skipped.append({"name": name, "reason": reason, **type_fields(value)})
             return
         report.entries.append(
