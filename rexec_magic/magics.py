@@ -246,6 +246,9 @@ class RexecMagics(Magics):
                     self.notes.note(note)
             raise
         value = self._apply(outcome, why)
+        if args.pull and not args.no_pull:
+            for note in _outputs_notes(name_list(args.pull), outcome, ns):
+                self.notes.note(note)
         if outcome.message:  # e.g. exit() ended the remote executor
             self.notes.note(outcome.message)
         shown = renderer.result
@@ -476,6 +479,27 @@ def as_local(exc: errors.RemoteCellError) -> BaseException:
     except (AttributeError, TypeError):  # an exception class without a __dict__
         return exc
     return original
+
+
+def _outputs_notes(asked: list[str], outcome: Any, namespace: dict[str, Any]) -> list[str]:
+    """What ``-o`` could not do, in a sentence each: a name it asked for that the worker does
+    not have (a typo: nothing came back under it), and names the cell bound anew that stay
+    remote because ``-o`` did not ask for them (no local copy stands for them)."""
+    done = outcome.done
+    if done is None:
+        return []
+    came = {*outcome.values, *outcome.not_loaded, *(s["name"] for s in outcome.skipped)}
+    notes = [
+        f"`{name}` (in -o) is not a variable on the remote worker: nothing came back under "
+        "that name."
+        for name in asked
+        if name not in came and name not in done.deleted
+    ]
+    new = [n for n in done.changed if n not in came and n not in namespace]
+    if new:
+        listed = ", ".join(f"`{n}`" for n in new)
+        notes.append(f"{listed} stay{'s' if len(new) == 1 else ''} remote: not in -o.")
+    return notes
 
 
 def _others_lost(rows: list[dict[str, Any]]) -> str:

@@ -267,6 +267,19 @@ def test_values_over_the_pull_limit_stay_remote(ip, capsys):
     assert repr(ip.user_ns["_"]) == str(2 * 2**20)
 
 
+def test_what_o_could_not_bring_back_is_said(ip):
+    """``-o`` with a name the worker does not have (a typo) said nothing, and names the cell
+    bound anew that ``-o`` left out were gone without a word (a later NameError here)."""
+    for name in ("kept_o", "left_o", "typo_o"):
+        ip.user_ns.pop(name, None)
+    _, out = remote(ip, "kept_o = 1\nleft_o = 2", line="-o kept_o,typo_o")
+    assert ip.user_ns["kept_o"] == 1 and "left_o" not in ip.user_ns
+    assert "`typo_o` (in -o) is not a variable on the remote worker" in out.stdout
+    assert "`left_o` stays remote: not in -o." in out.stdout
+    _, out = remote(ip, "kept_o = 3", line="-o kept_o")
+    assert ip.user_ns["kept_o"] == 3 and "-o" not in out.stdout
+
+
 @pytest.mark.parametrize("body", ["while True:\n    pass", "import time\ntime.sleep(100)"])
 def test_interrupt_stops_the_remote_cell(ip, body, tmp_path):
     flag = tmp_path / "cell-runs"
