@@ -77,7 +77,7 @@ def pass_on_sigint(handler: Any, frame: Any) -> None:
 
 
 @contextmanager
-def whole_message() -> Iterator[None]:
+def whole_message(pass_on: bool = True) -> Iterator[list[Any]]:
     """Hold a Ctrl-C that comes while a message is half sent or half read until it is whole.
 
     pyzmq sends a multipart message frame by frame from Python code, so a KeyboardInterrupt
@@ -93,20 +93,20 @@ def whole_message() -> Iterator[None]:
     # and back (about 10 µs a message here, six messages a cell); the values are the same
     # ints, so ``pass_on_sigint`` compares them alike.
     previous = _signal.getsignal(_signal.SIGINT)
+    held: list[Any] = []  # (yielded: with ``pass_on`` False, the caller acts on a held Ctrl-C)
     if previous is None or threading.current_thread() is not threading.main_thread():
-        yield  # None: a handler not set from Python, which Python cannot put back
+        yield held  # None: a handler not set from Python, which Python cannot put back
         return
-    held: list[Any] = []
     try:
         _signal.signal(_signal.SIGINT, lambda signum, frame: held.append(frame))
     except ValueError:  # not the main interpreter
-        yield
+        yield held
         return
     try:
-        yield
+        yield held
     finally:
         _signal.signal(_signal.SIGINT, previous)
-        if held:
+        if held and pass_on:
             pass_on_sigint(previous, held[0])
 
 
@@ -231,7 +231,11 @@ class RexecClient:
         self.user = ""
         self.session_key = None
 
-    def _send(self, kind: str, header: dict[str, Any], buffers: list[Any] = ()) -> None:
+    def _send(
+        self, kind: str, header: dict[str, Any], buffers: list[Any] = (), pass_on: bool = True
+    ) -> bool:
+        """Send one message whole; a Ctrl-C meanwhile is acted on once it is sent, or, with
+        ``pass_on`` False, only said: returns whether one came."""
         encoded = P.encode_header(header)
         if kind != P.Kind.HELLO and len(encoded) > self.max_header_bytes:
             raise errors.RexecError(
@@ -243,8 +247,9 @@ class RexecClient:
         key = None if kind == P.Kind.HELLO else self.session_key
         frames = P.encode_signed(key, kind, encoded, buffers)
         sock = self._socket()
-        with whole_message():
+        with whole_message(pass_on) as held:
             sock.send_multipart(frames, copy=False)
+        return bool(held)
 
     def _recv(self, timeout_s: float) -> P.Message | None:
         """The next message (None: none within ``timeout_s``, or unreadable); those of
@@ -460,21 +465,22 @@ class RexecClient:
     ) -> CellOutcome:
         """:meth:`execute` with values already packed; ``fields`` go into the header
         (``pull``, ``pull_limit`` and the namespace-sync fields of rexec_magic/sync.py)."""
-        self.ensure_hello()
-        req_id = self._new_id()
-        header = {
-            **fields,
-            "id": req_id,
-            "code": code,
-            "vars": entries,
-            "client": self.local_versions,
-            "credit": P.CLIENT_CREDIT,
-            **self.placement(),
-        }
-        if self.seen_instance:
-            header["instance"] = self.seen_instance
-        self._send_request(P.Kind.EXECUTE, header, buffers)
-        return self._wait_cell(req_id, header, buffers, on_event, timeout_s)
+        with errors.interrupt_says(not_sent(P.Kind.EXECUTE)):
+            self.ensure_hello()
+            req_id = self._new_id()
+            header = {
+                **fields,
+                "id": req_id,
+                "code": code,
+                "vars": entries,
+                "client": self.local_versions,
+                "credit": P.CLIENT_CREDIT,
+                **self.placement(),
+            }
+            if self.seen_instance:
+                header["instance"] = self.seen_instance
+            first = self._request_parts(P.Kind.EXECUTE, header, buffers)
+        return self._wait_cell(req_id, header, buffers, on_event, timeout_s, first)
 
     def _send_request(
         self,
@@ -483,14 +489,25 @@ class RexecClient:
         buffers: list[Any],
         cancel: threading.Event | None = None,
     ) -> None:
-        """Send EXECUTE / CALL ``header`` with its ``buffers``: large ones go ahead on the
-        upload connection (``_upload_ahead``) and the request follows naming them."""
-        nbytes = serialize.nbytes(buffers) if buffers else 0
-        if not self.uploads or nbytes < P.UPLOAD_AHEAD_BYTES:
-            self._send(kind, header, buffers)
-            return
-        set_id = self._upload_ahead(kind, header["id"], buffers, nbytes, cancel)
-        self._send(kind, {**header, "upload": set_id})
+        """Send EXECUTE / CALL ``header`` with its ``buffers`` (``_request_parts``)."""
+        self._send(kind, *self._request_parts(kind, header, buffers, cancel))
+
+    def _request_parts(
+        self,
+        kind: str,
+        header: dict[str, Any],
+        buffers: list[Any],
+        cancel: threading.Event | None = None,
+    ) -> tuple[dict[str, Any], list[Any]]:
+        """The header and buffers to send for request ``header``: large buffers go ahead on
+        the upload connection first (``_upload_ahead``) and the request names them.  A Ctrl-C
+        before the request goes: ``RemoteInterrupted``, it did not run."""
+        with errors.interrupt_says(not_sent(kind)):
+            nbytes = serialize.nbytes(buffers) if buffers else 0
+            if not self.uploads or nbytes < P.UPLOAD_AHEAD_BYTES:
+                return header, buffers
+            set_id = self._upload_ahead(kind, header["id"], buffers, nbytes, cancel)
+            return {**header, "upload": set_id}, []
 
     def _upload_ahead(
         self,
@@ -580,8 +597,9 @@ class RexecClient:
         buffers: list[Any],
         on_event: EventHandler,
         timeout_s: float | None,
+        first: tuple[dict[str, Any], list[Any]] | None = None,
     ) -> CellOutcome:
-        events = self._events(P.Kind.EXECUTE, req_id, header, buffers, timeout_s)
+        events = self._events(P.Kind.EXECUTE, req_id, header, buffers, timeout_s, first=first)
         interrupted = False
         try:
             while True:
@@ -634,8 +652,9 @@ class RexecClient:
         }
         if self.seen_instance:
             header["instance"] = self.seen_instance
-        self._send_request(P.Kind.CALL, header, buffers, cancel)
-        return (yield from self._events(P.Kind.CALL, req_id, header, buffers, timeout_s, cancel))
+        first = self._request_parts(P.Kind.CALL, header, buffers, cancel)
+        events = self._events(P.Kind.CALL, req_id, header, buffers, timeout_s, cancel, first)
+        return (yield from events)
 
     def _events(
         self,
@@ -645,10 +664,16 @@ class RexecClient:
         buffers: list[Any],
         timeout_s: float | None,
         cancel: threading.Event | None = None,
+        first: tuple[dict[str, Any], list[Any]] | None = None,
     ) -> Events:
         """Wait for one request's end, yielding its output events on the way.
 
-        ``cancel`` (set from another thread, e.g. ``Future.cancel()``) interrupts the request.
+        ``first``: the request's header and buffers, sent here first (``_request_parts``), so
+        that a Ctrl-C from the moment it goes is an interrupt of a request that may run (one
+        held while it was sent was a bare KeyboardInterrupt in rexec's own code, the cell ran
+        on the worker and the notebook never took what it assigned); one before it goes is
+        "it did not run".  ``cancel`` (set from another thread, e.g. ``Future.cancel()``)
+        interrupts the request.
         Every event is acknowledged (ACK, in batches) once the caller has handled it: the
         worker sends at most ``CLIENT_CREDIT`` unacknowledged events, so a slow consumer
         slows the cell down and nothing is dropped on the way.
@@ -675,12 +700,18 @@ class RexecClient:
         # Until then silence is no sign of trouble: a large message is crossing, and what
         # comes after it waits (this request's own push, or an event the broker announced).
         quiet_until = now + P.transfer_allowance_s(serialize.nbytes(buffers))
+        sent = first is None
         while True:
             # The message being handled: a Ctrl-C before it is acted on puts it back
             # (_stashed), so the read after the `interrupt` handles it, e.g. a `done` that
             # came with the Ctrl-C.  Cleared once handling acts (yields, says hello, resends).
             in_hand: P.Message | None = None
             try:
+                if first is not None:
+                    ctrl_c = self._send(kind, *first, pass_on=False)
+                    first, sent = None, True
+                    if ctrl_c:  # it went: stop it there, and read on to its end
+                        raise KeyboardInterrupt
                 now = time.monotonic()
                 if now - loop_at > P.CLIENT_PING_S + STALL_S:
                     # This process did not run meanwhile (local code holding the GIL, a
@@ -895,6 +926,8 @@ class RexecClient:
             except errors.RemoteInterrupted:
                 raise  # the worker's answer to an interrupt, not a new Ctrl-C
             except KeyboardInterrupt:  # anywhere in here, e.g. while sending a ping
+                if not sent:
+                    raise errors.RemoteInterrupted(not_sent(kind)) from None
                 if in_hand is not None and self._stashed is None:
                     self._stashed = in_hand
                 if interrupted_at is not None:
@@ -1085,6 +1118,12 @@ class RexecClient:
             log.info("a remote exception could not be loaded here: %s (%s)", err, note)
             return None
         return exc if isinstance(exc, BaseException) else None
+
+
+def not_sent(kind: str) -> str:
+    """What a Ctrl-C before request ``kind`` left says: it was never sent, so never ran."""
+    what = "call" if kind == P.Kind.CALL else "cell"
+    return f"The {what} was interrupted before it was sent; it did not run."
 
 
 def _shown_error(msg: P.Message) -> bool:

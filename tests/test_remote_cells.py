@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zmq
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
@@ -128,6 +129,49 @@ def test_ctrl_c_while_a_large_push_crosses_runs_nothing_and_says_so(
     assert not ran.exists()
     remote(ip, "del crossing", line="--no-pull")
     ip.user_ns.pop("crossing", None)
+
+
+def test_ctrl_c_while_a_cell_is_being_sent_interrupts_it_on_the_worker(ip, monkeypatch, tmp_path):
+    """A Ctrl-C held while the cell's message was being sent (``whole_message``) surfaced
+    once it was out as a bare KeyboardInterrupt in rexec's own code: the cell ran on the
+    worker (60 s here), and what it assigned never came back, so the notebook's copy and the
+    worker's differed without a word.  Now the sent cell is interrupted there, said so, and
+    what it assigned before the interrupt comes back."""
+    ip.user_ns["sent_counter"] = 0
+    remote(ip, "sent_counter = sent_counter + 0")
+
+    def execute_sent(sock: Any, args: tuple, _: Any) -> bool:
+        return any(bytes(f) == P.Kind.EXECUTE.encode() for f in args[0][:4])
+
+    armed = ctrl_c_right_after(monkeypatch, zmq.Socket, "send_multipart", execute_sent)
+    armed.set()
+    ended = tmp_path / "ran-to-its-end"
+    code = (
+        f"sent_counter = sent_counter + 1\nimport time\ntime.sleep(60)\nopen({str(ended)!r}, 'w')"
+    )
+    with pytest.raises(KeyboardInterrupt) as info:
+        remote(ip, code)
+    assert not armed.is_set(), "no Ctrl-C came while the cell was sent"
+    monkeypatch.undo()
+    assert isinstance(info.value, errors.RemoteInterrupted), repr(info.value)
+    _, out = remote(ip, "print(sent_counter)", line="--no-push")
+    assert out.stdout == f"{ip.user_ns['sent_counter']}\n"  # the same value on both sides
+    assert not ended.exists()  # stopped there (the cell above ran after it)
+
+
+def test_ctrl_c_just_before_a_cell_is_sent_says_it_did_not_run(ip, monkeypatch, tmp_path):
+    """A Ctrl-C between packing the values and sending the cell: one sentence saying it did
+    not run (it was a bare KeyboardInterrupt from rexec's code), and it did not."""
+    ran = tmp_path / "ran"
+    armed = ctrl_c_right_after(monkeypatch, RexecClient, "_new_id", lambda *_: True)
+    armed.set()
+    with pytest.raises(errors.RemoteInterrupted) as info:
+        remote(ip, f"open({str(ran)!r}, 'w').close()")
+    assert not armed.is_set()
+    monkeypatch.undo()
+    assert str(info.value) == "The cell was interrupted before it was sent; it did not run."
+    remote(ip, "pass")
+    assert not ran.exists()
 
 
 def test_a_notebook_that_did_not_run_for_seconds_reads_its_running_cell_on(ip, monkeypatch):
