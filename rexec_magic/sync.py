@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import sys
+import types
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,43 @@ def shippable(name: str, value: Any) -> bool:
         return False
     shell_module = sys.modules.get("IPython.core.interactiveshell")
     return not (name == "open" and value is getattr(shell_module, "_modified_open", None))
+
+
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), tuple, frozenset, range)
+
+
+def _mutable(value: Any) -> bool:
+    """Whether another name bound to ``value`` could see a change made through this one."""
+    return not isinstance(value, (*_IMMUTABLE, type, types.ModuleType, types.FunctionType))
+
+
+def _left_behind(
+    namespace: MutableMapping[str, Any], replaced: dict[int, tuple[str, Any]]
+) -> list[str]:
+    """One note per name still bound to an object a pulled value replaced (``b = a``, or a
+    numpy view ``b = a[1:3]``): here they were one object, but each name travels as its own
+    copy, so the change the remote cell made to ``a`` does not show in ``b`` (README)."""
+    if not replaced:
+        return []
+    notes = []
+    for other, value in namespace.items():
+        if ipython_name(other):  # (`_` may hold the old object too: IPython's, not the user's)
+            continue
+        hit = replaced.get(id(value))
+        if hit is not None and hit[1] is value and hit[0] != other:
+            how = "the same object as"
+        else:
+            base = getattr(value, "base", None) if hasattr(value, "__array_interface__") else None
+            hit = replaced.get(id(base)) if base is not None else None
+            if hit is None or hit[1] is not base:
+                continue
+            how = "a view of"
+        notes.append(
+            f"`{other}` was {how} `{hit[0]}` here and keeps its old value: `{hit[0]}` came "
+            f"back from the worker as a new object (rebind `{other}` from it if they should "
+            "stay one)"
+        )
+    return notes
 
 
 def conflict_notes(done: Any) -> list[str]:
@@ -314,13 +352,18 @@ class NamespaceSync:
         handled: set[str] = set(keep)
         for name in handled:
             self.records.pop(name, None)  # what the worker holds is not what is here
+        replaced: dict[int, tuple[str, Any]] = {}  # the objects pulled values replaced here
         for name, value in outcome.values.items():
             if name in (RESULT, "return") or name in handled:  # the caller's; kept here
                 continue
             entry = meta.get(name)
             digest, reads = (entry.digest, list(entry.reads)) if entry else ("", [])
+            old = namespace.get(name)
+            if _mutable(old) and old is not value:
+                replaced[id(old)] = (name, old)
             self.pulled(namespace, name, value, digest, reads)
             handled.add(name)
+        notes += _left_behind(namespace, replaced)
         for name, reason in outcome.not_loaded.items():
             if name in (RESULT, "return") or name in handled:
                 continue

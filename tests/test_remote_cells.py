@@ -174,6 +174,30 @@ def test_ctrl_c_just_before_a_cell_is_sent_says_it_did_not_run(ip, monkeypatch, 
     assert not ran.exists()
 
 
+def test_a_name_left_holding_an_object_a_pulled_value_replaced_is_told(ip):
+    """``b = a`` (or a numpy view of ``a``) here, a remote cell changes ``a``: ``a`` comes
+    back as a new object and ``b`` keeps the old value, as the README says; now the cell
+    says so where it happens (it was silent: ``a is b`` held here before the cell)."""
+    ip.user_ns["alias_a"] = ip.user_ns["alias_b"] = [1, 2]
+    ip.user_ns["alias_arr"] = np.zeros(4)
+    ip.user_ns["alias_view"] = ip.user_ns["alias_arr"][1:3]
+    _, out = remote(ip, "alias_a.append(3)\nalias_arr += 1")
+    assert ip.user_ns["alias_a"] == [1, 2, 3] and ip.user_ns["alias_b"] == [1, 2]
+    assert (
+        "`alias_b` was the same object as `alias_a` here and keeps its old value: `alias_a` "
+        "came back from the worker as a new object (rebind `alias_b` from it if they should "
+        "stay one)."
+    ) in out.stdout
+    assert "`alias_view` was a view of `alias_arr` here and keeps its old value" in out.stdout
+    _, out = remote(ip, "alias_a.append(4)")  # alias_b holds no object alias_a had now
+    assert "alias_b" not in out.stdout and ip.user_ns["alias_a"][-1] == 4
+    ip.user_ns["alias_b"] = ip.user_ns["alias_a"]  # one object again: split again, said again
+    _, out = remote(ip, "alias_a.append(5)")
+    assert "`alias_b` was the same object as `alias_a`" in out.stdout
+    for name in ("alias_a", "alias_b", "alias_arr", "alias_view"):
+        ip.user_ns.pop(name)
+
+
 def test_a_notebook_that_did_not_run_for_seconds_reads_its_running_cell_on(ip, monkeypatch):
     """The kernel's process does not run for seconds while a remote cell prints (a thread
     in C code holding the GIL, a SIGSTOP): coming back between two reads, the client took
