@@ -1779,3 +1779,26 @@ def test_each_notebook_of_a_shared_namespace_reads_its_own_last_output(port):
     events = port.run("print(_)", push={"_": "b's last output"}, extra={"session": "b", **team})
     assert stdout(events) == "b's last output\n"
     assert done(events).header.get("conflicts", []) == []
+
+
+def test_a_cell_that_uses_up_its_file_descriptors_gets_the_error_and_keeps_its_namespace(port):
+    """EMFILE in a cell is the cell's own OSError, as in a local kernel (the executor
+    imported a module to send the error, which failed for want of a descriptor: it died,
+    and the namespace with it).  The executor's first event is that error: nothing it
+    imports when it first sends was loaded yet."""
+    fresh = {"session": "uses-up-descriptors"}
+    code = (
+        "import resource\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "fs = []\n"
+        "while True:\n"
+        "    fs.append(open('/dev/null'))\n"
+    )
+    events = port.run(code, extra=fresh)
+    assert done(events).header["status"] == DoneStatus.ERROR
+    [error] = [e for e in events if e.kind == Kind.ERROR]
+    assert error.header["ename"] == "OSError" and "Too many open files" in error.header["evalue"]
+    code = "for f in fs:\n    f.close()\nresource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))\n"
+    events = port.run(code + "print(len(fs) > 100)", extra=fresh)
+    assert stdout(events) == "True\n"

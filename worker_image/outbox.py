@@ -40,6 +40,10 @@ from rexec_magic import protocol, serialize
 from rexec_magic.protocol import Kind
 from worker_image import framing
 
+# One JSON encoder that never fails.  Imported here, not when an event is sent: an import
+# opens files, and a cell that used up its file descriptors lost its error and its executor.
+from worker_image.link import encode_header
+
 if TYPE_CHECKING:
     from worker_image.bulk import BulkUploader
 
@@ -108,8 +112,6 @@ class EventChannel:
         numbered: bool = True,
     ) -> None:
         """Send one event for ``target`` now; its buffers are free to change on return."""
-        from worker_image.link import encode_header  # one JSON encoder that never fails
-
         if self.in_forked_child:
             self._forked_child_event(kind)
             return
