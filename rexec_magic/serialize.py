@@ -112,6 +112,18 @@ class SerializationError(Exception):
     """A value could not be turned into frames (or frames back into a value)."""
 
 
+class OutOfMemory(SerializationError):
+    """The process ran out of memory packing a value (its copy did not fit): not a value
+    that cannot travel, and it may travel once memory is free."""
+
+
+def _failed(exc: Exception) -> SerializationError:
+    """The SerializationError for an exception a pickler raised."""
+    if isinstance(exc, MemoryError):
+        return OutOfMemory(f"MemoryError: {exc}" if str(exc) else "MemoryError")
+    return SerializationError(f"{type(exc).__name__}: {exc}")
+
+
 class Refused(SerializationError):
     """A value that means nothing in another process (``what`` says which kind, for users)."""
 
@@ -488,7 +500,7 @@ def pack_value(obj: Any, out_of_band: bool = True) -> Packed:
     except Refused:
         raise
     except Exception as exc:  # TypeError, PicklingError, RecursionError, ...
-        raise SerializationError(f"{type(exc).__name__}: {exc}") from None
+        raise _failed(exc) from None
     return Packed([stream.getbuffer(), *(b.raw() for b in buffers)], list(pickler.reads))
 
 
@@ -537,7 +549,7 @@ def dumps(obj: Any, out_of_band: bool = True, legacy: bool = False) -> list[Any]
         with _no_warnings_shown():
             return [dill.dumps(obj, protocol=PICKLE_PROTOCOL)]
     except Exception as exc:
-        raise SerializationError(f"{type(exc).__name__}: {exc}") from None
+        raise _failed(exc) from None
 
 
 def loads(frames: Sequence[Any]) -> Any:
@@ -551,7 +563,7 @@ def loads(frames: Sequence[Any]) -> Any:
         with _no_warnings_shown():
             return dill.Unpickler(io.BytesIO(data), buffers=bufs).load()
     except Exception as exc:
-        raise SerializationError(f"{type(exc).__name__}: {exc}") from None
+        raise _failed(exc) from None
 
 
 def _view(frame: Any) -> Any:
@@ -639,7 +651,7 @@ def digest(frames: Iterable[Any]) -> str:
 
 def unserializable_message(name: str, value: Any, exc: SerializationError) -> str:
     """One sentence naming the variable and its type (and, when refused, why)."""
-    if isinstance(exc, Refused):
+    if isinstance(exc, (Refused, OutOfMemory)):
         return f"variable '{name}' {unserializable_reason(value, exc)}"
     return f"variable '{name}' of type {type(value).__name__} cannot be serialized ({exc})"
 
@@ -649,6 +661,8 @@ def unserializable_reason(value: Any, exc: SerializationError) -> str:
     if isinstance(exc, Refused):
         verb = "is" if exc.type_name == type(value).__name__ else "holds"
         return f"{verb} {exc.what} ({exc.type_name}), which means nothing in another process"
+    if isinstance(exc, OutOfMemory):
+        return f"could not be copied to travel: the process ran out of memory ({exc})"
     return f"cannot be serialized ({exc})"
 
 

@@ -275,6 +275,28 @@ def test_a_small_pull_limit_is_said_in_units_that_show_it(broker):
     assert rest == "over the 1.0 KB pull limit" and float(size) > 1.0
 
 
+def test_a_value_the_worker_had_no_memory_to_pack_is_said_so_and_comes_back_later(broker):
+    """Packing a result ran out of memory (a MemoryError while it was copied): the note said
+    "cannot be serialized (MemoryError: )", as if it never could.  It says memory, and once
+    memory is free the same value comes back."""
+    code = (
+        "class Big:\n"
+        "    fits = False\n"
+        "    def __reduce__(self):\n"
+        "        if not Big.fits:\n"
+        "            raise MemoryError()\n"
+        "        return (dict, ())\n"
+        "mid = Big()"
+    )
+    events = broker.run(code, pull=["mid"])
+    [skipped] = done(events).header["skipped"]
+    assert skipped["reason"] == (
+        "could not be copied to travel: the process ran out of memory (MemoryError)"
+    )
+    events = broker.run("Big.fits = True", extra={"watch": ["mid"], "pull_changed": True})
+    assert pulled(events) == {"mid": {}}
+
+
 def test_pull_limit_is_respected(broker):
     events = broker.run(
         "import numpy as np\nbig = np.zeros(3 * 2**20, dtype=np.uint8)\nsmall = 1",

@@ -212,6 +212,12 @@ class Watch:
             value = namespace[name]
             try:
                 packed = serialize.pack_value(value)
+            except serialize.OutOfMemory as exc:  # it may go back later: no record of it
+                report.changed.append(name)
+                reason = serialize.unserializable_reason(value, exc)
+                report.skipped.append({"name": name, "reason": reason, **type_fields(value)})
+                self.digests.pop(name, None)
+                continue
             except serialize.SerializationError as exc:
                 # It can never go back; say so once per object, not after every cell reading it.
                 marker = f"unserializable {id(value)}"
