@@ -336,9 +336,31 @@ class RexecMagics(Magics):
         self._guard("logging in", self._login, url, token.strip())
 
     def _login(self, url: str, token: str) -> None:
+        try:
+            before = self.session.info
+        except errors.NotLoggedIn:
+            before = None
         info, path = log_in(url, token)
         self.session.use(info)
         print(f"Logged in as {info.user}; connection file written to {path}.")
+        if before is not None and (before.user, before.broker_url) != (info.user, info.broker_url):
+            self._left_on(f"the remote worker of user {before.user}")
+
+    def _left_on(self, where: str) -> None:
+        """The notebook now uses another worker: its values that lived only on the one it
+        used (``RemoteOnly`` placeholders) are not there; say so, here and in each one."""
+        ns = self.shell.user_ns
+        left = sorted(
+            n for n, v in ns.items() if isinstance(v, sync.RemoteOnly) and not v.elsewhere
+        )
+        for name in left:
+            ns[name] = sync.RemoteOnly(name, ns[name].type_name, ns[name].reason, where)
+        if left:
+            listed = ", ".join(f"`{n}`" for n in left)
+            self.notes.note(
+                f"{listed} lived only on {where}; the worker this notebook uses now does not "
+                f"have {'it' if len(left) == 1 else 'them'}."
+            )
 
     @magic_arguments()
     @argument("--requirements", "-r", metavar="FILE", help="pip requirements file for the worker")

@@ -126,14 +126,22 @@ def conflict_notes(done: Any) -> list[str]:
 class RemoteOnly:
     """Placeholder for a name whose value lives only on the worker (never shipped)."""
 
-    __slots__ = ("name", "type_name", "reason")
+    __slots__ = ("name", "type_name", "reason", "elsewhere")
 
-    def __init__(self, name: str, type_name: str, reason: str) -> None:
+    def __init__(self, name: str, type_name: str, reason: str, elsewhere: str = "") -> None:
         self.name = name
         self.type_name = type_name
         self.reason = reason
+        # Whose worker holds it, once this notebook uses another (``%rexec_login`` as another
+        # user): remote cells here can no longer use it.
+        self.elsewhere = elsewhere
 
     def __repr__(self) -> str:
+        if self.elsewhere:
+            return (
+                f"<{self.name}: a {self.type_name} that lived only on {self.elsewhere}; the "
+                "worker this notebook uses now does not have it>"
+            )
         return (
             f"<{self.name}: a {self.type_name} that lives only on the remote worker "
             f"({self.reason}); %%remote cells use it there>"

@@ -198,6 +198,41 @@ def test_a_name_left_holding_an_object_a_pulled_value_replaced_is_told(ip):
         ip.user_ns.pop(name)
 
 
+def test_logging_in_as_another_user_says_which_values_stayed_on_the_first_users_worker(
+    ip, stack, monkeypatch, tmp_path
+):
+    """A value that lives only on alice's worker (``--no-pull``), then ``%rexec_login`` as
+    dora: dora's worker does not have it (a cell reading it met a bare NameError, and its
+    placeholder here still said "%%remote cells use it there").  Said at the login, and by
+    the placeholder."""
+    from rexec_magic import connection
+
+    alice = connection.load(stack.connection_file)
+    dora = connection.load(stack.add_user("dora"))
+    ip.user_ns["only_there"] = 0
+    remote(ip, "only_there = [1, 2]", line="--no-pull")
+    assert "%%remote cells use it there" in repr(ip.user_ns["only_there"])
+    monkeypatch.setenv("REXEC_CONNECTION_FILE", str(tmp_path / "connection.json"))  # (logins)
+    try:
+        with capture_output() as out:
+            ip.run_line_magic("rexec_login", f"--spawner-url {dora.spawner_url} {dora.token}")
+        assert "Logged in as dora" in out.stdout
+        assert (
+            f"`only_there` lived only on the remote worker of user {alice.user}; the worker "
+            "this notebook uses now does not have it."
+        ) in out.stdout
+        assert repr(ip.user_ns["only_there"]) == (
+            f"<only_there: a value that lived only on the remote worker of user {alice.user}; "
+            "the worker this notebook uses now does not have it>"
+        )
+    finally:
+        with capture_output():
+            ip.run_line_magic("rexec_login", f"--spawner-url {alice.spawner_url} {alice.token}")
+        ip.user_ns.pop("only_there", None)
+    _, out = remote(ip, "print('back')")
+    assert out.stdout == "back\n"
+
+
 def test_a_notebook_that_did_not_run_for_seconds_reads_its_running_cell_on(ip, monkeypatch):
     """The kernel's process does not run for seconds while a remote cell prints (a thread
     in C code holding the GIL, a SIGSTOP): coming back between two reads, the client took
