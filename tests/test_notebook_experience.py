@@ -286,6 +286,23 @@ def test_a_worker_stopped_elsewhere_is_announced_and_replaced(kc, spawner):
     assert re.search(r"starting one… ready in [\d.]+ s", progress[-1])
 
 
+def test_a_worker_stopped_elsewhere_under_a_running_cell_is_said_once(kc, spawner):
+    """The cell the stop ended says so; the next cell does not say it again (it warned
+    "Your worker restarted; its namespace was lost": one loss told twice, a stop as a
+    restart)."""
+    ok(kc, "%%remote\npass")
+    msg_id = kc.execute("%%remote\nimport time\nprint('started', flush=True)\ntime.sleep(60)")
+    while "started" not in str(kc.get_iopub_msg(timeout=60)["content"].get("text")):
+        pass
+    spawner.stop()  # another notebook's %rexec_stop, the sidebar's Stop
+    reply, _ = collect(kc, msg_id)
+    assert reply["status"] == "error"
+    assert "stopped before this cell ended; its namespace was lost" in reply["evalue"], reply
+    reply, outputs = run(kc, "%%remote\nprint('after')")
+    assert reply["status"] == "ok" and stdout_of(outputs) == "after\n"
+    assert "namespace was lost" not in stderr_of(outputs), stderr_of(outputs)
+
+
 # ----------------------------------------------------------------------------- 5. folder
 def test_the_worker_runs_in_its_own_folder(kc, stack):
     folder = stack.state_dir / "work" / USER
