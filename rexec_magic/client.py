@@ -1023,9 +1023,6 @@ class RexecClient:
         status = done.status
         what = "call" if call else "cell"
         if status == P.DoneStatus.LOST:
-            # Told here: should its worker be a new process next (it was stopped under the
-            # cell), that is no news (``_saw_worker`` clears it when it is the same one).
-            self.loss_told = True
             raise errors.ExecutorDied(
                 done.message or "The remote executor died; the remote namespace was lost."
             )

@@ -509,12 +509,18 @@ class RemoteSession:
         when the broker says there is none.  A refused cell never reached a worker, so sending
         it again cannot run it twice."""
         try:
-            self._fresh_worker()
-            self._check_versions(notes)
-            return send(*args)
-        except errors.NoWorker:
-            self._start_missing(notes)
-            return send(*args)
+            try:
+                self._fresh_worker()
+                self._check_versions(notes)
+                return send(*args)
+            except errors.NoWorker:
+                self._start_missing(notes)
+                return send(*args)
+        except errors.ExecutorDied:
+            # Said in this cell: should its worker be a new process next (it was stopped
+            # under the cell), that is no news (``_saw_worker`` clears it for the same one).
+            self.client.loss_told = True
+            raise
 
     def _fresh_worker(self) -> None:
         """Raise NoWorker when the broker last said we have none.
