@@ -533,7 +533,15 @@ def _others_lost(rows: list[dict[str, Any]]) -> str:
     running = [name for name, row in zip(names, rows, strict=True) if "running_s" in row]
     count = f"{len(rows)} other notebook" + ("s" if len(rows) > 1 else "")
     busy = f"; a cell of {', '.join(running)} was running" if running else ""
-    return f" It also held the namespaces of {count} ({', '.join(names)}{busy}): they are lost too."
+    # (a kernel shut down leaves its executor for a grace period: not a live notebook's loss)
+    shown = [_silence(name, row) for name, row in zip(names, rows, strict=True)]
+    return f" It also held the namespaces of {count} ({', '.join(shown)}{busy}): they are lost too."
+
+
+def _silence(name: str, row: dict[str, Any]) -> str:
+    """An executor row's notebook, with how long no sign of its kernel came, if it is gone."""
+    silent = row.get("kernel_silent_s")
+    return name if silent is None else f"{name}, no sign of its kernel for {silent} s"
 
 
 def _restarted_since(last_exit_at: Any, since: float | None) -> bool:
@@ -615,6 +623,8 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         if row.get("running_s") is not None:
             details.append(f"running {human_seconds(row['running_s'])}")
         details.append(f"up {human_seconds(float(row.get('uptime_s') or 0))}")
+        if row.get("kernel_silent_s") is not None:
+            details.append(f"no sign of its kernel for {human_seconds(row['kernel_silent_s'])}")
         if row.get("pid"):
             details.append(f"pid {row['pid']}")  # the executor's own (a label may be a kernel's)
         this = " (this notebook)" if row.get("this") else ""

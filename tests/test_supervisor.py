@@ -1802,3 +1802,22 @@ def test_a_cell_that_uses_up_its_file_descriptors_gets_the_error_and_keeps_its_n
     code = "for f in fs:\n    f.close()\nresource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))\n"
     events = port.run(code + "print(len(fs) > 100)", extra=fresh)
     assert stdout(events) == "True\n"
+
+
+def test_an_executor_whose_kernel_went_silent_is_listed_so(port):
+    """Rows of the user's executors (heartbeats, %rexec_status, what %rexec_stop says it
+    also ended) say when no sign of an executor's kernel came: a kernel shut down leaves its
+    executor for a grace period, and %rexec_stop counted it as a live notebook's loss."""
+    from rexec_magic.magics import _others_lost
+
+    # Then no keepalive comes: listed silent after 4 s, stopped after 10 s (heartbeats: 1 s).
+    port.run("x = 1", **in_session("quiet", keepalive_s=3))
+    end = time.monotonic() + WAIT_S
+    while True:
+        beat = port.recv_kind(Kind.HEARTBEAT, timeout=max(0.1, end - time.monotonic()))
+        [row] = [r for r in beat.header["executors"] if r["notebook"] == "quiet"]
+        if "kernel_silent_s" in row:
+            break
+    assert row["kernel_silent_s"] >= 1
+    said = _others_lost([row])
+    assert f"(quiet, no sign of its kernel for {row['kernel_silent_s']} s)" in said, said

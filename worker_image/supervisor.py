@@ -451,10 +451,14 @@ class Supervisor:
     def executor_rows(self, this: ExecutorProcess | None = None) -> list[dict[str, Any]]:
         """The user's executors; ``this`` (the asking notebook's) is marked ``this``."""
         rows = []
+        now = time.monotonic()
         for ex in self.executors.values():
             row = ex.summary()
             if ex is this:
                 row["this"] = True
+            elif ex.keepalive_s is not None and now - ex.last_seen > ex.keepalive_s + 1.0:
+                # Its kernel is gone (shut down, killed) or stalled: stopped once that lasts.
+                row["kernel_silent_s"] = round(now - ex.last_seen)
             rows.append(row)
         return rows
 
