@@ -46,7 +46,7 @@ class WorkerStatus(BaseModel):
         default_factory=list,
         description=(
             "The worker's executors, one per notebook namespace, from its last heartbeat: "
-            "{notebook, state, memory (bytes), pid, uptime_s, running_s?}."
+            "{notebook, state, memory (bytes), pid, uptime_s, running_s?, kernel_silent_s?}."
         ),
     )
     idle_culled_after_s: float | None = Field(
