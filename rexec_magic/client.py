@@ -700,7 +700,7 @@ class RexecClient:
         # Until then silence is no sign of trouble: a large message is crossing, and what
         # comes after it waits (this request's own push, or an event the broker announced).
         quiet_until = now + P.transfer_allowance_s(serialize.nbytes(buffers))
-        sent = first is None
+        went = first is None  # the request left (``first`` sent)
         while True:
             # The message being handled: a Ctrl-C before it is acted on puts it back
             # (_stashed), so the read after the `interrupt` handles it, e.g. a `done` that
@@ -709,7 +709,7 @@ class RexecClient:
             try:
                 if first is not None:
                     ctrl_c = self._send(kind, *first, pass_on=False)
-                    first, sent = None, True
+                    first, went = None, True
                     if ctrl_c:  # it went: stop it there, and read on to its end
                         raise KeyboardInterrupt
                 now = time.monotonic()
@@ -926,7 +926,7 @@ class RexecClient:
             except errors.RemoteInterrupted:
                 raise  # the worker's answer to an interrupt, not a new Ctrl-C
             except KeyboardInterrupt:  # anywhere in here, e.g. while sending a ping
-                if not sent:
+                if not went:
                     raise errors.RemoteInterrupted(not_sent(kind)) from None
                 if in_hand is not None and self._stashed is None:
                     self._stashed = in_hand
