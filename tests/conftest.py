@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rexec_magic import errors
 from tests.local_stack import Stack, start_stack, stop_stack
 
 # A test that uses one of these fixtures must carry the marker, so that deselecting by marker
@@ -31,6 +32,17 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> object:
+    """A ``RemoteInterrupted`` (a KeyboardInterrupt, so Jupyter stops Run All) escaping a test
+    fails that test, where pytest would stop the whole run as if someone pressed Ctrl-C: one
+    failing test must not take the next ones with it."""
+    try:
+        return (yield)
+    except errors.RemoteInterrupted as exc:
+        raise AssertionError(f"the test raised RemoteInterrupted: {exc}") from exc
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
