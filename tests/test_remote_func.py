@@ -54,6 +54,9 @@ def touch_and_count(flag, payload):
 def fails(key):
     {}[key]
 
+def gives_up():
+    raise KeyboardInterrupt("given up")
+
 class ShapeError(Exception):
     pass
 
@@ -190,6 +193,18 @@ def test_a_remote_exception_is_raised_as_its_own_type_with_the_remote_traceback(
     cause = info.value.__cause__
     assert isinstance(cause, RemoteTraceback)
     assert "in fails" in cause.text and "KeyError: 'missing'" in cause.text
+
+
+def test_a_functions_own_keyboard_interrupt_is_its_exception_not_an_interrupt(nb):
+    """``raise KeyboardInterrupt("given up")`` in the function, with no interrupt asked for:
+    raised here as itself, with the remote traceback (it was "RemoteInterrupted: The remote
+    call was interrupted.", its message and place lost)."""
+    with pytest.raises(KeyboardInterrupt) as info:
+        nb["gives_up"]()
+    assert not isinstance(info.value, errors.RemoteInterrupted), repr(info.value)
+    assert info.value.args == ("given up",)
+    assert "in gives_up" in info.value.__cause__.text
+    assert nb["add"](40, 2) == 42
 
 
 def test_an_exception_class_defined_in_the_notebook_keeps_its_name_and_message(nb):

@@ -51,7 +51,7 @@ def _cell_names(lines: list[str]) -> list[str]:
     return out
 
 
-def _send_exception(
+def send_exception(
     outbox: EventChannel, target: Target, exc: BaseException, skip: int, legacy: bool
 ) -> None:
     """ERROR with the traceback from the user's code on (our own ``skip`` frames cut)."""
@@ -146,7 +146,7 @@ def invoke(
         raise
     except BaseException as exc:  # the user's exception, SystemExit included
         user_code_over()
-        _send_exception(outbox, target, exc, skip=1, legacy=inband)
+        send_exception(outbox, target, exc, skip=1, legacy=inband)
         return DoneStatus.ERROR, [], []
     user_code_over()
     try:

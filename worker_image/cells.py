@@ -31,7 +31,7 @@ from rexec_magic.protocol import (
 )
 from rexec_magic.sync import ipython_name
 from worker_image.bulk import FETCH_INTERRUPTED
-from worker_image.calls import Step, invoke
+from worker_image.calls import Step, invoke, send_exception
 from worker_image.outbox import CODE_OVER, VALUES_IN, EventChannel, Target
 from worker_image.variables import Report, Watch, load_pushed, not_arrived, numbered_as
 
@@ -425,16 +425,23 @@ class CellRunner:
     def _call(self, cell: Cell, values: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list]:
         """Run a CALL in user-code mode (interruptible, output streamed); see calls.py."""
         _signal.signal(_signal.SIGINT, self.on_sigint)
+        requested = False
         try:
             self._interruptible = True
             if self.interrupted(cell.id):
+                requested = True
                 raise KeyboardInterrupt
             next_item = self.next_item if cell.lazy else None
             return invoke(
                 values, cell.inband, self.outbox, cell.target, self._stop_interrupts, next_item
             )
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             self._stop_interrupts()
+            if not requested and not self.interrupted(cell.id):
+                # No interrupt was asked for: the function's own `raise KeyboardInterrupt`
+                # (or its own SIGINT), raised in the notebook as the call's exception.
+                send_exception(self.outbox, cell.target, exc, skip=2, legacy=cell.inband)
+                return DoneStatus.ERROR, [], []
             self.outbox.internal(CODE_OVER, {"id": cell.id})  # no grace kill from here
             self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
             return DoneStatus.INTERRUPTED, [], []
