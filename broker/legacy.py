@@ -140,6 +140,8 @@ def replies(msg: P.Message) -> list[bytes]:
         return [value_event(msg.read(P.Yield).seq, "yield", _as_bytes(buffers[0]))]
     if kind == P.Kind.ERROR:
         err = msg.read(P.Error)
+        if err.shown:  # caught where it happened while the call went on: output, not its end
+            return [event(DATA, err.seq, "stderr", error_message(err) + "\n")]
         return [error(err.seq, error_message(err))]
     if kind == P.Kind.DONE:
         done = msg.read(P.Done)

@@ -112,6 +112,19 @@ def test_a_remote_exception_is_one_error_with_its_traceback():
     assert legacy_replies(P.Kind.DONE, done, []) == []  # the ERROR already ended the stream
 
 
+def test_an_error_shown_while_the_call_went_on_is_stderr_not_the_calls_end():
+    """A display whose repr raised inside the call (``Error.shown``): a legacy client would
+    have ended the call's stream at that ERROR."""
+    header = {"seq": 2, "ename": "ValueError", "evalue": "repr broke", "shown": True}
+    (reply,) = [dill.loads(p) for p in legacy_replies(P.Kind.ERROR, header, [])]
+    assert reply == {
+        "type": "DATA",
+        "sequence": 2,
+        "channel": "stderr",
+        "data": "Remote function raised ValueError: repr broke\n",
+    }
+
+
 def test_an_interrupted_call_ends_with_an_error_that_says_so():
     header = {"seq": 2, "status": P.DoneStatus.INTERRUPTED}
     (reply,) = [dill.loads(p) for p in legacy_replies(P.Kind.DONE, header, [])]
