@@ -81,19 +81,22 @@ def _left_behind(
     copy, so the change the remote cell made to ``a`` does not show in ``b`` (README)."""
     if not replaced:
         return []
+    numpy = sys.modules.get("numpy")  # (no array without it; looked at once, not per name)
+    ndarray = numpy.ndarray if numpy is not None else ()
     notes = []
-    for other, value in namespace.items():
-        if ipython_name(other):  # (`_` may hold the old object too: IPython's, not the user's)
-            continue
+    for other, value in namespace.items():  # one pass, cheap tests first: a big namespace
         hit = replaced.get(id(value))
         if hit is not None and hit[1] is value and hit[0] != other:
             how = "the same object as"
-        else:
-            base = getattr(value, "base", None) if hasattr(value, "__array_interface__") else None
-            hit = replaced.get(id(base)) if base is not None else None
-            if hit is None or hit[1] is not base:
+        elif isinstance(value, ndarray) and id(value.base) in replaced:
+            hit = replaced[id(value.base)]
+            if hit[1] is not value.base:
                 continue
             how = "a view of"
+        else:
+            continue
+        if ipython_name(other):  # (`_` may hold the old object too: IPython's, not the user's)
+            continue
         notes.append(
             f"`{other}` was {how} `{hit[0]}` here and keeps its old value: `{hit[0]}` came "
             f"back from the worker as a new object (rebind `{other}` from it if they should "
