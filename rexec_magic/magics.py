@@ -221,6 +221,7 @@ class RexecMagics(Magics):
     def _run(self, args: Any, code: str, line_mode: bool) -> Any:
         self._local_code_may_have_run(line_mode)
         push, forced, fields, changed_only = self._plan(args, code)
+        self._lost_placeholders(push)
         renderer = EventRenderer()
         ns = self.shell.user_ns
         why = "--no-pull" if args.no_pull else "not in -o" if args.pull else "not pulled"
@@ -345,6 +346,28 @@ class RexecMagics(Magics):
         print(f"Logged in as {info.user}; connection file written to {path}.")
         if before is not None and (before.user, before.broker_url) != (info.user, info.broker_url):
             self._left_on(f"the remote worker of user {before.user}")
+
+    def _lost_placeholders(self, names: list[str]) -> None:
+        """Of ``names`` (what a cell reads), placeholders of values that lived only on the
+        worker whose namespace was lost since (a restart, a stop): no record of this session
+        has them any more.  Said before the cell meets the NameError, and by the placeholder
+        (it said "%%remote cells use it there" for good)."""
+        ns = self.shell.user_ns
+        held = self.session.remote_only_names()
+        lost = [
+            n
+            for n in names
+            if isinstance(ns.get(n), sync.RemoteOnly) and not ns[n].elsewhere and n not in held
+        ]
+        where = "the remote worker, whose namespace was lost since"
+        for name in lost:
+            ns[name] = sync.RemoteOnly(name, ns[name].type_name, ns[name].reason, where)
+        if lost:
+            listed = ", ".join(f"`{n}`" for n in lost)
+            self.notes.note(
+                f"{listed} lived only on {where}: this cell cannot read "
+                f"{'it' if len(lost) == 1 else 'them'}."
+            )
 
     def _left_on(self, where: str) -> None:
         """The notebook now uses another worker: its values that lived only on the one it

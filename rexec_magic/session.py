@@ -278,6 +278,11 @@ class RemoteSession:
             record = self._syncs[namespace] = sync.NamespaceSync()
         return record
 
+    def remote_only_names(self) -> set[str]:
+        """Names whose newest value lives only in a namespace this session uses (any of
+        them: a placeholder of its own namespace stays good while it is attached elsewhere)."""
+        return {name for record in self._syncs.values() for name in record.remote_only}
+
     def _forget_all(self) -> None:
         """The worker is new or gone: no namespace of it holds what the notebook sent."""
         for record in self._syncs.values():

@@ -303,6 +303,27 @@ def test_a_worker_stopped_elsewhere_under_a_running_cell_is_said_once(kc, spawne
     assert "namespace was lost" not in stderr_of(outputs), stderr_of(outputs)
 
 
+def test_a_placeholder_of_a_value_the_worker_lost_says_so(kc, spawner):
+    """A value that lived only on the worker (``--no-pull``), then the worker stopped: its
+    placeholder here said "%%remote cells use it there" for good, and a cell reading it met
+    a bare NameError.  The cell says first that it lived only there and was lost, and so
+    does the placeholder."""
+    ok(kc, "%%remote\npass")
+    ok(kc, "only_remote = 0")
+    ok(kc, "%%remote --no-pull\nonly_remote = [1, 2]")
+    assert "%%remote cells use it there" in texts(ok(kc, "only_remote"), "execute_result")[0]
+    spawner.stop()
+    ok(kc, "%%remote\npass")  # (it hears of the new worker here)
+    reply, outputs = run(kc, "%%remote\nprint(only_remote)")
+    assert (reply["status"], reply["ename"]) == ("error", "NameError")
+    assert (
+        "`only_remote` lived only on the remote worker, whose namespace was lost since: this "
+        "cell cannot read it."
+    ) in texts(outputs, "display_data")
+    [shown] = texts(ok(kc, "only_remote"), "execute_result")
+    assert "%%remote cells use it there" not in shown and "was lost since" in shown
+
+
 # ----------------------------------------------------------------------------- 5. folder
 def test_the_worker_runs_in_its_own_folder(kc, stack):
     folder = stack.state_dir / "work" / USER
