@@ -65,6 +65,38 @@ def shippable(name: str, value: Any) -> bool:
     return not (name == "open" and value is getattr(shell_module, "_modified_open", None))
 
 
+class NotSent:
+    """On the worker, in place of a value of the notebook's history (``Out[5]``, ``_``) that
+    could not travel: what it was, and why it did not come."""
+
+    def __init__(self, name: str, type_name: str, reason: str) -> None:
+        self.name = name
+        self.type_name = type_name
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return (
+            f"<{self.name}: a {self.type_name} in the notebook, which could not be sent to the "
+            f"worker: it {self.reason}>"
+        )
+
+
+def _history_stand_in(name: str, value: Any, exc: serialize.SerializationError) -> Any:
+    """``value`` (a history name's, ``name``) as it can go: ``Out`` with the outputs that
+    pickle and a ``NotSent`` for each other one; anything else as one ``NotSent``."""
+    if isinstance(value, dict):
+        sendable = {}
+        for key, item in value.items():
+            try:
+                serialize.pack_value(item)
+            except serialize.SerializationError as item_exc:
+                reason = serialize.unserializable_reason(item, item_exc)
+                item = NotSent(f"{name}[{key!r}]", type(item).__name__, reason)
+            sendable[key] = item
+        return sendable
+    return NotSent(name, type(value).__name__, serialize.unserializable_reason(value, exc))
+
+
 _IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), tuple, frozenset, range)
 
 
@@ -254,9 +286,14 @@ class NamespaceSync:
             try:
                 packed = serialize.pack_value(value)
             except serialize.SerializationError as exc:
-                raise errors.UnserializableVariable(
-                    f"The {what} was not run: {serialize.unserializable_message(name, value, exc)}."
-                ) from None
+                if not history_name(name):
+                    message = serialize.unserializable_message(name, value, exc)
+                    raise errors.UnserializableVariable(
+                        f"The {what} was not run: {message}."
+                    ) from None
+                # The notebook's history is no reason for a cell not to run (an old output
+                # that cannot travel): what can goes, with stand-ins that say why for the rest.
+                packed = serialize.pack_value(_history_stand_in(name, value, exc))
             queue.extend(packed.reads)
             digest = packed.digest
             if name not in forced and record is not None and record.digest == digest:

@@ -535,6 +535,14 @@ def test_a_remote_cell_reads_the_notebooks_own_inputs_and_outputs(kc):
     )
     out = ok(kc, f"print(Out[{local_n}], len(In) > {local_n})")
     assert stdout_of(out) == "from a local cell True\n"
+    # An output that cannot travel is no reason for the cell not to run: it says why there.
+    reply, _ = run(kc, "import threading\nthreading.Lock()")
+    lock_n = reply["execution_count"]
+    out = ok(kc, f"%%remote\nprint(Out[{local_n}])\nprint(repr(Out[{lock_n}]))\nprint(repr(_))")
+    text = stdout_of(out).splitlines()
+    assert text[0] == "from a local cell"
+    said = "a lock in the notebook, which could not be sent to the worker: it is a lock"
+    assert text[1].startswith(f"<Out[{lock_n}]: {said}") and text[2].startswith(f"<_: {said}")
 
 
 def errors_of(outputs: list[dict]) -> list[tuple[str, str]]:
