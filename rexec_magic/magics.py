@@ -352,38 +352,36 @@ class RexecMagics(Magics):
         worker whose namespace was lost since (a restart, a stop): no record of this session
         has them any more.  Said before the cell meets the NameError, and by the placeholder
         (it said "%%remote cells use it there" for good)."""
-        ns = self.shell.user_ns
         held = self.session.remote_only_names()
-        lost = [
-            n
-            for n in names
-            if isinstance(ns.get(n), sync.RemoteOnly) and not ns[n].elsewhere and n not in held
-        ]
-        where = "the remote worker, whose namespace was lost since"
-        for name in lost:
-            ns[name] = sync.RemoteOnly(name, ns[name].type_name, ns[name].reason, where)
-        if lost:
-            listed = ", ".join(f"`{n}`" for n in lost)
-            self.notes.note(
-                f"{listed} lived only on {where}: this cell cannot read "
-                f"{'it' if len(lost) == 1 else 'them'}."
-            )
+        self._placeholders_elsewhere(
+            [n for n in names if n not in held],
+            "the remote worker, whose namespace was lost since",
+            "this cell cannot read {them}",
+        )
 
     def _left_on(self, where: str) -> None:
         """The notebook now uses another worker: its values that lived only on the one it
         used (``RemoteOnly`` placeholders) are not there; say so, here and in each one."""
+        self._placeholders_elsewhere(
+            list(self.shell.user_ns),
+            where,
+            "the worker this notebook uses now does not have {them}",
+        )
+
+    def _placeholders_elsewhere(self, names: list[str], where: str, so: str) -> None:
+        """The placeholders among ``names`` stand for values on ``where``, which this
+        notebook's cells can no longer read: each says so, and one note (``so``, with
+        ``{them}``) lists them."""
         ns = self.shell.user_ns
         left = sorted(
-            n for n, v in ns.items() if isinstance(v, sync.RemoteOnly) and not v.elsewhere
+            n for n in names if isinstance(ns.get(n), sync.RemoteOnly) and not ns[n].elsewhere
         )
         for name in left:
             ns[name] = sync.RemoteOnly(name, ns[name].type_name, ns[name].reason, where)
         if left:
             listed = ", ".join(f"`{n}`" for n in left)
-            self.notes.note(
-                f"{listed} lived only on {where}; the worker this notebook uses now does not "
-                f"have {'it' if len(left) == 1 else 'them'}."
-            )
+            them = "it" if len(left) == 1 else "them"
+            self.notes.note(f"{listed} lived only on {where}: {so.format(them=them)}.")
 
     @magic_arguments()
     @argument("--requirements", "-r", metavar="FILE", help="pip requirements file for the worker")

@@ -218,7 +218,7 @@ def test_logging_in_as_another_user_says_which_values_stayed_on_the_first_users_
             ip.run_line_magic("rexec_login", f"--spawner-url {dora.spawner_url} {dora.token}")
         assert "Logged in as dora" in out.stdout
         assert (
-            f"`only_there` lived only on the remote worker of user {alice.user}; the worker "
+            f"`only_there` lived only on the remote worker of user {alice.user}: the worker "
             "this notebook uses now does not have it."
         ) in out.stdout
         assert repr(ip.user_ns["only_there"]) == (
