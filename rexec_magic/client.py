@@ -466,21 +466,25 @@ class RexecClient:
         """:meth:`execute` with values already packed; ``fields`` go into the header
         (``pull``, ``pull_limit`` and the namespace-sync fields of rexec_magic/sync.py)."""
         with errors.interrupt_says(not_sent(P.Kind.EXECUTE)):
-            self.ensure_hello()
-            req_id = self._new_id()
-            header = {
-                **fields,
-                "id": req_id,
-                "code": code,
-                "vars": entries,
-                "client": self.local_versions,
-                "credit": P.CLIENT_CREDIT,
-                **self.placement(),
-            }
-            if self.seen_instance:
-                header["instance"] = self.seen_instance
+            header = self._request_header({**fields, "code": code}, entries)
             first = self._request_parts(P.Kind.EXECUTE, header, buffers)
-        return self._wait_cell(req_id, header, buffers, on_event, timeout_s, first)
+        return self._wait_cell(header["id"], header, buffers, on_event, timeout_s, first)
+
+    def _request_header(self, fields: dict[str, Any], entries: list[dict[str, Any]]) -> dict:
+        """An EXECUTE's or CALL's header, with a new id: ``fields``, the values' ``entries``,
+        and what every request says (versions, credit, placement, the worker it is for)."""
+        self.ensure_hello()
+        header = {
+            **fields,
+            "id": self._new_id(),
+            "vars": entries,
+            "client": self.local_versions,
+            "credit": P.CLIENT_CREDIT,
+            **self.placement(),
+        }
+        if self.seen_instance:
+            header["instance"] = self.seen_instance
+        return header
 
     def _send_request(
         self,
@@ -640,20 +644,9 @@ class RexecClient:
             entries, buffers = serialize.pack(values)
         except serialize.SerializationError as exc:
             raise errors.UnserializableVariable(f"The call was not sent: {exc}.") from None
-        self.ensure_hello()
-        req_id = self._new_id()
-        header = {
-            **(fields or {}),
-            "id": req_id,
-            "vars": entries,
-            "client": self.local_versions,
-            "credit": P.CLIENT_CREDIT,
-            **self.placement(),
-        }
-        if self.seen_instance:
-            header["instance"] = self.seen_instance
+        header = self._request_header(fields or {}, entries)
         first = self._request_parts(P.Kind.CALL, header, buffers, cancel)
-        events = self._events(P.Kind.CALL, req_id, header, buffers, timeout_s, cancel, first)
+        events = self._events(P.Kind.CALL, header["id"], header, buffers, timeout_s, cancel, first)
         return (yield from events)
 
     def _events(
