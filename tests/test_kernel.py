@@ -88,7 +88,7 @@ def interrupted_after(kc, km, cell: str, text: str, delay_s: float = 0.0) -> tup
     cell printed ``text``: the cell's reply and the queued cell's."""
     first = kc.execute(cell)
     second = kc.execute("queued_ran = True")
-    wait_for_text(kc, text)
+    wait_for_text(kc, text, first)
     time.sleep(delay_s)
     km.interrupt_kernel()
     reply, _ = collect(kc, first, timeout=INTERRUPT_ANSWER_S)
@@ -155,7 +155,7 @@ def test_a_cell_that_takes_the_interrupt_ends_as_its_code_says(kernel, body, sta
     km, kc = kernel
     first = kc.execute(f"%%remote\nprint('started', flush=True)\n{body}")
     second = kc.execute("queued_ran = True")
-    wait_for_text(kc, "started")
+    wait_for_text(kc, "started", first)
     time.sleep(0.5)  # (the child of os.system is started by then; any moment will do)
     km.interrupt_kernel()
     reply, outputs = collect(kc, first, timeout=INTERRUPT_ANSWER_S)
@@ -210,12 +210,20 @@ def text_of(outputs: list[dict], name: str = "stdout") -> str:
     )
 
 
-def wait_for_text(kc, text: str) -> str:
-    """The first streamed text that holds ``text``."""
+def wait_for_text(kc, text: str, msg_id: str) -> str:
+    """The first text request ``msg_id`` streamed that holds ``text`` (not another cell's:
+    an earlier test's cell, stopped waiting for, shows its late output in the next one)."""
+    seen: list[tuple[str, object]] = []  # (what came instead: said if the text never does)
     while True:
-        msg = kc.get_iopub_msg(timeout=60)
+        try:
+            msg = kc.get_iopub_msg(timeout=60)
+        except queue.Empty:
+            raise AssertionError(f"no {text!r} within 60 s; the request's messages: {seen}")
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
         if msg["msg_type"] == "stream" and text in msg["content"]["text"]:
             return msg["content"]["text"]
+        seen.append((msg["msg_type"], msg["content"]))
 
 
 def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_executor(kernel):
@@ -226,7 +234,7 @@ def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_exe
         "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])\n"
         "print('started', flush=True)\nctypes.PyDLL(None).sleep(60)"
     )
-    wait_for_text(kc, "started")
+    wait_for_text(kc, "started", msg_id)
     km.interrupt_kernel()
     reply, outputs = collect(kc, msg_id, timeout=60)
     assert reply["status"] == "error"
@@ -245,7 +253,7 @@ def test_interrupting_a_stopped_executor_says_it_is_resumed_never_restarted(kern
     _, outputs = run(kc, "%%remote --no-pull\nimport os\nstill_here = 1\nprint(os.getpid())")
     pid = int(text_of(outputs))
     msg_id = kc.execute("%%remote\nimport time\nprint('go', flush=True)\ntime.sleep(30)")
-    wait_for_text(kc, "go")
+    wait_for_text(kc, "go", msg_id)
     os.kill(pid, signal.SIGSTOP)
     try:
         km.interrupt_kernel()
@@ -268,12 +276,12 @@ def given_up_on(kernel, cell: str, pause_s: float, caught: str | None = None) ->
     may not run it for 0.2 s), so a cell that ends soon after one needs ``caught``."""
     km, kc = kernel
     msg_id = kc.execute(cell)
-    wait_for_text(kc, "started")
+    wait_for_text(kc, "started", msg_id)
     km.interrupt_kernel()
     if caught is None:
         time.sleep(pause_s)
     else:
-        wait_for_text(kc, caught)
+        wait_for_text(kc, caught, msg_id)
     km.interrupt_kernel()
     # A user presses again while a Ctrl-C seems lost, and stops once the cell shows its
     # error: a press while the kernel formats that error interrupts the formatting (IPython
@@ -525,7 +533,7 @@ def test_a_shared_namespace_is_opt_in(stack, kernel):
         slow = kc.execute(
             "%%remote --no-pull\nimport time\nprint('slow', flush=True)\ntime.sleep(4)"
         )
-        wait_for_text(kc, "slow")
+        wait_for_text(kc, "slow", slow)
         reply, outputs = run(other, "%%remote --no-pull\nprint('after')")
         assert reply["status"] == "ok" and "after" in text_of(outputs)
         said = str(outputs)
@@ -680,11 +688,11 @@ def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
             kc, "from rexec_magic.session import shared_session\nprint(shared_session().session_id)"
         )
         session_id = text_of(outputs).strip()
-        kc.execute(
+        looping = kc.execute(
             "%%remote\nimport os, pathlib, time\nprint(os.getpid(), flush=True)\n"
             f"while True:\n    pathlib.Path({str(beat)!r}).touch()\n    time.sleep(0.1)"
         )
-        pid = int(wait_for_text(kc, "\n").strip())
+        pid = int(wait_for_text(kc, "\n", looping).strip())
         wait_for(beat.exists, "the remote loop to beat")
     finally:
         kc.stop_channels()
