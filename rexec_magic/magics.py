@@ -194,6 +194,10 @@ class RexecMagics(Magics):
                 raise errors.RexecError(f"No local variable named {', '.join(missing)} to push.")
         else:
             push_names = [n for n in [*free, *outputs] if n in self.shell.user_ns]
+            if self.session.namespace is not None:
+                # A shared namespace holds the history names of whichever notebook pushed
+                # last: "unchanged since this notebook sent it" would read another's `_`.
+                forced = [n for n in outputs if n in self.shell.user_ns]
         if args.no_pull:
             pull: list[str] = []
         elif args.pull:

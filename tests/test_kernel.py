@@ -522,6 +522,23 @@ def sharing(stack, kc, name: str = "team") -> Iterator[Any]:
         other_km.shutdown_kernel(now=True)
 
 
+def test_each_notebook_of_a_shared_namespace_reads_its_own_history(stack, kernel):
+    """``_`` and ``Out[n]`` in a shared namespace are the reading notebook's: B's ``_``,
+    unchanged since B sent it, was taken as still there, and the cell read A's (4 of 4 for a
+    tester); ``Out[n]`` was A's, or a KeyError."""
+    _, kc = kernel
+    with sharing(stack, kc, "history") as other:
+        reply, _ = run(other, "'from b'")
+        b_n = reply["execution_count"]
+        _, outputs = run(other, "%%remote\nprint(_)")
+        assert text_of(outputs) == "from b\n"
+        run(kc, "'from a'")
+        _, outputs = run(kc, "%%remote\nprint(_)")
+        assert text_of(outputs) == "from a\n"
+        _, outputs = run(other, f"%%remote\nprint(_, Out[{b_n}])")
+        assert text_of(outputs) == "from b from b\n"
+
+
 def test_a_shared_namespace_is_opt_in(stack, kernel):
     _, kc = kernel
     with sharing(stack, kc) as other:
