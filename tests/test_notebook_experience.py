@@ -545,6 +545,19 @@ def test_a_remote_cell_reads_the_notebooks_own_inputs_and_outputs(kc):
     assert text[1].startswith(f"<Out[{lock_n}]: {said}") and text[2].startswith(f"<_: {said}")
 
 
+@pytest.mark.parametrize("magic", ["%rerun 1", "%history -n 1-2", "%history -l 3", "%recall 1"])
+def test_history_magics_in_a_remote_cell_say_the_history_is_not_there(kc, magic):
+    """The notebook's input history is not on the worker: ``%rerun 2`` in a remote cell
+    re-ran the worker's second remote cell, and ``%history`` listed the worker's inputs
+    under the notebook's numbers (or nothing), without a word."""
+    ok(kc, "%%remote\nran_again = 'no'")
+    reply, outputs = run(kc, f"%%remote\nran_again = 'yes'\n{magic}")
+    assert reply["status"] == "error"
+    said = str(outputs)
+    assert "The notebook's input history is not on the remote worker" in said, said
+    assert texts(ok(kc, "%remote ran_again"), "execute_result") == ["'yes'"]
+
+
 def errors_of(outputs: list[dict]) -> list[tuple[str, str]]:
     return [
         (m["content"]["ename"], m["content"]["evalue"]) for m in outputs if m["msg_type"] == "error"

@@ -20,6 +20,7 @@ from typing import Any
 from IPython.core.autocall import ExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
+from IPython.core.error import UsageError
 from IPython.core.events import EventManager, available_events
 from IPython.core.formatters import DisplayFormatter
 from IPython.core.history import HistoryManager
@@ -137,16 +138,27 @@ class WorkerEvents(EventManager):
             self.shell.showing -= 1
 
 
+NO_INPUT_HISTORY = (
+    "The notebook's input history is not on the remote worker: run %history, %rerun, "
+    "%recall, %macro and %save in a local cell."
+)
+
+
 class WorkerHistory(HistoryManager):
-    """The inputs, for ``%history`` and ``%rerun``, and nothing bound in the namespace."""
+    """No input history: the notebook's is not here, and the worker's own count of its
+    remote cells is no cell number of the notebook's (``%rerun 2`` ran the worker's second
+    remote cell, without a word).  What reads it says so (``NO_INPUT_HISTORY``)."""
 
     def store_inputs(self, line_num: int, source: str, source_raw: str | None = None) -> None:
-        """IPython's binds ``_i``, ``_ii``, ``_iii`` and ``_i<N>`` by the worker's count of
-        its remote cells: a cell reading them gets the notebook's instead, sent with it
-        (``sync.history_name``).  And with no database, its write cache grew by every cell
+        """Nothing kept, nothing bound: IPython's binds ``_i``, ``_ii``, ``_iii`` and
+        ``_i<N>`` by the worker's count (a cell reading them gets the notebook's, sent with
+        it: ``sync.history_name``), and with no database its write cache grew by every cell
         for the executor's life."""
-        self.input_hist_parsed.append(source.rstrip("\n"))
-        self.input_hist_raw.append((source if source_raw is None else source_raw).rstrip("\n"))
+
+    def get_range(self, *args: Any, **kwargs: Any) -> Any:
+        raise UsageError(NO_INPUT_HISTORY)
+
+    get_range_by_str = get_tail = search = get_range
 
 
 class WorkerShell(InteractiveShell):
