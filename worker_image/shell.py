@@ -150,10 +150,13 @@ class WorkerHistory(HistoryManager):
     remote cell, without a word).  What reads it says so (``NO_INPUT_HISTORY``)."""
 
     def store_inputs(self, line_num: int, source: str, source_raw: str | None = None) -> None:
-        """Nothing kept, nothing bound: IPython's binds ``_i``, ``_ii``, ``_iii`` and
-        ``_i<N>`` by the worker's count (a cell reading them gets the notebook's, sent with
-        it: ``sync.history_name``), and with no database its write cache grew by every cell
-        for the executor's life."""
+        """Only the running cell's input (IPython's displayhook reads it for a closing
+        ``;``), nothing bound: IPython's binds ``_i``, ``_ii``, ``_iii`` and ``_i<N>`` by the
+        worker's count (a cell reading them gets the notebook's, sent with it:
+        ``sync.history_name``), and with no database its write cache grew by every cell for
+        the executor's life."""
+        self.input_hist_parsed[1:] = [source.rstrip("\n")]
+        self.input_hist_raw[1:] = [(source if source_raw is None else source_raw).rstrip("\n")]
 
     def get_range(self, *args: Any, **kwargs: Any) -> Any:
         raise UsageError(NO_INPUT_HISTORY)
