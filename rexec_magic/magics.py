@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Iterable
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -345,11 +346,12 @@ class RexecMagics(Magics):
             before = self.session.info
         except errors.NotLoggedIn:
             before = None
+        only_there = self.session.remote_only_names()  # (forgotten once the login is taken up)
         info, path = log_in(url, token)
         self.session.use(info)
         print(f"Logged in as {info.user}; connection file written to {path}.")
         if before is not None and (before.user, before.broker_url) != (info.user, info.broker_url):
-            self._left_on(f"the remote worker of user {before.user}")
+            self._left_on(f"the remote worker of user {before.user}", only_there)
 
     def _lost_placeholders(self, names: list[str]) -> None:
         """Of ``names`` (what a cell reads), placeholders of values that lived only on the
@@ -363,25 +365,26 @@ class RexecMagics(Magics):
             "this cell cannot read {them}",
         )
 
-    def _left_on(self, where: str) -> None:
+    def _left_on(self, where: str, only_there: set[str]) -> None:
         """The notebook now uses another worker: its values that lived only on the one it
-        used (``RemoteOnly`` placeholders) are not there; say so, here and in each one."""
-        self._placeholders_elsewhere(
-            list(self.shell.user_ns),
-            where,
-            "the worker this notebook uses now does not have {them}",
-        )
+        used (``RemoteOnly`` placeholders, and ``only_there``: names the notebook never had)
+        are not there; say so, here and in each placeholder."""
+        now = "the worker this notebook uses now does not have {them}"
+        self._placeholders_elsewhere(list(self.shell.user_ns), where, now, only_there)
 
-    def _placeholders_elsewhere(self, names: list[str], where: str, so: str) -> None:
+    def _placeholders_elsewhere(
+        self, names: list[str], where: str, so: str, also: Iterable[str] = ()
+    ) -> None:
         """The placeholders among ``names`` stand for values on ``where``, which this
         notebook's cells can no longer read: each says so, and one note (``so``, with
-        ``{them}``) lists them."""
+        ``{them}``) lists them, and the names in ``also`` (remote-only, no placeholder)."""
         ns = self.shell.user_ns
-        left = sorted(
+        placeholders = [
             n for n in names if isinstance(ns.get(n), sync.RemoteOnly) and not ns[n].elsewhere
-        )
-        for name in left:
+        ]
+        for name in placeholders:
             ns[name] = sync.RemoteOnly(name, ns[name].type_name, ns[name].reason, where)
+        left = sorted({*placeholders, *also})
         if left:
             listed = ", ".join(f"`{n}`" for n in left)
             them = "it" if len(left) == 1 else "them"

@@ -210,7 +210,7 @@ def test_logging_in_as_another_user_says_which_values_stayed_on_the_first_users_
     alice = connection.load(stack.connection_file)
     dora = connection.load(stack.add_user("dora"))
     ip.user_ns["only_there"] = 0
-    remote(ip, "only_there = [1, 2]", line="--no-pull")
+    remote(ip, "only_there = [1, 2]\nnever_here = 3", line="--no-pull")
     assert "%%remote cells use it there" in repr(ip.user_ns["only_there"])
     monkeypatch.setenv("REXEC_CONNECTION_FILE", str(tmp_path / "connection.json"))  # (logins)
     try:
@@ -218,8 +218,8 @@ def test_logging_in_as_another_user_says_which_values_stayed_on_the_first_users_
             ip.run_line_magic("rexec_login", f"--spawner-url {dora.spawner_url} {dora.token}")
         assert "Logged in as dora" in out.stdout
         assert (
-            f"`only_there` lived only on the remote worker of user {alice.user}: the worker "
-            "this notebook uses now does not have it."
+            f"`never_here`, `only_there` lived only on the remote worker of user {alice.user}: "
+            "the worker this notebook uses now does not have them."
         ) in out.stdout
         assert repr(ip.user_ns["only_there"]) == (
             f"<only_there: a value that lived only on the remote worker of user {alice.user}; "
