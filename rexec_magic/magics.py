@@ -258,14 +258,25 @@ class RexecMagics(Magics):
         if outcome.message:  # e.g. exit() ended the remote executor
             self.notes.note(outcome.message)
         shown = renderer.result
+        failed = outcome.done is not None and outcome.done.display_failed and not line_mode
         if shown is None:
-            return None
+            return self._display_failed(renderer) if failed else None
         if value is _NOTHING:
             value = shown  # the value stays remote: its display stands for it
-        if line_mode:
+        if line_mode:  # (`v = %remote expr`: a value whose display failed binds all the same)
             return value
         self._display(value, shown)
-        return None
+        return self._display_failed(renderer) if failed else None
+
+    @staticmethod
+    def _display_failed(renderer: EventRenderer) -> None:
+        """The cell's value could not be shown (its traceback is above, where it came, and
+        what did render after it): the cell fails, as in ipykernel, so Run All stops."""
+        ename, evalue = renderer.shown_error or ("Error", "")
+        line = f"{ename}: {evalue}" if evalue else ename
+        raise errors.RemoteCellError(
+            ename, evalue, [f"The cell's value could not be shown ({line}); see above."]
+        )
 
     def _apply(self, outcome: Any, why: str) -> Any:
         """Bind what came back, hide stale copies of what stays remote; the result's value."""

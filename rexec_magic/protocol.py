@@ -1030,6 +1030,10 @@ class Done(Event):
     # KeyboardInterrupt, or the interrupt stopped only a process it waited for, as
     # ``os.system`` does): it ended as that code says, as it would in a local kernel.
     interrupt_handled: bool = False
+    # The cell's value could not be shown (a ``_repr_*_`` raised: the error came ``shown``):
+    # the value and what rendering worked still come; a notebook shows them, then fails the
+    # cell, as ipykernel does.
+    display_failed: bool = False
     # Its buffers went by the bulk side channel (``BULK_REF``): this id stands for them
     # until the broker puts them back.
     bulk: Short = ""

@@ -33,6 +33,7 @@ class EventRenderer:
 
     def __init__(self, notes: Notes = NOTEBOOK) -> None:
         self.result: RemoteResult | None = None
+        self.shown_error: tuple[str, str] | None = None  # the last shown error (name, message)
         self.notes = notes  # rexec's own words (what a request waits for): never stderr
         self._late_said = False
         self._notices: dict[str, Progress] = {}  # each kind of wait: its live note
@@ -91,6 +92,7 @@ class EventRenderer:
         elif isinstance(event, P.Error):  # shown where it came (``Error.shown``)
             sys.stdout.flush()
             sys.stderr.flush()
+            self.shown_error = (event.ename, event.evalue)
             show_traceback(event.ename, event.evalue, event.traceback)
         elif isinstance(event, P.Result):
             self.result = RemoteResult(event.data or {}, event.metadata or {})

@@ -558,6 +558,24 @@ def test_history_magics_in_a_remote_cell_say_the_history_is_not_there(kc, magic)
     assert texts(ok(kc, "%remote ran_again"), "execute_result") == ["'yes'"]
 
 
+def test_a_value_whose_rich_display_fails_still_shows_what_rendered_and_binds(kc):
+    """The cell's value has a ``_repr_html_`` that raises and a ``__repr__`` that works: as
+    in ipykernel, the error, then the plain text as the cell's output, ``_`` the value, and
+    the cell fails (it showed only the error, and ``_``, ``Out`` kept their old values);
+    ``v = %remote expr`` binds it (a local assignment displays nothing, so never fails)."""
+    code = "class HalfRepr:\n    def _repr_html_(self):\n        raise ValueError('html broke')\n"
+    code += "    def __repr__(self):\n        return 'HalfRepr()'\n"
+    ok(kc, "%%remote\n" + code)
+    reply, out = run(kc, "%%remote\nHalfRepr()")
+    assert reply["status"] == "error"
+    kinds = [m["msg_type"] for m in out if m["msg_type"] in ("error", "execute_result")]
+    assert kinds == ["error", "execute_result", "error"], kinds
+    assert texts(out, "execute_result") == ["HalfRepr()"]
+    assert texts(ok(kc, "repr(_)"), "execute_result") == ["'HalfRepr()'"]
+    out = ok(kc, "half = %remote HalfRepr()")
+    assert texts(ok(kc, "repr(half)"), "execute_result") == ["'HalfRepr()'"]
+
+
 def errors_of(outputs: list[dict]) -> list[tuple[str, str]]:
     return [
         (m["content"]["ename"], m["content"]["evalue"]) for m in outputs if m["msg_type"] == "error"
@@ -579,7 +597,9 @@ def test_errors_ipython_catches_while_a_cell_goes_on_are_shown_as_a_local_cell_s
         "stream",
     ]
     reply, out = run(kc, "%%remote\nBadRepr()")
-    assert reply["status"] == "error" and errors_of(out) == [("ValueError", "repr broke")]
+    assert reply["status"] == "error"
+    assert errors_of(out)[0] == ("ValueError", "repr broke") and len(errors_of(out)) == 2
+    assert "The cell's value could not be shown (ValueError: repr broke)" in str(out)
     code = "%%remote\ndef fails():\n    raise RuntimeError('callback broke')\n"
     code += "get_ipython().events.register('post_execute', fails)\nprint('ran')"
     out = ok(kc, code)

@@ -291,6 +291,8 @@ class CellRunner:
                 status, report = self._execute(cell)
                 entries, frames, skipped = report.entries, report.frames, report.skipped
                 extra.update(report.header())
+                if self.shell.display_failed:
+                    extra["display_failed"] = True
                 if self.interrupt_handled:
                     extra["interrupt_handled"] = True
             del values
@@ -368,7 +370,7 @@ class CellRunner:
             if isinstance(error, KeyboardInterrupt) and interrupted:
                 status = DoneStatus.INTERRUPTED
                 self.outbox.internal(CODE_OVER, {"id": cell.id})  # no grace kill from here
-            elif error is not None or shell.display_failed:
+            elif error is not None:
                 # (a KeyboardInterrupt nobody sent is the cell's own: `raise KeyboardInterrupt`,
                 # its own os.kill; shown with its traceback, as a local cell shows it)
                 status = DoneStatus.ERROR

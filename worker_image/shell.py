@@ -205,10 +205,11 @@ class WorkerShell(InteractiveShell):
         """One ERROR event: the cell's own error (the notebook raises it), or, raised and
         caught inside IPython while the cell went on (a ``display()`` whose ``__repr__``
         raised, a figure that failed to draw after the cell), ``shown`` where it happened, as
-        ipykernel shows it.  A failed display of the cell's value fails the cell, as there."""
+        ipykernel shows it.  A failed display of the cell's value is one too, and it fails
+        the cell in the notebook once what did render is shown, as there."""
         shown = self.showing > 0
         if shown and self.displayhook.is_active:
-            self.display_failed, shown = True, False
+            self.display_failed = True  # (the cell's value: ``Done.display_failed``)
         target = self.outbox.current or (self.outbox.last if shown else None)
         if target is None:
             return
