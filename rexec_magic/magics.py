@@ -253,7 +253,7 @@ class RexecMagics(Magics):
             raise
         value = self._apply(outcome, why)
         if args.pull and not args.no_pull:
-            for note in _outputs_notes(name_list(args.pull), outcome, ns):
+            for note in _outputs_notes(name_list(args.pull), outcome):
                 self.notes.note(note)
         if outcome.message:  # e.g. exit() ended the remote executor
             self.notes.note(outcome.message)
@@ -542,10 +542,11 @@ def as_local(exc: errors.RemoteCellError) -> BaseException:
     return original
 
 
-def _outputs_notes(asked: list[str], outcome: Any, namespace: dict[str, Any]) -> list[str]:
+def _outputs_notes(asked: list[str], outcome: Any) -> list[str]:
     """What ``-o`` could not do, in a sentence each: a name it asked for that the worker does
-    not have (a typo: nothing came back under it), and names the cell bound anew that stay
-    remote because ``-o`` did not ask for them (no local copy stands for them)."""
+    not have (a typo: nothing came back under it), and names the cell changed that stay
+    remote because ``-o`` did not ask for them (a placeholder here stands for those the
+    notebook had)."""
     done = outcome.done
     if done is None:
         return []
@@ -556,10 +557,10 @@ def _outputs_notes(asked: list[str], outcome: Any, namespace: dict[str, Any]) ->
         for name in asked
         if name not in came and name not in done.deleted
     ]
-    new = [n for n in done.changed if n not in came and n not in namespace]
-    if new:
-        listed = ", ".join(f"`{n}`" for n in new)
-        notes.append(f"{listed} stay{'s' if len(new) == 1 else ''} remote: not in -o.")
+    left = sorted(n for n in done.changed if n not in came and n not in done.deleted)
+    if left:
+        listed = ", ".join(f"`{n}`" for n in left)
+        notes.append(f"{listed} stay{'s' if len(left) == 1 else ''} remote: not in -o.")
     return notes
 
 

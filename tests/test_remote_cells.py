@@ -375,10 +375,12 @@ def test_what_o_could_not_bring_back_is_said(ip):
     bound anew that ``-o`` left out were gone without a word (a later NameError here)."""
     for name in ("kept_o", "left_o", "typo_o"):
         ip.user_ns.pop(name, None)
-    _, out = remote(ip, "kept_o = 1\nleft_o = 2", line="-o kept_o,typo_o")
+    ip.user_ns["had_o"] = 0
+    _, out = remote(ip, "kept_o = 1\nleft_o = 2\nhad_o = 3", line="-o kept_o,typo_o")
     assert ip.user_ns["kept_o"] == 1 and "left_o" not in ip.user_ns
     assert "`typo_o` (in -o) is not a variable on the remote worker" in out.stdout
-    assert "`left_o` stays remote: not in -o." in out.stdout
+    assert "`had_o`, `left_o` stay remote: not in -o." in out.stdout
+    assert "lives only on the remote worker (not in -o)" in repr(ip.user_ns.pop("had_o"))
     _, out = remote(ip, "kept_o = 3", line="-o kept_o")
     assert ip.user_ns["kept_o"] == 3 and "-o" not in out.stdout
 
