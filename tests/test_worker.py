@@ -275,6 +275,14 @@ def test_a_small_pull_limit_is_said_in_units_that_show_it(broker):
     assert rest == "over the 1.0 KB pull limit" and float(size) > 1.0
 
 
+def test_a_value_just_over_the_pull_limit_is_said_in_bytes(broker):
+    """1,010 bytes over a 1 KB limit read "is 1.0 KB, over the 1.0 KB pull limit"."""
+    events = broker.run("big = b'x' * 1010", pull=["big"], pull_limit=1024)
+    [skipped] = done(events).header["skipped"]
+    size = int(skipped["reason"].removeprefix("is ").partition(" B, ")[0].replace(",", ""))
+    assert size > 1024 and skipped["reason"].endswith(" B, over the 1,024 B pull limit")
+
+
 def test_a_value_the_worker_had_no_memory_to_pack_is_said_so_and_comes_back_later(broker):
     """Packing a result ran out of memory (a MemoryError while it was copied): the note said
     "cannot be serialized (MemoryError: )", as if it never could.  It says memory, and once

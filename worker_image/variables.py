@@ -263,7 +263,10 @@ class Watch:
         size = packed.nbytes
         if size > limit:
             if not quiet:
-                reason = f"is {human_bytes(size)}, over the {human_bytes(limit)} pull limit"
+                shown, most = human_bytes(size), human_bytes(limit)
+                if shown == most:  # (rounded alike near the limit: in bytes then)
+                    shown, most = f"{size:,} B", f"{limit:,} B"
+                reason = f"is {shown}, over the {most} pull limit"
                 report.skipped.append({"name": name, "reason": reason, **type_fields(value)})
             return
         report.entries.append(
