@@ -1821,3 +1821,21 @@ def test_an_executor_whose_kernel_went_silent_is_listed_so(port):
     assert row["kernel_silent_s"] >= 1
     said = _others_lost([row])
     assert f"(quiet, no sign of its kernel for {row['kernel_silent_s']} s)" in said, said
+
+
+def test_an_interrupt_turned_into_an_error_shows_no_frame_of_the_worker(port):
+    """``except KeyboardInterrupt: raise ValueError(...)``: the traceback's chained part
+    showed rexec's own frame (``cells.py, in CellRunner.on_sigint: raise
+    KeyboardInterrupt``) where a local cell shows only the user's."""
+    code = (
+        "import time\nprint('go', flush=True)\ntry:\n    time.sleep(30)\n"
+        "except KeyboardInterrupt:\n    raise ValueError('converted')"
+    )
+    request_id = port.execute(code)
+    port.recv_kind(Kind.STREAM)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id)
+    [error] = [e for e in events if e.kind == Kind.ERROR]
+    assert error.header["ename"] == "ValueError"
+    text = "\n".join(error.header["traceback"])
+    assert "KeyboardInterrupt" in text and "on_sigint" not in text, text

@@ -183,6 +183,8 @@ class CellRunner:
         # Whether the supervisor interrupted this request before its user code started (the
         # SIGINT then came too early to count: see executor.InterruptPipe).
         self.interrupted = interrupted
+        # The KeyboardInterrupt this handler raises is the user's; its frame is not.
+        shell.hidden_frames.add(CellRunner.on_sigint.__code__)
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
         self.interrupt_handled = False  # the last cell went on past an interrupt (Done)
         self.watch = Watch()

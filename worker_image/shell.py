@@ -14,6 +14,7 @@ import contextlib
 import getpass
 import os
 import sys
+import types
 import warnings
 from typing import Any
 
@@ -177,6 +178,7 @@ class WorkerShell(InteractiveShell):
         # is caught by IPython and the cell goes on (ipykernel shows its traceback, and only a
         # failed display of the cell's value fails the cell).
         self.showing = 0
+        self.hidden_frames: set[types.CodeType] = set()  # the worker's, never the user's
         self.display_failed = False  # the current cell's value could not be shown
         self.exit_requested = False  # exit() / quit() ran: end this executor after the cell
         super().__init__(**kwargs)
@@ -200,6 +202,14 @@ class WorkerShell(InteractiveShell):
     def ask_exit(self) -> None:
         """``exit()`` / ``quit()``: the executor ends after this cell (see executor.py)."""
         self.exit_requested = True
+
+    def showtraceback(self, exc_tuple: Any = None, *args: Any, **kwargs: Any) -> None:
+        """IPython's, without the worker's own frames (``hidden_frames``) where an exception
+        was raised: the SIGINT handler that turns an interrupt into a KeyboardInterrupt
+        showed as the last frame of ``except KeyboardInterrupt: raise ValueError(...)``'s
+        chained part.  (``__tracebackhide__`` never hides the frame that raised.)"""
+        _cut_frames((exc_tuple or sys.exc_info())[1], self.hidden_frames)
+        super().showtraceback(exc_tuple, *args, **kwargs)
 
     def _showtraceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
         """One ERROR event: the cell's own error (the notebook raises it), or, raised and
@@ -235,6 +245,23 @@ class WorkerShell(InteractiveShell):
 
     def enable_gui(self, gui: str | None = None) -> None:
         """No GUI event loop in a headless worker (``%matplotlib inline`` needs none)."""
+
+
+def _cut_frames(exc: BaseException | None, codes: set[types.CodeType]) -> None:
+    """Drop, from ``exc`` and the exceptions chained to it, a last traceback entry whose code
+    is one of ``codes`` (the frame that raised it is the worker's, not the user's)."""
+    pending, seen = [exc], set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        pending += [exc.__cause__, exc.__context__]
+        before, tb = None, exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            before, tb = tb, tb.tb_next
+        if before is not None and tb is not None and tb.tb_frame.f_code in codes:
+            before.tb_next = None
 
 
 def make_shell(outbox: EventChannel) -> WorkerShell:
