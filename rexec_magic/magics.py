@@ -258,14 +258,17 @@ class RexecMagics(Magics):
         if outcome.message:  # e.g. exit() ended the remote executor
             self.notes.note(outcome.message)
         shown = renderer.result
-        failed = outcome.done is not None and outcome.done.display_failed and not line_mode
-        if shown is None:
-            return self._display_failed(renderer) if failed else None
+        if line_mode:  # `v = %remote expr` binds the value, whatever its display did
+            return value if value is not _NOTHING else shown  # (its display stands for it)
+        failed = outcome.done is not None and outcome.done.display_failed
+        if shown is None and not failed:
+            return None
         if value is _NOTHING:
+            if shown is None:  # (nothing rendered, and the value stays remote)
+                return self._display_failed(renderer)
             value = shown  # the value stays remote: its display stands for it
-        if line_mode:  # (`v = %remote expr`: a value whose display failed binds all the same)
-            return value
-        self._display(value, shown)
+        # `_` and `Out[n]` are the value even when no rendering of it worked, as locally.
+        self._display(value, shown or RemoteResult({}, {}))
         return self._display_failed(renderer) if failed else None
 
     @staticmethod

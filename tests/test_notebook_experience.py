@@ -574,6 +574,16 @@ def test_a_value_whose_rich_display_fails_still_shows_what_rendered_and_binds(kc
     assert texts(ok(kc, "repr(_)"), "execute_result") == ["'HalfRepr()'"]
     out = ok(kc, "half = %remote HalfRepr()")
     assert texts(ok(kc, "repr(half)"), "execute_result") == ["'HalfRepr()'"]
+    # No rendering at all works: the value still binds (`w` was None), and is `_` (it was
+    # the cell before's).
+    code = "class NoRepr:\n    def __repr__(self):\n        raise TypeError('repr broke')\n"
+    ok(kc, "%%remote\n" + code + "    size = 3")
+    ok(kc, "w = %remote NoRepr()")
+    assert texts(ok(kc, "w.size"), "execute_result") == ["3"]
+    run(kc, "%%remote\n77")
+    reply, _ = run(kc, "%%remote\nNoRepr()")
+    assert reply["status"] == "error"
+    assert texts(ok(kc, "_.size"), "execute_result") == ["3"]
 
 
 def errors_of(outputs: list[dict]) -> list[tuple[str, str]]:
