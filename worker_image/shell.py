@@ -203,6 +203,12 @@ class WorkerShell(InteractiveShell):
         """``exit()`` / ``quit()``: the executor ends after this cell (see executor.py)."""
         self.exit_requested = True
 
+    def show_usage_error(self, exc: BaseException) -> None:
+        """A UsageError (``%history`` here, a bad magic option) is the cell's error: sent,
+        and the notebook raises it, which IPython prints once, as a local cell does (it was
+        printed here too, so twice)."""
+        self._showtraceback(type(exc), exc, [f"UsageError: {exc}"])
+
     def showtraceback(self, exc_tuple: Any = None, *args: Any, **kwargs: Any) -> None:
         """IPython's, without the worker's own frames (``hidden_frames``) where an exception
         was raised: the SIGINT handler that turns an interrupt into a KeyboardInterrupt
