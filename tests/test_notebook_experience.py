@@ -586,6 +586,16 @@ def test_a_value_whose_rich_display_fails_still_shows_what_rendered_and_binds(kc
     assert texts(ok(kc, "_.size"), "execute_result") == ["3"]
 
 
+def test_magics_that_read_a_file_or_a_name_still_do_in_a_remote_cell(kc):
+    """``%save`` and ``%load`` look for history first; what names no history
+    range (a file, a variable) is no history, and they go on to it (``%save`` of a
+    variable's text said "the notebook's input history is not on the remote worker")."""
+    code = "%%remote\nsnippet = 'print(6 * 7)'\n%save -f snippet_copy.py snippet\n"
+    code += "print(open('snippet_copy.py').read().strip())"
+    out = ok(kc, code)
+    assert "print(6 * 7)" in stdout_of(out)
+
+
 def errors_of(outputs: list[dict]) -> list[tuple[str, str]]:
     return [
         (m["content"]["ename"], m["content"]["evalue"]) for m in outputs if m["msg_type"] == "error"

@@ -24,7 +24,7 @@ from IPython.core.displaypub import DisplayPublisher
 from IPython.core.error import UsageError
 from IPython.core.events import EventManager, available_events
 from IPython.core.formatters import DisplayFormatter
-from IPython.core.history import HistoryManager
+from IPython.core.history import HistoryManager, extract_hist_ranges
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Type, default
 from traitlets.config import Config
@@ -162,7 +162,14 @@ class WorkerHistory(HistoryManager):
     def get_range(self, *args: Any, **kwargs: Any) -> Any:
         raise UsageError(NO_INPUT_HISTORY)
 
-    get_range_by_str = get_tail = search = get_range
+    get_tail = search = get_range
+
+    def get_range_by_str(self, rangestr: str, raw: bool = True, output: bool = False) -> Any:
+        """What names no history range (``%load script.py``, a URL, a variable) is no
+        history: nothing, so IPython looks for a file or a name next, as it would."""
+        if not list(extract_hist_ranges(rangestr)):
+            return iter(())
+        raise UsageError(NO_INPUT_HISTORY)
 
 
 class WorkerShell(InteractiveShell):
