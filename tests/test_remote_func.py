@@ -98,8 +98,8 @@ def stubborn(flag):
     try:
         yield 0
     finally:  # closing it takes long, and longer than the grace period once interrupted
-        open(flag, "w").close()
-        try:
+        try:  # (the flag inside: an interrupt right after it must land in this handler)
+            open(flag, "w").close()
             time.sleep(100)
         except KeyboardInterrupt:
             time.sleep(8)

@@ -1828,7 +1828,7 @@ def test_an_interrupt_turned_into_an_error_shows_no_frame_of_the_worker(port):
     showed rexec's own frame (``cells.py, in CellRunner.on_sigint: raise
     KeyboardInterrupt``) where a local cell shows only the user's."""
     code = (
-        "import time\nprint('go', flush=True)\ntry:\n    time.sleep(30)\n"
+        "import time\ntry:\n    print('go', flush=True)\n    time.sleep(30)\n"
         "except KeyboardInterrupt:\n    raise ValueError('converted')"
     )
     request_id = port.execute(code)
