@@ -164,6 +164,15 @@ class ShownState(str, enum.Enum):
     FAILED = "failed"
 
 
+# The spawner's ``ready`` worker that the broker does not list (``WorkerStatus.responding``
+# False): the process runs, but it was dropped as silent or has not registered again yet.
+NOT_RESPONDING_MESSAGE = (
+    "The worker's process runs but does not answer the broker (stopped, starved of CPU, or "
+    "reconnecting after a broker restart); its variables are kept while it runs. Stop it to "
+    "start a fresh one."
+)
+
+
 def shown_state(state: str | None, *, busy: bool = False, culled: bool = False) -> ShownState:
     """The state to show for a spawner ``state`` (None: no worker)."""
     if state == WorkerState.READY:

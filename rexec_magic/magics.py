@@ -630,6 +630,8 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
     # Neither the spawner nor the broker answered (e.g. a refused token): nothing is known.
     known = bool(spawner_state) or bool(worker) or "spawner_error" not in report
     shown = state.value if known else "unknown"
+    if spawner_state.get("responding") is False and not worker:  # (its message says why)
+        shown = "not responding"
     if spawner_state.get("message") and not running:
         shown += f" ({spawner_state['message']})"
     if "spawner_error" in report:

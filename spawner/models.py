@@ -42,6 +42,14 @@ class WorkerStatus(BaseModel):
     restarts: int = Field(0, description="Supervised restarts since the spawn.")
     from_warm_pool: bool = Field(False, description="The worker was claimed from the warm pool.")
     busy: bool = Field(False, description="A cell is running on the worker (the broker says so).")
+    responding: bool | None = Field(
+        None,
+        description=(
+            "Whether the broker lists the ready worker (False: its process runs but the broker "
+            "dropped it as silent, or it has not registered again after a broker restart; "
+            "None: not asked, or not ready)."
+        ),
+    )
     executors: list[dict[str, Any]] = Field(
         default_factory=list,
         description=(

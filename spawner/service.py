@@ -42,6 +42,7 @@ import zmq
 
 from broker.auth import Identity, worker_secret
 from broker.control import BrokerControlError, broker_status
+from rexec_magic.contract import NOT_RESPONDING_MESSAGE
 from spawner.backends.base import (
     EXIT_REJECTED,
     EXIT_RESTART,
@@ -217,7 +218,8 @@ class WorkerService:
         return self._status(rec)
 
     async def live_status(self, identity: Identity) -> WorkerStatus:
-        """The status, with ``busy`` asked of the broker when the worker is ready."""
+        """The status, with ``busy`` (and ``responding``) asked of the broker when the worker
+        is ready."""
         status = self.status(identity)
         if status.state != WorkerState.READY:
             return status
@@ -230,7 +232,11 @@ class WorkerService:
             log.info("busy state unknown: %s", exc)
             return status
         info = (reply.get("workers") or {}).get(identity.sub)
-        status.busy = bool(isinstance(info, dict) and info.get("busy"))
+        status.responding = isinstance(info, dict)
+        if not status.responding:  # "ready" would promise cells that cannot reach it
+            status.message = NOT_RESPONDING_MESSAGE
+            return status
+        status.busy = bool(info.get("busy"))
         executors = info.get("executors") if isinstance(info, dict) else None
         if isinstance(executors, list):
             status.executors = [row for row in executors if isinstance(row, dict)]

@@ -286,6 +286,36 @@ def signal_all(pids: list[int], sig: int) -> None:
         os.kill(pid, sig)
 
 
+def test_status_says_not_responding_while_the_broker_does_not_hear_the_worker(
+    fresh_stack: Stack, alice: RemoteSession
+) -> None:
+    """A worker whose process runs but which the broker dropped as silent (here stopped,
+    as a cell's ``os.kill(os.getppid(), SIGSTOP)`` does) is "not responding" in
+    ``%rexec_status`` and in the spawner's status the sidebar shows, never "ready"; once
+    resumed it registers again and is ready, its namespace kept."""
+    from rexec_magic.contract import NOT_RESPONDING_MESSAGE
+    from rexec_magic.magics import status_table
+
+    pid = alice.client.worker["pid"]
+    pids = worker_processes(pid)
+    signal_all(pids, signal.SIGSTOP)
+    try:
+        wait_for(
+            lambda: spawner_state(alice).get("responding") is False,
+            "the broker to drop the stopped worker",
+            timeout_s=60,
+        )
+        state = spawner_state(alice)
+        assert state["state"] == "ready" and state["message"] == NOT_RESPONDING_MESSAGE
+        shown = dict(status_table(alice.status()).rows)
+        assert shown["worker"] == f"not responding ({NOT_RESPONDING_MESSAGE})"
+    finally:
+        signal_all(pids, signal.SIGCONT)
+    wait_for(lambda: spawner_state(alice).get("responding") is True, "it to register again")
+    assert dict(status_table(alice.status()).rows)["worker"] == "ready"
+    assert run_until_it_works(alice, "k = kept", ["k"]).values == {"k": 41}
+
+
 def test_a_worker_stopped_for_40_s_is_not_declared_lost(
     fresh_stack: Stack, alice: RemoteSession
 ) -> None:
