@@ -1038,8 +1038,10 @@ class RexecClient:
             and status in (P.DoneStatus.ERROR, P.DoneStatus.RESEND)
             and not _own_error(error_msg)
         ):
+            own = _interrupt_in_own_words(error_msg)
             stopped = errors.RemoteInterrupted(
-                done.message or f"The remote {what} was interrupted."
+                done.message or (own.evalue if own else f"The remote {what} was interrupted."),
+                traceback=own.traceback if own else None,
             )
         elif interrupted and status == P.DoneStatus.ERROR:
             pass  # it raised an error of its own while interrupted (`except
@@ -1122,6 +1124,18 @@ def not_sent(kind: str) -> str:
 def _shown_error(msg: P.Message) -> bool:
     """An ERROR to show where it came, like output: not the request's own (``Error.shown``)."""
     return msg.kind == P.Kind.ERROR and msg.header.get("shown") is True
+
+
+def _interrupt_in_own_words(error_msg: P.Message | None) -> P.Error | None:
+    """A KeyboardInterrupt the code raised with a message of its own (a handler that cleaned
+    up and re-raised it saying so): its message and traceback stand for the interrupt, as in
+    a local cell.  None for a bare interrupt, which is said in one sentence."""
+    if error_msg is None:
+        return None
+    error = error_msg.read(P.Error)
+    if error.ename == "KeyboardInterrupt" and error.evalue and error.traceback:
+        return error
+    return None
 
 
 def _own_error(error_msg: P.Message | None) -> bool:

@@ -113,14 +113,21 @@ class RemoteInterrupted(KeyboardInterrupt):
     """The remote cell was interrupted (a KeyboardInterrupt, so following cells do not run).
 
     ``namespace_lost``: it did not stop, so its executor was restarted (the namespace is new).
+    ``traceback``: the remote traceback to show instead of the sentence, when the code itself
+    raised the KeyboardInterrupt with words of its own (``except KeyboardInterrupt: ...;
+    raise KeyboardInterrupt("checkpoint saved")``), as a local cell shows it.
     """
 
     def __init__(
-        self, message: str = "The remote cell was interrupted.", namespace_lost: bool = False
+        self,
+        message: str = "The remote cell was interrupted.",
+        namespace_lost: bool = False,
+        traceback: list[str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.namespace_lost = namespace_lost
+        self.remote_traceback = list(traceback or ())
         # A cell's CellOutcome: what it bound before the interrupt stopped it (or before the
         # interrupt came, too late to stop it), which comes back as from a local cell.
         self.outcome: object | None = None
@@ -129,7 +136,7 @@ class RemoteInterrupted(KeyboardInterrupt):
         return self.message
 
     def _render_traceback_(self) -> list[str]:
-        return _line("KeyboardInterrupt", self.message)
+        return self.remote_traceback or _line("KeyboardInterrupt", self.message)
 
 
 @contextmanager

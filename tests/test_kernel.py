@@ -83,6 +83,35 @@ def test_kernel_interrupt_stops_remote_cell_and_queued_cells(kernel, body):
     assert reply["status"] == "ok"
 
 
+def test_an_interrupt_re_raised_with_words_of_its_own_shows_them(kernel):
+    """``except KeyboardInterrupt: save(); raise KeyboardInterrupt("checkpoint saved")``:
+    a local cell shows that traceback and message; the remote one said only "The remote
+    cell was interrupted.", the user's words lost.  A bare interrupt keeps its sentence."""
+    km, kc = kernel
+    cell = (
+        "%%remote\nimport time\ntry:\n    print('started', flush=True)\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    print('cleanup', flush=True)\n"
+        "    raise KeyboardInterrupt('checkpoint saved at step 3')"
+    )
+    msg_id = kc.execute(cell)
+    wait_for_text(kc, "started", msg_id)
+    km.interrupt_kernel()
+    reply, outputs = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
+    assert reply["status"] == "error"
+    assert reply["evalue"] == "checkpoint saved at step 3"
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(reply["traceback"]))
+    assert "KeyboardInterrupt: checkpoint saved at step 3" in shown, shown
+    assert "raise KeyboardInterrupt('checkpoint saved at step 3')" in shown
+    assert "was interrupted" not in shown
+    streams = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
+    assert "cleanup" in streams
+    msg_id = kc.execute("%%remote\nimport time\nprint('started', flush=True)\ntime.sleep(60)")
+    wait_for_text(kc, "started", msg_id)
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
+    assert reply["evalue"] == "The remote cell was interrupted."
+
+
 def interrupted_after(kc, km, cell: str, text: str, delay_s: float = 0.0) -> tuple[dict, dict]:
     """Run ``cell`` with a local cell queued behind it; press Ctrl-C ``delay_s`` after the
     cell printed ``text``: the cell's reply and the queued cell's."""
