@@ -621,9 +621,12 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
     spawner_state = report.get("spawner_state") or {}
     worker = report.get("worker")
     inspect = report.get("inspect") or {}
+    # Busy for this notebook when its own executor runs a cell: another notebook's cell holds
+    # nothing of this one up (each has its own executor; their rows below show them).
+    mine = inspect.get("worker") or {}
     state = contract.shown_state(
         spawner_state.get("state") or ("ready" if worker else None),
-        busy=bool(worker and worker.get("busy")),
+        busy=bool(mine["busy"] if "busy" in mine else worker and worker.get("busy")),
         culled=bool(spawner_state.get("idle_culled_after_s")),
     )
     running = bool(worker) and state in (contract.ShownState.READY, contract.ShownState.BUSY)

@@ -484,6 +484,39 @@ def test_rexec_status_of_a_notebook_without_an_executor_says_none_yet(ip):
     assert "(this notebook)" not in text  # the executors listed are the others'
 
 
+def test_rexec_status_is_busy_only_for_the_notebook_whose_cell_runs(ip, tmp_path):
+    """Another notebook's long cell holds nothing of this one up (each has its own
+    executor): its status says the worker is ready and lists that executor busy; it said
+    "busy", as if this notebook's cells would wait."""
+    import threading
+
+    from rexec_magic.magics import status_table
+    from rexec_magic.session import RemoteSession, shared_session
+
+    remote(ip, "pass")  # this notebook's executor
+    flag, stop = tmp_path / "running", tmp_path / "stop"
+    other = RemoteSession()
+    code = (
+        f"import pathlib, time\npathlib.Path({str(flag)!r}).touch()\n"
+        f"while not pathlib.Path({str(stop)!r}).exists():\n    time.sleep(0.05)"
+    )
+    running = threading.Thread(target=other.run, args=(code, {}, [], lambda m: None, 1 << 20))
+    running.start()
+    try:
+        wait_for(flag.exists, "the other notebook's cell to run")
+        rows = status_table(shared_session().status()).rows
+        assert dict(rows)["worker"] == "ready", rows
+        label = f"executor {other.notebook}"
+        assert any(k == label and v.startswith("busy") for k, v in rows), rows
+        [mine] = [v for k, v in rows if k.endswith("(this notebook)")]
+        assert mine.startswith("idle"), rows
+        assert dict(status_table(other.status()).rows)["worker"] == "busy"
+    finally:
+        stop.touch()
+        running.join(WAIT_S)
+        other.close()
+
+
 @pytest.mark.parametrize(
     ("ending", "said"),
     [
