@@ -629,6 +629,37 @@ def test_errors_ipython_catches_while_a_cell_goes_on_are_shown_as_a_local_cell_s
 
 
 @pytest.mark.parametrize(
+    ("code", "ename"),
+    [
+        ("%run {script}", "ValueError"),
+        (
+            "try:\n    1/0\nexcept Exception:\n    get_ipython().showtraceback()",
+            "ZeroDivisionError",
+        ),
+        ("get_ipython().run_cell('def f(:')", "SyntaxError"),
+        ("get_ipython().run_cell('import no_such_module_here')", "ModuleNotFoundError"),
+    ],
+    ids=["%run of a script that raises", "showtraceback()", "nested SyntaxError", "nested error"],
+)
+def test_a_traceback_shown_while_the_cell_goes_on_is_shown_and_the_cell_goes_on(
+    kc, tmp_path, code, ename
+):
+    """IPython shows a traceback and the cell goes on (``%run`` of a script that raised, a
+    nested ``run_cell``, ``showtraceback()`` in a handler): the remote cell dropped it
+    without a word, or, should the cell fail later, kept only the last error.  Now shown
+    where it happened, the cell going on to its end, as a local cell does."""
+    script = tmp_path / "fails.py"
+    script.write_text("print('script start')\nraise ValueError('script boom')\n")
+    out = ok(kc, "%%remote\n" + code.format(script=script) + "\nprint('after')")
+    assert [e[0] for e in errors_of(out)] == [ename]
+    kinds = [m["msg_type"] for m in out if m["msg_type"] in ("error", "stream")]
+    assert kinds[-2:] == ["error", "stream"] and stdout_of(out).endswith("after\n")
+    reply, out = run(kc, "%%remote\n" + code.format(script=script) + "\n1/0")
+    assert reply["status"] == "error"
+    assert [e[0] for e in errors_of(out)] == [ename, "ZeroDivisionError"]
+
+
+@pytest.mark.parametrize(
     ("code", "ename", "evalue"),
     [
         ("raise KeyboardInterrupt('user raised')", "KeyboardInterrupt", "user raised"),

@@ -226,11 +226,12 @@ class WorkerShell(InteractiveShell):
 
     def _showtraceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
         """One ERROR event: the cell's own error (the notebook raises it), or, raised and
-        caught inside IPython while the cell went on (a ``display()`` whose ``__repr__``
-        raised, a figure that failed to draw after the cell), ``shown`` where it happened, as
-        ipykernel shows it.  A failed display of the cell's value is one too, and it fails
-        the cell in the notebook once what did render is shown, as there."""
-        shown = self.showing > 0
+        caught while the cell went on (a ``display()`` whose ``__repr__`` raised, a figure
+        that failed to draw after the cell, a ``%run`` script that raised:
+        ``_cell_code_running``), ``shown`` where it happened, as ipykernel shows it.  A
+        failed display of the cell's value is one too, and it fails the cell in the notebook
+        once what did render is shown, as there."""
+        shown = self.showing > 0 or self._cell_code_running()
         if shown and self.displayhook.is_active:
             self.display_failed = True  # (the cell's value: ``Done.display_failed``)
         target = self.outbox.current or (self.outbox.last if shown else None)
@@ -251,6 +252,19 @@ class WorkerShell(InteractiveShell):
                 buffers = serialize.dumps(evalue, out_of_band=False)
         header["nbuffers"] = len(buffers)
         self.outbox.event(target, Kind.ERROR, header, buffers)
+
+    def _cell_code_running(self) -> bool:
+        """Whether a cell's code is still on the stack: a traceback IPython shows then is
+        caught and the cell goes on (``%run script.py`` whose script raised, a nested
+        ``run_cell``, ``except: get_ipython().showtraceback()``), so it is shown where it
+        happened, as ipykernel shows it.  The cell's own error is shown once its code has
+        unwound (``run_code``'s handler, a SyntaxError before it ran)."""
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame.f_code.co_name == "<module>" and frame.f_globals is self.user_global_ns:
+                return True
+            frame = frame.f_back
+        return False
 
     def _tee(self, channel: str) -> contextlib.AbstractContextManager:  # type: ignore[override]
         """IPython 9 copies all cell output into history; we skip that (speed, memory)."""
