@@ -1040,7 +1040,7 @@ class RexecClient:
         ):
             own = _interrupt_in_own_words(error_msg)
             stopped = errors.RemoteInterrupted(
-                done.message or (own.evalue if own else f"The remote {what} was interrupted."),
+                done.message or (own and own.evalue) or f"The remote {what} was interrupted.",
                 traceback=own.traceback if own else None,
             )
         elif interrupted and status == P.DoneStatus.ERROR:
@@ -1127,13 +1127,14 @@ def _shown_error(msg: P.Message) -> bool:
 
 
 def _interrupt_in_own_words(error_msg: P.Message | None) -> P.Error | None:
-    """A KeyboardInterrupt the code raised with a message of its own (a handler that cleaned
-    up and re-raised it saying so): its message and traceback stand for the interrupt, as in
-    a local cell.  None for a bare interrupt, which is said in one sentence."""
+    """The KeyboardInterrupt that stopped the code, with its traceback (where the code was,
+    as a local cell shows it) and its message when the code raised it with one (a handler
+    that cleaned up and re-raised it saying so).  None when no code was running (the
+    worker's bare ``KeyboardInterrupt``): the interrupt is said in one sentence."""
     if error_msg is None:
         return None
     error = error_msg.read(P.Error)
-    if error.ename == "KeyboardInterrupt" and error.evalue and error.traceback:
+    if error.ename == "KeyboardInterrupt" and len(error.traceback) > 1:
         return error
     return None
 

@@ -113,9 +113,9 @@ class RemoteInterrupted(KeyboardInterrupt):
     """The remote cell was interrupted (a KeyboardInterrupt, so following cells do not run).
 
     ``namespace_lost``: it did not stop, so its executor was restarted (the namespace is new).
-    ``traceback``: the remote traceback to show instead of the sentence, when the code itself
-    raised the KeyboardInterrupt with words of its own (``except KeyboardInterrupt: ...;
-    raise KeyboardInterrupt("checkpoint saved")``), as a local cell shows it.
+    ``traceback``: the remote traceback to show instead of the sentence (where the code was
+    when it stopped, and the words it raised it with, ``except KeyboardInterrupt: ...; raise
+    KeyboardInterrupt("checkpoint saved")``), as a local cell shows it.
     """
 
     def __init__(

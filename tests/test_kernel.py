@@ -83,10 +83,11 @@ def test_kernel_interrupt_stops_remote_cell_and_queued_cells(kernel, body):
     assert reply["status"] == "ok"
 
 
-def test_an_interrupt_re_raised_with_words_of_its_own_shows_them(kernel):
+def test_an_interrupt_shows_where_the_code_was_and_its_own_words(kernel):
     """``except KeyboardInterrupt: save(); raise KeyboardInterrupt("checkpoint saved")``:
     a local cell shows that traceback and message; the remote one said only "The remote
-    cell was interrupted.", the user's words lost.  A bare interrupt keeps its sentence."""
+    cell was interrupted.", the user's words lost.  A bare interrupt shows where the code
+    was, as locally (the sentence stays its message)."""
     km, kc = kernel
     cell = (
         "%%remote\nimport time\ntry:\n    print('started', flush=True)\n    time.sleep(60)\n"
@@ -105,11 +106,27 @@ def test_an_interrupt_re_raised_with_words_of_its_own_shows_them(kernel):
     assert "was interrupted" not in shown
     streams = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
     assert "cleanup" in streams
-    msg_id = kc.execute("%%remote\nimport time\nprint('started', flush=True)\ntime.sleep(60)")
+    # A bare interrupt: where the code was, as locally (it was the one sentence alone).
+    code = "%%remote\nimport time\ndef wait():\n    time.sleep(60)\n"
+    code += "print('started', flush=True)\nwait()"
+    msg_id = kc.execute(code)
     wait_for_text(kc, "started", msg_id)
+    time.sleep(0.5)  # (into the sleep: one right after the print may land in it, below)
     km.interrupt_kernel()
     reply, _ = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
     assert reply["evalue"] == "The remote cell was interrupted."
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(reply["traceback"]))
+    assert "----> 5 wait()" in shown and "----> 3     time.sleep(60)" in shown, shown
+    assert "on_sigint" not in shown
+    # One that lands inside print's write ends at the user's print, as locally: no frame
+    # of the worker's own.
+    msg_id = kc.execute("%%remote\nprint('started', flush=True)\nwhile True:\n    print(end='')")
+    wait_for_text(kc, "started", msg_id)
+    time.sleep(0.3)
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(reply["traceback"]))
+    assert "print(end='')" in shown and "worker_image" not in shown, shown
 
 
 def interrupted_after(kc, km, cell: str, text: str, delay_s: float = 0.0) -> tuple[dict, dict]:

@@ -274,9 +274,17 @@ class WorkerShell(InteractiveShell):
         """No GUI event loop in a headless worker (``%matplotlib inline`` needs none)."""
 
 
+# The worker's own modules: frames of them at the end of a user's traceback (an interrupt
+# that landed inside ``print``'s write, ``input()``'s refusal) are not the user's code.
+WORKER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def _cut_frames(exc: BaseException | None, codes: set[types.CodeType]) -> None:
-    """Drop, from ``exc`` and the exceptions chained to it, a last traceback entry whose code
-    is one of ``codes`` (the frame that raised it is the worker's, not the user's)."""
+    """Drop, from ``exc`` and the exceptions chained to it, the last traceback entries that
+    are the worker's (its modules, or ``codes``), and the ``with`` machinery that led into
+    them: where an exception was raised in the worker's code called by the user's (a Ctrl-C
+    inside ``print``'s write), the traceback ends at the user's line, as a local one ends at
+    the line that called into the kernel.  The first entry always stays."""
     pending, seen = [exc], set()
     while pending:
         exc = pending.pop()
@@ -284,11 +292,24 @@ def _cut_frames(exc: BaseException | None, codes: set[types.CodeType]) -> None:
             continue
         seen.add(id(exc))
         pending += [exc.__cause__, exc.__context__]
-        before, tb = None, exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            before, tb = tb, tb.tb_next
-        if before is not None and tb is not None and tb.tb_frame.f_code in codes:
-            before.tb_next = None
+        entries = []
+        tb = exc.__traceback__
+        while tb is not None:
+            entries.append(tb)
+            tb = tb.tb_next
+        if len(entries) < 2 or not _worker_frame(entries[-1].tb_frame.f_code, codes):
+            continue
+        keep = len(entries) - 1
+        while keep > 1 and _worker_frame(entries[keep - 1].tb_frame.f_code, codes, True):
+            keep -= 1
+        entries[keep - 1].tb_next = None
+
+
+def _worker_frame(code: types.CodeType, codes: set[types.CodeType], with_: bool = False) -> bool:
+    """Whether ``code`` is the worker's own (``with_``: or the ``with`` machinery between)."""
+    if with_ and code.co_filename == contextlib.__file__:
+        return True
+    return code in codes or code.co_filename.startswith(WORKER_DIR)
 
 
 def make_shell(outbox: EventChannel) -> WorkerShell:
