@@ -535,7 +535,9 @@ def as_local(exc: errors.RemoteCellError) -> BaseException:
     """The remote exception as its own class when it loaded here (``except KeyError`` works),
     drawn by IPython with the remote traceback; else the RemoteCellError naming the class."""
     original = exc.exception
-    if original is None:
+    if original is None or isinstance(original, SyntaxError):
+        # (IPython draws a SyntaxError from its own stack, never _render_traceback_: the
+        # notebook's run_cell_magic and rexec's frames, then the remote caret)
         return exc
     lines = list(exc.remote_traceback)
     try:

@@ -83,6 +83,19 @@ def test_kernel_interrupt_stops_remote_cell_and_queued_cells(kernel, body):
     assert reply["status"] == "ok"
 
 
+@pytest.mark.parametrize("code", ["1 +", "def g(:\n    pass", "if True:\nprint('x')"])
+def test_a_syntax_error_shows_the_remote_cell_only(kernel, code):
+    """A typo in a remote cell: the caret under the cell's line, as locally; it showed the
+    notebook's run_cell_magic and rexec's own frames above it."""
+    _, kc = kernel
+    reply, _ = run(kc, "%%remote\n" + code)
+    assert reply["status"] == "error"
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(reply["traceback"]))
+    assert "Error: " in shown and "^" in shown, shown
+    assert "rexec_magic" not in shown and "interactiveshell" not in shown, shown
+    assert "run_cell_magic" not in shown, shown
+
+
 def test_an_interrupt_shows_where_the_code_was_and_its_own_words(kernel):
     """``except KeyboardInterrupt: save(); raise KeyboardInterrupt("checkpoint saved")``:
     a local cell shows that traceback and message; the remote one said only "The remote
