@@ -36,6 +36,7 @@ class EventRenderer:
         self.shown_error: tuple[str, str] | None = None  # the last shown error (name, message)
         self.notes = notes  # rexec's own words (what a request waits for): never stderr
         self._late_said = False
+        self._late_unended: set[str] = set()  # streams whose late text ended mid-line
         self._notices: dict[str, Progress] = {}  # each kind of wait: its live note
 
     def __call__(self, msg: P.Message) -> None:
@@ -60,6 +61,14 @@ class EventRenderer:
             header = "[rexec: output produced after the previous remote cell or call ended]"
             sys.stdout.write(header + "\n")
             sys.stdout.flush()  # before late stderr too, and apart from this cell's own text
+        if self._late_unended and not event.late:
+            # Late text that ended mid-line (a thread's ``os.write(1, b"50%")``): this cell's
+            # own output starts on a line of its own, not glued to it.
+            for name in sorted(self._late_unended):
+                stream = sys.stderr if name == "stderr" else sys.stdout
+                stream.write("\n")
+                stream.flush()
+            self._late_unended.clear()
         if isinstance(event, P.Notice) and event.about == "lost":
             sys.stdout.flush()
             self.notes.warning(f"rexec: {event.text}")  # a real problem: shown as one
@@ -74,6 +83,11 @@ class EventRenderer:
                 self._notices[category] = self.notes.live(f"rexec: {event.text}")
         elif isinstance(event, P.Stream):
             stream = sys.stderr if event.name == "stderr" else sys.stdout
+            if event.late and event.text:
+                if event.text.endswith("\n"):
+                    self._late_unended.discard(event.name)
+                else:
+                    self._late_unended.add(event.name)
             stream.write(event.text)
             stream.flush()  # ipykernel sends at once on flush: output stays live
         elif isinstance(event, P.Display):

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -626,6 +627,19 @@ def test_errors_ipython_catches_while_a_cell_goes_on_are_shown_as_a_local_cell_s
     assert stdout_of(out).startswith("ran\n")
     assert errors_of(out) == [("RuntimeError", "callback broke")]
     ok(kc, "%%remote\nget_ipython().events.unregister('post_execute', fails)")
+
+
+def test_late_output_that_ended_mid_line_does_not_run_into_the_next_cells_first_line(kc):
+    """A thread's ``os.write(1, b'late partial')`` after its cell ended shows at the top of
+    the next cell, which then begins on a line of its own (it read "late partialmy first
+    line")."""
+    code = "import threading, os\nfor fd, text in ((1, b'late out'), (2, b'late err')):\n"
+    code += "    threading.Timer(0.2, os.write, (fd, text)).start()"
+    ok(kc, "%%remote\n" + code)
+    time.sleep(1.0)  # (written by now, after the cell ended)
+    out = ok(kc, "%%remote\nimport sys\nprint('my first line')\nprint('err line', file=sys.stderr)")
+    assert stdout_of(out).endswith("late out\nmy first line\n"), stdout_of(out)
+    assert stderr_of(out) == "late err\nerr line\n", stderr_of(out)
 
 
 @pytest.mark.parametrize(
