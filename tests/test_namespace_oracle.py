@@ -524,6 +524,26 @@ def test_remote_func_changes_to_globals_come_back_and_are_not_overwritten(kernel
     assert probe(kc, ["n1", "n2", "seen"]) == {"n1": "2", "n2": "3", "seen": "[1, 2, 3]"}
 
 
+def test_globals_a_remote_func_binds_come_back_as_from_a_local_call(kernel):
+    """``global NEW; NEW = v`` and ``globals()[k] = v`` in a called function bind names the
+    notebook did not have: a local call binds them here, the remote one left them only on
+    the worker without a word (synchronous and submitted alike).  Deleting goes too."""
+    kc = kernel
+    reply, _ = run(
+        kc,
+        "from rexec_magic import remote_func\n@remote_func\ndef setnew(k, v):\n"
+        "    global NEWV\n    NEWV = v\n    globals()[k] = v\n"
+        "@remote_func\ndef dropnew():\n    global NEWV\n    del NEWV",
+    )
+    assert reply["status"] == "ok", reply
+    reply, _ = run(kc, "setnew('K0', 5)\nsetnew.submit('K1', 7).result()")
+    assert reply["status"] == "ok", reply
+    assert probe(kc, ["NEWV", "K0", "K1"]) == {"NEWV": "7", "K0": "5", "K1": "7"}
+    reply, _ = run(kc, "dropnew()\ngone = 'NEWV' not in globals()")
+    assert reply["status"] == "ok", reply
+    assert probe(kc, ["gone"]) == {"gone": "True"}
+
+
 def test_local_code_between_exchanges_of_one_cell_is_seen(kernel):
     """Within one local cell, code that changes a value in place, or binds a fresh object
     (that may reuse a freed one's address), before each exchange: every exchange sees the

@@ -272,15 +272,18 @@ class CellRunner:
                 self.shell.user_ns.update(shipped)
                 self.watch.invalidate(shipped)
                 self.watch.before(self.shell.user_ns, cell.watch)
+                names_before = {name: id(value) for name, value in self.shell.user_ns.items()}
                 status, entries, frames = self._call(cell, values)
                 # As for a cell: what the call changed before it raised or was interrupted
                 # stays changed here, so it comes back (dropped, the notebook's older copy
-                # would be pushed over it by the next request).
-                if cell.watch and status in (
+                # would be pushed over it by the next request); and the globals it bound
+                # that the notebook did not have (``global NEW; NEW = 1``) come too.
+                watched = [*cell.watch, *self._bound_at_run_time(names_before, cell.watch)]
+                if watched and status in (
                     DoneStatus.OK, DoneStatus.ERROR, DoneStatus.INTERRUPTED
                 ):  # fmt: skip
                     report = self.watch.collect(
-                        self.shell.user_ns, kept, cell.watch, True, cell.pull_limit
+                        self.shell.user_ns, kept, watched, True, cell.pull_limit
                     )
                     entries, frames = entries + report.entries, frames + report.frames
                     skipped = report.skipped
