@@ -699,6 +699,12 @@ class RemoteSession:
         def settle(plan: sync.Plan, outcome: CellOutcome) -> None:
             done = outcome.done
             back = [*outcome.values, *(done.deleted if done is not None else [])]
+            # A class that came back is the notebook's own object (cloudpickle restores a
+            # class that travelled as the original, updated in place, ``Counter.n += 1``):
+            # unpacking it changed it here, which no local code did meanwhile.
+            back = [
+                n for n in back if n not in outcome.values or outcome.values[n] is not main.get(n)
+            ]
             keep = state.changed_meanwhile(main, plan, back)
             state.apply(main, outcome, "not pulled", keep=keep)
             for note in sync.conflict_notes(done):

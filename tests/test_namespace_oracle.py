@@ -544,6 +544,28 @@ def test_globals_a_remote_func_binds_come_back_as_from_a_local_call(kernel):
     assert probe(kc, ["gone"]) == {"gone": "True"}
 
 
+def test_a_notebook_class_a_call_returns_or_changes_is_no_conflict(kernel):
+    """A call returning an instance of a notebook dataclass, or bumping a class attribute:
+    the class comes back as the notebook's own object, updated in place, and the call
+    warned "`Result` was changed here while the remote call ran" (nothing local changed)."""
+    kc = kernel
+    reply, outputs = run(
+        kc,
+        "from rexec_magic import remote_func\nfrom dataclasses import dataclass\n"
+        "@dataclass\nclass Result:\n    loss: float\n"
+        "class Counter:\n    n = 0\n"
+        "@remote_func\ndef fit(e):\n    return Result(0.5 * e)\n"
+        "@remote_func\ndef bump():\n    Counter.n += 1\n    return Counter.n\n"
+        "r = fit(1)\nb1 = bump()\nb2 = bump.submit().result()\nn = Counter.n",
+    )
+    assert reply["status"] == "ok", reply
+    said = [m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream"]
+    assert not [t for t in said if "changed here" in t], said
+    assert probe(kc, ["r", "b1", "b2", "n"]) == {
+        "r": "Result(loss=0.5)", "b1": "1", "b2": "2", "n": "2"
+    }  # fmt: skip
+
+
 def test_local_code_between_exchanges_of_one_cell_is_seen(kernel):
     """Within one local cell, code that changes a value in place, or binds a fresh object
     (that may reuse a freed one's address), before each exchange: every exchange sees the
