@@ -30,6 +30,11 @@ def _version() -> str:
 
 VERSION = _version()
 
+#: True in a worker's executor (``worker_image.executor`` sets it as it starts): code there
+#: runs on the worker already, so a ``remote_func`` called there (by a remote cell, or by
+#: another remote function) runs in place, as a plain call (``rexec_magic.remote_call``).
+ON_WORKER = False
+
 # --------------------------------------------------------------------------- network
 #: Every port binds to this interface unless configured otherwise: never all interfaces.
 DEFAULT_HOST = "127.0.0.1"

@@ -26,7 +26,7 @@ from concurrent.futures._base import CANCELLED_AND_NOTIFIED, RUNNING
 from contextlib import contextmanager
 from typing import Any
 
-from rexec_magic import errors, serialize
+from rexec_magic import contract, errors, serialize
 from rexec_magic import protocol as P
 from rexec_magic import session as session_module
 from rexec_magic.client import CloseGenerator, Events, ThrowInto, pass_on_sigint
@@ -370,11 +370,14 @@ class RemoteFunction:
             lazy=lazy,
         )
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run on the worker; a generator function returns an iterator of its items."""
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        """Run on the worker; a generator function returns an iterator of its items.  On
+        the worker itself (a remote cell or remote function calling it) it runs in place."""
         # (rexec's own frames are hidden from a remote exception's traceback in IPython, which
         # shows "[... skipping hidden N frame]" there: the user's code, then the remote one)
         __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback
+        if contract.ON_WORKER:
+            return self.func(*args, **kwargs)
         if inspect.isgeneratorfunction(self.func):
             if threading.current_thread() is threading.main_thread():
                 hook_kernel_interrupt()
@@ -492,18 +495,34 @@ class RemoteFunction:
         finally:
             events.close()  # stopping early interrupts the remote generator
 
-    def submit(self, *args: Any, **kwargs: Any) -> RemoteFuture:
+    def submit(self, /, *args: Any, **kwargs: Any) -> Future:
         """Start the call in a background thread; a generator's items come as one list.
 
         ``future.cancel()`` interrupts the call even while it runs on the worker, and so
-        does a kernel interrupt (for every call of this notebook, running or queued).
+        does a kernel interrupt (for every call of this notebook, running or queued).  On
+        the worker itself it runs in place, and the future it returns is done.
         """
+        if contract.ON_WORKER:
+            return _ran_in_place(self.func, args, kwargs)
         if inspect.isgeneratorfunction(self.func):
             return _submit(
                 lambda **how: list(self._iterate(args, kwargs, **how, lazy=False)),
                 self.session,
             )
         return _submit(functools.partial(self._call, args, kwargs), self.session)
+
+
+def _ran_in_place(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Future:
+    """``submit()`` on the worker: the call made here and now, its outcome in a done future
+    (a generator's items as one list, as from the notebook)."""
+    future: Future = Future()
+    future.set_running_or_notify_cancel()
+    try:
+        value = func(*args, **kwargs)
+        future.set_result(list(value) if inspect.isgeneratorfunction(func) else value)
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
 
 
 def remote_func(

@@ -566,6 +566,31 @@ def test_a_notebook_class_a_call_returns_or_changes_is_no_conflict(kernel):
     }  # fmt: skip
 
 
+def test_a_remote_func_called_on_the_worker_runs_there(kernel):
+    """A remote function calling another one, or a remote cell calling one: the code is on
+    the worker already, and it runs there, as a plain call (it raised "NotLoggedIn: No rexec
+    connection file", pointing at a login).  A ``self=`` keyword goes to the function."""
+    kc = kernel
+    reply, _ = run(
+        kc,
+        "from rexec_magic import remote_func\n@remote_func\ndef inner(x):\n"
+        "    import os\n    return (x + 1, os.getpid())\n"
+        "@remote_func\ndef outer(x):\n    import os\n    return inner(x)[0] * 10, os.getpid()\n"
+        "@remote_func\ndef kw(*args, **kwargs):\n    return sorted(kwargs)\n"
+        "o = outer(1)\nk = kw(1, self=3)",
+    )
+    assert reply["status"] == "ok", reply
+    reply, _ = run(
+        kc, "%%remote\nimport os\nc = inner(5)\nf = inner.submit(6).result()\npid = os.getpid()"
+    )
+    assert reply["status"] == "ok", reply
+    got = probe(kc, ["o", "k", "c", "f", "pid"])
+    pid = got.pop("pid")
+    assert got == {
+        "o": f"(20, {pid})", "k": "['self']", "c": f"(6, {pid})", "f": f"(7, {pid})"
+    }  # fmt: skip
+
+
 def test_local_code_between_exchanges_of_one_cell_is_seen(kernel):
     """Within one local cell, code that changes a value in place, or binds a fresh object
     (that may reuse a freed one's address), before each exchange: every exchange sees the

@@ -42,7 +42,7 @@ from typing import Any
 import zmq
 from IPython.core.async_helpers import get_asyncio_loop
 
-from rexec_magic import protocol, serialize
+from rexec_magic import contract, protocol, serialize
 from rexec_magic.contract import Env
 from rexec_magic.protocol import DoneStatus, Kind
 from worker_image import framing
@@ -424,6 +424,7 @@ def _keep_current_loop(loop: asyncio.AbstractEventLoop) -> None:
 def main() -> int:
     _die_with_supervisor()
     _setup_logging()
+    contract.ON_WORKER = True
     # Crash dumps go to fd 2: the supervisor shows them in the notebook.
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
     names = (Env.EXECUTOR_LINK_FD, Env.EXECUTOR_INSPECT)
