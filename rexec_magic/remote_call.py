@@ -194,7 +194,11 @@ def hook_kernel_interrupt() -> None:
         return
     _hooked = True
     session_module.KERNEL_INTERRUPT_HOOKS.append(cancel_unfinished)
-    signal.signal(signal.SIGINT, _chain(signal.getsignal(signal.SIGINT)))
+    previous = signal.getsignal(signal.SIGINT)
+    if (
+        previous is not signal.SIG_IGN
+    ):  # (a process that ignores Ctrl-C, as after `&`: so do its calls)
+        signal.signal(signal.SIGINT, _chain(previous))
     try:
         from IPython import get_ipython
     except ImportError:  # a plain script: the handler above is all there is

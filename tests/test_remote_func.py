@@ -736,6 +736,28 @@ def test_a_script_ending_with_a_remote_generator_paused_closes_it(stack):
     assert out.stdout.endswith("took 0\nclosed at exit\n"), (out.stdout, out.stderr)
 
 
+def test_a_script_that_ignores_sigint_keeps_its_calls_running(stack):
+    """A script started with SIGINT ignored (run with ``&``, a multiprocessing worker): a
+    SIGINT while its submitted call runs is ignored, as its own code ignores it; it made
+    ``result()`` raise a bare CancelledError and cancelled the call."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, threading\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef slow():\n    import time\n    time.sleep(2)\n    return 'done'\n"
+        "f = slow.submit()\nthreading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+        "print(f.result(timeout=120), flush=True)\n"
+    )
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.endswith("done\n"), (out.stdout, out.stderr)
+
+
 def test_a_generators_timeout_counts_its_own_time_not_the_loops(nb):
     """``timeout=`` bounds the remote generator's time: the loop's own time between items
     (here 1.5 s an item, 4.5 s in all, against 2 s) is not the call's.  It used to be
