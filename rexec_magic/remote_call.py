@@ -128,6 +128,17 @@ class RemoteFuture(Future):
             except KeyboardInterrupt:  # a kernel interrupt while waiting: stop the calls
                 cancel_unfinished()  # (the kernel's SIGINT hook may have done so already)
                 raise
+            except Exception as exc:
+                if session is not None:
+                    session.told(exc)
+                raise
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``Future.exception``; the notebook has it now (no later note repeats it)."""
+        exc = super().exception(timeout)
+        if exc is not None and self._session is not None:
+            self._session.told(exc)
+        return exc
 
     def _say_what_it_waits_for(self) -> None:
         assert self._session is not None
@@ -195,9 +206,8 @@ def hook_kernel_interrupt() -> None:
     _hooked = True
     session_module.KERNEL_INTERRUPT_HOOKS.append(cancel_unfinished)
     previous = signal.getsignal(signal.SIGINT)
-    if (
-        previous is not signal.SIG_IGN
-    ):  # (a process that ignores Ctrl-C, as after `&`: so do its calls)
+    # (A process that ignores Ctrl-C, run with `&` say: its calls ignore it too.)
+    if previous is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _chain(previous))
     try:
         from IPython import get_ipython

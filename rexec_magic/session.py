@@ -91,6 +91,7 @@ class RemoteSession:
         # A lost namespace nobody was shown (a cancelled or submitted call's, a restart seen
         # by `%rexec_status`): said before the next request that shows notes.
         self._untold: str | None = None
+        self._untold_by: BaseException | None = None  # the submitted call's error it says
         # When its first cell or call ended (epoch s): a worker restart before that lost
         # nothing of this notebook's (None: none yet).
         self.namespace_since: float | None = None
@@ -664,6 +665,7 @@ class RemoteSession:
                     # read; what was queued behind it met the new namespace in silence (a
                     # bare NameError, or a value gone).  Said before the next request too.
                     self._untold = f"rexec: a submitted remote call ended badly: {exc}"
+                    self._untold_by = exc  # (unsaid once its future gives it: ``told``)
                 raise
             finally:
                 self._pinned = None
@@ -675,7 +677,13 @@ class RemoteSession:
         """Say (once, to a request that shows notes) what an unseen request's end lost."""
         if self._untold is not None and notes is not QUIET:
             notes.warning(self._untold)
-            self._untold = None
+            self._untold = self._untold_by = None
+
+    def told(self, exc: BaseException) -> None:
+        """The notebook took ``exc`` from a submitted call's future: the note that would
+        say how that call ended is no news any more."""
+        if self._untold_by is exc:
+            self._untold = self._untold_by = None
 
     def _synced_call(
         self,

@@ -687,6 +687,30 @@ def test_a_submitted_call_that_cost_the_namespace_says_so_before_what_waited_beh
     assert "ended badly" not in capfd.readouterr().err  # said once
 
 
+@pytest.mark.parametrize("read", ["result", "exception"])
+def test_a_submitted_calls_end_the_notebook_read_from_its_future_is_not_said_again(
+    nb, tmp_path, capfd, read
+):
+    """The notebook took the error of a submitted call whose executor died from its
+    future (``result()`` in a try, ``exception()``): the next call did not need to say "a
+    submitted remote call ended badly" again, as if nobody had seen it."""
+    import signal
+
+    pid = nb["pid"]()
+    flag = tmp_path / "running"
+    future = nb["slow"].submit(600, str(flag))
+    wait_for(flag.exists, "the call to run remotely")
+    os.kill(pid, signal.SIGKILL)
+    if read == "result":
+        with pytest.raises(errors.WorkerLost):
+            future.result(timeout=60)
+    else:
+        assert isinstance(future.exception(timeout=60), errors.WorkerLost)
+    capfd.readouterr()
+    assert nb["add"](1) == 2
+    assert "ended badly" not in capfd.readouterr().err
+
+
 def test_a_cancelled_call_whose_executor_is_stopped_waits_for_it_and_keeps_the_namespace(
     nb, tmp_path, capfd
 ):
