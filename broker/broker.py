@@ -66,7 +66,7 @@ log = logging.getLogger("rexec.broker")
 
 HOUSEKEEPING_S = 0.25
 RESYNCED = (
-    "The remote worker lost its link to the broker and registered again; the cell was "
+    "The remote worker lost its link to the broker and registered again; the {what} was "
     "stopped (the remote namespace is kept)."
 )
 MAX_EXECUTOR_ROWS = 100  # of a heartbeat's executor list, kept for %rexec_status
@@ -205,18 +205,20 @@ class Counters:
 
 @dataclass
 class PendingRequests:
-    """Cells in flight per worker user, so a lost worker can fail them at once."""
+    """Cells and calls in flight per worker user, so a lost worker can fail them at once
+    (each with what it is, "cell" or "call": the sentence that fails it names it)."""
 
-    by_user: dict[str, dict[tuple[bytes, str], float]] = field(default_factory=dict)
+    by_user: dict[str, dict[tuple[bytes, str], str]] = field(default_factory=dict)
 
-    def add(self, user: str, route: bytes, req_id: str) -> None:
-        self.by_user.setdefault(user, {})[(route, req_id)] = time.monotonic()
+    def add(self, user: str, route: bytes, req_id: str, what: str = "cell") -> None:
+        self.by_user.setdefault(user, {})[(route, req_id)] = what
 
     def discard(self, user: str, route: bytes, req_id: str) -> None:
         self.by_user.get(user, {}).pop((route, req_id), None)
 
-    def take_all(self, user: str) -> list[tuple[bytes, str]]:
-        return list(self.by_user.pop(user, {}))
+    def take_all(self, user: str) -> list[tuple[bytes, str, str]]:
+        """Forget (and return) every request of ``user``: ``(route, id, what)``."""
+        return [(route, rid, what) for (route, rid), what in self.by_user.pop(user, {}).items()]
 
     def ids_for(self, user: str, route: bytes) -> list[str]:
         return [rid for (r, rid) in self.by_user.get(user, {}) if r == route]
@@ -546,7 +548,7 @@ class Broker:
                     route, request.id, P.FailCode.WORKER_REPLACED,
                     "Your worker was replaced by a new process; its namespace is new.",
                 )  # fmt: skip
-            self.pending.add(user, route, request.id)
+            self.pending.add(user, route, request.id, "call" if kind == P.Kind.CALL else "cell")
             worker.last_activity = time.time()
             if worker.fetch and len(signed.buffers) > 1:
                 self._hold_for_fetch(user, route, request.id, signed)
@@ -1017,10 +1019,11 @@ class Broker:
         entry: WorkerEntry,
         reason: str,
         superseded: bool = False,
-        message: str = "The remote worker stopped while running the cell "
+        message: str = "The remote worker stopped while running the {what} "
         "(it was killed or crashed); the remote namespace was lost.",
     ) -> None:
-        """Forget a worker; fail its pending requests with ``message`` (what the user reads)."""
+        """Forget a worker; fail its pending requests with ``message`` (what the user reads;
+        ``{what}``: "cell" or "call", the request's own)."""
         self.worker_users.pop(entry.route, None)
         if self.workers.get(entry.user) is entry:
             del self.workers[entry.user]
@@ -1030,8 +1033,8 @@ class Broker:
         if superseded:
             self._to_worker(entry.route, P.Kind.SUPERSEDED)
         log.warning("worker of user %s dropped: %s", entry.user, reason)
-        for route, req_id in self.pending.take_all(entry.user):
-            self._fail(route, req_id, P.FailCode.WORKER_LOST, message)
+        for route, req_id, what in self.pending.take_all(entry.user):
+            self._fail(route, req_id, P.FailCode.WORKER_LOST, message.format(what=what))
 
     # ------------------------------------------------------------------ control
     def _on_control(self, frames: list[zmq.Frame]) -> None:
@@ -1115,8 +1118,8 @@ class Broker:
                     entry,
                     f"no heartbeat for {limit:.1f}s",
                     message=f"The remote worker stopped responding (no heartbeat for "
-                    f"{limit:g} s), so the cell was abandoned; if the worker recovers, its "
-                    "variables are kept.",
+                    f"{limit:g} s), so the {{what}} was abandoned; if the worker recovers, "
+                    "its variables are kept.",
                 )
         for pool_id, entry in list(self.pool.items()):
             if now - entry.last_seen > P.WORKER_DEAD_AFTER_S:

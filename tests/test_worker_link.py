@@ -135,6 +135,25 @@ def test_a_worker_that_lost_its_key_ends_its_requests_with_a_sentence(link):
     assert link.pong()["pending"] == []
 
 
+def test_a_silent_workers_requests_end_each_named_as_a_cell_or_a_call(link):
+    """The worker went silent (stopped, starved): each request it had ends in a sentence
+    that names it as the user made it; a remote_func call read "so the cell was
+    abandoned"."""
+    link.execute("a-cell")
+    call = {"id": "a-call", "vars": [], "pull": []}
+    link.client.send_multipart(P.encode_signed(link.client_key, P.Kind.CALL, call))
+    assert P.decode(recv(link.worker), routed=True).kind == P.Kind.CALL
+    said = {}
+    deadline = time.monotonic() + P.BUSY_WORKER_DEAD_AFTER_S + 30
+    while len(said) < 2 and time.monotonic() < deadline:  # (no heartbeat comes any more)
+        if link.client.poll(1000):
+            msg = P.decode(recv(link.client))
+            if msg.kind == P.Kind.FAIL:
+                said[msg.header["id"]] = msg.header["message"]
+    assert "so the cell was abandoned" in said["a-cell"], said
+    assert "so the call was abandoned" in said["a-call"], said
+
+
 def test_a_worker_announcing_a_large_event_is_given_time_and_its_client_is_told(link):
     """A large event holds up the heartbeats behind it on the worker's connection (and the
     PONGs behind it on the client's): the heartbeat announcing it (``sending``) makes the
