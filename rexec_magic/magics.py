@@ -445,8 +445,17 @@ class RexecMagics(Magics):
         """Stop your remote worker; its namespace is lost."""
         if parse(self.rexec_stop, line) is None:
             return
+        # This notebook's submitted calls still queued would start a fresh worker and run
+        # there as soon as this one is gone: they are cancelled, as a kernel interrupt does.
+        from rexec_magic.remote_call import cancel_unfinished
+
+        cancelled = cancel_unfinished()
         stopped = self._guard("stopping the worker", self.session.stop)
-        self.notes.note("Remote worker stopped." + _others_lost(stopped.get("others") or []))
+        said = "Remote worker stopped." + _others_lost(stopped.get("others") or [])
+        if cancelled:
+            calls = "call" if cancelled == 1 else "calls"
+            said += f" This notebook's {cancelled} unfinished remote {calls} were cancelled."
+        self.notes.note(said)
 
     @magic_arguments()
     @line_magic

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -482,6 +483,24 @@ def test_rexec_status_of_a_notebook_without_an_executor_says_none_yet(ip):
     assert re.search(r"namespace\s+none yet", text), text
     assert "uptime" not in text and "pid ?" not in text
     assert "(this notebook)" not in text  # the executors listed are the others'
+
+
+def test_rexec_stop_cancels_this_notebooks_queued_calls(ip, tmp_path):
+    """``%rexec_stop`` while submitted calls wait their turn: they are cancelled and say so;
+    they used to start a fresh worker right after the stop and run there."""
+    ip.run_cell(
+        "from rexec_magic import remote_func\n@remote_func\ndef mark(path, seconds):\n"
+        "    import pathlib, time\n    pathlib.Path(path).touch()\n    time.sleep(seconds)"
+    )
+    marks = [tmp_path / f"ran{i}" for i in range(3)]
+    futures = [ip.user_ns["mark"].submit(str(path), 2) for path in marks]
+    wait_for(marks[0].exists, "the first call to run")
+    with capture_output() as out:
+        ip.run_line_magic("rexec_stop", "")
+    assert "3 unfinished remote calls were cancelled" in out.stdout, out.stdout
+    assert all(f.cancelled() for f in futures)
+    time.sleep(4)  # (time enough for a queued call to have started on a new worker)
+    assert [path.exists() for path in marks] == [True, False, False]
 
 
 def test_rexec_status_is_busy_only_for_the_notebook_whose_cell_runs(ip, tmp_path):
