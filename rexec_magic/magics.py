@@ -246,17 +246,21 @@ class RexecMagics(Magics):
                 )
         except (errors.RemoteCellError, errors.RemoteInterrupted, errors.CellTimeout) as exc:
             if exc.outcome is not None:  # what it bound before it stopped, as in a local cell
-                self._apply(exc.outcome, why)
+                self._apply(exc.outcome, why, renderer)
             if not isinstance(exc, errors.RemoteInterrupted):  # (whose sentence says it)
                 for note in exit_notes(exc.outcome):  # exit() ran before the error
+                    renderer.restore()
                     self.notes.note(note)
             raise
-        value = self._apply(outcome, why)
+        value = self._apply(outcome, why, renderer)
+        closing = []
         if args.pull and not args.no_pull:
-            for note in _outputs_notes(name_list(args.pull), outcome):
-                self.notes.note(note)
+            closing += _outputs_notes(name_list(args.pull), outcome)
         if outcome.message:  # e.g. exit() ended the remote executor
-            self.notes.note(outcome.message)
+            closing.append(outcome.message)
+        for note in closing:
+            renderer.restore()
+            self.notes.note(note)
         shown = renderer.result
         if line_mode:  # `v = %remote expr` binds the value, whatever its display did
             return value if value is not _NOTHING else shown  # (its display stands for it)
@@ -281,10 +285,11 @@ class RexecMagics(Magics):
             ename, evalue, [f"The cell's value could not be shown ({line}); see above."]
         )
 
-    def _apply(self, outcome: Any, why: str) -> Any:
+    def _apply(self, outcome: Any, why: str, renderer: EventRenderer) -> Any:
         """Bind what came back, hide stale copies of what stays remote; the result's value."""
         ns = self.shell.user_ns
         for note in self.session.sync.apply(ns, outcome, why, quiet=QUIET_PACKAGES):
+            renderer.restore()  # (a closing clear_output(wait=True) keeps the output)
             self.notes.note(f"{note}.")
         if sync.RESULT in outcome.values:
             return outcome.values[sync.RESULT]

@@ -28,6 +28,10 @@ class RemoteResult:
         return str(self.data.get("text/plain", "<remote value>"))
 
 
+# What ``EventRenderer.restore`` shows again at most (characters of text; displays count 1).
+SINCE_CLEAR_MAX_CHARS = 1 << 20
+
+
 class EventRenderer:
     """Callable the client gives each STREAM / DISPLAY / RESULT event, in order."""
 
@@ -37,6 +41,11 @@ class EventRenderer:
         self.notes = notes  # rexec's own words (what a request waits for): never stderr
         self._late_said = False
         self._late_unended: set[str] = set()  # streams whose late text ended mid-line
+        # ``clear_output(wait=True)`` clears when the next output comes: what it would clear,
+        # so that rexec's own closing notes do not wipe the cell's last output (``restore``).
+        self._clear_waiting = False
+        self._since_clear: list[P.Event] = []
+        self._since_clear_chars = 0
         self._notices: dict[str, Progress] = {}  # each kind of wait: its live note
 
     def __call__(self, msg: P.Message) -> None:
@@ -54,6 +63,39 @@ class EventRenderer:
             event = msg.read(model)  # read once by the client already: no cost again
         except P.ProtocolError:
             return
+        self._keep_since_clear(event)
+        self._output(event)
+
+    def _keep_since_clear(self, event: P.Event) -> None:
+        """Note what a ``clear_output(wait=True)`` would clear (the output since the clear
+        before it took effect; a little, text and displays only): see ``restore``."""
+        if isinstance(event, P.Display) and event.clear:
+            self._clear_waiting = bool(event.wait)
+            if not event.wait:  # cleared now
+                self._since_clear, self._since_clear_chars = [], 0
+            return
+        if not isinstance(event, (P.Stream, P.Display)) or getattr(event, "update", False):
+            return
+        if self._clear_waiting:  # this output clears what came before it
+            self._clear_waiting = False
+            self._since_clear, self._since_clear_chars = [], 0
+        self._since_clear_chars += len(getattr(event, "text", "") or "") + 1
+        if self._since_clear_chars <= SINCE_CLEAR_MAX_CHARS:
+            self._since_clear.append(event)
+
+    def restore(self) -> None:
+        """Before one of rexec's own notes after the cell (values that stay remote, ...): a
+        cell that ended with ``clear_output(wait=True)`` keeps its last output on screen, as
+        a local one does, though a note comes after it (the note clears it; it is shown
+        again above the note).  Not when the cell has a value to show: that clears it, as
+        locally."""
+        if not self._clear_waiting or self.result is not None:
+            return
+        self._clear_waiting = False
+        for event in self._since_clear:
+            self._output(event)
+
+    def _output(self, event: P.Event) -> None:
         if event.late and not self._late_said:
             # Output of an earlier cell's threads, timers or child processes, produced after
             # that cell ended (ipykernel shows it in the cell that started it; ours is gone).

@@ -629,6 +629,45 @@ def test_errors_ipython_catches_while_a_cell_goes_on_are_shown_as_a_local_cell_s
     ok(kc, "%%remote\nget_ipython().events.unregister('post_execute', fails)")
 
 
+def on_screen(outputs: list[dict]) -> list[str]:
+    """What a notebook's output area shows at the end, as JupyterLab applies the messages:
+    ``clear_output(wait=True)`` clears when the next output comes."""
+    shown: list[str] = []
+    waiting = False
+    for m in outputs:
+        kind, content = m["msg_type"], m["content"]
+        if kind == "clear_output":
+            if content["wait"]:
+                waiting = True
+            else:
+                shown = []
+            continue
+        if kind not in ("stream", "display_data", "execute_result", "error"):
+            continue
+        if waiting:
+            shown, waiting = [], False
+        if kind == "stream":
+            shown.append(content["text"])
+        elif kind == "error":
+            shown.append(content["ename"])
+        else:
+            shown.append(content["data"].get("text/plain", ""))
+    return shown
+
+
+def test_a_cell_ending_with_clear_output_wait_keeps_its_last_output_above_a_note(kc):
+    """A progress loop that ends with ``clear_output(wait=True)``, in a cell that leaves a
+    value remote: the note saying so came next and cleared the last progress line, which a
+    local cell keeps on screen.  A cell with a value to show is cleared by it, as locally."""
+    loop = "from IPython.display import clear_output\nimport threading\n"
+    loop += "for i in range(3):\n    print('progress', i)\n    clear_output(wait=True)\n"
+    out = ok(kc, "%%remote\n" + loop + "ev = threading.Event()")
+    screen = on_screen(out)
+    assert screen[0] == "progress 2\n" and "`ev` stays remote" in screen[-1], screen
+    out = ok(kc, "%%remote\n" + loop + "ev2 = threading.Event()\n42")
+    assert on_screen(out)[-1] == "42" and "progress 2\n" not in on_screen(out), out
+
+
 def test_late_output_that_ended_mid_line_does_not_run_into_the_next_cells_first_line(kc):
     """A thread's ``os.write(1, b'late partial')`` after its cell ended shows at the top of
     the next cell, which then begins on a line of its own (it read "late partialmy first
