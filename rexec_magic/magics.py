@@ -29,7 +29,7 @@ from rexec_magic import assist, connection, contract, errors, names, remote_file
 from rexec_magic.login import log_in
 from rexec_magic.logs import log_path, setup_logging
 from rexec_magic.notes import NOTEBOOK, Notes
-from rexec_magic.render import EventRenderer, RemoteResult, Table, human_seconds
+from rexec_magic.render import EventRenderer, RemoteResult, Table, human_seconds, show_result
 from rexec_magic.session import exit_notes, restart_sentence, shared_session
 
 log = logging.getLogger("rexec.magic")
@@ -227,7 +227,7 @@ class RexecMagics(Magics):
         self._local_code_may_have_run(line_mode)
         push, forced, fields, changed_only = self._plan(args, code)
         self._lost_placeholders(push)
-        renderer = EventRenderer()
+        renderer = EventRenderer(results_in_place=not line_mode)
         ns = self.shell.user_ns
         why = "--no-pull" if args.no_pull else "not in -o" if args.pull else "not pulled"
         try:
@@ -272,7 +272,12 @@ class RexecMagics(Magics):
                 return self._display_failed(renderer)
             value = shown  # the value stays remote: its display stands for it
         # `_` and `Out[n]` are the value even when no rendering of it worked, as locally.
-        self._display(value, shown or RemoteResult({}, {}))
+        if renderer.result_shown:  # shown where it came (output followed it): bind only
+            hook = self.shell.displayhook
+            hook.update_user_ns(value)
+            hook.fill_exec_result(value)
+        else:
+            show_result(self.shell.displayhook, shown or RemoteResult({}, {}), value, bind=True)
         return self._display_failed(renderer) if failed else None
 
     @staticmethod
@@ -297,18 +302,6 @@ class RexecMagics(Magics):
         if name and name in ns and not isinstance(ns[name], sync.RemoteOnly):
             return ns[name]
         return _NOTHING
-
-    def _display(self, value: Any, shown: RemoteResult) -> None:
-        """Show the worker's rendering as this cell's result, with ``_`` / ``Out`` the value."""
-        hook = self.shell.displayhook
-        hook.start_displayhook()
-        hook.write_output_prompt()
-        hook.update_user_ns(value)
-        hook.fill_exec_result(value)
-        if shown.data:
-            hook.write_format_data(shown.data, shown.metadata)
-            hook.log_output(shown.data)
-        hook.finish_displayhook()
 
     def _guard(self, action: str, func: Any, *args: Any) -> Any:
         """Run a magic body: expected errors pass through as one sentence, bugs say so."""

@@ -35,8 +35,14 @@ SINCE_CLEAR_MAX_CHARS = 1 << 20
 class EventRenderer:
     """Callable the client gives each STREAM / DISPLAY / RESULT event, in order."""
 
-    def __init__(self, notes: Notes = NOTEBOOK) -> None:
+    def __init__(self, notes: Notes = NOTEBOOK, results_in_place: bool = False) -> None:
         self.result: RemoteResult | None = None
+        # A cell's value (``Out[n]``) is shown where it came once more output follows it (a
+        # figure drawn after the cell, a ``post_run_cell`` print, a second value with
+        # ``ast_node_interactivity = 'all'``), as ipykernel shows it; the last one, with
+        # nothing after it, is left to the magic (it binds ``_`` to the pulled value too).
+        self.results_in_place = results_in_place
+        self.result_shown = False  # ``result`` is on screen already
         self.shown_error: tuple[str, str] | None = None  # the last shown error (name, message)
         self.notes = notes  # rexec's own words (what a request waits for): never stderr
         self._late_said = False
@@ -96,6 +102,13 @@ class EventRenderer:
             self._output(event)
 
     def _output(self, event: P.Event) -> None:
+        if (
+            self.results_in_place
+            and self.result is not None
+            and not self.result_shown
+            and isinstance(event, (P.Stream, P.Display, P.Error, P.Result))
+        ):
+            self._show_result()
         if event.late and not self._late_said:
             # Output of an earlier cell's threads, timers or child processes, produced after
             # that cell ended (ipykernel shows it in the cell that started it; ours is gone).
@@ -152,6 +165,31 @@ class EventRenderer:
             show_traceback(event.ename, event.evalue, event.traceback)
         elif isinstance(event, P.Result):
             self.result = RemoteResult(event.data or {}, event.metadata or {})
+            self.result_shown = False
+
+    def _show_result(self) -> None:
+        """Show ``result`` now, as the shell shows a cell's value (``Out[n]``)."""
+        hook = getattr(get_ipython(), "displayhook", None)
+        if hook is None or self.result is None:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        show_result(hook, self.result)
+        self.result_shown = True
+
+
+def show_result(hook: Any, shown: RemoteResult, value: Any = None, bind: bool = False) -> None:
+    """Show the worker's rendering ``shown`` through the shell's display hook as this cell's
+    value (``Out[n]``); ``bind``: and make ``value`` the cell's ``_`` / ``Out[n]``."""
+    hook.start_displayhook()
+    hook.write_output_prompt()
+    if bind:
+        hook.update_user_ns(value)
+        hook.fill_exec_result(value)
+    if shown.data:
+        hook.write_format_data(shown.data, shown.metadata)
+        hook.log_output(shown.data)
+    hook.finish_displayhook()
 
 
 def show_traceback(ename: str, evalue: str, traceback: list[str]) -> None:

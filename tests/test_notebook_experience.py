@@ -629,6 +629,29 @@ def test_errors_ipython_catches_while_a_cell_goes_on_are_shown_as_a_local_cell_s
     ok(kc, "%%remote\nget_ipython().events.unregister('post_execute', fails)")
 
 
+def test_values_show_where_they_came_among_the_cells_output(kc):
+    """Each value a cell shows (``ast_node_interactivity = 'all'``, ``sys.displayhook``)
+    in its place among its prints, and a post-execute callback's output after the value,
+    as a local cell shows them; only the last value was shown, at the end (after a figure
+    drawn after the cell too).  ``_`` is the last value."""
+    ok(kc, "%%remote\nget_ipython().ast_node_interactivity = 'all'")
+    try:
+        out = ok(kc, "%%remote\nprint('x')\n30\nprint('y')\n40")
+    finally:
+        ok(kc, "%%remote\nget_ipython().ast_node_interactivity = 'last_expr'")
+    assert on_screen(out) == ["x\n", "30", "y\n", "40"], out
+    out = ok(kc, "%%remote\nimport sys\nsys.displayhook(1); sys.displayhook(2)\nprint('z')")
+    assert on_screen(out) == ["1", "2", "z\n"], out
+    hook = "said = lambda result: print('post hook')\n"
+    ok(kc, "%%remote\n" + hook + "get_ipython().events.register('post_run_cell', said)")
+    try:
+        out = ok(kc, "%%remote\n5")
+    finally:
+        ok(kc, "%%remote\nget_ipython().events.unregister('post_run_cell', said)")
+    assert on_screen(out)[-2:] == ["5", "post hook\n"], out
+    assert stdout_of(ok(kc, "print(_)")) == "5\n"
+
+
 def on_screen(outputs: list[dict]) -> list[str]:
     """What a notebook's output area shows at the end, as JupyterLab applies the messages:
     ``clear_output(wait=True)`` clears when the next output comes."""
