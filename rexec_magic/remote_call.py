@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, RUNNING
+from concurrent.futures._base import LOGGER as FUTURES_LOG
 from contextlib import contextmanager
 from typing import Any
 
@@ -66,7 +67,15 @@ class RemoteFuture(Future):
         self.cancel_requested = threading.Event()
         self._session = session  # whose turns it waits for (what ``result`` says it waits for)
         self._moved = threading.Event()  # it started, or it ended (``result`` waits for it)
-        self.add_done_callback(lambda _: self._moved.set())
+        super().add_done_callback(lambda _: self._moved.set())
+
+    def add_done_callback(self, fn: Callable[[Future], object]) -> None:
+        """As ``Future.add_done_callback``, but ``fn`` runs on a thread of its own (in the
+        order added), not on the thread that ran the call: that thread runs this notebook's
+        next queued call, so a callback making a remote call of its own, or waiting for a
+        later future, waited for itself, for ever.  (concurrent.futures promises only a
+        thread of this process.)"""
+        super().add_done_callback(lambda future: _callback_thread().submit(_call_back, fn, future))
 
     def cancel(self) -> bool:
         if super().cancel():  # still queued here: it never reached the worker
@@ -227,6 +236,25 @@ def hook_kernel_interrupt() -> None:
     shell.events.register("post_run_cell", after_cell)
 
 
+_callbacks: ThreadPoolExecutor | None = None
+
+
+def _callback_thread() -> ThreadPoolExecutor:
+    global _callbacks
+    with _threads_lock:
+        if _callbacks is None:
+            _callbacks = ThreadPoolExecutor(1, thread_name_prefix="remote_func-callbacks")
+        return _callbacks
+
+
+def _call_back(fn: Callable[[Future], object], future: Future) -> None:
+    """One done-callback; what it raises is logged, as concurrent.futures does."""
+    try:
+        fn(future)
+    except Exception:
+        FUTURES_LOG.exception("exception calling callback for %r", future)
+
+
 def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
     """Run ``fn(cancel=event, ticket=n, origin=where)`` in a thread; the future can
     interrupt it.
@@ -252,7 +280,7 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
         if f.cancelled() and not future.cancel_requested.is_set():
             session.turns.leave(ticket)
 
-    future.add_done_callback(queued_cancel)
+    Future.add_done_callback(future, queued_cancel)  # (here: it frees the turn at once)
 
     def run() -> None:
         if not future.set_running_or_notify_cancel():

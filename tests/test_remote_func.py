@@ -782,6 +782,25 @@ def test_a_script_that_ignores_sigint_keeps_its_calls_running(stack):
     assert out.stdout.endswith("done\n"), (out.stdout, out.stderr)
 
 
+def test_a_done_callback_may_make_a_remote_call_while_calls_are_queued(nb, tmp_path):
+    """A callback of a finished future that calls the worker, or waits for a later future,
+    while another call waits its turn: it ran on the thread that runs the queued calls, so
+    each waited for the other for ever ("waiting for this notebook's earlier request to
+    start")."""
+    got: list[Any] = []
+
+    def callback(future: Any) -> None:
+        got.append(nb["add"](future.result()))
+        got.append(later.result(timeout=60))
+
+    first = nb["slow"].submit(0.5, str(tmp_path / "first"))
+    first.add_done_callback(callback)
+    later = nb["add"].submit(10)
+    assert later.result(timeout=60) == 11
+    wait_for(lambda: len(got) == 2, "the callback's call and wait")
+    assert got == [1.5, 11]  # add(0.5), then the later future's value
+
+
 def test_a_generators_timeout_counts_its_own_time_not_the_loops(nb):
     """``timeout=`` bounds the remote generator's time: the loop's own time between items
     (here 1.5 s an item, 4.5 s in all, against 2 s) is not the call's.  It used to be
