@@ -67,6 +67,7 @@ class RemoteFuture(Future):
         self.cancel_requested = threading.Event()
         self._session = session  # whose turns it waits for (what ``result`` says it waits for)
         self._moved = threading.Event()  # it started, or it ended (``result`` waits for it)
+        self.ended = threading.Event()  # its call returned or raised (``cancel`` waits for it)
         super().add_done_callback(lambda _: self._moved.set())
 
     def add_done_callback(self, fn: Callable[[Future], object]) -> None:
@@ -78,6 +79,11 @@ class RemoteFuture(Future):
         super().add_done_callback(lambda future: _callback_thread().submit(_call_back, fn, future))
 
     def cancel(self) -> bool:
+        """Cancel a queued call (True), or interrupt a running one and wait, up to
+        ``CANCEL_CONFIRM_S``, for how it ends: stopped, it is cancelled (True); finished
+        first (the interrupt came too late), its result stands and this is False, as for a
+        call no longer running (it said True, and its result was dropped, though it ran to
+        its end and what it changed came back).  No answer by then: cancelled (True)."""
         if super().cancel():  # still queued here: it never reached the worker
             # concurrent.futures.wait / as_completed hear of it now, not once this session's
             # thread reaches it (after the calls ahead of it: seconds, or never).
@@ -87,6 +93,14 @@ class RemoteFuture(Future):
             if self._state != RUNNING:  # type: ignore[attr-defined]
                 return self.cancelled()
             self.cancel_requested.set()  # the waiting thread sends INTERRUPT
+        self.ended.wait(CANCEL_CONFIRM_S)
+        return self.mark_cancelled()
+
+    def mark_cancelled(self) -> bool:
+        """End a running future as cancelled (False: it ended otherwise meanwhile)."""
+        with self._condition:  # type: ignore[attr-defined]
+            if self._state != RUNNING:  # type: ignore[attr-defined]
+                return self.cancelled()
             self._state = CANCELLED_AND_NOTIFIED  # type: ignore[attr-defined]
             # concurrent.futures.wait / as_completed wait on these (the standard library
             # tells them in set_running_or_notify_cancel, which a running future is past).
@@ -237,6 +251,9 @@ def hook_kernel_interrupt() -> None:
 
 
 _callbacks: ThreadPoolExecutor | None = None
+# How long ``RemoteFuture.cancel`` of a running call waits to learn whether the interrupt
+# stopped it or it finished first (a Python call stops within milliseconds of it).
+CANCEL_CONFIRM_S = 2.0
 
 
 def _callback_thread() -> ThreadPoolExecutor:
@@ -289,18 +306,21 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
         try:
             value = fn(cancel=future.cancel_requested, ticket=ticket, origin=origin)
         except BaseException as exc:
-            if not future.cancelled():
+            if future.cancel_requested.is_set() and isinstance(exc, errors.RemoteInterrupted):
+                future.mark_cancelled()  # the cancel's interrupt stopped it
+            elif not future.cancelled():
                 try:
                     future.set_exception(exc)
                 except InvalidStateError:  # cancelled meanwhile
                     pass
         else:
-            if not future.cancelled():
+            if not future.cancelled():  # (cancelled, but it ran to its end first: done)
                 try:
                     future.set_result(value)
                 except InvalidStateError:
                     pass
         finally:
+            future.ended.set()
             _submitted.discard(future)
             session.turns.leave(ticket)  # a no-op when the call itself left it
 

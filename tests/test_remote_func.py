@@ -105,6 +105,13 @@ def stubborn(flag):
             time.sleep(8)
             raise
 
+def finishes_anyway(flag):
+    try:
+        open(flag, "w").close()
+        time.sleep(60)
+    except KeyboardInterrupt:
+        return "finished anyway"
+
 def ticking(flag):
     open(flag, "w").close()
     while True:
@@ -799,6 +806,23 @@ def test_a_done_callback_may_make_a_remote_call_while_calls_are_queued(nb, tmp_p
     assert later.result(timeout=60) == 11
     wait_for(lambda: len(got) == 2, "the callback's call and wait")
     assert got == [1.5, 11]  # add(0.5), then the later future's value
+
+
+def test_cancel_of_a_call_that_finishes_anyway_says_false_and_keeps_its_result(nb, tmp_path):
+    """``cancel()`` of a running call whose interrupt does not stop it (it handles it and
+    returns, or it ended as the interrupt came): the call ran to its end, so the future
+    keeps its result and ``cancel()`` is False, as for a call no longer running.  It said
+    True and dropped the result of a call that had finished (with what it changed back
+    in the notebook).  One the interrupt stops is cancelled (True)."""
+    flag = tmp_path / "running"
+    future = nb["finishes_anyway"].submit(str(flag))
+    wait_for(flag.exists, "the call to run remotely")
+    assert future.cancel() is False
+    assert future.result(timeout=60) == "finished anyway" and not future.cancelled()
+    flag.unlink()
+    future = nb["slow"].submit(60, str(flag))
+    wait_for(flag.exists, "the call to run remotely")
+    assert future.cancel() is True and future.cancelled()
 
 
 def test_a_generators_timeout_counts_its_own_time_not_the_loops(nb):
