@@ -591,6 +591,33 @@ def test_a_remote_func_called_on_the_worker_runs_there(kernel):
     }  # fmt: skip
 
 
+def test_a_remote_func_that_changes_its_own_state_says_it_is_not_kept(kernel):
+    """A closure variable (``nonlocal count``), a mutable default (``seen=[]``) or an
+    ``lru_cache``: a local function keeps what a call changed for the next call; each
+    remote call starts from the notebook's function, so answers differed from a local
+    call's (1, 1, 1 against 1, 2, 3) without a word.  Now said; a function that keeps
+    nothing, or leaves what it keeps alone, says nothing."""
+    kc = kernel
+    reply, _ = run(
+        kc,
+        "from rexec_magic import remote_func\nimport functools\n"
+        "def make():\n    count = 0\n    @remote_func\n    def inc():\n"
+        "        nonlocal count\n        count += 1\n        return count\n    return inc\n"
+        "inc = make()\n"
+        "@remote_func\ndef acc(x, seen=[]):\n    seen.append(x)\n    return len(seen)\n"
+        "@remote_func\n@functools.lru_cache\ndef sq(n):\n    return n * n\n"
+        "@remote_func\ndef pure(x, scale=2):\n    return x * scale",
+    )
+    assert reply["status"] == "ok", reply
+    for call in ("inc()", "acc(1)", "sq(3)"):
+        reply, outputs = run(kc, call)
+        assert reply["status"] == "ok", reply
+        said = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
+        assert "changed its own state in this call" in said and "not kept" in said, (call, said)
+    reply, outputs = run(kc, "pure(3)")
+    assert reply["status"] == "ok" and not [m for m in outputs if m["msg_type"] == "stream"]
+
+
 def test_local_code_between_exchanges_of_one_cell_is_seen(kernel):
     """Within one local cell, code that changes a value in place, or binds a fresh object
     (that may reuse a freed one's address), before each exchange: every exchange sees the

@@ -77,6 +77,51 @@ def send_exception(
     outbox.event(target, Kind.ERROR, header, buffers)
 
 
+MUTABLE = (list, dict, set, bytearray)
+
+
+def _own_state(fn: Any) -> tuple | None:
+    """What ``fn`` keeps from one call to the next, as it can be compared after the call:
+    its cache's size (``functools.lru_cache``), which object each default argument and
+    closure variable is, and a digest of those that can change in place (lists, dicts,
+    sets).  None when it keeps nothing (the common case: nothing to compare)."""
+    cache = fn.cache_info().currsize if hasattr(fn, "cache_info") else None
+    inner = getattr(fn, "__wrapped__", fn)
+    kept = [*(getattr(inner, "__defaults__", None) or ())]
+    kept += (getattr(inner, "__kwdefaults__", None) or {}).values()
+    for cell in getattr(inner, "__closure__", None) or ():
+        try:
+            kept.append(cell.cell_contents)
+        except ValueError:  # an empty cell (a name bound later)
+            kept.append(None)
+    if cache is None and not kept:
+        return None
+    mutable = [value for value in kept if isinstance(value, MUTABLE)]
+    try:
+        digest = serialize.pack_value(mutable).digest if mutable else ""
+    except serialize.SerializationError:
+        digest = ""
+    return cache, tuple(id(value) for value in kept), digest
+
+
+def _say_if_own_state_changed(
+    outbox: EventChannel, target: Target, fn: Any, before: tuple | None
+) -> None:
+    """A local function keeps what a call changed in its closure, its mutable defaults or
+    its cache for the next call; a remote call's copy of the function is gone after it, so
+    the next one starts from the notebook's as it was.  Said, rather than answers that
+    differ from a local call's without a word."""
+    if before is None or _own_state(fn) == before:
+        return
+    name = getattr(fn, "__name__", "the function")
+    text = (
+        f"rexec: `{name}` changed its own state in this call (a closure variable, a "
+        "mutable default argument or its cache); that change is not kept: each remote "
+        "call starts from the notebook's function as it is.\n"
+    )
+    outbox.event(target, Kind.STREAM, {"name": "stderr", "text": text})
+
+
 def _fail(outbox: EventChannel, target: Target, ename: str, evalue: str) -> Result:
     header = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"], "nbuffers": 0}
     outbox.event(target, Kind.ERROR, header)
@@ -114,6 +159,7 @@ def invoke(
     if not isinstance(args, tuple | list) or not isinstance(kwargs, dict):
         return _fail(outbox, target, "TypeError", "the call's args or kwargs are malformed")
     out_of_band = not inband
+    kept = _own_state(fn)
     try:
         result = fn(*args, **kwargs)
         if isinstance(result, types.GeneratorType):
@@ -146,9 +192,11 @@ def invoke(
         raise
     except BaseException as exc:  # the user's exception, SystemExit included
         user_code_over()
+        _say_if_own_state_changed(outbox, target, fn, kept)
         send_exception(outbox, target, exc, skip=1, legacy=inband)
         return DoneStatus.ERROR, [], []
     user_code_over()
+    _say_if_own_state_changed(outbox, target, fn, kept)
     try:
         parts = serialize.dumps(result, out_of_band=out_of_band, legacy=inband)
     except serialize.SerializationError as exc:
