@@ -151,8 +151,10 @@ class RemoteSession:
             if ticket is not None:
                 self.turns.leave(ticket)
             raise errors.RexecError(
-                "A remote generator is still being iterated; finish it (or close it) "
-                "before the next remote call."
+                "A remote generator of this notebook is paused between items and holds its "
+                "connection (a loop over it, a next() on it, or one kept as a cell's value "
+                "in _ or Out); finish it, or close it with .close(), before the next remote "
+                "call."
             )
         if ticket is None:
             ticket = self.turns.take()

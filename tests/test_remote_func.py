@@ -837,6 +837,20 @@ def test_a_generators_timeout_counts_its_own_time_not_the_loops(nb):
     assert seen == [3, 2, 1]
 
 
+def test_a_call_while_a_paused_generator_holds_the_connection_says_how_to_go_on(nb):
+    """A generator left paused (a ``next()`` on it, or kept as a cell's value in ``Out``,
+    where deleting its name does not free it): the next call is refused with a sentence
+    that says where such a generator may be held and how to let it go."""
+    items = nb["countdown"](3)
+    assert next(items) == 3
+    with pytest.raises(errors.RexecError) as info:
+        nb["add"](1)
+    said = str(info.value)
+    assert "paused between items" in said and "in _ or Out" in said and ".close()" in said
+    items.close()
+    assert nb["add"](1) == 2
+
+
 def test_the_result_of_a_call_queued_behind_this_threads_paused_generator_says_so(nb):
     """A call submitted while this thread's loop over a remote generator is paused cannot
     start until the loop lets the connection go: ``result()`` here says so at once (it
