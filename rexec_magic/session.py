@@ -91,6 +91,7 @@ class RemoteSession:
         # A lost namespace nobody was shown (a cancelled or submitted call's, a restart seen
         # by `%rexec_status`): said before the next request that shows notes.
         self._untold: str | None = None
+        self._close_when_free = False  # ``close`` came while another thread held it
         self._untold_by: BaseException | None = None  # the submitted call's error it says
         # When its first cell or call ended (epoch s): a worker restart before that lost
         # nothing of this notebook's (None: none yet).
@@ -199,6 +200,8 @@ class RemoteSession:
             self._owner = self._holding_cancel = None
             if what in ("cell", "call") and self.namespace_since is None:
                 self.namespace_since = time.time()
+            if self._close_when_free:  # (``close`` came from another thread meanwhile)
+                self.close()
             self.turns.leave(ticket)
 
     def held_here(self) -> bool:
@@ -330,6 +333,15 @@ class RemoteSession:
         self._info = None
 
     def close(self) -> None:
+        """Close the connection; while another thread's request uses it (a submitted call
+        still running as the extension is reloaded), once that request lets go: closed
+        under it, the call broke with a bare ``ZMQError`` and its result was lost (and a
+        ZeroMQ socket is not to be used by two threads)."""
+        holder = self._owner
+        if holder is not None and holder != threading.get_ident():
+            self._close_when_free = True
+            return
+        self._close_when_free = False
         if self._client is not None:
             self._client.close()
         self._client = None

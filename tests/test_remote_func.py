@@ -837,6 +837,19 @@ def test_a_generators_timeout_counts_its_own_time_not_the_loops(nb):
     assert seen == [3, 2, 1]
 
 
+def test_reloading_the_extension_while_a_submitted_call_runs_keeps_its_result(nb, tmp_path):
+    """``%reload_ext rexec_magic`` (the session forgets its connection) while a submitted
+    call runs: the call ends and keeps its result, and the next call works; the
+    connection was closed under the call's thread, which raised a bare ``ZMQError:
+    Socket operation on non-socket``."""
+    flag = tmp_path / "running"
+    future = nb["slow"].submit(1.5, str(flag))
+    wait_for(flag.exists, "the call to run remotely")
+    shared_session().forget()  # what unloading the extension does
+    assert future.result(timeout=60) == 1.5
+    assert nb["add"](1) == 2
+
+
 def test_a_call_while_a_paused_generator_holds_the_connection_says_how_to_go_on(nb):
     """A generator left paused (a ``next()`` on it, or kept as a cell's value in ``Out``,
     where deleting its name does not free it): the next call is refused with a sentence
