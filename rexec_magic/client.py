@@ -1029,7 +1029,9 @@ class RexecClient:
             raise errors.RemoteInterrupted(text, namespace_lost=True)
         # How the request ended if an interrupt (a Ctrl-C, its timeout) had a part in it.
         stopped: errors.RemoteInterrupted | errors.CellTimeout | None = None
-        if timed_out:
+        if timed_out and not (call and status == P.DoneStatus.OK):
+            # (A call that took its timeout's interrupt and returned, ``except
+            # KeyboardInterrupt: return partial``, returns that, as for a Ctrl-C.)
             stopped = errors.CellTimeout(
                 f"The {what} ran past its {timeout_s} s timeout and was interrupted."
             )

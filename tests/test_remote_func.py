@@ -825,6 +825,16 @@ def test_cancel_of_a_call_that_finishes_anyway_says_false_and_keeps_its_result(n
     assert future.cancel() is True and future.cancelled()
 
 
+def test_a_call_that_handles_its_timeouts_interrupt_returns_what_it_returned(nb, tmp_path):
+    """``timeout=`` interrupts the call; one that handles the interrupt and returns (``except
+    KeyboardInterrupt: return partial``) gives that value, as it does after a Ctrl-C; it
+    raised CellTimeout and the value was lost."""
+    bounded = remote_func(nb["finishes_anyway"].func, timeout=1)
+    assert bounded(str(tmp_path / "running")) == "finished anyway"
+    with pytest.raises(errors.CellTimeout):
+        remote_func(nb["slow"].func, timeout=1)(60, str(tmp_path / "slow"))
+
+
 def test_a_generators_timeout_counts_its_own_time_not_the_loops(nb):
     """``timeout=`` bounds the remote generator's time: the loop's own time between items
     (here 1.5 s an item, 4.5 s in all, against 2 s) is not the call's.  It used to be
