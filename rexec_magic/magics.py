@@ -148,6 +148,7 @@ class RexecMagics(Magics):
         super().__init__(shell, **kwargs)
         self.session = shared_session()
         self._pure_remote_cell = False  # the running cell is one %%remote and nothing else
+        self._looks_sent = DEFAULT_LOOKS  # the display settings the worker last got (``_plan``)
 
     def pre_run_cell(self, info: Any) -> None:
         """Any cell but a pure ``%%remote`` cell may change local values (sync epoch)."""
@@ -215,6 +216,12 @@ class RexecMagics(Magics):
             "result": ends and not args.no_pull,
             "cell": self._cell_number(),
         }
+        # Sent while any differs from IPython's defaults, and once more when back to them;
+        # a notebook that never changed them sends nothing (and a remote cell's own
+        # ``%xmode`` then stays).
+        looks = notebook_looks(self.shell)
+        if looks != DEFAULT_LOOKS or self._looks_sent != DEFAULT_LOOKS:
+            fields["looks"] = self._looks_sent = looks
         return push_names, forced, fields, changed_only
 
     def _cell_number(self) -> int:
@@ -536,6 +543,23 @@ def conflict_sentence(spawner_says: str, requirements_file: str) -> str:
 
 
 _NOTHING = object()
+
+
+# IPython's own defaults of what ``notebook_looks`` reads.
+DEFAULT_LOOKS = {"xmode": "Context", "colors": "neutral", "precision": ""}
+
+
+def notebook_looks(shell: Any) -> dict[str, str]:
+    """The notebook's display settings (``%xmode``, ``%colors``, ``%precision``), for the
+    worker to show a remote cell's tracebacks and values as the notebook shows its own
+    (``protocol.Execute.looks``)."""
+    formatter = getattr(shell, "display_formatter", None)
+    plain = formatter.formatters.get("text/plain") if formatter is not None else None
+    return {
+        "xmode": str(getattr(getattr(shell, "InteractiveTB", None), "mode", "Context")),
+        "colors": str(getattr(shell, "colors", "neutral")),
+        "precision": str(getattr(plain, "float_precision", "")),
+    }
 
 
 def as_local(exc: errors.RemoteCellError) -> BaseException:

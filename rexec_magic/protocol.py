@@ -802,6 +802,10 @@ class Execute(Request, Placement):
     cell: int | None = None
     # Events the client lets be in flight unacknowledged (ACK); None: no flow control.
     credit: Annotated[int, Field(ge=1, le=MAX_CREDIT)] | None = None
+    # The notebook's display settings that differ from IPython's defaults (``xmode``,
+    # ``colors``, ``precision``: ``%xmode``, ``%colors``, ``%precision``), so the cell's
+    # tracebacks and values look as the notebook's own do.
+    looks: dict[Short, Short] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _buffers(self, info: ValidationInfo) -> Execute:

@@ -652,6 +652,24 @@ def test_values_show_where_they_came_among_the_cells_output(kc):
     assert stdout_of(ok(kc, "print(_)")) == "5\n"
 
 
+def test_the_notebooks_display_settings_reach_its_remote_cells(kc):
+    """``%precision``, ``%xmode`` and ``%colors`` made in the notebook: a remote cell's value
+    and traceback look as a local cell's do (they kept the worker's defaults); back to the
+    defaults in the notebook, back there too."""
+    for line in ("%precision 2", "%xmode Minimal", "%colors nocolor"):
+        ok(kc, line)
+    try:
+        assert texts(ok(kc, "%%remote\n3.14159"), "execute_result") == ["3.14"]
+        reply, _ = run(kc, "%%remote\ndef f():\n    raise ValueError('bad')\nf()")
+        assert "".join(reply["traceback"]).strip() == "ValueError: bad", reply["traceback"]
+    finally:
+        for line in ("%precision", "%xmode Context", "%colors neutral"):
+            ok(kc, line)
+    assert texts(ok(kc, "%%remote\n3.14159"), "execute_result") == ["3.14159"]
+    reply, _ = run(kc, "%%remote\ndef f():\n    raise ValueError('bad')\nf()")
+    assert len(reply["traceback"]) > 1 and "\x1b[" in "".join(reply["traceback"])
+
+
 def on_screen(outputs: list[dict]) -> list[str]:
     """What a notebook's output area shows at the end, as JupyterLab applies the messages:
     ``clear_output(wait=True)`` clears when the next output comes."""

@@ -76,6 +76,7 @@ class Cell:
     pull_changed: bool = False
     want_result: bool = False
     number: int | None = None
+    looks: dict[str, str] = field(default_factory=dict)  # the notebook's display settings
     call: bool = False  # a CALL (a pickled function call) rather than an EXECUTE
     inband: bool = False  # CALL values go back as one plain pickle each (legacy clients)
     lazy: bool = False  # a CALL's generator makes each item when the client asks (Call.lazy)
@@ -137,6 +138,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
         pull_changed=ex.pull_changed,
         want_result=ex.result,
         number=ex.cell,
+        looks=ex.looks,
         session=placement(ex),
         client=ex.session,
         credit=ex.credit,
@@ -155,6 +157,23 @@ def placement(fields: Placement) -> str:
     if fields.session:
         return f"session:{fields.session}"
     return "default"
+
+
+def take_looks(shell: Any, looks: dict[str, str]) -> None:
+    """Show this cell's tracebacks and values as the notebook shows its own: its ``%xmode``,
+    ``%colors`` and ``%precision`` (``protocol.Execute.looks``; one it cannot take is
+    logged and left as it is here)."""
+    try:
+        if "xmode" in looks and shell.InteractiveTB.mode != looks["xmode"]:
+            shell.InteractiveTB.set_mode(mode=looks["xmode"])
+        if "colors" in looks and shell.colors != looks["colors"]:
+            shell.colors = looks["colors"]
+        if "precision" in looks:
+            formatter = shell.display_formatter.formatters["text/plain"]
+            if formatter.float_precision != looks["precision"]:
+                formatter.float_precision = looks["precision"]
+    except Exception as exc:  # a setting of another IPython version, say
+        log.info("a display setting of the notebook was not taken: %s", exc)
 
 
 def shared(key: str) -> bool:
@@ -355,6 +374,8 @@ class CellRunner:
         report = Report()
         error: BaseException | None = None
         _signal.signal(_signal.SIGINT, self.on_sigint)  # a cell may have replaced it
+        if cell.looks:
+            take_looks(shell, cell.looks)
         try:
             self._interruptible = True
             if self.interrupted(cell.id):
