@@ -252,6 +252,7 @@ class RexecMagics(Magics):
                     changed_only,
                 )
         except (errors.RemoteCellError, errors.RemoteInterrupted, errors.CellTimeout) as exc:
+            renderer.failing = True  # (its traceback clears a closing clear_output(wait=True))
             if exc.outcome is not None:  # what it bound before it stopped, as in a local cell
                 self._apply(exc.outcome, why, renderer)
             if not isinstance(exc, errors.RemoteInterrupted):  # (whose sentence says it)

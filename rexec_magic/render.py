@@ -50,6 +50,7 @@ class EventRenderer:
         # ``clear_output(wait=True)`` clears when the next output comes: what it would clear,
         # so that rexec's own closing notes do not wipe the cell's last output (``restore``).
         self._clear_waiting = False
+        self.failing = False  # the cell ends in an error, whose traceback clears it, as locally
         self._since_clear: list[P.Event] = []
         self._since_clear_chars = 0
         self._notices: dict[str, Progress] = {}  # each kind of wait: its live note
@@ -80,7 +81,18 @@ class EventRenderer:
             if not event.wait:  # cleared now
                 self._since_clear, self._since_clear_chars = [], 0
             return
-        if not isinstance(event, (P.Stream, P.Display)) or getattr(event, "update", False):
+        if isinstance(event, P.Display) and event.update:  # shown again as it is now
+            display_id = (event.transient or {}).get("display_id")
+            self._since_clear = [
+                kept.model_copy(update={"data": event.data, "metadata": event.metadata})
+                if isinstance(kept, P.Display)
+                and display_id is not None
+                and (kept.transient or {}).get("display_id") == display_id
+                else kept
+                for kept in self._since_clear
+            ]
+            return
+        if not isinstance(event, (P.Stream, P.Display)):
             return
         if self._clear_waiting:  # this output clears what came before it
             self._clear_waiting = False
@@ -93,9 +105,9 @@ class EventRenderer:
         """Before one of rexec's own notes after the cell (values that stay remote, ...): a
         cell that ended with ``clear_output(wait=True)`` keeps its last output on screen, as
         a local one does, though a note comes after it (the note clears it; it is shown
-        again above the note).  Not when the cell has a value to show: that clears it, as
-        locally."""
-        if not self._clear_waiting or self.result is not None:
+        again above the note, as the display updates since left it).  Not when the cell
+        has a value to show, or ends in an error: that clears it, as locally."""
+        if not self._clear_waiting or self.result is not None or self.failing:
             return
         self._clear_waiting = False
         for event in self._since_clear:

@@ -685,6 +685,8 @@ def on_screen(outputs: list[dict]) -> list[str]:
             continue
         if kind not in ("stream", "display_data", "execute_result", "error"):
             continue
+        if kind == "update_display_data":  # (updates an output in place: no clear)
+            continue
         if waiting:
             shown, waiting = [], False
         if kind == "stream":
@@ -707,6 +709,15 @@ def test_a_cell_ending_with_clear_output_wait_keeps_its_last_output_above_a_note
     assert screen[0] == "progress 2\n" and "`ev` stays remote" in screen[-1], screen
     out = ok(kc, "%%remote\n" + loop + "ev2 = threading.Event()\n42")
     assert on_screen(out)[-1] == "42" and "progress 2\n" not in on_screen(out), out
+    # A display updated after the clear is shown as it is now; a cell that fails is
+    # cleared by its traceback, as locally.
+    code = "h = display('first', display_id=True)\nclear_output(wait=True)\n"
+    code += "h.update('second')\nev3 = threading.Event()"
+    screen = on_screen(ok(kc, "%%remote\n" + loop + code))
+    assert screen[0] == "'second'" and "first" not in str(screen), screen
+    reply, out = run(kc, "%%remote\n" + loop + "ev4 = threading.Event()\n1/0")
+    assert reply["status"] == "error" and on_screen(out)[-1] == "ZeroDivisionError", out
+    assert "progress 2\n" not in on_screen(out), on_screen(out)
 
 
 def test_late_output_that_ended_mid_line_does_not_run_into_the_next_cells_first_line(kc):
