@@ -80,20 +80,27 @@ class RemoteFuture(Future):
 
     def cancel(self) -> bool:
         """Cancel a queued call (True), or interrupt a running one and wait, up to
-        ``CANCEL_CONFIRM_S``, for how it ends: stopped, it is cancelled (True); finished
-        first (the interrupt came too late), its result stands and this is False, as for a
-        call no longer running (it said True, and its result was dropped, though it ran to
-        its end and what it changed came back).  No answer by then: cancelled (True)."""
-        if super().cancel():  # still queued here: it never reached the worker
-            # concurrent.futures.wait / as_completed hear of it now, not once this session's
-            # thread reaches it (after the calls ahead of it: seconds, or never).
+        ``CANCEL_CONFIRM_S``, for how it ends: stopped (or its executor killed for ignoring
+        the interrupt), it is cancelled (True); finished first (the interrupt came too
+        late, or was caught or ignored), its result stands and this is False, as for a call
+        no longer running (it said True, and its result was dropped, though it ran to its
+        end and what it changed came back).  No end by then: cancelled (True).  A queued
+        call, cancelled here, is one that concurrent.futures.wait / as_completed hear of at
+        once, not when this session's thread reaches it."""
+        return self._cancel(CANCEL_CONFIRM_S)
+
+    def _cancel(self, wait_s: float) -> bool:
+        """``cancel``, waiting ``wait_s`` for a running call's end (0: none, as a kernel
+        interrupt cancels: everything stops at once)."""
+        if super().cancel():
             self.set_running_or_notify_cancel()
             return True
         with self._condition:  # type: ignore[attr-defined]
             if self._state != RUNNING:  # type: ignore[attr-defined]
                 return self.cancelled()
             self.cancel_requested.set()  # the waiting thread sends INTERRUPT
-        self.ended.wait(CANCEL_CONFIRM_S)
+        if wait_s > 0:
+            self.ended.wait(wait_s)
         return self.mark_cancelled()
 
     def mark_cancelled(self) -> bool:
@@ -202,7 +209,7 @@ def cancel_unfinished() -> int:
     returns how many."""
     futures = [f for f in list(_submitted) if not f.done()]
     futures.sort(key=lambda f: f.running())
-    cancelled = sum(1 for f in futures if f.cancel())
+    cancelled = sum(1 for f in futures if f._cancel(0.0))  # (none waits for another)
     for event in list(_thread_calls):
         event.set()
     return cancelled + len(_thread_calls)
@@ -252,8 +259,9 @@ def hook_kernel_interrupt() -> None:
 
 _callbacks: ThreadPoolExecutor | None = None
 # How long ``RemoteFuture.cancel`` of a running call waits to learn whether the interrupt
-# stopped it or it finished first (a Python call stops within milliseconds of it).
-CANCEL_CONFIRM_S = 2.0
+# stopped it or it finished first: a Python call stops within milliseconds of it; one that
+# ignores it ends, or has its executor killed, within the interrupt's grace period.
+CANCEL_CONFIRM_S = P.INTERRUPT_GRACE_S + 3.0
 
 
 def _callback_thread() -> ThreadPoolExecutor:
@@ -306,8 +314,10 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
         try:
             value = fn(cancel=future.cancel_requested, ticket=ticket, origin=origin)
         except BaseException as exc:
-            if future.cancel_requested.is_set() and isinstance(exc, errors.RemoteInterrupted):
-                future.mark_cancelled()  # the cancel's interrupt stopped it
+            if future.cancel_requested.is_set() and isinstance(
+                exc, errors.RemoteInterrupted | errors.WorkerLost
+            ):  # the cancel's interrupt stopped it (or its executor, killed for ignoring it)
+                future.mark_cancelled()
             elif not future.cancelled():
                 try:
                     future.set_exception(exc)

@@ -89,6 +89,13 @@ def deaf(flag):
     open(flag, "w").close()
     ctypes.CDLL(None).sleep(600)
 
+def deaf_for(seconds, flag):
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # deaf a while, then done
+    open(flag, "w").close()
+    time.sleep(seconds)
+    return "finished"
+
 def slow(seconds, flag):
     open(flag, "w").close()
     time.sleep(seconds)
@@ -823,6 +830,13 @@ def test_cancel_of_a_call_that_finishes_anyway_says_false_and_keeps_its_result(n
     future = nb["slow"].submit(60, str(flag))
     wait_for(flag.exists, "the call to run remotely")
     assert future.cancel() is True and future.cancelled()
+    # One deaf to the interrupt for a while, that then ends within the grace period: the
+    # cancel waits for it (it said True after 2 s, then the call ended, its result dropped).
+    flag.unlink()
+    future = nb["deaf_for"].submit(P.INTERRUPT_GRACE_S - 2, str(flag))
+    wait_for(flag.exists, "the call to run remotely")
+    assert future.cancel() is False
+    assert future.result(timeout=60) == "finished"
 
 
 def test_a_call_that_handles_its_timeouts_interrupt_returns_what_it_returned(nb, tmp_path):
