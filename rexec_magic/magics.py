@@ -643,17 +643,21 @@ def _clock(epoch: Any) -> str:
 
 
 def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) -> Table:
+    worker = report.get("worker")
+    # The broker answered and lists the worker, which did not answer (stopped, starved: the
+    # broker drops it only after its heartbeat timeout): what the broker still holds of it
+    # is stale, and "ready" would promise cells that cannot run.
+    silent = bool(worker) and "rtt_ms" in report and "broker_error" in report
     rows: list[tuple[str, str]] = [
         ("user", report.get("user") or "?"),
         (
             "broker",
             report["broker"]
-            + (f"  ({report['broker_error']})" if "broker_error" in report else ""),
+            + (f"  ({report['broker_error']})" if "broker_error" in report and not silent else ""),
         ),
         ("spawner", report["spawner"]),
     ]
     spawner_state = report.get("spawner_state") or {}
-    worker = report.get("worker")
     inspect = report.get("inspect") or {}
     # Busy for this notebook when its own executor runs a cell: another notebook's cell holds
     # nothing of this one up (each has its own executor; their rows below show them).
@@ -663,13 +667,19 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         busy=bool(mine["busy"] if "busy" in mine else worker and worker.get("busy")),
         culled=bool(spawner_state.get("idle_culled_after_s")),
     )
-    running = bool(worker) and state in (contract.ShownState.READY, contract.ShownState.BUSY)
+    running = (
+        bool(worker)
+        and not silent
+        and state in (contract.ShownState.READY, contract.ShownState.BUSY)
+    )
     # Neither the spawner nor the broker answered (e.g. a refused token): nothing is known.
     known = bool(spawner_state) or bool(worker) or "spawner_error" not in report
     shown = state.value if known else "unknown"
     if spawner_state.get("responding") is False and not worker:  # (its message says why)
         shown = "not responding"
-    if spawner_state.get("message") and not running:
+    if silent:
+        shown = f"not responding ({report['broker_error']})"
+    elif spawner_state.get("message") and not running:
         shown += f" ({spawner_state['message']})"
     if "spawner_error" in report:
         shown += f"  ({report['spawner_error']})"
@@ -697,7 +707,7 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
             rows.append(("folder", winfo["cwd"]))
     if "rtt_ms" in report:
         rows.append(("round trip", f"{report['rtt_ms']:.2f} ms"))
-    for row in inspect.get("executors") or (worker or {}).get("executors") or []:
+    for row in [] if silent else inspect.get("executors") or (worker or {}).get("executors") or []:
         memory = row.get("memory")
         details = [str(row.get("state", "?"))]
         if memory:

@@ -300,6 +300,10 @@ def test_status_says_not_responding_while_the_broker_does_not_hear_the_worker(
     pids = worker_processes(pid)
     signal_all(pids, signal.SIGSTOP)
     try:
+        # At once, while the broker still lists it (it said "ready", with stale details).
+        shown = dict(status_table(alice.status()).rows)
+        assert shown["worker"].startswith("not responding"), shown
+        assert "uptime" not in shown and "remote variables" not in shown, shown
         wait_for(
             lambda: spawner_state(alice).get("responding") is False,
             "the broker to drop the stopped worker",
