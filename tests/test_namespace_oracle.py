@@ -606,16 +606,25 @@ def test_a_remote_func_that_changes_its_own_state_says_it_is_not_kept(kernel):
         "inc = make()\n"
         "@remote_func\ndef acc(x, seen=[]):\n    seen.append(x)\n    return len(seen)\n"
         "@remote_func\n@functools.lru_cache\ndef sq(n):\n    return n * n\n"
-        "@remote_func\ndef pure(x, scale=2):\n    return x * scale",
+        "@remote_func\ndef pure(x, scale=2):\n    return x * scale\n"
+        "import random, numpy as np\nrng = random.Random(0)\n"
+        "@remote_func\ndef draw(r=rng):\n    return r.random()\n"
+        "class Acc:\n    n = 0\n    def add(self):\n        self.n += 1\n        return self.n\n"
+        "    def get(self):\n        return self.n\n"
+        "acc_obj = Acc()\nradd = remote_func(acc_obj.add)\nrget = remote_func(acc_obj.get)\n"
+        "@remote_func\ndef reads(x, table=np.arange(5), f=len, mod=np):\n"
+        "    return int(table.sum()) + f([x])",
     )
     assert reply["status"] == "ok", reply
-    for call in ("inc()", "acc(1)", "sq(3)"):
+    for call in ("inc()", "acc(1)", "sq(3)", "draw()", "radd()"):
         reply, outputs = run(kc, call)
         assert reply["status"] == "ok", reply
         said = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
         assert "changed its own state in this call" in said and "not kept" in said, (call, said)
-    reply, outputs = run(kc, "pure(3)")
-    assert reply["status"] == "ok" and not [m for m in outputs if m["msg_type"] == "stream"]
+    for call in ("pure(3)", "rget()", "reads(1)"):  # keep what they keep as it was
+        reply, outputs = run(kc, call)
+        assert reply["status"] == "ok", reply
+        assert not [m for m in outputs if m["msg_type"] == "stream"], (call, outputs)
 
 
 def test_local_code_between_exchanges_of_one_cell_is_seen(kernel):

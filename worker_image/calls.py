@@ -10,6 +10,7 @@ raise the same type.  ``inband`` calls (legacy clients) get each value as one pl
 
 from __future__ import annotations
 
+import functools
 import re
 import traceback
 import types
@@ -77,14 +78,19 @@ def send_exception(
     outbox.event(target, Kind.ERROR, header, buffers)
 
 
-MUTABLE = (list, dict, set, bytearray)
+# What cannot change in place, or is code rather than state (compared by identity only).
+NOT_STATE = (
+    int, float, complex, str, bytes, bool, type(None), type, types.ModuleType,
+    types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial,
+)  # fmt: skip
 
 
 def _own_state(fn: Any) -> tuple | None:
     """What ``fn`` keeps from one call to the next, as it can be compared after the call:
     its cache's size (``functools.lru_cache``), which object each default argument and
-    closure variable is, and a digest of those that can change in place (lists, dicts,
-    sets).  None when it keeps nothing (the common case: nothing to compare)."""
+    closure variable (and a bound method's ``self``) is, and a digest of those that can
+    change in place (lists, dicts, a ``random.Random``, an instance).  None when it keeps
+    nothing (the common case: nothing to compare)."""
     cache = fn.cache_info().currsize if hasattr(fn, "cache_info") else None
     inner = getattr(fn, "__wrapped__", fn)
     kept = [*(getattr(inner, "__defaults__", None) or ())]
@@ -94,9 +100,11 @@ def _own_state(fn: Any) -> tuple | None:
             kept.append(cell.cell_contents)
         except ValueError:  # an empty cell (a name bound later)
             kept.append(None)
+    if isinstance(fn, types.MethodType):
+        kept.append(fn.__self__)
     if cache is None and not kept:
         return None
-    mutable = [value for value in kept if isinstance(value, MUTABLE)]
+    mutable = [value for value in kept if not isinstance(value, NOT_STATE)]
     try:
         digest = serialize.pack_value(mutable).digest if mutable else ""
     except serialize.SerializationError:
@@ -116,8 +124,8 @@ def _say_if_own_state_changed(
     name = getattr(fn, "__name__", "the function")
     text = (
         f"rexec: `{name}` changed its own state in this call (a closure variable, a "
-        "mutable default argument or its cache); that change is not kept: each remote "
-        "call starts from the notebook's function as it is.\n"
+        "mutable default argument, its object or its cache); that change is not kept: "
+        "each remote call starts from the notebook's function as it is.\n"
     )
     outbox.event(target, Kind.STREAM, {"name": "stderr", "text": text})
 
