@@ -404,6 +404,29 @@ def test_the_waiting_note_counts_only_calls_still_ahead(nb, capfd, tmp_path):
     assert "more before this one" not in said
 
 
+def test_an_interrupted_call_shows_where_the_function_was(nb, tmp_path):
+    """Ctrl-C while a call runs: its traceback shows where the function was (``slow``), as a
+    local call's does; it was the one line "The remote call was interrupted."  No frame of
+    the worker's own.  (Here the function comes from no notebook cell: no source lines.)"""
+    import signal
+    import threading
+
+    flag = tmp_path / "running"
+
+    def interrupt() -> None:
+        wait_for(flag.exists, "the call to run remotely")
+        time.sleep(0.3)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(errors.RemoteInterrupted) as info:
+        nb["slow"](60, str(flag))
+    shown = "\n".join(info.value._render_traceback_())
+    assert "in slow" in shown and shown.endswith("KeyboardInterrupt"), shown
+    assert "worker_image" not in shown, shown
+    assert nb["add"](1) == 2
+
+
 def test_an_interrupt_cancels_a_threads_call_queued_behind_the_interrupted_one(nb, tmp_path):
     """A call made in a kernel thread waits behind the main thread's running call; Ctrl-C
     stops the running call, and the queued one is cancelled before it starts (as Jupyter

@@ -33,6 +33,7 @@ from rexec_magic.sync import ipython_name
 from worker_image.bulk import FETCH_INTERRUPTED
 from worker_image.calls import Step, invoke, send_exception
 from worker_image.outbox import CODE_OVER, VALUES_IN, EventChannel, Target
+from worker_image.shell import cut_frames
 from worker_image.variables import Report, Watch, load_pushed, not_arrived, numbered_as
 
 if TYPE_CHECKING:  # the supervisor parses requests too, and must not load IPython
@@ -471,7 +472,12 @@ class CellRunner:
                 send_exception(self.outbox, cell.target, exc, skip=2, legacy=cell.inband)
                 return DoneStatus.ERROR, [], []
             self.outbox.internal(CODE_OVER, {"id": cell.id})  # no grace kill from here
-            self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
+            if requested:  # (before the function started: nothing of it to show)
+                self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
+            else:  # where the function was, as a local call's traceback shows it
+                cut_frames(exc, self.shell.hidden_frames)
+                send_exception(self.outbox, cell.target, exc, skip=2, legacy=cell.inband)
+                self.shell.error_sent = True
             return DoneStatus.INTERRUPTED, [], []
         finally:
             self._stop_interrupts()

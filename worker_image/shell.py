@@ -221,7 +221,7 @@ class WorkerShell(InteractiveShell):
         was raised: the SIGINT handler that turns an interrupt into a KeyboardInterrupt
         showed as the last frame of ``except KeyboardInterrupt: raise ValueError(...)``'s
         chained part.  (``__tracebackhide__`` never hides the frame that raised.)"""
-        _cut_frames((exc_tuple or sys.exc_info())[1], self.hidden_frames)
+        cut_frames((exc_tuple or sys.exc_info())[1], self.hidden_frames)
         super().showtraceback(exc_tuple, *args, **kwargs)
 
     def _showtraceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
@@ -279,7 +279,7 @@ class WorkerShell(InteractiveShell):
 WORKER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def _cut_frames(exc: BaseException | None, codes: set[types.CodeType]) -> None:
+def cut_frames(exc: BaseException | None, codes: set[types.CodeType]) -> None:
     """Drop, from ``exc`` and the exceptions chained to it, the last traceback entries that
     are the worker's (its modules, or ``codes``), and the ``with`` machinery that led into
     them: where an exception was raised in the worker's code called by the user's (a Ctrl-C
