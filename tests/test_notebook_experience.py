@@ -727,7 +727,7 @@ def test_late_output_that_ended_mid_line_does_not_run_into_the_next_cells_first_
     code = "import threading, os\nfor fd, text in ((1, b'late out'), (2, b'late err')):\n"
     code += "    threading.Timer(0.2, os.write, (fd, text)).start()"
     ok(kc, "%%remote\n" + code)
-    time.sleep(1.0)  # (written by now, after the cell ended)
+    time.sleep(2.0)  # (written by now, after the cell ended: 0.2 s after it, here 2 s)
     out = ok(kc, "%%remote\nimport sys\nprint('my first line')\nprint('err line', file=sys.stderr)")
     assert stdout_of(out).endswith("late out\nmy first line\n"), stdout_of(out)
     assert stderr_of(out) == "late err\nerr line\n", stderr_of(out)

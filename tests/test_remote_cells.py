@@ -493,7 +493,7 @@ def test_rexec_stop_cancels_this_notebooks_queued_calls(ip, tmp_path):
         "    import pathlib, time\n    pathlib.Path(path).touch()\n    time.sleep(seconds)"
     )
     marks = [tmp_path / f"ran{i}" for i in range(3)]
-    futures = [ip.user_ns["mark"].submit(str(path), 2) for path in marks]
+    futures = [ip.user_ns["mark"].submit(str(path), 30) for path in marks]
     wait_for(marks[0].exists, "the first call to run")
     with capture_output() as out:
         ip.run_line_magic("rexec_stop", "")

@@ -773,25 +773,31 @@ def test_a_cancelled_call_whose_executor_is_stopped_waits_for_it_and_keeps_the_n
     assert "ended badly" not in capfd.readouterr().err
 
 
+def run_script(stack: Any, script: str) -> Any:
+    """``python -c script`` against the stack, as a user's plain script: it must exit 0."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_a_script_ending_with_a_remote_generator_paused_closes_it(stack):
     """A plain script leaves a remote generator paused after one item and ends: the
     generator is closed at exit (its ``finally`` prints), as Python closes a local one.
     It used to meet rexec half torn down: "Exception ignored ... 'NoneType' object has no
     attribute 'NEXT'", its ``finally`` never run."""
-    import subprocess
-    import sys
-
     script = (
         "from rexec_magic import remote_func\n"
         "@remote_func\ndef gen():\n    try:\n        for i in range(3):\n            yield i\n"
         "    finally:\n        print('closed at exit', flush=True)\n"
         "it = gen()\nprint('took', next(it), flush=True)\n"
     )
-    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_script(stack, script)
     assert "Exception ignored" not in out.stderr, out.stderr
     # (A worker may be started first, which the script says before.)
     assert out.stdout.endswith("took 0\nclosed at exit\n"), (out.stdout, out.stderr)
@@ -801,9 +807,6 @@ def test_a_script_that_ignores_sigint_keeps_its_calls_running(stack):
     """A script started with SIGINT ignored (run with ``&``, a multiprocessing worker): a
     SIGINT while its submitted call runs is ignored, as its own code ignores it; it made
     ``result()`` raise a bare CancelledError and cancelled the call."""
-    import subprocess
-    import sys
-
     script = (
         "import os, signal, threading\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
         "from rexec_magic import remote_func\n"
@@ -811,11 +814,7 @@ def test_a_script_that_ignores_sigint_keeps_its_calls_running(stack):
         "f = slow.submit()\nthreading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
         "print(f.result(timeout=120), flush=True)\n"
     )
-    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_script(stack, script)
     assert out.stdout.endswith("done\n"), (out.stdout, out.stderr)
 
 
