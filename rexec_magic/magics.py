@@ -459,8 +459,8 @@ class RexecMagics(Magics):
         stopped = self._guard("stopping the worker", self.session.stop)
         said = "Remote worker stopped." + _others_lost(stopped.get("others") or [])
         if cancelled:
-            calls = "call" if cancelled == 1 else "calls"
-            said += f" This notebook's {cancelled} unfinished remote {calls} were cancelled."
+            calls = "call was" if cancelled == 1 else "calls were"
+            said += f" This notebook's {cancelled} unfinished remote {calls} cancelled."
         self.notes.note(said)
 
     @magic_arguments()
