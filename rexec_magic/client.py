@@ -1040,7 +1040,7 @@ class RexecClient:
             and status in (P.DoneStatus.ERROR, P.DoneStatus.RESEND)
             and not _own_error(error_msg)
         ):
-            own = _interrupt_in_own_words(error_msg)
+            own = _interrupt_as_raised(error_msg)
             stopped = errors.RemoteInterrupted(
                 done.message or (own and own.evalue) or f"The remote {what} was interrupted.",
                 traceback=own.traceback if own else None,
@@ -1128,11 +1128,11 @@ def _shown_error(msg: P.Message) -> bool:
     return msg.kind == P.Kind.ERROR and msg.header.get("shown") is True
 
 
-def _interrupt_in_own_words(error_msg: P.Message | None) -> P.Error | None:
-    """The KeyboardInterrupt that stopped the code, with its traceback (where the code was,
-    as a local cell shows it) and its message when the code raised it with one (a handler
-    that cleaned up and re-raised it saying so).  None when no code was running (the
-    worker's bare ``KeyboardInterrupt``): the interrupt is said in one sentence."""
+def _interrupt_as_raised(error_msg: P.Message | None) -> P.Error | None:
+    """The KeyboardInterrupt as the code raised it: its traceback (where the code was, as a
+    local cell shows it) and its message, if any (a handler that cleaned up and re-raised
+    it saying so).  None when no code was running (the worker's bare one-line
+    ``KeyboardInterrupt``): the interrupt is then said in one sentence."""
     if error_msg is None:
         return None
     error = error_msg.read(P.Error)

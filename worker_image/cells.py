@@ -182,6 +182,13 @@ def shared(key: str) -> bool:
     return key.startswith(SHARED_PREFIX)
 
 
+def object_ids(namespace: dict[str, Any]) -> dict[str, int]:
+    """Which object each name holds, by ``id``, before a request runs: what
+    ``CellRunner._bound_at_run_time`` compares with after it.  Ids, not the objects, so a
+    value the request deletes is not kept alive until it ends."""
+    return {name: id(value) for name, value in namespace.items()}
+
+
 def done_header(status: str, **extra: Any) -> dict[str, Any]:
     return {"status": status, "vars": [], "skipped": [], "duration": 0.0, **extra}
 
@@ -292,7 +299,7 @@ class CellRunner:
                 self.shell.user_ns.update(shipped)
                 self.watch.invalidate(shipped)
                 self.watch.before(self.shell.user_ns, cell.watch)
-                names_before = {name: id(value) for name, value in self.shell.user_ns.items()}
+                names_before = object_ids(self.shell.user_ns)
                 status, entries, frames = self._call(cell, values)
                 # As for a cell: what the call changed before it raised or was interrupted
                 # stays changed here, so it comes back (dropped, the notebook's older copy
@@ -382,7 +389,7 @@ class CellRunner:
             if self.interrupted(cell.id):
                 raise KeyboardInterrupt
             self.watch.before(shell.user_ns, cell.watch)
-            names_before = {name: id(value) for name, value in shell.user_ns.items()}
+            names_before = object_ids(shell.user_ns)
             with numbered_as(shell, cell.number):
                 result = shell.run_cell(cell.code, store_history=True)
             # The user's code is over.  Collecting what goes back records digests as it goes:
@@ -439,8 +446,7 @@ class CellRunner:
         """Globals the cell bound, rebound or unbound that its syntax does not show, so the
         client did not ask for them: ``exec("x = 1")``, ``globals()["x"] = 1``, ``from m
         import *``, ``%run script.py``, a function that sets a ``global``, and the same ways
-        of deleting.  ``before``: each name's object id before the cell (ids, not the
-        objects: holding them would keep what the cell deletes alive until it ends; an id
+        of deleting.  ``before``: ``object_ids`` of the namespace before the cell (an id
         reused by a new object at the same address is missed).  Watched like the others:
         new or rebound ones come back (or are said to stay remote), deleted ones the
         notebook had go there too.  IPython's own names (``_i3``, ``_3``) are not the user's."""
