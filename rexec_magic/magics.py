@@ -271,7 +271,10 @@ class RexecMagics(Magics):
             self.notes.note(note)
         shown = renderer.result
         if line_mode:  # `v = %remote expr` binds the value, whatever its display did
-            return value if value is not _NOTHING else shown  # (its display stands for it)
+            if value is not _NOTHING:  # the notebook shows it (or fails to), as locally
+                return value
+            renderer.show_held()  # the value stays remote: its display stands for it
+            return shown
         failed = outcome.done is not None and outcome.done.display_failed
         if shown is None and not failed:
             return None

@@ -1005,6 +1005,9 @@ class Error(Event):
     # ``__repr__`` raised, a figure that failed to draw): shown where it happened, as
     # ipykernel shows it; not the cell's own error.
     shown: bool = False
+    # The cell's value failed to display (its ``__repr__`` raised): whoever shows the value
+    # shows this (``%remote expr`` leaves both to the notebook when the value comes back).
+    of_result: bool = False
 
 
 class Yield(Event):

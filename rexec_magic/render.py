@@ -44,6 +44,10 @@ class EventRenderer:
         self.results_in_place = results_in_place
         self.result_shown = False  # ``result`` is on screen already
         self.shown_error: tuple[str, str] | None = None  # the last shown error (name, message)
+        # Without ``results_in_place`` (``%remote expr``) the value's failed display
+        # (``Error.of_result``) waits with the value: the notebook shows the value itself
+        # when it comes back (and its failure, once, as locally), else ``show_held``.
+        self.held_error: P.Error | None = None
         self.notes = notes  # rexec's own words (what a request waits for): never stderr
         self._late_said = False
         self._late_unended: set[str] = set()  # streams whose late text ended mid-line
@@ -113,6 +117,13 @@ class EventRenderer:
         for event in self._since_clear:
             self._output(event)
 
+    def show_held(self) -> None:
+        """Show the value's failed display held back (``held_error``), if any: the value
+        stays remote, so the notebook cannot try it itself."""
+        held, self.held_error = self.held_error, None
+        if held is not None:
+            self._output(held.model_copy(update={"of_result": False}))
+
     def _output(self, event: P.Event) -> None:
         if (
             self.results_in_place
@@ -171,9 +182,12 @@ class EventRenderer:
                 **kwargs,
             )
         elif isinstance(event, P.Error):  # shown where it came (``Error.shown``)
+            self.shown_error = (event.ename, event.evalue)
+            if event.of_result and not self.results_in_place:
+                self.held_error = event
+                return
             sys.stdout.flush()
             sys.stderr.flush()
-            self.shown_error = (event.ename, event.evalue)
             show_traceback(event.ename, event.evalue, event.traceback)
         elif isinstance(event, P.Result):
             self.result = RemoteResult(event.data or {}, event.metadata or {})

@@ -587,6 +587,27 @@ def test_a_value_whose_rich_display_fails_still_shows_what_rendered_and_binds(kc
     assert texts(ok(kc, "_.size"), "execute_result") == ["3"]
 
 
+def test_a_line_whose_value_cannot_be_shown_fails_once_as_a_local_line(kc):
+    """``%remote expr`` whose value's ``__repr__`` raises: the value comes back and the
+    notebook shows it as it shows a local expression (one traceback, the cell fails);
+    ``v = %remote expr`` shows nothing, as ``v = expr``.  The bare line showed the worker's
+    traceback and then the notebook's, and the assignment the worker's.  A value that
+    stays remote (it holds a lock) has only the worker's display: its error, once."""
+    code = "import threading\nclass Shy:\n    def __repr__(self):\n"
+    code += "        raise TypeError('repr broke')\n"
+    code += "class ShyLocked(Shy):\n    def __init__(self):\n        self.lock = threading.Lock()\n"
+    ok(kc, "%%remote\n" + code)
+    ok(kc, code)  # the notebook has the class too, as when it was defined here
+    reply, out = run(kc, "%remote Shy()")
+    assert reply["status"] == "error"
+    assert errors_of(out) == [("TypeError", "repr broke")]
+    out = ok(kc, "v = %remote Shy()")
+    assert errors_of(out) == [] and texts(out, "execute_result") == []
+    assert texts(ok(kc, "type(v).__name__"), "execute_result") == ["'Shy'"]
+    out = ok(kc, "%remote ShyLocked()")
+    assert errors_of(out) == [("TypeError", "repr broke")]
+
+
 def test_magics_that_read_a_file_or_a_name_still_do_in_a_remote_cell(kc):
     """``%save`` and ``%load`` look for history first; what names no history
     range (a file, a variable) is no history, and they go on to it (``%save`` of a

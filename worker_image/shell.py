@@ -245,6 +245,8 @@ class WorkerShell(InteractiveShell):
         buffers: list[Any] = []
         if shown:
             header["shown"] = True
+            if self.displayhook.is_active:
+                header["of_result"] = True
         else:
             self.error_sent = True
             # The exception itself, so the notebook raises the same class (``except KeyError``).
