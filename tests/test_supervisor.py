@@ -651,6 +651,26 @@ def test_lines_printed_by_several_threads_or_processes_at_once_stay_whole(port, 
         assert sorted(lines) == sorted(expected), [x for x in lines if x not in expected][:5]
 
 
+def test_long_lines_printed_by_several_threads_at_once_stay_whole(port):
+    """Lines longer than a pipe's atomic write (``PIPE_BUF``, 4 KiB), printed by four
+    threads at once: each ``os.write`` of one may be cut short and another thread's write
+    came between the pieces (18,192 and 5,904 characters where 10,000 were printed)."""
+    code = (
+        "import threading\n"
+        "def f(c):\n"
+        "    for _ in range(20):\n"
+        "        print(c * 10000)\n"
+        "workers = [threading.Thread(target=f, args=(c,)) for c in 'abcd']\n"
+        "for w in workers: w.start()\n"
+        "for w in workers: w.join()\n"
+    )
+    for _ in range(3):
+        lines = stdout(port.run(code)).splitlines()
+        assert sorted(lines) == sorted(c * 10000 for c in "abcd" for _ in range(20)), [
+            (x[0], len(x)) for x in lines if len(x) != 10000 or len(set(x)) != 1
+        ][:5]
+
+
 def test_print_keeps_its_order_against_c_output_and_its_errors(port):
     """The pieces of one ``print`` wait for its end only: text printed without a newline
     still comes before C output that follows it, and a ``print`` that fails half-way (an

@@ -256,6 +256,19 @@ class FdStream(io.TextIOBase):
         self._fd = fd
         self._name = name
         self._gathering = threading.local()  # .parts: this thread's writes inside one_write
+        # One write at a time from this process: a write longer than ``PIPE_BUF`` may be
+        # cut short, and another thread's write came between its pieces.  Reentrant, for
+        # a signal handler that prints while its thread writes; new in a forked child, as
+        # a thread of the parent may have held it.
+        self._lock = threading.RLock()
+        os.register_at_fork(after_in_child=self._new_lock)
+
+    def _new_lock(self) -> None:
+        self._lock = threading.RLock()
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            _write_all(self._fd, text.encode("utf-8", "replace"))
 
     @contextlib.contextmanager
     def one_write(self) -> Iterator[None]:
@@ -266,7 +279,8 @@ class FdStream(io.TextIOBase):
         ``os.write`` lets other threads run, so lines of threads printing at once came out
         torn (``'thr thr0thr line 0'``); and a forked child's ``print`` was several writes on
         the pipe it shares with its parent.  One write of at most ``PIPE_BUF`` bytes (4 KiB)
-        is never split on a pipe.  Only the print's own pieces wait, and only until it
+        is never split on a pipe (a longer one holds the stream's lock while it goes out).  Only
+        the print's own pieces wait, and only until it
         returns, so the order against C output and ``os.write`` is kept.
         """
         local = self._gathering
@@ -280,7 +294,7 @@ class FdStream(io.TextIOBase):
         finally:
             local.parts = None
             if parts:
-                _write_all(self._fd, "".join(parts).encode("utf-8", "replace"))
+                self._write("".join(parts))
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -310,7 +324,7 @@ class FdStream(io.TextIOBase):
         if parts is not None:
             parts.append(s)
         else:
-            _write_all(self._fd, s.encode("utf-8", "replace"))
+            self._write(s)
         return len(s)
 
     def flush(self) -> None:
