@@ -39,7 +39,46 @@ from rexec_magic.session import Origin, RemoteSession, shared_session, whose
 # each session has one thread for its futures, and futures of one session never wait for
 # threads that another session's calls hold.
 _threads: weakref.WeakKeyDictionary[RemoteSession, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+_holds: weakref.WeakKeyDictionary[RemoteSession, CancelHold] = weakref.WeakKeyDictionary()
 _threads_lock = threading.Lock()
+# After a ``cancel()`` of a running call returns, the session's next queued call waits this
+# long before it starts: a caller cancelling a list of futures in turn reaches the next one
+# on its next line (``for f in futures: f.cancel(); log(f)``).
+CANCEL_SETTLE_S = 0.05
+
+
+class CancelHold:
+    """A session's queued calls do not start while ``cancel()`` of its running call waits
+    for that call's end (and ``CANCEL_SETTLE_S`` after): the next one started as soon as the
+    interrupted call ended, before its own ``cancel()`` came, and ran, though that
+    ``cancel()`` then said True.  (A thread pool's ``cancel()`` returns False for a running
+    call at once, so its queued ones are cancelled before they start.)"""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._closing = 0  # cancels waiting now
+        self._opened_at = float("-inf")  # when the last one returned (monotonic)
+
+    @contextmanager
+    def closed(self) -> Iterator[None]:
+        with self._cond:
+            self._closing += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._closing -= 1
+                self._opened_at = time.monotonic()
+                self._cond.notify_all()
+
+    def wait_open(self) -> None:
+        """Return once no cancel waits and the last one returned ``CANCEL_SETTLE_S`` ago."""
+        with self._cond:
+            while True:
+                left = self._opened_at + CANCEL_SETTLE_S - time.monotonic()
+                if not self._closing and left <= 0:
+                    return
+                self._cond.wait(None if self._closing else left)
 
 
 class RemoteTraceback(Exception):
@@ -62,8 +101,11 @@ class RemoteFuture(Future):
     mirrors its own ``cancel`` (the constants are concurrent.futures' own).
     """
 
-    def __init__(self, session: RemoteSession | None = None) -> None:
+    def __init__(
+        self, session: RemoteSession | None = None, hold: CancelHold | None = None
+    ) -> None:
         super().__init__()
+        self._hold = hold  # closed while ``cancel`` waits for the running call's end
         self.cancel_requested = threading.Event()
         self._session = session  # whose turns it waits for (what ``result`` says it waits for)
         self._moved = threading.Event()  # it started, or it ended (``result`` waits for it)
@@ -95,6 +137,12 @@ class RemoteFuture(Future):
         if super().cancel():
             self.set_running_or_notify_cancel()
             return True
+        if wait_s <= 0 or self._hold is None:
+            return self._interrupt(wait_s)
+        with self._hold.closed():  # (before the interrupt: it may end the call at once)
+            return self._interrupt(wait_s)
+
+    def _interrupt(self, wait_s: float) -> bool:
         with self._condition:  # type: ignore[attr-defined]
             if self._state != RUNNING:  # type: ignore[attr-defined]
                 return self.cancelled()
@@ -292,8 +340,10 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
         thread = _threads.get(session)
         if thread is None:
             thread = _threads[session] = ThreadPoolExecutor(1, thread_name_prefix="remote_func")
+            _holds[session] = CancelHold()
+        hold = _holds[session]
     hook_kernel_interrupt()
-    future = RemoteFuture(session)
+    future = RemoteFuture(session, hold)
     origin = session.origin()
     ticket = session.turns.take()
     _submitted.add(future)
@@ -308,6 +358,7 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
     Future.add_done_callback(future, queued_cancel)  # (here: it frees the turn at once)
 
     def run() -> None:
+        hold.wait_open()
         if not future.set_running_or_notify_cancel():
             session.turns.leave(ticket)  # cancelled before it started: later ones go on
             return

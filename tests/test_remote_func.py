@@ -535,6 +535,19 @@ def test_a_queued_call_cancelled_while_another_runs_wakes_wait_and_as_completed(
     assert nb["add"](1) == 2
 
 
+def test_cancelling_futures_in_turn_never_starts_the_queued_ones(nb, tmp_path):
+    """``[f.cancel() for f in futures]`` while the first runs: its ``cancel()`` waits for
+    the interrupted call's end, and the next queued call started meanwhile, before its own
+    ``cancel()`` came; each said True, yet every one had run (5 of 5 runs)."""
+    flag = tmp_path / "running"
+    first = nb["forever_after"].submit(str(flag))
+    queued = [nb["touch_and_count"].submit(str(tmp_path / f"ran{i}"), "x") for i in range(4)]
+    wait_for(flag.exists, "the first call to run")
+    assert [f.cancel() for f in [first, *queued]] == [True] * 5
+    assert nb["add"](1) == 2
+    assert sorted(p.name for p in tmp_path.glob("ran*")) == []
+
+
 def test_result_with_a_timeout_counts_the_time_waited_in_the_queue(nb, tmp_path):
     """``result(timeout=3)`` of a call that waited 1 s behind another and then runs on
     gives up 3 s after it was called (it gave up after 5: the 2 s it waits to say what a
