@@ -91,6 +91,7 @@ class RemoteSession:
         # A lost namespace nobody was shown (a cancelled or submitted call's, a restart seen
         # by `%rexec_status`): said before the next request that shows notes.
         self._untold: str | None = None
+        self.stops = 0  # ``stop()``s so far: a loss after one the notebook asked for is no news
         self._close_when_free = False  # ``close`` came while another thread held it
         self._untold_by: BaseException | None = None  # the submitted call's error it says
         # When its first cell or call ended (epoch s): a worker restart before that lost
@@ -417,6 +418,7 @@ class RemoteSession:
         spawner's answer, plus ``others``: the rows (``notebook``, ``state``, ...) of the
         executors of other notebooks that went with it, so the stopping notebook can say so
         (best effort: none when the worker does not answer at once)."""
+        self.stops += 1  # (first: a call it ends hears of it before it returns)
         others: list[dict[str, Any]] = []
         side = self._side_client()
         try:
@@ -644,6 +646,7 @@ class RemoteSession:
         in (a call made as alice never runs on bob's worker).
         """
         with self.exclusive("call", notes, ticket, cancel), self._reporting(notes):
+            stops = self.stops
             origin = origin or self.origin()
             if origin.user is not None and self.info.user != origin.user:
                 raise errors.RexecError(
@@ -670,7 +673,9 @@ class RemoteSession:
                 raise
             except (errors.RemoteInterrupted, errors.WorkerLost) as exc:
                 lost = isinstance(exc, errors.WorkerLost) or exc.namespace_lost
-                if lost and cancel is not None and cancel.is_set():
+                if lost and self.stops != stops:
+                    pass  # the notebook's own %rexec_stop ended it, and said so
+                elif lost and cancel is not None and cancel.is_set():
                     # Its future was cancelled: nobody sees this exception.  Say it before
                     # the next request, or the notebook meets a new namespace in silence.
                     self._untold = f"rexec: a cancelled remote call ended badly: {exc}"

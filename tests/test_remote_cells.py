@@ -487,7 +487,8 @@ def test_rexec_status_of_a_notebook_without_an_executor_says_none_yet(ip):
 
 def test_rexec_stop_cancels_this_notebooks_queued_calls(ip, tmp_path):
     """``%rexec_stop`` while submitted calls wait their turn: they are cancelled and say so;
-    they used to start a fresh worker right after the stop and run there."""
+    they used to start a fresh worker right after the stop and run there.  The next cell
+    does not call the stop's loss news (it said "a cancelled remote call ended badly")."""
     ip.run_cell(
         "from rexec_magic import remote_func\n@remote_func\ndef mark(path, seconds):\n"
         "    import pathlib, time\n    pathlib.Path(path).touch()\n    time.sleep(seconds)"
@@ -501,6 +502,10 @@ def test_rexec_stop_cancels_this_notebooks_queued_calls(ip, tmp_path):
     assert all(f.cancelled() for f in futures)
     time.sleep(4)  # (time enough for a queued call to have started on a new worker)
     assert [path.exists() for path in marks] == [True, False, False]
+    # The stop that cost the running call its namespace was the notebook's own, and said
+    # so: the next cell does not warn that "a cancelled remote call ended badly".
+    _, out = remote(ip, "print('next')")
+    assert out.stdout.endswith("next\n") and "ended badly" not in out.stderr, out.stderr
 
 
 def test_rexec_status_is_busy_only_for_the_notebook_whose_cell_runs(ip, tmp_path):
