@@ -952,11 +952,7 @@ class RexecClient:
         worker only acts at the end of the grace period); ``namespace``: the shared one the
         request runs in (its executor is the one restarted), None for the notebook's own."""
         what = "call" if kind == P.Kind.CALL else "cell"
-        text = (
-            f"the remote {what} has not stopped {P.NOTICE_AFTER_S:g} s after the interrupt; "
-            f"if it does not stop within the {P.INTERRUPT_GRACE_S:g} s grace period, "
-            f"{P.executor_of(namespace)} is restarted and its namespace is lost"
-        )
+        text = grace_sentence(what, namespace)
         return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "grace"})
 
     def _abandon(self, req_id: str, kind: str) -> errors.RemoteInterrupted:
@@ -1121,6 +1117,16 @@ def not_sent(kind: str) -> str:
     """What a Ctrl-C before request ``kind`` left says: it was never sent, so never ran."""
     what = "call" if kind == P.Kind.CALL else "cell"
     return f"The {what} was interrupted before it was sent; it did not run."
+
+
+def grace_sentence(what: str, namespace: str | None) -> str:
+    """What an interrupted ``what`` ("cell", "call") that has not stopped after
+    ``NOTICE_AFTER_S`` waits for (``namespace``: the shared one it runs in, else None)."""
+    return (
+        f"the remote {what} has not stopped {P.NOTICE_AFTER_S:g} s after the interrupt; "
+        f"if it does not stop within the {P.INTERRUPT_GRACE_S:g} s grace period, "
+        f"{P.executor_of(namespace)} is restarted and its namespace is lost"
+    )
 
 
 def _shown_error(msg: P.Message) -> bool:

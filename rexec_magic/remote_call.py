@@ -30,7 +30,7 @@ from typing import Any
 from rexec_magic import contract, errors, serialize
 from rexec_magic import protocol as P
 from rexec_magic import session as session_module
-from rexec_magic.client import CloseGenerator, Events, ThrowInto, pass_on_sigint
+from rexec_magic.client import CloseGenerator, Events, ThrowInto, grace_sentence, pass_on_sigint
 from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
 from rexec_magic.session import Origin, RemoteSession, shared_session, whose
@@ -106,6 +106,7 @@ class RemoteFuture(Future):
     ) -> None:
         super().__init__()
         self._hold = hold  # closed while ``cancel`` waits for the running call's end
+        self.namespace: str | None = None  # the shared one it runs in (None: the notebook's)
         self.cancel_requested = threading.Event()
         self._session = session  # whose turns it waits for (what ``result`` says it waits for)
         self._moved = threading.Event()  # it started, or it ended (``result`` waits for it)
@@ -147,8 +148,10 @@ class RemoteFuture(Future):
             if self._state != RUNNING:  # type: ignore[attr-defined]
                 return self.cancelled()
             self.cancel_requested.set()  # the waiting thread sends INTERRUPT
-        if wait_s > 0:
-            self.ended.wait(wait_s)
+        if wait_s > 0 and not self.ended.wait(min(wait_s, P.NOTICE_AFTER_S)):
+            # (the call's own thread says nothing for a cancelled call: this one waits)
+            NOTEBOOK.note(f"rexec: cancelling: {grace_sentence('call', self.namespace)}.")
+            self.ended.wait(max(0.0, wait_s - P.NOTICE_AFTER_S))
         return self.mark_cancelled()
 
     def mark_cancelled(self) -> bool:
@@ -345,6 +348,7 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
     hook_kernel_interrupt()
     future = RemoteFuture(session, hold)
     origin = session.origin()
+    future.namespace = origin.namespace
     ticket = session.turns.take()
     _submitted.add(future)
 

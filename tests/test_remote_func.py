@@ -687,13 +687,17 @@ def test_a_call_made_after_submit_runs_after_the_submitted_call(nb, run):
 
 def test_a_cancelled_call_that_cost_the_namespace_says_so_before_the_next_call(nb, tmp_path, capfd):
     """The future of a cancelled call shows nobody its end: when the call ignored the
-    interrupt and its executor was restarted, the next request says the namespace was lost."""
+    interrupt and its executor was restarted, the next request says the namespace was lost.
+    The cancel, which waits for that, says what it waits for."""
     nb["remember"]("kept", 0)
     flag = tmp_path / "deaf"
     future = nb["deaf"].submit(str(flag))
     wait_for(flag.exists, "the call to run remotely")
-    assert future.cancel() is True
     capfd.readouterr()
+    assert future.cancel() is True
+    # cancel() waits through the grace period, and says why (it waited 5 s in silence).
+    waited = capfd.readouterr().out
+    assert waited.count("rexec: cancelling: the remote call has not stopped 2 s after") == 1
     assert nb["recall"]() is None  # a fresh executor: what the first call set is gone
     said = capfd.readouterr().err
     assert "rexec: a cancelled remote call ended badly" in said
