@@ -33,7 +33,7 @@ from rexec_magic import session as session_module
 from rexec_magic.client import CloseGenerator, Events, ThrowInto, grace_sentence, pass_on_sigint
 from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
-from rexec_magic.session import Origin, RemoteSession, shared_session, whose
+from rexec_magic.session import LIVE_NOTE_EVERY_S, Origin, RemoteSession, shared_session, whose
 
 # Calls of one session run one at a time anyway (one socket, and in order: ``turns``), so
 # each session has one thread for its futures, and futures of one session never wait for
@@ -200,9 +200,8 @@ class RemoteFuture(Future):
             try:
                 if session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
                     began = time.monotonic()
-                    self._moved.wait(P.NOTICE_AFTER_S)
-                    if not (self.running() or self.done()):
-                        self._say_what_it_waits_for()
+                    if not self._moved.wait(P.NOTICE_AFTER_S):
+                        self._wait_to_start(began, timeout)
                     if timeout is not None:  # what the wait above took counts
                         timeout = max(0.0, timeout - (time.monotonic() - began))
                 return super().result(timeout)
@@ -221,14 +220,34 @@ class RemoteFuture(Future):
             self._session.told(exc)
         return exc
 
-    def _say_what_it_waits_for(self) -> None:
+    def _wait_to_start(self, began: float, timeout: float | None) -> None:
+        """Wait while the call is queued (up to ``timeout`` from ``began``), saying what it
+        waits for in one live note, kept current, whose last words say how long it waited."""
+        note = NOTEBOOK.live(self._waits_for())
+        started = False
+        try:
+            while not started:
+                left = None if timeout is None else began + timeout - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                started = self._moved.wait(
+                    LIVE_NOTE_EVERY_S if left is None else min(left, LIVE_NOTE_EVERY_S)
+                )
+                if not started:
+                    note.update(self._waits_for())
+        finally:  # (not started: it gave up waiting here, or was interrupted)
+            waited = time.monotonic() - began
+            said = f"rexec: this call waited {waited:.0f} s for its turn"
+            note.done(said if started else self._waits_for())
+
+    def _waits_for(self) -> str:
         assert self._session is not None
         held, since = self._session.turns.holder
         if held:
             text = f"{whose()} previous {held} (running {time.monotonic() - since:.0f} s)"
         else:
             text = f"{whose()} earlier request to start"
-        NOTEBOOK.note(f"rexec: this call is queued, waiting for {text}")
+        return f"rexec: this call is queued, waiting for {text}"
 
 
 # Calls of this kernel (this notebook) submitted and not finished: a kernel interrupt

@@ -162,6 +162,7 @@ class RemoteSession:
             ticket = self.turns.take()
 
         shown: list[Progress] = []  # the wait's one note, kept current as it goes on
+        waited_for = [""]  # what it waited for, last (for the note's last words)
 
         def on_wait(held: str, held_for: float, ahead: int) -> None:
             if cancel is not None and cancel.is_set():
@@ -169,9 +170,10 @@ class RemoteSession:
             if held:
                 holding = self._holding_cancel
                 state = "cancelled, stopping; " if holding is not None and holding.is_set() else ""
-                text = f"{whose()} previous {held} ({state}running {held_for:.0f} s)"
+                waited_for[0] = f"{whose()} previous {held}"
+                text = f"{waited_for[0]} ({state}running {held_for:.0f} s)"
             else:
-                text = f"{whose()} earlier request to start"
+                text = waited_for[0] = f"{whose()} earlier request to start"
             more = f"; {ahead - 1} more before this one" if ahead > 1 else ""
             line = f"rexec: waiting for {text}{more}"
             if shown:
@@ -180,14 +182,19 @@ class RemoteSession:
                 shown.append(notes.live(line))
 
         waiting = f"Interrupted while waiting for {whose()} previous request; this {what} "
+        began = time.monotonic()
         try:
             with errors.interrupt_says(waiting + "was not sent."):
-                wait = (ticket, what, on_wait, cancel, P.NOTICE_AFTER_S, P.NOTICE_REPEAT_S)
+                wait = (ticket, what, on_wait, cancel, P.NOTICE_AFTER_S, LIVE_NOTE_EVERY_S)
                 if not self.turns.wait(*wait):
                     raise errors.RemoteInterrupted("The call was cancelled before it started.")
         except KeyboardInterrupt:
             _kernel_interrupted()
             raise
+        finally:
+            if shown:  # its last words: not "running 2 s" for ever
+                waited = time.monotonic() - began
+                shown[0].done(f"rexec: waited {waited:.0f} s for {waited_for[0]}")
         try:
             self._owner, self._holding_cancel = me, cancel
             self._switch_info()  # a login made while others held the connection
@@ -892,6 +899,10 @@ class RemoteSession:
         except errors.RexecError as exc:
             report["broker_error"] = str(exc)
         return report
+
+
+# How often a wait's live note (a display in a kernel) is brought up to date.
+LIVE_NOTE_EVERY_S = 1.0
 
 
 def whose() -> str:

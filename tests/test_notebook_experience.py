@@ -122,6 +122,40 @@ def test_starting_a_worker_is_one_progress_line_updated_in_place_and_no_stderr(k
     assert any("Starting the remote worker…" in t for t in texts(outputs, "update_display_data"))
 
 
+def test_a_wait_behind_a_call_is_one_note_kept_current_that_ends_saying_how_long(kc):
+    """A cell (and a future's ``result()``) queued behind a submitted call says after 2 s
+    what it waits for, in one display updated as the wait goes on; its last words say how
+    long it waited.  It said "running 2 s" for ever, after the wait too."""
+
+    def wait_note(outputs: list[dict], starts: str) -> list[str]:
+        first = [
+            m["content"]
+            for m in outputs
+            if m["msg_type"] == "display_data"
+            and m["content"]["data"]["text/plain"].startswith(starts)
+        ]
+        assert len(first) == 1, outputs
+        display_id = first[0]["transient"]["display_id"]
+        return [first[0]["data"]["text/plain"]] + [
+            m["content"]["data"]["text/plain"]
+            for m in outputs
+            if m["msg_type"] == "update_display_data"
+            and m["content"]["transient"]["display_id"] == display_id
+        ]
+
+    ok(kc, "from rexec_magic import remote_func\n@remote_func\ndef nap(s):\n"
+        "    import time\n    time.sleep(s)\n    return s")  # fmt: skip
+    ok(kc, "first = nap.submit(5)")
+    said = wait_note(ok(kc, "%%remote\nprint('after')"), "rexec: waiting for")
+    assert said[0].startswith("rexec: waiting for this notebook's previous call (running ")
+    assert len({text for text in said[:-1]}) >= 2, said  # its running time went on
+    assert re.fullmatch(r"rexec: waited \d+ s for this notebook's previous call", said[-1]), said
+    said = wait_note(ok(kc, "second = nap.submit(5)\nnap.submit(0).result()"), "rexec: this")
+    assert said[0].startswith("rexec: this call is queued, waiting for this notebook's previous")
+    assert len({text for text in said[:-1]}) >= 2, said
+    assert re.fullmatch(r"rexec: this call waited \d+ s for its turn", said[-1]), said
+
+
 # ----------------------------------------------------------------------------- 2. plots
 def test_a_plotting_cell_shows_its_figure_once_and_nothing_else(kc):
     ok(kc, "%rexec_start")
