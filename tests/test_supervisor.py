@@ -1638,6 +1638,39 @@ def test_exit_ends_the_executor_and_says_so(port, call):
     assert stdout(port.run("print('kept' in globals())", timeout=WAIT_S)) == "False\n"
 
 
+@pytest.mark.parametrize(
+    "holds_on",
+    [
+        "threading.Thread(target=tick).start()",
+        "atexit.register(time.sleep, 600)\nthreading.Thread(target=tick, daemon=True).start()",
+    ],
+    ids=["a thread", "an atexit handler"],
+)
+def test_an_executor_that_exit_ended_is_gone_though_its_threads_or_atexit_hold_on(
+    port, tmp_path, holds_on
+):
+    """exit() said the executor ended, but a non-daemon thread (Python waits for it) or a
+    hanging atexit handler kept it running user code, unseen, for 31 s, until it was taken
+    for one whose kernel had gone.  It is killed ``EXIT_WAIT_S`` after its DONE."""
+    from worker_image.supervisor import EXIT_WAIT_S
+
+    ticks = tmp_path / "ticks"
+    code = (
+        "import atexit, os, threading, time\n"
+        f"def tick():\n    while True:\n        open({str(ticks)!r}, 'a').write('t')\n"
+        "        time.sleep(0.05)\n"
+        f"{holds_on}\nprint(os.getpid())\nexit()"
+    )
+    events = port.run(code)
+    pid = int(stdout(events))
+    assert done(events).header["exit"] is True
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "the executor to end", EXIT_WAIT_S + 5)
+    size = ticks.stat().st_size
+    time.sleep(0.3)
+    assert ticks.stat().st_size == size  # its threads went with it
+    assert "still ran 3 s after exit()" in port.log_text()
+
+
 def test_sys_exit_is_an_error_as_in_ipykernel_and_keeps_the_namespace(port):
     port.run("kept = 1")
     events = port.run("import sys\nsys.exit(3)")

@@ -180,7 +180,9 @@ class ExecutorProcess:
         self.queue: deque[Request] = deque()
         self.current: Request | None = None
         self.grace_deadline: float | None = None
-        self.kill_reason: str | None = None  # "interrupt", "orphan", "abandoned", "stop", "link"
+        self.kill_reason: str | None = (
+            None  # "interrupt", "orphan", "abandoned", "stop", "link", "exit"
+        )
         self.exit_requested = False  # exit() ran: it ends by itself
         self.resumed_for_interrupt = False  # stopped past an interrupt's grace: SIGCONT sent
         self.stop_told = False  # its interrupt's notebook heard that it is stopped (SIGSTOP)

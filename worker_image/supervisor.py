@@ -98,6 +98,10 @@ TICK_S = 0.25  # grace periods, notices and orphans are checked this often
 INSPECT_WAIT_S = 1.0  # a busy executor that cannot answer INSPECT: the supervisor answers
 EXIT_FLUSH_S = 2.0
 STOP_WAIT_S = 3.0  # SIGTERM to an executor, then SIGKILL
+# After exit(): what its non-daemon threads and atexit handlers may take, then SIGKILL (to
+# its process group).  The notebook was told it ended; its threads ran on, unseen, until
+# the executor was taken for one whose kernel had gone (31 s).
+EXIT_WAIT_S = 3.0
 SPARES = 1  # executors started ahead, so a new notebook or a restart is ready at once
 MAX_RECV_PER_TURN = 64
 LINK_READ_PER_TURN = 8 << 20  # bytes read from one executor's link per turn of the loop
@@ -1077,6 +1081,8 @@ class Supervisor:
                     "was lost.",
                 )
             self._forget(ex, "the executor ended with exit()")
+            ex.kill_reason = "exit"
+            ex.grace_deadline = time.monotonic() + EXIT_WAIT_S
             self._fail_queued(ex, f"exit() or quit() ended {_whose(ex)} before it ran")
             return
         self._dispatch(ex)
@@ -1374,7 +1380,16 @@ class Supervisor:
                 self._on_exit(ex)
                 continue
             if ex.grace_deadline is not None and now >= ex.grace_deadline:
-                if proc_stopped(ex.pid) and not ex.resumed_for_interrupt:
+                if ex.kill_reason == "exit":
+                    log.info(
+                        "executor %d still ran %g s after exit() (its threads or atexit "
+                        "handlers): killing it",
+                        ex.number,
+                        EXIT_WAIT_S,
+                    )
+                    ex.grace_deadline = None
+                    ex.signal(signal.SIGKILL)
+                elif proc_stopped(ex.pid) and not ex.resumed_for_interrupt:
                     # Stopped is not lost: it is resumed to take the interrupt (its SIGINT
                     # waits, pending), with a whole grace period for it.  Left stopped, a
                     # cell that stopped itself would hold its notebook for good.
@@ -1481,7 +1496,11 @@ class Supervisor:
 
         Said once in the log; an interrupted request that stops in time (its ``done`` ends
         the interrupt's grace period) is followed by the stop at the next tick."""
-        if ex.keepalive_s is None or ex.kill_reason in ("orphan", "stop") or ex.grace_killed:
+        if (
+            ex.keepalive_s is None
+            or ex.kill_reason in ("orphan", "stop", "exit")
+            or ex.grace_killed
+        ):
             return
         if self._session_key is None:
             return  # not registered: no keepalive can reach us (see _on_registered)
