@@ -59,6 +59,7 @@ class CloseGenerator(Exception):
 
 HELLO_TIMEOUT_S = 10.0
 ABANDONED_KEPT = 64  # ids of requests the user stopped waiting for, kept for their DONE
+ABANDONED_NAMES_SAID = 10  # names listed in the note on a late DONE's values (then "N more")
 HELD_KEPT = 10_000  # their output events, held for the next request (the oldest go first)
 UNPACED = 2**62  # an ``ack`` count past any request's events: no more flow control for it
 # A wait loop that comes round this much later than it would have (past its longest wait,
@@ -822,7 +823,7 @@ class RexecClient:
                     handled = max(handled, msg.read(P.Event).seq + 1)
                 if msg.kind == P.Kind.NOTICE:
                     said = msg.read(P.Notice)
-                    if said.about not in ("lost", "grace"):  # what the worker says it waits for
+                    if said.about not in ("lost", "grace", "late"):  # what it waits for
                         notice = said.text
                     # Said again every NOTICE_REPEAT_S while it lasts (supervisor._notice).
                     repeat = P.NOTICE_REPEAT_S + 5.0
@@ -926,7 +927,10 @@ class RexecClient:
                 if interrupted_at is not None:
                     raise self._abandon(req_id, kind) from None
                 interrupted_at = time.monotonic()
-                self._send(P.Kind.INTERRUPT, {"id": req_id})
+                try:
+                    self._send(P.Kind.INTERRUPT, {"id": req_id})
+                except KeyboardInterrupt:  # a second Ctrl-C as the INTERRUPT left (whole)
+                    raise self._abandon(req_id, kind) from None
 
     def _send_next(self, req_id: str, value: Any, throw: bool) -> None:
         """NEXT for lazy call ``req_id``: ``value`` is what ``.send()`` sent in (None: a
@@ -987,6 +991,20 @@ class RexecClient:
             if done.status in (P.DoneStatus.RESTARTING, P.DoneStatus.LOST):
                 text = f"The remote {what} you stopped waiting for ended later: {done.message}"
                 self._news.append(P.Message(P.Kind.NOTICE, {"text": text, "about": "lost"}))
+                return
+            # What it bound came with its DONE, which nobody reads: without a word the
+            # notebook lacks those names, or holds older values under them.
+            names = [e.name for e in done.vars if not e.name.startswith("__rexec")]
+            names += [n for n in (*done.changed, *done.deleted) if n not in names]
+            if names:
+                listed = ", ".join(f"`{n}`" for n in names[:ABANDONED_NAMES_SAID])
+                more = len(names) - ABANDONED_NAMES_SAID
+                listed += f" and {more} more" if more > 0 else ""
+                text = (
+                    f"The remote {what} you stopped waiting for ended later; what it assigned "
+                    f"or deleted stays so on the worker only (a copy here is older): {listed}"
+                )
+                self._news.append(P.Message(P.Kind.NOTICE, {"text": text, "about": "late"}))
 
     def _next_held(self, req_id: str) -> P.Message | None:
         """What ``_hold`` kept, as events of ``req_id``: output marked late, then the news."""

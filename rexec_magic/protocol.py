@@ -1058,7 +1058,8 @@ class Notice(Event):
 
     ``about``: ``starting``, ``previous``, ``stopped`` (its executor is stopped by SIGSTOP:
     it takes an interrupt when resumed, so the client keeps waiting for it), ``lost`` (the
-    namespace was lost while no request ran: shown as a warning) or empty."""
+    namespace was lost while no request ran: shown as a warning), ``late`` (a request the
+    user stopped waiting for ended later and changed names: a warning too) or empty."""
 
     text: str = ""
     about: str = ""

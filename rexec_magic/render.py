@@ -147,7 +147,7 @@ class EventRenderer:
                 stream.write("\n")
                 stream.flush()
             self._late_unended.clear()
-        if isinstance(event, P.Notice) and event.about == "lost":
+        if isinstance(event, P.Notice) and event.about in ("lost", "late"):
             sys.stdout.flush()
             self.notes.warning(f"rexec: {event.text}")  # a real problem: shown as one
         elif isinstance(event, P.Notice):

@@ -397,6 +397,35 @@ def test_interrupt_stops_the_remote_cell(ip, body, tmp_path):
     assert repr(ip.user_ns["_"]) == "'still alive'"
 
 
+def test_a_second_ctrl_c_as_the_cell_stops_says_what_it_assigned_stays_remote(
+    ip, monkeypatch, tmp_path
+):
+    """Ctrl-C, and again at once (the cell had already stopped at the first): the client
+    stops waiting, and the cell's DONE, with what it assigned before the interrupt, came to
+    nobody; the notebook lacked ``x_late`` (locally 5) and the next cell said nothing
+    (5 of 15).  The next cell now says which names stay on the worker only.  A second
+    Ctrl-C right as the first's INTERRUPT left was a bare KeyboardInterrupt from rexec's
+    code, and the cell's DONE was dropped as an earlier cell's."""
+    ip.user_ns.pop("x_late", None)
+
+    def interrupt_sent(sock: Any, args: tuple, _: Any) -> bool:
+        return any(bytes(f) == P.Kind.INTERRUPT.encode() for f in args[0][:4])
+
+    armed = ctrl_c_right_after(monkeypatch, zmq.Socket, "send_multipart", interrupt_sent)
+    armed.set()
+    flag = tmp_path / "cell-runs"
+    code = f"x_late = 5\nimport pathlib, time\npathlib.Path({str(flag)!r}).touch()\ntime.sleep(60)"
+    with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
+        remote(ip, code)
+    assert not armed.is_set(), "no second Ctrl-C came"
+    monkeypatch.undo()
+    assert "stopped waiting" in str(info.value)  # (it was a bare KeyboardInterrupt too)
+    time.sleep(1)  # (its DONE comes meanwhile, to nobody)
+    _, out = remote(ip, "pass")
+    said = out.stderr
+    assert "you stopped waiting for ended later" in said and "`x_late`" in said, said
+
+
 def test_an_interrupted_cell_cancels_a_call_queued_behind_it(ip, tmp_path):
     """A kernel thread's ``remote_func`` call waits behind a running ``%%remote`` cell; a
     kernel interrupt stops the cell and cancels the queued call before it starts (as
