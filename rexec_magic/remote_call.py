@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import functools
 import inspect
+import os
 import signal
 import sys
 import threading
@@ -332,6 +333,21 @@ _callbacks: ThreadPoolExecutor | None = None
 # stopped it or it finished first: a Python call stops within milliseconds of it; one that
 # ignores it ends, or has its executor killed, within the interrupt's grace period.
 CANCEL_CONFIRM_S = P.INTERRUPT_GRACE_S + 3.0
+
+
+def _forget_in_forked_child() -> None:
+    """A forked child has none of the parent's threads: its own pools and locks, and none
+    of the parent's calls (see ``session._forget_in_forked_child``)."""
+    global _callbacks, _threads_lock
+    _callbacks = None  # (its thread stayed in the parent: callbacks would wait for ever)
+    _threads_lock = threading.Lock()
+    _threads.clear()
+    _holds.clear()
+    _submitted.clear()
+    _thread_calls.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_forked_child)
 
 
 def _callback_thread() -> ThreadPoolExecutor:

@@ -994,6 +994,26 @@ def _kernel_interrupted() -> None:
             hook()
 
 
+# Sessions a forked child inherited: kept (never closed or collected there), as closing one
+# would act on the parent's sockets.
+_inherited: list[RemoteSession] = []
+
+
+def _forget_in_forked_child() -> None:
+    """A forked child (``os.fork``, a ``multiprocessing`` fork pool) starts a session of
+    its own at its first request, with a namespace of its own, as a spawned one does.  The
+    parent's socket is the parent's: used from the child, the call hung there for ever,
+    spinning in ZeroMQ's poll, without a word (ZeroMQ sockets do not survive a fork)."""
+    global _shared, _shared_lock
+    if _shared is not None:
+        _inherited.append(_shared)
+    _shared = None
+    _shared_lock = threading.Lock()  # a parent thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_forget_in_forked_child)
+
+
 def shared_session() -> RemoteSession:
     """The kernel's session: the magics and ``remote_func`` use the same connection."""
     global _shared

@@ -803,6 +803,43 @@ def run_script(stack: Any, script: str) -> Any:
     return out
 
 
+def test_a_process_forked_after_a_remote_call_makes_calls_of_its_own(stack):
+    """A script calls, then forks (``os.fork``, a fork ``multiprocessing.Pool``) and the
+    children call: each child gets a session and a namespace of its own, as a spawned one
+    does, and its callbacks run.  The child used the parent's socket and hung for ever,
+    spinning, without a word (3 of 3); the parent goes on as before."""
+    script = (
+        "import os, multiprocessing\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef where(i):\n    return i, os.getpid()\n"
+        "def use(i):\n    return where(i)\n"
+        "first = where(0)\n"
+        "with multiprocessing.get_context('fork').Pool(2) as pool:\n"
+        "    pooled = pool.map(use, range(1, 5))\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    try:\n"
+        "        f = where.submit(9)\n"
+        "        f.add_done_callback(lambda f: print('callback', f.result()[0], flush=True))\n"
+        "        print('child', f.result()[0], f.result()[1] != first[1], flush=True)\n"
+        "        import time; time.sleep(0.5)\n"
+        "    finally:\n"
+        "        os._exit(0)\n"
+        "os.waitpid(child, 0)\n"
+        "again = where(10)\n"
+        "print('pooled', [i for i, _ in pooled], first[1] not in {p for _, p in pooled})\n"
+        "print('parent', again[0], again[1] == first[1])\n"
+    )
+    out = run_script(stack, script)
+    lines = [line for line in out.stdout.splitlines() if not line.startswith("No remote")]
+    assert lines == [
+        "child 9 True",
+        "callback 9",
+        "pooled [1, 2, 3, 4] True",
+        "parent 10 True",
+    ], out.stdout
+
+
 def test_a_script_ending_with_a_remote_generator_paused_closes_it(stack):
     """A plain script leaves a remote generator paused after one item and ends: the
     generator is closed at exit (its ``finally`` prints), as Python closes a local one.
