@@ -294,6 +294,11 @@ def import_with_submodules(name: str, submodules: Sequence[str]) -> types.Module
     return module
 
 
+def _wrapped_attribute(module: types.ModuleType, qualname: str) -> Any:
+    """What the decorator that ``qualname`` names in ``module`` wraps (its ``__wrapped__``)."""
+    return _attribute(module, qualname).__wrapped__
+
+
 def _attribute(module: types.ModuleType, qualname: str) -> Any:
     obj: Any = module
     for part in qualname.split("."):
@@ -407,10 +412,16 @@ class _Pickler(cloudpickle.Pickler):
             if module is not None and travels_by_value(module):
                 qualname = getattr(obj, "__qualname__", "")
                 try:
-                    if _attribute(module, qualname) is obj:
-                        return _attribute, (module, qualname)
+                    named = _attribute(module, qualname)
                 except AttributeError:
-                    pass
+                    named = None
+                if named is obj:
+                    return _attribute, (module, qualname)
+                if named is not None and getattr(named, "__wrapped__", None) is obj:
+                    # Decorated under its name (``@remote_func`` in a helper module): by
+                    # value it was a copy with globals of its own on every call, so what
+                    # it set in its module (``COUNT += 1``) was gone at the next call.
+                    return _wrapped_attribute, (module, qualname)
         elif isinstance(obj, functools._lru_cache_wrapper):
             wrapped = getattr(obj, "__wrapped__", None)
             if getattr(wrapped, "__globals__", None) is self.main:

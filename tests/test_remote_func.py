@@ -840,6 +840,26 @@ def test_a_process_forked_after_a_remote_call_makes_calls_of_its_own(stack):
     ], out.stdout
 
 
+def test_a_remote_func_of_a_helper_module_keeps_its_module_state_on_the_worker(stack, tmp_path):
+    """``@remote_func`` in a helper module beside the script (it travels by value): what
+    the function sets in its module stays there between calls, on the worker, as module
+    state stays on each side (README).  Each call had a copy of the function with globals
+    of its own, so ``COUNT += 1`` gave 1, 1, 1 without a word (4 of 4)."""
+    (tmp_path / "counting_helper.py").write_text(
+        "from rexec_magic import remote_func\n"
+        "SEEN = []\nCOUNT = 0\n"
+        "@remote_func\ndef count(i):\n    global COUNT\n    SEEN.append(i)\n    COUNT += 1\n"
+        "    return len(SEEN), COUNT\n"
+    )
+    script = (
+        f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n"
+        "import counting_helper as h\n"
+        "print([h.count(i) for i in range(3)])\n"
+    )
+    out = run_script(stack, script)
+    assert out.stdout.splitlines()[-1] == "[(1, 1), (2, 2), (3, 3)]", out.stdout
+
+
 def test_a_script_ending_with_a_remote_generator_paused_closes_it(stack):
     """A plain script leaves a remote generator paused after one item and ends: the
     generator is closed at exit (its ``finally`` prints), as Python closes a local one.
