@@ -503,6 +503,11 @@ class RemoteFunction:
         self.func = func
         self.timeout = timeout
         self._session = session
+        if not contract.ON_WORKER:
+            # Now, while (as a rule) on the main thread, the only one that may set a signal
+            # handler: a script whose first call came from a thread ignored Ctrl-C for its
+            # calls (they ran on to their end, and those queued behind them too).
+            hook_kernel_interrupt()
 
     @property
     def session(self) -> RemoteSession:

@@ -892,6 +892,33 @@ def test_a_script_that_ignores_sigint_keeps_its_calls_running(stack):
     assert out.stdout.endswith("done\n"), (out.stdout, out.stderr)
 
 
+def test_ctrl_c_stops_a_scripts_calls_made_from_threads_only(stack, tmp_path):
+    """A script whose remote calls all come from threads (the first one too): Ctrl-C
+    stops the running call and cancels the one queued behind it, as when the main thread
+    called first.  The handler was only set by a call on the main thread, so both ran on
+    to their end (3 of 3)."""
+    flag = tmp_path / "running"
+    script = (
+        "import os, signal, threading, time\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef slow(flag):\n    import pathlib, time\n"
+        "    pathlib.Path(flag).touch()\n    time.sleep(25)\n    return 'ran to its end'\n"
+        "said = {}\n"
+        "def worker(tag):\n"
+        "    try:\n        said[tag] = slow(" + repr(str(flag)) + ")\n"
+        "    except BaseException as exc:\n        said[tag] = type(exc).__name__\n"
+        "threads = [threading.Thread(target=worker, args=(t,)) for t in 'ab']\n"
+        "for t in threads: t.start()\n"
+        f"while not os.path.exists({str(flag)!r}): time.sleep(0.05)\n"
+        "try:\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    pass\n"
+        "for t in threads: t.join()\n"
+        "print(sorted(said.values()))\n"
+    )
+    out = run_script(stack, script)
+    assert out.stdout.splitlines()[-1] == "['RemoteInterrupted', 'RemoteInterrupted']", out.stdout
+
+
 def test_a_done_callback_may_make_a_remote_call_while_calls_are_queued(nb, tmp_path):
     """A callback of a finished future that calls the worker, or waits for a later future,
     while another call waits its turn: it ran on the thread that runs the queued calls, so
