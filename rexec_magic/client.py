@@ -919,6 +919,11 @@ class RexecClient:
                     )
             except errors.RemoteInterrupted:
                 raise  # the worker's answer to an interrupt, not a new Ctrl-C
+            except SystemExit:  # the process leaves mid-request (a SIGTERM handler's exit)
+                if went:  # its code would run on there, for nobody, until found orphaned
+                    with contextlib.suppress(zmq.ZMQError):
+                        self._send(P.Kind.INTERRUPT, {"id": req_id})
+                raise
             except KeyboardInterrupt:  # anywhere in here, e.g. while sending a ping
                 if not went:
                     raise errors.RemoteInterrupted(not_sent(kind)) from None

@@ -919,6 +919,31 @@ def test_ctrl_c_stops_a_scripts_calls_made_from_threads_only(stack, tmp_path):
     assert out.stdout.splitlines()[-1] == "['RemoteInterrupted', 'RemoteInterrupted']", out.stdout
 
 
+def test_a_script_that_exits_mid_call_stops_the_call(stack, tmp_path):
+    """A script leaves while its call runs (``sys.exit`` from a SIGTERM handler): the call
+    is interrupted on the worker.  It ran on to its end, for nobody, until the worker took
+    the script for gone (31 s) (5 of 5)."""
+    running, stopped = tmp_path / "running", tmp_path / "stopped"
+    script = (
+        "import os, signal, sys, threading, time\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef slow(running, stopped):\n    import pathlib, time\n"
+        "    pathlib.Path(running).touch()\n    try:\n        time.sleep(60)\n"
+        "    except KeyboardInterrupt:\n        pathlib.Path(stopped).touch()\n        raise\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "def terminate():\n"
+        f"    while not os.path.exists({str(running)!r}): time.sleep(0.05)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "threading.Thread(target=terminate, daemon=True).start()\n"
+        f"slow({str(running)!r}, {str(stopped)!r})\n"
+        "print('not reached')\n"
+    )
+    out = run_script(stack, script)
+    assert "not reached" not in out.stdout
+    # (an interrupt stops it within milliseconds; the worker's own orphan check took 31 s)
+    wait_for(stopped.exists, "the call to be interrupted", P.INTERRUPT_GRACE_S + 5)
+
+
 def test_a_done_callback_may_make_a_remote_call_while_calls_are_queued(nb, tmp_path):
     """A callback of a finished future that calls the worker, or waits for a later future,
     while another call waits its turn: it ran on the thread that runs the queued calls, so
