@@ -435,9 +435,9 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
 def _reraise(exc: errors.RemoteCellError) -> None:
     """Raise the remote exception itself when it loaded here, else the RemoteCellError."""
     __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback (``__call__``)
-    if exc.exception is None:
-        raise exc
-    raise exc.exception from RemoteTraceback("\n".join(exc.remote_traceback))
+    cause = RemoteTraceback("\n".join(exc.remote_traceback)) if exc.remote_traceback else None
+    # (a script shows the cause above it; IPython draws ``_render_traceback_`` alone)
+    raise (exc if exc.exception is None else exc.exception) from cause
 
 
 # Remote generators handed out and not yet collected: closed at interpreter exit, while

@@ -944,6 +944,30 @@ def test_a_script_that_exits_mid_call_stops_the_call(stack, tmp_path):
     wait_for(stopped.exists, "the call to be interrupted", P.INTERRUPT_GRACE_S + 5)
 
 
+def test_a_script_shows_where_an_exception_that_cannot_load_here_was_raised(stack):
+    """An exception whose class cannot be rebuilt here (its ``__init__`` takes two
+    arguments) comes as a RemoteCellError; a script that does not catch it shows the
+    remote traceback (the user's failing line) above it, as for one that loads.  It showed
+    only rexec's own frames (2 of 2)."""
+    script = (
+        "from rexec_magic import remote_func\n"
+        "class Odd(Exception):\n    def __init__(self, a, b):\n        super().__init__(a)\n"
+        "def helper():\n    raise Odd('odd one', 2)\n"
+        "@remote_func\ndef fails():\n    helper()\n"
+        "fails()\n"
+    )
+    import subprocess
+    import sys
+
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 1
+    assert "line 6, in helper" in out.stderr, out.stderr  # (-c: no source lines to show)
+    assert out.stderr.rstrip().endswith("Odd: odd one"), out.stderr
+
+
 def test_a_done_callback_may_make_a_remote_call_while_calls_are_queued(nb, tmp_path):
     """A callback of a finished future that calls the worker, or waits for a later future,
     while another call waits its turn: it ran on the thread that runs the queued calls, so
