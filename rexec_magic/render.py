@@ -173,6 +173,8 @@ class EventRenderer:
             sys.stderr.flush()
             if event.clear:
                 clear_output(wait=event.wait)
+                if event.late:  # it clears the header too: said again before what follows
+                    self._late_said = False
                 return
             kwargs = {"update": True} if event.update else {}
             publish_display_data(

@@ -788,6 +788,24 @@ def test_late_output_that_ended_mid_line_does_not_run_into_the_next_cells_first_
     assert stderr_of(out) == "late err\nerr line\n", stderr_of(out)
 
 
+def test_late_output_after_a_late_clear_output_keeps_its_header(kc):
+    """A thread clears the output and prints after its cell ended: at the top of the next
+    cell the clear wiped rexec's "output produced after the previous remote cell" header,
+    and the late text read as the new cell's own (1 of 1).  The header comes again."""
+    code = "import threading, time\nfrom IPython.display import clear_output\n"
+    code += "def later():\n    time.sleep(0.2)\n    clear_output()\n    print('after clear')\n"
+    code += "threading.Thread(target=later).start()"
+    ok(kc, "%%remote\n" + code)
+    time.sleep(2.0)  # (done by now, after the cell ended)
+    out = ok(kc, "%%remote\nprint('own line')")
+    kinds = [m["msg_type"] for m in out if m["msg_type"] in ("clear_output", "stream")]
+    assert kinds[-2:] == ["stream", "stream"] and "clear_output" in kinds, kinds
+    after = out[[m["msg_type"] for m in out].index("clear_output") + 1 :]
+    text = stdout_of(after)
+    header = "[rexec: output produced after the previous remote cell or call ended]\n"
+    assert text.startswith(header) and text.endswith("after clear\nown line\n"), text
+
+
 @pytest.mark.parametrize(
     ("code", "ename"),
     [
