@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import signal
 import time
@@ -524,7 +525,23 @@ def test_a_process_forked_by_a_cell_never_takes_the_next_cells(port):
         events = port.run("import time\ntime.sleep(0.2)\nprint(os.getpid() == parent)")
         assert stdout(events) == "True\n"
         stderr += stdout(events, "stderr")
-    assert "forked by the cell, reached the cell's end and exits" in stderr
+    assert "forked by the cell, came back out of the cell's code and exits" in stderr
+
+
+def test_an_error_in_a_process_forked_by_a_cell_shows_its_traceback(port):
+    """A forked child whose code raises: its traceback reaches the notebook on stderr (it
+    was dropped, with a note that "made a error output"), and the parent goes on."""
+    code = (
+        "import os\nparent = os.getpid()\n"
+        "def inner():\n    return 1 / 0\n"
+        "child = os.fork()\nif child == 0:\n    inner()\n"
+        "os.waitpid(child, 0) if child else None\nprint('parent goes on')"
+    )
+    events = port.run(code)
+    stderr = re.sub(r"\x1b\[[0-9;]*m", "", stdout(events, "stderr"))  # (IPython's colours)
+    assert stdout(events) == "parent goes on\n"
+    assert "forked by the cell:" in stderr and "ZeroDivisionError" in stderr, stderr
+    assert "return 1 / 0" in stderr and "a error" not in stderr, stderr
 
 
 def test_garbage_on_the_link_between_cells_is_announced_at_the_next_cell(port):
@@ -1239,7 +1256,7 @@ def test_displays_of_forked_processes_are_not_sent_and_break_nothing(port):
     shown = [e.header["data"]["text/plain"] for e in events if e.kind == Kind.DISPLAY]
     assert shown == ["'parent'"]
     assert sorted(stdout(events).splitlines()) == sorted(f"child {i}" for i in range(8))
-    assert "made a display output, which is not shown" in stdout(events, "stderr")
+    assert "made a display (a figure, rich output" in stdout(events, "stderr")
     assert stdout(port.run("print(total)")) == "28\n"
 
 

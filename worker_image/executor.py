@@ -386,11 +386,12 @@ class Executor:
 
     def _end_forked_child(self) -> None:
         """A process the cell forked (``os.fork()`` with no exit of its own) came back here
-        at the cell's end: it must not take the notebook's next cells from the shared link,
-        so it ends, saying so on its stderr, which reaches the notebook."""
+        out of the cell's code (its end, or an exception that ended it there): it must not
+        take the notebook's next cells from the shared link, so it ends, saying so on its
+        stderr, which reaches the notebook."""
         note = (
-            f"rexec: process {os.getpid()}, forked by the cell, reached the cell's end and "
-            "exits (end a forked process yourself with os._exit)\n"
+            f"rexec: process {os.getpid()}, forked by the cell, came back out of the cell's "
+            "code and exits there (end a forked process yourself with os._exit)\n"
         )
         with contextlib.suppress(OSError):
             os.write(self.channel.std_fds[1], note.encode())

@@ -73,6 +73,14 @@ class EventSender(Protocol):
     ) -> Any: ...
 
 
+# What a forked child's event is, in words (``EventChannel._forked_child_event``).
+FORKED_CHILD_EVENT_WORDS = {
+    Kind.DISPLAY: "a display (a figure, rich output, an updated or cleared output)",
+    Kind.RESULT: "a cell value to show",
+    Kind.NOTICE: "a notice",
+}
+
+
 class EventChannel:
     """The executor's one way to send events: ``event(target, kind, header, buffers)``.
 
@@ -113,7 +121,7 @@ class EventChannel:
     ) -> None:
         """Send one event for ``target`` now; its buffers are free to change on return."""
         if self.in_forked_child:
-            self._forked_child_event(kind)
+            self._forked_child_event(kind, header)
             return
 
         header = {"id": target.id, **header}
@@ -156,16 +164,26 @@ class EventChannel:
         """This process is a child the executor forked (it shares the link, not its role)."""
         return os.getpid() != self._pid
 
-    def _forked_child_event(self, kind: str) -> None:
+    def _forked_child_event(self, kind: str, header: dict[str, Any]) -> None:
         """An event from a forked child process (``multiprocessing`` with fork): its writes
-        would interleave with the executor's on the one link, so it is not sent; the child's
-        stderr, which reaches the notebook, says so once."""
-        if self._fork_noted == os.getpid() or kind == Kind.DONE:
-            return  # (DONE: the end of a cell the child ran on; see Executor.run)
+        would interleave with the executor's on the one link, so it is not sent.  An error
+        is written as text on the child's stderr, which reaches the notebook (the child's
+        traceback: it was dropped); anything else is said there, once."""
+        if kind == Kind.DONE:
+            return  # (the end of a cell the child ran on; see Executor.run)
+        if kind == Kind.ERROR:
+            lines = header.get("traceback") or [f"{header.get('ename')}: {header.get('evalue')}"]
+            text = f"rexec: in process {os.getpid()}, forked by the cell:\n" + "\n".join(lines)
+            with contextlib.suppress(OSError):
+                _write_all(self.std_fds[1], (text + "\n").encode("utf-8", "replace"))
+            return
+        if self._fork_noted == os.getpid():
+            return
         self._fork_noted = os.getpid()
+        what = FORKED_CHILD_EVENT_WORDS.get(kind, f"a {kind} message")
         note = (
-            f"rexec: forked process {os.getpid()} made a {kind} output, which is not shown: "
-            "of the processes a cell forks, only printed text reaches the notebook\n"
+            f"rexec: process {os.getpid()}, forked by the cell, made {what}, which is not "
+            "shown: of the processes a cell forks, only printed text reaches the notebook\n"
         )
         with contextlib.suppress(OSError):
             _write_all(self.std_fds[1], note.encode())
