@@ -544,6 +544,17 @@ def test_an_error_in_a_process_forked_by_a_cell_shows_its_traceback(port):
     assert "return 1 / 0" in stderr and "a error" not in stderr, stderr
 
 
+def test_a_cell_that_sets_sys_stdout_to_none_is_told_how_to_get_it_back(port):
+    """``sys.stdout = None``: every later ``print`` showed nothing, without a word (a local
+    kernel fails at its next output).  The cell is told once, with the way back."""
+    events = port.run("import sys\nsys.stdout = None")
+    said = stdout(events, "stderr")
+    assert "sys.stdout is None now, so print() shows nothing" in said, said
+    assert "sys.stdout = sys.__stdout__" in said
+    assert stdout(port.run("print('gone')"), "stderr") == ""  # said once
+    assert stdout(port.run("sys.stdout = sys.__stdout__\nprint('back')")) == "back\n"
+
+
 def test_garbage_on_the_link_between_cells_is_announced_at_the_next_cell(port):
     port.run(SCRIBBLE_ON_THE_LINK + "import threading\nthreading.Timer(0.5, scribble).start()")
     time.sleep(2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _signal
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -215,6 +216,7 @@ class CellRunner:
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
         self.interrupt_handled = False  # the last cell went on past an interrupt (Done)
         self.watch = Watch()
+        self._streams_said: list[str] = []  # sys.stdout / stderr said to be None
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """SIGINT handler (main thread): interrupt user code, never the worker's own steps."""
@@ -396,6 +398,7 @@ class CellRunner:
             # a KeyboardInterrupt half-way would leave them saying the notebook has values it
             # was never sent.
             self._stop_interrupts()
+            self._say_if_streams_gone(cell)
             error = result.error_before_exec or result.error_in_exec
             # An interrupt whose id waits in the pipe came while the code ran; the code
             # went on (it caught it, or system() ignored it while its child stopped).
@@ -441,6 +444,21 @@ class CellRunner:
             else:
                 self._send_error("Error", "the cell failed (no traceback available)")
         return status, report
+
+    def _say_if_streams_gone(self, cell: Cell) -> None:
+        """A cell that set ``sys.stdout`` or ``sys.stderr`` to None (print then shows nothing,
+        here as in plain Python): said once, in that cell, with the way back, rather than
+        every later print vanishing without a word (a local kernel fails at its next
+        output)."""
+        gone = [name for name in ("stdout", "stderr") if getattr(sys, name) is None]
+        if not gone or gone == self._streams_said:
+            self._streams_said = gone
+            return
+        self._streams_said = gone
+        names = " and ".join(f"sys.{name}" for name in gone)
+        back = "; ".join(f"sys.{name} = sys.__{name}__" for name in gone)
+        text = f"rexec: {names} is None now, so print() shows nothing; `{back}` brings it back\n"
+        self.outbox.event(cell.target, Kind.STREAM, {"name": "stderr", "text": text})
 
     def _bound_at_run_time(self, before: dict[str, int], watched: list[str]) -> list[str]:
         """Globals the cell bound, rebound or unbound that its syntax does not show, so the
