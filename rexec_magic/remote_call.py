@@ -34,7 +34,13 @@ from rexec_magic import session as session_module
 from rexec_magic.client import CloseGenerator, Events, ThrowInto, grace_sentence, pass_on_sigint
 from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
-from rexec_magic.session import LIVE_NOTE_EVERY_S, Origin, RemoteSession, shared_session, whose
+from rexec_magic.session import (
+    LIVE_NOTE_EVERY_S,
+    Origin,
+    RemoteSession,
+    holder_words,
+    shared_session,
+)
 
 # Calls of one session run one at a time anyway (one socket, and in order: ``turns``), so
 # each session has one thread for its futures, and futures of one session never wait for
@@ -244,10 +250,7 @@ class RemoteFuture(Future):
     def _waits_for(self) -> str:
         assert self._session is not None
         held, since = self._session.turns.holder
-        if held:
-            text = f"{whose()} previous {held} (running {time.monotonic() - since:.0f} s)"
-        else:
-            text = f"{whose()} earlier request to start"
+        _, text = holder_words(held, time.monotonic() - since)
         return f"rexec: this call is queued, waiting for {text}"
 
 

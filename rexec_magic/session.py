@@ -167,13 +167,9 @@ class RemoteSession:
         def on_wait(held: str, held_for: float, ahead: int) -> None:
             if cancel is not None and cancel.is_set():
                 return
-            if held:
-                holding = self._holding_cancel
-                state = "cancelled, stopping; " if holding is not None and holding.is_set() else ""
-                waited_for[0] = f"{whose()} previous {held}"
-                text = f"{waited_for[0]} ({state}running {held_for:.0f} s)"
-            else:
-                text = waited_for[0] = f"{whose()} earlier request to start"
+            holding = self._holding_cancel
+            stopping = bool(held) and holding is not None and holding.is_set()
+            waited_for[0], text = holder_words(held, held_for, stopping)
             more = f"; {ahead - 1} more before this one" if ahead > 1 else ""
             line = f"rexec: waiting for {text}{more}"
             if shown:
@@ -206,7 +202,7 @@ class RemoteSession:
             raise
         finally:
             self._owner = self._holding_cancel = None
-            if what in ("cell", "call") and self.namespace_since is None:
+            if what in ("cell", "call", GENERATOR) and self.namespace_since is None:
                 self.namespace_since = time.time()
             if self._close_when_free:  # (``close`` came from another thread meanwhile)
                 self.close()
@@ -652,7 +648,8 @@ class RemoteSession:
         default now.  It runs in that namespace, and is not sent once another user logged
         in (a call made as alice never runs on bob's worker).
         """
-        with self.exclusive("call", notes, ticket, cancel), self._reporting(notes):
+        what = GENERATOR if lazy else "call"
+        with self.exclusive(what, notes, ticket, cancel), self._reporting(notes):
             stops = self.stops
             origin = origin or self.origin()
             if origin.user is not None and self.info.user != origin.user:
@@ -899,6 +896,28 @@ class RemoteSession:
         except errors.RexecError as exc:
             report["broker_error"] = str(exc)
         return report
+
+
+# What holds the connection while a remote generator is open (``Turns.holder``): its thread
+# holds it between items too, until the generator is finished or closed.
+GENERATOR = "generator"
+
+
+def holder_words(held: str, held_for: float, stopping: bool = False) -> tuple[str, str]:
+    """What a request waits for, in words: short (for "waited 5 s for ...") and with how
+    long (``held``: what holds the connection, see ``Turns.holder``; "" for none yet)."""
+    if not held:
+        text = f"{whose()} earlier request to start"
+        return text, text
+    if held == GENERATOR:
+        short = f"{whose()} remote generator, open in another thread"
+        return short, (
+            f"{short} (for {held_for:.0f} s; it holds the connection until it is finished or "
+            "closed)"
+        )
+    short = f"{whose()} previous {held}"
+    state = "cancelled, stopping; " if stopping else ""
+    return short, f"{short} ({state}running {held_for:.0f} s)"
 
 
 # How often a wait's live note (a display in a kernel) is brought up to date.

@@ -390,6 +390,26 @@ def test_a_submitted_call_queued_behind_another_says_what_it_waits_for(nb, capfd
     assert "this call is queued, waiting for this session's previous call (running" in said
 
 
+def test_a_call_behind_a_generator_open_in_another_thread_says_so(nb, capfd):
+    """A remote generator paused between items holds the connection; a call from another
+    thread waits for it, and says that, not "the previous call (running 2 s)" as though a
+    call ran; it goes once the generator is closed."""
+    import threading
+
+    items = nb["countdown"](5)
+    assert next(items) == 5
+    capfd.readouterr()
+    got: dict[str, Any] = {}
+    caller = threading.Thread(target=lambda: got.setdefault("sum", nb["add"](1)))
+    caller.start()
+    said = wait_for(lambda: capfd.readouterr().out or None, "the waiting call's note")
+    items.close()  # (the call goes now)
+    caller.join(timeout=WAIT_S)
+    assert got == {"sum": 2}
+    assert "waiting for this session's remote generator, open in another thread" in said, said
+    assert "until it is finished or closed" in said and "previous call" not in said, said
+
+
 def test_the_waiting_note_counts_only_calls_still_ahead(nb, capfd, tmp_path):
     """Calls cancelled while queued are not counted as waiting ahead."""
     flag = tmp_path / "running"
