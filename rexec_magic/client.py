@@ -31,6 +31,7 @@ import zmq
 from rexec_magic import contract, errors, serialize
 from rexec_magic import protocol as P
 from rexec_magic.connection import ConnectionInfo
+from rexec_magic.notes import QUIET, Notes, Progress
 from rexec_magic.turns import CANCEL_POLL_S
 
 log = logging.getLogger("rexec.client")
@@ -295,39 +296,68 @@ class RexecClient:
             log.warning("dropped an unreadable message from the broker: %s", exc)
             return None
 
-    def hello(self, timeout_s: float = HELLO_TIMEOUT_S) -> dict[str, Any]:
-        """Authenticate this connection; return the WELCOME header."""
+    def hello(self, timeout_s: float = HELLO_TIMEOUT_S, notes: Notes = QUIET) -> dict[str, Any]:
+        """Authenticate this connection; return the WELCOME header.  A wait longer than
+        ``NOTICE_AFTER_S`` says what it waits for in ``notes`` (one live note)."""
         hello = {"token": self.info.token, "client": self.local_versions}
         if self.role:
             hello["role"] = self.role
         self._send(P.Kind.HELLO, hello)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            msg = self._recv(deadline - time.monotonic())
-            if msg is None:
-                self.reset()
-                raise errors.BrokerUnreachable(
-                    f"The rexec broker at {self.info.broker_url} did not answer within "
-                    f"{timeout_s:.0f} s; is it running?"
-                )
-            if msg.kind == P.Kind.WELCOME:
-                welcome = msg.read(P.Welcome)
-                self.session_key = bytes.fromhex(welcome.session_key)
-                self.max_header_bytes = welcome.max_header_bytes
-                self.uploads = welcome.uploads
-                self.user = welcome.user
-                self.username = welcome.username or welcome.user
-                self._saw_worker(welcome.worker)
-                return msg.header
-            if msg.kind == P.Kind.DENIED:
-                self.reset()
-                denied = msg.read(P.Denied)
-                raise errors.AuthDenied(f"The broker refused the token: {denied.message}")
-            # Anything else is left over from an earlier connection state: skip it.
+        began = time.monotonic()
+        deadline = began + timeout_s
+        shown: Progress | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                step = deadline - now
+                if notes is not QUIET:  # wake to say (then update) what it waits for
+                    say_at = began + P.NOTICE_AFTER_S if shown is None else now + 1.0
+                    step = min(step, max(0.0, say_at - now))
+                msg = self._recv(max(0.0, step))
+                now = time.monotonic()
+                if msg is None and now < deadline:
+                    if notes is not QUIET and now - began >= P.NOTICE_AFTER_S:
+                        line = (
+                            f"rexec: waiting for the rexec broker at {self.info.broker_url} "
+                            f"(no answer for {now - began:.0f} s; it may be starting, or down)"
+                        )
+                        if shown is None:
+                            shown = notes.live(line)
+                        else:
+                            shown.update(line)
+                    continue
+                if msg is None or msg.kind in (P.Kind.WELCOME, P.Kind.DENIED):
+                    return self._welcomed(msg, timeout_s)
+                # Anything else is left over from an earlier connection state: skip it.
+        finally:
+            if shown is not None:
+                shown.done(f"rexec: waited {time.monotonic() - began:.0f} s for the rexec broker")
 
-    def ensure_hello(self) -> None:
+    def _welcomed(self, msg: P.Message | None, timeout_s: float) -> dict[str, Any]:
+        """The broker's answer to HELLO: WELCOME, DENIED, or None (none within
+        ``timeout_s``)."""
+        if msg is None:
+            self.reset()
+            raise errors.BrokerUnreachable(
+                f"The rexec broker at {self.info.broker_url} did not answer within "
+                f"{timeout_s:.0f} s; is it running?"
+            )
+        if msg.kind == P.Kind.DENIED:
+            self.reset()
+            denied = msg.read(P.Denied)
+            raise errors.AuthDenied(f"The broker refused the token: {denied.message}")
+        welcome = msg.read(P.Welcome)
+        self.session_key = bytes.fromhex(welcome.session_key)
+        self.max_header_bytes = welcome.max_header_bytes
+        self.uploads = welcome.uploads
+        self.user = welcome.user
+        self.username = welcome.username or welcome.user
+        self._saw_worker(welcome.worker)
+        return msg.header
+
+    def ensure_hello(self, notes: Notes = QUIET) -> None:
         if not self.user:
-            self.hello()
+            self.hello(notes=notes)
 
     def ping(self, timeout_s: float = 5.0) -> tuple[float, dict[str, Any]]:
         """Round trip to the broker: ``(seconds, PONG header)``."""

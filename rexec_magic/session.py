@@ -535,7 +535,7 @@ class RemoteSession:
         it again cannot run it twice."""
         try:
             try:
-                self._fresh_worker()
+                self._fresh_worker(notes)
                 self._check_versions(notes)
                 return send(*args)
             except errors.NoWorker:
@@ -547,7 +547,7 @@ class RemoteSession:
             self.client.loss_told = True
             raise
 
-    def _fresh_worker(self) -> None:
+    def _fresh_worker(self, notes: Notes = QUIET) -> None:
         """Raise NoWorker when the broker last said we have none.
 
         A worker replaced since our last request is announced when the broker refuses the
@@ -555,7 +555,7 @@ class RemoteSession:
         round trip per cell.
         """
         client = self.client
-        client.ensure_hello()
+        client.ensure_hello(notes)  # (a broker that does not answer: said after 2 s)
         if client.worker is None:
             raise errors.NoWorker("no worker")
 
@@ -665,7 +665,7 @@ class RemoteSession:
             )
             try:
                 try:
-                    self._fresh_worker()
+                    self._fresh_worker(notes)
                     self._check_versions(notes)
                     outcome = yield from call()
                 except errors.NoWorker:
@@ -824,7 +824,7 @@ class RemoteSession:
 
     def _ensure_worker(self, notes: Notes) -> None:
         try:
-            self._fresh_worker()
+            self._fresh_worker(notes)
         except errors.NoWorker:
             self._start_missing(notes)
 

@@ -7,6 +7,7 @@ made to do: that is what these tests need.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -81,6 +82,35 @@ def run_against(broker: SilentBroker) -> list[P.Message]:
         client.close()
         broker.close()
     return shown
+
+
+def test_a_broker_that_does_not_answer_hello_is_said_after_two_seconds():
+    """No broker behind the address (a ROUTER that never answers): the first request waited
+    10 s in silence before BrokerUnreachable.  It says what it waits for after
+    ``NOTICE_AFTER_S``, keeps that one note current, and ends it with how long it waited."""
+    from rexec_magic.notes import RecordedNotes
+
+    ctx = zmq.Context()
+    mute = ctx.socket(zmq.ROUTER)
+    mute.linger = 0
+    port = mute.bind_to_random_port("tcp://127.0.0.1")
+    client = RexecClient(
+        ConnectionInfo("http://127.0.0.1:9", broker_url=f"tcp://127.0.0.1:{port}", token="t")
+    )
+    notes = RecordedNotes()
+    try:
+        with pytest.raises(errors.BrokerUnreachable):
+            client.hello(timeout_s=P.NOTICE_AFTER_S + 2.5, notes=notes)
+    finally:
+        client.close()
+        mute.close()
+        ctx.term()
+    said = notes.texts()
+    address = re.escape(f"tcp://127.0.0.1:{port}")
+    says = rf"rexec: waiting for the rexec broker at {address} \(no answer for \d+ s; it may "
+    assert re.fullmatch(says + r"be starting, or down\)", said[0]), said
+    assert len(set(said[:-1])) >= 2, said  # kept current
+    assert re.fullmatch(r"rexec: waited \d+ s for the rexec broker", said[-1]), said
 
 
 def test_silence_behind_an_announced_large_event_is_waited_out():
