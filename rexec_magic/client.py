@@ -862,6 +862,7 @@ class RexecClient:
                         stopped_until = now + P.NOTICE_AFTER_S
                 if msg.kind == P.Kind.ACCEPTED:
                     started = True
+                    notice = ""  # (what it waited for is over)
                 elif msg.kind in OUTPUT_KINDS or _shown_error(msg):
                     in_hand = None  # the caller has it now; a Ctrl-C there is thrown in
                     handed_at = time.monotonic()

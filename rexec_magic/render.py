@@ -151,9 +151,9 @@ class EventRenderer:
             sys.stdout.flush()
             self.notes.warning(f"rexec: {event.text}")  # a real problem: shown as one
         elif isinstance(event, P.Notice):
-            category = event.text.split("(")[0]
+            category = event.about or event.text.split("(")[0]
             shown = self._notices.get(category)
-            if shown is not None:  # said again (every 10 s): the same note, kept current
+            if shown is not None:  # said again (each second): the same note, kept current
                 shown.update(f"rexec: {event.text}")
             else:
                 sys.stdout.flush()

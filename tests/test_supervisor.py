@@ -1637,6 +1637,30 @@ def test_a_queued_cell_says_what_it_waits_for(port, ahead, interrupted, says, ah
     assert stdout(port.events(second)) == "second\n"
 
 
+def test_a_cell_waiting_behind_another_notebooks_cell_hears_each_second_and_how_long(port):
+    """In a shared namespace, a cell queued behind another notebook's hears what it waits
+    for each second (its note said "running 3 s" for good: it was said again only every
+    10 s), and, as it starts, how long it waited, under the same ``about`` (the notebook
+    updates that one note)."""
+    a, b = in_session("a", namespace="team"), in_session("b", namespace="team")
+    port.run("v = 1", **b)
+    first = port.execute("import time\nprint('go', flush=True)\ntime.sleep(5)", **a)
+    port.recv_kind(Kind.STREAM)
+    behind = port.execute("print(v)", **b)
+    by_id = pinging(port, [first, behind], b)
+    events = by_id[behind]
+    notices = [e.header for e in events if e.kind == Kind.NOTICE]
+    waiting = [n for n in notices if n["text"].startswith("waiting for a cell of another")]
+    assert len(waiting) >= 2, notices  # (about 3, from 2 s into a 5 s wait)
+    assert {n["about"] for n in notices} == {"previous"}, notices
+    assert re.fullmatch(
+        r"waited \d+ s for a cell of another notebook in shared namespace 'team'",
+        notices[-1]["text"],
+    ), notices
+    assert stdout(events) == "1\n"
+    assert done(by_id[first]).header["status"] == DoneStatus.OK
+
+
 def test_a_cell_waiting_behind_a_silent_kernels_cell_hears_of_the_silence(port):
     """In a shared namespace, a cell queued behind the cell of a kernel that stopped sending
     keepalives (killed) hears that its kernel is silent, or, once that cell was interrupted

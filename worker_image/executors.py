@@ -77,6 +77,7 @@ class Request:
     seq: int = 0  # next event number
     acked: int = 0  # events the client has acknowledged
     notice: str = ""  # the last NOTICE category sent
+    waited_for: str = ""  # what its last wait notice said it waited for (its last words)
     notice_at: float = 0.0
     abandoned: bool = False  # its client's broker is gone (RESYNC): its events are dropped
     client: str = ""  # the client session that sent it ("": a legacy client)

@@ -95,6 +95,9 @@ ACCEPTED_IDS_KEPT = 10_000  # request ids remembered (at most once across a rese
 LOST_KEPT = 100  # executors that died while idle, kept until their notebook's next request
 PARTIAL_LINE_WAIT_S = 0.05
 TICK_S = 0.25  # grace periods, notices and orphans are checked this often
+# A request waiting its turn says so again this often: the client's note of it ("running
+# 12 s") is kept current, as the client's own waits are (``session.LIVE_NOTE_EVERY_S``).
+LIVE_NOTICE_S = 1.0
 INSPECT_WAIT_S = 1.0  # a busy executor that cannot answer INSPECT: the supervisor answers
 EXIT_FLUSH_S = 2.0
 STOP_WAIT_S = 3.0  # SIGTERM to an executor, then SIGKILL
@@ -883,6 +886,10 @@ class Supervisor:
             ex.queue.appendleft(req)
             return
         req.frames = []
+        if req.waited_for:  # its wait's note ends saying how long it was
+            waited = req.started - req.received
+            text = f"waited {waited:.0f} s for {req.waited_for}"
+            self._to_client(req, Kind.NOTICE, {"text": text, "about": req.notice})
         # It runs now: "accepted" (a cell still waiting its turn when a broker restart made
         # the supervisor drop it was never accepted, so its client may send it again).
         self._reply(req.target.route, Kind.ACCEPTED, {"id": req.target.id})
@@ -1458,8 +1465,9 @@ class Supervisor:
                 continue
             if not ex.ready:
                 age = now - ex.started
-                text = f"waiting for this notebook's remote executor to start ({age:.0f} s)"
-                self._notice(req, "starting", text, now)
+                req.waited_for = "this notebook's remote executor to start"
+                text = f"waiting for {req.waited_for} ({age:.0f} s)"
+                self._notice(req, "starting", text, now, LIVE_NOTICE_S)
             elif cur is not None and cur.started is not None:
                 running = now - cur.started
                 # By client session: a notebook's route changes when it says hello again.
@@ -1469,8 +1477,9 @@ class Supervisor:
                     name = (ex.key or "").partition(":")[2]
                     whose = f"a {cur.what} of another notebook in shared namespace {name!r}"
                 state = self._running_state(ex, cur, now)
+                req.waited_for = whose
                 text = f"waiting for {whose} ({state}running {running:.0f} s)"
-                self._notice(req, "previous", text, now)
+                self._notice(req, "previous", text, now, LIVE_NOTICE_S)
 
     def _running_state(self, ex: ExecutorProcess, cur: Request, now: float) -> str:
         """What a wait notice says of the running request besides its age: that it was
@@ -1484,9 +1493,16 @@ class Supervisor:
             return f"no sign of its kernel for {now - seen:.0f} s; "
         return ""
 
-    def _notice(self, req: Request | None, category: str, text: str, now: float) -> None:
-        """Say what a request waits for: once per category, then every 10 s."""
-        if req is None or (req.notice == category and now - req.notice_at < NOTICE_REPEAT_S):
+    def _notice(
+        self,
+        req: Request | None,
+        category: str,
+        text: str,
+        now: float,
+        every: float = NOTICE_REPEAT_S,
+    ) -> None:
+        """Say what a request waits for: once per category, then every ``every`` s."""
+        if req is None or (req.notice == category and now - req.notice_at < every - TICK_S / 2):
             return
         req.notice, req.notice_at = category, now
         self._to_client(req, Kind.NOTICE, {"text": text, "about": category})
