@@ -1187,6 +1187,11 @@ class Supervisor:
     def _on_exit(self, ex: ExecutorProcess) -> None:
         ex.ending = True  # a DONE read out below must not dispatch to it (_finish)
         code = ex.proc.wait()
+        if ex.exit_requested:
+            # exit() ended the namespace: the processes its cells started (a Popen, a forked
+            # child) go with it, as a kernel shut down takes its process group; they ran on,
+            # unseen, their output shown later as late.  (setsid ones are on their own.)
+            ex.signal(signal.SIGKILL)
         self._drain_pipes(ex)
         # Events it sent before dying still count (e.g. DONE of exit()).
         self._receive_executor(ex, to_the_end=True)
