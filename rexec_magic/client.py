@@ -1038,7 +1038,8 @@ class RexecClient:
                 listed += f" and {more} more" if more > 0 else ""
                 text = (
                     f"The remote {what} you stopped waiting for ended later; what it assigned "
-                    f"or deleted stays so on the worker only (a copy here is older): {listed}"
+                    "or deleted stays so on the worker only (a copy here, if any, is older): "
+                    f"{listed}"
                 )
                 self._news.append(P.Message(P.Kind.NOTICE, {"text": text, "about": "late"}))
 

@@ -553,6 +553,10 @@ def test_a_cell_that_sets_sys_stdout_to_none_is_told_how_to_get_it_back(port):
     assert "sys.stdout = sys.__stdout__" in said
     assert stdout(port.run("print('gone')"), "stderr") == ""  # said once
     assert stdout(port.run("sys.stdout = sys.__stdout__\nprint('back')")) == "back\n"
+    events = port.run("sys.stderr = None")
+    said = stdout(events, "stderr") + stdout(events)
+    assert "sys.stderr is None now, so what goes to sys.stderr (warnings) shows nothing" in said
+    port.run("sys.stderr = sys.__stderr__")
 
 
 def test_garbage_on_the_link_between_cells_is_announced_at_the_next_cell(port):

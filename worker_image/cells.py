@@ -456,8 +456,13 @@ class CellRunner:
             return
         self._streams_said = gone
         names = " and ".join(f"sys.{name}" for name in gone)
+        lost = " and ".join(
+            {"stdout": "print()", "stderr": "what goes to sys.stderr (warnings)"}[name]
+            for name in gone
+        )
+        lost += " shows nothing"
         back = "; ".join(f"sys.{name} = sys.__{name}__" for name in gone)
-        text = f"rexec: {names} is None now, so print() shows nothing; `{back}` brings it back\n"
+        text = f"rexec: {names} is None now, so {lost}; `{back}` brings it back\n"
         self.outbox.event(cell.target, Kind.STREAM, {"name": "stderr", "text": text})
 
     def _bound_at_run_time(self, before: dict[str, int], watched: list[str]) -> list[str]:
