@@ -460,7 +460,10 @@ class RexecMagics(Magics):
 
         cancelled = cancel_unfinished()
         stopped = self._guard("stopping the worker", self.session.stop)
-        said = "Remote worker stopped." + _others_lost(stopped.get("others") or [])
+        if stopped.get("was_running", True):
+            said = "Remote worker stopped." + _others_lost(stopped.get("others") or [])
+        else:  # (a second %rexec_stop, or one before any cell)
+            said = "No remote worker was running; there was nothing to stop."
         if cancelled:
             calls = "call was" if cancelled == 1 else "calls were"
             said += f" This notebook's {cancelled} unfinished remote {calls} cancelled."

@@ -418,10 +418,15 @@ class RemoteSession:
 
     def stop(self) -> dict[str, Any]:
         """Stop the user's worker: every namespace on it goes, other notebooks' too.  The
-        spawner's answer, plus ``others``: the rows (``notebook``, ``state``, ...) of the
+        spawner's answer, plus ``was_running`` (False: none ran, nothing was stopped) and
+        ``others``: the rows (``notebook``, ``state``, ...) of the
         executors of other notebooks that went with it, so the stopping notebook can say so
         (best effort: none when the worker does not answer at once)."""
         self.stops += 1  # (first: a call it ends hears of it before it returns)
+        try:
+            was = self.spawner.status().get("state")
+        except errors.RexecError:
+            was = None  # (not known: the stop says what it can)
         others: list[dict[str, Any]] = []
         side = self._side_client()
         try:
@@ -434,7 +439,7 @@ class RemoteSession:
         self._forget_all()  # its namespaces go with it
         stopped = self.spawner.stop()
         self.client.loss_told = True  # this notebook stopped it: no news at its next cell
-        return {**stopped, "others": others}
+        return {**stopped, "others": others, "was_running": was is None or was in ACTIVE}
 
     def _side_client(self) -> RexecClient:
         """A connection of its own, for a question that must not wait behind this session's

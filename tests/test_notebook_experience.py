@@ -277,9 +277,13 @@ def test_a_worker_restart_before_a_notebooks_first_cell_is_no_news_to_it(kc, spa
 
 def test_a_worker_this_notebook_stopped_is_not_announced_as_news(kc):
     """``%rexec_stop`` in this notebook, then a cell: it starts a new worker without a
-    warning that "Your worker was stopped; its namespace was lost" (it said so itself)."""
+    warning that "Your worker was stopped; its namespace was lost" (it said so itself).  A
+    second ``%rexec_stop`` before it says that none ran."""
     ok(kc, "%%remote\npass")
-    ok(kc, "%rexec_stop")
+    assert "Remote worker stopped." in str(ok(kc, "%rexec_stop"))
+    # A second stop says there was none to stop (it said "Remote worker stopped." again).
+    again = str(ok(kc, "%rexec_stop"))
+    assert "No remote worker was running; there was nothing to stop." in again, again
     reply, outputs = run(kc, "%%remote\nprint('after')")
     assert reply["status"] == "ok" and "after" in stdout_of(outputs)
     assert "Your worker was stopped" not in stderr_of(outputs)
