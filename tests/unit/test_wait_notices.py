@@ -1,6 +1,7 @@
 """How the notebook shows what a request waits for (``render.EventRenderer``): one note per
-kind of wait, kept current as the worker says it again (every 10 s), not one line frozen at
-what it said first, nor a new line each time."""
+kind of wait (its ``about``), kept current as the worker says it again (each second) and
+at its end ("waited 30 s for ..."), not one line frozen at what it said first, nor a new
+line each time."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from rexec_magic.render import EventRenderer
 pytestmark = pytest.mark.unit
 
 
-def notice(text: str, seq: int) -> P.Message:
-    return P.Message(P.Kind.NOTICE, {"id": "r", "seq": seq, "text": text, "about": "previous"})
+def notice(text: str, seq: int, about: str = "previous") -> P.Message:
+    return P.Message(P.Kind.NOTICE, {"id": "r", "seq": seq, "text": text, "about": about})
 
 
 PREVIOUS = "waiting for this notebook's previous cell"
@@ -25,12 +26,14 @@ def test_a_wait_said_again_updates_its_note_in_place():
     render = EventRenderer(notes)
     for seq, state in enumerate(["running 3 s", "running 13 s", "interrupted; running 23 s"]):
         render(notice(f"{PREVIOUS} ({state})", seq))
-    render(notice("waiting for this notebook's remote executor to start (4 s)", 4))
+    render(notice("waiting for this notebook's remote executor to start (4 s)", 4, "starting"))
+    render(notice("waited 30 s for this notebook's previous cell", 5))  # (as it starts)
     assert notes.records == [
         ("note", f"rexec: {PREVIOUS} (running 3 s)"),
         ("progress", f"rexec: {PREVIOUS} (running 13 s)"),
         ("progress", f"rexec: {PREVIOUS} (interrupted; running 23 s)"),
         ("note", "rexec: waiting for this notebook's remote executor to start (4 s)"),
+        ("progress", "rexec: waited 30 s for this notebook's previous cell"),
     ]
 
 
