@@ -286,7 +286,8 @@ CLIENT_KEEPALIVE_S = 10.0
 ORPHAN_AFTER_PINGS = 3
 # A request that waits longer than this says what it waits for (NOTICE).
 NOTICE_AFTER_S = 2.0
-# ... and says it again this often while it lasts.
+# ... and says it again this often while it lasts (a wait for a turn: each second, see
+# worker_image.supervisor.LIVE_NOTICE_S).
 NOTICE_REPEAT_S = 10.0
 BROKER_SILENT_AFTER_S = 4.0
 # ... except for a request that has not started: it is sent again once the broker is back
