@@ -855,8 +855,8 @@ def test_a_process_forked_after_a_remote_call_makes_calls_of_its_own(stack):
     out = run_script(stack, script)
     lines = [line for line in out.stdout.splitlines() if not line.startswith("No remote")]
     assert lines == [
-        "child 9 True",
         "callback 9",
+        "child 9 True",
         "pooled [1, 2, 3, 4] True",
         "parent 10 True",
     ], out.stdout
