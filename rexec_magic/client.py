@@ -311,7 +311,8 @@ class RexecClient:
                 now = time.monotonic()
                 step = deadline - now
                 if notes is not QUIET:  # wake to say (then update) what it waits for
-                    say_at = began + P.NOTICE_AFTER_S if shown is None else now + 1.0
+                    every = P.LIVE_NOTE_EVERY_S
+                    say_at = began + P.NOTICE_AFTER_S if shown is None else now + every
                     step = min(step, max(0.0, say_at - now))
                 msg = self._recv(max(0.0, step))
                 now = time.monotonic()

@@ -286,9 +286,12 @@ CLIENT_KEEPALIVE_S = 10.0
 ORPHAN_AFTER_PINGS = 3
 # A request that waits longer than this says what it waits for (NOTICE).
 NOTICE_AFTER_S = 2.0
-# ... and says it again this often while it lasts (a wait for a turn: each second, see
-# worker_image.supervisor.LIVE_NOTICE_S).
+# ... and says it again this often while it lasts (a wait for a turn: LIVE_NOTE_EVERY_S).
 NOTICE_REPEAT_S = 10.0
+# A wait's live note ("waiting for this notebook's previous call (running 12 s)", one
+# display kept current) is brought up to date this often, whoever words it: the client's
+# own waits, a future's result(), the supervisor's notice of a turn in a shared namespace.
+LIVE_NOTE_EVERY_S = 1.0
 BROKER_SILENT_AFTER_S = 4.0
 # ... except for a request that has not started: it is sent again once the broker is back
 # (`rexec up` restarts a broker that died, which takes seconds on a busy machine), so the

@@ -35,7 +35,6 @@ from rexec_magic.client import CloseGenerator, Events, ThrowInto, grace_sentence
 from rexec_magic.notes import NOTEBOOK
 from rexec_magic.render import EventRenderer
 from rexec_magic.session import (
-    LIVE_NOTE_EVERY_S,
     Origin,
     RemoteSession,
     holder_words,
@@ -238,7 +237,7 @@ class RemoteFuture(Future):
                 if left is not None and left <= 0:
                     return
                 started = self._moved.wait(
-                    LIVE_NOTE_EVERY_S if left is None else min(left, LIVE_NOTE_EVERY_S)
+                    P.LIVE_NOTE_EVERY_S if left is None else min(left, P.LIVE_NOTE_EVERY_S)
                 )
                 if not started:
                     note.update(self._waits_for())

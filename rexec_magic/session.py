@@ -143,7 +143,7 @@ class RemoteSession:
         """Hold the connection for one request.  Requests get it in the order they were made
         (``ticket``: taken earlier, e.g. by ``submit()``; see ``turns``); a request that waits
         says after ``NOTICE_AFTER_S`` what it waits for, in one note kept current
-        (every ``LIVE_NOTE_EVERY_S``) that ends saying how long it waited.
+        (every ``P.LIVE_NOTE_EVERY_S``) that ends saying how long it waited.
 
         Raises ``RemoteInterrupted`` when ``cancel`` is set or Ctrl-C comes while it waits
         (the request was not sent), and ``RexecError`` when this thread holds the connection
@@ -181,7 +181,7 @@ class RemoteSession:
         began = time.monotonic()
         try:
             with errors.interrupt_says(waiting + "was not sent."):
-                wait = (ticket, what, on_wait, cancel, P.NOTICE_AFTER_S, LIVE_NOTE_EVERY_S)
+                wait = (ticket, what, on_wait, cancel, P.NOTICE_AFTER_S, P.LIVE_NOTE_EVERY_S)
                 if not self.turns.wait(*wait):
                     raise errors.RemoteInterrupted("The call was cancelled before it started.")
         except KeyboardInterrupt:
@@ -923,10 +923,6 @@ def holder_words(held: str, held_for: float, stopping: bool = False) -> tuple[st
     short = f"{whose()} previous {held}"
     state = "cancelled, stopping; " if stopping else ""
     return short, f"{short} ({state}running {held_for:.0f} s)"
-
-
-# How often a wait's live note (a display in a kernel) is brought up to date.
-LIVE_NOTE_EVERY_S = 1.0
 
 
 def whose() -> str:

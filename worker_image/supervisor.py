@@ -56,6 +56,7 @@ from rexec_magic import protocol, serialize
 from rexec_magic.contract import Env
 from rexec_magic.protocol import (
     INTERRUPT_GRACE_S,
+    LIVE_NOTE_EVERY_S,
     NOTICE_AFTER_S,
     NOTICE_REPEAT_S,
     ORPHAN_AFTER_PINGS,
@@ -95,9 +96,6 @@ ACCEPTED_IDS_KEPT = 10_000  # request ids remembered (at most once across a rese
 LOST_KEPT = 100  # executors that died while idle, kept until their notebook's next request
 PARTIAL_LINE_WAIT_S = 0.05
 TICK_S = 0.25  # grace periods, notices and orphans are checked this often
-# A request waiting its turn says so again this often: the client's note of it ("running
-# 12 s") is kept current, as the client's own waits are (``session.LIVE_NOTE_EVERY_S``).
-LIVE_NOTICE_S = 1.0
 INSPECT_WAIT_S = 1.0  # a busy executor that cannot answer INSPECT: the supervisor answers
 EXIT_FLUSH_S = 2.0
 STOP_WAIT_S = 3.0  # SIGTERM to an executor, then SIGKILL
@@ -1472,7 +1470,7 @@ class Supervisor:
                 age = now - ex.started
                 req.waited_for = "this notebook's remote executor to start"
                 text = f"waiting for {req.waited_for} ({age:.0f} s)"
-                self._notice(req, "starting", text, now, LIVE_NOTICE_S)
+                self._notice(req, "starting", text, now, LIVE_NOTE_EVERY_S)
             elif cur is not None and cur.started is not None:
                 running = now - cur.started
                 # By client session: a notebook's route changes when it says hello again.
@@ -1484,7 +1482,7 @@ class Supervisor:
                 state = self._running_state(ex, cur, now)
                 req.waited_for = whose
                 text = f"waiting for {whose} ({state}running {running:.0f} s)"
-                self._notice(req, "previous", text, now, LIVE_NOTICE_S)
+                self._notice(req, "previous", text, now, LIVE_NOTE_EVERY_S)
 
     def _running_state(self, ex: ExecutorProcess, cur: Request, now: float) -> str:
         """What a wait notice says of the running request besides its age: that it was
