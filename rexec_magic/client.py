@@ -171,6 +171,9 @@ class RexecClient:
         self._abandoned: OrderedDict[str, str] = OrderedDict()
         self._held: deque[P.Message] = deque(maxlen=HELD_KEPT)
         self._news: list[P.Message] = []  # what the end of an abandoned request lost
+        # Names an abandoned request's DONE assigned or deleted: sent with every request
+        # (``missed``) until a DONE of one that carried them comes (the worker marks them).
+        self._missed: dict[str, None] = {}
         self.last_heard = 0.0  # time.monotonic() of the last message from the broker
         # A message read whole while a Ctrl-C came: the next _recv returns it (whole_message).
         self._stashed: P.Message | None = None
@@ -516,6 +519,8 @@ class RexecClient:
         }
         if self.seen_instance:
             header["instance"] = self.seen_instance
+        if self._missed:
+            header["missed"] = list(self._missed)
         return header
 
     def _send_request(
@@ -941,6 +946,8 @@ class RexecClient:
                         self.loss_told = True  # told here: the next worker is no news
                     raise self._fail_error(msg)
                 elif msg.kind == P.Kind.DONE:
+                    for name in header.get("missed", ()):
+                        self._missed.pop(name, None)
                     return self._finish(
                         msg,
                         error,
@@ -1033,14 +1040,15 @@ class RexecClient:
             # notebook lacks those names, or holds older values under them.
             names = [e.name for e in done.vars if not e.name.startswith("__rexec")]
             names += [n for n in (*done.changed, *done.deleted) if n not in names]
+            self._missed.update(dict.fromkeys(names))
             if names:
                 listed = ", ".join(f"`{n}`" for n in names[:ABANDONED_NAMES_SAID])
                 more = len(names) - ABANDONED_NAMES_SAID
                 listed += f" and {more} more" if more > 0 else ""
                 text = (
                     f"The remote {what} you stopped waiting for ended later; what it assigned "
-                    "or deleted stays so on the worker only (a copy here, if any, is older): "
-                    f"{listed}"
+                    "or deleted is so on the worker only (a copy here, if any, is older) until "
+                    f"a remote cell or call uses it: {listed}"
                 )
                 self._news.append(P.Message(P.Kind.NOTICE, {"text": text, "about": "late"}))
 

@@ -110,9 +110,9 @@ class Kind:
     HELLO = "hello"  # {token, client: versions}  -> WELCOME | DENIED
     PING = "ping"  # {t}  -> PONG (answered by the broker, says whether the worker is alive)
     # client -> worker (routed by the broker to the user's worker)
-    # {id, code, vars: [{name, nbuffers}], pull, pull_limit, have, watch, pull_changed, result,
-    # cell, instance?} + buffers (have/watch/...: the namespace sync, rexec_magic/sync.py;
-    # instance: the worker process the client last saw)
+    # {id, code, vars: [{name, nbuffers}], pull, pull_limit, have, watch, gone, missed,
+    # pull_changed, result, cell, instance?} + buffers (have/watch/...: the namespace sync,
+    # rexec_magic/sync.py; instance: the worker process the client last saw)
     EXECUTE = "execute"
     INTERRUPT = "interrupt"  # {id}
     INSPECT = "inspect"  # {id, session?, namespace?}  -> INSPECT_REPLY
@@ -801,6 +801,10 @@ class Execute(Request, Placement):
     # Names this notebook exchanged with the worker and has since deleted (``del x`` in a
     # local cell): the worker unbinds them before the code runs, as they are gone here.
     gone: Names = Field(default_factory=list)
+    # Names a DONE this notebook never read (it stopped waiting: a second Ctrl-C) assigned
+    # or deleted: the worker takes this notebook as not having seen their values there, so
+    # the next request that watches one brings it back (or reports it deleted).
+    missed: Names = Field(default_factory=list)
     pull_changed: bool = False
     result: bool = False
     cell: int | None = None
@@ -828,6 +832,7 @@ class Call(Request, Placement):
     have: Names = Field(default_factory=list)
     watch: Names = Field(default_factory=list)
     gone: Names = Field(default_factory=list)
+    missed: Names = Field(default_factory=list)  # as Execute.missed
     pull_limit: Annotated[int, Field(ge=0)] | None = None  # None: the worker's default
     credit: Annotated[int, Field(ge=1, le=MAX_CREDIT)] | None = None
     # A generator's items one at a time, as a local generator makes them: after each YIELD

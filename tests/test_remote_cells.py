@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -397,6 +398,27 @@ def test_interrupt_stops_the_remote_cell(ip, body, tmp_path):
     assert repr(ip.user_ns["_"]) == "'still alive'"
 
 
+def _abandon_after(ip: InteractiveShell, monkeypatch: Any, tmp_path: Path, first: str) -> str:
+    """Run ``first`` remotely, then Ctrl-C and again at once (the cell had already stopped
+    at the first), so nobody reads its DONE; returns what the next cell (``pass``) said."""
+
+    def interrupt_sent(sock: Any, args: tuple, _: Any) -> bool:
+        return any(bytes(f) == P.Kind.INTERRUPT.encode() for f in args[0][:4])
+
+    armed = ctrl_c_right_after(monkeypatch, zmq.Socket, "send_multipart", interrupt_sent)
+    armed.set()
+    flag = tmp_path / "cell-runs"
+    code = f"{first}\nimport pathlib, time\npathlib.Path({str(flag)!r}).touch()\ntime.sleep(60)"
+    with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
+        remote(ip, code)
+    assert not armed.is_set(), "no second Ctrl-C came"
+    monkeypatch.undo()
+    assert "stopped waiting" in str(info.value)  # (it was a bare KeyboardInterrupt too)
+    time.sleep(1)  # (its DONE comes meanwhile, to nobody)
+    _, out = remote(ip, "pass")
+    return out.stderr
+
+
 def test_a_second_ctrl_c_as_the_cell_stops_says_what_it_assigned_stays_remote(
     ip, monkeypatch, tmp_path
 ):
@@ -405,25 +427,47 @@ def test_a_second_ctrl_c_as_the_cell_stops_says_what_it_assigned_stays_remote(
     nobody; the notebook lacked ``x_late`` (locally 5) and the next cell said nothing
     (5 of 15).  The next cell now says which names stay on the worker only.  A second
     Ctrl-C right as the first's INTERRUPT left was a bare KeyboardInterrupt from rexec's
-    code, and the cell's DONE was dropped as an earlier cell's."""
+    code, and the cell's DONE was dropped as an earlier cell's.
+
+    And the name comes back with the next cell that uses it: assigning the same value
+    again used to bring nothing (the worker took the notebook as having seen it, 2 of 2)."""
     ip.user_ns.pop("x_late", None)
-
-    def interrupt_sent(sock: Any, args: tuple, _: Any) -> bool:
-        return any(bytes(f) == P.Kind.INTERRUPT.encode() for f in args[0][:4])
-
-    armed = ctrl_c_right_after(monkeypatch, zmq.Socket, "send_multipart", interrupt_sent)
-    armed.set()
-    flag = tmp_path / "cell-runs"
-    code = f"x_late = 5\nimport pathlib, time\npathlib.Path({str(flag)!r}).touch()\ntime.sleep(60)"
-    with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
-        remote(ip, code)
-    assert not armed.is_set(), "no second Ctrl-C came"
-    monkeypatch.undo()
-    assert "stopped waiting" in str(info.value)  # (it was a bare KeyboardInterrupt too)
-    time.sleep(1)  # (its DONE comes meanwhile, to nobody)
-    _, out = remote(ip, "pass")
-    said = out.stderr
+    said = _abandon_after(ip, monkeypatch, tmp_path, "x_late = 5")
     assert "you stopped waiting for ended later" in said and "`x_late`" in said, said
+    assert "x_late" not in ip.user_ns
+    remote(ip, "x_late = 5")
+    assert ip.user_ns.get("x_late") == 5
+
+
+@pytest.mark.parametrize("use", ["print(late_list)", "late_list.sort()"])
+def test_what_an_abandoned_cell_changed_comes_back_with_the_next_cell_that_reads_it(
+    ip, monkeypatch, tmp_path, use
+):
+    """A value the abandoned cell changed in place, read (or changed to the same again) by a
+    later cell: the notebook's older copy was taken as current on both sides and stayed."""
+    ip.user_ns["late_list"] = [3, 1, 2]
+    remote(ip, "late_list = late_list")
+    said = _abandon_after(ip, monkeypatch, tmp_path, "late_list.sort()")
+    assert "`late_list`" in said, said
+    assert ip.user_ns["late_list"] == [3, 1, 2]  # (older here, as the note says)
+    remote(ip, use)
+    assert ip.user_ns["late_list"] == [1, 2, 3]
+
+
+def test_a_name_an_abandoned_cell_deleted_is_gone_at_the_next_cell_that_reads_it(
+    ip, monkeypatch, tmp_path
+):
+    """The abandoned cell deleted ``y_late``; the notebook still had it, and a later cell
+    reading it sent it back to the worker (the worker answered "resend"), undoing the
+    deletion the note called done.  As in a local kernel, it is gone: the cell sees no
+    ``y_late`` and the notebook's copy goes too."""
+    ip.user_ns["y_late"] = 7
+    remote(ip, "y_late = y_late + 0")
+    said = _abandon_after(ip, monkeypatch, tmp_path, "del y_late")
+    assert "`y_late`" in said, said
+    remote(ip, "try:\n    seen = y_late\nexcept NameError:\n    seen = 'gone'")
+    assert ip.user_ns["seen"] == "gone"
+    assert "y_late" not in ip.user_ns
 
 
 def test_an_interrupted_cell_cancels_a_call_queued_behind_it(ip, tmp_path):

@@ -75,6 +75,7 @@ class Cell:
     have: list[str] = field(default_factory=list)
     watch: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)  # deleted in the notebook: unbound here
+    missed: list[str] = field(default_factory=list)  # in a DONE the notebook never read
     pull_changed: bool = False
     want_result: bool = False
     number: int | None = None
@@ -120,6 +121,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
             have=list(call.have),
             watch=list(call.watch),  # the globals the function reads: changes come back
             gone=list(call.gone),
+            missed=list(call.missed),
             pull_changed=True,
             session=placement(call),
             client=call.session,
@@ -137,6 +139,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
         have=list(ex.have),
         watch=list(ex.watch),
         gone=list(ex.gone),
+        missed=list(ex.missed),
         pull_changed=ex.pull_changed,
         want_result=ex.result,
         number=ex.cell,
@@ -243,6 +246,7 @@ class CellRunner:
         # it did not watch: the cell runs without them and they are reported deleted (a
         # resend would bring back what was deleted on purpose).  The others were never
         # here: we restarted, and the client sends them again.
+        self.watch.missed(cell.missed)
         missing = [
             n for n in cell.have if n not in self.shell.user_ns and n not in self.watch.digests
         ]

@@ -24,6 +24,8 @@ from rexec_magic.contract import human_bytes
 from rexec_magic.sync import RESULT
 from worker_image.recent import Recent
 
+# The hash recorded for a name whose last exchange the client never read (``Watch.missed``).
+MISSED = "missed"
 WATCH_CLIENTS_KEPT = 256  # client sessions whose view of the namespace is kept (the newest)
 
 
@@ -176,6 +178,14 @@ class Watch:
         else:
             for name in names:
                 self.digests.pop(name, None)
+
+    def missed(self, names: Iterable[str]) -> None:
+        """This client never read the DONE that last exchanged ``names`` (it stopped
+        waiting): it has not seen their values here.  Their hash becomes one no value has, so
+        ``before`` leaves it and ``collect`` finds them changed (or deleted) and sends them.
+        (``invalidate`` would not do: ``before`` would hash the value as it is, unchanged.)"""
+        for name in names:
+            self.digests[name] = MISSED
 
     def before(self, namespace: Mapping[str, Any], names: Iterable[str]) -> None:
         """Hash the watched values not hashed yet, so a change during the cell shows."""
