@@ -13,6 +13,7 @@ remote call.  Arguments, return values and yielded items travel like ``%%remote`
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import inspect
 import os
@@ -154,11 +155,16 @@ class RemoteFuture(Future):
             if self._state != RUNNING:  # type: ignore[attr-defined]
                 return self.cancelled()
             self.cancel_requested.set()  # the waiting thread sends INTERRUPT
-        if wait_s > 0 and not self.ended.wait(min(wait_s, P.NOTICE_AFTER_S)):
-            # (the call's own thread says nothing for a cancelled call: this one waits)
+        if wait_s > 0:
+            self._wait_ended(wait_s)
+        return self.mark_cancelled()
+
+    def _wait_ended(self, wait_s: float) -> None:
+        """Wait up to ``wait_s`` for the interrupted call's end, saying after
+        ``NOTICE_AFTER_S`` why (the call's own thread says nothing for a cancelled call)."""
+        if not self.ended.wait(min(wait_s, P.NOTICE_AFTER_S)):
             NOTEBOOK.note(f"rexec: cancelling: {grace_sentence('call', self.namespace)}.")
             self.ended.wait(max(0.0, wait_s - P.NOTICE_AFTER_S))
-        return self.mark_cancelled()
 
     def mark_cancelled(self) -> bool:
         """End a running future as cancelled (False: it ended otherwise meanwhile)."""
@@ -213,11 +219,22 @@ class RemoteFuture(Future):
                 return super().result(timeout)
             except KeyboardInterrupt:  # a kernel interrupt while waiting: stop the calls
                 cancel_unfinished()  # (the kernel's SIGINT hook may have done so already)
+                self._see_out()
                 raise
             except Exception as exc:
                 if session is not None:
                     session.told(exc)
                 raise
+
+    def _see_out(self) -> None:
+        """After a Ctrl-C in ``result``: wait, as a direct call's Ctrl-C does, until the
+        interrupted call has ended (its ``finally``, the grace period for one deaf to it),
+        so what it prints on its way out is the waiting cell's, not a later cell's.  A
+        second Ctrl-C stops waiting."""
+        if not self.cancel_requested.is_set():
+            return  # it had not started (cancelled in its queue), or had ended
+        with contextlib.suppress(KeyboardInterrupt):
+            self._wait_ended(CANCEL_CONFIRM_S)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """As ``Future.exception``; the notebook has it now (no later note repeats it)."""

@@ -119,6 +119,14 @@ def finishes_anyway(flag):
     except KeyboardInterrupt:
         return "finished anyway"
 
+def cleans_up(flag):
+    try:
+        open(flag, "w").close()
+        time.sleep(60)
+    finally:  # (what an interrupted call does on its way out)
+        time.sleep(1)
+        print("cleaned up", flush=True)
+
 def ticking(flag):
     open(flag, "w").close()
     while True:
@@ -277,6 +285,23 @@ def test_ctrl_c_while_waiting_for_a_futures_result_says_what_it_cancelled(nb, tm
         "remote calls were cancelled."
     )
     assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
+
+
+def test_ctrl_c_in_a_futures_result_shows_the_calls_way_out_before_the_cell_ends(
+    nb, tmp_path, capfd
+):
+    """Ctrl-C in ``fut.result()`` while the call runs: as a direct call does, the wait goes
+    on until the interrupted call has ended (its ``finally`` prints, 1 s), so its last output
+    is this cell's.  It used to end the cell at once, and the call's output came while a
+    later cell ran (3 of 3)."""
+    flag = tmp_path / "cleans-up-runs"
+    future = nb["cleans_up"].submit(str(flag))
+    with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
+        future.result(timeout=60)
+    assert "cleaned up" in capfd.readouterr().out
+    assert isinstance(info.value, errors.RemoteInterrupted)
+    assert future.cancelled()
+    assert nb["add"](40, 2) == 42
 
 
 def test_ctrl_c_between_two_frames_of_a_message_still_stops_the_remote_call(
