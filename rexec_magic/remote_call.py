@@ -281,6 +281,10 @@ _hooked = False
 _thread_calls: set[threading.Event] = set()
 
 
+# Set at exit with remote calls still running (``_interrupt_calls_at_exit``).
+_exiting = threading.Event()
+
+
 @contextmanager
 def _thread_call() -> Iterator[threading.Event]:
     """The cancel event of a call (or a generator's iteration) made outside the main thread,
@@ -289,6 +293,11 @@ def _thread_call() -> Iterator[threading.Event]:
     _thread_calls.add(cancel)
     try:
         yield cancel
+    except errors.RemoteInterrupted:
+        if _exiting.is_set():  # interrupted at exit (``_interrupt_calls_at_exit``): a daemon
+            _thread_calls.discard(cancel)  # thread, which ends with the process in silence,
+            threading.Event().wait()  # as a local one does (no traceback cut off mid-line)
+        raise
     finally:
         _thread_calls.discard(cancel)
 
@@ -469,10 +478,31 @@ _open_iterators: weakref.WeakSet[Generator[Any, None, Any]] = weakref.WeakSet()
 @atexit.register
 def _close_open_iterators() -> None:
     for items in list(_open_iterators):
+        if items.gi_running:  # a daemon thread's, in a call (``_interrupt_calls_at_exit``)
+            continue
         try:
             items.close()
         except BaseException as exc:  # as Python reports one a collected generator raises
             sys.stderr.write(f"rexec: closing a remote generator at exit: {exc}\n")
+
+
+@atexit.register
+def _interrupt_calls_at_exit() -> None:
+    """The program ends (its main thread returned, its other non-daemon threads and
+    futures' pools were joined) while daemon threads still wait on remote calls: locally
+    such a thread dies with the process, but the remote call ran on, for nobody, until the
+    worker found this process silent (30 s).  Each is interrupted now; the exit waits up to
+    ``NOTICE_AFTER_S`` for them to stop."""
+    if not _thread_calls and not any(not f.done() for f in list(_submitted)):
+        return
+    _exiting.set()
+    ending = [f for f in list(_submitted) if f.running()]
+    cancel_unfinished()
+    deadline = time.monotonic() + P.NOTICE_AFTER_S
+    for future in ending:
+        future.ended.wait(max(0.0, deadline - time.monotonic()))
+    while _thread_calls and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _close_remote(events: Events, renderer: EventRenderer) -> None:

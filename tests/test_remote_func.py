@@ -991,6 +991,34 @@ def test_a_script_that_exits_mid_call_stops_the_call(stack, tmp_path):
     wait_for(stopped.exists, "the call to be interrupted", P.INTERRUPT_GRACE_S + 5)
 
 
+@pytest.mark.parametrize("how", ["call", "generator"])
+def test_a_script_ending_while_a_daemon_thread_waits_on_a_call_stops_the_call(stack, tmp_path, how):
+    """The script's main thread ends while a daemon thread waits on a remote call (or
+    iterates a remote generator): locally that thread dies with the process; the remote
+    call ran on, for nobody, until the worker took the script for gone (30 s).  It is
+    interrupted at exit, and the script ends without a word from rexec (a traceback of the
+    interrupted thread was cut off mid-line: "Exception in thread ")."""
+    running, stopped = tmp_path / "running", tmp_path / "stopped"
+    use = "slow(*paths)" if how == "call" else "list(slow(*paths))"
+    script = (
+        "import os, threading, time\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef slow(running, stopped):\n    import pathlib, time\n"
+        + ("    yield 1\n" if how == "generator" else "")
+        + "    pathlib.Path(running).touch()\n    try:\n        time.sleep(60)\n"
+        "    except KeyboardInterrupt:\n        pathlib.Path(stopped).touch()\n        raise\n"
+        f"paths = {str(running)!r}, {str(stopped)!r}\n"
+        f"threading.Thread(target=lambda: {use}, daemon=True).start()\n"
+        f"while not os.path.exists({str(running)!r}): time.sleep(0.05)\n"
+        "print('main ends', flush=True)\n"
+    )
+    out = run_script(stack, script)
+    assert out.stdout.splitlines()[-1] == "main ends", out.stdout
+    assert out.stderr == "", out.stderr
+    # (an interrupt stops it within milliseconds; the worker's own orphan check took 30 s)
+    wait_for(stopped.exists, "the call to be interrupted", P.INTERRUPT_GRACE_S + 5)
+
+
 def test_a_script_shows_where_an_exception_that_cannot_load_here_was_raised(stack):
     """An exception whose class cannot be rebuilt here (its ``__init__`` takes two
     arguments) comes as a RemoteCellError; a script that does not catch it shows the
