@@ -119,6 +119,14 @@ def finishes_anyway(flag):
     except KeyboardInterrupt:
         return "finished anyway"
 
+def forks_and_exits(code):
+    import os, sys
+    child = os.fork()
+    if child == 0:
+        sys.exit(code)
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status)
+
 def cleans_up(flag):
     try:
         open(flag, "w").close()
@@ -285,6 +293,12 @@ def test_ctrl_c_while_waiting_for_a_futures_result_says_what_it_cancelled(nb, tm
         "remote calls were cancelled."
     )
     assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
+
+
+def test_a_process_forked_by_a_call_exits_with_its_own_sys_exit_status(nb):
+    """A call forks and the child calls ``sys.exit(3)``: the parent's ``waitpid`` sees 3,
+    as for a process of its own (it saw 0)."""
+    assert nb["forks_and_exits"](3) == 3
 
 
 def test_ctrl_c_in_a_futures_result_shows_the_calls_way_out_before_the_cell_ends(

@@ -528,6 +528,18 @@ def test_a_process_forked_by_a_cell_never_takes_the_next_cells(port):
     assert "forked by the cell, came back out of the cell's code and exits" in stderr
 
 
+@pytest.mark.parametrize(
+    ("ending", "status"), [("sys.exit(3)", 3), ("raise ValueError('no')", 1), ("pass", 0)]
+)
+def test_a_process_forked_by_a_cell_exits_with_the_status_its_code_ended_with(port, ending, status):
+    """A forked child that comes back out of the cell's code ends there with the status a
+    process of its own would have: ``sys.exit(3)`` gives 3, an uncaught exception 1.  It
+    always exited 0, so a parent checking its child's status was told all went well."""
+    port.run(f"import os, sys\nchild = os.fork()\nif child == 0:\n    {ending}\n")
+    events = port.run("_, st = os.waitpid(child, 0)\nprint(os.waitstatus_to_exitcode(st))")
+    assert stdout(events) == f"{status}\n"
+
+
 def test_an_error_in_a_process_forked_by_a_cell_shows_its_traceback(port):
     """A forked child whose code raises: its traceback reaches the notebook on stderr (it
     was dropped, with a note that "made a error output"), and the parent goes on."""

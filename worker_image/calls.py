@@ -148,8 +148,10 @@ def invoke(
     target: Target,
     user_code_over: Callable[[], None],
     next_item: Callable[[str], Step] | None = None,
+    raised: Callable[[BaseException], None] = lambda exc: None,
 ) -> Result:
-    """Call ``fn(*args, **kwargs)``; return ``(status, entries, frames)`` for DONE.
+    """Call ``fn(*args, **kwargs)``; return ``(status, entries, frames)`` for DONE;
+    ``raised`` is told the exception the function raised, if any.
 
     A generator's items leave as YIELD events.  With ``next_item`` (a lazy call,
     ``protocol.Call.lazy``) it is resumed only when ``next_item(id)`` says the client's loop
@@ -199,6 +201,7 @@ def invoke(
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # the user's exception, SystemExit included
+        raised(exc)
         user_code_over()
         _say_if_own_state_changed(outbox, target, fn, kept)
         send_exception(outbox, target, exc, skip=1, legacy=inband)

@@ -218,6 +218,9 @@ class CellRunner:
         shell.hidden_frames.add(CellRunner.on_sigint.__code__)
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
         self.interrupt_handled = False  # the last cell went on past an interrupt (Done)
+        # What the last request's user code ended with (None: it returned): the exit status
+        # of a process it forked that comes back out of it (executor._end_forked_child).
+        self.user_error: BaseException | None = None
         self.watch = Watch()
         self._streams_said: list[str] = []  # sys.stdout / stderr said to be None
 
@@ -234,6 +237,7 @@ class CellRunner:
 
     def run(self, cell: Cell) -> None:
         target = cell.target
+        self.user_error = None
         self.outbox.current = target
         self.watch.serve(cell.client)  # what changes is what changed since it last saw
         started = time.perf_counter()
@@ -403,7 +407,7 @@ class CellRunner:
             # was never sent.
             self._stop_interrupts()
             self._say_if_streams_gone(cell)
-            error = result.error_before_exec or result.error_in_exec
+            error = self.user_error = result.error_before_exec or result.error_in_exec
             # An interrupt whose id waits in the pipe came while the code ran; the code
             # went on (it caught it, or system() ignored it while its child stopped).
             interrupted = self.interrupted(cell.id)
@@ -495,9 +499,16 @@ class CellRunner:
                 raise KeyboardInterrupt
             next_item = self.next_item if cell.lazy else None
             return invoke(
-                values, cell.inband, self.outbox, cell.target, self._stop_interrupts, next_item
+                values,
+                cell.inband,
+                self.outbox,
+                cell.target,
+                self._stop_interrupts,
+                next_item,
+                raised=self._user_raised,
             )
         except KeyboardInterrupt as exc:
+            self.user_error = exc
             self._stop_interrupts()
             if not requested and not self.interrupted(cell.id):
                 # No interrupt was asked for: the function's own `raise KeyboardInterrupt`
@@ -514,6 +525,9 @@ class CellRunner:
             return DoneStatus.INTERRUPTED, [], []
         finally:
             self._stop_interrupts()
+
+    def _user_raised(self, exc: BaseException) -> None:
+        self.user_error = exc
 
     def _stop_interrupts(self) -> None:
         """From here on the user's code is over: SIGINT no longer interrupts anything, and a

@@ -389,13 +389,19 @@ class Executor:
         out of the cell's code (its end, or an exception that ended it there): it must not
         take the notebook's next cells from the shared link, so it ends, saying so on its
         stderr, which reaches the notebook."""
+        error = self.runner.user_error
+        status = 0 if error is None else 1  # (as Python exits on an uncaught exception)
+        if isinstance(error, SystemExit):  # sys.exit(n): n, as in a process of its own
+            code = error.code
+            status = 0 if code is None else code if isinstance(code, int) else 1
         note = (
             f"rexec: process {os.getpid()}, forked by the cell, came back out of the cell's "
-            "code and exits there (end a forked process yourself with os._exit)\n"
+            f"code and exits there with status {status} (end a forked process yourself with "
+            "os._exit)\n"
         )
         with contextlib.suppress(OSError):
             os.write(self.channel.std_fds[1], note.encode())
-        os._exit(0)
+        os._exit(status & 0xFF)
 
     def close(self) -> int:
         self._stopping.set()
