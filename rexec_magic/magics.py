@@ -612,8 +612,19 @@ def _others_lost(rows: list[dict[str, Any]]) -> str:
     as a sentence to add, or ""."""
     if not rows:
         return ""
+    shared = [row for row in rows if row.get("this")]  # this notebook's shared namespace:
+    if shared:  # another notebook's cell ran there
+        names = ", ".join(str(row["running_for"]) for row in shared)
+        where = ", ".join(str(row.get("notebook") or "shared") for row in shared)
+        said = f" A cell of {names} was running in this notebook's namespace ({where}): it ended."
+        rows = [row for row in rows if not row.get("this")]
+        return said + _others_lost(rows)
     names = [str(row.get("notebook") or "another notebook") for row in rows]
-    running = [name for name, row in zip(names, rows, strict=True) if "running_s" in row]
+    running = [
+        str(row.get("running_for") or name)
+        for name, row in zip(names, rows, strict=True)
+        if "running_s" in row
+    ]
     count = f"{len(rows)} other notebook" + ("s" if len(rows) > 1 else "")
     busy = f"; a cell of {', '.join(running)} was running" if running else ""
     # (a kernel shut down leaves its executor for a grace period: not a live notebook's loss)
@@ -719,7 +730,8 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         if memory:
             details.append(contract.human_bytes(memory))
         if row.get("running_s") is not None:
-            details.append(f"running {human_seconds(row['running_s'])}")
+            whose = f" (a cell of {row['running_for']})" if row.get("running_for") else ""
+            details.append(f"running {human_seconds(row['running_s'])}{whose}")
         details.append(f"up {human_seconds(float(row.get('uptime_s') or 0))}")
         if row.get("kernel_silent_s") is not None:
             details.append(f"no sign of its kernel for {human_seconds(row['kernel_silent_s'])}")

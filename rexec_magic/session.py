@@ -431,7 +431,14 @@ class RemoteSession:
         side = self._side_client()
         try:
             rows = side.inspect(timeout_s=STOP_ASK_S).get("executors") or []
-            others = [row for row in rows if isinstance(row, dict) and not row.get("this")]
+            rows = [row for row in rows if isinstance(row, dict)]
+            others = [row for row in rows if not row.get("this")]
+            # This notebook's shared namespace, while another notebook's cell runs there.
+            others += [
+                row
+                for row in rows
+                if row.get("this") and row.get("running_for") not in (None, self.client.notebook)
+            ]
         except errors.RexecError:
             pass
         finally:

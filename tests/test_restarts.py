@@ -275,6 +275,35 @@ def test_a_worker_stopped_from_another_notebook_is_said_so_to_a_cell_waiting_its
     assert "running but not responding" not in said
 
 
+def test_stop_in_a_shared_namespace_names_the_other_notebooks_cell_it_ends(
+    fresh_stack: Stack, alice: RemoteSession, tmp_path: Path
+) -> None:
+    """Two notebooks attached to one shared namespace; one stops the worker while the
+    other's cell runs there.  The stopping notebook is told whose cell it ended (it was told
+    only "Remote worker stopped.": the namespace is its own too), and ``%rexec_status``
+    says whose cell runs in a shared namespace."""
+    from rexec_magic.magics import _others_lost, status_table
+
+    bob = RemoteSession(connection.load(fresh_stack.connection_file))
+    alice.notebook, bob.notebook = "alice.ipynb", "bob.ipynb"
+    alice.attach("team")
+    bob.attach("team")
+    run(bob, "pass")
+    first, running = running_long_cell(alice, tmp_path / "running", "")
+    table = status_table(bob.status())
+    assert any(
+        key.startswith("executor shared: team") and "(a cell of alice.ipynb)" in value
+        for key, value in table.rows
+    ), table.rows
+    stopped = bob.stop()
+    assert _others_lost(stopped["others"]).startswith(
+        " A cell of alice.ipynb was running in this notebook's namespace (shared: team): it ended."
+    ), stopped["others"]
+    running.join(timeout=60)
+    bob.close()
+    assert [type(e) for e in first] == [errors.ExecutorDied]
+
+
 def worker_processes(pid: int) -> list[int]:
     """The worker (its supervisor) and its executors: every process of the worker."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()

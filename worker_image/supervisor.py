@@ -201,6 +201,9 @@ class Supervisor:
         # namespace's running cell is stopped when its own kernel goes silent, even while
         # the other notebooks attached to it keep the executor alive.
         self._clients: dict[str, tuple[float, float | None]] = {}
+        # Client session -> its notebook (as it names itself): whose cell runs in a shared
+        # namespace, in its executor's row (``running_for``).
+        self._notebooks = Recent(LOST_KEPT)
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards an absent broker
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -459,6 +462,11 @@ class Supervisor:
         now = time.monotonic()
         for ex in self.executors.values():
             row = ex.summary()
+            cur = ex.current
+            if ex.shared and cur is not None and "running_s" in row:
+                whose = self._notebooks.get(cur.client)
+                if whose:  # (a shared namespace runs several notebooks' cells)
+                    row["running_for"] = whose
             if ex is this:
                 row["this"] = True
             elif ex.keepalive_s is not None and now - ex.last_seen > ex.keepalive_s + 1.0:
@@ -714,6 +722,8 @@ class Supervisor:
                 self._seen(ex, fields)
         if fields.session:  # the kernel lives, whether or not it has an executor of its own
             self._clients[fields.session] = (time.monotonic(), fields.keepalive_s)
+            if fields.notebook:
+                self._notebooks[fields.session] = fields.notebook
         if fields.namespace and fields.session:
             # Attached to a shared namespace, even if no cell of it ran there yet: it is one
             # of its notebooks, and hears of a loss too (``ExecutorProcess.clients``).
@@ -727,6 +737,8 @@ class Supervisor:
         ex.last_seen = time.monotonic()
         if fields.session:
             self._clients[fields.session] = (ex.last_seen, fields.keepalive_s)
+            if fields.notebook:
+                self._notebooks[fields.session] = fields.notebook
         if fields.keepalive_s is not None:
             ex.keepalive_s = fields.keepalive_s
         if fields.notebook and not ex.shared:  # a shared one keeps its name as its label
