@@ -394,6 +394,7 @@ class RexecClient:
         if previous == instance:
             self.loss_told = False  # the same process after all: the next other one is news
         elif previous is not None and self.on_new_worker is not None:
+            self._missed.clear()  # (its namespace is new: nothing of it was missed)
             told, self.loss_told = self.loss_told, False
             self.on_new_worker(worker, told)
 

@@ -143,7 +143,7 @@ class RemoteSession:
         """Hold the connection for one request.  Requests get it in the order they were made
         (``ticket``: taken earlier, e.g. by ``submit()``; see ``turns``); a request that waits
         says after ``NOTICE_AFTER_S`` what it waits for, in one note kept current
-        (every ``P.LIVE_NOTE_EVERY_S``) that ends saying how long it waited.
+        (every ``protocol.LIVE_NOTE_EVERY_S``) that ends saying how long it waited.
 
         Raises ``RemoteInterrupted`` when ``cancel`` is set or Ctrl-C comes while it waits
         (the request was not sent), and ``RexecError`` when this thread holds the connection

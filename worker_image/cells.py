@@ -250,7 +250,7 @@ class CellRunner:
         # it did not watch: the cell runs without them and they are reported deleted (a
         # resend would bring back what was deleted on purpose).  The others were never
         # here: we restarted, and the client sends them again.
-        self.watch.missed(cell.missed)
+        self.watch.missed(self.shell.user_ns, cell.missed)
         missing = [
             n for n in cell.have if n not in self.shell.user_ns and n not in self.watch.digests
         ]

@@ -132,6 +132,7 @@ class Watch:
 
     def __init__(self) -> None:
         self._views = Recent(WATCH_CLIENTS_KEPT)  # client session -> {name: digest}
+        self.served_before = False  # the client ``serve`` named had a view here already
         self.digests: dict[str, str] = self.serve("")
         self.latest: dict[str, str] = {}
 
@@ -165,6 +166,7 @@ class Watch:
         """Compare against what ``client`` (a client session; "" for those without one)
         last saw, from now on; returns its hashes."""
         view = self._views.get(client)
+        self.served_before = view is not None  # (this namespace has exchanged with it)
         if view is None:
             view = self._views[client] = {}
         self.digests = view
@@ -179,13 +181,17 @@ class Watch:
             for name in names:
                 self.digests.pop(name, None)
 
-    def missed(self, names: Iterable[str]) -> None:
+    def missed(self, namespace: Mapping[str, Any], names: Iterable[str]) -> None:
         """This client never read the DONE that last exchanged ``names`` (it stopped
         waiting): it has not seen their values here.  Their hash becomes one no value has, so
         ``before`` leaves it and ``collect`` finds them changed (or deleted) and sends them.
-        (``invalidate`` would not do: ``before`` would hash the value as it is, unchanged.)"""
+        (``invalidate`` would not do: ``before`` would hash the value as it is, unchanged.)
+        A name absent here is marked only where this namespace served the client before
+        (that DONE deleted it); a new namespace (the executor was restarted) lacks it because
+        it is new: the client sends it again (``have`` and RESEND), as for any name."""
         for name in names:
-            self.digests[name] = MISSED
+            if name in namespace or self.served_before:
+                self.digests[name] = MISSED
 
     def before(self, namespace: Mapping[str, Any], names: Iterable[str]) -> None:
         """Hash the watched values not hashed yet, so a change during the cell shows."""
