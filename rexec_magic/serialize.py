@@ -217,11 +217,24 @@ def _travels_by_value(module: types.ModuleType) -> bool:
 
 
 def _module_source(module: types.ModuleType) -> str:
+    """The source a helper module runs here: its file's text as first read for this import
+    of it (``importlib.reload`` and ``%autoreload`` import it anew: a new ``__spec__``).
+    Read again each time, a file edited without a reload sent its new text, which then ran
+    there while the old code ran here, and reset the module's state there."""
     source = getattr(module, "__rexec_source__", None)
-    if source is None:
-        with open(module.__file__, encoding="utf-8") as fh:  # type: ignore[arg-type]
-            source = fh.read()
+    if source is not None:
+        return source
+    known = _SOURCES.get(id(module))
+    if known is not None and known[0] is module and known[1] is module.__spec__:
+        return known[2]
+    with open(module.__file__, encoding="utf-8") as fh:  # type: ignore[arg-type]
+        source = fh.read()
+    _SOURCES[id(module)] = (module, module.__spec__, source)
     return source
+
+
+# id(module) -> (the module, its __spec__ when read, its source then): see _module_source.
+_SOURCES: dict[int, tuple[types.ModuleType, Any, str]] = {}
 
 
 def _source_digest(source: str) -> str:

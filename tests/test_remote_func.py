@@ -921,6 +921,31 @@ def test_a_remote_func_of_a_helper_module_keeps_its_module_state_on_the_worker(s
     assert out.stdout.splitlines()[-1] == "[(1, 1), (2, 2), (3, 3)]", out.stdout
 
 
+def test_a_helper_module_edited_without_a_reload_runs_the_same_code_on_both_sides(stack, tmp_path):
+    """The helper module's file is edited after it was imported, without a reload: the
+    script still runs the code it imported, and so does the worker, its module state kept.
+    The file's new text was sent, so the worker ran other code than the script did, and its
+    module state started again (2 of 2).  After ``importlib.reload`` both run the new code."""
+    helper = tmp_path / "edited_helper.py"
+    helper.write_text(
+        "from rexec_magic import remote_func\nCOUNT = 0\n"
+        "@remote_func\ndef count():\n    global COUNT\n    COUNT += 1\n    return COUNT\n"
+    )
+    script = (
+        f"import importlib, pathlib, sys\nsys.path.insert(0, {str(tmp_path)!r})\n"
+        "import edited_helper as h\n"
+        "seen = [h.count(), h.count()]\n"
+        f"path = pathlib.Path({str(helper)!r})\n"
+        "path.write_text(path.read_text().replace('return COUNT', \"return 'edited'\"))\n"
+        "seen.append(h.count())\n"
+        "importlib.reload(h)\n"
+        "seen.append(h.count())\n"
+        "print(seen)\n"
+    )
+    out = run_script(stack, script)
+    assert out.stdout.splitlines()[-1] == "[1, 2, 3, 'edited']", out.stdout
+
+
 def test_a_script_ending_with_a_remote_generator_paused_closes_it(stack):
     """A plain script leaves a remote generator paused after one item and ends: the
     generator is closed at exit (its ``finally`` prints), as Python closes a local one.
