@@ -15,7 +15,11 @@ from rexec_magic.notes import NOTEBOOK, Notes, Progress
 
 
 class RemoteResult:
-    """The value of a remote cell's last expression, shown with the worker's mime bundle."""
+    """The value of a remote cell's last expression, shown with the worker's mime bundle:
+    what ``_``, ``Out[n]`` and ``v = %remote expr`` hold when the value itself stays on the
+    worker (it cannot come here: a lock, an open file, a class only defined there).  Its
+    display is the value's; any other use says what it is, rather than failing as an
+    unknown attribute of an unknown object."""
 
     def __init__(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
         self.data = data
@@ -26,6 +30,15 @@ class RemoteResult:
 
     def __repr__(self) -> str:
         return str(self.data.get("text/plain", "<remote value>"))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # (IPython's display machinery asks for _repr_*_ and such)
+            raise AttributeError(name)
+        raise AttributeError(
+            f"'{name}': this is only the display of a remote value, which stayed on the "
+            "worker (it cannot come here); use the value in a %%remote cell, assigned to "
+            "a name there"
+        )
 
 
 # What ``EventRenderer.restore`` shows again at most (characters of text; displays count 1).

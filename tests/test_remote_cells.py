@@ -363,6 +363,23 @@ def test_unserializable_variable_stops_the_cell_before_it_runs(ip):
     del ip.user_ns["gen"]
 
 
+def test_a_value_that_stays_remote_in_line_mode_says_what_it_is_when_used(ip):
+    """``v = %remote HL()`` whose value cannot come (it holds a lock): ``v`` shows as the
+    value does, and using it says that it is only that display, the value being on the
+    worker (it was a bare "'RemoteResult' object has no attribute 'lock'")."""
+    remote(
+        ip,
+        "import threading\nclass HL:\n    def __init__(self):\n"
+        "        self.lock = threading.Lock()\n    def __repr__(self):\n        return '<HL>'",
+    )
+    with capture_output():
+        v = ip.run_line_magic("remote", "HL()")
+    assert repr(v) == "<HL>"
+    with pytest.raises(AttributeError, match="only the display of a remote value"):
+        v.lock  # noqa: B018
+    assert not hasattr(v, "_repr_html_")  # (IPython's display asks; a plain answer)
+
+
 def test_values_over_the_pull_limit_stay_remote(ip, capsys):
     ip.user_ns.pop("big", None)
     _, out = remote(ip, "big = b'x' * (2 * 2**20)\nsmall = 1", line="--pull-limit 1MB")
