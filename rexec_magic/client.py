@@ -851,7 +851,10 @@ class RexecClient:
                             "older than the worker's).",
                             started=started,
                         )
-                    resent = uncertain = True
+                    # Refused, the request's one send, by this broker, which forwards nothing
+                    # unauthenticated: it went nowhere (a message arrives at most once).
+                    # Else the refusal answered a ping: the old broker may have forwarded it.
+                    resent, uncertain = True, h.get("id") != req_id
                     self._send_request(kind, header, buffers, cancel)
                     continue
                 if h.get("id") != req_id:

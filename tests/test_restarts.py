@@ -189,6 +189,32 @@ def test_a_broker_restart_while_a_cells_values_go_ahead_sends_them_again_and_run
     fresh_stack.wait_pid_changed("broker", old)
 
 
+def test_after_the_broker_and_the_worker_restarted_each_notebooks_next_cell_runs_once(
+    fresh_stack: Stack, alice: RemoteSession, tmp_path: Path
+) -> None:
+    """A new broker and a new worker process (``rexec up`` restarted): one notebook's next
+    cell finds the new worker; the other's is refused by the new broker (it does not know
+    that connection), said hello again and sent again, then refused as meant for the old
+    worker process, and failed: "it may have run there", though it ran nowhere (10 of 10).
+    A refusal of the request's one send by a broker that forwards nothing unauthenticated
+    proves it never started: it is sent again and runs, once."""
+    bob = RemoteSession(connection.load(fresh_stack.connection_file))
+    run(bob, "pass")
+    broker, worker = fresh_stack.pid("broker"), alice.client.worker["pid"]
+    os.kill(worker, signal.SIGKILL)
+    os.kill(broker, signal.SIGKILL)
+    fresh_stack.wait_pid_changed("broker", broker)
+    run_until_it_works(alice, "pass", [])
+    assert alice.client.worker["pid"] != worker
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'a').write('bob\\n')\nbob_ran = True"
+    try:
+        assert run(bob, code, ["bob_ran"]).values == {"bob_ran": True}
+    finally:
+        bob.close()
+    assert marker.read_text() == "bob\n"  # once
+
+
 def running_long_cell(
     session: RemoteSession, marker: Path, text: str
 ) -> tuple[list[BaseException], threading.Thread]:
