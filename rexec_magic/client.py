@@ -17,8 +17,10 @@ import itertools
 import logging
 import os
 import signal
+import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Generator, Iterator
@@ -720,7 +722,7 @@ class RexecClient:
         uncertain = False  # sent again after a loss: the first send may have started it
         interrupted_at: float | None = None
         grace_said = False  # that the interrupted cell has not stopped yet
-        broker_said = False  # that the broker has been silent (an unstarted request waits)
+        broker_said = 0.0  # when this said the broker is silent (an unstarted request waits)
         cancelled = False
         timed_out = False
         error: P.Message | None = None
@@ -770,12 +772,25 @@ class RexecClient:
                 silent = now - last_heard if now > quiet_until else 0.0
                 unrun = not started and interrupted_at is None  # sent again once it is back
                 if silent > (P.BROKER_RESTART_WAIT_S if unrun else P.BROKER_SILENT_AFTER_S):
-                    self.reset()
+                    url = self.info.broker_url
+                    if unrun and listening(url) is not False:
+                        # It takes connections but says nothing (stopped, or stalled): the
+                        # request may wait in its queue and run once it goes on.  Its output,
+                        # should it come, is held for the next request (``_abandon``).
+                        self._abandon(req_id, kind)
+                        raise errors.BrokerUnreachable(
+                            f"The rexec broker at {url} takes connections but has not "
+                            f"answered for {silent:.0f} s; the {what} has not started, and "
+                            "may still run if the broker goes on (what it prints then shows "
+                            f"in the next remote cell or call)."
+                        )
+                    self.reset()  # (what waits in this connection's queue is dropped)
                     if unrun:
                         raise errors.BrokerUnreachable(
-                            f"No answer from the rexec broker at {self.info.broker_url} "
-                            f"for {silent:.0f} s; the {what} was not run."
+                            f"No answer from the rexec broker at {url} for {silent:.0f} s, "
+                            f"and nothing takes connections there; the {what} was not run."
                         )
+                    self._missed_all(header)
                     raise errors.BrokerUnreachable(
                         f"Lost contact with the rexec broker at {self.info.broker_url} "
                         f"while the {what} ran; its output may be incomplete.",
@@ -787,23 +802,30 @@ class RexecClient:
                 if now >= next_ping:
                     self._send(P.Kind.PING, {"t": now})
                     self.keepalive()
-                    next_ping = now + P.CLIENT_PING_S
-                wait = next_ping - now
+                    # While the broker is silent what is sent waits in the connection's queue,
+                    # and a broker that comes back gets it all at once, unauthenticated, which
+                    # it rate-limits: after a minute of pings the hello that followed them was
+                    # dropped.  So a silent broker is asked less often.
+                    quiet = silent > P.BROKER_SILENT_AFTER_S
+                    next_ping = now + (P.BROKER_SILENT_AFTER_S if quiet else P.CLIENT_PING_S)
+                wait = min(next_ping - now, P.LIVE_NOTE_EVERY_S)
                 if deadline is not None and interrupted_at is None:
                     wait = min(wait, deadline - now)
                 if cancel is not None:
                     wait = min(wait, CANCEL_POLL_S)
                 local = self._next_held(req_id)  # said here, not received
                 if local is None and unrun and silent > P.BROKER_SILENT_AFTER_S:
-                    if not broker_said:
-                        broker_said = True
+                    if now - broker_said >= P.LIVE_NOTE_EVERY_S:  # one live note, kept current
+                        broker_said = now
                         text = (
                             f"waiting for the rexec broker (no answer for {silent:.0f} s; it "
-                            f"may be restarting); this {what} has not started"
+                            f"may be restarting); this {what} has not started (the wait ends "
+                            f"after {P.BROKER_RESTART_WAIT_S:.0f} s)"
                         )
-                        local = P.Message(P.Kind.NOTICE, {"id": req_id, "text": text})
+                        header_now = {"id": req_id, "text": text, "about": "broker"}
+                        local = P.Message(P.Kind.NOTICE, header_now)
                 elif silent < P.BROKER_SILENT_AFTER_S:
-                    broker_said = False
+                    broker_said = 0.0
                 said = grace_said or cancelled  # (nobody waits for a cancelled one)
                 if local is None and interrupted_at is not None and not said:
                     if now < quiet_until:  # its answer may be what is crossing
@@ -844,6 +866,7 @@ class RexecClient:
                     in_hand = None
                     self.hello()
                     if started or resent:
+                        self._missed_all(header)
                         raise errors.BrokerUnreachable(
                             f"The rexec broker restarted while the {what} ran, so your worker "
                             "stopped it if it still ran; its output may be incomplete, and what "
@@ -855,6 +878,8 @@ class RexecClient:
                     # unauthenticated: it went nowhere (a message arrives at most once).
                     # Else the refusal answered a ping: the old broker may have forwarded it.
                     resent, uncertain = True, h.get("id") != req_id
+                    if uncertain:  # (should it have run, its DONE is lost: see _missed_all)
+                        self._missed_all(header)
                     self._send_request(kind, header, buffers, cancel)
                     continue
                 if h.get("id") != req_id:
@@ -863,7 +888,7 @@ class RexecClient:
                     handled = max(handled, msg.read(P.Event).seq + 1)
                 if msg.kind == P.Kind.NOTICE:
                     said = msg.read(P.Notice)
-                    if said.about not in ("lost", "grace", "late"):  # what it waits for
+                    if said.about not in ("lost", "grace", "late", "broker"):  # what it waits for
                         notice = said.text
                     # Said again every NOTICE_REPEAT_S while it lasts (supervisor._notice).
                     repeat = P.NOTICE_REPEAT_S + 5.0
@@ -907,7 +932,9 @@ class RexecClient:
                         interrupted_at = time.monotonic()
                         self._send(P.Kind.INTERRUPT, {"id": req_id})
                     # The consumer may have taken its time: that was not the broker's silence.
-                    last_heard = time.monotonic()
+                    # (Shifted, not reset: a note made here, "waiting for the rexec broker",
+                    # is no word from it; reset, the 30 s bound on that wait never came.)
+                    last_heard += time.monotonic() - handed_at
                 elif msg.kind == P.Kind.ERROR:
                     error = msg
                 elif msg.kind == P.Kind.FAIL:
@@ -1021,6 +1048,16 @@ class RexecClient:
         return errors.RemoteInterrupted(
             f"Interrupted again; stopped waiting for the remote {what}."
         )
+
+    def _missed_all(self, header: dict[str, Any]) -> None:
+        """The request may have run, and its DONE will not be read (the broker restarted
+        while it ran, or before it said the request started): what it changed of the names it
+        watched stays on the worker, which takes this notebook as having seen it.  They are
+        named in the next requests (``missed``), so they come back with the next one that
+        uses them, as for an abandoned request (``_hold``).  Without it the notebook kept its
+        older copies, unrefreshed, as current."""
+        names = [*header.get("watch", ()), *header.get("pull", ())]
+        self._missed.update(dict.fromkeys(n for n in names if isinstance(n, str)))
 
     def _hold(self, msg: P.Message) -> None:
         """Keep output of a request the user stopped waiting for (see ``_abandon``): its
@@ -1179,6 +1216,23 @@ class RexecClient:
             log.info("a remote exception could not be loaded here: %s (%s)", err, note)
             return None
         return exc if isinstance(exc, BaseException) else None
+
+
+def listening(url: str, timeout_s: float = 1.0) -> bool | None:
+    """Whether anything takes TCP connections at ZeroMQ endpoint ``url`` (a process that is
+    stopped or stalled still does: the kernel accepts for it); None when it cannot be told
+    (not ``tcp://``).  Tells a broker that is gone, so a request still queued here is
+    provably not run, from one that may yet take it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
+        return None
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s):
+            return True
+    except TimeoutError:  # (a full backlog: someone there, or not)
+        return None
+    except OSError:
+        return False
 
 
 def not_sent(kind: str) -> str:

@@ -1068,7 +1068,8 @@ class Notice(Event):
     ``about``: ``starting``, ``previous``, ``stopped`` (its executor is stopped by SIGSTOP:
     it takes an interrupt when resumed, so the client keeps waiting for it), ``lost`` (the
     namespace was lost while no request ran: shown as a warning), ``late`` (a request the
-    user stopped waiting for ended later and changed names: a warning too) or empty."""
+    user stopped waiting for ended later and changed names: a warning too), ``broker`` (made
+    by the client: the broker is silent while its request has not started) or empty."""
 
     text: str = ""
     about: str = ""

@@ -113,7 +113,10 @@ def test_after_a_broker_restart_mid_cell_the_notebooks_older_copies_never_go_bac
     """A cell that got its values and changed them when the broker died: what it made of them
     did not come back (the notebook is told its copies may be older), and the next cell that
     reads them used to push those older copies over the worker's: the cell's changes undone
-    in silence.  The worker's values stay the truth; the notebook's copies stay as they were."""
+    in silence.  The worker's values stay the truth; the notebook's copies stay as they were
+    until the next cell that uses them, which brings the worker's back (they stayed older,
+    taken for current).  The broker may die before the cell's ``accepted`` came: then the
+    cell, sent again, is refused as already run (never twice), in a sentence of its own."""
     from rexec_magic import sync
 
     namespace = {"b": -1, "lst": [1]}
@@ -131,9 +134,12 @@ def test_after_a_broker_restart_mid_cell_the_notebooks_older_copies_never_go_bac
 
     threading.Thread(target=kill_once_changed, daemon=True).start()
     events: list[P.Message] = []
-    with pytest.raises(errors.BrokerUnreachable) as info:
+    with pytest.raises((errors.BrokerUnreachable, errors.RemoteInterrupted)) as info:
         alice.run_synced(code, namespace, ["b", "lst"], sync.shippable, fields, events.append)
-    assert "may be older than the worker's" in str(info.value)
+    if isinstance(info.value, errors.BrokerUnreachable):
+        assert "may be older than the worker's" in str(info.value)
+    else:  # (its `accepted` had not come: sent again, refused)
+        assert "it is not run a second time, and its output and results are lost" in str(info.value)
     assert namespace == {"b": -1, "lst": [1]}  # nothing came back
     fresh_stack.wait_pid_changed("broker", old)
     deadline = time.monotonic() + 30
@@ -141,12 +147,14 @@ def test_after_a_broker_restart_mid_cell_the_notebooks_older_copies_never_go_bac
         try:
             outcome = alice.run_synced(
                 "seen = (b, lst)", namespace, ["b", "lst"], sync.shippable,
-                {"pull": ["seen"], "watch": ["seen"]}, events.append,
+                {"pull": ["seen"], "watch": ["seen", "b", "lst"], "pull_changed": True},
+                events.append,
             )  # fmt: skip
             break
         except (errors.NoWorker, errors.BrokerUnreachable):
             assert time.monotonic() < deadline
     assert outcome.values["seen"] == (0, [1, 2])
+    assert outcome.values["b"] == 0 and outcome.values["lst"] == [1, 2]
 
 
 def test_a_broker_restart_while_a_cells_values_go_ahead_sends_them_again_and_runs_it_once(
@@ -213,6 +221,88 @@ def test_after_the_broker_and_the_worker_restarted_each_notebooks_next_cell_runs
     finally:
         bob.close()
     assert marker.read_text() == "bob\n"  # once
+
+
+def silent_broker_cell(
+    session: RemoteSession, code: str, events: list[P.Message]
+) -> list[BaseException]:
+    """Run ``code`` in a thread and wait for it to end (or fail the test past 60 s);
+    returns what it raised."""
+    raised: list[BaseException] = []
+
+    def cell() -> None:
+        try:
+            run_events(session, code, events)
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=cell, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the wait for a silent broker did not end"
+    return raised
+
+
+def assert_said_live(events: list[P.Message]) -> None:
+    """One note of the wait, kept current (it stayed at "no answer for 4 s")."""
+    said = [m.header["text"] for m in events if m.header.get("about") == "broker"]
+    assert said and "no answer for 4 s" in said[0], said
+    assert said[-1] != said[0], said
+    assert all("this cell has not started" in text for text in said)
+
+
+def test_a_cell_sent_while_rexec_up_is_down_says_so_live_and_is_not_run_past_the_bound(
+    fresh_stack: Stack, alice: RemoteSession, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``rexec up`` is down (here stopped, and its broker killed) when a cell is sent: the
+    wait is said in one note kept current, and after ``BROKER_RESTART_WAIT_S`` the cell
+    fails saying it was not run, which holds: the request waited in this client's queue,
+    dropped then.  The note made here counted as word from the broker, so the bound never
+    came: the cell waited as long as the broker was away (75 and 150 s), its note frozen at
+    "no answer for 4 s", then failed as "did not answer within 10 s; is it running?" once
+    it was back (its hello lost behind a minute of queued pings)."""
+    monkeypatch.setattr(P, "BROKER_RESTART_WAIT_S", 8.0)
+    broker, marker = fresh_stack.pid("broker"), tmp_path / "ran"
+    events: list[P.Message] = []
+    os.kill(fresh_stack.proc.pid, signal.SIGSTOP)  # (so it does not start another broker)
+    try:
+        os.kill(broker, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(broker), "the broker to end")
+        raised = silent_broker_cell(alice, f"open({str(marker)!r}, 'w').close()", events)
+    finally:
+        os.kill(fresh_stack.proc.pid, signal.SIGCONT)
+    assert [type(e) for e in raised] == [errors.BrokerUnreachable], raised
+    assert str(raised[0]).endswith("nothing takes connections there; the cell was not run.")
+    assert_said_live(events)
+    fresh_stack.wait_pid_changed("broker", broker)
+    run_until_it_works(alice, "pass", [])
+    assert not marker.exists()
+
+
+def test_a_cell_sent_to_a_stalled_broker_is_not_said_unrun(
+    fresh_stack: Stack, alice: RemoteSession, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The broker takes connections but does not answer (stopped): past the bound the
+    cell fails saying it has not started and may still run, as it may: the request waits
+    in the broker's queue (said "was not run", that could be false).  Once the broker goes
+    on, the next cell works."""
+    monkeypatch.setattr(P, "BROKER_RESTART_WAIT_S", 8.0)
+    broker = fresh_stack.pid("broker")
+    events: list[P.Message] = []
+    os.kill(broker, signal.SIGSTOP)
+    try:
+        raised = silent_broker_cell(alice, "print('ran')", events)
+    finally:
+        os.kill(broker, signal.SIGCONT)
+    assert [type(e) for e in raised] == [errors.BrokerUnreachable], raised
+    assert "takes connections but has not answered" in str(raised[0])
+    assert "has not started, and may still run" in str(raised[0])
+    assert_said_live(events)
+    assert run_until_it_works(alice, "seen = 2", ["seen"]).values == {"seen": 2}
+
+
+def run_events(session: RemoteSession, code: str, events: list[P.Message]) -> Any:
+    return session.run(code, {}, [], events.append, pull_limit=2**20)
 
 
 def running_long_cell(
