@@ -1911,6 +1911,20 @@ def test_each_notebook_of_a_shared_namespace_reads_its_own_last_output(port):
     assert done(events).header.get("conflicts", []) == []
 
 
+def test_a_module_both_notebooks_of_a_shared_namespace_imported_is_no_conflict(port):
+    """Two notebooks of a shared namespace both ``import json`` and use it: the second
+    one's push loads as the very module there (modules travel by reference), so it is no
+    newer value to keep over its copy; it was, with a note that "`json` in the shared
+    namespace is newer than this notebook's copy" (6 of 6)."""
+    import json
+
+    team = {"namespace": "team-modules"}
+    port.run("print(json.dumps(1))", push={"json": json}, extra={"session": "a", **team})
+    events = port.run("print(json.dumps(2))", push={"json": json}, extra={"session": "b", **team})
+    assert stdout(events) == "2\n"
+    assert done(events).header.get("conflicts", []) == []
+
+
 def test_a_cell_that_uses_up_its_file_descriptors_gets_the_error_and_keeps_its_namespace(port):
     """EMFILE in a cell is the cell's own OSError, as in a local kernel (the executor
     imported a module to send the error, which failed for want of a descriptor: it died,

@@ -370,9 +370,12 @@ class CellRunner:
         send back with the DONE (``conflicts``) so the notebook gets what is here."""
         if not shared(cell.session):
             return []
-        # (IPython's names of a notebook's history are that notebook's own: never a conflict)
-        pushed = [n for n in values if not ipython_name(n)]
-        kept = self.watch.conflicts(self.shell.user_ns, pushed)
+        # (IPython's names of a notebook's history are that notebook's own: never a conflict;
+        # nor is a push that loads as the very object here: a module, a class or function of
+        # an installed package, which travel by reference)
+        ns = self.shell.user_ns
+        pushed = [n for n in values if not ipython_name(n) and not (n in ns and values[n] is ns[n])]
+        kept = self.watch.conflicts(ns, pushed)
         for name in kept:
             del values[name]
         if kept:
