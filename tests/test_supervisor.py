@@ -1925,6 +1925,20 @@ def test_a_module_both_notebooks_of_a_shared_namespace_imported_is_no_conflict(p
     assert done(events).header.get("conflicts", []) == []
 
 
+def test_a_value_another_notebook_made_comes_back_to_the_notebook_whose_cell_reads_it(port):
+    """Notebook a binds ``w0`` in a shared namespace; b's cell reads it: it comes back to b
+    with the cell, as what another notebook changed does (README).  It was taken as seen
+    by b before the cell ran, so b got a NameError for ``w0`` in a local cell (4 of 4)."""
+    team = {"namespace": "team-reads"}
+    watch = {"watch": ["w0"], "pull_changed": True}
+    port.run("w0 = [0]", extra={"session": "a", **team, **watch})
+    events = port.run("print(w0)", extra={"session": "b", **team, **watch})
+    assert stdout(events) == "[0]\n"
+    assert [v["name"] for v in done(events).header["vars"]] == ["w0"]
+    again = port.run("print(w0)", extra={"session": "b", **team, **watch})
+    assert done(again).header["vars"] == []  # (seen now: not sent again)
+
+
 def test_a_cell_that_uses_up_its_file_descriptors_gets_the_error_and_keeps_its_namespace(port):
     """EMFILE in a cell is the cell's own OSError, as in a local kernel (the executor
     imported a module to send the error, which failed for want of a descriptor: it died,

@@ -133,6 +133,7 @@ class Watch:
     def __init__(self) -> None:
         self._views = Recent(WATCH_CLIENTS_KEPT)  # client session -> {name: digest}
         self.served_before = False  # the client ``serve`` named had a view here already
+        self.pushed: set[str] = set()  # names its current request sent (``invalidate``)
         self.digests: dict[str, str] = self.serve("")
         self.latest: dict[str, str] = {}
 
@@ -167,6 +168,7 @@ class Watch:
         last saw, from now on; returns its hashes."""
         view = self._views.get(client)
         self.served_before = view is not None  # (this namespace has exchanged with it)
+        self.pushed: set[str] = set()
         if view is None:
             view = self._views[client] = {}
         self.digests = view
@@ -180,6 +182,7 @@ class Watch:
         else:
             for name in names:
                 self.digests.pop(name, None)
+                self.pushed.add(name)
 
     def missed(self, namespace: Mapping[str, Any], names: Iterable[str]) -> None:
         """This client never read the DONE that last exchanged ``names`` (it stopped
@@ -197,6 +200,11 @@ class Watch:
         """Hash the watched values not hashed yet, so a change during the cell shows."""
         for name in names:
             if name in self.digests or name not in namespace:
+                continue
+            if name in self.latest and name not in self.pushed:
+                # Another notebook of a shared namespace exchanged it; this one never saw it
+                # (``w0 = [0]`` there, read here): left unhashed, it goes back as changed.
+                # (Hashed, it was taken as seen, and never came: a NameError here.)
                 continue
             try:
                 self._seen(name, serialize.pack_value(namespace[name]).digest)
