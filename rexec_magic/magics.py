@@ -619,23 +619,23 @@ def _others_lost(rows: list[dict[str, Any]]) -> str:
         said = f" A cell of {names} was running in this notebook's namespace ({where}): it ended."
         rows = [row for row in rows if not row.get("this")]
         return said + _others_lost(rows)
-    names = [str(row.get("notebook") or "another notebook") for row in rows]
-    running = [
-        str(row.get("running_for") or name)
-        for name, row in zip(names, rows, strict=True)
-        if "running_s" in row
-    ]
     count = f"{len(rows)} other notebook" + ("s" if len(rows) > 1 else "")
-    busy = f"; a cell of {', '.join(running)} was running" if running else ""
-    # (a kernel shut down leaves its executor for a grace period: not a live notebook's loss)
-    shown = [_silence(name, row) for name, row in zip(names, rows, strict=True)]
-    return f" It also held the namespaces of {count} ({', '.join(shown)}{busy}): they are lost too."
+    shown = "; ".join(_row_said(row) for row in rows)
+    return f" It also held the namespaces of {count}: {shown}. They are lost too."
 
 
-def _silence(name: str, row: dict[str, Any]) -> str:
-    """An executor row's notebook, with how long no sign of its kernel came, if it is gone."""
-    silent = row.get("kernel_silent_s")
-    return name if silent is None else f"{name}, no sign of its kernel for {silent} s"
+def _row_said(row: dict[str, Any]) -> str:
+    """An executor row's notebook, with what it was doing: busy (whose cell, in a shared
+    namespace), or no sign of its kernel (a kernel shut down leaves its executor for a grace
+    period: not a live notebook's loss).  Items go in ";"-separated lists: no ";" here."""
+    details = []
+    if "running_s" in row:
+        whose = f" with a cell of {row['running_for']}" if row.get("running_for") else ""
+        details.append(f"busy{whose} for {human_seconds(float(row['running_s'] or 0))}")
+    if row.get("kernel_silent_s") is not None:
+        details.append(f"no sign of its kernel for {row['kernel_silent_s']} s")
+    name = str(row.get("notebook") or "another notebook")
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def _restarted_since(last_exit_at: Any, since: float | None) -> bool:

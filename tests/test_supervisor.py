@@ -1978,7 +1978,7 @@ def test_an_executor_whose_kernel_went_silent_is_listed_so(port):
             break
     assert row["kernel_silent_s"] >= 1
     said = _others_lost([row])
-    assert f"(quiet, no sign of its kernel for {row['kernel_silent_s']} s)" in said, said
+    assert f": quiet (no sign of its kernel for {row['kernel_silent_s']} s)." in said, said
 
 
 def test_an_interrupt_turned_into_an_error_shows_no_frame_of_the_worker(port):
