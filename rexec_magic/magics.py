@@ -740,7 +740,9 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         this = " (this notebook)" if row.get("this") else ""
         rows.append((f"executor {row.get('notebook', '?')}{this}", ", ".join(details)))
     variables = inspect.get("variables") or []
-    if running:
+    if running and not variables and inspect.get("note"):  # (it could not answer: not "none")
+        rows.append(("remote variables", f"not known now: {inspect['note']}"))
+    elif running:
         listing = ", ".join(
             f"{v['name']} ({v['type']}, {contract.human_bytes(v.get('size', 0))})"
             for v in variables

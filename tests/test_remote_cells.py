@@ -380,6 +380,26 @@ def test_a_value_that_stays_remote_in_line_mode_says_what_it_is_when_used(ip):
     assert not hasattr(v, "_repr_html_")  # (IPython's display asks; a plain answer)
 
 
+def test_status_of_a_stopped_executor_says_its_variables_are_not_known(ip):
+    """This notebook's executor is stopped (SIGSTOP): ``%rexec_status`` said "remote
+    variables none" (and "only remote none") while it held ``stopped_var``; it says they are
+    not known now, and why."""
+    remote(ip, "import os\nstopped_var = 1\nexecutor_pid = os.getpid()")
+    pid = ip.user_ns["executor_pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with capture_output():
+            table = ip.run_line_magic("rexec_status", "")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    rows = dict(table.rows)
+    assert rows["remote variables"].startswith("not known now: the executor is stopped"), rows
+    assert "only remote" not in rows
+    with capture_output():
+        table = ip.run_line_magic("rexec_status", "")
+    assert "stopped_var" in dict(table.rows)["remote variables"]
+
+
 def test_values_over_the_pull_limit_stay_remote(ip, capsys):
     ip.user_ns.pop("big", None)
     _, out = remote(ip, "big = b'x' * (2 * 2**20)\nsmall = 1", line="--pull-limit 1MB")

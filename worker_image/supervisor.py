@@ -824,7 +824,11 @@ class Supervisor:
             "executors": self.executor_rows(this=ex),
         }
         if ex is not None and reply is None and ex.ready:
-            header["note"] = "variables are listed when the running cell lets the executor answer"
+            header["note"] = (
+                "the executor is stopped (SIGSTOP): its variables are listed once it goes on"
+                if proc_stopped(ex.pid)
+                else "variables are listed when the running cell lets the executor answer"
+            )
         return header
 
     # ================================================================== executors
