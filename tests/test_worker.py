@@ -472,11 +472,21 @@ def test_matplotlib_figure_is_displayed_as_png(broker):
     assert png.startswith("iVBORw0KGgo")  # base64 of the PNG signature
 
 
-def test_input_fails_at_once(broker):
-    events = broker.run("input('name? ')", timeout=10)
+@pytest.mark.parametrize(
+    ("code", "named"),
+    [
+        ("input('name? ')", "input()"),
+        ("import getpass\ngetpass.getpass()", "getpass()"),
+        ("import sys\nsys.stdin.readline()", "reading sys.stdin"),
+    ],
+)
+def test_reading_the_keyboard_fails_at_once_naming_what_the_cell_called(broker, code, named):
+    """input(), getpass() and sys.stdin fail at once (nothing hangs); each error names what
+    the cell called (getpass and sys.stdin were told "input() is not available")."""
+    events = broker.run(code, timeout=10)
     [error] = [e for e in events if e.kind == Kind.ERROR]
     assert error.header["ename"] == "StdinNotImplementedError"
-    assert "remote cell" in error.header["evalue"]
+    assert error.header["evalue"].startswith(f"{named} is not available in a remote cell")
 
 
 # --------------------------------------------------------------------------- errors

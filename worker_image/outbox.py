@@ -383,16 +383,18 @@ class NoStdin(io.TextIOBase):
         return True
 
     def read(self, size: int | None = -1) -> str:
-        raise stdin_error()
+        raise stdin_error("reading sys.stdin")
 
     def readline(self, size: int | None = -1) -> str:  # type: ignore[override]
-        raise stdin_error()
+        raise stdin_error("reading sys.stdin")
 
 
-def stdin_error() -> Exception:
+def stdin_error(what: str = "input()") -> Exception:
+    """The error of ``what`` (``input()``, ``getpass()``, reading ``sys.stdin``): named as the
+    user wrote it."""
     from IPython.core.error import StdinNotImplementedError
 
     return StdinNotImplementedError(
-        "input() is not available in a remote cell: the worker has no keyboard. "
+        f"{what} is not available in a remote cell: the worker has no keyboard. "
         "Set the value in a local variable and use it in the cell instead."
     )

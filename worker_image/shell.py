@@ -334,6 +334,10 @@ def _no_input(*args: Any, **kwargs: Any) -> str:
     raise stdin_error()
 
 
+def _no_getpass(*args: Any, **kwargs: Any) -> str:
+    raise stdin_error("getpass()")
+
+
 def redirect_stdio(std_fds: tuple[int, int] = (1, 2)) -> None:
     """Unbuffered stdout/stderr on the supervisor's pipes (``std_fds``: fds 1 and 2 or their
     private copies, see ``outbox.private_std_fds``); no stdin."""
@@ -342,4 +346,4 @@ def redirect_stdio(std_fds: tuple[int, int] = (1, 2)) -> None:
     builtins.print = whole_print  # a printed line leaves whole (threads, forked children)
     sys.stdin = NoStdin()
     builtins.input = _no_input
-    getpass.getpass = _no_input  # it would otherwise open /dev/tty
+    getpass.getpass = _no_getpass  # it would otherwise open /dev/tty
