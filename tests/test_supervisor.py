@@ -1981,6 +1981,27 @@ def test_an_executor_whose_kernel_went_silent_is_listed_so(port):
     assert f": quiet (no sign of its kernel for {row['kernel_silent_s']} s)." in said, said
 
 
+def test_a_shared_namespace_whose_kernels_all_went_silent_says_so_from_their_last_sign(port):
+    """Both kernels of a shared namespace stop (killed): its row says how long no sign of
+    them came, counted from their last sign, and it is stopped after the same silence as a
+    notebook's own namespace.  While one of them was known alive the count was "now", so it
+    started again once both were gone: nothing was said for 30 s and it lived 60 s."""
+    team = {"namespace": "team-silent", "keepalive_s": 3}
+    port.run("x = 1", extra={"session": "a", **team})
+    port.run("y = 2", extra={"session": "b", **team})
+    last_sign = time.monotonic()  # (no keepalive comes after these)
+    end = time.monotonic() + WAIT_S
+    while True:
+        beat = port.recv_kind(Kind.HEARTBEAT, timeout=max(0.1, end - time.monotonic()))
+        [row] = [r for r in beat.header["executors"] if r["notebook"] == "shared: team-silent"]
+        if "kernel_silent_s" in row:
+            break
+    silent_for = time.monotonic() - last_sign
+    # The silence it reports is the silence there was (give or take a heartbeat under load);
+    # it said 4 s when 14 s had passed.
+    assert abs(row["kernel_silent_s"] - silent_for) <= 3, (row, silent_for)
+
+
 def test_an_interrupt_turned_into_an_error_shows_no_frame_of_the_worker(port):
     """``except KeyboardInterrupt: raise ValueError(...)``: the traceback's chained part
     showed rexec's own frame (``cells.py, in CellRunner.on_sigint: raise

@@ -1539,15 +1539,17 @@ class Supervisor:
             return
         if self._session_key is None:
             return  # not registered: no keepalive can reach us (see _on_registered)
-        if ex.shared and any(
-            session in self._clients and not self._client_gone(session, now)
-            for session in ex.clients
-        ):
+        if ex.shared:
             # A shared namespace lives while a kernel that attached to it lives, attached
             # now or not (as a notebook's own namespace lives while it is attached
-            # elsewhere): it comes back to the values with %rexec_attach NAME.
-            ex.last_seen = now
-            return
+            # elsewhere): it comes back to the values with %rexec_attach NAME.  Its last sign
+            # is the newest of its kernels' (it was "now" while one lived, so once all went
+            # silent the count started again from there: 60 s, not 30, and no "no sign of
+            # its kernel" in its row meanwhile).
+            known = [s for s in ex.clients if s in self._clients]
+            ex.last_seen = max([ex.last_seen, *(self._clients[s][0] for s in known)])
+            if any(not self._client_gone(session, now) for session in known):
+                return
         if not ex.orphaned:
             silent = now - ex.last_seen
             if silent <= ORPHAN_AFTER_PINGS * ex.keepalive_s + 1.0:
