@@ -168,7 +168,7 @@ class Watch:
         last saw, from now on; returns its hashes."""
         view = self._views.get(client)
         self.served_before = view is not None  # (this namespace has exchanged with it)
-        self.pushed: set[str] = set()
+        self.pushed = set()
         if view is None:
             view = self._views[client] = {}
         self.digests = view
