@@ -1962,6 +1962,17 @@ def test_a_cell_that_uses_up_its_file_descriptors_gets_the_error_and_keeps_its_n
     assert stdout(events) == "True\n"
 
 
+def first_silent_row(port: BrokerPort, notebook: str) -> dict:
+    """``notebook``'s executor row in the first heartbeat that says no sign of its kernel
+    came (heartbeats come each second)."""
+    end = time.monotonic() + WAIT_S
+    while True:
+        beat = port.recv_kind(Kind.HEARTBEAT, timeout=max(0.1, end - time.monotonic()))
+        [row] = [r for r in beat.header["executors"] if r["notebook"] == notebook]
+        if "kernel_silent_s" in row:
+            return row
+
+
 def test_an_executor_whose_kernel_went_silent_is_listed_so(port):
     """Rows of the user's executors (heartbeats, %rexec_status, what %rexec_stop says it
     also ended) say when no sign of an executor's kernel came: a kernel shut down leaves its
@@ -1970,12 +1981,7 @@ def test_an_executor_whose_kernel_went_silent_is_listed_so(port):
 
     # Then no keepalive comes: listed silent after 4 s, stopped after 10 s (heartbeats: 1 s).
     port.run("x = 1", **in_session("quiet", keepalive_s=3))
-    end = time.monotonic() + WAIT_S
-    while True:
-        beat = port.recv_kind(Kind.HEARTBEAT, timeout=max(0.1, end - time.monotonic()))
-        [row] = [r for r in beat.header["executors"] if r["notebook"] == "quiet"]
-        if "kernel_silent_s" in row:
-            break
+    row = first_silent_row(port, "quiet")
     assert row["kernel_silent_s"] >= 1
     said = _others_lost([row])
     assert f": quiet (no sign of its kernel for {row['kernel_silent_s']} s)." in said, said
@@ -1983,19 +1989,14 @@ def test_an_executor_whose_kernel_went_silent_is_listed_so(port):
 
 def test_a_shared_namespace_whose_kernels_all_went_silent_says_so_from_their_last_sign(port):
     """Both kernels of a shared namespace stop (killed): its row says how long no sign of
-    them came, counted from their last sign, and it is stopped after the same silence as a
-    notebook's own namespace.  While one of them was known alive the count was "now", so it
-    started again once both were gone: nothing was said for 30 s and it lived 60 s."""
+    them came, counted from their last sign (from which its stop is counted too).  While one
+    of them was known alive the count was "now", so it started again once both were gone:
+    nothing was said for 30 s and it lived 60 s."""
     team = {"namespace": "team-silent", "keepalive_s": 3}
     port.run("x = 1", extra={"session": "a", **team})
     port.run("y = 2", extra={"session": "b", **team})
     last_sign = time.monotonic()  # (no keepalive comes after these)
-    end = time.monotonic() + WAIT_S
-    while True:
-        beat = port.recv_kind(Kind.HEARTBEAT, timeout=max(0.1, end - time.monotonic()))
-        [row] = [r for r in beat.header["executors"] if r["notebook"] == "shared: team-silent"]
-        if "kernel_silent_s" in row:
-            break
+    row = first_silent_row(port, "shared: team-silent")
     silent_for = time.monotonic() - last_sign
     # The silence it reports is the silence there was (give or take a heartbeat under load);
     # it said 4 s when 14 s had passed.
