@@ -173,8 +173,10 @@ class RexecClient:
         self._abandoned: OrderedDict[str, str] = OrderedDict()
         self._held: deque[P.Message] = deque(maxlen=HELD_KEPT)
         self._news: list[P.Message] = []  # what the end of an abandoned request lost
-        # Names an abandoned request's DONE assigned or deleted: sent with every request
-        # (``missed``) until a DONE of one that carried them comes (the worker marks them).
+        # Names whose last exchange this client never read (an abandoned request's DONE
+        # assigned or deleted them, ``_hold``; a request that may have run lost its DONE,
+        # ``_missed_all``): sent with every request (``missed``) until a DONE of one that
+        # carried them comes (the worker marks them unseen).
         self._missed: dict[str, None] = {}
         self.last_heard = 0.0  # time.monotonic() of the last message from the broker
         # A message read whole while a Ctrl-C came: the next _recv returns it (whole_message).
