@@ -728,7 +728,7 @@ class RexecClient:
         cancelled = False
         timed_out = False
         error: P.Message | None = None
-        now = asked_at = event_at = time.monotonic()
+        now = asked_at = time.monotonic()
         deadline = now + timeout_s if timeout_s else None
         last_heard = loop_at = now
         next_ping = now + P.CLIENT_PING_S
@@ -766,9 +766,6 @@ class RexecClient:
                     and now - interrupted_at > P.INTERRUPT_GRACE_S + 5
                     and now > stopped_until  # a stopped executor is not lost: it waits
                     and now > quiet_until + P.BROKER_SILENT_AFTER_S
-                    # (its output still coming: the worker is there, sending what the cell
-                    # wrote before it stopped, as fast as this client reads it)
-                    and now - event_at > P.BROKER_SILENT_AFTER_S
                 ):
                     why = f" ({notice})" if notice else "; it may still be busy"
                     raise errors.WorkerLost(
@@ -889,8 +886,6 @@ class RexecClient:
                     continue
                 if h.get("id") != req_id:
                     continue  # a late event of an earlier cell
-                if local is None:
-                    event_at = time.monotonic()
                 if "seq" in h:  # a numbered event (read through its model by _recv already)
                     handled = max(handled, msg.read(P.Event).seq + 1)
                 if msg.kind == P.Kind.NOTICE:

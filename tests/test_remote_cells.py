@@ -363,41 +363,6 @@ def test_unserializable_variable_stops_the_cell_before_it_runs(ip):
     del ip.user_ns["gen"]
 
 
-def test_ctrl_c_on_a_display_loop_read_slowly_stops_it_and_keeps_the_namespace(
-    ip, monkeypatch, tmp_path
-):
-    """A cell floods displays (a ``clear_output`` progress loop) faster than the notebook
-    shows them; Ctrl-C.  The executor waits in a send for the notebook to read (credit),
-    SIGINT held back, so it takes the interrupt only once the output before it is read:
-    that wait counted against the 5 s grace period, and the namespace was lost to an
-    interrupt the cell would have taken at once (4 of 6).  Now the cell stops, everything
-    it showed before arrives, and the namespace stays."""
-    from rexec_magic.render import EventRenderer
-
-    remote(ip, "keep_f1 = 42", line="--no-pull")
-    assert "keep_f1" not in ip.user_ns
-    show = EventRenderer._show
-
-    def slow_reader(self: EventRenderer, msg: Any) -> Any:
-        if msg.kind == P.Kind.DISPLAY:
-            time.sleep(0.002)
-        return show(self, msg)
-
-    monkeypatch.setattr(EventRenderer, "_show", slow_reader)
-    flag = tmp_path / "flooding"
-    code = (
-        "import pathlib\nfrom IPython.display import display\n"
-        "for i in range(10**7):\n    display({'text/plain': f'd {i}'}, raw=True)\n"
-        f"    if i == 2000:\n        pathlib.Path({str(flag)!r}).touch()\n"
-    )
-    with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
-        remote(ip, code)
-    monkeypatch.undo()
-    assert "namespace was lost" not in str(info.value), info.value
-    remote(ip, "kept_f1 = 'keep_f1' in globals()", line="--no-push")
-    assert ip.user_ns["kept_f1"] is True
-
-
 def test_a_value_that_stays_remote_in_line_mode_says_what_it_is_when_used(ip):
     """``v = %remote HL()`` whose value cannot come (it holds a lock): ``v`` shows as the
     value does, and using it says that it is only that display, the value being on the

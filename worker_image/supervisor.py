@@ -1389,8 +1389,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ timers
     def _tick(self, now: float) -> None:
-        elapsed = now - self._last_tick
-        stall = elapsed - TICK_S
+        stall = now - self._last_tick - TICK_S
         self._last_tick = now
         if stall > STALL_S:
             # This process did not run (stopped, starved): nobody could reach it meanwhile, so
@@ -1406,19 +1405,6 @@ class Supervisor:
             if ex.pidfd is None and ex.exited() is not None:
                 self._on_exit(ex)
                 continue
-            if (
-                ex.grace_deadline is not None
-                and ex.kill_reason == "interrupt"
-                and ex.current is not None
-                and ex.current.blocked
-            ):
-                # Its client is behind (credit): the executor waits in a send for it to
-                # read, SIGINT held back, and cannot take the interrupt or say it took it
-                # until that output is read.  That wait does not count against the grace
-                # period: counted, a fast loop of displays lost its namespace to an
-                # interrupt it would have taken at once (4 of 6).  (A second Ctrl-C stops
-                # the client's pacing: the grace period then runs.)
-                ex.grace_deadline += min(elapsed, TICK_S + STALL_S)
             if ex.grace_deadline is not None and now >= ex.grace_deadline:
                 if ex.kill_reason == "exit":
                     log.info(
