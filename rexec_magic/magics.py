@@ -9,6 +9,7 @@ magic answers ``-h`` / ``--help`` with its flags (``parse``).  rexec's own words
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import logging
 import os
@@ -21,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float, TraitError, Unicode, validate
@@ -50,6 +52,38 @@ def parse(magic: Any, line: str) -> Any:
         print(magic.__doc__)
         return None
     return parse_argstring(magic, line)
+
+
+def parse_login(magic: Any, line: str) -> argparse.Namespace | None:
+    """``%rexec_login``'s flags, read by hand rather than by argparse: a token is random
+    URL-safe text, so about one in 64 starts with ``-``, which argparse takes for a flag
+    (and its error then quotes the token).  Every word but the help flags and
+    ``--spawner-url URL`` is the token; errors never quote a word of the line."""
+    try:
+        words = shlex.split(line)
+    except ValueError:
+        words = line.split()
+    if any(w in HELP_FLAGS for w in words):
+        print(magic.__doc__)
+        return None
+    token: str | None = None
+    url: str | None = None
+    rest = iter(words)
+    for word in rest:
+        if word == "--spawner-url":
+            url = next(rest, None)
+            if url is None:
+                raise UsageError("%rexec_login: --spawner-url needs the spawner's URL.")
+        elif word.startswith("--spawner-url="):
+            url = word.partition("=")[2]
+        elif token is None:
+            token = word
+        else:
+            raise UsageError(
+                "%rexec_login takes one token and --spawner-url URL; the line has more words "
+                "(not shown: one may be your token)."
+            )
+    return argparse.Namespace(token=token, spawner_url=url)
 
 
 @contextmanager
@@ -352,7 +386,7 @@ class RexecMagics(Magics):
     @line_magic
     def rexec_login(self, line: str) -> None:
         """Log in: check the token with the spawner and write the connection file."""
-        args = parse(self.rexec_login, line)
+        args = parse_login(self.rexec_login, line)
         if args is None:
             return
         token = args.token or os.environ.get(contract.Env.TOKEN) or getpass.getpass("rexec token: ")

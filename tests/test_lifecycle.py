@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import json
 import re
+import secrets
 import signal
 import socket
 import stat
@@ -13,11 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
+from broker.auth import token_hash
 from rexec_magic import connection, errors
 from rexec_magic.notes import RecordedNotes
+from rexec_magic.private_file import write_private
 from rexec_magic.session import RemoteSession
 from tests.harness import WAIT_S, pid_alive
 from tests.local_stack import start_stack
@@ -141,6 +146,34 @@ def test_login_checks_the_token_and_writes_the_connection_file(stack, shell, mon
     assert saved.broker_url == stack.connection["broker_url"] and saved.token == stack.token
     ip.run_cell_magic("remote", "", "after_login = 1")
     assert ip.user_ns["after_login"] == 1
+
+
+@pytest.mark.parametrize("first", ["-", "--", "-h", "--spawner-url"])
+def test_login_takes_a_token_whatever_it_starts_with(stack, shell, first):
+    """A token is random URL-safe text: about one in 64 starts with "-" (it was taken for a
+    flag: "unrecognized arguments", quoting the token).  Such tokens, before or after the
+    flag, log in; an extra word is refused without quoting the line."""
+    ip, conn = shell
+    url = stack.connection["spawner_url"]
+    token = first + secrets.token_urlsafe(32)
+    tokens = Path(stack.state["tokens_file"])
+    table = json.loads(tokens.read_text())
+    user = stack.connection["user"]
+    table[token_hash(token)] = {"sub": user, "username": user, "groups": []}
+    write_private(tokens, json.dumps(table))
+    try:
+        for line in (f"--spawner-url {url} {token}", f"{token} --spawner-url={url}"):
+            conn.unlink(missing_ok=True)
+            with capture_output() as out:
+                ip.run_line_magic("rexec_login", line)
+            assert f"Logged in as {user}" in out.stdout and token not in out.stdout + out.stderr
+            assert connection.load(conn).token == token
+        with pytest.raises(UsageError) as extra:
+            ip.run_line_magic("rexec_login", f"{token} {token}x --spawner-url {url}")
+        assert token not in str(extra.value) and "one token" in str(extra.value)
+    finally:
+        table.pop(token_hash(token))
+        write_private(tokens, json.dumps(table))
 
 
 def test_start_with_requirements_then_stop(stack, shell, tmp_path):
