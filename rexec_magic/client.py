@@ -114,6 +114,45 @@ def whole_message(pass_on: bool = True) -> Iterator[list[Any]]:
             pass_on_sigint(previous, held[0])
 
 
+@contextmanager
+def sigints_counted() -> Iterator[list[int]]:
+    """Count the SIGINTs (Ctrl-C, a kernel interrupt) that come while the block lasts, each
+    passed on to the handler that was there (for a kernel: a KeyboardInterrupt).
+
+    Python cannot raise an exception in some places, a ``__del__`` or a Cython
+    ``__dealloc__`` such as pyzmq's ``Frame.__dealloc__`` (which checks for signals), and
+    drops it there ("Exception ignored in ..."): a Ctrl-C that landed in one never reached
+    the wait loop, so the cell ran on and the notebook waited for its end.  The count
+    (``[n]``) lets the loop find such a Ctrl-C and act on it as on any other.  Main thread
+    only (elsewhere, and where SIGINT is ignored or not set from Python, the count stays 0);
+    a handler someone sets meanwhile is left in place at the end.
+    """
+    count = [0]
+    previous = _signal.getsignal(_signal.SIGINT)
+    if (
+        previous is None
+        or previous == _signal.SIG_IGN
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield count
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        count[0] += 1
+        pass_on_sigint(previous, frame)
+
+    try:
+        _signal.signal(_signal.SIGINT, on_sigint)
+    except ValueError:  # not the main interpreter
+        yield count
+        return
+    try:
+        yield count
+    finally:
+        if _signal.getsignal(_signal.SIGINT) is on_sigint:
+            _signal.signal(_signal.SIGINT, previous)
+
+
 @dataclass
 class CellOutcome:
     """What came back from one cell besides its events."""
@@ -712,7 +751,27 @@ class RexecClient:
         Every event is acknowledged (ACK, in batches) once the caller has handled it: the
         worker sends at most ``CLIENT_CREDIT`` unacknowledged events, so a slow consumer
         slows the cell down and nothing is dropped on the way.
+        A Ctrl-C that Python dropped on the way (``sigints_counted``) interrupts it too.
         """
+        with sigints_counted() as sigints:
+            return (
+                yield from self._request_events(
+                    kind, req_id, header, buffers, timeout_s, cancel, first, sigints
+                )
+            )
+
+    def _request_events(
+        self,
+        kind: str,
+        req_id: str,
+        header: dict[str, Any],
+        buffers: list[Any],
+        timeout_s: float | None,
+        cancel: threading.Event | None,
+        first: tuple[dict[str, Any], list[Any]] | None,
+        sigints: list[int],
+    ) -> Events:
+        """``_events``' loop; ``sigints``: the count of SIGINTs since it began."""
         what = "call" if kind == P.Kind.CALL else "cell"
         lazy = bool(header.get("lazy"))  # each item after the first waits for our NEXT
         started = False  # the worker accepted the cell: never resend it after that
@@ -736,6 +795,7 @@ class RexecClient:
         # comes after it waits (this request's own push, or an event the broker announced).
         quiet_until = now + P.transfer_allowance_s(serialize.nbytes(buffers))
         went = first is None  # the request left (``first`` sent)
+        acted = 0  # of the SIGINTs counted (``sigints``), those acted on or left to the caller
         while True:
             # The message being handled: a Ctrl-C before it is acted on puts it back
             # (_stashed), so the read after the `interrupt` handles it, e.g. a `done` that
@@ -747,6 +807,8 @@ class RexecClient:
                     first, went = None, True
                     if ctrl_c:  # it went: stop it there, and read on to its end
                         raise KeyboardInterrupt
+                if sigints[0] > acted:  # a Ctrl-C that Python dropped on the way, e.g. in a
+                    raise KeyboardInterrupt  # __del__ (``sigints_counted``): act on it now
                 now = time.monotonic()
                 if now - loop_at > P.CLIENT_PING_S + STALL_S:
                     # This process did not run meanwhile (local code holding the GIL, a
@@ -911,6 +973,7 @@ class RexecClient:
                                 raise into.exception from None
                             sent, throw = into.exception, True
                         if lazy and msg.kind == P.Kind.YIELD:  # the loop wants another item
+                            acted = sigints[0]  # (a Ctrl-C in its body was the loop's to handle)
                             if deadline is not None:  # the loop's own time is not the call's
                                 deadline += time.monotonic() - handed_at
                             self._send_next(req_id, sent, throw)
@@ -929,6 +992,7 @@ class RexecClient:
                         self._abandon(req_id, kind)
                         raise
                     except KeyboardInterrupt:  # thrown in: it hit while the caller showed msg
+                        acted = sigints[0]
                         if interrupted_at is not None:
                             raise self._abandon(req_id, kind) from None
                         interrupted_at = time.monotonic()
@@ -997,6 +1061,7 @@ class RexecClient:
                         self._send(P.Kind.INTERRUPT, {"id": req_id})
                 raise
             except KeyboardInterrupt:  # anywhere in here, e.g. while sending a ping
+                acted = sigints[0]
                 if not went:
                     raise errors.RemoteInterrupted(not_sent(kind)) from None
                 if in_hand is not None and self._stashed is None:

@@ -104,6 +104,15 @@ def ctrl_c_when(flag: Path) -> WhenFlag:
     return WhenFlag(flag, lambda: signal.pthread_kill(main, signal.SIGINT))
 
 
+class CtrlCInDel:
+    """An object whose ``__del__`` presses Ctrl-C (a real SIGINT, handled at once): the
+    KeyboardInterrupt is raised where Python cannot pass it on and drops it ("Exception
+    ignored in"), as it does in pyzmq's ``Frame.__dealloc__`` when a Ctrl-C lands there."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
 def ctrl_c_right_after(
     monkeypatch: Any, owner: Any, name: str, when: Callable[..., bool]
 ) -> threading.Event:

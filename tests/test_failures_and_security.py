@@ -8,6 +8,7 @@ import os
 import random
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +19,10 @@ import zmq
 from broker.control import broker_status
 from rexec_magic import connection, errors
 from rexec_magic import protocol as P
+from rexec_magic.client import RexecClient
 from rexec_magic.notes import RecordedNotes
 from rexec_magic.session import RemoteSession
-from tests.harness import WAIT_S, WhenFlag, ctrl_c_when
+from tests.harness import WAIT_S, CtrlCInDel, WhenFlag, ctrl_c_when
 
 pytestmark = pytest.mark.stack
 
@@ -371,6 +373,41 @@ def test_cell_that_ignores_interrupt_restarts_its_executor_and_says_so(fresh_sta
     assert gone.value.ename == "NameError"  # a fresh executor answered
     assert not said.texts("warning")  # told once, with the interrupt: not again
     session.close()
+
+
+@pytest.mark.parametrize("where", ["while output is shown", "while the client waits"])
+def test_a_ctrl_c_that_python_drops_still_interrupts_the_cell(alice, monkeypatch, where):
+    """A Ctrl-C whose KeyboardInterrupt Python drops (it landed in a ``__del__`` or a
+    ``__dealloc__``, here one run by the output handler or in the client's wait) interrupts
+    the cell all the same, and the namespace stays.  It was lost: the cell ran to its end
+    (seen: a Ctrl-C in pyzmq's Frame.__dealloc__, and the test waited for ever)."""
+    dropped: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_value))
+    run(alice, "kept = 1")
+    armed = threading.Event()
+    real = RexecClient._recv_one
+
+    def recv_one(self, *args, **kwargs):
+        if armed.is_set() and threading.current_thread() is threading.main_thread():
+            armed.clear()
+            CtrlCInDel()  # (dropped at once: its __del__ runs here)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RexecClient, "_recv_one", recv_one)
+
+    def on_event(msg: P.Message) -> None:
+        if msg.kind == P.Kind.STREAM and not dropped and not armed.is_set():
+            if where == "while output is shown":
+                CtrlCInDel()
+            else:
+                armed.set()
+
+    code = "print('started', flush=True)\nimport time\ntime.sleep(30)\nfinished = 1\n"
+    with pytest.raises(errors.RemoteInterrupted):
+        alice.run(code, {}, ["finished"], on_event, pull_limit=2**20)
+    assert [type(e) for e in dropped] == [KeyboardInterrupt]  # Python did drop it
+    outcome, _ = run(alice, "ran_on = 'finished' in globals()", pull=["kept", "ran_on"])
+    assert outcome.values == {"kept": 1, "ran_on": False}
 
 
 def test_shutdown_needs_the_admin_secret(fresh_stack):
