@@ -153,6 +153,60 @@ def sigints_counted() -> Iterator[list[int]]:
             _signal.signal(_signal.SIGINT, previous)
 
 
+class AfterDone:
+    """Hold a Ctrl-C that comes once a cell's DONE is in hand, until the notebook has taken
+    in what the cell returned (bound what it assigned, shown its value).
+
+    Raised there, the KeyboardInterrupt cut that short: what the cell assigned on the worker
+    was not bound here although the worker takes the notebook as having it (a later cell
+    then reads the older copy), or a traceback ran through rexec's frames.  The magic wraps
+    a cell in ``with AfterDone() as after:``; the client calls ``begin()`` at the cell's
+    last DONE (not one that asks it to send the cell again); ``held`` says whether a Ctrl-C
+    came since.  Main thread only (a kernel interrupt is the main thread's); elsewhere, and
+    where SIGINT is ignored or not set from Python, it does nothing.
+    """
+
+    current: AfterDone | None = None  # the one around the main thread's cell now
+
+    def __init__(self) -> None:
+        self.on = False
+        self.held = False
+        self._previous: Any = None
+        self._handler: Any = None
+        self._outer: AfterDone | None = None
+
+    def begin(self) -> None:
+        self.on = True
+
+    def __enter__(self) -> AfterDone:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        previous = _signal.getsignal(_signal.SIGINT)
+        if previous is None or previous == _signal.SIG_IGN:
+            return self
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if self.on:
+                self.held = True
+            else:
+                pass_on_sigint(previous, frame)
+
+        try:
+            _signal.signal(_signal.SIGINT, on_sigint)
+        except ValueError:  # not the main interpreter
+            return self
+        self._previous, self._handler = previous, on_sigint
+        self._outer, AfterDone.current = AfterDone.current, self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._handler is None:
+            return
+        AfterDone.current = self._outer
+        if _signal.getsignal(_signal.SIGINT) is self._handler:
+            _signal.signal(_signal.SIGINT, self._previous)
+
+
 @dataclass
 class CellOutcome:
     """What came back from one cell besides its events."""
@@ -1043,6 +1097,9 @@ class RexecClient:
                         self.loss_told = True  # told here: the next worker is no news
                     raise self._fail_error(msg)
                 elif msg.kind == P.Kind.DONE:
+                    after = AfterDone.current
+                    if after is not None and msg.read(P.Done).status != P.DoneStatus.RESEND:
+                        after.begin()  # (main thread only: it is set there alone)
                     for name in header.get("missed", ()):
                         self._missed.pop(name, None)
                     return self._finish(

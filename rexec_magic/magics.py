@@ -28,6 +28,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Float, TraitError, Unicode, validate
 
 from rexec_magic import assist, connection, contract, errors, names, remote_files, sync
+from rexec_magic.client import AfterDone
 from rexec_magic.login import log_in
 from rexec_magic.logs import log_path, setup_logging
 from rexec_magic.notes import NOTEBOOK, Notes
@@ -265,6 +266,18 @@ class RexecMagics(Magics):
         return number if isinstance(number, int) else self.shell.execution_count
 
     def _run(self, args: Any, code: str, line_mode: bool) -> Any:
+        """Run the cell; a Ctrl-C that comes once it is over waits until what it returned
+        is taken in (``AfterDone``), then says so in one sentence."""
+        with AfterDone() as after:
+            result = self._run_cell(args, code, line_mode)
+        if after.held:
+            raise errors.RemoteInterrupted(
+                "The Ctrl-C came after the remote cell had finished: it ran to its end, and "
+                "what it assigned is in the notebook."
+            )
+        return result
+
+    def _run_cell(self, args: Any, code: str, line_mode: bool) -> Any:
         self._local_code_may_have_run(line_mode)
         push, forced, fields, changed_only = self._plan(args, code)
         self._lost_placeholders(push)

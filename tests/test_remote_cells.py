@@ -18,7 +18,7 @@ import zmq
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from rexec_magic import errors
+from rexec_magic import errors, magics, sync
 from rexec_magic import protocol as P
 from rexec_magic.client import RexecClient
 from tests.harness import WAIT_S, ctrl_c_right_after, ctrl_c_when, wait_for
@@ -433,6 +433,29 @@ def test_interrupt_stops_the_remote_cell(ip, body, tmp_path):
     # The worker runs one cell at a time: this answer means the endless cell really stopped.
     result, _ = remote(ip, "'still alive'")
     assert repr(ip.user_ns["_"]) == "'still alive'"
+
+
+@pytest.mark.parametrize("where", ["sync.NamespaceSync.sent", "magics.show_result"])
+def test_a_ctrl_c_once_the_cell_is_over_still_binds_what_it_assigned(ip, monkeypatch, where):
+    """A Ctrl-C that comes after the cell's end reached the notebook, while what it returned
+    is taken in (here right after the notebook noted what the worker holds, or right after
+    the value was shown): what the cell assigned is bound all the same, and one sentence
+    says the cell had finished.  It was a bare KeyboardInterrupt through rexec's frames,
+    and the notebook lacked what the worker took it as having."""
+    module, _, name = where.rpartition(".")
+    owner: Any = {"sync.NamespaceSync": sync.NamespaceSync, "magics": magics}[module]
+    armed = ctrl_c_right_after(monkeypatch, owner, name, lambda *_: True)
+    ip.user_ns.pop("after_done", None)
+    armed.set()
+    with pytest.raises(KeyboardInterrupt) as info:
+        remote(ip, "after_done = 21\nafter_done * 2")
+    assert not armed.is_set(), "no Ctrl-C was pressed"
+    assert isinstance(info.value, errors.RemoteInterrupted)
+    assert "after the remote cell had finished" in str(info.value)
+    assert ip.user_ns["after_done"] == 21
+    monkeypatch.undo()
+    remote(ip, "after_done + 1")
+    assert repr(ip.user_ns["_"]) == "22"
 
 
 def _abandon_after(ip: InteractiveShell, monkeypatch: Any, tmp_path: Path, first: str) -> str:
