@@ -145,7 +145,9 @@ class EventRenderer:
             and isinstance(event, (P.Stream, P.Display, P.Error, P.Result))
         ):
             self._show_result()
-        if event.late and not self._late_said:
+        # (Not before a late clear: it would clear the header, said again after it.)
+        clears = isinstance(event, P.Display) and event.clear
+        if event.late and not self._late_said and not clears:
             # Output of an earlier cell's threads, timers or child processes, produced after
             # that cell ended (ipykernel shows it in the cell that started it; ours is gone).
             self._late_said = True

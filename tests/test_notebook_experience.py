@@ -795,7 +795,8 @@ def test_late_output_that_ended_mid_line_does_not_run_into_the_next_cells_first_
 def test_late_output_after_a_late_clear_output_keeps_its_header(kc):
     """A thread clears the output and prints after its cell ended: at the top of the next
     cell the clear wiped rexec's "output produced after the previous remote cell" header,
-    and the late text read as the new cell's own (1 of 1).  The header comes again."""
+    and the late text read as the new cell's own (1 of 1).  The header comes after the clear
+    (it came before it too: twice in the cell's messages)."""
     code = "import threading, time\nfrom IPython.display import clear_output\n"
     code += "def later():\n    time.sleep(0.2)\n    clear_output()\n    print('after clear')\n"
     code += "threading.Thread(target=later).start()"
@@ -808,6 +809,7 @@ def test_late_output_after_a_late_clear_output_keeps_its_header(kc):
     text = stdout_of(after)
     header = "[rexec: output produced after the previous remote cell or call ended]\n"
     assert text.startswith(header) and text.endswith("after clear\nown line\n"), text
+    assert stdout_of(out).count(header) == 1  # (not also before the clear, which wiped it)
 
 
 @pytest.mark.parametrize(
