@@ -836,6 +836,7 @@ class RexecClient:
         resent = False
         uncertain = False  # sent again after a loss: the first send may have started it
         interrupted_at: float | None = None
+        event_at = 0.0  # when the last numbered event of this request came
         grace_said = False  # that the interrupted cell has not stopped yet
         broker_said = 0.0  # when this said the broker is silent (an unstarted request waits)
         cancelled = False
@@ -879,7 +880,9 @@ class RexecClient:
                     self._send(P.Kind.INTERRUPT, {"id": req_id})
                 if (
                     interrupted_at is not None
-                    and now - interrupted_at > P.INTERRUPT_GRACE_S + 5
+                    # (Its output still coming is no silence: a slow reader here holds the
+                    # worker's word behind it, see supervisor ``_park``.)
+                    and now - max(interrupted_at, event_at) > P.INTERRUPT_GRACE_S + 5
                     and now > stopped_until  # a stopped executor is not lost: it waits
                     and now > quiet_until + P.BROKER_SILENT_AFTER_S
                 ):
@@ -950,11 +953,13 @@ class RexecClient:
                         wait = min(wait, quiet_until - now)
                     elif now < stopped_until:  # the worker said what comes (it is resumed)
                         wait = min(wait, stopped_until - now)
-                    elif now - interrupted_at >= P.NOTICE_AFTER_S:
+                    # (Its output still coming: it may have stopped already, its word on the
+                    # way behind that output.  A cell deaf to it is restarted all the same.)
+                    elif now - max(interrupted_at, event_at) >= P.NOTICE_AFTER_S:
                         grace_said = True
                         local = self._grace_notice(req_id, kind, header.get("namespace"))
                     else:
-                        wait = min(wait, interrupted_at + P.NOTICE_AFTER_S - now)
+                        wait = min(wait, max(interrupted_at, event_at) + P.NOTICE_AFTER_S - now)
                 msg = in_hand = local if local is not None else self._recv(wait)
                 if msg is None:
                     continue
@@ -1004,6 +1009,7 @@ class RexecClient:
                     continue  # a late event of an earlier cell
                 if "seq" in h:  # a numbered event (read through its model by _recv already)
                     handled = max(handled, msg.read(P.Event).seq + 1)
+                    event_at = last_heard
                 if msg.kind == P.Kind.NOTICE:
                     said = msg.read(P.Notice)
                     if said.about not in ("lost", "grace", "late", "broker"):  # what it waits for

@@ -21,6 +21,7 @@ from IPython.utils.capture import capture_output
 from rexec_magic import errors, magics, sync
 from rexec_magic import protocol as P
 from rexec_magic.client import RexecClient
+from rexec_magic.render import EventRenderer
 from tests.harness import WAIT_S, ctrl_c_right_after, ctrl_c_when, wait_for
 
 pytestmark = pytest.mark.stack
@@ -456,6 +457,46 @@ def test_a_ctrl_c_once_the_cell_is_over_still_binds_what_it_assigned(ip, monkeyp
     monkeypatch.undo()
     remote(ip, "after_done + 1")
     assert repr(ip.user_ns["_"]) == "22"
+
+
+@pytest.mark.parametrize(
+    "step", ["clear_output(wait=True); print(i)", "display(i)", "print(i, flush=True)"]
+)
+def test_ctrl_c_on_a_flood_read_slowly_stops_the_cell_and_keeps_the_namespace(
+    ip, monkeypatch, tmp_path, step
+):
+    """Ctrl-C on a tight output loop that the notebook shows slowly (its reader behind, so
+    the cell waits to send): the cell stops, the namespace stays, and what the cell wrote
+    before it stopped is all shown.  It was restarted for "not stopping within 5 s": the
+    word that its code was over waited behind the output still on its way (4 of 6)."""
+    real_show = EventRenderer._show
+    flag = tmp_path / "flooding"
+
+    slowed = [0]
+
+    def slow_show(self: EventRenderer, msg: P.Message) -> None:
+        # From the Ctrl-C on (before it, the loop runs far ahead anyway), for 8 s: longer
+        # than the interrupt's grace period.
+        if flag.exists() and slowed[0] < 2000:
+            slowed[0] += 1
+            time.sleep(0.004)  # a busy browser
+        real_show(self, msg)
+
+    monkeypatch.setattr(EventRenderer, "_show", slow_show)
+    remote(ip, "flood_kept = 7", line="--no-pull")
+    cell = (
+        "import pathlib\nfrom IPython.display import clear_output, display\n"
+        f"for i in range(10**7):\n    {step}\n"
+        f"    if i == 20_000:  # (far ahead of the notebook by now)\n"
+        f"        pathlib.Path({str(flag)!r}).touch()\n"
+    )
+    with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
+        remote(ip, cell)
+    assert isinstance(info.value, errors.RemoteInterrupted)
+    assert "restarted" not in str(info.value) and "lost" not in str(info.value)
+    monkeypatch.undo()
+    remote(ip, "flood_kept + 1")
+    assert repr(ip.user_ns["_"]) == "8"
 
 
 def _abandon_after(ip: InteractiveShell, monkeypatch: Any, tmp_path: Path, first: str) -> str:

@@ -189,6 +189,10 @@ class ExecutorProcess:
         self.stop_told = False  # its interrupt's notebook heard that it is stopped (SIGSTOP)
         self.grace_killed = False  # SIGKILL sent: it ignored its interrupt (or stop) too long
         self.interrupted_at = 0.0  # time.monotonic() of the interrupt its grace period is for
+        # Messages read off its link past its client's credit during a grace period (see
+        # ``Supervisor._park``), handed on in order before anything read later; their bytes.
+        self.parked: deque[list[Any]] = deque()
+        self.parked_bytes = 0
         self.ending = False  # its exit is being handled: nothing more is sent to it
         self.late: deque[Late] = deque()
         self.last_client = ""  # whose request ended last here: output after it is theirs

@@ -111,6 +111,9 @@ LINK_READ_PER_TURN = 8 << 20  # bytes read from one executor's link per turn of 
 # loop).  More can only come from a child it forked that goes on writing, and is not read.
 EXIT_DRAIN_BYTES = 4 * framing.SOCKET_BUFFER
 EXIT_DRAIN_MESSAGES = 10_000
+# What is read ahead of a slow client from the link of an executor in an interrupt's grace
+# period (``_park``): what its socket buffer can hold, and as much again.
+PARK_MAX_BYTES = 4 * framing.SOCKET_BUFFER
 ASSIST_WAIT_S = 5.0  # a completion / obj? question the executor never answered is forgotten
 REGISTER_RETRY_S = 3.0  # REGISTER again when REGISTERED has not come after this long
 STALL_S = 2.0  # a tick this much late: the supervisor itself was stopped or starved
@@ -268,13 +271,13 @@ class Supervisor:
                         items.append((ex.pidfd, zmq.POLLIN))
                         owners[ex.pidfd] = ex
                     blocked = ex.held_back
-                    flags = ex.wants(blocked)
+                    flags = ex.wants(blocked and not self._parking(ex))
                     if flags:
                         items.append((ex.link.fileno(), flags))
                         owners[ex.link.fileno()] = ex
                     if blocked:
                         continue  # the client is behind: let the executor wait
-                    if ex.events.ready():
+                    if ex.parked or ex.events.ready():
                         waiting.append(ex)
                     for fd in ex.pipes:
                         items.append((fd, zmq.POLLIN))
@@ -969,18 +972,17 @@ class Supervisor:
         most = EXIT_DRAIN_MESSAGES if to_the_end else MAX_RECV_PER_TURN
         while taken < most:
             if not to_the_end and ex.held_back:
+                if self._parking(ex):
+                    self._park(ex)
                 return
             budget = limit - (ex.events.received - start)
             if budget <= 0:
                 return
-            try:
-                frames = ex.events.next(budget)
-            except framing.FramingError as exc:  # nothing after it can be read: stop it
-                log.error("executor %d: unreadable link (%s); it is stopped", ex.number, exc)
-                ex.events.eof = True
-                ex.kill_reason = "link"
-                ex.signal(signal.SIGKILL)
-                return
+            if ex.parked:
+                frames = ex.parked.popleft()
+                ex.parked_bytes -= _size(frames)
+            else:
+                frames = self._next_message(ex, budget)
             if frames is None:
                 return
             taken += 1
@@ -1006,6 +1008,57 @@ class Supervisor:
                 self._event_seen(ex)
             else:
                 self._forward(ex, raw)
+
+    def _next_message(self, ex: ExecutorProcess, budget: int) -> list[Any] | None:
+        """The next whole message on ``ex``'s link (reading at most about ``budget`` bytes),
+        or None; an unreadable link stops the executor."""
+        try:
+            return ex.events.next(budget)
+        except framing.FramingError as exc:  # nothing after it can be read: stop it
+            log.error("executor %d: unreadable link (%s); it is stopped", ex.number, exc)
+            ex.events.eof = True
+            ex.kill_reason = "link"
+            ex.signal(signal.SIGKILL)
+            return None
+
+    @staticmethod
+    def _parking(ex: ExecutorProcess) -> bool:
+        """Whether to read ``ex``'s link ahead of its slow client (``_park``) this turn."""
+        return (
+            ex.current is not None
+            and ex.grace_deadline is not None
+            and ex.parked_bytes < PARK_MAX_BYTES
+        )
+
+    def _park(self, ex: ExecutorProcess) -> None:
+        """Read ``ex``'s link ahead of its slow client while an interrupt's grace period runs,
+        keeping the messages in order (``ex.parked``) but acting on CODE_OVER at once.
+
+        A cell's event send blocks while its client is behind, with SIGINT held back until
+        it is whole (``outbox.EventChannel``), and the word that the interrupted code is over
+        comes after the events already on their way: with the client slowly showing a flood
+        of output, a cell that took its interrupt at once was killed at the end of the grace
+        period, its namespace lost.  Read ahead, the send ends, the interrupt lands, and its
+        CODE_OVER is seen; the events follow at the client's pace, none dropped.  A cell deaf
+        to the interrupt fills ``PARK_MAX_BYTES`` and is killed as before.
+        """
+        start = ex.events.received
+        while ex.parked_bytes < PARK_MAX_BYTES:
+            budget = LINK_READ_PER_TURN - (ex.events.received - start)
+            if budget <= 0:
+                return
+            frames = self._next_message(ex, budget)
+            if frames is None:
+                return
+            try:
+                raw = protocol.split(frames)
+            except ProtocolError:
+                raw = None  # (said and skipped when it is taken)
+            if raw is not None and raw.kind == CODE_OVER:
+                self._on_code_over(ex, raw)
+                continue
+            ex.parked.append(frames)
+            ex.parked_bytes += _size(frames)
 
     def _on_code_over(self, ex: ExecutorProcess, raw: protocol.Unread) -> None:
         """The interrupted request took the interrupt and its code is over: what it bound
@@ -1686,6 +1739,11 @@ def _stream_due(ex: ExecutorProcess) -> float:
     if texts[-1].endswith("\n"):
         return due
     return max(due, since + PARTIAL_LINE_WAIT_S)
+
+
+def _size(frames: list[Any]) -> int:
+    """Bytes of a message's frames (``bytes`` or byte ``memoryview``s)."""
+    return sum(len(f) for f in frames)
 
 
 def _header_id(header: bytes) -> str | None:
