@@ -43,14 +43,21 @@ HELP_FLAGS = ("-h", "--help")
 QUIET_PACKAGES = ("matplotlib",)
 
 
-def parse(magic: Any, line: str) -> Any:
-    """The magic's flags, or None after printing its help for ``-h`` / ``--help``."""
+def words_unless_help(magic: Any, line: str) -> list[str] | None:
+    """The line's words, or None after printing the magic's help for ``-h`` / ``--help``."""
     try:
         words = shlex.split(line)
     except ValueError:
         words = line.split()
     if any(w in HELP_FLAGS for w in words):
         print(magic.__doc__)
+        return None
+    return words
+
+
+def parse(magic: Any, line: str) -> Any:
+    """The magic's flags, or None after printing its help for ``-h`` / ``--help``."""
+    if words_unless_help(magic, line) is None:
         return None
     return parse_argstring(magic, line)
 
@@ -60,12 +67,8 @@ def parse_login(magic: Any, line: str) -> argparse.Namespace | None:
     URL-safe text, so about one in 64 starts with ``-``, which argparse takes for a flag
     (and its error then quotes the token).  Every word but the help flags and
     ``--spawner-url URL`` is the token; errors never quote a word of the line."""
-    try:
-        words = shlex.split(line)
-    except ValueError:
-        words = line.split()
-    if any(w in HELP_FLAGS for w in words):
-        print(magic.__doc__)
+    words = words_unless_help(magic, line)
+    if words is None:
         return None
     token: str | None = None
     url: str | None = None
