@@ -1103,9 +1103,14 @@ class RexecClient:
                         self.loss_told = True  # told here: the next worker is no news
                     raise self._fail_error(msg)
                 elif msg.kind == P.Kind.DONE:
-                    after = AfterDone.current
-                    if after is not None and msg.read(P.Done).status != P.DoneStatus.RESEND:
-                        after.begin()  # (main thread only: it is set there alone)
+                    after = AfterDone.current  # (the main thread's cell, not another
+                    if (  # thread's call that ends meanwhile)
+                        after is not None
+                        and kind == P.Kind.EXECUTE
+                        and threading.current_thread() is threading.main_thread()
+                        and msg.read(P.Done).status != P.DoneStatus.RESEND
+                    ):
+                        after.begin()
                     for name in header.get("missed", ()):
                         self._missed.pop(name, None)
                     return self._finish(

@@ -499,6 +499,27 @@ def test_ctrl_c_on_a_flood_read_slowly_stops_the_cell_and_keeps_the_namespace(
     assert repr(ip.user_ns["_"]) == "8"
 
 
+def test_a_call_that_ends_in_another_thread_leaves_the_cells_ctrl_c_alone(ip, tmp_path):
+    """A remote call submitted from the notebook ends, in its own thread, while a cell
+    waits for its turn or runs: a Ctrl-C on the cell still interrupts it (the call's end is
+    not the cell's, after which a Ctrl-C waits until the cell's values are bound)."""
+    ip.run_cell(
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef nap_then(s):\n    import time\n    time.sleep(s)\n    return s\n"
+    )
+    ip.user_ns.pop("slept_out", None)
+    future = ip.user_ns["nap_then"].submit(0.5)
+    flag = tmp_path / "cell-runs"
+    cell = (
+        f"import pathlib, time\npathlib.Path({str(flag)!r}).touch()\ntime.sleep(30)\nslept_out = 1"
+    )
+    with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
+        remote(ip, cell)
+    assert future.result(timeout=WAIT_S) == 0.5
+    assert isinstance(info.value, errors.RemoteInterrupted)
+    assert "had finished" not in str(info.value) and "slept_out" not in ip.user_ns
+
+
 def _abandon_after(ip: InteractiveShell, monkeypatch: Any, tmp_path: Path, first: str) -> str:
     """Run ``first`` remotely, then Ctrl-C and again at once (the cell had already stopped
     at the first), so nobody reads its DONE; returns what the next cell (``pass``) said."""
