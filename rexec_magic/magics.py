@@ -714,7 +714,11 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
     # The broker answered and lists the worker, which did not answer (stopped, starved: the
     # broker drops it only after its heartbeat timeout): what the broker still holds of it
     # is stale, and "ready" would promise cells that cannot run.
-    silent = bool(worker) and "rtt_ms" in report and "broker_error" in report
+    # Unless the spawner says it stopped it (or it failed): the broker then still lists it
+    # for a moment, and a question to it fails ("No worker is running for you").
+    spawner_state = report.get("spawner_state") or {}
+    gone = spawner_state.get("state") in (contract.WorkerState.STOPPED, contract.WorkerState.FAILED)
+    silent = bool(worker) and "rtt_ms" in report and "broker_error" in report and not gone
     rows: list[tuple[str, str]] = [
         ("user", report.get("user") or "?"),
         (
@@ -724,7 +728,6 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         ),
         ("spawner", report["spawner"]),
     ]
-    spawner_state = report.get("spawner_state") or {}
     inspect = report.get("inspect") or {}
     # Busy for this notebook when its own executor runs a cell: another notebook's cell holds
     # nothing of this one up (each has its own executor; their rows below show them).
