@@ -898,7 +898,7 @@ class RexecClient:
                         # It takes connections but says nothing (stopped, or stalled): the
                         # request may wait in its queue and run once it goes on.  Its output,
                         # should it come, is held for the next request (``_abandon``).
-                        self._abandon(req_id, kind)
+                        self._abandon(req_id, kind, header)
                         raise errors.BrokerUnreachable(
                             f"The rexec broker at {url} takes connections but has not "
                             f"answered for {silent:.0f} s; the {what} has not started, and "
@@ -1049,12 +1049,12 @@ class RexecClient:
                         self._send(P.Kind.INTERRUPT, {"id": req_id})
                         # Nobody waits for its end: should it cost the namespace (it ignores
                         # the interrupt), the next request says so (``_hold``).
-                        self._abandon(req_id, kind)
+                        self._abandon(req_id, kind, header)
                         raise
                     except KeyboardInterrupt:  # thrown in: it hit while the caller showed msg
                         acted = sigints[0]
                         if interrupted_at is not None:
-                            raise self._abandon(req_id, kind) from None
+                            raise self._abandon(req_id, kind, header) from None
                         interrupted_at = time.monotonic()
                         self._send(P.Kind.INTERRUPT, {"id": req_id})
                     # The consumer may have taken its time: that was not the broker's silence.
@@ -1135,12 +1135,12 @@ class RexecClient:
                 if in_hand is not None and self._stashed is None:
                     self._stashed = in_hand
                 if interrupted_at is not None:
-                    raise self._abandon(req_id, kind) from None
+                    raise self._abandon(req_id, kind, header) from None
                 interrupted_at = time.monotonic()
                 try:
                     self._send(P.Kind.INTERRUPT, {"id": req_id})
                 except KeyboardInterrupt:  # a second Ctrl-C as the INTERRUPT left (whole)
-                    raise self._abandon(req_id, kind) from None
+                    raise self._abandon(req_id, kind, header) from None
 
     def _send_next(self, req_id: str, value: Any, throw: bool) -> None:
         """NEXT for lazy call ``req_id``: ``value`` is what ``.send()`` sent in (None: a
@@ -1169,20 +1169,26 @@ class RexecClient:
         text = grace_sentence(what, namespace)
         return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "grace"})
 
-    def _abandon(self, req_id: str, kind: str) -> errors.RemoteInterrupted:
+    def _abandon(self, req_id: str, kind: str, header: dict[str, Any]) -> errors.RemoteInterrupted:
         """The user stopped waiting for ``req_id`` (a second Ctrl-C).  Its output no longer
         waits for this client's acknowledgements (an ``ack`` past any count), so the worker
         reads on and the cell can end rather than stall on flow control and be killed as
         deaf to the interrupt; what it sends is held and shown by the next request."""
         what = "call" if kind == P.Kind.CALL else "cell"
         self._abandoned[req_id] = what
+        # What it may still change is named in the next requests (``missed``) from now, not
+        # only once its DONE comes (``_hold``): the next cell may go before that, and wait
+        # behind it on the worker, which then took this notebook's older copies as current.
+        self._missed_all(header)
         while len(self._abandoned) > ABANDONED_KEPT:
             self._abandoned.popitem(last=False)
         with contextlib.suppress(zmq.ZMQError):
             self._send(P.Kind.ACK, {"id": req_id, "n": UNPACED})
-        return errors.RemoteInterrupted(
+        error = errors.RemoteInterrupted(
             f"Interrupted again; stopped waiting for the remote {what}."
         )
+        error.abandoned = True
+        return error
 
     def _missed_all(self, header: dict[str, Any]) -> None:
         """The request may have run, and its DONE will not be read (the broker restarted

@@ -131,6 +131,9 @@ class RemoteInterrupted(KeyboardInterrupt):
         # A cell's CellOutcome: what it bound before the interrupt stopped it (or before the
         # interrupt came, too late to stop it), which comes back as from a local cell.
         self.outcome: object | None = None
+        # The user stopped waiting for it (a second Ctrl-C): it may run on, with the values
+        # it was sent, and end unseen.
+        self.abandoned = False
 
     def __str__(self) -> str:
         return self.message

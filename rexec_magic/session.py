@@ -526,6 +526,10 @@ class RemoteSession:
                 except (errors.RemoteInterrupted, errors.CellTimeout) as exc:
                     if exc.outcome is not None:  # it ran (stopped part way, or to its end)
                         self.sync.sent(namespace, plan, _unloaded(exc.outcome))
+                    elif getattr(exc, "abandoned", False):  # it may run on: its values and
+                        self.sync.sent(namespace, plan, [])  # what it assigns are never
+                        changing = [*header["watch"], *header.get("pull", ())]  # sent over
+                        self.sync.may_change_there(namespace, changing)  # by older copies
                     raise
                 except errors.BrokerUnreachable as exc:
                     if exc.started:  # its values reached the worker; what it made of them

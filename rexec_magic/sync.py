@@ -213,6 +213,9 @@ class Plan:
         return entries, frames
 
 
+_ABSENT = object()  # (a name not in the namespace)
+
+
 class NamespaceSync:
     def __init__(self) -> None:
         self.records: dict[str, Record] = {}
@@ -318,6 +321,22 @@ class NamespaceSync:
             value = namespace.get(name)
             self.records[name] = Record(plan.digests[name], id(value), self.epoch, packed.reads)
             self._not_remote_only(name)
+
+    def may_change_there(self, namespace: MutableMapping[str, Any], names: Iterable[str]) -> None:
+        """A request the user stopped waiting for (a second Ctrl-C) may still assign
+        ``names`` on the worker: the notebook's copies of those it has no record of are
+        recorded as held there, so that, unchanged here, they are never sent over what the
+        request assigns (it comes back instead: ``missed``); changed here later, they go
+        as any change does.  Without it the next cell sent the older copy over it."""
+        for name in names:
+            value = namespace.get(name, _ABSENT)
+            if name in self.records or value is _ABSENT or isinstance(value, RemoteOnly):
+                continue
+            try:
+                packed = serialize.pack_value(value)
+            except serialize.SerializationError:
+                continue  # (it cannot go anyway)
+            self.records[name] = Record(packed.digest, id(value), self.epoch, packed.reads)
 
     # ------------------------------------------------------------------ receiving
     def pulled(

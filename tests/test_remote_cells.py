@@ -541,6 +541,36 @@ def _abandon_after(ip: InteractiveShell, monkeypatch: Any, tmp_path: Path, first
     return out.stderr
 
 
+def test_what_a_cell_assigns_after_a_second_ctrl_c_comes_back_with_the_next_cell(
+    ip, monkeypatch, tmp_path
+):
+    """Ctrl-C, and again while the cell's ``except KeyboardInterrupt:`` still runs: what
+    the handler assigns later comes back with the next cell that uses it, which waits for
+    the old one to end.  The notebook's older copy was sent over it (5 of 10), or the
+    worker's value never came back (5 of 10): the next cell went before the old one's DONE,
+    so it could not name what the old one would change."""
+
+    def interrupt_sent(sock: Any, args: tuple, _: Any) -> bool:
+        return any(bytes(f) == P.Kind.INTERRUPT.encode() for f in args[0][:4])
+
+    ip.user_ns["marker"] = -1
+    armed = ctrl_c_right_after(monkeypatch, zmq.Socket, "send_multipart", interrupt_sent)
+    armed.set()
+    flag = tmp_path / "cell-runs"
+    code = (
+        f"import pathlib, time\nmarker = 1\ntry:\n    pathlib.Path({str(flag)!r}).touch()\n"
+        "    time.sleep(60)\nexcept KeyboardInterrupt:\n    time.sleep(2)\n    marker = 2\n"
+    )
+    with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
+        remote(ip, code)
+    assert not armed.is_set(), "no second Ctrl-C came"
+    monkeypatch.undo()
+    assert "stopped waiting" in str(info.value)
+    ip.run_cell("looked = marker")  # a local cell meanwhile (its copy is still the older)
+    remote(ip, "seen = marker")  # (sent while the first cell's handler still runs)
+    assert (ip.user_ns["seen"], ip.user_ns["marker"]) == (2, 2)
+
+
 def test_a_second_ctrl_c_as_the_cell_stops_says_what_it_assigned_stays_remote(
     ip, monkeypatch, tmp_path
 ):
