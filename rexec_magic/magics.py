@@ -16,13 +16,14 @@ import os
 import re
 import shlex
 import sys
+import urllib.parse
 from collections.abc import Iterable
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from IPython.core.error import UsageError
+from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float, TraitError, Unicode, validate
@@ -87,7 +88,30 @@ def parse_login(magic: Any, line: str) -> argparse.Namespace | None:
                 "%rexec_login takes one token and --spawner-url URL; the line has more words "
                 "(not shown: one may be your token)."
             )
+    if url is not None and not _looks_like_url(url):
+        raise UsageError(
+            "%rexec_login: --spawner-url needs the spawner's http(s) URL, e.g. "
+            "http://127.0.0.1:8765 (what was given is not one, and is not shown: it may be "
+            "your token)."
+        )
     return argparse.Namespace(token=token, spawner_url=url)
+
+
+def _ask_token() -> str:
+    """The token, asked at a prompt; where nothing can answer one (a notebook run by
+    nbconvert or papermill, ``allow_stdin`` off) one sentence says how else to give it."""
+    try:
+        return getpass.getpass("rexec token: ")
+    except StdinNotImplementedError:
+        raise errors.NotLoggedIn(
+            "%rexec_login needs your token: no prompt can be answered here, so give it as "
+            f"%rexec_login TOKEN or in ${contract.Env.TOKEN}."
+        ) from None
+
+
+def _looks_like_url(text: str) -> bool:
+    parts = urllib.parse.urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 @contextmanager
@@ -405,7 +429,7 @@ class RexecMagics(Magics):
         args = parse_login(self.rexec_login, line)
         if args is None:
             return
-        token = args.token or os.environ.get(contract.Env.TOKEN) or getpass.getpass("rexec token: ")
+        token = args.token or os.environ.get(contract.Env.TOKEN) or _ask_token()
         url = args.spawner_url or os.environ.get(contract.Env.SPAWNER_URL)
         if not url:
             try:

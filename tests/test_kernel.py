@@ -48,6 +48,19 @@ def test_outputs_render_as_in_a_local_cell(kernel):
     assert results and results[0]["content"]["data"]["text/plain"] == "{'a': 1}"
 
 
+def test_login_with_no_token_where_no_prompt_can_answer_says_how_to_give_it(kernel):
+    """No token on the line or in $REXEC_TOKEN, in a kernel that takes no input (nbconvert,
+    papermill: ``allow_stdin`` off): one sentence, not getpass's traceback through rexec."""
+    _, kc = kernel
+    code = "import os\nos.environ.pop('REXEC_TOKEN', None)\n"
+    code += "get_ipython().run_line_magic('rexec_login', '--spawner-url http://127.0.0.1:9')"
+    reply, _ = collect(kc, kc.execute(code, allow_stdin=False), timeout=WAIT_S)
+    assert reply["status"] == "error"
+    tb = "\n".join(reply["traceback"])
+    assert "no prompt can be answered here" in tb and "REXEC_TOKEN" in tb
+    assert "rexec_magic" not in tb and "getpass" not in tb
+
+
 def test_remote_error_fails_the_cell_with_the_remote_traceback(kernel):
     _, kc = kernel
     reply, outputs = run(kc, "%%remote\ndef boom():\n    raise ValueError('bad value')\nboom()")

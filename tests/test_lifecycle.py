@@ -171,6 +171,10 @@ def test_login_takes_a_token_whatever_it_starts_with(stack, shell, first):
         with pytest.raises(UsageError) as extra:
             ip.run_line_magic("rexec_login", f"{token} {token}x --spawner-url {url}")
         assert token not in str(extra.value) and "one token" in str(extra.value)
+        for line in (f"--spawner-url {token}", f"--spawner-url={token}"):  # (a slip)
+            with pytest.raises(UsageError) as misplaced:
+                ip.run_line_magic("rexec_login", line)
+            assert token not in str(misplaced.value) and "http(s) URL" in str(misplaced.value)
     finally:
         table.pop(token_hash(token))
         write_private(tokens, json.dumps(table))
