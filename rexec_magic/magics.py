@@ -63,6 +63,12 @@ def parse(magic: Any, line: str) -> Any:
     return parse_argstring(magic, line)
 
 
+_LOGIN_WORDS = (
+    "%rexec_login takes one token and --spawner-url URL; the line has more words (not "
+    "shown: one may be your token)."
+)
+
+
 def parse_login(magic: Any, line: str) -> argparse.Namespace | None:
     """``%rexec_login``'s flags, read by hand rather than by argparse: a token is random
     URL-safe text, so about one in 64 starts with ``-``, which argparse takes for a flag
@@ -74,8 +80,15 @@ def parse_login(magic: Any, line: str) -> argparse.Namespace | None:
     token: str | None = None
     url: str | None = None
     rest = iter(words)
+    flags_end = False  # after a bare "--" every word is the token (a shell's convention)
     for word in rest:
-        if word == "--spawner-url":
+        if word == "--" and not flags_end:
+            flags_end = True
+        elif flags_end:
+            if token is not None:
+                raise UsageError(_LOGIN_WORDS)
+            token = word
+        elif word == "--spawner-url":
             url = next(rest, None)
             if url is None:
                 raise UsageError("%rexec_login: --spawner-url needs the spawner's URL.")
@@ -84,10 +97,7 @@ def parse_login(magic: Any, line: str) -> argparse.Namespace | None:
         elif token is None:
             token = word
         else:
-            raise UsageError(
-                "%rexec_login takes one token and --spawner-url URL; the line has more words "
-                "(not shown: one may be your token)."
-            )
+            raise UsageError(_LOGIN_WORDS)
     if url is not None and not _looks_like_url(url):
         raise UsageError(
             "%rexec_login: --spawner-url needs the spawner's http(s) URL, e.g. "

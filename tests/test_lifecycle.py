@@ -162,7 +162,8 @@ def test_login_takes_a_token_whatever_it_starts_with(stack, shell, first):
     table[token_hash(token)] = {"sub": user, "username": user, "groups": []}
     write_private(tokens, json.dumps(table))
     try:
-        for line in (f"--spawner-url {url} {token}", f"{token} --spawner-url={url}"):
+        lines = (f"--spawner-url {url} {token}", f"{token} --spawner-url={url}")
+        for line in (*lines, f"--spawner-url {url} -- {token}"):
             conn.unlink(missing_ok=True)
             with capture_output() as out:
                 ip.run_line_magic("rexec_login", line)
