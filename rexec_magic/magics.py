@@ -101,8 +101,8 @@ def parse_login(magic: Any, line: str) -> argparse.Namespace | None:
     if url is not None and not _looks_like_url(url):
         raise UsageError(
             "%rexec_login: --spawner-url needs the spawner's http(s) URL, e.g. "
-            "http://127.0.0.1:8765 (what was given is not one, and is not shown: it may be "
-            "your token)."
+            f"{contract.DEFAULT_SPAWNER_URL} (what was given is not one, and is not shown: it "
+            "may be your token)."
         )
     return argparse.Namespace(token=token, spawner_url=url)
 
