@@ -32,7 +32,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -136,6 +136,9 @@ class WorkerRecord:
     exits: deque[float] = field(default_factory=deque)
     handle: WorkerHandle | None = None
     task: asyncio.Task | None = None
+    # A backend start or pool claim under way: not cancelled with ``task`` (its pod or
+    # process would be left behind, nobody's), but waited for and its worker stopped.
+    starting: asyncio.Future | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -444,11 +447,30 @@ class WorkerService:
             if r.state == WorkerState.READY and r.nonce is not None
         }
 
+    async def _uncancelled(
+        self, rec: WorkerRecord, start: Awaitable[WorkerHandle | None]
+    ) -> WorkerHandle | None:
+        """Await ``start`` (a backend start or a pool claim), which a stop does not cancel:
+        a pod created, or a pool worker handed over, while its request was being cancelled
+        would run on with nobody holding its handle.  ``_stop_locked`` waits for it instead
+        and stops what it gave."""
+        rec.starting = asyncio.ensure_future(start)
+        try:
+            return await asyncio.shield(rec.starting)
+        finally:
+            if rec.starting is not None and rec.starting.done():
+                rec.starting = None
+
     async def _stop_locked(self, rec: WorkerRecord) -> None:
         task, rec.task = rec.task, None
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task})
+        starting, rec.starting = rec.starting, None
+        if starting is not None:  # the stop came while a worker was being created
+            await asyncio.wait({starting})
+            if not starting.cancelled() and starting.exception() is None:
+                rec.handle = starting.result() or rec.handle
         if rec.handle is not None:
             await self.backend.stop(rec.handle)
         rec.handle = None
@@ -470,7 +492,7 @@ class WorkerService:
                     spec, lambda message: self._set(rec, WorkerState.INSTALLING, message)
                 )
             eligible = adopted is None and self.backend.pool_eligible(spec)
-            claimed = await self.pool.claim(spec) if eligible else None
+            claimed = await self._uncancelled(rec, self.pool.claim(spec)) if eligible else None
             while True:
                 if rec.state != WorkerState.STARTING:
                     self._set(rec, WorkerState.STARTING, "Starting the worker.")
@@ -479,7 +501,7 @@ class WorkerService:
                 elif claimed is not None:
                     handle, claimed, rec.from_pool = claimed, None, True
                 else:
-                    handle = await self.backend.start(spec, note)
+                    handle = await self._uncancelled(rec, self.backend.start(spec, note))
                     rec.from_pool = rec.adopted = False
                     rec.started_at = _now()
                 rec.handle, rec.pid = handle, handle.pid

@@ -547,6 +547,40 @@ async def test_terminate_error_is_a_clear_http_error(
     )
 
 
+@pytest.mark.asyncio
+async def test_a_stop_while_the_pod_is_being_created_leaves_no_pod(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    """``DELETE /worker`` while the API server has not yet answered the pod's creation (a
+    busy API server, or a stop right after the spawn): the pod the API then creates is
+    deleted, with its Secret, before the stop answers.  Before, the stop answered 200 at
+    once and the pod was created after it, running with nobody holding it (and a stop whose
+    pod delete was refused still said 200: the loaded run's failure of
+    test_terminate_error_is_a_clear_http_error)."""
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path))
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def create_late(request: Any) -> dict[str, Any]:
+        asked.set()
+        await answer.wait()
+        await cluster.put_object(PODS, NS, "rexec-worker-alice", request.data)
+        return request.data
+
+    cluster[f"post /api/v1/namespaces/{NS}/pods"] << create_late
+    assert (await sp.spawn()).status_code == 200
+    await asyncio.wait_for(asked.wait(), WAIT_S)
+    stopping = asyncio.ensure_future(sp.http.delete("/worker"))
+    await asyncio.wait({stopping}, timeout=1.0)  # (before: the stop had answered by now)
+    answer.set()
+    reply = await asyncio.wait_for(stopping, WAIT_S)
+    assert reply.status_code == 200
+    assert reply.json()["state"] == "stopped"
+    await asyncio.sleep(0.2)  # (before: the pod came after the stop's answer)
+    assert pod(cluster, "rexec-worker-alice") is None
+    assert secret(cluster, "rexec-worker-alice") is None
+    assert (await sp.status())["state"] == "stopped"
+
+
 # --------------------------------------------------------------------------- pool and culling
 @pytest.mark.asyncio
 async def test_warm_pool_claim_relabels_the_pod_and_starts_a_replacement(
