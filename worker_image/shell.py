@@ -14,6 +14,7 @@ import contextlib
 import getpass
 import os
 import sys
+import sysconfig
 import types
 import warnings
 from typing import Any
@@ -286,7 +287,11 @@ def cut_frames(exc: BaseException | None, codes: set[types.CodeType]) -> None:
     are the worker's (its modules, or ``codes``), and the ``with`` machinery that led into
     them: where an exception was raised in the worker's code called by the user's (a Ctrl-C
     inside ``print``'s write), the traceback ends at the user's line, as a local one ends at
-    the line that called into the kernel.  The first entry always stays."""
+    the line that called into the kernel.  A KeyboardInterrupt is cut there too when it
+    landed in a library the worker's code had called (``signal.pthread_sigmask`` restoring
+    the mask in ``outbox.no_sigint``, traitlets under the shell): where a Ctrl-C lands is
+    chance, and below the user's last frame it is only noise.  The first entry always
+    stays."""
     pending, seen = [exc], set()
     while pending:
         exc = pending.pop()
@@ -299,10 +304,25 @@ def cut_frames(exc: BaseException | None, codes: set[types.CodeType]) -> None:
         while tb is not None:
             entries.append(tb)
             tb = tb.tb_next
-        if len(entries) < 2 or not _worker_frame(entries[-1].tb_frame.f_code, codes):
+        if len(entries) < 2:
             continue
-        keep = len(entries) - 1
-        while keep > 1 and _worker_frame(entries[keep - 1].tb_frame.f_code, codes, True):
+        codes_at = [e.tb_frame.f_code for e in entries]
+        if _worker_frame(codes_at[-1], codes):
+            keep = len(entries) - 1
+        elif isinstance(exc, KeyboardInterrupt):
+            users = [
+                i
+                for i, c in enumerate(codes_at)
+                if not _worker_frame(c, codes, True) and not _library_frame(c)
+            ]
+            after = users[-1] + 1 if users else 1
+            keep = next((i for i in range(max(after, 1), len(entries))
+                         if _worker_frame(codes_at[i], codes)), 0)  # fmt: skip
+            if not keep:
+                continue
+        else:
+            continue
+        while keep > 1 and _worker_frame(codes_at[keep - 1], codes, True):
             keep -= 1
         entries[keep - 1].tb_next = None
 
@@ -312,6 +332,19 @@ def _worker_frame(code: types.CodeType, codes: set[types.CodeType], with_: bool 
     if with_ and code.co_filename == contextlib.__file__:
         return True
     return code in codes or code.co_filename.startswith(WORKER_DIR)
+
+
+# Where the standard library and installed packages live: their frames are nobody's cell.
+_LIBRARY_PATHS = ("stdlib", "platstdlib", "purelib", "platlib")
+LIBRARY_DIRS = tuple(
+    sorted({os.path.join(os.path.abspath(sysconfig.get_path(k)), "") for k in _LIBRARY_PATHS})
+)
+
+
+def _library_frame(code: types.CodeType) -> bool:
+    """Whether ``code`` is the standard library's or an installed package's."""
+    name = code.co_filename
+    return name.startswith(LIBRARY_DIRS) or name.startswith("<frozen ")
 
 
 def make_shell(outbox: EventChannel) -> WorkerShell:
