@@ -29,10 +29,11 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Float, TraitError, Unicode, validate
 
 from rexec_magic import assist, connection, contract, errors, names, remote_files, sync
-from rexec_magic.client import AfterDone
+from rexec_magic.client import AfterDone, not_sent
 from rexec_magic.login import log_in
 from rexec_magic.logs import log_path, setup_logging
 from rexec_magic.notes import NOTEBOOK, Notes
+from rexec_magic.protocol import Kind
 from rexec_magic.render import EventRenderer, RemoteResult, Table, human_seconds, show_result
 from rexec_magic.session import exit_notes, restart_sentence, shared_session
 
@@ -304,8 +305,10 @@ class RexecMagics(Magics):
 
     def _run(self, args: Any, code: str, line_mode: bool) -> Any:
         """Run the cell; a Ctrl-C that comes once it is over waits until what it returned
-        is taken in (``AfterDone``), then says so in one sentence."""
-        with AfterDone() as after:
+        is taken in (``AfterDone``), then says so in one sentence.  One that comes before
+        the cell went (the client acts on every one from then on) says it did not run, not
+        a traceback through rexec's frames."""
+        with AfterDone() as after, errors.interrupt_says(not_sent(Kind.EXECUTE)):
             result = self._run_cell(args, code, line_mode)
         if after.held:
             raise errors.RemoteInterrupted(

@@ -262,6 +262,32 @@ def test_a_ctrl_c_while_the_variables_are_packed_says_the_cell_was_not_sent(kern
     assert run(kc, "%remote 'alive'")[0]["status"] == "ok"
 
 
+@pytest.mark.parametrize("where", ["_plan", "run_synced", "_request_header", "_events"])
+def test_a_ctrl_c_before_the_cell_went_says_it_did_not_run(kernel, tmp_path, where):
+    """A Ctrl-C in rexec's own code before the cell is sent (the magic reading the cell, the
+    session planning what to ship, the request being built, the wait about to begin) says
+    in one sentence that the cell did not run, not a traceback through ``magics.py``.  A
+    real SIGINT, sent as the named function is entered (a profile hook in the kernel)."""
+    _, kc = kernel
+    marker = tmp_path / "ran"
+    arm = (
+        "import os, signal, sys\n"
+        "def _arm(frame, event, arg):\n"
+        f"    if event == 'call' and frame.f_code.co_name == {where!r}:\n"
+        "        sys.setprofile(None)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.setprofile(_arm)\n"
+    )
+    cell = f"open({str(marker)!r}, 'w').close()"
+    reply, _ = run(kc, arm + f"get_ipython().run_cell_magic('remote', '', {cell!r})")
+    assert reply["ename"] == "RemoteInterrupted", reply["traceback"]
+    assert reply["evalue"] == "The cell was interrupted before it was sent; it did not run."
+    assert "magics.py" not in "\n".join(reply["traceback"])
+    assert run(kc, "sys.getprofile()")[0]["status"] == "ok"  # (the hook is gone)
+    assert run(kc, "%remote 'alive'")[0]["status"] == "ok"
+    assert not marker.exists()
+
+
 def start_kernel(stack, **env: str) -> tuple[KernelManager, object]:
     import os
 
