@@ -81,36 +81,61 @@ def pass_on_sigint(handler: Any, frame: Any) -> None:
 
 
 @contextmanager
+def sigint_handler(
+    handler_for: Callable[[Any], Callable[[int, Any], None]], ignored_too: bool = False
+) -> Iterator[Any]:
+    """Make ``handler_for(previous)`` the SIGINT handler while the block lasts; yield the
+    handler it replaced, or None where none was set: outside the main thread (only it may
+    set handlers, and only it gets KeyboardInterrupt), where the handler was not set from
+    Python (which Python cannot put back), in a subinterpreter, and where SIGINT is ignored
+    unless ``ignored_too``.  The previous handler comes back at the end only if ours is
+    still the one set: a handler someone set meanwhile stays.
+
+    ``_signal``'s functions, not ``signal``'s: the wrappers turn every handler into an enum
+    and back (about 10 µs a message here, six messages a cell); the values are the same
+    ints, so ``pass_on_sigint`` compares them alike.
+    """
+    previous = _signal.getsignal(_signal.SIGINT)
+    if (
+        previous is None
+        or (previous == _signal.SIG_IGN and not ignored_too)
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield None
+        return
+    handler = handler_for(previous)
+    try:
+        _signal.signal(_signal.SIGINT, handler)
+    except ValueError:  # not the main interpreter
+        yield None
+        return
+    try:
+        yield previous
+    finally:
+        if _signal.getsignal(_signal.SIGINT) is handler:
+            _signal.signal(_signal.SIGINT, previous)
+
+
+@contextmanager
 def whole_message(pass_on: bool = True) -> Iterator[list[Any]]:
     """Hold a Ctrl-C that comes while a message is half sent or half read until it is whole.
 
     pyzmq sends a multipart message frame by frame from Python code, so a KeyboardInterrupt
     between two frames leaves the message open: the frames of the next message (the
     INTERRUPT that the Ctrl-C sends) join it, and the broker reads them as extra buffers of
-    the first, a valid PING, so the interrupt was lost and the cell ran on.  Only the main
-    thread gets KeyboardInterrupt, and only it may set signal handlers; elsewhere this does
-    nothing.  The held Ctrl-C goes to the handler that was there before, once the message is
-    whole (for a kernel that handler raises KeyboardInterrupt; one that ignores SIGINT
-    ignores it here too, and the default action becomes a KeyboardInterrupt).
+    the first, a valid PING, so the interrupt was lost and the cell ran on.  Main thread
+    only (``sigint_handler``).  The held Ctrl-C goes to the handler that was there before,
+    once the message is whole (for a kernel that handler raises KeyboardInterrupt; one that
+    ignores SIGINT ignores it here too, and the default action becomes a
+    KeyboardInterrupt).
     """
-    # ``_signal``'s functions, not ``signal``'s: the wrappers turn every handler into an enum
-    # and back (about 10 µs a message here, six messages a cell); the values are the same
-    # ints, so ``pass_on_sigint`` compares them alike.
-    previous = _signal.getsignal(_signal.SIGINT)
     held: list[Any] = []  # (yielded: with ``pass_on`` False, the caller acts on a held Ctrl-C)
-    if previous is None or threading.current_thread() is not threading.main_thread():
-        yield held  # None: a handler not set from Python, which Python cannot put back
-        return
+    previous = None
     try:
-        _signal.signal(_signal.SIGINT, lambda signum, frame: held.append(frame))
-    except ValueError:  # not the main interpreter
-        yield held
-        return
-    try:
-        yield held
+        with sigint_handler(lambda _: lambda signum, frame: held.append(frame), True) as previous:
+            yield held
     finally:
-        _signal.signal(_signal.SIGINT, previous)
-        if held and pass_on:
+        if held and pass_on and previous is not None:
             pass_on_sigint(previous, held[0])
 
 
@@ -124,33 +149,20 @@ def sigints_counted() -> Iterator[list[int]]:
     drops it there ("Exception ignored in ..."): a Ctrl-C that landed in one never reached
     the wait loop, so the cell ran on and the notebook waited for its end.  The count
     (``[n]``) lets the loop find such a Ctrl-C and act on it as on any other.  Main thread
-    only (elsewhere, and where SIGINT is ignored or not set from Python, the count stays 0);
-    a handler someone sets meanwhile is left in place at the end.
+    only (``sigint_handler``: elsewhere, and where SIGINT is ignored or not set from Python,
+    the count stays 0).
     """
     count = [0]
-    previous = _signal.getsignal(_signal.SIGINT)
-    if (
-        previous is None
-        or previous == _signal.SIG_IGN
-        or threading.current_thread() is not threading.main_thread()
-    ):
-        yield count
-        return
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        count[0] += 1
-        pass_on_sigint(previous, frame)
+    def counting(previous: Any) -> Callable[[int, Any], None]:
+        def on_sigint(signum: int, frame: Any) -> None:
+            count[0] += 1
+            pass_on_sigint(previous, frame)
 
-    try:
-        _signal.signal(_signal.SIGINT, on_sigint)
-    except ValueError:  # not the main interpreter
+        return on_sigint
+
+    with sigint_handler(counting):
         yield count
-        return
-    try:
-        yield count
-    finally:
-        if _signal.getsignal(_signal.SIGINT) is on_sigint:
-            _signal.signal(_signal.SIGINT, previous)
 
 
 class AfterDone:
@@ -162,8 +174,8 @@ class AfterDone:
     then reads the older copy), or a traceback ran through rexec's frames.  The magic wraps
     a cell in ``with AfterDone() as after:``; the client calls ``begin()`` at the cell's
     last DONE (not one that asks it to send the cell again); ``held`` says whether a Ctrl-C
-    came since.  Main thread only (a kernel interrupt is the main thread's); elsewhere, and
-    where SIGINT is ignored or not set from Python, it does nothing.
+    came since.  Main thread only (``sigint_handler``: elsewhere, and where SIGINT is
+    ignored or not set from Python, it does nothing).
     """
 
     current: AfterDone | None = None  # the one around the main thread's cell now
@@ -171,31 +183,27 @@ class AfterDone:
     def __init__(self) -> None:
         self.on = False
         self.held = False
-        self._previous: Any = None
-        self._handler: Any = None
+        self._handler: contextlib.AbstractContextManager[Any] | None = None
         self._outer: AfterDone | None = None
 
     def begin(self) -> None:
         self.on = True
 
-    def __enter__(self) -> AfterDone:
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        previous = _signal.getsignal(_signal.SIGINT)
-        if previous is None or previous == _signal.SIG_IGN:
-            return self
-
+    def _holding(self, previous: Any) -> Callable[[int, Any], None]:
         def on_sigint(signum: int, frame: Any) -> None:
             if self.on:
                 self.held = True
             else:
                 pass_on_sigint(previous, frame)
 
-        try:
-            _signal.signal(_signal.SIGINT, on_sigint)
-        except ValueError:  # not the main interpreter
+        return on_sigint
+
+    def __enter__(self) -> AfterDone:
+        handler = sigint_handler(self._holding)
+        if handler.__enter__() is None:
+            handler.__exit__(None, None, None)
             return self
-        self._previous, self._handler = previous, on_sigint
+        self._handler = handler
         self._outer, AfterDone.current = AfterDone.current, self
         return self
 
@@ -203,8 +211,7 @@ class AfterDone:
         if self._handler is None:
             return
         AfterDone.current = self._outer
-        if _signal.getsignal(_signal.SIGINT) is self._handler:
-            _signal.signal(_signal.SIGINT, self._previous)
+        self._handler.__exit__(None, None, None)
 
 
 @dataclass
