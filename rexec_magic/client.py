@@ -236,7 +236,7 @@ def keepalive_interval() -> float:
         value = float(os.environ.get(contract.Env.KEEPALIVE_S) or P.CLIENT_KEEPALIVE_S)
     except ValueError:
         return P.CLIENT_KEEPALIVE_S
-    return min(max(value, 0.2), 3600.0)
+    return min(max(value, P.KEEPALIVE_MIN_S), P.KEEPALIVE_MAX_S)
 
 
 class RexecClient:

@@ -284,6 +284,11 @@ CLIENT_CREDIT = 256
 # executor whose kernels stayed silent for ORPHAN_AFTER_PINGS of these intervals.
 CLIENT_KEEPALIVE_S = 10.0
 ORPHAN_AFTER_PINGS = 3
+# The bounds of a declared keepalive interval.  A kernel that exits sends one last keepalive
+# declaring the shortest (its goodbye): its executor is freed some 1.6 s later, not after
+# ORPHAN_AFTER_PINGS of its usual intervals (workers of every version read it so).
+KEEPALIVE_MIN_S = 0.2
+KEEPALIVE_MAX_S = 3600.0
 # A request that waits longer than this says what it waits for (NOTICE).
 NOTICE_AFTER_S = 2.0
 # ... and says it again this often while it lasts (a wait for a turn: LIVE_NOTE_EVERY_S).
@@ -782,7 +787,7 @@ class Placement(Header):
     session: Short = ""
     namespace: Short = ""
     notebook: Short = ""
-    keepalive_s: Annotated[float, Field(ge=0.2, le=3600.0)] | None = None
+    keepalive_s: Annotated[float, Field(ge=KEEPALIVE_MIN_S, le=KEEPALIVE_MAX_S)] | None = None
 
 
 class Execute(Request, Placement):

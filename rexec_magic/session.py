@@ -8,6 +8,7 @@ of a kernel share.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -25,7 +26,14 @@ from typing import Any
 
 from rexec_magic import connection, contract, errors, serialize, sync, transfer
 from rexec_magic import protocol as P
-from rexec_magic.client import CellOutcome, EventHandler, Events, RexecClient, keepalive_interval
+from rexec_magic.client import (
+    CellOutcome,
+    EventHandler,
+    Events,
+    RexecClient,
+    keepalive_interval,
+    listening,
+)
 from rexec_magic.contract import WorkerState
 from rexec_magic.notes import QUIET, Notes, Progress, in_kernel
 from rexec_magic.spawner_client import SpawnerClient
@@ -49,6 +57,9 @@ NOT_RESPONDING_WAIT_S = 10.0
 SPAWNER_RECHECK_S = 1.0  # meanwhile, the spawner is asked again this often
 # ``%rexec_stop`` asks the worker this long at most which other notebooks' namespaces it holds.
 STOP_ASK_S = 2.0
+# A kernel's goodbye (``RemoteSession.goodbye``) waits at most this for the broker: Jupyter
+# kills a kernel that takes more than 5 s to exit.
+GOODBYE_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,7 @@ class RemoteSession:
         self.notebook = _notebook_label()
         self._keepalive: threading.Event | None = None  # the running keepalive's stop
         self._keepalive_now = threading.Event()  # set: it beats at once (and sees a stop)
+        self._goodbye_at_exit = False  # an ``atexit`` goodbye is registered for it
         # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py):
         # one record per namespace it used (None: its own), ``sync`` the current one's.  A
         # new worker (stopped, restarted, another login) forgets them all (``_forget_all``).
@@ -217,6 +229,9 @@ class RemoteSession:
         ``forget`` (the extension unloaded: the worker then frees the executor after its grace
         period, as for a kernel that is gone) or until nothing holds this session any more."""
         if self._keepalive is None:
+            if not self._goodbye_at_exit:
+                self._goodbye_at_exit = True
+                atexit.register(_goodbye, weakref.ref(self))
             self._keepalive = threading.Event()  # set: that thread stops
             self._keepalive_now = threading.Event()
             threading.Thread(
@@ -335,6 +350,36 @@ class RemoteSession:
         self._next_info = None
         self.close()
         self._info = None
+
+    def goodbye(self, timeout_s: float = GOODBYE_WAIT_S) -> None:
+        """The kernel is exiting (``atexit``: a kernel shut down or restarted): one last
+        keepalive declaring the shortest interval (``protocol.KEEPALIVE_MIN_S``) tells the
+        worker that this kernel goes, so its executor is freed about 1.6 s later, not after
+        ``ORPHAN_AFTER_PINGS`` silent intervals (31 s by default; the old kernel's
+        executor stayed listed, and held its memory, meanwhile).  Nothing when no keepalive
+        runs (nothing remote ran, or the extension was unloaded: a reload keeps the
+        namespace).  On its own connection, bounded by ``timeout_s`` in all, and
+        never raising: an unreachable broker only means the worker's usual wait."""
+        if self._keepalive is None:
+            return
+        self._stop_keepalive()
+        client: RexecClient | None = None
+        deadline = time.monotonic() + timeout_s
+        try:
+            if listening(self.info.broker_url, timeout_s) is False:
+                return  # (the broker is gone: nobody to tell, and no wait for it)
+            client = RexecClient(self.info, role="keepalive")
+            client.session_id, client.namespace = self.session_id, self.namespace
+            client.notebook, client.keepalive_s = self.notebook, P.KEEPALIVE_MIN_S
+            client.hello(max(0.0, deadline - time.monotonic()))
+            client.keepalive()
+            # (Answered after the broker passed the goodbye on.)
+            client.ping(max(0.0, deadline - time.monotonic()))
+        except Exception as exc:
+            log.debug("goodbye failed: %s", exc)
+        finally:
+            if client is not None:
+                client.close()
 
     def close(self) -> None:
         """Close the connection; while another thread's request uses it (a submitted call
@@ -1052,6 +1097,13 @@ def shared_session() -> RemoteSession:
         if _shared is None:
             _shared = RemoteSession()
         return _shared
+
+
+def _goodbye(session_ref: weakref.ref[RemoteSession]) -> None:
+    """At exit (a kernel shut down or restarted, a script's end): ``goodbye``."""
+    session = session_ref()
+    if session is not None:
+        session.goodbye()
 
 
 def _keep_alive(

@@ -308,6 +308,11 @@ def text_of(outputs: list[dict], name: str = "stdout") -> str:
     )
 
 
+def status_text(outputs: list[dict]) -> str:
+    """What ``%rexec_status`` showed, as plain text."""
+    return "".join(m["content"]["data"]["text/plain"] for m in outputs if "data" in m["content"])
+
+
 def wait_for_text(kc, text: str, msg_id: str) -> str:
     """The first text request ``msg_id`` streamed that holds ``text`` (not another cell's:
     an earlier test's cell, stopped waiting for, shows its late output in the next one)."""
@@ -843,6 +848,30 @@ def test_unloading_the_extension_frees_the_notebooks_executor(stack):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_a_kernel_shut_down_frees_its_executor_at_once(stack):
+    """A kernel shut down (or restarted) from Jupyter says goodbye as it exits, so the worker
+    frees its executor at once: the executor process is gone, and no longer listed, well
+    before the 31 s after which a silent kernel (10 s keepalives, 3 missed) is taken as
+    gone.  (Before, the old kernel's executor stayed, idle, for those 31 s.)"""
+    km, kc = start_kernel(stack)  # the default keepalive interval
+    try:
+        reply, outputs = run(kc, "%%remote\nimport os\nprint(os.getpid())")
+        assert reply["status"] == "ok", reply
+        pid = int(text_of(outputs))
+        assert f"pid {pid}" in status_text(run(kc, "%rexec_status")[1])  # (listed here)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)  # as Jupyter's "Shut Down Kernel": asked to exit
+    assert not km.is_alive()
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "the executor to be freed", 20.0)
+    km2, kc2 = start_kernel(stack)
+    try:
+        assert f"pid {pid}" not in status_text(run(kc2, "%rexec_status")[1])
+    finally:
+        kc2.stop_channels()
+        km2.shutdown_kernel(now=True)
 
 
 def test_a_kernel_interrupt_cancels_this_notebooks_running_and_queued_calls(kernel, tmp_path):
