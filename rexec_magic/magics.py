@@ -425,7 +425,14 @@ class RexecMagics(Magics):
         else:
             flags, code = line, cell
         args = parse(self.remote, flags)
-        if args is None or not code.strip():
+        if args is None:
+            return None
+        if not code.strip():
+            if cell is None:  # a "%%remote" one % short: the lines below would run here
+                raise UsageError(
+                    "%remote runs the code on its own line (%remote EXPR); to run a whole "
+                    "cell remotely, start it with %%remote (two %).  Nothing was run."
+                )
             return None
         try:
             return self._guard("running a remote cell", self._run, args, code, cell is None)

@@ -96,6 +96,18 @@ def test_kernel_interrupt_stops_remote_cell_and_queued_cells(kernel, body):
     assert reply["status"] == "ok"
 
 
+@pytest.mark.parametrize("first", ["%remote", "%remote   ", "%remote -o y"])
+def test_a_remote_magic_without_code_stops_the_cell_rather_than_run_it_here(kernel, first):
+    """``%remote`` with nothing on its line (``%%remote`` one % short) stops the cell with a
+    sentence saying so: before, it did nothing and the lines below ran in the notebook, as
+    if remotely (tester O, 6 of 6)."""
+    _, kc = kernel
+    reply, outputs = run(kc, f"{first}\nimport os\nprint('ran in', os.getpid())")
+    assert reply["status"] == "error" and reply["ename"] == "UsageError", reply
+    assert "%%remote" in reply["evalue"] and "Nothing was run" in reply["evalue"]
+    assert "ran in" not in text_of(outputs)
+
+
 @pytest.mark.parametrize("code", ["1 +", "def g(:\n    pass", "if True:\nprint('x')"])
 def test_a_syntax_error_shows_the_remote_cell_only(kernel, code):
     """A typo in a remote cell: the caret under the cell's line, as locally; it showed the
