@@ -710,7 +710,8 @@ def _others_lost(rows: list[dict[str, Any]]) -> str:
     if shared:  # another notebook's cell ran there
         names = ", ".join(str(row["running_for"]) for row in shared)
         where = ", ".join(str(row.get("notebook") or "shared") for row in shared)
-        said = f" A cell of {names} was running in this notebook's namespace ({where}): it ended."
+        what = _running_kind(shared[0])
+        said = f" A {what} of {names} was running in this notebook's namespace ({where}): it ended."
         rows = [row for row in rows if not row.get("this")]
         return said + _others_lost(rows)
     count = f"{len(rows)} other notebook" + ("s" if len(rows) > 1 else "")
@@ -724,12 +725,21 @@ def _row_said(row: dict[str, Any]) -> str:
     period: not a live notebook's loss).  Items go in ";"-separated lists: no ";" here."""
     details = []
     if "running_s" in row:
-        whose = f" with a cell of {row['running_for']}" if row.get("running_for") else ""
+        whose = (
+            f" with a {_running_kind(row)} of {row['running_for']}"
+            if row.get("running_for")
+            else ""
+        )
         details.append(f"busy{whose} for {human_seconds(float(row['running_s'] or 0))}")
     if row.get("kernel_silent_s") is not None:
         details.append(f"no sign of its kernel for {row['kernel_silent_s']} s")
     name = str(row.get("notebook") or "another notebook")
     return f"{name} ({', '.join(details)})" if details else name
+
+
+def _running_kind(row: dict[str, Any]) -> str:
+    """What an executor row runs: "cell" or "call" (an older worker says neither: "cell")."""
+    return "call" if row.get("running_kind") == "call" else "cell"
 
 
 def _restarted_since(last_exit_at: Any, since: float | None) -> bool:
@@ -827,7 +837,11 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         if memory:
             details.append(contract.human_bytes(memory))
         if row.get("running_s") is not None:
-            whose = f" (a cell of {row['running_for']})" if row.get("running_for") else ""
+            whose = (
+                f" (a {_running_kind(row)} of {row['running_for']})"
+                if row.get("running_for")
+                else ""
+            )
             details.append(f"running {human_seconds(row['running_s'])}{whose}")
         details.append(f"up {human_seconds(float(row.get('uptime_s') or 0))}")
         if row.get("kernel_silent_s") is not None:

@@ -390,13 +390,32 @@ def test_a_worker_stopped_from_another_notebook_is_said_so_to_a_cell_waiting_its
     assert "running but not responding" not in said
 
 
+def running_long_call(session: RemoteSession, marker: Path) -> tuple[list, threading.Thread]:
+    """``running_long_cell``, as a remote function call."""
+    raised: list[BaseException] = []
+
+    def runs() -> None:
+        sleeper = lambda path: (open(path, "a").close(), __import__("time").sleep(60))  # noqa: E731
+        try:
+            list(session.call(sleeper, (str(marker),), {}))
+        except errors.RexecError as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=runs, daemon=True)
+    thread.start()
+    wait_for(marker.exists, "the long call to run")
+    return raised, thread
+
+
+@pytest.mark.parametrize("what", ["cell", "call"])
 def test_stop_in_a_shared_namespace_names_the_other_notebooks_cell_it_ends(
-    fresh_stack: Stack, alice: RemoteSession, tmp_path: Path
+    fresh_stack: Stack, alice: RemoteSession, tmp_path: Path, what: str
 ) -> None:
     """Two notebooks attached to one shared namespace; one stops the worker while the
-    other's cell runs there.  The stopping notebook is told whose cell it ended (it was told
-    only "Remote worker stopped.": the namespace is its own too), and ``%rexec_status``
-    says whose cell runs in a shared namespace."""
+    other's cell (or remote function call) runs there.  The stopping notebook is told whose
+    cell or call it ended (it was told only "Remote worker stopped.": the namespace is its
+    own too), and ``%rexec_status`` says whose runs in a shared namespace (a call was said
+    to be "a cell")."""
     from rexec_magic.magics import _others_lost, status_table
 
     bob = RemoteSession(connection.load(fresh_stack.connection_file))
@@ -404,15 +423,19 @@ def test_stop_in_a_shared_namespace_names_the_other_notebooks_cell_it_ends(
     alice.attach("team")
     bob.attach("team")
     run(bob, "pass")
-    first, running = running_long_cell(alice, tmp_path / "running", "")
+    if what == "cell":
+        first, running = running_long_cell(alice, tmp_path / "running", "")
+    else:
+        first, running = running_long_call(alice, tmp_path / "running")
     table = status_table(bob.status())
     assert any(
-        key.startswith("executor shared: team") and "(a cell of alice.ipynb)" in value
+        key.startswith("executor shared: team") and f"(a {what} of alice.ipynb)" in value
         for key, value in table.rows
     ), table.rows
     stopped = bob.stop()
     assert _others_lost(stopped["others"]).startswith(
-        " A cell of alice.ipynb was running in this notebook's namespace (shared: team): it ended."
+        f" A {what} of alice.ipynb was running in this notebook's namespace (shared: team): "
+        "it ended."
     ), stopped["others"]
     running.join(timeout=60)
     bob.close()

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import zmq
 
 from rexec_magic.contract import Env
+from rexec_magic.protocol import Kind
 from worker_image import exits, framing
 from worker_image.cells import shared
 from worker_image.outbox import MARK, Target
@@ -257,6 +258,7 @@ class ExecutorProcess:
         }
         if self.current is not None and self.current.started is not None:
             row["running_s"] = round(time.monotonic() - self.current.started, 1)
+            row["running_kind"] = "call" if self.current.kind == Kind.CALL else "cell"
         if self.queue:
             row["queued"] = len(self.queue)
         return row
