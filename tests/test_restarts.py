@@ -306,22 +306,27 @@ def run_events(session: RemoteSession, code: str, events: list[P.Message]) -> An
 
 
 def running_long_cell(
-    session: RemoteSession, marker: Path, text: str
+    session: RemoteSession, marker: Path, text: str, call: bool = False
 ) -> tuple[list[BaseException], threading.Thread]:
     """A cell (in a thread) that appends ``text`` to ``marker``, then sleeps 60 s: returns
-    once it runs, with the list that gets what it raised, and its thread."""
+    once it runs, with the list that gets what it raised, and its thread.  ``call``: the
+    same as a remote function call (``text`` is not written)."""
     raised: list[BaseException] = []
     code = f"import time\nopen({str(marker)!r}, 'a').write({text!r})\ntime.sleep(60)"
+    sleeper = lambda path: (open(path, "a").close(), __import__("time").sleep(60))  # noqa: E731
 
     def runs() -> None:
         try:
-            run(session, code)
+            if call:
+                list(session.call(sleeper, (str(marker),), {}))
+            else:
+                run(session, code)
         except errors.RexecError as exc:
             raised.append(exc)
 
     thread = threading.Thread(target=runs, daemon=True)
     thread.start()
-    wait_for(marker.exists, "the long cell to run")
+    wait_for(marker.exists, f"the long {'call' if call else 'cell'} to run")
     return raised, thread
 
 
@@ -390,23 +395,6 @@ def test_a_worker_stopped_from_another_notebook_is_said_so_to_a_cell_waiting_its
     assert "running but not responding" not in said
 
 
-def running_long_call(session: RemoteSession, marker: Path) -> tuple[list, threading.Thread]:
-    """``running_long_cell``, as a remote function call."""
-    raised: list[BaseException] = []
-
-    def runs() -> None:
-        sleeper = lambda path: (open(path, "a").close(), __import__("time").sleep(60))  # noqa: E731
-        try:
-            list(session.call(sleeper, (str(marker),), {}))
-        except errors.RexecError as exc:
-            raised.append(exc)
-
-    thread = threading.Thread(target=runs, daemon=True)
-    thread.start()
-    wait_for(marker.exists, "the long call to run")
-    return raised, thread
-
-
 @pytest.mark.parametrize("what", ["cell", "call"])
 def test_stop_in_a_shared_namespace_names_the_other_notebooks_cell_it_ends(
     fresh_stack: Stack, alice: RemoteSession, tmp_path: Path, what: str
@@ -423,10 +411,7 @@ def test_stop_in_a_shared_namespace_names_the_other_notebooks_cell_it_ends(
     alice.attach("team")
     bob.attach("team")
     run(bob, "pass")
-    if what == "cell":
-        first, running = running_long_cell(alice, tmp_path / "running", "")
-    else:
-        first, running = running_long_call(alice, tmp_path / "running")
+    first, running = running_long_cell(alice, tmp_path / "running", "", call=what == "call")
     table = status_table(bob.status())
     assert any(
         key.startswith("executor shared: team") and f"(a {what} of alice.ipynb)" in value
