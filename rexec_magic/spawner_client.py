@@ -20,8 +20,26 @@ FAILED = WorkerState.FAILED.value
 STOPPED = WorkerState.STOPPED.value
 
 
+def token_form_error(token: str) -> str | None:
+    """Why ``token`` cannot be a rexec token, or None.  A token travels in an HTTP header,
+    which takes one word of printable ASCII: anything else was refused as ``HTTP 400`` (a
+    NUL), or failed inside ``requests`` as an internal error (a character beyond Latin-1).
+    The sentence never shows the token."""
+    if token and token.isascii() and token.isprintable() and not any(c.isspace() for c in token):
+        return None
+    return (
+        "That cannot be a rexec token: a token is one word of printable ASCII characters, "
+        "and this one is empty or has a space, a control character or a non-ASCII "
+        "character (it is not shown; check that it was pasted whole)."
+    )
+
+
 class SpawnerClient:
     def __init__(self, url: str, token: str, timeout_s: float = 10.0) -> None:
+        """Raises AuthDenied when ``token`` cannot be one (``token_form_error``)."""
+        why = token_form_error(token)
+        if why is not None:
+            raise errors.AuthDenied(why)
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self._session = requests.Session()

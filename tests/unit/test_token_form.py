@@ -1,0 +1,39 @@
+"""A token of a form no token has is refused in one sentence before anything is sent, and
+the sentence never shows it (``spawner_client.token_form_error``).  Before, a NUL in it
+came back as ``SpawnFailed: HTTP 400`` and a character beyond Latin-1 as a rexec internal
+error from inside ``requests``."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from rexec_magic import errors
+from rexec_magic.login import log_in
+
+pytestmark = pytest.mark.unit
+
+# Nothing listens here: a token that were sent would fail as "not reachable" instead.
+NOWHERE = "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["tok\x00en", "tok€en", "tokén", "tok en", "tok\ten", "tok\nen", "\x1b[31mred", ""],
+)
+def test_a_token_no_token_can_be_is_refused_without_being_shown(token: str) -> None:
+    with pytest.raises(errors.AuthDenied) as caught:
+        log_in(NOWHERE, token)
+    said = str(caught.value)
+    assert said.startswith("That cannot be a rexec token")
+    assert not token or token not in said
+
+
+@pytest.mark.parametrize(
+    "token",
+    [secrets.token_urlsafe(32), "-starts-with-dash", "$dollar{braces}#hash", "'q\"uo.t`es"],
+)
+def test_tokens_of_every_printable_shape_go_to_the_spawner(token: str) -> None:
+    with pytest.raises(errors.SpawnerUnavailable):  # sent: the spawner is what is missing
+        log_in(NOWHERE, token)
