@@ -835,7 +835,9 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         memory = row.get("memory")
         details = [str(row.get("state", "?"))]
         if memory:
-            details.append(contract.human_bytes(memory))
+            processes = row.get("processes")
+            within = f" in {processes} processes" if processes else ""
+            details.append(f"{contract.human_bytes(memory)}{within}")
         if row.get("running_s") is not None:
             whose = (
                 f" (a {_running_kind(row)} of {row['running_for']})"

@@ -862,6 +862,31 @@ def test_unloading_the_extension_frees_the_notebooks_executor(stack):
         km.shutdown_kernel(now=True)
 
 
+def test_status_counts_the_memory_of_the_processes_a_cell_started(kernel):
+    """A cell that starts a process holding 300 MB (a pool worker, a subprocess): the
+    notebook's executor row in ``%rexec_status`` counts it ("in 2 processes"), as the pod's
+    memory limit does; before, only the executor's own ~60 MB was shown."""
+    _, kc = kernel
+    child = "import time; held = b'x' * (300 * 2**20); print('held', flush=True); time.sleep(120)"
+    reply, _ = run(
+        kc,
+        "%%remote\nimport subprocess, sys\n"
+        f"holder = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE)\n"
+        "holder.stdout.readline()",
+    )
+    assert reply["status"] == "ok", reply
+    try:
+        rows = status_text(run(kc, "%rexec_status")[1]).splitlines()
+        (mine,) = [row for row in rows if "this notebook" in row]
+        size, unit = re.search(r"([\d.]+) (MB|GB) in 2 processes", mine).groups()
+        assert float(size) * (1024 if unit == "GB" else 1) >= 300, mine
+    finally:
+        run(kc, "%%remote\nholder.kill()\nholder.wait()")
+    rows = status_text(run(kc, "%rexec_status")[1]).splitlines()
+    (mine,) = [row for row in rows if "this notebook" in row]
+    assert "processes" not in mine  # (gone: the executor alone again)
+
+
 def test_a_kernel_shut_down_frees_its_executor_at_once(stack):
     """A kernel shut down (or restarted) from Jupyter says goodbye as it exits, so the worker
     frees its executor at once: the executor process is gone, and no longer listed, well

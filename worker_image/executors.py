@@ -245,17 +245,27 @@ class ExecutorProcess:
         return self.key is not None and shared(self.key)
 
     def summary(self) -> dict[str, Any]:
-        """One row of the user's executor list (%rexec_status, the sidebar)."""
-        rss = exits.rss_bytes(self.pid)
-        if rss is not None:
-            self.last_rss = rss
+        """One row of the user's executor list (%rexec_status, the sidebar).  ``memory``:
+        the executor's, with that of the processes its cells started (``processes`` counts
+        them all, when there are such): a pool of workers is the notebook's memory too, and
+        counts towards the pod's limit (it was left out)."""
+        children = exits.descendants(self.pid)
+        if children:
+            sizes = [exits.pss_bytes(pid) for pid in (self.pid, *children)]
+            memory = sum(size or 0 for size in sizes) if sizes[0] is not None else None
+        else:
+            memory = exits.rss_bytes(self.pid)
+        if memory is not None:
+            self.last_rss = memory
         row: dict[str, Any] = {
             "notebook": self.label,
             "state": self.state(),
-            "memory": rss,
+            "memory": memory,
             "pid": self.pid,
             "uptime_s": round(self.age_s, 1),
         }
+        if children:
+            row["processes"] = 1 + len(children)
         if self.current is not None and self.current.started is not None:
             row["running_s"] = round(time.monotonic() - self.current.started, 1)
             row["running_kind"] = "call" if self.current.kind == Kind.CALL else "cell"

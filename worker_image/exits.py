@@ -99,6 +99,44 @@ def rss_bytes(pid: int) -> int | None:
     return resident * os.sysconf("SC_PAGE_SIZE")
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (what a cell started: ``multiprocessing`` workers, a
+    subprocess still running), from ``/proc/PID/task/TID/children``; [] when it has none or
+    ``/proc`` cannot say."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                children = Path(f"/proc/{parent}/task/{tid}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.append(child)
+                    pending.append(child)
+    return found
+
+
+def pss_bytes(pid: int) -> int | None:
+    """Proportional memory of a process (``/proc/PID/smaps_rollup`` ``Pss``: a page shared by
+    n processes counts 1/n in each, so the sum over a forked pool counts it once); its
+    resident memory where that cannot be read; None when it is gone.  About 0.6 ms for a
+    process of 2 GiB here: read only for executors with children."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss_bytes(pid)
+
+
 def _stat(pid: int) -> list[str]:
     """The fields of ``/proc/PID/stat`` after the command name (state, ppid, pgrp, ...);
     [] when there is no such process (or no ``/proc``)."""
