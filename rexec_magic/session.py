@@ -231,7 +231,7 @@ class RemoteSession:
         if self._keepalive is None:
             if not self._goodbye_at_exit:
                 self._goodbye_at_exit = True
-                atexit.register(_goodbye, weakref.ref(self))
+                atexit.register(_goodbye, weakref.ref(self), os.getpid())
             self._keepalive = threading.Event()  # set: that thread stops
             self._keepalive_now = threading.Event()
             threading.Thread(
@@ -1099,10 +1099,12 @@ def shared_session() -> RemoteSession:
         return _shared
 
 
-def _goodbye(session_ref: weakref.ref[RemoteSession]) -> None:
-    """At exit (a kernel shut down or restarted, a script's end): ``goodbye``."""
+def _goodbye(session_ref: weakref.ref[RemoteSession], pid: int) -> None:
+    """At exit (a kernel shut down or restarted, a script's end): ``goodbye``; not in a
+    child the process forked (``os.fork()`` in local code, then ``sys.exit``), which would
+    say it for the kernel that lives on and free its namespace."""
     session = session_ref()
-    if session is not None:
+    if session is not None and os.getpid() == pid:
         session.goodbye()
 
 

@@ -862,6 +862,26 @@ def test_unloading_the_extension_frees_the_notebooks_executor(stack):
         km.shutdown_kernel(now=True)
 
 
+def test_a_forked_child_that_exits_says_no_goodbye_for_the_kernel(stack):
+    """Local code forks and the child exits (its ``atexit`` handlers run): the kernel lives
+    on, so its executor and namespace stay; the goodbye is only the kernel's own."""
+    km, kc = start_kernel(stack)
+    try:
+        reply, outputs = run(kc, "%%remote\nimport os\nkept = 'yes'\nprint(os.getpid())")
+        assert reply["status"] == "ok", reply
+        pid = int(text_of(outputs))
+        child = "import atexit, os\nif os.fork() == 0:\n    atexit._run_exitfuncs()\n"
+        assert run(kc, child + "    os._exit(0)")[0]["status"] == "ok"
+        time.sleep(4)  # (a goodbye frees an executor about 1.6 s after it)
+        reply, outputs = run(kc, "%%remote\nimport os\nprint(kept, os.getpid())")
+        assert reply["status"] == "ok", reply
+        # (Above it, what IPython's own exit handlers printed in the child.)
+        assert text_of(outputs).splitlines()[-1] == f"yes {pid}", outputs
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 def test_status_counts_the_memory_of_the_processes_a_cell_started(kernel):
     """A cell that starts a process holding 300 MB (a pool worker, a subprocess): the
     notebook's executor row in ``%rexec_status`` counts it ("in 2 processes"), as the pod's
