@@ -639,6 +639,34 @@ def sharing(stack, kc, name: str = "team") -> Iterator[Any]:
         other_km.shutdown_kernel(now=True)
 
 
+def test_a_kernel_leaving_a_shared_namespace_leaves_it_to_the_others(stack, kernel):
+    """Two kernels share a namespace; one is shut down (it says goodbye).  The namespace
+    lives on for the other, with its values, and a third notebook's ``%rexec_status`` does
+    not say its kernels are silent (the goodbye's short interval was taken for all of
+    them)."""
+    _, kc = kernel
+    leaving_km, leaving = start_kernel(stack)
+    staying_km, staying = start_kernel(stack)
+    try:
+        run(staying, "%rexec_attach lab")
+        run(leaving, "%rexec_attach lab")
+        assert run(staying, "%remote shared_value = 41")[0]["status"] == "ok"
+        assert run(leaving, "%remote shared_value += 1")[0]["status"] == "ok"
+        leaving.stop_channels()
+        leaving_km.shutdown_kernel(now=False)  # (its goodbye)
+        time.sleep(3)  # (past the goodbye's interval, 0.2 s + 1 s; before the next keepalive)
+        rows = status_text(run(kc, "%rexec_status")[1]).splitlines()
+        (lab,) = [row for row in rows if "shared: lab" in row]
+        assert "no sign of its kernel" not in lab, lab
+        reply, outputs = run(staying, "%%remote\nprint(shared_value)")
+        assert reply["status"] == "ok" and text_of(outputs) == "42\n", outputs
+    finally:
+        staying.stop_channels()
+        staying_km.shutdown_kernel(now=True)
+        if leaving_km.is_alive():
+            leaving_km.shutdown_kernel(now=True)
+
+
 def test_each_notebook_of_a_shared_namespace_reads_its_own_history(stack, kernel):
     """``_`` and ``Out[n]`` in a shared namespace are the reading notebook's: B's ``_``,
     unchanged since B sent it, was taken as still there, and the cell read A's (4 of 4 for a

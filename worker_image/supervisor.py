@@ -472,11 +472,24 @@ class Supervisor:
                     row["running_for"] = whose
             if ex is this:
                 row["this"] = True
-            elif ex.keepalive_s is not None and now - ex.last_seen > ex.keepalive_s + 1.0:
+            elif self._kernels_silent(ex, now):
                 # Its kernel is gone (shut down, killed) or stalled: stopped once that lasts.
                 row["kernel_silent_s"] = round(now - ex.last_seen)
             rows.append(row)
         return rows
+
+    def _kernels_silent(self, ex: ExecutorProcess, now: float) -> bool:
+        """Whether ``ex``'s kernels are late with their keepalives: each by its own interval
+        in a shared namespace, where the one that spoke last may have said goodbye (its
+        shortest interval) while the others live on."""
+        if ex.keepalive_s is None or now - ex.last_seen <= ex.keepalive_s + 1.0:
+            return False
+        if not ex.shared:
+            return True
+        known = [session for session in ex.clients if session in self._clients]
+        return all(
+            now - self._clients[s][0] > (self._clients[s][1] or ex.keepalive_s) + 1.0 for s in known
+        )
 
     # ------------------------------------------------------------------ broker handlers
     def _on_registered(self, msg: Message) -> None:
