@@ -69,13 +69,14 @@ class Entry:
     is_dir: bool
     size: int
     mode: int
+    mtime_ns: int = 0  # when it was walked: a file changed since is not sent (``read_chunks``)
 
 
 def walk(source: Path) -> Iterator[Entry]:
     """The source itself, then (for a folder) every folder and file under it, sorted."""
     st = source.stat()
     if not stat.S_ISDIR(st.st_mode):
-        yield Entry("", source, False, st.st_size, stat.S_IMODE(st.st_mode))
+        yield Entry("", source, False, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
         return
     yield Entry("", source, True, 0, stat.S_IMODE(st.st_mode))
     for root, dirs, files in os.walk(source):
@@ -90,11 +91,16 @@ def walk(source: Path) -> Iterator[Entry]:
             if stat.S_ISDIR(st.st_mode):
                 yield Entry(rel, p, True, 0, stat.S_IMODE(st.st_mode))
             elif stat.S_ISREG(st.st_mode):
-                yield Entry(rel, p, False, st.st_size, stat.S_IMODE(st.st_mode))
+                yield Entry(rel, p, False, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
 
 
-def target_for(dest: Path, source_name: str) -> Path:
-    """Like cp: into an existing folder the item keeps its name, else it gets ``dest``."""
+def target_for(dest: Path, source_name: str, default: str) -> Path:
+    """Like cp: into an existing folder the item keeps its name, else it gets ``dest``.  A
+    name that is no name of its own (``..``, ``.``, empty, or with a ``/``: a source given
+    as ``..``) becomes ``default``: ``dest / ".."`` was the folder above, which the
+    transfer then tried to replace (tester P)."""
+    if source_name in ("", ".", "..") or "/" in source_name:
+        source_name = default
     return dest / source_name if dest.is_dir() else dest
 
 
@@ -196,14 +202,38 @@ class Staging:
                 pass
 
 
-def read_chunks(path: Path, chunk: int) -> Iterator[bytes]:
-    """The bytes of a file, ``chunk`` at a time (bounded memory)."""
-    with open(path, "rb") as fh:
-        while True:
-            data = fh.read(chunk)
+def read_chunks(entry: Entry, chunk: int, where: str) -> Iterator[bytes]:
+    """The bytes of file ``entry``, ``chunk`` at a time (bounded memory): exactly its walked
+    size, as it was then.  A file written to meanwhile (its size or modification time is not
+    what ``walk`` saw, before or after the reading) raises TransferError: its copy would mix
+    two versions, or end short or long, and the receiver discards it (it was reported as
+    copied: tester P).  A file replaced by another (renamed over) is read whole as it was.
+    OSError as ``open`` and ``read`` raise it."""
+    with open(entry.path, "rb") as fh:
+        _unchanged(fh, entry, where)
+        left = entry.size
+        while left > 0:
+            data = fh.read(min(chunk, left))
             if not data:
-                return
+                break
+            left -= len(data)
             yield data
+        if left:
+            raise TransferError(_changed(entry, where))
+        _unchanged(fh, entry, where)
+
+
+def _unchanged(fh: BinaryIO, entry: Entry, where: str) -> None:
+    st = os.fstat(fh.fileno())
+    if st.st_size != entry.size or (entry.mtime_ns and st.st_mtime_ns != entry.mtime_ns):
+        raise TransferError(_changed(entry, where))
+
+
+def _changed(entry: Entry, where: str) -> str:
+    return (
+        f"{entry.path} changed {where} while it was being sent (it is still being "
+        "written?), so its copy was not kept; send it again once it is complete."
+    )
 
 
 class SendWindow:

@@ -11,6 +11,7 @@ cancels the transfer on both sides and leaves nothing half-written.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,7 +115,8 @@ def upload(
     req_id = client._new_id()
     waiter = _Waiter(client, req_id)
     t0 = time.monotonic()
-    header = {"id": req_id, "path": remote or ".", "name": source.name, "dir": entries[0].is_dir}
+    name = Path(os.path.normpath(source)).name  # (``..``: the name of the folder above)
+    header = {"id": req_id, "path": remote or ".", "name": name, "dir": entries[0].is_dir}
     client._send(P.Kind.PUT_OPEN, header)
     try:
         _expect(waiter.next(), P.Kind.FILE_ACK)
@@ -134,13 +136,15 @@ def upload(
             if entry.is_dir:
                 continue
             try:
-                chunks = fileio.read_chunks(entry.path, P.FILE_CHUNK_BYTES)
-                for data in chunks:
+                for data in fileio.read_chunks(entry, P.FILE_CHUNK_BYTES, HERE):
                     wait_window(window.charge(len(data)))
                     client._send(P.Kind.PUT_CHUNK, {"id": req_id}, [data])
                     sent += len(data)
                     on_progress(sent, total)
-            except OSError as exc:
+            except (OSError, fileio.TransferError) as exc:
+                _cancel(client, req_id)  # (the worker discards what it has of the upload)
+                if isinstance(exc, fileio.TransferError):
+                    raise TransferFailed(str(exc)) from None
                 raise TransferFailed(fileio.error_sentence(exc, entry.path, HERE)) from None
         client._send(P.Kind.PUT_CLOSE, {"id": req_id})
         while True:
@@ -186,8 +190,8 @@ def download(
                 if staging is None:  # the item itself comes first
                     total = meta.total or meta.size
                     dest = fileio.resolve(str(local) if local is not None else ".")
-                    name = PurePosixPath(str(remote).rstrip("/")).name or "download"
-                    final = fileio.target_for(dest, name)
+                    name = PurePosixPath(str(remote).rstrip("/")).name
+                    final = fileio.target_for(dest, name, "download")
                     staging = fileio.Staging(final, is_dir, req_id[:12], HERE)
                 staging.begin(meta.rel, is_dir, mode)
                 files += not is_dir

@@ -462,6 +462,61 @@ def test_put_and_get_as_functions_in_a_script(nora, tmp_path):
     assert out.stderr == ""
 
 
+def test_a_file_changed_while_it_is_sent_is_not_kept(nora, tmp_path):
+    """A file written to while ``put`` sends it (here: shrunk once its first bytes went)
+    fails in one sentence and the worker keeps nothing of it; before, a copy of the wrong
+    size was kept and reported as uploaded (tester P)."""
+    (tmp_path / "big.bin").write_bytes(b"x" * (8 * 2**20))
+    script = (
+        "import os\n"
+        "import rexec_magic\n"
+        "from rexec_magic.session import shared_session\n"
+        "from rexec_magic.transfer import TransferFailed\n"
+        "changed = []\n"
+        "def moved(sent, total):\n"
+        "    if sent and not changed:\n"
+        "        changed.append(sent)\n"
+        "        os.truncate('big.bin', 1000)\n"
+        "try:\n"
+        "    shared_session().put('big.bin', 'changed.bin', moved)\n"
+        "    print('uploaded')\n"
+        "except TransferFailed as exc:\n"
+        "    print('refused:', exc)\n"
+        "try:\n"
+        "    rexec_magic.get('changed.bin', 'back.bin')\n"
+        "except TransferFailed as exc:\n"
+        "    print('on the worker:', exc)\n"
+    )
+    out = run_script(nora, tmp_path, script)
+    path = tmp_path / "big.bin"
+    refused = f"refused: {path} changed on this machine while it was being sent"
+    assert refused in out.stdout, out.stdout
+    assert "changed.bin does not exist on the worker." in out.stdout, out.stdout
+    assert not (tmp_path / "back.bin").exists()
+
+
+def test_a_source_named_dot_dot_is_copied_under_a_name_of_its_own(nora, tmp_path):
+    """``get('a/b/..')`` into a folder went to ``folder/..`` (the folder above, which it
+    then tried to replace); ``put('..')`` named the copy ``..`` on the worker.  Now the
+    download gets the name ``download``, and the upload the name of the folder it is."""
+    (tmp_path / "proj" / "inner").mkdir(parents=True)
+    (tmp_path / "proj" / "inner" / "f.txt").write_text("in proj")
+    (tmp_path / "proj" / "dl").mkdir()
+    script = (
+        "import os\n"
+        "import rexec_magic\n"
+        "os.chdir('proj/inner')\n"
+        "up = rexec_magic.put('..', 'uploads')\n"  # (no such folder there: the copy's name)
+        "os.chdir('../dl')\n"
+        "down = rexec_magic.get('uploads/inner/..')\n"
+        "print('got', sorted(os.listdir('.')))\n"
+    )
+    run_script(nora, tmp_path, script)
+    dl = tmp_path / "proj" / "dl"
+    assert (dl / "download" / "inner" / "f.txt").read_text() == "in proj"
+    assert sorted(p.name for p in (tmp_path / "proj").iterdir()) == ["dl", "inner"]
+
+
 def test_a_folder_of_thousands_of_tiny_files_arrives_whole_both_ways(nora, tmp_path):
     """Each file costs messages but almost no bytes: the window counts messages too, so none
     is dropped on the way (a dropped header would put one file's bytes into another)."""

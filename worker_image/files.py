@@ -166,7 +166,7 @@ class Transfers:
         if msg.kind == Kind.PUT_OPEN:
             opening = msg.read(protocol.PutOpen)
             dest = fileio.resolve(opening.path or ".")
-            final = fileio.target_for(dest, opening.name or "upload")
+            final = fileio.target_for(dest, opening.name, "upload")
             staging = fileio.Staging(final, opening.dir, rid[:12], WHERE)
             self._uploads[rid] = _Upload(staging)
             log.info("upload %s to %s", rid, final)
@@ -228,7 +228,7 @@ class Transfers:
                     continue
                 files += 1
                 try:
-                    for data in fileio.read_chunks(entry.path, FILE_CHUNK_BYTES):
+                    for data in fileio.read_chunks(entry, FILE_CHUNK_BYTES, WHERE):
                         self._wait_window(down, window.charge(len(data)))
                         self._reply(target, Kind.FILE_CHUNK, {}, [data])
                         sent += len(data)
