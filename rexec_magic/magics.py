@@ -347,6 +347,7 @@ class RexecMagics(Magics):
                     renderer.restore()
                     self.notes.note(note)
             raise
+        renderer.went_on()
         value = self._apply(outcome, why, renderer)
         closing = []
         if args.pull and not args.no_pull:

@@ -118,6 +118,14 @@ class EventRenderer:
         if self._since_clear_chars <= SINCE_CLEAR_MAX_CHARS:
             self._since_clear.append(event)
 
+    def went_on(self) -> None:
+        """The executor ran again after the note that it is stopped (SIGSTOP): output came,
+        or the cell ended.  That note says so now; it said "is stopped and not responding"
+        above the rest of a cell that went on to its end (tester P)."""
+        shown = self._notices.pop("stopped", None)
+        if shown is not None:
+            shown.done("rexec: this notebook's remote executor was stopped (SIGSTOP); it went on")
+
     def restore(self) -> None:
         """Before one of rexec's own notes after the cell (values that stay remote, ...): a
         cell that ended with ``clear_output(wait=True)`` keeps its last output on screen, as
@@ -175,6 +183,7 @@ class EventRenderer:
                 sys.stderr.flush()
                 self._notices[category] = self.notes.live(f"rexec: {event.text}")
         elif isinstance(event, P.Stream):
+            self.went_on()
             stream = sys.stderr if event.name == "stderr" else sys.stdout
             if event.late and event.text:
                 if event.text.endswith("\n"):
@@ -184,6 +193,7 @@ class EventRenderer:
             stream.write(event.text)
             stream.flush()  # ipykernel sends at once on flush: output stays live
         elif isinstance(event, P.Display):
+            self.went_on()
             sys.stdout.flush()
             sys.stderr.flush()
             if event.clear:

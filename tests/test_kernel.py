@@ -3,6 +3,7 @@ and a kernel interrupt that stops the remote cell and the queued cells after it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -381,6 +382,36 @@ def test_interrupting_a_stopped_executor_says_it_is_resumed_never_restarted(kern
     assert reply["status"] == "error"
     _, outputs = run(kc, "%%remote --no-push\nprint(still_here)")
     assert text_of(outputs) == "1\n"
+
+
+@pytest.mark.parametrize("after", ["print('done')", "pass"])
+def test_the_stopped_note_says_so_once_the_executor_went_on(kernel, after):
+    """An executor stopped (SIGSTOP) during a cell, then continued: the note that said it
+    is stopped and not responding says it went on, whether more output followed or the
+    cell just ended (it stayed "is stopped" above a finished cell: tester P, 5 of 5)."""
+    _, kc = kernel
+    _, outputs = run(kc, "%%remote --no-pull\nimport os\nprint(os.getpid())")
+    pid = int(text_of(outputs))
+    msg_id = kc.execute(f"%%remote\nimport time\nprint('go', flush=True)\ntime.sleep(3)\n{after}")
+    wait_for_text(kc, "go", msg_id)
+    seen: list[dict] = []
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while "is stopped (SIGSTOP)" not in str(seen) and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                seen.append(kc.get_iopub_msg(timeout=1))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    reply, outputs = collect(kc, msg_id)
+    assert reply["status"] == "ok"
+    notes = [
+        m["content"]["data"]["text/plain"]
+        for m in [*seen, *outputs]
+        if m["parent_header"].get("msg_id") == msg_id and "SIGSTOP" in str(m["content"])
+    ]
+    assert notes and "is stopped (SIGSTOP) and not responding" in notes[0], notes
+    assert notes[-1] == "rexec: this notebook's remote executor was stopped (SIGSTOP); it went on"
 
 
 def given_up_on(kernel, cell: str, pause_s: float, caught: str | None = None) -> None:
