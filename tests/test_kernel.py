@@ -414,6 +414,30 @@ def test_the_stopped_note_says_so_once_the_executor_went_on(kernel, after):
     assert notes[-1] == "rexec: this notebook's remote executor was stopped (SIGSTOP); it went on"
 
 
+def test_a_cell_interrupted_before_it_started_says_it_did_not_run(kernel, tmp_path):
+    """The executor is stopped (SIGSTOP) while idle, a cell is sent, then Ctrl-C: resumed
+    for the interrupt, the executor takes it before the cell's code starts.  The cell says
+    it did not run (it said "The remote cell was interrupted.", and its code never ran:
+    tester P, 5 of 5); the namespace is kept."""
+    km, kc = kernel
+    marker = tmp_path / "ran"
+    _, outputs = run(kc, "%%remote --no-pull\nimport os\nkept_here = 5\nprint(os.getpid())")
+    pid = int(text_of(outputs))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        msg_id = kc.execute(f"%%remote\nopen({str(marker)!r}, 'a').write('x')\nzz = 1")
+        time.sleep(2)  # (sent, waiting at the stopped executor)
+        km.interrupt_kernel()
+        reply, _ = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert reply["ename"] == "RemoteInterrupted"
+    assert reply["evalue"] == "The cell was interrupted before it started; it did not run."
+    assert not marker.exists()
+    _, outputs = run(kc, "%%remote --no-push\nprint(kept_here, 'zz' in globals())")
+    assert text_of(outputs) == "5 False\n"
+
+
 def given_up_on(kernel, cell: str, pause_s: float, caught: str | None = None) -> None:
     """Run ``cell`` (it prints 'started'), then interrupt the kernel twice, ``pause_s``
     apart, or, with ``caught``, once the cell printed that (its handler took the first

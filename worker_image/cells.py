@@ -218,6 +218,9 @@ class CellRunner:
         shell.hidden_frames.add(CellRunner.on_sigint.__code__)
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
         self.interrupt_handled = False  # the last cell went on past an interrupt (Done)
+        # The request's interrupt came before its code started (its executor was stopped,
+        # or busy, until then): its DONE says it did not run, rather than "interrupted".
+        self.unstarted = False
         # What the last request's user code ended with (None: it returned): the exit status
         # of a process it forked that comes back out of it (executor._end_forked_child).
         self.user_error: BaseException | None = None
@@ -238,6 +241,7 @@ class CellRunner:
     def run(self, cell: Cell) -> None:
         target = cell.target
         self.user_error = None
+        self.unstarted = False
         self.outbox.current = target
         self.watch.serve(cell.client)  # what changes is what changed since it last saw
         started = time.perf_counter()
@@ -338,6 +342,9 @@ class CellRunner:
                 if self.interrupt_handled:
                     extra["interrupt_handled"] = True
             del values
+        if self.unstarted and status == DoneStatus.INTERRUPTED:
+            what = "call" if cell.call else "cell"
+            extra["message"] = f"The {what} was interrupted before it started; it did not run."
         duration = time.perf_counter() - started
         header = {
             **extra,
@@ -400,6 +407,7 @@ class CellRunner:
         try:
             self._interruptible = True
             if self.interrupted(cell.id):
+                self.unstarted = True
                 raise KeyboardInterrupt
             self.watch.before(shell.user_ns, cell.watch)
             names_before = object_ids(shell.user_ns)
@@ -443,7 +451,7 @@ class CellRunner:
             return DoneStatus.ERROR, Report()
         finally:
             self._stop_interrupts()
-        if status == DoneStatus.INTERRUPTED and not shell.error_sent:
+        if status == DoneStatus.INTERRUPTED and not shell.error_sent and not self.unstarted:
             self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
         elif status == DoneStatus.ERROR and not shell.error_sent:
             if error is not None:  # IPython wrote it to stderr itself (an ExceptionGroup)
@@ -498,7 +506,7 @@ class CellRunner:
         try:
             self._interruptible = True
             if self.interrupted(cell.id):
-                requested = True
+                requested = self.unstarted = True
                 raise KeyboardInterrupt
             next_item = self.next_item if cell.lazy else None
             return invoke(
@@ -519,9 +527,7 @@ class CellRunner:
                 send_exception(self.outbox, cell.target, exc, skip=2, legacy=cell.inband)
                 return DoneStatus.ERROR, [], []
             self.outbox.internal(CODE_OVER, {"id": cell.id})  # no grace kill from here
-            if requested:  # (before the function started: nothing of it to show)
-                self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
-            else:  # where the function was, as a local call's traceback shows it
+            if not requested:  # where the function was, as a local call's traceback shows it
                 cut_frames(exc, self.shell.hidden_frames)
                 send_exception(self.outbox, cell.target, exc, skip=2, legacy=cell.inband)
                 self.shell.error_sent = True
