@@ -14,6 +14,7 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_runtime_dir
 
+from rexec_magic import contract
 from rexec_magic.contract import Env
 from rexec_magic.private_file import write_private
 
@@ -53,6 +54,12 @@ def load(path: Path | None = None) -> ConnectionInfo:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
+        if contract.ON_WORKER:  # (its advice would send the user to log in on the worker)
+            raise ConnectionFileError(
+                "This code runs on your rexec worker, which has no rexec connection of its "
+                "own: rexec's file transfers and logins are for the notebook's side; here, "
+                "read and write the worker's files directly."
+            ) from None
         raise ConnectionFileError(
             f"No rexec connection file at {path}: run `rexec up` or `%rexec_login` first."
         ) from None

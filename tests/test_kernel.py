@@ -438,6 +438,17 @@ def test_a_cell_interrupted_before_it_started_says_it_did_not_run(kernel, tmp_pa
     assert text_of(outputs) == "5 False\n"
 
 
+def test_file_transfers_called_on_the_worker_say_where_they_run(kernel):
+    """``rexec_magic.put`` / ``get`` called by code on the worker: one sentence saying the
+    code runs there, not the advice to run ``rexec up`` or log in (on the worker: tester
+    P, 2 of 2)."""
+    _, kc = kernel
+    reply, _ = run(kc, "%%remote\nimport rexec_magic\nrexec_magic.put('a.txt', 'b.txt')")
+    assert reply["status"] == "error", reply
+    assert reply["evalue"].startswith("This code runs on your rexec worker"), reply["evalue"]
+    assert "rexec up" not in reply["evalue"] and "%rexec_login" not in reply["evalue"]
+
+
 def given_up_on(kernel, cell: str, pause_s: float, caught: str | None = None) -> None:
     """Run ``cell`` (it prints 'started'), then interrupt the kernel twice, ``pause_s``
     apart, or, with ``caught``, once the cell printed that (its handler took the first
