@@ -401,6 +401,9 @@ class WorkerService:
         rec.spawned_mono = time.monotonic()
         if found.started_at:
             rec.started_at = datetime.fromtimestamp(found.started_at, timezone.utc)
+        # Held before its task runs: a stop that adopted it (its first step) stops it then,
+        # rather than cancelling a task that never took the handle and answering "stopped".
+        rec.handle, rec.pid = found.handle, found.handle.pid
         self._set(rec, WorkerState.STARTING, "Taking over the running worker.")
         rec.task = asyncio.create_task(
             self._run(rec, spec, adopted=found.handle), name=f"worker:{found.user}"

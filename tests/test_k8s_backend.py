@@ -581,6 +581,56 @@ async def test_a_stop_while_the_pod_is_being_created_leaves_no_pod(
     assert (await sp.status())["state"] == "stopped"
 
 
+@pytest.mark.asyncio
+async def test_a_pod_the_api_created_after_its_create_timed_out_is_deleted(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    """An API server too busy to answer the pod's creation in ``k8s_api_timeout_s`` may still
+    create it.  The spawn fails with the timeout's sentence and deletes the pod and its
+    Secret; before, the pod ran on with nobody holding it (the loaded run's 200 of
+    test_terminate_error_is_a_clear_http_error)."""
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path, k8s_api_timeout_s=1.0))
+
+    async def create_too_late(request: Any) -> dict[str, Any]:
+        await cluster.put_object(PODS, NS, "rexec-worker-alice", request.data)
+        await asyncio.sleep(3.0)
+        return request.data
+
+    cluster[f"post /api/v1/namespaces/{NS}/pods"] << create_too_late
+    assert (await sp.spawn()).status_code == 200
+    st = await sp.wait_for(lambda s: s["state"] == "failed", "the spawn to fail")
+    assert st["message"] == (
+        "Kubernetes did not answer within 1 s to create the Pod rexec/rexec-worker-alice."
+    )
+    await _wait(lambda: pod(cluster, "rexec-worker-alice") is None, "the pod to be deleted")
+    assert secret(cluster, "rexec-worker-alice") is None
+
+
+@pytest.mark.asyncio
+async def test_a_stop_that_adopts_a_pod_stops_it(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any
+) -> None:
+    """``DELETE /worker`` at a spawner that does not yet hold the user's pod (another replica
+    started it, or an earlier spawner that has gone) adopts the pod and stops it; a refused
+    delete is the stop's 502.  Before, the stop cancelled the adoption's task before it took
+    the pod's handle and answered 200 with the pod left running.  (That a stop of an adopted
+    pod deletes it: test_a_new_spawner_adopts_the_pods_and_two_spawners_do_not_fight.)"""
+    settings = settings_for(cluster, broker, tmp_path)
+    first = await make_spawner(settings)
+    assert (await first.spawn()).status_code == 200
+    await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod")
+    await first.service.close()  # (a spawner that goes leaves its pods)
+    assert pod(cluster, "rexec-worker-alice") is not None
+
+    second = await make_spawner(settings)
+    cluster[f"delete /api/v1/namespaces/{NS}/pods/rexec-worker-alice"] << 403
+    refused = await second.http.delete("/worker")
+    assert refused.status_code == 502
+    assert refused.json()["detail"].startswith(
+        "Kubernetes refused to delete pod rexec/rexec-worker-alice (403 Forbidden)"
+    )  # (kmock applies a delete it answers 403 to: what is left in it proves nothing here)
+
+
 # --------------------------------------------------------------------------- pool and culling
 @pytest.mark.asyncio
 async def test_warm_pool_claim_relabels_the_pod_and_starts_a_replacement(

@@ -428,6 +428,12 @@ class KubernetesBackend(Backend):
         await self._create_replacing(ns, name, "Secret", secret, self.api.create_namespaced_secret)
         try:
             await self._create_replacing(ns, name, "Pod", pod, self.api.create_namespaced_pod)
+        except UpstreamTimeout:
+            # No answer is no "no": a busy API server may have created the pod all the same,
+            # and it would run on with nobody holding it.
+            with contextlib.suppress(SpawnerError):
+                await self._delete(ns, name)
+            raise
         except BaseException:
             with contextlib.suppress(SpawnerError):
                 await self._call("delete a secret", self.api.delete_namespaced_secret, name, ns,
