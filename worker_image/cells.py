@@ -502,11 +502,10 @@ class CellRunner:
     def _call(self, cell: Cell, values: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list]:
         """Run a CALL in user-code mode (interruptible, output streamed); see calls.py."""
         _signal.signal(_signal.SIGINT, self.on_sigint)
-        requested = False
         try:
             self._interruptible = True
             if self.interrupted(cell.id):
-                requested = self.unstarted = True
+                self.unstarted = True
                 raise KeyboardInterrupt
             next_item = self.next_item if cell.lazy else None
             return invoke(
@@ -521,13 +520,13 @@ class CellRunner:
         except KeyboardInterrupt as exc:
             self.user_error = exc
             self._stop_interrupts()
-            if not requested and not self.interrupted(cell.id):
+            if not self.unstarted and not self.interrupted(cell.id):
                 # No interrupt was asked for: the function's own `raise KeyboardInterrupt`
                 # (or its own SIGINT), raised in the notebook as the call's exception.
                 send_exception(self.outbox, cell.target, exc, skip=2, legacy=cell.inband)
                 return DoneStatus.ERROR, [], []
             self.outbox.internal(CODE_OVER, {"id": cell.id})  # no grace kill from here
-            if not requested:  # where the function was, as a local call's traceback shows it
+            if not self.unstarted:  # where the function was, as a local call's traceback shows it
                 cut_frames(exc, self.shell.hidden_frames)
                 send_exception(self.outbox, cell.target, exc, skip=2, legacy=cell.inband)
                 self.shell.error_sent = True

@@ -487,9 +487,7 @@ class Supervisor:
         if not ex.shared:
             return True
         known = [session for session in ex.clients if session in self._clients]
-        return all(
-            now - self._clients[s][0] > (self._clients[s][1] or ex.keepalive_s) + 1.0 for s in known
-        )
+        return all(self._client_late(s, now, 1, ex.keepalive_s) for s in known)
 
     # ------------------------------------------------------------------ broker handlers
     def _on_registered(self, msg: Message) -> None:
@@ -1662,8 +1660,17 @@ class Supervisor:
 
     def _client_gone(self, session: str, now: float) -> bool:
         """Whether client session ``session`` went silent (never, without a keepalive)."""
+        return self._client_late(session, now, ORPHAN_AFTER_PINGS)
+
+    def _client_late(
+        self, session: str, now: float, intervals: float, default_s: float | None = None
+    ) -> bool:
+        """Whether ``session`` has been silent for more than ``intervals`` of its own declared
+        keepalive interval, plus 1 s (``default_s`` where it declared none; never late
+        without either)."""
         seen, keepalive_s = self._clients.get(session, (now, None))
-        return keepalive_s is not None and now - seen > ORPHAN_AFTER_PINGS * keepalive_s + 1.0
+        keepalive_s = keepalive_s or default_s
+        return keepalive_s is not None and now - seen > intervals * keepalive_s + 1.0
 
     def _check_orphaned_cell(self, ex: ExecutorProcess, now: float) -> None:
         """A running request whose own kernel went silent, on an executor that others keep
