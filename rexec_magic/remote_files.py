@@ -53,7 +53,7 @@ def _run(
     verb: str, done: str, func, source: str, dest: str | None, notes: Notes
 ) -> transfer.TransferResult:
     name = Path(source.rstrip("/")).name or source
-    bar = notes.progress(transfer.progress_text(verb, name, 0, 0))
+    bar = notes.progress(transfer.progress_text(verb, name, 0, None))
     last = 0.0
 
     def moved(sent: int, total: int) -> None:

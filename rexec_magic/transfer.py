@@ -236,8 +236,12 @@ def _cancel(client: RexecClient, req_id: str) -> None:
         pass
 
 
-def progress_text(verb: str, name: str, done: int, total: int, width: int = 24) -> str:
-    """``Uploading data.bin  [████████░░░░░░░░]  45.0 MB of 100.0 MB (45%)``"""
+def progress_text(verb: str, name: str, done: int, total: int | None, width: int = 24) -> str:
+    """``Uploading data.bin  [████████░░░░░░░░]  45.0 MB of 100.0 MB (45%)``; before the
+    size is known (``total`` None), ``Uploading data.bin  [░░░░░░░░░░░░░░░░]  starting``
+    (not "0 B of 0 B (100%)", which reads as done)."""
+    if total is None:
+        return f"{verb} {name}  [{'░' * width}]  starting"
     frac = done / total if total else 1.0
     filled = int(round(frac * width))
     bar = "█" * filled + "░" * (width - filled)

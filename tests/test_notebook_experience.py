@@ -21,6 +21,7 @@ import pytest
 from jupyter_client.manager import KernelManager
 
 from rexec_magic import connection
+from rexec_magic.contract import human_bytes
 from rexec_magic.session import RemoteSession
 from tests.harness import wait_for
 from tests.kernel_harness import collect, run
@@ -399,6 +400,10 @@ def test_put_and_get_files_and_folders_streamed_with_bounded_memory(kc, stack):
     assert "Uploading big.bin" in bars[0] and re.search(
         r"Uploaded big.bin to .*data/big.bin", bars[-1]
     )
+    for bar in bars[:-1]:  # each says how far it is, of the file's real size, or nothing yet
+        moved = re.search(r"([\d.]+ \w?B) of ([\d.]+ \w?B) \((\d+)%\)", bar)
+        assert moved is None or moved[2] == human_bytes(size), bar
+        assert moved is not None or bar.endswith("starting"), bar
     assert (peak_rss_kb(pid) - before) < 48 * 1024  # a 96 MB file, a few MB in memory
     folder = stack.state_dir / "work" / USER
     assert (folder / "data" / "big.bin").stat().st_size == size
