@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
@@ -564,6 +565,16 @@ class RemoteFunction:
 
     def __repr__(self) -> str:
         return f"<remote_func {getattr(self.func, '__qualname__', self.func)!r}>"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        """A ``@remote_func`` ``def`` in a class is a method: ``obj.name`` is
+        ``remote_func(obj.name)`` of the plain function bound to ``obj``, so calls and
+        ``submit`` pass ``obj`` first as a local method call does (a copy travels, like any
+        argument; a call that changes it says so on stderr).  Before, the call went without
+        ``obj`` and failed with "missing 1 required positional argument"."""
+        if obj is None:
+            return self
+        return RemoteFunction(types.MethodType(self.func, obj), self.timeout, self._session)
 
     def _events(
         self,
