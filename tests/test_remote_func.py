@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -710,6 +711,34 @@ def test_an_argument_that_cannot_travel_is_named_as_an_argument(nb):
         nb["add"](1, c=threading.Lock())
     assert "keyword argument 'c' is a lock" in str(info.value)
     assert nb["add"](1) == 2
+
+
+def test_a_function_the_worker_cannot_load_is_named_as_the_function(nb, tmp_path, monkeypatch):
+    """A function of a package only this side has (packages go by reference): the error
+    says the function did not load and why; it said "variable 'fn'", a name the notebook
+    never had.  What cannot load of its arguments is named as its arguments."""
+    package = tmp_path / "labtools"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "fit.py").write_text("def slope(x):\n    return 2 * x\n\nclass Box:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import labtools.fit  # type: ignore[import-not-found]
+
+    try:
+        with pytest.raises(errors.RemoteCellError) as info:
+            remote_func(labtools.fit.slope)(3)
+        said = str(info.value)
+        assert "the function could not be loaded on the worker (ModuleNotFoundError: " in said
+        assert "'fn'" not in said, said
+        with pytest.raises(errors.RemoteCellError) as info:
+            nb["add"](labtools.fit.Box())
+        said = str(info.value)
+        assert "its arguments could not be loaded on the worker (ModuleNotFoundError: " in said
+        assert "'args'" not in said, said
+        assert nb["add"](1) == 2
+    finally:
+        for name in ("labtools.fit", "labtools"):
+            sys.modules.pop(name, None)
 
 
 def test_a_remote_generator_whose_closing_costs_the_namespace_says_so(nb, capfd, tmp_path):

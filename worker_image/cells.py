@@ -44,6 +44,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PULL_LIMIT = DEFAULT_PULL_LIMIT_BYTES
 SHARED_PREFIX = "namespace:"  # executor keys of shared namespaces (``placement``)
+# A call's entries (``session.RemoteSession.call``) as its error names them: they are no
+# variables of the notebook (it said "variable 'fn' could not be loaded").
+CALL_ENTRIES = {
+    "fn": "the function",
+    "args": "its arguments",
+    "kwargs": "its keyword arguments",
+    "globals": "the notebook globals it reads",
+}
 
 
 def exit_message(key: str) -> str:
@@ -304,7 +312,12 @@ class CellRunner:
                         f"({cell.unfetched}), so it did not run; run it again.",
                     )
                 else:
-                    detail = "; ".join(f"variable '{u['name']}' {u['reason']}" for u in unloaded)
+                    detail = "; ".join(
+                        f"{CALL_ENTRIES.get(u['name'], u['name'])} {u['reason']}"
+                        if cell.call
+                        else f"variable '{u['name']}' {u['reason']}"
+                        for u in unloaded
+                    )
                     self._send_error("SerializationError", f"{detail}; {self._version_note(cell)}")
             elif cell.call:
                 shipped = values.pop("globals", None) or {}
