@@ -476,9 +476,27 @@ class RexecMagics(Magics):
         worker whose namespace was lost since (a restart, a stop): no record of this session
         has them any more.  Said before the cell meets the NameError, and by the placeholder
         (it said "%%remote cells use it there" for good)."""
-        held = self.session.remote_only_names()
+        ns = self.shell.user_ns
+        gone = [n for n in names if not self.session.placeholder_stands(ns, n)]
+        # A name bound here to another's placeholder (``v = lk``) whose value the worker no
+        # longer holds under that name: not a lost namespace, said as what it is.
+        moved = [
+            n
+            for n in gone
+            if isinstance(ns.get(n), sync.RemoteOnly)
+            and not ns[n].elsewhere
+            and ns[n].name != n
+            and ns.get(ns[n].name) is not ns[n]
+        ]
+        for name in moved:
+            origin = ns[name].name
+            self._placeholders_elsewhere(
+                [name],
+                f"the remote worker as the value `{origin}` had then",
+                f"`{origin}` was assigned again or deleted since, so this cell cannot read it",
+            )
         self._placeholders_elsewhere(
-            [n for n in names if n not in held],
+            [n for n in gone if n not in moved],
             "the remote worker, whose namespace was lost since",
             "this cell cannot read {them}",
         )

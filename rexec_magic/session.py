@@ -308,6 +308,11 @@ class RemoteSession:
         them: a placeholder of its own namespace stays good while it is attached elsewhere)."""
         return {name for record in self._syncs.values() for name in record.remote_only}
 
+    def placeholder_stands(self, namespace: dict[str, Any], name: str) -> bool:
+        """Whether the placeholder ``namespace[name]`` stands for a value a namespace this
+        session uses still holds (``sync.NamespaceSync.stands``; any of them, as above)."""
+        return any(record.stands(namespace, name) for record in self._syncs.values())
+
     def _forget_all(self) -> None:
         """The worker is new or gone: no namespace of it holds what the notebook sent."""
         for record in self._syncs.values():

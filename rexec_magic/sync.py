@@ -186,6 +186,29 @@ class RemoteOnly:
         raise TypeError(f"{self.name} lives only on the remote worker")
 
 
+class RemoteAlias:
+    """What travels for a name bound here to another name's placeholder (``v = lk``, where
+    ``lk``'s value lives only on the worker): it loads there as the worker's own ``lk``, so
+    the cell reads under ``v`` the object ``lk`` holds, as ``v = lk`` makes it locally.
+    Before, ``v`` went nowhere and the cell was told the namespace had been lost."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __reduce__(self) -> Any:
+        return (worker_value, (self.name,))
+
+
+def worker_value(name: str) -> Any:
+    """Receiver side of a :class:`RemoteAlias`: this namespace's value of ``name``."""
+    try:
+        return serialize.main_namespace()[name]
+    except KeyError:
+        raise NameError(f"the worker no longer has `{name}`") from None
+
+
 @dataclass
 class Record:
     """The value of one name at its last exchange with the worker."""
@@ -273,7 +296,17 @@ class NamespaceSync:
                 continue
             seen.add(name)
             value = namespace[name]
-            if isinstance(value, RemoteOnly) or not shippable(name, value):
+            if isinstance(value, RemoteOnly):
+                record = self.records.get(name)
+                if name not in forced and record is not None and record.obj_id == id(value):
+                    if name not in optional:  # sent as an alias: held there under this name
+                        plan.have.append(name)
+                    continue
+                source = self.alias_source(namespace, name)
+                if source is None:
+                    continue
+                value = RemoteAlias(source)  # (its record keeps the placeholder's id)
+            elif not shippable(name, value):
                 continue
             record = self.records.get(name)
             if (
@@ -307,6 +340,38 @@ class NamespaceSync:
             plan.send[name] = packed
             plan.digests[name] = digest
         return plan
+
+    def alias_source(self, namespace: MutableMapping[str, Any], name: str) -> str | None:
+        """The name under which the worker holds what ``name``'s placeholder stands for,
+        when that is another name (``v = lk``, ``w = v``): ``name`` then travels as a
+        :class:`RemoteAlias` of it.  The placeholder's own name while that still holds the
+        same placeholder and its value lives only there; else a name sent as an alias of
+        it before (its record is the placeholder's); None when the worker holds it under
+        no name (reassigned or deleted since, or the namespace was lost)."""
+        value = namespace.get(name)
+        if not isinstance(value, RemoteOnly) or value.elsewhere:
+            return None
+        origin = value.name
+        if origin != name and origin in self.remote_only and namespace.get(origin) is value:
+            return origin
+        for other, record in self.records.items():
+            if other != name and record.obj_id == id(value) and namespace.get(other) is value:
+                return other
+        return None
+
+    def stands(self, namespace: MutableMapping[str, Any], name: str) -> bool:
+        """Whether the placeholder ``name`` holds stands for a value the worker holds: its
+        own (it stays there), one sent under ``name`` as an alias, or one it can alias now
+        (``alias_source``)."""
+        value = namespace.get(name)
+        if not isinstance(value, RemoteOnly) or value.elsewhere:
+            return False
+        if value.name == name:
+            return name in self.remote_only
+        record = self.records.get(name)
+        if record is not None and record.obj_id == id(value):
+            return True
+        return self.alias_source(namespace, name) is not None
 
     def sent(self, namespace: MutableMapping[str, Any], plan: Plan, unloaded: Iterable[str]):
         """The worker loaded what was sent (all but ``unloaded``): record it as held there."""

@@ -364,6 +364,35 @@ def test_a_placeholder_of_a_value_the_worker_lost_says_so(kc, spawner):
     assert "%%remote cells use it there" not in shown and "was lost since" in shown
 
 
+def test_a_name_bound_here_to_a_placeholder_reads_the_workers_value(kc):
+    """``v = lk``, where ``lk``'s value lives only on the worker (a lock): a cell reading ``v``
+    gets the worker's ``lk``, as a local kernel would (before: "`v` lived only on the remote
+    worker, whose namespace was lost since", and a NameError, with the namespace intact).
+    ``v`` keeps meaning that lock once ``lk`` is reassigned there, and so do ``w = v`` and
+    another name bound to it; a placeholder whose value the worker holds under no name any
+    more says just that."""
+    ok(kc, "lock_a = 0")  # (a placeholder replaces a value here; a name new here gets none)
+    ok(kc, "%%remote\nimport threading\nlock_a = threading.Lock()")
+    ok(kc, "alias_v = lock_a\nalso_v = lock_a")
+    shown = stdout_of(ok(kc, "%%remote\nprint(type(alias_v).__name__, alias_v is lock_a)"))
+    assert shown == "lock True\n"
+    ok(kc, "%%remote\nlock_a = threading.RLock()")
+    shown = stdout_of(ok(kc, "%%remote\nprint(type(alias_v).__name__, type(lock_a).__name__)"))
+    assert shown == "lock RLock\n"  # (the lock it was bound to, as a local kernel keeps it)
+    ok(kc, "alias_w = alias_v")
+    assert stdout_of(ok(kc, "%%remote\nprint(alias_w is alias_v is also_v)")) == "True\n"
+    ok(kc, "stale_p = lock_a")  # the RLock's placeholder; no cell reads it before...
+    ok(kc, "%%remote\nlock_a = None")  # ...the worker holds the RLock under no name
+    reply, outputs = run(kc, "%%remote\nprint(stale_p)")
+    assert (reply["status"], reply["ename"]) == ("error", "NameError")
+    said = " ".join(texts(outputs, "display_data"))
+    assert (
+        "`stale_p` lived only on the remote worker as the value `lock_a` had then: `lock_a` "
+        "was assigned again or deleted since, so this cell cannot read it."
+    ) in said, said
+    assert "namespace was lost" not in said
+
+
 # ----------------------------------------------------------------------------- 5. folder
 def test_the_worker_runs_in_its_own_folder(kc, stack):
     folder = stack.state_dir / "work" / USER
