@@ -592,8 +592,11 @@ class Broker:
         if hello is None or not hello.token:
             self.counters.auth_denied += 1
             return self._reply(
-                route, P.Kind.DENIED, {"message": "The HELLO had no token or was unreadable."}
-            )
+                route,
+                P.Kind.DENIED,
+                {"message": "The login carried no token (is the connection file's token empty?)"
+                 " or could not be read."},
+            )  # fmt: skip
         if hello.role:
             self.hello_roles[route] = hello.role  # (for the log line of its welcome)
         cached = self.auth.cached(hello.token)

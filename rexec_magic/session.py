@@ -961,6 +961,8 @@ class RemoteSession:
                 report["inspect"] = client.inspect()
         except errors.RexecError as exc:
             report["broker_error"] = str(exc)
+            if isinstance(exc, errors.AuthDenied) and info.user:  # the file's word alone
+                report["user"] = f"{info.user} (not verified: the token was refused)"
         return report
 
 

@@ -854,6 +854,19 @@ def test_bad_token_gives_one_clear_sentence(ip, stack, tmp_path):
     session.close()
     assert re.search(r"worker\s+unknown", text) and "refused the token" in text, text
     assert "stopped" not in text
+    # The user the connection file names was not confirmed by anyone: said so.
+    user = stack.connection["user"]
+    assert re.search(rf"user\s+{user} \(not verified: the token was refused\)", text), text
+
+    empty = tmp_path / "empty.json"
+    empty.write_text(stack.connection_file.read_text().replace(stack.token, ""))
+    session = RemoteSession(connection.load(empty))
+    with pytest.raises(errors.AuthDenied) as info:
+        session.run("1", {}, [], lambda m: None, pull_limit=1)
+    session.close()
+    assert "The login carried no token (is the connection file's token empty?)" in str(
+        info.value
+    ), info.value
 
 
 def test_update_display_updates_in_place(ip):
