@@ -7,12 +7,15 @@ transfer that cannot be done raises ``TransferFailed`` (a ``RexecError``) with o
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from rexec_magic import transfer
 from rexec_magic.notes import NOTEBOOK, Notes
 from rexec_magic.session import RemoteSession, shared_session
+
+log = logging.getLogger("rexec.files")
 
 PROGRESS_EVERY_S = 0.2  # redraw the progress bar at most this often
 
@@ -65,8 +68,9 @@ def _run(
 
     try:
         result = func(source, dest, moved, notes)
-    except BaseException:
+    except BaseException as exc:
         bar.done(f"{verb} {name} failed.")
+        log.warning("%s %s failed: %s: %s", verb.lower(), source, type(exc).__name__, exc)
         raise
     bar.done(transfer.summary(done, result, source))
     return result

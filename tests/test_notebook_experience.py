@@ -458,7 +458,12 @@ def test_put_and_get_files_and_folders_streamed_with_bounded_memory(kc, stack):
     assert (cwd / "big-back.bin").read_bytes() == big.read_bytes()
 
 
-def test_transfer_errors_are_one_sentence(kc):
+def test_transfer_errors_are_one_sentence(kc, stack):
+    """One sentence in the notebook; the same in the worker's log and in the kernel's (none
+    was written)."""
+    path = stdout_of(ok(kc, "from rexec_magic.logs import log_path\nprint(log_path())")).strip()
+    client_log = Path(path)
+    start = client_log.stat().st_size if client_log.exists() else 0
     reply, _ = run(kc, "%rexec_get no/such/file.txt")
     assert reply["status"] == "error"
     assert reply["traceback"][-1].endswith("does not exist on the worker.") or any(
@@ -469,6 +474,17 @@ def test_transfer_errors_are_one_sentence(kc):
     reply, _ = run(kc, "%rexec_put small.txt plain-file/inside/small.txt")
     assert reply["status"] == "error"
     assert any("is not a folder on the worker." in line for line in reply["traceback"])
+    logged = wait_for(
+        lambda: "is not a folder on the worker." in stack.all_logs() and stack.all_logs(),
+        "the worker's log line",
+    )
+    assert re.search(r"download \S+ failed: .*file.txt does not exist on the worker", logged)
+    assert re.search(r"upload \S+ failed: .*is not a folder on the worker", logged)
+    with open(client_log, "rb") as fh:  # (this test's lines only: the file outlives a run)
+        fh.seek(start)
+        written = fh.read().decode(errors="replace")
+    assert "downloading no/such/file.txt failed: TransferFailed: " in written
+    assert "uploading small.txt failed: TransferFailed: " in written
 
 
 def run_script(connection_file: Path, cwd: Path, script: str) -> subprocess.CompletedProcess:

@@ -149,6 +149,7 @@ class Transfers:
             try:
                 self._on_put(target, msg)
             except fileio.TransferError as exc:
+                log.warning("upload %s failed: %s", target.id, exc)  # (the notebook's sentence)
                 self._uploads.pop(target.id, None)
                 self._failed.add(target.id)
                 self._reply(target, Kind.FILE_ERROR, {"message": str(exc)})
@@ -239,6 +240,7 @@ class Transfers:
             done = {"path": str(source), "files": files, "bytes": sent}
             self._reply(target, Kind.FILE_DONE, done)
         except fileio.TransferError as exc:
+            log.warning("download %s failed: %s", target.id, exc)
             self._reply(target, Kind.FILE_ERROR, {"message": str(exc)})
         except _Cancelled:
             log.info("download %s cancelled", target.id)
