@@ -85,6 +85,16 @@ def restart_sentence(status: dict[str, Any] | None) -> str:
     return f"Your worker restarted{when}{why}; its namespace was lost."
 
 
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a rewritten file from the one read (inode, mtime in ns, size); None when
+    there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class RemoteSession:
     def __init__(self, info: connection.ConnectionInfo | None = None) -> None:
         self._info = info
@@ -112,6 +122,10 @@ class RemoteSession:
         self.session_id = uuid.uuid4().hex
         self.namespace: str | None = None  # %rexec_attach NAME: a shared, named namespace
         self._next_info: connection.ConnectionInfo | None = None  # a login not yet taken up
+        # The connection file ``_info`` was read from, and its stamp then (``_stamp``);
+        # whether it was removed since (a logout, taken up by ``_switch_info``).
+        self._file: tuple[Path, tuple[int, int, int] | None] | None = None
+        self._logged_out = False
         # The namespace of the request that holds the connection, when it is not the
         # current one (a call submitted before %rexec_attach runs where it was submitted).
         self._pinned: Origin | None = None
@@ -205,7 +219,8 @@ class RemoteSession:
                 shown[0].done(f"rexec: waited {waited:.0f} s for {waited_for[0]}")
         try:
             self._owner, self._holding_cancel = me, cancel
-            self._switch_info()  # a login made while others held the connection
+            self._follow_file()  # a login or logout written to the connection file
+            self._switch_info()  # (and one made while others held the connection)
             self._start_keepalive()
             self._tell_untold(notes)
             yield
@@ -249,12 +264,52 @@ class RemoteSession:
     # ------------------------------------------------------------------ parts
     @property
     def info(self) -> connection.ConnectionInfo:
+        """The login in use: the connection file's, read again whenever the file changed
+        (a login or logout in the sidebar, `rexec token --connection-file`, another
+        kernel's `%rexec_login`) and taken up as ``use`` takes one up; before, a kernel
+        kept the login it first read, and once its token was revoked every cell said "The
+        broker refused the token" although the file held a new one."""
+        if self._follow_file():
+            ticket = self.turns.try_hold("login", 0)
+            if ticket is not None:  # (else the request holding it takes it up next time)
+                try:
+                    self._switch_info()
+                finally:
+                    self.turns.leave(ticket)
         if self._info is None:
+            path = connection.connection_file_path()
+            stamp = _stamp(path)
             try:
-                self._info = connection.load()
+                self._info = connection.load(path)
             except connection.ConnectionFileError as exc:
                 raise errors.NotLoggedIn(str(exc)) from None
+            self._file = (path, stamp)
         return self._info
+
+    def _follow_file(self) -> bool:
+        """Note a change of the connection file ``_info`` came from, for ``_switch_info``
+        to take up (a new login as ``_next_info``, a removed file as a logout); whether one
+        waits to be taken up."""
+        if self._file is not None and self._info is not None:
+            path, stamp = self._file
+            now = _stamp(path)
+            if now is None:
+                self._file, self._logged_out = None, True
+            elif now != stamp:
+                try:
+                    info = connection.load(path)
+                except connection.ConnectionFileError:
+                    return self._next_info is not None  # (being written: read when whole)
+                self._file = (path, now)
+                known = self._next_info or self._info
+                if info != known:
+                    if (info.user, info.broker_url) != (known.user, known.broker_url):
+                        self._untold = self._untold or (
+                            f"rexec: this kernel now uses the login in {path} (user "
+                            f"{info.user}): the connection file changed."
+                        )
+                    self._next_info = info
+        return self._next_info is not None or self._logged_out
 
     @property
     def client(self) -> RexecClient:
@@ -338,7 +393,14 @@ class RemoteSession:
                 self.turns.leave(ticket)
 
     def _switch_info(self) -> None:
-        """Take up the connection details ``use`` left, holding the connection."""
+        """Take up the connection details ``use`` (or a changed connection file) left,
+        holding the connection; after a logout, the next request reads the file again."""
+        if self._logged_out:
+            self._logged_out, self._next_info = False, None
+            self.close()
+            self._info = self._file = None
+            self._forget_all()
+            return
         info, self._next_info = self._next_info, None
         if info is None:
             return
@@ -354,7 +416,8 @@ class RemoteSession:
         self._stop_keepalive()
         self._next_info = None
         self.close()
-        self._info = None
+        self._info = self._file = None
+        self._logged_out = False
 
     def goodbye(self, timeout_s: float = GOODBYE_WAIT_S) -> None:
         """The kernel is exiting (``atexit``: a kernel shut down or restarted): one last

@@ -25,7 +25,7 @@ from rexec_magic.contract import human_bytes
 from rexec_magic.session import RemoteSession
 from tests.harness import wait_for
 from tests.kernel_harness import collect, run
-from tests.local_stack import Stack
+from tests.local_stack import Stack, start_stack, stop_stack
 
 pytestmark = pytest.mark.stack
 
@@ -391,6 +391,57 @@ def test_a_name_bound_here_to_a_placeholder_reads_the_workers_value(kc):
         "was assigned again or deleted since, so this cell cannot read it."
     ) in said, said
     assert "namespace was lost" not in said
+
+
+def test_a_running_kernel_takes_up_a_new_login_in_its_connection_file(tmp_path, monkeypatch):
+    """The kernel follows its connection file.  A new token written there (the sidebar's Log
+    in, `rexec token --connection-file`) after the kernel's own was revoked is used at the
+    next cell, with the namespace kept; before, every cell said "The broker refused the
+    token" until `%rexec_login` ran in that kernel.  The file removed (the sidebar's Log
+    out): the next cell says there is no login, and does not run; written again: it runs."""
+    monkeypatch.setenv("REXEC_AUTH_CACHE_TTL_S", "1")  # (a revocation bites within ~1 s)
+    stack = start_stack(tmp_path)
+    login = tmp_path / "ola-connection.json"
+
+    def token(*extra: str) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "rexec_magic.cli", "token", "ola", *extra,
+             "--connection-file", str(login), "--state-dir", str(stack.state_dir)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    token()
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env={**os.environ, "REXEC_CONNECTION_FILE": str(login)}, cwd=str(tmp_path))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        ok(kc, "%load_ext rexec_magic")
+        ok(kc, "%%remote --no-pull\nonly_there = 41")
+        saved = login.read_bytes()
+        token("--revoke")
+        login.write_bytes(saved)  # (the revoked token, as the kernel read it)
+
+        def refused() -> bool:
+            reply, outputs = run(kc, "%%remote\npass")
+            return reply["status"] == "error" and reply["ename"] == "AuthDenied"
+
+        wait_for(refused, "the revoked token to be refused")
+        token()  # a new login, written to the kernel's connection file
+        outputs = ok(kc, "%%remote\nprint(only_there + 1)")
+        assert stdout_of(outputs) == "42\n"  # the same namespace
+
+        login.unlink()
+        reply, outputs = run(kc, "%%remote\nprint('ran')")
+        assert reply["status"] == "error" and "ran" not in stdout_of(outputs)
+        assert f"No rexec connection file at {login}" in reply["evalue"], reply["evalue"]
+        token()
+        assert stdout_of(ok(kc, "%%remote\nprint(only_there)")) == "41\n"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        stop_stack(stack)
 
 
 # ----------------------------------------------------------------------------- 5. folder
