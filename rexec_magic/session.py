@@ -294,7 +294,7 @@ class RemoteSession:
             path, stamp = self._file
             now = _stamp(path)
             if now is None:
-                self._file, self._logged_out = None, True
+                self._file, self._logged_out = (path, None), True
             elif now != stamp:
                 try:
                     info = connection.load(path)
@@ -396,11 +396,12 @@ class RemoteSession:
         """Take up the connection details ``use`` (or a changed connection file) left,
         holding the connection; after a logout, the next request reads the file again."""
         if self._logged_out:
-            self._logged_out, self._next_info = False, None
-            self.close()
-            self._info = self._file = None
-            self._forget_all()
-            return
+            self._logged_out = False
+            if self._next_info is None:  # (a login made since is taken up below instead)
+                self.close()
+                self._info = self._file = None
+                self._forget_all()
+                return
         info, self._next_info = self._next_info, None
         if info is None:
             return
