@@ -541,7 +541,8 @@ async def test_terminate_error_is_a_clear_http_error(
     await _wait(lambda: pod(cluster, "rexec-worker-alice"), "the pod")
     cluster[f"delete /api/v1/namespaces/{NS}/pods/rexec-worker-alice"] << 403
     reply = await sp.http.delete("/worker")
-    assert reply.status_code == 502
+    # (what the spawner did, should it answer otherwise: its state and the backend's notes)
+    assert reply.status_code == 502, (reply.json(), sp.service.backend.log_tail("alice"))
     assert reply.json()["detail"].startswith(
         "Kubernetes refused to delete pod rexec/rexec-worker-alice (403 Forbidden)"
     )
