@@ -270,12 +270,7 @@ class RemoteSession:
         kept the login it first read, and once its token was revoked every cell said "The
         broker refused the token" although the file held a new one."""
         if self._follow_file():
-            ticket = self.turns.try_hold("login", 0)
-            if ticket is not None:  # (else the request holding it takes it up next time)
-                try:
-                    self._switch_info()
-                finally:
-                    self.turns.leave(ticket)
+            self._switch_info_if_free()
         if self._info is None:
             path = connection.connection_file_path()
             stamp = _stamp(path)
@@ -385,6 +380,11 @@ class RemoteSession:
         under way keeps the connection it started on: closing it under the call cost the
         call's result, a raw ZMQError)."""
         self._next_info = info
+        self._switch_info_if_free()
+
+    def _switch_info_if_free(self) -> None:
+        """``_switch_info`` now if no request holds the connection; else the next request
+        takes it up when it takes the connection (``_hold``)."""
         ticket = self.turns.try_hold("login", 0)
         if ticket is not None:
             try:

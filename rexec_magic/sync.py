@@ -297,8 +297,7 @@ class NamespaceSync:
             seen.add(name)
             value = namespace[name]
             if isinstance(value, RemoteOnly):
-                record = self.records.get(name)
-                if name not in forced and record is not None and record.obj_id == id(value):
+                if name not in forced and self._sent_as(name, value):
                     if name not in optional:  # sent as an alias: held there under this name
                         plan.have.append(name)
                     continue
@@ -354,10 +353,17 @@ class NamespaceSync:
         origin = value.name
         if origin != name and origin in self.remote_only and namespace.get(origin) is value:
             return origin
-        for other, record in self.records.items():
-            if other != name and record.obj_id == id(value) and namespace.get(other) is value:
+        for other in self.records:
+            if other != name and self._sent_as(other, value) and namespace.get(other) is value:
                 return other
         return None
+
+    def _sent_as(self, name: str, placeholder: RemoteOnly) -> bool:
+        """Whether ``placeholder`` went to the worker as ``name`` (a :class:`RemoteAlias`),
+        which holds the value under that name since: ``name``'s record is the placeholder's
+        (a placeholder never changes in place, so its identity is the record)."""
+        record = self.records.get(name)
+        return record is not None and record.obj_id == id(placeholder)
 
     def stands(self, namespace: MutableMapping[str, Any], name: str) -> bool:
         """Whether the placeholder ``name`` holds stands for a value the worker holds: its
@@ -368,10 +374,7 @@ class NamespaceSync:
             return False
         if value.name == name:
             return name in self.remote_only
-        record = self.records.get(name)
-        if record is not None and record.obj_id == id(value):
-            return True
-        return self.alias_source(namespace, name) is not None
+        return self._sent_as(name, value) or self.alias_source(namespace, name) is not None
 
     def sent(self, namespace: MutableMapping[str, Any], plan: Plan, unloaded: Iterable[str]):
         """The worker loaded what was sent (all but ``unloaded``): record it as held there."""
