@@ -254,10 +254,11 @@ def private_std_fds() -> tuple[int, int]:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)  # a signal may cut a write short: go on
-        view = view[written:]
+    written = os.write(fd, data)
+    if written < len(data):  # a signal or a full pipe cut it short: go on
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 class FdStream(io.TextIOBase):
@@ -265,7 +266,7 @@ class FdStream(io.TextIOBase):
 
     Unbuffered on purpose: each ``write`` is one ``os.write``, so Python output and output of
     C code or child processes on the same fd appear in the order they were written.  Inside
-    ``one_write`` (``print``, see ``whole_print``) a thread's writes are gathered and leave
+    ``print_whole`` (``print``, see ``whole_print``) a thread's writes are gathered and leave
     as one ``os.write`` when it ends.
     """
 
@@ -273,7 +274,7 @@ class FdStream(io.TextIOBase):
         super().__init__()
         self._fd = fd
         self._name = name
-        self._gathering = threading.local()  # .parts: this thread's writes inside one_write
+        self._gathering = threading.local()  # .parts: this thread's writes inside print_whole
         # One write at a time from this process: a write longer than ``PIPE_BUF`` may be
         # cut short, and another thread's write came between its pieces.  Reentrant, for
         # a signal handler that prints while its thread writes; new in a forked child, as
@@ -288,10 +289,10 @@ class FdStream(io.TextIOBase):
         with self._lock:
             _write_all(self._fd, text.encode("utf-8", "replace"))
 
-    @contextlib.contextmanager
-    def one_write(self) -> Iterator[None]:
-        """Gather this thread's writes inside and write them as one ``os.write`` at the end
-        (also when an exception ends it early: what was written until then goes out).
+    def print_whole(self, values: tuple[object, ...], options: dict[str, Any]) -> None:
+        """The built-in ``print`` of ``values`` with this thread's writes gathered and
+        written as one ``os.write`` at the end (also when an exception ends it early: what
+        was written until then goes out).
 
         Why: ``print`` writes each argument, each separator and its ``end`` apart, and each
         ``os.write`` lets other threads run, so lines of threads printing at once came out
@@ -299,20 +300,23 @@ class FdStream(io.TextIOBase):
         the pipe it shares with its parent.  One write of at most ``PIPE_BUF`` bytes (4 KiB)
         is never split on a pipe (a longer one holds the stream's lock while it goes out).  Only
         the print's own pieces wait, and only until it
-        returns, so the order against C output and ``os.write`` is kept.
+        returns, so the order against C output and ``os.write`` is kept.  (Spelled out, not
+        a ``contextlib`` context manager: it runs for every line printed, and the
+        generator's set-up was a large part of that.)
         """
+        __tracebackhide__ = True  # (as ``whole_print``: the user's error, not rexec's frames)
         local = self._gathering
         if getattr(local, "parts", None) is not None:  # nested (a __str__ that prints)
-            yield
+            _builtin_print(*values, **options)
             return
         parts: list[str] = []
         local.parts = parts
         try:
-            yield
+            _builtin_print(*values, **options)
         finally:
             local.parts = None
             if parts:
-                self._write("".join(parts))
+                self._write(parts[0] if len(parts) == 1 else "".join(parts))
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -353,7 +357,7 @@ _builtin_print = builtins.print
 
 
 def whole_print(*values: object, **options: Any) -> None:
-    """``print`` whose pieces leave in one write (``FdStream.one_write``): a line printed by
+    """``print`` whose pieces leave in one write (``FdStream.print_whole``): a line printed by
     one of several threads, or by a forked child, stays whole, as with the buffered
     ``sys.stdout`` of a local kernel.  Installed as ``builtins.print`` in the executor; for
     any other stream it is the built-in ``print`` itself.  The options go to the built-in
@@ -362,8 +366,7 @@ def whole_print(*values: object, **options: Any) -> None:
     file = options.get("file")
     stream = sys.stdout if file is None else file
     if isinstance(stream, FdStream):
-        with stream.one_write():
-            _builtin_print(*values, **options)
+        stream.print_whole(values, options)
     else:
         _builtin_print(*values, **options)
 
