@@ -219,9 +219,12 @@ class Tracker:
         self._kernel: _Kernel | None = None
         self._failed = False
         self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
-        # Keys of buffers whose object was freed (weakref callbacks, any thread): released at
-        # the next use, so freed memory does not stay protected and a VMA split.
-        self._dead: deque[tuple[int, int]] = deque()
+        # Weak references of buffers whose object was freed, released at the next use, so
+        # freed memory does not stay protected and a VMA split.  Their callback (any thread)
+        # is this deque's own ``append``, not a Python function: a SIGINT that came while one
+        # ran raised the cell's KeyboardInterrupt in it, which Python drops ("Exception
+        # ignored in"), and the interrupted cell ran on.
+        self._dead: deque[weakref.ref] = deque()
 
     @property
     def available(self) -> bool:
@@ -326,7 +329,7 @@ class Tracker:
         tail = bytes(view[end - addr :])
         value = hash_bytes(view)
         stable = entry is not None and entry.digest == value
-        ref = weakref.ref(owner, lambda _ref, key=key: self._dead.append(key))
+        ref = weakref.ref(owner, self._dead.append)
         self._entries[key] = _Entry(ref, value, start, end, head, tail, tracked, stable)
         self._entries.move_to_end(key)
         while len(self._entries) > MAX_ENTRIES:
@@ -356,11 +359,11 @@ class Tracker:
         return True
 
     def _release_dead(self, kernel: _Kernel) -> None:
-        while self._dead:
-            key = self._dead.popleft()
-            entry = self._entries.get(key)
-            if entry is not None and entry.owner() is None:
-                self._drop(kernel, key)
+        if not self._dead:
+            return
+        self._dead.clear()
+        for key in [key for key, entry in self._entries.items() if entry.owner() is None]:
+            self._drop(kernel, key)
 
     def _drop(self, kernel: _Kernel, key: tuple[int, int]) -> None:
         entry = self._entries.pop(key)

@@ -114,6 +114,69 @@ def test_sleep_is_interrupted_and_the_namespace_kept(port):
     assert stdout(port.run("print(kept)")) == "1\n"
 
 
+# Code that spends most of its time where Python cannot raise an exception: a SIGINT that
+# lands there raises the KeyboardInterrupt in a ``__del__`` or a weakref callback, and Python
+# drops it ("Exception ignored in ...").
+SWALLOWING = {
+    "a __del__": (
+        "",
+        """
+class Slow:
+    def __del__(self):
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end: pass
+print('go', flush=True)
+while True:
+    Slow()
+    end = time.perf_counter() + 0.05
+    while time.perf_counter() < end: pass
+""",
+    ),
+    "a weakref callback": (
+        "",
+        """
+import weakref
+class Box: pass
+def freed(ref):
+    end = time.perf_counter() + 0.3
+    while time.perf_counter() < end: pass
+print('go', flush=True)
+while True:
+    box = Box()
+    ref = weakref.ref(box, freed)
+    del box
+    end = time.perf_counter() + 0.05
+    while time.perf_counter() < end: pass
+""",
+    ),
+    # rexec's own: a large array the worker tracks (its digest) freed as the name is rebound
+    # once a long C call returns, which is where the waiting SIGINT is handled.
+    "rexec's tracking of a rebound array": (
+        "import numpy as np\nm = np.random.rand(2500, 2500)\nbig = np.ones(2 * 10**6)",
+        "print('go', flush=True)\nfor _ in range(3):\n    big = m @ m\ntime.sleep(30)\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("setup, body", SWALLOWING.values(), ids=SWALLOWING)
+def test_an_interrupt_python_drops_is_delivered_again(port, setup, body):
+    """Tester R (4 of 4): an interrupt that came while a long ``m @ m`` ran was handled in
+    rexec's weakref callback for the array ``big`` it replaced; Python dropped the
+    KeyboardInterrupt there, printed rexec's frames on stderr, the cell ran on, and after
+    the grace period its executor was restarted: the namespace lost.  A local kernel loses
+    nothing.  Now the interrupt that Python drops comes again a moment later and stops the
+    cell; the namespace is kept, and nothing of it is printed."""
+    port.run(f"import time\nkept = 1\n{setup}", extra={"watch": ["big"]})
+    request_id = port.execute("import time\n" + body, extra={"watch": ["big"]})
+    port.recv_kind(Kind.STREAM)
+    time.sleep(0.2)  # (the long call, or the busy __del__, is under way)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id)
+    assert done(events).header["status"] == DoneStatus.INTERRUPTED, done(events).header
+    assert "Exception ignored" not in stdout(events, "stderr"), stdout(events, "stderr")
+    assert stdout(port.run("print(kept)")) == "1\n"
+
+
 @pytest.mark.parametrize("attempt", range(3))
 def test_an_interrupt_sent_with_the_request_stops_it_and_keeps_the_namespace(port, attempt):
     """The SIGINT may reach the executor before the request does (or while it unpacks a

@@ -10,6 +10,7 @@ them into KeyboardInterrupt only while user code runs.
 from __future__ import annotations
 
 import _signal
+import contextlib
 import logging
 import sys
 import threading
@@ -43,6 +44,8 @@ if TYPE_CHECKING:  # the supervisor parses requests too, and must not load IPyth
 log = logging.getLogger(__name__)
 
 DEFAULT_PULL_LIMIT = DEFAULT_PULL_LIMIT_BYTES
+# An interrupt Python dropped (``CellRunner.on_unraisable``) comes again after this long.
+REDELIVER_S = 0.005
 SHARED_PREFIX = "namespace:"  # executor keys of shared namespaces (``placement``)
 # A call's entries (``session.RemoteSession.call``) as its error names them: they are no
 # variables of the notebook (it said "variable 'fn' could not be loaded").
@@ -225,6 +228,9 @@ class CellRunner:
         # The KeyboardInterrupt this handler raises is the user's; its frame is not.
         shell.hidden_frames.add(CellRunner.on_sigint.__code__)
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
+        self._raised: KeyboardInterrupt | None = None  # the last one on_sigint raised
+        self._unraisable_before = sys.unraisablehook
+        sys.unraisablehook = self.on_unraisable
         self.interrupt_handled = False  # the last cell went on past an interrupt (Done)
         # The request's interrupt came before its code started (its executor was stopped,
         # or busy, until then): its DONE says it did not run, rather than "interrupted".
@@ -243,8 +249,33 @@ class CellRunner:
                 # interrupt would wait for a send of the main thread that may never come.)
                 self.outbox.deferred_interrupt = True
                 return
-            raise KeyboardInterrupt
+            self._raised = KeyboardInterrupt()  # (known again should Python drop it)
+            raise self._raised
         log.debug("SIGINT outside user code: ignored")
+
+    def on_unraisable(self, unraisable: Any) -> None:
+        """``sys.unraisablehook``: an exception raised where Python cannot raise one (a
+        ``__del__``, a weakref or garbage-collector callback) is printed as "Exception
+        ignored in ..." and the code goes on.  The interrupt is such an exception when the
+        SIGINT came while one of those ran (the old value of a name being freed as the cell
+        rebinds it, once a long C call returns): the cell ran on into the grace period, and
+        its namespace was lost.  So this interrupt is delivered again, a moment later, where
+        it can stop the cell, and not printed; any other goes to the hook there was."""
+        raised = self._raised
+        if raised is None or unraisable.exc_value is not raised:
+            self._unraisable_before(unraisable)
+            return
+        self._raised = None
+        if self._interruptible:
+            threading.Thread(target=self._interrupt_again, name="rexec-interrupt-again").start()
+
+    def _interrupt_again(self) -> None:
+        """SIGINT to the main thread once more, after ``REDELIVER_S`` (by then what dropped
+        the last one has most likely returned; if not, it is dropped and sent once more)."""
+        time.sleep(REDELIVER_S)
+        if self._interruptible:
+            with contextlib.suppress(ProcessLookupError, RuntimeError):
+                _signal.pthread_kill(threading.main_thread().ident or 0, _signal.SIGINT)
 
     def run(self, cell: Cell) -> None:
         target = cell.target
