@@ -1819,6 +1819,38 @@ def test_an_executor_that_exit_ended_is_gone_though_its_threads_or_atexit_hold_o
         assert "still ran 3 s after exit()" in port.log_text()
 
 
+@pytest.mark.parametrize(
+    "output",
+    ["print('after', i, flush=True)", "IPython.display.display(f'shown {i}')"],
+    ids=["printed", "displayed"],
+)
+def test_what_a_thread_shows_after_exit_comes_at_the_top_of_the_next_cell(port, output):
+    """Tester R (3 of 3): a thread that printed after its cell's ``exit()`` (the executor
+    waits ``EXIT_WAIT_S`` for it) was kept on the ending executor and lost with it: the
+    next cell, on a new executor, showed none of it.  It comes there now, marked late, as
+    a finished cell's thread's output does."""
+    code = (
+        "import IPython.display, threading, time\n"
+        "def later():\n"
+        "    for i in range(3):\n"
+        "        time.sleep(0.2)\n"
+        f"        {output}\n"
+        "threading.Thread(target=later).start()\n"
+        "exit()"
+    )
+    assert done(port.run(code)).header["exit"] is True
+    time.sleep(1.5)  # (the thread has ended, and the executor with it)
+    events = port.run("print('next')")
+    assert all(e.header.get("late") for e in events if e.kind == Kind.DISPLAY)
+    late = [e for e in events if e.header.get("late")]
+    if output.startswith("print"):
+        assert "".join(e.header["text"] for e in late) == "after 0\nafter 1\nafter 2\n"
+    else:
+        shown = [e.header["data"]["text/plain"] for e in late if e.kind == Kind.DISPLAY]
+        assert shown == ["'shown 0'", "'shown 1'", "'shown 2'"]
+    assert stdout([e for e in events if not e.header.get("late")]) == "next\n"
+
+
 def test_sys_exit_is_an_error_as_in_ipykernel_and_keeps_the_namespace(port):
     port.run("kept = 1")
     events = port.run("import sys\nsys.exit(3)")

@@ -267,7 +267,9 @@ class CellRunner:
             return
         self._raised = None
         if self._interruptible:
-            threading.Thread(target=self._interrupt_again, name="rexec-interrupt-again").start()
+            again = threading.Thread(target=self._interrupt_again, name="rexec-interrupt-again")
+            again.daemon = True
+            again.start()
 
     def _interrupt_again(self) -> None:
         """SIGINT to the main thread once more, after ``REDELIVER_S`` (by then what dropped

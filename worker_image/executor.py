@@ -365,6 +365,7 @@ class Executor:
             if self.shell.exit_requested:
                 # (the supervisor logs it: each event once in the worker's log)
                 log.debug("exit() in cell %s: this executor ends", cell.id)
+                _join_user_threads()
                 break
         return self.close()
 
@@ -412,6 +413,17 @@ class Executor:
         self.link.close()  # every send was whole before it returned: the last DONE is out
         self.ctx.term()
         return 0
+
+
+def _join_user_threads() -> None:
+    """Wait for the non-daemon threads a cell started, as Python does before it exits, but
+    while the link is still open: what they display after ``exit()`` reaches the notebook
+    (its next cell, marked late) instead of failing on a closed socket.  The supervisor
+    ends a process still waiting ``EXIT_WAIT_S`` after the DONE."""
+    me = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not me and not thread.daemon and not thread.name.startswith("rexec-"):
+            thread.join()
 
 
 def _keep_current_loop(loop: asyncio.AbstractEventLoop) -> None:

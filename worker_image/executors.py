@@ -399,6 +399,11 @@ class ExecutorProcess:
                 self.late_chars -= 1
                 self.late_dropped_events += 1
 
+    def take_all_late(self) -> list[Late]:
+        """All the kept output, taken (an executor that ``exit()`` ended hands it on)."""
+        taken, self.late, self.late_chars = list(self.late), deque(), 0
+        return taken
+
     def take_late(
         self, client: str, gone: Callable[[str], bool], only_own: bool = False
     ) -> list[Late]:

@@ -17,6 +17,7 @@ import logging
 import os
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from worker_image.executors import LATE_HOLD_CHARS, LATE_MAX_CHARS, PIPE_READ, PipeReader
 from worker_image.recent import Recent
@@ -38,14 +39,14 @@ class Adopted:
 
 class LeftoverPipes:
     """Pipes adopted from dead executors (``adopt``), read until end of file (``read``);
-    text for a namespace with no executor yet waits in ``waiting`` (``take``).  Past
+    output for a namespace with no executor yet waits in ``waiting`` (``take``).  Past
     ``LATE_HOLD_CHARS`` waiting for a namespace its pipes are not read (``full``): the
     writers wait, as for any late output; ``LATE_MAX_CHARS`` bounds the rest (the oldest go).
     """
 
     def __init__(self) -> None:
         self.pipes: dict[int, Adopted] = {}
-        self.waiting = Recent(WAITING_KEPT)  # key -> deque of (stream name, text, owner)
+        self.waiting = Recent(WAITING_KEPT)  # key -> deque of (kind, payload, owner, buffers)
         self._chars: dict[str, int] = {}  # key -> characters waiting (``full`` each turn)
 
     def adopt(self, fd: int, key: str | None, owner: str, number: int, reader: PipeReader) -> None:
@@ -78,22 +79,27 @@ class LeftoverPipes:
                 os.close(fd)
         return adopted, text
 
-    def keep(self, key: str, name: str, text: str, owner: str) -> None:
-        """Text for namespace ``key``, which has no executor now: for its next one."""
+    def keep(
+        self, key: str, kind: str, payload: Any, owner: str, buffers: list[Any] | None = None
+    ) -> None:
+        """Output for namespace ``key``, which has no executor now, for its next one: text
+        (``kind`` stdout / stderr, ``payload`` a str) or an event's header and buffers (a
+        display a thread made after ``exit()``).  An event counts as one character."""
         kept = self.waiting.get(key)
         if kept is None:
             kept = self.waiting[key] = deque()
             self._chars = {k: n for k, n in self._chars.items() if k in self.waiting}
-        kept.append((name, text, owner))
-        total = self._chars.get(key, 0) + len(text)
+        kept.append((kind, payload, owner, buffers or []))
+        total = self._chars.get(key, 0) + _chars(payload)
         while total > LATE_MAX_CHARS and kept:
-            total -= len(kept.popleft()[1])
+            total -= _chars(kept.popleft()[1])
         self._chars[key] = total
 
     def full(self, key: str | None) -> bool:
         return key is not None and self._chars.get(key, 0) >= LATE_HOLD_CHARS
 
-    def take(self, key: str) -> list[tuple[str, str, str]]:
+    def take(self, key: str) -> list[tuple[str, Any, str, list[Any]]]:
+        """What waits for ``key``'s new executor: ``(kind, payload, owner, buffers)``."""
         self._chars.pop(key, None)
         return list(self.waiting.pop(key, ()))
 
@@ -102,3 +108,7 @@ class LeftoverPipes:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.pipes.clear()
+
+
+def _chars(payload: Any) -> int:
+    return len(payload) if isinstance(payload, str) else 1

@@ -330,7 +330,7 @@ class Supervisor:
         elif what in self.leftovers.pipes:
             adopted, text = self.leftovers.read(what)
             if text:
-                self._left_text(adopted.key, adopted.owner, adopted.reader.name, text)
+                self._left_output(adopted.key, adopted.owner, adopted.reader.name, text)
         elif what == self.thread_out.fileno():
             for target, kind, header, buffers in self.thread_out.drain():
                 self._signed(target.route, kind, encode_header(header), buffers)
@@ -883,8 +883,8 @@ class Supervisor:
                 ex.inherit(*lost)
             self._ended.pop(key, None)
             ex.clients |= self._attached.pop(key, set())
-            for name, text, owner in self.leftovers.take(key):
-                ex.keep_late(name, text, owner=owner)
+            for kind, payload, owner, buffers in self.leftovers.take(key):
+                ex.keep_late(kind, payload, buffers, owner=owner)
             ex.key = key
             ex.serving_since = time.monotonic()
             ex.label = key.split(":", 1)[-1][:12] if key != "default" else "default"
@@ -1120,7 +1120,7 @@ class Supervisor:
                 log.warning("executor %d sent a malformed event: %s", ex.number, exc)
             else:
                 if req is None or req.client != ex.last_client:
-                    ex.keep_late(kind, payload, raw.buffers)  # for its notebook's next request
+                    self._keep_late(ex, kind, payload, raw.buffers)  # (its next request's)
                 else:  # late, read once a request came (it waited behind the full late output)
                     self._late_to_client(req, kind, payload, raw.buffers)
             self._event_seen(ex)
@@ -1166,6 +1166,8 @@ class Supervisor:
                     "was lost.",
                 )
             self._forget(ex, "the executor ended with exit()")
+            for late in ex.take_all_late():  # (earlier cells' late output, not yet shown)
+                self._left_output(ex.key, late.owner, late.kind, late.payload, late.buffers)
             ex.kill_reason = "exit"
             ex.grace_deadline = time.monotonic() + EXIT_WAIT_S
             self._fail_queued(ex, f"exit() or quit() ended {_whose(ex)} before it ran")
@@ -1188,24 +1190,42 @@ class Supervisor:
         for fd in list(ex.pipes):
             self._read_pipe(ex, fd)
 
-    def _left_text(self, key: str | None, owner: str, name: str, text: str) -> None:
-        """Text from a pipe of a dead executor of namespace ``key`` (``leftovers``), which
+    def _left_output(
+        self, key: str | None, owner: str, kind: str, payload: Any, buffers: list[Any] | None = None
+    ) -> None:
+        """Output of an executor that serves namespace ``key`` no more (text from the pipes
+        of a dead one, ``leftovers``; what one that ``exit()`` ended still writes), which
         notebook ``owner``'s request started: to the namespace's executor now, as output of
         a finished cell's thread goes (in that notebook's running request, else kept for
         its next one, marked late), or kept for the next executor."""
         ex, running = self._left_target(key, owner)
         if ex is not None and running is not None:
-            self._add_stream(ex, name, text)
+            if isinstance(payload, str):
+                self._add_stream(ex, kind, payload)
+            else:
+                self._late_to_client(running, kind, payload, buffers)
         elif ex is not None:  # (in a shared namespace, not into another notebook's cell)
-            ex.keep_late(name, text, owner=owner)
+            ex.keep_late(kind, payload, buffers, owner=owner)
         elif key is not None:
-            self.leftovers.keep(key, name, text, owner)
+            self.leftovers.keep(key, kind, payload, owner, buffers)
         else:
-            log.info("output of a process a spare executor left: %r", text[:200])
+            log.info("output of a process a spare executor left: %r", str(payload)[:200])
+
+    def _keep_late(
+        self, ex: ExecutorProcess, kind: str, payload: Any, buffers: list[Any] | None = None
+    ) -> None:
+        """Output of ``ex`` while no request of it runs: kept for the next request of its
+        notebook.  An executor that ``exit()`` ended has none: what its threads print while
+        it waits for them (``EXIT_WAIT_S``) goes to the namespace's next executor (it was
+        kept on the ending one, and lost with it)."""
+        if ex.exit_requested and ex.key is not None and self.executors.get(ex.key) is not ex:
+            self._left_output(ex.key, ex.last_client, kind, payload, buffers)
+        else:
+            ex.keep_late(kind, payload, buffers)
 
     def _left_text_held(self, key: str | None, owner: str) -> bool:
         """Whether to leave a dead executor's pipes unread this turn: where their text goes
-        (see ``_left_text``) is full: ``owner``'s running request is behind on credit, or
+        (see ``_left_output``) is full: ``owner``'s running request is behind on credit, or
         the output kept for a next request reached the hold.  The processes writing there
         wait: slowed down, never dropped."""
         ex, running = self._left_target(key, owner)
@@ -1229,7 +1249,7 @@ class Supervisor:
 
     def _add_stream(self, ex: ExecutorProcess, name: str, text: str) -> None:
         if ex.current is None:
-            ex.keep_late(name, text)
+            self._keep_late(ex, name, text)
             return
         pending = ex.pending
         if pending and pending[0] != name:
@@ -1248,7 +1268,7 @@ class Supervisor:
         name, texts, _ = pending
         pending.clear()
         if ex.current is None:
-            ex.keep_late(name, "".join(texts))
+            self._keep_late(ex, name, "".join(texts))
             return
         self._to_client(ex.current, Kind.STREAM, {"name": name, "text": "".join(texts)})
         ex.last_stream = time.monotonic()
