@@ -56,6 +56,12 @@ LATE_JOIN_CHARS = PIPE_READ  # late text joins a kept piece of its stream shorte
 _PRIVATE_ENV = (Env.WORKER_SECRET, Env.WORKER_SECRET_FD, Env.WORKER_NONCE, Env.WORKER_ALIVE_FILE)
 
 
+def late_size(payload: Any) -> int:
+    """What one piece of late output counts against ``LATE_MAX_CHARS``: its characters
+    (text), or 1 (an event's header)."""
+    return len(payload) if isinstance(payload, str) else 1
+
+
 class Late(NamedTuple):
     """Output produced after its request ended, kept for the next request of ``owner``."""
 
@@ -381,7 +387,7 @@ class ExecutorProcess:
             self.late[-1] = last._replace(payload=last.payload + payload)
         else:
             self.late.append(Late(kind, payload, buffers or [], owner))
-        self.late_chars += len(payload) if isinstance(payload, str) else 1
+        self.late_chars += late_size(payload)
         while self.late and (self.late_chars > LATE_MAX_CHARS or len(self.late) > LATE_MAX_EVENTS):
             first = self.late[0]
             old = first.payload
@@ -420,7 +426,7 @@ class ExecutorProcess:
                 mine = item.owner in ("", client) or gone(item.owner)
             (taken if mine else kept).append(item)
         self.late = kept
-        self.late_chars = sum(len(i.payload) if isinstance(i.payload, str) else 1 for i in kept)
+        self.late_chars = sum(late_size(i.payload) for i in kept)
         return taken
 
     def inherit(self, dead: ExecutorProcess, note: str) -> None:

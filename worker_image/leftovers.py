@@ -19,7 +19,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from worker_image.executors import LATE_HOLD_CHARS, LATE_MAX_CHARS, PIPE_READ, PipeReader
+from worker_image.executors import (
+    LATE_HOLD_CHARS,
+    LATE_MAX_CHARS,
+    PIPE_READ,
+    PipeReader,
+    late_size,
+)
 from worker_image.recent import Recent
 
 log = logging.getLogger(__name__)
@@ -90,9 +96,9 @@ class LeftoverPipes:
             kept = self.waiting[key] = deque()
             self._chars = {k: n for k, n in self._chars.items() if k in self.waiting}
         kept.append((kind, payload, owner, buffers or []))
-        total = self._chars.get(key, 0) + _chars(payload)
+        total = self._chars.get(key, 0) + late_size(payload)
         while total > LATE_MAX_CHARS and kept:
-            total -= _chars(kept.popleft()[1])
+            total -= late_size(kept.popleft()[1])
         self._chars[key] = total
 
     def full(self, key: str | None) -> bool:
@@ -108,7 +114,3 @@ class LeftoverPipes:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.pipes.clear()
-
-
-def _chars(payload: Any) -> int:
-    return len(payload) if isinstance(payload, str) else 1

@@ -316,7 +316,7 @@ class FdStream(io.TextIOBase):
         finally:
             local.parts = None
             if parts:
-                self._write(parts[0] if len(parts) == 1 else "".join(parts))
+                self._write("".join(parts))
 
     @property
     def name(self) -> str:  # type: ignore[override]
