@@ -59,6 +59,7 @@ from broker.connections import ConnectionWatch, inproc_address
 from broker.guard import PeerRateLimiter, RateLimitedLog, seed_routing_ids
 from broker.legacy_gateway import LegacyGateway
 from rexec_magic import protocol as P
+from rexec_magic import zmqio
 
 H = TypeVar("H", bound=P.Header)
 
@@ -376,7 +377,7 @@ class Broker:
                     # Drain a bounded batch per socket so one busy side cannot starve others.
                     for _ in range(256):
                         try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                            frames = zmqio.recv_multipart(sock, zmqio.NOBLOCK)
                         except zmq.Again:
                             break
                         self._connections_closed()  # before handling: see connections.py
@@ -438,7 +439,7 @@ class Broker:
 
     # ------------------------------------------------------------------ clients
     def _reply(self, route: bytes, kind: str, header: dict[str, Any]) -> None:
-        self.frontend.send_multipart(P.encode(kind, header, route=route))
+        zmqio.send_multipart(self.frontend, P.encode(kind, header, route=route))
 
     def _fail(self, route: bytes, req_id: Any, code: str, message: str) -> None:
         if self.legacy.owns(route):
@@ -554,7 +555,9 @@ class Broker:
                 self._hold_for_fetch(user, route, request.id, signed)
         # Forwarded zero-copy, the header unread (the worker reads it): the worker sees the
         # session's handle, never the routing id, and no MAC.
-        self.backend.send_multipart([worker.route, session.handle, *signed.unsigned()], copy=False)
+        zmqio.send_multipart(
+            self.backend, [worker.route, session.handle, *signed.unsigned()], copy=False
+        )
         self.counters.forwarded_to_workers += 1
         return None
 
@@ -645,7 +648,7 @@ class Broker:
             pusher.linger = 0
             pusher.connect(self.auth_results_address)
             self._result_pushers.sock = pusher
-        pusher.send_multipart([route, json.dumps(result).encode(), purpose])
+        zmqio.send_multipart(pusher, [route, json.dumps(result).encode(), purpose])
 
     def _on_auth_result(self, frames: list[zmq.Frame]) -> None:
         self._auth_in_flight = max(0, self._auth_in_flight - 1)
@@ -720,7 +723,7 @@ class Broker:
 
     # ------------------------------------------------------------------ workers
     def _to_worker(self, route: bytes, kind: str, header: dict[str, Any] | None = None) -> None:
-        self.backend.send_multipart([route, *P.encode(kind, header, route=P.TO_BROKER)])
+        zmqio.send_multipart(self.backend, [route, *P.encode(kind, header, route=P.TO_BROKER)])
 
     def _route_of(self, handle: bytes | None, user: str) -> bytes | None:
         """The routing id of the open connection of ``user`` with session ``handle``, or
@@ -826,7 +829,7 @@ class Broker:
                 self.bulk.take(user, fetch_set_id(route, done_id), fetch=True)
             entry.last_activity = time.time()
         # Forwarded zero-copy, header unread, MAC stripped: the event behind the client's route.
-        self.frontend.send_multipart([route, *signed.unsigned()], copy=False)
+        zmqio.send_multipart(self.frontend, [route, *signed.unsigned()], copy=False)
         self.counters.forwarded_to_clients += 1
         return None
 
@@ -854,7 +857,7 @@ class Broker:
         else:
             self.counters.bulk_held += 1
             reply = P.encode(P.Kind.BULK_OK, {"id": fields.id})
-        self.backend.send_multipart([wroute, P.TO_BROKER, *reply])
+        zmqio.send_multipart(self.backend, [wroute, P.TO_BROKER, *reply])
         return None
 
     def _bulk_header(
@@ -918,7 +921,7 @@ class Broker:
         else:
             self.counters.fetch_served += 1
             reply = P.encode(P.Kind.BULK_FETCHED, {"id": fields.id}, held)
-        self.backend.send_multipart([wroute, P.TO_BROKER, *reply], copy=False)
+        zmqio.send_multipart(self.backend, [wroute, P.TO_BROKER, *reply], copy=False)
         return None
 
     def _put_bulk_back(self, user: str, route: bytes, signed: P.Signed, bulk_id: str) -> bool:
@@ -1063,10 +1066,12 @@ class Broker:
                 "control request %r refused: bad admin secret", msg.kind[:32]
             )
             forbidden = {"code": P.FailCode.FORBIDDEN, "message": "bad admin secret"}
-            self.control.send_multipart(P.encode(P.Kind.FAIL, forbidden, route=route))
+            zmqio.send_multipart(self.control, P.encode(P.Kind.FAIL, forbidden, route=route))
             return None
         if msg.kind == P.Kind.STATUS:
-            self.control.send_multipart(P.encode(P.Kind.STATUS_REPLY, self.status(), route=route))
+            zmqio.send_multipart(
+                self.control, P.encode(P.Kind.STATUS_REPLY, self.status(), route=route)
+            )
         elif msg.kind == P.Kind.CLAIM:
             why = self._claim(msg)
             if why is None:
@@ -1074,9 +1079,9 @@ class Broker:
             else:
                 fail = {"code": P.FailCode.NO_WORKER, "message": why}
                 reply = P.encode(P.Kind.FAIL, fail, route=route)
-            self.control.send_multipart(reply)
+            zmqio.send_multipart(self.control, reply)
         elif msg.kind == P.Kind.SHUTDOWN:
-            self.control.send_multipart(P.encode(P.Kind.OK, {}, route=route))
+            zmqio.send_multipart(self.control, P.encode(P.Kind.OK, {}, route=route))
             log.info("shutdown requested on the control port")
             self._stop.set()
         else:

@@ -27,6 +27,8 @@ import os
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from rexec_magic import zmqio
+
 _inproc_numbers = itertools.count()
 
 
@@ -69,7 +71,7 @@ class ConnectionWatch:
     def closed(self) -> list[bytes]:
         """Routing ids whose connection closed since the last call (cheap when none did)."""
         gone: list[bytes] = []
-        while self.monitor.get(zmq.EVENTS) & zmq.POLLIN:
+        while self.monitor.get(zmqio.EVENTS) & zmqio.POLLIN:
             event = recv_monitor_message(self.monitor)
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 gone.extend(self.routes.pop(int(event["value"]), ()))

@@ -20,6 +20,7 @@ import zmq
 from broker import legacy
 from broker.auth import AuthError, CachedAuthenticator, Identity
 from rexec_magic import protocol as P
+from rexec_magic import zmqio
 
 log = logging.getLogger("rexec.broker")
 
@@ -115,7 +116,7 @@ class LegacyGateway:
                     interrupt = P.encode(
                         P.Kind.INTERRUPT, {"id": call.request_id}, route=session.handle
                     )
-                    b.backend.send_multipart([worker.route, *interrupt])
+                    zmqio.send_multipart(b.backend, [worker.route, *interrupt])
             return None
         if call is not None:
             return self._error(route, "This connection already has a call running.")
@@ -129,7 +130,7 @@ class LegacyGateway:
         buffers = [request.fn, request.args]  # forwarded undecoded
         header = legacy.call_header(request_id)
         frames = P.encode(P.Kind.CALL, header, buffers, route=session.handle)
-        b.backend.send_multipart([worker.route, *frames], copy=False)
+        zmqio.send_multipart(b.backend, [worker.route, *frames], copy=False)
         b.counters.forwarded_to_workers += 1
         return None
 
@@ -150,7 +151,7 @@ class LegacyGateway:
         except P.ProtocolError as exc:
             return self.broker._malformed("backend", f"legacy call: {exc}")
         for payload in payloads:
-            self.broker.frontend.send_multipart([route, *legacy.frames_for(payload)])
+            zmqio.send_multipart(self.broker.frontend, [route, *legacy.frames_for(payload)])
         self.broker.counters.forwarded_to_clients += 1
         if msg.kind == P.Kind.DONE:
             self.end(route)
@@ -169,4 +170,4 @@ class LegacyGateway:
 
     def _error(self, route: bytes, message: str) -> None:
         payload = legacy.error(0, message)
-        self.broker.frontend.send_multipart([route, *legacy.frames_for(payload)])
+        zmqio.send_multipart(self.broker.frontend, [route, *legacy.frames_for(payload)])

@@ -30,7 +30,7 @@ from typing import Any
 
 import zmq
 
-from rexec_magic import contract, errors, serialize
+from rexec_magic import contract, errors, serialize, zmqio
 from rexec_magic import protocol as P
 from rexec_magic.connection import ConnectionInfo
 from rexec_magic.notes import QUIET, Notes, Progress
@@ -357,7 +357,7 @@ class RexecClient:
         frames = P.encode_signed(key, kind, encoded, buffers)
         sock = self._socket()
         with whole_message(pass_on) as held:
-            sock.send_multipart(frames, copy=False)
+            zmqio.send_multipart(sock, frames, copy=False)
         return bool(held)
 
     def _recv(self, timeout_s: float) -> P.Message | None:
@@ -385,7 +385,7 @@ class RexecClient:
         if not sock.poll(max(0, int(timeout_s * 1000))):
             return None
         with whole_message():
-            frames = sock.recv_multipart(copy=False)
+            frames = zmqio.recv_multipart(sock)
             self.last_heard = time.monotonic()
             msg = self._stashed = self._read(frames)
         self._stashed = None

@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import zmq
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from rexec_magic import errors, magics, sync
+from rexec_magic import errors, magics, sync, zmqio
 from rexec_magic import protocol as P
 from rexec_magic.client import RexecClient
 from rexec_magic.render import EventRenderer
@@ -146,7 +145,7 @@ def test_ctrl_c_while_a_cell_is_being_sent_interrupts_it_on_the_worker(ip, monke
     def execute_sent(sock: Any, args: tuple, _: Any) -> bool:
         return any(bytes(f) == P.Kind.EXECUTE.encode() for f in args[0][:4])
 
-    armed = ctrl_c_right_after(monkeypatch, zmq.Socket, "send_multipart", execute_sent)
+    armed = ctrl_c_right_after(monkeypatch, zmqio, "send_multipart", execute_sent)
     armed.set()
     ended = tmp_path / "ran-to-its-end"
     code = (
@@ -527,7 +526,7 @@ def _abandon_after(ip: InteractiveShell, monkeypatch: Any, tmp_path: Path, first
     def interrupt_sent(sock: Any, args: tuple, _: Any) -> bool:
         return any(bytes(f) == P.Kind.INTERRUPT.encode() for f in args[0][:4])
 
-    armed = ctrl_c_right_after(monkeypatch, zmq.Socket, "send_multipart", interrupt_sent)
+    armed = ctrl_c_right_after(monkeypatch, zmqio, "send_multipart", interrupt_sent)
     armed.set()
     flag = tmp_path / "cell-runs"
     code = f"{first}\nimport pathlib, time\npathlib.Path({str(flag)!r}).touch()\ntime.sleep(60)"
@@ -554,7 +553,7 @@ def test_what_a_cell_assigns_after_a_second_ctrl_c_comes_back_with_the_next_cell
         return any(bytes(f) == P.Kind.INTERRUPT.encode() for f in args[0][:4])
 
     ip.user_ns["marker"] = -1
-    armed = ctrl_c_right_after(monkeypatch, zmq.Socket, "send_multipart", interrupt_sent)
+    armed = ctrl_c_right_after(monkeypatch, zmqio, "send_multipart", interrupt_sent)
     armed.set()
     flag = tmp_path / "cell-runs"
     code = (

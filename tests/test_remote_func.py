@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zmq
 
-from rexec_magic import errors, remote_func
+from rexec_magic import errors, remote_func, zmqio
 from rexec_magic import protocol as P
 from rexec_magic.remote_call import RemoteTraceback
 from rexec_magic.session import shared_session
@@ -367,7 +367,7 @@ def test_ctrl_c_between_two_frames_of_a_message_still_stops_the_remote_call(
     def first_frame_sent(sock: zmq.Socket, args: tuple, sent: Any) -> bool:
         return len(args) > 1 and bool(args[1] & zmq.SNDMORE)  # send_multipart's flags
 
-    armed = ctrl_c_right_after(monkeypatch, zmq.Socket, "send", first_frame_sent)
+    armed = ctrl_c_right_after(monkeypatch, zmqio, "send_frame", first_frame_sent)
     with WhenFlag(flag, armed.set), pytest.raises(KeyboardInterrupt) as info:
         nb["forever"](str(flag))
     assert not armed.is_set(), "no message was sent while the call ran"
@@ -385,7 +385,7 @@ def test_ctrl_c_while_a_calls_result_is_read_keeps_the_result(nb, monkeypatch):
     def kind_frame_of_done(sock: zmq.Socket, args: tuple, frame: Any) -> bool:
         return (frame if isinstance(frame, bytes) else frame.bytes) == b"done"
 
-    armed = ctrl_c_right_after(monkeypatch, zmq.Socket, "recv", kind_frame_of_done)
+    armed = ctrl_c_right_after(monkeypatch, zmqio, "recv_frame", kind_frame_of_done)
     armed.set()
     assert nb["add"](40, 2) == 42
     assert not armed.is_set(), "the call ended without a done"

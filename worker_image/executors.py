@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import zmq
 
+from rexec_magic import zmqio
 from rexec_magic.contract import Env
 from rexec_magic.protocol import Kind
 from worker_image import exits, framing
@@ -299,8 +300,8 @@ class ExecutorProcess:
     def wants(self, blocked: bool) -> int:
         """The poll flags of its link this turn: events unless ``blocked`` or at their end,
         and writable while a request is still partly unwritten."""
-        flags = 0 if blocked or self.events.eof else zmq.POLLIN
-        return flags | (zmq.POLLOUT if self.requests.pending else 0)
+        flags = 0 if blocked or self.events.eof else zmqio.POLLIN
+        return flags | (zmqio.POLLOUT if self.requests.pending else 0)
 
     # ------------------------------------------------------------------ output
     def read_pipe(self, fd: int) -> list[tuple[str, str]]:

@@ -52,7 +52,7 @@ from typing import Any
 
 import zmq
 
-from rexec_magic import protocol, serialize
+from rexec_magic import protocol, serialize, zmqio
 from rexec_magic.contract import Env
 from rexec_magic.protocol import (
     INTERRUPT_GRACE_S,
@@ -257,8 +257,8 @@ class Supervisor:
                 now = time.monotonic()
                 due = min(next_heartbeat, next_tick, *self._stream_deadlines())
                 items: list[tuple[Any, int]] = [
-                    (self.sock, zmq.POLLIN | (zmq.POLLOUT if self._backlog else 0)),
-                    (self.thread_out.fileno(), zmq.POLLIN),
+                    (self.sock, zmqio.POLLIN | (zmqio.POLLOUT if self._backlog else 0)),
+                    (self.thread_out.fileno(), zmqio.POLLIN),
                 ]
                 # Whose each polled descriptor was when polled: a handler may end an executor
                 # and start another in the same turn, and a descriptor number closed by the
@@ -268,7 +268,7 @@ class Supervisor:
                 waiting: list[ExecutorProcess] = []  # whole events read already, not yet taken
                 for ex in self.all:
                     if ex.pidfd is not None:
-                        items.append((ex.pidfd, zmq.POLLIN))
+                        items.append((ex.pidfd, zmqio.POLLIN))
                         owners[ex.pidfd] = ex
                     blocked = ex.held_back
                     flags = ex.wants(blocked and not self._parking(ex))
@@ -280,10 +280,10 @@ class Supervisor:
                     if ex.parked or ex.events.ready():
                         waiting.append(ex)
                     for fd in ex.pipes:
-                        items.append((fd, zmq.POLLIN))
+                        items.append((fd, zmqio.POLLIN))
                         owners[fd] = ex
                 items.extend(
-                    (fd, zmq.POLLIN)
+                    (fd, zmqio.POLLIN)
                     for fd, adopted in self.leftovers.pipes.items()
                     if not self._left_text_held(adopted.key, adopted.owner)
                 )
@@ -315,10 +315,10 @@ class Supervisor:
             if ex not in self.all:
                 return  # ended earlier in this turn: the number may be another's by now
             if what == ex.link.fileno():
-                if flags & zmq.POLLOUT:
+                if flags & zmqio.POLLOUT:
                     with contextlib.suppress(OSError):  # gone: its exit is handled by pidfd
                         ex.requests.flush()
-                if flags & ~zmq.POLLOUT:  # readable, or the executor hung up
+                if flags & ~zmqio.POLLOUT:  # readable, or the executor hung up
                     self._receive_executor(ex)
             elif what == ex.pidfd:
                 self._on_exit(ex)
@@ -339,7 +339,7 @@ class Supervisor:
     def _receive_broker(self) -> None:
         for _ in range(MAX_RECV_PER_TURN):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = zmqio.recv_multipart(self.sock, zmqio.NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -374,7 +374,7 @@ class Supervisor:
         backlog = self._backlog
         while backlog:
             try:
-                self.sock.send_multipart(backlog[0], flags=zmq.NOBLOCK, copy=False)
+                zmqio.send_multipart(self.sock, backlog[0], zmqio.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -803,8 +803,8 @@ class Supervisor:
         """A question for the executor's answering thread; never blocks the supervisor (an
         executor that just died, or whose thread cannot run, leaves its PUSH full)."""
         try:
-            ex.inspects.send_multipart(
-                protocol.encode(msg.kind, raw.header), flags=zmq.NOBLOCK, copy=False
+            zmqio.send_multipart(
+                ex.inspects, protocol.encode(msg.kind, raw.header), flags=zmqio.NOBLOCK, copy=False
             )
         except zmq.Again:
             log.debug("executor %d cannot take a %s now", ex.number, msg.kind)
