@@ -119,6 +119,7 @@ class RemoteFuture(Future):
         self._session = session  # whose turns it waits for (what ``result`` says it waits for)
         self._moved = threading.Event()  # it started, or it ended (``result`` waits for it)
         self.ended = threading.Event()  # its call returned or raised (``cancel`` waits for it)
+        self.interrupts_before = _interrupts[0]  # kernel interrupts before it was submitted
         super().add_done_callback(lambda _: self._moved.set())
 
     def add_done_callback(self, fn: Callable[[Future], object]) -> None:
@@ -159,6 +160,20 @@ class RemoteFuture(Future):
         if wait_s > 0:
             self._wait_ended(wait_s)
         return self.mark_cancelled()
+
+    def _cancel_or_interrupt(self) -> bool:
+        """A kernel interrupt's cancel: a queued call is cancelled; a running one is
+        interrupted, and its future ends as the call does: cancelled if the interrupt stopped
+        it, with its result if it finished first (it was marked cancelled at once, its
+        result dropped, though its work was done).  True unless it had ended."""
+        if super().cancel():
+            self.set_running_or_notify_cancel()
+            return True
+        with self._condition:  # type: ignore[attr-defined]
+            if self._state != RUNNING:  # type: ignore[attr-defined]
+                return self.cancelled()
+            self.cancel_requested.set()  # the waiting thread sends INTERRUPT
+        return True
 
     def _wait_ended(self, wait_s: float) -> None:
         """Wait up to ``wait_s`` for the interrupted call's end, saying after
@@ -219,7 +234,7 @@ class RemoteFuture(Future):
                         timeout = max(0.0, timeout - (time.monotonic() - began))
                 return super().result(timeout)
             except KeyboardInterrupt:  # a kernel interrupt while waiting: stop the calls
-                cancel_unfinished()  # (the kernel's SIGINT hook may have done so already)
+                cancel_unfinished(at_once=False)  # (the kernel's SIGINT hook may have already)
                 self._see_out()
                 raise
             except Exception as exc:
@@ -303,23 +318,83 @@ def _thread_call() -> Iterator[threading.Event]:
         _thread_calls.discard(cancel)
 
 
-def cancel_unfinished() -> int:
+def cancel_unfinished(at_once: bool = True) -> int:
     """Cancel every unfinished call of this kernel: ``submit()`` calls, queued or running
     (the queued first, so none starts meanwhile), and direct calls running in other threads;
-    returns how many."""
+    returns how many.  A running call is interrupted; ``at_once`` (``%rexec_stop``, exit:
+    the worker goes anyway) marks its future cancelled now, else (a kernel interrupt) the
+    future ends as the call does (``RemoteFuture._cancel_or_interrupt``)."""
     futures = [f for f in list(_submitted) if not f.done()]
     futures.sort(key=lambda f: f.running())
-    cancelled = sum(1 for f in futures if f._cancel(0.0))  # (none waits for another)
+    if at_once:
+        cancelled = sum(1 for f in futures if f._cancel(0.0))  # (none waits for another)
+    else:
+        cancelled = sum(1 for f in futures if f._cancel_or_interrupt())
     for event in list(_thread_calls):
         event.set()
     return cancelled + len(_thread_calls)
 
 
+def settle_interrupted() -> None:
+    """Wait, as a direct call's Ctrl-C does, until the calls a kernel interrupt stopped have
+    ended (their ``finally``; the grace period for one deaf to it), so their futures say
+    how each ended, and what they print on their way out is not a later cell's.  A second
+    Ctrl-C stops waiting."""
+    deadline = time.monotonic() + CANCEL_CONFIRM_S
+    with contextlib.suppress(KeyboardInterrupt):
+        for future in list(_submitted):
+            if future.cancel_requested.is_set() and not future.ended.is_set():
+                future._wait_ended(max(0.0, deadline - time.monotonic()))
+
+
+# Kernel interrupts (SIGINT) so far: a call submitted before the last one never starts
+# (``_submit``'s ``run`` checks, after marking it running), even where its thread reached it
+# before anything could cancel it: the cancel itself (``cancel_unfinished``) takes locks
+# (futures', the session's turns) that the interrupted main thread may hold, so the signal
+# handler only counts and wakes ``_interrupt_watcher``, which cancels.
+_interrupts = [0]
+_watcher: dict[str, int] = {}  # the watcher's pipe: "r" and "w"
+_settled = [0]  # ``_interrupts`` when the calls were last settled before a cell
+
+
+def _on_kernel_sigint() -> None:
+    """From the SIGINT handler (main thread): count it, wake the watcher."""
+    _interrupts[0] += 1
+    with contextlib.suppress(KeyError, OSError):  # (full: it is awake anyway)
+        os.write(_watcher["w"], b"\0")
+
+
+def _interrupt_watcher(read_fd: int) -> None:
+    """Cancel this kernel's calls at each SIGINT (``_on_kernel_sigint``), outside the
+    handler: queued ones never start, running ones are interrupted."""
+    while True:
+        try:
+            os.read(read_fd, 512)
+        except OSError:
+            return
+        try:
+            cancel_unfinished(at_once=False)
+        except Exception:  # (never let the watcher die: the next interrupt needs it)
+            FUTURES_LOG.exception("rexec: cancelling remote calls after an interrupt failed")
+
+
+def _start_interrupt_watcher() -> None:
+    if _watcher:
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    _watcher.update(r=read_fd, w=write_fd)
+    threading.Thread(
+        target=_interrupt_watcher, args=(read_fd,), name="rexec-interrupts", daemon=True
+    ).start()
+
+
 def _chain(previous: Any) -> Callable[[int, Any], None]:
     def on_sigint(signum: int, frame: Any) -> None:
-        cancel_unfinished()
+        _on_kernel_sigint()
         pass_on_sigint(previous, frame)
 
+    on_sigint.rexec_chained = True  # type: ignore[attr-defined]
     return on_sigint
 
 
@@ -327,14 +402,19 @@ def hook_kernel_interrupt() -> None:
     """Make a kernel interrupt (SIGINT) cancel this kernel's unfinished calls, busy or idle.
 
     ipykernel ignores SIGINT between cells and restores ``kernel.saved_sigint_handler``
-    after each one, so the idle handler is chained there; during a cell the interrupt is a
-    KeyboardInterrupt, caught by ``RemoteFuture.result`` and by a ``post_run_cell`` hook.
+    after each one, so the idle handler is chained there; during a cell (Python's own
+    handler, set by ipykernel before each) a ``pre_run_cell`` hook chains it.  Either way
+    the handler counts the interrupt and wakes ``_interrupt_watcher``; hooks after the cell
+    that was interrupted, or before the next one, wait for the stopped calls to end.
     """
     global _hooked
-    if _hooked or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _start_interrupt_watcher()  # (again in a forked child: its thread stayed in the parent)
+    if _hooked:
         return
     _hooked = True
-    session_module.KERNEL_INTERRUPT_HOOKS.append(cancel_unfinished)
+    session_module.KERNEL_INTERRUPT_HOOKS.append(functools.partial(cancel_unfinished, False))
     previous = signal.getsignal(signal.SIGINT)
     # (A process that ignores Ctrl-C, run with `&` say: its calls ignore it too.)
     if previous is not signal.SIG_IGN:
@@ -350,10 +430,26 @@ def hook_kernel_interrupt() -> None:
     if kernel is not None and hasattr(kernel, "saved_sigint_handler"):
         kernel.saved_sigint_handler = _chain(kernel.saved_sigint_handler)
 
+    def before_cell(info: Any) -> None:
+        # ipykernel sets Python's own SIGINT handler for each cell: chain ours to it, so an
+        # interrupt during a cell cancels the calls at once (the post_run_cell hook below
+        # came only after IPython had shown the traceback: queued calls went on starting).
+        current = signal.getsignal(signal.SIGINT)
+        if callable(current) and not getattr(current, "rexec_chained", False):
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGINT, _chain(current))
+        if _settled[0] != _interrupts[0]:  # an interrupt while idle: the calls it stopped
+            _settled[0] = _interrupts[0]  # end before this cell reads their futures
+            cancel_unfinished(at_once=False)
+            settle_interrupted()
+
     def after_cell(result: Any) -> None:
         if isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt):
-            cancel_unfinished()
+            _settled[0] = _interrupts[0]
+            cancel_unfinished(at_once=False)
+            settle_interrupted()
 
+    shell.events.register("pre_run_cell", before_cell)
     shell.events.register("post_run_cell", after_cell)
 
 
@@ -374,6 +470,7 @@ def _forget_in_forked_child() -> None:
     _holds.clear()
     _submitted.clear()
     _thread_calls.clear()
+    _watcher.clear()  # (its thread stayed in the parent; the next hook starts one)
 
 
 os.register_at_fork(after_in_child=_forget_in_forked_child)
@@ -431,6 +528,9 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
             session.turns.leave(ticket)  # cancelled before it started: later ones go on
             return
         try:
+            if _interrupts[0] != future.interrupts_before:  # (checked once marked running:
+                future.mark_cancelled()  # an interrupt after that finds it running, and
+                return  # interrupts it, see ``_on_kernel_sigint``)
             value = fn(cancel=future.cancel_requested, ticket=ticket, origin=origin)
         except BaseException as exc:
             if future.cancel_requested.is_set() and isinstance(

@@ -1070,6 +1070,74 @@ def test_a_kernel_interrupt_cancels_this_notebooks_running_and_queued_calls(kern
     assert text_of(outputs) == "True [True, True, True] pong\n"
 
 
+@pytest.mark.parametrize(
+    "wait", ["cf.wait(fs, timeout=120)", "[f.result() for f in fs]", "time.sleep(120)"]
+)
+def test_a_kernel_interrupt_among_short_calls_starts_no_more_and_keeps_what_finished(
+    kernel, tmp_path, wait
+):
+    """A kernel interrupt while the notebook waits on many short submitted calls (tester S):
+    the calls queued behind went on starting for up to 0.36 s after it (the cancel came
+    only in a ``post_run_cell`` hook, after IPython had shown the traceback), and a call
+    that ran to its end as the interrupt came was marked cancelled, its result dropped,
+    though its work was done.  Here each call finishes even when interrupted (it catches
+    the KeyboardInterrupt).  Now nothing starts after the interrupt but the call already on
+    its way, and each call that finished keeps its result; only calls that never started
+    (or were stopped) say cancelled."""
+    km, kc = kernel
+    log = tmp_path / "calls.log"
+    code = (
+        "import concurrent.futures as cf, time\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\n"
+        "def short(i, log):\n"
+        "    import time\n"
+        "    with open(log, 'a') as f:\n"
+        "        f.write(f'start {i} {time.time()}\\n')\n"
+        "    try:\n"
+        "        time.sleep(0.1)\n"
+        "    except KeyboardInterrupt:\n"
+        "        pass  # it finishes its work all the same: its result stands\n"
+        "    with open(log, 'a') as f:\n"
+        "        f.write(f'end {i}\\n')\n"
+        "    return i\n"
+        f"fs = [short.submit(i, {str(log)!r}) for i in range(60)]\n"
+        f"{wait}\n"
+    )
+    msg_id = kc.execute(code)
+    wait_for(lambda: log.exists() and log.read_text().count("end") >= 3, "three calls to end")
+    interrupted_at = time.time()
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
+    assert reply["status"] == "error"
+    time.sleep(1)  # (a call still stopping ends meanwhile)
+    states = (
+        "import json\n"
+        "def state(f):\n"
+        "    if f.cancelled():\n"
+        "        return 'cancelled'\n"
+        "    if not f.done():\n"
+        "        return 'pending'\n"
+        "    return f'error {f.exception()!r}' if f.exception() else f'result {f.result()}'\n"
+        "print(json.dumps([state(f) for f in fs]))"
+    )
+    reply, outputs = run(kc, states)
+    assert reply["status"] == "ok", reply
+    states = json.loads(text_of(outputs))
+    lines = [line.split() for line in log.read_text().splitlines()]
+    started = {int(w[1]): float(w[2]) for w in lines if w[0] == "start"}
+    ended = {int(w[1]) for w in lines if w[0] == "end"}
+    late = sorted(i for i, at in started.items() if at > interrupted_at)
+    assert len(late) <= 1, f"calls {late} started after the interrupt: {states}"
+    for i, state in enumerate(states):
+        if i in ended:
+            assert state == f"result {i}", f"call {i} ran to its end but says {state!r}"
+        elif i in started:
+            assert state == "cancelled", f"call {i} was stopped but says {state!r}"
+        else:
+            assert state == "cancelled", f"call {i} never started but says {state!r}"
+
+
 def test_a_remote_generator_consumed_slowly_is_not_taken_for_a_dead_kernel(stack):
     km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="0.5")  # silent 2.5 s = gone
     try:
