@@ -181,6 +181,8 @@ class RemoteFuture(Future):
         if not self.ended.wait(min(wait_s, P.NOTICE_AFTER_S)):
             NOTEBOOK.note(f"rexec: cancelling: {grace_sentence('call', self.namespace)}.")
             self.ended.wait(max(0.0, wait_s - P.NOTICE_AFTER_S))
+        if self.ended.is_set():  # (what its end cost: said here, where the notebook waited)
+            session_module.tell_cancel_losses(NOTEBOOK)
 
     def mark_cancelled(self) -> bool:
         """End a running future as cancelled (False: it ended otherwise meanwhile)."""
@@ -345,6 +347,9 @@ def settle_interrupted() -> None:
         for future in list(_submitted):
             if future.cancel_requested.is_set() and not future.ended.is_set():
                 future._wait_ended(max(0.0, deadline - time.monotonic()))
+    # Calls that had ended before (the cell went on for a while after the interrupt): what
+    # they cost is said here too, at the top of the next cell, local or remote.
+    session_module.tell_cancel_losses(NOTEBOOK)
 
 
 # Kernel interrupts (SIGINT) so far: a call submitted before the last one never starts

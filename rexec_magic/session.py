@@ -810,9 +810,11 @@ class RemoteSession:
                 if lost and self.stops != stops:
                     pass  # the notebook's own %rexec_stop ended it, and said so
                 elif lost and cancel is not None and cancel.is_set():
-                    # Its future was cancelled: nobody sees this exception.  Say it before
-                    # the next request, or the notebook meets a new namespace in silence.
+                    # Its future was cancelled: nobody sees this exception.  Said where the
+                    # notebook waited for the cancel to take (``tell_cancel_losses``), or
+                    # else before the next request: never a new namespace met in silence.
                     self._untold = f"rexec: a cancelled remote call ended badly: {exc}"
+                    CANCEL_LOSSES.append(self)
                 elif lost and ticket is not None:
                     # A submitted call: its exception waits in its future, which nothing may
                     # read; what was queued behind it met the new namespace in silence (a
@@ -1133,6 +1135,20 @@ _shared_lock = threading.Lock()
 # (as Jupyter aborts the cells queued behind an interrupt).  Afterwards, e.g. in a
 # ``post_run_cell`` hook, was too late: the next call had taken the connection.
 KERNEL_INTERRUPT_HOOKS: list[Callable[[], object]] = []
+
+# Sessions whose cancelled call cost the namespace (its executor was restarted: the call
+# ignored the interrupt), not yet said.  A plain list, not a weak set: no Python callback
+# for a Ctrl-C to land in.
+CANCEL_LOSSES: list[RemoteSession] = []
+
+
+def tell_cancel_losses(notes: Notes) -> None:
+    """Say now, once, what the cancelled calls that ended so far cost (the namespace), in
+    the cell that waited for them to stop: a kernel interrupt's, a ``cancel()``'s.  Said
+    there, the notebook does not learn it only with its next remote request (a local cell
+    meanwhile ran as if nothing was lost)."""
+    while CANCEL_LOSSES:
+        CANCEL_LOSSES.pop(0)._tell_untold(notes)
 
 
 def _kernel_interrupted() -> None:

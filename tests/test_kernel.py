@@ -1138,6 +1138,78 @@ def test_a_kernel_interrupt_among_short_calls_starts_no_more_and_keeps_what_fini
             assert state == "cancelled", f"call {i} never started but says {state!r}"
 
 
+def _all_text(outputs: list[dict]) -> str:
+    """Everything a cell showed as text: streams, notes (displays), its error's value."""
+    parts = []
+    for m in outputs:
+        content = m["content"]
+        if m["msg_type"] == "stream":
+            parts.append(content["text"])
+        elif m["msg_type"] in ("display_data", "update_display_data"):
+            parts.append(content["data"].get("text/plain", ""))
+        elif m["msg_type"] == "error":
+            parts.append(content["evalue"])
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize(
+    "wait", ["f.result()", "cf.wait([f], timeout=120)", "time.sleep(120)", "caught", "idle"]
+)
+def test_a_kernel_interrupt_that_costs_the_namespace_says_so_in_the_cell_it_stopped(
+    kernel, tmp_path, wait
+):
+    """A submitted call deaf to the interrupt (SIGINT ignored, then a busy loop): its
+    executor is restarted after the grace period and the namespace is lost.  The cell that
+    waited through it (tester T) said only "cancelled" and that it *would* be lost if the
+    call did not stop; the loss itself came with the notebook's next remote request, so a
+    local cell in between ran as if nothing was lost.  Now the cell the interrupt stopped
+    says it, once: whatever it waited in (the future, ``concurrent.futures.wait``, local
+    code, a ``KeyboardInterrupt`` it caught); after an interrupt while idle, the top of the
+    next cell, local or remote."""
+    km, kc = kernel
+    flag = tmp_path / "deaf"
+    define = (
+        "import concurrent.futures as cf, time\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\n"
+        "def deaf(flag):\n"
+        "    import signal\n"
+        "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "    open(flag, 'w').close()\n"
+        "    return sum(range(10**12))\n"
+    )
+    assert run(kc, define)[0]["status"] == "ok"
+    run(kc, "%%remote\nkept = 1")
+    submit = f"f = deaf.submit({str(flag)!r})\n"
+    if wait == "idle":
+        assert run(kc, submit)[0]["status"] == "ok"
+        wait_for(flag.exists, "the call to run remotely")
+        km.interrupt_kernel()
+        time.sleep(1)
+        reply, stopped = run(kc, "print('local')")
+        assert reply["status"] == "ok"
+        shown = _all_text(stopped)
+        assert shown.index("namespace was lost") < shown.index("local"), shown
+    else:
+        body = (
+            "try:\n    f.result()\nexcept KeyboardInterrupt:\n    print('caught')"
+            if (wait == "caught")
+            else wait
+        )
+        msg_id = kc.execute(submit + body)
+        wait_for(flag.exists, "the call to run remotely")
+        km.interrupt_kernel()
+        reply, stopped = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
+        assert reply["status"] == ("ok" if wait == "caught" else "error")
+        shown = _all_text(stopped)
+    assert shown.count("namespace was lost") == 1, shown
+    assert "rexec: a cancelled remote call ended badly" in shown
+    reply, after = run(kc, "%%remote\nprint('kept' in globals())")
+    assert reply["status"] == "ok"
+    assert text_of(after) == "False\n"  # it was lost indeed
+    assert "ended badly" not in _all_text(after)  # said once
+
+
 def test_a_remote_generator_consumed_slowly_is_not_taken_for_a_dead_kernel(stack):
     km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="0.5")  # silent 2.5 s = gone
     try:
