@@ -68,6 +68,12 @@ UNPACED = 2**62  # an ``ack`` count past any request's events: no more flow cont
 # A wait loop that comes round this much later than it would have (past its longest wait,
 # CLIENT_PING_S) was stalled here: the silence meanwhile is not the broker's.
 STALL_S = 1.0
+# How long a request sent to a worker the broker dropped as silent waits for it to register
+# again before it is sent once more, naming that worker process (``_await_worker_back``).
+WORKER_BACK_S = 15.0
+# A request the worker neither took nor said anything of this long says so (the worker says
+# what it waits for after NOTICE_AFTER_S itself: this comes after its word would have).
+WORKER_SILENT_NOTE_S = P.NOTICE_AFTER_S + 1.0
 
 
 def pass_on_sigint(handler: Any, frame: Any) -> None:
@@ -557,6 +563,35 @@ class RexecClient:
                 raise errors.NoWorker("The remote worker did not connect to the broker in time.")
             time.sleep(0.02)
 
+    def _await_worker_back(self, req_id: str, what: str) -> Generator[P.Message, Any, None]:
+        """After ``worker_lost`` for a request not known to have started: wait, up to
+        ``WORKER_BACK_S``, until the broker knows a worker of ours again (one dropped as
+        silent, a stopped or starved process, registers again with its namespace).  Past
+        ``NOTICE_AFTER_S`` it says what it waits for (yielded as a NOTICE): the wait was
+        silent (5-12 s for a worker stopped with SIGSTOP).  Raises NoWorker at the end."""
+        began = time.monotonic()
+        said = False
+        while True:
+            _, pong = self.ping()
+            if pong.get("worker"):
+                return
+            now = time.monotonic()
+            if now - began > WORKER_BACK_S:
+                raise errors.NoWorker("The remote worker did not connect to the broker in time.")
+            if not said and now - began >= P.NOTICE_AFTER_S:
+                said = True
+                text = (
+                    f"waiting for your remote worker, which stopped answering (the broker "
+                    f"dropped it as silent: a stopped or overloaded process comes back); the "
+                    f"{what} may be waiting in its queue there, and runs at most once (the wait "
+                    f"ends after {WORKER_BACK_S:.0f} s)"
+                )
+                try:
+                    yield P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "worker"})
+                except ThrowInto as into:  # (the consumer's Ctrl-C, as for any notice)
+                    raise into.exception from None
+            time.sleep(0.05)
+
     def _new_id(self) -> str:
         return f"{uuid.uuid4().hex[:12]}-{next(self._ids)}"
 
@@ -846,6 +881,7 @@ class RexecClient:
         event_at = 0.0  # when the last numbered event of this request came
         grace_said = False  # that the interrupted cell has not stopped yet
         broker_said = 0.0  # when this said the broker is silent (an unstarted request waits)
+        worker_said = False  # that the worker has not taken the request (nor said why)
         cancelled = False
         timed_out = False
         error: P.Message | None = None
@@ -954,6 +990,29 @@ class RexecClient:
                         local = P.Message(P.Kind.NOTICE, header_now)
                 elif silent < P.BROKER_SILENT_AFTER_S:
                     broker_said = 0.0
+                if (
+                    local is None
+                    and unrun
+                    and not notice
+                    and not worker_said
+                    and now > quiet_until  # (not while its values cross)
+                    and silent < 2 * P.CLIENT_PING_S  # (the broker answers: its own note else)
+                    and now - asked_at >= WORKER_SILENT_NOTE_S
+                ):
+                    # The worker takes a request at once, or says within NOTICE_AFTER_S what
+                    # it waits for (the previous cell, its executor starting): a worker that
+                    # says nothing is stopped (SIGSTOP) or starved, until the broker drops it.
+                    worker_said = True
+                    text = (
+                        f"waiting for your remote worker to take this {what}: it has not "
+                        f"answered for {now - asked_at:.0f} s (it may be stopped or overloaded); "
+                        f"the {what} runs at most once"
+                    )
+                    local = P.Message(P.Kind.NOTICE, {"id": req_id, "text": text})
+                elif local is None and unrun and not notice and not worker_said:
+                    due = max(asked_at + WORKER_SILENT_NOTE_S, quiet_until) - now
+                    if due > 0:  # (woken then, not only at the next ping)
+                        wait = min(wait, due)
                 said = grace_said or cancelled  # (nobody waits for a cancelled one)
                 if local is None and interrupted_at is not None and not said:
                     if now < quiet_until:  # its answer may be what is crossing
@@ -1102,12 +1161,16 @@ class RexecClient:
                         # and the cell is not sent a third time: it may have run there.
                         in_hand = None
                         resent = uncertain = True
-                        self.wait_for_worker(None, timeout_s=15.0)
+                        yield from self._await_worker_back(req_id, what)
                         self._send_request(kind, header, buffers, cancel)
                         last_heard = time.monotonic()
                         continue
                     if code == P.FailCode.WORKER_LOST:
                         self.loss_told = True  # told here: the next worker is no news
+                        if started:  # Dropped as silent, it may come back with its
+                            # namespace, the request run on there: what it changed stays
+                            # there, newer than the copies here (``missed``).
+                            self._missed_all(header)
                     raise self._fail_error(msg)
                 elif msg.kind == P.Kind.DONE:
                     after = AfterDone.current  # (the main thread's cell, not another
@@ -1120,6 +1183,11 @@ class RexecClient:
                         after.begin()
                     for name in header.get("missed", ()):
                         self._missed.pop(name, None)
+                    if uncertain and interrupted_at is None:
+                        if msg.read(P.Done).status == P.DoneStatus.INTERRUPTED:
+                            # Refused as sent before (``Supervisor._on_request``): it ran
+                            # there unheard, and what it changed stays there (``missed``).
+                            self._missed_all(header)
                     return self._finish(
                         msg,
                         error,
@@ -1175,6 +1243,12 @@ class RexecClient:
         what = "call" if kind == P.Kind.CALL else "cell"
         text = grace_sentence(what, namespace)
         return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "grace"})
+
+    def missed_names(self) -> list[str]:
+        """Names a request whose end this client never heard may have changed on the worker
+        (``_missed_all``): sent with each request (``missed``) until one that carried them
+        is done."""
+        return list(self._missed)
 
     def _abandon(self, req_id: str, kind: str, header: dict[str, Any]) -> errors.RemoteInterrupted:
         """The user stopped waiting for ``req_id`` (a second Ctrl-C).  Its output no longer

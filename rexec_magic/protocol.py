@@ -810,6 +810,12 @@ class Execute(Request, Placement):
     # or deleted: the worker takes this notebook as not having seen their values there, so
     # the next request that watches one brings it back (or reports it deleted).
     missed: Names = Field(default_factory=list)
+    # Of those, the content hash (``serialize.digest``) of each value the notebook last
+    # exchanged: the worker applies a push of a missed name only while its value there is
+    # still that one (compare-and-set); else the request the notebook stopped waiting for
+    # changed it after the notebook's copy was made, and the worker's value, newer, is kept
+    # and comes back (``Done.conflicts``).
+    missed_base: dict[Short, Short] = Field(default_factory=dict)
     pull_changed: bool = False
     result: bool = False
     cell: int | None = None
@@ -838,6 +844,7 @@ class Call(Request, Placement):
     watch: Names = Field(default_factory=list)
     gone: Names = Field(default_factory=list)
     missed: Names = Field(default_factory=list)  # as Execute.missed
+    missed_base: dict[Short, Short] = Field(default_factory=dict)  # as Execute.missed_base
     pull_limit: Annotated[int, Field(ge=0)] | None = None  # None: the worker's default
     credit: Annotated[int, Field(ge=1, le=MAX_CREDIT)] | None = None
     # A generator's items one at a time, as a local generator makes them: after each YIELD

@@ -350,8 +350,20 @@ class RemoteSession:
         """This notebook's record of ``namespace`` (None: its own), made on first use."""
         record = self._syncs.get(namespace)
         if record is None:
-            record = self._syncs[namespace] = sync.NamespaceSync()
+            record = self._syncs[namespace] = sync.NamespaceSync(shared=namespace is not None)
         return record
+
+    def _missed_base(self, state: sync.NamespaceSync) -> dict[str, str]:
+        """The content hashes of the values this notebook last exchanged (``state``'s
+        records) of the names a request it never heard the end of may have changed
+        (``RexecClient.missed_names``): the worker applies a push of one only while its
+        value there is still that one (``Execute.missed_base``), so an older copy here never
+        undoes what that request assigned."""
+        return {
+            name: record.digest
+            for name in self.client.missed_names()
+            if (record := state.records.get(name)) is not None
+        }
 
     def remote_only_names(self) -> set[str]:
         """Names whose newest value lives only in a namespace this session uses (any of
@@ -631,6 +643,9 @@ class RemoteSession:
                 header = {**fields, "have": plan.have, "watch": list(dict.fromkeys(watch))}
                 if plan.gone:
                     header["gone"] = plan.gone
+                base = self._missed_base(self.sync)
+                if base:
+                    header["missed_base"] = base
                 try:
                     args = (code, entries, frames, header, on_event, timeout_s)
                     outcome = self._on_worker(notes, self.client.execute_packed, *args)
@@ -870,7 +885,7 @@ class RemoteSession:
             ]
             keep = state.changed_meanwhile(main, plan, back)
             state.apply(main, outcome, "not pulled", keep=keep)
-            for note in sync.conflict_notes(done):
+            for note in sync.conflict_notes(done, state.shared):
                 notes.warning(f"rexec: {note}.")
             for name in keep:
                 notes.warning(
@@ -902,6 +917,9 @@ class RemoteSession:
             fields = {"have": plan.have, "watch": watch, "pull_limit": limit, "lazy": lazy}
             if plan.gone:
                 fields["gone"] = plan.gone
+            base = self._missed_base(state)
+            if base:
+                fields["missed_base"] = base
             try:
                 outcome = yield from self.client.call(
                     *packed.values(), timeout_s, values, fields, cancel

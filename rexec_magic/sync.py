@@ -137,13 +137,30 @@ def _left_behind(
     return notes
 
 
-def conflict_notes(done: Any) -> list[str]:
-    """One sentence per push a shared namespace did not apply (``Done.conflicts``)."""
+def conflict_notes(done: Any, shared: bool = True) -> list[str]:
+    """One sentence per push the worker did not apply (``Done.conflicts``): in a ``shared``
+    namespace, one another notebook changed; in any, one that a request whose end this
+    notebook never heard changed (``Execute.missed_base``)."""
     notes = []
     # (over the pull limit, or not loadable here: the value stays remote, with its own note)
     stayed = {s.get("name") for s in done.skipped if isinstance(s, dict)} if done else set()
+    unheard = (
+        "a remote cell or call whose end this notebook did not hear (you stopped waiting for "
+        "it, or lost contact with the worker)"
+    )
     for name in done.conflicts if done is not None else []:
-        if name in done.deleted:
+        if not shared and name in done.deleted:
+            notes.append(
+                f"`{name}` was deleted on the worker by {unheard}: this notebook's older copy "
+                "was not sent, and is deleted here too"
+            )
+        elif not shared:
+            where = "stays there" if name in stayed else "came back here"
+            notes.append(
+                f"`{name}` on the worker is newer than this notebook's copy ({unheard} changed "
+                f"it): that value was kept and {where}; this notebook's older copy was not sent"
+            )
+        elif name in done.deleted:
             notes.append(
                 f"`{name}` was deleted in the shared namespace after this notebook last "
                 "had it: this notebook's copy was not sent, and is deleted here too"
@@ -240,7 +257,8 @@ _ABSENT = object()  # (a name not in the namespace)
 
 
 class NamespaceSync:
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
+        self.shared = shared  # a shared namespace (``%rexec_attach NAME``), not the notebook's
         self.records: dict[str, Record] = {}
         self.remote_only: dict[str, str] = {}  # name -> why it stays there
         self.placed: set[str] = set()  # remote-only names given a placeholder here
@@ -519,5 +537,5 @@ class NamespaceSync:
         for name in done.deleted if done is not None else []:
             if name not in handled:
                 self.deleted(namespace, name)
-        notes += conflict_notes(done)
+        notes += conflict_notes(done, self.shared)
         return notes

@@ -514,6 +514,121 @@ def test_a_cell_the_user_stopped_waiting_for_still_says_the_namespace_was_lost(k
     assert "namespace was lost" in json.dumps([m["content"] for m in outputs])
 
 
+@pytest.mark.parametrize(
+    "case", ["assigned", "assigned, read by a call", "never exchanged", "not reached"]
+)
+def test_an_older_copy_never_undoes_what_a_cell_the_user_stopped_waiting_for_assigned(kernel, case):
+    """Tester U: ``res`` exchanged, then changed in a local cell, then a remote cell that
+    the user stops waiting for (two Ctrl-Cs) assigns ``res`` after they gave up.  The next
+    remote cell that read ``res`` sent the notebook's older copy over it, right after a
+    note saying the worker's was newer (3 of 3).  Now a push of such a name applies only
+    while the worker's value is still the one the notebook last had (compare-and-set on
+    the content hash): the worker's newer value is kept, comes back, and a note says so.
+    When the cell never reached the assignment (``not reached``), the notebook's copy is
+    the newer one, and it goes as any change does.  (The kernel is the module's: each case
+    has a name of its own.)"""
+    _, kc = kernel
+    res = "res_" + re.sub(r"\W", "_", case)
+    if case != "never exchanged":
+        run(kc, f"%%remote\n{res} = 'exchanged'")
+    run(kc, f"{res} = 'old'")  # a local change, before the remote cell
+    assign = f"{res} = 'new'" if case != "not reached" else "raise SystemError('before it')"
+    given_up_on(
+        kernel,
+        "%%remote\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        f"print('started', flush=True)\ntime.sleep(2.5)\n{assign}\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)",
+        0.3,
+    )
+    time.sleep(4)  # it ended meanwhile (within the grace period: the namespace stays)
+    if case == "assigned, read by a call":
+        code = (
+            "from rexec_magic import remote_func\n"
+            "@remote_func\n"
+            "def read_res():\n"
+            f"    return {res}\n"
+            "print('next sees', read_res())"
+        )
+    else:
+        code = f"%%remote\nprint('next sees', {res})"
+    reply, outputs = run(kc, code)
+    assert reply["status"] == "ok", reply
+    shown = _all_text(outputs)
+    expected = "old" if case == "not reached" else "new"
+    assert f"next sees {expected}\n" in text_of(outputs), shown
+    reply, local = run(kc, f"print('here', {res})")
+    assert text_of(local) == f"here {expected}\n"
+    if expected == "new" and case != "never exchanged":
+        assert f"`{res}` on the worker is newer than this notebook's copy" in shown, shown
+    reply, again = run(kc, f"%%remote\nprint('then', {res})")
+    assert text_of(again) == f"then {expected}\n"
+    assert "newer" not in _all_text(again)  # said once
+
+
+def test_an_older_copy_never_undoes_what_a_cell_of_a_stalled_worker_assigned(kernel):
+    """Tester U: the worker process (the supervisor) stopped (SIGSTOP) while a cell ran;
+    the broker dropped it as silent ("abandoned; if the worker recovers, its variables are
+    kept") and, resumed, it registered again with its namespace, and the cell ran to its
+    end and assigned ``stalled``.  The next cell sent the notebook's older copy over it (3 of
+    3).  Now the names that cell may have changed go as ``missed``, with what the notebook
+    last had of them, and the worker keeps its newer value, which comes back."""
+    _, kc = kernel
+    run(kc, "%%remote\nstalled = 'exchanged'")
+    run(kc, "stalled = 'old'")
+    reply, outputs = run(kc, "%%remote\nimport os\nprint(os.getppid())")
+    supervisor = int(text_of(outputs).split()[-1])
+    msg_id = kc.execute(
+        "%%remote\nimport time\nprint('started', flush=True)\ntime.sleep(2)\nstalled = 'new'"
+    )
+    wait_for_text(kc, "started", msg_id)
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        reply, outputs = collect(kc, msg_id, timeout=60)
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    assert reply["status"] == "error" and "stopped responding" in reply["evalue"], reply
+    time.sleep(P.WORKER_HEARTBEAT_S + 3)  # back, registered again; the cell ended
+    reply, outputs = run(kc, "%%remote\nprint('next sees', stalled)")
+    assert reply["status"] == "ok", reply
+    assert "next sees new\n" in text_of(outputs), _all_text(outputs)
+    assert text_of(run(kc, "print('here', stalled)")[1]) == "here new\n"
+
+
+@pytest.mark.parametrize("round_", [1, 2])
+def test_a_cell_sent_to_a_stopped_worker_says_what_it_waits_for_and_the_truth_after(
+    kernel, tmp_path, round_
+):
+    """Tester U: a cell sent while the worker process (the supervisor) is stopped
+    (SIGSTOP) waited 5-12 s in silence, then, the worker resumed, was refused as "reached
+    the worker before the rexec broker restarted", which never happened, though in 3 of 5
+    tries it had run.  Now the wait says what it waits for, the cell runs at most once, and
+    what the notebook is told matches what happened: its output, or that it may have run
+    there and its output did not come."""
+    _, kc = kernel
+    reply, outputs = run(kc, "%%remote\nimport os\nprint(os.getppid())")
+    supervisor = int(text_of(outputs).split()[-1])
+    ran = tmp_path / "ran.log"
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        msg_id = kc.execute(f"%%remote\nopen({str(ran)!r}, 'a').write('ran\\n')\nprint('ran')")
+        time.sleep(8)
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    reply, outputs = collect(kc, msg_id, timeout=60)
+    shown = _all_text(outputs)
+    assert "waiting for your remote worker" in shown, shown
+    runs = ran.read_text().count("ran") if ran.exists() else 0
+    assert runs <= 1, "the cell ran twice"
+    said = reply.get("evalue", "")
+    assert "broker restarted" not in said.replace("or the broker restarted", ""), said
+    if reply["status"] == "ok":
+        assert runs == 1 and "ran\n" in text_of(outputs), shown
+    elif runs:  # it ran unheard: said so, never "did not run"
+        assert "may have run there" in said, said
+    reply, outputs = run(kc, "%%remote\nprint('next')")
+    assert reply["status"] == "ok" and "next\n" in text_of(outputs), _all_text(outputs)
+
+
 def test_a_cell_the_user_stopped_waiting_for_ends_and_its_output_comes_next(kernel):
     """Interrupted twice, the notebook stops waiting for a cell whose cleanup displays more
     than the flow-control window (256 events): the cleanup runs to its end (its output no

@@ -139,7 +139,7 @@ def test_after_a_broker_restart_mid_cell_the_notebooks_older_copies_never_go_bac
     if isinstance(info.value, errors.BrokerUnreachable):
         assert "may be older than the worker's" in str(info.value)
     else:  # (its `accepted` had not come: sent again, refused)
-        assert "it is not run a second time, and its output and results are lost" in str(info.value)
+        assert "it is not run a second time, and its output and results did not" in str(info.value)
     assert namespace == {"b": -1, "lst": [1]}  # nothing came back
     fresh_stack.wait_pid_changed("broker", old)
     deadline = time.monotonic() + 30

@@ -87,6 +87,8 @@ class Cell:
     watch: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)  # deleted in the notebook: unbound here
     missed: list[str] = field(default_factory=list)  # in a DONE the notebook never read
+    # Of those, the content hash of the value the notebook last had (Execute.missed_base).
+    missed_base: dict[str, str] = field(default_factory=dict)
     pull_changed: bool = False
     want_result: bool = False
     number: int | None = None
@@ -133,6 +135,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
             watch=list(call.watch),  # the globals the function reads: changes come back
             gone=list(call.gone),
             missed=list(call.missed),
+            missed_base=dict(call.missed_base),
             pull_changed=True,
             session=placement(call),
             client=call.session,
@@ -151,6 +154,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
         watch=list(ex.watch),
         gone=list(ex.gone),
         missed=list(ex.missed),
+        missed_base=dict(ex.missed_base),
         pull_changed=ex.pull_changed,
         want_result=ex.result,
         number=ex.cell,
@@ -418,22 +422,54 @@ class CellRunner:
         )
 
     def _keep_newer(self, cell: Cell, values: dict[str, Any]) -> list[str]:
-        """In a shared namespace, drop from ``values`` the pushes of names whose value (or
-        deletion) here this notebook has not seen (``Watch.conflicts``); returns them, to
-        send back with the DONE (``conflicts``) so the notebook gets what is here."""
-        if not shared(cell.session):
-            return []
+        """Drop from ``values`` the pushes of names whose value (or deletion) here is newer
+        than the notebook's copy; returns them, to send back with the DONE (``conflicts``)
+        so the notebook gets what is here.  In a shared namespace: a value this notebook has
+        not seen (``Watch.conflicts``: another notebook changed it).  In any namespace: a
+        name a request the notebook stopped waiting for may have changed (``missed``) whose
+        value here is not the one the notebook last had (``_changed_unseen``)."""
         # (IPython's names of a notebook's history are that notebook's own: never a conflict;
         # nor is a push that loads as the very object here: a module, a class or function of
         # an installed package, which travel by reference)
         ns = self.shell.user_ns
         pushed = [n for n in values if not ipython_name(n) and not (n in ns and values[n] is ns[n])]
-        kept = self.watch.conflicts(ns, pushed)
+        kept = self._changed_unseen(cell, pushed)
+        if shared(cell.session):
+            kept += [n for n in self.watch.conflicts(ns, pushed) if n not in kept]
         for name in kept:
             del values[name]
         if kept:
-            log.info("kept the newer %s of a shared namespace over a notebook's push", kept)
+            log.info("kept the newer %s over a notebook's older copy", kept)
         return kept
+
+    def _changed_unseen(self, cell: Cell, pushed: list[str]) -> list[str]:
+        """Of the ``pushed`` names that a request whose DONE the notebook never read may
+        have changed (``Cell.missed``: it stopped waiting with a second Ctrl-C, or lost the
+        worker while the request ran), those whose value here is not the one the notebook
+        last had (``Cell.missed_base``, content hashes), or that were deleted here since:
+        that request changed them after the notebook's copy was made, so the copy is older
+        (pushed, it undid the request's assignment in silence).  Unchanged here, the push
+        applies: the notebook's copy is then the newer one."""
+        missed = set(cell.missed)
+        ns = self.shell.user_ns
+        changed = []
+        for name in pushed:
+            if name not in missed:
+                continue
+            base = cell.missed_base.get(name)
+            if name not in ns:
+                # Deleted here after the notebook last had it (in a namespace new to this
+                # notebook, e.g. its executor restarted, it is absent because it is new).
+                if base is not None and self.watch.served_before:
+                    changed.append(name)
+                continue
+            try:
+                here = serialize.pack_value(ns[name]).digest
+            except serialize.SerializationError:
+                here = None  # (it cannot go back either: it stays here, with a note)
+            if here != base:
+                changed.append(name)
+        return changed
 
     def _execute(self, cell: Cell) -> tuple[str, Report]:
         """Run the code and collect what goes back; returns (status, report).

@@ -637,9 +637,10 @@ class Supervisor:
                 return
             log.warning("%s %s came again after it was accepted: not run twice", req.what, cell.id)
             message = (
-                f"This {req.what} had reached the worker before the rexec broker restarted "
-                "(which stopped it if it still ran); it is not run a second time, and its "
-                "output and results are lost."
+                f"This {req.what} had reached the worker before the worker lost contact with "
+                "the rexec broker (the worker stopped answering for a while, or the broker "
+                f"restarted), and may have run there; it is not run a second time, and its "
+                "output and results did not reach this notebook."
             )
             self._to_client(req, Kind.DONE, done_header(DoneStatus.INTERRUPTED, message=message))
             return
