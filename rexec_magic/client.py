@@ -577,7 +577,13 @@ class RexecClient:
                 return
             now = time.monotonic()
             if now - began > WORKER_BACK_S:
-                raise errors.NoWorker("The remote worker did not connect to the broker in time.")
+                # (Not NoWorker: the caller would start a worker and send the request as a
+                # new one, and it may have run on the one that went.)
+                raise errors.WorkerLost(
+                    f"The worker this {what} was sent to stopped answering and did not come "
+                    f"back within {WORKER_BACK_S:.0f} s; the {what} may have run there (its "
+                    "output is lost); it was not sent again, so it never runs twice."
+                )
             if not said and now - began >= P.NOTICE_AFTER_S:
                 said = True
                 text = (
@@ -882,6 +888,7 @@ class RexecClient:
         grace_said = False  # that the interrupted cell has not stopped yet
         broker_said = 0.0  # when this said the broker is silent (an unstarted request waits)
         worker_said = False  # that the worker has not taken the request (nor said why)
+        waited_back = False  # waited for the worker to register again (``no_worker``)
         cancelled = False
         timed_out = False
         error: P.Message | None = None
@@ -1161,6 +1168,26 @@ class RexecClient:
                         # and the cell is not sent a third time: it may have run there.
                         in_hand = None
                         resent = uncertain = True
+                        yield from self._await_worker_back(req_id, what)
+                        self._send_request(kind, header, buffers, cancel)
+                        last_heard = time.monotonic()
+                        continue
+                    if code == P.FailCode.NO_WORKER and uncertain and not started:
+                        # Sent again after a broker restart, the first send possibly gone
+                        # to the worker through the broker before (it may have run there),
+                        # before the worker registered with this one.  Raised as NoWorker,
+                        # the session started the cell as a new request: it ran twice
+                        # (CI, a loaded machine).  Once the worker is back it goes once more,
+                        # the same id: the worker runs it at most once.
+                        in_hand = None
+                        if waited_back:
+                            raise errors.WorkerLost(
+                                f"The worker this {what} was sent to did not take it again "
+                                f"after the rexec broker restarted; the {what} may have run "
+                                "there (its output is lost); it was not sent again, so it "
+                                "never runs twice."
+                            )
+                        waited_back = True
                         yield from self._await_worker_back(req_id, what)
                         self._send_request(kind, header, buffers, cancel)
                         last_heard = time.monotonic()

@@ -213,3 +213,80 @@ def test_a_cell_whose_worker_stopped_before_saying_it_started_is_never_sent_to_a
     finally:
         client.close()
         broker.close()
+
+
+class RestartedBroker:
+    """Plays a broker that restarts while a cell waits for its ``accepted``: the first
+    EXECUTE reached the worker through the broker before (no answer), the next PING is
+    refused ``unauthenticated`` (the new broker); the resend comes before the worker has
+    registered with the new broker (``no_worker``); from then on PINGs show the worker
+    back, and a further send of the same id is refused by the worker as sent before (as
+    ``Supervisor._on_request`` does).  Records each EXECUTE's id."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.linger = 0
+        self.port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        self.ids: list[str] = []
+        self.restarted = False
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _send(self, route: bytes, kind: str, header: dict) -> None:
+        self.router.send_multipart([route, *P.encode(kind, header)])
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            if not self.router.poll(100):
+                continue
+            route, *frames = self.router.recv_multipart()
+            msg = P.decode_signed(frames)[1]
+            if msg.kind == P.Kind.HELLO:
+                self._send(route, P.Kind.WELCOME, {"user": "alice", "session_key": KEY.hex()})
+            elif msg.kind == P.Kind.PING:
+                if self.ids and not self.restarted:  # the broker restarted: unknown session
+                    self.restarted = True
+                    fail = {"code": P.FailCode.UNAUTHENTICATED, "message": "who?"}
+                    self._send(route, P.Kind.FAIL, fail)
+                    continue
+                worker = {"instance": "w1", "state": "ready"}
+                self._send(route, P.Kind.PONG, {"t": msg.header["t"], "worker": worker})
+            elif msg.kind == P.Kind.EXECUTE:
+                req_id = msg.header["id"]
+                self.ids.append(req_id)
+                if len(self.ids) == 2:  # the worker has not registered with this broker yet
+                    fail = {"id": req_id, "code": P.FailCode.NO_WORKER, "message": "none"}
+                    self._send(route, P.Kind.FAIL, fail)
+                elif len(self.ids) >= 3:  # the worker took this id before: refused
+                    text = "This cell had reached the worker before …, and may have run there."
+                    done = {"id": req_id, "seq": 0, "status": "interrupted", "message": text}
+                    self._send(route, P.Kind.DONE, {**done, "vars": []})
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(WAIT_MS / 1000)
+        self.router.close()
+        self.ctx.term()
+
+
+def test_a_resend_refused_for_want_of_a_worker_after_a_broker_restart_is_never_a_new_request():
+    """CI, on a loaded machine: a cell reached the worker, the broker restarted before its
+    ``accepted`` came, the client sent it again, and the new broker refused that with
+    ``no_worker`` (the worker had not registered again yet).  Raised as NoWorker, the
+    session started the cell as a new request, which ran the cell's code a second time.
+    Now the client waits for the worker and sends the same id once more, which the worker
+    runs at most once (here: refuses, as it took it before)."""
+    broker = RestartedBroker()
+    url = f"tcp://127.0.0.1:{broker.port}"
+    client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
+    try:
+        client.ping()  # the worker process is known: requests name it
+        with pytest.raises((errors.RemoteInterrupted, errors.WorkerLost)) as info:
+            client.execute_packed("pass", [], [], {"pull": []}, lambda msg: None)
+        assert "may have run there" in str(info.value)
+        assert len(broker.ids) == 3 and len(set(broker.ids)) == 1, broker.ids
+    finally:
+        client.close()
+        broker.close()
