@@ -142,20 +142,15 @@ def test_a_cell_not_yet_started_waits_out_a_silent_broker_and_says_so():
     assert all("waiting for the rexec broker" in t and "has not started" in t for t in said)
 
 
-class LosingBroker:
-    """Answers HELLO and PINGs (the worker process ``old``, then ``new``); fails the first
-    EXECUTE with ``worker_lost`` (no ``accepted`` came: the worker stopped before it said
-    whether the cell started); later ones as the real broker does: ``worker_replaced`` for
-    one naming a process that was replaced, else the new process runs it.  Records each
-    EXECUTE."""
+class ScriptedBroker:
+    """A ROUTER on loopback that answers HELLO (WELCOME) and hands every other message to
+    ``on(route, msg)``, on a thread of its own until ``close``."""
 
     def __init__(self) -> None:
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.linger = 0
         self.port = self.router.bind_to_random_port("tcp://127.0.0.1")
-        self.executes: list[dict] = []
-        self.instance = "old"
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -171,28 +166,48 @@ class LosingBroker:
             msg = P.decode_signed(frames)[1]
             if msg.kind == P.Kind.HELLO:
                 self._send(route, P.Kind.WELCOME, {"user": "alice", "session_key": KEY.hex()})
-            elif msg.kind == P.Kind.PING:
-                worker = {"instance": self.instance, "state": "ready"}
-                self._send(route, P.Kind.PONG, {"t": msg.header["t"], "worker": worker})
-            elif msg.kind == P.Kind.EXECUTE:
-                self.executes.append(msg.header)
-                req_id, named = msg.header["id"], msg.header.get("instance")
-                if len(self.executes) == 1:
-                    self._send(route, P.Kind.FAIL, {"id": req_id, "code": P.FailCode.WORKER_LOST})
-                    self.instance = "new"  # the spawner started another process meanwhile
-                elif named and named != self.instance:
-                    fail = {"id": req_id, "code": P.FailCode.WORKER_REPLACED}
-                    self._send(route, P.Kind.FAIL, fail)
-                else:  # the new process runs it
-                    self._send(route, P.Kind.ACCEPTED, {"id": req_id, "seq": 0})
-                    done = {"id": req_id, "seq": 1, "status": "ok", "vars": []}
-                    self._send(route, P.Kind.DONE, done)
+            else:
+                self.on(route, msg)
+
+    def on(self, route: bytes, msg: P.Message) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.stop.set()
         self.thread.join(WAIT_MS / 1000)
         self.router.close()
         self.ctx.term()
+
+
+class LosingBroker(ScriptedBroker):
+    """Answers PINGs (the worker process ``old``, then ``new``); fails the first EXECUTE
+    with ``worker_lost`` (no ``accepted`` came: the worker stopped before it said whether
+    the cell started); later ones as the real broker does: ``worker_replaced`` for one
+    naming a process that was replaced, else the new process runs it.  Records each
+    EXECUTE."""
+
+    def __init__(self) -> None:
+        self.executes: list[dict] = []
+        self.instance = "old"
+        super().__init__()
+
+    def on(self, route: bytes, msg: P.Message) -> None:
+        if msg.kind == P.Kind.PING:
+            worker = {"instance": self.instance, "state": "ready"}
+            self._send(route, P.Kind.PONG, {"t": msg.header["t"], "worker": worker})
+        elif msg.kind == P.Kind.EXECUTE:
+            self.executes.append(msg.header)
+            req_id, named = msg.header["id"], msg.header.get("instance")
+            if len(self.executes) == 1:
+                self._send(route, P.Kind.FAIL, {"id": req_id, "code": P.FailCode.WORKER_LOST})
+                self.instance = "new"  # the spawner started another process meanwhile
+            elif named and named != self.instance:
+                fail = {"id": req_id, "code": P.FailCode.WORKER_REPLACED}
+                self._send(route, P.Kind.FAIL, fail)
+            else:  # the new process runs it
+                self._send(route, P.Kind.ACCEPTED, {"id": req_id, "seq": 0})
+                done = {"id": req_id, "seq": 1, "status": "ok", "vars": []}
+                self._send(route, P.Kind.DONE, done)
 
 
 def test_a_cell_whose_worker_stopped_before_saying_it_started_is_never_sent_to_another():
@@ -215,7 +230,7 @@ def test_a_cell_whose_worker_stopped_before_saying_it_started_is_never_sent_to_a
         broker.close()
 
 
-class RestartedBroker:
+class RestartedBroker(ScriptedBroker):
     """Plays a broker that restarts while a cell waits for its ``accepted``: the first
     EXECUTE reached the worker through the broker before (no answer), the next PING is
     refused ``unauthenticated`` (the new broker); the resend comes before the worker has
@@ -224,51 +239,29 @@ class RestartedBroker:
     ``Supervisor._on_request`` does).  Records each EXECUTE's id."""
 
     def __init__(self) -> None:
-        self.ctx = zmq.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.linger = 0
-        self.port = self.router.bind_to_random_port("tcp://127.0.0.1")
         self.ids: list[str] = []
         self.restarted = False
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _send(self, route: bytes, kind: str, header: dict) -> None:
-        self.router.send_multipart([route, *P.encode(kind, header)])
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            if not self.router.poll(100):
-                continue
-            route, *frames = self.router.recv_multipart()
-            msg = P.decode_signed(frames)[1]
-            if msg.kind == P.Kind.HELLO:
-                self._send(route, P.Kind.WELCOME, {"user": "alice", "session_key": KEY.hex()})
-            elif msg.kind == P.Kind.PING:
-                if self.ids and not self.restarted:  # the broker restarted: unknown session
-                    self.restarted = True
-                    fail = {"code": P.FailCode.UNAUTHENTICATED, "message": "who?"}
-                    self._send(route, P.Kind.FAIL, fail)
-                    continue
-                worker = {"instance": "w1", "state": "ready"}
-                self._send(route, P.Kind.PONG, {"t": msg.header["t"], "worker": worker})
-            elif msg.kind == P.Kind.EXECUTE:
-                req_id = msg.header["id"]
-                self.ids.append(req_id)
-                if len(self.ids) == 2:  # the worker has not registered with this broker yet
-                    fail = {"id": req_id, "code": P.FailCode.NO_WORKER, "message": "none"}
-                    self._send(route, P.Kind.FAIL, fail)
-                elif len(self.ids) >= 3:  # the worker took this id before: refused
-                    text = "This cell had reached the worker before …, and may have run there."
-                    done = {"id": req_id, "seq": 0, "status": "interrupted", "message": text}
-                    self._send(route, P.Kind.DONE, {**done, "vars": []})
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(WAIT_MS / 1000)
-        self.router.close()
-        self.ctx.term()
+    def on(self, route: bytes, msg: P.Message) -> None:
+        if msg.kind == P.Kind.PING:
+            if self.ids and not self.restarted:  # the broker restarted: unknown session
+                self.restarted = True
+                fail = {"code": P.FailCode.UNAUTHENTICATED, "message": "who?"}
+                self._send(route, P.Kind.FAIL, fail)
+                return
+            worker = {"instance": "w1", "state": "ready"}
+            self._send(route, P.Kind.PONG, {"t": msg.header["t"], "worker": worker})
+        elif msg.kind == P.Kind.EXECUTE:
+            req_id = msg.header["id"]
+            self.ids.append(req_id)
+            if len(self.ids) == 2:  # the worker has not registered with this broker yet
+                fail = {"id": req_id, "code": P.FailCode.NO_WORKER, "message": "none"}
+                self._send(route, P.Kind.FAIL, fail)
+            elif len(self.ids) >= 3:  # the worker took this id before: refused
+                text = "This cell had reached the worker before …, and may have run there."
+                done = {"id": req_id, "seq": 0, "status": "interrupted", "message": text}
+                self._send(route, P.Kind.DONE, {**done, "vars": []})
 
 
 def test_a_resend_refused_for_want_of_a_worker_after_a_broker_restart_is_never_a_new_request():
