@@ -568,7 +568,8 @@ class RexecClient:
         ``WORKER_BACK_S``, until the broker knows a worker of ours again (one dropped as
         silent, a stopped or starved process, registers again with its namespace).  Past
         ``NOTICE_AFTER_S`` it says what it waits for (yielded as a NOTICE): the wait was
-        silent (5-12 s for a worker stopped with SIGSTOP).  Raises NoWorker at the end."""
+        silent (5-12 s for a worker stopped with SIGSTOP).  Raises WorkerLost at the end (not
+        NoWorker, which would have the request sent again as a new one)."""
         began = time.monotonic()
         said = False
         while True:
@@ -997,29 +998,23 @@ class RexecClient:
                         local = P.Message(P.Kind.NOTICE, header_now)
                 elif silent < P.BROKER_SILENT_AFTER_S:
                     broker_said = 0.0
-                if (
-                    local is None
-                    and unrun
-                    and not notice
-                    and not worker_said
-                    and now > quiet_until  # (not while its values cross)
-                    and silent < 2 * P.CLIENT_PING_S  # (the broker answers: its own note else)
-                    and now - asked_at >= WORKER_SILENT_NOTE_S
-                ):
+                if local is None and unrun and not notice and not worker_said:
                     # The worker takes a request at once, or says within NOTICE_AFTER_S what
                     # it waits for (the previous cell, its executor starting): a worker that
                     # says nothing is stopped (SIGSTOP) or starved, until the broker drops it.
-                    worker_said = True
-                    text = (
-                        f"waiting for your remote worker to take this {what}: it has not "
-                        f"answered for {now - asked_at:.0f} s (it may be stopped or overloaded); "
-                        f"the {what} runs at most once"
-                    )
-                    local = P.Message(P.Kind.NOTICE, {"id": req_id, "text": text})
-                elif local is None and unrun and not notice and not worker_said:
+                    # (Not while its values cross; not while the broker is silent: its own
+                    # note says that.)
                     due = max(asked_at + WORKER_SILENT_NOTE_S, quiet_until) - now
                     if due > 0:  # (woken then, not only at the next ping)
                         wait = min(wait, due)
+                    elif silent < 2 * P.CLIENT_PING_S:
+                        worker_said = True
+                        text = (
+                            f"waiting for your remote worker to take this {what}: it has not "
+                            f"answered for {now - asked_at:.0f} s (it may be stopped or "
+                            f"overloaded); the {what} runs at most once"
+                        )
+                        local = P.Message(P.Kind.NOTICE, {"id": req_id, "text": text})
                 said = grace_said or cancelled  # (nobody waits for a cancelled one)
                 if local is None and interrupted_at is not None and not said:
                     if now < quiet_until:  # its answer may be what is crossing
