@@ -438,6 +438,42 @@ def test_a_cell_interrupted_before_it_started_says_it_did_not_run(kernel, tmp_pa
     assert text_of(outputs) == "5 False\n"
 
 
+def test_a_ctrl_c_while_a_pushed_value_loads_on_the_worker_stops_it_and_keeps_the_namespace(
+    kernel, tmp_path
+):
+    """A notebook's object whose ``__setstate__`` waits (here: the first time it loads):
+    Ctrl-C while it loads on the worker stops the loading at once, the cell says it did not
+    run (it used to be killed at the end of the grace period, "did not stop", costing the
+    namespace), the namespace stays, and the next cell that reads the object sends it
+    again."""
+    km, kc = kernel
+    loading = tmp_path / "loading"
+    run(kc, "%%remote --no-pull\nkept_l = 7")
+    slow_class = (
+        "class SlowToLoad:\n"
+        "    def __init__(self):\n"
+        "        self.n = 1\n"
+        "    def __setstate__(self, state):\n"
+        "        import os, time\n"
+        "        self.__dict__.update(state)\n"
+        f"        if not os.path.exists({str(loading)!r}):\n"
+        f"            open({str(loading)!r}, 'w').close()\n"
+        "            time.sleep(60)\n"
+        "slow_l = SlowToLoad()"
+    )
+    run(kc, slow_class)
+    msg_id = kc.execute("%%remote\nran_l = slow_l.n")
+    wait_for(loading.exists, "the object to start loading on the worker")
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
+    assert reply["ename"] == "RemoteInterrupted"
+    assert reply["evalue"] == (
+        "The cell was interrupted while its values were being loaded on the worker; it did not run."
+    )
+    _, outputs = run(kc, "%%remote --no-pull\nprint(slow_l.n, kept_l, 'ran_l' in globals())")
+    assert text_of(outputs) == "1 7 False\n"
+
+
 def test_file_transfers_called_on_the_worker_say_where_they_run(kernel):
     """``rexec_magic.put`` / ``get`` called by code on the worker: one sentence saying the
     code runs there, not the advice to run ``rexec up`` or log in (on the worker: tester

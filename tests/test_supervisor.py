@@ -1193,9 +1193,9 @@ def test_an_executor_killed_while_a_cells_values_come_says_the_cell_did_not_run(
     d = done(port.events(request_id))
     assert d.header["status"] == DoneStatus.LOST
     assert d.header["message"] == (
-        "This notebook's remote executor died before the cell started, while its values "
-        "(24 MiB) came to it (killed by SIGKILL); the cell did not run, and this notebook's "
-        "remote namespace was lost."
+        "This notebook's remote executor died before the cell started, while the cell's "
+        "values (24.0 MB) came to it or were being loaded (killed by SIGKILL); the cell did "
+        "not run, and this notebook's remote namespace was lost."
     )
     port.fetch_policy = "serve"
     code = "import os, signal\nprint(big.size, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)"
@@ -1204,6 +1204,110 @@ def test_an_executor_killed_while_a_cells_values_come_says_the_cell_did_not_run(
     assert done(events).header["message"] == (
         "This notebook's remote executor died during the cell (killed by SIGKILL); its "
         "output until then is above, and this notebook's remote namespace was lost."
+    )
+
+
+class Loading:
+    """A pushed value whose loading on the worker runs ``source`` (its ``__reduce__`` names
+    ``exec``): a ``__setstate__`` that waits, a C call that holds the GIL, a death."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __reduce__(self):
+        return (exec, (self.source, {}))
+
+
+def started_loading(marker) -> str:
+    return f"open({str(marker)!r}, 'w').close()\n"
+
+
+SLOW_LOADS = {
+    "a sleep": "import time\ntime.sleep(60)",
+    "a Python loop": "while True:\n    pass",
+    "a wait on a lock": "import threading\nlock = threading.Lock()\nlock.acquire()\nlock.acquire()",
+}
+
+
+@pytest.mark.parametrize("load", SLOW_LOADS.values(), ids=SLOW_LOADS.keys())
+def test_a_ctrl_c_while_a_pushed_value_loads_stops_the_load_and_keeps_the_namespace(
+    port, tmp_path, load
+):
+    """A Ctrl-C while a pushed value loads (it waits, loops, blocks) stops the loading at
+    once, long before the grace period would cost the namespace: the cell did not run and
+    says so, the name it pushed is unbound there (no older value stands in for it; the
+    notebook sends it again), and everything else in the namespace stays."""
+    port.run("kept = 1\nv = 'older'")
+    marker = tmp_path / "loading"
+    pid = executor_pid(port)
+    value = Loading(started_loading(marker) + load)
+    request_id = port.execute("ran = True", push={"v": value, "w": 2})
+    wait_for(marker.exists, "the value to start loading")
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
+    d = done(events)
+    assert d.header["status"] == DoneStatus.INTERRUPTED
+    assert d.header["message"] == (
+        "The cell was interrupted while its values were being loaded on the worker; it did not run."
+    )
+    assert sorted(u["name"] for u in d.header["unloaded"]) == ["v", "w"]  # (they go again)
+    events = port.run("print('ran' in globals(), 'v' in globals(), 'w' in globals(), kept)")
+    assert stdout(events) == "False False False 1\n"
+    assert executor_pid(port) == pid
+
+
+def test_a_value_whose_loading_ignores_the_interrupt_is_said_to_have_kept_the_cell_from_running(
+    port, tmp_path
+):
+    """Loading that no interrupt stops (C code holding the GIL) costs the namespace at the
+    end of the grace period, as a cell that does not stop does; the sentence says what was
+    stopped: the values were still loading, so the cell did not run (not "did not stop")."""
+    port.run("kept = 1")
+    marker = tmp_path / "loading"
+    value = Loading(started_loading(marker) + "sum(range(10**12))")
+    push = {"v": value, "arr": np.ones(2 << 20, dtype=np.uint8)}  # (2 MiB: announced)
+    request_id = port.execute("print('ran')", push=push)
+    wait_for(marker.exists, "the value to start loading")
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S + WAIT_S)
+    d = done(events)
+    assert d.header["status"] == DoneStatus.RESTARTING
+    assert re.fullmatch(
+        r"The cell's values \(2\.0 MB\) were still being loaded 5 s after the interrupt, "
+        r"so this notebook's remote executor was restarted; the cell did not run, and its "
+        r"namespace was lost\.",
+        d.header["message"],
+    ), d.header["message"]
+    assert "ran" not in stdout(events)
+    assert stdout(port.run("print('kept' in globals())")) == "False\n"
+
+
+DEATHS_WHILE_LOADING = {
+    "SIGKILL": ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL"),
+    "os._exit(3)": ("import os\nos._exit(3)", "exit code 3"),
+}
+
+
+@pytest.mark.parametrize("death", DEATHS_WHILE_LOADING.values(), ids=DEATHS_WHILE_LOADING.keys())
+def test_an_executor_that_dies_while_pushed_values_load_says_the_cell_did_not_run(port, death):
+    """The executor dies while it loads a request's pushed values (2 MiB, sent with the
+    request, not held by the broker): the code never started, so the sentence says the cell
+    did not run.  The same death once the values are in, from the cell's code, is a death
+    during the cell, with its output."""
+    source, how = death
+    push = {"v": Loading(source), "arr": np.ones(2 << 20, dtype=np.uint8)}
+    d = done(port.events(port.execute("print('ran')", push=push)))
+    assert d.header["status"] == DoneStatus.LOST
+    assert d.header["message"] == (
+        "This notebook's remote executor died before the cell started, while the cell's "
+        f"values (2.0 MB) came to it or were being loaded ({how}); the cell did not run, and "
+        "this notebook's remote namespace was lost."
+    )
+    events = port.run(f"print(arr.size, flush=True)\n{source}", push={"arr": push["arr"]})
+    assert stdout(events) == f"{2 << 20}\n"
+    assert done(events).header["message"] == (
+        f"This notebook's remote executor died during the cell ({how}); its output until then "
+        "is above, and this notebook's remote namespace was lost."
     )
 
 

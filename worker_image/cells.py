@@ -34,7 +34,7 @@ from rexec_magic.protocol import (
 from rexec_magic.sync import ipython_name
 from worker_image.bulk import FETCH_INTERRUPTED
 from worker_image.calls import Step, invoke, send_exception
-from worker_image.outbox import CODE_OVER, VALUES_IN, EventChannel, Target
+from worker_image.outbox import CODE_OVER, VALUES_IN, EventChannel, Target, values_announced
 from worker_image.shell import cut_frames
 from worker_image.variables import Report, Watch, load_pushed, not_arrived, numbered_as
 
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PULL_LIMIT = DEFAULT_PULL_LIMIT_BYTES
 # An interrupt Python dropped (``CellRunner.on_unraisable``) comes again after this long.
 REDELIVER_S = 0.005
+# Why a request's pushed values are unbound when a Ctrl-C stopped their loading (``_load``).
+LOAD_INTERRUPTED = "the cell was interrupted while they were loaded"
 SHARED_PREFIX = "namespace:"  # executor keys of shared namespaces (``placement``)
 # A call's entries (``session.RemoteSession.call``) as its error names them: they are no
 # variables of the notebook (it said "variable 'fn' could not be loaded").
@@ -316,14 +318,18 @@ class CellRunner:
                 if n in self.shell.user_ns
             ]
             self.watch.unbind(self.shell.user_ns, [n for n in cell.gone if n not in kept_gone])
-            if cell.unfetched:
-                args = (self.shell.user_ns, cell.vars, cell.unfetched, cell.call)
+            unfetched = cell.unfetched
+            announce_values = cell.fetched or values_announced(cell.buffers)
+            if not unfetched and cell.vars:
+                values, unloaded, unfetched = self._load(cell)
+            elif unfetched:
+                args = (self.shell.user_ns, cell.vars, unfetched, cell.call)
                 values, unloaded = not_arrived(*args)
             else:
-                values, unloaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers)
+                values, unloaded = {}, []
             extra["unloaded"] = unloaded
             cell.buffers = []
-            if cell.fetched and not unloaded:  # from here on, a death is "during the cell"
+            if announce_values and not unloaded:  # from here on, a death is "during the cell"
                 self.outbox.internal(VALUES_IN, {"id": cell.id})
             if unloaded:  # the others are bound; the code, which reads them all, does not run
                 if not cell.call:
@@ -336,17 +342,23 @@ class CellRunner:
                     self.watch.unbind(self.shell.user_ns, [u["name"] for u in unloaded])
                 what = "call" if cell.call else "cell"
                 status = DoneStatus.ERROR
-                if cell.unfetched == FETCH_INTERRUPTED:  # a Ctrl-C, as for one a moment earlier
+                if unfetched == FETCH_INTERRUPTED:  # a Ctrl-C, as for one a moment earlier
                     status = DoneStatus.INTERRUPTED
                     extra["message"] = (
                         f"The {what} was interrupted while its values came to the worker; it "
                         "did not run."
                     )
-                elif cell.unfetched:
+                elif unfetched == LOAD_INTERRUPTED:
+                    status = DoneStatus.INTERRUPTED
+                    extra["message"] = (
+                        f"The {what} was interrupted while its values were being loaded on "
+                        "the worker; it did not run."
+                    )
+                elif unfetched:
                     self._send_error(
                         "TransferError",
                         f"The values sent with this {what} did not reach the worker "
-                        f"({cell.unfetched}), so it did not run; run it again.",
+                        f"({unfetched}), so it did not run; run it again.",
                     )
                 else:
                     detail = "; ".join(
@@ -470,6 +482,35 @@ class CellRunner:
             if here != base:
                 changed.append(name)
         return changed
+
+    def _load(self, cell: Cell) -> tuple[dict[str, Any], list[dict[str, str]], str]:
+        """Load the pushed values (``load_pushed``); returns (values, unloaded, why not).
+
+        Interruptible: a value whose loading does not end (a ``__setstate__`` that waits, a
+        huge object graph) stops at a Ctrl-C, as a wait for held values does, instead of
+        costing the namespace at the end of the grace period.  Nothing is bound yet then,
+        so nothing is half done: every pushed name is unbound (``not_arrived``), the code
+        does not run, and the notebook sends them again with its next request.  ``why not``
+        is ``LOAD_INTERRUPTED`` then, else "".
+        """
+        _signal.signal(_signal.SIGINT, self.on_sigint)  # a cell may have replaced it
+        try:
+            self._interruptible = True
+            if self.interrupted(cell.id):  # it came while the request was read
+                self.unstarted = True
+                raise KeyboardInterrupt
+            loaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers)
+            self._interruptible = False
+        except KeyboardInterrupt:
+            self._interruptible = False
+            if not self.unstarted:
+                self.interrupted(cell.id)  # (its id, read out: the interrupt was for this)
+            cell.buffers = []
+            args = (self.shell.user_ns, cell.vars, LOAD_INTERRUPTED, cell.call)
+            return (*not_arrived(*args, verb="was not loaded on the worker"), LOAD_INTERRUPTED)
+        finally:
+            self._stop_interrupts()
+        return (*loaded, "")
 
     def _execute(self, cell: Cell) -> tuple[str, Report]:
         """Run the code and collect what goes back; returns (status, report).

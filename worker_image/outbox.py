@@ -216,9 +216,20 @@ READY = "ready"  # executor -> supervisor {pid}: the shell is built, send cells
 # executor -> supervisor {id}: the interrupted request's user code is over (SIGINT ignored
 # from here on); what it bound is being packed, which may outlast the grace period.
 CODE_OVER = "code_over"
-# executor -> supervisor {id}: the values the broker held for this request (``BULK_FETCH_REF``)
-# came and are bound; before it, a death is "before the cell started" (it did not run).
+# executor -> supervisor {id}: the request's values are loaded (the ones the broker held,
+# ``BULK_FETCH_REF``, came); before it, a death or a restart for an interrupt is "before
+# the cell started" (it did not run).  Sent for held values and for pushed values of
+# ``VALUES_IN_MIN_BYTES`` or more: smaller ones load in well under a millisecond, and a
+# trivial cell spends no message on them (their loading is interruptible all the same).
 VALUES_IN = "values_in"
+VALUES_IN_MIN_BYTES = 2**20
+
+
+def values_announced(buffers: list[Any]) -> bool:
+    """Whether a request carrying ``buffers`` (its pushed values) gets a ``VALUES_IN``."""
+    return sum(len(b) for b in buffers) >= VALUES_IN_MIN_BYTES
+
+
 STOP = "stop"  # supervisor -> executor: end after the current cell
 # supervisor -> executor, on its link before the requests it applies to: {url, user, key
 # (hex)} where a large DONE's buffers may go straight to the broker (worker_image.bulk), or

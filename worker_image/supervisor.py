@@ -53,7 +53,7 @@ from typing import Any
 import zmq
 
 from rexec_magic import protocol, serialize, zmqio
-from rexec_magic.contract import Env
+from rexec_magic.contract import Env, human_bytes
 from rexec_magic.protocol import (
     INTERRUPT_GRACE_S,
     LIVE_NOTE_EVERY_S,
@@ -85,7 +85,14 @@ from worker_image.link import (
     Registration,
     encode_header,
 )
-from worker_image.outbox import BULK_CHANNEL, CODE_OVER, READY, VALUES_IN, Target
+from worker_image.outbox import (
+    BULK_CHANNEL,
+    CODE_OVER,
+    READY,
+    VALUES_IN,
+    Target,
+    values_announced,
+)
 from worker_image.recent import Recent
 
 log = logging.getLogger("worker_image.supervisor")
@@ -630,7 +637,10 @@ class Supervisor:
         fields = msg.read(protocol.Placement)
         req = Request(cell.target, msg.kind, frames, cell.credit, client=fields.session)
         ref = protocol.fetch_ref(raw.buffers)
-        req.values_coming = ref[1] if ref is not None else None
+        if ref is not None:
+            req.values_coming = ref[1]
+        elif values_announced(raw.buffers):
+            req.values_coming = _size(raw.buffers)
         if cell.id in self._accepted:
             if any(r.target.id == cell.id for ex in self.all for r in ex.queue):
                 log.info("%s %s came again while it waits its turn: run once", req.what, cell.id)
@@ -1011,8 +1021,7 @@ class Supervisor:
                 self._on_code_over(ex, raw)
                 continue
             if raw.kind == VALUES_IN:
-                if ex.current is not None and _header_id(raw.header) == ex.current.target.id:
-                    ex.current.values_coming = None
+                self._on_values_in(ex, raw)
                 continue
             handler = self._executor_handlers.get(raw.kind)
             if handler is not None:
@@ -1069,8 +1078,17 @@ class Supervisor:
             if raw is not None and raw.kind == CODE_OVER:
                 self._on_code_over(ex, raw)
                 continue
+            if raw is not None and raw.kind == VALUES_IN:  # (what the grace kill says)
+                self._on_values_in(ex, raw)
+                continue
             ex.parked.append(frames)
             ex.parked_bytes += _size(frames)
+
+    @staticmethod
+    def _on_values_in(ex: ExecutorProcess, raw: protocol.Unread) -> None:
+        """The running request's values are in: a death from here on is one during it."""
+        if ex.current is not None and _header_id(raw.header) == ex.current.target.id:
+            ex.current.values_coming = None
 
     def _on_code_over(self, ex: ExecutorProcess, raw: protocol.Unread) -> None:
         """The interrupted request took the interrupt and its code is over: what it bound
@@ -1324,7 +1342,16 @@ class Supervisor:
                 self._lost_while_idle[ex.key] = (ex, note)
         if req is not None:
             ex.current = None
-            if restarted:
+            if restarted and req.values_coming is not None:  # its code had not started
+                message = (
+                    f"The {req.what}'s values ({human_bytes(req.values_coming)}) were still "
+                    f"being loaded {INTERRUPT_GRACE_S:g} s after the interrupt, so "
+                    f"{_whose(ex)} was restarted; the {req.what} did not run, and its "
+                    "namespace was lost."
+                )
+                header = done_header(DoneStatus.RESTARTING, message=message)
+                self._to_client(req, Kind.DONE, header)
+            elif restarted:
                 resumed = " (nor once resumed from SIGSTOP)" if ex.resumed_for_interrupt else ""
                 message = (
                     f"The {req.what} did not stop within {INTERRUPT_GRACE_S:g} s of the "
@@ -1337,11 +1364,11 @@ class Supervisor:
                 whose = _whose(ex)
                 lost = "the shared namespace" if ex.shared else "this notebook's remote namespace"
                 if req.values_coming is not None:  # the code had not started: nothing ran
-                    size = f"{req.values_coming / 2**20:,.0f} MiB"
                     message = (
                         f"{whose[0].upper()}{whose[1:]} died before the {req.what} started, "
-                        f"while its values ({size}) came to it ({sentence}); the {req.what} did "
-                        f"not run, and {lost} was lost."
+                        f"while the {req.what}'s values ({human_bytes(req.values_coming)}) "
+                        f"came to it or were being loaded ({sentence}); the {req.what} did not "
+                        f"run, and {lost} was lost."
                     )
                 else:
                     message = (

@@ -103,16 +103,21 @@ def load_pushed(
 
 
 def not_arrived(
-    namespace: dict[str, Any], entries: list[dict[str, Any]], why: str, call: bool
+    namespace: dict[str, Any],
+    entries: list[dict[str, Any]],
+    why: str,
+    call: bool,
+    verb: str = "did not reach the worker",
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """As :func:`load_pushed` when none of the pushed values came (``why``: the broker did
-    not send what it held back, ``protocol.BULK_FETCH_REF``): all unloaded, and a cell's
-    names unbound (a call's entries are its function and arguments, not names here)."""
+    not send what it held back, ``protocol.BULK_FETCH_REF``) or none may be used (a Ctrl-C
+    stopped their loading; ``verb`` says so): all unloaded, and a cell's names unbound (a
+    call's entries are its function and arguments, not names here)."""
     unloaded = []
     for entry in entries:
         if not call:
             namespace.pop(entry["name"], None)
-        unloaded.append({"name": entry["name"], "reason": f"did not reach the worker ({why})"})
+        unloaded.append({"name": entry["name"], "reason": f"{verb} ({why})"})
     return {}, unloaded
 
 
