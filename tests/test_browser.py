@@ -160,7 +160,14 @@ def test_login_start_run_stop_in_the_browser(lab: Lab, page: Page, stack: Stack)
     expect(output).to_have_text(f"hello from the remote worker, pid {worker_pid}", timeout=60_000)
     shot(page, "04-remote-cell")
 
+    # The sidebar lists the worker's executors: this notebook's, with its state and memory.
     open_sidebar(page)
+    notebook_row = re.compile(r"^Notebook (.+/)?remote\.ipynb$")
+    listed = panel.locator(".jp-rexec-details dt", has_text=notebook_row)
+    expect(listed).to_be_visible(timeout=30_000)
+    expect(listed.locator("xpath=following-sibling::dd[1]")).to_have_text(
+        re.compile(r"^idle, [1-9]\d* MB$"), timeout=30_000
+    )
     panel.get_by_role("button", name="Stop").click()
     expect(state).to_have_text("stopped", timeout=30_000)
     expect(page.locator(".jp-rexec-StatusItem")).to_have_text("rexec: stopped")
