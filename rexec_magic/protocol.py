@@ -816,6 +816,13 @@ class Execute(Request, Placement):
     # changed it after the notebook's copy was made, and the worker's value, newer, is kept
     # and comes back (``Done.conflicts``).
     missed_base: dict[Short, Short] = Field(default_factory=dict)
+    # Names sent again because the worker lacked them (RESEND) or asked whether this
+    # notebook's copy is the newer one (a shared namespace restarted after a loss, holding
+    # another notebook's copy): when this notebook last exchanged each (``Done.at``).  A
+    # restarted shared namespace keeps the copy exchanged last, whichever notebook comes
+    # back first; without it the first notebook's older copy won, and came back into the
+    # others over their newer one.
+    restore_at: dict[Short, float] = Field(default_factory=dict)
     pull_changed: bool = False
     result: bool = False
     cell: int | None = None
@@ -845,6 +852,7 @@ class Call(Request, Placement):
     gone: Names = Field(default_factory=list)
     missed: Names = Field(default_factory=list)  # as Execute.missed
     missed_base: dict[Short, Short] = Field(default_factory=dict)  # as Execute.missed_base
+    restore_at: dict[Short, float] = Field(default_factory=dict)  # as Execute.restore_at
     pull_limit: Annotated[int, Field(ge=0)] | None = None  # None: the worker's default
     credit: Annotated[int, Field(ge=1, le=MAX_CREDIT)] | None = None
     # A generator's items one at a time, as a local generator makes them: after each YIELD
@@ -1040,6 +1048,9 @@ class Done(Event):
     vars: Annotated[list[PulledEntry], BeforeValidator(_none_as_empty)] = []
     skipped: list[Json] = []
     duration: float = 0.0
+    # When it ended, by the worker's clock (``time.time()``, seconds): a shared namespace's
+    # notebooks record when they last exchanged each name (``Execute.restore_at``).
+    at: float | None = None
     message: str = ""
     execution_count: int | None = None
     # The namespace sync (rexec_magic/sync.py): watched names that changed (rebound or in

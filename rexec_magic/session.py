@@ -633,6 +633,7 @@ class RemoteSession:
         """
         with self.exclusive("cell", notes), self._reporting(notes):
             forced = list(force)
+            restore_at: dict[str, float] = {}
             for _ in range(3):
                 with errors.interrupt_says(NOT_SENT_WHILE_PACKED.format(what="cell")):
                     plan = self.sync.plan(namespace, names, shippable, forced, changed_only)
@@ -646,6 +647,8 @@ class RemoteSession:
                 base = self._missed_base(self.sync)
                 if base:
                     header["missed_base"] = base
+                if restore_at:
+                    header["restore_at"] = restore_at
                 try:
                     args = (code, entries, frames, header, on_event, timeout_s)
                     outcome = self._on_worker(notes, self.client.execute_packed, *args)
@@ -665,10 +668,11 @@ class RemoteSession:
                         self.sync.sent(namespace, plan, [])  # is newer: never sent over it
                     raise
                 if outcome.status != P.DoneStatus.RESEND:
-                    self.sync.sent(namespace, plan, _unloaded(outcome))
+                    self.sync.sent(namespace, plan, _unloaded(outcome), _done_at(outcome))
                     return outcome
                 missing = _missing(outcome)
                 log.info("the worker lacks %s: sending the cell again with them", missing)
+                restore_at.update(self.sync.restore_times(missing))
                 for name in missing:
                     self.sync.records.pop(name, None)
                 forced += missing
@@ -908,6 +912,7 @@ class RemoteSession:
         # exchange, even within one cell (a loop of calls), so nothing is trusted unhashed.
         state.local_cell_ran()
         forced: list[str] = []
+        restore_at: dict[str, float] = {}
         for _ in range(3):
             with errors.interrupt_says(NOT_SENT_WHILE_PACKED.format(what="call")):
                 plan = state.plan(main, reads, sync.shippable, forced, what="call")
@@ -920,6 +925,8 @@ class RemoteSession:
             base = self._missed_base(state)
             if base:
                 fields["missed_base"] = base
+            if restore_at:
+                fields["restore_at"] = restore_at
             try:
                 outcome = yield from self.client.call(
                     *packed.values(), timeout_s, values, fields, cancel
@@ -939,9 +946,10 @@ class RemoteSession:
                     state.sent(main, plan, [])
                 raise
             if outcome.status != P.DoneStatus.RESEND:
-                state.sent(main, plan, _unloaded_of_call(outcome, plan))
+                state.sent(main, plan, _unloaded_of_call(outcome, plan), _done_at(outcome))
                 settle(plan, outcome)
                 return outcome
+            restore_at.update(state.restore_times(_missing(outcome)))
             for name in _missing(outcome):
                 state.records.pop(name, None)
                 forced.append(name)
@@ -1117,6 +1125,12 @@ def exit_notes(outcome: Any) -> list[str]:
     if done is None or not done.exit or not done.message:
         return []
     return [done.message]
+
+
+def _done_at(outcome: CellOutcome) -> float | None:
+    """When its DONE left the worker (``Done.at``), by the worker's clock."""
+    done = outcome.done
+    return done.at if done is not None else None
 
 
 def _unloaded(outcome: CellOutcome | None) -> list[str]:

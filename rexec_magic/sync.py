@@ -234,6 +234,9 @@ class Record:
     obj_id: int
     epoch: int
     reads: list[str] = field(default_factory=list)
+    # When the worker last confirmed it (``Done.at``; shared namespaces only, else None): a
+    # restarted shared namespace keeps the copy exchanged last (``Execute.restore_at``).
+    at: float | None = None
 
 
 @dataclass
@@ -394,9 +397,19 @@ class NamespaceSync:
             return name in self.remote_only
         return self._sent_as(name, value) or self.alias_source(namespace, name) is not None
 
-    def sent(self, namespace: MutableMapping[str, Any], plan: Plan, unloaded: Iterable[str]):
-        """The worker loaded what was sent (all but ``unloaded``): record it as held there."""
+    def sent(
+        self,
+        namespace: MutableMapping[str, Any],
+        plan: Plan,
+        unloaded: Iterable[str],
+        at: float | None = None,
+    ):
+        """The worker loaded what was sent (all but ``unloaded``): record it as held there.
+        ``at``: when (``Done.at``); in a shared namespace the names it held unchanged
+        (``have``) were confirmed then too (a name another notebook changed comes back, and
+        is recorded again by ``pulled``)."""
         failed = set(unloaded)
+        at = at if self.shared else None
         for name in plan.gone:
             self.records.pop(name, None)
             self._not_remote_only(name)
@@ -405,8 +418,24 @@ class NamespaceSync:
                 self.records.pop(name, None)
                 continue
             value = namespace.get(name)
-            self.records[name] = Record(plan.digests[name], id(value), self.epoch, packed.reads)
+            record = Record(plan.digests[name], id(value), self.epoch, packed.reads, at)
+            self.records[name] = record
             self._not_remote_only(name)
+        if at is not None:
+            for name in plan.have:
+                record = self.records.get(name)
+                if record is not None:
+                    record.at = at
+
+    def restore_times(self, names: Iterable[str]) -> dict[str, float]:
+        """When the worker last confirmed this notebook's copies of ``names`` (those it has
+        a time for): sent with them when they go again (``Execute.restore_at``)."""
+        found = {}
+        for name in names:
+            record = self.records.get(name)
+            if record is not None and record.at is not None:
+                found[name] = record.at
+        return found
 
     def may_change_there(self, namespace: MutableMapping[str, Any], names: Iterable[str]) -> None:
         """A request the user stopped waiting for (a second Ctrl-C) may still assign
@@ -426,10 +455,17 @@ class NamespaceSync:
 
     # ------------------------------------------------------------------ receiving
     def pulled(
-        self, namespace: MutableMapping[str, Any], name: str, value: Any, digest: str, reads: list
+        self,
+        namespace: MutableMapping[str, Any],
+        name: str,
+        value: Any,
+        digest: str,
+        reads: list,
+        at: float | None = None,
     ) -> None:
         namespace[name] = value
-        self.records[name] = Record(digest, id(value), self.epoch, list(reads))
+        at = at if self.shared else None
+        self.records[name] = Record(digest, id(value), self.epoch, list(reads), at)
         self._not_remote_only(name)
 
     def stays_remote(
@@ -514,7 +550,8 @@ class NamespaceSync:
             old = namespace.get(name)
             if _mutable(old) and old is not value:
                 replaced[id(old)] = (name, old)
-            self.pulled(namespace, name, value, digest, reads)
+            at = done.at if done is not None else None
+            self.pulled(namespace, name, value, digest, reads, at)
             handled.add(name)
         notes += _left_behind(namespace, replaced)
         for name, reason in outcome.not_loaded.items():

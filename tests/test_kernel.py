@@ -969,6 +969,58 @@ def test_a_name_another_notebook_deleted_stays_deleted(stack, kernel):
         assert text_of(outputs) == "False\n"
 
 
+def lose_the_shared_namespace(km, kc, loss: str) -> None:
+    """End the executor of the shared namespace ``kc`` is attached to, from a cell of it:
+    the cell kills it, or ignores an interrupt until the grace period ends."""
+    if loss == "death":
+        reply, _ = run(kc, "%%remote\nimport os\nos._exit(9)")
+        assert reply["ename"] == "ExecutorDied", reply
+        return
+    code = (
+        "%%remote\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('ignoring', flush=True)\ntime.sleep(60)"
+    )
+    msg_id = kc.execute(code)
+    wait_for_text(kc, "ignoring", msg_id)
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S + WAIT_S)
+    assert "namespace was lost" in reply["evalue"], reply
+
+
+@pytest.mark.parametrize("first", ["the older copy comes back first", "the newer one does"])
+@pytest.mark.parametrize("loss", ["death", "interrupt"])
+def test_after_a_shared_namespace_is_lost_the_copy_exchanged_last_wins(stack, kernel, loss, first):
+    """A assigned ``lx = 1`` after B last had ``lx`` (0); then the shared namespace is
+    lost (A's cell kills its executor, or ignores an interrupt).  Both notebooks send their
+    copies again, in either order: the one exchanged last (A's) is what the new namespace
+    holds, whoever comes first, and B gets it back.  B's older copy used to win by coming
+    first, and came back into A over A's own newer value, silently (tester V, 8 of 8).  A
+    change made there after the loss is newer than any copy, and comes back into A."""
+    km, kc = kernel
+    with sharing(stack, kc, name=f"after-loss-{loss}-{len(first)}") as other:
+        run(kc, "%%remote\nlx = 0")
+        assert text_of(run(other, "%%remote\nprint(lx)")[1]) == "0\n"
+        run(kc, "%%remote\nlx = 1")
+        lose_the_shared_namespace(km, kc, loss)
+        if first == "the older copy comes back first":
+            # (B's own copy: the value that was newer is gone with the namespace, and A's
+            # copy of it has not come back yet)
+            assert text_of(run(other, "%%remote\nprint('B', lx)")[1]) == "B 0\n"
+            assert text_of(run(kc, "%%remote\nprint('A', lx)")[1]) == "A 1\n"
+            _, outputs = run(other, "%%remote\nprint('B', lx)")
+            assert text_of(outputs) == "B 1\n"
+        else:
+            assert text_of(run(kc, "%%remote\nprint('A', lx)")[1]) == "A 1\n"
+            _, outputs = run(other, "%%remote\nprint('B', lx)")
+            assert text_of(outputs) == "B 1\n"
+            assert "`lx` in the shared namespace is newer" in str(outputs)  # B's was older
+        assert text_of(run(kc, "print(lx)")[1]) == "1\n"
+        assert text_of(run(other, "print(lx)")[1]) == "1\n"
+        run(other, "%%remote\nlx = 5")  # a change after the loss: newer than any copy
+        assert text_of(run(kc, "%%remote\nprint('A', lx)")[1]) == "A 5\n"
+        assert text_of(run(kc, "print(lx)")[1]) == "5\n"
+
+
 def test_a_copy_a_notebook_had_never_goes_over_a_shared_namespaces_newer_value(stack, kernel):
     """A push from a notebook that has not seen a shared namespace's value of a name (it
     joined after the value was made there, or another notebook changed or deleted it after

@@ -91,6 +91,8 @@ class Cell:
     missed: list[str] = field(default_factory=list)  # in a DONE the notebook never read
     # Of those, the content hash of the value the notebook last had (Execute.missed_base).
     missed_base: dict[str, str] = field(default_factory=dict)
+    # Names sent again, with when the notebook last exchanged each (Execute.restore_at).
+    restore_at: dict[str, float] = field(default_factory=dict)
     pull_changed: bool = False
     want_result: bool = False
     number: int | None = None
@@ -138,6 +140,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
             gone=list(call.gone),
             missed=list(call.missed),
             missed_base=dict(call.missed_base),
+            restore_at=dict(call.restore_at),
             pull_changed=True,
             session=placement(call),
             client=call.session,
@@ -157,6 +160,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
         gone=list(ex.gone),
         missed=list(ex.missed),
         missed_base=dict(ex.missed_base),
+        restore_at=dict(ex.restore_at),
         pull_changed=ex.pull_changed,
         want_result=ex.result,
         number=ex.cell,
@@ -245,6 +249,11 @@ class CellRunner:
         # of a process it forked that comes back out of it (executor._end_forked_child).
         self.user_error: BaseException | None = None
         self.watch = Watch()
+        # Names notebooks sent again into this (restarted) shared namespace, each with when
+        # its notebook last exchanged it and its hash here: while unchanged, a copy another
+        # notebook exchanged later replaces it (``_restores_over``).
+        self.restored: dict[str, tuple[float, str | None]] = {}
+        self._restoring: dict[str, float] = {}  # this request's, hashed by ``_take_restores``
         self._streams_said: list[str] = []  # sys.stdout / stderr said to be None
 
     def on_sigint(self, signum: int, frame: Any) -> None:
@@ -305,6 +314,16 @@ class CellRunner:
         missing = [
             n for n in cell.have if n not in self.shell.user_ns and n not in self.watch.digests
         ]
+        if self.restored and shared(cell.session):
+            # Held here as another notebook's copy, sent after the namespace was lost: this
+            # notebook's may be the newer one (``restore_at`` says), so it is asked for.
+            missing += [
+                n
+                for n in cell.have
+                if n in self.shell.user_ns
+                and n not in self.watch.digests
+                and self._restored_at(n) is not None
+            ]
         if missing:
             status, extra = DoneStatus.RESEND, {"missing": missing}
         else:
@@ -374,7 +393,9 @@ class CellRunner:
                 extra["conflicts"] = kept
                 self.shell.user_ns.update(shipped)
                 self.watch.invalidate(shipped)
+                self._restoring = {n: cell.restore_at[n] for n in shipped if n in cell.restore_at}
                 self.watch.before(self.shell.user_ns, cell.watch)
+                self._take_restores()
                 names_before = object_ids(self.shell.user_ns)
                 status, entries, frames = self._call(cell, values)
                 # As for a cell: what the call changed before it raised or was interrupted
@@ -396,6 +417,7 @@ class CellRunner:
                 cell.pull = [*cell.pull, *kept]
                 self.shell.user_ns.update(values)
                 self.watch.invalidate(values)
+                self._restoring = {n: cell.restore_at[n] for n in values if n in cell.restore_at}
                 status, report = self._execute(cell)
                 entries, frames, skipped = report.entries, report.frames, report.skipped
                 extra.update(report.header())
@@ -414,6 +436,7 @@ class CellRunner:
             "vars": entries,
             "skipped": skipped,
             "duration": round(duration, 6),
+            "at": time.time(),
             "execution_count": self.shell.execution_count - 1,
         }
         if self.shell.exit_requested:
@@ -447,12 +470,45 @@ class CellRunner:
         pushed = [n for n in values if not ipython_name(n) and not (n in ns and values[n] is ns[n])]
         kept = self._changed_unseen(cell, pushed)
         if shared(cell.session):
-            kept += [n for n in self.watch.conflicts(ns, pushed) if n not in kept]
+            kept += [
+                n
+                for n in self.watch.conflicts(ns, pushed)
+                if n not in kept and not self._restores_over(cell, n)
+            ]
         for name in kept:
             del values[name]
         if kept:
             log.info("kept the newer %s over a notebook's older copy", kept)
         return kept
+
+    def _restored_at(self, name: str) -> float | None:
+        """When the copy of ``name`` sent again here was last exchanged by its notebook, while
+        the value here is still that copy (None: not sent again, or changed since)."""
+        entry = self.restored.get(name)
+        if entry is None:
+            return None
+        if entry[1] is None or self.watch.latest.get(name) != entry[1]:
+            del self.restored[name]  # changed here since (or deleted): a newer value
+            return None
+        return entry[0]
+
+    def _restores_over(self, cell: Cell, name: str) -> bool:
+        """Whether this request's copy of ``name``, sent again (``Cell.restore_at``), is
+        newer than the copy another notebook sent again here after the namespace was lost
+        (exchanged later, by the worker's clock), which is still unchanged: then it goes
+        over it, and the other notebook gets it back as a change.  The namespace that held
+        the newest value is gone; the copies that came back hold the order in which their
+        notebooks last saw them."""
+        at = cell.restore_at.get(name)
+        there = self._restored_at(name)
+        return at is not None and there is not None and at > there
+
+    def _take_restores(self) -> None:
+        """Record this request's copies sent again, with their hashes (``Watch.before`` made
+        them, before the code ran): ``_restored_at`` tells them from later changes."""
+        for name, at in self._restoring.items():
+            self.restored[name] = (at, self.watch.latest.get(name))
+        self._restoring = {}
 
     def _changed_unseen(self, cell: Cell, pushed: list[str]) -> list[str]:
         """Of the ``pushed`` names that a request whose DONE the notebook never read may
@@ -533,6 +589,7 @@ class CellRunner:
                 self.unstarted = True
                 raise KeyboardInterrupt
             self.watch.before(shell.user_ns, cell.watch)
+            self._take_restores()
             names_before = object_ids(shell.user_ns)
             with numbered_as(shell, cell.number):
                 result = shell.run_cell(cell.code, store_history=True)
