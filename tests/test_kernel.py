@@ -168,6 +168,40 @@ def test_an_interrupt_shows_where_the_code_was_and_its_own_words(kernel):
     assert "print(end='')" in shown and "worker_image" not in shown, shown
 
 
+LOCAL_WAITS = {  # the cell, and the lines its traceback points at
+    "time.sleep": (
+        "import time\nprint('waiting', flush=True)\ntime.sleep(60)",
+        ["----> 3 time.sleep(60)"],
+    ),
+    "a Python loop": ("print('waiting', flush=True)\nwhile True:\n    pass", ["----> "]),
+    "a function of the notebook": (
+        "import time\ndef wait_here():\n    time.sleep(60)\nprint('waiting', flush=True)\n"
+        "wait_here()",
+        ["----> 5 wait_here()", "----> 3     time.sleep(60)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("code, arrows", LOCAL_WAITS.values(), ids=LOCAL_WAITS.keys())
+def test_an_interrupted_local_cell_shows_its_own_frames_only(kernel, code, arrows):
+    """With rexec loaded, a local cell's Ctrl-C shows the traceback a kernel without it
+    shows: the cell's frames and ``KeyboardInterrupt``, no frame of rexec's SIGINT handler
+    (which counts the interrupt to cancel remote calls, then raises it as Python's own
+    handler does).  They were in every interrupted local cell's traceback (tester V, 20 of
+    20)."""
+    km, kc = kernel
+    msg_id = kc.execute(code)
+    wait_for_text(kc, "waiting", msg_id)
+    time.sleep(0.3)  # (into the wait)
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
+    assert reply["ename"] == "KeyboardInterrupt"
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(reply["traceback"]))
+    assert "rexec_magic" not in shown and "on_sigint" not in shown, shown
+    assert all(arrow in shown for arrow in arrows), shown
+    assert shown.rstrip().endswith("KeyboardInterrupt:"), shown
+
+
 def interrupted_after(kc, km, cell: str, text: str, delay_s: float = 0.0) -> tuple[dict, dict]:
     """Run ``cell`` with a local cell queued behind it; press Ctrl-C ``delay_s`` after the
     cell printed ``text``: the cell's reply and the queued cell's."""
