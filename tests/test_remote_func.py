@@ -423,6 +423,33 @@ def test_cancel_interrupts_a_running_remote_call(nb, tmp_path):
     assert nb["add"](40, 2) == 42  # answered only once forever_after() really stopped
 
 
+class LoadsSlowly:
+    """An argument whose loading on the worker runs ``source`` (its ``__reduce__`` names
+    ``exec``), as a ``__setstate__`` that waits does."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __reduce__(self):
+        return (exec, (self.source, {}))
+
+
+def test_cancelling_a_call_while_its_argument_loads_stops_it_and_keeps_the_namespace(nb, tmp_path):
+    """``cancel()`` while the call's argument is still loading on the worker (it waits):
+    the loading stops at once and the call never ran, so the namespace stays (it was kept
+    waiting until the grace period ended, then lost)."""
+    nb["remember"]("kept", 0)
+    pid = nb["pid"]()
+    loading = tmp_path / "loading"
+    slow = LoadsSlowly(f"open({str(loading)!r}, 'w').close()\nimport time\ntime.sleep(60)")
+    future = nb["remember"].submit(slow, 0)
+    wait_for(loading.exists, "the argument to start loading on the worker")
+    assert future.cancel() is True
+    assert future.cancelled()
+    assert nb["recall"]() == repr("kept")  # it never ran, and the namespace is the same
+    assert nb["pid"]() == pid
+
+
 def test_cancelling_a_running_call_wakes_concurrent_futures_wait_and_as_completed(nb, tmp_path):
     """``concurrent.futures.wait`` / ``as_completed`` on a running call return as soon as it
     is cancelled (they waited out their whole timeout: nothing told them)."""
