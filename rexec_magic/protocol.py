@@ -816,13 +816,17 @@ class Execute(Request, Placement):
     # changed it after the notebook's copy was made, and the worker's value, newer, is kept
     # and comes back (``Done.conflicts``).
     missed_base: dict[Short, Short] = Field(default_factory=dict)
-    # Names sent again because the worker lacked them (RESEND) or asked whether this
-    # notebook's copy is the newer one (a shared namespace restarted after a loss, holding
-    # another notebook's copy): when this notebook last exchanged each (``Done.at``).  A
-    # restarted shared namespace keeps the copy exchanged last, whichever notebook comes
-    # back first; without it the first notebook's older copy won, and came back into the
-    # others over their newer one.
+    # A shared namespace's ages of values, by the worker's clock (``Done.at``), so that one
+    # restarted after a loss keeps the newest of the copies its notebooks send again,
+    # whichever comes first (the first used to win, and came back into the others over
+    # their newer ones).  ``restore_at``: names sent again unchanged (the worker lacked
+    # them, or asked: RESEND), with the age of each copy; ``base_at``: names changed here,
+    # with the age of the copy the change was made on; ``gone_at``: names this notebook
+    # deleted or saw deleted, with when (a copy older than the deletion does not bring
+    # them back).
     restore_at: dict[Short, float] = Field(default_factory=dict)
+    base_at: dict[Short, float] = Field(default_factory=dict)
+    gone_at: dict[Short, float] = Field(default_factory=dict)
     pull_changed: bool = False
     result: bool = False
     cell: int | None = None
@@ -853,6 +857,8 @@ class Call(Request, Placement):
     missed: Names = Field(default_factory=list)  # as Execute.missed
     missed_base: dict[Short, Short] = Field(default_factory=dict)  # as Execute.missed_base
     restore_at: dict[Short, float] = Field(default_factory=dict)  # as Execute.restore_at
+    base_at: dict[Short, float] = Field(default_factory=dict)  # as Execute.base_at
+    gone_at: dict[Short, float] = Field(default_factory=dict)  # as Execute.gone_at
     pull_limit: Annotated[int, Field(ge=0)] | None = None  # None: the worker's default
     credit: Annotated[int, Field(ge=1, le=MAX_CREDIT)] | None = None
     # A generator's items one at a time, as a local generator makes them: after each YIELD
@@ -1048,9 +1054,12 @@ class Done(Event):
     vars: Annotated[list[PulledEntry], BeforeValidator(_none_as_empty)] = []
     skipped: list[Json] = []
     duration: float = 0.0
-    # When it ended, by the worker's clock (``time.time()``, seconds): a shared namespace's
-    # notebooks record when they last exchanged each name (``Execute.restore_at``).
+    # When it ended, by the worker's clock (``time.time()``, seconds): the age a shared
+    # namespace's notebooks record for the values it exchanged (``Execute.restore_at``),
+    # except those in ``ages``: copies sent again after a loss, which are as old as they
+    # were (a copy held there is not the newest value for being held).
     at: float | None = None
+    ages: dict[Short, float] = Field(default_factory=dict)
     message: str = ""
     execution_count: int | None = None
     # The namespace sync (rexec_magic/sync.py): watched names that changed (rebound or in

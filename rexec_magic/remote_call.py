@@ -425,6 +425,25 @@ def _shown_without_handler_frames(
     shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
 
+def _take_keyboard_interrupts(shell: Any) -> None:
+    """Show a local cell's KeyboardInterrupt with ``_shown_without_handler_frames``.
+
+    IPython keeps one custom exception handler, for one tuple of exception types: one the
+    notebook set before (for other types) goes on handling those, and one that already
+    takes KeyboardInterrupt stays the notebook's."""
+    caught = tuple(shell.custom_exceptions)
+    if any(issubclass(KeyboardInterrupt, kind) for kind in caught):
+        return
+    theirs = shell.CustomTB if caught else None
+
+    def handler(shell: Any, etype: type, value: Any, tb: Any, tb_offset: int | None = None):
+        if theirs is not None and not issubclass(etype, KeyboardInterrupt):
+            return theirs(etype, value, tb, tb_offset=tb_offset)
+        return _shown_without_handler_frames(shell, etype, value, tb, tb_offset)
+
+    shell.set_custom_exc((*caught, KeyboardInterrupt), handler)
+
+
 def hook_kernel_interrupt() -> None:
     """Make a kernel interrupt (SIGINT) cancel this kernel's unfinished calls, busy or idle.
 
@@ -453,8 +472,7 @@ def hook_kernel_interrupt() -> None:
     shell = get_ipython()
     if shell is None:
         return
-    if not shell.custom_exceptions:  # (one may be set: IPython keeps one handler, theirs)
-        shell.set_custom_exc((KeyboardInterrupt,), _shown_without_handler_frames)
+    _take_keyboard_interrupts(shell)
     kernel = getattr(shell, "kernel", None)
     if kernel is not None and hasattr(kernel, "saved_sigint_handler"):
         kernel.saved_sigint_handler = _chain(kernel.saved_sigint_handler)

@@ -647,8 +647,7 @@ class RemoteSession:
                 base = self._missed_base(self.sync)
                 if base:
                     header["missed_base"] = base
-                if restore_at:
-                    header["restore_at"] = restore_at
+                header.update(self.sync.age_fields(plan, restore_at))
                 try:
                     args = (code, entries, frames, header, on_event, timeout_s)
                     outcome = self._on_worker(notes, self.client.execute_packed, *args)
@@ -668,7 +667,7 @@ class RemoteSession:
                         self.sync.sent(namespace, plan, [])  # is newer: never sent over it
                     raise
                 if outcome.status != P.DoneStatus.RESEND:
-                    self.sync.sent(namespace, plan, _unloaded(outcome), _done_at(outcome))
+                    self.sync.sent(namespace, plan, _unloaded(outcome), outcome.done)
                     return outcome
                 missing = _missing(outcome)
                 log.info("the worker lacks %s: sending the cell again with them", missing)
@@ -925,8 +924,7 @@ class RemoteSession:
             base = self._missed_base(state)
             if base:
                 fields["missed_base"] = base
-            if restore_at:
-                fields["restore_at"] = restore_at
+            fields.update(state.age_fields(plan, restore_at))
             try:
                 outcome = yield from self.client.call(
                     *packed.values(), timeout_s, values, fields, cancel
@@ -946,7 +944,7 @@ class RemoteSession:
                     state.sent(main, plan, [])
                 raise
             if outcome.status != P.DoneStatus.RESEND:
-                state.sent(main, plan, _unloaded_of_call(outcome, plan), _done_at(outcome))
+                state.sent(main, plan, _unloaded_of_call(outcome, plan), outcome.done)
                 settle(plan, outcome)
                 return outcome
             restore_at.update(state.restore_times(_missing(outcome)))
@@ -1125,12 +1123,6 @@ def exit_notes(outcome: Any) -> list[str]:
     if done is None or not done.exit or not done.message:
         return []
     return [done.message]
-
-
-def _done_at(outcome: CellOutcome) -> float | None:
-    """When its DONE left the worker (``Done.at``), by the worker's clock."""
-    done = outcome.done
-    return done.at if done is not None else None
 
 
 def _unloaded(outcome: CellOutcome | None) -> list[str]:

@@ -23,14 +23,18 @@ from __future__ import annotations
 import re
 import sys
 import types
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from cachetools import LRUCache
 
 from rexec_magic import errors, serialize
 
 # The name under which a cell's last expression value comes back (worker_image/variables.py).
 RESULT = "__rexec_result__"
+# Names a shared namespace's notebook keeps as deleted, with when (``NamespaceSync.gone_at``).
+GONE_KEPT = 100
 
 
 # IPython's own names in a user namespace: never shipped, but for the notebook's history
@@ -266,6 +270,9 @@ class NamespaceSync:
         self.remote_only: dict[str, str] = {}  # name -> why it stays there
         self.placed: set[str] = set()  # remote-only names given a placeholder here
         self.epoch = 0
+        # A shared namespace's names deleted here or there, with when (``Done.at``): a copy
+        # older than the deletion, sent again after a loss, does not bring one back.
+        self.gone_at: LRUCache[str, float] = LRUCache(GONE_KEPT)
 
     def _not_remote_only(self, name: str) -> None:
         """The worker's value of ``name`` is no longer the only one (or is gone)."""
@@ -281,6 +288,7 @@ class NamespaceSync:
         self.records.clear()
         self.remote_only.clear()
         self.placed.clear()
+        self.gone_at.clear()
 
     # ------------------------------------------------------------------ shipping
     def plan(
@@ -402,40 +410,74 @@ class NamespaceSync:
         namespace: MutableMapping[str, Any],
         plan: Plan,
         unloaded: Iterable[str],
-        at: float | None = None,
+        done: Any = None,
     ):
         """The worker loaded what was sent (all but ``unloaded``): record it as held there.
-        ``at``: when (``Done.at``); in a shared namespace the names it held unchanged
-        (``have``) were confirmed then too (a name another notebook changed comes back, and
-        is recorded again by ``pulled``)."""
+
+        ``done`` (its DONE header): in a shared namespace, the ages of the copies it now
+        holds (``Record.at``): ``Done.at``, or the age it gave a copy sent again after a
+        loss (``Done.ages``); the names held unchanged (``have``) were confirmed then too
+        (one another notebook changed comes back, and ``pulled`` records it), and the names
+        deleted here (``gone``) are kept as deleted then (``gone_at``)."""
         failed = set(unloaded)
-        at = at if self.shared else None
+        at = done.at if self.shared and done is not None else None
+        ages = done.ages if at is not None else {}
         for name in plan.gone:
             self.records.pop(name, None)
             self._not_remote_only(name)
+            if at is not None:
+                self.gone_at[name] = at
         for name, packed in plan.send.items():
             if name in failed:
                 self.records.pop(name, None)
                 continue
             value = namespace.get(name)
-            record = Record(plan.digests[name], id(value), self.epoch, packed.reads, at)
-            self.records[name] = record
+            age = ages.get(name, at)
+            self.records[name] = Record(
+                plan.digests[name], id(value), self.epoch, packed.reads, age
+            )
+            self.gone_at.pop(name, None)
             self._not_remote_only(name)
         if at is not None:
             for name in plan.have:
                 record = self.records.get(name)
                 if record is not None:
-                    record.at = at
+                    record.at = ages.get(name, at)
 
     def restore_times(self, names: Iterable[str]) -> dict[str, float]:
-        """When the worker last confirmed this notebook's copies of ``names`` (those it has
-        a time for): sent with them when they go again (``Execute.restore_at``)."""
+        """The ages of this notebook's copies of ``names`` (those it has an age for), taken
+        before they go again unchanged (``Execute.restore_at``)."""
         found = {}
         for name in names:
             record = self.records.get(name)
             if record is not None and record.at is not None:
                 found[name] = record.at
         return found
+
+    def age_fields(self, plan: Plan, restore_at: Mapping[str, float]) -> dict[str, Any]:
+        """A shared namespace's request fields of ages (``Execute.restore_at``, ``base_at``,
+        ``gone_at``) for one planned as ``plan``; ``restore_at``: the ages of the names the
+        worker asked for (``restore_times``, taken before their records went)."""
+        if not self.shared:
+            return {}
+        fields: dict[str, Any] = {}
+        restore = dict(restore_at)
+        base = {}
+        for name in (*plan.send, *plan.gone):
+            record = self.records.get(name)
+            if record is None or record.at is None or name in restore:
+                continue
+            if plan.digests.get(name) == record.digest:  # the same copy, sent again
+                restore[name] = record.at
+            else:  # changed (or deleted) here since: made on that copy
+                base[name] = record.at
+        if restore:
+            fields["restore_at"] = restore
+        if base:
+            fields["base_at"] = base
+        if self.gone_at:
+            fields["gone_at"] = dict(self.gone_at)
+        return fields
 
     def may_change_there(self, namespace: MutableMapping[str, Any], names: Iterable[str]) -> None:
         """A request the user stopped waiting for (a second Ctrl-C) may still assign
@@ -466,6 +508,7 @@ class NamespaceSync:
         namespace[name] = value
         at = at if self.shared else None
         self.records[name] = Record(digest, id(value), self.epoch, list(reads), at)
+        self.gone_at.pop(name, None)
         self._not_remote_only(name)
 
     def stays_remote(
@@ -478,10 +521,14 @@ class NamespaceSync:
             namespace[name] = RemoteOnly(name, type_name, reason)
             self.placed.add(name)
 
-    def deleted(self, namespace: MutableMapping[str, Any], name: str) -> None:
+    def deleted(
+        self, namespace: MutableMapping[str, Any], name: str, at: float | None = None
+    ) -> None:
         self.records.pop(name, None)
         self._not_remote_only(name)
         namespace.pop(name, None)
+        if at is not None and self.shared:
+            self.gone_at[name] = at
 
     def changed_meanwhile(
         self, namespace: MutableMapping[str, Any], plan: Plan, names: Iterable[str]
@@ -550,7 +597,7 @@ class NamespaceSync:
             old = namespace.get(name)
             if _mutable(old) and old is not value:
                 replaced[id(old)] = (name, old)
-            at = done.at if done is not None else None
+            at = done.ages.get(name, done.at) if done is not None else None
             self.pulled(namespace, name, value, digest, reads, at)
             handled.add(name)
         notes += _left_behind(namespace, replaced)
@@ -573,6 +620,6 @@ class NamespaceSync:
                 self.stays_remote(namespace, name, "value", why)
         for name in done.deleted if done is not None else []:
             if name not in handled:
-                self.deleted(namespace, name)
+                self.deleted(namespace, name, done.at if done is not None else None)
         notes += conflict_notes(done, self.shared)
         return notes

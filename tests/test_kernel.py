@@ -202,6 +202,42 @@ def test_an_interrupted_local_cell_shows_its_own_frames_only(kernel, code, arrow
     assert shown.rstrip().endswith("KeyboardInterrupt:"), shown
 
 
+def test_a_notebooks_own_exception_handler_stays_and_local_interrupts_show_no_rexec_frame(
+    stack,
+):
+    """A notebook that set an IPython custom exception handler (for ValueError) before
+    loading rexec: it still handles ValueError, and an interrupted local cell still shows
+    no frame of rexec (rexec's handler of KeyboardInterrupt was not set where any was:
+    tester W)."""
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env={**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)})
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        mine = (
+            "def mine(shell, etype, value, tb, tb_offset=None):\n"
+            "    print('handled by mine:', value)\n"
+            "get_ipython().set_custom_exc((ValueError,), mine)"
+        )
+        run(kc, mine)
+        run(kc, "%load_ext rexec_magic")
+        _, outputs = run(kc, "raise ValueError('bad value')")
+        assert text_of(outputs) == "handled by mine: bad value\n"
+        code, arrows = LOCAL_WAITS["time.sleep"]
+        msg_id = kc.execute(code)
+        wait_for_text(kc, "waiting", msg_id)
+        time.sleep(0.3)
+        km.interrupt_kernel()
+        reply, _ = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
+        shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(reply["traceback"]))
+        assert reply["ename"] == "KeyboardInterrupt"
+        assert "rexec_magic" not in shown and all(arrow in shown for arrow in arrows), shown
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 def interrupted_after(kc, km, cell: str, text: str, delay_s: float = 0.0) -> tuple[dict, dict]:
     """Run ``cell`` with a local cell queued behind it; press Ctrl-C ``delay_s`` after the
     cell printed ``text``: the cell's reply and the queued cell's."""
@@ -1053,6 +1089,37 @@ def test_after_a_shared_namespace_is_lost_the_copy_exchanged_last_wins(stack, ke
         run(other, "%%remote\nlx = 5")  # a change after the loss: newer than any copy
         assert text_of(run(kc, "%%remote\nprint('A', lx)")[1]) == "A 5\n"
         assert text_of(run(kc, "print(lx)")[1]) == "5\n"
+
+
+def test_after_a_shared_namespace_is_lost_its_copies_keep_their_ages(stack, kernel):
+    """What else decides between the copies that come back after a loss (tester W, 5 of 5,
+    5 of 5, 3 of 3), each of which an older copy sent back first used to win, with a note
+    saying it was the newer, or none:
+
+    - a change made here after the loss, on a copy newer than the one held, goes;
+    - a copy sent back keeps its age through a second loss (it is not newer for having
+      been held);
+    - a name deleted after the copy held was made stays deleted."""
+    km, kc = kernel
+    with sharing(stack, kc, name="ages-after-loss") as other:
+        run(kc, "%%remote\nax = 0\nal = [0]\naw = 0")
+        assert text_of(run(other, "%%remote\nprint(ax, al, aw)")[1]) == "0 [0] 0\n"
+        run(kc, "%%remote\nax = 1\nal.append(1)\ndel aw")
+        lose_the_shared_namespace(km, kc, "death")
+        assert text_of(run(other, "%%remote\nprint(ax, al, aw)")[1]) == "0 [0] 0\n"
+        lose_the_shared_namespace(km, kc, "death")  # a second loss
+        assert text_of(run(other, "%%remote\nprint(ax, al, aw)")[1]) == "0 [0] 0\n"
+        # A's copies are newer: its deletion stands, its change goes, its copy comes back.
+        run(kc, "al.append(2)")
+        reply, outputs = run(kc, "%%remote\nprint(ax, al, 'aw' in globals())")
+        assert text_of(outputs) == "1 [0, 1, 2] False\n", outputs
+        assert "newer" not in str(outputs)
+        assert text_of(run(kc, "print(ax, al, 'aw' in globals())")[1]) == "1 [0, 1, 2] False\n"
+        reply, outputs = run(other, "%%remote\nprint(ax, al)")
+        assert text_of(outputs) == "1 [0, 1, 2]\n"
+        reply, outputs = run(other, "%%remote\nprint(aw)")
+        assert reply["ename"] == "NameError"
+        assert text_of(run(other, "print('aw' in globals())")[1]) == "False\n"
 
 
 def test_a_copy_a_notebook_had_never_goes_over_a_shared_namespaces_newer_value(stack, kernel):

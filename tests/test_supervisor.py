@@ -1256,8 +1256,17 @@ def test_a_ctrl_c_while_a_pushed_value_loads_stops_the_load_and_keeps_the_namesp
     assert executor_pid(port) == pid
 
 
+# What a request pushes besides the value that loads slowly or dies, and how its sentence
+# gives the size of what it pushed (a 12-byte value's __setstate__ can wait or die too).
+PUSH_SIZES = {
+    "a small value": ({}, r"\d+ B"),
+    "2 MiB besides": ({"arr": np.ones(2 << 20, dtype=np.uint8)}, r"2\.0 MB"),
+}
+
+
+@pytest.mark.parametrize("besides, size", PUSH_SIZES.values(), ids=PUSH_SIZES.keys())
 def test_a_value_whose_loading_ignores_the_interrupt_is_said_to_have_kept_the_cell_from_running(
-    port, tmp_path
+    port, tmp_path, besides, size
 ):
     """Loading that no interrupt stops (C code holding the GIL) costs the namespace at the
     end of the grace period, as a cell that does not stop does; the sentence says what was
@@ -1265,15 +1274,14 @@ def test_a_value_whose_loading_ignores_the_interrupt_is_said_to_have_kept_the_ce
     port.run("kept = 1")
     marker = tmp_path / "loading"
     value = Loading(started_loading(marker) + "sum(range(10**12))")
-    push = {"v": value, "arr": np.ones(2 << 20, dtype=np.uint8)}  # (2 MiB: announced)
-    request_id = port.execute("print('ran')", push=push)
+    request_id = port.execute("print('ran')", push={"v": value, **besides})
     wait_for(marker.exists, "the value to start loading")
     port.send(Kind.INTERRUPT, {"id": request_id})
     events = port.events(request_id, timeout=INTERRUPT_ANSWER_S + WAIT_S)
     d = done(events)
     assert d.header["status"] == DoneStatus.RESTARTING
     assert re.fullmatch(
-        r"The cell's values \(2\.0 MB\) were still being loaded 5 s after the interrupt, "
+        rf"The cell's values \({size}\) were still being loaded 5 s after the interrupt, "
         r"so this notebook's remote executor was restarted; the cell did not run, and its "
         r"namespace was lost\.",
         d.header["message"],
@@ -1288,23 +1296,26 @@ DEATHS_WHILE_LOADING = {
 }
 
 
+@pytest.mark.parametrize("besides, size", PUSH_SIZES.values(), ids=PUSH_SIZES.keys())
 @pytest.mark.parametrize("death", DEATHS_WHILE_LOADING.values(), ids=DEATHS_WHILE_LOADING.keys())
-def test_an_executor_that_dies_while_pushed_values_load_says_the_cell_did_not_run(port, death):
-    """The executor dies while it loads a request's pushed values (2 MiB, sent with the
-    request, not held by the broker): the code never started, so the sentence says the cell
-    did not run.  The same death once the values are in, from the cell's code, is a death
-    during the cell, with its output."""
+def test_an_executor_that_dies_while_pushed_values_load_says_the_cell_did_not_run(
+    port, death, besides, size
+):
+    """The executor dies while it loads a request's pushed values (sent with the request,
+    not held by the broker), small or not: the code never started, so the sentence says the
+    cell did not run.  The same death once the values are in, from the cell's code, is a
+    death during the cell, with its output."""
     source, how = death
-    push = {"v": Loading(source), "arr": np.ones(2 << 20, dtype=np.uint8)}
-    d = done(port.events(port.execute("print('ran')", push=push)))
+    d = done(port.events(port.execute("print('ran')", push={"v": Loading(source), **besides})))
     assert d.header["status"] == DoneStatus.LOST
-    assert d.header["message"] == (
-        "This notebook's remote executor died before the cell started, while the cell's "
-        f"values (2.0 MB) came to it or were being loaded ({how}); the cell did not run, and "
-        "this notebook's remote namespace was lost."
-    )
-    events = port.run(f"print(arr.size, flush=True)\n{source}", push={"arr": push["arr"]})
-    assert stdout(events) == f"{2 << 20}\n"
+    assert re.fullmatch(
+        r"This notebook's remote executor died before the cell started, while the cell's "
+        rf"values \({size}\) came to it or were being loaded \({re.escape(how)}\); the cell "
+        r"did not run, and this notebook's remote namespace was lost\.",
+        d.header["message"],
+    ), d.header["message"]
+    events = port.run(f"print(n, flush=True)\n{source}", push={"n": 7, **besides})
+    assert stdout(events) == "7\n"
     assert done(events).header["message"] == (
         f"This notebook's remote executor died during the cell ({how}); its output until then "
         "is above, and this notebook's remote namespace was lost."

@@ -34,7 +34,7 @@ from rexec_magic.protocol import (
 from rexec_magic.sync import ipython_name
 from worker_image.bulk import FETCH_INTERRUPTED
 from worker_image.calls import Step, invoke, send_exception
-from worker_image.outbox import CODE_OVER, VALUES_IN, EventChannel, Target, values_announced
+from worker_image.outbox import CODE_OVER, VALUES_IN, EventChannel, Target
 from worker_image.shell import cut_frames
 from worker_image.variables import Report, Watch, load_pushed, not_arrived, numbered_as
 
@@ -47,7 +47,7 @@ DEFAULT_PULL_LIMIT = DEFAULT_PULL_LIMIT_BYTES
 # An interrupt Python dropped (``CellRunner.on_unraisable``) comes again after this long.
 REDELIVER_S = 0.005
 # Why a request's pushed values are unbound when a Ctrl-C stopped their loading (``_load``).
-LOAD_INTERRUPTED = "the cell was interrupted while they were loaded"
+LOAD_INTERRUPTED = "the cell was interrupted while the values were being loaded"
 SHARED_PREFIX = "namespace:"  # executor keys of shared namespaces (``placement``)
 # A call's entries (``session.RemoteSession.call``) as its error names them: they are no
 # variables of the notebook (it said "variable 'fn' could not be loaded").
@@ -91,8 +91,11 @@ class Cell:
     missed: list[str] = field(default_factory=list)  # in a DONE the notebook never read
     # Of those, the content hash of the value the notebook last had (Execute.missed_base).
     missed_base: dict[str, str] = field(default_factory=dict)
-    # Names sent again, with when the notebook last exchanged each (Execute.restore_at).
+    # A shared namespace's ages of the notebook's copies (Execute.restore_at, base_at,
+    # gone_at: sent again unchanged, changed, deleted).
     restore_at: dict[str, float] = field(default_factory=dict)
+    base_at: dict[str, float] = field(default_factory=dict)
+    gone_at: dict[str, float] = field(default_factory=dict)
     pull_changed: bool = False
     want_result: bool = False
     number: int | None = None
@@ -141,6 +144,8 @@ def cell_for(route: bytes, msg: Message) -> Cell:
             missed=list(call.missed),
             missed_base=dict(call.missed_base),
             restore_at=dict(call.restore_at),
+            base_at=dict(call.base_at),
+            gone_at=dict(call.gone_at),
             pull_changed=True,
             session=placement(call),
             client=call.session,
@@ -161,6 +166,8 @@ def cell_for(route: bytes, msg: Message) -> Cell:
         missed=list(ex.missed),
         missed_base=dict(ex.missed_base),
         restore_at=dict(ex.restore_at),
+        base_at=dict(ex.base_at),
+        gone_at=dict(ex.gone_at),
         pull_changed=ex.pull_changed,
         want_result=ex.result,
         number=ex.cell,
@@ -337,8 +344,16 @@ class CellRunner:
                 if n in self.shell.user_ns
             ]
             self.watch.unbind(self.shell.user_ns, [n for n in cell.gone if n not in kept_gone])
+            if cell.gone_at and self.restored:
+                # Deleted in that notebook after the copy held here (another notebook's, sent
+                # again after a loss) was made: the deletion is the newer, and stands.
+                older = []
+                for name, at in cell.gone_at.items():
+                    held = self._restored_at(name)
+                    if held is not None and at > held:
+                        older.append(name)
+                self.watch.unbind(self.shell.user_ns, older)
             unfetched = cell.unfetched
-            announce_values = cell.fetched or values_announced(cell.buffers)
             if not unfetched and cell.vars:
                 values, unloaded, unfetched = self._load(cell)
             elif unfetched:
@@ -348,7 +363,7 @@ class CellRunner:
                 values, unloaded = {}, []
             extra["unloaded"] = unloaded
             cell.buffers = []
-            if announce_values and not unloaded:  # from here on, a death is "during the cell"
+            if cell.vars and not unloaded:  # from here on, a death is "during the cell"
                 self.outbox.internal(VALUES_IN, {"id": cell.id})
             if unloaded:  # the others are bound; the code, which reads them all, does not run
                 if not cell.call:
@@ -439,6 +454,11 @@ class CellRunner:
             "at": time.time(),
             "execution_count": self.shell.execution_count - 1,
         }
+        if self.restored:  # (copies sent again after a loss: as old as they were)
+            ages = {n: self._restored_at(n) for n in list(self.restored)}
+            ages = {n: at for n, at in ages.items() if at is not None}
+            if ages:
+                header["ages"] = ages
         if self.shell.exit_requested:
             header["exit"] = True
             header["message"] = exit_message(cell.session)
@@ -493,13 +513,14 @@ class CellRunner:
         return entry[0]
 
     def _restores_over(self, cell: Cell, name: str) -> bool:
-        """Whether this request's copy of ``name``, sent again (``Cell.restore_at``), is
-        newer than the copy another notebook sent again here after the namespace was lost
-        (exchanged later, by the worker's clock), which is still unchanged: then it goes
-        over it, and the other notebook gets it back as a change.  The namespace that held
-        the newest value is gone; the copies that came back hold the order in which their
-        notebooks last saw them."""
-        at = cell.restore_at.get(name)
+        """Whether this request's copy of ``name``, sent again (``Cell.restore_at``) or
+        changed from a copy (``Cell.base_at``, which a deletion here counts as too), is newer
+        than the copy another notebook sent again here after the namespace was lost (it
+        last saw its copy later, by the worker's clock), which is still unchanged: then it
+        goes over it, and the other notebook gets it back as a change.  The namespace that
+        held the newest value is gone; the copies that came back hold the order in which
+        their notebooks last saw them."""
+        at = cell.restore_at.get(name, cell.base_at.get(name))
         there = self._restored_at(name)
         return at is not None and there is not None and at > there
 

@@ -90,8 +90,7 @@ class Request:
     abandoned: bool = False  # its client's broker is gone (RESYNC): its events are dropped
     client: str = ""  # the client session that sent it ("": a legacy client)
     # Bytes of values the executor fetches from the broker (``BULK_FETCH_REF``) or loads
-    # before the code can start; None when there were none worth a ``VALUES_IN`` (see
-    # ``outbox.VALUES_IN_MIN_BYTES``), or they are in.
+    # before the code can start; None when there were none, or they are in (``VALUES_IN``).
     values_coming: int | None = None
 
     @property

@@ -218,18 +218,10 @@ READY = "ready"  # executor -> supervisor {pid}: the shell is built, send cells
 CODE_OVER = "code_over"
 # executor -> supervisor {id}: the request's values are loaded (the ones the broker held,
 # ``BULK_FETCH_REF``, came); before it, a death or a restart for an interrupt is "before
-# the cell started" (it did not run).  Sent for held values and for pushed values of
-# ``VALUES_IN_MIN_BYTES`` or more: smaller ones load in well under a millisecond, and a
-# trivial cell spends no message on them (their loading is interruptible all the same).
+# the cell started" (it did not run).  Sent for every request that carries values (a
+# small one can load slowly too: a ``__setstate__`` that waits or dies); a trivial cell,
+# which carries none, spends no message on it.
 VALUES_IN = "values_in"
-VALUES_IN_MIN_BYTES = 2**20
-
-
-def values_announced(buffers: list[Any]) -> bool:
-    """Whether a request carrying ``buffers`` (its pushed values) gets a ``VALUES_IN``."""
-    return sum(len(b) for b in buffers) >= VALUES_IN_MIN_BYTES
-
-
 STOP = "stop"  # supervisor -> executor: end after the current cell
 # supervisor -> executor, on its link before the requests it applies to: {url, user, key
 # (hex)} where a large DONE's buffers may go straight to the broker (worker_image.bulk), or

@@ -85,14 +85,7 @@ from worker_image.link import (
     Registration,
     encode_header,
 )
-from worker_image.outbox import (
-    BULK_CHANNEL,
-    CODE_OVER,
-    READY,
-    VALUES_IN,
-    Target,
-    values_announced,
-)
+from worker_image.outbox import BULK_CHANNEL, CODE_OVER, READY, VALUES_IN, Target
 from worker_image.recent import Recent
 
 log = logging.getLogger("worker_image.supervisor")
@@ -639,7 +632,7 @@ class Supervisor:
         ref = protocol.fetch_ref(raw.buffers)
         if ref is not None:
             req.values_coming = ref[1]
-        elif values_announced(raw.buffers):
+        elif cell.vars:
             req.values_coming = _size(raw.buffers)
         if cell.id in self._accepted:
             if any(r.target.id == cell.id for ex in self.all for r in ex.queue):
