@@ -652,11 +652,12 @@ class RemoteSession:
                     args = (code, entries, frames, header, on_event, timeout_s)
                     outcome = self._on_worker(notes, self.client.execute_packed, *args)
                 except errors.RemoteCellError as exc:
-                    self.sync.sent(namespace, plan, _unloaded(exc.outcome))
+                    self.sync.sent(namespace, plan, _unloaded(exc.outcome), _done(exc.outcome))
                     raise
                 except (errors.RemoteInterrupted, errors.CellTimeout) as exc:
                     if exc.outcome is not None:  # it ran (stopped part way, or to its end)
-                        self.sync.sent(namespace, plan, _unloaded(exc.outcome))
+                        done = exc.outcome.done
+                        self.sync.sent(namespace, plan, _unloaded(exc.outcome), done)
                     elif getattr(exc, "abandoned", False):  # it may run on: its values and
                         self.sync.sent(namespace, plan, [])  # what it assigns are never
                         changing = [*header["watch"], *header.get("pull", ())]  # sent over
@@ -930,13 +931,14 @@ class RemoteSession:
                     *packed.values(), timeout_s, values, fields, cancel
                 )
             except errors.RemoteCellError as exc:
-                state.sent(main, plan, _unloaded_of_call(exc.outcome, plan))
+                state.sent(main, plan, _unloaded_of_call(exc.outcome, plan), _done(exc.outcome))
                 if exc.outcome is not None:
                     settle(plan, exc.outcome)
                 raise
             except (errors.RemoteInterrupted, errors.CellTimeout) as exc:
                 if exc.outcome is not None:  # it ran, stopped part way: what it changed stays
-                    state.sent(main, plan, _unloaded_of_call(exc.outcome, plan))
+                    unloaded = _unloaded_of_call(exc.outcome, plan)
+                    state.sent(main, plan, unloaded, exc.outcome.done)
                     settle(plan, exc.outcome)
                 raise
             except errors.BrokerUnreachable as exc:
@@ -1123,6 +1125,11 @@ def exit_notes(outcome: Any) -> list[str]:
     if done is None or not done.exit or not done.message:
         return []
     return [done.message]
+
+
+def _done(outcome: CellOutcome | None) -> P.Done | None:
+    """Its DONE header, if it has one (the ages a shared namespace's records take from it)."""
+    return outcome.done if outcome is not None else None
 
 
 def _unloaded(outcome: CellOutcome | None) -> list[str]:

@@ -1099,12 +1099,16 @@ def test_after_a_shared_namespace_is_lost_its_copies_keep_their_ages(stack, kern
     - a change made here after the loss, on a copy newer than the one held, goes;
     - a copy sent back keeps its age through a second loss (it is not newer for having
       been held);
-    - a name deleted after the copy held was made stays deleted."""
+    - a name deleted after the copy held was made stays deleted;
+    - all of that for values sent with a cell that then failed too."""
     km, kc = kernel
     with sharing(stack, kc, name="ages-after-loss") as other:
         run(kc, "%%remote\nax = 0\nal = [0]\naw = 0")
         assert text_of(run(other, "%%remote\nprint(ax, al, aw)")[1]) == "0 [0] 0\n"
-        run(kc, "%%remote\nax = 1\nal.append(1)\ndel aw")
+        # A changes them here and sends them with a cell that then fails: they count.
+        run(kc, "ax = 1\nal.append(1)")
+        reply, _ = run(kc, "%%remote\nprint(ax, al)\ndel aw\nraise ValueError('late')")
+        assert reply["ename"] == "ValueError"
         lose_the_shared_namespace(km, kc, "death")
         assert text_of(run(other, "%%remote\nprint(ax, al, aw)")[1]) == "0 [0] 0\n"
         lose_the_shared_namespace(km, kc, "death")  # a second loss
