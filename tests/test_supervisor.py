@@ -1256,6 +1256,11 @@ def test_a_ctrl_c_while_a_pushed_value_loads_stops_the_load_and_keeps_the_namesp
     assert executor_pid(port) == pid
 
 
+def says(d, pattern: str) -> None:
+    """DONE ``d``'s sentence is all of ``pattern`` (a regular expression)."""
+    assert re.fullmatch(pattern, d.header["message"]), d.header["message"]
+
+
 # What a request pushes besides the value that loads slowly or dies, and how its sentence
 # gives the size of what it pushed (a 12-byte value's __setstate__ can wait or die too).
 PUSH_SIZES = {
@@ -1280,12 +1285,12 @@ def test_a_value_whose_loading_ignores_the_interrupt_is_said_to_have_kept_the_ce
     events = port.events(request_id, timeout=INTERRUPT_ANSWER_S + WAIT_S)
     d = done(events)
     assert d.header["status"] == DoneStatus.RESTARTING
-    assert re.fullmatch(
+    says(
+        d,
         rf"The cell's values \({size}\) were still being loaded 5 s after the interrupt, "
         r"so this notebook's remote executor was restarted; the cell did not run, and its "
         r"namespace was lost\.",
-        d.header["message"],
-    ), d.header["message"]
+    )
     assert "ran" not in stdout(events)
     assert stdout(port.run("print('kept' in globals())")) == "False\n"
 
@@ -1308,12 +1313,12 @@ def test_an_executor_that_dies_while_pushed_values_load_says_the_cell_did_not_ru
     source, how = death
     d = done(port.events(port.execute("print('ran')", push={"v": Loading(source), **besides})))
     assert d.header["status"] == DoneStatus.LOST
-    assert re.fullmatch(
+    says(
+        d,
         r"This notebook's remote executor died before the cell started, while the cell's "
         rf"values \({size}\) came to it or were being loaded \({re.escape(how)}\); the cell "
         r"did not run, and this notebook's remote namespace was lost\.",
-        d.header["message"],
-    ), d.header["message"]
+    )
     events = port.run(f"print(n, flush=True)\n{source}", push={"n": 7, **besides})
     assert stdout(events) == "7\n"
     assert done(events).header["message"] == (
