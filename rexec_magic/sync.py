@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachetools import LRUCache
-
 from rexec_magic import errors, serialize
 
 # The name under which a cell's last expression value comes back (worker_image/variables.py).
@@ -271,8 +269,10 @@ class NamespaceSync:
         self.placed: set[str] = set()  # remote-only names given a placeholder here
         self.epoch = 0
         # A shared namespace's names deleted here or there, with when (``Done.at``): a copy
-        # older than the deletion, sent again after a loss, does not bring one back.
-        self.gone_at: LRUCache[str, float] = LRUCache(GONE_KEPT)
+        # older than the deletion, sent again after a loss, does not bring one back.  The
+        # last ``GONE_KEPT`` (``_keep_gone``; a plain dict, not cachetools: the client core
+        # installs without the server's packages).
+        self.gone_at: dict[str, float] = {}
 
     def _not_remote_only(self, name: str) -> None:
         """The worker's value of ``name`` is no longer the only one (or is gone)."""
@@ -426,7 +426,7 @@ class NamespaceSync:
             self.records.pop(name, None)
             self._not_remote_only(name)
             if at is not None:
-                self.gone_at[name] = at
+                self._keep_gone(name, at)
         for name, packed in plan.send.items():
             if name in failed:
                 self.records.pop(name, None)
@@ -528,7 +528,14 @@ class NamespaceSync:
         self._not_remote_only(name)
         namespace.pop(name, None)
         if at is not None and self.shared:
-            self.gone_at[name] = at
+            self._keep_gone(name, at)
+
+    def _keep_gone(self, name: str, at: float) -> None:
+        """Keep ``name`` as deleted at ``at``, among the last ``GONE_KEPT`` deletions."""
+        self.gone_at.pop(name, None)
+        self.gone_at[name] = at
+        if len(self.gone_at) > GONE_KEPT:
+            del self.gone_at[next(iter(self.gone_at))]
 
     def changed_meanwhile(
         self, namespace: MutableMapping[str, Any], plan: Plan, names: Iterable[str]
