@@ -656,8 +656,7 @@ class RemoteSession:
                     raise
                 except (errors.RemoteInterrupted, errors.CellTimeout) as exc:
                     if exc.outcome is not None:  # it ran (stopped part way, or to its end)
-                        done = exc.outcome.done
-                        self.sync.sent(namespace, plan, _unloaded(exc.outcome), done)
+                        self.sync.sent(namespace, plan, _unloaded(exc.outcome), _done(exc.outcome))
                     elif getattr(exc, "abandoned", False):  # it may run on: its values and
                         self.sync.sent(namespace, plan, [])  # what it assigns are never
                         changing = [*header["watch"], *header.get("pull", ())]  # sent over
@@ -938,7 +937,7 @@ class RemoteSession:
             except (errors.RemoteInterrupted, errors.CellTimeout) as exc:
                 if exc.outcome is not None:  # it ran, stopped part way: what it changed stays
                     unloaded = _unloaded_of_call(exc.outcome, plan)
-                    state.sent(main, plan, unloaded, exc.outcome.done)
+                    state.sent(main, plan, unloaded, _done(exc.outcome))
                     settle(plan, exc.outcome)
                 raise
             except errors.BrokerUnreachable as exc:
@@ -1134,7 +1133,7 @@ def _done(outcome: CellOutcome | None) -> P.Done | None:
 
 def _unloaded(outcome: CellOutcome | None) -> list[str]:
     """The pushed names the worker could not load (its DONE's ``unloaded``)."""
-    done = outcome.done if outcome is not None else None
+    done = _done(outcome)
     return [u.name for u in done.unloaded] if done is not None else []
 
 

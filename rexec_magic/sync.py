@@ -627,6 +627,6 @@ class NamespaceSync:
                 self.stays_remote(namespace, name, "value", why)
         for name in done.deleted if done is not None else []:
             if name not in handled:
-                self.deleted(namespace, name, done.at if done is not None else None)
+                self.deleted(namespace, name, done.at)
         notes += conflict_notes(done, self.shared)
         return notes

@@ -260,7 +260,6 @@ class CellRunner:
         # its notebook last exchanged it and its hash here: while unchanged, a copy another
         # notebook exchanged later replaces it (``_restores_over``).
         self.restored: dict[str, tuple[float, str | None]] = {}
-        self._restoring: dict[str, float] = {}  # this request's, hashed by ``_take_restores``
         self._streams_said: list[str] = []  # sys.stdout / stderr said to be None
 
     def on_sigint(self, signum: int, frame: Any) -> None:
@@ -408,9 +407,8 @@ class CellRunner:
                 extra["conflicts"] = kept
                 self.shell.user_ns.update(shipped)
                 self.watch.invalidate(shipped)
-                self._restoring = {n: cell.restore_at[n] for n in shipped if n in cell.restore_at}
                 self.watch.before(self.shell.user_ns, cell.watch)
-                self._take_restores()
+                self._take_restores(cell)
                 names_before = object_ids(self.shell.user_ns)
                 status, entries, frames = self._call(cell, values)
                 # As for a cell: what the call changed before it raised or was interrupted
@@ -432,7 +430,6 @@ class CellRunner:
                 cell.pull = [*cell.pull, *kept]
                 self.shell.user_ns.update(values)
                 self.watch.invalidate(values)
-                self._restoring = {n: cell.restore_at[n] for n in values if n in cell.restore_at}
                 status, report = self._execute(cell)
                 entries, frames, skipped = report.entries, report.frames, report.skipped
                 extra.update(report.header())
@@ -524,12 +521,12 @@ class CellRunner:
         there = self._restored_at(name)
         return at is not None and there is not None and at > there
 
-    def _take_restores(self) -> None:
-        """Record this request's copies sent again, with their hashes (``Watch.before`` made
-        them, before the code ran): ``_restored_at`` tells them from later changes."""
-        for name, at in self._restoring.items():
-            self.restored[name] = (at, self.watch.latest.get(name))
-        self._restoring = {}
+    def _take_restores(self, cell: Cell) -> None:
+        """Record the copies this request sent again that were bound here (``Watch.pushed``),
+        with their hashes (``Watch.before`` made them, before the code ran): ``_restored_at``
+        tells them from later changes."""
+        for name in self.watch.pushed.intersection(cell.restore_at):
+            self.restored[name] = (cell.restore_at[name], self.watch.latest.get(name))
 
     def _changed_unseen(self, cell: Cell, pushed: list[str]) -> list[str]:
         """Of the ``pushed`` names that a request whose DONE the notebook never read may
@@ -610,7 +607,7 @@ class CellRunner:
                 self.unstarted = True
                 raise KeyboardInterrupt
             self.watch.before(shell.user_ns, cell.watch)
-            self._take_restores()
+            self._take_restores(cell)
             names_before = object_ids(shell.user_ns)
             with numbered_as(shell, cell.number):
                 result = shell.run_cell(cell.code, store_history=True)
