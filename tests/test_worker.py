@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 
@@ -179,6 +180,48 @@ def test_missing_settings_exit_78():
         assert "REXEC_WORKER_SECRET" in port.log_text()
     finally:
         port.close()
+
+
+def run_folders(parent) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("rexec-worker-"))
+
+
+def test_a_worker_removes_its_run_folder_and_those_killed_workers_left(tmp_path):
+    """A worker's run folder (its executors' sockets) goes when it exits; one that a killed
+    worker could not remove goes when the next worker starts.  A folder whose pid still runs,
+    and one named the old way (no pid), are not touched."""
+    os.mkdir(tmp_path / f"rexec-worker-{os.getpid()}-alive")  # a pid that runs: this test's
+    os.mkdir(tmp_path / "rexec-worker-oldname1")
+    ports = []
+
+    def worker() -> BrokerPort:
+        port = BrokerPort()
+        ports.append(port)
+        port.start_worker(extra_env={"TMPDIR": str(tmp_path)})
+        port.register()
+        assert done(port.run("print('ran')")).header["status"] == DoneStatus.OK
+        return port
+
+    try:
+        killed = worker()
+        mine = f"rexec-worker-{killed.proc.pid}-"
+        assert [n for n in run_folders(tmp_path) if n.startswith(mine)]
+        killed.proc.kill()
+        killed.wait_exit()
+        assert [n for n in run_folders(tmp_path) if n.startswith(mine)]  # nobody removed it
+        stopped = worker()
+        folders = run_folders(tmp_path)
+        assert not [n for n in folders if n.startswith(mine)]
+        assert [n for n in folders if n.startswith(f"rexec-worker-{stopped.proc.pid}-")]
+        stopped.proc.send_signal(signal.SIGTERM)
+        assert stopped.wait_exit() == 0
+        assert run_folders(tmp_path) == [
+            f"rexec-worker-{os.getpid()}-alive",
+            "rexec-worker-oldname1",
+        ]
+    finally:
+        for port in ports:
+            port.close()
 
 
 # --------------------------------------------------------------------------- variables

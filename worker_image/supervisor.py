@@ -43,11 +43,9 @@ import os
 import signal
 import socket as socketlib
 import subprocess
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -66,7 +64,7 @@ from rexec_magic.protocol import (
     Message,
     ProtocolError,
 )
-from worker_image import files, framing
+from worker_image import files, framing, rundir
 from worker_image.cells import cell_for, done_header, placement
 from worker_image.executors import (
     LATE_MAX_CHARS,
@@ -168,7 +166,7 @@ class Supervisor:
         self.registration = registration
         self.ctx = context or zmq.Context()
         self.started = time.monotonic()
-        self.rundir = Path(tempfile.mkdtemp(prefix="rexec-worker-"))  # 0700: ours alone
+        self.rundir = rundir.make()  # 0700: ours alone
         self.log_fd = os.dup(2)
         self.executors: dict[str, ExecutorProcess] = {}
         self.spares: list[ExecutorProcess] = []
@@ -1768,6 +1766,7 @@ class Supervisor:
             ex.close()
         self.leftovers.close()
         self.ctx.term()
+        rundir.remove(self.rundir)
         log.info("exiting with code %d", code)
         return code
 
