@@ -544,6 +544,70 @@ def test_a_ctrl_c_while_a_pushed_value_loads_on_the_worker_stops_it_and_keeps_th
     assert text_of(outputs) == "1 7 False\n"
 
 
+@pytest.mark.parametrize("call", [False, True], ids=["cell", "remote_func"])
+def test_a_notebook_objects_setstate_finds_the_notebook_names_it_reads(kernel, call):
+    """A notebook class whose ``__setstate__`` reads names of the notebook (a module it
+    imported, a function and a constant it defined) loads on the worker as it would here:
+    those names come with the object and are there while it loads (it failed with
+    "NameError: name 'math' is not defined": they were bound only after every value had
+    loaded)."""
+    _, kc = kernel
+    suffix = "call" if call else "cell"
+    run(
+        kc,
+        "import math\n"
+        f"FACTOR_{suffix} = 3\n"
+        f"def triple_{suffix}(v):\n"
+        f"    return v * FACTOR_{suffix}\n"
+        f"class Rebuilt_{suffix}:\n"
+        "    def __init__(self):\n"
+        "        self.v = 0\n"
+        "    def __setstate__(self, state):\n"
+        f"        self.v = triple_{suffix}(math.floor(2.5))\n"
+        f"obj_{suffix} = Rebuilt_{suffix}()",
+    )
+    if call:
+        code = (
+            "from rexec_magic import remote_func\n"
+            "@remote_func\n"
+            "def value_of(o):\n"
+            "    return o.v\n"
+            "print(value_of(obj_call))"
+        )
+    else:
+        code = "%%remote --no-pull\nprint(obj_cell.v)"
+    reply, outputs = run(kc, code)
+    assert reply["status"] == "ok", reply
+    assert text_of(outputs) == "6\n"
+
+
+def test_a_call_whose_arguments_do_not_load_leaves_the_workers_args_and_kwargs(kernel):
+    """A call's entries are named ``args`` and ``kwargs``: one that did not load on the
+    worker also deleted the worker's own variables of those names."""
+    _, kc = kernel
+    run(kc, '%%remote --no-pull\nargs, kwargs = "my args", "my kwargs"')
+    reply, outputs = run(
+        kc,
+        "class Broken:\n"
+        "    def __init__(self):\n"
+        "        self.x = 1\n"
+        "    def __setstate__(self, state):\n"
+        "        raise ValueError('does not load there')\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\n"
+        "def count(*a, **k):\n"
+        "    return len(a) + len(k)\n"
+        "for how in ((Broken(),), {'k': Broken()}):\n"
+        "    try:\n"
+        "        count(*how) if isinstance(how, tuple) else count(**how)\n"
+        "    except Exception as e:\n"
+        "        print('does not load there' in str(e))",
+    )
+    assert text_of(outputs) == "True\nTrue\n", (reply, outputs)
+    _, outputs = run(kc, "%%remote --no-pull\nprint(args, kwargs)")
+    assert text_of(outputs) == "my args my kwargs\n"
+
+
 def test_file_transfers_called_on_the_worker_say_where_they_run(kernel):
     """``rexec_magic.put`` / ``get`` called by code on the worker: one sentence saying the
     code runs there, not the advice to run ``rexec up`` or log in (on the worker: tester

@@ -573,7 +573,7 @@ class CellRunner:
             if self.interrupted(cell.id):  # it came while the request was read
                 self.unstarted = True
                 raise KeyboardInterrupt
-            loaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers)
+            loaded = load_pushed(self.shell.user_ns, cell.vars, cell.buffers, cell.call)
             self._interruptible = False
         except KeyboardInterrupt:
             self._interruptible = False

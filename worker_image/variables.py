@@ -88,18 +88,60 @@ class Report:
 
 
 def load_pushed(
-    namespace: dict[str, Any], entries: list[dict[str, Any]], frames: list[Any]
+    namespace: dict[str, Any], entries: list[dict[str, Any]], frames: list[Any], call: bool = False
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Load each pushed value alone; one that does not load here is unbound, with a reason.
 
     Unbinding matters: the cell must not run on an older value of the same name.
+
+    Loading a value can read the notebook's names that came with it: a ``__setstate__`` or
+    ``__reduce__`` helper of a notebook class runs with this namespace as its globals
+    (``__main__`` code does, serialize.py) and calls a notebook function, a module the
+    notebook imported, a constant.  So each value that loaded is lent to the namespace
+    (its name bound to it, the former value put back after) while the others load, and a
+    value that failed is tried again while others still load; a notebook loads its own
+    objects with all its names there, and nothing else orders them.  ``call``: the entries
+    are a call's (``fn``, ``args``, ``kwargs``, ``globals``): only ``globals`` holds names.
+    Nothing lent stays: the caller binds what loaded, after its own checks.
     """
-    values, failed = serialize.unpack_each(entries, frames)
+    chunks = serialize.split(entries, frames)
+    values: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    lent: dict[str, Any] = {}  # name -> its value before (or _UNBOUND)
+    try:
+        while chunks:
+            loaded_now = False
+            for name, chunk in list(chunks.items()):
+                try:
+                    value = serialize.loads(chunk)
+                except serialize.SerializationError as exc:
+                    failed[name] = str(exc)
+                    continue
+                del chunks[name]
+                failed.pop(name, None)
+                values[name] = value
+                loaded_now = True
+                names = value if call and name == "globals" else {} if call else {name: value}
+                for key, val in names.items():
+                    lent.setdefault(key, namespace.get(key, _UNBOUND))
+                    namespace[key] = val
+            if not loaded_now:
+                break
+    finally:
+        for key, before in lent.items():
+            if before is _UNBOUND:
+                namespace.pop(key, None)
+            else:
+                namespace[key] = before
     unloaded = []
     for name, reason in failed.items():
-        namespace.pop(name, None)
+        if not call:  # (a call's entry names are not the notebook's: "args" may be one)
+            namespace.pop(name, None)
         unloaded.append({"name": name, "reason": f"could not be loaded on the worker ({reason})"})
     return values, unloaded
+
+
+_UNBOUND = object()  # (a name that had no value before it was lent one)
 
 
 def not_arrived(
