@@ -22,6 +22,28 @@ def test_exit_codes_and_signals_in_words():
     assert exits.describe_exit(-signal.SIGUSR1) == "killed by SIGUSR1"
 
 
+def test_a_kill_at_the_cpu_time_limit_says_so_and_other_kills_do_not():
+    reached = exits.CpuUse(used_s=10.0, soft_s=10.0, hard_s=10.0)
+    assert exits.describe_exit(-signal.SIGKILL, cpu=reached) == (
+        "killed by SIGKILL: it used up its CPU time limit (RLIMIT_CPU, 10 s)"
+    )
+    soft = exits.CpuUse(used_s=4.99, soft_s=6.0, hard_s=None)  # (the kernel raised it by 1 s)
+    assert exits.describe_exit(-signal.SIGXCPU, cpu=soft) == (
+        "killed by SIGXCPU: it reached its CPU time limit (RLIMIT_CPU) after 5.0 s of CPU time"
+    )
+    below = exits.CpuUse(used_s=3.0, soft_s=10.0, hard_s=10.0)
+    assert exits.describe_exit(-signal.SIGKILL, cpu=below) == "killed by SIGKILL"
+    assert exits.describe_exit(-signal.SIGKILL, cpu=None) == "killed by SIGKILL"
+    assert exits.describe_exit(-signal.SIGSEGV, cpu=reached).startswith("killed by SIGSEGV")
+    assert exits.describe_exit(1, cpu=reached) == "exit code 1"
+
+
+def test_this_processs_cpu_use_and_limit_are_read():
+    use = exits.cpu_use(os.getpid())
+    assert use is not None and use.used_s > 0
+    assert exits.cpu_use(2**22 + 12345) is None  # no such process
+
+
 def test_the_kernels_oom_counter_makes_a_sigkill_out_of_memory(tmp_path):
     (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
     assert exits.oom_kills(tmp_path) == 1

@@ -496,6 +496,36 @@ def test_a_killed_executor_names_the_signal(port):
     assert "killed by SIGKILL" in done(events).header["message"]
 
 
+@pytest.mark.parametrize("extra_s, killed_by", [(0, "SIGKILL"), (2, "SIGXCPU")])
+def test_an_executor_killed_at_its_cpu_time_limit_says_so(port, extra_s, killed_by):
+    """``RLIMIT_CPU`` (set by the cell, or inherited from the pod's limits): the kernel
+    sends SIGXCPU at the soft limit and SIGKILL at the hard one, so the death read only
+    "killed by SIGKILL" (tester V), like a kill by anyone.  The limit is counted from the
+    CPU time the executor had used already."""
+    code = (
+        "import resource\n"
+        "use = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "soft = int(use.ru_utime + use.ru_stime) + 1\n"
+        f"resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + {extra_s}))\n"
+        "print(soft, flush=True)\n"
+        "while True:\n"
+        "    pass\n"
+    )
+    events = port.run(code, timeout=WAIT_S)
+    soft = int(stdout(events))
+    said = done(events).header["message"]
+    assert done(events).header["status"] == DoneStatus.LOST
+    if killed_by == "SIGKILL":
+        assert f"(killed by SIGKILL: it used up its CPU time limit (RLIMIT_CPU, {soft} s))" in said
+    else:
+        assert re.search(
+            r"\(killed by SIGXCPU: it reached its CPU time limit \(RLIMIT_CPU\) after "
+            r"\d+\.\d s of CPU time\)",
+            said,
+        ), said
+    assert stdout(port.run("print('next')", timeout=WAIT_S)).endswith("next\n")
+
+
 # Cell code: write garbage into the executor's link to the supervisor (the one unnamed Unix
 # stream socket among its descriptors), as a careless cell writing to every descriptor would.
 SCRIBBLE_ON_THE_LINK = (

@@ -172,6 +172,7 @@ class ExecutorProcess:
         undo.callback(self.proc.wait)
         undo.callback(self.proc.kill)
         self.pid = self.proc.pid
+        self.cpu_at_exit: exits.CpuUse | None = None  # read as it ended (``exited``)
         self.pipes: dict[int, str] = {out_r: "stdout", err_r: "stderr"}
         self.readers = {out_r: PipeReader("stdout"), err_r: PipeReader("stderr")}
         self.events_seen = 0  # events received from it: marks up to this number are passed
@@ -281,6 +282,12 @@ class ExecutorProcess:
         return row
 
     def exited(self) -> int | None:
+        """Its exit status once it ended (None: it runs).  Waiting for it frees its
+        ``/proc`` entry, so its CPU use is read first (``cpu_at_exit``, for the sentence)."""
+        if self.proc.returncode is None and self.cpu_at_exit is None:
+            with contextlib.suppress(OSError):  # (ChildProcessError: waited for already)
+                if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                    self.cpu_at_exit = exits.cpu_use(self.pid)
         return self.proc.poll()
 
     # ------------------------------------------------------------------ link
@@ -486,6 +493,7 @@ class ExecutorProcess:
             last_rss=self.last_rss,
             limit=exits.memory_limit(self.cgroup),
             system_oom=exits.rose(self.system_oom_at_start, exits.system_oom_kills()),
+            cpu=self.cpu_at_exit,
         )
 
     def close(self) -> None:

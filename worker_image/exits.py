@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 NEAR_LIMIT = 0.9
@@ -147,6 +148,42 @@ def _stat(pid: int) -> list[str]:
     return text.rpartition(")")[2].split()
 
 
+@dataclass(frozen=True)
+class CpuUse:
+    """A process's CPU time and its ``RLIMIT_CPU`` (seconds; None: unlimited)."""
+
+    used_s: float
+    soft_s: float | None
+    hard_s: float | None
+
+    @property
+    def hard_limit_reached(self) -> bool:
+        """At its hard limit, where the kernel kills it with SIGKILL (within two clock
+        ticks: ``/proc`` counts in ticks, the limit is checked finer)."""
+        return self.hard_s is not None and self.used_s >= self.hard_s - 0.02
+
+
+def cpu_use(pid: int) -> CpuUse | None:
+    """CPU time (user + system, ``/proc/PID/stat``) and ``RLIMIT_CPU`` (``/proc/PID/limits``)
+    of a process, readable while it is a zombie (dead, not yet waited for): how a kill by
+    SIGKILL is told from one by its CPU time limit (the kernel sends SIGXCPU at the soft
+    limit, SIGKILL at the hard one, and says nothing else).  None when it cannot be read."""
+    fields = _stat(pid)
+    try:
+        used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max cpu time"):
+                soft, hard = line[len("Max cpu time") :].split()[:2]
+                return CpuUse(used, _seconds(soft), _seconds(hard))
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _seconds(text: str) -> float | None:
+    return None if text == "unlimited" else float(text)
+
+
 def proc_state(pid: int) -> str | None:
     """The one-letter state of ``/proc/PID/stat`` (R, S, D, T stopped, t traced, Z), or None."""
     fields = _stat(pid)
@@ -185,6 +222,7 @@ def describe_exit(
     last_rss: int | None = None,
     limit: int | None = None,
     system_oom: bool = False,
+    cpu: CpuUse | None = None,
 ) -> str:
     """``"exit code 1"``, ``"killed by SIGSEGV: a segmentation fault"``, ``"killed: out of
     memory, by the kernel's OOM killer"`` (no parentheses: the sentences it goes into have
@@ -193,10 +231,16 @@ def describe_exit(
     ``oom_counted``: the cgroup's oom_kill counter went up while the process ran;
     ``system_oom``: the machine's did (some process was OOM-killed meanwhile).
     ``last_rss`` / ``limit``: its last measured memory and the limit it ran under.
+    ``cpu``: its CPU time and ``RLIMIT_CPU`` as it died (``cpu_use``).
     """
     if returncode >= 0:
         return f"exit code {returncode}"
     number = -returncode
+    if number == signal.SIGKILL and cpu is not None and cpu.hard_limit_reached:
+        return f"killed by SIGKILL: it used up its CPU time limit (RLIMIT_CPU, {cpu.hard_s:g} s)"
+    if number == signal.SIGXCPU:  # (sent by the kernel at the soft limit, raised 1 s each time)
+        used = f" after {cpu.used_s:.1f} s of CPU time" if cpu is not None else ""
+        return f"killed by SIGXCPU: it reached its CPU time limit (RLIMIT_CPU){used}"
     if number == signal.SIGKILL:
         if oom_counted:
             return "killed: out of memory, by the kernel's OOM killer"

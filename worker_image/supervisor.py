@@ -1294,6 +1294,7 @@ class Supervisor:
     # ------------------------------------------------------------------ ending executors
     def _on_exit(self, ex: ExecutorProcess) -> None:
         ex.ending = True  # a DONE read out below must not dispatch to it (_finish)
+        ex.exited()  # (its CPU use, read while /proc still has it)
         code = ex.proc.wait()
         if ex.exit_requested:
             # exit() ended the namespace: the processes its cells started (a Popen, a forked
