@@ -301,20 +301,30 @@ class RexecClient:
             out["notebook"] = self.notebook[: P.SHORT_MAX]
         return out
 
-    def drain_replies(self) -> None:
-        """Drop what waits on this connection (a keepalive-only one gets no answers, except
-        ``fail unauthenticated`` from a restarted broker: then say hello again next time)."""
+    def drain_replies(self, late: Callable[[P.Message], None] | None = None) -> None:
+        """Read what waits on this connection (a keepalive one): late output (``late`` shows
+        it, ``rexec_magic.late_output``; without it, dropped), or ``fail unauthenticated``
+        from a restarted broker: then say hello again next time."""
         while self._stashed is not None or (self.sock is not None and self.sock.poll(0)):
             msg = self._recv(0)
-            if msg is not None and msg.kind == P.Kind.FAIL:
+            if msg is None:
+                continue
+            if msg.kind == P.Kind.FAIL:
                 if msg.read(P.Fail).code == P.FailCode.UNAUTHENTICATED:
                     self.user = ""
+            elif late is not None and msg.header.get("late"):
+                late(msg)
 
-    def keepalive(self) -> None:
+    def keepalive(self, late: int | None = None) -> None:
         """Tell this session's executor the kernel is still there (no answer is sent; the
-        broker routes it like a request, so it has an id of its own)."""
+        broker routes it like a request, so it has an id of its own).  ``late``: this
+        connection takes late output, and has read that many of its events
+        (``protocol.Keepalive``)."""
         if self.user:
-            self._send(P.Kind.KEEPALIVE, {"id": self._new_id(), **self.placement()})
+            header = {"id": self._new_id(), **self.placement()}
+            if late is not None:
+                header["late"] = late
+            self._send(P.Kind.KEEPALIVE, header)
 
     # ------------------------------------------------------------------ connection
     def _socket(self) -> zmq.Socket:

@@ -117,7 +117,7 @@ class Kind:
     INTERRUPT = "interrupt"  # {id}
     INSPECT = "inspect"  # {id, session?, namespace?}  -> INSPECT_REPLY
     ACK = "ack"  # {id, n}: the client has handled n events of that request (flow control)
-    KEEPALIVE = "keepalive"  # {id, session, namespace?, keepalive_s}: the kernel still exists
+    KEEPALIVE = "keepalive"  # {id, session, namespace?, keepalive_s, late?}: the kernel lives
     # {id, vars: [{name: fn|args|kwargs|globals, nbuffers}], have, watch, pull_limit, inband,
     # client, lazy} + buffers: bind globals, call fn(*args, **kwargs); a generator's items come
     # as YIELD, the return value with DONE (vars "return", then the watched globals that
@@ -912,7 +912,15 @@ class Next(Request):
 
 class Keepalive(Request, Placement):
     """This client session (``session`` / ``namespace``) is still there; ``id`` is new each
-    time (the broker routes it like any request) and nothing answers it."""
+    time (the broker routes it like any request) and nothing answers it.
+
+    ``late``: this connection takes the session's output produced between its requests as
+    it comes (``worker_image/late_listeners.py``), and has read this many of those events
+    on it so far (its credit: the worker sends while fewer than ``LATE_WINDOW`` are unread).
+    Events sent on it carry the ``id`` of the keepalive that first declared it, ``seq``
+    counting from 0, and ``late``.  Old workers ignore the field."""
+
+    late: Annotated[int, Field(ge=0)] | None = None
 
 
 PathText = Annotated[str, StringConstraints(max_length=PATH_MAX)]

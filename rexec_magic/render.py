@@ -62,7 +62,8 @@ class EventRenderer:
         # when it comes back (and its failure, once, as locally), else ``show_held``.
         self.held_error: P.Error | None = None
         self.notes = notes  # rexec's own words (what a request waits for): never stderr
-        self._late_said = False
+        self.late_said = False  # rexec's late line shown already
+        self.late_header = True  # (False: late output shows in the cell that made it)
         self._late_unended: set[str] = set()  # streams whose late text ended mid-line
         # ``clear_output(wait=True)`` clears when the next output comes: what it would clear,
         # so that rexec's own closing notes do not wipe the cell's last output (``restore``).
@@ -155,10 +156,10 @@ class EventRenderer:
             self._show_result()
         # (Not before a late clear: it would clear the header, said again after it.)
         clears = isinstance(event, P.Display) and event.clear
-        if event.late and not self._late_said and not clears:
+        if event.late and self.late_header and not self.late_said and not clears:
             # Output of an earlier cell's threads, timers or child processes, produced after
             # that cell ended (ipykernel shows it in the cell that started it; ours is gone).
-            self._late_said = True
+            self.late_said = True
             header = "[rexec: output produced after the previous remote cell or call ended]"
             sys.stdout.write(header + "\n")
             sys.stdout.flush()  # before late stderr too, and apart from this cell's own text
@@ -199,7 +200,7 @@ class EventRenderer:
             if event.clear:
                 clear_output(wait=event.wait)
                 if event.late:  # it clears the header too: said again before what follows
-                    self._late_said = False
+                    self.late_said = False
                 return
             kwargs = {"update": True} if event.update else {}
             publish_display_data(

@@ -35,6 +35,7 @@ from rexec_magic.client import (
     listening,
 )
 from rexec_magic.contract import WorkerState
+from rexec_magic.late_output import LateOutput, Wakeup, current_parent, wait_for
 from rexec_magic.notes import QUIET, Notes, Progress, in_kernel
 from rexec_magic.spawner_client import SpawnerClient
 from rexec_magic.turns import Turns
@@ -131,7 +132,11 @@ class RemoteSession:
         self._pinned: Origin | None = None
         self.notebook = _notebook_label()
         self._keepalive: threading.Event | None = None  # the running keepalive's stop
-        self._keepalive_now = threading.Event()  # set: it beats at once (and sees a stop)
+        self._keepalive_now: Wakeup | None = None  # set: it beats at once (and sees a stop)
+        # The kernel's cell whose remote request ran last (``late_output.current_parent``):
+        # late output shown while it is still the current one reads as its own.
+        self.last_parent: str | None = None
+        self._declared_to: str | None = None  # the worker process told of the listener
         self._goodbye_at_exit = False  # an ``atexit`` goodbye is registered for it
         # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py):
         # one record per namespace it used (None: its own), ``sync`` the current one's.  A
@@ -229,6 +234,9 @@ class RemoteSession:
             raise
         finally:
             self._owner = self._holding_cancel = None
+            if what in ("cell", "call", GENERATOR):
+                self.last_parent = current_parent()
+                self._declare_listener()
             if what in ("cell", "call", GENERATOR) and self.namespace_since is None:
                 self.namespace_since = time.time()
             if self._close_when_free:  # (``close`` came from another thread meanwhile)
@@ -248,17 +256,28 @@ class RemoteSession:
                 self._goodbye_at_exit = True
                 atexit.register(_goodbye, weakref.ref(self), os.getpid())
             self._keepalive = threading.Event()  # set: that thread stops
-            self._keepalive_now = threading.Event()
+            self._keepalive_now = Wakeup()
+            self._keepalive_now.set()  # (it declares itself at once: see _keep_alive)
             threading.Thread(
                 target=_keep_alive,
                 args=(weakref.ref(self), self._keepalive, self._keepalive_now),
                 name="rexec-keepalive", daemon=True,
             ).start()  # fmt: skip
 
+    def _declare_listener(self) -> None:
+        """After a request that met a worker process the keepalive thread has not declared
+        itself to (the first one, which may have started it; a restarted one): beat at
+        once, so that process sends this notebook's late output as it comes."""
+        seen = self._client.seen_instance if self._client is not None else None
+        if seen is not None and seen != self._declared_to and self._keepalive_now is not None:
+            self._declared_to = seen
+            self._keepalive_now.set()
+
     def _stop_keepalive(self) -> None:
         if self._keepalive is not None:
             self._keepalive.set()
-            self._keepalive_now.set()
+            if self._keepalive_now is not None:
+                self._keepalive_now.set()
             self._keepalive = None
 
     # ------------------------------------------------------------------ parts
@@ -344,7 +363,8 @@ class RemoteSession:
         # is then told to it too, even before a cell of it ran there): the keepalive starts
         # here if no request of this notebook started it yet (a first `%rexec_attach`).
         self._start_keepalive()
-        self._keepalive_now.set()
+        if self._keepalive_now is not None:
+            self._keepalive_now.set()
 
     def sync_of(self, namespace: str | None) -> sync.NamespaceSync:
         """This notebook's record of ``namespace`` (None: its own), made on first use."""
@@ -1226,17 +1246,30 @@ def _goodbye(session_ref: weakref.ref[RemoteSession], pid: int) -> None:
 
 
 def _keep_alive(
-    session_ref: weakref.ref[RemoteSession], stop: threading.Event, now: threading.Event
+    session_ref: weakref.ref[RemoteSession], stop: threading.Event, now: Wakeup
 ) -> None:
     """Keepalives on a connection of its own: the session's socket may be held for long
     (a remote generator consumed slowly), and a ZeroMQ socket belongs to one thread.  The
     thread holds its session only weakly, so a session its owner dropped stops saying that
     a kernel exists (and its executor is freed after the worker's grace period).  ``now``
-    makes it beat at once (``%rexec_attach``)."""
+    makes it beat at once (``%rexec_attach``).
+
+    Between beats it reads that connection: the worker sends on it what this session's
+    threads, timers and processes there write after a request ended, and it is shown as
+    it comes (``late_output``), each batch acknowledged with a keepalive (its credit).  It
+    declares itself at once, so output of the first cell's threads is live too."""
     client: RexecClient | None = None
+
+    def last_parent() -> str | None:
+        session = session_ref()
+        return None if session is None else session.last_parent
+
+    shown = LateOutput(last_parent)
+    next_beat = 0.0
     while True:
-        now.wait(keepalive_interval())
-        now.clear()
+        sock = client.sock if client is not None and client.user else None
+        wait_for(now, sock, max(0.0, next_beat - time.monotonic()))
+        asked = now.clear()
         if stop.is_set():
             break
         session = session_ref()
@@ -1248,15 +1281,25 @@ def _keep_alive(
                 if client is not None:
                     client.close()
                 client = RexecClient(info, role="keepalive")
+                shown.restart()
             client.session_id, client.namespace = session.session_id, session.namespace
             client.notebook = session.notebook
-            client.drain_replies()
-            client.ensure_hello()
-            client.keepalive()
+            read, had_hello = shown.read, bool(client.user)
+            client.drain_replies(shown)
+            # (A broker that restarted answered the last one: declare again at once.)
+            lost = had_hello and not client.user
+            if asked or lost or shown.read != read or time.monotonic() >= next_beat:
+                if not client.user:
+                    shown.restart()  # (a new hello: the worker counts from 0 again)
+                client.ensure_hello()
+                client.keepalive(late=shown.read)
+                next_beat = time.monotonic() + keepalive_interval()
         except Exception as exc:  # never let the thread die; the next beat retries
             log.debug("keepalive failed: %s", exc)
+            next_beat = time.monotonic() + keepalive_interval()
             if client is not None:
                 client.reset()
         del session
+    now.close()
     if client is not None:
         client.close()

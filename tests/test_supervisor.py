@@ -946,6 +946,139 @@ def test_output_after_the_cell_ended_comes_first_in_the_next_cell_marked_late(po
     assert streams[-1].header["text"] == "next\n" and not streams[-1].header.get("late")
 
 
+# A notebook's keepalive connection, as the broker routes it: it takes the notebook's late
+# output as it comes (``Keepalive.late``, worker_image/late_listeners.py).
+LISTENER = b"keepalive-route-1"
+
+
+def declare(port: BrokerPort, session: str, read: int = 0, route: bytes = LISTENER) -> None:
+    port.send(
+        Kind.KEEPALIVE, {"id": f"ka-{session}", "session": session, "late": read}, route=route
+    )
+
+
+def listened(port: BrokerPort, enough, route: bytes = LISTENER, timeout: float = WAIT_S) -> list:
+    """The messages to ``route`` until ``enough(messages)`` holds, or those within
+    ``timeout`` (the others are left for the test's later reads)."""
+    got: list = []
+    others: list = []
+    end = time.monotonic() + timeout
+    try:
+        while not enough(got) and time.monotonic() < end:
+            try:
+                to, msg = port.recv(max(0.01, min(0.2, end - time.monotonic())))
+            except TimeoutError:
+                continue
+            if to == route:
+                got.append(msg)
+            elif msg.kind != Kind.HEARTBEAT:
+                others.append((to, msg))
+    finally:
+        port.stash[:0] = others
+    return got
+
+
+def test_late_output_goes_to_its_notebooks_listener_as_it_comes(port, tmp_path):
+    """What a notebook's thread prints after its cell ended comes to that notebook's
+    keepalive connection at once, numbered, marked late, in order; not to another
+    notebook's of the same shared namespace, and not again at the top of its next cell.
+    (It used to wait for the next remote cell: a thread's progress showed only then,
+    tester Y.)"""
+    go = tmp_path / "go"
+    a = {"session": "nb-a", "namespace": "team"}  # (both attached to one shared namespace)
+    declare(port, "nb-a")
+    declare(port, "nb-b", route=b"keepalive-route-2")
+    port.run("print('b was here')", extra={"session": "nb-b", "namespace": "team"})
+    code = (
+        "import threading, time, os\n"
+        "def ticks():\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.02)\n"
+        "    for i in range(5):\n"
+        "        print('tick', i, flush=True)\n"
+        "        time.sleep(0.1)\n"
+        "threading.Thread(target=ticks).start()"
+    )
+    assert done(port.run(code, extra=a)).header["status"] == DoneStatus.OK
+    go.touch()  # (after the cell's end)
+    got = listened(port, lambda got: "tick 4" in "".join(m.header.get("text", "") for m in got))
+    assert "".join(m.header["text"] for m in got) == "".join(f"tick {i}\n" for i in range(5))
+    assert all(m.kind == Kind.STREAM and m.header["late"] for m in got)
+    assert [m.header["seq"] for m in got] == list(range(len(got)))
+    assert {m.header["id"] for m in got} == {"ka-nb-a"}
+    assert listened(port, bool, route=b"keepalive-route-2", timeout=0.5) == []
+    events = port.run("print('next')", extra=a)
+    assert [e.header["text"] for e in events if e.kind == Kind.STREAM] == ["next\n"]
+
+
+def test_a_listener_gets_no_more_than_its_window_and_nothing_is_lost(port, tmp_path):
+    """Credit: a listener that reads nothing has at most ``LATE_WINDOW`` late events on
+    their way; each keepalive saying how many it read lets more go; what it did not take
+    comes at the top of the notebook's next cell, marked late.  Every display arrives
+    once, in order."""
+    from worker_image.late_listeners import LATE_WINDOW
+
+    go = tmp_path / "go"
+    shown = tmp_path / "all-shown"
+    n = 2 * LATE_WINDOW + 40
+    a = {"session": "nb-a"}
+    declare(port, "nb-a")
+    code = (
+        "import threading, time, os\n"
+        "from IPython.display import display\n"
+        "def many():\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.02)\n"
+        f"    for i in range({n}):\n"
+        "        display(i)\n"
+        f"    open({str(shown)!r}, 'w').close()\n"
+        "threading.Thread(target=many).start()"
+    )
+    port.run(code, extra=a)
+    go.touch()
+    wait_for(shown.exists, "the thread to display them all (the worker keeps what waits)")
+    first = listened(port, lambda got: len(got) >= LATE_WINDOW + 1, timeout=3.0)
+    assert len(first) == LATE_WINDOW
+    declare(port, "nb-a", read=LATE_WINDOW)
+    second = listened(port, lambda got: len(got) >= LATE_WINDOW + 1, timeout=3.0)
+    assert len(second) == LATE_WINDOW
+    events = port.run("print('next')", extra=a)  # (no more read: the rest comes here)
+    rest = [e for e in events if e.kind == Kind.DISPLAY]
+    assert all(e.header["late"] for e in first + second + rest)
+    shown_values = [e.header["data"]["text/plain"] for e in first + second + rest]
+    assert shown_values == [str(i) for i in range(n)]
+    assert stdout(events) == "next\n"
+
+
+def test_a_listener_on_a_new_connection_hears_what_may_not_have_been_shown(port, tmp_path):
+    """Late events sent on a connection that went away unread (the kernel reconnected, the
+    broker restarted) cannot be told from shown ones: the new connection hears how many
+    in one notice before what comes next, rather than get them twice or never hear."""
+    flag = tmp_path / "second"
+    a = {"session": "nb-a"}
+    declare(port, "nb-a")
+    code = (
+        "import threading, time, os\n"
+        "def two():\n"
+        "    time.sleep(0.3)\n"
+        "    print('first', flush=True)\n"
+        f"    while not os.path.exists({str(flag)!r}):\n"
+        "        time.sleep(0.02)\n"
+        "    print('second', flush=True)\n"
+        "threading.Thread(target=two).start()"
+    )
+    port.run(code, extra=a)
+    assert [m.header["text"] for m in listened(port, bool)] == ["first\n"]  # (never acknowledged)
+    declare(port, "nb-a", route=b"keepalive-route-new")
+    flag.touch()
+    got = listened(port, lambda got: len(got) >= 2, route=b"keepalive-route-new")
+    assert got[0].kind == Kind.NOTICE and got[0].header["text"].startswith(
+        "up to 1 pieces of output produced after this notebook's remote cell ended may not "
+        "have been shown"
+    )
+    assert got[1].header["text"] == "second\n" and got[1].header["seq"] == 1
+
+
 def test_a_late_line_written_in_pieces_comes_as_one_piece(port, tmp_path):
     """A thread's line written in two parts 0.2 s apart after its cell ended (as ``print``
     writes the text and the newline apart, here slowed down) is one piece of late output

@@ -63,6 +63,15 @@ def late_size(payload: Any) -> int:
     return len(payload) if isinstance(payload, str) else 1
 
 
+def late_events(payload: Any) -> int:
+    """How many events a piece of late output goes as to a listener: text in pieces of at
+    most ``LATE_EVENT_CHARS`` (so ``LATE_WINDOW`` bounds the bytes in flight too)."""
+    return max(1, -(-len(payload) // LATE_EVENT_CHARS)) if isinstance(payload, str) else 1
+
+
+LATE_EVENT_CHARS = 64 << 10
+
+
 class Late(NamedTuple):
     """Output produced after its request ended, kept for the next request of ``owner``."""
 
@@ -435,6 +444,28 @@ class ExecutorProcess:
             (taken if mine else kept).append(item)
         self.late = kept
         self.late_chars = sum(late_size(i.payload) for i in kept)
+        return taken
+
+    def take_late_for_listeners(self, room: Callable[[str], int]) -> list[Late]:
+        """Kept output whose notebook has a listener with room (``room(owner)`` events:
+        ``late_listeners``), oldest first; a notebook's items go in order (one that does
+        not fit keeps all of that notebook's after it).  Legacy clients' stay."""
+        taken: list[Late] = []
+        kept: deque[Late] = deque()
+        left: dict[str, int] = {}
+        for item in self.late:
+            if item.owner:
+                free = left[item.owner] if item.owner in left else room(item.owner)
+                cost = late_events(item.payload)
+                if free >= cost:
+                    left[item.owner] = free - cost
+                    taken.append(item)
+                    continue
+                left[item.owner] = 0
+            kept.append(item)
+        if taken:
+            self.late = kept
+            self.late_chars = sum(late_size(i.payload) for i in kept)
         return taken
 
     def inherit(self, dead: ExecutorProcess, note: str) -> None:

@@ -67,13 +67,16 @@ from rexec_magic.protocol import (
 from worker_image import files, framing, rundir
 from worker_image.cells import cell_for, done_header, placement
 from worker_image.executors import (
+    LATE_EVENT_CHARS,
     LATE_MAX_CHARS,
     LATE_MAX_EVENTS,
     START_ERRORS,
     ExecutorProcess,
+    Late,
     Request,
     proc_stopped,
 )
+from worker_image.late_listeners import LateListeners, Listener
 from worker_image.leftovers import LeftoverPipes
 from worker_image.link import (
     EXIT_CONFIG,
@@ -202,6 +205,8 @@ class Supervisor:
         # namespace's running cell is stopped when its own kernel goes silent, even while
         # the other notebooks attached to it keep the executor alive.
         self._clients: dict[str, tuple[float, float | None]] = {}
+        # Their keepalive connections that take late output as it comes (late_listeners.py).
+        self.listeners = LateListeners()
         # Client session -> its notebook (as it names itself): whose cell runs in a shared
         # namespace, in its executor's row (``running_for``).
         self._notebooks = Recent(LOST_KEPT)
@@ -292,6 +297,8 @@ class Supervisor:
                 for ex in waiting:
                     if ex in self.all:
                         self._receive_executor(ex)
+                if self.listeners:
+                    self._pump_late()
                 self._pump()
                 now = time.monotonic()
                 self._flush_due_streams(now)
@@ -547,6 +554,7 @@ class Supervisor:
                  "worker as silent): registering again")  # fmt: skip
         self._session_key = None
         self._backlog.clear()  # signed with the old key, for clients of the old broker
+        self.listeners.connections_gone()
         self._abandon_cells()
         self._send_register()
 
@@ -738,6 +746,8 @@ class Supervisor:
                 self._seen(ex, fields)
         if fields.session:  # the kernel lives, whether or not it has an executor of its own
             self._clients[fields.session] = (time.monotonic(), fields.keepalive_s)
+            if fields.late is not None:  # its keepalive connection takes late output
+                self.listeners.declared(fields.session, route, fields.id, fields.late)
             if fields.notebook:
                 self._notebooks[fields.session] = fields.notebook
         if fields.namespace and fields.session:
@@ -931,6 +941,39 @@ class Supervisor:
         else:
             header = {k: v for k, v in payload.items() if k not in ("id", "seq")}
             self._to_client(req, kind, {**header, "late": True}, buffers)
+
+    def _pump_late(self) -> None:
+        """Kept late output to the listeners of the notebooks it is for, while they have
+        room (``late_listeners``); the rest waits for room or for a request."""
+        for ex in self.all:
+            if ex.late:
+                for item in ex.take_late_for_listeners(self.listeners.room):
+                    self._late_to_listener(item)
+
+    def _late_to_listener(self, item: Late) -> None:
+        lst = self.listeners.by_session[item.owner]
+        if lst.unsure:
+            text = (
+                f"up to {lst.unsure} pieces of output produced after this notebook's remote "
+                "cell ended may not have been shown: the connection that took them was made "
+                "again (the broker restarted, or the kernel reconnected)"
+            )
+            self._to_listener(lst, Kind.NOTICE, {"text": text, "about": "late"})
+            lst.unsure = 0
+        if isinstance(item.payload, str):
+            text = item.payload
+            for start in range(0, len(text), LATE_EVENT_CHARS):
+                piece = text[start : start + LATE_EVENT_CHARS]
+                self._to_listener(lst, Kind.STREAM, {"name": item.kind, "text": piece})
+        else:
+            header = {k: v for k, v in item.payload.items() if k not in ("id", "seq")}
+            self._to_listener(lst, item.kind, header, item.buffers)
+
+    def _to_listener(self, lst: Listener, kind: str, header: dict[str, Any], buffers=()) -> None:
+        if lst.route is not None:  # (always: it has no room without one)
+            full = {"id": lst.id, "seq": lst.sent, **header, "late": True}
+            lst.sent += 1
+            self._signed(lst.route, kind, encode_header(full), buffers)
 
     def _send_late(self, ex: ExecutorProcess, req: Request) -> None:
         """Output that came after the previous cell ended, for ``req`` (not yet current):
@@ -1737,6 +1780,7 @@ class Supervisor:
         for session, (seen, keepalive_s) in list(self._clients.items()):
             if now - seen > CLIENTS_KEPT_S + ORPHAN_AFTER_PINGS * (keepalive_s or 0):
                 del self._clients[session]
+                self.listeners.forget(session)
 
     # ------------------------------------------------------------------ ending the worker
     def _exit(self, code: int) -> int:
