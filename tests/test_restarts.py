@@ -107,6 +107,38 @@ def test_broker_killed_mid_cell_ends_the_cell_and_the_next_one_works(
     assert outcome.values == {"state": (41, False)}
 
 
+def test_after_a_broker_restart_a_remote_threads_output_still_comes_as_it_comes(
+    monkeypatch: pytest.MonkeyPatch, fresh_stack: Stack, alice: RemoteSession, capfd, tmp_path
+) -> None:
+    """The keepalive thread that takes a notebook's late output (``late_output``) is told
+    by the restarted broker that its connection is unknown, and declares itself again at
+    once: a thread's output after its cell ended comes as it comes, not with the next
+    cell (the worker's listeners wait for that after a broker restart)."""
+    monkeypatch.setenv("REXEC_KEEPALIVE_S", "1")  # (it learns of the restart at a beat)
+    old = fresh_stack.pid("broker")
+    os.kill(old, signal.SIGKILL)
+    fresh_stack.wait_pid_changed("broker", old)
+    run_until_it_works(alice, "again = kept", ["again"])
+    go = tmp_path / "go"
+    code = (
+        "import os, threading, time\n"
+        "def later():\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.02)\n"
+        "    print('after the restart', flush=True)\n"
+        "threading.Thread(target=later).start()"
+    )
+    run(alice, code)
+    go.touch()
+    printed: list[str] = []
+
+    def shown() -> bool:
+        printed.append(capfd.readouterr().out)
+        return "after the restart" in "".join(printed)
+
+    wait_for(shown, "the thread's line, with no other cell run")
+
+
 def test_after_a_broker_restart_mid_cell_the_notebooks_older_copies_never_go_back_over_it(
     fresh_stack: Stack, alice: RemoteSession
 ) -> None:
