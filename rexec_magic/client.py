@@ -291,6 +291,11 @@ class RexecClient:
         # when the broker takes them (WELCOME ``uploads``).
         self.uploads = False
         self._uploader: RexecClient | None = None
+        # Waits until the keepalive thread showed the late output that comes before a
+        # request's own (``late_output.LateOutput.request_began``), and tells it when a
+        # request's output is all shown (``request_done``); set by the session.
+        self.late_shown: Callable[[str, int], None] | None = None
+        self.late_done: Callable[[str], None] | None = None
 
     def placement(self) -> dict[str, Any]:
         """The header fields that pick this session's executor on the worker."""
@@ -315,15 +320,17 @@ class RexecClient:
             elif late is not None and msg.header.get("late"):
                 late(msg)
 
-    def keepalive(self, late: int | None = None) -> None:
+    def keepalive(self, late: int | None = None, late_stream: str | None = None) -> None:
         """Tell this session's executor the kernel is still there (no answer is sent; the
         broker routes it like a request, so it has an id of its own).  ``late``: this
-        connection takes late output, and has read that many of its events
+        connection takes late output, and has read that many events of ``late_stream``
         (``protocol.Keepalive``)."""
         if self.user:
             header = {"id": self._new_id(), **self.placement()}
             if late is not None:
                 header["late"] = late
+                if late_stream is not None:
+                    header["late_stream"] = late_stream
             self._send(P.Kind.KEEPALIVE, header)
 
     # ------------------------------------------------------------------ connection
@@ -866,12 +873,16 @@ class RexecClient:
         slows the cell down and nothing is dropped on the way.
         A Ctrl-C that Python dropped on the way (``sigints_counted``) interrupts it too.
         """
-        with sigints_counted() as sigints:
-            return (
-                yield from self._request_events(
-                    kind, req_id, header, buffers, timeout_s, cancel, first, sigints
+        try:
+            with sigints_counted() as sigints:
+                return (
+                    yield from self._request_events(
+                        kind, req_id, header, buffers, timeout_s, cancel, first, sigints
+                    )
                 )
-            )
+        finally:
+            if self.late_done is not None:  # (late output written after it may show now)
+                self.late_done(req_id)
 
     def _request_events(
         self,
@@ -1100,6 +1111,10 @@ class RexecClient:
                 if msg.kind == P.Kind.ACCEPTED:
                     started = True
                     notice = ""  # (what it waited for is over)
+                    accepted = msg.read(P.Accepted)
+                    if accepted.late_stream and self.late_shown is not None:
+                        # The late output before it first (the keepalive thread shows it).
+                        self.late_shown(accepted.late_stream, accepted.late_count or 0)
                 elif msg.kind in OUTPUT_KINDS or _shown_error(msg):
                     in_hand = None  # the caller has it now; a Ctrl-C there is thrown in
                     handed_at = time.monotonic()

@@ -8,8 +8,10 @@ goes where ipykernel puts a thread's output: under the parent of the cell runnin
 of the last one.  In the cell whose remote request the worker ran last (its output is still
 live), it reads as that cell's own; anywhere else (a local cell ran since, another cell
 runs) it comes under rexec's "output produced after the previous remote cell or call
-ended" line, once per cell.  What the thread could not take (none ran yet, the kernel busy
-in C code) comes at the top of the next remote cell, as before.
+ended" line, once per cell (``claim_header``, shared with the request's own renderer).
+Order against the notebook's requests: a request's ACCEPTED says how many late events come
+before its own output (``request_began`` waits for them), and events written after it
+began carry its id (``after``: shown once its output is, ``request_done``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -35,33 +38,97 @@ def current_parent() -> str | None:
 
 
 class LateOutput:
-    """Callable the keepalive thread gives each late event it reads; counts them (``read``:
-    its credit, told to the worker with each keepalive)."""
+    """Callable the keepalive thread gives each late event it reads: shown once per
+    ``seq`` of its stream (the worker sends again what was not said read when the
+    connection changed: ``worker_image/late_listeners.py``).  ``stream`` and ``count``
+    are what the keepalives say read."""
 
     def __init__(self, last_parent: Callable[[], str | None]) -> None:
-        self.read = 0
+        self.stream: str | None = None
+        self.count = 0  # events of ``stream`` shown (its next seq)
         self._last_parent = last_parent  # the cell whose remote request ran last
         self._parent: Any = object()  # (none yet)
         self._renderer: Any = None
-        self._lock = threading.Lock()
-
-    def restart(self) -> None:
-        """A new connection: the worker counts its events from 0 again."""
-        self.read = 0
+        self._shown = threading.Condition()
+        self._done: OrderedDict[str, None] = OrderedDict()  # (``request_done``)
 
     def __call__(self, msg: P.Message) -> None:
         from rexec_magic.render import EventRenderer  # (IPython's display: only when shown)
 
-        self.read += 1
-        with self._lock:
-            parent = current_parent()
-            if self._renderer is None or parent != self._parent:
-                self._parent = parent
-                self._renderer = EventRenderer()
-                # In the cell that started it while that cell's output is live: its own.
-                own = parent is not None and parent == self._last_parent()
-                self._renderer.late_header = not own
-            self._renderer(msg)
+        stream, seq = msg.header.get("id"), msg.header.get("seq", 0)
+        if stream == self.stream and seq < self.count:
+            return  # shown already: sent again from a new connection
+        self._after_the_request(msg.header.get("after"))
+        parent = current_parent()
+        if self._renderer is None or parent != self._parent:
+            self._parent = parent
+            self._renderer = EventRenderer()
+            # In the cell that started it while that cell's output is live: its own.
+            self._renderer.late_header = parent is None or parent != self._last_parent()
+        self._renderer(msg)
+        with self._shown:
+            self.stream = stream
+            self.count = seq + 1
+            self._shown.notify_all()
+
+    def _after_the_request(self, request: str | None) -> None:
+        """Output written after ``request`` (its event's ``after``) began: shown once the
+        request's own output is (``request_done``), or after ``LATE_CATCH_UP_S``."""
+        if request is not None:
+            with self._shown:
+                self._shown.wait_for(lambda: request in self._done, P.LATE_CATCH_UP_S)
+
+    def request_began(self, stream: str, count: int) -> None:
+        """A request's ACCEPTED (``protocol.Accepted.late_count``): wait until ``count``
+        events of ``stream`` are shown (what was written before it), as long as they keep
+        coming."""
+        with self._shown:
+            shown = self.count if self.stream == stream else 0
+            while shown < count:
+                self._shown.wait(P.LATE_CATCH_UP_S)
+                now = self.count if self.stream == stream else 0
+                if now == shown:
+                    break  # (none came for a while: the request's output goes on)
+                shown = now
+
+    def request_done(self, request: str) -> None:
+        """The request's own output is all shown: what came after it may go."""
+        with self._shown:
+            self._done[request] = None
+            while len(self._done) > _DONE_KEPT:
+                self._done.popitem(last=False)
+            self._shown.notify_all()
+
+
+_DONE_KEPT = 256  # requests whose output is all shown, the newest (``LateOutput._done``)
+
+
+# Cells (parent msg_ids) where rexec's late line was shown, by any renderer: once per cell,
+# whether the late output came live (``LateOutput``) or at the top of a request.
+_HEADERS_KEPT = 256
+_headers: OrderedDict[str, None] = OrderedDict()
+_headers_lock = threading.Lock()
+
+
+def claim_header(parent: str | None) -> bool:
+    """Whether to show rexec's late line in ``parent`` now: not if it was shown there
+    already (None: outside a kernel, each renderer decides alone)."""
+    if parent is None:
+        return True
+    with _headers_lock:
+        if parent in _headers:
+            return False
+        _headers[parent] = None
+        while len(_headers) > _HEADERS_KEPT:
+            _headers.popitem(last=False)
+        return True
+
+
+def release_header(parent: str | None) -> None:
+    """A late ``clear_output`` wiped the line in ``parent``: show it again before what
+    follows."""
+    with _headers_lock:
+        _headers.pop(parent, None)
 
 
 class Wakeup:

@@ -915,12 +915,13 @@ class Keepalive(Request, Placement):
     time (the broker routes it like any request) and nothing answers it.
 
     ``late``: this connection takes the session's output produced between its requests as
-    it comes (``worker_image/late_listeners.py``), and has read this many of those events
-    on it so far (its credit: the worker sends while fewer than ``LATE_WINDOW`` are unread).
-    Events sent on it carry the ``id`` of the keepalive that first declared it, ``seq``
-    counting from 0, and ``late``.  Old workers ignore the field."""
+    it comes (``worker_image/late_listeners.py``), and has read this many events of the
+    stream ``late_stream`` (the ``id`` those events carry; None before the first): its
+    credit, the worker sends while fewer than ``LATE_WINDOW`` are unread.  Their ``seq``
+    counts from 0 in each stream.  Old workers ignore both fields."""
 
     late: Annotated[int, Field(ge=0)] | None = None
+    late_stream: Short | None = None
 
 
 PathText = Annotated[str, StringConstraints(max_length=PATH_MAX)]
@@ -1013,10 +1014,19 @@ class Event(Header):
     # Output produced after the cell that made it ended (threads, timers, child processes),
     # shown at the top of the next cell of its executor.
     late: bool = False
+    # (Late output on a listener's connection: written after this request of its notebook
+    # began, so shown after that request's own output.)
+    after: Short | None = None
 
 
 class Accepted(Event):
-    pass
+    """The request runs.  ``late_stream`` / ``late_count``: the notebook's listener for
+    late output (``Keepalive.late``) is sent that many events of that stream before this
+    request's own output, which the client shows after them; what the listener gets from
+    ``late_count`` on came after this request (it is shown after the request's output)."""
+
+    late_stream: Short | None = None
+    late_count: int | None = None
 
 
 class Stream(Event):
@@ -1113,6 +1123,11 @@ class Notice(Event):
 
     text: str = ""
     about: str = ""
+
+
+# How long the client waits for its listener to show more of the late output that comes
+# before a request's own (``Accepted.late_count``), and a listener for a request's end.
+LATE_CATCH_UP_S = 2.0
 
 
 class InspectReply(Event):

@@ -11,6 +11,7 @@ from IPython.display import clear_output, publish_display_data
 
 from rexec_magic import protocol as P
 from rexec_magic.client import whole_message
+from rexec_magic.late_output import claim_header, current_parent, release_header
 from rexec_magic.notes import NOTEBOOK, Notes, Progress
 
 
@@ -158,11 +159,12 @@ class EventRenderer:
         clears = isinstance(event, P.Display) and event.clear
         if event.late and self.late_header and not self.late_said and not clears:
             # Output of an earlier cell's threads, timers or child processes, produced after
-            # that cell ended (ipykernel shows it in the cell that started it; ours is gone).
+            # that cell ended, shown in another cell: once per cell, whoever shows it.
             self.late_said = True
-            header = "[rexec: output produced after the previous remote cell or call ended]"
-            sys.stdout.write(header + "\n")
-            sys.stdout.flush()  # before late stderr too, and apart from this cell's own text
+            if claim_header(current_parent()):
+                header = "[rexec: output produced after the previous remote cell or call ended]"
+                sys.stdout.write(header + "\n")
+                sys.stdout.flush()  # before late stderr too, apart from this cell's own text
         if self._late_unended and not event.late:
             # Late text that ended mid-line (a thread's ``os.write(1, b"50%")``): this cell's
             # own output starts on a line of its own, not glued to it.
@@ -201,6 +203,7 @@ class EventRenderer:
                 clear_output(wait=event.wait)
                 if event.late:  # it clears the header too: said again before what follows
                     self.late_said = False
+                    release_header(current_parent())
                 return
             kwargs = {"update": True} if event.update else {}
             publish_display_data(

@@ -137,6 +137,9 @@ class RemoteSession:
         # late output shown while it is still the current one reads as its own.
         self.last_parent: str | None = None
         self._declared_to: str | None = None  # the worker process told of the listener
+        # What the keepalive thread shows of the late output (held weakly: that thread must
+        # not keep a dropped session alive).
+        self.late_output = LateOutput(_last_parent_of(weakref.ref(self)))
         self._goodbye_at_exit = False  # an ``atexit`` goodbye is registered for it
         # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py):
         # one record per namespace it used (None: its own), ``sync`` the current one's.  A
@@ -228,6 +231,8 @@ class RemoteSession:
             self._switch_info()  # (and one made while others held the connection)
             self._start_keepalive()
             self._tell_untold(notes)
+            if what in ("cell", "call", GENERATOR):
+                self.last_parent = current_parent()  # (its output is live from here on)
             yield
         except KeyboardInterrupt:  # before the connection passes on (the finally below)
             _kernel_interrupted()
@@ -235,7 +240,6 @@ class RemoteSession:
         finally:
             self._owner = self._holding_cancel = None
             if what in ("cell", "call", GENERATOR):
-                self.last_parent = current_parent()
                 self._declare_listener()
             if what in ("cell", "call", GENERATOR) and self.namespace_since is None:
                 self.namespace_since = time.time()
@@ -330,6 +334,8 @@ class RemoteSession:
         if self._client is None:
             self._client = RexecClient(self.info)
             self._client.on_new_worker = self._new_worker
+            self._client.late_shown = self.late_output.request_began
+            self._client.late_done = self.late_output.request_done
         client = self._client
         client.session_id = self.session_id
         client.namespace = self.namespace if self._pinned is None else self._pinned.namespace
@@ -1245,6 +1251,14 @@ def _goodbye(session_ref: weakref.ref[RemoteSession], pid: int) -> None:
         session.goodbye()
 
 
+def _last_parent_of(session_ref: weakref.ref[RemoteSession]) -> Callable[[], str | None]:
+    def last_parent() -> str | None:
+        session = session_ref()
+        return None if session is None else session.last_parent
+
+    return last_parent
+
+
 def _keep_alive(
     session_ref: weakref.ref[RemoteSession], stop: threading.Event, now: Wakeup
 ) -> None:
@@ -1259,12 +1273,6 @@ def _keep_alive(
     it comes (``late_output``), each batch acknowledged with a keepalive (its credit).  It
     declares itself at once, so output of the first cell's threads is live too."""
     client: RexecClient | None = None
-
-    def last_parent() -> str | None:
-        session = session_ref()
-        return None if session is None else session.last_parent
-
-    shown = LateOutput(last_parent)
     next_beat = 0.0
     while True:
         sock = client.sock if client is not None and client.user else None
@@ -1277,22 +1285,21 @@ def _keep_alive(
             break
         try:
             info = session.info
-            if client is None or client.info is not info:
+            if client is None or client.info != info:
                 if client is not None:
                     client.close()
                 client = RexecClient(info, role="keepalive")
-                shown.restart()
             client.session_id, client.namespace = session.session_id, session.namespace
             client.notebook = session.notebook
-            read, had_hello = shown.read, bool(client.user)
+            shown = session.late_output
+            read, had_hello = (shown.stream, shown.count), bool(client.user)
             client.drain_replies(shown)
             # (A broker that restarted answered the last one: declare again at once.)
             lost = had_hello and not client.user
-            if asked or lost or shown.read != read or time.monotonic() >= next_beat:
-                if not client.user:
-                    shown.restart()  # (a new hello: the worker counts from 0 again)
+            news = (shown.stream, shown.count) != read
+            if asked or lost or news or time.monotonic() >= next_beat:
                 client.ensure_hello()
-                client.keepalive(late=shown.read)
+                client.keepalive(late=shown.count, late_stream=shown.stream)
                 next_beat = time.monotonic() + keepalive_interval()
         except Exception as exc:  # never let the thread die; the next beat retries
             log.debug("keepalive failed: %s", exc)

@@ -1652,6 +1652,57 @@ def test_a_remote_threads_output_after_its_cell_shows_in_that_cell_as_it_comes(k
     assert "".join(m["content"]["text"] for m in late) == expected
 
 
+def test_a_remote_threads_output_across_later_cells_keeps_its_order(kernel, tmp_path):
+    """A remote thread prints numbered lines while later cells run, remote and local: every
+    line shows once, in the order written, whichever cell it lands in, and rexec's late
+    line at most once per cell.  (Late output came both live and at the top of remote
+    cells, and the two mixed: lines 26 before 14, two headers in a cell, tester Z 5 of 5.)"""
+    _, kc = kernel
+    finished = tmp_path / "finished"
+    first = kc.execute(
+        "%%remote --no-pull\nimport threading, time\n"
+        "def numbered():\n"
+        "    for i in range(600):\n"
+        "        print(f'N{i:05d}', flush=True)\n"
+        "        time.sleep(0.002)\n"
+        f"    open({str(finished)!r}, 'w').close()\n"
+        "threading.Thread(target=numbered).start()"
+    )
+    cells = [first]
+    seen: list[dict] = []
+
+    def until_idle(msg_id: str) -> None:
+        end = time.monotonic() + WAIT_S
+        while True:
+            msg = kc.get_iopub_msg(timeout=max(0.1, end - time.monotonic()))
+            seen.append(msg)
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status":
+                if msg["content"]["execution_state"] == "idle":
+                    return
+
+    until_idle(first)
+    for j in range(9):
+        cells.append(kc.execute(f"%%remote\nprint('R{j}')" if j % 3 else f"print('L{j}')"))
+        until_idle(cells[-1])
+    wait_for(finished.exists, "the thread to print its lines")
+    cells.append(kc.execute("%%remote\nprint('last')"))  # (what was written before it, first)
+    until_idle(cells[-1])
+    streams = [m for m in seen if m["msg_type"] == "stream"]
+    text = "".join(m["content"]["text"] for m in streams)
+    assert re.findall(r"N(\d{5})", text) == [f"{i:05d}" for i in range(600)]
+    for cell in cells:
+        said = "".join(
+            m["content"]["text"] for m in streams if m["parent_header"].get("msg_id") == cell
+        )
+        assert said.count(LATE_HEADER) <= 1, said
+    kc.get_shell_msg(timeout=WAIT_S)  # (the replies: none left for the next test)
+    while True:
+        try:
+            kc.get_shell_msg(timeout=0.5)
+        except queue.Empty:
+            break
+
+
 @pytest.mark.parametrize("stream", ["stderr", "stdout"])
 def test_a_remote_threads_output_while_a_local_cell_runs_shows_there_marked_late(
     kernel, tmp_path, stream

@@ -549,6 +549,40 @@ def run_script(connection_file: Path, cwd: Path, script: str) -> subprocess.Comp
     return out
 
 
+def test_a_scripts_remote_thread_output_arrives_whole_as_it_comes(nora, tmp_path):
+    """A script whose first remote call starts a thread that prints 50,000 lines after the
+    call returned: all of them show in the script, once each and in order, before what the
+    script prints after its next call.  (The keepalive connection that takes them was made
+    again after the first call, and the lines on their way were lost: up to 3,415, with a
+    note that the broker had restarted, tester Z 6 of 17.)"""
+    finished = tmp_path / "finished"
+    script = (
+        "import os, time\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\n"
+        "def start(n, path):\n"
+        "    import threading\n"
+        "    def flood():\n"
+        "        for i in range(n):\n"
+        "            print(f'S{i:06d}')\n"
+        "        open(path, 'w').close()\n"
+        "    threading.Thread(target=flood).start()\n"
+        "    return 'started'\n"
+        "@remote_func\n"
+        "def again():\n"
+        "    return 'again'\n"
+        f"print(start(50_000, {str(finished)!r}), flush=True)\n"
+        f"while not os.path.exists({str(finished)!r}):\n"
+        "    time.sleep(0.05)\n"
+        "print(again(), flush=True)\n"
+    )
+    out = run_script(nora, tmp_path, script)
+    lines = out.stdout.splitlines()
+    assert "started" in lines and lines[-1] == "again", (lines[:3], lines[-3:])
+    numbers = [line[1:] for line in lines if line.startswith("S")]
+    assert numbers == [f"{i:06d}" for i in range(50_000)]
+
+
 def test_put_and_get_as_functions_in_a_script(nora, tmp_path):
     (tmp_path / "script-data.txt").write_text("from a script")
     script = (

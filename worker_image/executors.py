@@ -101,6 +101,9 @@ class Request:
     # Bytes of values the executor fetches from the broker (``BULK_FETCH_REF``) or loads
     # before the code can start; None when there were none, or they are in (``VALUES_IN``).
     values_coming: int | None = None
+    # Its ACCEPTED's ``late_stream`` / ``late_count``: its notebook's listener is shown that
+    # many late events before the request's own output (``late_listeners``).
+    late_mark: dict[str, Any] | None = None
 
     @property
     def blocked(self) -> bool:
@@ -428,23 +431,30 @@ class ExecutorProcess:
         return taken
 
     def take_late(
-        self, client: str, gone: Callable[[str], bool], only_own: bool = False
+        self, client: str, gone: Callable[[str], bool], only_own: bool = False, own: bool = True
     ) -> list[Late]:
         """The kept output for a request of ``client``: its own, a legacy client's, and that
         of notebooks that are ``gone``; the rest (other notebooks of a shared namespace)
         stays for their next request.  ``only_own``: ``client``'s own only (for a request
-        that runs in another executor: the notebook works in another namespace now)."""
+        that runs in another executor: the notebook works in another namespace now);
+        ``own`` False: not its own (its listener takes that, ``late_listeners``)."""
         taken: list[Late] = []
         kept: deque[Late] = deque()
         for item in self.late:
-            if only_own:
+            if item.owner == client and item.owner:
+                mine = own
+            elif only_own:
                 mine = item.owner == client
             else:
-                mine = item.owner in ("", client) or gone(item.owner)
+                mine = item.owner == "" or gone(item.owner)
             (taken if mine else kept).append(item)
         self.late = kept
         self.late_chars = sum(late_size(i.payload) for i in kept)
         return taken
+
+    def late_events_of(self, client: str) -> int:
+        """How many events the output kept for ``client`` goes as to its listener."""
+        return sum(late_events(i.payload) for i in self.late if i.owner == client)
 
     def take_late_for_listeners(self, room: Callable[[str], int]) -> list[Late]:
         """Kept output whose notebook has a listener with room (``room(owner)`` events:

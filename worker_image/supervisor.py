@@ -554,7 +554,6 @@ class Supervisor:
                  "worker as silent): registering again")  # fmt: skip
         self._session_key = None
         self._backlog.clear()  # signed with the old key, for clients of the old broker
-        self.listeners.connections_gone()
         self._abandon_cells()
         self._send_register()
 
@@ -747,7 +746,11 @@ class Supervisor:
         if fields.session:  # the kernel lives, whether or not it has an executor of its own
             self._clients[fields.session] = (time.monotonic(), fields.keepalive_s)
             if fields.late is not None:  # its keepalive connection takes late output
-                self.listeners.declared(fields.session, route, fields.id, fields.late)
+                lst, moved = self.listeners.declared(
+                    fields.session, route, fields.late_stream, fields.late
+                )
+                for _seq, kind, header, buffers in lst.unread if moved else ():
+                    self._signed(route, kind, header, buffers)  # (what may have been lost)
             if fields.notebook:
                 self._notebooks[fields.session] = fields.notebook
         if fields.namespace and fields.session:
@@ -932,7 +935,7 @@ class Supervisor:
             self._to_client(req, Kind.NOTICE, {"text": text, "about": req.notice})
         # It runs now: "accepted" (a cell still waiting its turn when a broker restart made
         # the supervisor drop it was never accepted, so its client may send it again).
-        self._reply(req.target.route, Kind.ACCEPTED, {"id": req.target.id})
+        self._reply(req.target.route, Kind.ACCEPTED, {"id": req.target.id, **(req.late_mark or {})})
 
     def _late_to_client(self, req: Request, kind: str, payload: Any, buffers: Any) -> None:
         """One piece of late output (``ExecutorProcess.keep_late``'s) as an event of ``req``."""
@@ -952,14 +955,6 @@ class Supervisor:
 
     def _late_to_listener(self, item: Late) -> None:
         lst = self.listeners.by_session[item.owner]
-        if lst.unsure:
-            text = (
-                f"up to {lst.unsure} pieces of output produced after this notebook's remote "
-                "cell ended may not have been shown: the connection that took them was made "
-                "again (the broker restarted, or the kernel reconnected)"
-            )
-            self._to_listener(lst, Kind.NOTICE, {"text": text, "about": "late"})
-            lst.unsure = 0
         if isinstance(item.payload, str):
             text = item.payload
             for start in range(0, len(text), LATE_EVENT_CHARS):
@@ -970,10 +965,15 @@ class Supervisor:
             self._to_listener(lst, item.kind, header, item.buffers)
 
     def _to_listener(self, lst: Listener, kind: str, header: dict[str, Any], buffers=()) -> None:
-        if lst.route is not None:  # (always: it has no room without one)
-            full = {"id": lst.id, "seq": lst.sent, **header, "late": True}
-            lst.sent += 1
-            self._signed(lst.route, kind, encode_header(full), buffers)
+        """One late event of ``lst``'s stream: kept until it is said read (sent again from
+        a new connection: ``late_listeners``)."""
+        full = {"id": lst.id, "seq": lst.sent, **header, "late": True}
+        if lst.after is not None and lst.sent >= lst.after_from:
+            full["after"] = lst.after
+        encoded = encode_header(full)
+        lst.unread.append((lst.sent, kind, encoded, buffers))
+        lst.sent += 1
+        self._signed(lst.route, kind, encoded, buffers)
 
     def _send_late(self, ex: ExecutorProcess, req: Request) -> None:
         """Output that came after the previous cell ended, for ``req`` (not yet current):
@@ -981,6 +981,15 @@ class Supervisor:
         after what was kept (read as ``req``'s own, it could go out before the kept)."""
         self._drain_pipes(ex)
         self._flush_stream(ex)
+        lst = self.listeners.by_session.get(req.client)
+        if lst is not None:
+            # The notebook's own late output, sent and still kept, goes to its listener,
+            # which shows it before this request's own output: its ACCEPTED says up to
+            # which event of the stream (the client waits for that).  Through the request
+            # too, the two connections mixed them (tester Z).
+            kept = sum(other.late_events_of(req.client) for other in self.all)
+            req.late_mark = {"late_stream": lst.id, "late_count": lst.sent + kept}
+            lst.after, lst.after_from = req.target.id, lst.sent + kept
         if ex.late_dropped_chars or ex.late_dropped_events:
             dropped = []
             if ex.late_dropped_chars:
@@ -998,12 +1007,12 @@ class Supervisor:
         def gone(client: str) -> bool:
             return client not in self._clients or self._client_gone(client, now)
 
-        for item in ex.take_late(req.client, gone):
+        for item in ex.take_late(req.client, gone, own=lst is None):
             self._late_to_client(req, item.kind, item.payload, item.buffers)
         # The notebook's late output in its other namespaces (it attached to a shared one,
         # or came back from it): the top of its next cell, wherever that runs, as a local
         # kernel shows it in the next cell, not when it returns there.
-        for other in self.executors.values():
+        for other in self.executors.values() if lst is None else ():
             if other is not ex and other.late:  # (kept by now: it came while it was idle)
                 for item in other.take_late(req.client, gone, only_own=True):
                     self._late_to_client(req, item.kind, item.payload, item.buffers)
