@@ -8,7 +8,8 @@ goes where ipykernel puts a thread's output: under the parent of the cell runnin
 of the last one.  In the cell whose remote request the worker ran last (its output is still
 live), it reads as that cell's own; anywhere else (a local cell ran since, another cell
 runs) it comes under rexec's "output produced after the previous remote cell or call
-ended" line, once per cell (``claim_header``, shared with the request's own renderer).
+ended" line, once per cell (``output_cells.claim_header``, shared with the request's own
+renderer).
 Order against the notebook's requests: a request's ACCEPTED says how many late events come
 before its own output (``request_began`` waits for them), and events written after it
 began carry its id (``after``: shown once its output is, ``request_done``).
@@ -17,7 +18,6 @@ began carry its id (``after``: shown once its output is, ``request_done``).
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -27,14 +27,7 @@ from typing import Any
 import zmq
 
 from rexec_magic import protocol as P
-
-
-def current_parent() -> str | None:
-    """The msg_id of the cell output written now goes to (ipykernel's stream parent: the
-    running cell, else the last one; for a thread it is the shell's latest), or None
-    outside a kernel."""
-    header = getattr(sys.stdout, "parent_header", None)
-    return header.get("msg_id") if isinstance(header, dict) else None
+from rexec_magic.output_cells import current_parent
 
 
 class LateOutput:
@@ -76,7 +69,8 @@ class LateOutput:
         request's own output is (``request_done``), or after ``LATE_CATCH_UP_S``."""
         if request is not None:
             with self._shown:
-                self._shown.wait_for(lambda: request in self._done, P.LATE_CATCH_UP_S)
+                if not self._shown.wait_for(lambda: request in self._done, P.LATE_CATCH_UP_S):
+                    self._done[request] = None  # (not again for each event after it)
 
     def request_began(self, stream: str, count: int) -> None:
         """A request's ACCEPTED (``protocol.Accepted.late_count``): wait until ``count``
@@ -101,34 +95,6 @@ class LateOutput:
 
 
 _DONE_KEPT = 256  # requests whose output is all shown, the newest (``LateOutput._done``)
-
-
-# Cells (parent msg_ids) where rexec's late line was shown, by any renderer: once per cell,
-# whether the late output came live (``LateOutput``) or at the top of a request.
-_HEADERS_KEPT = 256
-_headers: OrderedDict[str, None] = OrderedDict()
-_headers_lock = threading.Lock()
-
-
-def claim_header(parent: str | None) -> bool:
-    """Whether to show rexec's late line in ``parent`` now: not if it was shown there
-    already (None: outside a kernel, each renderer decides alone)."""
-    if parent is None:
-        return True
-    with _headers_lock:
-        if parent in _headers:
-            return False
-        _headers[parent] = None
-        while len(_headers) > _HEADERS_KEPT:
-            _headers.popitem(last=False)
-        return True
-
-
-def release_header(parent: str | None) -> None:
-    """A late ``clear_output`` wiped the line in ``parent``: show it again before what
-    follows."""
-    with _headers_lock:
-        _headers.pop(parent, None)
 
 
 class Wakeup:

@@ -11,8 +11,8 @@ from IPython.display import clear_output, publish_display_data
 
 from rexec_magic import protocol as P
 from rexec_magic.client import whole_message
-from rexec_magic.late_output import claim_header, current_parent, release_header
 from rexec_magic.notes import NOTEBOOK, Notes, Progress
+from rexec_magic.output_cells import claim_header, current_parent, release_header
 
 
 class RemoteResult:

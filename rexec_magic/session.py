@@ -35,8 +35,9 @@ from rexec_magic.client import (
     listening,
 )
 from rexec_magic.contract import WorkerState
-from rexec_magic.late_output import LateOutput, Wakeup, current_parent, wait_for
+from rexec_magic.late_output import LateOutput, Wakeup, wait_for
 from rexec_magic.notes import QUIET, Notes, Progress, in_kernel
+from rexec_magic.output_cells import current_parent
 from rexec_magic.spawner_client import SpawnerClient
 from rexec_magic.turns import Turns
 
@@ -333,7 +334,10 @@ class RemoteSession:
     def client(self) -> RexecClient:
         if self._client is None:
             self._client = RexecClient(self.info)
-            self._client.on_new_worker = self._new_worker
+            # Weakly: a session nothing else holds is freed at once, not at the next
+            # garbage collection (its keepalives stop only then: the worker kept its
+            # executor meanwhile).
+            self._client.on_new_worker = _weakly(self._new_worker)
             self._client.late_shown = self.late_output.request_began
             self._client.late_done = self.late_output.request_done
         client = self._client
@@ -1249,6 +1253,18 @@ def _goodbye(session_ref: weakref.ref[RemoteSession], pid: int) -> None:
     session = session_ref()
     if session is not None and os.getpid() == pid:
         session.goodbye()
+
+
+def _weakly(method: Callable[..., None]) -> Callable[..., None]:
+    """``method`` (bound) called while its object lives, without keeping it alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args)
+
+    return call
 
 
 def _last_parent_of(session_ref: weakref.ref[RemoteSession]) -> Callable[[], str | None]:

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from rexec_magic import connection, errors
 from rexec_magic.notes import RecordedNotes
 from rexec_magic.private_file import write_private
 from rexec_magic.session import RemoteSession
-from tests.harness import WAIT_S, pid_alive
+from tests.harness import WAIT_S, pid_alive, wait_for
 from tests.local_stack import start_stack
 
 pytestmark = pytest.mark.stack
@@ -284,8 +285,16 @@ def test_a_session_nothing_holds_any_more_frees_its_executor(stack, monkeypatch)
     dropped = RemoteSession(connection.load(stack.connection_file))
     kept_pid, dropped_pid = executor_pid(kept), executor_pid(dropped)
     assert kept_pid != dropped_pid
-    del dropped
-    gc.collect()
+    # Freed as soon as nothing holds it, not at the next garbage collection: a reference
+    # cycle (its client's callback) kept it, and its keepalives, once the keepalive thread
+    # held it while the collection ran (the CI run of a4cabd9).
+    gone = weakref.ref(dropped)
+    gc.disable()
+    try:
+        del dropped
+        wait_for(lambda: gone() is None, "the dropped session to be freed with no collection")
+    finally:
+        gc.enable()
     deadline = time.monotonic() + WAIT_S
     while pid_alive(dropped_pid) and time.monotonic() < deadline:
         time.sleep(0.05)

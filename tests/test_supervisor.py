@@ -1023,6 +1023,41 @@ def test_late_output_goes_to_its_notebooks_listener_as_it_comes(port, tmp_path):
     assert [e.header["text"] for e in events if e.kind == Kind.STREAM] == ["next\n"]
 
 
+def test_late_output_of_a_notebooks_other_namespace_is_not_held_behind_its_running_cell(
+    port, tmp_path
+):
+    """A notebook's thread in its own namespace prints while a long cell of the same
+    notebook runs in a shared namespace it attached to: the lines come as they are written,
+    not marked as coming after that cell (the client held each such line back up to 2 s,
+    one line every 2 s until the cell ended, tester Z2 4 of 4)."""
+    go, end = tmp_path / "go", tmp_path / "end"
+    own, team = {"session": "nb-a"}, {"session": "nb-a", "namespace": "team"}
+    declare(port, "nb-a")
+    port.run(
+        "import threading, time, os\n"
+        "def later():\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.02)\n"
+        "    print('from my own namespace', flush=True)\n"
+        "threading.Thread(target=later).start()",
+        extra=own,
+    )
+    long_cell = port.execute(
+        "import os, time\n"
+        f"while not os.path.exists({str(end)!r}):\n"
+        "    time.sleep(0.02)\n"
+        "print('long cell over')",
+        extra=team,
+    )
+    port.recv_kind(Kind.ACCEPTED)
+    go.touch()
+    (line,) = listened(port, bool)
+    assert line.header["text"] == "from my own namespace\n"
+    assert "after" not in line.header
+    end.touch()
+    assert stdout(port.events(long_cell)) == "long cell over\n"
+
+
 def test_a_listener_gets_no_more_than_its_window_and_nothing_is_lost(port, tmp_path):
     """Credit: a listener that reads nothing has at most ``LATE_WINDOW`` late events on
     their way; each keepalive saying how many it read lets more go.  The notebook's next

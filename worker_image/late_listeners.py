@@ -43,9 +43,12 @@ class Listener:
     id: str  # the stream's id, in each of its events (new for each listener kept here)
     sent: int = 0  # events numbered so far: the next one's seq
     read: int = 0  # of them, read (its last keepalive said)
-    # Its notebook's last request that began, and the first seq written after it began
-    # (``Event.after``: the client shows those after that request's own output).
+    # Its notebook's last request that began, the executor it ran in, and the first seq
+    # written after it began (``Event.after``, on that executor's output only: the client
+    # shows those after that request's own output; the notebook's other namespaces are
+    # not held back by it, tester Z2).
     after: str | None = None
+    after_in: str | None = None
     after_from: int = 0
     # (seq, kind, header, buffers) of the events not yet said read, oldest first.
     unread: deque[tuple[int, str, bytes, Any]] = field(default_factory=deque)

@@ -951,25 +951,34 @@ class Supervisor:
         for ex in self.all:
             if ex.late:
                 for item in ex.take_late_for_listeners(self.listeners.room):
-                    self._late_to_listener(item)
+                    self._late_to_listener(ex, item)
 
-    def _late_to_listener(self, item: Late) -> None:
+    def _late_to_listener(self, ex: ExecutorProcess, item: Late) -> None:
         lst = self.listeners.by_session[item.owner]
+        after = lst.after if lst.after_in == ex.key else None
         if isinstance(item.payload, str):
             text = item.payload
             for start in range(0, len(text), LATE_EVENT_CHARS):
                 piece = text[start : start + LATE_EVENT_CHARS]
-                self._to_listener(lst, Kind.STREAM, {"name": item.kind, "text": piece})
+                self._to_listener(lst, Kind.STREAM, {"name": item.kind, "text": piece}, after)
         else:
             header = {k: v for k, v in item.payload.items() if k not in ("id", "seq")}
-            self._to_listener(lst, item.kind, header, item.buffers)
+            self._to_listener(lst, item.kind, header, after, item.buffers)
 
-    def _to_listener(self, lst: Listener, kind: str, header: dict[str, Any], buffers=()) -> None:
+    def _to_listener(
+        self,
+        lst: Listener,
+        kind: str,
+        header: dict[str, Any],
+        after: str | None = None,
+        buffers: Any = (),
+    ) -> None:
         """One late event of ``lst``'s stream: kept until it is said read (sent again from
-        a new connection: ``late_listeners``)."""
+        a new connection: ``late_listeners``).  ``after``: the request of its notebook
+        that began in its executor before it was written (from ``lst.after_from`` on)."""
         full = {"id": lst.id, "seq": lst.sent, **header, "late": True}
-        if lst.after is not None and lst.sent >= lst.after_from:
-            full["after"] = lst.after
+        if after is not None and lst.sent >= lst.after_from:
+            full["after"] = after
         encoded = encode_header(full)
         lst.unread.append((lst.sent, kind, encoded, buffers))
         lst.sent += 1
@@ -989,7 +998,7 @@ class Supervisor:
             # too, the two connections mixed them (tester Z).
             kept = sum(other.late_events_of(req.client) for other in self.all)
             req.late_mark = {"late_stream": lst.id, "late_count": lst.sent + kept}
-            lst.after, lst.after_from = req.target.id, lst.sent + kept
+            lst.after, lst.after_in, lst.after_from = req.target.id, ex.key, lst.sent + kept
         if ex.late_dropped_chars or ex.late_dropped_events:
             dropped = []
             if ex.late_dropped_chars:
