@@ -577,9 +577,10 @@ def test_a_scripts_remote_thread_output_arrives_whole_as_it_comes(nora, tmp_path
         "print(again(), flush=True)\n"
     )
     out = run_script(nora, tmp_path, script)
-    lines = out.stdout.splitlines()
-    assert "started" in lines and lines[-1] == "again", (lines[:3], lines[-3:])
-    numbers = [line[1:] for line in lines if line.startswith("S")]
+    # (The script's own print and the thread's lines share stdout, so rexec's late line can
+    # land inside the script's "started" line, as a local thread's output can.)
+    assert "started" in out.stdout and out.stdout.endswith("\nagain\n"), out.stdout[-200:]
+    numbers = re.findall(r"S(\d{6})\n", out.stdout)
     assert numbers == [f"{i:06d}" for i in range(50_000)]
 
 
