@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -36,10 +34,12 @@ class LateOutput:
     connection changed: ``worker_image/late_listeners.py``).  ``stream`` and ``count``
     are what the keepalives say read."""
 
-    def __init__(self, last_parent: Callable[[], str | None]) -> None:
+    def __init__(self) -> None:
         self.stream: str | None = None
         self.count = 0  # events of ``stream`` shown (its next seq)
-        self._last_parent = last_parent  # the cell whose remote request ran last
+        # The cell whose remote request ran last (set by the session as one begins): late
+        # output shown while it is still the current cell reads as its own.
+        self.last_parent: str | None = None
         self._parent: Any = object()  # (none yet)
         self._renderer: Any = None
         self._shown = threading.Condition()
@@ -57,7 +57,7 @@ class LateOutput:
             self._parent = parent
             self._renderer = EventRenderer()
             # In the cell that started it while that cell's output is live: its own.
-            self._renderer.late_header = parent is None or parent != self._last_parent()
+            self._renderer.late_header = parent is None or parent != self.last_parent
         self._renderer(msg)
         with self._shown:
             self.stream = stream
@@ -143,8 +143,7 @@ def wait_for(wakeup: Wakeup, sock: Any, timeout_s: float) -> None:
     items: list[tuple[Any, int]] = [(wakeup.fileno(), zmq.POLLIN)]
     if sock is not None:
         items.append((sock, zmq.POLLIN))
-    end = time.monotonic() + timeout_s
     try:
-        zmq.zmq_poll(items, max(0, int((end - time.monotonic()) * 1000)))
+        zmq.zmq_poll(items, max(0, int(timeout_s * 1000)))
     except zmq.ZMQError:  # (a socket closed meanwhile: the caller looks again)
         pass

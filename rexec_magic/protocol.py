@@ -117,7 +117,7 @@ class Kind:
     INTERRUPT = "interrupt"  # {id}
     INSPECT = "inspect"  # {id, session?, namespace?}  -> INSPECT_REPLY
     ACK = "ack"  # {id, n}: the client has handled n events of that request (flow control)
-    KEEPALIVE = "keepalive"  # {id, session, namespace?, keepalive_s, late?}: the kernel lives
+    KEEPALIVE = "keepalive"  # {id, session, namespace?, keepalive_s, late?, late_stream?}
     # {id, vars: [{name: fn|args|kwargs|globals, nbuffers}], have, watch, pull_limit, inband,
     # client, lazy} + buffers: bind globals, call fn(*args, **kwargs); a generator's items come
     # as YIELD, the return value with DONE (vars "return", then the watched globals that
@@ -1011,8 +1011,8 @@ class Event(Header):
 
     id: Id
     seq: int = 0
-    # Output produced after the cell that made it ended (threads, timers, child processes),
-    # shown at the top of the next cell of its executor.
+    # Output produced after the cell that made it ended (threads, timers, child processes):
+    # on the notebook's listener connection as it comes, or at the top of its next request.
     late: bool = False
     # (Late output on a listener's connection: written after this request of its notebook
     # began, so shown after that request's own output.)

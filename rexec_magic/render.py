@@ -63,7 +63,7 @@ class EventRenderer:
         # when it comes back (and its failure, once, as locally), else ``show_held``.
         self.held_error: P.Error | None = None
         self.notes = notes  # rexec's own words (what a request waits for): never stderr
-        self.late_said = False  # rexec's late line shown already
+        self._late_said = False  # rexec's late line shown already
         self.late_header = True  # (False: late output shows in the cell that made it)
         self._late_unended: set[str] = set()  # streams whose late text ended mid-line
         # ``clear_output(wait=True)`` clears when the next output comes: what it would clear,
@@ -157,10 +157,10 @@ class EventRenderer:
             self._show_result()
         # (Not before a late clear: it would clear the header, said again after it.)
         clears = isinstance(event, P.Display) and event.clear
-        if event.late and self.late_header and not self.late_said and not clears:
+        if event.late and self.late_header and not self._late_said and not clears:
             # Output of an earlier cell's threads, timers or child processes, produced after
             # that cell ended, shown in another cell: once per cell, whoever shows it.
-            self.late_said = True
+            self._late_said = True
             if claim_header(current_parent()):
                 header = "[rexec: output produced after the previous remote cell or call ended]"
                 sys.stdout.write(header + "\n")
@@ -202,7 +202,7 @@ class EventRenderer:
             if event.clear:
                 clear_output(wait=event.wait)
                 if event.late:  # it clears the header too: said again before what follows
-                    self.late_said = False
+                    self._late_said = False
                     release_header(current_parent())
                 return
             kwargs = {"update": True} if event.update else {}

@@ -134,13 +134,8 @@ class RemoteSession:
         self.notebook = _notebook_label()
         self._keepalive: threading.Event | None = None  # the running keepalive's stop
         self._keepalive_now: Wakeup | None = None  # set: it beats at once (and sees a stop)
-        # The kernel's cell whose remote request ran last (``late_output.current_parent``):
-        # late output shown while it is still the current one reads as its own.
-        self.last_parent: str | None = None
         self._declared_to: str | None = None  # the worker process told of the listener
-        # What the keepalive thread shows of the late output (held weakly: that thread must
-        # not keep a dropped session alive).
-        self.late_output = LateOutput(_last_parent_of(weakref.ref(self)))
+        self.late_output = LateOutput()  # what the keepalive thread shows of late output
         self._goodbye_at_exit = False  # an ``atexit`` goodbye is registered for it
         # What the worker holds, as this notebook last exchanged it (rexec_magic/sync.py):
         # one record per namespace it used (None: its own), ``sync`` the current one's.  A
@@ -233,7 +228,7 @@ class RemoteSession:
             self._start_keepalive()
             self._tell_untold(notes)
             if what in ("cell", "call", GENERATOR):
-                self.last_parent = current_parent()  # (its output is live from here on)
+                self.late_output.last_parent = current_parent()  # (its output is live now)
             yield
         except KeyboardInterrupt:  # before the connection passes on (the finally below)
             _kernel_interrupted()
@@ -1265,14 +1260,6 @@ def _weakly(method: Callable[..., None]) -> Callable[..., None]:
             bound(*args)
 
     return call
-
-
-def _last_parent_of(session_ref: weakref.ref[RemoteSession]) -> Callable[[], str | None]:
-    def last_parent() -> str | None:
-        session = session_ref()
-        return None if session is None else session.last_parent
-
-    return last_parent
 
 
 def _keep_alive(
