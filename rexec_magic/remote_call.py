@@ -710,6 +710,24 @@ class RemoteFunction:
     def session(self) -> RemoteSession:
         return self._session or shared_session()
 
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        """Pickled by reference, as pickle sends a function, where its module's attribute of
+        its name is this object (``@remote_func def f`` at a module's top level): a
+        ``multiprocessing`` pool or a ``ProcessPoolExecutor`` sends ``f`` so, and the other
+        process calls its own ``f`` (a session of its own, README).  pickle used to send the
+        wrapped function by reference, found this object under its name instead, and
+        refused: "it's not the same object as __main__.f" (tester AA).  Elsewhere (made
+        under another name, inside a function): by value.  rexec's own shipping of a
+        function to the worker is always by value (``serialize``: ``_rexec_by_value``)."""
+        if _module_attribute(self) is self:
+            return self.__qualname__
+        return self._rexec_by_value()
+
+    def _rexec_by_value(self) -> tuple[Any, ...]:
+        """The function and its timeout; not the session (a live connection does not travel:
+        where it lands, the process's own is used)."""
+        return RemoteFunction, (self.func, self.timeout)
+
     def __repr__(self) -> str:
         return f"<remote_func {getattr(self.func, '__qualname__', self.func)!r}>"
 
@@ -897,6 +915,17 @@ def _ran_in_place(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any])
     except Exception as exc:
         future.set_exception(exc)
     return future
+
+
+def _module_attribute(obj: Any) -> Any:
+    """What ``obj``'s module holds under ``obj``'s qualified name (None: nothing)."""
+    found = sys.modules.get(getattr(obj, "__module__", None) or "")
+    qualname = getattr(obj, "__qualname__", None)
+    if found is None or not isinstance(qualname, str) or "<locals>" in qualname:
+        return None
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found
 
 
 def remote_func(

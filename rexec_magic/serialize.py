@@ -435,6 +435,10 @@ class _Pickler(cloudpickle.Pickler):
                     # value it was a copy with globals of its own on every call, so what
                     # it set in its module (``COUNT += 1``) was gone at the next call.
                     return _wrapped_attribute, (module, qualname)
+        elif (by_value := getattr(type(obj), "_rexec_by_value", None)) is not None:
+            # A ``remote_func``: pickle sends it by reference (``RemoteFunction.__reduce__``),
+            # which the worker, where the notebook's names are no module's, cannot load.
+            return by_value(obj)
         elif isinstance(obj, functools._lru_cache_wrapper):
             wrapped = getattr(obj, "__wrapped__", None)
             if getattr(wrapped, "__globals__", None) is self.main:

@@ -995,6 +995,35 @@ def test_a_process_forked_after_a_remote_call_makes_calls_of_its_own(stack):
     ], out.stdout
 
 
+def test_a_remote_func_goes_to_a_process_pool_as_a_function_does(stack):
+    """``pool.map(f, ...)`` with ``f`` itself a ``@remote_func`` (a fork ``Pool``, a
+    ``ProcessPoolExecutor``): pickle sends a function by reference, and it refused the
+    remote_func: "Can't pickle <function where ...>: it's not the same object as
+    __main__.where" (tester AA, 2 of 2; a plain ``functools.wraps`` decorator works).  Each
+    child calls it from a session of its own, as through a wrapper function."""
+    script = (
+        "import os, pickle, multiprocessing\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef where(i):\n    return i * i, os.getpid()\n"
+        "print('same', pickle.loads(pickle.dumps(where)) is where)\n"
+        "first = where(0)\n"
+        "fork = multiprocessing.get_context('fork')\n"
+        "with fork.Pool(2) as pool:\n"
+        "    pooled = pool.map(where, range(1, 5))\n"
+        "with ProcessPoolExecutor(2, mp_context=fork) as ex:\n"
+        "    mapped = list(ex.map(where, [5, 6]))\n"
+        "print('pooled', [v for v, _ in pooled], first[1] not in {p for _, p in pooled})\n"
+        "print('executor', [v for v, _ in mapped], first[1] not in {p for _, p in mapped})\n"
+    )
+    out = run_script(stack, script)
+    lines = [line for line in out.stdout.splitlines() if not line.startswith("No remote")]
+    assert lines == ["same True", "pooled [1, 4, 9, 16] True", "executor [25, 36] True"], (
+        out.stdout,
+        out.stderr,
+    )
+
+
 def test_a_remote_func_of_a_helper_module_keeps_its_module_state_on_the_worker(stack, tmp_path):
     """``@remote_func`` in a helper module beside the script (it travels by value): what
     the function sets in its module stays there between calls, on the worker, as module
