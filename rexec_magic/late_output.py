@@ -37,9 +37,10 @@ class LateOutput:
     def __init__(self) -> None:
         self.stream: str | None = None
         self.count = 0  # events of ``stream`` shown (its next seq)
-        # The cell whose remote request ran last (set by the session as one begins): late
-        # output shown while it is still the current cell reads as its own.
+        # The cell whose remote request ran last (``began``, taken up once its output is
+        # all shown): late output shown while it is still the current cell reads as its own.
         self.last_parent: str | None = None
+        self._began_parent: str | None = None
         self._parent: Any = object()  # (none yet)
         self._renderer: Any = None
         self._shown = threading.Condition()
@@ -85,9 +86,20 @@ class LateOutput:
                     break  # (none came for a while: the request's output goes on)
                 shown = now
 
+    def began(self, parent: str | None) -> None:
+        """A remote request of cell ``parent`` begins.  Its cell becomes the one whose late
+        output reads as its own only once the request's output is all shown
+        (``request_done``): what comes before that was written before the request began
+        (``request_began`` waits for it), and is marked late in the new cell.  Taken up as
+        the request began, a background process's line written after the previous cell
+        read as the new cell's own (tester AB)."""
+        self._began_parent = parent
+
     def request_done(self, request: str) -> None:
-        """The request's own output is all shown: what came after it may go."""
+        """The request's own output is all shown: what came after it may go, and its cell
+        is the one late output reads as its own in (``began``)."""
         with self._shown:
+            self.last_parent = self._began_parent
             self._done[request] = None
             while len(self._done) > _DONE_KEPT:
                 self._done.popitem(last=False)

@@ -228,7 +228,7 @@ class RemoteSession:
             self._start_keepalive()
             self._tell_untold(notes)
             if what in ("cell", "call", GENERATOR):
-                self.late_output.last_parent = current_parent()  # (its output is live now)
+                self.late_output.began(current_parent())
             yield
         except KeyboardInterrupt:  # before the connection passes on (the finally below)
             _kernel_interrupted()

@@ -1652,6 +1652,30 @@ def test_a_remote_threads_output_after_its_cell_shows_in_that_cell_as_it_comes(k
     assert "".join(m["content"]["text"] for m in late) == expected
 
 
+def test_a_background_processs_output_after_its_executor_died_shows_in_that_cell(kernel, tmp_path):
+    """A cell starts a background process, then its executor dies (``os._exit``); the
+    process prints after the cell ended.  Its line shows in that cell as it comes, with no
+    other cell run, as a thread's does, and not again in the next cell.  (It waited for the
+    namespace's next executor and came at the top of the next remote cell, unmarked,
+    reading as that cell's own: tester AB, 3 of 3.)"""
+    _, kc = kernel
+    go = tmp_path / "go"
+    msg_id = kc.execute(
+        "%%remote --no-pull\nimport os, subprocess\n"
+        f"subprocess.Popen('while [ ! -e {go} ]; do sleep 0.02; done; echo orphan line', "
+        "shell=True)\n"
+        "print('dying', flush=True)\nos._exit(1)"
+    )
+    reply, outputs = collect(kc, msg_id)
+    assert reply["status"] == "error" and "exit code 1" in reply["evalue"], reply
+    assert text_of(outputs) == "dying\n"
+    go.touch()
+    late = iopub_of(kc, msg_id, lambda text: "orphan line" in text)
+    assert "".join(m["content"]["text"] for m in late) == "orphan line\n"
+    reply, outputs = run(kc, "%%remote\nprint('next')")
+    assert reply["status"] == "ok" and text_of(outputs) == "next\n", outputs
+
+
 def test_a_remote_threads_output_across_later_cells_keeps_its_order(kernel, tmp_path):
     """A remote thread prints numbered lines while later cells run, remote and local: every
     line shows once, in the order written, whichever cell it lands in, and rexec's late

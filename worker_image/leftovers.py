@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,9 @@ from worker_image.executors import (
     LATE_HOLD_CHARS,
     LATE_MAX_CHARS,
     PIPE_READ,
+    Late,
     PipeReader,
+    late_events,
     late_size,
 )
 from worker_image.recent import Recent
@@ -103,6 +106,33 @@ class LeftoverPipes:
 
     def full(self, key: str | None) -> bool:
         return key is not None and self._chars.get(key, 0) >= LATE_HOLD_CHARS
+
+    def take_for_listeners(self, room: Callable[[str], int]) -> list[tuple[str, Late]]:
+        """What waits here for notebooks whose late-output listener has room (``room(owner)``
+        events, ``late_listeners``): ``(key, item)``, each notebook's in order (one that does
+        not fit keeps the rest of that notebook's).  It used to wait for the namespace's next
+        executor, so a background process's output after its executor died showed only in
+        the next cell, and as that cell's own (tester AB, 3 of 3)."""
+        taken: list[tuple[str, Late]] = []
+        left: dict[str, int] = {}
+        for key in list(self.waiting):
+            rest: deque[tuple[str, Any, str, list[Any]]] = deque()
+            for kind, payload, owner, buffers in self.waiting[key]:
+                if owner:
+                    free = left[owner] if owner in left else room(owner)
+                    if free >= late_events(payload):
+                        left[owner] = free - late_events(payload)
+                        taken.append((key, Late(kind, payload, buffers, owner)))
+                        continue
+                    left[owner] = 0
+                rest.append((kind, payload, owner, buffers))
+            if rest:
+                self.waiting[key] = rest  # (a key kept keeps its place)
+                self._chars[key] = sum(late_size(item[1]) for item in rest)
+            else:
+                del self.waiting[key]
+                self._chars.pop(key, None)
+        return taken
 
     def take(self, key: str) -> list[tuple[str, Any, str, list[Any]]]:
         """What waits for ``key``'s new executor: ``(kind, payload, owner, buffers)``."""

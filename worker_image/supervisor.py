@@ -951,11 +951,15 @@ class Supervisor:
         for ex in self.all:
             if ex.late:
                 for item in ex.take_late_for_listeners(self.listeners.room):
-                    self._late_to_listener(ex, item)
+                    self._late_to_listener(ex.key, item)
+        if self.leftovers.waiting:  # (a dead executor's processes, its namespace has none)
+            for key, item in self.leftovers.take_for_listeners(self.listeners.room):
+                self._late_to_listener(key, item)
 
-    def _late_to_listener(self, ex: ExecutorProcess, item: Late) -> None:
+    def _late_to_listener(self, key: str | None, item: Late) -> None:
+        """``item``, output of namespace ``key``'s executor, to its notebook's listener."""
         lst = self.listeners.by_session[item.owner]
-        after = lst.after if lst.after_in == ex.key else None
+        after = lst.after if lst.after_in == key else None
         if isinstance(item.payload, str):
             text = item.payload
             for start in range(0, len(text), LATE_EVENT_CHARS):
