@@ -124,6 +124,8 @@ class WorkerEntry:
     instance: str = ""
     # Its executors fetch a large request's buffers themselves (``protocol.BULK_FETCH_REF``).
     fetch: bool = False
+    # It is told when a connection of its user closes (``CLIENT_CLOSED``).
+    client_closed: bool = False
     busy: bool = False
     # Seconds of silence allowed beyond the usual: a large message it announced is on its
     # way (HEARTBEAT ``sending``), and what it sends next waits behind it.
@@ -156,6 +158,7 @@ class WorkerEntry:
             last_seen=now,
             instance=header.instance,
             fetch=header.fetch,
+            client_closed=header.client_closed,
         )
 
     def info(self, now: float) -> dict[str, Any]:
@@ -587,8 +590,16 @@ class Broker:
         self.legacy.waiting.pop(route, None)  # a call whose token is being checked: never sent
         if self.legacy.owns(route):
             self.legacy.end(route)
-        if self.close_session(route) is not None:
+        session = self.close_session(route)
+        if session is not None:
             self.counters.sessions_closed += 1
+            worker = self.workers.get(session.identity.sub)
+            if worker is not None and worker.client_closed:
+                # A kernel whose connections all closed has ended (its process exited or
+                # was killed); its worker stops that kernel's executors soon after.  Known
+                # only from its silence, that took 31 s (tester AA).
+                header = {"handle": session.handle.hex()}
+                self._to_worker(worker.route, P.Kind.CLIENT_CLOSED, header)
 
     def _on_hello(self, route: bytes, signed: P.Signed) -> None:
         hello = self._read(signed, P.Hello)
@@ -986,7 +997,8 @@ class Broker:
         self.worker_users[wroute] = reg.user
         self.counters.workers_registered += 1
         log.info("worker registered for user %s (pid %s)", reg.user, reg.pid)
-        self._to_worker(wroute, P.Kind.REGISTERED, {"key": entry.key.hex()})
+        header = {"key": entry.key.hex(), "client_closed": entry.client_closed}
+        self._to_worker(wroute, P.Kind.REGISTERED, header)
 
     def _register_pool(self, wroute: bytes, reg: P.Register, now: float) -> None:
         old = self.pool.get(reg.user)

@@ -189,6 +189,9 @@ class Kind:
     BULK_OK = "bulk_ok"  # {id}: the broker holds these buffers for the DONE that names them
     BULK_REFUSED = "bulk_refused"  # {id, message}: send them the usual way (through the worker)
     BULK_FETCHED = "bulk_fetched"  # {id} + the held buffers of a request, for its executor
+    # {handle}: that connection of the worker's user closed (sent to a worker that registered
+    # with ``client_closed``): a kernel whose connections all closed has ended
+    CLIENT_CLOSED = "client_closed"
     # control port (admin) <-> broker
     STATUS = "status"  # {secret}  -> STATUS_REPLY
     STATUS_REPLY = "status_reply"  # {users, workers, counters}
@@ -1184,6 +1187,8 @@ class Register(Header):
     pool: bool = False
     # It fetches a large request's buffers from the broker itself (``BULK_FETCH_REF``).
     fetch: bool = False
+    # It wants CLIENT_CLOSED for its user's connections that close.
+    client_closed: bool = False
 
 
 class Heartbeat(Header):
@@ -1224,6 +1229,8 @@ class Uploaded(Header):
 # broker -> worker
 class Registered(Header):
     key: Short  # hex; proves every later message of this worker connection (MAC)
+    # It sends CLIENT_CLOSED (the worker asked, with ``Register.client_closed``).
+    client_closed: bool = False
 
 
 class Rejected(Header):
@@ -1234,6 +1241,10 @@ class Assign(Header):
     user: Id
     nonce: Id
     secret: Secret
+
+
+class ClientClosed(Header):
+    handle: Short  # hex: the client handle (the route its requests came with)
 
 
 # control port
@@ -1296,6 +1307,7 @@ HEADERS: dict[str, type[Header]] = {
     Kind.REGISTERED: Registered,
     Kind.REJECTED: Rejected,
     Kind.ASSIGN: Assign,
+    Kind.CLIENT_CLOSED: ClientClosed,
     Kind.STATUS: Admin,
     Kind.SHUTDOWN: Admin,
     Kind.CLAIM: Claim,

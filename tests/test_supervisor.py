@@ -1798,6 +1798,59 @@ def test_the_worker_raises_its_open_files_limit_for_many_notebooks():
         port.close()
 
 
+@pytest.fixture
+def closing_port():
+    """A worker port that tells the worker of closed client connections, as the broker
+    does (``Kind.CLIENT_CLOSED``)."""
+    port = BrokerPort()
+    port.start_worker()
+    port.register(client_closed=True)
+    yield port
+    port.close()
+
+
+def executor_rows(port: BrokerPort) -> list[str]:
+    """The notebooks in the worker's next heartbeat's executor rows."""
+    return [row["notebook"] for row in port.recv_kind(Kind.HEARTBEAT).header["executors"]]
+
+
+def test_a_kernel_whose_connections_closed_has_its_cell_stopped_and_executor_freed(
+    closing_port,
+):
+    """A kernel that ended (killed: its connections closed, as the broker tells) has its
+    running cell interrupted and its executor stopped within seconds, however long its
+    keepalive interval: silence alone decided, 31 s by default, and a script's process
+    pool left an executor per process for that long (tester AA: 40 of them, 1.7 GB)."""
+    port = closing_port
+    extra = in_session("ended", keepalive_s=60.0)  # silent for 181 s before it counts
+    request_id = port.execute("import time\nprint('go', flush=True)\ntime.sleep(100)", **extra)
+    port.recv_kind(Kind.STREAM)
+    port.send(Kind.CLIENT_CLOSED, {"handle": CLIENT.hex()}, route=protocol.TO_BROKER)
+    events = port.events(request_id, timeout=WAIT_S)
+    assert done(events).header["status"] == DoneStatus.INTERRUPTED
+    wait_for(lambda: "ended" not in executor_rows(port), "the ended kernel's executor to go")
+    said = re.findall(
+        r"executor \d+ \(session:ended\): its kernel ended; stopping it", port.log_text()
+    )
+    assert len(said) == 1, port.log_text()[-2000:]
+
+
+def test_a_kernel_that_closed_a_connection_and_spoke_on_a_new_one_keeps_its_namespace(
+    closing_port,
+):
+    """A closed connection is no ended kernel when the kernel speaks on a new one at once
+    (a client that made its connection again): its namespace stays."""
+    port = closing_port
+    moved = in_session("moved", keepalive_s=60.0)
+    port.run("y = 1", **moved)
+    port.send(Kind.CLIENT_CLOSED, {"handle": CLIENT.hex()}, route=protocol.TO_BROKER)
+    keepalive = {"id": "k1", "session": "moved", "keepalive_s": 60.0}
+    port.send(Kind.KEEPALIVE, keepalive, route=b"its-new-connection")
+    time.sleep(5.0)  # past the grace after a close
+    events = port.run("print(y + 1)", **moved)
+    assert stdout(events) == "2\n" and lost_notices(events) == []
+
+
 def test_sessions_attached_to_one_namespace_share_it(port):
     port.run("shared_value = 42", **in_session("a", namespace="team"))
     events = port.run("print(shared_value)", **in_session("b", namespace="team"))

@@ -196,10 +196,12 @@ class BrokerPort:
         assert self.worker_id is not None
         self.router.send_multipart([self.worker_id, *frames])
 
-    def register(self, timeout: float = WAIT_S) -> Message:
-        """Wait for REGISTER and accept it."""
+    def register(self, timeout: float = WAIT_S, client_closed: bool = False) -> Message:
+        """Wait for REGISTER and accept it; ``client_closed``: say this port tells of
+        closed client connections (``Kind.CLIENT_CLOSED``), as the broker does."""
         msg = self.recv_kind(Kind.REGISTER, timeout)
-        self.send(Kind.REGISTERED, {"key": os.urandom(32).hex()}, route=protocol.TO_BROKER)
+        header = {"key": os.urandom(32).hex(), "client_closed": client_closed}
+        self.send(Kind.REGISTERED, header, route=protocol.TO_BROKER)
         return msg
 
     def idle(self) -> bool:

@@ -119,6 +119,10 @@ ASSIST_WAIT_S = 5.0  # a completion / obj? question the executor never answered 
 REGISTER_RETRY_S = 3.0  # REGISTER again when REGISTERED has not come after this long
 STALL_S = 2.0  # a tick this much late: the supervisor itself was stopped or starved
 CLIENTS_KEPT_S = 600.0  # a silent client session is forgotten this long after it went silent
+# A kernel whose connections to the broker all closed (``client_closed``) has ended: its
+# executors are stopped this long after, rather than once its keepalives are missed (a
+# client that makes a new connection says so on it at once).
+KERNEL_CLOSED_GRACE_S = 3.0
 
 
 class ThreadSender:
@@ -205,6 +209,11 @@ class Supervisor:
         # namespace's running cell is stopped when its own kernel goes silent, even while
         # the other notebooks attached to it keep the executor alive.
         self._clients: dict[str, tuple[float, float | None]] = {}
+        # Client session -> its connections (broker handles) heard from since this
+        # registration and not said closed; and when the last of them closed.
+        self._handles: dict[str, set[bytes]] = {}
+        self._all_closed_at: dict[str, float] = {}
+        self._closures_told = False  # the broker tells of closed connections (``_heard_on``)
         # Their keepalive connections that take late output as it comes (late_listeners.py).
         self.listeners = LateListeners()
         # Client session -> its notebook (as it names itself): whose cell runs in a shared
@@ -234,6 +243,7 @@ class Supervisor:
             Kind.RESYNC: self._on_resync,
             Kind.SUPERSEDED: self._on_superseded,
             Kind.ASSIGN: self._on_assign,
+            Kind.CLIENT_CLOSED: self._on_client_closed,
         }
         self._executor_handlers: dict[str, Callable[[ExecutorProcess, protocol.Unread], None]] = {
             Kind.INSPECT_REPLY: self._on_inspect_reply,
@@ -439,6 +449,7 @@ class Supervisor:
             "pid": os.getpid(),
             "instance": INSTANCE,
             "fetch": True,  # executors fetch large requests' buffers (worker_image.bulk)
+            "client_closed": True,  # told when a kernel's connection closes
             **({"pool": True} if reg.pool else {}),
         }
         self._register_sent_at = time.monotonic()
@@ -496,8 +507,15 @@ class Supervisor:
 
     # ------------------------------------------------------------------ broker handlers
     def _on_registered(self, msg: Message) -> None:
-        self._session_key = bytes.fromhex(msg.read(protocol.Registered).key)
+        registered = msg.read(protocol.Registered)
+        self._session_key = bytes.fromhex(registered.key)
         now = time.monotonic()
+        # Handles name connections to the broker registered with; a new one tells only of
+        # its own.  Until a kernel speaks again, its silence alone counts, as it does with
+        # a broker that tells of no closed connection (an older one).
+        self._handles.clear()
+        self._all_closed_at.clear()
+        self._closures_told = registered.client_closed
         for ex in self.all:  # their kernels could not reach them until now
             ex.last_seen = max(ex.last_seen, now)
             if ex.ready:
@@ -519,6 +537,27 @@ class Supervisor:
             key = protocol.bulk_key(self._session_key).hex()
             header = {"url": reg.broker_url, "user": reg.user, "key": key}
         ex.send(protocol.encode(BULK_CHANNEL, header))  # gone: its exit is handled by pidfd
+
+    def _on_client_closed(self, msg: Message) -> None:
+        """A connection of this worker's user closed (the broker's ``client_closed``): a
+        kernel whose connections all closed has ended (``_client_gone``)."""
+        try:
+            handle = bytes.fromhex(msg.read(protocol.ClientClosed).handle)
+        except ValueError:
+            log.warning("dropped a client_closed naming no handle")
+            return
+        now = time.monotonic()
+        for session, handles in self._handles.items():
+            if handle in handles:
+                handles.discard(handle)
+                if not handles:
+                    self._all_closed_at[session] = now
+
+    def _heard_on(self, session: str, route: bytes) -> None:
+        """Client session ``session`` spoke on connection ``route`` (its broker handle)."""
+        if session and route and self._closures_told:
+            self._handles.setdefault(session, set()).add(route)
+            self._all_closed_at.pop(session, None)
 
     def _on_heartbeat_ack(self, msg: Message) -> None:
         self._touch_alive_file()
@@ -669,6 +708,7 @@ class Supervisor:
             return
         self._accepted.add(cell.id)  # received: never run twice (``accepted`` once it runs)
         ex.clients.add(req.client)
+        self._heard_on(req.client, route)
         ex.queue.append(req)
         self._dispatch(ex)
 
@@ -745,6 +785,7 @@ class Supervisor:
                 self._seen(ex, fields)
         if fields.session:  # the kernel lives, whether or not it has an executor of its own
             self._clients[fields.session] = (time.monotonic(), fields.keepalive_s)
+            self._heard_on(fields.session, route)
             if fields.late is not None:  # its keepalive connection takes late output
                 lst, moved = self.listeners.declared(
                     fields.session, route, fields.late_stream, fields.late
@@ -1696,7 +1737,8 @@ class Supervisor:
         self._to_client(req, Kind.NOTICE, {"text": text, "about": category})
 
     def _check_orphan(self, ex: ExecutorProcess, now: float) -> None:
-        """An executor whose kernels went silent: interrupt its request, then stop it.
+        """An executor whose kernels are gone (``_kernels_gone``): interrupt its request,
+        then stop it.
 
         Said once in the log; an interrupted request that stops in time (its ``done`` ends
         the interrupt's grace period) is followed by the stop at the next tick."""
@@ -1708,40 +1750,39 @@ class Supervisor:
             return
         if self._session_key is None:
             return  # not registered: no keepalive can reach us (see _on_registered)
-        if ex.shared:
-            # A shared namespace lives while a kernel that attached to it lives, attached
-            # now or not (as a notebook's own namespace lives while it is attached
-            # elsewhere): it comes back to the values with %rexec_attach NAME.  Its last sign
-            # is the newest of its kernels' (it was "now" while one lived, so once all went
-            # silent the count started again from there: 60 s, not 30, and no "no sign of
-            # its kernel" in its row meanwhile).
-            known = [s for s in ex.clients if s in self._clients]
-            ex.last_seen = max([ex.last_seen, *(self._clients[s][0] for s in known)])
-            if any(not self._client_gone(session, now) for session in known):
-                return
         if not ex.orphaned:
-            silent = now - ex.last_seen
-            if silent <= ORPHAN_AFTER_PINGS * ex.keepalive_s + 1.0:
+            gone = self._kernels_gone(ex, now)
+            if gone is None:
                 return
-            log.warning(
-                "executor %d (%s): no sign of its kernel for %.0f s; stopping it",
-                ex.number,
-                ex.key,
-                silent,
-            )
-            ex.orphaned = True
+            silent = now - ex.last_seen
             kernels = "any of its kernels" if ex.shared else "its kernel"
+            if gone == "closed":
+                log.info("executor %d (%s): %s ended; stopping it", ex.number, ex.key, kernels)
+                why = f"{kernels}'s connections to the broker closed (it ended)"
+                if ex.shared:
+                    why = "the connections of all of its kernels to the broker closed"
+            else:
+                log.warning(
+                    "executor %d (%s): no sign of %s for %.0f s; stopping it",
+                    ex.number,
+                    ex.key,
+                    kernels,
+                    silent,
+                )
+                why = (
+                    f"no sign of {kernels} came for {silent:.0f} s (as if closed; a kernel "
+                    "busy in code that holds the GIL, or stopped, sends none)"
+                )
+            ex.orphaned = True
             if ex.key and self.executors.get(ex.key) is ex:
                 # A kernel that was only busy (local code holding the GIL for that long, or
                 # stopped) comes back to a fresh namespace: it hears so at its next request.
                 whose = _whose(ex)
                 self._lost_while_idle[ex.key] = (
                     ex,
-                    f"{whose[0].upper()}{whose[1:]} was stopped: no sign of {kernels} came "
-                    f"for {silent:.0f} s (as if closed; a kernel busy in code that holds the "
-                    "GIL, or stopped, sends none); the namespace was lost.",
+                    f"{whose[0].upper()}{whose[1:]} was stopped: {why}; the namespace was lost.",
                 )
-            self._forget(ex, f"the executor was stopped: no sign of {kernels} came")
+            self._forget(ex, f"the executor was stopped: {why}")
         if ex.current is not None:
             if ex.grace_deadline is None:  # else an interrupt's grace period runs already
                 req = ex.current
@@ -1763,9 +1804,42 @@ class Supervisor:
             ex.grace_deadline = now + STOP_WAIT_S
             ex.signal(signal.SIGTERM)
 
+    def _kernels_gone(self, ex: ExecutorProcess, now: float) -> str | None:
+        """Whether the kernels ``ex`` serves are gone, each by ``_client_gone``, and how:
+        "closed" (their connections to the broker all closed ``KERNEL_CLOSED_GRACE_S``
+        ago: their processes ended), or "silent" (their keepalives stopped); None while
+        one lives.
+
+        Silence alone used to decide, after 3 keepalive intervals + 1 s: a script's pool
+        processes, which end without a goodbye, left an executor each for 31 s (tester AA:
+        40 of them, 1.7 GB, after a loop of pools), as did a killed kernel.  A shared
+        namespace lives while one of its kernels lives, attached now or not (it comes back
+        to the values with %rexec_attach NAME); its last sign is the newest of its
+        kernels' (it was "now" while one lived, so once all went silent the count started
+        again from there)."""
+        sessions = [s for s in ex.clients if s in self._clients or s in self._all_closed_at]
+        if ex.shared:
+            seen = [self._clients[s][0] for s in sessions if s in self._clients]
+            ex.last_seen = max([ex.last_seen, *seen])
+        assert ex.keepalive_s is not None  # (_check_orphan checked)
+        late = now - ex.last_seen > ORPHAN_AFTER_PINGS * ex.keepalive_s + 1.0
+        if sessions:
+            if any(not self._client_gone(s, now) for s in sessions):
+                return None
+            if all(self._closed_for(s, now) for s in sessions):
+                return "closed"
+        return "silent" if late else None
+
+    def _closed_for(self, session: str, now: float) -> bool:
+        """Whether ``session``'s connections all closed ``KERNEL_CLOSED_GRACE_S`` ago."""
+        closed = self._all_closed_at.get(session)
+        return closed is not None and now - closed > KERNEL_CLOSED_GRACE_S
+
     def _client_gone(self, session: str, now: float) -> bool:
-        """Whether client session ``session`` went silent (never, without a keepalive)."""
-        return self._client_late(session, now, ORPHAN_AFTER_PINGS)
+        """Whether client session ``session``'s kernel is gone: its connections to the
+        broker all closed ``KERNEL_CLOSED_GRACE_S`` ago, or it was silent for
+        ``ORPHAN_AFTER_PINGS`` of its keepalive interval (never, without one)."""
+        return self._closed_for(session, now) or self._client_late(session, now, ORPHAN_AFTER_PINGS)
 
     def _client_late(
         self, session: str, now: float, intervals: float, default_s: float | None = None
@@ -1793,7 +1867,7 @@ class Supervisor:
             ex.number,
             ex.key,
             req.what,
-            now - self._clients[req.client][0],
+            now - self._clients.get(req.client, (now, None))[0],
         )
         ex.queue = deque(r for r in ex.queue if r.client != req.client)
         self._interrupt(ex, "abandoned")
@@ -1802,6 +1876,8 @@ class Supervisor:
         for session, (seen, keepalive_s) in list(self._clients.items()):
             if now - seen > CLIENTS_KEPT_S + ORPHAN_AFTER_PINGS * (keepalive_s or 0):
                 del self._clients[session]
+                self._handles.pop(session, None)
+                self._all_closed_at.pop(session, None)
                 self.listeners.forget(session)
 
     # ------------------------------------------------------------------ ending the worker
