@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from rexec_magic import protocol
+from rexec_magic import protocol, serialize
 from rexec_magic.protocol import DoneStatus, Kind
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
 from tests.worker_harness import CLIENT, BrokerPort, done, pulled, stdout
@@ -1849,6 +1849,31 @@ def test_a_kernel_that_closed_a_connection_and_spoke_on_a_new_one_keeps_its_name
     time.sleep(5.0)  # past the grace after a close
     events = port.run("print(y + 1)", **moved)
     assert stdout(events) == "2\n" and lost_notices(events) == []
+
+
+def test_a_shared_namespace_restarted_for_a_call_says_so_to_its_other_notebooks(port):
+    """Another notebook's ``remote_func`` call ignored its interrupt and the shared
+    executor was restarted: the notebooks that come next hear that a call did not stop
+    (they heard "a cell of another notebook", tester AA)."""
+    a = in_session("a", namespace="team-call")
+    b = in_session("b", namespace="team-call")
+    port.run("v = 1", **a)
+
+    def stuck() -> None:  # (local: it travels by value, as a notebook's function does)
+        import signal
+        import time
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("go", flush=True)
+        time.sleep(100)
+
+    entries, buffers = serialize.pack({"fn": stuck, "args": (), "kwargs": {}})
+    port.send(Kind.CALL, {"id": "stuck-call", "vars": entries, **b["extra"]}, buffers)
+    port.recv_kind(Kind.STREAM)
+    port.send(Kind.INTERRUPT, {"id": "stuck-call"})
+    assert done(port.events("stuck-call", timeout=WAIT_S)).header["status"] == "restarting"
+    said = lost_notices(port.run("print('v' in globals())", **a))
+    assert len(said) == 1 and "a call of another notebook did not stop within" in said[0], said
 
 
 def test_sessions_attached_to_one_namespace_share_it(port):

@@ -209,6 +209,7 @@ class ExecutorProcess:
         self.resumed_for_interrupt = False  # stopped past an interrupt's grace: SIGCONT sent
         self.stop_told = False  # its interrupt's notebook heard that it is stopped (SIGSTOP)
         self.grace_killed = False  # SIGKILL sent: it ignored its interrupt (or stop) too long
+        self.killed_what = "cell"  # what ignored it: "cell" or "call"
         self.interrupted_at = 0.0  # time.monotonic() of the interrupt its grace period is for
         # Messages read off its link past its client's credit during a grace period (see
         # ``Supervisor._park``), handed on in order before anything read later; their bytes.

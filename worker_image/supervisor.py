@@ -1478,7 +1478,7 @@ class Supervisor:
                 self._to_client(req, Kind.DONE, done_header(DoneStatus.LOST, message=message))
         if ex.queue and (died_idle or ex.kill_reason in ("interrupt", "abandoned", "abandon")):
             why = (
-                f"a cell did not stop within {INTERRUPT_GRACE_S:g} s of an interrupt"
+                f"a {ex.killed_what} did not stop within {INTERRUPT_GRACE_S:g} s of an interrupt"
                 if restarted
                 else f"it ended ({sentence})"
             )
@@ -1514,10 +1514,10 @@ class Supervisor:
             how = f"did not stop within {INTERRUPT_GRACE_S:g} s of its interrupt"
         else:
             how = f"ended it ({sentence})"
+        what = req.what if req is not None else ex.killed_what
         if died_idle:
             return f"{whose} died while no cell ran ({sentence}); the namespace was lost."
         if ex.kill_reason == "abandon":  # stopped: the broker lost this worker (_abandon_cells)
-            what = req.what if req is not None else "cell"
             return (
                 f"{whose} was restarted: a {what} stopped when the rexec broker lost this "
                 f"worker (a broker restart, or heartbeats it missed) {how}; the namespace "
@@ -1525,12 +1525,14 @@ class Supervisor:
             )
         if ex.kill_reason == "abandoned":  # a gone kernel's cell, in a shared namespace
             return (
-                f"{whose} was restarted: a cell of a notebook whose kernel is gone {how}; the "
-                "namespace was lost."
+                f"{whose} was restarted: a {what} of a notebook whose kernel is gone {how}; "
+                "the namespace was lost."
             )
         if ex.kill_reason == "interrupt" and ex.shared:
+            # (It said "a cell" of a call too, tester AA.)
             return (
-                f"{whose} was restarted: a cell of another notebook {how}; the namespace was lost."
+                f"{whose} was restarted: a {what} of another notebook {how}; the namespace was "
+                "lost."
             )
         if ex.shared and req is not None and ex.kill_reason in (None, "link"):
             # (the notebook whose request it ran hears it in that request's DONE)
@@ -1643,6 +1645,8 @@ class Supervisor:
                     log.warning("executor %d ignored the interrupt: killing it", ex.number)
                     ex.grace_deadline = None
                     ex.grace_killed = True
+                    if ex.current is not None:  # (what the others hear: a cell, or a call)
+                        ex.killed_what = ex.current.what
                     ex.signal(signal.SIGKILL)
             self._notices(ex, now)
             self._check_orphan(ex, now)
@@ -1920,8 +1924,8 @@ def _how_it_ended(ex: ExecutorProcess, sentence: str) -> str:
     ended by exit() or stopped for a silent kernel was let go before, saying so: ``_forget``.)"""
     if ex.grace_killed:
         return (
-            f"the executor was restarted: a cell did not stop within {INTERRUPT_GRACE_S:g} s "
-            "of its interrupt"
+            f"the executor was restarted: a {ex.killed_what} did not stop within "
+            f"{INTERRUPT_GRACE_S:g} s of its interrupt"
         )
     if ex.kill_reason == "abandon":
         return "the executor was stopped: the rexec broker lost this worker"
