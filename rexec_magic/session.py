@@ -209,18 +209,22 @@ class RemoteSession:
 
         waiting = f"Interrupted while waiting for {whose()} previous request; this {what} "
         began = time.monotonic()
+        its_turn = False
         try:
             with errors.interrupt_says(waiting + "was not sent."):
                 wait = (ticket, what, on_wait, cancel, P.NOTICE_AFTER_S, P.LIVE_NOTE_EVERY_S)
                 if not self.turns.wait(*wait):
                     raise errors.RemoteInterrupted("The call was cancelled before it started.")
+            its_turn = True
         except KeyboardInterrupt:
             _kernel_interrupted()
             raise
         finally:
             if shown:  # its last words: not "running 2 s" for ever
                 waited = time.monotonic() - began
-                shown[0].done(f"rexec: waited {waited:.0f} s for {waited_for[0]}")
+                # "waited" reads as "then it ran": one that never went says it stopped.
+                how = "waited" if its_turn else "stopped waiting after"
+                shown[0].done(f"rexec: {how} {waited:.0f} s for {waited_for[0]}")
         try:
             self._owner, self._holding_cancel = me, cancel
             self._follow_file()  # a login or logout written to the connection file

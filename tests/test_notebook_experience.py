@@ -157,6 +157,29 @@ def test_a_wait_behind_a_call_is_one_note_kept_current_that_ends_saying_how_long
     assert re.fullmatch(r"rexec: this call waited \d+ s for its turn", said[-1]), said
 
 
+def test_a_wait_ended_by_an_interrupt_says_it_stopped_waiting(kc):
+    """A cell interrupted while it waits behind a submitted call never went: its wait
+    note's last words say that it stopped waiting (they said "waited 3 s for ...", which
+    reads as if the cell then ran: tester AA, 2 of 2), and the cell says it was not sent."""
+    pid = int(stdout_of(ok(kc, "import os\nprint(os.getpid())")))
+    ok(kc, "from rexec_magic import remote_func\n@remote_func\ndef doze(s):\n"
+        "    import time\n    time.sleep(s)\n    return s\nslow = doze.submit(30)")  # fmt: skip
+    msg_id = kc.execute("%%remote\nprint('after')")
+    seen: list[dict] = []
+    while not any(t.startswith("rexec: waiting for") for t in texts(seen, "display_data")):
+        msg = kc.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") == msg_id:
+            seen.append(msg)
+    os.kill(pid, signal.SIGINT)  # Jupyter's interrupt
+    reply, outputs = collect(kc, msg_id)
+    notes = texts(seen + outputs, "display_data", "update_display_data")
+    assert re.fullmatch(
+        r"rexec: stopped waiting after \d+ s for this notebook's previous call", notes[-1]
+    ), notes
+    assert reply["status"] == "error" and "was not sent" in reply["evalue"], reply
+    ok(kc, "slow.cancel()")
+
+
 # ----------------------------------------------------------------------------- 2. plots
 def test_a_plotting_cell_shows_its_figure_once_and_nothing_else(kc):
     ok(kc, "%rexec_start")
