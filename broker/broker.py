@@ -694,6 +694,11 @@ class Broker:
         now = time.monotonic()
         session = self.open_session(route, outcome, token)
         worker = self.workers.get(outcome.sub)
+        role = self.hello_roles.pop(route, "")
+        # One line per connection, saying which (a kernel has up to four, see P.Hello.role);
+        # before the WELCOME, so that whoever reads the log once welcomed finds it there
+        # (read right after, beside busy processes, it was not there yet).
+        log.info("client connected for user %s%s", outcome.username, f" ({role})" if role else "")
         self._reply(
             route,
             P.Kind.WELCOME,
@@ -706,9 +711,6 @@ class Broker:
                 "uploads": True,
             },
         )
-        role = self.hello_roles.pop(route, "")
-        # One line per connection, saying which (a kernel has up to four, see P.Hello.role).
-        log.info("client connected for user %s%s", outcome.username, f" ({role})" if role else "")
 
     def _finish_recheck(self, route: bytes, outcome: Identity | AuthError) -> None:
         """A session's periodic token check came back: keep it, or end it with one sentence."""

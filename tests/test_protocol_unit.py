@@ -165,6 +165,7 @@ SAMPLES: dict[str, tuple[dict, int]] = {
     P.Kind.REGISTERED: ({"key": "cd" * 32}, 0),
     P.Kind.REJECTED: ({"message": "bad worker secret"}, 0),
     P.Kind.ASSIGN: ({"user": "u-1", "nonce": "n", "secret": "f" * 64}, 0),
+    P.Kind.CLIENT_CLOSED: ({"handle": "ab" * 16}, 0),
     P.Kind.STATUS: ({"secret": "admin"}, 0),
     P.Kind.SHUTDOWN: ({"secret": "admin"}, 0),
     P.Kind.CLAIM: (

@@ -1767,10 +1767,9 @@ class Supervisor:
                     why = "the connections of all of its kernels to the broker closed"
             else:
                 log.warning(
-                    "executor %d (%s): no sign of %s for %.0f s; stopping it",
+                    "executor %d (%s): no sign of its kernel for %.0f s; stopping it",
                     ex.number,
                     ex.key,
-                    kernels,
                     silent,
                 )
                 why = (
