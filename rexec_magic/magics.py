@@ -894,6 +894,7 @@ def load(ipython: Any) -> None:
     setup_logging()
     magics = RexecMagics(ipython)
     ipython.register_magics(magics)
+    magics.session.resume()  # (a reload: the kernel's namespace on the worker stays)
     assist.install(ipython, magics.session)
     ipython.events.register("pre_run_cell", magics.pre_run_cell)
     # A kernel interrupt cancels this notebook's remote calls, those of its threads too.

@@ -133,6 +133,7 @@ class RemoteSession:
         self._pinned: Origin | None = None
         self.notebook = _notebook_label()
         self._keepalive: threading.Event | None = None  # the running keepalive's stop
+        self._resume_keepalive = False  # it ran when the extension was unloaded (``resume``)
         self._keepalive_now: Wakeup | None = None  # set: it beats at once (and sees a stop)
         self._declared_to: str | None = None  # the worker process told of the listener
         self.late_output = LateOutput()  # what the keepalive thread shows of late output
@@ -455,11 +456,22 @@ class RemoteSession:
         """Close, stop saying the kernel exists, and read the connection file again on next
         use (extension unloaded).  A new login (``use``) keeps the keepalive: the thread
         follows the new connection details, and an idle notebook keeps its namespace."""
+        self._resume_keepalive = self._keepalive is not None
         self._stop_keepalive()
         self._next_info = None
         self.close()
         self._info = self._file = None
         self._logged_out = False
+
+    def resume(self) -> None:
+        """The extension is loaded again (``%reload_ext``, or ``%load_ext`` after
+        ``%unload_ext``): a kernel whose keepalive ran when it was unloaded says at once, on
+        a new connection, that it still exists.  Its old connections closed, and the worker
+        stops the executors of a kernel whose connections all closed 3 s later: waiting for
+        the next remote cell to speak, a reload lost the namespace (tester AC, 4 of 4)."""
+        if self._resume_keepalive:
+            self._resume_keepalive = False
+            self._start_keepalive()
 
     def goodbye(self, timeout_s: float = GOODBYE_WAIT_S) -> None:
         """The kernel is exiting (``atexit``: a kernel shut down or restarted): one last

@@ -1311,6 +1311,28 @@ def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
     assert len(said) == 1, said
 
 
+def test_reloading_the_extension_keeps_the_remote_namespace(stack):
+    """``%reload_ext rexec_magic`` closes the kernel's connections and makes new ones: the
+    namespace stays, however long until the next remote cell.  The worker, told the old
+    connections closed, stopped it 3 s later: "its kernel's connections to the broker
+    closed (it ended); the namespace was lost" (tester AC, 4 of 4)."""
+    km, kc = start_kernel(stack)
+    try:
+        reply, outputs = run(
+            kc, "%%remote\nimport os, threading\nlock = threading.Lock()\nprint(os.getpid())"
+        )
+        assert reply["status"] == "ok", reply
+        pid = int(text_of(outputs))
+        assert run(kc, "%reload_ext rexec_magic")[0]["status"] == "ok"
+        time.sleep(6.0)  # past the worker's grace after a kernel's connections closed
+        reply, outputs = run(kc, "%%remote\nprint(type(lock).__name__, os.getpid())")
+        assert reply["status"] == "ok", reply
+        assert text_of(outputs) == f"lock {pid}\n" and text_of(outputs, "stderr") == ""
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 def test_unloading_the_extension_frees_the_notebooks_executor(stack):
     """``%unload_ext rexec_magic``: the kernel stops saying it exists, so the worker frees this
     notebook's executor as for a kernel that is gone; loading it again works."""
