@@ -41,6 +41,7 @@ class LateOutput:
         # all shown): late output shown while it is still the current cell reads as its own.
         self.last_parent: str | None = None
         self._began_parent: str | None = None
+        self._last_request: str | None = None  # that cell's request (``request_done``)
         self._parent: Any = object()  # (none yet)
         self._renderer: Any = None
         self._shown = threading.Condition()
@@ -57,8 +58,12 @@ class LateOutput:
         if self._renderer is None or parent != self._parent:
             self._parent = parent
             self._renderer = EventRenderer()
-            # In the cell that started it while that cell's output is live: its own.
-            self._renderer.late_header = parent is None or parent != self.last_parent
+        # In the cell that started it while that cell's output is live: its own.  Written
+        # after an earlier request (``of``: a background process of a cell whose executor
+        # died, shown in a later cell), it is marked late there (tester AC, 4 of 4).
+        of = msg.header.get("of")
+        own = parent is not None and parent == self.last_parent
+        self._renderer.late_header = not (own and of in (None, self._last_request))
         self._renderer(msg)
         with self._shown:
             self.stream = stream
@@ -99,7 +104,7 @@ class LateOutput:
         """The request's own output is all shown: what came after it may go, and its cell
         is the one late output reads as its own in (``began``)."""
         with self._shown:
-            self.last_parent = self._began_parent
+            self.last_parent, self._last_request = self._began_parent, request
             self._done[request] = None
             while len(self._done) > _DONE_KEPT:
                 self._done.popitem(last=False)

@@ -1020,6 +1020,10 @@ class Event(Header):
     # (Late output on a listener's connection: written after this request of its notebook
     # began, so shown after that request's own output.)
     after: Short | None = None
+    # (Late output on a listener's connection: the request that ended last in the executor
+    # that wrote it.  Shown as the notebook's own output only in that request's cell; a
+    # background process of a cell whose executor died wrote it under a later cell.)
+    of: Short | None = None
 
 
 class Accepted(Event):

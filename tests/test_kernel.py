@@ -1699,6 +1699,27 @@ def test_a_background_processs_output_after_its_executor_died_shows_in_that_cell
     assert reply["status"] == "ok" and text_of(outputs) == "next\n", outputs
 
 
+def test_a_dead_executors_background_output_after_a_later_cell_is_marked_late(kernel, tmp_path):
+    """A cell's background process outlives its executor (``os._exit``) and prints once a
+    later remote cell has run: in that cell it comes marked late, not as that cell's own
+    output (tester AC, 4 of 4)."""
+    _, kc = kernel
+    go = tmp_path / "go"
+    reply, _ = run(
+        kc,
+        "%%remote --no-pull\nimport os, subprocess\n"
+        f"subprocess.Popen('while [ ! -e {go} ]; do sleep 0.02; done; echo orphan line', "
+        "shell=True)\nos._exit(1)",
+    )
+    assert reply["status"] == "error", reply
+    msg_id = kc.execute("%%remote\nprint('next')")
+    reply, outputs = collect(kc, msg_id)
+    assert reply["status"] == "ok" and text_of(outputs) == "next\n", outputs
+    go.touch()
+    late = iopub_of(kc, msg_id, lambda text: "orphan line" in text)
+    assert "".join(m["content"]["text"] for m in late) == f"{LATE_HEADER}\norphan line\n"
+
+
 def test_a_remote_threads_output_across_later_cells_keeps_its_order(kernel, tmp_path):
     """A remote thread prints numbered lines while later cells run, remote and local: every
     line shows once, in the order written, whichever cell it lands in, and rexec's late

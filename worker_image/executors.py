@@ -79,6 +79,7 @@ class Late(NamedTuple):
     payload: Any
     buffers: list[Any]
     owner: str  # the client session whose request had ended ("": a legacy client, anyone's)
+    request: str = ""  # the request that had ended last where it was written ("": unknown)
 
 
 @dataclass(eq=False)
@@ -218,6 +219,7 @@ class ExecutorProcess:
         self.ending = False  # its exit is being handled: nothing more is sent to it
         self.late: deque[Late] = deque()
         self.last_client = ""  # whose request ended last here: output after it is theirs
+        self.last_request = ""  # and which request that was (``Late.request``)
         self.late_chars = 0
         self.late_dropped_chars = 0  # late text dropped (the oldest), and late displays
         self.late_dropped_events = 0
@@ -388,26 +390,34 @@ class ExecutorProcess:
         return self.late_chars >= LATE_HOLD_CHARS or len(self.late) >= LATE_HOLD_EVENTS
 
     def keep_late(
-        self, kind: str, payload: Any, buffers: list[Any] | None = None, owner: str | None = None
+        self,
+        kind: str,
+        payload: Any,
+        buffers: list[Any] | None = None,
+        owner: str | None = None,
+        request: str | None = None,
     ) -> None:
         """Output after its cell ended: kept for the top of the next cell of the notebook
-        whose request ended last here (``last_client``; ``owner`` when it is known to be
-        another's), up to ``LATE_MAX_CHARS`` of text
+        whose request ended last here (``last_client``, ``last_request``; ``owner`` and
+        ``request`` when it is known to be another's: a dead executor's), up to
+        ``LATE_MAX_CHARS`` of text
         (its end: the oldest is cut) and ``LATE_MAX_EVENTS``.  Short text right after text
         of the same stream and notebook joins it (``print`` writes its text and its newline
         apart: the line stays one piece of output)."""
-        owner = self.last_client if owner is None else owner
+        if owner is None:
+            owner, request = self.last_client, self.last_request
+        request = request or ""
         last = self.late[-1] if self.late else None
         if (
             isinstance(payload, str)
             and last is not None
-            and (last.kind, last.owner) == (kind, owner)
+            and (last.kind, last.owner, last.request) == (kind, owner, request)
             and isinstance(last.payload, str)
             and len(last.payload) < LATE_JOIN_CHARS
         ):
             self.late[-1] = last._replace(payload=last.payload + payload)
         else:
-            self.late.append(Late(kind, payload, buffers or [], owner))
+            self.late.append(Late(kind, payload, buffers or [], owner, request))
         self.late_chars += late_size(payload)
         while self.late and (self.late_chars > LATE_MAX_CHARS or len(self.late) > LATE_MAX_EVENTS):
             first = self.late[0]

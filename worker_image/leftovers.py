@@ -42,6 +42,7 @@ EVERY_EVENT = 2**62  # every mark is behind us: the executor that wrote them is 
 class Adopted:
     key: str | None  # the namespace the executor served (None: a spare)
     owner: str  # the client session whose output it is (whose request ran, or ended, last)
+    request: str  # that request
     number: int  # the executor's number, for the log
     reader: PipeReader  # its reader, with any character still half-decoded
 
@@ -55,17 +56,19 @@ class LeftoverPipes:
 
     def __init__(self) -> None:
         self.pipes: dict[int, Adopted] = {}
-        self.waiting = Recent(WAITING_KEPT)  # key -> deque of (kind, payload, owner, buffers)
+        self.waiting = Recent(WAITING_KEPT)  # key -> deque of ``Late``
         self._chars: dict[str, int] = {}  # key -> characters waiting (``full`` each turn)
 
-    def adopt(self, fd: int, key: str | None, owner: str, number: int, reader: PipeReader) -> None:
+    def adopt(
+        self, fd: int, key: str | None, owner: str, request: str, number: int, reader: PipeReader
+    ) -> None:
         """Keep reading ``fd`` (now ours to close); closed at once past ``MAX_ADOPTED``."""
         if len(self.pipes) >= MAX_ADOPTED:
             log.warning("executor %d: too many pipes left open by processes; closed", number)
             with contextlib.suppress(OSError):
                 os.close(fd)
             return
-        self.pipes[fd] = Adopted(key, owner, number, reader)
+        self.pipes[fd] = Adopted(key, owner, request, number, reader)
 
     def read(self, fd: int) -> tuple[Adopted, str]:
         """Read what ``fd`` holds now: (whose it is, the text).  At end of file the pipe
@@ -89,7 +92,13 @@ class LeftoverPipes:
         return adopted, text
 
     def keep(
-        self, key: str, kind: str, payload: Any, owner: str, buffers: list[Any] | None = None
+        self,
+        key: str,
+        kind: str,
+        payload: Any,
+        owner: str,
+        buffers: list[Any] | None = None,
+        request: str = "",
     ) -> None:
         """Output for namespace ``key``, which has no executor now, for its next one: text
         (``kind`` stdout / stderr, ``payload`` a str) or an event's header and buffers (a
@@ -98,10 +107,10 @@ class LeftoverPipes:
         if kept is None:
             kept = self.waiting[key] = deque()
             self._chars = {k: n for k, n in self._chars.items() if k in self.waiting}
-        kept.append((kind, payload, owner, buffers or []))
+        kept.append(Late(kind, payload, buffers or [], owner, request))
         total = self._chars.get(key, 0) + late_size(payload)
         while total > LATE_MAX_CHARS and kept:
-            total -= late_size(kept.popleft()[1])
+            total -= late_size(kept.popleft().payload)
         self._chars[key] = total
 
     def full(self, key: str | None) -> bool:
@@ -116,26 +125,26 @@ class LeftoverPipes:
         taken: list[tuple[str, Late]] = []
         left: dict[str, int] = {}
         for key in list(self.waiting):
-            rest: deque[tuple[str, Any, str, list[Any]]] = deque()
-            for kind, payload, owner, buffers in self.waiting[key]:
-                if owner:
-                    free = left[owner] if owner in left else room(owner)
-                    if free >= late_events(payload):
-                        left[owner] = free - late_events(payload)
-                        taken.append((key, Late(kind, payload, buffers, owner)))
+            rest: deque[Late] = deque()
+            for item in self.waiting[key]:
+                if item.owner:
+                    free = left[item.owner] if item.owner in left else room(item.owner)
+                    if free >= late_events(item.payload):
+                        left[item.owner] = free - late_events(item.payload)
+                        taken.append((key, item))
                         continue
-                    left[owner] = 0
-                rest.append((kind, payload, owner, buffers))
+                    left[item.owner] = 0
+                rest.append(item)
             if rest:
                 self.waiting[key] = rest  # (a key kept keeps its place)
-                self._chars[key] = sum(late_size(item[1]) for item in rest)
+                self._chars[key] = sum(late_size(item.payload) for item in rest)
             else:
                 del self.waiting[key]
                 self._chars.pop(key, None)
         return taken
 
-    def take(self, key: str) -> list[tuple[str, Any, str, list[Any]]]:
-        """What waits for ``key``'s new executor: ``(kind, payload, owner, buffers)``."""
+    def take(self, key: str) -> list[Late]:
+        """What waits for ``key``'s new executor."""
         self._chars.pop(key, None)
         return list(self.waiting.pop(key, ()))
 

@@ -345,7 +345,9 @@ class Supervisor:
         elif what in self.leftovers.pipes:
             adopted, text = self.leftovers.read(what)
             if text:
-                self._left_output(adopted.key, adopted.owner, adopted.reader.name, text)
+                self._left_output(
+                    adopted.key, adopted.owner, adopted.reader.name, text, None, adopted.request
+                )
         elif what == self.thread_out.fileno():
             for target, kind, header, buffers in self.thread_out.drain():
                 self._signed(target.route, kind, encode_header(header), buffers)
@@ -939,8 +941,8 @@ class Supervisor:
                 ex.inherit(*lost)
             self._ended.pop(key, None)
             ex.clients |= self._attached.pop(key, set())
-            for kind, payload, owner, buffers in self.leftovers.take(key):
-                ex.keep_late(kind, payload, buffers, owner=owner)
+            for item in self.leftovers.take(key):
+                ex.keep_late(item.kind, item.payload, item.buffers, item.owner, item.request)
             ex.key = key
             ex.serving_since = time.monotonic()
             ex.label = key.split(":", 1)[-1][:12] if key != "default" else "default"
@@ -1001,14 +1003,15 @@ class Supervisor:
         """``item``, output of namespace ``key``'s executor, to its notebook's listener."""
         lst = self.listeners.by_session[item.owner]
         after = lst.after if lst.after_in == key else None
+        of = {"of": item.request} if item.request else {}
         if isinstance(item.payload, str):
             text = item.payload
             for start in range(0, len(text), LATE_EVENT_CHARS):
-                piece = text[start : start + LATE_EVENT_CHARS]
-                self._to_listener(lst, Kind.STREAM, {"name": item.kind, "text": piece}, after)
+                piece = {"name": item.kind, "text": text[start : start + LATE_EVENT_CHARS]}
+                self._to_listener(lst, Kind.STREAM, {**piece, **of}, after)
         else:
             header = {k: v for k, v in item.payload.items() if k not in ("id", "seq")}
-            self._to_listener(lst, item.kind, header, after, item.buffers)
+            self._to_listener(lst, item.kind, {**header, **of}, after, item.buffers)
 
     def _to_listener(
         self,
@@ -1259,6 +1262,7 @@ class Supervisor:
         if kind == Kind.DONE:
             ex.current = None
             ex.last_client = req.client  # what it writes from now on is that notebook's
+            ex.last_request = req.target.id  # (and written after that request: ``Late``)
             self._event_seen(ex)  # text after DONE's mark is late: kept for the next cell
             self._finish(ex, req.what if exit_requested else None)
         else:
@@ -1283,7 +1287,9 @@ class Supervisor:
                 )
             self._forget(ex, "the executor ended with exit()")
             for late in ex.take_all_late():  # (earlier cells' late output, not yet shown)
-                self._left_output(ex.key, late.owner, late.kind, late.payload, late.buffers)
+                self._left_output(
+                    ex.key, late.owner, late.kind, late.payload, late.buffers, late.request
+                )
             ex.kill_reason = "exit"
             ex.grace_deadline = time.monotonic() + EXIT_WAIT_S
             self._fail_queued(ex, f"exit() or quit() ended {_whose(ex)} before it ran")
@@ -1307,7 +1313,13 @@ class Supervisor:
             self._read_pipe(ex, fd)
 
     def _left_output(
-        self, key: str | None, owner: str, kind: str, payload: Any, buffers: list[Any] | None = None
+        self,
+        key: str | None,
+        owner: str,
+        kind: str,
+        payload: Any,
+        buffers: list[Any] | None = None,
+        request: str = "",
     ) -> None:
         """Output of an executor that serves namespace ``key`` no more (text from the pipes
         of a dead one, ``leftovers``; what one that ``exit()`` ended still writes), which
@@ -1321,9 +1333,9 @@ class Supervisor:
             else:
                 self._late_to_client(running, kind, payload, buffers)
         elif ex is not None:  # (in a shared namespace, not into another notebook's cell)
-            ex.keep_late(kind, payload, buffers, owner=owner)
+            ex.keep_late(kind, payload, buffers, owner, request)
         elif key is not None:
-            self.leftovers.keep(key, kind, payload, owner, buffers)
+            self.leftovers.keep(key, kind, payload, owner, buffers, request)
         else:
             log.info("output of a process a spare executor left: %r", str(payload)[:200])
 
@@ -1335,7 +1347,7 @@ class Supervisor:
         it waits for them (``EXIT_WAIT_S``) goes to the namespace's next executor (it was
         kept on the ending one, and lost with it)."""
         if ex.exit_requested and ex.key is not None and self.executors.get(ex.key) is not ex:
-            self._left_output(ex.key, ex.last_client, kind, payload, buffers)
+            self._left_output(ex.key, ex.last_client, kind, payload, buffers, ex.last_request)
         else:
             ex.keep_late(kind, payload, buffers)
 
@@ -1412,9 +1424,10 @@ class Supervisor:
         self._receive_executor(ex, to_the_end=True)
         self._flush_stream(ex)
         owner = ex.current.client if ex.current is not None else ex.last_client
+        request = ex.current.target.id if ex.current is not None else ex.last_request
         for fd in list(ex.pipes):  # a process it started holds it open: read on
             del ex.pipes[fd]  # (not closed with the executor)
-            self.leftovers.adopt(fd, ex.key, owner, ex.number, ex.readers[fd])
+            self.leftovers.adopt(fd, ex.key, owner, request, ex.number, ex.readers[fd])
         req = ex.current
         sentence = ex.exit_sentence(code)
         log.log(

@@ -34,10 +34,9 @@ class KernelStdout:
         return "".join(text for parent, text in self.written if parent == cell)
 
 
-def late(seq: int, text: str) -> P.Message:
-    return P.Message(
-        P.Kind.STREAM, {"id": "s1", "seq": seq, "name": "stdout", "text": text, "late": True}
-    )
+def late(seq: int, text: str, of: str | None = None) -> P.Message:
+    header = {"id": "s1", "seq": seq, "name": "stdout", "text": text, "late": True}
+    return P.Message(P.Kind.STREAM, {**header, **({"of": of} if of else {})})
 
 
 def test_late_output_that_comes_while_the_next_cells_request_runs_is_marked_late(monkeypatch):
@@ -58,3 +57,21 @@ def test_late_output_that_comes_while_the_next_cells_request_runs_is_marked_late
     shown(late(2, "B's thread, after B\n"))
     assert out.of("A") == "A's thread, after A\n"
     assert out.of("B") == f"{HEADER}written before B began\nB's thread, after B\n"
+
+
+def test_late_output_written_after_an_earlier_request_is_marked_late_in_a_later_cell(
+    monkeypatch,
+):
+    """Cell B's request ran last; a background process of cell A, whose executor died,
+    writes now (``of``: the request that ended last where it was written): in B it is
+    marked late (it read as B's own, tester AC, 4 of 4), while B's own thread's line reads
+    as B's own."""
+    out = KernelStdout()
+    monkeypatch.setattr(sys, "stdout", out)
+    shown = LateOutput()
+    out.parent_header = {"msg_id": "cell-B2"}  # (a cell of its own: one header per cell)
+    shown.began("cell-B2")
+    shown.request_done("request-of-B")
+    shown(late(0, "B's thread\n", of="request-of-B"))
+    shown(late(1, "A's process\n", of="request-of-A"))
+    assert out.of("cell-B2") == f"B's thread\n{HEADER}A's process\n"
