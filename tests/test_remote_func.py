@@ -957,6 +957,11 @@ def run_script(stack: Any, script: str, **env_vars: str) -> Any:
     return out
 
 
+def script_lines(out: Any) -> list[str]:
+    """A script's printed lines, without rexec's note that it started a worker."""
+    return [line for line in out.stdout.splitlines() if not line.startswith("No remote")]
+
+
 def test_a_process_forked_after_a_remote_call_makes_calls_of_its_own(stack):
     """A script calls, then forks (``os.fork``, a fork ``multiprocessing.Pool``) and the
     children call: each child gets a session and a namespace of its own, as a spawned one
@@ -986,14 +991,8 @@ def test_a_process_forked_after_a_remote_call_makes_calls_of_its_own(stack):
         "print('pooled', [i for i, _ in pooled], first[1] not in {p for _, p in pooled})\n"
         "print('parent', again[0], again[1] == first[1])\n"
     )
-    out = run_script(stack, script)
-    lines = [line for line in out.stdout.splitlines() if not line.startswith("No remote")]
-    assert lines == [
-        "callback 9",
-        "child 9 True",
-        "pooled [1, 2, 3, 4] True",
-        "parent 10 True",
-    ], out.stdout
+    lines = script_lines(run_script(stack, script))
+    assert lines == ["callback 9", "child 9 True", "pooled [1, 2, 3, 4] True", "parent 10 True"]
 
 
 def test_a_remote_func_goes_to_a_process_pool_as_a_function_does(stack):
@@ -1017,12 +1016,8 @@ def test_a_remote_func_goes_to_a_process_pool_as_a_function_does(stack):
         "print('pooled', [v for v, _ in pooled], first[1] not in {p for _, p in pooled})\n"
         "print('executor', [v for v, _ in mapped], first[1] not in {p for _, p in mapped})\n"
     )
-    out = run_script(stack, script)
-    lines = [line for line in out.stdout.splitlines() if not line.startswith("No remote")]
-    assert lines == ["same True", "pooled [1, 4, 9, 16] True", "executor [25, 36] True"], (
-        out.stdout,
-        out.stderr,
-    )
+    lines = script_lines(run_script(stack, script))
+    assert lines == ["same True", "pooled [1, 4, 9, 16] True", "executor [25, 36] True"]
 
 
 def test_the_executors_of_a_scripts_pool_processes_go_when_the_pool_ends(stack):
