@@ -31,6 +31,11 @@ def test_a_kill_at_the_cpu_time_limit_says_so_and_other_kills_do_not():
     assert exits.describe_exit(-signal.SIGXCPU, cpu=soft) == (
         "killed by SIGXCPU: it reached its CPU time limit (RLIMIT_CPU) after 5.0 s of CPU time"
     )
+    # A process with threads read 3 clock ticks short of the limit that killed it.
+    threads = exits.CpuUse(used_s=0.97, soft_s=1.0, hard_s=1.0)
+    assert exits.describe_exit(-signal.SIGKILL, cpu=threads) == (
+        "killed by SIGKILL: it used up its CPU time limit (RLIMIT_CPU, 1 s)"
+    )
     below = exits.CpuUse(used_s=3.0, soft_s=10.0, hard_s=10.0)
     assert exits.describe_exit(-signal.SIGKILL, cpu=below) == "killed by SIGKILL"
     assert exits.describe_exit(-signal.SIGKILL, cpu=None) == "killed by SIGKILL"
