@@ -1834,16 +1834,15 @@ class Supervisor:
         kernels' (it was "now" while one lived, so once all went silent the count started
         again from there)."""
         sessions = [s for s in ex.clients if s in self._clients or s in self._all_closed_at]
+        if sessions and all(self._closed_for(s, now) for s in sessions):
+            return "closed"
         if ex.shared:
             seen = [self._clients[s][0] for s in sessions if s in self._clients]
             ex.last_seen = max([ex.last_seen, *seen])
-        assert ex.keepalive_s is not None  # (_check_orphan checked)
-        late = now - ex.last_seen > ORPHAN_AFTER_PINGS * ex.keepalive_s + 1.0
-        if sessions:
             if any(not self._client_gone(s, now) for s in sessions):
                 return None
-            if all(self._closed_for(s, now) for s in sessions):
-                return "closed"
+        assert ex.keepalive_s is not None  # (_check_orphan checked)
+        late = now - ex.last_seen > ORPHAN_AFTER_PINGS * ex.keepalive_s + 1.0
         return "silent" if late else None
 
     def _closed_for(self, session: str, now: float) -> bool:
