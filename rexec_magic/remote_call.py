@@ -719,7 +719,7 @@ class RemoteFunction:
         refused: "it's not the same object as __main__.f" (tester AA).  Elsewhere (made
         under another name, inside a function): by value.  rexec's own shipping of a
         function to the worker is always by value (``serialize``: ``_rexec_by_value``)."""
-        if _module_attribute(self) is self:
+        if serialize.module_attribute(self) is self:
             return self.__qualname__
         return self._rexec_by_value()
 
@@ -915,17 +915,6 @@ def _ran_in_place(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any])
     except Exception as exc:
         future.set_exception(exc)
     return future
-
-
-def _module_attribute(obj: Any) -> Any:
-    """What ``obj``'s module holds under ``obj``'s qualified name (None: nothing)."""
-    found = sys.modules.get(getattr(obj, "__module__", None) or "")
-    qualname = getattr(obj, "__qualname__", None)
-    if found is None or not isinstance(qualname, str) or "<locals>" in qualname:
-        return None
-    for part in qualname.split("."):
-        found = getattr(found, part, None)
-    return found
 
 
 def remote_func(

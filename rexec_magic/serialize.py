@@ -319,6 +319,16 @@ def _attribute(module: types.ModuleType, qualname: str) -> Any:
     return obj
 
 
+def module_attribute(obj: Any) -> Any:
+    """What ``obj``'s module holds under ``obj``'s qualified name; None when nothing does
+    (no such module loaded, a name made inside a function)."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    try:
+        return _attribute(module, obj.__qualname__) if module is not None else None
+    except AttributeError:
+        return None
+
+
 # ------------------------------------------------------------------ notebook code
 def main_namespace() -> dict[str, Any]:
     """This process's ``__main__`` namespace: IPython's user namespace in a kernel or worker."""
@@ -424,10 +434,7 @@ class _Pickler(cloudpickle.Pickler):
             module = sys.modules.get(getattr(obj, "__module__", None) or "")
             if module is not None and travels_by_value(module):
                 qualname = getattr(obj, "__qualname__", "")
-                try:
-                    named = _attribute(module, qualname)
-                except AttributeError:
-                    named = None
+                named = module_attribute(obj)
                 if named is obj:
                     return _attribute, (module, qualname)
                 if named is not None and getattr(named, "__wrapped__", None) is obj:
