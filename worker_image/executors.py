@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -61,6 +61,29 @@ def late_size(payload: Any) -> int:
     """What one piece of late output counts against ``LATE_MAX_CHARS``: its characters
     (text), or 1 (an event's header)."""
     return len(payload) if isinstance(payload, str) else 1
+
+
+def for_listeners(
+    items: Iterable[Late], room: Callable[[str], int], left: dict[str, int]
+) -> tuple[list[Late], deque[Late]]:
+    """``items`` (oldest first) split into those whose notebook has a listener with room
+    (``room(owner)`` events: ``late_listeners``) and the rest, in order; a notebook's items
+    go in order (one that does not fit keeps all of that notebook's after it).  Legacy
+    clients' stay.  ``left``: each notebook's room after what was taken already and not
+    sent yet (updated)."""
+    taken: list[Late] = []
+    kept: deque[Late] = deque()
+    for item in items:
+        if item.owner:
+            free = left[item.owner] if item.owner in left else room(item.owner)
+            cost = late_events(item.payload)
+            if free >= cost:
+                left[item.owner] = free - cost
+                taken.append(item)
+                continue
+            left[item.owner] = 0
+        kept.append(item)
+    return taken, kept
 
 
 def late_events(payload: Any) -> int:
@@ -468,22 +491,8 @@ class ExecutorProcess:
         return sum(late_events(i.payload) for i in self.late if i.owner == client)
 
     def take_late_for_listeners(self, room: Callable[[str], int]) -> list[Late]:
-        """Kept output whose notebook has a listener with room (``room(owner)`` events:
-        ``late_listeners``), oldest first; a notebook's items go in order (one that does
-        not fit keeps all of that notebook's after it).  Legacy clients' stay."""
-        taken: list[Late] = []
-        kept: deque[Late] = deque()
-        left: dict[str, int] = {}
-        for item in self.late:
-            if item.owner:
-                free = left[item.owner] if item.owner in left else room(item.owner)
-                cost = late_events(item.payload)
-                if free >= cost:
-                    left[item.owner] = free - cost
-                    taken.append(item)
-                    continue
-                left[item.owner] = 0
-            kept.append(item)
+        """Kept output whose notebook has a listener with room (``for_listeners``)."""
+        taken, kept = for_listeners(self.late, room, {})
         if taken:
             self.late = kept
             self.late_chars = sum(late_size(i.payload) for i in kept)

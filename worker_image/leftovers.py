@@ -26,7 +26,7 @@ from worker_image.executors import (
     PIPE_READ,
     Late,
     PipeReader,
-    late_events,
+    for_listeners,
     late_size,
 )
 from worker_image.recent import Recent
@@ -123,18 +123,10 @@ class LeftoverPipes:
         executor, so a background process's output after its executor died showed only in
         the next cell, and as that cell's own (tester AB, 3 of 3)."""
         taken: list[tuple[str, Late]] = []
-        left: dict[str, int] = {}
+        left: dict[str, int] = {}  # (shared: nothing taken here is sent before the end)
         for key in list(self.waiting):
-            rest: deque[Late] = deque()
-            for item in self.waiting[key]:
-                if item.owner:
-                    free = left[item.owner] if item.owner in left else room(item.owner)
-                    if free >= late_events(item.payload):
-                        left[item.owner] = free - late_events(item.payload)
-                        taken.append((key, item))
-                        continue
-                    left[item.owner] = 0
-                rest.append(item)
+            items, rest = for_listeners(self.waiting[key], room, left)
+            taken += [(key, item) for item in items]
             if rest:
                 self.waiting[key] = rest  # (a key kept keeps its place)
                 self._chars[key] = sum(late_size(item.payload) for item in rest)
