@@ -273,6 +273,7 @@ class RexecClient:
         self.session_id = uuid.uuid4().hex
         self.namespace: str | None = None
         self.notebook = ""
+        self.frontend = P.FRONTEND_NOTEBOOK  # (``protocol.client_words``)
         self.keepalive_s = keepalive_interval()
         # Requests the user stopped waiting for (a second Ctrl-C) -> "cell" / "call": their
         # output and DONE still come, and are shown by the next request (``_hold``).
@@ -304,6 +305,8 @@ class RexecClient:
             out["namespace"] = self.namespace
         if self.notebook:
             out["notebook"] = self.notebook[: P.SHORT_MAX]
+        if self.frontend != P.FRONTEND_NOTEBOOK:
+            out["frontend"] = self.frontend
         return out
 
     def drain_replies(self, late: Callable[[P.Message], None] | None = None) -> None:
@@ -1082,8 +1085,9 @@ class RexecClient:
                         raise errors.BrokerUnreachable(
                             f"The rexec broker restarted while the {what} ran, so your worker "
                             "stopped it if it still ran; its output may be incomplete, and what "
-                            "it assigned may not have come back (this notebook's copies may be "
-                            "older than the worker's).",
+                            "it assigned may not have come back ("
+                            f"{P.client_words(self.frontend)}'s copies may be older than the "
+                            "worker's).",
                             started=started,
                         )
                     # Refused, the request's one send, by this broker, which forwards nothing

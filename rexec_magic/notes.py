@@ -34,6 +34,14 @@ class Notes(Protocol):
     def warning(self, text: str) -> None: ...
 
 
+def frontend() -> str:
+    """What kind of client this process is, for the worker's sentences
+    (``protocol.client_words``): a notebook's kernel, or a script or terminal."""
+    from rexec_magic import protocol
+
+    return protocol.FRONTEND_NOTEBOOK if in_kernel() else protocol.FRONTEND_SESSION
+
+
 def in_kernel() -> bool:
     """True inside a Jupyter kernel, where displays can be updated in place."""
     try:

@@ -249,13 +249,28 @@ UPLOAD_LOST_MESSAGE = (
 )
 
 
-def executor_of(namespace: str | None) -> str:
-    """Whose executor a sentence is about: "this notebook's remote executor", or, for a
-    shared namespace (``%rexec_attach NAME``), "the remote executor of shared namespace
-    'NAME'" (the notebook keeps its own then)."""
+# What kind of client sends a request (``Placement.frontend``), for the sentences it is
+# told: a notebook's kernel (also any client that does not say), or a client outside a
+# kernel (a ``remote_func`` script, an IPython terminal), which has no notebook.
+FRONTEND_NOTEBOOK = "notebook"
+FRONTEND_SESSION = "session"
+
+
+def client_words(frontend: str = FRONTEND_NOTEBOOK) -> str:
+    """How a sentence names the client it is told to: "this notebook", or "this session"
+    for ``FRONTEND_SESSION`` (a script told "this notebook's executor died" looks for a
+    notebook it does not have; tester AE)."""
+    return "this session" if frontend == FRONTEND_SESSION else "this notebook"
+
+
+def executor_of(namespace: str | None, frontend: str = FRONTEND_NOTEBOOK) -> str:
+    """Whose executor a sentence is about: "this notebook's remote executor" ("this
+    session's" for a script, ``client_words``), or, for a shared namespace
+    (``%rexec_attach NAME``), "the remote executor of shared namespace 'NAME'" (the
+    notebook keeps its own then)."""
     if namespace:
         return f"the remote executor of shared namespace {namespace!r}"
-    return "this notebook's remote executor"
+    return f"{client_words(frontend)}'s remote executor"
 
 
 # The one sentence a user reads when an open connection's token stops being valid.
@@ -790,6 +805,7 @@ class Placement(Header):
     session: Short = ""
     namespace: Short = ""
     notebook: Short = ""
+    frontend: Short = FRONTEND_NOTEBOOK  # FRONTEND_SESSION: a script's (``client_words``)
     keepalive_s: Annotated[float, Field(ge=KEEPALIVE_MIN_S, le=KEEPALIVE_MAX_S)] | None = None
 
 

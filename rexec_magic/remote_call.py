@@ -214,8 +214,8 @@ class RemoteFuture(Future):
         """As ``Future.result``; a future that has not started after ``NOTICE_AFTER_S``
         (queued behind this notebook's earlier calls) says what it waits for, once."""
         said = (
-            "Interrupted while waiting for a remote call's result; this notebook's unfinished "
-            "remote calls were cancelled."
+            "Interrupted while waiting for a remote call's result; "
+            f"{session_module.whose()} unfinished remote calls were cancelled."
         )
         session = self._session
         if session is not None and session.held_here() and not self.done():

@@ -11,7 +11,7 @@ from IPython.display import clear_output, publish_display_data
 
 from rexec_magic import protocol as P
 from rexec_magic.client import whole_message
-from rexec_magic.notes import NOTEBOOK, Notes, Progress
+from rexec_magic.notes import NOTEBOOK, Notes, Progress, frontend
 from rexec_magic.output_cells import claim_header, current_parent, release_header
 
 
@@ -126,7 +126,8 @@ class EventRenderer:
         above the rest of a cell that went on to its end (tester P)."""
         shown = self._notices.pop("stopped", None)
         if shown is not None:
-            shown.done("rexec: this notebook's remote executor was stopped (SIGSTOP); it went on")
+            whose = P.executor_of(None, frontend())
+            shown.done(f"rexec: {whose} was stopped (SIGSTOP); it went on")
 
     def restore(self) -> None:
         """Before one of rexec's own notes after the cell (values that stay remote, ...): a

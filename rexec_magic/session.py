@@ -36,7 +36,7 @@ from rexec_magic.client import (
 )
 from rexec_magic.contract import WorkerState
 from rexec_magic.late_output import LateOutput, Wakeup, wait_for
-from rexec_magic.notes import QUIET, Notes, Progress, in_kernel
+from rexec_magic.notes import QUIET, Notes, Progress, frontend
 from rexec_magic.output_cells import current_parent
 from rexec_magic.spawner_client import SpawnerClient
 from rexec_magic.turns import Turns
@@ -132,6 +132,7 @@ class RemoteSession:
         # current one (a call submitted before %rexec_attach runs where it was submitted).
         self._pinned: Origin | None = None
         self.notebook = _notebook_label()
+        self.frontend = frontend()  # (the worker words its sentences to it: ``client_words``)
         self._keepalive: threading.Event | None = None  # the running keepalive's stop
         self._resume_keepalive = False  # it ran when the extension was unloaded (``resume``)
         self._keepalive_now: Wakeup | None = None  # set: it beats at once (and sees a stop)
@@ -184,10 +185,10 @@ class RemoteSession:
             if ticket is not None:
                 self.turns.leave(ticket)
             raise errors.RexecError(
-                "A remote generator of this notebook is paused between items and holds its "
-                "connection (a loop over it, a next() on it, or one kept as a cell's value "
-                "in _ or Out); finish it, or close it with .close(), before the next remote "
-                "call."
+                f"A remote generator of {P.client_words(self.frontend)} is paused between "
+                "items and holds its connection (a loop over it, a next() on it, or one kept "
+                "as a cell's value in _ or Out); finish it, or close it with .close(), before "
+                "the next remote call."
             )
         if ticket is None:
             ticket = self.turns.take()
@@ -343,7 +344,7 @@ class RemoteSession:
         client = self._client
         client.session_id = self.session_id
         client.namespace = self.namespace if self._pinned is None else self._pinned.namespace
-        client.notebook = self.notebook
+        client.notebook, client.frontend = self.notebook, self.frontend
         return client
 
     def origin(self) -> Origin:
@@ -620,7 +621,7 @@ class RemoteSession:
         running request (it holds the session's connection while it runs); close it after."""
         side = RexecClient(self.info, role="status")
         side.session_id, side.namespace = self.session_id, self.namespace
-        side.notebook = self.notebook
+        side.notebook, side.frontend = self.notebook, self.frontend
         return side
 
     def _check_versions(self, notes: Notes) -> None:
@@ -843,8 +844,8 @@ class RemoteSession:
             origin = origin or self.origin()
             if origin.user is not None and self.info.user != origin.user:
                 raise errors.RexecError(
-                    f"The call was not sent: it was made as {origin.user}, and this notebook "
-                    f"has logged in as {self.info.user} since."
+                    f"The call was not sent: it was made as {origin.user}, and "
+                    f"{P.client_words(self.frontend)} has logged in as {self.info.user} since."
                 )
             # What this notebook knows of that namespace (its own record of each one).
             state = self.sync_of(origin.namespace)
@@ -933,9 +934,10 @@ class RemoteSession:
                 notes.warning(f"rexec: {note}.")
             for name in keep:
                 notes.warning(
-                    f"rexec: `{name}` was changed here while the remote call ran: this "
-                    "notebook's value was kept, and the call's change to it was not brought "
-                    "back (the worker gets this value with the next cell or call that reads it)."
+                    f"rexec: `{name}` was changed here while the remote call ran: "
+                    f"{P.client_words(self.frontend)}'s value was kept, and the call's change "
+                    "to it was not brought back (the worker gets this value with the next cell "
+                    "or call that reads it)."
                 )
 
         # Packed once, first: the notebook globals read by any notebook function inside them
@@ -1123,7 +1125,7 @@ def holder_words(held: str, held_for: float, stopping: bool = False) -> tuple[st
 def whose() -> str:
     """Whose requests wait (what a waiting note says): a kernel is a notebook; a script, an
     IPython terminal or a test is "this session"."""
-    return "this notebook's" if in_kernel() else "this session's"
+    return f"{P.client_words(frontend())}'s"
 
 
 def _notebook_label() -> str:
@@ -1309,7 +1311,7 @@ def _keep_alive(
                     client.close()
                 client = RexecClient(info, role="keepalive")
             client.session_id, client.namespace = session.session_id, session.namespace
-            client.notebook = session.notebook
+            client.notebook, client.frontend = session.notebook, session.frontend
             shown = session.late_output
             read, had_hello = (shown.stream, shown.count), bool(client.user)
             client.drain_replies(shown)

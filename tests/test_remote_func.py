@@ -962,6 +962,30 @@ def script_lines(out: Any) -> list[str]:
     return [line for line in out.stdout.splitlines() if not line.startswith("No remote")]
 
 
+@pytest.mark.parametrize("death", ["os._exit(3)", "os.kill(os.getpid(), signal.SIGKILL)"])
+def test_a_script_is_told_of_its_own_executors_death_not_a_notebooks(stack, death):
+    """A script's call whose executor dies: the sentence speaks of this session's executor
+    and namespace (a script has no notebook; it said "This notebook's remote executor
+    died", tester AE 12 of 12), says how it died, and the next call runs once, fresh."""
+    script = (
+        "import os, signal\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef keep():\n    global kept\n    kept = 1\n"
+        f"@remote_func\ndef die():\n    {death}\n"
+        "@remote_func\ndef fresh():\n    return 'kept' in globals()\n"
+        "keep()\n"
+        "try:\n    die()\nexcept Exception as exc:\n    print('ERR', type(exc).__name__, exc)\n"
+        "print('FRESH', not fresh())\n"
+    )
+    lines = script_lines(run_script(stack, script))
+    (said,) = [line for line in lines if line.startswith("ERR ")]
+    assert said.startswith("ERR ExecutorDied This session's remote executor died during the call")
+    assert "exit code 3" in said or "SIGKILL" in said, said
+    assert said.endswith("this session's remote namespace was lost."), said
+    assert "notebook" not in said, said
+    assert lines[-1] == "FRESH True", lines
+
+
 def test_a_process_forked_after_a_remote_call_makes_calls_of_its_own(stack):
     """A script calls, then forks (``os.fork``, a fork ``multiprocessing.Pool``) and the
     children call: each child gets a session and a namespace of its own, as a spawned one

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import zmq
 
-from rexec_magic import zmqio
+from rexec_magic import protocol, zmqio
 from rexec_magic.contract import Env
 from rexec_magic.protocol import Kind
 from worker_image import exits, framing
@@ -122,6 +122,7 @@ class Request:
     notice_at: float = 0.0
     abandoned: bool = False  # its client's broker is gone (RESYNC): its events are dropped
     client: str = ""  # the client session that sent it ("": a legacy client)
+    frontend: str = protocol.FRONTEND_NOTEBOOK  # what kind of client (``client_words``)
     # Bytes of values the executor fetches from the broker (``BULK_FETCH_REF``) or loads
     # before the code can start; None when there were none, or they are in (``VALUES_IN``).
     values_coming: int | None = None
@@ -161,6 +162,8 @@ class ExecutorProcess:
         self.number = number
         self.key: str | None = None  # None while it is the spare
         self.label = "spare"
+        # Who its sentences are told to: a notebook, or a script (``protocol.client_words``).
+        self.frontend = protocol.FRONTEND_NOTEBOOK
 
         def bound(kind: int, name: str) -> zmq.Socket:
             sock = ctx.socket(kind)

@@ -674,7 +674,14 @@ class Supervisor:
         # Handed on as received: the executor reads the header itself.
         frames = protocol.encode(msg.kind, raw.header, raw.buffers)
         fields = msg.read(protocol.Placement)
-        req = Request(cell.target, msg.kind, frames, cell.credit, client=fields.session)
+        req = Request(
+            cell.target,
+            msg.kind,
+            frames,
+            cell.credit,
+            client=fields.session,
+            frontend=fields.frontend,
+        )
         ref = protocol.fetch_ref(raw.buffers)
         if ref is not None:
             req.values_coming = ref[1]
@@ -689,7 +696,7 @@ class Supervisor:
                 f"This {req.what} had reached the worker before the worker lost contact with "
                 "the rexec broker (the worker stopped answering for a while, or the broker "
                 f"restarted), and may have run there; it is not run a second time, and its "
-                "output and results did not reach this notebook."
+                f"output and results did not reach {protocol.client_words(req.frontend)}."
             )
             self._to_client(req, Kind.DONE, done_header(DoneStatus.INTERRUPTED, message=message))
             return
@@ -700,9 +707,9 @@ class Supervisor:
             # (it never started), the worker and every other namespace go on.
             log.error("could not start an executor for %s: %s", cell.session, exc)
             sentence = (
-                "The worker could not start a Python process for this notebook "
-                f"({type(exc).__name__}: {exc}); the cell did not run. Try again, or free "
-                "memory or processes on the worker."
+                "The worker could not start a Python process for "
+                f"{protocol.client_words(req.frontend)} ({type(exc).__name__}: {exc}); the "
+                f"{req.what} did not run. Try again, or free memory or processes on the worker."
             )
             error = {"ename": "ExecutorStartError", "evalue": sentence, "traceback": [sentence]}
             self._to_client(req, Kind.ERROR, error)
@@ -813,8 +820,9 @@ class Supervisor:
                 self._notebooks[fields.session] = fields.notebook
         if fields.keepalive_s is not None:
             ex.keepalive_s = fields.keepalive_s
-        if fields.notebook and not ex.shared:  # a shared one keeps its name as its label
-            ex.label = fields.notebook
+        if not ex.shared:  # a shared one keeps its name as its label, and its words
+            ex.label = fields.notebook or ex.label
+            ex.frontend = fields.frontend
 
     def _on_file(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
         """PUT_* / GET_OPEN / FILE_ACK / FILE_CANCEL: the worker's file transfers."""
@@ -1473,7 +1481,11 @@ class Supervisor:
                 self._to_client(req, Kind.DONE, header)
             else:
                 whose = _whose(ex)
-                lost = "the shared namespace" if ex.shared else "this notebook's remote namespace"
+                lost = (
+                    "the shared namespace"
+                    if ex.shared
+                    else f"{protocol.client_words(ex.frontend)}'s remote namespace"
+                )
                 if req.values_coming is not None:  # the code had not started: nothing ran
                     message = (
                         f"{whose[0].upper()}{whose[1:]} died before the {req.what} started, "
@@ -1649,8 +1661,8 @@ class Supervisor:
                     self._notice(
                         ex.current,
                         "resumed",
-                        "this notebook's remote executor was stopped (SIGSTOP) and not "
-                        "responding; it is resumed (SIGCONT) to take the interrupt",
+                        f"{_whose(ex)} was stopped (SIGSTOP) and not responding; it is "
+                        "resumed (SIGCONT) to take the interrupt",
                         now,
                     )
                     ex.signal(signal.SIGCONT)
@@ -1687,7 +1699,7 @@ class Supervisor:
         self._notice(
             ex.current,
             "stopped",
-            "this notebook's remote executor is stopped (SIGSTOP) and not responding; "
+            f"{_whose(ex)} is stopped (SIGSTOP) and not responding; "
             f"at the end of the {INTERRUPT_GRACE_S:g} s grace period it is resumed "
             "(SIGCONT) to take the interrupt",
             now,
@@ -1702,7 +1714,7 @@ class Supervisor:
                 self._notice(
                     cur,
                     "stopped",
-                    "this notebook's remote executor is stopped (SIGSTOP) and not responding",
+                    f"{_whose(ex)} is stopped (SIGSTOP) and not responding",
                     now,
                 )
         for req in ex.queue:
@@ -1711,14 +1723,14 @@ class Supervisor:
                 continue
             if not ex.ready:
                 age = now - ex.started
-                req.waited_for = "this notebook's remote executor to start"
+                req.waited_for = f"{_whose(ex)} to start"
                 text = f"waiting for {req.waited_for} ({age:.0f} s)"
                 self._notice(req, "starting", text, now, LIVE_NOTE_EVERY_S)
             elif cur is not None and cur.started is not None:
                 running = now - cur.started
                 # By client session: a notebook's route changes when it says hello again.
                 if cur.client == req.client or not ex.shared:
-                    whose = f"this notebook's previous {cur.what}"
+                    whose = f"{protocol.client_words(req.frontend)}'s previous {cur.what}"
                 else:  # only a shared namespace serves several notebooks
                     name = (ex.key or "").partition(":")[2]
                     whose = f"a {cur.what} of another notebook in shared namespace {name!r}"
@@ -1806,11 +1818,13 @@ class Supervisor:
                     # Its kernel may only have been busy (local code holding the GIL, or
                     # stopped): said in the cell itself when it reads on, not as an interrupt
                     # from nowhere or a lost broker; its next request is not told again.
+                    kernel = "process" if req.frontend == protocol.FRONTEND_SESSION else "kernel"
                     text = (
-                        f"{_whose(ex)} is being stopped: no sign of this notebook's "
-                        f"kernel came for {now - ex.last_seen:.0f} s (a kernel busy in code "
-                        "that holds the GIL, or stopped, sends none), so the worker took it "
-                        "as gone; this cell is stopped and the namespace is lost."
+                        f"{_whose(ex)} is being stopped: no sign of "
+                        f"{protocol.client_words(req.frontend)}'s {kernel} came for "
+                        f"{now - ex.last_seen:.0f} s (a {kernel} busy in code that holds the "
+                        "GIL, or stopped, sends none), so the worker took it as gone; this "
+                        f"{req.what} is stopped and the namespace is lost."
                     )
                     self._to_client(req, Kind.NOTICE, {"text": text, "about": "lost"})
                     ex.told.add(req.client)
@@ -1945,7 +1959,7 @@ def _how_it_ended(ex: ExecutorProcess, sentence: str) -> str:
 
 def _whose(ex: ExecutorProcess) -> str:
     """ "this notebook's remote executor", or the shared namespace's."""
-    return protocol.executor_of(ex.key.partition(":")[2] if ex.shared else None)
+    return protocol.executor_of(ex.key.partition(":")[2] if ex.shared else None, ex.frontend)
 
 
 def _stream_due(ex: ExecutorProcess) -> float:
