@@ -35,11 +35,17 @@ class Notes(Protocol):
 
 
 def frontend() -> str:
-    """What kind of client this process is, for the worker's sentences
-    (``protocol.client_words``): a notebook's kernel, or a script or terminal."""
+    """What kind of client this process is (``protocol.FRONTEND_*``): a notebook's kernel,
+    IPython outside one (a terminal), or plain Python (a script)."""
     from rexec_magic import protocol
 
-    return protocol.FRONTEND_NOTEBOOK if in_kernel() else protocol.FRONTEND_SESSION
+    if in_kernel():
+        return protocol.FRONTEND_NOTEBOOK
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return protocol.FRONTEND_SCRIPT
+    return protocol.FRONTEND_SCRIPT if get_ipython() is None else protocol.FRONTEND_IPYTHON
 
 
 def in_kernel() -> bool:

@@ -249,18 +249,20 @@ UPLOAD_LOST_MESSAGE = (
 )
 
 
-# What kind of client sends a request (``Placement.frontend``), for the sentences it is
-# told: a notebook's kernel (also any client that does not say), or a client outside a
-# kernel (a ``remote_func`` script, an IPython terminal), which has no notebook.
+# What kind of client sends a request (``Placement.frontend``): a notebook's kernel (also
+# any client that does not say), IPython outside a kernel (a terminal), or plain Python (a
+# ``remote_func`` script).  The sentences it is told name it (``client_words``), and a
+# script's calls get plain Python's ``exit()`` (``worker_image/shell.py``).
 FRONTEND_NOTEBOOK = "notebook"
-FRONTEND_SESSION = "session"
+FRONTEND_IPYTHON = "ipython"
+FRONTEND_SCRIPT = "script"
 
 
 def client_words(frontend: str = FRONTEND_NOTEBOOK) -> str:
     """How a sentence names the client it is told to: "this notebook", or "this session"
-    for ``FRONTEND_SESSION`` (a script told "this notebook's executor died" looks for a
+    for any other frontend (a script told "this notebook's executor died" looks for a
     notebook it does not have; tester AE)."""
-    return "this session" if frontend == FRONTEND_SESSION else "this notebook"
+    return "this notebook" if frontend == FRONTEND_NOTEBOOK else "this session"
 
 
 def executor_of(namespace: str | None, frontend: str = FRONTEND_NOTEBOOK) -> str:
@@ -805,7 +807,7 @@ class Placement(Header):
     session: Short = ""
     namespace: Short = ""
     notebook: Short = ""
-    frontend: Short = FRONTEND_NOTEBOOK  # FRONTEND_SESSION: a script's (``client_words``)
+    frontend: Short = FRONTEND_NOTEBOOK  # or FRONTEND_IPYTHON, FRONTEND_SCRIPT
     keepalive_s: Annotated[float, Field(ge=KEEPALIVE_MIN_S, le=KEEPALIVE_MAX_S)] | None = None
 
 

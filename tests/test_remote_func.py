@@ -986,6 +986,41 @@ def test_a_script_is_told_of_its_own_executors_death_not_a_notebooks(stack, deat
     assert lines[-1] == "FRESH True", lines
 
 
+@pytest.mark.parametrize(
+    ("stop", "status", "printed"),
+    [("quit()", 0, ""), ("exit()", 0, ""), ("exit(3)", 3, ""), ("quit('no input')", 1, "no input")],
+)
+def test_exit_in_a_scripts_call_ends_the_function_as_in_plain_python(
+    stack, tmp_path, stop, status, printed
+):
+    """``exit()`` / ``quit()`` in a plain script's remote function raise ``SystemExit`` as
+    plain Python's do: nothing after them runs, and the script ends with their code.  They
+    asked the executor to end after the call instead, so the function went on, wrote its
+    file and returned (tester AF, 4 of 4)."""
+    import subprocess
+
+    written = tmp_path / "written"
+    script = (
+        "from rexec_magic import remote_func\n"
+        "@remote_func\n"
+        "def guard(path):\n"
+        "    print('stopping', flush=True)\n"
+        f"    {stop}\n"
+        "    open(path, 'w').write('overwritten')\n"
+        "    return 'returned'\n"
+        f"print('result:', guard({str(written)!r}))\n"
+    )
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == status, (out.stdout, out.stderr)
+    assert "stopping" in out.stdout and "result:" not in out.stdout, out.stdout
+    assert not written.exists()
+    assert out.stderr.strip().splitlines()[-1:] == ([printed] if printed else []), out.stderr
+    assert "notebook" not in out.stdout + out.stderr
+
+
 def test_a_process_forked_after_a_remote_call_makes_calls_of_its_own(stack):
     """A script calls, then forks (``os.fork``, a fork ``multiprocessing.Pool``) and the
     children call: each child gets a session and a namespace of its own, as a spawned one

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from rexec_magic import serialize
 from rexec_magic.contract import DEFAULT_PULL_LIMIT_BYTES
 from rexec_magic.protocol import (
+    FRONTEND_NOTEBOOK,
+    FRONTEND_SCRIPT,
     Call,
     DoneStatus,
     Execute,
@@ -59,10 +61,10 @@ CALL_ENTRIES = {
 }
 
 
-def exit_message(key: str) -> str:
+def exit_message(key: str, frontend: str = FRONTEND_NOTEBOOK) -> str:
     """What the cell that called exit() in executor ``key`` (``placement``) says."""
     shared_one = shared(key)
-    whose = executor_of(key[len(SHARED_PREFIX) :] if shared_one else None)
+    whose = executor_of(key[len(SHARED_PREFIX) :] if shared_one else None, frontend)
     everyone, there = (" for every notebook attached to it", " there") if shared_one else ("", "")
     return (
         f"exit() or quit() ended {whose}; its namespace is gone{everyone}. The next remote "
@@ -103,6 +105,7 @@ class Cell:
     call: bool = False  # a CALL (a pickled function call) rather than an EXECUTE
     inband: bool = False  # CALL values go back as one plain pickle each (legacy clients)
     lazy: bool = False  # a CALL's generator makes each item when the client asks (Call.lazy)
+    frontend: str = FRONTEND_NOTEBOOK  # what kind of client sent it (Placement.frontend)
     received_at: float = field(default_factory=time.perf_counter)
     session: str = ""  # which executor: the client's session, or a shared namespace
     client: str = ""  # the client session that sent it ("" without one: legacy clients)
@@ -138,6 +141,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
             call=True,
             inband=call.inband,
             lazy=call.lazy,
+            frontend=call.frontend,
             have=list(call.have),
             watch=list(call.watch),  # the globals the function reads: changes come back
             gone=list(call.gone),
@@ -175,6 +179,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
         session=placement(ex),
         client=ex.session,
         credit=ex.credit,
+        frontend=ex.frontend,
     )
 
 
@@ -458,7 +463,7 @@ class CellRunner:
                 header["ages"] = ages
         if self.shell.exit_requested:
             header["exit"] = True
-            header["message"] = exit_message(cell.session)
+            header["message"] = exit_message(cell.session, cell.frontend)
         self.outbox.current = None
         self.outbox.last = target
         self.outbox.deferred_interrupt = False  # an interrupt that came too late for the cell
@@ -706,6 +711,7 @@ class CellRunner:
                 self.unstarted = True
                 raise KeyboardInterrupt
             next_item = self.next_item if cell.lazy else None
+            self.shell.plain_exit = cell.frontend == FRONTEND_SCRIPT
             return invoke(
                 values,
                 cell.inband,
@@ -730,6 +736,7 @@ class CellRunner:
                 self.shell.error_sent = True
             return DoneStatus.INTERRUPTED, [], []
         finally:
+            self.shell.plain_exit = False
             self._stop_interrupts()
 
     def _user_raised(self, exc: BaseException) -> None:

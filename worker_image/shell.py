@@ -108,13 +108,23 @@ class WorkerDisplayPublisher(DisplayPublisher):
             outbox.event(target, Kind.DISPLAY, header)
 
 
+_NO_CODE = object()
+
+
 class WorkerExitAutocall(ExitAutocall):
     """``exit`` / ``quit`` as ipykernel has them (``ZMQExitAutocall``): ``exit(keep_kernel=False)``
     ends the executor after the cell; a true ``keep_kernel`` keeps it, as ipykernel keeps the
-    kernel.  IPython's own takes no argument, so ``exit(5)`` was a TypeError here."""
+    kernel.  IPython's own takes no argument, so ``exit(5)`` was a TypeError here.
 
-    def __call__(self, keep_kernel: Any = False) -> None:  # type: ignore[override]
-        if not keep_kernel:
+    In a call from a plain Python script (``WorkerShell.plain_exit``) they are plain
+    Python's (``site.Quitter``): ``exit(code)`` raises ``SystemExit(code)``, which the script
+    raises as its own.  Asking the executor to end after the call instead let the function
+    go on past ``quit()`` and return (tester AF, 4 of 4)."""
+
+    def __call__(self, keep_kernel: Any = _NO_CODE) -> None:  # type: ignore[override]
+        if self._ip.plain_exit:
+            raise SystemExit(None if keep_kernel is _NO_CODE else keep_kernel)
+        if keep_kernel is _NO_CODE or not keep_kernel:
             self._ip.ask_exit()
 
 
@@ -189,6 +199,7 @@ class WorkerShell(InteractiveShell):
         self.hidden_frames: set[types.CodeType] = set()  # the worker's, never the user's
         self.display_failed = False  # the current cell's value could not be shown
         self.exit_requested = False  # exit() / quit() ran: end this executor after the cell
+        self.plain_exit = False  # a script's call runs: exit() raises SystemExit, as there
         super().__init__(**kwargs)
 
     def init_display_formatter(self) -> None:

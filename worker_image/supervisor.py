@@ -1818,7 +1818,7 @@ class Supervisor:
                     # Its kernel may only have been busy (local code holding the GIL, or
                     # stopped): said in the cell itself when it reads on, not as an interrupt
                     # from nowhere or a lost broker; its next request is not told again.
-                    kernel = "process" if req.frontend == protocol.FRONTEND_SESSION else "kernel"
+                    kernel = "kernel" if req.frontend == protocol.FRONTEND_NOTEBOOK else "process"
                     text = (
                         f"{_whose(ex)} is being stopped: no sign of "
                         f"{protocol.client_words(req.frontend)}'s {kernel} came for "
