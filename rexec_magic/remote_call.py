@@ -120,6 +120,7 @@ class RemoteFuture(Future):
         self._moved = threading.Event()  # it started, or it ended (``result`` waits for it)
         self.ended = threading.Event()  # its call returned or raised (``cancel`` waits for it)
         self.interrupts_before = _interrupts[0]  # kernel interrupts before it was submitted
+        self.interrupt_counted = False  # in ``_untold_cancels`` (once, however many passes)
         super().add_done_callback(lambda _: self._moved.set())
 
     def add_done_callback(self, fn: Callable[[Future], object]) -> None:
@@ -238,6 +239,7 @@ class RemoteFuture(Future):
             except KeyboardInterrupt:  # a kernel interrupt while waiting: stop the calls
                 cancel_unfinished(at_once=False)  # (the kernel's SIGINT hook may have already)
                 self._see_out()
+                tell_interrupt_cancels(said=True)  # (this interrupt's sentence says it)
                 raise
             except Exception as exc:
                 if session is not None:
@@ -331,7 +333,15 @@ def cancel_unfinished(at_once: bool = True) -> int:
     if at_once:
         cancelled = sum(1 for f in futures if f._cancel(0.0))  # (none waits for another)
     else:
-        cancelled = sum(1 for f in futures if f._cancel_or_interrupt())
+        cancelled = 0
+        for future in futures:
+            running = future.running()
+            if future._cancel_or_interrupt():
+                cancelled += 1
+                with _untold_lock:
+                    if not future.interrupt_counted:
+                        future.interrupt_counted = True
+                        _untold_cancels["running" if running else "queued"] += 1
     for event in list(_thread_calls):
         event.set()
     return cancelled + len(_thread_calls)
@@ -350,6 +360,37 @@ def settle_interrupted() -> None:
     # Calls that had ended before (the cell went on for a while after the interrupt): what
     # they cost is said here too, at the top of the next cell, local or remote.
     session_module.tell_cancel_losses(NOTEBOOK)
+    tell_interrupt_cancels()
+
+
+# Calls a kernel interrupt cancelled that the notebook was not told of yet: "running" ones
+# (interrupted) and "queued" ones (never started).  ``cancel_unfinished`` counts them, and
+# ``tell_interrupt_cancels`` says it, in the interrupted cell (or, for an interrupt while
+# idle, at the top of the next one).  A cell waiting in ``result()`` says it in its own
+# sentence.  Before, only that one did: one waiting in ``concurrent.futures.wait``, in
+# ``time.sleep`` or behind the call saw a bare KeyboardInterrupt, and its futures were
+# cancelled without a word (tester AF, 3 of 3).
+_untold_cancels = {"running": 0, "queued": 0}
+_untold_lock = threading.Lock()
+
+
+def tell_interrupt_cancels(said: bool = False) -> None:
+    """Say once which calls the interrupts since the last time cancelled (``said``: the
+    caller's own sentence said it: only forget them)."""
+    with _untold_lock:
+        running, queued = _untold_cancels["running"], _untold_cancels["queued"]
+        _untold_cancels.update(running=0, queued=0)
+    if said or not running + queued:
+        return
+    whose = session_module.whose()
+    if running + queued == 1:
+        how = "was running (interrupted)" if running else "was queued (it never started)"
+        said = f"{whose} unfinished remote call, which {how}"
+    else:
+        parts = [f"{running} running (interrupted)"] if running else []
+        parts += [f"{queued} queued (never started)"] if queued else []
+        said = f"{whose} {running + queued} unfinished remote calls: {' and '.join(parts)}"
+    NOTEBOOK.note(f"rexec: the interrupt cancelled {said}.")
 
 
 # Kernel interrupts (SIGINT) so far: a call submitted before the last one never starts
