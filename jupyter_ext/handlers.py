@@ -66,7 +66,7 @@ class RexecHandler(APIHandler):
 # Figures that move with every heartbeat: a change in them alone is no reason to redraw (else
 # each long poll would answer within a second once a notebook has an executor).
 TICKING = frozenset(
-    {"uptime_s", "running_s", "memory", "rss", "last_heartbeat_s", "kernel_silent_s"}
+    {"uptime_s", "namespace_s", "running_s", "memory", "rss", "last_heartbeat_s", "kernel_silent_s"}
 )
 
 

@@ -756,6 +756,13 @@ def _row_said(row: dict[str, Any]) -> str:
     return f"{name} ({', '.join(details)})" if details else name
 
 
+def _namespace_age(row: dict[str, Any]) -> str:
+    """ " (namespace 11 s)": the age of an executor's namespace, where younger than the
+    process (``ExecutorProcess.ages``: a spare waits unassigned first)."""
+    age = row.get("namespace_s")
+    return f" (namespace {human_seconds(float(age))})" if isinstance(age, int | float) else ""
+
+
 def _running_kind(row: dict[str, Any]) -> str:
     """What an executor row runs: "cell" or "call" (an older worker says neither: "cell")."""
     return "call" if row.get("running_kind") == "call" else "cell"
@@ -840,9 +847,9 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         elif inspect and "pid" not in winfo:  # the worker runs; this notebook has none yet
             rows.append(("namespace", "none yet: this notebook's first remote cell starts it"))
         else:
-            # The executor's age (this notebook's namespace), not the connection's.
+            # The executor's age, and its namespace's where younger; not the connection's.
             uptime = winfo.get("uptime_s", worker.get("uptime_s", 0))
-            rows.append(("uptime", human_seconds(float(uptime))))
+            rows.append(("uptime", human_seconds(float(uptime)) + _namespace_age(winfo)))
         if winfo.get("hostname"):
             pid = f" (pid {winfo['pid']})" if "pid" in winfo else ""
             rows.append(("runs on", f"{winfo['hostname']}{pid}"))
@@ -864,7 +871,7 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
                 else ""
             )
             details.append(f"running {human_seconds(row['running_s'])}{whose}")
-        details.append(f"up {human_seconds(float(row.get('uptime_s') or 0))}")
+        details.append(f"up {human_seconds(float(row.get('uptime_s') or 0))}{_namespace_age(row)}")
         if row.get("kernel_silent_s") is not None:
             details.append(f"no sign of its kernel for {human_seconds(row['kernel_silent_s'])}")
         if row.get("pid"):

@@ -54,8 +54,9 @@ class WorkerStatus(BaseModel):
         default_factory=list,
         description=(
             "The worker's executors, one per notebook namespace, from its last heartbeat: "
-            "{notebook, state, memory (bytes), pid, uptime_s, running_s?, running_for? (whose "
-            "cell, in a shared namespace), kernel_silent_s?}."
+            "{notebook, state, memory (bytes), pid, uptime_s (the process's age), namespace_s? "
+            "(its namespace's, where younger), running_s?, running_for? (whose cell, in a "
+            "shared namespace), kernel_silent_s?}."
         ),
     )
     idle_culled_after_s: float | None = Field(

@@ -765,6 +765,27 @@ def test_rexec_status_is_busy_only_for_the_notebook_whose_cell_runs(ip, tmp_path
         other.close()
 
 
+def test_status_gives_an_executors_real_age_and_its_namespaces_beside_it(ip):
+    """A notebook that takes the spare executor: its row says the process's real age
+    ("up") and, beside it, its namespace's (it said only the namespace's, 20 s short of
+    what ``ps`` says: tester AF)."""
+    from rexec_magic.magics import status_table
+    from rexec_magic.session import RemoteSession
+
+    remote(ip, "pass")  # (a spare is started beside this notebook's executor)
+    time.sleep(3)
+    other = RemoteSession()
+    try:
+        other.run("pass", {}, [], lambda m: None, 1 << 20)  # it takes the spare
+        rows = dict(status_table(other.status()).rows)
+        mine = rows[f"executor {other.notebook} (this notebook)"]
+        up = re.search(r"up (\d+) s \(namespace (\d+) s\)", mine)
+        assert up is not None and int(up[1]) >= int(up[2]) + 2, mine
+        assert re.fullmatch(r"\d+ s \(namespace \d+ s\)", rows["uptime"]), rows
+    finally:
+        other.close()
+
+
 @pytest.mark.parametrize(
     ("ending", "said"),
     [

@@ -891,7 +891,7 @@ class Supervisor:
         worker["supervisor_uptime_s"] = round(time.monotonic() - self.started, 3)
         if ex is not None:
             worker["pid"] = ex.pid
-            worker["uptime_s"] = round(ex.age_s, 3)  # its namespace's age
+            worker.update(ex.ages())
             worker["busy"] = ex.busy
             worker["state"] = ex.state()
         else:
