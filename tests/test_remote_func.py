@@ -325,8 +325,8 @@ def test_ctrl_c_while_waiting_for_a_futures_result_says_what_it_cancelled(nb, tm
     with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
         future.result(timeout=60)
     assert isinstance(info.value, errors.RemoteInterrupted)
-    assert str(info.value) == (
-        "Interrupted while waiting for a remote call's result; this notebook's unfinished "
+    assert str(info.value) == (  # (IPython outside a kernel: "this session")
+        "Interrupted while waiting for a remote call's result; this session's unfinished "
         "remote calls were cancelled."
     )
     assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
@@ -803,7 +803,7 @@ def test_a_call_made_before_logging_in_as_another_user_never_reaches_their_worke
         with pytest.raises(errors.RexecError) as info:
             made_as_alice.result(timeout=60)
         assert str(info.value) == (
-            f"The call was not sent: it was made as {alice.user}, and this notebook has "
+            f"The call was not sent: it was made as {alice.user}, and this session has "
             "logged in as carol since."
         )
         assert running.result(timeout=60) == 1
