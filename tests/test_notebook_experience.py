@@ -184,6 +184,23 @@ def test_a_wait_ended_by_an_interrupt_says_it_stopped_waiting(kc):
     assert stdout_of(ok(kc, "print(slow.cancelled())")) == "True\n"
 
 
+def interrupted_waiting(kc, tmp_path: Path, calls: int, wait: str) -> tuple[dict, list[dict]]:
+    """Submit ``calls`` remote calls that sleep a minute (``fs``), run the cell ``wait``
+    once the first one runs, and interrupt the kernel a second later: that cell's reply
+    and outputs."""
+    pid = int(stdout_of(ok(kc, "import os\nprint(os.getpid())")))
+    flag = tmp_path / "running"
+    ok(kc, "import concurrent.futures as cf, time\nfrom rexec_magic import remote_func\n"
+        "@remote_func\ndef doze(flag):\n    import time\n    open(flag, 'w').close()\n"
+        f"    time.sleep(60)\nfs = [doze.submit({str(flag)!r}) for _ in range({calls})]"
+    )  # fmt: skip
+    wait_for(flag.exists, "the first call to run")
+    msg_id = kc.execute(wait)
+    time.sleep(1.0)  # (in its wait, or, were it slow to start, the interrupt is an idle one)
+    os.kill(pid, signal.SIGINT)  # Jupyter's interrupt
+    return collect(kc, msg_id)
+
+
 @pytest.mark.parametrize(
     "wait", ["cf.wait(fs, timeout=120)", "time.sleep(120)", "%%remote\nprint('after')"]
 )
@@ -193,16 +210,7 @@ def test_an_interrupt_says_which_calls_it_cancelled_whatever_the_cell_waited_in(
     in ``concurrent.futures.wait``, a sleep, or a remote cell queued behind the calls
     showed a bare KeyboardInterrupt, and the futures were cancelled without a word (tester
     AF, 3 of 3)."""
-    pid = int(stdout_of(ok(kc, "import os\nprint(os.getpid())")))
-    flag = tmp_path / "running"
-    ok(kc, "import concurrent.futures as cf, time\nfrom rexec_magic import remote_func\n"
-        "@remote_func\ndef doze(flag):\n    import time\n    open(flag, 'w').close()\n"
-        f"    time.sleep(60)\nfs = [doze.submit({str(flag)!r}) for _ in range(3)]")  # fmt: skip
-    wait_for(flag.exists, "the first call to run")
-    msg_id = kc.execute(wait)
-    time.sleep(1.0)  # (in its wait, or, were it slow to start, the interrupt is an idle one)
-    os.kill(pid, signal.SIGINT)  # Jupyter's interrupt
-    _, outputs = collect(kc, msg_id)
+    _, outputs = interrupted_waiting(kc, tmp_path, 3, wait)
     assert texts(outputs, "display_data")[-1] == (
         "rexec: the interrupt cancelled this notebook's 3 unfinished remote calls: 1 running "
         "(interrupted) and 2 queued (never started)."
@@ -213,16 +221,7 @@ def test_an_interrupt_says_which_calls_it_cancelled_whatever_the_cell_waited_in(
 def test_an_interrupt_in_result_says_what_it_cancelled_once(kc, tmp_path):
     """Waiting in ``result()``, the interrupt's own sentence says the calls were cancelled;
     no second note repeats it."""
-    pid = int(stdout_of(ok(kc, "import os\nprint(os.getpid())")))
-    flag = tmp_path / "running"
-    ok(kc, "from rexec_magic import remote_func\n@remote_func\ndef doze(flag):\n"
-        "    import time\n    open(flag, 'w').close()\n    time.sleep(60)\n"
-        f"fs = [doze.submit({str(flag)!r}) for _ in range(2)]")  # fmt: skip
-    wait_for(flag.exists, "the first call to run")
-    msg_id = kc.execute("fs[0].result()")
-    time.sleep(1.0)
-    os.kill(pid, signal.SIGINT)
-    reply, outputs = collect(kc, msg_id)
+    reply, outputs = interrupted_waiting(kc, tmp_path, 2, "fs[0].result()")
     assert "unfinished remote calls were cancelled" in reply["evalue"], reply
     assert not [t for t in texts(outputs, "display_data") if "the interrupt cancelled" in t]
     assert stdout_of(ok(kc, "print([f.cancelled() for f in fs])")) == "[True, True]\n"
