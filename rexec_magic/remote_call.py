@@ -120,7 +120,7 @@ class RemoteFuture(Future):
         self._moved = threading.Event()  # it started, or it ended (``result`` waits for it)
         self.ended = threading.Event()  # its call returned or raised (``cancel`` waits for it)
         self.interrupts_before = _interrupts[0]  # kernel interrupts before it was submitted
-        self.interrupt_counted = False  # in ``_untold_cancels`` (once, however many passes)
+        self.interrupt_counted = False  # in ``_reached`` (once, however many passes)
         super().add_done_callback(lambda _: self._moved.set())
 
     def add_done_callback(self, fn: Callable[[Future], object]) -> None:
@@ -214,10 +214,7 @@ class RemoteFuture(Future):
     def result(self, timeout: float | None = None) -> Any:
         """As ``Future.result``; a future that has not started after ``NOTICE_AFTER_S``
         (queued behind this notebook's earlier calls) says what it waits for, once."""
-        said = (
-            "Interrupted while waiting for a remote call's result; "
-            f"{session_module.whose()} unfinished remote calls were cancelled."
-        )
+        said = "Interrupted while waiting for a remote call's result"
         session = self._session
         if session is not None and session.held_here() and not self.done():
             # It waits for the connection this thread holds (it cannot be running: the
@@ -227,7 +224,7 @@ class RemoteFuture(Future):
                 "(the loop holds the notebook's connection); take its result after the loop, "
                 "or finish or close the generator first."
             )
-        with errors.interrupt_says(said):
+        with errors.interrupt_says(f"{said}."):
             try:
                 if session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
                     began = time.monotonic()
@@ -239,8 +236,8 @@ class RemoteFuture(Future):
             except KeyboardInterrupt:  # a kernel interrupt while waiting: stop the calls
                 cancel_unfinished(at_once=False)  # (the kernel's SIGINT hook may have already)
                 self._see_out()
-                tell_interrupt_cancels(said=True)  # (this interrupt's sentence says it)
-                raise
+                outcome = interrupt_outcome()  # (said here, not again in a note)
+                raise errors.RemoteInterrupted(f"{said}; {outcome}." if outcome else f"{said}.")
             except Exception as exc:
                 if session is not None:
                     session.told(exc)
@@ -296,9 +293,20 @@ _submitted: weakref.WeakSet[RemoteFuture] = weakref.WeakSet()
 _hooked = False
 
 
-# Direct calls running in threads other than the main one (a kernel interrupt is a
-# KeyboardInterrupt in the main thread only): their cancel events.
-_thread_calls: set[threading.Event] = set()
+class ThreadCall(threading.Event):
+    """The cancel event of a direct call made outside the main thread (a kernel interrupt
+    is a KeyboardInterrupt in the main thread only), and how the call ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended = threading.Event()
+        self.stopped = False  # it ended interrupted (its caller got RemoteInterrupted)
+        self.interrupt_counted = False  # in ``_reached``
+        self.interrupts_before = _interrupts[0]  # kernel interrupts before it was made
+
+
+# Direct calls running in threads other than the main one: their cancel events.
+_thread_calls: set[ThreadCall] = set()
 
 
 # Set at exit with remote calls still running (``_interrupt_calls_at_exit``).
@@ -309,42 +317,50 @@ _exiting = threading.Event()
 def _thread_call() -> Iterator[threading.Event]:
     """The cancel event of a call (or a generator's iteration) made outside the main thread,
     set by a kernel interrupt (``cancel_unfinished``) while the call lasts."""
-    cancel = threading.Event()
+    cancel = ThreadCall()
     _thread_calls.add(cancel)
     try:
         yield cancel
     except errors.RemoteInterrupted:
+        cancel.stopped = cancel.is_set()
         if _exiting.is_set():  # interrupted at exit (``_interrupt_calls_at_exit``): a daemon
             _thread_calls.discard(cancel)  # thread, which ends with the process in silence,
             threading.Event().wait()  # as a local one does (no traceback cut off mid-line)
         raise
+    except errors.WorkerLost:
+        cancel.stopped = cancel.is_set()  # (its executor, killed for ignoring the interrupt)
+        raise
     finally:
         _thread_calls.discard(cancel)
+        cancel.ended.set()
 
 
-def cancel_unfinished(at_once: bool = True) -> int:
+def cancel_unfinished(at_once: bool = True, made_before: int | None = None) -> int:
     """Cancel every unfinished call of this kernel: ``submit()`` calls, queued or running
     (the queued first, so none starts meanwhile), and direct calls running in other threads;
     returns how many.  A running call is interrupted; ``at_once`` (``%rexec_stop``, exit:
     the worker goes anyway) marks its future cancelled now, else (a kernel interrupt) the
-    future ends as the call does (``RemoteFuture._cancel_or_interrupt``)."""
+    future ends as the call does (``RemoteFuture._cancel_or_interrupt``).  ``made_before``:
+    only calls made before that many kernel interrupts (``_interrupts``)."""
     futures = [f for f in list(_submitted) if not f.done()]
+    calls = list(_thread_calls)
+    if made_before is not None:
+        futures = [f for f in futures if f.interrupts_before < made_before]
+        calls = [c for c in calls if c.interrupts_before < made_before]
     futures.sort(key=lambda f: f.running())
     if at_once:
         cancelled = sum(1 for f in futures if f._cancel(0.0))  # (none waits for another)
     else:
         cancelled = 0
         for future in futures:
-            running = future.running()
             if future._cancel_or_interrupt():
                 cancelled += 1
-                with _untold_lock:
-                    if not future.interrupt_counted:
-                        future.interrupt_counted = True
-                        _untold_cancels["running" if running else "queued"] += 1
-    for event in list(_thread_calls):
+                _reach(future)
+    for event in calls:
         event.set()
-    return cancelled + len(_thread_calls)
+        if not at_once:
+            _reach(event)
+    return cancelled + len(calls)
 
 
 def settle_interrupted() -> None:
@@ -357,40 +373,79 @@ def settle_interrupted() -> None:
         for future in list(_submitted):
             if future.cancel_requested.is_set() and not future.ended.is_set():
                 future._wait_ended(max(0.0, deadline - time.monotonic()))
+        for call in list(_reached):
+            if isinstance(call, ThreadCall):
+                call.ended.wait(max(0.0, deadline - time.monotonic()))
     # Calls that had ended before (the cell went on for a while after the interrupt): what
     # they cost is said here too, at the top of the next cell, local or remote.
     session_module.tell_cancel_losses(NOTEBOOK)
     tell_interrupt_cancels()
 
 
-# Calls a kernel interrupt cancelled that the notebook was not told of yet: "running" ones
-# (interrupted) and "queued" ones (never started).  ``cancel_unfinished`` counts them, and
-# ``tell_interrupt_cancels`` says it, in the interrupted cell (or, for an interrupt while
-# idle, at the top of the next one).  A cell waiting in ``result()`` says it in its own
-# sentence.  Before, only that one did: one waiting in ``concurrent.futures.wait``, in
-# ``time.sleep`` or behind the call saw a bare KeyboardInterrupt, and its futures were
-# cancelled without a word (tester AF, 3 of 3).
-_untold_cancels = {"running": 0, "queued": 0}
-_untold_lock = threading.Lock()
+# The calls kernel interrupts reached that the notebook was not told of yet (futures and
+# direct calls of other threads): ``cancel_unfinished`` adds them, and once they ended
+# (``settle_interrupted``), ``tell_interrupt_cancels`` says how (cancelled, or finished
+# anyway), in the interrupted cell (at the top of the next one for an interrupt while
+# idle), or ``result()`` in its sentence.  Only that sentence said anything: a cell
+# waiting in ``concurrent.futures.wait``, in a sleep or behind the call saw a bare
+# KeyboardInterrupt, and its futures were cancelled without a word (tester AF, 3 of 3).
+# Counted as they end, not as the interrupt reaches them: a call that catches the
+# KeyboardInterrupt, or ends just then, keeps its result, and a running future may only
+# wait for its turn (tester AH).
+_reached: list[RemoteFuture | ThreadCall] = []
+_reached_lock = threading.Lock()
 
 
-def tell_interrupt_cancels(said: bool = False) -> None:
-    """Say once which calls the interrupts since the last time cancelled (``said``: the
-    caller's own sentence said it: only forget them)."""
-    with _untold_lock:
-        running, queued = _untold_cancels["running"], _untold_cancels["queued"]
-        _untold_cancels.update(running=0, queued=0)
-    if said or not running + queued:
-        return
+def _reach(call: RemoteFuture | ThreadCall) -> None:
+    with _reached_lock:
+        if not call.interrupt_counted:
+            call.interrupt_counted = True
+            _reached.append(call)
+
+
+def interrupt_outcome() -> str:
+    """What the interrupts did to the calls they reached since the last time asked, as a
+    clause ("the interrupt cancelled this notebook's 2 unfinished remote calls; 1 other
+    finished anyway ..."), or "" when they reached none; they are forgotten."""
+    with _reached_lock:
+        reached = list(_reached)
+        _reached.clear()
+    if not reached:
+        return ""
+
+    def ended(call: RemoteFuture | ThreadCall) -> bool:
+        return call.ended.is_set() if isinstance(call, ThreadCall) else call.done()
+
+    def cancelled(call: RemoteFuture | ThreadCall) -> bool:
+        return call.stopped if isinstance(call, ThreadCall) else call.cancelled()
+
+    stopped = sum(1 for call in reached if cancelled(call))
+    finished = sum(1 for call in reached if ended(call) and not cancelled(call))
+    going = len(reached) - stopped - finished
     whose = session_module.whose()
-    if running + queued == 1:
-        how = "was running (interrupted)" if running else "was queued (it never started)"
-        said = f"{whose} unfinished remote call, which {how}"
-    else:
-        parts = [f"{running} running (interrupted)"] if running else []
-        parts += [f"{queued} queued (never started)"] if queued else []
-        said = f"{whose} {running + queued} unfinished remote calls: {' and '.join(parts)}"
-    NOTEBOOK.note(f"rexec: the interrupt cancelled {said}.")
+    said = []
+    if stopped:
+        calls = "unfinished remote call" if stopped == 1 else f"{stopped} unfinished remote calls"
+        said.append(f"the interrupt cancelled {whose} {calls}")
+    if finished:
+        other = "other " if stopped else ""
+        one = finished == 1
+        said.append(
+            f"{finished} {other}{'call' if one else 'calls'} the interrupt reached "
+            f"finished anyway (caught the interrupt, or ended first), and "
+            f"{'its result stands' if one else 'their results stand'}"
+        )
+    if going:
+        said.append(f"{going} {'is' if going == 1 else 'are'} still stopping")
+    return "; ".join(said)
+
+
+def tell_interrupt_cancels() -> None:
+    """Say once what the interrupts since the last time did to the calls they reached
+    (``interrupt_outcome``)."""
+    outcome = interrupt_outcome()
+    if outcome:
+        NOTEBOOK.note(f"rexec: {outcome}.")
 
 
 # Kernel interrupts (SIGINT) so far: a call submitted before the last one never starts
@@ -532,9 +587,14 @@ def hook_kernel_interrupt() -> None:
             settle_interrupted()
 
     def after_cell(result: Any) -> None:
-        if isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt):
+        # An interrupt during the cell, whether or not the cell caught it: the calls it
+        # stopped are said here, not at the top of the next cell (tester AH, 2 of 2).
+        interrupted = isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt)
+        if interrupted or _settled[0] != _interrupts[0]:
             _settled[0] = _interrupts[0]
-            cancel_unfinished(at_once=False)
+            # (Here, not only in ``_interrupt_watcher``'s own time.  A cell that caught the
+            # interrupt may have made calls since: they stay.)
+            cancel_unfinished(False, None if interrupted else _interrupts[0])
             settle_interrupted()
 
     shell.events.register("pre_run_cell", before_cell)
@@ -618,7 +678,8 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
         try:
             if _interrupts[0] != future.interrupts_before:  # (checked once marked running:
                 future.mark_cancelled()  # an interrupt after that finds it running, and
-                return  # interrupts it, see ``_on_kernel_sigint``)
+                _reach(future)  # interrupts it, see ``_on_kernel_sigint``)
+                return
             value = fn(cancel=future.cancel_requested, ticket=ticket, origin=origin)
         except BaseException as exc:
             if future.cancel_requested.is_set() and isinstance(

@@ -176,24 +176,24 @@ def test_a_wait_ended_by_an_interrupt_says_it_stopped_waiting(kc):
     assert re.fullmatch(
         r"rexec: stopped waiting after \d+ s for this notebook's previous call", notes[-2]
     ), notes
-    assert notes[-1] == (
-        "rexec: the interrupt cancelled this notebook's unfinished remote call, which was "
-        "running (interrupted)."
-    )
+    assert notes[-1] == "rexec: the interrupt cancelled this notebook's unfinished remote call."
     assert reply["status"] == "error" and "was not sent" in reply["evalue"], reply
     assert stdout_of(ok(kc, "print(slow.cancelled())")) == "True\n"
 
 
-def interrupted_waiting(kc, tmp_path: Path, calls: int, wait: str) -> tuple[dict, list[dict]]:
-    """Submit ``calls`` remote calls that sleep a minute (``fs``), run the cell ``wait``
-    once the first one runs, and interrupt the kernel a second later: that cell's reply
-    and outputs."""
+def interrupted_waiting(kc, tmp_path: Path, start: str, wait: str) -> tuple[dict, list[dict]]:
+    """Define ``doze(FLAG, catch=False)``, a remote call that sleeps a minute (with
+    ``catch`` it returns 'caught' when interrupted), run ``start`` (``FLAG`` in it: a file
+    the call makes as it starts), then the cell ``wait`` once the first call runs, and
+    interrupt the kernel a second later: that cell's reply and outputs."""
     pid = int(stdout_of(ok(kc, "import os\nprint(os.getpid())")))
     flag = tmp_path / "running"
-    ok(kc, "import concurrent.futures as cf, time\nfrom rexec_magic import remote_func\n"
-        "@remote_func\ndef doze(flag):\n    import time\n    open(flag, 'w').close()\n"
-        f"    time.sleep(60)\nfs = [doze.submit({str(flag)!r}) for _ in range({calls})]"
-    )  # fmt: skip
+    ok(kc, "import concurrent.futures as cf, threading, time\n"
+        "from rexec_magic import remote_func\n@remote_func\ndef doze(flag, catch=False):\n"
+        "    import time\n    open(flag, 'w').close()\n    try:\n        time.sleep(60)\n"
+        "    except KeyboardInterrupt:\n        if not catch:\n            raise\n"
+        "        return 'caught'\n")  # fmt: skip
+    ok(kc, start.replace("FLAG", repr(str(flag))))
     wait_for(flag.exists, "the first call to run")
     msg_id = kc.execute(wait)
     time.sleep(1.0)  # (in its wait, or, were it slow to start, the interrupt is an idle one)
@@ -201,29 +201,62 @@ def interrupted_waiting(kc, tmp_path: Path, calls: int, wait: str) -> tuple[dict
     return collect(kc, msg_id)
 
 
-@pytest.mark.parametrize(
-    "wait", ["cf.wait(fs, timeout=120)", "time.sleep(120)", "%%remote\nprint('after')"]
+THREE = "fs = [doze.submit(FLAG) for _ in range(3)]"
+THREE_CANCELLED = "the interrupt cancelled this notebook's 3 unfinished remote calls"
+IN_A_THREAD = (
+    "res = []\ndef body():\n    try:\n        res.append(doze(FLAG))\n"
+    "    except BaseException as exc:\n        res.append(type(exc).__name__)\n"
+    "threading.Thread(target=body).start()"
 )
-def test_an_interrupt_says_which_calls_it_cancelled_whatever_the_cell_waited_in(kc, tmp_path, wait):
+
+
+@pytest.mark.parametrize(
+    ("start", "wait", "said", "check", "checked"),
+    [
+        (THREE, "cf.wait(fs, timeout=120)", THREE_CANCELLED, "[f.cancelled() for f in fs]",
+         "[True, True, True]"),
+        (THREE, "time.sleep(120)", THREE_CANCELLED, "[f.cancelled() for f in fs]",
+         "[True, True, True]"),
+        (THREE, "%%remote\nprint('after')", THREE_CANCELLED, "[f.cancelled() for f in fs]",
+         "[True, True, True]"),
+        (THREE, "try:\n    cf.wait(fs, timeout=120)\nexcept KeyboardInterrupt:\n    pass",
+         THREE_CANCELLED, "[f.cancelled() for f in fs]", "[True, True, True]"),
+        ("fs = [doze.submit(FLAG, True)]", "cf.wait(fs, timeout=120)",
+         "1 call the interrupt reached finished anyway (caught the interrupt, or ended "
+         "first), and its result stands", "[(f.cancelled(), f.result()) for f in fs]",
+         "[(False, 'caught')]"),
+        (IN_A_THREAD, "time.sleep(120)",
+         "the interrupt cancelled this notebook's unfinished remote call", "res",
+         "['RemoteInterrupted']"),
+    ],
+    ids=["wait", "sleep", "remote cell behind", "caught in the cell", "call caught it",
+         "a thread's call"],
+)  # fmt: skip
+def test_an_interrupt_says_what_it_did_to_the_calls_whatever_the_cell_waited_in(
+    kc, tmp_path, start, wait, said, check, checked
+):
     """A kernel interrupt cancels the notebook's unfinished calls; the interrupted cell
-    says which, whatever it waited in.  Only a cell waiting in ``result()`` said so: one
-    in ``concurrent.futures.wait``, a sleep, or a remote cell queued behind the calls
-    showed a bare KeyboardInterrupt, and the futures were cancelled without a word (tester
-    AF, 3 of 3)."""
-    _, outputs = interrupted_waiting(kc, tmp_path, 3, wait)
-    assert texts(outputs, "display_data")[-1] == (
-        "rexec: the interrupt cancelled this notebook's 3 unfinished remote calls: 1 running "
-        "(interrupted) and 2 queued (never started)."
-    ), outputs
-    assert stdout_of(ok(kc, "print([f.cancelled() for f in fs])")) == "[True, True, True]\n"
+    says what came of them, whatever it waited in, and whether or not it caught the
+    interrupt.  Only a cell waiting in ``result()`` said anything: one in
+    ``concurrent.futures.wait``, a sleep, or a remote cell queued behind the calls showed a
+    bare KeyboardInterrupt, and the futures were cancelled without a word (tester AF, 3 of
+    3).  Counted as they end: a call that caught the interrupt keeps its result, and is not
+    said to be cancelled; a thread's direct call is one too (tester AH)."""
+    _, outputs = interrupted_waiting(kc, tmp_path, start, wait)
+    assert texts(outputs, "display_data")[-1] == f"rexec: {said}.", outputs
+    assert stdout_of(ok(kc, f"print({check})")) == checked + "\n"
 
 
 def test_an_interrupt_in_result_says_what_it_cancelled_once(kc, tmp_path):
-    """Waiting in ``result()``, the interrupt's own sentence says the calls were cancelled;
-    no second note repeats it."""
-    reply, outputs = interrupted_waiting(kc, tmp_path, 2, "fs[0].result()")
-    assert "unfinished remote calls were cancelled" in reply["evalue"], reply
-    assert not [t for t in texts(outputs, "display_data") if "the interrupt cancelled" in t]
+    """Waiting in ``result()``, the interrupt's own sentence says what it cancelled; no
+    second note repeats it."""
+    start = "fs = [doze.submit(FLAG) for _ in range(2)]"
+    reply, outputs = interrupted_waiting(kc, tmp_path, start, "fs[0].result()")
+    assert reply["evalue"] == (
+        "Interrupted while waiting for a remote call's result; the interrupt cancelled this "
+        "notebook's 2 unfinished remote calls."
+    ), reply
+    assert not [t for t in texts(outputs, "display_data") if "the interrupt" in t]
     assert stdout_of(ok(kc, "print([f.cancelled() for f in fs])")) == "[True, True]\n"
 
 

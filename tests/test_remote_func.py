@@ -326,8 +326,8 @@ def test_ctrl_c_while_waiting_for_a_futures_result_says_what_it_cancelled(nb, tm
         future.result(timeout=60)
     assert isinstance(info.value, errors.RemoteInterrupted)
     assert str(info.value) == (  # (IPython outside a kernel: "this session")
-        "Interrupted while waiting for a remote call's result; this session's unfinished "
-        "remote calls were cancelled."
+        "Interrupted while waiting for a remote call's result; the interrupt cancelled this "
+        "session's unfinished remote call."
     )
     assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
 
