@@ -373,7 +373,8 @@ def settle_interrupted() -> None:
         for future in list(_submitted):
             if future.cancel_requested.is_set() and not future.ended.is_set():
                 future._wait_ended(max(0.0, deadline - time.monotonic()))
-        for call in list(_reached):
+        for ref in list(_reached):
+            call = ref()
             if isinstance(call, ThreadCall):
                 call.ended.wait(max(0.0, deadline - time.monotonic()))
     # Calls that had ended before (the cell went on for a while after the interrupt): what
@@ -391,8 +392,9 @@ def settle_interrupted() -> None:
 # KeyboardInterrupt, and its futures were cancelled without a word (tester AF, 3 of 3).
 # Counted as they end, not as the interrupt reaches them: a call that catches the
 # KeyboardInterrupt, or ends just then, keeps its result, and a running future may only
-# wait for its turn (tester AH).
-_reached: list[RemoteFuture | ThreadCall] = []
+# wait for its turn (tester AH).  A future weakly: where nothing tells them (a script's
+# interrupt it caught), its result is not held for ever (a thread's call holds none).
+_reached: list[Callable[[], RemoteFuture | ThreadCall | None]] = []
 _reached_lock = threading.Lock()
 
 
@@ -400,7 +402,7 @@ def _reach(call: RemoteFuture | ThreadCall) -> None:
     with _reached_lock:
         if not call.interrupt_counted:
             call.interrupt_counted = True
-            _reached.append(call)
+            _reached.append(weakref.ref(call) if isinstance(call, RemoteFuture) else lambda: call)
 
 
 def interrupt_outcome() -> str:
@@ -408,7 +410,7 @@ def interrupt_outcome() -> str:
     clause ("the interrupt cancelled this notebook's 2 unfinished remote calls; 1 other
     finished anyway ..."), or "" when they reached none; they are forgotten."""
     with _reached_lock:
-        reached = list(_reached)
+        reached = [call for call in (ref() for ref in _reached) if call is not None]
         _reached.clear()
     if not reached:
         return ""
