@@ -920,6 +920,6 @@ def test_exit_before_an_error_or_a_timeout_still_says_the_namespace_ended(ip, ce
     remote(ip, "only_remote_here = 5", line="--no-pull")
     with capture_output() as out, pytest.raises(raised):
         ip.run_cell_magic("remote", line, cell)
-    assert "exit() or quit() ended this notebook's remote executor" in out.stdout
+    assert "exit() or quit() ended this session's remote executor" in out.stdout  # (no kernel)
     _, out = remote(ip, "print('only_remote_here' in globals())", line="--no-pull")
     assert out.stdout.strip().endswith("False")

@@ -517,7 +517,9 @@ def test_an_executor_killed_at_its_cpu_time_limit_says_so(port, extra_s, killed_
     said = done(events).header["message"]
     assert done(events).header["status"] == DoneStatus.LOST
     if killed_by == "SIGKILL":
-        assert f"(killed by SIGKILL: it used up its CPU time limit (RLIMIT_CPU, {soft} s))" in said
+        limit = f"(killed by SIGKILL: it used up its CPU time limit (RLIMIT_CPU, {soft} s))"
+        ended = [line for line in port.log_text().splitlines() if " ended: " in line]
+        assert limit in said, ended  # (the log line says the CPU time it read)
     else:
         assert re.search(
             r"\(killed by SIGXCPU: it reached its CPU time limit \(RLIMIT_CPU\) after "

@@ -1438,12 +1438,14 @@ class Supervisor:
             self.leftovers.adopt(fd, ex.key, owner, request, ex.number, ex.readers[fd])
         req = ex.current
         sentence = ex.exit_sentence(code)
+        cpu = ex.cpu_at_exit
         log.log(
             logging.INFO if ex.exit_requested or ex.kill_reason == "stop" else logging.WARNING,
-            "executor %d (%s) ended: %s",
+            "executor %d (%s) ended: %s%s",
             ex.number,
             ex.key or "spare",
             sentence,
+            "" if cpu is None or cpu.hard_s is None else f" (CPU time read {cpu.used_s:.2f} s)",
         )
         # Died while no request ran (its last DONE may have been read out just now).
         died_idle = req is None and not ex.exit_requested and ex.kill_reason in (None, "link")
