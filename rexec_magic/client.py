@@ -909,6 +909,7 @@ class RexecClient:
         resent = False
         uncertain = False  # sent again after a loss: the first send may have started it
         interrupted_at: float | None = None
+        ctrl_c = False  # the interrupt was a Ctrl-C here (not its timeout, not a cancel)
         event_at = 0.0  # when the last numbered event of this request came
         grace_said = False  # that the interrupted cell has not stopped yet
         broker_said = 0.0  # when this said the broker is silent (an unstarted request waits)
@@ -1246,6 +1247,7 @@ class RexecClient:
                         interrupted_at is not None,
                         timeout_s,
                         call=kind == P.Kind.CALL,
+                        ctrl_c=ctrl_c,
                     )
             except errors.RemoteInterrupted:
                 raise  # the worker's answer to an interrupt, not a new Ctrl-C
@@ -1262,7 +1264,7 @@ class RexecClient:
                     self._stashed = in_hand
                 if interrupted_at is not None:
                     raise self._abandon(req_id, kind, header) from None
-                interrupted_at = time.monotonic()
+                interrupted_at, ctrl_c = time.monotonic(), True
                 try:
                     self._send(P.Kind.INTERRUPT, {"id": req_id})
                 except KeyboardInterrupt:  # a second Ctrl-C as the INTERRUPT left (whole)
@@ -1385,7 +1387,10 @@ class RexecClient:
         interrupted: bool,
         timeout_s: float | None,
         call: bool = False,
+        ctrl_c: bool = False,
     ) -> CellOutcome:
+        """The request's outcome from its DONE; raises what its end says.  ``interrupted``:
+        an interrupt was sent (a Ctrl-C here, ``ctrl_c``; its timeout; a cancel)."""
         done = msg.read(P.Done)
         status = done.status
         what = "call" if call else "cell"
@@ -1425,11 +1430,19 @@ class RexecClient:
             # as that error, as a local cell shows it
         elif interrupted and not call and not done.interrupt_handled:
             # The Ctrl-C came as the cell ended (e.g. while its values came back): it ran to
-            # its end, and what it bound comes back; the Ctrl-C still stops Run All.  (A
-            # call returns its value then.)
+            # its end, and what it bound comes back; the Ctrl-C still stops Run All.
             stopped = errors.RemoteInterrupted(
                 "The remote cell had already finished when the interrupt reached it; what "
                 "it assigned came back."
+            )
+        elif ctrl_c and status == P.DoneStatus.OK and not done.interrupt_handled:
+            # A call the Ctrl-C reached only as it ended: raised all the same, as a local
+            # call's KeyboardInterrupt is when it comes as the call returns.  Returning its
+            # value lost the Ctrl-C: a loop of short calls went on calling (tester AG, 12
+            # of 24).  (A cancel's or a timeout's interrupt that came too late keeps it.)
+            stopped = errors.RemoteInterrupted(
+                "The remote call had already finished when the interrupt reached it; what "
+                "it changed came back, its return value did not."
             )
         if stopped is not None and status == P.DoneStatus.RESEND:
             raise stopped  # a resend never ran
