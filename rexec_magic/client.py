@@ -33,7 +33,7 @@ import zmq
 from rexec_magic import contract, errors, serialize, zmqio
 from rexec_magic import protocol as P
 from rexec_magic.connection import ConnectionInfo
-from rexec_magic.notes import QUIET, Notes, Progress
+from rexec_magic.notes import QUIET, Notes, Progress, frontend
 from rexec_magic.turns import CANCEL_POLL_S
 
 log = logging.getLogger("rexec.client")
@@ -1533,7 +1533,7 @@ def grace_sentence(what: str, namespace: str | None) -> str:
     return (
         f"the remote {what} has not stopped {P.NOTICE_AFTER_S:g} s after the interrupt; "
         f"if it does not stop within the {P.INTERRUPT_GRACE_S:g} s grace period, "
-        f"{P.executor_of(namespace)} is restarted and its namespace is lost"
+        f"{P.executor_of(namespace, frontend())} is restarted and its namespace is lost"
     )
 
 

@@ -32,8 +32,8 @@ from rexec_magic import assist, connection, contract, errors, names, remote_file
 from rexec_magic.client import AfterDone, not_sent
 from rexec_magic.login import log_in
 from rexec_magic.logs import log_path, setup_logging
-from rexec_magic.notes import NOTEBOOK, Notes
-from rexec_magic.protocol import Kind
+from rexec_magic.notes import NOTEBOOK, Notes, frontend
+from rexec_magic.protocol import Kind, client_words
 from rexec_magic.render import EventRenderer, RemoteResult, Table, human_seconds, show_result
 from rexec_magic.session import exit_notes, restart_sentence, shared_session
 
@@ -876,7 +876,7 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
             details.append(f"no sign of its kernel for {human_seconds(row['kernel_silent_s'])}")
         if row.get("pid"):
             details.append(f"pid {row['pid']}")  # the executor's own (a label may be a kernel's)
-        this = " (this notebook)" if row.get("this") else ""
+        this = f" ({client_words(frontend())})" if row.get("this") else ""
         rows.append((f"executor {row.get('notebook', '?')}{this}", ", ".join(details)))
     variables = inspect.get("variables") or []
     if running and not variables and inspect.get("note"):  # (it could not answer: not "none")

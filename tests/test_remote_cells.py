@@ -706,7 +706,7 @@ def test_rexec_status_of_a_notebook_without_an_executor_says_none_yet(ip):
         other.close()
     assert re.search(r"namespace\s+none yet", text), text
     assert "uptime" not in text and "pid ?" not in text
-    assert "(this notebook)" not in text  # the executors listed are the others'
+    assert "(this session)" not in text  # the executors listed are the others'
 
 
 def test_rexec_stop_cancels_this_notebooks_queued_calls(ip, tmp_path):
@@ -756,7 +756,7 @@ def test_rexec_status_is_busy_only_for_the_notebook_whose_cell_runs(ip, tmp_path
         assert dict(rows)["worker"] == "ready", rows
         label = f"executor {other.notebook}"
         assert any(k == label and v.startswith("busy") for k, v in rows), rows
-        [mine] = [v for k, v in rows if k.endswith("(this notebook)")]
+        [mine] = [v for k, v in rows if k.endswith("(this session)")]
         assert mine.startswith("idle"), rows
         assert dict(status_table(other.status()).rows)["worker"] == "busy"
     finally:
@@ -778,7 +778,7 @@ def test_status_gives_an_executors_real_age_and_its_namespaces_beside_it(ip):
     try:
         other.run("pass", {}, [], lambda m: None, 1 << 20)  # it takes the spare
         rows = dict(status_table(other.status()).rows)
-        mine = rows[f"executor {other.notebook} (this notebook)"]
+        mine = rows[f"executor {other.notebook} (this session)"]
         up = re.search(r"up (\d+) s \(namespace (\d+) s\)", mine)
         assert up is not None and int(up[1]) >= int(up[2]) + 2, mine
         assert re.fullmatch(r"\d+ s \(namespace \d+ s\)", rows["uptime"]), rows

@@ -376,25 +376,36 @@ def test_ctrl_c_between_two_frames_of_a_message_still_stops_the_remote_call(
     assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
 
 
-def test_ctrl_c_while_a_calls_result_is_read_keeps_the_result(nb, monkeypatch):
+FINISHED = (
+    "The remote call had already finished when the interrupt reached it; what it changed "
+    "came back, its return value did not."
+)
+
+
+def test_ctrl_c_while_a_calls_result_is_read_is_raised_once_it_is_read_whole(nb, monkeypatch):
     """Ctrl-C lands half-way through reading the message that ends a call (its ``done``,
-    between the frame that names it and its header): the message is read whole and kept,
-    the call's result comes back, and no half-read message leaves the client waiting for an
-    answer that cannot come."""
+    between the frame that names it and its header): the message is read whole, no
+    half-read message leaves the client waiting for an answer that cannot come, and the
+    Ctrl-C is raised, as a local call's is when it comes as the call returns (returning the
+    value lost it: a loop of calls went on, tester AG); the next call runs."""
 
     def kind_frame_of_done(sock: zmq.Socket, args: tuple, frame: Any) -> bool:
         return (frame if isinstance(frame, bytes) else frame.bytes) == b"done"
 
     armed = ctrl_c_right_after(monkeypatch, zmqio, "recv_frame", kind_frame_of_done)
     armed.set()
-    assert nb["add"](40, 2) == 42
+    with pytest.raises(errors.RemoteInterrupted, match="had already finished") as info:
+        nb["add"](40, 2)
+    assert str(info.value) == FINISHED
     assert not armed.is_set(), "the call ended without a done"
+    assert nb["add"](40, 2) == 42
 
 
-def test_ctrl_c_just_after_a_calls_result_arrived_keeps_the_result(nb, monkeypatch):
+def test_ctrl_c_just_after_a_calls_result_arrived_is_raised_and_the_next_call_runs(nb, monkeypatch):
     """Ctrl-C lands after the client read the message that ends a call (its ``done``) and
-    before it acted on it: the message is handled after the interrupt, so the result comes
-    back rather than a wait for an answer to an interrupt of a call that had ended."""
+    before it acted on it: the message is handled after the interrupt, so the call ends
+    (rather than wait for an answer to an interrupt of a call that had ended), saying it
+    had finished."""
 
     def sequence_number_of_done(msg: P.Message, args: tuple, read: Any) -> bool:
         # Event: the read _events makes of a message _recv has returned (not _recv's own).
@@ -402,8 +413,11 @@ def test_ctrl_c_just_after_a_calls_result_arrived_keeps_the_result(nb, monkeypat
 
     armed = ctrl_c_right_after(monkeypatch, P.Message, "read", sequence_number_of_done)
     armed.set()
-    assert nb["add"](40, 2) == 42
+    with pytest.raises(errors.RemoteInterrupted) as info:
+        nb["add"](40, 2)
+    assert str(info.value) == FINISHED
     assert not armed.is_set(), "the call ended without a done"
+    assert nb["add"](40, 2) == 42
 
 
 def test_leaving_a_generator_early_stops_the_remote_generator(nb):
@@ -1049,6 +1063,41 @@ def test_a_ctrl_c_stops_a_scripts_loop_of_short_calls(stack, tmp_path, run):
     assert proc.returncode != 0, err
     assert err.rstrip().splitlines()[-1].startswith(("KeyboardInterrupt", "rexec_magic")), err
     assert "Interrupt" in err.rstrip().splitlines()[-1], err
+
+
+def test_a_scripts_notes_on_a_deaf_call_and_an_idle_death_speak_of_the_session(stack, tmp_path):
+    """A script's Ctrl-C on a call that ignores it, and its executor dying between calls:
+    the notes say "this session's" executor and "no call ran" (they said "this notebook's"
+    and "no cell ran": tester AG, 6 of 6 and 1 of 5)."""
+    import subprocess
+
+    flag = tmp_path / "deaf"
+    script = (
+        "import os, signal, threading, time\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef deaf(flag):\n    import signal, time\n"
+        "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n    open(flag, 'w').close()\n"
+        "    while True:\n        time.sleep(0.1)\n"
+        "@remote_func\ndef die_soon():\n    threading.Timer(0.2, os._exit, [5]).start()\n"
+        "@remote_func\ndef ok():\n    return 'ok'\n"
+        f"try:\n    deaf({str(flag)!r})\nexcept KeyboardInterrupt as exc:\n    print('STOPPED')\n"
+        "die_soon()\ntime.sleep(1.5)\nprint(ok())\n"
+    )
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(flag.exists, "the deaf call to run")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=WAIT_S)
+    finally:
+        proc.kill()
+    assert "if it does not stop within the 5 s grace period, this session's remote executor" in out
+    assert "This session's remote executor died while no call ran (exit code 5)" in out, out
+    assert "notebook" not in out and "cell" not in out, out
+    assert out.rstrip().endswith("ok"), out
 
 
 def test_a_process_forked_after_a_remote_call_makes_calls_of_its_own(stack):

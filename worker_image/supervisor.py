@@ -1543,7 +1543,8 @@ class Supervisor:
             how = f"ended it ({sentence})"
         what = req.what if req is not None else ex.killed_what
         if died_idle:
-            return f"{whose} died while no cell ran ({sentence}); the namespace was lost."
+            idle = "no cell ran" if ex.frontend == protocol.FRONTEND_NOTEBOOK else "no call ran"
+            return f"{whose} died while {idle} ({sentence}); the namespace was lost."
         if ex.kill_reason == "abandon":  # stopped: the broker lost this worker (_abandon_cells)
             return (
                 f"{whose} was restarted: a {what} stopped when the rexec broker lost this "
