@@ -43,6 +43,9 @@ class LateOutput:
         self._began_parent: str | None = None
         self._last_request: str | None = None  # that cell's request (``request_done``)
         self._parent: Any = object()  # (none yet)
+        # Requests whose output is all shown so far: outside a kernel (no cells, parent
+        # None) late output after another request is a new stretch, under a line of its own.
+        self._requests = 0
         self._renderer: Any = None
         self._shown = threading.Condition()
         self._done: OrderedDict[str, None] = OrderedDict()  # (``request_done``)
@@ -55,8 +58,9 @@ class LateOutput:
             return  # shown already: sent again from a new connection
         self._after_the_request(msg.header.get("after"))
         parent = current_parent()
-        if self._renderer is None or parent != self._parent:
-            self._parent = parent
+        where = parent if parent is not None else self._requests
+        if self._renderer is None or where != self._parent:
+            self._parent = where
             self._renderer = EventRenderer()
         # In the cell that started it while that cell's output is live: its own.  Written
         # after an earlier request (``of``: a background process of a cell whose executor
@@ -105,6 +109,7 @@ class LateOutput:
         is the one late output reads as its own in (``began``)."""
         with self._shown:
             self.last_parent, self._last_request = self._began_parent, request
+            self._requests += 1
             self._done[request] = None
             while len(self._done) > _DONE_KEPT:
                 self._done.popitem(last=False)

@@ -1100,6 +1100,22 @@ def test_a_scripts_notes_on_a_deaf_call_and_an_idle_death_speak_of_the_session(s
     assert out.rstrip().endswith("ok"), out
 
 
+def test_a_scripts_late_output_after_each_call_is_marked_late(stack):
+    """What a script's remote background processes print after each call ended is marked
+    late each time, not only the first: the line came once per run, so the second
+    process's line read as the next call's own (tester AG, 2 of 2)."""
+    script = (
+        "import time\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef bg(tag):\n    import subprocess\n"
+        "    subprocess.Popen(['sh', '-c', f'sleep 0.5; echo bg-{tag}'])\n"
+        "for tag in 'AB':\n    bg(tag)\n    time.sleep(2)\n    print('slept', tag, flush=True)\n"
+    )
+    lines = script_lines(run_script(stack, script))
+    late = "[rexec: output produced after the previous remote cell or call ended]"
+    assert lines == [late, "bg-A", "slept A", late, "bg-B", "slept B"], lines
+
+
 def test_a_process_forked_after_a_remote_call_makes_calls_of_its_own(stack):
     """A script calls, then forks (``os.fork``, a fork ``multiprocessing.Pool``) and the
     children call: each child gets a session and a namespace of its own, as a spawned one
