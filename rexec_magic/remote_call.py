@@ -514,13 +514,33 @@ def _shown_without_handler_frames(
     local cell showed them, tester V, 20 of 20).  A traceback is a chain the handler's
     frames end; the chain is cut before them.  (``__tracebackhide__`` would not do: IPython
     always shows the frame an exception was raised in.)"""
+    _cut_handler_frames(tb)
+    shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+
+
+def _cut_handler_frames(tb: Any) -> None:
+    """End traceback ``tb`` before the frames of rexec's SIGINT handler (``_chain``)."""
     entry = tb
     while entry is not None and entry.tb_next is not None:
         if entry.tb_next.tb_frame.f_code in _HANDLER_CODES:
             entry.tb_next = None
             break
         entry = entry.tb_next
-    shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+
+
+def _script_excepthook(previous: Callable[..., Any]) -> Callable[..., Any]:
+    """``sys.excepthook`` of a plain script: a KeyboardInterrupt it did not catch is shown
+    without the frames of rexec's SIGINT handler, as IPython shows it in a kernel
+    (``_take_keyboard_interrupts``); every local Ctrl-C of a script that imported
+    rexec_magic ended in them (tester AG, 4 of 4)."""
+
+    def excepthook(etype: type, value: BaseException, tb: Any) -> None:
+        if issubclass(etype, KeyboardInterrupt):
+            _cut_handler_frames(tb)
+        previous(etype, value, tb)
+
+    excepthook.rexec_cuts = True  # type: ignore[attr-defined]
+    return excepthook
 
 
 def _take_keyboard_interrupts(shell: Any) -> None:
@@ -563,12 +583,10 @@ def hook_kernel_interrupt() -> None:
     # (A process that ignores Ctrl-C, run with `&` say: its calls ignore it too.)
     if previous is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _chain(previous))
-    try:
-        from IPython import get_ipython
-    except ImportError:  # a plain script: the handler above is all there is
-        return
-    shell = get_ipython()
-    if shell is None:
+    shell = serialize.ipython_shell()
+    if shell is None:  # a plain script: the handler above, and its tracebacks without it
+        if not getattr(sys.excepthook, "rexec_cuts", False):
+            sys.excepthook = _script_excepthook(sys.excepthook)
         return
     _take_keyboard_interrupts(shell)
     kernel = getattr(shell, "kernel", None)

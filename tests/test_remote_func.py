@@ -1116,6 +1116,38 @@ def test_a_scripts_late_output_after_each_call_is_marked_late(stack):
     assert lines == [late, "bg-A", "slept A", late, "bg-B", "slept B"], lines
 
 
+def test_a_local_ctrl_c_in_a_script_shows_as_it_would_without_rexec(stack, tmp_path):
+    """A script that uses remote_func and is stopped by Ctrl-C in its own code: the
+    traceback ends where the script was, as it would without rexec (it ended in the frames
+    of rexec's SIGINT handler, tester AG, 4 of 4), and the exit is Python's for Ctrl-C."""
+    import subprocess
+
+    script = (
+        "import time\nfrom rexec_magic import remote_func\n"
+        "@remote_func\ndef f():\n    return 1\n"
+        "f()\nprint('go', flush=True)\ntime.sleep(60)\n"
+    )
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        while proc.stdout.readline().strip() != "go":
+            pass
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGINT, err  # (Python's exit for an uncaught Ctrl-C)
+    assert err.splitlines() == [
+        "Traceback (most recent call last):",
+        '  File "<string>", line 8, in <module>',
+        "KeyboardInterrupt",
+    ], err
+
+
 def test_a_process_forked_after_a_remote_call_makes_calls_of_its_own(stack):
     """A script calls, then forks (``os.fork``, a fork ``multiprocessing.Pool``) and the
     children call: each child gets a session and a namespace of its own, as a spawned one
