@@ -1035,13 +1035,30 @@ def test_exit_in_a_scripts_call_ends_the_function_as_in_plain_python(
     assert "notebook" not in out.stdout + out.stderr
 
 
+def interrupted_script(stack: Any, script: str, ready: Any, what: str) -> tuple[int, str, str]:
+    """Run ``script`` as a user's plain script (``python -c``) against the stack, press
+    Ctrl-C (SIGINT) once ``ready()``, and wait for its end: (exit status, stdout, stderr)."""
+    import subprocess
+
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(ready, what)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
+
+
 @pytest.mark.parametrize("run", range(5))
 def test_a_ctrl_c_stops_a_scripts_loop_of_short_calls(stack, tmp_path, run):
     """Ctrl-C in a script's loop of short remote calls ends the loop, as it ends a loop of
     local calls.  A Ctrl-C that reached a call only as it ended returned its value, so the
     loop went on calling (tester AG, 12 of 24; 5 of 6 here): it is raised all the same."""
-    import subprocess
-
     log = tmp_path / "calls"
     script = (
         "from rexec_magic import remote_func\n"
@@ -1049,18 +1066,9 @@ def test_a_ctrl_c_stops_a_scripts_loop_of_short_calls(stack, tmp_path, run):
         "i = 0\n"
         f"while True:\n    step(i, {str(log)!r})\n    i += 1\n"
     )
-    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: log.exists() and len(log.read_text().splitlines()) > 50, "calls")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=WAIT_S)
-    finally:
-        proc.kill()
-    assert proc.returncode != 0, err
+    calls = lambda: log.exists() and len(log.read_text().splitlines()) > 50  # noqa: E731
+    status, _, err = interrupted_script(stack, script, calls, "the loop to call")
+    assert status != 0, err
     assert err.rstrip().splitlines()[-1].startswith(("KeyboardInterrupt", "rexec_magic")), err
     assert "Interrupt" in err.rstrip().splitlines()[-1], err
 
@@ -1069,8 +1077,6 @@ def test_a_scripts_notes_on_a_deaf_call_and_an_idle_death_speak_of_the_session(s
     """A script's Ctrl-C on a call that ignores it, and its executor dying between calls:
     the notes say "this session's" executor and "no call ran" (they said "this notebook's"
     and "no cell ran": tester AG, 6 of 6 and 1 of 5)."""
-    import subprocess
-
     flag = tmp_path / "deaf"
     script = (
         "import os, signal, threading, time\n"
@@ -1083,21 +1089,12 @@ def test_a_scripts_notes_on_a_deaf_call_and_an_idle_death_speak_of_the_session(s
         f"try:\n    deaf({str(flag)!r})\nexcept KeyboardInterrupt as exc:\n    print('STOPPED')\n"
         "die_soon()\ntime.sleep(1.5)\nprint(ok())\n"
     )
-    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        wait_for(flag.exists, "the deaf call to run")
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=WAIT_S)
-    finally:
-        proc.kill()
+    _, out, err = interrupted_script(stack, script, flag.exists, "the deaf call to run")
+    assert out.rstrip().endswith("ok"), out
+    out += err
     assert "if it does not stop within the 5 s grace period, this session's remote executor" in out
     assert "This session's remote executor died while no call ran (exit code 5)" in out, out
     assert "notebook" not in out and "cell" not in out, out
-    assert out.rstrip().endswith("ok"), out
 
 
 def test_a_scripts_late_output_after_each_call_is_marked_late(stack):
@@ -1120,27 +1117,14 @@ def test_a_local_ctrl_c_in_a_script_shows_as_it_would_without_rexec(stack, tmp_p
     """A script that uses remote_func and is stopped by Ctrl-C in its own code: the
     traceback ends where the script was, as it would without rexec (it ended in the frames
     of rexec's SIGINT handler, tester AG, 4 of 4), and the exit is Python's for Ctrl-C."""
-    import subprocess
-
+    flag = tmp_path / "sleeping"
     script = (
         "import time\nfrom rexec_magic import remote_func\n"
         "@remote_func\ndef f():\n    return 1\n"
-        "f()\nprint('go', flush=True)\ntime.sleep(60)\n"
+        f"f()\nopen({str(flag)!r}, 'w').close()\ntime.sleep(60)\n"
     )
-    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        while proc.stdout.readline().strip() != "go":
-            pass
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=WAIT_S)
-    finally:
-        proc.kill()
-    assert proc.returncode == -signal.SIGINT, err  # (Python's exit for an uncaught Ctrl-C)
+    status, _, err = interrupted_script(stack, script, flag.exists, "the script to sleep")
+    assert status == -signal.SIGINT, err  # (Python's exit for an uncaught Ctrl-C)
     assert err.splitlines() == [
         "Traceback (most recent call last):",
         '  File "<string>", line 8, in <module>',
