@@ -274,15 +274,15 @@ class ExecutorProcess:
         """Seconds since it began to serve its namespace (since it started, for a spare)."""
         return time.monotonic() - (self.serving_since or self.started)
 
-    def ages(self) -> dict[str, float]:
+    def ages(self, digits: int = 1) -> dict[str, float]:
         """``uptime_s``: the process's real age, as ``ps`` counts it; ``namespace_s``, only
         where it is younger (a spare waits unassigned first): since it began to serve its
         namespace.  The status said only the namespace's age as "up", some 20 s short of
         the process's (tester AF)."""
         now = time.monotonic()
-        out = {"uptime_s": round(now - self.started, 1)}
+        out = {"uptime_s": round(now - self.started, digits)}
         if self.serving_since is not None and self.serving_since - self.started >= 1.0:
-            out["namespace_s"] = round(now - self.serving_since, 1)
+            out["namespace_s"] = round(now - self.serving_since, digits)
         return out
 
     @property

@@ -891,7 +891,7 @@ class Supervisor:
         worker["supervisor_uptime_s"] = round(time.monotonic() - self.started, 3)
         if ex is not None:
             worker["pid"] = ex.pid
-            worker.update(ex.ages())
+            worker.update(ex.ages(3))  # (as precise as the supervisor's own beside it)
             worker["busy"] = ex.busy
             worker["state"] = ex.state()
         else:

@@ -38,14 +38,20 @@ def test_a_wait_said_again_updates_its_note_in_place():
 
 
 @pytest.mark.parametrize(
-    ("namespace", "whose"),
-    [(None, "this notebook's remote executor"),
-     ("team", "the remote executor of shared namespace 'team'")],
+    ("namespace", "frontend", "whose"),
+    [(None, P.FRONTEND_NOTEBOOK, "this notebook's remote executor"),
+     (None, P.FRONTEND_SCRIPT, "this session's remote executor"),
+     ("team", P.FRONTEND_NOTEBOOK, "the remote executor of shared namespace 'team'")],
 )  # fmt: skip
-def test_the_grace_notice_names_the_executor_that_would_be_restarted(namespace, whose):
+def test_the_grace_notice_names_the_executor_that_would_be_restarted(
+    monkeypatch, namespace, frontend, whose
+):
     """A cell in a shared namespace that ignores its interrupt costs that namespace, not the
-    notebook's own (which it keeps): the 2 s notice said "this notebook's" either way."""
+    notebook's own (which it keeps): the 2 s notice said "this notebook's" either way.  A
+    script has no notebook: "this session's" (it said "this notebook's", tester AG)."""
+    from rexec_magic import client
     from rexec_magic.client import RexecClient
 
+    monkeypatch.setattr(client, "frontend", lambda: frontend)
     text = RexecClient._grace_notice("r", P.Kind.EXECUTE, namespace).header["text"]
     assert f"grace period, {whose} is restarted and its namespace is lost" in text
