@@ -494,6 +494,7 @@ class RemoteSession:
             client = RexecClient(self.info, role="keepalive")
             client.session_id, client.namespace = self.session_id, self.namespace
             client.notebook, client.keepalive_s = self.notebook, P.KEEPALIVE_MIN_S
+            client.frontend = self.frontend
             client.hello(max(0.0, deadline - time.monotonic()))
             client.keepalive()
             # (Answered after the broker passed the goodbye on.)
