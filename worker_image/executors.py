@@ -269,11 +269,6 @@ class ExecutorProcess:
         log.info("executor %d started (pid %d)", number, self.pid)
 
     # ------------------------------------------------------------------ state
-    @property
-    def age_s(self) -> float:
-        """Seconds since it began to serve its namespace (since it started, for a spare)."""
-        return time.monotonic() - (self.serving_since or self.started)
-
     def ages(self, digits: int = 1) -> dict[str, float]:
         """``uptime_s``: the process's real age, as ``ps`` counts it; ``namespace_s``, only
         where it is younger (a spare waits unassigned first): since it began to serve its
