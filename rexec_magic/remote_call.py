@@ -631,9 +631,11 @@ CANCEL_CONFIRM_S = P.INTERRUPT_GRACE_S + 3.0
 def _forget_in_forked_child() -> None:
     """A forked child has none of the parent's threads: its own pools and locks, and none
     of the parent's calls (see ``session._forget_in_forked_child``)."""
-    global _callbacks, _threads_lock
+    global _callbacks, _threads_lock, _reached_lock
     _callbacks = None  # (its thread stayed in the parent: callbacks would wait for ever)
     _threads_lock = threading.Lock()
+    _reached_lock = threading.Lock()  # (held by a parent thread at the fork: never freed)
+    _reached.clear()  # (the parent's calls: its notes, not the child's)
     _threads.clear()
     _holds.clear()
     _submitted.clear()
