@@ -2,7 +2,9 @@
 
 ``rexec up`` is the embedded default: a dev token file, the broker and the spawner (local
 backend) as child processes on 127.0.0.1, a connection file for the current user, and a
-supervisor that restarts a child that dies and stops everything on Ctrl-C or SIGTERM.
+supervisor that restarts a child that dies and stops everything on Ctrl-C, SIGTERM or
+SIGHUP.  Killed before it could (SIGKILL), its children get SIGTERM from the kernel and stop
+themselves (``spawner.lineage``).
 
 Its flags are derived from the broker's and spawner's settings (``UP_FLAGS``): the same names,
 types and defaults as the ``REXEC_*`` variables, declared once in ``broker/config.py`` and
@@ -35,6 +37,7 @@ from rexec_magic import connection
 from rexec_magic.contract import Env, http_url, tcp_url
 from rexec_magic.private_file import write_private
 from spawner.config import SpawnerSettings
+from spawner.lineage import die_with_parent
 
 UP_STATE_FILE = "up.json"
 # Settings that hold secrets: `rexec up` hands them to broker and spawner as 0600 files in
@@ -175,6 +178,11 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Only this process hears the terminal (Ctrl-C, a closed window's SIGHUP) and
+            # stops the children in order, the spawner's workers first; should it die
+            # without doing so (SIGKILL), the children get SIGTERM and stop themselves.
+            start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         log.close()
 
@@ -254,7 +262,9 @@ class Stack:
         ]  # fmt: skip
         if os.geteuid() == 0:
             cmd.append("--allow-root")
-        self.lab = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        self.lab = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(signal.SIGTERM)
+        )
 
     def supervise(self, stopping: list[bool]) -> None:
         """Restart a child that dies (at most 5 times a minute); return when stopping."""
@@ -306,8 +316,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: Any) -> None:
         stopping.append(True)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # (a closed terminal)
+        signal.signal(signum, on_signal)
     try:
         for attempt in range(START_ATTEMPTS):
             for name in ("broker", "spawner"):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import os
 import re
 import secrets
 import signal
@@ -65,6 +67,34 @@ def test_rexec_up_binds_loopback_writes_private_files_and_stops_cleanly(tmp_path
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p in pids if pid_alive(p)], "rexec up left processes behind"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+def test_rexec_up_killed_or_hung_up_leaves_no_process_behind(tmp_path, signum):
+    """`rexec up` killed with SIGKILL (no clean-up of its own), or hung up on (its terminal
+    closed): its broker, spawner and the user's worker and executor end too.  They lived on
+    before, unseen (a worker 80 minutes after its `rexec up` was killed)."""
+    stack = start_stack(tmp_path)
+    session = RemoteSession(connection.load(stack.connection_file))
+    executor_pid = session.run(
+        "import os\npid = os.getpid()", {}, ["pid"], lambda m: None, pull_limit=2**20
+    ).values["pid"]
+    worker_pid = session.client.worker["pid"]
+    pids = {**stack.state["pids"], "worker": worker_pid, "executor": executor_pid}
+    assert all(pid_alive(p) for p in pids.values()), pids
+    try:
+        stack.proc.send_signal(signum)
+        stack.proc.wait(timeout=30)
+        deadline = time.monotonic() + WAIT_S
+        while any(pid_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = {name: pid for name, pid in pids.items() if pid_alive(pid)}
+        assert not left, f"`rexec up` ended by {signum.name} left processes behind: {left}"
+    finally:
+        session.close()
+        for pid in pids.values():  # (on failure: nothing outlives the test)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("taken", ["spawner", "broker"])

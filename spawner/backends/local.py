@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import logging
 import os
@@ -45,6 +44,7 @@ from rexec_magic.contract import Env, folder_name
 from spawner.backends.base import EXIT_UNKNOWN, Adopted, Backend, WorkerHandle, WorkerSpec
 from spawner.backends.local_record import WorkerRecord, WorkerRow, process_start_ticks
 from spawner.errors import StartFailed
+from spawner.lineage import die_with_parent
 from spawner.requirements import all_satisfied
 
 log = logging.getLogger(__name__)
@@ -59,26 +59,6 @@ _COMPLETE_MARK = ".rexec-complete"
 
 
 # --------------------------------------------------------------------------- process helpers
-if sys.platform.startswith("linux"):
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _PR_SET_PDEATHSIG = 1
-
-    def _die_with_parent() -> Callable[[], None]:
-        parent = os.getpid()
-
-        def preexec() -> None:  # runs in the child between fork and exec: keep it tiny
-            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != parent:  # the spawner died before prctl took effect
-                os._exit(1)
-
-        return preexec
-
-else:  # pragma: no cover - macOS dev machines: no parent-death signal
-
-    def _die_with_parent() -> Callable[[], None] | None:  # type: ignore[misc]
-        return None
-
-
 def watch_foreign_exit(pid: int, alive: Callable[[], bool]) -> asyncio.Future[int]:
     """A future that resolves (with EXIT_UNKNOWN) when ``pid``, not our child, has ended."""
     loop = asyncio.get_running_loop()
@@ -414,7 +394,7 @@ class LocalBackend(Backend):
                 stderr=subprocess.STDOUT,
                 env=scrubbed_env(os.environ),
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
             )
         try:
             code = await asyncio.wait_for(watch_exit(proc), self.settings.install_timeout_s)
