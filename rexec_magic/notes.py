@@ -86,7 +86,7 @@ class _PrintedProgress:
         self._text = text
 
     def done(self, text: str) -> None:
-        print(text, flush=True)
+        _say(sys.stdout, text)
 
 
 class _QuietProgress:
@@ -109,19 +109,19 @@ class NotebookNotes:
 
             display(_plain(text), raw=True)
         else:
-            print(text, flush=True)
+            _say(sys.stdout, text)
 
     def live(self, text: str) -> Progress:
         """A note that stays current: updated in place in a kernel (a wait's notice, whose
         "running 12 s" would else stay at what it said first); printed once elsewhere."""
         if in_kernel():
             return _DisplayProgress(text)
-        print(text, flush=True)
+        _say(sys.stdout, text)
         return _QuietProgress()
 
     def warning(self, text: str) -> None:
         sys.stdout.flush()
-        print(text, file=sys.stderr, flush=True)
+        _say(sys.stderr, text)
 
 
 class QuietNotes:
@@ -182,6 +182,14 @@ class RecordedNotes:
 
 QUIET = QuietNotes()
 NOTEBOOK = NotebookNotes()
+
+
+def _say(stream: Any, text: str) -> None:
+    """One line in one write: ``print`` writes the text and its newline apart, so another
+    thread's output (a submitted call's note, the script's own print) could land between
+    them ("...was lost.GOT ExecutorDied" then an empty line)."""
+    stream.write(f"{text}\n")
+    stream.flush()
 
 
 def _plain(text: str) -> dict[str, Any]:
