@@ -264,6 +264,9 @@ class RexecClient:
         # but it is still learned, so a later loss is noticed too (clearing seen_instance
         # instead left every later replacement unannounced: a bare NameError).
         self.loss_told = False
+        # The executor's non-daemon threads still running at the last request's end (a
+        # script's, ``Done.threads``); none once it was lost.
+        self.threads_running = 0
         self.session_key: bytes | None = None
         self.max_header_bytes = P.MAX_HEADER_BYTES
         self.local_versions = serialize.versions()
@@ -1069,6 +1072,7 @@ class RexecClient:
                     self._saw_worker(pong.worker)
                     if self.worker is None or (req_id not in pong.pending and started):
                         self.loss_told = True  # told here: the next worker is no news
+                        self.threads_running = 0
                         raise errors.WorkerLost(
                             f"The remote worker stopped while running the {what}; "
                             "the remote namespace was lost."
@@ -1219,6 +1223,7 @@ class RexecClient:
                         continue
                     if code == P.FailCode.WORKER_LOST:
                         self.loss_told = True  # told here: the next worker is no news
+                        self.threads_running = 0
                         if started:  # Dropped as silent, it may come back with its
                             # namespace, the request run on there: what it changed stays
                             # there, newer than the copies here (``missed``).
@@ -1393,6 +1398,7 @@ class RexecClient:
         an interrupt was sent (a Ctrl-C here, ``ctrl_c``; its timeout; a cancel)."""
         done = msg.read(P.Done)
         status = done.status
+        self.threads_running = done.threads
         what = "call" if call else "cell"
         if status == P.DoneStatus.LOST:
             raise errors.ExecutorDied(

@@ -1128,6 +1128,10 @@ class Done(Event):
     # Its buffers went by the bulk side channel (``BULK_REF``): this id stands for them
     # until the broker puts them back.
     bulk: Short = ""
+    # A script's request only: the executor's non-daemon threads still running as it ended
+    # (a ``threading.Thread`` or ``Timer`` its code started).  Python waits for such threads
+    # before a script exits; the script's end waits for these too (``join_remote_threads``).
+    threads: int = 0
 
     @model_validator(mode="after")
     def _buffers(self, info: ValidationInfo) -> Done:

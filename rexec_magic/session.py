@@ -505,6 +505,33 @@ class RemoteSession:
             if client is not None:
                 client.close()
 
+    def join_remote_threads(self) -> None:
+        """A script's end: wait for the non-daemon threads its remote code started on its
+        executor (``Done.threads``: a ``Thread`` or ``Timer`` still running as its last
+        request ended), as Python waits for a script's own before it exits.  Their output
+        shows as it comes.  Before, the script ended, its executor was stopped 2 s later,
+        and their work was lost without a word.
+
+        Nothing when none ran, when another thread's request holds the connection (a daemon
+        thread's call, which the exit interrupts next), or when the worker is gone: never
+        starts a worker or an executor.  Ctrl-C stops the wait, as it stops Python's."""
+        from rexec_magic.render import EventRenderer
+
+        client = self._client
+        if client is None or not client.threads_running or client.worker is None:
+            return
+        ticket = self.turns.try_hold("call", 0)
+        if ticket is None:
+            return
+        renderer = EventRenderer()
+        try:
+            with self.exclusive("call", QUIET, ticket):
+                client.execute(JOIN_THREADS, {}, [], renderer, contract.DEFAULT_PULL_LIMIT_BYTES)
+        except KeyboardInterrupt:  # (RemoteInterrupted too: the join was interrupted)
+            pass
+        except errors.RexecError as exc:  # (a worker gone meanwhile: nothing to wait for)
+            log.info("waiting for the remote threads at exit: %s", exc)
+
     def close(self) -> None:
         """Close the connection; while another thread's request uses it (a submitted call
         still running as the extension is reloaded), once that request lets go: closed
@@ -1104,6 +1131,9 @@ class RemoteSession:
 # What holds the connection while a remote generator is open (``Turns.holder``): its thread
 # holds it between items too, until the generator is finished or closed.
 GENERATOR = "generator"
+# A script's last request (``join_remote_threads``): the executor's own wait for the threads
+# a cell started, as at ``exit()`` (``worker_image.executor.join_user_threads``).
+JOIN_THREADS = "__import__('worker_image.executor').executor.join_user_threads()"
 
 
 def holder_words(held: str, held_for: float, stopping: bool = False) -> tuple[str, str]:
@@ -1266,6 +1296,8 @@ def _goodbye(session_ref: weakref.ref[RemoteSession], pid: int) -> None:
     say it for the kernel that lives on and free its namespace."""
     session = session_ref()
     if session is not None and os.getpid() == pid:
+        if session.frontend == P.FRONTEND_SCRIPT:
+            session.join_remote_threads()
         session.goodbye()
 
 

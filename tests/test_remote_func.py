@@ -976,6 +976,56 @@ def script_lines(out: Any) -> list[str]:
     return [line for line in out.stdout.splitlines() if not line.startswith("No remote")]
 
 
+@pytest.mark.parametrize(
+    "start", ["threading.Thread(target=work).start()", "threading.Timer(1.0, work).start()"]
+)
+def test_a_script_ends_after_the_threads_its_remote_code_started_as_plain_python_does(
+    stack, tmp_path, start
+):
+    """A remote function starts a non-daemon thread (or a ``Timer``) and returns; the
+    script ends.  Plain Python waits for that thread before it exits; rexec waits for it
+    on the worker, its output shows, and its work is done when the script has exited.
+    Before, the script ended at once and its executor was stopped 2 s later: the thread's
+    file was never written (tester AG, 3 of 3)."""
+    flag = tmp_path / "written"
+    script = (
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef begin(path):\n"
+        "    import threading, time\n"
+        "    def work():\n"
+        "        time.sleep(3)\n"
+        "        open(path, 'w').write('done')\n"
+        "        print('thread finished', flush=True)\n"
+        f"    {start}\n"
+        "    return 'started'\n"
+        f"print(begin({str(flag)!r}))\n"
+        "print('main done')\n"
+    )
+    out = run_script(stack, script)
+    assert flag.read_text() == "done"  # (read as soon as the script has exited)
+    assert script_lines(out) == ["started", "main done", "thread finished"], out.stdout
+
+
+def test_a_scripts_remote_daemon_thread_does_not_hold_its_end(stack, tmp_path):
+    """A daemon thread is not waited for, as plain Python does not wait for one: the script
+    ends while it sleeps, and what it would have written 5 s later is not there."""
+    flag = tmp_path / "written"
+    script = (
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef begin(path):\n"
+        "    import threading, time\n"
+        "    def work():\n"
+        "        time.sleep(5)\n"
+        "        open(path, 'w').write('done')\n"
+        "    threading.Thread(target=work, daemon=True).start()\n"
+        "    return 'started'\n"
+        f"print(begin({str(flag)!r}))\n"
+    )
+    out = run_script(stack, script)
+    assert not flag.exists()
+    assert script_lines(out) == ["started"] and out.stderr == "", out
+
+
 @pytest.mark.parametrize("death", ["os._exit(3)", "os.kill(os.getpid(), signal.SIGKILL)"])
 def test_a_script_is_told_of_its_own_executors_death_not_a_notebooks(stack, death):
     """A script's call whose executor dies: the sentence speaks of this session's executor

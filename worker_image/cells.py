@@ -61,6 +61,17 @@ CALL_ENTRIES = {
 }
 
 
+def user_threads() -> list[threading.Thread]:
+    """The non-daemon threads cells and calls started that still run (Python waits for
+    these before it exits; rexec's own threads are daemons or named ``rexec-*``)."""
+    me = threading.current_thread()
+    return [
+        t
+        for t in threading.enumerate()
+        if t is not me and not t.daemon and not t.name.startswith("rexec-") and t.is_alive()
+    ]
+
+
 def exit_message(key: str, frontend: str = FRONTEND_NOTEBOOK) -> str:
     """What the cell that called exit() in executor ``key`` (``placement``) says."""
     shared_one = shared(key)
@@ -464,6 +475,10 @@ class CellRunner:
         if self.shell.exit_requested:
             header["exit"] = True
             header["message"] = exit_message(cell.session, cell.frontend)
+        if cell.frontend == FRONTEND_SCRIPT:
+            running = len(user_threads())
+            if running:
+                header["threads"] = running
         self.outbox.current = None
         self.outbox.last = target
         self.outbox.deferred_interrupt = False  # an interrupt that came too late for the cell

@@ -48,7 +48,7 @@ from rexec_magic.protocol import DoneStatus, Kind
 from worker_image import framing
 from worker_image.bulk import BulkUploader, Where
 from worker_image.calls import Step
-from worker_image.cells import CellRunner, cell_for, done_header
+from worker_image.cells import CellRunner, cell_for, done_header, user_threads
 from worker_image.introspect import Introspector
 from worker_image.outbox import (
     BULK_CHANNEL,
@@ -365,7 +365,7 @@ class Executor:
             if self.shell.exit_requested:
                 # (the supervisor logs it: each event once in the worker's log)
                 log.debug("exit() in cell %s: this executor ends", cell.id)
-                _join_user_threads()
+                join_user_threads()
                 break
         return self.close()
 
@@ -415,14 +415,15 @@ class Executor:
         return 0
 
 
-def _join_user_threads() -> None:
+def join_user_threads() -> None:
     """Wait for the non-daemon threads a cell started, as Python does before it exits, but
     while the link is still open: what they display after ``exit()`` reaches the notebook
     (its next cell, marked late) instead of failing on a closed socket.  The supervisor
-    ends a process still waiting ``EXIT_WAIT_S`` after the DONE."""
-    me = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not me and not thread.daemon and not thread.name.startswith("rexec-"):
+    ends a process still waiting ``EXIT_WAIT_S`` after the DONE.  Also a script's last
+    request (``RemoteSession.join_remote_threads``).  Threads those threads start are
+    waited for too, as Python's ``threading._shutdown`` does."""
+    while running := user_threads():
+        for thread in running:
             thread.join()
 
 
