@@ -537,10 +537,29 @@ def _script_excepthook(previous: Callable[..., Any]) -> Callable[..., Any]:
     def excepthook(etype: type, value: BaseException, tb: Any) -> None:
         if issubclass(etype, KeyboardInterrupt):
             _cut_handler_frames(tb)
+            if etype is not KeyboardInterrupt and sys._getframe().f_back is None:
+                _exit_as_interrupted()  # (called by the interpreter for the script's end)
         previous(etype, value, tb)
 
     excepthook.rexec_cuts = True  # type: ignore[attr-defined]
     return excepthook
+
+
+def _exit_as_interrupted() -> None:
+    """End the script as Python ends one stopped by Ctrl-C: killed by SIGINT (status 130 in
+    a shell, whose loop running it stops too), after its clean-up.  CPython does so only
+    when the uncaught exception is ``KeyboardInterrupt`` itself (it compares the exact type
+    as it sets its ``_Py_UnhandledKeyboardInterrupt``), so a Ctrl-C raised as rexec's
+    ``RemoteInterrupted`` (a subclass) ended the script with status 1, and a shell loop
+    went on to the next run.  That flag is set here where the interpreter exports it
+    (CPython up to 3.11); elsewhere the status stays 1."""
+    import ctypes
+
+    try:
+        flag = ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt")
+    except (AttributeError, ValueError):  # 3.12+: the flag lives in the runtime's state
+        return
+    flag.value = 1
 
 
 def _take_keyboard_interrupts(shell: Any) -> None:

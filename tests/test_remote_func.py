@@ -1182,6 +1182,26 @@ def test_a_local_ctrl_c_in_a_script_shows_as_it_would_without_rexec(stack, tmp_p
     ], err
 
 
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="CPython 3.12+ exports no such flag")
+def test_a_ctrl_c_in_a_scripts_remote_call_ends_it_as_python_ends_an_interrupted_script(
+    stack, tmp_path
+):
+    """Ctrl-C while a script waits on a remote call: the script ends killed by SIGINT, as
+    Python ends a script stopped by Ctrl-C (a shell's loop running it stops then too), with
+    the interrupt's sentence last.  It ended with status 1 (tester AG): CPython ends by
+    SIGINT only for ``KeyboardInterrupt`` itself, and the call raises ``RemoteInterrupted``."""
+    flag = tmp_path / "running"
+    script = (
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef wait(flag):\n"
+        "    import time\n    open(flag, 'w').close()\n    time.sleep(60)\n"
+        f"wait({str(flag)!r})\n"
+    )
+    status, _, err = interrupted_script(stack, script, flag.exists, "the call to run")
+    assert status == -signal.SIGINT, err
+    assert err.rstrip().splitlines()[-1].startswith("rexec_magic.errors.RemoteInterrupted"), err
+
+
 def test_a_process_forked_after_a_remote_call_makes_calls_of_its_own(stack):
     """A script calls, then forks (``os.fork``, a fork ``multiprocessing.Pool``) and the
     children call: each child gets a session and a namespace of its own, as a spawned one
