@@ -1400,6 +1400,7 @@ class RexecClient:
         status = done.status
         self.threads_running = done.threads
         what = "call" if call else "cell"
+        timeout_error = errors.CallTimeout if call else errors.CellTimeout
         if status == P.DoneStatus.LOST:
             raise errors.ExecutorDied(
                 done.message or "The remote executor died; the remote namespace was lost."
@@ -1410,14 +1411,14 @@ class RexecClient:
                 "restarted; the remote namespace was lost."
             )
             if timed_out:
-                raise errors.CellTimeout(f"The {what} ran past its {timeout_s} s timeout. {text}")
+                raise timeout_error(f"The {what} ran past its {timeout_s} s timeout. {text}")
             raise errors.RemoteInterrupted(text, namespace_lost=True)
         # How the request ended if an interrupt (a Ctrl-C, its timeout) had a part in it.
         stopped: errors.RemoteInterrupted | errors.CellTimeout | None = None
         if timed_out and not (call and status == P.DoneStatus.OK):
             # (A call that took its timeout's interrupt and returned, ``except
             # KeyboardInterrupt: return partial``, returns that, as for a Ctrl-C.)
-            stopped = errors.CellTimeout(
+            stopped = timeout_error(
                 f"The {what} ran past its {timeout_s} s timeout and was interrupted."
             )
         elif status == P.DoneStatus.INTERRUPTED or (

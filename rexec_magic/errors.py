@@ -88,6 +88,11 @@ class CellTimeout(RexecError):
         self.outcome: object | None = None
 
 
+class CallTimeout(CellTimeout):
+    """A ``remote_func`` call ran past its ``timeout`` and was interrupted (a
+    ``CellTimeout``, so one ``except`` catches both; a script's traceback named a cell)."""
+
+
 class RemoteCellError(RexecError):
     """The cell raised on the worker.  Shows the remote traceback, not ours."""
 
