@@ -115,6 +115,7 @@ class RemoteFuture(Future):
         super().__init__()
         self._hold = hold  # closed while ``cancel`` waits for the running call's end
         self.namespace: str | None = None  # the shared one it runs in (None: the notebook's)
+        self.ticket: int | None = None  # its place in the session's line (``turns``)
         self.cancel_requested = threading.Event()
         self._session = session  # whose turns it waits for (what ``result`` says it waits for)
         self._moved = threading.Event()  # it started, or it ended (``result`` waits for it)
@@ -224,7 +225,7 @@ class RemoteFuture(Future):
                 "(the loop holds the notebook's connection); take its result after the loop, "
                 "or finish or close the generator first."
             )
-        with errors.interrupt_says(f"{said}."):
+        with errors.interrupt_says(f"{said}."), _reading(self):
             try:
                 if session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
                     began = time.monotonic()
@@ -255,7 +256,8 @@ class RemoteFuture(Future):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """As ``Future.exception``; the notebook has it now (no later note repeats it)."""
-        exc = super().exception(timeout)
+        with _reading(self):
+            exc = super().exception(timeout)
         if exc is not None and self._session is not None:
             self._session.told(exc)
         return exc
@@ -665,6 +667,24 @@ def _forget_in_forked_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_forked_child)
 
 
+@contextmanager
+def _reading(future: RemoteFuture) -> Iterator[None]:
+    """While a thread waits in ``future.result`` / ``exception``: what the call raises is
+    about to be seen, so its session holds back its note of that call's bad end
+    (``RemoteSession.reading``)."""
+    session, ticket = future._session, future.ticket
+    if session is None or ticket is None:
+        yield
+        return
+    session.reading[ticket] += 1
+    try:
+        yield
+    finally:
+        session.reading[ticket] -= 1
+        if session.reading[ticket] <= 0:
+            del session.reading[ticket]
+
+
 def _callback_thread() -> ThreadPoolExecutor:
     global _callbacks
     with _threads_lock:
@@ -699,7 +719,7 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
     future = RemoteFuture(session, hold)
     origin = session.origin()
     future.namespace = origin.namespace
-    ticket = session.turns.take()
+    ticket = future.ticket = session.turns.take()
     _submitted.add(future)
 
     # Cancelled while queued here: its place in line goes at once (not when this session's

@@ -9,6 +9,7 @@ of a kernel share.
 from __future__ import annotations
 
 import atexit
+import collections
 import functools
 import logging
 import os
@@ -117,6 +118,10 @@ class RemoteSession:
         self.stops = 0  # ``stop()``s so far: a loss after one the notebook asked for is no news
         self._close_when_free = False  # ``close`` came while another thread held it
         self._untold_by: BaseException | None = None  # the submitted call's error it says
+        self._untold_ticket: int | None = None  # that call's place in line
+        # Submitted calls (by ticket) whose future a thread waits on now, in result() or
+        # exception(): their outcome is about to be seen (``remote_call._reading``).
+        self.reading: collections.Counter[int] = collections.Counter()
         # When its first cell or call ended (epoch s): a worker restart before that lost
         # nothing of this notebook's (None: none yet).
         self.namespace_since: float | None = None
@@ -909,6 +914,7 @@ class RemoteSession:
                     # bare NameError, or a value gone).  Said before the next request too.
                     self._untold = f"rexec: a submitted remote call ended badly: {exc}"
                     self._untold_by = exc  # (unsaid once its future gives it: ``told``)
+                    self._untold_ticket = ticket
                 raise
             finally:
                 self._pinned = None
@@ -917,7 +923,13 @@ class RemoteSession:
         return outcome
 
     def _tell_untold(self, notes: Notes) -> None:
-        """Say (once, to a request that shows notes) what an unseen request's end lost."""
+        """Say (once, to a request that shows notes) what an unseen request's end lost.
+
+        Not while the notebook waits for that call's future: its error is about to be read
+        there (``told`` then unsays it); the call queued behind it, starting meanwhile in
+        another thread, said it first, so it came twice (tester AG, 4 of 5)."""
+        if self._untold_by is not None and self.reading.get(self._untold_ticket, 0) > 0:
+            return
         if self._untold is not None and notes is not QUIET:
             notes.warning(self._untold)
             self._untold = self._untold_by = None

@@ -976,6 +976,27 @@ def script_lines(out: Any) -> list[str]:
     return [line for line in out.stdout.splitlines() if not line.startswith("No remote")]
 
 
+@pytest.mark.parametrize("run", range(5))
+def test_a_submitted_calls_death_read_from_its_future_is_said_once(stack, run):
+    """A script submits a call whose executor dies and one more behind it, then reads the
+    first's ``result()``: the death is said there, once.  The call behind it, starting in
+    its own thread as the first ended, said it too ("a submitted remote call ended badly:
+    ..."), so the script showed it twice (tester AG, 4 of 5; 2 of 5 and 3 of 5 here)."""
+    script = (
+        "import sys\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef die():\n    import os, time\n    time.sleep(0.5)\n    os._exit(3)\n"
+        "@remote_func\ndef fresh():\n    return 'fresh'\n"
+        "first, behind = die.submit(), fresh.submit()\n"
+        "try:\n    first.result()\nexcept Exception as exc:\n    print('raised:', exc)\n"
+        "print(behind.result())\n"
+    )
+    out = run_script(stack, script)
+    said = out.stdout + out.stderr
+    assert said.count("died during the call (exit code 3)") == 1, said
+    assert script_lines(out)[-1] == "fresh" and "raised: " in out.stdout, said
+
+
 @pytest.mark.parametrize(
     "start", ["threading.Thread(target=work).start()", "threading.Timer(1.0, work).start()"]
 )
