@@ -1806,6 +1806,52 @@ def test_a_remote_threads_output_while_a_local_cell_runs_shows_there_marked_late
     assert text == f"{LATE_HEADER}\nfrom the thread\nown\n", text
 
 
+LATER = {
+    "task": (
+        "async def later():\n"
+        "    while not os.path.exists(GO):\n"
+        "        await asyncio.sleep(0.02)\n"
+        "    print('from the task', flush=True)\n"
+        "    return 'done'\n"
+        "pending = asyncio.ensure_future(later())"
+    ),
+    "callback": (
+        "pending = asyncio.get_event_loop().create_future()\n"
+        "def later():\n"
+        "    if not os.path.exists(GO):\n"
+        "        asyncio.get_event_loop().call_later(0.02, later)\n"
+        "        return\n"
+        "    print('from the callback', flush=True)\n"
+        "    pending.set_result('done')\n"
+        "asyncio.get_event_loop().call_later(0.02, later)"
+    ),
+}
+
+
+@pytest.mark.parametrize("made_by", ["task", "callback"])
+def test_an_async_tasks_output_during_a_later_remote_cell_is_marked_late(kernel, tmp_path, made_by):
+    """An asyncio task (or a ``call_later`` callback) a remote cell started prints while a
+    later remote cell runs (its ``await`` runs the loop): the line shows in that cell under
+    rexec's "output produced after ..." line, not as that cell's own.  (It came unmarked,
+    reading as output of a cell that never touched asyncio, tester AJ 3 of 3; a local
+    kernel shows it in the cell that started the task.)  Text the later cell prints itself
+    stays unmarked, after it."""
+    _, kc = kernel
+    go = tmp_path / "go"
+    reply, outputs = run(
+        kc, f"%%remote --no-pull\nimport asyncio, os\nGO = {str(go)!r}\n{LATER[made_by]}"
+    )
+    assert reply["status"] == "ok" and text_of(outputs) == "", outputs
+    reply, outputs = run(
+        kc,
+        "%%remote --no-pull\nprint('own first')\nopen(GO, 'w').close()\n"
+        "print('got', await pending)\nprint('own last')",
+    )
+    assert reply["status"] == "ok", reply
+    text = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
+    assert text == f"own first\n{LATE_HEADER}\nfrom the {made_by}\ngot done\nown last\n", text
+
+
 def test_a_remote_generator_runs_item_by_item_as_a_local_one(kernel, tmp_path):
     """A remote generator makes each item when the loop asks for it, as a local one does:
     leaving the loop after item 2 leaves exactly three items' side effects (it used to run

@@ -36,7 +36,7 @@ from rexec_magic.protocol import (
 from rexec_magic.sync import ipython_name
 from worker_image.bulk import FETCH_INTERRUPTED
 from worker_image.calls import Step, invoke, send_exception
-from worker_image.outbox import CODE_OVER, VALUES_IN, EventChannel, Target
+from worker_image.outbox import CODE_OVER, MADE_BY, VALUES_IN, EventChannel, Target
 from worker_image.shell import cut_frames
 from worker_image.variables import Report, Watch, load_pushed, not_arrived, numbered_as
 
@@ -321,6 +321,7 @@ class CellRunner:
         self.user_error = None
         self.unstarted = False
         self.outbox.current = target
+        MADE_BY.set(target)  # (what its asyncio tasks print later is its own: ``FdStream``)
         self.watch.serve(cell.client)  # what changes is what changed since it last saw
         started = time.perf_counter()
         entries: list[dict[str, Any]] = []

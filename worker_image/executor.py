@@ -463,7 +463,7 @@ def main() -> int:
         int(interrupt_fd) if interrupt_fd else None,
         std_fds=std_fds,
     )
-    redirect_stdio(std_fds)
+    redirect_stdio(std_fds, executor.channel)
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
     return executor.run()
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import contextvars
 import fcntl
 import io
 import logging
@@ -56,6 +57,16 @@ class Target:
 
     route: bytes
     id: str
+
+
+# The request whose code made this context: set as each cell or call starts, so the
+# asyncio tasks and callbacks it makes (each runs in a copy of the context it was made in)
+# carry it.  What they print while a later request runs is that earlier request's late
+# output (``FdStream``), as ipykernel keeps a task's parent.  Threads start with a fresh
+# context: their text goes by time, as a local kernel's.
+MADE_BY: contextvars.ContextVar[Target | None] = contextvars.ContextVar(
+    "rexec_made_by", default=None
+)
 
 
 class EventSender(Protocol):
@@ -284,11 +295,20 @@ class FdStream(io.TextIOBase):
         # a thread of the parent may have held it.
         self._lock = threading.RLock()
         os.register_at_fork(after_in_child=self._new_lock)
+        self.channel: EventChannel | None = None  # whose ``current`` request runs now
 
     def _new_lock(self) -> None:
         self._lock = threading.RLock()
 
     def _write(self, text: str) -> None:
+        channel = self.channel
+        if channel is not None:
+            made_by, current = MADE_BY.get(), channel.current
+            if made_by is not None and current is not None and made_by is not current:
+                # An earlier request's task or callback, run by a later request's loop:
+                # its text goes as that request's event, which comes marked late.
+                channel.event(made_by, Kind.STREAM, {"name": self._name, "text": text})
+                return
         with self._lock:
             _write_all(self._fd, text.encode("utf-8", "replace"))
 

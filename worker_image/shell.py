@@ -382,11 +382,14 @@ def _no_getpass(*args: Any, **kwargs: Any) -> str:
     raise stdin_error("getpass()")
 
 
-def redirect_stdio(std_fds: tuple[int, int] = (1, 2)) -> None:
+def redirect_stdio(std_fds: tuple[int, int] = (1, 2), channel: EventChannel | None = None) -> None:
     """Unbuffered stdout/stderr on the supervisor's pipes (``std_fds``: fds 1 and 2 or their
-    private copies, see ``outbox.private_std_fds``); no stdin."""
-    sys.stdout = sys.__stdout__ = FdStream(std_fds[0], "stdout")
-    sys.stderr = sys.__stderr__ = FdStream(std_fds[1], "stderr")
+    private copies, see ``outbox.private_std_fds``); no stdin.  ``channel``: the executor's
+    events, where an earlier request's asyncio task sends what it prints (``MADE_BY``)."""
+    out, err = FdStream(std_fds[0], "stdout"), FdStream(std_fds[1], "stderr")
+    out.channel = err.channel = channel
+    sys.stdout = sys.__stdout__ = out
+    sys.stderr = sys.__stderr__ = err
     builtins.print = whole_print  # a printed line leaves whole (threads, forked children)
     sys.stdin = NoStdin()
     builtins.input = _no_input
