@@ -225,6 +225,7 @@ class RemoteFuture(Future):
                 "(the loop holds the notebook's connection); take its result after the loop, "
                 "or finish or close the generator first."
             )
+        own: BaseException | None = None
         with errors.interrupt_says(f"{said}."), _reading(self):
             try:
                 if session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
@@ -234,15 +235,25 @@ class RemoteFuture(Future):
                     if timeout is not None:  # what the wait above took counts
                         timeout = max(0.0, timeout - (time.monotonic() - began))
                 return super().result(timeout)
-            except KeyboardInterrupt:  # a kernel interrupt while waiting: stop the calls
-                cancel_unfinished(at_once=False)  # (the kernel's SIGINT hook may have already)
-                self._see_out()
-                outcome = interrupt_outcome()  # (said here, not again in a note)
-                raise errors.RemoteInterrupted(f"{said}; {outcome}." if outcome else f"{said}.")
+            except KeyboardInterrupt as exc:  # a kernel interrupt while waiting: stop the calls
+                if exc is self._exception:  # type: ignore[attr-defined]
+                    own = exc  # (raised below, past ``interrupt_says``)
+                else:
+                    cancel_unfinished(at_once=False)  # (the kernel's SIGINT hook may have)
+                    self._see_out()
+                    outcome = interrupt_outcome()  # (said here, not again in a note)
+                    said = f"{said}; {outcome}." if outcome else f"{said}."
+                    raise errors.RemoteInterrupted(said) from None
             except Exception as exc:
                 if session is not None:
                     session.told(exc)
                 raise
+        # The call's own KeyboardInterrupt (``raise KeyboardInterrupt`` in the function):
+        # raised as a direct call raises it; nobody pressed Ctrl-C and nothing is cancelled
+        # (it said "the interrupt cancelled ..." and cancelled the calls behind it).
+        if session is not None:
+            session.told(own)
+        raise own
 
     def _see_out(self) -> None:
         """After a Ctrl-C in ``result``: wait, as a direct call's Ctrl-C does, until the
