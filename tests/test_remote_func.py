@@ -1018,7 +1018,12 @@ def test_a_submitted_calls_death_read_from_its_future_is_said_once(stack, run):
 
 
 @pytest.mark.parametrize(
-    "start", ["threading.Thread(target=work).start()", "threading.Timer(1.0, work).start()"]
+    "start",
+    [
+        "threading.Thread(target=work).start()",
+        "threading.Timer(1.0, work).start()",
+        "threading.Thread(target=work, daemon=True).start()",
+    ],
 )
 def test_a_script_ends_after_the_threads_its_remote_code_started_as_plain_python_does(
     stack, tmp_path, start
@@ -1027,14 +1032,15 @@ def test_a_script_ends_after_the_threads_its_remote_code_started_as_plain_python
     script ends.  Plain Python waits for that thread before it exits; rexec waits for it
     on the worker, its output shows, and its work is done when the script has exited.
     Before, the script ended at once and its executor was stopped 2 s later: the thread's
-    file was never written (tester AG, 3 of 3)."""
+    file was never written (tester AG, 3 of 3).  A daemon thread is not waited for, as
+    plain Python does not wait for one: the script ends while it sleeps (20 s)."""
     flag = tmp_path / "written"
     script = (
         "from rexec_magic import remote_func\n"
         "@remote_func\ndef begin(path):\n"
         "    import threading, time\n"
         "    def work():\n"
-        "        time.sleep(3)\n"
+        f"        time.sleep({20 if 'daemon' in start else 3})\n"
         "        open(path, 'w').write('done')\n"
         "        print('thread finished', flush=True)\n"
         f"    {start}\n"
@@ -1043,28 +1049,12 @@ def test_a_script_ends_after_the_threads_its_remote_code_started_as_plain_python
         "print('main done')\n"
     )
     out = run_script(stack, script)
-    assert flag.read_text() == "done"  # (read as soon as the script has exited)
-    assert script_lines(out) == ["started", "main done", "thread finished"], out.stdout
-
-
-def test_a_scripts_remote_daemon_thread_does_not_hold_its_end(stack, tmp_path):
-    """A daemon thread is not waited for, as plain Python does not wait for one: the script
-    ends while it sleeps, and what it would have written 5 s later is not there."""
-    flag = tmp_path / "written"
-    script = (
-        "from rexec_magic import remote_func\n"
-        "@remote_func\ndef begin(path):\n"
-        "    import threading, time\n"
-        "    def work():\n"
-        "        time.sleep(5)\n"
-        "        open(path, 'w').write('done')\n"
-        "    threading.Thread(target=work, daemon=True).start()\n"
-        "    return 'started'\n"
-        f"print(begin({str(flag)!r}))\n"
-    )
-    out = run_script(stack, script)
-    assert not flag.exists()
-    assert script_lines(out) == ["started"] and out.stderr == "", out
+    if "daemon=True" in start:
+        assert not flag.exists()
+        assert script_lines(out) == ["started", "main done"] and out.stderr == "", out
+    else:
+        assert flag.read_text() == "done"  # (read as soon as the script has exited)
+        assert script_lines(out) == ["started", "main done", "thread finished"], out.stdout
 
 
 @pytest.mark.parametrize("death", ["os._exit(3)", "os.kill(os.getpid(), signal.SIGKILL)"])
