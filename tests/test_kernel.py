@@ -1815,6 +1815,14 @@ LATER = {
         "    return 'done'\n"
         "pending = asyncio.ensure_future(later())"
     ),
+    "display": (
+        "async def later():\n"
+        "    while not os.path.exists(GO):\n"
+        "        await asyncio.sleep(0.02)\n"
+        "    display('from the display')\n"
+        "    return 'done'\n"
+        "pending = asyncio.ensure_future(later())"
+    ),
     "callback": (
         "pending = asyncio.get_event_loop().create_future()\n"
         "def later():\n"
@@ -1828,14 +1836,14 @@ LATER = {
 }
 
 
-@pytest.mark.parametrize("made_by", ["task", "callback"])
+@pytest.mark.parametrize("made_by", ["task", "display", "callback"])
 def test_an_async_tasks_output_during_a_later_remote_cell_is_marked_late(kernel, tmp_path, made_by):
-    """An asyncio task (or a ``call_later`` callback) a remote cell started prints while a
-    later remote cell runs (its ``await`` runs the loop): the line shows in that cell under
-    rexec's "output produced after ..." line, not as that cell's own.  (It came unmarked,
-    reading as output of a cell that never touched asyncio, tester AJ 3 of 3; a local
-    kernel shows it in the cell that started the task.)  Text the later cell prints itself
-    stays unmarked, after it."""
+    """An asyncio task (or a ``call_later`` callback) a remote cell started prints (or
+    displays) while a later remote cell runs (its ``await`` runs the loop): it shows in that
+    cell under rexec's "output produced after ..." line, not as that cell's own.  (It came
+    unmarked, reading as output of a cell that never touched asyncio, tester AJ 3 of 3; a
+    local kernel shows it in the cell that started the task.)  Text the later cell prints
+    itself stays unmarked, after it."""
     _, kc = kernel
     go = tmp_path / "go"
     reply, outputs = run(
@@ -1848,7 +1856,13 @@ def test_an_async_tasks_output_during_a_later_remote_cell_is_marked_late(kernel,
         "print('got', await pending)\nprint('own last')",
     )
     assert reply["status"] == "ok", reply
-    text = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
+    text = "".join(
+        m["content"]["text"]
+        if m["msg_type"] == "stream"
+        else m["content"]["data"]["text/plain"].strip("'") + "\n"
+        for m in outputs
+        if m["msg_type"] in ("stream", "display_data")
+    )
     assert text == f"own first\n{LATE_HEADER}\nfrom the {made_by}\ngot done\nown last\n", text
 
 

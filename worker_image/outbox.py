@@ -156,6 +156,13 @@ class EventChannel:
             self.deferred_interrupt = False
             raise KeyboardInterrupt
 
+    def origin(self) -> Target | None:
+        """The request an event made now belongs to: the one whose code made this context
+        (an earlier request's asyncio task or callback: that one, so it comes marked late,
+        ``MADE_BY``), else the running one, else the last (a thread's display after its
+        cell)."""
+        return MADE_BY.get() or self.current or self.last
+
     def _bulk(
         self, header: dict[str, Any], buffers: list[Any] | tuple[Any, ...]
     ) -> tuple[dict[str, Any], list[Any] | tuple[Any, ...]]:

@@ -66,7 +66,7 @@ class WorkerDisplayHook(DisplayHook):
 
     def finish_displayhook(self) -> None:
         outbox: EventChannel = self.shell.outbox
-        target = outbox.current or outbox.last
+        target = outbox.origin()
         if self._data and target is not None:
             header = {
                 "data": self._data,
@@ -103,7 +103,7 @@ class WorkerDisplayPublisher(DisplayPublisher):
 
     def _send(self, header: dict[str, Any]) -> None:
         outbox: EventChannel = self.shell.outbox
-        target = outbox.current or outbox.last  # a thread's display after its cell: late
+        target = outbox.origin()  # a thread's or a task's display after its cell: late
         if target is not None:
             outbox.event(target, Kind.DISPLAY, header)
 
