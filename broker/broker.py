@@ -813,7 +813,7 @@ class Broker:
                     entry.last_activity = time.time()
                 return self._to_worker(wroute, P.Kind.HEARTBEAT_ACK)
             if kind_b == b"goodbye":
-                return self._forget_worker_route(wroute, "it said goodbye")
+                return self._forget_worker_route(wroute, "it said goodbye", not_taken=True)
             return self._malformed("backend", f"unknown worker kind {kind_b[:32]!r}")
         if wroute in self.pool_routes:
             return self._malformed("backend", "a pool worker addressed a client")
@@ -955,10 +955,10 @@ class Broker:
             self._tell_sending(route, size)  # as a worker's HEARTBEAT `sending` would
         return True
 
-    def _forget_worker_route(self, wroute: bytes, reason: str) -> None:
+    def _forget_worker_route(self, wroute: bytes, reason: str, not_taken: bool = False) -> None:
         user = self.worker_users.get(wroute)
         if user is not None:
-            self._drop_worker(self.workers[user], reason)
+            self._drop_worker(self.workers[user], reason, not_taken=not_taken)
         pool_id = self.pool_routes.pop(wroute, None)
         if pool_id is not None:
             self.pool.pop(pool_id, None)
@@ -1041,9 +1041,17 @@ class Broker:
         superseded: bool = False,
         message: str = "The remote worker stopped while running the {what} "
         "(it was killed or crashed); the remote namespace was lost.",
+        not_taken: bool = False,
     ) -> None:
         """Forget a worker; fail its pending requests with ``message`` (what the user reads;
-        ``{what}``: "cell" or "call", the request's own)."""
+        ``{what}``: "cell" or "call", the request's own).
+
+        ``not_taken``: it said goodbye, having answered every request it read (a stopping
+        supervisor ends its executors' requests with ``done`` first, on the same
+        connection): those still pending never reached it, so they fail as ``no_worker``,
+        which the client sends again to a fresh worker.  As ``worker_lost`` the client
+        waited 15 s for a worker that had said it was gone, then said the cell "may have
+        run there" (tester AI, a cell's SIGTERM to its own supervisor, 7 of 16)."""
         self.worker_users.pop(entry.route, None)
         if self.workers.get(entry.user) is entry:
             del self.workers[entry.user]
@@ -1054,7 +1062,11 @@ class Broker:
             self._to_worker(entry.route, P.Kind.SUPERSEDED)
         log.warning("worker of user %s dropped: %s", entry.user, reason)
         for route, req_id, what in self.pending.take_all(entry.user):
-            self._fail(route, req_id, P.FailCode.WORKER_LOST, message.format(what=what))
+            if not_taken:
+                text = f"The worker stopped before it took this {what}; it did not run."
+                self._fail(route, req_id, P.FailCode.NO_WORKER, text)
+            else:
+                self._fail(route, req_id, P.FailCode.WORKER_LOST, message.format(what=what))
 
     # ------------------------------------------------------------------ control
     def _on_control(self, frames: list[zmq.Frame]) -> None:

@@ -427,6 +427,37 @@ def test_a_worker_stopped_from_another_notebook_is_said_so_to_a_cell_waiting_its
     assert "running but not responding" not in said
 
 
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_cell_sent_as_its_worker_stops_runs_on_a_fresh_worker_at_once(
+    fresh_stack: Stack, alice: RemoteSession, attempt: int
+) -> None:
+    """A cell sends SIGTERM to its own worker (the supervisor, its parent) while its executor
+    ignores SIGTERM, so the worker's stop takes its 3 s.  The next cell, sent meanwhile,
+    reaches the stopping worker, which never reads it, and its goodbye leaves it unrun: it
+    runs on a fresh worker, once, and the notebook is told the namespace was lost.  It waited
+    15 s "for your remote worker, which stopped answering", then failed saying the cell "may
+    have run there" (tester AI, 7 of 16)."""
+    from rexec_magic.notes import RecordedNotes
+
+    told = ""
+    try:
+        run(
+            alice,
+            "import os, signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "os.kill(os.getppid(), signal.SIGTERM)",
+        )
+    except errors.ExecutorDied as exc:  # (the stop came before its DONE: said there)
+        told = str(exc)
+    notes = RecordedNotes()
+    events: list[P.Message] = []
+    code = "state = 'kept' in globals()"
+    outcome = alice.run(code, {}, ["state"], events.append, 2**20, notes=notes)
+    assert outcome.values == {"state": False}  # a fresh worker
+    said = "\n".join([told, *(text for _, text in notes.records)])
+    assert said.count("namespace was lost") == 1, said  # in the first cell or the next
+    assert "may have run" not in said and "stopped answering" not in said, said
+
+
 @pytest.mark.parametrize("what", ["cell", "call"])
 def test_stop_in_a_shared_namespace_names_the_other_notebooks_cell_it_ends(
     fresh_stack: Stack, alice: RemoteSession, tmp_path: Path, what: str
