@@ -1117,9 +1117,9 @@ class Done(Event):
     unloaded: list[Unloaded] = Field(default_factory=list)
     missing: Names = Field(default_factory=list)
     exit: bool = False  # exit() in the cell ended its executor
-    # An interrupt reached the cell's code, which went on to its end (it caught the
-    # KeyboardInterrupt, or the interrupt stopped only a process it waited for, as
-    # ``os.system`` does): it ended as that code says, as it would in a local kernel.
+    # An interrupt reached the cell's (or the call's) code, which went on to its end (it
+    # caught the KeyboardInterrupt, or the interrupt stopped only a process it waited for,
+    # as ``os.system`` does): it ended as that code says, as it would in a local kernel.
     interrupt_handled: bool = False
     # The cell's value could not be shown (a ``_repr_*_`` raised: the error came ``shown``):
     # the value and what rendering worked still come; a notebook shows them, then fails the

@@ -1154,6 +1154,26 @@ def test_a_ctrl_c_stops_a_scripts_loop_of_short_calls(stack, tmp_path, run):
     assert "Interrupt" in err.rstrip().splitlines()[-1], err
 
 
+def test_a_ctrl_c_a_scripts_call_catches_gives_the_value_it_returned(stack, tmp_path):
+    """Ctrl-C while a script waits on a call that catches the KeyboardInterrupt and returns:
+    the call's value comes back and the script goes on, as with a local call (and as after
+    the call's timeout).  It raised "The remote call had already finished when the
+    interrupt reached it; ... its return value did not", with 17 s of its sleep left, and
+    the script ended (tester AK, 6 of 6; a notebook 4 of 4)."""
+    flag = tmp_path / "running"
+    script = (
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef catches(flag):\n"
+        "    import time\n    open(flag, 'w').close()\n"
+        "    try:\n        time.sleep(60)\n"
+        "    except KeyboardInterrupt:\n        return 'caught remotely'\n"
+        f"print(catches({str(flag)!r}))\nprint('continued')\n"
+    )
+    status, out, err = interrupted_script(stack, script, flag.exists, "the call to run")
+    lines = [line for line in out.splitlines() if not line.startswith("No remote")]
+    assert (status, lines) == (0, ["caught remotely", "continued"]), err
+
+
 def test_a_scripts_notes_on_a_deaf_call_and_an_idle_death_speak_of_the_session(stack, tmp_path):
     """A script's Ctrl-C on a call that ignores it, and its executor dying between calls:
     the notes say "this session's" executor and "no call ran" (they said "this notebook's"

@@ -428,6 +428,8 @@ class CellRunner:
                 self._take_restores(cell)
                 names_before = object_ids(self.shell.user_ns)
                 status, entries, frames = self._call(cell, values)
+                if self.interrupt_handled and status == DoneStatus.OK:
+                    extra["interrupt_handled"] = True
                 # As for a cell: what the call changed before it raised or was interrupted
                 # stays changed here, so it comes back (dropped, the notebook's older copy
                 # would be pushed over it by the next request); and the globals it bound
@@ -721,6 +723,16 @@ class CellRunner:
     def _call(self, cell: Cell, values: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list]:
         """Run a CALL in user-code mode (interruptible, output streamed); see calls.py."""
         _signal.signal(_signal.SIGINT, self.on_sigint)
+        self.interrupt_handled = False
+
+        def code_over() -> None:
+            # An interrupt whose id waits in the pipe now came while the function ran, and it
+            # went on to its end (it caught the KeyboardInterrupt and returned): its value
+            # stands, as a local call's (``Done.interrupt_handled``).  One that comes later
+            # came as the call ended, and the client raises it.
+            self._stop_interrupts()
+            self.interrupt_handled = self.interrupted(cell.id)
+
         try:
             self._interruptible = True
             if self.interrupted(cell.id):
@@ -733,7 +745,7 @@ class CellRunner:
                 cell.inband,
                 self.outbox,
                 cell.target,
-                self._stop_interrupts,
+                code_over,
                 next_item,
                 raised=self._user_raised,
             )
