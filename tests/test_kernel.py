@@ -1866,6 +1866,26 @@ def test_an_async_tasks_output_during_a_later_remote_cell_is_marked_late(kernel,
     assert text == f"own first\n{LATE_HEADER}\nfrom the {made_by}\ngot done\nown last\n", text
 
 
+def test_an_async_tasks_output_after_a_later_blocking_cell_is_marked_late(kernel, tmp_path):
+    """An asyncio task a remote cell started prints once a later remote cell, which never
+    awaits (``time.sleep``), has ended and the loop runs again between cells: it shows
+    marked late, not as that later cell's own.  (It came unmarked after the later cell's
+    own lines, tester AK 6 of 6; a local kernel shows it in the cell that started it.)"""
+    _, kc = kernel
+    go = tmp_path / "go"
+    code = f"%%remote --no-pull\nimport asyncio, os\nGO = {str(go)!r}\n{LATER['task']}"
+    reply, outputs = run(kc, code)
+    assert reply["status"] == "ok" and text_of(outputs) == "", outputs
+    msg_id = kc.execute("%%remote --no-pull\nprint('own')\nopen(GO, 'w').close()")
+    reply, outputs = collect(kc, msg_id)
+    assert reply["status"] == "ok", reply
+    text = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
+    if "from the task" not in text:  # (it comes once the cell is over: the loop runs then)
+        late = iopub_of(kc, msg_id, lambda t: "from the task" in t)
+        text += "".join(m["content"]["text"] for m in late)
+    assert text == f"own\n{LATE_HEADER}\nfrom the task\n", text
+
+
 def test_a_remote_generator_runs_item_by_item_as_a_local_one(kernel, tmp_path):
     """A remote generator makes each item when the loop asks for it, as a local one does:
     leaving the loop after item 2 leaves exactly three items' side effects (it used to run

@@ -436,8 +436,8 @@ class ExecutorProcess:
         (its end: the oldest is cut) and ``LATE_MAX_EVENTS``.  Short text right after text
         of the same stream and notebook joins it (``print`` writes its text and its newline
         apart: the line stays one piece of output)."""
-        if owner is None:
-            owner, request = self.last_client, self.last_request
+        if owner is None:  # (``request``, when given, is one of that notebook's)
+            owner, request = self.last_client, request or self.last_request
         request = request or ""
         last = self.late[-1] if self.late else None
         if (

@@ -310,10 +310,12 @@ class FdStream(io.TextIOBase):
     def _write(self, text: str) -> None:
         channel = self.channel
         if channel is not None:
-            made_by, current = MADE_BY.get(), channel.current
-            if made_by is not None and current is not None and made_by is not current:
-                # An earlier request's task or callback, run by a later request's loop:
-                # its text goes as that request's event, which comes marked late.
+            made_by = MADE_BY.get()
+            if made_by is not None and made_by is not (channel.current or channel.last):
+                # An earlier request's task or callback, run by a later request's loop or
+                # by the loop between requests (after a later one): its text goes as that
+                # request's event, which comes marked late (by time, it read as the later
+                # request's own).
                 channel.event(made_by, Kind.STREAM, {"name": self._name, "text": text})
                 return
         with self._lock:

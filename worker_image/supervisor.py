@@ -1247,7 +1247,9 @@ class Supervisor:
                 log.warning("executor %d sent a malformed event: %s", ex.number, exc)
             else:
                 if req is None or req.client != ex.last_client:
-                    self._keep_late(ex, kind, payload, raw.buffers)  # (its next request's)
+                    # (Its next request's; marked as of the request it names, which an
+                    # earlier request's asyncio task names: ``outbox.MADE_BY``.)
+                    self._keep_late(ex, kind, payload, raw.buffers, _header_id(header))
                 else:  # late, read once a request came (it waited behind the full late output)
                     self._late_to_client(req, kind, payload, raw.buffers)
             self._event_seen(ex)
@@ -1348,16 +1350,23 @@ class Supervisor:
             log.info("output of a process a spare executor left: %r", str(payload)[:200])
 
     def _keep_late(
-        self, ex: ExecutorProcess, kind: str, payload: Any, buffers: list[Any] | None = None
+        self,
+        ex: ExecutorProcess,
+        kind: str,
+        payload: Any,
+        buffers: list[Any] | None = None,
+        request: str | None = None,
     ) -> None:
         """Output of ``ex`` while no request of it runs: kept for the next request of its
         notebook.  An executor that ``exit()`` ended has none: what its threads print while
         it waits for them (``EXIT_WAIT_S``) goes to the namespace's next executor (it was
         kept on the ending one, and lost with it)."""
         if ex.exit_requested and ex.key is not None and self.executors.get(ex.key) is not ex:
-            self._left_output(ex.key, ex.last_client, kind, payload, buffers, ex.last_request)
+            self._left_output(
+                ex.key, ex.last_client, kind, payload, buffers, request or ex.last_request
+            )
         else:
-            ex.keep_late(kind, payload, buffers)
+            ex.keep_late(kind, payload, buffers, request=request)
 
     def _left_text_held(self, key: str | None, owner: str) -> bool:
         """Whether to leave a dead executor's pipes unread this turn: where their text goes
