@@ -13,6 +13,7 @@ import collections
 import functools
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -37,7 +38,7 @@ from rexec_magic.client import (
 )
 from rexec_magic.contract import WorkerState
 from rexec_magic.late_output import LateOutput, Wakeup, wait_for
-from rexec_magic.notes import QUIET, Notes, Progress, frontend
+from rexec_magic.notes import NOTEBOOK, QUIET, Notes, Progress, frontend
 from rexec_magic.output_cells import current_parent
 from rexec_magic.spawner_client import SpawnerClient
 from rexec_magic.turns import Turns
@@ -534,6 +535,15 @@ class RemoteSession:
                 client.execute(JOIN_THREADS, {}, [], renderer, contract.DEFAULT_PULL_LIMIT_BYTES)
         except KeyboardInterrupt:  # (RemoteInterrupted too: the join was interrupted)
             pass
+        except (errors.ExecutorDied, errors.WorkerLost) as exc:  # (a thread's os._exit)
+            # (The worker's sentence speaks of the cell this request is; the script ran none.)
+            how = re.search(r"died during the \w+ \(([^()]*)\)", str(exc))
+            NOTEBOOK.warning(
+                "rexec: the remote executor died"
+                + (f" ({how.group(1)})" if how else "")
+                + " while the script waited at its end for the threads its remote code started."
+                + ("" if how else f" {exc}")
+            )
         except errors.RexecError as exc:  # (a worker gone meanwhile: nothing to wait for)
             log.info("waiting for the remote threads at exit: %s", exc)
 

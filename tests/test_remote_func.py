@@ -1057,6 +1057,29 @@ def test_a_script_ends_after_the_threads_its_remote_code_started_as_plain_python
         assert script_lines(out) == ["started", "main done", "thread finished"], out.stdout
 
 
+def test_a_script_is_told_when_its_executor_dies_while_it_waits_for_its_remote_threads(stack):
+    """The thread a script's remote code started ends the executor (``os._exit(7)``) while
+    the script waits for it at its end: one sentence says so, with the exit code (it ended
+    in silence, tester AK 4 of 4; a segfault 2 of 2)."""
+    script = (
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef begin():\n"
+        "    import os, threading, time\n"
+        "    def work():\n"
+        "        time.sleep(1.5)\n"
+        "        os._exit(7)\n"
+        "    threading.Thread(target=work).start()\n"
+        "    return 'started'\n"
+        "print(begin())\n"
+    )
+    out = run_script(stack, script)
+    assert script_lines(out) == ["started"], out.stdout
+    assert out.stderr == (
+        "rexec: the remote executor died (exit code 7) while the script waited at its end for "
+        "the threads its remote code started.\n"
+    ), out.stderr
+
+
 @pytest.mark.parametrize("death", ["os._exit(3)", "os.kill(os.getpid(), signal.SIGKILL)"])
 def test_a_script_is_told_of_its_own_executors_death_not_a_notebooks(stack, death):
     """A script's call whose executor dies: the sentence speaks of this session's executor
