@@ -67,6 +67,10 @@ class Target:
 MADE_BY: contextvars.ContextVar[Target | None] = contextvars.ContextVar(
     "rexec_made_by", default=None
 )
+# Only the main thread's text (where the loop runs tasks and callbacks) goes by ``MADE_BY``:
+# a thread that carries it (``asyncio.to_thread``) writes by time, as any thread does, so a
+# flood of it cannot hold the link against the main thread's events (see ARCHITECTURE.md).
+_MAIN_THREAD = threading.main_thread().ident
 
 
 class EventSender(Protocol):
@@ -309,7 +313,7 @@ class FdStream(io.TextIOBase):
 
     def _write(self, text: str) -> None:
         channel = self.channel
-        if channel is not None:
+        if channel is not None and threading.get_ident() == _MAIN_THREAD:
             made_by = MADE_BY.get()
             if made_by is not None and made_by is not (channel.current or channel.last):
                 # An earlier request's task or callback, run by a later request's loop or
