@@ -806,7 +806,12 @@ class RemoteSession:
         running = current if state in ACTIVE else None
         if state == WorkerState.STOPPED and idle_s:
             notes.note(f"Your worker was stopped after {idle_s:g} s idle; its namespace was lost.")
-        elif had_one and running is None and not told:
+        elif had_one and running is not None and not told:
+            # The broker has none, and a new one is on its way (another notebook, or the
+            # spawner, started it): the process this notebook used is gone.  It was taken
+            # for the one we asked for, and the loss went unsaid (tester AL, 7 of 35).
+            notes.warning("Your worker stopped and a new one is starting; its namespace was lost.")
+        elif had_one and not told:
             why = current.get("message") if state == WorkerState.FAILED else None
             what = f"failed ({str(why).rstrip('.')})" if why else f"was {state or 'stopped'}"
             notes.warning(f"Your worker {what}; its namespace was lost.")

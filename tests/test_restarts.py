@@ -458,6 +458,34 @@ def test_a_cell_sent_as_its_worker_stops_runs_on_a_fresh_worker_at_once(
     assert "may have run" not in said and "stopped answering" not in said, said
 
 
+def test_a_notebook_whose_worker_another_notebook_replaced_is_told_its_namespace_was_lost(
+    fresh_stack: Stack, alice: RemoteSession
+) -> None:
+    """The worker stops; another notebook's cell starts a new one; this notebook's next cell
+    comes while that one is starting.  The cell runs there, and says this notebook's
+    namespace was lost: it took the new worker for one it had asked for itself and said
+    nothing, and the cell after met a bare NameError (tester AL, 7 of 35, a SIGTERM to the
+    supervisor)."""
+    from rexec_magic.notes import RecordedNotes
+
+    bob = RemoteSession(connection.load(fresh_stack.connection_file))
+    run(bob, "mine = 1")
+    bob.spawner.stop()  # (as the worker's own stop: nobody's %rexec_stop, no one told)
+    wait_for(lambda: spawner_state(bob).get("state") == "stopped", "the worker to stop")
+    starting = threading.Thread(target=run, args=(bob, "mine = 2"), daemon=True)
+    starting.start()
+    wait_for(lambda: spawner_state(alice).get("state") != "stopped", "bob's cell to start one")
+    notes = RecordedNotes()
+    events: list[P.Message] = []
+    code = "state = 'kept' in globals()"
+    outcome = alice.run(code, {}, ["state"], events.append, 2**20, notes=notes)
+    starting.join(timeout=60)
+    bob.close()
+    assert outcome.values == {"state": False}  # a new worker: alice's `kept` is gone
+    said = "\n".join(text for _, text in notes.records)
+    assert said.count("namespace was lost") == 1, said
+
+
 @pytest.mark.parametrize("what", ["cell", "call"])
 def test_stop_in_a_shared_namespace_names_the_other_notebooks_cell_it_ends(
     fresh_stack: Stack, alice: RemoteSession, tmp_path: Path, what: str
