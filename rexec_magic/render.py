@@ -66,6 +66,8 @@ class EventRenderer:
         self._late_said = False  # rexec's late line shown already
         self.late_header = True  # (False: late output shows in the cell that made it)
         self._late_unended: set[str] = set()  # streams whose late text ended mid-line
+        self._own_unended: set[str] = set()  # streams whose own text ended mid-line
+        self._late_last = False  # the last output shown was late (a new stretch: marked)
         # ``clear_output(wait=True)`` clears when the next output comes: what it would clear,
         # so that rexec's own closing notes do not wipe the cell's last output (``restore``).
         self._clear_waiting = False
@@ -158,6 +160,25 @@ class EventRenderer:
             self._show_result()
         # (Not before a late clear: it would clear the header, said again after it.)
         clears = isinstance(event, P.Display) and event.clear
+        shows = isinstance(event, (P.Stream, P.Display, P.Result, P.Error))
+        if shows and not event.late and self._late_last:
+            # This cell's own output again, after late output: the next late output is a new
+            # stretch, marked again (once only, this cell's later lines read as late, and
+            # the late ones after them as its own: tester AL).
+            self._late_last = False
+            if self._late_said:
+                self._late_said = False
+                release_header(current_parent())
+        if event.late and self._own_unended and (shows and not clears):
+            # This cell's own text ended mid-line ("progress: 0.."): late output starts on a
+            # line of its own, not glued to it (tester AL).
+            for name in sorted(self._own_unended):
+                stream = sys.stderr if name == "stderr" else sys.stdout
+                stream.write("\n")
+                stream.flush()
+            self._own_unended.clear()
+        if event.late and shows and not clears:
+            self._late_last = True
         if event.late and self.late_header and not self._late_said and not clears:
             # Output of an earlier cell's threads, timers or child processes, produced after
             # that cell ended, shown in another cell: once per cell, whoever shows it.
@@ -189,11 +210,12 @@ class EventRenderer:
         elif isinstance(event, P.Stream):
             self.went_on()
             stream = sys.stderr if event.name == "stderr" else sys.stdout
-            if event.late and event.text:
+            if event.text:
+                unended = self._late_unended if event.late else self._own_unended
                 if event.text.endswith("\n"):
-                    self._late_unended.discard(event.name)
+                    unended.discard(event.name)
                 else:
-                    self._late_unended.add(event.name)
+                    unended.add(event.name)
             stream.write(event.text)
             stream.flush()  # ipykernel sends at once on flush: output stays live
         elif isinstance(event, P.Display):

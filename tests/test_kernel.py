@@ -1867,6 +1867,46 @@ def test_an_async_tasks_output_during_a_later_remote_cell_is_marked_late(kernel,
     assert text == f"own first\n{LATE_HEADER}\nfrom the {made_by}\ngot done\nown last\n", text
 
 
+def test_each_stretch_of_late_output_in_a_running_cell_is_marked_and_on_lines_of_its_own(
+    kernel, tmp_path
+):
+    """An earlier cell's task prints twice while a later remote cell prints its own text
+    between (and ends a line of its own unfinished): each late stretch comes under rexec's
+    line, on lines of its own.  The line came once, so the cell's own later lines read as
+    late and the task's later ones as the cell's own, and it was glued onto the cell's
+    unfinished line ("progress: 0..[rexec: ...]", tester AL)."""
+    _, kc = kernel
+    go = tmp_path / "go"
+    run(
+        kc,
+        "%%remote --no-pull\nimport asyncio, os\n"
+        f"GO = {str(go)!r}\n"
+        "said = []\n"
+        "async def later():\n"
+        "    for n in (1, 2):\n"
+        "        while not os.path.exists(f'{GO}{n}'):\n"
+        "            await asyncio.sleep(0.02)\n"
+        "        print(f'task {n}')\n"
+        "        said.append(n)\n"
+        "pending = asyncio.ensure_future(later())",
+    )
+    reply, outputs = run(
+        kc,
+        "%%remote --no-pull\nimport sys\n"
+        "sys.stdout.write('progress: 0..')\n"
+        "for n in (1, 2):\n"
+        "    open(f'{GO}{n}', 'w').close()\n"
+        "    while len(said) < n:\n"
+        "        await asyncio.sleep(0.02)\n"
+        "    print(f'own {n}')\n",
+    )
+    assert reply["status"] == "ok", reply
+    text = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
+    assert text == (
+        f"progress: 0..\n{LATE_HEADER}\ntask 1\nown 1\n{LATE_HEADER}\ntask 2\nown 2\n"
+    ), text
+
+
 def test_an_async_tasks_output_after_a_later_blocking_cell_is_marked_late(kernel, tmp_path):
     """An asyncio task a remote cell started prints once a later remote cell, which never
     awaits (``time.sleep``), has ended and the loop runs again between cells: it shows
