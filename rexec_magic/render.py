@@ -181,7 +181,8 @@ class EventRenderer:
             self._late_last = True
         if event.late and self.late_header and not self._late_said and not clears:
             # Output of an earlier cell's threads, timers or child processes, produced after
-            # that cell ended, shown in another cell: once per cell, whoever shows it.
+            # that cell ended, shown in another cell: once per cell, whoever shows it, and
+            # again for a stretch after this cell's own output (``_late_last``).
             self._late_said = True
             if claim_header(current_parent()):
                 header = "[rexec: output produced after the previous remote cell or call ended]"
