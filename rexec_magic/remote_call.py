@@ -687,13 +687,15 @@ def _reading(future: RemoteFuture) -> Iterator[None]:
     if session is None or ticket is None:
         yield
         return
-    session.reading[ticket] += 1
+    with _threads_lock:  # (two threads may read one future)
+        session.reading[ticket] += 1
     try:
         yield
     finally:
-        session.reading[ticket] -= 1
-        if session.reading[ticket] <= 0:
-            del session.reading[ticket]
+        with _threads_lock:
+            session.reading[ticket] -= 1
+            if session.reading[ticket] <= 0:
+                del session.reading[ticket]
 
 
 def _callback_thread() -> ThreadPoolExecutor:

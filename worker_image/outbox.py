@@ -164,8 +164,9 @@ class EventChannel:
         """The request an event made now belongs to: the one whose code made this context
         (an earlier request's asyncio task or callback: that one, so it comes marked late,
         ``MADE_BY``), else the running one, else the last (a thread's display after its
-        cell)."""
-        return MADE_BY.get() or self.current or self.last
+        cell).  As for text, only on the main thread (``_MAIN_THREAD``)."""
+        made_by = MADE_BY.get() if threading.get_ident() == _MAIN_THREAD else None
+        return made_by or self.current or self.last
 
     def _bulk(
         self, header: dict[str, Any], buffers: list[Any] | tuple[Any, ...]
