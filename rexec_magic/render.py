@@ -46,6 +46,15 @@ class RemoteResult:
 SINCE_CLEAR_MAX_CHARS = 1 << 20
 
 
+def _end_lines(unended: set[str]) -> None:
+    """End the unfinished line of each stream in ``unended`` (then none is unfinished)."""
+    for name in sorted(unended):
+        stream = sys.stderr if name == "stderr" else sys.stdout
+        stream.write("\n")
+        stream.flush()
+    unended.clear()
+
+
 class EventRenderer:
     """Callable the client gives each STREAM / DISPLAY / RESULT event, in order."""
 
@@ -172,11 +181,7 @@ class EventRenderer:
         if event.late and self._own_unended and (shows and not clears):
             # This cell's own text ended mid-line ("progress: 0.."): late output starts on a
             # line of its own, not glued to it (tester AL).
-            for name in sorted(self._own_unended):
-                stream = sys.stderr if name == "stderr" else sys.stdout
-                stream.write("\n")
-                stream.flush()
-            self._own_unended.clear()
+            _end_lines(self._own_unended)
         if event.late and shows and not clears:
             self._late_last = True
         if event.late and self.late_header and not self._late_said and not clears:
@@ -191,11 +196,7 @@ class EventRenderer:
         if self._late_unended and not event.late:
             # Late text that ended mid-line (a thread's ``os.write(1, b"50%")``): this cell's
             # own output starts on a line of its own, not glued to it.
-            for name in sorted(self._late_unended):
-                stream = sys.stderr if name == "stderr" else sys.stdout
-                stream.write("\n")
-                stream.flush()
-            self._late_unended.clear()
+            _end_lines(self._late_unended)
         if isinstance(event, P.Notice) and event.about in ("lost", "late"):
             sys.stdout.flush()
             self.notes.warning(f"rexec: {event.text}")  # a real problem: shown as one

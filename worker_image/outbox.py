@@ -160,13 +160,23 @@ class EventChannel:
             self.deferred_interrupt = False
             raise KeyboardInterrupt
 
+    def earlier(self) -> Target | None:
+        """The request whose code made this context (``MADE_BY``: an asyncio task's or
+        callback's), when it is an earlier one than the running one (or, between requests,
+        than the last): what is made now is its late output.  None elsewhere, and off the
+        main thread (``_MAIN_THREAD``)."""
+        if threading.get_ident() != _MAIN_THREAD:
+            return None
+        made_by = MADE_BY.get()
+        if made_by is None or made_by is (self.current or self.last):
+            return None
+        return made_by
+
     def origin(self) -> Target | None:
-        """The request an event made now belongs to: the one whose code made this context
-        (an earlier request's asyncio task or callback: that one, so it comes marked late,
-        ``MADE_BY``), else the running one, else the last (a thread's display after its
-        cell).  As for text, only on the main thread (``_MAIN_THREAD``)."""
-        made_by = MADE_BY.get() if threading.get_ident() == _MAIN_THREAD else None
-        return made_by or self.current or self.last
+        """The request an event made now belongs to: an earlier one whose task or callback
+        makes it (``earlier``: it comes marked late), else the running one, else the last (a
+        thread's display after its cell)."""
+        return self.earlier() or self.current or self.last
 
     def _bulk(
         self, header: dict[str, Any], buffers: list[Any] | tuple[Any, ...]
@@ -314,15 +324,14 @@ class FdStream(io.TextIOBase):
 
     def _write(self, text: str) -> None:
         channel = self.channel
-        if channel is not None and threading.get_ident() == _MAIN_THREAD:
-            made_by = MADE_BY.get()
-            if made_by is not None and made_by is not (channel.current or channel.last):
-                # An earlier request's task or callback, run by a later request's loop or
-                # by the loop between requests (after a later one): its text goes as that
-                # request's event, which comes marked late (by time, it read as the later
-                # request's own).
-                channel.event(made_by, Kind.STREAM, {"name": self._name, "text": text})
-                return
+        earlier = channel.earlier() if channel is not None else None
+        if earlier is not None:
+            # An earlier request's task or callback, run by a later request's loop or by
+            # the loop between requests (after a later one): its text goes as that
+            # request's event, which comes marked late (by time, it read as the later
+            # request's own).
+            channel.event(earlier, Kind.STREAM, {"name": self._name, "text": text})
+            return
         with self._lock:
             _write_all(self._fd, text.encode("utf-8", "replace"))
 
