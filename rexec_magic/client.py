@@ -1403,7 +1403,8 @@ class RexecClient:
         timeout_error = errors.CallTimeout if call else errors.CellTimeout
         if status == P.DoneStatus.LOST:
             raise errors.ExecutorDied(
-                done.message or "The remote executor died; the remote namespace was lost."
+                done.message or "The remote executor died; the remote namespace was lost.",
+                done.ended,
             )
         if status == P.DoneStatus.RESTARTING:  # its executor: the worker process stays
             text = done.message or (

@@ -59,7 +59,13 @@ class WorkerLost(RexecError):
 
 class ExecutorDied(WorkerLost):
     """This notebook's executor died during the request (exit code, signal, out of memory):
-    its namespace is lost; the worker and other notebooks' namespaces go on."""
+    its namespace is lost; the worker and other notebooks' namespaces go on.  ``ended``:
+    how it ended in a few words ("exit code 7", ``protocol.Done.ended``; "" from a worker
+    that does not say)."""
+
+    def __init__(self, message: str, ended: str = "") -> None:
+        super().__init__(message)
+        self.ended = ended
 
 
 class BrokerUnreachable(RexecError):

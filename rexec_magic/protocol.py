@@ -1132,6 +1132,10 @@ class Done(Event):
     # (a ``threading.Thread`` or ``Timer`` its code started).  Python waits for such threads
     # before a script exits; the script's end waits for these too (``join_remote_threads``).
     threads: int = 0
+    # LOST only: how the executor ended, the words ``message`` gives in parentheses ("exit
+    # code 7", "killed by signal 9 (SIGKILL)", "killed: out of memory"), for a client that
+    # words the loss itself (a script's end: ``session.join_remote_threads``).
+    ended: str = ""
 
     @model_validator(mode="after")
     def _buffers(self, info: ValidationInfo) -> Done:

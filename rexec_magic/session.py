@@ -13,7 +13,6 @@ import collections
 import functools
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -537,10 +536,10 @@ class RemoteSession:
             pass
         except (errors.ExecutorDied, errors.WorkerLost) as exc:  # (a thread's os._exit)
             # (The worker's sentence speaks of the cell this request is; the script ran none.)
-            how = re.search(r"died during the \w+ \(([^()]*)\)", str(exc))
+            how = getattr(exc, "ended", "")
             NOTEBOOK.warning(
                 "rexec: the remote executor died"
-                + (f" ({how.group(1)})" if how else "")
+                + (f" ({how})" if how else "")
                 + " while the script waited at its end for the threads its remote code started."
                 + ("" if how else f" {exc}")
             )

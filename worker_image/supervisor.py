@@ -1524,7 +1524,8 @@ class Supervisor:
                     )
                 error = {"ename": "ExecutorDied", "evalue": message, "traceback": [message]}
                 self._to_client(req, Kind.ERROR, error)
-                self._to_client(req, Kind.DONE, done_header(DoneStatus.LOST, message=message))
+                done = done_header(DoneStatus.LOST, message=message, ended=sentence)
+                self._to_client(req, Kind.DONE, done)
         if ex.queue and (died_idle or ex.kill_reason in ("interrupt", "abandoned", "abandon")):
             why = (
                 f"a {ex.killed_what} did not stop within {INTERRUPT_GRACE_S:g} s of an interrupt"
