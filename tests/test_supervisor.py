@@ -875,6 +875,45 @@ def test_a_character_left_unfinished_at_a_cells_end_stays_in_that_cell(port):
     assert stdout(port.run("print('D')"), "stdout") == "D\n"
 
 
+def test_python_text_on_stdout_and_stderr_keeps_the_order_written(port):
+    """``print`` to stdout and stderr in turn (``sys.stderr.write``, ``logging``,
+    ``warnings``): the notebook gets the lines in the order written, across the two streams.
+    They are two pipes, read apart, and stdout came first in 4 of 9 runs (tester AM); each
+    stream alone was always in order."""
+    code = (
+        "import logging, sys, warnings\n"
+        "log = logging.getLogger('order'); log.propagate = False\n"
+        "log.handlers = [logging.StreamHandler(sys.stderr)]\n"
+        "warnings.simplefilter('always')\n"
+        "for i in range(40):\n"
+        "    print(f'out {i}')\n"
+        "    if i % 3 == 0:\n"
+        "        sys.stderr.write(f'err {i}\\n')\n"
+        "    elif i % 3 == 1:\n"
+        "        log.warning(f'err {i}')\n"
+        "    else:\n"
+        "        warnings.warn_explicit(f'err {i}', UserWarning, 'cell', i)\n"
+    )
+    expected = []
+    for i in range(40):
+        expected += [("stdout", f"out {i}"), ("stderr", f"err {i}")]
+    for _ in range(5):
+        seen = []
+        for e in port.run(code):
+            if e.kind == Kind.STREAM:
+                for line in e.header["text"].splitlines():
+                    text = line.split("UserWarning: ")[-1]
+                    seen.append((e.header["name"], text))
+        assert seen == expected, seen[:6]
+
+
+def test_text_with_lone_surrogates_shows_as_a_local_kernel_shows_it(port):
+    """A file name ``os.fsdecode`` decoded with ``surrogateescape`` (undecodable bytes),
+    printed: U+FFFD where the byte was, as in a local kernel (it showed ``?``)."""
+    events = port.run("print('sur:\\udcff:end'); print('two:\\ud800\\udcc3')")
+    assert stdout(events) == "sur:\ufffd:end\ntwo:\ufffd\ufffd\n"
+
+
 def test_fd_text_and_display_events_keep_their_order(port):
     code = (
         "import os\n"

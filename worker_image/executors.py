@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -33,7 +34,7 @@ from rexec_magic.contract import Env
 from rexec_magic.protocol import Kind
 from worker_image import exits, framing
 from worker_image.cells import shared
-from worker_image.outbox import MARK, Target
+from worker_image.outbox import MARK, SWITCH, Target
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ class ExecutorProcess:
         self.pid = self.proc.pid
         self.cpu_at_exit: exits.CpuUse | None = None  # read as it ended (``exited``)
         self.pipes: dict[int, str] = {out_r: "stdout", err_r: "stderr"}
-        self.readers = {out_r: PipeReader("stdout"), err_r: PipeReader("stderr")}
+        self.readers = PipeReader.pair(out_r, err_r)
         self.events_seen = 0  # events received from it: marks up to this number are passed
         for fd in self.pipes:
             os.set_blocking(fd, False)
@@ -382,6 +383,7 @@ class ExecutorProcess:
             if tail:
                 out.append((self.readers[fd].name, tail))
             self.close_pipe(fd)
+            out += self.released()  # (the other pipe's text waits for this one no more)
         return out
 
     def end_characters(self) -> list[tuple[str, str]]:
@@ -394,12 +396,18 @@ class ExecutorProcess:
         return out
 
     def released(self) -> list[tuple[str, str]]:
-        """Text of both pipes up to the mark of the next event not yet received."""
+        """Text of both pipes up to the mark of the next event not yet received, in the
+        order written across the two (``PipeReader.release``): (stream name, text) pairs,
+        to show in this order."""
         out = []
-        for reader in self.readers.values():
-            text = reader.release(self.events_seen)
-            if text:
-                out.append((reader.name, text))
+        moved = True
+        while moved:  # (one pipe's text may let the other's go on)
+            moved = False
+            for reader in self.readers.values():
+                text, advanced = reader.release(self.events_seen)
+                if text:
+                    out.append((reader.name, text))
+                moved = moved or advanced
         return out
 
     def close_pipe(self, fd: int) -> None:
@@ -610,23 +618,38 @@ def signal_main_thread(pid: int, sig: int) -> None:
 
 
 class PipeReader:
-    """Bytes of one captured fd, cut at the executor's event marks (``outbox.MARK``).
+    """Bytes of one captured fd, cut at the executor's marks (``outbox.MARK``).
 
     Text before the mark of event N may be shown once events up to N-1 are through; text
-    after it waits until event N itself went out.  UTF-8 is decoded incrementally, so a
-    character split across two reads stays whole.
+    after it waits until event N itself went out.  Text after switch mark N (``SWITCH``,
+    ``outbox.StreamOrder``) waits until the other pipe's reader (``other``) has come to
+    its own switch mark N: what was written there before the switch goes first.  UTF-8 is
+    decoded incrementally, so a character split across two reads stays whole.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.buffer = bytearray()
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.other: PipeReader | None = None
+        # The switch mark this reader has come to (all its text before it released); a
+        # finished reader (end of file) holds back no one.
+        self.switch_reached: float = 0
+
+    @classmethod
+    def pair(cls, out_fd: int, err_fd: int) -> dict[int, PipeReader]:
+        """The readers of an executor's stdout and stderr pipes, each the other's."""
+        out, err = cls("stdout"), cls("stderr")
+        out.other, err.other = err, out
+        return {out_fd: out, err_fd: err}
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
 
-    def release(self, events_seen: int) -> str:
+    def release(self, events_seen: int) -> tuple[str, bool]:
+        """The text that may be shown now, and whether any bytes were consumed."""
         buf = self.buffer
+        had = len(buf)
         out = bytearray()
         while buf:
             at = buf.find(MARK)
@@ -640,14 +663,21 @@ class PipeReader:
             end = buf.find(b"\0", len(MARK))
             if end < 0:
                 break  # the rest of the mark is still on its way
+            body = bytes(buf[len(MARK) : end])
+            switch = body.startswith(SWITCH)
             try:
-                number = int(buf[len(MARK) : end])
+                number = int(body[len(SWITCH) :] if switch else body)
             except ValueError:
                 number = 0
-            if number > events_seen:
+            if switch:
+                self.switch_reached = max(self.switch_reached, number)
+                other = self.other
+                if other is not None and other.switch_reached < number:
+                    break  # the other stream's text before this switch goes first
+            elif number > events_seen:
                 break  # text after the mark waits for event ``number``
             del buf[: end + 1]
-        return self._decoder.decode(bytes(out))
+        return self._decoder.decode(bytes(out)), len(buf) != had
 
     def end_character(self) -> str:
         """Its request ended: bytes of a character left unfinished (``os.write(1, b'\\xc3')``)
@@ -657,8 +687,9 @@ class PipeReader:
 
     def finish(self) -> str:
         """End of file: whatever is left (marks removed)."""
-        text = re.sub(re.escape(MARK) + rb"\d*\0?", b"", bytes(self.buffer))
+        text = re.sub(re.escape(MARK) + re.escape(SWITCH) + rb"?\d*\0?", b"", bytes(self.buffer))
         self.buffer.clear()
+        self.switch_reached = math.inf
         return self._decoder.decode(text, final=True)
 
 

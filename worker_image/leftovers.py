@@ -68,6 +68,7 @@ class LeftoverPipes:
             with contextlib.suppress(OSError):
                 os.close(fd)
             return
+        reader.other = None  # (its writers now are child processes: they mark no switches)
         self.pipes[fd] = Adopted(key, owner, request, number, reader)
 
     def read(self, fd: int) -> tuple[Adopted, str]:
@@ -83,7 +84,7 @@ class LeftoverPipes:
         text = ""
         if data:
             adopted.reader.feed(data)
-            text = adopted.reader.release(EVERY_EVENT)
+            text = adopted.reader.release(EVERY_EVENT)[0]
         elif data is not None:  # end of file
             text = adopted.reader.finish()
             del self.pipes[fd]

@@ -32,7 +32,14 @@ from traitlets.config import Config
 
 from rexec_magic import serialize
 from rexec_magic.protocol import Kind
-from worker_image.outbox import EventChannel, FdStream, NoStdin, stdin_error, whole_print
+from worker_image.outbox import (
+    EventChannel,
+    FdStream,
+    NoStdin,
+    StreamOrder,
+    stdin_error,
+    whole_print,
+)
 
 # Figures are drawn by the inline backend and flushed as display data after each cell, as in
 # a notebook.  The env var costs nothing now: matplotlib reads it when the user imports it.
@@ -386,7 +393,8 @@ def redirect_stdio(std_fds: tuple[int, int] = (1, 2), channel: EventChannel | No
     """Unbuffered stdout/stderr on the supervisor's pipes (``std_fds``: fds 1 and 2 or their
     private copies, see ``outbox.private_std_fds``); no stdin.  ``channel``: the executor's
     events, where an earlier request's asyncio task sends what it prints (``MADE_BY``)."""
-    out, err = FdStream(std_fds[0], "stdout"), FdStream(std_fds[1], "stderr")
+    order = StreamOrder()  # (their text keeps its order across the two pipes)
+    out, err = FdStream(std_fds[0], "stdout", order), FdStream(std_fds[1], "stderr", order)
     out.channel = err.channel = channel
     sys.stdout = sys.__stdout__ = out
     sys.stderr = sys.__stderr__ = err

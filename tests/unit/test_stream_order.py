@@ -1,0 +1,81 @@
+"""The order of Python-level text across the executor's stdout and stderr pipes, which the
+supervisor reads apart (``outbox.StreamOrder`` writes the switch marks into real pipes,
+``executors.PipeReader`` puts the text back in order)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from worker_image.executors import PipeReader
+from worker_image.outbox import FdStream, StreamOrder
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def pipes() -> Iterator[tuple[tuple[int, int], tuple[int, int]]]:
+    out, err = os.pipe(), os.pipe()
+    yield out, err
+    for fd in (*out, *err):
+        os.close(fd)
+
+
+def read_all(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    except BlockingIOError:
+        pass
+    return data
+
+
+def released(readers: dict[int, PipeReader], first: int) -> list[tuple[str, str]]:
+    """What the readers let go, the pipe ``first`` read first (as the supervisor may)."""
+    out: list[tuple[str, str]] = []
+    moved = True
+    while moved:
+        moved = False
+        for fd in sorted(readers, key=lambda fd: fd != first):
+            text, advanced = readers[fd].release(events_seen=0)
+            if text:
+                out.append((readers[fd].name, text))
+            moved = moved or advanced
+    return out
+
+
+@pytest.mark.parametrize("first", ["stdout", "stderr"])
+def test_text_switching_streams_comes_back_in_the_order_written(pipes, first):
+    (out_r, out_w), (err_r, err_w) = pipes
+    order = StreamOrder()
+    stdout, stderr = FdStream(out_w, "stdout", order), FdStream(err_w, "stderr", order)
+    for i in range(3):
+        stderr.write(f"e{i} ")
+        stdout.write(f"o{i} ")
+        stdout.write(f"O{i} ")
+    readers = PipeReader.pair(out_r, err_r)
+    for fd in (out_r, err_r):
+        readers[fd].feed(read_all(fd))
+    got = released(readers, out_r if first == "stdout" else err_r)
+    assert "".join(f"{name[3]}:{text}" for name, text in got) == (
+        "e:e0 o:o0 O0 e:e1 o:o1 O1 e:e2 o:o2 O2 "
+    )
+
+
+def test_text_after_a_switch_goes_once_the_other_pipe_ends_without_its_mark(pipes):
+    """A reader waiting at a switch mark for the other pipe is let go when that pipe ends
+    (its writer died before the other pipe's bytes were read): nothing is held for ever."""
+    (out_r, out_w), (err_r, err_w) = pipes
+    order = StreamOrder()
+    FdStream(out_w, "stdout", order).write("a")
+    FdStream(err_w, "stderr", order).write("b")
+    readers = PipeReader.pair(out_r, err_r)
+    readers[err_r].feed(read_all(err_r))
+    assert readers[err_r].release(events_seen=0)[0] == ""  # ("a" was written first)
+    readers[out_r].feed(read_all(out_r))
+    assert readers[out_r].finish() == "a"  # (end of file: all it held)
+    assert readers[err_r].release(events_seen=0)[0] == "b"
