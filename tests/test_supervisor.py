@@ -1877,6 +1877,28 @@ def test_a_kernel_whose_connections_closed_has_its_cell_stopped_and_executor_fre
     assert len(said) == 1, port.log_text()[-2000:]
 
 
+def test_the_executor_an_interrupt_restarted_is_freed_when_its_kernel_ends(closing_port):
+    """The fresh executor an ignored interrupt started, for the cell the user ran next, is
+    that notebook's as the old one was: stopped within seconds once its kernel ends (its
+    connections closed).  It lived on for ever, listed with no notebook: it did not know
+    its notebook's kernel (tester AN: 6 of 6 leaked)."""
+    port = closing_port
+    extra = in_session("restarted", keepalive_s=60.0)
+    stuck = port.execute(IGNORES_SIGINT, **extra)
+    port.recv_kind(Kind.STREAM)
+    port.send(Kind.INTERRUPT, {"id": stuck})
+    after = port.execute("print('next')", **extra)
+    assert done(port.events(stuck, timeout=INTERRUPT_ANSWER_S)).header["status"] == (
+        DoneStatus.RESTARTING
+    )
+    assert stdout(port.events(after, timeout=WAIT_S)) == "next\n"
+    assert "restarted" in executor_rows(port)
+    port.send(Kind.CLIENT_CLOSED, {"handle": CLIENT.hex()}, route=protocol.TO_BROKER)
+    wait_for(
+        lambda: "restarted" not in executor_rows(port), "the ended kernel's executor to be stopped"
+    )
+
+
 def test_a_kernel_that_closed_a_connection_and_spoke_on_a_new_one_keeps_its_namespace(
     closing_port,
 ):

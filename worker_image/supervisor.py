@@ -1622,6 +1622,15 @@ class Supervisor:
         except START_ERRORS as exc:
             log.error("could not start an executor for %s: %s", ex.key, exc)
             return  # the queue stays on ``ex``: "not run"
+        # The same namespace's notebooks, as the old one knew them: it is stopped once
+        # their kernels are gone (it knew neither them nor their keepalive interval, and
+        # lived on for ever, tester AN 6 of 6).
+        fresh.clients |= ex.clients
+        fresh.last_seen = max(fresh.last_seen, ex.last_seen)
+        if fresh.keepalive_s is None:
+            fresh.keepalive_s = ex.keepalive_s
+        if not fresh.shared:
+            fresh.label, fresh.frontend = ex.label, ex.frontend
         if fresh.lost_note is None and any(r.client != told for r in moving):
             fresh.lost_note_for = ex.clients - {told}
             fresh.lost_note = (
