@@ -304,8 +304,12 @@ class ExecutorProcess:
         """One row of the user's executor list (%rexec_status, the sidebar).  ``memory``:
         the executor's, with that of the processes its cells started (``processes`` counts
         them all, when there are such): a pool of workers is the notebook's memory too, and
-        counts towards the pod's limit (it was left out)."""
-        children = exits.descendants(self.pid)
+        counts towards the pod's limit (it was left out).  Children that ended but were
+        never waited for (zombies, which hold no memory) are not counted: with three, the
+        row said "30.7 MB in 4 processes" for an executor of 48 MB alone (tester AN)."""
+        children = [
+            c for c in exits.descendants(self.pid) if exits.proc_state(c) not in ("Z", None)
+        ]
         if children:
             sizes = [exits.pss_bytes(pid) for pid in (self.pid, *children)]
             memory = sum(size or 0 for size in sizes) if sizes[0] is not None else None
