@@ -66,7 +66,6 @@ class EventRenderer:
         # nothing after it, is left to the magic (it binds ``_`` to the pulled value too).
         self.results_in_place = results_in_place
         self.result_shown = False  # ``result`` is on screen already
-        self.shown_error: tuple[str, str] | None = None  # the last shown error (name, message)
         # Without ``results_in_place`` (``%remote expr``) the value's failed display
         # (``Error.of_result``) waits with the value: the notebook shows the value itself
         # when it comes back (and its failure, once, as locally), else ``show_held``.
@@ -238,7 +237,6 @@ class EventRenderer:
                 **kwargs,
             )
         elif isinstance(event, P.Error):  # shown where it came (``Error.shown``)
-            self.shown_error = (event.ename, event.evalue)
             if event.of_result and not self.results_in_place:
                 self.held_error = event
                 return

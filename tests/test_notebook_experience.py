@@ -894,7 +894,8 @@ def test_history_magics_in_a_remote_cell_say_the_history_is_not_there(kc, magic)
 def test_a_value_whose_rich_display_fails_still_shows_what_rendered_and_binds(kc):
     """The cell's value has a ``_repr_html_`` that raises and a ``__repr__`` that works: as
     in ipykernel, the error, then the plain text as the cell's output, ``_`` the value, and
-    the cell fails (it showed only the error, and ``_``, ``Out`` kept their old values);
+    the cell fails with no second error (it showed only the error, and ``_``, ``Out`` kept
+    their old values; then a second error said the value could not be shown, tester AM);
     ``v = %remote expr`` binds it (a local assignment displays nothing, so never fails)."""
     code = "class HalfRepr:\n    def _repr_html_(self):\n        raise ValueError('html broke')\n"
     code += "    def __repr__(self):\n        return 'HalfRepr()'\n"
@@ -902,7 +903,7 @@ def test_a_value_whose_rich_display_fails_still_shows_what_rendered_and_binds(kc
     reply, out = run(kc, "%%remote\nHalfRepr()")
     assert reply["status"] == "error"
     kinds = [m["msg_type"] for m in out if m["msg_type"] in ("error", "execute_result")]
-    assert kinds == ["error", "execute_result", "error"], kinds
+    assert kinds == ["error", "execute_result"], kinds  # (no second error under the value)
     assert texts(out, "execute_result") == ["HalfRepr()"]
     assert texts(ok(kc, "repr(_)"), "execute_result") == ["'HalfRepr()'"]
     out = ok(kc, "half = %remote HalfRepr()")
@@ -972,8 +973,7 @@ def test_errors_ipython_catches_while_a_cell_goes_on_are_shown_as_a_local_cell_s
     ]
     reply, out = run(kc, "%%remote\nBadRepr()")
     assert reply["status"] == "error"
-    assert errors_of(out)[0] == ("ValueError", "repr broke") and len(errors_of(out)) == 2
-    assert "The cell's value could not be shown (ValueError: repr broke)" in str(out)
+    assert errors_of(out) == [("ValueError", "repr broke")]
     code = "%%remote\ndef fails():\n    raise RuntimeError('callback broke')\n"
     code += "get_ipython().events.register('post_execute', fails)\nprint('ran')"
     out = ok(kc, code)
