@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,10 +190,20 @@ def run_folders(parent) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith("rexec-worker-"))
 
 
-def test_a_worker_removes_its_run_folder_and_those_killed_workers_left(tmp_path):
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temp folder of a short path: pytest's own, under pytest-xdist, is too deep for the
+    executors' sockets, and the worker goes elsewhere (the test after this one)."""
+    path = Path(tempfile.mkdtemp(prefix="rw-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_worker_removes_its_run_folder_and_those_killed_workers_left(short_tmp):
     """A worker's run folder (its executors' sockets) goes when it exits; one that a killed
     worker could not remove goes when the next worker starts.  A folder whose pid still runs,
     and one named the old way (no pid), are not touched."""
+    tmp_path = short_tmp
     os.mkdir(tmp_path / f"rexec-worker-{os.getpid()}-alive")  # a pid that runs: this test's
     os.mkdir(tmp_path / "rexec-worker-oldname1")
     ports = []
@@ -222,6 +236,28 @@ def test_a_worker_removes_its_run_folder_and_those_killed_workers_left(tmp_path)
     finally:
         for port in ports:
             port.close()
+
+
+def test_a_worker_whose_temp_folder_is_too_deep_for_sockets_runs_cells(tmp_path):
+    """A $TMPDIR whose path leaves no room for a Unix socket's name (107 characters): the
+    worker makes its run folder in a short temp folder instead, and removes it at exit.
+    Every cell failed, "ipc path ... is longer than 107 characters" (found when the suite
+    ran under pytest-xdist, whose temp paths are deeper)."""
+    deep = tmp_path / ("d" * 80)
+    deep.mkdir()
+    port = BrokerPort()
+    try:
+        port.start_worker(extra_env={"TMPDIR": str(deep)})
+        port.register()
+        assert stdout(port.run("print('ran')")) == "ran\n"
+        mine = f"rexec-worker-{port.proc.pid}-"
+        short = [p for p in Path("/tmp").iterdir() if p.name.startswith(mine)]  # (the first)
+        assert len(short) == 1 and run_folders(deep) == []
+        port.proc.send_signal(signal.SIGTERM)
+        assert port.wait_exit() == 0
+        assert not short[0].exists()
+    finally:
+        port.close()
 
 
 # --------------------------------------------------------------------------- variables

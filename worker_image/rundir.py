@@ -20,16 +20,52 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import zmq
+
 log = logging.getLogger("rexec.worker")
 
 PREFIX = "rexec-worker-"
 _NAME = re.compile(re.escape(PREFIX) + r"(\d+)-[^/]+")
 
 
+# The longest name a socket in the folder gets (``executors.ExecutorProcess``: "e<number>-
+# inspect", numbers below 2**30), and what a Unix socket's path may hold (``sun_path``, less
+# its NUL: ZeroMQ's ``IPC_PATH_MAX_LEN``).
+LONGEST_SOCKET = "e1073741824-inspect"
+_PATH_MAX = getattr(zmq, "IPC_PATH_MAX_LEN", 107) or 107
+# Where to go instead when the temp folder's path is too long for that (a deep $TMPDIR):
+# the usual short ones, as ``tempfile`` tries them (``mkdtemp`` makes a fresh 0700 folder
+# of a random name there, as in the temp folder).
+SHORT_PARENTS = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108
+
+
 def make() -> Path:
-    """Remove the folders of supervisors that are gone, then make this one's (0700)."""
-    remove_stale()
-    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    """Remove the folders of supervisors that are gone, then make this one's (0700), in the
+    temp folder, or in a shorter one (``SHORT_PARENTS``) where a socket's path in it would be
+    too long for a Unix socket: with a deep $TMPDIR every executor failed to start ("ipc path
+    ... is longer than 107 characters"), so no cell ran.  Raises ``OSError`` when no folder
+    fits."""
+    prefix = f"{PREFIX}{os.getpid()}-"
+    longest = len(prefix) + 8 + 2 + len(LONGEST_SOCKET)  # (mkdtemp's 8 characters, 2 "/")
+    candidates = [tempfile.gettempdir(), *SHORT_PARENTS]
+    for parent in candidates:
+        if len(os.path.abspath(parent)) + longest > _PATH_MAX:
+            continue
+        if parent != candidates[0]:
+            if not os.access(parent, os.W_OK | os.X_OK):
+                continue
+            log.warning(
+                "the temp folder %s is too deep for the executors' sockets; using %s",
+                candidates[0],
+                parent,
+            )
+        remove_stale(Path(parent))
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    raise OSError(
+        f"no folder for the executors' sockets: the temp folder {candidates[0]} is too deep "
+        f"for a Unix socket's path ({_PATH_MAX} characters) and none of "
+        f"{', '.join(SHORT_PARENTS)} can be written"
+    )
 
 
 def remove(path: Path) -> None:
