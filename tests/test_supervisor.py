@@ -2467,6 +2467,32 @@ def test_every_notebook_of_a_shared_namespace_hears_once_that_it_was_lost(port):
     assert lost_notices(port.run("pass", **a)) == []  # once
 
 
+def test_a_shared_namespace_restarted_stays_for_its_other_notebooks_when_one_ends(port):
+    """After an ignored interrupt restarted a shared executor, the fresh one is still every
+    attached notebook's: when the notebook that ran there since ends (its goodbye), the
+    executor stays for the others, who hear once that the namespace was lost and then see
+    what was assigned since.  It was stopped with the one notebook, and the other met a bare
+    NameError (tester AO, 3 of 3)."""
+    a = in_session("a", namespace="crew-restart", keepalive_s=60.0)
+    b = in_session("b", namespace="crew-restart", keepalive_s=60.0)
+    port.run("kept = 1", **b)
+    stuck = port.execute(IGNORES_SIGINT, **a)
+    port.recv_kind(Kind.STREAM)
+    port.send(Kind.INTERRUPT, {"id": stuck})
+    assert done(port.events(stuck, timeout=INTERRUPT_ANSWER_S)).header["status"] == (
+        DoneStatus.RESTARTING
+    )
+    port.run("w = 3", **a)
+    goodbye = {"id": "bye", **a["extra"], "keepalive_s": protocol.KEEPALIVE_MIN_S}
+    port.send(Kind.KEEPALIVE, goodbye)
+    time.sleep(4.0)  # (a goodbye frees a notebook's own executor about 1.6 s later)
+    events = port.run("print(w, 'kept' in globals())", **b)
+    assert stdout(events) == "3 False\n"
+    said = lost_notices(events)
+    assert len(said) == 1 and "shared namespace 'crew-restart'" in said[0], said
+    assert lost_notices(port.run("pass", **b)) == []  # once
+
+
 def test_exit_in_a_shared_namespace_is_said_to_its_other_notebooks(port):
     a = in_session("a", namespace="crew")
     b = in_session("b", namespace="crew")

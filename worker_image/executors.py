@@ -521,12 +521,17 @@ class ExecutorProcess:
 
     def inherit(self, dead: ExecutorProcess, note: str) -> None:
         """Take over what a notebook's executor that died while idle left for its next
-        request: its late output (produced before it died) and the sentence that it died."""
+        request: its late output (produced before it died), the sentence that it died, and
+        the notebooks it served (a shared namespace's, attached whether or not they ran a
+        cell since: without them, the fresh executor was stopped when the one notebook that
+        ran there ended, and the others lost their values without a word, tester AO 3 of
+        3).  Those it had still to tell of an earlier loss are told of this one."""
         self.late.extendleft(reversed(dead.late))
         self.late_chars += dead.late_chars
         self.late_dropped_chars += dead.late_dropped_chars
         self.late_dropped_events += dead.late_dropped_events
-        untold = dead.clients - dead.told
+        self.clients |= dead.clients
+        untold = (dead.clients - dead.told) | (dead.lost_note_for or set())
         if untold:  # (a notebook told already, e.g. by its request's DONE, is not told again)
             self.lost_note, self.lost_note_for = note, untold
 
