@@ -1488,7 +1488,7 @@ class RexecClient:
             raise stopped
         if status == P.DoneStatus.ERROR:
             if error_msg is not None:
-                error = error_msg.read(P.Error)
+                error = P.without_surrogates(error_msg.read(P.Error))  # (the kernel's JSON)
                 ename, evalue, trace = error.ename, error.evalue, error.traceback
             else:
                 ename, evalue, trace = "Error", done.message or "the remote cell failed", []

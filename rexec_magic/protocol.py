@@ -1088,6 +1088,41 @@ class Error(Event):
     of_result: bool = False
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_E = TypeVar("_E", bound="Event")
+
+
+def without_surrogates(event: _E) -> _E:
+    """``event`` with each lone surrogate in its strings (a ``display(Markdown('m\\ud800'))``,
+    a file name ``os.fsdecode`` decoded) made U+FFFD, as the worker's stdout makes them:
+    the kernel's JSON cannot carry one, and showing it failed as "rexec internal error",
+    the cell's output went on in the next cell (tester AO, 2 of 2).  The event itself
+    when it has none (one regular-expression scan of each string)."""
+    fields = {name: getattr(event, name) for name in type(event).model_fields}
+    changed = {name: _replaced(value) for name, value in fields.items() if _has(value)}
+    return event.model_copy(update=changed) if changed else event
+
+
+def _has(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has(k) or _has(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(map(_has, value))
+    return False
+
+
+def _replaced(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_replaced(k): _replaced(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replaced(v) for v in value]
+    return value
+
+
 class Yield(Event):
     nbuffers: int = 0
 

@@ -99,6 +99,8 @@ class EventRenderer:
             event = msg.read(model)  # read once by the client already: no cost again
         except P.ProtocolError:
             return
+        if isinstance(event, _TEXT_EVENTS):
+            event = P.without_surrogates(event)
         self._keep_since_clear(event)
         self._output(event)
 
@@ -256,6 +258,10 @@ class EventRenderer:
         sys.stderr.flush()
         show_result(hook, self.result)
         self.result_shown = True
+
+
+# Events whose strings the notebook's frontend gets as JSON (``protocol.without_surrogates``).
+_TEXT_EVENTS = (P.Stream, P.Display, P.Result, P.Error)
 
 
 def show_result(hook: Any, shown: RemoteResult, value: Any = None, bind: bool = False) -> None:

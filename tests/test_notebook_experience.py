@@ -920,6 +920,28 @@ def test_a_value_whose_rich_display_fails_still_shows_what_rendered_and_binds(kc
     assert texts(ok(kc, "_.size"), "execute_result") == ["3"]
 
 
+def test_output_holding_lone_surrogates_shows_them_as_replacement_characters(kc):
+    """A string with a lone surrogate (``os.fsdecode`` of a bad byte, ``'\\ud800'``) in a
+    display: U+FFFD where it was, as the worker's stdout shows it, and the cell goes on.
+    The kernel's JSON cannot carry one: the display failed as "rexec internal error", the
+    rest of the cell's output came in the next cell, which said the user had stopped
+    waiting (tester AO, 2 of 2).  (An exception whose message holds one fails to show in a
+    local kernel too: it is raised as it came.)"""
+    code = (
+        "%%remote\nfrom IPython.display import display, Markdown\n"
+        "display(Markdown('m\\ud800')); print('after'); y = 5"
+    )
+    out = ok(kc, code)
+    shown = [m["content"]["data"] for m in out if m["msg_type"] == "display_data"]
+    assert [d["text/markdown"] for d in shown if "text/markdown" in d] == ["m\ufffd"], out
+    assert stdout_of(out) == "after\n"
+    out = ok(kc, "%%remote\nprint(y)")
+    assert [m["msg_type"] for m in out if m["msg_type"] not in ("status", "execute_input")] == [
+        "stream"
+    ], out
+    assert stdout_of(out) == "5\n"
+
+
 def test_a_line_whose_value_cannot_be_shown_fails_once_as_a_local_line(kc):
     """``%remote expr`` whose value's ``__repr__`` raises: the value comes back and the
     notebook shows it as it shows a local expression (one traceback, the cell fails);
