@@ -1243,17 +1243,20 @@ def test_a_local_ctrl_c_in_a_script_shows_as_it_would_without_rexec(stack, tmp_p
     of rexec's SIGINT handler, tester AG, 4 of 4), and the exit is Python's for Ctrl-C."""
     flag = tmp_path / "sleeping"
     script = (
-        "import time\nfrom rexec_magic import remote_func\n"
+        "import os, time\nfrom rexec_magic import remote_func\n"
         "@remote_func\ndef f():\n    return 1\n"
-        f"f()\nopen({str(flag)!r}, 'w').close()\ntime.sleep(60)\n"
+        f"f()\nos.close(os.open({str(flag)!r}, os.O_CREAT))\ntime.sleep(60)\n"
     )
     status, _, err = interrupted_script(stack, script, flag.exists, "the script to sleep")
     assert status == -signal.SIGINT, err  # (Python's exit for an uncaught Ctrl-C)
-    assert err.splitlines() == [
-        "Traceback (most recent call last):",
+    # (Line 7 when the Ctrl-C comes as soon as the flag exists: its line has not returned.
+    # With ``open(...).close()`` there, it came once inside ``codecs``, as it would locally.)
+    lines = err.splitlines()
+    assert lines[::2] == ["Traceback (most recent call last):", "KeyboardInterrupt"], err
+    assert lines[1] in (
+        '  File "<string>", line 7, in <module>',
         '  File "<string>", line 8, in <module>',
-        "KeyboardInterrupt",
-    ], err
+    ), err
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="CPython 3.12+ exports no such flag")

@@ -33,6 +33,7 @@ def test_a_token_no_token_can_be_is_refused_without_being_shown(token: str) -> N
 @pytest.mark.parametrize(
     "token",
     [secrets.token_urlsafe(32), "-starts-with-dash", "$dollar{braces}#hash", "'q\"uo.t`es"],
+    ids=["token_urlsafe", "dash", "dollar", "quotes"],  # (the same names in every process)
 )
 def test_tokens_of_every_printable_shape_go_to_the_spawner(token: str) -> None:
     with pytest.raises(errors.SpawnerUnavailable):  # sent: the spawner is what is missing
