@@ -581,3 +581,40 @@ def test_a_worker_stopped_for_40_s_is_not_declared_lost(
     outcome = run_until_it_works(alice, "state = (kept, 'finished' in globals())", ["state"])
     assert outcome.values == {"state": (41, False)}
     assert run(alice, "import os\np = os.getppid()", ["p"]).values == {"p": pid}
+
+
+def test_a_broker_stopped_for_seconds_drops_no_worker_and_stops_no_cell(
+    fresh_stack: Stack, alice: RemoteSession, tmp_path: Path
+) -> None:
+    """A broker that did not run for 6 s (stopped, starved) takes none of that time for its
+    workers' silence: as it went on it dropped every worker before reading the heartbeats
+    waiting for it, and each worker, registering again, stopped its running cell (tester
+    AP, 5 of 5).  The cell runs to its end, and the worker stays registered."""
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    code = (
+        f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(9)\n"
+        f"open({str(finished)!r}, 'w').write('done')"
+    )
+    raised: list[BaseException] = []
+
+    def runs() -> None:
+        try:
+            run(alice, code)
+        except errors.RexecError as exc:  # (the client may give up on a silent broker)
+            raised.append(exc)
+
+    thread = threading.Thread(target=runs, daemon=True)
+    thread.start()
+    wait_for(started.exists, "the cell to run")
+    broker = fresh_stack.pid("broker")
+    os.kill(broker, signal.SIGSTOP)
+    try:
+        time.sleep(6.0)  # (more than the 3.5 s after which a silent worker is dropped)
+    finally:
+        os.kill(broker, signal.SIGCONT)
+    wait_for(finished.exists, "the cell to finish", 30.0)
+    assert finished.read_text() == "done"
+    thread.join(30.0)
+    logs = fresh_stack.all_logs()
+    assert "did not run for" in logs
+    assert "dropped: no heartbeat" not in logs, logs[-3000:]
