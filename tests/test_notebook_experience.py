@@ -684,7 +684,7 @@ def test_a_scripts_remote_thread_output_arrives_whole_as_it_comes(nora, tmp_path
     # land inside the script's "started" line, as a local thread's output can.)
     assert "started" in out.stdout and out.stdout.endswith("\nagain\n"), out.stdout[-200:]
     numbers = re.findall(r"S(\d{6})\n", out.stdout)
-    assert numbers == [f"{i:06d}" for i in range(50_000)]
+    assert numbers == [f"{i:06d}" for i in range(50_000)], out.stdout[:400]
 
 
 def test_put_and_get_as_functions_in_a_script(nora, tmp_path):
