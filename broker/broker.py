@@ -66,9 +66,6 @@ H = TypeVar("H", bound=P.Header)
 log = logging.getLogger("rexec.broker")
 
 HOUSEKEEPING_S = 0.25
-# Housekeeping this much later than due: the broker itself did not run (stopped, starved);
-# that time is nobody's silence (as the worker supervisor's ``STALL_S``).
-STALL_S = 2.0
 RESYNCED = (
     "The remote worker lost its link to the broker and registered again; the {what} was "
     "stopped (the remote namespace is kept)."
@@ -272,7 +269,7 @@ class Broker:
         self.workers: dict[str, WorkerEntry] = {}
         self.worker_users: dict[bytes, str] = {}
         self.pool: dict[str, WorkerEntry] = {}  # warm-pool workers by pool id: never routed to
-        self._last_housekeeping = time.monotonic()  # (see ``STALL_S``)
+        self._last_housekeeping = time.monotonic()  # (see ``P.PROCESS_STALL_S``)
         self.pool_routes: dict[bytes, str] = {}
         # Pool ids already handed to a user: their pool credentials never register again.
         self.claimed_pool_ids: LRUCache[str, bool] = LRUCache(maxsize=100_000)
@@ -1146,7 +1143,7 @@ class Broker:
     def _housekeeping(self, now: float) -> None:
         stall = now - self._last_housekeeping - HOUSEKEEPING_S
         self._last_housekeeping = now
-        if stall > STALL_S:
+        if stall > P.PROCESS_STALL_S:
             # This process did not run (stopped, starved): no heartbeat could be read
             # meanwhile, and those waiting now may not have reached the socket yet (libzmq's
             # I/O thread ran no more than this one).  Taken for silence, a broker stopped for

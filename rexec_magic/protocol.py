@@ -296,6 +296,10 @@ WORKER_DEAD_AFTER_S = 3.5
 # Heartbeats come from the worker's supervisor, which never runs user code, so a busy worker
 # gets no longer than an idle one (a cell holding the GIL cannot starve them any more).
 BUSY_WORKER_DEAD_AFTER_S = WORKER_DEAD_AFTER_S
+# A service's periodic work (the broker's housekeeping, the worker supervisor's tick) this
+# much later than due means that process itself did not run (stopped, starved): that time
+# is nobody else's silence, so it is added to the last time each peer was heard from.
+PROCESS_STALL_S = 2.0
 CLIENT_PING_S = 1.0
 # Events of one request the client lets be in flight before it acknowledges them (ACK);
 # the worker stops sending when this many are unacknowledged, so nothing is dropped.

@@ -403,16 +403,7 @@ class ExecutorProcess:
         """Text of both pipes up to the mark of the next event not yet received, in the
         order written across the two (``PipeReader.release``): (stream name, text) pairs,
         to show in this order."""
-        out = []
-        moved = True
-        while moved:  # (one pipe's text may let the other's go on)
-            moved = False
-            for reader in self.readers.values():
-                text, advanced = reader.release(self.events_seen)
-                if text:
-                    out.append((reader.name, text))
-                moved = moved or advanced
-        return out
+        return release_all(self.readers.values(), self.events_seen)
 
     def close_pipe(self, fd: int) -> None:
         if self.pipes.pop(fd, None) is not None:
@@ -700,6 +691,23 @@ class PipeReader:
         self.buffer.clear()
         self.switch_reached = math.inf
         return self._decoder.decode(text, final=True)
+
+
+def release_all(readers: Iterable[PipeReader], events_seen: int) -> list[tuple[str, str]]:
+    """What ``readers`` let go (``PipeReader.release``), in the order written across them:
+    (stream name, text) pairs.  They are asked in the order given, again until none moves,
+    since one pipe's text may let another's go on (its switch mark reached)."""
+    readers = list(readers)
+    out: list[tuple[str, str]] = []
+    moved = True
+    while moved:
+        moved = False
+        for reader in readers:
+            text, advanced = reader.release(events_seen)
+            if text:
+                out.append((reader.name, text))
+            moved = moved or advanced
+    return out
 
 
 def _partial_mark(buf: bytearray) -> int:

@@ -117,7 +117,6 @@ EXIT_DRAIN_MESSAGES = 10_000
 PARK_MAX_BYTES = 4 * framing.SOCKET_BUFFER
 ASSIST_WAIT_S = 5.0  # a completion / obj? question the executor never answered is forgotten
 REGISTER_RETRY_S = 3.0  # REGISTER again when REGISTERED has not come after this long
-STALL_S = 2.0  # a tick this much late: the supervisor itself was stopped or starved
 CLIENTS_KEPT_S = 600.0  # a silent client session is forgotten this long after it went silent
 # A kernel whose connections to the broker all closed (``client_closed``) has ended: its
 # executors are stopped this long after, rather than once its keepalives are missed (a
@@ -1663,7 +1662,7 @@ class Supervisor:
     def _tick(self, now: float) -> None:
         stall = now - self._last_tick - TICK_S
         self._last_tick = now
-        if stall > STALL_S:
+        if stall > protocol.PROCESS_STALL_S:
             # This process did not run (stopped, starved): nobody could reach it meanwhile, so
             # that time counts neither as its kernels' silence nor against a grace period.
             log.warning("the supervisor did not run for %.1f s", stall)

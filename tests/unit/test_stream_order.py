@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker_image.executors import PipeReader
+from worker_image.executors import PipeReader, release_all
 from worker_image.outbox import FdStream, StreamOrder
 
 pytestmark = pytest.mark.unit
@@ -35,17 +35,8 @@ def read_all(fd: int) -> bytes:
 
 
 def released(readers: dict[int, PipeReader], first: int) -> list[tuple[str, str]]:
-    """What the readers let go, the pipe ``first`` read first (as the supervisor may)."""
-    out: list[tuple[str, str]] = []
-    moved = True
-    while moved:
-        moved = False
-        for fd in sorted(readers, key=lambda fd: fd != first):
-            text, advanced = readers[fd].release(events_seen=0)
-            if text:
-                out.append((readers[fd].name, text))
-            moved = moved or advanced
-    return out
+    """What the readers let go, the pipe ``first`` asked first (as the supervisor may)."""
+    return release_all(sorted(readers.values(), key=lambda r: r is not readers[first]), 0)
 
 
 @pytest.mark.parametrize("first", ["stdout", "stderr"])
