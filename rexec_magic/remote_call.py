@@ -122,6 +122,7 @@ class RemoteFuture(Future):
         self.ended = threading.Event()  # its call returned or raised (``cancel`` waits for it)
         self.interrupts_before = _interrupts[0]  # kernel interrupts before it was submitted
         self.interrupt_counted = False  # in ``_reached`` (once, however many passes)
+        self.said_stopping = False  # said "still stopping": how it ended is said later
         super().add_done_callback(lambda _: self._moved.set())
 
     def add_done_callback(self, fn: Callable[[Future], object]) -> None:
@@ -315,6 +316,7 @@ class ThreadCall(threading.Event):
         self.ended = threading.Event()
         self.stopped = False  # it ended interrupted (its caller got RemoteInterrupted)
         self.interrupt_counted = False  # in ``_reached``
+        self.said_stopping = False  # (as ``RemoteFuture.said_stopping``)
         self.interrupts_before = _interrupts[0]  # kernel interrupts before it was made
 
 
@@ -421,38 +423,60 @@ def _reach(call: RemoteFuture | ThreadCall) -> None:
 def interrupt_outcome() -> str:
     """What the interrupts did to the calls they reached since the last time asked, as a
     clause ("the interrupt cancelled this notebook's 2 unfinished remote calls; 1 other
-    finished anyway ..."), or "" when they reached none; they are forgotten."""
+    finished anyway ..."), or "" when they reached none.  Those that ended are forgotten;
+    one still stopping stays, and how it ended is said the next time asked (the next
+    cell), since "1 is still stopping" alone left the user guessing (tester AP, 3 of 3)."""
     with _reached_lock:
         reached = [call for call in (ref() for ref in _reached) if call is not None]
-        _reached.clear()
+        _reached[:] = [ref for ref in _reached if (call := ref()) is not None and not _ended(call)]
     if not reached:
         return ""
+    earlier = [call for call in reached if call.said_stopping]
+    said = _outcome_clauses([call for call in reached if not call.said_stopping], "")
+    if earlier:
+        said += _outcome_clauses(earlier, "the interrupt was still stopping ")
+    for call in reached:
+        call.said_stopping = not _ended(call)
+    return "; ".join(said)
 
-    def ended(call: RemoteFuture | ThreadCall) -> bool:
-        return call.ended.is_set() if isinstance(call, ThreadCall) else call.done()
+
+def _ended(call: RemoteFuture | ThreadCall) -> bool:
+    return call.ended.is_set() if isinstance(call, ThreadCall) else call.done()
+
+
+def _outcome_clauses(calls: list[RemoteFuture | ThreadCall], earlier: str) -> list[str]:
+    """Clauses saying how ``calls`` ended; ``earlier``: "" for calls an interrupt just
+    reached, else the words naming calls said before to be still stopping."""
 
     def cancelled(call: RemoteFuture | ThreadCall) -> bool:
         return call.stopped if isinstance(call, ThreadCall) else call.cancelled()
 
-    stopped = sum(1 for call in reached if cancelled(call))
-    finished = sum(1 for call in reached if ended(call) and not cancelled(call))
-    going = len(reached) - stopped - finished
-    whose = session_module.whose()
+    stopped = sum(1 for call in calls if cancelled(call))
+    finished = sum(1 for call in calls if _ended(call) and not cancelled(call))
+    going = len(calls) - stopped - finished
     said = []
-    if stopped:
-        calls = "unfinished remote call" if stopped == 1 else f"{stopped} unfinished remote calls"
-        said.append(f"the interrupt cancelled {whose} {calls}")
+    if earlier:
+        one = stopped == 1
+        if stopped:
+            said.append(
+                f"{'the' if one else stopped} remote {'call' if one else 'calls'} {earlier}"
+                f"{'was' if one else 'were'} cancelled"
+            )
+    elif stopped:
+        calls_ = "unfinished remote call" if stopped == 1 else f"{stopped} unfinished remote calls"
+        said.append(f"the interrupt cancelled {session_module.whose()} {calls_}")
     if finished:
         other = "other " if stopped else ""
         one = finished == 1
         said.append(
-            f"{finished} {other}{'call' if one else 'calls'} the interrupt reached "
+            f"{finished} {other}{'call' if one else 'calls'} "
+            f"{earlier or 'the interrupt reached '}"
             f"finished anyway (caught the interrupt, or ended first), and "
             f"{'its result stands' if one else 'their results stand'}"
         )
-    if going:
+    if going and not earlier:
         said.append(f"{going} {'is' if going == 1 else 'are'} still stopping")
-    return "; ".join(said)
+    return said
 
 
 def tell_interrupt_cancels() -> None:

@@ -260,6 +260,42 @@ def test_an_interrupt_in_result_says_what_it_cancelled_once(kc, tmp_path):
     assert stdout_of(ok(kc, "print([f.cancelled() for f in fs])")) == "[True, True]\n"
 
 
+@pytest.mark.parametrize(
+    ("caught", "later"),
+    [
+        (False, "the remote call the interrupt was still stopping was cancelled"),
+        (True, "1 call the interrupt was still stopping finished anyway (caught the "
+         "interrupt, or ended first), and its result stands"),
+    ],
+    ids=["cancelled", "finished anyway"],
+)  # fmt: skip
+def test_a_call_said_to_be_still_stopping_is_followed_up(kc, tmp_path, caught, later):
+    """Ctrl-C in ``result()`` of the last of three calls while the first runs, and takes
+    a second to stop: the interrupt's sentence can say of it only that it is still
+    stopping.  How it ended is said once it has (here, as the cell ends), not left unknown:
+    it was never said at all (tester AP, 3 of 3)."""
+    pid = int(stdout_of(ok(kc, "import os\nprint(os.getpid())")))
+    flag = tmp_path / "lingering"
+    ok(kc, "from rexec_magic import remote_func\n@remote_func\ndef linger(flag, catch):\n"
+        "    import time\n    open(flag, 'w').close()\n    try:\n        time.sleep(60)\n"
+        "    except KeyboardInterrupt:\n        time.sleep(1)\n        if not catch:\n"
+        "            raise\n        return 'caught'\n")  # fmt: skip
+    ok(kc, f"fs = [linger.submit({str(flag)!r}, {caught}) for _ in range(3)]")
+    wait_for(flag.exists, "the first call to run")
+    msg_id = kc.execute("fs[-1].result()")
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGINT)
+    reply, outputs = collect(kc, msg_id)
+    assert reply["evalue"] == (
+        "Interrupted while waiting for a remote call's result; the interrupt cancelled this "
+        "notebook's 2 unfinished remote calls; 1 is still stopping."
+    ), reply
+    assert texts(outputs, "display_data")[-1:] == [f"rexec: {later}."], outputs
+    states = "[(f.cancelled(), f.cancelled() or f.result()) for f in fs]"
+    first = "(False, 'caught')" if caught else "(True, True)"
+    assert stdout_of(ok(kc, f"print({states})")) == f"[{first}, (True, True), (True, True)]\n"
+
+
 # ----------------------------------------------------------------------------- 2. plots
 def test_a_plotting_cell_shows_its_figure_once_and_nothing_else(kc):
     ok(kc, "%rexec_start")
