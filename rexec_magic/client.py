@@ -915,7 +915,12 @@ class RexecClient:
         ctrl_c = False  # the interrupt was a Ctrl-C here (not its timeout, not a cancel)
         event_at = 0.0  # when the last numbered event of this request came
         grace_said = False  # that the interrupted cell has not stopped yet
-        broker_said = 0.0  # when this said the broker is silent (an unstarted request waits)
+        broker_said = 0.0  # when this said the broker is silent (the request waits)
+        # A started request's broker, silent past BROKER_SILENT_AFTER_S, still takes
+        # connections (``listening``, asked each LIVE_NOTE_EVERY_S): stopped or starved, not
+        # gone, so its output may yet come and is waited for, as for an unstarted request.
+        broker_there = False
+        there_asked = 0.0
         worker_said = False  # that the worker has not taken the request (nor said why)
         waited_back = False  # waited for the worker to register again (``no_worker``)
         cancelled = False
@@ -971,8 +976,26 @@ class RexecClient:
                     )
                 silent = now - last_heard if now > quiet_until else 0.0
                 unrun = not started and interrupted_at is None  # sent again once it is back
-                if silent > (P.BROKER_RESTART_WAIT_S if unrun else P.BROKER_SILENT_AFTER_S):
+                if silent <= P.BROKER_SILENT_AFTER_S:
+                    broker_there = False
+                elif not unrun and now - there_asked >= P.LIVE_NOTE_EVERY_S:
+                    # (A broker stopped for 8 s lost the end of a running cell's output: it
+                    # was given up at 4 s, although it went on then; tester AP, 5 of 5.)
+                    there_asked = now
+                    broker_there = listening(self.info.broker_url) is not False
+                waits = unrun or broker_there
+                if silent > (P.BROKER_RESTART_WAIT_S if waits else P.BROKER_SILENT_AFTER_S):
                     url = self.info.broker_url
+                    if broker_there and not unrun:
+                        # Its output, should it go on, is held for the next request.
+                        self._abandon(req_id, kind, header)
+                        raise errors.BrokerUnreachable(
+                            f"The rexec broker at {url} takes connections but has not "
+                            f"answered for {silent:.0f} s while the {what} ran; what the "
+                            f"{what} prints from now on shows in the next remote cell or "
+                            "call, if the broker goes on.",
+                            started=started,
+                        )
                     if unrun and listening(url) is not False:
                         # It takes connections but says nothing (stopped, or stalled): the
                         # request may wait in its queue and run once it goes on.  Its output,
@@ -1014,19 +1037,26 @@ class RexecClient:
                 if cancel is not None:
                     wait = min(wait, CANCEL_POLL_S)
                 local = self._next_held(req_id)  # said here, not received
-                if local is None and unrun and silent > P.BROKER_SILENT_AFTER_S:
+                stashed = self._stashed is not None
+                if local is None and waits and silent > P.BROKER_SILENT_AFTER_S:
                     if now - broker_said >= P.LIVE_NOTE_EVERY_S:  # one live note, kept current
                         broker_said = now
-                        text = (
-                            f"waiting for the rexec broker (no answer for {silent:.0f} s; it "
-                            f"may be restarting); this {what} has not started (the wait ends "
-                            f"after {P.BROKER_RESTART_WAIT_S:.0f} s)"
-                        )
+                        if unrun:
+                            text = (
+                                f"waiting for the rexec broker (no answer for {silent:.0f} s; "
+                                f"it may be restarting); this {what} has not started"
+                            )
+                        else:
+                            text = (
+                                f"waiting for the rexec broker (no answer for {silent:.0f} s, "
+                                "but it takes connections: it may be stopped or overloaded); "
+                                f"this {what} started, and what it prints waits on the worker"
+                            )
+                        text += f" (the wait ends after {P.BROKER_RESTART_WAIT_S:.0f} s)"
                         header_now = {"id": req_id, "text": text, "about": "broker"}
                         local = P.Message(P.Kind.NOTICE, header_now)
-                elif silent < P.BROKER_SILENT_AFTER_S:
-                    broker_said = 0.0
-                if local is None and unrun and not notice and not worker_said:
+                # (Not ahead of a message put back to be handled next: it may be the answer.)
+                if local is None and unrun and not notice and not worker_said and not stashed:
                     # The worker takes a request at once, or says within NOTICE_AFTER_S what
                     # it waits for (the previous cell, its executor starting): a worker that
                     # says nothing is stopped (SIGSTOP) or starved, until the broker drops it.
@@ -1044,7 +1074,7 @@ class RexecClient:
                         )
                         local = P.Message(P.Kind.NOTICE, {"id": req_id, "text": text})
                 said = grace_said or cancelled  # (nobody waits for a cancelled one)
-                if local is None and interrupted_at is not None and not said:
+                if local is None and interrupted_at is not None and not said and not stashed:
                     if now < quiet_until:  # its answer may be what is crossing
                         wait = min(wait, quiet_until - now)
                     elif now < stopped_until:  # the worker said what comes (it is resumed)
@@ -1060,7 +1090,14 @@ class RexecClient:
                 if msg is None:
                     continue
                 if local is None:
-                    last_heard = time.monotonic()
+                    gap, last_heard = time.monotonic() - last_heard, time.monotonic()
+                    if broker_said:  # the broker is back: the note ends with how long it was
+                        broker_said = 0.0
+                        self._stashed = msg  # (handled next)
+                        text = f"waited {gap:.0f} s for the rexec broker; it answers again"
+                        msg = P.Message(
+                            P.Kind.NOTICE, {"id": req_id, "text": text, "about": "broker"}
+                        )
                 h = msg.header
                 if msg.kind == P.Kind.PONG:
                     pong = msg.read(P.Pong)
@@ -1112,9 +1149,10 @@ class RexecClient:
                     said = msg.read(P.Notice)
                     if said.about not in ("lost", "grace", "late", "broker"):  # what it waits for
                         notice = said.text
-                    # Said again every NOTICE_REPEAT_S while it lasts (supervisor._notice).
-                    repeat = P.NOTICE_REPEAT_S + 5.0
-                    stopped_until = now + repeat if said.about == "stopped" else 0.0
+                    if said.about != "broker":  # (this client's own: no news of the worker)
+                        # Said again every NOTICE_REPEAT_S while it lasts (supervisor._notice).
+                        repeat = P.NOTICE_REPEAT_S + 5.0
+                        stopped_until = now + repeat if said.about == "stopped" else 0.0
                     if said.about == "resumed":  # a new grace period from now: say so later
                         stopped_until = now + P.NOTICE_AFTER_S
                 if msg.kind == P.Kind.ACCEPTED:
@@ -1405,6 +1443,7 @@ class RexecClient:
             raise errors.ExecutorDied(
                 done.message or "The remote executor died; the remote namespace was lost.",
                 done.ended,
+                done.returncode,
             )
         if status == P.DoneStatus.RESTARTING:  # its executor: the worker process stays
             text = done.message or (

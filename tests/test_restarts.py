@@ -4,6 +4,7 @@ stopped for 40 s.  Real `rexec up` stacks, real workers, real ZeroMQ on loopback
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -589,19 +590,22 @@ def test_a_broker_stopped_for_seconds_drops_no_worker_and_stops_no_cell(
     """A broker that did not run for 6 s (stopped, starved) takes none of that time for its
     workers' silence: as it went on it dropped every worker before reading the heartbeats
     waiting for it, and each worker, registering again, stopped its running cell (tester
-    AP, 5 of 5).  The cell runs to its end, and the worker stays registered."""
+    AP, 5 of 5).  The cell runs to its end, and the worker stays registered.  The notebook
+    waits for it, saying so: it gave up after 4 s of silence, and lost the rest of the
+    output although the broker went on ("Lost contact ... its output may be incomplete")."""
     started, finished = tmp_path / "started", tmp_path / "finished"
     code = (
-        f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(9)\n"
-        f"open({str(finished)!r}, 'w').write('done')"
+        f"import time\nprint('begin', flush=True)\nopen({str(started)!r}, 'w').close()\n"
+        f"time.sleep(9)\nopen({str(finished)!r}, 'w').write('done')\nprint('end')\nx = 100"
     )
-    raised: list[BaseException] = []
+    events: list[P.Message] = []
+    outcome: list[Any] = []
 
     def runs() -> None:
         try:
-            run(alice, code)
-        except errors.RexecError as exc:  # (the client may give up on a silent broker)
-            raised.append(exc)
+            outcome.append(alice.run(code, {}, ["x"], events.append, pull_limit=2**20))
+        except errors.RexecError as exc:
+            outcome.append(exc)
 
     thread = threading.Thread(target=runs, daemon=True)
     thread.start()
@@ -615,6 +619,14 @@ def test_a_broker_stopped_for_seconds_drops_no_worker_and_stops_no_cell(
     wait_for(finished.exists, "the cell to finish", 30.0)
     assert finished.read_text() == "done"
     thread.join(30.0)
+    assert not thread.is_alive()
+    assert not isinstance(outcome[0], BaseException), outcome
+    assert outcome[0].values == {"x": 100}, outcome
+    text = "".join(m.header["text"] for m in events if m.kind == P.Kind.STREAM)
+    assert text == "begin\nend\n", events
+    said = [m.header["text"] for m in events if m.kind == P.Kind.NOTICE]
+    assert any("waiting for the rexec broker" in t and "takes connections" in t for t in said)
+    assert re.fullmatch(r"waited \d+ s for the rexec broker; it answers again", said[-1]), said
     logs = fresh_stack.all_logs()
     assert "did not run for" in logs
     assert "dropped: no heartbeat" not in logs, logs[-3000:]
