@@ -61,11 +61,13 @@ class ExecutorDied(WorkerLost):
     """This notebook's executor died during the request (exit code, signal, out of memory):
     its namespace is lost; the worker and other notebooks' namespaces go on.  ``ended``:
     how it ended in a few words ("exit code 7", ``protocol.Done.ended``; "" from a worker
-    that does not say)."""
+    that does not say); ``returncode``: its exit status as ``subprocess`` gives it (7, -9
+    for SIGKILL; ``protocol.Done.returncode``), or None."""
 
-    def __init__(self, message: str, ended: str = "") -> None:
+    def __init__(self, message: str, ended: str = "", returncode: int | None = None) -> None:
         super().__init__(message)
         self.ended = ended
+        self.returncode = returncode
 
 
 class BrokerUnreachable(RexecError):

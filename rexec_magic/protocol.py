@@ -1175,6 +1175,10 @@ class Done(Event):
     # code 7", "killed by signal 9 (SIGKILL)", "killed: out of memory"), for a client that
     # words the loss itself (a script's end: ``session.join_remote_threads``).
     ended: str = ""
+    # LOST only: the executor's exit status as ``subprocess`` gives it (7 for
+    # ``os._exit(7)``, -9 for SIGKILL), for a script whose end then ends as it would have
+    # locally (``session.join_remote_threads``); None from a worker that does not say.
+    returncode: int | None = None
 
     @model_validator(mode="after")
     def _buffers(self, info: ValidationInfo) -> Done:

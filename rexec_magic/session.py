@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -510,12 +511,16 @@ class RemoteSession:
             if client is not None:
                 client.close()
 
-    def join_remote_threads(self) -> None:
+    def join_remote_threads(self) -> int | None:
         """A script's end: wait for the non-daemon threads its remote code started on its
         executor (``Done.threads``: a ``Thread`` or ``Timer`` still running as its last
         request ended), as Python waits for a script's own before it exits.  Their output
         shows as it comes.  Before, the script ended, its executor was stopped 2 s later,
         and their work was lost without a word.
+
+        Returns the exit status the script is to end with when the executor died meanwhile
+        (a thread's ``os._exit(7)``: 7; a signal N: 128 + N, as a shell reports a process
+        it killed), as the thread would have ended a local script; else None.
 
         Nothing when none ran, when another thread's request holds the connection (a daemon
         thread's call, which the exit interrupts next), or when the worker is gone: never
@@ -524,10 +529,10 @@ class RemoteSession:
 
         client = self._client
         if client is None or not client.threads_running or client.worker is None:
-            return
+            return None
         ticket = self.turns.try_hold("call", 0)
         if ticket is None:
-            return
+            return None
         renderer = EventRenderer()
         try:
             with self.exclusive("call", QUIET, ticket):
@@ -543,8 +548,12 @@ class RemoteSession:
                 + " while the script waited at its end for the threads its remote code started."
                 + ("" if how else f" {exc}")
             )
+            code = getattr(exc, "returncode", None)
+            if code is not None:
+                return code if code >= 0 else 128 - code
         except errors.RexecError as exc:  # (a worker gone meanwhile: nothing to wait for)
             log.info("waiting for the remote threads at exit: %s", exc)
+        return None
 
     def close(self) -> None:
         """Close the connection; while another thread's request uses it (a submitted call
@@ -1322,9 +1331,17 @@ def _goodbye(session_ref: weakref.ref[RemoteSession], pid: int) -> None:
     say it for the kernel that lives on and free its namespace."""
     session = session_ref()
     if session is not None and os.getpid() == pid:
+        status = None
         if session.frontend == P.FRONTEND_SCRIPT:
-            session.join_remote_threads()
+            status = session.join_remote_threads()
         session.goodbye()
+        if status is not None:
+            # The remote thread ended the script's process, as ``os._exit`` in a local
+            # thread ends a local one: at once, with its status (the script ended 0).
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(status)
 
 
 def _weakly(method: Callable[..., None]) -> Callable[..., None]:

@@ -957,9 +957,9 @@ def test_a_cancelled_call_whose_executor_is_stopped_waits_for_it_and_keeps_the_n
     assert "ended badly" not in capfd.readouterr().err
 
 
-def run_script(stack: Any, script: str, **env_vars: str) -> Any:
+def run_script(stack: Any, script: str, status: int = 0, **env_vars: str) -> Any:
     """``python -c script`` against the stack, as a user's plain script (``env_vars`` set
-    in its environment): it must exit 0."""
+    in its environment): it must exit with ``status``."""
     import subprocess
     import sys
 
@@ -967,7 +967,7 @@ def run_script(stack: Any, script: str, **env_vars: str) -> Any:
     out = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == status, out.stderr
     return out
 
 
@@ -1057,27 +1057,37 @@ def test_a_script_ends_after_the_threads_its_remote_code_started_as_plain_python
         assert script_lines(out) == ["started", "main done", "thread finished"], out.stdout
 
 
-def test_a_script_is_told_when_its_executor_dies_while_it_waits_for_its_remote_threads(stack):
-    """The thread a script's remote code started ends the executor (``os._exit(7)``) while
-    the script waits for it at its end: one sentence says so, with the exit code (it ended
-    in silence, tester AK 4 of 4; a segfault 2 of 2)."""
+@pytest.mark.parametrize(
+    ("death", "how", "status"),
+    [("os._exit(7)", "exit code 7", 7), ("os.kill(os.getpid(), 9)", "killed by SIGKILL", 137)],
+    ids=["exit code", "signal"],
+)
+def test_a_script_is_told_when_its_executor_dies_while_it_waits_for_its_remote_threads(
+    stack, death, how, status
+):
+    """The thread a script's remote code started ends the executor (``os._exit(7)``, a
+    signal) while the script waits for it at its end: one sentence says so, with the exit
+    code (it ended in silence, tester AK 4 of 4; a segfault 2 of 2), and the script ends
+    with the status a local thread's death would have given it (7; 128 + 9 for SIGKILL,
+    as a shell reports it), not 0."""
     script = (
         "from rexec_magic import remote_func\n"
         "@remote_func\ndef begin():\n"
         "    import os, threading, time\n"
         "    def work():\n"
         "        time.sleep(1.5)\n"
-        "        os._exit(7)\n"
+        f"        {death}\n"
         "    threading.Thread(target=work).start()\n"
         "    return 'started'\n"
         "print(begin())\n"
     )
-    out = run_script(stack, script)
+    out = run_script(stack, script, status)
     assert script_lines(out) == ["started"], out.stdout
-    assert out.stderr == (
-        "rexec: the remote executor died (exit code 7) while the script waited at its end for "
-        "the threads its remote code started.\n"
+    assert out.stderr.startswith(f"rexec: the remote executor died ({how}"), out.stderr
+    assert out.stderr.endswith(
+        ") while the script waited at its end for the threads its remote code started.\n"
     ), out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
 
 
 @pytest.mark.parametrize("death", ["os._exit(3)", "os.kill(os.getpid(), signal.SIGKILL)"])

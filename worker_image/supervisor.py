@@ -1523,7 +1523,9 @@ class Supervisor:
                     )
                 error = {"ename": "ExecutorDied", "evalue": message, "traceback": [message]}
                 self._to_client(req, Kind.ERROR, error)
-                done = done_header(DoneStatus.LOST, message=message, ended=sentence)
+                done = done_header(
+                    DoneStatus.LOST, message=message, ended=sentence, returncode=code
+                )
                 self._to_client(req, Kind.DONE, done)
         if ex.queue and (died_idle or ex.kill_reason in ("interrupt", "abandoned", "abandon")):
             why = (
