@@ -427,33 +427,33 @@ def interrupt_outcome() -> str:
     one still stopping stays, and how it ended is said the next time asked (the next
     cell), since "1 is still stopping" alone left the user guessing (tester AP, 3 of 3)."""
     with _reached_lock:
-        reached = [call for call in (ref() for ref in _reached) if call is not None]
-        _reached[:] = [ref for ref in _reached if (call := ref()) is not None and not _ended(call)]
+        # (Each call's state read once: one ending meanwhile is either said now or kept.)
+        reached = [(ref, call, _state(call)) for ref in _reached if (call := ref()) is not None]
+        _reached[:] = [ref for ref, _, state in reached if state == "going"]
     if not reached:
         return ""
-    earlier = [call for call in reached if call.said_stopping]
-    said = _outcome_clauses([call for call in reached if not call.said_stopping], "")
-    if earlier:
-        said += _outcome_clauses(earlier, "the interrupt was still stopping ")
-    for call in reached:
-        call.said_stopping = not _ended(call)
+    said = _outcome_clauses([state for _, call, state in reached if not call.said_stopping], "")
+    earlier = [state for _, call, state in reached if call.said_stopping]
+    said += _outcome_clauses(earlier, "the interrupt was still stopping ")
+    for _, call, state in reached:
+        call.said_stopping = state == "going"
     return "; ".join(said)
 
 
-def _ended(call: RemoteFuture | ThreadCall) -> bool:
-    return call.ended.is_set() if isinstance(call, ThreadCall) else call.done()
+def _state(call: RemoteFuture | ThreadCall) -> str:
+    """ "cancelled", "finished" (it ended otherwise) or "going"."""
+    if isinstance(call, ThreadCall):
+        ended, cancelled = call.ended.is_set(), call.stopped
+    else:
+        ended, cancelled = call.done(), call.cancelled()
+    return "cancelled" if cancelled else "finished" if ended else "going"
 
 
-def _outcome_clauses(calls: list[RemoteFuture | ThreadCall], earlier: str) -> list[str]:
-    """Clauses saying how ``calls`` ended; ``earlier``: "" for calls an interrupt just
-    reached, else the words naming calls said before to be still stopping."""
-
-    def cancelled(call: RemoteFuture | ThreadCall) -> bool:
-        return call.stopped if isinstance(call, ThreadCall) else call.cancelled()
-
-    stopped = sum(1 for call in calls if cancelled(call))
-    finished = sum(1 for call in calls if _ended(call) and not cancelled(call))
-    going = len(calls) - stopped - finished
+def _outcome_clauses(states: list[str], earlier: str) -> list[str]:
+    """Clauses saying how calls ended (``states``: ``_state`` of each); ``earlier``: "" for
+    calls an interrupt just reached, else the words naming calls said before to be still
+    stopping (which are not said again while they are)."""
+    stopped, finished, going = (states.count(s) for s in ("cancelled", "finished", "going"))
     said = []
     if earlier:
         one = stopped == 1
@@ -463,8 +463,8 @@ def _outcome_clauses(calls: list[RemoteFuture | ThreadCall], earlier: str) -> li
                 f"{'was' if one else 'were'} cancelled"
             )
     elif stopped:
-        calls_ = "unfinished remote call" if stopped == 1 else f"{stopped} unfinished remote calls"
-        said.append(f"the interrupt cancelled {session_module.whose()} {calls_}")
+        calls = "unfinished remote call" if stopped == 1 else f"{stopped} unfinished remote calls"
+        said.append(f"the interrupt cancelled {session_module.whose()} {calls}")
     if finished:
         other = "other " if stopped else ""
         one = finished == 1
