@@ -21,6 +21,7 @@ from rexec_magic.protocol import DoneStatus, Kind
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
 from tests.worker_harness import CLIENT, BrokerPort, done, pulled, stdout
 from worker_image.executors import proc_stopped
+from worker_image.supervisor import PACK_GRACE_S
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -727,6 +728,38 @@ def test_what_waits_behind_a_cell_killed_after_its_interrupt_runs_on_a_fresh_exe
     notices = [e.header["about"] for e in events if e.kind == Kind.NOTICE]
     lost = [n for n in notices if n == "lost"]
     assert lost == ([] if behind == "same notebook" else ["lost"])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "class Slow:\n    def __getstate__(self):\n        while True:\n            pass\n",
+        "class Slow:\n    def __reduce__(self):\n        import time\n        time.sleep(600)\n",
+    ],
+    ids=["looping __getstate__", "sleeping __reduce__"],
+)
+def test_an_interrupted_cell_whose_value_never_packs_is_restarted_within_a_bound(port, value):
+    """The interrupt stops the cell's code, and then what it bound goes back: a value
+    whose pickling never ends used to wedge the notebook for good (its packing runs with
+    SIGINT ignored, exempt from the grace period; the next cells waited behind it, tester
+    AR 3 of 3).  It is said to be packing, and after ``PACK_GRACE_S`` the executor is
+    restarted, saying why; the request queued behind it runs on the fresh one."""
+    port.run("kept = 1")
+    code = f"{value}obj = Slow()\nimport time\nprint('go', flush=True)\ntime.sleep(60)"
+    stuck = port.execute(code, pull=["obj"])
+    port.recv_kind(Kind.STREAM)
+    port.send(Kind.INTERRUPT, {"id": stuck})
+    waiting = port.execute("print('kept' in globals())")
+    events = port.events(stuck, timeout=INTERRUPT_ANSWER_S + PACK_GRACE_S)
+    d = done(events)
+    assert d.header["status"] == DoneStatus.RESTARTING, d.header
+    assert "what it bound was still being packed to go back" in d.header["message"]
+    assert "namespace was lost" in d.header["message"]
+    packing = [e.header["text"] for e in events if e.kind == Kind.NOTICE]
+    assert packing and all("is being packed to go back" in t for t in packing), packing
+    events = port.events(waiting, timeout=WAIT_S)
+    assert done(events).header["status"] == DoneStatus.OK
+    assert stdout(events) == "False\n"
 
 
 def test_what_waits_behind_a_request_whose_done_is_read_out_of_its_killed_executor_runs(port):
@@ -1968,6 +2001,30 @@ def test_the_executor_of_a_silent_kernel_is_interrupted_and_stopped(port):
         beat = port.recv_kind(Kind.HEARTBEAT, timeout=max(0.1, end - time.monotonic()))
         if not any(row["notebook"] == "gone"[:12] for row in beat.header["executors"]):
             break
+
+
+def test_a_silent_broker_is_no_sign_that_a_kernel_is_gone(port):
+    """The broker stops answering (stopped, starved) for longer than a kernel's keepalives
+    may be missed: no keepalive can come through it meanwhile, so the kernel is not taken
+    for gone.  Its running cell goes on and its namespace stays; when the broker answers
+    again, the time it was silent is not the kernel's silence either.  A broker stopped
+    for 35 s had every executor stopped as if its kernel were gone (tester AQ)."""
+    extra = in_session("kept", keepalive_s=0.5)
+    port.run("v = 1", **extra)
+    request_id = port.execute(
+        "import time\nprint('go', flush=True)\ntime.sleep(4)\nprint('end')", **extra
+    )
+    port.send(Kind.KEEPALIVE, {"id": "ping-0", **extra["extra"]})  # (the last for 6 s)
+    port.ack_heartbeats = False  # the broker says nothing, and no keepalive comes through it
+    time.sleep(6.0)  # (the kernel would count as gone after 2.5 s)
+    port.ack_heartbeats = True
+    by_id = pinging(port, [request_id], extra)  # the broker answers, the keepalives come
+    assert stdout(by_id[request_id]) == "go\nend\n"
+    assert done(by_id[request_id]).header["status"] == DoneStatus.OK
+    events = port.run("print(v)", **extra)
+    assert lost_notices(events) == [] and stdout(events) == "1\n"
+    assert "no sign of its kernel" not in port.log_text()
+    assert "the broker was silent for" in port.log_text()
 
 
 def pinging(

@@ -43,6 +43,9 @@ class BrokerPort:
         self.proc: subprocess.Popen | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="rexec-worker-", suffix=".log", delete=False)
         self.stash: list[tuple[bytes, Message]] = []  # received but not yet asked for
+        # Each HEARTBEAT read is answered HEARTBEAT_ACK, as the broker does (False: a broker
+        # that says nothing, stopped or starved).
+        self.ack_heartbeats = True
         # The bulk side channel (rexec_magic.protocol): an executor's BULK uploads come to
         # this port from a connection of their own.  "hold" answers as the broker does and
         # puts the buffers back into the DONE naming them; "refuse" answers BULK_REFUSED;
@@ -142,6 +145,11 @@ class BrokerPort:
             if msg.kind == Kind.REGISTER or self.worker_id is None:
                 self.worker_id = peer
             if peer == self.worker_id:
+                if msg.kind == Kind.HEARTBEAT and self.ack_heartbeats:
+                    # As the broker does: a supervisor that hears nothing from it takes it
+                    # for stopped, and its kernels' silence for no sign of their end.
+                    ack = protocol.encode(Kind.HEARTBEAT_ACK, None, route=protocol.TO_BROKER)
+                    self.router.send_multipart([peer, *ack])
                 if msg.kind == Kind.DONE and (ref := protocol.bulk_ref(msg.buffers)):
                     msg.buffers = self.bulk_held.pop(ref)  # as the broker does
                     self.bulk_put_back += 1

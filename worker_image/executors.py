@@ -239,6 +239,9 @@ class ExecutorProcess:
         self.grace_killed = False  # SIGKILL sent: it ignored its interrupt (or stop) too long
         self.killed_what = "cell"  # what ignored it: "cell" or "call"
         self.interrupted_at = 0.0  # time.monotonic() of the interrupt its grace period is for
+        # When its interrupted request's code ended (CODE_OVER) and what it bound began to be
+        # packed to go back (``Supervisor._on_code_over``); None otherwise.
+        self.packing_since: float | None = None
         # Messages read off its link past its client's credit during a grace period (see
         # ``Supervisor._park``), handed on in order before anything read later; their bytes.
         self.parked: deque[list[Any]] = deque()

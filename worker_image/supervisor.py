@@ -115,8 +115,15 @@ EXIT_DRAIN_MESSAGES = 10_000
 # What is read ahead of a slow client from the link of an executor in an interrupt's grace
 # period (``_park``): what its socket buffer can hold, and as much again.
 PARK_MAX_BYTES = 4 * framing.SOCKET_BUFFER
+# How long what an interrupted request bound may take to be packed once its code ended
+# (``_on_code_over``): then its executor is killed, as one deaf to the interrupt.
+PACK_GRACE_S = 2 * INTERRUPT_GRACE_S
 ASSIST_WAIT_S = 5.0  # a completion / obj? question the executor never answered is forgotten
 REGISTER_RETRY_S = 3.0  # REGISTER again when REGISTERED has not come after this long
+# The broker answers each heartbeat (WORKER_HEARTBEAT_S): nothing from it for this long means
+# it is not running (stopped, starved, restarting), and no kernel's keepalive can come.  Less
+# than the shortest time a kernel may be silent (3 x KEEPALIVE_MIN_S + 1 s).
+BROKER_QUIET_S = WORKER_HEARTBEAT_S + 0.5
 CLIENTS_KEPT_S = 600.0  # a silent client session is forgotten this long after it went silent
 # A kernel whose connections to the broker all closed (``client_closed``) has ended: its
 # executors are stopped this long after, rather than once its keepalives are missed (a
@@ -188,6 +195,9 @@ class Supervisor:
         self._session_key: bytes | None = None  # from REGISTERED; signs our later messages
         self._register_sent_at = 0.0
         self._last_tick = time.monotonic()
+        # When the broker last sent anything (a HEARTBEAT_ACK comes each WORKER_HEARTBEAT_S):
+        # while it is silent no keepalive can reach us either (``_broker_silent``).
+        self._broker_heard = time.monotonic()
         self._spare_failures = 0
         self._reported_busy = False  # what the last heartbeat said
         # Executors that died while no request ran (a thread's crash, an OOM kill): their
@@ -358,6 +368,7 @@ class Supervisor:
                 frames = zmqio.recv_multipart(self.sock, zmqio.NOBLOCK)
             except zmq.Again:
                 return
+            self._heard_broker()
             try:
                 raw = protocol.split(frames, routed=True)
                 msg = raw.message()
@@ -1200,10 +1211,15 @@ class Supervisor:
     def _on_code_over(self, ex: ExecutorProcess, raw: protocol.Unread) -> None:
         """The interrupted request took the interrupt and its code is over: what it bound
         is packed now (it can take seconds), with SIGINT ignored.  That is no cell deaf to
-        the interrupt, so no grace kill; another interrupt starts a grace period again."""
+        the interrupt, so the grace period starts again, ``PACK_GRACE_S`` long, said to the
+        notebook after a second (``_notices``).  Without a bound, a value whose pickling
+        never ends (a ``__getstate__`` that loops) wedged the notebook: its next cells
+        waited behind it for good (tester AR, 3 of 3)."""
         cur = ex.current
         if cur is not None and _header_id(raw.header) == cur.target.id:
-            ex.grace_deadline = None
+            now = time.monotonic()
+            ex.packing_since = now
+            ex.grace_deadline = now + PACK_GRACE_S
 
     def _on_ready(self, ex: ExecutorProcess) -> None:
         ex.ready = True
@@ -1291,6 +1307,7 @@ class Supervisor:
         """Its request ended; ``exit_in``: "cell" or "call" whose exit() ends it."""
         ex.current = None
         ex.grace_deadline = None
+        ex.packing_since = None
         ex.kill_reason = None
         ex.resumed_for_interrupt = False
         if exit_in is not None:
@@ -1493,6 +1510,14 @@ class Supervisor:
                 )
                 header = done_header(DoneStatus.RESTARTING, message=message)
                 self._to_client(req, Kind.DONE, header)
+            elif restarted and ex.packing_since is not None:
+                message = (
+                    f"The interrupt stopped the {req.what}'s code, but what it bound was still "
+                    f"being packed to go back {PACK_GRACE_S:g} s later (a value whose pickling "
+                    f"does not end?), so {_whose(ex)} was restarted; its namespace was lost."
+                )
+                header = done_header(DoneStatus.RESTARTING, message=message)
+                self._to_client(req, Kind.DONE, header)
             elif restarted:
                 resumed = " (nor once resumed from SIGSTOP)" if ex.resumed_for_interrupt else ""
                 message = (
@@ -1661,6 +1686,31 @@ class Supervisor:
                 self._ended[ex.key] = (time.time(), how)
 
     # ------------------------------------------------------------------ timers
+    def _heard_broker(self) -> None:
+        """A message from the broker: after a silence of it (``_broker_silent``), that time
+        is no kernel's silence either (``_excuse``).  A broker stopped for 35 s (SIGSTOP, or
+        starved) had every executor stopped as if its kernel were gone, at 31 s, while the
+        kernels went on pinging (tester AQ)."""
+        now = time.monotonic()
+        if self._broker_silent(now):
+            gap = now - self._broker_heard
+            log.warning("the broker was silent for %.1f s: no kernel could reach us", gap)
+            self._excuse(gap - WORKER_HEARTBEAT_S)  # (beyond the wait for an answer)
+        self._broker_heard = now
+
+    def _broker_silent(self, now: float) -> bool:
+        return now - self._broker_heard > BROKER_QUIET_S
+
+    def _excuse(self, seconds: float, grace: bool = False) -> None:
+        """``seconds`` in which no kernel could reach us count as no kernel's silence (and,
+        with ``grace``, not against an interrupt's grace period either)."""
+        for session, (seen, keepalive_s) in self._clients.items():
+            self._clients[session] = (seen + seconds, keepalive_s)
+        for ex in self.all:
+            ex.last_seen += seconds
+            if grace and ex.grace_deadline is not None:
+                ex.grace_deadline += seconds
+
     def _tick(self, now: float) -> None:
         stall = now - self._last_tick - TICK_S
         self._last_tick = now
@@ -1668,12 +1718,8 @@ class Supervisor:
             # This process did not run (stopped, starved): nobody could reach it meanwhile, so
             # that time counts neither as its kernels' silence nor against a grace period.
             log.warning("the supervisor did not run for %.1f s", stall)
-            for session, (seen, keepalive_s) in self._clients.items():
-                self._clients[session] = (seen + stall, keepalive_s)
-            for ex in self.all:
-                ex.last_seen += stall
-                if ex.grace_deadline is not None:
-                    ex.grace_deadline += stall
+            self._excuse(stall, grace=True)
+            self._broker_heard += stall  # (nor as the broker's)
         for ex in list(self.all):
             if ex.pidfd is None and ex.exited() is not None:
                 self._on_exit(ex)
@@ -1703,7 +1749,15 @@ class Supervisor:
                     )
                     ex.signal(signal.SIGCONT)
                 elif ex.current is not None or ex.kill_reason in ("orphan", "stop"):
-                    log.warning("executor %d ignored the interrupt: killing it", ex.number)
+                    if ex.packing_since is not None:
+                        log.warning(
+                            "executor %d still packed what its interrupted request bound "
+                            "%g s after its code ended: killing it",
+                            ex.number,
+                            PACK_GRACE_S,
+                        )
+                    else:
+                        log.warning("executor %d ignored the interrupt: killing it", ex.number)
                     ex.grace_deadline = None
                     ex.grace_killed = True
                     if ex.current is not None:  # (what the others hear: a cell, or a call)
@@ -1745,6 +1799,15 @@ class Supervisor:
         cur = ex.current
         if ex.grace_deadline is not None and not ex.resumed_for_interrupt:
             self._tell_stopped_for_interrupt(ex, now)
+        if cur is not None and ex.packing_since is not None and now - ex.packing_since >= 1.0:
+            # (Before the client's own note of the grace period would threaten a restart
+            # for a cell that did stop; kept current, which also tells it the worker lives.)
+            text = (
+                f"the interrupt stopped the {cur.what}'s code; what it bound is being packed to "
+                f"go back to the notebook ({now - ex.packing_since:.0f} s; if that takes more "
+                f"than {PACK_GRACE_S:g} s, {_whose(ex)} is restarted and its namespace is lost)"
+            )
+            self._notice(cur, "packing", text, now, LIVE_NOTE_EVERY_S)
         if cur is not None and cur.started is not None and now - cur.started > NOTICE_AFTER_S:
             if proc_stopped(ex.pid):
                 self._notice(
@@ -1813,8 +1876,8 @@ class Supervisor:
             or ex.grace_killed
         ):
             return
-        if self._session_key is None:
-            return  # not registered: no keepalive can reach us (see _on_registered)
+        if self._session_key is None or self._broker_silent(now):
+            return  # not registered, or the broker is silent: no keepalive can reach us
         if not ex.orphaned:
             gone = self._kernels_gone(ex, now)
             if gone is None:
@@ -1903,8 +1966,11 @@ class Supervisor:
     def _client_gone(self, session: str, now: float) -> bool:
         """Whether client session ``session``'s kernel is gone: its connections to the
         broker all closed ``KERNEL_CLOSED_GRACE_S`` ago, or it was silent for
-        ``ORPHAN_AFTER_PINGS`` of its keepalive interval (never, without one)."""
-        return self._closed_for(session, now) or self._client_late(session, now, ORPHAN_AFTER_PINGS)
+        ``ORPHAN_AFTER_PINGS`` of its keepalive interval (never, without one; nor while the
+        broker is silent, through which its keepalives come)."""
+        if self._closed_for(session, now):
+            return True
+        return not self._broker_silent(now) and self._client_late(session, now, ORPHAN_AFTER_PINGS)
 
     def _client_late(
         self, session: str, now: float, intervals: float, default_s: float | None = None
