@@ -68,6 +68,9 @@ UNPACED = 2**62  # an ``ack`` count past any request's events: no more flow cont
 # A wait loop that comes round this much later than it would have (past its longest wait,
 # CLIENT_PING_S) was stalled here: the silence meanwhile is not the broker's.
 STALL_S = 1.0
+# A broker that answers a ping within this long is running: a longer gap before its next word
+# was a silence of its own (stopped, starved), in which nothing reached the worker either.
+BROKER_BACK_AFTER_S = 1.5 * P.CLIENT_PING_S
 # How long a request sent to a worker the broker dropped as silent waits for it to register
 # again before it is sent once more, naming that worker process (``_await_worker_back``).
 WORKER_BACK_S = 15.0
@@ -921,6 +924,11 @@ class RexecClient:
         # gone, so its output may yet come and is waited for, as for an unstarted request.
         broker_there = False
         there_asked = 0.0
+        # When the broker answered again after a silence (BROKER_BACK_AFTER_S): the worker's
+        # silence and an interrupt's grace period count from then, not from before, when
+        # nothing could reach the worker (an interrupt sent into a stopped broker was said
+        # to be ignored by the cell, and the worker blamed for the broker's wait; tester AQ).
+        broker_back_at = 0.0
         worker_said = False  # that the worker has not taken the request (nor said why)
         waited_back = False  # waited for the worker to register again (``no_worker``)
         cancelled = False
@@ -966,7 +974,9 @@ class RexecClient:
                     interrupted_at is not None
                     # (Its output still coming is no silence: a slow reader here holds the
                     # worker's word behind it, see supervisor ``_park``.)
-                    and now - max(interrupted_at, event_at) > P.INTERRUPT_GRACE_S + 5
+                    and now - max(interrupted_at, event_at, broker_back_at)
+                    > P.INTERRUPT_GRACE_S + 5
+                    and now - last_heard < BROKER_BACK_AFTER_S  # (else: the broker's silence)
                     and now > stopped_until  # a stopped executor is not lost: it waits
                     and now > quiet_until + P.BROKER_SILENT_AFTER_S
                 ):
@@ -1062,14 +1072,15 @@ class RexecClient:
                     # says nothing is stopped (SIGSTOP) or starved, until the broker drops it.
                     # (Not while its values cross; not while the broker is silent: its own
                     # note says that.)
-                    due = max(asked_at + WORKER_SILENT_NOTE_S, quiet_until) - now
+                    since = max(asked_at, broker_back_at)
+                    due = max(since + WORKER_SILENT_NOTE_S, quiet_until) - now
                     if due > 0:  # (woken then, not only at the next ping)
                         wait = min(wait, due)
                     elif silent < 2 * P.CLIENT_PING_S:
                         worker_said = True
                         text = (
                             f"waiting for your remote worker to take this {what}: it has not "
-                            f"answered for {now - asked_at:.0f} s (it may be stopped or "
+                            f"answered for {now - since:.0f} s (it may be stopped or "
                             f"overloaded); the {what} runs at most once"
                         )
                         local = P.Message(P.Kind.NOTICE, {"id": req_id, "text": text})
@@ -1081,16 +1092,21 @@ class RexecClient:
                         wait = min(wait, stopped_until - now)
                     # (Its output still coming: it may have stopped already, its word on the
                     # way behind that output.  A cell deaf to it is restarted all the same.)
-                    elif now - max(interrupted_at, event_at) >= P.NOTICE_AFTER_S:
+                    elif now - last_heard >= BROKER_BACK_AFTER_S:
+                        pass  # the interrupt may not have reached the worker yet
+                    elif now - max(interrupted_at, event_at, broker_back_at) >= P.NOTICE_AFTER_S:
                         grace_said = True
                         local = self._grace_notice(req_id, kind, header.get("namespace"))
                     else:
-                        wait = min(wait, max(interrupted_at, event_at) + P.NOTICE_AFTER_S - now)
+                        base = max(interrupted_at, event_at, broker_back_at)
+                        wait = min(wait, base + P.NOTICE_AFTER_S - now)
                 msg = in_hand = local if local is not None else self._recv(wait)
                 if msg is None:
                     continue
                 if local is None:
                     gap, last_heard = time.monotonic() - last_heard, time.monotonic()
+                    if gap > BROKER_BACK_AFTER_S and last_heard > quiet_until:
+                        broker_back_at = last_heard
                     if broker_said:  # the broker is back: the note ends with how long it was
                         broker_said = 0.0
                         self._stashed = msg  # (handled next)
@@ -1155,6 +1171,8 @@ class RexecClient:
                         stopped_until = now + repeat if said.about == "stopped" else 0.0
                     if said.about == "resumed":  # a new grace period from now: say so later
                         stopped_until = now + P.NOTICE_AFTER_S
+                    if said.about == "packing":  # its code stopped: no restart threat of ours
+                        grace_said = True
                 if msg.kind == P.Kind.ACCEPTED:
                     started = True
                     notice = ""  # (what it waited for is over)

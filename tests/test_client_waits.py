@@ -33,6 +33,8 @@ class SilentBroker:
         silence_s: float,
         accept: bool = True,
         gone: bool = False,
+        after_silence: list[tuple[str, dict]] = (),
+        then_wait_s: float = 0.0,
     ) -> None:
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -42,6 +44,9 @@ class SilentBroker:
         self.silence_s = silence_s
         self.accept = accept  # False: ``accepted`` comes only after the silence
         self.gone = gone  # True: it stops listening for the silence (its process ended)
+        # Sent as the silence ends, ``then_wait_s`` before the rest (the worker's answer).
+        self.after_silence = list(after_silence)
+        self.then_wait_s = then_wait_s
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -70,6 +75,9 @@ class SilentBroker:
             time.sleep(self.silence_s)
             return
         time.sleep(self.silence_s)  # pings go unanswered meanwhile
+        for kind, header in self.after_silence:
+            self._send(route, kind, header)
+        time.sleep(self.then_wait_s)
         if not self.accept:
             self._send(route, P.Kind.ACCEPTED, {"id": req_id, "seq": 0})
         self._send(route, P.Kind.DONE, {"id": req_id, "seq": 1, "status": "ok", "vars": []})
@@ -80,13 +88,16 @@ class SilentBroker:
         self.ctx.term()
 
 
-def run_against(broker: SilentBroker) -> list[P.Message]:
-    """One cell, sent by a real client to ``broker``; the events it showed."""
+def run_against(
+    broker: SilentBroker, timeout_s: float | None = None, shown: list[P.Message] | None = None
+) -> list[P.Message]:
+    """One cell, sent by a real client to ``broker``; the events it showed (also put in
+    ``shown``, for a cell that raises)."""
     url = f"tcp://127.0.0.1:{broker.port}"
     client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
-    shown: list[P.Message] = []
+    shown = [] if shown is None else shown
     try:
-        client.execute_packed("pass", [], [], {"pull": []}, shown.append)
+        client.execute_packed("pass", [], [], {"pull": []}, shown.append, timeout_s)
     finally:
         client.close()
         broker.close()
@@ -178,6 +189,30 @@ def test_a_cell_not_yet_started_waits_out_a_silent_broker_and_says_so():
     assert "no answer for 4 s" in said[0] and said[-2] != said[0], said
     assert all("waiting for the rexec broker" in t and "has not started" in t for t in said[:-1])
     assert re.fullmatch(r"waited [78] s for the rexec broker; it answers again", said[-1]), said
+
+
+def test_the_worker_is_not_blamed_for_the_wait_of_a_silent_broker():
+    """The broker, silent for 6 s while the cell had not started, answers again, and the
+    worker takes the cell 2 s later: the worker's silence counts from the broker's return,
+    so no note says the worker has not answered for 6 s (tester AQ, 5 of 5)."""
+    stale_pong = (P.Kind.PONG, {"t": None, "pending": []})
+    broker = SilentBroker(
+        [], P.BROKER_SILENT_AFTER_S + 2, accept=False, after_silence=[stale_pong], then_wait_s=2
+    )
+    said = [m.header for m in run_against(broker) if m.kind == P.Kind.NOTICE]
+    assert said and all(h.get("about") == "broker" for h in said), said
+
+
+def test_an_interrupt_sent_into_a_silent_broker_is_not_said_to_be_ignored():
+    """The cell's timeout sends its interrupt while the broker is silent (stopped): nothing
+    can have reached the worker, so no note says the cell has not stopped after the
+    interrupt, nor threatens its namespace (tester AQ, 3 of 3); the timeout is raised
+    once the broker answers."""
+    shown: list[P.Message] = []
+    with pytest.raises(errors.CellTimeout):
+        run_against(SilentBroker([], P.BROKER_SILENT_AFTER_S + 2), timeout_s=1.0, shown=shown)
+    said = [m.header["text"] for m in shown if m.kind == P.Kind.NOTICE]
+    assert said and all("for the rexec broker" in t for t in said), said
 
 
 class ScriptedBroker:
