@@ -286,6 +286,7 @@ class RexecClient:
         self._abandoned: OrderedDict[str, str] = OrderedDict()
         self._held: deque[P.Message] = deque(maxlen=HELD_KEPT)
         self._news: list[P.Message] = []  # what the end of an abandoned request lost
+        self._lost_under: set[str] = set()  # abandoned requests whose namespace was lost
         # Names whose last exchange this client never read (an abandoned request's DONE
         # assigned or deleted them, ``_hold``; a request that may have run lost its DONE,
         # ``_missed_all``): sent with every request (``missed``) until a DONE of one that
@@ -1376,7 +1377,7 @@ class RexecClient:
         # behind it on the worker, which then took this notebook's older copies as current.
         self._missed_all(header)
         while len(self._abandoned) > ABANDONED_KEPT:
-            self._abandoned.popitem(last=False)
+            self._lost_under.discard(self._abandoned.popitem(last=False)[0])
         with contextlib.suppress(zmq.ZMQError):
             self._send(P.Kind.ACK, {"id": req_id, "n": UNPACED})
         error = errors.RemoteInterrupted(
@@ -1403,8 +1404,24 @@ class RexecClient:
         request_id = msg.header.get("id")
         if msg.kind in (P.Kind.STREAM, P.Kind.DISPLAY):
             self._held.append(msg)
+        elif msg.kind == P.Kind.NOTICE:
+            # Its executor was stopped under it (its kernel taken for gone): the namespace is
+            # lost, which the next request hears, and its DONE lists nothing as kept.  Dropped
+            # here, the loss went unsaid, then a NameError (tester AQ).
+            try:
+                notice = msg.read(P.Notice)
+            except P.ProtocolError:
+                return
+            if notice.about == "lost":
+                what = self._abandoned.get(request_id, "cell")
+                text = f"While the remote {what} you stopped waiting for went on: {notice.text}"
+                self._news.append(P.Message(P.Kind.NOTICE, {"text": text, "about": "lost"}))
+                self._lost_under.add(request_id)
         elif msg.kind == P.Kind.DONE:
             what = self._abandoned.pop(request_id, "cell")
+            if request_id in self._lost_under:
+                self._lost_under.discard(request_id)
+                return  # (what it assigned went with the namespace, said above)
             try:
                 done = msg.read(P.Done)
             except P.ProtocolError:
@@ -1415,7 +1432,9 @@ class RexecClient:
                 return
             # What it bound came with its DONE, which nobody reads: without a word the
             # notebook lacks those names, or holds older values under them.
-            names = [e.name for e in done.vars if not e.name.startswith("__rexec")]
+            names = [
+                e.name for e in done.vars if not e.name.startswith("__rexec") and e.name != "return"
+            ]
             names += [n for n in (*done.changed, *done.deleted) if n not in names]
             self._missed.update(dict.fromkeys(names))
             if names:

@@ -283,6 +283,62 @@ class LosingBroker(ScriptedBroker):
                 self._send(route, P.Kind.DONE, done)
 
 
+class StallingBroker(ScriptedBroker):
+    """Accepts the first EXECUTE, then says nothing (no PONG) until the second comes: then
+    what the worker said of the first meanwhile (``said``), and the second runs."""
+
+    def __init__(self, said: list[tuple[str, dict]]) -> None:
+        self.said = said
+        self.first: str | None = None
+        self.worker = {"instance": "w", "state": "ready"}
+        super().__init__()
+
+    def on(self, route: bytes, msg: P.Message) -> None:
+        if msg.kind == P.Kind.PING and self.first is None:
+            self._send(route, P.Kind.PONG, {"t": msg.header["t"], "worker": self.worker})
+        elif msg.kind == P.Kind.EXECUTE and self.first is None:
+            self.first = msg.header["id"]
+            self._send(route, P.Kind.ACCEPTED, {"id": self.first, "seq": 0})
+        elif msg.kind == P.Kind.EXECUTE:
+            for seq, (kind, header) in enumerate(self.said, 1):
+                self._send(route, kind, {"id": self.first, "seq": seq, **header})
+            req_id = msg.header["id"]
+            self._send(route, P.Kind.ACCEPTED, {"id": req_id, "seq": 0})
+            self._send(route, P.Kind.DONE, {"id": req_id, "seq": 1, "status": "ok", "vars": []})
+
+
+def test_a_namespace_lost_under_a_request_given_up_is_said_at_the_next(monkeypatch):
+    """The broker went silent past the wait (a started cell is given up, kept as
+    abandoned); meanwhile the worker stopped that cell's executor and said so (a ``lost``
+    notice), then ended the cell with what it had assigned.  The next request says the
+    namespace was lost, and does not list those names as kept on the worker: the notice
+    was dropped, the DONE said they stood there, and the user met a NameError (tester
+    AQ)."""
+    monkeypatch.setattr(P, "BROKER_RESTART_WAIT_S", P.BROKER_SILENT_AFTER_S + 2)
+    lost = "This notebook's remote executor was stopped: ...; the namespace was lost."
+    vars_ = [{"name": "total", "nbuffers": 0, "nbytes": 0}]
+    broker = StallingBroker(
+        [
+            (P.Kind.NOTICE, {"text": lost, "about": "lost"}),
+            (P.Kind.DONE, {"status": "interrupted", "vars": vars_}),
+        ]
+    )
+    url = f"tcp://127.0.0.1:{broker.port}"
+    client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
+    shown: list[P.Message] = []
+    try:
+        with pytest.raises(errors.BrokerUnreachable, match="takes connections"):
+            client.execute_packed("total = 1", [], [], {"pull": []}, shown.append)
+        client.execute_packed("pass", [], [], {"pull": []}, shown.append)
+    finally:
+        client.close()
+        broker.close()
+    said = [m.header["text"] for m in shown if m.kind == P.Kind.NOTICE]
+    lost_said = [t for t in said if t.endswith(lost)]
+    assert len(lost_said) == 1 and "you stopped waiting for" in lost_said[0], said
+    assert not [t for t in said if "total" in t], said
+
+
 def test_a_cell_whose_worker_stopped_before_saying_it_started_is_never_sent_to_another():
     """At most once: the worker process that got the cell may have started it before it
     stopped (a cell killing its own worker did, 3 of 50: it ran twice).  The client sends
