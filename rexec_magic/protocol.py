@@ -1199,6 +1199,9 @@ class Notice(Event):
 
     text: str = ""
     about: str = ""
+    # ``lost`` only, where the executor died by itself while idle: its exit status as
+    # ``subprocess`` gives it (7, -9), as ``Done.returncode``.
+    returncode: int | None = None
 
 
 # How long the client waits for its listener to show more of the late output that comes

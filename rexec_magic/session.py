@@ -534,9 +534,20 @@ class RemoteSession:
         if ticket is None:
             return None
         renderer = EventRenderer()
+        died: list[int] = []  # the exit status of an executor that died before the wait
+
+        def on_event(msg: P.Message) -> None:
+            # (A thread that ended the executor before the wait began: it is told as a death
+            # while no call ran, with the status, which the script's end takes too.)
+            if msg.kind == P.Kind.NOTICE and msg.header.get("about") == "lost":
+                code = msg.header.get("returncode")
+                if isinstance(code, int):
+                    died.append(code)
+            renderer(msg)
+
         try:
             with self.exclusive("call", QUIET, ticket):
-                client.execute(JOIN_THREADS, {}, [], renderer, contract.DEFAULT_PULL_LIMIT_BYTES)
+                client.execute(JOIN_THREADS, {}, [], on_event, contract.DEFAULT_PULL_LIMIT_BYTES)
         except KeyboardInterrupt:  # (RemoteInterrupted too: the join was interrupted)
             pass
         except (errors.ExecutorDied, errors.WorkerLost) as exc:  # (a thread's os._exit)
@@ -550,9 +561,11 @@ class RemoteSession:
             )
             code = getattr(exc, "returncode", None)
             if code is not None:
-                return code if code >= 0 else 128 - code
+                died.append(code)
         except errors.RexecError as exc:  # (a worker gone meanwhile: nothing to wait for)
             log.info("waiting for the remote threads at exit: %s", exc)
+        if died:
+            return died[-1] if died[-1] >= 0 else 128 - died[-1]
         return None
 
     def close(self) -> None:

@@ -1058,35 +1058,48 @@ def test_a_script_ends_after_the_threads_its_remote_code_started_as_plain_python
 
 
 @pytest.mark.parametrize(
-    ("death", "how", "status"),
-    [("os._exit(7)", "exit code 7", 7), ("os.kill(os.getpid(), 9)", "killed by SIGKILL", 137)],
-    ids=["exit code", "signal"],
+    ("death", "how", "status", "after"),
+    [
+        ("os._exit(7)", "exit code 7", 7, 1.5),
+        ("os.kill(os.getpid(), 9)", "killed by SIGKILL", 137, 1.5),
+        ("os._exit(5)", "exit code 5", 5, 0.1),
+    ],
+    ids=["exit code", "signal", "before the wait"],
 )
 def test_a_script_is_told_when_its_executor_dies_while_it_waits_for_its_remote_threads(
-    stack, death, how, status
+    stack, death, how, status, after
 ):
     """The thread a script's remote code started ends the executor (``os._exit(7)``, a
-    signal) while the script waits for it at its end: one sentence says so, with the exit
-    code (it ended in silence, tester AK 4 of 4; a segfault 2 of 2), and the script ends
-    with the status a local thread's death would have given it (7; 128 + 9 for SIGKILL,
-    as a shell reports it), not 0."""
+    signal) while the script waits for it at its end, or before (the script's main still
+    sleeping): one sentence says so, with the exit code (it ended in silence, tester AK 4
+    of 4; a segfault 2 of 2), and the script ends with the status a local thread's death
+    would have given it (7; 128 + 9 for SIGKILL, as a shell reports it), not 0 (tester
+    AQ: 0 in 6 of 19 for a death before the wait)."""
     script = (
+        "import time\n"
         "from rexec_magic import remote_func\n"
         "@remote_func\ndef begin():\n"
         "    import os, threading, time\n"
         "    def work():\n"
-        "        time.sleep(1.5)\n"
+        f"        time.sleep({after})\n"
         f"        {death}\n"
         "    threading.Thread(target=work).start()\n"
         "    return 'started'\n"
         "print(begin())\n"
+        f"time.sleep({1.0 if after < 1 else 0})\n"
     )
     out = run_script(stack, script, status)
     assert script_lines(out) == ["started"], out.stdout
-    assert out.stderr.startswith(f"rexec: the remote executor died ({how}"), out.stderr
-    assert out.stderr.endswith(
-        ") while the script waited at its end for the threads its remote code started.\n"
-    ), out.stderr
+    if after < 1:  # (told as a death while no call ran, by the wait's request)
+        assert out.stderr.startswith("rexec: This session's remote executor died while no "), (
+            out.stderr
+        )
+        assert f"({how})" in out.stderr, out.stderr
+    else:
+        assert out.stderr.startswith(f"rexec: the remote executor died ({how}"), out.stderr
+        assert out.stderr.endswith(
+            ") while the script waited at its end for the threads its remote code started.\n"
+        ), out.stderr
     assert out.stderr.count("\n") == 1, out.stderr
 
 

@@ -258,6 +258,11 @@ class ExecutorProcess:
         # Who hears it: the client sessions its predecessor served but had not told (a
         # shared namespace's other notebooks each once); None: the next request, whoever's.
         self.lost_note_for: set[str] | None = None
+        # Its predecessor's exit status where it died by itself while idle (a thread's
+        # ``os._exit(7)``: 7), told with the note: a script's end takes it as its own.
+        self.lost_returncode: int | None = None
+        # Its own, once it died by itself while idle (``Supervisor._on_exit``).
+        self.idle_death_code: int | None = None
         self.clients: set[str] = set()  # client sessions whose requests it was handed
         self.told: set[str] = set()  # of those, the ones told already that it ended
         self.last_seen = time.monotonic()  # a client of it was last heard from
@@ -528,6 +533,7 @@ class ExecutorProcess:
         untold = (dead.clients - dead.told) | (dead.lost_note_for or set())
         if untold:  # (a notebook told already, e.g. by its request's DONE, is not told again)
             self.lost_note, self.lost_note_for = note, untold
+            self.lost_returncode = dead.idle_death_code
 
     # ------------------------------------------------------------------ ending
     def interrupt(self, request_id: str) -> None:

@@ -1095,11 +1095,14 @@ class Supervisor:
         if ex.lost_note is not None and (
             ex.lost_note_for is None or req.client in ex.lost_note_for
         ):
-            self._to_client(req, Kind.NOTICE, {"text": ex.lost_note, "about": "lost"})
+            notice = {"text": ex.lost_note, "about": "lost"}
+            if ex.lost_returncode is not None:
+                notice["returncode"] = ex.lost_returncode
+            self._to_client(req, Kind.NOTICE, notice)
             if ex.lost_note_for:
                 ex.lost_note_for.discard(req.client)
             if not ex.lost_note_for:
-                ex.lost_note, ex.lost_note_for = None, None
+                ex.lost_note, ex.lost_note_for, ex.lost_returncode = None, None, None
 
     # ------------------------------------------------------------------ executor events
     def _receive_executor(self, ex: ExecutorProcess, to_the_end: bool = False) -> None:
@@ -1498,6 +1501,7 @@ class Supervisor:
             self._ended[ex.key] = (time.time(), _how_it_ended(ex, sentence))
             note = self._lost_note(ex, req, sentence, died_idle)
             if note is not None:  # for the next request of each notebook it served
+                ex.idle_death_code = code if died_idle else None
                 self._lost_while_idle[ex.key] = (ex, note)
         if req is not None:
             ex.current = None
