@@ -1445,6 +1445,27 @@ def test_a_request_whose_held_values_never_come_does_not_run_and_says_so(port, p
     assert done(resend).header["status"] == DoneStatus.RESEND  # it is sent again instead
 
 
+def test_values_past_a_memory_limit_the_cell_set_fail_at_once_and_keep_the_namespace(port):
+    """The notebook's code limited its executor's memory (``RLIMIT_AS``); the next cell's
+    values do not fit under it.  The cell fails at once, saying so, and the namespace
+    stays; the fetch used to wait out its whole allowance (44 s for 320 MB) and blame the
+    broker: "did not reach the worker (the broker did not send the values in time) ... run
+    it again", which could never work (tester AR, 2 of 2)."""
+    port.run(
+        "import resource\nkept = 1\nwith open('/proc/self/status') as f:\n"
+        "    vm = [int(l.split()[1]) for l in f if l.startswith('VmSize')][0] * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + (64 << 20), resource.RLIM_INFINITY))"
+    )
+    events = port.run("ran = True", push={"big": np.ones(25 << 20)}, held=True)
+    errors_ = [e.header for e in events if e.kind == Kind.ERROR]
+    assert [e["ename"] for e in errors_] == ["MemoryError"], errors_
+    assert "do not fit in the remote executor (they take 200.0 MB" in errors_[0]["evalue"]
+    assert "RLIMIT_AS" in errors_[0]["evalue"] and "run it again" not in errors_[0]["evalue"]
+    assert port.fetches == 0  # never asked for (it waited 5 s + the bytes' time for them)
+    events = port.run("print('ran' in globals(), kept)")
+    assert stdout(events) == "False 1\n"
+
+
 def test_an_interrupt_while_a_fetch_waits_ends_the_wait_and_keeps_the_namespace(port):
     """Ctrl-C while the executor waits for held values (a broker that does not answer): the
     wait ends at once, long before the interrupt's grace period would cost the namespace,

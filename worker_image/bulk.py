@@ -15,6 +15,7 @@ executor's main thread uploads and fetches (one DEALER, never shared).
 from __future__ import annotations
 
 import logging
+import resource
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from typing import Any
 import zmq
 
 from rexec_magic import protocol
+from rexec_magic.contract import human_bytes
 from rexec_magic.protocol import Kind
 
 # Why a fetch gave up when an interrupt came while it waited (the cell then ends as
@@ -36,6 +38,45 @@ log = logging.getLogger(__name__)
 # How long the executor waits for the broker's answer beyond what the bytes need at the
 # slowest crossing allowed (``protocol.transfer_allowance_s``).
 ANSWER_WAIT_S = 5.0
+
+
+class NoRoom(str):
+    """Why values cannot come at all: they do not fit under the executor's own memory
+    limit (``room_for``); sending them again cannot help."""
+
+
+# The limits a process can set on itself, and the /proc/self/status field each one counts.
+_LIMITS = (
+    (resource.RLIMIT_AS, "VmSize", "RLIMIT_AS"),
+    (resource.RLIMIT_DATA, "VmData", "RLIMIT_DATA"),
+)
+
+
+def room_for(nbytes: int) -> NoRoom | None:
+    """Why ``nbytes`` more cannot be allocated here, under a limit the notebook's code set
+    (``resource.setrlimit``), or None.  libzmq cannot allocate the message past the limit:
+    the connection drops it, and the fetch waited out its whole allowance (44 s for
+    320 MB) to blame the broker, for a cell that could never run (tester AR)."""
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return None
+    for limit, field, name in _LIMITS:
+        soft, _hard = resource.getrlimit(limit)
+        used_kb = fields.get(field, "").split()
+        if soft == resource.RLIM_INFINITY or not used_kb:
+            continue
+        left = soft - int(used_kb[0]) * 1024
+        if nbytes > left:
+            return NoRoom(
+                f"they take {human_bytes(nbytes)}, and {human_bytes(max(0, left))} is left "
+                f"under the memory limit the executor was given ({name}, {human_bytes(soft)}, "
+                "set by code it ran)"
+            )
+    return None
+
+
 NO_ANSWER, INTERRUPTED = "no answer", "interrupted"  # how a wait for the broker ended
 
 
@@ -117,6 +158,9 @@ class BulkUploader:
         ``set_id``: ``protocol.fetch_ref``), or why not, as the end of a sentence: not
         configured, refused (not held: the broker restarted), no answer in time, or the
         request was interrupted meanwhile.  Received zero-copy (``zmq.Frame``)."""
+        no_room = room_for(nbytes)
+        if no_room is not None:
+            return no_room
         with self._lock:
             where = self._fetch_from
         if where is None:

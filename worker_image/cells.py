@@ -34,7 +34,7 @@ from rexec_magic.protocol import (
     executor_of,
 )
 from rexec_magic.sync import ipython_name
-from worker_image.bulk import FETCH_INTERRUPTED
+from worker_image.bulk import FETCH_INTERRUPTED, NoRoom
 from worker_image.calls import Step, invoke, send_exception
 from worker_image.outbox import CODE_OVER, MADE_BY, VALUES_IN, EventChannel, Target
 from worker_image.shell import cut_frames
@@ -403,6 +403,12 @@ class CellRunner:
                     extra["message"] = (
                         f"The {what} was interrupted while its values were being loaded on "
                         "the worker; it did not run."
+                    )
+                elif isinstance(unfetched, NoRoom):
+                    self._send_error(
+                        "MemoryError",
+                        f"The values sent with this {what} do not fit in the remote executor "
+                        f"({unfetched}), so it did not run.",
                     )
                 elif unfetched:
                     self._send_error(
