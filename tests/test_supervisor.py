@@ -2168,7 +2168,8 @@ def test_a_shared_namespace_lives_while_a_kernel_that_attached_to_it_lives(port)
         time.sleep(0.25)
     assert stdout(port.run("print(shared_value)", **attached)) == "7\n"
     assert "no sign of its kernel" not in port.log_text()
-    wait_for(lambda: "no sign of its kernel" in port.log_text(), "the silent kernel's namespace")
+    said = "the silent kernel's namespace"
+    port.wait_for(lambda: "no sign of its kernel" in port.log_text(), said)
     events = port.run("print('shared_value' in globals())", **attached)
     assert [e.header["about"] for e in events if e.kind == Kind.NOTICE] == ["lost"]
     assert stdout(events) == "False\n"

@@ -7,13 +7,14 @@ it requests as if they came from a client.  Every wait has a bound.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,21 @@ class BrokerPort:
         """Next message from the worker: (route, message)."""
         if self.stash:
             return self.stash.pop(0)
+        return self._recv_socket(timeout)
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+        """Wait until ``condition()`` holds, reading on meanwhile as the broker does (each
+        heartbeat answered; other messages kept for ``recv``): a supervisor that hears
+        nothing from its broker takes no kernel's silence for its end."""
+        end = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < end, f"timed out waiting for {what}"
+            with contextlib.suppress(TimeoutError):
+                route, msg = self._recv_socket(0.2)
+                if msg.kind != Kind.HEARTBEAT:
+                    self.stash.append((route, msg))
+
+    def _recv_socket(self, timeout: float) -> tuple[bytes, Message]:
         end = time.monotonic() + timeout
         while True:
             left = end - time.monotonic()
