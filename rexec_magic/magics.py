@@ -857,7 +857,16 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
             rows.append(("folder", winfo["cwd"]))
     if "rtt_ms" in report:
         rows.append(("round trip", f"{report['rtt_ms']:.2f} ms"))
-    for row in [] if silent else inspect.get("executors") or (worker or {}).get("executors") or []:
+    # The worker's own answer, even an empty list (its executors as they are now); only
+    # without one the broker's copy from the last heartbeat, up to a second old: an `or`
+    # took an empty answer for none, and listed an executor that had just died (tester AR).
+    if silent:
+        listed = []
+    elif "executors" in inspect:
+        listed = inspect["executors"] or []
+    else:
+        listed = (worker or {}).get("executors") or []
+    for row in listed:
         memory = row.get("memory")
         details = [str(row.get("state", "?"))]
         if memory:

@@ -2371,6 +2371,9 @@ def test_an_executor_that_exit_ended_is_gone_though_its_threads_or_atexit_hold_o
     events = port.run(code)
     pid = int(stdout(events))
     assert done(events).header["exit"] is True
+    port.send(Kind.INSPECT, {"id": "after-exit"})  # (while it still runs, held on)
+    rows = port.recv_kind(Kind.INSPECT_REPLY).header["executors"]
+    assert [row["state"] for row in rows if row.get("pid") == pid] in ([], ["ending (exit())"])
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "the executor to end", EXIT_WAIT_S + 5)
     size = ticks.stat().st_size
     time.sleep(0.3)

@@ -294,7 +294,9 @@ class ExecutorProcess:
         return self.current is not None or bool(self.queue)
 
     def state(self) -> str:
-        """starting, idle, busy, not responding (stopped), interrupting."""
+        """starting, idle, busy, not responding (stopped), interrupting, ending."""
+        if self.exit_requested:  # (exit() ran: it ends by itself; not "idle", tester AR)
+            return "ending (exit())"
         if proc_stopped(self.pid):
             return "not responding (stopped)"
         if not self.ready:

@@ -862,6 +862,10 @@ class Supervisor:
     def _on_inspect(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
         fields = msg.read(protocol.Inspect)
         request_id = fields.id
+        for dead in [ex for ex in self.executors.values() if ex.exited() is not None]:
+            # Dead, its pidfd not read yet (``%rexec_status`` right after an os._exit): no
+            # row of the list, nor the asking notebook's (it showed as idle, tester AR).
+            self._on_exit(dead)
         key = placement(fields)
         ex = self.executors.get(key)
         if ex is None or not ex.ready or proc_stopped(ex.pid):
