@@ -297,7 +297,8 @@ class RemoteFuture(Future):
     def _waits_for(self) -> str:
         assert self._session is not None
         held, since = self._session.turns.holder
-        _, text = holder_words(held, time.monotonic() - since)
+        silent = self._session.broker_silent_s()
+        _, text = holder_words(held, time.monotonic() - since, broker_silent_s=silent)
         return f"rexec: this call is queued, waiting for {text}"
 
 

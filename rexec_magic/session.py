@@ -207,7 +207,7 @@ class RemoteSession:
                 return
             holding = self._holding_cancel
             stopping = bool(held) and holding is not None and holding.is_set()
-            waited_for[0], text = holder_words(held, held_for, stopping)
+            waited_for[0], text = holder_words(held, held_for, stopping, self.broker_silent_s())
             more = f"; {ahead - 1} more before this one" if ahead > 1 else ""
             line = f"rexec: waiting for {text}{more}"
             if shown:
@@ -510,6 +510,14 @@ class RemoteSession:
         finally:
             if client is not None:
                 client.close()
+
+    def broker_silent_s(self) -> float:
+        """How long the broker has sent nothing on this session's connection while a request
+        waits on it (0 with none, or none open)."""
+        client = self._client
+        if client is None or not client.last_heard or self._owner is None:
+            return 0.0
+        return time.monotonic() - client.last_heard
 
     def join_remote_threads(self) -> int | None:
         """A script's end: wait for the non-daemon threads its remote code started on its
@@ -1184,9 +1192,17 @@ GENERATOR = "generator"
 JOIN_THREADS = "__import__('worker_image.executor').executor.join_user_threads()"
 
 
-def holder_words(held: str, held_for: float, stopping: bool = False) -> tuple[str, str]:
+def holder_words(
+    held: str, held_for: float, stopping: bool = False, broker_silent_s: float = 0.0
+) -> tuple[str, str]:
     """What a request waits for, in words: short (for "waited 5 s for ...") and with how
-    long (``held``: what holds the connection, see ``Turns.holder``; "" for none yet)."""
+    long (``held``: what holds the connection, see ``Turns.holder``; "" for none yet).
+    ``broker_silent_s``: how long the broker has said nothing on the connection; past
+    ``BROKER_SILENT_AFTER_S`` the words say so, since the request ahead may well have
+    ended, its answer held up there ("running 26 s" for a 3 s call, tester AQ)."""
+    if broker_silent_s > P.BROKER_SILENT_AFTER_S:
+        short, text = holder_words(held, held_for, stopping)
+        return short, f"{text}; the rexec broker has not answered for {broker_silent_s:.0f} s"
     if not held:
         text = f"{whose()} earlier request to start"
         return text, text

@@ -55,3 +55,19 @@ def test_the_grace_notice_names_the_executor_that_would_be_restarted(
     monkeypatch.setattr(client, "frontend", lambda: frontend)
     text = RexecClient._grace_notice("r", P.Kind.EXECUTE, namespace).header["text"]
     assert f"grace period, {whose} is restarted and its namespace is lost" in text
+
+
+def test_a_turn_wait_behind_a_silent_broker_says_the_broker_is_silent():
+    """A call queued behind the notebook's previous one while the broker is stopped: the
+    previous call may have ended long ago, its answer held up in the broker, so the note
+    says the broker is silent too ("running 26 s" alone, for a 3 s call, tester AQ)."""
+    from rexec_magic.session import holder_words
+
+    quiet = holder_words("call", 26.2, broker_silent_s=23.4)[1]
+    assert quiet == (
+        "this session's previous call (running 26 s); the rexec broker has not answered for 23 s"
+    )
+    assert (
+        holder_words("call", 3.0, broker_silent_s=1.0)[1]
+        == "this session's previous call (running 3 s)"
+    )
