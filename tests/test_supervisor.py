@@ -762,6 +762,28 @@ def test_an_interrupted_cell_whose_value_never_packs_is_restarted_within_a_bound
     assert stdout(events) == "False\n"
 
 
+def test_an_interrupt_while_a_finished_cells_value_packs_slowly_keeps_the_namespace(port):
+    """The cell's code ended by itself; what it bound takes 7 s to pickle, and the
+    interrupt lands during that.  No code is left to stop: the packing gets its own bound
+    (``PACK_GRACE_S``), said live, and the namespace stays.  It was taken for code deaf to
+    the interrupt, and the executor killed at 5 s: "did not stop", the namespace lost
+    (tester AS, 3 of 3)."""
+    port.run("kept = 1")
+    code = (
+        "import time\nclass Slow:\n    def __getstate__(self):\n"
+        "        print('packing', flush=True)\n        time.sleep(7)\n        return {}\n"
+        "obj = Slow()"
+    )
+    request_id = port.execute(code, pull=["obj"])
+    port.recv_kind(Kind.STREAM)  # (its value is being packed)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S + PACK_GRACE_S)
+    assert done(events).header["status"] != DoneStatus.RESTARTING, done(events).header
+    packing = [e.header["text"] for e in events if e.kind == Kind.NOTICE]
+    assert packing and all("is being packed to go back" in t for t in packing), packing
+    assert stdout(port.run("print(kept)")) == "1\n"
+
+
 def test_what_waits_behind_a_request_whose_done_is_read_out_of_its_killed_executor_runs(port):
     """A request whose client stopped acknowledging (credit) can have ended, its DONE still
     unread in the link, when its interrupt's grace period runs out and the executor is

@@ -265,6 +265,9 @@ class CellRunner:
         self._unraisable_before = sys.unraisablehook
         sys.unraisablehook = self.on_unraisable
         self.interrupt_handled = False  # the last cell went on past an interrupt (Done)
+        # The request whose user code is over while what it bound is packed (``PACKING``):
+        # set by the main thread, read by the inspect thread.
+        self.packing_for: str | None = None
         # The request's interrupt came before its code started (its executor was stopped,
         # or busy, until then): its DONE says it did not run, rather than "interrupted".
         self.unstarted = False
@@ -488,6 +491,7 @@ class CellRunner:
             running = len(user_threads())
             if running:
                 header["threads"] = running
+        self.packing_for = None
         self.outbox.current = None
         self.outbox.last = target
         self.outbox.deferred_interrupt = False  # an interrupt that came too late for the cell
@@ -644,15 +648,17 @@ class CellRunner:
             # a KeyboardInterrupt half-way would leave them saying the notebook has values it
             # was never sent.
             self._stop_interrupts()
+            self.packing_for = cell.id  # (before the look at the pipe: see ``PACKING``)
             self._say_if_streams_gone(cell)
             error = self.user_error = result.error_before_exec or result.error_in_exec
             # An interrupt whose id waits in the pipe came while the code ran; the code
             # went on (it caught it, or system() ignored it while its child stopped).
             interrupted = self.interrupted(cell.id)
             self.interrupt_handled = error is None and interrupted
+            if interrupted:  # what it bound is packed next: no grace kill from here
+                self.outbox.internal(CODE_OVER, {"id": cell.id})
             if isinstance(error, KeyboardInterrupt) and interrupted:
                 status = DoneStatus.INTERRUPTED
-                self.outbox.internal(CODE_OVER, {"id": cell.id})  # no grace kill from here
             elif error is not None:
                 # (a KeyboardInterrupt nobody sent is the cell's own: `raise KeyboardInterrupt`,
                 # its own os.kill; shown with its traceback, as a local cell shows it)
@@ -737,7 +743,10 @@ class CellRunner:
             # stands, as a local call's (``Done.interrupt_handled``).  One that comes later
             # came as the call ended, and the client raises it.
             self._stop_interrupts()
+            self.packing_for = cell.id  # (before the look at the pipe: see ``PACKING``)
             self.interrupt_handled = self.interrupted(cell.id)
+            if self.interrupt_handled:  # its value is packed next: no grace kill from here
+                self.outbox.internal(CODE_OVER, {"id": cell.id})
 
         try:
             self._interruptible = True

@@ -86,7 +86,7 @@ from worker_image.link import (
     Registration,
     encode_header,
 )
-from worker_image.outbox import BULK_CHANNEL, CODE_OVER, READY, VALUES_IN, Target
+from worker_image.outbox import BULK_CHANNEL, CODE_OVER, PACKING, READY, VALUES_IN, Target
 from worker_image.recent import Recent
 
 log = logging.getLogger("worker_image.supervisor")
@@ -753,6 +753,9 @@ class Supervisor:
         log.info("interrupting executor %d (%s)", ex.number, reason)
         if ex.current is not None:
             ex.interrupt(ex.current.target.id)
+            with contextlib.suppress(zmq.Again):  # (is its code over already? ``PACKING``)
+                packing = protocol.encode(PACKING, {"id": ex.current.target.id})
+                zmqio.send_multipart(ex.inspects, packing, flags=zmqio.NOBLOCK)
             if ex.grace_deadline is None:
                 ex.stop_told = False
                 self._tell_stopped_for_interrupt(ex, time.monotonic())
@@ -1223,7 +1226,7 @@ class Supervisor:
         never ends (a ``__getstate__`` that loops) wedged the notebook: its next cells
         waited behind it for good (tester AR, 3 of 3)."""
         cur = ex.current
-        if cur is not None and _header_id(raw.header) == cur.target.id:
+        if cur is not None and _header_id(raw.header) == cur.target.id and not ex.packing_since:
             now = time.monotonic()
             ex.packing_since = now
             ex.grace_deadline = now + PACK_GRACE_S
