@@ -999,7 +999,7 @@ class RexecClient:
                     url = self.info.broker_url
                     if broker_there and not unrun:
                         # Its output, should it go on, is held for the next request.
-                        self._abandon(req_id, kind, header)
+                        self._abandon(req_id, kind, header, by_user=False)
                         raise errors.BrokerUnreachable(
                             f"The rexec broker at {url} takes connections but has not "
                             f"answered for {silent:.0f} s while the {what} ran; what the "
@@ -1011,7 +1011,7 @@ class RexecClient:
                         # It takes connections but says nothing (stopped, or stalled): the
                         # request may wait in its queue and run once it goes on.  Its output,
                         # should it come, is held for the next request (``_abandon``).
-                        self._abandon(req_id, kind, header)
+                        self._abandon(req_id, kind, header, by_user=False)
                         raise errors.BrokerUnreachable(
                             f"The rexec broker at {url} takes connections but has not "
                             f"answered for {silent:.0f} s; the {what} has not started, and "
@@ -1365,13 +1365,22 @@ class RexecClient:
         is done."""
         return list(self._missed)
 
-    def _abandon(self, req_id: str, kind: str, header: dict[str, Any]) -> errors.RemoteInterrupted:
-        """The user stopped waiting for ``req_id`` (a second Ctrl-C).  Its output no longer
+    def _abandon(
+        self, req_id: str, kind: str, header: dict[str, Any], by_user: bool = True
+    ) -> errors.RemoteInterrupted:
+        """The user stopped waiting for ``req_id`` (a second Ctrl-C), or, without ``by_user``,
+        this client did (a silent broker, past its wait).  Its output no longer
         waits for this client's acknowledgements (an ``ack`` past any count), so the worker
         reads on and the cell can end rather than stall on flow control and be killed as
         deaf to the interrupt; what it sends is held and shown by the next request."""
         what = "call" if kind == P.Kind.CALL else "cell"
-        self._abandoned[req_id] = what
+        # (How the notes on its end name it: the user did not stop waiting for a request
+        # given up on while the broker was silent, tester AS.)
+        self._abandoned[req_id] = (
+            f"{what} you stopped waiting for"
+            if by_user
+            else f"{what} given up on while the rexec broker was silent"
+        )
         # What it may still change is named in the next requests (``missed``) from now, not
         # only once its DONE comes (``_hold``): the next cell may go before that, and wait
         # behind it on the worker, which then took this notebook's older copies as current.
@@ -1413,12 +1422,12 @@ class RexecClient:
             except P.ProtocolError:
                 return
             if notice.about == "lost":
-                what = self._abandoned.get(request_id, "cell")
-                text = f"While the remote {what} you stopped waiting for went on: {notice.text}"
+                label = self._abandoned.get(request_id, "cell you stopped waiting for")
+                text = f"While the remote {label} went on: {notice.text}"
                 self._news.append(P.Message(P.Kind.NOTICE, {"text": text, "about": "lost"}))
                 self._lost_under.add(request_id)
         elif msg.kind == P.Kind.DONE:
-            what = self._abandoned.pop(request_id, "cell")
+            label = self._abandoned.pop(request_id, "cell you stopped waiting for")
             if request_id in self._lost_under:
                 self._lost_under.discard(request_id)
                 return  # (what it assigned went with the namespace, said above)
@@ -1427,7 +1436,7 @@ class RexecClient:
             except P.ProtocolError:
                 return
             if done.status in (P.DoneStatus.RESTARTING, P.DoneStatus.LOST):
-                text = f"The remote {what} you stopped waiting for ended later: {done.message}"
+                text = f"The remote {label} ended later: {done.message}"
                 self._news.append(P.Message(P.Kind.NOTICE, {"text": text, "about": "lost"}))
                 return
             # What it bound came with its DONE, which nobody reads: without a word the
@@ -1442,7 +1451,7 @@ class RexecClient:
                 more = len(names) - ABANDONED_NAMES_SAID
                 listed += f" and {more} more" if more > 0 else ""
                 text = (
-                    f"The remote {what} you stopped waiting for ended later; what it assigned "
+                    f"The remote {label} ended later; what it assigned "
                     "or deleted is so on the worker only (a copy here, if any, is older) until "
                     f"a remote cell or call uses it: {listed}"
                 )
