@@ -1488,6 +1488,29 @@ def test_values_past_a_memory_limit_the_cell_set_fail_at_once_and_keep_the_names
     assert stdout(events) == "False 1\n"
 
 
+def test_a_value_past_a_memory_limit_on_the_link_fails_alone_and_keeps_the_namespace(port):
+    """As above, for values that come on the executor's link (not held by the broker): the
+    frame whose memory cannot be had is read and dropped, and that value fails to load,
+    saying why; the others and the namespace stay.  The link ended, and with it the
+    executor and its namespace, said as "exit code 0" (tester AS)."""
+    port.run(
+        "import resource\nkept = 1\nwith open('/proc/self/status') as f:\n"
+        "    vm = [int(l.split()[1]) for l in f if l.startswith('VmSize')][0] * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + (16 << 20), resource.RLIM_INFINITY))"
+    )
+    events = port.run(
+        "print('big' in globals(), small)", push={"big": np.ones(5 << 20), "small": 5}
+    )
+    d = done(events)
+    assert d.header["status"] == DoneStatus.ERROR, d.header
+    [error] = [e.header for e in events if e.kind == Kind.ERROR]
+    said = "variable 'big' could not be loaded on the worker (out of memory: they take 40.0 MB"
+    assert said in error["evalue"], error
+    assert "RLIMIT_AS" in error["evalue"], error
+    events = port.run("print('ran' in globals(), kept)")
+    assert stdout(events) == "False 1\n"
+
+
 def test_an_interrupt_while_a_fetch_waits_ends_the_wait_and_keeps_the_namespace(port):
     """Ctrl-C while the executor waits for held values (a broker that does not answer): the
     wait ends at once, long before the interrupt's grace period would cost the namespace,

@@ -25,6 +25,7 @@ no copy of its own).
 
 from __future__ import annotations
 
+import errno
 import mmap
 import socket
 import struct
@@ -135,6 +136,25 @@ def _fresh(length: int) -> memoryview:
     return memoryview(mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE))
 
 
+class Unreceived:
+    """Stands for a frame whose memory could not be had (``MemoryError``, ``ENOMEM``: a
+    memory limit the executor's own code set, ``resource.setrlimit``); its bytes were read
+    and dropped, so the link reads on and the request still comes, with this in that
+    frame's place: the value it carried fails to load, saying why (``nbytes``: its size).
+    It used to end the link, and with it the executor and its namespace, as "exit code 0"
+    (tester AS)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+
+# A frame longer than this cannot be meant (a corrupt length): the link is unreadable.
+MAX_FRAME_BYTES = 1 << 48
+
+
 class Reader:
     """Whole messages out of a stream socket (blocking or not).
 
@@ -157,6 +177,8 @@ class Reader:
         self._frames: list[Any] = []
         self._big: memoryview | None = None  # a large frame being read, and how much is in
         self._big_filled = 0
+        self._dropping: int | None = None  # the length of a frame being dropped (Unreceived)
+        self._drop_left = 0
         self._done: deque[list[Any]] = deque()
 
     def ready(self) -> bool:
@@ -234,15 +256,30 @@ class Reader:
                 self._frames = []
             while len(self._frames) < len(self._lengths):
                 length = self._lengths[len(self._frames)]
-                if self._big is not None:
+                if self._dropping is not None:
+                    drop = min(self._available(), self._drop_left)
+                    self._pos += drop
+                    self._drop_left -= drop
+                    if self._drop_left:
+                        return
+                    self._frames.append(Unreceived(self._dropping))
+                    self._dropping = None
+                elif self._big is not None:
                     if self._big_filled < length:
                         return
                     self._frames.append(self._big)
                     self._big = None
                 elif length >= BIG_FRAME:
                     try:
+                        if length > MAX_FRAME_BYTES:
+                            raise OverflowError("no such length")
                         big = _fresh(length)
-                    except (OSError, OverflowError, MemoryError) as exc:  # e.g. 2**62 bytes
+                    except (MemoryError, OSError) as exc:
+                        if not isinstance(exc, MemoryError) and exc.errno != errno.ENOMEM:
+                            raise FramingError(f"a frame of {length:,} bytes ({exc})") from None
+                        self._dropping, self._drop_left = length, length  # (read on, drop it)
+                        continue
+                    except OverflowError as exc:  # e.g. 2**62 bytes
                         raise FramingError(f"a frame of {length:,} bytes ({exc})") from None
                     have = min(self._available(), length)
                     big[:have] = memoryview(self._buf)[self._pos : self._pos + have]

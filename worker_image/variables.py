@@ -22,6 +22,8 @@ from typing import Any
 from rexec_magic import protocol, serialize
 from rexec_magic.contract import human_bytes
 from rexec_magic.sync import RESULT
+from worker_image.bulk import room_for
+from worker_image.framing import Unreceived
 from worker_image.recent import Recent
 
 # The hash recorded for a name whose last exchange the client never read (``Watch.missed``).
@@ -87,6 +89,14 @@ class Report:
         return {"changed": self.changed, "deleted": self.deleted, "result_name": self.result}
 
 
+def unreceived_reason(nbytes: int) -> str:
+    """Why a value whose frames could not be received (``framing.Unreceived``) is missing."""
+    limit = room_for(nbytes)
+    if limit is not None:
+        return f"out of memory: {limit}"
+    return f"out of memory: {human_bytes(nbytes)} could not be had for it (MemoryError)"
+
+
 def load_pushed(
     namespace: dict[str, Any], entries: list[dict[str, Any]], frames: list[Any], call: bool = False
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
@@ -112,6 +122,11 @@ def load_pushed(
         while chunks:
             loaded_now = False
             for name, chunk in list(chunks.items()):
+                dropped = sum(f.nbytes for f in chunk if isinstance(f, Unreceived))
+                if dropped:  # (its memory could not be had: trying again cannot help)
+                    del chunks[name]
+                    failed[name] = unreceived_reason(dropped)
+                    continue
                 try:
                     value = serialize.loads(chunk)
                 except serialize.SerializationError as exc:
