@@ -753,7 +753,10 @@ def test_an_interrupted_cell_whose_value_never_packs_is_restarted_within_a_bound
     events = port.events(stuck, timeout=INTERRUPT_ANSWER_S + PACK_GRACE_S)
     d = done(events)
     assert d.header["status"] == DoneStatus.RESTARTING, d.header
-    assert "what it bound was still being packed to go back" in d.header["message"]
+    assert (
+        "what it bound was still being packed to go back 10 s after the interrupt"
+        in d.header["message"]
+    )
     assert "namespace was lost" in d.header["message"]
     packing = [e.header["text"] for e in events if e.kind == Kind.NOTICE]
     assert packing and all("is being packed to go back" in t for t in packing), packing

@@ -1523,8 +1523,8 @@ class Supervisor:
                 self._to_client(req, Kind.DONE, header)
             elif restarted and ex.packing_since is not None:
                 message = (
-                    f"The interrupt stopped the {req.what}'s code, but what it bound was still "
-                    f"being packed to go back {PACK_GRACE_S:g} s later (a value whose pickling "
+                    f"The {req.what}'s code had ended, but what it bound was still being packed "
+                    f"to go back {PACK_GRACE_S:g} s after the interrupt (a value whose pickling "
                     f"does not end?), so {_whose(ex)} was restarted; its namespace was lost."
                 )
                 header = done_header(DoneStatus.RESTARTING, message=message)
@@ -1814,8 +1814,8 @@ class Supervisor:
             # (Before the client's own note of the grace period would threaten a restart
             # for a cell that did stop; kept current, which also tells it the worker lives.)
             text = (
-                f"the interrupt stopped the {cur.what}'s code; what it bound is being packed to "
-                f"go back to the notebook ({now - ex.packing_since:.0f} s; if that takes more "
+                f"the {cur.what}'s code has ended; what it bound is being packed to go back "
+                f"to the notebook ({now - ex.packing_since:.0f} s; if that takes more "
                 f"than {PACK_GRACE_S:g} s, {_whose(ex)} is restarted and its namespace is lost)"
             )
             self._notice(cur, "packing", text, now, LIVE_NOTE_EVERY_S)
