@@ -37,6 +37,7 @@ from rexec_magic.sync import ipython_name
 from worker_image.bulk import FETCH_INTERRUPTED, NoRoom
 from worker_image.calls import Step, invoke, send_exception
 from worker_image.outbox import CODE_OVER, MADE_BY, VALUES_IN, EventChannel, Target
+from worker_image.phase import PhaseBoard
 from worker_image.shell import cut_frames
 from worker_image.variables import Report, Watch, load_pushed, not_arrived, numbered_as
 
@@ -265,9 +266,9 @@ class CellRunner:
         self._unraisable_before = sys.unraisablehook
         sys.unraisablehook = self.on_unraisable
         self.interrupt_handled = False  # the last cell went on past an interrupt (Done)
-        # The request whose user code is over while what it bound is packed (``PACKING``):
-        # set by the main thread, read by the inspect thread.
-        self.packing_for: str | None = None
+        # Where the supervisor sees that a request's code is over while what it bound is
+        # packed (``worker_image.phase``); None when run without a supervisor.
+        self.phase: PhaseBoard | None = None
         # The request's interrupt came before its code started (its executor was stopped,
         # or busy, until then): its DONE says it did not run, rather than "interrupted".
         self.unstarted = False
@@ -491,7 +492,8 @@ class CellRunner:
             running = len(user_threads())
             if running:
                 header["threads"] = running
-        self.packing_for = None
+        if self.phase is not None:
+            self.phase.clear()
         self.outbox.current = None
         self.outbox.last = target
         self.outbox.deferred_interrupt = False  # an interrupt that came too late for the cell
@@ -648,7 +650,8 @@ class CellRunner:
             # a KeyboardInterrupt half-way would leave them saying the notebook has values it
             # was never sent.
             self._stop_interrupts()
-            self.packing_for = cell.id  # (before the look at the pipe: see ``PACKING``)
+            if self.phase is not None:
+                self.phase.packing(cell.id)
             self._say_if_streams_gone(cell)
             error = self.user_error = result.error_before_exec or result.error_in_exec
             # An interrupt whose id waits in the pipe came while the code ran; the code
@@ -743,7 +746,8 @@ class CellRunner:
             # stands, as a local call's (``Done.interrupt_handled``).  One that comes later
             # came as the call ended, and the client raises it.
             self._stop_interrupts()
-            self.packing_for = cell.id  # (before the look at the pipe: see ``PACKING``)
+            if self.phase is not None:
+                self.phase.packing(cell.id)
             self.interrupt_handled = self.interrupted(cell.id)
             if self.interrupt_handled:  # its value is packed next: no grace kill from here
                 self.outbox.internal(CODE_OVER, {"id": cell.id})

@@ -52,8 +52,6 @@ from worker_image.cells import CellRunner, cell_for, done_header, user_threads
 from worker_image.introspect import Introspector
 from worker_image.outbox import (
     BULK_CHANNEL,
-    CODE_OVER,
-    PACKING,
     READY,
     STOP,
     EventChannel,
@@ -61,6 +59,7 @@ from worker_image.outbox import (
     no_sigint,
     private_std_fds,
 )
+from worker_image.phase import PhaseBoard
 from worker_image.shell import WorkerShell, make_shell, redirect_stdio
 from worker_image.variables import describe
 
@@ -140,6 +139,7 @@ class Executor:
         inspect_url: str,
         interrupt_fd: int | None = None,
         std_fds: tuple[int, int] = (1, 2),
+        phase_fd: int | None = None,
     ) -> None:
         self.started = time.monotonic()
         self.ctx = ctx
@@ -158,6 +158,9 @@ class Executor:
         # ``await`` cells run on, which runs between cells (``_run_async_until_request``).
         asyncio.set_event_loop(get_asyncio_loop())
         self.runner = CellRunner(self.shell, self.channel, interrupts, self._next_item)
+        if phase_fd is not None:
+            self.runner.phase = PhaseBoard(phase_fd)
+            os.close(phase_fd)  # (the mapping stays; user code has no use for the fd)
         # Requests read while waiting for a NEXT (None: the link ended there).
         self._early: deque[list[Any] | None] = deque()
         # Completion and ``obj?`` from this namespace, answered by a thread of its own.
@@ -178,9 +181,7 @@ class Executor:
                 log.warning("dropped a malformed request: %s", exc)
                 continue
             try:
-                if msg.kind == PACKING:
-                    self._packing(msg)
-                elif not self.introspector.handle(b"", msg):  # COMPLETE, INTROSPECT: its thread
+                if not self.introspector.handle(b"", msg):  # COMPLETE, INTROSPECT: its thread
                     self._inspect(msg)
             except protocol.ProtocolError as exc:
                 log.warning("dropped a malformed %s: %s", msg.kind, exc)
@@ -299,15 +300,6 @@ class Executor:
             log.exception("the asyncio loop failed between cells")
         finally:
             loop.remove_reader(fd)
-
-    def _packing(self, msg: protocol.Message) -> None:
-        """The supervisor interrupts request ``id``: if its code is over already (what it
-        bound is being packed, with SIGINT ignored), say so (CODE_OVER), so the packing
-        gets its own bound rather than the grace period of code deaf to the interrupt (a
-        9 s pack interrupted 1 s in cost the namespace, "did not stop", tester AS)."""
-        request_id = msg.header.get("id")
-        if request_id is not None and request_id == self.runner.packing_for:
-            self.channel.internal(CODE_OVER, {"id": request_id})
 
     def _inspect(self, msg: protocol.Message) -> None:
         try:
@@ -466,7 +458,8 @@ def main() -> int:
         log.error("cannot start: %s must be set (the supervisor starts executors)", names)
         return 78
     interrupt_fd = os.environ.get(Env.EXECUTOR_INTERRUPT_FD)
-    for name in (*names, Env.EXECUTOR_LOG_FD, Env.EXECUTOR_INTERRUPT_FD):
+    phase_fd = os.environ.get(Env.EXECUTOR_PHASE_FD)
+    for name in (*names, Env.EXECUTOR_LOG_FD, Env.EXECUTOR_INTERRUPT_FD, Env.EXECUTOR_PHASE_FD):
         os.environ.pop(name, None)  # user code has no use for them
     std_fds = private_std_fds()
     executor = Executor(
@@ -475,6 +468,7 @@ def main() -> int:
         inspect_url,
         int(interrupt_fd) if interrupt_fd else None,
         std_fds=std_fds,
+        phase_fd=int(phase_fd) if phase_fd else None,
     )
     redirect_stdio(std_fds, executor.channel)
     faulthandler.enable(file=sys.__stderr__, all_threads=True)

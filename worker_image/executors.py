@@ -35,6 +35,7 @@ from rexec_magic.protocol import Kind
 from worker_image import exits, framing
 from worker_image.cells import shared
 from worker_image.outbox import MARK, SWITCH, Target
+from worker_image.phase import PhaseBoard
 
 log = logging.getLogger(__name__)
 
@@ -195,17 +196,22 @@ class ExecutorProcess:
             # Which request an interrupt is for, written before the SIGINT (see ``interrupt``).
             intr_r, self._interrupts = pipe(child_reads=True)
             os.set_blocking(self._interrupts, False)
+            # Whether its code is over while its values pack (read without its help).
+            self.phase, phase_fd = PhaseBoard.create()
+            undo.callback(self.phase.close)
+            child_ends.callback(os.close, phase_fd)
             env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
             env[Env.EXECUTOR_LINK_FD] = str(child_link.fileno())
             env[Env.EXECUTOR_INSPECT] = f"ipc://{rundir}/e{number}-inspect"
             env[Env.EXECUTOR_LOG_FD] = str(log_fd)
             env[Env.EXECUTOR_INTERRUPT_FD] = str(intr_r)
+            env[Env.EXECUTOR_PHASE_FD] = str(phase_fd)
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker_image.executor"],
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
-                pass_fds=(log_fd, intr_r, child_link.fileno()),
+                pass_fds=(log_fd, intr_r, child_link.fileno(), phase_fd),
                 env=env,
                 start_new_session=True,  # its own group: a kill takes its children too
             )

@@ -250,10 +250,6 @@ READY = "ready"  # executor -> supervisor {pid}: the shell is built, send cells
 # executor -> supervisor {id}: the interrupted request's user code is over (SIGINT ignored
 # from here on); what it bound is being packed, which may outlast the grace period.
 CODE_OVER = "code_over"
-# supervisor -> executor's inspect thread {id}, with an interrupt: is the request's code
-# over already (it ended by itself; what it bound is being packed)?  Answered by CODE_OVER
-# only if so.  Asked, not told by every cell: a trivial cell spends no message on it.
-PACKING = "packing?"
 # executor -> supervisor {id}: the request's values are loaded (the ones the broker held,
 # ``BULK_FETCH_REF``, came); before it, a death or a restart for an interrupt is "before
 # the cell started" (it did not run).  Sent for every request that carries values (a

@@ -86,7 +86,7 @@ from worker_image.link import (
     Registration,
     encode_header,
 )
-from worker_image.outbox import BULK_CHANNEL, CODE_OVER, PACKING, READY, VALUES_IN, Target
+from worker_image.outbox import BULK_CHANNEL, CODE_OVER, READY, VALUES_IN, Target
 from worker_image.recent import Recent
 
 log = logging.getLogger("worker_image.supervisor")
@@ -753,9 +753,6 @@ class Supervisor:
         log.info("interrupting executor %d (%s)", ex.number, reason)
         if ex.current is not None:
             ex.interrupt(ex.current.target.id)
-            with contextlib.suppress(zmq.Again):  # (is its code over already? ``PACKING``)
-                packing = protocol.encode(PACKING, {"id": ex.current.target.id})
-                zmqio.send_multipart(ex.inspects, packing, flags=zmqio.NOBLOCK)
             if ex.grace_deadline is None:
                 ex.stop_told = False
                 self._tell_stopped_for_interrupt(ex, time.monotonic())
@@ -1735,6 +1732,19 @@ class Supervisor:
             if ex.pidfd is None and ex.exited() is not None:
                 self._on_exit(ex)
                 continue
+            cur = ex.current
+            if (
+                cur is not None
+                and ex.grace_deadline is not None
+                and ex.packing_since is None
+                and ex.phase.is_packing(cur.target.id)
+            ):
+                # Interrupted once its code had ended by itself: what it bound is packing,
+                # which the interrupt does not stop (no code is left to stop); its bound
+                # runs from the interrupt (a 9 s pack interrupted 1 s in was killed as
+                # "did not stop", tester AS, AT).
+                ex.packing_since = now
+                ex.grace_deadline = max(ex.grace_deadline, ex.interrupted_at + PACK_GRACE_S)
             if ex.grace_deadline is not None and now >= ex.grace_deadline:
                 if ex.kill_reason == "exit":
                     log.info(

@@ -1,0 +1,60 @@
+"""Where an executor's main thread is, readable by its supervisor without the executor's help.
+
+One page of memory shared by the two (``memfd_create``, passed to the executor as
+``REXEC_EXECUTOR_PHASE_FD``): the executor's main thread writes there the id of the request
+whose user code has ended while what it bound is packed to go back, and clears it as the
+request's DONE goes.  An interrupt's grace period is for code deaf to it: a request past
+its code is not, and gets its own bound (``Supervisor.PACK_GRACE_S``).
+
+Why memory, not a message: the executor's threads cannot answer while its main thread holds
+the GIL (pickling a large structure, a ``__getstate__`` in C), which is just when it is
+asked (tester AT: a 9 s pack interrupted 1 s in was killed as "did not stop"); and a message
+per cell would cost every cell a wakeup of the supervisor.  A write to this page costs the
+cell about a microsecond.
+
+Layout: bytes 0-1 are the length of the id (little-endian; 0: none), the id's UTF-8 bytes
+follow.  The id is written before its length, so a reader sees none or the whole id (a
+torn read can only make a request look not yet packing: it is then treated as before).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+PAGE = 4096  # bytes: the length and a request id (``protocol.Short``: 256 chars, 1 KiB UTF-8)
+_HEAD = 2
+
+
+class PhaseBoard:
+    """The shared page, seen from either side."""
+
+    def __init__(self, fd: int) -> None:
+        self._page = mmap.mmap(fd, PAGE)
+
+    @classmethod
+    def create(cls) -> tuple[PhaseBoard, int]:
+        """A new page (supervisor side) and the fd to hand the executor (close it once
+        handed: the mapping stays)."""
+        fd = os.memfd_create("rexec-phase")
+        os.ftruncate(fd, PAGE)
+        return cls(fd), fd
+
+    def packing(self, request_id: str) -> None:
+        """Executor: ``request_id``'s user code is over; what it bound is being packed."""
+        raw = request_id.encode()[: PAGE - _HEAD]
+        self._page[_HEAD : _HEAD + len(raw)] = raw
+        self._page[0:_HEAD] = len(raw).to_bytes(_HEAD, "little")
+
+    def clear(self) -> None:
+        """Executor: no request is being packed (its DONE goes)."""
+        self._page[0:_HEAD] = b"\0\0"
+
+    def is_packing(self, request_id: str) -> bool:
+        """Supervisor: whether ``request_id``'s code is over and its values are packing."""
+        length = int.from_bytes(self._page[0:_HEAD], "little")
+        raw = request_id.encode()[: PAGE - _HEAD]
+        return length == len(raw) and self._page[_HEAD : _HEAD + length] == raw
+
+    def close(self) -> None:
+        self._page.close()
