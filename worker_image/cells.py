@@ -776,6 +776,8 @@ class CellRunner:
                 # (or its own SIGINT), raised in the notebook as the call's exception.
                 send_exception(self.outbox, cell.target, exc, skip=2, legacy=cell.inband)
                 return DoneStatus.ERROR, [], []
+            if self.phase is not None:  # (its traceback is packed next)
+                self.phase.packing(cell.id)
             self.outbox.internal(CODE_OVER, {"id": cell.id})  # no grace kill from here
             if not self.unstarted:  # where the function was, as a local call's traceback shows it
                 cut_frames(exc, self.shell.hidden_frames)

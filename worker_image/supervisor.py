@@ -1745,6 +1745,17 @@ class Supervisor:
                 # "did not stop", tester AS, AT).
                 ex.packing_since = now
                 ex.grace_deadline = max(ex.grace_deadline, ex.interrupted_at + PACK_GRACE_S)
+            if (
+                cur is not None
+                and ex.packing_since is not None
+                and ex.grace_deadline is not None
+                and now >= ex.grace_deadline
+                and not ex.phase.is_packing(cur.target.id)
+            ):
+                # Packed: what is left waits for the notebook to read it (its DONE behind
+                # output read slowly, see ``_park``), which is no reason to kill it: that cost
+                # the namespace of a cell whose Ctrl-C had stopped it.
+                ex.grace_deadline = None
             if ex.grace_deadline is not None and now >= ex.grace_deadline:
                 if ex.kill_reason == "exit":
                     log.info(
