@@ -658,10 +658,9 @@ class CellRunner:
             # went on (it caught it, or system() ignored it while its child stopped).
             interrupted = self.interrupted(cell.id)
             self.interrupt_handled = error is None and interrupted
-            if interrupted:  # what it bound is packed next: no grace kill from here
-                self.outbox.internal(CODE_OVER, {"id": cell.id})
             if isinstance(error, KeyboardInterrupt) and interrupted:
                 status = DoneStatus.INTERRUPTED
+                self.outbox.internal(CODE_OVER, {"id": cell.id})  # no grace kill from here
             elif error is not None:
                 # (a KeyboardInterrupt nobody sent is the cell's own: `raise KeyboardInterrupt`,
                 # its own os.kill; shown with its traceback, as a local cell shows it)
@@ -749,8 +748,6 @@ class CellRunner:
             if self.phase is not None:
                 self.phase.packing(cell.id)
             self.interrupt_handled = self.interrupted(cell.id)
-            if self.interrupt_handled:  # its value is packed next: no grace kill from here
-                self.outbox.internal(CODE_OVER, {"id": cell.id})
 
         try:
             self._interruptible = True

@@ -248,6 +248,7 @@ class ExecutorProcess:
         # When its interrupted request's code ended (CODE_OVER) and what it bound began to be
         # packed to go back (``Supervisor._on_code_over``); None otherwise.
         self.packing_since: float | None = None
+        self.code_over_told = False  # ... said by CODE_OVER (the interrupt stopped its code)
         # Messages read off its link past its client's credit during a grace period (see
         # ``Supervisor._park``), handed on in order before anything read later; their bytes.
         self.parked: deque[list[Any]] = deque()

@@ -1224,6 +1224,7 @@ class Supervisor:
         waited behind it for good (tester AR, 3 of 3)."""
         cur = ex.current
         if cur is not None and _header_id(raw.header) == cur.target.id and not ex.packing_since:
+            ex.code_over_told = True
             now = time.monotonic()
             ex.packing_since = now
             ex.grace_deadline = now + PACK_GRACE_S
@@ -1315,6 +1316,7 @@ class Supervisor:
         ex.current = None
         ex.grace_deadline = None
         ex.packing_since = None
+        ex.code_over_told = False
         ex.kill_reason = None
         ex.resumed_for_interrupt = False
         if exit_in is not None:
@@ -1747,14 +1749,17 @@ class Supervisor:
                 ex.grace_deadline = max(ex.grace_deadline, ex.interrupted_at + PACK_GRACE_S)
             if (
                 cur is not None
-                and ex.packing_since is not None
+                and ex.code_over_told
                 and ex.grace_deadline is not None
                 and now >= ex.grace_deadline
                 and not ex.phase.is_packing(cur.target.id)
             ):
-                # Packed: what is left waits for the notebook to read it (its DONE behind
-                # output read slowly, see ``_park``), which is no reason to kill it: that cost
-                # the namespace of a cell whose Ctrl-C had stopped it.
+                # The interrupt stopped its code (CODE_OVER) and it has packed: what is left
+                # waits for the notebook to read it (its DONE behind output read slowly, see
+                # ``_park``), which is no reason to kill it: that cost the namespace of a
+                # cell whose Ctrl-C had stopped it.  (A request whose code went on past the
+                # interrupt and ended by itself is killed at its bound as before: its client
+                # may have stopped reading for good.)
                 ex.grace_deadline = None
             if ex.grace_deadline is not None and now >= ex.grace_deadline:
                 if ex.kill_reason == "exit":
