@@ -1200,7 +1200,8 @@ def holder_words(
     ``broker_silent_s``: how long the broker has said nothing on the connection; past
     ``BROKER_SILENT_AFTER_S`` the words say so, since the request ahead may well have
     ended, its answer held up there ("running 26 s" for a 3 s call, tester AQ)."""
-    if broker_silent_s > P.BROKER_SILENT_AFTER_S:
+    if broker_silent_s > P.BROKER_SILENT_AFTER_S and held and held != GENERATOR:
+        # (A generator paused between items asks nothing of the broker: no silence of it.)
         short, text = holder_words(held, held_for, stopping)
         return short, f"{text}; the rexec broker has not answered for {broker_silent_s:.0f} s"
     if not held:

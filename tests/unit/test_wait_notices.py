@@ -71,3 +71,7 @@ def test_a_turn_wait_behind_a_silent_broker_says_the_broker_is_silent():
         holder_words("call", 3.0, broker_silent_s=1.0)[1]
         == "this session's previous call (running 3 s)"
     )
+    from rexec_magic.session import GENERATOR
+
+    paused = holder_words(GENERATOR, 12.0, broker_silent_s=12.0)[1]
+    assert "broker" not in paused, paused  # (between items it asks the broker nothing)
