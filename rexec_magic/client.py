@@ -300,9 +300,11 @@ class RexecClient:
         self.uploads = False
         self._uploader: RexecClient | None = None
         # Waits until the keepalive thread showed the late output that comes before a
-        # request's own (``late_output.LateOutput.request_began``), and tells it when a
-        # request's output is all shown (``request_done``); set by the session.
+        # request's own (``late_output.LateOutput.request_began``), tells it which requests'
+        # output is being shown (``reading``: what was written after them waits) and when
+        # a request's output is all shown (``request_done``); set by the session.
         self.late_shown: Callable[[str, int], None] | None = None
+        self.late_reading: Callable[[str, bool], None] | None = None
         self.late_done: Callable[[str], None] | None = None
 
     def placement(self) -> dict[str, Any]:
@@ -883,6 +885,8 @@ class RexecClient:
         slows the cell down and nothing is dropped on the way.
         A Ctrl-C that Python dropped on the way (``sigints_counted``) interrupts it too.
         """
+        if self.late_reading is not None:  # (late output written after it waits for it)
+            self.late_reading(req_id, True)
         try:
             with sigints_counted() as sigints:
                 return (
@@ -1184,14 +1188,21 @@ class RexecClient:
                 elif msg.kind in OUTPUT_KINDS or _shown_error(msg):
                     in_hand = None  # the caller has it now; a Ctrl-C there is thrown in
                     handed_at = time.monotonic()
+                    # A remote generator's item: the loop may hold it for as long as it
+                    # likes, its output so far all shown (late output waits no more).
+                    paused = lazy and msg.kind == P.Kind.YIELD and self.late_reading is not None
                     try:
                         try:
+                            if paused:
+                                self.late_reading(req_id, False)
                             sent, throw = (yield msg), False
                         except ThrowInto as into:  # the consumer's .throw(): where it waits
                             if not (lazy and msg.kind == P.Kind.YIELD):
                                 raise into.exception from None
                             sent, throw = into.exception, True
                         if lazy and msg.kind == P.Kind.YIELD:  # the loop wants another item
+                            if paused:
+                                self.late_reading(req_id, True)
                             acted = sigints[0]  # (a Ctrl-C in its body was the loop's to handle)
                             if deadline is not None:  # the loop's own time is not the call's
                                 deadline += time.monotonic() - handed_at

@@ -11,15 +11,19 @@ runs) it comes under rexec's "output produced after the previous remote cell or 
 ended" line, once per cell (``output_cells.claim_header``, shared with the request's own
 renderer).
 Order against the notebook's requests: a request's ACCEPTED says how many late events come
-before its own output (``request_began`` waits for them), and events written after it
-began carry its id (``after``: shown once its output is, ``request_done``).
+before its own output (``request_began`` waits for them), and an event written after a
+request began carries its id (``after``), one written after a request ended the id of that
+request (``of``): either is shown once that request's own output is, when the client still
+shows it (``reading``, ``request_done``).  The two come on separate connections, and a
+script whose stdout is read slowly (a pipe) showed a thread's later lines before its
+call's own.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
+import time
 from typing import Any
 
 import zmq
@@ -48,7 +52,9 @@ class LateOutput:
         self._requests = 0
         self._renderer: Any = None
         self._shown = threading.Condition()
-        self._done: OrderedDict[str, None] = OrderedDict()  # (``request_done``)
+        # Requests whose own output the client is showing (``reading``): output written
+        # after them waits.  (A set: a script's futures are read by threads of their own.)
+        self._reading: set[str] = set()
 
     def __call__(self, msg: P.Message) -> None:
         from rexec_magic.render import EventRenderer  # (IPython's display: only when shown)
@@ -56,7 +62,7 @@ class LateOutput:
         stream, seq = msg.header.get("id"), msg.header.get("seq", 0)
         if stream == self.stream and seq < self.count:
             return  # shown already: sent again from a new connection
-        self._after_the_request(msg.header.get("after"))
+        self._after_the_request(msg.header.get("after") or msg.header.get("of"))
         parent = current_parent()
         where = parent if parent is not None else self._requests
         if self._renderer is None or where != self._parent:
@@ -75,12 +81,30 @@ class LateOutput:
             self._shown.notify_all()
 
     def _after_the_request(self, request: str | None) -> None:
-        """Output written after ``request`` (its event's ``after``) began: shown once the
-        request's own output is (``request_done``), or after ``LATE_CATCH_UP_S``."""
-        if request is not None:
-            with self._shown:
-                if not self._shown.wait_for(lambda: request in self._done, P.LATE_CATCH_UP_S):
-                    self._done[request] = None  # (not again for each event after it)
+        """Output written after ``request`` began or ended (its event's ``after``, ``of``):
+        shown once the request's own output is, while the client shows it (``reading``),
+        for at most ``LATE_BEHIND_REQUEST_S`` (this thread's keepalives wait meanwhile)."""
+        if request is None:
+            return
+        with self._shown:
+            end = time.monotonic() + P.LATE_BEHIND_REQUEST_S
+            while request in self._reading:
+                left = end - time.monotonic()
+                if left <= 0:
+                    self._reading.discard(request)  # (not again for each event after it)
+                    break
+                self._shown.wait(left)
+
+    def reading(self, request: str, now: bool) -> None:
+        """The client shows ``request``'s own output from now on (``now``), or no more for
+        now: it ended, or it is a remote generator whose loop holds an item (its output so
+        far is all shown, and the loop may hold it for good)."""
+        with self._shown:
+            if now:
+                self._reading.add(request)
+            else:
+                self._reading.discard(request)
+                self._shown.notify_all()
 
     def request_began(self, stream: str, count: int) -> None:
         """A request's ACCEPTED (``protocol.Accepted.late_count``): wait until ``count``
@@ -110,13 +134,8 @@ class LateOutput:
         with self._shown:
             self.last_parent, self._last_request = self._began_parent, request
             self._requests += 1
-            self._done[request] = None
-            while len(self._done) > _DONE_KEPT:
-                self._done.popitem(last=False)
+            self._reading.discard(request)
             self._shown.notify_all()
-
-
-_DONE_KEPT = 256  # requests whose output is all shown, the newest (``LateOutput._done``)
 
 
 class Wakeup:

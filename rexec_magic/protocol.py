@@ -1205,8 +1205,12 @@ class Notice(Event):
 
 
 # How long the client waits for its listener to show more of the late output that comes
-# before a request's own (``Accepted.late_count``), and a listener for a request's end.
+# before a request's own (``Accepted.late_count``).
 LATE_CATCH_UP_S = 2.0
+# How long a listener holds late output written after a request (``Event.after``, ``of``)
+# while the client still shows that request's own: one keepalive interval (its keepalives
+# wait meanwhile; the worker gives up on a kernel after ORPHAN_AFTER_PINGS of them).
+LATE_BEHIND_REQUEST_S = CLIENT_KEEPALIVE_S
 
 
 class InspectReply(Event):

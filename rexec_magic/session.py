@@ -346,6 +346,7 @@ class RemoteSession:
             # executor meanwhile).
             self._client.on_new_worker = _weakly(self._new_worker)
             self._client.late_shown = self.late_output.request_began
+            self._client.late_reading = self.late_output.reading
             self._client.late_done = self.late_output.request_done
         client = self._client
         client.session_id = self.session_id

@@ -1260,6 +1260,53 @@ def test_a_scripts_late_output_after_each_call_is_marked_late(stack):
     assert lines == [late, "bg-A", "slept A", late, "bg-B", "slept B"], lines
 
 
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_output_after_a_call_shows_after_the_calls_own_however_slowly_it_is_shown(stack, writer):
+    """A call prints 300 lines of its own, then starts a thread (or a process) that prints
+    3,000 more, on past the call's end; the script's stdout takes a page at a time and is
+    read only after 4 s, so the script is still showing the call's own lines when the
+    later ones arrive.  All show once and in order, the later ones after the call's own
+    (under rexec's late line, where the call had ended).  They came before the call's
+    own: the late line, then the thread's lines, then the call's (CI under load, 1 of 1;
+    here 3 of 3 before the fix)."""
+    import fcntl
+    import subprocess
+
+    flood = "[print(f'T{i:04d}', 'x' * 90) for i in range(3000)]"
+    start = {
+        "thread": f"threading.Thread(target=lambda: {flood}).start()",
+        "process": f"global child\n    child = subprocess.Popen(['python3', '-c', {flood!r}])",
+    }[writer]
+    script = (
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef go():\n    import subprocess, threading\n"
+        "    print('\\n'.join(f'C{i:04d} ' + 'x' * 90 for i in range(300)))\n"
+        f"    {start}\n"
+        "    return 'returned'\n"
+        "@remote_func\ndef reap():\n    child.wait()\n"
+        f"r = go()\n{'reap()' if writer == 'process' else ''}\nprint(r, flush=True)\n"
+    )
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
+    with subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:  # fmt: skip
+        fcntl.fcntl(proc.stdout, fcntl.F_SETPIPE_SZ, 4096)  # (a page: the least it takes)
+        time.sleep(4.0)
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    late = "[rexec: output produced after the previous remote cell or call ended]"
+    # (The script's own "returned" may come among the thread's lines, even inside one,
+    # between its text and its newline, as beside a local thread.)
+    assert out.count("returned") == 1, out[-300:]
+    lines = out.replace("returned", "").splitlines()
+    lines = [x for x in lines if x and x != late and not x.startswith("No remote")]
+    own = [f"C{i:04d} {'x' * 90}" for i in range(300)]
+    later = [f"T{i:04d} {'x' * 90}" for i in range(3000)]
+    assert lines == [*own, *later], [(n, x[:12]) for n, x in enumerate(lines) if n % 300 == 0]
+    assert late not in out or out.index(late) > out.index(own[-1]), out[:300]
+
+
 def test_a_local_ctrl_c_in_a_script_shows_as_it_would_without_rexec(stack, tmp_path):
     """A script that uses remote_func and is stopped by Ctrl-C in its own code: the
     traceback ends where the script was, as it would without rexec (it ended in the frames
