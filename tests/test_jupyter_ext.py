@@ -77,7 +77,13 @@ class API:
         kwargs: dict[str, Any] = {"method": method, "params": params or {}}
         if method == "POST":
             kwargs["body"] = json.dumps(body or {})
-        return self._loop.run_until_complete(self._fetch("rexec", "api", endpoint, **kwargs))
+        return self._loop.run_until_complete(self._fetched(endpoint, kwargs))
+
+    async def _fetched(self, endpoint: str, kwargs: dict[str, Any]) -> Any:
+        # (Made while the loop runs: the fetch's future takes the running loop, not the
+        # thread's current one, which may be none: "There is no current event loop in
+        # thread 'MainThread'", once in CI, after another file's tests in the same worker.)
+        return await self._fetch("rexec", "api", endpoint, **kwargs)
 
     def call(
         self, method: str, endpoint: str, body: dict | None = None, params: dict | None = None
@@ -318,11 +324,16 @@ class TestForbiddenGroup:
         assert api.call("POST", "login", {"token": member})["user"] == "ada"
 
 
+async def fetched(client: Any, url: str) -> Any:
+    """``client.fetch(url)``, its future made while the loop runs (``API._fetched``)."""
+    return await client.fetch(url, raise_error=True)
+
+
 def test_requests_need_jupyter_auth(jp_serverapp, http_server_client, jp_asyncio_loop):
     # No Jupyter token, no XSRF: Jupyter itself refuses before rexec sees anything.
     url = jp_serverapp.base_url + "rexec/api/status"
     with pytest.raises(HTTPClientError) as info:
-        jp_asyncio_loop.run_until_complete(http_server_client.fetch(url, raise_error=True))
+        jp_asyncio_loop.run_until_complete(fetched(http_server_client, url))
     assert info.value.code == 403
 
 
