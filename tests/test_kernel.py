@@ -825,6 +825,34 @@ def test_a_cell_the_user_stopped_waiting_for_ends_and_its_output_comes_next(kern
     assert [s for s in shown if s.isdigit()] == [str(i) for i in range(600)]
 
 
+@pytest.mark.parametrize("flag", ["", " --no-pull"])
+def test_ipythons_own_names_a_given_up_cell_read_never_come_back_over_the_notebooks(kernel, flag):
+    """A remote cell the notebook stopped waiting for read ``open``, ``exit``, ``quit``
+    and ``get_ipython``, which IPython puts into every namespace, the worker's too.  The
+    next remote cell that reads them leaves the notebook's own in place.  The worker's
+    came back (all that the given-up cell watched is marked as missed): under --no-pull as
+    placeholders, and ``open()`` failed in every later local cell, "'RemoteOnly' object is
+    not callable" (found after a cell sent to a stopped worker, 2 of 2)."""
+    _, kc = kernel
+    given_up_on(
+        kernel,
+        "%%remote\nimport time\nprint(open, exit, quit, get_ipython)\ntry:\n"
+        "    print('started', flush=True)\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    print('caught', flush=True)\n    time.sleep(2)",
+        0.2,
+        caught="caught",
+    )
+    reply, outputs = run(kc, f"%%remote{flag}\nprint(open, exit, quit, get_ipython)")
+    assert reply["status"] == "ok", _all_text(outputs)
+    reply, outputs = run(
+        kc,
+        "own = get_ipython().user_ns_hidden\n"
+        "print([(n, globals()[n]) for n in ('open', 'exit', 'quit', 'get_ipython')\n"
+        "       if globals()[n] is not own[n]])",
+    )
+    assert text_of(outputs) == "[]\n", _all_text(outputs)  # (each one IPython's own still)
+
+
 @pytest.mark.parametrize("attempt", range(5))
 def test_a_cell_that_kills_its_executor_runs_once_and_says_why(kernel, tmp_path, attempt):
     _, kc = kernel

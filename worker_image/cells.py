@@ -275,7 +275,7 @@ class CellRunner:
         # What the last request's user code ended with (None: it returned): the exit status
         # of a process it forked that comes back out of it (executor._end_forked_child).
         self.user_error: BaseException | None = None
-        self.watch = Watch()
+        self.watch = Watch(shell.user_ns_hidden)
         # Names notebooks sent again into this (restarted) shared namespace, each with when
         # its notebook last exchanged it and its hash here: while unchanged, a copy another
         # notebook exchanged later replaces it (``_restores_over``).

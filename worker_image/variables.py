@@ -57,6 +57,13 @@ def sizeof(value: Any) -> int | None:
         return None
 
 
+def ipython_own(hidden: Mapping[str, Any], name: str, value: Any) -> bool:
+    """Whether ``value`` is the one IPython itself put under ``name`` in the user namespace
+    (``shell.user_ns_hidden``: ``In``, ``Out``, ``exit``, ``quit``, ``get_ipython``,
+    ``open``), not rebound by the user: as IPython's ``%who`` tells them apart."""
+    return name in hidden and hidden[name] is value
+
+
 def describe(namespace: Mapping[str, Any], hidden: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The user's variables: ``[{name, type, size}]``, sorted by name.
 
@@ -67,7 +74,7 @@ def describe(namespace: Mapping[str, Any], hidden: Mapping[str, Any]) -> list[di
     for name, value in items:
         if name.startswith("_") or isinstance(value, types.ModuleType):
             continue
-        if name in hidden and hidden[name] is value:  # In, Out, exit, quit, get_ipython, open
+        if ipython_own(hidden, name, value):
             continue
         out.append({"name": name, "type": type(value).__name__, "size": sizeof(value)})
     out.sort(key=lambda v: v["name"])
@@ -192,7 +199,9 @@ class Watch:
     own hash differs (or who has none while the name exists) has not seen the value there.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hidden: Mapping[str, Any] | None = None) -> None:
+        # The shell's own entries (``ipython_own``): never sent back, as they never come.
+        self.hidden: Mapping[str, Any] = hidden if hidden is not None else {}
         self._views = Recent(WATCH_CLIENTS_KEPT)  # client session -> {name: digest}
         self.served_before = False  # the client ``serve`` named had a view here already
         self.pushed: set[str] = set()  # names its current request sent (``invalidate``)
@@ -296,6 +305,12 @@ class Watch:
                     report.deleted.append(name)
                 continue
             value = namespace[name]
+            if ipython_own(self.hidden, name, value):
+                # The worker's own ``open``, ``exit``...: reported changed (a request the
+                # notebook never heard the end of marks what it watched so), it came back
+                # over the notebook's own, under --no-pull as a placeholder: the notebook's
+                # ``open()`` then failed, "'RemoteOnly' object is not callable".
+                continue
             try:
                 packed = serialize.pack_value(value)
             except serialize.OutOfMemory as exc:  # it may go back later: no record of it
