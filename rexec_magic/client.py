@@ -1462,9 +1462,9 @@ class RexecClient:
                 more = len(names) - ABANDONED_NAMES_SAID
                 listed += f" and {more} more" if more > 0 else ""
                 text = (
-                    f"The remote {label} ended later; what it assigned "
-                    "or deleted is so on the worker only (a copy here, if any, is older) until "
-                    f"a remote cell or call uses it: {listed}"
+                    f"The remote {label} ended later; what it assigned or deleted is so on "
+                    "the worker only (a copy here, if any, is another value) until a remote "
+                    f"cell or call uses it: {listed}"
                 )
                 self._news.append(P.Message(P.Kind.NOTICE, {"text": text, "about": "late"}))
 

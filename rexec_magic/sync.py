@@ -151,16 +151,22 @@ def conflict_notes(done: Any, shared: bool = True) -> list[str]:
         "it, or lost contact with the worker)"
     )
     for name in done.conflicts if done is not None else []:
+        # (This notebook changed its copy since it last exchanged it, or it would not have
+        # been sent: before that request began, or after the user stopped waiting for it.
+        # Which of the two changes came last is not known here, so no copy is called older.)
         if not shared and name in done.deleted:
             notes.append(
-                f"`{name}` was deleted on the worker by {unheard}: this notebook's older copy "
-                "was not sent, and is deleted here too"
+                f"`{name}` was deleted on the worker by {unheard}, and this notebook holds "
+                "another value for it; which came last cannot be told here, so it is deleted "
+                "here too (this notebook's value was not sent: assign it again to send it)"
             )
         elif not shared:
             where = "stays there" if name in stayed else "came back here"
             notes.append(
-                f"`{name}` on the worker is newer than this notebook's copy ({unheard} changed "
-                f"it): that value was kept and {where}; this notebook's older copy was not sent"
+                f"`{name}` was changed on the worker by {unheard}, and this notebook holds "
+                "another value for it; which change came last cannot be told here, so the "
+                f"worker's value was kept and {where} (this notebook's was not sent: assign it "
+                "again to send it)"
             )
         elif name in done.deleted:
             notes.append(

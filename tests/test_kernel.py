@@ -729,10 +729,43 @@ def test_an_older_copy_never_undoes_what_a_cell_the_user_stopped_waiting_for_ass
     reply, local = run(kc, f"print('here', {res})")
     assert text_of(local) == f"here {expected}\n"
     if expected == "new" and case != "never exchanged":
-        assert f"`{res}` on the worker is newer than this notebook's copy" in shown, shown
+        assert f"`{res}` was changed on the worker by a remote cell or call" in shown, shown
+        assert "which change came last cannot be told here" in shown, shown
     reply, again = run(kc, f"%%remote\nprint('then', {res})")
     assert text_of(again) == f"then {expected}\n"
-    assert "newer" not in _all_text(again)  # said once
+    assert "cannot be told" not in _all_text(again)  # said once
+
+
+def test_a_value_assigned_here_after_giving_up_on_a_cell_is_never_called_older(kernel):
+    """Tester AU: a remote cell assigns ``au_a`` and the user stops waiting for it (two
+    Ctrl-Cs); it ends 1 s later; 3 s after that a local cell assigns ``au_a = 100``; the
+    next remote cell reads it.  The worker keeps its value (it cannot order the two
+    changes), and the note said the notebook's copy was "older", which it was not (4 of
+    4).  The note says which change came last cannot be told; the notebook and the worker
+    then hold the same value, the one the note says was kept."""
+    _, kc = kernel
+    run(kc, "au_a = 1")
+    run(kc, "%%remote\nprint(au_a)")
+    given_up_on(
+        kernel,
+        "%%remote\nimport time\nau_a = 2\ntry:\n    print('started', flush=True)\n"
+        "    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('caught', flush=True)\n"
+        "    time.sleep(1)",
+        0.2,
+        caught="caught",
+    )
+    time.sleep(4)  # (it ended meanwhile)
+    run(kc, "au_a = 100")
+    reply, outputs = run(kc, "%%remote\nprint('remote sees', au_a)")
+    shown = _all_text(outputs)
+    assert reply["status"] == "ok", shown
+    assert "`au_a` was changed on the worker" in shown, shown
+    assert "which change came last cannot be told here" in shown and "older" not in shown
+    assert "the worker's value was kept and came back here" in shown, shown
+    remote = re.search(r"remote sees (\d+)", text_of(outputs))
+    assert remote is not None, shown
+    _, local = run(kc, "print('here', au_a)")
+    assert text_of(local) == f"here {remote.group(1)}\n"
 
 
 def test_an_older_copy_never_undoes_what_a_cell_of_a_stalled_worker_assigned(kernel):
