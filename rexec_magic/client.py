@@ -35,6 +35,7 @@ from rexec_magic import protocol as P
 from rexec_magic.connection import ConnectionInfo
 from rexec_magic.notes import QUIET, Notes, Progress, frontend
 from rexec_magic.turns import CANCEL_POLL_S
+from rexec_magic.unheard import WorkerClock
 
 log = logging.getLogger("rexec.client")
 
@@ -292,6 +293,9 @@ class RexecClient:
         # ``_missed_all``): sent with every request (``missed``) until a DONE of one that
         # carried them comes (the worker marks them unseen).
         self._missed: dict[str, None] = {}
+        # The worker's clock, from its DONEs: orders the notebook's changes made after it
+        # stopped hearing a request against that request's end (``unheard``).
+        self.clock = WorkerClock()
         self.last_heard = 0.0  # time.monotonic() of the last message from the broker
         # A message read whole while a Ctrl-C came: the next _recv returns it (whole_message).
         self._stashed: P.Message | None = None
@@ -424,6 +428,8 @@ class RexecClient:
             self.last_heard = time.monotonic()
             msg = self._stashed = self._read(frames)
         self._stashed = None
+        if msg is not None and msg.kind == P.Kind.DONE:
+            self.clock.saw(msg.header.get("at"), self.last_heard)
         return msg
 
     @staticmethod
@@ -530,6 +536,8 @@ class RexecClient:
         if not instance:
             return
         previous, self.seen_instance = self.seen_instance, instance
+        if previous != instance:
+            self.clock.forget()
         if previous == instance:
             self.loss_told = False  # the same process after all: the next other one is news
         elif previous is not None and self.on_new_worker is not None:

@@ -224,8 +224,10 @@ class RexecMagics(Magics):
         self._looks_sent = DEFAULT_LOOKS  # the display settings the worker last got (``_plan``)
 
     def pre_run_cell(self, info: Any) -> None:
-        """Any cell but a pure ``%%remote`` cell may change local values (sync epoch)."""
+        """Any cell but a pure ``%%remote`` cell may change local values (sync epoch); what a
+        request never heard the end of may have changed is marked unchanged until now."""
         raw = getattr(info, "raw_cell", None) or ""
+        self.session.cell_began(self.shell.user_ns)
         self._pure_remote_cell = raw.lstrip().startswith("%%remote")
         if not self._pure_remote_cell:
             self.session.sync.local_cell_ran()

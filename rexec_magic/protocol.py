@@ -841,6 +841,13 @@ class Execute(Request, Placement):
     # changed it after the notebook's copy was made, and the worker's value, newer, is kept
     # and comes back (``Done.conflicts``).
     missed_base: dict[Short, Short] = Field(default_factory=dict)
+    # Of the missed names pushed, those this notebook changed after it stopped hearing the
+    # request that may have changed them, each with the earliest time, by the worker's
+    # clock (``Done.at``), the change can have been made (``rexec_magic.unheard``): a value
+    # there that last changed before it is the older one, and the push applies over it
+    # (``Done.superseded``); one that changed later, or at a time the worker cannot say,
+    # is kept as above.
+    missed_after: dict[Short, float] = Field(default_factory=dict)
     # A shared namespace's ages of values, by the worker's clock (``Done.at``), so that one
     # restarted after a loss keeps the newest of the copies its notebooks send again,
     # whichever comes first (the first used to win, and came back into the others over
@@ -881,6 +888,7 @@ class Call(Request, Placement):
     gone: Names = Field(default_factory=list)
     missed: Names = Field(default_factory=list)  # as Execute.missed
     missed_base: dict[Short, Short] = Field(default_factory=dict)  # as Execute.missed_base
+    missed_after: dict[Short, float] = Field(default_factory=dict)  # as Execute.missed_after
     restore_at: dict[Short, float] = Field(default_factory=dict)  # as Execute.restore_at
     base_at: dict[Short, float] = Field(default_factory=dict)  # as Execute.base_at
     gone_at: dict[Short, float] = Field(default_factory=dict)  # as Execute.gone_at
@@ -1152,6 +1160,10 @@ class Done(Event):
     changed: Names = Field(default_factory=list)
     deleted: Names = Field(default_factory=list)
     conflicts: Names = Field(default_factory=list)
+    # Pushes of missed names applied over the value a request the notebook never heard the
+    # end of left there, since the notebook changed them after that request ended
+    # (``Execute.missed_after``).
+    superseded: Names = Field(default_factory=list)
     result_name: Short | None = None
     unloaded: list[Unloaded] = Field(default_factory=list)
     missing: Names = Field(default_factory=list)

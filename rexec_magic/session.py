@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rexec_magic import connection, contract, errors, serialize, sync, transfer
+from rexec_magic import connection, contract, errors, serialize, sync, transfer, unheard
 from rexec_magic import protocol as P
 from rexec_magic.client import (
     CellOutcome,
@@ -150,6 +150,9 @@ class RemoteSession:
         # new worker (stopped, restarted, another login) forgets them all (``_forget_all``).
         self.sync = sync.NamespaceSync()
         self._syncs: dict[str | None, sync.NamespaceSync] = {None: self.sync}
+        # When the notebook changed what a request it never heard the end of may have
+        # changed (``_missed_after``).
+        self.unheard = unheard.LocalChanges()
 
     def _new_worker(self, worker: dict[str, Any], told: bool = False) -> None:
         """The broker shows another worker process than before: its namespace is new
@@ -417,6 +420,31 @@ class RemoteSession:
         """The worker is new or gone: no namespace of it holds what the notebook sent."""
         for record in self._syncs.values():
             record.forget()
+        self.unheard.forget()
+
+    def cell_began(self, namespace: dict[str, Any]) -> None:
+        """A notebook cell starts (an IPython ``pre_run_cell`` hook): what a request this
+        notebook never heard the end of may have changed, still unchanged here, was not
+        changed here before now (``unheard.LocalChanges``)."""
+        self.unheard.cell_began(namespace, time.monotonic())
+
+    def _unheard_now(self, namespace: dict[str, Any]) -> None:
+        """After a request: mark the local values of the names a request whose end this
+        notebook did not hear may have changed, as they are now (``unheard``)."""
+        self.unheard.track(namespace, self.client.missed_names(), time.monotonic())
+
+    def _missed_after(self, plan: sync.Plan) -> dict[str, float]:
+        """Of the names ``plan`` sends or reports deleted, those a request this notebook never
+        heard the end of may have changed and that were changed here since, each with
+        the earliest time, by the worker's clock, the change can have been made
+        (``Execute.missed_after``): the worker applies the push when its own value is older."""
+        found = {}
+        for name in [*plan.send, *plan.gone]:  # (deleted here: no digest)
+            since = self.unheard.changed_since(name, plan.digests.get(name))
+            at = None if since is None else self.client.clock.at(since)
+            if at is not None:
+                found[name] = round(at, 6)
+        return found
 
     @property
     def spawner(self) -> SpawnerClient:
@@ -762,6 +790,9 @@ class RemoteSession:
                 base = self._missed_base(self.sync)
                 if base:
                     header["missed_base"] = base
+                after = self._missed_after(plan)
+                if after:
+                    header["missed_after"] = after
                 header.update(self.sync.age_fields(plan, restore_at))
                 try:
                     args = (code, entries, frames, header, on_event, timeout_s)
@@ -781,6 +812,8 @@ class RemoteSession:
                     if exc.started:  # its values reached the worker; what it made of them
                         self.sync.sent(namespace, plan, [])  # is newer: never sent over it
                     raise
+                finally:
+                    self._unheard_now(namespace)
                 if outcome.status != P.DoneStatus.RESEND:
                     self.sync.sent(namespace, plan, _unloaded(outcome), outcome.done)
                     return outcome
@@ -1052,6 +1085,9 @@ class RemoteSession:
             base = self._missed_base(state)
             if base:
                 fields["missed_base"] = base
+            after = self._missed_after(plan)
+            if after:
+                fields["missed_after"] = after
             fields.update(state.age_fields(plan, restore_at))
             try:
                 outcome = yield from self.client.call(
@@ -1072,6 +1108,8 @@ class RemoteSession:
                 if exc.started:  # (as for a cell: what it made of its values is newer)
                     state.sent(main, plan, [])
                 raise
+            finally:
+                self._unheard_now(main)
             if outcome.status != P.DoneStatus.RESEND:
                 state.sent(main, plan, _unloaded_of_call(outcome, plan), outcome.done)
                 settle(plan, outcome)

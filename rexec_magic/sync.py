@@ -142,7 +142,9 @@ def _left_behind(
 def conflict_notes(done: Any, shared: bool = True) -> list[str]:
     """One sentence per push the worker did not apply (``Done.conflicts``): in a ``shared``
     namespace, one another notebook changed; in any, one that a request whose end this
-    notebook never heard changed (``Execute.missed_base``)."""
+    notebook never heard changed (``Execute.missed_base``); and one per push it applied over
+    such a request's change, as this notebook changed the value after that request ended
+    (``Done.superseded``)."""
     notes = []
     # (over the pull limit, or not loadable here: the value stays remote, with its own note)
     stayed = {s.get("name") for s in done.skipped if isinstance(s, dict)} if done else set()
@@ -150,10 +152,16 @@ def conflict_notes(done: Any, shared: bool = True) -> list[str]:
         "a remote cell or call whose end this notebook did not hear (you stopped waiting for "
         "it, or lost contact with the worker)"
     )
+    for name in done.superseded if done is not None else []:
+        notes.append(
+            f"`{name}` was changed on the worker by {unheard}, and changed here after that "
+            "ended: the change made here replaces it there too"
+        )
     for name in done.conflicts if done is not None else []:
         # (This notebook changed its copy since it last exchanged it, or it would not have
-        # been sent: before that request began, or after the user stopped waiting for it.
-        # Which of the two changes came last is not known here, so no copy is called older.)
+        # been sent: before that request began, or after the user stopped waiting for it,
+        # at a time the worker could not place after that request's end: ``missed_after``.
+        # Which of the two changes came last is not known, so no copy is called older.)
         if not shared and name in done.deleted:
             notes.append(
                 f"`{name}` was deleted on the worker by {unheard}, and this notebook holds "

@@ -736,36 +736,82 @@ def test_an_older_copy_never_undoes_what_a_cell_the_user_stopped_waiting_for_ass
     assert "cannot be told" not in _all_text(again)  # said once
 
 
-def test_a_value_assigned_here_after_giving_up_on_a_cell_is_never_called_older(kernel):
-    """Tester AU: a remote cell assigns ``au_a`` and the user stops waiting for it (two
-    Ctrl-Cs); it ends 1 s later; 3 s after that a local cell assigns ``au_a = 100``; the
-    next remote cell reads it.  The worker keeps its value (it cannot order the two
-    changes), and the note said the notebook's copy was "older", which it was not (4 of
-    4).  The note says which change came last cannot be told; the notebook and the worker
-    then hold the same value, the one the note says was kept."""
+# What a remote cell the user stops waiting for does to a name, and what a local cell does
+# to it after the user gave up (``run_local`` is run after the remote cell ended, or, with
+# ``early``, while it still runs, before the remote change).
+AFTER_GIVE_UP = {
+    "rebound": ("{n} = 2", "{n} = 100", "100", False),
+    "changed in place": ("{n}.append(2)", "{n}.append(100)", "[1, 100]", False),
+    "deleted there": ("del {n}", "{n} = 100", "100", False),
+    "read by a call": ("{n} = 2", "{n} = 100", "100", False),
+    "deleted here": ("{n} = 2", "del {n}", "nothing", False),
+    "changed while it still ran": ("{n} = 2", "{n} = 100", "2", True),
+}
+
+
+@pytest.mark.parametrize("case", list(AFTER_GIVE_UP))
+def test_a_value_assigned_here_after_a_given_up_cell_ended_is_the_one_used(kernel, case):
+    """Tester AU: a remote cell assigns ``a = 2`` and the user stops waiting for it (two
+    Ctrl-Cs); it ends 1 s later; 3 s after that a local cell assigns ``a = 100``; the next
+    remote cell read 2, and the local ``a`` became 2 (4 of 4): the worker kept the value of
+    the request the notebook never heard the end of, as it could not order the two changes.
+    Now the notebook says when it changed the value at the earliest (the start of the
+    first cell that found it changed since the give-up, by the worker's clock), and the
+    worker applies the push when its own value is older: the later change wins, whether a
+    rebinding, a change in place, an assignment over the request's deletion, a deletion
+    here, or a ``remote_func`` that reads it, and a note says the change made here replaced
+    the worker's.
+    A local change made while the request still ran, before the request's own, is not
+    later: the worker's value is kept, and the note says which came last cannot be told."""
+    remote_change, local_change, expected, early = AFTER_GIVE_UP[case]
     _, kc = kernel
-    run(kc, "au_a = 1")
-    run(kc, "%%remote\nprint(au_a)")
+    name = "au_" + re.sub(r"\W", "_", case)
+    first = "[1]" if case == "changed in place" else "1"
+    read = f"globals().get({name!r}, 'nothing')" if case == "deleted here" else name
+    run(kc, f"{name} = {first}")
+    run(kc, f"%%remote\nprint({name})")
+    delay = "3" if early else "0"
     given_up_on(
         kernel,
-        "%%remote\nimport time\nau_a = 2\ntry:\n    print('started', flush=True)\n"
-        "    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('caught', flush=True)\n"
-        "    time.sleep(1)",
-        0.2,
-        caught="caught",
+        "%%remote\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        f"print('started', flush=True)\ntime.sleep({delay})\n"
+        f"{remote_change.format(n=name)}\ntime.sleep(1)\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)",
+        0.3,
     )
-    time.sleep(4)  # (it ended meanwhile)
-    run(kc, "au_a = 100")
-    reply, outputs = run(kc, "%%remote\nprint('remote sees', au_a)")
+    if early:
+        run(kc, local_change.format(n=name))  # (the remote cell sleeps 3 s more)
+        time.sleep(6)
+    else:
+        time.sleep(4)  # (it ended meanwhile)
+        run(kc, local_change.format(n=name))
+    if case == "read by a call":
+        code = (
+            "from rexec_magic import remote_func\n"
+            "@remote_func\n"
+            f"def read_{name}():\n"
+            f"    return {name}\n"
+            f"print('remote sees', read_{name}())"
+        )
+    else:
+        code = f"%%remote\nprint('remote sees', {read})"
+    reply, outputs = run(kc, code)
     shown = _all_text(outputs)
     assert reply["status"] == "ok", shown
-    assert "`au_a` was changed on the worker" in shown, shown
-    assert "which change came last cannot be told here" in shown and "older" not in shown
-    assert "the worker's value was kept and came back here" in shown, shown
-    remote = re.search(r"remote sees (\d+)", text_of(outputs))
-    assert remote is not None, shown
-    _, local = run(kc, "print('here', au_a)")
-    assert text_of(local) == f"here {remote.group(1)}\n"
+    assert f"remote sees {expected}\n" in text_of(outputs), shown
+    assert "older" not in shown, shown
+    if early:
+        assert f"`{name}` was changed on the worker" in shown, shown
+        assert "which change came last cannot be told here" in shown, shown
+        assert "the worker's value was kept and came back here" in shown, shown
+    else:
+        assert f"`{name}` was changed on the worker by a remote cell or call" in shown, shown
+        assert "and changed here after that ended" in shown, shown
+        assert "cannot be told" not in shown, shown
+    _, local = run(kc, f"print('here', {read})")
+    assert text_of(local) == f"here {expected}\n"
+    _, again = run(kc, f"%%remote\nprint('then', {read})")
+    assert text_of(again) == f"then {expected}\n", _all_text(again)
 
 
 def test_an_older_copy_never_undoes_what_a_cell_of_a_stalled_worker_assigned(kernel):

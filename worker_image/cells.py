@@ -105,6 +105,8 @@ class Cell:
     missed: list[str] = field(default_factory=list)  # in a DONE the notebook never read
     # Of those, the content hash of the value the notebook last had (Execute.missed_base).
     missed_base: dict[str, str] = field(default_factory=dict)
+    # Of those pushed, when the notebook changed them at the earliest (Execute.missed_after).
+    missed_after: dict[str, float] = field(default_factory=dict)
     # A shared namespace's ages of the notebook's copies (Execute.restore_at, base_at,
     # gone_at: sent again unchanged, changed, deleted).
     restore_at: dict[str, float] = field(default_factory=dict)
@@ -159,6 +161,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
             gone=list(call.gone),
             missed=list(call.missed),
             missed_base=dict(call.missed_base),
+            missed_after=dict(call.missed_after),
             restore_at=dict(call.restore_at),
             base_at=dict(call.base_at),
             gone_at=dict(call.gone_at),
@@ -181,6 +184,7 @@ def cell_for(route: bytes, msg: Message) -> Cell:
         gone=list(ex.gone),
         missed=list(ex.missed),
         missed_base=dict(ex.missed_base),
+        missed_after=dict(ex.missed_after),
         restore_at=dict(ex.restore_at),
         base_at=dict(ex.base_at),
         gone_at=dict(ex.gone_at),
@@ -360,7 +364,7 @@ class CellRunner:
             # not seen (another one changed it since) stays, and comes back with a note.
             kept_gone = [
                 n
-                for n in self._keep_newer(cell, dict.fromkeys(cell.gone))
+                for n in self._keep_newer(cell, dict.fromkeys(cell.gone), extra)
                 if n in self.shell.user_ns
             ]
             self.watch.unbind(self.shell.user_ns, [n for n in cell.gone if n not in kept_gone])
@@ -430,7 +434,7 @@ class CellRunner:
                     self._send_error("SerializationError", f"{detail}; {self._version_note(cell)}")
             elif cell.call:
                 shipped = values.pop("globals", None) or {}
-                kept = self._keep_newer(cell, shipped) + kept_gone
+                kept = self._keep_newer(cell, shipped, extra) + kept_gone
                 extra["conflicts"] = kept
                 self.shell.user_ns.update(shipped)
                 self.watch.invalidate(shipped)
@@ -455,7 +459,7 @@ class CellRunner:
                     skipped = report.skipped
                     extra.update(report.header())
             else:
-                extra["conflicts"] = kept = self._keep_newer(cell, values) + kept_gone
+                extra["conflicts"] = kept = self._keep_newer(cell, values, extra) + kept_gone
                 cell.pull = [*cell.pull, *kept]
                 self.shell.user_ns.update(values)
                 self.watch.invalidate(values)
@@ -508,19 +512,21 @@ class CellRunner:
             (time.perf_counter() - cell.received_at) * 1e3,
         )
 
-    def _keep_newer(self, cell: Cell, values: dict[str, Any]) -> list[str]:
+    def _keep_newer(self, cell: Cell, values: dict[str, Any], extra: dict[str, Any]) -> list[str]:
         """Drop from ``values`` the pushes of names whose value (or deletion) here is newer
         than the notebook's copy; returns them, to send back with the DONE (``conflicts``)
         so the notebook gets what is here.  In a shared namespace: a value this notebook has
         not seen (``Watch.conflicts``: another notebook changed it).  In any namespace: a
         name a request the notebook stopped waiting for may have changed (``missed``) whose
-        value here is not the one the notebook last had (``_changed_unseen``)."""
+        value here is not the one the notebook last had (``_changed_unseen``), unless the
+        notebook changed it after that value was made here: that push applies, and the DONE
+        says so (``extra["superseded"]``)."""
         # (IPython's names of a notebook's history are that notebook's own: never a conflict;
         # nor is a push that loads as the very object here: a module, a class or function of
         # an installed package, which travel by reference)
         ns = self.shell.user_ns
         pushed = [n for n in values if not ipython_name(n) and not (n in ns and values[n] is ns[n])]
-        kept = self._changed_unseen(cell, pushed)
+        kept, superseded = self._changed_unseen(cell, pushed)
         if shared(cell.session):
             kept += [
                 n
@@ -531,6 +537,10 @@ class CellRunner:
             del values[name]
         if kept:
             log.info("kept the newer %s over a notebook's older copy", kept)
+        superseded = [n for n in superseded if n not in kept]
+        if superseded:
+            log.info("a notebook's later change of %s went over a missed request's", superseded)
+            extra.setdefault("superseded", []).extend(superseded)
         return kept
 
     def _restored_at(self, name: str) -> float | None:
@@ -563,17 +573,23 @@ class CellRunner:
         for name in self.watch.pushed.intersection(cell.restore_at):
             self.restored[name] = (cell.restore_at[name], self.watch.latest.get(name))
 
-    def _changed_unseen(self, cell: Cell, pushed: list[str]) -> list[str]:
+    def _changed_unseen(self, cell: Cell, pushed: list[str]) -> tuple[list[str], list[str]]:
         """Of the ``pushed`` names that a request whose DONE the notebook never read may
         have changed (``Cell.missed``: it stopped waiting with a second Ctrl-C, or lost the
         worker while the request ran), those whose value here is not the one the notebook
         last had (``Cell.missed_base``, content hashes), or that were deleted here since:
-        that request changed them after the notebook's copy was made, so the copy is older
-        (pushed, it undid the request's assignment in silence).  Unchanged here, the push
-        applies: the notebook's copy is then the newer one."""
+        that request may have changed them after the notebook's copy was made (pushed, the
+        copy undid the request's assignment in silence).  Unchanged here, the push applies:
+        the notebook's copy is then the newer one.
+
+        Returns (kept, superseded): of those, the ones whose value here stays, and the ones
+        whose push applies all the same because the notebook changed them after the value
+        here was made (``_older_than_push``: the user assigned it in a local cell after the
+        request they stopped waiting for ended, tester AU)."""
         missed = set(cell.missed)
         ns = self.shell.user_ns
-        changed = []
+        changed: list[str] = []
+        superseded: list[str] = []
         for name in pushed:
             if name not in missed:
                 continue
@@ -582,15 +598,30 @@ class CellRunner:
                 # Deleted here after the notebook last had it (in a namespace new to this
                 # notebook, e.g. its executor restarted, it is absent because it is new).
                 if base is not None and self.watch.served_before:
-                    changed.append(name)
+                    older = self._older_than_push(cell, name, None)
+                    (superseded if older else changed).append(name)
                 continue
             try:
                 here = serialize.pack_value(ns[name]).digest
             except serialize.SerializationError:
                 here = None  # (it cannot go back either: it stays here, with a note)
             if here != base:
-                changed.append(name)
-        return changed
+                older = here is not None and self._older_than_push(cell, name, here)
+                (superseded if older else changed).append(name)
+        return changed, superseded
+
+    def _older_than_push(self, cell: Cell, name: str, here: str | None) -> bool:
+        """Whether the value of ``name`` here (content hash ``here``; None: deleted) last
+        changed before the notebook changed its copy (``Cell.missed_after``, the worker's
+        clock).  Only a change this namespace recorded counts (``Watch.changed_at``, taken
+        when a request's end or start hashed the value, so never earlier than the change):
+        a value that differs from the one last recorded changed at a time nobody knows,
+        and is kept."""
+        after = cell.missed_after.get(name)
+        at = self.watch.changed_at.get(name)
+        if after is None or at is None or self.watch.latest.get(name) != here:
+            return False
+        return at < after
 
     def _load(self, cell: Cell) -> tuple[dict[str, Any], list[dict[str, str]], str]:
         """Load the pushed values (``load_pushed``); returns (values, unloaded, why not).

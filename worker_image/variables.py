@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import sys
+import time
 import types
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -207,10 +208,21 @@ class Watch:
         self.pushed: set[str] = set()  # names its current request sent (``invalidate``)
         self.digests: dict[str, str] = self.serve("")
         self.latest: dict[str, str] = {}
+        # When (``time.time()``) each name's value (or its deletion) was first hashed here
+        # as it is: never earlier than the change, as hashing comes at a request's start or
+        # end (orders a notebook's later change against it: ``CellRunner._older_than_push``).
+        self.changed_at: dict[str, float] = {}
 
     def _seen(self, name: str, digest: str) -> None:
         self.digests[name] = digest
-        self.latest[name] = digest
+        if self.latest.get(name) != digest:
+            self.latest[name] = digest
+            self.changed_at[name] = time.time()
+
+    def _gone(self, name: str) -> None:
+        """``name`` is no longer bound here (as of now)."""
+        if self.latest.pop(name, None) is not None:
+            self.changed_at[name] = time.time()
 
     def conflicts(self, namespace: Mapping[str, Any], names: Iterable[str]) -> list[str]:
         """Of the names this client pushes, those it has not seen as they are here: changed
@@ -232,7 +244,7 @@ class Watch:
         for name in names:
             namespace.pop(name, None)
             self.digests.pop(name, None)
-            self.latest.pop(name, None)
+            self._gone(name)
 
     def serve(self, client: str) -> dict[str, str]:
         """Compare against what ``client`` (a client session; "" for those without one)
@@ -300,7 +312,7 @@ class Watch:
         wanted = set(pull)
         for name in dict.fromkeys([*pull, *watch]):
             if name not in namespace:
-                self.latest.pop(name, None)
+                self._gone(name)
                 if self.digests.pop(name, None) is not None:
                     report.deleted.append(name)
                 continue
