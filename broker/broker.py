@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -270,6 +271,10 @@ class Broker:
         self.worker_users: dict[bytes, str] = {}
         self.pool: dict[str, WorkerEntry] = {}  # warm-pool workers by pool id: never routed to
         self._last_housekeeping = time.monotonic()  # (see ``P.PROCESS_STALL_S``)
+        # Told to each worker that registers (``Registered.broker``): one that registers
+        # again with this same broker (it dropped the worker as silent) knows its kernels'
+        # connections are still here, and sends on what its running cells wrote meanwhile.
+        self.boot_id = secrets.token_hex(8)
         self.pool_routes: dict[bytes, str] = {}
         # Pool ids already handed to a user: their pool credentials never register again.
         self.claimed_pool_ids: LRUCache[str, bool] = LRUCache(maxsize=100_000)
@@ -1001,7 +1006,11 @@ class Broker:
         self.worker_users[wroute] = reg.user
         self.counters.workers_registered += 1
         log.info("worker registered for user %s (pid %s)", reg.user, reg.pid)
-        header = {"key": entry.key.hex(), "client_closed": entry.client_closed}
+        header = {
+            "key": entry.key.hex(),
+            "client_closed": entry.client_closed,
+            "broker": self.boot_id,
+        }
         self._to_worker(wroute, P.Kind.REGISTERED, header)
 
     def _register_pool(self, wroute: bytes, reg: P.Register, now: float) -> None:
@@ -1014,7 +1023,7 @@ class Broker:
         self.pool_routes[wroute] = reg.user
         self.counters.workers_registered += 1
         log.info("warm-pool worker %s registered", reg.user)
-        self._to_worker(wroute, P.Kind.REGISTERED, {"key": entry.key.hex()})
+        self._to_worker(wroute, P.Kind.REGISTERED, {"key": entry.key.hex(), "broker": self.boot_id})
 
     def _claim(self, msg: P.Message) -> str | None:
         """Hand a warm-pool worker to a user; None when done, else why not."""
@@ -1160,13 +1169,16 @@ class Broker:
             limit = P.BUSY_WORKER_DEAD_AFTER_S if busy else P.WORKER_DEAD_AFTER_S
             if now - entry.last_seen > limit + entry.allowance:
                 # Silent is not dead: a stopped (SIGSTOP) or starved process comes back,
-                # registers again with its namespace intact, and drops the abandoned cell.
+                # registers again with its namespace intact, and its running cell goes on:
+                # it sends what that cell wrote meanwhile to the same connections
+                # (``Registered.broker``), which show it with their next request.
                 self._drop_worker(
                     entry,
                     f"no heartbeat for {limit:.1f}s",
                     message=f"The remote worker stopped responding (no heartbeat for "
-                    f"{limit:g} s), so the {{what}} was abandoned; if the worker recovers, "
-                    "its variables are kept.",
+                    f"{limit:g} s), so the {{what}} was given up on; if the worker recovers, "
+                    "its variables are kept, and what the {what} did there meanwhile shows "
+                    "with the next remote cell or call.",
                 )
         for pool_id, entry in list(self.pool.items()):
             if now - entry.last_seen > P.WORKER_DEAD_AFTER_S:

@@ -288,6 +288,8 @@ class RexecClient:
         self._held: deque[P.Message] = deque(maxlen=HELD_KEPT)
         self._news: list[P.Message] = []  # what the end of an abandoned request lost
         self._lost_under: set[str] = set()  # abandoned requests whose namespace was lost
+        # Given-up requests not yet told that their output need not wait for ACKs (``_unpace``).
+        self._unpaced: set[str] = set()
         # Names whose last exchange this client never read (an abandoned request's DONE
         # assigned or deleted them, ``_hold``; a request that may have run lost its DONE,
         # ``_missed_all``): sent with every request (``missed``) until a DONE of one that
@@ -715,6 +717,8 @@ class RexecClient:
         cancel: threading.Event | None = None,
     ) -> None:
         """Send EXECUTE / CALL ``header`` with its ``buffers`` (``_request_parts``)."""
+        if self._unpaced:  # (a request given up on may hold up the worker's queue)
+            self._unpace()
         self._send(kind, *self._request_parts(kind, header, buffers, cancel))
 
     def _request_parts(
@@ -1302,8 +1306,10 @@ class RexecClient:
                         self.threads_running = 0
                         if started:  # Dropped as silent, it may come back with its
                             # namespace, the request run on there: what it changed stays
-                            # there, newer than the copies here (``missed``).
+                            # there, newer than the copies here (``missed``), and what it
+                            # wrote comes later, shown by the next request (``_hold``).
                             self._missed_all(header)
+                            self._given_up(req_id, kind, "while your worker was silent")
                     raise self._fail_error(msg)
                 elif msg.kind == P.Kind.DONE:
                     after = AfterDone.current  # (the main thread's cell, not another
@@ -1395,17 +1401,16 @@ class RexecClient:
         what = "call" if kind == P.Kind.CALL else "cell"
         # (How the notes on its end name it: the user did not stop waiting for a request
         # given up on while the broker was silent, tester AS.)
-        self._abandoned[req_id] = (
-            f"{what} you stopped waiting for"
-            if by_user
-            else f"{what} given up on while the rexec broker was silent"
-        )
+        if by_user:
+            self._abandoned[req_id] = f"{what} you stopped waiting for"
+        else:
+            self._given_up(req_id, kind, "while the rexec broker was silent")
+            self._unpaced.discard(req_id)  # (said below: this broker takes it now)
         # What it may still change is named in the next requests (``missed``) from now, not
         # only once its DONE comes (``_hold``): the next cell may go before that, and wait
         # behind it on the worker, which then took this notebook's older copies as current.
         self._missed_all(header)
-        while len(self._abandoned) > ABANDONED_KEPT:
-            self._lost_under.discard(self._abandoned.popitem(last=False)[0])
+        self._trim_abandoned()
         with contextlib.suppress(zmq.ZMQError):
             self._send(P.Kind.ACK, {"id": req_id, "n": UNPACED})
         error = errors.RemoteInterrupted(
@@ -1413,6 +1418,34 @@ class RexecClient:
         )
         error.abandoned = True
         return error
+
+    def _given_up(self, req_id: str, kind: str, why: str) -> None:
+        """This client stopped waiting for ``req_id`` (``why``: "while your worker was
+        silent"...), which may run on: what it still sends is held and shown by the next
+        request (``_hold``), as for one the user stopped waiting for.  Its output no longer
+        waits for acknowledgements: said with the first of it that comes, or before the
+        next request (``_unpace``), as the worker may be unreachable now (tester AU: a
+        supervisor stopped 8 s, the rest of the cell's output was lost, 6 of 6)."""
+        what = "call" if kind == P.Kind.CALL else "cell"
+        self._abandoned[req_id] = f"{what} given up on {why}"
+        self._unpaced.add(req_id)
+        self._trim_abandoned()
+
+    def _trim_abandoned(self) -> None:
+        while len(self._abandoned) > ABANDONED_KEPT:
+            gone = self._abandoned.popitem(last=False)[0]
+            self._lost_under.discard(gone)
+            self._unpaced.discard(gone)
+
+    def _unpace(self, req_id: str | None = None) -> None:
+        """Tell the worker that ``req_id``'s output (all given-up requests' when None) no
+        longer waits for this client's acknowledgements (``_given_up``)."""
+        ids = [req_id] if req_id is not None else list(self._unpaced)
+        for one in ids:
+            if one in self._unpaced:
+                self._unpaced.discard(one)
+                with contextlib.suppress(zmq.ZMQError):
+                    self._send(P.Kind.ACK, {"id": one, "n": UNPACED})
 
     def _missed_all(self, header: dict[str, Any]) -> None:
         """The request may have run, and its DONE will not be read (the broker restarted
@@ -1430,6 +1463,8 @@ class RexecClient:
         meanwhile (its namespace is gone: without a word the notebook would meet a bare
         NameError)."""
         request_id = msg.header.get("id")
+        if request_id in self._unpaced:
+            self._unpace(request_id)  # (its worker is back: it hears this now)
         if msg.kind in (P.Kind.STREAM, P.Kind.DISPLAY):
             self._held.append(msg)
         elif msg.kind == P.Kind.NOTICE:

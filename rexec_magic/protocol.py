@@ -1323,6 +1323,11 @@ class Registered(Header):
     key: Short  # hex; proves every later message of this worker connection (MAC)
     # It sends CLIENT_CLOSED (the worker asked, with ``Register.client_closed``).
     client_closed: bool = False
+    # The broker process (random per start; "" from an older one): a worker registering
+    # again with the same one (it dropped the worker as silent: stopped, starved) sends on
+    # what its running requests wrote meanwhile, as their clients' connections are still
+    # there; with another one (it restarted) nobody can receive it.
+    broker: Short = ""
 
 
 class Rejected(Header):

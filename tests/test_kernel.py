@@ -9,6 +9,7 @@ import os
 import queue
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -841,6 +842,66 @@ def test_an_older_copy_never_undoes_what_a_cell_of_a_stalled_worker_assigned(ker
     assert reply["status"] == "ok", reply
     assert "next sees new\n" in text_of(outputs), _all_text(outputs)
     assert text_of(run(kc, "print('here', stalled)")[1]) == "here new\n"
+
+
+@pytest.mark.parametrize("stop_s", [8.0, 4.5, 2.4])
+def test_what_a_cell_wrote_while_its_worker_was_stopped_shows_once_in_order(kernel, stop_s):
+    """Tester AU: the worker process (the supervisor) stopped (SIGSTOP) for 8 s while a
+    cell printed a tick every 0.5 s; the broker dropped it as silent and the cell failed
+    ("stopped responding"), the executor ran on to the cell's end.  Resumed, the worker
+    registered again, and the rest of the cell's output was never shown, not even as late
+    output (6 of 6): the supervisor dropped what it had signed with its old key and took
+    the running cell as nobody's, and the notebook dropped what came of a cell it had
+    been told was lost.  Now the worker withholds its clients' output until the broker
+    answers (it registered again with the same broker: the kernels' connections are still
+    there), and the notebook keeps what comes of that cell for its next one: every tick
+    shows once, in order, the rest marked late, with what the cell assigned.  Stopped 8 s
+    the cell ends meanwhile; 4.5 s, it runs on after; 2.4 s, the broker may not have
+    dropped the worker (it answers the worker's heartbeat, and the output goes on, in the
+    cell itself when the notebook did not give up on it)."""
+    _, kc = kernel
+    _, outputs = run(kc, "%%remote\nimport os\nprint(os.getppid())")
+    supervisor = int(text_of(outputs).split()[-1])
+    msg_id = kc.execute(
+        "%%remote\nimport time\nfor i in range(12):\n    print('tick', i, flush=True)\n"
+        "    time.sleep(0.5)\nprint('cell end', flush=True)\nstopped_c = 'done'"
+    )
+    first: list[dict] = []  # (read here: wait_for_text would drop the ticks before it)
+    deadline = time.monotonic() + 60
+    while "tick 1\n" not in text_of(first):
+        assert time.monotonic() < deadline, _all_text(first)
+        with contextlib.suppress(queue.Empty):
+            msg = kc.get_iopub_msg(timeout=1)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                first.append(msg)
+    os.kill(supervisor, signal.SIGSTOP)
+    resume = threading.Timer(stop_s, os.kill, (supervisor, signal.SIGCONT))
+    resume.start()
+    try:
+        reply, rest = collect(kc, msg_id, timeout=60)
+        first += rest
+    finally:
+        resume.join(stop_s + 5)
+        os.kill(supervisor, signal.SIGCONT)
+    given_up = reply["status"] == "error"
+    if given_up:
+        assert "stopped responding" in reply["evalue"], reply
+    else:  # (not given up on: all of it came live, in the cell)
+        assert stop_s < P.WORKER_DEAD_AFTER_S, reply
+    time.sleep(P.WORKER_HEARTBEAT_S + 3)  # back, registered again
+    reply, outputs = run(kc, "%%remote\nprint('next sees', stopped_c)")
+    shown = _all_text(outputs)
+    assert reply["status"] == "ok", shown
+    late = text_of(outputs)
+    ticks = re.findall(r"^tick (\d+)$", text_of(first) + late, re.MULTILINE)
+    assert ticks == [str(i) for i in range(12)], (text_of(first), late)
+    if given_up:
+        assert late.startswith(LATE_HEADER + "\n"), shown
+        assert late.index("tick 11\ncell end\n") < late.index("next sees done\n"), late
+        assert "given up on while your worker was silent ended later" in shown, shown
+    else:
+        assert "tick 11\ncell end\n" in text_of(first) and late == "next sees done\n", shown
+    assert text_of(run(kc, "print('here', stopped_c)")[1]) == "here done\n"
 
 
 @pytest.mark.parametrize("round_", [1, 2])

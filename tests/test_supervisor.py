@@ -2773,3 +2773,59 @@ def test_an_interrupt_turned_into_an_error_shows_no_frame_of_the_worker(port):
     assert error.header["ename"] == "ValueError"
     text = "\n".join(error.header["traceback"])
     assert "KeyboardInterrupt" in text and "on_sigint" not in text, text
+
+
+@pytest.mark.parametrize("broker", ["knows it still", "dropped it, same broker", "restarted"])
+def test_output_written_while_the_supervisor_was_stopped_reaches_the_broker_that_routes_it(
+    port, broker
+):
+    """The supervisor stopped (SIGSTOP) 3 s while a cell printed: the broker may have
+    dropped it as silent meanwhile, and what it sent with its old key was refused, then
+    dropped on the RESYNC with the running cell taken as nobody's (tester AU: the rest of
+    a cell's output lost, 6 of 6).  Resumed, it withholds what goes to clients until the
+    broker answers: a HEARTBEAT_ACK (it knows the worker still) or, after RESYNC, a
+    REGISTERED from the same broker process (``Registered.broker``: the clients'
+    connections are there) sends it all, once, in order, and the cell ends as it would
+    have.  From another broker process (it restarted) nothing of it goes, and the cell is
+    stopped: no client of that broker asked for it."""
+    port.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)
+    port.register(broker="one")
+    request_id = port.execute(
+        "import time\nfor i in range(8):\n    print('tick', i, flush=True)\n"
+        "    time.sleep(0.5)\nprint('end')"
+    )
+    events = [port.recv_kind(Kind.ACCEPTED)]
+    while "tick 0" not in stdout(events):
+        _, msg = port.recv()
+        if msg.header.get("id") == request_id:
+            events.append(msg)
+    supervisor = port.proc.pid
+    port.ack_heartbeats = broker == "knows it still"
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        time.sleep(protocol.PROCESS_STALL_S + 1)
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    if broker != "knows it still":
+        port.recv_kind(Kind.HEARTBEAT)  # its heartbeat, signed with a key the broker dropped
+        port.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)
+        port.register(broker="one" if broker == "dropped it, same broker" else "two")
+        port.ack_heartbeats = True
+    if broker == "restarted":
+        time.sleep(2)
+        rest = [m for _, m in port.stash if m.header.get("id") == request_id]
+        port.stash.clear()
+        while port.router.poll(0):
+            with contextlib.suppress(TimeoutError):
+                _, msg = port.recv(0.1)
+                if msg.header.get("id") == request_id:
+                    rest.append(msg)
+        assert rest == [], [m.kind for m in rest]  # (nobody could receive it)
+        assert stdout(port.run("print('next')")) == "next\n"
+        return
+    events += port.events(request_id)
+    ticks = "".join(f"tick {i}\n" for i in range(8))
+    assert stdout(events) == ticks + "end\n"
+    assert done(events).header["status"] == DoneStatus.OK
+    seqs = [m.header["seq"] for m in events if m.kind != Kind.ACCEPTED]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs

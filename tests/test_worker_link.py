@@ -150,8 +150,8 @@ def test_a_silent_workers_requests_end_each_named_as_a_cell_or_a_call(link):
             msg = P.decode(recv(link.client))
             if msg.kind == P.Kind.FAIL:
                 said[msg.header["id"]] = msg.header["message"]
-    assert "so the cell was abandoned" in said["a-cell"], said
-    assert "so the call was abandoned" in said["a-call"], said
+    assert "so the cell was given up on" in said["a-cell"], said
+    assert "so the call was given up on" in said["a-call"], said
 
 
 def test_a_worker_announcing_a_large_event_is_given_time_and_its_client_is_told(link):

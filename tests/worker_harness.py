@@ -220,11 +220,14 @@ class BrokerPort:
         assert self.worker_id is not None
         self.router.send_multipart([self.worker_id, *frames])
 
-    def register(self, timeout: float = WAIT_S, client_closed: bool = False) -> Message:
+    def register(
+        self, timeout: float = WAIT_S, client_closed: bool = False, broker: str = ""
+    ) -> Message:
         """Wait for REGISTER and accept it; ``client_closed``: say this port tells of
-        closed client connections (``Kind.CLIENT_CLOSED``), as the broker does."""
+        closed client connections (``Kind.CLIENT_CLOSED``), as the broker does; ``broker``:
+        the broker process it says it is (``Registered.broker``; "" as an older one)."""
         msg = self.recv_kind(Kind.REGISTER, timeout)
-        header = {"key": os.urandom(32).hex(), "client_closed": client_closed}
+        header = {"key": os.urandom(32).hex(), "client_closed": client_closed, "broker": broker}
         self.send(Kind.REGISTERED, header, route=protocol.TO_BROKER)
         return msg
 

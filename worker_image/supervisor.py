@@ -115,6 +115,10 @@ EXIT_DRAIN_MESSAGES = 10_000
 # What is read ahead of a slow client from the link of an executor in an interrupt's grace
 # period (``_park``): what its socket buffer can hold, and as much again.
 PARK_MAX_BYTES = 4 * framing.SOCKET_BUFFER
+# What its clients' requests send while this worker is unsure the broker still knows it
+# (after its own stall, or a RESYNC until REGISTERED): withheld, at most this much; past it
+# the rest is dropped, as it was before anything was withheld (logged).
+WITHHELD_MAX_BYTES = 64 << 20
 # How long what an interrupted request bound may take to be packed once its code ended
 # (``_on_code_over``): then its executor is killed, as one deaf to the interrupt.
 PACK_GRACE_S = 2 * INTERRUPT_GRACE_S
@@ -193,6 +197,15 @@ class Supervisor:
         self.transfers = files.Transfers(self.thread_out)
         self._stop_code: int | None = None
         self._session_key: bytes | None = None  # from REGISTERED; signs our later messages
+        # The broker process registered with (``Registered.broker``), and the messages to its
+        # clients withheld while this worker is unsure that broker still knows it (``_unsure``
+        # after a stall of its own until the broker answers; ``_resyncing`` from RESYNC until
+        # REGISTERED): the same broker gets them signed anew, another one never.
+        self._broker_id = ""
+        self._unsure = False
+        self._resyncing = False
+        self._withheld: deque[tuple[bytes, str, Any, list[Any]]] = deque()
+        self._withheld_bytes = 0
         self._register_sent_at = 0.0
         self._last_tick = time.monotonic()
         # When the broker last sent anything (a HEARTBEAT_ACK comes each WORKER_HEARTBEAT_S):
@@ -311,6 +324,9 @@ class Supervisor:
                 )
                 timeout = 0 if waiting else max(0, math.ceil((due - now) * 1000))
                 ready = zmq.zmq_poll(items, timeout)
+                stall = time.monotonic() - now - timeout / 1000
+                if stall > protocol.PROCESS_STALL_S:  # (before it sends what it reads now)
+                    self._link_in_doubt(f"the supervisor did not run for {stall:.1f} s")
                 for what, flags in ready:
                     self._on_ready_item(what, flags, owners.get(what))
                 for ex in waiting:
@@ -410,7 +426,11 @@ class Supervisor:
 
     def _signed(self, route: bytes, kind: str, header: bytes, buffers: Any = ()) -> None:
         """Queue one message to the broker, signed with the session key from REGISTERED
-        (REGISTER itself, and anything before the key came, goes with an empty MAC)."""
+        (REGISTER itself, and anything before the key came, goes with an empty MAC).  One to
+        a client while the link is in doubt is withheld (``_withhold``)."""
+        if route != protocol.TO_BROKER and (self._unsure or self._resyncing):
+            self._withhold(route, kind, header, buffers)
+            return
         if kind == Kind.REGISTER:
             key = None
         elif self._session_key is None:
@@ -425,6 +445,39 @@ class Supervisor:
             if route != protocol.TO_BROKER:
                 self._announce_large(route, header, buffers)
         self._send(protocol.encode_signed(key, kind, header, buffers, route=route))
+
+    def _withhold(self, route: bytes, kind: str, header: Any, buffers: Any) -> None:
+        """Keep a message to a client until the broker is known to still route to it: signed
+        with a key the broker dropped, it was refused, and a cell's output after this
+        worker's stop (SIGSTOP, starved past ``WORKER_DEAD_AFTER_S``) was lost."""
+        size = len(header) + serialize.nbytes(buffers)
+        if self._withheld_bytes + size > WITHHELD_MAX_BYTES:
+            log.warning("dropped a %s to a client: %d bytes withheld already", kind,
+                        self._withheld_bytes)  # fmt: skip
+            return
+        self._withheld.append((route, kind, header, list(buffers)))
+        self._withheld_bytes += size
+
+    def _link_in_doubt(self, why: str) -> None:
+        """This process did not run for a while (``why``): the broker may have dropped it
+        as silent meanwhile, and would refuse what it sends with its key.  What goes to
+        clients is withheld until the broker answers a heartbeat (it knows us still: sent
+        on) or says RESYNC (``_on_resync``)."""
+        if self._session_key is None or self._unsure:
+            return
+        log.info("%s: withholding output until the broker answers", why)
+        self._unsure = True
+        self._to_broker(Kind.HEARTBEAT, self._heartbeat_header())
+
+    def _release_withheld(self) -> None:
+        """The broker knows this worker (again): send what was withheld, signed anew."""
+        self._unsure = self._resyncing = False
+        withheld, self._withheld = self._withheld, deque()
+        self._withheld_bytes = 0
+        if withheld:
+            log.info("sending %d message(s) withheld while the link was in doubt", len(withheld))
+        for route, kind, header, buffers in withheld:
+            self._signed(route, kind, header, buffers)
 
     def _announce_large(self, route: bytes, header: bytes, buffers: Any) -> None:
         """Before a large message to a client: a heartbeat saying its size, so the broker
@@ -521,6 +574,13 @@ class Supervisor:
     def _on_registered(self, msg: Message) -> None:
         registered = msg.read(protocol.Registered)
         self._session_key = bytes.fromhex(registered.key)
+        same_broker = bool(registered.broker) and registered.broker == self._broker_id
+        self._broker_id = registered.broker
+        if self._resyncing and not same_broker:
+            self._unsure = self._resyncing = False
+            self._withheld.clear()  # for clients of a broker that is gone
+            self._withheld_bytes = 0
+            self._abandon_cells()
         now = time.monotonic()
         # Handles name connections to the broker registered with; a new one tells only of
         # its own.  Until a kernel speaks again, its silence alone counts, as it does with
@@ -533,6 +593,8 @@ class Supervisor:
             if ex.ready:
                 self._tell_bulk_channel(ex)
         log.info("registered with the broker")
+        if self._resyncing or self._unsure:
+            self._release_withheld()  # the same broker: its clients' connections are there
         self._touch_alive_file()
 
     def _tell_bulk_channel(self, ex: ExecutorProcess) -> None:
@@ -572,6 +634,8 @@ class Supervisor:
             self._all_closed_at.pop(session, None)
 
     def _on_heartbeat_ack(self, msg: Message) -> None:
+        if self._unsure and self._session_key is not None:
+            self._release_withheld()  # it knows us still: nothing was refused
         self._touch_alive_file()
 
     def _touch_alive_file(self) -> None:
@@ -604,8 +668,19 @@ class Supervisor:
         log.info("the broker does not know this worker (it restarted, or it dropped this "
                  "worker as silent): registering again")  # fmt: skip
         self._session_key = None
-        self._backlog.clear()  # signed with the old key, for clients of the old broker
-        self._abandon_cells()
+        # Signed with the old key: what goes to clients is withheld until REGISTERED says
+        # whether the same broker (which dropped this worker as silent) routes to them still.
+        backlog, self._backlog = self._backlog, deque()
+        earlier: deque[tuple[bytes, str, Any, list[Any]]] = deque()
+        for parts in backlog:
+            try:
+                signed = protocol.split_signed(parts, routed=True)
+            except ProtocolError:
+                continue
+            if signed.route is not None and signed.route != protocol.TO_BROKER:
+                earlier.append((signed.route, signed.name, signed.header, signed.buffers))
+        self._withheld.extendleft(reversed(earlier))
+        self._resyncing = True
         self._send_register()
 
     def _abandon_cells(self) -> None:
@@ -1730,6 +1805,7 @@ class Supervisor:
             log.warning("the supervisor did not run for %.1f s", stall)
             self._excuse(stall, grace=True)
             self._broker_heard += stall  # (nor as the broker's)
+            self._link_in_doubt(f"the supervisor did not run for {stall:.1f} s")
         for ex in list(self.all):
             if ex.pidfd is None and ex.exited() is not None:
                 self._on_exit(ex)
