@@ -198,9 +198,15 @@ class EventRenderer:
             # Late text that ended mid-line (a thread's ``os.write(1, b"50%")``): this cell's
             # own output starts on a line of its own, not glued to it.
             _end_lines(self._late_unended)
-        if isinstance(event, P.Notice) and event.about in ("lost", "late"):
+        if isinstance(event, P.Notice) and event.about == "lost":
             sys.stdout.flush()
             self.notes.warning(f"rexec: {event.text}")  # a real problem: shown as one
+        elif isinstance(event, P.Notice) and event.about == "late":
+            # What a request given up on assigned when it ended later: news, not a problem
+            # (the README keeps stderr, a pink box in JupyterLab, for real problems).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self.notes.note(f"rexec: {event.text}")
         elif isinstance(event, P.Notice):
             category = event.about or event.text.split("(")[0]
             shown = self._notices.get(category)
