@@ -301,6 +301,11 @@ class RexecClient:
         self.last_heard = 0.0  # time.monotonic() of the last message from the broker
         # A message read whole while a Ctrl-C came: the next _recv returns it (whole_message).
         self._stashed: P.Message | None = None
+        # A request's own events read while it waited for its worker to come back
+        # (``_await_worker_back``: the first send ran there meanwhile), given back by
+        # ``_recv_one`` before anything new; ``_early_of``: that request, while it waits.
+        self._early: deque[P.Message] = deque()
+        self._early_of: str | None = None
         # Large requests' buffers go ahead on a connection of their own (``_upload_ahead``)
         # when the broker takes them (WELCOME ``uploads``).
         self.uploads = False
@@ -408,6 +413,13 @@ class RexecClient:
         end = time.monotonic() + timeout_s
         while True:
             msg = self._recv_one(max(0.0, end - time.monotonic()))
+            if (
+                msg is not None
+                and self._early_of is not None
+                and self._early_of == msg.header.get("id")
+            ):
+                self._early.append(msg)  # (its own: kept for it, in order)
+                continue
             if msg is None or msg.header.get("id") not in self._abandoned:
                 return msg
             self._hold(msg)
@@ -422,6 +434,8 @@ class RexecClient:
         if self._stashed is not None:
             msg, self._stashed = self._stashed, None
             return msg
+        if self._early and self._early_of is None:
+            return self._early.popleft()
         sock = self._socket()
         if not sock.poll(max(0, int(timeout_s * 1000))):
             return None
@@ -430,7 +444,7 @@ class RexecClient:
             self.last_heard = time.monotonic()
             msg = self._stashed = self._read(frames)
         self._stashed = None
-        if msg is not None and msg.kind == P.Kind.DONE:
+        if msg is not None and msg.kind in (P.Kind.DONE, P.Kind.ACCEPTED):
             self.clock.saw(msg.header.get("at"), self.last_heard)
         return msg
 
@@ -608,35 +622,47 @@ class RexecClient:
         silent, a stopped or starved process, registers again with its namespace).  Past
         ``NOTICE_AFTER_S`` it says what it waits for (yielded as a NOTICE): the wait was
         silent (5-12 s for a worker stopped with SIGSTOP).  Raises WorkerLost at the end (not
-        NoWorker, which would have the request sent again as a new one)."""
+        NoWorker, which would have the request sent again as a new one).
+
+        The first send may have reached the worker before it stopped answering and run
+        there once it came back: what it sends meanwhile is kept (``_early``) and read
+        first by the request, as its own (tester AV: a cell sent to a stopped supervisor ran
+        and its output was dropped here, then it was refused as sent before).  It is sent
+        again all the same (the broker takes it as pending again): the worker runs it at
+        most once, and a copy of one still running goes on as that one."""
         began = time.monotonic()
         said = False
-        while True:
-            _, pong = self.ping()
-            if pong.get("worker"):
-                return
-            now = time.monotonic()
-            if now - began > WORKER_BACK_S:
-                # (Not NoWorker: the caller would start a worker and send the request as a
-                # new one, and it may have run on the one that went.)
-                raise errors.WorkerLost(
-                    f"The worker this {what} was sent to stopped answering and did not come "
-                    f"back within {WORKER_BACK_S:.0f} s; the {what} may have run there (its "
-                    "output is lost); it was not sent again, so it never runs twice."
-                )
-            if not said and now - began >= P.NOTICE_AFTER_S:
-                said = True
-                text = (
-                    f"waiting for your remote worker, which stopped answering (the broker "
-                    f"dropped it as silent: a stopped or overloaded process comes back); the "
-                    f"{what} may be waiting in its queue there, and runs at most once (the wait "
-                    f"ends after {WORKER_BACK_S:.0f} s)"
-                )
-                try:
-                    yield P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "worker"})
-                except ThrowInto as into:  # (the consumer's Ctrl-C, as for any notice)
-                    raise into.exception from None
-            time.sleep(0.05)
+        self._early_of = req_id
+        try:
+            while True:
+                _, pong = self.ping()
+                if pong.get("worker"):
+                    return
+                now = time.monotonic()
+                if now - began > WORKER_BACK_S:
+                    # (Not NoWorker: the caller would start a worker and send the request as
+                    # a new one, and it may have run on the one that went.)
+                    raise errors.WorkerLost(
+                        f"The worker this {what} was sent to stopped answering and did not "
+                        f"come back within {WORKER_BACK_S:.0f} s; the {what} may have run there "
+                        "(its output is lost); it was not sent again, so it never runs twice."
+                    )
+                if not said and now - began >= P.NOTICE_AFTER_S:
+                    said = True
+                    text = (
+                        f"waiting for your remote worker, which stopped answering (the broker "
+                        f"dropped it as silent: a stopped or overloaded process comes back); "
+                        f"the {what} may be waiting in its queue there, and runs at most once "
+                        f"(the wait ends after {WORKER_BACK_S:.0f} s)"
+                    )
+                    notice = {"id": req_id, "text": text, "about": "worker"}
+                    try:
+                        yield P.Message(P.Kind.NOTICE, notice)
+                    except ThrowInto as into:  # (the consumer's Ctrl-C, as for any notice)
+                        raise into.exception from None
+                time.sleep(0.05)
+        finally:
+            self._early_of = None
 
     def _new_id(self) -> str:
         return f"{uuid.uuid4().hex[:12]}-{next(self._ids)}"

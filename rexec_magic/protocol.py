@@ -1064,6 +1064,9 @@ class Accepted(Event):
 
     late_stream: Short | None = None
     late_count: int | None = None
+    # The worker's clock (``time.time()``) as it started the request, as ``Done.at``: the
+    # client's estimate of that clock (``unheard.WorkerClock``) from its first request on.
+    at: float | None = None
 
 
 class Stream(Event):

@@ -777,6 +777,7 @@ class RemoteSession:
         with self.exclusive("cell", notes), self._reporting(notes):
             forced = list(force)
             restore_at: dict[str, float] = {}
+            forced += self.unheard.changed(namespace)  # (changed since it stopped hearing)
             for _ in range(3):
                 with errors.interrupt_says(NOT_SENT_WHILE_PACKED.format(what="cell")):
                     plan = self.sync.plan(namespace, names, shippable, forced, changed_only)
@@ -1048,6 +1049,8 @@ class RemoteSession:
             ]
             keep = state.changed_meanwhile(main, plan, back)
             state.apply(main, outcome, "not pulled", keep=keep)
+            for note in sync.superseded_notes(done):
+                notes.note(f"rexec: {note}.")
             for note in sync.conflict_notes(done, state.shared):
                 notes.warning(f"rexec: {note}.")
             for name in keep:
@@ -1071,7 +1074,7 @@ class RemoteSession:
         # The caller is local code: it may have changed what fn reads in place since the last
         # exchange, even within one cell (a loop of calls), so nothing is trusted unhashed.
         state.local_cell_ran()
-        forced: list[str] = []
+        forced: list[str] = self.unheard.changed(main)  # (as for a cell)
         restore_at: dict[str, float] = {}
         for _ in range(3):
             with errors.interrupt_says(NOT_SENT_WHILE_PACKED.format(what="call")):

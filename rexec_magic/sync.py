@@ -139,24 +139,31 @@ def _left_behind(
     return notes
 
 
+# Who changed a value the notebook's push met on the worker (``Execute.missed_base``).
+UNHEARD = (
+    "a remote cell or call whose end this notebook did not hear (you stopped waiting for it, "
+    "or lost contact with the worker)"
+)
+
+
+def superseded_notes(done: Any) -> list[str]:
+    """One sentence per push the worker applied over what a request whose end this notebook
+    never heard left there, as the notebook changed the value after that request ended
+    (``Done.superseded``): news, not a problem."""
+    return [
+        f"`{name}` was changed on the worker by {UNHEARD}, and changed here after that "
+        "ended: the change made here replaces it there too"
+        for name in (done.superseded if done is not None else [])
+    ]
+
+
 def conflict_notes(done: Any, shared: bool = True) -> list[str]:
     """One sentence per push the worker did not apply (``Done.conflicts``): in a ``shared``
     namespace, one another notebook changed; in any, one that a request whose end this
-    notebook never heard changed (``Execute.missed_base``); and one per push it applied over
-    such a request's change, as this notebook changed the value after that request ended
-    (``Done.superseded``)."""
+    notebook never heard changed (``Execute.missed_base``)."""
     notes = []
     # (over the pull limit, or not loadable here: the value stays remote, with its own note)
     stayed = {s.get("name") for s in done.skipped if isinstance(s, dict)} if done else set()
-    unheard = (
-        "a remote cell or call whose end this notebook did not hear (you stopped waiting for "
-        "it, or lost contact with the worker)"
-    )
-    for name in done.superseded if done is not None else []:
-        notes.append(
-            f"`{name}` was changed on the worker by {unheard}, and changed here after that "
-            "ended: the change made here replaces it there too"
-        )
     for name in done.conflicts if done is not None else []:
         # (This notebook changed its copy since it last exchanged it, or it would not have
         # been sent: before that request began, or after the user stopped waiting for it,
@@ -164,14 +171,14 @@ def conflict_notes(done: Any, shared: bool = True) -> list[str]:
         # Which of the two changes came last is not known, so no copy is called older.)
         if not shared and name in done.deleted:
             notes.append(
-                f"`{name}` was deleted on the worker by {unheard}, and this notebook holds "
+                f"`{name}` was deleted on the worker by {UNHEARD}, and this notebook holds "
                 "another value for it; which came last cannot be told here, so it is deleted "
                 "here too (this notebook's value was not sent: assign it again to send it)"
             )
         elif not shared:
             where = "stays there" if name in stayed else "came back here"
             notes.append(
-                f"`{name}` was changed on the worker by {unheard}, and this notebook holds "
+                f"`{name}` was changed on the worker by {UNHEARD}, and this notebook holds "
                 "another value for it; which change came last cannot be told here, so the "
                 f"worker's value was kept and {where} (this notebook's was not sent: assign it "
                 "again to send it)"
@@ -642,5 +649,5 @@ class NamespaceSync:
         for name in done.deleted if done is not None else []:
             if name not in handled:
                 self.deleted(namespace, name, done.at)
-        notes += conflict_notes(done, self.shared)
+        notes += superseded_notes(done) + conflict_notes(done, self.shared)
         return notes

@@ -17,7 +17,8 @@ This module gives the worker what it needs to tell the two apart (``Execute.miss
   later cell that finds the value still unchanged (an IPython ``pre_run_cell`` hook).  A
   value pushed later that hashes differently was changed here no earlier than its mark.
 - ``WorkerClock`` turns that mark (``time.monotonic()`` here) into the worker's clock,
-  from the DONEs' ``at`` (``time.time()`` there) and when each was read here.  Each
+  from the ``at`` of the ACCEPTED and DONE events (``time.time()`` there) and when each
+  was read here (an ACCEPTED comes at once: the first request has one, tester AV).  Each
   estimate is early by that DONE's transit time, so the best is the latest; an early mark
   only ever keeps the worker's value in a close call, never sends an older copy.
 
@@ -79,6 +80,21 @@ class LocalChanges:
                 else:
                     mark.settled = True
 
+    def changed(self, namespace: Mapping[str, Any]) -> list[str]:
+        """The marked names bound here to a value other than the one marked: they go with
+        the next request that reads them even when that value is the one last exchanged
+        (``v = 100`` exchanged, ``v = 1``, the request assigns 2 there, then ``v = 100``
+        again here: taken as unchanged, it was not sent, and the worker's 2 came back over
+        it without a word, tester AV)."""
+        with self._lock:
+            marks = list(self._marks.items())
+        found = []
+        for name, mark in marks:
+            digest = _digest(namespace, name)
+            if digest is not None and digest != mark.digest:
+                found.append(name)
+        return found
+
     def changed_since(self, name: str, digest: str | None) -> float | None:
         """When (``time.monotonic()``) ``name`` was changed here at the earliest, as a value
         that hashes to ``digest`` (None: deleted); None when it is the value marked, or
@@ -112,14 +128,15 @@ _ABSENT = object()
 
 class WorkerClock:
     """The worker's ``time.time()`` at a moment of this process's ``time.monotonic()``,
-    estimated from the DONEs read (``Done.at``), early by at most the fastest one's transit
-    time.  None until a DONE came from the current worker process."""
+    estimated from the events read that carry it (``Accepted.at``, ``Done.at``), early by at
+    most the fastest one's transit time.  None until one came from the current worker
+    process."""
 
     def __init__(self) -> None:
         self._offset: float | None = None  # worker time minus monotonic here, at the most
 
     def saw(self, at: Any, read_at: float) -> None:
-        """A DONE stamped ``at`` (worker clock, seconds) was read at ``read_at``."""
+        """An event stamped ``at`` (worker clock, seconds) was read at ``read_at``."""
         if isinstance(at, (int, float)) and not isinstance(at, bool):
             offset = float(at) - read_at
             if self._offset is None or offset > self._offset:

@@ -747,6 +747,9 @@ AFTER_GIVE_UP = {
     "read by a call": ("{n} = 2", "{n} = 100", "100", False),
     "deleted here": ("{n} = 2", "del {n}", "nothing", False),
     "changed while it still ran": ("{n} = 2", "{n} = 100", "2", True),
+    # (exchanged as 100, then 1 here before the remote cell; 100 again after it ended: the
+    # value last exchanged, yet a change since the give-up, tester AV)
+    "back to the value exchanged": ("{n} = 2", "{n} = 100", "100", False),
 }
 
 
@@ -767,10 +770,12 @@ def test_a_value_assigned_here_after_a_given_up_cell_ended_is_the_one_used(kerne
     remote_change, local_change, expected, early = AFTER_GIVE_UP[case]
     _, kc = kernel
     name = "au_" + re.sub(r"\W", "_", case)
-    first = "[1]" if case == "changed in place" else "1"
+    first = {"changed in place": "[1]", "back to the value exchanged": "100"}.get(case, "1")
     read = f"globals().get({name!r}, 'nothing')" if case == "deleted here" else name
     run(kc, f"{name} = {first}")
     run(kc, f"%%remote\nprint({name})")
+    if case == "back to the value exchanged":
+        run(kc, f"{name} = 1")
     delay = "3" if early else "0"
     given_up_on(
         kernel,
@@ -808,11 +813,44 @@ def test_a_value_assigned_here_after_a_given_up_cell_ended_is_the_one_used(kerne
     else:
         assert f"`{name}` was changed on the worker by a remote cell or call" in shown, shown
         assert "and changed here after that ended" in shown, shown
+        assert "changed here after" not in text_of(outputs, "stderr"), shown  # (news)
         assert "cannot be told" not in shown, shown
     _, local = run(kc, f"print('here', {read})")
     assert text_of(local) == f"here {expected}\n"
     _, again = run(kc, f"%%remote\nprint('then', {read})")
     assert text_of(again) == f"then {expected}\n", _all_text(again)
+
+
+def test_a_value_assigned_here_after_the_first_remote_cell_was_given_up_on_is_used(stack):
+    """Tester AV: the cell given up on was the kernel's first remote cell, so the notebook
+    had no estimate of the worker's clock yet (it came from DONEs only): the later local
+    ``a = 100`` could not be placed after that cell's end, and the worker's 2 came back
+    over it (5 of 5).  The ACCEPTED of a request carries the worker's clock too."""
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env={**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)})
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=WAIT_S)
+        run(kc, "%load_ext rexec_magic\nfirst_a = 1")
+        given_up_on(
+            (km, kc),
+            "%%remote\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "print('started', flush=True)\nfirst_a = 2\ntime.sleep(1)\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)",
+            0.3,
+        )
+        time.sleep(4)  # (it ended meanwhile)
+        run(kc, "first_a = 100")
+        reply, outputs = run(kc, "%%remote\nprint('remote sees', first_a)")
+        shown = _all_text(outputs)
+        assert reply["status"] == "ok", shown
+        assert "remote sees 100\n" in text_of(outputs), shown
+        assert "changed here after that ended" in shown, shown
+        assert text_of(run(kc, "print('here', first_a)")[1]) == "here 100\n"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
 
 
 def test_an_older_copy_never_undoes_what_a_cell_of_a_stalled_worker_assigned(kernel):
@@ -902,6 +940,43 @@ def test_what_a_cell_wrote_while_its_worker_was_stopped_shows_once_in_order(kern
     else:
         assert "tick 11\ncell end\n" in text_of(first) and late == "next sees done\n", shown
     assert text_of(run(kc, "print('here', stopped_c)")[1]) == "here done\n"
+
+
+@pytest.mark.parametrize("round_", [1, 2, 3])
+def test_what_a_cell_sent_to_a_stopped_worker_prints_shows_once_in_order(kernel, round_):
+    """Tester AV: a cell sent while the worker's supervisor was stopped (SIGSTOP) reached
+    it and ran once it was resumed, but its output never showed (2 of 2): the notebook,
+    waiting for the worker to come back, dropped the cell's events as they came, sent the
+    cell again, and the worker refused the copy as one that "may have run there; its
+    output and results did not reach this notebook".  Now what comes of the cell while
+    the notebook waits is kept as its own, and a copy of a cell still running goes on as
+    that cell: every line shows once, in order, and what it assigned comes back.  (Round
+    3's cell ends at once: before its copy comes, in most runs.)"""
+    _, kc = kernel
+    _, outputs = run(kc, "%%remote\nimport os\nprint(os.getppid())")
+    supervisor = int(text_of(outputs).split()[-1])
+    os.kill(supervisor, signal.SIGSTOP)
+    resume = threading.Timer(6, os.kill, (supervisor, signal.SIGCONT))
+    resume.start()
+    try:
+        time.sleep(0.5)
+        code = "%%remote\nimport time\n"
+        pause = 0.2 if round_ < 3 else 0
+        code += f"for i in range(6):\n    print('L', i, flush=True)\n    time.sleep({pause})\n"
+        code += f"sent_while_stopped = {round_}"
+        reply, first = run(kc, code)
+    finally:
+        resume.join(10)
+        os.kill(supervisor, signal.SIGCONT)
+    shown = _all_text(first)
+    time.sleep(1)
+    _, later = run(kc, "%%remote\nprint('next')")
+    lines = re.findall(r"^L (\d)$", text_of(first) + text_of(later), re.MULTILINE)
+    assert lines == [str(i) for i in range(6)], (shown, _all_text(later))
+    if reply["status"] == "ok":  # (all of it in the cell itself)
+        assert text_of(first) == "".join(f"L {i}\n" for i in range(6)), shown
+    _, local = run(kc, "print('here', sent_while_stopped)")
+    assert text_of(local) == f"here {round_}\n", (shown, _all_text(later), _all_text(local))
 
 
 @pytest.mark.parametrize("round_", [1, 2])

@@ -776,6 +776,25 @@ class Supervisor:
             if any(r.target.id == cell.id for ex in self.all for r in ex.queue):
                 log.info("%s %s came again while it waits its turn: run once", req.what, cell.id)
                 return
+            running = next(
+                (
+                    ex.current
+                    for ex in self.all
+                    if ex.current is not None
+                    and ex.current.target.id == cell.id
+                    and ex.current.client == req.client
+                ),
+                None,
+            )
+            if running is not None and not running.abandoned:
+                # Its client sent it again not knowing it had started (its ACCEPTED came
+                # while the client waited for this worker to come back): it runs on, and its
+                # events go on to that client (by the connection it came on now), as its
+                # own (tester AV: it was refused, its output dropped).
+                log.info("%s %s came again while it runs: run once", req.what, cell.id)
+                running.target.route = cell.target.route
+                self._reply(cell.target.route, Kind.ACCEPTED, {"id": cell.id, "at": time.time()})
+                return
             log.warning("%s %s came again after it was accepted: not run twice", req.what, cell.id)
             message = (
                 f"This {req.what} had reached the worker before the worker lost contact with "
@@ -1075,7 +1094,8 @@ class Supervisor:
             self._to_client(req, Kind.NOTICE, {"text": text, "about": req.notice})
         # It runs now: "accepted" (a cell still waiting its turn when a broker restart made
         # the supervisor drop it was never accepted, so its client may send it again).
-        self._reply(req.target.route, Kind.ACCEPTED, {"id": req.target.id, **(req.late_mark or {})})
+        accepted = {"id": req.target.id, "at": time.time(), **(req.late_mark or {})}
+        self._reply(req.target.route, Kind.ACCEPTED, accepted)
 
     def _late_to_client(self, req: Request, kind: str, payload: Any, buffers: Any) -> None:
         """One piece of late output (``ExecutorProcess.keep_late``'s) as an event of ``req``."""

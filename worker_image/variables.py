@@ -273,10 +273,13 @@ class Watch:
         ``before`` leaves it and ``collect`` finds them changed (or deleted) and sends them.
         (``invalidate`` would not do: ``before`` would hash the value as it is, unchanged.)
         A name absent here is marked only where this namespace served the client before
-        (that DONE deleted it); a new namespace (the executor was restarted) lacks it because
-        it is new: the client sends it again (``have`` and RESEND), as for any name."""
+        and had the name bound (that DONE deleted it); a new namespace (the executor was
+        restarted) lacks it because it is new: the client sends it again (``have`` and
+        RESEND), as for any name.  A name never bound here (a builtin the request read:
+        ``range``, ``KeyboardInterrupt``) is not marked: it was reported deleted, and the
+        notebook's note listed it among what the request "assigned or deleted" (tester AV)."""
         for name in names:
-            if name in namespace or self.served_before:
+            if name in namespace or (self.served_before and name in self.changed_at):
                 self.digests[name] = MISSED
 
     def before(self, namespace: Mapping[str, Any], names: Iterable[str]) -> None:

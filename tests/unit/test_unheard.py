@@ -99,3 +99,15 @@ def test_the_worker_records_when_a_value_or_its_deletion_was_first_seen_as_it_is
     del ns["a"]
     watch.collect(ns, [], ["a"], True, 1 << 20)
     assert watch.changed_at["a"] >= changed and "a" not in watch.latest
+
+
+def test_a_value_changed_since_the_mark_goes_even_when_it_is_the_one_last_exchanged():
+    """Tester AV: ``v`` exchanged as 100, then 1 here; the request never heard of assigns 2
+    there; then 100 here again.  The plan took 100 as unchanged since the exchange and did
+    not send it: the worker's 2 came back over it without a word.  Changed since the mark,
+    it goes (``changed``)."""
+    ns = {"v": 1, "w": 5}
+    marks = LocalChanges()
+    marks.track(ns, ["v", "w", "gone"], now=10.0)
+    ns["v"] = 100
+    assert marks.changed(ns) == ["v"]  # (`w` is as marked; `gone` has no mark)

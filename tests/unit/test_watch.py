@@ -55,3 +55,16 @@ def test_a_new_namespace_marks_no_missed_name_it_lacks():
     watch.serve("nb")
     watch.missed({}, ["x"])
     assert "x" not in watch.digests
+
+
+def test_a_builtin_a_missed_request_read_is_never_reported_deleted():
+    """Tester AV: a request the notebook never heard the end of had read ``range`` and
+    ``KeyboardInterrupt`` (never bound in the namespace); the next request marked them
+    missed and reported them deleted, and the note listed them among what the request
+    "assigned or deleted"."""
+    namespace = {"x": 1}
+    watch = exchanged(namespace, ["x"])
+    watch.serve("nb")
+    watch.missed(namespace, ["x", "range", "KeyboardInterrupt"])
+    report = watch.collect(namespace, [], ["x", "range", "KeyboardInterrupt"], True, LIMIT)
+    assert report.deleted == [] and report.changed == ["x"]
