@@ -47,6 +47,11 @@ class BrokerPort:
         # Each HEARTBEAT read is answered HEARTBEAT_ACK, as the broker does (False: a broker
         # that says nothing, stopped or starved).
         self.ack_heartbeats = True
+        # A broker that dropped the worker as silent: until it registers again, each of its
+        # messages is refused (its kind kept in ``refused``, never returned) and answered
+        # RESYNC, as the broker does for a route it no longer knows.
+        self.dropped = False
+        self.refused: list[str] = []
         # The bulk side channel (rexec_magic.protocol): an executor's BULK uploads come to
         # this port from a connection of their own.  "hold" answers as the broker does and
         # puts the buffers back into the DONE naming them; "refuse" answers BULK_REFUSED;
@@ -160,6 +165,11 @@ class BrokerPort:
             # strangers.
             if msg.kind == Kind.REGISTER or self.worker_id is None:
                 self.worker_id = peer
+            if peer == self.worker_id and self.dropped and msg.kind != Kind.REGISTER:
+                self.refused.append(msg.kind)
+                resync = protocol.encode(Kind.RESYNC, None, route=protocol.TO_BROKER)
+                self.router.send_multipart([peer, *resync])
+                continue
             if peer == self.worker_id:
                 if msg.kind == Kind.HEARTBEAT and self.ack_heartbeats:
                     # As the broker does: a supervisor that hears nothing from it takes it
@@ -227,6 +237,7 @@ class BrokerPort:
         closed client connections (``Kind.CLIENT_CLOSED``), as the broker does; ``broker``:
         the broker process it says it is (``Registered.broker``; "" as an older one)."""
         msg = self.recv_kind(Kind.REGISTER, timeout)
+        self.dropped = False
         header = {"key": os.urandom(32).hex(), "client_closed": client_closed, "broker": broker}
         self.send(Kind.REGISTERED, header, route=protocol.TO_BROKER)
         return msg

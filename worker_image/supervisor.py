@@ -206,6 +206,11 @@ class Supervisor:
         self._resyncing = False
         self._withheld: deque[tuple[bytes, str, Any, list[Any]]] = deque()
         self._withheld_bytes = 0
+        # Heartbeats sent and HEARTBEAT_ACKs read since the last REGISTERED, and the number of
+        # the heartbeat that asked whether the broker still knows this worker: an ACK read
+        # right after a stall may answer one sent before it (and the broker may have dropped
+        # the worker since), so only the ACK of that heartbeat, or a later one, says so.
+        self._beats_sent = self._acks_read = self._doubt_beat = 0
         self._register_sent_at = 0.0
         self._last_tick = time.monotonic()
         # When the broker last sent anything (a HEARTBEAT_ACK comes each WORKER_HEARTBEAT_S):
@@ -444,6 +449,8 @@ class Supervisor:
             key = self._session_key
             if route != protocol.TO_BROKER:
                 self._announce_large(route, header, buffers)
+            elif kind == Kind.HEARTBEAT:
+                self._beats_sent += 1
         self._send(protocol.encode_signed(key, kind, header, buffers, route=route))
 
     def _withhold(self, route: bytes, kind: str, header: Any, buffers: Any) -> None:
@@ -468,6 +475,7 @@ class Supervisor:
         log.info("%s: withholding output until the broker answers", why)
         self._unsure = True
         self._to_broker(Kind.HEARTBEAT, self._heartbeat_header())
+        self._doubt_beat = self._beats_sent
 
     def _release_withheld(self) -> None:
         """The broker knows this worker (again): send what was withheld, signed anew."""
@@ -574,6 +582,7 @@ class Supervisor:
     def _on_registered(self, msg: Message) -> None:
         registered = msg.read(protocol.Registered)
         self._session_key = bytes.fromhex(registered.key)
+        self._beats_sent = self._acks_read = self._doubt_beat = 0  # (a new count)
         same_broker = bool(registered.broker) and registered.broker == self._broker_id
         self._broker_id = registered.broker
         if self._resyncing and not same_broker:
@@ -634,7 +643,8 @@ class Supervisor:
             self._all_closed_at.pop(session, None)
 
     def _on_heartbeat_ack(self, msg: Message) -> None:
-        if self._unsure and self._session_key is not None:
+        self._acks_read += 1
+        if self._unsure and self._session_key is not None and self._acks_read >= self._doubt_beat:
             self._release_withheld()  # it knows us still: nothing was refused
         self._touch_alive_file()
 
