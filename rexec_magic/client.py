@@ -295,8 +295,9 @@ class RexecClient:
         # ``_missed_all``): sent with every request (``missed``) until a DONE of one that
         # carried them comes (the worker marks them unseen).
         self._missed: dict[str, None] = {}
-        # The worker's clock, from its DONEs: orders the notebook's changes made after it
-        # stopped hearing a request against that request's end (``unheard``).
+        # The worker's clock, from its ACCEPTED and DONE events: orders the notebook's
+        # changes made after it stopped hearing a request against that request's end
+        # (``unheard``).
         self.clock = WorkerClock()
         self.last_heard = 0.0  # time.monotonic() of the last message from the broker
         # A message read whole while a Ctrl-C came: the next _recv returns it (whole_message).
@@ -661,6 +662,9 @@ class RexecClient:
                     except ThrowInto as into:  # (the consumer's Ctrl-C, as for any notice)
                         raise into.exception from None
                 time.sleep(0.05)
+        except BaseException:
+            self._early.clear()  # (the request ends here: nobody reads them)
+            raise
         finally:
             self._early_of = None
 
