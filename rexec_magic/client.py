@@ -288,6 +288,8 @@ class RexecClient:
         self._held: deque[P.Message] = deque(maxlen=HELD_KEPT)
         self._news: list[P.Message] = []  # what the end of an abandoned request lost
         self._lost_under: set[str] = set()  # abandoned requests whose namespace was lost
+        # Abandoned requests that raised -> "NameError: name 'x' is not defined" (``_hold``).
+        self._failed_with: dict[str, str] = {}
         # Given-up requests not yet told that their output need not wait for ACKs (``_unpace``).
         self._unpaced: set[str] = set()
         # Names whose last exchange this client never read (an abandoned request's DONE
@@ -1466,6 +1468,7 @@ class RexecClient:
             gone = self._abandoned.popitem(last=False)[0]
             self._lost_under.discard(gone)
             self._unpaced.discard(gone)
+            self._failed_with.pop(gone, None)
 
     def _unpace(self, req_id: str | None = None) -> None:
         """Tell the worker that ``req_id``'s output (all given-up requests' when None) no
@@ -1497,6 +1500,20 @@ class RexecClient:
             self._unpace(request_id)  # (its worker is back: it hears this now)
         if msg.kind in (P.Kind.STREAM, P.Kind.DISPLAY):
             self._held.append(msg)
+        elif msg.kind == P.Kind.ERROR:
+            # It raised: its traceback shows with the rest of its late output, as a local
+            # thread's does, and its end's note says so.  Dropped, the cell had failed in
+            # silence (a `del` of a name gone there: its later lines never ran, and what the
+            # note listed as changed looked lost, tester AW).
+            try:
+                error = msg.read(P.Error)
+            except P.ProtocolError:
+                return
+            text = "\n".join(error.traceback) or f"{error.ename}: {error.evalue}"
+            stream = {"id": request_id, "name": "stderr", "text": text.rstrip("\n") + "\n"}
+            self._held.append(P.Message(P.Kind.STREAM, stream))
+            if not error.shown:
+                self._failed_with[request_id] = f"{error.ename}: {error.evalue}"[:300]
         elif msg.kind == P.Kind.NOTICE:
             # Its executor was stopped under it (its kernel taken for gone): the namespace is
             # lost, which the next request hears, and its DONE lists nothing as kept.  Dropped
@@ -1530,16 +1547,26 @@ class RexecClient:
             ]
             names += [n for n in (*done.changed, *done.deleted) if n not in names]
             self._missed.update(dict.fromkeys(names))
+            failed = self._failed_with.pop(request_id, None)
+            ended = (
+                f"The remote {label} ended later with an error ({failed}; its traceback is above)"
+                if failed
+                else f"The remote {label} ended later"
+            )
             if names:
                 listed = ", ".join(f"`{n}`" for n in names[:ABANDONED_NAMES_SAID])
                 more = len(names) - ABANDONED_NAMES_SAID
                 listed += f" and {more} more" if more > 0 else ""
                 text = (
-                    f"The remote {label} ended later; what it assigned or deleted is so on "
-                    "the worker only (a copy here, if any, is another value) until a remote "
-                    f"cell or call uses it: {listed}"
+                    f"{ended}; what it assigned or deleted is so on the worker only (a copy "
+                    "here, if any, is another value) until a remote cell or call uses it: "
+                    f"{listed}"
                 )
-                self._news.append(P.Message(P.Kind.NOTICE, {"text": text, "about": "late"}))
+            elif failed:
+                text = f"{ended}."
+            else:
+                return
+            self._news.append(P.Message(P.Kind.NOTICE, {"text": text, "about": "late"}))
 
     def _next_held(self, req_id: str) -> P.Message | None:
         """What ``_hold`` kept, as events of ``req_id``: output marked late, then the news."""

@@ -40,7 +40,7 @@ from rexec_magic import serialize, sync
 class Mark:
     """One name's local value as of ``since`` (``time.monotonic()``)."""
 
-    digest: str
+    digest: str | None  # None: not bound here (or not one that can travel)
     since: float
     settled: bool = False  # found changed at a cell's start: ``since`` stays
 
@@ -55,7 +55,8 @@ class LocalChanges:
         self._lock = threading.Lock()
 
     def track(self, namespace: Mapping[str, Any], missed: Iterable[str], now: float) -> None:
-        """Mark the ``missed`` names not marked yet with their local value as of ``now``;
+        """Mark the ``missed`` names not marked yet with their local value as of ``now``
+        (one not bound here too: a name the request made, assigned here later, tester AW);
         forget the marks of names no longer missed (a DONE that carried them came)."""
         missed = list(missed)
         with self._lock:
@@ -63,9 +64,7 @@ class LocalChanges:
                 del self._marks[name]
             for name in missed:
                 if name not in self._marks:
-                    digest = _digest(namespace, name)
-                    if digest is not None:
-                        self._marks[name] = Mark(digest, now)
+                    self._marks[name] = Mark(_digest(namespace, name), now)
 
     def cell_began(self, namespace: Mapping[str, Any], now: float) -> None:
         """A cell starts at ``now``: a marked value still unchanged cannot have been changed

@@ -750,6 +750,8 @@ AFTER_GIVE_UP = {
     # (exchanged as 100, then 1 here before the remote cell; 100 again after it ended: the
     # value last exchanged, yet a change since the give-up, tester AV)
     "back to the value exchanged": ("{n} = 2", "{n} = 100", "100", False),
+    # (no such name here until after the cell ended, tester AW)
+    "made by the cell": ("{n} = 2", "{n} = 100", "100", False),
 }
 
 
@@ -772,8 +774,9 @@ def test_a_value_assigned_here_after_a_given_up_cell_ended_is_the_one_used(kerne
     name = "au_" + re.sub(r"\W", "_", case)
     first = {"changed in place": "[1]", "back to the value exchanged": "100"}.get(case, "1")
     read = f"globals().get({name!r}, 'nothing')" if case == "deleted here" else name
-    run(kc, f"{name} = {first}")
-    run(kc, f"%%remote\nprint({name})")
+    if case != "made by the cell":
+        run(kc, f"{name} = {first}")
+        run(kc, f"%%remote\nprint({name})")
     if case == "back to the value exchanged":
         run(kc, f"{name} = 1")
     delay = "3" if early else "0"
@@ -819,6 +822,33 @@ def test_a_value_assigned_here_after_a_given_up_cell_ended_is_the_one_used(kerne
     assert text_of(local) == f"here {expected}\n"
     _, again = run(kc, f"%%remote\nprint('then', {read})")
     assert text_of(again) == f"then {expected}\n", _all_text(again)
+
+
+def test_the_error_a_given_up_cell_ends_with_shows_with_the_next_cell(kernel):
+    """Tester AW: a remote cell the user stopped waiting for raised later (a ``del`` of a
+    name gone there), and nothing said so: its later lines never ran, the note listed what
+    it had assigned as if it had ended well, and its traceback was dropped.  The traceback
+    shows at the top of the next remote cell, with the rest of its late output, and the
+    note says it ended with that error."""
+    _, kc = kernel
+    given_up_on(
+        kernel,
+        "%%remote\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('started', flush=True)\ntime.sleep(1)\nsignal.signal(signal.SIGINT, "
+        "signal.default_int_handler)\nfailing_late = 1\nprint('before', flush=True)\n"
+        "raise ValueError('it failed after you stopped waiting')\nprint('never')",
+        0.3,
+    )
+    time.sleep(3)  # (it ended meanwhile)
+    reply, outputs = run(kc, "%%remote\nprint('next')")
+    shown = _all_text(outputs)
+    assert reply["status"] == "ok", shown
+    assert text_of(outputs) == f"{LATE_HEADER}\nbefore\nnext\n", shown
+    late_errors = re.sub(r"\x1b\[[0-9;]*m", "", text_of(outputs, "stderr"))
+    assert "ValueError: it failed after you stopped waiting" in late_errors, shown
+    assert "ended later with an error (ValueError: it failed after you stopped waiting; its " \
+        "traceback is above); what it assigned" in shown, shown  # fmt: skip
+    assert "`failing_late`" in shown, shown
 
 
 def test_a_value_assigned_here_after_the_first_remote_cell_was_given_up_on_is_used(stack):

@@ -47,15 +47,21 @@ def test_a_change_in_the_cell_that_gave_up_dates_from_the_give_up():
     assert marks.changed_since("a", digest(100)) == 10.0
 
 
-def test_a_deletion_here_is_a_change_and_unmarked_names_are_none():
+def test_a_deletion_or_a_binding_here_is_a_change():
+    """Deleted here since the mark, or bound here since though it was not then (a name the
+    request made, then assigned in a local cell, tester AW: the worker's came back over
+    it): both are changes made here no earlier than the mark."""
     ns = {"a": 1, "p": RemoteOnly("p", "int", "too large")}
     marks = LocalChanges()
-    marks.track(ns, ["a", "p", "absent"], now=10.0)
+    marks.track(ns, ["a", "p", "new"], now=10.0)
+    marks.cell_began(ns, now=20.0)  # (all still as marked)
     del ns["a"]
-    assert marks.changed_since("a", None) == 10.0  # deleted here since
-    # A placeholder is never sent and an absent name has no value to order: unmarked.
-    assert marks.changed_since("p", "x") is None
-    assert marks.changed_since("absent", digest(1)) is None
+    ns["new"] = 100
+    assert marks.changed_since("a", None) == 20.0
+    assert marks.changed_since("new", digest(100)) == 20.0
+    assert marks.changed_since("new", None) is None  # (still unbound: no change)
+    assert marks.changed(ns) == ["new"]  # (a deletion goes as `gone`, not as a value)
+    assert marks.changed_since("unmarked", digest(1)) is None
 
 
 def test_marks_go_once_their_names_are_no_longer_missed_or_the_worker_is_new():
