@@ -1106,6 +1106,9 @@ class RemoteSession:
                     unloaded = _unloaded_of_call(exc.outcome, plan)
                     state.sent(main, plan, unloaded, _done(exc.outcome))
                     settle(plan, exc.outcome)
+                elif getattr(exc, "abandoned", False):  # as for a cell: its values went, and
+                    state.sent(main, plan, [])  # what it may assign is never sent over
+                    state.may_change_there(main, fields["watch"])  # by the copies here
                 raise
             except errors.BrokerUnreachable as exc:
                 if exc.started:  # (as for a cell: what it made of its values is newer)

@@ -851,6 +851,80 @@ def test_the_error_a_given_up_cell_ends_with_shows_with_the_next_cell(kernel):
     assert "`failing_late`" in shown, shown
 
 
+def test_giving_up_on_a_remote_generator_closes_it_where_it_waits(kernel):
+    """Tester AX: the user stopped waiting for a loop over a remote generator whose code
+    took the first Ctrl-C; it reached its ``yield`` 1 s later and waited there for the
+    loop's next request, which never came, so it outlived the grace period and its executor
+    was restarted: "did not stop within 5 s ... its namespace was lost", the globals it had
+    changed with it (6 of 6).  The generator is closed where it waits instead: what it
+    changed stays, and comes back with the next cell that reads it, with no loss said."""
+    _, kc = kernel
+    run(kc, "gen_g = 0")
+    code = (
+        "from rexec_magic import remote_func\n"
+        "@remote_func\n"
+        "def gen_ignoring():\n"
+        "    global gen_g\n"
+        "    import time\n"
+        "    for i in range(3):\n"
+        "        gen_g = gen_g + 100\n"
+        "        print('started' if i == 0 else f'made {i}', flush=True)\n"
+        "        end = time.time() + 1.5\n"
+        "        while time.time() < end:\n"
+        "            try:\n"
+        "                time.sleep(0.05)\n"
+        "            except KeyboardInterrupt:\n"
+        "                pass\n"
+        "        yield i\n"
+        "for item in gen_ignoring():\n"
+        "    print('got', item)"
+    )
+    given_up_on(kernel, code, 0.3)
+    time.sleep(P.INTERRUPT_GRACE_S + 2)  # (past the grace period: a waiting one is restarted)
+    reply, outputs = run(kc, "%%remote\nprint('remote g', gen_g)")
+    shown = _all_text(outputs)
+    assert reply["status"] == "ok", shown
+    assert "namespace was lost" not in shown and "restarted" not in shown, shown
+    assert "remote g 100\n" in text_of(outputs), shown
+    assert text_of(run(kc, "print('here', gen_g)")[1]) == "here 100\n"
+
+
+def test_a_given_up_call_that_changed_a_global_says_nothing_untrue_of_it(kernel):
+    """Tester AX: after the user stopped waiting for a ``remote_func`` call that changed a
+    global the notebook had not changed since, the next cell said "this notebook holds
+    another value for it; which change came last cannot be told here": the notebook's
+    copy, the one the call was sent with, went as a change, as nothing recorded that the
+    call had taken it (a cell's give-up did).  The worker's value comes back, with only
+    the note that the call ended later and what it assigned."""
+    _, kc = kernel
+    run(kc, "call_g = 0")
+    code = (
+        "from rexec_magic import remote_func\n"
+        "@remote_func\n"
+        "def bumps():\n"
+        "    global call_g\n"
+        "    import time\n"
+        "    print('started', flush=True)\n"
+        "    end = time.time() + 1.5\n"
+        "    while time.time() < end:\n"
+        "        try:\n"
+        "            time.sleep(0.05)\n"
+        "        except KeyboardInterrupt:\n"
+        "            pass\n"
+        "    call_g = call_g + 10\n"
+        "bumps()"
+    )
+    given_up_on(kernel, code, 0.3)
+    time.sleep(3)  # (it ended meanwhile)
+    reply, outputs = run(kc, "%%remote\nprint('remote g', call_g)")
+    shown = _all_text(outputs)
+    assert reply["status"] == "ok", shown
+    assert "remote g 10\n" in text_of(outputs), shown
+    assert "ended later" in shown and "`call_g`" in shown, shown
+    assert "cannot be told" not in shown, shown
+    assert text_of(run(kc, "print('here', call_g)")[1]) == "here 10\n"
+
+
 def test_a_value_assigned_here_after_the_first_remote_cell_was_given_up_on_is_used(stack):
     """Tester AV: the cell given up on was the kernel's first remote cell, so the notebook
     had no estimate of the worker's clock yet (it came from DONEs only): the later local
