@@ -211,6 +211,9 @@ class Supervisor:
         # right after a stall may answer one sent before it (and the broker may have dropped
         # the worker since), so only the ACK of that heartbeat, or a later one, says so.
         self._beats_sent = self._acks_read = self._doubt_beat = 0
+        # When this turn of the loop began (after its poll): a message to a client sent much
+        # later was held up by this process's own stall inside the turn (``_signed``).
+        self._turn_began = time.monotonic()
         self._register_sent_at = 0.0
         self._last_tick = time.monotonic()
         # When the broker last sent anything (a HEARTBEAT_ACK comes each WORKER_HEARTBEAT_S):
@@ -332,6 +335,7 @@ class Supervisor:
                 stall = time.monotonic() - now - timeout / 1000
                 if stall > protocol.PROCESS_STALL_S:  # (before it sends what it reads now)
                     self._link_in_doubt(f"the supervisor did not run for {stall:.1f} s")
+                self._turn_began = time.monotonic()
                 for what, flags in ready:
                     self._on_ready_item(what, flags, owners.get(what))
                 for ex in waiting:
@@ -433,9 +437,13 @@ class Supervisor:
         """Queue one message to the broker, signed with the session key from REGISTERED
         (REGISTER itself, and anything before the key came, goes with an empty MAC).  One to
         a client while the link is in doubt is withheld (``_withhold``)."""
-        if route != protocol.TO_BROKER and (self._unsure or self._resyncing):
-            self._withhold(route, kind, header, buffers)
-            return
+        if route != protocol.TO_BROKER:
+            stall = time.monotonic() - self._turn_began
+            if stall > protocol.PROCESS_STALL_S:  # (stopped inside this turn of the loop)
+                self._link_in_doubt(f"the supervisor did not run for {stall:.1f} s")
+            if self._unsure or self._resyncing:
+                self._withhold(route, kind, header, buffers)
+                return
         if kind == Kind.REGISTER:
             key = None
         elif self._session_key is None:
@@ -2164,6 +2172,7 @@ class Supervisor:
                 ex.proc.wait(max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 ex.signal(signal.SIGKILL)
+        self._turn_began = time.monotonic()  # (that wait was no stall of this process)
         for ex in list(self.all):
             for req in [r for r in (ex.current, *ex.queue) if r is not None]:
                 ended = "ended" if req is ex.current else "ran (it was not run)"
