@@ -851,6 +851,20 @@ def test_the_error_a_given_up_cell_ends_with_shows_with_the_next_cell(kernel):
     assert "`failing_late`" in shown, shown
 
 
+def takes_ctrl_cs_for(seconds: float, indent: str) -> str:
+    """Remote code (indented by ``indent``) that runs ``seconds`` whatever Ctrl-Cs come: a
+    user gives up on it with the second (``given_up_on``)."""
+    lines = [
+        f"end = time.time() + {seconds}",
+        "while time.time() < end:",
+        "    try:",
+        "        time.sleep(0.05)",
+        "    except KeyboardInterrupt:",
+        "        pass",
+    ]
+    return "".join(f"{indent}{line}\n" for line in lines)
+
+
 def test_giving_up_on_a_remote_generator_closes_it_where_it_waits(kernel):
     """Tester AX: the user stopped waiting for a loop over a remote generator whose code
     took the first Ctrl-C; it reached its ``yield`` 1 s later and waited there for the
@@ -869,12 +883,7 @@ def test_giving_up_on_a_remote_generator_closes_it_where_it_waits(kernel):
         "    for i in range(3):\n"
         "        gen_g = gen_g + 100\n"
         "        print('started' if i == 0 else f'made {i}', flush=True)\n"
-        "        end = time.time() + 1.5\n"
-        "        while time.time() < end:\n"
-        "            try:\n"
-        "                time.sleep(0.05)\n"
-        "            except KeyboardInterrupt:\n"
-        "                pass\n"
+        f"{takes_ctrl_cs_for(1.5, '        ')}"
         "        yield i\n"
         "for item in gen_ignoring():\n"
         "    print('got', item)"
@@ -905,12 +914,7 @@ def test_a_given_up_call_that_changed_a_global_says_nothing_untrue_of_it(kernel)
         "    global call_g\n"
         "    import time\n"
         "    print('started', flush=True)\n"
-        "    end = time.time() + 1.5\n"
-        "    while time.time() < end:\n"
-        "        try:\n"
-        "            time.sleep(0.05)\n"
-        "        except KeyboardInterrupt:\n"
-        "            pass\n"
+        f"{takes_ctrl_cs_for(1.5, '    ')}"
         "    call_g = call_g + 10\n"
         "bumps()"
     )
