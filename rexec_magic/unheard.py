@@ -28,7 +28,6 @@ record of when each name last changed (``worker_image.variables.Watch.changed_at
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,34 +49,34 @@ class LocalChanges:
     changed (see the module docstring)."""
 
     def __init__(self) -> None:
+        # (No lock: a ``remote_func`` future's thread may end its request while a cell
+        # begins, so each method works on a snapshot of the keys, and a race only marks a
+        # name a moment later.  A lock taken in a request's ``finally`` could be left held
+        # by a Ctrl-C that came just as it was acquired, and the next request hung on it.)
         self._marks: dict[str, Mark] = {}
-        # (a ``remote_func`` future's thread ends its request while a cell begins)
-        self._lock = threading.Lock()
 
     def track(self, namespace: Mapping[str, Any], missed: Iterable[str], now: float) -> None:
         """Mark the ``missed`` names not marked yet with their local value as of ``now``
         (one not bound here too: a name the request made, assigned here later, tester AW);
         forget the marks of names no longer missed (a DONE that carried them came)."""
         missed = list(missed)
-        with self._lock:
-            for name in set(self._marks).difference(missed):
-                del self._marks[name]
-            for name in missed:
-                if name not in self._marks:
-                    self._marks[name] = Mark(_digest(namespace, name), now)
+        for name in set(self._marks).difference(missed):
+            self._marks.pop(name, None)
+        for name in missed:
+            if name not in self._marks:
+                self._marks.setdefault(name, Mark(_digest(namespace, name), now))
 
     def cell_began(self, namespace: Mapping[str, Any], now: float) -> None:
         """A cell starts at ``now``: a marked value still unchanged cannot have been changed
         before it, so its mark moves to ``now``; a changed one keeps its mark for good.
         Costs one hash per such name per cell, only while a request's end is unheard."""
-        with self._lock:
-            for name, mark in self._marks.items():
-                if mark.settled:
-                    continue
-                if _digest(namespace, name) == mark.digest:
-                    mark.since = now
-                else:
-                    mark.settled = True
+        for name, mark in list(self._marks.items()):
+            if mark.settled:
+                continue
+            if _digest(namespace, name) == mark.digest:
+                mark.since = now
+            else:
+                mark.settled = True
 
     def changed(self, namespace: Mapping[str, Any]) -> list[str]:
         """The marked names bound here to a value other than the one marked: they go with
@@ -85,10 +84,8 @@ class LocalChanges:
         (``v = 100`` exchanged, ``v = 1``, the request assigns 2 there, then ``v = 100``
         again here: taken as unchanged, it was not sent, and the worker's 2 came back over
         it without a word, tester AV)."""
-        with self._lock:
-            marks = list(self._marks.items())
         found = []
-        for name, mark in marks:
+        for name, mark in list(self._marks.items()):
             digest = _digest(namespace, name)
             if digest is not None and digest != mark.digest:
                 found.append(name)
@@ -98,16 +95,14 @@ class LocalChanges:
         """When (``time.monotonic()``) ``name`` was changed here at the earliest, as a value
         that hashes to ``digest`` (None: deleted); None when it is the value marked, or
         unmarked."""
-        with self._lock:
-            mark = self._marks.get(name)
+        mark = self._marks.get(name)
         if mark is None or digest == mark.digest:
             return None
         return mark.since
 
     def forget(self) -> None:
         """The worker is new or gone: nothing of it was missed."""
-        with self._lock:
-            self._marks.clear()
+        self._marks.clear()
 
 
 def _digest(namespace: Mapping[str, Any], name: str) -> str | None:
