@@ -211,9 +211,12 @@ class Supervisor:
         # right after a stall may answer one sent before it (and the broker may have dropped
         # the worker since), so only the ACK of that heartbeat, or a later one, says so.
         self._beats_sent = self._acks_read = self._doubt_beat = 0
-        # When this turn of the loop began (after its poll): a message to a client sent much
-        # later was held up by this process's own stall inside the turn (``_signed``).
-        self._turn_began = time.monotonic()
+        # When the last heartbeat went to the broker.  The broker drops a worker it has heard
+        # nothing from for WORKER_DEAD_AFTER_S; one goes each WORKER_HEARTBEAT_S, so a gap of
+        # PROCESS_STALL_S means this process did not run (stopped, starved), wherever in its
+        # loop it stood (``_quiet_for``): a stop between one turn and the next poll leaves
+        # no trace in the poll's own time, and its output went with the dropped key.
+        self._beat_at = time.monotonic()
         self._register_sent_at = 0.0
         self._last_tick = time.monotonic()
         # When the broker last sent anything (a HEARTBEAT_ACK comes each WORKER_HEARTBEAT_S):
@@ -332,10 +335,7 @@ class Supervisor:
                 )
                 timeout = 0 if waiting else max(0, math.ceil((due - now) * 1000))
                 ready = zmq.zmq_poll(items, timeout)
-                stall = time.monotonic() - now - timeout / 1000
-                if stall > protocol.PROCESS_STALL_S:  # (before it sends what it reads now)
-                    self._link_in_doubt(f"the supervisor did not run for {stall:.1f} s")
-                self._turn_began = time.monotonic()
+                self._check_quiet()  # (before it sends what it reads now)
                 for what, flags in ready:
                     self._on_ready_item(what, flags, owners.get(what))
                 for ex in waiting:
@@ -438,9 +438,7 @@ class Supervisor:
         (REGISTER itself, and anything before the key came, goes with an empty MAC).  One to
         a client while the link is in doubt is withheld (``_withhold``)."""
         if route != protocol.TO_BROKER:
-            stall = time.monotonic() - self._turn_began
-            if stall > protocol.PROCESS_STALL_S:  # (stopped inside this turn of the loop)
-                self._link_in_doubt(f"the supervisor did not run for {stall:.1f} s")
+            self._check_quiet()  # (stopped inside this turn of the loop)
             if self._unsure or self._resyncing:
                 self._withhold(route, kind, header, buffers)
                 return
@@ -459,6 +457,7 @@ class Supervisor:
                 self._announce_large(route, header, buffers)
             elif kind == Kind.HEARTBEAT:
                 self._beats_sent += 1
+                self._beat_at = time.monotonic()
         self._send(protocol.encode_signed(key, kind, header, buffers, route=route))
 
     def _withhold(self, route: bytes, kind: str, header: Any, buffers: Any) -> None:
@@ -472,6 +471,13 @@ class Supervisor:
             return
         self._withheld.append((route, kind, header, list(buffers)))
         self._withheld_bytes += size
+
+    def _check_quiet(self) -> None:
+        """Doubt the link when no heartbeat went to the broker for ``PROCESS_STALL_S``: the
+        broker may have dropped this worker as silent meanwhile (``_link_in_doubt``)."""
+        quiet = time.monotonic() - self._beat_at
+        if quiet > protocol.PROCESS_STALL_S:
+            self._link_in_doubt(f"no heartbeat went to the broker for {quiet:.1f} s")
 
     def _link_in_doubt(self, why: str) -> None:
         """This process did not run for a while (``why``): the broker may have dropped it
@@ -591,6 +597,7 @@ class Supervisor:
         registered = msg.read(protocol.Registered)
         self._session_key = bytes.fromhex(registered.key)
         self._beats_sent = self._acks_read = self._doubt_beat = 0  # (a new count)
+        self._beat_at = time.monotonic()  # (it has just heard this worker)
         same_broker = bool(registered.broker) and registered.broker == self._broker_id
         self._broker_id = registered.broker
         if self._resyncing and not same_broker:
@@ -2172,7 +2179,9 @@ class Supervisor:
                 ex.proc.wait(max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 ex.signal(signal.SIGKILL)
-        self._turn_began = time.monotonic()  # (that wait was no stall of this process)
+        # That wait sent no heartbeat: one now, so what follows goes (withheld, it would be
+        # lost with this process), and the broker knows why it was quiet.
+        self._to_broker(Kind.HEARTBEAT, self._heartbeat_header())
         for ex in list(self.all):
             for req in [r for r in (ex.current, *ex.queue) if r is not None]:
                 ended = "ended" if req is ex.current else "ran (it was not run)"
