@@ -316,6 +316,7 @@ class ThreadCall(threading.Event):
         super().__init__()
         self.ended = threading.Event()
         self.stopped = False  # it ended interrupted (its caller got RemoteInterrupted)
+        self.error = ""  # it ended raising this ("ValueError: ..."), not interrupted
         self.interrupt_counted = False  # in ``_reached``
         self.said_stopping = False  # (as ``RemoteFuture.said_stopping``)
         self.interrupts_before = _interrupts[0]  # kernel interrupts before it was made
@@ -345,6 +346,9 @@ def _thread_call() -> Iterator[threading.Event]:
         raise
     except errors.WorkerLost:
         cancel.stopped = cancel.is_set()  # (its executor, killed for ignoring the interrupt)
+        raise
+    except BaseException as exc:
+        cancel.error = _error_words(exc)
         raise
     finally:
         _thread_calls.discard(cancel)
@@ -441,13 +445,27 @@ def interrupt_outcome() -> str:
     return "; ".join(said)
 
 
+def _error_words(exc: BaseException) -> str:
+    """``ValueError: cleanup failed``, at most 200 characters."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def _state(call: RemoteFuture | ThreadCall) -> str:
-    """ "cancelled", "finished" (it ended otherwise) or "going"."""
+    """ "cancelled", "finished" (it returned), "going", or "failed: " and the error it
+    ended with instead (a call that caught the interrupt and raised another error, or one
+    that raised first: "its result stands" was said of it, tester AX)."""
     if isinstance(call, ThreadCall):
-        ended, cancelled = call.ended.is_set(), call.stopped
+        ended, cancelled, error = call.ended.is_set(), call.stopped, call.error
     else:
         ended, cancelled = call.done(), call.cancelled()
-    return "cancelled" if cancelled else "finished" if ended else "going"
+        exc = call.exception(timeout=0) if ended and not cancelled else None
+        error = _error_words(exc) if exc is not None else ""
+    if cancelled:
+        return "cancelled"
+    if not ended:
+        return "going"
+    return f"failed: {error}" if error else "finished"
 
 
 def _outcome_clauses(states: list[str], earlier: str) -> list[str]:
@@ -455,6 +473,7 @@ def _outcome_clauses(states: list[str], earlier: str) -> list[str]:
     calls an interrupt just reached, else the words naming calls said before to be still
     stopping (which are not said again while they are)."""
     stopped, finished, going = (states.count(s) for s in ("cancelled", "finished", "going"))
+    errors_ = [s.removeprefix("failed: ") for s in states if s.startswith("failed: ")]
     said = []
     if earlier:
         one = stopped == 1
@@ -474,6 +493,15 @@ def _outcome_clauses(states: list[str], earlier: str) -> list[str]:
             f"{earlier or 'the interrupt reached '}"
             f"finished anyway (caught the interrupt, or ended first), and "
             f"{'its result stands' if one else 'their results stand'}"
+        )
+    if errors_:
+        other = "other " if stopped or finished else ""
+        one = len(errors_) == 1
+        shown = "; ".join(errors_[:3]) + ("; …" if len(errors_) > 3 else "")
+        said.append(
+            f"{len(errors_)} {other}{'call' if one else 'calls'} "
+            f"{earlier or 'the interrupt reached '}"
+            f"ended with {'an error' if one else 'errors'} instead ({shown})"
         )
     if going and not earlier:
         said.append(f"{going} {'is' if going == 1 else 'are'} still stopping")

@@ -183,7 +183,8 @@ def test_a_wait_ended_by_an_interrupt_says_it_stopped_waiting(kc):
 
 def interrupted_waiting(kc, tmp_path: Path, start: str, wait: str) -> tuple[dict, list[dict]]:
     """Define ``doze(FLAG, catch=False)``, a remote call that sleeps a minute (with
-    ``catch`` it returns 'caught' when interrupted), run ``start`` (``FLAG`` in it: a file
+    ``catch`` it returns 'caught' when interrupted; with ``catch='fail'`` it raises
+    ValueError instead), run ``start`` (``FLAG`` in it: a file
     the call makes as it starts), then the cell ``wait`` once the first call runs, and
     interrupt the kernel a second later: that cell's reply and outputs."""
     pid = int(stdout_of(ok(kc, "import os\nprint(os.getpid())")))
@@ -192,6 +193,7 @@ def interrupted_waiting(kc, tmp_path: Path, start: str, wait: str) -> tuple[dict
         "from rexec_magic import remote_func\n@remote_func\ndef doze(flag, catch=False):\n"
         "    import time\n    open(flag, 'w').close()\n    try:\n        time.sleep(60)\n"
         "    except KeyboardInterrupt:\n        if not catch:\n            raise\n"
+        "        if catch == 'fail':\n            raise ValueError('cleanup failed')\n"
         "        return 'caught'\n")  # fmt: skip
     ok(kc, start.replace("FLAG", repr(str(flag))))
     wait_for(flag.exists, "the first call to run")
@@ -203,6 +205,10 @@ def interrupted_waiting(kc, tmp_path: Path, start: str, wait: str) -> tuple[dict
 
 THREE = "fs = [doze.submit(FLAG) for _ in range(3)]"
 THREE_CANCELLED = "the interrupt cancelled this notebook's 3 unfinished remote calls"
+# (Not "finished anyway ... its result stands": it has none, tester AX.)
+RAISED_INSTEAD = (
+    "1 call the interrupt reached ended with an error instead (ValueError: cleanup failed)"
+)
 IN_A_THREAD = (
     "res = []\ndef body():\n    try:\n        res.append(doze(FLAG))\n"
     "    except BaseException as exc:\n        res.append(type(exc).__name__)\n"
@@ -228,9 +234,14 @@ IN_A_THREAD = (
         (IN_A_THREAD, "time.sleep(120)",
          "the interrupt cancelled this notebook's unfinished remote call", "res",
          "['RemoteInterrupted']"),
+        ("fs = [doze.submit(FLAG, 'fail')]", "cf.wait(fs, timeout=120)", RAISED_INSTEAD,
+         "[(f.cancelled(), type(f.exception()).__name__) for f in fs]",
+         "[(False, 'ValueError')]"),
+        (IN_A_THREAD.replace("doze(FLAG)", "doze(FLAG, 'fail')"), "time.sleep(120)",
+         RAISED_INSTEAD, "res", "['ValueError']"),
     ],
     ids=["wait", "sleep", "remote cell behind", "caught in the cell", "call caught it",
-         "a thread's call"],
+         "a thread's call", "call raised instead", "a thread's call raised instead"],
 )  # fmt: skip
 def test_an_interrupt_says_what_it_did_to_the_calls_whatever_the_cell_waited_in(
     kc, tmp_path, start, wait, said, check, checked
@@ -241,7 +252,8 @@ def test_an_interrupt_says_what_it_did_to_the_calls_whatever_the_cell_waited_in(
     ``concurrent.futures.wait``, a sleep, or a remote cell queued behind the calls showed a
     bare KeyboardInterrupt, and the futures were cancelled without a word (tester AF, 3 of
     3).  Counted as they end: a call that caught the interrupt keeps its result, and is not
-    said to be cancelled; a thread's direct call is one too (tester AH)."""
+    said to be cancelled; a thread's direct call is one too (tester AH).  One that raised
+    another error instead is said to have, not to have a result that stands (tester AX)."""
     _, outputs = interrupted_waiting(kc, tmp_path, start, wait)
     assert texts(outputs, "display_data")[-1] == f"rexec: {said}.", outputs
     assert stdout_of(ok(kc, f"print({check})")) == checked + "\n"
@@ -266,8 +278,10 @@ def test_an_interrupt_in_result_says_what_it_cancelled_once(kc, tmp_path):
         (False, "the remote call the interrupt was still stopping was cancelled"),
         (True, "1 call the interrupt was still stopping finished anyway (caught the "
          "interrupt, or ended first), and its result stands"),
+        ("fail", "1 call the interrupt was still stopping ended with an error instead "
+         "(ValueError: cleanup failed)"),
     ],
-    ids=["cancelled", "finished anyway"],
+    ids=["cancelled", "finished anyway", "raised instead"],
 )  # fmt: skip
 def test_a_call_said_to_be_still_stopping_is_followed_up(kc, tmp_path, caught, later):
     """Ctrl-C in ``result()`` of the last of three calls while the first runs, and takes
@@ -279,8 +293,9 @@ def test_a_call_said_to_be_still_stopping_is_followed_up(kc, tmp_path, caught, l
     ok(kc, "from rexec_magic import remote_func\n@remote_func\ndef linger(flag, catch):\n"
         "    import time\n    open(flag, 'w').close()\n    try:\n        time.sleep(60)\n"
         "    except KeyboardInterrupt:\n        time.sleep(1)\n        if not catch:\n"
-        "            raise\n        return 'caught'\n")  # fmt: skip
-    ok(kc, f"fs = [linger.submit({str(flag)!r}, {caught}) for _ in range(3)]")
+        "            raise\n        if catch == 'fail':\n"
+        "            raise ValueError('cleanup failed')\n        return 'caught'\n")  # fmt: skip
+    ok(kc, f"fs = [linger.submit({str(flag)!r}, {caught!r}) for _ in range(3)]")
     wait_for(flag.exists, "the first call to run")
     msg_id = kc.execute("fs[-1].result()")
     time.sleep(1.0)
@@ -291,8 +306,13 @@ def test_a_call_said_to_be_still_stopping_is_followed_up(kc, tmp_path, caught, l
         "notebook's 2 unfinished remote calls; 1 is still stopping."
     ), reply
     assert texts(outputs, "display_data")[-1:] == [f"rexec: {later}."], outputs
-    states = "[(f.cancelled(), f.cancelled() or f.result()) for f in fs]"
-    first = "(False, 'caught')" if caught else "(True, True)"
+    states = (
+        "[(f.cancelled(), f.cancelled() or (f.exception() and type(f.exception()).__name__)"
+        " or f.result()) for f in fs]"
+    )
+    first = {False: "(True, True)", True: "(False, 'caught')", "fail": "(False, 'ValueError')"}[
+        caught
+    ]
     assert stdout_of(ok(kc, f"print({states})")) == f"[{first}, (True, True), (True, True)]\n"
 
 
