@@ -777,10 +777,12 @@ class RemoteSession:
         with self.exclusive("cell", notes), self._reporting(notes):
             forced = list(force)
             restore_at: dict[str, float] = {}
-            forced += self.unheard.changed(namespace)  # (changed since it stopped hearing)
+            marks = self.unheard.digests()  # (what changed since it stopped hearing goes)
             for _ in range(3):
                 with errors.interrupt_says(NOT_SENT_WHILE_PACKED.format(what="cell")):
-                    plan = self.sync.plan(namespace, names, shippable, forced, changed_only)
+                    plan = self.sync.plan(
+                        namespace, names, shippable, forced, changed_only, marks=marks
+                    )
                     entries, frames = plan.entries_and_frames()
                 # What the cell's functions read is watched too (`bump()` appending to a list).
                 sent = [n for n in (*plan.send, *plan.have) if not sync.ipython_name(n)]
@@ -1074,11 +1076,12 @@ class RemoteSession:
         # The caller is local code: it may have changed what fn reads in place since the last
         # exchange, even within one cell (a loop of calls), so nothing is trusted unhashed.
         state.local_cell_ran()
-        forced: list[str] = self.unheard.changed(main)  # (as for a cell)
+        forced: list[str] = []
+        marks = self.unheard.digests()  # (as for a cell)
         restore_at: dict[str, float] = {}
         for _ in range(3):
             with errors.interrupt_says(NOT_SENT_WHILE_PACKED.format(what="call")):
-                plan = state.plan(main, reads, sync.shippable, forced, what="call")
+                plan = state.plan(main, reads, sync.shippable, forced, what="call", marks=marks)
             values = {name: main[name] for name in plan.send}
             watch = list(dict.fromkeys([*reads, *plan.send, *plan.have]))
             limit = contract.DEFAULT_PULL_LIMIT_BYTES

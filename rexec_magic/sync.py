@@ -320,6 +320,7 @@ class NamespaceSync:
         force: Iterable[str] = (),
         changed_only: Iterable[str] = (),
         what: str = "cell",
+        marks: Mapping[str, str | None] | None = None,
     ) -> Plan:
         """Pack what must go: ``names`` and the notebook globals their code reads, transitively;
         and list the exchanged names deleted here since (``Plan.gone``).
@@ -328,10 +329,14 @@ class NamespaceSync:
         ``changed_only`` names only when changed (unchanged, not even listed in ``have``:
         code that may look them up by name, ``globals()[k]``, must not get an older value,
         but need not bring back one the worker lost).
+        ``marks``: digests of names a request whose end this notebook never heard may have
+        changed (``unheard.LocalChanges.digests``): one whose value here hashes otherwise
+        goes, as a forced one (hashed here once, not again in a pass of its own).
         Raises UnserializableVariable naming the first value that cannot travel (``what``:
         "cell" or "call", for its sentence).
         """
         forced = set(force)
+        marks = marks or {}
         optional = set(changed_only) - forced
         plan = Plan()
         # Exchanged, then deleted by local code: gone there too, whether this code reads
@@ -360,6 +365,7 @@ class NamespaceSync:
             record = self.records.get(name)
             if (
                 name not in forced
+                and name not in marks
                 and record is not None
                 and record.epoch == self.epoch
                 and record.obj_id == id(value)
@@ -381,6 +387,8 @@ class NamespaceSync:
                 packed = serialize.pack_value(_history_stand_in(name, value, exc))
             queue.extend(packed.reads)
             digest = packed.digest
+            if name in marks and marks[name] != digest:
+                forced.add(name)  # (changed here since the mark)
             if name not in forced and record is not None and record.digest == digest:
                 record.obj_id, record.epoch, record.reads = id(value), self.epoch, packed.reads
                 if name not in optional:

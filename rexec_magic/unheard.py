@@ -78,18 +78,14 @@ class LocalChanges:
             else:
                 mark.settled = True
 
-    def changed(self, namespace: Mapping[str, Any]) -> list[str]:
-        """The marked names bound here to a value other than the one marked: they go with
-        the next request that reads them even when that value is the one last exchanged
-        (``v = 100`` exchanged, ``v = 1``, the request assigns 2 there, then ``v = 100``
-        again here: taken as unchanged, it was not sent, and the worker's 2 came back over
-        it without a word, tester AV)."""
-        found = []
-        for name, mark in list(self._marks.items()):
-            digest = _digest(namespace, name)
-            if digest is not None and digest != mark.digest:
-                found.append(name)
-        return found
+    def digests(self) -> dict[str, str | None]:
+        """Each marked name's digest as marked (None: not bound here then).  A name bound
+        here to a value that hashes otherwise goes with the next request that reads it,
+        even when that value is the one last exchanged (``v = 100`` exchanged, ``v = 1``,
+        the request assigns 2 there, then ``v = 100`` again here: taken as unchanged, it
+        was not sent, and the worker's 2 came back over it without a word, tester AV).
+        ``sync.NamespaceSync.plan`` compares them with the digests it computes anyway."""
+        return {name: mark.digest for name, mark in list(self._marks.items())}
 
     def changed_since(self, name: str, digest: str | None) -> float | None:
         """When (``time.monotonic()``) ``name`` was changed here at the earliest, as a value

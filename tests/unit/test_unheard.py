@@ -11,7 +11,7 @@ import time
 import pytest
 
 from rexec_magic import serialize
-from rexec_magic.sync import RemoteOnly
+from rexec_magic.sync import NamespaceSync, RemoteOnly, shippable
 from rexec_magic.unheard import LocalChanges, WorkerClock
 from worker_image.variables import Watch
 
@@ -60,7 +60,8 @@ def test_a_deletion_or_a_binding_here_is_a_change():
     assert marks.changed_since("a", None) == 20.0
     assert marks.changed_since("new", digest(100)) == 20.0
     assert marks.changed_since("new", None) is None  # (still unbound: no change)
-    assert marks.changed(ns) == ["new"]  # (a deletion goes as `gone`, not as a value)
+    plan = NamespaceSync().plan(ns, ["a", "p", "new"], shippable, marks=marks.digests())
+    assert list(plan.send) == ["new"]  # (a deletion goes as `gone`, not as a value)
     assert marks.changed_since("unmarked", digest(1)) is None
 
 
@@ -111,9 +112,17 @@ def test_a_value_changed_since_the_mark_goes_even_when_it_is_the_one_last_exchan
     """Tester AV: ``v`` exchanged as 100, then 1 here; the request never heard of assigns 2
     there; then 100 here again.  The plan took 100 as unchanged since the exchange and did
     not send it: the worker's 2 came back over it without a word.  Changed since the mark,
-    it goes (``changed``)."""
-    ns = {"v": 1, "w": 5}
+    it goes (``NamespaceSync.plan`` with the marks' ``digests``)."""
+    ns = {"v": 100, "w": 5}
+    state = NamespaceSync()
+    first = state.plan(ns, ["v", "w"], shippable)
+    state.sent(ns, first, [])  # exchanged: v = 100, w = 5
+    assert state.plan(ns, ["v", "w"], shippable).have == ["v", "w"]  # (unchanged: not sent)
+    ns["v"] = 1
     marks = LocalChanges()
     marks.track(ns, ["v", "w", "gone"], now=10.0)
-    ns["v"] = 100
-    assert marks.changed(ns) == ["v"]  # (`w` is as marked; `gone` has no mark)
+    ns["v"] = 100  # (back to the value exchanged)
+    state.local_cell_ran()
+    plan = state.plan(ns, ["v", "w"], shippable, marks=marks.digests())
+    assert list(plan.send) == ["v"] and plan.have == ["w"]  # (`w` is as marked)
+    assert state.plan(ns, ["v", "w"], shippable).have == ["v", "w"]  # (without the marks)
