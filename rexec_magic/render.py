@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 import sys
 from typing import Any
 
@@ -13,6 +14,8 @@ from rexec_magic import protocol as P
 from rexec_magic.client import whole_message
 from rexec_magic.notes import NOTEBOOK, Notes, Progress, frontend
 from rexec_magic.output_cells import claim_header, current_parent, release_header
+
+log = logging.getLogger(__name__)
 
 
 class RemoteResult:
@@ -83,13 +86,32 @@ class EventRenderer:
         self._since_clear: list[P.Event] = []
         self._since_clear_chars = 0
         self._notices: dict[str, Progress] = {}  # each kind of wait: its live note
+        self._show_failed = False  # an event could not be shown (``_not_shown``): logged
 
     def __call__(self, msg: P.Message) -> None:
         # A Ctrl-C is held until the event is shown: one landing inside ipykernel's
         # ``OutStream.flush`` (a ``threading.Event.wait``) broke the Condition's lock and
         # surfaced as "RuntimeError: release unlocked lock" instead of the interrupt.
         with whole_message():
-            self._show(msg)
+            try:
+                self._show(msg)
+            except Exception as exc:  # (this notebook's own output channel failed)
+                self._not_shown(msg, exc)
+
+    def _not_shown(self, msg: P.Message, exc: Exception) -> None:
+        """An event this kernel could not show (its stream raised): logged, once per
+        request, and the request goes on, its result standing.  A thread's remote call whose
+        output came after a Ctrl-C in ``Thread.join`` met a closed ipykernel pipe (Python
+        3.11 then takes the thread for ended, bpo-45274, and ipykernel closes the pipes of
+        ended threads): the ZMQError replaced the result the call returned (tester AY, 6
+        of 12)."""
+        if not self._show_failed:
+            self._show_failed = True
+            log.warning(
+                "rexec: a %s event of a remote request could not be shown in this kernel "
+                "(%s: %s); the request goes on, and what it returns stands",
+                msg.kind, type(exc).__name__, exc,
+            )  # fmt: skip
 
     def _show(self, msg: P.Message) -> None:
         model = P.HEADERS.get(msg.kind)
