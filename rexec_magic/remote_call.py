@@ -430,7 +430,7 @@ def interrupt_outcome() -> str:
     clause ("the interrupt cancelled this notebook's 2 unfinished remote calls; 1 other
     finished anyway ..."), or "" when they reached none.  Those that ended are forgotten;
     one still stopping stays, and how it ended is said the next time asked (the next
-    cell), since "1 is still stopping" alone left the user guessing (tester AP, 3 of 3)."""
+    cell), since "1 call is still stopping" alone left the user guessing (tester AP, 3 of 3)."""
     with _reached_lock:
         # (Each call's state read once: one ending meanwhile is either said now or kept.)
         reached = [(ref, call, _state(call)) for ref in _reached if (call := ref()) is not None]
@@ -504,7 +504,7 @@ def _outcome_clauses(states: list[str], earlier: str) -> list[str]:
             f"ended with {'an error' if one else 'errors'} instead ({shown})"
         )
     if going and not earlier:
-        said.append(f"{going} {'is' if going == 1 else 'are'} still stopping")
+        said.append(f"{going} {'call is' if going == 1 else 'calls are'} still stopping")
     return said
 
 

@@ -259,6 +259,34 @@ def test_an_interrupt_says_what_it_did_to_the_calls_whatever_the_cell_waited_in(
     assert stdout_of(ok(kc, f"print({check})")) == checked + "\n"
 
 
+def test_a_threads_call_keeps_its_result_when_its_output_cannot_be_shown(kc, tmp_path):
+    """Ctrl-C in ``Thread.join``: Python 3.11 then takes the thread for ended
+    (``is_alive()`` False, the fix of bpo-45274), and ipykernel closes the output pipes of
+    ended threads every 10 s, so that thread's next output raises ZMQError.  A remote call
+    of that thread printing after that had its result replaced by the ZMQError (tester AY,
+    6 of 12; a local thread's print fails the same way).  Its result stands."""
+    pid = int(stdout_of(ok(kc, "import os\nprint(os.getpid())")))
+    ok(kc, "import threading, time\nfrom rexec_magic import remote_func\n@remote_func\n"
+        "def late_word():\n    import time\n    time.sleep(12)\n"
+        "    print('a late word', flush=True)\n    return 'done'\n")  # fmt: skip
+    msg_id = kc.execute(
+        "res = []\ndef body():\n    time.sleep(2)\n    try:\n"
+        "        res.append(late_word())\n    except BaseException as exc:\n"
+        "        res.append(repr(exc))\nth = threading.Thread(target=body)\nth.start()\n"
+        "th.join()"
+    )
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGINT)  # (in ``th.join()``, before the call was made)
+    collect(kc, msg_id)
+
+    def ended() -> str | None:  # (the call's own line may show in this cell too)
+        out = stdout_of(ok(kc, "print('res:', res)"))
+        said = [line for line in out.splitlines() if line.startswith("res:")]
+        return said[0] if said and said[0] != "res: []" else None
+
+    assert wait_for(ended, "the call to end") == "res: ['done']"
+
+
 def test_an_interrupt_in_result_says_what_it_cancelled_once(kc, tmp_path):
     """Waiting in ``result()``, the interrupt's own sentence says what it cancelled; no
     second note repeats it."""
@@ -303,7 +331,7 @@ def test_a_call_said_to_be_still_stopping_is_followed_up(kc, tmp_path, caught, l
     reply, outputs = collect(kc, msg_id)
     assert reply["evalue"] == (
         "Interrupted while waiting for a remote call's result; the interrupt cancelled this "
-        "notebook's 2 unfinished remote calls; 1 is still stopping."
+        "notebook's 2 unfinished remote calls; 1 call is still stopping."
     ), reply
     assert texts(outputs, "display_data")[-1:] == [f"rexec: {later}."], outputs
     states = (
