@@ -214,7 +214,7 @@ class Supervisor:
         # When the last heartbeat went to the broker.  The broker drops a worker it has heard
         # nothing from for WORKER_DEAD_AFTER_S; one goes each WORKER_HEARTBEAT_S, so a gap of
         # PROCESS_STALL_S means this process did not run (stopped, starved), wherever in its
-        # loop it stood (``_quiet_for``): a stop between one turn and the next poll leaves
+        # loop it stood (``_check_quiet``): a stop between one turn and the next poll leaves
         # no trace in the poll's own time, and its output went with the dropped key.
         self._beat_at = time.monotonic()
         self._register_sent_at = 0.0
@@ -2179,8 +2179,8 @@ class Supervisor:
                 ex.proc.wait(max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 ex.signal(signal.SIGKILL)
-        # That wait sent no heartbeat: one now, so what follows goes (withheld, it would be
-        # lost with this process), and the broker knows why it was quiet.
+        # That wait sent no heartbeat: one now, so that what follows is sent, not withheld
+        # as after a stall (withheld, it would end with this process).
         self._to_broker(Kind.HEARTBEAT, self._heartbeat_header())
         for ex in list(self.all):
             for req in [r for r in (ex.current, *ex.queue) if r is not None]:
