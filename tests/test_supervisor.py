@@ -1276,6 +1276,41 @@ def test_a_late_line_written_in_pieces_comes_as_one_piece(port, tmp_path):
     assert texts == ["first part and its end\n", "next\n"]
 
 
+def test_a_late_flood_comes_to_its_listener_in_whole_lines(port, tmp_path):
+    """A thread prints 3,000 lines (291 kB) after its cell ended: they come to the
+    notebook's listener in events of at most 64 KiB that each end at a line's end.  The
+    client shows each event as it comes, and other output can come between two (a script's
+    main thread, the notebook's next cell): cut at a fixed size, a line showed cut in two
+    with the script's own line between its halves (CI under load, 1 of 1), which a local
+    thread's line never is."""
+    go, written = tmp_path / "go", tmp_path / "written"
+    lines = [f"T{i:04d} {'x' * 90}\n" for i in range(3000)]
+    declare(port, "nb-a")
+    port.run(
+        "import os, threading, time\n"
+        "def flood():\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.02)\n"
+        "    for i in range(3000):\n"
+        "        print(f'T{i:04d}', 'x' * 90)\n"
+        f"    open({str(written)!r}, 'w').close()\n"
+        "threading.Thread(target=flood).start()",
+        extra={"session": "nb-a"},
+    )
+    go.touch()  # (after the cell's end)
+    wait_for(written.exists, "the thread to print its lines")
+    texts: list[str] = []
+    end = time.monotonic() + WAIT_S
+    while not "".join(texts).endswith(lines[-1]) and time.monotonic() < end:
+        got = listened(port, lambda got: len(got) >= 8, timeout=0.5)
+        texts += [m.header["text"] for m in got]
+        if got:  # (read: more may come, ``LATE_WINDOW``)
+            declare(port, "nb-a", read=got[-1].header["seq"] + 1, stream=got[-1].header["id"])
+    assert "".join(texts) == "".join(lines)
+    assert len(texts) > 1, "(the flood must come in several events to show their ends)"
+    assert [t for t in texts if not t.endswith("\n") or len(t) > 64 << 10] == []
+
+
 @pytest.mark.parametrize(
     "writes",
     [

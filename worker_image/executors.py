@@ -89,12 +89,37 @@ def for_listeners(
 
 
 def late_events(payload: Any) -> int:
-    """How many events a piece of late output goes as to a listener: text in pieces of at
-    most ``LATE_EVENT_CHARS`` (so ``LATE_WINDOW`` bounds the bytes in flight too)."""
-    return max(1, -(-len(payload) // LATE_EVENT_CHARS)) if isinstance(payload, str) else 1
+    """How many events a piece of late output goes as to a listener (``text_pieces``)."""
+    return len(text_cuts(payload)) if isinstance(payload, str) else 1
 
 
 LATE_EVENT_CHARS = 64 << 10
+
+
+def text_cuts(text: str, most: int = LATE_EVENT_CHARS) -> list[int]:
+    """Where ``text_pieces`` ends each piece of ``text`` (offsets; one for empty text)."""
+    cuts: list[int] = []
+    start = 0
+    while len(text) - start > most:
+        cut = text.rfind("\n", start, start + most) + 1
+        start = cut if cut > start else start + most  # (a line longer than ``most``: cut)
+        cuts.append(start)
+    cuts.append(len(text))
+    return cuts
+
+
+def text_pieces(text: str, most: int = LATE_EVENT_CHARS) -> list[str]:
+    """``text`` in pieces of at most ``most`` characters (so ``LATE_WINDOW`` bounds the
+    bytes in flight too), each ending at a line's end where one is within reach.  The
+    client shows each late event as it comes, and other output can come between two (the
+    notebook's own cell, a script's main thread): cut at a fixed size, a line of a
+    thread's flood showed cut in two with the script's own line between its halves (CI
+    under load, 1 of 1), which a local thread's ``print`` never is."""
+    pieces, start = [], 0
+    for cut in text_cuts(text, most):
+        pieces.append(text[start:cut])
+        start = cut
+    return pieces
 
 
 class Late(NamedTuple):

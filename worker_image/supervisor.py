@@ -67,7 +67,6 @@ from rexec_magic.protocol import (
 from worker_image import files, framing, rundir
 from worker_image.cells import cell_for, done_header, placement
 from worker_image.executors import (
-    LATE_EVENT_CHARS,
     LATE_MAX_CHARS,
     LATE_MAX_EVENTS,
     START_ERRORS,
@@ -75,6 +74,7 @@ from worker_image.executors import (
     Late,
     Request,
     proc_stopped,
+    text_pieces,
 )
 from worker_image.late_listeners import LateListeners, Listener
 from worker_image.leftovers import LeftoverPipes
@@ -1147,9 +1147,8 @@ class Supervisor:
         after = lst.after if lst.after_in == key else None
         of = {"of": item.request} if item.request else {}
         if isinstance(item.payload, str):
-            text = item.payload
-            for start in range(0, len(text), LATE_EVENT_CHARS):
-                piece = {"name": item.kind, "text": text[start : start + LATE_EVENT_CHARS]}
+            for text in text_pieces(item.payload):
+                piece = {"name": item.kind, "text": text}
                 self._to_listener(lst, Kind.STREAM, {**piece, **of}, after)
         else:
             header = {k: v for k, v in item.payload.items() if k not in ("id", "seq")}
