@@ -437,11 +437,13 @@ class Supervisor:
         """Queue one message to the broker, signed with the session key from REGISTERED
         (REGISTER itself, and anything before the key came, goes with an empty MAC).  One to
         a client while the link is in doubt is withheld (``_withhold``)."""
-        if route != protocol.TO_BROKER:
-            self._check_quiet()  # (stopped inside this turn of the loop)
-            if self._unsure or self._resyncing:
-                self._withhold(route, kind, header, buffers)
-                return
+        if kind != Kind.REGISTER:
+            # (Stopped inside this turn of the loop.  Before a heartbeat too: sent after the
+            # stop, it would reset the gap, and what follows it go with a dropped key.)
+            self._check_quiet()
+        if route != protocol.TO_BROKER and (self._unsure or self._resyncing):
+            self._withhold(route, kind, header, buffers)
+            return
         if kind == Kind.REGISTER:
             key = None
         elif self._session_key is None:
@@ -2178,8 +2180,9 @@ class Supervisor:
                 ex.proc.wait(max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 ex.signal(signal.SIGKILL)
-        # That wait sent no heartbeat: one now, so that what follows is sent, not withheld
-        # as after a stall (withheld, it would end with this process).
+        # That wait sent no heartbeat, and it was no stall (``_check_quiet``): one now, so
+        # that what follows is sent, not withheld (withheld, it would end with this process).
+        self._beat_at = time.monotonic()
         self._to_broker(Kind.HEARTBEAT, self._heartbeat_header())
         for ex in list(self.all):
             for req in [r for r in (ex.current, *ex.queue) if r is not None]:
