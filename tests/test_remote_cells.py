@@ -133,7 +133,9 @@ def test_ctrl_c_while_a_large_push_crosses_runs_nothing_and_says_so(
     ip.user_ns.pop("crossing", None)
 
 
-def test_ctrl_c_while_a_cell_is_being_sent_interrupts_it_on_the_worker(ip, monkeypatch, tmp_path):
+def test_ctrl_c_while_a_cell_is_being_sent_interrupts_it_on_the_worker(
+    ip, stack, monkeypatch, tmp_path
+):
     """A Ctrl-C held while the cell's message was being sent (``whole_message``) surfaced
     once it was out as a bare KeyboardInterrupt in rexec's own code: the cell ran on the
     worker (60 s here), and what it assigned never came back, so the notebook's copy and the
@@ -151,12 +153,16 @@ def test_ctrl_c_while_a_cell_is_being_sent_interrupts_it_on_the_worker(ip, monke
     code = (
         f"sent_counter = sent_counter + 1\nimport time\ntime.sleep(60)\nopen({str(ended)!r}, 'w')"
     )
-    with pytest.raises(KeyboardInterrupt) as info:
-        remote(ip, code)
+    with pytest.raises(KeyboardInterrupt) as info, capture_output() as shown:
+        ip.run_cell_magic("remote", "", code)
     assert not armed.is_set(), "no Ctrl-C came while the cell was sent"
     monkeypatch.undo()
     assert isinstance(info.value, errors.RemoteInterrupted), repr(info.value)
-    _, out = remote(ip, "print(sent_counter)", line="--no-push")
+    try:
+        _, out = remote(ip, "print(sent_counter)", line="--no-push")
+    except NameError:  # (CI under load, 1 of 1, never here: what the notebook was told)
+        logs = "".join(p.read_text()[-3000:] for p in stack.logs.glob("worker-*.log"))
+        raise AssertionError(f"{info.value}\n{shown.stdout}{shown.stderr}\n{logs}") from None
     assert out.stdout == f"{ip.user_ns['sent_counter']}\n"  # the same value on both sides
     assert not ended.exists()  # stopped there (the cell above ran after it)
 
