@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 
 from rexec_magic import protocol as P
+from rexec_magic.late_lines import LATE_LINES
 from rexec_magic.output_cells import current_parent
 
 
@@ -68,6 +69,7 @@ class LateOutput:
         if self._renderer is None or where != self._parent:
             self._parent = where
             self._renderer = EventRenderer()
+            self._renderer.hold_late = True  # (``settle`` shows what waits too long)
         # In the cell that started it while that cell's output is live: its own.  Written
         # after an earlier request (``of``: a background process of a cell whose executor
         # died, shown in a later cell), it is marked late there (tester AC, 4 of 4).
@@ -79,6 +81,12 @@ class LateOutput:
             self.stream = stream
             self.count = seq + 1
             self._shown.notify_all()
+
+    def settle(self) -> float | None:
+        """Show the start of a late line whose end did not come in time (``late_lines``);
+        the seconds until the next such is due (None: none waits)."""
+        LATE_LINES.settle()
+        return LATE_LINES.due_in()
 
     def _after_the_request(self, request: str | None) -> None:
         """Output written after ``request`` began or ended (its event's ``after``, ``of``):

@@ -12,6 +12,7 @@ from IPython.display import clear_output, publish_display_data
 
 from rexec_magic import protocol as P
 from rexec_magic.client import whole_message
+from rexec_magic.late_lines import LATE_LINES
 from rexec_magic.notes import NOTEBOOK, Notes, Progress, frontend
 from rexec_magic.output_cells import claim_header, current_parent, release_header
 
@@ -76,7 +77,9 @@ class EventRenderer:
         self.notes = notes  # rexec's own words (what a request waits for): never stderr
         self._late_said = False  # rexec's late line shown already
         self.late_header = True  # (False: late output shows in the cell that made it)
-        self._late_unended: set[str] = set()  # streams whose late text ended mid-line
+        # Late text: its unfinished line held until its end comes (``late_lines``): the
+        # keepalive thread's renderers (``LateOutput``), which ``settle`` it.
+        self.hold_late = False
         self._own_unended: set[str] = set()  # streams whose own text ended mid-line
         self._late_last = False  # the last output shown was late (a new stretch: marked)
         # ``clear_output(wait=True)`` clears when the next output comes: what it would clear,
@@ -207,19 +210,23 @@ class EventRenderer:
             _end_lines(self._own_unended)
         if event.late and shows and not clears:
             self._late_last = True
+        if event.late and not isinstance(event, P.Stream):
+            LATE_LINES.flush()  # (held late text first: it was written before)
         if event.late and self.late_header and not self._late_said and not clears:
             # Output of an earlier cell's threads, timers or child processes, produced after
             # that cell ended, shown in another cell: once per cell, whoever shows it, and
             # again for a stretch after this cell's own output (``_late_last``).
             self._late_said = True
             if claim_header(current_parent()):
+                LATE_LINES.end()  # (late text of an earlier stretch left unfinished)
                 header = "[rexec: output produced after the previous remote cell or call ended]"
                 sys.stdout.write(header + "\n")
                 sys.stdout.flush()  # before late stderr too, apart from this cell's own text
-        if self._late_unended and not event.late:
-            # Late text that ended mid-line (a thread's ``os.write(1, b"50%")``): this cell's
-            # own output starts on a line of its own, not glued to it.
-            _end_lines(self._late_unended)
+        if LATE_LINES.pending and not event.late:
+            # Late text that ended mid-line (a thread's ``os.write(1, b"50%")``), whichever
+            # renderer showed it: this cell's own output starts on a line of its own, not
+            # glued to it.
+            LATE_LINES.end()
         if isinstance(event, P.Notice) and event.about == "lost":
             sys.stdout.flush()
             self.notes.warning(f"rexec: {event.text}")  # a real problem: shown as one
@@ -238,15 +245,17 @@ class EventRenderer:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 self._notices[category] = self.notes.live(f"rexec: {event.text}")
+        elif isinstance(event, P.Stream) and event.late:
+            self.went_on()
+            LATE_LINES.write(event.name, event.text, hold=self.hold_late)
         elif isinstance(event, P.Stream):
             self.went_on()
             stream = sys.stderr if event.name == "stderr" else sys.stdout
             if event.text:
-                unended = self._late_unended if event.late else self._own_unended
                 if event.text.endswith("\n"):
-                    unended.discard(event.name)
+                    self._own_unended.discard(event.name)
                 else:
-                    unended.add(event.name)
+                    self._own_unended.add(event.name)
             stream.write(event.text)
             stream.flush()  # ipykernel sends at once on flush: output stays live
         elif isinstance(event, P.Display):

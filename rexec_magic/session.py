@@ -37,6 +37,7 @@ from rexec_magic.client import (
     listening,
 )
 from rexec_magic.contract import WorkerState
+from rexec_magic.late_lines import LATE_LINES
 from rexec_magic.late_output import LateOutput, Wakeup, wait_for
 from rexec_magic.notes import NOTEBOOK, QUIET, Notes, Progress, frontend
 from rexec_magic.output_cells import current_parent
@@ -1449,9 +1450,11 @@ def _keep_alive(
     declares itself at once, so output of the first cell's threads is live too."""
     client: RexecClient | None = None
     next_beat = 0.0
+    held: float | None = None  # (seconds until a late line's start is shown anyway)
     while True:
         sock = client.sock if client is not None and client.user else None
-        wait_for(now, sock, max(0.0, next_beat - time.monotonic()))
+        wait = max(0.0, next_beat - time.monotonic())
+        wait_for(now, sock, wait if held is None else min(wait, held))
         asked = now.clear()
         if stop.is_set():
             break
@@ -1469,6 +1472,7 @@ def _keep_alive(
             shown = session.late_output
             read, had_hello = (shown.stream, shown.count), bool(client.user)
             client.drain_replies(shown)
+            held = shown.settle()
             # (A broker that restarted answered the last one: declare again at once.)
             lost = had_hello and not client.user
             news = (shown.stream, shown.count) != read
@@ -1482,6 +1486,7 @@ def _keep_alive(
             if client is not None:
                 client.reset()
         del session
+    LATE_LINES.flush()  # (a late line's start still held: shown as the session ends)
     now.close()
     if client is not None:
         client.close()

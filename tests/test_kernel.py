@@ -2172,6 +2172,111 @@ def test_a_remote_threads_output_while_a_local_cell_runs_shows_there_marked_late
     assert text == f"{LATE_HEADER}\nfrom the thread\nown\n", text
 
 
+def test_a_remote_threads_long_late_line_is_not_cut_by_the_notebooks_own_output(kernel, tmp_path):
+    """A remote thread writes a 300 kB line after its cell ended while a local cell prints
+    line after line: the line shows whole, as a local thread's one write does.  It came in
+    pieces of 64 KiB, each shown as it came, and the local cell's lines landed between
+    them (tester AZ, 4 of 5)."""
+    _, kc = kernel
+    go, seen = tmp_path / "go", tmp_path / "seen"
+    big = "BIG " + "c" * 300_000 + "\n"
+    reply, _ = run(
+        kc,
+        "%%remote --no-pull\nimport os, sys, threading, time\n"
+        "def late():\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.02)\n"
+        "    sys.stdout.write('BIG ' + 'c' * 300_000 + '\\n')\n"
+        "    sys.stdout.flush()\n"
+        "threading.Thread(target=late).start()",
+    )
+    assert reply["status"] == "ok", reply
+    msg_id = kc.execute(
+        f"import os, time\nopen({str(go)!r}, 'w').close()\n"
+        f"end = time.monotonic() + {WAIT_S}\n"
+        f"while not os.path.exists({str(seen)!r}) and time.monotonic() < end:\n"
+        "    print('LOCAL')\n"
+        "    time.sleep(0.001)\n"
+    )
+    late = iopub_of(kc, msg_id, lambda text: text.count("c" * 1000 + "\n") >= 1)
+    seen.touch()  # (the local cell ends once the thread's line showed in it)
+    _, outputs = collect(kc, msg_id)
+    text = "".join(m["content"]["text"] for m in late + outputs if m["msg_type"] == "stream")
+    assert big in text, [line[:20] for line in text.splitlines() if "c" * 20 in line]
+    assert f"{LATE_HEADER}\n" in text
+
+
+def test_a_remote_threads_unfinished_late_line_shows_while_the_notebook_waits(kernel, tmp_path):
+    """A remote thread writes "50%" (no newline) after its cell ended, and nothing after
+    it for as long as the test waits: it shows, in the local cell running then, while that
+    cell still runs (the start of a late line waits for its end only a moment,
+    ``late_lines``)."""
+    _, kc = kernel
+    go, seen, stop = tmp_path / "go", tmp_path / "seen", tmp_path / "stop"
+    reply, _ = run(
+        kc,
+        "%%remote --no-pull\nimport os, threading, time\n"
+        "def late():\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.02)\n"
+        "    os.write(1, b'50%')\n"
+        f"    while not os.path.exists({str(stop)!r}):\n"
+        "        time.sleep(0.02)\n"
+        "threading.Thread(target=late).start()",
+    )
+    assert reply["status"] == "ok", reply
+    msg_id = kc.execute(
+        f"import os, time\nopen({str(go)!r}, 'w').close()\n"
+        f"end = time.monotonic() + {WAIT_S}\n"
+        f"while not os.path.exists({str(seen)!r}) and time.monotonic() < end:\n"
+        "    time.sleep(0.02)\n"
+    )
+    late = iopub_of(kc, msg_id, lambda text: "50%" in text)
+    seen.touch()
+    stop.touch()
+    _, outputs = collect(kc, msg_id)
+    text = "".join(m["content"]["text"] for m in late + outputs if m["msg_type"] == "stream")
+    assert text == f"{LATE_HEADER}\n50%", text
+
+
+def test_a_remote_cells_own_output_starts_on_a_line_of_its_own_after_a_late_progress(
+    kernel, tmp_path
+):
+    """A remote thread writes a progress ("\\rprog 50%", no newline) after its cell ended,
+    while the next remote cell is being sent (its variable takes a second to pack): the
+    progress shows in that cell under rexec's late line, and the cell's own output starts
+    on a line of its own, not glued to it ("\\rprog 10%RC 1 a", tester AZ, 8 of 8)."""
+    _, kc = kernel
+    go, stop = tmp_path / "go", tmp_path / "stop"
+    reply, _ = run(
+        kc,
+        "%%remote --no-pull\nimport os, sys, threading, time\n"
+        "def progress():\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.02)\n"
+        "    sys.stdout.write('\\rprog 50%')\n"
+        "    sys.stdout.flush()\n"
+        f"    while not os.path.exists({str(stop)!r}):\n"
+        "        time.sleep(0.02)\n"
+        "threading.Thread(target=progress).start()",
+    )
+    assert reply["status"] == "ok", reply
+    run(
+        kc,
+        "import time\n"
+        "class Slow:\n"
+        "    def __reduce__(self):\n"
+        "        time.sleep(1)  # (the progress comes meanwhile)\n"
+        "        return (int, (7,))\n"
+        "slow = Slow()",
+    )
+    go.touch()
+    reply, outputs = run(kc, "%%remote --no-pull\nprint('own', slow)")
+    stop.touch()
+    assert reply["status"] == "ok", reply
+    assert text_of(outputs) == f"{LATE_HEADER}\n\rprog 50%\nown 7\n", outputs
+
+
 LATER = {
     "task": (
         "async def later():\n"
