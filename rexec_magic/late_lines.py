@@ -77,9 +77,11 @@ class LateLines:
 
     def due_in(self) -> float | None:
         """Seconds until the oldest held text is shown anyway (None: none is held)."""
-        if not self._held_since:
-            return None
-        return max(0.0, min(self._held_since.values()) + LATE_LINE_WAIT_S - time.monotonic())
+        with self._lock:  # (the other thread may hold or show meanwhile)
+            if not self._held_since:
+                return None
+            oldest = min(self._held_since.values())
+        return max(0.0, oldest + LATE_LINE_WAIT_S - time.monotonic())
 
     def settle(self) -> None:
         """Show the held text whose end did not come within ``LATE_LINE_WAIT_S``."""
