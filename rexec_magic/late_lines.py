@@ -1,18 +1,23 @@
-"""Late text's unfinished lines: held until their end comes, and ended before other output.
+"""Late text's unfinished lines: a line's start held until its end comes, and late text
+left unfinished ended before other output.
 
 Late output (``late_output``) is shown by the keepalive thread as it comes, while the
 notebook's own cells, a script's main thread, and the requests' renderers write to the same
-streams.  A line that comes in pieces (longer than an event, ``executors.text_pieces``, or
-written in parts a pipe read split) was shown piece by piece, and what the notebook wrote
-between two pieces cut it in two: a local print inside a thread's 200 kB line (tester AZ,
-4 of 5), where a local thread's line is one write and never cut.  So the start of a line
-whose end has not come yet is held for up to ``LATE_LINE_WAIT_S`` and shown with its end;
-text that stops mid-line for longer (a progress "50%") shows then.
+streams.  A line longer than an event (``executors.text_pieces``), or a long write read in
+parts, came piece by piece, and what the notebook wrote between two pieces cut it in two: a
+local print inside a thread's 200 kB line (tester AZ, 4 of 5), where a local thread's line
+is one write and never cut.  So a piece the worker says is cut (``Stream.cut``: the rest of
+its line is the next event) is held and shown with its end, and so is a long piece that
+ends mid-line (``LATE_LINE_PART_CHARS``: most likely a write read in parts); should the end
+not come within ``LATE_LINE_WAIT_S``, it shows then.  Text that stops mid-line by itself (a
+progress "50%") is shown at once: held, it showed in the next cell, and before its late line.
 
-Late text that ended mid-line (such a progress) is ended before a request's own output in
-the same cell, so that starts on a line of its own ("\\rprog 10%RC 1 a", tester AZ, 8 of 8):
-the record is one for the process, as its streams are, whichever renderer wrote the late
-text.  (In another cell it is no line of that cell's: nothing is ended there.)
+Late text under rexec's late line that ended mid-line (such a progress) is ended before a
+request's own output in the same cell, so that starts on a line of its own ("\\rprog
+10%RC 1 a", tester AZ, 8 of 8); and any unfinished line of the cell, late or a request's
+own, is ended before rexec's late line ("~20%[rexec: output produced ...]", tester BA, 3 of
+3).  The record is one for the process, as its streams are, whichever renderer wrote the
+text; in another cell it is no line of that cell's, and nothing is ended there.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from rexec_magic.output_cells import current_parent
 # pieces a few milliseconds apart); and how much of one line is held at most.
 LATE_LINE_WAIT_S = 0.1
 LATE_LINE_MAX_CHARS = 8 << 20
+# Late text this long that ends mid-line is most likely part of a longer write, read in parts
+# from the pipe (a write up to ``PIPE_BUF``, 4 KiB on Linux, is read whole): held too.
+LATE_LINE_PART_CHARS = 4096
 
 
 def _write(name: str, text: str) -> None:
@@ -36,38 +44,50 @@ def _write(name: str, text: str) -> None:
 
 
 class LateLines:
-    """The late text held (a line's start, per stream) and the streams whose late text
-    shown so far ended mid-line.  Thread-safe: the keepalive thread and the main thread
-    both write."""
+    """The late text held (a line's start, per stream), and the streams whose text shown so
+    far ended mid-line, with the cell they are in.  Thread-safe: the keepalive thread and
+    the main thread both write."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._held: dict[str, list[str]] = {}  # stream name -> a line's start, in pieces
         self._held_chars: dict[str, int] = {}
         self._held_since: dict[str, float] = {}
-        self._unended: dict[str, str | None] = {}  # stream name -> the cell it is in
-        # Anything held or unended (read without the lock: a request's events check it).
+        self._held_marked: dict[str, bool] = {}
+        # Stream name -> (the cell, whether under rexec's late line) of late text that ended
+        # mid-line; and of a request's own text that did.
+        self._unended: dict[str, tuple[str | None, bool]] = {}
+        self._own_unended: dict[str, str | None] = {}
+        # Late text held or unended (read without the lock: a request's events check it).
         self.pending = False
 
-    def write(self, name: str, text: str, hold: bool = False) -> None:
+    def write(self, name: str, text: str, cut: bool = False, marked: bool = True) -> None:
         """Show late ``text`` of stream ``name`` (``"stdout"`` / ``"stderr"``) after what
-        is held of it; ``hold``: keep its unfinished last line back until its end comes
-        (``LATE_LINE_WAIT_S``, ``settle``)."""
+        is held of it; ``cut``: it ends inside a line whose rest comes next (held until
+        then); ``marked``: it shows under rexec's late line."""
         with self._lock:
             for other in [n for n in self._held if n != name]:  # (order across the two)
                 self._show_held(other)
             parts = self._held.pop(name, [])
-            chars = self._held_chars.pop(name, 0)
+            chars = self._held_chars.pop(name, 0) + len(text)
             since = self._held_since.pop(name, None)
-            cut = text.rfind("\n") + 1 if hold else len(text)
-            if hold and cut == 0 and chars + len(text) < LATE_LINE_MAX_CHARS:
-                self._hold(name, [*parts, text], chars + len(text), since)
+            self._held_marked.pop(name, None)
+            part = len(text) >= LATE_LINE_PART_CHARS and not text.endswith("\n")
+            if (cut or part) and chars < LATE_LINE_MAX_CHARS:
+                self._held[name] = [*parts, text]
+                self._held_chars[name] = chars
+                self._held_since[name] = time.monotonic() if since is None else since
+                self._held_marked[name] = marked
+                self.pending = True
                 return
-            if cut == 0:  # (past LATE_LINE_MAX_CHARS: shown cut)
-                cut = len(text)
-            self._show(name, "".join([*parts, text[:cut]]))
-            if cut < len(text):
-                self._hold(name, [text[cut:]], len(text) - cut, None)
+            self._show(name, "".join([*parts, text]), marked)
+
+    def own(self, name: str, text: str) -> None:
+        """A request's own ``text`` of stream ``name`` was shown (whether it ended a line)."""
+        if text.endswith("\n"):
+            self._own_unended.pop(name, None)
+        elif text:
+            self._own_unended[name] = current_parent()
 
     def flush(self) -> None:
         """Show what is held now (another kind of late output comes after it)."""
@@ -94,40 +114,51 @@ class LateLines:
                     self._show_held(name)
 
     def end(self) -> None:
-        """Before other output (a request's own): show what is held, and end each late
-        line left unfinished, so that output starts on a line of its own."""
+        """Before a request's own output: show what is held, and end each line of late
+        text under rexec's late line left unfinished in this cell."""
         if not self.pending:
             return
         with self._lock:
             self.flush()
             here = current_parent()
-            for name in sorted(n for n, cell in self._unended.items() if cell == here):
-                _write(name, "\n")
+            for name in sorted(self._unended):
+                if self._unended[name] == (here, True):
+                    _write(name, "\n")
             self._unended.clear()
             self.pending = False
 
-    def _hold(self, name: str, parts: list[str], chars: int, since: float | None) -> None:
-        self._held[name] = parts
-        self._held_chars[name] = chars
-        self._held_since[name] = time.monotonic() if since is None else since
-        self.pending = True
+    def end_before_header(self) -> None:
+        """Before rexec's late line: show what is held, and end every line left unfinished
+        in this cell, late or a request's own."""
+        with self._lock:
+            self.flush()
+            here = current_parent()
+            names = {n for n, (cell, _) in self._unended.items() if cell == here}
+            names |= {n for n, cell in self._own_unended.items() if cell == here}
+            for name in sorted(names):
+                _write(name, "\n")
+            self._unended.clear()
+            self._own_unended.clear()
+            self.pending = False
 
     def _show_held(self, name: str) -> None:
         parts = self._held.pop(name, [])
         self._held_chars.pop(name, None)
         self._held_since.pop(name, None)
+        marked = self._held_marked.pop(name, True)
         if parts:
-            self._show(name, "".join(parts))
+            self._show(name, "".join(parts), marked)
         self.pending = bool(self._unended or self._held)
 
-    def _show(self, name: str, text: str) -> None:
+    def _show(self, name: str, text: str, marked: bool) -> None:
         if not text:
             return
         _write(name, text)
+        self._own_unended.pop(name, None)  # (a line of its own now, or late text's)
         if text.endswith("\n"):
             self._unended.pop(name, None)
         else:
-            self._unended[name] = current_parent()
+            self._unended[name] = (current_parent(), marked)
         self.pending = bool(self._unended or self._held)
 
 

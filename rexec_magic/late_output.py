@@ -69,7 +69,6 @@ class LateOutput:
         if self._renderer is None or where != self._parent:
             self._parent = where
             self._renderer = EventRenderer()
-            self._renderer.hold_late = True  # (``settle`` shows what waits too long)
         # In the cell that started it while that cell's output is live: its own.  Written
         # after an earlier request (``of``: a background process of a cell whose executor
         # died, shown in a later cell), it is marked late there (tester AC, 4 of 4).

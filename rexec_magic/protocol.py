@@ -1072,6 +1072,9 @@ class Accepted(Event):
 class Stream(Event):
     name: Short = "stdout"
     text: str = ""
+    # (Late output on a listener's connection: the text ends inside a line whose rest comes
+    # in the next event of the stream, ``executors.text_pieces``; shown with it.)
+    cut: bool = False
 
 
 class Display(Event):

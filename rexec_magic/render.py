@@ -56,6 +56,7 @@ def _end_lines(unended: set[str]) -> None:
         stream = sys.stderr if name == "stderr" else sys.stdout
         stream.write("\n")
         stream.flush()
+        LATE_LINES.own(name, "\n")
     unended.clear()
 
 
@@ -77,9 +78,6 @@ class EventRenderer:
         self.notes = notes  # rexec's own words (what a request waits for): never stderr
         self._late_said = False  # rexec's late line shown already
         self.late_header = True  # (False: late output shows in the cell that made it)
-        # Late text: its unfinished line held until its end comes (``late_lines``): the
-        # keepalive thread's renderers (``LateOutput``), which ``settle`` it.
-        self.hold_late = False
         self._own_unended: set[str] = set()  # streams whose own text ended mid-line
         self._late_last = False  # the last output shown was late (a new stretch: marked)
         # ``clear_output(wait=True)`` clears when the next output comes: what it would clear,
@@ -218,7 +216,7 @@ class EventRenderer:
             # again for a stretch after this cell's own output (``_late_last``).
             self._late_said = True
             if claim_header(current_parent()):
-                LATE_LINES.end()  # (late text of an earlier stretch left unfinished)
+                LATE_LINES.end_before_header()  # (an unfinished line of this cell's)
                 header = "[rexec: output produced after the previous remote cell or call ended]"
                 sys.stdout.write(header + "\n")
                 sys.stdout.flush()  # before late stderr too, apart from this cell's own text
@@ -247,7 +245,7 @@ class EventRenderer:
                 self._notices[category] = self.notes.live(f"rexec: {event.text}")
         elif isinstance(event, P.Stream) and event.late:
             self.went_on()
-            LATE_LINES.write(event.name, event.text, hold=self.hold_late)
+            LATE_LINES.write(event.name, event.text, cut=event.cut, marked=self.late_header)
         elif isinstance(event, P.Stream):
             self.went_on()
             stream = sys.stderr if event.name == "stderr" else sys.stdout
@@ -256,6 +254,7 @@ class EventRenderer:
                     self._own_unended.discard(event.name)
                 else:
                     self._own_unended.add(event.name)
+                LATE_LINES.own(event.name, event.text)
             stream.write(event.text)
             stream.flush()  # ipykernel sends at once on flush: output stays live
         elif isinstance(event, P.Display):

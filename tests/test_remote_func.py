@@ -1260,6 +1260,30 @@ def test_a_scripts_late_output_after_each_call_is_marked_late(stack):
     assert lines == [late, "bg-A", "slept A", late, "bg-B", "slept B"], lines
 
 
+def test_rexecs_late_line_in_a_script_starts_on_a_line_of_its_own(stack):
+    """A call writes a progress ("\\rprog 0%", no newline) and starts a thread that goes
+    on with it after the call ended: rexec's late line starts on a line of its own, not
+    glued to the call's unfinished one ("~20%[rexec: output produced ...]", tester BA, 3 of
+    3), and every update shows once, in order, the last with its end."""
+    script = (
+        "import time\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef start():\n    import sys, threading, time\n"
+        "    sys.stdout.write('\\rprog 0%')\n    sys.stdout.flush()\n"
+        "    def more():\n        time.sleep(0.5)\n"
+        "        for n in range(1, 4):\n"
+        "            sys.stdout.write(f'\\rprog {n}%')\n            sys.stdout.flush()\n"
+        "            time.sleep(0.05)\n"
+        "        print(' done', flush=True)\n"
+        "    threading.Thread(target=more).start()\n"
+        "start()\ntime.sleep(2)\n"
+    )
+    out = run_script(stack, script).stdout
+    late = "[rexec: output produced after the previous remote cell or call ended]"
+    tail = out[out.index("prog 0%") :]  # (read as text: each "\\r" reads as "\\n")
+    assert tail == f"prog 0%\n{late}\n\nprog 1%\nprog 2%\nprog 3% done\n", out
+
+
 @pytest.mark.parametrize("writer", ["thread", "process"])
 def test_output_after_a_call_shows_after_the_calls_own_however_slowly_it_is_shown(stack, writer):
     """A call prints 300 lines of its own, then starts a thread (or a process) that prints

@@ -1137,20 +1137,27 @@ class Supervisor:
         room (``late_listeners``); the rest waits for room or for a request."""
         for ex in self.all:
             if ex.late:
-                for item in ex.take_late_for_listeners(self.listeners.room):
-                    self._late_to_listener(ex.key, item)
+                taken = ex.take_late_for_listeners(self.listeners.room)
+                for item, then in zip(taken, [*taken[1:], None], strict=True):
+                    self._late_to_listener(ex.key, item, _continues(item, then))
         if self.leftovers.waiting:  # (a dead executor's processes, its namespace has none)
             for key, item in self.leftovers.take_for_listeners(self.listeners.room):
                 self._late_to_listener(key, item)
 
-    def _late_to_listener(self, key: str | None, item: Late) -> None:
-        """``item``, output of namespace ``key``'s executor, to its notebook's listener."""
+    def _late_to_listener(self, key: str | None, item: Late, continued: bool = False) -> None:
+        """``item``, output of namespace ``key``'s executor, to its notebook's listener;
+        ``continued``: the next one sent is more of its text (a long write read in parts).
+        A piece that ends mid-line with more of its line sent right after it says so
+        (``Stream.cut``): the client shows it with its end."""
         lst = self.listeners.by_session[item.owner]
         after = lst.after if lst.after_in == key else None
         of = {"of": item.request} if item.request else {}
         if isinstance(item.payload, str):
-            for text in text_pieces(item.payload):
+            pieces = text_pieces(item.payload)
+            for n, text in enumerate(pieces, 1):
                 piece = {"name": item.kind, "text": text}
+                if not text.endswith("\n") and (n < len(pieces) or continued):
+                    piece["cut"] = True
                 self._to_listener(lst, Kind.STREAM, {**piece, **of}, after)
         else:
             header = {k: v for k, v in item.payload.items() if k not in ("id", "seq")}
@@ -2235,6 +2242,16 @@ def _stream_of(kind: str, payload: Any) -> tuple[str, str] | None:
     if name not in ("stdout", "stderr") or not isinstance(text, str):
         return None
     return name, text
+
+
+def _continues(item: Late, then: Late | None) -> bool:
+    """Whether ``then`` is more text of ``item``'s stream, of the same notebook and request."""
+    return (
+        then is not None
+        and isinstance(item.payload, str)
+        and isinstance(then.payload, str)
+        and (then.kind, then.owner, then.request) == (item.kind, item.owner, item.request)
+    )
 
 
 def _stream_due(ex: ExecutorProcess) -> float:
