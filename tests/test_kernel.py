@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -2172,6 +2173,16 @@ def test_a_remote_threads_output_while_a_local_cell_runs_shows_there_marked_late
     assert text == f"{LATE_HEADER}\nfrom the thread\nown\n", text
 
 
+def local_cell_until(kc, go: Path, seen: Path, body: str) -> str:
+    """Start a local cell that creates ``go``, then runs ``body`` (indented code) over and
+    over until ``seen`` exists (at most WAIT_S); its msg_id."""
+    return kc.execute(
+        f"import os, time\nopen({str(go)!r}, 'w').close()\n"
+        f"end = time.monotonic() + {WAIT_S}\n"
+        f"while not os.path.exists({str(seen)!r}) and time.monotonic() < end:\n{body}"
+    )
+
+
 def test_a_remote_threads_long_late_line_is_not_cut_by_the_notebooks_own_output(kernel, tmp_path):
     """A remote thread writes a 300 kB line after its cell ended while a local cell prints
     line after line: the line shows whole, as a local thread's one write does.  It came in
@@ -2191,13 +2202,7 @@ def test_a_remote_threads_long_late_line_is_not_cut_by_the_notebooks_own_output(
         "threading.Thread(target=late).start()",
     )
     assert reply["status"] == "ok", reply
-    msg_id = kc.execute(
-        f"import os, time\nopen({str(go)!r}, 'w').close()\n"
-        f"end = time.monotonic() + {WAIT_S}\n"
-        f"while not os.path.exists({str(seen)!r}) and time.monotonic() < end:\n"
-        "    print('LOCAL')\n"
-        "    time.sleep(0.001)\n"
-    )
+    msg_id = local_cell_until(kc, go, seen, "    print('LOCAL')\n    time.sleep(0.001)\n")
     late = iopub_of(kc, msg_id, lambda text: text.count("c" * 1000 + "\n") >= 1)
     seen.touch()  # (the local cell ends once the thread's line showed in it)
     _, outputs = collect(kc, msg_id)
@@ -2225,12 +2230,7 @@ def test_a_remote_threads_unfinished_late_line_shows_while_the_notebook_waits(ke
         "threading.Thread(target=late).start()",
     )
     assert reply["status"] == "ok", reply
-    msg_id = kc.execute(
-        f"import os, time\nopen({str(go)!r}, 'w').close()\n"
-        f"end = time.monotonic() + {WAIT_S}\n"
-        f"while not os.path.exists({str(seen)!r}) and time.monotonic() < end:\n"
-        "    time.sleep(0.02)\n"
-    )
+    msg_id = local_cell_until(kc, go, seen, "    time.sleep(0.02)\n")
     late = iopub_of(kc, msg_id, lambda text: "50%" in text)
     seen.touch()
     stop.touch()

@@ -1138,7 +1138,7 @@ class Supervisor:
         for ex in self.all:
             if ex.late:
                 taken = ex.take_late_for_listeners(self.listeners.room)
-                for item, then in zip(taken, [*taken[1:], None], strict=True):
+                for item, then in zip(taken, [*taken[1:], None], strict=False):
                     self._late_to_listener(ex.key, item, _continues(item, then))
         if self.leftovers.waiting:  # (a dead executor's processes, its namespace has none)
             for key, item in self.leftovers.take_for_listeners(self.listeners.room):
