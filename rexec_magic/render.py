@@ -79,6 +79,10 @@ class EventRenderer:
         self._late_said = False  # rexec's late line shown already
         self.late_header = True  # (False: late output shows in the cell that made it)
         self._own_unended: set[str] = set()  # streams whose own text ended mid-line
+        # Its own output starts on a line of its own after late text left unfinished
+        # (``late_lines``); not a script's wait at its end for its remote threads, whose
+        # output is theirs going on (tester BB: "\rprog 3%\n\rprog 4%", 12 of 12).
+        self.ends_late_lines = True
         self._late_last = False  # the last output shown was late (a new stretch: marked)
         # ``clear_output(wait=True)`` clears when the next output comes: what it would clear,
         # so that rexec's own closing notes do not wipe the cell's last output (``restore``).
@@ -220,7 +224,7 @@ class EventRenderer:
                 header = "[rexec: output produced after the previous remote cell or call ended]"
                 sys.stdout.write(header + "\n")
                 sys.stdout.flush()  # before late stderr too, apart from this cell's own text
-        if LATE_LINES.pending and not event.late:
+        if LATE_LINES.pending and shows and not event.late and self.ends_late_lines:
             # Late text that ended mid-line (a thread's ``os.write(1, b"50%")``), whichever
             # renderer showed it: this cell's own output starts on a line of its own, not
             # glued to it.

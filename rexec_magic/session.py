@@ -572,6 +572,7 @@ class RemoteSession:
         if ticket is None:
             return None
         renderer = EventRenderer()
+        renderer.ends_late_lines = False  # (what shows is the threads' output going on)
         died: list[int] = []  # the exit status of an executor that died before the wait
 
         def on_event(msg: P.Message) -> None:
@@ -1414,6 +1415,7 @@ def _goodbye(session_ref: weakref.ref[RemoteSession], pid: int) -> None:
         if session.frontend == P.FRONTEND_SCRIPT:
             status = session.join_remote_threads()
         session.goodbye()
+        LATE_LINES.flush()  # (a late line's start still held: shown before the process ends)
         if status is not None:
             # The remote thread ended the script's process, as ``os._exit`` in a local
             # thread ends a local one: at once, with its status (the script ended 0).

@@ -1284,6 +1284,35 @@ def test_rexecs_late_line_in_a_script_starts_on_a_line_of_its_own(stack):
     assert tail == f"prog 0%\n{late}\n\nprog 1%\nprog 2%\nprog 3% done\n", out
 
 
+def test_a_scripts_late_progress_that_goes_on_as_it_ends_gets_no_line_break(stack):
+    """A call's thread writes a progress ("\\rprog 0%" ... "4%", no newline) 0.1 s apart
+    while the script ends: the script waits for it (as for a local thread) and shows every
+    update once, in order, with nothing between them.  A line break came where the wait's
+    own output began, as if it were a cell's own output after late text (tester BB, 12 of
+    12)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import time\n"
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef start():\n    import sys, threading, time\n"
+        "    def more():\n"
+        "        for n in range(5):\n"
+        "            time.sleep(0.1)\n"
+        "            sys.stdout.write(f'\\rprog {n}%')\n            sys.stdout.flush()\n"
+        "    threading.Thread(target=more).start()\n"
+        "start()\ntime.sleep(0.25)\n"
+    )
+    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, timeout=300
+    )  # (bytes: read as text, each "\\r" would read as a line break)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out[out.index(b"\rprog 0%") :] == b"".join(b"\rprog %d%%" % n for n in range(5)), out
+
+
 @pytest.mark.parametrize("writer", ["thread", "process"])
 def test_output_after_a_call_shows_after_the_calls_own_however_slowly_it_is_shown(stack, writer):
     """A call prints 300 lines of its own, then starts a thread (or a process) that prints
