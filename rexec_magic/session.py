@@ -1485,6 +1485,7 @@ def _keep_alive(
         except Exception as exc:  # never let the thread die; the next beat retries
             log.debug("keepalive failed: %s", exc)
             next_beat = time.monotonic() + keepalive_interval()
+            held = None  # (what is held shows at the next good turn, or at exit: no retries)
             if client is not None:
                 client.reset()
         del session
