@@ -957,15 +957,16 @@ def test_a_cancelled_call_whose_executor_is_stopped_waits_for_it_and_keeps_the_n
     assert "ended badly" not in capfd.readouterr().err
 
 
-def run_script(stack: Any, script: str, status: int = 0, **env_vars: str) -> Any:
+def run_script(stack: Any, script: str, status: int = 0, text: bool = True, **env_vars: str) -> Any:
     """``python -c script`` against the stack, as a user's plain script (``env_vars`` set
-    in its environment): it must exit with ``status``."""
+    in its environment): it must exit with ``status``.  ``text``: its output read as text
+    (each "\\r" then reads as a line break), else as bytes."""
     import subprocess
     import sys
 
     env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file), **env_vars}
     out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], env=env, capture_output=True, text=text, timeout=300
     )
     assert out.returncode == status, out.stderr
     return out
@@ -1290,9 +1291,6 @@ def test_a_scripts_late_progress_that_goes_on_as_it_ends_gets_no_line_break(stac
     update once, in order, with nothing between them.  A line break came where the wait's
     own output began, as if it were a cell's own output after late text (tester BB, 12 of
     12)."""
-    import subprocess
-    import sys
-
     script = (
         "import time\n"
         "from rexec_magic import remote_func\n"
@@ -1304,12 +1302,7 @@ def test_a_scripts_late_progress_that_goes_on_as_it_ends_gets_no_line_break(stac
         "    threading.Thread(target=more).start()\n"
         "start()\ntime.sleep(0.25)\n"
     )
-    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, timeout=300
-    )  # (bytes: read as text, each "\\r" would read as a line break)
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
+    out = run_script(stack, script, text=False).stdout
     assert out[out.index(b"\rprog 0%") :] == b"".join(b"\rprog %d%%" % n for n in range(5)), out
 
 
