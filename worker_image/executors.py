@@ -131,6 +131,15 @@ class Late(NamedTuple):
     owner: str  # the client session whose request had ended ("": a legacy client, anyone's)
     request: str = ""  # the request that had ended last where it was written ("": unknown)
 
+    def goes_on_in(self, then: Late | None) -> bool:
+        """Whether ``then`` is more text of this text's stream, notebook and request."""
+        return (
+            then is not None
+            and isinstance(self.payload, str)
+            and isinstance(then.payload, str)
+            and (then.kind, then.owner, then.request) == (self.kind, self.owner, self.request)
+        )
+
 
 @dataclass(eq=False)
 class Request:
@@ -485,16 +494,11 @@ class ExecutorProcess:
             owner, request = self.last_client, request or self.last_request
         request = request or ""
         last = self.late[-1] if self.late else None
-        if (
-            isinstance(payload, str)
-            and last is not None
-            and (last.kind, last.owner, last.request) == (kind, owner, request)
-            and isinstance(last.payload, str)
-            and len(last.payload) < LATE_JOIN_CHARS
-        ):
+        item = Late(kind, payload, buffers or [], owner, request)
+        if last is not None and last.goes_on_in(item) and len(last.payload) < LATE_JOIN_CHARS:
             self.late[-1] = last._replace(payload=last.payload + payload)
         else:
-            self.late.append(Late(kind, payload, buffers or [], owner, request))
+            self.late.append(item)
         self.late_chars += late_size(payload)
         while self.late and (self.late_chars > LATE_MAX_CHARS or len(self.late) > LATE_MAX_EVENTS):
             first = self.late[0]

@@ -1139,7 +1139,7 @@ class Supervisor:
             if ex.late:
                 taken = ex.take_late_for_listeners(self.listeners.room)
                 for item, then in zip(taken, [*taken[1:], None], strict=False):
-                    self._late_to_listener(ex.key, item, _continues(item, then))
+                    self._late_to_listener(ex.key, item, item.goes_on_in(then))
         if self.leftovers.waiting:  # (a dead executor's processes, its namespace has none)
             for key, item in self.leftovers.take_for_listeners(self.listeners.room):
                 self._late_to_listener(key, item)
@@ -2242,16 +2242,6 @@ def _stream_of(kind: str, payload: Any) -> tuple[str, str] | None:
     if name not in ("stdout", "stderr") or not isinstance(text, str):
         return None
     return name, text
-
-
-def _continues(item: Late, then: Late | None) -> bool:
-    """Whether ``then`` is more text of ``item``'s stream, of the same notebook and request."""
-    return (
-        then is not None
-        and isinstance(item.payload, str)
-        and isinstance(then.payload, str)
-        and (then.kind, then.owner, then.request) == (item.kind, item.owner, item.request)
-    )
 
 
 def _stream_due(ex: ExecutorProcess) -> float:
