@@ -25,6 +25,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 from rexec_magic.output_cells import current_parent
 
@@ -37,10 +38,22 @@ LATE_LINE_MAX_CHARS = 8 << 20
 LATE_LINE_PART_CHARS = 4096
 
 
-def _write(name: str, text: str) -> None:
+def write_stream(name: str, text: str) -> None:
+    """Write ``text`` to this process's stream ``name`` ("stdout" / "stderr") and flush it
+    (ipykernel sends at once on flush: output stays live)."""
     stream = sys.stderr if name == "stderr" else sys.stdout
     stream.write(text)
-    stream.flush()  # (ipykernel sends at once on flush: output stays live)
+    stream.flush()
+
+
+@dataclass
+class _Held:
+    """A late line's start, waiting for its end."""
+
+    parts: list[str]
+    chars: int
+    since: float  # when its last piece came
+    marked: bool  # under rexec's late line
 
 
 class LateLines:
@@ -50,10 +63,7 @@ class LateLines:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._held: dict[str, list[str]] = {}  # stream name -> a line's start, in pieces
-        self._held_chars: dict[str, int] = {}
-        self._held_since: dict[str, float] = {}
-        self._held_marked: dict[str, bool] = {}
+        self._held: dict[str, _Held] = {}  # stream name -> its held line start
         # Stream name -> (the cell, whether under rexec's late line) of late text that ended
         # mid-line; and of a request's own text that did.
         self._unended: dict[str, tuple[str | None, bool]] = {}
@@ -68,21 +78,18 @@ class LateLines:
         with self._lock:
             for other in [n for n in self._held if n != name]:  # (order across the two)
                 self._show_held(other)
-            parts = self._held.pop(name, [])
-            chars = self._held_chars.pop(name, 0) + len(text)
-            self._held_since.pop(name, None)
-            self._held_marked.pop(name, None)
+            held = self._held.pop(name, None)
+            parts = [*held.parts, text] if held is not None else [text]
+            chars = (held.chars if held is not None else 0) + len(text)
             part = len(text) >= LATE_LINE_PART_CHARS and not text.endswith("\n")
             if (cut or part) and chars < LATE_LINE_MAX_CHARS:
-                self._held[name] = [*parts, text]
-                self._held_chars[name] = chars
-                # (From the last piece: a 5 MB line's 77 take the keepalive thread longer
-                # than the wait under load, and its start showed alone, tester BB 1 of 3.)
-                self._held_since[name] = time.monotonic()
-                self._held_marked[name] = marked
+                # (Its wait counts from the last piece: a 5 MB line's 77 take the keepalive
+                # thread longer than the wait under load, and its start showed alone,
+                # tester BB 1 of 3.)
+                self._held[name] = _Held(parts, chars, time.monotonic(), marked)
                 self.pending = True
                 return
-            self._show(name, "".join([*parts, text]), marked)
+            self._show(name, "".join(parts), marked)
 
     def own(self, name: str, text: str) -> None:
         """A request's own ``text`` of stream ``name`` was shown (whether it ended a line)."""
@@ -100,62 +107,53 @@ class LateLines:
     def due_in(self) -> float | None:
         """Seconds until the oldest held text is shown anyway (None: none is held)."""
         with self._lock:  # (the other thread may hold or show meanwhile)
-            if not self._held_since:
+            if not self._held:
                 return None
-            oldest = min(self._held_since.values())
+            oldest = min(held.since for held in self._held.values())
         return max(0.0, oldest + LATE_LINE_WAIT_S - time.monotonic())
 
     def settle(self) -> None:
         """Show the held text whose end did not come within ``LATE_LINE_WAIT_S``."""
-        if not self._held_since:
+        if not self._held:
             return
         with self._lock:
             now = time.monotonic()
-            for name, since in list(self._held_since.items()):
-                if now >= since + LATE_LINE_WAIT_S:
+            for name, held in list(self._held.items()):
+                if now >= held.since + LATE_LINE_WAIT_S:
                     self._show_held(name)
 
-    def end(self) -> None:
+    def end(self, before_header: bool = False) -> None:
         """Before a request's own output: show what is held, and end each line of late
-        text under rexec's late line left unfinished in this cell."""
-        if not self.pending:
+        text under rexec's late line left unfinished in this cell.  ``before_header``:
+        before rexec's late line, every line left unfinished in this cell, late (under the
+        late line or not) or a request's own."""
+        if not (self.pending or before_header):
             return
         with self._lock:
             self.flush()
             here = current_parent()
-            for name in sorted(self._unended):
-                if self._unended[name] == (here, True):
-                    _write(name, "\n")
-            self._unended.clear()
-            self.pending = False
-
-    def end_before_header(self) -> None:
-        """Before rexec's late line: show what is held, and end every line left unfinished
-        in this cell, late or a request's own."""
-        with self._lock:
-            self.flush()
-            here = current_parent()
-            names = {n for n, (cell, _) in self._unended.items() if cell == here}
-            names |= {n for n, cell in self._own_unended.items() if cell == here}
+            names = {
+                n for n, (cell, marked) in self._unended.items()
+                if cell == here and (marked or before_header)
+            }  # fmt: skip
+            if before_header:
+                names |= {n for n, cell in self._own_unended.items() if cell == here}
+                self._own_unended.clear()
             for name in sorted(names):
-                _write(name, "\n")
+                write_stream(name, "\n")
             self._unended.clear()
-            self._own_unended.clear()
             self.pending = False
 
     def _show_held(self, name: str) -> None:
-        parts = self._held.pop(name, [])
-        self._held_chars.pop(name, None)
-        self._held_since.pop(name, None)
-        marked = self._held_marked.pop(name, True)
-        if parts:
-            self._show(name, "".join(parts), marked)
+        held = self._held.pop(name, None)
+        if held is not None:
+            self._show(name, "".join(held.parts), held.marked)
         self.pending = bool(self._unended or self._held)
 
     def _show(self, name: str, text: str, marked: bool) -> None:
         if not text:
             return
-        _write(name, text)
+        write_stream(name, text)
         self._own_unended.pop(name, None)  # (a line of its own now, or late text's)
         if text.endswith("\n"):
             self._unended.pop(name, None)

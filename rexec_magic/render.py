@@ -12,7 +12,7 @@ from IPython.display import clear_output, publish_display_data
 
 from rexec_magic import protocol as P
 from rexec_magic.client import whole_message
-from rexec_magic.late_lines import LATE_LINES
+from rexec_magic.late_lines import LATE_LINES, write_stream
 from rexec_magic.notes import NOTEBOOK, Notes, Progress, frontend
 from rexec_magic.output_cells import claim_header, current_parent, release_header
 
@@ -53,9 +53,7 @@ SINCE_CLEAR_MAX_CHARS = 1 << 20
 def _end_lines(unended: set[str]) -> None:
     """End the unfinished line of each stream in ``unended`` (then none is unfinished)."""
     for name in sorted(unended):
-        stream = sys.stderr if name == "stderr" else sys.stdout
-        stream.write("\n")
-        stream.flush()
+        write_stream(name, "\n")
         LATE_LINES.own(name, "\n")
     unended.clear()
 
@@ -220,7 +218,7 @@ class EventRenderer:
             # again for a stretch after this cell's own output (``_late_last``).
             self._late_said = True
             if claim_header(current_parent()):
-                LATE_LINES.end_before_header()  # (an unfinished line of this cell's)
+                LATE_LINES.end(before_header=True)  # (an unfinished line of this cell's)
                 header = "[rexec: output produced after the previous remote cell or call ended]"
                 sys.stdout.write(header + "\n")
                 sys.stdout.flush()  # before late stderr too, apart from this cell's own text
