@@ -138,13 +138,46 @@ def ctrl_c_right_after(
     return armed
 
 
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name (field 3 on: state, ppid, ...), or None."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def pid_started(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot, ``/proc/PID/stat`` field 22): with the
+    pid, it names one process, where a pid alone may be another's later (pids are reused,
+    32,768 of them here, threads included)."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone); with ``started``
+    (``pid_started``), only while it is still that process."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
         return False
-    return state not in ("Z", "X")
+    return started is None or int(fields[19]) == started
+
+
+def process_report(pid: int) -> str:
+    """What a process left running is doing, for a failing test's message: its command
+    line, state, and each thread's name, state and kernel wait channel."""
+    base = Path(f"/proc/{pid}")
+    try:
+        cmd = base.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        threads = []
+        for task in sorted(base.joinpath("task").iterdir()):
+            name = task.joinpath("comm").read_text().strip()
+            state = task.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0]
+            wchan = task.joinpath("wchan").read_text().strip()
+            threads.append(f"{task.name} {name} {state} {wchan}")
+    except OSError as exc:
+        return f"{pid}: {exc}"
+    return f"{pid} ({cmd.strip()}): " + "; ".join(threads)
 
 
 def proc_environ(pid: int) -> dict[str, str]:
