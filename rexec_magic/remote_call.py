@@ -28,7 +28,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, RUNNING
 from concurrent.futures._base import LOGGER as FUTURES_LOG
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from rexec_magic import contract, errors, serialize
 from rexec_magic import protocol as P
@@ -434,14 +434,14 @@ def interrupt_outcome() -> str:
     with _reached_lock:
         # (Each call's state read once: one ending meanwhile is either said now or kept.)
         reached = [(ref, call, _state(call)) for ref in _reached if (call := ref()) is not None]
-        _reached[:] = [ref for ref, _, state in reached if state == "going"]
+        _reached[:] = [ref for ref, _, state in reached if state.how == "going"]
     if not reached:
         return ""
     said = _outcome_clauses([state for _, call, state in reached if not call.said_stopping], "")
     earlier = [state for _, call, state in reached if call.said_stopping]
     said += _outcome_clauses(earlier, "the interrupt was still stopping ")
     for _, call, state in reached:
-        call.said_stopping = state == "going"
+        call.said_stopping = state.how == "going"
     return "; ".join(said)
 
 
@@ -451,10 +451,18 @@ def _error_words(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
-def _state(call: RemoteFuture | ThreadCall) -> str:
-    """ "cancelled", "finished" (it returned), "going", or "failed: " and the error it
-    ended with instead (a call that caught the interrupt and raised another error, or one
-    that raised first: "its result stands" was said of it, tester AX)."""
+class _Ended(NamedTuple):
+    """How a call an interrupt reached stands: ``how`` is "cancelled", "finished" (it
+    returned), "going", or "failed", with ``error`` the error it ended with instead (a
+    call that caught the interrupt and raised another error, or one that raised first:
+    "its result stands" was said of it, tester AX)."""
+
+    how: str
+    error: str = ""
+
+
+def _state(call: RemoteFuture | ThreadCall) -> _Ended:
+    """How ``call`` stands now (``_Ended``)."""
     if isinstance(call, ThreadCall):
         ended, cancelled, error = call.ended.is_set(), call.stopped, call.error
     else:
@@ -462,18 +470,19 @@ def _state(call: RemoteFuture | ThreadCall) -> str:
         exc = call.exception(timeout=0) if ended and not cancelled else None
         error = _error_words(exc) if exc is not None else ""
     if cancelled:
-        return "cancelled"
+        return _Ended("cancelled")
     if not ended:
-        return "going"
-    return f"failed: {error}" if error else "finished"
+        return _Ended("going")
+    return _Ended("failed", error) if error else _Ended("finished")
 
 
-def _outcome_clauses(states: list[str], earlier: str) -> list[str]:
+def _outcome_clauses(states: list[_Ended], earlier: str) -> list[str]:
     """Clauses saying how calls ended (``states``: ``_state`` of each); ``earlier``: "" for
     calls an interrupt just reached, else the words naming calls said before to be still
     stopping (which are not said again while they are)."""
-    stopped, finished, going = (states.count(s) for s in ("cancelled", "finished", "going"))
-    errors_ = [s.removeprefix("failed: ") for s in states if s.startswith("failed: ")]
+    hows = [s.how for s in states]
+    stopped, finished, going = (hows.count(h) for h in ("cancelled", "finished", "going"))
+    errors_ = [s.error for s in states if s.how == "failed"]
     said = []
     if earlier:
         one = stopped == 1
