@@ -359,10 +359,34 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+class NoStack(Exception):
+    """No `rexec up` state in the state folder a command was given (its sentence)."""
+
+
+def up_state(state_dir: str) -> dict[str, Any]:
+    """What a running `rexec up` wrote of itself (``UP_STATE_FILE``) in ``state_dir``.
+    Raises ``NoStack`` with a sentence naming the folder and how to name another (``token``
+    read it bare and failed with a traceback, tester BE)."""
+    try:
+        return json.loads((Path(state_dir) / UP_STATE_FILE).read_text())
+    except FileNotFoundError:
+        raise NoStack(
+            f"No running `rexec up` found in {state_dir}: give its --state-dir, "
+            f"or set ${Env.STATE_DIR}."
+        ) from None
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     """Add a dev token for a user and write that user's connection file (never printed);
     with --revoke, remove every static token of that user instead."""
-    state = json.loads((Path(args.state_dir) / UP_STATE_FILE).read_text())
+    if args.revoke and args.tokens_file:
+        state: dict[str, Any] = {}  # (all it needs is named)
+    else:
+        try:
+            state = up_state(args.state_dir)
+        except NoStack as exc:
+            print(f"rexec token: {exc}", file=sys.stderr)
+            return 1
     if args.revoke:
         n = revoke_static_tokens(args.tokens_file or state["tokens_file"], args.user)
         print(
@@ -390,9 +414,9 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     try:
-        state = json.loads((Path(args.state_dir) / UP_STATE_FILE).read_text())
-    except FileNotFoundError:
-        print(f"No running `rexec up` found in {args.state_dir}.", file=sys.stderr)
+        state = up_state(args.state_dir)
+    except NoStack as exc:
+        print(f"rexec status: {exc}", file=sys.stderr)
         return 1
     try:
         report = broker_status(state["control_url"], state["admin_secret"])
@@ -403,10 +427,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+STATE_DIR_HELP = (
+    f"the folder `rexec up` keeps its state in (default: ${Env.STATE_DIR}, else rexec-up "
+    "in Jupyter's runtime folder: %(default)s)"
+)
+
+
 def up_parser() -> argparse.ArgumentParser:
     up = argparse.ArgumentParser(prog="rexec up", description="Start broker + spawner here.")
     add_settings_flags(up)
-    up.add_argument("--state-dir", default=str(default_state_dir()), help=f"[${Env.STATE_DIR}]")
+    up.add_argument("--state-dir", default=str(default_state_dir()), help=STATE_DIR_HELP)
     up.add_argument("--connection-file", default=None, help=f"default: ${Env.CONNECTION_FILE}")
     up.add_argument(
         "--curve", action="store_true", help="encrypt the client port with CurveZMQ (new keys)"
@@ -423,19 +453,21 @@ def main(argv: list[str] | None = None) -> int:
 def token_main(argv: list[str] | None = None) -> int:
     """add a dev token for a user of a running `rexec up`"""
     token = argparse.ArgumentParser(prog="rexec token", description=cmd_token.__doc__)
-    token.add_argument("user")
-    token.add_argument("--groups", default="")
+    token.add_argument("user", help="the user name the token logs in as")
+    token.add_argument("--groups", default="", help="the user's groups, comma-separated")
     token.add_argument("--connection-file", help="where to write it (0600)")
     token.add_argument(
         "--revoke", action="store_true", help="revoke every static token of USER instead"
     )
-    token.add_argument("--state-dir", default=str(default_state_dir()))
-    token.add_argument("--tokens-file", default=None)
+    token.add_argument("--state-dir", default=str(default_state_dir()), help=STATE_DIR_HELP)
+    token.add_argument(
+        "--tokens-file", default=None, help="the dev tokens file (default: that of `rexec up`)"
+    )
     return cmd_token(token.parse_args(argv))
 
 
 def status_main(argv: list[str] | None = None) -> int:
     """the broker's view: users, workers, counters"""
     status = argparse.ArgumentParser(prog="rexec status", description=status_main.__doc__)
-    status.add_argument("--state-dir", default=str(default_state_dir()))
+    status.add_argument("--state-dir", default=str(default_state_dir()), help=STATE_DIR_HELP)
     return cmd_status(status.parse_args(argv))

@@ -282,6 +282,49 @@ def test_rexec_status_command_reports_workers(stack):
     assert '"counters"' in out.stdout and stack.token not in out.stdout
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["token", "bob", "--connection-file", "{tmp}/bob.json"], ["token", "bob", "--revoke"],
+     ["status"]],
+    ids=["token", "revoke", "status"],
+)  # fmt: skip
+def test_a_command_for_a_running_rexec_up_where_none_runs_says_so_in_one_sentence(
+    tmp_path, command
+):
+    """`rexec token` (and `--revoke`) pointed at a folder with no `rexec up` in it (the
+    default one, when the stack runs with its own --state-dir) failed with a traceback
+    (tester BE, 2 of 2); now, as `rexec status`, one sentence naming the folder and how to
+    name another, exit code 1, and no connection file written."""
+    empty = tmp_path / "no-stack-here"
+    empty.mkdir()
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    out = subprocess.run(
+        [sys.executable, "-m", "rexec_magic.cli", *args, "--state-dir", str(empty)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1, out
+    assert out.stderr == (
+        f"rexec {command[0]}: No running `rexec up` found in {empty}: give its --state-dir, "
+        "or set $REXEC_STATE_DIR.\n"
+    )
+    assert not out.stdout and not (tmp_path / "bob.json").exists()
+
+
+def test_every_rexec_command_shows_its_help():
+    """`rexec COMMAND -h` shows that command's usage and exits 0, as the top-level help
+    promises ("rexec COMMAND -h for its flags"); `rexec worker -h` failed on the settings
+    it missed instead (tester BE)."""
+    from rexec_magic.cli import commands
+
+    for name in sorted(commands()):
+        out = subprocess.run(
+            [sys.executable, "-m", "rexec_magic.cli", name, "-h"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, (name, out.stderr)
+        assert out.stdout.startswith(f"usage: rexec {name}"), (name, out.stdout)
+
+
 def test_culled_worker_is_replaced_and_the_user_is_told(tmp_path, monkeypatch):
     from tests.local_stack import stop_stack
 

@@ -17,6 +17,7 @@ that must restart (an ignored interrupt, a crash) no longer ends the worker.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import logging
 import os
@@ -114,6 +115,11 @@ def setup_logging(level_name: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """run a worker (started by the spawner; settings from its environment)"""
+    argparse.ArgumentParser(  # (for -h: it takes no flags; it failed on the missing settings)
+        prog="rexec worker",
+        description="Run a worker: the spawner starts it, with its settings (the broker's "
+        "URL, its registration secret's file) in REXEC_* variables of its environment.",
+    ).parse_args(argv)
     setup_logging(os.environ.get(Env.LOG_LEVEL))
     make_undumpable()
     raise_open_files_limit()
