@@ -94,14 +94,23 @@ def walk(source: Path) -> Iterator[Entry]:
                 yield Entry(rel, p, False, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
 
 
-def target_for(dest: Path, source_name: str, default: str) -> Path:
+def target_for(dest: Path, source_name: str, default: str, into: bool = False) -> Path:
     """Like cp: into an existing folder the item keeps its name, else it gets ``dest``.  A
     name that is no name of its own (``..``, ``.``, empty, or with a ``/``: a source given
     as ``..``) becomes ``default``: ``dest / ".."`` was the folder above, which the
-    transfer then tried to replace (tester P)."""
+    transfer then tried to replace (tester P).  ``into``: ``dest`` was written as a folder
+    (``names_a_folder``): the item goes into it, made if missing, as rsync does (cp
+    refuses; the README's ``%rexec_get results/model.pt checkpoints/`` wrote a file named
+    ``checkpoints``, tester BE)."""
     if source_name in ("", ".", "..") or "/" in source_name:
         source_name = default
-    return dest / source_name if dest.is_dir() else dest
+    return dest / source_name if into or dest.is_dir() else dest
+
+
+def names_a_folder(path: str) -> bool:
+    """Whether ``path`` as the user wrote it names a folder: it ends in ``/`` (``Path``
+    drops that, so ask before making one)."""
+    return path.endswith(("/", os.sep))
 
 
 class Staging:

@@ -627,8 +627,9 @@ class RexecMagics(Magics):
     def rexec_put(self, line: str) -> None:
         """Copy a local file or folder to your worker.
 
-        REMOTE relative to the worker's own folder; into an existing folder the item keeps
-        its name.  Streamed in chunks, written atomically: all of it arrives or nothing.
+        REMOTE relative to the worker's own folder; into an existing folder, or one written
+        with a trailing ``/`` (made if missing), the item keeps its name.  Streamed in
+        chunks, written atomically: all of it arrives or nothing.
         """
         args = parse(self.rexec_put, line)
         if args is not None:
@@ -641,8 +642,9 @@ class RexecMagics(Magics):
     def rexec_get(self, line: str) -> None:
         """Copy a file or folder from your worker to here.
 
-        Into an existing local folder the item keeps its name.  Streamed in chunks, written
-        atomically: all of it arrives or nothing.
+        Into an existing local folder, or one written with a trailing ``/`` (made if
+        missing), the item keeps its name.  Streamed in chunks, written atomically: all of
+        it arrives or nothing.
         """
         args = parse(self.rexec_get, line)
         if args is not None:

@@ -189,9 +189,10 @@ def download(
                 is_dir, mode = meta.dir, meta.mode
                 if staging is None:  # the item itself comes first
                     total = meta.total or meta.size
-                    dest = fileio.resolve(str(local) if local is not None else ".")
+                    where = str(local) if local is not None else "."
                     name = PurePosixPath(str(remote).rstrip("/")).name
-                    final = fileio.target_for(dest, name, "download")
+                    into = fileio.names_a_folder(where)
+                    final = fileio.target_for(fileio.resolve(where), name, "download", into)
                     staging = fileio.Staging(final, is_dir, req_id[:12], HERE)
                 staging.begin(meta.rel, is_dir, mode)
                 files += not is_dir

@@ -787,6 +787,31 @@ def test_put_and_get_as_functions_in_a_script(nora, tmp_path):
     assert out.stderr == ""
 
 
+def test_a_destination_ending_in_a_slash_is_a_folder_the_item_goes_into(nora, stack, tmp_path):
+    """``%rexec_get results/model.pt checkpoints/`` (the README's example) wrote a file
+    named ``checkpoints`` (tester BE): a destination written as a folder gets the item
+    inside, the folder made if missing, both ways, for a file and a folder; without the
+    slash, a missing destination is the item's new name, as before."""
+    (tmp_path / "model.pt").write_text("weights")
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "sub" / "b.txt").write_text("beta")
+    script = (
+        "import rexec_magic\n"
+        "rexec_magic.put('model.pt', 'up-into/')\n"
+        "rexec_magic.put('tree', 'trees/')\n"
+        "rexec_magic.put('model.pt', 'renamed.pt')\n"
+        "rexec_magic.get('up-into/model.pt', 'checkpoints/')\n"
+        "rexec_magic.get('trees/tree', 'back/')\n"
+    )
+    run_script(nora, tmp_path, script)
+    folder = stack.state_dir / "work" / USER
+    assert (folder / "up-into" / "model.pt").read_text() == "weights"
+    assert (folder / "trees" / "tree" / "sub" / "b.txt").read_text() == "beta"
+    assert (folder / "renamed.pt").read_text() == "weights"
+    assert (tmp_path / "checkpoints" / "model.pt").read_text() == "weights"
+    assert (tmp_path / "back" / "tree" / "sub" / "b.txt").read_text() == "beta"
+
+
 def test_a_file_changed_while_it_is_sent_is_not_kept(nora, tmp_path):
     """A file written to while ``put`` sends it (here: shrunk once its first bytes went)
     fails in one sentence and the worker keeps nothing of it; before, a copy of the wrong

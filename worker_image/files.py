@@ -166,8 +166,9 @@ class Transfers:
         rid = target.id
         if msg.kind == Kind.PUT_OPEN:
             opening = msg.read(protocol.PutOpen)
-            dest = fileio.resolve(opening.path or ".")
-            final = fileio.target_for(dest, opening.name, "upload")
+            where = opening.path or "."
+            into = fileio.names_a_folder(where)
+            final = fileio.target_for(fileio.resolve(where), opening.name, "upload", into)
             staging = fileio.Staging(final, opening.dir, rid[:12], WHERE)
             self._uploads[rid] = _Upload(staging)
             log.info("upload %s to %s", rid, final)
