@@ -621,7 +621,8 @@ class WorkerService:
 
 
 def _conflict_sentence(rec: WorkerRecord, reqs: RequirementSet) -> str:
-    have = ", ".join(rec.requirements.lines) or "no requirements"
+    # ("running with other requirements (no requirements)" read as a contradiction, tester BE)
+    have = ", ".join(rec.requirements.lines) or "none"
     if rec.requirements.lines == reqs.lines:
         return (
             "Your worker is running with other options; stop it first, "
