@@ -205,27 +205,89 @@ def test_heartbeats_go_on_while_a_cell_holds_the_gil_and_its_result_arrives(port
     assert beats >= 2  # one a second (4 s held), whatever the cell does
 
 
+def sleeping(pid: int) -> None:
+    """Wait until a ``sleep`` runs in executor ``pid``'s process group."""
+    from worker_image.exits import group_members
+
+    def comm(member: int) -> str:
+        try:
+            return Path(f"/proc/{member}/comm").read_text().strip()
+        except OSError:
+            return ""
+
+    wait_for(
+        lambda: any(comm(m) == "sleep" for m in group_members(pid)), "the cell's sleep to start"
+    )
+
+
 def test_an_interrupt_reaches_the_processes_a_cell_started(port):
     """``os.system('sleep 60')`` interrupted: the shell and ``sleep`` get SIGINT too (as
     from a terminal, or from Jupyter, which signals a kernel's process group), so the cell
     goes on at once and the namespace stays; it used to wait out the grace period, and the
     executor was restarted."""
-    from worker_image.exits import group_members
 
     port.run("kept = 1")
     code = "import os\nprint('go', flush=True)\nstatus = os.system('sleep 60')\nprint('after')"
     request_id = port.execute(code)
     port.recv_kind(Kind.STREAM)
     pid = executor_pid(port)
-    # Both started (executor, sh, sleep: dash forks it): a SIGINT that reaches the shell
-    # before it forked makes it wait for that child before it dies (dash, bash), a local
-    # terminal's Ctrl-C too, and the cell would wait out the grace period (seen under load).
-    wait_for(lambda: len(group_members(pid)) >= 3, "the cell's shell and sleep to start")
+    # ``sleep`` itself started: a SIGINT that reaches the shell before it forked makes it
+    # wait for that child before it dies (dash, bash), a local terminal's Ctrl-C too, and
+    # one that reaches the shell's child before it became ``sleep`` is lost there; the
+    # cell would wait out the grace period (seen under load, 1 of 38 with three processes
+    # in the group, the third not yet ``sleep``).
+    sleeping(pid)
     port.send(Kind.INTERRUPT, {"id": request_id})
     events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
     assert done(events).header["status"] != DoneStatus.RESTARTING
     assert stdout(events).endswith("after\n")
     assert stdout(port.run("print(kept, status != 0)")) == "1 True\n"
+    assert executor_pid(port) == pid
+
+
+IGNORING = {
+    # C system() ignores SIGINT in its caller while its child runs; the child gets its own.
+    "os.system": "status = os.system('sleep 60')\n",
+    # Code that ignores it for a while itself (a library's critical section), then not.
+    "signal.SIG_IGN": (
+        "old = signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "open(go, 'w').close()\n"
+        "time.sleep(1.5)\n"
+        "signal.signal(signal.SIGINT, old)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("ignoring", IGNORING.values(), ids=IGNORING)
+def test_an_interrupt_that_came_while_the_cell_ignored_sigint_stops_it_after(
+    port, tmp_path, ignoring
+):
+    """Tester BD (3 of 3): Ctrl-C during ``os.system('sleep 20')`` stopped the ``sleep``
+    (its SIGINT), but ``system()`` ignores SIGINT while it waits, so the executor's was
+    discarded; the cell went on into ``time.sleep(20)`` and after the grace period its
+    executor was restarted, the namespace lost.  Now an interrupt the executor ignored
+    as it came is sent again once it no longer ignores SIGINT: the cell stops there, the
+    namespace kept, the same process."""
+    go = tmp_path / "ignoring"
+    port.run("kept = 1")
+    code = (
+        f"import os, signal, time\ngo = {str(go)!r}\nprint('go', flush=True)\n{ignoring}"
+        "print('after', flush=True)\ntime.sleep(60)\nprint('not reached')"
+    )
+    request_id = port.execute(code)
+    port.recv_kind(Kind.STREAM)
+    pid = executor_pid(port)
+    if "system" in ignoring:
+        sleeping(pid)  # (see test_an_interrupt_reaches_the_processes_a_cell_started)
+    else:
+        wait_for(go.exists, "the cell to ignore SIGINT")
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
+    assert done(events).header["status"] == DoneStatus.INTERRUPTED, done(events).header
+    # (It stops where it first can once SIGINT counts again: before 'after' when the
+    # executor waits for a CPU as the call returns, as under a full parallel run.)
+    assert "not reached" not in stdout(events)
+    assert stdout(port.run("print(kept)")) == "1\n"
     assert executor_pid(port) == pid
 
 

@@ -283,6 +283,9 @@ class ExecutorProcess:
         self.grace_killed = False  # SIGKILL sent: it ignored its interrupt (or stop) too long
         self.killed_what = "cell"  # what ignored it: "cell" or "call"
         self.interrupted_at = 0.0  # time.monotonic() of the interrupt its grace period is for
+        # The request whose interrupt's SIGINT the executor ignored as it came (``interrupt``):
+        # sent again once it no longer does (``interrupt_again``).
+        self.sigint_lost_for: str | None = None
         # When its interrupted request's code ended (CODE_OVER) and what it bound began to be
         # packed to go back (``Supervisor._on_code_over``); None otherwise.
         self.packing_since: float | None = None
@@ -609,6 +612,12 @@ class ExecutorProcess:
         with contextlib.suppress(OSError):  # full (nobody reads it), or the executor is gone
             os.write(self._interrupts, line)
         self.signal(signal.SIGINT)
+        if exits.ignores(self.pid, signal.SIGINT):
+            # Discarded: the cell waits in ``os.system`` (C ``system()`` ignores SIGINT until
+            # its child ends; the child gets one below).  Its code then went on as if no
+            # interrupt came, into the grace period, and the namespace was lost (tester BD:
+            # ``os.system('sleep 20')`` then ``time.sleep(20)``, 3 of 3).
+            self.sigint_lost_for = request_id
         # And the processes the cell started (``os.system('sleep 30')``, a pipeline): a
         # terminal's Ctrl-C reaches its whole foreground group, and Jupyter signals the
         # kernel's process group, so they stop as they would in a local notebook (else the
@@ -618,6 +627,17 @@ class ExecutorProcess:
             if pid != self.pid:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGINT)
+
+    def interrupt_again(self) -> bool:
+        """The SIGINT of an interrupt the executor ignored as it came (``interrupt``), once it
+        no longer ignores SIGINT and the interrupted request still runs its code (checked
+        by the caller): whether it went now.  Only where it was discarded: a second SIGINT
+        after one that came could hit the cell's own cleanup."""
+        if self.sigint_lost_for is None or exits.ignores(self.pid, signal.SIGINT):
+            return False
+        self.sigint_lost_for = None
+        self.signal(signal.SIGINT)
+        return True
 
     def signal(self, sig: int) -> None:
         """Signal the executor (SIGINT: its main thread; others: its whole process group)."""

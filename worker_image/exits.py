@@ -214,6 +214,20 @@ def proc_state(pid: int) -> str | None:
     return fields[0] if fields else None
 
 
+def ignores(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` ignores signal ``signum`` now (``SigIgn`` of
+    ``/proc/PID/status``; False when that cannot be read).  A signal sent to a process that
+    ignores it is discarded, not kept pending: C ``system()`` (``os.system``) ignores
+    SIGINT in its caller while it waits for its child."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def group_members(pgid: int) -> list[int]:
     """The processes of process group ``pgid`` ([] without ``/proc``)."""
     try:

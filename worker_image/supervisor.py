@@ -882,6 +882,17 @@ class Supervisor:
             ex.grace_deadline = ex.interrupted_at + INTERRUPT_GRACE_S
             ex.kill_reason = reason
 
+    def _interrupt_again(self, ex: ExecutorProcess) -> None:
+        """An interrupt whose SIGINT ``ex`` ignored as it came (``os.system`` waiting for
+        its child) goes again once it no longer ignores SIGINT, while the request it was
+        for still runs its code: the cell stops there, its namespace kept, instead of
+        running on into the grace period (``ExecutorProcess.interrupt``)."""
+        cur = ex.current
+        if cur is None or cur.target.id != ex.sigint_lost_for or ex.code_over_told:
+            ex.sigint_lost_for = None  # (it ended, or its code did)
+        elif ex.interrupt_again():
+            log.info("executor %d ignored its interrupt as it came: sent again", ex.number)
+
     def _running(self, route: bytes, request_id: str) -> tuple[ExecutorProcess, Request] | None:
         """The executor running request ``request_id`` of the client at ``route``, and it."""
         for ex in self.all:
@@ -1864,6 +1875,8 @@ class Supervisor:
                 self._on_exit(ex)
                 continue
             cur = ex.current
+            if ex.sigint_lost_for is not None:
+                self._interrupt_again(ex)
             if (
                 cur is not None
                 and ex.grace_deadline is not None
