@@ -877,13 +877,10 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
             processes = row.get("processes")
             within = f" in {processes} processes" if processes else ""
             details.append(f"{contract.human_bytes(memory)}{within}")
-        if row.get("running_s") is not None:
-            whose = (
-                f" (a {_running_kind(row)} of {row['running_for']})"
-                if row.get("running_for")
-                else ""
-            )
-            details.append(f"running {human_seconds(row['running_s'])}{whose}")
+        if row.get("running_s") is not None:  # (a cell or a call: tester BD could not tell)
+            whose = f" of {row['running_for']}" if row.get("running_for") else ""
+            what = f"a {_running_kind(row)}{whose}"
+            details.append(f"running {what} for {human_seconds(row['running_s'])}")
         details.append(f"up {human_seconds(float(row.get('uptime_s') or 0))}{_namespace_age(row)}")
         if row.get("kernel_silent_s") is not None:
             details.append(f"no sign of its kernel for {human_seconds(row['kernel_silent_s'])}")

@@ -717,6 +717,29 @@ def test_rexec_status_of_a_notebook_without_an_executor_says_none_yet(ip):
     assert "(this session)" not in text  # the executors listed are the others'
 
 
+def test_rexec_status_says_whether_an_executor_runs_a_cell_or_a_call(ip, tmp_path):
+    """``%rexec_status`` while this notebook's submitted call runs: its executor's row says
+    it runs a call, and for how long (it said "running 3 s" for a cell and a call alike,
+    tester BD)."""
+    from rexec_magic.magics import status_table
+
+    ip.run_cell(
+        "from rexec_magic import remote_func\n@remote_func\ndef busy_call(path):\n"
+        "    import pathlib, time\n    pathlib.Path(path).touch()\n    time.sleep(30)"
+    )
+    flag = tmp_path / "call-runs"
+    future = ip.user_ns["busy_call"].submit(str(flag))
+    try:
+        wait_for(flag.exists, "the call to run")
+        session = ip.magics_manager.registry["RexecMagics"].session
+        rows = dict(status_table(session.status()).rows)
+        mine = rows[f"executor {session.notebook} (this session)"]
+        assert re.search(r"running a call for \d+ s", mine), mine
+    finally:
+        future.cancel()
+    assert future.cancelled()
+
+
 def test_rexec_stop_cancels_this_notebooks_queued_calls(ip, tmp_path):
     """``%rexec_stop`` while submitted calls wait their turn: they are cancelled and say so;
     they used to start a fresh worker right after the stop and run there.  The next cell
