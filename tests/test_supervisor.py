@@ -291,6 +291,60 @@ def test_an_interrupt_that_came_while_the_cell_ignored_sigint_stops_it_after(
     assert executor_pid(port) == pid
 
 
+def test_an_interrupt_during_a_loop_of_os_system_calls_stops_the_loop(port):
+    """``for f in files: os.system(...)`` interrupted: the running command stops (its
+    SIGINT), ``system()`` ignored the executor's, and the loop started the next command at
+    once, leaving the supervisor's second SIGINT no moment to land: the grace period ran
+    out and the namespace was lost.  Now the next ``os.system`` of the cell raises the
+    KeyboardInterrupt instead of starting its command: one command stopped, none started
+    after it, the namespace kept, the same process."""
+    port.run("kept = 1")
+    code = (
+        "import os\ncalls = 0\nprint('go', flush=True)\n"
+        "for _ in range(100):\n    os.system('sleep 60')\n    calls += 1\n"
+    )
+    request_id = port.execute(code)
+    port.recv_kind(Kind.STREAM)
+    pid = executor_pid(port)
+    sleeping(pid)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
+    assert done(events).header["status"] == DoneStatus.INTERRUPTED, done(events).header
+    assert stdout(port.run("print(kept, calls)")) == "1 1\n"
+    assert executor_pid(port) == pid
+
+
+def test_a_second_interrupt_during_the_cleanup_of_the_first_raises_nothing_more(port, tmp_path):
+    """A cell that caught its interrupt cleans up with ``os.system`` calls; a second
+    interrupt of the same request comes meanwhile (tester BF: a ``remote_func``'s, 4 of 9).
+    The executor ignored its SIGINT there, and it was sent again (or raised by the next
+    ``os.system``) once the call returned: a second KeyboardInterrupt cut the cleanup.
+    Only an interrupt the code was never given is sent again: the cleanup runs to its
+    end.  (The second one still reaches the processes the cleanup started, as a second
+    Ctrl-C from a terminal or Jupyter does.)"""
+    flag = tmp_path / "caught"
+    code = (
+        "import os, time\n"
+        "try:\n    print('go', flush=True)\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    print('caught', flush=True)\n"
+        f"    open({str(flag)!r}, 'w').close()\n"
+        "    os.system('sleep 30')\n    os.system('true')\n    time.sleep(0.5)\n"
+        "    print('cleanup done', flush=True)\n"
+    )
+    request_id = port.execute(code)
+    port.recv_kind(Kind.STREAM)
+    pid = executor_pid(port)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    wait_for(flag.exists, "the cell to catch the first interrupt")
+    sleeping(pid)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
+    assert done(events).header["status"] != DoneStatus.RESTARTING, done(events).header
+    assert stdout(events).endswith("caught\ncleanup done\n"), stdout(events)
+    assert "KeyboardInterrupt" not in stdout(events, "stderr")
+    assert executor_pid(port) == pid
+
+
 def test_an_interrupted_cell_whose_values_take_long_to_pack_is_not_killed(port):
     """The cell takes the interrupt; what it bound then comes back, and packing it takes
     longer than the grace period (a value that takes 7 s to pickle): that is not a cell

@@ -12,6 +12,7 @@ from __future__ import annotations
 import _signal
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -246,6 +247,46 @@ def done_header(status: str, **extra: Any) -> dict[str, Any]:
     return {"status": status, "vars": [], "skipped": [], "duration": 0.0, **extra}
 
 
+_real_system = os.system
+_system_runner: CellRunner | None = None  # the executor's (its one CellRunner)
+
+
+def interruptible_system(command: str) -> int:
+    """``os.system`` in the executor.  C ``system()`` ignores SIGINT while its child runs,
+    so an interrupt that comes meanwhile stops only the child (the supervisor signals the
+    process group too) and the call returns its status, as in a local kernel, where the
+    cell goes on.  The supervisor sends the SIGINT again once SIGINT counts
+    (``Supervisor._interrupt_again``), but a loop of ``os.system`` calls leaves it no moment
+    between two (tester BD's shape, looped: the grace period ran out and the namespace was
+    lost).  So the next ``os.system`` of the same request after one an interrupt came
+    during raises the KeyboardInterrupt instead of starting its command, once (counted as
+    taken: the supervisor sends it no more).  Elsewhere (another thread, outside a request's
+    code) it is ``os.system`` itself."""
+    __tracebackhide__ = True
+    runner = _system_runner
+    request_id = runner.running_id if runner is not None else None
+    main = threading.current_thread() is threading.main_thread()
+    if runner is None or runner.pending is None or request_id is None or not main:
+        return _real_system(command)
+    if runner.swallowed_by_system == request_id:
+        runner.swallowed_by_system = None
+        runner.took_interrupt_in = request_id
+        if runner.phase is not None:
+            runner.phase.took_interrupt()
+        raise KeyboardInterrupt
+    before = runner.pending(request_id)
+    status = _real_system(command)
+    came = runner.running_id == request_id and runner.pending(request_id) > before
+    if came and runner.took_interrupt_in != request_id:  # (a repeat: its cleanup runs)
+        runner.swallowed_by_system = request_id  # (one that came during it, and was lost)
+    return status
+
+
+interruptible_system.__doc__ = _real_system.__doc__
+interruptible_system.__name__ = interruptible_system.__qualname__ = "system"
+interruptible_system.__module__ = "posix"
+
+
 class CellRunner:
     """Runs cells in the main thread: vars in, code, events out, vars back, DONE."""
 
@@ -255,6 +296,7 @@ class CellRunner:
         outbox: EventChannel,
         interrupted: Callable[[str], bool] = lambda request_id: False,
         next_item: Callable[[str], Step] | None = None,
+        pending: Callable[[str], int] | None = None,
     ) -> None:
         self.shell = shell
         self.outbox = outbox
@@ -263,8 +305,19 @@ class CellRunner:
         # Whether the supervisor interrupted this request before its user code started (the
         # SIGINT then came too early to count: see executor.InterruptPipe).
         self.interrupted = interrupted
+        # How many interrupts of a request came and were not taken (``interruptible_system``
+        # compares before and after ``os.system``); None: not known (no interrupt pipe).
+        self.pending = pending
+        self.running_id: str | None = None  # the request whose user code runs now
+        # The request an interrupt came to during an ``os.system`` call of, which did not
+        # raise (``interruptible_system``).
+        self.swallowed_by_system: str | None = None
+        self.took_interrupt_in: str | None = None  # the request whose code was given one
         # The KeyboardInterrupt this handler raises is the user's; its frame is not.
         shell.hidden_frames.add(CellRunner.on_sigint.__code__)
+        shell.hidden_frames.add(interruptible_system.__code__)
+        global _system_runner
+        _system_runner = self
         self._interruptible = False  # SIGINT raises KeyboardInterrupt only while True
         self._raised: KeyboardInterrupt | None = None  # the last one on_sigint raised
         self._unraisable_before = sys.unraisablehook
@@ -289,6 +342,10 @@ class CellRunner:
     def on_sigint(self, signum: int, frame: Any) -> None:
         """SIGINT handler (main thread): interrupt user code, never the worker's own steps."""
         if self._interruptible:
+            if self.phase is not None:  # (the supervisor sends no lost one again now)
+                self.phase.took_interrupt()
+            self.swallowed_by_system = None
+            self.took_interrupt_in = self.running_id
             if self.outbox.sending_thread == threading.get_ident():  # never cut a message in
                 # two: raise after the send.  (Another thread's send is no reason: the deferred
                 # interrupt would wait for a send of the main thread that may never come.)
@@ -672,6 +729,7 @@ class CellRunner:
             if self.interrupted(cell.id):
                 self.unstarted = True
                 raise KeyboardInterrupt
+            self.running_id = cell.id
             self.watch.before(shell.user_ns, cell.watch)
             self._take_restores(cell)
             names_before = object_ids(shell.user_ns)
@@ -785,6 +843,7 @@ class CellRunner:
             if self.interrupted(cell.id):
                 self.unstarted = True
                 raise KeyboardInterrupt
+            self.running_id = cell.id
             next_item = self.next_item if cell.lazy else None
             self.shell.plain_exit = cell.frontend == FRONTEND_SCRIPT
             return invoke(
@@ -824,6 +883,7 @@ class CellRunner:
         handler the code installed is replaced by ours (it would raise KeyboardInterrupt in
         the worker's own steps, e.g. once DONE is sent, where nothing can take it)."""
         self._interruptible = False
+        self.running_id = self.swallowed_by_system = None
         # ``_signal``: the same call without ``signal``'s enum wrapping (several µs each,
         # three times a cell).
         _signal.signal(_signal.SIGINT, self.on_sigint)

@@ -48,7 +48,7 @@ from rexec_magic.protocol import DoneStatus, Kind
 from worker_image import framing
 from worker_image.bulk import BulkUploader, Where
 from worker_image.calls import Step
-from worker_image.cells import CellRunner, cell_for, done_header, user_threads
+from worker_image.cells import CellRunner, cell_for, done_header, interruptible_system, user_threads
 from worker_image.introspect import Introspector
 from worker_image.outbox import (
     BULK_CHANNEL,
@@ -102,12 +102,26 @@ class InterruptPipe:
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
         self._partial = b""
+        self._unread: list[str] = []  # ids read out of the pipe, not yet taken
         if fd is not None:
             os.set_blocking(fd, False)
 
     def __call__(self, request_id: str) -> bool:
+        """Whether ``request_id`` was interrupted; what was read is taken (a second call
+        says False unless another interrupt came)."""
+        found = self.pending(request_id) > 0
+        self._unread = []
+        return found
+
+    def pending(self, request_id: str) -> int:
+        """How many interrupts of ``request_id`` came and were not taken yet (nothing is
+        taken: ``cells.interruptible_system`` asks before and after a call)."""
+        self._read()
+        return self._unread.count(request_id)
+
+    def _read(self) -> None:
         if self.fd is None:
-            return False
+            return
         data = self._partial
         while True:
             try:
@@ -124,11 +138,11 @@ class InterruptPipe:
         *lines, self._partial = data.split(b"\n")
         for line in lines:
             try:
-                if json.loads(line) == request_id:
-                    return True
+                request_id = json.loads(line)
             except ValueError:
                 continue
-        return False
+            if isinstance(request_id, str):
+                self._unread.append(request_id)
 
 
 class Executor:
@@ -157,7 +171,10 @@ class Executor:
         # One loop, as in a kernel: ``asyncio.get_event_loop()`` in a plain cell is the loop
         # ``await`` cells run on, which runs between cells (``_run_async_until_request``).
         asyncio.set_event_loop(get_asyncio_loop())
-        self.runner = CellRunner(self.shell, self.channel, interrupts, self._next_item)
+        self.runner = CellRunner(
+            self.shell, self.channel, interrupts, self._next_item, interrupts.pending
+        )
+        os.system = interruptible_system  # an interrupt during it stops the cell as it returns
         if phase_fd is not None:
             self.runner.phase = PhaseBoard(phase_fd)
             os.close(phase_fd)  # (the mapping stays; user code has no use for the fd)

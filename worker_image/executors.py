@@ -284,8 +284,11 @@ class ExecutorProcess:
         self.killed_what = "cell"  # what ignored it: "cell" or "call"
         self.interrupted_at = 0.0  # time.monotonic() of the interrupt its grace period is for
         # The request whose interrupt's SIGINT the executor ignored as it came (``interrupt``):
-        # sent again once it no longer does (``interrupt_again``).
+        # sent again once it no longer does (``interrupt_again``), unless its code was given
+        # one meanwhile (the count ``phase`` had as it was sent, ``PhaseBoard.took_interrupt``).
         self.sigint_lost_for: str | None = None
+        self.taken_before_sigint = 0
+        self.interrupted_request: str | None = None  # the last request it was interrupted in
         # When its interrupted request's code ended (CODE_OVER) and what it bound began to be
         # packed to go back (``Supervisor._on_code_over``); None otherwise.
         self.packing_since: float | None = None
@@ -611,6 +614,10 @@ class ExecutorProcess:
         line = json.dumps(request_id).encode() + b"\n"
         with contextlib.suppress(OSError):  # full (nobody reads it), or the executor is gone
             os.write(self._interrupts, line)
+        if request_id != self.interrupted_request:  # (a repeat keeps the first's count: an
+            # interrupt its code took already is no lost one, tester BF's cleanup 2 of 9)
+            self.interrupted_request = request_id
+            self.taken_before_sigint = self.phase.interrupts_taken()
         self.signal(signal.SIGINT)
         if exits.ignores(self.pid, signal.SIGINT):
             # Discarded: the cell waits in ``os.system`` (C ``system()`` ignores SIGINT until
@@ -633,7 +640,12 @@ class ExecutorProcess:
         no longer ignores SIGINT and the interrupted request still runs its code (checked
         by the caller): whether it went now.  Only where it was discarded: a second SIGINT
         after one that came could hit the cell's own cleanup."""
-        if self.sigint_lost_for is None or exits.ignores(self.pid, signal.SIGINT):
+        if self.sigint_lost_for is None:
+            return False
+        if self.phase.interrupts_taken() != self.taken_before_sigint:
+            self.sigint_lost_for = None  # its code was given it after all (``os.system``'s)
+            return False
+        if exits.ignores(self.pid, signal.SIGINT):
             return False
         self.sigint_lost_for = None
         self.signal(signal.SIGINT)

@@ -15,6 +15,9 @@ cell about a microsecond.
 Layout: bytes 0-1 are the length of the id (little-endian; 0: none), the id's UTF-8 bytes
 follow.  The id is written before its length, so a reader sees none or the whole id (a
 torn read can only make a request look not yet packing: it is then treated as before).
+The page's last 4 bytes count the interrupts the executor's code was given (a
+KeyboardInterrupt raised for one, little-endian, written by its main thread only): the
+supervisor sends again only an interrupt that was not (``ExecutorProcess.interrupt_again``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 
 PAGE = 4096  # bytes: the length and a request id (``protocol.Short``: 256 chars, 1 KiB UTF-8)
 _HEAD = 2
+_TAKEN = PAGE - 4  # where the count of interrupts taken is
 
 
 class PhaseBoard:
@@ -42,7 +46,7 @@ class PhaseBoard:
 
     def packing(self, request_id: str) -> None:
         """Executor: ``request_id``'s user code is over; what it bound is being packed."""
-        raw = request_id.encode()[: PAGE - _HEAD]
+        raw = request_id.encode()[: _TAKEN - _HEAD]
         self._page[_HEAD : _HEAD + len(raw)] = raw
         self._page[0:_HEAD] = len(raw).to_bytes(_HEAD, "little")
 
@@ -53,8 +57,18 @@ class PhaseBoard:
     def is_packing(self, request_id: str) -> bool:
         """Supervisor: whether ``request_id``'s code is over and its values are packing."""
         length = int.from_bytes(self._page[0:_HEAD], "little")
-        raw = request_id.encode()[: PAGE - _HEAD]
+        raw = request_id.encode()[: _TAKEN - _HEAD]
         return length == len(raw) and self._page[_HEAD : _HEAD + length] == raw
+
+    def took_interrupt(self) -> None:
+        """Executor (main thread): a KeyboardInterrupt was raised in user code for an
+        interrupt."""
+        taken = (self.interrupts_taken() + 1) % 2**32
+        self._page[_TAKEN:PAGE] = taken.to_bytes(4, "little")
+
+    def interrupts_taken(self) -> int:
+        """How many interrupts the executor's code was given so far (``took_interrupt``)."""
+        return int.from_bytes(self._page[_TAKEN:PAGE], "little")
 
     def close(self) -> None:
         self._page.close()
