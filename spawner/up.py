@@ -14,6 +14,7 @@ types and defaults as the ``REXEC_*`` variables, declared once in ``broker/confi
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import json
 import os
@@ -369,11 +370,13 @@ def up_state(state_dir: str) -> dict[str, Any]:
     read it bare and failed with a traceback, tester BE)."""
     try:
         return json.loads((Path(state_dir) / UP_STATE_FILE).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a file given: tester BF)
         raise NoStack(
             f"No running `rexec up` found in {state_dir}: give its --state-dir, "
             f"or set ${Env.STATE_DIR}."
         ) from None
+    except (OSError, ValueError) as exc:
+        raise NoStack(f"Cannot read the state of `rexec up` in {state_dir}: {exc}.") from None
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -397,17 +400,30 @@ def cmd_token(args: argparse.Namespace) -> int:
     if not args.connection_file:
         print("rexec token: --connection-file is required to add a token.", file=sys.stderr)
         return 2
+    dest = Path(args.connection_file).expanduser()
+    try:  # before a token is added for it (a folder there, a folder that cannot be made:
+        dest.parent.mkdir(parents=True, exist_ok=True)  # tracebacks, tester BF)
+        if dest.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+    except OSError as exc:
+        print(
+            f"rexec token: cannot write {dest}: {exc.strerror or exc}; no token was added.",
+            file=sys.stderr,
+        )
+        return 1
     token = add_static_token(
         args.tokens_file or state["tokens_file"],
         args.user,
         [g for g in args.groups.split(",") if g],
     )
-    path = connection.save(
-        connection.ConnectionInfo(
-            state["spawner_url"], state["broker_url"], token, args.user, state["server_key"]
-        ),
-        Path(args.connection_file).expanduser(),
+    info = connection.ConnectionInfo(
+        state["spawner_url"], state["broker_url"], token, args.user, state["server_key"]
     )
+    try:
+        path = connection.save(info, dest)
+    except OSError as exc:
+        print(f"rexec token: cannot write {dest}: {exc.strerror or exc}.", file=sys.stderr)
+        return 1
     print(f"Token for {args.user} written to {path} (mode 0600).")
     return 0
 

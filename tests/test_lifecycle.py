@@ -310,6 +310,37 @@ def test_a_command_for_a_running_rexec_up_where_none_runs_says_so_in_one_sentenc
     assert not out.stdout and not (tmp_path / "bob.json").exists()
 
 
+@pytest.mark.parametrize("where", ["a folder", "under a file"])
+def test_rexec_token_that_cannot_write_its_connection_file_says_so_and_adds_no_token(
+    tmp_path, where
+):
+    """`rexec token` given a folder, or a path under a file, as its connection file ended in
+    a traceback, and a folder left a 0600 file holding the new token beside it (tester
+    BF): now one sentence, exit code 1, no token added, nothing left behind."""
+    state = tmp_path / "state"
+    state.mkdir()
+    tokens = tmp_path / "tokens.json"
+    up = {"tokens_file": str(tokens), "spawner_url": "http://127.0.0.1:1",
+          "broker_url": "tcp://127.0.0.1:2", "server_key": None}  # fmt: skip
+    (state / "up.json").write_text(json.dumps(up))
+    (tmp_path / "a-file").write_text("x")
+    dest = tmp_path / ("a-folder" if where == "a folder" else "a-file/conn.json")
+    if where == "a folder":
+        dest.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-m", "rexec_magic.cli", "token", "bob", "--state-dir", str(state),
+         "--connection-file", str(dest)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1, out
+    assert out.stderr.startswith(f"rexec token: cannot write {dest}: "), out.stderr
+    assert out.stderr.endswith("; no token was added.\n") and "Traceback" not in out.stderr
+    assert not tokens.exists()
+    left = sorted(p.name for p in tmp_path.iterdir())  # (no temporary file with the token)
+    assert left == (["a-file", "a-folder", "state"] if where == "a folder" else ["a-file", "state"])
+    assert list(dest.iterdir() if dest.is_dir() else []) == []
+
+
 def test_every_rexec_command_shows_its_help():
     """`rexec COMMAND -h` shows that command's usage and exits 0, as the top-level help
     promises ("rexec COMMAND -h for its flags"); `rexec worker -h` failed on the settings
