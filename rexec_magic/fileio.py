@@ -38,7 +38,8 @@ def error_sentence(exc: OSError, path: str | os.PathLike, where: str) -> str:
         return f"Permission denied {where} for {name}."
     if code == errno.ENOENT:
         return f"{name} does not exist {where}."
-    if code == errno.ENOTDIR:
+    if code in (errno.ENOTDIR, errno.EEXIST):  # (EEXIST: making a folder where a file is;
+        # it read "could not be used: File exists", tester BF)
         return f"A part of {name} is not a folder {where}."
     if code == errno.EISDIR:
         return f"{name} is a folder {where}, not a file."
@@ -184,12 +185,12 @@ class Staging:
         try:
             if not self.is_dir or not self.target.exists():
                 os.replace(self.tmp, self.target)
-            else:  # a folder cannot replace a folder in one step: move the old one aside
+            else:  # a folder cannot replace one in one step: move the old one aside
                 old = self.target.with_name(f".{self.target.name}.rexec-old.tmp")
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
                 os.replace(self.target, old)
                 os.replace(self.tmp, self.target)
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)  # (a file the folder replaced too: it was left there, tester BF)
         except OSError as exc:
             raise self._fail(exc, self.tmp) from None
         return self.target
@@ -209,6 +210,14 @@ class Staging:
                 self.tmp.unlink()
             except OSError:
                 pass
+
+
+def _remove(path: Path) -> None:
+    """Remove ``path``, a folder (with what it holds) or anything else; nothing if missing."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def read_chunks(entry: Entry, chunk: int, where: str) -> Iterator[bytes]:

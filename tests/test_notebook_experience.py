@@ -812,6 +812,36 @@ def test_a_destination_ending_in_a_slash_is_a_folder_the_item_goes_into(nora, st
     assert (tmp_path / "back" / "tree" / "sub" / "b.txt").read_text() == "beta"
 
 
+def test_a_folder_replaces_a_file_whole_and_a_file_in_the_way_of_a_folder_is_said(
+    nora, stack, tmp_path
+):
+    """Tester BF: a folder sent over a file replaced it but left the file beside it as
+    ``.NAME.rexec-old.tmp`` (both ways), and a destination folder whose place a file held
+    said "could not be used: File exists"; now the folder replaces the file and nothing
+    is left, and the sentence says a part of the path is not a folder."""
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "sub" / "b.txt").write_text("beta")
+    (tmp_path / "plain").write_text("a file")
+    (tmp_path / "f.txt").write_text("eff")
+    script = (
+        "import rexec_magic\n"
+        "from rexec_magic.transfer import TransferFailed\n"
+        "rexec_magic.put('plain', 'was-a-file')\n"
+        "rexec_magic.put('plain', 'plain-there')\n"
+        "rexec_magic.put('tree', 'was-a-file')\n"
+        "rexec_magic.get('was-a-file', 'plain')\n"
+        "try:\n    rexec_magic.put('f.txt', 'plain-there/')\nexcept TransferFailed as e:\n"
+        "    print('SAID', e)\n"
+    )
+    out = run_script(nora, tmp_path, script)
+    folder = stack.state_dir / "work" / USER
+    assert (folder / "was-a-file" / "sub" / "b.txt").read_text() == "beta"
+    assert (tmp_path / "plain" / "sub" / "b.txt").read_text() == "beta"
+    assert not list(folder.glob(".*rexec*")) and not list(tmp_path.glob(".*rexec*"))
+    said = out.stdout.split("SAID ", 1)[1].strip()
+    assert said == f"A part of {folder / 'plain-there' / 'f.txt'} is not a folder on the worker."
+
+
 def test_a_file_changed_while_it_is_sent_is_not_kept(nora, tmp_path):
     """A file written to while ``put`` sends it (here: shrunk once its first bytes went)
     fails in one sentence and the worker keeps nothing of it; before, a copy of the wrong
