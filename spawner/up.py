@@ -391,14 +391,21 @@ def cmd_token(args: argparse.Namespace) -> int:
             print(f"rexec token: {exc}", file=sys.stderr)
             return 1
     if args.revoke:
-        n = revoke_static_tokens(args.tokens_file or state["tokens_file"], args.user)
+        tokens_file = args.tokens_file or state["tokens_file"]
+        n = revoke_static_tokens(tokens_file, args.user)
+        if not n:  # (it said "Revoked 0 token(s)" and failed, tester BF)
+            print(f"rexec token: {args.user} has no token in {tokens_file}.", file=sys.stderr)
+            return 1
         print(
             f"Revoked {n} token(s) of {args.user}; open connections are refused within the "
             "auth cache TTL (REXEC_AUTH_CACHE_TTL_S)."
         )
-        return 0 if n else 1
+        return 0
     if not args.connection_file:
         print("rexec token: --connection-file is required to add a token.", file=sys.stderr)
+        return 2
+    if not args.user.strip():  # ("Token for  written to ...", tester BF)
+        print("rexec token: the user name is empty.", file=sys.stderr)
         return 2
     dest = Path(args.connection_file).expanduser()
     try:  # before a token is added for it (a folder there, a folder that cannot be made:
@@ -484,6 +491,8 @@ def token_main(argv: list[str] | None = None) -> int:
 
 def status_main(argv: list[str] | None = None) -> int:
     """the broker's view: users, workers, counters"""
-    status = argparse.ArgumentParser(prog="rexec status", description=status_main.__doc__)
+    status = argparse.ArgumentParser(
+        prog="rexec status", description="The broker's view: users, workers, counters."
+    )
     status.add_argument("--state-dir", default=str(default_state_dir()), help=STATE_DIR_HELP)
     return cmd_status(status.parse_args(argv))
