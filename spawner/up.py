@@ -408,6 +408,19 @@ def cmd_token(args: argparse.Namespace) -> int:
         print("rexec token: the user name is empty.", file=sys.stderr)
         return 2
     dest = Path(args.connection_file).expanduser()
+    try:
+        holder = connection.load(dest).user if dest.is_file() else None
+    except connection.ConnectionFileError:
+        holder = None  # (unreadable: replaced)
+    if holder is not None and holder != args.user and not args.force:
+        # A running kernel takes up a new login in its file at its next cell: another
+        # user's login there would switch it without a word (tester BF, by mistake).
+        print(
+            f"rexec token: {dest} holds the login of {holder or 'another user'}; give a "
+            f"connection file for {args.user} (or --force to replace it).",
+            file=sys.stderr,
+        )
+        return 1
     try:  # before a token is added for it (a folder there, a folder that cannot be made:
         dest.parent.mkdir(parents=True, exist_ok=True)  # tracebacks, tester BF)
         if dest.is_dir():
@@ -481,6 +494,9 @@ def token_main(argv: list[str] | None = None) -> int:
     token.add_argument("--connection-file", help="where to write it (0600)")
     token.add_argument(
         "--revoke", action="store_true", help="revoke every static token of USER instead"
+    )
+    token.add_argument(
+        "--force", action="store_true", help="replace a connection file of another user"
     )
     token.add_argument("--state-dir", default=str(default_state_dir()), help=STATE_DIR_HELP)
     token.add_argument(

@@ -344,25 +344,35 @@ def test_rexec_token_that_cannot_write_its_connection_file_says_so_and_adds_no_t
 @pytest.mark.parametrize(
     ("args", "said", "code"),
     [(["nobody", "--revoke"], "rexec token: nobody has no token in {tokens}.\n", 1),
-     (["", "--connection-file", "{tmp}/e.json"], "rexec token: the user name is empty.\n", 2)],
-    ids=["revoke a user without tokens", "empty user name"],
+     (["", "--connection-file", "{tmp}/e.json"], "rexec token: the user name is empty.\n", 2),
+     (["bob", "--connection-file", "{tmp}/alice.json"],
+      "rexec token: {tmp}/alice.json holds the login of alice; give a connection file for "
+      "bob (or --force to replace it).\n", 1)],
+    ids=["revoke a user without tokens", "empty user name", "another user's login"],
 )  # fmt: skip
 def test_rexec_token_says_what_it_did_not_do(tmp_path, args, said, code):
     """Tester BF: revoking the tokens of a user who has none said "Revoked 0 token(s)" and
-    failed; an empty user name got a token ("Token for  written to ...")."""
+    failed; an empty user name got a token ("Token for  written to ..."); another user's
+    connection file was replaced without a word, which switches a kernel using it to the
+    new login at its next cell."""
     state = tmp_path / "state"
     state.mkdir()
     tokens = tmp_path / "tokens.json"
     up = {"tokens_file": str(tokens), "spawner_url": "http://127.0.0.1:1",
           "broker_url": "tcp://127.0.0.1:2", "server_key": None}  # fmt: skip
     (state / "up.json").write_text(json.dumps(up))
+    alice = {"spawner_url": "http://127.0.0.1:1", "broker_url": "tcp://127.0.0.1:2",
+             "token": "t", "user": "alice", "server_key": ""}  # fmt: skip
+    (tmp_path / "alice.json").write_text(json.dumps(alice))
     out = subprocess.run(
         [sys.executable, "-m", "rexec_magic.cli", "token",
          *(a.replace("{tmp}", str(tmp_path)) for a in args), "--state-dir", str(state)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert (out.returncode, out.stderr, out.stdout) == (code, said.format(tokens=tokens), "")
+    expected = said.replace("{tokens}", str(tokens)).replace("{tmp}", str(tmp_path))
+    assert (out.returncode, out.stderr, out.stdout) == (code, expected, "")
     assert not tokens.exists() and not (tmp_path / "e.json").exists()
+    assert json.loads((tmp_path / "alice.json").read_text()) == alice
 
 
 def test_every_rexec_command_shows_its_help():
