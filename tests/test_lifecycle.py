@@ -310,6 +310,18 @@ def test_a_command_for_a_running_rexec_up_where_none_runs_says_so_in_one_sentenc
     assert not out.stdout and not (tmp_path / "bob.json").exists()
 
 
+def up_state_without_a_stack(tmp_path: Path) -> tuple[Path, Path]:
+    """A state folder as `rexec up` leaves it (``up.json``), for `rexec token` cases that
+    end before they would reach a broker; its tokens file (not made yet)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    tokens = tmp_path / "tokens.json"
+    up = {"tokens_file": str(tokens), "spawner_url": "http://127.0.0.1:1",
+          "broker_url": "tcp://127.0.0.1:2", "server_key": None}  # fmt: skip
+    (state / "up.json").write_text(json.dumps(up))
+    return state, tokens
+
+
 @pytest.mark.parametrize("where", ["a folder", "under a file"])
 def test_rexec_token_that_cannot_write_its_connection_file_says_so_and_adds_no_token(
     tmp_path, where
@@ -317,12 +329,7 @@ def test_rexec_token_that_cannot_write_its_connection_file_says_so_and_adds_no_t
     """`rexec token` given a folder, or a path under a file, as its connection file ended in
     a traceback, and a folder left a 0600 file holding the new token beside it (tester
     BF): now one sentence, exit code 1, no token added, nothing left behind."""
-    state = tmp_path / "state"
-    state.mkdir()
-    tokens = tmp_path / "tokens.json"
-    up = {"tokens_file": str(tokens), "spawner_url": "http://127.0.0.1:1",
-          "broker_url": "tcp://127.0.0.1:2", "server_key": None}  # fmt: skip
-    (state / "up.json").write_text(json.dumps(up))
+    state, tokens = up_state_without_a_stack(tmp_path)
     (tmp_path / "a-file").write_text("x")
     dest = tmp_path / ("a-folder" if where == "a folder" else "a-file/conn.json")
     if where == "a folder":
@@ -355,12 +362,7 @@ def test_rexec_token_says_what_it_did_not_do(tmp_path, args, said, code):
     failed; an empty user name got a token ("Token for  written to ..."); another user's
     connection file was replaced without a word, which switches a kernel using it to the
     new login at its next cell."""
-    state = tmp_path / "state"
-    state.mkdir()
-    tokens = tmp_path / "tokens.json"
-    up = {"tokens_file": str(tokens), "spawner_url": "http://127.0.0.1:1",
-          "broker_url": "tcp://127.0.0.1:2", "server_key": None}  # fmt: skip
-    (state / "up.json").write_text(json.dumps(up))
+    state, tokens = up_state_without_a_stack(tmp_path)
     alice = {"spawner_url": "http://127.0.0.1:1", "broker_url": "tcp://127.0.0.1:2",
              "token": "t", "user": "alice", "server_key": ""}  # fmt: skip
     (tmp_path / "alice.json").write_text(json.dumps(alice))

@@ -205,6 +205,17 @@ def test_heartbeats_go_on_while_a_cell_holds_the_gil_and_its_result_arrives(port
     assert beats >= 2  # one a second (4 s held), whatever the cell does
 
 
+def interrupted_in_sleep(port: BrokerPort, code: str) -> tuple[list, int]:
+    """Run ``code`` (it prints a line, then runs ``sleep`` through a shell), interrupt it
+    once ``sleep`` runs; its events to the end, and its executor's pid."""
+    request_id = port.execute(code)
+    port.recv_kind(Kind.STREAM)
+    pid = executor_pid(port)
+    sleeping(pid)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    return port.events(request_id, timeout=INTERRUPT_ANSWER_S), pid
+
+
 def sleeping(pid: int) -> None:
     """Wait until a ``sleep`` runs in executor ``pid``'s process group."""
     from worker_image.exits import group_members
@@ -228,17 +239,12 @@ def test_an_interrupt_reaches_the_processes_a_cell_started(port):
 
     port.run("kept = 1")
     code = "import os\nprint('go', flush=True)\nstatus = os.system('sleep 60')\nprint('after')"
-    request_id = port.execute(code)
-    port.recv_kind(Kind.STREAM)
-    pid = executor_pid(port)
-    # ``sleep`` itself started: a SIGINT that reaches the shell before it forked makes it
-    # wait for that child before it dies (dash, bash), a local terminal's Ctrl-C too, and
-    # one that reaches the shell's child before it became ``sleep`` is lost there; the
-    # cell would wait out the grace period (seen under load, 1 of 38 with three processes
-    # in the group, the third not yet ``sleep``).
-    sleeping(pid)
-    port.send(Kind.INTERRUPT, {"id": request_id})
-    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
+    # (Interrupted once ``sleep`` itself started: a SIGINT that reaches the shell before it
+    # forked makes it wait for that child before it dies (dash, bash), a local terminal's
+    # Ctrl-C too, and one that reaches the shell's child before it became ``sleep`` is lost
+    # there; the cell would wait out the grace period (seen under load, 1 of 38 with three
+    # processes in the group, the third not yet ``sleep``).)
+    events, pid = interrupted_in_sleep(port, code)
     assert done(events).header["status"] != DoneStatus.RESTARTING
     assert stdout(events).endswith("after\n")
     assert stdout(port.run("print(kept, status != 0)")) == "1 True\n"
@@ -303,12 +309,7 @@ def test_an_interrupt_during_a_loop_of_os_system_calls_stops_the_loop(port):
         "import os\ncalls = 0\nprint('go', flush=True)\n"
         "for _ in range(100):\n    os.system('sleep 60')\n    calls += 1\n"
     )
-    request_id = port.execute(code)
-    port.recv_kind(Kind.STREAM)
-    pid = executor_pid(port)
-    sleeping(pid)
-    port.send(Kind.INTERRUPT, {"id": request_id})
-    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
+    events, pid = interrupted_in_sleep(port, code)
     assert done(events).header["status"] == DoneStatus.INTERRUPTED, done(events).header
     assert stdout(port.run("print(kept, calls)")) == "1 1\n"
     assert executor_pid(port) == pid
