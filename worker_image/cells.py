@@ -284,7 +284,7 @@ def interruptible_system(command: str) -> int:
 
 interruptible_system.__doc__ = _real_system.__doc__
 interruptible_system.__name__ = interruptible_system.__qualname__ = "system"
-interruptible_system.__module__ = "posix"
+interruptible_system.__module__ = "os"  # (pickled by reference: `os.system`)
 
 
 class CellRunner:
