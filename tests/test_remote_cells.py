@@ -717,6 +717,16 @@ def test_rexec_status_of_a_notebook_without_an_executor_says_none_yet(ip):
     assert "(this session)" not in text  # the executors listed are the others'
 
 
+def test_os_system_bound_in_a_remote_cell_comes_back_as_os_system(ip):
+    """The executor's ``os.system`` is its own (an interrupt during a loop of them stops
+    the loop, ``cells.interruptible_system``); bound to a name, it comes back as the
+    notebook's ``os.system``, as it would from a local cell, without a note."""
+    ip.user_ns.pop("run_shell", None)
+    _, out = remote(ip, "import os\nrun_shell = os.system\nprint(run_shell('echo hi'))")
+    assert out.stdout.endswith("hi\n0\n") and out.stderr == ""  # (after a start note)
+    assert ip.user_ns["run_shell"] is os.system
+
+
 def test_rexec_status_says_whether_an_executor_runs_a_cell_or_a_call(ip, tmp_path):
     """``%rexec_status`` while this notebook's submitted call runs: its executor's row says
     it runs a call, and for how long (it said "running 3 s" for a cell and a call alike,
