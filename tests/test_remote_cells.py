@@ -727,6 +727,32 @@ def test_os_system_bound_in_a_remote_cell_comes_back_as_os_system(ip):
     assert ip.user_ns["run_shell"] is os.system
 
 
+def test_the_sigint_handler_a_cell_saves_comes_back_as_pythons_and_interrupts_still_work(
+    ip, tmp_path
+):
+    """``old = signal.signal(SIGINT, SIG_IGN)`` then ``signal.signal(SIGINT, old)`` (a
+    library's critical section): ``old`` was a bound method of rexec's runner and stayed
+    remote with "holds a lock" (tester BF); now it comes back as the handler a kernel has,
+    ``signal.default_int_handler``, without a note, and the restored handler still turns
+    an interrupt into the cell's KeyboardInterrupt."""
+    import signal
+
+    ip.user_ns.pop("old_handler", None)
+    code = (
+        "import signal\nold_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGINT, old_handler)"
+    )
+    _, out = remote(ip, code)
+    assert ip.user_ns["old_handler"] is signal.default_int_handler
+    assert "stays remote" not in out.stdout + out.stderr
+    flag = tmp_path / "sleeping"
+    cell = f"import pathlib, time\npathlib.Path({str(flag)!r}).touch()\ntime.sleep(30)"
+    with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
+        remote(ip, cell)
+    assert isinstance(info.value, errors.RemoteInterrupted), repr(info.value)
+    assert "lost" not in str(info.value)
+
+
 def test_rexec_status_says_whether_an_executor_runs_a_cell_or_a_call(ip, tmp_path):
     """``%rexec_status`` while this notebook's submitted call runs: its executor's row says
     it runs a call, and for how long (it said "running 3 s" for a cell and a call alike,

@@ -247,6 +247,28 @@ def done_header(status: str, **extra: Any) -> dict[str, Any]:
     return {"status": status, "vars": [], "skipped": [], "duration": 0.0, **extra}
 
 
+class SigintHandler:
+    """The executor's SIGINT handler (``CellRunner.on_sigint``) as user code meets it:
+    ``old = signal.signal(SIGINT, ...)`` binds it, and a bound method of the runner went
+    back to the notebook as "`old` stays remote: holds a lock" (tester BF).  It pickles as
+    ``signal.default_int_handler``, which a kernel has there, and what it does."""
+
+    __slots__ = ("runner",)
+
+    def __init__(self, runner: CellRunner) -> None:
+        self.runner = runner
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        __tracebackhide__ = True
+        self.runner.on_sigint(signum, frame)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return getattr, (_signal, "default_int_handler")
+
+    def __repr__(self) -> str:
+        return "<rexec's SIGINT handler: KeyboardInterrupt, as signal.default_int_handler>"
+
+
 _real_system = os.system
 _system_runner: CellRunner | None = None  # the executor's (its one CellRunner)
 
@@ -315,6 +337,8 @@ class CellRunner:
         self.took_interrupt_in: str | None = None  # the request whose code was given one
         # The KeyboardInterrupt this handler raises is the user's; its frame is not.
         shell.hidden_frames.add(CellRunner.on_sigint.__code__)
+        shell.hidden_frames.add(SigintHandler.__call__.__code__)
+        self.sigint_handler = SigintHandler(self)
         shell.hidden_frames.add(interruptible_system.__code__)
         global _system_runner
         _system_runner = self
@@ -690,7 +714,7 @@ class CellRunner:
         does not run, and the notebook sends them again with its next request.  ``why not``
         is ``LOAD_INTERRUPTED`` then, else "".
         """
-        _signal.signal(_signal.SIGINT, self.on_sigint)  # a cell may have replaced it
+        _signal.signal(_signal.SIGINT, self.sigint_handler)  # a cell may have replaced it
         try:
             self._interruptible = True
             if self.interrupted(cell.id):  # it came while the request was read
@@ -721,7 +745,7 @@ class CellRunner:
         status = DoneStatus.OK
         report = Report()
         error: BaseException | None = None
-        _signal.signal(_signal.SIGINT, self.on_sigint)  # a cell may have replaced it
+        _signal.signal(_signal.SIGINT, self.sigint_handler)  # a cell may have replaced it
         if cell.looks:
             take_looks(shell, cell.looks)
         try:
@@ -825,7 +849,7 @@ class CellRunner:
 
     def _call(self, cell: Cell, values: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list]:
         """Run a CALL in user-code mode (interruptible, output streamed); see calls.py."""
-        _signal.signal(_signal.SIGINT, self.on_sigint)
+        _signal.signal(_signal.SIGINT, self.sigint_handler)
         self.interrupt_handled = False
 
         def code_over() -> None:
@@ -886,7 +910,7 @@ class CellRunner:
         self.running_id = self.swallowed_by_system = None
         # ``_signal``: the same call without ``signal``'s enum wrapping (several µs each,
         # three times a cell).
-        _signal.signal(_signal.SIGINT, self.on_sigint)
+        _signal.signal(_signal.SIGINT, self.sigint_handler)
 
     def _send_error(self, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
         target = self.outbox.current

@@ -344,7 +344,7 @@ class Executor:
 
     # ------------------------------------------------------------------ main thread
     def run(self) -> int:
-        signal.signal(signal.SIGINT, self.runner.on_sigint)
+        signal.signal(signal.SIGINT, self.runner.sigint_handler)
         self._reader.start()
         self.channel.internal(READY, {"pid": os.getpid()})
         while True:
