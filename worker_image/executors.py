@@ -614,6 +614,11 @@ class ExecutorProcess:
         line = json.dumps(request_id).encode() + b"\n"
         with contextlib.suppress(OSError):  # full (nobody reads it), or the executor is gone
             os.write(self._interrupts, line)
+        # The processes the cell started, as they are before the executor hears of it: a
+        # process its handling of the interrupt starts (a cleanup's ``os.system``) is not
+        # the cell's work to stop (listed after the SIGINT, a shell the cleanup had just
+        # forked was listed and stopped: its command's output was lost, 2 of 3 here).
+        started = [pid for pid in exits.group_members(self.pid) if pid != self.pid]
         if request_id != self.interrupted_request:  # (a repeat keeps the first's count: an
             # interrupt its code took already is no lost one, tester BF's cleanup 2 of 9)
             self.interrupted_request = request_id
@@ -630,10 +635,9 @@ class ExecutorProcess:
         # kernel's process group, so they stop as they would in a local notebook (else the
         # cell waits on them past the grace period and the namespace is lost).  Not the
         # executor itself again: a second SIGINT could hit the cell's own cleanup.
-        for pid in exits.group_members(self.pid):
-            if pid != self.pid:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGINT)
+        for pid in started:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGINT)
 
     def interrupt_again(self) -> bool:
         """The SIGINT of an interrupt the executor ignored as it came (``interrupt``), once it
