@@ -506,7 +506,7 @@ def test_stop_in_a_shared_namespace_names_the_other_notebooks_cell_it_ends(
     first, running = running_long_cell(alice, tmp_path / "running", "", call=what == "call")
     table = status_table(bob.status())
     assert any(
-        key.startswith("executor shared: team") and f"(a {what} of alice.ipynb)" in value
+        key.startswith("executor shared: team") and f"running a {what} of alice.ipynb for" in value
         for key, value in table.rows
     ), table.rows
     stopped = bob.stop()

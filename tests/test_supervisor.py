@@ -252,44 +252,29 @@ def test_an_interrupt_reaches_the_processes_a_cell_started(port):
     assert executor_pid(port) == pid
 
 
-IGNORING = {
-    # C system() ignores SIGINT in its caller while its child runs; the child gets its own.
+# C system() ignores SIGINT in its caller while its child runs; the child gets its own.
+SYSTEM_CALLS = {
     "os.system": "status = os.system('sleep 60')\n",
-    # Code that ignores it for a while itself (a library's critical section), then not.
-    "signal.SIG_IGN": (
-        "old = signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-        "open(go, 'w').close()\n"
-        "time.sleep(1.5)\n"
-        "signal.signal(signal.SIGINT, old)\n"
-    ),
+    "C system()": "import ctypes\nstatus = ctypes.CDLL(None).system(b'sleep 60')\n",
 }
 
 
-@pytest.mark.parametrize("ignoring", IGNORING.values(), ids=IGNORING)
-def test_an_interrupt_that_came_while_the_cell_ignored_sigint_stops_it_after(
-    port, tmp_path, ignoring
-):
+@pytest.mark.parametrize("call", SYSTEM_CALLS.values(), ids=SYSTEM_CALLS)
+def test_an_interrupt_that_came_while_the_cell_waited_in_system_stops_it_after(port, call):
     """Tester BD (3 of 3): Ctrl-C during ``os.system('sleep 20')`` stopped the ``sleep``
     (its SIGINT), but ``system()`` ignores SIGINT while it waits, so the executor's was
     discarded; the cell went on into ``time.sleep(20)`` and after the grace period its
     executor was restarted, the namespace lost.  Now an interrupt the executor ignored
-    as it came is sent again once it no longer ignores SIGINT: the cell stops there, the
-    namespace kept, the same process."""
-    go = tmp_path / "ignoring"
+    as it came, waiting for a child, is sent again once it no longer ignores SIGINT: the
+    cell stops there, the namespace kept, the same process.  (Code that ignores SIGINT
+    itself, with no child, meant to: ``test_the_error_a_given_up_cell_ends_with_...``.)"""
     port.run("kept = 1")
     code = (
-        f"import os, signal, time\ngo = {str(go)!r}\nprint('go', flush=True)\n{ignoring}"
+        f"import os, time\nprint('go', flush=True)\n{call}"
         "print('after', flush=True)\ntime.sleep(60)\nprint('not reached')"
     )
-    request_id = port.execute(code)
-    port.recv_kind(Kind.STREAM)
-    pid = executor_pid(port)
-    if "system" in ignoring:
-        sleeping(pid)  # (see test_an_interrupt_reaches_the_processes_a_cell_started)
-    else:
-        wait_for(go.exists, "the cell to ignore SIGINT")
-    port.send(Kind.INTERRUPT, {"id": request_id})
-    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
+    # (Once ``sleep`` runs: see test_an_interrupt_reaches_the_processes_a_cell_started.)
+    events, pid = interrupted_in_sleep(port, code)
     assert done(events).header["status"] == DoneStatus.INTERRUPTED, done(events).header
     # (It stops where it first can once SIGINT counts again: before 'after' when the
     # executor waits for a CPU as the call returns, as under a full parallel run.)

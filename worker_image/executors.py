@@ -624,11 +624,13 @@ class ExecutorProcess:
             self.interrupted_request = request_id
             self.taken_before_sigint = self.phase.interrupts_taken()
         self.signal(signal.SIGINT)
-        if exits.ignores(self.pid, signal.SIGINT):
-            # Discarded: the cell waits in ``os.system`` (C ``system()`` ignores SIGINT until
-            # its child ends; the child gets one below).  Its code then went on as if no
-            # interrupt came, into the grace period, and the namespace was lost (tester BD:
-            # ``os.system('sleep 20')`` then ``time.sleep(20)``, 3 of 3).
+        if started and exits.ignores(self.pid, signal.SIGINT):
+            # Discarded: the cell waits in ``system()`` (``os.system``), which ignores SIGINT
+            # until its child ends (the child gets one below).  Its code then went on as if
+            # no interrupt came, into the grace period, and the namespace was lost (tester
+            # BD: ``os.system('sleep 20')`` then ``time.sleep(20)``, 3 of 3).  Only with a
+            # child: code that ignores SIGINT itself meant to (sent again as it restored
+            # the default handler, it broke the traceback IPython was drawing, CI 1 of 1).
             self.sigint_lost_for = request_id
         # And the processes the cell started (``os.system('sleep 30')``, a pipeline): a
         # terminal's Ctrl-C reaches its whole foreground group, and Jupyter signals the
