@@ -288,7 +288,11 @@ def interruptible_system(command: str) -> int:
     runner = _system_runner
     request_id = runner.running_id if runner is not None else None
     main = threading.current_thread() is threading.main_thread()
+    # (A forked child of the cell has the runner too, and the interrupt pipe: what it read
+    # there the executor would never see.)
     if runner is None or runner.pending is None or request_id is None or not main:
+        return _real_system(command)
+    if os.getpid() != runner.pid:
         return _real_system(command)
     if runner.swallowed_by_system == request_id:
         runner.swallowed_by_system = None
@@ -331,6 +335,7 @@ class CellRunner:
         # compares before and after ``os.system``); None: not known (no interrupt pipe).
         self.pending = pending
         self.running_id: str | None = None  # the request whose user code runs now
+        self.pid = os.getpid()  # the executor's (``interruptible_system``)
         # The request an interrupt came to during an ``os.system`` call of, which did not
         # raise (``interruptible_system``).
         self.swallowed_by_system: str | None = None
