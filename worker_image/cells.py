@@ -371,8 +371,8 @@ class CellRunner:
     def on_sigint(self, signum: int, frame: Any) -> None:
         """SIGINT handler (main thread): interrupt user code, never the worker's own steps."""
         if self._interruptible:
-            if self.phase is not None:  # (the supervisor sends no lost one again now)
-                self.phase.took_interrupt()
+            if self.phase is not None and os.getpid() == self.pid:  # (the supervisor sends
+                self.phase.took_interrupt()  # no lost one again now; not a forked child's)
             self.swallowed_by_system = None
             self.took_interrupt_in = self.running_id
             if self.outbox.sending_thread == threading.get_ident():  # never cut a message in
