@@ -2247,7 +2247,7 @@ def test_a_remote_cells_own_output_starts_on_a_line_of_its_own_after_a_late_prog
     progress shows in that cell under rexec's late line, and the cell's own output starts
     on a line of its own, not glued to it ("\\rprog 10%RC 1 a", tester AZ, 8 of 8)."""
     _, kc = kernel
-    go, stop = tmp_path / "go", tmp_path / "stop"
+    go, stop, written = tmp_path / "go", tmp_path / "stop", tmp_path / "written"
     reply, _ = run(
         kc,
         "%%remote --no-pull\nimport os, sys, threading, time\n"
@@ -2256,6 +2256,7 @@ def test_a_remote_cells_own_output_starts_on_a_line_of_its_own_after_a_late_prog
         "        time.sleep(0.02)\n"
         "    sys.stdout.write('\\rprog 50%')\n"
         "    sys.stdout.flush()\n"
+        f"    open({str(written)!r}, 'w').close()\n"
         f"    while not os.path.exists({str(stop)!r}):\n"
         "        time.sleep(0.02)\n"
         "threading.Thread(target=progress).start()",
@@ -2263,10 +2264,12 @@ def test_a_remote_cells_own_output_starts_on_a_line_of_its_own_after_a_late_prog
     assert reply["status"] == "ok", reply
     run(
         kc,
-        "import time\n"
+        "import os, time\n"
         "class Slow:\n"
         "    def __reduce__(self):\n"
-        "        time.sleep(1)  # (the progress comes meanwhile)\n"
+        f"        while not os.path.exists({str(written)!r}):  # (the progress comes\n"
+        "            time.sleep(0.02)  # meanwhile: waited for, not slept for, as under load\n"
+        "        time.sleep(0.2)\n"
         "        return (int, (7,))\n"
         "slow = Slow()",
     )
