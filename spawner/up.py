@@ -379,6 +379,14 @@ def up_state(state_dir: str) -> dict[str, Any]:
         raise NoStack(f"Cannot read the state of `rexec up` in {state_dir}: {exc}.") from None
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (one not made yet: the same resolved path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     """Add a dev token for a user and write that user's connection file (never printed);
     with --revoke, remove every static token of that user instead."""
@@ -407,6 +415,16 @@ def cmd_token(args: argparse.Namespace) -> int:
     if not args.user.strip():  # ("Token for  written to ...", tester BF)
         print("rexec token: the user name is empty.", file=sys.stderr)
         return 2
+    if args.tokens_file and not same_file(args.tokens_file, state["tokens_file"]):
+        # The connection file names this stack's broker, which reads only its own tokens
+        # file: the token would be refused at the first cell (tester BF).
+        print(
+            f"rexec token: the `rexec up` in {args.state_dir} reads its tokens from "
+            f"{state['tokens_file']}, not {args.tokens_file}; no token was added (leave out "
+            "--tokens-file to add one there).",
+            file=sys.stderr,
+        )
+        return 1
     dest = Path(args.connection_file).expanduser()
     try:
         holder = connection.load(dest).user if dest.is_file() else None
@@ -500,7 +518,9 @@ def token_main(argv: list[str] | None = None) -> int:
     )
     token.add_argument("--state-dir", default=str(default_state_dir()), help=STATE_DIR_HELP)
     token.add_argument(
-        "--tokens-file", default=None, help="the dev tokens file (default: that of `rexec up`)"
+        "--tokens-file",
+        default=None,
+        help="the dev tokens file (default: that of `rexec up`; with --revoke, any such file)",
     )
     return cmd_token(token.parse_args(argv))
 

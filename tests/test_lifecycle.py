@@ -354,8 +354,13 @@ def test_rexec_token_that_cannot_write_its_connection_file_says_so_and_adds_no_t
      (["", "--connection-file", "{tmp}/e.json"], "rexec token: the user name is empty.\n", 2),
      (["bob", "--connection-file", "{tmp}/alice.json"],
       "rexec token: {tmp}/alice.json holds the login of alice; give a connection file for "
-      "bob (or --force to replace it).\n", 1)],
-    ids=["revoke a user without tokens", "empty user name", "another user's login"],
+      "bob (or --force to replace it).\n", 1),
+     (["bob", "--connection-file", "{tmp}/b.json", "--tokens-file", "{tmp}/other.json"],
+      "rexec token: the `rexec up` in {tmp}/state reads its tokens from {tokens}, not "
+      "{tmp}/other.json; no token was added (leave out --tokens-file to add one there).\n",
+      1)],
+    ids=["revoke a user without tokens", "empty user name", "another user's login",
+         "a tokens file the stack does not read"],
 )  # fmt: skip
 def test_rexec_token_says_what_it_did_not_do(tmp_path, args, said, code):
     """Tester BF: revoking the tokens of a user who has none said "Revoked 0 token(s)" and
@@ -374,7 +379,26 @@ def test_rexec_token_says_what_it_did_not_do(tmp_path, args, said, code):
     expected = said.replace("{tokens}", str(tokens)).replace("{tmp}", str(tmp_path))
     assert (out.returncode, out.stderr, out.stdout) == (code, expected, "")
     assert not tokens.exists() and not (tmp_path / "e.json").exists()
+    assert not (tmp_path / "other.json").exists() and not (tmp_path / "b.json").exists()
     assert json.loads((tmp_path / "alice.json").read_text()) == alice
+
+
+def test_rexec_token_takes_the_stacks_own_tokens_file_however_named(tmp_path):
+    """--tokens-file naming the stack's own file another way (through ``..``) adds the token
+    there and writes the connection file, as without the flag."""
+    state, tokens = up_state_without_a_stack(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "rexec_magic.cli", "token", "bob", "--state-dir", str(state),
+         "--connection-file", str(tmp_path / "b.json"),
+         "--tokens-file", str(state / ".." / tokens.name)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (out.returncode, out.stderr) == (0, ""), out
+    written = json.loads((tmp_path / "b.json").read_text())
+    assert written["user"] == "bob"
+    from broker.auth import token_hash
+
+    assert json.loads(tokens.read_text())[token_hash(written["token"])]["sub"] == "bob"
 
 
 def test_every_rexec_command_shows_its_help():
