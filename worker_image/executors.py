@@ -524,7 +524,9 @@ class ExecutorProcess:
                 self.late_dropped_chars += excess
                 break
             self.late.popleft()
-            self.late_owners -= Counter((first.owner,))
+            self.late_owners[first.owner] -= 1
+            if not self.late_owners[first.owner]:
+                del self.late_owners[first.owner]
             if isinstance(old, str):
                 self.late_chars -= len(old)
                 self.late_dropped_chars += len(old)
