@@ -24,13 +24,16 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import zmq
 
 from rexec_magic import protocol as P
 from rexec_magic.late_lines import LATE_LINES
-from rexec_magic.output_cells import current_parent
+from rexec_magic.output_cells import current_header, current_parent, still_shown, written_under
+
+REQUEST_CELLS_KEPT = 256  # requests whose cell an asyncio task's late output can go to
 
 
 class LateOutput:
@@ -46,6 +49,10 @@ class LateOutput:
         # all shown): late output shown while it is still the current cell reads as its own.
         self.last_parent: str | None = None
         self._began_parent: str | None = None
+        self._began_header: dict[str, Any] | None = None
+        # The parent header of the cell each recent request came from: an asyncio task's
+        # or callback's late output (``task``) goes there, as ipykernel keeps a task's parent.
+        self._request_cells: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._last_request: str | None = None  # that cell's request (``request_done``)
         self._parent: Any = object()  # (none yet)
         # Requests whose output is all shown so far: outside a kernel (no cells, parent
@@ -64,22 +71,34 @@ class LateOutput:
         if stream == self.stream and seq < self.count:
             return  # shown already: sent again from a new connection
         self._after_the_request(msg.header.get("after") or msg.header.get("of"))
-        parent = current_parent()
-        where = parent if parent is not None else self._requests
-        if self._renderer is None or where != self._parent:
-            self._parent = where
-            self._renderer = EventRenderer()
-        # In the cell that started it while that cell's output is live: its own.  Written
-        # after an earlier request (``of``: a background process of a cell whose executor
-        # died, shown in a later cell), it is marked late there (tester AC, 4 of 4).
         of = msg.header.get("of")
-        own = parent is not None and parent == self.last_parent
-        self._renderer.late_header = not (own and of in (None, self._last_request))
-        self._renderer(msg)
+        home = self._task_cell(of) if msg.header.get("task") else None
+        with written_under(home) as in_home:
+            parent = current_parent()
+            where = parent if parent is not None else self._requests
+            if self._renderer is None or where != self._parent:
+                self._parent = where
+                self._renderer = EventRenderer()
+            # In the cell that started it while that cell's output is live: its own (an
+            # asyncio task's or callback's in its cell, ``in_home``, as a local kernel shows
+            # it; it came at the end of the latest cell, marked late, tester BH 3 of 3).
+            # Written after an earlier request (``of``: a background process of a cell
+            # whose executor died, shown in a later cell), it is marked late there (tester
+            # AC, 4 of 4).
+            own = parent is not None and parent == self.last_parent
+            self._renderer.late_header = not (in_home or (own and of in (None, self._last_request)))
+            self._renderer(msg)
         with self._shown:
             self.stream = stream
             self.count = seq + 1
             self._shown.notify_all()
+
+    def _task_cell(self, request: str | None) -> dict[str, Any] | None:
+        """The parent header of ``request``'s cell, where its asyncio task's output goes,
+        while that cell's output area still shows it (the cell did not run again); None
+        otherwise (the output goes where a thread's would)."""
+        header = self._request_cells.get(request) if request else None
+        return header if header is not None and still_shown(header["msg_id"]) else None
 
     def settle(self) -> float | None:
         """Show the start of a late line whose end did not come in time (``late_lines``);
@@ -134,12 +153,17 @@ class LateOutput:
         the request began, a background process's line written after the previous cell
         read as the new cell's own (tester AB)."""
         self._began_parent = parent
+        self._began_header = current_header()
 
     def request_done(self, request: str) -> None:
         """The request's own output is all shown: what came after it may go, and its cell
         is the one late output reads as its own in (``began``)."""
         with self._shown:
             self.last_parent, self._last_request = self._began_parent, request
+            if self._began_header is not None:
+                self._request_cells[request] = self._began_header
+                while len(self._request_cells) > REQUEST_CELLS_KEPT:
+                    self._request_cells.popitem(last=False)
             self._requests += 1
             self._reading.discard(request)
             self._shown.notify_all()

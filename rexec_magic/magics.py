@@ -33,6 +33,7 @@ from rexec_magic.client import AfterDone, not_sent
 from rexec_magic.login import log_in
 from rexec_magic.logs import log_path, setup_logging
 from rexec_magic.notes import NOTEBOOK, Notes, frontend
+from rexec_magic.output_cells import cell_ran
 from rexec_magic.protocol import Kind, client_words
 from rexec_magic.render import EventRenderer, RemoteResult, Table, human_seconds, show_result
 from rexec_magic.session import exit_notes, restart_sentence, shared_session
@@ -227,6 +228,7 @@ class RexecMagics(Magics):
         """Any cell but a pure ``%%remote`` cell may change local values (sync epoch); what a
         request never heard the end of may have changed is marked unchanged until now."""
         raw = getattr(info, "raw_cell", None) or ""
+        cell_ran(getattr(info, "cell_id", None))
         self.session.cell_began(self.shell.user_ns)
         self._pure_remote_cell = raw.lstrip().startswith("%%remote")
         if not self._pure_remote_cell:

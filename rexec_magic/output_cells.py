@@ -7,9 +7,12 @@ cell or call ended" line comes once per cell, whichever shows it first.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
 
 
 def current_parent() -> str | None:
@@ -18,6 +21,65 @@ def current_parent() -> str | None:
     outside a kernel."""
     header = getattr(sys.stdout, "parent_header", None)
     return header.get("msg_id") if isinstance(header, dict) else None
+
+
+def current_header() -> dict[str, Any] | None:
+    """The parent header (a copy) of the cell output written now goes to; None outside a
+    kernel."""
+    header = getattr(sys.stdout, "parent_header", None)
+    return dict(header) if isinstance(header, dict) and header.get("msg_id") else None
+
+
+# The latest run (parent msg_id) of each notebook cell (IPython's ``cell_id``, which
+# JupyterLab sends with each execution), and the cell of each recent run: a cell's output
+# area shows what comes under the parent of its run until the cell runs again.
+_RUNS_KEPT = 1024
+_latest_run: OrderedDict[str, str] = OrderedDict()
+_cell_of_run: OrderedDict[str, str] = OrderedDict()
+_runs_lock = threading.Lock()
+
+
+def cell_ran(cell_id: str | None) -> None:
+    """A cell starts (a ``pre_run_cell`` hook): its run is now the running cell's."""
+    parent = current_parent()
+    if not cell_id or parent is None:
+        return
+    with _runs_lock:
+        for table, key, value in ((_latest_run, cell_id, parent), (_cell_of_run, parent, cell_id)):
+            table[key] = value
+            table.move_to_end(key)
+            while len(table) > _RUNS_KEPT:
+                table.popitem(last=False)
+
+
+def still_shown(parent: str) -> bool:
+    """Whether the run ``parent`` (a msg_id) is still its cell's latest: its output area still
+    shows what comes under it.  A run whose cell is not known (no ``cell_id``: a client
+    other than JupyterLab, or long ago) is taken as shown, as ipykernel takes it."""
+    with _runs_lock:
+        cell_id = _cell_of_run.get(parent)
+        return cell_id is None or _latest_run.get(cell_id) == parent
+
+
+@contextlib.contextmanager
+def written_under(header: dict[str, Any] | None) -> Iterator[bool]:
+    """Output this thread writes in the block goes under the parent ``header`` (ipykernel's
+    ``set_thread_parent`` of its streams and display publisher: this thread only); yields
+    whether it does (None given, or an ipykernel without it: the output goes where it
+    would have)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    targets = [sys.stdout, sys.stderr, getattr(shell, "display_pub", None)]
+    if header is None or not all(hasattr(t, "set_thread_parent") for t in targets):
+        yield False
+        return
+    tokens = [(t, t.set_thread_parent(header)) for t in targets]
+    try:
+        yield True
+    finally:
+        for target, token in reversed(tokens):
+            target.reset_thread_parent(token)
 
 
 # Cells (parent msg_ids) where rexec's late line was shown, by any renderer: once per cell,

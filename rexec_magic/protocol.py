@@ -1054,6 +1054,9 @@ class Event(Header):
     # that wrote it.  Shown as the notebook's own output only in that request's cell; a
     # background process of a cell whose executor died wrote it under a later cell.)
     of: Short | None = None
+    # (With ``of``: made by an asyncio task or callback of that request, ``outbox.MADE_BY``;
+    # shown in that request's cell while it is live, as ipykernel keeps a task's parent.)
+    task: bool = False
 
 
 class Accepted(Event):

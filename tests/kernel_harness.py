@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import time
 
 from tests.harness import WAIT_S
@@ -27,3 +28,36 @@ def collect(kc, msg_id: str, timeout: float = WAIT_S) -> tuple[dict, list[dict]]
 def run(kc, code: str) -> tuple[dict, list[dict]]:
     """Execute ``code`` in the kernel: its reply and iopub messages."""
     return collect(kc, kc.execute(code))
+
+
+def execute_in_cell(kc, code: str, cell_id: str) -> str:
+    """Send ``code`` as JupyterLab runs a notebook cell: its id in the request's metadata
+    (``cellId``, IPython's ``ExecutionInfo.cell_id``); the request's msg_id."""
+    msg = kc.session.msg(
+        "execute_request",
+        {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+         "allow_stdin": False, "stop_on_error": True},
+        metadata={"cellId": cell_id},
+    )  # fmt: skip
+    kc.shell_channel.send(msg)
+    return msg["header"]["msg_id"]
+
+
+def streams_until(kc, done, timeout: float = WAIT_S) -> list[dict]:
+    """Every iopub stream message, whatever its cell, and each request's end (its status
+    ``idle``, as ``("idle", msg_id)``), until ``done(messages)`` holds."""
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while not done(got):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"not all came within {timeout} s: {got}")
+        try:
+            msg = kc.get_iopub_msg(timeout=min(left, 1.0))
+        except queue.Empty:  # (look at the deadline again)
+            continue
+        if msg["msg_type"] == "stream":
+            got.append(msg)
+        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            got.append(("idle", msg["parent_header"].get("msg_id")))
+    return got

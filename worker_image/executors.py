@@ -134,6 +134,7 @@ class Late(NamedTuple):
     buffers: list[Any]
     owner: str  # the client session whose request had ended ("": a legacy client, anyone's)
     request: str = ""  # the request that had ended last where it was written ("": unknown)
+    task: bool = False  # made by an asyncio task or callback of ``request`` (``MADE_BY``)
 
     def goes_on_in(self, then: Late | None) -> bool:
         """Whether ``then`` is more text of this text's stream, notebook and request."""
@@ -141,7 +142,8 @@ class Late(NamedTuple):
             then is not None
             and isinstance(self.payload, str)
             and isinstance(then.payload, str)
-            and (then.kind, then.owner, then.request) == (self.kind, self.owner, self.request)
+            and (then.kind, then.owner, then.request, then.task)
+            == (self.kind, self.owner, self.request, self.task)
         )
 
 
@@ -495,10 +497,12 @@ class ExecutorProcess:
         buffers: list[Any] | None = None,
         owner: str | None = None,
         request: str | None = None,
+        task: bool = False,
     ) -> None:
         """Output after its cell ended: kept for the top of the next cell of the notebook
         whose request ended last here (``last_client``, ``last_request``; ``owner`` and
-        ``request`` when it is known to be another's: a dead executor's), up to
+        ``request`` when it is known to be another's: a dead executor's; ``task``: made by
+        an asyncio task or callback of ``request``, ``Late.task``), up to
         ``LATE_MAX_CHARS`` of text
         (its end: the oldest is cut) and ``LATE_MAX_EVENTS``.  Short text right after text
         of the same stream and notebook joins it (``print`` writes its text and its newline
@@ -507,7 +511,7 @@ class ExecutorProcess:
             owner, request = self.last_client, request or self.last_request
         request = request or ""
         last = self.late[-1] if self.late else None
-        item = Late(kind, payload, buffers or [], owner, request)
+        item = Late(kind, payload, buffers or [], owner, request, task)
         if last is not None and last.goes_on_in(item) and len(last.payload) < LATE_JOIN_CHARS:
             self.late[-1] = last._replace(payload=last.payload + payload)
         else:

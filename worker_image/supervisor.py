@@ -1162,7 +1162,9 @@ class Supervisor:
         (``Stream.cut``): the client shows it with its end."""
         lst = self.listeners.by_session[item.owner]
         after = lst.after if lst.after_in == key else None
-        of = {"of": item.request} if item.request else {}
+        of: dict[str, Any] = {"of": item.request} if item.request else {}
+        if item.request and item.task:
+            of["task"] = True
         if isinstance(item.payload, str):
             pieces = text_pieces(item.payload)
             for n, text in enumerate(pieces, 1):
@@ -1418,9 +1420,12 @@ class Supervisor:
                 else:
                     self._flush_stream(ex)
                 if not late_here:
-                    # (Its next request's; marked as of the request it names.)
-                    what = text or (kind, payload)
-                    self._keep_late(ex, *what, raw.buffers, _header_id(header))
+                    # (Its next request's; marked as of the request it names.)  Named
+                    # another than the last request there, it is that earlier request's
+                    # asyncio task's (a thread's names the last: ``EventChannel.origin``).
+                    what, of = text or (kind, payload), _header_id(header)
+                    task = req is not None or of != ex.last_request
+                    self._keep_late(ex, *what, raw.buffers, of, task=task)
                 elif text is None:
                     # Late, read once a request came (it waited behind the full late output).
                     self._late_to_client(req, kind, payload, raw.buffers)
@@ -1530,17 +1535,19 @@ class Supervisor:
         payload: Any,
         buffers: list[Any] | None = None,
         request: str | None = None,
+        task: bool = False,
     ) -> None:
         """Output of ``ex`` while no request of it runs: kept for the next request of its
-        notebook.  An executor that ``exit()`` ended has none: what its threads print while
-        it waits for them (``EXIT_WAIT_S``) goes to the namespace's next executor (it was
-        kept on the ending one, and lost with it)."""
+        notebook (``task``: made by an asyncio task or callback of ``request``).  An
+        executor that ``exit()`` ended has none: what its threads print while it waits for
+        them (``EXIT_WAIT_S``) goes to the namespace's next executor (it was kept on the
+        ending one, and lost with it)."""
         if ex.exit_requested and ex.key is not None and self.executors.get(ex.key) is not ex:
             self._left_output(
                 ex.key, ex.last_client, kind, payload, buffers, request or ex.last_request
             )
         else:
-            ex.keep_late(kind, payload, buffers, request=request)
+            ex.keep_late(kind, payload, buffers, request=request, task=task)
 
     def _left_text_held(self, key: str | None, owner: str) -> bool:
         """Whether to leave a dead executor's pipes unread this turn: where their text goes
