@@ -265,3 +265,59 @@ def test_sidebar_keeps_up_with_the_worker(
     assert session.spawner.status()["state"] == "stopped"
     session.close()
     shot(page, "16-logged-out-worker-stopped")
+
+
+def late_notebook(go: Path) -> dict:
+    """The first remote cell starts an asyncio task and a thread that print once ``go``
+    exists; the second, which never awaits, makes it and ends."""
+    first = (
+        "%%remote --no-pull\nimport asyncio, os, threading, time\n"
+        f"GO = {str(go)!r}\n"
+        "async def later():\n    while not os.path.exists(GO):\n"
+        "        await asyncio.sleep(0.02)\n"
+        "    print('from the task of the first cell')\n"
+        "def waiting():\n    while not os.path.exists(GO):\n        time.sleep(0.02)\n"
+        "    time.sleep(0.5)\n    print('from a thread of the first cell')\n"
+        "pending = asyncio.ensure_future(later())\n"
+        "threading.Thread(target=waiting).start()\nprint('first cell')"
+    )
+    second = "%%remote --no-pull\nopen(GO, 'w').close()\nprint('second cell')"
+    return {
+        **NOTEBOOK,
+        "cells": [
+            NOTEBOOK["cells"][0],
+            *({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+               "source": source} for source in (first, second)),
+        ],
+    }  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_late_output_shows_in_the_cells_of_a_real_notebook(
+    lab: Lab, page: Page, stack: Stack, tmp_path: Path
+) -> None:
+    """What a remote cell's asyncio task and thread print after a later remote cell ended
+    shows in JupyterLab itself, where a local kernel's would: the task's in the cell that
+    started it (ipykernel 7 keeps a task's parent), the thread's in the latest cell; the
+    cells' own output stays theirs.  (Output sent under a cell that has ended is only seen
+    if JupyterLab still shows that cell's output area: checked here, not assumed.)"""
+    (tmp_path / "notebooks" / "late.ipynb").write_text(json.dumps(late_notebook(tmp_path / "go")))
+    conn = stack.add_user("browser-lou")
+    (tmp_path / "rexec-connection.json").write_bytes(conn.read_bytes())
+    kernel_dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    page.add_locator_handler(kernel_dialog, lambda d: d.locator(".jp-mod-accept").click())
+    page.goto(f"{lab.url}/lab/tree/late.ipynb?token={lab.token}")
+    kernel_idle = page.locator(".jp-StatusBar-Widget", has_text="Python 3 (ipykernel) | Idle")
+    expect(kernel_idle).to_be_visible(timeout=60_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    cells = page.locator(".jp-NotebookPanel .jp-CodeCell")
+    first, second = (cells.nth(n).locator(".jp-OutputArea") for n in (1, 2))
+    expect(second).to_contain_text("from a thread of the first cell", timeout=90_000)
+    expect(first).to_contain_text("from the task of the first cell", timeout=30_000)
+    shot(page, "21-late-output-in-its-cells")
+    assert first.inner_text().rstrip().endswith("\nfrom the task of the first cell")
+    assert first.inner_text().count("from the task") == 1
+    assert "from the task" not in second.inner_text()
+    assert "second cell" in second.inner_text()
+    assert "output produced after" not in first.inner_text() + second.inner_text()
