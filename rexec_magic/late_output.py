@@ -70,9 +70,10 @@ class LateOutput:
         stream, seq = msg.header.get("id"), msg.header.get("seq", 0)
         if stream == self.stream and seq < self.count:
             return  # shown already: sent again from a new connection
-        self._after_the_request(msg.header.get("after") or msg.header.get("of"))
         of = msg.header.get("of")
         home = self._task_cell(of) if msg.header.get("task") else None
+        if home is None:  # (in its own cell it follows nothing of the request running now)
+            self._after_the_request(msg.header.get("after") or of)
         with written_under(home) as in_home:
             parent = current_parent()
             where = parent if parent is not None else self._requests

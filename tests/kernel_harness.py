@@ -43,9 +43,9 @@ def execute_in_cell(kc, code: str, cell_id: str) -> str:
     return msg["header"]["msg_id"]
 
 
-def streams_until(kc, done, timeout: float = WAIT_S) -> list[dict]:
-    """Every iopub stream message, whatever its cell, and each request's end (its status
-    ``idle``, as ``("idle", msg_id)``), until ``done(messages)`` holds."""
+def outputs_until(kc, done, timeout: float = WAIT_S) -> list:
+    """Every iopub stream and display message, whatever its cell, and each request's end
+    (its status ``idle``, as ``("idle", msg_id)``), until ``done(messages)`` holds."""
     got: list = []
     deadline = time.monotonic() + timeout
     while not done(got):
@@ -56,8 +56,23 @@ def streams_until(kc, done, timeout: float = WAIT_S) -> list[dict]:
             msg = kc.get_iopub_msg(timeout=min(left, 1.0))
         except queue.Empty:  # (look at the deadline again)
             continue
-        if msg["msg_type"] == "stream":
+        if msg["msg_type"] in ("stream", "display_data"):
             got.append(msg)
         elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             got.append(("idle", msg["parent_header"].get("msg_id")))
     return got
+
+
+def text_under(got: list, msg_id: str | None, displays: bool = True) -> str:
+    """The text of the stream and (``displays``) display messages in ``got``
+    (``outputs_until``) under the cell ``msg_id`` (None: any cell), a display as its
+    ``text/plain`` (quotes stripped) on a line."""
+    return "".join(
+        m["content"]["text"]
+        if m["msg_type"] == "stream"
+        else m["content"]["data"].get("text/plain", "").strip("'") + "\n"
+        for m in got
+        if isinstance(m, dict)
+        and (displays or m["msg_type"] == "stream")
+        and msg_id in (None, m["parent_header"].get("msg_id"))
+    )

@@ -21,7 +21,7 @@ from jupyter_client.manager import KernelManager
 
 from rexec_magic import protocol as P
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
-from tests.kernel_harness import collect, execute_in_cell, run, streams_until
+from tests.kernel_harness import collect, execute_in_cell, outputs_until, run, text_under
 
 pytestmark = pytest.mark.stack
 
@@ -2311,47 +2311,43 @@ LATER = {
 
 
 @pytest.mark.parametrize("made_by", ["task", "display", "callback"])
-def test_an_async_tasks_output_during_a_later_remote_cell_is_marked_late(kernel, tmp_path, made_by):
+def test_an_async_tasks_output_during_a_later_remote_cell_shows_in_the_cell_that_started_it(
+    kernel, tmp_path, made_by
+):
     """An asyncio task (or a ``call_later`` callback) a remote cell started prints (or
-    displays) while a later remote cell runs (its ``await`` runs the loop): it shows in that
-    cell under rexec's "output produced after ..." line, not as that cell's own.  (It came
-    unmarked, reading as output of a cell that never touched asyncio, tester AJ 3 of 3; a
-    local kernel shows it in the cell that started the task.)  Text the later cell prints
-    itself stays unmarked, after it."""
+    displays) while a later remote cell runs (its ``await`` runs the loop): it shows in the
+    cell that started it, as a local kernel (ipykernel 7 keeps a task's parent) shows it;
+    the later cell's own text stays its own, unmarked.  (It came unmarked in the later
+    cell, reading as its own, tester AJ 3 of 3; then marked late there, tester BI.)"""
     _, kc = kernel
     go = tmp_path / "go"
-    reply, outputs = run(
-        kc, f"%%remote --no-pull\nimport asyncio, os\nGO = {str(go)!r}\n{LATER[made_by]}"
+    first = kc.execute(
+        f"%%remote --no-pull\nimport asyncio, os\nGO = {str(go)!r}\n{LATER[made_by]}"
     )
+    reply, outputs = collect(kc, first)
     assert reply["status"] == "ok" and text_of(outputs) == "", outputs
-    reply, outputs = run(
-        kc,
+    later = kc.execute(
         "%%remote --no-pull\nprint('own first')\nopen(GO, 'w').close()\n"
         "print('got', await pending)\nprint('own last')",
     )
-    assert reply["status"] == "ok", reply
-    text = "".join(
-        m["content"]["text"]
-        if m["msg_type"] == "stream"
-        else m["content"]["data"]["text/plain"].strip("'") + "\n"
-        for m in outputs
-        if m["msg_type"] in ("stream", "display_data")
+    got = outputs_until(
+        kc, lambda got: ("idle", later) in got and f"from the {made_by}" in text_under(got, first)
     )
-    assert text == f"own first\n{LATE_HEADER}\nfrom the {made_by}\ngot done\nown last\n", text
+    assert text_under(got, later) == "own first\ngot done\nown last\n", got
+    assert text_under(got, first) == f"from the {made_by}\n", got
 
 
-def test_each_stretch_of_late_output_in_a_running_cell_is_marked_and_on_lines_of_its_own(
+def test_a_tasks_lines_during_a_later_cells_unfinished_line_stay_in_the_tasks_cell(
     kernel, tmp_path
 ):
     """An earlier cell's task prints twice while a later remote cell prints its own text
-    between (and ends a line of its own unfinished): each late stretch comes under rexec's
-    line, on lines of its own.  The line came once, so the cell's own later lines read as
-    late and the task's later ones as the cell's own, and it was glued onto the cell's
-    unfinished line ("progress: 0..[rexec: ...]", tester AL)."""
+    between (and leaves a line of its own unfinished): the task's lines come in its own
+    cell, and the later cell's text stays whole, as in a local kernel.  (They came in the
+    later cell under rexec's line, once glued onto its unfinished line, tester AL; then
+    marked late there, tester BI.)"""
     _, kc = kernel
     go = tmp_path / "go"
-    run(
-        kc,
+    first = kc.execute(
         "%%remote --no-pull\nimport asyncio, os\n"
         f"GO = {str(go)!r}\n"
         "said = []\n"
@@ -2363,8 +2359,8 @@ def test_each_stretch_of_late_output_in_a_running_cell_is_marked_and_on_lines_of
         "        said.append(n)\n"
         "pending = asyncio.ensure_future(later())",
     )
-    reply, outputs = run(
-        kc,
+    collect(kc, first)
+    later = kc.execute(
         "%%remote --no-pull\nimport sys\n"
         "sys.stdout.write('progress: 0..')\n"
         "for n in (1, 2):\n"
@@ -2373,11 +2369,59 @@ def test_each_stretch_of_late_output_in_a_running_cell_is_marked_and_on_lines_of
         "        await asyncio.sleep(0.02)\n"
         "    print(f'own {n}')\n",
     )
-    assert reply["status"] == "ok", reply
-    text = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
-    assert text == (
-        f"progress: 0..\n{LATE_HEADER}\ntask 1\nown 1\n{LATE_HEADER}\ntask 2\nown 2\n"
-    ), text
+    got = outputs_until(
+        kc, lambda got: ("idle", later) in got and "task 2" in text_under(got, first)
+    )
+    assert text_under(got, later) == "progress: 0..own 1\nown 2\n", got
+    assert text_under(got, first) == "task 1\ntask 2\n", got
+
+
+TASK_PRINTING = (
+    "%%remote --no-pull\nimport asyncio\n"
+    "async def lines():\n"
+    "    for i in range(60):\n"
+    "        print(f'line {i:02d}')\n"
+    "        await asyncio.sleep(0.01)\n"
+    "printing = asyncio.ensure_future(lines())"
+)
+ALL_LINES = "".join(f"line {i:02d}\n" for i in range(60))
+
+
+def test_an_async_tasks_lines_while_quick_cells_run_all_show_in_its_cell(kernel):
+    """An asyncio task of a remote cell prints a line every 10 ms while ten quick remote
+    cells run one after the other: every line shows once, in order, in the cell that
+    started it, none in the quick cells (1 to 8 of 300 landed in them, marked late, and a
+    line written as a cell began read as that cell's own, tester BI 3 of 3)."""
+    _, kc = kernel
+    first = kc.execute(TASK_PRINTING)
+    quick = []
+    for n in range(10):
+        quick.append(kc.execute(f"%%remote --no-pull\nprint('quick {n}')"))
+    got = outputs_until(
+        kc, lambda got: ("idle", quick[-1]) in got and "line 59" in text_under(got, first)
+    )
+    assert text_under(got, first, displays=False) == ALL_LINES, got
+    assert [text_under(got, q) for q in quick] == [f"quick {n}\n" for n in range(10)], got
+
+
+def test_an_async_tasks_output_goes_to_the_notebook_that_started_it_in_a_shared_namespace(
+    stack, kernel
+):
+    """Two notebooks share a namespace; a cell of the first starts an asyncio task that
+    prints while the second runs remote cells: every line shows in the first notebook's
+    cell, none in the second's (they went to whichever notebook's cell ended last there,
+    tester BI 3 of 3)."""
+    _, kc = kernel
+    with sharing(stack, kc) as other:
+        first = kc.execute(TASK_PRINTING)
+        theirs = [other.execute(f"%%remote --no-pull\nprint('theirs {n}')") for n in range(5)]
+        got = outputs_until(kc, lambda got: "line 59" in text_under(got, first))
+        assert text_under(got, first, displays=False) == ALL_LINES, got
+        seen = outputs_until(other, lambda seen: ("idle", theirs[-1]) in seen)
+        assert [text_under(seen, t) for t in theirs] == [f"theirs {n}\n" for n in range(5)]
+        last = other.execute("%%remote --no-pull\nprint('after')")  # (nothing comes later)
+        seen += outputs_until(other, lambda more: ("idle", last) in more)
+        assert "line" not in text_under(seen, None), seen
 
 
 @pytest.mark.parametrize("cells", ["two cells", "one cell run again"])
@@ -2402,21 +2446,14 @@ def test_an_async_tasks_output_after_a_later_cell_shows_in_the_cell_that_started
         kc, "%%remote --no-pull\nprint('own')\nopen(GO, 'w').close()",
         "A" if cells == "one cell run again" else "B",
     )  # fmt: skip
-    got = streams_until(
+    got = outputs_until(
         kc,
         lambda got: (
             ("idle", later) in got
-            and any("from the task" in m["content"]["text"] for m in got if isinstance(m, dict))
+            and any("from the task" in text_under(got, m) for m in (first, later))
         ),
     )
-    text = {
-        cell: "".join(
-            m["content"]["text"]
-            for m in got
-            if isinstance(m, dict) and m["parent_header"]["msg_id"] == msg_id
-        )
-        for cell, msg_id in (("first", first), ("later", later))
-    }
+    text = {"first": text_under(got, first), "later": text_under(got, later)}
     if cells == "two cells":
         assert text == {"first": "from the task\n", "later": "own\n"}, got
     else:

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,7 @@ LATE_HOLD_EVENTS = 1000
 LATE_MAX_CHARS = 8 << 20
 LATE_MAX_EVENTS = 10_000
 LATE_JOIN_CHARS = PIPE_READ  # late text joins a kept piece of its stream shorter than this
+REQUEST_CLIENTS_KEPT = 1024  # recent requests whose notebook an executor knows (``client_of``)
 # Variables the executor must not inherit: the worker's registration secret and friends.
 _PRIVATE_ENV = (Env.WORKER_SECRET, Env.WORKER_SECRET_FD, Env.WORKER_NONCE, Env.WORKER_ALIVE_FILE)
 
@@ -303,6 +304,10 @@ class ExecutorProcess:
         self.late: deque[Late] = deque()
         self.last_client = ""  # whose request ended last here: output after it is theirs
         self.last_request = ""  # and which request that was (``Late.request``)
+        # The notebook (client session) of each recent request here: an asyncio task of an
+        # earlier request writes for that request's notebook (a shared namespace's other
+        # notebook may have run a request since).
+        self._request_clients: OrderedDict[str, str] = OrderedDict()
         self.late_chars = 0
         # How many kept items each notebook has: a turn of the supervisor asks only these
         # notebooks' listeners for room, not each item (``take_late_for_listeners``).
@@ -489,6 +494,16 @@ class ExecutorProcess:
     def late_full(self) -> bool:
         """The output kept for the next request reached ``LATE_HOLD_*``."""
         return self.late_chars >= LATE_HOLD_CHARS or len(self.late) >= LATE_HOLD_EVENTS
+
+    def ran(self, request: str, client: str) -> None:
+        """``client``'s ``request`` ended here (``client_of``)."""
+        self._request_clients[request] = client
+        while len(self._request_clients) > REQUEST_CLIENTS_KEPT:
+            self._request_clients.popitem(last=False)
+
+    def client_of(self, request: str | None) -> str | None:
+        """The notebook whose request ``request`` was, if it ran here lately."""
+        return self._request_clients.get(request) if request else None
 
     def keep_late(
         self,

@@ -161,23 +161,24 @@ class EventChannel:
             self.deferred_interrupt = False
             raise KeyboardInterrupt
 
-    def earlier(self) -> Target | None:
-        """The request whose code made this context (``MADE_BY``: an asyncio task's or
-        callback's), when it is an earlier one than the running one (or, between requests,
-        than the last): what is made now is its late output.  None elsewhere, and off the
-        main thread (``_MAIN_THREAD``)."""
+    def task_origin(self) -> Target | None:
+        """The request whose asyncio task or callback writes now (``MADE_BY``, main thread
+        only), unless it is the running one: its text goes as that request's event, so the
+        supervisor knows it for the task's.  (Between requests it went to the pipe when the
+        task was the last request's, and a line written as the next request began was read
+        as that request's own, tester BI 2 of 6.)"""
         if threading.get_ident() != _MAIN_THREAD:
             return None
         made_by = MADE_BY.get()
-        if made_by is None or made_by is (self.current or self.last):
+        if made_by is None or made_by is self.current:
             return None
         return made_by
 
     def origin(self) -> Target | None:
-        """The request an event made now belongs to: an earlier one whose task or callback
-        makes it (``earlier``: it comes marked late), else the running one, else the last (a
-        thread's display after its cell)."""
-        return self.earlier() or self.current or self.last
+        """The request an event made now belongs to: the one whose task or callback makes it
+        when that one is not running (``task_origin``), else the running one, else the last
+        (a thread's display after its cell)."""
+        return self.task_origin() or self.current or self.last
 
     def _bulk(
         self, header: dict[str, Any], buffers: list[Any] | tuple[Any, ...]
@@ -372,13 +373,13 @@ class FdStream(io.TextIOBase):
 
     def _write(self, text: str) -> None:
         channel = self.channel
-        earlier = channel.earlier() if channel is not None else None
-        if earlier is not None:
-            # An earlier request's task or callback, run by a later request's loop or by
-            # the loop between requests (after a later one): its text goes as that
-            # request's event, which comes marked late (by time, it read as the later
-            # request's own).
-            channel.event(earlier, Kind.STREAM, {"name": self._name, "text": text})
+        task_of = channel.task_origin() if channel is not None else None
+        if task_of is not None:
+            # A task or callback of a request that is not running now, run by a later
+            # request's loop or by the loop between requests: its text goes as that
+            # request's event, which the notebook shows in that request's cell (by time,
+            # it read as the later request's own).
+            channel.event(task_of, Kind.STREAM, {"name": self._name, "text": text, "task": True})
             return
         order = self._order
         with order.lock:

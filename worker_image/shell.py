@@ -79,6 +79,7 @@ class WorkerDisplayHook(DisplayHook):
                 "data": self._data,
                 "metadata": self._metadata,
                 "execution_count": self.prompt_count,
+                **task_mark(outbox),
             }
             outbox.event(target, Kind.RESULT, header)
         self._data = {}
@@ -112,7 +113,14 @@ class WorkerDisplayPublisher(DisplayPublisher):
         outbox: EventChannel = self.shell.outbox
         target = outbox.origin()  # a thread's or a task's display after its cell: late
         if target is not None:
-            outbox.event(target, Kind.DISPLAY, header)
+            outbox.event(target, Kind.DISPLAY, {**header, **task_mark(outbox)})
+
+
+def task_mark(outbox: EventChannel) -> dict[str, bool]:
+    """``{"task": True}`` for an event an asyncio task or callback of a request that is not
+    running now makes (``EventChannel.task_origin``): the notebook shows it in the cell that
+    started the task (``protocol.Event.task``)."""
+    return {"task": True} if outbox.task_origin() is not None else {}
 
 
 _NO_CODE = object()

@@ -1414,18 +1414,26 @@ class Supervisor:
                 # STREAM event: joined with the text around it as the pipes' text is (an
                 # event per ``print``: 20,000 lines took 7.7 s, against 0.15 s of a cell's own).
                 text = _stream_of(kind, payload)
-                late_here = req is not None and req.client == ex.last_client
+                # An asyncio task's or callback's of a request not running now (``task``,
+                # ``outbox.EventChannel.task_origin``), for the notebook that request came
+                # from; else a thread's display after its request (it names the last).
+                of = _header_id(header)
+                task = isinstance(payload, dict) and payload.get("task") is True
+                owner = ex.client_of(of) if task else None
+                # A notebook that reads late output as it comes (a listener) shows a task's
+                # in the cell that started it; in a request of its own that runs now, it
+                # came marked late, by time (tester BI 3 of 3).
+                late_here = req is not None and req.client == (owner or ex.last_client)
+                late_here = late_here and not (task and req.client in self.listeners.by_session)
                 if text is not None and late_here:
                     self._add_stream(ex, *text, late=True)  # (flushes other pending text)
                 else:
                     self._flush_stream(ex)
                 if not late_here:
-                    # (Its next request's; marked as of the request it names.)  Named
-                    # another than the last request there, it is that earlier request's
-                    # asyncio task's (a thread's names the last: ``EventChannel.origin``).
-                    what, of = text or (kind, payload), _header_id(header)
-                    task = req is not None or of != ex.last_request
-                    self._keep_late(ex, *what, raw.buffers, of, task=task)
+                    # (Its notebook's next request's, or its listener's, marked as of the
+                    # request it names.)
+                    what = text or (kind, payload)
+                    self._keep_late(ex, *what, raw.buffers, of, task=task, owner=owner)
                 elif text is None:
                     # Late, read once a request came (it waited behind the full late output).
                     self._late_to_client(req, kind, payload, raw.buffers)
@@ -1450,6 +1458,7 @@ class Supervisor:
             ex.current = None
             ex.last_client = req.client  # what it writes from now on is that notebook's
             ex.last_request = req.target.id  # (and written after that request: ``Late``)
+            ex.ran(req.target.id, req.client)
             self._event_seen(ex)  # text after DONE's mark is late: kept for the next cell
             self._finish(ex, req.what if exit_requested else None)
         else:
@@ -1536,18 +1545,20 @@ class Supervisor:
         buffers: list[Any] | None = None,
         request: str | None = None,
         task: bool = False,
+        owner: str | None = None,
     ) -> None:
         """Output of ``ex`` while no request of it runs: kept for the next request of its
-        notebook (``task``: made by an asyncio task or callback of ``request``).  An
+        notebook (``owner``, else the one whose request ended last there; ``task``: made by
+        an asyncio task or callback of ``request``).  An
         executor that ``exit()`` ended has none: what its threads print while it waits for
         them (``EXIT_WAIT_S``) goes to the namespace's next executor (it was kept on the
         ending one, and lost with it)."""
         if ex.exit_requested and ex.key is not None and self.executors.get(ex.key) is not ex:
             self._left_output(
-                ex.key, ex.last_client, kind, payload, buffers, request or ex.last_request
+                ex.key, owner or ex.last_client, kind, payload, buffers, request or ex.last_request
             )
         else:
-            ex.keep_late(kind, payload, buffers, request=request, task=task)
+            ex.keep_late(kind, payload, buffers, owner=owner, request=request, task=task)
 
     def _left_text_held(self, key: str | None, owner: str) -> bool:
         """Whether to leave a dead executor's pipes unread this turn: where their text goes
