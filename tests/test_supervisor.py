@@ -1178,6 +1178,41 @@ def test_asyncio_run_in_a_cell_leaves_an_event_loop_for_the_next_cells(port):
     assert stdout(port.run("print(asyncio.get_event_loop().is_closed())")) == "False\n"
 
 
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_an_interrupted_await_cell_stops_there_and_nothing_of_it_runs_later(
+    port, tmp_path, interrupts
+):
+    """Ctrl-C while a cell waits in a top-level ``await`` (once, or twice, as a user who
+    presses again): the cell stops there, its ``finally`` runs, it ends interrupted with a
+    KeyboardInterrupt showing its line, and nothing of it runs later.  IPython left the
+    cell's task pending in the loop, which runs between cells and in later ``await``
+    cells: the cell said it was interrupted, then printed and bound ``x = 2`` (tester BJ 6
+    of 6)."""
+    go = tmp_path / "go"
+    port.run("x = 1")
+    code = (
+        "import asyncio, os\nprint('waiting', flush=True)\ntry:\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        await asyncio.sleep(0.02)\n"
+        "    x = 2\n    print('went on')\nfinally:\n    print('finally')\n"
+    )
+    request_id = port.execute(code)
+    port.recv_kind(Kind.STREAM)
+    for _ in range(interrupts):
+        port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
+    assert done(events).header["status"] == DoneStatus.INTERRUPTED, events
+    assert stdout(events) == "finally\n"
+    errors = [e for e in events if e.kind == Kind.ERROR]
+    assert [e.header["ename"] for e in errors] == ["KeyboardInterrupt"], errors
+    if interrupts == 1:  # (where the cell was: a line of its loop)
+        shown = re.sub(r"\x1b\[[0-9;]*m", "", "".join(errors[0].header["traceback"]))
+        assert re.search(r"Cell In\[\d+\], line [45]\n", shown), shown
+    go.touch()  # (a task left pending goes on at the loop's next turn: this await cell's)
+    after = port.run("await asyncio.sleep(0.3)\nprint(x)")
+    assert "".join(e.header.get("text", "") for e in after if e.kind == Kind.STREAM) == "1\n"
+
+
 def test_output_after_the_cell_ended_comes_first_in_the_next_cell_marked_late(port, tmp_path):
     flag = tmp_path / "both-fired"
     code = (

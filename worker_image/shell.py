@@ -9,6 +9,7 @@ printer hand finished mime bundles to the outbox, as ipykernel's ZMQ classes do.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import getpass
@@ -19,6 +20,7 @@ import types
 import warnings
 from typing import Any
 
+from IPython.core.async_helpers import get_asyncio_loop
 from IPython.core.autocall import ExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
@@ -215,7 +217,12 @@ class WorkerShell(InteractiveShell):
         self.display_failed = False  # the current cell's value could not be shown
         self.exit_requested = False  # exit() / quit() ran: end this executor after the cell
         self.plain_exit = False  # a script's call runs: exit() raises SystemExit, as there
+        # An interrupted ``await`` cell's task is being cancelled (``CancellingRunner``).
+        self.cancelling_for_interrupt = False
         super().__init__(**kwargs)
+        runner = CancellingRunner(self)  # (``%autoawait asyncio`` takes it too)
+        self.loop_runner_map = {**self.loop_runner_map, "asyncio": (runner, True)}
+        self.loop_runner = runner
 
     def init_display_formatter(self) -> None:
         self.display_formatter = WorkerDisplayFormatter(parent=self)
@@ -248,7 +255,11 @@ class WorkerShell(InteractiveShell):
         was raised: the SIGINT handler that turns an interrupt into a KeyboardInterrupt
         showed as the last frame of ``except KeyboardInterrupt: raise ValueError(...)``'s
         chained part.  (``__tracebackhide__`` never hides the frame that raised.)"""
-        cut_frames((exc_tuple or sys.exc_info())[1], self.hidden_frames)
+        exc_tuple = exc_tuple or sys.exc_info()
+        if self.cancelling_for_interrupt and isinstance(exc_tuple[1], asyncio.CancelledError):
+            # (the interrupt it stands for, where the cell's code was: ``CancellingRunner``)
+            exc_tuple = (KeyboardInterrupt, KeyboardInterrupt(), exc_tuple[2])
+        cut_frames(exc_tuple[1], self.hidden_frames)
         super().showtraceback(exc_tuple, *args, **kwargs)
 
     def _showtraceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
@@ -371,6 +382,51 @@ def _library_frame(code: types.CodeType) -> bool:
     """Whether ``code`` is the standard library's or an installed package's."""
     name = code.co_filename
     return name.startswith(LIBRARY_DIRS) or name.startswith("<frozen ")
+
+
+class CancellingRunner:
+    """IPython's runner of ``await`` cells (``InteractiveShell.loop_runner``, the asyncio one),
+    which stops an interrupted cell's task.
+
+    IPython runs the cell as a task with ``run_until_complete``; a KeyboardInterrupt raised
+    in the loop (the cell waited in an ``await``) leaves that task pending, and the loop,
+    which runs between cells and in later ``await`` cells, went on with it: the cell said it
+    was interrupted, then printed and bound values seconds later (tester BJ 6 of 6).  Here
+    the task is cancelled and run until it has unwound (its ``finally`` runs), as ipykernel
+    cancels an interrupted cell's task; the CancelledError that IPython catches in the cell
+    is shown as the KeyboardInterrupt it stands for, where the cell was (``showtraceback``),
+    and the cell ends interrupted.  A cell that catches the CancelledError and goes on ends
+    as its code does; one that never ends is the supervisor's, at the grace period's end.
+    """
+
+    def __init__(self, shell: WorkerShell) -> None:
+        self.shell = shell
+
+    def __call__(self, coro: Any) -> Any:
+        loop = get_asyncio_loop()
+        task = loop.create_task(coro)
+        try:
+            return loop.run_until_complete(task)
+        except KeyboardInterrupt:
+            if task.done():
+                raise
+        self.shell.cancelling_for_interrupt = True
+        try:
+            while not task.done():
+                task.cancel()
+                with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+                    loop.run_until_complete(task)  # (a repeated Ctrl-C: cancelled again)
+        finally:
+            self.shell.cancelling_for_interrupt = False
+        if task.cancelled():  # (it ended before IPython's own handler ran)
+            raise KeyboardInterrupt
+        result = task.result()
+        if isinstance(getattr(result, "error_in_exec", None), asyncio.CancelledError):
+            result.error_in_exec = KeyboardInterrupt()
+        return result
+
+    def __str__(self) -> str:
+        return "asyncio"
 
 
 def make_shell(outbox: EventChannel) -> WorkerShell:
