@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from worker_image import exits, framing
 from worker_image.cells import shared
 from worker_image.outbox import MARK, SWITCH, Target
 from worker_image.phase import PhaseBoard
+from worker_image.recent import Recent
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ class ExecutorProcess:
         # The notebook (client session) of each recent request here: an asyncio task of an
         # earlier request writes for that request's notebook (a shared namespace's other
         # notebook may have run a request since).
-        self._request_clients: OrderedDict[str, str] = OrderedDict()
+        self._request_clients = Recent(REQUEST_CLIENTS_KEPT)
         self.late_chars = 0
         # How many kept items each notebook has: a turn of the supervisor asks only these
         # notebooks' listeners for room, not each item (``take_late_for_listeners``).
@@ -498,8 +499,6 @@ class ExecutorProcess:
     def ran(self, request: str, client: str) -> None:
         """``client``'s ``request`` ended here (``client_of``)."""
         self._request_clients[request] = client
-        while len(self._request_clients) > REQUEST_CLIENTS_KEPT:
-            self._request_clients.popitem(last=False)
 
     def client_of(self, request: str | None) -> str | None:
         """The notebook whose request ``request`` was, if it ran here lately."""
