@@ -30,7 +30,7 @@ from typing import Any
 
 import zmq
 
-from rexec_magic import contract, errors, serialize, zmqio
+from rexec_magic import contract, dropped_interrupts, errors, serialize, zmqio
 from rexec_magic import protocol as P
 from rexec_magic.connection import ConnectionInfo
 from rexec_magic.notes import QUIET, Notes, Progress, frontend
@@ -147,32 +147,6 @@ def whole_message(pass_on: bool = True) -> Iterator[list[Any]]:
     finally:
         if held and pass_on and previous is not None:
             pass_on_sigint(previous, held[0])
-
-
-@contextmanager
-def sigints_counted() -> Iterator[list[int]]:
-    """Count the SIGINTs (Ctrl-C, a kernel interrupt) that come while the block lasts, each
-    passed on to the handler that was there (for a kernel: a KeyboardInterrupt).
-
-    Python cannot raise an exception in some places, a ``__del__`` or a Cython
-    ``__dealloc__`` such as pyzmq's ``Frame.__dealloc__`` (which checks for signals), and
-    drops it there ("Exception ignored in ..."): a Ctrl-C that landed in one never reached
-    the wait loop, so the cell ran on and the notebook waited for its end.  The count
-    (``[n]``) lets the loop find such a Ctrl-C and act on it as on any other.  Main thread
-    only (``sigint_handler``: elsewhere, and where SIGINT is ignored or not set from Python,
-    the count stays 0).
-    """
-    count = [0]
-
-    def counting(previous: Any) -> Callable[[int, Any], None]:
-        def on_sigint(signum: int, frame: Any) -> None:
-            count[0] += 1
-            pass_on_sigint(previous, frame)
-
-        return on_sigint
-
-    with sigint_handler(counting):
-        yield count
 
 
 class AfterDone:
@@ -927,17 +901,18 @@ class RexecClient:
         Every event is acknowledged (ACK, in batches) once the caller has handled it: the
         worker sends at most ``CLIENT_CREDIT`` unacknowledged events, so a slow consumer
         slows the cell down and nothing is dropped on the way.
-        A Ctrl-C that Python dropped on the way (``sigints_counted``) interrupts it too.
+        A Ctrl-C that Python dropped on the way (``dropped_interrupts``) interrupts it too,
+        or, dropped before it went, stops it going.
         """
+        dropped_interrupts.watch()
         if self.late_reading is not None:  # (late output written after it waits for it)
             self.late_reading(req_id, True)
         try:
-            with sigints_counted() as sigints:
-                return (
-                    yield from self._request_events(
-                        kind, req_id, header, buffers, timeout_s, cancel, first, sigints
-                    )
+            return (
+                yield from self._request_events(
+                    kind, req_id, header, buffers, timeout_s, cancel, first
                 )
+            )
         finally:
             if self.late_done is not None:  # (late output written after it may show now)
                 self.late_done(req_id)
@@ -951,9 +926,8 @@ class RexecClient:
         timeout_s: float | None,
         cancel: threading.Event | None,
         first: tuple[dict[str, Any], list[Any]] | None,
-        sigints: list[int],
     ) -> Events:
-        """``_events``' loop; ``sigints``: the count of SIGINTs since it began."""
+        """``_events``' loop."""
         what = "call" if kind == P.Kind.CALL else "cell"
         lazy = bool(header.get("lazy"))  # each item after the first waits for our NEXT
         started = False  # the worker accepted the cell: never resend it after that
@@ -991,20 +965,19 @@ class RexecClient:
         # comes after it waits (this request's own push, or an event the broker announced).
         quiet_until = now + P.transfer_allowance_s(serialize.nbytes(buffers))
         went = first is None  # the request left (``first`` sent)
-        acted = 0  # of the SIGINTs counted (``sigints``), those acted on or left to the caller
         while True:
             # The message being handled: a Ctrl-C before it is acted on puts it back
             # (_stashed), so the read after the `interrupt` handles it, e.g. a `done` that
             # came with the Ctrl-C.  Cleared once handling acts (yields, says hello, resends).
             in_hand: P.Message | None = None
             try:
+                if dropped_interrupts.take():  # a Ctrl-C Python dropped (in a ``__del__``,
+                    raise KeyboardInterrupt  # since the last loop or before the request)
                 if first is not None:
                     ctrl_c = self._send(kind, *first, pass_on=False)
                     first, went = None, True
                     if ctrl_c:  # it went: stop it there, and read on to its end
                         raise KeyboardInterrupt
-                if sigints[0] > acted:  # a Ctrl-C that Python dropped on the way, e.g. in a
-                    raise KeyboardInterrupt  # __del__ (``sigints_counted``): act on it now
                 now = time.monotonic()
                 if now - loop_at > P.CLIENT_PING_S + STALL_S:
                     # This process did not run meanwhile (local code holding the GIL, a
@@ -1247,7 +1220,6 @@ class RexecClient:
                         if lazy and msg.kind == P.Kind.YIELD:  # the loop wants another item
                             if paused:
                                 self.late_reading(req_id, True)
-                            acted = sigints[0]  # (a Ctrl-C in its body was the loop's to handle)
                             if deadline is not None:  # the loop's own time is not the call's
                                 deadline += time.monotonic() - handed_at
                             self._send_next(req_id, sent, throw)
@@ -1266,7 +1238,6 @@ class RexecClient:
                         self._abandon(req_id, kind, header)
                         raise
                     except KeyboardInterrupt:  # thrown in: it hit while the caller showed msg
-                        acted = sigints[0]
                         if interrupted_at is not None:
                             raise self._abandon(req_id, kind, header) from None
                         interrupted_at = time.monotonic()
@@ -1376,7 +1347,6 @@ class RexecClient:
                         self._send(P.Kind.INTERRUPT, {"id": req_id})
                 raise
             except KeyboardInterrupt:  # anywhere in here, e.g. while sending a ping
-                acted = sigints[0]
                 if not went:
                     raise errors.RemoteInterrupted(not_sent(kind)) from None
                 if in_hand is not None and self._stashed is None:

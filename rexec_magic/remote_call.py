@@ -30,7 +30,7 @@ from concurrent.futures._base import LOGGER as FUTURES_LOG
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-from rexec_magic import contract, errors, serialize
+from rexec_magic import contract, dropped_interrupts, errors, serialize
 from rexec_magic import protocol as P
 from rexec_magic import session as session_module
 from rexec_magic.client import CloseGenerator, Events, ThrowInto, grace_sentence, pass_on_sigint
@@ -691,6 +691,7 @@ def hook_kernel_interrupt() -> None:
         # ipykernel sets Python's own SIGINT handler for each cell: chain ours to it, so an
         # interrupt during a cell cancels the calls at once (the post_run_cell hook below
         # came only after IPython had shown the traceback: queued calls went on starting).
+        dropped_interrupts.forget()  # (one the last cell's code dropped was that cell's)
         current = signal.getsignal(signal.SIGINT)
         if callable(current) and not getattr(current, "rexec_chained", False):
             with contextlib.suppress(ValueError):

@@ -610,6 +610,35 @@ def test_a_call_whose_arguments_do_not_load_leaves_the_workers_args_and_kwargs(k
     assert text_of(outputs) == "my args my kwargs\n"
 
 
+def test_a_ctrl_c_python_drops_stops_the_cells_next_call_and_no_later_cells(kernel):
+    """A Ctrl-C whose KeyboardInterrupt Python drops (in a ``__del__`` here; in pyzmq's
+    ``Frame.__dealloc__``, which every message rexec reads ends in) stops the cell at its
+    next remote call, which is not sent: the cell's loop of calls ran on to its end.  It is
+    that cell's: one dropped by a cell's own last code does not stop the next cell's call."""
+    _, kc = kernel
+    run(
+        kc,
+        "import os, signal\nfrom rexec_magic import remote_func\n"
+        "class Finalized:\n"
+        "    def __del__(self):\n        os.kill(os.getpid(), signal.SIGINT)\n"
+        "@remote_func\ndef echo_d(i):\n    return i\n",
+    )
+    reply, _ = run(
+        kc,
+        "made_d = []\nfor i in range(100):\n    made_d.append(echo_d(i))\n"
+        "    if i == 3:\n        dropper = Finalized()\n        del dropper\n",
+    )
+    assert reply["status"] == "error" and reply["ename"] == "RemoteInterrupted", reply
+    assert reply["evalue"] == "The call was interrupted before it was sent; it did not run."
+    _, outputs = run(kc, "print(made_d)")
+    assert text_of(outputs) == "[0, 1, 2, 3]\n"
+    reply, _ = run(kc, "dropper = Finalized()\ndel dropper\nprint('dropped')")
+    assert reply["status"] == "ok", reply
+    reply, outputs = run(kc, "print(echo_d(5))")
+    assert reply["status"] == "ok", reply
+    assert text_of(outputs) == "5\n"
+
+
 def test_file_transfers_called_on_the_worker_say_where_they_run(kernel):
     """``rexec_magic.put`` / ``get`` called by code on the worker: one sentence saying the
     code runs there, not the advice to run ``rexec up`` or log in (on the worker: tester
