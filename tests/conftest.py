@@ -7,13 +7,14 @@ consistently, so ``pytest -m "not stack"`` really leaves out every test that nee
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rexec_magic import errors
+from rexec_magic import dropped_interrupts, errors
 from tests.local_stack import Stack, start_stack, stop_stack
 
 # A test that uses one of these fixtures must carry the marker, so that deselecting by marker
@@ -38,11 +39,15 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> object:
     """A ``RemoteInterrupted`` (a KeyboardInterrupt, so Jupyter stops Run All) escaping a test
     fails that test, where pytest would stop the whole run as if someone pressed Ctrl-C: one
-    failing test must not take the next ones with it."""
+    failing test must not take the next ones with it.  In an xdist worker any
+    KeyboardInterrupt does (a test's own Ctrl-C that came where the test did not expect it,
+    e.g. after its call failed otherwise): a real Ctrl-C reaches xdist's controller, which
+    stops the run; the worker's test then only fails."""
+    stray = KeyboardInterrupt if os.environ.get("PYTEST_XDIST_WORKER") else errors.RemoteInterrupted
     try:
         return (yield)
-    except errors.RemoteInterrupted as exc:
-        raise AssertionError(f"the test raised RemoteInterrupted: {exc}") from exc
+    except stray as exc:
+        raise AssertionError(f"the test raised {type(exc).__name__}: {exc}") from exc
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -70,6 +75,14 @@ def _healthy_shared_stack(request: pytest.FixtureRequest) -> None:
     make sure an earlier test did not leave it wedged (see Stack.ensure_healthy)."""
     if "stack" in request.fixturenames:
         request.getfixturevalue("stack").ensure_healthy()
+
+
+@pytest.fixture(autouse=True)
+def _earlier_tests_ctrl_c_forgotten() -> None:
+    """Each test is a cell of its own: a Ctrl-C whose KeyboardInterrupt Python dropped in an
+    earlier test does not stop this one's first remote call, as a notebook forgets one at
+    its next cell (``rexec_magic.dropped_interrupts``)."""
+    dropped_interrupts.forget()
 
 
 @pytest.fixture
