@@ -1217,8 +1217,6 @@ def test_a_ctrl_c_python_drops_between_calls_stops_a_scripts_loop_all_the_same(s
     ``__del__``, as here, or pyzmq's ``Frame.__dealloc__``, which every message rexec reads
     ends in; one that landed between two calls, or as a call ended, was lost and the loop
     ran on for ever (CI: the loop test above, 60 s past its Ctrl-C, once)."""
-    import subprocess
-
     log = tmp_path / "calls"
     script = (
         "import os, signal\nfrom rexec_magic import remote_func\n"
@@ -1230,10 +1228,8 @@ def test_a_ctrl_c_python_drops_between_calls_stops_a_scripts_loop_all_the_same(s
         "    if i == 3:\n        Finalized()\n"
         "print('went on to the end')\n"
     )
-    env = {**os.environ, "REXEC_CONNECTION_FILE": str(stack.connection_file)}
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
+    # (Ended as Python ends a script stopped by Ctrl-C: killed by SIGINT.)
+    out = run_script(stack, script, status=-signal.SIGINT)
     assert "went on to the end" not in out.stdout, out.stderr
     assert log.read_text().split() == ["0", "1", "2", "3"]
     assert "Exception ignored" in out.stderr  # Python did drop it
@@ -1241,7 +1237,6 @@ def test_a_ctrl_c_python_drops_between_calls_stops_a_scripts_loop_all_the_same(s
         "rexec_magic.errors.RemoteInterrupted: The call was interrupted before it was sent; "
         "it did not run."
     ), out.stderr
-    assert out.returncode == -signal.SIGINT  # as Python ends a script stopped by Ctrl-C
 
 
 def test_a_ctrl_c_a_scripts_call_catches_gives_the_value_it_returned(stack, tmp_path):
