@@ -24,7 +24,7 @@ import time
 import types
 import weakref
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, RUNNING
 from concurrent.futures._base import LOGGER as FUTURES_LOG
 from contextlib import contextmanager
@@ -98,6 +98,15 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n" + self.text
+
+
+def _act_on_dropped_ctrl_c() -> None:
+    """Raise the KeyboardInterrupt of a Ctrl-C that Python dropped in the main thread
+    (``dropped_interrupts``), so a wait for a result ends as that Ctrl-C meant: the calls
+    stopped and one sentence.  It waited on (the hook had cancelled the call: a bare
+    ``CancelledError``; outside a kernel, until its timeout)."""
+    if dropped_interrupts.take():
+        raise KeyboardInterrupt
 
 
 class RemoteFuture(Future):
@@ -227,15 +236,24 @@ class RemoteFuture(Future):
                 "or finish or close the generator first."
             )
         own: BaseException | None = None
+        dropped_interrupts.watch()
         with errors.interrupt_says(f"{said}."), _reading(self):
             try:
-                if session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
-                    began = time.monotonic()
-                    if not self._moved.wait(P.NOTICE_AFTER_S):
-                        self._wait_to_start(began, timeout)
-                    if timeout is not None:  # what the wait above took counts
-                        timeout = max(0.0, timeout - (time.monotonic() - began))
-                return super().result(timeout)
+                try:
+                    _act_on_dropped_ctrl_c()
+                    if session is not None and (timeout is None or timeout > P.NOTICE_AFTER_S):
+                        began = time.monotonic()
+                        if not self._moved.wait(P.NOTICE_AFTER_S):
+                            self._wait_to_start(began, timeout)
+                        if timeout is not None:  # what the wait above took counts
+                            timeout = max(0.0, timeout - (time.monotonic() - began))
+                    return super().result(timeout)
+                except CancelledError:
+                    # Cancelled by a Ctrl-C whose KeyboardInterrupt Python dropped while
+                    # this waited (the SIGINT hook cancels the notebook's calls): that
+                    # Ctrl-C ends the wait as one that reached it does.
+                    _act_on_dropped_ctrl_c()
+                    raise
             except KeyboardInterrupt as exc:  # a kernel interrupt while waiting: stop the calls
                 if exc is self._exception:  # type: ignore[attr-defined]
                     own = exc  # (raised below, past ``interrupt_says``)

@@ -6,9 +6,11 @@ by value as they would from a notebook; only the connection file is configured.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -22,7 +24,15 @@ from rexec_magic import errors, remote_func, zmqio
 from rexec_magic import protocol as P
 from rexec_magic.remote_call import RemoteTraceback
 from rexec_magic.session import shared_session
-from tests.harness import WAIT_S, WhenFlag, ctrl_c_right_after, ctrl_c_when, pid_alive, wait_for
+from tests.harness import (
+    WAIT_S,
+    CtrlCInDel,
+    WhenFlag,
+    ctrl_c_right_after,
+    ctrl_c_when,
+    pid_alive,
+    wait_for,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -329,6 +339,47 @@ def test_ctrl_c_while_waiting_for_a_futures_result_says_what_it_cancelled(nb, tm
         "Interrupted while waiting for a remote call's result; the interrupt cancelled this "
         "session's unfinished remote call."
     )
+    assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
+
+
+@pytest.mark.parametrize("when", ["before it waits", "while it waits"])
+def test_a_ctrl_c_python_drops_around_a_futures_result_says_what_it_cancelled(
+    nb, tmp_path, monkeypatch, request, when
+):
+    """A Ctrl-C whose KeyboardInterrupt Python drops (in a ``__del__`` here; in pyzmq's
+    ``Frame.__dealloc__`` in life) while a submitted call runs, before ``fut.result()`` or
+    while it waits: the call stops and the wait ends in one sentence, as for a Ctrl-C that
+    reached it.  Before, the SIGINT hook had cancelled the call, and ``result()`` raised a
+    bare CancelledError."""
+    dropped: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_value))
+    flag = tmp_path / "forever-runs"
+    future = nb["forever"].submit(str(flag))
+    wait_for(flag.exists, what="the submitted call to start")
+    if when == "before it waits":
+        CtrlCInDel()  # (dropped at once: its __del__ runs here)
+        assert [type(e) for e in dropped] == [KeyboardInterrupt]  # Python did drop it
+        waiting = contextlib.nullcontext()
+    else:  # a signal handler runs in the main thread as it waits, and a finalizer in it
+        previous = signal.signal(signal.SIGUSR1, lambda *_: CtrlCInDel())
+        request.addfinalizer(lambda: signal.signal(signal.SIGUSR1, previous))
+        main = threading.main_thread().ident
+        assert main is not None
+
+        def drop_while_waiting() -> None:
+            time.sleep(0.3)  # (``result`` waits by then: the flag is there already)
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+        waiting = WhenFlag(flag, drop_while_waiting)
+    with waiting, pytest.raises(KeyboardInterrupt) as info:
+        future.result(timeout=60)
+    assert [type(e) for e in dropped] == [KeyboardInterrupt]
+    assert isinstance(info.value, errors.RemoteInterrupted)
+    assert str(info.value) == (
+        "Interrupted while waiting for a remote call's result; the interrupt cancelled this "
+        "session's unfinished remote call."
+    )
+    assert future.cancelled()
     assert nb["add"](40, 2) == 42  # the worker is free again: forever() really stopped
 
 
