@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
 import zmq
@@ -32,6 +31,7 @@ import zmq
 from rexec_magic import protocol as P
 from rexec_magic.late_lines import LATE_LINES
 from rexec_magic.output_cells import current_header, current_parent, still_shown, written_under
+from rexec_magic.recent import Recent
 
 REQUEST_CELLS_KEPT = 256  # requests whose cell an asyncio task's late output can go to
 
@@ -52,7 +52,7 @@ class LateOutput:
         self._began_header: dict[str, Any] | None = None
         # The parent header of the cell each recent request came from: an asyncio task's
         # or callback's late output (``task``) goes there, as ipykernel keeps a task's parent.
-        self._request_cells: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._request_cells = Recent(REQUEST_CELLS_KEPT)
         self._last_request: str | None = None  # that cell's request (``request_done``)
         self._parent: Any = object()  # (none yet)
         # Requests whose output is all shown so far: outside a kernel (no cells, parent
@@ -163,8 +163,6 @@ class LateOutput:
             self.last_parent, self._last_request = self._began_parent, request
             if self._began_header is not None:
                 self._request_cells[request] = self._began_header
-                while len(self._request_cells) > REQUEST_CELLS_KEPT:
-                    self._request_cells.popitem(last=False)
             self._requests += 1
             self._reading.discard(request)
             self._shown.notify_all()

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
+
+from rexec_magic.recent import Recent
 
 
 def current_parent() -> str | None:
@@ -34,8 +35,8 @@ def current_header() -> dict[str, Any] | None:
 # JupyterLab sends with each execution), and the cell of each recent run: a cell's output
 # area shows what comes under the parent of its run until the cell runs again.
 _RUNS_KEPT = 1024
-_latest_run: OrderedDict[str, str] = OrderedDict()
-_cell_of_run: OrderedDict[str, str] = OrderedDict()
+_latest_run = Recent(_RUNS_KEPT)
+_cell_of_run = Recent(_RUNS_KEPT)
 _runs_lock = threading.Lock()
 
 
@@ -47,9 +48,6 @@ def cell_ran(cell_id: str | None) -> None:
     with _runs_lock:
         for table, key, value in ((_latest_run, cell_id, parent), (_cell_of_run, parent, cell_id)):
             table[key] = value
-            table.move_to_end(key)
-            while len(table) > _RUNS_KEPT:
-                table.popitem(last=False)
 
 
 def still_shown(parent: str) -> bool:
@@ -85,7 +83,7 @@ def written_under(header: dict[str, Any] | None) -> Iterator[bool]:
 # Cells (parent msg_ids) where rexec's late line was shown, by any renderer: once per cell,
 # whether the late output came live (``LateOutput``) or at the top of a request.
 _HEADERS_KEPT = 256
-_headers: OrderedDict[str, None] = OrderedDict()
+_headers = Recent(_HEADERS_KEPT)
 _headers_lock = threading.Lock()
 
 
@@ -97,9 +95,7 @@ def claim_header(parent: str | None) -> bool:
     with _headers_lock:
         if parent in _headers:
             return False
-        _headers[parent] = None
-        while len(_headers) > _HEADERS_KEPT:
-            _headers.popitem(last=False)
+        _headers.add(parent)
         return True
 
 

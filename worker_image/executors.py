@@ -32,11 +32,11 @@ import zmq
 from rexec_magic import protocol, zmqio
 from rexec_magic.contract import Env
 from rexec_magic.protocol import Kind
+from rexec_magic.recent import Recent
 from worker_image import exits, framing
 from worker_image.cells import shared
 from worker_image.outbox import MARK, SWITCH, Target
 from worker_image.phase import PhaseBoard
-from worker_image.recent import Recent
 
 log = logging.getLogger(__name__)
 

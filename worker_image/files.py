@@ -34,8 +34,8 @@ from rexec_magic.protocol import (
     Kind,
     Message,
 )
+from rexec_magic.recent import Recent
 from worker_image.outbox import EventSender, Target
-from worker_image.recent import Recent
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rexec_magic.recent import Recent
 from worker_image.executors import (
     LATE_HOLD_CHARS,
     LATE_MAX_CHARS,
@@ -29,7 +30,6 @@ from worker_image.executors import (
     for_listeners,
     late_size,
 )
-from worker_image.recent import Recent
 
 log = logging.getLogger(__name__)
 

@@ -64,6 +64,7 @@ from rexec_magic.protocol import (
     Message,
     ProtocolError,
 )
+from rexec_magic.recent import Recent
 from worker_image import files, framing, rundir
 from worker_image.cells import cell_for, done_header, placement
 from worker_image.executors import (
@@ -87,7 +88,6 @@ from worker_image.link import (
     encode_header,
 )
 from worker_image.outbox import BULK_CHANNEL, CODE_OVER, READY, VALUES_IN, Target
-from worker_image.recent import Recent
 
 log = logging.getLogger("worker_image.supervisor")
 

@@ -22,10 +22,10 @@ from typing import Any
 
 from rexec_magic import protocol, serialize
 from rexec_magic.contract import human_bytes
+from rexec_magic.recent import Recent
 from rexec_magic.sync import RESULT
 from worker_image.bulk import room_for
 from worker_image.framing import Unreceived
-from worker_image.recent import Recent
 
 # The hash recorded for a name whose last exchange the client never read (``Watch.missed``).
 MISSED = "missed"
