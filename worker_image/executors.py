@@ -303,8 +303,6 @@ class ExecutorProcess:
         self.parked_bytes = 0
         self.ending = False  # its exit is being handled: nothing more is sent to it
         self.late: deque[Late] = deque()
-        self.last_client = ""  # whose request ended last here: output after it is theirs
-        self.last_request = ""  # and which request that was (``Late.request``)
         # The notebook (client session) of each recent request here: an asyncio task of an
         # earlier request writes for that request's notebook (a shared namespace's other
         # notebook may have run a request since).
@@ -497,8 +495,19 @@ class ExecutorProcess:
         return self.late_chars >= LATE_HOLD_CHARS or len(self.late) >= LATE_HOLD_EVENTS
 
     def ran(self, request: str, client: str) -> None:
-        """``client``'s ``request`` ended here (``client_of``)."""
+        """``client``'s ``request`` ended here (``client_of``; now ``last_request``)."""
         self._request_clients[request] = client
+
+    @property
+    def last_request(self) -> str:
+        """The request that ended last here ("" before any): output after it is its
+        notebook's (``Late.request``)."""
+        return next(reversed(self._request_clients), "")
+
+    @property
+    def last_client(self) -> str:
+        """Whose request ended last here ("" before any): output after it is theirs."""
+        return self._request_clients.get(self.last_request, "")
 
     def client_of(self, request: str | None) -> str | None:
         """The notebook whose request ``request`` was, if it ran here lately."""

@@ -174,11 +174,16 @@ class EventChannel:
             return None
         return made_by
 
-    def origin(self) -> Target | None:
-        """The request an event made now belongs to: the one whose task or callback makes it
-        when that one is not running (``task_origin``), else the running one, else the last
-        (a thread's display after its cell)."""
-        return self.task_origin() or self.current or self.last
+    def origin(self) -> tuple[Target | None, bool]:
+        """The request an event made now belongs to, and whether a task made it: the one
+        whose asyncio task or callback makes it when that one is not running
+        (``task_origin``; True: the notebook shows it in the cell that started the task,
+        ``protocol.Event.task``), else the running one, else the last (a thread's display
+        after its cell)."""
+        made_by = self.task_origin()
+        if made_by is not None:
+            return made_by, True
+        return self.current or self.last, False
 
     def _bulk(
         self, header: dict[str, Any], buffers: list[Any] | tuple[Any, ...]

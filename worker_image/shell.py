@@ -75,13 +75,13 @@ class WorkerDisplayHook(DisplayHook):
 
     def finish_displayhook(self) -> None:
         outbox: EventChannel = self.shell.outbox
-        target = outbox.origin()
+        target, task = outbox.origin()
         if self._data and target is not None:
             header = {
                 "data": self._data,
                 "metadata": self._metadata,
                 "execution_count": self.prompt_count,
-                **task_mark(outbox),
+                **task_mark(task),
             }
             outbox.event(target, Kind.RESULT, header)
         self._data = {}
@@ -113,16 +113,16 @@ class WorkerDisplayPublisher(DisplayPublisher):
 
     def _send(self, header: dict[str, Any]) -> None:
         outbox: EventChannel = self.shell.outbox
-        target = outbox.origin()  # a thread's or a task's display after its cell: late
+        target, task = outbox.origin()  # a thread's or a task's display after its cell: late
         if target is not None:
-            outbox.event(target, Kind.DISPLAY, {**header, **task_mark(outbox)})
+            outbox.event(target, Kind.DISPLAY, {**header, **task_mark(task)})
 
 
-def task_mark(outbox: EventChannel) -> dict[str, bool]:
+def task_mark(task: bool) -> dict[str, bool]:
     """``{"task": True}`` for an event an asyncio task or callback of a request that is not
-    running now makes (``EventChannel.task_origin``): the notebook shows it in the cell that
-    started the task (``protocol.Event.task``)."""
-    return {"task": True} if outbox.task_origin() is not None else {}
+    running now makes (``EventChannel.origin``): the notebook shows it in the cell that
+    started the task (``protocol.Event.task``); nothing in the header otherwise."""
+    return {"task": True} if task else {}
 
 
 _NO_CODE = object()

@@ -1456,9 +1456,7 @@ class Supervisor:
             self._signed(req.target.route, kind, numbered, raw.buffers)
         if kind == Kind.DONE:
             ex.current = None
-            ex.last_client = req.client  # what it writes from now on is that notebook's
-            ex.last_request = req.target.id  # (and written after that request: ``Late``)
-            ex.ran(req.target.id, req.client)
+            ex.ran(req.target.id, req.client)  # what it writes from now on is that notebook's
             self._event_seen(ex)  # text after DONE's mark is late: kept for the next cell
             self._finish(ex, req.what if exit_requested else None)
         else:
