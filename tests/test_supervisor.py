@@ -1161,6 +1161,32 @@ def test_asyncio_callbacks_and_tasks_run_on_after_their_cell(port, cell):
     assert streams[-1].header["text"] == "next\n"
 
 
+@pytest.mark.parametrize(
+    ("cell", "shown"),
+    [
+        ("print(await asyncio.sleep(0, 'awaited'))", "awaited\n"),
+        ("print([x async for x in counted(3)])", "[0, 1, 2]\n"),
+        ("async for x in counted(2):\n    print(x)", "0\n1\n"),
+        ("async with held() as got:\n    print(got)", "held\n"),
+        ("print('await and async are only words here')", "await and async are only words here\n"),
+        ("print(sum([x for x in range(4)]))", "6\n"),
+    ],
+)
+def test_cells_with_top_level_async_code_run_as_in_a_kernel(port, cell, shown):
+    """Each form of top-level async code (``await``, ``async for``, ``async with``, an
+    async comprehension) runs as in IPython's kernel, and a cell without it runs plainly
+    (the worker does not compile a cell without ``await`` or ``async`` to find out)."""
+    setup = port.run(
+        "import asyncio, contextlib\n"
+        "async def counted(n):\n    for i in range(n):\n        yield i\n"
+        "@contextlib.asynccontextmanager\nasync def held():\n    yield 'held'\n"
+    )
+    assert done(setup).header["status"] == DoneStatus.OK
+    events = port.run(cell)
+    assert done(events).header["status"] == DoneStatus.OK, done(events).header
+    assert stdout(events) == shown
+
+
 def test_asyncio_run_in_a_cell_leaves_an_event_loop_for_the_next_cells(port):
     """``asyncio.run()`` works in a remote cell (no loop runs during a cell here) and ends by
     leaving the thread no current loop; every later ``asyncio.get_event_loop()`` raised
