@@ -10,9 +10,30 @@ from __future__ import annotations
 
 import ast
 import re
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _walk(node: ast.AST) -> Iterator[ast.AST]:
+    """``ast.walk``: ``node`` and everything under it, in its order (breadth first), with
+    the fields read directly rather than through two generators a node
+    (``iter_child_nodes``, ``iter_fields``); a cell's analysis walks parts of its tree
+    several times."""
+    todo = deque((node,))
+    while todo:
+        node = todo.popleft()
+        for field in node._fields:
+            value = getattr(node, field, None)
+            if isinstance(value, list):
+                for item in value:
+                    if isinstance(item, ast.AST):
+                        todo.append(item)
+            elif isinstance(value, ast.AST):
+                todo.append(value)
+        yield node
 
 
 def _declared_outside(body: list[ast.stmt]) -> set[str]:
@@ -31,19 +52,50 @@ def _declared_outside(body: list[ast.stmt]) -> set[str]:
 
 def _globals_assigned_in(node: ast.AST) -> set[str]:
     """Names any function inside ``node`` declares ``global``: calling it rebinds them."""
-    return {n for g in ast.walk(node) if isinstance(g, ast.Global) for n in g.names}
+    return {n for g in _walk(node) if isinstance(g, ast.Global) for n in g.names}
 
 
 def _walrus_targets(node: ast.AST) -> set[str]:
     """``(name := ...)`` inside a comprehension binds ``name`` in the enclosing scope."""
     return {
         n.target.id
-        for n in ast.walk(node)
+        for n in _walk(node)
         if isinstance(n, ast.NamedExpr) and isinstance(n.target, ast.Name)
     }
 
 
-class _Reads(ast.NodeVisitor):
+class _Visitor(ast.NodeVisitor):
+    """``ast.NodeVisitor`` with its method found once per node class, not by building
+    ``"visit_" + name`` and looking it up at every node, and ``generic_visit`` reading the
+    fields directly: the two visitors below walk every node of every cell (half of a
+    cell's analysis was that lookup and ``ast.iter_fields``).  Same order, same methods."""
+
+    _methods: dict[type, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._methods = {}
+
+    def visit(self, node: ast.AST) -> Any:
+        kind = type(node)
+        method = self._methods.get(kind)
+        if method is None:
+            method = getattr(type(self), "visit_" + kind.__name__, type(self).generic_visit)
+            self._methods[kind] = method
+        return method(self, node)
+
+    def generic_visit(self, node: ast.AST) -> None:
+        for field in node._fields:
+            value = getattr(node, field, None)
+            if isinstance(value, list):
+                for item in value:
+                    if isinstance(item, ast.AST):
+                        self.visit(item)
+            elif isinstance(value, ast.AST):
+                self.visit(value)
+
+
+class _Reads(_Visitor):
     """Collect names loaded anywhere in a node, minus names local to nested scopes."""
 
     def __init__(self) -> None:
@@ -100,7 +152,7 @@ class _Reads(ast.NodeVisitor):
                 inner.visit(gen.iter)
             for cond in gen.ifs:
                 inner.visit(cond)
-            local |= {n.id for n in ast.walk(gen.target) if isinstance(n, ast.Name)}
+            local |= {n.id for n in _walk(gen.target) if isinstance(n, ast.Name)}
         for expr in results:
             inner.visit(expr)
         self.loads |= inner.loads - (local - _walrus_targets(node))
@@ -114,7 +166,7 @@ class _Reads(ast.NodeVisitor):
         self._comprehension(node, [node.key, node.value])
 
 
-class _Binds(ast.NodeVisitor):
+class _Binds(_Visitor):
     """Collect the names a block binds in its own scope."""
 
     def __init__(self) -> None:
@@ -292,9 +344,7 @@ class _Flow:
 
 def _stored(target: ast.AST) -> set[str]:
     """Plain names an assignment target binds (``a``, ``(a, *b)``; not ``a[i]``)."""
-    return {
-        n.id for n in ast.walk(target) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
-    }
+    return {n.id for n in _walk(target) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
 
 
 def _captures(case: ast.match_case) -> set[str]:
@@ -305,7 +355,7 @@ def _captures(case: ast.match_case) -> set[str]:
 
 
 def _deleted(stmt: ast.Delete) -> set[str]:
-    return {n.id for t in stmt.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return {n.id for t in stmt.targets for n in _walk(t) if isinstance(n, ast.Name)}
 
 
 # Stands in ``free`` for "any name": the cell looks names up at run time in ways its syntax
@@ -327,7 +377,7 @@ def _read_by_name(tree: ast.AST) -> list[str]:
     when such a lookup is not a constant (``eval(expr)``, ``globals()[key]``).  Without them
     the worker's older value of ``x`` answered, silently."""
     found: list[str] = []
-    for node in ast.walk(tree):
+    for node in _walk(tree):
         if not isinstance(node, ast.Call):
             continue
         func, args = node.func, node.args
@@ -350,7 +400,7 @@ def _read_by_name(tree: ast.AST) -> list[str]:
             elif isinstance(first, ast.JoinedStr):
                 found.append(ANY_NAME)
     # ``globals()["x"]`` / ``globals().get("x")``: only "x" (one ANY_NAME fewer for each).
-    for node in ast.walk(tree):
+    for node in _walk(tree):
         call = None
         key = None
         if isinstance(node, ast.Subscript):
@@ -383,7 +433,7 @@ def _magic_calls(tree: ast.AST) -> list[tuple[str, str, str | None]]:
     """``get_ipython().run_cell_magic(name, line, body)`` / ``run_line_magic(name, line)``
     calls with constant arguments, as IPython's transformer writes them: ``(name, line, body)``."""
     found: list[tuple[str, str, str | None]] = []
-    for node in ast.walk(tree):
+    for node in _walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
         if node.func.attr not in ("run_cell_magic", "run_line_magic"):
@@ -398,6 +448,20 @@ def _magic_calls(tree: ast.AST) -> list[tuple[str, str, str | None]]:
     return found
 
 
+# Words a cell's text holds if ``_read_by_name`` / ``_magic_calls`` can find anything in
+# its tree: every name and attribute there is spelled in the text, for ASCII text (Python
+# folds other identifiers with NFKC: ``ｅｖａｌ`` is ``eval``).  Each is a whole walk of the
+# tree in Python, three of the five a cell's analysis took.
+_BY_NAME_WORDS = (*_CODE_FUNCTIONS, *_NAMESPACE_FUNCTIONS, *_STRING_QUERIES)
+_MAGIC_WORDS = ("run_cell_magic", "run_line_magic")
+
+
+def _may_hold(text: str, words: tuple[str, ...]) -> bool:
+    """Whether ``text`` may hold one of ``words`` as a name (False only when it surely does
+    not)."""
+    return not text.isascii() or any(word in text for word in words)
+
+
 def analyze_cell(code: str, transform: Any = None) -> tuple[list[str], list[str], bool]:
     """``(free, bound, ends_in_expression)`` of an IPython cell.  ``free`` holds ``ANY_NAME``
     when the cell looks names up in ways its syntax does not show.
@@ -407,18 +471,22 @@ def analyze_cell(code: str, transform: Any = None) -> tuple[list[str], list[str]
     ``%%time`` / ``%%capture out``, the argument of ``%time`` — counts as the cell's own: what it
     reads is shipped, what it binds comes back, whatever magic wraps it.
     """
+    text = code
     try:
-        tree = ast.parse(code)
+        tree = ast.parse(text)
     except SyntaxError:
         if transform is None:
             return [], [], False
         try:
-            tree = ast.parse(transform(code))
+            text = transform(code)
+            tree = ast.parse(text)
         except SyntaxError:
             return [], [], False  # the worker will report the syntax error itself
     free, bound = _analyze_tree(tree)
-    free += [n for n in dict.fromkeys(_read_by_name(tree)) if n not in free]
-    for name, line, body in _magic_calls(tree):
+    if _may_hold(text, _BY_NAME_WORDS):
+        free += [n for n in dict.fromkeys(_read_by_name(tree)) if n not in free]
+    magic_calls = _magic_calls(tree) if _may_hold(text, _MAGIC_WORDS) else []
+    for name, line, body in magic_calls:
         inner = body if body is not None else line
         inner_free, inner_bound, _ = analyze_cell(inner, transform)
         free += [n for n in inner_free if n not in free]

@@ -238,6 +238,8 @@ def test_a_name_a_path_may_leave_unbound_is_shipped(code):
         ("r = globals().get('GG', 0)", ["GG"]),
         ("r = vars()['V']", ["V"]),
         ("def f():\n    return eval('Q')", ["Q"]),
+        ("r = \uff45\uff56\uff41\uff4c('W')", ["W"]),  # full-width letters: still ``eval``
+        ("\u00e9 = 1\nr = eval('Z')", ["Z"]),  # (a cell whose text is not ASCII)
     ],
 )
 def test_names_looked_up_by_a_constant_string_are_read(code, read):
