@@ -13,6 +13,9 @@ What each figure is (medians; throughput in MiB/s = 2**20 bytes per second):
 * ``call_ms``: ``remote_func`` of a no-op function.
 * ``first_line_ms``: from the call to the first streamed line of ``print`` arriving here.
 * ``print_1000_lines_ms``: a cell printing 1,000 lines, until all arrived.
+* ``cell_100_lines_ms`` against ``local_100_lines_ms`` (interleaved): a 100-line cell of plain
+  statements remotely (``--no-pull``) and run here by the same IPython shell; the difference
+  is what rexec adds to a cell that is not trivial (analysis, IPython on the worker).
 * ``push_MiBps`` / ``pull_MiBps`` against ``raw_push_MiBps`` / ``raw_pull_MiBps``: 100 MiB of
   numpy array in / out.  The raw side moves the same bytes zero-copy and does not copy them on
   arrival (rexec copies once on arrival to give the user a writable array; that copy is part
@@ -47,6 +50,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ARRAY_BYTES = 100 * 2**20
+# A cell of 100 lines (plain statements, comprehensions, branches): what the magic analyses
+# and the worker's IPython compiles grows with the cell, not the trivial cell's ``pass``.
+LONG_CELL = "\n".join(
+    f"x{i} = [j * {i} for j in range(10)]\nif x{i}:\n    y{i} = sum(x{i})\nz{i} = y{i} + 1"
+    for i in range(25)
+)
 RAW_TIMEOUT_MS = 30_000
 
 
@@ -303,6 +312,18 @@ class Rexec:
         assert text.count("\n") == 1000, "lines were lost"
         return time.perf_counter() - t0, rec.arrivals[0][0] - t0, len(rec.arrivals)
 
+    def long_cell(self) -> float:
+        """The 100-line cell, remotely (``--no-pull``: its code's path, not its values')."""
+        t0 = time.perf_counter()
+        self.remote("--no-pull", LONG_CELL)
+        return time.perf_counter() - t0
+
+    def long_local(self) -> float:
+        """The same cell run here by the same IPython shell, as a local kernel runs it."""
+        t0 = time.perf_counter()
+        self.ip.run_cell(LONG_CELL, store_history=False)
+        return time.perf_counter() - t0
+
     def first_line(self) -> float:
         rec = Recorder()
         real = sys.stdout
@@ -378,6 +399,9 @@ def main() -> None:
                 take("cell", ours.cell, args.n)
                 take("call", ours.call, args.n // 3)
                 take("first_line", ours.first_line, 20)
+                for _ in range(20):  # interleaved with the same cell run here
+                    take("long_local", ours.long_local, 1)
+                    take("long_cell", ours.long_cell, 1)
                 for total, _first, _ in [ours.lines() for _ in range(3)]:
                     samples.setdefault("lines", []).append(total)
                 take("raw_push", raw.push, 1)
@@ -402,6 +426,8 @@ def main() -> None:
         "call_ms": median_ms(samples["call"]),
         "first_line_ms": median_ms(samples["first_line"]),
         "print_1000_lines_ms": median_ms(samples["lines"]),
+        "cell_100_lines_ms": median_ms(samples["long_cell"]),
+        "local_100_lines_ms": median_ms(samples["long_local"]),
         "raw_push_MiBps": round(mib / statistics.median(samples["raw_push"]), 1),
         "push_MiBps": round(mib / statistics.median(samples["push"]), 1),
         "raw_pull_MiBps": round(mib / statistics.median(samples["raw_pull"]), 1),
