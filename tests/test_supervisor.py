@@ -2382,6 +2382,23 @@ def test_a_gone_kernels_cell_in_a_shared_namespace_is_interrupted_while_others_u
     assert done(by_id[behind]).header["status"] == DoneStatus.OK
 
 
+def test_a_gone_kernels_cell_queued_in_a_shared_namespace_never_runs(port):
+    """A notebook's cell queued in a shared namespace behind another notebook's running
+    cell, then its kernel killed (or restarted): the queued cell is dropped, never run
+    later where it would change the other notebook's values with nobody told (it ran
+    ~10 s after its kernel was gone, tester BL)."""
+    alive = in_session("alive", namespace="team", keepalive_s=0.5)
+    port.run("v = 1", **alive)
+    running = port.execute("import time\nprint('go', flush=True)\ntime.sleep(4)", **alive)
+    port.recv_kind(Kind.STREAM)
+    port.execute("v = 99", **in_session("gone", namespace="team", keepalive_s=0.5))
+    by_id = pinging(port, [running], alive)  # the gone kernel sends no keepalive
+    assert done(by_id[running]).header["status"] == DoneStatus.OK
+    events = port.run("print(v)", **alive)
+    assert stdout(events) == "1\n"
+    assert "queued request(s); dropped" in port.log_text()
+
+
 def test_a_shared_namespace_restarted_for_a_gone_kernels_cell_says_so_to_the_others(port):
     """A gone kernel's cell that ignores the interrupt: the shared executor is restarted
     after the grace period, and the other notebook's next cell first hears that the

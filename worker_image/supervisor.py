@@ -2182,7 +2182,18 @@ class Supervisor:
         alive (a shared namespace): interrupt it, and drop that kernel's queued requests, so
         a killed kernel's cell never blocks the other notebooks.  Should it ignore the
         interrupt, the executor is restarted and its other notebooks hear that the namespace
-        was lost (``_on_exit``)."""
+        was lost (``_on_exit``).  A gone kernel's requests queued behind another notebook's
+        are dropped too: run later, a killed (or restarted) kernel's cell changed the
+        others' values with nobody told (tester BL, 3 of 4)."""
+        gone = {r.client for r in ex.queue if r.client and self._client_gone(r.client, now)}
+        if gone:
+            log.warning(
+                "executor %d (%s): no sign of the kernel of %d queued request(s); dropped",
+                ex.number,
+                ex.key,
+                sum(r.client in gone for r in ex.queue),
+            )
+            ex.queue = deque(r for r in ex.queue if r.client not in gone)
         req = ex.current
         if req is None or ex.orphaned or ex.grace_deadline is not None or ex.grace_killed:
             return  # (or its interrupt is under way, or it is being killed)
