@@ -1630,7 +1630,14 @@ class RexecClient:
         not_loaded: dict[str, str] = {}
         if done.vars:  # each value alone: one that does not load here stays remote
             try:
-                values, not_loaded = serialize.unpack_each(msg.header["vars"], msg.buffers)
+                # The notebook's code among them sees what came with it as it loads (the
+                # main thread's: another thread's staging would race the notebook's code).
+                main = threading.current_thread() is threading.main_thread()
+                values, not_loaded = serialize.unpack_each(
+                    msg.header["vars"],
+                    msg.buffers,
+                    stage=serialize.main_namespace() if main else None,
+                )
             except serialize.SerializationError as exc:  # the message itself is malformed
                 raise errors.DeserializationFailed(
                     f"The values pulled from the worker could not be read: {exc}."

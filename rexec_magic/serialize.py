@@ -47,7 +47,7 @@ import sysconfig
 import threading
 import types
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -738,18 +738,74 @@ def split(entries: Sequence[dict[str, Any]], frames: Sequence[Any]) -> dict[str,
     return chunks
 
 
+_MISSING = object()
+
+
 def unpack_each(
-    entries: Sequence[dict[str, Any]], frames: Sequence[Any]
+    entries: Sequence[dict[str, Any]],
+    frames: Sequence[Any],
+    stage: MutableMapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Load each value alone: ``(values, {name: reason it did not load})``."""
+    """Load each value alone: ``(values, {name: reason it did not load})``, both in the
+    entries' order.
+
+    A value whose notebook code reads globals (an entry's ``reads``: the ``__setstate__``
+    of a class defined in the notebook, run as it loads) loads after the values of those
+    names that came with it, and with ``stage`` (the namespace that code sees: this
+    process's ``__main__``) they are there while it loads, as after the code that made
+    it.  It ran with the notebook's older values (``SCALE`` set by the same cell: 5 where
+    the worker had 5000) or without them (``np`` imported by that cell: it stayed remote,
+    NameError; tester BK).  ``stage`` is as it was when this returns: binding is the
+    caller's (``NamespaceSync.apply``)."""
+    chunks = split(entries, frames)
+    reads = {
+        e["name"]: [r for r in e.get("reads") or () if r in chunks and r != e["name"]]
+        for e in entries
+    }
     values: dict[str, Any] = {}
     failed: dict[str, str] = {}
-    for name, chunk in split(entries, frames).items():
-        try:
-            values[name] = loads(chunk)
-        except SerializationError as exc:
-            failed[name] = str(exc)
-    return values, failed
+    staged: dict[str, Any] = {}
+    try:
+        for name in _load_order(list(chunks), reads):
+            if stage is not None:
+                for dep in reads.get(name, ()):
+                    if dep in values and dep not in staged:
+                        staged[dep] = stage.get(dep, _MISSING)
+                        stage[dep] = values[dep]
+            try:
+                values[name] = loads(chunks[name])
+            except SerializationError as exc:
+                failed[name] = str(exc)
+    finally:
+        for dep, old in staged.items():
+            if old is _MISSING:
+                stage.pop(dep, None)  # type: ignore[union-attr]
+            else:
+                stage[dep] = old  # type: ignore[index]
+    return {n: values[n] for n in chunks if n in values}, {
+        n: failed[n] for n in chunks if n in failed
+    }
+
+
+def _load_order(names: list[str], reads: dict[str, list[str]]) -> list[str]:
+    """``names`` with each after the names it ``reads`` (depth first, in the given order
+    otherwise; a cycle is cut where it closes)."""
+    order: list[str] = []
+    placed: set[str] = set()
+
+    def place(name: str, path: set[str]) -> None:
+        if name in placed or name in path:
+            return
+        path.add(name)
+        for dep in reads.get(name, ()):
+            place(dep, path)
+        path.discard(name)
+        placed.add(name)
+        order.append(name)
+
+    for name in names:
+        place(name, set())
+    return order
 
 
 def unpack(entries: Sequence[dict[str, Any]], frames: Sequence[Any]) -> dict[str, Any]:

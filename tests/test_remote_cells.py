@@ -51,6 +51,39 @@ def test_variables_travel_in_and_out(ip):
     assert ip.user_ns["y"] == 42
 
 
+UNITS_CELL = """
+import numpy as np
+SCALE = 1000
+class Units:
+    def __init__(self, raw):
+        self.raw = raw
+        self.scaled = raw * SCALE
+        self.cache = np.zeros(2)
+    def __getstate__(self):
+        return {"raw": self.raw}
+    def __setstate__(self, state):
+        self.raw = state["raw"]
+        self.scaled = self.raw * SCALE  # (the notebook's globals, as it loads here)
+        self.cache = np.zeros(2)
+c = Units(5)
+"""
+
+
+def test_a_value_that_comes_back_is_rebuilt_with_what_its_cell_set(ip):
+    """An object whose class (defined in the notebook) rebuilds it from globals as it loads
+    (``__setstate__``) sees what the same cell set, as the notebook will hold after the
+    cell: ``SCALE`` was the notebook's older 1 (``c.scaled`` 5, the worker's 5000, and no
+    word), and ``np``, imported by that cell, was missing (``c`` stayed remote with a
+    NameError; tester BK, 3 of 3).  What came back is bound as before."""
+    ip.user_ns["SCALE"] = 1
+    ip.user_ns.pop("np", None)
+    _, out = remote(ip, UNITS_CELL)
+    assert "stays remote" not in out.stdout + out.stderr
+    assert ip.user_ns["SCALE"] == 1000
+    assert ip.user_ns["c"].scaled == 5000
+    assert ip.user_ns["np"] is np
+
+
 def test_numpy_array_round_trip_is_writable(ip):
     ip.user_ns["arr"] = np.arange(1_000_000, dtype=np.float64)
     remote(ip, "arr *= 2\ntotal = float(arr.sum())")
