@@ -639,6 +639,25 @@ def test_a_ctrl_c_python_drops_stops_the_cells_next_call_and_no_later_cells(kern
     assert text_of(outputs) == "5\n"
 
 
+def test_each_remote_call_shows_its_warnings_as_a_new_cell_would(kernel):
+    """A warning a ``remote_func`` call raises shows with every call, as IPython shows a
+    warning again in each new cell: it showed with the first call only, until a remote cell
+    ran (Python's registry of warnings shown, which IPython clears before each cell;
+    tester BK, 3 of 3)."""
+    _, kc = kernel
+    run(
+        kc,
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef warns_w(n):\n    import warnings\n"
+        "    warnings.warn('this is deprecated-ish', UserWarning)\n    return n\n",
+    )
+    for n in range(3):
+        reply, outputs = run(kc, f"print(warns_w({n}))")
+        assert reply["status"] == "ok", reply
+        assert text_of(outputs) == f"{n}\n"
+        assert "UserWarning: this is deprecated-ish" in text_of(outputs, "stderr"), n
+
+
 def test_file_transfers_called_on_the_worker_say_where_they_run(kernel):
     """``rexec_magic.put`` / ``get`` called by code on the worker: one sentence saying the
     code runs there, not the advice to run ``rexec up`` or log in (on the worker: tester
