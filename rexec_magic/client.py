@@ -1195,6 +1195,10 @@ class RexecClient:
                         stopped_until = now + P.NOTICE_AFTER_S
                     if said.about == "packing":  # its code stopped: no restart threat of ours
                         grace_said = True
+                    if said.about == "grace" and local is None:  # the worker's: its code
+                        if grace_said or cancelled:  # runs on (said once; a cancel says it
+                            continue  # where it waits)
+                        grace_said = True
                 if msg.kind == P.Kind.ACCEPTED:
                     started = True
                     notice = ""  # (what it waited for is over)
@@ -1717,11 +1721,7 @@ def not_sent(kind: str) -> str:
 def grace_sentence(what: str, namespace: str | None) -> str:
     """What an interrupted ``what`` ("cell", "call") that has not stopped after
     ``NOTICE_AFTER_S`` waits for (``namespace``: the shared one it runs in, else None)."""
-    return (
-        f"the remote {what} has not stopped {P.NOTICE_AFTER_S:g} s after the interrupt; "
-        f"if it does not stop within the {P.INTERRUPT_GRACE_S:g} s grace period, "
-        f"{P.executor_of(namespace, frontend())} is restarted and its namespace is lost"
-    )
+    return P.grace_sentence(what, P.executor_of(namespace, frontend()))
 
 
 def _shown_error(msg: P.Message) -> bool:

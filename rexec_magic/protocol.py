@@ -275,6 +275,18 @@ def executor_of(namespace: str | None, frontend: str = FRONTEND_NOTEBOOK) -> str
     return f"{client_words(frontend)}'s remote executor"
 
 
+def grace_sentence(what: str, whose: str) -> str:
+    """What an interrupted ``what`` ("cell", "call") that has not stopped after
+    ``NOTICE_AFTER_S`` waits for; ``whose``: its executor, as ``executor_of`` says it.  Said
+    by the worker while the code runs on (it knows), or by the client when the worker is
+    silent that long."""
+    return (
+        f"the remote {what} has not stopped {NOTICE_AFTER_S:g} s after the interrupt; "
+        f"if it does not stop within the {INTERRUPT_GRACE_S:g} s grace period, "
+        f"{whose} is restarted and its namespace is lost"
+    )
+
+
 # The one sentence a user reads when an open connection's token stops being valid.
 TOKEN_INVALID_MESSAGE = "Your rexec token is no longer valid; log in again."  # noqa: S105
 

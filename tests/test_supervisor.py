@@ -108,6 +108,32 @@ def test_a_cell_that_does_not_stop_costs_its_namespace_not_the_worker(port, code
     assert port.proc.poll() is None
 
 
+@pytest.mark.parametrize("prints", [True, False], ids=["printing on", "silent"])
+def test_a_cell_running_on_after_its_interrupt_is_told_of_before_its_restart(port, prints):
+    """A cell whose code runs on after the interrupt gets, once and in order after its
+    output, the notice that it has not stopped and what the end of the grace period
+    does; then the restart.  A cell that printed on got no word before the restart (the
+    client's own notice waits for a pause in the output; tester BK, 3 of 3)."""
+    body = "print(i, flush=True)\n    time.sleep(0.1)" if prints else "time.sleep(0.1)"
+    request_id = port.execute(
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        f"print('go', flush=True)\nfor i in range(200):\n    {body}"
+    )
+    port.recv_kind(Kind.STREAM)
+    port.send(Kind.INTERRUPT, {"id": request_id})
+    events = port.events(request_id, timeout=INTERRUPT_ANSWER_S + WAIT_S)
+    assert done(events).header["status"] == DoneStatus.RESTARTING
+    notices = [i for i, e in enumerate(events) if e.kind == Kind.NOTICE]
+    assert [events[i].header["about"] for i in notices] == ["grace"]
+    assert events[notices[0]].header["text"] == (
+        "the remote cell has not stopped 2 s after the interrupt; if it does not stop within "
+        "the 5 s grace period, this notebook's remote executor is restarted and its "
+        "namespace is lost"
+    )
+    if prints:  # output came on before it and after it
+        assert any(e.kind == Kind.STREAM for e in events[notices[0] + 1 :])
+
+
 def test_sleep_is_interrupted_and_the_namespace_kept(port):
     port.run("kept = 1")
     request_id = port.execute("import time\nprint('go', flush=True)\ntime.sleep(100)")

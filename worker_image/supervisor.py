@@ -1994,6 +1994,20 @@ class Supervisor:
         cur = ex.current
         if ex.grace_deadline is not None and not ex.resumed_for_interrupt:
             self._tell_stopped_for_interrupt(ex, now)
+        if (
+            cur is not None
+            and ex.kill_reason == "interrupt"
+            and ex.grace_deadline is not None
+            and now - ex.interrupted_at >= NOTICE_AFTER_S
+            and not (ex.code_over_told or ex.stop_told or ex.resumed_for_interrupt)
+            and ex.packing_since is None
+        ):
+            # Its code runs on after the interrupt: said here, in order after its output.
+            # The client's own notice waits for a pause in the output (what comes may have
+            # been written before the code stopped), so a cell that printed on was
+            # restarted with no word before (tester BK, 3 of 3).
+            text = protocol.grace_sentence(cur.what, _whose(ex))
+            self._notice(cur, "grace", text, now, every=float("inf"))
         if cur is not None and ex.packing_since is not None and now - ex.packing_since >= 1.0:
             # (Before the client's own note of the grace period would threaten a restart
             # for a cell that did stop; kept current, which also tells it the worker lives.)
