@@ -673,6 +673,11 @@ class RemoteSession:
 
                 status = self.spawner.wait_ready(START_TIMEOUT_S, on_progress=moved)
             self.client.wait_for_worker(None, timeout_s=10.0)
+        except KeyboardInterrupt:
+            # Not "failed": the spawner was asked, and starts the worker all the same
+            # (tester BL, 2 of 2: "failed", then the worker was ready).
+            progress.done(f"{headline} interrupted; the worker may start all the same.")
+            raise
         except BaseException:
             progress.done(f"{headline} failed.")
             raise

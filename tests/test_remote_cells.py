@@ -809,6 +809,27 @@ def test_rexec_status_says_whether_an_executor_runs_a_cell_or_a_call(ip, tmp_pat
     assert future.cancelled()
 
 
+def test_a_ctrl_c_while_the_worker_starts_says_it_may_start_all_the_same(ip, monkeypatch):
+    """Ctrl-C while a cell waits for its worker to start: the cell did not run, and the
+    start line says it was interrupted and that the worker may start all the same (the
+    spawner was asked).  It said "failed", then the worker was ready (tester BL, 2 of 2)."""
+    from rexec_magic.spawner_client import SpawnerClient
+
+    ip.run_line_magic("rexec_stop", "")
+    armed = ctrl_c_right_after(monkeypatch, SpawnerClient, "spawn", lambda *_: True)
+    armed.set()
+    with capture_output() as out, pytest.raises(errors.RemoteInterrupted) as info:
+        ip.run_cell_magic("remote", "", "ran_here = 1")
+    assert not armed.is_set(), "the Ctrl-C was pressed as the worker was asked for"
+    assert str(info.value) == "The cell was interrupted before it was sent; it did not run."
+    shown = out.stdout + out.stderr
+    assert "interrupted; the worker may start all the same." in shown, shown
+    assert "failed" not in shown, shown
+    monkeypatch.undo()
+    _, out = remote(ip, "print('ran_here' in globals())")  # the next cell runs, once
+    assert out.stdout.endswith("False\n"), out.stdout
+
+
 def test_rexec_stop_cancels_this_notebooks_queued_calls(ip, tmp_path):
     """``%rexec_stop`` while submitted calls wait their turn: they are cancelled and say so;
     they used to start a fresh worker right after the stop and run there.  The next cell
