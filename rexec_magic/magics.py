@@ -848,8 +848,10 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
         rows.append(("worker dill", worker.get("dill", "?")))
         if inspect and "pid" not in winfo and winfo.get("ended"):
             # (this notebook's executor ended: a death, exit(), a restart after an interrupt)
-            ended = f"{winfo['ended']} at {_clock(winfo.get('ended_at'))}"
-            rows.append(("namespace", f"lost: {ended}; the next remote cell starts a new one"))
+            # (The time first: after the words it read as the time of what they name, "its
+            # interrupt at 09:36:12", which came 5 s before; tester BL.)
+            ended = f"at {_clock(winfo.get('ended_at'))}, {winfo['ended']}"
+            rows.append(("namespace", f"lost {ended}; the next remote cell starts a new one"))
         elif inspect and "pid" not in winfo:  # the worker runs; this notebook has none yet
             rows.append(("namespace", "none yet: this notebook's first remote cell starts it"))
         else:
