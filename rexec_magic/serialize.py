@@ -164,6 +164,8 @@ def refusal(obj: Any) -> str | None:
         return None
     for kind, what in _REFUSED:
         if isinstance(obj, kind):
+            if what == "an open file" and getattr(obj, "closed", False) is True:
+                return "a closed file"  # (``with open(...) as f``: f after the block)
             return what
     zmq = sys.modules.get("zmq")
     if zmq is not None and isinstance(obj, zmq.Socket | zmq.Context):

@@ -215,3 +215,14 @@ def test_pickling_keeps_which_warnings_were_shown_once():
         serialize.loads(serialize.dumps({"a": [1, 2]}, legacy=True))
         warn()
     assert [str(w.message) for w in shown] == ["shown once here"]
+
+
+def test_a_file_stays_where_it_is_said_so_rightly_open_or_closed(tmp_path):
+    """A file object means nothing in another process: an open one is "an open file", one
+    a ``with`` block closed is "a closed file" (it was called open, though ``f.closed``
+    printed True; tester BL)."""
+    from rexec_magic.serialize import refusal
+
+    with open(tmp_path / "a.txt", "w") as f:
+        assert refusal(f) == "an open file"
+    assert refusal(f) == "a closed file"
