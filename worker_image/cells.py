@@ -80,7 +80,8 @@ def exit_message(key: str, frontend: str = FRONTEND_NOTEBOOK) -> str:
     whose = executor_of(key[len(SHARED_PREFIX) :] if shared_one else None, frontend)
     everyone, there = (" for every notebook attached to it", " there") if shared_one else ("", "")
     return (
-        f"exit() or quit() ended {whose}; its namespace is gone{everyone}. The next remote "
+        f"exit() or quit() ended {whose} and the processes its cells started; its namespace "
+        f"is gone{everyone}. The next remote "
         f"cell or call{there} starts a fresh one."
     )
 
