@@ -17,22 +17,26 @@ from typing import Any
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
+def _children(node: ast.AST) -> list[ast.AST]:
+    """``ast.iter_child_nodes(node)`` as a list, the fields read directly rather than
+    through two generators a node (``iter_child_nodes``, ``iter_fields``): a cell's
+    analysis visits each node several times."""
+    found: list[ast.AST] = []
+    for field in node._fields:
+        value = getattr(node, field, None)
+        if isinstance(value, list):
+            found.extend(item for item in value if isinstance(item, ast.AST))
+        elif isinstance(value, ast.AST):
+            found.append(value)
+    return found
+
+
 def _walk(node: ast.AST) -> Iterator[ast.AST]:
-    """``ast.walk``: ``node`` and everything under it, in its order (breadth first), with
-    the fields read directly rather than through two generators a node
-    (``iter_child_nodes``, ``iter_fields``); a cell's analysis walks parts of its tree
-    several times."""
+    """``ast.walk``: ``node`` and everything under it, in its order (breadth first)."""
     todo = deque((node,))
     while todo:
         node = todo.popleft()
-        for field in node._fields:
-            value = getattr(node, field, None)
-            if isinstance(value, list):
-                for item in value:
-                    if isinstance(item, ast.AST):
-                        todo.append(item)
-            elif isinstance(value, ast.AST):
-                todo.append(value)
+        todo.extend(_children(node))
         yield node
 
 
@@ -67,8 +71,9 @@ def _walrus_targets(node: ast.AST) -> set[str]:
 class _Visitor(ast.NodeVisitor):
     """``ast.NodeVisitor`` with its method found once per node class, not by building
     ``"visit_" + name`` and looking it up at every node, and ``generic_visit`` reading the
-    fields directly: the two visitors below walk every node of every cell (half of a
-    cell's analysis was that lookup and ``ast.iter_fields``).  Same order, same methods."""
+    fields directly (``_children``): the two visitors below walk every node of every cell
+    (half of a cell's analysis was that lookup and ``ast.iter_fields``).  Same order, same
+    methods."""
 
     _methods: dict[type, Any]
 
@@ -85,14 +90,8 @@ class _Visitor(ast.NodeVisitor):
         return method(self, node)
 
     def generic_visit(self, node: ast.AST) -> None:
-        for field in node._fields:
-            value = getattr(node, field, None)
-            if isinstance(value, list):
-                for item in value:
-                    if isinstance(item, ast.AST):
-                        self.visit(item)
-            elif isinstance(value, ast.AST):
-                self.visit(value)
+        for child in _children(node):
+            self.visit(child)
 
 
 class _Reads(_Visitor):

@@ -414,23 +414,31 @@ def wait_for_text(kc, text: str, msg_id: str) -> str:
         seen.append((msg["msg_type"], msg["content"]))
 
 
-def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_executor(kernel):
+def restarted_after_its_interrupt(kernel, cell: str) -> None:
+    """Run ``cell`` (it prints 'started'), interrupt it: it does not stop, so its executor
+    is restarted and the namespace lost; meanwhile (the grace period is 5 s) the notebook
+    said, once, what it waits for (the worker says it where the code runs on, printing or
+    not; the client where the worker is silent)."""
     km, kc = kernel
-    run(kc, "%remote kept = 1")
-    msg_id = kc.execute(  # holds the GIL, and SIGINT cannot even cut the sleep short
-        "%%remote\nimport ctypes, signal\n"
-        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])\n"
-        "print('started', flush=True)\nctypes.PyDLL(None).sleep(60)"
-    )
+    msg_id = kc.execute(cell)
     wait_for_text(kc, "started", msg_id)
     km.interrupt_kernel()
     reply, outputs = collect(kc, msg_id, timeout=60)
     assert reply["status"] == "error"
     assert "namespace was lost" in "\n".join(reply["traceback"])
-    # Meanwhile (the grace period is 5 s) it said what it waits for, once (the worker says
-    # it too, where the code runs on; the client, where the worker is silent).
     said = json.dumps([m["content"] for m in outputs])
     assert said.count("has not stopped 2 s after the interrupt") == 1, said
+
+
+def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_executor(kernel):
+    _, kc = kernel
+    run(kc, "%remote kept = 1")
+    restarted_after_its_interrupt(  # holds the GIL, and SIGINT cannot even cut the sleep short
+        kernel,
+        "%%remote\nimport ctypes, signal\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])\n"
+        "print('started', flush=True)\nctypes.PyDLL(None).sleep(60)",
+    )
     reply, outputs = run(kc, "%%remote\nprint('fresh', 'kept' in globals())")
     assert reply["status"] == "ok" and "fresh False" in text_of(outputs)
 
@@ -440,19 +448,12 @@ def test_a_cell_printing_on_after_its_interrupt_hears_of_the_coming_restart_once
     that it has not stopped and what the end of the grace period does, before the restart
     (it said nothing: the client's own notice waits for a pause in the output; tester BK,
     3 of 3)."""
-    km, kc = kernel
-    msg_id = kc.execute(
+    restarted_after_its_interrupt(
+        kernel,
         "%%remote\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
         "print('started', flush=True)\nfor i in range(100):\n"
-        "    print(f'L{i}', flush=True)\n    time.sleep(0.1)"
+        "    print(f'L{i}', flush=True)\n    time.sleep(0.1)",
     )
-    wait_for_text(kc, "started", msg_id)
-    km.interrupt_kernel()
-    reply, outputs = collect(kc, msg_id, timeout=60)
-    assert reply["status"] == "error"
-    assert "namespace was lost" in "\n".join(reply["traceback"])
-    said = json.dumps([m["content"] for m in outputs])
-    assert said.count("has not stopped 2 s after the interrupt") == 1, said
 
 
 def test_interrupting_a_stopped_executor_says_it_is_resumed_never_restarted(kernel):
