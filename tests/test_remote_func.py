@@ -1431,14 +1431,19 @@ def test_output_after_a_call_shows_after_the_calls_own_however_slowly_it_is_show
         out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     late = "[rexec: output produced after the previous remote cell or call ended]"
-    # (The script's own "returned" may come among the thread's lines, even inside one,
-    # between its text and its newline, as beside a local thread.)
+    # (The script's own "returned" may come among the thread's lines, even inside one: the
+    # main thread's print goes beside the late output as beside a local thread's, and that
+    # output is written as it came, in pieces that need not end at a line's end (a quiet CI,
+    # 1 of 1: "T0400 " and 16 of its 90 x, "returned", its newline, the other 74).  So the
+    # text must be whole and in order, and the newline of "returned" may split one line.)
     assert out.count("returned") == 1, out[-300:]
     lines = out.replace("returned", "").splitlines()
     lines = [x for x in lines if x and x != late and not x.startswith("No remote")]
     own = [f"C{i:04d} {'x' * 90}" for i in range(300)]
     later = [f"T{i:04d} {'x' * 90}" for i in range(3000)]
-    assert lines == [*own, *later], [(n, x[:12]) for n, x in enumerate(lines) if n % 300 == 0]
+    shown = [(n, x[:12]) for n, x in enumerate(lines) if n % 300 == 0]
+    assert "".join(lines) == "".join([*own, *later]), shown
+    assert len(lines) - len(own) - len(later) in (0, 1), shown
     assert late not in out or out.index(late) > out.index(own[-1]), out[:300]
 
 
