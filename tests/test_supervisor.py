@@ -2419,9 +2419,12 @@ def test_a_gone_kernels_cell_queued_in_a_shared_namespace_never_runs(port):
     port.run("v = 1", **alive)
     running = port.execute("import time\nprint('go', flush=True)\ntime.sleep(4)", **alive)
     port.recv_kind(Kind.STREAM)
-    port.execute("v = 99", **in_session("gone", namespace="team", keepalive_s=0.5))
-    by_id = pinging(port, [running], alive)  # the gone kernel sends no keepalive
+    queued = port.execute("v = 99", **in_session("gone", namespace="team", keepalive_s=0.5))
+    by_id = pinging(port, [running, queued], alive)  # the gone kernel sends no keepalive
     assert done(by_id[running]).header["status"] == DoneStatus.OK
+    said = done(by_id[queued]).header  # (should the kernel have been only silent, it hears)
+    assert said["status"] == DoneStatus.INTERRUPTED
+    assert said["message"] == "The cell was not run: its kernel had gone silent."
     events = port.run("print(v)", **alive)
     assert stdout(events) == "1\n"
     assert "queued request(s); dropped" in port.log_text()

@@ -2201,13 +2201,17 @@ class Supervisor:
         others' values with nobody told (tester BL, 3 of 4)."""
         gone = {r.client for r in ex.queue if r.client and self._client_gone(r.client, now)}
         if gone:
+            dropped = [r for r in ex.queue if r.client in gone]
             log.warning(
                 "executor %d (%s): no sign of the kernel of %d queued request(s); dropped",
                 ex.number,
                 ex.key,
-                sum(r.client in gone for r in ex.queue),
+                len(dropped),
             )
             ex.queue = deque(r for r in ex.queue if r.client not in gone)
+            for r in dropped:  # (a kernel that was only silent, not gone, hears why)
+                message = f"The {r.what} was not run: its kernel had gone silent."
+                self._to_client(r, Kind.DONE, done_header(DoneStatus.INTERRUPTED, message=message))
         req = ex.current
         if req is None or ex.orphaned or ex.grace_deadline is not None or ex.grace_killed:
             return  # (or its interrupt is under way, or it is being killed)
