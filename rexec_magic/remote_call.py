@@ -103,8 +103,8 @@ class RemoteTraceback(Exception):
 def _act_on_dropped_ctrl_c() -> None:
     """Raise the KeyboardInterrupt of a Ctrl-C that Python dropped in the main thread
     (``dropped_interrupts``), so a wait for a result ends as that Ctrl-C meant: the calls
-    stopped and one sentence.  It waited on (the hook had cancelled the call: a bare
-    ``CancelledError``; outside a kernel, until its timeout)."""
+    stopped and one sentence.  It raised a bare ``CancelledError``: rexec's SIGINT hook had
+    cancelled the call."""
     if dropped_interrupts.take():
         raise KeyboardInterrupt
 
