@@ -1318,3 +1318,38 @@ def test_a_cells_own_exception_shows_as_it_would_locally(kc, code, ename, evalue
     if "ExceptionGroup" in evalue:
         assert "Exception Group Traceback" in stderr_of(out)
     assert stdout_of(ok(kc, "%%remote\nprint('next')")) == "next\n"
+
+
+def test_a_cell_whose_traceback_could_not_be_drawn_fails_under_its_own_class(kc):
+    """A cell that used up its file descriptors: IPython cannot draw the traceback (it
+    imports ``stack_data`` to do so, here for the first time), prints "Unexpected exception
+    formatting exception" and the plain traceback itself, and a local cell fails as
+    ``OSError``.  The notebook raised ``RemoteCellError`` (tester BL, under
+    ``RLIMIT_NOFILE``): ``except OSError`` around it missed it, and the reply named a class
+    the code never raised."""
+    restore = "resource.setrlimit(resource.RLIMIT_NOFILE, (_soft, _hard))\n_files.clear()"
+    code = (
+        "%%remote\nimport resource, sys\n"
+        "for _m in [m for m in sys.modules if m.partition('.')[0] == 'stack_data']:\n"
+        "    del sys.modules[_m]\n"
+        "_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, _hard))\n"
+        "_files = []\nfor _ in range(200):\n    _files.append(open('/dev/null'))"
+    )
+    try:
+        reply, out = run(kc, code)
+    finally:
+        restored = ok(kc, "%%remote\n" + restore)
+    assert reply["status"] == "error" and reply["ename"] == "OSError"
+    assert errors_of(out)[-1] == ("OSError", "[Errno 24] Too many open files: '/dev/null'")
+    assert "Unexpected exception formatting exception" in stdout_of(out)
+    assert "Too many open files" in stderr_of(out)
+    assert not errors_of(restored)
+    caught = ok(
+        kc,
+        "try:\n    get_ipython().run_cell_magic('remote', '', "
+        + repr(code.partition("\n")[2])
+        + ")\nexcept OSError as e:\n    print('caught', type(e).__name__)\nfinally:\n"
+        f"    get_ipython().run_cell_magic('remote', '', {restore!r})",
+    )
+    assert stdout_of(caught).endswith("caught OSError\n")

@@ -10,6 +10,7 @@ them into KeyboardInterrupt only while user code runs.
 from __future__ import annotations
 
 import _signal
+import builtins
 import contextlib
 import logging
 import os
@@ -45,6 +46,10 @@ from worker_image.variables import Report, Watch, load_pushed, not_arrived, numb
 if TYPE_CHECKING:  # the supervisor parses requests too, and must not load IPython
     from worker_image.shell import WorkerShell
 
+# (Python 3.11 on; none before, where the worker may run too)
+_EXCEPTION_GROUPS: tuple[type, ...] = tuple(
+    t for t in (getattr(builtins, "BaseExceptionGroup", None),) if t is not None
+)
 log = logging.getLogger(__name__)
 
 DEFAULT_PULL_LIMIT = DEFAULT_PULL_LIMIT_BYTES
@@ -808,12 +813,15 @@ class CellRunner:
         if status == DoneStatus.INTERRUPTED and not shell.error_sent and not self.unstarted:
             self._send_error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
         elif status == DoneStatus.ERROR and not shell.error_sent:
-            if error is not None:  # IPython wrote it to stderr itself (an ExceptionGroup)
+            if error is not None:
+                # IPython wrote it to stderr itself: an ExceptionGroup, or a traceback it
+                # could not format ("Unexpected exception formatting exception": no file
+                # descriptor left to read the source, no memory).
                 try:
                     evalue = str(error)
                 except Exception:  # a broken __str__
                     evalue = "(its message could not be shown)"
-                self._send_error(type(error).__name__, evalue)
+                self._send_error(type(error).__name__, evalue, exception=error)
             else:
                 self._send_error("Error", "the cell failed (no traceback available)")
         return status, report
@@ -918,16 +926,32 @@ class CellRunner:
         # three times a cell).
         _signal.signal(_signal.SIGINT, self.sigint_handler)
 
-    def _send_error(self, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
+    def _send_error(
+        self,
+        ename: str,
+        evalue: str,
+        traceback: list[str] | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """The cell's ERROR when IPython did not send it (``WorkerShell._showtraceback``).
+        With ``exception`` (the user's own), it goes too, so the notebook raises its class
+        (``OSError`` for a cell that used up its file descriptors, as a local cell fails),
+        except an exception group: IPython draws a group from its own frames, never from
+        the remote traceback, so the notebook names it instead (``RemoteCellError``)."""
         target = self.outbox.current
         assert target is not None
         self.shell.error_sent = True
-        header = {
+        header: dict[str, Any] = {
             "ename": ename,
             "evalue": evalue,
             "traceback": traceback or [f"{ename}: {evalue}"],
         }
-        self.outbox.event(target, Kind.ERROR, header)
+        buffers: list[Any] = []
+        if exception is not None and not isinstance(exception, _EXCEPTION_GROUPS):
+            with contextlib.suppress(serialize.SerializationError):
+                buffers = serialize.dumps(exception, out_of_band=False)
+        header["nbuffers"] = len(buffers)
+        self.outbox.event(target, Kind.ERROR, header, buffers)
 
     @staticmethod
     def _version_note(cell: Cell) -> str:
