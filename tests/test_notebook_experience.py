@@ -1353,3 +1353,44 @@ def test_a_cell_whose_traceback_could_not_be_drawn_fails_under_its_own_class(kc)
         f"    get_ipython().run_cell_magic('remote', '', {restore!r})",
     )
     assert stdout_of(caught).endswith("caught OSError\n")
+
+
+def _frame_shown(outputs: list[dict]) -> tuple[str, str, list[str]]:
+    """(stdout, text/plain, text/html) of a cell that prints a frame and ends with it."""
+    shown = [
+        m["content"]["data"]
+        for m in outputs
+        if m["msg_type"] in ("execute_result", "display_data")
+        and "text/html" in m["content"]["data"]
+    ]
+    assert len(shown) == 1, outputs
+    return stdout_of(outputs), shown[0]["text/plain"], shown[0]["text/html"]
+
+
+def test_a_pandas_frame_shows_as_in_a_local_notebook(kc):
+    """pandas decides at import whether it runs in a kernel or a terminal, from the shell
+    it finds; on the worker's it chose a terminal's ``display.max_columns`` (0: what fits
+    in 80 columns), so a wide frame printed 8 columns where a local notebook prints 20, and
+    its HTML table had every column (tester BK).  The same cell, run remotely and here,
+    must show the same, and the option must be the notebook's, after a reset too; a value
+    the user sets stays theirs."""
+    frame = (
+        "import numpy as np, pandas as pd\n"
+        "wide = pd.DataFrame(np.arange(3 * 40).reshape(3, 40))\n"
+        "print(wide)\nwide"
+    )
+    remote = _frame_shown(ok(kc, "%%remote --no-pull\n" + frame))
+    local = _frame_shown(ok(kc, frame))
+    assert remote == local
+    ask = (
+        "print(pd.get_option('display.max_columns'))\n"
+        "pd.reset_option('display.max_columns')\n"
+        "print(pd.get_option('display.max_columns'))\n"
+        "pd.set_option('display.max_columns', 7)\n"
+        "print(pd.get_option('display.max_columns'))\n"
+        "pd.reset_option('display.max_columns')"
+    )
+    remote_options = stdout_of(ok(kc, "%%remote --no-pull\n" + ask))
+    local_options = stdout_of(ok(kc, ask))
+    assert remote_options == local_options
+    assert remote_options.split()[-1] == "7"

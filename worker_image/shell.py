@@ -34,6 +34,7 @@ from traitlets.config import Config
 
 from rexec_magic import serialize
 from rexec_magic.protocol import Kind
+from worker_image import notebook_defaults
 from worker_image.outbox import (
     EventChannel,
     FdStream,
@@ -452,6 +453,7 @@ class CancellingRunner:
 def make_shell(outbox: EventChannel) -> WorkerShell:
     """Build the singleton shell, so ``get_ipython()`` in user code finds it."""
     os.environ["MPLBACKEND"] = INLINE_BACKEND
+    notebook_defaults.install()  # (pandas' display options, decided at its import)
     config = Config()
     config.HistoryManager.enabled = False  # no sqlite file, no writer thread
     config.HistoryManager.hist_file = ":memory:"
