@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jupyter_client.manager import KernelManager
@@ -1367,6 +1368,11 @@ def _frame_shown(outputs: list[dict]) -> tuple[str, str, list[str]]:
     return stdout_of(outputs), shown[0]["text/plain"], shown[0]["text/html"]
 
 
+def _remote_then_local(kc, code: str, shown: Any) -> tuple[Any, Any]:
+    """``shown(outputs)`` of ``code`` run remotely (nothing pulled), then here."""
+    return shown(ok(kc, "%%remote --no-pull\n" + code)), shown(ok(kc, code))
+
+
 def test_a_pandas_frame_shows_as_in_a_local_notebook(kc):
     """pandas decides at import whether it runs in a kernel or a terminal, from the shell
     it finds; on the worker's it chose a terminal's ``display.max_columns`` (0: what fits
@@ -1379,8 +1385,7 @@ def test_a_pandas_frame_shows_as_in_a_local_notebook(kc):
         "wide = pd.DataFrame(np.arange(3 * 40).reshape(3, 40))\n"
         "print(wide)\nwide"
     )
-    remote = _frame_shown(ok(kc, "%%remote --no-pull\n" + frame))
-    local = _frame_shown(ok(kc, frame))
+    remote, local = _remote_then_local(kc, frame, _frame_shown)
     assert remote == local
     ask = (
         "print(pd.get_option('display.max_columns'))\n"
@@ -1390,7 +1395,6 @@ def test_a_pandas_frame_shows_as_in_a_local_notebook(kc):
         "print(pd.get_option('display.max_columns'))\n"
         "pd.reset_option('display.max_columns')"
     )
-    remote_options = stdout_of(ok(kc, "%%remote --no-pull\n" + ask))
-    local_options = stdout_of(ok(kc, ask))
+    remote_options, local_options = _remote_then_local(kc, ask, stdout_of)
     assert remote_options == local_options
     assert remote_options.split()[-1] == "7"
