@@ -1284,6 +1284,11 @@ class RexecClient:
                         # and the cell is not sent a third time: it may have run there.
                         in_hand = None
                         resent = uncertain = True
+                        # It may run there once the worker goes on (a stopped pod took it
+                        # in): should its DONE not come, what it changes stays there, newer
+                        # than the copies here (see _missed_all; tester BN: a copy left
+                        # current went back over the cell's work, in silence).
+                        self._missed_all(header)
                         yield from self._await_worker_back(req_id, what)
                         self._send_request(kind, header, buffers, cancel)
                         last_heard = time.monotonic()

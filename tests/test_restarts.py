@@ -586,6 +586,61 @@ def test_a_worker_stopped_for_40_s_is_not_declared_lost(
     assert run(alice, "import os\np = os.getppid()", ["p"]).values == {"p": pid}
 
 
+def test_a_cell_given_up_before_it_was_known_to_start_never_leaves_older_copies_current(
+    fresh_stack: Stack, alice: RemoteSession, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A cell sent to a worker that had just stopped (a frozen pod, a SIGSTOP): the broker
+    drops the worker as silent before it says the cell started, the notebook waits for it
+    to come back and gives up ("may have run there"), and the worker, resumed, runs the
+    cell it had received.  What the cell assigned stayed on the worker, and the notebook
+    held its older copies as current: never refreshed by a cell that read them, and a
+    local change made from them went over the cell's work unsaid (tester BN, a shared
+    namespace, 3 of 3: 1,001 where the cell and the change made 1,102).  The names it
+    watched are marked ``missed``, as for a cell known to have started: the next cell that
+    reads them brings the worker's back, and a local change made meanwhile is kept off the
+    worker's value, in a sentence."""
+    from rexec_magic import client as client_module
+    from rexec_magic import sync
+
+    monkeypatch.setattr(client_module, "WORKER_BACK_S", 6.0)  # (15 s: the wait's length)
+    ran = tmp_path / "ran"
+    namespace: dict[str, Any] = {"total": 1}
+    fields = {"pull": ["total"], "watch": ["total"], "pull_changed": True}
+    events: list[P.Message] = []
+    outcome = alice.run_synced(
+        "total = total", namespace, ["total"], sync.shippable, fields, events.append
+    )
+    assert outcome.values == {"total": 1}
+    pids = worker_processes(alice.client.worker["pid"])
+    signal_all(pids, signal.SIGSTOP)
+    try:
+        with pytest.raises(errors.WorkerLost) as info:
+            alice.run_synced(
+                f"total = total + 100\nopen({str(ran)!r}, 'w').close()",
+                namespace, ["total"], sync.shippable, fields, events.append,
+            )  # fmt: skip
+        assert "may have run there" in str(info.value)
+    finally:
+        signal_all(pids, signal.SIGCONT)
+    wait_for(ran.exists, "the resumed worker to run the cell it had received")
+    assert namespace == {"total": 1}  # (nothing came back: the notebook's copy is older)
+    namespace["total"] += 1000  # made from the older copy: 1,001
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            outcome = alice.run_synced(
+                "seen = total", namespace, ["total"], sync.shippable,
+                {"pull": ["seen", "total"], "watch": ["seen", "total"], "pull_changed": True},
+                events.append,
+            )  # fmt: skip
+            break
+        except (errors.NoWorker, errors.WorkerLost):
+            assert time.monotonic() < deadline
+    assert outcome.values["seen"] == 101, outcome.values  # the cell's work, not 1,001
+    assert outcome.values["total"] == 101
+    assert outcome.done is not None and "total" in outcome.done.conflicts, outcome.done
+
+
 def test_a_broker_stopped_for_seconds_drops_no_worker_and_stops_no_cell(
     fresh_stack: Stack, alice: RemoteSession, tmp_path: Path
 ) -> None:
