@@ -1398,3 +1398,21 @@ def test_a_pandas_frame_shows_as_in_a_local_notebook(kc):
     remote_options, local_options = _remote_then_local(kc, ask, stdout_of)
     assert remote_options == local_options
     assert remote_options.split()[-1] == "7"
+
+
+def test_the_environment_and_stdin_a_cells_code_sees_are_a_local_kernels(kc):
+    """What ipykernel sets up for the code it runs, the executor sets up too: the
+    environment (colours forced, since a notebook shows them, and no pager: ``click``'s
+    colours were stripped remotely, tester BM), and a ``sys.stdin`` a child process can be
+    given (``subprocess.run(..., stdin=sys.stdin)`` raised ``UnsupportedOperation:
+    fileno``; locally the child reads an end of file)."""
+    names = ("TERM", "CLICOLOR", "FORCE_COLOR", "CLICOLOR_FORCE", "PAGER", "GIT_PAGER")
+    seen = (
+        "import os, subprocess, sys\n"
+        f"print([os.environ.get(k) for k in {names!r}])\n"
+        "r = subprocess.run(['cat'], stdin=sys.stdin, capture_output=True, timeout=20)\n"
+        "print(r.returncode, r.stdout, sys.stdin.encoding, sys.stdin.isatty())"
+    )
+    remote, local = _remote_then_local(kc, seen, stdout_of)
+    assert remote == local
+    assert "xterm-color" in remote and remote.endswith("0 b'' utf-8 False\n")

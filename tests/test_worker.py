@@ -565,7 +565,7 @@ def test_reading_the_keyboard_fails_at_once_naming_what_the_cell_called(broker, 
     events = broker.run(code, timeout=10)
     [error] = [e for e in events if e.kind == Kind.ERROR]
     assert error.header["ename"] == "StdinNotImplementedError"
-    assert error.header["evalue"].startswith(f"{named} is not available in a remote cell")
+    assert error.header["evalue"].startswith(f"{named} is not available in remote code")
 
 
 # --------------------------------------------------------------------------- errors

@@ -482,10 +482,32 @@ whole_print.__module__ = "builtins"
 
 
 class NoStdin(io.TextIOBase):
-    """``sys.stdin`` of the executor: reading fails at once instead of hanging the cell."""
+    """``sys.stdin`` of the executor: reading fails at once instead of hanging the cell.
+
+    Its file descriptor is the executor's fd 0 (``/dev/null``), so a child given
+    ``stdin=sys.stdin`` reads an end of file, as under a local kernel (it raised
+    ``UnsupportedOperation: fileno``, tester BM)."""
 
     def readable(self) -> bool:
         return True
+
+    def fileno(self) -> int:
+        return 0
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "strict"
+
+    @property
+    def name(self) -> str:
+        return "<stdin>"
 
     def read(self, size: int | None = -1) -> str:
         raise stdin_error("reading sys.stdin")
@@ -500,6 +522,6 @@ def stdin_error(what: str = "input()") -> Exception:
     from IPython.core.error import StdinNotImplementedError
 
     return StdinNotImplementedError(
-        f"{what} is not available in a remote cell: the worker has no keyboard. "
-        "Set the value in a local variable and use it in the cell instead."
+        f"{what} is not available in remote code: the worker has no keyboard. "
+        "Set the value in a local variable and use that remotely instead."
     )

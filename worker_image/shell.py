@@ -245,6 +245,20 @@ class WorkerShell(InteractiveShell):
             preprocessing_exc_tuple=preprocessing_exc_tuple,
         )
 
+    def init_environment(self) -> None:
+        """The environment ipykernel's shell sets for the code it runs
+        (``ZMQInteractiveShell.init_environment``): output goes to a notebook, which shows
+        ANSI colours, so tools that colour only a terminal's output colour it there too
+        (``click.secho``, ``ls``, ``git``: their colours were stripped here, tester BM), and
+        no pager waits for a key nobody can press."""
+        env = os.environ
+        env["TERM"] = "xterm-color"
+        env["CLICOLOR"] = "1"
+        env["FORCE_COLOR"] = "1"
+        env["CLICOLOR_FORCE"] = "1"
+        env["PAGER"] = "cat"
+        env["GIT_PAGER"] = "cat"
+
     def init_display_formatter(self) -> None:
         self.display_formatter = WorkerDisplayFormatter(parent=self)
         self.configurables.append(self.display_formatter)
