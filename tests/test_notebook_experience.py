@@ -1304,8 +1304,14 @@ def test_a_traceback_shown_while_the_cell_goes_on_is_shown_and_the_cell_goes_on(
             "RemoteCellError",  # (the notebook does not raise it as its own class: IPython
             "ExceptionGroup: many (2 sub-exceptions)",  # would draw the local frames)
         ),
+        (
+            "try:\n    raise ExceptionGroup('eg', [ValueError('a')])\n"
+            "except* ValueError:\n    raise RuntimeError('plain runtime error')",
+            "RuntimeError",  # (IPython writes it to stderr itself too: a group in its
+            "plain runtime error",  # context; it came as RemoteCellError, tester BM)
+        ),
     ],
-    ids=["raise KeyboardInterrupt", "its own SIGINT", "ExceptionGroup"],
+    ids=["raise KeyboardInterrupt", "its own SIGINT", "ExceptionGroup", "raised in except*"],
 )
 def test_a_cells_own_exception_shows_as_it_would_locally(kc, code, ename, evalue):
     """A KeyboardInterrupt nobody sent (no interrupt was asked for) is the cell's own error,
@@ -1316,7 +1322,7 @@ def test_a_cells_own_exception_shows_as_it_would_locally(kc, code, ename, evalue
     assert reply["status"] == "error"
     assert errors_of(out)[-1] == (ename, evalue)
     assert "no traceback available" not in str(out)
-    if "ExceptionGroup" in evalue:
+    if "ExceptionGroup" in code:
         assert "Exception Group Traceback" in stderr_of(out)
     assert stdout_of(ok(kc, "%%remote\nprint('next')")) == "next\n"
 
