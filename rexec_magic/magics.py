@@ -28,7 +28,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float, TraitError, Unicode, validate
 
-from rexec_magic import assist, connection, contract, errors, names, remote_files, sync
+from rexec_magic import assist, connection, contract, debugging, errors, names, remote_files, sync
 from rexec_magic.client import AfterDone, not_sent
 from rexec_magic.login import log_in
 from rexec_magic.logs import log_path, setup_logging
@@ -442,7 +442,10 @@ class RexecMagics(Magics):
         try:
             return self._guard("running a remote cell", self._run, args, code, cell is None)
         except errors.RemoteCellError as exc:
-            raise as_local(exc) from None
+            raise debugging.raised_remotely(as_local(exc)) from None
+        except (errors.RemoteInterrupted, errors.CellTimeout) as exc:
+            debugging.raised_remotely(exc)
+            raise
 
     # ------------------------------------------------------------------ lifecycle
     @magic_arguments()
@@ -917,6 +920,7 @@ def load(ipython: Any) -> None:
     ipython.register_magics(magics)
     magics.session.resume()  # (a reload: the kernel's namespace on the worker stays)
     assist.install(ipython, magics.session)
+    debugging.install(ipython)
     ipython.events.register("pre_run_cell", magics.pre_run_cell)
     # A kernel interrupt cancels this notebook's remote calls, those of its threads too.
     from rexec_magic.remote_call import hook_kernel_interrupt

@@ -30,7 +30,7 @@ from concurrent.futures._base import LOGGER as FUTURES_LOG
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-from rexec_magic import contract, dropped_interrupts, errors, serialize
+from rexec_magic import contract, debugging, dropped_interrupts, errors, serialize
 from rexec_magic import protocol as P
 from rexec_magic import session as session_module
 from rexec_magic.client import CloseGenerator, Events, ThrowInto, grace_sentence, pass_on_sigint
@@ -870,7 +870,7 @@ def _reraise(exc: errors.RemoteCellError) -> None:
     __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback (``__call__``)
     cause = RemoteTraceback("\n".join(exc.remote_traceback)) if exc.remote_traceback else None
     # (a script shows the cause above it; IPython draws ``_render_traceback_`` alone)
-    raise (exc if exc.exception is None else exc.exception) from cause
+    raise debugging.raised_remotely(exc if exc.exception is None else exc.exception) from cause
 
 
 # Remote generators handed out and not yet collected: closed at interpreter exit, while

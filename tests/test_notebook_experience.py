@@ -1422,3 +1422,35 @@ def test_the_environment_and_stdin_a_cells_code_sees_are_a_local_kernels(kc):
     remote, local = _remote_then_local(kc, seen, stdout_of)
     assert remote == local
     assert "xterm-color" in remote and remote.endswith("0 b'' utf-8 False\n")
+
+
+def test_debug_after_a_remote_error_says_its_frames_stayed_on_the_worker(kc):
+    """``%debug`` after a remote cell failed opened IPython's debugger in rexec's frame that
+    raised the error again here, where ``p v`` of the cell's variable was a NameError
+    (tester BM); ``%pdb on`` the same.  The frames were on the worker: one sentence says so
+    and the debugger does not open.  After a local error ``%debug`` is IPython's own."""
+    from rexec_magic.debugging import DEBUG_REMOTE_SENTENCE
+
+    failing = "%%remote\ndef inner(v):\n    w = v * 2\n    return 1 / (w - w)\ninner(3)"
+    reply, _ = run(kc, failing)
+    assert reply["status"] == "error" and reply["ename"] == "ZeroDivisionError"
+    reply, out = collect(kc, kc.execute("%debug", allow_stdin=False))
+    assert reply["status"] == "ok" and stderr_of(out) == DEBUG_REMOTE_SENTENCE + "\n"
+    ok(kc, "%pdb on")
+    try:
+        reply, out = collect(kc, kc.execute(failing, allow_stdin=False))
+    finally:
+        ok(kc, "%pdb off")
+    assert reply["ename"] == "ZeroDivisionError"
+    assert DEBUG_REMOTE_SENTENCE in stderr_of(out)
+    call = (
+        "from rexec_magic import remote_func\n@remote_func\ndef f(v):\n    return 1 / (v - v)\nf(3)"
+    )
+    reply, _ = run(kc, call)
+    assert reply["ename"] == "ZeroDivisionError"
+    reply, out = collect(kc, kc.execute("%debug", allow_stdin=False))
+    assert stderr_of(out) == DEBUG_REMOTE_SENTENCE + "\n"
+    reply, _ = run(kc, "def inner(v):\n    return 1 / 0\ninner(3)")
+    assert reply["ename"] == "ZeroDivisionError"
+    reply, out = collect(kc, kc.execute("%debug", allow_stdin=False))
+    assert DEBUG_REMOTE_SENTENCE not in str(out)
