@@ -58,6 +58,17 @@ def _end_lines(unended: set[str]) -> None:
     unended.clear()
 
 
+# A Jupyter widget's view (ipywidgets, tqdm.notebook): its model lives in the Python that made
+# it and reaches the frontend over the kernel's comm channel, which remote code does not have.
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_SENTENCE = (
+    "rexec: this output is a Jupyter widget (ipywidgets, tqdm.notebook), which needs a live "
+    "link to the Python that made it (the kernel's comm channel); remote code has none, so "
+    "it is shown as text and does not change. Remotely, use plain output (tqdm's text bar: "
+    "`from tqdm import tqdm`)."
+)
+
+
 class EventRenderer:
     """Callable the client gives each STREAM / DISPLAY / RESULT event, in order."""
 
@@ -90,6 +101,7 @@ class EventRenderer:
         self._since_clear_chars = 0
         self._notices: dict[str, Progress] = {}  # each kind of wait: its live note
         self._show_failed = False  # an event could not be shown (``_not_shown``): logged
+        self._widget_said = False  # WIDGET_SENTENCE shown in this cell
 
     def __call__(self, msg: P.Message) -> None:
         # A Ctrl-C is held until the event is shown: one landing inside ipykernel's
@@ -126,8 +138,21 @@ class EventRenderer:
             return
         if isinstance(event, _TEXT_EVENTS):
             event = P.without_surrogates(event)
+        if isinstance(event, (P.Display, P.Result)) and WIDGET_MIME in (event.data or {}):
+            event = self._without_widget(event)
         self._keep_since_clear(event)
         self._output(event)
+
+    def _without_widget(self, event: P.Display | P.Result) -> P.Display | P.Result:
+        """``event`` without its widget view, said once a cell (see ``WIDGET_SENTENCE``):
+        the notebook's frontend drew a widget whose model it never got ("model not found";
+        tqdm.notebook's bar stayed at 0%, tester BM).  Its other types (text) are shown."""
+        if not self._widget_said:
+            self._widget_said = True
+            sys.stdout.flush()
+            self.notes.note(WIDGET_SENTENCE)
+        data = {k: v for k, v in (event.data or {}).items() if k != WIDGET_MIME}
+        return event.model_copy(update={"data": data})
 
     def _keep_since_clear(self, event: P.Event) -> None:
         """Note what a ``clear_output(wait=True)`` would clear (the output since the clear

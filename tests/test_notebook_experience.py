@@ -1454,3 +1454,31 @@ def test_debug_after_a_remote_error_says_its_frames_stayed_on_the_worker(kc):
     assert reply["ename"] == "ZeroDivisionError"
     reply, out = collect(kc, kc.execute("%debug", allow_stdin=False))
     assert DEBUG_REMOTE_SENTENCE not in str(out)
+
+
+def test_a_widget_made_remotely_shows_as_text_with_a_sentence_saying_why(kc):
+    """A Jupyter widget's view (ipywidgets, tqdm.notebook: ``application/vnd.jupyter.
+    widget-view+json``) names a model that lives in the Python that made it and reaches the
+    frontend over the kernel's comm channel, which remote code has not: the frontend drew a
+    widget it had no model for, and tqdm.notebook's bar stayed at 0% without a word (tester
+    BM).  Its text is shown instead, and one sentence a cell says why.  (A bundle of the
+    same shape stands for the widget: ipywidgets is not installed here.)"""
+    from rexec_magic.render import WIDGET_MIME, WIDGET_SENTENCE
+
+    code = (
+        "%%remote --no-pull\n"
+        "class Slider:\n"
+        "    def _repr_mimebundle_(self, include=None, exclude=None):\n"
+        f"        return {{{WIDGET_MIME!r}: {{'model_id': 'abc', 'version_major': 2,"
+        " 'version_minor': 0}, 'text/plain': 'Slider(value=0)'}\n"
+        "display(Slider())\nSlider()"
+    )
+    out = ok(kc, code)
+    bundles = [
+        m["content"]["data"] for m in out if m["msg_type"] in ("display_data", "execute_result")
+    ]
+    assert [b for b in bundles if "Slider" in b.get("text/plain", "")] == [
+        {"text/plain": "Slider(value=0)"}
+    ] * 2
+    assert all(WIDGET_MIME not in b for b in bundles)
+    assert texts(out, "display_data").count(WIDGET_SENTENCE) == 1
