@@ -75,6 +75,9 @@ BROKER_BACK_AFTER_S = 1.5 * P.CLIENT_PING_S
 # How long a request sent to a worker the broker dropped as silent waits for it to register
 # again before it is sent once more, naming that worker process (``_await_worker_back``).
 WORKER_BACK_S = 15.0
+# After a broker restart, how long a request whose end was not heard waits for its worker
+# process to register again and say what became of the request (``_fate_after_restart``).
+FATE_WAIT_S = 10.0
 # A request the worker neither took nor said anything of this long says so (the worker says
 # what it waits for after NOTICE_AFTER_S itself: this comes after its word would have).
 WORKER_SILENT_NOTE_S = P.NOTICE_AFTER_S + 1.0
@@ -561,11 +564,13 @@ class RexecClient:
             if msg.kind == P.Kind.FAIL:
                 return None
 
-    def inspect(self, timeout_s: float = 5.0) -> dict[str, Any]:
-        """The worker's own report: versions, uptime, variables."""
+    def inspect(self, timeout_s: float = 5.0, fate_of: str = "") -> dict[str, Any]:
+        """The worker's own report: versions, uptime, variables; with ``fate_of`` (a request
+        id) only what became of that request there (``InspectReply.fate``)."""
         self.ensure_hello()
         req_id = self._new_id()
-        self._send(P.Kind.INSPECT, {"id": req_id, **self.placement()})
+        extra = {"fate_of": fate_of} if fate_of else {}
+        self._send(P.Kind.INSPECT, {"id": req_id, **self.placement(), **extra})
         deadline = time.monotonic() + timeout_s
         while True:
             msg = self._recv(deadline - time.monotonic())
@@ -577,9 +582,50 @@ class RexecClient:
                 return msg.header
             if msg.kind == P.Kind.FAIL and msg.header.get("code") == P.FailCode.UNAUTHENTICATED:
                 self.hello()  # the session ended (idle, broker restart): a new one, ask again
-                return self.inspect(timeout_s)
+                return self.inspect(timeout_s, fate_of)
             if msg.kind == P.Kind.FAIL:
                 raise self._fail_error(msg)
+
+    def _fate_after_restart(
+        self, req_id: str, instance: str | None, what: str
+    ) -> Generator[P.Message, Any, dict[str, Any]]:
+        """What became of request ``req_id`` on the worker process it went to (``instance``),
+        whose end a broker restart kept from here: asked (``Inspect.fate_of``) once that
+        process is registered with the new broker, again while the request still waits or
+        runs (the worker stops it, as nobody can hear it), for up to ``FATE_WAIT_S``.  {}
+        when it cannot be told: another process runs there now (this one's namespace is
+        gone with what it knew), or none answered in time.  Past ``NOTICE_AFTER_S`` it says
+        what it waits for (yielded as a NOTICE)."""
+        if not instance:
+            return {}
+        began = time.monotonic()
+        said = False
+        while time.monotonic() - began < FATE_WAIT_S:
+            try:
+                _, pong = self.ping()
+                worker = pong.get("worker") or {}
+                if worker.get("instance") not in (None, instance):
+                    return {}
+                fate: dict[str, Any] = {}
+                if worker:
+                    fate = self.inspect(fate_of=req_id).get("fate") or {}
+            except errors.RexecError:  # (the broker or the worker went again: cannot tell)
+                return {}
+            if fate.get("state") not in (None, P.FATE_PENDING):
+                return fate
+            if not said and time.monotonic() - began >= P.NOTICE_AFTER_S:
+                said = True
+                text = (
+                    f"the rexec broker restarted before this {what}'s end reached "
+                    f"{P.client_words(self.frontend)}: asking your worker what became of it "
+                    f"(for up to {FATE_WAIT_S:.0f} s)"
+                )
+                try:
+                    yield P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "worker"})
+                except ThrowInto as into:  # (the consumer's Ctrl-C, as for any notice)
+                    raise into.exception from None
+            time.sleep(0.1)
+        return {}
 
     def wait_for_worker(self, nonce: str | None, timeout_s: float) -> dict[str, Any]:
         """Ping until the broker knows a worker for us (with ``nonce`` when given)."""
@@ -1162,12 +1208,19 @@ class RexecClient:
                     self.hello()
                     if started or resent:
                         self._missed_all(header)
+                        fate = yield from self._fate_after_restart(
+                            req_id, header.get("instance"), what
+                        )
+                        if fate.get("state") in (P.FATE_NOT_RUN, P.FATE_NOT_STARTED):
+                            # Provably never begun on that worker process, which forgot it as
+                            # taken: sent again, it runs there once (tester BN: told "the
+                            # broker restarted while the cell ran" of one that never ran).
+                            started, resent, uncertain = False, True, False
+                            self._send_request(kind, header, buffers, cancel)
+                            last_heard = time.monotonic()
+                            continue
                         raise errors.BrokerUnreachable(
-                            f"The rexec broker restarted while the {what} ran, so your worker "
-                            "stopped it if it still ran; its output may be incomplete, and what "
-                            "it assigned may not have come back ("
-                            f"{P.client_words(self.frontend)}'s copies may be older than the "
-                            "worker's).",
+                            restart_sentence(what, fate, P.client_words(self.frontend)),
                             started=started,
                         )
                     # Refused, the request's one send, by this broker, which forwards nothing
@@ -1727,6 +1780,38 @@ def grace_sentence(what: str, namespace: str | None) -> str:
     """What an interrupted ``what`` ("cell", "call") that has not stopped after
     ``NOTICE_AFTER_S`` waits for (``namespace``: the shared one it runs in, else None)."""
     return P.grace_sentence(what, P.executor_of(namespace, frontend()))
+
+
+def restart_sentence(what: str, fate: dict[str, Any], whose: str) -> str:
+    """The sentence for a request whose end a broker restart kept from ``whose`` (the
+    notebook, the script), from what its worker said became of it (``fate``, {} when
+    it could not be told): whether it ran, so that the user knows whether running it
+    again is safe.  What it assigned stays on the worker (``_missed_all``)."""
+    head = f"The rexec broker restarted before this {what}'s end reached {whose}"
+    kept = (
+        f"what it printed since is lost, and what it assigned stayed on the worker ({whose}'s "
+        "copies may be older than the worker's: the next cell that uses them brings them)"
+    )
+    state, ran_s = fate.get("state"), float(fate.get("ran_s") or 0.0)
+    if state == P.FATE_RAN:
+        return f"{head}; it ran to its end there (in {ran_s:.1f} s), but {kept}."
+    if state == P.FATE_RAISED:
+        return (
+            f"{head}; it raised an error there after {ran_s:.1f} s (its traceback is lost); {kept}."
+        )
+    if state == P.FATE_STOPPED:
+        return (
+            f"{head}; your worker stopped it then, {ran_s:.1f} s into its run, as an "
+            f"interrupt would (nobody could hear it any more); {kept}."
+        )
+    if state == P.FATE_LOST:
+        return f"{head}. {fate.get('message') or 'Its executor died during it.'}"
+    return (
+        f"{head}, and your worker could not say what became of it: it may not have run, "
+        "may have been stopped, or may have run to its end; its output may be incomplete, "
+        f"and what it assigned may not have come back ({whose}'s copies may be older than "
+        "the worker's)."
+    )
 
 
 def _shown_error(msg: P.Message) -> bool:

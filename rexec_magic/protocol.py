@@ -115,7 +115,8 @@ class Kind:
     # rexec_magic/sync.py; instance: the worker process the client last saw)
     EXECUTE = "execute"
     INTERRUPT = "interrupt"  # {id}
-    INSPECT = "inspect"  # {id, session?, namespace?}  -> INSPECT_REPLY
+    # {id, session?, namespace?, fate_of?}  -> INSPECT_REPLY (``fate_of``: only ``fate``)
+    INSPECT = "inspect"
     ACK = "ack"  # {id, n}: the client has handled n events of that request (flow control)
     KEEPALIVE = "keepalive"  # {id, session, namespace?, keepalive_s, late?, late_stream?}
     # {id, vars: [{name: fn|args|kwargs|globals, nbuffers}], have, watch, pull_limit, inband,
@@ -926,7 +927,11 @@ class Interrupt(Request):
 
 
 class Inspect(Request, Placement):
-    pass
+    """The worker's report (``InspectReply``); with ``fate_of`` (a request id) only what
+    became of that request on this worker process (``InspectReply.fate``): asked by a
+    client that never heard the request's end (the broker restarted meanwhile)."""
+
+    fate_of: Short = ""
 
 
 class Ack(Request):
@@ -1251,6 +1256,19 @@ class InspectReply(Event):
     variables: list[Json] = []
     executors: list[Json] = Field(default_factory=list)  # the user's executors (``Heartbeat``)
     note: str = ""
+    # For ``Inspect.fate_of``: ``state`` (``FATE_*``), and for an ended request ``ran_s`` (its
+    # run, seconds), ``at`` (its end, the worker's ``time.time()``), ``message`` (a death's).
+    fate: Json = {}
+
+
+# What became of a request on a worker process (``InspectReply.fate["state"]``).
+FATE_RAN = "ran"  # its code ran to its end
+FATE_RAISED = "raised"  # its code raised
+FATE_STOPPED = "stopped"  # interrupted (its client's Ctrl-C, or the worker's at a broker restart)
+FATE_LOST = "lost"  # its executor died or was restarted during it: the namespace was lost
+FATE_NOT_STARTED = "not_started"  # handed to its executor, stopped before its code began
+FATE_NOT_RUN = "not_run"  # never reached this process, or dropped unstarted: run it again
+FATE_PENDING = "pending"  # still waiting its turn or running
 
 
 class FileMeta(Event):

@@ -101,11 +101,77 @@ def test_broker_killed_mid_cell_ends_the_cell_and_the_next_one_works(
     sentence = str(info.value)
     assert sentence.count(". ") == 0 and sentence.endswith(".")  # one sentence
     assert "broker" in sentence
+    # What became of it, asked of the worker once both were back (tester BN: the same words
+    # for a cell that never ran, was stopped, or ran to its end).
+    assert "your worker stopped it then" in sentence
     fresh_stack.wait_pid_changed("broker", old)
     outcome = run_until_it_works(alice, "state = (kept, 'finished' in globals())", ["state"])
     # The namespace survived, and the abandoned cell was stopped on the worker (had it run
     # on unseen, this cell would have waited behind it and found it finished).
     assert outcome.values == {"state": (41, False)}
+
+
+SLOW_VALUE = """
+import time
+
+FLAG = {flag!r}
+
+
+class SlowToLoad:
+    def __init__(self, n):
+        self.n = n
+
+    def __setstate__(self, state):
+        open(FLAG, "a").write("loading\\n")
+        time.sleep(3)
+        self.__dict__.update(state)
+"""
+
+
+def test_a_cell_whose_values_were_loading_when_the_broker_died_runs_once_after_it(
+    fresh_stack: Stack, alice: RemoteSession, tmp_path: Path
+) -> None:
+    """The broker killed while the worker still loads a cell's values: the worker stops the
+    cell before its code begins (nobody could hear it), and the notebook was told "the
+    broker restarted while the cell ran ... stopped it if it still ran", of a cell that
+    never ran (tester BN, 5 of 9 pushes of 100 MB).  Asked once both are back, the worker
+    says it never began: the cell is sent again and runs there once, as if nothing had
+    happened.  (The value's ``__setstate__`` stands for a large value's loading: it takes
+    3 s, and the broker dies during it.)"""
+    import importlib.util
+    import sys
+
+    import cloudpickle
+
+    loading, ran = tmp_path / "loading", tmp_path / "ran"
+    source = tmp_path / "slow_value_module.py"
+    source.write_text(SLOW_VALUE.format(flag=str(loading)))
+    spec = importlib.util.spec_from_file_location("slow_value_module", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["slow_value_module"] = module
+    spec.loader.exec_module(module)
+    cloudpickle.register_pickle_by_value(module)  # (the worker cannot import it)
+    try:
+        old = fresh_stack.pid("broker")
+
+        def kill_while_loading() -> None:
+            wait_for(loading.exists, "the worker to load the cell's value")
+            os.kill(old, signal.SIGKILL)
+
+        threading.Thread(target=kill_while_loading, daemon=True).start()
+        code = f"open({str(ran)!r}, 'a').write('ran\\n')\nn = value.n + 1"
+        events: list[P.Message] = []
+        outcome = alice.run(
+            code, {"value": module.SlowToLoad(41)}, ["n"], events.append, pull_limit=2**20
+        )
+        assert outcome.values == {"n": 42}
+        assert ran.read_text() == "ran\n"  # once
+        assert loading.read_text() == "loading\n" * 2  # stopped once, loaded again
+        assert fresh_stack.pid("broker") != old
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+        sys.modules.pop("slow_value_module", None)
 
 
 def test_after_a_broker_restart_a_remote_threads_output_still_comes_as_it_comes(

@@ -94,6 +94,7 @@ log = logging.getLogger("worker_image.supervisor")
 STREAM_WINDOW_S = 0.002  # stream text within this of the last STREAM waits and goes with it
 MAX_STREAM_CHARS = 1 << 20
 ACCEPTED_IDS_KEPT = 10_000  # request ids remembered (at most once across a resend)
+FATES_KEPT = 1_000  # ended requests whose fate a client may still ask (``_fate``)
 LOST_KEPT = 100  # executors that died while idle, kept until their notebook's next request
 PARTIAL_LINE_WAIT_S = 0.05
 TICK_S = 0.25  # grace periods, notices and orphans are checked this often
@@ -238,6 +239,9 @@ class Supervisor:
         # broker restart lost the `accepted`) has reached the worker already and never runs
         # a second time.
         self._accepted = Recent(ACCEPTED_IDS_KEPT)
+        # Request id -> what became of it here (``protocol.FATE_*``, see ``_fate``): asked by
+        # a client that never heard the end (``Inspect.fate_of``, after a broker restart).
+        self._fates = Recent(FATES_KEPT)
         # Client session -> (when last heard from, its keepalive interval): a shared
         # namespace's running cell is stopped when its own kernel goes silent, even while
         # the other notebooks attached to it keep the executor alive.
@@ -994,6 +998,11 @@ class Supervisor:
     def _on_inspect(self, route: bytes, msg: Message, raw: protocol.Unread) -> None:
         fields = msg.read(protocol.Inspect)
         request_id = fields.id
+        if fields.fate_of:  # (answered here: no executor needs to be asked)
+            self._reply(
+                route, Kind.INSPECT_REPLY, {"id": request_id, "fate": self._fate(fields.fate_of)}
+            )
+            return
         for dead in [ex for ex in self.executors.values() if ex.exited() is not None]:
             # Dead, its pidfd not read yet (``%rexec_status`` right after an os._exit): no
             # row of the list, nor the asking notebook's (it showed as idle, tester AR).
@@ -1445,10 +1454,13 @@ class Supervisor:
         self._flush_stream(ex)
         exit_requested = False
         if kind == Kind.DONE:
+            status = DoneStatus.ERROR
             try:
-                exit_requested = raw.message().read(protocol.Done).exit
+                done = raw.message().read(protocol.Done)
+                exit_requested, status = done.exit, done.status
             except ProtocolError as exc:
                 log.warning("executor %d sent a malformed DONE: %s", ex.number, exc)
+            self._ended_fate(req, status)
         if not req.abandoned:
             # Numbered without decoding the (maybe large) header: {"id":..} -> {"seq":N,"id":..}
             numbered = b'{"seq":%d,' % req.seq + header[1:]
@@ -1717,6 +1729,7 @@ class Supervisor:
                     DoneStatus.LOST, message=message, ended=sentence, returncode=code
                 )
                 self._to_client(req, Kind.DONE, done)
+            self._record_fate(req, protocol.FATE_LOST, message)
         if ex.queue and (died_idle or ex.kill_reason in ("interrupt", "abandoned", "abandon")):
             why = (
                 f"a {ex.killed_what} did not stop within {INTERRUPT_GRACE_S:g} s of an interrupt"
@@ -1831,6 +1844,46 @@ class Supervisor:
         ex.queue = aborted
         self._dispatch(fresh)
 
+    def _ended_fate(self, req: Request, status: str) -> None:
+        """Keep what became of ``req``, whose executor sent its DONE with ``status``.  One
+        stopped before its code began (its values still coming: the worker stopped it at a
+        broker restart) is forgotten as accepted too: it never ran, and its client may send
+        it again (``_on_request``)."""
+        if status == DoneStatus.INTERRUPTED and req.values_coming is not None:
+            self._accepted.pop(req.target.id, None)
+            self._record_fate(req, protocol.FATE_NOT_STARTED)
+            return
+        state = {
+            DoneStatus.OK: protocol.FATE_RAN,
+            DoneStatus.ERROR: protocol.FATE_RAISED,
+            DoneStatus.INTERRUPTED: protocol.FATE_STOPPED,
+        }.get(status, protocol.FATE_LOST)
+        self._record_fate(req, state)
+
+    def _record_fate(self, req: Request, state: str, message: str = "") -> None:
+        ran_s = time.monotonic() - req.started if req.started is not None else 0.0
+        fate = {"state": state, "ran_s": round(ran_s, 3), "at": time.time()}
+        if message:
+            fate["message"] = message
+        self._fates[req.target.id] = fate
+
+    def _fate(self, request_id: str) -> dict[str, Any]:
+        """What became of request ``request_id`` here (``InspectReply.fate``): its kept fate;
+        ``pending`` while it waits or runs; ``not_run`` for one this process never took or
+        dropped unstarted (``_abandon_cells`` forgets those as accepted); an empty state for
+        one accepted whose end was not kept (answered "cannot tell")."""
+        fate = self._fates.get(request_id)
+        if fate is not None:
+            return fate
+        for ex in self.all:
+            if ex.current is not None and ex.current.target.id == request_id:
+                return {"state": protocol.FATE_PENDING}
+            if any(r.target.id == request_id for r in ex.queue):
+                return {"state": protocol.FATE_PENDING}
+        if request_id in self._accepted:
+            return {"state": ""}
+        return {"state": protocol.FATE_NOT_RUN}
+
     def _fail_queued(self, ex: ExecutorProcess, why: str, interrupted: bool = False) -> None:
         """Answer what is queued on ``ex`` "not run": as stopped by the interrupt that ended
         the executor (Jupyter aborts the cells queued behind an interrupted one), else as a
@@ -1841,6 +1894,7 @@ class Supervisor:
             req = ex.queue.popleft()
             message = f"This {req.what} was not run: {why}{lost}."
             ex.told.add(req.client)  # (not told again at its next request)
+            self._record_fate(req, protocol.FATE_LOST, message)
             self._to_client(req, Kind.DONE, done_header(status, message=message))
 
     def _forget(self, ex: ExecutorProcess, how: str | None = None) -> None:
