@@ -78,6 +78,9 @@ WORKER_BACK_S = 15.0
 # After a broker restart, how long a request whose end was not heard waits for its worker
 # process to register again and say what became of the request (``_fate_after_restart``).
 FATE_WAIT_S = 10.0
+# A worker whose last heartbeat the broker got longer ago than this is silent (stopped or
+# starved): its heartbeats come each ``WORKER_HEARTBEAT_S``.
+SILENT_WORKER_AFTER_S = 1.25 * P.WORKER_HEARTBEAT_S
 # A request the worker neither took nor said anything of this long says so (the worker says
 # what it waits for after NOTICE_AFTER_S itself: this comes after its word would have).
 WORKER_SILENT_NOTE_S = P.NOTICE_AFTER_S + 1.0
@@ -608,7 +611,8 @@ class RexecClient:
                     return {}
                 fate: dict[str, Any] = {}
                 if worker:
-                    fate = self.inspect(fate_of=req_id).get("fate") or {}
+                    left = FATE_WAIT_S - (time.monotonic() - began)
+                    fate = self.inspect(max(0.5, min(2.0, left)), req_id).get("fate") or {}
             except errors.RexecError:  # (the broker or the worker went again: cannot tell)
                 return {}
             if fate.get("state") not in (None, P.FATE_PENDING):
@@ -1439,13 +1443,19 @@ class RexecClient:
             ) from None
         self._send(P.Kind.NEXT, {"id": req_id, "throw": throw, "nbuffers": 1}, frames)
 
-    @staticmethod
-    def _grace_notice(req_id: str, kind: str, namespace: str | None) -> P.Message:
-        """What an interrupt waits for once it has waited ``NOTICE_AFTER_S`` (said here: the
-        worker only acts at the end of the grace period); ``namespace``: the shared one the
-        request runs in (its executor is the one restarted), None for the notebook's own."""
+    def _grace_notice(self, req_id: str, kind: str, namespace: str | None) -> P.Message:
+        """What an interrupt waits for once it has waited ``NOTICE_AFTER_S`` (said here when
+        the worker is silent: one that runs says it itself); ``namespace``: the shared one the
+        request runs in (its executor is the one restarted), None for the notebook's own.
+        A worker the broker has not heard from for over a heartbeat and a quarter (its
+        last PONG's ``last_seen_s``) is said to be silent instead: it cannot act on the
+        interrupt, nor restart anything, until it goes on."""
         what = "call" if kind == P.Kind.CALL else "cell"
-        text = grace_sentence(what, namespace)
+        silent = float((self.worker or {}).get("last_seen_s") or 0.0)
+        if silent > SILENT_WORKER_AFTER_S:
+            text = P.silent_grace_sentence(what, silent)
+        else:
+            text = grace_sentence(what, namespace)
         return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "grace"})
 
     def missed_names(self) -> list[str]:

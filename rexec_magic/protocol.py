@@ -288,6 +288,18 @@ def grace_sentence(what: str, whose: str) -> str:
     )
 
 
+def silent_grace_sentence(what: str, silent_s: float) -> str:
+    """``grace_sentence`` when the worker itself has not been heard for ``silent_s`` (the
+    broker's last heartbeat from it): stopped (SIGSTOP) or starved, it cannot have acted
+    on the interrupt, and nothing restarts the executor meanwhile (tester BN: told of a
+    restart and a lost namespace, the cell ran on 15 s and its namespace stayed)."""
+    return (
+        f"the remote {what} has not stopped {NOTICE_AFTER_S:g} s after the interrupt, and your "
+        f"remote worker has not been heard for {silent_s:.0f} s (it may be stopped or "
+        f"overloaded): the interrupt reaches the {what} when the worker goes on"
+    )
+
+
 # The one sentence a user reads when an open connection's token stops being valid.
 TOKEN_INVALID_MESSAGE = "Your rexec token is no longer valid; log in again."  # noqa: S105
 

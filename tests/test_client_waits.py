@@ -414,3 +414,58 @@ def test_a_resend_refused_for_want_of_a_worker_after_a_broker_restart_is_never_a
     finally:
         client.close()
         broker.close()
+
+
+class SilentWorkerBroker(ScriptedBroker):
+    """Plays a broker whose worker accepted the cell and then went silent (stopped with
+    SIGSTOP): each PONG says how long ago its last heartbeat came (``last_seen_s``, from
+    the ``accepted`` on); once the worker "goes on", 3 s after the interrupt, the cell
+    ends interrupted."""
+
+    def __init__(self) -> None:
+        self.accepted_at: float | None = None
+        self.interrupted_at: float | None = None
+        self.req_id = ""
+        super().__init__()
+
+    def on(self, route: bytes, msg: P.Message) -> None:
+        now = time.monotonic()
+        if msg.kind == P.Kind.EXECUTE:
+            self.req_id, self.accepted_at = msg.header["id"], now
+            self._send(route, P.Kind.ACCEPTED, {"id": self.req_id, "seq": 0})
+        elif msg.kind == P.Kind.INTERRUPT:
+            self.interrupted_at = now
+        elif msg.kind == P.Kind.PING:
+            silent = 0.0 if self.accepted_at is None else now - self.accepted_at
+            worker = {"instance": "w", "state": "ready", "last_seen_s": round(silent, 3)}
+            pending = [self.req_id] if self.req_id else []
+            pong = {"t": msg.header["t"], "worker": worker, "pending": pending}
+            self._send(route, P.Kind.PONG, pong)
+            if self.interrupted_at is not None and now - self.interrupted_at > 3.0:
+                done = {"id": self.req_id, "seq": 1, "status": "interrupted", "vars": []}
+                self._send(route, P.Kind.DONE, done)
+                self.interrupted_at = None
+
+
+def test_an_interrupt_a_silent_worker_cannot_hear_yet_is_not_said_to_cost_the_namespace():
+    """The cell's worker stopped (SIGSTOP) after it took the cell, and the user pressed
+    Ctrl-C (here: the cell's timeout): 2 s on, the notebook said the executor would be
+    restarted and its namespace lost within the grace period, while the cell ran on 15 s
+    once the worker went on and its namespace stayed (tester BN, 2 of 2).  It says instead
+    that the worker has not been heard, and that the interrupt reaches the cell when it
+    goes on."""
+    broker = SilentWorkerBroker()
+    url = f"tcp://127.0.0.1:{broker.port}"
+    client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
+    shown: list[P.Message] = []
+    try:
+        with pytest.raises(errors.CellTimeout):
+            client.execute_packed("pass", [], [], {"pull": []}, shown.append, 0.5)
+    finally:
+        client.close()
+        broker.close()
+    said = [m.header["text"] for m in shown if m.kind == P.Kind.NOTICE]
+    grace = [t for t in said if "after the interrupt" in t]
+    assert len(grace) == 1, said
+    assert "your remote worker has not been heard for" in grace[0]
+    assert "namespace" not in grace[0] and "restarted" not in grace[0]
