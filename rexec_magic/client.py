@@ -1168,7 +1168,8 @@ class RexecClient:
                         pass  # the interrupt may not have reached the worker yet
                     elif now - max(interrupted_at, event_at, broker_back_at) >= P.NOTICE_AFTER_S:
                         grace_said = True
-                        local = self._grace_notice(req_id, kind, header.get("namespace"))
+                        silent_s = float((self.worker or {}).get("last_seen_s") or 0.0)
+                        local = self._grace_notice(req_id, kind, header.get("namespace"), silent_s)
                     else:
                         base = max(interrupted_at, event_at, broker_back_at)
                         wait = min(wait, base + P.NOTICE_AFTER_S - now)
@@ -1443,17 +1444,19 @@ class RexecClient:
             ) from None
         self._send(P.Kind.NEXT, {"id": req_id, "throw": throw, "nbuffers": 1}, frames)
 
-    def _grace_notice(self, req_id: str, kind: str, namespace: str | None) -> P.Message:
+    @staticmethod
+    def _grace_notice(
+        req_id: str, kind: str, namespace: str | None, silent_s: float = 0.0
+    ) -> P.Message:
         """What an interrupt waits for once it has waited ``NOTICE_AFTER_S`` (said here when
         the worker is silent: one that runs says it itself); ``namespace``: the shared one the
         request runs in (its executor is the one restarted), None for the notebook's own.
-        A worker the broker has not heard from for over a heartbeat and a quarter (its
-        last PONG's ``last_seen_s``) is said to be silent instead: it cannot act on the
-        interrupt, nor restart anything, until it goes on."""
+        A worker the broker has not heard from for ``silent_s`` (its last PONG's
+        ``last_seen_s``), over ``SILENT_WORKER_AFTER_S``, is said to be silent instead: it
+        cannot act on the interrupt, nor restart anything, until it goes on."""
         what = "call" if kind == P.Kind.CALL else "cell"
-        silent = float((self.worker or {}).get("last_seen_s") or 0.0)
-        if silent > SILENT_WORKER_AFTER_S:
-            text = P.silent_grace_sentence(what, silent)
+        if silent_s > SILENT_WORKER_AFTER_S:
+            text = P.silent_grace_sentence(what, silent_s)
         else:
             text = grace_sentence(what, namespace)
         return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "grace"})

@@ -48,6 +48,14 @@ class SpawnerClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
             resp = self._session.request(method, self.url + path, timeout=self.timeout_s, **kwargs)
+        except requests.Timeout:
+            # It took the connection (or the kernel did, for a stopped process) and said
+            # nothing: running, but stopped or overloaded (tester BN: "not reachable; is
+            # `rexec up` running?" of a spawner stopped with SIGSTOP).
+            raise errors.SpawnerUnavailable(
+                f"The rexec spawner at {self.url} did not answer within {self.timeout_s:g} s "
+                "(it may be stopped or overloaded); try again in a moment."
+            ) from None
         except requests.RequestException:
             raise errors.SpawnerUnavailable(
                 f"The rexec spawner at {self.url} is not reachable; is `rexec up` running?"

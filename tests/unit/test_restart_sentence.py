@@ -9,6 +9,8 @@ import pytest
 from rexec_magic import protocol as P
 from rexec_magic.client import restart_sentence
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("fate", "says"),

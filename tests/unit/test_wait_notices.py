@@ -55,6 +55,10 @@ def test_the_grace_notice_names_the_executor_that_would_be_restarted(
     monkeypatch.setattr(client, "frontend", lambda: frontend)
     text = RexecClient._grace_notice("r", P.Kind.EXECUTE, namespace).header["text"]
     assert f"grace period, {whose} is restarted and its namespace is lost" in text
+    # A worker the broker has not heard for 3 s cannot act on it: said so, no restart.
+    silent = RexecClient._grace_notice("r", P.Kind.EXECUTE, namespace, 3.0).header["text"]
+    assert "your remote worker has not been heard for 3 s" in silent
+    assert "namespace" not in silent
 
 
 def test_a_turn_wait_behind_a_silent_broker_says_the_broker_is_silent():
