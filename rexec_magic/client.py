@@ -1817,8 +1817,19 @@ def restart_sentence(what: str, fate: dict[str, Any], whose: str) -> str:
             f"{head}; your worker stopped it then, {ran_s:.1f} s into its run, as an "
             f"interrupt would (nobody could hear it any more); {kept}."
         )
+    if state == P.FATE_LOST and fate.get("message"):  # (one that waited its turn)
+        return f"{head}. {fate['message']}"
+    if state == P.FATE_LOST and fate.get("restarted"):
+        return (
+            f"{head}; it did not stop when it was interrupted, so its executor was restarted "
+            "and the namespace it ran in was lost, what it printed with it."
+        )
     if state == P.FATE_LOST:
-        return f"{head}. {fate.get('message') or 'Its executor died during it.'}"
+        how = fate.get("ended") or "it died"
+        return (
+            f"{head}; its executor ended during it ({how}), so the namespace it ran in was "
+            "lost, what it printed with it."
+        )
     return (
         f"{head}, and your worker could not say what became of it: it may not have run, "
         "may have been stopped, or may have run to its end; its output may be incomplete, "

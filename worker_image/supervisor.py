@@ -1666,6 +1666,8 @@ class Supervisor:
         # Killed here for ignoring its interrupt; one that died meanwhile (a cell's own
         # os._exit, SIGINT's default action) is told as a death, with its exit status.
         restarted = ex.kill_reason in ("interrupt", "abandoned") and ex.grace_killed
+        # Stopped at a broker restart (``_abandon_cells``) and killed past the grace period.
+        abandoned = ex.kill_reason == "abandon" and ex.grace_killed
         if req is not None and ex.kill_reason != "abandon":
             # Told by the DONE below (an abandoned request's client hears only of the broker
             # restart); filled before the note is kept, which the others inherit (``inherit``).
@@ -1729,7 +1731,11 @@ class Supervisor:
                     DoneStatus.LOST, message=message, ended=sentence, returncode=code
                 )
                 self._to_client(req, Kind.DONE, done)
-            self._record_fate(req, protocol.FATE_LOST, message)
+            # (Its own words for its client, not the message: "its output until then is
+            # above" is not so for a client that asks after a broker restart.)
+            self._record_fate(
+                req, protocol.FATE_LOST, ended=sentence, restarted=restarted or abandoned
+            )
         if ex.queue and (died_idle or ex.kill_reason in ("interrupt", "abandoned", "abandon")):
             why = (
                 f"a {ex.killed_what} did not stop within {INTERRUPT_GRACE_S:g} s of an interrupt"
@@ -1860,11 +1866,18 @@ class Supervisor:
         }.get(status, protocol.FATE_LOST)
         self._record_fate(req, state)
 
-    def _record_fate(self, req: Request, state: str, message: str = "") -> None:
+    def _record_fate(
+        self, req: Request, state: str, message: str = "", ended: str = "", restarted: bool = False
+    ) -> None:
+        """``req``'s ``InspectReply.fate``: ``message``, a sentence for its client as it
+        stands (a queued one's "not run"); for one whose executor ended during it, ``ended``
+        (how: "killed by SIGKILL") and whether it was ``restarted`` for not stopping."""
         ran_s = time.monotonic() - req.started if req.started is not None else 0.0
-        fate = {"state": state, "ran_s": round(ran_s, 3), "at": time.time()}
+        fate: dict[str, Any] = {"state": state, "ran_s": round(ran_s, 3), "at": time.time()}
         if message:
             fate["message"] = message
+        if ended:
+            fate["ended"], fate["restarted"] = ended, restarted
         self._fates[req.target.id] = fate
 
     def _fate(self, request_id: str) -> dict[str, Any]:
