@@ -19,7 +19,7 @@ from typing import Any
 
 from rexec_magic import serialize
 from rexec_magic.protocol import DoneStatus, Kind
-from worker_image.outbox import EventChannel, Target
+from worker_image.outbox import EventChannel, Target, exception_buffers
 
 Result = tuple[str, list[dict[str, Any]], list[Any]]
 # How a lazy call's generator goes on (``protocol.Next``): ("send", value) — None for
@@ -70,10 +70,7 @@ def send_exception(
         "evalue": evalue,
         "traceback": _cell_names(_lines(text)),
     }
-    try:
-        buffers = serialize.dumps(exc, out_of_band=False, legacy=legacy)
-    except serialize.SerializationError:
-        buffers = []  # the client raises a generic error with the same name and text
+    buffers = exception_buffers(exc, legacy)
     header["nbuffers"] = len(buffers)
     outbox.event(target, Kind.ERROR, header, buffers)
 

@@ -38,7 +38,14 @@ from rexec_magic.protocol import (
 from rexec_magic.sync import ipython_name
 from worker_image.bulk import FETCH_INTERRUPTED, NoRoom
 from worker_image.calls import Step, invoke, send_exception
-from worker_image.outbox import CODE_OVER, MADE_BY, VALUES_IN, EventChannel, Target
+from worker_image.outbox import (
+    CODE_OVER,
+    MADE_BY,
+    VALUES_IN,
+    EventChannel,
+    Target,
+    exception_buffers,
+)
 from worker_image.phase import PhaseBoard
 from worker_image.shell import cut_frames
 from worker_image.variables import Report, Watch, load_pushed, not_arrived, numbered_as
@@ -948,8 +955,7 @@ class CellRunner:
         }
         buffers: list[Any] = []
         if exception is not None and not isinstance(exception, _EXCEPTION_GROUPS):
-            with contextlib.suppress(serialize.SerializationError):
-                buffers = serialize.dumps(exception, out_of_band=False)
+            buffers = exception_buffers(exception)
         header["nbuffers"] = len(buffers)
         self.outbox.event(target, Kind.ERROR, header, buffers)
 

@@ -516,6 +516,17 @@ class NoStdin(io.TextIOBase):
         raise stdin_error("reading sys.stdin")
 
 
+def exception_buffers(exc: BaseException, legacy: bool = False) -> list[Any]:
+    """An ERROR event's buffers: the exception itself, pickled, so the notebook raises its
+    class (``except KeyError`` works there); none when it does not pickle (the notebook
+    then raises a ``RemoteCellError`` with its name and text).  ``legacy``: for a SciDx
+    client (``serialize.dumps``)."""
+    try:
+        return serialize.dumps(exc, out_of_band=False, legacy=legacy)
+    except serialize.SerializationError:
+        return []
+
+
 def stdin_error(what: str = "input()") -> Exception:
     """The error of ``what`` (``input()``, ``getpass()``, reading ``sys.stdin``): named as the
     user wrote it."""

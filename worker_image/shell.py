@@ -32,7 +32,6 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Type, default
 from traitlets.config import Config
 
-from rexec_magic import serialize
 from rexec_magic.protocol import Kind
 from worker_image import notebook_defaults
 from worker_image.outbox import (
@@ -40,6 +39,7 @@ from worker_image.outbox import (
     FdStream,
     NoStdin,
     StreamOrder,
+    exception_buffers,
     stdin_error,
     whole_print,
 )
@@ -322,9 +322,7 @@ class WorkerShell(InteractiveShell):
                 header["of_result"] = True
         else:
             self.error_sent = True
-            # The exception itself, so the notebook raises the same class (``except KeyError``).
-            with contextlib.suppress(serialize.SerializationError):
-                buffers = serialize.dumps(evalue, out_of_band=False)
+            buffers = exception_buffers(evalue)  # (the notebook raises its class)
         header["nbuffers"] = len(buffers)
         self.outbox.event(target, Kind.ERROR, header, buffers)
 
