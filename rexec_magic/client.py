@@ -624,10 +624,7 @@ class RexecClient:
                     f"{P.client_words(self.frontend)}: asking your worker what became of it "
                     f"(for up to {FATE_WAIT_S:.0f} s)"
                 )
-                try:
-                    yield P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "worker"})
-                except ThrowInto as into:  # (the consumer's Ctrl-C, as for any notice)
-                    raise into.exception from None
+                yield from _worker_notice(req_id, text)
             time.sleep(0.1)
         return {}
 
@@ -682,11 +679,7 @@ class RexecClient:
                         f"the {what} may be waiting in its queue there, and runs at most once "
                         f"(the wait ends after {WORKER_BACK_S:.0f} s)"
                     )
-                    notice = {"id": req_id, "text": text, "about": "worker"}
-                    try:
-                        yield P.Message(P.Kind.NOTICE, notice)
-                    except ThrowInto as into:  # (the consumer's Ctrl-C, as for any notice)
-                        raise into.exception from None
+                    yield from _worker_notice(req_id, text)
                 time.sleep(0.05)
         except BaseException:
             self._early.clear()  # (the request ends here: nobody reads them)
@@ -1793,6 +1786,15 @@ def grace_sentence(what: str, namespace: str | None) -> str:
     """What an interrupted ``what`` ("cell", "call") that has not stopped after
     ``NOTICE_AFTER_S`` waits for (``namespace``: the shared one it runs in, else None)."""
     return P.grace_sentence(what, P.executor_of(namespace, frontend()))
+
+
+def _worker_notice(req_id: str, text: str) -> Generator[P.Message, Any, None]:
+    """What a request waits for of its worker (a NOTICE ``about`` "worker"), yielded to be
+    shown; the consumer's Ctrl-C while it shows it is thrown in, and raised here."""
+    try:
+        yield P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "worker"})
+    except ThrowInto as into:  # (as for any notice)
+        raise into.exception from None
 
 
 def restart_sentence(what: str, fate: dict[str, Any], whose: str) -> str:
