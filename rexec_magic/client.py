@@ -567,30 +567,44 @@ class RexecClient:
             if msg.kind == P.Kind.FAIL:
                 return None
 
-    def inspect(self, timeout_s: float = 5.0, fate_of: str = "") -> dict[str, Any]:
+    def inspect(
+        self,
+        timeout_s: float = 5.0,
+        fate_of: str = "",
+        seen: int | None = None,
+        resent: list[P.Message] | None = None,
+    ) -> dict[str, Any]:
         """The worker's own report: versions, uptime, variables; with ``fate_of`` (a request
-        id) only what became of that request there (``InspectReply.fate``)."""
+        id) only what became of that request there (``InspectReply.fate``), and with
+        ``seen`` (the events of it handled here) its output events from there on, which the
+        worker sends again ahead of the reply, added to ``resent``."""
         self.ensure_hello()
         req_id = self._new_id()
-        extra = {"fate_of": fate_of} if fate_of else {}
+        extra: dict[str, Any] = {"fate_of": fate_of} if fate_of else {}
+        if fate_of and seen is not None:
+            extra["seen"] = seen
         self._send(P.Kind.INSPECT, {"id": req_id, **self.placement(), **extra})
         deadline = time.monotonic() + timeout_s
         while True:
             msg = self._recv(deadline - time.monotonic())
             if msg is None:
                 raise errors.WorkerLost("The remote worker did not answer a status request.")
+            if resent is not None and fate_of and msg.header.get("id") == fate_of:
+                if msg.kind in P.RESENT_KINDS and "seq" in msg.header:
+                    resent.append(msg)
+                continue
             if msg.header.get("id") != req_id:
                 continue
             if msg.kind == P.Kind.INSPECT_REPLY:
                 return msg.header
             if msg.kind == P.Kind.FAIL and msg.header.get("code") == P.FailCode.UNAUTHENTICATED:
                 self.hello()  # the session ended (idle, broker restart): a new one, ask again
-                return self.inspect(timeout_s, fate_of)
+                return self.inspect(timeout_s, fate_of, seen, resent)
             if msg.kind == P.Kind.FAIL:
                 raise self._fail_error(msg)
 
     def _fate_after_restart(
-        self, req_id: str, instance: str | None, what: str
+        self, req_id: str, instance: str | None, what: str, seen: int
     ) -> Generator[P.Message, Any, dict[str, Any]]:
         """What became of request ``req_id`` on the worker process it went to (``instance``),
         whose end a broker restart kept from here: asked (``Inspect.fate_of``) once that
@@ -598,7 +612,9 @@ class RexecClient:
         runs (the worker stops it, as nobody can hear it), for up to ``FATE_WAIT_S``.  {}
         when it cannot be told: another process runs there now (this one's namespace is
         gone with what it knew), or none answered in time.  Past ``NOTICE_AFTER_S`` it says
-        what it waits for (yielded as a NOTICE)."""
+        what it waits for (yielded as a NOTICE).  The output events after the ``seen``
+        handled here, which the worker kept and sends again with its answer (what the old
+        broker lost, what the request printed until its end), are yielded in order first."""
         if not instance:
             return {}
         began = time.monotonic()
@@ -610,12 +626,15 @@ class RexecClient:
                 if worker.get("instance") not in (None, instance):
                     return {}
                 fate: dict[str, Any] = {}
+                resent: list[P.Message] = []
                 if worker:
                     left = FATE_WAIT_S - (time.monotonic() - began)
-                    fate = self.inspect(max(0.5, min(2.0, left)), req_id).get("fate") or {}
+                    timeout = max(0.5, min(2.0, left))
+                    fate = self.inspect(timeout, req_id, seen, resent).get("fate") or {}
             except errors.RexecError:  # (the broker or the worker went again: cannot tell)
                 return {}
             if fate.get("state") not in (None, P.FATE_PENDING):
+                yield from _resent_output(resent, seen)
                 return fate
             if not said and time.monotonic() - began >= P.NOTICE_AFTER_S:
                 said = True
@@ -1207,7 +1226,7 @@ class RexecClient:
                     if started or resent:
                         self._missed_all(header)
                         fate = yield from self._fate_after_restart(
-                            req_id, header.get("instance"), what
+                            req_id, header.get("instance"), what, handled
                         )
                         if fate.get("state") in (P.FATE_NOT_RUN, P.FATE_NOT_STARTED):
                             # Provably never begun on that worker process, which forgot it as
@@ -1788,6 +1807,17 @@ def grace_sentence(what: str, namespace: str | None) -> str:
     return P.grace_sentence(what, P.executor_of(namespace, frontend()))
 
 
+def _resent_output(resent: list[P.Message], seen: int) -> Generator[P.Message, Any, None]:
+    """Output events a worker sent again (``Inspect.seen``), yielded to be shown once each,
+    in order, from seq ``seen`` on (any sent twice, once)."""
+    by_seq = {msg.header["seq"]: msg for msg in resent if msg.header["seq"] >= seen}
+    for seq in sorted(by_seq):
+        try:
+            yield by_seq[seq]
+        except ThrowInto as into:  # (as for any output)
+            raise into.exception from None
+
+
 def _worker_notice(req_id: str, text: str) -> Generator[P.Message, Any, None]:
     """What a request waits for of its worker (a NOTICE ``about`` "worker"), yielded to be
     shown; the consumer's Ctrl-C while it shows it is thrown in, and raised here."""
@@ -1801,15 +1831,20 @@ def restart_sentence(what: str, fate: dict[str, Any], whose: str) -> str:
     """The sentence for a request whose end a broker restart kept from ``whose`` (the
     notebook, the script), from what its worker said became of it (``fate``, {} when
     it could not be told): whether it ran, so that the user knows whether running it
-    again is safe.  What it assigned stays on the worker (``_missed_all``)."""
+    again is safe, and whether its output is all there (the worker sent again what it
+    kept: ``resent``, ``missing``).  What it assigned stays on the worker (``_missed_all``)."""
     head = f"The rexec broker restarted before this {what}'s end reached {whose}"
-    kept = (
-        f"what it printed since is lost, and what it assigned stayed on the worker ({whose}'s "
-        "copies may be older than the worker's: the next cell that uses them brings them)"
+    values = (
+        "its return value did not come back"
+        if what == "call"
+        else f"what it assigned stayed on the worker ({whose}'s copies may be older than the "
+        "worker's: the next cell that uses them brings them)"
     )
+    output = _output_sentence(fate)
+    kept = f"{output}, but {values}" if "resent" in fate else f"{output}, and {values}"
     state, ran_s = fate.get("state"), float(fate.get("ran_s") or 0.0)
     if state == P.FATE_RAN:
-        return f"{head}; it ran to its end there (in {ran_s:.1f} s), but {kept}."
+        return f"{head}; it ran to its end there (in {ran_s:.1f} s); {kept}."
     if state == P.FATE_RAISED:
         return (
             f"{head}; it raised an error there after {ran_s:.1f} s (its traceback is lost); {kept}."
@@ -1824,20 +1859,40 @@ def restart_sentence(what: str, fate: dict[str, Any], whose: str) -> str:
     if state == P.FATE_LOST and fate.get("restarted"):
         return (
             f"{head}; it did not stop when it was interrupted, so its executor was restarted "
-            "and the namespace it ran in was lost, what it printed with it."
+            f"and the namespace it ran in was lost; {output}."
         )
     if state == P.FATE_LOST:
         how = fate.get("ended") or "it died"
         return (
             f"{head}; its executor ended during it ({how}), so the namespace it ran in was "
-            "lost, what it printed with it."
+            f"lost; {output}."
         )
+    unknown = (
+        "its return value did not come back"
+        if what == "call"
+        else f"what it assigned may not have come back ({whose}'s copies may be older than "
+        "the worker's)"
+    )
     return (
         f"{head}, and your worker could not say what became of it: it may not have run, "
-        "may have been stopped, or may have run to its end; its output may be incomplete, "
-        f"and what it assigned may not have come back ({whose}'s copies may be older than "
-        "the worker's)."
+        f"may have been stopped, or may have run to its end; its output may be incomplete, "
+        f"and {unknown}."
     )
+
+
+def _output_sentence(fate: dict[str, Any]) -> str:
+    """Whether a request's output after a broker restart is all above: its worker sent
+    again what the notebook lacked (``resent``) but ``missing`` pieces it did not keep."""
+    if "resent" not in fate:  # (a worker that keeps none, or no longer this request's)
+        return "what it printed since the restart is lost"
+    missing = int(fate.get("missing") or 0)
+    if missing:
+        pieces = "piece" if missing == 1 else "pieces"
+        return (
+            f"its output is above but for {missing:,} {pieces} the worker could not keep "
+            f"(it keeps {contract.human_bytes(P.RESENT_MAX_BYTES)} a notebook has not received)"
+        )
+    return "its output is all above"
 
 
 def _shown_error(msg: P.Message) -> bool:

@@ -944,6 +944,10 @@ class Inspect(Request, Placement):
     client that never heard the request's end (the broker restarted meanwhile)."""
 
     fate_of: Short = ""
+    # With ``fate_of``: the events of that request its client has (by ``seq``, as ``Ack``);
+    # those it lacks that the worker kept come again first (``InspectReply.fate``'s
+    # ``resent``), the same messages as before.
+    seen: Annotated[int, Field(ge=0)] | None = None
 
 
 class Ack(Request):
@@ -1269,9 +1273,18 @@ class InspectReply(Event):
     executors: list[Json] = Field(default_factory=list)  # the user's executors (``Heartbeat``)
     note: str = ""
     # For ``Inspect.fate_of``: ``state`` (``FATE_*``), and for an ended request ``ran_s`` (its
-    # run, seconds), ``at`` (its end, the worker's ``time.time()``), ``message`` (a death's).
+    # run, seconds), ``at`` (its end, the worker's ``time.time()``), ``message`` (a death's);
+    # asked with ``Inspect.seen``: ``resent`` (its output events sent again, ahead of this
+    # reply) and ``missing`` (events after ``seen`` the worker did not keep: output lost).
     fate: Json = {}
 
+
+# The events of a request a worker keeps until its client acknowledges them and sends again
+# to a client that asks after a broker restart (``Inspect.seen``): its output as shown.  Not
+# a NOTICE (what it waited for, then), an ERROR or DONE (the fate says how it ended), nor a
+# generator's item (its loop has moved on).
+RESENT_KINDS = frozenset({Kind.STREAM, Kind.DISPLAY, Kind.RESULT})
+RESENT_MAX_BYTES = 16 << 20  # kept of one request (headers and buffers); the oldest go first
 
 # What became of a request on a worker process (``InspectReply.fate["state"]``).
 FATE_RAN = "ran"  # its code ran to its end

@@ -111,6 +111,70 @@ def test_broker_killed_mid_cell_ends_the_cell_and_the_next_one_works(
     assert outcome.values == {"state": (41, False)}
 
 
+def test_what_a_cell_printed_while_the_broker_restarted_reaches_the_notebook(
+    fresh_stack: Stack, alice: RemoteSession, tmp_path: Path
+) -> None:
+    """A cell printing a numbered line every 50 ms, the broker killed 1 s in: what it printed
+    until the worker stopped it (nobody could hear it) arrives, every line once, in order,
+    in that cell, and the sentence says its output is all above.  It was lost from the kill
+    on: in the old broker, in the new one that refused it, or dropped at the worker while
+    it registered again (tester BN)."""
+    count = tmp_path / "count"
+    code = (
+        "import time\n"
+        f"with open({str(count)!r}, 'w') as f:\n"
+        "    for i in range(600):\n"
+        "        print(f'line {i}', flush=True)\n"
+        "        f.write(f'{i}\\n')\n"
+        "        f.flush()\n"
+        "        time.sleep(0.05)\n"
+    )
+    old = fresh_stack.pid("broker")
+    threading.Timer(1.0, os.kill, args=(old, signal.SIGKILL)).start()
+    events: list[P.Message] = []
+    with pytest.raises(errors.BrokerUnreachable) as info:
+        alice.run(code, {}, [], events.append, pull_limit=2**20)
+    assert "your worker stopped it then" in str(info.value)
+    assert "its output is all above" in str(info.value)
+    text = "".join(m.header["text"] for m in events if m.kind == P.Kind.STREAM)
+    lines = text.splitlines()
+    assert lines == [f"line {i}" for i in range(len(lines))]  # each once, in order
+    written = len(count.read_text().splitlines())  # (its count, after each line printed)
+    assert written <= len(lines) <= written + 1  # (20 of 26 came before: the rest was lost)
+
+
+def test_a_call_that_ended_while_the_broker_restarted_still_shows_all_it_printed(
+    fresh_stack: Stack, alice: RemoteSession, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A `remote_func` call that prints 21 lines over 1.05 s and returns, the broker killed
+    1 s in: it ends during the restart (or, on a slow machine, is stopped by its worker
+    soon after); either way every line it printed is shown, once, in order, and the
+    sentence says so."""
+    from rexec_magic import remote_func
+
+    def chatty() -> int:
+        import time
+
+        for i in range(21):
+            print(f"line {i}", flush=True)
+            time.sleep(0.05)
+        return 21
+
+    old = fresh_stack.pid("broker")
+    threading.Timer(1.0, os.kill, args=(old, signal.SIGKILL)).start()
+    call = remote_func(chatty, session=alice)
+    with pytest.raises(errors.BrokerUnreachable) as info:
+        call()
+    sentence = str(info.value)
+    assert "its output is all above" in sentence
+    stopped = re.search(r"stopped it then, (\d+\.\d) s into its run", sentence)
+    lines = capfd.readouterr().out.splitlines()
+    if stopped is None:
+        assert "it ran to its end there" in sentence
+        assert "but its return value did not come back" in sentence
+    assert lines == [f"line {i}" for i in range(21 if stopped is None else len(lines))]
+
+
 SLOW_VALUE = """
 import time
 

@@ -37,6 +37,7 @@ from worker_image import exits, framing
 from worker_image.cells import shared
 from worker_image.outbox import MARK, SWITCH, Target
 from worker_image.phase import PhaseBoard
+from worker_image.unacked import Unacked
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class Request:
     notice: str = ""  # the last NOTICE category sent
     waited_for: str = ""  # what its last wait notice said it waited for (its last words)
     notice_at: float = 0.0
-    abandoned: bool = False  # its client's broker is gone (RESYNC): its events are dropped
+    abandoned: bool = False  # its client's broker is gone (RESYNC): its events are only kept
     client: str = ""  # the client session that sent it ("": a legacy client)
     frontend: str = protocol.FRONTEND_NOTEBOOK  # what kind of client (``client_words``)
     # Bytes of values the executor fetches from the broker (``BULK_FETCH_REF``) or loads
@@ -173,11 +174,25 @@ class Request:
     # Its ACCEPTED's ``late_stream`` / ``late_count``: its notebook's listener is shown that
     # many late events before the request's own output (``late_listeners``).
     late_mark: dict[str, Any] | None = None
+    # Its output events its client has not acknowledged: sent again to a client that asks
+    # after a broker restart (``Inspect.seen``).  A legacy client (no credit) never asks.
+    unacked: Unacked = field(default_factory=Unacked)
 
     @property
     def blocked(self) -> bool:
-        """The client has not acknowledged ``credit`` events: stop reading for it."""
-        return self.credit is not None and self.seq - self.acked >= self.credit
+        """The client has not acknowledged ``credit`` events: stop reading for it (unless
+        nobody can: an abandoned request's events are kept, within a bound, and it runs on
+        until the worker's interrupt stops it)."""
+        if self.abandoned or self.credit is None:
+            return False
+        return self.seq - self.acked >= self.credit
+
+    def sent(self, kind: str, header: bytes, buffers: Any) -> None:
+        """Event ``seq`` (``header``, numbered) goes, or would go, to the client: kept
+        until acknowledged (``unacked``)."""
+        if self.credit is not None:
+            self.unacked.add(self.seq, kind, header, buffers)
+        self.seq += 1
 
     @property
     def what(self) -> str:

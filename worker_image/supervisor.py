@@ -88,6 +88,7 @@ from worker_image.link import (
     encode_header,
 )
 from worker_image.outbox import BULK_CHANNEL, CODE_OVER, READY, VALUES_IN, Target
+from worker_image.unacked import EndedTails
 
 log = logging.getLogger("worker_image.supervisor")
 
@@ -242,6 +243,8 @@ class Supervisor:
         # Request id -> what became of it here (``protocol.FATE_*``, see ``_fate``): asked by
         # a client that never heard the end (``Inspect.fate_of``, after a broker restart).
         self._fates = Recent(FATES_KEPT)
+        # Their output events not acknowledged when they ended, for such a client too.
+        self._ended_tails = EndedTails()
         # Client session -> (when last heard from, its keepalive interval): a shared
         # namespace's running cell is stopped when its own kernel goes silent, even while
         # the other notebooks attached to it keep the executor alive.
@@ -523,11 +526,10 @@ class Supervisor:
 
     def _to_client(self, req: Request, kind: str, header: dict[str, Any], buffers=()) -> None:
         """A supervisor-made event of ``req`` (numbered like the executor's)."""
-        if req.abandoned:
-            return  # nobody can receive it (see _abandon_cells)
-        full = {"id": req.target.id, "seq": req.seq, **header}
-        req.seq += 1
-        self._signed(req.target.route, kind, encode_header(full), buffers)
+        encoded = encode_header({"id": req.target.id, "seq": req.seq, **header})
+        req.sent(kind, encoded, buffers)
+        if not req.abandoned:  # (else nobody can receive it: see _abandon_cells; kept)
+            self._signed(req.target.route, kind, encoded, buffers)
 
     def _reply(self, route: bytes, kind: str, header: dict[str, Any]) -> None:
         self._signed(route, kind, encode_header(header))
@@ -718,8 +720,9 @@ class Supervisor:
         """The broker that knew this worker's clients is gone (it restarted, or it dropped
         this worker as silent), so no result can reach anyone: interrupt every running cell
         and drop the queued ones rather than run them unseen, so the next cell starts at
-        once.  Their events are dropped from here on.  The clients were told already (their
-        broker's restart, or its ``worker_lost``)."""
+        once.  Their events are only kept from here on (``Request.unacked``), for a client
+        that asks what became of its request (``_on_inspect``).  The clients were told
+        already (their broker's restart, or its ``worker_lost``)."""
         stopped = 0
         for ex in self.all:
             stopped += len(ex.queue)
@@ -911,6 +914,7 @@ class Supervisor:
         if running is not None:
             ex, cur = running
             cur.acked = max(cur.acked, ack.n)
+            cur.unacked.ack(cur.acked)
             ex.last_seen = time.monotonic()
             if cur.client in self._clients:
                 self._clients[cur.client] = (ex.last_seen, self._clients[cur.client][1])
@@ -999,9 +1003,10 @@ class Supervisor:
         fields = msg.read(protocol.Inspect)
         request_id = fields.id
         if fields.fate_of:  # (answered here: no executor needs to be asked)
-            self._reply(
-                route, Kind.INSPECT_REPLY, {"id": request_id, "fate": self._fate(fields.fate_of)}
-            )
+            fate = self._fate(fields.fate_of)
+            if fields.seen is not None and fate["state"] != protocol.FATE_PENDING:
+                fate = self._resend_unacked(route, fields.fate_of, fields.seen, fate)
+            self._reply(route, Kind.INSPECT_REPLY, {"id": request_id, "fate": fate})
             return
         for dead in [ex for ex in self.executors.values() if ex.exited() is not None]:
             # Dead, its pidfd not read yet (``%rexec_status`` right after an os._exit): no
@@ -1461,10 +1466,10 @@ class Supervisor:
             except ProtocolError as exc:
                 log.warning("executor %d sent a malformed DONE: %s", ex.number, exc)
             self._ended_fate(req, status)
-        if not req.abandoned:
-            # Numbered without decoding the (maybe large) header: {"id":..} -> {"seq":N,"id":..}
-            numbered = b'{"seq":%d,' % req.seq + header[1:]
-            req.seq += 1
+        # Numbered without decoding the (maybe large) header: {"id":..} -> {"seq":N,"id":..}
+        numbered = b'{"seq":%d,' % req.seq + header[1:]
+        req.sent(kind, numbered, raw.buffers)
+        if not req.abandoned:  # (else kept only: see _abandon_cells)
             self._signed(req.target.route, kind, numbered, raw.buffers)
         if kind == Kind.DONE:
             ex.current = None
@@ -1879,6 +1884,24 @@ class Supervisor:
         if ended:
             fate["ended"], fate["restarted"] = ended, restarted
         self._fates[req.target.id] = fate
+        self._ended_tails.keep(req.target.id, req.unacked)
+
+    def _resend_unacked(
+        self, route: bytes, request_id: str, seen: int, fate: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Send ``route`` (a client asking after a broker restart) the output events of ended
+        request ``request_id`` from seq ``seen`` on, as first sent, ahead of the fate, which
+        says how many (``resent``) and how many were not kept (``missing``)."""
+        tail = self._ended_tails.get(request_id)
+        if tail is None:
+            return fate
+        events, missing = tail.since(seen)
+        for event in events:
+            self._signed(route, event.kind, event.header, event.buffers)
+        if events:
+            log.info("sent %d event(s) of %s again after a broker restart", len(events),
+                     request_id)  # fmt: skip
+        return {**fate, "resent": len(events), "missing": missing}
 
     def _fate(self, request_id: str) -> dict[str, Any]:
         """What became of request ``request_id`` here (``InspectReply.fate``): its kept fate;
