@@ -3133,3 +3133,51 @@ def test_output_written_while_the_supervisor_was_stopped_reaches_the_broker_that
     seqs = [m.header["seq"] for m in events if m.kind != Kind.ACCEPTED]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
     assert set(port.refused) <= {Kind.HEARTBEAT}, port.refused  # (nothing of the cell's)
+
+
+# --------------------------------------------------------------------------- broker restart
+def ask_fate(port: BrokerPort, request_id: str, seen: int) -> tuple[dict, list]:
+    """What became of ``request_id``, as a client asks after a broker restart, once it is
+    no longer pending; with the output events of it the worker sent again first."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        port.send(Kind.INSPECT, {"id": "fate", "fate_of": request_id, "seen": seen})
+        resent = []
+        while True:
+            _, msg = port.recv()
+            if msg.header.get("id") == request_id:
+                resent.append(msg)
+            elif msg.kind == Kind.INSPECT_REPLY and msg.header["id"] == "fate":
+                break
+        fate = msg.header["fate"]
+        if fate["state"] != protocol.FATE_PENDING or time.monotonic() > deadline:
+            return fate, resent
+        time.sleep(0.1)
+
+
+def test_a_slow_readers_cell_stopped_at_a_broker_restart_keeps_the_namespace(port):
+    """A cell flooding displays to a notebook that reads slowly (credit: it waits on the
+    client) when the broker restarts: nobody can hear it, so the worker stops it, and it
+    stops as an interrupt stops it, its namespace kept.  It used to stay waiting on the
+    client that was gone, deaf to the interrupt, and its executor was killed after the
+    grace period with the namespace.  What the notebook lacks of its output, which the
+    worker kept (``Inspect.seen``), comes again when the client asks what became of it,
+    in order, after what it had."""
+    port.run("kept = 7")
+    first = port.execute("for i in range(100_000):\n    display(i)", extra={"credit": 4})
+    had = port.unacknowledged(first, 2)
+    time.sleep(0.5)  # (it waits on the client now)
+    port.restart_router()
+    port.recv_kind(Kind.HEARTBEAT)  # the supervisor's DEALER reconnected by itself
+    port.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)
+    port.register(broker="restarted")
+    fate, resent = ask_fate(port, first, seen=len(had))
+    assert fate["state"] == protocol.FATE_STOPPED, fate
+    assert fate["resent"] == len(resent) > 0 and fate["missing"] == 0
+    seqs = [m.header["seq"] for m in resent]
+    assert seqs == sorted(seqs) and seqs[0] == len(had)
+    shown = [m.header["data"]["text/plain"] for m in resent if m.kind == Kind.DISPLAY]
+    assert shown == [str(i) for i in range(len(had), len(had) + len(shown))]
+    events = port.run("print(kept)")
+    assert stdout(events) == "7\n"
+    assert not [e for e in events if e.kind == Kind.NOTICE and e.header.get("about") == "lost"]
