@@ -592,6 +592,8 @@ class RexecClient:
             if resent is not None and fate_of and msg.header.get("id") == fate_of:
                 if msg.kind in P.RESENT_KINDS and "seq" in msg.header:
                     resent.append(msg)
+                    # (Coming: the reply is behind them, however many; 16 MiB at most.)
+                    deadline = max(deadline, time.monotonic() + timeout_s)
                 continue
             if msg.header.get("id") != req_id:
                 continue
