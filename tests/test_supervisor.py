@@ -21,6 +21,7 @@ from rexec_magic import protocol, serialize
 from rexec_magic.protocol import DoneStatus, Kind
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
 from tests.worker_harness import CLIENT, BrokerPort, done, pulled, stdout
+from worker_image import exits
 from worker_image.executors import proc_stopped
 from worker_image.supervisor import PACK_GRACE_S
 
@@ -3181,3 +3182,39 @@ def test_a_slow_readers_cell_stopped_at_a_broker_restart_keeps_the_namespace(por
     events = port.run("print(kept)")
     assert stdout(events) == "7\n"
     assert not [e for e in events if e.kind == Kind.NOTICE and e.header.get("about") == "lost"]
+
+
+def test_what_exit_said_ended_has_ended_and_its_threads_later_lines_are_marked_late(port, tmp_path):
+    """exit() says the executor "and the processes its cells started" ended.  A non-daemon
+    ``multiprocessing.Process`` (Python's exit waits for it) and a Popen ran on, printing,
+    until the executor was killed 3 s later, and their lines came in the next cell, on the
+    fresh executor, as its own (tester BO, 7 of 7).  They stop with the DONE now; what a
+    thread of the ended executor prints meanwhile (it has ``EXIT_WAIT_S``) comes in the
+    next cell marked late, never as that cell's own."""
+    pids = tmp_path / "pids"
+    code = (
+        "import multiprocessing as mp, os, subprocess, threading, time\n"
+        "def tick(name):\n"
+        "    for i in range(100):\n"
+        "        print(name, i, flush=True)\n"
+        "        time.sleep(0.1)\n"
+        "proc = mp.Process(target=tick, args=('process',))\n"
+        "proc.start()\n"
+        "pop = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{proc.pid}} {{pop.pid}}')\n"
+        "threading.Thread(target=tick, args=('thread',)).start()\n"
+        "time.sleep(0.3)\n"
+        "exit()"
+    )
+    assert done(port.run(code)).header["exit"] is True
+    started = [int(pid) for pid in pids.read_text().split()]
+    wait_for(
+        lambda: all(exits.proc_state(pid) in (None, "Z") for pid in started),
+        "the processes the cell started to end",
+        timeout_s=1.0,  # (the executor itself is held 3 s by its thread)
+    )
+    events = port.run("import time\ntime.sleep(1)\nprint('next')")
+    text = [(e.header["text"], bool(e.header.get("late"))) for e in events if e.kind == Kind.STREAM]
+    assert "".join(t for t, late in text if not late) == "next\n"
+    assert "process" not in "".join(t for t, _ in text)
+    assert "thread" in "".join(t for t, late in text if late)

@@ -1499,6 +1499,11 @@ class Supervisor:
                     "was lost.",
                 )
             self._forget(ex, "the executor ended with exit()")
+            # Said ended with it (the DONE's sentence): the processes its cells started stop
+            # now, not when the executor does (its threads have ``EXIT_WAIT_S``; tester BO:
+            # a non-daemon ``multiprocessing.Process``, which Python's exit waits for, ran
+            # and printed 3.5 s on).
+            ex.kill_started()
             for late in ex.take_all_late():  # (earlier cells' late output, not yet shown)
                 self._left_output(
                     ex.key, late.owner, late.kind, late.payload, late.buffers, late.request
@@ -1541,8 +1546,9 @@ class Supervisor:
         its next one, marked late), or kept for the next executor."""
         ex, running = self._left_target(key, owner)
         if ex is not None and running is not None:
-            if isinstance(payload, str):
-                self._add_stream(ex, kind, payload)
+            if isinstance(payload, str):  # (another process's: never this cell's own text,
+                # tester BO: an exit()-ended executor's lines read as a fresh cell's)
+                self._add_stream(ex, kind, payload, late=True)
             else:
                 self._late_to_client(running, kind, payload, buffers)
         elif ex is not None:  # (in a shared namespace, not into another notebook's cell)
