@@ -170,6 +170,17 @@ def refusal(obj: Any) -> str | None:
     zmq = sys.modules.get("zmq")
     if zmq is not None and isinstance(obj, zmq.Socket | zmq.Context):
         return "a ZeroMQ socket"
+    # Of modules a cell imported (looked up, not imported here): their own refusal says
+    # "Pickling an AuthenticationString object is disallowed" of a Process (tester BO).
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None and isinstance(obj, process.BaseProcess):
+        return "a process"
+    pool = sys.modules.get("multiprocessing.pool")
+    if pool is not None and isinstance(obj, pool.Pool):
+        return "a thread pool" if isinstance(obj, pool.ThreadPool) else "a process pool"
+    futures = sys.modules.get("concurrent.futures")
+    if futures is not None and isinstance(obj, futures.Executor):
+        return "a pool of workers"
     return None
 
 

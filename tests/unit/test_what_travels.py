@@ -25,7 +25,15 @@ pytestmark = pytest.mark.unit
         (lambda tmp: threading.Lock(), "a lock"),
         (lambda tmp: (i for i in range(2)), "a generator"),
         (lambda tmp: threading.Thread(target=print), "a thread"),
+        # (Not started: a Process is refused for what it is, started or not.)
+        (lambda tmp: __import__("multiprocessing").Process(target=print), "a process"),
+        (lambda tmp: __import__("multiprocessing.pool").pool.ThreadPool(1), "a thread pool"),
+        (
+            lambda tmp: __import__("concurrent.futures").futures.ThreadPoolExecutor(1),
+            "a pool of workers",
+        ),
     ],
+    ids=["file", "socket", "lock", "generator", "thread", "process", "pool", "executor"],
 )
 def test_meaningless_values_are_refused_naming_variable_and_type(tmp_path, make, what):
     value = make(tmp_path)
@@ -36,7 +44,7 @@ def test_meaningless_values_are_refused_naming_variable_and_type(tmp_path, make,
         assert text.startswith("variable 'v' holds " + what)
         assert type(value).__name__ in text
     finally:
-        close = getattr(value, "close", None)
+        close = getattr(value, "close", None) or getattr(value, "shutdown", None)
         if close is not None:
             close()
 
