@@ -1217,20 +1217,93 @@ def test_cells_with_top_level_async_code_run_as_in_a_kernel(port, cell, shown):
 
 
 def test_asyncio_run_in_a_cell_leaves_an_event_loop_for_the_next_cells(port):
-    """``asyncio.run()`` works in a remote cell (no loop runs during a cell here) and ends by
-    leaving the thread no current loop; every later ``asyncio.get_event_loop()`` raised
-    "There is no current event loop".  The next cells get the loop back (the one ``await``
-    cells run on), and a loop a cell set itself stays."""
-    first = port.run("import asyncio\nasyncio.run(asyncio.sleep(0, 'ran'))\nprint('ok')")
+    """``asyncio.run()`` works in a terminal IPython's remote cell (no loop runs during a
+    cell there) and ends by leaving the thread no current loop; every later
+    ``asyncio.get_event_loop()`` raised "There is no current event loop".  The next cells
+    get the loop back (the one ``await`` cells run on), and a loop a cell set itself
+    stays."""
+    terminal = {"frontend": protocol.FRONTEND_IPYTHON}
+    first = port.run(
+        "import asyncio\nasyncio.run(asyncio.sleep(0, 'ran'))\nprint('ok')", extra=terminal
+    )
     assert done(first).header["status"] == DoneStatus.OK and stdout(first) == "ok\n"
-    second = port.run("print(asyncio.get_event_loop().run_until_complete(asyncio.sleep(0, 7)))")
+    second = port.run(
+        "print(asyncio.get_event_loop().run_until_complete(asyncio.sleep(0, 7)))", extra=terminal
+    )
     assert done(second).header["status"] == DoneStatus.OK and stdout(second) == "7\n"
     third = port.run("x = await asyncio.sleep(0, 8)\nprint(x)")
     assert stdout(third) == "8\n"
-    port.run("mine = asyncio.new_event_loop()\nasyncio.set_event_loop(mine)")
-    assert stdout(port.run("print(asyncio.get_event_loop() is mine)")) == "True\n"
+    port.run("mine = asyncio.new_event_loop()\nasyncio.set_event_loop(mine)", extra=terminal)
+    assert stdout(port.run("print(asyncio.get_event_loop() is mine)", extra=terminal)) == "True\n"
     port.run("asyncio.set_event_loop(None)\nmine.close()")  # (the next tests' loop again)
     assert stdout(port.run("print(asyncio.get_event_loop().is_closed())")) == "False\n"
+
+
+def test_a_notebooks_plain_cell_has_the_loop_running_as_in_ipykernel(port):
+    """ipykernel runs every cell inside its running event loop: ``asyncio.create_task`` and
+    ``asyncio.get_running_loop()`` work in a plain cell, the task runs once the cell is
+    over, and ``asyncio.run()`` cannot be called there.  A plain remote cell raised "no
+    running event loop" (tester BP 6 of 6); it runs as a local one now."""
+    code = (
+        "import asyncio\n"
+        "async def later():\n"
+        "    print('task ran', flush=True)\n"
+        "    return 5\n"
+        "task = asyncio.create_task(later())\n"
+        "print(asyncio.get_running_loop() is asyncio.get_event_loop())"
+    )
+    events = port.run(code)
+    assert done(events).header["status"] == DoneStatus.OK, done(events).header
+    assert stdout(events) == "True\n"
+    assert stdout(port.run("print(task.result())")).endswith("5\n")
+    events = port.run("asyncio.run(asyncio.sleep(0))")
+    error = next(e for e in events if e.kind == Kind.ERROR)
+    assert "cannot be called from a running event loop" in error.header["evalue"]
+    # Outside the cell nothing is running: the loop runs between cells and in await cells.
+    assert stdout(port.run("print(await asyncio.sleep(0, 'awaited'))")) == "awaited\n"
+
+
+@pytest.mark.parametrize(
+    "waits_on",
+    [
+        "async def answer(reader, writer):\n    mark()\n    writer.close()\n"
+        "server = await asyncio.start_server(answer, '127.0.0.1', 0)\n"
+        "port = server.sockets[0].getsockname()[1]",
+        "rd, wr = os.pipe()\n"
+        "asyncio.get_event_loop().add_reader(rd, lambda: os.read(rd, 10) and mark())\n"
+        "threading.Timer(0.3, os.write, args=(wr, b'x')).start()",
+        "q = asyncio.Queue()\n"
+        "async def consume():\n    await q.get()\n    mark()\n"
+        "consumer = asyncio.create_task(consume())\n"
+        "await asyncio.sleep(0)  # (it waits on the queue before the cell ends)\n"
+        "loop = asyncio.get_running_loop()\n"
+        "threading.Timer(0.3, loop.call_soon_threadsafe, args=(q.put_nowait, 'item')).start()",
+    ],
+    ids=["a server", "a reader", "a thread's wake-up"],
+)
+def test_the_loop_serves_sockets_readers_and_threads_wake_ups_between_cells(
+    port, tmp_path, waits_on
+):
+    """Between cells the loop ran only while a callback was ready or timed: a server a cell
+    started answered no connection, a reader and a queue fed by a thread waited, until a
+    later ``await`` cell ran the loop (tester BP 3 of 3 each).  As in ipykernel, they are
+    served while no cell runs."""
+    import socket
+
+    flag = tmp_path / "served"
+    code = (
+        "import asyncio, os, threading\n"
+        f"def mark():\n    open({str(flag)!r}, 'w').close()\n"
+        f"{waits_on}"
+    )
+    events = port.run(code)
+    assert done(events).header["status"] == DoneStatus.OK, done(events).header
+    if "server" in waits_on:
+        number = int(stdout(port.run("print(port)")).strip())
+        with socket.create_connection(("127.0.0.1", number), timeout=WAIT_S) as conn:
+            conn.settimeout(WAIT_S)
+            assert conn.recv(1) == b""  # (answered: it closed the connection)
+    wait_for(flag.exists, "the loop to serve it while no cell runs")
 
 
 @pytest.mark.parametrize("interrupts", [1, 2])

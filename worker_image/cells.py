@@ -775,6 +775,7 @@ class CellRunner:
             self.watch.before(shell.user_ns, cell.watch)
             self._take_restores(cell)
             names_before = object_ids(shell.user_ns)
+            shell.lends_loop = cell.frontend == FRONTEND_NOTEBOOK  # (as ipykernel's cells)
             with numbered_as(shell, cell.number):
                 result = shell.run_cell(cell.code, store_history=True)
             # The user's code is over.  Collecting what goes back records digests as it goes:

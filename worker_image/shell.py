@@ -220,6 +220,10 @@ class WorkerShell(InteractiveShell):
         self.plain_exit = False  # a script's call runs: exit() raises SystemExit, as there
         # An interrupted ``await`` cell's task is being cancelled (``CancellingRunner``).
         self.cancelling_for_interrupt = False
+        # A notebook's cell runs now: its plain code sees the loop as running (see
+        # ``should_run_async``); ``_loop_lent``: it is set as such until ``run_cell`` returns.
+        self.lends_loop = False
+        self._loop_lent = False
         super().__init__(**kwargs)
         runner = CancellingRunner(self)  # (``%autoawait asyncio`` takes it too)
         self.loop_runner_map = {**self.loop_runner_map, "asyncio": (runner, True)}
@@ -238,12 +242,37 @@ class WorkerShell(InteractiveShell):
         find out before it compiles it to run (a 100-line cell: 0.78 ms here)."""
         if transformed_cell is not None and "await" not in transformed_cell:
             if "async" not in transformed_cell:
-                return False
-        return super().should_run_async(
+                return self._lend_loop()
+        if super().should_run_async(
             raw_cell,
             transformed_cell=transformed_cell,
             preprocessing_exc_tuple=preprocessing_exc_tuple,
-        )
+        ):
+            return True
+        return self._lend_loop()
+
+    def _lend_loop(self) -> bool:
+        """A notebook's plain (not ``await``) cell is about to run: make the asyncio loop
+        the running one while it does, as in ipykernel, which runs every cell inside its
+        running loop: ``asyncio.create_task(...)`` and ``asyncio.get_running_loop()`` work
+        in a plain cell (they raised "no running event loop", tester BP 6 of 6), the task
+        runs once the cell is over, as the loop runs between cells, and ``asyncio.run()``
+        says it "cannot be called from a running event loop", as it does there.  (Asked by
+        IPython's ``_run_cell`` right before it runs the cell: the one place that knows a
+        cell is plain.  A terminal IPython's and a script's code have no running loop, as
+        there.)  Returns False: the cell runs as plain code."""
+        if self.lends_loop:
+            asyncio._set_running_loop(get_asyncio_loop())
+            self._loop_lent = True
+        return False
+
+    def run_cell(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().run_cell(*args, **kwargs)
+        finally:
+            if self._loop_lent:
+                self._loop_lent = False
+                asyncio._set_running_loop(None)
 
     def init_environment(self) -> None:
         """The environment ipykernel's shell sets for the code it runs
