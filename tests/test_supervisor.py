@@ -3291,3 +3291,14 @@ def test_what_exit_said_ended_has_ended_and_its_threads_later_lines_are_marked_l
     assert "".join(t for t, late in text if not late) == "next\n"
     assert "process" not in "".join(t for t, _ in text)
     assert "thread" in "".join(t for t, late in text if late)
+
+
+def test_a_cells_own_run_cell_keeps_the_loop_running_for_the_rest_of_it(port):
+    code = (
+        "import asyncio\n"
+        "get_ipython().run_cell('inner = 1')\n"
+        "print(asyncio.get_running_loop() is not None)"
+    )
+    assert stdout(port.run(code)) == "True\n"
+    events = port.run("asyncio.get_running_loop()")  # (a cell of its own again: running)
+    assert done(events).header["status"] == DoneStatus.OK

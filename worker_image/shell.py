@@ -267,10 +267,11 @@ class WorkerShell(InteractiveShell):
         return False
 
     def run_cell(self, *args: Any, **kwargs: Any) -> Any:
+        outer = self._loop_lent  # (a cell's own ``get_ipython().run_cell(...)``: inside it)
         try:
             return super().run_cell(*args, **kwargs)
         finally:
-            if self._loop_lent:
+            if self._loop_lent and not outer:
                 self._loop_lent = False
                 asyncio._set_running_loop(None)
 
