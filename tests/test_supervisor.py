@@ -3302,3 +3302,28 @@ def test_a_cells_own_run_cell_keeps_the_loop_running_for_the_rest_of_it(port):
     assert stdout(port.run(code)) == "True\n"
     events = port.run("asyncio.get_running_loop()")  # (a cell of its own again: running)
     assert done(events).header["status"] == DoneStatus.OK
+
+
+def test_an_atexit_handler_that_prints_runs_to_its_end_after_exit(port, tmp_path):
+    """An ``atexit`` handler runs at exit(), as a kernel's do when it shuts down; its
+    ``print`` raised EBADF (the link was closed; the print was taken for an asyncio task's
+    of the last cell), so what came after it (the checkpoint it saves) never ran, and
+    nothing said so (tester BP 4 of 4).  It runs to its end, and what it printed comes at
+    the top of the next cell, marked late."""
+    saved = tmp_path / "saved"
+    code = (
+        "import atexit\n"
+        "def bye():\n"
+        "    print('saving', flush=True)\n"
+        f"    open({str(saved)!r}, 'w').write('saved')\n"
+        "atexit.register(bye)"
+    )
+    port.run(code)
+    assert done(port.run("exit()")).header["exit"] is True
+    wait_for(saved.exists, "the handler to save")
+    time.sleep(0.5)  # (its executor ends; what it printed is kept for the next cell)
+    events = port.run("print('next')")
+    late = "".join(
+        e.header["text"] for e in events if e.kind == Kind.STREAM and e.header.get("late")
+    )
+    assert late == "saving\n"

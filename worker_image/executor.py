@@ -431,7 +431,11 @@ class Executor:
         self.inspects.close()
         if self.channel.bulk is not None:
             self.channel.bulk.close()  # an open socket would hold ctx.term() for ever
-        self.link.close()  # every send was whole before it returned: the last DONE is out
+        # Every send was whole before it returned: the last DONE is out.  What the exit runs
+        # after this (``atexit`` handlers) prints to the pipes: its print raised EBADF, as
+        # an asyncio task's of the last request would send (tester BP 4 of 4, silently).
+        self.channel.closed = True
+        self.link.close()
         self.ctx.term()
         return 0
 

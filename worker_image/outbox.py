@@ -125,6 +125,9 @@ class EventChannel:
         self.last_sent: tuple[str, str] | None = None  # (request id, kind) last handed over
         # Where a large DONE's buffers may go straight to the broker (worker_image.bulk).
         self.bulk: BulkUploader | None = None
+        # The link is closed: the executor ends (``Executor.close``), and what Python's exit
+        # runs then (``atexit`` handlers) writes to the pipes only.
+        self.closed = False
 
     def event(
         self,
@@ -138,6 +141,9 @@ class EventChannel:
         """Send one event for ``target`` now; its buffers are free to change on return."""
         if self.in_forked_child:
             self._forked_child_event(kind, header)
+            return
+        if self.closed:  # (a display in an atexit handler: nowhere to go)
+            log.info("a %s after the link closed was dropped", kind)
             return
 
         header = {"id": target.id, **header}
@@ -167,7 +173,7 @@ class EventChannel:
         supervisor knows it for the task's.  (Between requests it went to the pipe when the
         task was the last request's, and a line written as the next request began was read
         as that request's own, tester BI 2 of 6.)"""
-        if threading.get_ident() != _MAIN_THREAD:
+        if threading.get_ident() != _MAIN_THREAD or self.closed:
             return None
         made_by = MADE_BY.get()
         if made_by is None or made_by is self.current:
