@@ -3327,3 +3327,35 @@ def test_an_atexit_handler_that_prints_runs_to_its_end_after_exit(port, tmp_path
         e.header["text"] for e in events if e.kind == Kind.STREAM and e.header.get("late")
     )
     assert late == "saving\n"
+
+
+def test_a_notebook_that_shuts_down_runs_its_executors_atexit_handlers(port, tmp_path):
+    """A kernel shut down runs its ``atexit`` handlers; the executor of a notebook that
+    ended (its goodbye) was ended by SIGTERM, at once, and a handler that saves a
+    checkpoint never ran (tester BP 2 of 2).  It ends as a kernel does now, and what its
+    cells started still goes with it."""
+    saved, child = tmp_path / "saved", tmp_path / "child"
+    nb = in_session("leaving", keepalive_s=60.0)
+    code = (
+        "import atexit, os, subprocess, time\n"
+        "def bye():\n"
+        "    time.sleep(0.2)\n"
+        f"    open({str(saved)!r}, 'w').write('saved')\n"
+        "atexit.register(bye)\n"
+        "pop = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(child)!r}, 'w').write(str(pop.pid))\n"
+        "print(os.getpid())"
+    )
+    pid = int(stdout(port.run(code, **nb)))
+    goodbye = {"id": "bye", **nb["extra"], "keepalive_s": protocol.KEEPALIVE_MIN_S}
+    port.send(Kind.KEEPALIVE, goodbye)
+
+    def ended() -> bool:
+        with contextlib.suppress(TimeoutError):  # (heartbeats answered meanwhile)
+            port.recv(0.1)
+        return not pid_alive(pid)
+
+    wait_for(ended, "the executor to end")
+    assert saved.read_text() == "saved"
+    popen = int(child.read_text())
+    wait_for(lambda: exits.proc_state(popen) in (None, "Z"), "what its cell started to end")

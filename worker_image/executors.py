@@ -709,14 +709,14 @@ class ExecutorProcess:
             else:
                 os.killpg(self.pid, sig)
 
-    def kill_started(self) -> None:
-        """SIGKILL the processes of the executor's group but itself (what its cells started
+    def signal_started(self, sig: int) -> None:
+        """Signal the processes of the executor's group but itself (what its cells started
         and left running: a Popen, a ``multiprocessing`` worker, a forked child).  One a
         thread forks after this goes with the group when the executor ends."""
         for pid in exits.group_members(self.pid):
             if pid != self.pid:
                 with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, sig)
 
     def exit_sentence(self, returncode: int) -> str:
         if self.kill_reason == "link":

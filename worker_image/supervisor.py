@@ -87,7 +87,7 @@ from worker_image.link import (
     Registration,
     encode_header,
 )
-from worker_image.outbox import BULK_CHANNEL, CODE_OVER, READY, VALUES_IN, Target
+from worker_image.outbox import BULK_CHANNEL, CODE_OVER, READY, STOP, VALUES_IN, Target
 from worker_image.unacked import EndedTails
 
 log = logging.getLogger("worker_image.supervisor")
@@ -1503,7 +1503,7 @@ class Supervisor:
             # now, not when the executor does (its threads have ``EXIT_WAIT_S``; tester BO:
             # a non-daemon ``multiprocessing.Process``, which Python's exit waits for, ran
             # and printed 3.5 s on).
-            ex.kill_started()
+            ex.signal_started(signal.SIGKILL)
             for late in ex.take_all_late():  # (earlier cells' late output, not yet shown)
                 self._left_output(
                     ex.key, late.owner, late.kind, late.payload, late.buffers, late.request
@@ -2235,8 +2235,13 @@ class Supervisor:
                 self._interrupt(ex, "orphan")
         else:
             ex.kill_reason = "stop"
-            ex.grace_deadline = now + STOP_WAIT_S
-            ex.signal(signal.SIGTERM)
+            ex.grace_deadline = now + STOP_WAIT_S  # (then SIGKILL, its group with it)
+            # It ends as a kernel shut down ends: Python's exit runs its ``atexit`` handlers
+            # (a SIGTERM ended it at once: a handler that saves a checkpoint never ran,
+            # tester BP 2 of 2); what its cells started gets the SIGTERM.
+            if not ex.send(protocol.encode(STOP, {})):
+                ex.signal(signal.SIGTERM)
+            ex.signal_started(signal.SIGTERM)
 
     def _kernels_gone(self, ex: ExecutorProcess, now: float) -> str | None:
         """Whether the kernels ``ex`` serves are gone, each by ``_client_gone``, and how:
