@@ -181,6 +181,19 @@ def refusal(obj: Any) -> str | None:
     futures = sys.modules.get("concurrent.futures")
     if futures is not None and isinstance(obj, futures.Executor):
         return "a pool of workers"
+    # Their pickling errors name internal types that change from run to run
+    # ("TaskStepMethWrapper", "_contextvars.Context"; tester BP).
+    aio = sys.modules.get("asyncio")
+    if aio is not None:
+        for kind, what in (
+            (aio.Task, "an asyncio task"),
+            (aio.Future, "an asyncio future"),
+            (aio.AbstractEventLoop, "an event loop"),
+            (aio.AbstractServer, "a server"),
+            (aio.Queue, "an asyncio queue"),
+        ):
+            if isinstance(obj, kind):
+                return what
     return None
 
 

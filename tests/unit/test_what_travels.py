@@ -3,6 +3,7 @@ content hashes.  Pure functions: no stack needed."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import socket
@@ -32,8 +33,21 @@ pytestmark = pytest.mark.unit
             lambda tmp: __import__("concurrent.futures").futures.ThreadPoolExecutor(1),
             "a pool of workers",
         ),
+        (lambda tmp: asyncio.new_event_loop(), "an event loop"),
+        (lambda tmp: asyncio.Queue(), "an asyncio queue"),
     ],
-    ids=["file", "socket", "lock", "generator", "thread", "process", "pool", "executor"],
+    ids=[
+        "file",
+        "socket",
+        "lock",
+        "generator",
+        "thread",
+        "process",
+        "pool",
+        "executor",
+        "loop",
+        "queue",
+    ],
 )
 def test_meaningless_values_are_refused_naming_variable_and_type(tmp_path, make, what):
     value = make(tmp_path)
