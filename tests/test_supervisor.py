@@ -1250,15 +1250,19 @@ def test_a_notebooks_plain_cell_has_the_loop_running_as_in_ipykernel(port):
         "    print('task ran', flush=True)\n"
         "    return 5\n"
         "task = asyncio.create_task(later())\n"
-        "print(asyncio.get_running_loop() is asyncio.get_event_loop())"
+        "loop = asyncio.get_event_loop()\n"
+        "print(asyncio.get_running_loop() is loop, loop.is_running())"
     )
     events = port.run(code)
     assert done(events).header["status"] == DoneStatus.OK, done(events).header
-    assert stdout(events) == "True\n"
+    assert stdout(events) == "True True\n"
     assert stdout(port.run("print(task.result())")).endswith("5\n")
     events = port.run("asyncio.run(asyncio.sleep(0))")
     error = next(e for e in events if e.kind == Kind.ERROR)
     assert "cannot be called from a running event loop" in error.header["evalue"]
+    events = port.run("loop.run_until_complete(asyncio.sleep(0))")
+    error = next(e for e in events if e.kind == Kind.ERROR)
+    assert "This event loop is already running" in error.header["evalue"]
     # Outside the cell nothing is running: the loop runs between cells and in await cells.
     assert stdout(port.run("print(await asyncio.sleep(0, 'awaited'))")) == "awaited\n"
 

@@ -16,6 +16,7 @@ import getpass
 import os
 import sys
 import sysconfig
+import threading
 import types
 import warnings
 from typing import Any
@@ -224,6 +225,7 @@ class WorkerShell(InteractiveShell):
         # ``should_run_async``); ``_loop_lent``: it is set as such until ``run_cell`` returns.
         self.lends_loop = False
         self._loop_lent = False
+        self._loop_marked: asyncio.AbstractEventLoop | None = None
         super().__init__(**kwargs)
         runner = CancellingRunner(self)  # (``%autoawait asyncio`` takes it too)
         self.loop_runner_map = {**self.loop_runner_map, "asyncio": (runner, True)}
@@ -261,8 +263,15 @@ class WorkerShell(InteractiveShell):
         IPython's ``_run_cell`` right before it runs the cell: the one place that knows a
         cell is plain.  A terminal IPython's and a script's code have no running loop, as
         there.)  Returns False: the cell runs as plain code."""
-        if self.lends_loop:
-            asyncio._set_running_loop(get_asyncio_loop())
+        if self.lends_loop and not self._loop_lent:
+            loop = get_asyncio_loop()
+            asyncio._set_running_loop(loop)
+            # ``loop.is_running()`` says so too (what ``run_forever`` sets): code that asks it
+            # first schedules on the loop instead of calling ``run_until_complete``, which
+            # says "This event loop is already running", both as in ipykernel.
+            if getattr(loop, "_thread_id", 0) is None:
+                loop._thread_id = threading.get_ident()  # type: ignore[attr-defined]
+                self._loop_marked = loop
             self._loop_lent = True
         return False
 
@@ -274,6 +283,9 @@ class WorkerShell(InteractiveShell):
             if self._loop_lent and not outer:
                 self._loop_lent = False
                 asyncio._set_running_loop(None)
+                if self._loop_marked is not None:
+                    self._loop_marked._thread_id = None  # type: ignore[attr-defined]
+                    self._loop_marked = None
 
     def init_environment(self) -> None:
         """The environment ipykernel's shell sets for the code it runs
