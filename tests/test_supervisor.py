@@ -3298,6 +3298,8 @@ def test_what_exit_said_ended_has_ended_and_its_threads_later_lines_are_marked_l
 
 
 def test_a_cells_own_run_cell_keeps_the_loop_running_for_the_rest_of_it(port):
+    """The inner ``run_cell`` ends inside the outer cell: the loop stays the running one
+    for the rest of it, and is lent again to the next cell."""
     code = (
         "import asyncio\n"
         "get_ipython().run_cell('inner = 1')\n"
