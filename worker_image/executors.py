@@ -662,7 +662,7 @@ class ExecutorProcess:
         # process its handling of the interrupt starts (a cleanup's ``os.system``) is not
         # the cell's work to stop (listed after the SIGINT, a shell the cleanup had just
         # forked was listed and stopped: its command's output was lost, 2 of 3 here).
-        started = [pid for pid in exits.group_members(self.pid) if pid != self.pid]
+        started = self.started_processes()
         if request_id != self.interrupted_request:  # (a repeat keeps the first's count: an
             # interrupt its code took already is no lost one, tester BF's cleanup 2 of 9)
             self.interrupted_request = request_id
@@ -709,14 +709,17 @@ class ExecutorProcess:
             else:
                 os.killpg(self.pid, sig)
 
+    def started_processes(self) -> list[int]:
+        """The processes of the executor's group but itself: what its cells started and
+        left running (a Popen, a ``multiprocessing`` worker, a forked child)."""
+        return [pid for pid in exits.group_members(self.pid) if pid != self.pid]
+
     def signal_started(self, sig: int) -> None:
-        """Signal the processes of the executor's group but itself (what its cells started
-        and left running: a Popen, a ``multiprocessing`` worker, a forked child).  One a
-        thread forks after this goes with the group when the executor ends."""
-        for pid in exits.group_members(self.pid):
-            if pid != self.pid:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, sig)
+        """Signal ``started_processes``.  One a thread forks after this goes with the group
+        when the executor ends."""
+        for pid in self.started_processes():
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
 
     def exit_sentence(self, returncode: int) -> str:
         if self.kill_reason == "link":
