@@ -1809,24 +1809,26 @@ def grace_sentence(what: str, namespace: str | None) -> str:
     return P.grace_sentence(what, P.executor_of(namespace, frontend()))
 
 
+def _shown(msg: P.Message) -> Generator[P.Message, Any, None]:
+    """``msg`` yielded to be shown; the consumer's Ctrl-C while it shows it is thrown in,
+    and raised here (as for any output or notice)."""
+    try:
+        yield msg
+    except ThrowInto as into:
+        raise into.exception from None
+
+
 def _resent_output(resent: list[P.Message], seen: int) -> Generator[P.Message, Any, None]:
     """Output events a worker sent again (``Inspect.seen``), yielded to be shown once each,
     in order, from seq ``seen`` on (any sent twice, once)."""
     by_seq = {msg.header["seq"]: msg for msg in resent if msg.header["seq"] >= seen}
     for seq in sorted(by_seq):
-        try:
-            yield by_seq[seq]
-        except ThrowInto as into:  # (as for any output)
-            raise into.exception from None
+        yield from _shown(by_seq[seq])
 
 
 def _worker_notice(req_id: str, text: str) -> Generator[P.Message, Any, None]:
-    """What a request waits for of its worker (a NOTICE ``about`` "worker"), yielded to be
-    shown; the consumer's Ctrl-C while it shows it is thrown in, and raised here."""
-    try:
-        yield P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "worker"})
-    except ThrowInto as into:  # (as for any notice)
-        raise into.exception from None
+    """What a request waits for of its worker (a NOTICE ``about`` "worker"), to be shown."""
+    yield from _shown(P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": "worker"}))
 
 
 def restart_sentence(what: str, fate: dict[str, Any], whose: str) -> str:
@@ -1877,7 +1879,7 @@ def restart_sentence(what: str, fate: dict[str, Any], whose: str) -> str:
     )
     return (
         f"{head}, and your worker could not say what became of it: it may not have run, "
-        f"may have been stopped, or may have run to its end; its output may be incomplete, "
+        "may have been stopped, or may have run to its end; its output may be incomplete, "
         f"and {unknown}."
     )
 
