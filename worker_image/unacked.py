@@ -14,11 +14,12 @@ retransmission queue: what the peer has not acknowledged stays until it has.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any, NamedTuple
 
 from rexec_magic import serialize
 from rexec_magic.protocol import RESENT_KINDS, RESENT_MAX_BYTES
+from rexec_magic.recent import Recent
 
 # Those of ended requests, for a client that asks after its broker restarted: within
 # seconds (a client waits up to 30 s for a broker to come back), so kept for a while and
@@ -76,33 +77,28 @@ class Unacked:
 
 
 class EndedTails:
-    """The kept events of requests that ended, oldest first, within ``ENDED_KEPT``
-    requests, ``ENDED_MAX_BYTES`` and ``ENDED_KEEP_S`` seconds."""
+    """The kept events of requests that ended, oldest first: the ``ENDED_KEPT`` newest
+    (``Recent``), within ``ENDED_MAX_BYTES`` and ``ENDED_KEEP_S`` seconds."""
 
     def __init__(self) -> None:
-        self._tails: OrderedDict[str, tuple[float, Unacked]] = OrderedDict()
-        self._size = 0
+        self._tails = Recent(ENDED_KEPT)  # request id -> (when it ended, its tail)
+
+    @property
+    def size(self) -> int:
+        """Bytes kept (a sum over at most ``ENDED_KEPT``)."""
+        return sum(tail.size for _, tail in self._tails.values())
 
     def keep(self, request_id: str, tail: Unacked) -> None:
         """(An empty one too: kept, it says that nothing was left unacknowledged.)"""
-        self._forget(request_id)
         self._tails[request_id] = (time.monotonic(), tail)
-        self._size += tail.size
         too_old = time.monotonic() - ENDED_KEEP_S
         while self._tails and (
-            len(self._tails) > ENDED_KEPT
-            or self._size > ENDED_MAX_BYTES
-            or next(iter(self._tails.values()))[0] < too_old
+            self.size > ENDED_MAX_BYTES or next(iter(self._tails.values()))[0] < too_old
         ):
-            self._forget(next(iter(self._tails)))
+            del self._tails[next(iter(self._tails))]
 
     def get(self, request_id: str) -> Unacked | None:
         kept = self._tails.get(request_id)
         if kept is None or kept[0] < time.monotonic() - ENDED_KEEP_S:
             return None
         return kept[1]
-
-    def _forget(self, request_id: str) -> None:
-        kept = self._tails.pop(request_id, None)
-        if kept is not None:
-            self._size -= kept[1].size

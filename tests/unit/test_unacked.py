@@ -70,4 +70,4 @@ def test_an_ended_requests_tail_is_forgotten_after_a_while(monkeypatch):
     now[0] += 2
     assert tails.get("r0") is None
     tails.keep("r1", Unacked())  # (and its memory goes at the next one)
-    assert tails._size == 0 and list(tails._tails) == ["r1"]
+    assert tails.size == 0 and list(tails._tails) == ["r1"]
