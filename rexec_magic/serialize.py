@@ -167,34 +167,30 @@ def refusal(obj: Any) -> str | None:
             if what == "an open file" and getattr(obj, "closed", False) is True:
                 return "a closed file"  # (``with open(...) as f``: f after the block)
             return what
-    zmq = sys.modules.get("zmq")
-    if zmq is not None and isinstance(obj, zmq.Socket | zmq.Context):
-        return "a ZeroMQ socket"
-    # Of modules a cell imported (looked up, not imported here): their own refusal says
-    # "Pickling an AuthenticationString object is disallowed" of a Process (tester BO).
-    process = sys.modules.get("multiprocessing.process")
-    if process is not None and isinstance(obj, process.BaseProcess):
-        return "a process"
-    pool = sys.modules.get("multiprocessing.pool")
-    if pool is not None and isinstance(obj, pool.Pool):
-        return "a thread pool" if isinstance(obj, pool.ThreadPool) else "a process pool"
-    futures = sys.modules.get("concurrent.futures")
-    if futures is not None and isinstance(obj, futures.Executor):
-        return "a pool of workers"
-    # Their pickling errors name internal types that change from run to run
-    # ("TaskStepMethWrapper", "_contextvars.Context"; tester BP).
-    aio = sys.modules.get("asyncio")
-    if aio is not None:
-        for kind, what in (
-            (aio.Task, "an asyncio task"),
-            (aio.Future, "an asyncio future"),
-            (aio.AbstractEventLoop, "an event loop"),
-            (aio.AbstractServer, "a server"),
-            (aio.Queue, "an asyncio queue"),
-        ):
-            if isinstance(obj, kind):
-                return what
+    for module_name, type_name, what in _REFUSED_IF_IMPORTED:
+        module = sys.modules.get(module_name)  # (looked up, never imported here)
+        if module is not None and isinstance(obj, getattr(module, type_name)):
+            return what
     return None
+
+
+# Types of modules a cell may have imported, refused as above where they are loaded; the
+# first that fits names it (a ThreadPool is a Pool, a Task a Future).  Their own pickling
+# errors say "Pickling an AuthenticationString object is disallowed" of a Process, or name
+# internal types that change from run to run ("TaskStepMethWrapper"; testers BO, BP).
+_REFUSED_IF_IMPORTED: tuple[tuple[str, str, str], ...] = (
+    ("zmq", "Socket", "a ZeroMQ socket"),
+    ("zmq", "Context", "a ZeroMQ socket"),
+    ("multiprocessing.process", "BaseProcess", "a process"),
+    ("multiprocessing.pool", "ThreadPool", "a thread pool"),
+    ("multiprocessing.pool", "Pool", "a process pool"),
+    ("concurrent.futures", "Executor", "a pool of workers"),
+    ("asyncio", "Task", "an asyncio task"),
+    ("asyncio", "Future", "an asyncio future"),
+    ("asyncio", "AbstractEventLoop", "an event loop"),
+    ("asyncio", "AbstractServer", "a server"),
+    ("asyncio", "Queue", "an asyncio queue"),
+)
 
 
 # ------------------------------------------------------------------ modules by value
