@@ -314,9 +314,16 @@ class Broker:
         name: str,
         curve: tuple[str, str] | None = None,
         max_frame: int = -1,
+        ping_timeout_s: float | None = None,
     ) -> zmq.Socket:
+        """A bound ROUTER; ``ping_timeout_s``: a connection that answers no ZMTP ping (sent
+        by libzmq's I/O thread every third of it) for that long is closed."""
         sock = self.ctx.socket(zmq.ROUTER)
         sock.linger = 0
+        if ping_timeout_s is not None:  # (for the connections made after: set before bind)
+            timeout_ms = max(1, round(ping_timeout_s * 1000))
+            sock.heartbeat_ivl = max(1, timeout_ms // 3)
+            sock.heartbeat_timeout = timeout_ms
         if curve is not None:  # CurveZMQ server: clients must know the public key
             sock.curve_server = True
             sock.curve_publickey, sock.curve_secretkey = (k.encode() for k in curve)
@@ -338,7 +345,9 @@ class Broker:
         s = self.settings
         secret_key = s.curve_secret_key.get_secret_value()
         curve = (s.curve_public_key, secret_key) if s.curve_public_key and secret_key else None
-        self.frontend = self._router(s.broker_port, "broker", curve, s.max_client_frame_bytes)
+        self.frontend = self._router(
+            s.broker_port, "broker", curve, s.max_client_frame_bytes, s.client_timeout_s
+        )
         self.backend = self._router(s.worker_port, "worker")
         self.control = self._router(s.control_port, "control", max_frame=self.max_header)
         self.client_conns = ConnectionWatch(self.frontend)
@@ -1009,6 +1018,7 @@ class Broker:
         header = {
             "key": entry.key.hex(),
             "client_closed": entry.client_closed,
+            "client_timeout_s": self.settings.client_timeout_s,
             "broker": self.boot_id,
         }
         self._to_worker(wroute, P.Kind.REGISTERED, header)

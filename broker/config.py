@@ -53,6 +53,10 @@ class BrokerSettings(AuthSettings):
     # A client connection that sends nothing for this long must say HELLO again (it is also
     # forgotten at once when its connection closes).
     session_idle_s: float = 600.0
+    # A client connection whose libzmq answered none of the broker's ZMTP pings for this long
+    # is closed (a kernel stopped, or its machine gone), and its workers told
+    # (``protocol.CLIENT_CONNECTION_TIMEOUT_S``).
+    client_timeout_s: float = Field(P.CLIENT_CONNECTION_TIMEOUT_S, gt=0.0)
     # ZMQ_MAXMSGSIZE of one frame on the client port (pushed values travel there): -1 is no
     # limit.  The control port is always limited to max_header_bytes; the worker port carries
     # pulled values and is not limited.

@@ -84,6 +84,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     StringConstraints,
     ValidationError,
@@ -333,6 +334,14 @@ CLIENT_CREDIT = 256
 # executor whose kernels stayed silent for ORPHAN_AFTER_PINGS of these intervals.
 CLIENT_KEEPALIVE_S = 10.0
 ORPHAN_AFTER_PINGS = 3
+# The broker pings each client connection at the ZeroMQ level (ZMTP PING, answered by the
+# client's libzmq I/O thread, which needs no GIL) and closes one that answered nothing for
+# this long: a kernel stopped (SIGSTOP) or whose machine vanished.  A connection still open
+# is then a kernel process alive, however long its Python holds the GIL (a local regex, a C
+# call): a worker told so (``Registered.client_timeout_s``) takes a kernel for gone only
+# once its connections closed, never for its keepalives' silence alone (61 s of local
+# regex cost the remote namespace, tester BR).
+CLIENT_CONNECTION_TIMEOUT_S = 30.0
 # The bounds of a declared keepalive interval.  A kernel that exits sends one last keepalive
 # declaring the shortest (its goodbye): its executor is freed some 1.6 s later, not after
 # ORPHAN_AFTER_PINGS of its usual intervals (workers of every version read it so).
@@ -1387,6 +1396,10 @@ class Registered(Header):
     key: Short  # hex; proves every later message of this worker connection (MAC)
     # It sends CLIENT_CLOSED (the worker asked, with ``Register.client_closed``).
     client_closed: bool = False
+    # It closes a client connection whose ZMTP pings went unanswered this long (s;
+    # ``CLIENT_CONNECTION_TIMEOUT_S``); 0: it does not (an older broker), so a kernel's
+    # silence is all the worker can go by.
+    client_timeout_s: NonNegativeFloat = 0.0
     # The broker process (random per start; "" from an older one): a worker registering
     # again with the same one (it dropped the worker as silent: stopped, starved) sends on
     # what its running requests wrote meanwhile, as their clients' connections are still

@@ -22,6 +22,7 @@ from jupyter_client.manager import KernelManager
 from rexec_magic import protocol as P
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
 from tests.kernel_harness import collect, execute_in_cell, outputs_until, run, text_under
+from tests.local_stack import start_stack, stop_stack
 
 pytestmark = pytest.mark.stack
 
@@ -1732,6 +1733,60 @@ def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
     log = "".join(p.read_text() for p in sorted(stack.logs.glob("worker-*.log*")))
     said = [line for line in log.splitlines() if session_id in line and "stopping it" in line]
     assert len(said) == 1, said
+
+
+def test_a_kernel_busy_in_local_code_that_holds_the_gil_keeps_its_remote_namespace(stack):
+    """Local code holding the GIL past the keepalives' grace (a C call: the kernel's
+    keepalive thread cannot run) is a busy kernel, not a gone one: its connection to the
+    broker stays open and answers the broker's pings (libzmq's own thread), so the remote
+    namespace stays, as a local kernel's does.  It was stopped: "no sign of its kernel came
+    for 31 s ...; the namespace was lost" (tester BR, a 61 s local regex)."""
+    km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="0.5")  # silent 2.5 s was gone
+    try:
+        code = "%%remote --no-pull\nimport os\nkept = 'yes'\nprint(os.getpid())"
+        reply, outputs = run(kc, code)
+        assert reply["status"] == "ok", reply
+        pid = int(text_of(outputs))
+        # libc's sleep through ctypes.PyDLL, which holds the GIL for the whole call.
+        reply, _ = run(kc, "import ctypes\nctypes.PyDLL(None).sleep(6)")
+        assert reply["status"] == "ok", reply
+        reply, outputs = run(kc, "%%remote\nprint(kept, os.getpid())")
+        assert reply["status"] == "ok", reply
+        assert text_of(outputs) == f"yes {pid}\n", outputs
+        assert text_of(outputs, "stderr") == ""
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_a_stopped_kernel_is_gone_once_its_connection_stops_answering(tmp_path, monkeypatch):
+    """A kernel stopped (SIGSTOP: its libzmq answers no ping either) is taken for gone
+    once the broker closes its connection (``REXEC_CLIENT_TIMEOUT_S``), not after its
+    keepalives' grace (3 x 60 s here); resumed, it hears that its namespace was lost."""
+    monkeypatch.setenv("REXEC_CLIENT_TIMEOUT_S", "3")
+    stack = start_stack(tmp_path)
+    km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="60")
+    kernel = km.provisioner.process  # the local kernel's Popen
+    try:
+        # (--no-pull: only the remote namespace holds it)
+        code = "%%remote --no-pull\nimport os\nkept = 'yes'\nprint(os.getpid())"
+        reply, outputs = run(kc, code)
+        assert reply["status"] == "ok", reply
+        pid = int(text_of(outputs))
+        os.kill(kernel.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: not pid_alive(pid), "the stopped kernel's executor to be stopped")
+        finally:
+            os.kill(kernel.pid, signal.SIGCONT)
+        reply, outputs = run(kc, "%%remote\nprint(globals().get('kept', 'gone'))")
+        assert reply["status"] == "ok", reply
+        assert text_of(outputs) == "gone\n"
+        said = text_of(outputs, "stderr")
+        assert "stopped answering" in said and "the namespace was lost" in said, said
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        stop_stack(stack)
 
 
 def test_reloading_the_extension_keeps_the_remote_namespace(stack):

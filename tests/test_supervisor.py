@@ -2369,6 +2369,32 @@ def test_a_kernel_that_closed_a_connection_and_spoke_on_a_new_one_keeps_its_name
     assert stdout(events) == "2\n" and lost_notices(events) == []
 
 
+def test_a_silent_kernel_whose_connection_stays_open_keeps_its_cell_and_namespace():
+    """With a broker that closes the connections that stop answering its pings itself
+    (``Registered.client_timeout_s``), a kernel silent past three keepalive intervals
+    whose connection is open is alive, only busy (local code holding the GIL stops its
+    keepalive thread, not its libzmq): its running cell ends as it would and its namespace
+    stays (a 61 s local regex cost the remote namespace, tester BR).  Once its connection
+    closes, its executor goes as before."""
+    port = BrokerPort()
+    port.start_worker()
+    try:
+        port.register(client_closed=True, client_timeout_s=30.0)
+        extra = in_session("busy", keepalive_s=0.5)  # silent 2.5 s was gone
+        port.run("v = 1", **extra)  # (heard on its connection)
+        cell = "import time\nprint('go', flush=True)\ntime.sleep(4)\nprint(v)"
+        events = port.run(cell, **extra)  # no keepalive meanwhile
+        assert done(events).header["status"] == DoneStatus.OK
+        assert stdout(events) == "go\n1\n" and lost_notices(events) == []
+        time.sleep(1.0)  # (idle and silent too)
+        events = port.run("print(v + 1)", **extra)
+        assert stdout(events) == "2\n" and lost_notices(events) == []
+        port.send(Kind.CLIENT_CLOSED, {"handle": CLIENT.hex()}, route=protocol.TO_BROKER)
+        wait_for(lambda: "busy" not in executor_rows(port), "the ended kernel's executor to go")
+    finally:
+        port.close()
+
+
 def test_a_shared_namespace_restarted_for_a_call_says_so_to_its_other_notebooks(port):
     """Another notebook's ``remote_func`` call ignored its interrupt and the shared
     executor was restarted: the notebooks that come next hear that a call did not stop

@@ -231,14 +231,25 @@ class BrokerPort:
         self.router.send_multipart([self.worker_id, *frames])
 
     def register(
-        self, timeout: float = WAIT_S, client_closed: bool = False, broker: str = ""
+        self,
+        timeout: float = WAIT_S,
+        client_closed: bool = False,
+        broker: str = "",
+        client_timeout_s: float = 0.0,
     ) -> Message:
         """Wait for REGISTER and accept it; ``client_closed``: say this port tells of
         closed client connections (``Kind.CLIENT_CLOSED``), as the broker does; ``broker``:
-        the broker process it says it is (``Registered.broker``; "" as an older one)."""
+        the broker process it says it is (``Registered.broker``; "" as an older one);
+        ``client_timeout_s``: say it closes client connections that stop answering its
+        pings (``Registered.client_timeout_s``; 0 as an older one)."""
         msg = self.recv_kind(Kind.REGISTER, timeout)
         self.dropped = False
-        header = {"key": os.urandom(32).hex(), "client_closed": client_closed, "broker": broker}
+        header = {
+            "key": os.urandom(32).hex(),
+            "client_closed": client_closed,
+            "broker": broker,
+            "client_timeout_s": client_timeout_s,
+        }
         self.send(Kind.REGISTERED, header, route=protocol.TO_BROKER)
         return msg
 

@@ -54,6 +54,7 @@ from rexec_magic import protocol, serialize, zmqio
 from rexec_magic.contract import Env, human_bytes
 from rexec_magic.protocol import (
     INTERRUPT_GRACE_S,
+    KEEPALIVE_MIN_S,
     LIVE_NOTE_EVERY_S,
     NOTICE_AFTER_S,
     NOTICE_REPEAT_S,
@@ -254,6 +255,8 @@ class Supervisor:
         self._handles: dict[str, set[bytes]] = {}
         self._all_closed_at: dict[str, float] = {}
         self._closures_told = False  # the broker tells of closed connections (``_heard_on``)
+        # ... and closes those that stop answering its pings this long (0: it does not).
+        self._client_timeout_s = 0.0
         # Their keepalive connections that take late output as it comes (late_listeners.py).
         self.listeners = LateListeners()
         # Client session -> its notebook (as it names itself): whose cell runs in a shared
@@ -620,6 +623,7 @@ class Supervisor:
         self._handles.clear()
         self._all_closed_at.clear()
         self._closures_told = registered.client_closed
+        self._client_timeout_s = registered.client_timeout_s if registered.client_closed else 0.0
         for ex in self.all:  # their kernels could not reach them until now
             ex.last_seen = max(ex.last_seen, now)
             if ex.ready:
@@ -2191,7 +2195,9 @@ class Supervisor:
             kernels = "any of its kernels" if ex.shared else "its kernel"
             if gone == "closed":
                 log.info("executor %d (%s): %s ended; stopping it", ex.number, ex.key, kernels)
-                why = f"{kernels}'s connections to the broker closed (it ended)"
+                why = (
+                    f"{kernels}'s connections to the broker closed (it ended, or stopped answering)"
+                )
                 if ex.shared:
                     why = "the connections of all of its kernels to the broker closed"
             else:
@@ -2259,6 +2265,8 @@ class Supervisor:
         sessions = [s for s in ex.clients if s in self._clients or s in self._all_closed_at]
         if sessions and all(self._closed_for(s, now) for s in sessions):
             return "closed"
+        if any(self._alive_by_connection(s) for s in sessions):
+            return None
         if ex.shared:
             seen = [self._clients[s][0] for s in sessions if s in self._clients]
             ex.last_seen = max([ex.last_seen, *seen])
@@ -2280,7 +2288,22 @@ class Supervisor:
         broker is silent, through which its keepalives come)."""
         if self._closed_for(session, now):
             return True
+        if self._alive_by_connection(session):
+            return False
         return not self._broker_silent(now) and self._client_late(session, now, ORPHAN_AFTER_PINGS)
+
+    def _alive_by_connection(self, session: str) -> bool:
+        """Whether client session ``session``'s kernel process is alive by its connections to
+        the broker: one is open, and the broker closes any that stops answering its ZMTP
+        pings (``Registered.client_timeout_s``; libzmq's I/O thread answers them, GIL or
+        not).  Its keepalives may stop meanwhile (local code holding the GIL for minutes):
+        that is no sign of an end.  A goodbye (the shortest interval, ``KEEPALIVE_MIN_S``)
+        still ends it by its silence, as before; so does a session with no connection heard
+        from since this registration (a broker that restarted knows none until it speaks)."""
+        if not self._client_timeout_s or not self._handles.get(session):
+            return False
+        keepalive_s = self._clients.get(session, (0.0, None))[1]
+        return keepalive_s is None or keepalive_s > KEEPALIVE_MIN_S
 
     def _client_late(
         self, session: str, now: float, intervals: float, default_s: float | None = None
@@ -2330,6 +2353,8 @@ class Supervisor:
 
     def _forget_silent_clients(self, now: float) -> None:
         for session, (seen, keepalive_s) in list(self._clients.items()):
+            if self._alive_by_connection(session):
+                continue
             if now - seen > CLIENTS_KEPT_S + ORPHAN_AFTER_PINGS * (keepalive_s or 0):
                 del self._clients[session]
                 self._handles.pop(session, None)
