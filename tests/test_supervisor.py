@@ -2756,6 +2756,32 @@ def test_a_cell_waiting_behind_another_notebooks_cell_hears_each_second_and_how_
     assert done(by_id[first]).header["status"] == DoneStatus.OK
 
 
+def test_a_cell_interrupted_while_it_waits_behind_another_notebooks_cell_ends_its_note(port):
+    """In a shared namespace, a cell interrupted while queued behind another notebook's:
+    its wait's note ends saying it stopped waiting, under the same ``about`` (the notebook
+    updates that one note; it stayed "waiting ... (running 4 s)" above the error, tester BR
+    4 of 4), and the cell never ran."""
+    a, b = in_session("a", namespace="team"), in_session("b", namespace="team")
+    port.run("v = 1", **b)
+    first = port.execute("import time\nprint('go', flush=True)\ntime.sleep(4)", **a)
+    port.recv_kind(Kind.STREAM)
+    behind = port.execute("v = 2", **b)
+    notice = port.recv_kind(Kind.NOTICE, timeout=WAIT_S)
+    assert notice.header["id"] == behind, notice.header
+    port.send(Kind.INTERRUPT, {"id": behind})
+    by_id = pinging(port, [first, behind], b)
+    notices = [e.header for e in by_id[behind] if e.kind == Kind.NOTICE]
+    assert {n["about"] for n in notices} == {"previous"}, notices
+    assert re.fullmatch(
+        r"stopped waiting after \d+ s for a cell of another notebook in shared namespace 'team'",
+        notices[-1]["text"],
+    ), notices
+    ended = done(by_id[behind]).header
+    assert ended["status"] == DoneStatus.INTERRUPTED, ended
+    assert ended["message"] == "The cell was cancelled before it started.", ended
+    assert stdout(port.run("print(v)", **b)) == "1\n"
+
+
 def test_a_cell_waiting_behind_a_silent_kernels_cell_hears_of_the_silence(port):
     """In a shared namespace, a cell queued behind the cell of a kernel that stopped sending
     keepalives (killed) hears that its kernel is silent, or, once that cell was interrupted

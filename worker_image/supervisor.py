@@ -873,7 +873,11 @@ class Supervisor:
             for req in ex.queue:
                 if req.target.id == request_id and req.target.route == route:
                     ex.queue.remove(req)
-                    message = "The cell was cancelled before it started."
+                    if req.waited_for:  # its wait's live note ends, as the client's own
+                        waited = time.monotonic() - req.received
+                        text = f"stopped waiting after {waited:.0f} s for {req.waited_for}"
+                        self._to_client(req, Kind.NOTICE, {"text": text, "about": req.notice})
+                    message = f"The {req.what} was cancelled before it started."
                     self._to_client(
                         req, Kind.DONE, done_header(DoneStatus.INTERRUPTED, message=message)
                     )
