@@ -205,6 +205,13 @@ class RemoteSession:
 
         shown: list[Progress] = []  # the wait's one note, kept current as it goes on
         waited_for = [""]  # what it waited for, last (for the note's last words)
+        # A request of another of the kernel's threads: its note shows in whatever cell runs
+        # now (by time, as a thread's output goes), so it says whose wait it is; the running
+        # cell read as if it had waited itself (tester BR, 3 of 3).
+        thread = threading.current_thread()
+        waiter = (
+            "" if thread is threading.main_thread() else f"a {what} from thread {thread.name!r} "
+        )
 
         def on_wait(held: str, held_for: float, ahead: int) -> None:
             if cancel is not None and cancel.is_set():
@@ -213,7 +220,7 @@ class RemoteSession:
             stopping = bool(held) and holding is not None and holding.is_set()
             waited_for[0], text = holder_words(held, held_for, stopping, self.broker_silent_s())
             more = f"; {ahead - 1} more before this one" if ahead > 1 else ""
-            line = f"rexec: waiting for {text}{more}"
+            line = f"rexec: {waiter}{'is ' if waiter else ''}waiting for {text}{more}"
             if shown:
                 shown[0].update(line)
             else:
@@ -236,7 +243,7 @@ class RemoteSession:
                 waited = time.monotonic() - began
                 # "waited" reads as "then it ran": one that never went says it stopped.
                 how = "waited" if its_turn else "stopped waiting after"
-                shown[0].done(f"rexec: {how} {waited:.0f} s for {waited_for[0]}")
+                shown[0].done(f"rexec: {waiter}{how} {waited:.0f} s for {waited_for[0]}")
         try:
             self._owner, self._holding_cancel = me, cancel
             self._follow_file()  # a login or logout written to the connection file

@@ -124,6 +124,28 @@ def test_starting_a_worker_is_one_progress_line_updated_in_place_and_no_stderr(k
     assert any("Starting the remote worker…" in t for t in texts(outputs, "update_display_data"))
 
 
+def test_a_threads_call_waiting_behind_a_running_cell_says_whose_wait_it_is(kc):
+    """A call made in a thread of the notebook waits for the remote cell running now; its
+    note shows in that cell (a thread's output goes where the notebook is, by time), so it
+    names whose wait it is.  The cell read "rexec: waiting for this notebook's previous
+    cell ..." and "waited 4 s" as if it had waited itself (tester BR, 3 of 3)."""
+    ok(kc, "from rexec_magic import remote_func\n@remote_func\ndef double(x):\n"
+        "    return 2 * x\nimport threading, time\nout = {}\n"
+        "def later():\n    time.sleep(0.5)\n    out['v'] = double(4)\n"
+        "fetcher = threading.Thread(target=later, name='fetcher')\nfetcher.start()")  # fmt: skip
+    outputs = ok(kc, "%%remote\nimport time\nprint('cell started')\ntime.sleep(4)")
+    said = [
+        text
+        for text in texts(outputs, "display_data", "update_display_data")
+        if text.startswith("rexec: ")
+    ]
+    assert said, outputs  # (its note came after 2 s, while the cell slept)
+    prefix = "rexec: a call from thread 'fetcher' "
+    assert all(text.startswith(prefix) for text in said), said
+    assert said[0].startswith(prefix + "is waiting for this notebook's previous cell"), said
+    assert stdout_of(ok(kc, "fetcher.join()\nprint(out['v'])")) == "8\n"
+
+
 def test_a_wait_behind_a_call_is_one_note_kept_current_that_ends_saying_how_long(kc):
     """A cell (and a future's ``result()``) queued behind a submitted call says after 2 s
     what it waits for, in one display updated as the wait goes on; its last words say how
