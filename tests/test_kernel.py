@@ -1352,6 +1352,12 @@ def test_sys_exit_and_exit_with_an_argument_behave_as_in_ipykernel(kernel):
     assert reply["status"] == "error" and reply["ename"] == "SystemExit"
     streamed = text_of(outputs, "stderr")
     assert streamed.count("UserWarning: To exit") <= 1, streamed
+    # A bare ``exit`` under another line is only a value, shown as ipykernel shows it (it
+    # showed rexec's own class name, tester BR).
+    reply, outputs = run(kc, "%%remote\nprint(kept)\nexit")
+    shown = [m["content"]["data"]["text/plain"] for m in outputs if "data" in m["content"]]
+    assert reply["status"] == "ok" and len(shown) == 1, outputs
+    assert re.fullmatch(r"<IPython\.core\.autocall\.ZMQExitAutocall at 0x[0-9a-f]+>", shown[0])
     reply, outputs = run(kc, "%%remote\nexit(True)\nprint(kept)")
     assert reply["status"] == "ok" and text_of(outputs) == "1\n"
     reply, outputs = run(kc, "%%remote\nexit(0)")

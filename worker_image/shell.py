@@ -146,6 +146,11 @@ class WorkerExitAutocall(ExitAutocall):
         if keep_kernel is _NO_CODE or not keep_kernel:
             self._ip.ask_exit()
 
+    def __repr__(self) -> str:
+        """As ipykernel's shows (a bare ``exit`` as a cell's value): rexec's own class name
+        read as an internal leaking out (tester BR)."""
+        return f"<IPython.core.autocall.ZMQExitAutocall at {id(self):#x}>"
+
 
 class WorkerDisplayFormatter(DisplayFormatter):
     """IPython's formatter, telling the shell while it formats (``WorkerShell.showing``)."""
