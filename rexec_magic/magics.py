@@ -862,7 +862,8 @@ def status_table(report: dict[str, Any], local: dict[str, Any] | None = None) ->
             uptime = winfo.get("uptime_s", worker.get("uptime_s", 0))
             rows.append(("uptime", human_seconds(float(uptime)) + _namespace_age(winfo)))
         if winfo.get("hostname"):
-            pid = f" (pid {winfo['pid']})" if "pid" in winfo else ""
+            # (the executor's pid, said so: beside the host it read as the worker's, tester BQ)
+            pid = f" (executor pid {winfo['pid']})" if "pid" in winfo else ""
             rows.append(("runs on", f"{winfo['hostname']}{pid}"))
         if winfo.get("cwd"):
             rows.append(("folder", winfo["cwd"]))

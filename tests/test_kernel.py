@@ -440,6 +440,14 @@ def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_exe
         "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])\n"
         "print('started', flush=True)\nctypes.PyDLL(None).sleep(60)",
     )
+    # The status says what became of the executor, in words that agree with what comes
+    # next (it said "was restarted ...; the next remote cell starts a new one", tester BQ).
+    status = status_text(run(kc, "%rexec_status")[1])
+    assert re.search(
+        r"namespace\s+lost at \d\d:\d\d:\d\d, the executor was killed: a cell did not stop "
+        r"within 5 s of its interrupt; the next remote cell starts a new one",
+        status,
+    ), status
     reply, outputs = run(kc, "%%remote\nprint('fresh', 'kept' in globals())")
     assert reply["status"] == "ok" and "fresh False" in text_of(outputs)
 

@@ -731,6 +731,8 @@ def test_rexec_status_reports_worker_and_variables(ip):
     assert "<table>" in table._repr_html_()
     assert out.stdout == ""
     assert "executor " in text  # this notebook's executor: state, memory, age
+    # Its pid beside the host, named as the executor's (read as the worker's, tester BQ).
+    assert re.search(r"runs on\s+\S+ \(executor pid \d+\)", text), text
 
 
 def test_rexec_status_of_a_notebook_without_an_executor_says_none_yet(ip):

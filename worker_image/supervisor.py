@@ -2409,7 +2409,9 @@ def _how_it_ended(ex: ExecutorProcess, sentence: str) -> str:
     ended by exit() or stopped for a silent kernel was let go before, saying so: ``_forget``.)"""
     if ex.grace_killed:
         return (
-            f"the executor was restarted: a {ex.killed_what} did not stop within "
+            # (killed, not "restarted": %rexec_status goes on "the next remote cell starts a
+            # new one", which read as its opposite, tester BQ)
+            f"the executor was killed: a {ex.killed_what} did not stop within "
             f"{INTERRUPT_GRACE_S:g} s of its interrupt"
         )
     if ex.kill_reason == "abandon":
