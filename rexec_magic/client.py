@@ -1047,6 +1047,10 @@ class RexecClient:
                     # This process did not run meanwhile (local code holding the GIL, a
                     # SIGSTOP): that silence was ours, not the broker's.  Ask it now.
                     last_heard, next_ping = now, now
+                    # Nor the worker's: what it said meanwhile waits unread here (a call
+                    # submitted before 45 s of local regex was said "not answered for 45 s
+                    # (it may be stopped or overloaded)" as it ran, tester BS 2 of 2).
+                    broker_back_at = now
                 loop_at = now
                 if deadline is not None and now >= deadline and interrupted_at is None:
                     timed_out = True

@@ -558,6 +558,33 @@ def test_a_submitted_call_queued_behind_another_says_what_it_waits_for(nb, capfd
     assert "this call is queued, waiting for this session's previous call (running" in said
 
 
+def test_a_call_is_not_said_unanswered_for_the_time_this_process_did_not_run(
+    nb, capfd, monkeypatch
+):
+    """This process holds the GIL (local C code) just after a submitted call went: the
+    worker's answers wait unread meanwhile, which is no silence of the worker's.  It said
+    "waiting for your remote worker to take this call: it has not answered for 45 s (it may
+    be stopped or overloaded)" as the call ran (tester BS, 2 of 2)."""
+    import ctypes
+
+    real = zmqio.send_multipart
+    stalled: list[bool] = []
+
+    def send_then_hold_the_gil(sock: Any, frames: Any, *args: Any, **kwargs: Any) -> Any:
+        sent = real(sock, frames, *args, **kwargs)
+        if not stalled and any(bytes(f) == P.Kind.CALL.encode() for f in frames[:4]):
+            stalled.append(True)
+            ctypes.PyDLL(None).sleep(5)  # (libc's sleep, the GIL held throughout)
+        return sent
+
+    monkeypatch.setattr(zmqio, "send_multipart", send_then_hold_the_gil)
+    capfd.readouterr()
+    assert nb["add"].submit(1).result(timeout=60) == 2
+    assert stalled
+    said = capfd.readouterr().out
+    assert "waiting for your remote worker" not in said, said
+
+
 def test_a_call_behind_a_generator_open_in_another_thread_says_so(nb, capfd):
     """A remote generator paused between items holds the connection; a call from another
     thread waits for it, and says that, not "the previous call (running 2 s)" as though a

@@ -132,6 +132,12 @@ REGISTER_RETRY_S = 3.0  # REGISTER again when REGISTERED has not come after this
 # than the shortest time a kernel may be silent (3 x KEEPALIVE_MIN_S + 1 s).
 BROKER_QUIET_S = WORKER_HEARTBEAT_S + 0.5
 CLIENTS_KEPT_S = 600.0  # a silent client session is forgotten this long after it went silent
+# A kernel whose connection was open when the broker went away (restarted, or it dropped this
+# worker) is taken for alive this long after the worker registers again, unless it speaks
+# first: its libzmq connects to the new broker at once, but says who it is only when its
+# Python runs (a local call holding the GIL for minutes lost its namespace 31 s after a
+# broker restart, tester BS 4 of 4).  A kernel killed meanwhile keeps its executor as long.
+PRESUMED_ALIVE_S = CLIENTS_KEPT_S
 # A kernel whose connections to the broker all closed (``client_closed``) has ended: its
 # executors are stopped this long after, rather than once its keepalives are missed (a
 # client that makes a new connection says so on it at once).
@@ -257,6 +263,9 @@ class Supervisor:
         self._closures_told = False  # the broker tells of closed connections (``_heard_on``)
         # ... and closes those that stop answering its pings this long (0: it does not).
         self._client_timeout_s = 0.0
+        # Client session -> until when it counts as alive with no connection heard from yet
+        # (it had one open when the worker registered again: ``PRESUMED_ALIVE_S``).
+        self._presumed_alive: dict[str, float] = {}
         # Their keepalive connections that take late output as it comes (late_listeners.py).
         self.listeners = LateListeners()
         # Client session -> its notebook (as it names itself): whose cell runs in a shared
@@ -598,6 +607,8 @@ class Supervisor:
         shortest interval) while the others live on."""
         if ex.keepalive_s is None or now - ex.last_seen <= ex.keepalive_s + 1.0:
             return False
+        if any(self._alive_by_connection(s, now) for s in ex.clients):
+            return False  # only busy: its connection answers (not "no sign of its kernel")
         if not ex.shared:
             return True
         known = [session for session in ex.clients if session in self._clients]
@@ -620,6 +631,10 @@ class Supervisor:
         # Handles name connections to the broker registered with; a new one tells only of
         # its own.  Until a kernel speaks again, its silence alone counts, as it does with
         # a broker that tells of no closed connection (an older one).
+        if self._client_timeout_s and registered.client_closed and registered.client_timeout_s:
+            for session in self._handles:
+                if self._alive_by_connection(session):
+                    self._presumed_alive[session] = now + PRESUMED_ALIVE_S
         self._handles.clear()
         self._all_closed_at.clear()
         self._closures_told = registered.client_closed
@@ -668,6 +683,7 @@ class Supervisor:
         if session and route and self._closures_told:
             self._handles.setdefault(session, set()).add(route)
             self._all_closed_at.pop(session, None)
+            self._presumed_alive.pop(session, None)
 
     def _on_heartbeat_ack(self, msg: Message) -> None:
         self._acks_read += 1
@@ -2200,7 +2216,8 @@ class Supervisor:
             if gone == "closed":
                 log.info("executor %d (%s): %s ended; stopping it", ex.number, ex.key, kernels)
                 why = (
-                    f"{kernels}'s connections to the broker closed (it ended, or stopped answering)"
+                    f"{kernels}'s connections to the broker closed (it ended, stopped "
+                    "answering, or unloaded the rexec extension)"
                 )
                 if ex.shared:
                     why = "the connections of all of its kernels to the broker closed"
@@ -2269,7 +2286,7 @@ class Supervisor:
         sessions = [s for s in ex.clients if s in self._clients or s in self._all_closed_at]
         if sessions and all(self._closed_for(s, now) for s in sessions):
             return "closed"
-        if any(self._alive_by_connection(s) for s in sessions):
+        if any(self._alive_or_closing(s, now) for s in sessions):
             return None
         if ex.shared:
             seen = [self._clients[s][0] for s in sessions if s in self._clients]
@@ -2292,20 +2309,33 @@ class Supervisor:
         broker is silent, through which its keepalives come)."""
         if self._closed_for(session, now):
             return True
-        if self._alive_by_connection(session):
+        if self._alive_or_closing(session, now):
             return False
         return not self._broker_silent(now) and self._client_late(session, now, ORPHAN_AFTER_PINGS)
 
-    def _alive_by_connection(self, session: str) -> bool:
+    def _alive_or_closing(self, session: str, now: float) -> bool:
+        """Alive by its connections (``_alive_by_connection``), or they closed within
+        ``KERNEL_CLOSED_GRACE_S`` (it is "closed" once that is over, not "silent" meanwhile:
+        a kernel stopped for 60 s was said silent, "busy in code that holds the GIL", as its
+        closed connection's grace ran, tester BS).  Where the broker closes no silent
+        connection, silence decides as before."""
+        if self._alive_by_connection(session, now):
+            return True
+        return bool(self._client_timeout_s) and session in self._all_closed_at
+
+    def _alive_by_connection(self, session: str, now: float | None = None) -> bool:
         """Whether client session ``session``'s kernel process is alive by its connections to
         the broker: one is open, and the broker closes any that stops answering its ZMTP
         pings (``Registered.client_timeout_s``; libzmq's I/O thread answers them, GIL or
         not).  Its keepalives may stop meanwhile (local code holding the GIL for minutes):
         that is no sign of an end.  A goodbye (the shortest interval, ``KEEPALIVE_MIN_S``)
         still ends it by its silence, as before; so does a session with no connection heard
-        from since this registration (a broker that restarted knows none until it speaks)."""
-        if not self._client_timeout_s or not self._handles.get(session):
+        from since this registration, unless it had one open before (``PRESUMED_ALIVE_S``)."""
+        if not self._client_timeout_s:
             return False
+        if not self._handles.get(session):
+            until = self._presumed_alive.get(session)
+            return until is not None and (now or time.monotonic()) < until
         keepalive_s = self._clients.get(session, (0.0, None))[1]
         return keepalive_s is None or keepalive_s > KEEPALIVE_MIN_S
 
@@ -2356,8 +2386,11 @@ class Supervisor:
         self._interrupt(ex, "abandoned")
 
     def _forget_silent_clients(self, now: float) -> None:
+        for session, until in list(self._presumed_alive.items()):
+            if now >= until:
+                del self._presumed_alive[session]
         for session, (seen, keepalive_s) in list(self._clients.items()):
-            if self._alive_by_connection(session):
+            if self._alive_by_connection(session, now):
                 continue
             if now - seen > CLIENTS_KEPT_S + ORPHAN_AFTER_PINGS * (keepalive_s or 0):
                 del self._clients[session]
