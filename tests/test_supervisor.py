@@ -2305,6 +2305,24 @@ def closing_port():
     port.close()
 
 
+@pytest.fixture
+def answering_port():
+    """A worker port of a broker that closes client connections that stop answering its
+    pings itself (``Registered.client_timeout_s``), as the broker does: a kernel whose
+    connection is open is alive however silent."""
+    port = BrokerPort()
+    port.start_worker()
+    port.register(client_closed=True, client_timeout_s=30.0)
+    yield port
+    port.close()
+
+
+def silent_for(port: BrokerPort, seconds: float) -> None:
+    """Let ``seconds`` pass with no keepalive from any kernel, the broker answering on."""
+    end = time.monotonic() + seconds
+    port.wait_for(lambda: time.monotonic() > end, f"{seconds} s of the kernels' silence")
+
+
 def executor_rows(port: BrokerPort) -> list[str]:
     """The notebooks in the worker's next heartbeat's executor rows."""
     return [row["notebook"] for row in port.recv_kind(Kind.HEARTBEAT).header["executors"]]
@@ -2369,77 +2387,61 @@ def test_a_kernel_that_closed_a_connection_and_spoke_on_a_new_one_keeps_its_name
     assert stdout(events) == "2\n" and lost_notices(events) == []
 
 
-def test_a_silent_kernel_whose_connection_stays_open_keeps_its_cell_and_namespace():
+def test_a_silent_kernel_whose_connection_stays_open_keeps_its_cell_and_namespace(
+    answering_port,
+):
     """With a broker that closes the connections that stop answering its pings itself
     (``Registered.client_timeout_s``), a kernel silent past three keepalive intervals
     whose connection is open is alive, only busy (local code holding the GIL stops its
     keepalive thread, not its libzmq): its running cell ends as it would and its namespace
     stays (a 61 s local regex cost the remote namespace, tester BR).  Once its connection
     closes, its executor goes as before."""
-    port = BrokerPort()
-    port.start_worker()
-    try:
-        port.register(client_closed=True, client_timeout_s=30.0)
-        extra = in_session("busy", keepalive_s=0.5)  # silent 2.5 s was gone
-        port.run("v = 1", **extra)  # (heard on its connection)
-        cell = "import time\nprint('go', flush=True)\ntime.sleep(4)\nprint(v)"
-        events = port.run(cell, **extra)  # no keepalive meanwhile
-        assert done(events).header["status"] == DoneStatus.OK
-        assert stdout(events) == "go\n1\n" and lost_notices(events) == []
-        end = time.monotonic() + 3.0  # idle and silent too
-        port.wait_for(lambda: time.monotonic() > end, "3 s of the kernel's silence")
-        # Its row (%rexec_status, the sidebar) does not say "no sign of its kernel" either.
-        rows = port.recv_kind(Kind.HEARTBEAT).header["executors"]
-        assert [r for r in rows if r["notebook"] == "busy" and "kernel_silent_s" not in r], rows
-        events = port.run("print(v + 1)", **extra)
-        assert stdout(events) == "2\n" and lost_notices(events) == []
-        port.send(Kind.CLIENT_CLOSED, {"handle": CLIENT.hex()}, route=protocol.TO_BROKER)
-        wait_for(lambda: "busy" not in executor_rows(port), "the ended kernel's executor to go")
-    finally:
-        port.close()
+    port = answering_port
+    extra = in_session("busy", keepalive_s=0.5)  # silent 2.5 s was gone
+    port.run("v = 1", **extra)  # (heard on its connection)
+    cell = "import time\nprint('go', flush=True)\ntime.sleep(4)\nprint(v)"
+    events = port.run(cell, **extra)  # no keepalive meanwhile
+    assert done(events).header["status"] == DoneStatus.OK
+    assert stdout(events) == "go\n1\n" and lost_notices(events) == []
+    silent_for(port, 3.0)  # idle and silent too
+    # Its row (%rexec_status, the sidebar) does not say "no sign of its kernel" either.
+    rows = port.recv_kind(Kind.HEARTBEAT).header["executors"]
+    assert [r for r in rows if r["notebook"] == "busy" and "kernel_silent_s" not in r], rows
+    events = port.run("print(v + 1)", **extra)
+    assert stdout(events) == "2\n" and lost_notices(events) == []
+    port.send(Kind.CLIENT_CLOSED, {"handle": CLIENT.hex()}, route=protocol.TO_BROKER)
+    wait_for(lambda: "busy" not in executor_rows(port), "the ended kernel's executor to go")
 
 
-def test_a_busy_kernels_namespace_outlives_a_broker_restart():
+def test_a_busy_kernels_namespace_outlives_a_broker_restart(answering_port):
     """A kernel whose connection was open when the broker restarted is taken for alive
     after the worker registers with the new broker, though it says nothing for a while (its
     Python held by local code: its libzmq connects again at once, but only its Python says
     who it is).  Its namespace was lost 31 s after the restart (tester BS 4 of 4)."""
-    port = BrokerPort()
-    port.start_worker()
-    try:
-        port.register(client_closed=True, client_timeout_s=30.0)
-        extra = in_session("busy", keepalive_s=0.5)  # silent 2.5 s was gone
-        port.run("v = 1", **extra)  # (heard on its connection)
-        port.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)  # the broker restarted
-        port.register(client_closed=True, client_timeout_s=30.0, broker="new")
-        end = time.monotonic() + 4.0  # no keepalive meanwhile (the broker answers on)
-        port.wait_for(lambda: time.monotonic() > end, "4 s of the kernel's silence")
-        events = port.run("print(v + 1)", **extra)
-        assert stdout(events) == "2\n" and lost_notices(events) == [], events
-    finally:
-        port.close()
+    port = answering_port
+    extra = in_session("busy", keepalive_s=0.5)  # silent 2.5 s was gone
+    port.run("v = 1", **extra)  # (heard on its connection)
+    port.send(Kind.RESYNC, {}, route=protocol.TO_BROKER)  # the broker restarted
+    port.register(client_closed=True, client_timeout_s=30.0, broker="new")
+    silent_for(port, 4.0)
+    events = port.run("print(v + 1)", **extra)
+    assert stdout(events) == "2\n" and lost_notices(events) == [], events
 
 
-def test_a_kernel_whose_connection_closed_is_said_closed_not_silent():
+def test_a_kernel_whose_connection_closed_is_said_closed_not_silent(answering_port):
     """A kernel silent for long (stopped) whose connection the broker then closes: its
     executor goes as "closed" once the grace after the close is over; in that grace its
     silence made it "silent" ("a kernel busy in code that holds the GIL ... sends none"),
     tester BS."""
-    port = BrokerPort()
-    port.start_worker()
-    try:
-        port.register(client_closed=True, client_timeout_s=30.0)
-        extra = in_session("stopped", keepalive_s=0.5)
-        port.run("v = 1", **extra)
-        end = time.monotonic() + 3.0  # silent past 3 intervals + 1 s: alive by its connection
-        port.wait_for(lambda: time.monotonic() > end, "3 s of the kernel's silence")
-        port.send(Kind.CLIENT_CLOSED, {"handle": CLIENT.hex()}, route=protocol.TO_BROKER)
-        wait_for(lambda: "stopped" not in executor_rows(port), "the executor to be stopped")
-        log = port.log_text()
-        assert "(session:stopped): its kernel ended; stopping it" in log, log[-2000:]
-        assert "no sign of its kernel" not in log, log[-2000:]
-    finally:
-        port.close()
+    port = answering_port
+    extra = in_session("stopped", keepalive_s=0.5)
+    port.run("v = 1", **extra)
+    silent_for(port, 3.0)  # past 3 intervals + 1 s: alive by its connection
+    port.send(Kind.CLIENT_CLOSED, {"handle": CLIENT.hex()}, route=protocol.TO_BROKER)
+    wait_for(lambda: "stopped" not in executor_rows(port), "the executor to be stopped")
+    log = port.log_text()
+    assert "(session:stopped): its kernel ended; stopping it" in log, log[-2000:]
+    assert "no sign of its kernel" not in log, log[-2000:]
 
 
 def test_a_shared_namespace_restarted_for_a_call_says_so_to_its_other_notebooks(port):
