@@ -630,7 +630,9 @@ class Supervisor:
         now = time.monotonic()
         # Handles name connections to the broker registered with; a new one tells only of
         # its own.  Until a kernel speaks again, its silence alone counts, as it does with
-        # a broker that tells of no closed connection (an older one).
+        # a broker that tells of no closed connection (an older one); one that was alive by
+        # its connection is presumed alive meanwhile (``PRESUMED_ALIVE_S``), and a closing
+        # of its old connections told after this cannot reach it (its handles are gone).
         if self._client_timeout_s and registered.client_closed and registered.client_timeout_s:
             for session in self._handles:
                 if self._alive_by_connection(session):
