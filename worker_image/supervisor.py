@@ -633,9 +633,9 @@ class Supervisor:
         # a broker that tells of no closed connection (an older one); one that was alive by
         # its connection is presumed alive meanwhile (``PRESUMED_ALIVE_S``), and a closing
         # of its old connections told after this cannot reach it (its handles are gone).
-        if self._client_timeout_s and registered.client_closed and registered.client_timeout_s:
+        if registered.client_closed and registered.client_timeout_s:
             for session in self._handles:
-                if self._alive_by_connection(session):
+                if self._alive_by_connection(session, now):
                     self._presumed_alive[session] = now + PRESUMED_ALIVE_S
         self._handles.clear()
         self._all_closed_at.clear()
@@ -2325,7 +2325,7 @@ class Supervisor:
             return True
         return bool(self._client_timeout_s) and session in self._all_closed_at
 
-    def _alive_by_connection(self, session: str, now: float | None = None) -> bool:
+    def _alive_by_connection(self, session: str, now: float) -> bool:
         """Whether client session ``session``'s kernel process is alive by its connections to
         the broker: one is open, and the broker closes any that stops answering its ZMTP
         pings (``Registered.client_timeout_s``; libzmq's I/O thread answers them, GIL or
@@ -2337,7 +2337,7 @@ class Supervisor:
             return False
         if not self._handles.get(session):
             until = self._presumed_alive.get(session)
-            return until is not None and (now or time.monotonic()) < until
+            return until is not None and now < until
         keepalive_s = self._clients.get(session, (0.0, None))[1]
         return keepalive_s is None or keepalive_s > KEEPALIVE_MIN_S
 
