@@ -1144,6 +1144,64 @@ def test_python_text_on_stdout_and_stderr_keeps_the_order_written(port):
         assert seen == expected, seen[:6]
 
 
+def _lines_by_stream(events: list) -> list[tuple[str, str]]:
+    """(stream, line) of each line of text the request sent, in the order sent."""
+    return [
+        (e.header["name"], line)
+        for e in events
+        if e.kind == Kind.STREAM
+        for line in e.header["text"].splitlines()
+    ]
+
+
+FD_THEN_PYTHON = {
+    "os.write to stderr, then print": (
+        "import os\nfor i in range(30):\n    os.write(2, b'E%d\\n' % i)\n    print(f'P{i}')\n",
+        [x for i in range(30) for x in (("stderr", f"E{i}"), ("stdout", f"P{i}"))],
+    ),
+    "os.write to stdout, then print to stderr": (
+        "import os, sys\nfor i in range(30):\n    os.write(1, b'O%d\\n' % i)\n"
+        "    print(f'R{i}', file=sys.stderr)\n",
+        [x for i in range(30) for x in (("stdout", f"O{i}"), ("stderr", f"R{i}"))],
+    ),
+    "a child's stderr, then print": (
+        "import subprocess\nfor i in range(8):\n"
+        "    subprocess.run(['sh', '-c', f'echo child {i} >&2'])\n    print(f'after {i}')\n",
+        [x for i in range(8) for x in (("stderr", f"child {i}"), ("stdout", f"after {i}"))],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FD_THEN_PYTHON))
+def test_fd_text_on_one_stream_and_python_text_on_the_other_keep_the_order_written(port, case):
+    """Text written below ``sys.stdout`` (``os.write``, a child process) to one stream and
+    Python text to the other, by turns: the notebook gets them in the order written.  All of
+    stdout came before all of stderr, or each pair came reversed (tester BT, 6 of 6): the two
+    pipes are read apart, and the Python text carried no mark when the stream it left had
+    been written below Python.  (Two child processes writing the two streams by turns keep
+    no order, as on any pipe: not tested.)"""
+    code, expected = FD_THEN_PYTHON[case]
+    for _ in range(5):
+        seen = _lines_by_stream(port.run(code))
+        assert seen == expected, seen[:8]
+
+
+def test_a_faulthandler_dump_comes_whole_before_the_print_after_it(port):
+    """``faulthandler.dump_traceback()`` (C code writing stderr line by line) then ``print``:
+    the dump comes first and whole.  The print came before it (5 of 6), or cut it mid-line
+    (tester BT)."""
+    code = (
+        "import faulthandler\nprint('before', flush=True)\n"
+        "faulthandler.dump_traceback(all_threads=False)\nprint('after')\n"
+    )
+    for _ in range(5):
+        seen = _lines_by_stream(port.run(code))
+        streams = [stream for stream, _ in seen]
+        assert seen[0] == ("stdout", "before") and seen[-1] == ("stdout", "after"), seen
+        assert set(streams[1:-1]) == {"stderr"}, seen
+        assert seen[1][1].startswith("Stack (most recent call first):"), seen
+
+
 def test_text_with_lone_surrogates_shows_as_a_local_kernel_shows_it(port):
     """A file name ``os.fsdecode`` decoded with ``surrogateescape`` (undecodable bytes),
     printed: U+FFFD where the byte was, as in a local kernel (it showed ``?``)."""

@@ -510,7 +510,7 @@ def main() -> int:
         std_fds=std_fds,
         phase_fd=int(phase_fd) if phase_fd else None,
     )
-    redirect_stdio(std_fds, executor.channel)
+    redirect_stdio(std_fds, executor.channel, executor.runner.phase)
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
     return executor.run()
 

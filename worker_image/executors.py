@@ -35,7 +35,7 @@ from rexec_magic.protocol import Kind
 from rexec_magic.recent import Recent
 from worker_image import exits, framing
 from worker_image.cells import shared
-from worker_image.outbox import MARK, SWITCH, Target
+from worker_image.outbox import MARK, SWITCH, TAKEN, Target
 from worker_image.phase import PhaseBoard
 from worker_image.unacked import Unacked
 
@@ -452,13 +452,20 @@ class ExecutorProcess:
         """Read what one pipe holds now; return the text that may be shown already."""
         eof = False
         budget = PIPE_READ_PER_CALL
+        index = 0 if self.readers[fd].name == "stdout" else 1
         while fd in self.pipes and budget > 0:
+            # Counted for the executor (``outbox.StreamOrder``: whose bytes are in the pipe).
+            self.phase.reading_pipe(index)
             try:
                 data = os.read(fd, min(PIPE_READ, budget))
             except BlockingIOError:
-                break
+                data = None
             except OSError:
                 data = b""
+            finally:
+                self.phase.read_pipe(index, len(data) if data else 0)
+            if data is None:
+                break
             if not data:
                 eof = True
                 break
@@ -783,9 +790,11 @@ class PipeReader:
     """Bytes of one captured fd, cut at the executor's marks (``outbox.MARK``).
 
     Text before the mark of event N may be shown once events up to N-1 are through; text
-    after it waits until event N itself went out.  Text after switch mark N (``SWITCH``,
-    ``outbox.StreamOrder``) waits until the other pipe's reader (``other``) has come to
-    its own switch mark N: what was written there before the switch goes first.  UTF-8 is
+    after it waits until event N itself went out.  At switch N (``outbox.StreamOrder``) the
+    pipe taken (``TAKEN`` mark N) shows its text after the mark once the other pipe's reader
+    (``other``) has come to its own mark N (what was written there before goes first), and
+    the pipe left (``SWITCH`` mark N) shows its text after the mark once the taken pipe's
+    reader has passed its mark N and let go of the text after it (written first).  UTF-8 is
     decoded incrementally, so a character split across two reads stays whole.
     """
 
@@ -794,9 +803,11 @@ class PipeReader:
         self.buffer = bytearray()
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.other: PipeReader | None = None
-        # The switch mark this reader has come to (all its text before it released); a
-        # finished reader (end of file) holds back no one.
+        # The switch mark this reader has come to (all its text before it released), and the
+        # one it has passed (the text after it released too); a finished reader (end of
+        # file) holds back no one.
         self.switch_reached: float = 0
+        self.switch_passed: float = 0
 
     @classmethod
     def pair(cls, out_fd: int, err_fd: int) -> dict[int, PipeReader]:
@@ -809,9 +820,11 @@ class PipeReader:
         self.buffer += data
 
     def release(self, events_seen: int) -> tuple[str, bool]:
-        """The text that may be shown now, and whether any bytes were consumed."""
+        """The text that may be shown now, and whether this reader moved: bytes consumed, or
+        a switch mark reached (the other reader may go on now)."""
         buf = self.buffer
         had = len(buf)
+        reached = self.switch_reached
         out = bytearray()
         while buf:
             at = buf.find(MARK)
@@ -826,20 +839,24 @@ class PipeReader:
             if end < 0:
                 break  # the rest of the mark is still on its way
             body = bytes(buf[len(MARK) : end])
-            switch = body.startswith(SWITCH)
+            role = body[:1] if body[:1] in (SWITCH, TAKEN) else b""
             try:
-                number = int(body[len(SWITCH) :] if switch else body)
+                number = int(body[len(role) :])
             except ValueError:
                 number = 0
-            if switch:
+            other = self.other
+            if role:
                 self.switch_reached = max(self.switch_reached, number)
-                other = self.other
                 if other is not None and other.switch_reached < number:
                     break  # the other stream's text before this switch goes first
+                if role == SWITCH and other is not None and other.switch_passed < number:
+                    break  # the text that took the other stream at this switch goes first
+                self.switch_passed = max(self.switch_passed, number)
             elif number > events_seen:
                 break  # text after the mark waits for event ``number``
             del buf[: end + 1]
-        return self._decoder.decode(bytes(out)), len(buf) != had
+        moved = len(buf) != had or self.switch_reached != reached
+        return self._decoder.decode(bytes(out)), moved
 
     def end_character(self) -> str:
         """Its request ended: bytes of a character left unfinished (``os.write(1, b'\\xc3')``)
@@ -849,16 +866,16 @@ class PipeReader:
 
     def finish(self) -> str:
         """End of file: whatever is left (marks removed)."""
-        text = re.sub(re.escape(MARK) + re.escape(SWITCH) + rb"?\d*\0?", b"", bytes(self.buffer))
+        text = re.sub(re.escape(MARK) + rb"[st]?\d*\0?", b"", bytes(self.buffer))
         self.buffer.clear()
-        self.switch_reached = math.inf
+        self.switch_reached = self.switch_passed = math.inf
         return self._decoder.decode(text, final=True)
 
 
 def release_all(readers: Iterable[PipeReader], events_seen: int) -> list[tuple[str, str]]:
     """What ``readers`` let go (``PipeReader.release``), in the order written across them:
     (stream name, text) pairs.  They are asked in the order given, again until none moves,
-    since one pipe's text may let another's go on (its switch mark reached)."""
+    since one pipe's text may let another's go on (its switch mark reached or passed)."""
     readers = list(readers)
     out: list[tuple[str, str]] = []
     moved = True

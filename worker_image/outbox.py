@@ -22,6 +22,7 @@ depend on a thread of its own (a C call holding the GIL would stall it).
 
 from __future__ import annotations
 
+import array
 import builtins
 import codecs
 import contextlib
@@ -33,6 +34,7 @@ import os
 import signal
 import socket
 import sys
+import termios
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ from worker_image.link import encode_header
 
 if TYPE_CHECKING:
     from worker_image.bulk import BulkUploader
+    from worker_image.phase import PhaseBoard
 
 log = logging.getLogger(__name__)
 
@@ -277,9 +280,11 @@ BULK_CHANNEL = "bulk_channel"
 # Marks the place of event N in the stdout/stderr byte streams: MARK + b"N" + b"\0".  A NUL
 # and an escape character: text and terminal output never contain the pair.
 MARK = b"\0\x1brexec-event:"
-# Marks the Nth switch of Python-level text from one stream to the other, in both pipes:
-# MARK + SWITCH + b"N" + b"\0" (``StreamOrder``).
+# Marks the Nth switch of text from one stream to the other (``StreamOrder``): MARK + SWITCH +
+# b"N" + b"\0" in the pipe left, MARK + TAKEN + b"N" + b"\0" in the pipe taken, written there
+# in one write with the text that takes it.
 SWITCH = b"s"
+TAKEN = b"t"
 
 # How the executor's streams encode what UTF-8 cannot (a lone surrogate, as in a file name
 # ``os.fsdecode`` decoded with ``surrogateescape``): U+FFFD for each, which is what a local
@@ -329,13 +334,23 @@ def _write_all(fd: int, data: bytes) -> None:
 
 class StreamOrder:
     """The order of Python-level text across stdout and stderr, which are two pipes the
-    supervisor reads apart: where text switches from one stream to the other, a mark with
-    the switch's number goes into the pipe left and then into the pipe taken.  Text after
-    mark N in either pipe is shown once the other pipe's reader has come to its mark N
-    (``executors.PipeReader``): ``print('a', file=sys.stderr); print('b')`` comes as
-    written (stdout came first in 4 of 9 runs, tester AM).  Output of C code and child
-    processes carries no marks: across the two streams it keeps no order, as on a terminal
-    it keeps none either once piped.
+    supervisor reads apart, against each other and against what C code, child processes and
+    ``os.write`` put in the other pipe.
+
+    Where Python-level text goes to one pipe after text went to the other (its own, or
+    anyone's bytes still unread there: ``FIONREAD``, which Linux answers for either end of a
+    pipe), that is a switch: mark N goes into the pipe left (``SWITCH``), then a mark N that
+    says "taken" (``TAKEN``) into the pipe taken, in one write with the text.  The reader of
+    the taken pipe shows its text after mark N once the other reader has come to its mark N
+    (what was written there before goes first), and the reader of the left pipe shows its
+    text after mark N once the taken pipe's text after it is out (it was written after that
+    text, most likely: microseconds after the mark; ``executors.PipeReader``).  So
+    ``print('a', file=sys.stderr); print('b')`` comes as written (stdout came first in 4 of 9
+    runs, tester AM), and so do ``os.write(2, b'E'); print('P')`` in a loop, a
+    ``faulthandler`` dump and the ``print`` after it, a child's stderr and the line printed
+    after it (all stdout first, or a dump cut mid-line by the next ``print``, tester BT 6 of
+    6 and 5 of 6).  Bytes that C code or a child writes to the two pipes by turns carry no
+    marks: across the two streams they keep no order, as once piped anywhere.
 
     ``lock`` is the one lock of both streams' writes (one write at a time from this
     process: a write longer than ``PIPE_BUF`` may be cut short, and another thread's write
@@ -343,9 +358,21 @@ class StreamOrder:
     writes).  A forked child gets a new lock (a thread of the parent may have held it) and
     writes no marks: its numbers would be its parent's."""
 
-    def __init__(self) -> None:
+    def __init__(self, board: PhaseBoard | None = None) -> None:
         self.lock = threading.RLock()
+        self._other: dict[int, int] = {}  # each pipe kept in order -> the other one
         self._last: int | None = None  # the fd Python-level text went to last
+        # The supervisor's count of bytes it took from each pipe (None: no supervisor; only
+        # switches of Python-level text are marked then).
+        self._board = board
+        # Per pipe: the place of its count on the board, the bytes written there through
+        # this (text and marks), and the bytes others wrote there that a mark already
+        # ordered Python text after.  (Others are also this process's event marks and
+        # notes, written apart: counted as others, they cost one mark too many, once.)
+        self._count_at: dict[int, int] = {}
+        self._written: dict[int, int] = {}
+        self._others_ordered: dict[int, int] = {}
+        self._unread = array.array("i", [0])  # (FIONREAD's answer, filled in place)
         self._switches = 0
         self._marks = True
         os.register_at_fork(after_in_child=self._in_child)
@@ -354,14 +381,55 @@ class StreamOrder:
         self.lock = threading.RLock()
         self._marks = False
 
-    def going_to(self, fd: int) -> None:
-        """Text is about to go to ``fd`` (under ``lock``): mark a switch of stream."""
+    def add(self, fd: int) -> None:
+        """``fd`` is one of the pipes kept in order: stdout's, then stderr's."""
+        if self._other:
+            (first,) = self._other
+            self._other = {first: fd, fd: first}
+        else:
+            self._other = {fd: -1}
+        self._count_at[fd] = len(self._written)
+        self._written[fd] = self._others_ordered[fd] = 0
+
+    def write(self, fd: int, text: str) -> None:
+        """Python-level ``text`` to pipe ``fd`` (under ``lock``), after a switch mark where
+        one is due (in the same write)."""
+        data = text.encode("utf-8", TEXT_ERRORS)
         last, self._last = self._last, fd
-        if last is not None and last != fd and self._marks:
-            self._switches += 1
-            mark = b"%s%s%d\0" % (MARK, SWITCH, self._switches)
-            _write_all(last, mark)
-            _write_all(fd, mark)
+        if self._marks:
+            other = self._other.get(fd, -1)
+            if other >= 0 and (last == other or self._written_by_others(other)):
+                self._switches += 1
+                number = b"%d\0" % self._switches
+                mark = MARK + SWITCH + number
+                _write_all(other, mark)
+                self._written[other] += len(mark)
+                data = MARK + TAKEN + number + data
+        _write_all(fd, data)
+        if fd in self._written:
+            self._written[fd] += len(data)
+
+    def _written_by_others(self, fd: int) -> bool:
+        """Whether pipe ``fd`` got bytes this process did not write (C code's, a child's)
+        since Python text was last ordered after such bytes: what the supervisor took from
+        it plus what is still unread there is more than was written here (where the
+        supervisor was reading meanwhile, the answer is yes: a mark too many costs nothing)."""
+        board = self._board
+        if board is None:
+            return False
+        index = self._count_at[fd]
+        sequence, taken = board.pipe_count(index)
+        try:
+            fcntl.ioctl(fd, termios.FIONREAD, self._unread, True)
+        except OSError:  # not a pipe (a cell made it a file): no order to keep
+            return False
+        if sequence & 1 or board.pipe_count(index)[0] != sequence:
+            return True
+        others = taken + self._unread[0] - self._written[fd]
+        if others <= self._others_ordered[fd]:
+            return False
+        self._others_ordered[fd] = others
+        return True
 
 
 class FdStream(io.TextIOBase):
@@ -380,6 +448,7 @@ class FdStream(io.TextIOBase):
         self._name = name
         self._gathering = threading.local()  # .parts: this thread's writes inside print_whole
         self._order = order if order is not None else StreamOrder()
+        self._order.add(fd)
         self.channel: EventChannel | None = None  # whose ``current`` request runs now
 
     def _write(self, text: str) -> None:
@@ -394,8 +463,7 @@ class FdStream(io.TextIOBase):
             return
         order = self._order
         with order.lock:
-            order.going_to(self._fd)
-            _write_all(self._fd, text.encode("utf-8", TEXT_ERRORS))
+            order.write(self._fd, text)
 
     def print_whole(self, values: tuple[object, ...], options: dict[str, Any]) -> None:
         """The built-in ``print`` of ``values`` with this thread's writes gathered and

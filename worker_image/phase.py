@@ -18,16 +18,25 @@ torn read can only make a request look not yet packing: it is then treated as be
 The page's last 4 bytes count the interrupts the executor's code was given (a
 KeyboardInterrupt raised for one, little-endian, written by its main thread only): the
 supervisor sends again only an interrupt that was not (``ExecutorProcess.interrupt_again``).
+The 32 bytes before them count the bytes the supervisor took from the executor's stdout
+and stderr pipes: for each pipe a sequence number, odd while a read is under way, and the
+count (little-endian 64-bit each, written by the supervisor only).  With what is still
+unread there, the executor knows whether bytes it did not write (C code, a child process)
+went into a pipe, and orders its Python text after them (``outbox.StreamOrder``); a read of
+the count under way, or one that began meanwhile (the sequence moved), is no answer.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import struct
 
 PAGE = 4096  # bytes: the length and a request id (``protocol.Short``: 256 chars, 1 KiB UTF-8)
 _HEAD = 2
 _TAKEN = PAGE - 4  # where the count of interrupts taken is
+_PIPES = _TAKEN - 32  # where the (sequence, count) of bytes taken from stdout and stderr are
+_PIPE_COUNT = struct.Struct("<QQ")
 
 
 class PhaseBoard:
@@ -46,7 +55,7 @@ class PhaseBoard:
 
     def packing(self, request_id: str) -> None:
         """Executor: ``request_id``'s user code is over; what it bound is being packed."""
-        raw = request_id.encode()[: _TAKEN - _HEAD]
+        raw = request_id.encode()[: _PIPES - _HEAD]
         self._page[_HEAD : _HEAD + len(raw)] = raw
         self._page[0:_HEAD] = len(raw).to_bytes(_HEAD, "little")
 
@@ -57,7 +66,7 @@ class PhaseBoard:
     def is_packing(self, request_id: str) -> bool:
         """Supervisor: whether ``request_id``'s code is over and its values are packing."""
         length = int.from_bytes(self._page[0:_HEAD], "little")
-        raw = request_id.encode()[: _TAKEN - _HEAD]
+        raw = request_id.encode()[: _PIPES - _HEAD]
         return length == len(raw) and self._page[_HEAD : _HEAD + length] == raw
 
     def took_interrupt(self) -> None:
@@ -69,6 +78,25 @@ class PhaseBoard:
     def interrupts_taken(self) -> int:
         """How many interrupts the executor's code was given so far (``took_interrupt``)."""
         return int.from_bytes(self._page[_TAKEN:PAGE], "little")
+
+    def reading_pipe(self, index: int) -> None:
+        """Supervisor: a read of pipe ``index`` (0: stdout, 1: stderr) begins."""
+        at = _PIPES + 16 * index
+        sequence = int.from_bytes(self._page[at : at + 8], "little") + 1
+        self._page[at : at + 8] = sequence.to_bytes(8, "little")
+
+    def read_pipe(self, index: int, nbytes: int) -> None:
+        """Supervisor: the read of pipe ``index`` took ``nbytes`` and is over."""
+        at = _PIPES + 16 * index
+        count = int.from_bytes(self._page[at + 8 : at + 16], "little") + nbytes
+        self._page[at + 8 : at + 16] = count.to_bytes(8, "little")
+        sequence = int.from_bytes(self._page[at : at + 8], "little") + 1
+        self._page[at : at + 8] = sequence.to_bytes(8, "little")
+
+    def pipe_count(self, index: int) -> tuple[int, int]:
+        """Executor: (sequence, bytes taken so far) of pipe ``index``; an odd sequence, or
+        one that moved by the next look, says a read was under way meanwhile."""
+        return _PIPE_COUNT.unpack_from(self._page, _PIPES + 16 * index)
 
     def close(self) -> None:
         self._page.close()

@@ -44,6 +44,7 @@ from worker_image.outbox import (
     stdin_error,
     whole_print,
 )
+from worker_image.phase import PhaseBoard
 
 # Figures are drawn by the inline backend and flushed as display data after each cell, as in
 # a notebook.  The env var costs nothing now: matplotlib reads it when the user imports it.
@@ -534,11 +535,16 @@ def _no_getpass(*args: Any, **kwargs: Any) -> str:
     raise stdin_error("getpass()")
 
 
-def redirect_stdio(std_fds: tuple[int, int] = (1, 2), channel: EventChannel | None = None) -> None:
+def redirect_stdio(
+    std_fds: tuple[int, int] = (1, 2),
+    channel: EventChannel | None = None,
+    board: PhaseBoard | None = None,
+) -> None:
     """Unbuffered stdout/stderr on the supervisor's pipes (``std_fds``: fds 1 and 2 or their
     private copies, see ``outbox.private_std_fds``); no stdin.  ``channel``: the executor's
-    events, where an earlier request's asyncio task sends what it prints (``MADE_BY``)."""
-    order = StreamOrder()  # (their text keeps its order across the two pipes)
+    events, where an earlier request's asyncio task sends what it prints (``MADE_BY``);
+    ``board``: the supervisor's counts of what it read (``StreamOrder``)."""
+    order = StreamOrder(board)  # (their text keeps its order across the two pipes)
     out, err = FdStream(std_fds[0], "stdout", order), FdStream(std_fds[1], "stderr", order)
     out.channel = err.channel = channel
     sys.stdout = sys.__stdout__ = out
