@@ -68,6 +68,12 @@ class RexecHandler(APIHandler):
 TICKING = frozenset(
     {"uptime_s", "namespace_s", "running_s", "memory", "rss", "last_heartbeat_s", "kernel_silent_s"}
 )
+# ...except a change of an executor's memory the reader would call one: a cell that grows from
+# 55 MB to 2 GB (or frees most of it) must show while it runs, not 30 s later.  "Matters": at
+# least MEMORY_CHANGE of the figure the browser shows, and at least MEMORY_FLOOR, so the few
+# KB an idle process's RSS drifts by never end a poll (the sidebar shows whole MB anyway).
+MEMORY_CHANGE = 0.10
+MEMORY_FLOOR = 2**20
 
 
 def _steady(value: Any) -> Any:
@@ -80,7 +86,9 @@ def _steady(value: Any) -> Any:
 
 
 def fingerprint(status: dict[str, Any]) -> str:
-    """What changes when the sidebar must redraw: the status without the ticking figures."""
+    """What changes when the sidebar must redraw: the status without the ticking figures
+    (and without the ``version`` made from it)."""
+    status = {k: v for k, v in status.items() if k != "version"}
     worker = status.get("worker")
     if isinstance(worker, dict):
         status = {**status, "worker": _steady(worker)}
@@ -88,12 +96,59 @@ def fingerprint(status: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _memory(status: dict[str, Any]) -> list[int | None]:
+    """Each executor row's memory figure, in the rows' order."""
+    worker = status.get("worker")
+    rows = worker.get("executors") if isinstance(worker, dict) else None
+    return [row.get("memory") for row in rows or [] if isinstance(row, dict)]
+
+
+def version(status: dict[str, Any]) -> str:
+    """The status's ``version``: its fingerprint, then the memory figures it shows.
+
+    The figures ride in the version (``FINGERPRINT~BYTES,BYTES``) so that the next long poll
+    compares the memory now with the figures the browser shows, not with a bucket: a rule on
+    buckets (a log scale, say) flaps for a figure that sits at a bucket's edge, where a few KB
+    of jitter cross it every look and the poll answers four times a second; against the shown
+    figure, jitter never adds up to a change.  The server keeps nothing between requests.
+    """
+    shown = ",".join("-" if m is None else str(int(m)) for m in _memory(status))
+    return f"{fingerprint(status)}~{shown}" if shown else fingerprint(status)
+
+
+def _shown(figures: str) -> list[int | None] | None:
+    """The memory figures a ``version`` carries (None: not a version this server made)."""
+    try:
+        return [None if f == "-" else int(f) for f in figures.split(",")] if figures else []
+    except ValueError:
+        return None
+
+
+def changed(since: str, status: dict[str, Any]) -> bool:
+    """Whether ``status`` differs from the one whose ``version`` the browser has (``since``)
+    in what the sidebar shows: a steady field, or an executor's memory by a change that
+    matters (``MEMORY_CHANGE``, at least ``MEMORY_FLOOR``)."""
+    steady, _, figures = since.partition("~")
+    if steady != fingerprint(status):
+        return True
+    shown, now = _shown(figures), _memory(status)
+    if shown is None or len(shown) != len(now):
+        return True
+    for before, after in zip(shown, now, strict=True):
+        if before is None or after is None:
+            if before != after:
+                return True
+        elif abs(after - before) >= max(MEMORY_CHANGE * before, MEMORY_FLOOR):
+            return True
+    return False
+
+
 class StatusHandler(RexecHandler):
     """``GET /status``; with ``?since=VERSION&wait=S`` a long poll.
 
     The answer comes as soon as the status differs from the one the browser has (its
-    ``version``), or after ``wait`` seconds (at most ``LONG_POLL_MAX_S``).  Meanwhile the
-    server looks every ``LONG_POLL_STEP_S``, so a change reaches the sidebar within a
+    ``version``; see ``changed``), or after ``wait`` seconds (at most ``LONG_POLL_MAX_S``).
+    Meanwhile the server looks every ``LONG_POLL_STEP_S``, so a change reaches the sidebar within a
     fraction of a second (the way JupyterHub's and dask's dashboards push progress), while
     the browser sends one request per change instead of one per interval.
     """
@@ -109,8 +164,8 @@ class StatusHandler(RexecHandler):
         deadline = loop.time() + wait
         while True:
             status = await loop.run_in_executor(_pool, self.account.status)
-            status["version"] = fingerprint(status)
-            if status["version"] != since or loop.time() >= deadline:
+            status["version"] = version(status)
+            if not since or changed(since, status) or loop.time() >= deadline:
                 break
             if self.request.connection.stream.closed():  # the browser went away
                 return

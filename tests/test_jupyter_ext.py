@@ -24,7 +24,7 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403 (fixtures for this mod
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
-from jupyter_ext.handlers import fingerprint
+from jupyter_ext.handlers import changed, version
 from rexec_magic import connection
 from rexec_magic.session import RemoteSession
 from tests.harness import WAIT_S
@@ -337,13 +337,93 @@ def test_requests_need_jupyter_auth(jp_serverapp, http_server_client, jp_asyncio
     assert info.value.code == 403
 
 
+MB = 2**20
+
+
 def test_the_long_poll_answers_for_changes_not_for_ticking_figures():
-    """Uptime, run time and memory move with every heartbeat: alone they do not end a long
-    poll (else an open sidebar polls about once a second); a state change does."""
+    """Uptime, run time and the few KB an idle process's memory drifts by move with every
+    heartbeat: alone they do not end a long poll (else an open sidebar polls four times a
+    second); a state change does, and so does memory that grows or falls by a tenth."""
 
     def status(uptime: float, memory: int, state: str) -> dict:
         row = {"notebook": "a.ipynb", "state": state, "memory": memory, "uptime_s": uptime}
         return {"state": "ready", "worker": {"uptime_s": uptime, "executors": [row]}}
 
-    assert fingerprint(status(1.0, 100, "idle")) == fingerprint(status(9.5, 300, "idle"))
-    assert fingerprint(status(1.0, 100, "idle")) != fingerprint(status(1.0, 100, "busy"))
+    idle = version(status(1.0, 55 * MB, "idle"))
+    assert not changed(idle, status(9.5, 55 * MB + 12 * 1024, "idle"))
+    assert not changed(idle, status(9.5, 59 * MB, "idle"))
+    assert changed(idle, status(1.0, 55 * MB, "busy"))
+    # What the tester saw: a cell's executor at 2106 MB, then down to 1082 MB from 5178 MB.
+    assert changed(version(status(3.0, 55 * MB, "busy")), status(4.0, 2106 * MB, "busy"))
+    assert changed(version(status(3.0, 5178 * MB, "busy")), status(4.0, 1082 * MB, "busy"))
+    # A small process: a tenth of 3 MB is no change worth a redraw.
+    assert not changed(
+        version(status(1.0, 3 * MB, "idle")), status(2.0, 3 * MB + 400 * 1024, "idle")
+    )
+    # A figure at the edge of a log-scale bucket (1.1 ** 186 bytes, about 49.7 MB) that jitters
+    # by 8 KB either side never ends a poll: the browser's own figure is the reference.
+    edge = int(1.1**186)
+    shown = version(status(1.0, edge - 8192, "idle"))
+    for uptime in range(2, 40):
+        assert not changed(shown, status(uptime, edge + (8192 if uptime % 2 else -8192), "idle"))
+
+
+def test_the_sidebar_sees_memory_grow_and_fall_while_a_cell_runs(
+    api: API, stack: Stack, connection_file: Path, tmp_path: Path
+):
+    """A cell that takes 400 MB and gives it back: the long poll answers with each change
+    while the cell still runs (it left the sidebar at "busy, 55 MB" until the cell ended or
+    30 s went by), and an idle executor's memory jitter ends no poll."""
+    import threading
+
+    api.call("POST", "login", {"token": token_of(stack.add_user("sidebar-mia"))})
+    api.call("POST", "start", {"requirements": ""})
+    api.wait_state("ready")
+    session = RemoteSession(connection.load(connection_file))  # the kernels' login
+    session.run("x = 1", {}, [], lambda m: None, pull_limit=0)  # this notebook's executor
+    # Idle (once the worker's heartbeat lists the executor): a few long polls from the same
+    # figures; none says the memory changed.
+    deadline = time.monotonic() + WAIT_S
+    while not (idle := api.call("GET", "status"))["worker"]["executors"]:
+        assert time.monotonic() < deadline, idle
+        time.sleep(0.2)
+    assert idle["worker"]["executors"][0]["memory"] > MB
+    for _ in range(4):
+        assert not changed(idle["version"], api.changed(idle, wait=1))
+
+    grow, shrink = tmp_path / "grow", tmp_path / "shrink"
+    # (The cell ends by itself within 20 s, before the 30 s long poll would: without the fix
+    # the poll answers at that end, with "idle", and the test fails on it.)
+    code = (
+        "import os, time\nend = time.monotonic() + 20\n"
+        "def wait_for(path):\n"
+        "    while not os.path.exists(path) and time.monotonic() < end:\n"
+        "        time.sleep(0.02)\n"
+        f"wait_for({str(grow)!r})\nheld = b'1' * (400 << 20)\n"
+        f"wait_for({str(shrink)!r})\ndel held\nwait_for({str(shrink) + '-never'!r})"
+    )
+    cell = threading.Thread(
+        target=session.run, args=(code, {}, [], lambda m: None), kwargs={"pull_limit": 0}
+    )
+    cell.start()
+    try:
+        busy = api.wait_state("busy")
+        while busy["worker"]["executors"][0]["state"] != "busy":  # its heartbeat's row too
+            busy = api.changed(busy)
+        before = busy["worker"]["executors"][0]["memory"]
+        grow.touch()
+        grown = api.changed(busy)
+        row = grown["worker"]["executors"][0]
+        assert (row["state"], grown["worker"]["state"]) == ("busy", "busy"), grown
+        assert row["memory"] >= before + 300 * MB
+        shrink.touch()
+        fallen = api.changed(grown)
+        row = fallen["worker"]["executors"][0]
+        assert (row["state"], fallen["worker"]["state"]) == ("busy", "busy"), fallen
+        assert row["memory"] <= before + 100 * MB
+    finally:
+        grow.touch()
+        shrink.touch()
+        cell.join(WAIT_S)
+    session.close()
+    api.call("POST", "stop")
