@@ -174,6 +174,66 @@ def test_login_start_run_stop_in_the_browser(lab: Lab, page: Page, stack: Stack)
     shot(page, "05-stopped")
 
 
+# Every figure of the details list ("idle, 49 MB", "6 min 4 s", "3.11"), whatever the markup
+# around it: those whose text lies on more than one line.
+SPLIT_FIGURES = r"""() => {
+  const figure = /\d[\d.]*(?:[ \u00a0](?:MB|h|min|s)\b(?:[ \u00a0]\d+[ \u00a0](?:min|s)\b)?)?/g;
+  const split = [];
+  for (const dd of document.querySelectorAll('#rexec-sidebar .jp-rexec-details dd')) {
+    const texts = document.createTreeWalker(dd, NodeFilter.SHOW_TEXT);
+    for (let text = texts.nextNode(); text; text = texts.nextNode()) {
+      for (const match of text.data.matchAll(figure)) {
+        const range = document.createRange();
+        range.setStart(text, match.index);
+        range.setEnd(text, match.index + match[0].length);
+        const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+        if (lines.size > 1) split.push(match[0]);
+      }
+    }
+  }
+  return split;
+}"""
+LONG_NAME = "quarterly-results-of-the-northern-region-after-the-second-review-draft.ipynb"
+
+
+@pytest.mark.timeout(300)
+def test_a_long_notebook_name_never_splits_the_sidebar_figures(
+    lab: Lab, page: Page, stack: Stack, tmp_path: Path
+) -> None:
+    """A notebook with a long name widened the label column until the values read
+    "idle, 4 / 9 MB" and "6 min 4 / 9 s": the name wraps now, figures stay whole, and the
+    panel does not scroll sideways."""
+    (tmp_path / "notebooks" / LONG_NAME).write_text(json.dumps(NOTEBOOK))
+    token = json.loads(stack.add_user("browser-lou").read_text())["token"]
+    panel = page.locator("#rexec-sidebar")
+    page.goto(f"{lab.url}/lab?token={lab.token}")
+    open_sidebar(page)
+    panel.locator(".jp-rexec-token").fill(token)
+    panel.get_by_role("button", name="Log in").click()
+    panel.get_by_role("button", name="Start remote env").click()
+    expect(panel.locator(".jp-rexec-state")).to_have_text("ready", timeout=90_000)
+
+    kernel_dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    page.add_locator_handler(kernel_dialog, lambda d: d.locator(".jp-mod-accept").click())
+    page.locator('.lm-TabBar-tab[data-id="filebrowser"]').click()
+    page.locator(".jp-DirListing-item", has_text=LONG_NAME).dblclick()
+    kernel_idle = page.locator(".jp-StatusBar-Widget", has_text="Python 3 (ipykernel) | Idle")
+    expect(kernel_idle).to_be_visible(timeout=60_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    output = page.locator(".jp-OutputArea-output", has_text="hello from the remote worker")
+    expect(output).to_be_visible(timeout=60_000)
+
+    open_sidebar(page)
+    listed = panel.locator(".jp-rexec-details dt", has_text=LONG_NAME)
+    expect(listed.locator("xpath=following-sibling::dd[1]")).to_have_text(
+        re.compile(r"^idle, [1-9]\d* MB$"), timeout=30_000
+    )
+    shot(page, "21-long-notebook-name")
+    assert page.evaluate(SPLIT_FIGURES) == []
+    assert panel.evaluate("node => node.scrollWidth <= node.clientWidth")
+
+
 BUSY_NOTEBOOK = {
     **NOTEBOOK,
     "cells": [

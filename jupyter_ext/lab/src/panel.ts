@@ -62,6 +62,25 @@ export function formatSeconds(seconds: number): string {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
+/** A number with its unit ("2106 MB", "6 min 4 s", "3.11", "127.0.0.1"): never split. */
+const FIGURE = /\d[\d.]*(?: (?:MB|h|min|s)\b(?: \d+ (?:min|s)\b)?)?/g;
+
+/**
+ * A value of the details list: its figures in spans that do not wrap (`.jp-rexec-figure`),
+ * the rest free to wrap anywhere, so a long notebook name, host or requirement breaks to fit
+ * while "2106 MB" never reads "21 / 06 MB".
+ */
+function valueNode(text: string): HTMLElement {
+  const node = el('dd', '');
+  let at = 0;
+  for (const match of text.matchAll(FIGURE)) {
+    node.append(text.slice(at, match.index), el('span', 'jp-rexec-figure', match[0]));
+    at = match.index! + match[0].length;
+  }
+  node.append(text.slice(at));
+  return node;
+}
+
 export class RexecPanel extends Widget {
   constructor(model: RexecModel) {
     super();
@@ -221,7 +240,7 @@ export class RexecPanel extends Widget {
         rows.push([`Notebook ${ex.notebook}`, `${ex.state}${memory}`]);
       }
       for (const [key, value] of rows) {
-        this._details.append(el('dt', '', key), el('dd', '', value));
+        this._details.append(el('dt', '', key), valueNode(value));
       }
     }
     // The end of the log first: the error line (pip's, a traceback's) is its last line.
