@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 
@@ -22,10 +23,29 @@ from spawner.app import create_app
 from spawner.config import SpawnerSettings
 
 
+class QuietStatusPolls(logging.Filter):
+    """Keeps answered ``GET /status`` requests out of the access log.
+
+    An open JupyterLab sidebar long-polls through its server, which asks the spawner about
+    four times a second: 2,971 of 3,000 log lines in 17 minutes were those, burying the lines
+    that matter.  A failed status request (4xx, 5xx) is still logged, and so is every other
+    request.  uvicorn's access record carries (client, method, path, HTTP version, status).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not isinstance(args, tuple) or len(args) != 5:
+            return True
+        _client, method, path, _version, code = args
+        polled = method == "GET" and str(path).split("?", 1)[0] == "/status"
+        return not (polled and isinstance(code, int) and 200 <= code < 400)
+
+
 def serve(settings: SpawnerSettings | None = None) -> None:
     """Serve the spawner on ``settings.host:settings.spawner_port`` until SIGTERM/SIGINT."""
     settings = settings or SpawnerSettings()
     logs.configure(log_file=settings.log_file)
+    logging.getLogger("uvicorn.access").addFilter(QuietStatusPolls())
     make_undumpable()  # workers run user code as our OS user: keep our memory from them
     app = create_app(settings)
     config = uvicorn.Config(
