@@ -1266,7 +1266,8 @@ class RexecClient:
                     if said.about != "broker":  # (this client's own: no news of the worker)
                         # Said again every NOTICE_REPEAT_S while it lasts (supervisor._notice).
                         repeat = P.NOTICE_REPEAT_S + 5.0
-                        stopped_until = now + repeat if said.about == "stopped" else 0.0
+                        stopping = said.about == "stopped" and not said.over
+                        stopped_until = now + repeat if stopping else 0.0
                     if said.about == "resumed":  # a new grace period from now: say so later
                         stopped_until = now + P.NOTICE_AFTER_S
                     if said.about == "packing":  # its code stopped: no restart threat of ours

@@ -1258,10 +1258,17 @@ class Notice(Event):
     it takes an interrupt when resumed, so the client keeps waiting for it), ``lost`` (the
     namespace was lost while no request ran: shown as a warning), ``late`` (a request the
     user stopped waiting for ended later and changed names: a warning too), ``broker`` (made
-    by the client: the broker is silent while its request has not started) or empty."""
+    by the client: the broker is silent while its request has not started) or empty.
+
+    ``over``: the condition the notice before it under the same ``about`` said ("is stopped
+    (SIGSTOP) and not responding") has ended, and this is that note's last word ("was
+    stopped (SIGSTOP); it went on"): the notebook updates the note in place and waits on it
+    no longer.  ``resumed`` (the worker resumed a stopped executor for an interrupt) ends
+    the ``stopped`` note so."""
 
     text: str = ""
     about: str = ""
+    over: bool = False
     # ``lost`` only, where the executor died by itself while idle: its exit status as
     # ``subprocess`` gives it (7, -9), as ``Done.returncode``.
     returncode: int | None = None

@@ -263,13 +263,23 @@ class EventRenderer:
             self.notes.note(f"rexec: {event.text}")
         elif isinstance(event, P.Notice):
             category = event.about or event.text.split("(")[0]
-            shown = self._notices.get(category)
-            if shown is not None:  # said again (each second): the same note, kept current
+            # A stopped executor resumed for an interrupt: the stop is over (``Notice``).
+            resumed = category == "resumed"
+            category = "stopped" if resumed else category
+            over = event.over or resumed
+            shown = self._notices.pop(category, None) if over else self._notices.get(category)
+            if shown is not None and over:  # its last word: a later one is a new note
+                shown.done(f"rexec: {event.text}")
+            elif shown is not None:  # said again (each second): the same note, kept current
                 shown.update(f"rexec: {event.text}")
+            elif over and not resumed:
+                pass  # (no note of it is shown here: nothing to bring up to date)
             else:
                 sys.stdout.flush()
                 sys.stderr.flush()
-                self._notices[category] = self.notes.live(f"rexec: {event.text}")
+                note = self.notes.live(f"rexec: {event.text}")
+                if not over:  # (kept current while it lasts)
+                    self._notices[category] = note
         elif isinstance(event, P.Stream) and event.late:
             self.went_on()
             LATE_LINES.write(event.name, event.text, cut=event.cut, marked=self.late_header)

@@ -518,6 +518,105 @@ def test_the_stopped_note_says_so_once_the_executor_went_on(kernel, after):
     assert notes[-1] == "rexec: this notebook's remote executor was stopped (SIGSTOP); it went on"
 
 
+class ShownNotes:
+    """rexec's notes in one cell as a notebook shows them: a note updated in place
+    (``update_display_data`` of its ``display_id``) shows its last text only."""
+
+    def __init__(self, kc, msg_id: str) -> None:
+        self.kc, self.msg_id = kc, msg_id
+        self.shown: dict[str, str] = {}  # display_id: its text now
+        self.outputs: list[dict] = []  # the cell's iopub messages read here
+
+    def read_until(self, holds, what: str) -> None:
+        """Read the cell's messages until ``holds(self)`` (the cell must not end first)."""
+        deadline = time.monotonic() + WAIT_S
+        while not holds(self):
+            assert time.monotonic() < deadline, f"no {what}; the cell's notes: {self.shown}"
+            with contextlib.suppress(queue.Empty):
+                self.take(self.kc.get_iopub_msg(timeout=1))
+
+    def take(self, msg: dict) -> None:
+        if msg["parent_header"].get("msg_id") != self.msg_id:
+            return
+        self.outputs.append(msg)
+        state = msg["content"].get("execution_state")
+        assert state != "idle", f"the cell ended first; its notes: {self.shown}"
+        display_id = (msg["content"].get("transient") or {}).get("display_id")
+        if msg["msg_type"] in ("display_data", "update_display_data") and display_id:
+            self.shown[display_id] = msg["content"]["data"].get("text/plain", "")
+
+    def saying(self, text: str) -> list[str]:
+        return [t for t in self.shown.values() if text in t]
+
+    def finish(self, timeout: float = WAIT_S) -> dict:
+        """The rest of the cell's messages, taken in; its reply."""
+        reply, outputs = collect(self.kc, self.msg_id, timeout=timeout)
+        for msg in outputs:
+            self.take(msg)
+        return reply
+
+
+def stop_and_continue_during(kc, pid: int, msg_id: str) -> ShownNotes:
+    """SIGSTOP the executor ``pid`` while cell ``msg_id`` runs, until the cell's note says
+    it is stopped; then SIGCONT it.  The cell's notes so far."""
+    notes = ShownNotes(kc, msg_id)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        notes.read_until(lambda n: n.saying("is stopped (SIGSTOP)"), "note that it is stopped")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return notes
+
+
+def test_the_stopped_note_says_it_went_on_as_soon_as_it_did(kernel, tmp_path):
+    """An executor stopped (SIGSTOP) and continued during a cell that prints nothing until
+    its end: the note says it went on while the cell still runs, not only with the cell's
+    next output or its end (it said "is stopped and not responding" while the status said
+    busy again: tester, 3 of 3 in a kernel, 1 of 1 in JupyterLab)."""
+    _, kc = kernel
+    started, go_on = tmp_path / "started", tmp_path / "go_on"
+    _, outputs = run(kc, "%%remote --no-pull\nimport os\nprint(os.getpid())")
+    pid = int(text_of(outputs))
+    msg_id = kc.execute(
+        f"%%remote\nimport os, time\nopen({str(started)!r}, 'w').close()\n"
+        f"while not os.path.exists({str(go_on)!r}):\n    time.sleep(0.1)\nprint('finished')"
+    )
+    wait_for(started.exists, "the cell to start")
+    notes = stop_and_continue_during(kc, pid, msg_id)
+    went_on = "rexec: this notebook's remote executor was stopped (SIGSTOP); it went on"
+    notes.read_until(lambda n: n.saying(went_on), "note that it went on, before the cell's end")
+    go_on.touch()
+    reply = notes.finish()
+    assert reply["status"] == "ok" and text_of(notes.outputs) == "finished\n"
+    assert not notes.saying("is stopped"), notes.shown
+
+
+def test_a_cell_killed_after_its_executor_went_on_does_not_end_saying_it_is_stopped(
+    kernel, tmp_path
+):
+    """Stopped (SIGSTOP), continued, then interrupted, a cell that ignores SIGINT is killed
+    after the grace period: its output says the executor did not stop within 5 s, and no
+    note above it still says the executor is stopped (a reader blamed the SIGSTOP for the
+    restart: tester, 3 of 3)."""
+    km, kc = kernel
+    started = tmp_path / "started"
+    _, outputs = run(kc, "%%remote --no-pull\nimport os\nprint(os.getpid())")
+    pid = int(text_of(outputs))
+    msg_id = kc.execute(
+        "%%remote\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        f"open({str(started)!r}, 'w').close()\n"
+        "for k in range(100):\n    time.sleep(1)\nprint('finished')"
+    )
+    wait_for(started.exists, "the cell to start")
+    notes = stop_and_continue_during(kc, pid, msg_id)
+    km.interrupt_kernel()
+    reply = notes.finish(timeout=60)
+    assert reply["status"] == "error"
+    assert "did not stop within 5 s" in "\n".join(reply["traceback"])
+    assert not notes.saying("is stopped"), notes.shown
+    assert notes.saying("was stopped (SIGSTOP)"), notes.shown
+
+
 def test_a_cell_interrupted_before_it_started_says_it_did_not_run(kernel, tmp_path):
     """The executor is stopped (SIGSTOP) while idle, a cell is sent, then Ctrl-C: resumed
     for the interrupt, the executor takes it before the cell's code starts.  The cell says

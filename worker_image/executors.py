@@ -163,6 +163,9 @@ class Request:
     seq: int = 0  # next event number
     acked: int = 0  # events the client has acknowledged
     notice: str = ""  # the last NOTICE category sent
+    # Whose executor its note says is stopped (SIGSTOP) now ("": no note says so).  That note
+    # is brought up to date when the stop ends, or when the request does (``_stop_over``).
+    stopped_note: str = ""
     waited_for: str = ""  # what its last wait notice said it waited for (its last words)
     notice_at: float = 0.0
     abandoned: bool = False  # its client's broker is gone (RESYNC): its events are only kept
@@ -899,3 +902,8 @@ def _partial_mark(buf: bytearray) -> int:
 
 def proc_stopped(pid: int) -> bool:
     return exits.proc_state(pid) in ("T", "t")
+
+
+def proc_running(pid: int) -> bool:
+    """Neither stopped nor ended (a zombie, or gone): it runs, or can."""
+    return exits.proc_state(pid) not in ("T", "t", "Z", "X", None)

@@ -75,6 +75,7 @@ from worker_image.executors import (
     ExecutorProcess,
     Late,
     Request,
+    proc_running,
     proc_stopped,
     text_pieces,
 )
@@ -538,6 +539,8 @@ class Supervisor:
 
     def _to_client(self, req: Request, kind: str, header: dict[str, Any], buffers=()) -> None:
         """A supervisor-made event of ``req`` (numbered like the executor's)."""
+        if kind in (Kind.ERROR, Kind.DONE):  # (its end: no note of it may claim a stop)
+            self._stop_over(req, f"the {req.what} ended before it went on")
         encoded = encode_header({"id": req.target.id, "seq": req.seq, **header})
         req.sent(kind, encoded, buffers)
         if not req.abandoned:  # (else nobody can receive it: see _abandon_cells; kept)
@@ -1479,6 +1482,9 @@ class Supervisor:
                     self._late_to_client(req, kind, payload, raw.buffers)
             self._event_seen(ex)
             return
+        # An event the executor sent itself: it runs (a child process's text, read from the
+        # pipes, is no sign: the executor may be stopped while its child prints).
+        self._stop_over(req, "it went on")
         if kind == Kind.DONE:  # its text is all read (drained above): none waits for more
             for name, text in ex.end_characters():
                 self._add_stream(ex, name, text)
@@ -2057,12 +2063,15 @@ class Supervisor:
                     # cell that stopped itself would hold its notebook for good.
                     ex.resumed_for_interrupt = True
                     ex.grace_deadline = now + INTERRUPT_GRACE_S
+                    if ex.current is not None:  # (this notice ends the note that it is stopped)
+                        ex.current.stopped_note = ""
                     self._notice(
                         ex.current,
                         "resumed",
                         f"{_whose(ex)} was stopped (SIGSTOP) and not responding; it is "
                         "resumed (SIGCONT) to take the interrupt",
                         now,
+                        over=True,
                     )
                     ex.signal(signal.SIGCONT)
                 elif ex.current is not None or ex.kill_reason in ("orphan", "stop"):
@@ -2103,6 +2112,7 @@ class Supervisor:
             return
         ex.stop_told = True
         ex.current.notice = None
+        ex.current.stopped_note = _whose(ex)
         self._notice(
             ex.current,
             "stopped",
@@ -2111,6 +2121,21 @@ class Supervisor:
             "(SIGCONT) to take the interrupt",
             now,
         )
+
+    def _stop_over(self, req: Request, how: str) -> None:
+        """The stop (SIGSTOP) that ``req``'s note says is over (``how``: it went on, or the
+        request ended): the note says so now, under the same ``about`` (the notebook updates
+        that note in place), with ``over`` (nothing waits on the stop any longer).  Else it
+        said "is stopped and not responding" until the cell's next output, 8 s after the
+        SIGCONT, and for good above the error of a cell killed later for its interrupt, so
+        that its reader blamed the SIGSTOP (tester, 3 of 3)."""
+        whose, req.stopped_note = req.stopped_note, ""
+        if not whose:
+            return
+        if req.notice == "stopped":  # (a later stop is said again, in a note of its own)
+            req.notice = ""
+        text = f"{whose} was stopped (SIGSTOP); {how}"
+        self._to_client(req, Kind.NOTICE, {"text": text, "about": "stopped", "over": True})
 
     def _notices(self, ex: ExecutorProcess, now: float) -> None:
         cur = ex.current
@@ -2139,8 +2164,11 @@ class Supervisor:
                 f"than {PACK_GRACE_S:g} s, {_whose(ex)} is restarted and its namespace is lost)"
             )
             self._notice(cur, "packing", text, now, LIVE_NOTE_EVERY_S)
+        if cur is not None and cur.stopped_note and proc_running(ex.pid):
+            self._stop_over(cur, "it went on")  # (within a tick of its SIGCONT)
         if cur is not None and cur.started is not None and now - cur.started > NOTICE_AFTER_S:
             if proc_stopped(ex.pid):
+                cur.stopped_note = _whose(ex)
                 self._notice(
                     cur,
                     "stopped",
@@ -2188,12 +2216,15 @@ class Supervisor:
         text: str,
         now: float,
         every: float = NOTICE_REPEAT_S,
+        over: bool = False,
     ) -> None:
-        """Say what a request waits for: once per category, then every ``every`` s."""
+        """Say what a request waits for: once per category, then every ``every`` s
+        (``over``: the condition it said ended, see ``protocol.Notice``)."""
         if req is None or (req.notice == category and now - req.notice_at < every - TICK_S / 2):
             return
         req.notice, req.notice_at = category, now
-        self._to_client(req, Kind.NOTICE, {"text": text, "about": category})
+        header = {"text": text, "about": category, **({"over": True} if over else {})}
+        self._to_client(req, Kind.NOTICE, header)
 
     def _check_orphan(self, ex: ExecutorProcess, now: float) -> None:
         """An executor whose kernels are gone (``_kernels_gone``): interrupt its request,
