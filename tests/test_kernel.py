@@ -2412,6 +2412,91 @@ def test_a_remote_threads_output_while_a_local_cell_runs_shows_there_marked_late
     assert text == f"{LATE_HEADER}\nfrom the thread\nown\n", text
 
 
+def start_a_late_thread(kc, go: Path, said: Path) -> None:
+    """A remote cell whose thread, once ``go`` exists, prints "from A's thread" and then
+    creates ``said``."""
+    reply, _ = run(
+        kc,
+        "%%remote --no-pull\nimport os, threading, time\n"
+        "def late():\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.02)\n"
+        '    print("from A\'s thread", flush=True)\n'
+        f"    open({str(said)!r}, 'w').close()\n"
+        "threading.Thread(target=late).start()",
+    )
+    assert reply["status"] == "ok", reply
+
+
+def test_an_earlier_cells_thread_printing_while_a_later_remote_cell_runs_is_marked_late(
+    kernel, tmp_path
+):
+    """Cell A's thread prints while remote cell B runs: B shows it under rexec's "output
+    produced after ..." line, not as B's own text (it came unmarked, in B's own order, so
+    B read as having printed it: tester BT)."""
+    _, kc = kernel
+    go, said = tmp_path / "go", tmp_path / "said"
+    start_a_late_thread(kc, go, said)
+    reply, outputs = run(
+        kc,
+        "%%remote --no-pull\nimport os, time\n"
+        f"print('B before')\nopen({str(go)!r}, 'w').close()\n"
+        f"end = time.monotonic() + {WAIT_S}\n"
+        f"while not os.path.exists({str(said)!r}) and time.monotonic() < end:\n"
+        "    time.sleep(0.02)\n"
+        "time.sleep(0.3)\nprint('B after')",
+    )
+    assert reply["status"] == "ok", reply
+    text = text_of(outputs)
+    assert text == f"B before\n{LATE_HEADER}\nfrom A's thread\nB after\n", text
+
+
+def test_an_earlier_cells_thread_printing_after_a_later_remote_cell_is_marked_late(
+    kernel, tmp_path
+):
+    """Cell A's thread prints after remote cell B ended (B's output is still live): it
+    shows there under rexec's "output produced after ..." line, not as B's own (tester BT:
+    "A late tick 1" under B, unmarked)."""
+    _, kc = kernel
+    go, said = tmp_path / "go", tmp_path / "said"
+    start_a_late_thread(kc, go, said)
+    msg_id = kc.execute("%%remote --no-pull\nprint('B own')")
+    _, outputs = collect(kc, msg_id)
+    assert text_of(outputs) == "B own\n", outputs
+    go.touch()
+    late = iopub_of(kc, msg_id, lambda text: "from A's thread" in text)
+    text = "".join(m["content"]["text"] for m in late)
+    assert text == f"{LATE_HEADER}\nfrom A's thread\n", text
+
+
+POOLS = {
+    "concurrent.futures": (
+        "from concurrent.futures import ThreadPoolExecutor\npool = ThreadPoolExecutor(2)\n"
+        "pool.submit(print, 'warm').result()",
+        "list(pool.map(lambda i: print(f'work {i}', flush=True), range(3)))",
+    ),
+    "multiprocessing.pool.ThreadPool": (
+        "from multiprocessing.pool import ThreadPool\npool = ThreadPool(2)\n"
+        "pool.apply(print, ('warm',))",
+        "for i in range(3):\n    pool.apply(print, (f'work {i}',))",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(POOLS))
+def test_a_thread_pool_made_by_an_earlier_cell_prints_as_the_running_cells_own(kernel, kind):
+    """A pool's threads, made by one cell, run what later cells hand them: what they print
+    then is the running cell's own output, not late (no "output produced after ..." line
+    over it), as with a local kernel."""
+    _, kc = kernel
+    make, use = POOLS[kind]
+    reply, _ = run(kc, f"%%remote --no-pull\n{make}")
+    assert reply["status"] == "ok", reply
+    reply, outputs = run(kc, f"%%remote --no-pull\n{use}")
+    assert reply["status"] == "ok", reply
+    assert sorted(text_of(outputs).splitlines()) == ["work 0", "work 1", "work 2"], outputs
+
+
 def local_cell_until(kc, go: Path, seen: Path, body: str) -> str:
     """Start a local cell that creates ``go``, then runs ``body`` (indented code) over and
     over until ``seen`` exists (at most WAIT_S); its msg_id."""

@@ -427,6 +427,7 @@ class CellRunner:
         target = cell.target
         self.user_error = None
         self.unstarted = False
+        self.outbox.request_began()  # (the threads there are now are earlier requests')
         self.outbox.current = target
         MADE_BY.set(target)  # (what its asyncio tasks print later is its own: ``FdStream``)
         self.watch.serve(cell.client)  # what changes is what changed since it last saw

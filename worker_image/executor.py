@@ -54,6 +54,7 @@ from worker_image.outbox import (
     BULK_CHANNEL,
     READY,
     STOP,
+    THREADS_AWAITED,
     EventChannel,
     Target,
     no_sigint,
@@ -446,10 +447,15 @@ def join_user_threads() -> None:
     (its next cell, marked late) instead of failing on a closed socket.  The supervisor
     ends a process still waiting ``EXIT_WAIT_S`` after the DONE.  Also a script's last
     request (``RemoteSession.join_remote_threads``).  Threads those threads start are
-    waited for too, as Python's ``threading._shutdown`` does."""
-    while running := user_threads():
-        for thread in running:
-            thread.join()
+    waited for too, as Python's ``threading._shutdown`` does.  What they print meanwhile is
+    this request's own (``outbox.THREADS_AWAITED``), not marked late."""
+    THREADS_AWAITED.set()
+    try:
+        while running := user_threads():
+            for thread in running:
+                thread.join()
+    finally:
+        THREADS_AWAITED.clear()
 
 
 def _has_work(loop: asyncio.AbstractEventLoop) -> bool:

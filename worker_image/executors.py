@@ -35,7 +35,7 @@ from rexec_magic.protocol import Kind
 from rexec_magic.recent import Recent
 from worker_image import exits, framing
 from worker_image.cells import shared
-from worker_image.outbox import MARK, SWITCH, TAKEN, Target
+from worker_image.outbox import MARK, ORIGIN, SWITCH, TAKEN, Target
 from worker_image.phase import PhaseBoard
 from worker_image.unacked import Unacked
 
@@ -451,14 +451,16 @@ class ExecutorProcess:
         return flags | (zmqio.POLLOUT if self.requests.pending else 0)
 
     # ------------------------------------------------------------------ output
-    def read_pipe(self, fd: int) -> list[tuple[str, str]]:
-        """Read what one pipe holds now; return the text that may be shown already."""
+    def read_pipe(self, fd: int) -> list[tuple[str, str, str | None]]:
+        """Read what one pipe holds now; return the text that may be shown already
+        (``released``)."""
         eof = False
         budget = PIPE_READ_PER_CALL
         index = 0 if self.readers[fd].name == "stdout" else 1
         while fd in self.pipes and budget > 0:
             # Counted for the executor (``outbox.StreamOrder``: whose bytes are in the pipe).
             self.phase.reading_pipe(index)
+            data = None
             try:
                 data = os.read(fd, min(PIPE_READ, budget))
             except BlockingIOError:
@@ -480,24 +482,25 @@ class ExecutorProcess:
         if eof:
             tail = self.readers[fd].finish()
             if tail:
-                out.append((self.readers[fd].name, tail))
+                out.append((self.readers[fd].name, tail, None))
             self.close_pipe(fd)
             out += self.released()  # (the other pipe's text waits for this one no more)
         return out
 
-    def end_characters(self) -> list[tuple[str, str]]:
-        """``PipeReader.end_character`` of both pipes, as (stream name, text) to show."""
+    def end_characters(self) -> list[tuple[str, str, str | None]]:
+        """``PipeReader.end_character`` of both pipes, as (stream name, text, None)."""
         out = []
         for reader in self.readers.values():
             text = reader.end_character()
             if text:
-                out.append((reader.name, text))
+                out.append((reader.name, text, None))
         return out
 
-    def released(self) -> list[tuple[str, str]]:
+    def released(self) -> list[tuple[str, str, str | None]]:
         """Text of both pipes up to the mark of the next event not yet received, in the
-        order written across the two (``PipeReader.release``): (stream name, text) pairs,
-        to show in this order."""
+        order written across the two (``PipeReader.release``): (stream name, text, origin)
+        triples, to show in this order (``origin``: the earlier request whose thread wrote
+        it, else None)."""
         return release_all(self.readers.values(), self.events_seen)
 
     def close_pipe(self, fd: int) -> None:
@@ -811,6 +814,9 @@ class PipeReader:
         # file) holds back no one.
         self.switch_reached: float = 0
         self.switch_passed: float = 0
+        # Between an origin mark and its end: the earlier request whose thread wrote the
+        # text (``outbox.ORIGIN``).
+        self.origin: str | None = None
 
     @classmethod
     def pair(cls, out_fd: int, err_fd: int) -> dict[int, PipeReader]:
@@ -822,12 +828,15 @@ class PipeReader:
     def feed(self, data: bytes) -> None:
         self.buffer += data
 
-    def release(self, events_seen: int) -> tuple[str, bool]:
-        """The text that may be shown now, and whether this reader moved: bytes consumed, or
-        a switch mark reached (the other reader may go on now)."""
+    def release(self, events_seen: int) -> tuple[list[tuple[str, str | None]], bool]:
+        """The text that may be shown now, as (text, origin) pieces (``origin``: the earlier
+        request whose thread wrote it, ``outbox.ORIGIN``; None: the pipe's own order), and
+        whether this reader moved: bytes consumed, or a switch mark reached (the other
+        reader may go on now)."""
         buf = self.buffer
         had = len(buf)
         reached = self.switch_reached
+        pieces: list[tuple[str, str | None]] = []
         out = bytearray()
         while buf:
             at = buf.find(MARK)
@@ -842,6 +851,13 @@ class PipeReader:
             if end < 0:
                 break  # the rest of the mark is still on its way
             body = bytes(buf[len(MARK) : end])
+            if body[:1] == ORIGIN:
+                if out:
+                    pieces.append((self._decoder.decode(bytes(out)), self.origin))
+                    out.clear()
+                self.origin = body[1:].decode("utf-8", "replace") or None
+                del buf[: end + 1]
+                continue
             role = body[:1] if body[:1] in (SWITCH, TAKEN) else b""
             try:
                 number = int(body[len(role) :])
@@ -858,8 +874,12 @@ class PipeReader:
             elif number > events_seen:
                 break  # text after the mark waits for event ``number``
             del buf[: end + 1]
+        if out:
+            text = self._decoder.decode(bytes(out))
+            if text:
+                pieces.append((text, self.origin))
         moved = len(buf) != had or self.switch_reached != reached
-        return self._decoder.decode(bytes(out)), moved
+        return pieces, moved
 
     def end_character(self) -> str:
         """Its request ended: bytes of a character left unfinished (``os.write(1, b'\\xc3')``)
@@ -869,25 +889,27 @@ class PipeReader:
 
     def finish(self) -> str:
         """End of file: whatever is left (marks removed)."""
-        text = re.sub(re.escape(MARK) + rb"[st]?\d*\0?", b"", bytes(self.buffer))
+        text = re.sub(re.escape(MARK) + rb"(?:[st]?\d*|o[^\0]*)\0?", b"", bytes(self.buffer))
         self.buffer.clear()
         self.switch_reached = self.switch_passed = math.inf
         return self._decoder.decode(text, final=True)
 
 
-def release_all(readers: Iterable[PipeReader], events_seen: int) -> list[tuple[str, str]]:
+def release_all(
+    readers: Iterable[PipeReader], events_seen: int
+) -> list[tuple[str, str, str | None]]:
     """What ``readers`` let go (``PipeReader.release``), in the order written across them:
-    (stream name, text) pairs.  They are asked in the order given, again until none moves,
-    since one pipe's text may let another's go on (its switch mark reached or passed)."""
+    (stream name, text, origin) triples.  They are asked in the order given, again until
+    none moves, since one pipe's text may let another's go on (its switch mark reached or
+    passed)."""
     readers = list(readers)
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str, str | None]] = []
     moved = True
     while moved:
         moved = False
         for reader in readers:
-            text, advanced = reader.release(events_seen)
-            if text:
-                out.append((reader.name, text))
+            pieces, advanced = reader.release(events_seen)
+            out.extend((reader.name, text, origin) for text, origin in pieces)
             moved = moved or advanced
     return out
 

@@ -84,7 +84,7 @@ class LeftoverPipes:
         text = ""
         if data:
             adopted.reader.feed(data)
-            text = adopted.reader.release(EVERY_EVENT)[0]
+            text = "".join(piece for piece, _ in adopted.reader.release(EVERY_EVENT)[0])
         elif data is not None:  # end of file
             text = adopted.reader.finish()
             del self.pipes[fd]

@@ -36,6 +36,7 @@ import socket
 import sys
 import termios
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -100,6 +101,24 @@ FORKED_CHILD_EVENT_WORDS = {
 }
 
 
+# Set while a request waits for the threads earlier ones started (a script's last request,
+# ``executor.join_user_threads``): what they print then is what it waits for, its own.
+THREADS_AWAITED = threading.Event()
+
+
+def _serves_a_pool(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is a worker of a thread pool (``concurrent.futures``, which
+    ``asyncio.to_thread`` and dask use, or ``multiprocessing.pool.ThreadPool``, which joblib's
+    threading backend uses): made by one cell, it runs what later cells hand it, so its
+    text goes by time, as the running cell's own (a first version of thread origins sent a
+    running cell's pool output to the cell that made the pool, see ARCHITECTURE.md)."""
+    futures = sys.modules.get("concurrent.futures.thread")
+    if futures is not None and getattr(thread, "_target", None) is getattr(futures, "_worker", 0):
+        return True
+    dummy = sys.modules.get("multiprocessing.dummy")
+    return dummy is not None and isinstance(thread, dummy.DummyProcess)
+
+
 class EventChannel:
     """The executor's one way to send events: ``event(target, kind, header, buffers)``.
 
@@ -131,6 +150,34 @@ class EventChannel:
         # The link is closed: the executor ends (``Executor.close``), and what Python's exit
         # runs then (``atexit`` handlers) writes to the pipes only.
         self.closed = False
+        # The request each thread was started in (or before: None), as known at the start
+        # of each request after it (``request_began``); threads newer than that are the
+        # running request's, or the last one's.
+        self._thread_origins: weakref.WeakKeyDictionary[threading.Thread, str | None] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def request_began(self) -> None:
+        """A request is about to run (before ``current`` is set): the threads there are now
+        were started by the last request or before it."""
+        origin = self.last.id if self.last is not None else None
+        origins = self._thread_origins
+        for thread in threading.enumerate():
+            if thread not in origins and thread.ident != _MAIN_THREAD:
+                origins[thread] = None if _serves_a_pool(thread) else origin
+
+    def thread_origin(self) -> str | None:
+        """The earlier request whose thread (not the main thread) writes now, where that is
+        not the request its text would go to by time (the running one, else the last): a
+        thread of cell A printing while cell B runs, or after B ended, showed as B's own
+        (tester BT).  None for the main thread and for the others."""
+        if threading.get_ident() == _MAIN_THREAD or THREADS_AWAITED.is_set():
+            return None
+        origin = self._thread_origins.get(threading.current_thread())
+        if origin is None:
+            return None
+        now = self.current or self.last
+        return origin if now is None or origin != now.id else None
 
     def event(
         self,
@@ -285,6 +332,10 @@ MARK = b"\0\x1brexec-event:"
 # in one write with the text that takes it.
 SWITCH = b"s"
 TAKEN = b"t"
+# Text a thread of an earlier request writes while another request runs, or after another
+# ended (``EventChannel.thread_origin``), between MARK + ORIGIN + b"request id" + b"\0" and
+# MARK + ORIGIN + b"\0", in one write: the notebook shows it as late, not as the cell's own.
+ORIGIN = b"o"
 
 # How the executor's streams encode what UTF-8 cannot (a lone surrogate, as in a file name
 # ``os.fsdecode`` decoded with ``surrogateescape``): U+FFFD for each, which is what a local
@@ -391,12 +442,16 @@ class StreamOrder:
         self._count_at[fd] = len(self._written)
         self._written[fd] = self._others_ordered[fd] = 0
 
-    def write(self, fd: int, text: str) -> None:
+    def write(self, fd: int, text: str, origin: str | None = None) -> None:
         """Python-level ``text`` to pipe ``fd`` (under ``lock``), after a switch mark where
-        one is due (in the same write)."""
+        one is due (in the same write); ``origin``: the earlier request whose thread writes
+        it (``ORIGIN``)."""
         data = text.encode("utf-8", TEXT_ERRORS)
         last, self._last = self._last, fd
         if self._marks:
+            if origin is not None:
+                begin = MARK + ORIGIN + origin.encode("utf-8", "replace") + b"\0"
+                data = begin + data + MARK + ORIGIN + b"\0"
             other = self._other.get(fd, -1)
             if other >= 0 and (last == other or self._written_by_others(other)):
                 self._switches += 1
@@ -461,9 +516,10 @@ class FdStream(io.TextIOBase):
             # it read as the later request's own).
             channel.event(task_of, Kind.STREAM, {"name": self._name, "text": text, "task": True})
             return
+        origin = channel.thread_origin() if channel is not None else None
         order = self._order
         with order.lock:
-            order.write(self._fd, text)
+            order.write(self._fd, text, origin)
 
     def print_whole(self, values: tuple[object, ...], options: dict[str, Any]) -> None:
         """The built-in ``print`` of ``values`` with this thread's writes gathered and

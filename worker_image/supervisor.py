@@ -1486,7 +1486,7 @@ class Supervisor:
         # pipes, is no sign: the executor may be stopped while its child prints).
         self._stop_over(req, "it went on")
         if kind == Kind.DONE:  # its text is all read (drained above): none waits for more
-            for name, text in ex.end_characters():
+            for name, text, _ in ex.end_characters():
                 self._add_stream(ex, name, text)
         self._flush_stream(ex)
         exit_requested = False
@@ -1549,14 +1549,14 @@ class Supervisor:
     # ------------------------------------------------------------------ streams
     def _read_pipe(self, ex: ExecutorProcess, fd: int) -> None:
         if fd in ex.pipes:
-            for name, text in ex.read_pipe(fd):
-                self._add_stream(ex, name, text)
+            for name, text, origin in ex.read_pipe(fd):
+                self._add_stream(ex, name, text, origin=origin)
 
     def _event_seen(self, ex: ExecutorProcess) -> None:
         """One more executor event is through: text marked after it may go now."""
         ex.events_seen += 1
-        for name, text in ex.released():
-            self._add_stream(ex, name, text)
+        for name, text, origin in ex.released():
+            self._add_stream(ex, name, text, origin=origin)
 
     def _drain_pipes(self, ex: ExecutorProcess) -> None:
         for fd in list(ex.pipes):
@@ -1637,12 +1637,26 @@ class Supervisor:
         running = ex.current if ex.current is not None and ex.current.client == owner else None
         return ex, running
 
-    def _add_stream(self, ex: ExecutorProcess, name: str, text: str, late: bool = False) -> None:
+    def _add_stream(
+        self,
+        ex: ExecutorProcess,
+        name: str,
+        text: str,
+        late: bool = False,
+        origin: str | None = None,
+    ) -> None:
         """Text of ``ex``'s running request (``late``: of an earlier request, marked so),
-        joined with what is pending of the same stream until ``_stream_due``."""
+        joined with what is pending of the same stream until ``_stream_due``.  ``origin``:
+        the earlier request whose thread wrote it (``outbox.ORIGIN``): late in the running
+        request, or kept as that request's (the notebook marks it late, not as the last
+        cell's own: tester BT)."""
         if ex.current is None:
-            self._keep_late(ex, name, text)
+            if origin is not None:
+                self._keep_late(ex, name, text, request=origin, owner=ex.client_of(origin))
+            else:
+                self._keep_late(ex, name, text)
             return
+        late = late or (origin is not None and origin != ex.current.target.id)
         pending = ex.pending
         if pending and (pending[0], pending[3]) != (name, late):
             self._flush_stream(ex)

@@ -34,9 +34,14 @@ def read_all(fd: int) -> bytes:
     return data
 
 
-def released(readers: dict[int, PipeReader], first: int) -> list[tuple[str, str]]:
+def released(readers: dict[int, PipeReader], first: int) -> list[tuple[str, str, str | None]]:
     """What the readers let go, the pipe ``first`` asked first (as the supervisor may)."""
     return release_all(sorted(readers.values(), key=lambda r: r is not readers[first]), 0)
+
+
+def text(reader: PipeReader) -> str:
+    """The text ``reader`` lets go now, whoever wrote it."""
+    return "".join(piece for piece, _ in reader.release(events_seen=0)[0])
 
 
 @pytest.mark.parametrize("first", ["stdout", "stderr"])
@@ -52,7 +57,7 @@ def test_text_switching_streams_comes_back_in_the_order_written(pipes, first):
     for fd in (out_r, err_r):
         readers[fd].feed(read_all(fd))
     got = released(readers, out_r if first == "stdout" else err_r)
-    assert "".join(f"{name[3]}:{text}" for name, text in got) == (
+    assert "".join(f"{name[3]}:{text}" for name, text, _ in got) == (
         "e:e0 o:o0 O0 e:e1 o:o1 O1 e:e2 o:o2 O2 "
     )
 
@@ -66,7 +71,32 @@ def test_text_after_a_switch_goes_once_the_other_pipe_ends_without_its_mark(pipe
     FdStream(err_w, "stderr", order).write("b")
     readers = PipeReader.pair(out_r, err_r)
     readers[err_r].feed(read_all(err_r))
-    assert readers[err_r].release(events_seen=0)[0] == ""  # ("a" was written first)
+    assert text(readers[err_r]) == ""  # ("a" was written first)
     readers[out_r].feed(read_all(out_r))
     assert readers[out_r].finish() == "a"  # (end of file: all it held)
-    assert readers[err_r].release(events_seen=0)[0] == "b"
+    assert text(readers[err_r]) == "b"
+
+
+def test_an_earlier_requests_threads_text_comes_back_named_as_its_own(pipes):
+    """Text written with an origin (a thread of an earlier request, ``StreamOrder.write``)
+    comes back as a piece naming that request, between the pipe's other text, whole even
+    when it arrives in pieces."""
+    (out_r, out_w), _ = pipes
+    order = StreamOrder()
+    stdout = FdStream(out_w, "stdout", order)
+    stdout.write("own 1\n")
+    order.write(out_w, "late\n", "request-A")
+    stdout.write("own 2\n")
+    data = read_all(out_r)
+    reader = PipeReader("stdout")
+    pieces = []
+    for i in range(0, len(data), 7):  # (as the supervisor may read it: a few bytes a time)
+        reader.feed(data[i : i + 7])
+        pieces += reader.release(events_seen=0)[0]
+    joined: list[list] = []
+    for piece, origin in pieces:
+        if joined and joined[-1][1] == origin:
+            joined[-1][0] += piece
+        else:
+            joined.append([piece, origin])
+    assert joined == [["own 1\n", None], ["late\n", "request-A"], ["own 2\n", None]]
