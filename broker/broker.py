@@ -245,6 +245,10 @@ class Broker:
         context: zmq.Context | None = None,
     ) -> None:
         self.settings = settings
+        self.started_at = time.monotonic()  # (``status``: workers register again after it)
+        # Users whose worker registered with this broker at least once (``status``: one that
+        # never did may be registering again after a restart; one dropped since is silent).
+        self.registered_users: set[str] = set()
         self.auth = authenticator or build_authenticator(
             settings.authenticator,
             tokens_file=settings.tokens_file,
@@ -1012,6 +1016,7 @@ class Broker:
             self._drop_worker(old, "a new worker registered for this user", superseded=True)
         entry = WorkerEntry.registered(wroute, reg, now)
         self.workers[reg.user] = entry
+        self.registered_users.add(reg.user)
         self.worker_users[wroute] = reg.user
         self.counters.workers_registered += 1
         log.info("worker registered for user %s (pid %s)", reg.user, reg.pid)
@@ -1145,6 +1150,8 @@ class Broker:
         now = time.monotonic()
         users = sorted({s.identity.username for s in self.sessions.values()})
         return {
+            "uptime_s": round(now - self.started_at, 1),
+            "registered": sorted(self.registered_users),
             "users": users,
             "connections": len(self.sessions),
             "workers": {u: self._worker_info(w, now) for u, w in self.workers.items()},

@@ -179,6 +179,16 @@ NOT_RESPONDING_MESSAGE = (
 )
 
 
+# ... while the broker started less than ``protocol.WORKER_REREGISTER_S`` ago and has not had
+# the worker registered yet: it is registering again, which is no reason to stop it (a fresh
+# one would lose every notebook's variables; the sidebar said "Stop it" for a second, tester
+# BU 2 of 3).
+REREGISTERING_MESSAGE = (
+    "The rexec broker restarted {uptime:.0f} s ago; the worker is registering with it again "
+    "(its variables are kept)."
+)
+
+
 def shown_state(state: str | None, *, busy: bool = False, culled: bool = False) -> ShownState:
     """The state to show for a spawner ``state`` (None: no worker)."""
     if state == WorkerState.READY:

@@ -360,6 +360,10 @@ BROKER_SILENT_AFTER_S = 4.0
 # (`rexec up` restarts a broker that died, which takes seconds on a busy machine), so the
 # client waits this long for that, saying so, before it gives up with the request unrun.
 BROKER_RESTART_WAIT_S = 30.0
+# After a broker (re)start, how long a running worker may take to register with it (it does
+# so on its own as it reconnects: 0.3-1.1 s seen, tester BU) before the spawner's status
+# calls it not answering.
+WORKER_REREGISTER_S = 10.0
 # A large message holds up what comes after it on its connection (ZeroMQ delivers whole
 # messages, in order): a heartbeat behind a 1 GB result, a PONG behind it on its way to the
 # client.  Its sender says first how large it is (HEARTBEAT ``sending``, PONG ``sending``),

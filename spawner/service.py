@@ -42,7 +42,8 @@ import zmq
 
 from broker.auth import Identity, worker_secret
 from broker.control import BrokerControlError, broker_status
-from rexec_magic.contract import NOT_RESPONDING_MESSAGE
+from rexec_magic import protocol as P
+from rexec_magic.contract import NOT_RESPONDING_MESSAGE, REREGISTERING_MESSAGE
 from spawner.backends.base import (
     EXIT_REJECTED,
     EXIT_RESTART,
@@ -237,7 +238,12 @@ class WorkerService:
         info = (reply.get("workers") or {}).get(identity.sub)
         status.responding = isinstance(info, dict)
         if not status.responding:  # "ready" would promise cells that cannot reach it
-            status.message = NOT_RESPONDING_MESSAGE
+            uptime = reply.get("uptime_s")
+            unseen = identity.sub not in (reply.get("registered") or ())  # (by this broker)
+            if unseen and isinstance(uptime, int | float) and uptime < P.WORKER_REREGISTER_S:
+                status.message = REREGISTERING_MESSAGE.format(uptime=uptime)
+            else:
+                status.message = NOT_RESPONDING_MESSAGE
             return status
         status.busy = bool(info.get("busy"))
         executors = info.get("executors") if isinstance(info, dict) else None

@@ -694,6 +694,43 @@ def test_status_says_not_responding_while_the_broker_does_not_hear_the_worker(
     assert run_until_it_works(alice, "k = kept", ["k"]).values == {"k": 41}
 
 
+def test_status_right_after_a_broker_restart_says_the_worker_registers_again_not_stop_it(
+    fresh_stack: Stack, alice: RemoteSession
+) -> None:
+    """Right after a broker restart, before the worker registered with the new broker, the
+    spawner's status (the sidebar's) says so, its variables kept.  It said "does not answer
+    the broker ... Stop it to start a fresh one" (tester BU, 2 of 3), which loses every
+    notebook's variables for a state that passes by itself.  A worker that has still not
+    registered once the broker has run ``WORKER_REREGISTER_S`` does not answer, as before.
+    (The worker is stopped meanwhile, so that it cannot register again at once.)"""
+    from rexec_magic.contract import NOT_RESPONDING_MESSAGE
+
+    pids = worker_processes(alice.client.worker["pid"])
+    old = fresh_stack.pid("broker")
+    signal_all(pids, signal.SIGSTOP)
+    try:
+        os.kill(old, signal.SIGKILL)
+        fresh_stack.wait_pid_changed("broker", old)
+        wait_for(
+            lambda: spawner_state(alice).get("responding") is False,
+            "the new broker to answer the spawner",
+        )
+        state = spawner_state(alice)
+        assert state["state"] == "ready", state
+        assert state["message"].endswith(
+            "s ago; the worker is registering with it again (its variables are kept)."
+        ), state
+        wait_for(
+            lambda: spawner_state(alice).get("message") == NOT_RESPONDING_MESSAGE,
+            "the status to say the worker does not answer",
+            timeout_s=60,
+        )
+    finally:
+        signal_all(pids, signal.SIGCONT)
+    wait_for(lambda: spawner_state(alice).get("responding") is True, "it to register again")
+    assert run_until_it_works(alice, "k = kept", ["k"]).values == {"k": 41}
+
+
 def test_a_worker_stopped_for_40_s_is_not_declared_lost(
     fresh_stack: Stack, alice: RemoteSession
 ) -> None:
