@@ -2412,20 +2412,23 @@ def test_a_remote_threads_output_while_a_local_cell_runs_shows_there_marked_late
     assert text == f"{LATE_HEADER}\nfrom the thread\nown\n", text
 
 
-def start_a_late_thread(kc, go: Path, said: Path) -> None:
-    """A remote cell whose thread, once ``go`` exists, prints "from A's thread" and then
-    creates ``said``."""
+def start_a_late_thread(kc, go: Path, then: str) -> None:
+    """A remote cell whose thread, once ``go`` exists, runs ``then`` (lines indented by four
+    spaces, each ending in a newline)."""
     reply, _ = run(
         kc,
         "%%remote --no-pull\nimport os, threading, time\n"
         "def late():\n"
         f"    while not os.path.exists({str(go)!r}):\n"
-        "        time.sleep(0.02)\n"
-        '    print("from A\'s thread", flush=True)\n'
-        f"    open({str(said)!r}, 'w').close()\n"
-        "threading.Thread(target=late).start()",
+        "        time.sleep(0.02)\n" + then + "threading.Thread(target=late).start()",
     )
     assert reply["status"] == "ok", reply
+
+
+def says_and_touches(said: Path) -> str:
+    """A late thread's lines (``start_a_late_thread``): print "from A's thread", then create
+    ``said``."""
+    return f"    print(\"from A's thread\", flush=True)\n    open({str(said)!r}, 'w').close()\n"
 
 
 def test_an_earlier_cells_thread_printing_while_a_later_remote_cell_runs_is_marked_late(
@@ -2436,7 +2439,7 @@ def test_an_earlier_cells_thread_printing_while_a_later_remote_cell_runs_is_mark
     B read as having printed it: tester BT)."""
     _, kc = kernel
     go, said = tmp_path / "go", tmp_path / "said"
-    start_a_late_thread(kc, go, said)
+    start_a_late_thread(kc, go, says_and_touches(said))
     reply, outputs = run(
         kc,
         "%%remote --no-pull\nimport os, time\n"
@@ -2459,7 +2462,7 @@ def test_an_earlier_cells_thread_printing_after_a_later_remote_cell_is_marked_la
     "A late tick 1" under B, unmarked)."""
     _, kc = kernel
     go, said = tmp_path / "go", tmp_path / "said"
-    start_a_late_thread(kc, go, said)
+    start_a_late_thread(kc, go, says_and_touches(said))
     msg_id = kc.execute("%%remote --no-pull\nprint('B own')")
     _, outputs = collect(kc, msg_id)
     assert text_of(outputs) == "B own\n", outputs
@@ -2542,18 +2545,13 @@ def test_a_remote_threads_unfinished_late_line_shows_while_the_notebook_waits(ke
     ``late_lines``)."""
     _, kc = kernel
     go, seen, stop = tmp_path / "go", tmp_path / "seen", tmp_path / "stop"
-    reply, _ = run(
+    start_a_late_thread(
         kc,
-        "%%remote --no-pull\nimport os, threading, time\n"
-        "def late():\n"
-        f"    while not os.path.exists({str(go)!r}):\n"
-        "        time.sleep(0.02)\n"
+        go,
         "    os.write(1, b'50%')\n"
         f"    while not os.path.exists({str(stop)!r}):\n"
-        "        time.sleep(0.02)\n"
-        "threading.Thread(target=late).start()",
+        "        time.sleep(0.02)\n",
     )
-    assert reply["status"] == "ok", reply
     msg_id = local_cell_until(kc, go, seen, "    time.sleep(0.02)\n")
     late = iopub_of(kc, msg_id, lambda text: "50%" in text)
     seen.touch()
