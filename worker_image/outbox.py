@@ -388,9 +388,10 @@ class StreamOrder:
     supervisor reads apart, against each other and against what C code, child processes and
     ``os.write`` put in the other pipe.
 
-    Where Python-level text goes to one pipe after text went to the other (its own, or
-    anyone's bytes still unread there: ``FIONREAD``, which Linux answers for either end of a
-    pipe), that is a switch: mark N goes into the pipe left (``SWITCH``), then a mark N that
+    Where Python-level text goes to one pipe after text went to the other (its own, or bytes
+    it did not write: the supervisor's count of what it read, ``phase.PhaseBoard``, plus
+    what is unread, ``FIONREAD``, which Linux answers for either end of a pipe, against what
+    it wrote), that is a switch: mark N goes into the pipe left (``SWITCH``), then a mark N that
     says "taken" (``TAKEN``) into the pipe taken, in one write with the text.  The reader of
     the taken pipe shows its text after mark N once the other reader has come to its mark N
     (what was written there before goes first), and the reader of the left pipe shows its
