@@ -889,10 +889,14 @@ class PipeReader:
 
     def finish(self) -> str:
         """End of file: whatever is left (marks removed)."""
-        text = re.sub(re.escape(MARK) + rb"(?:[st]?\d*|o[^\0]*)\0?", b"", bytes(self.buffer))
+        text = _ANY_MARK.sub(b"", bytes(self.buffer))
         self.buffer.clear()
         self.switch_reached = self.switch_passed = math.inf
         return self._decoder.decode(text, final=True)
+
+
+# Any mark, whole or cut short by the end of file (``finish``).
+_ANY_MARK = re.compile(re.escape(MARK) + b"(?:%s[^\\0]*|[%s%s]?\\d*)\\0?" % (ORIGIN, SWITCH, TAKEN))
 
 
 def release_all(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from worker_image.executors import PipeReader, release_all
-from worker_image.outbox import FdStream, StreamOrder
+from worker_image.outbox import MARK, FdStream, StreamOrder
 
 pytestmark = pytest.mark.unit
 
@@ -100,3 +100,15 @@ def test_an_earlier_requests_threads_text_comes_back_named_as_its_own(pipes):
         else:
             joined.append([piece, origin])
     assert joined == [["own 1\n", None], ["late\n", "request-A"], ["own 2\n", None]]
+
+
+def test_end_of_file_leaves_no_mark_of_any_kind_in_the_text():
+    """A pipe that ends (its executor died) gives back what it held with every mark taken
+    out: switch, taken, origin (a thread's request id) and event marks, and one cut short.
+    Origin marks stayed in the text ("oreq-A"): the pattern took the empty switch first."""
+    reader = PipeReader("stdout")
+    reader.feed(
+        MARK + b"s1\0a" + MARK + b"oreq-A\0b" + MARK + b"o\0c" + MARK + b"t2\0d"
+        + MARK + b"5\0e" + MARK + b"oreq"
+    )  # fmt: skip
+    assert reader.finish() == "abcde"
