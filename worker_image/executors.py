@@ -36,7 +36,7 @@ from rexec_magic.recent import Recent
 from worker_image import exits, framing
 from worker_image.cells import shared
 from worker_image.outbox import MARK, ORIGIN, SWITCH, TAKEN, Target
-from worker_image.phase import PhaseBoard
+from worker_image.phase import PIPE_STREAMS, PhaseBoard
 from worker_image.unacked import Unacked
 
 log = logging.getLogger(__name__)
@@ -456,15 +456,15 @@ class ExecutorProcess:
         (``released``)."""
         eof = False
         budget = PIPE_READ_PER_CALL
-        index = 0 if self.readers[fd].name == "stdout" else 1
+        index = PIPE_STREAMS.index(self.readers[fd].name)
         while fd in self.pipes and budget > 0:
             # Counted for the executor (``outbox.StreamOrder``: whose bytes are in the pipe).
             self.phase.reading_pipe(index)
-            data = None
+            data = None  # (none yet: the pipe is empty, BlockingIOError)
             try:
                 data = os.read(fd, min(PIPE_READ, budget))
             except BlockingIOError:
-                data = None
+                pass
             except OSError:
                 data = b""
             finally:

@@ -48,6 +48,7 @@ from worker_image import framing
 # One JSON encoder that never fails.  Imported here, not when an event is sent: an import
 # opens files, and a cell that used up its file descriptors lost its error and its executor.
 from worker_image.link import encode_header
+from worker_image.phase import PIPE_STREAMS
 
 if TYPE_CHECKING:
     from worker_image.bulk import BulkUploader
@@ -433,14 +434,14 @@ class StreamOrder:
         self.lock = threading.RLock()
         self._marks = False
 
-    def add(self, fd: int) -> None:
-        """``fd`` is one of the pipes kept in order: stdout's, then stderr's."""
+    def add(self, fd: int, name: str) -> None:
+        """``fd`` is one of the pipes kept in order, stream ``name`` ("stdout", "stderr")."""
         if self._other:
             (first,) = self._other
             self._other = {first: fd, fd: first}
         else:
             self._other = {fd: -1}
-        self._count_at[fd] = len(self._written)
+        self._count_at[fd] = PIPE_STREAMS.index(name)
         self._written[fd] = self._others_ordered[fd] = 0
 
     def write(self, fd: int, text: str, origin: str | None = None) -> None:
@@ -504,7 +505,7 @@ class FdStream(io.TextIOBase):
         self._name = name
         self._gathering = threading.local()  # .parts: this thread's writes inside print_whole
         self._order = order if order is not None else StreamOrder()
-        self._order.add(fd)
+        self._order.add(fd, name)
         self.channel: EventChannel | None = None  # whose ``current`` request runs now
 
     def _write(self, text: str) -> None:

@@ -36,6 +36,7 @@ PAGE = 4096  # bytes: the length and a request id (``protocol.Short``: 256 chars
 _HEAD = 2
 _TAKEN = PAGE - 4  # where the count of interrupts taken is
 _PIPES = _TAKEN - 32  # where the (sequence, count) of bytes taken from stdout and stderr are
+PIPE_STREAMS = ("stdout", "stderr")  # the pipes' counts, in the page's order (their index)
 _PIPE_COUNT = struct.Struct("<QQ")
 
 

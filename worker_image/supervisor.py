@@ -1651,10 +1651,7 @@ class Supervisor:
         request, or kept as that request's (the notebook marks it late, not as the last
         cell's own: tester BT)."""
         if ex.current is None:
-            if origin is not None:
-                self._keep_late(ex, name, text, request=origin, owner=ex.client_of(origin))
-            else:
-                self._keep_late(ex, name, text)
+            self._keep_late(ex, name, text, request=origin, owner=ex.client_of(origin))
             return
         late = late or (origin is not None and origin != ex.current.target.id)
         pending = ex.pending
