@@ -937,8 +937,11 @@ def test_an_interrupted_cell_whose_value_never_packs_is_restarted_within_a_bound
         in d.header["message"]
     )
     assert "namespace was lost" in d.header["message"]
-    packing = [e.header["text"] for e in events if e.kind == Kind.NOTICE]
-    assert packing and all("is being packed to go back" in t for t in packing), packing
+    *packing, last = [e.header for e in events if e.kind == Kind.NOTICE]
+    assert packing and all("is being packed to go back" in h["text"] for h in packing), packing
+    # The note's last word: it stayed at "is being packed (9 s ...)" above the restart.
+    assert last["about"] == "packing" and last.get("over"), last
+    assert re.search(r"was still being packed when the cell ended \(in \d+ s\)$", last["text"])
     events = port.events(waiting, timeout=WAIT_S)
     assert done(events).header["status"] == DoneStatus.OK
     assert stdout(events) == "False\n"
@@ -961,8 +964,11 @@ def test_an_interrupt_while_a_finished_cells_value_packs_slowly_keeps_the_namesp
     port.send(Kind.INTERRUPT, {"id": request_id})
     events = port.events(request_id, timeout=INTERRUPT_ANSWER_S + PACK_GRACE_S)
     assert done(events).header["status"] != DoneStatus.RESTARTING, done(events).header
-    packing = [e.header["text"] for e in events if e.kind == Kind.NOTICE]
-    assert packing and all("is being packed to go back" in t for t in packing), packing
+    *packing, last = [e.header for e in events if e.kind == Kind.NOTICE]
+    assert packing and all("is being packed to go back" in h["text"] for h in packing), packing
+    # The note's last word, before the DONE: it stayed at "is being packed (6 s ...)".
+    assert last["about"] == "packing" and last.get("over"), last
+    assert re.search(r"what it bound was packed \(in \d+ s\)$", last["text"]), last
     assert stdout(port.run("print(kept)")) == "1\n"
 
 
@@ -2906,6 +2912,26 @@ def test_a_cell_waiting_behind_a_silent_kernels_cell_hears_of_the_silence(port):
     assert notices, "the queued cell said nothing of its wait"
     assert "no sign of its kernel for" in notices[0] or "interrupted, stopping" in notices[0]
     assert stdout(by_id[behind]) == "1\n"
+
+
+def test_the_wait_note_of_a_cell_that_is_never_run_ends_saying_it_stopped_waiting(port, tmp_path):
+    """A cell queued behind the notebook's previous one, whose exit() then ends the
+    executor: the queued cell is not run, and the live note of its wait gets its last word
+    before that answer.  It stayed at "waiting for this notebook's previous cell (running
+    3 s)" above "This cell was not run", as if it still waited."""
+    go_on = tmp_path / "go_on"
+    first = f"import os, time\nwhile not os.path.exists({str(go_on)!r}):\n    time.sleep(0.1)\n"
+    port.execute(first + "exit()")
+    behind = port.execute("print('never')")
+    notice = port.recv_kind(Kind.NOTICE)
+    assert notice.header["about"] == "previous", notice.header
+    go_on.touch()
+    events = port.events(behind)
+    assert "was not run: exit() or quit() ended" in done(events).header["message"]
+    last = [e.header for e in events if e.kind == Kind.NOTICE][-1]
+    assert last["about"] == "previous" and last.get("over"), last
+    says = r"stopped waiting after \d+ s for this notebook's previous cell"
+    assert re.fullmatch(says, last["text"]), last
 
 
 # --------------------------------------------------------------------------- exits

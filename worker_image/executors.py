@@ -167,6 +167,9 @@ class Request:
     # is brought up to date when the stop ends, or when the request does (``_stop_over``).
     stopped_note: str = ""
     waited_for: str = ""  # what its last wait notice said it waited for (its last words)
+    # Since when what it bound is packing, while a note says so (None: no note says so).
+    # That note gets its last word when the packing ends, or the request does (``_packing_over``).
+    packing_note_since: float | None = None
     notice_at: float = 0.0
     abandoned: bool = False  # its client's broker is gone (RESYNC): its events are only kept
     client: str = ""  # the client session that sent it ("": a legacy client)

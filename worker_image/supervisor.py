@@ -539,8 +539,10 @@ class Supervisor:
 
     def _to_client(self, req: Request, kind: str, header: dict[str, Any], buffers=()) -> None:
         """A supervisor-made event of ``req`` (numbered like the executor's)."""
-        if kind in (Kind.ERROR, Kind.DONE):  # (its end: no note of it may claim a stop)
+        if kind in (Kind.ERROR, Kind.DONE):  # (its end: no note of it may claim a wait)
             self._stop_over(req, f"the {req.what} ended before it went on")
+            self._packing_over(req, f"was still being packed when the {req.what} ended")
+            self._wait_over(req, "stopped waiting after")
         encoded = encode_header({"id": req.target.id, "seq": req.seq, **header})
         req.sent(kind, encoded, buffers)
         if not req.abandoned:  # (else nobody can receive it: see _abandon_cells; kept)
@@ -894,10 +896,7 @@ class Supervisor:
             for req in ex.queue:
                 if req.target.id == request_id and req.target.route == route:
                     ex.queue.remove(req)
-                    if req.waited_for:  # its wait's live note ends, as the client's own
-                        waited = time.monotonic() - req.received
-                        text = f"stopped waiting after {waited:.0f} s for {req.waited_for}"
-                        self._to_client(req, Kind.NOTICE, {"text": text, "about": req.notice})
+                    self._wait_over(req, "stopped waiting after")  # (as the client's own)
                     message = f"The {req.what} was cancelled before it started."
                     self._to_client(
                         req, Kind.DONE, done_header(DoneStatus.INTERRUPTED, message=message)
@@ -1169,10 +1168,7 @@ class Supervisor:
             ex.queue.appendleft(req)
             return
         req.frames = []
-        if req.waited_for:  # its wait's note ends saying how long it was
-            waited = req.started - req.received
-            text = f"waited {waited:.0f} s for {req.waited_for}"
-            self._to_client(req, Kind.NOTICE, {"text": text, "about": req.notice})
+        self._wait_over(req, "waited")  # its wait's note ends saying how long it was
         # It runs now: "accepted" (a cell still waiting its turn when a broker restart made
         # the supervisor drop it was never accepted, so its client may send it again).
         accepted = {"id": req.target.id, "at": time.time(), **(req.late_mark or {})}
@@ -1485,6 +1481,8 @@ class Supervisor:
         # An event the executor sent itself: it runs (a child process's text, read from the
         # pipes, is no sign: the executor may be stopped while its child prints).
         self._stop_over(req, "it went on")
+        if kind == Kind.DONE:  # (its page was cleared as it went: packed, at the latest now)
+            self._packing_over(req, "was packed")
         if kind == Kind.DONE:  # its text is all read (drained above): none waits for more
             for name, text, _ in ex.end_characters():
                 self._add_stream(ex, name, text)
@@ -2148,6 +2146,32 @@ class Supervisor:
         text = f"{whose} was stopped (SIGSTOP); {how}"
         self._to_client(req, Kind.NOTICE, {"text": text, "about": "stopped", "over": True})
 
+    def _packing_over(self, req: Request, how: str) -> None:
+        """The packing ``req``'s note says goes on is over (``how``: "was packed", or that
+        the request ended first): the note says so now, under the same ``about``, with
+        ``over``.  Else it stayed at "... is being packed ... (3 s ...)" above the cell's
+        output for good, as if the notebook still waited on it (tester)."""
+        since, req.packing_note_since = req.packing_note_since, None
+        if since is None:
+            return
+        if req.notice == "packing":  # (a later packing is said again, in a note of its own)
+            req.notice = ""
+        took = time.monotonic() - since
+        text = f"the {req.what}'s code had ended; what it bound {how} (in {took:.0f} s)"
+        self._to_client(req, Kind.NOTICE, {"text": text, "about": "packing", "over": True})
+
+    def _wait_over(self, req: Request, how: str) -> None:
+        """``req`` waits no longer for what its wait notice said (``how``: "waited" as it
+        starts, "stopped waiting after" when it ends unstarted): that note's last word,
+        under the same ``about``, with ``over``.  Each way a queued request can end comes
+        here (``_to_client`` of its end), so none of its notes is left saying it waits."""
+        whom, req.waited_for = req.waited_for, ""
+        if not whom:
+            return
+        waited = (req.started or time.monotonic()) - req.received
+        text = f"{how} {waited:.0f} s for {whom}"
+        self._to_client(req, Kind.NOTICE, {"text": text, "about": req.notice, "over": True})
+
     def _notices(self, ex: ExecutorProcess, now: float) -> None:
         cur = ex.current
         if ex.grace_deadline is not None and not ex.resumed_for_interrupt:
@@ -2166,7 +2190,11 @@ class Supervisor:
             # restarted with no word before (tester BK, 3 of 3).
             text = protocol.grace_sentence(cur.what, _whose(ex))
             self._notice(cur, "grace", text, now, every=float("inf"))
-        if cur is not None and ex.packing_since is not None and now - ex.packing_since >= 1.0:
+        packing = cur is not None and ex.packing_since is not None
+        packing = packing and ex.phase.is_packing(cur.target.id)  # (cleared as its DONE goes)
+        if cur is not None and cur.packing_note_since is not None and not packing:
+            self._packing_over(cur, "was packed")
+        if packing and now - ex.packing_since >= 1.0:
             # (Before the client's own note of the grace period would threaten a restart
             # for a cell that did stop; kept current, which also tells it the worker lives.)
             text = (
@@ -2175,6 +2203,7 @@ class Supervisor:
                 f"than {PACK_GRACE_S:g} s, {_whose(ex)} is restarted and its namespace is lost)"
             )
             self._notice(cur, "packing", text, now, LIVE_NOTE_EVERY_S)
+            cur.packing_note_since = ex.packing_since
         if cur is not None and cur.stopped_note and proc_running(ex.pid):
             self._stop_over(cur, "it went on")  # (within a tick of its SIGCONT)
         if cur is not None and cur.started is not None and now - cur.started > NOTICE_AFTER_S:
