@@ -289,6 +289,10 @@ class RexecClient:
         # ``_recv_one`` before anything new; ``_early_of``: that request, while it waits.
         self._early: deque[P.Message] = deque()
         self._early_of: str | None = None
+        # The live notes this client itself shows while a request waits, by request id and
+        # ``about``: (when the wait began, what it waits for).  Each ends with a last word
+        # (``_wait_over``) when its wait does, or when the request ends (``_events``).
+        self._waits: dict[str, dict[str, tuple[float, str]]] = {}
         # Large requests' buffers go ahead on a connection of their own (``_upload_ahead``)
         # when the broker takes them (WELCOME ``uploads``).
         self.uploads = False
@@ -636,6 +640,9 @@ class RexecClient:
             except errors.RexecError:  # (the broker or the worker went again: cannot tell)
                 return {}
             if fate.get("state") not in (None, P.FATE_PENDING):
+                answered = self._wait_over(req_id, "worker")
+                if answered is not None:
+                    yield from _shown(answered)
                 yield from _resent_output(resent, seen)
                 return fate
             if not said and time.monotonic() - began >= P.NOTICE_AFTER_S:
@@ -645,6 +652,7 @@ class RexecClient:
                     f"{P.client_words(self.frontend)}: asking your worker what became of it "
                     f"(for up to {FATE_WAIT_S:.0f} s)"
                 )
+                self._wait_said(req_id, "worker", began, "your worker's word on it")
                 yield from _worker_notice(req_id, text)
             time.sleep(0.1)
         return {}
@@ -682,6 +690,9 @@ class RexecClient:
             while True:
                 _, pong = self.ping()
                 if pong.get("worker"):
+                    back = self._wait_over(req_id, "worker", then="; it is back")
+                    if back is not None:
+                        yield from _shown(back)
                     return
                 now = time.monotonic()
                 if now - began > WORKER_BACK_S:
@@ -700,6 +711,7 @@ class RexecClient:
                         f"the {what} may be waiting in its queue there, and runs at most once "
                         f"(the wait ends after {WORKER_BACK_S:.0f} s)"
                     )
+                    self._wait_said(req_id, "worker", began, "your remote worker to come back")
                     yield from _worker_notice(req_id, text)
                 time.sleep(0.05)
         except BaseException:
@@ -707,6 +719,33 @@ class RexecClient:
             raise
         finally:
             self._early_of = None
+
+    def _wait_said(self, req_id: str, about: str, began: float, waits_for: str) -> None:
+        """A live note of this client's own now says that request ``req_id`` waits (since
+        ``began``) for ``waits_for``; kept until its last word (``_wait_over``)."""
+        self._waits.setdefault(req_id, {}).setdefault(about, (began, waits_for))
+
+    def _wait_over(
+        self, req_id: str, about: str, how: str = "waited", then: str = ""
+    ) -> P.Message | None:
+        """The last word of request ``req_id``'s wait note ``about`` (None: none is shown),
+        a NOTICE with ``over``: "waited 6 s for ...", or "stopped waiting after 6 s for ..."
+        for a wait that ended with no answer.  Without it the note stayed at what it said
+        last ("has not answered for 3 s") above the cell's output, as if it still waited."""
+        began, waits_for = self._waits.get(req_id, {}).pop(about, (None, ""))
+        if began is None:
+            return None
+        text = f"{how} {time.monotonic() - began:.0f} s for {waits_for}{then}"
+        return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": about, "over": True})
+
+    def _waits_over(self, req_id: str) -> Generator[P.Message, Any, None]:
+        """The request ends: the last word of each of its wait notes still shown, yielded to
+        be shown (a Ctrl-C while one is shown stops none of the others: it ends anyway)."""
+        for about in list(self._waits.get(req_id, {})):
+            msg = self._wait_over(req_id, about, "stopped waiting after")
+            if msg is not None:
+                with contextlib.suppress(ThrowInto, KeyboardInterrupt):
+                    yield msg
 
     def _new_id(self) -> str:
         return f"{uuid.uuid4().hex[:12]}-{next(self._ids)}"
@@ -972,12 +1011,20 @@ class RexecClient:
         if self.late_reading is not None:  # (late output written after it waits for it)
             self.late_reading(req_id, True)
         try:
-            return (
-                yield from self._request_events(
+            try:
+                outcome = yield from self._request_events(
                     kind, req_id, header, buffers, timeout_s, cancel, first
                 )
-            )
+            except GeneratorExit:
+                raise  # (nobody reads on: nothing can be shown)
+            except BaseException:
+                # Its error is shown below the notes: none of them still says it waits.
+                yield from self._waits_over(req_id)
+                raise
+            yield from self._waits_over(req_id)
+            return outcome
         finally:
+            self._waits.pop(req_id, None)
             if self.late_done is not None:  # (late output written after it may show now)
                 self.late_done(req_id)
 
@@ -1155,6 +1202,7 @@ class RexecClient:
                         text += f" (the wait ends after {P.BROKER_RESTART_WAIT_S:.0f} s)"
                         header_now = {"id": req_id, "text": text, "about": "broker"}
                         local = P.Message(P.Kind.NOTICE, header_now)
+                        self._wait_said(req_id, "broker", last_heard, "the rexec broker")
                 # (Not ahead of a message put back to be handled next: it may be the answer.)
                 if local is None and unrun and not notice and not worker_said and not stashed:
                     # The worker takes a request at once, or says within NOTICE_AFTER_S what
@@ -1173,7 +1221,10 @@ class RexecClient:
                             f"answered for {now - since:.0f} s (it may be stopped or "
                             f"overloaded); the {what} runs at most once"
                         )
-                        local = P.Message(P.Kind.NOTICE, {"id": req_id, "text": text})
+                        header_now = {"id": req_id, "text": text, "about": "taking"}
+                        local = P.Message(P.Kind.NOTICE, header_now)
+                        words = f"your remote worker to take this {what}"
+                        self._wait_said(req_id, "taking", since, words)
                 said = grace_said or cancelled  # (nobody waits for a cancelled one)
                 if local is None and interrupted_at is not None and not said and not stashed:
                     if now < quiet_until:  # its answer may be what is crossing
@@ -1200,11 +1251,19 @@ class RexecClient:
                         broker_back_at = last_heard
                     if broker_said:  # the broker is back: the note ends with how long it was
                         broker_said = 0.0
+                        self._waits.get(req_id, {}).pop("broker", None)
                         self._stashed = msg  # (handled next)
                         text = f"waited {gap:.0f} s for the rexec broker; it answers again"
-                        msg = P.Message(
-                            P.Kind.NOTICE, {"id": req_id, "text": text, "about": "broker"}
-                        )
+                        over = {"text": text, "about": "broker", "over": True}
+                        msg = P.Message(P.Kind.NOTICE, {"id": req_id, **over})
+                    elif msg.header.get("id") == req_id and "taking" in self._waits.get(req_id, {}):
+                        # The worker answers for it (it took it, or says what it waits for):
+                        # the note that it had not answered ends.  A refusal is no answer.
+                        self._stashed = msg  # (handled next)
+                        refused = msg.kind == P.Kind.FAIL
+                        how = "stopped waiting after" if refused else "waited"
+                        then = "" if refused else "; it answers again"
+                        msg = self._wait_over(req_id, "taking", how, then) or msg
                 h = msg.header
                 if msg.kind == P.Kind.PONG:
                     pong = msg.read(P.Pong)
@@ -1262,7 +1321,7 @@ class RexecClient:
                 if msg.kind == P.Kind.NOTICE:
                     said = msg.read(P.Notice)
                     if said.about not in ("lost", "grace", "late", "broker"):  # what it waits for
-                        notice = said.text
+                        notice = "" if said.over else said.text  # (over: it waits no longer)
                     if said.about != "broker":  # (this client's own: no news of the worker)
                         # Said again every NOTICE_REPEAT_S while it lasts (supervisor._notice).
                         repeat = P.NOTICE_REPEAT_S + 5.0

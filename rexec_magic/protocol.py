@@ -1261,14 +1261,18 @@ class Notice(Event):
     ``about``: ``starting``, ``previous``, ``stopped`` (its executor is stopped by SIGSTOP:
     it takes an interrupt when resumed, so the client keeps waiting for it), ``lost`` (the
     namespace was lost while no request ran: shown as a warning), ``late`` (a request the
-    user stopped waiting for ended later and changed names: a warning too), ``broker`` (made
-    by the client: the broker is silent while its request has not started) or empty.
+    user stopped waiting for ended later and changed names: a warning too), ``packing``
+    (what an interrupted request bound is being packed), made by the client: ``broker``
+    (the broker is silent), ``taking`` (the worker has not taken the request), ``worker``
+    (it waits for the worker to come back, or to say what became of a request), or empty.
 
     ``over``: the condition the notice before it under the same ``about`` said ("is stopped
     (SIGSTOP) and not responding") has ended, and this is that note's last word ("was
     stopped (SIGSTOP); it went on"): the notebook updates the note in place and waits on it
     no longer.  ``resumed`` (the worker resumed a stopped executor for an interrupt) ends
-    the ``stopped`` note so."""
+    the ``stopped`` note so.  Every note kept current while a request waits ends so:
+    "waited 5 s for ..." or "stopped waiting after 5 s for ..." (a request that ended
+    first), "what it bound was packed (in 3 s)"."""
 
     text: str = ""
     about: str = ""

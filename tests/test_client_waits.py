@@ -469,3 +469,123 @@ def test_an_interrupt_a_silent_worker_cannot_hear_yet_is_not_said_to_cost_the_na
     assert len(grace) == 1, said
     assert "your remote worker has not been heard for" in grace[0]
     assert "namespace" not in grace[0] and "restarted" not in grace[0]
+
+
+def notices_of(shown: list[P.Message]) -> list[dict]:
+    return [m.header for m in shown if m.kind == P.Kind.NOTICE]
+
+
+def test_the_broker_note_of_a_cell_given_up_ends_saying_it_stopped_waiting(monkeypatch):
+    """A started cell given up on after the broker was silent past the wait: the live note
+    "waiting for the rexec broker (no answer for 5 s ...)" gets its last word above the
+    error; it stayed at its last second, as if the notebook still waited."""
+    monkeypatch.setattr(P, "BROKER_RESTART_WAIT_S", P.BROKER_SILENT_AFTER_S + 2)
+    shown: list[P.Message] = []
+    with pytest.raises(errors.BrokerUnreachable, match="takes connections but has not answered"):
+        run_against(SilentBroker([], P.BROKER_SILENT_AFTER_S + 4), shown=shown)
+    *waiting, last = notices_of(shown)
+    assert waiting and all("waiting for the rexec broker" in h["text"] for h in waiting), waiting
+    assert last["about"] == "broker" and last.get("over"), last
+    assert re.fullmatch(r"stopped waiting after \d+ s for the rexec broker", last["text"]), last
+
+
+class TakingBroker(ScriptedBroker):
+    """Answers PINGs (the worker is there), but the worker takes the EXECUTE only once
+    ``answer`` is set: then ACCEPTED and DONE come, with the next PING (a worker stopped
+    before it took the cell, then continued)."""
+
+    def __init__(self) -> None:
+        self.answer = threading.Event()
+        self.waiting: tuple[bytes, str] | None = None
+        super().__init__()
+
+    def on(self, route: bytes, msg: P.Message) -> None:
+        if msg.kind == P.Kind.EXECUTE:
+            self.waiting = route, msg.header["id"]
+        elif msg.kind == P.Kind.PING:
+            worker = {"instance": "w1", "state": "ready"}
+            self._send(route, P.Kind.PONG, {"t": msg.header["t"], "worker": worker})
+            if self.waiting is not None and self.answer.is_set():
+                to, req_id = self.waiting
+                self.waiting = None
+                self._send(to, P.Kind.ACCEPTED, {"id": req_id, "seq": 0})
+                done = {"id": req_id, "seq": 1, "status": "ok", "vars": []}
+                self._send(to, P.Kind.DONE, done)
+
+
+def test_the_note_that_the_worker_has_not_taken_the_cell_ends_when_it_does():
+    """The worker says nothing of a cell for 3 s (stopped, starved), then takes it: the
+    note "waiting for your remote worker to take this cell: it has not answered for 3 s"
+    ends saying how long it waited; it stayed above the cell's output for good."""
+    broker = TakingBroker()
+
+    def show(msg: P.Message) -> None:
+        shown.append(msg)
+        if msg.kind == P.Kind.NOTICE and "to take this cell" in msg.header["text"]:
+            broker.answer.set()
+
+    shown: list[P.Message] = []
+    url = f"tcp://127.0.0.1:{broker.port}"
+    client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
+    try:
+        client.execute_packed("pass", [], [], {"pull": []}, show)
+    finally:
+        client.close()
+        broker.close()
+    first, *_, last = notices_of(shown)
+    assert "waiting for your remote worker to take this cell" in first["text"], first
+    assert last.get("over") and last["about"] == first["about"], (first, last)
+    says = r"waited \d+ s for your remote worker to take this cell; it answers again"
+    assert re.fullmatch(says, last["text"]), last
+
+
+class BackAgainBroker(ScriptedBroker):
+    """Fails the first EXECUTE with ``worker_lost`` (the broker dropped the worker as
+    silent before it said the cell started); PINGs then show no worker until ``back`` is
+    set (it registered again); the EXECUTE sent again then runs."""
+
+    def __init__(self) -> None:
+        self.back = threading.Event()
+        self.dropped = False
+        super().__init__()
+
+    def on(self, route: bytes, msg: P.Message) -> None:
+        if msg.kind == P.Kind.PING:
+            there = not self.dropped or self.back.is_set()
+            worker = {"instance": "w1", "state": "ready"} if there else None
+            self._send(route, P.Kind.PONG, {"t": msg.header["t"], "worker": worker})
+        elif msg.kind == P.Kind.EXECUTE and not self.dropped:
+            self.dropped = True
+            fail = {"id": msg.header["id"], "code": P.FailCode.WORKER_LOST}
+            self._send(route, P.Kind.FAIL, fail)
+        elif msg.kind == P.Kind.EXECUTE:
+            req_id = msg.header["id"]
+            self._send(route, P.Kind.ACCEPTED, {"id": req_id, "seq": 0})
+            self._send(route, P.Kind.DONE, {"id": req_id, "seq": 1, "status": "ok", "vars": []})
+
+
+def test_the_note_that_waits_for_the_worker_to_come_back_ends_when_it_is_back():
+    """The worker was dropped as silent before it took the cell, and registers again: the
+    note "waiting for your remote worker, which stopped answering ..." ends saying it is
+    back; it stayed above the cell's output, which came all the same."""
+    broker = BackAgainBroker()
+
+    def show(msg: P.Message) -> None:
+        shown.append(msg)
+        if msg.kind == P.Kind.NOTICE and "which stopped answering" in msg.header["text"]:
+            broker.back.set()
+
+    shown: list[P.Message] = []
+    url = f"tcp://127.0.0.1:{broker.port}"
+    client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
+    try:
+        client.ping()  # the worker process is known: requests name it
+        client.execute_packed("pass", [], [], {"pull": []}, show)
+    finally:
+        client.close()
+        broker.close()
+    first, *_, last = notices_of(shown)
+    assert "waiting for your remote worker, which stopped answering" in first["text"], first
+    assert last.get("over") and last["about"] == first["about"], (first, last)
+    says = r"waited \d+ s for your remote worker to come back; it is back"
+    assert re.fullmatch(says, last["text"]), last
