@@ -303,7 +303,10 @@ def test_a_threads_call_keeps_its_result_when_its_output_cannot_be_shown(kc, tmp
     collect(kc, msg_id)
 
     def ended() -> str | None:  # (the call's own line may show in this cell too)
-        out = stdout_of(ok(kc, "print('res:', res)"))
+        # One write: the call's late line, shown by the keepalive thread as it comes, can
+        # land between the writes of a ``print`` ("res:a late word", once under load), as a
+        # local thread's line can.
+        out = stdout_of(ok(kc, "import sys\nsys.stdout.write(f'res: {res}\\n')"))
         said = [line for line in out.splitlines() if line.startswith("res:")]
         return said[0] if said and said[0] != "res: []" else None
 
