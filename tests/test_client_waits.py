@@ -475,6 +475,31 @@ def notices_of(shown: list[P.Message]) -> list[dict]:
     return [m.header for m in shown if m.kind == P.Kind.NOTICE]
 
 
+def notices_until_over(
+    broker: ScriptedBroker, note: str, ends: threading.Event, ping: bool = False
+) -> list[dict]:
+    """The notices a cell sent to ``broker`` shows, where the wait ends (``ends`` set) as
+    soon as a note saying ``note`` is shown; ``ping``: the worker is known first (requests
+    name it).  The broker is closed after."""
+
+    def show(msg: P.Message) -> None:
+        shown.append(msg)
+        if msg.kind == P.Kind.NOTICE and note in msg.header["text"]:
+            ends.set()
+
+    shown: list[P.Message] = []
+    url = f"tcp://127.0.0.1:{broker.port}"
+    client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
+    try:
+        if ping:
+            client.ping()
+        client.execute_packed("pass", [], [], {"pull": []}, show)
+    finally:
+        client.close()
+        broker.close()
+    return notices_of(shown)
+
+
 def test_the_broker_note_of_a_cell_given_up_ends_saying_it_stopped_waiting(monkeypatch):
     """A started cell given up on after the broker was silent past the wait: the live note
     "waiting for the rexec broker (no answer for 5 s ...)" gets its last word above the
@@ -518,21 +543,7 @@ def test_the_note_that_the_worker_has_not_taken_the_cell_ends_when_it_does():
     note "waiting for your remote worker to take this cell: it has not answered for 3 s"
     ends saying how long it waited; it stayed above the cell's output for good."""
     broker = TakingBroker()
-
-    def show(msg: P.Message) -> None:
-        shown.append(msg)
-        if msg.kind == P.Kind.NOTICE and "to take this cell" in msg.header["text"]:
-            broker.answer.set()
-
-    shown: list[P.Message] = []
-    url = f"tcp://127.0.0.1:{broker.port}"
-    client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
-    try:
-        client.execute_packed("pass", [], [], {"pull": []}, show)
-    finally:
-        client.close()
-        broker.close()
-    first, *_, last = notices_of(shown)
+    first, *_, last = notices_until_over(broker, "to take this cell", broker.answer)
     assert "waiting for your remote worker to take this cell" in first["text"], first
     assert last.get("over") and last["about"] == first["about"], (first, last)
     says = r"waited \d+ s for your remote worker to take this cell; it answers again"
@@ -569,22 +580,7 @@ def test_the_note_that_waits_for_the_worker_to_come_back_ends_when_it_is_back():
     note "waiting for your remote worker, which stopped answering ..." ends saying it is
     back; it stayed above the cell's output, which came all the same."""
     broker = BackAgainBroker()
-
-    def show(msg: P.Message) -> None:
-        shown.append(msg)
-        if msg.kind == P.Kind.NOTICE and "which stopped answering" in msg.header["text"]:
-            broker.back.set()
-
-    shown: list[P.Message] = []
-    url = f"tcp://127.0.0.1:{broker.port}"
-    client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
-    try:
-        client.ping()  # the worker process is known: requests name it
-        client.execute_packed("pass", [], [], {"pull": []}, show)
-    finally:
-        client.close()
-        broker.close()
-    first, *_, last = notices_of(shown)
+    first, *_, last = notices_until_over(broker, "which stopped answering", broker.back, ping=True)
     assert "waiting for your remote worker, which stopped answering" in first["text"], first
     assert last.get("over") and last["about"] == first["about"], (first, last)
     says = r"waited \d+ s for your remote worker to come back; it is back"
