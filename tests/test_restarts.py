@@ -407,11 +407,15 @@ def silent_broker_cell(
 
 
 def assert_said_live(events: list[P.Message]) -> None:
-    """One note of the wait, kept current (it stayed at "no answer for 4 s")."""
-    said = [m.header["text"] for m in events if m.header.get("about") == "broker"]
+    """One note of the wait, kept current (it stayed at "no answer for 4 s"), that ends with
+    its last word once the cell is given up (it stayed at its last second above the error)."""
+    *live, last = [m.header for m in events if m.header.get("about") == "broker"]
+    said = [n["text"] for n in live]
     assert said and "no answer for 4 s" in said[0], said
     assert said[-1] != said[0], said
     assert all("this cell has not started" in text for text in said)
+    assert last.get("over") and not any(n.get("over") for n in live), (live, last)
+    assert re.fullmatch(r"stopped waiting after \d+ s for the rexec broker", last["text"]), last
 
 
 def test_a_cell_sent_while_rexec_up_is_down_says_so_live_and_is_not_run_past_the_bound(
