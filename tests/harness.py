@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -69,18 +70,36 @@ class WhenFlag:
     system) at the moment it has really started; acting on the flag rather than after a fixed
     delay means a slow start can neither make the action come too early nor too late.  Use as
     a context manager so that a failed test never leaves a pending action for the next one.
+
+    ``main_in``: also wait until the main thread runs that function (a frame of its code is
+    on the main thread's stack), for an action aimed at a wait: a call submitted before the
+    ``with`` can create its flag before the main thread reaches the wait (under load, before
+    ``__enter__`` returned: the Ctrl-C landed outside the test's ``pytest.raises``).
     """
 
-    def __init__(self, flag: Path, action: Callable[[], Any]) -> None:
+    def __init__(
+        self, flag: Path, action: Callable[[], Any], main_in: Callable[..., Any] | None = None
+    ) -> None:
         self.flag = Path(flag)
         self.action = action
+        self._main_code = main_in.__code__ if main_in is not None else None
         self.done = threading.Event()
         self._cancelled = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="when-flag", daemon=True)
 
+    def _main_runs_it(self) -> bool:
+        if self._main_code is None:
+            return True
+        frame = sys._current_frames().get(threading.main_thread().ident or 0)
+        while frame is not None:
+            if frame.f_code is self._main_code:
+                return True
+            frame = frame.f_back
+        return False
+
     def _watch(self) -> None:
         while not self._cancelled.wait(0.02):
-            if self.flag.exists():
+            if self.flag.exists() and self._main_runs_it():
                 self.action()
                 self.done.set()
                 return
@@ -97,11 +116,12 @@ class WhenFlag:
         self.cancel()
 
 
-def ctrl_c_when(flag: Path) -> WhenFlag:
-    """Press Ctrl-C (SIGINT to the main thread, as a kernel interrupt does) once ``flag`` exists."""
+def ctrl_c_when(flag: Path, main_in: Callable[..., Any] | None = None) -> WhenFlag:
+    """Press Ctrl-C (SIGINT to the main thread, as a kernel interrupt does) once ``flag`` exists
+    (and the main thread runs ``main_in``: ``WhenFlag``)."""
     main = threading.main_thread().ident
     assert main is not None
-    return WhenFlag(flag, lambda: signal.pthread_kill(main, signal.SIGINT))
+    return WhenFlag(flag, lambda: signal.pthread_kill(main, signal.SIGINT), main_in)
 
 
 class CtrlCInDel:
