@@ -118,6 +118,23 @@ class Stack:
     def all_logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.logs.glob("*") if p.is_file())
 
+    def log_marks(self) -> dict[str, int]:
+        """How long each log is now (bytes), for ``logs_since``."""
+        return {p.name: p.stat().st_size for p in self.logs.glob("*") if p.is_file()}
+
+    def logs_since(self, marks: dict[str, int]) -> str:
+        """What every log of the stack got since ``log_marks`` gave ``marks`` (a log begun
+        since, e.g. a worker's after a respawn, whole), each under its name: for a failure
+        message that says what the services did meanwhile."""
+        parts = []
+        for path in sorted(p for p in self.logs.glob("*") if p.is_file()):
+            with path.open("rb") as f:
+                f.seek(min(marks.get(path.name, 0), path.stat().st_size))
+                text = f.read().decode(errors="replace")
+            if text:
+                parts.append(f"--- {path.name}\n{text}")
+        return "\n".join(parts)
+
     # ------------------------------------------------------------------ health
     def broker_status(self) -> dict | None:
         """The broker's control-port status, or None if it does not answer in time."""

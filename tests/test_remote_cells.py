@@ -752,15 +752,20 @@ def test_rexec_status_of_a_notebook_without_an_executor_says_none_yet(ip):
     assert "(this session)" not in text  # the executors listed are the others'
 
 
-def test_os_system_bound_in_a_remote_cell_comes_back_as_os_system(ip):
+def test_os_system_bound_in_a_remote_cell_comes_back_as_os_system(ip, stack):
     """The executor's ``os.system`` is its own (an interrupt during a loop of them stops
     the loop, ``cells.interruptible_system``); bound to a name, it comes back as the
     notebook's ``os.system``, as it would from a local cell, without a note."""
     ip.user_ns.pop("run_shell", None)
+    marks = stack.log_marks()
     _, out = remote(ip, "import os\nrun_shell = os.system\nprint(run_shell('echo hi'))")
-    # (After a start note.)  Both streams in the message: once in CI (twice in ~5 runs)
-    # stdout came empty with the cell ok, and what stderr said was not shown.
-    assert out.stdout.endswith("hi\n0\n") and out.stderr == "", (out.stdout, out.stderr)
+    # (After a start note.)  Both streams and the services' logs in the message: in CI (2
+    # of 7 runs, never in focused ones) stdout came empty with the cell ok.
+    assert out.stdout.endswith("hi\n0\n") and out.stderr == "", (
+        out.stdout,
+        out.stderr,
+        stack.logs_since(marks),
+    )
     assert ip.user_ns["run_shell"] is os.system
 
 
