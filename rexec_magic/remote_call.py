@@ -294,7 +294,10 @@ class RemoteFuture(Future):
 
     def _wait_to_start(self, began: float, timeout: float | None) -> None:
         """Wait while the call is queued (up to ``timeout`` from ``began``), saying what it
-        waits for in one live note, kept current, whose last words say how long it waited."""
+        waits for in one live note, kept current, whose last words say how long it waited:
+        "this call waited 4 s for its turn", or "this call stopped waiting after 3 s for
+        its turn" when ``result`` gave up or was interrupted first (it kept saying that the
+        call is queued and waiting, as if it still waited)."""
         note = NOTEBOOK.live(self._waits_for())
         started = False
         try:
@@ -308,9 +311,8 @@ class RemoteFuture(Future):
                 if not started:
                     note.update(self._waits_for())
         finally:  # (not started: it gave up waiting here, or was interrupted)
-            waited = time.monotonic() - began
-            said = f"rexec: this call waited {waited:.0f} s for its turn"
-            note.done(said if started else self._waits_for())
+            how = "waited" if started else "stopped waiting after"
+            note.done(f"rexec: this call {how} {time.monotonic() - began:.0f} s for its turn")
 
     def _waits_for(self) -> str:
         assert self._session is not None

@@ -146,27 +146,28 @@ def test_a_threads_call_waiting_behind_a_running_cell_says_whose_wait_it_is(kc):
     assert stdout_of(ok(kc, "fetcher.join()\nprint(out['v'])")) == "8\n"
 
 
+def wait_note(outputs: list[dict], starts: str) -> list[str]:
+    """The texts, first to last, of the one live note among ``outputs`` that begins with
+    ``starts`` (a display kept current by updates of its display id)."""
+    first = [
+        m["content"]
+        for m in outputs
+        if m["msg_type"] == "display_data" and m["content"]["data"]["text/plain"].startswith(starts)
+    ]
+    assert len(first) == 1, outputs
+    display_id = first[0]["transient"]["display_id"]
+    return [first[0]["data"]["text/plain"]] + [
+        m["content"]["data"]["text/plain"]
+        for m in outputs
+        if m["msg_type"] == "update_display_data"
+        and m["content"]["transient"]["display_id"] == display_id
+    ]
+
+
 def test_a_wait_behind_a_call_is_one_note_kept_current_that_ends_saying_how_long(kc):
     """A cell (and a future's ``result()``) queued behind a submitted call says after 2 s
     what it waits for, in one display updated as the wait goes on; its last words say how
     long it waited.  It said "running 2 s" for ever, after the wait too."""
-
-    def wait_note(outputs: list[dict], starts: str) -> list[str]:
-        first = [
-            m["content"]
-            for m in outputs
-            if m["msg_type"] == "display_data"
-            and m["content"]["data"]["text/plain"].startswith(starts)
-        ]
-        assert len(first) == 1, outputs
-        display_id = first[0]["transient"]["display_id"]
-        return [first[0]["data"]["text/plain"]] + [
-            m["content"]["data"]["text/plain"]
-            for m in outputs
-            if m["msg_type"] == "update_display_data"
-            and m["content"]["transient"]["display_id"] == display_id
-        ]
-
     ok(kc, "from rexec_magic import remote_func\n@remote_func\ndef nap(s):\n"
         "    import time\n    time.sleep(s)\n    return s")  # fmt: skip
     ok(kc, "first = nap.submit(5)")
@@ -178,6 +179,44 @@ def test_a_wait_behind_a_call_is_one_note_kept_current_that_ends_saying_how_long
     assert said[0].startswith("rexec: this call is queued, waiting for this notebook's previous")
     assert len({text for text in said[:-1]}) >= 2, said
     assert re.fullmatch(r"rexec: this call waited \d+ s for its turn", said[-1]), said
+
+
+@pytest.mark.parametrize("ends", ["its timeout", "an interrupt"])
+def test_a_futures_wait_for_its_turn_that_ends_unstarted_says_it_stopped_waiting(kc, ends):
+    """``result()`` of a call queued behind a running one stops waiting before the call
+    started (its ``timeout`` passed, or Ctrl-C): the wait note's last words say that it
+    stopped waiting.  They went on saying "this call is queued, waiting for ..." as if the
+    notebook still waited."""
+    pid = int(stdout_of(ok(kc, "import os\nprint(os.getpid())")))
+    ok(kc, "from rexec_magic import remote_func\n@remote_func\ndef nap(s):\n"
+        "    import time\n    time.sleep(s)\n    return s\nfirst = nap.submit(30)")  # fmt: skip
+    timeout = "timeout=3.5" if ends == "its timeout" else ""
+    msg_id = kc.execute(
+        f"second = nap.submit(0)\ntry:\n    second.result({timeout})\n"
+        "except TimeoutError:\n    print('gave up')"
+    )
+    if ends == "an interrupt":  # once the note is there (after 2 s)
+        seen: list[dict] = []
+        while not any(t.startswith("rexec: this call") for t in texts(seen, "display_data")):
+            msg = kc.get_iopub_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                seen.append(msg)
+        os.kill(pid, signal.SIGINT)  # Jupyter's interrupt
+    else:
+        seen = []
+    reply, outputs = collect(kc, msg_id)
+    said = wait_note(seen + outputs, "rexec: this call")
+    assert said[0].startswith("rexec: this call is queued, waiting for this notebook's previous")
+    assert re.fullmatch(r"rexec: this call stopped waiting after \d+ s for its turn", said[-1]), (
+        said
+    )
+    if ends == "its timeout":  # the call is still queued: it runs once the first is gone
+        assert reply["status"] == "ok" and stdout_of(outputs) == "gave up\n", outputs
+        assert stdout_of(ok(kc, "first.cancel()\nprint(second.result(timeout=60))")) == "0\n"
+    else:  # the interrupt cancelled both
+        assert reply["status"] == "error", reply
+        cancelled = ok(kc, "print(first.cancelled(), second.cancelled())")
+        assert stdout_of(cancelled) == "True True\n"
 
 
 def test_a_wait_ended_by_an_interrupt_says_it_stopped_waiting(kc):
