@@ -36,6 +36,7 @@ import importlib
 import io
 import linecache
 import logging
+import operator
 import os
 import pickle
 import site
@@ -190,7 +191,67 @@ _REFUSED_IF_IMPORTED: tuple[tuple[str, str, str], ...] = (
     ("asyncio", "AbstractEventLoop", "an event loop"),
     ("asyncio", "AbstractServer", "a server"),
     ("asyncio", "Queue", "an asyncio queue"),
+    # Handles into this process's memory: a library it loaded (``ctypes.CDLL(None)``: its
+    # functions' class is made per library, so it pickled and then failed to load with
+    # "cannot set '__doc__' attribute of immutable type '_ctypes.PyCFuncPtrType'"),
+    # a function in one, and pointers ("ctypes objects containing pointers").
+    ("ctypes", "CDLL", "a loaded C library"),
+    ("ctypes", "_CFuncPtr", "a C function pointer"),
+    ("ctypes", "_Pointer", "a C pointer"),
+    ("ctypes", "c_void_p", "a C pointer"),
+    ("ctypes", "c_char_p", "a C pointer"),
+    ("ctypes", "c_wchar_p", "a C pointer"),
 )
+
+
+# ------------------------------------------------------------------ ctypes types
+def _ctypes_type_reduce(obj: type) -> tuple[Any, ...] | None:
+    """How a ctypes type made at run time travels, or None for any other type.
+
+    An array type (``c_double * 3``, which ``create_string_buffer`` makes too) and a
+    pointer type (``POINTER(c_int)``) are made by an expression, and ctypes keeps one type
+    per expression: they travel as it, so the type that arrives is that side's own and
+    their values load with it (by value, cloudpickle rebuilt them from their metaclass,
+    which failed to load: "cannot set '__doc__' attribute of immutable type
+    '_ctypes.PyCArrayType'").  A ``Structure`` or ``Union`` defined in the notebook is
+    made again from its fields and methods (its field descriptors cannot be pickled), one
+    class per notebook class as cloudpickle does for a class (its class tracker).
+    """
+    ctypes = sys.modules.get("ctypes")
+    if ctypes is None:
+        return None
+    if issubclass(obj, ctypes.Array) and obj is not ctypes.Array:
+        item, length = getattr(obj, "_type_", None), getattr(obj, "_length_", None)
+        if item is not None and length is not None and item * length is obj:
+            return operator.mul, (item, length)
+    elif issubclass(obj, ctypes._Pointer) and obj is not ctypes._Pointer:
+        item = getattr(obj, "_type_", None)
+        if item is not None and ctypes.POINTER(item) is obj:
+            return ctypes.POINTER, (item,)
+    elif issubclass(obj, ctypes.Structure | ctypes.Union) and (
+        obj.__module__ == "__main__" or module_attribute(obj) is not obj  # (else: by name)
+    ):
+        namespace = {
+            key: value
+            for key, value in obj.__dict__.items()
+            if key not in ("__dict__", "__weakref__") and type(value).__name__ != "CField"
+        }
+        return _ctypes_record_class, (
+            _cp._get_or_create_tracker_id(obj),
+            obj.__name__,
+            obj.__bases__,
+            namespace,
+        )
+    return None
+
+
+def _ctypes_record_class(
+    tracker_id: str, name: str, bases: tuple[type, ...], namespace: dict[str, Any]
+) -> type:
+    """The receiver's side of ``_ctypes_type_reduce`` for a notebook's ``Structure`` or
+    ``Union``: the class made with the metaclass of its first base, once per tracker id."""
+    made = type(bases[0])(name, bases, dict(namespace))
+    return _cp._lookup_class_or_track(tracker_id, made)
 
 
 # ------------------------------------------------------------------ modules by value
@@ -452,6 +513,8 @@ class _Pickler(cloudpickle.Pickler):
             if submodules and sys.modules.get(obj.__name__) is obj:
                 return import_with_submodules, (obj.__name__, submodules)
             return super().reducer_override(obj)
+        if isinstance(obj, type) and (made := _ctypes_type_reduce(obj)) is not None:
+            return made
         if isinstance(obj, types.FunctionType | type):
             module = sys.modules.get(getattr(obj, "__module__", None) or "")
             if module is not None and travels_by_value(module):

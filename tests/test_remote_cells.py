@@ -769,6 +769,46 @@ def test_os_system_bound_in_a_remote_cell_comes_back_as_os_system(ip, stack):
     assert ip.user_ns["run_shell"] is os.system
 
 
+def test_ctypes_data_comes_back_and_handles_into_the_process_stay_remote_said_plainly(ip):
+    """Data made with ctypes (a ``create_string_buffer``, a ``c_double * 3`` array, a
+    notebook's ``Structure``, an array of those) comes back with its type and bytes, and goes
+    out again; a loaded library, a function of it and a pointer stay remote, each named for
+    what it is.  The arrays and the library said "could not be loaded here (AttributeError:
+    type object 'PyCArrayType' has no attribute '__mul__'; ...)", like an internal error,
+    and a notebook's ``Structure`` could not travel at all (``_ctypes.CField``)."""
+    import ctypes
+
+    ip.run_cell(
+        "import ctypes\nclass Pair(ctypes.Structure):\n"
+        "    _fields_ = [('a', ctypes.c_int), ('b', ctypes.c_double)]\n"
+        "    def total(self):\n        return self.a + self.b"
+    )
+    for name in ("buf", "vec", "pair", "pairs", "libc", "getpid", "ptr"):
+        ip.user_ns.pop(name, None)
+    _, out = remote(
+        ip,
+        "buf = ctypes.create_string_buffer(b'hey', 8)\nvec = (ctypes.c_double * 3)(1, 2, 3)\n"
+        "pair = Pair(2, 0.5)\npairs = (Pair * 2)(Pair(1, 1.5), pair)\n"
+        "libc = ctypes.CDLL(None)\ngetpid = libc.getpid\nptr = ctypes.pointer(ctypes.c_int(3))",
+    )
+    ns = ip.user_ns
+    assert ns["buf"].raw == b"hey\0\0\0\0\0" and type(ns["buf"]) is ctypes.c_char * 8
+    assert list(ns["vec"]) == [1.0, 2.0, 3.0] and type(ns["vec"]) is ctypes.c_double * 3
+    assert type(ns["pair"]) is ns["Pair"] and ns["pair"].total() == 2.5
+    assert [p.total() for p in ns["pairs"]] == [2.5, 2.5]
+    stays = [line for line in out.stdout.splitlines() if "stays remote" in line]
+    nothing = "which means nothing in another process."
+    assert stays == [
+        f"`libc` stays remote: is a loaded C library (CDLL), {nothing}",
+        f"`getpid` stays remote: is a C function pointer (_FuncPtr), {nothing}",
+        f"`ptr` stays remote: is a C pointer (LP_c_int), {nothing}",
+    ], out.stdout
+    assert out.stderr == "", out.stderr
+    ns["vec"][0] = 10.0  # changed here: goes out again, as itself
+    _, out = remote(ip, "print(vec[0] + vec[2], pairs[0].total(), getpid() > 0)")
+    assert out.stdout == "13.0 2.5 True\n", (out.stdout, out.stderr)
+
+
 def test_the_sigint_handler_a_cell_saves_comes_back_as_pythons_and_interrupts_still_work(
     ip, tmp_path
 ):

@@ -226,3 +226,45 @@ def test_a_file_stays_where_it_is_said_so_rightly_open_or_closed(tmp_path):
     with open(tmp_path / "a.txt", "w") as f:
         assert refusal(f) == "an open file"
     assert refusal(f) == "a closed file"
+
+
+def test_ctypes_handles_into_this_process_are_refused_saying_what_they_are():
+    """A loaded library (any ``CDLL``: ``PyDLL`` too), a function pointer (of a library or
+    made by ``CFUNCTYPE``) and the pointers (``pointer()``, ``c_void_p``, ``c_char_p``,
+    ``c_wchar_p``) mean nothing in another process: each is refused by name."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    cases = {
+        "a loaded C library": [libc, ctypes.PyDLL(None)],
+        "a C function pointer": [libc.getpid, ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 1)],
+        "a C pointer": [
+            ctypes.pointer(ctypes.c_int(3)),
+            ctypes.c_void_p(5),
+            ctypes.c_char_p(b"x"),
+            ctypes.c_wchar_p("x"),
+        ],
+    }
+    for what, values in cases.items():
+        for value in values:
+            with pytest.raises(serialize.Refused) as info:
+                serialize.dumps(value)
+            assert info.value.what == what, value
+
+
+def test_ctypes_types_made_at_run_time_travel_as_the_expression_that_makes_them():
+    """An array type, a nested one and a pointer type arrive as that side's own type (ctypes
+    keeps one per expression), and a notebook's ``Union`` with its fields, as data."""
+    import ctypes
+
+    class Either(ctypes.Union):
+        _fields_ = [("i", ctypes.c_int), ("f", ctypes.c_float)]
+
+    grid = ((ctypes.c_int * 2) * 2)((1, 2), (3, 4))
+    back = serialize.loads(serialize.dumps(grid))
+    assert type(back) is (ctypes.c_int * 2) * 2 and [list(row) for row in back] == [[1, 2], [3, 4]]
+    assert serialize.loads(serialize.dumps(ctypes.POINTER(ctypes.c_double))) is ctypes.POINTER(
+        ctypes.c_double
+    )
+    either = serialize.loads(serialize.dumps(Either(i=7)))
+    assert either.i == 7 and bytes(either) == bytes(Either(i=7))
