@@ -1052,7 +1052,7 @@ class RexecClient:
         ctrl_c = False  # the interrupt was a Ctrl-C here (not its timeout, not a cancel)
         event_at = 0.0  # when the last numbered event of this request came
         grace_said = False  # that the interrupted cell has not stopped yet
-        broker_said = 0.0  # when this said the broker is silent (the request waits)
+        broker_said = 0.0  # when the broker note was last made current (its record: _waits)
         # A started request's broker, silent past BROKER_SILENT_AFTER_S, still takes
         # connections (``listening``, asked each LIVE_NOTE_EVERY_S): stopped or starved, not
         # gone, so its output may yet come and is waited for, as for an unstarted request.
@@ -1249,13 +1249,11 @@ class RexecClient:
                     gap, last_heard = time.monotonic() - last_heard, time.monotonic()
                     if gap > BROKER_BACK_AFTER_S and last_heard > quiet_until:
                         broker_back_at = last_heard
-                    if broker_said:  # the broker is back: the note ends with how long it was
+                    if "broker" in self._waits.get(req_id, {}):
+                        # The broker is back: the note ends with how long it was silent.
                         broker_said = 0.0
-                        self._waits.get(req_id, {}).pop("broker", None)
                         self._stashed = msg  # (handled next)
-                        text = f"waited {gap:.0f} s for the rexec broker; it answers again"
-                        over = {"text": text, "about": "broker", "over": True}
-                        msg = P.Message(P.Kind.NOTICE, {"id": req_id, **over})
+                        msg = self._wait_over(req_id, "broker", then="; it answers again") or msg
                     elif msg.header.get("id") == req_id and "taking" in self._waits.get(req_id, {}):
                         # The worker answers for it (it took it, or says what it waits for):
                         # the note that it had not answered ends.  A refusal is no answer.
