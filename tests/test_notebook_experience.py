@@ -190,6 +190,14 @@ def test_a_futures_wait_for_its_turn_that_ends_unstarted_says_it_stopped_waiting
     pid = int(stdout_of(ok(kc, "import os\nprint(os.getpid())")))
     ok(kc, "from rexec_magic import remote_func\n@remote_func\ndef nap(s):\n"
         "    import time\n    time.sleep(s)\n    return s\nfirst = nap.submit(30)")  # fmt: skip
+    try:
+        said_stopped_waiting(kc, pid, ends)
+    finally:  # (a failure leaves no call running into the next test's cells)
+        run(kc, "first.cancel()\n'second' in globals() and second.cancel()")
+
+
+def said_stopped_waiting(kc, pid: int, ends: str) -> None:
+    """The body of the test above, with ``first`` running."""
     timeout = "timeout=3.5" if ends == "its timeout" else ""
     msg_id = kc.execute(
         f"second = nap.submit(0)\ntry:\n    second.result({timeout})\n"
