@@ -1064,6 +1064,7 @@ class RexecClient:
         # to be ignored by the cell, and the worker blamed for the broker's wait; tester AQ).
         broker_back_at = 0.0
         worker_said = False  # that the worker has not taken the request (nor said why)
+        worker_word_at = 0.0  # when the worker last said what this request waits for
         waited_back = False  # waited for the worker to register again (``no_worker``)
         cancelled = False
         timed_out = False
@@ -1210,7 +1211,10 @@ class RexecClient:
                     # says nothing is stopped (SIGSTOP) or starved, until the broker drops it.
                     # (Not while its values cross; not while the broker is silent: its own
                     # note says that.)
-                    since = max(asked_at, broker_back_at)
+                    # (Counted from its last word on it too: a wait it said, that just ended
+                    # with no ACCEPTED yet, was said as "not answered for 9 s", and ended a
+                    # millisecond later as "answers again"; tester 122, 4 of 4.)
+                    since = max(asked_at, broker_back_at, worker_word_at)
                     due = max(since + WORKER_SILENT_NOTE_S, quiet_until) - now
                     if due > 0:  # (woken then, not only at the next ping)
                         wait = min(wait, due)
@@ -1320,6 +1324,8 @@ class RexecClient:
                     said = msg.read(P.Notice)
                     if said.about not in ("lost", "grace", "late", "broker"):  # what it waits for
                         notice = "" if said.over else said.text  # (over: it waits no longer)
+                        if local is None:
+                            worker_word_at = last_heard
                     if said.about != "broker":  # (this client's own: no news of the worker)
                         # Said again every NOTICE_REPEAT_S while it lasts (supervisor._notice).
                         repeat = P.NOTICE_REPEAT_S + 5.0

@@ -1593,6 +1593,34 @@ def test_a_shared_namespace_is_opt_in(stack, kernel):
         assert "executor shared: team (this notebook)" in str(outputs)
 
 
+def test_a_cell_that_waited_behind_another_notebooks_cell_is_never_said_unanswered(stack, kernel):
+    """A cell waits 5 s behind another notebook's in a shared namespace: its note says what
+    it waits for and ends saying how long.  The worker answered all along, but as the wait
+    ended (past 3 s) the cell was said not to be taken: "waiting for your remote worker to
+    take this cell: it has not answered for 9 s (it may be stopped or overloaded)", ended a
+    millisecond later as "waited 9 s ...; it answers again" (tester, 4 of 4)."""
+    _, kc = kernel
+    with sharing(stack, kc) as other:
+        slow = kc.execute(
+            "%%remote --no-pull\nimport time\nprint('slow', flush=True)\ntime.sleep(5)"
+        )
+        wait_for_text(kc, "slow", slow)
+        reply, outputs = run(other, "%%remote --no-pull\nprint('after')")
+        assert reply["status"] == "ok" and text_of(outputs) == "after\n", outputs
+        notes = [
+            m["content"]["data"]["text/plain"]
+            for m in outputs
+            if m["msg_type"] in ("display_data", "update_display_data")
+        ]
+        assert notes[0].startswith("rexec: waiting for a cell of another notebook"), notes
+        assert re.fullmatch(
+            r"rexec: waited \d+ s for a cell of another notebook in shared namespace 'team'",
+            notes[-1],
+        ), notes
+        assert not [n for n in notes if "take this cell" in n], notes
+        collect(kc, slow)
+
+
 def test_coming_back_to_a_namespace_never_pushes_an_older_local_copy_over_it(stack, kernel):
     """Leaving a namespace and coming back (``%rexec_attach``) keeps what the notebook knew
     of it: a value this notebook did not change since it last exchanged it stays as it is
