@@ -181,6 +181,18 @@ def test_a_wait_behind_a_call_is_one_note_kept_current_that_ends_saying_how_long
     assert re.fullmatch(r"rexec: this call waited \d+ s for its turn", said[-1]), said
 
 
+def interrupt_once_shown(kc, pid: int, msg_id: str, starts: str) -> list[dict]:
+    """Interrupt kernel ``pid`` as Jupyter does once cell ``msg_id`` shows a note beginning
+    with ``starts``: the cell's iopub messages read until then."""
+    seen: list[dict] = []
+    while not any(t.startswith(starts) for t in texts(seen, "display_data")):
+        msg = kc.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") == msg_id:
+            seen.append(msg)
+    os.kill(pid, signal.SIGINT)  # Jupyter's interrupt
+    return seen
+
+
 @pytest.mark.parametrize("ends", ["its timeout", "an interrupt"])
 def test_a_futures_wait_for_its_turn_that_ends_unstarted_says_it_stopped_waiting(kc, ends):
     """``result()`` of a call queued behind a running one stops waiting before the call
@@ -204,12 +216,7 @@ def said_stopped_waiting(kc, pid: int, ends: str) -> None:
         "except TimeoutError:\n    print('gave up')"
     )
     if ends == "an interrupt":  # once the note is there (after 2 s)
-        seen: list[dict] = []
-        while not any(t.startswith("rexec: this call") for t in texts(seen, "display_data")):
-            msg = kc.get_iopub_msg(timeout=60)
-            if msg["parent_header"].get("msg_id") == msg_id:
-                seen.append(msg)
-        os.kill(pid, signal.SIGINT)  # Jupyter's interrupt
+        seen = interrupt_once_shown(kc, pid, msg_id, "rexec: this call")
     else:
         seen = []
     reply, outputs = collect(kc, msg_id)
@@ -235,12 +242,7 @@ def test_a_wait_ended_by_an_interrupt_says_it_stopped_waiting(kc):
     ok(kc, "from rexec_magic import remote_func\n@remote_func\ndef doze(s):\n"
         "    import time\n    time.sleep(s)\n    return s\nslow = doze.submit(30)")  # fmt: skip
     msg_id = kc.execute("%%remote\nprint('after')")
-    seen: list[dict] = []
-    while not any(t.startswith("rexec: waiting for") for t in texts(seen, "display_data")):
-        msg = kc.get_iopub_msg(timeout=60)
-        if msg["parent_header"].get("msg_id") == msg_id:
-            seen.append(msg)
-    os.kill(pid, signal.SIGINT)  # Jupyter's interrupt
+    seen = interrupt_once_shown(kc, pid, msg_id, "rexec: waiting for")
     reply, outputs = collect(kc, msg_id)
     notes = texts(seen + outputs, "display_data", "update_display_data")
     assert re.fullmatch(
