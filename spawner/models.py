@@ -63,10 +63,14 @@ class WorkerStatus(BaseModel):
         None, description="Set when the worker was stopped for having no cell for this long."
     )
     last_exit_at: datetime | None = Field(
-        None, description="When the worker last exited unexpectedly and was restarted."
+        None,
+        description="When the worker last exited unexpectedly and was restarted (or its "
+        "pod failed as it ended: OOMKilled).",
     )
     last_exit_reason: str | None = Field(
-        None, description="Why, in words: 'killed by signal 9', 'exit code 1'..."
+        None,
+        description="Why, in words: 'killed by signal 9', 'exit code 1', 'killed: out of "
+        "memory' (Kubernetes said OOMKilled)...",
     )
     log_tail: list[str] = Field(default_factory=list, description="Last lines of the worker log.")
 

@@ -85,8 +85,12 @@ def _short_python(version: str | None) -> str | None:
     return ".".join(parts[:2])
 
 
-def exit_reason(code: int) -> str:
-    """Why a worker process ended, as the notebook says it: "killed by signal 9"."""
+def exit_reason(code: int, runtime_reason: str = "") -> str:
+    """Why a worker process ended, as the notebook says it: "killed by signal 9".
+    ``runtime_reason``: the container runtime's (Kubernetes' ``terminated.reason``), which
+    alone tells an out-of-memory kill: "OOMKilled"."""
+    if runtime_reason == "OOMKilled":
+        return "killed: out of memory"
     if code == EXIT_UNKNOWN:
         return "exit code unknown"  # an adopted worker: not our child
     if code < 0:
@@ -271,9 +275,9 @@ class WorkerService:
         if state == WorkerState.STARTING and progress is not None:
             state, message = WorkerState(progress[0]), progress[1]
         last_exit_at, last_exit_reason = rec.last_exit_at, rec.last_exit_reason
-        restarted = rec.handle.restarted if rec.handle is not None else None
-        if restarted is not None and (last_exit_at is None or restarted[0] > last_exit_at):
-            last_exit_at, last_exit_reason = restarted[0], exit_reason(restarted[1])
+        ended = rec.handle.last_exit if rec.handle is not None else None
+        if ended is not None and (last_exit_at is None or ended[0] > last_exit_at):
+            last_exit_at, last_exit_reason = ended[0], exit_reason(ended[1], ended[2])
         return WorkerStatus(
             user=rec.user,
             username=rec.username,

@@ -929,6 +929,36 @@ async def test_a_container_the_kubelet_restarted_shows_when_and_why(
     assert st["last_exit_at"].startswith("2026-01-01T14:02:00")
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("restarted", [False, True], ids=["the pod failed", "kubelet restarted"])
+async def test_an_out_of_memory_kill_is_said_as_one(
+    cluster: Any, broker: Broker, tmp_path: Path, make_spawner: Any, pods_run: list, restarted: bool
+) -> None:
+    """Kubernetes says OOMKilled of a worker its node killed for memory: the status says
+    "killed: out of memory" (and so does a cell lost with it), not "killed by signal 9" as of
+    any SIGKILL (exit code 137 both), nor nothing, when the pod failed with it."""
+    sp = await make_spawner(settings_for(cluster, broker, tmp_path))
+    assert (await sp.spawn()).status_code == 200
+    name = "rexec-worker-alice"
+    await _wait(lambda: pod(cluster, name), "the pod")
+    await run_pod(cluster, name, pods_run)
+    await sp.wait_for(lambda s: s["state"] == "ready", "ready")
+    running = {"name": "worker", "ready": True, "state": {"running": {}}}
+    await set_pod_status(cluster, name, {"containerStatuses": [{**running, "restartCount": 0}]})
+    oom = {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                          "finishedAt": "2026-01-01T14:02:00Z"}}  # fmt: skip
+    ended = (
+        {**running, "restartCount": 1, "lastState": oom}
+        if restarted
+        else {"name": "worker", "ready": False, "restartCount": 0, "state": oom}
+    )
+    await set_pod_status(cluster, name, {"containerStatuses": [ended]})
+    st = await sp.wait_for(lambda s: s["state"] == "failed", "failed")
+    assert st["message"].startswith("The worker failed: OOMKilled: it ran out of memory")
+    assert st["last_exit_reason"] == "killed: out of memory"
+    assert st["last_exit_at"].startswith("2026-01-01T14:02:00")
+
+
 # --------------------------------------------------------------------------- restarts
 async def alice_running(
     cluster: Any, settings: SpawnerSettings, make_spawner: Any, pods_run: list

@@ -78,9 +78,11 @@ class WorkerHandle:
     # Set before ``exited`` resolves when restarting cannot help (ImagePullBackOff, OOMKilled,
     # CrashLoopBackOff...): the spawn fails with this sentence.
     failure: str | None = None
-    # Set when the worker was restarted in place, without ``exited`` resolving (the kubelet
-    # restarts a crashed container inside its pod): (when, exit code of the process that died).
-    restarted: tuple[datetime, int] | None = None
+    # How the worker's process last ended where ``exited`` does not tell it all: (when, exit
+    # code, the container runtime's reason: "OOMKilled", "Error"; "" where none).  Set when it
+    # was restarted in place, without ``exited`` resolving (the kubelet restarts a crashed
+    # container inside its pod), and when its pod failed as it ended (OOMKilled).
+    last_exit: tuple[datetime, int, str] | None = None
 
     @property
     def running(self) -> bool:

@@ -131,14 +131,33 @@ def _memory_limit(pod: dict[str, Any]) -> str:
     return str(limits.get("memory", "unknown"))
 
 
-def last_restart(pod: dict[str, Any]) -> tuple[int, str | None, int | None]:
-    """The worker container's restart count, and when and how its last run ended."""
+@dataclass(frozen=True)
+class RunEnd:
+    """How a run of the worker container ended, as its ``terminated`` state says."""
+
+    finished_at: str | None  # RFC 3339, whole seconds ("2026-01-01T14:02:00Z")
+    exit_code: int
+    reason: str  # the container runtime's word: "OOMKilled", "Error", "Completed"; "" if none
+
+
+def _run_end(cs: dict[str, Any], which: str) -> RunEnd | None:
+    term = (cs.get(which) or {}).get("terminated") or {}
+    code = term.get("exitCode")
+    if code is None:
+        return None
+    return RunEnd(term.get("finishedAt"), int(code), str(term.get("reason") or ""))
+
+
+def last_restart(pod: dict[str, Any]) -> tuple[int, RunEnd | None]:
+    """The worker container's restart count, and how its last run before this one ended."""
     for cs in _statuses(pod.get("status") or {}, "containerStatuses"):
-        term = (cs.get("lastState") or {}).get("terminated") or {}
-        code = term.get("exitCode")
-        return (
-            int(cs.get("restartCount") or 0),
-            term.get("finishedAt"),
-            (int(code) if code is not None else None),
-        )
-    return 0, None, None
+        return int(cs.get("restartCount") or 0), _run_end(cs, "lastState")
+    return 0, None
+
+
+def run_ended(pod: dict[str, Any]) -> RunEnd | None:
+    """How the worker container's current run ended, if it has (not restarted yet: the pod
+    failed with it, OOMKilled)."""
+    for cs in _statuses(pod.get("status") or {}, "containerStatuses"):
+        return _run_end(cs, "state")
+    return None

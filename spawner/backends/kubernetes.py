@@ -48,7 +48,7 @@ from spawner.backends.base import Adopted, Backend, WorkerHandle, WorkerSpec
 from spawner.backends.k8s_lease import LeaseElector
 from spawner.backends.k8s_names import dns_label, label_value
 from spawner.backends.k8s_reflector import Reflector
-from spawner.backends.k8s_status import describe_pod, last_restart
+from spawner.backends.k8s_status import RunEnd, describe_pod, last_restart, run_ended
 from spawner.errors import Conflict, InvalidRequest, SpawnerError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -528,6 +528,8 @@ class KubernetesBackend(Backend):
                         self._note(handle.user, view.message)
                     handle.progress = (view.state, view.message)
                 elif view.failure:
+                    # (An OOMKilled run fails the pod as it ends: the status says how, too.)
+                    self._note_end(handle, run_ended(pod))
                     failure = view.failure + await self._log_lines(handle.user, *key)
                     self._note(handle.user, view.failure)
                     handle.failure = failure
@@ -549,15 +551,25 @@ class KubernetesBackend(Backend):
 
     def _note_restart(self, handle: WorkerHandle, pod: dict[str, Any]) -> None:
         """The kubelet restarted the worker container: keep when and why for the status."""
-        count, finished, code = last_restart(pod)
+        count, end = last_restart(pod)
         seen = handle.data.setdefault("restart_count", count)
-        if count > seen and code is not None:
+        if count > seen and end is not None:
             handle.data["restart_count"] = count
-            try:
-                at = datetime.fromisoformat(str(finished).replace("Z", "+00:00"))
-            except ValueError:
-                at = datetime.now(timezone.utc)
-            handle.restarted = (at, code)
+            self._note_end(handle, end)
+
+    @staticmethod
+    def _note_end(handle: WorkerHandle, end: RunEnd | None) -> None:
+        """Keep how a run of the worker container ended (``handle.last_exit``): its exit
+        code and the runtime's reason, which alone tells an out-of-memory kill (OOMKilled)
+        from another SIGKILL (both exit code 137)."""
+        if end is None:
+            return
+        try:
+            at = datetime.fromisoformat(str(end.finished_at).replace("Z", "+00:00"))
+        except ValueError:
+            at = datetime.now(timezone.utc)
+        if handle.last_exit is None or at >= handle.last_exit[0]:
+            handle.last_exit = (at, end.exit_code, end.reason)
 
     def _events_of(self, key: tuple[str, str]) -> list[dict[str, Any]]:
         assert self.events is not None
