@@ -1274,13 +1274,13 @@ class RexecClient:
                         quiet_until = max(quiet_until, time.monotonic() + allowed)
                     if pong.t is None or pong.t < asked_at:
                         continue  # the answer to a ping of an earlier request: stale news
+                    ran_on = self.worker  # (the worker it went to, before this news of it)
                     self._saw_worker(pong.worker)
                     if self.worker is None or (req_id not in pong.pending and started):
                         self.loss_told = True  # told here: the next worker is no news
                         self.threads_running = 0
                         raise errors.WorkerLost(
-                            f"The remote worker stopped while running the {what}; "
-                            "the remote namespace was lost."
+                            errors.stopped_while_running(what), what, _registered_at(ran_on)
                         )
                     continue
                 fail_code = msg.read(P.Fail).code if msg.kind == P.Kind.FAIL else None
@@ -1462,6 +1462,13 @@ class RexecClient:
                             # wrote comes later, shown by the next request (``_hold``).
                             self._missed_all(header)
                             self._given_up(req_id, kind, "while your worker was silent")
+                        # Why it stopped, the broker cannot say (it saw a connection close,
+                        # or a silence): the session asks the spawner, which saw it end.
+                        raise errors.WorkerLost(
+                            msg.read(P.Fail).message or errors.stopped_while_running(what),
+                            what,
+                            _registered_at(self.worker),
+                        )
                     raise self._fail_error(msg)
                 elif msg.kind == P.Kind.DONE:
                     after = AfterDone.current  # (the main thread's cell, not another
@@ -1892,6 +1899,12 @@ def _resent_output(resent: list[P.Message], seen: int) -> Generator[P.Message, A
     by_seq = {msg.header["seq"]: msg for msg in resent if msg.header["seq"] >= seen}
     for seq in sorted(by_seq):
         yield from _shown(by_seq[seq])
+
+
+def _registered_at(worker: dict[str, Any] | None) -> float | None:
+    """When the broker says ``worker`` registered (epoch s), or None where it does not."""
+    at = (worker or {}).get("registered_at")
+    return float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None
 
 
 def _worker_notice(req_id: str, text: str) -> Generator[P.Message, Any, None]:

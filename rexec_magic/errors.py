@@ -54,7 +54,30 @@ class NoWorker(RexecError):
 
 
 class WorkerLost(RexecError):
-    pass
+    """The worker went (or went silent) during a request.
+
+    ``while_running``: "cell" or "call" where its process stopped while that request ran and
+    the sentence does not say why (the broker saw its connection close): the session asks
+    the spawner, which saw the process end, and puts its words in (``stopped_while_running``).
+    ``registered_at``: when that worker registered with the broker (epoch s, the broker's
+    clock): an exit the spawner saw before it was an earlier process's, not this one's."""
+
+    def __init__(
+        self, message: str, while_running: str = "", registered_at: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.while_running = while_running
+        self.registered_at = registered_at
+
+
+def stopped_while_running(what: str, cause: str = "") -> str:
+    """The sentence for a ``what`` ("cell", "call") whose worker process stopped while it
+    ran, with how it ended where that is known (``cause``: the spawner's words, "killed by
+    signal 9", "exit code 3", "killed: out of memory")."""
+    why = f" ({cause})" if cause else ""
+    return (
+        f"The remote worker stopped while running the {what}{why}; the remote namespace was lost."
+    )
 
 
 class ExecutorDied(WorkerLost):

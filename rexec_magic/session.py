@@ -60,6 +60,16 @@ NOT_SENT_WHILE_PACKED = (
 # (stopped, starved, re-registering after a broker restart) before saying so.
 NOT_RESPONDING_WAIT_S = 10.0
 SPAWNER_RECHECK_S = 1.0  # meanwhile, the spawner is asked again this often
+# A worker lost under a request: the spawner is asked how its process ended for this long at
+# most (it may learn of the exit a moment after the broker does; a local one within 0.1 s,
+# the kubelet's restart of a container within about 1 s), so a cell's error can say "killed
+# by signal 9" or "killed: out of memory".  Past it, the sentence stays without the cause.
+EXIT_CAUSE_WAIT_S = 2.0
+EXIT_CAUSE_ASK_EVERY_S = 0.1
+# The spawner's time of an exit may be up to this much before the process really ended (a
+# Kubernetes ``finishedAt`` has whole seconds) and still be the exit of the worker that
+# registered (by the broker's clock) after that time.
+EXIT_TIME_SLACK_S = 1.0
 # ``%rexec_stop`` asks the worker this long at most which other notebooks' namespaces it holds.
 STOP_ASK_S = 2.0
 # A kernel's goodbye (``RemoteSession.goodbye``) waits at most this for the broker: Jupyter
@@ -76,18 +86,37 @@ class Origin:
     user: str | None  # None: not known (no login read yet)
 
 
-def restart_sentence(status: dict[str, Any] | None) -> str:
-    """ "Your worker restarted at 14:02 (killed by signal 9); its namespace was lost."""
+def last_exit(status: dict[str, Any] | None) -> tuple[datetime | None, str]:
+    """When and how the worker last ended unexpectedly, as the spawner's status says
+    (``last_exit_at``, ``last_exit_reason``: "killed by signal 9", "exit code 3", "killed:
+    out of memory"); None and "" for what it does not say (or says unreadably)."""
     status = status or {}
     at, reason = status.get("last_exit_at"), status.get("last_exit_reason")
-    when = ""
+    when = None
     if at:
         try:
-            when = " at " + datetime.fromisoformat(str(at)).astimezone().strftime("%H:%M")
+            when = datetime.fromisoformat(str(at))
         except ValueError:
-            when = ""
+            when = None
+    return when, (reason if isinstance(reason, str) else "")
+
+
+def restart_sentence(status: dict[str, Any] | None) -> str:
+    """ "Your worker restarted at 14:02 (killed by signal 9); its namespace was lost."""
+    at, reason = last_exit(status)
+    when = " at " + at.astimezone().strftime("%H:%M") if at is not None else ""
     why = f" ({reason})" if reason else ""
     return f"Your worker restarted{when}{why}; its namespace was lost."
+
+
+def exit_after(status: dict[str, Any] | None, registered_at: float) -> str:
+    """How the worker ended, in the spawner's words (``last_exit``), when that exit came
+    after a worker registered at ``registered_at`` (epoch s): then it is that worker's
+    exit (or a later process's).  "" when the spawner knows no such exit."""
+    at, reason = last_exit(status)
+    if at is None or at.timestamp() < registered_at - EXIT_TIME_SLACK_S:
+        return ""
+    return reason
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -859,6 +888,37 @@ class RemoteSession:
             # under the cell), that is no news (``_saw_worker`` clears it for the same one).
             self.client.loss_told = True
             raise
+        except errors.WorkerLost as exc:
+            self._say_how_it_ended(exc)
+            raise
+
+    def _say_how_it_ended(self, exc: errors.WorkerLost) -> None:
+        """A request's worker process stopped under it, and the broker could not say why:
+        ``exc`` says it in the spawner's words ("...while running the cell (killed by signal
+        9); ..."), which saw the process end (``exit_after``).  The spawner may learn of it
+        a moment after the broker: it is asked again for ``EXIT_CAUSE_WAIT_S`` at most.
+        One that cannot be asked, or does not know by then, leaves the sentence as it was;
+        nothing is raised from here (a Ctrl-C meanwhile ends the wait: the request failed
+        anyway, and says so)."""
+        if not exc.while_running or exc.registered_at is None:
+            return
+        deadline = time.monotonic() + EXIT_CAUSE_WAIT_S
+        try:
+            spawner = self.spawner
+            while True:
+                left = deadline - time.monotonic()
+                status = spawner.status(timeout_s=max(left, EXIT_CAUSE_ASK_EVERY_S))
+                cause = exit_after(status, exc.registered_at)
+                if cause:
+                    exc.args = (errors.stopped_while_running(exc.while_running, cause),)
+                    return
+                # (Stopped or failed with no such exit: nothing more will come of asking.)
+                settled = status.get("state") in (WorkerState.STOPPED, WorkerState.FAILED)
+                if settled or time.monotonic() + EXIT_CAUSE_ASK_EVERY_S >= deadline:
+                    return
+                time.sleep(EXIT_CAUSE_ASK_EVERY_S)
+        except (Exception, KeyboardInterrupt) as err:  # (an unreachable spawner, a Ctrl-C)
+            log.info("how the lost worker ended is not known: %s", type(err).__name__)
 
     def _fresh_worker(self, notes: Notes = QUIET) -> None:
         """Raise NoWorker when the broker last said we have none.
@@ -994,6 +1054,8 @@ class RemoteSession:
                     notes.note(note)
                 raise
             except (errors.RemoteInterrupted, errors.WorkerLost) as exc:
+                if isinstance(exc, errors.WorkerLost):  # (before it is said anywhere below)
+                    self._say_how_it_ended(exc)
                 lost = isinstance(exc, errors.WorkerLost) or exc.namespace_lost
                 if lost and self.stops != stops:
                     pass  # the notebook's own %rexec_stop ended it, and said so

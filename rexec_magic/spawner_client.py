@@ -45,15 +45,19 @@ class SpawnerClient:
         self._session = requests.Session()
         self._session.headers["Authorization"] = f"Bearer {token}"
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    def _call(
+        self, method: str, path: str, timeout_s: float | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """``timeout_s``: this call's own bound on the answer (default: the client's)."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         try:
-            resp = self._session.request(method, self.url + path, timeout=self.timeout_s, **kwargs)
+            resp = self._session.request(method, self.url + path, timeout=timeout_s, **kwargs)
         except requests.Timeout:
             # It took the connection (or the kernel did, for a stopped process) and said
             # nothing: running, but stopped or overloaded (tester BN: "not reachable; is
             # `rexec up` running?" of a spawner stopped with SIGSTOP).
             raise errors.SpawnerUnavailable(
-                f"The rexec spawner at {self.url} did not answer within {self.timeout_s:g} s "
+                f"The rexec spawner at {self.url} did not answer within {timeout_s:g} s "
                 "(it may be stopped or overloaded); try again in a moment."
             ) from None
         except requests.RequestException:
@@ -86,8 +90,8 @@ class SpawnerClient:
         body = {"requirements": requirements or [], "options": options or {}, "force": force}
         return self._call("POST", "/spawn", json=body)
 
-    def status(self) -> dict[str, Any]:
-        return self._call("GET", "/status")
+    def status(self, timeout_s: float | None = None) -> dict[str, Any]:
+        return self._call("GET", "/status", timeout_s)
 
     def stop(self) -> dict[str, Any]:
         return self._call("DELETE", "/worker")

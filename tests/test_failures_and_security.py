@@ -78,6 +78,66 @@ def test_worker_killed_mid_cell_gives_clear_error_and_next_cell_works(fresh_stac
     session.close()
 
 
+def ended_under_a_cell(session: RemoteSession, end: Callable[[int], object]):
+    """Run a cell that prints, then sleeps; once its line is here, ``end(pid)`` its worker
+    process (the supervisor).  The cell's error, and what it printed."""
+    session.start()
+    run(session, "kept = 1")
+    pid = session.client.worker["pid"]
+    events: list[P.Message] = []
+
+    def on_event(msg: P.Message) -> None:
+        events.append(msg)
+        if "before the end" in text_of([msg]):
+            end(pid)
+
+    cell = "import time\nprint('before the end', flush=True)\ntime.sleep(600)"
+    with pytest.raises(errors.WorkerLost) as info:
+        session.run(cell, {}, [], on_event, pull_limit=2**20)
+    return info.value, text_of(events)
+
+
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        (signal.SIGKILL, "stopped while running the cell (killed by signal 9); "),
+        (signal.SIGTERM, "stopped before this cell ended (told to stop by SIGTERM); "),
+    ],
+    ids=["SIGKILL", "SIGTERM"],
+)
+def test_a_cell_whose_worker_process_ends_says_how(fresh_stack, how, says):
+    """The spec: a cell whose worker dies under it says in one sentence what happened, with
+    the output until then, and that the namespace was lost.  Of the worker's process (the
+    supervisor) it said "(it was killed or crashed)" of a SIGKILL, nothing of a SIGTERM,
+    although the spawner had seen the signal (a tester, in a real kernel)."""
+    session = RemoteSession(connection.load(fresh_stack.connection_file))
+    error, printed = ended_under_a_cell(session, lambda pid: os.kill(pid, how))
+    assert str(error).startswith(f"The remote worker {says}"), str(error)
+    assert str(error).endswith("namespace was lost.")
+    assert printed == "before the end\n"
+    session.close()
+
+
+def test_a_cell_whose_worker_process_exits_with_a_code_says_which(tmp_path, monkeypatch):
+    """A worker process that exits with a code of its own under a cell (a crash): the cell
+    says the code the spawner saw."""
+    from tests.local_stack import start_stack, stop_stack
+    from tests.worker_that_exits import EXIT_CODE
+
+    monkeypatch.setenv("REXEC_WORKER_MODULE", "tests.worker_that_exits")
+    stack = start_stack(tmp_path)
+    try:
+        session = RemoteSession(connection.load(stack.connection_file))
+        error, printed = ended_under_a_cell(session, lambda pid: os.kill(pid, signal.SIGUSR1))
+        assert str(error).startswith(
+            f"The remote worker stopped while running the cell (exit code {EXIT_CODE}); "
+        ), str(error)
+        assert printed == "before the end\n"
+        session.close()
+    finally:
+        stop_stack(stack)
+
+
 @pytest.mark.parametrize("attempt", range(5))
 def test_a_cell_that_kills_its_own_worker_runs_once(fresh_stack, tmp_path, attempt):
     """At most once, whatever the timing: the cell kills its worker process (the

@@ -599,7 +599,8 @@ def test_a_worker_stopped_elsewhere_under_a_running_cell_is_said_once(kc, spawne
     spawner.stop()  # another notebook's %rexec_stop, the sidebar's Stop
     reply, _ = collect(kc, msg_id)
     assert reply["status"] == "error"
-    assert "stopped before this cell ended; its namespace was lost" in reply["evalue"], reply
+    said = "stopped before this cell ended (told to stop by SIGTERM); its namespace was lost"
+    assert said in reply["evalue"], reply
     reply, outputs = run(kc, "%%remote\nprint('after')")
     assert reply["status"] == "ok" and stdout_of(outputs) == "after\n"
     assert "namespace was lost" not in stderr_of(outputs), stderr_of(outputs)

@@ -555,7 +555,8 @@ def test_a_worker_stopped_from_another_notebook_is_said_so_to_a_cell_waiting_its
     queued.join(timeout=120)
     bob.close()
     assert [type(e) for e in first] == [errors.ExecutorDied]
-    assert "stopped before this cell ended; its namespace was lost" in str(first[0])
+    said = "stopped before this cell ended (told to stop by SIGTERM); its namespace was lost"
+    assert said in str(first[0])
     assert outcome and outcome[0].values == {"state": False}  # a fresh worker
     said = "\n".join(text for _, text in notes.records)
     assert "namespace was lost" not in said  # (said once, by the cell it stopped)

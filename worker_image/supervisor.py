@@ -206,6 +206,7 @@ class Supervisor:
         self.thread_out = ThreadSender()
         self.transfers = files.Transfers(self.thread_out)
         self._stop_code: int | None = None
+        self._stop_cause = ""  # why it stops, as the requests it ends say ("told to stop...")
         self._session_key: bytes | None = None  # from REGISTERED; signs our later messages
         # The broker process registered with (``Registered.broker``), and the messages to its
         # clients withheld while this worker is unsure that broker still knows it (``_unsure``
@@ -305,11 +306,14 @@ class Supervisor:
         }
 
     # ================================================================== loop
-    def stop(self, code: int) -> None:
-        self._stop_code = code
+    def stop(self, code: int, cause: str = "") -> None:
+        """End the loop with exit code ``code``; ``cause``: why, in the words of the
+        sentence each request still running or queued then gets (``_exit``): the spawner
+        sees only the exit code, 0 for a SIGTERM as for a newer worker's taking over."""
+        self._stop_code, self._stop_cause = code, cause
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop(EXIT_OK))
+        signal.signal(signal.SIGTERM, lambda *_: self.stop(EXIT_OK, "told to stop by SIGTERM"))
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are for executors
         self.sock.connect(self.registration.broker_url)
         self._send_register()
@@ -375,6 +379,7 @@ class Supervisor:
                     next_tick = now + TICK_S
         except Exception:
             log.exception("the supervisor failed; exiting")
+            self._stop_cause = "an internal error of the worker; its log says more"
             return self._exit(EXIT_SOFTWARE)
 
     def _on_ready_item(self, what: Any, flags: int, ex: ExecutorProcess | None) -> None:
@@ -714,7 +719,7 @@ class Supervisor:
         except ProtocolError:
             why = "(no reason given)"
         log.error("the broker rejected this worker: %s", why[:300])
-        self.stop(EXIT_CONFIG)
+        self.stop(EXIT_CONFIG, "the broker rejected it")
 
     def _on_resync(self, msg: Message) -> None:
         if (
@@ -768,7 +773,7 @@ class Supervisor:
 
     def _on_superseded(self, msg: Message) -> None:
         log.info("a newer worker registered for this user: exiting")
-        self.stop(EXIT_OK)
+        self.stop(EXIT_OK, "a newer worker of yours replaced it")
 
     def _on_assign(self, msg: Message) -> None:
         """A warm-pool worker is handed to one user: register as that user's worker.
@@ -2485,13 +2490,19 @@ class Supervisor:
         # that what follows is sent, not withheld (withheld, it would end with this process).
         self._beat_at = time.monotonic()
         self._to_broker(Kind.HEARTBEAT, self._heartbeat_header())
+        why = f" ({self._stop_cause})" if self._stop_cause else ""
         for ex in list(self.all):
             for req in [r for r in (ex.current, *ex.queue) if r is not None]:
-                ended = "ended" if req is ex.current else "ran (it was not run)"
-                message = (
-                    f"The remote worker stopped before this {req.what} {ended}; its namespace "
-                    "was lost."
-                )
+                if req is ex.current:
+                    message = (
+                        f"The remote worker stopped before this {req.what} ended{why}; its "
+                        "namespace was lost."
+                    )
+                else:
+                    message = (
+                        f"The remote worker stopped before this {req.what} ran{why}; it was "
+                        "not run, and its namespace was lost."
+                    )
                 self._to_client(req, Kind.DONE, done_header(DoneStatus.LOST, message=message))
         if code == EXIT_OK:
             self._to_broker(Kind.GOODBYE, {})
