@@ -289,9 +289,11 @@ class RexecClient:
         # ``_recv_one`` before anything new; ``_early_of``: that request, while it waits.
         self._early: deque[P.Message] = deque()
         self._early_of: str | None = None
-        # The live notes this client itself shows while a request waits, by request id and
-        # ``about``: (when the wait began, what it waits for).  Each ends with a last word
-        # (``_wait_over``) when its wait does, or when the request ends (``_events``).
+        # The live notes this client itself shows while a request waits (and the grace
+        # note, whoever made it: only this client sees how the request ended), by request
+        # id and ``about``: (when the wait began, what it waits for).  Each ends with a
+        # last word (``_wait_over``, ``_grace_over``) when its wait does, or when the
+        # request ends (``_events``).
         self._waits: dict[str, dict[str, tuple[float, str]]] = {}
         # Large requests' buffers go ahead on a connection of their own (``_upload_ahead``)
         # when the broker takes them (WELCOME ``uploads``).
@@ -721,8 +723,8 @@ class RexecClient:
             self._early_of = None
 
     def _wait_said(self, req_id: str, about: str, began: float, waits_for: str) -> None:
-        """A live note of this client's own now says that request ``req_id`` waits (since
-        ``began``) for ``waits_for``; kept until its last word (``_wait_over``)."""
+        """A live note shown now says that request ``req_id`` waits (since ``began``) for
+        ``waits_for``; kept until its last word (``_wait_over``)."""
         self._waits.setdefault(req_id, {}).setdefault(about, (began, waits_for))
 
     def _wait_over(
@@ -737,6 +739,21 @@ class RexecClient:
             return None
         text = f"{how} {time.monotonic() - began:.0f} s for {waits_for}{then}"
         return P.Message(P.Kind.NOTICE, {"id": req_id, "text": text, "about": about, "over": True})
+
+    def _grace_over(
+        self, req_id: str, what: str, namespace: str | None, status: str
+    ) -> P.Message | None:
+        """The last word of request ``req_id``'s grace note (None: none is shown), as its
+        DONE (``status``) came: it stopped N s after the interrupt and kept its namespace,
+        or its executor was restarted (``grace_over_sentence``)."""
+        began, _ = self._waits.get(req_id, {}).pop("grace", (None, ""))
+        if began is None:
+            return None
+        after_s = time.monotonic() - began
+        text = grace_over_sentence(what, namespace, status, after_s)
+        return P.Message(
+            P.Kind.NOTICE, {"id": req_id, "text": text, "about": "grace", "over": True}
+        )
 
     def _waits_over(self, req_id: str) -> Generator[P.Message, Any, None]:
         """The request ends: the last word of each of its wait notes still shown, yielded to
@@ -1266,6 +1283,19 @@ class RexecClient:
                         how = "stopped waiting after" if refused else "waited"
                         then = "" if refused else "; it answers again"
                         msg = self._wait_over(req_id, "taking", how, then) or msg
+                    elif (
+                        msg.kind == P.Kind.DONE
+                        and msg.header.get("id") == req_id
+                        and "grace" in self._waits.get(req_id, {})
+                    ):
+                        # The interrupted request ended: the note that it had not stopped
+                        # (and what the grace period would cost) says how it did, above
+                        # its error.  It stayed "... is restarted and its namespace is
+                        # lost" over a cell that stopped in time and kept it (tester).
+                        self._stashed = msg  # (handled next)
+                        status = msg.read(P.Done).status
+                        namespace = header.get("namespace")
+                        msg = self._grace_over(req_id, what, namespace, status) or msg
                 h = msg.header
                 if msg.kind == P.Kind.PONG:
                     pong = msg.read(P.Pong)
@@ -1335,10 +1365,15 @@ class RexecClient:
                         stopped_until = now + P.NOTICE_AFTER_S
                     if said.about == "packing":  # its code stopped: no restart threat of ours
                         grace_said = True
-                    if said.about == "grace" and local is None:  # the worker's: its code
-                        if grace_said or cancelled:  # runs on (said once; a cancel says it
-                            continue  # where it waits)
-                        grace_said = True
+                    if said.about == "grace" and not said.over:
+                        if local is None:  # the worker's: its code runs on (said once; a
+                            if grace_said or cancelled:  # cancel says it where it waits)
+                                continue
+                            grace_said = True
+                        # Shown: ended by its last word as the request ends (``_grace_over``,
+                        # or ``_waits_over`` for an end with no DONE).
+                        since = interrupted_at if interrupted_at is not None else now
+                        self._wait_said(req_id, "grace", since, f"the remote {what} to stop")
                 if msg.kind == P.Kind.ACCEPTED:
                     started = True
                     notice = ""  # (what it waited for is over)
@@ -1882,6 +1917,12 @@ def grace_sentence(what: str, namespace: str | None) -> str:
     """What an interrupted ``what`` ("cell", "call") that has not stopped after
     ``NOTICE_AFTER_S`` waits for (``namespace``: the shared one it runs in, else None)."""
     return P.grace_sentence(what, P.executor_of(namespace, frontend()))
+
+
+def grace_over_sentence(what: str, namespace: str | None, status: str, after_s: float) -> str:
+    """The last word of ``grace_sentence``'s note: how the ``what`` ended (``status``, a
+    ``DoneStatus``), ``after_s`` after the interrupt (``P.grace_over_sentence``)."""
+    return P.grace_over_sentence(what, P.executor_of(namespace, frontend()), status, after_s)
 
 
 def _shown(msg: P.Message) -> Generator[P.Message, Any, None]:

@@ -289,6 +289,22 @@ def grace_sentence(what: str, whose: str) -> str:
     )
 
 
+def grace_over_sentence(what: str, whose: str, status: str, after_s: float) -> str:
+    """The last word of the note ``grace_sentence`` (or ``silent_grace_sentence``) began,
+    once the interrupted ``what`` ended, ``after_s`` after the interrupt, as its DONE's
+    ``status`` says: restarted (``whose``: its executor), its executor dead, or else
+    stopped with its namespace kept.  Without it the note stayed a prediction ("... is
+    restarted and its namespace is lost") above a cell that stopped in time and kept it."""
+    if status == DoneStatus.RESTARTING:
+        return (
+            f"the remote {what} did not stop within the grace period, so {whose} was "
+            "restarted and its namespace lost"
+        )
+    if status == DoneStatus.LOST:
+        return f"{whose} died {after_s:.0f} s after the interrupt; its namespace was lost"
+    return f"the remote {what} stopped {after_s:.0f} s after the interrupt; its namespace was kept"
+
+
 def silent_grace_sentence(what: str, silent_s: float) -> str:
     """``grace_sentence`` when the worker itself has not been heard for ``silent_s`` (the
     broker's last heartbeat from it): stopped (SIGSTOP) or starved, it cannot have acted
@@ -1262,7 +1278,9 @@ class Notice(Event):
     it takes an interrupt when resumed, so the client keeps waiting for it), ``lost`` (the
     namespace was lost while no request ran: shown as a warning), ``late`` (a request the
     user stopped waiting for ended later and changed names: a warning too), ``packing``
-    (what an interrupted request bound is being packed), made by the client: ``broker``
+    (what an interrupted request bound is being packed), ``grace`` (an interrupted request
+    has not stopped after ``NOTICE_AFTER_S``: said by the worker, or by the client for a
+    silent one), made by the client: ``broker``
     (the broker is silent), ``taking`` (the worker has not taken the request), ``worker``
     (it waits for the worker to come back, or to say what became of a request), or empty.
 
@@ -1272,7 +1290,8 @@ class Notice(Event):
     no longer.  ``resumed`` (the worker resumed a stopped executor for an interrupt) ends
     the ``stopped`` note so.  Every note kept current while a request waits ends so:
     "waited 5 s for ..." or "stopped waiting after 5 s for ..." (a request that ended
-    first), "what it bound was packed (in 3 s)"."""
+    first), "what it bound was packed (in 3 s)"; the client ends a ``grace`` note as the
+    request ends: ``grace_over_sentence``."""
 
     text: str = ""
     about: str = ""

@@ -453,7 +453,7 @@ def test_an_interrupt_a_silent_worker_cannot_hear_yet_is_not_said_to_cost_the_na
     restarted and its namespace lost within the grace period, while the cell ran on 15 s
     once the worker went on and its namespace stayed (tester BN, 2 of 2).  It says instead
     that the worker has not been heard, and that the interrupt reaches the cell when it
-    goes on."""
+    goes on; once it has, the note's last word says how the cell ended."""
     broker = SilentWorkerBroker()
     url = f"tcp://127.0.0.1:{broker.port}"
     client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
@@ -464,11 +464,12 @@ def test_an_interrupt_a_silent_worker_cannot_hear_yet_is_not_said_to_cost_the_na
     finally:
         client.close()
         broker.close()
-    said = [m.header["text"] for m in shown if m.kind == P.Kind.NOTICE]
-    grace = [t for t in said if "after the interrupt" in t]
-    assert len(grace) == 1, said
-    assert "your remote worker has not been heard for" in grace[0]
-    assert "namespace" not in grace[0] and "restarted" not in grace[0]
+    said = [h for h in notices_of(shown) if h["about"] == "grace"]
+    assert [h.get("over", False) for h in said] == [False, True], said
+    assert "your remote worker has not been heard for" in said[0]["text"]
+    assert "namespace" not in said[0]["text"] and "restarted" not in said[0]["text"]
+    last = r"the remote cell stopped \d+ s after the interrupt; its namespace was kept"
+    assert re.fullmatch(last, said[1]["text"]), said
 
 
 def notices_of(shown: list[P.Message]) -> list[dict]:

@@ -24,7 +24,7 @@ from jupyter_client.manager import KernelManager
 from rexec_magic import connection
 from rexec_magic.contract import human_bytes
 from rexec_magic.session import RemoteSession
-from tests.harness import wait_for
+from tests.harness import WhenFlag, wait_for
 from tests.kernel_harness import collect, run
 from tests.local_stack import Stack, start_stack, stop_stack
 
@@ -417,6 +417,80 @@ def test_a_call_said_to_be_still_stopping_is_followed_up(kc, tmp_path, caught, l
         caught
     ]
     assert stdout_of(ok(kc, f"print({states})")) == f"[{first}, (True, True), (True, True)]\n"
+
+
+# Remote code that, interrupted, takes 3.5 s to clean up: past the 2 s after which the
+# notebook says it has not stopped, within the 5 s grace period.  With DEAF it ignores the
+# interrupt (SIGINT ignored), and its executor is restarted at the end of the grace period.
+SLOW_TO_STOP = (
+    "import signal, time\nif DEAF:\n    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "try:\n    open(FLAG, 'w').close()\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+    "    t = time.time()\n    while time.time() - t < 3.5:\n        pass\n"
+    "    print('cleanup done')\n    raise\n"
+)
+AS_A_CALL = "from rexec_magic import remote_func\n@remote_func\ndef slow_to_stop(FLAG, DEAF):\n"
+AS_A_CALL += "".join(f"    {line}\n" for line in SLOW_TO_STOP.splitlines())
+STOPPED_KEPT = (
+    r"rexec: the remote (cell|call) stopped \d+ s after the interrupt; its namespace was kept"
+)
+RESTARTED_LOST = (
+    "rexec: the remote cell did not stop within the grace period, so this notebook's remote "
+    "executor was restarted and its namespace lost"
+)
+
+
+def executor_pid(kc) -> int:
+    return int(texts(ok(kc, "%remote __import__('os').getpid()"), "execute_result")[0])
+
+
+def interrupted_as_it_runs(kc, flag: Path, code: str) -> tuple[dict, list[dict]]:
+    """Run ``code``, interrupt the kernel (Jupyter's interrupt) once it made ``flag``: the
+    cell's reply and outputs."""
+    pid = int(stdout_of(ok(kc, "import os\nprint(os.getpid())")))
+    msg_id = kc.execute(code)
+    with WhenFlag(flag, lambda: os.kill(pid, signal.SIGINT)):
+        return collect(kc, msg_id)
+
+
+@pytest.mark.parametrize("how", ["cell", "call"])
+def test_an_interrupted_cell_that_stops_within_the_grace_period_ends_its_note_saying_so(
+    kc, tmp_path, how
+):
+    """A cell (or a direct ``remote_func`` call) whose cleanup after the interrupt takes
+    3.5 s: the note "... has not stopped 2 s after the interrupt; if it does not stop within
+    the 5 s grace period, ... is restarted and its namespace is lost" got no update, its
+    last words a prediction that did not come true: the cell stopped and its namespace was
+    kept (tester).  Its last word says so."""
+    flag = tmp_path / "running"
+    executor = executor_pid(kc)
+    if how == "cell":
+        code = "%%remote\nFLAG, DEAF = " + repr(str(flag)) + ", False\n" + SLOW_TO_STOP
+    else:
+        ok(kc, AS_A_CALL)
+        code = f"slow_to_stop({str(flag)!r}, False)"
+    reply, outputs = interrupted_as_it_runs(kc, flag, code)
+    assert reply["status"] == "error" and reply["ename"] == "RemoteInterrupted", reply
+    assert "cleanup done" in stdout_of(outputs), outputs
+    said = wait_note(outputs, f"rexec: the remote {how} has not stopped 2 s after the interrupt")
+    assert "its namespace is lost" in said[0], said
+    assert re.fullmatch(STOPPED_KEPT, said[-1]), said
+    assert executor_pid(kc) == executor  # kept, as its last word says
+
+
+def test_an_interrupted_cell_deaf_to_it_ends_its_note_saying_its_executor_was_restarted(
+    kc, tmp_path
+):
+    """A cell that ignores the interrupt: its executor is restarted at the end of the grace
+    period.  The error says so; the note above it stayed at "if it does not stop ... is
+    restarted", as if that were still to come.  Its last word says it was."""
+    flag = tmp_path / "running"
+    executor = executor_pid(kc)
+    code = "%%remote\nFLAG, DEAF = " + repr(str(flag)) + ", True\n" + SLOW_TO_STOP
+    reply, outputs = interrupted_as_it_runs(kc, flag, code)
+    assert reply["status"] == "error" and "namespace was lost" in reply["evalue"], reply
+    said = wait_note(outputs, "rexec: the remote cell has not stopped 2 s after the interrupt")
+    assert said[-1] == RESTARTED_LOST, said
+    assert executor_pid(kc) != executor  # restarted, as its last word says
 
 
 # ----------------------------------------------------------------------------- 2. plots
