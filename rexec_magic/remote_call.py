@@ -33,8 +33,15 @@ from typing import Any, NamedTuple
 from rexec_magic import contract, debugging, dropped_interrupts, errors, serialize
 from rexec_magic import protocol as P
 from rexec_magic import session as session_module
-from rexec_magic.client import CloseGenerator, Events, ThrowInto, grace_sentence, pass_on_sigint
-from rexec_magic.notes import NOTEBOOK
+from rexec_magic.client import (
+    CloseGenerator,
+    Events,
+    ThrowInto,
+    grace_over_sentence,
+    grace_sentence,
+    pass_on_sigint,
+)
+from rexec_magic.notes import NOTEBOOK, in_kernel
 from rexec_magic.render import EventRenderer
 from rexec_magic.session import (
     Origin,
@@ -126,6 +133,10 @@ class RemoteFuture(Future):
         self.namespace: str | None = None  # the shared one it runs in (None: the notebook's)
         self.ticket: int | None = None  # its place in the session's line (``turns``)
         self.cancel_requested = threading.Event()
+        self.interrupted_at = 0.0  # time.monotonic() as ``cancel_requested`` was set
+        # What the call raised when the cancel's interrupt stopped it (marked cancelled, the
+        # future holds none): how its stop ended, for the cancel's note (``_wait_ended``).
+        self.stop_error: BaseException | None = None
         self._session = session  # whose turns it waits for (what ``result`` says it waits for)
         self._moved = threading.Event()  # it started, or it ended (``result`` waits for it)
         self.ended = threading.Event()  # its call returned or raised (``cancel`` waits for it)
@@ -168,6 +179,7 @@ class RemoteFuture(Future):
         with self._condition:  # type: ignore[attr-defined]
             if self._state != RUNNING:  # type: ignore[attr-defined]
                 return self.cancelled()
+            self.interrupted_at = time.monotonic()
             self.cancel_requested.set()  # the waiting thread sends INTERRUPT
         if wait_s > 0:
             self._wait_ended(wait_s)
@@ -184,17 +196,45 @@ class RemoteFuture(Future):
         with self._condition:  # type: ignore[attr-defined]
             if self._state != RUNNING:  # type: ignore[attr-defined]
                 return self.cancelled()
+            self.interrupted_at = time.monotonic()
             self.cancel_requested.set()  # the waiting thread sends INTERRUPT
         return True
 
     def _wait_ended(self, wait_s: float) -> None:
         """Wait up to ``wait_s`` for the interrupted call's end, saying after
-        ``NOTICE_AFTER_S`` why (the call's own thread says nothing for a cancelled call)."""
+        ``NOTICE_AFTER_S`` why (the call's own thread says nothing for a cancelled call), in
+        a live note whose last word says how the wait ended (``_stop_words``).  It was a
+        plain note, its last word for ever the prediction "... is restarted and its
+        namespace is lost", over a call that stopped a second later and kept it."""
         if not self.ended.wait(min(wait_s, P.NOTICE_AFTER_S)):
-            NOTEBOOK.note(f"rexec: cancelling: {grace_sentence('call', self.namespace)}.")
-            self.ended.wait(max(0.0, wait_s - P.NOTICE_AFTER_S))
+            note = NOTEBOOK.live(f"rexec: cancelling: {grace_sentence('call', self.namespace)}.")
+            try:
+                self.ended.wait(max(0.0, wait_s - P.NOTICE_AFTER_S))
+            finally:  # (a Ctrl-C that stops this wait ends the note too)
+                note.done(self._stop_words())
         if self.ended.is_set():  # (what its end cost: said here, where the notebook waited)
             session_module.tell_cancel_losses(NOTEBOOK)
+
+    def _stop_words(self) -> str:
+        """The last word of the cancel's note: the call stopped N s after the interrupt and
+        kept its namespace, or its executor was restarted (or died) and the namespace was
+        lost (said here, in a kernel, where the note shows it: not again in the warning
+        ``tell_cancel_losses`` gives), or the cancel stopped waiting for it (still going,
+        or its worker lost: that warning says what it cost)."""
+        after_s = time.monotonic() - self.interrupted_at
+        exc = self.stop_error if self.ended.is_set() else None
+        if isinstance(exc, errors.ExecutorDied):
+            status = P.DoneStatus.LOST
+        elif isinstance(exc, errors.RemoteInterrupted) and exc.namespace_lost:
+            status = P.DoneStatus.RESTARTING
+        elif isinstance(exc, errors.WorkerLost) or not self.ended.is_set():
+            waited = f"stopped waiting after {after_s:.0f} s for the remote call to stop"
+            return f"rexec: cancelling: {waited}"
+        else:
+            status = P.DoneStatus.INTERRUPTED
+        if exc is not None and self._session is not None and in_kernel():
+            self._session.told(exc)  # (a note printed outside a kernel shows no last word)
+        return f"rexec: {grace_over_sentence('call', self.namespace, status, after_s)}."
 
     def mark_cancelled(self) -> bool:
         """End a running future as cancelled (False: it ended otherwise meanwhile)."""
@@ -842,6 +882,7 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
             if future.cancel_requested.is_set() and isinstance(
                 exc, errors.RemoteInterrupted | errors.WorkerLost
             ):  # the cancel's interrupt stopped it (or its executor, killed for ignoring it)
+                future.stop_error = exc
                 future.mark_cancelled()
             elif not future.cancelled():
                 try:

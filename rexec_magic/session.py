@@ -1064,6 +1064,8 @@ class RemoteSession:
                     # notebook waited for the cancel to take (``tell_cancel_losses``), or
                     # else before the next request: never a new namespace met in silence.
                     self._untold = f"rexec: a cancelled remote call ended badly: {exc}"
+                    # (Unsaid once the cancel's note said it: ``RemoteFuture._stop_words``.)
+                    self._untold_by, self._untold_ticket = exc, None
                     CANCEL_LOSSES.append(self)
                 elif lost and ticket is not None:
                     # A submitted call: its exception waits in its future, which nothing may
@@ -1092,8 +1094,9 @@ class RemoteSession:
             self._untold = self._untold_by = None
 
     def told(self, exc: BaseException) -> None:
-        """The notebook took ``exc`` from a submitted call's future: the note that would
-        say how that call ended is no news any more."""
+        """The notebook took ``exc`` from a submitted call's future, or read what it cost in
+        the last word of its cancel's note: the note that would say how that call ended is
+        no news any more."""
         if self._untold_by is exc:
             self._untold = self._untold_by = None
 

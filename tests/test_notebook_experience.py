@@ -493,6 +493,30 @@ def test_an_interrupted_cell_deaf_to_it_ends_its_note_saying_its_executor_was_re
     assert executor_pid(kc) != executor  # restarted, as its last word says
 
 
+@pytest.mark.parametrize("deaf", [False, True], ids=["stops", "deaf"])
+def test_a_cancel_that_waits_for_its_call_to_stop_is_a_live_note_with_a_last_word(
+    kc, tmp_path, deaf
+):
+    """``fut.cancel()`` of a running call that takes more than 2 s to stop said so in a
+    plain note (no display id), which nothing could bring up to date: its last words were
+    the prediction "... is restarted and its namespace is lost", whether or not that came
+    true.  It is one live note whose last word says how the call stopped; a call that cost
+    the namespace says it there, and no separate warning says it again."""
+    flag = tmp_path / "running"
+    ok(kc, AS_A_CALL)
+    ok(kc, f"fut = slow_to_stop.submit({str(flag)!r}, {deaf})")
+    wait_for(flag.exists, "the call to run remotely")
+    outputs = ok(kc, "print(fut.cancel())")
+    assert stdout_of(outputs).endswith("True\n"), outputs  # (after what it printed)
+    said = wait_note(outputs, "rexec: cancelling: the remote call has not stopped 2 s after")
+    if deaf:
+        assert said[-1] == RESTARTED_LOST.replace("cell", "call") + ".", said
+    else:
+        assert re.fullmatch(STOPPED_KEPT + r"\.", said[-1]), said
+    assert stderr_of(outputs) == "", outputs  # (the loss is said once: in the note)
+    assert "ended badly" not in stderr_of(ok(kc, "%remote 1"))
+
+
 # ----------------------------------------------------------------------------- 2. plots
 def test_a_plotting_cell_shows_its_figure_once_and_nothing_else(kc):
     ok(kc, "%rexec_start")
