@@ -298,7 +298,7 @@ def grace_over_sentence(what: str, whose: str, status: str, after_s: float) -> s
     if status == DoneStatus.RESTARTING:
         return (
             f"the remote {what} did not stop within the grace period, so {whose} was "
-            "restarted and its namespace lost"
+            "restarted; its namespace was lost"
         )
     if status == DoneStatus.LOST:
         return f"{whose} died {after_s:.0f} s after the interrupt; its namespace was lost"

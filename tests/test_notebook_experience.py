@@ -435,7 +435,7 @@ STOPPED_KEPT = (
 )
 RESTARTED_LOST = (
     "rexec: the remote cell did not stop within the grace period, so this notebook's remote "
-    "executor was restarted and its namespace lost"
+    "executor was restarted; its namespace was lost"
 )
 
 
