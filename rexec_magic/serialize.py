@@ -160,19 +160,44 @@ _IO_VALUES = (io.BytesIO, io.StringIO)
 
 
 def refusal(obj: Any) -> str | None:
-    """What ``obj`` is when it means nothing remotely (``"an open file"``), else None."""
+    """What ``obj`` is when it means nothing remotely (``"an open file"``), else None.
+
+    The pickler asks this of nearly every object it meets (all but the built-in
+    containers and scalars): one ``isinstance`` against every refused type answers for
+    most, and only a refused object looks for its words (the types of imported modules
+    looked up one by one each time took 3 µs an object, 0.3 s of packing 100,000)."""
     if isinstance(obj, _IO_VALUES):
         return None
-    for kind, what in _REFUSED:
+    every, kinds = _refused_types()
+    if not isinstance(obj, every):
+        return None
+    for kind, what in kinds:
         if isinstance(obj, kind):
             if what == "an open file" and getattr(obj, "closed", False) is True:
                 return "a closed file"  # (``with open(...) as f``: f after the block)
             return what
-    for module_name, type_name, what in _REFUSED_IF_IMPORTED:
-        module = sys.modules.get(module_name)  # (looked up, never imported here)
-        if module is not None and isinstance(obj, getattr(module, type_name)):
-            return what
     return None
+
+
+def _refused_types() -> tuple[tuple[type, ...], tuple[tuple[type, str], ...]]:
+    """The refused types: all in one tuple, and each with its words in the order that
+    names an object (``_REFUSED``, then ``_REFUSED_IF_IMPORTED`` of the modules imported
+    now, looked up, never imported here).  Made again when ``sys.modules`` changes size
+    (an import), as ``submodules_in_use`` keys its own answers."""
+    loaded, every, kinds = _REFUSED_NOW[0]
+    if loaded != len(sys.modules):
+        found = list(_REFUSED)
+        for module_name, type_name, what in _REFUSED_IF_IMPORTED:
+            module = sys.modules.get(module_name)
+            if module is not None:
+                found.append((getattr(module, type_name), what))
+        every, kinds = tuple(k for k, _ in found), tuple(found)
+        _REFUSED_NOW[0] = (len(sys.modules), every, kinds)  # (one item: read whole)
+    return every, kinds
+
+
+# (len(sys.modules) when made, every refused type, (type, words) in order): _refused_types.
+_REFUSED_NOW: list[tuple[int, tuple[type, ...], tuple[tuple[type, str], ...]]] = [(-1, (), ())]
 
 
 # Types of modules a cell may have imported, refused as above where they are loaded; the
