@@ -292,9 +292,10 @@ def grace_sentence(what: str, whose: str) -> str:
 def grace_over_sentence(what: str, whose: str, status: str, after_s: float) -> str:
     """The last word of the note ``grace_sentence`` (or ``silent_grace_sentence``) began,
     once the interrupted ``what`` ended, ``after_s`` after the interrupt, as its DONE's
-    ``status`` says: restarted (``whose``: its executor), its executor dead, or else
-    stopped with its namespace kept.  Without it the note stayed a prediction ("... is
-    restarted and its namespace is lost") above a cell that stopped in time and kept it."""
+    ``status`` says: restarted (``whose``: its executor), its executor dead, stopped, or
+    not stopped at all (it caught the KeyboardInterrupt and finished, or raised something
+    else), its namespace kept.  Without it the note stayed a prediction ("... is restarted
+    and its namespace is lost") above a cell that stopped in time and kept it."""
     if status == DoneStatus.RESTARTING:
         return (
             f"the remote {what} did not stop within the grace period, so {whose} was "
@@ -302,7 +303,13 @@ def grace_over_sentence(what: str, whose: str, status: str, after_s: float) -> s
         )
     if status == DoneStatus.LOST:
         return f"{whose} died {after_s:.0f} s after the interrupt; its namespace was lost"
-    return f"the remote {what} stopped {after_s:.0f} s after the interrupt; its namespace was kept"
+    if status == DoneStatus.OK:
+        ended = f"did not stop for the interrupt: it finished {after_s:.0f} s after it"
+    elif status == DoneStatus.ERROR:
+        ended = f"did not stop for the interrupt: it raised an error {after_s:.0f} s after it"
+    else:
+        ended = f"stopped {after_s:.0f} s after the interrupt"
+    return f"the remote {what} {ended}; its namespace was kept"
 
 
 def silent_grace_sentence(what: str, silent_s: float) -> str:

@@ -230,8 +230,10 @@ class RemoteFuture(Future):
         elif isinstance(exc, errors.WorkerLost) or not self.ended.is_set():
             waited = f"stopped waiting after {after_s:.0f} s for the remote call to stop"
             return f"rexec: cancelling: {waited}"
-        else:
+        elif isinstance(exc, errors.RemoteInterrupted):
             status = P.DoneStatus.INTERRUPTED
+        else:  # it caught the KeyboardInterrupt: returned, or raised something else
+            status = P.DoneStatus.OK if exc is None else P.DoneStatus.ERROR
         if exc is not None and self._session is not None and in_kernel():
             self._session.told(exc)  # (a note printed outside a kernel shows no last word)
         return f"rexec: {grace_over_sentence('call', self.namespace, status, after_s)}."

@@ -477,6 +477,37 @@ def test_an_interrupted_cell_that_stops_within_the_grace_period_ends_its_note_sa
     assert executor_pid(kc) == executor  # kept, as its last word says
 
 
+# SLOW_TO_STOP that, interrupted, cleans up and then finishes as if nothing happened: the
+# interrupt did not stop it.
+CATCHES = SLOW_TO_STOP.replace("    raise\n", "    went_on = 'yes'\n")
+CATCHES_AS_A_CALL = AS_A_CALL.replace("        raise\n", "        return 'went on'\n")
+FINISHED_KEPT = (
+    r"rexec: the remote (cell|call) did not stop for the interrupt: it finished \d+ s after "
+    r"it; its namespace was kept"
+)
+
+
+@pytest.mark.parametrize("how", ["cell", "call"])
+def test_an_interrupted_cell_that_catches_it_and_finishes_is_not_said_to_have_stopped(
+    kc, tmp_path, how
+):
+    """Remote code that catches the KeyboardInterrupt, cleans up for 3.5 s and then finishes
+    normally: its note's last word said "the remote cell stopped 4 s after the interrupt",
+    which it did not: it ran to its end, and what it bound came back.  Said as it was."""
+    flag = tmp_path / "running"
+    if how == "cell":
+        code = "%%remote\nFLAG, DEAF = " + repr(str(flag)) + ", False\n" + CATCHES
+        code += "\nprint(went_on)"
+    else:
+        ok(kc, CATCHES_AS_A_CALL.replace("slow_to_stop", "catches"))
+        code = f"print(catches({str(flag)!r}, False))"
+    reply, outputs = interrupted_as_it_runs(kc, flag, code)
+    assert "cleanup done" in stdout_of(outputs), outputs
+    said = wait_note(outputs, f"rexec: the remote {how} has not stopped 2 s after the interrupt")
+    assert re.fullmatch(FINISHED_KEPT, said[-1]), said
+    assert ("yes" if how == "cell" else "went on") in stdout_of(outputs), outputs
+
+
 def test_an_interrupted_cell_deaf_to_it_ends_its_note_saying_its_executor_was_restarted(
     kc, tmp_path
 ):
@@ -493,24 +524,31 @@ def test_an_interrupted_cell_deaf_to_it_ends_its_note_saying_its_executor_was_re
     assert executor_pid(kc) != executor  # restarted, as its last word says
 
 
-@pytest.mark.parametrize("deaf", [False, True], ids=["stops", "deaf"])
+@pytest.mark.parametrize("how", ["stops", "deaf", "catches"])
 def test_a_cancel_that_waits_for_its_call_to_stop_is_a_live_note_with_a_last_word(
-    kc, tmp_path, deaf
+    kc, tmp_path, how
 ):
     """``fut.cancel()`` of a running call that takes more than 2 s to stop said so in a
     plain note (no display id), which nothing could bring up to date: its last words were
     the prediction "... is restarted and its namespace is lost", whether or not that came
     true.  It is one live note whose last word says how the call stopped; a call that cost
-    the namespace says it there, and no separate warning says it again."""
+    the namespace says it there, and no separate warning says it again.  A call that
+    caught the interrupt and returned is not said to have stopped."""
     flag = tmp_path / "running"
-    ok(kc, AS_A_CALL)
+    deaf = how == "deaf"
+    ok(kc, CATCHES_AS_A_CALL if how == "catches" else AS_A_CALL)
     ok(kc, f"fut = slow_to_stop.submit({str(flag)!r}, {deaf})")
     wait_for(flag.exists, "the call to run remotely")
     outputs = ok(kc, "print(fut.cancel())")
-    assert stdout_of(outputs).endswith("True\n"), outputs  # (after what it printed)
+    # (after what it printed; a call that returned is done, not cancelled, as in
+    # concurrent.futures, and its result is there)
+    assert stdout_of(outputs).endswith(f"{how != 'catches'}\n"), outputs
     said = wait_note(outputs, "rexec: cancelling: the remote call has not stopped 2 s after")
     if deaf:
         assert said[-1] == RESTARTED_LOST.replace("cell", "call") + ".", said
+    elif how == "catches":
+        assert re.fullmatch(FINISHED_KEPT + r"\.", said[-1]), said
+        assert stdout_of(ok(kc, "print(fut.result())")) == "went on\n"
     else:
         assert re.fullmatch(STOPPED_KEPT + r"\.", said[-1]), said
     assert stderr_of(outputs) == "", outputs  # (the loss is said once: in the note)
