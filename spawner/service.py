@@ -527,7 +527,6 @@ class WorkerService:
                 if not self._may_restart(rec, code):
                     return
                 rec.restarts += 1
-                rec.last_exit_at, rec.last_exit_reason = _now(), exit_reason(code)
                 rec.spawned_mono = time.monotonic()
                 note = f"the worker exited ({describe_exit(code)}); restarting it"
                 log.warning("worker of %s exited (%s); restarting", rec.user, describe_exit(code))
@@ -568,6 +567,10 @@ class WorkerService:
                 "yours replaced it).",
             )
             return False
+        # How it ended, for the notebook whose cell it ended (``exit_after``) and for the
+        # crash loop's sentence, whether or not it is restarted (it was kept only for a
+        # restart: a crash loop's last death was said as the one before it).
+        rec.last_exit_at, rec.last_exit_reason = _now(), exit_reason(code)
         if code == EXIT_REJECTED:
             self._set(
                 rec,
@@ -587,8 +590,8 @@ class WorkerService:
             self._set(
                 rec,
                 WorkerState.FAILED,
-                f"Worker exited {len(rec.exits)} times in {window:g} s; "
-                "last lines of its log are below.",
+                f"Worker exited {len(rec.exits)} times in {window:g} s (the last time: "
+                f"{rec.last_exit_reason}); last lines of its log are below.",
             )
             return False
         return True

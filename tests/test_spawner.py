@@ -416,24 +416,32 @@ def test_worker_told_to_stop_by_someone_else_is_not_restarted(spawner, tokens):
     assert not pid_alive(pid)
 
 
-def test_crash_loop_fails_with_log_tail(settings_for, tokens):
+def test_crash_loop_fails_with_log_tail_and_says_how_it_last_ended(settings_for, tokens):
+    """A worker that keeps dying is given up after ``max_restarts`` restarts; the failure
+    says how the last one ended, and the status keeps it as ``last_exit_reason`` (it kept
+    the one before: the notebook named the wrong cause, or none, for the death that ended
+    its cell)."""
     alice = tokens["alice"]
     with running_spawner(settings_for(max_restarts=2, restart_window_s=60)) as client:
         spawn(client, alice)
-        killed: set[int] = set()
+        killed: list[int] = []
 
         def kill_until_failed() -> dict | None:
             s = client.get("/status", headers=bearer(alice)).json()
             if s["state"] == "failed":
                 return s
             if s["pid"] and s["pid"] not in killed:
-                killed.add(s["pid"])
-                os.kill(s["pid"], signal.SIGKILL)
+                killed.append(s["pid"])
+                os.kill(s["pid"], signal.SIGKILL if len(killed) < 3 else signal.SIGABRT)
             return None
 
         status = wait_for(kill_until_failed, what="the crash loop to be detected")
     assert len(killed) == 3
-    assert status["message"] == "Worker exited 3 times in 60 s; last lines of its log are below."
+    assert status["message"] == (
+        "Worker exited 3 times in 60 s (the last time: killed by signal 6); last lines of "
+        "its log are below."
+    )
+    assert status["last_exit_reason"] == "killed by signal 6", status
     assert status["log_tail"] and status["restarts"] == 2
     assert not any(pid_alive(p) for p in killed)
 
