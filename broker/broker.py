@@ -1066,7 +1066,8 @@ class Broker:
         reason: str,
         superseded: bool = False,
         message: str = "The remote worker stopped while running the {what} "
-        "(it was killed or crashed); the remote namespace was lost.",
+        "(it was killed or crashed); what the {what} wrote just before may be missing, and "
+        "the remote namespace was lost.",
         not_taken: bool = False,
     ) -> None:
         """Forget a worker; fail its pending requests with ``message`` (what the user reads;

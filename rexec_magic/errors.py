@@ -73,10 +73,14 @@ class WorkerLost(RexecError):
 def stopped_while_running(what: str, cause: str = "") -> str:
     """The sentence for a ``what`` ("cell", "call") whose worker process stopped while it
     ran, with how it ended where that is known (``cause``: the spawner's words, "killed by
-    signal 9", "exit code 3", "killed: out of memory")."""
+    signal 9", "exit code 3", "killed: out of memory").  What the request wrote just
+    before is said to be possibly missing: it was on its way through the worker process,
+    which ended before it could pass it on (a tester: a flushed ``print`` right before a
+    SIGKILL of the worker was lost 2 of 3 times under a sentence that did not say so)."""
     why = f" ({cause})" if cause else ""
     return (
-        f"The remote worker stopped while running the {what}{why}; the remote namespace was lost."
+        f"The remote worker stopped while running the {what}{why}; what the {what} wrote just "
+        "before may be missing, and the remote namespace was lost."
     )
 
 

@@ -109,11 +109,16 @@ def test_a_cell_whose_worker_process_ends_says_how(fresh_stack, how, says):
     """The spec: a cell whose worker dies under it says in one sentence what happened, with
     the output until then, and that the namespace was lost.  Of the worker's process (the
     supervisor) it said "(it was killed or crashed)" of a SIGKILL, nothing of a SIGTERM,
-    although the spawner had seen the signal (a tester, in a real kernel)."""
+    although the spawner had seen the signal (a tester, in a real kernel).  A worker killed
+    cannot pass on what was on its way: the sentence says that the last output may be
+    missing (a tester lost a flushed print under a sentence that did not say so); one told
+    to stop ends its requests itself."""
     session = RemoteSession(connection.load(fresh_stack.connection_file))
     error, printed = ended_under_a_cell(session, lambda pid: os.kill(pid, how))
     assert str(error).startswith(f"The remote worker {says}"), str(error)
     assert str(error).endswith("namespace was lost.")
+    killed = how == signal.SIGKILL
+    assert ("what the cell wrote just before may be missing" in str(error)) == killed, error
     assert printed == "before the end\n"
     session.close()
 
