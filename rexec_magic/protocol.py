@@ -339,6 +339,16 @@ class DoneStatus:
     RESEND = "resend"  # not run: the worker lacks names the client did not resend ({missing})
 
 
+# Stopping.  An executor told to stop (its kernel gone, its worker stopping) and what its
+# cells started get SIGTERM, then SIGKILL after EXECUTOR_STOP_S; a stopping worker's
+# supervisor then sends what it still holds for up to WORKER_FLUSH_S.  Whoever stops a
+# worker (the spawner's ``stop_grace_s``, Kubernetes' terminationGracePeriodSeconds) waits
+# WORKER_STOP_S before its SIGKILL, so the supervisor ends its own first: with both at 3 s,
+# a process a cell started that ignored SIGTERM outlived ``%rexec_stop`` (tester).
+EXECUTOR_STOP_S = 3.0
+WORKER_FLUSH_S = 2.0
+WORKER_STOP_S = EXECUTOR_STOP_S + WORKER_FLUSH_S + 1.0
+
 # Liveness.  Workers heartbeat the broker; clients ping while they wait for a cell.
 WORKER_HEARTBEAT_S = 1.0
 WORKER_DEAD_AFTER_S = 3.5

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr
 
 from broker.config import AuthSettings
 from rexec_magic.contract import DEFAULT_HOST, Port, tcp_url
+from rexec_magic.protocol import WORKER_STOP_S
 
 
 class SpawnerSettings(AuthSettings):
@@ -35,8 +36,8 @@ class SpawnerSettings(AuthSettings):
     log_file: str | None = None
     # How often the broker's control port is asked whether a starting worker registered.
     ready_poll_s: float = 0.05
-    # SIGTERM, then SIGKILL after this long.
-    stop_grace_s: float = 3.0
+    # SIGTERM, then SIGKILL after this long (the worker's own stop fits in it).
+    stop_grace_s: float = WORKER_STOP_S
     # Local backend: the module run as ``python -m <worker_module>``.
     worker_module: str = "worker_image.worker"
     # Local backend: extra ``pip install`` arguments (e.g. "--index-url URL" or "--no-index").

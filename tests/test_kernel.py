@@ -1876,6 +1876,54 @@ def test_a_cell_left_running_by_a_killed_kernel_is_stopped(stack, tmp_path):
     assert len(said) == 1, said
 
 
+# A process a cell starts that ignores the signals that end a job (a daemon-like child, a
+# pool worker that masks them), says so once it does, then sleeps.
+DEAF_CHILD = (
+    "import signal, sys, time\nfor s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n"
+    "    signal.signal(s, signal.SIG_IGN)\nprint('deaf', flush=True)\ntime.sleep(120)"
+)
+
+
+@pytest.mark.parametrize("how", ["kernel killed", "kernel restarted", "%rexec_stop"])
+def test_what_remote_cells_started_ends_with_their_namespace_even_if_it_ignores_sigterm(stack, how):
+    """What a notebook's remote cells started and left running ends with its namespace, as
+    a kernel shut down ends its children: a plain ``sleep`` at the SIGTERM, one that
+    ignores SIGTERM at the end of the stop's grace period.  The one that ignored it ran on,
+    reparented, after the kernel was killed or restarted or the worker stopped (tester: 2 of
+    2, 1 of 1, 1 of 1); only ``exit()`` took it."""
+    km, kc = start_kernel(stack, REXEC_KEEPALIVE_S="0.5")
+    started: list[int] = []
+    try:
+        code = (
+            "%%remote\nimport os, subprocess, sys\n"
+            f"deaf = subprocess.Popen([sys.executable, '-c', {DEAF_CHILD!r}], "
+            "stdout=subprocess.PIPE, text=True)\n"
+            "assert deaf.stdout.readline() == 'deaf\\n'\n"
+            "plain = subprocess.Popen(['sleep', '120'])\n"
+            "print(os.getpid(), deaf.pid, plain.pid)"
+        )
+        reply, outputs = run(kc, code)
+        assert reply["status"] == "ok", (reply, outputs)
+        executor, *started = map(int, text_of(outputs).split())
+        if how == "%rexec_stop":
+            assert run(kc, "%rexec_stop")[0]["status"] == "ok"
+        elif how == "kernel restarted":
+            km.restart_kernel(now=False)  # (as Jupyter's "Restart Kernel")
+        else:
+            km.provisioner.process.kill()
+        wait_for(lambda: not pid_alive(executor), "the namespace's executor to be stopped")
+        wait_for(
+            lambda: not any(pid_alive(pid) for pid in started),
+            "the processes its cells started to end",
+        )
+    finally:
+        for pid in started:  # (a failure leaves nothing behind)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 def test_a_kernel_busy_in_local_code_that_holds_the_gil_keeps_its_remote_namespace(stack):
     """Local code holding the GIL past the keepalives' grace (a C call: the kernel's
     keepalive thread cannot run) is a busy kernel, not a gone one: its connection to the

@@ -765,6 +765,20 @@ class ExecutorProcess:
         self.inspects.close(linger=0)
 
 
+def kill_group(pgid: int, sig: int) -> int:
+    """Send ``sig`` to what is left of an ended executor's process group ``pgid`` (what its
+    cells started), found in ``/proc``; how many there were.  A process numbered ``pgid``
+    is not that executor (it ended): the number was taken again, by a new group's leader
+    once the old group had emptied, and nothing is sent."""
+    members = exits.group_members(pgid)
+    if pgid in members:
+        return 0
+    for pid in members:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+    return len(members)
+
+
 def _tgkill() -> Any:
     try:
         function = ctypes.CDLL(None, use_errno=True).tgkill  # glibc 2.30+

@@ -75,6 +75,7 @@ from worker_image.executors import (
     ExecutorProcess,
     Late,
     Request,
+    kill_group,
     proc_running,
     proc_stopped,
     text_pieces,
@@ -102,8 +103,8 @@ LOST_KEPT = 100  # executors that died while idle, kept until their notebook's n
 PARTIAL_LINE_WAIT_S = 0.05
 TICK_S = 0.25  # grace periods, notices and orphans are checked this often
 INSPECT_WAIT_S = 1.0  # a busy executor that cannot answer INSPECT: the supervisor answers
-EXIT_FLUSH_S = 2.0
-STOP_WAIT_S = 3.0  # SIGTERM to an executor, then SIGKILL
+EXIT_FLUSH_S = protocol.WORKER_FLUSH_S
+STOP_WAIT_S = protocol.EXECUTOR_STOP_S  # SIGTERM to an executor, then SIGKILL
 # After exit(): what its non-daemon threads and atexit handlers may take, then SIGKILL (to
 # its process group).  The notebook was told it ended; its threads ran on, unseen, until
 # the executor was taken for one whose kernel had gone (31 s).
@@ -238,6 +239,9 @@ class Supervisor:
         # Executors that died while no request ran (a thread's crash, an OOM kill): their
         # notebook hears it at its next request, before the cell meets a new namespace.
         self._lost_while_idle = Recent(LOST_KEPT)  # key -> (the dead executor, sentence)
+        # Process groups of stopped executors that ended while processes their cells started
+        # still ran: (when, pgid, executor number), SIGKILLed then (``_end_stopped_groups``).
+        self._stopped_groups: list[tuple[float, int, int]] = []
         # How each namespace's last executor ended, until a new one serves it (for
         # ``%rexec_status``: "lost: the executor died (exit code 3) at 14:02:07").
         self._ended = Recent(LOST_KEPT)  # key -> (time.time(), what happened)
@@ -1698,6 +1702,13 @@ class Supervisor:
             # child) go with it, as a kernel shut down takes its process group; they ran on,
             # unseen, their output shown later as late.  (setsid ones are on their own.)
             ex.signal(signal.SIGKILL)
+        elif ex.kill_reason == "stop" and ex.started_processes():
+            # Stopped (its kernel ended, restarted or went silent): what its cells started
+            # got the SIGTERM; what ignores it is SIGKILLed at the end of the stop's grace
+            # period, as ipykernel's shutdown ends its children.  It ran on for ever (a
+            # tester's child ignoring SIGTERM, a pool's workers), its executor exited at once.
+            due = ex.grace_deadline if ex.grace_deadline is not None else time.monotonic()
+            self._stopped_groups.append((due, ex.pid, ex.number))
         self._drain_pipes(ex)
         # Events it sent before dying still count (e.g. DONE of exit()).
         self._receive_executor(ex, to_the_end=True)
@@ -2028,6 +2039,8 @@ class Supervisor:
             self._excuse(stall, grace=True)
             self._broker_heard += stall  # (nor as the broker's)
             self._link_in_doubt(f"the supervisor did not run for {stall:.1f} s")
+        if self._stopped_groups:
+            self._end_stopped_groups(now)
         for ex in list(self.all):
             if ex.pidfd is None and ex.exited() is not None:
                 self._on_exit(ex)
@@ -2348,6 +2361,21 @@ class Supervisor:
                 ex.signal(signal.SIGTERM)
             ex.signal_started(signal.SIGTERM)
 
+    def _end_stopped_groups(self, now: float, every: bool = False) -> None:
+        """SIGKILL what is left of the process groups of stopped executors whose grace
+        period is over (``every``: all of them, now)."""
+        due = [g for g in self._stopped_groups if every or g[0] <= now]
+        self._stopped_groups = [g for g in self._stopped_groups if g not in due]
+        for _, pgid, number in due:
+            left = kill_group(pgid, signal.SIGKILL)
+            if left:
+                log.info(
+                    "executor %d: killed %d process(es) its cells started that outlived its "
+                    "stop (SIGTERM ignored)",
+                    number,
+                    left,
+                )
+
     def _kernels_gone(self, ex: ExecutorProcess, now: float) -> str | None:
         """Whether the kernels ``ex`` serves are gone, each by ``_client_gone``, and how:
         "closed" (their connections to the broker all closed ``KERNEL_CLOSED_GRACE_S``
@@ -2486,6 +2514,14 @@ class Supervisor:
                 ex.proc.wait(max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 ex.signal(signal.SIGKILL)
+        # What their cells started goes with the worker, as a kernel shut down takes its
+        # children: given the rest of the grace period to end on the SIGTERM, then killed
+        # (one that ignored it ran on, reparented, after ``%rexec_stop``; tester).
+        while any(ex.started_processes() for ex in self.all) and time.monotonic() < end:
+            time.sleep(0.05)
+        for ex in self.all:
+            ex.signal_started(signal.SIGKILL)
+        self._end_stopped_groups(time.monotonic(), every=True)
         # That wait sent no heartbeat, and it was no stall (``_check_quiet``): one now, so
         # that what follows is sent, not withheld (withheld, it would end with this process).
         self._beat_at = time.monotonic()
