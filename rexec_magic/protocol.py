@@ -803,11 +803,23 @@ class Versions(Header):
 
 
 class VarEntry(Header):
-    """One value among the buffers: its name and how many buffers its pickle took."""
+    """One value among the buffers: its name and how many buffers its pickle took.
+
+    ``same_as``: the name is bound to the very object another entry of the same message
+    carries (``n = m``), so it has no buffers of its own and the receiver binds it to the
+    object it loaded for that one: sent as two pickles, the names arrived as two objects,
+    and a change through one no longer showed through the other."""
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=SHORT_MAX)]
-    nbuffers: Annotated[int, Field(ge=1)]
+    nbuffers: Annotated[int, Field(ge=0)]
     nbytes: Annotated[int, Field(ge=0)] | None = None  # the pickle's size (informative)
+    same_as: Short = ""
+
+    @model_validator(mode="after")
+    def _own_buffers(self) -> VarEntry:
+        if bool(self.same_as) == bool(self.nbuffers):
+            raise ValueError("an entry has buffers of its own or is 'same_as' another")
+        return self
 
 
 class PulledEntry(VarEntry):
@@ -834,6 +846,12 @@ Names = Annotated[list[Short], BeforeValidator(_none_as_empty)]
 
 
 def _check_buffers(entries: list[VarEntry], info: ValidationInfo) -> None:
+    carried = set()
+    for entry in entries:
+        if entry.same_as and entry.same_as not in carried:
+            raise ValueError(f"'same_as' of {entry.name!r} names no earlier entry with buffers")
+        if entry.nbuffers:
+            carried.add(entry.name)
     nbuffers = (info.context or {}).get("nbuffers")
     total = sum(e.nbuffers for e in entries)
     if nbuffers is not None and total != nbuffers:

@@ -835,10 +835,13 @@ def pack(values: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
 
 
 def split(entries: Sequence[dict[str, Any]], frames: Sequence[Any]) -> dict[str, list[Any]]:
-    """The frames of each named entry (``vars`` of a message)."""
+    """The frames of each named entry (``vars`` of a message) that has frames of its own
+    (not one ``same_as`` another: :func:`bind_same`)."""
     chunks: dict[str, list[Any]] = {}
     pos = 0
     for entry in entries:
+        if entry.get("same_as"):
+            continue
         n = int(entry["nbuffers"])
         chunk = list(frames[pos : pos + n])
         pos += n
@@ -846,6 +849,22 @@ def split(entries: Sequence[dict[str, Any]], frames: Sequence[Any]) -> dict[str,
             raise SerializationError("message is missing buffers")
         chunks[entry["name"]] = chunk
     return chunks
+
+
+def bind_same(
+    entries: Sequence[dict[str, Any]], values: dict[str, Any], failed: dict[str, str]
+) -> None:
+    """Bind each entry ``same_as`` another (``protocol.VarEntry``) to the very object that
+    one loaded as, or fail it for the same reason: names that were one object where they
+    were sent are one object here."""
+    for entry in entries:
+        source = entry.get("same_as")
+        if not source:
+            continue
+        if source in values:
+            values[entry["name"]] = values[source]
+        elif source in failed:
+            failed[entry["name"]] = failed[source]
 
 
 _MISSING = object()
@@ -892,8 +911,10 @@ def unpack_each(
                 stage.pop(dep, None)  # type: ignore[union-attr]
             else:
                 stage[dep] = old  # type: ignore[index]
-    return {n: values[n] for n in chunks if n in values}, {
-        n: failed[n] for n in chunks if n in failed
+    bind_same(entries, values, failed)
+    order = [e["name"] for e in entries]
+    return {n: values[n] for n in order if n in values}, {
+        n: failed[n] for n in order if n in failed
     }
 
 

@@ -92,6 +92,7 @@ class Report:
     changed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     result: str | None = None  # the name whose value is the last expression's, if any
+    sent: set[str] = field(default_factory=set)  # the entries with buffers of their own
 
     def header(self) -> dict[str, Any]:
         return {"changed": self.changed, "deleted": self.deleted, "result_name": self.result}
@@ -120,7 +121,9 @@ def load_pushed(
     value that failed is tried again while others still load; a notebook loads its own
     objects with all its names there, and nothing else orders them.  ``call``: the entries
     are a call's (``fn``, ``args``, ``kwargs``, ``globals``): only ``globals`` holds names.
-    Nothing lent stays: the caller binds what loaded, after its own checks.
+    Nothing lent stays: the caller binds what loaded, after its own checks.  A name sent
+    ``same_as`` another (``n = m`` in the notebook) is bound to the very object that one
+    loaded as (``serialize.bind_same``), as it is in the notebook.
     """
     chunks = serialize.split(entries, frames)
     values: dict[str, Any] = {}
@@ -156,6 +159,7 @@ def load_pushed(
                 namespace.pop(key, None)
             else:
                 namespace[key] = before
+    serialize.bind_same(entries, values, failed)
     unloaded = []
     for name, reason in failed.items():
         if not call:  # (a call's entry names are not the notebook's: "args" may be one)
@@ -313,6 +317,10 @@ class Watch:
         """
         report = Report()
         wanted = set(pull)
+        # The names packed so far, by their object's id (the object kept, so its id is not
+        # another's): a name bound to the very object of one packed before is not packed
+        # again, and when that one goes back it goes as ``same_as`` it (one object there too).
+        packed_ids: dict[int, tuple[Any, str, serialize.Packed | Exception]] = {}
         for name in dict.fromkeys([*pull, *watch]):
             if name not in namespace:
                 self._gone(name)
@@ -326,8 +334,20 @@ class Watch:
                 # over the notebook's own, under --no-pull as a placeholder: the notebook's
                 # ``open()`` then failed, "'RemoteOnly' object is not callable".
                 continue
+            twin = packed_ids.get(id(value))
+            source = twin[1] if twin is not None and twin[0] is value else None
             try:
-                packed = serialize.pack_value(value)
+                if source is None:
+                    try:
+                        packed = serialize.pack_value(value)
+                    except serialize.SerializationError as exc:
+                        packed_ids[id(value)] = (value, name, exc)
+                        raise
+                    packed_ids[id(value)] = (value, name, packed)
+                elif isinstance(twin[2], Exception):
+                    raise twin[2]
+                else:
+                    packed = twin[2]
             except serialize.OutOfMemory as exc:  # it may go back later: no record of it
                 report.changed.append(name)
                 reason = serialize.unserializable_reason(value, exc)
@@ -349,7 +369,7 @@ class Watch:
             if changed:
                 report.changed.append(name)
             if name in wanted or (changed and pull_changed):
-                self._add(report, name, value, packed, digest, limit)
+                self._add(report, name, value, packed, digest, limit, same_as=source)
         if result is not None:
             # A name that holds it: sent now, or unchanged and so already in the notebook
             # (`df` as a cell's last line must not send the frame again).
@@ -375,7 +395,12 @@ class Watch:
         digest: str,
         limit: int,
         quiet: bool = False,
+        same_as: str | None = None,
     ) -> None:
+        """Send ``name`` back, or list it as skipped (over ``limit``: it stays remote).
+        ``same_as``: the name packed before whose very object ``name`` holds; when that one
+        is sent, ``name`` goes as a reference to it (``protocol.VarEntry.same_as``), and
+        over the limit it stays remote with it, for the same reason."""
         size = packed.nbytes
         if size > limit:
             if not quiet:
@@ -385,17 +410,20 @@ class Watch:
                 reason = f"is {shown}, over the {most} pull limit"
                 report.skipped.append({"name": name, "reason": reason, **type_fields(value)})
             return
-        report.entries.append(
-            {
-                "name": name,
-                "nbuffers": len(packed.frames),
-                "nbytes": size,
-                "digest": digest,
-                "reads": packed.reads,
-                **type_fields(value),
-            }
-        )
-        report.frames.extend(packed.frames)
+        entry = {
+            "name": name,
+            "nbuffers": len(packed.frames),
+            "nbytes": size,
+            "digest": digest,
+            "reads": packed.reads,
+            **type_fields(value),
+        }
+        if same_as is not None and same_as in report.sent:
+            entry.update(nbuffers=0, nbytes=0, same_as=same_as)
+        else:
+            report.sent.add(name)
+            report.frames.extend(packed.frames)
+        report.entries.append(entry)
 
 
 @contextlib.contextmanager
