@@ -20,6 +20,7 @@ name is replaced by a ``RemoteOnly`` placeholder, which is never shipped.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import types
@@ -270,10 +271,18 @@ class Plan:
     digests: dict[str, str] = field(default_factory=dict)
     have: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)  # exchanged, since deleted here
+    # Names in ``send`` bound here to the very object of another name sent before them
+    # (``b = a``): they go as a reference to it (``protocol.VarEntry.same_as``), so the
+    # worker binds one object to both; their ``send`` entry is that name's packing.
+    same_as: dict[str, str] = field(default_factory=dict)
 
     def entries_and_frames(self) -> tuple[list[dict[str, Any]], list[Any]]:
         entries, frames = [], []
         for name, packed in self.send.items():
+            source = self.same_as.get(name)
+            if source is not None:
+                entries.append({"name": name, "nbuffers": 0, "nbytes": 0, "same_as": source})
+                continue
             entries.append({"name": name, "nbuffers": len(packed.frames), "nbytes": packed.nbytes})
             frames.extend(packed.frames)
         return entries, frames
@@ -345,6 +354,10 @@ class NamespaceSync:
         plan.gone += [name for name in self.placed if name not in namespace]  # placeholders
         queue = list(dict.fromkeys(names))
         seen: set[str] = set()
+        # The names packed so far by their object's id (the object kept: its id is no other's
+        # while this runs), with their packing: a name bound to one of them goes as
+        # ``same_as`` it, unpacked, and that one goes too if it was held unchanged.
+        packed_ids: dict[int, tuple[Any, str, serialize.Packed]] = {}
         while queue:
             name = queue.pop(0)
             if name in seen or name not in namespace:
@@ -374,8 +387,21 @@ class NamespaceSync:
                     plan.have.append(name)
                     queue.extend(record.reads)
                 continue
+            twin = packed_ids.get(id(value))
+            if twin is not None and twin[0] is value and name not in marks:
+                # (both sent, even where a record says the worker holds this value: there
+                # it is an object of each name's own, and one change must show through both)
+                _, source, packed = twin
+                if source not in plan.send:
+                    with contextlib.suppress(ValueError):
+                        plan.have.remove(source)
+                    plan.send[source], plan.digests[source] = packed, packed.digest
+                plan.send[name], plan.digests[name] = packed, packed.digest
+                plan.same_as[name] = source
+                continue
             try:
                 packed = serialize.pack_value(value)
+                packed_ids.setdefault(id(value), (value, name, packed))
             except serialize.SerializationError as exc:
                 if not history_name(name):
                     message = serialize.unserializable_message(name, value, exc)
