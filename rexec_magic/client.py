@@ -11,20 +11,17 @@ token revoked while connected ends in ``AuthDenied`` with ``protocol.TOKEN_INVAL
 
 from __future__ import annotations
 
-import _signal
 import contextlib
 import itertools
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 import urllib.parse
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +31,7 @@ from rexec_magic import contract, dropped_interrupts, errors, serialize, zmqio
 from rexec_magic import protocol as P
 from rexec_magic.connection import ConnectionInfo
 from rexec_magic.notes import QUIET, Notes, Progress, frontend
+from rexec_magic.sigint import held_sigint, pass_on_sigint, sigint_handler
 from rexec_magic.turns import CANCEL_POLL_S
 from rexec_magic.unheard import WorkerClock
 
@@ -86,73 +84,14 @@ SILENT_WORKER_AFTER_S = 1.25 * P.WORKER_HEARTBEAT_S
 WORKER_SILENT_NOTE_S = P.NOTICE_AFTER_S + 1.0
 
 
-def pass_on_sigint(handler: Any, frame: Any) -> None:
-    """Act on a SIGINT as ``handler`` (from ``signal.getsignal``) would have: call it, or
-    raise KeyboardInterrupt for the default action (which would have ended the process);
-    an ignored SIGINT stays ignored."""
-    if callable(handler):
-        handler(signal.SIGINT, frame)
-    elif handler == signal.SIG_DFL:
-        raise KeyboardInterrupt
-
-
-@contextmanager
-def sigint_handler(
-    handler_for: Callable[[Any], Callable[[int, Any], None]], ignored_too: bool = False
-) -> Iterator[Any]:
-    """Make ``handler_for(previous)`` the SIGINT handler while the block lasts; yield the
-    handler it replaced, or None where none was set: outside the main thread (only it may
-    set handlers, and only it gets KeyboardInterrupt), where the handler was not set from
-    Python (which Python cannot put back), in a subinterpreter, and where SIGINT is ignored
-    unless ``ignored_too``.  The previous handler comes back at the end only if ours is
-    still the one set: a handler someone set meanwhile stays.
-
-    ``_signal``'s functions, not ``signal``'s: the wrappers turn every handler into an enum
-    and back (about 10 µs a message here, six messages a cell); the values are the same
-    ints, so ``pass_on_sigint`` compares them alike.
-    """
-    previous = _signal.getsignal(_signal.SIGINT)
-    if (
-        previous is None
-        or (previous == _signal.SIG_IGN and not ignored_too)
-        or threading.current_thread() is not threading.main_thread()
-    ):
-        yield None
-        return
-    handler = handler_for(previous)
-    try:
-        _signal.signal(_signal.SIGINT, handler)
-    except ValueError:  # not the main interpreter
-        yield None
-        return
-    try:
-        yield previous
-    finally:
-        if _signal.getsignal(_signal.SIGINT) is handler:
-            _signal.signal(_signal.SIGINT, previous)
-
-
-@contextmanager
-def whole_message(pass_on: bool = True) -> Iterator[list[Any]]:
-    """Hold a Ctrl-C that comes while a message is half sent or half read until it is whole.
-
-    pyzmq sends a multipart message frame by frame from Python code, so a KeyboardInterrupt
-    between two frames leaves the message open: the frames of the next message (the
-    INTERRUPT that the Ctrl-C sends) join it, and the broker reads them as extra buffers of
-    the first, a valid PING, so the interrupt was lost and the cell ran on.  Main thread
-    only (``sigint_handler``).  The held Ctrl-C goes to the handler that was there before,
-    once the message is whole (for a kernel that handler raises KeyboardInterrupt; one that
-    ignores SIGINT ignores it here too, and the default action becomes a
-    KeyboardInterrupt).
-    """
-    held: list[Any] = []  # (yielded: with ``pass_on`` False, the caller acts on a held Ctrl-C)
-    previous = None
-    try:
-        with sigint_handler(lambda _: lambda signum, frame: held.append(frame), True) as previous:
-            yield held
-    finally:
-        if held and pass_on and previous is not None:
-            pass_on_sigint(previous, held[0])
+# Hold a Ctrl-C that comes while a message is half sent or half read until it is whole.
+# pyzmq sends a multipart message frame by frame from Python code, so a KeyboardInterrupt
+# between two frames leaves the message open: the frames of the next message (the INTERRUPT
+# that the Ctrl-C sends) join it, and the broker reads them as extra buffers of the first, a
+# valid PING, so the interrupt was lost and the cell ran on.  The held Ctrl-C goes to the
+# handler that was there before, once the message is whole (for a kernel that handler raises
+# KeyboardInterrupt).  ``held_sigint`` itself, not a wrapper: it runs for every message.
+whole_message = held_sigint
 
 
 class AfterDone:

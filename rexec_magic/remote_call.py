@@ -39,7 +39,6 @@ from rexec_magic.client import (
     ThrowInto,
     grace_over_sentence,
     grace_sentence,
-    pass_on_sigint,
 )
 from rexec_magic.notes import NOTEBOOK, in_kernel
 from rexec_magic.render import EventRenderer
@@ -49,6 +48,7 @@ from rexec_magic.session import (
     holder_words,
     shared_session,
 )
+from rexec_magic.sigint import pass_on_sigint
 
 # Calls of one session run one at a time anyway (one socket, and in order: ``turns``), so
 # each session has one thread for its futures, and futures of one session never wait for

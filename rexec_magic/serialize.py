@@ -57,6 +57,7 @@ import dill
 from cloudpickle import cloudpickle as _cp
 
 from rexec_magic import dirty_pages
+from rexec_magic.sigint import held_sigint
 
 _log = logging.getLogger(__name__)
 
@@ -363,12 +364,15 @@ def load_module_by_value(name: str, source: str, filename: str) -> types.ModuleT
     module.__file__ = filename
     module.__rexec_source__ = source  # type: ignore[attr-defined]
     register_source(filename, source.splitlines(keepends=True), None)
-    sys.modules[name] = module
-    try:
-        exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - the user's code
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
+    # Its source is an import's body, and its own imports (numpy's) run whole only so
+    # (``_Unpickler``): a Ctrl-C comes after it; a body that never ends is the grace period's.
+    with held_sigint():
+        sys.modules[name] = module
+        try:
+            exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - user code
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
     return module
 
 
@@ -405,13 +409,16 @@ _SUBMODULES: dict[tuple[str, int, int], tuple[str, ...]] = {}
 def import_with_submodules(name: str, submodules: Sequence[str]) -> types.ModuleType:
     """Receiver side of a package that travels by reference: the package, with the
     submodules the sender had imported (``submodules_in_use``) imported here too where this
-    side has them (one it lacks is left out: code that uses it says so when it runs)."""
-    module = importlib.import_module(name)
-    for sub in submodules:
-        try:
-            importlib.import_module(sub)
-        except Exception as exc:  # an import may fail in any way; the package still came
-            _log.debug("submodule %s of %s not imported here: %s", sub, name, exc)
+    side has them (one it lacks is left out: code that uses it says so when it runs).
+    Imports not made here yet run whole, a Ctrl-C coming after them (``_Unpickler``)."""
+    new = name not in sys.modules or any(sub not in sys.modules for sub in submodules)
+    with held_sigint() if new else contextlib.nullcontext():
+        module = importlib.import_module(name)
+        for sub in submodules:
+            try:
+                importlib.import_module(sub)
+            except Exception as exc:  # an import may fail in any way; the package still came
+                _log.debug("submodule %s of %s not imported here: %s", sub, name, exc)
     return module
 
 
@@ -700,15 +707,74 @@ def dumps(obj: Any, out_of_band: bool = True, legacy: bool = False) -> list[Any]
 def loads(frames: Sequence[Any]) -> Any:
     """Inverse of :func:`dumps`; frames may be bytes, memoryviews or zmq Frames.
 
-    dill's Unpickler reads cloudpickle's pickles and the dill pickles of legacy clients.
+    dill's Unpickler reads cloudpickle's pickles and the dill pickles of legacy clients
+    (``_Unpickler``: the imports it starts run whole).
     """
     data = getattr(frames[0], "buffer", frames[0])
     bufs = [_view(f) for f in frames[1:]]
     try:
         with _no_warnings_shown():
-            return dill.Unpickler(io.BytesIO(data), buffers=bufs).load()
+            return _Unpickler(io.BytesIO(data), buffers=bufs).load()
     except Exception as exc:
         raise _failed(exc) from None
+
+
+def _whole(importer: Any, name: str, *args: Any) -> Any:
+    """``importer(name, *args)``, a pickle's function that imports module ``name`` first,
+    run whole (``held_sigint``) where that module is not imported here yet."""
+    if name in sys.modules:
+        return importer(name, *args)
+    with held_sigint():
+        return importer(name, *args)
+
+
+def _subimport(name: str) -> types.ModuleType:
+    """cloudpickle's ``subimport`` (a module held by reference), run whole (``_Unpickler``)."""
+    return _whole(_SUBIMPORT, name)
+
+
+def _dill_import_module(import_name: str, safe: bool = False) -> Any:
+    """dill's ``_import_module`` (a legacy client's module), run whole (``_Unpickler``)."""
+    return _whole(_DILL_IMPORT, import_name, safe)
+
+
+class _Unpickler(dill.Unpickler):
+    """dill's unpickler, with every import that loading starts run to its end: a Ctrl-C
+    (SIGINT, main thread) that comes during one is held and delivered as it ends
+    (``held_sigint``), so the load still stops there, and the module is imported whole.
+
+    Loading a value imports the module of each class and function it holds by reference
+    (``find_class``), and each module it holds (cloudpickle's ``subimport``, also for the
+    modules a function by value reads; dill's ``_import_module`` in a legacy client's
+    pickle; rexec's ``import_with_submodules``); a helper module by value runs its source
+    (``load_module_by_value``).  Those are imports the user never wrote: numpy's, for an
+    array pushed to an executor that never imported numpy.  A KeyboardInterrupt raised
+    inside one left its C extension initialised while Python forgot the half-imported
+    package, and such an extension cannot be initialised twice in a process: from then on
+    every ``import numpy`` there, and every array sent there, failed with "ImportError:
+    cannot load module more than once per process", until the executor (or kernel) ended,
+    with nothing to say why (tester, 6 of 14).  An import that never ends is the grace
+    period's (the executor restarted, and the notebook told).
+
+    Only imports of modules not imported yet are held: a global of a loaded module costs
+    one ``sys.modules`` lookup more, and a value of builtins alone nothing."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in sys.modules:  # (dill's own, called as a function: ``super()`` cost
+            found = _DILL_FIND_CLASS(self, module, name)  # 0.4 µs a global)
+        else:
+            with held_sigint():
+                found = _DILL_FIND_CLASS(self, module, name)
+        if found is _SUBIMPORT:
+            return _subimport
+        if found is _DILL_IMPORT:
+            return _dill_import_module
+        return found
+
+
+_DILL_FIND_CLASS = dill.Unpickler.find_class
+_SUBIMPORT = _cp.subimport
+_DILL_IMPORT = dill._dill._import_module
 
 
 def _view(frame: Any) -> Any:

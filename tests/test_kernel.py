@@ -23,6 +23,7 @@ from rexec_magic import protocol as P
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
 from tests.kernel_harness import collect, execute_in_cell, outputs_until, run, text_under
 from tests.local_stack import start_stack, stop_stack
+from tests.slow_import import SECONDS_VAR, slow_package
 
 pytestmark = pytest.mark.stack
 
@@ -675,6 +676,41 @@ def test_a_ctrl_c_while_a_pushed_value_loads_on_the_worker_stops_it_and_keeps_th
     )
     _, outputs = run(kc, "%%remote --no-pull\nprint(slow_l.n, kept_l, 'ran_l' in globals())")
     assert text_of(outputs) == "1 7 False\n"
+
+
+def test_a_ctrl_c_while_a_calls_result_imports_a_module_in_the_kernel_lets_the_import_finish(
+    kernel, tmp_path
+):
+    """A remote call returns an object of a package the notebook never imported: loading it
+    in the kernel imports that package, and a Ctrl-C then stops the call once the import is
+    over, not inside it.  Raised inside, the KeyboardInterrupt left the package's C extension
+    initialised and the package forgotten: every later ``import`` of it in the kernel failed
+    with "cannot load module more than once per process" (numpy's words) until a restart."""
+    km, kc = kernel
+    lib = tmp_path / "lib"
+    name, flag = slow_package(lib)  # (slow in the kernel only: SECONDS_VAR is set there)
+    run(kc, f"import os, sys\nsys.path.insert(0, {str(lib)!r})\nos.environ[{SECONDS_VAR!r}] = '2'")
+    run(kc, f"%%remote --no-pull\nimport sys\nsys.path.insert(0, {str(lib)!r})")
+    run(
+        kc,
+        "from rexec_magic import remote_func\n"
+        "@remote_func\n"
+        "def make_thing(n):\n"
+        f"    import {name}\n"
+        f"    return {name}.Thing(n)",
+    )
+    msg_id = kc.execute("thing_i = make_thing(5)")
+    wait_for(flag.exists, "the kernel to start importing the result's package")
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
+    assert reply["ename"] == "RemoteInterrupted", reply
+    assert reply["evalue"] == (
+        "The remote call had already finished when the interrupt reached it; what it changed "
+        "came back, its return value did not."
+    )
+    reply, outputs = run(kc, f"import {name}\nprint(make_thing(6).n, {name}.VALUE)")
+    assert reply["status"] == "ok", reply
+    assert text_of(outputs) == "6 7\n"
 
 
 @pytest.mark.parametrize("call", [False, True], ids=["cell", "remote_func"])

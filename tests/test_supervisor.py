@@ -6,11 +6,13 @@ five is still a loss."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import resource
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +22,8 @@ import pytest
 from rexec_magic import protocol, serialize
 from rexec_magic.protocol import DoneStatus, Kind
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
-from tests.worker_harness import CLIENT, BrokerPort, done, pulled, stdout
+from tests.slow_import import SECONDS_VAR, slow_package
+from tests.worker_harness import CLIENT, ROOT, BrokerPort, done, pulled, stdout
 from worker_image import exits
 from worker_image.executors import proc_stopped
 from worker_image.supervisor import PACK_GRACE_S
@@ -2033,6 +2036,64 @@ def test_a_ctrl_c_while_a_pushed_value_loads_stops_the_load_and_keeps_the_namesp
     events = port.run("print('ran' in globals(), 'v' in globals(), 'w' in globals(), kept)")
     assert stdout(events) == "False False False 1\n"
     assert executor_pid(port) == pid
+
+
+# Values whose loading imports a module the executor never imported, each its own way: by
+# reference (the unpickler's ``find_class``), the module itself and a function that reads it
+# by value (cloudpickle's ``subimport``), a helper module by value that imports it (its source
+# runs there).  (make the value from the module and the helper, the cell, what it prints)
+LOADS_IMPORTING = {
+    "an object of its class": (lambda m, h: m.Thing(5), "print(v.n)", "5\n"),
+    "the module": (lambda m, h: m, "print(v.VALUE)", "7\n"),
+    "a function reading it": (lambda m, h: lambda: m.VALUE, "print(v())", "7\n"),
+    "a helper module importing it": (lambda m, h: h, "print(v.VALUE)", "7\n"),
+}
+
+
+@pytest.mark.parametrize("make, code, out", LOADS_IMPORTING.values(), ids=LOADS_IMPORTING.keys())
+def test_a_ctrl_c_while_loading_imports_a_module_lets_the_import_finish(
+    tmp_path, monkeypatch, make, code, out
+):
+    """A Ctrl-C while loading a pushed value imports a module for the first time (numpy for
+    an array, in an executor that never imported it) waits for the import's end: the load
+    still stops, and the cell says it did not run, but the module is imported whole.  The
+    KeyboardInterrupt landed inside the import: a C extension initialised there cannot be
+    initialised again, Python forgot the half-imported module, and every later value of it
+    failed to load in that executor ("cannot load module more than once per process"), with
+    nothing to tell the user why (tester, 6 of 14 with numpy)."""
+    lib, notebook = tmp_path / "lib", tmp_path / "notebook"
+    name, flag = slow_package(lib)
+    helper = f"{name}_helper"
+    notebook.mkdir()
+    (notebook / f"{helper}.py").write_text(f"import {name}\nVALUE = {name}.VALUE\n")
+    monkeypatch.syspath_prepend(str(lib))
+    monkeypatch.syspath_prepend(str(notebook))
+    port = BrokerPort()
+    try:
+        value = make(importlib.import_module(name), importlib.import_module(helper))
+        paths = os.pathsep.join([str(ROOT), str(lib)])
+        port.start_worker(extra_env={"PYTHONPATH": paths, SECONDS_VAR: "2"})
+        port.register()
+        port.run("kept = 1")
+        pid = executor_pid(port)
+        request_id = port.execute(code, push={"v": value})
+        wait_for(flag.exists, "the import to start on the worker")
+        port.send(Kind.INTERRUPT, {"id": request_id})
+        d = done(port.events(request_id, timeout=INTERRUPT_ANSWER_S))
+        assert d.header["status"] == DoneStatus.INTERRUPTED, d.header
+        assert d.header["message"] == (
+            "The cell was interrupted while its values were being loaded on the worker; it "
+            "did not run."
+        )
+        events = port.run(code, push={"v": value})
+        assert done(events).header["status"] == DoneStatus.OK, done(events).header
+        assert stdout(events) == out
+        assert stdout(port.run(f"import {name}\nprint(kept, {name}.VALUE)")) == "1 7\n"
+        assert executor_pid(port) == pid
+    finally:
+        port.close()
+        for module in (name, helper):
+            sys.modules.pop(module, None)
 
 
 def says(d, pattern: str) -> None:

@@ -6,11 +6,18 @@ socket gives them (``zmq.Frame``, read-only, the message's own memory).
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import dill
 import numpy as np
@@ -18,6 +25,9 @@ import pytest
 import zmq
 
 from rexec_magic import serialize
+from tests.slow_import import SECONDS_VAR, slow_package
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 pytestmark = pytest.mark.unit
 
@@ -268,3 +278,92 @@ def test_ctypes_types_made_at_run_time_travel_as_the_expression_that_makes_them(
     )
     either = serialize.loads(serialize.dumps(Either(i=7)))
     assert either.i == 7 and bytes(either) == bytes(Either(i=7))
+
+
+# Values whose loading imports a module this process never imported, each its own way (see
+# ``serialize._Unpickler``): made in another process, as the worker pickles what it sends back.
+# (the value, of ``m`` the package and ``h`` a helper module that imports it; how it is made)
+MADE_ELSEWHERE = {
+    "an object of its class": ("m.Thing(5)", ""),
+    "the module": ("m", ""),
+    "the module with a submodule in use": ("m", "importlib.import_module(m.__name__ + '.part')"),
+    "a function reading it": ("(lambda mod: lambda: mod.VALUE)(m)", ""),
+    "a helper module importing it": ("h", ""),
+    "a legacy client's dill pickle of it": ("m", "LEGACY = True"),
+}
+
+
+def _made_elsewhere(expression: str, before: str, name: str, paths: list[Path]) -> list[bytes]:
+    script = (
+        "import importlib, sys\n"
+        "from rexec_magic import serialize\n"
+        "LEGACY = False\n"
+        f"m = importlib.import_module({name!r})\n"
+        f"h = importlib.import_module({name + '_helper'!r})\n"
+        f"{before}\n"
+        f"frames = serialize.dumps({expression}, legacy=LEGACY)\n"
+        "assert len(frames) == 1\n"
+        "sys.stdout.buffer.write(bytes(frames[0]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != SECONDS_VAR}
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in [ROOT, *paths])
+    made = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, check=True, timeout=60
+    )
+    return [made.stdout]
+
+
+@pytest.mark.parametrize("expression, before", MADE_ELSEWHERE.values(), ids=MADE_ELSEWHERE.keys())
+def test_a_ctrl_c_while_a_load_imports_a_module_comes_once_the_import_is_over(
+    tmp_path, monkeypatch, expression, before
+):
+    """A Ctrl-C (a real SIGINT to the main thread) while ``loads`` imports a module for the
+    first time stops the load once that import is over, not inside it: the module is then
+    imported whole, and the value loads next time.  Raised inside the import, it left a C
+    extension initialised and its package forgotten: that module could never be imported
+    again in the process ("cannot load module more than once per process"; numpy in a
+    kernel loading a remote call's array, or in an executor loading a pushed one)."""
+    lib, notebook = tmp_path / "lib", tmp_path / "notebook"
+    name, flag = slow_package(lib)
+    notebook.mkdir()
+    (notebook / f"{name}_helper.py").write_text(f"import {name}\nVALUE = {name}.VALUE\n")
+    frames = _made_elsewhere(expression, before, name, [lib, notebook])
+    monkeypatch.syspath_prepend(str(lib))
+    monkeypatch.setenv(SECONDS_VAR, "1")
+    handler = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    main = threading.main_thread().ident
+    pressed = threading.Event()
+
+    def press() -> None:
+        deadline = time.monotonic() + 30
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(main, signal.SIGINT)
+        pressed.set()
+
+    presser = threading.Thread(target=press, daemon=True)
+    loaded = []
+    try:
+        presser.start()
+        with pytest.raises(KeyboardInterrupt):
+            serialize.loads(frames)
+            loaded.append(True)  # (the Ctrl-C came after the load, and lands here)
+            pressed.wait(30)
+            time.sleep(0.1)
+        assert not loaded, "the load ended before the Ctrl-C"
+        assert sys.modules.get(name) is not None, f"{name} was not imported whole"
+        value = serialize.loads(frames)
+    finally:
+        presser.join(60)
+        signal.signal(signal.SIGINT, handler)
+        for module in (name, f"{name}.part", f"{name}_helper"):
+            sys.modules.pop(module, None)
+    if expression == "m.Thing(5)":
+        assert value.n == 5
+    elif callable(value):
+        assert value() == 7
+    else:
+        assert value.VALUE == 7
+    if before.startswith("importlib"):
+        assert value.part.PART == 1  # (``import_with_submodules``)
