@@ -917,6 +917,16 @@ def split(entries: Sequence[dict[str, Any]], frames: Sequence[Any]) -> dict[str,
     return chunks
 
 
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), tuple, frozenset, range)
+
+
+def mutable(value: Any) -> bool:
+    """Whether another name bound to ``value`` could see a change made through this one:
+    where two names' sharing one object matters (``same_as``; not for ``x = y = 1``, where
+    the interpreter's one ``1`` is no sharing of the user's)."""
+    return not isinstance(value, (*_IMMUTABLE, type, types.ModuleType, types.FunctionType))
+
+
 def bind_same(
     entries: Sequence[dict[str, Any]], values: dict[str, Any], failed: dict[str, str]
 ) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-import types
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,14 +97,6 @@ def _history_stand_in(name: str, value: Any, exc: serialize.SerializationError) 
             sendable[key] = item
         return sendable
     return NotSent(name, type(value).__name__, serialize.unserializable_reason(value, exc))
-
-
-_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), tuple, frozenset, range)
-
-
-def _mutable(value: Any) -> bool:
-    """Whether another name bound to ``value`` could see a change made through this one."""
-    return not isinstance(value, (*_IMMUTABLE, type, types.ModuleType, types.FunctionType))
 
 
 def _left_behind(
@@ -387,7 +378,8 @@ class NamespaceSync:
                     plan.have.append(name)
                     queue.extend(record.reads)
                 continue
-            twin = packed_ids.get(id(value))
+            mutable = serialize.mutable(value)
+            twin = packed_ids.get(id(value)) if mutable else None
             if twin is not None and twin[0] is value and name not in marks:
                 # (both sent, even where a record says the worker holds this value: there
                 # it is an object of each name's own, and one change must show through both)
@@ -401,7 +393,8 @@ class NamespaceSync:
                 continue
             try:
                 packed = serialize.pack_value(value)
-                packed_ids.setdefault(id(value), (value, name, packed))
+                if mutable:  # (two names of ``1`` or ``None`` are no sharing to keep)
+                    packed_ids.setdefault(id(value), (value, name, packed))
             except serialize.SerializationError as exc:
                 if not history_name(name):
                     message = serialize.unserializable_message(name, value, exc)
@@ -657,7 +650,7 @@ class NamespaceSync:
             entry = meta.get(name)
             digest, reads = (entry.digest, list(entry.reads)) if entry else ("", [])
             old = namespace.get(name)
-            if _mutable(old) and old is not value:
+            if serialize.mutable(old) and old is not value:
                 replaced[id(old)] = (name, old)
             at = done.ages.get(name, done.at) if done is not None else None
             self.pulled(namespace, name, value, digest, reads, at)

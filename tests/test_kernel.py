@@ -3009,3 +3009,39 @@ def test_a_global_a_call_could_not_load_is_sent_again_not_taken_as_held(kernel, 
         reply, outputs = run(kc, "print(kind())")
         assert reply["status"] == "error", (attempt, text_of(outputs))
         assert "onlyhere_pkg" in reply["evalue"], reply["evalue"]
+
+
+def shown(kc, code: str) -> tuple[str, list[str]]:
+    """What a kernel cell printed, and its notes (display_data); the cell must succeed."""
+    reply, outputs = run(kc, code)
+    assert reply["status"] == "ok", (reply, outputs)
+    notes = [
+        m["content"]["data"].get("text/plain", "")
+        for m in outputs
+        if m["msg_type"] == "display_data"
+    ]
+    return text_of(outputs), notes
+
+
+def test_in_a_kernel_names_of_one_object_stay_one_object_both_ways(kernel):
+    """Names bound to the very same object stay one object when they travel together (each
+    name went as its own copy: they arrived as two objects, silently; a tester)."""
+    _, kc = kernel
+    # The tester's case: one object on the worker came back as two.
+    shown(kc, "%%remote\nsame_m = [5]\nsame_n = same_m\nsame_m.append(6)")
+    printed = shown(kc, "same_m.append(7); print(same_m, same_n, same_m is same_n)")
+    assert printed == ("[5, 6, 7] [5, 6, 7] True\n", [])
+    # And going: one object here is one object there.
+    shown(kc, "same_a = [1]; same_b = same_a")
+    printed = shown(kc, "%%remote\nsame_b.append(2)\nprint(same_a is same_b, same_a)")
+    assert printed == ("True [1, 2]\n", [])
+    assert shown(kc, "print(same_a is same_b, same_a == [1, 2])") == ("True True\n", [])
+    # Over the pull limit: both stay remote, each with the note.
+    code = "%%remote --pull-limit 1KB\nsame_big = list(range(1000))\nsame_big2 = same_big"
+    _, notes = shown(kc, code)
+    assert "\n".join(notes).splitlines() == [
+        "`same_big` stays remote: is 2.7 KB, over the 1.0 KB pull limit.",
+        "`same_big2` stays remote: is 2.7 KB, over the 1.0 KB pull limit.",
+    ]
+    printed, _ = shown(kc, "%%remote\nsame_big2.append(-1)\nprint(same_big is same_big2)")
+    assert printed == "True\n"

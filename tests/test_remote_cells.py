@@ -1093,3 +1093,65 @@ def test_exit_before_an_error_or_a_timeout_still_says_the_namespace_ended(ip, ce
     assert "exit() or quit() ended this session's remote executor" in out.stdout  # (no kernel)
     _, out = remote(ip, "print('only_remote_here' in globals())", line="--no-pull")
     assert out.stdout.strip().endswith("False")
+
+
+# ------------------------------------------------------------ one object, two names
+# Names bound to the very same object (``n = m``) stay one object when they travel together,
+# both ways: each name went as its own copy, so they arrived as two objects, silently (a
+# tester's real kernel: ``m.append(7)`` here then left ``n`` as the worker had it).  A local
+# cell is ``ip.run_cell``, as the notebook runs one (the sync hashes again after it).
+
+
+def test_two_names_of_one_object_come_back_as_one_object(ip):
+    for name in ("m1", "n1"):
+        ip.user_ns.pop(name, None)
+    _, out = remote(ip, "m1 = [5]\nn1 = m1\nm1.append(6)")
+    assert ip.user_ns["m1"] is ip.user_ns["n1"] and ip.user_ns["m1"] == [5, 6]
+    assert "same object" not in out.stdout and not out.stderr
+    # Changed here through one name: both changed, and they go as one object again.
+    assert ip.run_cell("m1.append(7)").success
+    _, out = remote(ip, "n1.append(8)\nprint(m1 is n1, m1)")
+    assert out.stdout == "True [5, 6, 7, 8]\n"
+    assert ip.user_ns["m1"] is ip.user_ns["n1"] and ip.user_ns["n1"] == [5, 6, 7, 8]
+
+
+def test_two_names_of_one_object_here_are_one_object_on_the_worker(ip):
+    assert ip.run_cell("a2 = [1]\nb2 = a2").success
+    _, out = remote(ip, "b2.append(2)\nprint(a2 is b2, a2)")
+    assert out.stdout == "True [1, 2]\n"
+    assert ip.user_ns["a2"] is ip.user_ns["b2"] and ip.user_ns["a2"] == [1, 2]
+
+
+def test_a_new_name_for_an_object_the_worker_holds_unchanged_goes_with_it(ip):
+    """``b = a`` here where the worker holds ``a`` unchanged: ``a`` goes again with ``b``,
+    which would otherwise arrive as an object of its own."""
+    ip.user_ns.pop("b3", None)
+    _, out = remote(ip, "a3 = [1]")
+    assert ip.run_cell("b3 = a3").success
+    _, out = remote(ip, "b3.append(2)\nprint(a3 is b3, a3)")
+    assert out.stdout == "True [1, 2]\n"
+    assert ip.user_ns["a3"] is ip.user_ns["b3"]
+
+
+def test_two_names_of_one_object_over_the_pull_limit_both_stay_remote(ip):
+    for name in ("big4", "also4"):
+        ip.user_ns.pop(name, None)
+    _, out = remote(ip, "big4 = list(range(1000))\nalso4 = big4", line="--pull-limit 1KB")
+    assert out.stdout == (
+        "`big4` stays remote: is 2.7 KB, over the 1.0 KB pull limit.\n"
+        "`also4` stays remote: is 2.7 KB, over the 1.0 KB pull limit.\n"
+    )
+    assert "big4" not in ip.user_ns and "also4" not in ip.user_ns
+    _, out = remote(ip, "also4.append(-1)\nprint(big4 is also4, big4[-1])", line="--pull-limit 1KB")
+    assert out.stdout.startswith("True -1\n")
+
+
+def test_names_of_one_small_int_are_no_sharing_and_nothing_lost_comes_back(ip):
+    """``x = 7`` and ``y = 7`` are bound to the interpreter's one ``7``: no sharing of the
+    user's.  Taken for one object, ``y`` going made ``x`` go too, and a name an ``exit()``
+    had ended came back into the fresh namespace (``'kept' in globals()`` was True)."""
+    _, out = remote(ip, "kept5 = 7")
+    _, out = remote(ip, "exit()")
+    assert ip.run_cell("other5 = 7").success
+    _, out = remote(ip, "print('kept5' in globals(), other5)")
+    assert out.stdout == "False 7\n", out.stdout

@@ -334,16 +334,19 @@ class Watch:
                 # over the notebook's own, under --no-pull as a placeholder: the notebook's
                 # ``open()`` then failed, "'RemoteOnly' object is not callable".
                 continue
-            twin = packed_ids.get(id(value))
+            mutable = serialize.mutable(value)  # (two names of ``1`` share nothing)
+            twin = packed_ids.get(id(value)) if mutable else None
             source = twin[1] if twin is not None and twin[0] is value else None
             try:
                 if source is None:
                     try:
                         packed = serialize.pack_value(value)
                     except serialize.SerializationError as exc:
-                        packed_ids[id(value)] = (value, name, exc)
+                        if mutable:
+                            packed_ids[id(value)] = (value, name, exc)
                         raise
-                    packed_ids[id(value)] = (value, name, packed)
+                    if mutable:
+                        packed_ids[id(value)] = (value, name, packed)
                 elif isinstance(twin[2], Exception):
                     raise twin[2]
                 else:

@@ -1,6 +1,6 @@
 """Names bound to one object travel as one (``protocol.VarEntry.same_as``): what each side
 puts on the wire and how the other binds it, without a stack (the stack's view:
-tests/test_one_object_two_names.py)."""
+tests/test_remote_cells.py and tests/test_kernel.py)."""
 
 from __future__ import annotations
 
