@@ -432,6 +432,43 @@ def restarted_after_its_interrupt(kernel, cell: str) -> None:
     assert said.count("has not stopped 2 s after the interrupt") == 1, said
 
 
+# What issue 9 names as unable to wedge the worker, beside the kinds the tests above run
+# (``while True``, ``time.sleep``, C code holding the GIL and blocking SIGINT).
+DEAF_TO_SIGINT = {  # (each says 'started' once in its long call)
+    "regex backtracking": (
+        "import re\nprint('started', flush=True)\nre.match(r'(a+)+$', 'a' * 34 + 'b')"
+    ),
+    "sum of a huge range": "print('started', flush=True)\nsum(range(10**10))",
+    # One LAPACK call, outside the GIL (11 s here): a thread says 'started' once it runs.
+    "a long numpy/LAPACK call": (
+        "import numpy as np, threading\na = np.random.rand(4000, 4000)\n"
+        "threading.Timer(0.5, print, ('started',), {'flush': True}).start()\n"
+        "np.linalg.eigvals(a)"
+    ),
+}
+
+
+@pytest.mark.parametrize("code", DEAF_TO_SIGINT.values(), ids=DEAF_TO_SIGINT.keys())
+def test_an_interrupted_cell_of_any_kind_leaves_a_working_executor(kernel, code):
+    """Interrupting code that may not hear SIGINT for a long time: the cell ends within the
+    grace period and what follows it (the waits here), saying what became of the namespace,
+    and the next remote cell runs.  Python code that hears it keeps the namespace
+    (KeyboardInterrupt); code that does not costs it (the executor restarted) — never the
+    worker: before the supervisor, a regex wedged it until every cell failed."""
+    km, kc = kernel
+    run(kc, "%remote kept = 1")
+    msg_id = kc.execute(f"%%remote\n{code}")
+    wait_for_text(kc, "started", msg_id)
+    km.interrupt_kernel()
+    reply, _ = collect(kc, msg_id, timeout=INTERRUPT_ANSWER_S)
+    assert reply["status"] == "error"
+    said = "\n".join(reply["traceback"])
+    lost = "namespace was lost" in said
+    assert lost or "KeyboardInterrupt" in said, said
+    reply, outputs = run(kc, "%%remote\nprint('next', 'kept' in globals())")
+    assert reply["status"] == "ok" and f"next {not lost}" in text_of(outputs)
+
+
 def test_interrupting_c_code_that_holds_the_gil_restarts_only_this_notebooks_executor(kernel):
     _, kc = kernel
     run(kc, "%remote kept = 1")

@@ -84,6 +84,10 @@ WEDGING = {
     "C code holding the GIL": (
         "import ctypes\nprint('go', flush=True)\nctypes.PyDLL(None).sleep(60)"
     ),
+    "a long numpy/LAPACK call": (  # one call, outside the GIL (11 s here); 'go' once in it
+        "import numpy as np, threading\na = np.random.rand(4000, 4000)\n"
+        "threading.Timer(0.5, print, ('go',), {'flush': True}).start()\nnp.linalg.eigvals(a)"
+    ),
     "C code that blocks SIGINT": (
         "import ctypes, signal\n"
         "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])\n"
