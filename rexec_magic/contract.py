@@ -234,6 +234,13 @@ DEFAULT_PULL_LIMIT = "256MB"
 DEFAULT_PULL_LIMIT_BYTES = parse_size(DEFAULT_PULL_LIMIT)
 
 
+# --------------------------------------------------------------------------- Jupyter
+#: The comm target a kernel with rexec loaded listens on for its notebook's new path after a
+#: rename (``jupyter_ext.renames`` opens it, ``rexec_magic.renames`` takes it): the path is
+#: what Jupyter would give a kernel started now as ``JPY_SESSION_NAME``.
+NOTEBOOK_COMM_TARGET = "rexec.notebook"
+
+
 # --------------------------------------------------------------------------- TypeScript copy
 def typescript() -> str:
     """The TypeScript copy the JupyterLab extension imports (``src/contract.ts``)."""

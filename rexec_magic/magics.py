@@ -28,7 +28,17 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float, TraitError, Unicode, validate
 
-from rexec_magic import assist, connection, contract, debugging, errors, names, remote_files, sync
+from rexec_magic import (
+    assist,
+    connection,
+    contract,
+    debugging,
+    errors,
+    names,
+    remote_files,
+    renames,
+    sync,
+)
 from rexec_magic.client import AfterDone, not_sent
 from rexec_magic.login import log_in
 from rexec_magic.logs import log_path, setup_logging
@@ -922,6 +932,7 @@ def load(ipython: Any) -> None:
     magics.session.resume()  # (a reload: the kernel's namespace on the worker stays)
     assist.install(ipython, magics.session)
     debugging.install(ipython)
+    renames.install(ipython, magics.session)  # (the notebook's new name after a rename)
     ipython.events.register("pre_run_cell", magics.pre_run_cell)
     # A kernel interrupt cancels this notebook's remote calls, those of its threads too.
     from rexec_magic.remote_call import hook_kernel_interrupt
@@ -933,6 +944,7 @@ def unload(ipython: Any) -> None:
     magics = ipython.magics_manager.registry.get("RexecMagics")
     if magics is None:
         return
+    renames.uninstall(ipython)
     try:
         ipython.events.unregister("pre_run_cell", magics.pre_run_cell)
     except ValueError:

@@ -316,6 +316,15 @@ class RemoteSession:
                 name="rexec-keepalive", daemon=True,
             ).start()  # fmt: skip
 
+    def renamed(self, path: str) -> None:
+        """Jupyter moved this notebook (renamed it, or a folder above it; ``path`` as
+        ``JPY_SESSION_NAME`` says it): the worker lists it under the new name from the next
+        keepalive, which goes now, or else from the next request (each carries
+        ``notebook``).  Without it the old name stayed until the kernel restarted."""
+        self.notebook = _notebook_label(path)
+        if self._keepalive_now is not None:
+            self._keepalive_now.set()
+
     def _declare_listener(self) -> None:
         """After a request that met a worker process the keepalive thread has not declared
         itself to (the first one, which may have started it; a restarted one): beat at
@@ -1351,12 +1360,12 @@ def whose() -> str:
     return f"{P.client_words(frontend())}'s"
 
 
-def _notebook_label() -> str:
+def _notebook_label(path: str | None = None) -> str:
     """How the worker lists this session: the notebook's file and its folder where Jupyter
-    says it (``JPY_SESSION_NAME``, the notebook's whole path: ``proj1/analysis.ipynb``, so
-    two notebooks of one name in two folders are told apart), else the script's name, else
-    the kernel's pid."""
-    name = os.environ.get("JPY_SESSION_NAME")
+    says it (``path``, after a rename; else ``JPY_SESSION_NAME``, the notebook's whole path
+    when the kernel started: ``proj1/analysis.ipynb``, so two notebooks of one name in two
+    folders are told apart), else the script's name, else the kernel's pid."""
+    name = path or os.environ.get("JPY_SESSION_NAME")
     if name:
         folder, base = os.path.split(os.path.normpath(name))
         parent = os.path.basename(folder)
