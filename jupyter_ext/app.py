@@ -14,6 +14,7 @@ from traitlets import Float, Unicode, default
 
 from jupyter_ext.account import RemoteAccount
 from jupyter_ext.handlers import route_table
+from jupyter_ext.renames import Renames
 from rexec_magic import connection
 from rexec_magic.contract import DEFAULT_SPAWNER_URL, Env
 
@@ -60,6 +61,8 @@ class RexecExtension(ExtensionApp):
         )
         self.log.info("rexec: spawner %s, connection file %s", self.spawner_url,
                       self.connection_file)  # fmt: skip
+        # A renamed notebook's kernel hears its new name (its executor is listed by it).
+        Renames(self.serverapp).listen()
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(route_table())

@@ -433,3 +433,73 @@ def test_the_sidebar_sees_memory_grow_and_fall_while_a_cell_runs(
         cell.join(WAIT_S)
     session.close()
     api.call("POST", "stop")
+
+
+def test_a_renamed_notebook_is_listed_under_its_new_name(
+    api: API, stack: Stack, jp_fetch: Callable[..., Any], jp_asyncio_loop: Any,
+    jp_serverapp: Any, jp_create_notebook: Callable[[str], Any],
+):  # fmt: skip
+    """A notebook renamed through the server ("Untitled.ipynb" -> "analysis.ipynb"), then its
+    folder: ``%rexec_status`` in its kernel and the sidebar's executor row name it by its new
+    path at once; both kept the name the kernel started with until it restarted.  The
+    renames come from a client that does not PATCH the session afterwards (as JupyterLab
+    does), so the session store still has the first path when the folder is renamed."""
+    from jupyter_client import BlockingKernelClient
+
+    from tests.kernel_harness import run
+    from tests.test_kernel import status_text
+
+    def server(method: str, *parts: str, body: dict | None = None) -> Any:
+        """A call to the server's own REST API (contents, sessions), as a frontend makes it."""
+
+        async def fetched() -> Any:  # (made while the loop runs: see API._fetched)
+            sent = {} if body is None else {"body": json.dumps(body)}
+            return await jp_fetch(*parts, method=method, **sent)
+
+        answer = jp_asyncio_loop.run_until_complete(fetched()).body
+        return json.loads(answer) if answer else None
+
+    def listed(notebook: str) -> dict:
+        """The sidebar's status once an executor row names ``notebook`` (a long poll)."""
+        deadline = time.monotonic() + WAIT_S
+        status = api.call("GET", "status")
+        while notebook not in [row.get("notebook") for row in status["worker"]["executors"]]:
+            assert time.monotonic() < deadline, f"{notebook} never listed: {status}"
+            status = api.changed(status, wait=5)
+        return status
+
+    api.call("POST", "login", {"token": token_of(stack.add_user("sidebar-rena"))})
+    api.call("POST", "start", {"requirements": ""})
+    api.wait_state("ready")
+    jp_create_notebook("proj/Untitled.ipynb")
+    opened = {"path": "proj/Untitled.ipynb", "name": "Untitled.ipynb", "type": "notebook"}
+    session = server("POST", "api", "sessions", body={**opened, "kernel": {"name": "python3"}})
+    kernel = jp_serverapp.kernel_manager.get_kernel(session["kernel"]["id"])
+    kc = BlockingKernelClient()
+    kc.load_connection_info(kernel.get_connection_info())
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=WAIT_S)
+        run(kc, "%load_ext rexec_magic")
+        assert run(kc, "%%remote\nx = 1")[0]["status"] == "ok"
+        listed("proj/Untitled.ipynb")
+
+        server("PATCH", "api", "contents", "proj", "Untitled.ipynb",
+               body={"path": "proj/analysis.ipynb"})  # fmt: skip
+        rows = listed("proj/analysis.ipynb")["worker"]["executors"]
+        assert [row["notebook"] for row in rows] == ["proj/analysis.ipynb"], rows
+        shown = status_text(run(kc, "%rexec_status")[1])
+        assert "executor proj/analysis.ipynb (this notebook)" in shown, shown
+        assert "Untitled" not in shown, shown
+
+        server("PATCH", "api", "contents", "proj", body={"path": "reports"})
+        rows = listed("reports/analysis.ipynb")["worker"]["executors"]
+        assert [row["notebook"] for row in rows] == ["reports/analysis.ipynb"], rows
+        shown = status_text(run(kc, "%rexec_status")[1])
+        assert "executor reports/analysis.ipynb (this notebook)" in shown, shown
+        # (its namespace is the one it had: a rename restarts nothing)
+        assert run(kc, "%%remote\nassert x == 1")[0]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        server("DELETE", "api", "sessions", session["id"])  # (its kernel shuts down)
+    api.call("POST", "stop")
