@@ -499,6 +499,9 @@ def test_a_renamed_notebook_is_listed_under_its_new_name(
         assert "executor reports/analysis.ipynb (this notebook)" in shown, shown
         # (its namespace is the one it had: a rename restarts nothing)
         assert run(kc, "%%remote\nassert x == 1")[0]["status"] == "ok"
+        # (and the cell's own request carried the new name: the row did not turn back)
+        rows = api.call("GET", "status")["worker"]["executors"]
+        assert [row["notebook"] for row in rows] == ["reports/analysis.ipynb"], rows
     finally:
         kc.stop_channels()
         server("DELETE", "api", "sessions", session["id"])  # (its kernel shuts down)
