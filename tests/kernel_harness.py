@@ -76,3 +76,8 @@ def text_under(got: list, msg_id: str | None, displays: bool = True) -> str:
         and (displays or m["msg_type"] == "stream")
         and msg_id in (None, m["parent_header"].get("msg_id"))
     )
+
+
+def status_text(outputs: list[dict]) -> str:
+    """What ``%rexec_status`` showed, as plain text."""
+    return "".join(m["content"]["data"]["text/plain"] for m in outputs if "data" in m["content"])

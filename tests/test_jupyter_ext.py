@@ -446,8 +446,7 @@ def test_a_renamed_notebook_is_listed_under_its_new_name(
     does), so the session store still has the first path when the folder is renamed."""
     from jupyter_client import BlockingKernelClient
 
-    from tests.kernel_harness import run
-    from tests.test_kernel import status_text
+    from tests.kernel_harness import run, status_text
 
     def server(method: str, *parts: str, body: dict | None = None) -> Any:
         """A call to the server's own REST API (contents, sessions), as a frontend makes it."""

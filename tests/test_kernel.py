@@ -21,7 +21,14 @@ from jupyter_client.manager import KernelManager
 
 from rexec_magic import protocol as P
 from tests.harness import INTERRUPT_ANSWER_S, WAIT_S, pid_alive, wait_for
-from tests.kernel_harness import collect, execute_in_cell, outputs_until, run, text_under
+from tests.kernel_harness import (
+    collect,
+    execute_in_cell,
+    outputs_until,
+    run,
+    status_text,
+    text_under,
+)
 from tests.local_stack import start_stack, stop_stack
 from tests.slow_import import SECONDS_VAR, slow_package
 
@@ -393,11 +400,6 @@ def text_of(outputs: list[dict], name: str = "stdout") -> str:
         for m in outputs
         if m["msg_type"] == "stream" and m["content"]["name"] == name
     )
-
-
-def status_text(outputs: list[dict]) -> str:
-    """What ``%rexec_status`` showed, as plain text."""
-    return "".join(m["content"]["data"]["text/plain"] for m in outputs if "data" in m["content"])
 
 
 def wait_for_text(kc, text: str, msg_id: str) -> str:
