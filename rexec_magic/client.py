@@ -1722,7 +1722,8 @@ class RexecClient:
                 "restarted; the remote namespace was lost."
             )
             if timed_out:
-                raise timeout_error(f"The {what} ran past its {timeout_s} s timeout. {text}")
+                text = f"The {what} ran past its {timeout_s} s timeout. {text}"
+                raise timeout_error(text, namespace_lost=True)
             raise errors.RemoteInterrupted(text, namespace_lost=True)
         # How the request ended if an interrupt (a Ctrl-C, its timeout) had a part in it.
         stopped: errors.RemoteInterrupted | errors.CellTimeout | None = None

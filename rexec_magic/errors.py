@@ -117,10 +117,12 @@ class DeserializationFailed(RexecError):
 class CellTimeout(RexecError):
     """The request ran past its ``--timeout`` and was interrupted."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, namespace_lost: bool = False) -> None:
         super().__init__(message)
         # A cell's CellOutcome: what it bound before the timeout's interrupt stopped it.
         self.outcome: object | None = None
+        # It did not stop, so its executor was restarted (as ``RemoteInterrupted``'s).
+        self.namespace_lost = namespace_lost
 
 
 class CallTimeout(CellTimeout):

@@ -494,6 +494,16 @@ class RexecMagics(Magics):
         has them any more.  Said before the cell meets the NameError, and by the placeholder
         (it said "%%remote cells use it there" for good)."""
         ns = self.shell.user_ns
+        here = self.session.namespace
+        for name in names:
+            if isinstance(ns.get(name), sync.RemoteOnly) and not ns[name].elsewhere:
+                held = self.session.placeholder_held_elsewhere(ns, name)
+                if held is not None:  # (kept there: the placeholder stays as it is)
+                    now = "this notebook's own namespace" if here is None else f"'{here}'"
+                    self.notes.note(
+                        f"`{name}` lives in {held} on the worker; this cell runs in {now}, "
+                        "which does not have it (%rexec_attach goes back)."
+                    )
         gone = [n for n in names if not self.session.placeholder_stands(ns, n)]
         # A name bound here to another's placeholder (``v = lk``) whose value the worker no
         # longer holds under that name: not a lost namespace, said as what it is.

@@ -462,6 +462,19 @@ class RemoteSession:
         session uses still holds (``sync.NamespaceSync.stands``; any of them, as above)."""
         return any(record.stands(namespace, name) for record in self._syncs.values())
 
+    def placeholder_held_elsewhere(self, namespace: dict[str, Any], name: str) -> str | None:
+        """Where the placeholder ``namespace[name]`` stands for a value when that is not the
+        namespace this session uses now (it was made in this notebook's own namespace, which
+        stays, before ``%rexec_attach``): "this notebook's own namespace" or "shared
+        namespace 'NAME'"; None when the namespace in use holds it, or none does."""
+        if self.sync.stands(namespace, name):
+            return None
+        for key, record in self._syncs.items():
+            if record is not self.sync and record.stands(namespace, name):
+                own = key is None
+                return "this notebook's own namespace" if own else f"shared namespace '{key}'"
+        return None
+
     def _forget_all(self) -> None:
         """The worker is new or gone: no namespace of it holds what the notebook sent."""
         for record in self._syncs.values():
@@ -854,6 +867,7 @@ class RemoteSession:
                     outcome = self._on_worker(notes, self.client.execute_packed, *args)
                 except errors.RemoteCellError as exc:
                     self.sync.sent(namespace, plan, _unloaded(exc.outcome), _done(exc.outcome))
+                    _if_ended(self.sync, exc.outcome)
                     raise
                 except (errors.RemoteInterrupted, errors.CellTimeout) as exc:
                     if exc.outcome is not None:  # it ran (stopped part way, or to its end)
@@ -862,6 +876,10 @@ class RemoteSession:
                         self.sync.sent(namespace, plan, [])  # what it assigns are never
                         changing = [*header["watch"], *header.get("pull", ())]  # sent over
                         self.sync.may_change_there(namespace, changing)  # by older copies
+                    _if_ended(self.sync, exc.outcome, exc)
+                    raise
+                except errors.ExecutorDied:
+                    self.sync.lost()
                     raise
                 except errors.BrokerUnreachable as exc:
                     if exc.started:  # its values reached the worker; what it made of them
@@ -871,6 +889,7 @@ class RemoteSession:
                     self._unheard_now(namespace)
                 if outcome.status != P.DoneStatus.RESEND:
                     self.sync.sent(namespace, plan, _unloaded(outcome), outcome.done)
+                    _if_ended(self.sync, outcome)
                     return outcome
                 missing = _missing(outcome)
                 log.info("the worker lacks %s: sending the cell again with them", missing)
@@ -1191,6 +1210,7 @@ class RemoteSession:
                 state.sent(main, plan, _unloaded_of_call(exc.outcome, plan), _done(exc.outcome))
                 if exc.outcome is not None:
                     settle(plan, exc.outcome)
+                _if_ended(state, exc.outcome)
                 raise
             except (errors.RemoteInterrupted, errors.CellTimeout) as exc:
                 if exc.outcome is not None:  # it ran, stopped part way: what it changed stays
@@ -1200,6 +1220,10 @@ class RemoteSession:
                 elif getattr(exc, "abandoned", False):  # as for a cell: its values went, and
                     state.sent(main, plan, [])  # what it may assign is never sent over
                     state.may_change_there(main, fields["watch"])  # by the copies here
+                _if_ended(state, exc.outcome, exc)
+                raise
+            except errors.ExecutorDied:
+                state.lost()
                 raise
             except errors.BrokerUnreachable as exc:
                 if exc.started:  # (as for a cell: what it made of its values is newer)
@@ -1210,6 +1234,7 @@ class RemoteSession:
             if outcome.status != P.DoneStatus.RESEND:
                 state.sent(main, plan, _unloaded_of_call(outcome, plan), outcome.done)
                 settle(plan, outcome)
+                _if_ended(state, outcome)
                 return outcome
             restore_at.update(state.restore_times(_missing(outcome)))
             for name in _missing(outcome):
@@ -1419,6 +1444,16 @@ def _unloaded_of_call(outcome: CellOutcome | None, plan: sync.Plan) -> list[str]
     an older value the worker still had)."""
     names = _unloaded(outcome)
     return [*names, *plan.send] if "globals" in names else names
+
+
+def _if_ended(
+    state: sync.NamespaceSync, outcome: CellOutcome | None, exc: BaseException | None = None
+) -> None:
+    """The request's end cost its namespace (``exit()`` ended the executor; an interrupt or
+    a timeout restarted it): ``NamespaceSync.lost``."""
+    done = _done(outcome)
+    if (done is not None and done.exit) or getattr(exc, "namespace_lost", False):
+        state.lost()
 
 
 def _missing(outcome: CellOutcome) -> list[str]:

@@ -304,6 +304,15 @@ class NamespaceSync:
         """A local cell may have changed any value: hash again before trusting a record."""
         self.epoch += 1
 
+    def lost(self) -> None:
+        """This namespace's executor ended under a request (it died, ``exit()`` ended it, it
+        was restarted after an interrupt); the worker stays.  The values that lived only
+        there went with it: their placeholders no longer stand, so a cell reading one says
+        so instead of meeting a bare NameError (tester BV).  The records stay: the worker
+        asks for the copies it lacks (``DoneStatus.RESEND``), and a shared namespace ranks
+        them by their ages."""
+        self.remote_only.clear()
+
     def forget(self) -> None:
         """The worker is new (its namespace was lost): nothing is known to be there."""
         self.records.clear()

@@ -763,6 +763,52 @@ def test_a_placeholder_of_a_value_the_worker_lost_says_so(kc, spawner):
     assert "%%remote cells use it there" not in shown and "was lost since" in shown
 
 
+ENDINGS = {
+    "executor crashed": "%%remote\nimport os\nos._exit(1)",
+    "exit()": "%%remote\nexit()",
+    "timed out, deaf to it": (
+        "%%remote --timeout 1\nimport signal, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
+    ),
+}
+
+
+@pytest.mark.parametrize("ending", ENDINGS.values(), ids=ENDINGS.keys())
+def test_a_placeholder_of_a_value_whose_executor_ended_says_so(kc, ending):
+    """As above, with only this notebook's executor gone (it crashed, ``exit()`` ended it,
+    or it was restarted after its timeout; the worker stays): the cell reading the value
+    said a bare NameError, and the placeholder still said "%%remote cells use it there"
+    (tester BV, 2 of 2)."""
+    ok(kc, "only_remote = 0")
+    ok(kc, "%%remote --no-pull\nonly_remote = [1, 2]")
+    run(kc, ending)
+    reply, outputs = run(kc, "%%remote\nprint(only_remote)")
+    assert (reply["status"], reply["ename"]) == ("error", "NameError")
+    said = " ".join(texts(outputs, "display_data"))
+    assert "`only_remote` lived only on the remote worker" in said, said
+    assert "was lost" in said, said
+    [shown] = texts(ok(kc, "only_remote"), "execute_result")
+    assert "%%remote cells use it there" not in shown and "was lost" in shown
+
+
+def test_a_placeholder_of_this_notebooks_own_namespace_read_while_attached_says_where(kc):
+    """A value that lives only in this notebook's own namespace, read by a cell run in a
+    shared one after ``%rexec_attach``: the cell said a bare NameError (tester BV, 2 of 2).
+    It says where the value is, and back in its own namespace the cell reads it."""
+    ok(kc, "own_only = 0")
+    ok(kc, "%%remote --no-pull\nown_only = [1, 2]")
+    ok(kc, "%rexec_attach placeholder-elsewhere")
+    reply, outputs = run(kc, "%%remote\nprint(own_only)")
+    assert (reply["status"], reply["ename"]) == ("error", "NameError")
+    said = " ".join(texts(outputs, "display_data"))
+    assert (
+        "`own_only` lives in this notebook's own namespace on the worker; this cell runs in "
+        "'placeholder-elsewhere', which does not have it (%rexec_attach goes back)."
+    ) in said, said
+    ok(kc, "%rexec_attach")
+    assert stdout_of(ok(kc, "%%remote\nprint(own_only)")) == "[1, 2]\n"
+
+
 def test_a_name_bound_here_to_a_placeholder_reads_the_workers_value(kc):
     """``v = lk``, where ``lk``'s value lives only on the worker (a lock): a cell reading ``v``
     gets the worker's ``lk``, as a local kernel would (before: "`v` lived only on the remote
