@@ -12,7 +12,7 @@ from typing import Any
 
 import requests
 
-from rexec_magic import errors
+from rexec_magic import errors, protocol
 from rexec_magic.contract import WorkerState
 
 READY = WorkerState.READY.value
@@ -24,7 +24,16 @@ def token_form_error(token: str) -> str | None:
     """Why ``token`` cannot be a rexec token, or None.  A token travels in an HTTP header,
     which takes one word of printable ASCII: anything else was refused as ``HTTP 400`` (a
     NUL), or failed inside ``requests`` as an internal error (a character beyond Latin-1).
-    The sentence never shows the token."""
+    The sentence never shows the token.  A longer one than any rexec token
+    (``protocol.TOKEN_MAX``: a file's contents pasted, say) is said so: the spawner's HTTP
+    server dropped such a request unanswered, which read as "the spawner is not reachable"
+    (tester BW, 4 of 4 at 200,000 characters)."""
+    if len(token) > protocol.TOKEN_MAX:
+        return (
+            f"That cannot be a rexec token: it is {len(token):,} characters long, and a "
+            f"token has at most {protocol.TOKEN_MAX:,} (it is not shown; check what was "
+            "pasted)."
+        )
     if token and token.isascii() and token.isprintable() and not any(c.isspace() for c in token):
         return None
     return (

@@ -9,7 +9,7 @@ import secrets
 
 import pytest
 
-from rexec_magic import errors
+from rexec_magic import errors, protocol
 from rexec_magic.login import log_in
 
 pytestmark = pytest.mark.unit
@@ -38,3 +38,17 @@ def test_a_token_no_token_can_be_is_refused_without_being_shown(token: str) -> N
 def test_tokens_of_every_printable_shape_go_to_the_spawner(token: str) -> None:
     with pytest.raises(errors.SpawnerUnavailable):  # sent: the spawner is what is missing
         log_in(NOWHERE, token)
+
+
+def test_a_token_longer_than_any_is_refused_saying_its_length() -> None:
+    """A file's contents given as the token (200,000 characters): the spawner's HTTP server
+    dropped the request unanswered, and the login said the spawner was not reachable while
+    it ran (tester BW, 4 of 4).  Refused before anything is sent, by its length, unshown."""
+    token = "b" * 200_000
+    with pytest.raises(errors.AuthDenied) as caught:
+        log_in(NOWHERE, token)
+    said = str(caught.value)
+    assert said.startswith("That cannot be a rexec token: it is 200,000 characters long")
+    assert "b" * 50 not in said
+    with pytest.raises(errors.SpawnerUnavailable):  # the longest a token may be still goes
+        log_in(NOWHERE, "b" * protocol.TOKEN_MAX)
