@@ -879,7 +879,7 @@ class RemoteSession:
                     _if_ended(self.sync, exc.outcome, exc)
                     raise
                 except errors.ExecutorDied:
-                    self.sync.lost()
+                    self.sync.executor_ended()
                     raise
                 except errors.BrokerUnreachable as exc:
                     if exc.started:  # its values reached the worker; what it made of them
@@ -1223,7 +1223,7 @@ class RemoteSession:
                 _if_ended(state, exc.outcome, exc)
                 raise
             except errors.ExecutorDied:
-                state.lost()
+                state.executor_ended()
                 raise
             except errors.BrokerUnreachable as exc:
                 if exc.started:  # (as for a cell: what it made of its values is newer)
@@ -1450,10 +1450,10 @@ def _if_ended(
     state: sync.NamespaceSync, outcome: CellOutcome | None, exc: BaseException | None = None
 ) -> None:
     """The request's end cost its namespace (``exit()`` ended the executor; an interrupt or
-    a timeout restarted it): ``NamespaceSync.lost``."""
+    a timeout restarted it): ``NamespaceSync.executor_ended``."""
     done = _done(outcome)
     if (done is not None and done.exit) or getattr(exc, "namespace_lost", False):
-        state.lost()
+        state.executor_ended()
 
 
 def _missing(outcome: CellOutcome) -> list[str]:

@@ -304,7 +304,7 @@ class NamespaceSync:
         """A local cell may have changed any value: hash again before trusting a record."""
         self.epoch += 1
 
-    def lost(self) -> None:
+    def executor_ended(self) -> None:
         """This namespace's executor ended under a request (it died, ``exit()`` ended it, it
         was restarted after an interrupt); the worker stays.  The values that lived only
         there went with it: their placeholders no longer stand, so a cell reading one says
