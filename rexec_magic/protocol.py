@@ -1270,6 +1270,10 @@ class Done(Event):
     # end of left there, since the notebook changed them after that request ended
     # (``Execute.missed_after``).
     superseded: Names = Field(default_factory=list)
+    # Of ``conflicts``, those whose value there code running on the worker changed since this
+    # notebook last had it (a thread, an asyncio task, a callback; a cell through a name its
+    # text does not show): no other notebook, no request it did not hear the end of.
+    changed_there: Names = Field(default_factory=list)
     result_name: Short | None = None
     unloaded: list[Unloaded] = Field(default_factory=list)
     missing: Names = Field(default_factory=list)

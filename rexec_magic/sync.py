@@ -152,7 +152,8 @@ def superseded_notes(done: Any) -> list[str]:
 def conflict_notes(done: Any, shared: bool = True) -> list[str]:
     """One sentence per push the worker did not apply (``Done.conflicts``): in a ``shared``
     namespace, one another notebook changed; in any, one that a request whose end this
-    notebook never heard changed (``Execute.missed_base``)."""
+    notebook never heard changed (``Execute.missed_base``), or one that code running on the
+    worker changed since this notebook last had it (``Done.changed_there``)."""
     notes = []
     # (over the pull limit, or not loadable here: the value stays remote, with its own note)
     stayed = {s.get("name") for s in done.skipped if isinstance(s, dict)} if done else set()
@@ -161,7 +162,15 @@ def conflict_notes(done: Any, shared: bool = True) -> list[str]:
         # been sent: before that request began, or after the user stopped waiting for it,
         # at a time the worker could not place after that request's end: ``missed_after``.
         # Which of the two changes came last is not known, so no copy is called older.)
-        if not shared and name in done.deleted:
+        if name in done.changed_there and name not in done.deleted:
+            where = "stays there" if name in stayed else "came back here"
+            notes.append(
+                f"`{name}` was changed on the worker since this notebook last had it (by code "
+                "running there: a thread, a task or a callback, or a cell that reached it "
+                f"through a name its text does not show); that value was kept and {where}; "
+                "this notebook's change was not sent (assign it again to send it)"
+            )
+        elif not shared and name in done.deleted:
             notes.append(
                 f"`{name}` was deleted on the worker by {UNHEARD}, and this notebook holds "
                 "another value for it; which came last cannot be told here, so it is deleted "

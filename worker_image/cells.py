@@ -620,7 +620,8 @@ class CellRunner:
         name a request the notebook stopped waiting for may have changed (``missed``) whose
         value here is not the one the notebook last had (``_changed_unseen``), unless the
         notebook changed it after that value was made here: that push applies, and the DONE
-        says so (``extra["superseded"]``)."""
+        says so (``extra["superseded"]``).  In any namespace too: a value code running here
+        changed since this notebook's last exchange of it (``Watch.changed_here``)."""
         # (IPython's names of a notebook's history are that notebook's own: never a conflict;
         # nor is a push that loads as the very object here: a module, a class or function of
         # an installed package, which travel by reference)
@@ -633,6 +634,12 @@ class CellRunner:
                 for n in self.watch.conflicts(ns, pushed)
                 if n not in kept and not self._restores_over(cell, n)
             ]
+        # Changed here by code running here since this notebook last had it: kept too, and
+        # said as such (``Done.changed_there``), not as another notebook's change.
+        ran = self.watch.changed_here(ns, [n for n in pushed if n not in kept])
+        if ran:
+            kept += ran
+            extra.setdefault("changed_there", []).extend(ran)
         for name in kept:
             del values[name]
         if kept:

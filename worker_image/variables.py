@@ -243,6 +243,30 @@ class Watch:
                 found.append(name)
         return found
 
+    def changed_here(self, namespace: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+        """Of the names this client pushes, those whose value here is no longer the one of
+        the last exchange (this client's hash, no other client's since): code running here
+        changed it after that exchange, a thread, an asyncio task, a callback, or a cell
+        that reached it through a name its text does not show (``getattr(mod, "ls" +
+        "t")``), which no cell's watch named.  Pushed, the notebook's copy went over that
+        change in silence.  Hashed only here, for pushed names: a large array no write
+        reached since its last hash is not read again (``dirty_pages``)."""
+        found = []
+        for name in names:
+            mine = self.digests.get(name)
+            if mine is None or self.latest.get(name) != mine or name not in namespace:
+                continue  # (not exchanged, or another notebook's or an unheard request's)
+            value = namespace[name]
+            try:
+                here = serialize.pack_value(value).digest
+            except serialize.OutOfMemory:
+                continue  # (not known: as before, the push applies)
+            except serialize.SerializationError:
+                here = f"unserializable {id(value)}"  # (as ``collect`` marks it)
+            if here != mine:
+                found.append(name)
+        return found
+
     def unbind(self, namespace: dict[str, Any], names: Iterable[str]) -> None:
         """Names deleted in the notebook (``gone``): unbound here, no hash of them kept."""
         for name in names:
