@@ -1830,6 +1830,50 @@ def test_after_a_shared_namespace_is_lost_its_copies_keep_their_ages(stack, kern
         assert text_of(run(other, "print('aw' in globals())")[1]) == "False\n"
 
 
+def test_a_value_code_running_on_the_worker_changed_is_not_overwritten_by_the_notebook(
+    stack, kernel, tmp_path
+):
+    """A thread a remote cell started appends to ``M`` on the worker after that cell; the
+    notebook then appends to its own copy and runs a remote cell on ``M``: the worker's
+    value is kept, the cell runs on it, it comes back, and one sentence says why.  The
+    notebook's copy went over it in silence: ``[0, 'local']``, the thread's append gone
+    (tester BV, 3 of 3).  A cell that changes a value through a name its text does not show
+    (``getattr(...)``) is no cell that watches it: the next remote cell that names it
+    brings it back, and a local change of the stale copy meets it as above."""
+    _, kc = kernel
+    mark = tmp_path / "appended"
+    run(kc, "M = [0]")
+    run(kc, "%%remote\nprint(M)")
+    code = (
+        "%%remote\nimport threading\ngo = threading.Event()\n"
+        "def bg():\n    go.wait()\n    M.append('t')\n"
+        f"    open({str(mark)!r}, 'w').close()\n"
+        "th = threading.Thread(target=bg)\nth.start()"
+    )
+    run(kc, code)
+    run(kc, "%%remote\ngo.set()")  # (a cell that does not name M)
+    wait_for(mark.exists, "the worker's thread to append to M")
+    run(kc, "M.append('local')")
+    reply, outputs = run(kc, "%%remote\nprint(M)")
+    assert reply["status"] == "ok" and text_of(outputs) == "[0, 't']\n"
+    assert "`M` was changed on the worker since this notebook last had it" in str(outputs)
+    assert "another notebook" not in str(outputs)
+    assert text_of(run(kc, "print(M)")[1]) == "[0, 't']\n"
+
+    run(kc, "lst = [0]")
+    run(kc, "%%remote\nprint(lst)")
+    reach = "%%remote\nimport sys\ngetattr(sys.modules['__main__'], 'ls' + 't').append({!r})"
+    run(kc, reach.format("r2"))
+    assert text_of(run(kc, "%%remote\nprint(len(lst))")[1]) == "2\n"
+    assert text_of(run(kc, "print(lst)")[1]) == "[0, 'r2']\n"  # (it came back)
+    run(kc, reach.format("r3"))
+    run(kc, "lst.append('L')")
+    reply, outputs = run(kc, "%%remote\nprint(lst)")
+    assert text_of(outputs) == "[0, 'r2', 'r3']\n"
+    assert "`lst` was changed on the worker since this notebook last had it" in str(outputs)
+    assert text_of(run(kc, "print(lst)")[1]) == "[0, 'r2', 'r3']\n"
+
+
 def test_a_copy_a_notebook_had_never_goes_over_a_shared_namespaces_newer_value(stack, kernel):
     """A push from a notebook that has not seen a shared namespace's value of a name (it
     joined after the value was made there, or another notebook changed or deleted it after

@@ -3303,6 +3303,56 @@ def test_a_module_both_notebooks_of_a_shared_namespace_imported_is_no_conflict(p
     assert done(events).header.get("conflicts", []) == []
 
 
+# Code a cell leaves running on the worker that changes ``M`` after the cell's end, then
+# says so by creating ``{mark}`` (the test waits for it: no sleep).
+CHANGES_M_LATER = {
+    "thread": (
+        "import threading\n"
+        "def bg():\n"
+        "    M.append('there')\n"
+        "    open({mark!r}, 'w').close()\n"
+        "th = threading.Thread(target=bg)\n"
+        "th.start()\n"
+    ),
+    "task": (
+        "import asyncio\n"
+        "async def bg():\n"
+        "    await asyncio.sleep(0)\n"
+        "    M.append('there')\n"
+        "    open({mark!r}, 'w').close()\n"
+        "task = asyncio.get_event_loop().create_task(bg())\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("team", [None, "team-background"], ids=["private", "shared"])
+@pytest.mark.parametrize("how", sorted(CHANGES_M_LATER))
+def test_a_value_code_running_on_the_worker_changed_is_not_overwritten_by_a_changed_copy(
+    port, tmp_path, how, team
+):
+    """A thread or an asyncio task a cell started changes ``M`` on the worker after that
+    cell; then the notebook changes its own copy (``M.append('local')``) and pushes it.
+    Both sides changed it: the worker's value is kept, the cell runs on it, and it comes
+    back with a note (``changed_there``), as a shared namespace keeps another notebook's
+    change.  The notebook's copy went over it in silence: ``[0, 'local']``, the worker's
+    append lost (tester BV, private and shared, 3 of 3)."""
+    fields = {"session": f"bg-{how}-{team}", **({"namespace": f"{team}-{how}"} if team else {})}
+    watch = {"watch": ["M"], "pull_changed": True}
+    port.run("print(M)", push={"M": [0]}, extra={**fields, **watch})
+    mark = tmp_path / "changed"
+    port.run(CHANGES_M_LATER[how].format(mark=str(mark)), extra=fields)
+    wait_for(mark.exists, f"the {how} to change M on the worker")
+    events = port.run("print(M)", push={"M": [0, "local"]}, extra={**fields, **watch})
+    header = done(events).header
+    assert stdout(events) == "[0, 'there']\n"
+    assert header["conflicts"] == ["M"] and header["changed_there"] == ["M"], header
+    assert pulled(events)["M"] == [0, "there"]
+    # The notebook has the worker's value now: its own change of it goes as always.
+    events = port.run("print(M)", push={"M": [0, "there", "local"]}, extra={**fields, **watch})
+    assert stdout(events) == "[0, 'there', 'local']\n"
+    assert done(events).header.get("conflicts", []) == []
+
+
 def test_a_value_another_notebook_made_comes_back_to_the_notebook_whose_cell_reads_it(port):
     """Notebook a binds ``w0`` in a shared namespace; b's cell reads it: it comes back to b
     with the cell, as what another notebook changed does (README).  It was taken as seen
