@@ -937,14 +937,14 @@ class Execute(Request, Placement):
     # (``Done.superseded``); one that changed later, or at a time the worker cannot say,
     # is kept as above.
     missed_after: dict[Short, float] = Field(default_factory=dict)
-    # A shared namespace's ages of values, by the worker's clock (``Done.at``), so that one
-    # restarted after a loss keeps the newest of the copies its notebooks send again,
-    # whichever comes first (the first used to win, and came back into the others over
-    # their newer ones).  ``restore_at``: names sent again unchanged (the worker lacked
-    # them, or asked: RESEND), with the age of each copy; ``base_at``: names changed here,
-    # with the age of the copy the change was made on; ``gone_at``: names this notebook
-    # deleted or saw deleted, with when (a copy older than the deletion does not bring
-    # them back).
+    # A shared namespace's versions of values (``Done.ages``: when each was made there, by
+    # the worker's clock), so that one restarted after a loss keeps the newest of the
+    # copies its notebooks send again, whichever comes first (the first used to win, and
+    # came back into the others over their newer ones).  ``restore_at``: names sent again
+    # unchanged (the worker lacked them, or asked: RESEND), with the version of each copy;
+    # ``base_at``: names changed here, with the version the change was made on;
+    # ``gone_at``: names this notebook deleted or saw deleted, with the version of the
+    # deletion (a copy older than the deletion does not bring them back).
     restore_at: dict[Short, float] = Field(default_factory=dict)
     base_at: dict[Short, float] = Field(default_factory=dict)
     gone_at: dict[Short, float] = Field(default_factory=dict)
@@ -1250,10 +1250,11 @@ class Done(Event):
     vars: Annotated[list[PulledEntry], BeforeValidator(_none_as_empty)] = []
     skipped: list[Json] = []
     duration: float = 0.0
-    # When it ended, by the worker's clock (``time.time()``, seconds): the age a shared
-    # namespace's notebooks record for the values it exchanged (``Execute.restore_at``),
-    # except those in ``ages``: copies sent again after a loss, which are as old as they
-    # were (a copy held there is not the newest value for being held).
+    # When it ended, by the worker's clock (``time.time()``, seconds).  ``ages``: in a
+    # shared namespace, the version of each name the request exchanged (sent, held, sent
+    # back, deleted): when that value (or deletion) was made there, or, for one held as
+    # sent again after a loss, the version it had; the notebooks record it
+    # (``Execute.restore_at``), ``at`` where it names none.
     at: float | None = None
     ages: dict[Short, float] = Field(default_factory=dict)
     message: str = ""

@@ -258,8 +258,9 @@ class Record:
     obj_id: int
     epoch: int
     reads: list[str] = field(default_factory=list)
-    # When the worker last confirmed it (``Done.at``; shared namespaces only, else None): a
-    # restarted shared namespace keeps the copy exchanged last (``Execute.restore_at``).
+    # Its version: when the value was made in the shared namespace (``Done.ages``, the
+    # worker's clock; shared namespaces only, else None), the same in every notebook that
+    # holds it: a restarted shared namespace keeps the newest copy (``Execute.restore_at``).
     at: float | None = None
 
 
@@ -303,6 +304,10 @@ class NamespaceSync:
         # last ``GONE_KEPT`` (``_keep_gone``; a plain dict, not cachetools: the client core
         # installs without the server's packages).
         self.gone_at: dict[str, float] = {}
+        # A shared namespace's records of a worker that is gone (``forget``), as (hash,
+        # version) per name: what is sent again to the new one carries its version too,
+        # until the name is exchanged there (``age_fields``).
+        self.lost: dict[str, tuple[str, float]] = {}
 
     def _not_remote_only(self, name: str) -> None:
         """The worker's value of ``name`` is no longer the only one (or is gone)."""
@@ -323,11 +328,18 @@ class NamespaceSync:
         self.remote_only.clear()
 
     def forget(self) -> None:
-        """The worker is new (its namespace was lost): nothing is known to be there."""
+        """The worker is new (its namespace was lost): nothing is known to be there.  A
+        shared namespace keeps the versions of its copies and deletions (``lost``,
+        ``gone_at``), so those that come back are ranked as after an executor's loss."""
+        if self.shared:
+            for name, record in self.records.items():
+                if record.at is not None:
+                    self.lost[name] = (record.digest, record.at)
+        else:
+            self.gone_at.clear()
         self.records.clear()
         self.remote_only.clear()
         self.placed.clear()
-        self.gone_at.clear()
 
     # ------------------------------------------------------------------ shipping
     def plan(
@@ -480,11 +492,11 @@ class NamespaceSync:
     ):
         """The worker loaded what was sent (all but ``unloaded``): record it as held there.
 
-        ``done`` (its DONE header): in a shared namespace, the ages of the copies it now
-        holds (``Record.at``): ``Done.at``, or the age it gave a copy sent again after a
-        loss (``Done.ages``); the names held unchanged (``have``) were confirmed then too
-        (one another notebook changed comes back, and ``pulled`` records it), and the names
-        deleted here (``gone``) are kept as deleted then (``gone_at``)."""
+        ``done`` (its DONE header): in a shared namespace, the versions of the values it
+        now holds (``Record.at``, ``Done.ages``; ``Done.at`` where it names none), those
+        sent and those held unchanged (``have``; one another notebook changed comes back,
+        and ``pulled`` records it), and of the deletions of the names deleted here
+        (``gone``), kept as deleted then (``gone_at``)."""
         failed = set(unloaded)
         at = done.at if self.shared and done is not None else None
         ages = done.ages if at is not None else {}
@@ -492,7 +504,7 @@ class NamespaceSync:
             self.records.pop(name, None)
             self._not_remote_only(name)
             if at is not None:
-                self._keep_gone(name, at)
+                self._keep_gone(name, ages.get(name, at))
         for name, packed in plan.send.items():
             if name in failed:
                 self.records.pop(name, None)
@@ -503,12 +515,13 @@ class NamespaceSync:
                 plan.digests[name], id(value), self.epoch, packed.reads, age
             )
             self.gone_at.pop(name, None)
+            self.lost.pop(name, None)
             self._not_remote_only(name)
         if at is not None:
             for name in plan.have:
                 record = self.records.get(name)
                 if record is not None:
-                    record.at = ages.get(name, at)
+                    record.at = ages.get(name, at if record.at is None else record.at)
 
     def restore_times(self, names: Iterable[str]) -> dict[str, float]:
         """The ages of this notebook's copies of ``names`` (those it has an age for), taken
@@ -531,12 +544,13 @@ class NamespaceSync:
         base = {}
         for name in (*plan.send, *plan.gone):
             record = self.records.get(name)
-            if record is None or record.at is None or name in restore:
+            digest, at = (record.digest, record.at) if record else self.lost.get(name, ("", None))
+            if at is None or name in restore:
                 continue
-            if plan.digests.get(name) == record.digest:  # the same copy, sent again
-                restore[name] = record.at
+            if plan.digests.get(name) == digest:  # the same copy, sent again
+                restore[name] = at
             else:  # changed (or deleted) here since: made on that copy
-                base[name] = record.at
+                base[name] = at
         if restore:
             fields["restore_at"] = restore
         if base:
@@ -575,6 +589,7 @@ class NamespaceSync:
         at = at if self.shared else None
         self.records[name] = Record(digest, id(value), self.epoch, list(reads), at)
         self.gone_at.pop(name, None)
+        self.lost.pop(name, None)
         self._not_remote_only(name)
 
     def stays_remote(
@@ -591,6 +606,7 @@ class NamespaceSync:
         self, namespace: MutableMapping[str, Any], name: str, at: float | None = None
     ) -> None:
         self.records.pop(name, None)
+        self.lost.pop(name, None)
         self._not_remote_only(name)
         namespace.pop(name, None)
         if at is not None and self.shared:
@@ -693,6 +709,6 @@ class NamespaceSync:
                 self.stays_remote(namespace, name, "value", why)
         for name in done.deleted if done is not None else []:
             if name not in handled:
-                self.deleted(namespace, name, done.at)
+                self.deleted(namespace, name, done.ages.get(name, done.at))
         notes += superseded_notes(done) + conflict_notes(done, self.shared)
         return notes

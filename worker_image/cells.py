@@ -244,6 +244,10 @@ def take_looks(shell: Any, looks: dict[str, str]) -> None:
         log.info("a display setting of the notebook was not taken: %s", exc)
 
 
+# The hash ``CellRunner.restored`` holds for a deletion: held while the name is unbound.
+HELD_DELETED = "(deleted)"
+
+
 def shared(key: str) -> bool:
     """Whether executor ``key`` (``placement``) is a shared namespace (``%rexec_attach``)."""
     return key.startswith(SHARED_PREFIX)
@@ -375,10 +379,18 @@ class CellRunner:
         # of a process it forked that comes back out of it (executor._end_forked_child).
         self.user_error: BaseException | None = None
         self.watch = Watch(shell.user_ns_hidden)
-        # Names notebooks sent again into this (restarted) shared namespace, each with when
-        # its notebook last exchanged it and its hash here: while unchanged, a copy another
-        # notebook exchanged later replaces it (``_restores_over``).
-        self.restored: dict[str, tuple[float, str | None]] = {}
+        # Names notebooks sent again into this (restarted) shared namespace, each with the
+        # version of its value (when it was made in the namespace that was lost), its hash
+        # here, and whether it is a change (or deletion) a notebook made on that version:
+        # while unchanged, a copy or a change of a later version replaces it
+        # (``_restores_over``).
+        self.restored: dict[str, tuple[float, str | None, bool]] = {}
+        # Changes held as above that a later version replaced, with their hashes: a
+        # notebook that holds one gets the newer value with the conflict note.
+        self.replaced: dict[str, str] = {}
+        # When this namespace served its first request: a version older than that was made
+        # in a namespace that was lost (``_take_restores``).
+        self.born: float | None = None
         self._streams_said: list[str] = []  # sys.stdout / stderr said to be None
 
     def on_sigint(self, signum: int, frame: Any) -> None:
@@ -431,6 +443,10 @@ class CellRunner:
         self.outbox.current = target
         MADE_BY.set(target)  # (what its asyncio tasks print later is its own: ``FdStream``)
         self.watch.serve(cell.client)  # what changes is what changed since it last saw
+        if self.born is None:
+            self.born = time.time()
+        # (its change, held after a loss, that a later version replaced: the note comes back)
+        replaced = [n for n, h in self.replaced.items() if self.watch.digests.get(n) == h]
         started = time.perf_counter()
         entries: list[dict[str, Any]] = []
         frames: list[Any] = []
@@ -468,6 +484,9 @@ class CellRunner:
                 if n in self.shell.user_ns
             ]
             self.watch.unbind(self.shell.user_ns, [n for n in cell.gone if n not in kept_gone])
+            for name in cell.gone:  # (a deletion made on a version of a namespace that was
+                if name not in kept_gone:  # lost: it is as new as that version)
+                    self._hold_change(cell, name, HELD_DELETED)
             if cell.gone_at and self.restored:
                 # Deleted in that notebook after the copy held here (another notebook's, sent
                 # again after a loss) was made: the deletion is the newer, and stands.
@@ -571,6 +590,11 @@ class CellRunner:
                 if self.interrupt_handled:
                     extra["interrupt_handled"] = True
             del values
+        back = [*(e["name"] for e in entries), *(s["name"] for s in skipped)]
+        back += extra.get("deleted", ())
+        replaced = [n for n in replaced if n in back and n not in extra.get("conflicts", ())]
+        if replaced:
+            extra["conflicts"] = [*extra.get("conflicts", ()), *replaced]
         if self.unstarted and status == DoneStatus.INTERRUPTED:
             what = "call" if cell.call else "cell"
             extra["message"] = f"The {what} was interrupted before it started; it did not run."
@@ -584,9 +608,8 @@ class CellRunner:
             "at": time.time(),
             "execution_count": self.shell.execution_count - 1,
         }
-        if self.restored:  # (copies sent again after a loss: as old as they were)
-            ages = {n: self._restored_at(n) for n in list(self.restored)}
-            ages = {n: at for n, at in ages.items() if at is not None}
+        if shared(cell.session) and status != DoneStatus.RESEND:
+            ages = self._ages(cell, entries)
             if ages:
                 header["ages"] = ages
         if self.shell.exit_requested:
@@ -650,35 +673,82 @@ class CellRunner:
             extra.setdefault("superseded", []).extend(superseded)
         return kept
 
+    def _ages(self, cell: Cell, entries: list[dict[str, Any]]) -> dict[str, float]:
+        """The versions (``Done.ages``) of the names this request exchanged: sent, held
+        unchanged, sent back or deleted.  A value held as sent again after a loss (or as a
+        change of such a copy) has the version it had (``_restored_at``); any other, when
+        it was made here (``Watch.changed_at``), so every notebook that holds one value
+        holds it with one version, whichever exchange brought it."""
+        names = {*cell.have, *cell.watch, *cell.gone, *self.watch.pushed, *self.restored}
+        names.update(e["name"] for e in entries)
+        ages = {}
+        for name in names:
+            at = self._restored_at(name)
+            if at is None:
+                at = self.watch.changed_at.get(name)
+            if at is not None:
+                ages[name] = at
+        return ages
+
     def _restored_at(self, name: str) -> float | None:
-        """When the copy of ``name`` sent again here was last exchanged by its notebook, while
-        the value here is still that copy (None: not sent again, or changed since)."""
+        """The version of the value (or deletion) of ``name`` held here as sent again after
+        a loss (or as a change of such a copy), while it is still that one (None: not sent
+        again, or changed here since)."""
         entry = self.restored.get(name)
         if entry is None:
             return None
-        if entry[1] is None or self.watch.latest.get(name) != entry[1]:
-            del self.restored[name]  # changed here since (or deleted): a newer value
+        if entry[1] == HELD_DELETED:
+            held = name not in self.shell.user_ns
+        else:
+            held = entry[1] is not None and self.watch.latest.get(name) == entry[1]
+        if not held:
+            del self.restored[name]  # changed here since (or deleted, or bound): newer
             return None
         return entry[0]
 
     def _restores_over(self, cell: Cell, name: str) -> bool:
-        """Whether this request's copy of ``name``, sent again (``Cell.restore_at``) or
-        changed from a copy (``Cell.base_at``, which a deletion here counts as too), is newer
-        than the copy another notebook sent again here after the namespace was lost (it
-        last saw its copy later, by the worker's clock), which is still unchanged: then it
-        goes over it, and the other notebook gets it back as a change.  The namespace that
-        held the newest value is gone; the copies that came back hold the order in which
-        their notebooks last saw them."""
+        """Whether this request's copy of ``name``, sent again (``Cell.restore_at``: the
+        version it holds) or changed from a copy (``Cell.base_at``: the version the change
+        was made on; a deletion here counts too), goes over the value held here as another
+        notebook's after the namespace was lost (``restored``), still unchanged.  Versions
+        are when each value was made in the namespace that was lost, so they order the
+        copies that came back: a later version goes over an earlier one; a change goes over
+        the version it was made on (it descends from it), and a copy of that version (the
+        same value) over it too; a held change gives way to any version made after the one
+        it was made on (that value was made after the copy the change started from).  The
+        other notebook gets it back as a change."""
         at = cell.restore_at.get(name, cell.base_at.get(name))
         there = self._restored_at(name)
-        return at is not None and there is not None and at > there
+        if at is None or there is None:
+            return False
+        return at > there or (at == there and not self.restored[name][2])
 
     def _take_restores(self, cell: Cell) -> None:
         """Record the copies this request sent again that were bound here (``Watch.pushed``),
+        and the changes made on a version older than this namespace (one that was lost),
         with their hashes (``Watch.before`` made them, before the code ran): ``_restored_at``
-        tells them from later changes."""
-        for name in self.watch.pushed.intersection(cell.restore_at):
-            self.restored[name] = (cell.restore_at[name], self.watch.latest.get(name))
+        tells them from later changes.  A change this replaces is kept in ``replaced``."""
+        for name in self.watch.pushed:
+            if name in cell.restore_at:
+                self._hold(name, (cell.restore_at[name], self.watch.latest.get(name), False))
+            else:
+                self._hold_change(cell, name, self.watch.latest.get(name))
+
+    def _hold_change(self, cell: Cell, name: str, digest: str | None) -> None:
+        """Hold the change of ``name`` this request made (its hash here, or
+        ``HELD_DELETED``) as a change of its version (``Cell.base_at``) where that version
+        was made in a namespace that was lost (before this one served a request)."""
+        base = cell.base_at.get(name)
+        if base is not None and self.born is not None and base < self.born:
+            self._hold(name, (base, digest, True))
+
+    def _hold(self, name: str, entry: tuple[float, str | None, bool]) -> None:
+        """Hold ``entry`` for ``name`` in ``restored``; a held change it replaces, with
+        another value, goes to ``replaced`` (its notebooks get the conflict note)."""
+        before = self.restored.get(name)
+        if before is not None and before[2] and before[1] not in (None, HELD_DELETED, entry[1]):
+            self.replaced[name] = before[1]
+        self.restored[name] = entry
 
     def _changed_unseen(self, cell: Cell, pushed: list[str]) -> tuple[list[str], list[str]]:
         """Of the ``pushed`` names that a request whose DONE the notebook never read may
