@@ -1874,6 +1874,70 @@ def test_a_value_code_running_on_the_worker_changed_is_not_overwritten_by_the_no
     assert text_of(run(kc, "print(lst)")[1]) == "[0, 'r2', 'r3']\n"
 
 
+def test_after_a_shared_namespace_is_lost_a_change_goes_over_the_copy_it_was_made_on(stack, kernel):
+    """A made ``vx``, ``vl``, ``vz`` there and B read them; the namespace is lost (B's
+    cell kills its executor).  A then changes them here (a rebinding, an append, a
+    ``del``); B's next cell sends its unchanged copies again first.  Both copies are the
+    one value A made, so A's changes, made on it, are newer: they go, and come back into
+    B.  B's copy used to count as newer for having been read later (its age was when B's
+    cell ended, not when the value was made): A's changes were refused with a note calling
+    B's copy the newer, and A's kernel got B's copy back, ``vz`` too (tester BV, 3 of 3)."""
+    km, kc = kernel
+    with sharing(stack, kc, name="made-on-after-loss") as other:
+        run(kc, "vx = 0\nvl = [0]\nvz = 0")
+        assert text_of(run(kc, "%%remote\nprint('A', vx, vl, vz)")[1]) == "A 0 [0] 0\n"
+        assert text_of(run(other, "%%remote\nprint('B', vx, vl, vz)")[1]) == "B 0 [0] 0\n"
+        lose_the_shared_namespace(km, other, "death")
+        run(kc, "vx = 'A'\nvl.append('A')\ndel vz")
+        _, outputs = run(other, "%%remote\nprint('B', vx, vl, vz)")
+        assert text_of(outputs) == "B 0 [0] 0\n", outputs
+        _, outputs = run(kc, "%%remote\nprint('A', vx, vl, 'vz' in globals())")
+        assert text_of(outputs) == "A A [0, 'A'] False\n", outputs
+        assert "newer" not in str(outputs)
+        _, outputs = run(kc, "print('A', vx, vl, 'vz' in globals())")
+        assert text_of(outputs) == "A A [0, 'A'] False\n"
+        code = "try:\n    vz\nexcept NameError:\n    print('B', vx, vl, 'no vz')"
+        _, outputs = run(other, f"%%remote\n{code}")
+        assert text_of(outputs) == "B A [0, 'A'] no vz\n", outputs
+        _, outputs = run(other, "print('B', vx, vl, 'vz' in globals())")
+        assert text_of(outputs) == "B A [0, 'A'] False\n"
+
+
+@pytest.mark.parametrize("loss", ["death", "%rexec_stop"])
+def test_after_a_shared_namespace_is_lost_a_value_made_after_a_changes_base_wins(
+    stack, kernel, loss
+):
+    """A and B hold ``fx`` and ``fl``; A changes them here, B then assigns them there, and
+    the namespace is lost (B's cell kills its executor, or B stops the worker).  A's cell
+    comes first: its change applies, as nothing is held yet.  B's copy, made after the
+    value A's change was made on, is the newer: B's next cell puts it back, and A's next
+    cell gets it with the note that the namespace's value is newer.  A's older change used
+    to stay and come back into B's kernel over B's own value, in silence, or (the worker
+    stopped) with a note to B calling A's value the newer (tester BV, 3 of 3, 2 of 2)."""
+    km, kc = kernel
+    with sharing(stack, kc, name=f"made-after-base-{loss.strip('%')}") as other:
+        run(kc, "fx = 0\nfl = [0]")
+        assert text_of(run(kc, "%%remote\nprint('A', fx, fl)")[1]) == "A 0 [0]\n"
+        assert text_of(run(other, "%%remote\nprint('B', fx, fl)")[1]) == "B 0 [0]\n"
+        run(kc, "fx = 'A-early'\nfl.append('A-early')")
+        run(other, "%%remote\nfx = 'B-later'\nfl.append('B-later')")
+        if loss == "death":
+            lose_the_shared_namespace(km, other, loss)
+        else:
+            assert run(other, "%rexec_stop")[0]["status"] == "ok"
+        _, outputs = run(kc, "%%remote\nprint('A', fx, fl)")
+        assert text_of(outputs) == "A A-early [0, 'A-early']\n", outputs
+        _, outputs = run(other, "%%remote\nprint('B', fx, fl)")
+        assert text_of(outputs) == "B B-later [0, 'B-later']\n", outputs
+        assert "newer" not in str(outputs)
+        assert text_of(run(other, "print('B', fx, fl)")[1]) == "B B-later [0, 'B-later']\n"
+        _, outputs = run(kc, "%%remote\nprint('A', fx, fl)")
+        assert text_of(outputs) == "A B-later [0, 'B-later']\n", outputs
+        assert "`fx` in the shared namespace is newer" in str(outputs)
+        assert "`fl` in the shared namespace is newer" in str(outputs)
+        assert text_of(run(kc, "print('A', fx, fl)")[1]) == "A B-later [0, 'B-later']\n"
+
+
 def test_a_copy_a_notebook_had_never_goes_over_a_shared_namespaces_newer_value(stack, kernel):
     """A push from a notebook that has not seen a shared namespace's value of a name (it
     joined after the value was made there, or another notebook changed or deleted it after
