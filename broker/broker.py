@@ -71,6 +71,17 @@ RESYNCED = (
     "The remote worker lost its link to the broker and registered again; the {what} was "
     "stopped (the remote namespace is kept)."
 )
+# libzmq I/O threads (``ZMQ_AFFINITY`` bitmasks) of a broker given a context with two: the
+# client port's connections on the first, the worker and control ports' on the second.
+# libzmq's I/O thread sends every connection's ZMTP ping (every third of the client
+# timeout); 20,000 idle client connections, no token needed to open them, kept one I/O
+# thread busy for seconds at each round of pings, and the workers' heartbeats, on the same
+# thread, came too late: every user's worker was dropped, and running cells failed with
+# output lost (tester BW, 3 of 3).  Apart, a flood of client connections slows clients
+# only; the workers keep their link.
+IO_THREADS = 2
+CLIENT_IO = 0b01
+WORKER_IO = 0b10
 MAX_EXECUTOR_ROWS = 100  # of a heartbeat's executor list, kept for %rexec_status
 RECHECK_RETRY_S = 5.0  # the auth service could not be asked: keep the session, ask again soon
 # A closed connection's last messages (a worker's DONE and GOODBYE) may still be queued behind
@@ -319,11 +330,16 @@ class Broker:
         curve: tuple[str, str] | None = None,
         max_frame: int = -1,
         ping_timeout_s: float | None = None,
+        io: int = WORKER_IO,
     ) -> zmq.Socket:
         """A bound ROUTER; ``ping_timeout_s``: a connection that answers no ZMTP ping (sent
-        by libzmq's I/O thread every third of it) for that long is closed."""
+        by libzmq's I/O thread every third of it) for that long is closed.  ``io``: its
+        connections' I/O thread (``CLIENT_IO``, ``WORKER_IO``) where the context has
+        ``IO_THREADS`` (a context of one, as a test's, has them all on it)."""
         sock = self.ctx.socket(zmq.ROUTER)
         sock.linger = 0
+        if self.ctx.get(zmq.IO_THREADS) >= IO_THREADS:  # (set before bind: its connections)
+            sock.affinity = io
         if ping_timeout_s is not None:  # (for the connections made after: set before bind)
             timeout_ms = max(1, round(ping_timeout_s * 1000))
             sock.heartbeat_ivl = max(1, timeout_ms // 3)
@@ -350,7 +366,7 @@ class Broker:
         secret_key = s.curve_secret_key.get_secret_value()
         curve = (s.curve_public_key, secret_key) if s.curve_public_key and secret_key else None
         self.frontend = self._router(
-            s.broker_port, "broker", curve, s.max_client_frame_bytes, s.client_timeout_s
+            s.broker_port, "broker", curve, s.max_client_frame_bytes, s.client_timeout_s, CLIENT_IO
         )
         self.backend = self._router(s.worker_port, "worker")
         self.control = self._router(s.control_port, "control", max_frame=self.max_header)

@@ -7,7 +7,9 @@ import os
 import signal
 from typing import Any
 
-from broker.broker import Broker
+import zmq
+
+from broker.broker import IO_THREADS, Broker
 from broker.config import BrokerSettings
 from broker.guard import make_undumpable
 from rexec_magic import logs
@@ -18,7 +20,8 @@ def serve(settings: BrokerSettings) -> None:
     """Bind, route until SHUTDOWN or SIGTERM/SIGINT, then close every socket."""
     logs.configure(log_file=settings.log_file)
     make_undumpable()  # no same-user process may read our memory (keys, tokens in flight)
-    broker = Broker(settings)
+    # (its own context: client and worker connections on I/O threads of their own)
+    broker = Broker(settings, context=zmq.Context(io_threads=IO_THREADS))
 
     def stop(signum: int, frame: Any) -> None:
         broker.stop()
