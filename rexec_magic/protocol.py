@@ -1275,6 +1275,10 @@ class Done(Event):
     # notebook last had it (a thread, an asyncio task, a callback; a cell through a name its
     # text does not show): no other notebook, no request it did not hear the end of.
     changed_there: Names = Field(default_factory=list)
+    # Names this notebook had exchanged that were unbound there before this request began
+    # (another notebook of a shared namespace, or code running there, deleted them): of
+    # ``deleted``, the ones this request did not delete itself.
+    deleted_there: Names = Field(default_factory=list)
     result_name: Short | None = None
     unloaded: list[Unloaded] = Field(default_factory=list)
     missing: Names = Field(default_factory=list)

@@ -149,6 +149,13 @@ def superseded_notes(done: Any) -> list[str]:
     ]
 
 
+def deleted_there_note(name: str, shared: bool) -> str:
+    """The sentence for a name this notebook had that was deleted there before its request
+    began (``Done.deleted_there``): its copy here goes too, as a local kernel's would."""
+    by = "in the shared namespace" if shared else "on the worker by code running there"
+    return f"`{name}` was deleted {by} after this notebook last had it; it is deleted here too"
+
+
 def conflict_notes(done: Any, shared: bool = True) -> list[str]:
     """One sentence per push the worker did not apply (``Done.conflicts``): in a ``shared``
     namespace, one another notebook changed; in any, one that a request whose end this
@@ -709,6 +716,8 @@ class NamespaceSync:
                 self.stays_remote(namespace, name, "value", why)
         for name in done.deleted if done is not None else []:
             if name not in handled:
+                if name in done.deleted_there and name in namespace and name not in done.conflicts:
+                    notes.append(deleted_there_note(name, self.shared))
                 self.deleted(namespace, name, done.ages.get(name, done.at))
         notes += superseded_notes(done) + conflict_notes(done, self.shared)
         return notes

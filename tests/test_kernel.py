@@ -1730,13 +1730,20 @@ def test_coming_back_to_a_namespace_never_pushes_an_older_local_copy_over_it(sta
 def test_a_name_another_notebook_deleted_stays_deleted(stack, kernel):
     """B deletes a name A had sent to their shared namespace: A's next cell using it fails
     as it would there (NameError) and A's copy goes too; A's old copy used to be sent
-    again, bringing back what B had deleted."""
+    again, bringing back what B had deleted.  A is told why its copy went: it was deleted
+    in silence, after a bare NameError for a name defined two cells above (tester BV, 2 of
+    2); a name the cell deletes itself goes without a word, as locally."""
     _, kc = kernel
     with sharing(stack, kc) as other:
         run(kc, "%remote y0 = [5]")
         run(other, "%remote del y0")
-        reply, _ = run(kc, "%%remote\ny0.append(1)")
+        reply, outputs = run(kc, "%%remote\ny0.append(1)")
         assert (reply["status"], reply["ename"]) == ("error", "NameError")
+        said = "`y0` was deleted in the shared namespace after this notebook last had it; it "
+        assert said + "is deleted here too" in str(outputs), outputs
+        run(kc, "%remote y1 = [6]")
+        _, outputs = run(kc, "%%remote\ndel y1")
+        assert "was deleted" not in str(outputs), outputs
         _, outputs = run(kc, "print('y0' in globals())")
         assert text_of(outputs) == "False\n"
         reply, outputs = run(other, "%%remote\nprint('y0' in globals())")
@@ -1828,6 +1835,27 @@ def test_after_a_shared_namespace_is_lost_its_copies_keep_their_ages(stack, kern
         reply, outputs = run(other, "%%remote\nprint(aw)")
         assert reply["ename"] == "NameError"
         assert text_of(run(other, "print('aw' in globals())")[1]) == "False\n"
+
+
+def test_a_name_code_running_on_the_worker_deleted_is_said_deleted_here_too(kernel, tmp_path):
+    """A timer a remote cell started deletes ``z9`` on the worker after that cell ended; the
+    next cell reading it fails as it would there, and the notebook's copy goes, with a
+    sentence saying why (it went in silence)."""
+    _, kc = kernel
+    mark = tmp_path / "deleted"
+    run(kc, "%remote z9 = [1]")
+    code = (
+        "%%remote\nimport threading\ndef drop():\n    del globals()['z9']\n"
+        f"    open({str(mark)!r}, 'w').close()\n"
+        "threading.Timer(0.2, drop).start()"
+    )
+    run(kc, code)
+    wait_for(mark.exists, "the worker's timer to delete z9")
+    reply, outputs = run(kc, "%%remote\nprint(z9)")
+    assert (reply["status"], reply["ename"]) == ("error", "NameError")
+    said = "`z9` was deleted on the worker by code running there after this notebook last had "
+    assert said + "it; it is deleted here too" in str(outputs), outputs
+    assert text_of(run(kc, "print('z9' in globals())")[1]) == "False\n"
 
 
 def test_a_value_code_running_on_the_worker_changed_is_not_overwritten_by_the_notebook(

@@ -48,7 +48,14 @@ from worker_image.outbox import (
 )
 from worker_image.phase import PhaseBoard
 from worker_image.shell import cut_frames
-from worker_image.variables import Report, Watch, load_pushed, not_arrived, numbered_as
+from worker_image.variables import (
+    MISSED,
+    Report,
+    Watch,
+    load_pushed,
+    not_arrived,
+    numbered_as,
+)
 
 if TYPE_CHECKING:  # the supervisor parses requests too, and must not load IPython
     from worker_image.shell import WorkerShell
@@ -474,6 +481,15 @@ class CellRunner:
         if missing:
             status, extra = DoneStatus.RESEND, {"missing": missing}
         else:
+            # Exchanged with this notebook, and unbound before this request began: another
+            # notebook of a shared namespace deleted them, or code running here did.  The
+            # DONE reports them deleted like this request's own deletions; ``deleted_there``
+            # lets the notebook say it, not delete its copy in silence (tester BV, 2 of 2).
+            ns, seen = self.shell.user_ns, self.watch.digests
+            asked = dict.fromkeys([*cell.have, *cell.watch])  # (what this DONE reports on)
+            unbound = [n for n in asked if n not in ns and seen.get(n, MISSED) != MISSED]
+            if unbound:
+                extra["deleted_there"] = unbound
             # Deleted in the notebook since it last exchanged them: the code must not read
             # this namespace's older values under those names (a local ``del sum`` makes
             # ``sum`` the builtin again).  In a shared namespace, a value this notebook has
