@@ -18,7 +18,7 @@ from rexec_magic.contract import Env
 
 def serve(settings: BrokerSettings) -> None:
     """Bind, route until SHUTDOWN or SIGTERM/SIGINT, then close every socket."""
-    logs.configure(log_file=settings.log_file)
+    logs.configure(log_file=settings.log_file, rotate=True)
     make_undumpable()  # no same-user process may read our memory (keys, tokens in flight)
     # (its own context: client and worker connections on I/O threads of their own)
     broker = Broker(settings, context=zmq.Context(io_threads=IO_THREADS))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import TextIO
 
@@ -20,6 +21,13 @@ from jupyter_core.paths import jupyter_runtime_dir
 from rexec_magic.contract import Env
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# A server's log file (``rotate=True``) is rotated at this size, keeping this many old ones:
+# what any token holder can make a service log (a line per connection: 41 KB/s from one
+# connect-and-close loop, tester BW) cannot fill the disk.  (Only servers: one process
+# writes each; the kernels of a user share one client log, which a rotation by one of
+# them would pull from under the others.)
+ROTATE_BYTES = 64 * 2**20
+ROTATE_KEEP = 2
 _MARK = "_rexec_handler"
 
 
@@ -35,9 +43,11 @@ def configure(
     stream: TextIO | None = None,
     level: str | None = None,
     propagate: bool = True,
+    rotate: bool = False,
 ) -> logging.Logger:
     """Send ``logger_name`` (None: the root logger) to ``log_file``, else to ``stream``
     (default stderr), in the one rexec format.  Idempotent: a second call changes nothing.
+    ``rotate``: ``log_file`` is a server's own, rotated at ``ROTATE_BYTES``.
 
     ``level`` is a level name (default ``$REXEC_LOG_LEVEL``, else INFO).  A log file that
     cannot be opened falls back to ``stream``; logging never stops a process from starting.
@@ -49,7 +59,12 @@ def configure(
     if log_file:
         try:
             Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(log_file)
+            if rotate:
+                handler = RotatingFileHandler(
+                    log_file, maxBytes=ROTATE_BYTES, backupCount=ROTATE_KEEP
+                )
+            else:
+                handler = logging.FileHandler(log_file)
         except OSError:
             handler = logging.StreamHandler(stream or sys.stderr)
     else:

@@ -44,7 +44,7 @@ class QuietStatusPolls(logging.Filter):
 def serve(settings: SpawnerSettings | None = None) -> None:
     """Serve the spawner on ``settings.host:settings.spawner_port`` until SIGTERM/SIGINT."""
     settings = settings or SpawnerSettings()
-    logs.configure(log_file=settings.log_file)
+    logs.configure(log_file=settings.log_file, rotate=True)
     logging.getLogger("uvicorn.access").addFilter(QuietStatusPolls())
     make_undumpable()  # workers run user code as our OS user: keep our memory from them
     app = create_app(settings)
@@ -71,7 +71,7 @@ def remove_workers(settings: SpawnerSettings) -> int:
     from spawner.backends.kubernetes import KubernetesBackend
     from spawner.errors import SpawnerError
 
-    logs.configure(log_file=settings.log_file)
+    logs.configure(log_file=settings.log_file, rotate=True)
     if settings.backend != "kubernetes":
         print("rexec spawner --remove-workers is for the kubernetes backend.", file=sys.stderr)
         return 2
