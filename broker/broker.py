@@ -568,7 +568,16 @@ class Broker:
         assert request is not None
         kind = signed.kind.decode("ascii", "replace")
         if kind not in P.CLIENT_TO_WORKER:
-            return self._malformed("frontend", f"unknown kind {kind[:32]!r}")
+            # Said to the client, whose session is verified: one that waits for the answer
+            # waited for good (tester BW, 5 of 5).
+            self._malformed("frontend", f"unknown kind {kind[:32]!r}")
+            return self._fail(
+                route,
+                request.id,
+                P.FailCode.MALFORMED,
+                f"The request was refused: the broker knows no message kind {kind[:32]!r} "
+                "from a client.",
+            )
         if request.upload and kind in (P.Kind.EXECUTE, P.Kind.CALL):
             uploaded = self.bulk.take_upload(user, request.upload)
             if uploaded is None:

@@ -499,6 +499,22 @@ def _hello(url: str, token: str) -> tuple[zmq.Socket, bytes]:
     return sock, bytes.fromhex(welcome.header["session_key"])
 
 
+@pytest.mark.parametrize("kind", ["frobnicate", "shutdown", P.Kind.DONE, P.Kind.REGISTER])
+def test_a_signed_request_of_a_kind_no_client_sends_gets_an_answer(stack, kind):
+    """A client's correctly signed message of a kind the broker takes from no client (a
+    typo, a worker's kind, an admin's): it was dropped with a log line only, and a client
+    waiting for its answer waited for good (tester BW, 5 of 5).  It is refused in words."""
+    token = connection.load(stack.add_user("kinds")).token
+    sock, key = _hello(broker_url(stack, "broker"), token)
+    try:
+        answer = P.decode(ask(sock, P.encode_signed(key, kind, {"id": "k1"})))
+        assert answer.kind == P.Kind.FAIL and answer.header["code"] == P.FailCode.MALFORMED
+        assert answer.header["id"] == "k1"
+        assert f"knows no message kind {kind!r}" in answer.header["message"], answer.header
+    finally:
+        sock.close()
+
+
 def test_an_idle_session_ends_and_a_new_hello_starts_another(tmp_path):
     tokens = tmp_path / "tokens.json"
     token = add_static_token(tokens, "alice")
