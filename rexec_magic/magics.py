@@ -499,7 +499,11 @@ class RexecMagics(Magics):
             if isinstance(ns.get(name), sync.RemoteOnly) and not ns[name].elsewhere:
                 held = self.session.placeholder_held_elsewhere(ns, name)
                 if held is not None:  # (kept there: the placeholder stays as it is)
-                    now = "this notebook's own namespace" if here is None else f"'{here}'"
+                    now = (
+                        "this notebook's own namespace"
+                        if here is None
+                        else f"shared namespace '{here}'"
+                    )
                     self.notes.note(
                         f"`{name}` lives in {held} on the worker; this cell runs in {now}, "
                         "which does not have it (%rexec_attach goes back)."

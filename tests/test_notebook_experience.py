@@ -803,7 +803,8 @@ def test_a_placeholder_of_this_notebooks_own_namespace_read_while_attached_says_
     said = " ".join(texts(outputs, "display_data"))
     assert (
         "`own_only` lives in this notebook's own namespace on the worker; this cell runs in "
-        "'placeholder-elsewhere', which does not have it (%rexec_attach goes back)."
+        "shared namespace 'placeholder-elsewhere', which does not have it (%rexec_attach goes "
+        "back)."
     ) in said, said
     ok(kc, "%rexec_attach")
     assert stdout_of(ok(kc, "%%remote\nprint(own_only)")) == "[1, 2]\n"
