@@ -742,6 +742,14 @@ def test_a_worker_stopped_elsewhere_under_a_running_cell_is_said_once(kc, spawne
     assert "namespace was lost" not in stderr_of(outputs), stderr_of(outputs)
 
 
+def notes_of_a_failed_read(kc, name: str) -> str:
+    """A remote cell reading ``name``, which fails with a NameError: what the notebook said
+    beside it (its notes, joined)."""
+    reply, outputs = run(kc, f"%%remote\nprint({name})")
+    assert (reply["status"], reply["ename"]) == ("error", "NameError")
+    return " ".join(texts(outputs, "display_data"))
+
+
 def test_a_placeholder_of_a_value_the_worker_lost_says_so(kc, spawner):
     """A value that lived only on the worker (``--no-pull``), then the worker stopped: its
     placeholder here said "%%remote cells use it there" for good, and a cell reading it met
@@ -753,12 +761,10 @@ def test_a_placeholder_of_a_value_the_worker_lost_says_so(kc, spawner):
     assert "%%remote cells use it there" in texts(ok(kc, "only_remote"), "execute_result")[0]
     spawner.stop()
     ok(kc, "%%remote\npass")  # (it hears of the new worker here)
-    reply, outputs = run(kc, "%%remote\nprint(only_remote)")
-    assert (reply["status"], reply["ename"]) == ("error", "NameError")
     assert (
         "`only_remote` lived only on the remote worker, whose namespace was lost since: this "
         "cell cannot read it."
-    ) in texts(outputs, "display_data")
+    ) in notes_of_a_failed_read(kc, "only_remote")
     [shown] = texts(ok(kc, "only_remote"), "execute_result")
     assert "%%remote cells use it there" not in shown and "was lost since" in shown
 
@@ -782,9 +788,7 @@ def test_a_placeholder_of_a_value_whose_executor_ended_says_so(kc, ending):
     ok(kc, "only_remote = 0")
     ok(kc, "%%remote --no-pull\nonly_remote = [1, 2]")
     run(kc, ending)
-    reply, outputs = run(kc, "%%remote\nprint(only_remote)")
-    assert (reply["status"], reply["ename"]) == ("error", "NameError")
-    said = " ".join(texts(outputs, "display_data"))
+    said = notes_of_a_failed_read(kc, "only_remote")
     assert "`only_remote` lived only on the remote worker" in said, said
     assert "was lost" in said, said
     [shown] = texts(ok(kc, "only_remote"), "execute_result")
@@ -798,9 +802,7 @@ def test_a_placeholder_of_this_notebooks_own_namespace_read_while_attached_says_
     ok(kc, "own_only = 0")
     ok(kc, "%%remote --no-pull\nown_only = [1, 2]")
     ok(kc, "%rexec_attach placeholder-elsewhere")
-    reply, outputs = run(kc, "%%remote\nprint(own_only)")
-    assert (reply["status"], reply["ename"]) == ("error", "NameError")
-    said = " ".join(texts(outputs, "display_data"))
+    said = notes_of_a_failed_read(kc, "own_only")
     assert (
         "`own_only` lives in this notebook's own namespace on the worker; this cell runs in "
         "shared namespace 'placeholder-elsewhere', which does not have it (%rexec_attach goes "
@@ -829,9 +831,7 @@ def test_a_name_bound_here_to_a_placeholder_reads_the_workers_value(kc):
     assert stdout_of(ok(kc, "%%remote\nprint(alias_w is alias_v is also_v)")) == "True\n"
     ok(kc, "stale_p = lock_a")  # the RLock's placeholder; no cell reads it before...
     ok(kc, "%%remote\nlock_a = None")  # ...the worker holds the RLock under no name
-    reply, outputs = run(kc, "%%remote\nprint(stale_p)")
-    assert (reply["status"], reply["ename"]) == ("error", "NameError")
-    said = " ".join(texts(outputs, "display_data"))
+    said = notes_of_a_failed_read(kc, "stale_p")
     assert (
         "`stale_p` lived only on the remote worker as the value `lock_a` had then: `lock_a` "
         "was assigned again or deleted since, so this cell cannot read it."
