@@ -619,9 +619,15 @@ class Broker:
         req_id = request.id if request is not None else None  # echoed so the client matches
         if route in self.revoked:
             return self._fail(route, req_id, P.FailCode.TOKEN_INVALID, P.TOKEN_INVALID_MESSAGE)
-        return self._fail(
-            route, req_id, P.FailCode.UNAUTHENTICATED, "This connection has not said hello."
+        # (The same code either way: a client says hello again.  The words say which it was:
+        # a bad signature on a connection that did say hello read "has not said hello",
+        # tester BW, 5 of 5.)
+        said = (
+            "The message was refused: its signature does not match this connection's session."
+            if had_session
+            else "This connection has not said hello."
         )
+        return self._fail(route, req_id, P.FailCode.UNAUTHENTICATED, said)
 
     def _unauthenticated_malformed(self, route: bytes, why: str) -> None:
         if self._admit_unauthenticated("c", route):

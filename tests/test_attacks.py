@@ -515,6 +515,26 @@ def test_a_signed_request_of_a_kind_no_client_sends_gets_an_answer(stack, kind):
         sock.close()
 
 
+def test_a_bad_signature_on_a_session_is_refused_as_such(stack):
+    """A message signed with another key on a connection that said hello: refused, and the
+    words say what was wrong (they said "This connection has not said hello", tester BW, 5
+    of 5); a connection that never said hello is told that."""
+    token = connection.load(stack.add_user("badmac")).token
+    sock, key = _hello(broker_url(stack, "broker"), token)
+    stranger = dealer(broker_url(stack, "broker"))
+    try:
+        forged = P.encode_signed(bytes(len(key)), P.Kind.INSPECT, {"id": "m1"})
+        answer = P.decode(ask(sock, forged))
+        assert answer.kind == P.Kind.FAIL and answer.header["code"] == P.FailCode.UNAUTHENTICATED
+        assert answer.header["id"] == "m1"
+        assert "signature does not match this connection's session" in answer.header["message"]
+        answer = P.decode(ask(stranger, forged))
+        assert answer.header["message"] == "This connection has not said hello."
+    finally:
+        sock.close()
+        stranger.close()
+
+
 def test_an_idle_session_ends_and_a_new_hello_starts_another(tmp_path):
     tokens = tmp_path / "tokens.json"
     token = add_static_token(tokens, "alice")
