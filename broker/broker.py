@@ -644,6 +644,9 @@ class Broker:
         session = self.close_session(route)
         if session is not None:
             self.counters.sessions_closed += 1
+            # (as its connecting was: a connection libzmq closed for missed pings, a reader
+            # that stopped for 60 s, left no line, tester BW)
+            log.info("client of user %s disconnected", session.identity.sub)
             worker = self.workers.get(session.identity.sub)
             if worker is not None and worker.client_closed:
                 # A kernel whose connections all closed has ended (its process exited or

@@ -535,6 +535,20 @@ def test_a_bad_signature_on_a_session_is_refused_as_such(stack):
         stranger.close()
 
 
+def test_a_sessions_end_is_logged_as_its_start_is(stack):
+    """The broker logs a client's connecting; its disconnecting (closed by the client, or
+    by libzmq for missed pings: a reader stopped for 60 s) left no line (tester BW, 2 of 2)."""
+    token = connection.load(stack.add_user("logged")).token
+    marks = stack.log_marks()
+    sock, _ = _hello(broker_url(stack, "broker"), token)
+    sock.close()
+    wait_for(
+        lambda: "client of user logged disconnected" in stack.logs_since(marks),
+        "the broker to log the session's end",
+    )
+    assert "client connected for user logged" in stack.logs_since(marks)
+
+
 def test_an_idle_session_ends_and_a_new_hello_starts_another(tmp_path):
     tokens = tmp_path / "tokens.json"
     token = add_static_token(tokens, "alice")
