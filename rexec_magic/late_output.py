@@ -74,7 +74,13 @@ class LateOutput:
         home = self._task_cell(of) if msg.header.get("task") else None
         if home is None:  # (in its own cell it follows nothing of the request running now)
             self._after_the_request(msg.header.get("after") or of)
-        with written_under(home) as in_home:
+        # All this event writes (rexec's late line, the text, a display) goes under one
+        # parent, read once: the kernel moves its parent to the next cell at any moment, and
+        # read at each write, the late line went under one cell and the text under the next
+        # (the late line missing from the cell that showed the text; CI under load).
+        pinned = home if home is not None else current_header()
+        with written_under(pinned) as under:
+            in_home = under and home is not None
             parent = current_parent()
             where = parent if parent is not None else self._requests
             if self._renderer is None or where != self._parent:

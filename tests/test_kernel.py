@@ -2854,6 +2854,49 @@ def test_a_remote_threads_unfinished_late_line_shows_while_the_notebook_waits(ke
     assert text == f"{LATE_HEADER}\n50%", text
 
 
+def test_a_late_line_and_the_text_under_it_stay_in_one_cell_when_the_kernel_moves_on(
+    kernel, tmp_path
+):
+    """Late output is shown by the keepalive thread while the kernel goes on with its cells,
+    and the kernel may take up the next cell between rexec's late line and the text under
+    it.  Both stay in the cell that was current as the output began to show: the line went
+    to one cell and the text to the next, so a cell showed late text without the line (a
+    full run under load).  The thread's pause between the two writes, which the scheduler
+    gives it under load, is made certain here: the kernel's ``LATE_LINES.write`` waits
+    until the next cell has run."""
+    _, kc = kernel
+    go, between, moved_on = tmp_path / "go", tmp_path / "between", tmp_path / "moved-on"
+    reply, _ = run(
+        kc,
+        "%%remote --no-pull\nimport os, threading, time\ndef later():\n"
+        f"    while not os.path.exists({str(go)!r}):\n        time.sleep(0.02)\n"
+        "    print('late text')\nthreading.Thread(target=later).start()",
+    )
+    assert reply["status"] == "ok", reply
+    run(
+        kc,
+        "import os, time\nfrom rexec_magic.late_lines import LATE_LINES\n"
+        "def _until(path):\n    deadline = time.monotonic() + 30\n"
+        "    while not os.path.exists(path) and time.monotonic() < deadline:\n"
+        "        time.sleep(0.02)\n"
+        "def _paused_write(*args, **kwargs):\n"
+        f"    open({str(between)!r}, 'w').close()\n    _until({str(moved_on)!r})\n"
+        "    del LATE_LINES.write\n    return LATE_LINES.write(*args, **kwargs)\n"
+        "LATE_LINES.write = _paused_write",
+    )
+    try:
+        showing = kc.execute(f"open({str(go)!r}, 'w').close()\n_until({str(between)!r})")
+        next_cell = kc.execute("pass")
+        got = outputs_until(kc, lambda got: ("idle", next_cell) in got)
+        moved_on.touch()
+        got += outputs_until(kc, lambda more: "late text" in text_under(more, None))
+    finally:
+        moved_on.touch()
+        run(kc, "LATE_LINES.__dict__.pop('write', None)")
+    assert text_under(got, showing) == f"{LATE_HEADER}\nlate text\n", got
+    assert text_under(got, next_cell) == "", got
+
+
 def test_a_remote_cells_own_output_starts_on_a_line_of_its_own_after_a_late_progress(
     kernel, tmp_path
 ):
