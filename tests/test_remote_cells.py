@@ -501,7 +501,7 @@ def test_a_ctrl_c_once_the_cell_is_over_still_binds_what_it_assigned(ip, monkeyp
     "step", ["clear_output(wait=True); print(i)", "display(i)", "print(i, flush=True)"]
 )
 def test_ctrl_c_on_a_flood_read_slowly_stops_the_cell_and_keeps_the_namespace(
-    ip, monkeypatch, tmp_path, step
+    ip, stack, monkeypatch, tmp_path, step
 ):
     """Ctrl-C on a tight output loop that the notebook shows slowly (its reader behind, so
     the cell waits to send): the cell stops, the namespace stays, and what the cell wrote
@@ -522,6 +522,7 @@ def test_ctrl_c_on_a_flood_read_slowly_stops_the_cell_and_keeps_the_namespace(
 
     monkeypatch.setattr(EventRenderer, "_show", slow_show)
     remote(ip, "flood_kept = 7", line="--no-pull")
+    marks = stack.log_marks()
     cell = (
         "import pathlib\nfrom IPython.display import clear_output, display\n"
         f"for i in range(10**7):\n    {step}\n"
@@ -531,7 +532,10 @@ def test_ctrl_c_on_a_flood_read_slowly_stops_the_cell_and_keeps_the_namespace(
     with ctrl_c_when(flag), pytest.raises(KeyboardInterrupt) as info:
         remote(ip, cell)
     assert isinstance(info.value, errors.RemoteInterrupted)
-    assert "restarted" not in str(info.value) and "lost" not in str(info.value)
+    # (What the error said and what the worker logged, in the message: in CI, about one
+    # full run in five, the cell was restarted.)
+    said = str(info.value)
+    assert "restarted" not in said and "lost" not in said, (said, stack.logs_since(marks))
     monkeypatch.undo()
     remote(ip, "flood_kept + 1")
     assert repr(ip.user_ns["_"]) == "8"
