@@ -245,6 +245,7 @@ class RexecClient:
         self.late_shown: Callable[[str, int], None] | None = None
         self.late_reading: Callable[[str, bool], None] | None = None
         self.late_done: Callable[[str], None] | None = None
+        self._foreign_events = 0  # messages of other requests the running one skipped
 
     def placement(self) -> dict[str, Any]:
         """The header fields that pick this session's executor on the worker."""
@@ -983,6 +984,12 @@ class RexecClient:
             self._waits.pop(req_id, None)
             if self.late_done is not None:  # (late output written after it may show now)
                 self.late_done(req_id)
+            if self._foreign_events:  # (what was not shown, in the log: once per request)
+                log.info(
+                    "request %s: %d message(s) of earlier requests came meanwhile, not shown",
+                    req_id, self._foreign_events,
+                )  # fmt: skip
+                self._foreign_events = 0
 
     def _request_events(
         self,
@@ -1285,6 +1292,7 @@ class RexecClient:
                     self._send_request(kind, header, buffers, cancel)
                     continue
                 if h.get("id") != req_id:
+                    self._foreign_events += 1  # (logged as the request ends)
                     continue  # a late event of an earlier cell
                 if "seq" in h:  # a numbered event (read through its model by _recv already)
                     handled = max(handled, msg.read(P.Event).seq + 1)

@@ -134,7 +134,8 @@ class EventRenderer:
             return
         try:
             event = msg.read(model)  # read once by the client already: no cost again
-        except P.ProtocolError:
+        except P.ProtocolError as exc:
+            self._not_shown(msg, exc)  # (logged, once per request)
             return
         if isinstance(event, _TEXT_EVENTS):
             event = P.without_surrogates(event)
