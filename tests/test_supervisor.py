@@ -2263,6 +2263,38 @@ def test_an_interrupt_during_a_blocked_send_never_cuts_an_event(port, source):
     assert stdout(port.run("print(kept, i > 0)")) == "1 True\n"
 
 
+# Loops whose every line switches pipes (``outbox.StreamOrder``): text to stdout and
+# stderr by turns, and an event (its mark goes to stderr too) before each printed line.
+SWITCHING_LOOPS = {
+    "stdout and stderr by turns": "    print('o')\n    print('e', file=sys.stderr)\n",
+    "clear_output then print": "    clear_output(wait=True)\n    print('o')\n",
+}
+
+
+@pytest.mark.parametrize("body", SWITCHING_LOOPS.values(), ids=SWITCHING_LOOPS.keys())
+def test_an_interrupt_of_a_loop_switching_streams_leaves_the_next_cells_output_flowing(port, body):
+    """A loop whose every line switches pipes, interrupted: the next cells' output shows,
+    both streams.  The interrupt used to land between a switch's two marks, and from then
+    on the two pipes' readers waited for each other: every later cell came back with no
+    output and status ok, until the executor was replaced (CI: after a ``clear_output``
+    flood's test, an ``os.system`` cell's output missing).  Before the fix this test
+    failed at the first interrupt of the first loop, and for the second at the 1st, 4th
+    and 14th in three runs.  Repeated, at varied moments."""
+    code = (
+        "import sys\nfrom IPython.display import clear_output\nprint('go', flush=True)\n"
+        "while True:\n" + body
+    )
+    for attempt in range(16):
+        request_id = port.execute(code)
+        port.recv_kind(Kind.STREAM)
+        time.sleep(0.02 + 0.005 * attempt)
+        port.send(Kind.INTERRUPT, {"id": request_id})
+        events = port.events(request_id, timeout=INTERRUPT_ANSWER_S)
+        assert done(events).header["status"] == DoneStatus.INTERRUPTED
+        after = port.run(f"print('next {attempt}')\nprint('err', file=sys.stderr)")
+        assert (stdout(after), stdout(after, "stderr")) == (f"next {attempt}\n", "err\n"), attempt
+
+
 def test_a_cells_own_sigint_handler_never_answers_a_finished_cell_again(port):
     """The interrupt comes while the DONE of a cell that installed its own raising handler
     is blocked on a slow client: the cell ends once, and the next cell sees only its own

@@ -407,10 +407,11 @@ class CellRunner:
                 self.phase.took_interrupt()  # no lost one again now; not a forked child's)
             self.swallowed_by_system = None
             self.took_interrupt_in = self.running_id
-            if self.outbox.sending_thread == threading.get_ident():  # never cut a message in
-                # two: raise after the send.  (Another thread's send is no reason: the deferred
-                # interrupt would wait for a send of the main thread that may never come.)
-                self.outbox.deferred_interrupt = True
+            if self.outbox.uncut.active:  # never cut a message, or a switch's marks, in two:
+                # raise after the step (``outbox.Uncut``; another thread's send is no reason:
+                # the deferred interrupt would wait for a step of the main thread that may
+                # never come, and this handler runs in the main thread).
+                self.outbox.uncut.deferred = True
                 return
             self._raised = KeyboardInterrupt()  # (known again should Python drop it)
             raise self._raised
@@ -639,7 +640,7 @@ class CellRunner:
             self.phase.clear()
         self.outbox.current = None
         self.outbox.last = target
-        self.outbox.deferred_interrupt = False  # an interrupt that came too late for the cell
+        self.outbox.uncut.deferred = False  # an interrupt that came too late for the cell
         # Pulled arrays go without a copy (out-of-band buffers alias user memory): the send
         # returns once every byte is in the link, so the next cell may change them.
         self.outbox.event(target, Kind.DONE, header, frames)

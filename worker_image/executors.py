@@ -48,6 +48,11 @@ PIPE_READ = 1 << 16
 # (``fs.pipe-max-size``, 1 MiB by default), so one call still takes all that a pipe held when
 # it began: the text written before an event, which must go before it.
 PIPE_READ_PER_CALL = 1 << 20
+# What is read ahead of a slow client from an executor's pipes during an interrupt's grace
+# period (``Supervisor._parking``): a cell blocked writing to a full pipe (or writing the
+# marks of a stream switch, which no interrupt cuts, ``outbox.Uncut``) gets to take its
+# interrupt, as one blocked on its link does (``Supervisor._park``).
+PIPE_AHEAD_BYTES = 4 << 20
 # Output after a cell ended, kept for the next one.  Past LATE_HOLD_* the supervisor stops
 # reading that executor's output until a request comes (the writer waits: backpressure);
 # LATE_MAX_* (its tail kept, the rest dropped and counted) only bounds what one read past the
@@ -285,6 +290,7 @@ class ExecutorProcess:
         self.pipes: dict[int, str] = {out_r: "stdout", err_r: "stderr"}
         self.readers = PipeReader.pair(out_r, err_r)
         self.events_seen = 0  # events received from it: marks up to this number are passed
+        self.read_ahead = False  # its pipes were read ahead of its slow client (held there)
         for fd in self.pipes:
             os.set_blocking(fd, False)
         try:
@@ -454,11 +460,15 @@ class ExecutorProcess:
         return flags | (zmqio.POLLOUT if self.requests.pending else 0)
 
     # ------------------------------------------------------------------ output
-    def read_pipe(self, fd: int) -> list[tuple[str, str, str | None]]:
+    def read_pipe(self, fd: int, ahead: bool = False) -> list[tuple[str, str, str | None]]:
         """Read what one pipe holds now; return the text that may be shown already
-        (``released``)."""
+        (``released``).  ``ahead``: read ahead of a slow client, keeping the text in the
+        readers (at most about ``PIPE_AHEAD_BYTES`` there in all) to be released by the next
+        call or event; none is returned then, unless the pipe ended."""
         eof = False
         budget = PIPE_READ_PER_CALL
+        if ahead:
+            budget = min(budget, PIPE_AHEAD_BYTES - self.unreleased)
         index = PIPE_STREAMS.index(self.readers[fd].name)
         while fd in self.pipes and budget > 0:
             # Counted for the executor (``outbox.StreamOrder``: whose bytes are in the pipe).
@@ -481,6 +491,8 @@ class ExecutorProcess:
             budget -= len(data)
             if len(data) < PIPE_READ:
                 break
+        if ahead and not eof:
+            return []
         out = self.released()
         if eof:
             tail = self.readers[fd].finish()
@@ -489,6 +501,12 @@ class ExecutorProcess:
             self.close_pipe(fd)
             out += self.released()  # (the other pipe's text waits for this one no more)
         return out
+
+    @property
+    def unreleased(self) -> int:
+        """Bytes read from its pipes and not yet let go (waiting for a mark, or read
+        ahead)."""
+        return sum(len(reader.buffer) for reader in self.readers.values())
 
     def end_characters(self) -> list[tuple[str, str, str | None]]:
         """``PipeReader.end_character`` of both pipes, as (stream name, text, None)."""

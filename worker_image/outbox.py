@@ -130,8 +130,8 @@ class EventChannel:
     layers: the main thread blocks SIGINT while it sends, so the supervisor's interrupt
     (sent to that thread, ``executors.signal_main_thread``) waits for the send's end even
     when a cell replaced the handler; and a SIGINT sent to the whole process, which another
-    thread may take, reaches the handler mid-send, where ``sending_thread`` tells it to
-    defer the interrupt until the main thread's send is over.
+    thread may take, reaches the handler mid-send, where ``uncut`` tells it to defer the
+    interrupt until the main thread's send is over (``Uncut``).
     """
 
     def __init__(self, link: socket.socket, std_fds: tuple[int, int] = (1, 2)) -> None:
@@ -141,8 +141,9 @@ class EventChannel:
         self.last: Target | None = None  # the last request that ran (for late events)
         self._lock = threading.Lock()
         self.sent = 0  # events sent so far; the number in each mark
-        self.sending_thread: int | None = None  # the thread in the middle of a send
-        self.deferred_interrupt = False
+        # The main thread's steps an interrupt must not cut (a send and its marks; the two
+        # marks of a stream switch, ``StreamOrder``), which the SIGINT handler asks.
+        self.uncut = Uncut()
         self._pid = os.getpid()  # a forked child (multiprocessing) shares the link: not its
         self._fork_noted = 0  # the child that was told so
         self.last_sent: tuple[str, str] | None = None  # (request id, kind) last handed over
@@ -198,25 +199,18 @@ class EventChannel:
             return
 
         header = {"id": target.id, **header}
-        with self._lock, no_sigint():
-            self.sending_thread = threading.get_ident()
-            try:
-                if kind == Kind.DONE and self.bulk is not None:
-                    header, buffers = self._bulk(header, buffers)
-                parts = protocol.encode(kind, encode_header(header), buffers)
-                framing.send(self.link, parts)
-                self.last_sent = (target.id, kind)
-                self.sent += 1
-                # Mark the place of this event in stdout and stderr: the supervisor shows text
-                # written after the mark only after the event (two channels, one order).
-                mark = b"%s%d\0" % (MARK, self.sent)
-                for fd in self.std_fds:
-                    _write_all(fd, mark)
-            finally:
-                self.sending_thread = None
-        if self.deferred_interrupt and threading.current_thread() is threading.main_thread():
-            self.deferred_interrupt = False
-            raise KeyboardInterrupt
+        with self._lock, self.uncut:
+            if kind == Kind.DONE and self.bulk is not None:
+                header, buffers = self._bulk(header, buffers)
+            parts = protocol.encode(kind, encode_header(header), buffers)
+            framing.send(self.link, parts)
+            self.last_sent = (target.id, kind)
+            self.sent += 1
+            # Mark the place of this event in stdout and stderr: the supervisor shows text
+            # written after the mark only after the event (two channels, one order).
+            mark = b"%s%d\0" % (MARK, self.sent)
+            for fd in self.std_fds:
+                _write_all(fd, mark)
 
     def task_origin(self) -> Target | None:
         """The request whose asyncio task or callback writes now (``MADE_BY``, main thread
@@ -287,7 +281,7 @@ class EventChannel:
 
     def internal(self, kind: str, header: dict[str, Any]) -> None:
         """A message for the supervisor itself (``ready``)."""
-        with self._lock, no_sigint():
+        with self._lock, self.uncut:
             framing.send(self.link, protocol.encode(kind, header))
 
 
@@ -306,6 +300,54 @@ def no_sigint() -> Iterator[None]:
 
 
 _SIGINT = {signal.SIGINT}
+
+
+class Uncut:
+    """A context manager around the main thread's steps that an interrupt must not cut in
+    two: an event's send with its marks (half a message leaves the link unreadable, a
+    missing mark holds back the text after it) and the two marks of a stream switch
+    (``StreamOrder.write``: a switch mark with no "taken" mark beside it held back all
+    later text of both streams, every next cell's output shown as nothing, with the cell
+    ok, until the executor was replaced).
+
+    Inside, SIGINT is blocked in the main thread (the supervisor's, sent to that thread,
+    waits until the step is over), and ``active`` tells the SIGINT handler, which runs in
+    the main thread when another thread took a SIGINT sent to the whole process, to set
+    ``deferred`` instead of raising: the KeyboardInterrupt is raised as the outermost step
+    ends.  Other threads pass through (no KeyboardInterrupt is raised in them).  Nested
+    steps are fine (a signal handler that prints while its thread writes).  Class-based,
+    not a ``contextlib`` generator: every event goes through it.
+    """
+
+    def __init__(self) -> None:
+        # The masks to restore, outermost first, one per step the main thread is in (None
+        # for a moment: the step counts as begun before the mask is set, so an interrupt
+        # between the two is deferred too).
+        self._masks: list[set[signal.Signals] | None] = []
+        self.deferred = False  # an interrupt came inside: raised on the way out
+
+    @property
+    def active(self) -> bool:
+        """Whether the main thread is inside a step."""
+        return bool(self._masks)
+
+    def __enter__(self) -> None:
+        if threading.get_ident() == _MAIN_THREAD:
+            masks = self._masks
+            masks.append(None)
+            masks[-1] = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        masks = self._masks
+        if threading.get_ident() != _MAIN_THREAD or not masks:
+            return
+        before = masks[-1]
+        if before is not None:  # (a SIGINT held back meanwhile arrives now: deferred too)
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        masks.pop()
+        if not masks and self.deferred and kind is None:
+            self.deferred = False
+            raise KeyboardInterrupt
 
 
 # Messages between executor and supervisor only (never forwarded to a client).
@@ -393,11 +435,13 @@ class StreamOrder:
     it did not write: the supervisor's count of what it read, ``phase.PhaseBoard``, plus
     what is unread, ``FIONREAD``, which Linux answers for either end of a pipe, against what
     it wrote), that is a switch: mark N goes into the pipe left (``SWITCH``), then a mark N that
-    says "taken" (``TAKEN``) into the pipe taken, in one write with the text.  The reader of
-    the taken pipe shows its text after mark N once the other reader has come to its mark N
-    (what was written there before goes first), and the reader of the left pipe shows its
-    text after mark N once the taken pipe's text after it is out (it was written after that
-    text, most likely: microseconds after the mark; ``executors.PipeReader``).  So
+    says "taken" (``TAKEN``) into the pipe taken, then the text; an interrupt never comes
+    between the two marks (``Uncut``), or the readers would wait for each other for good.
+    The reader of the taken pipe shows its text after mark N once the other reader has come
+    to its mark N (what was written there before goes first), and the reader of the left
+    pipe shows its text after mark N once the taken pipe's text after it is out (it was
+    written after that text, most likely: microseconds after the mark;
+    ``executors.PipeReader``).  So
     ``print('a', file=sys.stderr); print('b')`` comes as written (stdout came first in 4 of 9
     runs, tester AM), and so do ``os.write(2, b'E'); print('P')`` in a loop, a
     ``faulthandler`` dump and the ``print`` after it, a child's stderr and the line printed
@@ -411,8 +455,11 @@ class StreamOrder:
     writes).  A forked child gets a new lock (a thread of the parent may have held it) and
     writes no marks: its numbers would be its parent's."""
 
-    def __init__(self, board: PhaseBoard | None = None) -> None:
+    def __init__(self, board: PhaseBoard | None = None, uncut: Uncut | None = None) -> None:
         self.lock = threading.RLock()
+        # Where the two marks of a switch go out whole (the executor's channel's, which its
+        # SIGINT handler asks).
+        self.uncut = uncut if uncut is not None else Uncut()
         self._other: dict[int, int] = {}  # each pipe kept in order -> the other one
         self._last: int | None = None  # the fd Python-level text went to last
         # The supervisor's count of bytes it took from each pipe (None: no supervisor; only
@@ -458,10 +505,13 @@ class StreamOrder:
             if other >= 0 and (last == other or self._written_by_others(other)):
                 self._switches += 1
                 number = b"%d\0" % self._switches
-                mark = MARK + SWITCH + number
-                _write_all(other, mark)
-                self._written[other] += len(mark)
-                data = MARK + TAKEN + number + data
+                switch, taken = MARK + SWITCH + number, MARK + TAKEN + number
+                with self.uncut:  # both marks or neither: one alone held back both streams
+                    _write_all(other, switch)
+                    _write_all(fd, taken)
+                self._written[other] += len(switch)
+                if fd in self._written:
+                    self._written[fd] += len(taken)
         _write_all(fd, data)
         if fd in self._written:
             self._written[fd] += len(data)

@@ -544,7 +544,8 @@ def redirect_stdio(
     private copies, see ``outbox.private_std_fds``); no stdin.  ``channel``: the executor's
     events, where an earlier request's asyncio task sends what it prints (``MADE_BY``);
     ``board``: the supervisor's counts of what it read (``StreamOrder``)."""
-    order = StreamOrder(board)  # (their text keeps its order across the two pipes)
+    # (Their text keeps its order across the two pipes.)
+    order = StreamOrder(board, channel.uncut if channel is not None else None)
     out, err = FdStream(std_fds[0], "stdout", order), FdStream(std_fds[1], "stderr", order)
     out.channel = err.channel = channel
     sys.stdout = sys.__stdout__ = out

@@ -71,6 +71,7 @@ from worker_image.cells import cell_for, done_header, placement
 from worker_image.executors import (
     LATE_MAX_CHARS,
     LATE_MAX_EVENTS,
+    PIPE_AHEAD_BYTES,
     START_ERRORS,
     ExecutorProcess,
     Late,
@@ -350,7 +351,15 @@ class Supervisor:
                         items.append((ex.link.fileno(), flags))
                         owners[ex.link.fileno()] = ex
                     if blocked:
-                        continue  # the client is behind: let the executor wait
+                        # The client is behind: let the executor wait, but in an
+                        # interrupt's grace period read its pipes ahead (``_read_pipe``).
+                        if self._parking(ex) and ex.unreleased < PIPE_AHEAD_BYTES:
+                            for fd in ex.pipes:
+                                items.append((fd, zmqio.POLLIN))
+                                owners[fd] = ex
+                        continue
+                    if ex.read_ahead:
+                        self._release_read_ahead(ex)
                     if ex.parked or ex.events.ready():
                         waiting.append(ex)
                     for fd in ex.pipes:
@@ -401,7 +410,7 @@ class Supervisor:
             elif what == ex.pidfd:
                 self._on_exit(ex)
             elif what in ex.pipes:
-                self._read_pipe(ex, what)
+                self._read_pipe(ex, what, ahead=ex.held_back)
             return
         if what is self.sock:
             self._receive_broker()
@@ -1554,10 +1563,22 @@ class Supervisor:
         self._dispatch(ex)
 
     # ------------------------------------------------------------------ streams
-    def _read_pipe(self, ex: ExecutorProcess, fd: int) -> None:
+    def _read_pipe(self, ex: ExecutorProcess, fd: int, ahead: bool = False) -> None:
+        """Read pipe ``fd`` and pass on the text it lets go; ``ahead``: the client is behind
+        (in an interrupt's grace period, the only time its pipes are polled then): read
+        ahead only, so a cell blocked writing to a full pipe takes its interrupt; what it
+        wrote goes as the client reads on (``_release_read_ahead``)."""
         if fd in ex.pipes:
-            for name, text, origin in ex.read_pipe(fd):
+            if ahead:
+                ex.read_ahead = True
+            for name, text, origin in ex.read_pipe(fd, ahead):
                 self._add_stream(ex, name, text, origin=origin)
+
+    def _release_read_ahead(self, ex: ExecutorProcess) -> None:
+        """The client read on: the text read ahead of it goes now (``_read_pipe``)."""
+        ex.read_ahead = False
+        for name, text, origin in ex.released():
+            self._add_stream(ex, name, text, origin=origin)
 
     def _event_seen(self, ex: ExecutorProcess) -> None:
         """One more executor event is through: text marked after it may go now."""
