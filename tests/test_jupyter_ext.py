@@ -392,11 +392,13 @@ def test_the_sidebar_sees_memory_grow_and_fall_while_a_cell_runs(
         assert not changed(idle["version"], api.changed(idle, wait=1))
 
     grow, shrink = tmp_path / "grow", tmp_path / "shrink"
-    # (The cell ends by itself within 20 s, before the 30 s long poll would: without the fix
-    # the poll answers at that end, with "idle", and the test fails on it.)
+    # (Each step of the cell waits at most 20 s, so it ends by itself before the 30 s long
+    # poll would: without the fix the poll answers at that end, with "idle", and the test
+    # fails on it.  Per step, not 20 s in all: under load the 400 MB take seconds to touch.)
     code = (
-        "import os, time\nend = time.monotonic() + 20\n"
+        "import os, time\n"
         "def wait_for(path):\n"
+        "    end = time.monotonic() + 20\n"
         "    while not os.path.exists(path) and time.monotonic() < end:\n"
         "        time.sleep(0.02)\n"
         f"wait_for({str(grow)!r})\nheld = b'1' * (400 << 20)\n"
