@@ -26,8 +26,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from rexec_magic.output_cells import current_parent
+from rexec_magic.output_cells import current_header, current_parent, written_under
 
 # How long the start of a late line waits for its end (the supervisor reads a long write's
 # pieces a few milliseconds apart); and how much of one line is held at most.
@@ -54,6 +55,9 @@ class _Held:
     chars: int
     since: float  # when its last piece came
     marked: bool  # under rexec's late line
+    # The parent its first piece was written under: shown later (``settle``), it goes
+    # there, not to the cell the kernel took up meanwhile (after its late line there).
+    header: dict[str, Any] | None
 
 
 class LateLines:
@@ -86,7 +90,8 @@ class LateLines:
                 # (Its wait counts from the last piece: a 5 MB line's 77 take the keepalive
                 # thread longer than the wait under load, and its start showed alone,
                 # tester BB 1 of 3.)
-                self._held[name] = _Held(parts, chars, time.monotonic(), marked)
+                header = held.header if held is not None else current_header()
+                self._held[name] = _Held(parts, chars, time.monotonic(), marked, header)
                 self.pending = True
                 return
             self._show(name, "".join(parts), marked)
@@ -147,7 +152,8 @@ class LateLines:
     def _show_held(self, name: str) -> None:
         held = self._held.pop(name, None)
         if held is not None:
-            self._show(name, "".join(held.parts), held.marked)
+            with written_under(held.header):
+                self._show(name, "".join(held.parts), held.marked)
         self.pending = bool(self._unended or self._held)
 
     def _show(self, name: str, text: str, marked: bool) -> None:

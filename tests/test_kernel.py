@@ -2897,6 +2897,51 @@ def test_a_late_line_and_the_text_under_it_stay_in_one_cell_when_the_kernel_move
     assert text_under(got, next_cell) == "", got
 
 
+def test_a_held_late_line_start_shows_in_its_cell_when_the_kernel_moved_on_meanwhile(
+    kernel, tmp_path
+):
+    """A remote thread writes 5,000 characters with no newline after its cell ended: a
+    write that long is most likely read in parts, so the notebook holds it for its end
+    (``late_lines``), and shows it as it is 0.1 s later.  The kernel may have taken up the
+    next cell by then: the text goes to the cell that showed rexec's late line above it, not
+    to the next one.  The kernel's ``LATE_LINES.settle`` is made to wait until the next
+    cell has run, the pause the scheduler may give it under load."""
+    _, kc = kernel
+    go, between, moved_on = tmp_path / "go", tmp_path / "between", tmp_path / "moved-on"
+    reply, _ = run(
+        kc,
+        "%%remote --no-pull\nimport os, sys, threading, time\ndef later():\n"
+        f"    while not os.path.exists({str(go)!r}):\n        time.sleep(0.02)\n"
+        "    sys.stdout.write('y' * 5000)\n    sys.stdout.flush()\n"
+        "threading.Thread(target=later).start()",
+    )
+    assert reply["status"] == "ok", reply
+    run(
+        kc,
+        "import os, time\nfrom rexec_magic.late_lines import LATE_LINES\n"
+        "def _until(path):\n    deadline = time.monotonic() + 30\n"
+        "    while not os.path.exists(path) and time.monotonic() < deadline:\n"
+        "        time.sleep(0.02)\n"
+        "def _paused_settle():\n"
+        "    if LATE_LINES.due_in() == 0:\n"
+        f"        open({str(between)!r}, 'w').close()\n        _until({str(moved_on)!r})\n"
+        "        del LATE_LINES.settle\n"
+        "    return LATE_LINES.settle()\n"
+        "LATE_LINES.settle = _paused_settle",
+    )
+    try:
+        showing = kc.execute(f"open({str(go)!r}, 'w').close()\n_until({str(between)!r})")
+        next_cell = kc.execute("pass")
+        got = outputs_until(kc, lambda got: ("idle", next_cell) in got)
+        moved_on.touch()
+        got += outputs_until(kc, lambda more: "y" * 5000 in text_under(more, None))
+    finally:
+        moved_on.touch()
+        run(kc, "LATE_LINES.__dict__.pop('settle', None)")
+    assert text_under(got, showing) == f"{LATE_HEADER}\n" + "y" * 5000, got
+    assert text_under(got, next_cell) == "", got
+
+
 def test_a_remote_cells_own_output_starts_on_a_line_of_its_own_after_a_late_progress(
     kernel, tmp_path
 ):
