@@ -190,6 +190,12 @@ def not_arrived(
     return {}, unloaded
 
 
+def unserializable_digest(value: Any) -> str:
+    """What ``Watch`` records as the hash of a value that cannot be packed: one per object,
+    so the same object stays "unchanged" and another one under the name is a change."""
+    return f"unserializable {id(value)}"
+
+
 class Watch:
     """Content hashes of the values of exchanged names, as of their last exchange with each
     client (``serve``).
@@ -262,7 +268,7 @@ class Watch:
             except serialize.OutOfMemory:
                 continue  # (not known: as before, the push applies)
             except serialize.SerializationError:
-                here = f"unserializable {id(value)}"  # (as ``collect`` marks it)
+                here = unserializable_digest(value)
             if here != mine:
                 found.append(name)
         return found
@@ -323,7 +329,7 @@ class Watch:
             try:
                 self._seen(name, serialize.pack_value(namespace[name]).digest)
             except serialize.SerializationError:
-                self._seen(name, f"unserializable {id(namespace[name])}")
+                self._seen(name, unserializable_digest(namespace[name]))
 
     def collect(
         self,
@@ -383,7 +389,7 @@ class Watch:
                 continue
             except serialize.SerializationError as exc:
                 # It can never go back; say so once per object, not after every cell reading it.
-                marker = f"unserializable {id(value)}"
+                marker = unserializable_digest(value)
                 if self.digests.get(name) != marker or name in wanted:
                     report.changed.append(name)
                     reason = serialize.unserializable_reason(value, exc)
