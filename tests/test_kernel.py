@@ -2854,23 +2854,21 @@ def test_a_remote_threads_unfinished_late_line_shows_while_the_notebook_waits(ke
     assert text == f"{LATE_HEADER}\n50%", text
 
 
-def test_a_late_line_and_the_text_under_it_stay_in_one_cell_when_the_kernel_moves_on(
-    kernel, tmp_path
-):
-    """Late output is shown by the keepalive thread while the kernel goes on with its cells,
-    and the kernel may take up the next cell between rexec's late line and the text under
-    it.  Both stay in the cell that was current as the output began to show: the line went
-    to one cell and the text to the next, so a cell showed late text without the line (a
-    full run under load).  The thread's pause between the two writes, which the scheduler
-    gives it under load, is made certain here: the kernel's ``LATE_LINES.write`` waits
-    until the next cell has run."""
-    _, kc = kernel
+def late_output_as_the_kernel_moves_on(
+    kc, tmp_path, writes: str, method: str, pause_if: str, shown: str
+) -> tuple[list, str, str]:
+    """A remote thread waits, then runs ``writes`` (its body, indented) after its cell
+    ended; the kernel's ``LATE_LINES.<method>`` is made to wait, when ``pause_if`` (an
+    expression) holds, until the next cell has run: the pause the scheduler may give the
+    keepalive thread under load, made certain.  The cell that lets the thread go waits for
+    that pause, then the next cell ("pass") runs, then the method goes on.  Returns every
+    output until ``shown`` appeared (``outputs_until``), and the two cells' msg_ids."""
     go, between, moved_on = tmp_path / "go", tmp_path / "between", tmp_path / "moved-on"
     reply, _ = run(
         kc,
-        "%%remote --no-pull\nimport os, threading, time\ndef later():\n"
+        "%%remote --no-pull\nimport os, sys, threading, time\ndef later():\n"
         f"    while not os.path.exists({str(go)!r}):\n        time.sleep(0.02)\n"
-        "    print('late text')\nthreading.Thread(target=later).start()",
+        f"{writes}threading.Thread(target=later).start()",
     )
     assert reply["status"] == "ok", reply
     run(
@@ -2879,20 +2877,38 @@ def test_a_late_line_and_the_text_under_it_stay_in_one_cell_when_the_kernel_move
         "def _until(path):\n    deadline = time.monotonic() + 30\n"
         "    while not os.path.exists(path) and time.monotonic() < deadline:\n"
         "        time.sleep(0.02)\n"
-        "def _paused_write(*args, **kwargs):\n"
-        f"    open({str(between)!r}, 'w').close()\n    _until({str(moved_on)!r})\n"
-        "    del LATE_LINES.write\n    return LATE_LINES.write(*args, **kwargs)\n"
-        "LATE_LINES.write = _paused_write",
+        "def _paused(*args, **kwargs):\n"
+        f"    if {pause_if}:\n"
+        f"        open({str(between)!r}, 'w').close()\n        _until({str(moved_on)!r})\n"
+        f"        del LATE_LINES.{method}\n"
+        f"    return LATE_LINES.{method}(*args, **kwargs)\n"
+        f"LATE_LINES.{method} = _paused",
     )
     try:
         showing = kc.execute(f"open({str(go)!r}, 'w').close()\n_until({str(between)!r})")
         next_cell = kc.execute("pass")
         got = outputs_until(kc, lambda got: ("idle", next_cell) in got)
         moved_on.touch()
-        got += outputs_until(kc, lambda more: "late text" in text_under(more, None))
+        got += outputs_until(kc, lambda more: shown in text_under(more, None))
     finally:
         moved_on.touch()
-        run(kc, "LATE_LINES.__dict__.pop('write', None)")
+        run(kc, f"LATE_LINES.__dict__.pop({method!r}, None)")
+    return got, showing, next_cell
+
+
+def test_a_late_line_and_the_text_under_it_stay_in_one_cell_when_the_kernel_moves_on(
+    kernel, tmp_path
+):
+    """Late output is shown by the keepalive thread while the kernel goes on with its cells,
+    and the kernel may take up the next cell between rexec's late line and the text under
+    it.  Both stay in the cell that was current as the output began to show: the line went
+    to one cell and the text to the next, so a cell showed late text without the line (a
+    full run under load).  Here the kernel's ``LATE_LINES.write`` waits until the next cell
+    has run."""
+    _, kc = kernel
+    got, showing, next_cell = late_output_as_the_kernel_moves_on(
+        kc, tmp_path, "    print('late text')\n", "write", "True", "late text"
+    )
     assert text_under(got, showing) == f"{LATE_HEADER}\nlate text\n", got
     assert text_under(got, next_cell) == "", got
 
@@ -2903,41 +2919,14 @@ def test_a_held_late_line_start_shows_in_its_cell_when_the_kernel_moved_on_meanw
     """A remote thread writes 5,000 characters with no newline after its cell ended: a
     write that long is most likely read in parts, so the notebook holds it for its end
     (``late_lines``), and shows it as it is 0.1 s later.  The kernel may have taken up the
-    next cell by then: the text goes to the cell that showed rexec's late line above it, not
-    to the next one.  The kernel's ``LATE_LINES.settle`` is made to wait until the next
-    cell has run, the pause the scheduler may give it under load."""
+    next cell by then: the text goes to the cell that showed rexec's late line above it (it
+    went to the next one).  Here the kernel's ``LATE_LINES.settle`` waits, once the held
+    text is due, until the next cell has run."""
     _, kc = kernel
-    go, between, moved_on = tmp_path / "go", tmp_path / "between", tmp_path / "moved-on"
-    reply, _ = run(
-        kc,
-        "%%remote --no-pull\nimport os, sys, threading, time\ndef later():\n"
-        f"    while not os.path.exists({str(go)!r}):\n        time.sleep(0.02)\n"
-        "    sys.stdout.write('y' * 5000)\n    sys.stdout.flush()\n"
-        "threading.Thread(target=later).start()",
+    writes = "    sys.stdout.write('y' * 5000)\n    sys.stdout.flush()\n"
+    got, showing, next_cell = late_output_as_the_kernel_moves_on(
+        kc, tmp_path, writes, "settle", "LATE_LINES.due_in() == 0", "y" * 5000
     )
-    assert reply["status"] == "ok", reply
-    run(
-        kc,
-        "import os, time\nfrom rexec_magic.late_lines import LATE_LINES\n"
-        "def _until(path):\n    deadline = time.monotonic() + 30\n"
-        "    while not os.path.exists(path) and time.monotonic() < deadline:\n"
-        "        time.sleep(0.02)\n"
-        "def _paused_settle():\n"
-        "    if LATE_LINES.due_in() == 0:\n"
-        f"        open({str(between)!r}, 'w').close()\n        _until({str(moved_on)!r})\n"
-        "        del LATE_LINES.settle\n"
-        "    return LATE_LINES.settle()\n"
-        "LATE_LINES.settle = _paused_settle",
-    )
-    try:
-        showing = kc.execute(f"open({str(go)!r}, 'w').close()\n_until({str(between)!r})")
-        next_cell = kc.execute("pass")
-        got = outputs_until(kc, lambda got: ("idle", next_cell) in got)
-        moved_on.touch()
-        got += outputs_until(kc, lambda more: "y" * 5000 in text_under(more, None))
-    finally:
-        moved_on.touch()
-        run(kc, "LATE_LINES.__dict__.pop('settle', None)")
     assert text_under(got, showing) == f"{LATE_HEADER}\n" + "y" * 5000, got
     assert text_under(got, next_cell) == "", got
 
