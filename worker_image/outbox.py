@@ -39,6 +39,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from select import PIPE_BUF
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rexec_magic import protocol, serialize
@@ -435,8 +436,9 @@ class StreamOrder:
     it did not write: the supervisor's count of what it read, ``phase.PhaseBoard``, plus
     what is unread, ``FIONREAD``, which Linux answers for either end of a pipe, against what
     it wrote), that is a switch: mark N goes into the pipe left (``SWITCH``), then a mark N that
-    says "taken" (``TAKEN``) into the pipe taken, then the text; an interrupt never comes
-    between the two marks (``Uncut``), or the readers would wait for each other for good.
+    says "taken" (``TAKEN``) into the pipe taken, in one write with the text (its first
+    ``PIPE_BUF`` bytes); an interrupt never comes between the two marks (``Uncut``), or
+    the readers would wait for each other for good.
     The reader of the taken pipe shows its text after mark N once the other reader has come
     to its mark N (what was written there before goes first), and the reader of the left
     pipe shows its text after mark N once the taken pipe's text after it is out (it was
@@ -505,13 +507,22 @@ class StreamOrder:
             if other >= 0 and (last == other or self._written_by_others(other)):
                 self._switches += 1
                 number = b"%d\0" % self._switches
-                switch, taken = MARK + SWITCH + number, MARK + TAKEN + number
-                with self.uncut:  # both marks or neither: one alone held back both streams
+                switch = MARK + SWITCH + number
+                data = MARK + TAKEN + number + data
+                # Both marks or neither (one alone held back both streams for good), and the
+                # taken mark with the text's start in one write, which a pipe never splits
+                # (``PIPE_BUF``): read apart, the other pipe's text after the switch could
+                # go before it.  The rest, if any, as any text (an interrupt may cut it).
+                head = data[:PIPE_BUF]
+                with self.uncut:
                     _write_all(other, switch)
-                    _write_all(fd, taken)
-                self._written[other] += len(switch)
-                if fd in self._written:
-                    self._written[fd] += len(taken)
+                    self._written[other] += len(switch)
+                    _write_all(fd, head)
+                    if fd in self._written:
+                        self._written[fd] += len(head)
+                data = data[len(head) :]
+                if not data:
+                    return
         _write_all(fd, data)
         if fd in self._written:
             self._written[fd] += len(data)
