@@ -2918,10 +2918,10 @@ def test_a_held_late_line_start_shows_in_its_cell_when_the_kernel_moved_on_meanw
 ):
     """A remote thread writes 5,000 characters with no newline after its cell ended: a
     write that long is most likely read in parts, so the notebook holds it for its end
-    (``late_lines``), and shows it as it is 0.1 s later.  The kernel may have taken up the
-    next cell by then: the text goes to the cell that showed rexec's late line above it (it
-    went to the next one).  Here the kernel's ``LATE_LINES.settle`` waits, once the held
-    text is due, until the next cell has run."""
+    (``late_lines``), and shows it as it is 0.1 s later (``LATE_LINE_WAIT_S``).  The
+    kernel may have taken up the next cell by then: the text goes to the cell that showed
+    rexec's late line above it (it went to the next one).  Here the kernel's
+    ``LATE_LINES.settle`` waits, once the held text is due, until the next cell has run."""
     _, kc = kernel
     writes = "    sys.stdout.write('y' * 5000)\n    sys.stdout.flush()\n"
     got, showing, next_cell = late_output_as_the_kernel_moves_on(

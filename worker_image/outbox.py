@@ -510,10 +510,14 @@ class StreamOrder:
                 switch = MARK + SWITCH + number
                 data = MARK + TAKEN + number + data
                 # Both marks or neither (one alone held back both streams for good), and the
-                # taken mark with the text's start in one write, which a pipe never splits
-                # (``PIPE_BUF``): read apart, the other pipe's text after the switch could
-                # go before it.  The rest, if any, as any text (an interrupt may cut it).
-                head = data[:PIPE_BUF]
+                # taken mark with the text in one write: read apart, the other pipe's text
+                # after the switch could go before it.  In the main thread, where SIGINT
+                # is held back meanwhile, only the text's start (``PIPE_BUF``, which a pipe
+                # never splits) goes with it, and the rest as any text, which an interrupt
+                # may cut.  Another thread's text goes whole: cut there, a thread's 300 kB
+                # late line began with a piece too short for the notebook to hold for its
+                # end (``late_lines``), and the notebook's own output cut the line.
+                head = data[:PIPE_BUF] if threading.get_ident() == _MAIN_THREAD else data
                 with self.uncut:
                     _write_all(other, switch)
                     self._written[other] += len(switch)
