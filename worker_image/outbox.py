@@ -436,14 +436,14 @@ class StreamOrder:
     it did not write: the supervisor's count of what it read, ``phase.PhaseBoard``, plus
     what is unread, ``FIONREAD``, which Linux answers for either end of a pipe, against what
     it wrote), that is a switch: mark N goes into the pipe left (``SWITCH``), then a mark N that
-    says "taken" (``TAKEN``) into the pipe taken, in one write with the text (its first
-    ``PIPE_BUF`` bytes); an interrupt never comes between the two marks (``Uncut``), or
-    the readers would wait for each other for good.
-    The reader of the taken pipe shows its text after mark N once the other reader has come
-    to its mark N (what was written there before goes first), and the reader of the left
-    pipe shows its text after mark N once the taken pipe's text after it is out (it was
-    written after that text, most likely: microseconds after the mark;
-    ``executors.PipeReader``).  So
+    says "taken" (``TAKEN``) into the pipe taken, in one write with the text (in the main
+    thread, its first ``PIPE_BUF`` bytes: see ``write``); an interrupt never comes between
+    the two marks (``Uncut``), or the readers would wait for each other for good.  The
+    reader of the taken pipe shows its text after mark N once the other reader has come to
+    its mark N (what was written there before goes first), and the reader of the left pipe
+    shows its text after mark N once the taken pipe's text after it is out (it was written
+    after that text, most likely: microseconds after the mark; ``executors.PipeReader``).
+    So
     ``print('a', file=sys.stderr); print('b')`` comes as written (stdout came first in 4 of 9
     runs, tester AM), and so do ``os.write(2, b'E'); print('P')`` in a loop, a
     ``faulthandler`` dump and the ``print`` after it, a child's stderr and the line printed
