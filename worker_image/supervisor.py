@@ -350,18 +350,16 @@ class Supervisor:
                     if flags:
                         items.append((ex.link.fileno(), flags))
                         owners[ex.link.fileno()] = ex
-                    if blocked:
-                        # The client is behind: let the executor wait, but in an
-                        # interrupt's grace period read its pipes ahead (``_read_pipe``).
-                        if self._parking(ex) and ex.unreleased < PIPE_AHEAD_BYTES:
-                            for fd in ex.pipes:
-                                items.append((fd, zmqio.POLLIN))
-                                owners[fd] = ex
+                    if not blocked:
+                        if ex.read_ahead:  # (the client read on: what was read ahead goes)
+                            ex.read_ahead = False
+                            self._pass_released(ex)
+                        if ex.parked or ex.events.ready():
+                            waiting.append(ex)
+                    elif not (self._parking(ex) and ex.unreleased < PIPE_AHEAD_BYTES):
+                        # The client is behind: let the executor wait (but in an interrupt's
+                        # grace period its pipes are read ahead, ``_read_pipe``).
                         continue
-                    if ex.read_ahead:
-                        self._release_read_ahead(ex)
-                    if ex.parked or ex.events.ready():
-                        waiting.append(ex)
                     for fd in ex.pipes:
                         items.append((fd, zmqio.POLLIN))
                         owners[fd] = ex
@@ -1567,22 +1565,21 @@ class Supervisor:
         """Read pipe ``fd`` and pass on the text it lets go; ``ahead``: the client is behind
         (in an interrupt's grace period, the only time its pipes are polled then): read
         ahead only, so a cell blocked writing to a full pipe takes its interrupt; what it
-        wrote goes as the client reads on (``_release_read_ahead``)."""
+        wrote goes as the client reads on (``ExecutorProcess.read_ahead``)."""
         if fd in ex.pipes:
             if ahead:
                 ex.read_ahead = True
             for name, text, origin in ex.read_pipe(fd, ahead):
                 self._add_stream(ex, name, text, origin=origin)
 
-    def _release_read_ahead(self, ex: ExecutorProcess) -> None:
-        """The client read on: the text read ahead of it goes now (``_read_pipe``)."""
-        ex.read_ahead = False
-        for name, text, origin in ex.released():
-            self._add_stream(ex, name, text, origin=origin)
-
     def _event_seen(self, ex: ExecutorProcess) -> None:
         """One more executor event is through: text marked after it may go now."""
         ex.events_seen += 1
+        self._pass_released(ex)
+
+    def _pass_released(self, ex: ExecutorProcess) -> None:
+        """The text ``ex``'s pipe readers let go now (``ExecutorProcess.released``), on to
+        its streams."""
         for name, text, origin in ex.released():
             self._add_stream(ex, name, text, origin=origin)
 
