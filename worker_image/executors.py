@@ -835,8 +835,11 @@ class PipeReader:
     pipe taken (``TAKEN`` mark N) shows its text after the mark once the other pipe's reader
     (``other``) has come to its own mark N (what was written there before goes first), and
     the pipe left (``SWITCH`` mark N) shows its text after the mark once the taken pipe's
-    reader has passed its mark N and let go of the text after it (written first).  UTF-8 is
-    decoded incrementally, so a character split across two reads stays whole.
+    reader has passed its mark N and let go of the text after it (written first), or has
+    come to a later mark without it (each pipe's marks come in the order of their numbers,
+    so that taken mark can no longer come: waiting for it held both pipes for good, every
+    later cell's output shown as nothing).  UTF-8 is decoded incrementally, so a character
+    split across two reads stays whole.
     """
 
     def __init__(self, name: str) -> None:
@@ -903,7 +906,12 @@ class PipeReader:
                 self.switch_reached = max(self.switch_reached, number)
                 if other is not None and other.switch_reached < number:
                     break  # the other stream's text before this switch goes first
-                if role == SWITCH and other is not None and other.switch_passed < number:
+                if (
+                    role == SWITCH
+                    and other is not None
+                    and other.switch_passed < number
+                    and other.switch_reached <= number
+                ):
                     break  # the text that took the other stream at this switch goes first
                 self.switch_passed = max(self.switch_passed, number)
             elif number > events_seen:

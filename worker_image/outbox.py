@@ -438,7 +438,8 @@ class StreamOrder:
     it wrote), that is a switch: mark N goes into the pipe left (``SWITCH``), then a mark N that
     says "taken" (``TAKEN``) into the pipe taken, in one write with the text (in the main
     thread, its first ``PIPE_BUF`` bytes: see ``write``); an interrupt never comes between
-    the two marks (``Uncut``), or the readers would wait for each other for good.  The
+    the two marks (``Uncut``): a switch mark alone holds back the text after it in both
+    pipes until the other pipe comes to a later mark (``PipeReader``).  The
     reader of the taken pipe shows its text after mark N once the other reader has come to
     its mark N (what was written there before goes first), and the reader of the left pipe
     shows its text after mark N once the taken pipe's text after it is out (it was written
@@ -509,7 +510,7 @@ class StreamOrder:
                 number = b"%d\0" % self._switches
                 switch = MARK + SWITCH + number
                 data = MARK + TAKEN + number + data
-                # Both marks or neither (one alone held back both streams for good), and the
+                # Both marks or neither (one alone holds back both streams for a while), and the
                 # taken mark with the text in one write: read apart, the other pipe's text
                 # after the switch could go before it.  In the main thread, where SIGINT
                 # is held back meanwhile, only the text's start (``PIPE_BUF``, which a pipe

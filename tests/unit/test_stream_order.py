@@ -112,3 +112,21 @@ def test_end_of_file_leaves_no_mark_of_any_kind_in_the_text():
         + MARK + b"5\0e" + MARK + b"oreq"
     )  # fmt: skip
     assert reader.finish() == "abcde"
+
+
+@pytest.mark.parametrize("first", ["stdout", "stderr"])
+def test_a_switch_whose_taken_mark_never_came_holds_neither_pipe(first):
+    """Switch 1's taken mark is missing from stderr (a writer cut between the switch's two
+    marks): once stderr's reader comes to a later mark, stdout's text after switch 1 goes,
+    and so does all that follows, in the order written, rather than both readers waiting
+    for each other for good (every later cell's output shown as nothing)."""
+    out, err = PipeReader("stdout"), PipeReader("stderr")
+    out.other, err.other = err, out
+    # Written: "a" (stdout); switch 1: taken mark lost, "b" (stderr); switch 2: "c"
+    # (stdout); switch 3: "d" (stderr); then "e" (stderr, no switch).
+    out.feed(b"a" + MARK + b"s1\0" + MARK + b"t2\0c" + MARK + b"s3\0")
+    err.feed(b"b" + MARK + b"s2\0" + MARK + b"t3\0de")
+    readers = [out, err] if first == "stdout" else [err, out]
+    joined = "".join(text for _, text, _ in release_all(readers, 0))
+    # ("a" before "b" was what the lost mark said: without it, they come as asked.)
+    assert sorted(joined[:2]) == ["a", "b"] and joined[2:] == "cde", joined
