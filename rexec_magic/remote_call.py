@@ -41,6 +41,7 @@ from rexec_magic.client import (
     grace_sentence,
 )
 from rexec_magic.notes import NOTEBOOK, in_kernel
+from rexec_magic.output_cells import current_header
 from rexec_magic.render import EventRenderer
 from rexec_magic.session import (
     Origin,
@@ -840,8 +841,9 @@ def _call_back(fn: Callable[[Future], object], future: Future) -> None:
 
 
 def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
-    """Run ``fn(cancel=event, ticket=n, origin=where)`` in a thread; the future can
-    interrupt it.
+    """Run ``fn(cancel=event, ticket=n, origin=where, home=header)`` in a thread; the
+    future can interrupt it.  ``home``: the parent header of the cell that submits it, where
+    its output goes (``EventRenderer.home``).
 
     The ticket (``turns``) is taken here, in the caller's thread: the call keeps its place
     before any request the caller makes after ``submit()`` returns.  So is its origin (the
@@ -858,6 +860,8 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
     origin = session.origin()
     future.namespace = origin.namespace
     ticket = future.ticket = session.turns.take()
+    # The cell that submits it: the call's output goes there (``EventRenderer.home``).
+    home = current_header()
     _submitted.add(future)
 
     # Cancelled while queued here: its place in line goes at once (not when this session's
@@ -879,7 +883,7 @@ def _submit(fn: Callable[..., Any], session: RemoteSession) -> RemoteFuture:
                 future.mark_cancelled()  # an interrupt after that finds it running, and
                 _reach(future)  # interrupts it, see ``_on_kernel_sigint``)
                 return
-            value = fn(cancel=future.cancel_requested, ticket=ticket, origin=origin)
+            value = fn(cancel=future.cancel_requested, ticket=ticket, origin=origin, home=home)
         except BaseException as exc:
             if future.cancel_requested.is_set() and isinstance(
                 exc, errors.RemoteInterrupted | errors.WorkerLost
@@ -1093,9 +1097,11 @@ class RemoteFunction:
         cancel: threading.Event | None = None,
         ticket: int | None = None,
         origin: Origin | None = None,
+        home: dict[str, Any] | None = None,
     ) -> Any:
         __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback (``__call__``)
         renderer = EventRenderer()
+        renderer.home = home
         items: list[Any] = []
         events = self._events(args, kwargs, cancel, ticket, origin)
         interrupted = False
@@ -1138,6 +1144,7 @@ class RemoteFunction:
         ticket: int | None = None,
         origin: Origin | None = None,
         lazy: bool = True,
+        home: dict[str, Any] | None = None,
     ) -> Generator[Any, None, Any]:
         """The remote generator's items, each made when this loop asks for it (``lazy``),
         as a local generator's are: what it does, prints or changes happens item by item,
@@ -1145,8 +1152,10 @@ class RemoteFunction:
         its ``yield``): its ``finally`` runs and what it changed comes back before the loop
         goes on.  Its ``return`` value is this generator's (``yield from``); ``.send(v)``
         and ``.throw(e)`` reach it where it waits, as they would a local one.  Not ``lazy``
-        (``submit()``, which takes them all): it runs ahead of the loop."""
+        (``submit()``, which takes them all): it runs ahead of the loop.  ``home``: the
+        submitting cell's parent header (``EventRenderer.home``)."""
         renderer = EventRenderer()
+        renderer.home = home
         events = self._events(args, kwargs, cancel, ticket, origin, lazy)
         interrupted = False
         step: Any = None  # for the remote generator: a value .send() sent in, or ThrowInto

@@ -14,7 +14,13 @@ from rexec_magic import protocol as P
 from rexec_magic.client import whole_message
 from rexec_magic.late_lines import LATE_LINES, write_stream
 from rexec_magic.notes import NOTEBOOK, Notes, Progress, frontend
-from rexec_magic.output_cells import claim_header, current_parent, release_header
+from rexec_magic.output_cells import (
+    claim_header,
+    current_parent,
+    release_header,
+    still_shown,
+    written_under,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +108,29 @@ class EventRenderer:
         self._notices: dict[str, Progress] = {}  # each kind of wait: its live note
         self._show_failed = False  # an event could not be shown (``_not_shown``): logged
         self._widget_said = False  # WIDGET_SENTENCE shown in this cell
+        # The parent header of the cell that submitted the call these events are of
+        # (``remote_func``'s ``submit()``, run in a thread of its own): see ``__call__``.
+        self.home: dict[str, Any] | None = None
 
     def __call__(self, msg: P.Message) -> None:
+        """Show ``msg``.  A submitted call's (``home``) goes to the cell that submitted it
+        while that cell's output area still shows its run (``output_cells.still_shown``),
+        whatever cell runs meanwhile, as ipykernel keeps a thread's parent; once that cell
+        ran again, to the cell output goes to now, marked as output produced after its cell
+        ended.  (It went to whichever cell ran at the time, as that cell's own.)"""
         # A Ctrl-C is held until the event is shown: one landing inside ipykernel's
         # ``OutStream.flush`` (a ``threading.Event.wait``) broke the Condition's lock and
         # surfaced as "RuntimeError: release unlocked lock" instead of the interrupt.
         with whole_message():
             try:
-                self._show(msg)
+                home = self.home
+                if home is None:
+                    self._show(msg)
+                elif still_shown(home["msg_id"]):
+                    with written_under(home):
+                        self._show(msg)
+                else:
+                    self._show(msg, away=True)
             except Exception as exc:  # (this notebook's own output channel failed)
                 self._not_shown(msg, exc)
 
@@ -128,7 +149,8 @@ class EventRenderer:
                 msg.kind, type(exc).__name__, exc,
             )  # fmt: skip
 
-    def _show(self, msg: P.Message) -> None:
+    def _show(self, msg: P.Message, away: bool = False) -> None:
+        """``away``: output of a call whose cell no longer shows it, marked late."""
         model = P.HEADERS.get(msg.kind)
         if model is None or not issubclass(model, P.Event):
             return
@@ -137,6 +159,8 @@ class EventRenderer:
         except P.ProtocolError as exc:
             self._not_shown(msg, exc)  # (logged, once per request)
             return
+        if away and isinstance(event, (P.Stream, P.Display)) and not event.late:
+            event = event.model_copy(update={"late": True})
         if isinstance(event, _TEXT_EVENTS):
             event = P.without_surrogates(event)
         if isinstance(event, (P.Display, P.Result)) and WIDGET_MIME in (event.data or {}):

@@ -3152,6 +3152,40 @@ def test_an_async_tasks_output_after_a_later_cell_shows_in_the_cell_that_started
         assert text == {"first": "", "later": f"own\n{LATE_HEADER}\nfrom the task\n"}, got
 
 
+@pytest.mark.parametrize("cells", ["two cells", "one cell run again"])
+def test_a_submitted_calls_output_shows_in_the_cell_that_submitted_it(kernel, tmp_path, cells):
+    """A ``remote_func`` call submitted in one cell prints while a later cell runs and after
+    it ended: every line shows in the submitting cell, as a local thread started there
+    shows in a kernel that keeps a thread's parent, none in the later cell (they went to
+    whichever cell ran at the time, as its own, unmarked).  Where the submitting cell ran
+    again (the same ``cellId``, as JupyterLab sends it), its output area no longer shows the
+    call: its later lines come in the latest cell, marked late."""
+    _, kc = kernel
+    go = tmp_path / "go"
+    first = execute_in_cell(
+        kc,
+        "from rexec_magic import remote_func\n"
+        "@remote_func\ndef chatty(go):\n    import os, time\n"
+        "    print('before', flush=True)\n"
+        "    while not os.path.exists(go):\n        time.sleep(0.02)\n"
+        "    print('from the call', flush=True)\n    return 'done'\n"
+        f"fut = chatty.submit({str(go)!r})",
+        "A",
+    )
+    got = outputs_until(kc, lambda got: "before" in text_under(got, first))
+    later = execute_in_cell(  # (it waits for the call: its output all comes meanwhile)
+        kc, f"print('own')\nopen({str(go)!r}, 'w').close()\nprint(fut.result())",
+        "A" if cells == "one cell run again" else "B",
+    )  # fmt: skip
+    got += outputs_until(kc, lambda more: ("idle", later) in more)
+    text = {"first": text_under(got, first, displays=False), "later": text_under(got, later)}
+    if cells == "two cells":
+        assert text == {"first": "before\nfrom the call\n", "later": "own\ndone\n"}, got
+    else:
+        late = f"{LATE_HEADER}\nfrom the call\n"
+        assert text == {"first": "before\n", "later": f"own\n{late}done\n"}, got
+
+
 def test_a_remote_generator_runs_item_by_item_as_a_local_one(kernel, tmp_path):
     """A remote generator makes each item when the loop asks for it, as a local one does:
     leaving the loop after item 2 leaves exactly three items' side effects (it used to run
