@@ -1223,11 +1223,16 @@ class RexecClient:
                         msg = self._wait_over(req_id, "broker", then="; it answers again") or msg
                     elif msg.header.get("id") == req_id and "taking" in self._waits.get(req_id, {}):
                         # The worker answers for it (it took it, or says what it waits for):
-                        # the note that it had not answered ends.  A refusal is no answer.
+                        # the note that it had not answered ends.  A refusal is no answer;
+                        # ``worker_lost`` is the broker's word that it went silent, after
+                        # which a request it never said it took waits for it to come back
+                        # (it said "stopped waiting after 4 s", then waited 5 s more).
                         self._stashed = msg  # (handled next)
                         refused = msg.kind == P.Kind.FAIL
-                        how = "stopped waiting after" if refused else "waited"
-                        then = "" if refused else "; it answers again"
+                        lost = refused and msg.header.get("code") == P.FailCode.WORKER_LOST
+                        how = "stopped waiting after" if refused and not lost else "waited"
+                        then = "; the broker gave it up as silent" if lost else ""
+                        then = then if refused else "; it answers again"
                         msg = self._wait_over(req_id, "taking", how, then) or msg
                     elif (
                         msg.kind == P.Kind.DONE

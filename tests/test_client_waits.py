@@ -586,3 +586,71 @@ def test_the_note_that_waits_for_the_worker_to_come_back_ends_when_it_is_back():
     assert last.get("over") and last["about"] == first["about"], (first, last)
     says = r"waited \d+ s for your remote worker to come back; it is back"
     assert re.fullmatch(says, last["text"]), last
+
+
+class SilentThenBackBroker(ScriptedBroker):
+    """The worker is there (PINGs say so) but takes no EXECUTE until ``drop`` is set; then
+    the broker drops it as silent (``worker_lost`` for the cell, PINGs show no worker) until
+    ``back`` is set (it registered again); the EXECUTE sent again then runs."""
+
+    def __init__(self) -> None:
+        self.drop, self.back = threading.Event(), threading.Event()
+        self.waiting: tuple[bytes, str] | None = None
+        self.dropped = False
+        super().__init__()
+
+    def on(self, route: bytes, msg: P.Message) -> None:
+        if msg.kind == P.Kind.PING:
+            if self.waiting is not None and self.drop.is_set():
+                to, req_id = self.waiting
+                self.waiting, self.dropped = None, True
+                self._send(to, P.Kind.FAIL, {"id": req_id, "code": P.FailCode.WORKER_LOST})
+            there = not self.dropped or self.back.is_set()
+            worker = {"instance": "w1", "state": "ready"} if there else None
+            self._send(route, P.Kind.PONG, {"t": msg.header["t"], "worker": worker})
+        elif msg.kind == P.Kind.EXECUTE and not self.dropped:
+            self.waiting = route, msg.header["id"]
+        elif msg.kind == P.Kind.EXECUTE:
+            req_id = msg.header["id"]
+            self._send(route, P.Kind.ACCEPTED, {"id": req_id, "seq": 0})
+            self._send(route, P.Kind.DONE, {"id": req_id, "seq": 1, "status": "ok", "vars": []})
+
+
+def test_the_note_that_the_worker_has_not_taken_the_cell_never_says_a_wait_that_goes_on_stopped():
+    """The worker says nothing of a cell for 3 s, then the broker drops it as silent, and
+    the cell waits for it to come back (it may run there once it does, at most once): the
+    note "waiting for your remote worker to take this cell" ends saying how long it waited
+    and that the broker gave the worker up, then the note of the wait that goes on, which
+    ends when the worker is back and the cell runs.  It said "stopped waiting after 4 s",
+    and the wait went on (a supervisor stopped with SIGSTOP while idle)."""
+    broker = SilentThenBackBroker()
+    shown: list[P.Message] = []
+
+    def show(msg: P.Message) -> None:
+        shown.append(msg)
+        text = msg.header.get("text", "") if msg.kind == P.Kind.NOTICE else ""
+        if "to take this cell" in text:
+            broker.drop.set()
+        if "which stopped answering" in text:
+            broker.back.set()
+
+    url = f"tcp://127.0.0.1:{broker.port}"
+    client = RexecClient(ConnectionInfo("http://127.0.0.1:9", broker_url=url, token="t"))
+    try:
+        client.ping()
+        outcome = client.execute_packed("pass", [], [], {"pull": []}, show)
+    finally:
+        client.close()
+        broker.close()
+    assert outcome is not None
+    said = [(h["about"], h.get("over", False), h["text"]) for h in notices_of(shown)]
+    taking = [text for about, over, text in said if about == "taking" and over]
+    gave_up = (
+        r"waited \d+ s for your remote worker to take this cell; the broker gave it up as silent"
+    )
+    assert len(taking) == 1 and re.fullmatch(gave_up, taking[0]), said
+    assert not any("stopped waiting" in text for _, _, text in said), said
+    back = [text for about, over, text in said if about == "worker" and over]
+    assert back and re.fullmatch(
+        r"waited \d+ s for your remote worker to come back; it is back", back[-1]
+    ), said
