@@ -506,9 +506,9 @@ def test_a_cell_printing_on_after_its_interrupt_hears_of_the_coming_restart_once
 
 
 def test_interrupting_a_stopped_executor_says_it_is_resumed_never_restarted(kernel):
-    """A SIGSTOPped executor takes an interrupt once resumed at the end of the grace
-    period, keeping its namespace; the notebook is told that, not (2 s in) that a restart
-    and a lost namespace are coming."""
+    """A SIGSTOPped executor is resumed at once to take an interrupt, keeping its
+    namespace; the notebook is told that, not (2 s in) that a restart and a lost namespace
+    are coming."""
     km, kc = kernel
     _, outputs = run(kc, "%%remote --no-pull\nimport os\nstill_here = 1\nprint(os.getpid())")
     pid = int(text_of(outputs))

@@ -175,6 +175,7 @@ class Request:
     # Since when what it bound is packing, while a note says so (None: no note says so).
     # That note gets its last word when the packing ends, or the request does (``_packing_over``).
     packing_note_since: float | None = None
+    packing_seen: float | None = None  # when the supervisor first saw it packing
     notice_at: float = 0.0
     abandoned: bool = False  # its client's broker is gone (RESYNC): its events are only kept
     client: str = ""  # the client session that sent it ("": a legacy client)

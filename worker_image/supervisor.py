@@ -125,9 +125,15 @@ PARK_MAX_BYTES = 4 * framing.SOCKET_BUFFER
 # (after its own stall, or a RESYNC until REGISTERED): withheld, at most this much; past it
 # the rest is dropped, as it was before anything was withheld (logged).
 WITHHELD_MAX_BYTES = 64 << 20
-# How long what an interrupted request bound may take to be packed once its code ended
+# How long after the interrupt what an interrupted request bound may take to be packed
 # (``_on_code_over``): then its executor is killed, as one deaf to the interrupt.
-PACK_GRACE_S = 2 * INTERRUPT_GRACE_S
+# (Counted from the interrupt, and 1 s short of "the next cell works within the grace period
+# plus 5 s of an interrupt", for the restart; it was 10 s from the code's end: 10.2 s.)
+PACK_GRACE_S = INTERRUPT_GRACE_S + 4.0
+# How far past its end the grace period of an executor resumed from SIGSTOP to take its
+# interrupt may be moved (``_resume_for_interrupt``): 1 s short of the 5 s the next cell may
+# come after it, for the restart.
+RESUMED_EXTRA_S = 4.0
 ASSIST_WAIT_S = 5.0  # a completion / obj? question the executor never answered is forgotten
 REGISTER_RETRY_S = 3.0  # REGISTER again when REGISTERED has not come after this long
 # The broker answers each heartbeat (WORKER_HEARTBEAT_S): nothing from it for this long means
@@ -557,7 +563,7 @@ class Supervisor:
         """A supervisor-made event of ``req`` (numbered like the executor's)."""
         if kind in (Kind.ERROR, Kind.DONE):  # (its end: no note of it may claim a wait)
             self._stop_over(req, f"the {req.what} ended before it went on")
-            self._packing_over(req, f"was still being packed when the {req.what} ended")
+            self._packing_over(req, ended=True)
             self._wait_over(req, "stopped waiting after")
         encoded = encode_header({"id": req.target.id, "seq": req.seq, **header})
         req.sent(kind, encoded, buffers)
@@ -925,13 +931,13 @@ class Supervisor:
         log.info("interrupting executor %d (%s)", ex.number, reason)
         if ex.current is not None:
             ex.interrupt(ex.current.target.id)
-            if ex.grace_deadline is None:
-                ex.stop_told = False
-                self._tell_stopped_for_interrupt(ex, time.monotonic())
         if ex.grace_deadline is None:
             ex.interrupted_at = time.monotonic()
             ex.grace_deadline = ex.interrupted_at + INTERRUPT_GRACE_S
             ex.kill_reason = reason
+            if ex.current is not None:  # (stopped: resumed now, with its SIGINT pending)
+                ex.stop_told = False
+                self._tell_stopped_for_interrupt(ex, ex.interrupted_at)
 
     def _interrupt_again(self, ex: ExecutorProcess) -> None:
         """An interrupt whose SIGINT ``ex`` ignored as it came (``os.system`` waiting for
@@ -1414,8 +1420,8 @@ class Supervisor:
     def _on_code_over(self, ex: ExecutorProcess, raw: protocol.Unread) -> None:
         """The interrupted request took the interrupt and its code is over: what it bound
         is packed now (it can take seconds), with SIGINT ignored.  That is no cell deaf to
-        the interrupt, so the grace period starts again, ``PACK_GRACE_S`` long, said to the
-        notebook after a second (``_notices``).  Without a bound, a value whose pickling
+        the interrupt, so the grace period runs on to ``PACK_GRACE_S`` after the interrupt,
+        said to the notebook after a second (``_notices``).  Without a bound, a value whose pickling
         never ends (a ``__getstate__`` that loops) wedged the notebook: its next cells
         waited behind it for good (tester AR, 3 of 3)."""
         cur = ex.current
@@ -1423,7 +1429,9 @@ class Supervisor:
             ex.code_over_told = True
             now = time.monotonic()
             ex.packing_since = now
-            ex.grace_deadline = now + PACK_GRACE_S
+            ex.grace_deadline = max(
+                ex.grace_deadline or now, (ex.interrupted_at or now) + PACK_GRACE_S
+            )
 
     def _on_ready(self, ex: ExecutorProcess) -> None:
         ex.ready = True
@@ -1498,7 +1506,7 @@ class Supervisor:
         # pipes, is no sign: the executor may be stopped while its child prints).
         self._stop_over(req, "it went on")
         if kind == Kind.DONE:  # (its page was cleared as it went: packed, at the latest now)
-            self._packing_over(req, "was packed")
+            self._packing_over(req)
         if kind == Kind.DONE:  # its text is all read (drained above): none waits for more
             for name, text, _ in ex.end_characters():
                 self._add_stream(ex, name, text)
@@ -2092,6 +2100,13 @@ class Supervisor:
                 # interrupt and ended by itself is killed at its bound as before: its client
                 # may have stopped reading for good.)
                 ex.grace_deadline = None
+            if (
+                ex.grace_deadline is not None
+                and ex.kill_reason != "exit"
+                and not ex.resumed_for_interrupt
+                and proc_stopped(ex.pid)
+            ):
+                self._resume_for_interrupt(ex, now)
             if ex.grace_deadline is not None and now >= ex.grace_deadline:
                 if ex.kill_reason == "exit":
                     log.info(
@@ -2102,23 +2117,6 @@ class Supervisor:
                     )
                     ex.grace_deadline = None
                     ex.signal(signal.SIGKILL)
-                elif proc_stopped(ex.pid) and not ex.resumed_for_interrupt:
-                    # Stopped is not lost: it is resumed to take the interrupt (its SIGINT
-                    # waits, pending), with a whole grace period for it.  Left stopped, a
-                    # cell that stopped itself would hold its notebook for good.
-                    ex.resumed_for_interrupt = True
-                    ex.grace_deadline = now + INTERRUPT_GRACE_S
-                    if ex.current is not None:  # (this notice ends the note that it is stopped)
-                        ex.current.stopped_note = ""
-                    self._notice(
-                        ex.current,
-                        "resumed",
-                        f"{_whose(ex)} was stopped (SIGSTOP) and not responding; it is "
-                        "resumed (SIGCONT) to take the interrupt",
-                        now,
-                        over=True,
-                    )
-                    ex.signal(signal.SIGCONT)
                 elif ex.current is not None or ex.kill_reason in ("orphan", "stop"):
                     if ex.packing_since is not None:
                         log.warning(
@@ -2147,25 +2145,44 @@ class Supervisor:
             if now >= deadline:  # the kernel gave up long ago (it waits a fraction of a second)
                 del self._assists[request_id]
 
+    def _resume_for_interrupt(self, ex: ExecutorProcess, now: float) -> None:
+        """An executor stopped (SIGSTOP) in an interrupt's grace period: stopped is not
+        lost, so it is resumed (SIGCONT) at once to take the interrupt (its SIGINT waits,
+        pending), said to the notebook; once per interrupt.  Stopped anew after that (a cell
+        that stops itself), it is killed at the end of the grace period, as one deaf to the
+        interrupt: left stopped, it would hold its notebook for good.
+
+        Its grace period is a whole one from now, but ends at most ``RESUMED_EXTRA_S``
+        later than it would have (the next cell works at most the grace period plus 5 s
+        after the interrupt).  It used to be resumed only at the end of the grace period,
+        with a whole one more: a stopped cell deaf to SIGINT was restarted 10.1 s after the
+        interrupt, and one that took it waited 5 s for nothing."""
+        ex.resumed_for_interrupt = True
+        end = ex.grace_deadline if ex.grace_deadline is not None else now
+        ex.grace_deadline = max(end, min(now + INTERRUPT_GRACE_S, end + RESUMED_EXTRA_S))
+        if ex.current is not None:  # (this notice ends the note that it is stopped)
+            ex.current.stopped_note = ""
+        self._notice(
+            ex.current,
+            "resumed",
+            f"{_whose(ex)} was stopped (SIGSTOP) and not responding; it is "
+            "resumed (SIGCONT) to take the interrupt",
+            now,
+            over=True,
+        )
+        ex.signal(signal.SIGCONT)
+
     def _tell_stopped_for_interrupt(self, ex: ExecutorProcess, now: float) -> None:
-        """An interrupted executor that is stopped (SIGSTOP): say at once, before the
-        client's own notice of the grace period would say a restart is coming, that it is
-        resumed for the interrupt at the end of the grace period instead (said even if
-        "stopped" was said just before).  Once per interrupt; also from the next tick, for a
-        SIGSTOP that took effect only after the interrupt came."""
+        """An interrupted executor that is stopped (SIGSTOP): resumed at once to take it
+        (``_resume_for_interrupt``), which says so before the client's own notice of the
+        grace period would say a restart is coming.  Once per interrupt; also from the next
+        tick, for a SIGSTOP that took effect only after the interrupt came."""
         if ex.current is None or ex.stop_told or not proc_stopped(ex.pid):
             return
         ex.stop_told = True
         ex.current.notice = None
-        ex.current.stopped_note = _whose(ex)
-        self._notice(
-            ex.current,
-            "stopped",
-            f"{_whose(ex)} is stopped (SIGSTOP) and not responding; "
-            f"at the end of the {INTERRUPT_GRACE_S:g} s grace period it is resumed "
-            "(SIGCONT) to take the interrupt",
-            now,
-        )
+        if not ex.resumed_for_interrupt:
+            self._resume_for_interrupt(ex, now)
 
     def _stop_over(self, req: Request, how: str) -> None:
         """The stop (SIGSTOP) that ``req``'s note says is over (``how``: it went on, or the
@@ -2182,18 +2199,20 @@ class Supervisor:
         text = f"{whose} was stopped (SIGSTOP); {how}"
         self._to_client(req, Kind.NOTICE, {"text": text, "about": "stopped", "over": True})
 
-    def _packing_over(self, req: Request, how: str) -> None:
-        """The packing ``req``'s note says goes on is over (``how``: "was packed", or that
-        the request ended first): the note says so now, under the same ``about``, with
-        ``over``.  Else it stayed at "... is being packed ... (3 s ...)" above the cell's
-        output for good, as if the notebook still waited on it (tester)."""
+    def _packing_over(self, req: Request, ended: bool = False) -> None:
+        """The packing ``req``'s note says goes on is over (it was packed, or the request
+        ``ended`` first: its executor was restarted or died): the note says so now, under
+        the same ``about``, with ``over``.  Else it stayed at "... is being packed ... (3 s
+        ...)" above the cell's output for good, as if the notebook still waited on it
+        (tester)."""
         since, req.packing_note_since = req.packing_note_since, None
         if since is None:
             return
         if req.notice == "packing":  # (a later packing is said again, in a note of its own)
             req.notice = ""
-        took = time.monotonic() - since
-        text = f"the {req.what}'s code had ended; what it bound {how} (in {took:.0f} s)"
+        took = f"{time.monotonic() - since:.0f} s"
+        how = f"was still being packed {took} on, as the {req.what} ended" if ended else ""
+        text = f"the {req.what}'s code had ended; what it bound {how or f'was packed in {took}'}"
         self._to_client(req, Kind.NOTICE, {"text": text, "about": "packing", "over": True})
 
     def _wait_over(self, req: Request, how: str) -> None:
@@ -2226,20 +2245,33 @@ class Supervisor:
             # restarted with no word before (tester BK, 3 of 3).
             text = protocol.grace_sentence(cur.what, _whose(ex))
             self._notice(cur, "grace", text, now, every=float("inf"))
-        packing = cur is not None and ex.packing_since is not None
-        packing = packing and ex.phase.is_packing(cur.target.id)  # (cleared as its DONE goes)
+        # (The board's mark is cleared as its DONE goes.)
+        packing = cur is not None and ex.phase.is_packing(cur.target.id)
         if cur is not None and cur.packing_note_since is not None and not packing:
-            self._packing_over(cur, "was packed")
-        if packing and now - ex.packing_since >= 1.0:
+            self._packing_over(cur)
+        if packing and ex.packing_since is not None and now - ex.packing_since >= 1.0:
             # (Before the client's own note of the grace period would threaten a restart
             # for a cell that did stop; kept current, which also tells it the worker lives.)
             text = (
                 f"the {cur.what}'s code has ended; what it bound is being packed to go back "
-                f"to the notebook ({now - ex.packing_since:.0f} s; if that takes more "
-                f"than {PACK_GRACE_S:g} s, {_whose(ex)} is restarted and its namespace is lost)"
+                f"to the notebook ({now - ex.packing_since:.0f} s; if that is not done "
+                f"{PACK_GRACE_S:g} s after the interrupt, {_whose(ex)} is restarted and its "
+                "namespace is lost)"
             )
             self._notice(cur, "packing", text, now, LIVE_NOTE_EVERY_S)
             cur.packing_note_since = ex.packing_since
+        elif packing and ex.grace_deadline is None:
+            # Not interrupted: no bound, but said once it takes a while, as any wait is
+            # (a value whose pickling took 15 s kept the cell silent 15 s after its code
+            # ended, and so did each later cell that read it).
+            since = cur.packing_seen = cur.packing_seen or now
+            if now - since >= NOTICE_AFTER_S:
+                text = (
+                    f"the {cur.what}'s code has ended; what it bound is being packed to go "
+                    f"back to the notebook ({now - since:.0f} s)"
+                )
+                self._notice(cur, "packing", text, now, LIVE_NOTE_EVERY_S)
+                cur.packing_note_since = since
         if cur is not None and cur.stopped_note and proc_running(ex.pid):
             self._stop_over(cur, "it went on")  # (within a tick of its SIGCONT)
         if cur is not None and cur.started is not None and now - cur.started > NOTICE_AFTER_S:
