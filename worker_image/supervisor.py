@@ -22,7 +22,8 @@ Guarantees and where they are kept:
   and nothing is run again.
 * Interrupt: SIGINT to the executor; after ``INTERRUPT_GRACE_S`` its process group is killed
   and the user told that this notebook's namespace was lost.  A stopped (SIGSTOP) executor
-  is reported as not responding and left alone.
+  is reported as not responding and left alone until interrupted: then it is resumed
+  (SIGCONT) at once to take the interrupt.
 * Flow control: a request carries ``credit``; the supervisor stops reading an executor (its
   socket and its pipes) while that many events are unacknowledged (ACK), so the executor
   blocks in ``print`` / ``display`` instead of anything being dropped, and nothing piles up
