@@ -2765,6 +2765,59 @@ def test_an_earlier_cells_thread_printing_after_a_later_remote_cell_is_marked_la
     assert text == f"{LATE_HEADER}\nfrom A's thread\n", text
 
 
+def shown_text(outputs: list[dict]) -> str:
+    """Stream text and each display's ``text/plain`` on a line, in the order shown."""
+    return "".join(
+        m["content"]["text"]
+        if m["msg_type"] == "stream"
+        else m["content"]["data"]["text/plain"] + "\n"
+        for m in outputs
+        if m["msg_type"] in ("stream", "display_data")
+    )
+
+
+@pytest.mark.parametrize("when", ["while a later cell runs", "after a later cell ended"])
+def test_an_earlier_cells_threads_display_in_a_later_remote_cell_is_marked_late(
+    kernel, tmp_path, when
+):
+    """Cell A's thread calls ``display()`` while remote cell B runs, or after B ended (B's
+    output still live): B shows it under rexec's "output produced after ..." line, as it
+    shows A's thread's text, not as B's own (it came unmarked, read as B's: a display took
+    the running or last request for its own, where text went by the thread's request)."""
+    _, kc = kernel
+    go, said = tmp_path / "go", tmp_path / "said"
+    then = "    from IPython.display import display\n    display('from A thread')\n"
+    start_a_late_thread(kc, go, then + f"    open({str(said)!r}, 'w').close()\n")
+    if when == "while a later cell runs":
+        reply, outputs = run(
+            kc,
+            "%%remote --no-pull\nimport os, time\n"
+            f"print('B before')\nopen({str(go)!r}, 'w').close()\n"
+            f"end = time.monotonic() + {WAIT_S}\n"
+            f"while not os.path.exists({str(said)!r}) and time.monotonic() < end:\n"
+            "    time.sleep(0.02)\n"
+            "time.sleep(0.3)\nprint('B after')",
+        )
+        assert reply["status"] == "ok", reply
+        shown = shown_text(outputs)
+        assert shown == f"B before\n{LATE_HEADER}\n'from A thread'\nB after\n", outputs
+        return
+    msg_id = kc.execute("%%remote --no-pull\nprint('B own')")
+    _, outputs = collect(kc, msg_id)
+    assert text_of(outputs) == "B own\n", outputs
+    go.touch()
+    late: list[dict] = []
+    end = time.monotonic() + WAIT_S
+    while not any(m["msg_type"] == "display_data" for m in late):
+        try:
+            msg = kc.get_iopub_msg(timeout=max(0.1, end - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"the display did not come within {WAIT_S} s: {late}") from None
+        if msg["parent_header"].get("msg_id") == msg_id:
+            late.append(msg)
+    assert shown_text(late) == f"{LATE_HEADER}\n'from A thread'\n", late
+
+
 POOLS = {
     "concurrent.futures": (
         "from concurrent.futures import ThreadPoolExecutor\npool = ThreadPoolExecutor(2)\n"

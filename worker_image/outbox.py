@@ -230,11 +230,16 @@ class EventChannel:
         """The request an event made now belongs to, and whether a task made it: the one
         whose asyncio task or callback makes it when that one is not running
         (``task_origin``; True: the notebook shows it in the cell that started the task,
-        ``protocol.Event.task``), else the running one, else the last (a thread's display
-        after its cell)."""
+        ``protocol.Event.task``), else the earlier request whose thread makes it
+        (``thread_origin``: a display of cell A's thread while B runs, or after B ended,
+        came as B's own, unmarked, where its text came marked late), else the running one,
+        else the last (a thread's display after its own cell)."""
         made_by = self.task_origin()
         if made_by is not None:
             return made_by, True
+        thread_of = self.thread_origin()
+        if thread_of is not None:  # (the earlier request's: late, as its thread's text is)
+            return Target(b"", thread_of), False
         return self.current or self.last, False
 
     def _bulk(
