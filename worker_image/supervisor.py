@@ -2356,7 +2356,8 @@ class Supervisor:
             silent = now - ex.last_seen
             kernels = "any of its kernels" if ex.shared else "its kernel"
             if gone == "closed":
-                log.info("executor %d (%s): %s ended; stopping it", ex.number, ex.key, kernels)
+                ended = "all of its kernels" if ex.shared else "its kernel"  # (closed: all)
+                log.info("executor %d (%s): %s ended; stopping it", ex.number, ex.key, ended)
                 why = (
                     f"{kernels}'s connections to the broker closed (it ended, stopped "
                     "answering, or unloaded the rexec extension)"
