@@ -99,6 +99,31 @@ def claim_header(parent: str | None) -> bool:
         return True
 
 
+def late_line_shown(parent: str) -> bool:
+    """Whether rexec's late line stands over the latest late output in ``parent``."""
+    with _headers_lock:
+        return parent in _headers
+
+
+# Cells (parent msg_ids) whose last output shown was another cell's, under rexec's late line.
+_late_last = Recent(_HEADERS_KEPT)
+
+
+def shown_in(parent: str | None, late: bool) -> None:
+    """Output was shown in ``parent``: another cell's (``late``, under rexec's late line),
+    or the cell's own.  Its own after late output ends that stretch: the next late output
+    there gets the line again, whichever renderer shows it (the request's own, or the late
+    listener's, ``late_output``)."""
+    if parent is None:
+        return
+    with _headers_lock:
+        if late:
+            _late_last.add(parent)
+        elif parent in _late_last:
+            del _late_last[parent]
+            _headers.pop(parent, None)
+
+
 def release_header(parent: str | None) -> None:
     """A late ``clear_output`` wiped the line in ``parent``: show it again before what
     follows."""

@@ -17,7 +17,9 @@ from rexec_magic.notes import NOTEBOOK, Notes, Progress, frontend
 from rexec_magic.output_cells import (
     claim_header,
     current_parent,
+    late_line_shown,
     release_header,
+    shown_in,
     still_shown,
     written_under,
 )
@@ -246,6 +248,15 @@ class EventRenderer:
         # (Not before a late clear: it would clear the header, said again after it.)
         clears = isinstance(event, P.Display) and event.clear
         shows = isinstance(event, (P.Stream, P.Display, P.Result, P.Error))
+        parent = current_parent()
+        # Output that reads as another cell's (marked), or as this cell's own (late output
+        # of this cell's own threads shows as its own: ``late_header`` off).
+        marked = event.late and self.late_header
+        if shows and not clears:
+            # (Per cell, whichever renderer shows it: the request's, or the late listener's,
+            # ``late_output``; the listener's late lines after a cell's own output, shown by
+            # the request's renderer, came with no new line over them: a helper, 2 of 2.)
+            shown_in(parent, late=marked)
         if shows and not event.late and self._late_last:
             # This cell's own output again, after late output: the next late output is a new
             # stretch, marked again (once only, this cell's later lines read as late, and
@@ -262,12 +273,13 @@ class EventRenderer:
             self._late_last = True
         if event.late and not isinstance(event, P.Stream):
             LATE_LINES.flush()  # (held late text first: it was written before)
-        if event.late and self.late_header and not self._late_said and not clears:
+        said = self._late_said and (parent is None or late_line_shown(parent))
+        if marked and not said and not clears:
             # Output of an earlier cell's threads, timers or child processes, produced after
             # that cell ended, shown in another cell: once per cell, whoever shows it, and
-            # again for a stretch after this cell's own output (``_late_last``).
+            # again for a stretch after this cell's own output (``_late_last``, ``shown_in``).
             self._late_said = True
-            if claim_header(current_parent()):
+            if claim_header(parent):
                 LATE_LINES.end(before_header=True)  # (an unfinished line of this cell's)
                 header = "[rexec: output produced after the previous remote cell or call ended]"
                 sys.stdout.write(header + "\n")

@@ -2818,6 +2818,47 @@ def test_an_earlier_cells_threads_display_in_a_later_remote_cell_is_marked_late(
     assert shown_text(late) == f"{LATE_HEADER}\n'from A thread'\n", late
 
 
+def test_an_earlier_runs_late_lines_get_the_late_line_again_after_the_cells_own(kernel, tmp_path):
+    """A cell run again (the same ``cellId``, as JupyterLab sends it) starts a thread of its
+    own; the first run's thread prints after it, then the new one's, then the first's
+    again: the first run's lines come under rexec's "output produced after ..." line each
+    time, the new run's own line between them under none.  The first run's second line came
+    with no line over it, as if the new run's own (a helper trying issue 9)."""
+    _, kc = kernel
+    files = {name: tmp_path / name for name in ("go1", "said1", "go2", "said2", "go3")}
+    f = {name: str(path) for name, path in files.items()}
+
+    def waits(go: str) -> str:
+        return f"    while not os.path.exists({go!r}):\n        time.sleep(0.02)\n"
+
+    first = execute_in_cell(
+        kc,
+        "%%remote --no-pull\nimport os, threading, time\ndef a():\n" + waits(f["go1"])
+        + "    print('first late', flush=True)\n"
+        + f"    open({f['said1']!r}, 'w').close()\n" + waits(f["go3"])
+        + "    print('first again', flush=True)\nthreading.Thread(target=a).start()",
+        "A",
+    )  # fmt: skip
+    outputs_until(kc, lambda got: ("idle", first) in got)
+    again = execute_in_cell(
+        kc,
+        "%%remote --no-pull\ndef b():\n" + waits(f["go2"])
+        + "    print('second own', flush=True)\n"
+        + f"    open({f['said2']!r}, 'w').close()\n"
+        + "threading.Thread(target=b).start()\nprint('cell second')",
+        "A",
+    )  # fmt: skip
+    got = outputs_until(kc, lambda got: ("idle", again) in got)
+    for go, said in (("go1", "said1"), ("go2", "said2")):
+        files[go].touch()
+        wait_for(files[said].exists, f"the thread to pass {go}")  # (one pipe: in order)
+    files["go3"].touch()
+    got += outputs_until(kc, lambda more: "first again" in text_under(more, again))
+    assert text_under(got, again) == (
+        f"cell second\n{LATE_HEADER}\nfirst late\nsecond own\n{LATE_HEADER}\nfirst again\n"
+    ), got
+
+
 POOLS = {
     "concurrent.futures": (
         "from concurrent.futures import ThreadPoolExecutor\npool = ThreadPoolExecutor(2)\n"
