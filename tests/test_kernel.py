@@ -2724,6 +2724,19 @@ def says_and_touches(said: Path) -> str:
     return f"    print(\"from A's thread\", flush=True)\n    open({str(said)!r}, 'w').close()\n"
 
 
+def cell_b_awaiting(go: Path, said: Path) -> str:
+    """Remote cell B: prints "B before", lets cell A's late thread go (``go``), waits until
+    it has written (``said``), then prints "B after"."""
+    return (
+        "%%remote --no-pull\nimport os, time\n"
+        f"print('B before')\nopen({str(go)!r}, 'w').close()\n"
+        f"end = time.monotonic() + {WAIT_S}\n"
+        f"while not os.path.exists({str(said)!r}) and time.monotonic() < end:\n"
+        "    time.sleep(0.02)\n"
+        "time.sleep(0.3)\nprint('B after')"
+    )
+
+
 def test_an_earlier_cells_thread_printing_while_a_later_remote_cell_runs_is_marked_late(
     kernel, tmp_path
 ):
@@ -2733,15 +2746,7 @@ def test_an_earlier_cells_thread_printing_while_a_later_remote_cell_runs_is_mark
     _, kc = kernel
     go, said = tmp_path / "go", tmp_path / "said"
     start_a_late_thread(kc, go, says_and_touches(said))
-    reply, outputs = run(
-        kc,
-        "%%remote --no-pull\nimport os, time\n"
-        f"print('B before')\nopen({str(go)!r}, 'w').close()\n"
-        f"end = time.monotonic() + {WAIT_S}\n"
-        f"while not os.path.exists({str(said)!r}) and time.monotonic() < end:\n"
-        "    time.sleep(0.02)\n"
-        "time.sleep(0.3)\nprint('B after')",
-    )
+    reply, outputs = run(kc, cell_b_awaiting(go, said))
     assert reply["status"] == "ok", reply
     text = text_of(outputs)
     assert text == f"B before\n{LATE_HEADER}\nfrom A's thread\nB after\n", text
@@ -2789,15 +2794,7 @@ def test_an_earlier_cells_threads_display_in_a_later_remote_cell_is_marked_late(
     then = "    from IPython.display import display\n    display('from A thread')\n"
     start_a_late_thread(kc, go, then + f"    open({str(said)!r}, 'w').close()\n")
     if when == "while a later cell runs":
-        reply, outputs = run(
-            kc,
-            "%%remote --no-pull\nimport os, time\n"
-            f"print('B before')\nopen({str(go)!r}, 'w').close()\n"
-            f"end = time.monotonic() + {WAIT_S}\n"
-            f"while not os.path.exists({str(said)!r}) and time.monotonic() < end:\n"
-            "    time.sleep(0.02)\n"
-            "time.sleep(0.3)\nprint('B after')",
-        )
+        reply, outputs = run(kc, cell_b_awaiting(go, said))
         assert reply["status"] == "ok", reply
         shown = shown_text(outputs)
         assert shown == f"B before\n{LATE_HEADER}\n'from A thread'\nB after\n", outputs
