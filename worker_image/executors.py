@@ -311,7 +311,6 @@ class ExecutorProcess:
         )
         self.exit_requested = False  # exit() ran: it ends by itself
         self.resumed_for_interrupt = False  # stopped past an interrupt's grace: SIGCONT sent
-        self.stop_told = False  # its interrupt's notebook heard that it is stopped (SIGSTOP)
         self.grace_killed = False  # SIGKILL sent: it ignored its interrupt (or stop) too long
         self.killed_what = "cell"  # what ignored it: "cell" or "call"
         self.interrupted_at = 0.0  # time.monotonic() of the interrupt its grace period is for

@@ -936,9 +936,8 @@ class Supervisor:
             ex.interrupted_at = time.monotonic()
             ex.grace_deadline = ex.interrupted_at + INTERRUPT_GRACE_S
             ex.kill_reason = reason
-            if ex.current is not None:  # (stopped: resumed now, with its SIGINT pending)
-                ex.stop_told = False
-                self._tell_stopped_for_interrupt(ex, ex.interrupted_at)
+            if proc_stopped(ex.pid):  # (resumed now, its SIGINT pending; a SIGSTOP that
+                self._resume_for_interrupt(ex, ex.interrupted_at)  # lands later: ``_tick``)
 
     def _interrupt_again(self, ex: ExecutorProcess) -> None:
         """An interrupt whose SIGINT ``ex`` ignored as it came (``os.system`` waiting for
@@ -2161,8 +2160,9 @@ class Supervisor:
         ex.resumed_for_interrupt = True
         end = ex.grace_deadline if ex.grace_deadline is not None else now
         ex.grace_deadline = max(end, min(now + INTERRUPT_GRACE_S, end + RESUMED_EXTRA_S))
-        if ex.current is not None:  # (this notice ends the note that it is stopped)
-            ex.current.stopped_note = ""
+        if ex.current is not None:  # (this notice ends the note that it is stopped, and
+            ex.current.stopped_note = ""  # goes even if "stopped" was said a moment ago)
+            ex.current.notice = None
         self._notice(
             ex.current,
             "resumed",
@@ -2172,18 +2172,6 @@ class Supervisor:
             over=True,
         )
         ex.signal(signal.SIGCONT)
-
-    def _tell_stopped_for_interrupt(self, ex: ExecutorProcess, now: float) -> None:
-        """An interrupted executor that is stopped (SIGSTOP): resumed at once to take it
-        (``_resume_for_interrupt``), which says so before the client's own notice of the
-        grace period would say a restart is coming.  Once per interrupt; also from the next
-        tick, for a SIGSTOP that took effect only after the interrupt came."""
-        if ex.current is None or ex.stop_told or not proc_stopped(ex.pid):
-            return
-        ex.stop_told = True
-        ex.current.notice = None
-        if not ex.resumed_for_interrupt:
-            self._resume_for_interrupt(ex, now)
 
     def _stop_over(self, req: Request, how: str) -> None:
         """The stop (SIGSTOP) that ``req``'s note says is over (``how``: it went on, or the
@@ -2230,14 +2218,12 @@ class Supervisor:
 
     def _notices(self, ex: ExecutorProcess, now: float) -> None:
         cur = ex.current
-        if ex.grace_deadline is not None and not ex.resumed_for_interrupt:
-            self._tell_stopped_for_interrupt(ex, now)
         if (
             cur is not None
             and ex.kill_reason == "interrupt"
             and ex.grace_deadline is not None
             and now - ex.interrupted_at >= NOTICE_AFTER_S
-            and not (ex.code_over_told or ex.stop_told or ex.resumed_for_interrupt)
+            and not (ex.code_over_told or ex.resumed_for_interrupt)
             and ex.packing_since is None
         ):
             # Its code runs on after the interrupt: said here, in order after its output.
