@@ -265,9 +265,12 @@ class EventRenderer:
             if self._late_said:
                 self._late_said = False
                 release_header(current_parent())
-        if event.late and self._own_unended and (shows and not clears):
-            # This cell's own text ended mid-line ("progress: 0.."): late output starts on a
-            # line of its own, not glued to it (tester AL).
+        if marked and self._own_unended and (shows and not clears):
+            # This cell's own text ended mid-line ("progress: 0.."): late output read as
+            # another cell's starts on a line of its own, not glued to it (tester AL).  Not
+            # late output that reads as the cell's own (``late_header`` off): a script's
+            # wait for its threads got their updates written before it began after one
+            # written since, and broke the progress line between them (1 of 30).
             _end_lines(self._own_unended)
         if event.late and shows and not clears:
             self._late_last = True

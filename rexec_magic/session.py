@@ -631,6 +631,13 @@ class RemoteSession:
             return None
         renderer = EventRenderer()
         renderer.ends_late_lines = False  # (what shows is the threads' output going on)
+        # Nor is any of it marked: what the threads wrote between the last call's end and
+        # this request's start comes in its stream as late output, and a line written a
+        # moment later as its own.  Marked, it showed rexec's late line a second time in
+        # the middle of a progress line the late listener was showing under the first
+        # (CI, 1 of 1; 7 of 12 with a write every 5 ms), and one thread's output read as
+        # two stretches.
+        renderer.late_header = False
         died: list[int] = []  # the exit status of an executor that died before the wait
 
         def on_event(msg: P.Message) -> None:

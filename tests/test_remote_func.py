@@ -1403,25 +1403,31 @@ def test_rexecs_late_line_in_a_script_starts_on_a_line_of_its_own(stack):
     assert tail == f"prog 0%\n{late}\n\nprog 1%\nprog 2%\nprog 3% done\n", out
 
 
-def test_a_scripts_late_progress_that_goes_on_as_it_ends_gets_no_line_break(stack):
-    """A call's thread writes a progress ("\\rprog 0%" ... "4%", no newline) 0.1 s apart
-    while the script ends: the script waits for it (as for a local thread) and shows every
-    update once, in order, with nothing between them.  A line break came where the wait's
-    own output began, as if it were a cell's own output after late text (tester BB, 12 of
-    12)."""
+@pytest.mark.parametrize(("updates", "apart"), [(5, 0.1), (200, 0.005)])
+def test_a_scripts_late_progress_that_goes_on_as_it_ends_gets_no_line_break(stack, updates, apart):
+    """A call's thread writes a progress ("\\rprog 0%" ... no newline) ``apart`` seconds
+    apart while the script ends: the script waits for it (as for a local thread) and shows
+    every update once, in order, with nothing between them.  A line break came where the
+    wait's own output began, as if it were a cell's own output after late text (tester BB,
+    12 of 12); rexec's late line came a second time where updates written between the
+    call's end and the wait's start came in the wait's own stream (CI 1 of 1; 7 of 12 with
+    an update every 5 ms)."""
     script = (
         "import time\n"
         "from rexec_magic import remote_func\n"
         "@remote_func\ndef start():\n    import sys, threading, time\n"
         "    def more():\n"
-        "        for n in range(5):\n"
-        "            time.sleep(0.1)\n"
+        "        time.sleep(0.1)\n"  # (each update written after the call's end)
+        f"        for n in range({updates}):\n"
+        f"            time.sleep({apart})\n"
         "            sys.stdout.write(f'\\rprog {n}%')\n            sys.stdout.flush()\n"
         "    threading.Thread(target=more).start()\n"
         "start()\ntime.sleep(0.25)\n"
     )
     out = run_script(stack, script, text=False).stdout
-    assert out[out.index(b"\rprog 0%") :] == b"".join(b"\rprog %d%%" % n for n in range(5)), out
+    late = b"[rexec: output produced after the previous remote cell or call ended]\n"
+    progress = b"".join(b"\rprog %d%%" % n for n in range(updates))
+    assert out.count(late) == 1 and out[out.index(late) + len(late) :] == progress, out
 
 
 @pytest.mark.parametrize("writer", ["thread", "process"])
