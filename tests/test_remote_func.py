@@ -1291,6 +1291,33 @@ def test_a_ctrl_c_stops_a_scripts_loop_of_short_calls(stack, tmp_path, run):
     assert "Interrupt" in err.rstrip().splitlines()[-1], err
 
 
+@pytest.mark.parametrize("run", range(3))
+def test_a_ctrl_c_while_a_calls_output_is_shown_stops_a_scripts_loop(stack, tmp_path, run):
+    """Ctrl-C in a script's loop of short remote calls that print, where showing a call's
+    output is slow (a terminal that scrolls, a pipe read slowly: here a stdout whose
+    ``write`` takes 50 ms), so the Ctrl-C lands while a call's line is being shown: the
+    loop ends, as a local loop would.  It sent the interrupt, the call had already ended,
+    and its value was returned: the Ctrl-C was lost and the loop ran on (9 of 10)."""
+    log = tmp_path / "calls"
+    script = (
+        "import io, sys, time\nfrom rexec_magic import remote_func\n"
+        "class Slow(io.TextIOBase):\n"
+        "    def write(self, s):\n        time.sleep(0.05)\n"
+        "        return sys.__stdout__.write(s)\n"
+        "    def flush(self):\n        sys.__stdout__.flush()\n"
+        "sys.stdout = Slow()\n"
+        "@remote_func\ndef step(i, log):\n    open(log, 'a').write(f'{i}\\n')\n"
+        "    print('step', i)\n    return i\n"
+        "i = 0\n"
+        f"while True:\n    step(i, {str(log)!r})\n    i += 1\n"
+    )
+    calls = lambda: log.exists() and len(log.read_text().splitlines()) > 10  # noqa: E731
+    status, _, err = interrupted_script(stack, script, calls, "the loop to call")
+    assert status != 0, err
+    last = err.rstrip().splitlines()[-1]
+    assert last.startswith(("KeyboardInterrupt", "rexec_magic")) and "Interrupt" in last, err
+
+
 def test_a_ctrl_c_python_drops_between_calls_stops_a_scripts_loop_all_the_same(stack, tmp_path):
     """A Ctrl-C whose KeyboardInterrupt Python drops stops the script's loop of remote calls
     at the next call, which is not sent.  Python drops it where it cannot raise it: a
