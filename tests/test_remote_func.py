@@ -1037,6 +1037,10 @@ def test_a_cancelled_call_whose_executor_is_stopped_waits_for_it_and_keeps_the_n
     assert "ended badly" not in capfd.readouterr().err
 
 
+# rexec's line over output produced after its request ended, as a script shows it.
+LATE_LINE = "[rexec: output produced after the previous remote cell or call ended]"
+
+
 def run_script(stack: Any, script: str, status: int = 0, text: bool = True, **env_vars: str) -> Any:
     """``python -c script`` against the stack, as a user's plain script (``env_vars`` set
     in its environment): it must exit with ``status``.  ``text``: its output read as text
@@ -1393,7 +1397,7 @@ def test_a_scripts_late_output_after_each_call_is_marked_late(stack):
         "for tag in 'AB':\n    bg(tag)\n    time.sleep(2)\n    print('slept', tag, flush=True)\n"
     )
     lines = script_lines(run_script(stack, script))
-    late = "[rexec: output produced after the previous remote cell or call ended]"
+    late = LATE_LINE
     assert lines == [late, "bg-A", "slept A", late, "bg-B", "slept B"], lines
 
 
@@ -1416,7 +1420,7 @@ def test_rexecs_late_line_in_a_script_starts_on_a_line_of_its_own(stack):
         "start()\ntime.sleep(2)\n"
     )
     out = run_script(stack, script).stdout
-    late = "[rexec: output produced after the previous remote cell or call ended]"
+    late = LATE_LINE
     tail = out[out.index("prog 0%") :]  # (read as text: each "\\r" reads as "\\n")
     assert tail == f"prog 0%\n{late}\n\nprog 1%\nprog 2%\nprog 3% done\n", out
 
@@ -1443,7 +1447,7 @@ def test_a_scripts_late_progress_that_goes_on_as_it_ends_gets_no_line_break(stac
         "start()\ntime.sleep(0.25)\n"
     )
     out = run_script(stack, script, text=False).stdout
-    late = b"[rexec: output produced after the previous remote cell or call ended]\n"
+    late = LATE_LINE.encode() + b"\n"
     progress = b"".join(b"\rprog %d%%" % n for n in range(updates))
     assert out.count(late) == 1 and out[out.index(late) + len(late) :] == progress, out
 
@@ -1483,7 +1487,7 @@ def test_output_after_a_call_shows_after_the_calls_own_however_slowly_it_is_show
         time.sleep(4.0)
         out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    late = "[rexec: output produced after the previous remote cell or call ended]"
+    late = LATE_LINE
     # (The script's own "returned" may come among the thread's lines, even inside one: the
     # main thread's print goes beside the late output as beside a local thread's, and that
     # output is written as it came, in pieces that need not end at a line's end (a quiet CI,
