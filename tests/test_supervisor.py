@@ -1613,6 +1613,64 @@ def test_a_listener_gets_no_more_than_its_window_and_nothing_is_lost(port, tmp_p
     assert shown_values == [str(i) for i in range(n)]
 
 
+def test_late_lines_around_a_cell_that_carries_some_of_them_keep_their_order(port, tmp_path):
+    """A thread prints numbered lines while its listener's window is full (the kernel reads
+    them slowly), through a later cell and after it.  Shown as the client shows them (the
+    listener's events up to the cell's ``late_count``, then the cell's own stream, then the
+    listener's events marked ``after`` it), every line comes once, in the order written.
+    (The lines written after the cell joined the piece kept before it, counted as before
+    the cell: N00103 shown before N00102, which the cell carried; CI 1 of 12 in a kernel.)"""
+    from worker_image.late_listeners import LATE_WINDOW
+
+    go, stop, stopped = tmp_path / "go", tmp_path / "stop", tmp_path / "stopped"
+    a = {"session": "nb-a"}
+    declare(port, "nb-a")
+    port.run(
+        "import threading, time, os\n"
+        "def numbered():\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.01)\n"
+        "    i = 0\n"
+        f"    while not os.path.exists({str(stop)!r}):\n"
+        "        print(f'N{i:05d}', flush=True)\n"
+        "        i += 1\n"
+        "        time.sleep(0.002)\n"
+        f"    open({str(stopped)!r}, 'w').close()\n"
+        "threading.Thread(target=numbered).start()",
+        extra=a,
+    )
+    go.touch()  # (after the cell's end: each line is late)
+    window = listened(port, lambda got: len(got) >= LATE_WINDOW)  # (none said read: full)
+    assert len(window) == LATE_WINDOW
+    time.sleep(0.1)  # (lines kept meanwhile, for the listener, counted before the cell)
+    cell = port.run("import time\ntime.sleep(0.1)\nprint('cell')", extra=a)
+    accepted = next(e for e in cell if e.kind == Kind.ACCEPTED)
+    time.sleep(0.1)  # (lines kept after the cell, with the window still full)
+    stop.touch()
+    wait_for(stopped.exists, "the thread to stop")
+    stream, count = accepted.header["late_stream"], accepted.header["late_count"]
+    listener = list(window)
+    while True:  # (each batch said read: the next comes, until all kept is sent)
+        declare(port, "nb-a", read=len(listener), stream=stream)
+        more = listened(port, bool, timeout=1.0)
+        if not more:
+            break
+        listener += more
+    assert [m.header["seq"] for m in listener] == list(range(len(listener)))
+    before = [m for m in listener if m.header["seq"] < count]
+    after = [m for m in listener if m.header["seq"] >= count]
+    in_cell = [e for e in cell if e.kind == Kind.STREAM]
+    assert any(e.header.get("late") for e in in_cell), "no line came in the cell itself"
+    text = "".join(m.header["text"] for m in before + in_cell + after)
+    numbers = [int(n) for n in re.findall(r"N(\d{5})", text)]
+    assert numbers == list(range(len(numbers))), text
+    assert "cell\n" in text
+    # (Those written after the cell are said to be: the client holds them until its end.)
+    cell_id = done(cell).header["id"]
+    assert all(m.header.get("after") != cell_id for m in before)
+    assert after and all(m.header.get("after") == cell_id for m in after)
+
+
 def test_late_output_not_said_read_is_sent_again_on_the_listeners_new_connection(port, tmp_path):
     """Late events sent on a connection that went away unread (the kernel made a new one;
     the broker restarted, and what was on its way went with it) are sent again, with the

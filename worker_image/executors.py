@@ -335,6 +335,8 @@ class ExecutorProcess:
         # notebook may have run a request since).
         self._request_clients = Recent(REQUEST_CLIENTS_KEPT)
         self.late_chars = 0
+        # The last kept item takes no more text (``seal_late``): a request began after it.
+        self._late_sealed = False
         # How many kept items each notebook has: a turn of the supervisor asks only these
         # notebooks' listeners for room, not each item (``take_late_for_listeners``).
         self.late_owners: Counter[str] = Counter()
@@ -582,13 +584,14 @@ class ExecutorProcess:
         if owner is None:  # (``request``, when given, is one of that notebook's)
             owner, request = self.last_client, request or self.last_request
         request = request or ""
-        last = self.late[-1] if self.late else None
+        last = self.late[-1] if self.late and not self._late_sealed else None
         item = Late(kind, payload, buffers or [], owner, request, task)
         if last is not None and last.goes_on_in(item) and len(last.payload) < LATE_JOIN_CHARS:
             self.late[-1] = last._replace(payload=last.payload + payload)
         else:
             self.late.append(item)
             self.late_owners[owner] += 1
+            self._late_sealed = False
         self.late_chars += late_size(payload)
         while self.late and (self.late_chars > LATE_MAX_CHARS or len(self.late) > LATE_MAX_EVENTS):
             first = self.late[0]
@@ -636,6 +639,15 @@ class ExecutorProcess:
             (taken if mine else kept).append(item)
         self._keep(kept)
         return taken
+
+    def seal_late(self) -> None:
+        """A request of a notebook begins while output kept here waits for its listener
+        (``Accepted.late_count`` counted it as written before the request): what is kept
+        from now on starts an item of its own, not joined to that one.  Joined, a thread's
+        lines written after the request went to the listener inside the item counted
+        before it, around the lines the request itself carried: N00103 shown before N00102
+        (CI, 1 of 12 runs of a thread printing across later cells)."""
+        self._late_sealed = True
 
     def late_events_of(self, client: str) -> int:
         """How many events the output kept for ``client`` goes as to its listener."""

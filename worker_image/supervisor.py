@@ -1269,6 +1269,8 @@ class Supervisor:
             # which event of the stream (the client waits for that).  Through the request
             # too, the two connections mixed them (tester Z).
             kept = sum(other.late_events_of(req.client) for other in self.all)
+            for other in self.all:  # (what is counted here takes nothing written later)
+                other.seal_late()
             req.late_mark = {"late_stream": lst.id, "late_count": lst.sent + kept}
             lst.after, lst.after_in, lst.after_from = req.target.id, ex.key, lst.sent + kept
         if ex.late_dropped_chars or ex.late_dropped_events:
