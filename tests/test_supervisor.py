@@ -2936,6 +2936,58 @@ def test_late_output_in_a_shared_namespace_goes_to_the_notebook_whose_cell_start
     ]
 
 
+@pytest.mark.parametrize("listens", [False, True])
+def test_a_threads_output_while_another_notebooks_cell_runs_goes_to_its_own_notebook(
+    port, tmp_path, listens
+):
+    """A thread of notebook A's cell prints while B's cell runs in the namespace they share:
+    B's cell does not show it (it did, marked late, as if an earlier cell of B's had
+    written it, and A never saw it); A's listener gets it as it comes, or A's next cell
+    shows it first, marked late."""
+    a, b = {"session": "a", "namespace": "team"}, {"session": "b", "namespace": "team"}
+    if listens:
+        declare(port, "a")
+    go, printed = tmp_path / "go", tmp_path / "printed"
+    port.run(
+        "import os, threading, time\n"
+        "def later():\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.01)\n"
+        "    print('late output of a', flush=True)\n"
+        f"    open({str(printed)!r}, 'w').close()\n"
+        "threading.Thread(target=later).start()",
+        extra=a,
+    )
+    cell_b = port.execute(
+        "import os, time\n"
+        f"open({str(go)!r}, 'w').close()\n"
+        f"while not os.path.exists({str(printed)!r}):\n"
+        "    time.sleep(0.01)\n"
+        "time.sleep(0.2)\n"  # (what the pipe holds is read before the cell's end anyway)
+        "print('b')",
+        extra=b,
+    )
+    in_b, to_a = [], []  # (B's cell's events; A's listener's, that came meanwhile)
+    while not in_b or in_b[-1].kind != Kind.DONE:
+        route, msg = port.recv()
+        if route == LISTENER:
+            to_a.append(msg)
+        elif msg.header.get("id") == cell_b:
+            in_b.append(msg)
+    assert [e.header["text"] for e in in_b if e.kind == Kind.STREAM] == ["b\n"]
+    if listens:
+        to_a += listened(port, bool, timeout=0.0 if to_a else WAIT_S)
+        assert [(m.header["text"], m.header["late"]) for m in to_a] == [
+            ("late output of a\n", True)
+        ]
+    streams = [e for e in port.run("print('a again')", extra=a) if e.kind == Kind.STREAM]
+    expected = [] if listens else [("late output of a\n", True)]
+    assert [(e.header["text"], bool(e.header.get("late"))) for e in streams] == [
+        *expected,
+        ("a again\n", False),
+    ]
+
+
 def test_a_crash_in_a_shared_namespace_is_told_to_each_notebook_and_its_leftovers_to_one(
     port, tmp_path
 ):

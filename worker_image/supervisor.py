@@ -1685,8 +1685,15 @@ class Supervisor:
         the earlier request whose thread wrote it (``outbox.ORIGIN``): late in the running
         request, or kept as that request's (the notebook marks it late, not as the last
         cell's own: tester BT)."""
-        if ex.current is None:
-            self._keep_late(ex, name, text, request=origin, owner=ex.client_of(origin))
+        owner = ex.client_of(origin)
+        theirs = owner is not None and ex.current is not None and owner != ex.current.client
+        if ex.current is None or (theirs and not ex.late_full):
+            # Written while another notebook's cell runs in this shared namespace: kept for
+            # the notebook whose cell started the thread (it showed in the running cell, as
+            # that cell's late output, and never in its own notebook).  Past the hold it
+            # joins the running cell as before: that cell's credit then slows the writers
+            # down, where kept it would be cut at ``LATE_MAX_CHARS``.
+            self._keep_late(ex, name, text, request=origin, owner=owner)
             return
         late = late or (origin is not None and origin != ex.current.target.id)
         pending = ex.pending
