@@ -300,7 +300,14 @@ def test_a_ctrl_c_while_a_finished_cells_values_come_back_is_not_lost(kernel):
     assert text_of(outputs) == "7\n"
 
 
-CAUGHT = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    "
+# Each body makes the file ``{mark}`` once it waits where the interrupt is to land (inside
+# the ``try``; in ``os.system``'s child, while its parent ignores SIGINT): the interrupt is
+# sent then, not a fixed time after the cell began (0.5 s was not enough beside eight busy
+# processes: the interrupt reached the cell before its ``os.system`` had begun, CI).
+CAUGHT = (
+    "import time\ntry:\n    open({mark!r}, 'w').close()\n    time.sleep(60)\n"
+    "except KeyboardInterrupt:\n    "
+)
 
 
 @pytest.mark.parametrize(
@@ -308,21 +315,23 @@ CAUGHT = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    
     [
         (CAUGHT + "pass\nz = 7\nz", "ok", "7"),
         (CAUGHT + "raise RuntimeError('converted')", "error", "RuntimeError: converted"),
-        ("import os\nrc = os.system('sleep 60')\nprint('rc', rc)", "ok", "rc 2"),
+        ("import os\nrc = os.system('touch {mark}; sleep 60')\nprint('rc', rc)", "ok", "rc 2"),
     ],
     ids=["caught", "turned into its own error", "os.system"],
 )
-def test_a_cell_that_takes_the_interrupt_ends_as_its_code_says(kernel, body, status, shown):
+def test_a_cell_that_takes_the_interrupt_ends_as_its_code_says(
+    kernel, tmp_path, body, status, shown
+):
     """As a local cell: code that catches the KeyboardInterrupt goes on and ends ok (its
     value shown, the queued cell runs); code that turns it into an error of its own ends
     with that error; ``os.system`` (which ignores SIGINT while its child runs) returns the
     stopped child's status and the cell goes on.  They used to end as "interrupted", or
     "had already finished when the interrupt reached it", which was false."""
     km, kc = kernel
-    first = kc.execute(f"%%remote\nprint('started', flush=True)\n{body}")
+    mark = tmp_path / "waiting"
+    first = kc.execute(f"%%remote\n{body.format(mark=str(mark))}")
     second = kc.execute("queued_ran = True")
-    wait_for_text(kc, "started", first)
-    time.sleep(0.5)  # (the child of os.system is started by then; any moment will do)
+    wait_for(mark.exists, "the cell to wait where the interrupt lands")
     km.interrupt_kernel()
     reply, outputs = collect(kc, first, timeout=INTERRUPT_ANSWER_S)
     assert reply["status"] == status, reply
